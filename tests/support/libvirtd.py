@@ -21,6 +21,7 @@ Only ``type='qemu'`` (TCG) domains can run: the daemon has no access to ``/dev/k
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -48,6 +49,20 @@ QEMU_DRIVER_PATHS = (
 )
 
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+#: Instances started and not yet stopped; stopped at interpreter exit so that a
+#: forgotten instance never leaves a daemon (and its QEMU) behind.
+_LIVE: set["UnprivilegedLibvirtd"] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for daemon in list(_LIVE):
+        try:
+            daemon.stop()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
 
 
 class LibvirtdUnavailable(RuntimeError):
@@ -137,7 +152,8 @@ class UnprivilegedLibvirtd:
 
     Attributes (valid after :meth:`start`): ``uri``, ``socket_path``, ``tmpdir``,
     ``runtime_dir``, ``config_dir``, ``cache_dir``, ``log_path``, ``pid``,
-    ``start_seconds`` (launch until the socket accepted).
+    ``socket_seconds`` (launch until the socket accepted a connection),
+    ``start_seconds`` (launch until the daemon answered an RPC).
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class UnprivilegedLibvirtd:
         self.tmpdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
+        self.socket_seconds: float | None = None
         self._log_fh = None
         if start:
             self.start()
@@ -249,6 +266,7 @@ class UnprivilegedLibvirtd:
             uid, gid = os.getuid(), os.getgid()
 
         self.tmpdir = Path(tempfile.mkdtemp(prefix="gpupass-lvd-", dir=self.base_dir))
+        _LIVE.add(self)
         try:
             self._prepare_dirs(uid, gid)
             self._launch(bins, as_root, uid, gid)
@@ -334,18 +352,25 @@ class UnprivilegedLibvirtd:
         )
 
     def _wait_for_socket(self) -> None:
+        """Wait until the socket accepts, then until the daemon answers an RPC.
+
+        libvirtd listens before its drivers are initialised and only serves
+        clients once they are; if a driver fails to initialise it exits instead.
+        So a raw ``connect()`` is not enough: when the libvirt binding is
+        importable, a real ``libvirt.open()`` + ``getType()`` must succeed too.
+        """
         assert self.process is not None
         deadline = self._t0 + self.start_timeout
         last_error: Exception | None = None
+        socket_ok = False
         while True:
             rc = self.process.poll()
             if rc is not None:
                 raise LibvirtdStartError(
-                    f"libvirtd exited with status {rc} before its socket "
-                    f"{self.socket_path} accepted connections.\n--- libvirtd log ---\n"
-                    f"{self.read_log()}"
+                    f"libvirtd exited with status {rc} before it served "
+                    f"{self.socket_path}.\n--- libvirtd log ---\n{self.read_log()}"
                 )
-            if self.socket_path.exists():
+            if not socket_ok and self.socket_path.exists():
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
                     s.settimeout(1.0)
@@ -353,17 +378,37 @@ class UnprivilegedLibvirtd:
                 except OSError as exc:
                     last_error = exc
                 else:
-                    self.start_seconds = time.monotonic() - self._t0
-                    return
+                    socket_ok = True
+                    self.socket_seconds = time.monotonic() - self._t0
                 finally:
                     s.close()
+            if socket_ok:
+                try:
+                    self._probe_rpc()
+                except Exception as exc:  # daemon may be exiting; loop re-checks rc
+                    last_error = exc
+                else:
+                    self.start_seconds = time.monotonic() - self._t0
+                    return
             if time.monotonic() > deadline:
                 raise LibvirtdStartError(
-                    f"libvirtd (pid {self.process.pid}) did not accept connections on "
-                    f"{self.socket_path} within {self.start_timeout:.0f}s"
-                    f" (last error: {last_error!r}).\n--- libvirtd log ---\n{self.read_log()}"
+                    f"libvirtd (pid {self.process.pid}) did not serve {self.socket_path} "
+                    f"within {self.start_timeout:.0f}s (last error: {last_error!r}).\n"
+                    f"--- libvirtd log ---\n{self.read_log()}"
                 )
             time.sleep(0.02)
+
+    def _probe_rpc(self) -> None:
+        try:
+            import libvirt
+        except ImportError:  # harness usable without the binding: socket check only
+            return
+        conn = libvirt.open(self.uri)
+        try:
+            if conn.getType() != "QEMU":
+                raise LibvirtdUnavailable(f"{self.uri} is not served by the QEMU driver")
+        finally:
+            conn.close()
 
     # -- stopping ----------------------------------------------------------------
     def _pidfile_pids(self) -> dict[int, str]:
@@ -471,6 +516,7 @@ class UnprivilegedLibvirtd:
             if self.tmpdir is not None:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
                 self.tmpdir = None
+            _LIVE.discard(self)
 
     # -- context manager -----------------------------------------------------------
     def __enter__(self) -> "UnprivilegedLibvirtd":

@@ -21,8 +21,6 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from tests.support.libvirtd import UnprivilegedLibvirtd, _pid_alive  # noqa: E402
-
 GPU = "0000:41:00.0"
 HOSTDEV = (
     "<hostdev mode='subsystem' type='pci' managed='yes'>"
@@ -111,28 +109,10 @@ def test_daemon_runs_unprivileged_and_answers(libvirtd_daemon, libvirtd_uri):
     real_uid = int(uid_line.split()[1])
     if os.geteuid() == 0:
         assert real_uid != 0, "libvirtd must not run as root (it would be the system daemon)"
-    print(f"libvirtd start {libvirtd_daemon.start_seconds:.3f}s, open+first call {first_call:.3f}s")
-
-
-def test_stop_kills_libvirtd_virtlogd_and_qemu():
-    daemon = UnprivilegedLibvirtd()
-    try:
-        tmpdir = daemon.tmpdir
-        conn = libvirt.open(daemon.uri)
-        # A running domain makes libvirtd spawn virtlogd and QEMU.
-        conn.createXML(domain_xml("harness-stop"), 0)
-        conn.close()
-        pids = daemon._owned_pids()
-        names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
-        assert daemon.pid in pids
-        assert "virtlogd" in names.values(), names
-        assert any(n.startswith("qemu-system") for n in names.values()), names
-    finally:
-        daemon.stop()
-    assert not tmpdir.exists()
-    alive = {pid: names[pid] for pid in pids if _pid_alive(pid)}
-    assert not alive, f"still alive after stop(): {alive}"
-    daemon.stop()  # idempotent
+    print(
+        f"libvirtd socket {libvirtd_daemon.socket_seconds:.3f}s, "
+        f"ready {libvirtd_daemon.start_seconds:.3f}s, open+first call {first_call:.3f}s"
+    )
 
 
 # --------------------------------------------------------------- define / hostdev
