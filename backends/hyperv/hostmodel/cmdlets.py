@@ -1,0 +1,751 @@
+"""The cmdlets the model understands: real names, real parameter names/types, parameter binding.
+
+Messages marked (real) are the texts Windows PowerShell 5.1 / the Hyper-V module print;
+those marked (approx) could not be confirmed from public sources and are close paraphrases
+(see backends/hyperv/README.md).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .model import (PCI_DEVICE_TYPES, SNAPSHOT_TYPES, STOP_ACTIONS, VM_STATES, HostModel, HyperVError,
+                    PnpDevice, VirtualMachine)
+from .values import ErrorRecord, Hashtable, PSEnum, PSObject, from_json_value, ps_json_dumps, to_json_value, to_string
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .interp import Interpreter
+
+HV = "Microsoft.HyperV.PowerShell.Commands."
+VEX = "Microsoft.HyperV.PowerShell.VirtualizationException"
+PBE = "System.Management.Automation.ParameterBindingException"
+CIMEX = "Microsoft.Management.Infrastructure.CimException"
+
+
+@dataclass
+class Param:
+    name: str
+    type: str = "string"          # string string[] switch bool int uint32 uint64 enum:<T> object vm[]
+    mandatory: bool = False
+    position: int | None = None
+    aliases: tuple[str, ...] = ()
+    pipeline: bool = False
+
+
+COMMON = [Param("ErrorAction", "enum:ActionPreference", aliases=("ea",)), Param("Confirm", "switch", aliases=("cf",)),
+          Param("WhatIf", "switch", aliases=("wi",)), Param("Verbose", "switch", aliases=("vb",)),
+          Param("Debug", "switch", aliases=("db",))]
+
+ENUMS = {
+    "StopAction": ("Microsoft.HyperV.PowerShell.StopAction", STOP_ACTIONS),
+    "ActionPreference": ("System.Management.Automation.ActionPreference",
+                         {"SilentlyContinue": 0, "Stop": 1, "Continue": 2, "Inquire": 3, "Ignore": 4, "Suspend": 5}),
+}
+_NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "bool": "System.Boolean",
+              "int": "System.Int32", "uint32": "System.UInt32", "uint64": "System.UInt64",
+              "switch": "System.Management.Automation.SwitchParameter", "object": "System.Object",
+              "vm[]": "Microsoft.HyperV.PowerShell.VirtualMachine[]"}
+_RANGES = {"int": (-2**31, 2**31 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+
+
+class _Bind(Exception):
+    pass
+
+
+@dataclass
+class Cmdlet:
+    name: str
+    fqid_suffix: str
+    params: list[Param]
+    func: Callable[..., list[Any]]
+    confirm_impact_high: bool = False
+    collects_pipeline: bool = False
+    all_params: list[Param] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.all_params = self.params + COMMON
+
+    # -- errors ---------------------------------------------------------
+    def _err(self, interp: "Interpreter", node: Any, msg: str, fq: str, cat: str = "InvalidArgument",
+             exc: str = PBE, target: str = "") -> Exception:
+        from .interp import _Terminating
+        return _Terminating(ErrorRecord(msg, f"{fq},{self.fqid_suffix}", cat, exc, target, self.name,
+                                        **interp._where(node)))
+
+    def _find(self, interp: "Interpreter", node: Any, pname: str) -> Param:
+        low = pname.lower()
+        for p in self.all_params:
+            if p.name.lower() == low or low in (a.lower() for a in p.aliases):
+                return p
+        hits = [p for p in self.all_params if p.name.lower().startswith(low)
+                or any(a.lower().startswith(low) for a in p.aliases)]
+        if len(hits) == 1 and low:
+            return hits[0]
+        if len(hits) > 1:
+            raise self._err(interp, node, f"Parameter cannot be processed because the parameter name '{pname}' is "
+                            f"ambiguous. Possible matches include: {' '.join('-' + p.name for p in hits)}.",
+                            "AmbiguousParameter")
+        raise self._err(interp, node, f"A parameter cannot be found that matches parameter name '{pname}'.",
+                        "NamedParameterNotFound")
+
+    def _convert(self, interp: "Interpreter", node: Any, p: Param, v: Any) -> Any:
+        t = p.type
+        if t == "object":
+            return v
+        if t == "switch":
+            if isinstance(v, (bool, int)):
+                return bool(v)
+            raise self._err(interp, node, f"Cannot process argument transformation on parameter '{p.name}'. Cannot "
+                            f"convert value \"{to_string(v)}\" to type \"System.Management.Automation.SwitchParameter\". "
+                            "Boolean parameters accept only Boolean values and numbers, such as $True, $False, 1 or 0.",
+                            "ParameterArgumentTransformationError")
+        if t == "bool":
+            if isinstance(v, bool) or (isinstance(v, int) and not isinstance(v, PSEnum)):
+                return bool(v)
+            raise self._err(interp, node, f"Cannot process argument transformation on parameter '{p.name}'. Cannot "
+                            f"convert value \"{'System.String' if isinstance(v, str) else to_string(v)}\" to type "
+                            "\"System.Boolean\". Boolean parameters accept only Boolean values and numbers, such as "
+                            "$True, $False, 1 or 0.", "ParameterArgumentTransformationError")
+        if t == "string":
+            if isinstance(v, list):
+                if len(v) == 1:
+                    v = v[0]
+                else:
+                    raise self._err(interp, node, f"Cannot convert 'System.Object[]' to the type 'System.String' "
+                                    f"required by parameter '{p.name}'. Specified method is not supported.",
+                                    "CannotConvertArgument")
+            if v is None:
+                raise self._err(interp, node, f"Cannot bind argument to parameter '{p.name}' because it is an empty "
+                                "string." if p.mandatory else f"Cannot bind argument to parameter '{p.name}' because it is null.",
+                                "ParameterArgumentValidationErrorEmptyStringNotAllowed", "InvalidData")
+            s = to_string(v)
+            if p.mandatory and s == "":
+                raise self._err(interp, node, f"Cannot bind argument to parameter '{p.name}' because it is an empty "
+                                "string.", "ParameterArgumentValidationErrorEmptyStringNotAllowed", "InvalidData")
+            return s
+        if t == "string[]":
+            items = v if isinstance(v, list) else [v]
+            if any(x is None for x in items):
+                raise self._err(interp, node, f"Cannot bind argument to parameter '{p.name}' because it is null.",
+                                "ParameterArgumentValidationErrorNullNotAllowed", "InvalidData")
+            return [to_string(x) for x in items]
+        if t in _RANGES:
+            from .interp import _num
+            net = _NET_TYPES[t]
+            try:
+                if isinstance(v, bool) or isinstance(v, list):
+                    raise ValueError("Input string was not in a correct format.")
+                n = _num(v)
+                if isinstance(n, float):
+                    n = int(round(n))
+                lo, hi = _RANGES[t]
+                if not lo <= n <= hi:
+                    raise ValueError(f"Value was either too large or too small for a {net.split('.')[1]}.")
+                return n
+            except ValueError as e:
+                reason = str(e) if "too large" in str(e) else "Input string was not in a correct format."
+                raise self._err(interp, node, f"Cannot bind parameter '{p.name}'. Cannot convert value "
+                                f"\"{to_string(v)}\" to type \"{net}\". Error: \"{reason}\"",
+                                "CannotConvertArgumentNoMessage")
+        if t.startswith("enum:"):
+            ename = t[5:]
+            net, values = ENUMS[ename]
+            if isinstance(v, PSEnum):
+                v = v.name
+            if isinstance(v, int) and not isinstance(v, bool):
+                for k, n in values.items():
+                    if n == v:
+                        return PSEnum(net, k, n)
+            if isinstance(v, str):
+                for k, n in values.items():
+                    if k.lower() == v.lower():
+                        return PSEnum(net, k, n)
+            raise self._err(interp, node, f"Cannot bind parameter '{p.name}'. Cannot convert value \"{to_string(v)}\" "
+                            f"to type \"{net}\". Error: \"Unable to match the identifier name {to_string(v)} to a valid "
+                            "enumerator name. Specify one of the following enumerator names and try again:\n"
+                            f"{', '.join(values)}\"", "CannotConvertArgumentNoMessage")
+        if t == "vm[]":
+            items = v if isinstance(v, list) else [v]
+            if not all(isinstance(x, PSObject) and x.typename == "Microsoft.HyperV.PowerShell.VirtualMachine"
+                       for x in items):
+                raise self._err(interp, node, f"Cannot bind parameter '{p.name}'. Cannot convert the "
+                                f"\"{to_string(v)}\" value of type \"{type(v).__name__}\" to type "
+                                "\"Microsoft.HyperV.PowerShell.VirtualMachine\".", "CannotConvertArgument")
+            return items
+        raise AssertionError(t)
+
+    # -- invoke ---------------------------------------------------------
+    def invoke(self, interp: "Interpreter", name_node: Any, tokens: list[tuple], input_items: list[Any] | None) -> list[Any]:
+        bound: dict[str, Any] = {}
+        positional: list[tuple[Any, Any]] = []
+        i = 0
+        while i < len(tokens):
+            kind, pname, node, value, has_value = tokens[i]
+            if kind == "arg":
+                positional.append((node, value))
+                i += 1
+                continue
+            p = self._find(interp, node, pname)
+            if p.name in bound:
+                raise self._err(interp, node, f"Cannot bind parameter because parameter '{p.name}' is specified "
+                                "more than once. To provide multiple values to parameters that can accept multiple "
+                                "values, use the array syntax. For example, \"-parameter value1,value2,value3\".",
+                                "ParameterAlreadyBound")
+            if p.type == "switch":
+                bound[p.name] = self._convert(interp, node, p, value) if has_value else True
+                i += 1
+                continue
+            if not has_value:
+                if i + 1 < len(tokens) and tokens[i + 1][0] == "arg":
+                    value = tokens[i + 1][3]
+                    i += 1
+                else:
+                    raise self._err(interp, node, f"Missing an argument for parameter '{p.name}'. Specify a parameter "
+                                    f"of type '{_NET_TYPES.get(p.type, ENUMS.get(p.type[5:], ('System.Object',))[0])}' "
+                                    "and try again.", "MissingArgument")
+            bound[p.name] = self._convert(interp, node, p, value)
+            i += 1
+        for node, value in positional:
+            free = sorted((p for p in self.params if p.position is not None and p.name not in bound),
+                          key=lambda p: p.position)  # type: ignore[arg-type,return-value]
+            if not free:
+                raise self._err(interp, node, "A positional parameter cannot be found that accepts argument "
+                                f"'{to_string(value)}'.", "PositionalParameterNotFound")
+            bound[free[0].name] = self._convert(interp, node, free[0], value)
+        pipe_param = next((p for p in self.params if p.pipeline), None)
+        if input_items is not None and pipe_param is None:
+            for item in input_items:
+                interp._write_error(ErrorRecord(
+                    "The input object cannot be bound to any parameters for the command either because the command "
+                    "does not take pipeline input or the input and its properties do not match any of the parameters "
+                    "that take pipeline input.", f"InputObjectNotBound,{self.fqid_suffix}", "InvalidArgument", PBE,
+                    to_string(item), self.name, **interp._where(name_node)), interp._eap(None))
+            return []
+        missing = [p.name for p in self.params if p.mandatory and p.name not in bound
+                   and not (p.pipeline and input_items is not None)]
+        if missing:
+            raise self._err(interp, name_node, "Cannot process command because of one or more missing mandatory "
+                            f"parameters: {' '.join(missing)}.", "MissingMandatoryParameter")
+        action = bound.pop("ErrorAction", None)
+        action_name = action.name if isinstance(action, PSEnum) else None
+        if self.confirm_impact_high and bound.get("Confirm", True) is not False and not bound.get("WhatIf"):
+            # A ConfirmImpact=High cmdlet prompts; a WinRM shell cannot answer.
+            raise self._err(interp, name_node, "PowerShell is in NonInteractive mode. Read and Prompt functionality "
+                            "is not available.", "System.Management.Automation.PSInvalidOperationException",
+                            "InvalidOperation", "System.Management.Automation.PSInvalidOperationException")
+        if bound.get("WhatIf"):
+            return []
+        ctx = _Ctx(interp, self, name_node, interp._eap(action_name))
+        try:
+            interp.model.check_fault(self.name)
+            if self.collects_pipeline or pipe_param is None or input_items is None:
+                if pipe_param is not None and input_items is not None:
+                    if not input_items:
+                        return []
+                    bound[pipe_param.name] = input_items[0] if len(input_items) == 1 else input_items
+                return self.func(ctx, interp.model, **_kw(bound))
+            out: list[Any] = []
+            for item in input_items:
+                b = dict(bound)
+                b[pipe_param.name] = self._convert(interp, name_node, pipe_param, item)
+                out.extend(self.func(ctx, interp.model, **_kw(b)))
+            return out
+        except HyperVError as e:
+            rec = interp._record(e, self.name, name_node)
+            if e.kind == "terminating":
+                from .interp import _Terminating
+                raise _Terminating(rec)
+            interp._write_error(rec, ctx.action)
+            return []
+
+
+def _kw(bound: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in bound.items() if k not in ("Confirm", "WhatIf", "Verbose", "Debug")}
+
+
+class _Ctx:
+    def __init__(self, interp: "Interpreter", cmd: Cmdlet, node: Any, action: str):
+        self.interp, self.cmd, self.node, self.action = interp, cmd, node, action
+
+    def error(self, e: HyperVError) -> None:
+        """Write a non-terminating error and let the cmdlet go on with its next input."""
+        self.interp._write_error(self.interp._record(e, self.cmd.name, self.node), self.action)
+
+
+# ---------------------------------------------------------------- object views
+def _vm_obj(model: HostModel, v: VirtualMachine) -> PSObject:
+    o = PSObject({
+        "Name": v.name, "VMName": v.name, "VMId": v.vm_id, "ComputerName": model.name,
+        "Generation": v.generation,
+        "State": PSEnum("Microsoft.HyperV.PowerShell.VMState", v.state, VM_STATES[v.state]),
+        "MemoryStartup": v.memory_startup, "DynamicMemoryEnabled": v.dynamic_memory_enabled,
+        "AutomaticStopAction": PSEnum("Microsoft.HyperV.PowerShell.StopAction", v.automatic_stop_action,
+                                      STOP_ACTIONS[v.automatic_stop_action]),
+        "LowMemoryMappedIoSpace": v.low_mmio, "HighMemoryMappedIoSpace": v.high_mmio,
+        "GuestControlledCacheTypes": v.guest_controlled_cache_types,
+    }, typename="Microsoft.HyperV.PowerShell.VirtualMachine")
+    return o
+
+
+def _pnp_obj(d: PnpDevice) -> PSObject:
+    iid = d.instance_id
+    o = PSObject({"Class": d.pnp_class, "FriendlyName": d.friendly_name, "InstanceId": iid, "DeviceID": iid,
+                  "Status": d.status, "Present": not d.dismounted, "Problem": 0 if d.enabled else 22,
+                  "HardwareID": [iid.rsplit("\\", 1)[0]], "Manufacturer": "NVIDIA" if d.vendor_id == 0x10DE else ""},
+                 typename="Microsoft.Management.Infrastructure.CimInstance#ROOT/cimv2/Win32_PnPEntity")
+    o.device = d  # type: ignore[attr-defined]
+    return o
+
+
+def _assignable_obj(model: HostModel, d: PnpDevice, vm: str | None) -> PSObject:
+    props = {"InstanceID": d.dismounted_instance_id, "LocationPath": d.location_path, "Name": d.friendly_name,
+             "ComputerName": model.name}
+    if vm is not None:
+        props["VMName"] = vm
+    return PSObject(props, typename="Microsoft.HyperV.PowerShell.VMAssignedDevice" if vm else
+                    "Microsoft.HyperV.PowerShell.VMHostAssignableDevice")
+
+
+def _vm_not_found(name: str, cmd: str) -> HyperVError:
+    # (real) Hyper-V module message
+    return HyperVError(f'Hyper-V was unable to find a virtual machine with name "{name}".',
+                       f"InvalidParameter,{HV}{cmd}", "InvalidArgument", VEX, name)
+
+
+def _resolve_vms(ctx: _Ctx, model: HostModel, names: list[str] | None, vms: list[PSObject] | None,
+                 cmd: str) -> list[VirtualMachine]:
+    out = []
+    for n in (names or []) + [to_string(o.get("Name")) for o in (vms or [])]:
+        v = model.vm(n)
+        if v is None:
+            ctx.error(_vm_not_found(n, cmd))
+            continue
+        out.append(v)
+    return out
+
+
+def _invalid_state(vm: VirtualMachine, cmd: str, what: str) -> HyperVError:
+    # (approx) Hyper-V reports "The operation cannot be performed while the object is in its current state."
+    return HyperVError(f"{what}\nThe operation cannot be performed while the virtual machine '{vm.name}' is in its "
+                       "current state.", f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, vm.name)
+
+
+# ---------------------------------------------------------------- Hyper-V cmdlets
+def get_vmhost(ctx: _Ctx, model: HostModel) -> list[Any]:
+    return [PSObject({"Name": model.name, "ComputerName": model.name, "IovSupport": model.iov_support,
+                      "IovSupportReasons": list(model.iov_support_reasons) or None},
+                     typename="Microsoft.HyperV.PowerShell.VMHost")]
+
+
+def get_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None) -> list[Any]:
+    if name is None:
+        return [_vm_obj(model, v) for v in model.vms]
+    out = []
+    for n in name:
+        hits = [v for v in model.vms if _wild(n, v.name)]
+        if not hits and not any(c in n for c in "*?["):
+            ctx.error(_vm_not_found(n, "GetVM"))
+        out.extend(_vm_obj(model, v) for v in hits)
+    return out
+
+
+def _wild(pat: str, s: str) -> bool:
+    from .interp import _like
+    return _like(s, pat)
+
+
+def set_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None, vm: list[PSObject] | None = None,
+           automaticstopaction: PSEnum | None = None, guestcontrolledcachetypes: bool | None = None,
+           lowmemorymappediospace: int | None = None, highmemorymappediospace: int | None = None,
+           passthru: bool = False) -> list[Any]:
+    if name is None and vm is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: Name.",
+                          f"MissingMandatoryParameter,{HV}SetVM", "InvalidArgument", PBE, kind="terminating")
+    out = []
+    for v in _resolve_vms(ctx, model, name, vm, "SetVM"):
+        if v.state != "Off":
+            ctx.error(_invalid_state(v, "SetVM", f"Failed to modify settings of virtual machine '{v.name}'."))
+            continue
+        if lowmemorymappediospace is not None and lowmemorymappediospace < 0:
+            continue
+        if automaticstopaction is not None:
+            v.automatic_stop_action = automaticstopaction.name
+        if guestcontrolledcachetypes is not None:
+            v.guest_controlled_cache_types = guestcontrolledcachetypes
+        if lowmemorymappediospace is not None:
+            v.low_mmio = lowmemorymappediospace
+        if highmemorymappediospace is not None:
+            v.high_mmio = highmemorymappediospace
+        if passthru:
+            out.append(_vm_obj(model, v))
+    return out
+
+
+def get_vmsnapshot(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None, name: list[str] | None = None) -> list[Any]:
+    vms = _resolve_vms(ctx, model, vmname, None, "GetVMSnapshot") if vmname is not None else model.vms
+    out = []
+    for v in vms:
+        for c in v.checkpoints:
+            if name is None or any(_wild(n, c.name) for n in name):
+                out.append(PSObject({"Name": c.name, "VMName": v.name, "SnapshotType": PSEnum(
+                    "Microsoft.HyperV.PowerShell.SnapshotType", c.snapshot_type, SNAPSHOT_TYPES[c.snapshot_type])},
+                    typename="Microsoft.HyperV.PowerShell.VMSnapshot"))
+    return out
+
+
+def _dev_at(model: HostModel, locationpath: str | None, instancepath: str | None, cmd: str) -> PnpDevice:
+    d = None
+    if locationpath is not None:
+        d = model.device_by_location(locationpath)
+    elif instancepath is not None:
+        d = model.device_by_instance(instancepath)
+    if d is None:
+        # (approx)
+        what = locationpath if locationpath is not None else instancepath
+        raise HyperVError(f"The specified device was not found: '{what}'.",
+                          f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX, what or "")
+    return d
+
+
+def dismount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath: str | None = None,
+                                      instancepath: str | None = None, force: bool = False,
+                                      passthru: bool = False) -> list[Any]:
+    cmd = "DismountVMHostAssignableDevice"
+    if locationpath is None and instancepath is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
+                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
+                          kind="terminating")
+    d = _dev_at(model, locationpath, instancepath, cmd)
+    if not model.iov_support:
+        # (real) text of the VMMS event when the firmware withholds PCIe control
+        raise HyperVError("The operation failed.\nThe current configuration does not allow for OS control of the PCI "
+                          "Express bus. Please check your BIOS or UEFI settings.", f"InvalidOperation,{HV}{cmd}",
+                          "InvalidOperation", VEX, d.location_path)
+    if d.dismounted:
+        raise HyperVError(f"The device at location path '{d.location_path}' is already dismounted.",  # (approx)
+                          f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
+    if d.enabled:
+        raise HyperVError(f"The operation failed.\nThe device '{d.friendly_name}' at location path "  # (approx)
+                          f"'{d.location_path}' is still in use by the host. Disable it with Disable-PnpDevice "
+                          "before dismounting it.", f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX,
+                          d.location_path)
+    if d.rmrr:
+        raise HyperVError(f"The operation failed.\nThe device at location path '{d.location_path}' requires a "  # (approx)
+                          "reserved memory region (RMRR) and cannot be assigned to a virtual machine.",
+                          f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
+    if not d.mitigation_driver and not force:
+        # (real)
+        raise HyperVError("The operation failed.\nThe manufacturer of this device has not supplied any directives "
+                          "for securing this device while exposing it to a virtual machine. The device should only "
+                          "be exposed to trusted virtual machines.\nThis device is not supported when passed through "
+                          "to a virtual machine.", f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX,
+                          d.location_path)
+    d.dismounted = True
+    return [_assignable_obj(model, d, None)] if passthru else []
+
+
+def mount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath: str | None = None,
+                                   instancepath: str | None = None, passthru: bool = False) -> list[Any]:
+    cmd = "MountVMHostAssignableDevice"
+    if locationpath is None and instancepath is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
+                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
+                          kind="terminating")
+    d = _dev_at(model, locationpath, instancepath, cmd)
+    if not d.dismounted:
+        raise HyperVError(f"The device at location path '{d.location_path}' is not dismounted.",  # (approx)
+                          f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
+    if d.assigned_vm:
+        raise HyperVError(f"The device at location path '{d.location_path}' is assigned to virtual machine "  # (approx)
+                          f"'{d.assigned_vm}'. Remove it from the virtual machine first.",
+                          f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
+    d.dismounted = False
+    d.enabled = False       # comes back in the state it was dismounted in: disabled
+    return []
+
+
+def get_vmhost_assignable_device(ctx: _Ctx, model: HostModel) -> list[Any]:
+    return [_assignable_obj(model, d, None) for d in model.devices if d.dismounted and not d.assigned_vm]
+
+
+def add_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                             vm: list[PSObject] | None = None, locationpath: str | None = None,
+                             instancepath: str | None = None, passthru: bool = False) -> list[Any]:
+    cmd = "AddVMAssignableDevice"
+    if vmname is None and vm is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: VMName.",
+                          f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
+    if locationpath is None and instancepath is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
+                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
+                          kind="terminating")
+    out = []
+    for v in _resolve_vms(ctx, model, vmname, vm, cmd):
+        d = _dev_at(model, locationpath, instancepath, cmd)
+        fail = f"Failed to add device 'Virtual Pci Express Port'."
+        if v.state != "Off":
+            ctx.error(_invalid_state(v, cmd, fail))
+            continue
+        if not d.dismounted:
+            ctx.error(HyperVError(f"{fail}\nThe device at location path '{d.location_path}' is not dismounted "  # (approx)
+                                  "from the host. Use Dismount-VMHostAssignableDevice first.",
+                                  f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path))
+            continue
+        if d.assigned_vm:
+            ctx.error(HyperVError(f"{fail}\nThe device at location path '{d.location_path}' is already assigned "  # (approx)
+                                  f"to virtual machine '{d.assigned_vm}'.", f"InvalidState,{HV}{cmd}",
+                                  "InvalidOperation", VEX, d.location_path))
+            continue
+        if v.dynamic_memory_enabled:
+            ctx.error(HyperVError(f"{fail}\nVirtual machine '{v.name}' uses dynamic memory, which is not supported "  # (approx)
+                                  "with assigned devices.", f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX,
+                                  v.name))
+            continue
+        d.assigned_vm = v.name
+        if passthru:
+            out.append(_assignable_obj(model, d, v.name))
+    return out
+
+
+def remove_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                                vm: list[PSObject] | None = None, locationpath: str | None = None,
+                                instancepath: str | None = None, passthru: bool = False) -> list[Any]:
+    cmd = "RemoveVMAssignableDevice"
+    if vmname is None and vm is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: VMName.",
+                          f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
+    for v in _resolve_vms(ctx, model, vmname, vm, cmd):
+        devs = [d for d in model.devices if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()
+                and (locationpath is None or d.location_path.lower() == locationpath.lower())
+                and (instancepath is None or d.dismounted_instance_id.lower() == instancepath.lower())]
+        if not devs:
+            ctx.error(HyperVError(f"No assigned device at location path '{locationpath}' was found on virtual "  # (approx)
+                                  f"machine '{v.name}'.", f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX,
+                                  locationpath or ""))
+            continue
+        if v.state != "Off":
+            ctx.error(_invalid_state(v, cmd, "Failed to remove device 'Virtual Pci Express Port'."))
+            continue
+        for d in devs:
+            d.assigned_vm = None
+    return []
+
+
+def get_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                             vm: list[PSObject] | None = None) -> list[Any]:
+    vms = _resolve_vms(ctx, model, vmname, vm, "GetVMAssignableDevice") if (vmname or vm) else model.vms
+    return [_assignable_obj(model, d, v.name) for v in vms for d in model.devices
+            if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()]
+
+
+# ---------------------------------------------------------------- PnP cmdlets (CDXML module PnpDevice)
+def _pnp_not_found(where: str, cmd: str) -> HyperVError:
+    # (real) CDXML cmdletization "not found" message
+    return HyperVError("No matching Win32_PnPEntity objects found by CIM query for instances of the "
+                       "ROOT\\cimv2\\Win32_PnPEntity class on the  CIM server: SELECT * FROM Win32_PnPEntity  WHERE "
+                       f"{where}. Verify query parameters and retry.", f"CmdletizationQuery_NotFound,{cmd}",
+                       "ObjectNotFound", "Microsoft.PowerShell.Cmdletization.Cim.CimJobException", "Win32_PnPEntity")
+
+
+def _like_clause(field_: str, vals: list[str]) -> str:
+    return "(" + " OR ".join(f"({field_} LIKE '{v}')" for v in vals) + ")"
+
+
+def get_pnp_device(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = None, class_: list[str] | None = None,
+                   friendlyname: list[str] | None = None, presentonly: bool = False) -> list[Any]:
+    devs = list(model.devices)
+    if presentonly:
+        devs = [d for d in devs if not d.dismounted]
+    if instanceid is not None:
+        out = []
+        for iid in instanceid:
+            hit = [d for d in devs if _wild(iid, d.instance_id)]
+            if not hit:
+                ctx.error(_pnp_not_found(f"((DeviceId LIKE '{iid}'))", "Get-PnpDevice"))
+            out.extend(hit)
+        devs = out
+    if class_ is not None:
+        hit = [d for d in devs if any(_wild(c, d.pnp_class) for c in class_)]
+        if not hit:
+            ctx.error(_pnp_not_found(_like_clause("PNPClass", class_), "Get-PnpDevice"))
+        devs = hit
+    if friendlyname is not None:
+        devs = [d for d in devs if any(_wild(f, d.friendly_name) for f in friendlyname)]
+    return [_pnp_obj(d) for d in devs]
+
+
+def _acpi_path(d: PnpDevice) -> str:
+    return "ACPI(_SB_)#ACPI(PCI0)#" + "#".join(p.replace("PCI(", "ACPI(").replace(")", ")") for p in
+                                                d.location_path.split("#")[1:])
+
+
+def _prop(d: PnpDevice, key: str) -> tuple[str, Any] | None:
+    k = key.lower()
+    intr = (1 if d.line_interrupt else 0) | (6 if d.msi else 0)
+    table = {
+        "devpkey_device_locationpaths": ("StringList", [d.location_path, _acpi_path(d)]),
+        "devpkey_device_friendlyname": ("String", d.friendly_name),
+        "devpkey_device_class": ("String", d.pnp_class),
+        "devpkey_device_hardwareids": ("StringList", [d.instance_id.rsplit("\\", 1)[0]]),
+        "devpkey_pcidevice_requires_reserved_memory_region": ("Boolean", d.rmrr),
+        "devpkey_pcidevice_acscompatibleuphierarchy": ("UInt32", 3 if d.acs else 0),
+        "devpkey_pcidevice_devicetype": ("UInt32", PCI_DEVICE_TYPES[d.device_type]),
+        "devpkey_pcidevice_interruptsupport": ("UInt32", intr),
+        "devpkey_device_isassigned": ("Boolean", bool(d.assigned_vm)),
+    }
+    return table.get(k)
+
+
+def get_pnp_device_property(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = None,
+                            keyname: list[str] | None = None) -> list[Any]:
+    out = []
+    for iid in instanceid or []:
+        d = model.device_by_instance(iid)
+        if d is None:
+            ctx.error(_pnp_not_found(f"((DeviceId LIKE '{iid}'))", "Get-PnpDeviceProperty"))
+            continue
+        for key in keyname or []:
+            p = _prop(d, key)
+            if p is None:
+                ctx.error(HyperVError("Element not found. ", f"Windows System Error 1168,Get-PnpDeviceProperty",
+                                      "ObjectNotFound", CIMEX, key))
+                continue
+            out.append(PSObject({"InstanceId": d.instance_id, "KeyName": key, "Type": p[0], "Data": p[1]},
+                                typename="Microsoft.Management.Infrastructure.CimInstance#ROOT/cimv2/Win32_PnPDeviceProperty"))
+    return out
+
+
+def _set_enabled(ctx: _Ctx, model: HostModel, instanceid: list[str], enabled: bool, cmd: str,
+                 passthru: bool) -> list[Any]:
+    out = []
+    for iid in instanceid:
+        d = model.device_by_instance(iid)
+        if d is None or d.dismounted:
+            ctx.error(_pnp_not_found(f"((DeviceId LIKE '{iid}'))", cmd))
+            continue
+        d.enabled = enabled
+        if passthru:
+            out.append(_pnp_obj(d))
+    return out
+
+
+def disable_pnp_device(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = None,
+                       passthru: bool = False) -> list[Any]:
+    return _set_enabled(ctx, model, instanceid or [], False, "Disable-PnpDevice", passthru)
+
+
+def enable_pnp_device(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = None,
+                      passthru: bool = False) -> list[Any]:
+    return _set_enabled(ctx, model, instanceid or [], True, "Enable-PnpDevice", passthru)
+
+
+def get_cim_associated_instance(ctx: _Ctx, model: HostModel, inputobject: Any = None,
+                                resultclassname: str | None = None) -> list[Any]:
+    d = getattr(inputobject, "device", None)
+    if d is None:
+        raise HyperVError("The WS-Management service cannot process the request because the input object is not a "
+                          "CIM instance.", "HRESULT 0x80338000,Microsoft.Management.Infrastructure.CimCmdlets."
+                          "GetCimAssociatedInstanceCommand", "InvalidArgument", CIMEX)
+    if resultclassname is not None and resultclassname.lower() != "win32_devicememoryaddress":
+        return []
+    if d.dismounted:
+        return []            # a dismounted device holds no host resources
+    out = []
+    base = 0xF000000000 + (d.vendor_id << 8) * 0  # deterministic, not overlapping within a device
+    addr = base + (abs(hash(d.location_path)) % 0x100) * 0x4000000000
+    for size in d.bars:
+        addr = (addr + size - 1) // size * size
+        out.append(PSObject({"StartingAddress": addr, "EndingAddress": addr + size - 1,
+                             "Name": f"0x{addr:016X}-0x{addr + size - 1:016X}"},
+                            typename="Microsoft.Management.Infrastructure.CimInstance#ROOT/cimv2/Win32_DeviceMemoryAddress"))
+        addr += size
+    return out
+
+
+# ---------------------------------------------------------------- utility cmdlets
+def convertto_json(ctx: _Ctx, model: HostModel, inputobject: Any = None, depth: int = 2,
+                   compress: bool = False) -> list[Any]:
+    val = to_json_value(inputobject, 1, depth) if not isinstance(inputobject, list) else \
+        [to_json_value(x, 2, depth) for x in inputobject]
+    return [ps_json_dumps(val, compress)]
+
+
+def convertfrom_json(ctx: _Ctx, model: HostModel, inputobject: Any = None) -> list[Any]:
+    items = inputobject if isinstance(inputobject, list) else [inputobject]
+    text = "\n".join(to_string(x) for x in items)
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise HyperVError(f"Invalid JSON primitive: {text[:20]}.", "System.ArgumentException,Microsoft.PowerShell."
+                          "Commands.ConvertFromJsonCommand", "NotSpecified", "System.ArgumentException",
+                          kind="terminating") from e
+    v = from_json_value(data)
+    return list(v) if isinstance(v, list) else [v]
+
+
+def write_output(ctx: _Ctx, model: HostModel, inputobject: Any = None) -> list[Any]:
+    return list(inputobject) if isinstance(inputobject, list) else [inputobject]
+
+
+def out_null(ctx: _Ctx, model: HostModel, inputobject: Any = None) -> list[Any]:
+    return []
+
+
+def _hv(name: str, cls: str, params: list[Param], func: Callable[..., list[Any]], **kw: Any) -> Cmdlet:
+    return Cmdlet(name, HV + cls, params, func, **kw)
+
+
+_LP = Param("LocationPath", "string")
+_IP = Param("InstancePath", "string")
+
+CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
+    _hv("Get-VMHost", "GetVMHost", [Param("ComputerName", "string[]")], get_vmhost),
+    _hv("Get-VM", "GetVM", [Param("Name", "string[]", position=0, aliases=("VMName",))], get_vm),
+    _hv("Set-VM", "SetVM", [Param("Name", "string[]", position=0, aliases=("VMName",)), Param("VM", "vm[]"),
+                            Param("AutomaticStopAction", "enum:StopAction"),
+                            Param("GuestControlledCacheTypes", "bool"), Param("LowMemoryMappedIoSpace", "uint32"),
+                            Param("HighMemoryMappedIoSpace", "uint64"), Param("Passthru", "switch")], set_vm),
+    _hv("Get-VMSnapshot", "GetVMSnapshot", [Param("VMName", "string[]", position=0), Param("Name", "string[]")],
+        get_vmsnapshot),
+    _hv("Dismount-VMHostAssignableDevice", "DismountVMHostAssignableDevice",
+        [_LP, _IP, Param("Force", "switch"), Param("Passthru", "switch")], dismount_vmhost_assignable_device),
+    _hv("Mount-VMHostAssignableDevice", "MountVMHostAssignableDevice", [_LP, _IP, Param("Passthru", "switch")],
+        mount_vmhost_assignable_device),
+    _hv("Get-VMHostAssignableDevice", "GetVMHostAssignableDevice", [], get_vmhost_assignable_device),
+    _hv("Add-VMAssignableDevice", "AddVMAssignableDevice",
+        [Param("VMName", "string[]", position=0), Param("VM", "vm[]"), _LP, _IP, Param("Passthru", "switch")],
+        add_vm_assignable_device),
+    _hv("Remove-VMAssignableDevice", "RemoveVMAssignableDevice",
+        [Param("VMName", "string[]", position=0), Param("VM", "vm[]"), _LP, _IP, Param("Passthru", "switch")],
+        remove_vm_assignable_device),
+    _hv("Get-VMAssignableDevice", "GetVMAssignableDevice", [Param("VMName", "string[]", position=0),
+                                                            Param("VM", "vm[]")], get_vm_assignable_device),
+    Cmdlet("Get-PnpDevice", "Get-PnpDevice", [Param("InstanceId", "string[]", position=0),
+                                              Param("Class", "string[]"), Param("FriendlyName", "string[]"),
+                                              Param("PresentOnly", "switch")],
+           lambda ctx, model, **kw: get_pnp_device(ctx, model, class_=kw.pop("class", None), **kw)),
+    Cmdlet("Get-PnpDeviceProperty", "Get-PnpDeviceProperty",
+           [Param("InstanceId", "string[]", mandatory=True, position=1),
+            Param("KeyName", "string[]", position=0)], get_pnp_device_property),
+    Cmdlet("Disable-PnpDevice", "Disable-PnpDevice", [Param("InstanceId", "string[]", mandatory=True, position=0),
+                                                      Param("PassThru", "switch")], disable_pnp_device,
+           confirm_impact_high=True),
+    Cmdlet("Enable-PnpDevice", "Enable-PnpDevice", [Param("InstanceId", "string[]", mandatory=True, position=0),
+                                                    Param("PassThru", "switch")], enable_pnp_device,
+           confirm_impact_high=True),
+    Cmdlet("Get-CimAssociatedInstance",
+           "Microsoft.Management.Infrastructure.CimCmdlets.GetCimAssociatedInstanceCommand",
+           [Param("InputObject", "object", mandatory=True, position=0, pipeline=True),
+            Param("ResultClassName", "string")], get_cim_associated_instance),
+    Cmdlet("ConvertTo-Json", "Microsoft.PowerShell.Commands.ConvertToJsonCommand",
+           [Param("InputObject", "object", mandatory=True, position=0, pipeline=True), Param("Depth", "int"),
+            Param("Compress", "switch")], convertto_json, collects_pipeline=True),
+    Cmdlet("ConvertFrom-Json", "Microsoft.PowerShell.Commands.ConvertFromJsonCommand",
+           [Param("InputObject", "object", mandatory=True, position=0, pipeline=True)], convertfrom_json,
+           collects_pipeline=True),
+    Cmdlet("Write-Output", "Microsoft.PowerShell.Commands.WriteOutputCommand",
+           [Param("InputObject", "object", mandatory=True, position=0, pipeline=True)], write_output),
+    Cmdlet("Out-Null", "Microsoft.PowerShell.Commands.OutNullCommand",
+           [Param("InputObject", "object", position=0, pipeline=True)], out_null, collects_pipeline=True),
+]}

@@ -1,0 +1,47 @@
+"""The lab host: two A100 PCIe 80GB, one T4 behind an RMRR, five VMs."""
+from __future__ import annotations
+
+from .model import Checkpoint, HostModel, PnpDevice, VirtualMachine  # noqa: F401  (Checkpoint re-exported)
+
+M = 1024 ** 2
+G = 1024 ** 3
+
+A100_80G_BARS = [16 * M, 128 * G, 32 * M]
+T4_BARS = [16 * M, 256 * M, 32 * M]
+
+A100_1_LOC = "PCIROOT(20)#PCI(0300)#PCI(0000)#PCI(0800)#PCI(0000)"
+A100_2_LOC = "PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)"
+T4_LOC = "PCIROOT(0)#PCI(0200)#PCI(0000)"
+
+
+def lab_host() -> HostModel:
+    """A fresh lab model (a new object every call)."""
+    a100_1 = PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_20B5&SUBSYS_153310DE&REV_A1\\4&2B8F1D3A&0&0008",
+        friendly_name="NVIDIA A100 80GB PCIe", pnp_class="Display", location_path=A100_1_LOC,
+        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS),
+        enabled=False, dismounted=True, assigned_vm="cad-ws")
+    a100_2 = PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_20B5&SUBSYS_153310DE&REV_A1\\4&1C2E9A77&0&0010",
+        friendly_name="NVIDIA A100 80GB PCIe", pnp_class="Display", location_path=A100_2_LOC,
+        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS))
+    t4 = PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_1EB8&SUBSYS_12A210DE&REV_A1\\4&3F0B6C21&0&0010",
+        friendly_name="NVIDIA Tesla T4", pnp_class="Display", location_path=T4_LOC,
+        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS), rmrr=True)
+    vms = [
+        VirtualMachine("ml-train", generation=2, state="Off", memory_startup=64 * G,
+                       vm_id="6f1c1a52-3f0e-4d5e-9a51-0c8e6b7d1a01"),
+        VirtualMachine("render01", generation=1, state="Off", memory_startup=16 * G,
+                       vm_id="0b7e2f44-91d3-4b8a-8f0e-5d2c6a9e3b02"),
+        VirtualMachine("web01", generation=2, state="Running", memory_startup=8 * G,
+                       vm_id="c3d9a7e1-2b4f-4e6a-b1c8-7f5e0d2a4c03"),
+        VirtualMachine("cad-ws", generation=2, state="Off", memory_startup=32 * G,
+                       automatic_stop_action="TurnOff", guest_controlled_cache_types=True,
+                       low_mmio=3 * G, high_mmio=sum(A100_80G_BARS) + 512 * M,
+                       vm_id="9a4e6b1f-7c2d-4f8e-a3b5-1e0c9d8f7a04"),
+        VirtualMachine("dyn-mem", generation=2, state="Off", memory_startup=8 * G,
+                       dynamic_memory_enabled=True, vm_id="e5b8c2d7-4a1f-4c3e-9d6b-2f7a0e1c8b05"),
+    ]
+    return HostModel(name="HV-LAB01", iov_support=True, iov_support_reasons=[],
+                     devices=[a100_1, a100_2, t4], vms=vms)

@@ -1,0 +1,204 @@
+"""State of a modelled Hyper-V host (PnP devices, VMs, assignable devices).
+
+Pure data + the state transitions the Hyper-V/PnP cmdlets perform.  Every
+refused transition raises :class:`HyperVError` carrying the message,
+FullyQualifiedErrorId and category PowerShell would print.  The whole state
+round-trips through JSON (:meth:`HostModel.to_json` / :meth:`HostModel.from_json`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Enum values as PowerShell 5.1 serialises them with ConvertTo-Json.
+VM_STATES = {"Other": 1, "Running": 2, "Off": 3, "Stopping": 4, "Saved": 6, "Paused": 9,
+             "Starting": 10, "Reset": 11, "Saving": 32773, "Pausing": 32776, "Resuming": 32777}
+STOP_ACTIONS = {"TurnOff": 2, "Save": 3, "ShutDown": 4}
+SNAPSHOT_TYPES = {"Standard": 5, "Recovery": 6, "Planned": 7, "Missing": 8, "Replica": 9,
+                  "AppConsistentReplica": 10, "SyncedReplica": 11}
+
+DEFAULT_LOW_MMIO = 128 * 1024 * 1024
+DEFAULT_HIGH_MMIO = 512 * 1024 * 1024
+
+# PCI device types reported by DEVPKEY_PciDevice_DeviceType
+PCI_DEVICE_TYPES = {"PciConventional": 0, "PciX": 1, "PciExpressEndpoint": 2,
+                    "PciExpressLegacyEndpoint": 3, "PciExpressRootComplexIntegratedEndpoint": 4,
+                    "PciExpressTreatedAsPci": 5}
+
+
+class HyperVError(Exception):
+    """An error record a cmdlet writes.
+
+    ``kind`` is ``"nonterminating"`` (Write-Error style, subject to
+    -ErrorAction / $ErrorActionPreference) or ``"terminating"``
+    (ThrowTerminatingError: always stops the statement, caught by try/catch).
+    """
+
+    def __init__(self, message: str, fqid: str, category: str = "InvalidOperation",
+                 exception: str = "Microsoft.HyperV.PowerShell.VirtualizationException",
+                 target: str = "", kind: str = "nonterminating"):
+        super().__init__(message)
+        self.message = message
+        self.fqid = fqid
+        self.category = category
+        self.exception = exception
+        self.target = target
+        self.kind = kind
+
+
+@dataclass
+class PnpDevice:
+    """One PCI function as PnP sees it."""
+    instance_id: str
+    friendly_name: str
+    pnp_class: str                    # Display / Media / ...
+    location_path: str                # PCIROOT(..)#PCI(..)...
+    vendor_id: int
+    device_id: int
+    bars: list[int] = field(default_factory=list)   # BAR sizes in bytes (MMIO need = sum)
+    msi: bool = True                  # MSI/MSI-X support
+    line_interrupt: bool = True
+    rmrr: bool = False                # requires reserved memory region
+    acs: bool = True                  # ACS compatible up the hierarchy
+    device_type: str = "PciExpressEndpoint"
+    mitigation_driver: bool = False   # vendor security mitigation; without it Dismount needs -Force
+    enabled: bool = True
+    dismounted: bool = False
+    assigned_vm: str | None = None    # VM name holding the device
+
+    @property
+    def mmio_bytes(self) -> int:
+        return sum(self.bars)
+
+    @property
+    def status(self) -> str:
+        if self.dismounted:
+            return "Unknown"
+        return "OK" if self.enabled else "Error"
+
+    @property
+    def dismounted_instance_id(self) -> str:
+        # After dismount the device reappears under the PCIP enumerator.
+        return "PCIP\\" + self.instance_id.split("\\", 1)[1]
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    snapshot_type: str = "Standard"
+
+
+@dataclass
+class VirtualMachine:
+    name: str
+    generation: int = 2
+    state: str = "Off"
+    memory_startup: int = 4 * 1024 ** 3
+    dynamic_memory_enabled: bool = False
+    automatic_stop_action: str = "Save"
+    low_mmio: int = DEFAULT_LOW_MMIO
+    high_mmio: int = DEFAULT_HIGH_MMIO
+    guest_controlled_cache_types: bool = False
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    vm_id: str = ""
+
+
+@dataclass
+class Fault:
+    cmdlet: str
+    nth: int
+    message: str
+    seen: int = 0
+
+
+@dataclass
+class HostModel:
+    name: str = "HV01"
+    iov_support: bool = True
+    iov_support_reasons: list[str] = field(default_factory=list)
+    devices: list[PnpDevice] = field(default_factory=list)
+    vms: list[VirtualMachine] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()     # one script at a time mutates the host
+        self.faults: list[Fault] = []
+        self.calls: list[str] = []        # cmdlet names called, in order (for tests)
+
+    # ---------------------------------------------------------------- faults
+    def inject_fault(self, cmdlet: str, nth: int = 1, message: str | None = None) -> None:
+        """Make the ``nth`` call (counted from now) of ``cmdlet`` fail with a terminating error."""
+        self.faults.append(Fault(cmdlet.lower(), nth,
+                                 message or f"Injected fault in {cmdlet} (call {nth})."))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def check_fault(self, cmdlet: str) -> None:
+        self.calls.append(cmdlet)
+        for f in list(self.faults):
+            if f.cmdlet == cmdlet.lower():
+                f.seen += 1
+                if f.seen == f.nth:
+                    self.faults.remove(f)
+                    raise HyperVError(f.message, "InjectedFault," + cmdlet, "OperationStopped",
+                                      "System.Exception", kind="terminating")
+
+    # ---------------------------------------------------------------- lookup
+    def vm(self, name: str) -> VirtualMachine | None:
+        for v in self.vms:
+            if v.name.lower() == name.lower():
+                return v
+        return None
+
+    def device_by_instance(self, instance_id: str) -> PnpDevice | None:
+        for d in self.devices:
+            if d.instance_id.lower() == instance_id.lower() or (
+                    d.dismounted and d.dismounted_instance_id.lower() == instance_id.lower()):
+                return d
+        return None
+
+    def device_by_location(self, path: str) -> PnpDevice | None:
+        for d in self.devices:
+            if d.location_path.lower() == path.lower():
+                return d
+        return None
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "iov_support": self.iov_support,
+                "iov_support_reasons": list(self.iov_support_reasons),
+                "devices": [asdict(d) for d in self.devices],
+                "vms": [asdict(v) for v in self.vms]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HostModel":
+        devs = [PnpDevice(**_only(PnpDevice, d)) for d in data.get("devices", [])]
+        vms = []
+        for v in data.get("vms", []):
+            v = dict(v)
+            v["checkpoints"] = [Checkpoint(**c) for c in v.get("checkpoints", [])]
+            vms.append(VirtualMachine(**_only(VirtualMachine, v)))
+        return cls(name=data.get("name", "HV01"), iov_support=data.get("iov_support", True),
+                   iov_support_reasons=list(data.get("iov_support_reasons", [])),
+                   devices=devs, vms=vms)
+
+    @classmethod
+    def from_json(cls, text: str) -> "HostModel":
+        return cls.from_dict(json.loads(text))
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self.to_dict())
+
+
+def _only(klass: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(klass)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {klass.__name__} fields in JSON: {sorted(unknown)}")
+    return d
