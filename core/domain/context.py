@@ -1,0 +1,78 @@
+"""Everything a preflight rule or a backend's planner needs to judge one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
+from gpupass.core.domain.mmio import MmioNeed, MmioPolicy, mmio_need
+from gpupass.core.domain.pci import PciAddress, PciFunction
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a platform can do; requests for anything else get a clear 'not supported on X'."""
+
+    live_attach: bool = False
+    firmware_change: bool = True
+    hide_hypervisor: bool = False
+    dynamic_binding: bool = False
+    # ESXi-style: the host must switch a device to passthrough (and may need a reboot) before any VM uses it.
+    host_passthrough_switch: bool = False
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    operation: str
+    platform: str
+    facts: HostFacts
+    vm: Vm
+    gpus: tuple[Gpu, ...]
+    request: Union[AssignmentRequest, ReleaseRequest]
+    policy: MmioPolicy
+    capabilities: Capabilities
+
+    @property
+    def include_companions(self) -> bool:
+        return getattr(self.request.options, "include_companions", True)
+
+    @property
+    def functions(self) -> tuple[PciFunction, ...]:
+        """Every function that moves: the GPUs, and their companions unless the user left them out."""
+        result: list[PciFunction] = []
+        for gpu in self.gpus:
+            result.extend(gpu.functions if self.include_companions else (gpu.function,))
+        return tuple(result)
+
+    @property
+    def addresses(self) -> tuple[PciAddress, ...]:
+        return tuple(function.address for function in self.functions)
+
+    @property
+    def need(self) -> MmioNeed | None:
+        """MMIO the VM needs for everything it will hold after the change; None if any BAR is unknown."""
+        bars = []
+        for gpu in self.gpus_held_after:
+            if gpu.bars is None:
+                return None
+            bars.extend(gpu.bars)
+        return mmio_need(bars)
+
+    @property
+    def gpus_held_after(self) -> tuple[Gpu, ...]:
+        held = [gpu for gpu in self.facts.gpus if gpu.assigned_to == self.vm.name and gpu.location == self.vm.location]
+        if self.operation == "assign":
+            held += [gpu for gpu in self.gpus if gpu not in held]
+        else:
+            held = [gpu for gpu in held if gpu not in self.gpus]
+        return tuple(held)
+
+    @property
+    def already_done(self) -> bool:
+        """True when the facts already show the requested state (the command is idempotent)."""
+        held = set(self.vm.assigned)
+        if self.operation == "assign":
+            return all(address in held for address in self.addresses)
+        return not any(address in held for address in self.addresses)

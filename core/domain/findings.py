@@ -1,0 +1,45 @@
+"""Findings: what preflight says, each with a stable code scripts can match on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Severity(str, Enum):
+    BLOCKER = "blocker"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+    remedy: str | None = None
+    subject: str | None = None
+
+    @property
+    def blocks(self) -> bool:
+        return self.severity is Severity.BLOCKER
+
+
+def blocker(code: str, message: str, remedy: str | None = None, subject: str | None = None) -> Finding:
+    return Finding(code, Severity.BLOCKER, message, remedy, subject)
+
+
+def warning(code: str, message: str, remedy: str | None = None, subject: str | None = None) -> Finding:
+    return Finding(code, Severity.WARNING, message, remedy, subject)
+
+
+def info(code: str, message: str, remedy: str | None = None, subject: str | None = None) -> Finding:
+    return Finding(code, Severity.INFO, message, remedy, subject)
+
+
+@dataclass(frozen=True)
+class FeatureLoss:
+    """A capability the VM no longer has once it holds a passthrough device."""
+
+    feature: str
+    reason: str

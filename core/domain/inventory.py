@@ -1,0 +1,116 @@
+"""What a backend reports about a host: its GPUs, its VMs and the PCI functions around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
+
+
+@dataclass(frozen=True)
+class PassthroughState:
+    """Host-side passthrough switch; None where the platform has no such switch (KVM binds at VM start)."""
+
+    capable: bool | None = None
+    enabled: bool | None = None
+    active: bool | None = None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gpu:
+    function: PciFunction
+    companions: tuple[PciFunction, ...] = ()
+    iommu_group: IommuGroup | None = None
+    passthrough: PassthroughState = field(default_factory=PassthroughState)
+    assigned_to: str | None = None
+    model: str = ""
+    # Which host of a multi-host endpoint (a vCenter) the card sits in; "" for a single host.
+    location: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> PciAddress:
+        return self.function.address
+
+    @property
+    def functions(self) -> tuple[PciFunction, ...]:
+        return (self.function, *self.companions)
+
+    @property
+    def bars(self) -> tuple[Bar, ...] | None:
+        """All BARs of the card's functions, or None when any function's BARs are unknown."""
+        collected: list[Bar] = []
+        for function in self.functions:
+            if function.bars is None:
+                return None
+            collected.extend(function.bars)
+        return tuple(collected)
+
+
+class PowerState(str, Enum):
+    OFF = "off"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+
+
+class Firmware(str, Enum):
+    BIOS = "bios"
+    EFI = "efi"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    power_state: PowerState
+    firmware: Firmware
+    memory_bytes: int
+    memory_reserved_bytes: int | None = None
+    # The guest's 64-bit MMIO window as configured; None means the platform default.
+    mmio_window_bytes: int | None = None
+    assigned: tuple[PciAddress, ...] = ()
+    id: str = ""
+    location: str = ""
+    snapshots: int = 0
+    hypervisor_hidden: bool = False
+    # Platform facts that platform rules read (e.g. Hyper-V dynamic memory); JSON-safe values only.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_off(self) -> bool:
+        return self.power_state is PowerState.OFF
+
+
+@dataclass(frozen=True)
+class Host:
+    uri: str
+    platform: str
+    name: str = ""
+    iommu_enabled: bool | None = None
+    iommu_reasons: tuple[str, ...] = ()
+    maintenance_mode: bool | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    host: Host
+    gpus: tuple[Gpu, ...] = ()
+    vms: tuple[Vm, ...] = ()
+    # Every PCI function the backend saw, so rules can tell a bridge from a SATA controller in a group.
+    functions: Mapping[tuple[str, PciAddress], PciFunction] = field(default_factory=dict)
+
+    def function(self, address: PciAddress, location: str = "") -> PciFunction | None:
+        return self.functions.get((location, address))
+
+    def find_vm(self, name: str) -> Vm | None:
+        return next((vm for vm in self.vms if vm.name == name), None)
+
+    def gpus_at(self, address: PciAddress) -> list[Gpu]:
+        """GPUs whose display function or a companion has this address (one per location)."""
+        return [gpu for gpu in self.gpus if any(f.address == address for f in gpu.functions)]

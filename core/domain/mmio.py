@@ -1,0 +1,105 @@
+"""How much guest MMIO space a set of BARs needs, and how each platform expresses the window.
+
+The platforms differ only in data (default window, headroom, granularity, whether the window is a power of
+two), so each backend hands the core a `MmioPolicy` instead of its own arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from gpupass.core.domain.pci import Bar
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+# The total BAR size above which guest firmware must be EFI and the MMIO window has to be raised.
+LARGE_BAR_THRESHOLD = 16 * GiB
+
+
+def next_power_of_two(value: int) -> int:
+    return 1 if value <= 1 else 1 << (value - 1).bit_length()
+
+
+def align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def packed_size(sizes: Iterable[int]) -> int:
+    """Space taken by BARs each aligned to its own size, placed largest first (no padding wasted)."""
+    offset = 0
+    for size in sorted(sizes, reverse=True):
+        offset = align_up(offset, next_power_of_two(size)) + size
+    return offset
+
+
+@dataclass(frozen=True)
+class MmioNeed:
+    """What the devices need: 64-bit (high) and 32-bit (low) BAR space, packed and rounded."""
+
+    high: int
+    low: int
+    total_bars: int
+
+    @property
+    def is_large(self) -> bool:
+        return self.total_bars > LARGE_BAR_THRESHOLD
+
+
+def mmio_need(bars: Iterable[Bar]) -> MmioNeed:
+    bars = list(bars)
+    high = [bar.size for bar in bars if bar.is_64bit]
+    low = [bar.size for bar in bars if not bar.is_64bit]
+    return MmioNeed(
+        high=next_power_of_two(packed_size(high)) if high else 0,
+        low=next_power_of_two(packed_size(low)) if low else 0,
+        total_bars=sum(bar.size for bar in bars),
+    )
+
+
+@dataclass(frozen=True)
+class MmioPolicy:
+    """One platform's translation of an MMIO need into a guest window setting."""
+
+    default_window: int
+    adjustable: bool = True
+    max_window: int | None = None
+    headroom: int = 0
+    granularity: int = MiB
+    power_of_two: bool = True
+
+    def window_for(self, need: MmioNeed) -> int:
+        """The window to configure for `need` (never smaller than the platform default)."""
+        wanted = need.high + self.headroom
+        if self.power_of_two:
+            wanted = next_power_of_two(wanted)
+        wanted = align_up(wanted, self.granularity)
+        return max(wanted, self.default_window)
+
+    def fits(self, need: MmioNeed, current_window: int | None) -> bool:
+        window = self.default_window if current_window is None else current_window
+        return need.high + self.headroom <= window
+
+
+def format_bytes(size: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def parse_size(text: str) -> int:
+    """'64G', '64GiB', '512M', '1048576' -> bytes (binary units, as BARs are)."""
+    from gpupass.core.errors import UsageError
+
+    units = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = raw, ""
+    if raw and raw[-1] in units:
+        number, unit = raw[:-1], raw[-1]
+    if not number.isdigit():
+        raise UsageError(f"{text!r} is not a size", remedy="write sizes like 64G, 512M or a number of bytes")
+    return int(number) * units[unit]

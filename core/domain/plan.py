@@ -1,0 +1,65 @@
+"""A plan: the ordered steps of one change, what preflight found, and what the VM will lose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gpupass.core.domain.findings import FeatureLoss, Finding
+from gpupass.core.domain.inventory import Gpu
+from gpupass.core.domain.mmio import MmioNeed
+
+
+@dataclass(frozen=True)
+class Step:
+    action: str
+    description: str
+    undo: str
+    changes: tuple[str, ...] = ()
+    needs_vm_off: bool = False
+    needs_host_reboot: bool = False
+    writes: bool = True
+    # What the step sends, readable by an admin (an XML diff, a PowerShell script).
+    preview: str | None = None
+    # The backend's own data for carrying the step out; never shown, never compared.
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class MmioSummary:
+    need: MmioNeed | None
+    current_window: int
+    target_window: int
+
+    @property
+    def changes(self) -> bool:
+        return self.target_window != self.current_window
+
+
+@dataclass(frozen=True)
+class Plan:
+    operation: str
+    host: str
+    platform: str
+    vm: str
+    gpus: tuple[Gpu, ...]
+    steps: tuple[Step, ...]
+    findings: tuple[Finding, ...]
+    features_lost: tuple[FeatureLoss, ...] = ()
+    mmio: MmioSummary | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return any(finding.blocks for finding in self.findings)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not any(step.writes for step in self.steps)
+
+    @property
+    def needs_vm_off(self) -> bool:
+        return any(step.needs_vm_off for step in self.steps)
+
+    @property
+    def needs_host_reboot(self) -> bool:
+        return any(step.needs_host_reboot for step in self.steps)

@@ -1,0 +1,59 @@
+"""What the user asks for: which GPUs go to (or leave) which VM, and with which options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class AssignOptions:
+    include_companions: bool = True
+    # Switching an installed guest from BIOS to EFI makes it unbootable, so it is never implicit.
+    allow_firmware_change: bool = False
+    hide_hypervisor: bool = False
+    live: bool = False
+    dynamic: bool = False
+    allow_host_reboot: bool = False
+    # User-supplied 64-bit BAR totals for cards the host cannot describe and the catalog does not know.
+    bar_sizes: Mapping[PciAddress, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssignmentRequest:
+    vm: str
+    gpus: tuple[PciAddress, ...]
+    options: AssignOptions = field(default_factory=AssignOptions)
+
+    def __post_init__(self) -> None:
+        if not self.gpus:
+            raise UsageError("no GPU given", remedy="name at least one GPU by its PCI address (see `gpupass gpus HOST`)")
+        _reject_duplicates(self.gpus)
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    live: bool = False
+    disable_host_passthrough: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    vm: str
+    # Empty means every device the VM holds.
+    gpus: tuple[PciAddress, ...] = ()
+    options: ReleaseOptions = field(default_factory=ReleaseOptions)
+
+    def __post_init__(self) -> None:
+        _reject_duplicates(self.gpus)
+
+
+def _reject_duplicates(addresses: tuple[PciAddress, ...]) -> None:
+    seen: set[PciAddress] = set()
+    for address in addresses:
+        if address in seen:
+            raise UsageError(f"GPU {address} is named twice", remedy="name each GPU once")
+        seen.add(address)

@@ -1,0 +1,231 @@
+"""The hypervisor-neutral preflight rules. Each reads the normalised facts and yields findings."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.findings import Finding, blocker, info, warning
+from gpupass.core.domain.inventory import Firmware, PowerState
+from gpupass.core.domain.mmio import format_bytes
+
+
+def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
+    host = ctx.facts.host
+    if host.iommu_enabled is False:
+        reasons = "; ".join(host.iommu_reasons) or "the host reports no IOMMU"
+        yield blocker(
+            "iommu-off",
+            f"IOMMU / I/O virtualisation is off on {host.name or host.uri}: {reasons}",
+            "enable VT-d (Intel) or AMD-Vi/IOMMU in the firmware setup, plus intel_iommu=on on Linux, then reboot",
+        )
+    elif host.iommu_enabled is None:
+        yield warning(
+            "iommu-unknown",
+            f"gpupass cannot tell whether the IOMMU is on at {host.uri}",
+            "check `dmesg | grep -e DMAR -e IOMMU` on the host",
+        )
+
+
+def iommu_group_isolated(ctx: CheckContext) -> Iterable[Finding]:
+    moving = set(ctx.addresses)
+    for gpu in ctx.gpus:
+        group = gpu.iommu_group
+        if group is None:
+            continue
+        for member in group.members:
+            if member in moving:
+                continue
+            function = ctx.facts.function(member, gpu.location)
+            if function is not None and function.is_bridge:
+                continue
+            if gpu.iommu_group and any(member == f.address for f in gpu.companions):
+                # Reported by the companion rule, with a better remedy.
+                continue
+            kind = function.kind if function else "device"
+            name = f" ({function.name})" if function and function.name else ""
+            yield blocker(
+                "iommu-group-shared",
+                f"{member} {kind}{name} shares IOMMU group {group.number} with GPU {gpu.address}; every endpoint "
+                "of a group must go to the same VM",
+                "move the card to a slot with its own IOMMU group (check the board manual for CPU-attached slots) "
+                "or enable ACS on the upstream port in the firmware; gpupass will not hand a host device to a VM",
+                subject=str(gpu.address),
+            )
+
+
+def companions(ctx: CheckContext) -> Iterable[Finding]:
+    for gpu in ctx.gpus:
+        if not gpu.companions:
+            continue
+        names = ", ".join(f"{f.address} ({f.kind})" for f in gpu.companions)
+        if ctx.include_companions:
+            yield info(
+                "companions-included",
+                f"GPU {gpu.address} goes with its companion functions {names}, kept as one multifunction device",
+                subject=str(gpu.address),
+            )
+        elif gpu.iommu_group is not None and any(f.address in gpu.iommu_group.members for f in gpu.companions):
+            yield blocker(
+                "companion-left-behind",
+                f"GPU {gpu.address} shares its IOMMU group with {names}, which you left out",
+                "assign the companions too (drop --no-companions)",
+                subject=str(gpu.address),
+            )
+
+
+def not_assigned_elsewhere(ctx: CheckContext) -> Iterable[Finding]:
+    for gpu in ctx.gpus:
+        owner = gpu.assigned_to
+        if owner and owner != ctx.vm.name:
+            other = ctx.facts.find_vm(owner)
+            state = f" ({other.power_state.value})" if other else ""
+            yield blocker(
+                "gpu-assigned-elsewhere",
+                f"GPU {gpu.address} is already assigned to VM '{owner}'{state}",
+                f"release it first: gpupass release HOST '{owner}' {gpu.address}",
+                subject=str(gpu.address),
+            )
+
+
+def passthrough_enabled_on_host(ctx: CheckContext) -> Iterable[Finding]:
+    if not ctx.capabilities.host_passthrough_switch:
+        return
+    for gpu in ctx.gpus:
+        state = gpu.passthrough
+        if state.capable is False:
+            why = "; ".join(state.reasons) or "the host says it cannot pass this device through"
+            yield blocker(
+                "gpu-not-passthrough-capable",
+                f"GPU {gpu.address} cannot be passed through: {why}",
+                "check the platform's passthrough requirements for this device and slot",
+                subject=str(gpu.address),
+            )
+        elif not state.active:
+            pending = "is enabled but not active yet" if state.enabled else "is not enabled for passthrough"
+            host = gpu.location or ctx.facts.host.name
+            if ctx.request.options.allow_host_reboot:
+                yield warning(
+                    "host-reboot-required",
+                    f"GPU {gpu.address} {pending}; host {host} must reboot before the VM can use it",
+                    "the plan includes the reboot; move other VMs off the host first",
+                    subject=str(gpu.address),
+                )
+            else:
+                yield blocker(
+                    "host-reboot-required",
+                    f"GPU {gpu.address} {pending}; host {host} must reboot before the VM can use it",
+                    "put the host in maintenance mode or pass --allow-host-reboot; gpupass never reboots silently",
+                    subject=str(gpu.address),
+                )
+
+
+def vm_power_state(ctx: CheckContext) -> Iterable[Finding]:
+    vm = ctx.vm
+    if vm.is_off or ctx.already_done:
+        return
+    if ctx.request.options.live and ctx.capabilities.live_attach:
+        yield warning(
+            "live-change",
+            f"VM '{vm.name}' is {vm.power_state.value}: the devices are hot-plugged and written to its definition",
+            "the guest must support PCIe hot-plug; a cold boot is the safer path",
+        )
+        return
+    verb = "receive" if ctx.operation == "assign" else "give back"
+    yield blocker(
+        "vm-not-off",
+        f"VM '{vm.name}' is {vm.power_state.value}; it must be powered off to {verb} a passthrough GPU",
+        f"shut it down first (it is {vm.power_state.value})"
+        + (", or pass --live where the platform supports hot-plug" if ctx.capabilities.live_attach else ""),
+    )
+
+
+def firmware_for_large_bars(ctx: CheckContext) -> Iterable[Finding]:
+    need = ctx.need
+    if ctx.operation != "assign" or need is None or not need.is_large or ctx.vm.firmware is not Firmware.BIOS:
+        return
+    total = format_bytes(need.total_bars)
+    if ctx.request.options.allow_firmware_change and ctx.capabilities.firmware_change:
+        yield warning(
+            "firmware-change",
+            f"VM '{ctx.vm.name}' boots with BIOS and the GPUs need {total} of BARs: its firmware will switch to "
+            "EFI, and a guest installed under BIOS will not boot until it is converted",
+            "convert the guest's disk to GPT with an EFI system partition (Windows: mbr2gpt) before powering on",
+        )
+        return
+    yield blocker(
+        "firmware-bios-large-bar",
+        f"VM '{ctx.vm.name}' boots with BIOS, but the GPUs need {total} of BARs (more than 16 GiB needs EFI)",
+        "use a VM with EFI firmware, or pass --allow-firmware-change if the guest can boot with EFI "
+        "(switching an installed BIOS guest makes it unbootable)",
+    )
+
+
+def mmio_window(ctx: CheckContext) -> Iterable[Finding]:
+    need = ctx.need
+    if ctx.operation != "assign" or need is None:
+        return
+    policy = ctx.policy
+    if policy.fits(need, ctx.vm.mmio_window_bytes):
+        return
+    current = ctx.vm.mmio_window_bytes if ctx.vm.mmio_window_bytes is not None else policy.default_window
+    target = policy.window_for(need)
+    if not policy.adjustable or (policy.max_window is not None and target > policy.max_window):
+        limit = format_bytes(policy.max_window) if policy.max_window else format_bytes(current)
+        yield blocker(
+            "mmio-window-too-small",
+            f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO but the guest window is limited to {limit}",
+            "assign fewer GPUs to this VM",
+        )
+        return
+    if ctx.request.options.live:
+        yield blocker(
+            "mmio-needs-restart",
+            f"the guest MMIO window must grow from {format_bytes(current)} to {format_bytes(target)}, which a "
+            "running VM cannot do",
+            "power the VM off and assign without --live",
+        )
+        return
+    yield info(
+        "mmio-window-resized",
+        f"the guest's 64-bit MMIO window grows from {format_bytes(current)} to {format_bytes(target)} "
+        f"(the GPUs need {format_bytes(need.high)})",
+    )
+
+
+def bar_sizes_known(ctx: CheckContext) -> Iterable[Finding]:
+    if ctx.operation != "assign":
+        return
+    for gpu in ctx.gpus:
+        if gpu.bars is None:
+            yield warning(
+                "bar-size-unknown",
+                f"the BAR sizes of GPU {gpu.address} ({gpu.model or gpu.function.ids}) are unknown, so the guest "
+                "MMIO window cannot be checked",
+                f"pass --bar-size {gpu.address}=SIZE (e.g. 32G; `lspci -vv -s {gpu.address}` shows the regions)",
+                subject=str(gpu.address),
+            )
+
+
+def hide_hypervisor_opt_in(ctx: CheckContext) -> Iterable[Finding]:
+    if ctx.operation == "assign" and ctx.request.options.hide_hypervisor:
+        yield info(
+            "hypervisor-hidden",
+            "the hypervisor is hidden from the guest (works around 'Code 43' from old NVIDIA consumer drivers; "
+            "drivers since R465 do not need it)",
+        )
+
+
+ASSIGN_RULES = (
+    iommu_enabled,
+    iommu_group_isolated,
+    companions,
+    not_assigned_elsewhere,
+    passthrough_enabled_on_host,
+    vm_power_state,
+    firmware_for_large_bars,
+    mmio_window,
+    bar_sizes_known,
+    hide_hypervisor_opt_in,
+)
+RELEASE_RULES = (vm_power_state,)

@@ -1,0 +1,79 @@
+"""The error hierarchy every backend translates its platform's failures into.
+
+Each error carries the problem and, where there is one, the fix. The CLI maps the classes to exit codes,
+so scripts can tell a usage mistake from a host that is down.
+"""
+
+from __future__ import annotations
+
+
+class GpupassError(Exception):
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, *, remedy: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def to_dict(self) -> dict:
+        return {"error": self.kind, "message": self.message, "remedy": self.remedy}
+
+
+class UsageError(GpupassError):
+    """The command line or a file given to gpupass is wrong."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class NotFound(GpupassError):
+    """A VM, GPU or host named by the user does not exist."""
+
+    kind = "not-found"
+
+
+class NotSupported(GpupassError):
+    """The platform truly lacks the feature."""
+
+    kind = "not-supported"
+
+
+class BackendUnavailable(GpupassError):
+    """No backend handles the URI, or its SDK is not installed."""
+
+    kind = "backend-unavailable"
+
+
+class ConnectionFailed(GpupassError):
+    """The host could not be reached (network, TLS, daemon down)."""
+
+    kind = "connection-failed"
+
+
+class AuthenticationFailed(GpupassError):
+    kind = "authentication-failed"
+
+
+class OperationFailed(GpupassError):
+    """A write step failed; `rolled_back` says whether every earlier step was undone."""
+
+    kind = "operation-failed"
+
+    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool = True) -> None:
+        super().__init__(message, remedy=remedy)
+        self.rolled_back = rolled_back
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "rolled_back": self.rolled_back}
+
+
+class PreflightFailed(GpupassError):
+    """Preflight found blocking problems; nothing was changed."""
+
+    exit_code = 3
+    kind = "preflight-failed"
+
+    def __init__(self, message: str, findings: list) -> None:
+        super().__init__(message, remedy="fix the blocking findings above, then run the command again")
+        self.findings = findings
