@@ -1,0 +1,54 @@
+"""Resolve a host's password from the environment, the keyring or a private config file. Never argv."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from gpupass.core.config import HostEntry
+from gpupass.core.errors import AuthenticationFailed
+from gpupass.core.target import Secret
+
+KEYRING_SERVICE = "gpupass"
+
+
+def env_var_for(host_name: str) -> str:
+    """GPUPASS_PASSWORD_<NAME>: the per-host variable every host has without configuration."""
+    return "GPUPASS_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", host_name).upper()
+
+
+def resolve_password(host_name: str, entry: HostEntry | None, username: str | None) -> Secret | None:
+    if entry and entry.password_env:
+        value = os.environ.get(entry.password_env)
+        if value is None:
+            raise AuthenticationFailed(
+                f"host {host_name!r} takes its password from ${entry.password_env}, which is not set",
+                remedy=f"export {entry.password_env}=... before running gpupass",
+            )
+        return Secret(value)
+    for variable in (env_var_for(host_name), "GPUPASS_PASSWORD"):
+        if variable in os.environ:
+            return Secret(os.environ[variable])
+    if entry and entry.keyring:
+        return _from_keyring(host_name, username)
+    if entry and entry.password is not None:
+        return Secret(entry.password)
+    return None
+
+
+def _from_keyring(host_name: str, username: str | None) -> Secret:
+    try:
+        import keyring  # optional: pip install 'gpupass[keyring]'
+    except ImportError as exc:
+        raise AuthenticationFailed(
+            f"host {host_name!r} takes its password from the keyring, but the keyring module is not installed",
+            remedy="pip install 'gpupass[keyring]'",
+        ) from exc
+    account = f"{username}@{host_name}" if username else host_name
+    value = keyring.get_password(KEYRING_SERVICE, account)
+    if value is None:
+        raise AuthenticationFailed(
+            f"no password for {account!r} in the keyring (service {KEYRING_SERVICE!r})",
+            remedy=f"keyring set {KEYRING_SERVICE} {account}",
+        )
+    return Secret(value)

@@ -1,0 +1,108 @@
+"""Loads plugins (entry point group `gpupass`) and collects what they register."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pluggy
+
+from gpupass.core import hookspecs
+from gpupass.core.errors import BackendUnavailable
+from gpupass.core.ports import Backend, LabHost
+
+ENTRY_POINT_GROUP = "gpupass"
+
+
+@dataclass(frozen=True)
+class RegisteredRule:
+    rule: Callable
+    operations: tuple[str, ...]
+    platforms: tuple[str, ...] | None
+    plugin: str
+
+
+@dataclass
+class Registry:
+    backends: list[type[Backend]] = field(default_factory=list)
+    rules: list[RegisteredRule] = field(default_factory=list)
+    lab_hosts: list[LabHost] = field(default_factory=list)
+    # Which plugin registered each backend class, for `gpupass plugins`.
+    backend_plugins: dict[type[Backend], str] = field(default_factory=dict)
+
+    def backend_for(self, scheme: str) -> type[Backend]:
+        for backend in self.backends:
+            if scheme in backend.schemes:
+                return backend
+        known = ", ".join(sorted(s for b in self.backends for s in b.schemes)) or "none"
+        raise BackendUnavailable(
+            f"no backend handles URIs of scheme '{scheme}://' (known schemes: {known})",
+            remedy="check the URI, or install the plugin for that platform (`gpupass plugins` lists them)",
+        )
+
+    def rules_for(self, operation: str, platform: str) -> list[Callable]:
+        return [
+            r.rule
+            for r in self.rules
+            if operation in r.operations and (r.platforms is None or platform in r.platforms)
+        ]
+
+    def lab_host(self, name: str) -> LabHost | None:
+        return next((lab for lab in self.lab_hosts if lab.name == name), None)
+
+
+def make_plugin_manager(extra_plugins: Iterable[object] = (), load_entry_points: bool = True) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("gpupass")
+    pm.add_hookspecs(hookspecs)
+    from gpupass.core import builtin_rules
+
+    pm.register(builtin_rules, name="gpupass.core")
+    if load_entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+def collect(pm: pluggy.PluginManager) -> Registry:
+    registry = Registry()
+    for impl in pm.hook.gpupass_register_backends.get_hookimpls():
+        def register_backend(backend: type[Backend], _plugin: str = impl.plugin_name) -> None:
+            registry.backends.append(backend)
+            registry.backend_plugins[backend] = _plugin
+
+        impl.function(register=register_backend)
+    for impl in pm.hook.gpupass_register_rules.get_hookimpls():
+        def register_rule(rule: Callable, operations: Iterable[str] = ("assign",),
+                          platforms: Iterable[str] | None = None, _plugin: str = impl.plugin_name) -> None:
+            registry.rules.append(
+                RegisteredRule(rule, tuple(operations), tuple(platforms) if platforms else None, _plugin)
+            )
+
+        impl.function(register=register_rule)
+    pm.hook.gpupass_register_lab_hosts(register=registry.lab_hosts.append)
+    return registry
+
+
+_default: tuple[pluggy.PluginManager, Registry] | None = None
+
+
+def default_registry() -> Registry:
+    """The registry of every installed plugin, loaded once per process."""
+    global _default
+    if _default is None:
+        pm = make_plugin_manager()
+        _default = (pm, collect(pm))
+    return _default[1]
+
+
+def default_plugin_manager() -> pluggy.PluginManager:
+    default_registry()
+    assert _default is not None
+    return _default[0]
+
+
+def reset_default() -> None:
+    global _default
+    _default = None

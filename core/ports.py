@@ -1,0 +1,92 @@
+"""The ports a platform implements. The core talks to hypervisors only through these."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.findings import FeatureLoss
+from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.mmio import MmioPolicy
+from gpupass.core.domain.plan import Step
+from gpupass.core.target import Target
+
+
+class Backend(ABC):
+    """One connection to one host (or one vCenter) of a platform."""
+
+    platform: ClassVar[str]
+    schemes: ClassVar[tuple[str, ...]]
+    description: ClassVar[str] = ""
+    # Python modules the backend needs at run time, and the pip extra that brings them.
+    sdk_modules: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    mmio_policy: ClassVar[MmioPolicy]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        # Requests sent to the platform's API; benchmarks and tests read it (it is deterministic).
+        self.round_trips = 0
+
+    @classmethod
+    def sdk_available(cls) -> bool:
+        return all(importlib.util.find_spec(module) is not None for module in cls.sdk_modules)
+
+    @classmethod
+    def install_hint(cls) -> str:
+        return f"pip install 'gpupass[{cls.extra}]'" if cls.extra else "see the backend's documentation"
+
+    @abstractmethod
+    def inventory(self) -> HostFacts:
+        """Read GPUs, VMs and host settings in as few round trips as the platform allows."""
+
+    @abstractmethod
+    def plan_assign(self, ctx: CheckContext) -> list[Step]:
+        """Translate a checked assignment into this platform's ordered steps (no writes)."""
+
+    @abstractmethod
+    def plan_release(self, ctx: CheckContext) -> list[Step]:
+        """Translate a release into steps that undo exactly what an assign added."""
+
+    def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        return []
+
+    @abstractmethod
+    def apply(self, step: Step) -> Any:
+        """Carry out one step; return what `undo` needs to reverse it."""
+
+    @abstractmethod
+    def undo(self, step: Step, token: Any) -> None:
+        """Reverse a step that `apply` completed."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LabHost(ABC):
+    """A built-in demonstration host whose state lives under the user's data directory."""
+
+    name: ClassVar[str]
+    platform: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def target(self, data_dir: Path) -> Target:
+        """The target to open, creating the lab's state first if it does not exist."""
+
+    @abstractmethod
+    def reset(self, data_dir: Path) -> None:
+        """Restore the lab's initial state."""
+
+    def status(self, data_dir: Path) -> str:
+        return "ready"

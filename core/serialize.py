@@ -1,0 +1,145 @@
+"""JSON shapes of the model. These keys are a public contract: scripts read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpupass.core.domain.findings import FeatureLoss, Finding
+from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
+from gpupass.core.domain.mmio import mmio_need
+from gpupass.core.domain.pci import PciFunction
+from gpupass.core.domain.plan import MmioSummary, Plan, Step
+
+
+def function_to_dict(function: PciFunction) -> dict[str, Any]:
+    return {
+        "address": str(function.address),
+        "vendor_id": f"{function.vendor_id:04x}",
+        "device_id": f"{function.device_id:04x}",
+        "class": f"{function.class_code:06x}",
+        "kind": function.kind,
+        "name": function.name,
+        "driver": function.driver,
+        "bars": None if function.bars is None else [
+            {"index": bar.index, "size": bar.size, "64bit": bar.is_64bit} for bar in function.bars
+        ],
+    }
+
+
+def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
+    bars = gpu.bars
+    need = mmio_need(bars) if bars is not None else None
+    state = gpu.passthrough
+    return {
+        "address": str(gpu.address),
+        "location": gpu.location or None,
+        "vendor_id": f"{gpu.function.vendor_id:04x}",
+        "device_id": f"{gpu.function.device_id:04x}",
+        "name": gpu.model or gpu.function.name,
+        "class": f"{gpu.function.class_code:06x}",
+        "driver": gpu.function.driver,
+        "iommu_group": gpu.iommu_group.number if gpu.iommu_group else None,
+        "iommu_group_members": [str(a) for a in gpu.iommu_group.members] if gpu.iommu_group else [],
+        "companions": [str(f.address) for f in gpu.companions],
+        "functions": [function_to_dict(f) for f in gpu.functions],
+        "bars": None if bars is None else [{"index": b.index, "size": b.size, "64bit": b.is_64bit} for b in bars],
+        "mmio_bytes": None if need is None else {"high": need.high, "low": need.low, "total_bars": need.total_bars},
+        "passthrough": {"capable": state.capable, "enabled": state.enabled, "active": state.active,
+                        "reasons": list(state.reasons)},
+        "assigned_to": gpu.assigned_to,
+        **({"extra": dict(gpu.extra)} if gpu.extra else {}),
+    }
+
+
+def vm_to_dict(vm: Vm) -> dict[str, Any]:
+    return {
+        "name": vm.name,
+        "id": vm.id or None,
+        "location": vm.location or None,
+        "power_state": vm.power_state.value,
+        "firmware": vm.firmware.value,
+        "memory_bytes": vm.memory_bytes,
+        "memory_reserved_bytes": vm.memory_reserved_bytes,
+        "mmio_window_bytes": vm.mmio_window_bytes,
+        "assigned": [str(a) for a in vm.assigned],
+        "snapshots": vm.snapshots,
+        "hypervisor_hidden": vm.hypervisor_hidden,
+        "settings": dict(vm.settings),
+    }
+
+
+def host_to_dict(host: Host) -> dict[str, Any]:
+    return {
+        "uri": host.uri,
+        "platform": host.platform,
+        "name": host.name,
+        "iommu_enabled": host.iommu_enabled,
+        "iommu_reasons": list(host.iommu_reasons),
+        "maintenance_mode": host.maintenance_mode,
+        "settings": dict(host.settings),
+    }
+
+
+def finding_to_dict(finding: Finding) -> dict[str, Any]:
+    return {
+        "code": finding.code,
+        "severity": finding.severity.value,
+        "message": finding.message,
+        "remedy": finding.remedy,
+        "subject": finding.subject,
+    }
+
+
+def feature_to_dict(loss: FeatureLoss) -> dict[str, Any]:
+    return {"feature": loss.feature, "reason": loss.reason}
+
+
+def step_to_dict(step: Step, index: int) -> dict[str, Any]:
+    return {
+        "number": index,
+        "action": step.action,
+        "description": step.description,
+        "changes": list(step.changes),
+        "writes": step.writes,
+        "needs_vm_off": step.needs_vm_off,
+        "needs_host_reboot": step.needs_host_reboot,
+        "undo": step.undo,
+        "preview": step.preview,
+    }
+
+
+def mmio_to_dict(summary: MmioSummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "need_high_bytes": summary.need.high if summary.need else None,
+        "need_low_bytes": summary.need.low if summary.need else None,
+        "current_window_bytes": summary.current_window,
+        "target_window_bytes": summary.target_window,
+    }
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "operation": plan.operation,
+        "host": plan.host,
+        "platform": plan.platform,
+        "vm": plan.vm,
+        "gpus": [gpu_to_dict(g) for g in plan.gpus],
+        "blocked": plan.blocked,
+        "nothing_to_do": plan.nothing_to_do,
+        "needs_vm_off": plan.needs_vm_off,
+        "needs_host_reboot": plan.needs_host_reboot,
+        "steps": [step_to_dict(s, i) for i, s in enumerate(plan.steps, 1)],
+        "findings": [finding_to_dict(f) for f in plan.findings],
+        "features_lost": [feature_to_dict(f) for f in plan.features_lost],
+        "mmio": mmio_to_dict(plan.mmio),
+    }
+
+
+def facts_to_dict(facts: HostFacts) -> dict[str, Any]:
+    return {
+        "host": host_to_dict(facts.host),
+        "gpus": [gpu_to_dict(g) for g in facts.gpus],
+        "vms": [vm_to_dict(v) for v in facts.vms],
+    }

@@ -1,0 +1,201 @@
+"""The use cases: check, plan, assign and release. Platform work goes through the Backend port only."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.findings import Finding
+from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
+from gpupass.core.domain.mmio import format_bytes
+from gpupass.core.domain.pci import Bar, PciAddress
+from gpupass.core.domain.plan import MmioSummary, Plan, Step
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.errors import GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
+from gpupass.core.plugins import Registry
+from gpupass.core.ports import Backend
+
+
+def find_vm(facts: HostFacts, name: str) -> Vm:
+    vm = facts.find_vm(name)
+    if vm is None:
+        raise NotFound(
+            f"no VM named {name!r} on {facts.host.uri}",
+            remedy="names are case-sensitive; `gpupass vms HOST` lists them",
+        )
+    return vm
+
+
+def resolve_gpu(facts: HostFacts, address: PciAddress, vm: Vm) -> Gpu:
+    candidates = facts.gpus_at(address)
+    if len(candidates) > 1:
+        candidates = [gpu for gpu in candidates if gpu.location == vm.location] or candidates
+    if not candidates:
+        raise NotFound(
+            f"no GPU at {address} on {facts.host.uri}",
+            remedy="`gpupass gpus HOST` lists the GPUs and their addresses",
+        )
+    if len(candidates) > 1:
+        places = ", ".join(gpu.location for gpu in candidates)
+        raise UsageError(f"{address} exists on several hosts ({places})", remedy="run the VM on the host you mean")
+    gpu = candidates[0]
+    if gpu.address != address:
+        raise UsageError(
+            f"{address} is the {facts.function(address, gpu.location).kind if facts.function(address, gpu.location) else 'companion'}"
+            f" of GPU {gpu.address}, not a GPU",
+            remedy=f"name the GPU, {gpu.address}; its companions go with it",
+        )
+    return gpu
+
+
+def _with_bar_override(gpu: Gpu, size: int | None) -> Gpu:
+    if size is None:
+        return gpu
+    function = dataclasses.replace(gpu.function, bars=(Bar(1, size, is_64bit=True),))
+    companions = tuple(c if c.bars is not None else dataclasses.replace(c, bars=()) for c in gpu.companions)
+    return dataclasses.replace(gpu, function=function, companions=companions)
+
+
+def check_capabilities(backend: type[Backend], request: AssignmentRequest | ReleaseRequest) -> None:
+    caps, options, platform = backend.capabilities, request.options, backend.platform
+    wanted = [
+        ("live", caps.live_attach, "live (hot-plug) assignment"),
+        ("dynamic", caps.dynamic_binding, "dynamic device binding (--dynamic)"),
+        ("hide_hypervisor", caps.hide_hypervisor, "hiding the hypervisor (--hide-hypervisor)"),
+    ]
+    for option, supported, what in wanted:
+        if getattr(options, option, False) and not supported:
+            raise NotSupported(f"{what} is not supported on {platform}", remedy="run the command without that option")
+
+
+def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest | ReleaseRequest) -> CheckContext:
+    check_capabilities(type(backend), request)
+    vm = find_vm(facts, request.vm)
+    operation = "assign" if isinstance(request, AssignmentRequest) else "release"
+    if operation == "assign":
+        sizes = request.options.bar_sizes
+        gpus = tuple(_with_bar_override(resolve_gpu(facts, a, vm), sizes.get(a)) for a in request.gpus)
+    elif request.gpus:
+        gpus = tuple(resolve_gpu(facts, a, vm) for a in request.gpus)
+        for gpu in gpus:
+            if gpu.assigned_to not in (None, vm.name):
+                raise UsageError(
+                    f"GPU {gpu.address} belongs to VM '{gpu.assigned_to}', not '{vm.name}'",
+                    remedy=f"release it from '{gpu.assigned_to}' instead",
+                )
+    else:
+        gpus = tuple(g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location)
+    return CheckContext(operation, backend.platform, facts, vm, gpus, request, backend.mmio_policy, backend.capabilities)
+
+
+def preflight(ctx: CheckContext, registry: Registry) -> list[Finding]:
+    findings: list[Finding] = []
+    for rule in registry.rules_for(ctx.operation, ctx.platform):
+        findings.extend(rule(ctx))
+    return findings
+
+
+def _mmio_summary(ctx: CheckContext) -> MmioSummary | None:
+    need = ctx.need
+    current = ctx.vm.mmio_window_bytes if ctx.vm.mmio_window_bytes is not None else ctx.policy.default_window
+    if ctx.operation != "assign" or need is None:
+        return None
+    target = current if ctx.policy.fits(need, ctx.vm.mmio_window_bytes) else ctx.policy.window_for(need)
+    return MmioSummary(need, current, target)
+
+
+def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | ReleaseRequest,
+              registry: Registry) -> Plan:
+    ctx = build_context(backend, facts, request)
+    findings = preflight(ctx, registry)
+    if ctx.already_done:
+        steps: list[Step] = []
+    elif ctx.operation == "assign":
+        steps = backend.plan_assign(ctx)
+    else:
+        steps = backend.plan_release(ctx)
+    return Plan(
+        operation=ctx.operation,
+        host=backend.target.label,
+        platform=backend.platform,
+        vm=ctx.vm.name,
+        gpus=ctx.gpus,
+        steps=tuple(steps),
+        findings=tuple(findings),
+        features_lost=tuple(backend.features_lost(ctx)) if ctx.operation == "assign" else (),
+        mmio=_mmio_summary(ctx),
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Plan
+    applied: tuple[Step, ...]
+    facts_after: HostFacts | None
+
+
+def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None = None) -> Outcome:
+    """Apply the plan's steps in order; if one fails, undo the completed ones in reverse order."""
+    if plan.blocked:
+        raise PreflightFailed(f"preflight found blocking problems; nothing was changed on {plan.host}",
+                              [f for f in plan.findings if f.blocks])
+    done: list[tuple[Step, Any]] = []
+    for step in plan.steps:
+        if not step.writes:
+            continue
+        if on_step:
+            on_step(step)
+        try:
+            done.append((step, backend.apply(step)))
+        except BaseException as exc:
+            _roll_back(backend, done, failed=step, cause=exc)
+            raise  # _roll_back always raises; this keeps type checkers honest
+    facts = backend.inventory()
+    _verify(plan, facts)
+    return Outcome(plan, tuple(step for step, _ in done), facts)
+
+
+def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException) -> None:
+    reason = cause.message if isinstance(cause, GpupassError) else f"{type(cause).__name__}: {cause}"
+    stuck: list[str] = []
+    for step, token in reversed(done):
+        try:
+            backend.undo(step, token)
+        except Exception as undo_error:  # keep undoing the rest: each undone step is one less to fix by hand
+            stuck.append(f"{step.description} (undo by hand: {step.undo}; undo failed: {undo_error})")
+    if stuck:
+        raise OperationFailed(
+            f"step '{failed.description}' failed ({reason}) and these steps could not be undone: " + "; ".join(stuck),
+            remedy="undo the listed steps by hand, then run `gpupass status HOST`",
+            rolled_back=False,
+        ) from cause
+    undone = f"; {len(done)} completed step(s) were undone" if done else ""
+    raise OperationFailed(
+        f"step '{failed.description}' failed: {reason}{undone}; the VM is as it was",
+        remedy=getattr(cause, "remedy", None),
+        rolled_back=True,
+    ) from cause
+
+
+def _verify(plan: Plan, facts: HostFacts) -> None:
+    vm = facts.find_vm(plan.vm)
+    held = set(vm.assigned) if vm else set()
+    addresses = {f.address for gpu in plan.gpus for f in gpu.functions}
+    wrong = addresses - held if plan.operation == "assign" else addresses & held
+    if plan.operation == "assign":
+        # Companions the user chose to leave out are not expected on the VM.
+        wrong = {a for a in wrong if any(gpu.address == a for gpu in plan.gpus)}
+    if wrong:
+        listed = ", ".join(str(a) for a in sorted(wrong))
+        raise OperationFailed(
+            f"the host reports a different state than planned for {listed} after the change",
+            remedy="run `gpupass status HOST` and compare with the plan",
+            rolled_back=False,
+        )
+
+
+def describe_mmio(summary: MmioSummary) -> str:
+    need = format_bytes(summary.need.high) if summary.need else "unknown"
+    return f"need {need}, window {format_bytes(summary.current_window)} -> {format_bytes(summary.target_window)}"

@@ -1,0 +1,62 @@
+"""How to reach one host: its URI, the credential and the TLS settings. Secrets never print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+
+class Secret:
+    """A password that cannot leak through repr(), str() or logging by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    verify: bool = True
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    uri: str
+    name: str = ""
+    password: Secret | None = None
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    # Backend options from the config file or the lab (e.g. the KVM lab persists test-driver state).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.uri).scheme
+
+    @property
+    def username(self) -> str | None:
+        return urlsplit(self.uri).username
+
+    @property
+    def hostname(self) -> str | None:
+        return urlsplit(self.uri).hostname
+
+    @property
+    def label(self) -> str:
+        return self.name or self.uri
