@@ -1,0 +1,329 @@
+"""The KVM backend: libvirt node devices and domain definitions, edited structurally."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpupass.backends.kvm import domxml, sysfs, testdriver
+from gpupass.backends.kvm.errors import translate
+from gpupass.backends.kvm.nodedev import parse_pci_nodedev
+from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.findings import FeatureLoss
+from gpupass.core.domain.grouping import group_gpus
+from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState, Vm
+from gpupass.core.domain.mmio import GiB, MmioPolicy
+from gpupass.core.domain.plan import Step
+from gpupass.core.errors import BackendUnavailable, OperationFailed
+from gpupass.core.ports import Backend
+
+# Local accessors of libvirt objects that do not talk to the daemon.
+_LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect"}
+
+
+class _Counted:
+    """Wraps a libvirt object so every daemon call is counted in `backend.round_trips`."""
+
+    def __init__(self, wrapped: Any, backend: Backend) -> None:
+        self._wrapped, self._backend = wrapped, backend
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._wrapped, name)
+        if not callable(attribute) or name in _LOCAL_CALLS:
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._backend.round_trips += 1
+            return _wrap(attribute(*args, **kwargs), self._backend)
+
+        return call
+
+
+def _wrap(value: Any, backend: Backend) -> Any:
+    module = type(value).__module__
+    if module == "libvirt" and type(value).__name__ in ("virDomain", "virNodeDevice"):
+        return _Counted(value, backend)
+    if isinstance(value, list):
+        return [_wrap(item, backend) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_wrap(item, backend) for item in value)
+    return value
+
+
+def _libvirt():
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the kvm backend needs libvirt-python, which is not installed",
+            remedy="pip install 'gpupass[kvm]' (it builds against libvirt-dev: apt-get install libvirt-dev pkg-config gcc)",
+        ) from exc
+    # libvirt prints every error to stderr by default; gpupass reports them itself.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+class KvmBackend(Backend):
+    platform = "kvm"
+    schemes = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
+    description = "KVM/QEMU through libvirt: <hostdev> devices in the persistent domain definition"
+    sdk_modules = ("libvirt",)
+    extra = "kvm"
+    # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
+    mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
+    capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True)
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self._libvirt = _libvirt()
+        self._conn: Any = None
+        self._domain_xml: dict[str, str] = {}
+
+    # -- connection ---------------------------------------------------------------------------------
+    def _connection(self) -> Any:
+        if self._conn is None:
+            libvirt = self._libvirt
+            try:
+                if self.target.password is not None:
+                    conn = libvirt.openAuth(self.target.uri, self._auth(), 0)
+                else:
+                    conn = libvirt.open(self.target.uri)
+            except libvirt.libvirtError as exc:
+                raise translate(libvirt, exc, f"connecting to {self.target.uri}") from exc
+            self.round_trips += 1
+            self._conn = _Counted(conn, self)
+        return self._conn
+
+    def _auth(self) -> list:
+        libvirt = self._libvirt
+        username, password = self.target.username, self.target.password
+
+        def answer(credentials, _data):
+            for credential in credentials:
+                if credential[0] == libvirt.VIR_CRED_AUTHNAME:
+                    credential[4] = username or credential[3]
+                elif credential[0] == libvirt.VIR_CRED_PASSPHRASE:
+                    credential[4] = password.reveal()
+            return 0
+
+        return [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], answer, None]
+
+    def _call(self, action: str, function, *args) -> Any:
+        try:
+            return function(*args)
+        except self._libvirt.libvirtError as exc:
+            raise translate(self._libvirt, exc, action) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn._wrapped.close()
+            finally:
+                self._conn = None
+
+    @property
+    def is_local(self) -> bool:
+        parts = urlsplit(self.target.uri)
+        return parts.scheme in ("qemu", "qemu+unix") and not parts.hostname
+
+    # -- inventory ----------------------------------------------------------------------------------
+    def inventory(self) -> HostFacts:
+        libvirt, conn = self._libvirt, self._connection()
+        devices = self._call("listing node devices", conn.listAllDevices, libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)
+        functions, groups = {}, {}
+        for device in devices:
+            parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
+            if parsed is None:
+                continue
+            function = parsed.function
+            if self.is_local:
+                function = _with_sysfs_bars(function)
+            functions[function.address] = function
+            if parsed.iommu_group is not None:
+                groups[function.address] = parsed.iommu_group
+        stats = self._call("listing domains", conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        vms, owners = [], {}
+        self._domain_xml = {}
+        for domain, values in stats:
+            xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+            facts = domxml.read_facts(xml)
+            self._domain_xml[facts.name] = xml
+            for address in facts.hostdevs:
+                owners[address] = facts.name
+            vms.append(_vm(facts, values.get("state.state", 0)))
+        gpus = group_gpus(functions.values(), groups, owners)
+        if self.is_local:
+            gpus = [_mark_boot_vga(gpu) for gpu in gpus]
+        host = Host(
+            uri=self.target.uri,
+            platform=self.platform,
+            name=self.target.name or urlsplit(self.target.uri).hostname or "localhost",
+            iommu_enabled=bool(groups) if functions else None,
+            iommu_reasons=() if groups or not functions else (
+                "no PCI device reports an IOMMU group (VT-d/AMD-Vi off in firmware, or intel_iommu=on missing)",),
+        )
+        return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
+                         {("", a): f for a, f in functions.items()})
+
+    # -- planning -----------------------------------------------------------------------------------
+    def plan_assign(self, ctx: CheckContext) -> list[Step]:
+        vm, options = ctx.vm, ctx.request.options
+        xml = self._domain_xml[vm.name]
+        cards = tuple(gpu.functions if ctx.include_companions else (gpu.function,) for gpu in ctx.gpus)
+        need = ctx.need
+        set_efi = bool(need and need.is_large and vm.firmware is Firmware.BIOS and options.allow_firmware_change)
+        window = None
+        if need is not None and not ctx.policy.fits(need, vm.mmio_window_bytes):
+            window = ctx.policy.window_for(need)
+        edit = domxml.add_gpus(xml, domxml.AssignSettings(
+            cards, set_efi=set_efi, mmio_window_bytes=window,
+            hide_hypervisor=options.hide_hypervisor and not vm.hypervisor_hidden,
+        ))
+        steps = []
+        new_functions = [f for f in ctx.functions if f.address not in vm.assigned]
+        if options.live and not vm.is_off:
+            steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions]
+        steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not options.live))
+        steps.append(Step(
+            action="kvm.managed-binding",
+            description="at VM start libvirt detaches " + ", ".join(str(f.address) for f in new_functions)
+            + " from the host driver and binds vfio-pci (managed='yes'); at VM stop it gives them back",
+            undo="nothing to undo: libvirt does it at each start and stop",
+            writes=False,
+        ))
+        return steps
+
+    def plan_release(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        xml = self._domain_xml[vm.name]
+        addresses = set(ctx.addresses) & set(vm.assigned)
+        edit = domxml.remove_gpus(xml, addresses)
+        steps = []
+        if ctx.request.options.live and not vm.is_off:
+            functions = [f for f in ctx.functions if f.address in addresses]
+            steps += [self._hotplug_step(vm.name, f, attach=False) for f in functions]
+        steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
+        return steps
+
+    def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool) -> Step:
+        diff = "".join(difflib.unified_diff(
+            _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
+            fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
+        ))
+        return Step(
+            action="kvm.define-domain",
+            description=f"update the persistent definition of VM '{vm}'",
+            undo="define the VM again with its previous XML",
+            changes=tuple(edit.changes),
+            needs_vm_off=needs_vm_off,
+            preview=diff,
+            payload={"vm": vm, "old_xml": old, "new_xml": edit.xml},
+        )
+
+    def _hotplug_step(self, vm: str, function, attach: bool) -> Step:
+        verb = "hot-plug" if attach else "hot-unplug"
+        return Step(
+            action="kvm.hotplug" if attach else "kvm.hotunplug",
+            description=f"{verb} {function.address} ({function.kind}) {'into' if attach else 'from'} running VM '{vm}'",
+            undo=f"{'hot-unplug' if attach else 'hot-plug'} it again",
+            changes=(f"{verb} <hostdev> {function.address}",),
+            payload={"vm": vm, "hostdev_xml": domxml.hostdev_xml(function), "attach": attach},
+        )
+
+    def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        return [
+            FeatureLoss("live migration", "libvirt refuses to migrate a domain with PCI host devices"),
+            FeatureLoss("managed save / suspend to disk", "the GPU's device state cannot be saved"),
+            FeatureLoss("snapshots with memory state", "the GPU's device state cannot be captured"),
+            FeatureLoss("memory ballooning and overcommit", "guest RAM stays pinned for the GPU's DMA while the VM runs"),
+        ]
+
+    # -- applying -----------------------------------------------------------------------------------
+    def apply(self, step: Step) -> Any:
+        payload = step.payload
+        if step.action == "kvm.define-domain":
+            current = self._current_xml(payload["vm"])
+            if current != payload["old_xml"]:
+                raise OperationFailed(
+                    f"VM '{payload['vm']}' was changed by someone else since the plan was made",
+                    remedy="run the command again to plan from its current definition",
+                )
+            self._define(payload["new_xml"], "defining the new VM definition")
+            return payload["old_xml"]
+        if step.action in ("kvm.hotplug", "kvm.hotunplug"):
+            self._hotplug(payload["vm"], payload["hostdev_xml"], attach=payload["attach"])
+            return None
+        raise OperationFailed(f"the kvm backend does not know step {step.action!r}")
+
+    def undo(self, step: Step, token: Any) -> None:
+        if step.action == "kvm.define-domain":
+            self._define(token, "restoring the previous VM definition")
+        elif step.action in ("kvm.hotplug", "kvm.hotunplug"):
+            self._hotplug(step.payload["vm"], step.payload["hostdev_xml"], attach=not step.payload["attach"])
+
+    def _current_xml(self, vm: str) -> str:
+        conn = self._connection()
+        domain = self._call(f"looking up VM {vm!r}", conn.lookupByName, vm)
+        return self._call(f"reading VM {vm!r}", domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def _define(self, xml: str, action: str) -> None:
+        domain = self._call(action, self._connection().defineXML, xml)
+        node_file = testdriver.file_of(self.target.uri)
+        if node_file is not None and self.target.options.get("persist_test_state"):
+            testdriver.save_domain(node_file, self._call(action, domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def _hotplug(self, vm: str, hostdev_xml: str, attach: bool) -> None:
+        domain = self._call(f"looking up VM {vm!r}", self._connection().lookupByName, vm)
+        flags = self._libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if attach:
+            self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
+        else:
+            self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+
+
+_STATES = {0: PowerState.UNKNOWN, 1: PowerState.RUNNING, 2: PowerState.RUNNING, 3: PowerState.PAUSED,
+           4: PowerState.RUNNING, 5: PowerState.OFF, 6: PowerState.OFF, 7: PowerState.SUSPENDED}
+
+
+def _vm(facts: domxml.DomainFacts, state: int) -> Vm:
+    return Vm(
+        name=facts.name,
+        id=facts.uuid,
+        power_state=_STATES.get(state, PowerState.UNKNOWN),
+        firmware=facts.firmware,
+        memory_bytes=facts.memory_bytes,
+        memory_reserved_bytes=facts.memory_bytes if facts.locked_memory else None,
+        mmio_window_bytes=facts.mmio_window_bytes,
+        assigned=facts.hostdevs,
+        hypervisor_hidden=facts.hypervisor_hidden,
+        settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded]},
+    )
+
+
+def _with_sysfs_bars(function):
+    import dataclasses
+
+    bars = sysfs.read_bars(function.address)
+    return dataclasses.replace(function, bars=bars) if bars is not None else function
+
+
+def _mark_boot_vga(gpu):
+    import dataclasses
+
+    if sysfs.is_boot_vga(gpu.address):
+        return dataclasses.replace(gpu, extra={**gpu.extra, "boot_vga": True})
+    return gpu
+
+
+def _pretty(xml: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    root = domxml.parse(xml)
+    for element in root.iter():
+        if element.text is not None and not element.text.strip():
+            element.text = None
+        if element.tail is not None and not element.tail.strip():
+            element.tail = None
+    ET.indent(root, space="  ")
+    return domxml.serialize(root) + "\n"

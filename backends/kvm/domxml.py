@@ -1,0 +1,440 @@
+"""Read and edit libvirt domain XML structurally (ElementTree), never by string formatting.
+
+Everything gpupass adds is recorded in the domain's own <metadata>, so a release removes exactly that and
+restores what an assign replaced, even from another machine or months later.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from gpupass.core.domain.inventory import Firmware
+from gpupass.core.domain.mmio import KiB, MiB
+from gpupass.core.domain.pci import PciAddress, PciFunction
+from gpupass.backends.kvm.nodedev import address_from_attributes
+
+NS = "https://gpupass.dev/xmlns/libvirt-assignment/1"
+FWCFG_MMIO_ENTRY = "opt/ovmf/X-PciMmio64Mb"
+HYPERV_VENDOR_ID = "gpupass0000"  # libvirt allows at most 12 characters
+
+_UNITS = {"b": 1, "bytes": 1, "k": KiB, "kib": KiB, "kb": 1000, "m": MiB, "mib": MiB, "mb": 1000**2,
+          "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3, "t": 1 << 40, "tib": 1 << 40, "tb": 1000**4}
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+def parse(xml: str) -> ET.Element:
+    """Parse, registering the document's own namespace prefixes so they survive serialisation."""
+    for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
+        if prefix and not re.fullmatch(r"ns\d+", prefix):
+            ET.register_namespace(prefix, uri)
+    ET.register_namespace("gpupass", NS)
+    ET.register_namespace("qemu", QEMU_NS)
+    return ET.fromstring(xml)
+
+
+def serialize(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode")
+
+
+def _size(element: ET.Element | None, default_unit: str = "KiB") -> int | None:
+    if element is None or element.text is None:
+        return None
+    unit = element.get("unit", default_unit).lower()
+    return int(element.text.strip()) * _UNITS.get(unit, KiB)
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    name: str
+    uuid: str
+    firmware: Firmware
+    machine: str
+    memory_bytes: int
+    locked_memory: bool
+    hostdevs: tuple[PciAddress, ...]
+    mmio_window_bytes: int | None
+    hypervisor_hidden: bool
+    recorded: tuple[PciAddress, ...] = field(default_factory=tuple)
+
+
+def firmware_of(root: ET.Element) -> Firmware:
+    os_element = root.find("os")
+    if os_element is None:
+        return Firmware.BIOS
+    if os_element.get("firmware") == "efi":
+        return Firmware.EFI
+    loader = os_element.find("loader")
+    if loader is not None and (loader.get("type") == "pflash" or "OVMF" in (loader.text or "").upper()):
+        return Firmware.EFI
+    return Firmware.BIOS
+
+
+def pci_hostdevs(root: ET.Element) -> list[tuple[ET.Element, PciAddress]]:
+    found = []
+    for hostdev in root.findall("devices/hostdev[@mode='subsystem'][@type='pci']"):
+        source = hostdev.find("source/address")
+        if source is not None:
+            found.append((hostdev, address_from_attributes(source)))
+    return found
+
+
+def _root_controller(root: ET.Element) -> ET.Element | None:
+    for model in ("pcie-root", "pci-root"):
+        element = root.find(f"devices/controller[@type='pci'][@model='{model}']")
+        if element is not None:
+            return element
+    return None
+
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+FWCFG_PREFIX = f"name={FWCFG_MMIO_ENTRY},string="
+
+
+def _fwcfg_arg(root: ET.Element) -> ET.Element | None:
+    """The <qemu:arg> holding OVMF's X-PciMmio64Mb (libvirt reserves opt/ovmf/ names in <sysinfo>)."""
+    for arg in root.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
+        if arg.get("value", "").startswith(FWCFG_PREFIX):
+            return arg
+    return None
+
+
+def mmio_window(root: ET.Element) -> int | None:
+    arg = _fwcfg_arg(root)
+    if arg is not None and arg.get("value", "")[len(FWCFG_PREFIX):].isdigit():
+        return int(arg.get("value")[len(FWCFG_PREFIX):]) * MiB
+    controller = _root_controller(root)
+    hole = controller.find("pcihole64") if controller is not None else None
+    return _size(hole)
+
+
+def read_facts(xml: str) -> DomainFacts:
+    root = parse(xml)
+    record = root.find(f"metadata/{_q('assignment')}")
+    recorded = tuple(PciAddress.parse(d.get("address", "")) for d in record.findall(_q("device"))) if record is not None else ()
+    machine_type = root.find("os/type")
+    return DomainFacts(
+        name=root.findtext("name", ""),
+        uuid=root.findtext("uuid", ""),
+        firmware=firmware_of(root),
+        machine=machine_type.get("machine", "") if machine_type is not None else "",
+        memory_bytes=_size(root.find("memory")) or 0,
+        locked_memory=root.find("memoryBacking/locked") is not None,
+        hostdevs=tuple(address for _, address in pci_hostdevs(root)),
+        mmio_window_bytes=mmio_window(root),
+        hypervisor_hidden=root.find("features/kvm/hidden[@state='on']") is not None,
+        recorded=recorded,
+    )
+
+
+def hostdev_element(function: PciFunction, guest: tuple[int, int] | None = None, multifunction: bool = False) -> ET.Element:
+    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"})
+    source = ET.SubElement(hostdev, "source")
+    address = function.address
+    ET.SubElement(source, "address", {
+        "domain": f"0x{address.domain:04x}", "bus": f"0x{address.bus:02x}",
+        "slot": f"0x{address.slot:02x}", "function": f"0x{address.function:x}",
+    })
+    if guest is not None:
+        bus, slot = guest
+        attributes = {"type": "pci", "domain": "0x0000", "bus": f"0x{bus:02x}", "slot": f"0x{slot:02x}",
+                      "function": f"0x{address.function:x}"}
+        if multifunction:
+            attributes["multifunction"] = "on"
+        ET.SubElement(hostdev, "address", attributes)
+    return hostdev
+
+
+@dataclass
+class Edit:
+    xml: str
+    changes: list[str]
+
+
+@dataclass(frozen=True)
+class AssignSettings:
+    cards: tuple[tuple[PciFunction, ...], ...]
+    set_efi: bool = False
+    mmio_window_bytes: int | None = None
+    hide_hypervisor: bool = False
+
+
+def _record(root: ET.Element) -> ET.Element:
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        # libvirt puts <metadata> right after name/uuid/title/description; keep that order.
+        anchor = max((i for i, child in enumerate(root) if child.tag in ("name", "uuid", "title", "description")),
+                     default=-1)
+        root.insert(anchor + 1, metadata)
+    record = metadata.find(_q("assignment"))
+    if record is None:
+        record = ET.SubElement(metadata, _q("assignment"))
+        record.set("created-metadata", "yes" if len(metadata) == 1 else "no")
+    return record
+
+
+def _remember(record: ET.Element, what: str, value: str | None) -> None:
+    """Keep the value a setting had before gpupass first changed it (absent = None)."""
+    if record.find(f"{_q('previous')}[@setting='{what}']") is not None:
+        return
+    attributes = {"setting": what}
+    if value is not None:
+        attributes["value"] = value
+    ET.SubElement(record, _q("previous"), attributes)
+
+
+def _used_guest_slots(root: ET.Element, bus: int) -> set[int]:
+    used = set()
+    for address in root.iter("address"):
+        if address.get("type") == "pci" and int(address.get("bus", "0"), 16) == bus:
+            used.add(int(address.get("slot", "0"), 16))
+    return used
+
+
+def _next_controller_index(root: ET.Element) -> int:
+    indexes = [int(c.get("index", "0")) for c in root.findall("devices/controller[@type='pci']")]
+    return max(indexes, default=0) + 1
+
+
+def _insert_device(root: ET.Element, element: ET.Element) -> None:
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    # Group with devices of the same kind, as libvirt formats them.
+    same = [i for i, child in enumerate(devices) if child.tag == element.tag]
+    devices.insert(same[-1] + 1 if same else len(devices), element)
+
+
+def add_gpus(xml: str, settings: AssignSettings) -> Edit:
+    root = parse(xml)
+    record = _record(root)
+    changes: list[str] = []
+    present = {address for _, address in pci_hostdevs(root)}
+    q35 = "q35" in (root.find("os/type").get("machine", "") if root.find("os/type") is not None else "")
+    for card in settings.cards:
+        missing = [f for f in card if f.address not in present]
+        if not missing:
+            continue
+        guest: tuple[int, int] | None = None
+        if len(card) > 1:
+            if q35:
+                index = _next_controller_index(root)
+                _insert_device(root, ET.Element("controller", {"type": "pci", "index": str(index), "model": "pcie-root-port"}))
+                ET.SubElement(record, _q("controller"), {"index": str(index)})
+                guest = (index, 0)
+                changes.append(f"add PCIe root port {index} to hold the card's {len(card)} functions together")
+            else:
+                free = [s for s in range(0x10, 0x20) if s not in _used_guest_slots(root, 0)]
+                guest = (0, free[0]) if free else None
+        for function in missing:
+            multifunction = guest is not None and function.address.function == min(f.address.function for f in card)
+            _insert_device(root, hostdev_element(function, guest, multifunction))
+            ET.SubElement(record, _q("device"), {"address": str(function.address)})
+            where = f" as guest function {function.address.function}" if guest else ""
+            changes.append(f"add <hostdev managed='yes'> {function.address} ({function.kind}){where}")
+    if settings.set_efi:
+        os_element = root.find("os")
+        if os_element is None:
+            os_element = ET.SubElement(root, "os")
+        if os_element.find("loader") is not None:
+            from gpupass.core.errors import NotSupported
+
+            raise NotSupported(
+                "switching firmware is not supported on kvm for a domain with an explicit <loader>",
+                remedy="set the EFI loader by hand (virsh edit) and run the assignment again",
+            )
+        _remember(record, "firmware", os_element.get("firmware"))
+        os_element.set("firmware", "efi")
+        changes.append("set <os firmware='efi'> (OVMF)")
+        if root.find("features/acpi") is None:
+            _remember(record, "acpi", None)
+            _features(root, record).append(ET.Element("acpi"))
+            changes.append("enable <acpi/> (UEFI needs it on x86)")
+    if settings.mmio_window_bytes is not None:
+        changes.extend(_set_mmio_window(root, record, settings.mmio_window_bytes))
+    if settings.hide_hypervisor:
+        changes.extend(_hide_hypervisor(root, record))
+    return Edit(serialize(root), changes)
+
+
+def _set_mmio_window(root: ET.Element, record: ET.Element, window: int) -> list[str]:
+    changes = []
+    controller = _root_controller(root)
+    if controller is not None:
+        hole = controller.find("pcihole64")
+        _remember(record, "pcihole64", None if hole is None else f"{hole.text}:{hole.get('unit', 'KiB')}")
+        if hole is None:
+            hole = ET.SubElement(controller, "pcihole64")
+        hole.set("unit", "KiB")
+        hole.text = str(window // KiB)
+        changes.append(f"set <pcihole64> to {window // KiB} KiB on the {controller.get('model')} controller")
+    arg = _fwcfg_arg(root)
+    _remember(record, "fwcfg-arg", None if arg is None else arg.get("value"))
+    value = f"{FWCFG_PREFIX}{window // MiB}"
+    if arg is None:
+        commandline = root.find(f"{{{QEMU_NS}}}commandline")
+        if commandline is None:
+            _remember(record, "qemu-commandline", None)
+            commandline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": "-fw_cfg"})
+        arg = ET.SubElement(commandline, f"{{{QEMU_NS}}}arg")
+    arg.set("value", value)
+    changes.append(f"set OVMF's 64-bit MMIO aperture to {window // MiB} MiB (<qemu:commandline> -fw_cfg {value})")
+    return changes
+
+
+def _features(root: ET.Element, record: ET.Element) -> ET.Element:
+    features = root.find("features")
+    if features is None:
+        _remember(record, "features", None)
+        features = ET.Element("features")
+        anchor = next((i for i, child in enumerate(root) if child.tag == "os"), len(root) - 1)
+        root.insert(anchor + 1, features)
+    return features
+
+
+def _hide_hypervisor(root: ET.Element, record: ET.Element) -> list[str]:
+    features = _features(root, record)
+    kvm = features.find("kvm")
+    if kvm is None:
+        _remember(record, "kvm", None)
+        kvm = ET.SubElement(features, "kvm")
+    hidden = kvm.find("hidden")
+    _remember(record, "kvm-hidden", None if hidden is None else hidden.get("state"))
+    if hidden is None:
+        hidden = ET.SubElement(kvm, "hidden")
+    hidden.set("state", "on")
+    hyperv = features.find("hyperv")
+    if hyperv is None:
+        _remember(record, "hyperv", None)
+        hyperv = ET.SubElement(features, "hyperv", {"mode": "custom"})
+    vendor = hyperv.find("vendor_id")
+    _remember(record, "vendor_id", None if vendor is None else f"{vendor.get('state')}:{vendor.get('value', '')}")
+    if vendor is None:
+        vendor = ET.SubElement(hyperv, "vendor_id")
+    vendor.set("state", "on")
+    vendor.set("value", HYPERV_VENDOR_ID)
+    return ["hide the KVM signature (<kvm><hidden state='on'/>) and set a Hyper-V vendor_id"]
+
+
+def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
+    root = parse(xml)
+    devices = root.find("devices")
+    record = root.find(f"metadata/{_q('assignment')}")
+    changes = []
+    freed_buses = set()
+    for hostdev, address in pci_hostdevs(root):
+        if address in addresses:
+            guest = hostdev.find("address")
+            if guest is not None and guest.get("type") == "pci":
+                freed_buses.add(int(guest.get("bus", "0"), 16))
+            devices.remove(hostdev)
+            changes.append(f"remove <hostdev> {address}")
+    if record is None:
+        return Edit(serialize(root), changes)
+    for device in record.findall(_q("device")):
+        if PciAddress.parse(device.get("address", "")) in addresses:
+            record.remove(device)
+    still_used = {int(a.get("bus", "0"), 16) for a in root.iter("address") if a.get("type") == "pci"}
+    for controller_record in record.findall(_q("controller")):
+        index = int(controller_record.get("index", "-1"))
+        if index in freed_buses and index not in still_used:
+            controller = root.find(f"devices/controller[@type='pci'][@index='{index}']")
+            if controller is not None:
+                devices.remove(controller)
+                changes.append(f"remove PCIe root port {index} that gpupass added")
+            record.remove(controller_record)
+    if record.find(_q("device")) is None:
+        changes.extend(_restore_previous(root, record))
+        metadata = root.find("metadata")
+        metadata.remove(record)
+        if len(metadata) == 0 and record.get("created-metadata") == "yes":
+            root.remove(metadata)
+    return Edit(serialize(root), changes)
+
+
+def _restore_previous(root: ET.Element, record: ET.Element) -> list[str]:
+    previous = {p.get("setting"): p.get("value") for p in record.findall(_q("previous"))}
+    changes = []
+    if "firmware" in previous:
+        os_element = root.find("os")
+        if previous["firmware"] is None:
+            os_element.attrib.pop("firmware", None)
+        else:
+            os_element.set("firmware", previous["firmware"])
+        changes.append(f"restore firmware ({previous['firmware'] or 'BIOS'})")
+    if "pcihole64" in previous:
+        controller = _root_controller(root)
+        hole = controller.find("pcihole64") if controller is not None else None
+        if hole is not None:
+            if previous["pcihole64"] is None:
+                controller.remove(hole)
+            else:
+                text, unit = previous["pcihole64"].rsplit(":", 1)
+                hole.text, hole.attrib["unit"] = text, unit
+        changes.append("restore the 64-bit PCI hole")
+    if "fwcfg-arg" in previous:
+        arg = _fwcfg_arg(root)
+        commandline = root.find(f"{{{QEMU_NS}}}commandline")
+        if arg is not None and previous["fwcfg-arg"] is None:
+            args = list(commandline)
+            position = args.index(arg)
+            commandline.remove(arg)
+            if position > 0 and args[position - 1].get("value") == "-fw_cfg":
+                commandline.remove(args[position - 1])
+        elif arg is not None:
+            arg.set("value", previous["fwcfg-arg"])
+        if "qemu-commandline" in previous and commandline is not None and len(commandline) == 0:
+            root.remove(commandline)
+        changes.append("restore OVMF's MMIO aperture")
+    if "kvm-hidden" in previous:
+        changes.append("restore the hypervisor signature settings")
+    if "acpi" in previous and root.find("features/acpi") is not None:
+        root.find("features").remove(root.find("features/acpi"))
+    _restore_features(root, previous)
+    return changes
+
+
+def _restore_features(root: ET.Element, previous: dict[str, str | None]) -> None:
+    features = root.find("features")
+    if features is None:
+        return
+    if "kvm-hidden" not in previous:
+        if "features" in previous and len(features) == 0:
+            root.remove(features)
+        return
+    kvm, hyperv = features.find("kvm"), features.find("hyperv")
+    if kvm is not None:
+        hidden = kvm.find("hidden")
+        if previous.get("kvm-hidden") is None and hidden is not None:
+            kvm.remove(hidden)
+        elif hidden is not None:
+            hidden.set("state", previous["kvm-hidden"])
+        if "kvm" in previous and len(kvm) == 0:
+            features.remove(kvm)
+    if hyperv is not None:
+        vendor = hyperv.find("vendor_id")
+        if previous.get("vendor_id") is None and vendor is not None:
+            hyperv.remove(vendor)
+        elif vendor is not None:
+            state, value = previous["vendor_id"].split(":", 1)
+            vendor.set("state", state)
+            if value:
+                vendor.set("value", value)
+            else:
+                vendor.attrib.pop("value", None)
+        if "hyperv" in previous and len(hyperv) == 0:
+            features.remove(hyperv)
+    if "features" in previous and len(features) == 0:
+        root.remove(features)
+
+
+def hostdev_xml(function: PciFunction) -> str:
+    return serialize(hostdev_element(function))
+

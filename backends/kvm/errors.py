@@ -1,0 +1,32 @@
+"""Translate libvirt errors into the core's error types by error code (never by message text)."""
+
+from __future__ import annotations
+
+from gpupass.core.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    GpupassError,
+    NotFound,
+    NotSupported,
+    OperationFailed,
+)
+
+
+def translate(libvirt, error, action: str) -> GpupassError:
+    code = error.get_error_code()
+    message = f"{action}: {error.get_error_message() or error}"
+    auth = {libvirt.VIR_ERR_AUTH_FAILED, getattr(libvirt, "VIR_ERR_AUTH_CANCELLED", -1),
+            getattr(libvirt, "VIR_ERR_AUTH_UNAVAILABLE", -1)}
+    if code in auth:
+        return AuthenticationFailed(message, remedy="check the user and the credential for this host")
+    if code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, getattr(libvirt, "VIR_ERR_SYSTEM_ERROR", -1)} and (
+        action.startswith("connecting")
+    ):
+        return ConnectionFailed(message, remedy="check that libvirtd runs on the host and the URI is right")
+    if code in {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NODE_DEVICE}:
+        return NotFound(message)
+    if code in {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}:
+        return NotSupported(message, remedy="this libvirt driver cannot do it; power the VM off and assign without --live")
+    if code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}:
+        return ConnectionFailed(message, remedy="the connection to libvirtd was lost; check the host")
+    return OperationFailed(message, remedy="see libvirt's message above; the host's libvirtd log has details")

@@ -1,0 +1,28 @@
+"""Registers the KVM backend with gpupass, exactly as a third-party plugin would (see pyproject.toml).
+
+Importing this module must stay cheap: libvirt is imported only when a host is opened.
+"""
+
+from gpupass.core.hookspecs import hookimpl
+
+
+@hookimpl
+def gpupass_register_backends(register):
+    from gpupass.backends.kvm.backend import KvmBackend
+
+    register(KvmBackend)
+
+
+@hookimpl
+def gpupass_register_rules(register):
+    from gpupass.backends.kvm.rules import RULES
+
+    for rule in RULES:
+        register(rule, operations=("assign",), platforms=("kvm",))
+
+
+@hookimpl
+def gpupass_register_lab_hosts(register):
+    from gpupass.backends.kvm.lab import KvmLab
+
+    register(KvmLab())

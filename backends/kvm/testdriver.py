@@ -1,0 +1,50 @@
+"""Keep a libvirt test-driver host file in step with changes, so the lab persists between commands.
+
+The test driver loads its file on every open and keeps changes in memory only; this writes a redefined
+domain back into the file, under a lock, atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from gpupass.backends.kvm import domxml
+
+TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
+SHUTOFF = 5
+
+
+def file_of(uri: str) -> Path | None:
+    prefix = "test://"
+    if not uri.startswith(prefix) or uri == "test:///default":
+        return None
+    return Path(uri[len(prefix):])
+
+
+def save_domain(node_file: Path, domain_xml: str) -> None:
+    lock_path = node_file.with_name(node_file.name + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ET.register_namespace("test", TEST_NS)
+        node = domxml.parse(node_file.read_text(encoding="utf-8"))
+        new = domxml.parse(domain_xml)
+        name = new.findtext("name")
+        for index, old in enumerate(list(node)):
+            if old.tag == "domain" and old.findtext("name") == name:
+                runstate = old.find(f"{{{TEST_NS}}}runstate")
+                if runstate is not None:
+                    new.append(runstate)
+                node.remove(old)
+                node.insert(index, new)
+                break
+        else:
+            runstate = ET.SubElement(new, f"{{{TEST_NS}}}runstate")
+            runstate.text = str(SHUTOFF)
+            node.append(new)
+        ET.indent(node)
+        temporary = node_file.with_name(node_file.name + ".new")
+        temporary.write_text(domxml.serialize(node) + "\n", encoding="utf-8")
+        os.replace(temporary, node_file)
