@@ -1,0 +1,230 @@
+"""The host commands: plugins, gpus, vms, status, check, plan, assign, release."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gpupass.core import serialize
+from gpupass.core.cli import render
+from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.cli.options import assignment_options, build_assignment, parse_addresses
+from gpupass.core.errors import PreflightFailed, UsageError
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+@handles_errors
+def plugins(app, as_json: bool) -> None:
+    """List the loaded plugins, the backends and URI schemes they provide, and whether their SDK is installed."""
+    from gpupass.core.plugins import default_plugin_manager
+
+    pm, registry = default_plugin_manager(), app.registry
+    versions = {name: dist.version for plugin, dist in pm.list_plugin_distinfo()
+                for name in [pm.get_name(plugin)]}
+    rows = []
+    for backend in registry.backends:
+        plugin = registry.backend_plugins[backend]
+        rows.append({
+            "plugin": plugin,
+            "version": versions.get(plugin),
+            "platform": backend.platform,
+            "schemes": list(backend.schemes),
+            "sdk_modules": list(backend.sdk_modules),
+            "sdk_installed": backend.sdk_available(),
+            "install": None if backend.sdk_available() else backend.install_hint(),
+            "description": backend.description,
+        })
+    labs = [{"name": lab.name, "platform": lab.platform, "description": lab.description} for lab in registry.lab_hosts]
+    rules = [{"rule": r.rule.__name__, "plugin": r.plugin, "operations": list(r.operations),
+              "platforms": list(r.platforms) if r.platforms else None} for r in registry.rules]
+    if as_json:
+        emit_json({"backends": rows, "lab_hosts": labs, "rules": rules})
+        return
+    click.echo(render.table(
+        ["PLUGIN", "VERSION", "PLATFORM", "SCHEMES", "SDK"],
+        [[r["plugin"], r["version"] or "-", r["platform"], ", ".join(r["schemes"]),
+          "installed" if r["sdk_installed"] else f"missing: {r['install']}"] for r in rows],
+    ))
+    if labs:
+        click.echo("\nlab hosts: " + ", ".join(f"{lab['name']} ({lab['platform']})" for lab in labs))
+    click.echo(f"preflight rules: {len(rules)}")
+
+
+def _facts(app, host: str):
+    with app.open(host) as backend:
+        return backend.inventory()
+
+
+@cli.command()
+@click.argument("host")
+@json_option
+@click.pass_obj
+@handles_errors
+def gpus(app, host: str, as_json: bool) -> None:
+    """List the host's GPUs: companions, IOMMU group, MMIO need, passthrough state and owner VM."""
+    facts = _facts(app, host)
+    if as_json:
+        emit_json({"host": serialize.host_to_dict(facts.host), "gpus": [serialize.gpu_to_dict(g) for g in facts.gpus]})
+    else:
+        click.echo(render.gpus(facts))
+
+
+@cli.command()
+@click.argument("host")
+@json_option
+@click.pass_obj
+@handles_errors
+def vms(app, host: str, as_json: bool) -> None:
+    """List the host's VMs with power state, firmware, memory and PCI devices."""
+    facts = _facts(app, host)
+    if as_json:
+        emit_json({"host": serialize.host_to_dict(facts.host), "vms": [serialize.vm_to_dict(v) for v in facts.vms]})
+    else:
+        click.echo(render.vms(facts))
+
+
+@cli.command()
+@click.argument("host")
+@json_option
+@click.pass_obj
+@handles_errors
+def status(app, host: str, as_json: bool) -> None:
+    """Summarise the host: IOMMU, free and assigned GPUs, and which VM holds which."""
+    facts = _facts(app, host)
+    if as_json:
+        emit_json(serialize.facts_to_dict(facts))
+    else:
+        click.echo(render.status(facts))
+
+
+def _plan(app, backend, request):
+    from gpupass.core.service import make_plan
+
+    return make_plan(backend, backend.inventory(), request, app.registry)
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("vm")
+@click.argument("gpu", nargs=-1, required=True)
+@assignment_options
+@json_option
+@click.pass_obj
+@handles_errors
+def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **options) -> None:
+    """Run the preflight checks for giving GPU(s) to VM. Exit 3 when something blocks."""
+    request = build_assignment(vm, gpu, **options)
+    with app.open(host) as backend:
+        plan = _plan(app, backend, request)
+    if as_json:
+        emit_json({"vm": plan.vm, "host": plan.host, "blocked": plan.blocked,
+                   "findings": [serialize.finding_to_dict(f) for f in plan.findings]})
+    else:
+        click.echo(f"Preflight for VM '{plan.vm}' on {plan.host}:")
+        click.echo(render.findings(plan.findings))
+        blockers = sum(f.blocks for f in plan.findings)
+        click.echo(click.style(f"BLOCKED: {blockers} blocking problem(s)", fg="red", bold=True) if blockers
+                   else click.style("OK: nothing blocks this assignment", fg="green"))
+    if plan.blocked:
+        sys.exit(PreflightFailed.exit_code)
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("vm")
+@click.argument("gpu", nargs=-1, required=True)
+@assignment_options
+@click.option("--show-changes", is_flag=True, help="Show what each step sends (the domain XML diff, scripts).")
+@json_option
+@click.pass_obj
+@handles_errors
+def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_json: bool, **options) -> None:
+    """Show the ordered steps of an assignment, what needs the VM off or a host reboot, and what the VM loses."""
+    request = build_assignment(vm, gpu, **options)
+    with app.open(host) as backend:
+        result = _plan(app, backend, request)
+    if as_json:
+        emit_json(serialize.plan_to_dict(result))
+    else:
+        click.echo(render.plan(result, show_changes))
+    if result.blocked:
+        sys.exit(PreflightFailed.exit_code)
+
+
+def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes: bool = False) -> None:
+    from gpupass.core.service import execute
+
+    if not as_json:
+        click.echo(render.plan(plan, show_changes))
+    if plan.blocked:
+        if as_json:
+            emit_json({"applied": False, "plan": serialize.plan_to_dict(plan)})
+        raise PreflightFailed("preflight found blocking problems; nothing was changed", list(plan.findings))
+    if plan.nothing_to_do:
+        if as_json:
+            emit_json({"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)})
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to change the host without confirmation: there is no terminal to ask on",
+                             remedy="review `gpupass plan ...`, then run again with --yes")
+        if not click.confirm("\nApply this plan?", default=False):
+            raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
+
+    def progress(step) -> None:
+        if not as_json:
+            sys.stdout.flush()
+            click.echo(f"  ... {step.description}", err=True)
+
+    outcome = execute(backend, plan, on_step=progress)
+    if as_json:
+        emit_json({"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
+                   "vm": serialize.vm_to_dict(outcome.facts_after.find_vm(plan.vm))})
+    else:
+        verb = "assigned to" if plan.operation == "assign" else "released from"
+        click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{plan.vm}'.",
+                               fg="green", bold=True))
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("vm")
+@click.argument("gpu", nargs=-1, required=True)
+@assignment_options
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
+@click.option("--show-changes", is_flag=True, help="Show what each step sends before applying.")
+@json_option
+@click.pass_obj
+@handles_errors
+def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_changes: bool, as_json: bool,
+           **options) -> None:
+    """Give GPU(s) and their companions to VM. Shows the plan and asks first; rolls back on failure."""
+    request = build_assignment(vm, gpu, **options)
+    with app.open(host) as backend:
+        _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("vm")
+@click.argument("gpu", nargs=-1)
+@click.option("--live", is_flag=True, help="Hot-unplug from a running VM where the platform can.")
+@click.option("--disable-host-passthrough", is_flag=True,
+              help="Also switch host passthrough off for the device (ESXi; needs a host reboot).")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
+@click.option("--show-changes", is_flag=True, help="Show what each step sends before applying.")
+@json_option
+@click.pass_obj
+@handles_errors
+def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_host_passthrough: bool, yes: bool,
+            show_changes: bool, as_json: bool) -> None:
+    """Give GPU(s) back to the host (all the VM's GPUs when none is named) and undo what assign changed."""
+    from gpupass.core.domain.request import ReleaseOptions, ReleaseRequest
+
+    request = ReleaseRequest(vm=vm, gpus=parse_addresses(gpu),
+                             options=ReleaseOptions(live=live, disable_host_passthrough=disable_host_passthrough))
+    with app.open(host) as backend:
+        _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)

@@ -1,0 +1,92 @@
+"""`gpupass lab`: the built-in lab hosts, and a guided demo of the whole workflow on them."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from gpupass.core import paths
+from gpupass.core.cli import render
+from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.errors import NotFound
+
+
+@cli.group()
+def lab() -> None:
+    """The built-in lab hosts (no hypervisor needed): list, reset, demo."""
+
+
+def _labs(app, name: str | None):
+    labs = app.registry.lab_hosts
+    if name is None:
+        return labs
+    chosen = [lab for lab in labs if lab.name == name]
+    if not chosen:
+        raise NotFound(f"no lab host named {name!r}", remedy="`gpupass lab list` shows them")
+    return chosen
+
+
+@lab.command("list")
+@json_option
+@click.pass_obj
+@handles_errors
+def lab_list(app, as_json: bool) -> None:
+    """List the lab hosts and where their state lives."""
+    data = paths.data_dir()
+    rows = [{"name": lab.name, "platform": lab.platform, "description": lab.description,
+             "status": lab.status(data)} for lab in _labs(app, None)]
+    if as_json:
+        emit_json({"lab_hosts": rows})
+    else:
+        click.echo(render.table(["NAME", "PLATFORM", "STATUS", "WHAT"],
+                                [[r["name"], r["platform"], r["status"], r["description"]] for r in rows]))
+
+
+@lab.command("reset")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+@handles_errors
+def lab_reset(app, name: str | None, as_json: bool) -> None:
+    """Restore a lab host (all of them when NAME is left out) to its initial state."""
+    done = []
+    for item in _labs(app, name):
+        item.reset(paths.data_dir())
+        done.append(item.name)
+    if as_json:
+        emit_json({"reset": done})
+    else:
+        click.echo("reset: " + ", ".join(done))
+
+
+DEMO = [
+    ("See the GPUs, their companions, IOMMU groups and owners", "gpus lab-kvm"),
+    ("See the VMs", "vms lab-kvm"),
+    ("An H100 for ml-train: preflight passes", "check lab-kvm ml-train 0000:42:00.0"),
+    ("The RTX 3090 shares its IOMMU group with the SATA controller: refused", "check lab-kvm ml-train 02:00.0"),
+    ("The RTX 4090 already belongs to cad-ws: refused", "check lab-kvm ml-train 01:00.0"),
+    ("render01 boots with BIOS and the A100 has a 64 GiB BAR: refused", "check lab-kvm render01 41:00.0"),
+    ("The plan for ml-train: steps, MMIO window, what the VM loses", "plan lab-kvm ml-train 0000:42:00.0 --show-changes"),
+    ("Assign it", "assign lab-kvm ml-train 0000:42:00.0 --yes"),
+    ("Assigning again changes nothing", "assign lab-kvm ml-train 0000:42:00.0 --yes"),
+    ("Status of the host", "status lab-kvm"),
+    ("Give the H100 back to the host: the definition is restored", "release lab-kvm ml-train --yes"),
+    ("Status again", "status lab-kvm"),
+]
+
+
+@lab.command("demo")
+@click.pass_context
+def lab_demo(ctx: click.Context) -> None:
+    """Walk lab-kvm through gpus, check, plan, assign, status and release, printing each command."""
+    ctx.invoke(lab_reset, name="lab-kvm", as_json=False)
+    for title, command in DEMO:
+        click.echo("\n" + click.style(f"# {title}", fg="blue", bold=True))
+        click.echo(click.style(f"$ gpupass {command}", bold=True))
+        try:
+            cli.main(shlex.split(command), prog_name="gpupass", obj=ctx.obj, standalone_mode=False)
+        except SystemExit as exit_:
+            code = exit_.code or 0
+            click.echo(click.style(f"(exit code {code})", dim=True))
+    click.echo("\nThe lab keeps its state: try `gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change`.")

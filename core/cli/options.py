@@ -1,0 +1,58 @@
+"""Options shared by check, plan and assign, turned into the core's request objects."""
+
+from __future__ import annotations
+
+import click
+
+from gpupass.core.domain.mmio import parse_size
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.errors import UsageError
+
+
+def assignment_options(command):
+    decorators = [
+        click.option("--no-companions", is_flag=True,
+                     help="Leave the GPU's companion functions (HDMI audio, USB-C) on the host."),
+        click.option("--allow-firmware-change", is_flag=True,
+                     help="Allow switching a BIOS VM to EFI when the BARs need it (a BIOS-installed guest "
+                          "will not boot until converted)."),
+        click.option("--hide-hypervisor", is_flag=True,
+                     help="Hide the hypervisor from the guest (old NVIDIA consumer drivers, 'Code 43')."),
+        click.option("--live", is_flag=True, help="Hot-plug into a running VM where the platform can."),
+        click.option("--dynamic", is_flag=True, help="Bind by vendor/device instead of host address (ESXi)."),
+        click.option("--allow-host-reboot", is_flag=True,
+                     help="Allow a plan that needs a host reboot to enable passthrough (never done silently)."),
+        click.option("--bar-size", "bar_sizes", multiple=True, metavar="ADDR=SIZE",
+                     help="64-bit BAR total of a GPU the host cannot describe, e.g. 0000:41:00.0=64G."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def parse_addresses(values) -> tuple[PciAddress, ...]:
+    return tuple(PciAddress.parse(value) for value in values)
+
+
+def build_assignment(vm: str, gpus, **options):
+    from gpupass.core.domain.request import AssignmentRequest, AssignOptions
+
+    sizes = {}
+    for item in options.pop("bar_sizes", ()):
+        address, sep, size = item.partition("=")
+        if not sep:
+            raise UsageError(f"--bar-size {item!r} has no '='", remedy="write it as ADDRESS=SIZE, e.g. 41:00.0=64G")
+        sizes[PciAddress.parse(address)] = parse_size(size)
+    return AssignmentRequest(
+        vm=vm,
+        gpus=parse_addresses(gpus),
+        options=AssignOptions(
+            include_companions=not options["no_companions"],
+            allow_firmware_change=options["allow_firmware_change"],
+            hide_hypervisor=options["hide_hypervisor"],
+            live=options["live"],
+            dynamic=options["dynamic"],
+            allow_host_reboot=options["allow_host_reboot"],
+            bar_sizes=sizes,
+        ),
+    )

@@ -1,0 +1,128 @@
+"""Human-readable output: tables and plans as an admin reads them. JSON output lives in core.serialize."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import click
+
+from gpupass.core.domain.findings import Finding, Severity
+from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.mmio import format_bytes, mmio_need
+from gpupass.core.domain.plan import Plan
+
+_SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("warning", "yellow"),
+                   Severity.INFO: ("info", "cyan")}
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def gpus(facts: HostFacts) -> str:
+    if not facts.gpus:
+        return f"no GPUs found on {facts.host.uri}"
+    rows = []
+    for gpu in facts.gpus:
+        bars = gpu.bars
+        need = format_bytes(mmio_need(bars).high) if bars is not None else "unknown"
+        state = gpu.passthrough
+        if state.capable is None:
+            passthrough = "ready" if facts.host.iommu_enabled else "no IOMMU"
+        elif not state.capable:
+            passthrough = "not capable"
+        else:
+            passthrough = "active" if state.active else ("enabled, reboot pending" if state.enabled else "disabled")
+        rows.append([
+            (gpu.location + "/" if gpu.location else "") + str(gpu.address),
+            gpu.model,
+            gpu.function.ids,
+            str(gpu.iommu_group.number) if gpu.iommu_group else "-",
+            ", ".join(str(c.address) for c in gpu.companions) or "-",
+            need,
+            passthrough,
+            gpu.assigned_to or "-",
+        ])
+    return table(["ADDRESS", "MODEL", "IDS", "GROUP", "COMPANIONS", "MMIO64", "PASSTHROUGH", "ASSIGNED TO"], rows)
+
+
+def vms(facts: HostFacts) -> str:
+    if not facts.vms:
+        return f"no VMs on {facts.host.uri}"
+    rows = [[
+        vm.name, vm.power_state.value, vm.firmware.value, format_bytes(vm.memory_bytes),
+        format_bytes(vm.memory_reserved_bytes) if vm.memory_reserved_bytes else "-",
+        ", ".join(str(a) for a in vm.assigned) or "-",
+    ] for vm in facts.vms]
+    return table(["VM", "STATE", "FIRMWARE", "MEMORY", "RESERVED", "PCI DEVICES"], rows)
+
+
+def status(facts: HostFacts) -> str:
+    host = facts.host
+    iommu = {True: "on", False: "OFF", None: "unknown"}[host.iommu_enabled]
+    free = [g for g in facts.gpus if not g.assigned_to]
+    lines = [
+        f"host      {host.name or host.uri} ({host.platform}, {host.uri})",
+        f"IOMMU     {iommu}" + (f" ({'; '.join(host.iommu_reasons)})" if host.iommu_reasons else ""),
+        f"GPUs      {len(facts.gpus)} ({len(free)} free, {len(facts.gpus) - len(free)} assigned)",
+        "",
+    ]
+    held = [(vm, [g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location]) for vm in facts.vms]
+    rows = [[vm.name, vm.power_state.value, ", ".join(f"{g.address} {g.model}" for g in gpus)]
+            for vm, gpus in held if gpus]
+    lines.append(table(["VM", "STATE", "GPUS"], rows) if rows else "no VM holds a GPU")
+    if free:
+        lines += ["", "free: " + ", ".join(f"{g.address} ({g.model})" for g in free)]
+    return "\n".join(lines)
+
+
+def finding_line(finding: Finding) -> str:
+    label, color = _SEVERITY_STYLE[finding.severity]
+    text = f"  {click.style(label, fg=color, bold=finding.blocks)} [{finding.code}] {finding.message}"
+    if finding.remedy:
+        text += f"\n      fix: {finding.remedy}"
+    return text
+
+
+def findings(items: Sequence[Finding]) -> str:
+    if not items:
+        return "  no problems found"
+    order = {Severity.BLOCKER: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return "\n".join(finding_line(f) for f in sorted(items, key=lambda f: order[f.severity]))
+
+
+def plan(item: Plan, show_changes: bool = False) -> str:
+    gpus = ", ".join(f"{g.address} ({g.model})" for g in item.gpus) or "none"
+    verb = "Assign" if item.operation == "assign" else "Release"
+    lines = [f"{verb} {gpus} {'to' if item.operation == 'assign' else 'from'} VM '{item.vm}' on {item.host}", ""]
+    lines += ["Preflight:", findings(item.findings), ""]
+    if item.mmio is not None and item.mmio.need is not None:
+        need = item.mmio.need
+        window = format_bytes(item.mmio.target_window)
+        change = f" (now {format_bytes(item.mmio.current_window)})" if item.mmio.changes else " (unchanged)"
+        lines += [f"MMIO: the GPUs need {format_bytes(need.high)} of 64-bit space; guest window {window}{change}", ""]
+    if item.nothing_to_do:
+        lines.append("Nothing to do: " + ("the VM already holds these GPUs." if item.operation == "assign"
+                                          else "the VM holds none of these GPUs."))
+    else:
+        lines.append("Steps:")
+        for number, step in enumerate(item.steps, 1):
+            flags = [f for f, on in (("VM off", step.needs_vm_off), ("host reboot", step.needs_host_reboot),
+                                     ("no write", not step.writes)) if on]
+            suffix = f"  [{', '.join(flags)}]" if flags else ""
+            lines.append(f"  {number}. {step.description}{suffix}")
+            lines += [f"       - {change}" for change in step.changes]
+            if step.writes:
+                lines.append(f"       undo: {step.undo}")
+            if show_changes and step.preview:
+                lines += ["", *("       " + line for line in step.preview.rstrip().splitlines()), ""]
+    if item.features_lost:
+        lines += ["", "While it holds the GPU, the VM loses:"]
+        lines += [f"  - {loss.feature}: {loss.reason}" for loss in item.features_lost]
+    if item.blocked:
+        lines += ["", click.style("Blocked: fix the BLOCKER findings; nothing will be changed.", fg="red", bold=True)]
+    return "\n".join(lines)
