@@ -1,0 +1,452 @@
+"""Launcher for gpupass' vSphere API simulator (``backends/esxi/vcsim``).
+
+The simulator is a small Go program around govmomi's simulator library
+(Debian: ``golang-go`` + ``golang-github-vmware-govmomi-dev``) with GPUs,
+a working ``HostPciPassthruSystem``, ``RebootHost_Task`` and ESXi's
+passthrough rules.  This module builds it (cached by a hash of the Go
+sources), creates a throw-away CA and server certificate for 127.0.0.1,
+writes the inventory JSON and runs the process until :meth:`VCSim.stop`.
+
+Only the standard library and ``cryptography`` are used here; pyvmomi is
+imported lazily by :meth:`VCSim.connect`.
+
+Example::
+
+    from gpupass.backends.esxi.simulator import VCSim, lab_config
+
+    with VCSim(lab_config()) as sim:
+        si = sim.connect()                  # pyvmomi ServiceInstance, CA trusted
+        ...                                 # or: SmartConnect(host=sim.host, port=sim.port,
+                                            #       user=sim.username, pwd=sim.password,
+                                            #       sslContext=sim.ssl_context())
+        sim.disconnect_host("esx02.lab.local", after="ReconfigVM_Task")
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GIB",
+    "LAB_BAR_SIZES",
+    "SimulatorError",
+    "VCSim",
+    "build_binary",
+    "cache_dir",
+    "lab_config",
+    "make_tls_material",
+    "source_hash",
+]
+
+VCSIM_SOURCE_DIR = Path(__file__).resolve().parent / "vcsim"
+DEFAULT_GOPATH = "/usr/share/gocode"
+URL_PREFIX = "GPUPASS_VCSIM_URL="
+GIB = 1024**3
+MIB = 1024**2
+
+
+class SimulatorError(RuntimeError):
+    """The simulator could not be built, started or controlled."""
+
+
+# --------------------------------------------------------------------------
+# build
+
+
+def cache_dir() -> Path:
+    """``$GPUPASS_CACHE_DIR`` or ``~/.cache/gpupass``."""
+    env = os.environ.get("GPUPASS_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "gpupass"
+
+
+def _go_sources(src: Path = VCSIM_SOURCE_DIR) -> list[Path]:
+    return sorted(p for p in src.glob("*.go") if not p.name.endswith("_test.go"))
+
+
+def source_hash(src: Path = VCSIM_SOURCE_DIR) -> str:
+    """SHA-256 over the simulator's .go files (names and contents)."""
+    h = hashlib.sha256()
+    for p in _go_sources(src):
+        h.update(p.name.encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_binary(*, go: str | None = None, gopath: str | None = None, force: bool = False,
+                 timeout: float = 600) -> Path:
+    """Build the simulator into the cache dir (once per source hash); return its path.
+
+    Builds offline in GOPATH mode: ``GO111MODULE=off GOPATH=/usr/share/gocode go build``
+    (``$GPUPASS_GOPATH`` overrides the GOPATH).  Concurrent callers serialise on a lock file.
+    """
+    go = go or shutil.which("go") or "/usr/lib/go/bin/go"
+    if not Path(go).exists() and not shutil.which(go):
+        raise SimulatorError("the Go toolchain is missing (Debian: apt-get install golang-go "
+                             "golang-github-vmware-govmomi-dev)")
+    gopath = gopath or os.environ.get("GPUPASS_GOPATH") or DEFAULT_GOPATH
+    out_dir = cache_dir() / "vcsim"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / f"gpupass-vcsim-{source_hash()[:20]}"
+    if binary.exists() and not force:
+        return binary
+    with open(out_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists() and not force:
+            return binary
+        env = dict(os.environ, GO111MODULE="off", GOPATH=gopath, CGO_ENABLED="0")
+        env.pop("GOFLAGS", None)
+        if "GOCACHE" not in env:
+            env["GOCACHE"] = str(cache_dir() / "go-build")
+        tmp = out_dir / f".{binary.name}.{os.getpid()}.tmp"
+        try:
+            proc = subprocess.run([go, "build", "-o", str(tmp), "."], cwd=VCSIM_SOURCE_DIR, env=env,
+                                  capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                raise SimulatorError(f"go build failed ({proc.returncode}):\n{proc.stderr.strip()}")
+            os.replace(tmp, binary)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return binary
+
+
+# --------------------------------------------------------------------------
+# TLS
+
+
+def make_tls_material(directory: Path, host: str = "127.0.0.1") -> dict[str, Path]:
+    """Write a throw-away CA and a server certificate for *host* (+ localhost).
+
+    Returns ``{"ca": ..., "cert": ..., "key": ...}``.  The caller trusts ``ca``
+    explicitly; nothing here turns certificate verification off.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gpupass vcsim test CA {secrets.token_hex(4)}")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    try:
+        sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(paths["key"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return paths
+
+
+# --------------------------------------------------------------------------
+# lab inventory
+
+#: BAR sizes are not part of the vSphere API; they live here for the planner's tests.
+#: (PCI id -> list of BAR sizes in bytes: BAR0, large BAR, BAR3), field notes section 3.
+LAB_BAR_SIZES: dict[str, list[int]] = {
+    "10de:2330": [16 * MIB, 128 * GIB, 32 * MIB],   # H100 SXM5
+    "10de:20b5": [16 * MIB, 128 * GIB, 32 * MIB],   # A100 PCIe 80GB (same layout as A100 80GB SXM4)
+    "10de:1eb8": [16 * MIB, 256 * MIB, 32 * MIB],   # T4
+}
+
+
+def _gpu(address: str, device_id: int, name: str, sub_device: int, *, enabled: bool, active: bool,
+         functions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "address": address, "vendor_id": "0x10de", "device_id": f"0x{device_id:04x}",
+        "sub_vendor_id": "0x10de", "sub_device_id": f"0x{sub_device:04x}",
+        "vendor_name": "NVIDIA Corporation", "device_name": name, "class_id": "0x0302",
+        "passthru_capable": True, "passthru_enabled": enabled, "passthru_active": active,
+        "functions": functions or [],
+    }
+
+
+def lab_config() -> dict[str, Any]:
+    """The lab: a vCenter with two hosts in one cluster.
+
+    * ``esx01.lab.local``: H100 SXM5 (10de:2330, 128 GiB BAR) at 0000:3b:00.0, passthrough
+      enabled and active (``cad-ws`` holds it); T4 (10de:1eb8) at 0000:d8:00.0, not enabled.
+    * ``esx02.lab.local``: two A100 PCIe 80GB (10de:20b5) at 0000:3b:00.0 (enabled+active)
+      and 0000:af:00.0 (not enabled).
+    * VMs: ``ml-train`` (off, EFI, 64 GiB, esx02), ``render01`` (off, BIOS, 16 GiB, esx02),
+      ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100),
+      ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
+    """
+    return copy.deepcopy({
+        "mode": "vcenter",
+        "datacenter": "Lab",
+        "datastore": "datastore1",
+        "clusters": ["gpu-cluster"],
+        "hosts": [
+            {
+                "name": "esx01.lab.local", "cluster": "gpu-cluster", "memory_mb": 1024 * 1024,
+                "gpus": [
+                    _gpu("0000:3b:00.0", 0x2330, "GH100 [H100 SXM5 80GB]", 0x16c1, enabled=True, active=True),
+                    _gpu("0000:d8:00.0", 0x1eb8, "TU104GL [Tesla T4]", 0x12a2, enabled=False, active=False),
+                ],
+            },
+            {
+                "name": "esx02.lab.local", "cluster": "gpu-cluster", "memory_mb": 1024 * 1024,
+                "gpus": [
+                    _gpu("0000:3b:00.0", 0x20b5, "GA100 [A100 PCIe 80GB]", 0x1533, enabled=True, active=True),
+                    _gpu("0000:af:00.0", 0x20b5, "GA100 [A100 PCIe 80GB]", 0x1533, enabled=False, active=False),
+                ],
+            },
+        ],
+        "vms": [
+            {"name": "ml-train", "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "efi",
+             "guest_id": "ubuntu64Guest", "num_cpus": 16, "memory_mb": 64 * 1024},
+            {"name": "render01", "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "bios",
+             "guest_id": "windows9Server64Guest", "num_cpus": 8, "memory_mb": 16 * 1024},
+            {"name": "web01", "host": "esx01.lab.local", "power_state": "poweredOn", "firmware": "bios",
+             "guest_id": "ubuntu64Guest", "num_cpus": 2, "memory_mb": 4 * 1024},
+            {"name": "cad-ws", "host": "esx01.lab.local", "power_state": "poweredOff", "firmware": "efi",
+             "guest_id": "windows9_64Guest", "num_cpus": 8, "memory_mb": 32 * 1024,
+             "memory_reservation_mb": 32 * 1024, "memory_reservation_locked_to_max": True,
+             "extra_config": {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": "256"},
+             "passthrough": ["0000:3b:00.0"]},
+            {"name": "snap01", "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "efi",
+             "guest_id": "ubuntu64Guest", "num_cpus": 4, "memory_mb": 8 * 1024, "snapshot": "before-upgrade"},
+        ],
+    })
+
+
+# --------------------------------------------------------------------------
+# process
+
+
+class VCSim:
+    """One running simulator process.
+
+    Attributes after :meth:`start`: ``url`` (``https://127.0.0.1:PORT/sdk``), ``host``,
+    ``port``, ``username``, ``password``, ``ca_file`` (PEM of the CA to trust), ``pid``.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None, *, scale_hosts: int = 0, scale_vms: int = 0,
+                 scale_gpus_per_host: int = 0, api_version: str = "7.0.3.0", username: str = "gpupass",
+                 password: str | None = None, binary: str | os.PathLike[str] | None = None,
+                 startup_timeout: float = 60.0, build_timeout: float = 600.0) -> None:
+        self.config = copy.deepcopy(config) if config is not None else {"mode": "vcenter", "hosts": []}
+        self.scale_hosts, self.scale_vms, self.scale_gpus_per_host = scale_hosts, scale_vms, scale_gpus_per_host
+        self.api_version = api_version
+        self.username = username
+        self.password = password or secrets.token_urlsafe(18)
+        self.binary = Path(binary) if binary else None
+        self.startup_timeout, self.build_timeout = startup_timeout, build_timeout
+        self.url: str | None = None
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.ca_file: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._log_path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> "VCSim":
+        if self._proc is not None:
+            raise SimulatorError("already started")
+        binary = self.binary or build_binary(timeout=self.build_timeout)
+        self._workdir = Path(tempfile.mkdtemp(prefix="gpupass-vcsim-"))
+        os.chmod(self._workdir, 0o700)
+        tls = make_tls_material(self._workdir / "tls", self.host)
+        self.ca_file = tls["ca"]
+        cfg = dict(self.config, username=self.username, password=self.password)
+        cfg_path = self._workdir / "config.json"
+        fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f, indent=1)
+        cmd = [str(binary), "-l", f"{self.host}:0", "-api-version", self.api_version,
+               "-tlscert", str(tls["cert"]), "-tlskey", str(tls["key"]), "-config", str(cfg_path)]
+        if self.scale_hosts:
+            cmd += ["-scale-hosts", str(self.scale_hosts)]
+        if self.scale_vms:
+            cmd += ["-scale-vms", str(self.scale_vms)]
+        if self.scale_gpus_per_host:
+            cmd += ["-scale-gpus-per-host", str(self.scale_gpus_per_host)]
+        self._log_path = self._workdir / "vcsim.log"
+        with open(self._log_path, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                          cwd=self._workdir, start_new_session=True)
+        try:
+            self.url = self._read_url()
+        except BaseException:
+            self.stop()
+            raise
+        parsed = urllib.parse.urlsplit(self.url)
+        self.port = parsed.port
+        threading.Thread(target=self._drain, name="vcsim-stdout", daemon=True).start()
+        return self
+
+    def _read_url(self) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        deadline = time.monotonic() + self.startup_timeout
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SimulatorError(f"simulator did not report its URL within {self.startup_timeout}s"
+                                         f"{self._log_tail()}")
+                if sel.select(left):
+                    chunk = os.read(self._proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        self._proc.wait(timeout=5)
+                        raise SimulatorError(f"simulator exited with {self._proc.returncode}{self._log_tail()}")
+                    buf += chunk
+        line = buf.split(b"\n", 1)[0].decode().strip()
+        if not line.startswith(URL_PREFIX):
+            raise SimulatorError(f"unexpected first line from simulator: {line!r}{self._log_tail()}")
+        return line[len(URL_PREFIX):]
+
+    def _drain(self) -> None:
+        proc = self._proc
+        try:
+            while proc is not None and proc.stdout is not None and os.read(proc.stdout.fileno(), 4096):
+                pass
+        except OSError:
+            pass
+
+    def _log_tail(self) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace") if self._log_path else ""
+        except OSError:
+            return ""
+        return "\n--- simulator log ---\n" + text[-4000:] if text else ""
+
+    def log(self) -> str:
+        """The simulator's stderr so far."""
+        try:
+            return self._log_path.read_text(errors="replace") if self._log_path else ""
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process (by PID), SIGKILL after *timeout*; remove the work dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=timeout)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> "VCSim":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- clients ------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        """A verifying client context that trusts only the simulator's CA."""
+        if self.ca_file is None:
+            raise SimulatorError("not started")
+        # with cafile given, create_default_context loads no system CAs
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+
+    def connect(self, **kwargs: Any) -> Any:
+        """pyvmomi ``SmartConnect`` to the simulator with the CA trusted (verification on)."""
+        from pyVim.connect import SmartConnect  # lazy: pyvmomi is an optional dependency
+
+        return SmartConnect(host=self.host, port=self.port, user=self.username, pwd=self.password,
+                            sslContext=self.ssl_context(), **kwargs)
+
+    # -- test control (see vcsim/http.go) -----------------------------------
+    def _control(self, method: str, path: str, **query: str) -> Any:
+        if self.port is None:
+            raise SimulatorError("not started")
+        q = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        url = f"https://{self.host}:{self.port}{path}" + (f"?{q}" if q else "")
+        req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raise SimulatorError(f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')}") from e
+
+    def disconnect_host(self, name: str, after: str | list[str] | None = None) -> Any:
+        """Make host *name* vanish now, or (with *after*) when the next call of that SOAP method
+        touching the host arrives — that call then fails with HostNotConnected."""
+        if isinstance(after, (list, tuple)):
+            after = ",".join(after)
+        return self._control("POST", "/gpupass/disconnect", host=name, after=after)
+
+    def reconnect_host(self, name: str) -> Any:
+        return self._control("POST", "/gpupass/reconnect", host=name)
+
+    def state(self) -> Any:
+        """Hosts, passthrough devices (enabled/active/owner) and connection state, as JSON."""
+        return self._control("GET", "/gpupass/state")

@@ -1,0 +1,314 @@
+package main
+
+// HTTP layer in front of the simulator's /sdk handler, plus the test-control
+// endpoints.
+//
+// /sdk interception (sdkInterceptor):
+//   - ReconfigVM_Task: the request's spec is stashed in lab.pendingSpec so the
+//     task hook (passthru.go) can check the device changes.
+//   - RebootHost_Task (missing from the stock simulator): answered here after
+//     checking that the caller's session is authenticated (a CurrentTime probe
+//     through the simulator with the caller's cookie); it creates a real
+//     simulator Task that flips passthruEnabled -> passthruActive.
+//   - every /sdk response is buffered so that the localized messages of task
+//     faults raised by our checks are filled in before the client can see the
+//     task (the stock Task.Run sets localizedMessage to the Go type name).
+//
+// Test control ("make a host vanish mid-operation"), HTTP Basic auth with the
+// simulator's username/password, same TLS listener:
+//
+//	POST /gpupass/disconnect?host=NAME
+//	    The host is marked disconnected at once: host.runtime.connectionState
+//	    and its VMs' runtime.connectionState become "disconnected"; from then
+//	    on UpdatePassthruConfig, RebootHost_Task, QueryConfigTarget(host) fail
+//	    with HostNotConnected and VM tasks (reconfigure, power, snapshot...)
+//	    fail in the task with HostNotConnected.
+//	POST /gpupass/disconnect?host=NAME&after=METHOD[,METHOD...]
+//	    Arms a trigger instead: the host disconnects when the next SOAP call
+//	    named METHOD (e.g. ReconfigVM_Task, PowerOnVM_Task, UpdatePassthruConfig,
+//	    RebootHost_Task, QueryConfigTarget) that targets this host, its
+//	    pciPassthruSystem or one of its VMs arrives, so that very call fails:
+//	    a host vanishing in the middle of a multi-step operation.
+//	POST /gpupass/reconnect?host=NAME   undoes it (state of devices is kept).
+//	GET  /gpupass/state                 JSON: hosts, passthrough devices
+//	                                    (enabled/active/owner), connection.
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+func simulatorNow() time.Time { return time.Now() }
+
+var vimTypeFunc = types.TypeFunc()
+
+type sdkInterceptor struct {
+	lab  *lab
+	next http.Handler
+}
+
+type bufferedWriter struct {
+	header http.Header
+	status int
+	buf    bytes.Buffer
+}
+
+func (b *bufferedWriter) Header() http.Header         { return b.header }
+func (b *bufferedWriter) Write(p []byte) (int, error) { return b.buf.Write(p) }
+func (b *bufferedWriter) WriteHeader(code int) {
+	if b.status == 0 {
+		b.status = code
+	}
+}
+
+func (b *bufferedWriter) flushTo(w http.ResponseWriter) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	w.WriteHeader(b.status)
+	_, _ = w.Write(b.buf.Bytes())
+}
+
+func (si *sdkInterceptor) interesting(body []byte) bool {
+	if bytes.Contains(body, []byte("ReconfigVM_Task")) || bytes.Contains(body, []byte("RebootHost_Task")) {
+		return true
+	}
+	si.lab.mu.Lock()
+	defer si.lab.mu.Unlock()
+	for _, h := range si.lab.hosts {
+		for name := range h.armed {
+			if bytes.Contains(body, []byte(name)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// targetHost returns the host a SOAP call is about, if any.
+func (si *sdkInterceptor) targetHost(m *simulator.Method) *hostState {
+	l := si.lab
+	switch m.This.Type {
+	case "HostSystem":
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.hosts[m.This]
+	case "HostPciPassthruSystem":
+		if p, ok := simulator.Map.Get(m.This).(*PciPassthruSystem); ok {
+			return p.host
+		}
+	case "VirtualMachine":
+		if vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine); ok && vm.Runtime.Host != nil {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.hosts[*vm.Runtime.Host]
+		}
+	case "EnvironmentBrowser":
+		if q, ok := m.Body.(*types.QueryConfigTarget); ok && q.Host != nil {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.hosts[*q.Host]
+		}
+	}
+	return nil
+}
+
+// authenticated asks the simulator whether the caller's session cookie is a
+// logged-in session, by replaying a CurrentTime call with the same cookies.
+func (si *sdkInterceptor) authenticated(r *http.Request) bool {
+	const probe = xml.Header + `<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">` +
+		`<soapenv:Body><CurrentTime xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></CurrentTime>` +
+		`</soapenv:Body></soapenv:Envelope>`
+	req := httptest.NewRequest(http.MethodPost, r.URL.Path, strings.NewReader(probe))
+	for _, c := range r.Cookies() {
+		req.AddCookie(c)
+	}
+	req.Header.Set("Content-Type", "text/xml")
+	rec := httptest.NewRecorder()
+	si.next.ServeHTTP(rec, req)
+	return rec.Code == http.StatusOK
+}
+
+func writeTaskResponse(w http.ResponseWriter, method string, task types.ManagedObjectReference) {
+	var out bytes.Buffer
+	out.WriteString(xml.Header)
+	out.WriteString(`<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" ` +
+		`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" ` +
+		`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>`)
+	fmt.Fprintf(&out, `<%sResponse xmlns="urn:vim25"><returnval type="Task">`, method)
+	_ = xml.EscapeText(&out, []byte(task.Value))
+	fmt.Fprintf(&out, `</returnval></%sResponse></soapenv:Body></soapenv:Envelope>`, method)
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(out.Bytes())
+}
+
+func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
+		si.next.ServeHTTP(w, r)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	l := si.lab
+
+	var method *simulator.Method
+	if si.interesting(body) {
+		method, _ = simulator.UnmarshalBody(vimTypeFunc, body)
+	}
+	if method != nil {
+		if h := si.targetHost(method); h != nil {
+			l.mu.Lock()
+			fire := h.armed[method.Name]
+			if fire {
+				delete(h.armed, method.Name)
+			}
+			l.mu.Unlock()
+			if fire {
+				l.setConnected(h, false)
+			}
+		}
+		switch req := method.Body.(type) {
+		case *types.ReconfigVM_Task:
+			l.mu.Lock()
+			spec := req.Spec
+			l.pendingSpec[method.This] = &spec
+			l.mu.Unlock()
+			defer func() {
+				l.mu.Lock()
+				delete(l.pendingSpec, method.This)
+				l.mu.Unlock()
+			}()
+		case *types.RebootHost_Task:
+			l.mu.Lock()
+			h := l.hosts[method.This]
+			l.mu.Unlock()
+			if h != nil && si.authenticated(r) {
+				host := simulator.Map.Get(h.ref)
+				force := req.Force
+				task := simulator.CreateTask(host, "rebootHostTask", func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+					f, msg := l.reboot(h, force)
+					if f != nil {
+						l.mu.Lock()
+						l.faultMsg[t.Self] = msg
+						l.mu.Unlock()
+						return nil, f
+					}
+					return nil, nil
+				})
+				ref := task.Run()
+				l.applyFaultMessages()
+				writeTaskResponse(w, "RebootHost_Task", ref)
+				return
+			}
+			// unauthenticated or unknown host: the simulator answers
+			// (NotAuthenticated / MethodNotFound)
+		}
+	}
+
+	bw := &bufferedWriter{header: http.Header{}}
+	si.next.ServeHTTP(bw, r)
+	l.applyFaultMessages()
+	bw.flushTo(w)
+}
+
+func (l *lab) applyFaultMessages() {
+	l.mu.Lock()
+	msgs := l.faultMsg
+	l.faultMsg = map[types.ManagedObjectReference]string{}
+	l.mu.Unlock()
+	for ref, msg := range msgs {
+		t, ok := simulator.Map.Get(ref).(*simulator.Task)
+		if !ok {
+			continue
+		}
+		simulator.Map.WithLock(t, func() {
+			if t.Info.Error != nil {
+				t.Info.Error.LocalizedMessage = msg
+				if mf := t.Info.Error.Fault.GetMethodFault(); mf != nil {
+					mf.FaultMessage = append(mf.FaultMessage, types.LocalizableMessage{Key: "gpupass.vcsim", Message: msg})
+				}
+			}
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// control endpoints
+
+func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 ||
+			subtle.ConstantTimeCompare([]byte(p), []byte(pass)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="gpupass-vcsim"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reply := func(v interface{}) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(v)
+		}
+		switch r.URL.Path {
+		case "/gpupass/state":
+			reply(l.state())
+			return
+		case "/gpupass/disconnect", "/gpupass/reconnect":
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		if r.Method != http.MethodPost {
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		name := r.URL.Query().Get("host")
+		l.mu.Lock()
+		h := l.byName[name]
+		l.mu.Unlock()
+		if h == nil {
+			http.Error(w, fmt.Sprintf("no host %q", name), http.StatusNotFound)
+			return
+		}
+		if r.URL.Path == "/gpupass/reconnect" {
+			l.mu.Lock()
+			h.armed = map[string]bool{}
+			l.mu.Unlock()
+			l.setConnected(h, true)
+			reply(map[string]interface{}{"host": name, "connected": true})
+			return
+		}
+		if after := r.URL.Query().Get("after"); after != "" {
+			l.mu.Lock()
+			for _, m := range strings.Split(after, ",") {
+				if m = strings.TrimSpace(m); m != "" {
+					h.armed[m] = true
+				}
+			}
+			l.mu.Unlock()
+			reply(map[string]interface{}{"host": name, "armed": strings.Split(after, ",")})
+			return
+		}
+		l.setConnected(h, false)
+		reply(map[string]interface{}{"host": name, "connected": false})
+	}
+}

@@ -1,0 +1,684 @@
+package main
+
+// PCI passthrough model layered on top of the stock govmomi simulator.
+//
+// The stock simulator (0.24) has no GPUs, no registered HostPciPassthruSystem,
+// an empty QueryConfigTarget().pciPassthrough, no RebootHost_Task, and does not
+// enforce power state on ReconfigVM_Task.  This file keeps the canonical
+// passthrough state per host (lab.hosts) and mirrors it into
+// host.config.pciPassthruInfo / host.hardware.pciDevice.
+//
+// Checks on VM tasks are done with a Registry handler (lab implements
+// simulator.RegisterObject): when the simulator creates a reconfigure or
+// power-on task for a VM, PutObject wraps the task's Execute func so that our
+// checks run first, on the same goroutine, while the VM is locked.  The
+// reconfigure spec is not visible from the task, so the HTTP layer (http.go)
+// stashes it in lab.pendingSpec before the simulator dispatches the call.
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+type pciDev struct {
+	info      types.HostPciDevice
+	capable   bool
+	enabled   bool
+	active    bool
+	dependent string // id of the device this function belongs to (itself for function 0)
+}
+
+type hostState struct {
+	ref       types.ManagedObjectReference
+	name      string
+	systemID  string
+	connected bool
+	devices   []*pciDev // all PCI devices of the host, in hardware.pciDevice order
+	byID      map[string]*pciDev
+	passthru  *PciPassthruSystem
+	armed     map[string]bool // SOAP method names that make this host vanish when called
+}
+
+type lab struct {
+	mu          sync.Mutex
+	hosts       map[types.ManagedObjectReference]*hostState
+	byName      map[string]*hostState
+	pendingSpec map[types.ManagedObjectReference]*types.VirtualMachineConfigSpec
+	// owner: host ref -> PCI id -> VM that holds it while powered on
+	owner map[types.ManagedObjectReference]map[string]types.ManagedObjectReference
+	// task ref -> human readable message, applied to task.info.error.localizedMessage
+	faultMsg map[types.ManagedObjectReference]string
+}
+
+var hookRef = types.ManagedObjectReference{Type: "GpupassHook", Value: "gpupass-hook"}
+
+func newLab() *lab {
+	return &lab{
+		hosts:       map[types.ManagedObjectReference]*hostState{},
+		byName:      map[string]*hostState{},
+		pendingSpec: map[types.ManagedObjectReference]*types.VirtualMachineConfigSpec{},
+		owner:       map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
+		faultMsg:    map[types.ManagedObjectReference]string{},
+	}
+}
+
+func (l *lab) Reference() types.ManagedObjectReference { return hookRef }
+
+// ---------------------------------------------------------------------------
+// host state mirroring
+
+func (h *hostState) passthruInfo() []types.BaseHostPciPassthruInfo {
+	out := make([]types.BaseHostPciPassthruInfo, 0, len(h.devices))
+	for _, d := range h.devices {
+		out = append(out, &types.HostPciPassthruInfo{
+			Id:              d.info.Id,
+			DependentDevice: d.dependent,
+			PassthruEnabled: d.enabled,
+			PassthruCapable: d.capable,
+			PassthruActive:  d.active,
+		})
+	}
+	return out
+}
+
+// mirror copies the canonical state into the host and passthru-system objects.
+// Caller holds l.mu.
+func (l *lab) mirror(h *hostState) {
+	host, ok := simulator.Map.Get(h.ref).(*simulator.HostSystem)
+	if !ok {
+		return
+	}
+	info := h.passthruInfo()
+	simulator.Map.WithLock(host, func() {
+		host.Config.PciPassthruInfo = info
+		devs := make([]types.HostPciDevice, 0, len(h.devices))
+		for _, d := range h.devices {
+			devs = append(devs, d.info)
+		}
+		host.Hardware.PciDevice = devs
+	})
+	if h.passthru != nil {
+		h.passthru.PciPassthruInfo = h.passthruInfo()
+	}
+}
+
+func (l *lab) hostOfVM(vm *simulator.VirtualMachine) *hostState {
+	if vm.Runtime.Host == nil {
+		return nil
+	}
+	return l.hosts[*vm.Runtime.Host]
+}
+
+func hostNotConnected(h *hostState) (types.BaseMethodFault, string) {
+	return &types.HostNotConnected{}, fmt.Sprintf("Host %s is not connected (it disconnected or was removed).", h.name)
+}
+
+// setConnected marks a host (and its VMs) connected or disconnected.
+// Caller must NOT hold l.mu.
+func (l *lab) setConnected(h *hostState, connected bool) {
+	l.mu.Lock()
+	h.connected = connected
+	l.mu.Unlock()
+	state := types.HostSystemConnectionStateConnected
+	vmState := types.VirtualMachineConnectionStateConnected
+	if !connected {
+		state = types.HostSystemConnectionStateDisconnected
+		vmState = types.VirtualMachineConnectionStateDisconnected
+	}
+	host, ok := simulator.Map.Get(h.ref).(*simulator.HostSystem)
+	if !ok {
+		return
+	}
+	var vms []types.ManagedObjectReference
+	simulator.Map.WithLock(host, func() {
+		simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.connectionState", Val: state}})
+		vms = append(vms, host.Vm...)
+	})
+	for _, ref := range vms {
+		if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+			simulator.Map.WithLock(vm, func() {
+				simulator.Map.Update(vm, []types.PropertyChange{
+					{Name: "runtime.connectionState", Val: vmState},
+					{Name: "summary.runtime.connectionState", Val: vmState},
+				})
+			})
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// HostPciPassthruSystem
+
+// PciPassthruSystem is a working configManager.pciPassthruSystem.
+// UpdatePassthruConfig sets passthruEnabled (and the same value on the
+// device's companion functions, whose dependentDevice points at it, as the
+// ESXi UI does); passthruActive only follows after RebootHost_Task.
+type PciPassthruSystem struct {
+	mo.HostPciPassthruSystem
+
+	lab  *lab
+	host *hostState
+}
+
+func (p *PciPassthruSystem) UpdatePassthruConfig(ctx *simulator.Context, req *types.UpdatePassthruConfig) soap.HasFault {
+	body := &methods.UpdatePassthruConfigBody{}
+	l := p.lab
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := p.host
+	if !h.connected {
+		f, msg := hostNotConnected(h)
+		body.Fault_ = simulator.Fault(msg, f)
+		return body
+	}
+	// validate everything first: the call is all-or-nothing
+	for _, c := range req.Config {
+		cfg := c.GetHostPciPassthruConfig()
+		d := h.byID[cfg.Id]
+		if d == nil {
+			body.Fault_ = simulator.Fault(fmt.Sprintf("PCI device %s not found on host %s", cfg.Id, h.name),
+				&types.HostConfigFault{})
+			return body
+		}
+		if !d.capable && cfg.PassthruEnabled {
+			body.Fault_ = simulator.Fault(fmt.Sprintf("PCI device %s on host %s is not passthrough capable", cfg.Id, h.name),
+				&types.HostConfigFault{})
+			return body
+		}
+	}
+	for _, c := range req.Config {
+		cfg := c.GetHostPciPassthruConfig()
+		d := h.byID[cfg.Id]
+		d.enabled = cfg.PassthruEnabled
+		for _, other := range h.devices {
+			if other != d && other.dependent == d.info.Id && other.capable {
+				other.enabled = cfg.PassthruEnabled
+			}
+		}
+	}
+	l.mirror(h)
+	body.Res = &types.UpdatePassthruConfigResponse{}
+	return body
+}
+
+func (p *PciPassthruSystem) Refresh(req *types.Refresh) soap.HasFault {
+	return &methods.RefreshBody{Res: &types.RefreshResponse{}}
+}
+
+// reboot simulates a host reboot: passthruActive := passthruEnabled for every
+// device.  Powered-on VMs on the host are powered off (they die with the host).
+// ESXi requires maintenance mode unless force is set.
+func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
+	host, ok := simulator.Map.Get(h.ref).(*simulator.HostSystem)
+	if !ok {
+		return &types.ManagedObjectNotFound{Obj: h.ref}, "host not found"
+	}
+	l.mu.Lock()
+	connected := h.connected
+	l.mu.Unlock()
+	if !connected {
+		return hostNotConnected(h)
+	}
+	inMM := false
+	var vms []types.ManagedObjectReference
+	simulator.Map.WithLock(host, func() {
+		inMM = host.Runtime.InMaintenanceMode
+		vms = append(vms, host.Vm...)
+	})
+	if !inMM && !force {
+		return &types.InvalidState{}, fmt.Sprintf(
+			"The operation is not allowed in the current state: host %s is not in maintenance mode (use force=True to reboot anyway).", h.name)
+	}
+	for _, ref := range vms {
+		vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+		if !ok {
+			continue
+		}
+		simulator.Map.WithLock(vm, func() {
+			if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+				simulator.Map.Update(vm, []types.PropertyChange{
+					{Name: "runtime.powerState", Val: types.VirtualMachinePowerStatePoweredOff},
+					{Name: "summary.runtime.powerState", Val: types.VirtualMachinePowerStatePoweredOff},
+				})
+			}
+		})
+	}
+	l.mu.Lock()
+	for _, d := range h.devices {
+		d.active = d.enabled && d.capable
+	}
+	delete(l.owner, h.ref)
+	l.mirror(h)
+	l.mu.Unlock()
+	simulator.Map.WithLock(host, func() {
+		now := simulatorNow()
+		simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.bootTime", Val: &now}})
+	})
+	return nil, ""
+}
+
+// ---------------------------------------------------------------------------
+// EnvironmentBrowser with pciPassthrough / dynamicPassthrough
+
+type envBrowser struct {
+	simulator.EnvironmentBrowser // by value: the property collector digs field 0
+
+	lab *lab
+}
+
+func (b *envBrowser) hostsOf() []types.ManagedObjectReference {
+	for _, kind := range []string{"ComputeResource", "ClusterComputeResource"} {
+		for _, e := range simulator.Map.All(kind) {
+			var cr *mo.ComputeResource
+			switch x := e.(type) {
+			case *mo.ComputeResource:
+				cr = x
+			case *simulator.ClusterComputeResource:
+				cr = &x.ComputeResource
+			}
+			if cr != nil && cr.EnvironmentBrowser != nil && *cr.EnvironmentBrowser == b.Self {
+				return cr.Host
+			}
+		}
+	}
+	return nil
+}
+
+func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryConfigTarget) soap.HasFault {
+	l := b.lab
+	var hosts []types.ManagedObjectReference
+	if req.Host != nil {
+		hosts = []types.ManagedObjectReference{*req.Host}
+	} else {
+		hosts = b.hostsOf()
+	}
+	l.mu.Lock()
+	for _, ref := range hosts {
+		if h := l.hosts[ref]; h != nil && !h.connected && req.Host != nil {
+			l.mu.Unlock()
+			f, msg := hostNotConnected(h)
+			return &methods.QueryConfigTargetBody{Fault_: simulator.Fault(msg, f)}
+		}
+	}
+	l.mu.Unlock()
+
+	res := b.EnvironmentBrowser.QueryConfigTarget(ctx, req)
+	body, ok := res.(*methods.QueryConfigTargetBody)
+	if !ok || body.Res == nil || body.Res.Returnval == nil {
+		return res
+	}
+	target := body.Res.Returnval
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	type dynKey struct{ v, d int16 }
+	seen := map[dynKey]bool{}
+	for _, ref := range hosts {
+		h := l.hosts[ref]
+		if h == nil || !h.connected {
+			continue
+		}
+		for _, d := range h.devices {
+			if !d.active {
+				continue
+			}
+			target.PciPassthrough = append(target.PciPassthrough, &types.VirtualMachinePciPassthroughInfo{
+				VirtualMachineTargetInfo: types.VirtualMachineTargetInfo{Name: d.info.DeviceName},
+				PciDevice:                d.info,
+				SystemId:                 h.systemID,
+			})
+			k := dynKey{d.info.VendorId, d.info.DeviceId}
+			if !seen[k] {
+				seen[k] = true
+				target.DynamicPassthrough = append(target.DynamicPassthrough, types.VirtualMachineDynamicPassthroughInfo{
+					VirtualMachineTargetInfo: types.VirtualMachineTargetInfo{Name: d.info.DeviceName},
+					VendorName:               d.info.VendorName,
+					DeviceName:               d.info.DeviceName,
+					VendorId:                 int32(d.info.VendorId),
+					DeviceId:                 int32(d.info.DeviceId),
+				})
+			}
+		}
+	}
+	return body
+}
+
+// ---------------------------------------------------------------------------
+// task hooks (simulator.RegisterObject)
+
+func (l *lab) PutObject(obj mo.Reference) {
+	t, ok := obj.(*simulator.Task)
+	if !ok || t.Info.Entity == nil {
+		return
+	}
+	entity := *t.Info.Entity
+	switch {
+	case entity.Type == "VirtualMachine":
+		op := t.Info.DescriptionId[strings.LastIndex(t.Info.DescriptionId, ".")+1:]
+		var spec *types.VirtualMachineConfigSpec
+		if op == "reconfigVm" {
+			l.mu.Lock()
+			spec = l.pendingSpec[entity]
+			delete(l.pendingSpec, entity)
+			l.mu.Unlock()
+		}
+		orig := t.Execute
+		t.Execute = func(task *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+			vm, ok := simulator.Map.Get(entity).(*simulator.VirtualMachine)
+			if !ok {
+				return orig(task)
+			}
+			var fault types.BaseMethodFault
+			var msg string
+			switch op {
+			case "reconfigVm":
+				fault, msg = l.checkReconfig(vm, spec)
+			case "powerOn":
+				fault, msg = l.checkPowerOn(vm)
+			case "powerOff", "suspend", "reset", "destroy", "createSnapshot", "relocateVm", "cloneVm", "upgradeVm":
+				fault, msg = l.checkConnected(vm)
+			}
+			if fault != nil {
+				l.mu.Lock()
+				l.faultMsg[task.Self] = msg
+				l.mu.Unlock()
+				return nil, fault
+			}
+			res, err := orig(task)
+			if err == nil {
+				switch op {
+				case "powerOn":
+					l.claim(vm)
+				case "powerOff", "suspend", "destroy":
+					l.release(vm)
+				}
+			}
+			return res, err
+		}
+	}
+}
+
+func (l *lab) UpdateObject(mo.Reference, []types.PropertyChange) {}
+func (l *lab) RemoveObject(types.ManagedObjectReference)         {}
+
+func (l *lab) checkConnected(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h := l.hostOfVM(vm); h != nil && !h.connected {
+		return hostNotConnected(h)
+	}
+	return nil, ""
+}
+
+func isPassthrough(d types.BaseVirtualDevice) bool {
+	_, ok := d.(*types.VirtualPCIPassthrough)
+	return ok
+}
+
+// checkReconfig enforces what ESXi enforces for VMDirectPath I/O devices.
+func (l *lab) checkReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMachineConfigSpec) (types.BaseMethodFault, string) {
+	if f, msg := l.checkConnected(vm); f != nil {
+		return f, msg
+	}
+	if spec == nil {
+		return nil, ""
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.hostOfVM(vm)
+	for i, c := range spec.DeviceChange {
+		ds := c.GetVirtualDeviceConfigSpec()
+		if ds.Device == nil || !isPassthrough(ds.Device) {
+			continue
+		}
+		if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+			return &types.InvalidPowerState{
+					InvalidState:   types.InvalidState{},
+					RequestedState: types.VirtualMachinePowerStatePoweredOff,
+					ExistingState:  vm.Runtime.PowerState,
+				}, fmt.Sprintf("The attempted operation cannot be performed in the current state (%s): PCI passthrough devices can only be added to or removed from a powered-off virtual machine.",
+					powerStateText(vm.Runtime.PowerState))
+		}
+		if ds.Operation == types.VirtualDeviceConfigSpecOperationRemove {
+			continue
+		}
+		bad := func(why string) (types.BaseMethodFault, string) {
+			return &types.InvalidDeviceBacking{InvalidDeviceSpec: types.InvalidDeviceSpec{
+				InvalidVmConfig: types.InvalidVmConfig{Property: "virtualDeviceSpec.device.backing"},
+				DeviceIndex:     int32(i),
+			}}, fmt.Sprintf("Invalid configuration for device '%d': %s", i, why)
+		}
+		switch b := ds.Device.GetVirtualDevice().Backing.(type) {
+		case *types.VirtualPCIPassthroughDeviceBackingInfo:
+			if h == nil {
+				return bad("the virtual machine has no host")
+			}
+			d := h.byID[b.Id]
+			if d == nil {
+				return bad(fmt.Sprintf("PCI device %s does not exist on host %s", b.Id, h.name))
+			}
+			if !d.active {
+				return bad(fmt.Sprintf("PCI device %s on host %s is not an active passthrough device", b.Id, h.name))
+			}
+			if b.SystemId != h.systemID {
+				return bad(fmt.Sprintf("systemId %q does not match host %s (%s)", b.SystemId, h.name, h.systemID))
+			}
+			if b.DeviceId != "" {
+				v, err := strconv.ParseInt(strings.TrimPrefix(strings.ToLower(b.DeviceId), "0x"), 16, 32)
+				if err != nil || uint16(v) != uint16(d.info.DeviceId) {
+					return bad(fmt.Sprintf("deviceId %q does not match PCI device %s (%04x)", b.DeviceId, b.Id, uint16(d.info.DeviceId)))
+				}
+			}
+			if b.VendorId != 0 && b.VendorId != d.info.VendorId {
+				return bad(fmt.Sprintf("vendorId %d does not match PCI device %s (%d)", b.VendorId, b.Id, d.info.VendorId))
+			}
+		case *types.VirtualPCIPassthroughDynamicBackingInfo:
+			if len(b.AllowedDevice) == 0 {
+				return bad("dynamic passthrough backing needs at least one allowedDevice")
+			}
+		case nil:
+			return bad("missing backing")
+		default:
+			return bad(fmt.Sprintf("unsupported backing %T", b))
+		}
+	}
+	return nil, ""
+}
+
+func powerStateText(s types.VirtualMachinePowerState) string {
+	switch s {
+	case types.VirtualMachinePowerStatePoweredOn:
+		return "Powered on"
+	case types.VirtualMachinePowerStateSuspended:
+		return "Suspended"
+	}
+	return "Powered off"
+}
+
+func vmPassthroughDevices(vm *simulator.VirtualMachine) []*types.VirtualPCIPassthrough {
+	var out []*types.VirtualPCIPassthrough
+	if vm.Config == nil {
+		return nil
+	}
+	for _, d := range vm.Config.Hardware.Device {
+		if p, ok := d.(*types.VirtualPCIPassthrough); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// inUse returns the VM that holds device id on host h while powered on.
+// Caller holds l.mu.
+func (l *lab) inUse(h *hostState, id string, self types.ManagedObjectReference) (types.ManagedObjectReference, bool) {
+	owner, ok := l.owner[h.ref][id]
+	if !ok || owner == self {
+		return types.ManagedObjectReference{}, false
+	}
+	vm, ok := simulator.Map.Get(owner).(*simulator.VirtualMachine)
+	if !ok || vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		delete(l.owner[h.ref], id)
+		return types.ManagedObjectReference{}, false
+	}
+	return owner, true
+}
+
+// checkPowerOn: full memory reservation, devices active and free.  Dynamic
+// backings get a free matching device assigned (backing.assignedId).
+func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
+	if f, msg := l.checkConnected(vm); f != nil {
+		return f, msg
+	}
+	devs := vmPassthroughDevices(vm)
+	if len(devs) == 0 {
+		return nil, ""
+	}
+	memMB := int64(vm.Config.Hardware.MemoryMB)
+	locked := vm.Config.MemoryReservationLockedToMax != nil && *vm.Config.MemoryReservationLockedToMax
+	var resMB int64
+	if vm.Config.MemoryAllocation != nil && vm.Config.MemoryAllocation.Reservation != nil {
+		resMB = *vm.Config.MemoryAllocation.Reservation
+	}
+	if !locked && resMB < memMB {
+		return &types.GenericVmConfigFault{Reason: fmt.Sprintf(
+				"Invalid memory setting: memory reservation (sched.mem.min) should be equal to memsize(%d).", memMB)},
+			fmt.Sprintf("Invalid memory setting: memory reservation (sched.mem.min) should be equal to memsize(%d).", memMB)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.hostOfVM(vm)
+	if h == nil {
+		return &types.GenericVmConfigFault{Reason: "no host"}, "The virtual machine has no host."
+	}
+	taken := map[string]bool{}
+	for i, p := range devs {
+		switch b := p.Backing.(type) {
+		case *types.VirtualPCIPassthroughDeviceBackingInfo:
+			d := h.byID[b.Id]
+			if d == nil || !d.active {
+				msg := fmt.Sprintf("Module 'DevicePowerOn' power on failed. PCI passthrough device %s is not available on host %s (not an active passthrough device).", b.Id, h.name)
+				return &types.GenericVmConfigFault{Reason: msg}, msg
+			}
+			if other, busy := l.inUse(h, b.Id, vm.Self); busy {
+				msg := fmt.Sprintf("Device %s is already in use by virtual machine %s.", b.Id, vmName(other))
+				return &types.GenericVmConfigFault{Reason: msg}, msg
+			}
+			taken[b.Id] = true
+		case *types.VirtualPCIPassthroughDynamicBackingInfo:
+			found := ""
+			for _, d := range h.devices {
+				if !d.active || taken[d.info.Id] {
+					continue
+				}
+				if _, busy := l.inUse(h, d.info.Id, vm.Self); busy {
+					continue
+				}
+				for _, a := range b.AllowedDevice {
+					if uint16(a.VendorId) == uint16(d.info.VendorId) && uint16(a.DeviceId) == uint16(d.info.DeviceId) {
+						found = d.info.Id
+						break
+					}
+				}
+				if found != "" {
+					break
+				}
+			}
+			if found == "" {
+				msg := fmt.Sprintf("No free passthrough device on host %s matches the allowed devices of dynamic DirectPath device %d.", h.name, i)
+				return &types.GenericVmConfigFault{Reason: msg}, msg
+			}
+			taken[found] = true
+			b.AssignedId = found
+		}
+	}
+	return nil, ""
+}
+
+func vmName(ref types.ManagedObjectReference) string {
+	if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+		return vm.Name
+	}
+	return ref.Value
+}
+
+func (l *lab) claim(vm *simulator.VirtualMachine) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.hostOfVM(vm)
+	if h == nil {
+		return
+	}
+	if l.owner[h.ref] == nil {
+		l.owner[h.ref] = map[string]types.ManagedObjectReference{}
+	}
+	for _, p := range vmPassthroughDevices(vm) {
+		switch b := p.Backing.(type) {
+		case *types.VirtualPCIPassthroughDeviceBackingInfo:
+			l.owner[h.ref][b.Id] = vm.Self
+		case *types.VirtualPCIPassthroughDynamicBackingInfo:
+			if b.AssignedId != "" {
+				l.owner[h.ref][b.AssignedId] = vm.Self
+			}
+		}
+	}
+}
+
+func (l *lab) release(vm *simulator.VirtualMachine) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.owner {
+		for id, owner := range m {
+			if owner == vm.Self {
+				delete(m, id)
+			}
+		}
+	}
+	for _, p := range vmPassthroughDevices(vm) {
+		if b, ok := p.Backing.(*types.VirtualPCIPassthroughDynamicBackingInfo); ok {
+			b.AssignedId = ""
+		}
+	}
+}
+
+// state is what GET /gpupass/state returns.
+func (l *lab) state() map[string]interface{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	names := make([]string, 0, len(l.byName))
+	for n := range l.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	hosts := []map[string]interface{}{}
+	for _, n := range names {
+		h := l.byName[n]
+		devs := []map[string]interface{}{}
+		for _, d := range h.devices {
+			if !d.capable {
+				continue
+			}
+			e := map[string]interface{}{
+				"id": d.info.Id, "enabled": d.enabled, "active": d.active,
+				"vendor_id": uint16(d.info.VendorId), "device_id": uint16(d.info.DeviceId),
+			}
+			if owner, ok := l.owner[h.ref][d.info.Id]; ok {
+				e["owner"] = vmName(owner)
+			}
+			devs = append(devs, e)
+		}
+		hosts = append(hosts, map[string]interface{}{
+			"name": h.name, "moref": h.ref.Value, "connected": h.connected,
+			"system_id": h.systemID, "devices": devs,
+		})
+	}
+	return map[string]interface{}{"hosts": hosts}
+}
