@@ -506,9 +506,22 @@ class Interpreter:
                 tokens.append(("param", pname, e, None, False))
                 i += 1
                 continue
+            if e.type == "generic_token" and _t(e).startswith(",") and tokens and tokens[-1][0] in ("arg", "param") \
+                    and tokens[-1][4] and len(_t(e)) > 1:
+                # `-Class Display,Media`: the grammar splits a bare-word list into tokens ',Media'
+                kind, pn, pnode, prev, hv = tokens[-1]
+                more = self._arg_text(_t(e)[1:])
+                tokens[-1] = (kind, pn, pnode, (prev if isinstance(prev, list) else [prev]) + [more], hv)
+                i += 1
+                continue
             tokens.append(("arg", None, e, self._arg(e), True))
             i += 1
         return spec.invoke(self, name_node, tokens, input_items)
+
+    @staticmethod
+    def _arg_text(txt: str) -> Any:
+        num = parse_number(txt)
+        return num if num is not None else txt
 
     def _arg(self, e: ts.Node) -> Any:
         if e.type == "generic_token":
@@ -521,8 +534,8 @@ class Interpreter:
     def _eval(self, n: ts.Node) -> Any:
         t = n.type
         if t in _PASS:
-            kids = _named(n)
-            if len(kids) == 1:
+            kids = [k for k in _named(n) if k.type != "comparison_operator"]
+            if len(kids) == 1 and len(_named(n)) == 1:
                 return self._eval(kids[0])
             return self._binary(n, kids)
         if t == "variable":

@@ -1,0 +1,292 @@
+"""PowerShell scripts the Hyper-V backend sends through pywinrm's ``run_ps``.
+
+Rules every builder follows:
+
+* values (VM names, location paths, ...) reach PowerShell only through :func:`ps_quote`: a single-quoted
+  literal with every single-quote character doubled (PowerShell also treats the typographic quotes
+  U+2018..U+201B as single quotes, so those are doubled too); numbers are formatted by Python as plain
+  decimal integers; nothing is ever interpolated into double-quoted strings;
+* each script is at most :data:`MAX_SCRIPT_CHARS` characters (pywinrm sends ``powershell -encodedcommand``
+  through cmd.exe, whose 8,191 character line limit allows about 3,000 characters of script); a builder
+  raises :class:`ScriptTooLarge` rather than emit a longer one;
+* every script prints exactly one line of JSON (``ConvertTo-Json -Compress``) on stdout.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Sequence
+
+MAX_SCRIPT_CHARS = 3000
+CMD_LINE_LIMIT = 8191
+STOP_ACTIONS = ("TurnOff", "Save", "ShutDown")
+_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
+class ScriptTooLarge(ValueError):
+    """The script would not fit on cmd.exe's command line; split the work (e.g. fewer devices per call)."""
+
+
+def ps_quote(value: str) -> str:
+    """``value`` as a PowerShell single-quoted string literal (verbatim: no expansion of ``$``/backtick)."""
+    if not isinstance(value, str):
+        raise TypeError(f"ps_quote needs a str, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError("NUL cannot be passed in a PowerShell command line")
+    return "'" + "".join(c + c if c in _QUOTES else c for c in value) + "'"
+
+
+def ps_int(value: int) -> str:
+    """A non-negative integer as a PowerShell literal (bool and float refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative int, got {value!r}")
+    return str(value)
+
+
+def command_line_length(script: str) -> int:
+    """Length of the cmd.exe line pywinrm's run_ps produces for ``script``."""
+    return len("powershell -encodedcommand ") + len(base64.b64encode(script.encode("utf-16-le")))
+
+
+def _check(script: str, what: str, max_chars: int | None) -> str:
+    if max_chars is not None and (len(script) > max_chars or command_line_length(script) > CMD_LINE_LIMIT):
+        raise ScriptTooLarge(f"{what} script is {len(script)} characters (limit {max_chars}); "
+                             "send fewer devices per script")
+    return script
+
+
+def _lines(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------- inventory
+INVENTORY_KEYS = ("DEVPKEY_Device_LocationPaths", "DEVPKEY_PciDevice_Requires_Reserved_Memory_Region",
+                  "DEVPKEY_PciDevice_AcsCompatibleUpHierarchy", "DEVPKEY_PciDevice_DeviceType",
+                  "DEVPKEY_PciDevice_InterruptSupport")
+
+
+def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """One script that reports the whole host as JSON::
+
+        {"Host": {"Name", "IovSupport", "IovSupportReasons"},
+         "Gpus": [Fn + {"Companions": [Fn, ...]}],
+         "Vms": [{"Name", "Id", "Generation", "State", "MemoryStartup", "DynamicMemory", "StopAction",
+                  "LowMmio", "HighMmio", "GuestCache", "Checkpoints": [{"Name", "Type"}],
+                  "Devices": [location path, ...]}]}
+
+    where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "Status", "Present", "LocationPath",
+    "Slot", "Mmio" (bytes, null while dismounted: no host resources), "Interrupts" (bitmask 1 line, 2 MSI,
+    4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint), "Dismounted",
+    "Owner" (VM name or null)}``.  Companions are the other PCI functions in the GPU's slot (same location
+    path up to the function number), e.g. its HDMI audio controller.  State/StopAction/Type are enum names.
+    """
+    keys = ",".join(ps_quote(k) for k in INVENTORY_KEYS)
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$h=Get-VMHost",
+        "$own=@{}",
+        "$vms=@()",
+        "foreach($v in @(Get-VM)){",
+        "$ad=@()",
+        "foreach($a in @(Get-VMAssignableDevice -VMName $v.Name)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
+        "$cp=@()",
+        "foreach($c in @(Get-VMSnapshot -VMName $v.Name)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
+        "$vms+=[pscustomobject]@{Name=$v.Name;Id=$v.VMId;Generation=$v.Generation;State=$v.State.ToString();"
+        "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
+        "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
+        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad}",
+        "}",
+        "$dis=@{}",
+        "foreach($a in @(Get-VMHostAssignableDevice)){$dis[$a.LocationPath]=$true}",
+        "$all=@(Get-PnpDevice -InstanceId 'PCI\\*' -ErrorAction SilentlyContinue)",
+        "$lp=@{}",
+        "if($all.Count -gt 0){foreach($q in @(Get-PnpDeviceProperty -InstanceId $all.InstanceId "
+        "-KeyName 'DEVPKEY_Device_LocationPaths')){$lp[$q.InstanceId]=@($q.Data)[0]}}",
+        "$slots=@{}",
+        "foreach($d in $all){$p=$lp[$d.InstanceId];if($d.Class -eq 'Display' -and $p){$slots[$p.Substring(0,$p.Length-3)]=$true}}",
+        "$fns=@()",
+        "foreach($d in $all){",
+        "$p=$lp[$d.InstanceId]",
+        "if(-not $p){continue}",
+        "$sl=$p.Substring(0,$p.Length-3)",
+        "if(-not $slots.ContainsKey($sl)){continue}",
+        "$k=@{}",
+        f"foreach($q in @(Get-PnpDeviceProperty -InstanceId $d.InstanceId -KeyName {keys})){{$k[$q.KeyName]=$q.Data}}",
+        "$m=$null",
+        "if($d.Present){$m=0;foreach($r in @(Get-CimAssociatedInstance -InputObject $d -ResultClassName "
+        "'Win32_DeviceMemoryAddress')){$m+=$r.EndingAddress-$r.StartingAddress+1}}",
+        "$fns+=[pscustomobject]@{InstanceId=$d.InstanceId;Name=$d.FriendlyName;Class=$d.Class;Status=$d.Status;"
+        "Present=$d.Present;LocationPath=$p;Slot=$sl;Mmio=$m;"
+        "Interrupts=$k['DEVPKEY_PciDevice_InterruptSupport'];"
+        "Rmrr=$k['DEVPKEY_PciDevice_Requires_Reserved_Memory_Region'];"
+        "Acs=$k['DEVPKEY_PciDevice_AcsCompatibleUpHierarchy'];DeviceType=$k['DEVPKEY_PciDevice_DeviceType'];"
+        "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p];Companions=@()}",
+        "}",
+        "$gpus=@()",
+        "foreach($g in $fns){if($g.Class -eq 'Display'){",
+        "$c=@();foreach($o in $fns){if($o.Slot -eq $g.Slot -and $o.LocationPath -ne $g.LocationPath){$c+=$o}}",
+        "$g.Companions=$c;$gpus+=$g}}",
+        "$r=[pscustomobject]@{Host=[pscustomobject]@{Name=$h.Name;IovSupport=$h.IovSupport;"
+        "IovSupportReasons=$h.IovSupportReasons};Gpus=$gpus;Vms=$vms}",
+        "ConvertTo-Json -InputObject $r -Depth 6 -Compress",
+    )
+    return _check(s, "inventory", max_chars)
+
+
+# --------------------------------------------------------------------------- assign / release
+@dataclass(frozen=True)
+class VmSettings:
+    """The VM settings DDA changes; what the release script restores."""
+    stop_action: str
+    low_mmio: int
+    high_mmio: int
+    guest_cache: bool
+
+    def __post_init__(self) -> None:
+        if self.stop_action not in STOP_ACTIONS:
+            raise ValueError(f"stop_action must be one of {STOP_ACTIONS}")
+        ps_int(self.low_mmio)
+        ps_int(self.high_mmio)
+        if self.low_mmio > 2**32 - 1:
+            raise ValueError("low MMIO is a UInt32")
+
+
+def _paths(location_paths: Sequence[str]) -> str:
+    if not location_paths:
+        raise ValueError("no device location path given")
+    if len(set(p.lower() for p in location_paths)) != len(location_paths):
+        raise ValueError("duplicate location path")
+    return "$l=@(" + ",".join(ps_quote(p) for p in location_paths) + ")"
+
+
+# Maps each location path to its PnP instance id (so callers pass location paths only).
+_IID_MAP = _lines(
+    "$m=@{}",
+    "$all=@(Get-PnpDevice -InstanceId 'PCI\\*')",
+    "foreach($q in @(Get-PnpDeviceProperty -InstanceId $all.InstanceId -KeyName 'DEVPKEY_Device_LocationPaths'))"
+    "{$m[@($q.Data)[0]]=$q.InstanceId}",
+    "foreach($p in $l){if(-not $m.ContainsKey($p)){throw ('No PCI device at location path '+$p)}}",
+)
+
+
+def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, high_mmio: int,
+                  stop_action: str = "TurnOff", guest_cache: bool = True, force: bool = True,
+                  max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Give the devices at ``location_paths`` (a GPU and its companions, or several GPUs) to ``vm_name``.
+
+    Steps: ``Set-VM -AutomaticStopAction -GuestControlledCacheTypes -LowMemoryMappedIoSpace
+    -HighMemoryMappedIoSpace`` (MMIO sizes in bytes), then per device ``Disable-PnpDevice``,
+    ``Dismount-VMHostAssignableDevice [-Force]``, ``Add-VMAssignableDevice``.  If any step fails, every
+    device is taken back as far as it got (Remove-VMAssignableDevice, Mount-VMHostAssignableDevice,
+    Enable-PnpDevice, in that order) and the VM's previous settings are restored (Set-VM is one Hyper-V
+    settings change, treated as atomic).  Prints ``{"ok": true, "previous": {"StopAction", "LowMmio",
+    "HighMmio", "GuestCache"}}`` or ``{"ok": false, "error", "errorId", "step", "undoErrors": [...],
+    "previous": ...}`` and exits 1 on failure.  ``previous`` is what :func:`release_script` restores.
+    """
+    if stop_action not in STOP_ACTIONS:
+        raise ValueError(f"stop_action must be one of {STOP_ACTIONS}")
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        _paths(location_paths),
+        "$v=Get-VM -Name $n",
+        "$o=[pscustomobject]@{StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
+        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes}",
+        "$st=@{}",
+        "$set=$false",
+        "$step='lookup'",
+        "try{",
+        _IID_MAP,
+        "$step='Set-VM'",
+        f"Set-VM -Name $n -AutomaticStopAction {stop_action} -GuestControlledCacheTypes "
+        f"${'true' if guest_cache else 'false'} -LowMemoryMappedIoSpace {ps_int(low_mmio)} "
+        f"-HighMemoryMappedIoSpace {ps_int(high_mmio)}",
+        "$set=$true",
+        "foreach($p in $l){",
+        "$st[$p]=0",
+        "$step='Disable-PnpDevice '+$p",
+        "Disable-PnpDevice -InstanceId $m[$p] -Confirm:$false",
+        "$st[$p]=1",
+        "$step='Dismount-VMHostAssignableDevice '+$p",
+        "Dismount-VMHostAssignableDevice -LocationPath $p" + (" -Force" if force else ""),
+        "$st[$p]=2",
+        "$step='Add-VMAssignableDevice '+$p",
+        "Add-VMAssignableDevice -LocationPath $p -VMName $n",
+        "$st[$p]=3",
+        "}",
+        "$r=[pscustomobject]@{ok=$true;previous=$o}",
+        "}catch{",
+        "$e=$_",
+        "$u=@()",
+        "foreach($p in $l){if($st.ContainsKey($p)){$s=$st[$p]",
+        "try{if($s -ge 3){Remove-VMAssignableDevice -LocationPath $p -VMName $n}",
+        "if($s -ge 2){Mount-VMHostAssignableDevice -LocationPath $p}",
+        "if($s -ge 1){Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false}}",
+        "catch{$u+=$p+': '+$_.Exception.Message}}}",
+        "if($set){try{Set-VM -Name $n -AutomaticStopAction $o.StopAction -GuestControlledCacheTypes $o.GuestCache "
+        "-LowMemoryMappedIoSpace $o.LowMmio -HighMemoryMappedIoSpace $o.HighMmio}",
+        "catch{$u+='Set-VM: '+$_.Exception.Message}}",
+        "$r=[pscustomobject]@{ok=$false;error=$e.Exception.Message;errorId=$e.FullyQualifiedErrorId;step=$step;"
+        "undoErrors=$u;previous=$o}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "assign", max_chars)
+
+
+def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSettings | None,
+                   max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Take the devices at ``location_paths`` back from ``vm_name`` and give them to the host.
+
+    Per device: ``Remove-VMAssignableDevice``, ``Mount-VMHostAssignableDevice``, ``Enable-PnpDevice``;
+    then, only if every device came back, ``Set-VM`` restores ``previous`` (skipped when None).  Stops at
+    the first failure (later devices untouched) and reports how far each device got.  Prints
+    ``{"ok", "released": [paths], "stage": {path: "removed"|"mounted"|"enabled"}, "error", "errorId",
+    "step"}``; exits 1 on failure.
+    """
+    restore = ""
+    if previous is not None:
+        restore = (f"$step='Set-VM'\nSet-VM -Name $n -AutomaticStopAction {previous.stop_action} "
+                   f"-GuestControlledCacheTypes ${'true' if previous.guest_cache else 'false'} "
+                   f"-LowMemoryMappedIoSpace {ps_int(previous.low_mmio)} "
+                   f"-HighMemoryMappedIoSpace {ps_int(previous.high_mmio)}")
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        _paths(location_paths),
+        "$g=@{}",
+        "$ok=@()",
+        "$step='Get-VM'",
+        "try{",
+        "$null=Get-VM -Name $n",
+        "foreach($p in $l){",
+        "$step='Remove-VMAssignableDevice '+$p",
+        "Remove-VMAssignableDevice -LocationPath $p -VMName $n",
+        "$g[$p]='removed'",
+        "$step='Mount-VMHostAssignableDevice '+$p",
+        "Mount-VMHostAssignableDevice -LocationPath $p",
+        "$g[$p]='mounted'",
+        "}",
+        "$step='lookup'",
+        _IID_MAP,
+        "foreach($p in $l){",
+        "$step='Enable-PnpDevice '+$p",
+        "Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false",
+        "$g[$p]='enabled'",
+        "$ok+=$p",
+        "}",
+        restore,
+        "$r=[pscustomobject]@{ok=$true;released=$ok;stage=$g}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;released=$ok;stage=$g;error=$_.Exception.Message;"
+        "errorId=$_.FullyQualifiedErrorId;step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "release", max_chars)
+
+
+__all__ = ["CMD_LINE_LIMIT", "INVENTORY_KEYS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
+           "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "release_script"]
