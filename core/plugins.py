@@ -103,6 +103,15 @@ def default_plugin_manager() -> pluggy.PluginManager:
     return _default[0]
 
 
+def register(plugin: object, name: str | None = None) -> None:
+    """Register a plugin object at run time (library use, tests) and refresh the default registry."""
+    global _default
+    pm = default_plugin_manager()
+    pm.register(plugin, name=name)
+    pm.check_pending()
+    _default = (pm, collect(pm))
+
+
 def reset_default() -> None:
     global _default
     _default = None

@@ -1,0 +1,29 @@
+"""Every test runs with its own config file and data directory, so no test sees the user's lab or hosts."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupass.core import plugins
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("GPUPASS_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("GPUPASS_CONFIG", str(home / "config.toml"))
+    for variable in ("GPUPASS_PASSWORD",):
+        monkeypatch.delenv(variable, raising=False)
+    plugins.reset_default()
+    yield home
+    plugins.reset_default()
+
+
+@pytest.fixture
+def fake_host():
+    """Registers the fake platform (scheme fake://) for the CLI; returns a function that sets its state."""
+    from support.fakes import FakePlugin, lab_facts, reset_fake
+
+    plugins.register(FakePlugin(), name="fake")
+    reset_fake(lab_facts())
+    return reset_fake
