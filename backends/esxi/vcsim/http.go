@@ -226,9 +226,39 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	bw := &bufferedWriter{header: http.Header{}}
-	si.next.ServeHTTP(bw, r)
+	if !si.serve(bw, r, body) {
+		// govmomi 0.24's PropertyCollector.Fetch panics (index out of range)
+		// when the property is unset, e.g. vm.snapshot of a VM without
+		// snapshots; vSphere answers with an empty FetchResponse (None).
+		bw = &bufferedWriter{header: http.Header{}}
+		writeEmptyResponse(bw, "Fetch")
+	}
 	l.applyFaultMessages()
 	bw.flushTo(w)
+}
+
+// serve passes the request to the simulator; it returns false if a Fetch call
+// panicked (any other panic propagates and the connection is closed).
+func (si *sdkInterceptor) serve(w http.ResponseWriter, r *http.Request, body []byte) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if !bytes.Contains(body, []byte("Fetch")) {
+				panic(p)
+			}
+			ok = false
+		}
+	}()
+	si.next.ServeHTTP(w, r)
+	return true
+}
+
+func writeEmptyResponse(w http.ResponseWriter, method string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, `%s<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" `+
+		`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" `+
+		`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><%sResponse xmlns="urn:vim25"></%sResponse>`+
+		`</soapenv:Body></soapenv:Envelope>`, xml.Header, method, method)
 }
 
 func (l *lab) applyFaultMessages() {

@@ -9,6 +9,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -281,6 +282,26 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 	for i := range vms {
 		if err := createVM(ctx, c, cfg, l, folders, hostObjs, &vms[i], seen); err != nil {
 			return err
+		}
+	}
+
+	// QueryConfigTarget with passthrough devices: replace every compute
+	// resource's EnvironmentBrowser (same moref) by our wrapper.
+	for _, kind := range []string{"ComputeResource", "ClusterComputeResource"} {
+		for _, e := range simulator.Map.All(kind) {
+			var ref *types.ManagedObjectReference
+			switch x := e.(type) {
+			case *mo.ComputeResource:
+				ref = x.EnvironmentBrowser
+			case *simulator.ClusterComputeResource:
+				ref = x.EnvironmentBrowser
+			}
+			if ref == nil {
+				continue
+			}
+			if old, ok := simulator.Map.Get(*ref).(*simulator.EnvironmentBrowser); ok {
+				simulator.Map.Put(&envBrowser{EnvironmentBrowser: *old, lab: l})
+			}
 		}
 	}
 

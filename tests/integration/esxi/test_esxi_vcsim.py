@@ -1,0 +1,338 @@
+"""The vSphere simulator behaves like ESXi/vCenter for GPU passthrough (real pyvmomi, verified TLS)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import pytest
+
+from gpupass.backends.esxi.simulator import make_tls_material
+
+pytest.importorskip("pyVmomi")
+from pyVim.connect import SmartConnect  # noqa: E402
+from pyVim.task import WaitForTask  # noqa: E402
+from pyVmomi import vim, vmodl  # noqa: E402
+
+PT = vim.vm.device.VirtualPCIPassthrough
+
+
+def find(si, kind, name):
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [kind], True)
+    try:
+        for obj in view.view:
+            if obj.name == name:
+                return obj
+    finally:
+        view.Destroy()
+    raise LookupError(name)
+
+
+def count(si, kind):
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [kind], True)
+    try:
+        return len(view.view)
+    finally:
+        view.Destroy()
+
+
+def gpus(host):
+    return {d.id: d for d in host.hardware.pciDevice if (d.vendorId & 0xFFFF) == 0x10DE}
+
+
+def passthru(host):
+    return {p.id: p for p in host.config.pciPassthruInfo}
+
+
+def config_target(host):
+    return host.parent.environmentBrowser.QueryConfigTarget(host=host)
+
+
+def backing_for(host, pci_id):
+    (info,) = [p for p in config_target(host).pciPassthrough if p.pciDevice.id == pci_id]
+    dev = info.pciDevice
+    return PT.DeviceBackingInfo(id=dev.id, deviceId=format(dev.deviceId & 0xFFFF, "x"), systemId=info.systemId,
+                                vendorId=dev.vendorId, deviceName=dev.deviceName)
+
+
+def add_device_spec(backing, **extra):
+    change = vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.add,
+                                             device=PT(key=-1, backing=backing))
+    return vim.vm.ConfigSpec(deviceChange=[change], **extra)
+
+
+def passthrough_devices(vm):
+    return [d for d in vm.config.hardware.device if isinstance(d, PT)]
+
+
+# -- connection, TLS, login ------------------------------------------------------------------
+
+
+def test_api_version_is_negotiated_as_7_0_3(vcsim, connect):
+    si = connect(vcsim)
+    assert si.content.about.apiVersion == "7.0.3.0"
+    assert si._stub.version == "vim.version.v7_0_3_0"
+    assert si.content.about.apiType == "VirtualCenter"
+    assert vcsim.url == f"https://127.0.0.1:{vcsim.port}/sdk"
+
+
+def test_wrong_password_is_refused(vcsim):
+    with pytest.raises(vim.fault.InvalidLogin):
+        SmartConnect(host=vcsim.host, port=vcsim.port, user=vcsim.username, pwd=vcsim.password + "x",
+                     sslContext=vcsim.ssl_context())
+
+
+def test_untrusted_certificate_fails_verification(vcsim, tmp_path):
+    other_ca = make_tls_material(tmp_path)["ca"]  # a different CA than the one that signed the server
+    ctx = ssl.create_default_context(cafile=str(other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        SmartConnect(host=vcsim.host, port=vcsim.port, user=vcsim.username, pwd=vcsim.password, sslContext=ctx)
+
+
+def test_control_endpoint_needs_credentials(vcsim):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"https://127.0.0.1:{vcsim.port}/gpupass/state", context=vcsim.ssl_context())
+    assert err.value.code == 401
+
+
+# -- inventory -------------------------------------------------------------------------------
+
+
+def test_gpus_listed_with_esxi_ids(vcsim, connect):
+    si = connect(vcsim)
+    esx01, esx02 = find(si, vim.HostSystem, "esx01.lab.local"), find(si, vim.HostSystem, "esx02.lab.local")
+    g1, g2 = gpus(esx01), gpus(esx02)
+    assert sorted(g1) == ["0000:3b:00.0", "0000:d8:00.0"]
+    assert sorted(g2) == ["0000:3b:00.0", "0000:af:00.0"]
+    h100 = g1["0000:3b:00.0"]
+    # signed 16-bit in the API, exactly as ESXi sends them
+    assert (h100.vendorId, h100.deviceId, h100.classId) == (0x10DE, 0x2330, 0x0302)
+    assert (h100.bus, h100.slot, h100.function) == (0x3B, 0, 0)
+    assert h100.deviceName == "GH100 [H100 SXM5 80GB]" and h100.vendorName == "NVIDIA Corporation"
+    assert g1["0000:d8:00.0"].deviceId & 0xFFFF == 0x1EB8
+    assert {d.deviceId & 0xFFFF for d in g2.values()} == {0x20B5}
+    # an Intel chipset device from the template reads negative, like on ESXi
+    assert any(d.vendorId == -32634 for d in esx01.hardware.pciDevice)
+
+    p1, p2 = passthru(esx01), passthru(esx02)
+    assert (p1["0000:3b:00.0"].passthruCapable, p1["0000:3b:00.0"].passthruEnabled,
+            p1["0000:3b:00.0"].passthruActive) == (True, True, True)
+    assert (p1["0000:d8:00.0"].passthruEnabled, p1["0000:d8:00.0"].passthruActive) == (False, False)
+    assert (p2["0000:af:00.0"].passthruEnabled, p2["0000:af:00.0"].passthruActive) == (False, False)
+    assert p1["0000:3b:00.0"].dependentDevice == "0000:3b:00.0"
+    assert not p1["0000:00:00.0"].passthruCapable
+    assert esx01.configManager.pciPassthruSystem is not None
+
+
+def test_vms_match_the_lab(vcsim, connect):
+    si = connect(vcsim)
+    ml, render, web = (find(si, vim.VirtualMachine, n) for n in ("ml-train", "render01", "web01"))
+    cad, snap = find(si, vim.VirtualMachine, "cad-ws"), find(si, vim.VirtualMachine, "snap01")
+    assert (ml.runtime.powerState, ml.config.firmware, ml.config.hardware.memoryMB) == ("poweredOff", "efi", 65536)
+    assert (render.config.firmware, render.config.hardware.memoryMB) == ("bios", 16384)
+    assert web.runtime.powerState == "poweredOn"
+    assert snap.snapshot is not None and snap.snapshot.rootSnapshotList[0].name == "before-upgrade"
+    assert ml.snapshot is None
+    (dev,) = passthrough_devices(cad)
+    assert isinstance(dev.backing, PT.DeviceBackingInfo)
+    assert (dev.backing.id, dev.backing.deviceId, dev.backing.vendorId) == ("0000:3b:00.0", "2330", 0x10DE)
+    assert dev.backing.systemId == vcsim.state()["hosts"][0]["system_id"]
+    assert cad.runtime.host.name == "esx01.lab.local"
+
+
+def test_query_config_target_lists_only_active_devices(vcsim, connect):
+    si = connect(vcsim)
+    esx02 = find(si, vim.HostSystem, "esx02.lab.local")
+    target = config_target(esx02)
+    assert [p.pciDevice.id for p in target.pciPassthrough] == ["0000:3b:00.0"]
+    info = target.pciPassthrough[0]
+    assert isinstance(info, vim.vm.PciPassthroughInfo)
+    assert info.pciDevice.deviceId == 0x20B5 and info.systemId
+    assert [(d.vendorId & 0xFFFF, d.deviceId & 0xFFFF) for d in target.dynamicPassthrough] == [(0x10DE, 0x20B5)]
+    # without a host: every host of the cluster
+    both = esx02.parent.environmentBrowser.QueryConfigTarget()
+    assert sorted(p.pciDevice.deviceId & 0xFFFF for p in both.pciPassthrough) == [0x20B5, 0x2330]
+
+
+# -- passthrough workflow --------------------------------------------------------------------
+
+
+def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
+    si = connect(fresh_vcsim())
+    host = find(si, vim.HostSystem, "esx01.lab.local")
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=True)])
+    t4 = passthru(host)["0000:d8:00.0"]
+    assert (t4.passthruEnabled, t4.passthruActive) == (True, False)
+    assert "0000:d8:00.0" not in [p.pciDevice.id for p in config_target(host).pciPassthrough]
+
+    with pytest.raises(vim.fault.InvalidState):  # ESXi: maintenance mode first (unless force)
+        WaitForTask(host.RebootHost_Task(force=False))
+    WaitForTask(host.EnterMaintenanceMode_Task(timeout=0))
+    WaitForTask(host.RebootHost_Task(force=False))
+    t4 = passthru(host)["0000:d8:00.0"]
+    assert (t4.passthruEnabled, t4.passthruActive) == (True, True)
+    assert "0000:d8:00.0" in [p.pciDevice.id for p in config_target(host).pciPassthrough]
+    WaitForTask(host.ExitMaintenanceMode_Task(timeout=0))
+
+    # disabling: still active until the next reboot
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=False)])
+    assert passthru(host)["0000:d8:00.0"].passthruActive
+    WaitForTask(host.RebootHost_Task(force=True))
+    assert not passthru(host)["0000:d8:00.0"].passthruActive
+    assert find(si, vim.VirtualMachine, "web01").runtime.powerState == "poweredOff"  # died with the host
+
+
+def test_unknown_or_incapable_device_is_rejected(vcsim, connect):
+    si = connect(vcsim)
+    host = find(si, vim.HostSystem, "esx01.lab.local")
+    with pytest.raises(vim.fault.HostConfigFault):
+        host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+            config=[vim.host.PciPassthruConfig(id="0000:99:00.0", passthruEnabled=True)])
+    with pytest.raises(vim.fault.HostConfigFault):
+        host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+            config=[vim.host.PciPassthruConfig(id="0000:00:00.0", passthruEnabled=True)])
+
+
+def test_add_device_to_powered_off_vm_shows_backing(fresh_vcsim, connect):
+    sim = fresh_vcsim()
+    si = connect(sim)
+    vm, host = find(si, vim.VirtualMachine, "ml-train"), find(si, vim.HostSystem, "esx02.lab.local")
+    backing = backing_for(host, "0000:3b:00.0")
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing)))
+    (dev,) = passthrough_devices(vm)
+    b = dev.backing
+    assert isinstance(b, PT.DeviceBackingInfo)
+    assert (b.id, b.deviceId, b.vendorId, b.deviceName) == ("0000:3b:00.0", "20b5", 0x10DE, "GA100 [A100 PCIe 80GB]")
+    assert b.systemId == backing.systemId
+
+
+def test_add_device_to_powered_on_vm_fails(vcsim, connect):
+    si = connect(vcsim)
+    vm, host = find(si, vim.VirtualMachine, "web01"), find(si, vim.HostSystem, "esx01.lab.local")
+    with pytest.raises(vim.fault.InvalidPowerState) as err:
+        WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"))))
+    assert err.value.existingState == "poweredOn"
+    assert "current state" in err.value.msg
+    assert passthrough_devices(vm) == []
+
+
+def test_add_inactive_or_foreign_device_fails(vcsim, connect):
+    si = connect(vcsim)
+    vm, host = find(si, vim.VirtualMachine, "render01"), find(si, vim.HostSystem, "esx02.lab.local")
+    good = backing_for(host, "0000:3b:00.0")
+    inactive = PT.DeviceBackingInfo(id="0000:af:00.0", deviceId="20b5", systemId=good.systemId, vendorId=0x10DE,
+                                    deviceName="GA100 [A100 PCIe 80GB]")
+    with pytest.raises(vim.fault.InvalidDeviceBacking) as err:
+        WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(inactive)))
+    assert "not an active passthrough device" in err.value.msg
+    # the H100 exists and is active, but on the other host (systemId of esx01)
+    foreign = backing_for(find(si, vim.HostSystem, "esx01.lab.local"), "0000:3b:00.0")
+    with pytest.raises(vim.fault.InvalidDeviceBacking):
+        WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(foreign)))
+    assert passthrough_devices(vm) == []
+
+
+def test_power_on_needs_full_memory_reservation_and_a_free_device(fresh_vcsim, connect):
+    si = connect(fresh_vcsim())
+    host = find(si, vim.HostSystem, "esx02.lab.local")
+    ml, render = find(si, vim.VirtualMachine, "ml-train"), find(si, vim.VirtualMachine, "render01")
+    for vm in (ml, render):
+        WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"))))
+
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(ml.PowerOnVM_Task())
+    assert "memory reservation (sched.mem.min) should be equal to memsize(65536)" in err.value.msg
+    assert ml.runtime.powerState == "poweredOff"
+
+    WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(memoryReservationLockedToMax=True)))
+    WaitForTask(ml.PowerOnVM_Task())
+    assert ml.runtime.powerState == "poweredOn"
+
+    # the same GPU configured on a second VM: that VM cannot start while the first runs
+    WaitForTask(render.ReconfigVM_Task(spec=vim.vm.ConfigSpec(
+        memoryAllocation=vim.ResourceAllocationInfo(reservation=16384))))
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(render.PowerOnVM_Task())
+    assert "already in use by virtual machine ml-train" in err.value.msg
+    WaitForTask(ml.PowerOffVM_Task())
+    WaitForTask(render.PowerOnVM_Task())
+
+
+def test_vm_holding_a_device_powers_on(fresh_vcsim, connect):
+    sim = fresh_vcsim()
+    si = connect(sim)
+    WaitForTask(find(si, vim.VirtualMachine, "cad-ws").PowerOnVM_Task())
+    owners = {d["id"]: d.get("owner") for d in sim.state()["hosts"][0]["devices"]}
+    assert owners["0000:3b:00.0"] == "cad-ws"
+
+
+def test_dynamic_directpath_backing_round_trips(fresh_vcsim, connect):
+    si = connect(fresh_vcsim())
+    vm = find(si, vim.VirtualMachine, "ml-train")
+    backing = PT.DynamicBackingInfo(
+        allowedDevice=[PT.AllowedDevice(vendorId=0x10DE, deviceId=0x20B5)], customLabel="a100-80g")
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing, memoryReservationLockedToMax=True)))
+    (dev,) = passthrough_devices(vm)
+    assert isinstance(dev.backing, PT.DynamicBackingInfo)
+    assert dev.backing.customLabel == "a100-80g"
+    assert [(a.vendorId, a.deviceId) for a in dev.backing.allowedDevice] == [(0x10DE, 0x20B5)]
+    WaitForTask(vm.PowerOnVM_Task())
+    (dev,) = passthrough_devices(vm)
+    assert dev.backing.assignedId == "0000:3b:00.0"  # the only active A100 on esx02
+
+
+# -- failure injection and scale --------------------------------------------------------------
+
+
+def test_host_vanishes_mid_operation(fresh_vcsim, connect):
+    sim = fresh_vcsim()
+    si = connect(sim)
+    vm, host = find(si, vim.VirtualMachine, "ml-train"), find(si, vim.HostSystem, "esx02.lab.local")
+    backing = backing_for(host, "0000:3b:00.0")  # step 1 works
+    sim.disconnect_host("esx02.lab.local", after="ReconfigVM_Task")
+    assert host.runtime.connectionState == "connected"
+    with pytest.raises(vmodl.fault.HostNotConnected):  # step 2: the host is gone
+        WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing)))
+    assert host.runtime.connectionState == "disconnected"
+    assert vm.runtime.connectionState == "disconnected"
+    with pytest.raises(vmodl.fault.HostNotConnected):
+        host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+            config=[vim.host.PciPassthruConfig(id="0000:af:00.0", passthruEnabled=True)])
+    with pytest.raises(vmodl.fault.HostNotConnected):
+        config_target(host)
+    sim.reconnect_host("esx02.lab.local")
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing)))
+    assert len(passthrough_devices(vm)) == 1
+
+
+def test_standalone_esx_mode(fresh_vcsim, connect):
+    cfg = {"mode": "esx", "hosts": [{"name": "esx-solo.lab.local", "gpus": [
+        {"address": "0000:65:00.0", "vendor_id": "0x10de", "device_id": "0x2684", "class_id": "0x0300",
+         "device_name": "AD102 [GeForce RTX 4090]", "vendor_name": "NVIDIA Corporation",
+         "passthru_enabled": True, "passthru_active": True,
+         "functions": [{"address": "0000:65:00.1", "vendor_id": "0x10de", "device_id": "0x22ba",
+                        "class_id": "0x0403", "device_name": "AD102 High Definition Audio Controller",
+                        "passthru_enabled": True, "passthru_active": True}]}]}],
+        "vms": [{"name": "gamer", "host": "esx-solo.lab.local", "firmware": "efi", "memory_mb": 16384}]}
+    si = connect(fresh_vcsim(cfg))
+    assert si.content.about.apiType == "HostAgent"
+    host = find(si, vim.HostSystem, "esx-solo.lab.local")
+    assert host.configManager.pciPassthruSystem._moId == "ha-pcipassthrusystem"
+    p = passthru(host)
+    assert p["0000:65:00.1"].dependentDevice == "0000:65:00.0"
+    assert sorted(i.pciDevice.id for i in config_target(host).pciPassthrough) == ["0000:65:00.0", "0000:65:00.1"]
+
+
+def test_scale_vcenter_with_50_hosts_and_500_vms(fresh_vcsim, connect):
+    t0 = time.monotonic()
+    sim = fresh_vcsim({"mode": "vcenter", "hosts": []}, scale_hosts=50, scale_vms=500)
+    started = time.monotonic() - t0
+    si = connect(sim)
+    assert count(si, vim.HostSystem) == 50
+    assert count(si, vim.VirtualMachine) == 500
+    assert started < 30, started
