@@ -308,7 +308,7 @@ class WSManEndpoint:
         self.httpd.app = self
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/wsman"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"wsman-{self.port}", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"wsman-{self.port}", daemon=True)
         self.thread.start()
 
     # -- lifecycle

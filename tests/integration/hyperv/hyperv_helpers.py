@@ -1,0 +1,69 @@
+"""Helpers shared by the Hyper-V infrastructure tests (imported by conftest.py and the test modules)."""
+from __future__ import annotations
+
+import json
+import os
+
+import tree_sitter as ts
+import tree_sitter_powershell as tsp
+import winrm
+
+from gpupass.backends.hyperv.hostmodel import HostModel, PnpDevice, VirtualMachine, lab_host
+from gpupass.backends.hyperv.wsman import serve
+
+USER, PASSWORD = "Administrator", "Lab-Passw0rd!"
+M, G = 1024 ** 2, 1024 ** 3
+
+PS_LANG = ts.Language(tsp.language())
+
+
+def ps_parse(script: str) -> ts.Tree:
+    return ts.Parser(PS_LANG).parse(script.encode("utf-8"))
+
+
+def bad_nodes(script: str) -> list[str]:
+    out = []
+
+    def walk(n: ts.Node) -> None:
+        if n.type == "ERROR" or n.is_missing:
+            out.append(f"{n.type}@{n.start_point}")
+        for c in n.children:
+            walk(c)
+    walk(ps_parse(script).root_node)
+    return out
+
+
+def rtx_host() -> HostModel:
+    """A workstation host: RTX 4090 with its HDMI audio function, plus a second GPU (A100)."""
+    m = lab_host()
+    m.devices = [d for d in m.devices if d.device_id != 0x1EB8]   # drop the T4
+    slot = "PCIROOT(0)#PCI(0100)#PCI(0000)"
+    m.devices.append(PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_2684&SUBSYS_16F310DE&REV_A1\\4&9D3E2A1&0&0008",
+        friendly_name="NVIDIA GeForce RTX 4090", pnp_class="Display", location_path=slot,
+        vendor_id=0x10DE, device_id=0x2684, bars=[16 * M, 32 * G, 32 * M]))
+    m.devices.append(PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_22BA&SUBSYS_16F310DE&REV_A1\\4&9D3E2A1&0&0108",
+        friendly_name="NVIDIA High Definition Audio", pnp_class="Media",
+        location_path=slot[:-3] + "01)", vendor_id=0x10DE, device_id=0x22BA, bars=[16 * 1024]))
+    return m
+
+
+
+class Remote:
+    """A pywinrm session against an endpoint serving ``model``."""
+
+    def __init__(self, endpoint, auth: str, user: str = USER, password: str = PASSWORD):
+        self.endpoint = endpoint
+        self.model = endpoint.model
+        self.session = winrm.Session(endpoint.url, auth=(user, password), transport=auth,
+                                     ca_trust_path=os.environ.get("REQUESTS_CA_BUNDLE") or "legacy_requests",
+                                     proxy=None)
+
+    def ps(self, script: str) -> winrm.Response:
+        return self.session.run_ps(script)
+
+    def ps_json(self, script: str) -> tuple[int, dict]:
+        r = self.ps(script)
+        assert r.std_out.strip(), f"no output; stderr: {r.std_err.decode(errors='replace')}"
+        return r.status_code, json.loads(r.std_out)
