@@ -296,6 +296,7 @@ class VCSim:
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._log_path: Path | None = None
+        self._drainer: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
     @property
@@ -334,7 +335,9 @@ class VCSim:
             raise
         parsed = urllib.parse.urlsplit(self.url)
         self.port = parsed.port
-        threading.Thread(target=self._drain, name="vcsim-stdout", daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self._proc.stdout.fileno(),),
+                                         name="vcsim-stdout", daemon=True)
+        self._drainer.start()
         return self
 
     def _read_url(self) -> str:
@@ -359,10 +362,11 @@ class VCSim:
             raise SimulatorError(f"unexpected first line from simulator: {line!r}{self._log_tail()}")
         return line[len(URL_PREFIX):]
 
-    def _drain(self) -> None:
-        proc = self._proc
+    @staticmethod
+    def _drain(fd: int) -> None:
+        # keeps the pipe from filling; ends at EOF, i.e. when the process exits
         try:
-            while proc is not None and proc.stdout is not None and os.read(proc.stdout.fileno(), 4096):
+            while os.read(fd, 65536):
                 pass
         except OSError:
             pass
@@ -395,7 +399,10 @@ class VCSim:
                 except subprocess.TimeoutExpired:
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=timeout)
-            if proc.stdout is not None:
+            drainer, self._drainer = self._drainer, None
+            if drainer is not None:
+                drainer.join(timeout=5)
+            if proc.stdout is not None and (drainer is None or not drainer.is_alive()):
                 proc.stdout.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)

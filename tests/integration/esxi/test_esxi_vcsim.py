@@ -336,3 +336,23 @@ def test_scale_vcenter_with_50_hosts_and_500_vms(fresh_vcsim, connect):
     assert count(si, vim.HostSystem) == 50
     assert count(si, vim.VirtualMachine) == 500
     assert started < 30, started
+
+
+def test_bad_inventory_is_reported_with_the_simulator_log(vcsim_binary):
+    from gpupass.backends.esxi.simulator import SimulatorError, VCSim
+
+    cfg = {"mode": "vcenter", "hosts": [{"name": "esx01"}], "vms": [{"name": "x", "host": "nope"}]}
+    with pytest.raises(SimulatorError, match='unknown host "nope"'):
+        VCSim(cfg, binary=vcsim_binary).start()
+
+
+def test_stop_ends_the_process(vcsim_binary):
+    import os
+
+    from gpupass.backends.esxi.simulator import VCSim
+
+    with VCSim(binary=vcsim_binary) as sim:
+        pid = sim.pid
+        os.kill(pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
