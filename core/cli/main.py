@@ -103,6 +103,3 @@ from gpupass.core.cli import lab as _lab  # noqa: E402,F401
 def main() -> None:
     cli(prog_name="gpupass")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m gpupass.core.cli` runs the CLI (the console script is `gpupass`)."""
+
+from gpupass.core.cli.main import main
+
+main()
