@@ -186,6 +186,13 @@ class Interpreter:
             return
         if n.type not in _ALLOWED_NODES:
             raise self._unsupported(n, f"construct '{n.type}'")
+        if n.type == "command_name" and not _t(n).strip():
+            r, c = n.start_point
+            raise ScriptError(f"syntax error: line {r + 1} char {c + 1}: missing expression")
+        if n.type == "try_statement" and not any(c.type in ("catch_clauses", "finally_clause") for c in n.children):
+            r, c = n.start_point
+            raise ScriptError(f"syntax error: line {r + 1} char {c + 1}: The Try statement is missing its Catch or "
+                              "Finally block.")
         if n.type == "expandable_string_literal" or n.type == "expandable_here_string_literal":
             raw = _t(n)
             if "$" in raw or "`" in raw or n.named_child_count:
