@@ -90,3 +90,11 @@ class LabHost(ABC):
 
     def status(self, data_dir: Path) -> str:
         return "ready"
+
+    def up(self, data_dir: Path) -> str:
+        """Start the lab's server, if it has one; return a line saying where it serves."""
+        return "ready (no server needed)"
+
+    def down(self, data_dir: Path) -> str:
+        """Stop the lab's server, if it has one."""
+        return "nothing to stop"

@@ -14,7 +14,7 @@ from gpupass.core.errors import NotFound
 
 @cli.group()
 def lab() -> None:
-    """The built-in lab hosts (no hypervisor needed): list, reset, demo."""
+    """The built-in lab hosts (no hypervisor needed): status, up, down, reset, demo."""
 
 
 def _labs(app, name: str | None):
@@ -23,16 +23,16 @@ def _labs(app, name: str | None):
         return labs
     chosen = [lab for lab in labs if lab.name == name]
     if not chosen:
-        raise NotFound(f"no lab host named {name!r}", remedy="`gpupass lab list` shows them")
+        raise NotFound(f"no lab host named {name!r}", remedy="`gpupass lab status` lists them")
     return chosen
 
 
-@lab.command("list")
+@lab.command("status")
 @json_option
 @click.pass_obj
 @handles_errors
-def lab_list(app, as_json: bool) -> None:
-    """List the lab hosts and where their state lives."""
+def lab_status(app, as_json: bool) -> None:
+    """List the lab hosts, whether their servers run, and where their state lives."""
     data = paths.data_dir()
     rows = [{"name": lab.name, "platform": lab.platform, "description": lab.description,
              "status": lab.status(data)} for lab in _labs(app, None)]
@@ -41,6 +41,34 @@ def lab_list(app, as_json: bool) -> None:
     else:
         click.echo(render.table(["NAME", "PLATFORM", "STATUS", "WHAT"],
                                 [[r["name"], r["platform"], r["status"], r["description"]] for r in rows]))
+
+
+@lab.command("up")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+@handles_errors
+def lab_up(app, name: str | None, as_json: bool) -> None:
+    """Start the lab hosts' servers in the background (127.0.0.1 only); state is kept while they run."""
+    result = {item.name: item.up(paths.data_dir()) for item in _labs(app, name)}
+    if as_json:
+        emit_json({"up": result})
+    else:
+        click.echo("\n".join(f"{lab_name}: {line}" for lab_name, line in result.items()))
+
+
+@lab.command("down")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+@handles_errors
+def lab_down(app, name: str | None, as_json: bool) -> None:
+    """Stop the lab hosts' servers (by PID)."""
+    result = {item.name: item.down(paths.data_dir()) for item in _labs(app, name)}
+    if as_json:
+        emit_json({"down": result})
+    else:
+        click.echo("\n".join(f"{lab_name}: {line}" for lab_name, line in result.items()))
 
 
 @lab.command("reset")

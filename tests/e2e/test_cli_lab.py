@@ -91,6 +91,6 @@ def test_on_a_terminal_assign_asks_and_no_means_no():
 
 
 def test_json_output_is_one_document_for_every_command():
-    for args in (["plugins"], ["gpus", "lab-kvm"], ["vms", "lab-kvm"], ["status", "lab-kvm"], ["lab", "list"],
+    for args in (["plugins"], ["gpus", "lab-kvm"], ["vms", "lab-kvm"], ["status", "lab-kvm"], ["lab", "status"],
                  ["check", "lab-kvm", "ml-train", "42:00.0"], ["plan", "lab-kvm", "ml-train", "42:00.0"]):
         json.loads(gpupass(*args, "--json").stdout)

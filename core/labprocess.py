@@ -1,0 +1,105 @@
+"""Start and stop a lab host's server in the background: 127.0.0.1 only, tracked and stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpupass.core.errors import OperationFailed
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    info: dict[str, Any]
+
+
+def _state_file(data_dir: Path, name: str) -> Path:
+    return data_dir / "lab" / f"{name}.server.json"
+
+
+def running(data_dir: Path, name: str) -> Running | None:
+    """The lab server's record if its process is still alive, else None (a stale record is removed)."""
+    path = _state_file(data_dir, name)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(record.get("pid", 0))
+    if pid > 0 and _alive(pid, record.get("marker", "")):
+        return Running(pid, record.get("info", {}))
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A zombie is dead; a PID reused by another program is not ours.
+    return ") Z " not in stat and marker in cmdline
+
+
+def start(data_dir: Path, name: str, argv: list[str], ready_prefix: str, timeout: float = 60.0,
+          env: dict[str, str] | None = None) -> Running:
+    """Run argv detached; it must print one line `ready_prefix{json}` on stdout once it serves."""
+    already = running(data_dir, name)
+    if already is not None:
+        return already
+    log_path = data_dir / "lab" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+            start_new_session=True, env={**os.environ, **(env or {})},
+        )
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] | None = None
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.startswith(ready_prefix):
+            info = json.loads(line[len(ready_prefix):])
+            break
+    if info is None:
+        process.kill()
+        process.wait()
+        raise OperationFailed(
+            f"lab server {name} did not start: " + log_path.read_text()[-2000:],
+            remedy=f"see {log_path}",
+        )
+    # The server keeps running after we exit; its stdout is no longer read, so it must not write to it.
+    process.stdout.close()
+    marker = argv[-1] if argv else ""
+    record = {"pid": process.pid, "marker": marker, "info": info, "argv": argv}
+    _state_file(data_dir, name).write_text(json.dumps(record, indent=2))
+    return Running(process.pid, info)
+
+
+def stop(data_dir: Path, name: str, timeout: float = 10.0) -> bool:
+    current = running(data_dir, name)
+    if current is None:
+        return False
+    os.kill(current.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(current.pid, ""):
+        time.sleep(0.05)
+    if _alive(current.pid, ""):
+        os.kill(current.pid, signal.SIGKILL)
+    _state_file(data_dir, name).unlink(missing_ok=True)
+    return True
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
