@@ -1,0 +1,177 @@
+"""Inventory, assign, release and rollback, sent by real pywinrm (Basic and NTLM) to the modelled host."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpupass.backends.hyperv import scripts as S
+from gpupass.backends.hyperv.hostmodel import HostModel
+from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
+from hyperv_helpers import G, M
+
+PREV = S.VmSettings("Save", 128 * M, 512 * M, False)
+
+
+def inventory(remote) -> dict:
+    code, data = remote.ps_json(S.inventory_script())
+    assert code == 0
+    return data
+
+
+def test_inventory_of_the_lab(remote):
+    inv = inventory(remote)
+    assert inv["Host"] == {"Name": "HV-LAB01", "IovSupport": True, "IovSupportReasons": None}
+    gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
+    assert set(gpus) == {A100_1_LOC, A100_2_LOC, T4_LOC}
+    a1, a2, t4 = gpus[A100_1_LOC], gpus[A100_2_LOC], gpus[T4_LOC]
+    assert (a1["Dismounted"], a1["Owner"], a1["Present"], a1["Mmio"]) == (True, "cad-ws", False, None)
+    assert (a2["Dismounted"], a2["Owner"], a2["Status"]) == (False, None, "OK")
+    assert a2["Mmio"] == 16 * M + 128 * G + 32 * M
+    assert a2["InstanceId"].startswith("PCI\\VEN_10DE&DEV_20B5")
+    assert (a2["Interrupts"] & 6, a2["Rmrr"], a2["Acs"], a2["DeviceType"]) == (6, False, 3, 2)
+    assert t4["Rmrr"] is True and t4["Mmio"] == 304 * M
+    assert all(g["Companions"] == [] for g in inv["Gpus"])
+    vms = {v["Name"]: v for v in inv["Vms"]}
+    assert list(vms) == ["ml-train", "render01", "web01", "cad-ws", "dyn-mem"]
+    assert vms["ml-train"] | {"Id": None} == {
+        "Name": "ml-train", "Id": None, "Generation": 2, "State": "Off", "MemoryStartup": 64 * G,
+        "DynamicMemory": False, "StopAction": "Save", "LowMmio": 128 * M, "HighMmio": 512 * M,
+        "GuestCache": False, "Checkpoints": [], "Devices": []}
+    assert vms["render01"]["Generation"] == 1
+    assert vms["web01"]["State"] == "Running"
+    assert vms["cad-ws"]["Devices"] == [A100_1_LOC] and vms["cad-ws"]["StopAction"] == "TurnOff"
+    assert vms["dyn-mem"]["DynamicMemory"] is True
+
+
+def test_inventory_companions_and_checkpoints(rtx_remote):
+    from gpupass.backends.hyperv.hostmodel import Checkpoint
+    rtx_remote.model.vm("render01").checkpoints.append(Checkpoint("before-driver", "Standard"))
+    inv = inventory(rtx_remote)
+    rtx = next(g for g in inv["Gpus"] if "RTX 4090" in g["Name"])
+    assert [c["Name"] for c in rtx["Companions"]] == ["NVIDIA High Definition Audio"]
+    assert rtx["Companions"][0]["LocationPath"] == "PCIROOT(0)#PCI(0100)#PCI(0001)"
+    assert rtx["Companions"][0]["Class"] == "Media"
+    assert not any(g["Class"] != "Display" for g in inv["Gpus"])
+    render = next(v for v in inv["Vms"] if v["Name"] == "render01")
+    assert render["Checkpoints"] == [{"Name": "before-driver", "Type": "Standard"}]
+
+
+def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
+    from hyperv_helpers import Remote
+    m = HostModel(name="EMPTY", iov_support=False, iov_support_reasons=["Firmware does not support IOMMU"])
+    inv = inventory(Remote(endpoint_factory(m, auth), auth))
+    assert inv == {"Host": {"Name": "EMPTY", "IovSupport": False,
+                            "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Gpus": [], "Vms": []}
+
+
+def test_assign_then_release(remote):
+    code, res = remote.ps_json(S.assign_script("ml-train", [A100_2_LOC], 3 * G, (128 * 1024 + 48 + 512) * M))
+    assert code == 0 and res == {"ok": True, "previous": {"StopAction": "Save", "LowMmio": 128 * M,
+                                                          "HighMmio": 512 * M, "GuestCache": False}}
+    inv = inventory(remote)
+    a2 = next(g for g in inv["Gpus"] if g["LocationPath"] == A100_2_LOC)
+    assert (a2["Owner"], a2["Dismounted"], a2["Present"]) == ("ml-train", True, False)
+    vm = next(v for v in inv["Vms"] if v["Name"] == "ml-train")
+    assert (vm["StopAction"], vm["LowMmio"], vm["HighMmio"], vm["GuestCache"], vm["Devices"]) == \
+        ("TurnOff", 3 * G, (128 * 1024 + 48 + 512) * M, True, [A100_2_LOC])
+
+    prev = S.VmSettings(**{"stop_action": res["previous"]["StopAction"], "low_mmio": res["previous"]["LowMmio"],
+                           "high_mmio": res["previous"]["HighMmio"], "guest_cache": res["previous"]["GuestCache"]})
+    code, rel = remote.ps_json(S.release_script("ml-train", [A100_2_LOC], prev))
+    assert code == 0 and rel["ok"] is True and rel["released"] == [A100_2_LOC]
+    fresh = HostModel.from_json(remote.model.to_json())
+    from gpupass.backends.hyperv.hostmodel import lab_host
+    assert fresh.to_json() == lab_host().to_json()     # back exactly to where it started
+
+
+def test_assign_several_devices(rtx_remote):
+    m = rtx_remote.model
+    paths = ["PCIROOT(0)#PCI(0100)#PCI(0000)", "PCIROOT(0)#PCI(0100)#PCI(0001)", A100_2_LOC]
+    code, res = rtx_remote.ps_json(S.assign_script("ml-train", paths, 3 * G, 200 * G))
+    assert code == 0 and res["ok"]
+    assert [m.device_by_location(p).assigned_vm for p in paths] == ["ml-train"] * 3
+    code, rel = rtx_remote.ps_json(S.release_script("ml-train", paths, PREV))
+    assert code == 0 and rel["released"] == paths
+    assert all((d.assigned_vm, d.dismounted, d.enabled) == (None, False, True)
+               for d in m.devices if d.location_path in paths)
+
+
+@pytest.mark.parametrize("vm,path,expect", [
+    ("web01", A100_2_LOC, "current state"),              # running VM: Set-VM refuses
+    ("dyn-mem", A100_2_LOC, "dynamic memory"),           # fails at Add-VMAssignableDevice
+    ("render01", T4_LOC, "RMRR"),                        # fails at Dismount
+    ("ml-train", A100_1_LOC, "No matching Win32_PnPEntity"),  # already held by cad-ws: not on the host
+    ("no-such-vm", A100_2_LOC, "unable to find a virtual machine"),
+])
+def test_assign_failures_leave_the_host_as_it_was(remote, vm, path, expect):
+    before = remote.model.to_json()
+    r = remote.ps(S.assign_script(vm, [path], 3 * G, 33280 * M))
+    assert r.status_code == 1
+    assert expect in (r.std_out + r.std_err).decode("utf-8").replace("\\u0027", "'")
+    assert remote.model.to_json() == before
+
+
+ASSIGN_STEPS = [("Get-PnpDevice", 1), ("Get-PnpDeviceProperty", 1), ("Set-VM", 1),
+                ("Disable-PnpDevice", 1), ("Dismount-VMHostAssignableDevice", 1), ("Add-VMAssignableDevice", 1),
+                ("Disable-PnpDevice", 2), ("Dismount-VMHostAssignableDevice", 2), ("Add-VMAssignableDevice", 2),
+                ("Disable-PnpDevice", 3), ("Dismount-VMHostAssignableDevice", 3), ("Add-VMAssignableDevice", 3)]
+
+
+@pytest.mark.parametrize("cmdlet,nth", ASSIGN_STEPS)
+def test_rollback_at_every_step(rtx_remote, cmdlet, nth):
+    """Fail each step of a three-device assign; the host must end exactly as it started."""
+    m = rtx_remote.model
+    paths = ["PCIROOT(0)#PCI(0100)#PCI(0000)", "PCIROOT(0)#PCI(0100)#PCI(0001)", A100_2_LOC]
+    before = m.to_json()
+    rtx_remote.endpoint.inject_fault(cmdlet, nth=nth, message=f"injected {cmdlet} #{nth}")
+    code, res = rtx_remote.ps_json(S.assign_script("ml-train", paths, 3 * G, 200 * G))
+    assert code == 1
+    assert res["ok"] is False and res["error"] == f"injected {cmdlet} #{nth}"
+    assert res["undoErrors"] == []
+    assert not m.faults, "the fault was not reached"
+    assert m.to_json() == before
+    for p in paths:
+        d = m.device_by_location(p)
+        assert (d.dismounted, d.enabled, d.assigned_vm) == (False, True, None)
+    vm = m.vm("ml-train")
+    assert (vm.automatic_stop_action, vm.low_mmio, vm.high_mmio, vm.guest_controlled_cache_types) == \
+        ("Save", 128 * M, 512 * M, False)
+
+
+def test_rollback_reports_undo_failures(rtx_remote):
+    m = rtx_remote.model
+    paths = ["PCIROOT(0)#PCI(0100)#PCI(0000)", "PCIROOT(0)#PCI(0100)#PCI(0001)"]
+    rtx_remote.endpoint.inject_fault("Add-VMAssignableDevice", nth=2)
+    rtx_remote.endpoint.inject_fault("Mount-VMHostAssignableDevice", nth=1, message="mount broke")
+    code, res = rtx_remote.ps_json(S.assign_script("ml-train", paths, 3 * G, 40 * G))
+    assert code == 1 and res["ok"] is False
+    assert res["undoErrors"] == [f"{paths[0]}: mount broke"]
+    # the first device could not be mounted back: it is left dismounted (and said so); the second is back
+    d0, d1 = (m.device_by_location(p) for p in paths)
+    assert (d0.dismounted, d0.assigned_vm) == (True, None)
+    assert (d1.dismounted, d1.enabled) == (False, True)
+    assert m.vm("ml-train").automatic_stop_action == "Save"
+
+
+def test_release_stops_at_first_failure(remote):
+    m = remote.model
+    remote.endpoint.inject_fault("Mount-VMHostAssignableDevice", message="mount broke")
+    code, res = remote.ps_json(S.release_script("cad-ws", [A100_1_LOC], PREV))
+    assert code == 1 and res["ok"] is False and res["stage"] == {A100_1_LOC: "removed"}
+    assert res["step"] == f"Mount-VMHostAssignableDevice {A100_1_LOC}"
+    assert m.vm("cad-ws").automatic_stop_action == "TurnOff"    # settings not restored while a device is out
+    d = m.device_by_location(A100_1_LOC)
+    assert (d.assigned_vm, d.dismounted) == (None, True)
+
+
+def test_model_state_survives_restart(remote, endpoint_factory, auth, tmp_path):
+    remote.ps_json(S.assign_script("ml-train", [A100_2_LOC], 3 * G, 33280 * M))
+    saved = tmp_path / "lab.json"
+    saved.write_text(remote.model.to_json())
+    remote.endpoint.stop()
+    from hyperv_helpers import Remote
+    again = Remote(endpoint_factory(HostModel.from_json(saved.read_text()), auth), auth)
+    inv = inventory(again)
+    assert next(g for g in inv["Gpus"] if g["LocationPath"] == A100_2_LOC)["Owner"] == "ml-train"
+    json.dumps(inv)
