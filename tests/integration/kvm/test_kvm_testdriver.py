@@ -1,0 +1,279 @@
+"""The KVM backend end to end against libvirt's test driver: inventory, plan, execute, rollback, guard."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import domain_xml, libvirt
+
+from gpupass.backends.kvm import testhost
+from gpupass.core.domain.inventory import Firmware, PowerState
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.plan import Plan
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
+from gpupass.core.errors import ConnectionFailed, NotFound, NotSupported, OperationFailed, PreflightFailed
+from gpupass.core.service import execute, make_plan
+
+A = PciAddress.parse
+H100, A100, RTX4090, RTX3090 = A("0000:42:00.0"), A("0000:41:00.0"), A("0000:01:00.0"), A("0000:02:00.0")
+
+
+def plan_for(backend, request, registry) -> Plan:
+    return make_plan(backend, backend.inventory(), request, registry)
+
+
+def codes(plan: Plan) -> set[str]:
+    return {finding.code for finding in plan.findings}
+
+
+# -- inventory ---------------------------------------------------------------------------------------
+
+def test_lab_inventory_reports_gpus_companions_groups_and_owners(lab):
+    facts = lab.inventory()
+    assert facts.host.iommu_enabled is True and facts.host.platform == "kvm"
+    gpus = {gpu.address: gpu for gpu in facts.gpus}
+    assert sorted(gpus) == [RTX4090, RTX3090, A100, H100]
+    assert [str(c.address) for c in gpus[RTX4090].companions] == ["0000:01:00.1"]
+    assert [str(c.address) for c in gpus[RTX3090].companions] == ["0000:02:00.1"]
+    assert gpus[H100].companions == () and gpus[A100].companions == ()
+    assert {a: g.iommu_group.number for a, g in gpus.items()} == {RTX4090: 14, RTX3090: 15, A100: 20, H100: 21}
+    assert gpus[RTX3090].iommu_group.members == (A("00:17.0"), A("02:00.0"), A("02:00.1"))
+    assert {a: g.assigned_to for a, g in gpus.items()} == {RTX4090: "cad-ws", RTX3090: None, A100: None, H100: None}
+    assert gpus[H100].model == "NVIDIA H100 PCIe"
+    # libvirt's test driver drops <driver><name> from node device XML, so the host driver is unknown here.
+    assert gpus[H100].function.driver is None
+    # The test driver is not this machine: BARs come from the catalog, never from local sysfs.
+    assert sum(bar.size for bar in gpus[H100].bars) == (128 << 30) + (48 << 20)
+    assert facts.function(A("00:17.0")).kind == "SATA controller"
+    assert facts.function(A("00:01.0")).is_bridge
+
+
+def test_lab_inventory_reports_vms(lab):
+    vms = {vm.name: vm for vm in lab.inventory().vms}
+    assert sorted(vms) == ["cad-ws", "ml-train", "render01", "web01"]
+    assert vms["web01"].power_state is PowerState.RUNNING
+    assert all(vms[name].is_off for name in ("cad-ws", "ml-train", "render01"))
+    assert vms["render01"].firmware is Firmware.BIOS and vms["ml-train"].firmware is Firmware.EFI
+    assert vms["ml-train"].memory_bytes == 64 << 30
+    assert vms["cad-ws"].assigned == (RTX4090, A("01:00.1"))
+    assert vms["ml-train"].settings["machine"] == "q35"
+    assert vms["ml-train"].id == "6f1d2c8e-3b1a-4c52-9a57-0c1e7d2f8a01"
+
+
+def test_a_host_without_iommu_groups_blocks_with_iommu_off(tmp_path, open_backend, registry):
+    uri = testhost.write_host(tmp_path / "no-iommu.xml",
+                              [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", group=None)],
+                              [testhost.domain("vm1")])
+    backend = open_backend(uri)
+    facts = backend.inventory()
+    assert facts.host.iommu_enabled is False
+    assert "IOMMU group" in facts.host.iommu_reasons[0]
+    assert facts.gpus[0].iommu_group is None
+    plan = make_plan(backend, facts, AssignmentRequest("vm1", (A("41:00.0"),)), registry)
+    assert plan.blocked and "iommu-off" in codes(plan)
+    with pytest.raises(PreflightFailed):
+        execute(backend, plan)
+
+
+def test_a_host_without_pci_devices_cannot_tell_about_the_iommu(tmp_path, open_backend):
+    backend = open_backend(testhost.write_host(tmp_path / "empty.xml", [], [testhost.domain("vm1")]))
+    facts = backend.inventory()
+    assert facts.host.iommu_enabled is None and facts.gpus == ()
+
+
+def test_unknown_vm_and_unknown_gpu_are_not_found(lab, registry):
+    with pytest.raises(NotFound):
+        plan_for(lab, AssignmentRequest("no-such-vm", (H100,)), registry)
+    with pytest.raises(NotFound):
+        plan_for(lab, AssignmentRequest("ml-train", (A("0000:77:00.0"),)), registry)
+
+
+@pytest.mark.parametrize("content", [None, "<node><device><name>computer</name></device></node>"],
+                         ids=["missing-file", "no-system-uuid"])
+def test_a_host_libvirt_cannot_open_is_a_connection_failure(tmp_path, open_backend, content):
+    path = tmp_path / "host.xml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConnectionFailed) as caught:
+        open_backend(path).inventory()
+    assert str(path) in caught.value.message
+
+
+# -- assign and release through the service -----------------------------------------------------------
+
+CASES = {
+    "h100-mmio": ("ml-train", H100, AssignOptions()),
+    "a100-efi-switch-and-hiding": ("render01", A100, AssignOptions(allow_firmware_change=True, hide_hypervisor=True)),
+}
+
+
+@pytest.mark.parametrize("vm, gpu, options", CASES.values(), ids=CASES.keys())
+def test_assign_then_release_leaves_the_definition_identical(lab, registry, vm, gpu, options):
+    before = domain_xml(lab, vm)
+    plan = plan_for(lab, AssignmentRequest(vm, (gpu,), options), registry)
+    assert not plan.blocked and not plan.nothing_to_do
+    outcome = execute(lab, plan)
+    assert outcome.facts_after.find_vm(vm).assigned == (gpu,)
+    assert next(g for g in outcome.facts_after.gpus if g.address == gpu).assigned_to == vm
+    assigned = domain_xml(lab, vm)
+    assert "gpupass:assignment" in assigned and assigned != before
+
+    release = plan_for(lab, ReleaseRequest(vm), registry)
+    assert [step.action for step in release.steps] == ["kvm.define-domain"]
+    execute(lab, release)
+
+    assert domain_xml(lab, vm) == before
+
+
+def test_companions_move_together_and_come_back_out_exactly(lab, registry):
+    """The RTX 4090 + audio: released from cad-ws (not a gpupass assignment), then assigned to ml-train."""
+    before_cad = domain_xml(lab, "cad-ws")
+    execute(lab, plan_for(lab, ReleaseRequest("cad-ws", (RTX4090,)), registry))
+    assert lab.inventory().find_vm("cad-ws").assigned == ()
+    assert "<hostdev" not in domain_xml(lab, "cad-ws") and before_cad != domain_xml(lab, "cad-ws")
+
+    before = domain_xml(lab, "ml-train")
+    plan = plan_for(lab, AssignmentRequest("ml-train", (RTX4090,), AssignOptions(bar_sizes={RTX4090: 32 << 30})),
+                    registry)
+    assert "companions-included" in codes(plan) and not plan.blocked
+    execute(lab, plan)
+    assigned = domain_xml(lab, "ml-train")
+    assert assigned.count("<hostdev ") == 2 and "pcie-root-port" in assigned and "multifunction='on'" in assigned
+    assert lab.inventory().find_vm("ml-train").assigned == (RTX4090, A("01:00.1"))
+
+    execute(lab, plan_for(lab, ReleaseRequest("ml-train"), registry))
+    assert domain_xml(lab, "ml-train") == before
+
+
+def test_second_assign_has_no_write_steps_and_says_so(lab, registry):
+    request = AssignmentRequest("ml-train", (H100,))
+    execute(lab, plan_for(lab, request, registry))
+    after_first = domain_xml(lab, "ml-train")
+    again = plan_for(lab, request, registry)
+    assert again.nothing_to_do and not again.blocked
+    assert not any(step.writes for step in again.steps)
+    outcome = execute(lab, again)
+    assert outcome.applied == ()
+    assert domain_xml(lab, "ml-train") == after_first
+    # And a release of a VM that holds nothing is a no-op too.
+    execute(lab, plan_for(lab, ReleaseRequest("ml-train"), registry))
+    assert plan_for(lab, ReleaseRequest("ml-train"), registry).nothing_to_do
+
+
+def test_partial_release_keeps_the_other_gpu(lab, registry):
+    execute(lab, plan_for(lab, AssignmentRequest("ml-train", (H100, A100)), registry))
+    assert set(lab.inventory().find_vm("ml-train").assigned) == {A100, H100}
+    execute(lab, plan_for(lab, ReleaseRequest("ml-train", (A100,)), registry))
+    vm = lab.inventory().find_vm("ml-train")
+    assert vm.assigned == (H100,) and vm.settings["assigned_by_gpupass"] == [str(H100)]
+    assert vm.mmio_window_bytes == 256 << 30  # the window sized for both (192 GiB -> 256 GiB) stays until the last GPU leaves
+
+
+def test_running_vm_and_gpu_of_another_vm_are_blocked(lab, registry):
+    running = plan_for(lab, AssignmentRequest("web01", (H100,)), registry)
+    assert "vm-not-off" in codes(running) and running.blocked
+    taken = plan_for(lab, AssignmentRequest("ml-train", (RTX4090,)), registry)
+    assert "gpu-assigned-elsewhere" in codes(taken)
+    shared = plan_for(lab, AssignmentRequest("ml-train", (RTX3090,)), registry)
+    assert "iommu-group-shared" in codes(shared)
+    bios = plan_for(lab, AssignmentRequest("render01", (A100,)), registry)
+    assert "firmware-bios-large-bar" in codes(bios)
+
+
+# -- failures part-way leave the definition as it was ----------------------------------------------
+
+def test_a_definition_libvirt_rejects_is_reported_and_changes_nothing(lab, registry):
+    before = domain_xml(lab, "ml-train")
+    plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
+    define = plan.steps[0]
+    # Slot 0x40 does not exist on a PCI bus: libvirt's parser (not gpupass) refuses the document.
+    broken = define.payload["new_xml"].replace("slot=\"0x00\"", "slot=\"0x40\"")
+    assert broken != define.payload["new_xml"]
+    bad_plan = dataclasses.replace(plan, steps=(dataclasses.replace(define, payload={**define.payload,
+                                                                                       "new_xml": broken}),))
+    with pytest.raises(OperationFailed) as caught:
+        execute(lab, bad_plan)
+    assert caught.value.rolled_back
+    assert isinstance(caught.value.__cause__, OperationFailed)
+    assert caught.value.__cause__.__cause__.get_error_code() == libvirt.VIR_ERR_XML_ERROR
+    assert domain_xml(lab, "ml-train") == before
+
+
+def test_a_failing_second_step_undoes_the_first(lab, registry):
+    """Step 1 redefines ml-train; step 2 hot-plugs into running web01, which the test driver refuses."""
+    before_ml, before_web = domain_xml(lab, "ml-train"), domain_xml(lab, "web01")
+    define = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry).steps[0]
+    hotplug = lab._hotplug_step("web01", lab.inventory().gpus[2].function, attach=True)
+    plan = Plan("assign", "t", "kvm", "ml-train", (), (define, hotplug), ())
+    with pytest.raises(OperationFailed) as caught:
+        execute(lab, plan)
+    assert caught.value.rolled_back and "1 completed step(s) were undone" in caught.value.message
+    assert isinstance(caught.value.__cause__, NotSupported)
+    assert caught.value.__cause__.__cause__.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+    assert domain_xml(lab, "ml-train") == before_ml and domain_xml(lab, "web01") == before_web
+
+
+def test_live_assign_to_a_running_vm_fails_cleanly_on_a_driver_without_hotplug(tmp_path, open_backend, registry):
+    uri = testhost.write_host(tmp_path / "live.xml", [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", 5)],
+                              [testhost.domain("busy", running=True)])
+    backend = open_backend(uri)
+    before = domain_xml(backend, "busy")
+    plan = plan_for(backend, AssignmentRequest("busy", (A("41:00.0"),), AssignOptions(live=True)), registry)
+    assert "live-change" in codes(plan) and not plan.blocked
+    assert [step.action for step in plan.steps if step.writes] == ["kvm.hotplug", "kvm.define-domain"]
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert isinstance(caught.value.__cause__, NotSupported) and caught.value.rolled_back
+    assert domain_xml(backend, "busy") == before
+    # Without --live the running VM is refused before anything is sent.
+    assert "vm-not-off" in codes(plan_for(backend, AssignmentRequest("busy", (A("41:00.0"),)), registry))
+
+
+def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, registry):
+    plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
+    theirs = domain_xml(lab, "ml-train").replace("<vcpu placement='static'>8</vcpu>",
+                                                 "<vcpu placement='static'>16</vcpu>")
+    assert "16</vcpu>" in theirs
+    lab._connection()._wrapped.defineXML(theirs)
+    with pytest.raises(OperationFailed) as caught:
+        execute(lab, plan)
+    assert "changed by someone else" in caught.value.__cause__.message
+    assert domain_xml(lab, "ml-train") == theirs
+    # Planning again from the new definition works and keeps their change.
+    execute(lab, plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry))
+    assert "16</vcpu>" in domain_xml(lab, "ml-train")
+
+
+# -- hostile VM names in the test driver --------------------------------------------------------------
+
+HOSTILE = ["it's \"quoted\"", "<name>&amp;<x y='1'>", "end]]>x", "ünïcødé—名前", "n" * 1200 + "<&>"]
+
+
+def test_hostile_vm_names_round_trip_through_libvirt(tmp_path, open_backend, registry):
+    uri = testhost.write_host(tmp_path / "hostile.xml", [testhost.gpu("0000:42:00.0", 0x2331, "GH100", 21)],
+                              [testhost.domain(name) for name in HOSTILE])
+    backend = open_backend(uri)
+    assert sorted(vm.name for vm in backend.inventory().vms) == sorted(HOSTILE)
+    for name in HOSTILE:
+        before = domain_xml(backend, name)
+        plan = plan_for(backend, AssignmentRequest(name, (H100,)), registry)
+        assert plan.vm == name and not plan.blocked
+        execute(backend, plan)
+        facts = backend.inventory()
+        assert facts.find_vm(name).assigned == (H100,)
+        assert [vm.name for vm in facts.vms if vm.assigned] == [name]
+        execute(backend, plan_for(backend, ReleaseRequest(name), registry))
+        assert domain_xml(backend, name) == before
+
+
+# -- round trips ---------------------------------------------------------------------------------------
+
+def test_round_trips_are_counted_and_deterministic(lab_file, open_backend):
+    first, second = open_backend(lab_file), open_backend(lab_file)
+    first.inventory()
+    second.inventory()
+    # open + list devices + 8 device XMLs + domain stats + 4 domain XMLs
+    assert first.round_trips == second.round_trips == 1 + 1 + 8 + 1 + 4
+    first.inventory()
+    assert first.round_trips == 15 + 14  # the connection is reused
