@@ -19,9 +19,9 @@ def translate(libvirt, error, action: str) -> GpupassError:
             getattr(libvirt, "VIR_ERR_AUTH_UNAVAILABLE", -1)}
     if code in auth:
         return AuthenticationFailed(message, remedy="check the user and the credential for this host")
-    if code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, getattr(libvirt, "VIR_ERR_SYSTEM_ERROR", -1)} and (
-        action.startswith("connecting")
-    ):
+    if action.startswith("connecting"):
+        # Whatever stops virConnectOpen (daemon down, bad socket path, an unreadable test-driver file) means
+        # the host could not be opened: nothing was read or changed.
         return ConnectionFailed(message, remedy="check that libvirtd runs on the host and the URI is right")
     if code in {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NODE_DEVICE}:
         return NotFound(message)
