@@ -106,6 +106,17 @@ _ALLOWED_NODES = _PASS | _STATEMENTS | {
     "sub_expression",
 }
 
+# anonymous tokens allowed inside each operator node (anything else, e.g. -f, .., -band, -join, is refused)
+_OP_NODES = {
+    "logical_expression": {"-and", "-or"}, "logical_argument_expression": {"-and", "-or"},
+    "bitwise_expression": set(), "bitwise_argument_expression": set(),
+    "additive_expression": {"+", "-"}, "additive_argument_expression": {"+", "-"},
+    "multiplicative_expression": {"*", "/", "%"}, "multiplicative_argument_expression": {"*", "/", "%"},
+    "format_expression": set(), "format_argument_expression": set(),
+    "range_expression": set(), "range_argument_expression": set(),
+    "array_literal_expression": {","},
+    "expression_with_unary_operator": {"-not", "!", "-", "+"},
+}
 _CMP_OPS = {"-eq", "-ne", "-gt", "-ge", "-lt", "-le", "-like", "-notlike", "-contains", "-notcontains",
             "-in", "-notin", "-ieq", "-ine"}
 _CASTS = {"int", "int32", "long", "int64", "uint32", "uint64", "string", "bool", "pscustomobject",
@@ -202,6 +213,10 @@ class Interpreter:
             if not kids or kids[0].type not in ("verbatim_string_characters", "expandable_string_literal",
                                                  "verbatim_here_string_characters"):
                 raise self._unsupported(n, "string form")
+        if n.type in _OP_NODES:
+            for c in n.children:
+                if not c.is_named and c.type not in _OP_NODES[n.type]:
+                    raise self._unsupported(n, f"operator '{c.type}'")
         if n.type == "comparison_operator" and _t(n).lower() not in _CMP_OPS:
             raise self._unsupported(n, f"operator {_t(n)}")
         if n.type == "type_literal":
