@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from gpupass.core import paths
+from gpupass.core import paths, snapshot
 from gpupass.core.config import Config
 from gpupass.core.credentials import resolve_password
-from gpupass.core.errors import BackendUnavailable, UsageError
+from gpupass.core.errors import BackendUnavailable, NotSupported, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
@@ -39,6 +40,46 @@ def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOption
                                                 ca_file=tls.ca_file or target.tls.ca_file))
     password = resolve_password(target.name or target.hostname or text, entry, target.username)
     return replace(target, password=password)
+
+
+def open_host(text: str, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Backend:
+    """Open what the user named as HOST: a lab host, a config name, a URI, or a snapshot file (read-only)."""
+    if snapshot.looks_like_snapshot(text):
+        return open_snapshot(Path(text), registry)
+    return open_backend(resolve_target(text, config, registry, tls), registry)
+
+
+def open_snapshot(path: Path, registry: Registry) -> Backend:
+    document = snapshot.read(path)
+    facts = snapshot.facts_from_snapshot(document["facts"])
+    platform = document["platform"]
+    backend_class = next((b for b in registry.backends if b.platform == platform), None)
+    if backend_class is None:
+        raise BackendUnavailable(f"snapshot {path} is of platform {platform!r}, which no installed backend handles",
+                                 remedy="install the plugin for that platform (`gpupass plugins` lists them)")
+
+    class SnapshotBackend(backend_class):  # type: ignore[misc, valid-type]
+        """Plans like the platform's backend, from recorded facts; never writes."""
+
+        read_only = True
+
+        def inventory(self):
+            return facts
+
+        def apply(self, step):
+            raise NotSupported(f"{path} is a snapshot: it can be planned from, not changed",
+                               remedy="run the command against the live host")
+
+        def undo(self, step, token):
+            raise NotSupported(f"{path} is a snapshot")
+
+        def close(self):
+            pass
+
+    label = f"{document.get('label') or facts.host.uri} (snapshot {path.name})"
+    backend = SnapshotBackend(Target(uri=facts.host.uri, name=label))
+    backend.load_snapshot_state(document.get("backend_state", {}))
+    return backend
 
 
 def open_backend(target: Target, registry: Registry) -> Backend:

@@ -26,6 +26,8 @@ class Backend(ABC):
     extra: ClassVar[str | None] = None
     mmio_policy: ClassVar[MmioPolicy]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # True for a backend that plans from recorded facts (a snapshot) and can never change a host.
+    read_only: ClassVar[bool] = False
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -54,6 +56,13 @@ class Backend(ABC):
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """JSON-safe data the planner needs beyond the facts, read after inventory() (for `gpupass snapshot`)."""
+        return {}
+
+    def load_snapshot_state(self, state: dict[str, Any]) -> None:
+        """Take back what snapshot_state() returned, to plan from a snapshot without the host."""
 
     @abstractmethod
     def apply(self, step: Step) -> Any:

@@ -76,9 +76,21 @@ class KvmBackend(Backend):
 
     def __init__(self, target) -> None:
         super().__init__(target)
-        self._libvirt = _libvirt()
+        self._module: Any = None
         self._conn: Any = None
         self._domain_xml: dict[str, str] = {}
+
+    @property
+    def _libvirt(self) -> Any:
+        if self._module is None:
+            self._module = _libvirt()
+        return self._module
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {"domain_xml": dict(self._domain_xml)}
+
+    def load_snapshot_state(self, state: dict[str, Any]) -> None:
+        self._domain_xml = dict(state.get("domain_xml", {}))
 
     # -- connection ---------------------------------------------------------------------------------
     def _connection(self) -> Any:

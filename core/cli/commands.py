@@ -155,8 +155,12 @@ def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_j
 
 
 def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes: bool = False) -> None:
+    from gpupass.core.errors import NotSupported
     from gpupass.core.service import execute
 
+    if backend.read_only:
+        raise NotSupported(f"{backend.target.label} is a snapshot: plan from it, change the live host",
+                           remedy="run the command against the live host")
     if not as_json:
         click.echo(render.plan(plan, show_changes))
     if plan.blocked:
@@ -228,3 +232,25 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
                              options=ReleaseOptions(live=live, disable_host_passthrough=disable_host_passthrough))
     with app.open(host) as backend:
         _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+
+
+@cli.command()
+@click.argument("host")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="File to write (JSON); give it to any read-only command or plan as HOST.")
+@json_option
+@click.pass_obj
+@handles_errors
+def snapshot(app, host: str, output: str, as_json: bool) -> None:
+    """Save the host's facts to FILE, so check, plan, gpus and migrate plans work offline from it."""
+    from pathlib import Path
+
+    from gpupass.core import snapshot as snapshots
+
+    with app.open(host) as backend:
+        facts = backend.inventory()
+        snapshots.write(Path(output), facts, backend.snapshot_state(), backend.target.label)
+    if as_json:
+        emit_json({"written": output, "gpus": len(facts.gpus), "vms": len(facts.vms)})
+    else:
+        click.echo(f"wrote {output}: {len(facts.gpus)} GPUs, {len(facts.vms)} VMs of {backend.target.label}")

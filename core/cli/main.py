@@ -40,11 +40,10 @@ class AppContext:
         return load_config(Path(self.config_path) if self.config_path else paths.config_file())
 
     def open(self, host: str):
-        from gpupass.core.hosts import open_backend, resolve_target
+        from gpupass.core.hosts import open_host
         from gpupass.core.target import TlsOptions
 
-        tls = TlsOptions(verify=not self.insecure, ca_file=self.ca_file)
-        return open_backend(resolve_target(host, self.config, self.registry, tls), self.registry)
+        return open_host(host, self.config, self.registry, TlsOptions(verify=not self.insecure, ca_file=self.ca_file))
 
 
 def emit_json(document: Any) -> None:

@@ -13,5 +13,5 @@ def test_docs_cli_md_matches_the_cli():
 
 def test_every_command_is_in_the_reference():
     text = DOC.read_text()
-    for command in ("plugins", "gpus", "vms", "check", "plan", "assign", "release", "status", "lab demo", "lab reset", "lab up", "lab down", "lab status"):
+    for command in ("plugins", "gpus", "vms", "check", "plan", "assign", "release", "status", "lab demo", "lab reset", "lab up", "lab down", "lab status", "snapshot"):
         assert f"## `gpupass {command}`" in text

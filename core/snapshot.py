@@ -1,0 +1,111 @@
+"""Save a host's facts to a file and read them back exactly, so planning works offline.
+
+A snapshot holds the normalised facts plus whatever the platform's planner needs (`Backend.snapshot_state`,
+e.g. KVM's domain XML). Opening a snapshot file as HOST gives a read-only backend of that platform.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PassthroughState, PowerState, Vm
+from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
+from gpupass.core.errors import UsageError
+
+FORMAT = "gpupass-snapshot/1"
+
+
+def _bars(bars):
+    return None if bars is None else [[b.index, b.size, b.is_64bit] for b in bars]
+
+
+def _function(f: PciFunction) -> dict[str, Any]:
+    return {"address": str(f.address), "vendor_id": f.vendor_id, "device_id": f.device_id,
+            "class_code": f.class_code, "name": f.name, "driver": f.driver, "bars": _bars(f.bars)}
+
+
+def _read_function(d: dict[str, Any]) -> PciFunction:
+    bars = d.get("bars")
+    return PciFunction(
+        PciAddress.parse(d["address"]), d["vendor_id"], d["device_id"], d["class_code"], d.get("name", ""),
+        d.get("driver"), None if bars is None else tuple(Bar(i, s, b) for i, s, b in bars),
+    )
+
+
+def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
+    host = facts.host
+    return {
+        "host": {"uri": host.uri, "platform": host.platform, "name": host.name, "iommu_enabled": host.iommu_enabled,
+                 "iommu_reasons": list(host.iommu_reasons), "maintenance_mode": host.maintenance_mode,
+                 "settings": dict(host.settings)},
+        "functions": [{"location": location, **_function(f)} for (location, _), f in sorted(
+            facts.functions.items(), key=lambda item: (item[0][0], item[0][1]))],
+        "gpus": [{
+            "function": _function(g.function),
+            "companions": [_function(c) for c in g.companions],
+            "iommu_group": None if g.iommu_group is None else {
+                "number": g.iommu_group.number, "members": [str(a) for a in g.iommu_group.members]},
+            "passthrough": {"capable": g.passthrough.capable, "enabled": g.passthrough.enabled,
+                            "active": g.passthrough.active, "reasons": list(g.passthrough.reasons)},
+            "assigned_to": g.assigned_to, "model": g.model, "location": g.location, "extra": dict(g.extra),
+        } for g in facts.gpus],
+        "vms": [{
+            "name": v.name, "power_state": v.power_state.value, "firmware": v.firmware.value,
+            "memory_bytes": v.memory_bytes, "memory_reserved_bytes": v.memory_reserved_bytes,
+            "mmio_window_bytes": v.mmio_window_bytes, "assigned": [str(a) for a in v.assigned], "id": v.id,
+            "location": v.location, "snapshots": v.snapshots, "hypervisor_hidden": v.hypervisor_hidden,
+            "settings": dict(v.settings),
+        } for v in facts.vms],
+    }
+
+
+def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
+    h = data["host"]
+    host = Host(h["uri"], h["platform"], h.get("name", ""), h.get("iommu_enabled"), tuple(h.get("iommu_reasons", ())),
+                h.get("maintenance_mode"), h.get("settings", {}))
+    functions = {(f.get("location", ""), PciAddress.parse(f["address"])): _read_function(f) for f in data["functions"]}
+    gpus = []
+    for g in data["gpus"]:
+        group = g.get("iommu_group")
+        state = g.get("passthrough", {})
+        gpus.append(Gpu(
+            function=_read_function(g["function"]),
+            companions=tuple(_read_function(c) for c in g.get("companions", ())),
+            iommu_group=None if group is None else IommuGroup(
+                group["number"], tuple(PciAddress.parse(a) for a in group["members"])),
+            passthrough=PassthroughState(state.get("capable"), state.get("enabled"), state.get("active"),
+                                         tuple(state.get("reasons", ()))),
+            assigned_to=g.get("assigned_to"), model=g.get("model", ""), location=g.get("location", ""),
+            extra=g.get("extra", {}),
+        ))
+    vms = [Vm(
+        name=v["name"], power_state=PowerState(v["power_state"]), firmware=Firmware(v["firmware"]),
+        memory_bytes=v["memory_bytes"], memory_reserved_bytes=v.get("memory_reserved_bytes"),
+        mmio_window_bytes=v.get("mmio_window_bytes"), assigned=tuple(PciAddress.parse(a) for a in v["assigned"]),
+        id=v.get("id", ""), location=v.get("location", ""), snapshots=v.get("snapshots", 0),
+        hypervisor_hidden=v.get("hypervisor_hidden", False), settings=v.get("settings", {}),
+    ) for v in data["vms"]]
+    return HostFacts(host, tuple(gpus), tuple(vms), functions)
+
+
+def write(path: Path, facts: HostFacts, backend_state: dict[str, Any], label: str) -> None:
+    document = {"format": FORMAT, "label": label, "platform": facts.host.platform,
+                "facts": facts_to_snapshot(facts), "backend_state": backend_state}
+    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read snapshot {path}: {exc}", remedy="make one with `gpupass snapshot HOST -o FILE`") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a gpupass snapshot ({FORMAT})",
+                         remedy="make one with `gpupass snapshot HOST -o FILE`")
+    return document
+
+
+def looks_like_snapshot(text: str) -> bool:
+    return text.endswith(".json") and "://" not in text and Path(text).is_file()
