@@ -1,0 +1,149 @@
+"""gpupass-example-backend, the smallest complete gpupass backend (walked through in docs/plugins.md).
+
+A fake SDK (`_Api`) holds one in-memory host, "demo"; the hooks at the end register the backend and a rule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.findings import Finding, warning
+from gpupass.core.domain.grouping import group_gpus
+from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState, Vm
+from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy
+from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
+from gpupass.core.domain.plan import Step
+from gpupass.core.errors import NotFound, OperationFailed
+from gpupass.core.hookspecs import hookimpl
+from gpupass.core.ports import Backend
+
+A = PciAddress.parse
+SEED = {  # host "demo". functions: address, vendor, device, class, IOMMU group, BARs (None: unknown)
+    "functions": [("0000:41:00.0", 0x10DE, 0x20F1, 0x030200, 20, None),  # A100 40GB, RTX 4090 + audio
+                  ("0000:01:00.0", 0x10DE, 0x2684, 0x030000, 14, ((0, 16 * MiB, False), (1, 32 * GiB, True))),
+                  ("0000:01:00.1", 0x10DE, 0x22BA, 0x040300, 14, ())],
+    "vms": {"ml-train": {"state": "off", "memory_gib": 64, "balloon": True, "window": None, "devices": []},
+            "web01": {"state": "running", "memory_gib": 8, "balloon": False, "window": None, "devices": []},
+            "locked": {"state": "off", "memory_gib": 16, "balloon": False, "window": None, "devices": [], "locked": 1}},
+}
+_HOSTS: dict[str, dict] = {}  # the platform's state, per host name, for the life of the process
+
+
+class ApiError(Exception):
+    """What the platform's SDK raises: a stable code, and a text meant for people that may change."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class _Api:
+    """Stands in for a hypervisor SDK client (a real backend would import libvirt, pyVmomi, ...)."""
+
+    def __init__(self, host: str) -> None:
+        if host != "demo":
+            raise ApiError("NO_SUCH_HOST", f"host {host!r} is not known")
+        self.state = _HOSTS.setdefault(host, copy.deepcopy(SEED))
+
+    def update_vm(self, name: str, key: str, value: Any) -> Any:
+        """Set one property of a VM and return its old value."""
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise ApiError("NO_SUCH_VM", f"vm {name} not found")
+        if key == "devices" and vm.get("locked"):
+            raise ApiError("VM_LOCKED", f"the devices of vm {name} are locked by another task")
+        old, vm[key] = vm[key], value
+        return old
+
+
+# The SDK's error codes and the core's error types; translation goes by code, never by message text.
+ERRORS = {"NO_SUCH_HOST": NotFound, "NO_SUCH_VM": NotFound, "VM_LOCKED": OperationFailed}
+
+
+class ExampleBackend(Backend):
+    platform = "example"
+    schemes = ("example",)
+    description = "in-memory example platform (docs/plugin-example); its state lasts one process"
+    sdk_modules = ()  # a real backend names its SDK's modules here, e.g. ("pyVmomi",)
+    mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
+    capabilities = Capabilities(firmware_change=False)
+    _api: _Api | None = None  # the SDK client, connected on first use
+
+    def _call(self, action: str, request: Callable[[_Api], Any]) -> Any:
+        """Send one request to the platform, translating its errors."""
+        self.round_trips += 1
+        try:
+            if self._api is None:  # a real backend passes self.target.password.reveal() to its SDK here
+                self._api = _Api(self.target.hostname or "")
+            return request(self._api)
+        except ApiError as exc:
+            raise ERRORS.get(exc.code, OperationFailed)(f"{action}: {exc} ({exc.code})") from exc
+
+    def inventory(self) -> HostFacts:
+        state = self._call(f"reading {self.target.uri}", lambda api: copy.deepcopy(api.state))
+        rows = state["functions"]
+        functions = [PciFunction(A(a), v, d, c, bars=None if b is None else tuple(Bar(*x) for x in b))
+                     for a, v, d, c, _, b in rows]
+        groups = {A(a): IommuGroup(g, tuple(A(r[0]) for r in rows if r[4] == g)) for a, *_, g, _ in rows}
+        owners = {A(a): name for name, vm in state["vms"].items() for a in vm["devices"]}
+        vms = tuple(Vm(name, PowerState(vm["state"]), Firmware.EFI, vm["memory_gib"] * GiB,
+                       mmio_window_bytes=vm["window"], assigned=tuple(A(a) for a in vm["devices"]),
+                       settings={"balloon": vm["balloon"]}) for name, vm in state["vms"].items())
+        host = Host(self.target.uri, self.platform, name=self.target.hostname or "", iommu_enabled=True)
+        return HostFacts(host, tuple(group_gpus(functions, groups, owners)), vms,
+                         {("", f.address): f for f in functions})
+
+    @staticmethod
+    def _set(vm: str, key: str, value: Any, what: str) -> Step:
+        """Every example step sets one VM property (the platform's API has no finer call)."""
+        return Step(f"example.set-{key}", f"{what} (VM '{vm}')", undo=f"set the VM's previous {key} again",
+                    needs_vm_off=True, payload={"vm": vm, "key": key, "value": value})
+
+    def plan_assign(self, ctx: CheckContext) -> list[Step]:
+        vm, need, steps = ctx.vm, ctx.need, []
+        if need is not None and not ctx.policy.fits(need, vm.mmio_window_bytes):
+            window = ctx.policy.window_for(need)
+            steps.append(self._set(vm.name, "window", window, f"set the MMIO window to {window // GiB} GiB"))
+        new = [str(a) for a in ctx.addresses if a not in vm.assigned]
+        devices = [*map(str, vm.assigned), *new]
+        return steps + [self._set(vm.name, "devices", devices, "attach " + ", ".join(new))]
+
+    def plan_release(self, ctx: CheckContext) -> list[Step]:
+        gone = [a for a in ctx.vm.assigned if a in ctx.addresses]
+        devices = [str(a) for a in ctx.vm.assigned if a not in gone]
+        return [self._set(ctx.vm.name, "devices", devices, "detach " + ", ".join(map(str, gone)))]
+
+    def apply(self, step: Step) -> Any:
+        """Carry out one step; the VM property's old value is the token `undo` gets back."""
+        if not step.action.startswith("example.set-"):
+            raise OperationFailed(f"the example backend does not know step {step.action!r}")
+        vm, key, value = step.payload["vm"], step.payload["key"], step.payload["value"]
+        return self._call(f"setting the {key} of VM '{vm}'", lambda api: api.update_vm(vm, key, value))
+
+    def undo(self, step: Step, token: Any) -> None:  # the core calls it, newest step first, if a later step fails
+        vm, key = step.payload["vm"], step.payload["key"]
+        self._call(f"restoring the {key} of VM '{vm}'", lambda api: api.update_vm(vm, key, token))
+
+    def ex_reset(self) -> None:
+        """A platform-only extra (hence `ex_`): put the host back to its seeded state. The core never calls it."""
+        _HOSTS.pop(self.target.hostname or "", None)
+        self._api = None
+
+
+def balloon_pinned(ctx: CheckContext) -> Iterable[Finding]:
+    """The plugin's own preflight rule; its finding codes start with the platform name."""
+    if ctx.vm.settings.get("balloon"):
+        yield warning("example-balloon-pinned",
+                      f"VM '{ctx.vm.name}' has memory ballooning on, but all of its RAM is pinned while it holds a GPU",
+                      "turn ballooning off for the VM so its memory use is what it seems", subject=ctx.vm.name)
+
+
+@hookimpl
+def gpupass_register_backends(register):
+    register(ExampleBackend)
+
+
+@hookimpl
+def gpupass_register_rules(register):
+    register(balloon_pinned, operations=("assign",), platforms=("example",))
