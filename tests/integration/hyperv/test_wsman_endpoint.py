@@ -121,3 +121,13 @@ def test_endpoint_binds_loopback_only(lab):
     finally:
         ep.stop()
     assert USER
+
+
+def test_wrong_parameter_fails_over_winrm(remote):
+    before = remote.model.to_json()
+    r = remote.ps("$ErrorActionPreference = 'Stop'\nSet-VM -Name 'ml-train' -AutomaticStopAction TurnOff -Bogus 1\n'x'")
+    assert r.status_code == 1 and r.std_out == b""
+    text = r.std_err.decode()
+    assert "Set-VM : A parameter cannot be found that matches parameter name 'Bogus'." in text
+    assert "NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.SetVM" in text
+    assert remote.model.to_json() == before
