@@ -213,6 +213,8 @@ def _gpu(address: str, device_id: int, name: str, sub_device: int, *, enabled: b
         "sub_vendor_id": "0x10de", "sub_device_id": f"0x{sub_device:04x}",
         "vendor_name": "NVIDIA Corporation", "device_name": name, "class_id": "0x0302",
         "passthru_capable": True, "passthru_enabled": enabled, "passthru_active": active,
+        # hidden from the vSphere API; the simulator uses them for its power-on MMIO check
+        "bars": list(LAB_BAR_SIZES[f"10de:{device_id:04x}"]),
         "functions": functions or [],
     }
 
@@ -225,8 +227,13 @@ def lab_config() -> dict[str, Any]:
     * ``esx02.lab.local``: two A100 PCIe 80GB (10de:20b5) at 0000:3b:00.0 (enabled+active)
       and 0000:af:00.0 (not enabled).
     * VMs: ``ml-train`` (off, EFI, 64 GiB, esx02), ``render01`` (off, BIOS, 16 GiB, esx02),
-      ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100),
-      ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
+      ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100,
+      64-bit MMIO 256 GB), ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
+
+    Each GPU carries its BAR sizes (``bars``, from :data:`LAB_BAR_SIZES`); they never reach
+    the vSphere API, but the simulator refuses to power on a VM whose passthrough BARs exceed
+    16 GB unless it has EFI firmware, ``pciPassthru.use64bitMMIO=TRUE`` and a large enough
+    ``pciPassthru.64bitMMIOSizeGB`` (an H100 or A100 80GB needs 256).
     """
     return copy.deepcopy({
         "mode": "vcenter",

@@ -25,6 +25,8 @@ package main
 //	      "device_name": "GH100 [H100 SXM5 80GB]",
 //	      "class_id": "0x0302",             // 16-bit class<<8|subclass, as ESXi reports it
 //	      "passthru_capable": true, "passthru_enabled": false, "passthru_active": false,
+//	      "dependent_device": "0000:3b:00.0", // default: its own id
+//	      "bars": [16777216, "0x2000000000", 33554432], // bytes; hidden from the API, drives the MMIO check
 //	      "functions": [ {same keys as a gpu, without "functions"} ] // companion functions (HDMI audio ...)
 //	    }]
 //	  }],
@@ -94,6 +96,10 @@ type pciFunc struct {
 	PassthruEnabled bool   `json:"passthru_enabled"`
 	PassthruActive  bool   `json:"passthru_active"`
 	ParentBridge    string `json:"parent_bridge"`
+	DependentDevice string `json:"dependent_device"` // default: the device's own id
+	// BAR sizes in bytes.  Not part of the vSphere API (never sent to
+	// clients); used only by the power-on MMIO check (see checkMMIO).
+	Bars []hexInt `json:"bars"`
 }
 
 type gpuConfig struct {

@@ -4,8 +4,8 @@ package main
 // endpoints.
 //
 // /sdk interception (sdkInterceptor):
-//   - ReconfigVM_Task: the request's spec is stashed in lab.pendingSpec so the
-//     task hook (passthru.go) can check the device changes.
+//   - ReconfigVM_Task / RelocateVM_Task: the request is stashed in lab.pending
+//     so the task hook (passthru.go) can check the device changes / target host.
 //   - RebootHost_Task (missing from the stock simulator): answered here after
 //     checking that the caller's session is authenticated (a CurrentTime probe
 //     through the simulator with the caller's cookie); it creates a real
@@ -84,7 +84,8 @@ func (b *bufferedWriter) flushTo(w http.ResponseWriter) {
 }
 
 func (si *sdkInterceptor) interesting(body []byte) bool {
-	if bytes.Contains(body, []byte("ReconfigVM_Task")) || bytes.Contains(body, []byte("RebootHost_Task")) {
+	if bytes.Contains(body, []byte("ReconfigVM_Task")) || bytes.Contains(body, []byte("RebootHost_Task")) ||
+		bytes.Contains(body, []byte("RelocateVM_Task")) {
 		return true
 	}
 	si.lab.mu.Lock()
@@ -188,14 +189,13 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		switch req := method.Body.(type) {
-		case *types.ReconfigVM_Task:
+		case *types.ReconfigVM_Task, *types.RelocateVM_Task:
 			l.mu.Lock()
-			spec := req.Spec
-			l.pendingSpec[method.This] = &spec
+			l.pending[method.This] = req
 			l.mu.Unlock()
 			defer func() {
 				l.mu.Lock()
-				delete(l.pendingSpec, method.This)
+				delete(l.pending, method.This)
 				l.mu.Unlock()
 			}()
 		case *types.RebootHost_Task:

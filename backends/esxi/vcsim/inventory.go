@@ -29,13 +29,23 @@ func boolOr(p *bool, def bool) bool {
 	return *p
 }
 
-func makeDev(f pciFunc, dependent string) (*pciDev, error) {
+func makeDev(f pciFunc, group string) (*pciDev, error) {
 	bus, slot, fn, err := parsePCIAddress(f.Address)
 	if err != nil {
 		return nil, err
 	}
 	capable := boolOr(f.PassthruCapable, true)
+	dependent := f.DependentDevice
+	if dependent == "" {
+		dependent = f.Address
+	}
+	var bars []int64
+	for _, b := range f.Bars {
+		bars = append(bars, int64(b))
+	}
 	return &pciDev{
+		group: group,
+		bars:  bars,
 		info: types.HostPciDevice{
 			Id:           f.Address,
 			ClassId:      f.ClassID.int16(),
@@ -82,7 +92,7 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	}
 	// the template's chipset/NIC/storage devices: present, not passthrough capable
 	for _, d := range hs.Hardware.PciDevice {
-		if err := add(&pciDev{info: d, dependent: ""}); err != nil {
+		if err := add(&pciDev{info: d, dependent: d.Id, group: d.Id}); err != nil {
 			return err
 		}
 	}

@@ -13,7 +13,7 @@ package main
 // power-on task for a VM, PutObject wraps the task's Execute func so that our
 // checks run first, on the same goroutine, while the VM is locked.  The
 // reconfigure spec is not visible from the task, so the HTTP layer (http.go)
-// stashes it in lab.pendingSpec before the simulator dispatches the call.
+// stashes it in lab.pending before the simulator dispatches the call.
 
 import (
 	"fmt"
@@ -34,7 +34,9 @@ type pciDev struct {
 	capable   bool
 	enabled   bool
 	active    bool
-	dependent string // id of the device this function belongs to (itself for function 0)
+	dependent string  // pciPassthruInfo.dependentDevice (default: its own id)
+	group     string  // id of function 0 of the physical device (companion functions point to the GPU)
+	bars      []int64 // BAR sizes in bytes (simulator-only knowledge)
 }
 
 type hostState struct {
@@ -49,10 +51,11 @@ type hostState struct {
 }
 
 type lab struct {
-	mu          sync.Mutex
-	hosts       map[types.ManagedObjectReference]*hostState
-	byName      map[string]*hostState
-	pendingSpec map[types.ManagedObjectReference]*types.VirtualMachineConfigSpec
+	mu     sync.Mutex
+	hosts  map[types.ManagedObjectReference]*hostState
+	byName map[string]*hostState
+	// VM ref -> request body (ReconfigVM_Task / RelocateVM_Task) being dispatched
+	pending map[types.ManagedObjectReference]interface{}
 	// owner: host ref -> PCI id -> VM that holds it while powered on
 	owner map[types.ManagedObjectReference]map[string]types.ManagedObjectReference
 	// task ref -> human readable message, applied to task.info.error.localizedMessage
@@ -63,11 +66,11 @@ var hookRef = types.ManagedObjectReference{Type: "GpupassHook", Value: "gpupass-
 
 func newLab() *lab {
 	return &lab{
-		hosts:       map[types.ManagedObjectReference]*hostState{},
-		byName:      map[string]*hostState{},
-		pendingSpec: map[types.ManagedObjectReference]*types.VirtualMachineConfigSpec{},
-		owner:       map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
-		faultMsg:    map[types.ManagedObjectReference]string{},
+		hosts:    map[types.ManagedObjectReference]*hostState{},
+		byName:   map[string]*hostState{},
+		pending:  map[types.ManagedObjectReference]interface{}{},
+		owner:    map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
+		faultMsg: map[types.ManagedObjectReference]string{},
 	}
 }
 
@@ -159,9 +162,11 @@ func (l *lab) setConnected(h *hostState, connected bool) {
 // HostPciPassthruSystem
 
 // PciPassthruSystem is a working configManager.pciPassthruSystem.
-// UpdatePassthruConfig sets passthruEnabled (and the same value on the
-// device's companion functions, whose dependentDevice points at it, as the
-// ESXi UI does); passthruActive only follows after RebootHost_Task.
+// UpdatePassthruConfig sets passthruEnabled of exactly the listed devices
+// (companion functions such as the HDMI audio .1 are NOT toggled with the GPU:
+// a client must list every function it wants); passthruActive only follows
+// after RebootHost_Task.  Unknown ids and enabling an incapable device raise
+// HostConfigFault; the call is all-or-nothing.
 type PciPassthruSystem struct {
 	mo.HostPciPassthruSystem
 
@@ -197,13 +202,7 @@ func (p *PciPassthruSystem) UpdatePassthruConfig(ctx *simulator.Context, req *ty
 	}
 	for _, c := range req.Config {
 		cfg := c.GetHostPciPassthruConfig()
-		d := h.byID[cfg.Id]
-		d.enabled = cfg.PassthruEnabled
-		for _, other := range h.devices {
-			if other != d && other.dependent == d.info.Id && other.capable {
-				other.enabled = cfg.PassthruEnabled
-			}
-		}
+		h.byID[cfg.Id].enabled = cfg.PassthruEnabled
 	}
 	l.mirror(h)
 	body.Res = &types.UpdatePassthruConfigResponse{}
@@ -364,12 +363,17 @@ func (l *lab) PutObject(obj mo.Reference) {
 	switch {
 	case entity.Type == "VirtualMachine":
 		op := t.Info.DescriptionId[strings.LastIndex(t.Info.DescriptionId, ".")+1:]
+		l.mu.Lock()
+		req := l.pending[entity]
+		delete(l.pending, entity)
+		l.mu.Unlock()
 		var spec *types.VirtualMachineConfigSpec
-		if op == "reconfigVm" {
-			l.mu.Lock()
-			spec = l.pendingSpec[entity]
-			delete(l.pendingSpec, entity)
-			l.mu.Unlock()
+		if r, ok := req.(*types.ReconfigVM_Task); ok && op == "reconfigVm" {
+			spec = &r.Spec
+		}
+		var relocate *types.VirtualMachineRelocateSpec
+		if r, ok := req.(*types.RelocateVM_Task); ok && op == "relocateVm" {
+			relocate = &r.Spec
 		}
 		orig := t.Execute
 		t.Execute = func(task *simulator.Task) (types.AnyType, types.BaseMethodFault) {
@@ -384,7 +388,11 @@ func (l *lab) PutObject(obj mo.Reference) {
 				fault, msg = l.checkReconfig(vm, spec)
 			case "powerOn":
 				fault, msg = l.checkPowerOn(vm)
-			case "powerOff", "suspend", "reset", "destroy", "createSnapshot", "relocateVm", "cloneVm", "upgradeVm":
+			case "relocateVm":
+				fault, msg = l.checkRelocate(vm, relocate)
+			case "createSnapshot":
+				fault, msg = l.checkSnapshot(vm)
+			case "powerOff", "suspend", "reset", "destroy", "cloneVm", "upgradeVm":
 				fault, msg = l.checkConnected(vm)
 			}
 			if fault != nil {
@@ -396,6 +404,8 @@ func (l *lab) PutObject(obj mo.Reference) {
 			res, err := orig(task)
 			if err == nil {
 				switch op {
+				case "reconfigVm":
+					normalizeExtraConfig(vm)
 				case "powerOn":
 					l.claim(vm)
 				case "powerOff", "suspend", "destroy":
@@ -431,6 +441,14 @@ func (l *lab) checkReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMac
 	}
 	if spec == nil {
 		return nil, ""
+	}
+	if spec.Firmware != "" && spec.Firmware != vm.Config.Firmware &&
+		vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		return &types.InvalidPowerState{
+				RequestedState: types.VirtualMachinePowerStatePoweredOff,
+				ExistingState:  vm.Runtime.PowerState,
+			}, fmt.Sprintf("The attempted operation cannot be performed in the current state (%s): the firmware can only be changed while the virtual machine is powered off.",
+				powerStateText(vm.Runtime.PowerState))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -600,7 +618,150 @@ func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault,
 			b.AssignedId = found
 		}
 	}
+	var ids []string
+	for id := range taken {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	if f, msg := checkMMIO(vm, h, ids); f != nil {
+		for _, p := range devs { // undo the dynamic assignment
+			if b, ok := p.Backing.(*types.VirtualPCIPassthroughDynamicBackingInfo); ok {
+				b.AssignedId = ""
+			}
+		}
+		return f, msg
+	}
 	return nil, ""
+}
+
+const gib = int64(1) << 30
+
+// checkMMIO approximates ESXi's MMIO placement for passthrough BARs (only for
+// devices whose BAR sizes are known from the config; the vSphere API has none):
+// the BARs of all the VM's passthrough devices are packed largest first, each
+// aligned to its size.  Up to 16 GB works with any firmware (ESXi's default);
+// more needs EFI firmware and extraConfig pciPassthru.use64bitMMIO=TRUE, and
+// the total must fit pciPassthru.64bitMMIOSizeGB (default window 32 GB).
+func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.BaseMethodFault, string) {
+	var bars []int64
+	for _, id := range ids {
+		if d := h.byID[id]; d != nil {
+			bars = append(bars, d.bars...)
+		}
+	}
+	if len(bars) == 0 {
+		return nil, ""
+	}
+	sort.Slice(bars, func(i, j int) bool { return bars[i] > bars[j] })
+	var need int64
+	for _, b := range bars {
+		if b > 0 && need%b != 0 {
+			need += b - need%b
+		}
+		need += b
+	}
+	if need <= 16*gib {
+		return nil, ""
+	}
+	needGB := (need + gib - 1) / gib
+	fail := func(why string) (types.BaseMethodFault, string) {
+		msg := fmt.Sprintf("Module 'DevicePowerOn' power on failed. The passthrough devices of %s need %d GB of 64-bit MMIO: %s", vm.Name, needGB, why)
+		return &types.GenericVmConfigFault{Reason: msg}, msg
+	}
+	if vm.Config.Firmware != string(types.GuestOsDescriptorFirmwareTypeEfi) {
+		return fail("BIOS firmware cannot map BARs this large; use EFI firmware.")
+	}
+	use64, sizeGB := "", ""
+	for _, o := range vm.Config.ExtraConfig {
+		v := o.GetOptionValue()
+		val := fmt.Sprint(v.Value)
+		switch strings.ToLower(v.Key) {
+		case "pcipassthru.use64bitmmio":
+			use64 = val
+		case "pcipassthru.64bitmmiosizegb":
+			sizeGB = val
+		}
+	}
+	if !strings.EqualFold(use64, "TRUE") {
+		return fail("set extraConfig pciPassthru.use64bitMMIO=TRUE and pciPassthru.64bitMMIOSizeGB.")
+	}
+	window := int64(32)
+	if sizeGB != "" {
+		n, err := strconv.ParseInt(strings.TrimSpace(sizeGB), 10, 64)
+		if err != nil || n <= 0 {
+			return fail(fmt.Sprintf("pciPassthru.64bitMMIOSizeGB=%q is not a positive number.", sizeGB))
+		}
+		window = n
+	}
+	if window < needGB {
+		return fail(fmt.Sprintf("the 64-bit MMIO window is %d GB (pciPassthru.64bitMMIOSizeGB); pages needed exceeds limit.", window))
+	}
+	return nil, ""
+}
+
+// normalizeExtraConfig gives extraConfig ESXi's semantics after a reconfigure:
+// a key set again replaces its value (the stock simulator appends a
+// duplicate), and an empty value removes the key.  Caller holds the VM lock.
+func normalizeExtraConfig(vm *simulator.VirtualMachine) {
+	last := map[string]types.BaseOptionValue{}
+	var order []string
+	for _, o := range vm.Config.ExtraConfig {
+		k := o.GetOptionValue().Key
+		if _, ok := last[k]; !ok {
+			order = append(order, k)
+		}
+		last[k] = o
+	}
+	out := make([]types.BaseOptionValue, 0, len(order))
+	for _, k := range order {
+		o := last[k]
+		if v := o.GetOptionValue().Value; v == nil || fmt.Sprint(v) == "" {
+			continue
+		}
+		out = append(out, o)
+	}
+	vm.Config.ExtraConfig = out
+}
+
+// checkRelocate: a VM with a (non-dynamic) DirectPath I/O device cannot move
+// to another host (vMotion or cold migration): DisallowedMigrationDeviceAttached.
+func (l *lab) checkRelocate(vm *simulator.VirtualMachine, spec *types.VirtualMachineRelocateSpec) (types.BaseMethodFault, string) {
+	if f, msg := l.checkConnected(vm); f != nil {
+		return f, msg
+	}
+	if spec == nil || spec.Host == nil || vm.Runtime.Host == nil || *spec.Host == *vm.Runtime.Host {
+		return nil, ""
+	}
+	for _, p := range vmPassthroughDevices(vm) {
+		if _, ok := p.Backing.(*types.VirtualPCIPassthroughDeviceBackingInfo); ok {
+			label := "PCI device"
+			if p.DeviceInfo != nil {
+				label = p.DeviceInfo.GetDescription().Label
+			}
+			msg := fmt.Sprintf("Migration of %s is not allowed: it has the PCI passthrough device '%s' attached.", vm.Name, label)
+			return &types.DisallowedMigrationDeviceAttached{Fault: types.LocalizedMethodFault{
+				Fault:            &types.DeviceNotSupported{Device: label},
+				LocalizedMessage: "Device '" + label + "' is a PCI passthrough device; migration is not supported.",
+			}}, msg
+		}
+	}
+	return nil, ""
+}
+
+// checkSnapshot: a running VM with a passthrough device cannot be snapshotted
+// (its memory and device state cannot be saved).
+func (l *lab) checkSnapshot(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
+	if f, msg := l.checkConnected(vm); f != nil {
+		return f, msg
+	}
+	if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff || len(vmPassthroughDevices(vm)) == 0 {
+		return nil, ""
+	}
+	msg := fmt.Sprintf("Cannot take a snapshot of %s while it runs with a PCI passthrough device.", vm.Name)
+	return &types.SnapshotIncompatibleDeviceInVm{Fault: types.LocalizedMethodFault{
+		Fault:            &types.DeviceNotSupported{Device: "PCI passthrough device"},
+		LocalizedMessage: "PCI passthrough device",
+	}}, msg
 }
 
 func vmName(ref types.ManagedObjectReference) string {

@@ -61,6 +61,15 @@ def add_device_spec(backing, **extra):
     return vim.vm.ConfigSpec(deviceChange=[change], **extra)
 
 
+def mmio(size_gb):
+    return [vim.option.OptionValue(key="pciPassthru.use64bitMMIO", value="TRUE"),
+            vim.option.OptionValue(key="pciPassthru.64bitMMIOSizeGB", value=str(size_gb))]
+
+
+def extra(vm):
+    return {o.key: o.value for o in vm.config.extraConfig if o.key != "govcsim"}  # the simulator's marker
+
+
 def passthrough_devices(vm):
     return [d for d in vm.config.hardware.device if isinstance(d, PT)]
 
@@ -237,7 +246,7 @@ def test_add_inactive_or_foreign_device_fails(vcsim, connect):
     assert passthrough_devices(vm) == []
 
 
-def test_power_on_needs_full_memory_reservation_and_a_free_device(fresh_vcsim, connect):
+def test_power_on_needs_full_memory_reservation_mmio_and_a_free_device(fresh_vcsim, connect):
     si = connect(fresh_vcsim())
     host = find(si, vim.HostSystem, "esx02.lab.local")
     ml, render = find(si, vim.VirtualMachine, "ml-train"), find(si, vim.VirtualMachine, "render01")
@@ -248,8 +257,18 @@ def test_power_on_needs_full_memory_reservation_and_a_free_device(fresh_vcsim, c
         WaitForTask(ml.PowerOnVM_Task())
     assert "memory reservation (sched.mem.min) should be equal to memsize(65536)" in err.value.msg
     assert ml.runtime.powerState == "poweredOff"
-
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(memoryReservationLockedToMax=True)))
+
+    # A100 80GB: 128 GiB BAR (+ 32 MiB + 16 MiB) -> 64-bit MMIO needed, 128 GB is not enough
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(ml.PowerOnVM_Task())
+    assert "pciPassthru.use64bitMMIO=TRUE" in err.value.msg
+    WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(128))))
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(ml.PowerOnVM_Task())
+    assert "need 129 GB" in err.value.msg and "exceeds limit" in err.value.msg
+    WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(256))))
+    assert extra(ml) == {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": "256"}
     WaitForTask(ml.PowerOnVM_Task())
     assert ml.runtime.powerState == "poweredOn"
 
@@ -260,7 +279,39 @@ def test_power_on_needs_full_memory_reservation_and_a_free_device(fresh_vcsim, c
         WaitForTask(render.PowerOnVM_Task())
     assert "already in use by virtual machine ml-train" in err.value.msg
     WaitForTask(ml.PowerOffVM_Task())
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:  # render01 is BIOS
+        WaitForTask(render.PowerOnVM_Task())
+    assert "use EFI firmware" in err.value.msg
+    WaitForTask(render.ReconfigVM_Task(spec=vim.vm.ConfigSpec(firmware="efi", extraConfig=mmio(256))))
     WaitForTask(render.PowerOnVM_Task())
+
+
+def test_running_vm_rules(fresh_vcsim, connect):
+    si = connect(fresh_vcsim())
+    cad, web = find(si, vim.VirtualMachine, "cad-ws"), find(si, vim.VirtualMachine, "web01")
+    esx02 = find(si, vim.HostSystem, "esx02.lab.local")
+    with pytest.raises(vim.fault.DisallowedMigrationDeviceAttached):  # DirectPath I/O pins the VM
+        WaitForTask(cad.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=esx02)))
+    assert cad.runtime.host.name == "esx01.lab.local"
+    WaitForTask(cad.PowerOnVM_Task())
+    with pytest.raises(vim.fault.SnapshotIncompatibleDeviceInVm):
+        WaitForTask(cad.CreateSnapshot_Task(name="s", memory=True, quiesce=False))
+    with pytest.raises(vim.fault.InvalidPowerState):
+        WaitForTask(web.ReconfigVM_Task(spec=vim.vm.ConfigSpec(firmware="efi")))
+    assert web.config.firmware == "bios"
+
+
+def test_extra_config_keys_are_replaced_and_removed(fresh_vcsim, connect):
+    si = connect(fresh_vcsim())
+    cad = find(si, vim.VirtualMachine, "cad-ws")
+    WaitForTask(cad.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[
+        vim.option.OptionValue(key="pciPassthru.64bitMMIOSizeGB", value="512"),
+        vim.option.OptionValue(key="hypervisor.cpuid.v0", value="FALSE")])))
+    assert extra(cad) == {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": "512",
+                          "hypervisor.cpuid.v0": "FALSE"}
+    WaitForTask(cad.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[
+        vim.option.OptionValue(key="hypervisor.cpuid.v0", value="")])))
+    assert "hypervisor.cpuid.v0" not in extra(cad)
 
 
 def test_vm_holding_a_device_powers_on(fresh_vcsim, connect):
@@ -276,7 +327,8 @@ def test_dynamic_directpath_backing_round_trips(fresh_vcsim, connect):
     vm = find(si, vim.VirtualMachine, "ml-train")
     backing = PT.DynamicBackingInfo(
         allowedDevice=[PT.AllowedDevice(vendorId=0x10DE, deviceId=0x20B5)], customLabel="a100-80g")
-    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing, memoryReservationLockedToMax=True)))
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing, memoryReservationLockedToMax=True,
+                                                        extraConfig=mmio(256))))
     (dev,) = passthrough_devices(vm)
     assert isinstance(dev.backing, PT.DynamicBackingInfo)
     assert dev.backing.customLabel == "a100-80g"
@@ -324,7 +376,12 @@ def test_standalone_esx_mode(fresh_vcsim, connect):
     host = find(si, vim.HostSystem, "esx-solo.lab.local")
     assert host.configManager.pciPassthruSystem._moId == "ha-pcipassthrusystem"
     p = passthru(host)
-    assert p["0000:65:00.1"].dependentDevice == "0000:65:00.0"
+    assert p["0000:65:00.1"].dependentDevice == "0000:65:00.1"
+    # companion functions are toggled one by one, not with the GPU
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:65:00.0", passthruEnabled=False)])
+    p = passthru(host)
+    assert (p["0000:65:00.0"].passthruEnabled, p["0000:65:00.1"].passthruEnabled) == (False, True)
     assert sorted(i.pciDevice.id for i in config_target(host).pciPassthrough) == ["0000:65:00.0", "0000:65:00.1"]
 
 
