@@ -167,6 +167,17 @@ def test_unknown_host_and_vm_are_not_found(gpupass):
     assert json.loads(gpupass("plan", HOST, "nope", A100, "--json", code=1).stdout)["error"] == "not-found"
 
 
+def test_a_snapshot_of_the_example_host_plans_offline_and_refuses_changes(gpupass, tmp_path):
+    # The core opens a snapshot as a read-only subclass of the plugin's backend: its constructor must not
+    # connect, and its planner must work from the facts (and snapshot_state) alone.
+    path = tmp_path / "demo.json"
+    gpupass("snapshot", HOST, "-o", str(path))
+    plan = json.loads(gpupass("plan", str(path), "ml-train", A100, "--json").stdout)
+    assert plan["platform"] == "example" and len(plan["steps"]) == 2
+    refused = json.loads(gpupass("assign", str(path), "ml-train", A100, "--yes", "--json", code=1).stdout)
+    assert refused["error"] == "not-supported"
+
+
 def test_the_example_stays_small():
     lines = (EXAMPLE / "gpupass_example_backend.py").read_text().count("\n")
     assert lines < 150, "docs/plugins.md promises a backend you can read in one sitting"
