@@ -151,6 +151,15 @@ class VmSettings:
             raise ValueError("low MMIO is a UInt32")
 
 
+# Hyper-V's -Name/-VMName take wildcards: a VM called 'web*' must not select web01.  Find the VM by exact
+# (case-insensitive) name and pass the object with -VM; refuse a missing or duplicated name.
+_FIND_VM = _lines(
+    "$v=@();foreach($x in @(Get-VM)){if($x.Name -eq $n){$v+=$x}}",
+    "if($v.Count -ne 1){throw ('Found '+$v.Count+' virtual machines named '+$n)}",
+    "$v=$v[0]",
+)
+
+
 def _paths(location_paths: Sequence[str]) -> str:
     if not location_paths:
         raise ValueError("no device location path given")
@@ -189,16 +198,17 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
         _paths(location_paths),
-        "$v=Get-VM -Name $n",
-        "$o=[pscustomobject]@{StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
-        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes}",
         "$st=@{}",
         "$set=$false",
+        "$o=$null",
         "$step='lookup'",
         "try{",
+        _FIND_VM,
+        "$o=[pscustomobject]@{StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
+        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes}",
         _IID_MAP,
         "$step='Set-VM'",
-        f"Set-VM -Name $n -AutomaticStopAction {stop_action} -GuestControlledCacheTypes "
+        f"Set-VM -VM $v -AutomaticStopAction {stop_action} -GuestControlledCacheTypes "
         f"${'true' if guest_cache else 'false'} -LowMemoryMappedIoSpace {ps_int(low_mmio)} "
         f"-HighMemoryMappedIoSpace {ps_int(high_mmio)}",
         "$set=$true",
@@ -211,7 +221,7 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
         "Dismount-VMHostAssignableDevice -LocationPath $p" + (" -Force" if force else ""),
         "$st[$p]=2",
         "$step='Add-VMAssignableDevice '+$p",
-        "Add-VMAssignableDevice -LocationPath $p -VMName $n",
+        "Add-VMAssignableDevice -LocationPath $p -VM $v",
         "$st[$p]=3",
         "}",
         "$r=[pscustomobject]@{ok=$true;previous=$o}",
@@ -219,11 +229,11 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
         "$e=$_",
         "$u=@()",
         "foreach($p in $l){if($st.ContainsKey($p)){$s=$st[$p]",
-        "try{if($s -ge 3){Remove-VMAssignableDevice -LocationPath $p -VMName $n}",
+        "try{if($s -ge 3){Remove-VMAssignableDevice -LocationPath $p -VM $v}",
         "if($s -ge 2){Mount-VMHostAssignableDevice -LocationPath $p}",
         "if($s -ge 1){Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false}}",
         "catch{$u+=$p+': '+$_.Exception.Message}}}",
-        "if($set){try{Set-VM -Name $n -AutomaticStopAction $o.StopAction -GuestControlledCacheTypes $o.GuestCache "
+        "if($set){try{Set-VM -VM $v -AutomaticStopAction $o.StopAction -GuestControlledCacheTypes $o.GuestCache "
         "-LowMemoryMappedIoSpace $o.LowMmio -HighMemoryMappedIoSpace $o.HighMmio}",
         "catch{$u+='Set-VM: '+$_.Exception.Message}}",
         "$r=[pscustomobject]@{ok=$false;error=$e.Exception.Message;errorId=$e.FullyQualifiedErrorId;step=$step;"
@@ -247,7 +257,7 @@ def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSett
     """
     restore = ""
     if previous is not None:
-        restore = (f"$step='Set-VM'\nSet-VM -Name $n -AutomaticStopAction {previous.stop_action} "
+        restore = (f"$step='Set-VM'\nSet-VM -VM $v -AutomaticStopAction {previous.stop_action} "
                    f"-GuestControlledCacheTypes ${'true' if previous.guest_cache else 'false'} "
                    f"-LowMemoryMappedIoSpace {ps_int(previous.low_mmio)} "
                    f"-HighMemoryMappedIoSpace {ps_int(previous.high_mmio)}")
@@ -259,10 +269,10 @@ def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSett
         "$ok=@()",
         "$step='Get-VM'",
         "try{",
-        "$null=Get-VM -Name $n",
+        _FIND_VM,
         "foreach($p in $l){",
         "$step='Remove-VMAssignableDevice '+$p",
-        "Remove-VMAssignableDevice -LocationPath $p -VMName $n",
+        "Remove-VMAssignableDevice -LocationPath $p -VM $v",
         "$g[$p]='removed'",
         "$step='Mount-VMHostAssignableDevice '+$p",
         "Mount-VMHostAssignableDevice -LocationPath $p",

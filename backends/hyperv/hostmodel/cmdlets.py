@@ -315,13 +315,21 @@ def _vm_not_found(name: str, cmd: str) -> HyperVError:
 
 def _resolve_vms(ctx: _Ctx, model: HostModel, names: list[str] | None, vms: list[PSObject] | None,
                  cmd: str) -> list[VirtualMachine]:
-    out = []
-    for n in (names or []) + [to_string(o.get("Name")) for o in (vms or [])]:
-        v = model.vm(n)
-        if v is None:
+    """-Name/-VMName take wildcards (as the Hyper-V module does); -VM objects resolve by VMId."""
+    out: list[VirtualMachine] = []
+    for n in names or []:
+        hits = [v for v in model.vms if _wild(n, v.name)]
+        if not hits:
             ctx.error(_vm_not_found(n, cmd))
-            continue
-        out.append(v)
+        out.extend(h for h in hits if h not in out)
+    for o in vms or []:
+        vid, name = to_string(o.get("VMId")), to_string(o.get("Name"))
+        hit = next((v for v in model.vms if vid and v.vm_id == vid), None) or \
+            next((v for v in model.vms if not vid and v.name.lower() == name.lower()), None)
+        if hit is None:
+            ctx.error(_vm_not_found(name, cmd))
+        elif hit not in out:
+            out.append(hit)
     return out
 
 

@@ -986,11 +986,38 @@ def _eq(a: Any, b: Any, ci: bool = True) -> bool:
     return a is b
 
 
+def wildcard_regex(pat: str) -> str:
+    """PowerShell wildcard (``*`` ``?`` ``[abc]`` ``[a-z]``, backtick escapes) as a regex."""
+    rx, i = "", 0
+    while i < len(pat):
+        ch = pat[i]
+        if ch == "`" and i + 1 < len(pat):
+            rx += re.escape(pat[i + 1])
+            i += 2
+            continue
+        if ch == "*":
+            rx += ".*"
+        elif ch == "?":
+            rx += "."
+        elif ch == "[":
+            j = pat.find("]", i + 1)
+            if j == -1:
+                rx += re.escape(ch)
+            else:
+                body = pat[i + 1:j]
+                rx += "[" + "".join(re.escape(c) if c != "-" else "-" for c in body) + "]"
+                i = j
+        else:
+            rx += re.escape(ch)
+        i += 1
+    return rx
+
+
 def _like(a: Any, pat: Any) -> bool:
-    rx = ""
-    for ch in to_string(pat):
-        rx += ".*" if ch == "*" else "." if ch == "?" else re.escape(ch)
-    return re.fullmatch(rx, to_string(a), re.I | re.S) is not None
+    try:
+        return re.fullmatch(wildcard_regex(to_string(pat)), to_string(a), re.I | re.S) is not None
+    except re.error:
+        return False
 
 
 def _compare(op: str, a: Any, b: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -104,6 +105,10 @@ class VirtualMachine:
     guest_controlled_cache_types: bool = False
     checkpoints: list[Checkpoint] = field(default_factory=list)
     vm_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.vm_id:
+            self.vm_id = str(uuid.uuid4())
 
 
 @dataclass

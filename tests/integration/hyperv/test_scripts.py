@@ -26,6 +26,10 @@ HOSTILE = [
     "\"double\" $env:USERNAME @(1) ${x} #comment <# block #>",
     "x" * 10_000,
     "'" * 64,
+    "*",
+    "ml-trai?",
+    "[mw]*",
+    "web`*",
 ]
 
 
