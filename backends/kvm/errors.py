@@ -27,6 +27,11 @@ def translate(libvirt, error, action: str) -> GpupassError:
         return NotFound(message)
     if code in {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}:
         return NotSupported(message, remedy="this libvirt driver cannot do it; power the VM off and assign without --live")
+    if code == libvirt.VIR_ERR_CONFIG_UNSUPPORTED:
+        # e.g. "host doesn't support passthrough of host PCI devices" on a live attach or a VM start.
+        return NotSupported(message, remedy="this host or its QEMU cannot run that configuration; for PCI "
+                                            "passthrough the host needs the IOMMU on (intel_iommu=on / AMD-Vi) "
+                                            "and the vfio-pci module")
     if code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}:
         return ConnectionFailed(message, remedy="the connection to libvirtd was lost; check the host")
     return OperationFailed(message, remedy="see libvirt's message above; the host's libvirtd log has details")
