@@ -100,6 +100,10 @@ class LabHost(ABC):
     def status(self, data_dir: Path) -> str:
         return "ready"
 
+    def is_up(self, data_dir: Path) -> bool:
+        """Whether the lab host answers now (fleet commands include the lab hosts that are up)."""
+        return True
+
     def up(self, data_dir: Path) -> str:
         """Start the lab's server, if it has one; return a line saying where it serves."""
         return "ready (no server needed)"

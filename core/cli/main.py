@@ -17,6 +17,8 @@ Exit codes:
   1  error: the host, the backend or a step failed (a failed change is rolled back)
   2  usage: bad arguments, unknown host, or a change refused without --yes
   3  preflight found blocking problems; nothing was changed
+  4  fleet: some hosts could not be read (their rows carry the error); the rest is complete
+  5  diff: the hosts differ from the file (apply would change something)
 """
 
 
@@ -97,6 +99,7 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool, ca_file: st
 
 from gpupass.core.cli import commands as _commands  # noqa: E402  (registers the commands on `cli`)
 from gpupass.core.cli import lab as _lab  # noqa: E402,F401
+from gpupass.core.cli import fleet as _fleet  # noqa: E402,F401
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ from typing import Iterable
 
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, info, warning
-from gpupass.core.domain.inventory import Firmware, PowerState
+from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts, PowerState
 from gpupass.core.domain.mmio import format_bytes
+from gpupass.core.domain.pci import PciAddress
 
 
 def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
@@ -27,27 +28,33 @@ def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
         )
 
 
+def foreign_group_members(facts: HostFacts, gpu: Gpu, moving: set[PciAddress]) -> list[PciAddress]:
+    """Endpoints in the GPU's IOMMU group that would stay behind (bridges and the card's companions excepted)."""
+    if gpu.iommu_group is None:
+        return []
+    card = {f.address for f in gpu.functions}
+    foreign = []
+    for member in gpu.iommu_group.members:
+        if member in moving or member in card:
+            continue
+        function = facts.function(member, gpu.location)
+        if function is not None and function.is_bridge:
+            continue
+        foreign.append(member)
+    return foreign
+
+
 def iommu_group_isolated(ctx: CheckContext) -> Iterable[Finding]:
     moving = set(ctx.addresses)
     for gpu in ctx.gpus:
-        group = gpu.iommu_group
-        if group is None:
-            continue
-        for member in group.members:
-            if member in moving:
-                continue
+        for member in foreign_group_members(ctx.facts, gpu, moving):
             function = ctx.facts.function(member, gpu.location)
-            if function is not None and function.is_bridge:
-                continue
-            if gpu.iommu_group and any(member == f.address for f in gpu.companions):
-                # Reported by the companion rule, with a better remedy.
-                continue
             kind = function.kind if function else "device"
             name = f" ({function.name})" if function and function.name else ""
             yield blocker(
                 "iommu-group-shared",
-                f"{member} {kind}{name} shares IOMMU group {group.number} with GPU {gpu.address}; every endpoint "
-                "of a group must go to the same VM",
+                f"{member} {kind}{name} shares IOMMU group {gpu.iommu_group.number} with GPU {gpu.address}; every "
+                "endpoint of a group must go to the same VM",
                 "move the card to a slot with its own IOMMU group (check the board manual for CPU-attached slots) "
                 "or enable ACS on the upstream port in the firmware; gpupass will not hand a host device to a VM",
                 subject=str(gpu.address),

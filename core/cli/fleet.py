@@ -1,0 +1,234 @@
+"""`gpupass hosts` (the config file's hosts) and `gpupass fleet` (many hosts at once)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from gpupass.core import paths, serialize
+from gpupass.core.cli import render
+from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.errors import UsageError
+
+PARTIAL_EXIT = 4
+
+
+@cli.group()
+def hosts() -> None:
+    """Named hosts in the config file (and the lab hosts): add, list, remove, test."""
+
+
+def _config_path(app):
+    from pathlib import Path
+
+    return Path(app.config_path) if app.config_path else paths.config_file()
+
+
+@hosts.command("add")
+@click.argument("name")
+@click.argument("uri")
+@click.option("--password-env", metavar="VAR", help="Environment variable that holds the password.")
+@click.option("--keyring", "use_keyring", is_flag=True, help="Take the password from the system keyring.")
+@click.option("--ca-file", metavar="FILE", help="CA bundle that signed the host's certificate.")
+@click.option("--insecure", is_flag=True, help="Do not verify this host's TLS certificate (explicit, per host).")
+@json_option
+@click.pass_obj
+@handles_errors
+def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_json) -> None:
+    """Add (or replace) host NAME at URI. Passwords are never taken from the command line."""
+    from gpupass.core.config import HostEntry, save_config, with_host
+
+    if "://" not in uri:
+        raise UsageError(f"{uri!r} is not a URI", remedy="e.g. qemu+ssh://admin@node/system or esxi://root@esx01")
+    if app.registry.lab_host(name):
+        raise UsageError(f"{name!r} is a lab host name", remedy="choose another name")
+    if password_env and use_keyring:
+        raise UsageError("--password-env and --keyring both given", remedy="choose one source for the password")
+    entry = HostEntry(name=name, uri=uri, password_env=password_env, keyring=use_keyring, ca_file=ca_file,
+                      insecure=insecure)
+    save_config(_config_path(app), with_host(app.config, entry))
+    if as_json:
+        emit_json({"added": name, "uri": uri})
+    else:
+        click.echo(f"added {name} ({uri}) to {_config_path(app)}")
+
+
+@hosts.command("remove")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@handles_errors
+def hosts_remove(app, name, as_json) -> None:
+    """Remove host NAME from the config file."""
+    from gpupass.core.config import save_config, without_host
+
+    save_config(_config_path(app), without_host(app.config, name))
+    if as_json:
+        emit_json({"removed": name})
+    else:
+        click.echo(f"removed {name}")
+
+
+def _host_rows(app):
+    rows = [{"name": e.name, "uri": e.uri, "source": "config",
+             "credential": e.password_env and f"${e.password_env}" or ("keyring" if e.keyring else
+                                                                       "config file" if e.password else "none")}
+            for e in app.config.hosts.values()]
+    data = paths.data_dir()
+    for lab in app.registry.lab_hosts:
+        if lab.is_up(data):
+            rows.append({"name": lab.name, "uri": lab.target(data).uri, "source": "lab", "credential": "lab"})
+    return rows
+
+
+@hosts.command("list")
+@json_option
+@click.pass_obj
+@handles_errors
+def hosts_list(app, as_json) -> None:
+    """List the config file's hosts and the lab hosts that are up."""
+    rows = _host_rows(app)
+    if as_json:
+        emit_json({"hosts": rows})
+    else:
+        click.echo(render.table(["NAME", "URI", "SOURCE", "PASSWORD FROM"],
+                                [[r["name"], r["uri"], r["source"], r["credential"]] for r in rows]))
+
+
+@hosts.command("test")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@handles_errors
+def hosts_test(app, name, as_json) -> None:
+    """Connect to NAME, read its inventory, and report what was found and how long it took."""
+    began = time.monotonic()
+    with app.open(name) as backend:
+        facts = backend.inventory()
+        trips = backend.round_trips
+    seconds = time.monotonic() - began
+    document = {"host": name, "ok": True, "platform": facts.host.platform, "gpus": len(facts.gpus),
+                "vms": len(facts.vms), "round_trips": trips, "seconds": round(seconds, 3)}
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(f"{name}: ok ({facts.host.platform}, {len(facts.gpus)} GPUs, {len(facts.vms)} VMs, "
+                   f"{trips} round trips, {seconds:.2f} s)")
+
+
+@cli.group()
+def fleet() -> None:
+    """Many hosts at once: where every GPU is, and which hosts can take a VM."""
+
+
+def _fleet_hosts(app, hosts_option: str | None, all_hosts: bool) -> list[str]:
+    if hosts_option and all_hosts:
+        raise UsageError("--hosts and --all both given", remedy="use one of them")
+    if hosts_option:
+        return [h.strip() for h in hosts_option.split(",") if h.strip()]
+    if all_hosts:
+        names = [row["name"] for row in _host_rows(app)]
+        if not names:
+            raise UsageError("no hosts configured", remedy="add some with `gpupass hosts add`, or `gpupass lab up`")
+        return names
+    raise UsageError("which hosts?", remedy="pass --hosts a,b or --all")
+
+
+def _gather(app, names, concurrency, timeout, as_json):
+    from gpupass.core.fleet import gather
+
+    def read(name):
+        with app.open(name) as backend:
+            return backend.inventory(), backend.round_trips
+
+    show = not as_json and sys.stderr.isatty()
+    if not show:
+        return gather(names, read, concurrency=concurrency, timeout=timeout)
+    with click.progressbar(length=len(names), label="reading hosts", file=sys.stderr) as bar:
+        return gather(names, read, concurrency=concurrency, timeout=timeout, on_done=lambda _r: bar.update(1))
+
+
+fleet_options = [
+    click.option("--hosts", "hosts_option", metavar="A,B", help="Comma-separated hosts (names or URIs)."),
+    click.option("--all", "all_hosts", is_flag=True, help="Every host in the config file and every lab host up."),
+    click.option("--concurrency", default=8, show_default=True, help="Hosts asked at the same time."),
+    click.option("--timeout", default=60.0, show_default=True, help="Seconds each host may take."),
+]
+
+
+def with_fleet_options(command):
+    for option in reversed(fleet_options):
+        command = option(command)
+    return command
+
+
+def _error_row(result):
+    return {"host": result.host, "ok": False, "error": result.error.to_dict()}
+
+
+@fleet.command("gpus")
+@with_fleet_options
+@json_option
+@click.pass_obj
+@handles_errors
+def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
+    """Every GPU on every host, with its owner; a host that fails is one row with its error (exit 4)."""
+    results = _gather(app, _fleet_hosts(app, hosts_option, all_hosts), concurrency, timeout, as_json)
+    failed = [r for r in results if r.error]
+    if as_json:
+        emit_json({"hosts": [
+            {"host": r.host, "ok": True, "platform": r.facts.host.platform, "seconds": round(r.seconds, 3),
+             "gpus": [serialize.gpu_to_dict(g) for g in r.facts.gpus]} if r.facts else _error_row(r)
+            for r in results]})
+    else:
+        rows = []
+        for r in results:
+            if r.error:
+                rows.append([r.host, "-", "ERROR", r.error.message, "", ""])
+                continue
+            for g in r.facts.gpus:
+                rows.append([r.host, r.facts.host.platform, (g.location + "/" if g.location else "") + str(g.address),
+                             g.model, g.function.ids, g.assigned_to or "free"])
+        click.echo(render.table(["HOST", "PLATFORM", "ADDRESS", "MODEL", "IDS", "OWNER"], rows))
+        free = sum(1 for r in results if r.facts for g in r.facts.gpus if not g.assigned_to)
+        total = sum(len(r.facts.gpus) for r in results if r.facts)
+        click.echo(f"\n{total} GPUs on {len(results) - len(failed)} hosts, {free} free"
+                   + (f"; {len(failed)} host(s) could not be read" if failed else ""))
+    if failed:
+        sys.exit(PARTIAL_EXIT)
+
+
+@fleet.command("find")
+@click.option("--model", required=True, help="Model name (A100, 'H100 PCIe') or vendor:device (10de:20b5).")
+@click.option("--count", default=1, show_default=True, help="GPUs the VM needs on one host.")
+@with_fleet_options
+@json_option
+@click.pass_obj
+@handles_errors
+def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
+    """Hosts that can take a VM with COUNT such GPUs now: free, passthrough-capable, isolated IOMMU groups."""
+    from gpupass.core.fleet import find
+
+    if count < 1:
+        raise UsageError("--count must be at least 1", remedy="e.g. --count 2")
+    names = _fleet_hosts(app, hosts_option or None, all_hosts or not hosts_option)
+    results = _gather(app, names, concurrency, timeout, as_json)
+    candidates = find(results, model, count)
+    failed = [r for r in results if r.error]
+    if as_json:
+        emit_json({"model": model, "count": count, "candidates": [
+            {"host": c.host, "location": c.location or None, "free": [str(g.address) for g in c.gpus],
+             "models": sorted({g.model for g in c.gpus})} for c in candidates],
+            "unreachable": [_error_row(r) for r in failed]})
+    else:
+        if candidates:
+            click.echo(render.table(["HOST", "WHERE", "FREE MATCHING GPUS"], [
+                [c.host, c.location or "-", ", ".join(f"{g.address} ({g.model})" for g in c.gpus)] for c in candidates]))
+        else:
+            click.echo(f"no host can take {count} x {model} now")
+        for r in failed:
+            click.echo(f"could not read {r.host}: {r.error.message}", err=True)
+    if failed:
+        sys.exit(PARTIAL_EXIT)

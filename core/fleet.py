@@ -1,0 +1,112 @@
+"""Ask many hosts at once: bounded concurrency, a deadline per host, and partial results."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from gpupass.core.domain.inventory import Gpu, HostFacts
+from gpupass.core.domain.rules import foreign_group_members
+from gpupass.core.errors import ConnectionFailed, GpupassError
+
+
+@dataclass(frozen=True)
+class HostResult:
+    host: str
+    facts: HostFacts | None = None
+    error: GpupassError | None = None
+    seconds: float = 0.0
+    round_trips: int = 0
+
+
+def gather(hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], *, concurrency: int = 8,
+           timeout: float = 60.0, on_done: Callable[[HostResult], None] | None = None) -> list[HostResult]:
+    """Read every host with at most `concurrency` at once; a host that fails or hangs is one error row.
+
+    Daemon threads, not an executor: a host that never answers must not keep the process from exiting.
+    """
+    slots = threading.Semaphore(max(1, concurrency))
+    finished: queue.Queue[HostResult] = queue.Queue()
+    started: dict[str, float] = {}
+
+    def work(host: str) -> None:
+        with slots:
+            started[host] = time.monotonic()
+            try:
+                facts, trips = read(host)
+                result = HostResult(host, facts=facts, seconds=time.monotonic() - started[host], round_trips=trips)
+            except GpupassError as exc:
+                result = HostResult(host, error=exc, seconds=time.monotonic() - started[host])
+            except Exception as exc:  # one broken host must never end the run for the others
+                result = HostResult(host, error=GpupassError(f"{type(exc).__name__}: {exc}"),
+                                    seconds=time.monotonic() - started[host])
+            finished.put(result)
+
+    for host in hosts:
+        threading.Thread(target=work, args=(host,), daemon=True, name=f"gpupass-fleet-{host}").start()
+    results: dict[str, HostResult] = {}
+    while len(results) < len(hosts):
+        try:
+            result = finished.get(timeout=0.05)
+        except queue.Empty:
+            now = time.monotonic()
+            for host, began in list(started.items()):
+                if host not in results and now - began > timeout:
+                    result = HostResult(host, error=ConnectionFailed(
+                        f"{host} did not answer within {timeout:g} s",
+                        remedy="check the host, or raise --timeout"), seconds=now - began)
+                    results[host] = result
+                    if on_done:
+                        on_done(result)
+            continue
+        if result.host in results:
+            continue  # it answered after its deadline: the timeout row stands
+        results[result.host] = result
+        if on_done:
+            on_done(result)
+    return [results[host] for host in hosts]
+
+
+def matches_model(gpu: Gpu, model: str) -> bool:
+    text = model.strip().lower()
+    if ":" in text:
+        vendor, _, device = text.partition(":")
+        return f"{gpu.function.vendor_id:04x}" == vendor.zfill(4) and f"{gpu.function.device_id:04x}" == device.zfill(4)
+    return text in (gpu.model or gpu.function.name).lower()
+
+
+def assignable(facts: HostFacts, gpu: Gpu) -> bool:
+    """Free now, passthrough-capable, on a host with the IOMMU on, alone in its group (with its companions)."""
+    return (
+        gpu.assigned_to is None
+        and facts.host.iommu_enabled is not False
+        and gpu.passthrough.capable is not False
+        and not foreign_group_members(facts, gpu, set())
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    host: str
+    location: str
+    gpus: tuple[Gpu, ...]
+
+
+def find(results: Iterable[HostResult], model: str, count: int) -> list[Candidate]:
+    """Hosts (and, on a vCenter, the ESXi host inside it) that can take a VM with `count` such GPUs now."""
+    candidates = []
+    for result in results:
+        if result.facts is None:
+            continue
+        by_location: dict[str, list[Gpu]] = {}
+        for gpu in result.facts.gpus:
+            if matches_model(gpu, model) and assignable(result.facts, gpu):
+                by_location.setdefault(gpu.location, []).append(gpu)
+        for location, gpus in sorted(by_location.items()):
+            if len(gpus) >= count:
+                candidates.append(Candidate(result.host, location, tuple(gpus)))
+    candidates.sort(key=lambda c: (-len(c.gpus), c.host, c.location))
+    return candidates

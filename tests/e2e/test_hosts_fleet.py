@@ -1,0 +1,57 @@
+"""hosts add/list/remove/test and fleet views through the CLI, with the lab and an unreachable host."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
+
+
+def gpupass(*args, expect=0):
+    result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result
+
+
+def test_hosts_are_kept_owner_only_and_listed_with_the_lab(isolated_user_dirs):
+    gpupass("hosts", "add", "node7", "qemu+ssh://admin@node7/system")
+    gpupass("hosts", "add", "vc", "esxi://administrator@vc.example.com/DC1", "--password-env", "VC_PW")
+    config = isolated_user_dirs / "config.toml"
+    assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
+    rows = {r["name"]: r for r in json.loads(gpupass("hosts", "list", "--json").stdout)["hosts"]}
+    assert rows["vc"]["credential"] == "$VC_PW" and rows["node7"]["uri"] == "qemu+ssh://admin@node7/system"
+    assert rows["lab-kvm"]["source"] == "lab"
+    gpupass("hosts", "remove", "node7")
+    assert "node7" not in gpupass("hosts", "list").stdout
+    assert "no host named 'node7'" in gpupass("hosts", "remove", "node7", expect=2).stderr
+
+
+def test_hosts_add_has_no_way_to_pass_a_password():
+    result = gpupass("hosts", "add", "x", "esxi://root@h", "--password", "hunter2", expect=2)
+    assert "No such option" in result.stderr
+
+
+def test_hosts_test_reports_round_trips():
+    document = json.loads(gpupass("hosts", "test", "lab-kvm", "--json").stdout)
+    assert document["ok"] and document["gpus"] == 4 and document["round_trips"] > 0
+
+
+def test_fleet_with_a_host_down_reports_it_and_the_rest(isolated_user_dirs):
+    gpupass("hosts", "add", "dead", "qemu+tcp://127.0.0.1:9/system")
+    result = gpupass("fleet", "gpus", "--all", "--json", expect=4)
+    rows = {r["host"]: r for r in json.loads(result.stdout)["hosts"]}
+    assert rows["dead"]["ok"] is False and rows["dead"]["error"]["error"] == "connection-failed"
+    assert len(rows["lab-kvm"]["gpus"]) == 4
+    text = gpupass("fleet", "gpus", "--all", expect=4).stdout
+    assert "ERROR" in text and "1 host(s) could not be read" in text
+
+
+def test_fleet_find():
+    document = json.loads(gpupass("fleet", "find", "--model", "A100", "--hosts", "lab-kvm", "--json").stdout)
+    assert document["candidates"] == [{"host": "lab-kvm", "location": None, "free": ["0000:41:00.0"],
+                                       "models": ["NVIDIA A100 PCIe 40GB"]}]
+    none = json.loads(gpupass("fleet", "find", "--model", "10de:2331", "--count", "2", "--hosts", "lab-kvm",
+                              "--json").stdout)
+    assert none["candidates"] == []

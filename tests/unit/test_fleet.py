@@ -1,0 +1,75 @@
+"""Fleet reads: bounded concurrency, a deadline per host, partial results; and finding room for a VM."""
+
+import dataclasses
+import threading
+import time
+
+from gpupass.core.domain.inventory import PassthroughState
+from gpupass.core.errors import AuthenticationFailed
+from gpupass.core.fleet import HostResult, find, gather, matches_model
+from support.fakes import gpu, lab_facts
+
+
+def test_partial_results_keep_order_and_errors():
+    def read(host):
+        if host == "down":
+            raise AuthenticationFailed("wrong password for down")
+        if host == "broken":
+            raise RuntimeError("SDK bug")
+        return lab_facts(), 3
+
+    results = gather(["a", "down", "broken", "b"], read)
+    assert [r.host for r in results] == ["a", "down", "broken", "b"]
+    assert results[0].facts is not None and results[0].round_trips == 3
+    assert results[1].error.kind == "authentication-failed"
+    assert "RuntimeError: SDK bug" in results[2].error.message
+
+
+def test_concurrency_is_bounded():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def read(host):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return lab_facts(), 1
+
+    gather([f"h{i}" for i in range(12)], read, concurrency=3)
+    assert peak[0] == 3
+
+
+def test_a_hanging_host_becomes_a_timeout_row():
+    release = threading.Event()
+
+    def read(host):
+        if host == "hang":
+            release.wait(5)
+        return lab_facts(), 1
+
+    began = time.monotonic()
+    results = gather(["ok", "hang"], read, timeout=0.3)
+    release.set()
+    assert time.monotonic() - began < 3
+    assert results[0].facts and results[1].error.kind == "connection-failed"
+    assert "did not answer within 0.3 s" in results[1].error.message
+
+
+def test_model_matching_by_name_and_ids():
+    a100 = gpu("0000:41:00.0", device=0x20F1, model="NVIDIA A100 PCIe 40GB")
+    assert matches_model(a100, "a100") and matches_model(a100, "10de:20f1") and not matches_model(a100, "H100")
+
+
+def test_find_needs_free_isolated_capable_gpus_on_one_location():
+    facts = lab_facts()
+    two = dataclasses.replace(facts, gpus=facts.gpus + (gpu("0000:42:00.0", group=21, model="A100"),))
+    incapable = dataclasses.replace(two.gpus[-1], passthrough=PassthroughState(capable=False))
+    results = [HostResult("one", facts=facts), HostResult("two", facts=two),
+               HostResult("three", facts=dataclasses.replace(two, gpus=two.gpus[:-1] + (incapable,))),
+               HostResult("down", error=AuthenticationFailed("x"))]
+    assert [(c.host, len(c.gpus)) for c in find(results, "A100", 1)] == [("two", 2), ("one", 1), ("three", 1)]
+    assert [c.host for c in find(results, "A100", 2)] == ["two"]
+    # Taken (cad-ws) and shared-group (SATA) cards never count.
+    assert find(results, "Fake GPU", 1) == []
