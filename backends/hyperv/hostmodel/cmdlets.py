@@ -333,10 +333,16 @@ def _resolve_vms(ctx: _Ctx, model: HostModel, names: list[str] | None, vms: list
     return out
 
 
-def _invalid_state(vm: VirtualMachine, cmd: str, what: str) -> HyperVError:
-    # (approx) Hyper-V reports "The operation cannot be performed while the object is in its current state."
-    return HyperVError(f"{what}\nThe operation cannot be performed while the virtual machine '{vm.name}' is in its "
-                       "current state.", f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, vm.name)
+def _invalid_state(vm: VirtualMachine, cmd: str, what: str = "") -> HyperVError:
+    # (real) the Hyper-V module's text for a change refused in the VM's current state
+    return HyperVError("The operation cannot be performed while the virtual machine is in its current state.",
+                       f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, vm.name)
+
+
+def _device_not_found(model: HostModel, what: str, cmd: str) -> HyperVError:
+    # (real) as Add-VMAssignableDevice prints it for a location path that is not dismounted / not present
+    return HyperVError(f"The specified device '{what}' was not found on server '{model.name}'.",
+                       f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX, what)
 
 
 # ---------------------------------------------------------------- Hyper-V cmdlets
@@ -373,7 +379,7 @@ def set_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None, vm: list[
     out = []
     for v in _resolve_vms(ctx, model, name, vm, "SetVM"):
         if v.state != "Off":
-            ctx.error(_invalid_state(v, "SetVM", f"Failed to modify settings of virtual machine '{v.name}'."))
+            ctx.error(_invalid_state(v, "SetVM"))
             continue
         if lowmemorymappediospace is not None and lowmemorymappediospace < 0:
             continue
@@ -409,10 +415,7 @@ def _dev_at(model: HostModel, locationpath: str | None, instancepath: str | None
     elif instancepath is not None:
         d = model.device_by_instance(instancepath)
     if d is None:
-        # (approx)
-        what = locationpath if locationpath is not None else instancepath
-        raise HyperVError(f"The specified device was not found: '{what}'.",
-                          f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX, what or "")
+        raise _device_not_found(model, (locationpath if locationpath is not None else instancepath) or "", cmd)
     return d
 
 
@@ -442,13 +445,20 @@ def dismount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath:
         raise HyperVError(f"The operation failed.\nThe device at location path '{d.location_path}' requires a "  # (approx)
                           "reserved memory region (RMRR) and cannot be assigned to a virtual machine.",
                           f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
+    if not d.acs and not force:
+        # (approx) -Force also overrides the ACS check (Microsoft's DDA blog series)
+        raise HyperVError("The operation failed.\nThe device or a port above it does not support PCI Express Access "
+                          "Control Services (ACS), so the device could reach other devices without going through "
+                          "the IOMMU. Use -Force to dismount it anyway.", f"InvalidOperation,{HV}{cmd}",
+                          "InvalidOperation", VEX, d.location_path)
     if not d.mitigation_driver and not force:
-        # (real)
+        # (real) as printed by Windows Server 2016 (the nested error repeats the first part)
         raise HyperVError("The operation failed.\nThe manufacturer of this device has not supplied any directives "
                           "for securing this device while exposing it to a virtual machine. The device should only "
                           "be exposed to trusted virtual machines.\nThis device is not supported when passed through "
-                          "to a virtual machine.", f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX,
-                          d.location_path)
+                          "to a virtual machine.\nThe operation failed.\nThe manufacturer of this device has not "
+                          "supplied any directives for securing this device while exposing it to a virtual machine.",
+                          f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
     d.dismounted = True
     return [_assignable_obj(model, d, None)] if passthru else []
 
@@ -491,19 +501,16 @@ def add_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
     out = []
     for v in _resolve_vms(ctx, model, vmname, vm, cmd):
         d = _dev_at(model, locationpath, instancepath, cmd)
-        fail = f"Failed to add device 'Virtual Pci Express Port'."
+        fail = "Failed to add device 'Virtual Pci Express Port'."     # (approx) prefix of Add's own errors
         if v.state != "Off":
-            ctx.error(_invalid_state(v, cmd, fail))
+            ctx.error(_invalid_state(v, cmd))
             continue
         if not d.dismounted:
-            ctx.error(HyperVError(f"{fail}\nThe device at location path '{d.location_path}' is not dismounted "  # (approx)
-                                  "from the host. Use Dismount-VMHostAssignableDevice first.",
-                                  f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path))
+            ctx.error(_device_not_found(model, d.location_path, cmd))
             continue
         if d.assigned_vm:
-            ctx.error(HyperVError(f"{fail}\nThe device at location path '{d.location_path}' is already assigned "  # (approx)
-                                  f"to virtual machine '{d.assigned_vm}'.", f"InvalidState,{HV}{cmd}",
-                                  "InvalidOperation", VEX, d.location_path))
+            # a device held by another VM is not in the host's assignable pool: same "not found" as Add prints
+            ctx.error(_device_not_found(model, d.location_path, cmd))
             continue
         if v.dynamic_memory_enabled:
             ctx.error(HyperVError(f"{fail}\nVirtual machine '{v.name}' uses dynamic memory, which is not supported "  # (approx)
@@ -533,7 +540,7 @@ def remove_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] |
                                   locationpath or ""))
             continue
         if v.state != "Off":
-            ctx.error(_invalid_state(v, cmd, "Failed to remove device 'Virtual Pci Express Port'."))
+            ctx.error(_invalid_state(v, cmd))
             continue
         for d in devs:
             d.assigned_vm = None

@@ -139,6 +139,12 @@ def test_dda_state_rules(lab):
     # running VM
     r = run(lab, "Set-VM -Name 'web01' -AutomaticStopAction TurnOff")
     assert r.exit_code == 1 and r.errors[0].fqid == "InvalidState,Microsoft.HyperV.PowerShell.Commands.SetVM"
+    assert r.errors[0].message == "The operation cannot be performed while the virtual machine is in its current state."
+    # no ACS: only -Force dismounts it
+    nacs = lab.device_by_location(A100_2_LOC)
+    nacs.acs, nacs.mitigation_driver, nacs.enabled = False, True, False
+    assert "Access Control Services" in run(lab, f"Dismount-VMHostAssignableDevice -LocationPath '{A100_2_LOC}'").errors[0].message
+    nacs.acs, nacs.mitigation_driver, nacs.enabled = True, False, True
     # enabled device cannot be dismounted
     r = run(lab, f"Dismount-VMHostAssignableDevice -LocationPath '{A100_2_LOC}' -Force")
     assert r.exit_code == 1 and "Disable-PnpDevice" in r.errors[0].message
@@ -152,12 +158,13 @@ def test_dda_state_rules(lab):
     assert "NonInteractive" in r.errors[0].message
     # not dismounted -> Add fails; running VM -> Add fails; dynamic memory -> Add fails
     r = run(lab, f"Add-VMAssignableDevice -LocationPath '{A100_2_LOC}' -VMName 'ml-train'")
-    assert r.exit_code == 1 and "not dismounted" in r.errors[0].message
+    assert r.exit_code == 1
+    assert r.errors[0].message == f"The specified device '{A100_2_LOC}' was not found on server 'HV-LAB01'."
     assert run(lab, f"Dismount-VMHostAssignableDevice -LocationPath '{A100_2_LOC}' -Force").exit_code == 0
     assert "current state" in run(lab, f"Add-VMAssignableDevice -LocationPath '{A100_2_LOC}' -VMName 'web01'").errors[0].message
     assert "dynamic memory" in run(lab, f"Add-VMAssignableDevice -LocationPath '{A100_2_LOC}' -VMName 'dyn-mem'").errors[0].message
     # already assigned elsewhere
-    assert "already assigned" in run(lab, f"Add-VMAssignableDevice -LocationPath '{A100_1_LOC}' -VMName 'ml-train'").errors[0].message
+    assert "was not found on server" in run(lab, f"Add-VMAssignableDevice -LocationPath '{A100_1_LOC}' -VMName 'ml-train'").errors[0].message
     # RMRR device cannot be dismounted
     t4 = lab.device_by_location(T4_LOC)
     t4.enabled = False
