@@ -324,7 +324,8 @@ class VCSim:
         with os.fdopen(fd, "w") as f:
             json.dump(cfg, f, indent=1)
         cmd = [str(binary), "-l", f"{self.host}:0", "-api-version", self.api_version,
-               "-tlscert", str(tls["cert"]), "-tlskey", str(tls["key"]), "-config", str(cfg_path)]
+               "-tlscert", str(tls["cert"]), "-tlskey", str(tls["key"]), "-config", str(cfg_path),
+               "-exit-on-stdin-eof"]
         if self.scale_hosts:
             cmd += ["-scale-hosts", str(self.scale_hosts)]
         if self.scale_vms:
@@ -333,7 +334,8 @@ class VCSim:
             cmd += ["-scale-gpus-per-host", str(self.scale_gpus_per_host)]
         self._log_path = self._workdir / "vcsim.log"
         with open(self._log_path, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            # stdin is a pipe we never write: if this process dies, the simulator sees EOF and exits
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                           cwd=self._workdir, start_new_session=True)
         try:
             self.url = self._read_url()
@@ -411,6 +413,8 @@ class VCSim:
                 drainer.join(timeout=5)
             if proc.stdout is not None and (drainer is None or not drainer.is_alive()):
                 proc.stdout.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -464,3 +468,43 @@ class VCSim:
     def state(self) -> Any:
         """Hosts, passthrough devices (enabled/active/owner) and connection state, as JSON."""
         return self._control("GET", "/gpupass/state")
+
+
+# --------------------------------------------------------------------------
+# manual use: python -m gpupass.backends.esxi.simulator [--config FILE | --empty] [--scale-hosts N ...]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.esxi.simulator",
+                                 description="Run the gpupass vSphere simulator until Ctrl-C.")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--config", help="inventory JSON (default: the lab, see lab_config())")
+    src.add_argument("--empty", action="store_true", help="start from an empty vCenter (use with --scale-*)")
+    ap.add_argument("--scale-hosts", type=int, default=0)
+    ap.add_argument("--scale-vms", type=int, default=0)
+    ap.add_argument("--scale-gpus-per-host", type=int, default=0)
+    ap.add_argument("--api-version", default="7.0.3.0")
+    args = ap.parse_args(argv)
+    if args.config:
+        config = json.loads(Path(args.config).read_text())
+    elif args.empty:
+        config = {"mode": "vcenter", "hosts": []}
+    else:
+        config = lab_config()
+    sim = VCSim(config, scale_hosts=args.scale_hosts, scale_vms=args.scale_vms,
+                scale_gpus_per_host=args.scale_gpus_per_host, api_version=args.api_version)
+    with sim:
+        print(f"url={sim.url}\nuser={sim.username}\npassword={sim.password}\nca={sim.ca_file}\npid={sim.pid}",
+              flush=True)
+        try:
+            while sim._proc is not None and sim._proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,6 +18,7 @@
 //	                          hosts scale-esx-NNN.lab.local with K T4s each, powered-off
 //	                          VMs scale-vm-NNNN spread round-robin)
 //	-username U -password P   login (override the config; default gpupass / $GPUPASS_VCSIM_PASSWORD)
+//	-exit-on-stdin-eof        also stop when stdin closes (the launching process died)
 //
 // On startup it prints exactly one line "GPUPASS_VCSIM_URL=https://HOST:PORT/sdk"
 // on stdout and serves until SIGTERM/SIGINT.  See http.go for the
@@ -29,11 +30,13 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/esx"
@@ -51,6 +54,7 @@ func main() {
 	scaleGPUs := flag.Int("scale-gpus-per-host", 0, "GPUs per generated host (default 1)")
 	username := flag.String("username", "", "login user name (default: config, else gpupass)")
 	password := flag.String("password", "", "login password (default: config, else $GPUPASS_VCSIM_PASSWORD)")
+	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "exit when stdin reaches EOF (the parent died)")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("gpupass-vcsim: ")
@@ -148,10 +152,22 @@ func main() {
 	fmt.Printf("GPUPASS_VCSIM_URL=%s\n", u.String())
 	_ = os.Stdout.Sync()
 
+	done := make(chan struct{}, 2)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	srv.Close()
+	go func() { <-sig; done <- struct{}{} }()
+	if *stdinEOF {
+		go func() { _, _ = io.Copy(io.Discard, os.Stdin); done <- struct{}{} }()
+	}
+	<-done
+	// Close waits for in-flight requests (a WaitForUpdates long poll can
+	// take long): give it a moment, then exit anyway.
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+	}
 	model.Remove()
 	cleanupTempDirs()
 }
