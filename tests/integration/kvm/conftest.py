@@ -50,7 +50,12 @@ def lab(lab_file, open_backend) -> KvmBackend:
     return open_backend(lab_file)
 
 
-def domain_xml(backend: KvmBackend, name: str) -> str:
+def _domain_xml(backend: KvmBackend, name: str) -> str:
     """The persistent definition as the backend's own connection sees it (each test-driver open has its own state)."""
     domain = backend._connection()._wrapped.lookupByName(name)
     return domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+@pytest.fixture
+def domain_xml():
+    return _domain_xml

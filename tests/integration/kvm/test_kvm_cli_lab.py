@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import domain_xml
 
 from gpupass.backends.kvm.lab import KvmLab
 from gpupass.core import paths
@@ -38,7 +37,7 @@ def test_gpus_json_on_a_host_file(lab_file):
     assert by_address[H100]["iommu_group"] == 21 and by_address[H100]["device_id"] == "2331"
 
 
-def test_cli_assign_release_round_trip_on_the_lab(open_backend):
+def test_cli_assign_release_round_trip_on_the_lab(open_backend, domain_xml):
     before = domain_xml(open_backend(KvmLab().target(paths.data_dir()).uri), "ml-train")
 
     plan = run("plan", "lab-kvm", "ml-train", H100, "--json")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import domain_xml, libvirt
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
 from gpupass.backends.kvm import testhost
 from gpupass.core.domain.inventory import Firmware, PowerState
@@ -109,7 +110,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("vm, gpu, options", CASES.values(), ids=CASES.keys())
-def test_assign_then_release_leaves_the_definition_identical(lab, registry, vm, gpu, options):
+def test_assign_then_release_leaves_the_definition_identical(lab, registry, vm, gpu, options, domain_xml):
     before = domain_xml(lab, vm)
     plan = plan_for(lab, AssignmentRequest(vm, (gpu,), options), registry)
     assert not plan.blocked and not plan.nothing_to_do
@@ -126,7 +127,7 @@ def test_assign_then_release_leaves_the_definition_identical(lab, registry, vm, 
     assert domain_xml(lab, vm) == before
 
 
-def test_companions_move_together_and_come_back_out_exactly(lab, registry):
+def test_companions_move_together_and_come_back_out_exactly(lab, registry, domain_xml):
     """The RTX 4090 + audio: released from cad-ws (not a gpupass assignment), then assigned to ml-train."""
     before_cad = domain_xml(lab, "cad-ws")
     execute(lab, plan_for(lab, ReleaseRequest("cad-ws", (RTX4090,)), registry))
@@ -146,7 +147,7 @@ def test_companions_move_together_and_come_back_out_exactly(lab, registry):
     assert domain_xml(lab, "ml-train") == before
 
 
-def test_second_assign_has_no_write_steps_and_says_so(lab, registry):
+def test_second_assign_has_no_write_steps_and_says_so(lab, registry, domain_xml):
     request = AssignmentRequest("ml-train", (H100,))
     execute(lab, plan_for(lab, request, registry))
     after_first = domain_xml(lab, "ml-train")
@@ -183,7 +184,7 @@ def test_running_vm_and_gpu_of_another_vm_are_blocked(lab, registry):
 
 # -- failures part-way leave the definition as it was ----------------------------------------------
 
-def test_a_definition_libvirt_rejects_is_reported_and_changes_nothing(lab, registry):
+def test_a_definition_libvirt_rejects_is_reported_and_changes_nothing(lab, registry, domain_xml):
     before = domain_xml(lab, "ml-train")
     plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
     define = plan.steps[0]
@@ -200,7 +201,7 @@ def test_a_definition_libvirt_rejects_is_reported_and_changes_nothing(lab, regis
     assert domain_xml(lab, "ml-train") == before
 
 
-def test_a_failing_second_step_undoes_the_first(lab, registry):
+def test_a_failing_second_step_undoes_the_first(lab, registry, domain_xml):
     """Step 1 redefines ml-train; step 2 hot-plugs into running web01, which the test driver refuses."""
     before_ml, before_web = domain_xml(lab, "ml-train"), domain_xml(lab, "web01")
     define = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry).steps[0]
@@ -214,7 +215,8 @@ def test_a_failing_second_step_undoes_the_first(lab, registry):
     assert domain_xml(lab, "ml-train") == before_ml and domain_xml(lab, "web01") == before_web
 
 
-def test_live_assign_to_a_running_vm_fails_cleanly_on_a_driver_without_hotplug(tmp_path, open_backend, registry):
+def test_live_assign_to_a_running_vm_fails_cleanly_on_a_driver_without_hotplug(tmp_path, open_backend, registry,
+                                                                             domain_xml):
     uri = testhost.write_host(tmp_path / "live.xml", [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", 5)],
                               [testhost.domain("busy", running=True)])
     backend = open_backend(uri)
@@ -230,7 +232,7 @@ def test_live_assign_to_a_running_vm_fails_cleanly_on_a_driver_without_hotplug(t
     assert "vm-not-off" in codes(plan_for(backend, AssignmentRequest("busy", (A("41:00.0"),)), registry))
 
 
-def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, registry):
+def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, registry, domain_xml):
     plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
     theirs = domain_xml(lab, "ml-train").replace("<vcpu placement='static'>8</vcpu>",
                                                  "<vcpu placement='static'>16</vcpu>")
@@ -250,7 +252,7 @@ def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, re
 HOSTILE = ["it's \"quoted\"", "<name>&amp;<x y='1'>", "end]]>x", "ünïcødé—名前", "n" * 1200 + "<&>"]
 
 
-def test_hostile_vm_names_round_trip_through_libvirt(tmp_path, open_backend, registry):
+def test_hostile_vm_names_round_trip_through_libvirt(tmp_path, open_backend, registry, domain_xml):
     uri = testhost.write_host(tmp_path / "hostile.xml", [testhost.gpu("0000:42:00.0", 0x2331, "GH100", 21)],
                               [testhost.domain(name) for name in HOSTILE])
     backend = open_backend(uri)

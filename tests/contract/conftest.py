@@ -1,0 +1,88 @@
+"""The environments the backend contract runs against: one factory per platform, registered in ENVIRONMENTS.
+
+A factory gets pytest's tmp_path and returns a BackendEnv (or calls pytest.skip with the machine limit
+that stops it). To add ESXi or Hyper-V, write a factory that starts the simulator (vcsim / the WinRM
+host model) with at least one free isolated GPU, one powered-off VM, one running VM and one GPU owned
+by another VM, and add it to ENVIRONMENTS: every test in this folder then runs against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.ports import Backend
+
+
+@dataclass
+class BackendEnv:
+    platform: str
+    # Opens a NEW backend (a new connection) on the same host; state written by one is seen by the next.
+    open: Callable[[], Backend]
+    free_gpu: PciAddress
+    off_vm: str
+    running_vm: str
+    owned_gpu: PciAddress
+    owner_vm: str
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+def kvm_test_driver(tmp_path: Path) -> BackendEnv:
+    pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+    from gpupass.backends.kvm import testhost
+    from gpupass.backends.kvm.backend import KvmBackend
+    from gpupass.core.target import Target
+
+    functions = [
+        testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", group=5),
+        testhost.gpu("0000:01:00.0", 0x2684, "AD102 [GeForce RTX 4090]", group=14, class_code=0x030000),
+        testhost.audio("0000:01:00.1", 0x22BA, group=14),
+        testhost.other("0000:03:00.0", group=16),
+    ]
+    domains = [
+        testhost.domain("off-vm"),
+        testhost.domain("running-vm", running=True),
+        testhost.domain("owner-vm", hostdevs=("0000:01:00.0", "0000:01:00.1")),
+    ]
+    # persist_test_state writes each redefinition back to the file, so every open sees earlier changes
+    # (a plain test:/// open starts from the file each time).
+    uri = testhost.write_host(tmp_path / "contract-kvm.xml", functions, domains)
+    return BackendEnv(
+        platform="kvm",
+        open=lambda: KvmBackend(Target(uri=uri, name="contract-kvm", options={"persist_test_state": True})),
+        free_gpu=PciAddress.parse("0000:41:00.0"),
+        off_vm="off-vm",
+        running_vm="running-vm",
+        owned_gpu=PciAddress.parse("0000:01:00.0"),
+        owner_vm="owner-vm",
+    )
+
+
+ENVIRONMENTS: dict[str, Callable[[Path], BackendEnv]] = {
+    "kvm-test-driver": kvm_test_driver,
+    # "esxi-vcsim": esxi_vcsim,        (to come: backends/esxi/simulator.py)
+    # "hyperv-wsman": hyperv_wsman,    (to come: backends/hyperv/wsman)
+}
+
+
+@pytest.fixture(params=sorted(ENVIRONMENTS))
+def backend_env(request, tmp_path) -> Iterator[BackendEnv]:
+    env = ENVIRONMENTS[request.param](tmp_path)
+    try:
+        yield env
+    finally:
+        for step in reversed(env.cleanup):
+            step()
+
+
+@pytest.fixture
+def backend(backend_env) -> Iterator[Backend]:
+    opened = backend_env.open()
+    try:
+        yield opened
+    finally:
+        opened.close()

@@ -1,0 +1,129 @@
+"""What every backend must do, whatever the platform: run against each environment in conftest.ENVIRONMENTS."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
+from gpupass.core.domain.pci import PciAddress, PciFunction
+from gpupass.core.domain.plan import Plan, Step
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.errors import NotFound
+from gpupass.core.plugins import default_registry
+from gpupass.core.service import execute, make_plan
+
+
+def plan(backend, request) -> Plan:
+    return make_plan(backend, backend.inventory(), request, default_registry())
+
+
+def assign_request(env) -> AssignmentRequest:
+    return AssignmentRequest(env.off_vm, (env.free_gpu,))
+
+
+def gpu_at(facts: HostFacts, address: PciAddress) -> Gpu:
+    return next(gpu for gpu in facts.gpus if gpu.address == address)
+
+
+def blocker_codes(result: Plan) -> set[str]:
+    return {finding.code for finding in result.findings if finding.blocks}
+
+
+def test_the_backend_is_registered_for_its_platform(backend_env, backend):
+    registry = default_registry()
+    assert type(backend) in registry.backends
+    assert backend.platform == backend_env.platform
+    assert registry.backend_for(backend.target.scheme) is type(backend)
+
+
+def test_inventory_shape(backend_env, backend):
+    facts = backend.inventory()
+    assert isinstance(facts, HostFacts)
+    assert facts.host.platform == backend.platform and facts.host.uri
+    assert all(isinstance(gpu, Gpu) and isinstance(gpu.address, PciAddress) for gpu in facts.gpus)
+    assert all(isinstance(vm, Vm) for vm in facts.vms)
+    assert len({vm.name for vm in facts.vms}) == len(facts.vms), "VM names must be unique per location"
+    assert [(g.location, g.address) for g in facts.gpus] == sorted((g.location, g.address) for g in facts.gpus)
+    for gpu in facts.gpus:
+        assert gpu.function.is_display
+        assert all(isinstance(f, PciFunction) for f in gpu.functions)
+        assert all(f.address.device == gpu.address.device for f in gpu.companions)
+        # Every function the backend saw is in the table rules read (bars may differ: GPUs get catalog BARs).
+        for function in gpu.functions:
+            seen = facts.function(function.address, gpu.location)
+            assert seen is not None and seen.class_code == function.class_code
+        if gpu.assigned_to is not None:
+            owner = facts.find_vm(gpu.assigned_to)
+            assert owner is not None and gpu.address in owner.assigned
+    assert gpu_at(facts, backend_env.free_gpu).assigned_to is None
+    assert gpu_at(facts, backend_env.owned_gpu).assigned_to == backend_env.owner_vm
+    assert facts.find_vm(backend_env.off_vm).power_state is PowerState.OFF
+    assert facts.find_vm(backend_env.running_vm).power_state is PowerState.RUNNING
+    assert backend_env.free_gpu not in facts.find_vm(backend_env.off_vm).assigned
+
+
+def test_plan_for_a_free_gpu_to_an_off_vm_writes_and_is_not_blocked(backend_env, backend):
+    result = plan(backend, assign_request(backend_env))
+    assert not result.blocked, [f for f in result.findings if f.blocks]
+    assert not result.nothing_to_do
+    assert all(isinstance(step, Step) for step in result.steps)
+    assert any(step.writes for step in result.steps)
+    assert all(step.description and step.undo for step in result.steps)
+    assert result.vm == backend_env.off_vm and [g.address for g in result.gpus] == [backend_env.free_gpu]
+    assert result.platform == backend.platform
+
+
+def test_assign_then_inventory_shows_the_owner_even_on_a_new_connection(backend_env, backend):
+    outcome = execute(backend, plan(backend, assign_request(backend_env)))
+    assert gpu_at(outcome.facts_after, backend_env.free_gpu).assigned_to == backend_env.off_vm
+    assert backend_env.free_gpu in outcome.facts_after.find_vm(backend_env.off_vm).assigned
+    fresh = backend_env.open()
+    try:
+        assert gpu_at(fresh.inventory(), backend_env.free_gpu).assigned_to == backend_env.off_vm
+    finally:
+        fresh.close()
+
+
+def test_second_assign_is_a_no_op(backend_env, backend):
+    execute(backend, plan(backend, assign_request(backend_env)))
+    again = plan(backend, assign_request(backend_env))
+    assert again.nothing_to_do and not again.blocked
+    before = backend.inventory()
+    assert execute(backend, again).applied == ()
+    assert backend.inventory() == before
+
+
+def test_release_restores_the_vm(backend_env, backend):
+    before = backend.inventory().find_vm(backend_env.off_vm)
+    execute(backend, plan(backend, assign_request(backend_env)))
+    release = plan(backend, ReleaseRequest(backend_env.off_vm))
+    assert [g.address for g in release.gpus] == [backend_env.free_gpu]
+    assert not release.blocked and any(step.writes for step in release.steps)
+    outcome = execute(backend, release)
+    assert outcome.facts_after.find_vm(backend_env.off_vm) == before
+    assert gpu_at(outcome.facts_after, backend_env.free_gpu).assigned_to is None
+    assert plan(backend, ReleaseRequest(backend_env.off_vm)).nothing_to_do
+
+
+def test_a_running_vm_is_blocked_with_vm_not_off(backend_env, backend):
+    result = plan(backend, AssignmentRequest(backend_env.running_vm, (backend_env.free_gpu,)))
+    assert "vm-not-off" in blocker_codes(result)
+
+
+def test_a_gpu_of_another_vm_is_blocked_with_gpu_assigned_elsewhere(backend_env, backend):
+    result = plan(backend, AssignmentRequest(backend_env.off_vm, (backend_env.owned_gpu,)))
+    assert "gpu-assigned-elsewhere" in blocker_codes(result)
+
+
+def test_an_unknown_vm_is_not_found(backend_env, backend):
+    with pytest.raises(NotFound):
+        plan(backend, AssignmentRequest("no-such-vm-" + backend_env.off_vm, (backend_env.free_gpu,)))
+
+
+def test_round_trips_are_counted(backend_env, backend):
+    assert backend.round_trips == 0
+    backend.inventory()
+    after_inventory = backend.round_trips
+    assert after_inventory > 0
+    execute(backend, plan(backend, assign_request(backend_env)))
+    assert backend.round_trips > 2 * after_inventory  # a second inventory, the write, the final read
