@@ -1,6 +1,9 @@
 """The lab host: two A100 PCIe 80GB, one T4 behind an RMRR, five VMs."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from .model import Checkpoint, HostModel, PnpDevice, VirtualMachine  # noqa: F401  (Checkpoint re-exported)
 
 M = 1024 ** 2
@@ -45,3 +48,11 @@ def lab_host() -> HostModel:
     ]
     return HostModel(name="HV-LAB01", iov_support=True, iov_support_reasons=[],
                      devices=[a100_1, a100_2, t4], vms=vms)
+
+
+def load_lab(path: str | os.PathLike[str]) -> HostModel:
+    """The lab model saved at ``path`` (JSON), or a fresh :func:`lab_host` when there is none yet."""
+    p = Path(path)
+    if p.exists():
+        return HostModel.from_json(p.read_text(encoding="utf-8"))
+    return lab_host()

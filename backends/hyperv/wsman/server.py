@@ -290,7 +290,7 @@ class WSManEndpoint:
     """A running endpoint. Use :func:`serve` to start one; ``.stop()`` to stop it."""
 
     def __init__(self, host_model: HostModel, auth: str, users: dict[str, str], host: str, port: int,
-                 verbose: bool = False):
+                 verbose: bool = False, state_path: str | os.PathLike[str] | None = None):
         if auth not in ("basic", "ntlm"):
             raise ValueError("auth must be 'basic' or 'ntlm'")
         if host not in ("127.0.0.1", "localhost"):
@@ -299,6 +299,7 @@ class WSManEndpoint:
         self.auth = auth
         self.users = dict(users)
         self.verbose = verbose
+        self.state_path = os.fspath(state_path) if state_path is not None else None
         self.shells: dict[str, Shell] = {}
         self.lock = threading.Lock()
         self.scripts: list[str] = []            # every decoded script, in order (for tests)
@@ -332,6 +333,17 @@ class WSManEndpoint:
 
     def clear_faults(self) -> None:
         self.model.clear_faults()
+
+    def save_state(self) -> None:
+        """Write the model to ``state_path`` (atomically) so a restarted lab endpoint resumes from it."""
+        if self.state_path is None:
+            return
+        with self.model.lock:
+            text = self.model.to_json()
+        tmp = f"{self.state_path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, self.state_path)
 
     # -- auth helpers
     def check_password(self, user: str, pw: str) -> bool:
@@ -443,6 +455,8 @@ class WSManEndpoint:
         except ScriptError as e:
             # Not PowerShell behaviour: the model refuses what it cannot execute faithfully.
             return CommandState(b"", clixml_errors(f"gpupass host model refused the script: {e}"), 1)
+        finally:
+            self.save_state()
         out = res.stdout.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
         err = clixml_errors(res.stderr.replace("\r\n", "\n")) if res.errors else b""
         return CommandState(out, err, res.exit_code)
@@ -480,11 +494,14 @@ def _fault(relates_to: str, code: str, subcode: str, wsman_code: int, text: str)
 
 
 def serve(host_model: HostModel, auth: str = "basic", users: dict[str, str] | None = None,
-          host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> WSManEndpoint:
+          host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+          state_path: str | os.PathLike[str] | None = None) -> WSManEndpoint:
     """Start an endpoint for ``host_model`` on 127.0.0.1 (``port=0``: a free port).
 
-    ``users`` maps user name (``"user"`` or ``"DOMAIN\\user"``) to password.  The caller stops it with
-    ``.stop()`` (or uses it as a context manager).
+    ``users`` maps user name (``"user"`` or ``"DOMAIN\\user"``) to password.  With ``state_path`` the model
+    is written there (JSON) after every script, so a lab restarted with ``HostModel.from_json`` resumes.
+    The caller stops it with ``.stop()`` (or uses it as a context manager).
     """
-    return WSManEndpoint(host_model, auth, users or {"Administrator": "Passw0rd!"}, host, port, verbose)
+    return WSManEndpoint(host_model, auth, users or {"Administrator": "Passw0rd!"}, host, port, verbose,
+                         state_path)
 

@@ -131,3 +131,61 @@ def test_wrong_parameter_fails_over_winrm(remote):
     assert "Set-VM : A parameter cannot be found that matches parameter name 'Bogus'." in text
     assert "NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.SetVM" in text
     assert remote.model.to_json() == before
+
+
+def test_concurrent_sessions(lab, endpoint_factory):
+    """Several pywinrm clients at once, each on its own NTLM-authenticated connection."""
+    import threading
+    ep_ntlm = endpoint_factory(lab, "ntlm")
+    results, errors = [], []
+
+    def worker(i):
+        try:
+            rem = Remote(ep_ntlm, "ntlm")
+            for _ in range(3):
+                results.append(rem.ps(f"'worker {i}'").std_out.strip())
+        except Exception as e:      # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert sorted(results) == sorted(f"worker {i}".encode() for i in range(6) for _ in range(3))
+
+
+def test_state_file_survives_restart(tmp_path, auth):
+    """The lab endpoint writes the model after every script; a restart resumes from that file."""
+    import json
+    import subprocess
+    import sys
+    state = tmp_path / "lab.json"
+    cmd = [sys.executable, "-m", "gpupass.backends.hyperv.wsman", "--state", str(state), "--auth", auth,
+           "--user", f"{USER}:{PASSWORD}"]
+
+    def start():
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        url = p.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        return p, url
+
+    p, url = start()
+    try:
+        s = winrm.Session(url, auth=(USER, PASSWORD), transport=auth, proxy=None,
+                          ca_trust_path=__import__("os").environ.get("REQUESTS_CA_BUNDLE") or "legacy_requests")
+        assert s.run_ps("Set-VM -Name 'ml-train' -AutomaticStopAction TurnOff").status_code == 0
+    finally:
+        p.terminate()
+        p.wait(10)
+        p.stdout.close()
+    assert json.loads(state.read_text())["vms"][0]["automatic_stop_action"] == "TurnOff"
+    p, url = start()
+    try:
+        s = winrm.Session(url, auth=(USER, PASSWORD), transport=auth, proxy=None,
+                          ca_trust_path=__import__("os").environ.get("REQUESTS_CA_BUNDLE") or "legacy_requests")
+        assert s.run_ps("(Get-VM -Name 'ml-train').AutomaticStopAction.ToString()").std_out.strip() == b"TurnOff"
+    finally:
+        p.terminate()
+        p.wait(10)
+        p.stdout.close()
