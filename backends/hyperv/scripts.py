@@ -79,6 +79,8 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint), "Dismounted",
     "Owner" (VM name or null)}``.  Companions are the other PCI functions in the GPU's slot (same location
     path up to the function number), e.g. its HDMI audio controller.  State/StopAction/Type are enum names.
+    ``Present: false`` with ``Dismounted: false`` is a ghost PnP entry (a card no longer in the machine);
+    ``Present: false`` with ``Dismounted: true`` is a device given up by the host for assignment.
     """
     keys = ",".join(ps_quote(k) for k in INVENTORY_KEYS)
     s = _lines(

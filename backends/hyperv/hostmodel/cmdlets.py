@@ -291,7 +291,7 @@ def _vm_obj(model: HostModel, v: VirtualMachine) -> PSObject:
 def _pnp_obj(d: PnpDevice) -> PSObject:
     iid = d.instance_id
     o = PSObject({"Class": d.pnp_class, "FriendlyName": d.friendly_name, "InstanceId": iid, "DeviceID": iid,
-                  "Status": d.status, "Present": not d.dismounted, "Problem": 0 if d.enabled else 22,
+                  "Status": d.status, "Present": d.present and not d.dismounted, "Problem": 0 if d.enabled else 22,
                   "HardwareID": [iid.rsplit("\\", 1)[0]], "Manufacturer": "NVIDIA" if d.vendor_id == 0x10DE else ""},
                  typename="Microsoft.Management.Infrastructure.CimInstance#ROOT/cimv2/Win32_PnPEntity")
     o.device = d  # type: ignore[attr-defined]
@@ -428,6 +428,8 @@ def dismount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath:
                           "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
                           kind="terminating")
     d = _dev_at(model, locationpath, instancepath, cmd)
+    if not d.present:
+        raise _device_not_found(model, d.location_path, cmd)
     if not model.iov_support:
         # (real) text of the VMMS event when the firmware withholds PCIe control
         raise HyperVError("The operation failed.\nThe current configuration does not allow for OS control of the PCI "
@@ -571,7 +573,7 @@ def get_pnp_device(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = N
                    friendlyname: list[str] | None = None, presentonly: bool = False) -> list[Any]:
     devs = list(model.devices)
     if presentonly:
-        devs = [d for d in devs if not d.dismounted]
+        devs = [d for d in devs if d.present and not d.dismounted]
     if instanceid is not None:
         out = []
         for iid in instanceid:
@@ -636,7 +638,7 @@ def _set_enabled(ctx: _Ctx, model: HostModel, instanceid: list[str], enabled: bo
     out = []
     for iid in instanceid:
         d = model.device_by_instance(iid)
-        if d is None or d.dismounted:
+        if d is None or d.dismounted or not d.present:
             ctx.error(_pnp_not_found(f"((DeviceId LIKE '{iid}'))", cmd))
             continue
         d.enabled = enabled
@@ -664,8 +666,8 @@ def get_cim_associated_instance(ctx: _Ctx, model: HostModel, inputobject: Any = 
                           "GetCimAssociatedInstanceCommand", "InvalidArgument", CIMEX)
     if resultclassname is not None and resultclassname.lower() != "win32_devicememoryaddress":
         return []
-    if d.dismounted:
-        return []            # a dismounted device holds no host resources
+    if d.dismounted or not d.present:
+        return []            # a dismounted or absent device holds no host resources
     out = []
     base = 0xF000000000 + (d.vendor_id << 8) * 0  # deterministic, not overlapping within a device
     addr = base + (abs(hash(d.location_path)) % 0x100) * 0x4000000000

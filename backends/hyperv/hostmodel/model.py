@@ -69,6 +69,7 @@ class PnpDevice:
     enabled: bool = True
     dismounted: bool = False
     assigned_vm: str | None = None    # VM name holding the device
+    present: bool = True              # False: a ghost PnP entry (card no longer in the machine)
 
     @property
     def mmio_bytes(self) -> int:
@@ -76,7 +77,7 @@ class PnpDevice:
 
     @property
     def status(self) -> str:
-        if self.dismounted:
+        if self.dismounted or not self.present:
             return "Unknown"
         return "OK" if self.enabled else "Error"
 

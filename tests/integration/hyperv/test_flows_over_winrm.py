@@ -57,6 +57,20 @@ def test_inventory_companions_and_checkpoints(rtx_remote):
     assert render["Checkpoints"] == [{"Name": "before-driver", "Type": "Standard"}]
 
 
+def test_inventory_ghost_device(auth, endpoint_factory):
+    from gpupass.backends.hyperv.hostmodel import PnpDevice, lab_host
+    from hyperv_helpers import Remote
+    m = lab_host()
+    m.devices.append(PnpDevice("PCI\\VEN_10DE&DEV_1DB4&SUBSYS_121410DE&REV_A1\\4&11111111&0&0018", "NVIDIA Tesla V100",
+                               "Display", "PCIROOT(80)#PCI(0300)#PCI(0000)", 0x10DE, 0x1DB4, [16 * M, 16 * G, 32 * M],
+                               present=False))
+    inv = inventory(Remote(endpoint_factory(m, auth), auth))
+    ghost = next(g for g in inv["Gpus"] if "V100" in g["Name"])
+    assert (ghost["Present"], ghost["Dismounted"], ghost["Status"], ghost["Mmio"]) == (False, False, "Unknown", None)
+    r = Remote(endpoint_factory(m, "basic"), "basic").ps(S.assign_script("ml-train", [ghost["LocationPath"]], 1, 1))
+    assert r.status_code == 1
+
+
 def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
     from hyperv_helpers import Remote
     m = HostModel(name="EMPTY", iov_support=False, iov_support_reasons=["Firmware does not support IOMMU"])
