@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
-from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.inventory import HostFacts, Vm
 from gpupass.core.domain.mmio import MmioPolicy
 from gpupass.core.domain.plan import Step
+from gpupass.core.errors import NotSupported
 from gpupass.core.target import Target
 
 
@@ -28,6 +29,9 @@ class Backend(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # True for a backend that plans from recorded facts (a snapshot) and can never change a host.
     read_only: ClassVar[bool] = False
+    # How this platform expresses each hypervisor-neutral setting (gpupass.core.migration.SETTINGS), for
+    # migration plans and docs; a setting missing here has no equivalent on the platform.
+    native_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -56,6 +60,14 @@ class Backend(ABC):
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
+
+    def prepare_planned_vm(self, vm: Vm) -> None:
+        """Let plan_assign plan for `vm`, which does not exist on this host yet (a migration's target).
+
+        Called after inventory(); the backend synthesises whatever it needs (KVM: a minimal definition).
+        """
+        raise NotSupported(f"planning for a VM that does not exist yet is not supported on {self.platform}",
+                           remedy="convert the VM first, then run `gpupass migrate plan` again")
 
     def snapshot_state(self) -> dict[str, Any]:
         """JSON-safe data the planner needs beyond the facts, read after inventory() (for `gpupass snapshot`)."""

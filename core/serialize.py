@@ -143,3 +143,23 @@ def facts_to_dict(facts: HostFacts) -> dict[str, Any]:
         "gpus": [gpu_to_dict(g) for g in facts.gpus],
         "vms": [vm_to_dict(v) for v in facts.vms],
     }
+
+
+def migration_to_dict(plan) -> dict[str, Any]:
+    return {
+        "source": {"host": plan.source_host, "platform": plan.source_platform, "vm": plan.vm},
+        "destination": {"host": plan.destination_host, "platform": plan.destination_platform,
+                        "vm_exists": plan.vm_exists_at_destination},
+        "blocked": plan.blocked,
+        "gpus": [{"source": str(m.source.address), "source_model": m.source.model,
+                  "source_ids": m.source.function.ids,
+                  "destination": str(m.destination.address) if m.destination else None,
+                  "destination_location": (m.destination.location or None) if m.destination else None,
+                  "destination_model": m.destination.model if m.destination else None,
+                  "match": m.match} for m in plan.matches],
+        "settings": [{"setting": s.setting, "value": s.value, "source": s.source, "destination": s.destination,
+                      "carried": s.carried} for s in plan.settings],
+        "findings": [finding_to_dict(f) for f in plan.findings],
+        "destination_plan": plan_to_dict(plan.destination_plan) if plan.destination_plan else None,
+        "not_done_by_gpupass": list(plan.not_done),
+    }

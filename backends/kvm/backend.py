@@ -73,6 +73,15 @@ class KvmBackend(Backend):
     # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
     capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True)
+    native_settings = {
+        "firmware": "<os firmware='efi'> (OVMF) or SeaBIOS",
+        "memory_reservation": "implicit: VFIO pins guest RAM while the VM runs",
+        "mmio_window": "<pcihole64> + OVMF X-PciMmio64Mb",
+        "hide_hypervisor": "<kvm><hidden state='on'/> + Hyper-V vendor_id",
+        "binding": "<hostdev managed='yes'> by host address",
+        "stop_action": "libvirt-guests (host-wide)",
+        "dynamic_memory": "<memballoon>, idle while a GPU is assigned",
+    }
 
     def __init__(self, target) -> None:
         super().__init__(target)
@@ -85,6 +94,9 @@ class KvmBackend(Backend):
         if self._module is None:
             self._module = _libvirt()
         return self._module
+
+    def prepare_planned_vm(self, vm: Vm) -> None:
+        self._domain_xml[vm.name] = domxml.planned_domain(vm.name, vm.memory_bytes, vm.firmware)
 
     def snapshot_state(self) -> dict[str, Any]:
         return {"domain_xml": dict(self._domain_xml)}

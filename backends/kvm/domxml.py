@@ -438,3 +438,17 @@ def _restore_features(root: ET.Element, previous: dict[str, str | None]) -> None
 def hostdev_xml(function: PciFunction) -> str:
     return serialize(hostdev_element(function))
 
+
+
+def planned_domain(name: str, memory_bytes: int, firmware: Firmware) -> str:
+    """A minimal q35 definition standing in for a VM a migration tool has not created yet."""
+    root = ET.Element("domain", {"type": "kvm"})
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "memory", {"unit": "KiB"}).text = str(memory_bytes // KiB)
+    os_attributes = {"firmware": "efi"} if firmware is Firmware.EFI else {}
+    os_element = ET.SubElement(root, "os", os_attributes)
+    ET.SubElement(os_element, "type", {"arch": "x86_64", "machine": "q35"}).text = "hvm"
+    ET.SubElement(ET.SubElement(root, "features"), "acpi")
+    devices = ET.SubElement(root, "devices")
+    ET.SubElement(devices, "controller", {"type": "pci", "index": "0", "model": "pcie-root"})
+    return serialize(root)

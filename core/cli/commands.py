@@ -154,7 +154,8 @@ def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_j
         sys.exit(PreflightFailed.exit_code)
 
 
-def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes: bool = False) -> None:
+def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes: bool = False) -> dict:
+    """Show the plan, ask (or require --yes), execute; return the JSON document describing what happened."""
     from gpupass.core.errors import NotSupported
     from gpupass.core.service import execute
 
@@ -168,9 +169,7 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
             emit_json({"applied": False, "plan": serialize.plan_to_dict(plan)})
         raise PreflightFailed("preflight found blocking problems; nothing was changed", list(plan.findings))
     if plan.nothing_to_do:
-        if as_json:
-            emit_json({"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)})
-        return
+        return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to change the host without confirmation: there is no terminal to ask on",
@@ -184,13 +183,12 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
             click.echo(f"  ... {step.description}", err=True)
 
     outcome = execute(backend, plan, on_step=progress)
-    if as_json:
-        emit_json({"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
-                   "vm": serialize.vm_to_dict(outcome.facts_after.find_vm(plan.vm))})
-    else:
+    if not as_json:
         verb = "assigned to" if plan.operation == "assign" else "released from"
         click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{plan.vm}'.",
                                fg="green", bold=True))
+    return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
+            "vm": serialize.vm_to_dict(outcome.facts_after.find_vm(plan.vm))}
 
 
 @cli.command()
@@ -208,7 +206,9 @@ def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_change
     """Give GPU(s) and their companions to VM. Shows the plan and asks first; rolls back on failure."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
-        _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+        document = _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+    if as_json:
+        emit_json(document)
 
 
 @cli.command()
@@ -231,7 +231,9 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
     request = ReleaseRequest(vm=vm, gpus=parse_addresses(gpu),
                              options=ReleaseOptions(live=live, disable_host_passthrough=disable_host_passthrough))
     with app.open(host) as backend:
-        _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+        document = _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+    if as_json:
+        emit_json(document)
 
 
 @cli.command()

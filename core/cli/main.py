@@ -100,6 +100,7 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool, ca_file: st
 from gpupass.core.cli import commands as _commands  # noqa: E402  (registers the commands on `cli`)
 from gpupass.core.cli import lab as _lab  # noqa: E402,F401
 from gpupass.core.cli import fleet as _fleet  # noqa: E402,F401
+from gpupass.core.cli import migrate as _migrate  # noqa: E402,F401
 
 
 def main() -> None:

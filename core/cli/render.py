@@ -126,3 +126,23 @@ def plan(item: Plan, show_changes: bool = False) -> str:
     if item.blocked:
         lines += ["", click.style("Blocked: fix the BLOCKER findings; nothing will be changed.", fg="red", bold=True)]
     return "\n".join(lines)
+
+
+def migration(item, show_changes: bool = False) -> str:
+    lines = [f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
+             f"{item.destination_host} ({item.destination_platform})", "", "GPUs:"]
+    for m in item.matches:
+        there = (f"{(m.destination.location + '/') if m.destination.location else ''}{m.destination.address} "
+                 f"{m.destination.model} [{m.match}]") if m.destination else "NONE FREE"
+        lines.append(f"  {m.source.address} {m.source.model} ({m.source.function.ids})  ->  {there}")
+    lines += ["", "Settings:"]
+    lines.append(table(["SETTING", "VALUE", f"ON {item.destination_platform.upper()}"],
+                       [[s.setting, s.value, s.destination or f"no equivalent on {item.destination_platform}"]
+                        for s in item.settings]))
+    lines += ["", "Migration findings:", findings(item.findings), ""]
+    if item.destination_plan is not None:
+        lines += ["Destination plan " + "-" * 60, plan(item.destination_plan, show_changes), ""]
+    lines += ["What gpupass does NOT do:"] + [f"  - {note}" for note in item.not_done]
+    if item.blocked:
+        lines += ["", click.style("Blocked: the destination cannot take this VM's GPUs as planned.", fg="red", bold=True)]
+    return "\n".join(lines)

@@ -160,3 +160,22 @@ def open_fake(state: HostFacts) -> FakeBackend:
 
     reset_fake(state)
     return FakeBackend(Target(uri="fake://lab", name="fake-host"))
+
+
+class OtherFakeBackend(FakeBackend):
+    """A second fake platform with its own state and spelling of settings, for migration tests."""
+
+    platform = "otherfake"
+    schemes = ("otherfake",)
+    native_settings = {"firmware": "generation", "mmio_window": "HighMmio", "binding": "by location path"}
+    state: HostFacts = facts()
+
+    def prepare_planned_vm(self, vm: Vm) -> None:
+        self.planned = vm
+
+
+def open_other_fake(state: HostFacts) -> OtherFakeBackend:
+    from gpupass.core.target import Target
+
+    OtherFakeBackend.state = state
+    return OtherFakeBackend(Target(uri="otherfake://dst", name="dst-host"))

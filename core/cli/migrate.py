@@ -1,0 +1,88 @@
+"""`gpupass migrate plan|apply`: a GPU VM's needs on another platform, and applying them there."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gpupass.core import serialize
+from gpupass.core.cli import render
+from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.errors import PreflightFailed
+
+
+@cli.group()
+def migrate() -> None:
+    """Plan (and apply) a GPU VM's move between hosts or platforms; gpupass does not move the VM itself."""
+
+
+def _plan(app, src, vm, dst, dst_vm):
+    from gpupass.core.migration import plan_migration
+
+    source = app.open(src)
+    destination = app.open(dst)
+    try:
+        return plan_migration(source, vm, destination, app.registry, dst_vm), source, destination
+    except BaseException:
+        source.close()
+        destination.close()
+        raise
+
+
+@migrate.command("plan")
+@click.argument("src_host")
+@click.argument("vm")
+@click.argument("dst_host")
+@click.option("--dst-vm", metavar="NAME", help="The VM's name at the destination, if it differs.")
+@click.option("--show-changes", is_flag=True, help="Show what each destination step sends.")
+@json_option
+@click.pass_obj
+@handles_errors
+def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> None:
+    """What VM's GPUs need at DST_HOST: equivalent GPUs, settings that carry over or not, the destination plan."""
+    result, source, destination = _plan(app, src_host, vm, dst_host, dst_vm)
+    source.close()
+    destination.close()
+    if as_json:
+        emit_json(serialize.migration_to_dict(result))
+    else:
+        click.echo(render.migration(result, show_changes))
+    if result.blocked:
+        sys.exit(PreflightFailed.exit_code)
+
+
+@migrate.command("apply")
+@click.argument("src_host")
+@click.argument("vm")
+@click.argument("dst_host")
+@click.option("--dst-vm", metavar="NAME", help="The VM's name at the destination, if it differs.")
+@click.option("--release-source", is_flag=True, help="After assigning at the destination, release the source GPUs.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
+@json_option
+@click.pass_obj
+@handles_errors
+def migrate_apply(app, src_host, vm, dst_host, dst_vm, release_source, yes, as_json) -> None:
+    """Assign the equivalent GPUs to the VM already converted at DST_HOST; optionally release the source's."""
+    from gpupass.core.cli.commands import _confirm_and_run
+    from gpupass.core.domain.request import ReleaseRequest
+    from gpupass.core.errors import UsageError
+    from gpupass.core.service import make_plan
+
+    result, source, destination = _plan(app, src_host, vm, dst_host, dst_vm)
+    with source, destination:
+        if not result.vm_exists_at_destination:
+            raise UsageError(f"VM '{dst_vm or vm}' does not exist at {dst_host} yet",
+                             remedy="convert it with your migration tool first; `gpupass migrate plan` shows what it needs")
+        if not as_json:
+            click.echo(render.migration(result))
+        if result.blocked:
+            raise PreflightFailed("the destination cannot take this VM's GPUs; nothing was changed",
+                                  list(result.findings))
+        document = {"destination": _confirm_and_run(app, destination, result.destination_plan, yes, as_json),
+                    "source_release": None}
+        if release_source:
+            release = make_plan(source, source.inventory(), ReleaseRequest(vm), app.registry)
+            document["source_release"] = _confirm_and_run(app, source, release, True, as_json)
+    if as_json:
+        emit_json({"migration": serialize.migration_to_dict(result), **document})

@@ -1,0 +1,190 @@
+"""Migration plans: what a GPU VM on one platform needs on another, in the destination's own Plan form.
+
+gpupass moves no disks and no VM: it reads the VM's GPU setup at the source, picks equivalent free GPUs at
+the destination, and plans their assignment there with the destination's preflight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gpupass.core.domain import catalog
+from gpupass.core.domain.findings import Finding, blocker, info, warning
+from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
+from gpupass.core.domain.mmio import format_bytes
+from gpupass.core.domain.plan import Plan
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions
+from gpupass.core.domain.rules import foreign_group_members
+from gpupass.core.errors import NotSupported
+from gpupass.core.plugins import Registry
+from gpupass.core.ports import Backend
+from gpupass.core.service import find_vm, make_plan
+
+# The hypervisor-neutral settings a GPU VM carries; each backend says how it spells them (native_settings).
+SETTINGS = {
+    "firmware": "guest firmware (BIOS or EFI)",
+    "memory_reservation": "guest memory reserved or pinned for device DMA",
+    "mmio_window": "64-bit MMIO window for the GPUs' BARs",
+    "hide_hypervisor": "hypervisor hidden from the guest (opt-in)",
+    "binding": "how the device is bound to the VM",
+    "stop_action": "what the host does with the VM when the host shuts down",
+    "dynamic_memory": "dynamic memory or ballooning",
+}
+
+NOT_DONE = (
+    "gpupass does not convert or copy the VM or its disks: use your migration tool (virt-v2v, VMware "
+    "Converter, Hyper-V import) and power the VM off at the source first",
+    "gpupass does not install guest drivers: the GPU driver in the guest must support the destination",
+    "the source keeps its GPUs until you release them (`gpupass migrate apply ... --release-source`)",
+)
+
+
+@dataclass(frozen=True)
+class GpuMatch:
+    source: Gpu
+    destination: Gpu | None
+    match: str | None  # "same-model", "same-family", or None
+
+
+@dataclass(frozen=True)
+class SettingCarry:
+    setting: str
+    value: str
+    source: str | None
+    destination: str | None
+
+    @property
+    def carried(self) -> bool:
+        return self.destination is not None
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    source_host: str
+    source_platform: str
+    vm: str
+    destination_host: str
+    destination_platform: str
+    vm_exists_at_destination: bool
+    matches: tuple[GpuMatch, ...]
+    settings: tuple[SettingCarry, ...]
+    findings: tuple[Finding, ...]
+    destination_plan: Plan | None
+    not_done: tuple[str, ...] = NOT_DONE
+
+    @property
+    def blocked(self) -> bool:
+        own = any(f.blocks for f in self.findings)
+        return own or self.destination_plan is None or self.destination_plan.blocked
+
+
+def _family(gpu: Gpu) -> str | None:
+    known = catalog.lookup(gpu.function.vendor_id, gpu.function.device_id)
+    return known.family if known else None
+
+
+def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts) -> tuple[GpuMatch, ...]:
+    """Same vendor:device first, else same family; all on one location (a VM runs on one host)."""
+    free = [g for g in destination.gpus if g.assigned_to is None and g.passthrough.capable is not False
+            and not foreign_group_members(destination, g, set())]
+    best: tuple[GpuMatch, ...] = ()
+    for location in sorted({g.location for g in free}) or [""]:
+        pool = [g for g in free if g.location == location]
+        matches = []
+        for wanted in source_gpus:
+            same = next((g for g in pool if g.function.ids == wanted.function.ids), None)
+            kind = "same-model" if same else None
+            if same is None and _family(wanted):
+                same = next((g for g in pool if _family(g) == _family(wanted)), None)
+                kind = "same-family" if same else None
+            if same is not None:
+                pool.remove(same)
+            matches.append(GpuMatch(wanted, same, kind))
+        score = (sum(m.match == "same-model" for m in matches), sum(m.destination is not None for m in matches))
+        if not best or score > (sum(m.match == "same-model" for m in best), sum(m.destination is not None for m in best)):
+            best = tuple(matches)
+    return best or tuple(GpuMatch(g, None, None) for g in source_gpus)
+
+
+def _source_values(vm: Vm, gpus: tuple[Gpu, ...]) -> dict[str, str]:
+    return {
+        "firmware": vm.firmware.value,
+        "memory_reservation": format_bytes(vm.memory_reserved_bytes) if vm.memory_reserved_bytes else "none",
+        "mmio_window": format_bytes(vm.mmio_window_bytes) if vm.mmio_window_bytes else "platform default",
+        "hide_hypervisor": "on" if vm.hypervisor_hidden else "off",
+        "binding": str(vm.settings.get("binding", "host address")),
+        "stop_action": str(vm.settings.get("automatic_stop_action", "-")),
+        "dynamic_memory": "on" if vm.settings.get("dynamic_memory") else "off",
+    }
+
+
+def carry_settings(vm: Vm, gpus, source: type[Backend], destination: type[Backend]) -> tuple[SettingCarry, ...]:
+    values = _source_values(vm, gpus)
+    return tuple(
+        SettingCarry(setting, values[setting], source.native_settings.get(setting),
+                     destination.native_settings.get(setting))
+        for setting in SETTINGS
+    )
+
+
+def plan_migration(source: Backend, vm_name: str, destination: Backend, registry: Registry,
+                   destination_vm: str | None = None) -> MigrationPlan:
+    source_facts = source.inventory()
+    vm = find_vm(source_facts, vm_name)
+    held = tuple(g for g in source_facts.gpus if g.assigned_to == vm.name and g.location == vm.location)
+    findings: list[Finding] = []
+    if not held:
+        findings.append(blocker("migrate-no-gpus", f"VM '{vm.name}' holds no GPU at {source.target.label}",
+                                "name the VM that holds the GPUs (`gpupass status SRC_HOST`)"))
+    dest_facts = destination.inventory()
+    target_name = destination_vm or vm.name
+    existing = dest_facts.find_vm(target_name)
+    matches = pick_equivalents(held, dest_facts)
+    for m in matches:
+        if m.destination is None:
+            findings.append(blocker(
+                "migrate-no-equivalent",
+                f"no free, assignable GPU like {m.source.model} ({m.source.function.ids}) at {destination.target.label}",
+                "free one there (`gpupass fleet find --model ...` shows where one is free)",
+                subject=str(m.source.address)))
+        elif m.match == "same-family":
+            findings.append(warning(
+                "migrate-family-substitute",
+                f"{m.source.model} becomes {m.destination.model} ({m.destination.address}): same family, another model",
+                "check the guest driver and the workload's memory needs", subject=str(m.source.address)))
+    settings = carry_settings(vm, held, type(source), type(destination))
+    for row in settings:
+        if not row.carried and row.setting in ("hide_hypervisor",) and vm.hypervisor_hidden:
+            findings.append(warning("migrate-setting-lost",
+                                    f"{SETTINGS[row.setting]} has no equivalent on {destination.platform}",
+                                    "the guest must cope without it (NVIDIA drivers since R465 do)"))
+    plan = None
+    chosen = tuple(m.destination for m in matches if m.destination is not None)
+    if chosen and existing is None:
+        arriving = Vm(name=target_name, power_state=PowerState.OFF, firmware=vm.firmware,
+                      memory_bytes=vm.memory_bytes, location=chosen[0].location)
+        try:
+            destination.prepare_planned_vm(arriving)
+        except NotSupported as exc:
+            findings.append(blocker("migrate-vm-missing", exc.message, exc.remedy))
+            chosen = ()
+        else:
+            dest_facts = dataclasses.replace(dest_facts, vms=dest_facts.vms + (arriving,))
+            findings.append(info("migrate-vm-not-there-yet",
+                                 f"VM '{target_name}' does not exist at {destination.target.label} yet: the plan is for "
+                                 "the VM as your migration tool will create it (off, same firmware and memory)"))
+    if chosen:
+        caps = type(destination).capabilities
+        options = AssignOptions(
+            hide_hypervisor=vm.hypervisor_hidden and caps.hide_hypervisor,
+            dynamic=vm.settings.get("binding") == "dynamic" and caps.dynamic_binding,
+        )
+        request = AssignmentRequest(target_name, tuple(g.address for g in chosen), options)
+        plan = make_plan(destination, dest_facts, request, registry)
+    return MigrationPlan(
+        source_host=source.target.label, source_platform=source.platform, vm=vm.name,
+        destination_host=destination.target.label, destination_platform=destination.platform,
+        vm_exists_at_destination=existing is not None, matches=matches, settings=settings,
+        findings=tuple(findings), destination_plan=plan,
+    )
