@@ -1,6 +1,4 @@
-"""gpupass-example-backend, the smallest complete gpupass backend (walked through in docs/plugins.md).
-
-A fake SDK (`_Api`) holds one in-memory host, "demo"; the hooks at the end register the backend and a rule."""
+"""gpupass-example-backend: the smallest complete gpupass backend, walked through in docs/plugins.md."""
 
 from __future__ import annotations
 
@@ -23,9 +21,10 @@ SEED = {  # host "demo". functions: address, vendor, device, class, IOMMU group,
     "functions": [("0000:41:00.0", 0x10DE, 0x20F1, 0x030200, 20, None),  # A100 40GB, RTX 4090 + audio
                   ("0000:01:00.0", 0x10DE, 0x2684, 0x030000, 14, ((0, 16 * MiB, False), (1, 32 * GiB, True))),
                   ("0000:01:00.1", 0x10DE, 0x22BA, 0x040300, 14, ())],
-    "vms": {"ml-train": {"state": "off", "memory_gib": 64, "balloon": True, "window": None, "devices": []},
-            "web01": {"state": "running", "memory_gib": 8, "balloon": False, "window": None, "devices": []},
-            "locked": {"state": "off", "memory_gib": 16, "balloon": False, "window": None, "devices": [], "locked": 1}},
+    "vms": {"ml-train": {"state": "off", "memory_gib": 64, "balloon": True, "devices": []},  # window: the default
+            "web01": {"state": "running", "memory_gib": 8, "balloon": False, "devices": []},
+            "cad-ws": {"state": "off", "memory_gib": 32, "balloon": False, "devices": ["0000:01:00.0", "0000:01:00.1"]},
+            "locked": {"state": "off", "memory_gib": 16, "balloon": False, "devices": [], "locked": True}},
 }
 _HOSTS: dict[str, dict] = {}  # the platform's state, per host name, for the life of the process
 
@@ -38,22 +37,21 @@ class ApiError(Exception):
         self.code = code
 
 
-class _Api:
-    """Stands in for a hypervisor SDK client (a real backend would import libvirt, pyVmomi, ...)."""
-
+class _Api:  # stands in for a hypervisor SDK's client (a real backend would import libvirt, pyVmomi, ...)
     def __init__(self, host: str) -> None:
         if host != "demo":
             raise ApiError("NO_SUCH_HOST", f"host {host!r} is not known")
         self.state = _HOSTS.setdefault(host, copy.deepcopy(SEED))
 
-    def update_vm(self, name: str, key: str, value: Any) -> Any:
-        """Set one property of a VM and return its old value."""
+    def update_vm(self, name: str, values: dict) -> dict:
+        """Set properties of a VM at once; return their old values."""
         vm = self.state["vms"].get(name)
         if vm is None:
             raise ApiError("NO_SUCH_VM", f"vm {name} not found")
-        if key == "devices" and vm.get("locked"):
+        if "devices" in values and vm.get("locked"):
             raise ApiError("VM_LOCKED", f"the devices of vm {name} are locked by another task")
-        old, vm[key] = vm[key], value
+        old = {key: vm.get(key) for key in values}
+        vm.update(values)
         return old
 
 
@@ -71,7 +69,6 @@ class ExampleBackend(Backend):
     _api: _Api | None = None  # the SDK client, connected on first use
 
     def _call(self, action: str, request: Callable[[_Api], Any]) -> Any:
-        """Send one request to the platform, translating its errors."""
         self.round_trips += 1
         try:
             if self._api is None:  # a real backend passes self.target.password.reveal() to its SDK here
@@ -88,47 +85,50 @@ class ExampleBackend(Backend):
         groups = {A(a): IommuGroup(g, tuple(A(r[0]) for r in rows if r[4] == g)) for a, *_, g, _ in rows}
         owners = {A(a): name for name, vm in state["vms"].items() for a in vm["devices"]}
         vms = tuple(Vm(name, PowerState(vm["state"]), Firmware.EFI, vm["memory_gib"] * GiB,
-                       mmio_window_bytes=vm["window"], assigned=tuple(A(a) for a in vm["devices"]),
-                       settings={"balloon": vm["balloon"]}) for name, vm in state["vms"].items())
+                       mmio_window_bytes=vm.get("window"), assigned=tuple(A(a) for a in vm["devices"]),
+                       settings={"balloon": vm["balloon"], "gpupass": vm.get("gpupass")})  # our note on the VM
+               for name, vm in state["vms"].items())
         host = Host(self.target.uri, self.platform, name=self.target.hostname or "", iommu_enabled=True)
         return HostFacts(host, tuple(group_gpus(functions, groups, owners)), vms,
                          {("", f.address): f for f in functions})
 
     @staticmethod
-    def _set(vm: str, key: str, value: Any, what: str) -> Step:
-        """Every example step sets one VM property (the platform's API has no finer call)."""
-        return Step(f"example.set-{key}", f"{what} (VM '{vm}')", undo=f"set the VM's previous {key} again",
-                    needs_vm_off=True, payload={"vm": vm, "key": key, "value": value})
+    def _step(action: str, vm: str, values: dict, what: str) -> Step:
+        return Step(f"example.{action}", f"{what} (VM '{vm}')", undo="set the VM's previous values again",
+                    needs_vm_off=True, payload={"vm": vm, "values": values})
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, need, steps = ctx.vm, ctx.need, []
         if need is not None and not ctx.policy.fits(need, vm.mmio_window_bytes):
-            window = ctx.policy.window_for(need)
-            steps.append(self._set(vm.name, "window", window, f"set the MMIO window to {window // GiB} GiB"))
+            window = ctx.policy.window_for(need)  # remember the window we found, so release can restore it
+            note = vm.settings.get("gpupass") or {"window_before": vm.mmio_window_bytes}
+            steps.append(self._step("set-window", vm.name, {"window": window, "gpupass": note},
+                                    f"set the MMIO window to {window // GiB} GiB"))
         new = [str(a) for a in ctx.addresses if a not in vm.assigned]
         devices = [*map(str, vm.assigned), *new]
-        return steps + [self._set(vm.name, "devices", devices, "attach " + ", ".join(new))]
+        return steps + [self._step("attach", vm.name, {"devices": devices}, "attach " + ", ".join(new))]
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
-        gone = [a for a in ctx.vm.assigned if a in ctx.addresses]
-        devices = [str(a) for a in ctx.vm.assigned if a not in gone]
-        return [self._set(ctx.vm.name, "devices", devices, "detach " + ", ".join(map(str, gone)))]
+        """Undo exactly what assign added: the devices, and the window once no GPU is left."""
+        vm, gone = ctx.vm, [a for a in ctx.vm.assigned if a in ctx.addresses]
+        values: dict[str, Any] = {"devices": [str(a) for a in vm.assigned if a not in gone]}
+        if not ctx.gpus_held_after and vm.settings.get("gpupass"):
+            values.update(window=vm.settings["gpupass"]["window_before"], gpupass=None)
+        return [self._step("detach", vm.name, values, "detach " + ", ".join(map(str, gone)))]
 
     def apply(self, step: Step) -> Any:
-        """Carry out one step; the VM property's old value is the token `undo` gets back."""
-        if not step.action.startswith("example.set-"):
+        if step.action not in ("example.set-window", "example.attach", "example.detach"):
             raise OperationFailed(f"the example backend does not know step {step.action!r}")
-        vm, key, value = step.payload["vm"], step.payload["key"], step.payload["value"]
-        return self._call(f"setting the {key} of VM '{vm}'", lambda api: api.update_vm(vm, key, value))
+        vm, values = step.payload["vm"], step.payload["values"]
+        return self._call(f"changing VM '{vm}'", lambda api: api.update_vm(vm, values))
 
-    def undo(self, step: Step, token: Any) -> None:  # the core calls it, newest step first, if a later step fails
-        vm, key = step.payload["vm"], step.payload["key"]
-        self._call(f"restoring the {key} of VM '{vm}'", lambda api: api.update_vm(vm, key, token))
+    def undo(self, step: Step, token: Any) -> None:  # token: what apply returned, the VM's old values
+        vm = step.payload["vm"]
+        self._call(f"restoring VM '{vm}'", lambda api: api.update_vm(vm, token))
 
     def ex_reset(self) -> None:
         """A platform-only extra (hence `ex_`): put the host back to its seeded state. The core never calls it."""
-        _HOSTS.pop(self.target.hostname or "", None)
-        self._api = None
+        self._call("resetting the host", lambda api: api.state.update(copy.deepcopy(SEED)))
 
 
 def balloon_pinned(ctx: CheckContext) -> Iterable[Finding]:

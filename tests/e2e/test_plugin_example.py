@@ -126,6 +126,7 @@ def test_gpus_lists_the_example_hosts_cards(gpupass):
     gpus = {g["address"]: g for g in listing["gpus"]}
     assert set(gpus) == {"0000:01:00.0", A100}
     assert gpus["0000:01:00.0"]["companions"] == ["0000:01:00.1"]
+    assert gpus["0000:01:00.0"]["assigned_to"] == "cad-ws" and gpus[A100]["assigned_to"] is None
     # BARs the platform did not report were filled from the core's catalog.
     assert gpus[A100]["name"] == "NVIDIA A100 PCIe 40GB" and gpus[A100]["bars"]
 
@@ -133,7 +134,7 @@ def test_gpus_lists_the_example_hosts_cards(gpupass):
 def test_plan_shows_the_steps_and_the_plugins_own_finding(gpupass):
     plan = json.loads(gpupass("plan", HOST, "ml-train", A100, "--json").stdout)
     assert plan["platform"] == "example" and not plan["blocked"]
-    assert [s["action"] for s in plan["steps"]] == ["example.set-window", "example.set-devices"]
+    assert [s["action"] for s in plan["steps"]] == ["example.set-window", "example.attach"]
     codes = {f["code"] for f in plan["findings"]}
     assert "example-balloon-pinned" in codes  # the plugin's rule
     assert "mmio-window-resized" in codes  # a core rule, judged with the plugin's MMIO policy
@@ -160,6 +161,43 @@ def test_a_failed_step_is_rolled_back_and_translated_by_code(gpupass):
 def test_core_rules_block_on_the_example_platform_too(gpupass):
     result = gpupass("check", HOST, "web01", A100, "--json", code=3)
     assert "vm-not-off" in {f["code"] for f in json.loads(result.stdout)["findings"]}
+    result = gpupass("check", HOST, "ml-train", "01:00.0", "--json", code=3)
+    assert "gpu-assigned-elsewhere" in {f["code"] for f in json.loads(result.stdout)["findings"]}
+
+
+RELEASE_SCRIPT = """
+import json
+from gpupass.core.config import Config
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.hosts import open_host
+from gpupass.core.plugins import default_registry
+from gpupass.core.serialize import vm_to_dict
+from gpupass.core.service import execute, make_plan
+
+registry = default_registry()  # entry points only: the example is not registered by hand
+def vm():
+    with open_host("example://demo", Config(), registry) as backend:
+        return vm_to_dict(backend.inventory().find_vm("ml-train"))
+def run(request):
+    with open_host("example://demo", Config(), registry) as backend:
+        return [s.action for s in execute(backend, make_plan(backend, backend.inventory(), request, registry)).applied]
+before = vm()
+assigned = run(AssignmentRequest("ml-train", (PciAddress.parse("41:00.0"),)))
+during = vm()
+released = run(ReleaseRequest("ml-train"))
+print(json.dumps({"before": before, "during": during, "after": vm(), "assigned": assigned, "released": released}))
+"""
+
+
+def test_release_undoes_exactly_what_assign_added_across_connections(site):
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    states = json.loads(result.stdout)
+    assert states["assigned"] == ["example.set-window", "example.attach"] and states["released"] == ["example.detach"]
+    assert states["during"]["assigned"] == [A100] and states["during"]["mmio_window_bytes"] == 128 << 30
+    assert states["after"] == states["before"]
 
 
 def test_unknown_host_and_vm_are_not_found(gpupass):
