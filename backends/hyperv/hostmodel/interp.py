@@ -285,13 +285,23 @@ class Interpreter:
                 raise self._unsupported(c, f"statement '{c.type}'")
 
     def _exec_stmt(self, n: ts.Node, out: list[Any]) -> None:
+        try:
+            self._exec_stmt_inner(n, out)
+        except _PY_ERRORS as e:
+            # a .NET exception in PowerShell terms (conversion, index, ...): a terminating RuntimeException
+            raise _Terminating(_runtime_error(e, self._where(n)))
+
+    def _exec_stmt_inner(self, n: ts.Node, out: list[Any]) -> None:
         t = n.type
         if t == "empty_statement":
             return
         if t == "pipeline":
             try:
                 self.last_ok = True
-                res = self._pipeline(n)
+                try:
+                    res = self._pipeline(n)
+                except _PY_ERRORS as pe:
+                    raise _Terminating(_runtime_error(pe, self._where(n)))
                 out.extend(res)
             except _Terminating as e:
                 if self._eap() == "stop" or getattr(e, "script", False) or self._in_try:
@@ -741,6 +751,19 @@ class Interpreter:
             return _call_method(obj, method, args)
         except _MethodError as e:
             raise _Terminating(ErrorRecord(str(e), e.fqid, "InvalidOperation", **self._where(n)))
+
+
+_PY_ERRORS = (ValueError, TypeError, IndexError, KeyError, RecursionError, OverflowError)
+
+
+def _runtime_error(e: BaseException, where: dict[str, Any]) -> ErrorRecord:
+    msg = str(e) if isinstance(e, ValueError) and str(e) else {
+        RecursionError: "The script failed due to call depth overflow.",
+        IndexError: "Index was outside the bounds of the array.",
+        OverflowError: "Arithmetic operation resulted in an overflow.",
+    }.get(type(e), f"Operation failed: {e}")
+    fq = "CallDepthOverflow" if isinstance(e, RecursionError) else "RuntimeException"
+    return ErrorRecord(msg, fq, "InvalidOperation", **where)
 
 
 class _TypeRef:

@@ -176,7 +176,9 @@ def from_json_value(v: Any) -> Any:
     return v
 
 
-def to_string(v: Any) -> str:
+def to_string(v: Any, _depth: int = 0) -> str:
+    if _depth > 8:
+        return v.typename if isinstance(v, PSObject) else type(v).__name__
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -186,13 +188,13 @@ def to_string(v: Any) -> str:
     if isinstance(v, PSEnum):
         return v.name
     if isinstance(v, list):
-        return " ".join(to_string(x) for x in v)
+        return " ".join(to_string(x, _depth + 1) for x in v)
     if isinstance(v, Hashtable):
         return "System.Collections.Hashtable"
     if isinstance(v, PSObject):
         if v.typename != "System.Management.Automation.PSCustomObject":
             return v.typename
-        return "@{" + "; ".join(f"{k}={to_string(x)}" for k, x in v.items()) + "}"
+        return "@{" + "; ".join(f"{k}={to_string(x, _depth + 1)}" for k, x in v.items()) + "}"
     if isinstance(v, ErrorRecord):
         return v.message
     if isinstance(v, (bytes, bytearray)):

@@ -213,3 +213,34 @@ def test_model_json_roundtrip(lab):
     with pytest.raises(ValueError):
         HostModel.from_dict({"devices": [{"bogus": 1}]})
     assert lab_host().to_json() == lab_host().to_json()
+
+
+def test_mangled_scripts_fail_cleanly():
+    """Randomly damaged builder scripts are refused (ScriptError) or run to a PowerShell-style result;
+    the interpreter itself never crashes."""
+    import random
+    from gpupass.backends.hyperv import scripts as S
+    rng = random.Random(20261125)
+    bases = [S.inventory_script(), S.assign_script("ml-train", [A100_2_LOC], 3 * G, 33280 * M),
+             S.release_script("cad-ws", [A100_1_LOC], S.VmSettings("Save", 128 * M, 512 * M, False))]
+    refused = ran = 0
+    for _ in range(600):
+        s = rng.choice(bases)
+        for _ in range(rng.randint(1, 3)):
+            a = rng.randrange(len(s))
+            b = min(len(s), a + rng.randint(1, 12))
+            op = rng.random()
+            if op < 0.4:
+                s = s[:a] + s[b:]
+            elif op < 0.7:
+                s = s[:a] + rng.choice(["'", "(", ")", "{", "}", "$", "-", "1", ",", ";", "\n", " -Force", "@()"]) + s[a:]
+            else:
+                s = s[:a] + s[b:b + rng.randint(1, 12)] + s[a:]
+        try:
+            r = run_script(lab_host(), s)
+        except ScriptError:
+            refused += 1
+            continue
+        ran += 1
+        assert isinstance(r.stdout, str) and isinstance(r.exit_code, int)
+    assert refused > 100 and ran > 100
