@@ -101,6 +101,7 @@ from gpupass.core.cli import commands as _commands  # noqa: E402  (registers the
 from gpupass.core.cli import lab as _lab  # noqa: E402,F401
 from gpupass.core.cli import fleet as _fleet  # noqa: E402,F401
 from gpupass.core.cli import migrate as _migrate  # noqa: E402,F401
+from gpupass.core.cli import declarative as _declarative  # noqa: E402,F401
 
 
 def main() -> None:

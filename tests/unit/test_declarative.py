@@ -1,0 +1,79 @@
+"""The assignments file: strict parsing with line numbers, and the changes that converge a host to it."""
+
+import pytest
+
+from gpupass.core.declarative import FileError, changes_for_host, dump, export, parse
+from gpupass.core.errors import GpupassError
+from support.fakes import A, lab_facts
+
+GOOD = """\
+version: 1
+assignments:
+  - host: lab
+    vm: ml-train
+    gpus: [0000:41:00.0]          # unquoted: must not become a base-60 number
+  - host: lab
+    vm: cad-ws
+    model: Fake GPU
+    count: 1
+    options: {hide_hypervisor: true}
+"""
+
+
+def test_parses_addresses_models_and_options_with_lines():
+    first, second = parse(GOOD, "a.yaml")
+    assert first.gpus == (A("41:00.0"),) and first.line == 3
+    assert second.model == "Fake GPU" and second.count == 1 and second.options.hide_hypervisor
+    assert second.line == 6
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("assignments:\n  - host: h\n    vm: v\n    gpus: [41:00]\n", 4, "is not a PCI address"),
+    ("assignments:\n  - host: h\n    vm: v\n    gpu: [41:00.0]\n", 4, "unknown key 'gpu'"),
+    ("assignments:\n  - host: h\n    gpus: [41:00.0]\n", 2, "without `vm`"),
+    ("assignments:\n  - host: h\n    vm: v\n", 2, "either `gpus`"),
+    ("assignments:\n  - host: h\n    vm: v\n    model: A100\n    count: zero\n", 5, "not a positive number"),
+    ("assignments:\n  - host: h\n    vm: v\n    model: A100\n    options: {live: yes}\n", 5, "unknown option 'live'"),
+    ("assignments:\n  - {host: h, vm: v, gpus: [41:00.0]}\n  - {host: h, vm: v, gpus: [42:00.0]}\n", 3,
+     "listed twice (first at line 2)"),
+    ("assignments: [\n", 2, "not valid YAML"),
+    ("hosts: []\n", 1, "unknown key 'hosts'"),
+])
+def test_errors_point_at_the_line(text, line, message):
+    with pytest.raises(FileError) as caught:
+        parse(text, "f.yaml")
+    assert caught.value.line == line and message in caught.value.message
+    assert caught.value.message.startswith(f"f.yaml:{line}: ")
+
+
+def test_the_exported_state_is_in_sync_with_itself():
+    facts = lab_facts()
+    rows = export("lab", facts)
+    assert rows == [{"host": "lab", "vm": "cad-ws", "gpus": ["0000:01:00.0"]}]
+    assert changes_for_host("lab", facts, parse(dump(rows))) == []
+
+
+def test_changes_release_first_then_assign():
+    wanted = parse("assignments:\n  - {host: lab, vm: ml-train, gpus: [\"41:00.0\"]}\n")
+    changes = changes_for_host("lab", lab_facts(), wanted)
+    assert [(c.operation, c.vm, [str(a) for a in c.gpus]) for c in changes] == [
+        ("release", "cad-ws", ["0000:01:00.0"]), ("assign", "ml-train", ["0000:41:00.0"])]
+
+
+def test_model_and_count_pick_free_isolated_gpus_or_say_why_not():
+    wanted = parse("assignments:\n  - {host: lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
+                   "  - {host: lab, vm: ml-train, model: A100, count: 1}\n")
+    assert [(c.vm, [str(a) for a in c.gpus]) for c in changes_for_host("lab", lab_facts(), wanted)] == [
+        ("ml-train", ["0000:41:00.0"])]
+    too_many = parse("assignments:\n  - {host: lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
+                     "  - {host: lab, vm: ml-train, model: A100, count: 2}\n")
+    with pytest.raises(GpupassError, match="has 1 free A100 GPU"):
+        changes_for_host("lab", lab_facts(), too_many)
+
+
+def test_unknown_vm_or_gpu_points_at_the_entry():
+    with pytest.raises(FileError, match=r"f.yaml:2: no VM named 'nope'"):
+        changes_for_host("lab", lab_facts(), parse("assignments:\n  - {host: lab, vm: nope, gpus: [\"41:00.0\"]}\n",
+                                                   "f.yaml"), "f.yaml")
+    with pytest.raises(FileError, match="no GPU at 0000:77:00.0"):
+        changes_for_host("lab", lab_facts(), parse("assignments:\n  - {host: lab, vm: ml-train, gpus: [\"77:00.0\"]}\n"))
