@@ -221,22 +221,43 @@ def add_gpus(xml: str, settings: AssignSettings) -> Edit:
         missing = [f for f in card if f.address not in present]
         if not missing:
             continue
+        if len(missing) < len(card):
+            from gpupass.core.errors import NotSupported
+
+            held = ", ".join(str(f.address) for f in card if f.address in present)
+            raise NotSupported(
+                f"the VM already holds {held} without the rest of the card "
+                f"({', '.join(str(f.address) for f in missing)}); a card's functions must sit together",
+                remedy=f"release {card[0].address} from the VM, then assign it again with its companions",
+            )
         guest: tuple[int, int] | None = None
-        if len(card) > 1:
-            if q35:
-                index = _next_controller_index(root)
-                _insert_device(root, ET.Element("controller", {"type": "pci", "index": str(index), "model": "pcie-root-port"}))
-                ET.SubElement(record, _q("controller"), {"index": str(index)})
-                guest = (index, 0)
-                changes.append(f"add PCIe root port {index} to hold the card's {len(card)} functions together")
-            else:
-                free = [s for s in range(0x10, 0x20) if s not in _used_guest_slots(root, 0)]
-                guest = (0, free[0]) if free else None
+        if q35:
+            # Each card gets its own root port, recorded, so a release removes it again. Left to itself,
+            # libvirt adds a pcie-root-port at define time for a hostdev without a guest address when no
+            # spare port is free, and that port would stay behind after the release.
+            index = _next_controller_index(root)
+            _insert_device(root, ET.Element("controller", {"type": "pci", "index": str(index), "model": "pcie-root-port"}))
+            ET.SubElement(record, _q("controller"), {"index": str(index)})
+            guest = (index, 0)
+            what = f"the card's {len(card)} functions together" if len(card) > 1 else "the card"
+            changes.append(f"add PCIe root port {index} to hold {what}")
+        elif len(card) > 1:
+            free = [s for s in range(0x10, 0x20) if s not in _used_guest_slots(root, 0)]
+            if not free:
+                from gpupass.core.errors import NotSupported
+
+                raise NotSupported(
+                    f"no free slot 0x10-0x1f on guest PCI bus 0 to keep the {len(card)} functions of "
+                    f"{card[0].address} together",
+                    remedy="free a slot (remove an unused device) or use a q35 VM",
+                )
+            guest = (0, free[0])
+        first = min(f.address.function for f in card)
         for function in missing:
-            multifunction = guest is not None and function.address.function == min(f.address.function for f in card)
+            multifunction = guest is not None and len(card) > 1 and function.address.function == first
             _insert_device(root, hostdev_element(function, guest, multifunction))
             ET.SubElement(record, _q("device"), {"address": str(function.address)})
-            where = f" as guest function {function.address.function}" if guest else ""
+            where = f" as guest function {function.address.function}" if guest and len(card) > 1 else ""
             changes.append(f"add <hostdev managed='yes'> {function.address} ({function.kind}){where}")
     if settings.set_efi:
         os_element = root.find("os")

@@ -180,3 +180,21 @@ def test_release_of_a_never_edited_domain_differs_only_by_libvirts_own_reorderin
     libvirt_conn.defineXML(raw)
     assert inactive_xml(libvirt_conn, "gp-raw") == after
     assert sorted(line.strip() for line in raw.splitlines()) == sorted(line.strip() for line in after.splitlines())
+
+
+def test_several_gpus_release_leaves_no_root_port_behind(backend, libvirt_conn):
+    """libvirt adds a pcie-root-port at define for each hostdev it has no free port for; gpupass gives every
+    card its own recorded port instead, so the release removes them all."""
+    registry = default_registry()
+    third = dataclasses.replace(T4, address=PciAddress.parse("0000:43:00.0"))
+    cards = (T4, A100, third)
+    before = define(libvirt_conn, q35("gp-multi", EFI_OS))
+    ports_before = inactive_xml(libvirt_conn, "gp-multi").count("model='pcie-root-port'")
+    request = AssignmentRequest("gp-multi", tuple(f.address for f in cards))
+    execute(backend, make_plan(backend, with_gpus(backend.inventory(), *cards), request, registry))
+    assigned = inactive_xml(libvirt_conn, "gp-multi")
+    assert assigned.count("model='pcie-root-port'") == ports_before + 3
+    buses = {h.find("address").get("bus") for h in ET.fromstring(assigned).findall("devices/hostdev")}
+    assert len(buses) == 3  # one root port per card
+    execute(backend, make_plan(backend, with_gpus(backend.inventory(), *cards), ReleaseRequest("gp-multi"), registry))
+    assert inactive_xml(libvirt_conn, "gp-multi") == before

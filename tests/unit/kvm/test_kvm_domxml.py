@@ -134,11 +134,39 @@ def test_companions_on_q35_sit_on_a_new_pcie_root_port_as_one_multifunction_devi
     assert any("PCIe root port 3" in change for change in edit.changes)
 
 
-def test_single_function_gpu_gets_no_guest_address_and_no_root_port():
+def test_single_function_gpu_on_q35_gets_its_own_recorded_root_port():
+    """Left to libvirt, a hostdev without a guest address may make libvirt add a root port at define
+    time that gpupass would not know to remove on release."""
     edit = assign(domain(), CARD_H100)
     root = root_of(edit.xml)
-    assert root.findall("devices/controller[@model='pcie-root-port']") == []
+    assert [p.get("index") for p in root.findall("devices/controller[@model='pcie-root-port']")] == ["1"]
+    assert hostdev_guest_addresses(edit.xml) == {H100.address: {"type": "pci", "domain": "0x0000", "bus": "0x01",
+                                                                "slot": "0x00", "function": "0x0"}}
+    assert root.find(f"metadata/{{{GP}}}assignment/{{{GP}}}controller").get("index") == "1"
+    assert root_of(release(edit.xml, H100.address).xml).find("devices/controller[@model='pcie-root-port']") is None
+
+
+def test_single_function_gpu_on_i440fx_is_left_to_libvirts_addressing():
+    edit = assign(domain(machine="pc-i440fx-7.2"), CARD_H100)
     assert hostdev_guest_addresses(edit.xml) == {H100.address: {}}
+    assert root_of(edit.xml).find("devices/controller[@model='pcie-root-port']") is None
+
+
+def test_a_card_the_vm_holds_only_partly_is_refused_not_split():
+    only_gpu = assign(domain(), (RTX4090,))
+    with pytest.raises(NotSupported, match="without the rest of the card"):
+        assign(only_gpu.xml, CARD_4090)
+
+
+def test_a_multifunction_card_on_a_full_i440fx_bus_is_refused():
+    used = "".join(
+        f"<interface type='network'><source network='n{slot}'/>"
+        f"<address type='pci' domain='0x0000' bus='0x00' slot='{slot:#04x}' function='0x0'/></interface>"
+        for slot in range(0x10, 0x20)
+    )
+    original = domain(machine="pc-i440fx-7.2", devices="<controller type='pci' index='0' model='pci-root'/>" + used)
+    with pytest.raises(NotSupported, match="no free slot"):
+        assign(original, CARD_4090)
 
 
 def test_companions_on_i440fx_take_one_free_slot_of_bus_0():
@@ -309,8 +337,9 @@ def test_partial_release_keeps_the_other_gpu_its_record_and_the_settings():
     facts = domxml.read_facts(after_one.xml)
     assert facts.hostdevs == (H100.address,)
     assert facts.recorded == (H100.address,)
-    assert root.findall("devices/controller[@model='pcie-root-port']") == []
-    assert root.find(f"metadata/{{{GP}}}assignment/{{{GP}}}controller") is None
+    # The 4090's root port (1) went with it; the H100's (2) stays, still recorded.
+    assert [p.get("index") for p in root.findall("devices/controller[@model='pcie-root-port']")] == ["2"]
+    assert [c.get("index") for c in root.findall(f"metadata/{{{GP}}}assignment/{{{GP}}}controller")] == ["2"]
     assert "remove PCIe root port 1 that gpupass added" in after_one.changes
     # The VM still holds a GPU, so the settings made for it stay.
     assert facts.firmware is Firmware.EFI and facts.mmio_window_bytes == 256 * GiB
