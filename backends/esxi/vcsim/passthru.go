@@ -361,6 +361,8 @@ func (l *lab) PutObject(obj mo.Reference) {
 	}
 	entity := *t.Info.Entity
 	switch {
+	case entity.Type == "HostSystem":
+		l.hookHostTask(t, entity)
 	case entity.Type == "VirtualMachine":
 		op := t.Info.DescriptionId[strings.LastIndex(t.Info.DescriptionId, ".")+1:]
 		l.mu.Lock()
@@ -414,6 +416,52 @@ func (l *lab) PutObject(obj mo.Reference) {
 			}
 			return res, err
 		}
+	}
+}
+
+func (l *lab) hookHostTask(t *simulator.Task, entity types.ManagedObjectReference) {
+	op := t.Info.DescriptionId[strings.LastIndex(t.Info.DescriptionId, ".")+1:]
+	l.mu.Lock()
+	h := l.hosts[entity]
+	l.mu.Unlock()
+	if h == nil {
+		return
+	}
+	orig := t.Execute
+	t.Execute = func(task *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		l.mu.Lock()
+		connected := h.connected
+		l.mu.Unlock()
+		var fault types.BaseMethodFault
+		var msg string
+		if !connected {
+			fault, msg = hostNotConnected(h)
+		} else if op == "enterMaintenanceMode" {
+			// ESXi waits for the running VMs to be migrated or powered off;
+			// without DRS that ends in a timeout.  The simulator fails at once.
+			var running []string
+			if host, ok := simulator.Map.Get(entity).(*simulator.HostSystem); ok {
+				for _, ref := range host.Vm {
+					if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok &&
+						vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+						running = append(running, vm.Name)
+					}
+				}
+			}
+			if len(running) > 0 {
+				sort.Strings(running)
+				fault = &types.Timedout{}
+				msg = fmt.Sprintf("Operation timed out: host %s cannot enter maintenance mode while powered-on virtual machines run on it (%s).",
+					h.name, strings.Join(running, ", "))
+			}
+		}
+		if fault != nil {
+			l.mu.Lock()
+			l.faultMsg[task.Self] = msg
+			l.mu.Unlock()
+			return nil, fault
+		}
+		return orig(task)
 	}
 }
 

@@ -180,12 +180,19 @@ def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
 
     with pytest.raises(vim.fault.InvalidState):  # ESXi: maintenance mode first (unless force)
         WaitForTask(host.RebootHost_Task(force=False))
+    web01 = find(si, vim.VirtualMachine, "web01")
+    with pytest.raises(vim.fault.Timedout) as err:  # a running VM keeps the host out of maintenance mode
+        WaitForTask(host.EnterMaintenanceMode_Task(timeout=0))
+    assert "web01" in err.value.msg
+    WaitForTask(web01.PowerOffVM_Task())
     WaitForTask(host.EnterMaintenanceMode_Task(timeout=0))
+    assert host.runtime.inMaintenanceMode
     WaitForTask(host.RebootHost_Task(force=False))
     t4 = passthru(host)["0000:d8:00.0"]
     assert (t4.passthruEnabled, t4.passthruActive) == (True, True)
     assert "0000:d8:00.0" in [p.pciDevice.id for p in config_target(host).pciPassthrough]
     WaitForTask(host.ExitMaintenanceMode_Task(timeout=0))
+    WaitForTask(web01.PowerOnVM_Task())
 
     # disabling: still active until the next reboot
     host.configManager.pciPassthruSystem.UpdatePassthruConfig(
@@ -193,7 +200,7 @@ def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
     assert passthru(host)["0000:d8:00.0"].passthruActive
     WaitForTask(host.RebootHost_Task(force=True))
     assert not passthru(host)["0000:d8:00.0"].passthruActive
-    assert find(si, vim.VirtualMachine, "web01").runtime.powerState == "poweredOff"  # died with the host
+    assert web01.runtime.powerState == "poweredOff"  # a forced reboot kills the running VMs
 
 
 def test_unknown_or_incapable_device_is_rejected(vcsim, connect):
