@@ -121,3 +121,21 @@ def test_the_installed_command_runs_the_lab_in_a_subprocess(tmp_path):
     again = subprocess.run([str(executable), "vms", "lab-kvm", "--json"], capture_output=True, text=True, env=env,
                            timeout=60)
     assert {vm["name"]: vm["assigned"] for vm in json.loads(again.stdout)["vms"]}["ml-train"] == [H100]
+
+
+def test_persisted_state_keeps_hostile_names_and_run_states(tmp_path, open_backend, registry):
+    from gpupass.backends.kvm import testhost
+
+    names = ["q'\"<&>]]>", "ünï—名前", "x" * 1100]
+    uri = testhost.write_host(tmp_path / "h.xml", [testhost.gpu("0000:42:00.0", 0x2331, "GH100", 21)],
+                              [testhost.domain(n) for n in names] + [testhost.domain("up", running=True)])
+    for name in names:
+        backend = open_backend(uri, persist_test_state=True)
+        execute(backend, make_plan(backend, backend.inventory(), AssignmentRequest(name, (A(H100),)), registry))
+        facts = open_backend(uri).inventory()
+        assert facts.find_vm(name).assigned == (A(H100),)
+        assert sorted(vm.name for vm in facts.vms) == sorted([*names, "up"])
+        assert facts.find_vm("up").power_state.value == "running" and facts.find_vm(name).is_off
+        backend = open_backend(uri, persist_test_state=True)
+        execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest(name), registry))
+    assert not any(vm.assigned for vm in open_backend(uri).inventory().vms)
