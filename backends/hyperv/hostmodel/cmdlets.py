@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .model import (PCI_DEVICE_TYPES, SNAPSHOT_TYPES, STOP_ACTIONS, VM_STATES, HostModel, HyperVError,
                     PnpDevice, VirtualMachine)
-from .values import ErrorRecord, Hashtable, PSEnum, PSObject, from_json_value, ps_json_dumps, to_json_value, to_string
+from .values import ErrorRecord, PSEnum, PSObject, from_json_value, ps_json_dumps, to_json_value, to_string
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interp import Interpreter

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,8 +17,7 @@ import tree_sitter as ts
 import tree_sitter_powershell as tsp
 
 from .model import HostModel, HyperVError
-from .values import (ErrorRecord, Hashtable, PSEnum, PSObject, from_json_value, ps_json_dumps,
-                     to_json_value, to_string, truthy)
+from .values import ErrorRecord, Hashtable, PSEnum, PSObject, to_string, truthy
 
 _LANG = ts.Language(tsp.language())
 
@@ -1085,5 +1083,5 @@ def run_script(model: HostModel, script: str) -> RunResult:
     return Interpreter(model).run(script)
 
 
-__all__ = ["Interpreter", "RunResult", "ScriptError", "UnsupportedConstruct", "run_script", "parse",
-           "syntax_errors", "parse_number", "json", "to_json_value", "ps_json_dumps", "from_json_value"]
+__all__ = ["Interpreter", "RunResult", "ScriptError", "UnsupportedConstruct", "parse", "parse_number", "run_script",
+           "syntax_errors", "wildcard_regex"]

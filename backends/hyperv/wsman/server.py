@@ -26,7 +26,7 @@ import threading
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape
 
 import spnego
@@ -239,7 +239,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             out = app.ntlm.step(self.ntlm_ctx, token)
         except Exception:
             self.ntlm_ctx = None
-            self._read_rest = None
             self._send(401, b"", headers={"WWW-Authenticate": "Negotiate"}, close=True)
             return
         if not self.ntlm_ctx.complete:

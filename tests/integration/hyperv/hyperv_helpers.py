@@ -9,7 +9,6 @@ import tree_sitter_powershell as tsp
 import winrm
 
 from gpupass.backends.hyperv.hostmodel import HostModel, PnpDevice, VirtualMachine, lab_host
-from gpupass.backends.hyperv.wsman import serve
 
 USER, PASSWORD = "Administrator", "Lab-Passw0rd!"
 M, G = 1024 ** 2, 1024 ** 3
