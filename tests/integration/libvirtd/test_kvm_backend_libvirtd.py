@@ -198,3 +198,41 @@ def test_several_gpus_release_leaves_no_root_port_behind(backend, libvirt_conn):
     assert len(buses) == 3  # one root port per card
     execute(backend, make_plan(backend, with_gpus(backend.inventory(), *cards), ReleaseRequest("gp-multi"), registry))
     assert inactive_xml(libvirt_conn, "gp-multi") == before
+
+
+RTX4090 = PciFunction(PciAddress.parse("0000:01:00.0"), 0x10DE, 0x2684, 0x030000, name="AD102 [GeForce RTX 4090]")
+RTX4090_AUDIO = PciFunction(PciAddress.parse("0000:01:00.1"), 0x10DE, 0x22BA, 0x040300, name="AD102 HD Audio")
+
+
+def with_card(facts: HostFacts, *functions: PciFunction) -> HostFacts:
+    """One multifunction card whose functions share an IOMMU group."""
+    group = IommuGroup(70, tuple(sorted(f.address for f in functions)))
+    owners = {address: vm.name for vm in facts.vms for address in vm.assigned}
+    gpus = tuple(group_gpus(functions, {f.address: group for f in functions}, owners))
+    table = {**facts.functions, **{("", f.address): f for f in functions}}
+    return dataclasses.replace(facts, host=dataclasses.replace(facts.host, iommu_enabled=True, iommu_reasons=()),
+                               gpus=gpus, functions=table)
+
+
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+def test_companions_and_hiding_round_trip_on_the_daemon(backend, libvirt_conn, machine):
+    registry = default_registry()
+    name = f"gp-card-{machine}"
+    xml = q35(name).replace("machine='q35'", f"machine='{machine}'")
+    if machine == "pc":
+        xml = xml.replace("model='pcie-root'", "model='pci-root'")
+    before = define(libvirt_conn, xml)
+    card = (RTX4090, RTX4090_AUDIO)
+    request = AssignmentRequest(name, (RTX4090.address,),
+                                AssignOptions(hide_hypervisor=True, bar_sizes={RTX4090.address: 256 * MiB}))
+    plan = make_plan(backend, with_card(backend.inventory(), *card), request, registry)
+    assert not plan.blocked, plan.findings
+    execute(backend, plan)
+    stored = ET.fromstring(inactive_xml(libvirt_conn, name))
+    guests = [h.find("address") for h in stored.findall("devices/hostdev")]
+    assert len(guests) == 2 and len({(g.get("bus"), g.get("slot")) for g in guests}) == 1
+    assert [g.get("function") for g in guests] == ["0x0", "0x1"] and guests[0].get("multifunction") == "on"
+    assert stored.find("features/kvm/hidden").get("state") == "on"
+    assert stored.find("features/hyperv/vendor_id").get("value") == "gpupass0000"
+    execute(backend, make_plan(backend, with_card(backend.inventory(), *card), ReleaseRequest(name), registry))
+    assert inactive_xml(libvirt_conn, name) == before
