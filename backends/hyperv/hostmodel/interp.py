@@ -26,10 +26,10 @@ def parse(script: str) -> ts.Tree:
     return ts.Parser(_LANG).parse(script.encode("utf-8"))
 
 
-def syntax_errors(script: str) -> list[str]:
+def syntax_errors(script: str, tree: ts.Tree | None = None) -> list[str]:
     """Return a description of every ERROR / MISSING node (empty list: parses cleanly)."""
     out: list[str] = []
-    tree = parse(script)
+    tree = tree or parse(script)
 
     def walk(n: ts.Node) -> None:
         if n.type == "ERROR" or n.is_missing:
@@ -167,10 +167,10 @@ class Interpreter:
 
     # ------------------------------------------------------------------ entry
     def run(self, script: str) -> RunResult:
-        errs = syntax_errors(script)
+        tree = parse(script)
+        errs = syntax_errors(script, tree)
         if errs:
             raise ScriptError("syntax error: " + "; ".join(errs[:5]))
-        tree = parse(script)
         self._validate(tree.root_node)
         self.src_lines = script.split("\n")
         out: list[Any] = []

@@ -224,7 +224,7 @@ def test_mangled_scripts_fail_cleanly():
     bases = [S.inventory_script(), S.assign_script("ml-train", [A100_2_LOC], 3 * G, 33280 * M),
              S.release_script("cad-ws", [A100_1_LOC], S.VmSettings("Save", 128 * M, 512 * M, False))]
     refused = ran = 0
-    for _ in range(600):
+    for _ in range(300):
         s = rng.choice(bases)
         for _ in range(rng.randint(1, 3)):
             a = rng.randrange(len(s))
@@ -243,4 +243,4 @@ def test_mangled_scripts_fail_cleanly():
             continue
         ran += 1
         assert isinstance(r.stdout, str) and isinstance(r.exit_code, int)
-    assert refused > 100 and ran > 100
+    assert refused > 50 and ran > 50
