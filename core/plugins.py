@@ -29,6 +29,10 @@ class Registry:
     lab_hosts: list[LabHost] = field(default_factory=list)
     # Which plugin registered each backend class, for `gpupass plugins`.
     backend_plugins: dict[type[Backend], str] = field(default_factory=dict)
+    # Plugin name -> distribution version, for plugins found by entry point.
+    versions: dict[str, str] = field(default_factory=dict)
+    # Plugins that failed to load and schemes claimed twice: shown by `gpupass plugins`, never fatal.
+    problems: list[str] = field(default_factory=list)
 
     def backend_for(self, scheme: str) -> type[Backend]:
         for backend in self.backends:
@@ -58,17 +62,44 @@ def make_plugin_manager(extra_plugins: Iterable[object] = (), load_entry_points:
 
     pm.register(builtin_rules, name="gpupass.core")
     if load_entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(pm)
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.check_pending()
     return pm
 
 
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Like pluggy's load_setuptools_entrypoints, but one broken plugin cannot break every command."""
+    from importlib.metadata import distributions
+
+    pm.gpupass_load_problems = []  # type: ignore[attr-defined]
+    pm.gpupass_versions = {}  # type: ignore[attr-defined]
+    for dist in distributions():
+        for entry_point in dist.entry_points:
+            if entry_point.group != ENTRY_POINT_GROUP or pm.get_plugin(entry_point.name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+                pm.register(plugin, name=entry_point.name)
+            except Exception as exc:  # a plugin's bug is reported, not raised
+                pm.gpupass_load_problems.append(
+                    f"plugin {entry_point.name!r} ({dist.metadata['Name']} {dist.version}) failed to load: "
+                    f"{type(exc).__name__}: {exc}")
+                continue
+            pm.gpupass_versions[entry_point.name] = dist.version
+
+
 def collect(pm: pluggy.PluginManager) -> Registry:
-    registry = Registry()
+    registry = Registry(versions=dict(getattr(pm, "gpupass_versions", {})),
+                        problems=list(getattr(pm, "gpupass_load_problems", [])))
     for impl in pm.hook.gpupass_register_backends.get_hookimpls():
         def register_backend(backend: type[Backend], _plugin: str = impl.plugin_name) -> None:
+            for other in registry.backends:
+                for scheme in set(other.schemes) & set(backend.schemes):
+                    registry.problems.append(
+                        f"scheme '{scheme}://' is claimed by {registry.backend_plugins[other]!r} and {_plugin!r}; "
+                        f"{registry.backend_plugins[other]!r} handles it")
             registry.backends.append(backend)
             registry.backend_plugins[backend] = _plugin
 

@@ -42,8 +42,13 @@ class Backend(ABC):
     def sdk_available(cls) -> bool:
         return all(importlib.util.find_spec(module) is not None for module in cls.sdk_modules)
 
+    # The full command that installs the SDK, for backends whose SDK is not a gpupass extra.
+    install_command: ClassVar[str | None] = None
+
     @classmethod
     def install_hint(cls) -> str:
+        if cls.install_command:
+            return cls.install_command
         return f"pip install 'gpupass[{cls.extra}]'" if cls.extra else "see the backend's documentation"
 
     @abstractmethod

@@ -147,7 +147,7 @@ class KvmBackend(Backend):
                 self._conn = None
 
     @property
-    def is_local(self) -> bool:
+    def _is_local(self) -> bool:
         parts = urlsplit(self.target.uri)
         return parts.scheme in ("qemu", "qemu+unix") and not parts.hostname
 
@@ -161,7 +161,7 @@ class KvmBackend(Backend):
             if parsed is None:
                 continue
             function = parsed.function
-            if self.is_local:
+            if self._is_local:
                 function = _with_sysfs_bars(function)
             functions[function.address] = function
             if parsed.iommu_group is not None:
@@ -177,7 +177,7 @@ class KvmBackend(Backend):
                 owners[address] = facts.name
             vms.append(_vm(facts, values.get("state.state", 0)))
         gpus = group_gpus(functions.values(), groups, owners)
-        if self.is_local:
+        if self._is_local:
             gpus = [_mark_boot_vga(gpu) for gpu in gpus]
         host = Host(
             uri=self.target.uri,

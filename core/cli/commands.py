@@ -19,11 +19,8 @@ from gpupass.core.errors import PreflightFailed, UsageError
 @handles_errors
 def plugins(app, as_json: bool) -> None:
     """List the loaded plugins, the backends and URI schemes they provide, and whether their SDK is installed."""
-    from gpupass.core.plugins import default_plugin_manager
-
-    pm, registry = default_plugin_manager(), app.registry
-    versions = {name: dist.version for plugin, dist in pm.list_plugin_distinfo()
-                for name in [pm.get_name(plugin)]}
+    registry = app.registry
+    versions = registry.versions
     rows = []
     for backend in registry.backends:
         plugin = registry.backend_plugins[backend]
@@ -41,7 +38,7 @@ def plugins(app, as_json: bool) -> None:
     rules = [{"rule": r.rule.__name__, "plugin": r.plugin, "operations": list(r.operations),
               "platforms": list(r.platforms) if r.platforms else None} for r in registry.rules]
     if as_json:
-        emit_json({"backends": rows, "lab_hosts": labs, "rules": rules})
+        emit_json({"backends": rows, "lab_hosts": labs, "rules": rules, "problems": registry.problems})
         return
     click.echo(render.table(
         ["PLUGIN", "VERSION", "PLATFORM", "SCHEMES", "SDK"],
@@ -51,6 +48,8 @@ def plugins(app, as_json: bool) -> None:
     if labs:
         click.echo("\nlab hosts: " + ", ".join(f"{lab['name']} ({lab['platform']})" for lab in labs))
     click.echo(f"preflight rules: {len(rules)}")
+    for problem in registry.problems:
+        click.echo(click.style("problem: ", fg="yellow", bold=True) + problem, err=True)
 
 
 def _facts(app, host: str):

@@ -136,8 +136,35 @@ def test_an_unknown_scheme_names_the_known_ones():
 
 def test_make_plugin_manager_loads_kvm_by_entry_point_beside_extra_plugins():
     pm = make_plugin_manager(extra_plugins=[FakePlugin()])
-    assert "kvm" in [pm.get_name(plugin) for plugin, _dist in pm.list_plugin_distinfo()]
     registry = collect(pm)
+    assert "kvm" in registry.versions
     assert {backend.platform for backend in registry.backends} >= {"kvm", "fake"}
     assert registry.backend_for("qemu+ssh") is KvmBackend
     assert registry.backend_for("fake") is FakeBackend
+
+
+def test_a_plugin_that_fails_to_import_is_reported_not_fatal(tmp_path, monkeypatch):
+    info = tmp_path / "gpupass_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gpupass-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[gpupass]\nbroken = gpupass_broken_plugin\n")
+    (tmp_path / "gpupass_broken_plugin.py").write_text("raise RuntimeError('plugin bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = collect(make_plugin_manager())
+    assert any("'broken'" in p and "RuntimeError: plugin bug" in p for p in registry.problems)
+    assert registry.backend_for("qemu") is KvmBackend
+
+
+def test_a_scheme_claimed_twice_is_reported():
+    class Squatter(FakeBackend):
+        platform = "squatter"
+        schemes = ("qemu",)
+
+    class SquatterPlugin:
+        @hookimpl
+        def gpupass_register_backends(self, register):
+            register(Squatter)
+
+    registry = collect(make_plugin_manager(extra_plugins=[SquatterPlugin()]))
+    assert registry.backend_for("qemu") is KvmBackend
+    assert any("scheme 'qemu://' is claimed by 'kvm'" in p for p in registry.problems)
