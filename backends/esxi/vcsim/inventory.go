@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -20,6 +22,46 @@ func cleanupTempDirs() {
 	for _, d := range tempDirs {
 		_ = os.RemoveAll(d)
 	}
+}
+
+// taskResult returns the result of an in-process task.  The simulator runs
+// these tasks synchronously, so reading the Task object directly avoids a
+// property-collector round trip per object (it matters for -scale-vms).
+func taskResult(ctx context.Context, task *object.Task) (types.AnyType, error) {
+	if t, ok := simulator.Map.Get(task.Reference()).(*simulator.Task); ok {
+		switch t.Info.State {
+		case types.TaskInfoStateSuccess:
+			return t.Info.Result, nil
+		case types.TaskInfoStateError:
+			if t.Info.Error != nil {
+				return nil, fmt.Errorf("%T: %s", t.Info.Error.Fault, t.Info.Error.LocalizedMessage)
+			}
+			return nil, fmt.Errorf("task %s failed", t.Self.Value)
+		}
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return info.Result, nil
+}
+
+// datastoreParent: where the datastore directory goes.  The simulator writes
+// a few small files per VM, so tmpfs (/dev/shm) makes -scale-vms much faster
+// than an overlay /tmp.  $GPUPASS_VCSIM_DATASTORE_DIR overrides.
+func datastoreParent() string {
+	if d := os.Getenv("GPUPASS_VCSIM_DATASTORE_DIR"); d != "" {
+		return d
+	}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if f, err := os.CreateTemp("/dev/shm", ".gpupass-probe-"); err == nil {
+			name := f.Name()
+			_ = f.Close()
+			_ = os.Remove(name)
+			return "/dev/shm"
+		}
+	}
+	return ""
 }
 
 func boolOr(p *bool, def bool) bool {
@@ -168,6 +210,7 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 	if err != nil {
 		return err
 	}
+	t0 := time.Now()
 	hosts := append([]hostConfig{}, cfg.Hosts...)
 	esxMode := cfg.Mode == "esx"
 	if !esxMode {
@@ -251,11 +294,11 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 					return err
 				}
 			}
-			info, err := task.WaitForResult(ctx, nil)
+			res, err := taskResult(ctx, task)
 			if err != nil {
 				return fmt.Errorf("add host %s: %v", hc.Name, err)
 			}
-			ref := info.Result.(types.ManagedObjectReference)
+			ref := res.(types.ManagedObjectReference)
 			if err := l.registerHost(ref, hc, false); err != nil {
 				return err
 			}
@@ -263,8 +306,9 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 		}
 	}
 
+	tHosts := time.Since(t0)
 	// one local datastore, shared by name, backed by a temp directory
-	dir, err := os.MkdirTemp("", "gpupass-vcsim-ds-")
+	dir, err := os.MkdirTemp(datastoreParent(), "gpupass-vcsim-ds-")
 	if err != nil {
 		return err
 	}
@@ -288,12 +332,16 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 			})
 		}
 	}
+	tDatastores := time.Since(t0) - tHosts
 	seen := map[string]bool{}
 	for i := range vms {
 		if err := createVM(ctx, c, cfg, l, folders, hostObjs, &vms[i], seen); err != nil {
 			return err
 		}
 	}
+	log.Printf("inventory: %d hosts in %v, datastores in %v, %d VMs in %v",
+		len(hostObjs), tHosts.Round(time.Millisecond), tDatastores.Round(time.Millisecond),
+		len(vms), (time.Since(t0) - tHosts - tDatastores).Round(time.Millisecond))
 
 	// QueryConfigTarget with passthrough devices: replace every compute
 	// resource's EnvironmentBrowser (same moref) by our wrapper.
@@ -414,17 +462,17 @@ func createVM(ctx context.Context, c *vim25.Client, cfg *labConfig, l *lab, fold
 	if err != nil {
 		return err
 	}
-	info, err := task.WaitForResult(ctx, nil)
+	created, err := taskResult(ctx, task)
 	if err != nil {
 		return fmt.Errorf("create VM %s: %v", vc.Name, err)
 	}
-	vm := object.NewVirtualMachine(c, info.Result.(types.ManagedObjectReference))
+	vm := object.NewVirtualMachine(c, created.(types.ManagedObjectReference))
 	if vc.Snapshot != "" {
 		t, err := vm.CreateSnapshot(ctx, vc.Snapshot, "created by gpupass vcsim", false, false)
 		if err != nil {
 			return err
 		}
-		if err := t.Wait(ctx); err != nil {
+		if _, err := taskResult(ctx, t); err != nil {
 			return fmt.Errorf("snapshot of %s: %v", vc.Name, err)
 		}
 	}
@@ -435,7 +483,7 @@ func createVM(ctx context.Context, c *vim25.Client, cfg *labConfig, l *lab, fold
 		if err != nil {
 			return err
 		}
-		if err := t.Wait(ctx); err != nil {
+		if _, err := taskResult(ctx, t); err != nil {
 			return fmt.Errorf("power on %s: %v", vc.Name, err)
 		}
 	default:

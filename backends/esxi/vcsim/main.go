@@ -35,6 +35,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -54,10 +55,22 @@ func main() {
 	scaleGPUs := flag.Int("scale-gpus-per-host", 0, "GPUs per generated host (default 1)")
 	username := flag.String("username", "", "login user name (default: config, else gpupass)")
 	password := flag.String("password", "", "login password (default: config, else $GPUPASS_VCSIM_PASSWORD)")
+	cpuProfile := flag.String("cpuprofile", "", "write a Go CPU profile of startup + serving to FILE")
 	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "exit when stdin reaches EOF (the parent died)")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("gpupass-vcsim: ")
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	cfg, err := loadConfig(*configFile)
 	if err != nil {

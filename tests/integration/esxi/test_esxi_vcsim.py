@@ -420,3 +420,25 @@ def test_stop_ends_the_process(vcsim_binary):
         os.kill(pid, 0)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_host_disconnected_now_and_from_the_config(fresh_vcsim, connect):
+    cfg = __import__("gpupass.backends.esxi.simulator", fromlist=["lab_config"]).lab_config()
+    cfg["hosts"][1]["connected"] = False
+    sim = fresh_vcsim(cfg)
+    si = connect(sim)
+    assert find(si, vim.HostSystem, "esx02.lab.local").runtime.connectionState == "disconnected"
+    assert find(si, vim.VirtualMachine, "ml-train").runtime.connectionState == "disconnected"
+    sim.disconnect_host("esx01.lab.local")
+    with pytest.raises(vmodl.fault.HostNotConnected) as err:
+        WaitForTask(find(si, vim.VirtualMachine, "cad-ws").PowerOnVM_Task())
+    assert "esx01.lab.local" in err.value.msg
+    assert [h["connected"] for h in sim.state()["hosts"]] == [False, False]
+
+
+def test_passthru_system_properties(vcsim, connect):
+    si = connect(vcsim)
+    pts = find(si, vim.HostSystem, "esx02.lab.local").configManager.pciPassthruSystem
+    info = {p.id: p for p in pts.pciPassthruInfo}
+    assert info["0000:3b:00.0"].passthruActive and not info["0000:af:00.0"].passthruEnabled
+    pts.Refresh()
