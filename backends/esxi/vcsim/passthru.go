@@ -8,12 +8,32 @@ package main
 // passthrough state per host (lab.hosts) and mirrors it into
 // host.config.pciPassthruInfo / host.hardware.pciDevice.
 //
-// Checks on VM tasks are done with a Registry handler (lab implements
-// simulator.RegisterObject): when the simulator creates a reconfigure or
-// power-on task for a VM, PutObject wraps the task's Execute func so that our
-// checks run first, on the same goroutine, while the VM is locked.  The
-// reconfigure spec is not visible from the task, so the HTTP layer (http.go)
-// stashes it in lab.pending before the simulator dispatches the call.
+// Checks on VM and host tasks are done with a Registry handler (lab
+// implements simulator.RegisterObject): when the simulator creates a task
+// (reconfigure, power on/off, relocate, snapshot, enter maintenance mode...),
+// PutObject wraps the task's Execute func so that our checks run first, on the
+// same goroutine, while the entity is locked.  A reconfigure/relocate spec is
+// not visible from the task, so the HTTP layer (http.go) stashes the request
+// in lab.pending before the simulator dispatches the call.
+//
+// Rules enforced (ESXi/vCenter behaviour):
+//   - ReconfigVM_Task adding/removing a VirtualPCIPassthrough on a VM that is
+//     not powered off: InvalidPowerState; changing firmware likewise.
+//   - DeviceBackingInfo must name an active passthrough device of the VM's host,
+//     with that host's systemId and matching deviceId/vendorId:
+//     InvalidDeviceBacking otherwise.  Dynamic backings need allowedDevice.
+//   - PowerOnVM_Task of a VM with passthrough devices: full memory reservation
+//     (GenericVmConfigFault "memory reservation (sched.mem.min) should be equal
+//     to memsize(N)"), every device active and not used by another powered-on
+//     VM, a free matching device for each dynamic backing (assignedId is set),
+//     and enough MMIO for the devices' BARs (checkMMIO).
+//   - RelocateVM_Task to another host with a DirectPath device:
+//     DisallowedMigrationDeviceAttached.  CreateSnapshot_Task of a running VM
+//     with a passthrough device: SnapshotIncompatibleDeviceInVm.
+//   - EnterMaintenanceMode_Task with powered-on VMs on the host: Timedout.
+//   - Anything on a disconnected ("vanished") host: HostNotConnected.
+//   - ReconfigVM_Task extraConfig: a key set again replaces its value, an empty
+//     value removes it.
 
 import (
 	"fmt"
@@ -876,7 +896,7 @@ func (l *lab) state() map[string]interface{} {
 				continue
 			}
 			e := map[string]interface{}{
-				"id": d.info.Id, "enabled": d.enabled, "active": d.active,
+				"id": d.info.Id, "enabled": d.enabled, "active": d.active, "function_of": d.group,
 				"vendor_id": uint16(d.info.VendorId), "device_id": uint16(d.info.DeviceId),
 			}
 			if owner, ok := l.owner[h.ref][d.info.Id]; ok {
