@@ -1,16 +1,8 @@
 """export, diff and apply against the lab: apply converges and a second apply changes nothing."""
 
 import json
-import subprocess
-import sys
 
-GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
-
-
-def gpupass(*args, expect=0):
-    result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert result.returncode == expect, result.stdout + result.stderr
-    return result
+from support.cli import gpupass
 
 
 def test_apply_converges_and_is_idempotent(tmp_path):

@@ -3,16 +3,8 @@
 import json
 import os
 import stat
-import subprocess
-import sys
 
-GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
-
-
-def gpupass(*args, expect=0):
-    result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert result.returncode == expect, result.stdout + result.stderr
-    return result
+from support.cli import gpupass
 
 
 def test_hosts_are_kept_owner_only_and_listed_with_the_lab(isolated_user_dirs):

@@ -1,16 +1,8 @@
 """A snapshot taken from a live host plans exactly like the live host, and refuses to change anything."""
 
 import json
-import subprocess
-import sys
 
-GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
-
-
-def gpupass(*args, expect=0):
-    result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert result.returncode == expect, result.stdout + result.stderr
-    return result
+from support.cli import gpupass
 
 
 def without_host_label(plan):
