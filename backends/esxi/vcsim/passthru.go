@@ -383,6 +383,17 @@ func (l *lab) PutObject(obj mo.Reference) {
 	switch {
 	case entity.Type == "HostSystem":
 		l.hookHostTask(t, entity)
+	case entity.Type == "Folder" && strings.HasSuffix(t.Info.DescriptionId, ".createVm"):
+		orig := t.Execute
+		t.Execute = func(task *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+			res, err := orig(task)
+			if ref, ok := res.(types.ManagedObjectReference); ok && err == nil {
+				if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+					simulator.Map.WithLock(vm, func() { normalizePassthroughDevices(vm) })
+				}
+			}
+			return res, err
+		}
 	case entity.Type == "VirtualMachine":
 		op := t.Info.DescriptionId[strings.LastIndex(t.Info.DescriptionId, ".")+1:]
 		l.mu.Lock()
@@ -428,6 +439,7 @@ func (l *lab) PutObject(obj mo.Reference) {
 				switch op {
 				case "reconfigVm":
 					normalizeExtraConfig(vm)
+					normalizePassthroughDevices(vm)
 				case "powerOn":
 					l.claim(vm)
 				case "powerOff", "suspend", "destroy":
@@ -789,6 +801,56 @@ func normalizeExtraConfig(vm *simulator.VirtualMachine) {
 		out = append(out, o)
 	}
 	vm.Config.ExtraConfig = out
+}
+
+// normalizePassthroughDevices gives newly added VirtualPCIPassthrough devices
+// what ESXi gives them: keys from 13000, label "PCI device N", the device name
+// as summary, the PCI controller (key 100).  Caller holds the VM lock.
+func normalizePassthroughDevices(vm *simulator.VirtualMachine) {
+	used := map[int32]bool{}
+	for _, d := range vm.Config.Hardware.Device {
+		used[d.GetVirtualDevice().Key] = true
+	}
+	n := 0
+	for _, d := range vm.Config.Hardware.Device {
+		p, ok := d.(*types.VirtualPCIPassthrough)
+		if !ok {
+			continue
+		}
+		if p.Key < 13000 {
+			delete(used, p.Key)
+			k := int32(13000)
+			for used[k] {
+				k++
+			}
+			used[k] = true
+			p.Key = k
+		}
+		summary := ""
+		switch b := p.Backing.(type) {
+		case *types.VirtualPCIPassthroughDeviceBackingInfo:
+			summary = b.DeviceName
+			if summary == "" {
+				summary = b.Id
+			}
+		case *types.VirtualPCIPassthroughDynamicBackingInfo:
+			summary = "Dynamic DirectPath IO: " + b.CustomLabel
+		}
+		if p.DeviceInfo == nil {
+			p.DeviceInfo = &types.Description{}
+		}
+		info := p.DeviceInfo.GetDescription()
+		if info.Label == "" || strings.HasPrefix(info.Label, "pcipassthrough-") {
+			info.Label = fmt.Sprintf("PCI device %d", n)
+		}
+		if info.Summary == "" || strings.HasPrefix(info.Summary, "pcipassthrough-") {
+			info.Summary = summary
+		}
+		if p.ControllerKey == 0 {
+			p.ControllerKey = 100
+		}
+		n++
+	}
 }
 
 // checkRelocate: a VM with a (non-dynamic) DirectPath I/O device cannot move

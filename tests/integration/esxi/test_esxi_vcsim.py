@@ -149,6 +149,7 @@ def test_vms_match_the_lab(vcsim, connect):
     assert isinstance(dev.backing, PT.DeviceBackingInfo)
     assert (dev.backing.id, dev.backing.deviceId, dev.backing.vendorId) == ("0000:3b:00.0", "2330", 0x10DE)
     assert dev.backing.systemId == vcsim.state()["hosts"][0]["system_id"]
+    assert (dev.key, dev.deviceInfo.label, dev.controllerKey) == (13000, "PCI device 0", 100)
     assert cad.runtime.host.name == "esx01.lab.local"
 
 
@@ -225,6 +226,12 @@ def test_add_device_to_powered_off_vm_shows_backing(fresh_vcsim, connect):
     assert isinstance(b, PT.DeviceBackingInfo)
     assert (b.id, b.deviceId, b.vendorId, b.deviceName) == ("0000:3b:00.0", "20b5", 0x10DE, "GA100 [A100 PCIe 80GB]")
     assert b.systemId == backing.systemId
+    assert dev.deviceInfo.label == "PCI device 0" and dev.key >= 13000
+
+    # and it comes off again (powered off)
+    remove = vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.remove, device=dev)
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[remove])))
+    assert passthrough_devices(vm) == []
 
 
 def test_add_device_to_powered_on_vm_fails(vcsim, connect):
