@@ -30,7 +30,8 @@ package main
 //   - RelocateVM_Task to another host with a DirectPath device:
 //     DisallowedMigrationDeviceAttached.  CreateSnapshot_Task of a running VM
 //     with a passthrough device: SnapshotIncompatibleDeviceInVm.
-//   - EnterMaintenanceMode_Task with powered-on VMs on the host: Timedout.
+//   - EnterMaintenanceMode_Task with powered-on VMs on the host: Timedout;
+//     PowerOnVM_Task on a host in maintenance mode: InvalidHostState.
 //   - Anything on a disconnected ("vanished") host: HostNotConnected.
 //   - ReconfigVM_Task extraConfig: a key set again replaces its value, an empty
 //     value removes it.
@@ -635,6 +636,12 @@ func (l *lab) inUse(h *hostState, id string, self types.ManagedObjectReference) 
 func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
 	if f, msg := l.checkConnected(vm); f != nil {
 		return f, msg
+	}
+	if vm.Runtime.Host != nil {
+		if host, ok := simulator.Map.Get(*vm.Runtime.Host).(*simulator.HostSystem); ok && host.Runtime.InMaintenanceMode {
+			return &types.InvalidHostState{Host: vm.Runtime.Host},
+				fmt.Sprintf("The operation is not allowed in the current state of the host: %s is in maintenance mode.", host.Name)
+		}
 	}
 	devs := vmPassthroughDevices(vm)
 	if len(devs) == 0 {

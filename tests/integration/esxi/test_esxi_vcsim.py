@@ -188,6 +188,8 @@ def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
     WaitForTask(web01.PowerOffVM_Task())
     WaitForTask(host.EnterMaintenanceMode_Task(timeout=0))
     assert host.runtime.inMaintenanceMode
+    with pytest.raises(vim.fault.InvalidHostState):  # nothing starts on a host in maintenance mode
+        WaitForTask(web01.PowerOnVM_Task())
     WaitForTask(host.RebootHost_Task(force=False))
     t4 = passthru(host)["0000:d8:00.0"]
     assert (t4.passthruEnabled, t4.passthruActive) == (True, True)
