@@ -21,8 +21,16 @@
 //	-exit-on-stdin-eof        also stop when stdin closes (the launching process died)
 //
 // On startup it prints exactly one line "GPUPASS_VCSIM_URL=https://HOST:PORT/sdk"
-// on stdout and serves until SIGTERM/SIGINT.  See http.go for the
-// /gpupass/... test-control endpoints (host disconnect).
+// on stdout (logs go to stderr) and serves until SIGTERM/SIGINT.  Login:
+// SessionManager.Login with the configured username/password only.
+//
+// What it adds to the stock simulator: GPUs in host.hardware.pciDevice and
+// host.config.pciPassthruInfo (ids as signed 16-bit, like ESXi), a working
+// HostPciPassthruSystem per host, RebootHost_Task (enabled -> active), PCI
+// passthrough in EnvironmentBrowser.QueryConfigTarget (pciPassthrough and
+// dynamicPassthrough) and ESXi's passthrough rules on VM tasks (list in
+// passthru.go).  The inventory schema is in config.go; the /gpupass/...
+// test-control endpoints (make a host vanish) are in http.go.
 package main
 
 import (
@@ -187,7 +195,7 @@ func main() {
 
 // versionOf turns "7.0.3.0" into "7.0.3".
 func versionOf(api string) string {
-	n, dots := 0, 0
+	dots := 0
 	for i, c := range api {
 		if c == '.' {
 			dots++
@@ -195,8 +203,6 @@ func versionOf(api string) string {
 				return api[:i]
 			}
 		}
-		n = i
 	}
-	_ = n
 	return api
 }
