@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
 from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
 from gpupass.core.domain.grouping import group_gpus  # noqa: E402
