@@ -17,6 +17,9 @@ package main
 //	    "memory_mb": 1048576,
 //	    "maintenance_mode": false,
 //	    "connected": true,                   // false: host starts disconnected
+//	    "reboot_seconds": 0,                 // >0: after RebootHost_Task the host is
+//	                                         // notResponding this long, then connected with
+//	                                         // the new passthruActive state
 //	    "gpus": [{
 //	      "address": "0000:3b:00.0",        // required; also the passthrough id
 //	      "vendor_id": "0x10de", "device_id": "0x2330",
@@ -113,6 +116,7 @@ type hostConfig struct {
 	MemoryMB        int64       `json:"memory_mb"`
 	MaintenanceMode bool        `json:"maintenance_mode"`
 	Connected       *bool       `json:"connected"`
+	RebootSeconds   float64     `json:"reboot_seconds"`
 	GPUs            []gpuConfig `json:"gpus"`
 }
 

@@ -117,12 +117,13 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 		return fmt.Errorf("host %s not found", ref)
 	}
 	st := &hostState{
-		ref:       ref,
-		name:      hs.Name,
-		systemID:  hs.Hardware.SystemInfo.Uuid,
-		connected: true,
-		byID:      map[string]*pciDev{},
-		armed:     map[string]bool{},
+		ref:         ref,
+		name:        hs.Name,
+		systemID:    hs.Hardware.SystemInfo.Uuid,
+		connected:   true,
+		rebootDelay: time.Duration(hc.RebootSeconds * float64(time.Second)),
+		byID:        map[string]*pciDev{},
+		armed:       map[string]bool{},
 	}
 	add := func(d *pciDev) error {
 		if st.byID[d.info.Id] != nil {

@@ -42,6 +42,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -65,10 +66,13 @@ type hostState struct {
 	name      string
 	systemID  string
 	connected bool
-	devices   []*pciDev // all PCI devices of the host, in hardware.pciDevice order
-	byID      map[string]*pciDev
-	passthru  *PciPassthruSystem
-	armed     map[string]bool // SOAP method names that make this host vanish when called
+	// notResponding: rebooting (RebootHost_Task with reboot_seconds > 0)
+	notResponding bool
+	rebootDelay   time.Duration
+	devices       []*pciDev // all PCI devices of the host, in hardware.pciDevice order
+	byID          map[string]*pciDev
+	passthru      *PciPassthruSystem
+	armed         map[string]bool // SOAP method names that make this host vanish when called
 }
 
 type lab struct {
@@ -142,21 +146,38 @@ func (l *lab) hostOfVM(vm *simulator.VirtualMachine) *hostState {
 	return l.hosts[*vm.Runtime.Host]
 }
 
+// hostNotConnected is the fault for a call that needs host h while it is
+// not connected.  Caller holds l.mu.
 func hostNotConnected(h *hostState) (types.BaseMethodFault, string) {
+	if h.notResponding {
+		return &types.HostNotReachable{}, fmt.Sprintf("Host %s is not responding (it is rebooting).", h.name)
+	}
 	return &types.HostNotConnected{}, fmt.Sprintf("Host %s is not connected (it disconnected or was removed).", h.name)
 }
 
 // setConnected marks a host (and its VMs) connected or disconnected.
 // Caller must NOT hold l.mu.
 func (l *lab) setConnected(h *hostState, connected bool) {
+	if connected {
+		l.setConnection(h, types.HostSystemConnectionStateConnected)
+	} else {
+		l.setConnection(h, types.HostSystemConnectionStateDisconnected)
+	}
+}
+
+// setConnection sets host.runtime.connectionState and its VMs'.
+// Caller must NOT hold l.mu.
+func (l *lab) setConnection(h *hostState, state types.HostSystemConnectionState) {
 	l.mu.Lock()
-	h.connected = connected
+	h.connected = state == types.HostSystemConnectionStateConnected
+	h.notResponding = state == types.HostSystemConnectionStateNotResponding
 	l.mu.Unlock()
-	state := types.HostSystemConnectionStateConnected
 	vmState := types.VirtualMachineConnectionStateConnected
-	if !connected {
-		state = types.HostSystemConnectionStateDisconnected
+	switch state {
+	case types.HostSystemConnectionStateDisconnected:
 		vmState = types.VirtualMachineConnectionStateDisconnected
+	case types.HostSystemConnectionStateNotResponding:
+		vmState = types.VirtualMachineConnectionStateDisconnected // as vCenter shows them
 	}
 	host, ok := simulator.Map.Get(h.ref).(*simulator.HostSystem)
 	if !ok {
@@ -243,11 +264,11 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 		return &types.ManagedObjectNotFound{Obj: h.ref}, "host not found"
 	}
 	l.mu.Lock()
-	connected := h.connected
-	l.mu.Unlock()
-	if !connected {
+	if !h.connected {
+		defer l.mu.Unlock()
 		return hostNotConnected(h)
 	}
+	l.mu.Unlock()
 	inMM := false
 	var vms []types.ManagedObjectReference
 	simulator.Map.WithLock(host, func() {
@@ -273,16 +294,38 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 		})
 	}
 	l.mu.Lock()
-	for _, d := range h.devices {
-		d.active = d.enabled && d.capable
-	}
 	delete(l.owner, h.ref)
-	l.mirror(h)
+	delay := h.rebootDelay
 	l.mu.Unlock()
-	simulator.Map.WithLock(host, func() {
-		now := simulatorNow()
-		simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.bootTime", Val: &now}})
-	})
+	finish := func() {
+		l.mu.Lock()
+		for _, d := range h.devices {
+			d.active = d.enabled && d.capable
+		}
+		l.mirror(h)
+		l.mu.Unlock()
+		simulator.Map.WithLock(host, func() {
+			now := simulatorNow()
+			simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.bootTime", Val: &now}})
+		})
+	}
+	if delay <= 0 {
+		finish()
+		return nil, ""
+	}
+	// like vCenter: the task ends when the reboot starts; the host is
+	// notResponding until it is back
+	l.setConnection(h, types.HostSystemConnectionStateNotResponding)
+	go func() {
+		time.Sleep(delay)
+		finish()
+		l.mu.Lock()
+		back := h.notResponding // not disconnected meanwhile by /gpupass/disconnect
+		l.mu.Unlock()
+		if back {
+			l.setConnection(h, types.HostSystemConnectionStateConnected)
+		}
+	}()
 	return nil, ""
 }
 
@@ -324,8 +367,8 @@ func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryC
 	l.mu.Lock()
 	for _, ref := range hosts {
 		if h := l.hosts[ref]; h != nil && !h.connected && req.Host != nil {
-			l.mu.Unlock()
 			f, msg := hostNotConnected(h)
+			l.mu.Unlock()
 			return &methods.QueryConfigTargetBody{Fault_: simulator.Fault(msg, f)}
 		}
 	}
@@ -462,14 +505,15 @@ func (l *lab) hookHostTask(t *simulator.Task, entity types.ManagedObjectReferenc
 	}
 	orig := t.Execute
 	t.Execute = func(task *simulator.Task) (types.AnyType, types.BaseMethodFault) {
-		l.mu.Lock()
-		connected := h.connected
-		l.mu.Unlock()
 		var fault types.BaseMethodFault
 		var msg string
+		l.mu.Lock()
+		connected := h.connected
 		if !connected {
 			fault, msg = hostNotConnected(h)
-		} else if op == "enterMaintenanceMode" {
+		}
+		l.mu.Unlock()
+		if connected && op == "enterMaintenanceMode" {
 			// ESXi waits for the running VMs to be migrated or powered off;
 			// without DRS that ends in a timeout.  The simulator fails at once.
 			var running []string
@@ -974,7 +1018,7 @@ func (l *lab) state() map[string]interface{} {
 			devs = append(devs, e)
 		}
 		hosts = append(hosts, map[string]interface{}{
-			"name": h.name, "moref": h.ref.Value, "connected": h.connected,
+			"name": h.name, "moref": h.ref.Value, "connected": h.connected, "not_responding": h.notResponding,
 			"system_id": h.systemID, "devices": devs,
 		})
 	}

@@ -451,3 +451,25 @@ def test_passthru_system_properties(vcsim, connect):
     info = {p.id: p for p in pts.pciPassthruInfo}
     assert info["0000:3b:00.0"].passthruActive and not info["0000:af:00.0"].passthruEnabled
     pts.Refresh()
+
+
+def test_reboot_takes_time_when_configured(fresh_vcsim, connect):
+    from gpupass.backends.esxi.simulator import lab_config
+
+    cfg = lab_config()
+    cfg["hosts"][1]["reboot_seconds"] = 0.5
+    si = connect(fresh_vcsim(cfg))
+    host = find(si, vim.HostSystem, "esx02.lab.local")
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:af:00.0", passthruEnabled=True)])
+    boot = host.runtime.bootTime
+    WaitForTask(host.RebootHost_Task(force=True))  # ends when the reboot starts, as in vCenter
+    assert host.runtime.connectionState == "notResponding"
+    with pytest.raises(vmodl.fault.HostNotReachable):
+        config_target(host)
+    deadline = time.monotonic() + 10
+    while host.runtime.connectionState != "connected":
+        assert time.monotonic() < deadline, "host did not come back"
+        time.sleep(0.05)
+    assert passthru(host)["0000:af:00.0"].passthruActive
+    assert host.runtime.bootTime > boot
