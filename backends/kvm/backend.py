@@ -287,15 +287,23 @@ class KvmBackend(Backend):
             self._hotplug(step.payload["vm"], step.payload["hostdev_xml"], attach=not step.payload["attach"])
 
     def _current_xml(self, vm: str) -> str:
+        if self._persists_test_state():
+            # A test-driver connection loads the host file once; another gpupass process may have written
+            # the lab file since. Reopen so the guard compares with what is in the file now (every define
+            # is already in the file, so nothing of this session is lost).
+            self.close()
         conn = self._connection()
         domain = self._call(f"looking up VM {vm!r}", conn.lookupByName, vm)
         return self._call(f"reading VM {vm!r}", domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE)
 
+    def _persists_test_state(self) -> bool:
+        return testdriver.file_of(self.target.uri) is not None and bool(self.target.options.get("persist_test_state"))
+
     def _define(self, xml: str, action: str) -> None:
         domain = self._call(action, self._connection().defineXML, xml)
-        node_file = testdriver.file_of(self.target.uri)
-        if node_file is not None and self.target.options.get("persist_test_state"):
-            testdriver.save_domain(node_file, self._call(action, domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if self._persists_test_state():
+            testdriver.save_domain(testdriver.file_of(self.target.uri),
+                                   self._call(action, domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE))
 
     def _hotplug(self, vm: str, hostdev_xml: str, attach: bool) -> None:
         domain = self._call(f"looking up VM {vm!r}", self._connection().lookupByName, vm)

@@ -45,6 +45,18 @@ def save_domain(node_file: Path, domain_xml: str) -> None:
             runstate.text = str(SHUTOFF)
             node.append(new)
         ET.indent(node)
+        _unindent_metadata(node)
         temporary = node_file.with_name(node_file.name + ".new")
         temporary.write_text(domxml.serialize(node) + "\n", encoding="utf-8")
         os.replace(temporary, node_file)
+
+
+def _unindent_metadata(node: ET.Element) -> None:
+    """libvirt keeps whitespace inside <metadata> as it finds it and only indents metadata it formats itself,
+    so whitespace added by ET.indent would make a reloaded domain's XMLDesc differ from the one defined."""
+    for metadata in node.iterfind("domain/metadata"):
+        for element in metadata.iter():
+            if element.text is not None and not element.text.strip():
+                element.text = None
+            if element is not metadata and element.tail is not None and not element.tail.strip():
+                element.tail = None

@@ -15,7 +15,8 @@ from gpupass.backends.kvm.lab import KvmLab
 from gpupass.core import paths
 from gpupass.core.cli.main import cli
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.errors import OperationFailed
 from gpupass.core.service import execute, make_plan
 
 A = PciAddress.parse
@@ -139,3 +140,28 @@ def test_persisted_state_keeps_hostile_names_and_run_states(tmp_path, open_backe
         backend = open_backend(uri, persist_test_state=True)
         execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest(name), registry))
     assert not any(vm.assigned for vm in open_backend(uri).inventory().vms)
+
+
+def test_the_guard_sees_a_change_another_process_persisted_to_the_lab(open_backend, registry):
+    """Two gpupass runs on the lab: each connection loads the file once, so the guard must re-read it."""
+    uri = KvmLab().target(paths.data_dir()).uri
+    first = open_backend(uri, persist_test_state=True)
+    plan = make_plan(first, first.inventory(), AssignmentRequest("ml-train", (A(H100),)), registry)
+
+    second = open_backend(uri, persist_test_state=True)
+    execute(second, make_plan(second, second.inventory(), AssignmentRequest("ml-train", (A("41:00.0"),)), registry))
+
+    with pytest.raises(OperationFailed) as caught:
+        execute(first, plan)
+    assert "changed by someone else" in caught.value.__cause__.message
+    assert open_backend(uri).inventory().find_vm("ml-train").assigned == (A("41:00.0"),)
+
+
+def test_a_persisted_definition_reloads_byte_identical(open_backend, registry, domain_xml):
+    uri = KvmLab().target(paths.data_dir()).uri
+    writer = open_backend(uri, persist_test_state=True)
+    execute(writer, make_plan(writer, writer.inventory(),
+                              AssignmentRequest("render01", (A("41:00.0"),), AssignOptions(
+                                  allow_firmware_change=True, hide_hypervisor=True)), registry))
+    assert "gpupass:assignment" in domain_xml(writer, "render01")
+    assert domain_xml(open_backend(uri), "render01") == domain_xml(writer, "render01")
