@@ -1,0 +1,62 @@
+"""The KVM-only preflight rules, on facts read from libvirt's test driver (plus the one input it cannot give)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+
+from gpupass.backends.kvm import testhost  # noqa: E402
+from gpupass.backends.kvm.rules import RULES  # noqa: E402
+from gpupass.core.domain.pci import PciAddress  # noqa: E402
+from gpupass.core.domain.request import AssignmentRequest  # noqa: E402
+from gpupass.core.service import build_context, make_plan  # noqa: E402
+
+A = PciAddress.parse
+
+
+@pytest.fixture
+def backend(tmp_path, open_backend):
+    functions = [testhost.gpu("0000:41:00.0", 0x20F1, "GA100 [A100 PCIe 40GB]", group=20),
+                 testhost.gpu("0000:42:00.0", 0x1EB8, "TU104GL [Tesla T4]", group=21)]
+    domains = [testhost.domain("old-pc", machine="pc-i440fx-7.2"), testhost.domain("modern")]
+    return open_backend(testhost.write_host(tmp_path / "rules.xml", functions, domains))
+
+
+def codes(plan) -> set[str]:
+    return {finding.code for finding in plan.findings}
+
+
+def test_kvm_rules_are_registered_for_kvm_assignments(registry):
+    for rule in RULES:
+        assert rule in registry.rules_for("assign", "kvm")
+        assert rule not in registry.rules_for("assign", "esxi")
+        assert rule not in registry.rules_for("release", "kvm")
+
+
+def test_large_bar_gpu_on_i440fx_warns_about_the_machine_type(backend, registry):
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("old-pc", (A("41:00.0"),)), registry)
+    assert "kvm-machine-type" in codes(plan) and not plan.blocked
+    modern = make_plan(backend, backend.inventory(), AssignmentRequest("modern", (A("41:00.0"),)), registry)
+    assert "kvm-machine-type" not in codes(modern)
+    small = make_plan(backend, backend.inventory(), AssignmentRequest("old-pc", (A("42:00.0"),)), registry)
+    assert "kvm-machine-type" not in codes(small)  # 256 MiB of BARs is fine on i440fx
+
+
+def test_host_driver_and_boot_vga_findings(backend, registry):
+    """The test driver drops <driver> and is not this machine's sysfs, so those two inputs are set here."""
+    facts = backend.inventory()
+    t4 = next(gpu for gpu in facts.gpus if gpu.address == A("42:00.0"))
+    t4 = dataclasses.replace(t4, function=dataclasses.replace(t4.function, driver="nvidia"),
+                             extra={"boot_vga": True})
+    facts = dataclasses.replace(facts, gpus=tuple(t4 if g.address == t4.address else g for g in facts.gpus))
+    ctx = build_context(backend, facts, AssignmentRequest("modern", (A("42:00.0"),)))
+    found = {finding.code: finding for rule in RULES for finding in rule(ctx)}
+    assert found["kvm-host-driver"].subject == "0000:42:00.0" and "nvidia" in found["kvm-host-driver"].message
+    assert found["kvm-boot-vga"].severity.value == "warning"
+    vfio = dataclasses.replace(t4, function=dataclasses.replace(t4.function, driver="vfio-pci"), extra={})
+    facts = dataclasses.replace(facts, gpus=tuple(vfio if g.address == t4.address else g for g in facts.gpus))
+    ctx = build_context(backend, facts, AssignmentRequest("modern", (A("42:00.0"),)))
+    assert [finding for rule in RULES for finding in rule(ctx)] == []
