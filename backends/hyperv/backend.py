@@ -1,0 +1,412 @@
+"""The Hyper-V backend: Discrete Device Assignment with PowerShell sent over WinRM (pywinrm).
+
+Every host call is one PowerShell script from :mod:`gpupass.backends.hyperv.scripts`, run with one WinRM
+command (`self.round_trips` counts them): inventory is one script, an assignment is one script (which
+rolls itself back), a release is one script. pywinrm is imported only when a host is opened.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from gpupass.backends.hyperv import scripts
+from gpupass.backends.hyperv.addressing import address_map
+from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
+from gpupass.backends.hyperv.state import SettingsStore
+from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.findings import FeatureLoss
+from gpupass.core.domain.grouping import group_gpus
+from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PassthroughState, PowerState, Vm
+from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
+from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
+from gpupass.core.domain.plan import Step
+from gpupass.core.errors import AuthenticationFailed, BackendUnavailable, NotSupported, OperationFailed, UsageError
+from gpupass.core.ports import Backend
+
+TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
+# Microsoft's DDA guide sets the low MMIO space to 3 GB for devices with 32-bit BARs.
+LOW_MMIO = 3 * GiB
+# PnP classes -> PCI class codes (PnP has no class code; these are the usual ones for each class).
+_CLASS_CODES = {"display": 0x030000, "media": 0x040300, "net": 0x020000, "usb": 0x0C0300, "scsiadapter": 0x010800}
+_STATES = {"off": PowerState.OFF, "running": PowerState.RUNNING, "paused": PowerState.PAUSED,
+           "saved": PowerState.SUSPENDED}
+
+
+def _winrm():
+    try:
+        import winrm
+    except ImportError as exc:
+        raise BackendUnavailable("the hyperv backend needs pywinrm, which is not installed",
+                                 remedy="pip install 'gpupass[hyperv]'") from exc
+    return winrm
+
+
+def _ids(instance_id: str) -> tuple[int, int]:
+    vendor = device = 0
+    for part in instance_id.split("\\", 2)[1:2][0].split("&") if "\\" in instance_id else ():
+        if part.upper().startswith("VEN_"):
+            vendor = int(part[4:], 16)
+        elif part.upper().startswith("DEV_"):
+            device = int(part[4:], 16)
+    return vendor, device
+
+
+def survey(fn: dict) -> dict:
+    """The per-device checks of Microsoft's DDA survey script; None where the host did not say."""
+    acs, kind, irq = fn.get("Acs"), fn.get("DeviceType"), fn.get("Interrupts")
+    return {"rmrr": None if fn.get("Rmrr") is None else bool(fn["Rmrr"]),
+            "acs": None if acs is None else int(acs) != 0,
+            "express_endpoint": None if kind is None else int(kind) == 2,
+            "msi": None if irq is None else bool(int(irq) & 6)}
+
+
+def passthrough_state(fn: dict) -> PassthroughState:
+    """Microsoft's survey-script checks for one function, as the core's passthrough state."""
+    reasons = []
+    if fn.get("Rmrr"):
+        reasons.append("the firmware reserves memory for it (RMRR): Hyper-V will not assign it")
+    if fn.get("Acs") is not None and int(fn.get("Acs") or 0) == 0:
+        reasons.append("no ACS up the PCIe hierarchy: it cannot be isolated from its neighbours")
+    if fn.get("DeviceType") is not None and int(fn["DeviceType"]) != 2:
+        reasons.append("not a PCI Express endpoint (legacy PCI or a bridge)")
+    if fn.get("Interrupts") is not None and not int(fn["Interrupts"]) & 6:
+        reasons.append("line-based interrupts only (no MSI/MSI-X)")
+    dismounted = bool(fn.get("Dismounted"))
+    return PassthroughState(capable=not reasons, enabled=dismounted, active=dismounted, reasons=tuple(reasons))
+
+
+class HypervBackend(Backend):
+    platform = "hyperv"
+    schemes = ("hyperv", "hyperv+http")
+    description = "Hyper-V Discrete Device Assignment: PowerShell over WinRM (pywinrm)"
+    sdk_modules = ("winrm",)
+    extra = "hyperv"
+    # High MMIO = the devices' need plus Hyper-V's 512 MB default as headroom, in MiB steps.
+    mmio_policy = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False, granularity=MiB)
+    capabilities = Capabilities(live_attach=False, firmware_change=False, hide_hypervisor=False,
+                                dynamic_binding=False)
+    native_settings = {
+        "firmware": "VM generation: Gen 2 = UEFI, Gen 1 = BIOS (fixed at creation)",
+        "memory_reservation": "static memory (Set-VM -StaticMemory); DDA refuses dynamic memory",
+        "mmio_window": "Set-VM -HighMemoryMappedIoSpace / -LowMemoryMappedIoSpace",
+        "binding": "Dismount-VMHostAssignableDevice + Add-VMAssignableDevice by LocationPath",
+        "stop_action": "Set-VM -AutomaticStopAction TurnOff",
+        "dynamic_memory": "Set-VM -DynamicMemory (must be off)",
+    }
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self._session: Any = None
+        self._paths: dict[PciAddress, str] = {}   # address -> location path, from the last inventory
+        self._vms: dict[str, dict] = {}           # VM name -> its inventory record
+        self.scripts_sent: list[str] = []
+
+    # -- connection ---------------------------------------------------------------------------------
+    @property
+    def transport(self) -> str:
+        query = parse_qs(urlsplit(self.target.uri).query)
+        transport = (query.get("transport") or ["ntlm"])[-1].lower()
+        if transport not in TRANSPORTS:
+            raise UsageError(f"unknown WinRM transport {transport!r}",
+                             remedy="use ?transport=ntlm (default), kerberos, credssp or basic")
+        return transport
+
+    @property
+    def endpoint(self) -> str:
+        parts = urlsplit(self.target.uri)
+        https = parts.scheme == "hyperv"
+        if not parts.hostname:
+            raise UsageError(f"{self.target.uri} names no host", remedy="write hyperv://USER@HOST[:PORT]")
+        port = parts.port or (5986 if https else 5985)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{'https' if https else 'http'}://{host}:{port}/wsman"
+
+    def _open(self) -> Any:
+        if self._session is not None:
+            return self._session
+        parts = urlsplit(self.target.uri)
+        transport, endpoint = self.transport, self.endpoint
+        if transport == "basic" and parts.scheme == "hyperv+http" and parts.hostname not in ("127.0.0.1", "::1"):
+            raise UsageError("Basic authentication over plain HTTP would send the password in clear text",
+                             remedy="use hyperv:// (HTTPS) or ?transport=ntlm")
+        if not parts.username:
+            raise UsageError(f"{self.target.uri} names no user", remedy="write hyperv://USER@HOST (DOMAIN\\user: "
+                                                                       "DOMAIN%5Cuser)")
+        if self.target.password is None:
+            raise AuthenticationFailed(f"no password for {self.target.label}",
+                                       remedy="set GPUPASS_PASSWORD_<HOST> or GPUPASS_PASSWORD, or add the host "
+                                              "with `gpupass hosts add` (--password-env / --keyring)")
+        winrm = _winrm()
+        options: dict[str, Any] = {"transport": transport, "proxy": None}
+        if parts.scheme == "hyperv":
+            options["server_cert_validation"] = "validate" if self.target.tls.verify else "ignore"
+            if self.target.tls.ca_file:
+                options["ca_trust_path"] = self.target.tls.ca_file
+        from urllib.parse import unquote
+        self._session = winrm.Session(endpoint, auth=(unquote(parts.username), self.target.password.reveal()),
+                                      **options)
+        return self._session
+
+    def run_ps(self, script: str, action: str) -> tuple[int, bytes, bytes]:
+        """One script, one WinRM command: (exit code, stdout, raw stderr with its CLIXML)."""
+        session = self._open()
+        self.round_trips += 1
+        self.scripts_sent.append(script)
+        encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+        try:
+            response = session.run_cmd(f"powershell -encodedcommand {encoded}")
+        except Exception as exc:
+            translated = from_exception(action, self.target.label, exc)
+            if translated is None:
+                raise
+            raise translated from exc
+        return response.status_code, response.std_out, response.std_err
+
+    def run_json(self, script: str, action: str) -> tuple[int, dict | None, bytes]:
+        code, out, err = self.run_ps(script, action)
+        text = out.decode("utf-8", errors="replace").strip()
+        try:
+            data = json.loads(text.splitlines()[-1]) if text else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise from_exit(action, code, err)
+        return code, data, err
+
+    def close(self) -> None:
+        self._session = None
+
+    # -- inventory ----------------------------------------------------------------------------------
+    def inventory(self) -> HostFacts:
+        code, data, err = self.run_json(scripts.inventory_script(), "reading the host")
+        if code != 0:
+            raise from_exit("reading the host", code, err)
+        gpus_raw = data.get("Gpus") or []
+        vms_raw = data.get("Vms") or []
+        functions_raw = [f for g in gpus_raw for f in [g, *(g.get("Companions") or [])]]
+        vm_paths = [p for v in vms_raw for p in (v.get("Devices") or [])]
+        addresses = address_map([f["LocationPath"] for f in functions_raw] + vm_paths)
+        self._paths = {a: p for p, a in addresses.items()}
+        functions: dict[PciAddress, PciFunction] = {}
+        states: dict[PciAddress, PassthroughState] = {}
+        extra: dict[PciAddress, dict] = {}
+        for fn in functions_raw:
+            address = addresses.get(fn["LocationPath"])
+            if address is None or address in functions:
+                continue
+            vendor, device = _ids(fn.get("InstanceId") or "")
+            mmio = fn.get("Mmio")
+            functions[address] = PciFunction(
+                address=address, vendor_id=vendor, device_id=device,
+                class_code=_CLASS_CODES.get(str(fn.get("Class") or "").lower(), 0xFF0000),
+                name=fn.get("Name") or "", driver=None,
+                # Only the total of the memory ranges is known; the catalog gives the BARs of known cards.
+                bars=None if not mmio else (Bar(0, int(mmio), is_64bit=True),),
+            )
+            states[address] = passthrough_state(fn)
+            extra[address] = {"location_path": fn["LocationPath"], "instance_id": fn.get("InstanceId"),
+                              "status": fn.get("Status"), "present": fn.get("Present"),
+                              "mmio_bytes": mmio, "dismounted": bool(fn.get("Dismounted")),
+                              "survey": survey(fn)}
+        owners: dict[PciAddress, str] = {}
+        vms = []
+        self._vms = {}
+        for v in vms_raw:
+            held = tuple(sorted(addresses[p] for p in (v.get("Devices") or []) if p in addresses))
+            for address in held:
+                owners[address] = v["Name"]
+            self._vms[v["Name"]] = v
+            vms.append(_vm(v, held))
+        # Prefer the catalog's BAR layout (it tells 32-bit from 64-bit BARs) over the measured total.
+        from gpupass.core.domain import catalog
+        for address, function in list(functions.items()):
+            known = catalog.lookup(function.vendor_id, function.device_id)
+            if known is not None and known.bars is not None:
+                import dataclasses
+                functions[address] = dataclasses.replace(function, bars=known.bars)
+        gpus = []
+        import dataclasses
+        for gpu in group_gpus(functions.values(), {}, owners, states):
+            paths = [extra[f.address]["location_path"] for f in gpu.functions]
+            gpus.append(dataclasses.replace(gpu, extra={
+                **extra[gpu.address], "location_paths": paths,
+                "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
+        host_raw = data.get("Host") or {}
+        iov = host_raw.get("IovSupport")
+        reasons = host_raw.get("IovSupportReasons") or []
+        host = Host(
+            uri=self.target.uri, platform=self.platform,
+            name=host_raw.get("Name") or self.target.name or urlsplit(self.target.uri).hostname or "",
+            iommu_enabled=None if iov is None else bool(iov),
+            iommu_reasons=tuple(str(r) for r in ([reasons] if isinstance(reasons, str) else reasons)),
+            settings={"iov_support": iov},
+        )
+        return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
+                         {("", a): f for a, f in functions.items()})
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {"location_paths": {str(a): p for a, p in self._paths.items()}, "vms": self._vms}
+
+    def load_snapshot_state(self, state: dict[str, Any]) -> None:
+        self._paths = {PciAddress.parse(a): p for a, p in state.get("location_paths", {}).items()}
+        self._vms = dict(state.get("vms", {}))
+
+    # -- planning -----------------------------------------------------------------------------------
+    @property
+    def store(self) -> SettingsStore:
+        return SettingsStore.for_target(self.target)
+
+    def _path(self, address: PciAddress) -> str:
+        try:
+            return self._paths[address]
+        except KeyError:
+            raise OperationFailed(f"no location path known for {address}; read the host first") from None
+
+    def plan_assign(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        raw = self._vms.get(vm.name, {})
+        low_now = int(raw.get("LowMmio") or 128 * MiB)
+        high_now = vm.mmio_window_bytes if vm.mmio_window_bytes is not None else ctx.policy.default_window
+        need = ctx.need
+        high = high_now if need is None or ctx.policy.fits(need, high_now) else ctx.policy.window_for(need)
+        low = max(low_now, LOW_MMIO) if need is None or need.low else low_now
+        new = [gpu for gpu in ctx.gpus if gpu.address not in vm.assigned]
+        groups = [[self._path(f.address) for f in (gpu.functions if ctx.include_companions else (gpu.function,))]
+                  for gpu in new]
+        try:
+            batches = [[p for group in groups for p in group]]
+            previews = [scripts.assign_script(vm.name, batches[0], low, high)]
+        except scripts.ScriptTooLarge:
+            # One script per GPU (with its companions): rollback then covers one GPU at a time.
+            batches, previews = [], []
+            for group in groups:
+                try:
+                    previews.append(scripts.assign_script(vm.name, group, low, high))
+                except scripts.ScriptTooLarge as exc:
+                    raise UsageError(f"the assign script for {vm.name!r} does not fit WinRM's command line: {exc}",
+                                     remedy="rename the VM to a shorter name") from exc
+                batches.append(group)
+        changes = (f"Set-VM -AutomaticStopAction TurnOff -GuestControlledCacheTypes $true "
+                   f"-LowMemoryMappedIoSpace {format_bytes(low)} -HighMemoryMappedIoSpace {format_bytes(high)}",)
+        steps = []
+        for batch, preview in zip(batches, previews):
+            steps.append(Step(
+                action="hyperv.assign",
+                description=f"give {', '.join(batch)} to VM '{vm.name}' (Set-VM, Disable-PnpDevice, "
+                            "Dismount-VMHostAssignableDevice, Add-VMAssignableDevice)",
+                undo="run the release script: Remove-VMAssignableDevice, Mount-VMHostAssignableDevice, "
+                     "Enable-PnpDevice, Set-VM with the previous settings",
+                changes=changes + tuple(f"assign {p}" for p in batch),
+                needs_vm_off=True, preview=preview,
+                payload={"vm": vm.name, "vm_id": vm.id, "paths": batch, "low": low, "high": high},
+            ))
+        return steps
+
+    def plan_release(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        paths = [self._path(f.address) for f in ctx.functions if f.address in vm.assigned]
+        remaining = set(vm.assigned) - set(ctx.addresses)
+        record = self.store.get(vm.id or vm.name) if not remaining else None
+        previous = scripts.VmSettings(**record) if record else None
+        try:
+            preview = scripts.release_script(vm.name, paths, previous)
+        except scripts.ScriptTooLarge as exc:
+            raise UsageError(f"the release script for {vm.name!r} does not fit WinRM's command line: {exc}",
+                             remedy="release one GPU at a time") from exc
+        raw = self._vms.get(vm.name, {})
+        current = {"stop_action": raw.get("StopAction") or "TurnOff", "low_mmio": int(raw.get("LowMmio") or 0),
+                   "high_mmio": int(raw.get("HighMmio") or 0), "guest_cache": bool(raw.get("GuestCache"))}
+        restore = (f"Set-VM back to -AutomaticStopAction {previous.stop_action} -HighMemoryMappedIoSpace "
+                   f"{format_bytes(previous.high_mmio)} (as before gpupass assigned)",) if previous else (
+            "VM settings (stop action, MMIO) left as they are: "
+            + ("it keeps other devices" if remaining else "gpupass has no record of them before assignment"),)
+        return [Step(
+            action="hyperv.release",
+            description=f"take {', '.join(paths)} back from VM '{vm.name}' and give them to the host "
+                        "(Remove-VMAssignableDevice, Mount-VMHostAssignableDevice, Enable-PnpDevice)",
+            undo="run the assign script again with the VM's current settings",
+            changes=tuple(f"release {p}" for p in paths) + restore,
+            needs_vm_off=True, preview=preview,
+            payload={"vm": vm.name, "vm_id": vm.id, "paths": paths,
+                     "previous": record, "current": current},
+        )]
+
+    def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        return [
+            FeatureLoss("save / restore", "a VM with an assigned device cannot be saved; its stop action is TurnOff"),
+            FeatureLoss("live migration", "Hyper-V cannot move a VM that holds an assigned device"),
+            FeatureLoss("dynamic memory", "DDA needs static memory: the device DMAs into guest RAM"),
+            FeatureLoss("checkpoints that save state", "standard checkpoints capture device state, which DDA "
+                                                       "cannot; only production checkpoints work"),
+            FeatureLoss("high-availability failover", "a clustered VM with a device cannot fail over to a host "
+                                                      "without the same device"),
+        ]
+
+    # -- applying -----------------------------------------------------------------------------------
+    def apply(self, step: Step) -> Any:
+        payload = step.payload
+        if step.action == "hyperv.assign":
+            return self._assign(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload["low"],
+                                payload["high"], step.preview)
+        if step.action == "hyperv.release":
+            self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload.get("previous"),
+                          step.preview)
+            return payload.get("previous")
+        raise OperationFailed(f"the hyperv backend does not know step {step.action!r}")
+
+    def undo(self, step: Step, token: Any) -> None:
+        payload = step.payload
+        if step.action == "hyperv.assign":
+            self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], token, None)
+        elif step.action == "hyperv.release":
+            current = payload["current"]
+            script = scripts.assign_script(payload["vm"], payload["paths"], current["low_mmio"],
+                                           current["high_mmio"], current["stop_action"], current["guest_cache"])
+            self._run_change(script, f"giving the devices back to VM '{payload['vm']}'")
+            if token:
+                self.store.put(payload.get("vm_id") or payload["vm"], token)
+
+    def _run_change(self, script: str, action: str) -> dict:
+        code, data, err = self.run_json(script, action)
+        if code != 0 or not data.get("ok"):
+            raise from_script_result(action, data)
+        return data
+
+    def _assign(self, vm: str, vm_id: str, paths: list[str], low: int, high: int, script: str | None) -> dict:
+        script = script or scripts.assign_script(vm, paths, low, high)
+        data = self._run_change(script, f"assigning to VM '{vm}'")
+        prev = data.get("previous") or {}
+        previous = {"stop_action": prev["StopAction"], "low_mmio": int(prev["LowMmio"]),
+                    "high_mmio": int(prev["HighMmio"]), "guest_cache": bool(prev["GuestCache"])}
+        key = vm_id or vm
+        if self.store.get(key) is None:     # a second GPU keeps the settings from before the first
+            self.store.put(key, previous)
+        return previous
+
+    def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict | None, script: str | None) -> None:
+        settings = scripts.VmSettings(**previous) if previous else None
+        script = script or scripts.release_script(vm, paths, settings)
+        self._run_change(script, f"releasing from VM '{vm}'")
+        if previous:
+            self.store.delete(vm_id or vm)
+
+
+def _vm(raw: dict, held: tuple[PciAddress, ...]) -> Vm:
+    generation = int(raw.get("Generation") or 0)
+    dynamic = bool(raw.get("DynamicMemory"))
+    memory = int(raw.get("MemoryStartup") or 0)
+    checkpoints = raw.get("Checkpoints") or []
+    return Vm(
+        name=raw["Name"], id=str(raw.get("Id") or ""),
+        power_state=_STATES.get(str(raw.get("State") or "").lower(), PowerState.UNKNOWN),
+        firmware={2: Firmware.EFI, 1: Firmware.BIOS}.get(generation, Firmware.UNKNOWN),
+        memory_bytes=memory, memory_reserved_bytes=None if dynamic else memory,
+        mmio_window_bytes=int(raw["HighMmio"]) if raw.get("HighMmio") is not None else None,
+        assigned=held, snapshots=len(checkpoints),
+        settings={"generation": generation, "dynamic_memory": dynamic,
+                  "automatic_stop_action": raw.get("StopAction"), "low_mmio": raw.get("LowMmio"),
+                  "high_mmio": raw.get("HighMmio"), "guest_controlled_cache_types": raw.get("GuestCache"),
+                  "state": raw.get("State"), "checkpoint_types": [c.get("Type") for c in checkpoints]},
+    )

@@ -1,0 +1,140 @@
+"""Translate WinRM and PowerShell failures into the core's error types by structure, never by message text.
+
+What is read: the pywinrm exception class (401 -> InvalidCredentialsError, a WS-Management fault ->
+WinRMError with its fault code), the requests exception class (connection refused, TLS), the exit code of
+the remote command, the CLIXML error records on stderr (their `FullyQualifiedErrorId` and `CategoryInfo`
+fields), and the fields of the JSON the scripts print (`ok`, `errorId`, `step`, `undoErrors`).
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from gpupass.core.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    GpupassError,
+    NotFound,
+    OperationFailed,
+)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One PowerShell error record as CLIXML carries it (the rendered fields, split)."""
+    message: str
+    fully_qualified_error_id: str = ""
+    category: str = ""
+
+
+_FIELD = re.compile(r"^\s*\+\s*(CategoryInfo|FullyQualifiedErrorId)\s*:\s*(.*)$")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def parse_clixml(stderr: bytes | str) -> list[ErrorRecord]:
+    """The error records in a `#< CLIXML` stderr stream (empty when there are none or it is not CLIXML)."""
+    text = stderr.decode("utf-8", errors="replace") if isinstance(stderr, bytes) else stderr
+    if not text.startswith("#< CLIXML"):
+        return []
+    try:
+        root = ET.fromstring(text.split("\n", 1)[1] if "\n" in text else "")
+    except ET.ParseError:
+        return []
+    lines = "".join(_unescape(el.text or "") for el in root.iter() if el.tag.endswith("S")
+                    and el.get("S") == "Error").splitlines()
+    records: list[ErrorRecord] = []
+    message: list[str] = []
+    category = ""
+    for line in lines:
+        match = _FIELD.match(line)
+        if match and match.group(1) == "CategoryInfo":
+            category = match.group(2).split(":", 1)[0].strip()
+        elif match:
+            records.append(ErrorRecord(" ".join(message).strip(), match.group(2).strip(), category))
+            message, category = [], ""
+        elif not line.startswith("At line:") and not line.strip().startswith(("+ ", "~")) and line.strip():
+            if not category:
+                message.append(line.strip())
+    if message:
+        records.append(ErrorRecord(" ".join(message).strip()))
+    return records
+
+
+# FullyQualifiedErrorId prefixes (before the first comma) that mean "the thing named is not there".
+_NOT_FOUND_IDS = {"InvalidParameter", "ObjectNotFound", "CmdletizationQuery_NotFound"}
+
+
+def from_script_result(action: str, result: dict) -> GpupassError:
+    """A failed assign/release script's JSON result ({ok: false, error, errorId, step, undoErrors})."""
+    error_id = str(result.get("errorId") or "")
+    step = result.get("step") or "?"
+    undo_errors = list(result.get("undoErrors") or [])
+    message = f"{action}: {step} failed: {result.get('error') or 'no message'} [{error_id or 'no error id'}]"
+    if undo_errors:
+        return OperationFailed(
+            message + "; the script's own rollback could not undo: " + "; ".join(undo_errors),
+            remedy="run `gpupass status HOST`; mount and enable the listed devices by hand "
+                   "(Mount-VMHostAssignableDevice, Enable-PnpDevice)",
+            rolled_back=False)
+    if error_id.split(",", 1)[0] in _NOT_FOUND_IDS and step in ("lookup", "Get-VM"):
+        return NotFound(message, remedy="`gpupass vms HOST` / `gpupass gpus HOST` list what is there")
+    return OperationFailed(message, remedy="the script undid its own changes; see the PowerShell error above",
+                           rolled_back=True)
+
+
+def from_exit(action: str, exit_code: int, stderr: bytes) -> GpupassError:
+    """A remote command that failed without printing a JSON result."""
+    records = parse_clixml(stderr)
+    if records:
+        first = records[0]
+        ident = first.fully_qualified_error_id or "no error id"
+        if first.fully_qualified_error_id.split(",", 1)[0] == "CommandNotFoundException":
+            return OperationFailed(f"{action}: a cmdlet is missing on the host: {first.message} [{ident}]",
+                                   remedy="install the Hyper-V PowerShell module (Install-WindowsFeature "
+                                          "Hyper-V-PowerShell) on the host")
+        return OperationFailed(f"{action}: PowerShell failed (exit {exit_code}): {first.message} [{ident}]",
+                               remedy="see the PowerShell error; `gpupass plan --show-changes` shows the script")
+    text = stderr.decode("utf-8", errors="replace").strip()
+    return OperationFailed(f"{action}: the remote command failed (exit {exit_code}): {text[:500] or 'no output'}",
+                           remedy="check that the account may run PowerShell over WinRM on the host")
+
+
+def from_exception(action: str, uri: str, exc: BaseException) -> GpupassError | None:
+    """pywinrm / requests exceptions by class; None for anything else (a bug: let it propagate)."""
+    import requests
+    from winrm import exceptions as wx
+
+    if isinstance(exc, wx.AuthenticationError):
+        return AuthenticationFailed(f"{action}: the host at {uri} refused the user name or password (HTTP 401)",
+                                    remedy="check the user in the URI and the password (GPUPASS_PASSWORD_<HOST>, "
+                                           "the config file or the keyring); a local account needs "
+                                           "LocalAccountTokenFilterPolicy=1 for remote administration")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ConnectionFailed(f"{action}: TLS with {uri} failed: {type(exc).__name__}",
+                                remedy="pass --ca-file with the CA that signed the WinRM listener's certificate "
+                                       "(or --insecure, explicitly, for a test host)")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return ConnectionFailed(f"{action}: cannot reach {uri}: {type(exc).__name__}",
+                                remedy="check the host name and port (5986 HTTPS, 5985 HTTP), that WinRM runs "
+                                       "(Test-WSMan) and that the firewall lets it through")
+    if isinstance(exc, wx.WinRMOperationTimeoutError):
+        return ConnectionFailed(f"{action}: WinRM operation timed out at {uri}", remedy="check the host's load")
+    if isinstance(exc, wx.WSManFaultError):
+        return OperationFailed(f"{action}: WinRM fault from {uri} (WSManFault {exc.wsman_fault_code}, "
+                               f"{exc.fault_subcode or exc.fault_code}): {exc.reason}",
+                               remedy="check the WinRM service on the host (winrm get winrm/config); "
+                                      "nothing was changed by this request", rolled_back=True)
+    if isinstance(exc, wx.WinRMError):
+        code = getattr(exc, "code", None)
+        return OperationFailed(f"{action}: WinRM error from {uri} (code {code}): {exc}",
+                               remedy="check the WinRM service on the host (winrm get winrm/config); "
+                                      "nothing was changed by this request", rolled_back=True)
+    if isinstance(exc, wx.WinRMTransportError):
+        return ConnectionFailed(f"{action}: WinRM transport error at {uri} (HTTP {getattr(exc, 'code', '?')})",
+                                remedy="check the transport (?transport=ntlm|kerberos|credssp|basic) and the "
+                                       "listener's settings")
+    return None

@@ -1,0 +1,96 @@
+"""`lab-hyperv`: the WS-Management endpoint serving the Hyper-V lab model, run in the background.
+
+State under ``<data dir>/lab/hyperv/``: ``lab-hyperv.json`` (the model, written after every script),
+``password`` (generated, mode 600, never on a command line) and ``previous-settings.json`` (what releases
+restore). The server is started and stopped by PID with gpupass.core.labprocess, so it serves every gpupass
+process while it is up. Authentication: NTLM by default; ``GPUPASS_LAB_HYPERV_AUTH=basic`` at `lab up`
+picks Basic (the target's URI then carries ``?transport=basic``, allowed over HTTP only on 127.0.0.1).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from gpupass.core import labprocess
+from gpupass.core.errors import ConnectionFailed, UsageError
+from gpupass.core.ports import LabHost
+from gpupass.core.target import Secret, Target
+
+NAME = "lab-hyperv"
+USER = "Administrator"
+READY = "GPUPASS-HYPERV-LAB-READY "
+
+
+class HypervLab(LabHost):
+    name = NAME
+    platform = "hyperv"
+    description = ("WinRM endpoint on 127.0.0.1 serving a modelled Hyper-V host: 2x A100 80GB, a T4 behind "
+                   "an RMRR; VMs ml-train, render01 (Gen 1), web01 (running), cad-ws (holds an A100), dyn-mem")
+
+    def directory(self, data_dir: Path) -> Path:
+        return data_dir / "lab" / "hyperv"
+
+    def state_path(self, data_dir: Path) -> Path:
+        return self.directory(data_dir) / "lab-hyperv.json"
+
+    def password(self, data_dir: Path) -> str:
+        path = self.directory(data_dir) / "password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("Lab-" + secrets.token_urlsafe(18))
+        return path.read_text().strip()
+
+    def _write_initial(self, data_dir: Path) -> None:
+        from gpupass.backends.hyperv.hostmodel.lab import lab_host
+
+        path = self.state_path(data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(lab_host().to_json())
+        os.replace(tmp, path)
+        (self.directory(data_dir) / "previous-settings.json").unlink(missing_ok=True)
+
+    def up(self, data_dir: Path) -> str:
+        auth = os.environ.get("GPUPASS_LAB_HYPERV_AUTH", "ntlm").lower()
+        if auth not in ("ntlm", "basic"):
+            raise UsageError(f"GPUPASS_LAB_HYPERV_AUTH={auth!r}", remedy="use ntlm or basic")
+        if not self.state_path(data_dir).exists():
+            self._write_initial(data_dir)
+        self.password(data_dir)
+        argv = labprocess.python_argv("gpupass.backends.hyperv.labserver", "--auth", auth, "--user", USER,
+                                      "--password-file", str(self.directory(data_dir) / "password"),
+                                      "--ready", READY.strip(), "--state", str(self.state_path(data_dir)))
+        running = labprocess.start(data_dir, NAME, argv, READY)
+        return f"serving WinRM ({running.info.get('auth')}) at {running.info.get('url')} (pid {running.pid})"
+
+    def down(self, data_dir: Path) -> str:
+        return "stopped" if labprocess.stop(data_dir, NAME) else "was not running"
+
+    def is_up(self, data_dir: Path) -> bool:
+        return labprocess.running(data_dir, NAME) is not None
+
+    def status(self, data_dir: Path) -> str:
+        running = labprocess.running(data_dir, NAME)
+        if running is None:
+            return "down (`gpupass lab up lab-hyperv` starts it)"
+        return f"up at {running.info.get('url')} ({running.info.get('auth')}, pid {running.pid})"
+
+    def target(self, data_dir: Path) -> Target:
+        running = labprocess.running(data_dir, NAME)
+        if running is None:
+            raise ConnectionFailed(f"{NAME} is not running", remedy="start it: gpupass lab up lab-hyperv")
+        query = "?transport=basic" if running.info.get("auth") == "basic" else ""
+        return Target(uri=f"hyperv+http://{USER}@127.0.0.1:{running.info['port']}/{query}", name=NAME,
+                      password=Secret(self.password(data_dir)),
+                      options={"state_file": str(self.directory(data_dir) / "previous-settings.json")})
+
+    def reset(self, data_dir: Path) -> None:
+        was_up = self.is_up(data_dir)
+        if was_up:
+            labprocess.stop(data_dir, NAME)
+        self._write_initial(data_dir)
+        if was_up:
+            self.up(data_dir)

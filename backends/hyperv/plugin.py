@@ -1,0 +1,28 @@
+"""Registers the Hyper-V backend with gpupass, exactly as a third-party plugin would.
+
+Entry point (pyproject.toml, [project.entry-points.gpupass]): hyperv = "gpupass.backends.hyperv.plugin".
+Importing this module stays cheap: pywinrm is imported only when a host is opened.
+"""
+from gpupass.core.hookspecs import hookimpl
+
+
+@hookimpl
+def gpupass_register_backends(register):
+    from gpupass.backends.hyperv.backend import HypervBackend
+
+    register(HypervBackend)
+
+
+@hookimpl
+def gpupass_register_rules(register):
+    from gpupass.backends.hyperv.rules import RULES
+
+    for rule in RULES:
+        register(rule, operations=("assign",), platforms=("hyperv",))
+
+
+@hookimpl
+def gpupass_register_lab_hosts(register):
+    from gpupass.backends.hyperv.lab import HypervLab
+
+    register(HypervLab())
