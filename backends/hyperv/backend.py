@@ -139,11 +139,13 @@ class HypervBackend(Backend):
                                        remedy="set GPUPASS_PASSWORD_<HOST> or GPUPASS_PASSWORD, or add the host "
                                               "with `gpupass hosts add` (--password-env / --keyring)")
         winrm = _winrm()
-        options: dict[str, Any] = {"transport": transport, "proxy": None}
-        if parts.scheme == "hyperv":
-            options["server_cert_validation"] = "validate" if self.target.tls.verify else "ignore"
-            if self.target.tls.ca_file:
-                options["ca_trust_path"] = self.target.tls.ca_file
+        # Plain HTTP has no certificate to check; HTTPS verifies against --ca-file, else the system store.
+        https = parts.scheme == "hyperv"
+        options: dict[str, Any] = {
+            "transport": transport, "proxy": None,
+            "server_cert_validation": "validate" if https and self.target.tls.verify else "ignore",
+            "ca_trust_path": self.target.tls.ca_file if https else None,
+        }
         from urllib.parse import unquote
         self._session = winrm.Session(endpoint, auth=(unquote(parts.username), self.target.password.reveal()),
                                       **options)

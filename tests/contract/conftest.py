@@ -62,10 +62,49 @@ def kvm_test_driver(tmp_path: Path) -> BackendEnv:
     )
 
 
+def ensure_hyperv_plugin() -> None:
+    """Register the Hyper-V plugin in the default registry unless its entry point already did."""
+    from gpupass.core import plugins
+
+    if not any(b.platform == "hyperv" for b in plugins.default_registry().backends):
+        from gpupass.backends.hyperv import plugin
+
+        plugins.register(plugin, name="hyperv")
+
+
+def hyperv_wsman(tmp_path: Path) -> BackendEnv:
+    pytest.importorskip("winrm", reason="pywinrm is not installed (pip install 'gpupass[hyperv]')")
+    pytest.importorskip("tree_sitter_powershell", reason="the Hyper-V host model needs tree-sitter-powershell")
+    from gpupass.backends.hyperv.backend import HypervBackend
+    from gpupass.backends.hyperv.hostmodel import lab_host
+    from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC
+    from gpupass.backends.hyperv.addressing import address_map
+    from gpupass.backends.hyperv.wsman import serve
+    from gpupass.core.target import Secret, Target
+
+    ensure_hyperv_plugin()
+    # The lab model: A100 #2 free, A100 #1 held by cad-ws, ml-train off, web01 running. NTLM over HTTP.
+    endpoint = serve(lab_host(), auth="ntlm", users={"Administrator": "Contract-Passw0rd!"})
+    uri = f"hyperv+http://Administrator@127.0.0.1:{endpoint.port}/"
+    options = {"state_file": str(tmp_path / "previous-settings.json")}
+    addresses = address_map([A100_1_LOC, A100_2_LOC])
+    return BackendEnv(
+        platform="hyperv",
+        open=lambda: HypervBackend(Target(uri=uri, name="contract-hyperv", password=Secret("Contract-Passw0rd!"),
+                                          options=options)),
+        free_gpu=addresses[A100_2_LOC],
+        off_vm="ml-train",
+        running_vm="web01",
+        owned_gpu=addresses[A100_1_LOC],
+        owner_vm="cad-ws",
+        cleanup=[endpoint.stop],
+    )
+
+
 ENVIRONMENTS: dict[str, Callable[[Path], BackendEnv]] = {
     "kvm-test-driver": kvm_test_driver,
+    "hyperv-wsman": hyperv_wsman,
     # "esxi-vcsim": esxi_vcsim,        (to come: backends/esxi/simulator.py)
-    # "hyperv-wsman": hyperv_wsman,    (to come: backends/hyperv/wsman)
 }
 
 
