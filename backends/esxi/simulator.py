@@ -116,8 +116,8 @@ def build_binary(*, go: str | None = None, gopath: str | None = None, force: boo
             return binary
         env = dict(os.environ, GO111MODULE="off", GOPATH=gopath, CGO_ENABLED="0")
         env.pop("GOFLAGS", None)
-        if "GOCACHE" not in env:
-            env["GOCACHE"] = str(cache_dir() / "go-build")
+        if not any(env.get(k) for k in ("GOCACHE", "XDG_CACHE_HOME", "HOME")):
+            env["GOCACHE"] = str(cache_dir() / "go-build")  # Go has no default cache dir then
         tmp = out_dir / f".{binary.name}.{os.getpid()}.tmp"
         try:
             proc = subprocess.run([go, "build", "-o", str(tmp), "."], cwd=VCSIM_SOURCE_DIR, env=env,
