@@ -152,6 +152,8 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
         except BaseException as exc:
             _roll_back(backend, done, failed=step, cause=exc)
             raise  # _roll_back always raises; this keeps type checkers honest
+    if not done:
+        return Outcome(plan, (), None)
     facts = backend.inventory()
     _verify(plan, facts)
     return Outcome(plan, tuple(step for step, _ in done), facts)

@@ -152,6 +152,14 @@ def firmware_for_large_bars(ctx: CheckContext) -> Iterable[Finding]:
     if ctx.operation != "assign" or need is None or not need.is_large or ctx.vm.firmware is not Firmware.BIOS:
         return
     total = format_bytes(need.total_bars)
+    if ctx.request.options.live and not ctx.vm.is_off:
+        yield blocker(
+            "firmware-needs-restart",
+            f"VM '{ctx.vm.name}' boots with BIOS and the GPUs need {total} of BARs; the switch to EFI only takes "
+            "effect at the next boot, so the GPU cannot be hot-plugged now",
+            "power the VM off and assign without --live (with --allow-firmware-change if the guest can boot EFI)",
+        )
+        return
     if ctx.request.options.allow_firmware_change and ctx.capabilities.firmware_change:
         yield warning(
             "firmware-change",

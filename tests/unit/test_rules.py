@@ -131,3 +131,17 @@ def test_host_passthrough_switch_rules(registry, monkeypatch):
     assert blocked and "RMRR" in blocked[0].message
     active = with_state(PassthroughState(capable=True, enabled=True, active=True))
     assert codes(check(registry, active, "ml-train", "41:00.0"), "blocker") == []
+
+
+def test_live_assignment_cannot_switch_firmware(registry, monkeypatch):
+    from gpupass.core.domain.context import Capabilities
+    from gpupass.core.domain.inventory import Firmware
+
+    monkeypatch.setattr(FakeBackend, "capabilities", Capabilities(live_attach=True))
+    state = lab_facts()
+    state = dataclasses.replace(state, vms=tuple(
+        dataclasses.replace(v, firmware=Firmware.BIOS, mmio_window_bytes=256 << 30) if v.name == "web01" else v
+        for v in state.vms))
+    findings = check(registry, state, "web01", "41:00.0", live=True, allow_firmware_change=True)
+    assert "firmware-needs-restart" in codes(findings, "blocker")
+    assert "live-change" in codes(findings, "warning")
