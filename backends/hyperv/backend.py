@@ -22,7 +22,7 @@ from gpupass.core.domain.inventory import Firmware, Host, HostFacts, Passthrough
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
-from gpupass.core.errors import AuthenticationFailed, BackendUnavailable, NotSupported, OperationFailed, UsageError
+from gpupass.core.errors import AuthenticationFailed, GpupassError, BackendUnavailable, NotSupported, OperationFailed, UsageError
 from gpupass.core.ports import Backend
 
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
@@ -353,8 +353,11 @@ class HypervBackend(Backend):
             return self._assign(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload["low"],
                                 payload["high"], step.preview)
         if step.action == "hyperv.release":
-            self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload.get("previous"),
-                          step.preview)
+            try:
+                self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload.get("previous"),
+                              step.preview)
+            except _PartialRelease as partial:
+                raise self._give_back(payload, partial) from None
             return payload.get("previous")
         raise OperationFailed(f"the hyperv backend does not know step {step.action!r}")
 
@@ -390,9 +393,46 @@ class HypervBackend(Backend):
     def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict | None, script: str | None) -> None:
         settings = scripts.VmSettings(**previous) if previous else None
         script = script or scripts.release_script(vm, paths, settings)
-        self._run_change(script, f"releasing from VM '{vm}'")
+        action = f"releasing from VM '{vm}'"
+        code, data, err = self.run_json(script, action)
+        if code != 0 or not data.get("ok"):
+            # The release script stops at the first failure and says how far each device got.
+            raise _PartialRelease(from_script_result(action, data), dict(data.get("stage") or {}))
         if previous:
             self.store.delete(vm_id or vm)
+
+    def _give_back(self, payload: dict, partial: "_PartialRelease") -> OperationFailed:
+        """A release failed half way: give the devices it touched back to the VM, so nothing is left ownerless."""
+        touched = [p for p in payload["paths"] if p in partial.stage]
+        cause = partial.error
+        if not touched:
+            return OperationFailed(cause.message, remedy=cause.remedy, rolled_back=True)
+        current = payload["current"]
+        # 'removed' devices are still dismounted: only Add them back; mounted/enabled ones go the whole way.
+        removed = [p for p in touched if partial.stage[p] == "removed"]
+        mounted = [p for p in touched if partial.stage[p] != "removed"]
+        action = f"giving the devices back to VM '{payload['vm']}'"
+        try:
+            if removed:
+                self._run_change(scripts.readd_script(payload["vm"], removed), action)
+            if mounted:
+                self._run_change(scripts.assign_script(payload["vm"], mounted, current["low_mmio"],
+                                                       current["high_mmio"], current["stop_action"],
+                                                       current["guest_cache"]), action)
+        except OperationFailed as again:
+            stages = ", ".join(f"{p}: {partial.stage[p]}" for p in touched)
+            return OperationFailed(f"{cause.message}; giving the devices back to the VM failed too "
+                                   f"({again.message}); devices are now: {stages}",
+                                   remedy="finish by hand: Enable-PnpDevice for 'mounted' devices, or run "
+                                          "`gpupass release` again", rolled_back=False)
+        return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
+                               f"'{payload['vm']}'", remedy=cause.remedy, rolled_back=True)
+
+
+class _PartialRelease(Exception):
+    def __init__(self, error: GpupassError, stage: dict[str, str]) -> None:
+        super().__init__(error.message)
+        self.error, self.stage = error, stage
 
 
 def _vm(raw: dict, held: tuple[PciAddress, ...]) -> Vm:

@@ -300,5 +300,33 @@ def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSett
     return _check(s, "release", max_chars)
 
 
+def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Give devices that are still dismounted (a release removed them from the VM, then failed) back to
+    ``vm_name`` with ``Add-VMAssignableDevice``.  Prints ``{"ok", "added": [paths], "error", "errorId",
+    "step"}``; exits 1 on failure."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        _paths(location_paths),
+        "$ok=@()",
+        "$step='Get-VM'",
+        "try{",
+        _FIND_VM,
+        "foreach($p in $l){",
+        "$step='Add-VMAssignableDevice '+$p",
+        "Add-VMAssignableDevice -LocationPath $p -VM $v",
+        "$ok+=$p",
+        "}",
+        "$r=[pscustomobject]@{ok=$true;added=$ok}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;added=$ok;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
+        "step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "re-add", max_chars)
+
+
 __all__ = ["CMD_LINE_LIMIT", "INVENTORY_KEYS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
-           "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "release_script"]
+           "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "readd_script", "release_script"]

@@ -1,0 +1,259 @@
+"""The Hyper-V backend through the core service and the CLI, over real pywinrm (Basic and NTLM) to the endpoint."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gpupass.backends.hyperv import plugin
+from gpupass.backends.hyperv.addressing import address_map
+from gpupass.backends.hyperv.backend import HypervBackend
+from gpupass.backends.hyperv.errors import from_exception, parse_clixml
+from gpupass.backends.hyperv.hostmodel import Checkpoint, lab_host
+from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
+from gpupass.backends.hyperv.lab import HypervLab
+from gpupass.backends.hyperv.wsman import clixml_errors
+from gpupass.core import plugins
+from gpupass.core.domain.inventory import Firmware, PowerState
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.errors import (AuthenticationFailed, ConnectionFailed, NotSupported, OperationFailed,
+                                 UsageError)
+from gpupass.core.service import execute, make_plan
+from gpupass.core.target import Secret, Target
+from hyperv_helpers import PASSWORD, USER, rtx_host
+
+ADDR = address_map([A100_1_LOC, A100_2_LOC, T4_LOC])
+FREE, OWNED, T4 = ADDR[A100_2_LOC], ADDR[A100_1_LOC], ADDR[T4_LOC]
+
+
+@pytest.fixture
+def registry():
+    plugins.register(plugin, name="hyperv")
+    return plugins.default_registry()
+
+
+@pytest.fixture
+def open_backend(auth, endpoint_factory, tmp_path):
+    def open_(model=None, password=PASSWORD):
+        model = model or lab_host()
+        ep = endpoint_factory(model, auth)
+        query = "?transport=basic" if auth == "basic" else ""
+        target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/{query}", name="hv-test",
+                        password=Secret(password), options={"state_file": str(tmp_path / "settings.json")})
+        return HypervBackend(target), ep
+    return open_
+
+
+def codes(plan):
+    return {(f.code, f.severity.value) for f in plan.findings}
+
+
+def test_inventory(open_backend):
+    backend, _ = open_backend()
+    facts = backend.inventory()
+    assert backend.round_trips == 1
+    assert facts.host.iommu_enabled is True and facts.host.name == "HV-LAB01"
+    gpus = {g.address: g for g in facts.gpus}
+    assert set(gpus) == {FREE, OWNED, T4}
+    assert gpus[FREE].extra["location_path"] == A100_2_LOC and gpus[FREE].assigned_to is None
+    assert gpus[OWNED].assigned_to == "cad-ws" and gpus[OWNED].passthrough.enabled is True
+    assert gpus[T4].passthrough.capable is False and "RMRR" in gpus[T4].passthrough.reasons[0]
+    assert sum(b.size for b in gpus[FREE].bars) == 16 * 2**20 + 128 * 2**30 + 32 * 2**20
+    vms = {v.name: v for v in facts.vms}
+    assert vms["ml-train"].firmware is Firmware.EFI and vms["render01"].firmware is Firmware.BIOS
+    assert vms["web01"].power_state is PowerState.RUNNING
+    assert vms["cad-ws"].assigned == (OWNED,) and vms["ml-train"].mmio_window_bytes == 512 * 2**20
+    assert vms["dyn-mem"].settings["dynamic_memory"] is True and vms["dyn-mem"].memory_reserved_bytes is None
+
+
+def test_companions_share_the_card_address(open_backend):
+    backend, _ = open_backend(rtx_host())
+    rtx = next(g for g in backend.inventory().gpus if "4090" in g.function.name)
+    assert [c.kind for c in rtx.companions] == ["audio device"]
+    assert rtx.companions[0].address == rtx.address.with_function(1)
+    assert rtx.extra["location_paths"][1].endswith("PCI(0001)")
+
+
+def test_round_trip_restores_the_model_exactly(open_backend, registry):
+    backend, ep = open_backend()
+    before = ep.model.to_dict()
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (FREE,)), registry)
+    assert plan.steps[0].preview.count("Dismount-VMHostAssignableDevice") >= 1
+    assert ("hyperv-stop-action", "info") in codes(plan) and ("mmio-window-resized", "info") in codes(plan)
+    outcome = execute(backend, plan)
+    vm = ep.model.vm("ml-train")
+    assert outcome.facts_after.find_vm("ml-train").assigned == (FREE,)
+    assert (vm.automatic_stop_action, vm.high_mmio) == ("TurnOff", 256 * 2**30 + 512 * 2**20)
+    assert ep.model.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
+    # A new connection (a new gpupass process) sees it and releases it.
+    again, _ = HypervBackend(backend.target), None
+    release = make_plan(again, again.inventory(), ReleaseRequest("ml-train"), registry)
+    execute(again, release)
+    assert ep.model.to_dict() == before
+
+
+@pytest.mark.parametrize("cmdlet", ["Set-VM", "Disable-PnpDevice", "Dismount-VMHostAssignableDevice",
+                                    "Add-VMAssignableDevice"])
+def test_a_failure_at_each_step_leaves_nothing_dismounted(open_backend, registry, cmdlet):
+    backend, ep = open_backend(rtx_host())
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    before = ep.model.to_dict()
+    # The audio function is the second device: fail on it, after the GPU went through every step.
+    ep.inject_fault(cmdlet, nth=1 if cmdlet == "Set-VM" else 2)
+    with pytest.raises(OperationFailed) as error:
+        execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
+    assert error.value.rolled_back and cmdlet in error.value.message
+    ep.clear_faults()
+    assert ep.model.to_dict() == before
+    assert all(d.enabled and not d.dismounted for d in ep.model.devices if d.assigned_vm is None)
+
+
+@pytest.mark.parametrize("cmdlet", ["Remove-VMAssignableDevice", "Mount-VMHostAssignableDevice",
+                                    "Enable-PnpDevice", "Set-VM"])
+def test_a_failed_release_gives_the_devices_back_to_the_vm(open_backend, registry, cmdlet):
+    backend, ep = open_backend(rtx_host())
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
+    held = ep.model.to_dict()
+    ep.inject_fault(cmdlet, nth=1 if cmdlet == "Set-VM" else 2)
+    with pytest.raises(OperationFailed) as error:
+        execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry))
+    ep.clear_faults()
+    assert error.value.rolled_back
+    assert ep.model.to_dict() == held
+
+
+def test_every_hyperv_finding(open_backend, registry):
+    model = rtx_host()
+    model.iov_support, model.iov_support_reasons = False, ["The chipset does not support SR-IOV."]
+    audio = next(d for d in model.devices if d.pnp_class == "Media")
+    audio.acs, audio.msi, audio.line_interrupt, audio.device_type = False, False, True, "PciExpressLegacyEndpoint"
+    model.vm("render01").checkpoints.append(Checkpoint("before-driver", "Standard"))
+    backend, _ = open_backend(model)
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    found = codes(make_plan(backend, facts, AssignmentRequest("render01", (rtx.address,)), registry))
+    assert {("iommu-off", "blocker"), ("hyperv-no-acs", "blocker"), ("hyperv-no-msi", "blocker"),
+            ("hyperv-not-express-endpoint", "blocker"), ("hyperv-generation-1", "blocker"),
+            ("firmware-bios-large-bar", "blocker"), ("hyperv-checkpoints", "warning"),
+            ("hyperv-stop-action", "info")} <= found
+    assert ("hyperv-dynamic-memory", "blocker") in codes(
+        make_plan(backend, facts, AssignmentRequest("dyn-mem", (rtx.address,)), registry))
+    assert ("vm-not-off", "blocker") in codes(
+        make_plan(backend, facts, AssignmentRequest("web01", (rtx.address,)), registry))
+
+
+def test_rmrr_blocks(open_backend, registry):
+    backend, _ = open_backend()
+    assert ("hyperv-rmrr", "blocker") in codes(
+        make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (T4,)), registry))
+
+
+@pytest.mark.parametrize("option", ["live", "hide_hypervisor", "dynamic"])
+def test_options_not_supported_on_hyperv(open_backend, registry, option):
+    backend, _ = open_backend()
+    with pytest.raises(NotSupported, match="not supported on hyperv"):
+        make_plan(backend, backend.inventory(),
+                  AssignmentRequest("ml-train", (FREE,), AssignOptions(**{option: True})), registry)
+
+
+def test_wrong_password(open_backend):
+    backend, _ = open_backend(password="wrong")
+    with pytest.raises(AuthenticationFailed):
+        backend.inventory()
+
+
+def test_unreachable_host(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{port}/", password=Secret("x")))
+    with pytest.raises(ConnectionFailed):
+        backend.inventory()
+
+
+def test_winrm_fault_and_clixml_are_read_by_structure():
+    from winrm.exceptions import WSManFaultError
+    fault = WSManFaultError(500, "x", "<r/>", "The shell was not found.", "s:Sender", "w:InvalidSelectors",
+                            2150858843)
+    error = from_exception("reading the host", "hv", fault)
+    assert isinstance(error, OperationFailed) and "2150858843" in error.message
+    records = parse_clixml(clixml_errors("Boom.\nAt line:1 char:1\n+ X\n+ ~\n    + CategoryInfo          : "
+                                         "ObjectNotFound: (:) [X], CommandNotFoundException\n"
+                                         "    + FullyQualifiedErrorId : CommandNotFoundException\n"))
+    assert records[0].fully_qualified_error_id == "CommandNotFoundException"
+    assert records[0].category == "ObjectNotFound"
+
+
+def test_basic_over_plain_http_is_refused_off_loopback():
+    backend = HypervBackend(Target(uri="hyperv+http://u@hv01.example:5985/?transport=basic", password=Secret("x")))
+    with pytest.raises(UsageError):
+        backend.inventory()
+
+
+def test_https_endpoint_and_tls_options():
+    from gpupass.core.target import TlsOptions
+    backend = HypervBackend(Target(uri="hyperv://u@hv01.example", password=Secret("x"),
+                                   tls=TlsOptions(ca_file="/etc/ca.pem")))
+    assert backend.endpoint == "https://hv01.example:5986/wsman" and backend.transport == "ntlm"
+    session = backend._open()
+    assert session.protocol.transport.server_cert_validation == "validate"
+    assert session.protocol.transport.ca_trust_path == "/etc/ca.pem"
+    insecure = HypervBackend(Target(uri="hyperv://u@hv01.example:443/?transport=kerberos", password=Secret("x"),
+                                    tls=TlsOptions(verify=False)))
+    assert insecure.endpoint == "https://hv01.example:443/wsman" and insecure.transport == "kerberos"
+
+
+def test_script_size_limit(open_backend, registry):
+    from gpupass.backends.hyperv.hostmodel import VirtualMachine
+    model = lab_host()
+    model.vms.append(VirtualMachine("v" * 3000, generation=2, state="Off", memory_startup=2**30))
+    backend, _ = open_backend(model)
+    facts = backend.inventory()
+    with pytest.raises(UsageError, match="command line"):
+        make_plan(backend, facts, AssignmentRequest("v" * 3000, (FREE,)), registry)
+
+
+def test_lab_and_cli(registry, monkeypatch, auth):
+    from gpupass.core import paths
+    from gpupass.core.cli.main import cli
+
+    monkeypatch.setenv("GPUPASS_LAB_HYPERV_AUTH", auth)
+    lab, data = HypervLab(), paths.data_dir()
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    code, out = run("lab", "up", "lab-hyperv")
+    try:
+        assert code == 0 and lab.is_up(data), out
+        password_file = data / "lab" / "hyperv" / "password"
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        pid = json.loads((data / "lab" / "lab-hyperv.server.json").read_text())["pid"]
+        assert password_file.read_text().strip() not in Path(f"/proc/{pid}/cmdline").read_text()
+        code, out = run("gpus", "lab-hyperv", "--json")
+        assert code == 0, out
+        assert A100_2_LOC in out
+        code, out = run("plan", "lab-hyperv", "ml-train", str(FREE), "--show-changes")
+        assert code == 0 and "Dismount-VMHostAssignableDevice -LocationPath $p -Force" in out, out
+        assert run("assign", "lab-hyperv", "ml-train", str(FREE), "--yes")[0] == 0
+        assert run("check", "lab-hyperv", "render01", str(FREE))[0] == 3
+        code, out = run("release", "lab-hyperv", "ml-train", "--yes")
+        assert code == 0, out
+        assert lab.target(data).uri.startswith("hyperv+http://Administrator@127.0.0.1:")
+        lab.reset(data)
+        assert lab.is_up(data)
+    finally:
+        run("lab", "down", "lab-hyperv")
+    assert not lab.is_up(data)
+    with pytest.raises(ConnectionFailed):
+        lab.target(data)
