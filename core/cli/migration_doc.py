@@ -29,12 +29,18 @@ destination; "—" means the platform has no equivalent and the plan says so.
 """
 
 
+def _cell(text: str | None) -> str:
+    if text is None:
+        return "—"
+    return f"`{text}`".replace("|", "\\|") if "<" in text else text.replace("|", "\\|")
+
+
 def render() -> str:
     backends = {b.platform: b for b in default_registry().backends}
     platforms = [p for p in PLATFORM_ORDER if p in backends] + sorted(set(backends) - set(PLATFORM_ORDER))
     lines = [INTRO, "| setting | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]
     for setting, meaning in SETTINGS.items():
-        cells = [backends[p].native_settings.get(setting, "—").replace("|", "\\|") for p in platforms]
+        cells = [_cell(backends[p].native_settings.get(setting)) for p in platforms]
         lines.append(f"| **{setting}**: {meaning} | " + " | ".join(cells) + " |")
     lines += ["", "## What gpupass does not do", ""] + [f"- {note}" for note in NOT_DONE]
     return "\n".join(lines) + "\n"
