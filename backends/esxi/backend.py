@@ -1,0 +1,420 @@
+"""The ESXi / vCenter backend: pyvmomi, one PropertyCollector read, one ReconfigVM_Task per change."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gpupass.backends.esxi import inventory as inv
+from gpupass.backends.esxi import spec as specs
+from gpupass.backends.esxi.connection import connect, parse_uri
+from gpupass.backends.esxi.errors import translate
+from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.findings import FeatureLoss
+from gpupass.core.domain.inventory import Firmware, HostFacts
+from gpupass.core.domain.mmio import GiB, MmioPolicy
+from gpupass.core.domain.plan import Step
+from gpupass.core.ports import Backend
+from gpupass.core.errors import ConnectionFailed, GpupassError, NotFound, NotSupported, OperationFailed
+
+DYNAMIC_MIN_API = (7, 0)
+
+
+def _api_tuple(text: str) -> tuple[int, ...]:
+    out = []
+    for part in (text or "0").split("."):
+        out.append(int(part) if part.isdigit() else 0)
+    return tuple(out)
+
+
+class EsxiBackend(Backend):
+    platform = "esxi"
+    schemes = ("esxi",)
+    description = "VMware ESXi / vCenter through the vSphere API (pyvmomi): VMDirectPath I/O devices"
+    sdk_modules = ("pyVmomi",)
+    extra = "esxi"
+    # ESXi's default 64-bit MMIO window is 32 GB; pciPassthru.64bitMMIOSizeGB takes whole GB, powers of two.
+    mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
+    capabilities = Capabilities(host_passthrough_switch=True, dynamic_binding=True, hide_hypervisor=True,
+                                firmware_change=True, live_attach=False)
+    native_settings = {
+        "firmware": "config.firmware = bios | efi",
+        "memory_reservation": "memoryReservationLockedToMax (full reservation)",
+        "mmio_window": "extraConfig pciPassthru.use64bitMMIO + pciPassthru.64bitMMIOSizeGB",
+        "hide_hypervisor": "extraConfig hypervisor.cpuid.v0 = FALSE (folklore, opt-in)",
+        "binding": "VirtualPCIPassthrough DeviceBackingInfo (host address) or DynamicBackingInfo (vendor/device)",
+        "stop_action": "host autostart/shutdown policy (HostAutoStartManager)",
+    }
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self.endpoint = parse_uri(target.uri)
+        self._si: Any = None
+        self._api = ""
+        self._root: Any = None
+        self._hosts: dict[str, inv.HostRaw] = {}
+        self._vms: dict[str, inv.VmRaw] = {}
+
+    # -- connection -------------------------------------------------------------------------------
+    def _count(self) -> None:
+        self.round_trips += 1
+
+    @property
+    def si(self) -> Any:
+        if self._si is None:
+            si = connect(self.target, self._count)
+            self._api = si._stub.version  # negotiated at login; read without a request
+            self._si = si
+        return self._si
+
+    def api_version(self) -> tuple[int, ...]:
+        self.si
+        # "vim.version.v7_0_3_0" / "vim.version.version13"
+        name = self._api.rsplit(".", 1)[-1]
+        if name.startswith("v") and "_" in name:
+            return _api_tuple(name[1:].replace("_", "."))
+        legacy = {"version13": (6, 7, 3), "version12": (6, 7), "version11": (6, 5), "version10": (6, 0)}
+        return legacy.get(name, (5,))
+
+    def _call(self, action: str, function, *args, **kwargs) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except GpupassError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyvmomi raises faults as exceptions; translated by type
+            raise translate(exc, action) from exc
+
+    def _root_folder(self) -> Any:
+        if self._root is None:
+            content = self._call("reading the service content", lambda: self.si.content)
+            if self.endpoint.datacenter:
+                dc = self._call("finding the datacenter", content.searchIndex.FindByInventoryPath,
+                                self.endpoint.datacenter)
+                if dc is None:
+                    raise NotFound(f"no datacenter {self.endpoint.datacenter!r} at {self.endpoint.host}",
+                                   remedy="the path after the host in the URI names the datacenter")
+                self._root = dc
+            else:
+                self._root = content.rootFolder
+        return self._root
+
+    def close(self) -> None:
+        if self._si is not None:
+            from pyVim.connect import Disconnect
+
+            try:
+                Disconnect(self._si)
+            except Exception:  # noqa: BLE001 - the session may already be gone
+                pass
+            self._si = None
+
+    # -- inventory --------------------------------------------------------------------------------
+    def inventory(self) -> HostFacts:
+        root = self._root_folder()
+        facts, hosts, vms = self._call("reading the inventory", inv.read, self.si, root, self.target.uri,
+                                       self.platform, self.target.name or self.endpoint.host)
+        self._hosts, self._vms = hosts, vms
+        return facts
+
+    # -- planning ---------------------------------------------------------------------------------
+    def plan_assign(self, ctx: CheckContext) -> list[Step]:
+        vm, options = ctx.vm, ctx.request.options
+        raw = self._vms[vm.name]
+        if options.dynamic and self.api_version() < DYNAMIC_MIN_API:
+            raise NotSupported(
+                f"Dynamic DirectPath I/O needs vSphere API 7.0; {self.endpoint.host} speaks {self._api}",
+                remedy="run without --dynamic (a fixed host address), or upgrade to vSphere 7")
+        steps: list[Step] = []
+        by_host: dict[str, list[str]] = {}
+        for gpu in ctx.gpus:
+            for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
+                if not self._hosts[gpu.location].active.get(str(function.address), False):
+                    by_host.setdefault(gpu.location, []).append(str(function.address))
+        for host_name, ids in by_host.items():
+            host = self._hosts[host_name]
+            needs_enable = [i for i in ids if not self._enabled(host_name, i)]
+            if needs_enable:
+                steps.append(Step(
+                    action="esxi.passthrough",
+                    description=f"enable passthrough for {', '.join(needs_enable)} on host {host_name}",
+                    undo="disable passthrough for them again (UpdatePassthruConfig passthruEnabled=False)",
+                    changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=True" for i in needs_enable),
+                    needs_host_reboot=True,
+                    preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
+                            + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in needs_enable) + "\n",
+                    payload={"host": host_name, "ids": needs_enable, "enable": True}))
+            if host.maintenance or options.allow_host_reboot:
+                force = not host.maintenance
+                steps.append(Step(
+                    action="esxi.reboot",
+                    description=f"reboot host {host_name} so passthrough becomes active"
+                                + (" (not in maintenance mode: forced, its running VMs stop)" if force else ""),
+                    undo="nothing to undo: a reboot cannot be taken back",
+                    changes=(f"RebootHost_Task force={force}",),
+                    needs_host_reboot=True,
+                    preview=f"HostSystem.RebootHost_Task(force={force}) on {host_name}; then wait until it "
+                            "is connected again\n",
+                    payload={"host": host_name, "force": force}))
+        devices = []
+        for gpu in ctx.gpus:
+            for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
+                if function.address in vm.assigned:
+                    continue
+                address = str(function.address)
+                devices.append({"address": address, "id": address, "host": gpu.location,
+                                "vendor_id": function.vendor_id, "device_id": function.device_id,
+                                "name": function.name or gpu.model, "dynamic": bool(options.dynamic),
+                                "label": specs.label_for(address)})
+        need = ctx.need
+        window_gb = None
+        if need is not None and not ctx.policy.fits(need, vm.mmio_window_bytes):
+            window_gb = ctx.policy.window_for(need) // GiB
+        set_efi = bool(need and need.is_large and vm.firmware is Firmware.BIOS and options.allow_firmware_change)
+        changes = specs.assign_changes(raw, devices, window_gb=window_gb, set_efi=set_efi,
+                                       hide=options.hide_hypervisor)
+        summary = [f"add VirtualPCIPassthrough {d['address']}" + (" (dynamic)" if d["dynamic"] else "")
+                   for d in devices]
+        summary.append(f"lock the memory reservation to {raw.memory_mb} MB")
+        if window_gb:
+            summary.append(f"pciPassthru.use64bitMMIO=TRUE, pciPassthru.64bitMMIOSizeGB={window_gb}")
+        if set_efi:
+            summary.append("firmware bios -> efi")
+        if options.hide_hypervisor:
+            summary.append("hypervisor.cpuid.v0=FALSE")
+        steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
+                                         tuple(summary)))
+        return steps
+
+    def _enabled(self, host: str, pci_id: str) -> bool:
+        return bool(self._hosts[host].enabled.get(pci_id))
+
+    def plan_release(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        raw = self._vms[vm.name]
+        addresses = {str(a) for a in ctx.addresses if a in vm.assigned}
+        changes = specs.release_changes(raw, addresses)
+        steps = [self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
+                                     tuple(f"remove VirtualPCIPassthrough {a}" for a in sorted(addresses))
+                                     + ("restore the recorded reservation, MMIO and firmware settings",))]
+        if ctx.request.options.disable_host_passthrough:
+            by_host: dict[str, list[str]] = {}
+            for gpu in ctx.gpus:
+                by_host.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
+            for host_name, ids in by_host.items():
+                steps.append(Step(
+                    action="esxi.passthrough",
+                    description=f"disable passthrough for {', '.join(ids)} on host {host_name} "
+                                "(takes effect at its next reboot)",
+                    undo="enable passthrough for them again",
+                    changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False" for i in ids),
+                    needs_host_reboot=True,
+                    payload={"host": host_name, "ids": ids, "enable": False}))
+        return steps
+
+    def _reconfig_step(self, name: str, raw: inv.VmRaw, changes: dict[str, Any], description: str,
+                       summary: tuple[str, ...]) -> Step:
+        return Step(
+            action="esxi.reconfigure",
+            description=description,
+            undo="reconfigure the VM back with the inverse ConfigSpec (devices, reservation, extraConfig, firmware)",
+            changes=summary,
+            needs_vm_off=True,
+            preview=specs.preview(name, raw.host, raw, changes),
+            payload={"vm": name, "host": raw.host, "changes": changes, "change_version": raw.change_version})
+
+    def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        dynamic = bool(getattr(ctx.request.options, "dynamic", False))
+        why = "a VMDirectPath I/O device ties the VM to its host's physical device"
+        return [
+            FeatureLoss("vMotion", why),
+            FeatureLoss("DRS migration", "DRS cannot move it while powered on" + (
+                "; with Dynamic DirectPath DRS can still place it at power-on" if dynamic else "")),
+            FeatureLoss("snapshots with memory", "the device state cannot be captured"),
+            FeatureLoss("suspend / resume", "the device state cannot be saved"),
+            FeatureLoss("Fault Tolerance", "FT does not support passthrough devices"),
+            FeatureLoss("HA restart on another host", "unless that host has the same free device"
+                        + (" (Dynamic DirectPath)" if dynamic else "; with a fixed address it cannot")),
+            FeatureLoss("device hot-add (CPU/memory/PCI)", "hot-add is unavailable with passthrough devices"),
+            FeatureLoss("nested virtualization", "exposing hardware virtualization is unsupported with passthrough"),
+        ]
+
+    # -- applying ---------------------------------------------------------------------------------
+    def apply(self, step: Step) -> Any:
+        payload = step.payload
+        if step.action == "esxi.passthrough":
+            self._passthru(payload["host"], payload["ids"], payload["enable"])
+            return None
+        if step.action == "esxi.reboot":
+            self._reboot(payload["host"], payload["force"])
+            return None
+        if step.action == "esxi.reconfigure":
+            return self._reconfigure(payload)
+        raise OperationFailed(f"the esxi backend does not know step {step.action!r}")
+
+    def undo(self, step: Step, token: Any) -> None:
+        payload = step.payload
+        if step.action == "esxi.passthrough":
+            self._passthru(payload["host"], payload["ids"], not payload["enable"])
+        elif step.action == "esxi.reconfigure" and token is not None:
+            self._restore(payload["vm"], token)
+
+    def _host_ref(self, name: str) -> Any:
+        if name not in self._hosts:
+            self.inventory()
+        if name not in self._hosts:
+            raise NotFound(f"host {name} is gone from {self.endpoint.host}")
+        return self._hosts[name].ref
+
+    def _vm_ref(self, name: str) -> Any:
+        raw = self._vms.get(name)
+        if raw is None:
+            self.inventory()
+            raw = self._vms.get(name)
+        if raw is None:
+            raise NotFound(f"VM {name!r} is gone")
+        return raw.ref
+
+    def _passthru(self, host: str, ids: list[str], enable: bool) -> None:
+        from pyVmomi import vim
+
+        ref = self._host_ref(host)
+        system = self._call(f"reading host {host}", lambda: ref.configManager.pciPassthruSystem)
+        config = [vim.host.PciPassthruConfig(id=i, passthruEnabled=enable) for i in ids]
+        self._call(f"{'enabling' if enable else 'disabling'} passthrough on {host}",
+                   system.UpdatePassthruConfig, config)
+
+    def _reboot(self, host: str, force: bool, timeout: float = 900.0) -> None:
+        ref = self._host_ref(host)
+        task = self._call(f"rebooting host {host}", ref.RebootHost_Task, force)
+        self._wait(task, f"rebooting host {host}")
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            state = str(self._call(f"reading host {host}", lambda: ref.runtime.connectionState))
+            if state == "connected":
+                return
+            if time.monotonic() > deadline:
+                raise ConnectionFailed(f"host {host} did not come back within {timeout:.0f}s after the reboot",
+                                       remedy="check the host's console; run the command again once it is back")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _wait(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            info = self._call(action, lambda: task.info)
+            state = str(info.state)
+            if state == "success":
+                return info.result
+            if state == "error":
+                raise translate(info.error, action)
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"{action}: the task did not finish within {timeout:.0f}s",
+                                      remedy="see the task in the vSphere client")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _read_vm(self, name: str) -> dict[str, Any]:
+        from pyVmomi import vmodl
+
+        ref = self._vm_ref(name)
+        pc = vmodl.query.PropertyCollector
+        paths = ["config.hardware.device", "config.extraConfig", "config.memoryAllocation.reservation",
+                 "config.memoryReservationLockedToMax", "config.firmware", "config.changeVersion"]
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
+                             propSet=[pc.PropertySpec(type=type(ref), pathSet=paths)])
+        result = self._call(f"reading VM {name!r}", self.si.content.propertyCollector.RetrievePropertiesEx,
+                            [spec], pc.RetrieveOptions())
+        values = {p.name: p.val for p in result.objects[0].propSet}
+        return {
+            "devices": inv.passthrough_devices(values.get("config.hardware.device")),
+            "extra": {o.key: str(o.value) for o in values.get("config.extraConfig") or ()},
+            "reservation_mb": int(values.get("config.memoryAllocation.reservation") or 0),
+            "locked": bool(values.get("config.memoryReservationLockedToMax")),
+            "firmware": str(values.get("config.firmware") or ""),
+            "change_version": values.get("config.changeVersion"),
+        }
+
+    def _reconfigure(self, payload: dict[str, Any]) -> dict[str, Any]:
+        name, changes = payload["vm"], payload["changes"]
+        before = self._read_vm(name)
+        if before["change_version"] != payload.get("change_version"):
+            raise OperationFailed(f"VM '{name}' was changed by someone else since the plan was made",
+                                  remedy="run the command again to plan from its current configuration")
+        backings = {}
+        static = [d for d in changes["add"] if not d.get("dynamic")]
+        if static:
+            backings = self._config_target(payload["host"], [d["id"] for d in static])
+        config = specs.build(changes, before["devices"], backings)
+        ref = self._vm_ref(name)
+        try:
+            task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
+            self._wait(task, f"reconfiguring VM '{name}'")
+        except GpupassError as error:
+            self._check_unchanged(name, before, error)
+            raise
+        return before
+
+    def _check_unchanged(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
+        """ESXi reconfigure tasks are all-or-nothing; confirm it, so a rollback message never lies."""
+        try:
+            after = self._read_vm(name)
+        except GpupassError:
+            return  # cannot read it back (host/vCenter gone): the task's own atomicity is all we have
+        if _state_key(after) != _state_key(before):
+            self._restore(name, before)
+
+    def _config_target(self, host: str, ids: list[str]) -> dict[str, Any]:
+        raw = self._hosts[host]
+        browser = raw.environment_browser
+        target = self._call(f"querying passthrough devices of {host}", browser.QueryConfigTarget, raw.ref)
+        found = {info.pciDevice.id: info for info in (target.pciPassthrough or ()) if hasattr(info, "systemId")}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise OperationFailed(
+                f"{', '.join(missing)} on host {host} is not an active passthrough device",
+                remedy="enable passthrough for it and reboot the host (gpupass assign --allow-host-reboot)")
+        return found
+
+    def _restore(self, name: str, before: dict[str, Any]) -> None:
+        """The inverse ConfigSpec: back to the devices, extraConfig, reservation and firmware of `before`."""
+        from pyVmomi import vim
+
+        now = self._read_vm(name)
+        op = vim.vm.device.VirtualDeviceSpec.Operation
+        old_keys = {_device_key(d) for d in before["devices"]}
+        new_keys = {_device_key(d) for d in now["devices"]}
+        spec = vim.vm.ConfigSpec()
+        changes = [vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=d)
+                   for d in now["devices"] if _device_key(d) not in old_keys]
+        for index, d in enumerate(before["devices"]):
+            if _device_key(d) not in new_keys:
+                changes.append(vim.vm.device.VirtualDeviceSpec(
+                    operation=op.add, device=vim.vm.device.VirtualPCIPassthrough(key=-200 - index, backing=d.backing)))
+        if changes:
+            spec.deviceChange = changes
+        extra = [vim.option.OptionValue(key=k, value=before["extra"].get(k, ""))
+                 for k in sorted(set(before["extra"]) | set(now["extra"]))
+                 if before["extra"].get(k) != now["extra"].get(k)]
+        if extra:
+            spec.extraConfig = extra
+        if now["locked"] != before["locked"]:
+            spec.memoryReservationLockedToMax = before["locked"]
+        if now["reservation_mb"] != before["reservation_mb"]:
+            spec.memoryAllocation = vim.ResourceAllocationInfo(reservation=before["reservation_mb"])
+        if now["firmware"] != before["firmware"] and before["firmware"]:
+            spec.firmware = before["firmware"]
+        ref = self._vm_ref(name)
+        task = self._call(f"restoring VM '{name}'", ref.ReconfigVM_Task, spec)
+        self._wait(task, f"restoring VM '{name}'")
+
+
+def _device_key(device: Any) -> tuple[str, str]:
+    backing = device.backing
+    return (type(backing).__name__, str(getattr(backing, "id", None) or getattr(backing, "customLabel", "")))
+
+
+def _state_key(state: dict[str, Any]) -> tuple:
+    return (sorted(_device_key(d) for d in state["devices"]), sorted(state["extra"].items()),
+            state["reservation_mb"], state["locked"], state["firmware"])

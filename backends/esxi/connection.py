@@ -1,0 +1,84 @@
+"""esxi:// URIs, TLS contexts and the pyvmomi session (counted: every SOAP request adds one round trip).
+
+URI: ``esxi://USER@HOST[:PORT][/DATACENTER]``. A user with '@' (``administrator@vsphere.local``) is
+written percent-encoded: ``esxi://administrator%40vsphere.local@vc.example.com/DC1``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+from gpupass.backends.esxi.errors import translate
+from gpupass.core.errors import BackendUnavailable, UsageError
+from gpupass.core.target import Target
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    datacenter: str | None
+
+
+def parse_uri(uri: str) -> Endpoint:
+    parts = urlsplit(uri)
+    if parts.scheme != "esxi" or not parts.hostname:
+        raise UsageError(f"{uri!r} is not an esxi:// URI",
+                         remedy="write esxi://USER@HOST[:PORT][/DATACENTER] (percent-encode '@' in the user)")
+    user = unquote(parts.username or "")
+    if not user:
+        raise UsageError(f"{uri!r} names no user",
+                         remedy="write esxi://administrator%40vsphere.local@vcenter/DC (or root@esxi-host)")
+    datacenter = unquote(parts.path.strip("/")) or None
+    return Endpoint(parts.hostname, parts.port or 443, user, datacenter)
+
+
+def ssl_context(target: Target) -> ssl.SSLContext:
+    """Verifying by default; trusts exactly the CA file when one is given, the system CAs otherwise."""
+    if not target.tls.verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if target.tls.ca_file:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=target.tls.ca_file)
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+
+
+def pyvmomi() -> tuple[Any, Any]:
+    try:
+        from pyVmomi import vim, vmodl
+    except ImportError as exc:
+        raise BackendUnavailable("the esxi backend needs pyvmomi, which is not installed",
+                                 remedy="pip install 'gpupass[esxi]'") from exc
+    return vim, vmodl
+
+
+def connect(target: Target, on_request: Callable[[], None]) -> Any:
+    """Log in; return the ServiceInstance whose stub counts each SOAP request with on_request()."""
+    pyvmomi()
+    from pyVim.connect import SmartConnect
+
+    endpoint = parse_uri(target.uri)
+    if target.password is None:
+        raise UsageError(f"no password for {endpoint.user} at {endpoint.host}",
+                         remedy="set password_env or keyring for this host in the config, or GPUPASS_PASSWORD")
+    try:
+        si = SmartConnect(host=endpoint.host, port=endpoint.port, user=endpoint.user,
+                          pwd=target.password.reveal(), sslContext=ssl_context(target),
+                          disableSslCertValidation=not target.tls.verify)
+    except Exception as exc:  # noqa: BLE001 - translated by type
+        raise translate(exc, f"connecting to {endpoint.host}:{endpoint.port} as {endpoint.user}") from None
+    stub = si._stub
+    invoke = stub.InvokeMethod
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        on_request()
+        return invoke(*args, **kwargs)
+
+    stub.InvokeMethod = counted
+    return si

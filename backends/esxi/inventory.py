@@ -1,0 +1,246 @@
+"""One PropertyCollector read (a ContainerView + RetrievePropertiesEx, plus continuations) -> HostFacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpupass.core.domain.grouping import group_gpus
+from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PassthroughState, PowerState, Vm
+from gpupass.core.domain.mmio import GiB, MiB
+from gpupass.core.domain.pci import PciAddress, PciFunction
+from gpupass.core.errors import UsageError
+
+RECORD_KEY = "gpupass.assignment"
+MMIO_ON = "pciPassthru.use64bitMMIO"
+MMIO_SIZE = "pciPassthru.64bitMMIOSizeGB"
+HIDE_KEY = "hypervisor.cpuid.v0"
+
+HOST_PROPS = ["name", "hardware.pciDevice", "config.pciPassthruInfo", "runtime.inMaintenanceMode",
+              "runtime.connectionState", "parent"]
+COMPUTE_PROPS = ["name", "environmentBrowser"]
+CLUSTER_PROPS = ["name", "environmentBrowser", "configurationEx"]
+VM_PROPS = ["name", "runtime.powerState", "runtime.host", "config.firmware", "config.hardware.memoryMB",
+            "config.memoryAllocation.reservation", "config.memoryReservationLockedToMax",
+            "config.hardware.device", "config.extraConfig", "snapshot", "runtime.faultToleranceState",
+            "config.instanceUuid", "config.changeVersion"]
+
+
+def u16(value: int | None) -> int:
+    """vSphere sends vendor/device/class ids as signed 16-bit numbers (0x8086 reads -32634)."""
+    return (value or 0) & 0xFFFF
+
+
+def s16(value: int) -> int:
+    value &= 0xFFFF
+    return value - 0x10000 if value >= 0x8000 else value
+
+
+@dataclass
+class HostRaw:
+    ref: Any
+    name: str
+    maintenance: bool
+    connected: bool
+    cluster: str | None
+    environment_browser: Any
+    pci: dict[str, Any] = field(default_factory=dict)  # id -> vim.host.PciDevice
+    enabled: dict[str, bool] = field(default_factory=dict)
+    active: dict[str, bool] = field(default_factory=dict)
+    ha: bool = False
+    drs: bool = False
+    drs_behavior: str | None = None
+
+
+@dataclass
+class VmRaw:
+    ref: Any
+    name: str
+    host: str
+    memory_mb: int
+    reservation_mb: int
+    locked: bool
+    firmware: str
+    extra: dict[str, str]
+    devices: list[Any]
+    change_version: str | None
+    record: dict[str, Any]
+
+
+def retrieve(si: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
+    """Every object of `kinds` under root with the given properties: RetrievePropertiesEx + continuations."""
+    from pyVmomi import vim, vmodl
+
+    pc_type = vmodl.query.PropertyCollector
+    content = si.content
+    view = content.viewManager.CreateContainerView(root, kinds, True)
+    try:
+        spec = pc_type.FilterSpec(
+            objectSet=[pc_type.ObjectSpec(obj=view, skip=True, selectSet=[
+                pc_type.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)])],
+            propSet=[pc_type.PropertySpec(type=t, pathSet=props) for t, props in types_props])
+        collector = content.propertyCollector
+        result = collector.RetrievePropertiesEx([spec], pc_type.RetrieveOptions(maxObjects=1000))
+        objects = list(result.objects) if result else []
+        while result is not None and result.token:
+            result = collector.ContinueRetrievePropertiesEx(result.token)
+            objects.extend(result.objects)
+        return objects
+    finally:
+        view.Destroy()
+
+
+def read(si: Any, root: Any, uri: str, platform: str, label: str) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+    from pyVmomi import vim
+
+    objects = retrieve(si, root, [(vim.HostSystem, HOST_PROPS), (vim.ComputeResource, COMPUTE_PROPS),
+                                  (vim.ClusterComputeResource, CLUSTER_PROPS), (vim.VirtualMachine, VM_PROPS)],
+                       [vim.HostSystem, vim.ComputeResource, vim.VirtualMachine])
+    props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
+    computes = {obj._moId: p for obj, p in props if isinstance(obj, vim.ComputeResource)}
+    hosts: dict[str, HostRaw] = {}
+    passthru: dict[str, dict[PciAddress, PassthroughState]] = {}
+    functions: dict[str, dict[PciAddress, PciFunction]] = {}
+    by_moid: dict[str, str] = {}
+    for obj, p in props:
+        if not isinstance(obj, vim.HostSystem):
+            continue
+        parent = p.get("parent")
+        compute = computes.get(parent._moId, {}) if parent is not None else {}
+        is_cluster = isinstance(parent, vim.ClusterComputeResource)
+        raw = HostRaw(obj, p["name"], bool(p.get("runtime.inMaintenanceMode")),
+                      str(p.get("runtime.connectionState")) == "connected",
+                      compute.get("name") if is_cluster else None, compute.get("environmentBrowser"))
+        config = compute.get("configurationEx")
+        if config is not None:
+            raw.ha = bool(getattr(getattr(config, "dasConfig", None), "enabled", False))
+            drs = getattr(config, "drsConfig", None)
+            raw.drs = bool(getattr(drs, "enabled", False))
+            raw.drs_behavior = str(getattr(drs, "defaultVmBehavior", None) or "") or None
+        hosts[raw.name] = raw
+        by_moid[obj._moId] = raw.name
+        funcs: dict[PciAddress, PciFunction] = {}
+        for dev in p.get("hardware.pciDevice") or ():
+            try:
+                address = PciAddress.parse(dev.id)
+            except UsageError:
+                continue
+            raw.pci[dev.id] = dev
+            funcs[address] = PciFunction(address, u16(dev.vendorId), u16(dev.deviceId), u16(dev.classId) << 8,
+                                         name=dev.deviceName or "")
+        functions[raw.name] = funcs
+        states: dict[PciAddress, PassthroughState] = {}
+        for info in p.get("config.pciPassthruInfo") or ():
+            try:
+                address = PciAddress.parse(info.id)
+            except UsageError:
+                continue
+            raw.enabled[info.id], raw.active[info.id] = bool(info.passthruEnabled), bool(info.passthruActive)
+            reasons = () if info.passthruCapable else ("the host reports the device as not passthrough capable",)
+            states[address] = PassthroughState(bool(info.passthruCapable), bool(info.passthruEnabled),
+                                               bool(info.passthruActive), reasons)
+        passthru[raw.name] = states
+
+    vms: list[Vm] = []
+    raws: dict[str, VmRaw] = {}
+    owners: dict[str, dict[PciAddress, str]] = {name: {} for name in hosts}
+    for obj, p in props:
+        if not isinstance(obj, vim.VirtualMachine) or "config.hardware.memoryMB" not in p:
+            continue
+        host_ref = p.get("runtime.host")
+        location = by_moid.get(host_ref._moId, "") if host_ref is not None else ""
+        vm_raw, vm = _vm(obj, p, location, hosts.get(location))
+        raws[vm.name] = vm_raw
+        vms.append(vm)
+        for address in vm.assigned:
+            owners.setdefault(location, {})[address] = vm.name
+
+    gpus = []
+    for name in sorted(hosts):
+        gpus += group_gpus(functions[name].values(), {}, owners.get(name, {}), passthru[name], location=name)
+    gpus.sort(key=lambda g: (g.location, g.address))
+    single = len(hosts) == 1
+    only = next(iter(hosts.values())) if single else None
+    host = Host(
+        uri=uri, platform=platform, name=label,
+        # ESXi does not report VT-d/AMD-Vi itself; passthruCapable on the devices is its verdict.
+        iommu_enabled=True if any(s.capable for st in passthru.values() for s in st.values()) else None,
+        maintenance_mode=only.maintenance if only else None,
+        settings={"hosts": {h.name: {"maintenance_mode": h.maintenance, "connected": h.connected,
+                                     "cluster": h.cluster, "ha": h.ha, "drs": h.drs,
+                                     "drs_behavior": h.drs_behavior} for h in hosts.values()}},
+    )
+    table = {(loc, a): f for loc, funcs in functions.items() for a, f in funcs.items()}
+    facts = HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: (v.name, v.location))), table)
+    return facts, hosts, raws
+
+
+_POWER = {"poweredOn": PowerState.RUNNING, "poweredOff": PowerState.OFF, "suspended": PowerState.SUSPENDED}
+
+
+def _count_snapshots(nodes: Any) -> int:
+    return sum(1 + _count_snapshots(n.childSnapshotList) for n in nodes or ())
+
+
+def passthrough_devices(devices: list[Any]) -> list[Any]:
+    from pyVmomi import vim
+
+    return [d for d in devices or () if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
+
+
+def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tuple[VmRaw, Vm]:
+    from pyVmomi import vim
+
+    extra = {o.key: str(o.value) for o in p.get("config.extraConfig") or ()}
+    try:
+        record = json.loads(extra.get(RECORD_KEY, "") or "{}")
+    except ValueError:
+        record = {}
+    devices = list(p.get("config.hardware.device") or ())
+    memory_mb = int(p.get("config.hardware.memoryMB") or 0)
+    reservation = int(p.get("config.memoryAllocation.reservation") or 0)
+    locked = bool(p.get("config.memoryReservationLockedToMax"))
+    raw = VmRaw(obj, p["name"], location, memory_mb, reservation, locked, str(p.get("config.firmware") or ""),
+                extra, devices, p.get("config.changeVersion"), record)
+    recorded = {d.get("label"): d.get("address") for d in record.get("devices", ()) if d.get("label")}
+    assigned: list[PciAddress] = []
+    binding = None
+    for dev in passthrough_devices(devices):
+        backing = dev.backing
+        if isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo):
+            binding = binding or "static"
+            text = backing.id
+        elif isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DynamicBackingInfo):
+            binding = "dynamic"
+            text = getattr(backing, "assignedId", None) or recorded.get(backing.customLabel)
+        else:
+            continue
+        try:
+            assigned.append(PciAddress.parse(text))
+        except (UsageError, TypeError, AttributeError):
+            continue
+    window = None
+    if extra.get(MMIO_ON, "").upper() == "TRUE" and extra.get(MMIO_SIZE, "").isdigit():
+        window = int(extra[MMIO_SIZE]) * GiB
+    ft = str(p.get("runtime.faultToleranceState") or "notConfigured")
+    snapshot = p.get("snapshot")
+    settings: dict[str, Any] = {"ft": ft, "binding": binding,
+                                "assigned_by_gpupass": sorted(d.get("address") for d in record.get("devices", ()))}
+    if host is not None:
+        settings.update(cluster=host.cluster, ha=host.ha, drs=host.drs)
+    vm = Vm(
+        name=raw.name,
+        id=str(p.get("config.instanceUuid") or obj._moId),
+        power_state=_POWER.get(str(p.get("runtime.powerState")), PowerState.UNKNOWN),
+        firmware={"efi": Firmware.EFI, "bios": Firmware.BIOS}.get(raw.firmware, Firmware.UNKNOWN),
+        memory_bytes=memory_mb * MiB,
+        memory_reserved_bytes=memory_mb * MiB if locked else reservation * MiB,
+        mmio_window_bytes=window,
+        assigned=tuple(sorted(assigned)),
+        location=location,
+        snapshots=_count_snapshots(snapshot.rootSnapshotList) if snapshot is not None else 0,
+        hypervisor_hidden=extra.get(HIDE_KEY, "").upper() == "FALSE",
+        settings=settings,
+    )
+    return raw, vm

@@ -1,0 +1,28 @@
+"""Registers the ESXi backend with gpupass, exactly as a third-party plugin would.
+
+Entry point (pyproject.toml, [project.entry-points.gpupass]): esxi = "gpupass.backends.esxi.plugin".
+Importing this module stays cheap: pyvmomi is imported only when a host is opened.
+"""
+from gpupass.core.hookspecs import hookimpl
+
+
+@hookimpl
+def gpupass_register_backends(register):
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    register(EsxiBackend)
+
+
+@hookimpl
+def gpupass_register_rules(register):
+    from gpupass.backends.esxi.rules import RULES
+
+    for rule in RULES:
+        register(rule, operations=("assign",), platforms=("esxi",))
+
+
+@hookimpl
+def gpupass_register_lab_hosts(register):
+    from gpupass.backends.esxi.lab import EsxiLab
+
+    register(EsxiLab())

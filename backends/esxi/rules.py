@@ -1,0 +1,92 @@
+"""Preflight rules that need ESXi / vCenter facts (registered for platform "esxi")."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.findings import Finding, blocker, info, warning
+from gpupass.core.domain.inventory import PowerState
+
+
+def _hosts(ctx: CheckContext) -> dict:
+    return dict(ctx.facts.host.settings.get("hosts", {}))
+
+
+def snapshots(ctx: CheckContext) -> Iterable[Finding]:
+    if ctx.vm.snapshots:
+        yield blocker("esxi-snapshots",
+                      f"VM '{ctx.vm.name}' has {ctx.vm.snapshots} snapshot(s); ESXi cannot snapshot or revert a VM "
+                      "with a passthrough device, and reverting would drop the device change",
+                      "consolidate or delete the snapshots first (Snapshots > Delete All)")
+
+
+def fault_tolerance(ctx: CheckContext) -> Iterable[Finding]:
+    ft = str(ctx.vm.settings.get("ft") or "notConfigured")
+    if ft not in ("notConfigured", "disabled"):
+        yield blocker("esxi-fault-tolerance",
+                      f"VM '{ctx.vm.name}' is protected by Fault Tolerance ({ft}); FT does not allow passthrough devices",
+                      "turn Fault Tolerance off for the VM first")
+
+
+def memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
+    vm = ctx.vm
+    if (vm.memory_reserved_bytes or 0) < vm.memory_bytes:
+        yield info("esxi-memory-reservation",
+                   f"VM '{vm.name}' reserves {(vm.memory_reserved_bytes or 0) >> 20} of {vm.memory_bytes >> 20} MB; "
+                   "passthrough needs all of it, so the plan locks the reservation to the VM's memory size "
+                   "(release restores the current value)")
+
+
+def cluster_settings(ctx: CheckContext) -> Iterable[Finding]:
+    host = _hosts(ctx).get(ctx.vm.location, {})
+    cluster = host.get("cluster")
+    if not cluster:
+        return
+    dynamic = bool(getattr(ctx.request.options, "dynamic", False))
+    if host.get("ha"):
+        yield warning("esxi-ha",
+                      f"cluster {cluster} has vSphere HA on: after a host failure HA can restart '{ctx.vm.name}' only "
+                      "on a host with " + ("a matching free device" if dynamic else "this very device (so: not at all)"),
+                      "use --dynamic and identical GPUs on several hosts, or exclude the VM from HA restart")
+    if host.get("drs"):
+        yield warning("esxi-drs",
+                      f"cluster {cluster} has DRS on: the VM can no longer be migrated by DRS while it holds the "
+                      "device" + ("" if dynamic else ", and it stays pinned to " + ctx.vm.location),
+                      "set a DRS VM override (partially automated) for it to avoid failed recommendations")
+
+
+def host_connected(ctx: CheckContext) -> Iterable[Finding]:
+    hosts = _hosts(ctx)
+    for location in {ctx.vm.location, *(gpu.location for gpu in ctx.gpus)}:
+        if location and hosts.get(location, {}).get("connected") is False:
+            yield blocker("esxi-host-not-connected", f"host {location} is not connected to vCenter",
+                          "reconnect the host in vCenter, then run the command again")
+
+
+def gpu_on_vm_host(ctx: CheckContext) -> Iterable[Finding]:
+    for gpu in ctx.gpus:
+        if gpu.location and ctx.vm.location and gpu.location != ctx.vm.location:
+            yield blocker("esxi-gpu-on-other-host",
+                          f"GPU {gpu.address} is in host {gpu.location} but VM '{ctx.vm.name}' is registered on "
+                          f"{ctx.vm.location}",
+                          f"migrate the VM to {gpu.location} first (while it has no passthrough device)",
+                          subject=str(gpu.address))
+
+
+def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
+    if not ctx.request.options.allow_host_reboot:
+        return
+    hosts = _hosts(ctx)
+    for location in {gpu.location for gpu in ctx.gpus if not gpu.passthrough.active}:
+        if hosts.get(location, {}).get("maintenance_mode"):
+            continue
+        running = sorted(vm.name for vm in ctx.facts.vms if vm.location == location and vm.power_state is PowerState.RUNNING)
+        if running:
+            yield warning("esxi-reboot-stops-vms",
+                          f"host {location} is not in maintenance mode: the forced reboot stops {', '.join(running)}",
+                          f"put {location} in maintenance mode first (DRS evacuates it), then assign")
+
+
+RULES = (snapshots, fault_tolerance, memory_reservation, cluster_settings, host_connected, gpu_on_vm_host,
+         reboot_stops_vms)

@@ -1,0 +1,142 @@
+"""ConfigSpecs for assign/release, the record gpupass keeps in the VM, and readable previews."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, VmRaw, s16
+
+
+def label_for(address: str) -> str:
+    return f"gpupass-{address}"
+
+
+def assign_changes(raw: VmRaw, devices: list[dict[str, Any]], *, window_gb: int | None, set_efi: bool,
+                   hide: bool) -> dict[str, Any]:
+    """The JSON-safe description of ONE ReconfigVM_Task for an assign (apply builds the ConfigSpec)."""
+    record = json.loads(json.dumps(raw.record)) if raw.record else {"devices": [], "previous": {}}
+    previous = record.setdefault("previous", {})
+    extra: dict[str, str] = {}
+
+    def remember(key: str, value: Any) -> None:
+        previous.setdefault(key, value)
+
+    remember("reservation_mb", raw.reservation_mb)
+    remember("locked", raw.locked)
+    if window_gb is not None:
+        for key, value in ((MMIO_ON, "TRUE"), (MMIO_SIZE, str(window_gb))):
+            previous.setdefault("extra", {}).setdefault(key, raw.extra.get(key))
+            extra[key] = value
+    if hide and raw.extra.get(HIDE_KEY, "").upper() != "FALSE":
+        previous.setdefault("extra", {}).setdefault(HIDE_KEY, raw.extra.get(HIDE_KEY))
+        extra[HIDE_KEY] = "FALSE"
+    if set_efi:
+        remember("firmware", raw.firmware)
+    record["devices"] = [*record.get("devices", []), *devices]
+    extra[RECORD_KEY] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return {"add": devices, "remove": [], "locked": True, "reservation_mb": raw.memory_mb,
+            "extra": extra, "firmware": "efi" if set_efi else None}
+
+
+def release_changes(raw: VmRaw, addresses: set[str]) -> dict[str, Any]:
+    record = raw.record or {"devices": [], "previous": {}}
+    leaving = [d for d in record.get("devices", []) if d.get("address") in addresses]
+    staying = [d for d in record.get("devices", []) if d.get("address") not in addresses]
+    # devices gpupass did not add (e.g. by hand in the vSphere client) are removed by their host address
+    known = {d.get("address") for d in record.get("devices", [])}
+    foreign = [{"address": a, "id": a, "dynamic": False} for a in sorted(addresses - known)]
+    changes: dict[str, Any] = {"add": [], "remove": leaving + foreign, "locked": None, "reservation_mb": None,
+                               "extra": {}, "firmware": None}
+    if staying:
+        changes["extra"][RECORD_KEY] = json.dumps({**record, "devices": staying}, sort_keys=True,
+                                                  separators=(",", ":"))
+        return changes
+    previous = record.get("previous", {})
+    if "locked" in previous:
+        changes["locked"] = bool(previous["locked"])
+    if "reservation_mb" in previous:
+        changes["reservation_mb"] = int(previous["reservation_mb"])
+    for key, value in previous.get("extra", {}).items():
+        changes["extra"][key] = "" if value is None else value  # "" removes the key
+    if previous.get("firmware"):
+        changes["firmware"] = previous["firmware"]
+    if record:
+        changes["extra"][RECORD_KEY] = ""
+    return changes
+
+
+def matches(device: Any, entry: dict[str, Any]) -> bool:
+    from pyVmomi import vim
+
+    backing = device.backing
+    if entry.get("dynamic"):
+        return (isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DynamicBackingInfo)
+                and backing.customLabel == entry.get("label"))
+    return isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo) and backing.id == entry["id"]
+
+
+def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, Any]) -> Any:
+    """The vim.vm.ConfigSpec for `changes`; `backings` maps host PCI id -> PciPassthroughInfo (static adds)."""
+    from pyVmomi import vim
+
+    pt = vim.vm.device.VirtualPCIPassthrough
+    op = vim.vm.device.VirtualDeviceSpec.Operation
+    spec = vim.vm.ConfigSpec()
+    device_changes = []
+    for index, entry in enumerate(changes["add"]):
+        if entry.get("dynamic"):
+            backing = pt.DynamicBackingInfo(
+                allowedDevice=[pt.AllowedDevice(vendorId=s16(entry["vendor_id"]), deviceId=s16(entry["device_id"]))],
+                customLabel=entry["label"], deviceName="")
+        else:
+            info = backings[entry["id"]]
+            dev = info.pciDevice
+            backing = pt.DeviceBackingInfo(id=dev.id, deviceId=format(dev.deviceId & 0xFFFF, "x"),
+                                           systemId=info.systemId, vendorId=dev.vendorId,
+                                           deviceName=dev.deviceName)
+        device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.add,
+                                                             device=pt(key=-100 - index, backing=backing)))
+    for entry in changes["remove"]:
+        for device in raw_devices:
+            if isinstance(device, pt) and matches(device, entry):
+                device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=device))
+    if device_changes:
+        spec.deviceChange = device_changes
+    if changes.get("locked") is not None:
+        spec.memoryReservationLockedToMax = changes["locked"]
+    if changes.get("reservation_mb") is not None:
+        spec.memoryAllocation = vim.ResourceAllocationInfo(reservation=changes["reservation_mb"])
+    if changes.get("extra"):
+        spec.extraConfig = [vim.option.OptionValue(key=k, value=v) for k, v in sorted(changes["extra"].items())]
+    if changes.get("firmware"):
+        spec.firmware = changes["firmware"]
+    return spec
+
+
+def preview(vm: str, host: str, raw: VmRaw, changes: dict[str, Any]) -> str:
+    lines = [f"ReconfigVM_Task on VM '{vm}' ({raw.ref._moId}) on {host}:"]
+    for entry in changes["add"]:
+        if entry.get("dynamic"):
+            lines.append(f"  + VirtualPCIPassthrough DynamicBackingInfo allowedDevice="
+                         f"{entry['vendor_id']:04x}:{entry['device_id']:04x} customLabel={entry['label']}")
+        else:
+            lines.append(f"  + VirtualPCIPassthrough DeviceBackingInfo id={entry['id']} "
+                         f"vendorId={entry['vendor_id']:04x} deviceId={entry['device_id']:04x} "
+                         f"({entry.get('name', '')}; systemId from QueryConfigTarget)")
+    for entry in changes["remove"]:
+        lines.append(f"  - VirtualPCIPassthrough {entry.get('label') if entry.get('dynamic') else entry['id']}")
+    if changes.get("locked") is not None:
+        lines.append(f"  memoryReservationLockedToMax: {raw.locked} -> {changes['locked']}")
+    if changes.get("reservation_mb") is not None:
+        lines.append(f"  memoryAllocation.reservation: {raw.reservation_mb} MB -> {changes['reservation_mb']} MB")
+    for key, value in sorted(changes.get("extra", {}).items()):
+        before = raw.extra.get(key, "(unset)")
+        after = value if value != "" else "(removed)"
+        if key == RECORD_KEY:
+            before = "(record)" if key in raw.extra else "(unset)"
+            after = "(removed)" if value == "" else "(record of the previous settings, for release)"
+        lines.append(f"  extraConfig {key}: {before} -> {after}")
+    if changes.get("firmware"):
+        lines.append(f"  firmware: {raw.firmware} -> {changes['firmware']}")
+    return "\n".join(lines) + "\n"
