@@ -174,6 +174,13 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
             rolled_back=False,
         ) from cause
     undone = f"; {len(done)} completed step(s) were undone" if done else ""
+    # A step may fail half-way and fail to clean up after itself too: it says so, and so must we.
+    if not getattr(cause, "rolled_back", True):
+        raise OperationFailed(
+            f"step '{failed.description}' failed and could not undo its own changes: {reason}{undone}",
+            remedy=getattr(cause, "remedy", None) or f"undo by hand: {failed.undo}",
+            rolled_back=False,
+        ) from cause
     raise OperationFailed(
         f"step '{failed.description}' failed: {reason}{undone}; the VM is as it was",
         remedy=getattr(cause, "remedy", None),

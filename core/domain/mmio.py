@@ -37,11 +37,15 @@ def packed_size(sizes: Iterable[int]) -> int:
 
 @dataclass(frozen=True)
 class MmioNeed:
-    """What the devices need: 64-bit (high) and 32-bit (low) BAR space, packed and rounded."""
+    """What the devices need: 64-bit (high) and 32-bit (low) BAR space, packed and rounded.
+
+    `high_packed` is the packed size before rounding, for platforms whose window is not a power of two.
+    """
 
     high: int
     low: int
     total_bars: int
+    high_packed: int = 0
 
     @property
     def is_large(self) -> bool:
@@ -56,6 +60,7 @@ def mmio_need(bars: Iterable[Bar]) -> MmioNeed:
         high=next_power_of_two(packed_size(high)) if high else 0,
         low=next_power_of_two(packed_size(low)) if low else 0,
         total_bars=sum(bar.size for bar in bars),
+        high_packed=packed_size(high),
     )
 
 
@@ -70,9 +75,12 @@ class MmioPolicy:
     granularity: int = MiB
     power_of_two: bool = True
 
+    def _needed(self, need: MmioNeed) -> int:
+        return (need.high if self.power_of_two else need.high_packed) + self.headroom
+
     def window_for(self, need: MmioNeed) -> int:
         """The window to configure for `need` (never smaller than the platform default)."""
-        wanted = need.high + self.headroom
+        wanted = self._needed(need)
         if self.power_of_two:
             wanted = next_power_of_two(wanted)
         wanted = align_up(wanted, self.granularity)
@@ -80,7 +88,7 @@ class MmioPolicy:
 
     def fits(self, need: MmioNeed, current_window: int | None) -> bool:
         window = self.default_window if current_window is None else current_window
-        return need.high + self.headroom <= window
+        return self._needed(need) <= window
 
 
 def format_bytes(size: int) -> str:

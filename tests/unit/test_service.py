@@ -134,3 +134,17 @@ def test_options_the_platform_lacks_are_not_supported(registry):
         request = AssignmentRequest("ml-train", (A("41:00.0"),), AssignOptions(**{option: True}))
         with pytest.raises(NotSupported, match="not supported on fake"):
             make_plan(backend, backend.inventory(), request, registry)
+
+
+def test_a_step_that_could_not_clean_up_after_itself_is_not_reported_as_rolled_back(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    plan = make_plan(backend, backend.inventory(), assign("41:00.0"), registry)
+
+    def half_done(self, step):
+        raise OperationFailed("dismounted, then the undo failed too", rolled_back=False)
+
+    monkeypatch.setattr(FakeBackend, "apply", half_done)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is False
+    assert "could not undo its own changes" in caught.value.message

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gpupass.backends.hyperv import plugin
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.errors import from_exception, parse_clixml
@@ -32,8 +31,10 @@ FREE, OWNED, T4 = ADDR[A100_2_LOC], ADDR[A100_1_LOC], ADDR[T4_LOC]
 
 @pytest.fixture
 def registry():
-    plugins.register(plugin, name="hyperv")
-    return plugins.default_registry()
+    # The plugin comes through its entry point, exactly as a third-party backend's would.
+    registry = plugins.default_registry()
+    assert any(backend.platform == "hyperv" for backend in registry.backends)
+    return registry
 
 
 @pytest.fixture
@@ -87,7 +88,8 @@ def test_round_trip_restores_the_model_exactly(open_backend, registry):
     outcome = execute(backend, plan)
     vm = ep.model.vm("ml-train")
     assert outcome.facts_after.find_vm("ml-train").assigned == (FREE,)
-    assert (vm.automatic_stop_action, vm.high_mmio) == ("TurnOff", 256 * 2**30 + 512 * 2**20)
+    # Not a power of two on Hyper-V: the packed BARs (128 GiB + 32 MiB) plus the 512 MiB default as headroom.
+    assert (vm.automatic_stop_action, vm.high_mmio) == ("TurnOff", 128 * 2**30 + 32 * 2**20 + 512 * 2**20)
     assert ep.model.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
     # A new connection (a new gpupass process) sees it and releases it.
     again, _ = HypervBackend(backend.target), None
