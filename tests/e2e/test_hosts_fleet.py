@@ -47,3 +47,24 @@ def test_fleet_find():
     none = json.loads(gpupass("fleet", "find", "--model", "10de:2331", "--count", "2", "--hosts", "lab-kvm",
                               "--json").stdout)
     assert none["candidates"] == []
+
+
+def test_fleet_across_platforms_with_a_host_down_and_a_wrong_password(isolated_user_dirs, monkeypatch):
+    gpupass("lab", "up", "lab-hyperv")
+    try:
+        uri = next(r["uri"] for r in json.loads(gpupass("hosts", "list", "--json").stdout)["hosts"]
+                   if r["name"] == "lab-hyperv")
+        monkeypatch.setenv("WRONG_PW", "not-the-password")
+        gpupass("hosts", "add", "hv-wrong-password", uri, "--password-env", "WRONG_PW")
+        gpupass("hosts", "add", "kvm-down", "qemu+tcp://127.0.0.1:9/system")
+        result = gpupass("fleet", "gpus", "--all", "--json", expect=4, env={**os.environ})
+        rows = {r["host"]: r for r in json.loads(result.stdout)["hosts"]}
+        assert rows["hv-wrong-password"]["error"]["error"] == "authentication-failed"
+        assert rows["kvm-down"]["error"]["error"] == "connection-failed"
+        assert {g["name"] for g in rows["lab-hyperv"]["gpus"]} >= {"NVIDIA A100 PCIe 80GB"}
+        assert rows["lab-kvm"]["ok"] and rows["lab-hyperv"]["platform"] == "hyperv"
+        found = json.loads(gpupass("fleet", "find", "--model", "A100", "--all", "--json", expect=4,
+                                   env={**os.environ}).stdout)
+        assert {c["host"] for c in found["candidates"]} == {"lab-kvm", "lab-hyperv"}
+    finally:
+        gpupass("lab", "down", "lab-hyperv")
