@@ -101,10 +101,20 @@ def hyperv_wsman(tmp_path: Path) -> BackendEnv:
     )
 
 
+def esxi_vcsim(tmp_path: Path) -> BackendEnv:
+    """The vSphere simulator (tests/contract/esxi_env.py, loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpupass_contract_esxi_env", Path(__file__).with_name("esxi_env.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.esxi_vcsim(tmp_path, BackendEnv)
+
+
 ENVIRONMENTS: dict[str, Callable[[Path], BackendEnv]] = {
     "kvm-test-driver": kvm_test_driver,
     "hyperv-wsman": hyperv_wsman,
-    # "esxi-vcsim": esxi_vcsim,        (to come: backends/esxi/simulator.py)
+    "esxi-vcsim": esxi_vcsim,
 }
 
 

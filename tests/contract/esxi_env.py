@@ -1,0 +1,53 @@
+"""The contract environment for ESXi: the vSphere simulator with the lab inventory (imported by conftest)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def ensure_esxi_plugin() -> None:
+    from gpupass.core import plugins
+
+    if not any(b.platform == "esxi" for b in plugins.default_registry().backends):
+        from gpupass.backends.esxi import plugin
+
+        plugins.register(plugin, name="esxi")
+
+
+def esxi_vcsim(tmp_path: Path, backend_env: type):
+    """backend_env: conftest's BackendEnv class (passed in: conftest modules are not importable by name)."""
+    pytest.importorskip("pyVmomi", reason="pyvmomi is not installed (pip install 'gpupass[esxi]')")
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from gpupass.backends.esxi.simulator import DEFAULT_GOPATH, VCSim, lab_config
+    from gpupass.core.domain.pci import PciAddress
+    from gpupass.core.target import Secret, Target, TlsOptions
+
+    gopath = os.environ.get("GPUPASS_GOPATH", DEFAULT_GOPATH)
+    if not shutil.which("go") or not os.path.isdir(f"{gopath}/src/github.com/vmware/govmomi/simulator"):
+        pytest.skip("the vSphere simulator needs golang-go and golang-github-vmware-govmomi-dev")
+    ensure_esxi_plugin()
+    # One host (the contract finds GPUs by address alone; a vCenter repeats addresses across hosts): the lab's
+    # esx02 with both A100s active, cad-ws holding 0000:3b:00.0, web01 running, ml-train off.
+    config = lab_config()
+    config["hosts"] = [h for h in config["hosts"] if h["name"] == "esx02.lab.local"]
+    for gpu in config["hosts"][0]["gpus"]:
+        gpu["passthru_enabled"] = gpu["passthru_active"] = True
+    for vm in config["vms"]:
+        vm["host"] = "esx02.lab.local"
+    sim = VCSim(config, username="administrator@vsphere.local").start()
+    target = Target(uri=f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab", name="contract-esxi",
+                    password=Secret(sim.password), tls=TlsOptions(ca_file=str(sim.ca_file)))
+    return backend_env(
+        platform="esxi",
+        open=lambda: EsxiBackend(target),
+        free_gpu=PciAddress.parse("0000:af:00.0"),
+        off_vm="ml-train",
+        running_vm="web01",
+        owned_gpu=PciAddress.parse("0000:3b:00.0"),
+        owner_vm="cad-ws",
+        cleanup=[sim.stop],
+    )
