@@ -51,6 +51,7 @@ def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
                             "active": g.passthrough.active, "reasons": list(g.passthrough.reasons)},
             "assigned_to": g.assigned_to, "model": g.model, "location": g.location, "extra": dict(g.extra),
         } for g in facts.gpus],
+        "maintenance": dict(facts.maintenance),
         "vms": [{
             "name": v.name, "power_state": v.power_state.value, "firmware": v.firmware.value,
             "memory_bytes": v.memory_bytes, "memory_reserved_bytes": v.memory_reserved_bytes,
@@ -87,7 +88,7 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
         id=v.get("id", ""), location=v.get("location", ""), snapshots=v.get("snapshots", 0),
         hypervisor_hidden=v.get("hypervisor_hidden", False), settings=v.get("settings", {}),
     ) for v in data["vms"]]
-    return HostFacts(host, tuple(gpus), tuple(vms), functions)
+    return HostFacts(host, tuple(gpus), tuple(vms), functions, data.get("maintenance", {}))
 
 
 def write(path: Path, facts: HostFacts, backend_state: dict[str, Any], label: str) -> None:

@@ -172,7 +172,8 @@ def read(si: Any, root: Any, uri: str, platform: str, label: str) -> tuple[HostF
                                      "drs_behavior": h.drs_behavior} for h in hosts.values()}},
     )
     table = {(loc, a): f for loc, funcs in functions.items() for a, f in funcs.items()}
-    facts = HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: (v.name, v.location))), table)
+    facts = HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: (v.name, v.location))), table,
+                      maintenance={h.name: h.maintenance for h in hosts.values()})
     return facts, hosts, raws
 
 

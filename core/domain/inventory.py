@@ -104,6 +104,11 @@ class HostFacts:
     vms: tuple[Vm, ...] = ()
     # Every PCI function the backend saw, so rules can tell a bridge from a SATA controller in a group.
     functions: Mapping[tuple[str, PciAddress], PciFunction] = field(default_factory=dict)
+    # Maintenance mode of each host of a multi-host endpoint (a vCenter), by location.
+    maintenance: Mapping[str, bool] = field(default_factory=dict)
+
+    def in_maintenance(self, location: str = "") -> bool:
+        return bool(self.maintenance.get(location, self.host.maintenance_mode))
 
     def function(self, address: PciAddress, location: str = "") -> PciFunction | None:
         return self.functions.get((location, address))

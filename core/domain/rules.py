@@ -111,7 +111,7 @@ def passthrough_enabled_on_host(ctx: CheckContext) -> Iterable[Finding]:
         elif not state.active:
             pending = "is enabled but not active yet" if state.enabled else "is not enabled for passthrough"
             host = gpu.location or ctx.facts.host.name
-            if ctx.request.options.allow_host_reboot:
+            if ctx.request.options.allow_host_reboot or ctx.facts.in_maintenance(gpu.location):
                 yield warning(
                     "host-reboot-required",
                     f"GPU {gpu.address} {pending}; host {host} must reboot before the VM can use it",

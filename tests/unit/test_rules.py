@@ -145,3 +145,14 @@ def test_live_assignment_cannot_switch_firmware(registry, monkeypatch):
     findings = check(registry, state, "web01", "41:00.0", live=True, allow_firmware_change=True)
     assert "firmware-needs-restart" in codes(findings, "blocker")
     assert "live-change" in codes(findings, "warning")
+
+
+def test_a_host_in_maintenance_mode_may_reboot(registry, monkeypatch):
+    from gpupass.core.domain.context import Capabilities
+    from gpupass.core.domain.inventory import PassthroughState
+
+    monkeypatch.setattr(FakeBackend, "capabilities", Capabilities(host_passthrough_switch=True))
+    base = lab_facts()
+    gpus = tuple(dataclasses.replace(g, passthrough=PassthroughState(True, False, False)) for g in base.gpus)
+    state = dataclasses.replace(base, gpus=gpus, maintenance={"": True})
+    assert "host-reboot-required" in codes(check(registry, state, "ml-train", "41:00.0"), "warning")
