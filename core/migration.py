@@ -84,10 +84,11 @@ def _family(gpu: Gpu) -> str | None:
     return known.family if known else None
 
 
-def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts) -> tuple[GpuMatch, ...]:
+def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts,
+                     location: str | None = None) -> tuple[GpuMatch, ...]:
     """Same vendor:device first, else same family; all on one location (a VM runs on one host)."""
     free = [g for g in destination.gpus if g.assigned_to is None and g.passthrough.capable is not False
-            and not foreign_group_members(destination, g, set())]
+            and not foreign_group_members(destination, g, set()) and location in (None, g.location)]
     best: tuple[GpuMatch, ...] = ()
     for location in sorted({g.location for g in free}) or [""]:
         pool = [g for g in free if g.location == location]
@@ -140,7 +141,7 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
     dest_facts = destination.inventory()
     target_name = destination_vm or vm.name
     existing = dest_facts.find_vm(target_name)
-    matches = pick_equivalents(held, dest_facts)
+    matches = pick_equivalents(held, dest_facts, existing.location if existing is not None else None)
     for m in matches:
         if m.destination is None:
             findings.append(blocker(

@@ -11,7 +11,7 @@ from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
-from gpupass.core.domain.inventory import Firmware, HostFacts
+from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.ports import Backend
@@ -117,6 +117,14 @@ class EsxiBackend(Backend):
         return facts
 
     # -- planning ---------------------------------------------------------------------------------
+    def prepare_planned_vm(self, vm: Vm) -> None:
+        """A stand-in for a VM the user's migration tool has not created yet (nothing is sent to vSphere)."""
+        from gpupass.backends.esxi.inventory import VmRaw
+
+        self._vms[vm.name] = VmRaw(ref=None, name=vm.name, host=vm.location, memory_mb=vm.memory_bytes // (1 << 20),
+                                   reservation_mb=0, locked=False, firmware=vm.firmware.value, extra={}, devices=[],
+                                   change_version=None, record={})
+
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, options = ctx.vm, ctx.request.options
         raw = self._vms[vm.name]

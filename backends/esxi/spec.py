@@ -115,7 +115,8 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
 
 
 def preview(vm: str, host: str, raw: VmRaw, changes: dict[str, Any]) -> str:
-    lines = [f"ReconfigVM_Task on VM '{vm}' ({raw.ref._moId}) on {host}:"]
+    moref = raw.ref._moId if raw.ref is not None else "not created yet"
+    lines = [f"ReconfigVM_Task on VM '{vm}' ({moref}) on {host}:"]
     for entry in changes["add"]:
         if entry.get("dynamic"):
             lines.append(f"  + VirtualPCIPassthrough DynamicBackingInfo allowedDevice="

@@ -266,6 +266,10 @@ class HypervBackend(Backend):
         except KeyError:
             raise OperationFailed(f"no location path known for {address}; read the host first") from None
 
+    def prepare_planned_vm(self, vm: Vm) -> None:
+        """A VM not created yet plans with Hyper-V's defaults (128 MB low MMIO): nothing is recorded for it."""
+        self._vms.setdefault(vm.name, {})
+
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
         raw = self._vms.get(vm.name, {})
