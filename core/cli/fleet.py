@@ -175,6 +175,8 @@ def _error_row(result):
 @handles_errors
 def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
     """Every GPU on every host, with its owner; a host that fails is one row with its error (exit 4)."""
+    from gpupass.core.fleet import assignable
+
     results = _gather(app, _fleet_hosts(app, hosts_option, all_hosts), concurrency, timeout, as_json)
     failed = [r for r in results if r.error]
     if as_json:
@@ -189,12 +191,13 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
                 rows.append([r.host, "-", "ERROR", r.error.message, "", ""])
                 continue
             for g in r.facts.gpus:
+                owner = g.assigned_to or ("free" if assignable(r.facts, g) else "not assignable")
                 rows.append([r.host, r.facts.host.platform, (g.location + "/" if g.location else "") + str(g.address),
-                             g.model, g.function.ids, g.assigned_to or "free"])
+                             g.model, g.function.ids, owner])
         click.echo(render.table(["HOST", "PLATFORM", "ADDRESS", "MODEL", "IDS", "OWNER"], rows))
-        free = sum(1 for r in results if r.facts for g in r.facts.gpus if not g.assigned_to)
+        free = sum(1 for r in results if r.facts for g in r.facts.gpus if assignable(r.facts, g))
         total = sum(len(r.facts.gpus) for r in results if r.facts)
-        click.echo(f"\n{total} GPUs on {len(results) - len(failed)} hosts, {free} free"
+        click.echo(f"\n{total} GPUs on {len(results) - len(failed)} hosts, {free} free to assign"
                    + (f"; {len(failed)} host(s) could not be read" if failed else ""))
     if failed:
         sys.exit(PARTIAL_EXIT)

@@ -101,14 +101,19 @@ DEMO = [
     ("Status of the host", "status lab-kvm"),
     ("Give the H100 back to the host: the definition is restored", "release lab-kvm ml-train --yes"),
     ("Status again", "status lab-kvm"),
+    ("Start the vSphere and Hyper-V lab servers (127.0.0.1 only, stopped by PID)", "lab up"),
+    ("Every GPU on every lab host, across three platforms", "fleet gpus --all"),
+    ("Which hosts could take a VM with one A100 now?", "fleet find --model A100 --all"),
+    ("cad-ws holds an H100 SXM5 on ESXi: what would it need on KVM?", "migrate plan lab-esxi cad-ws lab-kvm"),
+    ("Stop the lab servers", "lab down"),
 ]
 
 
 @lab.command("demo")
 @click.pass_context
 def lab_demo(ctx: click.Context) -> None:
-    """Walk lab-kvm through gpus, check, plan, assign, status and release, printing each command."""
-    ctx.invoke(lab_reset, name="lab-kvm", as_json=False)
+    """Walk the lab through gpus, check, plan, assign, status, release, fleet and a migration plan."""
+    ctx.invoke(lab_reset, name=None, as_json=False)
     for title, command in DEMO:
         click.echo("\n" + click.style(f"# {title}", fg="blue", bold=True))
         click.echo(click.style(f"$ gpupass {command}", bold=True))
@@ -117,4 +122,5 @@ def lab_demo(ctx: click.Context) -> None:
         except SystemExit as exit_:
             code = exit_.code or 0
             click.echo(click.style(f"(exit code {code})", dim=True))
-    click.echo("\nThe lab keeps its state: try `gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change`.")
+    click.echo("\nThe lab keeps its state: try `gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change`,"
+               "\nor `gpupass lab up` and then `gpupass gpus lab-esxi` / `gpupass plan lab-hyperv ml-train ...`.")

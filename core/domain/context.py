@@ -52,13 +52,15 @@ class CheckContext:
 
     @property
     def need(self) -> MmioNeed | None:
-        """MMIO the VM needs for everything it will hold after the change; None if any BAR is unknown."""
-        bars = []
-        for gpu in self.gpus_held_after:
-            if gpu.bars is None:
-                return None
-            bars.extend(gpu.bars)
-        return mmio_need(bars)
+        """MMIO the VM needs for everything it will hold after the change, from the BARs that are known.
+
+        None only when no BAR at all is known; with some unknown it is a lower bound (the bar-size-unknown
+        warning says so), which still sizes the window for the cards that are known.
+        """
+        known = [gpu.bars for gpu in self.gpus_held_after if gpu.bars is not None]
+        if not known:
+            return None
+        return mmio_need([bar for bars in known for bar in bars])
 
     @property
     def gpus_held_after(self) -> tuple[Gpu, ...]:

@@ -156,3 +156,13 @@ def test_a_host_in_maintenance_mode_may_reboot(registry, monkeypatch):
     gpus = tuple(dataclasses.replace(g, passthrough=PassthroughState(True, False, False)) for g in base.gpus)
     state = dataclasses.replace(base, gpus=gpus, maintenance={"": True})
     assert "host-reboot-required" in codes(check(registry, state, "ml-train", "41:00.0"), "warning")
+
+
+def test_known_bars_still_size_the_window_when_another_card_is_unknown(registry):
+    state = lab_facts()
+    gpus = tuple(dataclasses.replace(g, assigned_to="ml-train") if str(g.address) == "0000:02:00.0" else g
+                 for g in state.gpus)
+    vms = tuple(dataclasses.replace(v, assigned=(A("02:00.0"), A("02:00.1"))) if v.name == "ml-train" else v
+                for v in state.vms)
+    findings = check(registry, dataclasses.replace(state, gpus=gpus, vms=vms), "ml-train", "41:00.0")
+    assert "mmio-window-resized" in codes(findings, "info")
