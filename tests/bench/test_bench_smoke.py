@@ -40,3 +40,11 @@ def test_round_trips_grow_with_the_host_as_documented(tmp_path):
 def test_pytest_does_not_collect_the_benchmark(pytestconfig):
     assert not pytestconfig.getini("python_files") or all(
         not Path("bench_kvm.py").match(pattern) for pattern in pytestconfig.getini("python_files"))
+
+
+def test_fleet_bench_runs_small():
+    spec = importlib.util.spec_from_file_location("bench_fleet", HERE / "bench_fleet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.run(hosts=4, latency_ms=1, concurrency=4)
+    assert figures["round_trips"] == 4 * 15 and figures["fleet_s"] > 0 and figures["sequential_s"] > 0
