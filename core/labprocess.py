@@ -103,3 +103,45 @@ def stop(data_dir: Path, name: str, timeout: float = 10.0) -> bool:
 
 def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class ServerLab:
+    """Mixin for lab hosts served by a background process: a state folder, a generated password, PID control.
+
+    Subclasses set `name` and implement `up`, `target` and `reset` (see backends/esxi/lab.py).
+    """
+
+    name: str
+
+    def directory(self, data_dir: Path) -> Path:
+        return data_dir / "lab" / self.name.removeprefix("lab-")
+
+    def password(self, data_dir: Path) -> str:
+        """The lab's password: generated once, owner-only, passed to the server by file, never on a command line."""
+        import secrets
+
+        path = self.directory(data_dir) / "password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("Lab-" + secrets.token_urlsafe(18))
+        return path.read_text().strip()
+
+    def running(self, data_dir: Path) -> Running | None:
+        return running(data_dir, self.name)
+
+    def require_running(self, data_dir: Path) -> Running:
+        from gpupass.core.errors import ConnectionFailed
+
+        current = self.running(data_dir)
+        if current is None:
+            raise ConnectionFailed(f"{self.name} is not running", remedy=f"start it: gpupass lab up {self.name}")
+        return current
+
+    def down(self, data_dir: Path) -> str:
+        return "stopped" if stop(data_dir, self.name) else "was not running"
+
+    def is_up(self, data_dir: Path) -> bool:
+        return self.running(data_dir) is not None

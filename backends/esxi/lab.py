@@ -6,13 +6,10 @@ state in memory: it is kept while the lab is up and starts fresh at each `lab up
 """
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from urllib.parse import quote
 
 from gpupass.core import labprocess
-from gpupass.core.errors import ConnectionFailed
 from gpupass.core.ports import LabHost
 from gpupass.core.target import Secret, Target, TlsOptions
 
@@ -21,24 +18,11 @@ USER = "administrator@vsphere.local"
 READY = "GPUPASS-ESXI-LAB-READY "
 
 
-class EsxiLab(LabHost):
+class EsxiLab(labprocess.ServerLab, LabHost):
     name = NAME
     platform = "esxi"
     description = ("vSphere API simulator on 127.0.0.1: vCenter with esx01 (H100 held by cad-ws, T4) and esx02 "
                    "(2x A100 80GB); VMs ml-train, render01 (BIOS), web01 (running), cad-ws, snap01 (snapshot)")
-
-    def directory(self, data_dir: Path) -> Path:
-        return data_dir / "lab" / "esxi"
-
-    def password(self, data_dir: Path) -> str:
-        path = self.directory(data_dir) / "password"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write("Lab-" + secrets.token_urlsafe(18))
-        return path.read_text().strip()
 
     def up(self, data_dir: Path) -> str:
         self.password(data_dir)
@@ -48,12 +32,6 @@ class EsxiLab(LabHost):
         running = labprocess.start(data_dir, NAME, argv, READY, timeout=900)
         return f"serving the vSphere API at {running.info.get('url')} (pid {running.pid})"
 
-    def down(self, data_dir: Path) -> str:
-        return "stopped" if labprocess.stop(data_dir, NAME) else "was not running"
-
-    def is_up(self, data_dir: Path) -> bool:
-        return labprocess.running(data_dir, NAME) is not None
-
     def status(self, data_dir: Path) -> str:
         running = labprocess.running(data_dir, NAME)
         if running is None:
@@ -61,10 +39,7 @@ class EsxiLab(LabHost):
         return f"up at {running.info.get('url')} (pid {running.pid})"
 
     def target(self, data_dir: Path) -> Target:
-        running = labprocess.running(data_dir, NAME)
-        if running is None:
-            raise ConnectionFailed(f"{NAME} is not running", remedy="start it: gpupass lab up lab-esxi")
-        info = running.info
+        info = self.require_running(data_dir).info
         return Target(uri=f"esxi://{quote(USER, safe='')}@127.0.0.1:{info['port']}/{info['datacenter']}",
                       name=NAME, password=Secret(self.password(data_dir)), tls=TlsOptions(ca_file=info["ca"]))
 

@@ -9,11 +9,10 @@ picks Basic (the target's URI then carries ``?transport=basic``, allowed over HT
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from gpupass.core import labprocess
-from gpupass.core.errors import ConnectionFailed, UsageError
+from gpupass.core.errors import UsageError
 from gpupass.core.ports import LabHost
 from gpupass.core.target import Secret, Target
 
@@ -22,26 +21,14 @@ USER = "Administrator"
 READY = "GPUPASS-HYPERV-LAB-READY "
 
 
-class HypervLab(LabHost):
+class HypervLab(labprocess.ServerLab, LabHost):
     name = NAME
     platform = "hyperv"
     description = ("WinRM endpoint on 127.0.0.1 serving a modelled Hyper-V host: 2x A100 80GB, a T4 behind "
                    "an RMRR; VMs ml-train, render01 (Gen 1), web01 (running), cad-ws (holds an A100), dyn-mem")
 
-    def directory(self, data_dir: Path) -> Path:
-        return data_dir / "lab" / "hyperv"
-
     def state_path(self, data_dir: Path) -> Path:
         return self.directory(data_dir) / "lab-hyperv.json"
-
-    def password(self, data_dir: Path) -> str:
-        path = self.directory(data_dir) / "password"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write("Lab-" + secrets.token_urlsafe(18))
-        return path.read_text().strip()
 
     def _write_initial(self, data_dir: Path) -> None:
         from gpupass.backends.hyperv.hostmodel.lab import lab_host
@@ -66,12 +53,6 @@ class HypervLab(LabHost):
         running = labprocess.start(data_dir, NAME, argv, READY)
         return f"serving WinRM ({running.info.get('auth')}) at {running.info.get('url')} (pid {running.pid})"
 
-    def down(self, data_dir: Path) -> str:
-        return "stopped" if labprocess.stop(data_dir, NAME) else "was not running"
-
-    def is_up(self, data_dir: Path) -> bool:
-        return labprocess.running(data_dir, NAME) is not None
-
     def status(self, data_dir: Path) -> str:
         running = labprocess.running(data_dir, NAME)
         if running is None:
@@ -79,9 +60,7 @@ class HypervLab(LabHost):
         return f"up at {running.info.get('url')} ({running.info.get('auth')}, pid {running.pid})"
 
     def target(self, data_dir: Path) -> Target:
-        running = labprocess.running(data_dir, NAME)
-        if running is None:
-            raise ConnectionFailed(f"{NAME} is not running", remedy="start it: gpupass lab up lab-hyperv")
+        running = self.require_running(data_dir)
         query = "?transport=basic" if running.info.get("auth") == "basic" else ""
         return Target(uri=f"hyperv+http://{USER}@127.0.0.1:{running.info['port']}/{query}", name=NAME,
                       password=Secret(self.password(data_dir)),
