@@ -27,3 +27,15 @@ def fake_host():
     plugins.register(FakePlugin(), name="fake")
     reset_fake(lab_facts())
     return reset_fake
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI every endpoint is installed by .ci/bootstrap, so a skip there is a gap, not a machine limit."""
+    import os
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("CI") and skipped and exitstatus == 0:
+        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; .ci/bootstrap should have installed what they need",
+                            red=True)
+        session.exitstatus = 1
