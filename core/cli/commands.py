@@ -136,7 +136,8 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
 @click.argument("vm")
 @click.argument("gpu", nargs=-1, required=True)
 @assignment_options
-@click.option("--show-changes", is_flag=True, help="Show what each step sends (the domain XML diff, scripts).")
+@click.option("--show-changes", "--show-scripts", "show_changes", is_flag=True,
+              help="Show what each step sends: the domain XML diff, the ConfigSpec, the PowerShell scripts.")
 @json_option
 @click.pass_obj
 @handles_errors
