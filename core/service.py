@@ -9,7 +9,6 @@ from typing import Any, Callable, Sequence
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
-from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
@@ -204,7 +203,3 @@ def _verify(plan: Plan, facts: HostFacts) -> None:
             rolled_back=False,
         )
 
-
-def describe_mmio(summary: MmioSummary) -> str:
-    need = format_bytes(summary.need.high) if summary.need else "unknown"
-    return f"need {need}, window {format_bytes(summary.current_window)} -> {format_bytes(summary.target_window)}"
