@@ -408,7 +408,15 @@ def get_vmsnapshot(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
     return out
 
 
+def _require_device_path(locationpath: str | None, instancepath: str | None, cmd: str) -> None:
+    if locationpath is None and instancepath is None:
+        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
+                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
+                          kind="terminating")
+
+
 def _dev_at(model: HostModel, locationpath: str | None, instancepath: str | None, cmd: str) -> PnpDevice:
+    _require_device_path(locationpath, instancepath, cmd)
     d = None
     if locationpath is not None:
         d = model.device_by_location(locationpath)
@@ -423,10 +431,6 @@ def dismount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath:
                                       instancepath: str | None = None, force: bool = False,
                                       passthru: bool = False) -> list[Any]:
     cmd = "DismountVMHostAssignableDevice"
-    if locationpath is None and instancepath is None:
-        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
-                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
-                          kind="terminating")
     d = _dev_at(model, locationpath, instancepath, cmd)
     if not d.present:
         raise _device_not_found(model, d.location_path, cmd)
@@ -468,10 +472,6 @@ def dismount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath:
 def mount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath: str | None = None,
                                    instancepath: str | None = None, passthru: bool = False) -> list[Any]:
     cmd = "MountVMHostAssignableDevice"
-    if locationpath is None and instancepath is None:
-        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
-                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
-                          kind="terminating")
     d = _dev_at(model, locationpath, instancepath, cmd)
     if not d.dismounted:
         raise HyperVError(f"The device at location path '{d.location_path}' is not dismounted.",  # (approx)
@@ -496,10 +496,7 @@ def add_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
     if vmname is None and vm is None:
         raise HyperVError("Cannot process command because of one or more missing mandatory parameters: VMName.",
                           f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
-    if locationpath is None and instancepath is None:
-        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: "
-                          "LocationPath.", f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE,
-                          kind="terminating")
+    _require_device_path(locationpath, instancepath, cmd)
     out = []
     for v in _resolve_vms(ctx, model, vmname, vm, cmd):
         d = _dev_at(model, locationpath, instancepath, cmd)

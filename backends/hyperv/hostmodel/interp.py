@@ -514,17 +514,8 @@ class Interpreter:
             if e.type == "command_parameter":
                 pname = _t(e)[1:]
                 colon = i + 1 < len(elems) and elems[i + 1].type == "command_argument_sep" and _t(elems[i + 1]).strip() == ":"
-                if pname.endswith(":"):
-                    pname = pname[:-1]
-                    j = i + 1
-                    while j < len(elems) and elems[j].type == "command_argument_sep":
-                        j += 1
-                    if j >= len(elems):
-                        raise self._unsupported(e, "parameter with ':' but no value")
-                    tokens.append(("param", pname, e, self._arg(elems[j]), True))
-                    i = j + 1
-                    continue
-                if colon:
+                if pname.endswith(":") or colon:
+                    pname = pname.removesuffix(":")
                     j = i + 1
                     while j < len(elems) and elems[j].type == "command_argument_sep":
                         j += 1

@@ -112,8 +112,7 @@ def test_lab_reset_restores_the_shipped_host(open_backend):
 
 def test_the_installed_command_runs_the_lab_in_a_subprocess(tmp_path):
     executable = Path(sys.executable).with_name("gpupass")
-    if not executable.exists():
-        pytest.skip(f"no gpupass script next to {sys.executable} (package not installed in this environment)")
+    assert executable.exists(), f"no gpupass console script next to {sys.executable}: install the package (pip install -e .)"
     env = {**os.environ, "GPUPASS_DATA_DIR": str(tmp_path / "data"), "GPUPASS_CONFIG": str(tmp_path / "c.toml")}
     done = subprocess.run([str(executable), "assign", "lab-kvm", "ml-train", H100, "--yes", "--json"],
                           capture_output=True, text=True, env=env, timeout=60)
