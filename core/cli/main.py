@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from typing import Any, Callable
 
 import click
 
+from gpupass.core.cli import manifest
 from gpupass.core.errors import GpupassError, PreflightFailed, UsageError
 
 EXIT_CODES = """\b
@@ -79,7 +81,39 @@ def handles_errors(command: Callable) -> Callable:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (or its own help is asked for).
+
+    The modules register their commands with `@cli.command()` as before; `manifest.COMMANDS` says which
+    module defines which name, and carries the short help that `gpupass --help` lists without importing any.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(manifest.COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in manifest.COMMANDS:
+            importlib.import_module(manifest.COMMANDS[name][0])
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.commands:  # registered already (a plugin's, or imported): ask the command itself
+                if self.commands[name].hidden:
+                    continue
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+            else:
+                rows.append((name, click.utils.make_default_short_help(manifest.COMMANDS[name][1], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="gpupass")
 @click.option("--config", "config_path", metavar="FILE", envvar="GPUPASS_CONFIG",
               help="Config file with named hosts (default: ~/.config/gpupass/config.toml).")
@@ -97,11 +131,6 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool, ca_file: st
     ctx.obj = AppContext(config_path, insecure, ca_file)
 
 
-from gpupass.core.cli import commands as _commands  # noqa: E402  (registers the commands on `cli`)
-from gpupass.core.cli import lab as _lab  # noqa: E402,F401
-from gpupass.core.cli import fleet as _fleet  # noqa: E402,F401
-from gpupass.core.cli import migrate as _migrate  # noqa: E402,F401
-from gpupass.core.cli import declarative as _declarative  # noqa: E402,F401
 
 
 def main() -> None:
