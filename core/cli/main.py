@@ -108,7 +108,9 @@ class LazyGroup(click.Group):
                     continue
                 rows.append((name, self.commands[name].get_short_help_str(limit)))
             else:
-                rows.append((name, click.utils.make_default_short_help(manifest.COMMANDS[name][1], limit)))
+                # Shortened exactly as click shortens a command's own help (the text is one paragraph).
+                stand_in = click.Command(name, help=manifest.COMMANDS[name][1])
+                rows.append((name, stand_in.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
