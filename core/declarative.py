@@ -15,7 +15,7 @@ A host named in the file is managed by it: a VM there that holds GPUs but is not
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpupass.core.domain.inventory import Gpu, HostFacts
@@ -32,6 +32,20 @@ class FileError(UsageError):
     def __init__(self, path: str, line: int, message: str, remedy: str | None = None) -> None:
         super().__init__(f"{path}:{line}: {message}", remedy=remedy or "see docs/declarative.md for the file's schema")
         self.line = line
+
+
+class ApplyIncomplete(GpupassError):
+    """`apply` stopped after changing something: the report names every change made and every one not made."""
+
+    kind = "apply-incomplete"
+
+    def __init__(self, message: str, *, remedy: str, results: list[dict], failed: dict, not_done: list[dict]) -> None:
+        super().__init__(message, remedy=remedy)
+        self.results, self.failed, self.not_done = results, failed, not_done
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "changed": True, "results": self.results, "failed": self.failed,
+                "not_done": self.not_done}
 
 
 @dataclass(frozen=True)
@@ -76,13 +90,35 @@ def parse(text: str, path: str = "<file>") -> list[Desired]:
             raise FileError(path, entry.line, f"VM {entry.vm!r} on {entry.host} is listed twice (first at line "
                             f"{seen[key]})", "merge the two entries")
         seen[key] = entry.line
+    _reject_shared_gpus(entries, path)
     return entries
 
 
+def _reject_shared_gpus(entries: list[Desired], path: str) -> None:
+    """One GPU can belong to one VM: a file that gives it to two is refused before anything is read or changed."""
+    owners: dict[tuple[str, PciAddress], Desired] = {}
+    for entry in entries:
+        for address in entry.gpus:
+            first = owners.setdefault((entry.host, address), entry)
+            if first is not entry:
+                raise FileError(path, entry.line, f"GPU {address} on {entry.host} is given to both {first.vm!r} "
+                                f"(line {first.line}) and {entry.vm!r}", "give each GPU to one VM")
+
+
 def _mapping(node, path: str, what: str) -> dict[str, tuple[Any, Any]]:
+    """A mapping's keys and values; a repeated key is an error (YAML 1.2 requires keys to be unique, and
+    PyYAML would silently keep the last one)."""
     if node.tag != "tag:yaml.org,2002:map":
         raise FileError(path, node.start_mark.line + 1, f"{what} must be a mapping")
-    return {key.value: (key, value) for key, value in node.value}
+    fields: dict[str, tuple[Any, Any]] = {}
+    for key, value in node.value:
+        name = _scalar(key, path)
+        if name in fields:
+            raise FileError(path, key.start_mark.line + 1,
+                            f"duplicate key {name!r} (first at line {fields[name][0].start_mark.line + 1})",
+                            "keep one of the two: YAML keys must be unique")
+        fields[name] = (key, value)
+    return fields
 
 
 def _scalar(node, path: str) -> str:
@@ -158,7 +194,9 @@ def changes_for_host(host: str, facts: HostFacts, desired: list[Desired], path: 
         if vm_name not in listed:
             releases.append(Change(host, vm_name, "release", tuple(g.address for g in gpus),
                                    reason="not in the file"))
-    free = [g for g in facts.gpus if assignable(facts, g)]
+    # A GPU the file names for one VM is never picked by model for another.
+    named = {address for d in desired for address in d.gpus}
+    free = [g for g in facts.gpus if assignable(facts, g) and g.address not in named]
     for entry in desired:
         if facts.find_vm(entry.vm) is None:
             raise FileError(path, entry.line, f"no VM named {entry.vm!r} on {host}",
@@ -189,6 +227,21 @@ def changes_for_host(host: str, facts: HostFacts, desired: list[Desired], path: 
             assigns.append(Change(host, entry.vm, "assign", missing, entry.options, reason="wanted by the file",
                                   line=entry.line))
     return releases + assigns
+
+
+def after_releases(facts: HostFacts, changes: list[Change]) -> HostFacts:
+    """The host as it will be once the releases among `changes` are done: what the assignments are planned on,
+    so the whole file is checked before the first write."""
+    freed = {(c.vm, address) for c in changes if c.operation == "release" for address in c.gpus}
+    gpus, functions_freed = [], {}
+    for gpu in facts.gpus:
+        if (gpu.assigned_to, gpu.address) in freed:
+            functions_freed.setdefault((gpu.assigned_to, gpu.location), set()).update(f.address for f in gpu.functions)
+            gpu = replace(gpu, assigned_to=None)
+        gpus.append(gpu)
+    vms = tuple(replace(vm, assigned=tuple(a for a in vm.assigned if a not in functions_freed[(vm.name, vm.location)]))
+                if (vm.name, vm.location) in functions_freed else vm for vm in facts.vms)
+    return replace(facts, gpus=tuple(gpus), vms=vms)
 
 
 def export(host: str, facts: HostFacts) -> list[dict[str, Any]]:

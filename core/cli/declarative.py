@@ -43,6 +43,14 @@ def _by_host(desired):
     return hosts
 
 
+def _request(change):
+    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+
+    if change.operation == "release":
+        return ReleaseRequest(change.vm, change.gpus)
+    return AssignmentRequest(change.vm, change.gpus, change.options)
+
+
 def _changes(app, path):
     from gpupass.core import declarative
 
@@ -51,6 +59,85 @@ def _changes(app, path):
         with app.open(host) as backend:
             changes += declarative.changes_for_host(host, backend.inventory(), entries, path)
     return changes
+
+
+def _plan_file(app, path):
+    """Read each host once and plan every change of the file before the first write: [(change, plan)].
+
+    Assignments are planned on the host as it will be after the file's releases, so a GPU the file moves
+    from one VM to another is not reported as taken, while a GPU held by a VM the file keeps still is.
+    """
+    from gpupass.core import declarative
+    from gpupass.core.errors import NotSupported
+    from gpupass.core.service import make_plan
+
+    planned = []
+    for host, entries in _by_host(_load(path)).items():
+        with app.open(host) as backend:
+            if backend.read_only:
+                raise NotSupported(f"{host} is a snapshot: `apply` changes live hosts only",
+                                   remedy="name the live host in the file; `diff` works with snapshots")
+            facts = backend.inventory()
+            changes = declarative.changes_for_host(host, facts, entries, path)
+            after = declarative.after_releases(facts, changes)
+            for change in changes:
+                basis = facts if change.operation == "release" else after
+                planned.append((change, make_plan(backend, basis, _request(change), app.registry)))
+    return planned
+
+
+def _run_change(app, change, as_json: bool) -> dict:
+    """Re-read the host, re-plan the change on what is there now, and carry it out (rolled back if it fails)."""
+    from gpupass.core import serialize
+    from gpupass.core.cli import render
+    from gpupass.core.errors import PreflightFailed
+    from gpupass.core.service import execute, make_plan
+
+    with app.open(change.host) as backend:
+        plan = make_plan(backend, backend.inventory(), _request(change), app.registry)
+        if not as_json:
+            click.echo("\n" + _change_line(change))
+            click.echo(render.plan(plan))
+        if plan.blocked:
+            raise PreflightFailed(f"{change.host} changed since the file was planned: this change is now blocked",
+                                  [f for f in plan.findings if f.blocks])
+        if plan.nothing_to_do:
+            return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
+
+        def progress(step) -> None:
+            if not as_json:
+                sys.stdout.flush()
+                click.echo(f"  ... {step.description}", err=True)
+
+        outcome = execute(backend, plan, on_step=progress)
+        after = outcome.facts_after.find_vm(plan.vm) if outcome.facts_after else None
+        return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
+                "vm_after": serialize.vm_to_dict(after) if after else None}
+
+
+def _incomplete(file, planned, results, index, cause):
+    """The error for a failure after some changes were made: which were made, which failed, which were not."""
+    from gpupass.core.declarative import ApplyIncomplete
+
+    made = [r for r in results if r["changed"]]
+    change = planned[index][0]
+    undone = getattr(cause, "rolled_back", True)
+    lines = [f"apply stopped at change {index + 1} of {len(planned)} ({_change_line(change)}): {cause.message}",
+             "that change was undone" if undone else "that change was NOT fully undone (see the message above)",
+             f"changed before it ({len(made)}):"]
+    lines += [f"  {_change_line(planned[i][0])}" for i, r in enumerate(results) if r["changed"]]
+    rest = [c for c, _ in planned[index + 1:]]
+    if rest:
+        lines.append(f"not done ({len(rest)}):")
+        lines += [f"  {_change_line(c)}" for c in rest]
+    return ApplyIncomplete(
+        "\n".join(lines),
+        remedy=(cause.remedy + "; then " if cause.remedy else "fix the cause, then ")
+        + f"`gpupass diff {file}` shows what is left and `gpupass apply {file}` continues from there",
+        results=made,
+        failed={**_change_dict(change), "error": cause.to_dict()},
+        not_done=[_change_dict(c) for c in rest],
+    )
 
 
 @cli.command()
@@ -100,19 +187,30 @@ def diff(app, file, as_json) -> None:
 @handles_errors
 def apply(app, file, yes, as_json) -> None:
     """Converge the hosts to FILE: each change goes through the normal plan, preflight and rollback."""
-    from gpupass.core.cli.commands import _confirm_and_run
-    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
-    from gpupass.core.service import make_plan
+    from gpupass.core import serialize
+    from gpupass.core.cli import render
+    from gpupass.core.errors import GpupassError, PreflightFailed
 
-    changes = _changes(app, file)
-    if not changes:
+    planned = _plan_file(app, file)
+    if not planned:
         if as_json:
             emit_json({"file": file, "changed": False, "results": []})
         else:
             click.echo(f"in sync: nothing to do for {file}")
         return
+    blocked = [(change, plan) for change, plan in planned if plan.blocked]
+    if blocked:
+        if as_json:
+            emit_json({"file": file, "changed": False, "results": [],
+                       "blocked": [{**_change_dict(c), "plan": serialize.plan_to_dict(p)} for c, p in blocked]})
+        else:
+            for change, plan in blocked:
+                click.echo(_change_line(change))
+                click.echo(render.plan(plan) + "\n")
+        raise PreflightFailed(f"{len(blocked)} of the {len(planned)} change(s) {file} asks for are blocked; "
+                              f"nothing was changed", [f for _, p in blocked for f in p.findings if f.blocks])
     if not as_json:
-        click.echo("\n".join(_change_line(c) for c in changes))
+        click.echo("\n".join(_change_line(c) for c, _ in planned))
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to change hosts without confirmation: there is no terminal to ask on",
@@ -120,15 +218,14 @@ def apply(app, file, yes, as_json) -> None:
         if not click.confirm("\nApply these changes?", default=False):
             raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
     results = []
-    for change in changes:
-        with app.open(change.host) as backend:
-            if change.operation == "release":
-                request = ReleaseRequest(change.vm, change.gpus)
-            else:
-                request = AssignmentRequest(change.vm, change.gpus, change.options)
-            if not as_json:
-                click.echo("\n" + _change_line(change))
-            results.append({**_change_dict(change), **_confirm_and_run(
-                app, backend, make_plan(backend, backend.inventory(), request, app.registry), True, as_json)})
+    for index, (change, _) in enumerate(planned):
+        try:
+            results.append({**_change_dict(change), **_run_change(app, change, as_json)})
+        except GpupassError as exc:
+            if not any(r["changed"] for r in results):
+                if as_json and isinstance(exc, PreflightFailed):  # its handler prints no JSON of its own
+                    emit_json({"file": file, "changed": False, "results": results, **exc.to_dict()})
+                raise  # nothing before it changed; the error says for itself what it did
+            raise _incomplete(file, planned, results, index, exc) from exc
     if as_json:
-        emit_json({"file": file, "changed": True, "results": results})
+        emit_json({"file": file, "changed": any(r["changed"] for r in results), "results": results})

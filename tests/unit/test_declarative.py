@@ -38,6 +38,14 @@ def test_parses_addresses_models_and_options_with_lines():
      "listed twice (first at line 2)"),
     ("assignments: [\n", 2, "not valid YAML"),
     ("hosts: []\n", 1, "unknown key 'hosts'"),
+    ("assignments:\n  - host: h\n    vm: v\n    host: g\n    gpus: [41:00.0]\n", 4,
+     "duplicate key 'host' (first at line 2)"),
+    ("assignments: []\nversion: 1\nassignments: []\n", 3, "duplicate key 'assignments' (first at line 1)"),
+    ("assignments:\n  - {host: h, vm: v, model: A, options: {dynamic: true, dynamic: false}}\n", 2,
+     "duplicate key 'dynamic'"),
+    ("? [a, b]\n: 1\n", 1, "expected a single value here"),
+    ("assignments:\n  - {host: h, vm: a, gpus: [41:00.0]}\n  - {host: h, vm: b, gpus: [\"0000:41:00.0\"]}\n", 3,
+     "GPU 0000:41:00.0 on h is given to both 'a' (line 2) and 'b'"),
 ])
 def test_errors_point_at_the_line(text, line, message):
     with pytest.raises(FileError) as caught:
@@ -77,3 +85,19 @@ def test_unknown_vm_or_gpu_points_at_the_entry():
                                                    "f.yaml"), "f.yaml")
     with pytest.raises(FileError, match="no GPU at 0000:77:00.0"):
         changes_for_host("lab", lab_facts(), parse("assignments:\n  - {host: lab, vm: ml-train, gpus: [\"77:00.0\"]}\n"))
+
+
+def test_a_gpu_named_for_one_vm_is_not_picked_by_model_for_another():
+    wanted = parse("assignments:\n  - {host: lab, vm: ml-train, model: A100, count: 1}\n"
+                   "  - {host: lab, vm: render01, gpus: [\"41:00.0\"]}\n  - {host: lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n")
+    with pytest.raises(GpupassError, match="has 0 free A100 GPU"):
+        changes_for_host("lab", lab_facts(), wanted)
+
+
+def test_after_releases_frees_the_released_cards_and_their_companions():
+    from gpupass.core.declarative import after_releases
+
+    changes = changes_for_host("lab", lab_facts(), parse("assignments:\n  - {host: lab, vm: ml-train, gpus: [\"01:00.0\"]}\n"))
+    after = after_releases(lab_facts(), changes)
+    assert [g.assigned_to for g in after.gpus] == [None, None, None]
+    assert after.find_vm("cad-ws").assigned == () and after.find_vm("ml-train") == lab_facts().find_vm("ml-train")

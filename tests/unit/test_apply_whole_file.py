@@ -1,0 +1,106 @@
+"""`apply` plans the whole file before its first write, and a failure half-way says exactly what changed."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gpupass.core.cli.main import cli
+from support.fakes import A, FakeBackend
+
+
+@pytest.fixture
+def apply(fake_host, tmp_path):
+    runner = CliRunner()
+
+    def invoke(text, *args):
+        path = tmp_path / "gpus.yaml"
+        path.write_text(text)
+        return runner.invoke(cli, ["apply", str(path), "--yes", *args], catch_exceptions=False)
+
+    return invoke
+
+
+def owners():
+    return {str(g.address): g.assigned_to for g in FakeBackend.state.gpus}
+
+
+def writes():
+    return [call for call in FakeBackend.calls if call[0] == "apply"]
+
+
+BEFORE = {"0000:41:00.0": None, "0000:01:00.0": "cad-ws", "0000:02:00.0": None}
+
+
+def test_one_gpu_for_two_vms_is_refused_before_any_host_is_read(apply):
+    result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
+                   "  - {host: fake://lab, vm: web01, gpus: [\"0000:41:00.0\"]}\n")
+    assert result.exit_code == 2
+    assert "GPU 0000:41:00.0 on fake://lab is given to both 'ml-train' (line 2) and 'web01'" in result.output
+    assert FakeBackend.calls == [] and owners() == BEFORE
+
+
+def test_a_blocked_later_change_stops_the_file_before_the_first_write(apply):
+    # cad-ws is not listed, so its GPU is released first; render01 (BIOS) cannot take the 64 GiB A100.
+    text = "assignments:\n  - {host: fake://lab, vm: render01, gpus: [\"41:00.0\"]}\n"
+    result = apply(text)
+    assert result.exit_code == 3
+    assert "firmware-bios-large-bar" in result.output and "nothing was changed" in result.output
+    assert writes() == [] and owners() == BEFORE
+    document = json.loads(apply(text, "--json").output)
+    assert document["changed"] is False and [b["vm"] for b in document["blocked"]] == ["render01"]
+    assert writes() == [] and owners() == BEFORE
+
+
+def test_a_gpu_the_file_moves_between_vms_is_planned_as_freed(apply):
+    result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"01:00.0\"]}\n", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] is True
+    assert owners() == {**BEFORE, "0000:01:00.0": "ml-train"}
+
+
+def test_a_file_the_host_cannot_meet_is_refused_before_any_write(apply):
+    # cad-ws keeps its card and the other one shares its IOMMU group: no free "Fake GPU" is left for ml-train.
+    result = apply("assignments:\n  - {host: fake://lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
+                   "  - {host: fake://lab, vm: ml-train, model: Fake GPU, count: 1}\n")
+    assert result.exit_code == 1 and "has 0 free Fake GPU GPU(s), ml-train needs 1 more" in result.output
+    assert writes() == [] and owners() == BEFORE
+
+
+def test_a_failure_after_a_change_reports_exactly_what_was_changed(apply):
+    FakeBackend.fail_on = {"fake.attach"}
+    text = "assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
+    result = apply(text)
+    assert result.exit_code == 1
+    assert "nothing was changed" not in result.output
+    assert "apply stopped at change 2 of 2" in result.output and "that change was undone" in result.output
+    assert "changed before it (1):\n  - fake://lab: release 0000:01:00.0 from cad-ws" in result.output
+    assert owners() == {**BEFORE, "0000:01:00.0": None}
+
+    FakeBackend.fail_on = {"fake.attach"}
+    text = ("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
+            "  - {host: fake://lab, vm: render01, gpus: [\"01:00.0\"]}\n")
+    FakeBackend.state = _with_owner("0000:01:00.0", "cad-ws")
+    document = json.loads(apply(text, "--json").output)
+    assert document["error"] == "apply-incomplete" and document["changed"] is True
+    assert [(r["operation"], r["vm"]) for r in document["results"]] == [("release", "cad-ws")]
+    assert (document["failed"]["vm"], document["failed"]["error"]["rolled_back"]) == ("ml-train", True)
+    assert [(c["operation"], c["vm"]) for c in document["not_done"]] == [("assign", "render01")]
+
+
+def test_a_first_change_that_fails_is_reported_as_that_change_alone(apply):
+    FakeBackend.fail_on = {"fake.attach"}
+    result = apply("assignments:\n  - {host: fake://lab, vm: cad-ws, gpus: [\"01:00.0\", \"41:00.0\"]}\n", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)["error"] == "operation-failed"
+    assert owners() == BEFORE
+
+
+def _with_owner(address, vm_name):
+    import dataclasses
+
+    state = FakeBackend.state
+    gpus = tuple(dataclasses.replace(g, assigned_to=vm_name) if g.address == A(address) else g for g in state.gpus)
+    vms = tuple(dataclasses.replace(v, assigned=(A("01:00.0"), A("01:00.1"))) if v.name == vm_name else v
+                for v in state.vms)
+    return dataclasses.replace(state, gpus=gpus, vms=vms)
