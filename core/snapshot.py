@@ -23,7 +23,8 @@ def _bars(bars):
 
 def _function(f: PciFunction) -> dict[str, Any]:
     return {"address": str(f.address), "vendor_id": f.vendor_id, "device_id": f.device_id,
-            "class_code": f.class_code, "name": f.name, "driver": f.driver, "bars": _bars(f.bars)}
+            "class_code": f.class_code, "name": f.name, "driver": f.driver, "bars": _bars(f.bars),
+            "header_type": f.header_type}
 
 
 def _read_function(d: dict[str, Any]) -> PciFunction:
@@ -31,6 +32,7 @@ def _read_function(d: dict[str, Any]) -> PciFunction:
     return PciFunction(
         PciAddress.parse(d["address"]), d["vendor_id"], d["device_id"], d["class_code"], d.get("name", ""),
         d.get("driver"), None if bars is None else tuple(Bar(i, s, b) for i, s, b in bars),
+        d.get("header_type"),
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, sysfs, testdriver
 from gpupass.backends.kvm.errors import translate
-from gpupass.backends.kvm.nodedev import parse_pci_nodedev
+from gpupass.backends.kvm.nodedev import drivers_in_node_file, parse_pci_nodedev
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
@@ -156,11 +157,14 @@ class KvmBackend(Backend):
         libvirt, conn = self._libvirt, self._connection()
         devices = self._call("listing node devices", conn.listAllDevices, libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)
         functions, groups = {}, {}
+        file_drivers = self._test_file_drivers()
         for device in devices:
             parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
             if parsed is None:
                 continue
             function = parsed.function
+            if function.driver is None and file_drivers:
+                function = dataclasses.replace(function, driver=file_drivers.get(device.name()))
             if self._is_local:
                 function = _with_sysfs_bars(function)
             functions[function.address] = function
@@ -189,6 +193,17 @@ class KvmBackend(Backend):
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
                          {("", a): f for a, f in functions.items()})
+
+    def _test_file_drivers(self) -> dict[str, str]:
+        """Drivers of a `test:///path` host, which its node devices do not report (see drivers_in_node_file)."""
+        parts = urlsplit(self.target.uri)
+        if parts.scheme != "test" or not parts.path or parts.path == "/default":
+            return {}
+        try:
+            with open(parts.path, encoding="utf-8") as node_file:
+                return drivers_in_node_file(node_file.read())
+        except (OSError, ValueError) as exc:
+            raise OperationFailed(f"cannot read the test-driver host file {parts.path}: {exc}") from exc
 
     # -- planning -----------------------------------------------------------------------------------
     def plan_assign(self, ctx: CheckContext) -> list[Step]:

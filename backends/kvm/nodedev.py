@@ -5,7 +5,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from gpupass.core.domain.pci import IommuGroup, PciAddress, PciFunction
+from gpupass.core.domain.pci import HEADER_BRIDGE, HEADER_CARDBUS, IommuGroup, PciAddress, PciFunction
+
+# libvirt writes <capability type='pci-bridge'/> or 'cardbus-bridge' inside the pci capability when the config
+# header is not a normal one (src/conf/node_device_conf.c, virNodeDeviceCapPCIDefFormat; names from the
+# virPCIHeader enum in src/util/virpci.c). Nothing is written for an endpoint.
+_HEADER_CAPABILITIES = {"pci-bridge": HEADER_BRIDGE, "cardbus-bridge": HEADER_CARDBUS}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ def parse_pci_nodedev(xml: str) -> NodeDevice | None:
         class_code=int(cap.findtext("class", "0"), 16),
         name=(name or "").strip(),
         driver=root.findtext("driver/name"),
+        header_type=next((_HEADER_CAPABILITIES[c.get("type", "")] for c in cap.findall("capability")
+                          if c.get("type") in _HEADER_CAPABILITIES), None),
     )
     group_element = cap.find("iommuGroup")
     group = None
@@ -45,3 +52,20 @@ def parse_pci_nodedev(xml: str) -> NodeDevice | None:
         members = tuple(sorted(address_from_attributes(a) for a in group_element.findall("address")))
         group = IommuGroup(int(group_element.get("number", "0")), members)
     return NodeDevice(function, group)
+
+
+def drivers_in_node_file(text: str) -> dict[str, str]:
+    """Host drivers by node device name, read from a libvirt test-driver host document (`<node>`).
+
+    libvirt's test driver parses that document with virNodeDeviceDefParseXML, which reads a device's name, path,
+    parent and capabilities but not <driver> (src/conf/node_device_conf.c); on a real host the node device
+    driver fills it from sysfs. So for `test:///path` the file is the only record of which driver holds which
+    device, and the IOMMU group rule (core/domain/iommu.py) needs it.
+    """
+    root = ET.fromstring(text)
+    drivers = {}
+    for device in root.iter("device"):
+        name, driver = device.findtext("name"), device.findtext("driver/name")
+        if name and driver:
+            drivers[name] = driver
+    return drivers

@@ -32,14 +32,15 @@ def group_gpus(
     passthrough: Mapping[PciAddress, PassthroughState] | None = None,
     location: str = "",
 ) -> list[Gpu]:
-    """A GPU is a display-class function; its companions are the other functions of the same card."""
+    """A GPU is a display (03h) or processing-accelerator (12h) function; its companions are the other functions
+    of the same card."""
     by_device: dict[tuple[int, int, int], list[PciFunction]] = {}
     for function in functions:
         by_device.setdefault(function.address.device, []).append(function)
     gpus: list[Gpu] = []
     for members in by_device.values():
         members.sort(key=lambda f: f.address)
-        display = [f for f in members if f.is_display]
+        display = [f for f in members if f.is_gpu]
         if not display:
             continue
         primary = display[0]

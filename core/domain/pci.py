@@ -11,8 +11,22 @@ _ADDRESS = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
 
-BRIDGE_CLASS_PREFIX = 0x0604
 DISPLAY_CLASS = 0x03
+# Base classes of the PCI Code and ID Assignment Specification (as in the kernel's include/linux/pci_ids.h:
+# PCI_BASE_CLASS_DISPLAY 0x03, PCI_BASE_CLASS_ACCELERATOR 0x12). Compute accelerators without a display
+# engine report 12h (AMD Instinct MI300X: "Processing accelerators [1200]" in lspci, see
+# tests/fixtures/real/kvm/INDEX.md); for gpupass both are GPUs, on every platform.
+ACCELERATOR_CLASS = 0x12
+GPU_BASE_CLASSES = frozenset({DISPLAY_CLASS, ACCELERATOR_CLASS})
+
+# Config-space header types (PCI Local Bus spec; PCI_HEADER_TYPE_NORMAL/BRIDGE/CARDBUS in the kernel's
+# include/uapi/linux/pci_regs.h). libvirt's node device XML names the last two as <capability type='pci-bridge'/>
+# and <capability type='cardbus-bridge'/> (libvirt src/util/virpci.c, virPCIHeader enum).
+HEADER_NORMAL, HEADER_BRIDGE, HEADER_CARDBUS = 0, 1, 2
+# Where a platform does not report the header type: PCI-to-PCI bridges (0604h, semi-transparent 0609h) have
+# header type 1 and CardBus bridges (0607h) type 2 by definition (PCI-to-PCI Bridge Architecture spec); every
+# other class, host bridges (0600h) included, has a normal header.
+_BRIDGE_HEADER_BY_CLASS = {0x0604: HEADER_BRIDGE, 0x0609: HEADER_BRIDGE, 0x0607: HEADER_CARDBUS}
 
 
 @dataclass(frozen=True, order=True)
@@ -78,6 +92,8 @@ class PciFunction:
     driver: str | None = None
     # None means "not known on this host" (e.g. libvirt gives no BARs); an empty tuple means "none".
     bars: tuple[Bar, ...] | None = None
+    # Config-space header type where the platform reports it (HEADER_*); None means "infer from the class".
+    header_type: int | None = None
 
     @property
     def base_class(self) -> int:
@@ -88,8 +104,20 @@ class PciFunction:
         return self.base_class == DISPLAY_CLASS
 
     @property
+    def is_gpu(self) -> bool:
+        """A display controller (03h) or a processing accelerator (12h): both are GPUs for gpupass."""
+        return self.base_class in GPU_BASE_CLASSES
+
+    @property
+    def effective_header_type(self) -> int:
+        if self.header_type is not None:
+            return self.header_type
+        return _BRIDGE_HEADER_BY_CLASS.get(self.class_code >> 8, HEADER_NORMAL)
+
+    @property
     def is_bridge(self) -> bool:
-        return self.class_code >> 8 == BRIDGE_CLASS_PREFIX
+        """A bridge in the kernel's sense: a function whose header is not a normal (type 0) header."""
+        return self.effective_header_type != HEADER_NORMAL
 
     @property
     def ids(self) -> str:
@@ -104,6 +132,8 @@ _CLASS_NAMES = {
     0x0300: "VGA controller",
     0x0302: "3D controller",
     0x0380: "display controller",
+    0x1200: "processing accelerator",
+    0x0600: "host bridge",
     0x0403: "audio device",
     0x0106: "SATA controller",
     0x0108: "NVMe controller",

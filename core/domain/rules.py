@@ -7,6 +7,7 @@ from typing import Iterable
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, info, warning
 from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts, PowerState
+from gpupass.core.domain.iommu import keeps_group_viable
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.pci import PciAddress
 
@@ -29,7 +30,12 @@ def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
 
 
 def foreign_group_members(facts: HostFacts, gpu: Gpu, moving: set[PciAddress]) -> list[PciAddress]:
-    """Endpoints in the GPU's IOMMU group that would stay behind (bridges and the card's companions excepted)."""
+    """Members of the GPU's IOMMU group that stay on the host and make the group unusable for VFIO.
+
+    The card's own functions and whatever else moves to the VM are bound to vfio-pci; every other member must
+    keep the group viable by the kernel's rule (core/domain/iommu.py). A member the host does not describe
+    counts against the group: gpupass cannot show it is safe.
+    """
     if gpu.iommu_group is None:
         return []
     card = {f.address for f in gpu.functions}
@@ -38,7 +44,7 @@ def foreign_group_members(facts: HostFacts, gpu: Gpu, moving: set[PciAddress]) -
         if member in moving or member in card:
             continue
         function = facts.function(member, gpu.location)
-        if function is not None and function.is_bridge:
+        if function is not None and keeps_group_viable(function):
             continue
         foreign.append(member)
     return foreign
@@ -51,12 +57,16 @@ def iommu_group_isolated(ctx: CheckContext) -> Iterable[Finding]:
             function = ctx.facts.function(member, gpu.location)
             kind = function.kind if function else "device"
             name = f" ({function.name})" if function and function.name else ""
+            bound = f", bound to {function.driver}," if function and function.driver else ""
+            unbind = (f", or, if the host can do without it, unbind {function.driver} from {member}"
+                      if function and function.driver else "")
             yield blocker(
                 "iommu-group-shared",
-                f"{member} {kind}{name} shares IOMMU group {gpu.iommu_group.number} with GPU {gpu.address}; every "
-                "endpoint of a group must go to the same VM",
+                f"{member} {kind}{name}{bound} shares IOMMU group {gpu.iommu_group.number} with GPU {gpu.address}; "
+                "VFIO only takes a group whose other members are bridges, driver-less or on vfio-pci/pci-stub",
                 "move the card to a slot with its own IOMMU group (check the board manual for CPU-attached slots) "
-                "or enable ACS on the upstream port in the firmware; gpupass will not hand a host device to a VM",
+                f"or enable ACS on the upstream port in the firmware{unbind}; gpupass will not hand a host device "
+                "to a VM",
                 subject=str(gpu.address),
             )
 

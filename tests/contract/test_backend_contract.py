@@ -45,7 +45,7 @@ def test_inventory_shape(backend_env, backend):
     assert len({vm.name for vm in facts.vms}) == len(facts.vms), "VM names must be unique per location"
     assert [(g.location, g.address) for g in facts.gpus] == sorted((g.location, g.address) for g in facts.gpus)
     for gpu in facts.gpus:
-        assert gpu.function.is_display
+        assert gpu.function.is_gpu
         assert all(isinstance(f, PciFunction) for f in gpu.functions)
         assert all(f.address.device == gpu.address.device for f in gpu.companions)
         # Every function the backend saw is in the table rules read (bars may differ: GPUs get catalog BARs).

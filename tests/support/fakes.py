@@ -19,8 +19,8 @@ A = PciAddress.parse
 
 
 def function(address: str, class_code: int = 0x030200, vendor: int = 0x10DE, device: int = 0x20F1,
-             bars=None, name: str = "") -> PciFunction:
-    return PciFunction(A(address), vendor, device, class_code, name=name, bars=bars)
+             bars=None, name: str = "", driver: str | None = None) -> PciFunction:
+    return PciFunction(A(address), vendor, device, class_code, name=name, bars=bars, driver=driver)
 
 
 def gpu(address: str, *, companions=(), group: int | None = 1, members=None, owner=None, bars=(),
@@ -132,7 +132,8 @@ def reset_fake(state: HostFacts) -> None:
 
 def lab_facts() -> HostFacts:
     """A small host: an isolated A100, a card with audio, a card sharing its group with a SATA controller."""
-    sata = function("0000:00:17.0", class_code=0x010601, vendor=0x8086, device=0x7A62, name="SATA AHCI")
+    sata = function("0000:00:17.0", class_code=0x010601, vendor=0x8086, device=0x7A62, name="SATA AHCI",
+                    driver="ahci")
     bridge = function("0000:00:01.0", class_code=0x060400, vendor=0x8086, device=0xA70D, name="root port")
     big = (Bar(0, 16 * MiB, False), Bar(1, 64 * GiB, True), Bar(3, 32 * MiB, True))
     return facts(

@@ -27,3 +27,10 @@ def test_bars_come_from_the_catalog_only_when_the_host_gives_none():
     assert max(b.size for b in gpus[0].bars) == 64 * GiB
     unknown = group_gpus([f("02:00.0", 0x030000, device=0x2204)], {}, {})
     assert unknown[0].bars is None
+
+
+def test_processing_accelerators_are_gpus_on_every_platform():
+    """AMD Instinct MI300X reports class 1200h (processing accelerator), not 03xxh."""
+    functions = [f("0000:05:00.0", 0x120000, vendor=0x1002, device=0x74A1), f("0000:06:00.0", 0x118000, 0x8086)]
+    gpus = group_gpus(functions, {}, {})
+    assert [str(g.address) for g in gpus] == ["0000:05:00.0"]

@@ -37,3 +37,23 @@ def test_classifies_functions():
     assert gpu.is_display and not gpu.is_bridge and gpu.kind == "3D controller" and gpu.ids == "10de:20f1"
     assert bridge.is_bridge and not bridge.is_display
     assert audio.kind == "audio device"
+
+
+def test_gpus_are_display_and_processing_accelerator_classes():
+    def of(class_code):
+        return PciFunction(PciAddress.parse("05:00.0"), 0x1002, 0x74A1, class_code)
+
+    assert [of(c).is_gpu for c in (0x030000, 0x030200, 0x038000, 0x120000)] == [True] * 4
+    assert [of(c).is_gpu for c in (0x040300, 0x020000, 0x0C0330, 0x060000, 0x118000)] == [False] * 5
+
+
+def test_bridges_by_header_type_and_by_class_where_none_is_reported():
+    from gpupass.core.domain.pci import HEADER_BRIDGE, HEADER_CARDBUS, HEADER_NORMAL
+
+    def of(class_code, header=None):
+        return PciFunction(PciAddress.parse("00:01.0"), 0x1022, 0x1483, class_code, header_type=header)
+
+    assert of(0x060400).is_bridge and of(0x060900).is_bridge and of(0x060700).is_bridge
+    assert not of(0x060000).is_bridge  # a host bridge has a normal header
+    assert of(0x088000, HEADER_BRIDGE).is_bridge and of(0x060000, HEADER_CARDBUS).is_bridge
+    assert not of(0x060400, HEADER_NORMAL).is_bridge

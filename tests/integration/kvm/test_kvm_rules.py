@@ -60,3 +60,30 @@ def test_host_driver_and_boot_vga_findings(backend, registry):
     facts = dataclasses.replace(facts, gpus=tuple(vfio if g.address == t4.address else g for g in facts.gpus))
     ctx = build_context(backend, facts, AssignmentRequest("modern", (A("42:00.0"),)))
     assert [finding for rule in RULES for finding in rule(ctx)] == []
+
+
+def _group_host(tmp_path, open_backend, *members):
+    """One GPU (+audio) in IOMMU group 4 with the given other members, as libvirt's test driver serves it."""
+    functions = [testhost.gpu("0000:10:00.0", 0x2204, "GA102 [GeForce RTX 3090]", group=4, class_code=0x030000),
+                 testhost.audio("0000:10:00.1", 0x1AEF, group=4), *members]
+    return open_backend(testhost.write_host(tmp_path / "group.xml", functions, [testhost.domain("vm")]))
+
+
+@pytest.mark.parametrize("member, blocked", [
+    # AMD Zen: a driver-less "PCIe Dummy Host Bridge" (class 0600h) next to the GPU is fine (vfio_dev_viable).
+    (testhost.Function("0000:00:08.0", 0x1022, 0x1452, 0x060000, "Family 17h PCIe Dummy Host Bridge",
+                       "AMD", None, 4), False),
+    (testhost.Function("0000:00:08.1", 0x1022, 0x15DB, 0x060400, "Internal PCIe GPP Bridge", "AMD", "pcieport", 4),
+     False),
+    (testhost.Function("0000:39:00.0", 0x1022, 0x7901, 0x010601, "FCH SATA Controller", "AMD", None, 4), False),
+    (testhost.Function("0000:39:00.0", 0x1022, 0x7901, 0x010601, "FCH SATA Controller", "AMD", "pci-stub", 4),
+     False),
+    (testhost.Function("0000:39:00.0", 0x1022, 0x7901, 0x010601, "FCH SATA Controller", "AMD", "ahci", 4), True),
+])
+def test_group_members_are_judged_by_the_kernels_rule(tmp_path, open_backend, registry, member, blocked):
+    backend = _group_host(tmp_path, open_backend, member)
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("vm", (A("10:00.0"),)), registry)
+    shared = [f for f in plan.findings if f.code == "iommu-group-shared"]
+    assert bool(shared) is blocked
+    if blocked:
+        assert "bound to ahci" in shared[0].message and "unbind ahci" in shared[0].remedy

@@ -42,8 +42,9 @@ def test_lab_inventory_reports_gpus_companions_groups_and_owners(lab):
     assert gpus[RTX3090].iommu_group.members == (A("00:17.0"), A("02:00.0"), A("02:00.1"))
     assert {a: g.assigned_to for a, g in gpus.items()} == {RTX4090: "cad-ws", RTX3090: None, A100: None, H100: None}
     assert gpus[H100].model == "NVIDIA H100 PCIe"
-    # libvirt's test driver drops <driver><name> from node device XML, so the host driver is unknown here.
-    assert gpus[H100].function.driver is None
+    # libvirt's test driver drops <driver><name> from node device XML; the backend reads it from the host file.
+    assert gpus[H100].function.driver == "nvidia"
+    assert facts.function(A("00:17.0")).driver == "ahci"
     # The test driver is not this machine: BARs come from the catalog, never from local sysfs.
     assert sum(bar.size for bar in gpus[H100].bars) == (128 << 30) + (48 << 20)
     assert facts.function(A("00:17.0")).kind == "SATA controller"

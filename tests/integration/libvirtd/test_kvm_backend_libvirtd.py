@@ -88,8 +88,8 @@ def test_inventory_reads_the_daemon(backend, libvirt_conn):
     assert vm.memory_bytes == 64 * MiB and vm.assigned == ()
     assert str(vm.settings["machine"]).startswith("pc-q35-")
     # The daemon's PCI node devices are this machine's: whatever display functions it has are GPUs.
-    displays = {address for (_, address), function in facts.functions.items() if function.is_display}
-    assert {f.address for gpu in facts.gpus for f in gpu.functions if f.is_display} == displays
+    displays = {address for (_, address), function in facts.functions.items() if function.is_gpu}
+    assert {f.address for gpu in facts.gpus for f in gpu.functions if f.is_gpu} == displays
     assert backend.round_trips >= 4
 
 

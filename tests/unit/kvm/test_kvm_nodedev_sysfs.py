@@ -185,3 +185,23 @@ def test_a_malformed_resource_file_means_unknown_bars(tmp_path, text):
     device.mkdir()
     (device / "resource").write_text(text)
     assert sysfs.read_bars(A("42:00.0"), root=tmp_path) is None
+
+
+def test_header_type_comes_from_libvirts_bridge_capability():
+    from gpupass.core.domain.pci import HEADER_BRIDGE
+
+    xml = """<device><name>pci_0000_00_01_1</name><driver><name>pcieport</name></driver>
+      <capability type='pci'><class>0x060400</class><domain>0</domain><bus>0</bus><slot>1</slot>
+      <function>1</function><product id='0x1483'/><vendor id='0x1022'/><capability type='pci-bridge'/>
+      </capability></device>"""
+    parsed = parse_pci_nodedev(xml)
+    assert parsed.function.header_type == HEADER_BRIDGE and parsed.function.is_bridge
+    assert parsed.function.driver == "pcieport"
+
+
+def test_drivers_are_read_from_a_test_driver_host_file():
+    from gpupass.backends.kvm.nodedev import drivers_in_node_file
+
+    text = """<node><device><name>pci_0000_00_17_0</name><driver><name>ahci</name></driver></device>
+      <device><name>pci_0000_00_08_0</name></device></node>"""
+    assert drivers_in_node_file(text) == {"pci_0000_00_17_0": "ahci"}
