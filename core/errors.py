@@ -28,8 +28,9 @@ class UsageError(GpupassError):
 
 
 class NotFound(GpupassError):
-    """A VM, GPU or host named by the user does not exist."""
+    """A VM, GPU or host named by the user does not exist: like any other wrong argument, exit 2."""
 
+    exit_code = 2
     kind = "not-found"
 
 

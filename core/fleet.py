@@ -8,9 +8,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
+from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.rules import foreign_group_members
+from gpupass.core.domain.select import model_matches
 from gpupass.core.errors import ConnectionFailed, GpupassError
+
+if TYPE_CHECKING:
+    from gpupass.core.plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -71,21 +78,45 @@ def gather(hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], *
 
 
 def matches_model(gpu: Gpu, model: str) -> bool:
+    """vendor:device (10de:20b5) or the model's words ('A100 80GB' matches 'NVIDIA A100 PCIe 80GB')."""
     text = model.strip().lower()
     if ":" in text:
         vendor, _, device = text.partition(":")
         return f"{gpu.function.vendor_id:04x}" == vendor.zfill(4) and f"{gpu.function.device_id:04x}" == device.zfill(4)
-    return text in (gpu.model or gpu.function.name).lower()
+    return model_matches(gpu.model or gpu.function.name, text)
 
 
-def assignable(facts: HostFacts, gpu: Gpu) -> bool:
-    """Free now, passthrough-capable, on a host with the IOMMU on, alone in its group (with its companions)."""
-    return (
+def blockers_now(facts: HostFacts, gpu: Gpu, registry: Registry) -> list[Finding]:
+    """The BLOCKER findings `gpupass check` gives for this GPU and a VM that is off, EFI and on the GPU's host.
+
+    fleet find and migrate plan judge "can take a VM now" with this, so they agree with check: a card that
+    needs a host reboot first (ESXi passthrough not active) is not free *now*.
+    """
+    from gpupass.core.domain.context import CheckContext
+    from gpupass.core.domain.inventory import Firmware, PowerState, Vm
+    from gpupass.core.domain.request import AssignmentRequest
+    from gpupass.core.service import preflight
+
+    backend = next((b for b in registry.backends if b.platform == facts.host.platform), None)
+    if backend is None:
+        return []
+    probe = Vm(name="(any VM)", power_state=PowerState.OFF, firmware=Firmware.EFI, memory_bytes=0,
+               location=gpu.location)
+    ctx = CheckContext("assign", backend.platform, facts, probe, (gpu,), AssignmentRequest(probe.name, (gpu.address,)),
+                       backend.mmio_policy, backend.capabilities)
+    return [f for f in preflight(ctx, registry) if f.blocks]
+
+
+def assignable(facts: HostFacts, gpu: Gpu, registry: Registry | None = None) -> bool:
+    """Free now, passthrough-capable, on a host with the IOMMU on, alone in its group (with its companions);
+    with the registry, also nothing else that `check` would block on."""
+    structural = (
         gpu.assigned_to is None
         and facts.host.iommu_enabled is not False
         and gpu.passthrough.capable is not False
         and not foreign_group_members(facts, gpu, set())
     )
+    return structural and (registry is None or not blockers_now(facts, gpu, registry))
 
 
 @dataclass(frozen=True)
@@ -95,7 +126,7 @@ class Candidate:
     gpus: tuple[Gpu, ...]
 
 
-def find(results: Iterable[HostResult], model: str, count: int) -> list[Candidate]:
+def find(results: Iterable[HostResult], model: str, count: int, registry: Registry | None = None) -> list[Candidate]:
     """Hosts (and, on a vCenter, the ESXi host inside it) that can take a VM with `count` such GPUs now."""
     candidates = []
     for result in results:
@@ -103,7 +134,7 @@ def find(results: Iterable[HostResult], model: str, count: int) -> list[Candidat
             continue
         by_location: dict[str, list[Gpu]] = {}
         for gpu in result.facts.gpus:
-            if matches_model(gpu, model) and assignable(result.facts, gpu):
+            if matches_model(gpu, model) and assignable(result.facts, gpu, registry):
                 by_location.setdefault(gpu.location, []).append(gpu)
         for location, gpus in sorted(by_location.items()):
             if len(gpus) >= count:

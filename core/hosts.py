@@ -8,7 +8,7 @@ from pathlib import Path
 from gpupass.core import paths, snapshot
 from gpupass.core.config import Config
 from gpupass.core.credentials import resolve_password
-from gpupass.core.errors import BackendUnavailable, NotSupported, UsageError
+from gpupass.core.errors import BackendUnavailable, NotFound, NotSupported, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
@@ -29,11 +29,15 @@ def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOption
     elif "://" in text or text.startswith("test:"):
         target = Target(uri=text)
     else:
-        labs = ", ".join(lab.name for lab in registry.lab_hosts)
-        raise UsageError(
+        import difflib
+
+        labs = [lab.name for lab in registry.lab_hosts]
+        close = difflib.get_close_matches(text, [*config.hosts, *labs], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise NotFound(
             f"unknown host {text!r}",
-            remedy=f"give a URI such as qemu:///system or esxi://user@vcenter, a host name from the config file, "
-                   f"or a lab host ({labs or 'none installed'})",
+            remedy=f"{hint}give a URI such as qemu:///system or esxi://user@vcenter, a host name from the config "
+                   f"file (`gpupass hosts list`), or a lab host ({', '.join(labs) or 'none installed'})",
         )
     if tls is not None and (not tls.verify or tls.ca_file):
         target = replace(target, tls=TlsOptions(verify=tls.verify and target.tls.verify,

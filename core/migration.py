@@ -15,7 +15,7 @@ from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.plan import Plan
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions
-from gpupass.core.domain.rules import foreign_group_members
+from gpupass.core.fleet import assignable
 from gpupass.core.errors import NotSupported
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
@@ -84,14 +84,20 @@ def _family(gpu: Gpu) -> str | None:
     return known.family if known else None
 
 
-def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts,
-                     location: str | None = None) -> tuple[GpuMatch, ...]:
-    """Same vendor:device first, else same family; all on one location (a VM runs on one host)."""
-    free = [g for g in destination.gpus if g.assigned_to is None and g.passthrough.capable is not False
-            and not foreign_group_members(destination, g, set()) and location in (None, g.location)]
+def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts, location: str | None = None,
+                     registry: Registry | None = None) -> tuple[GpuMatch, ...]:
+    """Same vendor:device first, else same family; all on one location (a VM runs on one host).
+
+    Every host of the destination is searched (a vCenter's ESXi hosts too), as `fleet find` does; a card
+    that `check` would block on now (e.g. passthrough needing a host reboot) only counts when nothing
+    better exists, and `location` (the existing VM's host) wins a tie.
+    """
+    free = [g for g in destination.gpus if assignable(destination, g)]
+    ready = {id(g) for g in free if registry is None or assignable(destination, g, registry)}
     best: tuple[GpuMatch, ...] = ()
-    for location in sorted({g.location for g in free}) or [""]:
-        pool = [g for g in free if g.location == location]
+    best_score: tuple = ()
+    for place in sorted({g.location for g in free}) or [""]:
+        pool = sorted((g for g in free if g.location == place), key=lambda g: id(g) not in ready)
         matches = []
         for wanted in source_gpus:
             same = next((g for g in pool if g.function.ids == wanted.function.ids), None)
@@ -102,9 +108,11 @@ def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts,
             if same is not None:
                 pool.remove(same)
             matches.append(GpuMatch(wanted, same, kind))
-        score = (sum(m.match == "same-model" for m in matches), sum(m.destination is not None for m in matches))
-        if not best or score > (sum(m.match == "same-model" for m in best), sum(m.destination is not None for m in best)):
-            best = tuple(matches)
+        found = [m for m in matches if m.destination is not None]
+        score = (len(found), sum(id(m.destination) in ready for m in found),
+                 sum(m.match == "same-model" for m in matches), place == location)
+        if not best or score > best_score:
+            best, best_score = tuple(matches), score
     return best or tuple(GpuMatch(g, None, None) for g in source_gpus)
 
 
@@ -141,7 +149,19 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
     dest_facts = destination.inventory()
     target_name = destination_vm or vm.name
     existing = dest_facts.find_vm(target_name)
-    matches = pick_equivalents(held, dest_facts, existing.location if existing is not None else None)
+    matches = pick_equivalents(held, dest_facts, existing.location if existing is not None else None, registry)
+    chosen_at = next((m.destination.location for m in matches if m.destination is not None), None)
+    if existing is not None and chosen_at is not None and chosen_at != existing.location:
+        findings.append(blocker(
+            "migrate-vm-on-other-host",
+            f"VM '{existing.name}' is on {existing.location or destination.target.label}, but the free equivalent "
+            f"GPUs are on {chosen_at}",
+            f"move the VM to {chosen_at} first (powered off), then run the migration plan again; the plan below "
+            f"is for the VM on {chosen_at}"))
+        # As it would be there: a passthrough device of its old host cannot move with it.
+        existing = dataclasses.replace(existing, location=chosen_at, assigned=())
+        dest_facts = dataclasses.replace(dest_facts, vms=tuple(existing if v.name == existing.name else v
+                                                               for v in dest_facts.vms))
     for m in matches:
         if m.destination is None:
             findings.append(blocker(

@@ -114,6 +114,8 @@ def mmio_to_dict(summary: MmioSummary | None) -> dict[str, Any] | None:
     return {
         "need_high_bytes": summary.need.high if summary.need else None,
         "need_low_bytes": summary.need.low if summary.need else None,
+        "need_high_packed_bytes": summary.need.high_packed if summary.need else None,
+        "explanation": summary.explanation or None,
         "current_window_bytes": summary.current_window,
         "target_window_bytes": summary.target_window,
     }

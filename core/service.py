@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -11,42 +12,39 @@ from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
 from gpupass.core.domain.pci import Bar, PciAddress
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
-from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.domain.request import AssignmentRequest, GpuRef, ReleaseRequest
+from gpupass.core.domain.select import GpuSelector
 from gpupass.core.errors import GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 
 
-def find_vm(facts: HostFacts, name: str) -> Vm:
+def find_vm(facts: HostFacts, name: str, host_label: str | None = None) -> Vm:
     vm = facts.find_vm(name)
     if vm is None:
+        label = host_label or facts.host.name or facts.host.uri
+        close = difflib.get_close_matches(name, [v.name for v in facts.vms], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise NotFound(
-            f"no VM named {name!r} on {facts.host.uri}",
-            remedy="names are case-sensitive; `gpupass vms HOST` lists them",
+            f"no VM named {name!r} on {label}",
+            remedy=f"{hint}names are case-sensitive; `gpupass vms {label}` lists them",
         )
     return vm
 
 
-def resolve_gpu(facts: HostFacts, address: PciAddress, vm: Vm) -> Gpu:
-    candidates = facts.gpus_at(address)
-    if len(candidates) > 1:
-        candidates = [gpu for gpu in candidates if gpu.location == vm.location] or candidates
-    if not candidates:
-        raise NotFound(
-            f"no GPU at {address} on {facts.host.uri}",
-            remedy="`gpupass gpus HOST` lists the GPUs and their addresses",
-        )
-    if len(candidates) > 1:
-        places = ", ".join(gpu.location for gpu in candidates)
-        raise UsageError(f"{address} exists on several hosts ({places})", remedy="run the VM on the host you mean")
-    gpu = candidates[0]
-    if gpu.address != address:
-        raise UsageError(
-            f"{address} is the {facts.function(address, gpu.location).kind if facts.function(address, gpu.location) else 'companion'}"
-            f" of GPU {gpu.address}, not a GPU",
-            remedy=f"name the GPU, {gpu.address}; its companions go with it",
-        )
-    return gpu
+def resolve_gpu(facts: HostFacts, ref: GpuRef, vm: Vm, host_label: str | None = None) -> Gpu:
+    """The GPU the user named (address, qualified address, model, id, LocationPath...) on the VM's host."""
+    selector = ref if isinstance(ref, GpuSelector) else GpuSelector(str(ref))
+    return selector.resolve(facts, host_label or facts.host.name or facts.host.uri, vm.location)
+
+
+def _reject_named_twice(gpus: list[Gpu]) -> None:
+    seen: set[tuple[str, PciAddress]] = set()
+    for gpu in gpus:
+        key = (gpu.location, gpu.address)
+        if key in seen:
+            raise UsageError(f"GPU {gpu.address} is named twice (by two of its names)", remedy="name each GPU once")
+        seen.add(key)
 
 
 def _with_bar_override(gpu: Gpu, size: int | None) -> Gpu:
@@ -71,13 +69,17 @@ def check_capabilities(backend: type[Backend], request: AssignmentRequest | Rele
 
 def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest | ReleaseRequest) -> CheckContext:
     check_capabilities(type(backend), request)
-    vm = find_vm(facts, request.vm)
+    label = backend.target.label
+    vm = find_vm(facts, request.vm, label)
     operation = "assign" if isinstance(request, AssignmentRequest) else "release"
     if operation == "assign":
         sizes = request.options.bar_sizes
-        gpus = tuple(_with_bar_override(resolve_gpu(facts, a, vm), sizes.get(a)) for a in request.gpus)
+        resolved = [resolve_gpu(facts, a, vm, label) for a in request.gpus]
+        _reject_named_twice(resolved)
+        gpus = tuple(_with_bar_override(gpu, sizes.get(gpu.address)) for gpu in resolved)
     elif request.gpus:
-        gpus = tuple(resolve_gpu(facts, a, vm) for a in request.gpus)
+        gpus = tuple(resolve_gpu(facts, a, vm, label) for a in request.gpus)
+        _reject_named_twice(list(gpus))
         for gpu in gpus:
             if gpu.assigned_to not in (None, vm.name):
                 raise UsageError(
@@ -102,7 +104,7 @@ def _mmio_summary(ctx: CheckContext) -> MmioSummary | None:
     if ctx.operation != "assign" or need is None:
         return None
     target = current if ctx.policy.fits(need, ctx.vm.mmio_window_bytes) else ctx.policy.window_for(need)
-    return MmioSummary(need, current, target)
+    return MmioSummary(need, current, target, ctx.policy.explain(need))
 
 
 def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | ReleaseRequest,
@@ -169,7 +171,7 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
     if stuck:
         raise OperationFailed(
             f"step '{failed.description}' failed ({reason}) and these steps could not be undone: " + "; ".join(stuck),
-            remedy="undo the listed steps by hand, then run `gpupass status HOST`",
+            remedy=f"undo the listed steps by hand, then run `gpupass status {backend.target.label}`",
             rolled_back=False,
         ) from cause
     undone = f"; {len(done)} completed step(s) were undone" if done else ""
@@ -199,7 +201,7 @@ def _verify(plan: Plan, facts: HostFacts) -> None:
         listed = ", ".join(str(a) for a in sorted(wrong))
         raise OperationFailed(
             f"the host reports a different state than planned for {listed} after the change",
-            remedy="run `gpupass status HOST` and compare with the plan",
+            remedy=f"run `gpupass status {plan.host}` and compare with the plan",
             rolled_back=False,
         )
 

@@ -9,10 +9,13 @@ import click
 
 from gpupass.core import paths, serialize
 from gpupass.core.cli import render
+from gpupass.core.domain.select import qualified
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
 PARTIAL_EXIT = 4
+# Like check: what was asked for cannot be had now (as `check` would block); nothing was changed.
+NO_MATCH_EXIT = 3
 
 
 @cli.group()
@@ -191,11 +194,11 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
                 rows.append([r.host, "-", "ERROR", r.error.message, "", ""])
                 continue
             for g in r.facts.gpus:
-                owner = g.assigned_to or ("free" if assignable(r.facts, g) else "not assignable")
-                rows.append([r.host, r.facts.host.platform, (g.location + "/" if g.location else "") + str(g.address),
+                owner = g.assigned_to or ("free" if assignable(r.facts, g, app.registry) else "not assignable now")
+                rows.append([r.host, r.facts.host.platform, qualified(g),
                              g.model, g.function.ids, owner])
         click.echo(render.table(["HOST", "PLATFORM", "ADDRESS", "MODEL", "IDS", "OWNER"], rows))
-        free = sum(1 for r in results if r.facts for g in r.facts.gpus if assignable(r.facts, g))
+        free = sum(1 for r in results if r.facts for g in r.facts.gpus if assignable(r.facts, g, app.registry))
         total = sum(len(r.facts.gpus) for r in results if r.facts)
         click.echo(f"\n{total} GPUs on {len(results) - len(failed)} hosts, {free} free to assign"
                    + (f"; {len(failed)} host(s) could not be read" if failed else ""))
@@ -211,14 +214,20 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
 @click.pass_obj
 @handles_errors
 def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
-    """Hosts that can take a VM with COUNT such GPUs now: free, passthrough-capable, isolated IOMMU groups."""
+    """Hosts that can take a VM with COUNT such GPUs now.
+
+    "Now" means what `gpupass check` means: free, passthrough-capable and active (no host reboot needed),
+    alone in its IOMMU group, nothing else blocking. --model matches words of the model name ('A100 80GB'
+    matches "NVIDIA A100 PCIe 80GB") or a vendor:device id. Exit 3 when no host can, 4 when some hosts
+    could not be read.
+    """
     from gpupass.core.fleet import find
 
     if count < 1:
         raise UsageError("--count must be at least 1", remedy="e.g. --count 2")
     names = _fleet_hosts(app, hosts_option or None, all_hosts or not hosts_option)
     results = _gather(app, names, concurrency, timeout, as_json)
-    candidates = find(results, model, count)
+    candidates = find(results, model, count, app.registry)
     failed = [r for r in results if r.error]
     if as_json:
         emit_json({"model": model, "count": count, "candidates": [
@@ -228,10 +237,12 @@ def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout,
     else:
         if candidates:
             click.echo(render.table(["HOST", "WHERE", "FREE MATCHING GPUS"], [
-                [c.host, c.location or "-", ", ".join(f"{g.address} ({g.model})" for g in c.gpus)] for c in candidates]))
+                [c.host, c.location or "-", ", ".join(f"{qualified(g)} ({g.model})" for g in c.gpus)] for c in candidates]))
         else:
             click.echo(f"no host can take {count} x {model} now")
         for r in failed:
             click.echo(f"could not read {r.host}: {r.error.message}", err=True)
     if failed:
         sys.exit(PARTIAL_EXIT)
+    if not candidates:
+        sys.exit(NO_MATCH_EXIT)

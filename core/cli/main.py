@@ -17,8 +17,8 @@ EXIT_CODES = """\b
 Exit codes:
   0  done (or nothing needed doing)
   1  error: the host, the backend or a step failed (a failed change is rolled back)
-  2  usage: bad arguments, unknown host, or a change refused without --yes
-  3  preflight found blocking problems; nothing was changed
+  2  usage: bad arguments, a host, VM or GPU that does not exist, or a change refused without --yes
+  3  preflight found blocking problems (fleet find: no host can take the VM now); nothing was changed
   4  fleet: some hosts could not be read (their rows carry the error); the rest is complete
   5  diff: the hosts differ from the file (apply would change something)
 """

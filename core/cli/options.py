@@ -30,8 +30,11 @@ def assignment_options(command):
     return command
 
 
-def parse_addresses(values) -> tuple[PciAddress, ...]:
-    return tuple(PciAddress.parse(value) for value in values)
+def parse_addresses(values):
+    """GPU names as typed: addresses, host-qualified addresses, models, ids... (resolved on the host)."""
+    from gpupass.core.domain.select import parse_selectors
+
+    return parse_selectors(values)
 
 
 def build_assignment(vm: str, gpus, **options):

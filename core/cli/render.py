@@ -7,9 +7,11 @@ from typing import Iterable, Sequence
 import click
 
 from gpupass.core.domain.findings import Finding, Severity
-from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.mmio import format_bytes, mmio_need
+from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan
+from gpupass.core.domain.select import qualified
 
 _SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("warning", "yellow"),
                    Severity.INFO: ("info", "cyan")}
@@ -38,11 +40,11 @@ def gpus(facts: HostFacts) -> str:
         else:
             passthrough = "active" if state.active else ("enabled, reboot pending" if state.enabled else "disabled")
         rows.append([
-            (gpu.location + "/" if gpu.location else "") + str(gpu.address),
+            qualified(gpu),
             gpu.model,
             gpu.function.ids,
             str(gpu.iommu_group.number) if gpu.iommu_group else "-",
-            ", ".join(str(c.address) for c in gpu.companions) or "-",
+            ", ".join(companion_names(gpu)) or "-",
             need,
             passthrough,
             gpu.assigned_to or "-",
@@ -50,33 +52,65 @@ def gpus(facts: HostFacts) -> str:
     return table(["ADDRESS", "MODEL", "IDS", "GROUP", "COMPANIONS", "MMIO64", "PASSTHROUGH", "ASSIGNED TO"], rows)
 
 
+def companion_names(gpu: Gpu) -> list[str]:
+    """The companions as the platform names them (Hyper-V: LocationPaths), else by address."""
+    native = gpu.native_addresses
+    if len(native) == len(gpu.functions):
+        return list(native[1:])
+    return [str(c.address) for c in gpu.companions]
+
+
+def _device_name(facts: HostFacts, address: PciAddress, location: str) -> str:
+    """How a device a VM holds is printed: as its GPU is (LocationPath on Hyper-V), else its address."""
+    for gpu in facts.gpus:
+        if gpu.location == location and address in [f.address for f in gpu.functions]:
+            names = gpu.native_addresses
+            index = [f.address for f in gpu.functions].index(address)
+            if len(names) == len(gpu.functions):
+                return names[index]
+    return str(address)
+
+
 def vms(facts: HostFacts) -> str:
     if not facts.vms:
-        return f"no VMs on {facts.host.uri}"
+        return f"no VMs on {facts.host.name or facts.host.uri}"
+    multi_host = any(vm.location for vm in facts.vms)
     rows = [[
+        *([vm.location or "-"] if multi_host else []),
         vm.name, vm.power_state.value, vm.firmware.value, format_bytes(vm.memory_bytes),
         format_bytes(vm.memory_reserved_bytes) if vm.memory_reserved_bytes else "-",
-        ", ".join(str(a) for a in vm.assigned) or "-",
+        ", ".join(_device_name(facts, a, vm.location) for a in vm.assigned) or "-",
     ] for vm in facts.vms]
-    return table(["VM", "STATE", "FIRMWARE", "MEMORY", "RESERVED", "PCI DEVICES"], rows)
+    headers = ["VM", "STATE", "FIRMWARE", "MEMORY", "RESERVED", "PCI DEVICES"]
+    return table((["HOST"] if multi_host else []) + headers, rows)
 
 
 def status(facts: HostFacts) -> str:
     host = facts.host
     iommu = {True: "on", False: "OFF", None: "unknown"}[host.iommu_enabled]
-    free = [g for g in facts.gpus if not g.assigned_to]
+    assigned = [g for g in facts.gpus if g.assigned_to]
+    incapable = [g for g in facts.gpus if not g.assigned_to and g.passthrough.capable is False]
+    free = [g for g in facts.gpus if not g.assigned_to and g.passthrough.capable is not False]
+    counts = [f"{len(free)} free", f"{len(assigned)} assigned"]
+    if incapable:
+        counts.append(f"{len(incapable)} not capable of passthrough")
     lines = [
         f"host      {host.name or host.uri} ({host.platform}, {host.uri})",
         f"IOMMU     {iommu}" + (f" ({'; '.join(host.iommu_reasons)})" if host.iommu_reasons else ""),
-        f"GPUs      {len(facts.gpus)} ({len(free)} free, {len(facts.gpus) - len(free)} assigned)",
+        f"GPUs      {len(facts.gpus)} ({', '.join(counts)})",
         "",
     ]
+    multi_host = any(vm.location for vm in facts.vms) or any(g.location for g in facts.gpus)
     held = [(vm, [g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location]) for vm in facts.vms]
-    rows = [[vm.name, vm.power_state.value, ", ".join(f"{g.address} {g.model}" for g in gpus)]
+    rows = [[*([vm.location or "-"] if multi_host else []), vm.name, vm.power_state.value,
+             ", ".join(f"{qualified(g)} {g.model}" for g in gpus)]
             for vm, gpus in held if gpus]
-    lines.append(table(["VM", "STATE", "GPUS"], rows) if rows else "no VM holds a GPU")
+    headers = (["HOST"] if multi_host else []) + ["VM", "STATE", "GPUS"]
+    lines.append(table(headers, rows) if rows else "no VM holds a GPU")
     if free:
-        lines += ["", "free: " + ", ".join(f"{g.address} ({g.model})" for g in free)]
+        lines += ["", "free:"] + [f"  {qualified(g)} ({g.model})" for g in free]
+    if incapable:
+        lines += ["", "not capable of passthrough:"] + [f"  {qualified(g)} ({g.model})" for g in incapable]
     return "\n".join(lines)
 
 
@@ -96,7 +130,7 @@ def findings(items: Sequence[Finding]) -> str:
 
 
 def plan(item: Plan, show_changes: bool = False) -> str:
-    gpus = ", ".join(f"{g.address} ({g.model})" for g in item.gpus) or "none"
+    gpus = ", ".join(f"{qualified(g)} ({g.model})" for g in item.gpus) or "none"
     verb = "Assign" if item.operation == "assign" else "Release"
     lines = [f"{verb} {gpus} {'to' if item.operation == 'assign' else 'from'} VM '{item.vm}' on {item.host}", ""]
     lines += ["Preflight:", findings(item.findings), ""]
@@ -104,7 +138,8 @@ def plan(item: Plan, show_changes: bool = False) -> str:
         need = item.mmio.need
         window = format_bytes(item.mmio.target_window)
         change = f" (now {format_bytes(item.mmio.current_window)})" if item.mmio.changes else " (unchanged)"
-        lines += [f"MMIO: the GPUs need {format_bytes(need.high)} of 64-bit space; guest window {window}{change}", ""]
+        said = item.mmio.explanation or f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO"
+        lines += [f"MMIO: {said}; guest window {window}{change}", ""]
     if item.nothing_to_do:
         lines.append("Nothing to do: " + ("the VM already holds these GPUs." if item.operation == "assign"
                                           else "the VM holds none of these GPUs."))
@@ -132,9 +167,8 @@ def migration(item, show_changes: bool = False) -> str:
     lines = [f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
              f"{item.destination_host} ({item.destination_platform})", "", "GPUs:"]
     for m in item.matches:
-        there = (f"{(m.destination.location + '/') if m.destination.location else ''}{m.destination.address} "
-                 f"{m.destination.model} [{m.match}]") if m.destination else "NONE FREE"
-        lines.append(f"  {m.source.address} {m.source.model} ({m.source.function.ids})  ->  {there}")
+        there = f"{qualified(m.destination)} {m.destination.model} [{m.match}]" if m.destination else "NONE FREE"
+        lines.append(f"  {qualified(m.source)} {m.source.model} ({m.source.function.ids})  ->  {there}")
     lines += ["", "Settings:"]
     lines.append(table(["SETTING", "VALUE", f"ON {item.destination_platform.upper()}"],
                        [[s.setting, s.value, s.destination or f"no equivalent on {item.destination_platform}"]

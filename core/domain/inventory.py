@@ -39,6 +39,18 @@ class Gpu:
     def functions(self) -> tuple[PciFunction, ...]:
         return (self.function, *self.companions)
 
+    # A platform whose admins do not see PCI addresses names devices its own way (Hyper-V: the LocationPath
+    # Windows prints); the backend puts that name in `extra` and gpupass prints it and accepts it back.
+    @property
+    def native_address(self) -> str:
+        return str(self.extra.get("location_path") or "")
+
+    @property
+    def native_addresses(self) -> tuple[str, ...]:
+        """The platform's own names of every function of the card (the GPU's first)."""
+        paths = self.extra.get("location_paths") or ([self.native_address] if self.native_address else [])
+        return tuple(str(p) for p in paths)
+
     @property
     def bars(self) -> tuple[Bar, ...] | None:
         """All BARs of the card's functions, or None when any function's BARs are unknown."""

@@ -86,6 +86,18 @@ class MmioPolicy:
         wanted = align_up(wanted, self.granularity)
         return max(wanted, self.default_window)
 
+    def explain(self, need: MmioNeed) -> str:
+        """What the GPUs need, in the terms this platform sizes its window by.
+
+        A platform that packs the BARs (Hyper-V) needs less than the power-of-two figure KVM and ESXi use;
+        printing only the power of two next to a smaller window would read as under-provisioned.
+        """
+        if self.power_of_two or need.high_packed == need.high:
+            return f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO"
+        extra = f" plus {format_bytes(self.headroom)} headroom" if self.headroom else ""
+        return (f"the GPUs' 64-bit BARs take {format_bytes(need.high_packed)} packed; the window is sized to that"
+                f"{extra}, not rounded up to a power of two ({format_bytes(need.high)})")
+
     def fits(self, need: MmioNeed, current_window: int | None) -> bool:
         window = self.default_window if current_window is None else current_window
         return self._needed(need) <= window

@@ -30,6 +30,8 @@ class MmioSummary:
     need: MmioNeed | None
     current_window: int
     target_window: int
+    # The platform's own wording of the need (packed or power of two), from MmioPolicy.explain.
+    explanation: str = ""
 
     @property
     def changes(self) -> bool:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Union
 
 from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.select import GpuSelector
 from gpupass.core.errors import UsageError
+
+
+# A GPU as the request names it: an address, or what the user typed (model, id, qualified address...),
+# resolved against the host's facts when the plan is made.
+GpuRef = Union[PciAddress, GpuSelector]
 
 
 @dataclass(frozen=True)
@@ -25,12 +31,12 @@ class AssignOptions:
 @dataclass(frozen=True)
 class AssignmentRequest:
     vm: str
-    gpus: tuple[PciAddress, ...]
+    gpus: tuple[GpuRef, ...]
     options: AssignOptions = field(default_factory=AssignOptions)
 
     def __post_init__(self) -> None:
         if not self.gpus:
-            raise UsageError("no GPU given", remedy="name at least one GPU by its PCI address (see `gpupass gpus HOST`)")
+            raise UsageError("no GPU given", remedy="name at least one GPU by address, model or vendor:device id (`gpupass gpus HOST` lists them)")
         _reject_duplicates(self.gpus)
 
 
@@ -44,15 +50,15 @@ class ReleaseOptions:
 class ReleaseRequest:
     vm: str
     # Empty means every device the VM holds.
-    gpus: tuple[PciAddress, ...] = ()
+    gpus: tuple[GpuRef, ...] = ()
     options: ReleaseOptions = field(default_factory=ReleaseOptions)
 
     def __post_init__(self) -> None:
         _reject_duplicates(self.gpus)
 
 
-def _reject_duplicates(addresses: tuple[PciAddress, ...]) -> None:
-    seen: set[PciAddress] = set()
+def _reject_duplicates(addresses: tuple[GpuRef, ...]) -> None:
+    seen: set[GpuRef] = set()
     for address in addresses:
         if address in seen:
             raise UsageError(f"GPU {address} is named twice", remedy="name each GPU once")

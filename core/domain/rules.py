@@ -199,7 +199,7 @@ def mmio_window(ctx: CheckContext) -> Iterable[Finding]:
         limit = format_bytes(policy.max_window) if policy.max_window else format_bytes(current)
         yield blocker(
             "mmio-window-too-small",
-            f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO but the guest window is limited to {limit}",
+            f"{policy.explain(need)}, but the guest window is limited to {limit}",
             "assign fewer GPUs to this VM",
         )
         return
@@ -214,7 +214,7 @@ def mmio_window(ctx: CheckContext) -> Iterable[Finding]:
     yield info(
         "mmio-window-resized",
         f"the guest's 64-bit MMIO window grows from {format_bytes(current)} to {format_bytes(target)} "
-        f"(the GPUs need {format_bytes(need.high)})",
+        f"({policy.explain(need)})",
     )
 
 

@@ -7,6 +7,7 @@ GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
 
 
 def gpupass(*args, expect=0, env=None):
+    """expect=None accepts any exit code."""
     result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
-    assert result.returncode == expect, f"exit {result.returncode}, wanted {expect}\n{result.stdout}{result.stderr}"
+    assert expect is None or result.returncode == expect, f"exit {result.returncode}, wanted {expect}\n{result.stdout}{result.stderr}"
     return result

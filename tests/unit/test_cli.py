@@ -92,7 +92,7 @@ def test_failed_step_is_rolled_back_and_exits_1(run):
     (("gpus", "nowhere"), 2, "unknown host 'nowhere'"),
     (("gpus", "vmware://x"), 1, "no backend handles URIs of scheme 'vmware://'"),
     (("check", "fake://lab", "ml-train", "41:00"), 2, "is not a PCI address"),
-    (("check", "fake://lab", "nobody", "41:00.0"), 1, "no VM named 'nobody'"),
+    (("check", "fake://lab", "nobody", "41:00.0"), 2, "no VM named 'nobody'"),
     (("check", "fake://lab", "ml-train", "41:00.0", "--live"), 1, "not supported on fake"),
     (("check", "fake://lab", "ml-train", "41:00.0", "--bar-size", "41:00.0"), 2, "has no '='"),
 ])
@@ -105,9 +105,9 @@ def test_errors_name_the_problem_and_the_fix(run, args, code, text):
 
 def test_error_as_json(run):
     result = run("check", "fake://lab", "nobody", "41:00.0", "--json")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert json.loads(result.output) == {"error": "not-found", "message": "no VM named 'nobody' on fake://lab",
-                                         "remedy": "names are case-sensitive; `gpupass vms HOST` lists them"}
+                                         "remedy": "names are case-sensitive; `gpupass vms fake://lab` lists them"}
 
 
 def test_help_lists_exit_codes():

@@ -106,7 +106,7 @@ def test_unknown_vm_and_gpu_are_not_found_with_a_hint(registry):
     with pytest.raises(NotFound, match="no VM named 'ML-train'") as caught:
         make_plan(backend, backend.inventory(), assign("41:00.0", vm="ML-train"), registry)
     assert "gpupass vms" in caught.value.remedy
-    with pytest.raises(NotFound, match="no GPU at 0000:99:00.0"):
+    with pytest.raises(NotFound, match="no GPU matches '0000:99:00.0'"):
         make_plan(backend, backend.inventory(), assign("99:00.0"), registry)
 
 

@@ -65,7 +65,7 @@ def test_cli_assign_release_round_trip_on_the_lab(open_backend, domain_xml):
 def test_cli_blocked_and_not_found_exit_codes(lab_file):
     blocked = run("assign", f"test://{lab_file}", "web01", H100, "--yes", "--json", code=3)
     assert blocked["applied"] is False and "vm-not-off" in {f["code"] for f in blocked["plan"]["findings"]}
-    missing = run("plan", f"test://{lab_file}", "nope", H100, "--json", code=1)
+    missing = run("plan", f"test://{lab_file}", "nope", H100, "--json", code=2)
     assert missing["error"] == "not-found"
 
 

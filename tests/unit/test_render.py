@@ -1,0 +1,45 @@
+"""Tables as an admin reads them: the host of each VM and GPU on multi-host platforms, honest counts."""
+
+import dataclasses
+
+from gpupass.core.cli import render
+from gpupass.core.domain.inventory import PassthroughState
+from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, mmio_need
+from gpupass.core.domain.pci import Bar
+from support.fakes import facts, gpu, vm
+
+
+def vcenter_facts():
+    svga = [dataclasses.replace(gpu("00:0f.0", model="SVGA II Adapter", group=None), location=h,
+                                passthrough=PassthroughState(capable=False)) for h in ("esx01", "esx02")]
+    h100 = dataclasses.replace(gpu("3b:00.0", model="NVIDIA H100", group=None, owner="cad-ws"), location="esx01")
+    a100 = dataclasses.replace(gpu("3b:00.0", model="NVIDIA A100", group=None), location="esx02")
+    base = facts([*svga, h100, a100], [vm("cad-ws", assigned=["3b:00.0"]), vm("ml-train")])
+    return dataclasses.replace(base, vms=(dataclasses.replace(base.vms[0], location="esx01"),
+                                          dataclasses.replace(base.vms[1], location="esx02")))
+
+
+def test_vms_table_has_a_host_column_on_a_multi_host_endpoint():
+    lines = render.vms(vcenter_facts()).splitlines()
+    assert lines[0].split()[:2] == ["HOST", "VM"]
+    assert lines[1].split()[:2] == ["esx01", "cad-ws"] and lines[2].split()[:2] == ["esx02", "ml-train"]
+    assert "HOST" not in render.vms(facts([], [vm("a")]))
+
+
+def test_status_does_not_count_incapable_devices_as_free_and_names_each_once():
+    text = render.status(vcenter_facts())
+    assert "GPUs      4 (1 free, 1 assigned, 2 not capable of passthrough)" in text
+    free = text.split("free:")[1].split("not capable")[0]
+    assert "esx02/0000:3b:00.0 (NVIDIA A100)" in free and "SVGA" not in free
+    assert text.count("esx01/0000:00:0f.0") == 1 and text.count("esx02/0000:00:0f.0") == 1
+    assert "esx01  cad-ws" in text
+
+
+def test_packed_window_is_explained_not_shown_as_under_provisioned():
+    need = mmio_need([Bar(1, 128 * GiB), Bar(3, 32 * MiB)])
+    hyperv = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False)
+    kvm = MmioPolicy(default_window=32 * GiB)
+    assert kvm.explain(need) == "the GPUs need 256 GiB of 64-bit MMIO"
+    said = hyperv.explain(need)
+    assert "128.0 GiB packed" in said and "512 MiB headroom" in said and "not rounded up to a power of two" in said
+    assert "need 256" not in said
