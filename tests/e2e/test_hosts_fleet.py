@@ -44,8 +44,9 @@ def test_fleet_find():
     document = json.loads(gpupass("fleet", "find", "--model", "A100", "--hosts", "lab-kvm", "--json").stdout)
     assert document["candidates"] == [{"host": "lab-kvm", "location": None, "free": ["0000:41:00.0"],
                                        "models": ["NVIDIA A100 PCIe 40GB"]}]
+    # No match is exit 3, as `check` exits when something blocks.
     none = json.loads(gpupass("fleet", "find", "--model", "10de:2331", "--count", "2", "--hosts", "lab-kvm",
-                              "--json").stdout)
+                              "--json", expect=3).stdout)
     assert none["candidates"] == []
 
 

@@ -201,8 +201,8 @@ def test_release_undoes_exactly_what_assign_added_across_connections(site):
 
 
 def test_unknown_host_and_vm_are_not_found(gpupass):
-    assert json.loads(gpupass("gpus", "example://nowhere", "--json", code=1).stdout)["error"] == "not-found"
-    assert json.loads(gpupass("plan", HOST, "nope", A100, "--json", code=1).stdout)["error"] == "not-found"
+    assert json.loads(gpupass("gpus", "example://nowhere", "--json", code=2).stdout)["error"] == "not-found"
+    assert json.loads(gpupass("plan", HOST, "nope", A100, "--json", code=2).stdout)["error"] == "not-found"
 
 
 def test_a_snapshot_of_the_example_host_plans_offline_and_refuses_changes(gpupass, tmp_path):
