@@ -28,8 +28,20 @@ from gpupass.core.ports import Backend
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 # Microsoft's DDA guide sets the low MMIO space to 3 GB for devices with 32-bit BARs.
 LOW_MMIO = 3 * GiB
-# PnP classes -> PCI class codes (PnP has no class code; these are the usual ones for each class).
+# PnP classes -> PCI class codes, only for a function whose ids carry no CC_ part (the PCI bus driver
+# always reports one: "Identifiers for PCI Devices"); these are the usual codes for each class.
 _CLASS_CODES = {"display": 0x030000, "media": 0x040300, "net": 0x020000, "usb": 0x0C0300, "scsiadapter": 0x010800}
+
+
+def class_code(fn: dict) -> int:
+    """The PCI class code of an inventory function: the hex after CC_ in its hardware/compatible ids
+    (6 digits: class, subclass, interface; 4 digits: class and subclass), else guessed from the PnP class."""
+    text = str(fn.get("ClassCode") or "")
+    try:
+        value = int(text, 16)
+    except ValueError:
+        return _CLASS_CODES.get(str(fn.get("Class") or "").lower(), 0xFF0000)
+    return value << 8 if len(text) == 4 else value
 _STATES = {"off": PowerState.OFF, "running": PowerState.RUNNING, "paused": PowerState.PAUSED,
            "saved": PowerState.SUSPENDED}
 
@@ -202,7 +214,7 @@ class HypervBackend(Backend):
             mmio = fn.get("Mmio")
             functions[address] = PciFunction(
                 address=address, vendor_id=vendor, device_id=device,
-                class_code=_CLASS_CODES.get(str(fn.get("Class") or "").lower(), 0xFF0000),
+                class_code=class_code(fn),
                 name=fn.get("Name") or "", driver=None,
                 # Only the total of the memory ranges is known; the catalog gives the BARs of known cards.
                 bars=None if not mmio else (Bar(0, int(mmio), is_64bit=True),),

@@ -25,7 +25,7 @@ class HypervLab(labprocess.ServerLab, LabHost):
     name = NAME
     platform = "hyperv"
     description = ("WinRM endpoint on 127.0.0.1 serving a modelled Hyper-V host: 2x A100 80GB, a T4 behind "
-                   "an RMRR; VMs ml-train, render01 (Gen 1), web01 (running), cad-ws (holds an A100), dyn-mem")
+                   "an RMRR, a T4 and an MI300X without host drivers; VMs ml-train, render01 (Gen 1), web01 (running), cad-ws (holds an A100), dyn-mem")
 
     def state_path(self, data_dir: Path) -> Path:
         return self.directory(data_dir) / "lab-hyperv.json"

@@ -60,9 +60,15 @@ def _lines(*parts: str) -> str:
 
 
 # --------------------------------------------------------------------------- inventory
-INVENTORY_KEYS = ("DEVPKEY_Device_LocationPaths", "DEVPKEY_PciDevice_Requires_Reserved_Memory_Region",
-                  "DEVPKEY_PciDevice_AcsCompatibleUpHierarchy", "DEVPKEY_PciDevice_DeviceType",
-                  "DEVPKEY_PciDevice_InterruptSupport")
+# PCI device properties asked by GUID and property id, as Microsoft's SurveyDDA.ps1 does (works on every
+# locale and build; a misspelt name fails with "Element not found"). pciprop.h: DEFINE_PCI_DEVICE_DEVPKEY.
+PCI_DEVICE_FMTID = "{3AB22E31-8264-4b4e-9AF5-A8D2D8E33E62}"
+PROPERTY_IDS = {"Rmrr": 34,          # DEVPKEY_PciDevice_RequiresReservedMemoryRegion
+                "Acs": 31,           # DEVPKEY_PciDevice_AcsCompatibleUpHierarchy
+                "DeviceType": 1,     # DEVPKEY_PciDevice_DeviceType
+                "Interrupts": 14}    # DEVPKEY_PciDevice_InterruptSupport
+# PCI base classes this tool treats as GPUs: 0x03 display controllers, 0x12 processing accelerators.
+GPU_BASE_CLASSES = ("03", "12")
 
 
 def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
@@ -74,15 +80,22 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
                   "LowMmio", "HighMmio", "GuestCache", "Checkpoints": [{"Name", "Type"}],
                   "Devices": [location path, ...]}]}
 
-    where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "Status", "Present", "LocationPath",
-    "Slot", "Mmio" (bytes, null while dismounted: no host resources), "Interrupts" (bitmask 1 line, 2 MSI,
-    4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint), "Dismounted",
-    "Owner" (VM name or null)}``.  Companions are the other PCI functions in the GPU's slot (same location
-    path up to the function number), e.g. its HDMI audio controller.  State/StopAction/Type are enum names.
-    ``Present: false`` with ``Dismounted: false`` is a ghost PnP entry (a card no longer in the machine);
-    ``Present: false`` with ``Dismounted: true`` is a device given up by the host for assignment.
+    where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "ClassCode", "Status", "Present",
+    "LocationPath", "Slot", "Mmio" (bytes, null while dismounted: no host resources), "Interrupts" (bitmask
+    1 line, 2 MSI, 4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint),
+    "Dismounted", "Owner" (VM name or null)}``.  The survey values are null for a function that is not
+    present (dismounted or gone): Windows reads them from the running device.
+
+    GPUs are the functions whose PCI class code (``CC_xxxx`` in the hardware or compatible ids, "Identifiers
+    for PCI Devices") starts with 03 or 12, not PnP class "Display": a GPU without a host driver, as
+    Microsoft's DDA guides prepare one, has an empty Class and Status Error.  ``ClassCode`` is the hex
+    text after ``CC_`` (6 or 4 digits).  Companions are the other PCI functions in the GPU's slot (same
+    location path up to the function number), e.g. its HDMI audio controller.
+
+    VMs are passed as objects (``-VM``), never by name: ``-VMName`` takes wildcards, so a VM called
+    ``gpu[1]`` would not find itself.  State/StopAction/Type are enum names.  ``Present: false`` with
+    ``Dismounted: false`` is a ghost PnP entry; with ``Dismounted: true`` a device given up for assignment.
     """
-    keys = ",".join(ps_quote(k) for k in INVENTORY_KEYS)
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$h=Get-VMHost",
@@ -90,9 +103,9 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$vms=@()",
         "foreach($v in @(Get-VM)){",
         "$ad=@()",
-        "foreach($a in @(Get-VMAssignableDevice -VMName $v.Name)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
+        "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
         "$cp=@()",
-        "foreach($c in @(Get-VMSnapshot -VMName $v.Name)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
+        "foreach($c in @(Get-VMSnapshot -VM $v)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
         "$vms+=[pscustomobject]@{Name=$v.Name;Id=$v.VMId;Generation=$v.Generation;State=$v.State.ToString();"
         "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
         "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
@@ -104,28 +117,36 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$lp=@{}",
         "if($all.Count -gt 0){foreach($q in @(Get-PnpDeviceProperty -InstanceId $all.InstanceId "
         "-KeyName 'DEVPKEY_Device_LocationPaths')){$lp[$q.InstanceId]=@($q.Data)[0]}}",
+        "$cc=@{}",
         "$slots=@{}",
-        "foreach($d in $all){$p=$lp[$d.InstanceId];if($d.Class -eq 'Display' -and $p){$slots[$p.Substring(0,$p.Length-3)]=$true}}",
+        "foreach($d in $all){$c='';foreach($x in @($d.HardwareID)+@($d.CompatibleID)){$i=$x.IndexOf('CC_')",
+        "if($i -ge 0 -and -not $c){$c=$x.Substring($i+3)}}",
+        "$cc[$d.InstanceId]=$c;$p=$lp[$d.InstanceId]",
+        "if($p -and (" + " -or ".join(f"$c.StartsWith('{b}')" for b in GPU_BASE_CLASSES)
+        + ")){$slots[$p.Substring(0,$p.Length-3)]=$true}}",
+        "$fs=@()",
+        "$on=@()",
+        "foreach($d in $all){$p=$lp[$d.InstanceId]",
+        "if($p -and $slots.ContainsKey($p.Substring(0,$p.Length-3))){$fs+=$d;if($d.Present){$on+=$d.InstanceId}}}",
+        "$kp=@{}",
+        "if($on.Count -gt 0){foreach($n in " + ",".join(str(n) for n in PROPERTY_IDS.values()) + "){$t=@{}",
+        f"foreach($q in @(Get-PnpDeviceProperty -InstanceId $on -KeyName ('{PCI_DEVICE_FMTID} '+$n))){{"
+        "$t[$q.InstanceId]=$q.Data}",
+        "$kp[$n]=$t}}",
         "$fns=@()",
-        "foreach($d in $all){",
-        "$p=$lp[$d.InstanceId]",
-        "if(-not $p){continue}",
-        "$sl=$p.Substring(0,$p.Length-3)",
-        "if(-not $slots.ContainsKey($sl)){continue}",
-        "$k=@{}",
-        f"foreach($q in @(Get-PnpDeviceProperty -InstanceId $d.InstanceId -KeyName {keys})){{$k[$q.KeyName]=$q.Data}}",
+        "foreach($d in $fs){",
+        "$id=$d.InstanceId;$p=$lp[$id];$sl=$p.Substring(0,$p.Length-3)",
         "$m=$null",
         "if($d.Present){$m=0;foreach($r in @(Get-CimAssociatedInstance -InputObject $d -ResultClassName "
         "'Win32_DeviceMemoryAddress')){$m+=$r.EndingAddress-$r.StartingAddress+1}}",
-        "$fns+=[pscustomobject]@{InstanceId=$d.InstanceId;Name=$d.FriendlyName;Class=$d.Class;Status=$d.Status;"
-        "Present=$d.Present;LocationPath=$p;Slot=$sl;Mmio=$m;"
-        "Interrupts=$k['DEVPKEY_PciDevice_InterruptSupport'];"
-        "Rmrr=$k['DEVPKEY_PciDevice_Requires_Reserved_Memory_Region'];"
-        "Acs=$k['DEVPKEY_PciDevice_AcsCompatibleUpHierarchy'];DeviceType=$k['DEVPKEY_PciDevice_DeviceType'];"
+        "$fns+=[pscustomobject]@{InstanceId=$id;Name=$d.FriendlyName;Class=$d.Class;ClassCode=$cc[$id];"
+        "Status=$d.Status;Present=$d.Present;LocationPath=$p;Slot=$sl;Mmio=$m;"
+        + ";".join(f"{k}=$kp[{n}][$id]" for k, n in PROPERTY_IDS.items()) + ";"
         "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p];Companions=@()}",
         "}",
         "$gpus=@()",
-        "foreach($g in $fns){if($g.Class -eq 'Display'){",
+        "foreach($g in $fns){if(" + " -or ".join(f"$g.ClassCode.StartsWith('{b}')" for b in GPU_BASE_CLASSES)
+        + "){",
         "$c=@();foreach($o in $fns){if($o.Slot -eq $g.Slot -and $o.LocationPath -ne $g.LocationPath){$c+=$o}}",
         "$g.Companions=$c;$gpus+=$g}}",
         "$r=[pscustomobject]@{Host=[pscustomobject]@{Name=$h.Name;IovSupport=$h.IovSupport;"
@@ -328,5 +349,5 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
     return _check(s, "re-add", max_chars)
 
 
-__all__ = ["CMD_LINE_LIMIT", "INVENTORY_KEYS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
+__all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
            "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "readd_script", "release_script"]

@@ -1,4 +1,5 @@
-"""The lab host: two A100 PCIe 80GB, one T4 behind an RMRR, five VMs."""
+"""The lab host: two A100 PCIe 80GB, one T4 behind an RMRR, a T4 without a host driver, an AMD Instinct MI300X
+(a processing accelerator, class 12h, without a host driver), five VMs."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,10 @@ T4_BARS = [16 * M, 256 * M, 32 * M]
 A100_1_LOC = "PCIROOT(20)#PCI(0300)#PCI(0000)#PCI(0800)#PCI(0000)"
 A100_2_LOC = "PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)"
 T4_LOC = "PCIROOT(0)#PCI(0200)#PCI(0000)"
+T4_NO_DRIVER_LOC = "PCIROOT(80)#PCI(0100)#PCI(0000)"
+MI300X_LOC = "PCIROOT(A0)#PCI(0100)#PCI(0000)#PCI(0000)#PCI(0000)"
+# Lab assumption: the MI300X's BAR sizes are not taken from a published output.
+MI300X_BARS = [256 * G, 2 * M, 512 * 1024]
 
 
 def lab_host() -> HostModel:
@@ -32,6 +37,18 @@ def lab_host() -> HostModel:
         instance_id="PCI\\VEN_10DE&DEV_1EB8&SUBSYS_12A210DE&REV_A1\\4&3F0B6C21&0&0010",
         friendly_name="NVIDIA Tesla T4", pnp_class="Display", location_path=T4_LOC,
         vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS), rmrr=True)
+    # As Microsoft's DDA guides leave a GPU after its host driver is uninstalled; instance id, name, empty Class
+    # and Status Error as in the real output in tests/fixtures/real/hyperv/aks-t4-no-host-driver.txt.
+    t4_no_driver = PnpDevice(
+        instance_id="PCI\\VEN_10DE&DEV_1EB8&SUBSYS_12A210DE&REV_A1\\4&32EEF88F&0&0000",
+        friendly_name="3D Video Controller", pnp_class="", class_code=0x030200, location_path=T4_NO_DRIVER_LOC,
+        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS))
+    # A processing accelerator (class 1200h, as lspci shows MI300X) with no Windows driver. "PCI Device" is
+    # Device Manager's generic name for a PCI function without a driver (lab assumption for this class).
+    mi300x = PnpDevice(
+        instance_id="PCI\\VEN_1002&DEV_74A1&SUBSYS_74A11002&REV_00\\6&1A2B3C4D&0&00000010",
+        friendly_name="PCI Device", pnp_class="", class_code=0x120000, location_path=MI300X_LOC,
+        vendor_id=0x1002, device_id=0x74A1, bars=list(MI300X_BARS))
     vms = [
         VirtualMachine("ml-train", generation=2, state="Off", memory_startup=64 * G,
                        vm_id="6f1c1a52-3f0e-4d5e-9a51-0c8e6b7d1a01"),
@@ -47,7 +64,7 @@ def lab_host() -> HostModel:
                        dynamic_memory_enabled=True, vm_id="e5b8c2d7-4a1f-4c3e-9d6b-2f7a0e1c8b05"),
     ]
     return HostModel(name="HV-LAB01", iov_support=True, iov_support_reasons=[],
-                     devices=[a100_1, a100_2, t4], vms=vms)
+                     devices=[a100_1, a100_2, t4, t4_no_driver, mi300x], vms=vms)
 
 
 def load_lab(path: str | os.PathLike[str]) -> HostModel:

@@ -55,7 +55,7 @@ class PnpDevice:
     """One PCI function as PnP sees it."""
     instance_id: str
     friendly_name: str
-    pnp_class: str                    # Display / Media / ...
+    pnp_class: str                    # Display / Media / ...; "" while no driver is installed (see below)
     location_path: str                # PCIROOT(..)#PCI(..)...
     vendor_id: int
     device_id: int
@@ -70,6 +70,31 @@ class PnpDevice:
     dismounted: bool = False
     assigned_vm: str | None = None    # VM name holding the device
     present: bool = True              # False: a ghost PnP entry (card no longer in the machine)
+    # PCI class code (base class, subclass, programming interface): 0x030000 VGA, 0x030200 3D controller,
+    # 0x040300 HD audio, 0x120000 processing accelerator. None: derived from pnp_class (Display/Media only).
+    class_code: int | None = None
+
+    @property
+    def pci_class(self) -> int:
+        if self.class_code is not None:
+            return self.class_code
+        return {"display": 0x030000, "media": 0x040300}.get(self.pnp_class.lower(), 0xFF0000)
+
+    @property
+    def hardware_ids(self) -> list[str]:
+        """What the PCI bus driver reports as hardware ids ("Identifiers for PCI Devices", Microsoft
+        hardware docs). Windows 10 moved some of the forms, among them the CC_ ones, to the compatible
+        ids (same page); the model reports them there, the harder case for a reader."""
+        full = self.instance_id.rsplit("\\", 1)[0]           # PCI\VEN_..&DEV_..&SUBSYS_..&REV_..
+        return [full, full.rsplit("&", 1)[0]]
+
+    @property
+    def compatible_ids(self) -> list[str]:
+        v, d = f"VEN_{self.vendor_id:04X}", f"DEV_{self.device_id:04X}"
+        rev = self.instance_id.rsplit("\\", 1)[0].rsplit("&", 1)[-1]
+        cc6, cc4 = f"CC_{self.pci_class:06X}", f"CC_{self.pci_class >> 8:04X}"
+        return [f"PCI\\{v}&{d}&{rev}", f"PCI\\{v}&{d}", f"PCI\\{v}&{d}&{cc6}", f"PCI\\{v}&{d}&{cc4}",
+                f"PCI\\{v}&{cc6}", f"PCI\\{v}&{cc4}", f"PCI\\{v}", f"PCI\\{cc6}", f"PCI\\{cc4}"]
 
     @property
     def mmio_bytes(self) -> int:
@@ -77,9 +102,11 @@ class PnpDevice:
 
     @property
     def status(self) -> str:
+        # Real outputs (tests/fixtures/real/hyperv/): a dismounted GPU shows "Unknown"; one whose host
+        # driver was uninstalled shows "Error" with an empty Class, as does a disabled device.
         if self.dismounted or not self.present:
             return "Unknown"
-        return "OK" if self.enabled else "Error"
+        return "OK" if self.enabled and self.pnp_class else "Error"
 
     @property
     def dismounted_instance_id(self) -> str:

@@ -13,7 +13,7 @@ from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.errors import from_exception, parse_clixml
 from gpupass.backends.hyperv.hostmodel import Checkpoint, lab_host
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
+from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
 from gpupass.backends.hyperv.lab import HypervLab
 from gpupass.backends.hyperv.wsman import clixml_errors
 from gpupass.core import plugins
@@ -25,8 +25,9 @@ from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
 from hyperv_helpers import PASSWORD, USER, rtx_host
 
-ADDR = address_map([A100_1_LOC, A100_2_LOC, T4_LOC])
+ADDR = address_map([A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC])
 FREE, OWNED, T4 = ADDR[A100_2_LOC], ADDR[A100_1_LOC], ADDR[T4_LOC]
+BARE_T4, MI300X = ADDR[T4_NO_DRIVER_LOC], ADDR[MI300X_LOC]
 
 
 @pytest.fixture
@@ -59,7 +60,9 @@ def test_inventory(open_backend):
     assert backend.round_trips == 1
     assert facts.host.iommu_enabled is True and facts.host.name == "HV-LAB01"
     gpus = {g.address: g for g in facts.gpus}
-    assert set(gpus) == {FREE, OWNED, T4}
+    # the MI300X (class 12h) is a GPU once the core counts processing accelerators (issue 8, KVM side)
+    assert set(gpus) - {MI300X} == {FREE, OWNED, T4, BARE_T4}
+    assert gpus[BARE_T4].function.class_code == 0x030200 and gpus[BARE_T4].extra["status"] == "Error"
     assert gpus[FREE].extra["location_path"] == A100_2_LOC and gpus[FREE].assigned_to is None
     assert gpus[OWNED].assigned_to == "cad-ws" and gpus[OWNED].passthrough.enabled is True
     assert gpus[T4].passthrough.capable is False and "RMRR" in gpus[T4].passthrough.reasons[0]

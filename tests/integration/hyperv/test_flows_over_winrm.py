@@ -7,7 +7,7 @@ import pytest
 
 from gpupass.backends.hyperv import scripts as S
 from gpupass.backends.hyperv.hostmodel import HostModel
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
+from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
 from hyperv_helpers import G, M
 
 PREV = S.VmSettings("Save", 128 * M, 512 * M, False)
@@ -23,8 +23,13 @@ def test_inventory_of_the_lab(remote):
     inv = inventory(remote)
     assert inv["Host"] == {"Name": "HV-LAB01", "IovSupport": True, "IovSupportReasons": None}
     gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
-    assert set(gpus) == {A100_1_LOC, A100_2_LOC, T4_LOC}
+    assert set(gpus) == {A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC}
     a1, a2, t4 = gpus[A100_1_LOC], gpus[A100_2_LOC], gpus[T4_LOC]
+    # found by class code, not PnP class: no host driver, so no Class and Status Error (as on real hosts)
+    bare, mi = gpus[T4_NO_DRIVER_LOC], gpus[MI300X_LOC]
+    assert (bare["Class"], bare["Status"], bare["Name"], bare["ClassCode"]) == (None, "Error", "3D Video Controller",
+                                                                              "030200")
+    assert (mi["Class"], mi["ClassCode"]) == (None, "120000")
     assert (a1["Dismounted"], a1["Owner"], a1["Present"], a1["Mmio"]) == (True, "cad-ws", False, None)
     assert (a2["Dismounted"], a2["Owner"], a2["Status"]) == (False, None, "OK")
     assert a2["Mmio"] == 16 * M + 128 * G + 32 * M
@@ -52,7 +57,7 @@ def test_inventory_companions_and_checkpoints(rtx_remote):
     assert [c["Name"] for c in rtx["Companions"]] == ["NVIDIA High Definition Audio"]
     assert rtx["Companions"][0]["LocationPath"] == "PCIROOT(0)#PCI(0100)#PCI(0001)"
     assert rtx["Companions"][0]["Class"] == "Media"
-    assert not any(g["Class"] != "Display" for g in inv["Gpus"])
+    assert {g["ClassCode"][:2] for g in inv["Gpus"]} <= {"03", "12"}
     render = next(v for v in inv["Vms"] if v["Name"] == "render01")
     assert render["Checkpoints"] == [{"Name": "before-driver", "Type": "Standard"}]
 

@@ -191,7 +191,9 @@ def test_pnp_not_found_message(lab):
 
 def test_lab_contents(lab):
     gpus = {(d.vendor_id, d.device_id) for d in lab.devices}
-    assert gpus == {(0x10DE, 0x20B5), (0x10DE, 0x1EB8)}
+    assert gpus == {(0x10DE, 0x20B5), (0x10DE, 0x1EB8), (0x1002, 0x74A1)}
+    assert {d.friendly_name: d.pci_class for d in lab.devices if not d.pnp_class} == {
+        "3D Video Controller": 0x030200, "PCI Device": 0x120000}
     assert sum(1 for d in lab.devices if d.device_id == 0x20B5) == 2
     assert lab.device_by_location(T4_LOC).rmrr
     assert lab.device_by_location(A100_1_LOC).assigned_vm == "cad-ws"
