@@ -60,9 +60,9 @@ def test_inventory(open_backend):
     assert backend.round_trips == 1
     assert facts.host.iommu_enabled is True and facts.host.name == "HV-LAB01"
     gpus = {g.address: g for g in facts.gpus}
-    # the MI300X (class 12h) is a GPU once the core counts processing accelerators (issue 8, KVM side)
-    assert set(gpus) - {MI300X} == {FREE, OWNED, T4, BARE_T4}
+    assert set(gpus) == {FREE, OWNED, T4, BARE_T4, MI300X}
     assert gpus[BARE_T4].function.class_code == 0x030200 and gpus[BARE_T4].extra["status"] == "Error"
+    assert gpus[MI300X].function.class_code == 0x120000 and gpus[MI300X].function.kind == "processing accelerator"
     assert gpus[FREE].extra["location_path"] == A100_2_LOC and gpus[FREE].assigned_to is None
     assert gpus[OWNED].assigned_to == "cad-ws" and gpus[OWNED].passthrough.enabled is True
     assert gpus[T4].passthrough.capable is False and "RMRR" in gpus[T4].passthrough.reasons[0]
@@ -262,3 +262,19 @@ def test_lab_and_cli(registry, monkeypatch, auth):
     assert not lab.is_up(data)
     with pytest.raises(ConnectionFailed):
         lab.target(data)
+
+
+@pytest.mark.parametrize("loc", [T4_NO_DRIVER_LOC, MI300X_LOC])
+def test_driverless_gpu_and_accelerator_assign_and_release(open_backend, registry, loc):
+    # Issue 8 item 2: Microsoft's DDA guides uninstall the host driver first; such a GPU (and a compute
+    # accelerator, class 12h) has no PnP class, yet it is the device being assigned.
+    backend, ep = open_backend()
+    before = ep.model.to_dict()
+    address = ADDR[loc]
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (address,)), registry)
+    execute(backend, plan)
+    assert ep.model.device_by_location(loc).assigned_vm == "ml-train"
+    execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry))
+    after = ep.model.to_dict()
+    # the release enables the device again: a driver-less one comes back enabled, still without a class
+    assert after == before
