@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -38,30 +39,162 @@ class Config:
     hosts: Mapping[str, HostEntry] = field(default_factory=dict)
 
 
-_HOST_KEYS = {"uri", "password_env", "keyring", "password", "ca_file", "insecure", "options"}
+class ConfigError(UsageError):
+    """A problem in the config file, located by file and (where the TOML lets us find it) line."""
+
+    def __init__(self, path: Path, line: int | None, message: str, remedy: str | None = None) -> None:
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}",
+                         remedy=remedy or "fix that line of the config file (`gpupass hosts add` writes valid entries)")
+        self.path, self.line = path, line
+
+
+# The file's top-level tables; a key not listed here is an error, not silently ignored.
+TOP_LEVEL_KEYS = {"hosts"}
+
+
+def host_keys() -> dict[str, Any]:
+    """Each key a [hosts.NAME] table may have and its type: HostEntry's fields, so a new field is typed too."""
+    import typing
+
+    hints = typing.get_type_hints(HostEntry)
+    return {f.name: hints[f.name] for f in dataclasses.fields(HostEntry) if f.name != "name"}
 
 
 def load_config(path: Path) -> Config:
     if not path.exists():
         return Config(path=None)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot be read: {getattr(exc, 'strerror', None) or exc}",
+                          remedy="check the file's permissions and that it is UTF-8 text") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}", remedy="fix the line named above") from exc
-    hosts: dict[str, HostEntry] = {}
-    for name, entry in data.get("hosts", {}).items():
-        if not isinstance(entry, dict) or "uri" not in entry:
-            raise UsageError(f"host {name!r} in {path} has no uri", remedy='add uri = "qemu:///system" (or the like)')
-        unknown = set(entry) - _HOST_KEYS
-        if unknown:
-            raise UsageError(
-                f"host {name!r} in {path} has unknown keys: {', '.join(sorted(unknown))}",
-                remedy=f"allowed keys are {', '.join(sorted(_HOST_KEYS))}",
-            )
-        if "password" in entry:
-            _require_private(path, name)
-        hosts[name] = HostEntry(name=name, **entry)
-    return Config(path=path, hosts=hosts)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(path, _line_of(text, (), key), f"unknown key {key!r}",
+                              f"the config file has [hosts.NAME] tables only ({', '.join(sorted(TOP_LEVEL_KEYS))})")
+    tables = data.get("hosts", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(path, _line_of(text, (), "hosts"), "`hosts` must be a table of [hosts.NAME] tables")
+    return Config(path=path, hosts={name: _host_entry(path, text, name, entry) for name, entry in tables.items()})
+
+
+def _host_entry(path: Path, text: str, name: str, entry: Any) -> HostEntry:
+    from gpupass.core.uri import check_uri
+
+    table = ("hosts", name)
+    if not isinstance(entry, dict):
+        raise ConfigError(path, _line_of(text, ("hosts",), name), f"host {name!r} must be a table",
+                          f'write [hosts.{name}] and uri = "..." on the next line')
+    allowed = host_keys()
+    for key, value in entry.items():
+        if key not in allowed:
+            raise ConfigError(path, _line_of(text, table, key), f"host {name!r} has an unknown key {key!r}",
+                              f"allowed keys are {', '.join(sorted(allowed))}")
+        if not _has_type(value, allowed[key]):
+            # The value itself is never echoed: it may be a password.
+            raise ConfigError(path, _line_of(text, table, key),
+                              f"host {name!r}: {key} must be {_type_name(allowed[key])}, not {_value_kind(value)}",
+                              f"write {key} = {_example(allowed[key])}")
+    if "uri" not in entry:
+        raise ConfigError(path, _line_of(text, ("hosts",), name), f"host {name!r} has no uri",
+                          'add uri = "qemu:///system" (or the like)')
+    try:
+        check_uri(entry["uri"])
+    except UsageError as exc:
+        raise ConfigError(path, _line_of(text, table, "uri"), f"host {name!r}: {exc.message}", exc.remedy) from exc
+    if "password" in entry:
+        _require_private(path, name)
+    return HostEntry(name=name, **entry)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """TOML's types against a field's annotation; a bool is not a number and a string is never a bool."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in typing.get_args(hint) if arm is not type(None))
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is not None and issubclass(origin, Mapping) or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    import types
+    import typing
+
+    arm = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        arm = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(arm)
+    if arm is dict or isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a table"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(arm, str(arm))
+
+
+def _value_kind(value: Any) -> str:
+    for kind, name in ((bool, "true/false"), (int, "a number"), (float, "a number"), (str, "a string (in quotes)"),
+                       (dict, "a table"), (list, "a list")):
+        if isinstance(value, kind):
+            return name
+    return "a date or time"
+
+
+def _example(hint: Any) -> str:
+    name = _type_name(hint)
+    return {"true or false": "true (or false), without quotes", "a string": '"..." (in quotes)',
+            "a table": "{ key = value }"}.get(name, "a value of that type")
+
+
+def _line_of(text: str, table: tuple[str, ...], key: str) -> int | None:
+    """The line that defines `key` in `table` (a [header] or a key = line), or None when the TOML writes it in a
+    form this simple scan does not follow (dotted keys, inline tables): the message then names the file only."""
+    current: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = _header(stripped)
+            if current[:len(table) + 1] == (*table, key):
+                return number
+        elif current == table and _assigned_key(stripped) == key:
+            return number
+    return None
+
+
+def _header(line: str) -> tuple[str, ...]:
+    try:
+        node: Any = tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return ("",)
+    path = []
+    while isinstance(node, (dict, list)) and node:
+        if isinstance(node, list):
+            node = node[-1]
+            continue
+        key = next(iter(node))
+        path.append(key)
+        node = node[key]
+    return tuple(path)
+
+
+def _assigned_key(line: str) -> str | None:
+    import re
+
+    match = re.match(r"""([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*=""", line)
+    return match[1].strip("\"'") if match else None
 
 
 def _require_private(path: Path, name: str) -> None:

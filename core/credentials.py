@@ -39,13 +39,22 @@ def resolve_password(host_name: str, entry: HostEntry | None, username: str | No
 def _from_keyring(host_name: str, username: str | None) -> Secret:
     try:
         import keyring  # optional: pip install 'gpupass[keyring]'
+        import keyring.errors
     except ImportError as exc:
         raise AuthenticationFailed(
             f"host {host_name!r} takes its password from the keyring, but the keyring module is not installed",
             remedy="pip install 'gpupass[keyring]'",
         ) from exc
     account = f"{username}@{host_name}" if username else host_name
-    value = keyring.get_password(KEYRING_SERVICE, account)
+    try:
+        value = keyring.get_password(KEYRING_SERVICE, account)
+    except keyring.errors.KeyringError as exc:  # NoKeyringError, InitError, a locked or broken backend
+        raise AuthenticationFailed(
+            f"host {host_name!r} takes its password from the keyring, which cannot be used here: "
+            f"{type(exc).__name__}: {exc}",
+            remedy="install and unlock a keyring backend (`keyring --list-backends`), or give the password through "
+                   f"{env_var_for(host_name)} or password_env",
+        ) from exc
     if value is None:
         raise AuthenticationFailed(
             f"no password for {account!r} in the keyring (service {KEYRING_SERVICE!r})",

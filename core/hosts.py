@@ -12,6 +12,7 @@ from gpupass.core.errors import BackendUnavailable, NotFound, NotSupported, Usag
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
+from gpupass.core.uri import check_uri
 
 
 def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Target:
@@ -20,6 +21,7 @@ def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOption
         return lab.target(paths.data_dir())
     entry = config.hosts.get(text)
     if entry is not None:
+        check_uri(entry.uri)
         target = Target(
             uri=entry.uri,
             name=entry.name,
@@ -27,6 +29,7 @@ def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOption
             options=dict(entry.options),
         )
     elif "://" in text or text.startswith("test:"):
+        check_uri(text)
         target = Target(uri=text)
     else:
         import difflib
@@ -88,6 +91,7 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
 
 def open_backend(target: Target, registry: Registry) -> Backend:
     backend_class = registry.backend_for(target.scheme)
+    backend_class.check_uri(target.uri)
     if not backend_class.sdk_available():
         missing = ", ".join(backend_class.sdk_modules)
         raise BackendUnavailable(

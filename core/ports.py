@@ -51,6 +51,18 @@ class Backend(ABC):
             return cls.install_command
         return f"pip install 'gpupass[{cls.extra}]'" if cls.extra else "see the backend's documentation"
 
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """Refuse, with a UsageError naming it, anything in `uri` this platform must not be handed.
+
+        Called before the backend is constructed, after the core's own checks (no password in the URI, a
+        usable port: gpupass.core.uri.check_uri). The default accepts no query parameters at all; a backend
+        whose SDK reads some lists the ones that are safe with `gpupass.core.uri.parameters`.
+        """
+        from gpupass.core.uri import parameters
+
+        parameters(uri, {}, cls.platform)
+
     @abstractmethod
     def inventory(self) -> HostFacts:
         """Read GPUs, VMs and host settings in as few round trips as the platform allows."""

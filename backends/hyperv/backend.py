@@ -99,6 +99,14 @@ class HypervBackend(Backend):
     mmio_policy = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False, granularity=MiB)
     capabilities = Capabilities(live_attach=False, firmware_change=False, hide_hypervisor=False,
                                 dynamic_binding=False)
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """The one query parameter: ?transport= (pywinrm's authentication transports, see TRANSPORTS)."""
+        from gpupass.core.uri import parameters
+
+        parameters(uri, {"transport": lambda value: None if value.lower() in TRANSPORTS
+                         else f"it must be one of {', '.join(TRANSPORTS)}"}, "Hyper-V")
     native_settings = {
         "firmware": "VM generation: Gen 2 = UEFI, Gen 1 = BIOS (fixed at creation)",
         "memory_reservation": "static memory (Set-VM -StaticMemory); DDA refuses dynamic memory",

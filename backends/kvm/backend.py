@@ -74,6 +74,13 @@ class KvmBackend(Backend):
     # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
     capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True)
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """libvirt's remote driver takes query parameters that run programs: only the safe ones pass."""
+        from gpupass.backends.kvm import uriparams
+
+        uriparams.check(uri)
     native_settings = {
         "firmware": "<os firmware='efi'> (OVMF) or SeaBIOS",
         "memory_reservation": "implicit: VFIO pins guest RAM while the VM runs",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from urllib.parse import urlsplit
 
 import click
 
@@ -45,6 +46,10 @@ def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_j
 
     if "://" not in uri:
         raise UsageError(f"{uri!r} is not a URI", remedy="e.g. qemu+ssh://admin@node/system or esxi://root@esx01")
+    from gpupass.core.uri import check_uri
+
+    check_uri(uri)  # before anything is written: no password in it, a usable port
+    app.registry.backend_for(urlsplit(uri).scheme).check_uri(uri)
     if app.registry.lab_host(name):
         raise UsageError(f"{name!r} is a lab host name", remedy="choose another name")
     if password_env and use_keyring:

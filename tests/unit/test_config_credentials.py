@@ -34,7 +34,7 @@ ca_file = "/etc/ssl/vc.pem"
 def test_bad_toml_and_unknown_keys_say_what_to_fix(tmp_path):
     with pytest.raises(UsageError, match="not valid TOML"):
         load_config(write(tmp_path / "a.toml", "[hosts.x\n"))
-    with pytest.raises(UsageError, match="unknown keys: pasword"):
+    with pytest.raises(UsageError, match="b.toml:3: host .x. has an unknown key .pasword."):
         load_config(write(tmp_path / "b.toml", '[hosts.x]\nuri = "qemu:///system"\npasword = "x"\n'))
     with pytest.raises(UsageError, match="has no uri"):
         load_config(write(tmp_path / "c.toml", '[hosts.x]\npassword_env = "X"\n'))
