@@ -47,10 +47,12 @@ def _reject_named_twice(gpus: list[Gpu]) -> None:
         seen.add(key)
 
 
-def _with_bar_override(gpu: Gpu, size: int | None) -> Gpu:
-    if size is None:
+def _with_bar_override(gpu: Gpu, sizes: tuple[int, ...] | None) -> Gpu:
+    """The user's BAR sizes replace what the host and the catalog say. Each counts as a 64-bit BAR: the guest
+    window is then sized for all of them (never smaller than the card needs)."""
+    if sizes is None:
         return gpu
-    function = dataclasses.replace(gpu.function, bars=(Bar(1, size, is_64bit=True),))
+    function = dataclasses.replace(gpu.function, bars=tuple(Bar(i, size, is_64bit=True) for i, size in enumerate(sizes)))
     companions = tuple(c if c.bars is not None else dataclasses.replace(c, bars=()) for c in gpu.companions)
     return dataclasses.replace(gpu, function=function, companions=companions)
 

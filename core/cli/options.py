@@ -22,8 +22,9 @@ def assignment_options(command):
         click.option("--dynamic", is_flag=True, help="Bind by vendor/device instead of host address (ESXi)."),
         click.option("--allow-host-reboot", is_flag=True,
                      help="Allow a plan that needs a host reboot to enable passthrough (never done silently)."),
-        click.option("--bar-size", "bar_sizes", multiple=True, metavar="ADDR=SIZE",
-                     help="64-bit BAR total of a GPU the host cannot describe, e.g. 0000:41:00.0=64G."),
+        click.option("--bar-size", "bar_sizes", multiple=True, metavar="ADDR=SIZE[+SIZE...]",
+                     help="Every BAR of a GPU the host cannot describe, as `lspci -vv` lists its memory regions, "
+                          "e.g. 0000:41:00.0=16M+64G+32M (repeat the option or join sizes with '+')."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -40,12 +41,15 @@ def parse_addresses(values):
 def build_assignment(vm: str, gpus, **options):
     from gpupass.core.domain.request import AssignmentRequest, AssignOptions
 
-    sizes = {}
+    sizes: dict[PciAddress, tuple[int, ...]] = {}
     for item in options.pop("bar_sizes", ()):
-        address, sep, size = item.partition("=")
+        address, sep, text = item.partition("=")
         if not sep:
-            raise UsageError(f"--bar-size {item!r} has no '='", remedy="write it as ADDRESS=SIZE, e.g. 41:00.0=64G")
-        sizes[PciAddress.parse(address)] = parse_size(size)
+            raise UsageError(f"--bar-size {item!r} has no '='",
+                             remedy="write it as ADDRESS=SIZE[+SIZE...], e.g. 41:00.0=16M+64G+32M")
+        parsed = PciAddress.parse(address)
+        bars = tuple(parse_size(part) for part in text.replace(",", "+").split("+"))
+        sizes[parsed] = sizes.get(parsed, ()) + bars
     return AssignmentRequest(
         vm=vm,
         gpus=parse_addresses(gpus),

@@ -1,4 +1,16 @@
-"""Known GPUs: names and BAR layouts from public data, for hosts that cannot report BAR sizes."""
+"""Known GPUs: names and BAR layouts from published outputs, for hosts that cannot report BAR sizes.
+
+Every layout names the published output it was read from (an `lspci -v`/`-vv` listing or a kernel log of the
+card's BARs). A card without such an output keeps `bars=None`: gpupass then says the BARs are unknown and asks
+for `--bar-size`, instead of guessing. Cards that still lack a published layout (as of this catalog): A10, A16,
+A2, A40, L4, L40, L40S, H200, H100 NVL, RTX 6000 Ada, RTX A6000, RTX 3090, V100 PCIe, AMD Instinct and Intel
+Data Center GPUs; those whose PCI device id is not sourced either (A16, A2, H200, RTX 6000 Ada, AMD Instinct,
+Intel Data Center GPUs) are not listed at all. Read them from the host instead (sysfs `resource` on a local KVM
+host, which gpupass does) or pass every BAR with `--bar-size ADDR=16M+64G+32M`.
+
+Consumer cards with Resizable BAR report the size the firmware chose: the entry keeps the largest size seen in
+a published output, because a window sized for the large BAR also holds the small one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ from gpupass.core.domain.mmio import GiB, MiB
 from gpupass.core.domain.pci import Bar
 
 NVIDIA = 0x10DE
+INTEL = 0x8086
 
 
 @dataclass(frozen=True)
@@ -17,35 +30,70 @@ class KnownGpu:
     name: str
     family: str
     bars: tuple[Bar, ...] | None = None
+    # Where the BAR layout was read (URL of the published output), or why there is none.
+    source: str = ""
 
 
 def _nvidia(device_id: int, name: str, family: str, bar0: int | None = None, bar1: int | None = None,
-            bar3: int | None = None) -> KnownGpu:
+            bar3: int | None = None, source: str = "", bar0_64bit: bool = False) -> KnownGpu:
+    """NVIDIA's usual layout: BAR0 registers, BAR1 the framebuffer aperture, BAR3 (lspci region 3) 32 MiB."""
     bars = None
-    if bar0 is not None:
-        bars = (Bar(0, bar0, is_64bit=False), Bar(1, bar1, is_64bit=True), Bar(3, bar3, is_64bit=True))
-    return KnownGpu(NVIDIA, device_id, name, family, bars)
+    if bar0 is not None and bar1 is not None and bar3 is not None:
+        bars = (Bar(0, bar0, is_64bit=bar0_64bit), Bar(1, bar1, is_64bit=True), Bar(3, bar3, is_64bit=True))
+    return KnownGpu(NVIDIA, device_id, name, family, bars, source)
 
+
+_NO_OUTPUT = "no published lspci/kernel output of its BARs found: unknown"
+# Layouts carried over from docs/field notes (public data) and not yet re-checked against a published output.
+_FIELD_NOTES = "gpupass field notes, 'Real GPU data' (not re-checked against a published output)"
 
 _KNOWN = [
-    _nvidia(0x1EB8, "NVIDIA Tesla T4", "Turing", 16 * MiB, 256 * MiB, 32 * MiB),
-    _nvidia(0x1DB4, "NVIDIA Tesla V100 PCIe 16GB", "Volta"),
-    _nvidia(0x1DF6, "NVIDIA Tesla V100S PCIe 32GB", "Volta"),
-    _nvidia(0x2236, "NVIDIA A10", "Ampere"),
-    _nvidia(0x2235, "NVIDIA A40", "Ampere"),
-    _nvidia(0x2230, "NVIDIA RTX A6000", "Ampere"),
-    _nvidia(0x20F1, "NVIDIA A100 PCIe 40GB", "Ampere", 16 * MiB, 64 * GiB, 32 * MiB),
-    _nvidia(0x20B5, "NVIDIA A100 PCIe 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB),
-    _nvidia(0x20B2, "NVIDIA A100 SXM4 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB),
-    _nvidia(0x2331, "NVIDIA H100 PCIe", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB),
-    _nvidia(0x2330, "NVIDIA H100 SXM5 80GB", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB),
-    _nvidia(0x27B8, "NVIDIA L4", "Ada Lovelace"),
-    _nvidia(0x26B5, "NVIDIA L40", "Ada Lovelace"),
-    _nvidia(0x2684, "NVIDIA GeForce RTX 4090", "Ada Lovelace"),
-    _nvidia(0x2204, "NVIDIA GeForce RTX 3090", "Ampere"),
-    _nvidia(0x2F04, "NVIDIA Blackwell 10de:2f04", "Blackwell", 64 * MiB, 16 * GiB, 32 * MiB),
-    KnownGpu(NVIDIA, 0x22BA, "NVIDIA AD102 High Definition Audio", "Ada Lovelace", ()),
-    KnownGpu(NVIDIA, 0x228B, "NVIDIA GA102 High Definition Audio", "Ampere", ()),
+    _nvidia(0x1EB8, "NVIDIA Tesla T4", "Turing", 16 * MiB, 256 * MiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x1E30, "NVIDIA Quadro RTX 6000/8000", "Turing", 16 * MiB, 256 * MiB, 32 * MiB,
+            "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/480 (lspci -vvvv, Quadro RTX 8000)"),
+    _nvidia(0x1B80, "NVIDIA GeForce GTX 1080", "Pascal", 16 * MiB, 256 * MiB, 32 * MiB,
+            "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/123 (lspci -vvvv)"),
+    _nvidia(0x1DB1, "NVIDIA Tesla V100 SXM2 16GB", "Volta", 16 * MiB, 16 * GiB, 32 * MiB,
+            "https://github.com/ComputeCanada/puppet-magic_castle/issues/268 (lspci -v)"),
+    _nvidia(0x1DB4, "NVIDIA Tesla V100 PCIe 16GB", "Volta", source=_NO_OUTPUT),
+    _nvidia(0x1DF6, "NVIDIA Tesla V100S PCIe 32GB", "Volta", source=_NO_OUTPUT),
+    _nvidia(0x2236, "NVIDIA A10", "Ampere", source=_NO_OUTPUT),
+    _nvidia(0x2235, "NVIDIA A40", "Ampere", source=_NO_OUTPUT),
+    _nvidia(0x2230, "NVIDIA RTX A6000", "Ampere", source=_NO_OUTPUT),
+    _nvidia(0x24B0, "NVIDIA RTX A4000", "Ampere", 16 * MiB, 256 * MiB, 32 * MiB,
+            "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/692 (lspci -vv)"),
+    _nvidia(0x20F1, "NVIDIA A100 PCIe 40GB", "Ampere", 16 * MiB, 64 * GiB, 32 * MiB,
+            "https://github.com/kata-containers/kata-containers/pull/4358 (kernel log: reg 0x10 16M, reg 0x14 "
+            "0x0-0xfffffffff 64bit pref, reg 0x1c 32M)"),
+    _nvidia(0x20B0, "NVIDIA A100 SXM4 40GB", "Ampere", 16 * MiB, 64 * GiB, 32 * MiB,
+            "https://github.com/ComputeCanada/puppet-magic_castle/issues/268 (lspci -v)"),
+    _nvidia(0x20B5, "NVIDIA A100 PCIe 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x20B2, "NVIDIA A100 SXM4 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x2331, "NVIDIA H100 PCIe", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x2330, "NVIDIA H100 SXM5 80GB", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    # Device id from https://github.com/akash-network/provider-configs/pull/91 (nvidia-smi pci.device_id).
+    _nvidia(0x2321, "NVIDIA H100 NVL", "Hopper", source=_NO_OUTPUT),
+    # H20: all three BARs are 64-bit prefetchable in the published listing.
+    _nvidia(0x2329, "NVIDIA H20", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB,
+            "https://github.com/NVIDIA/nvtrust/issues/128 (lspci -v, 8 x H20)", bar0_64bit=True),
+    _nvidia(0x27B8, "NVIDIA L4", "Ada Lovelace", source=_NO_OUTPUT),
+    _nvidia(0x26B5, "NVIDIA L40", "Ada Lovelace", source=_NO_OUTPUT),
+    # Device id from https://github.com/akash-network/provider-configs/pull/99 (lspci -nn, 2 x L40S).
+    _nvidia(0x26B9, "NVIDIA L40S", "Ada Lovelace", source=_NO_OUTPUT),
+    # 32 GiB BAR1 with Resizable BAR on (tinygrad #28); 256 MiB without it (geerlingguy #504).
+    _nvidia(0x2684, "NVIDIA GeForce RTX 4090", "Ada Lovelace", 16 * MiB, 32 * GiB, 32 * MiB,
+            "https://github.com/tinygrad/open-gpu-kernel-modules/issues/28 (lspci -v, Resizable BAR on); "
+            "256M BAR1 without it: https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/504"),
+    _nvidia(0x2204, "NVIDIA GeForce RTX 3090", "Ampere", source=_NO_OUTPUT),
+    _nvidia(0x2F04, "NVIDIA Blackwell 10de:2f04", "Blackwell", 64 * MiB, 16 * GiB, 32 * MiB, _FIELD_NOTES),
+    # Intel Arc (DG2): BAR0 16 MiB 64-bit non-prefetchable, BAR2 the local memory (16 GiB with Resizable BAR).
+    KnownGpu(INTEL, 0x56A0, "Intel Arc A770", "Alchemist",
+             (Bar(0, 16 * MiB, is_64bit=True), Bar(2, 16 * GiB, is_64bit=True)),
+             "https://github.com/ProjectPhysX/OpenCL-Benchmark/pull/19 (lspci -vvv)"),
+    KnownGpu(NVIDIA, 0x22BA, "NVIDIA AD102 High Definition Audio", "Ada Lovelace", (),
+             "HDMI audio companion: its small BAR is not counted"),
+    KnownGpu(NVIDIA, 0x228B, "NVIDIA GA102 High Definition Audio", "Ampere", (),
+             "HDMI audio companion: its small BAR is not counted"),
 ]
 
 _BY_IDS = {(gpu.vendor_id, gpu.device_id): gpu for gpu in _KNOWN}

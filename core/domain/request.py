@@ -24,8 +24,19 @@ class AssignOptions:
     live: bool = False
     dynamic: bool = False
     allow_host_reboot: bool = False
-    # User-supplied 64-bit BAR totals for cards the host cannot describe and the catalog does not know.
-    bar_sizes: Mapping[PciAddress, int] = field(default_factory=dict)
+    # User-supplied BAR sizes, every BAR of the card (an L40S is 16M + 64G + 32M), for cards the host cannot
+    # describe and the catalog does not know. A single int is one BAR.
+    bar_sizes: Mapping[PciAddress, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        normalised = {}
+        for address, sizes in self.bar_sizes.items():
+            sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+            if not sizes or any(size <= 0 for size in sizes):
+                raise UsageError(f"--bar-size for {address} needs positive sizes",
+                                 remedy="give every BAR, e.g. --bar-size 41:00.0=16M+64G+32M")
+            normalised[address] = sizes
+        object.__setattr__(self, "bar_sizes", normalised)
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,8 @@ def bar_sizes_known(ctx: CheckContext) -> Iterable[Finding]:
                 "bar-size-unknown",
                 f"the BAR sizes of GPU {gpu.address} ({gpu.model or gpu.function.ids}) are unknown, so the guest "
                 "MMIO window cannot be checked",
-                f"pass --bar-size {gpu.address}=SIZE (e.g. 32G; `lspci -vv -s {gpu.address}` shows the regions)",
+                f"pass every BAR: --bar-size {gpu.address}=SIZE+SIZE+... (e.g. 16M+64G+32M; the 'Region N: Memory' "
+                f"lines of `lspci -vv -s {gpu.address}`)",
                 subject=str(gpu.address),
             )
 

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+
+from gpupass.core.domain.pci import PciAddress
 from click.testing import CliRunner
 
 from gpupass.core.cli.main import cli
@@ -101,6 +103,18 @@ def test_errors_name_the_problem_and_the_fix(run, args, code, text):
     assert result.exit_code == code, result.output
     assert text in result.output
     assert "fix:" in result.output
+
+
+def test_bar_size_takes_every_bar_joined_or_repeated():
+    from gpupass.core.cli.options import build_assignment
+    from gpupass.core.domain.mmio import GiB, MiB
+
+    flags = dict(no_companions=False, allow_firmware_change=False, hide_hypervisor=False, live=False, dynamic=False,
+                 allow_host_reboot=False)
+    joined = build_assignment("vm", ("41:00.0",), bar_sizes=("41:00.0=16M+64G+32M",), **flags)
+    repeated = build_assignment("vm", ("41:00.0",), bar_sizes=("41:00.0=16M", "0000:41:00.0=64G,32M"), **flags)
+    expected = {PciAddress.parse("41:00.0"): (16 * MiB, 64 * GiB, 32 * MiB)}
+    assert joined.options.bar_sizes == expected == repeated.options.bar_sizes
 
 
 def test_error_as_json(run):

@@ -166,3 +166,25 @@ def test_known_bars_still_size_the_window_when_another_card_is_unknown(registry)
                 for v in state.vms)
     findings = check(registry, dataclasses.replace(state, gpus=gpus, vms=vms), "ml-train", "41:00.0")
     assert "mmio-window-resized" in codes(findings, "info")
+
+
+def test_every_bar_given_counts_so_an_l40s_is_not_sized_as_one_64g_bar(registry):
+    """An L40S is 16M + 64G + 32M (issue 8): one 64G BAR would size the window at 64 GiB, half of what it needs."""
+    from gpupass.core.domain.mmio import MiB
+    from gpupass.core.service import build_context
+
+    state = facts(gpus=[gpu("0000:05:00.0", bars=None)], vms=[vm("a")])
+    backend = open_fake(state)
+    whole = build_context(backend, state, AssignmentRequest(
+        "a", (A("05:00.0"),), AssignOptions(bar_sizes={A("05:00.0"): (16 * MiB, 64 * GiB, 32 * MiB)})))
+    one = build_context(backend, state, AssignmentRequest(
+        "a", (A("05:00.0"),), AssignOptions(bar_sizes={A("05:00.0"): 64 * GiB})))
+    assert whole.need.high == 128 * GiB and one.need.high == 64 * GiB
+    assert backend.mmio_policy.window_for(whole.need) == 128 * GiB
+
+
+def test_bar_sizes_must_be_positive():
+    from gpupass.core.errors import UsageError
+
+    with pytest.raises(UsageError):
+        AssignOptions(bar_sizes={A("05:00.0"): ()})
