@@ -45,7 +45,7 @@ def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
         "bars": None if bars is None else [{"index": b.index, "size": b.size, "64bit": b.is_64bit} for b in bars],
         "mmio_bytes": None if need is None else {"high": need.high, "low": need.low, "total_bars": need.total_bars},
         "passthrough": {"capable": state.capable, "enabled": state.enabled, "active": state.active,
-                        "reasons": list(state.reasons)},
+                        "reasons": list(state.reasons), "activates_without_reboot": state.activates_without_reboot},
         "assigned_to": gpu.assigned_to,
         **({"extra": dict(gpu.extra)} if gpu.extra else {}),
     }

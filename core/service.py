@@ -102,7 +102,7 @@ def preflight(ctx: CheckContext, registry: Registry) -> list[Finding]:
 
 def _mmio_summary(ctx: CheckContext) -> MmioSummary | None:
     need = ctx.need
-    current = ctx.vm.mmio_window_bytes if ctx.vm.mmio_window_bytes is not None else ctx.policy.default_window
+    current = ctx.policy.effective_window(ctx.vm.mmio_window_bytes)
     if ctx.operation != "assign" or need is None:
         return None
     target = current if ctx.policy.fits(need, ctx.vm.mmio_window_bytes) else ctx.policy.window_for(need)

@@ -50,7 +50,8 @@ def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
             "iommu_group": None if g.iommu_group is None else {
                 "number": g.iommu_group.number, "members": [str(a) for a in g.iommu_group.members]},
             "passthrough": {"capable": g.passthrough.capable, "enabled": g.passthrough.enabled,
-                            "active": g.passthrough.active, "reasons": list(g.passthrough.reasons)},
+                            "active": g.passthrough.active, "reasons": list(g.passthrough.reasons),
+                            "activates_without_reboot": g.passthrough.activates_without_reboot},
             "assigned_to": g.assigned_to, "model": g.model, "location": g.location, "extra": dict(g.extra),
         } for g in facts.gpus],
         "maintenance": dict(facts.maintenance),
@@ -79,7 +80,8 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
             iommu_group=None if group is None else IommuGroup(
                 group["number"], tuple(PciAddress.parse(a) for a in group["members"])),
             passthrough=PassthroughState(state.get("capable"), state.get("enabled"), state.get("active"),
-                                         tuple(state.get("reasons", ()))),
+                                         tuple(state.get("reasons", ())),
+                                         bool(state.get("activates_without_reboot", False))),
             assigned_to=g.get("assigned_to"), model=g.get("model", ""), location=g.get("location", ""),
             extra=g.get("extra", {}),
         ))

@@ -17,6 +17,9 @@ class PassthroughState:
     enabled: bool | None = None
     active: bool | None = None
     reasons: tuple[str, ...] = ()
+    # The host can switch the device to passthrough at once, without a reboot (ESXi 7.0+ with
+    # HostCapability.deviceRebindWithoutRebootSupported: UpdatePassthruConfig with applyNow).
+    activates_without_reboot: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,11 @@ class MmioPolicy:
     headroom: int = 0
     granularity: int = MiB
     power_of_two: bool = True
+    # A VM that has no window configured may still have a fixed budget for ALL its passthrough BARs,
+    # counted as their plain sum: ESXi without pciPassthru.use64bitMMIO maps at most 917504 pages of
+    # 4 KiB (3.5 GiB) (real vmware.log, Dell KB 000199172). None: no such budget, the default window
+    # applies to an unconfigured VM.
+    budget_without_window: int | None = None
 
     def _needed(self, need: MmioNeed) -> int:
         return (need.high if self.power_of_two else need.high_packed) + self.headroom
@@ -99,8 +104,16 @@ class MmioPolicy:
                 f"{extra}, not rounded up to a power of two ({format_bytes(need.high)})")
 
     def fits(self, need: MmioNeed, current_window: int | None) -> bool:
+        if current_window is None and self.budget_without_window is not None:
+            return need.total_bars <= self.budget_without_window
         window = self.default_window if current_window is None else current_window
         return self._needed(need) <= window
+
+    def effective_window(self, current_window: int | None) -> int:
+        """What a VM with `current_window` (None: nothing configured) has for its BARs."""
+        if current_window is not None:
+            return current_window
+        return self.default_window if self.budget_without_window is None else self.budget_without_window
 
 
 def format_bytes(size: int) -> str:

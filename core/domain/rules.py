@@ -121,7 +121,14 @@ def passthrough_enabled_on_host(ctx: CheckContext) -> Iterable[Finding]:
         elif not state.active:
             pending = "is enabled but not active yet" if state.enabled else "is not enabled for passthrough"
             host = gpu.location or ctx.facts.host.name
-            if ctx.request.options.allow_host_reboot or ctx.facts.in_maintenance(gpu.location):
+            if state.activates_without_reboot:
+                yield info(
+                    "host-passthrough-without-reboot",
+                    f"GPU {gpu.address} {pending}; host {host} can switch it to passthrough at once, "
+                    "without a reboot, so the plan does",
+                    subject=str(gpu.address),
+                )
+            elif ctx.request.options.allow_host_reboot or ctx.facts.in_maintenance(gpu.location):
                 yield warning(
                     "host-reboot-required",
                     f"GPU {gpu.address} {pending}; host {host} must reboot before the VM can use it",
@@ -193,7 +200,7 @@ def mmio_window(ctx: CheckContext) -> Iterable[Finding]:
     policy = ctx.policy
     if policy.fits(need, ctx.vm.mmio_window_bytes):
         return
-    current = ctx.vm.mmio_window_bytes if ctx.vm.mmio_window_bytes is not None else policy.default_window
+    current = policy.effective_window(ctx.vm.mmio_window_bytes)
     target = policy.window_for(need)
     if not policy.adjustable or (policy.max_window is not None and target > policy.max_window):
         limit = format_bytes(policy.max_window) if policy.max_window else format_bytes(current)
