@@ -15,7 +15,8 @@ from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.ports import Backend
-from gpupass.core.errors import ConnectionFailed, GpupassError, NotFound, NotSupported, OperationFailed
+from gpupass.core.errors import (AuthenticationFailed, ConnectionFailed, GpupassError, NotFound, NotSupported,
+                                 OperationFailed)
 
 DYNAMIC_MIN_API = (7, 0)
 
@@ -33,8 +34,11 @@ class EsxiBackend(Backend):
     description = "VMware ESXi / vCenter through the vSphere API (pyvmomi): VMDirectPath I/O devices"
     sdk_modules = ("pyVmomi",)
     extra = "esxi"
-    # ESXi's default 64-bit MMIO window is 32 GB; pciPassthru.64bitMMIOSizeGB takes whole GB, powers of two.
-    mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
+    # Without pciPassthru.use64bitMMIO a VM maps at most 917504 pages of 4 KiB (3.5 GiB) of passthrough
+    # BARs (real vmware.log: "PCIPassthru: total number of pages needed (4206594) exceeds limit (917504),
+    # failing", Dell KB 000199172, tests/fixtures/real/esxi/); beyond that gpupass sets use64bitMMIO and
+    # pciPassthru.64bitMMIOSizeGB (whole GB, a power of two), never below the 32 GB assumed as its default.
+    mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB, budget_without_window=917504 * 4096)
     capabilities = Capabilities(host_passthrough_switch=True, dynamic_binding=True, hide_hypervisor=True,
                                 firmware_change=True, live_attach=False)
     native_settings = {
@@ -112,7 +116,8 @@ class EsxiBackend(Backend):
     def inventory(self) -> HostFacts:
         root = self._root_folder()
         facts, hosts, vms = self._call("reading the inventory", inv.read, self.si, root, self.target.uri,
-                                       self.platform, self.target.name or self.endpoint.host)
+                                       self.platform, self.target.name or self.endpoint.host,
+                                       rebind_known=self.api_version() >= (7, 0))
         self._hosts, self._vms = hosts, vms
         return facts
 
@@ -140,6 +145,19 @@ class EsxiBackend(Backend):
                     by_host.setdefault(gpu.location, []).append(str(function.address))
         for host_name, ids in by_host.items():
             host = self._hosts[host_name]
+            if host.rebind and not any(self._enabled(host_name, i) for i in ids):
+                # ESXi 7.0+ with deviceRebindWithoutRebootSupported: applyNow switches them at once
+                steps.append(Step(
+                    action="esxi.passthrough",
+                    description=f"enable passthrough for {', '.join(ids)} on host {host_name} at once (no reboot: "
+                                "the host supports rebinding devices)",
+                    undo="disable passthrough for them again (UpdatePassthruConfig passthruEnabled=False, applyNow)",
+                    changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=True applyNow=True" for i in ids),
+                    preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
+                            + ", ".join(f"{{id={i}, passthruEnabled=True, applyNow=True}}" for i in ids)
+                            + "; then read config.pciPassthruInfo to confirm they are active\n",
+                    payload={"host": host_name, "ids": ids, "enable": True, "apply_now": True}))
+                continue
             needs_enable = [i for i in ids if not self._enabled(host_name, i)]
             if needs_enable:
                 steps.append(Step(
@@ -171,8 +189,7 @@ class EsxiBackend(Backend):
                 address = str(function.address)
                 devices.append({"address": address, "id": address, "host": gpu.location,
                                 "vendor_id": function.vendor_id, "device_id": function.device_id,
-                                "name": function.name or gpu.model, "dynamic": bool(options.dynamic),
-                                "label": specs.label_for(address)})
+                                "name": function.name or gpu.model, "dynamic": bool(options.dynamic)})
         need = ctx.need
         window_gb = None
         if need is not None and not ctx.policy.fits(need, vm.mmio_window_bytes):
@@ -209,6 +226,15 @@ class EsxiBackend(Backend):
             for gpu in ctx.gpus:
                 by_host.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
             for host_name, ids in by_host.items():
+                if self._hosts[host_name].rebind:
+                    steps.append(Step(
+                        action="esxi.passthrough",
+                        description=f"disable passthrough for {', '.join(ids)} on host {host_name} at once "
+                                    "(the host supports rebinding devices)",
+                        undo="enable passthrough for them again",
+                        changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False applyNow=True" for i in ids),
+                        payload={"host": host_name, "ids": ids, "enable": False, "apply_now": True}))
+                    continue
                 steps.append(Step(
                     action="esxi.passthrough",
                     description=f"disable passthrough for {', '.join(ids)} on host {host_name} "
@@ -250,7 +276,7 @@ class EsxiBackend(Backend):
     def apply(self, step: Step) -> Any:
         payload = step.payload
         if step.action == "esxi.passthrough":
-            self._passthru(payload["host"], payload["ids"], payload["enable"])
+            self._passthru(payload["host"], payload["ids"], payload["enable"], payload.get("apply_now", False))
             return None
         if step.action == "esxi.reboot":
             self._reboot(payload["host"], payload["force"])
@@ -262,7 +288,8 @@ class EsxiBackend(Backend):
     def undo(self, step: Step, token: Any) -> None:
         payload = step.payload
         if step.action == "esxi.passthrough":
-            self._passthru(payload["host"], payload["ids"], not payload["enable"])
+            self._passthru(payload["host"], payload["ids"], not payload["enable"], payload.get("apply_now", False),
+                           check=False)
         elif step.action == "esxi.reconfigure" and token is not None:
             self._restore(payload["vm"], token)
 
@@ -282,30 +309,114 @@ class EsxiBackend(Backend):
             raise NotFound(f"VM {name!r} is gone")
         return raw.ref
 
-    def _passthru(self, host: str, ids: list[str], enable: bool) -> None:
+    def _passthru(self, host: str, ids: list[str], enable: bool, apply_now: bool = False, *,
+                  check: bool = True) -> None:
+        """UpdatePassthruConfig; with apply_now, confirm on the host that the change is active now.
+
+        applyNow (vSphere API 7.0): "If the configuration can be applied immediately, it will be,
+        otherwise the changes will take effect after reboot" -- so the host's word is read back.
+        """
         from pyVmomi import vim
 
         ref = self._host_ref(host)
         system = self._call(f"reading host {host}", lambda: ref.configManager.pciPassthruSystem)
-        config = [vim.host.PciPassthruConfig(id=i, passthruEnabled=enable) for i in ids]
+        extra = {"applyNow": True} if apply_now else {}
+        config = [vim.host.PciPassthruConfig(id=i, passthruEnabled=enable, **extra) for i in ids]
         self._call(f"{'enabling' if enable else 'disabling'} passthrough on {host}",
                    system.UpdatePassthruConfig, config)
+        if not (apply_now and check):
+            return
+        infos = self._call(f"reading passthrough state of {host}", lambda: ref.config.pciPassthruInfo)
+        active = {info.id: bool(info.passthruActive) for info in infos or ()}
+        pending = [i for i in ids if active.get(i) != enable]
+        if pending:
+            # leave the host as it was: the step failed, so it undoes its own switch
+            back = [vim.host.PciPassthruConfig(id=i, passthruEnabled=not enable, **extra) for i in ids]
+            try:
+                self._call(f"switching passthrough back on {host}", system.UpdatePassthruConfig, back)
+            except GpupassError as error:
+                raise OperationFailed(
+                    f"host {host} did not apply the passthrough change for {', '.join(pending)} at once, and "
+                    f"switching it back failed: {error.message}",
+                    remedy=f"set passthrough of {', '.join(ids)} on {host} back by hand (vSphere Client: "
+                           "Configure > PCI Devices)", rolled_back=False) from error
+            raise OperationFailed(
+                f"host {host} took the passthrough change for {', '.join(pending)} but did not apply it at once "
+                "(it says it takes effect at the next reboot)",
+                remedy="run the command again with --allow-host-reboot, or put the host in maintenance mode and "
+                       "reboot it")
 
     def _reboot(self, host: str, force: bool, timeout: float = 900.0) -> None:
+        """RebootHost_Task, then wait until the host has really been down and is back.
+
+        The task ends when the reboot starts, and vCenter goes on reporting the host connected until its
+        heartbeats stop (every 10 s, 60 s window: Broadcom KB 435077), so "connected" right after the task
+        proves nothing: the host counts as back once runtime.bootTime has changed (or it was seen down)
+        and it is connected again. A direct ESXi connection dies with the host; it is opened again.
+        """
         ref = self._host_ref(host)
+        boot_before = self._host_runtime(ref)[1]
+        direct = self._is_direct_host()
         task = self._call(f"rebooting host {host}", ref.RebootHost_Task, force)
-        self._wait(task, f"rebooting host {host}")
+        try:
+            self._wait(task, f"rebooting host {host}")
+        except ConnectionFailed:
+            if not direct:
+                raise  # a direct host may go down before it reports the task; vCenter stays up
         deadline = time.monotonic() + timeout
         delay = 0.2
+        seen_down = False
         while True:
-            state = str(self._call(f"reading host {host}", lambda: ref.runtime.connectionState))
-            if state == "connected":
+            state = boot = None
+            reconnecting = self._si is None
+            try:
+                if reconnecting:
+                    self.inventory()  # logs in again; fresh references for the later steps
+                    ref = self._host_ref(host)
+                state, boot = self._host_runtime(ref)
+            except ConnectionFailed:
+                if not direct:
+                    raise  # vCenter itself is unreachable
+                self._drop_session()  # the host is down
+                seen_down = True
+            except AuthenticationFailed:
+                if not direct or reconnecting:
+                    raise  # refused credentials are not a reboot
+                self._drop_session()  # back, but our session died with the reboot
+                seen_down = True
+            if state is not None and state != "connected":
+                seen_down = True
+            elif state == "connected" and (seen_down or (boot is not None and boot_before is not None
+                                                         and boot != boot_before)):
                 return
             if time.monotonic() > deadline:
                 raise ConnectionFailed(f"host {host} did not come back within {timeout:.0f}s after the reboot",
                                        remedy="check the host's console; run the command again once it is back")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _host_runtime(self, ref: Any) -> tuple[str, Any]:
+        """(connectionState, bootTime) of a host in one PropertyCollector call."""
+        from pyVmomi import vmodl
+
+        pc = vmodl.query.PropertyCollector
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
+                             propSet=[pc.PropertySpec(type=type(ref),
+                                                      pathSet=["runtime.connectionState", "runtime.bootTime"])])
+        result = self._call("reading the host's state",
+                            lambda: self.si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions()))
+        values = {p.name: p.val for o in (result.objects if result else ()) for p in o.propSet}
+        return str(values.get("runtime.connectionState")), values.get("runtime.bootTime")
+
+    def _is_direct_host(self) -> bool:
+        """Connected to an ESXi host itself (hostd), not to vCenter: its API goes down with a reboot."""
+        about = self._call("reading the endpoint's type", lambda: self.si.content.about)
+        return str(getattr(about, "apiType", "")) == "HostAgent"
+
+    def _drop_session(self) -> None:
+        """Forget a session that died with the host (no logout: there is nobody to tell)."""
+        self._si = None
+        self._root = None
 
     def _wait(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -418,9 +529,11 @@ class EsxiBackend(Backend):
         self._wait(task, f"restoring VM '{name}'")
 
 
-def _device_key(device: Any) -> tuple[str, str]:
+def _device_key(device: Any) -> tuple[str, str, int]:
+    """Identity of a VM's passthrough device: backing kind, host address or allowed pair, and ESXi's key."""
     backing = device.backing
-    return (type(backing).__name__, str(getattr(backing, "id", None) or getattr(backing, "customLabel", "")))
+    what = getattr(backing, "id", None) or str(inv.allowed_pair(backing))
+    return (type(backing).__name__, str(what), int(device.key or 0))
 
 
 def _state_key(state: dict[str, Any]) -> tuple:

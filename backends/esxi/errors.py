@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 
@@ -35,6 +36,9 @@ def translate(error: BaseException | object, action: str) -> GpupassError:
                                        "(or ca_file in the config); --insecure turns verification off")
     if isinstance(error, ssl.SSLError):
         return ConnectionFailed(f"{action}: TLS failed ({error})", remedy="check the port and the TLS setup")
+    if isinstance(error, http.client.HTTPException):  # an answer that is no SOAP answer: the endpoint went away
+        return ConnectionFailed(f"{action}: {type(error).__name__}: {error}",
+                                remedy="check that the host is up and vpxd/hostd runs")
     if isinstance(error, (socket.error, OSError)) and not hasattr(error, "_wsdlName"):
         return ConnectionFailed(f"{action}: {error}", remedy="check the host name, the port and that vpxd/hostd runs")
     from pyVmomi import vim, vmodl

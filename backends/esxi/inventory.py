@@ -19,6 +19,13 @@ HIDE_KEY = "hypervisor.cpuid.v0"
 
 HOST_PROPS = ["name", "hardware.pciDevice", "config.pciPassthruInfo", "runtime.inMaintenanceMode",
               "runtime.connectionState", "parent"]
+# vSphere API 7.0 (pyvmomi: vim.version.v7_0): "the capability which enables PCI passthrough and SR-IOV
+# configuration without reboot" (govmomi vim25/types HostCapability). Asked for only on 7.0+ endpoints,
+# since an older one does not know the property.
+REBIND_PROP = "capability.deviceRebindWithoutRebootSupported"
+# With pciPassthru.use64bitMMIO=TRUE but no pciPassthru.64bitMMIOSizeGB: assumed 32 GB (no published
+# value found; gpupass always writes the size, so this only matters for VMs configured by hand).
+DEFAULT_64BIT_WINDOW = 32 * GiB
 COMPUTE_PROPS = ["name", "environmentBrowser"]
 CLUSTER_PROPS = ["name", "environmentBrowser", "configurationEx"]
 VM_PROPS = ["name", "runtime.powerState", "runtime.host", "config.firmware", "config.hardware.memoryMB",
@@ -51,6 +58,7 @@ class HostRaw:
     ha: bool = False
     drs: bool = False
     drs_behavior: str | None = None
+    rebind: bool = False  # HostCapability.deviceRebindWithoutRebootSupported
 
 
 @dataclass
@@ -91,10 +99,13 @@ def retrieve(si: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds
         view.Destroy()
 
 
-def read(si: Any, root: Any, uri: str, platform: str, label: str) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+def read(si: Any, root: Any, uri: str, platform: str, label: str, *,
+         rebind_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+    """`rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for."""
     from pyVmomi import vim
 
-    objects = retrieve(si, root, [(vim.HostSystem, HOST_PROPS), (vim.ComputeResource, COMPUTE_PROPS),
+    host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else HOST_PROPS
+    objects = retrieve(si, root, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
                                   (vim.ClusterComputeResource, CLUSTER_PROPS), (vim.VirtualMachine, VM_PROPS)],
                        [vim.HostSystem, vim.ComputeResource, vim.VirtualMachine])
     props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
@@ -118,6 +129,7 @@ def read(si: Any, root: Any, uri: str, platform: str, label: str) -> tuple[HostF
             drs = getattr(config, "drsConfig", None)
             raw.drs = bool(getattr(drs, "enabled", False))
             raw.drs_behavior = str(getattr(drs, "defaultVmBehavior", None) or "") or None
+        raw.rebind = bool(p.get(REBIND_PROP))
         hosts[raw.name] = raw
         by_moid[obj._moId] = raw.name
         funcs: dict[PciAddress, PciFunction] = {}
@@ -138,8 +150,11 @@ def read(si: Any, root: Any, uri: str, platform: str, label: str) -> tuple[HostF
                 continue
             raw.enabled[info.id], raw.active[info.id] = bool(info.passthruEnabled), bool(info.passthruActive)
             reasons = () if info.passthruCapable else ("the host reports the device as not passthrough capable",)
+            # applyNow switches a device that is not enabled yet; one already enabled but not active
+            # was left for the next reboot (by an older client or applyNow=False), so it needs one.
+            at_once = raw.rebind and bool(info.passthruCapable) and not info.passthruEnabled
             states[address] = PassthroughState(bool(info.passthruCapable), bool(info.passthruEnabled),
-                                               bool(info.passthruActive), reasons)
+                                               bool(info.passthruActive), reasons, activates_without_reboot=at_once)
         passthru[raw.name] = states
 
     vms: list[Vm] = []
@@ -184,6 +199,26 @@ def _count_snapshots(nodes: Any) -> int:
     return sum(1 + _count_snapshots(n.childSnapshotList) for n in nodes or ())
 
 
+def allowed_pair(backing: Any) -> tuple[int, int] | None:
+    """(vendor, device) of a Dynamic DirectPath backing's first allowed device, as unsigned 16-bit ids."""
+    allowed = list(getattr(backing, "allowedDevice", None) or ())
+    if not allowed:
+        return None
+    return u16(allowed[0].vendorId), u16(allowed[0].deviceId)
+
+
+def dynamic_matches(backing: Any, entry: dict[str, Any]) -> bool:
+    """Is this Dynamic DirectPath backing the one a record entry describes?
+
+    gpupass sets no customLabel (a label must equal the host device's hardware label, vSphere API
+    reference), so an entry is matched by its vendor/device pair; records written by older gpupass
+    versions carry the label they set instead.
+    """
+    if entry.get("label") and getattr(backing, "customLabel", None):
+        return backing.customLabel == entry["label"]
+    return allowed_pair(backing) == (u16(entry.get("vendor_id")), u16(entry.get("device_id")))
+
+
 def passthrough_devices(devices: list[Any]) -> list[Any]:
     from pyVmomi import vim
 
@@ -204,7 +239,9 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
     locked = bool(p.get("config.memoryReservationLockedToMax"))
     raw = VmRaw(obj, p["name"], location, memory_mb, reservation, locked, str(p.get("config.firmware") or ""),
                 extra, devices, p.get("config.changeVersion"), record)
-    recorded = {d.get("label"): d.get("address") for d in record.get("devices", ()) if d.get("label")}
+    # A dynamic device names a vendor/device pair, not an address: until ESXi reports assignedId (at
+    # power-on), it stands for the GPU gpupass planned for, paired in order with the record's entries.
+    planned = [d for d in record.get("devices", ()) if d.get("dynamic")]
     assigned: list[PciAddress] = []
     binding = None
     for dev in passthrough_devices(devices):
@@ -214,16 +251,20 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
             text = backing.id
         elif isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DynamicBackingInfo):
             binding = "dynamic"
-            text = getattr(backing, "assignedId", None) or recorded.get(backing.customLabel)
+            entry = next((d for d in planned if dynamic_matches(backing, d)), None)
+            if entry is not None:
+                planned.remove(entry)
+            text = getattr(backing, "assignedId", None) or (entry or {}).get("address")
         else:
             continue
         try:
             assigned.append(PciAddress.parse(text))
         except (UsageError, TypeError, AttributeError):
             continue
-    window = None
-    if extra.get(MMIO_ON, "").upper() == "TRUE" and extra.get(MMIO_SIZE, "").isdigit():
-        window = int(extra[MMIO_SIZE]) * GiB
+    window = None  # no 64-bit window: the 917504-page budget applies (see EsxiBackend.mmio_policy)
+    if extra.get(MMIO_ON, "").strip().upper() == "TRUE":
+        size = extra.get(MMIO_SIZE, "").strip()
+        window = int(size) * GiB if size.isdigit() else DEFAULT_64BIT_WINDOW
     ft = str(p.get("runtime.faultToleranceState") or "notConfigured")
     snapshot = p.get("snapshot")
     settings: dict[str, Any] = {"ft": ft, "binding": binding,

@@ -224,15 +224,18 @@ def lab_config() -> dict[str, Any]:
 
     * ``esx01.lab.local``: H100 SXM5 (10de:2330, 128 GiB BAR) at 0000:3b:00.0, passthrough
       enabled and active (``cad-ws`` holds it); T4 (10de:1eb8) at 0000:d8:00.0, not enabled.
+      It can switch passthrough without a reboot (``HostCapability.deviceRebindWithoutRebootSupported``,
+      vSphere 7.0+): ``UpdatePassthruConfig`` applies at once unless ``applyNow=False``.
     * ``esx02.lab.local``: two A100 PCIe 80GB (10de:20b5) at 0000:3b:00.0 (enabled+active)
-      and 0000:af:00.0 (not enabled).
+      and 0000:af:00.0 (not enabled).  It cannot: a change becomes active at the next reboot.
     * VMs: ``ml-train`` (off, EFI, 64 GiB, esx02), ``render01`` (off, BIOS, 16 GiB, esx02),
       ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100,
       64-bit MMIO 256 GB), ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
 
     Each GPU carries its BAR sizes (``bars``, from :data:`LAB_BAR_SIZES`); they never reach
     the vSphere API, but the simulator refuses to power on a VM whose passthrough BARs exceed
-    16 GB unless it has EFI firmware, ``pciPassthru.use64bitMMIO=TRUE`` and a large enough
+    917504 pages of 4 KiB (3.5 GiB) without ``pciPassthru.use64bitMMIO=TRUE`` (the real limit in
+    Dell KB 000199172), and with it, BARs over 16 GB without EFI firmware or beyond
     ``pciPassthru.64bitMMIOSizeGB`` (an H100 or A100 80GB needs 256).
     """
     return copy.deepcopy({
@@ -243,6 +246,7 @@ def lab_config() -> dict[str, Any]:
         "hosts": [
             {
                 "name": "esx01.lab.local", "cluster": "gpu-cluster", "memory_mb": 1024 * 1024,
+                "rebind_without_reboot": True,
                 "gpus": [
                     _gpu("0000:3b:00.0", 0x2330, "GH100 [H100 SXM5 80GB]", 0x16c1, enabled=True, active=True),
                     _gpu("0000:d8:00.0", 0x1eb8, "TU104GL [Tesla T4]", 0x12a2, enabled=False, active=False),

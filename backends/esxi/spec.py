@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, VmRaw, s16
-
-
-def label_for(address: str) -> str:
-    return f"gpupass-{address}"
+from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, VmRaw, dynamic_matches, s16
 
 
 def assign_changes(raw: VmRaw, devices: list[dict[str, Any]], *, window_gb: int | None, set_efi: bool,
@@ -72,7 +68,7 @@ def matches(device: Any, entry: dict[str, Any]) -> bool:
     backing = device.backing
     if entry.get("dynamic"):
         return (isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DynamicBackingInfo)
-                and backing.customLabel == entry.get("label"))
+                and dynamic_matches(backing, entry))
     return isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo) and backing.id == entry["id"]
 
 
@@ -86,9 +82,14 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
     device_changes = []
     for index, entry in enumerate(changes["add"]):
         if entry.get("dynamic"):
+            # No customLabel: "If set, the device must also have the same customLabel attribute set"
+            # (vSphere API reference, VirtualPCIPassthroughDynamicBackingInfo), i.e. it must equal the
+            # hardware label an admin gave the host device; a label of gpupass' own matches no device.
+            # AllowedDevice ids are xsd:int, "the vendor ID retrieved from the vSphere host": the signed
+            # 16-bit value HostPciDevice carries.
             backing = pt.DynamicBackingInfo(
                 allowedDevice=[pt.AllowedDevice(vendorId=s16(entry["vendor_id"]), deviceId=s16(entry["device_id"]))],
-                customLabel=entry["label"], deviceName="")
+                deviceName="")
         else:
             info = backings[entry["id"]]
             dev = info.pciDevice
@@ -97,10 +98,14 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
                                            deviceName=dev.deviceName)
         device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.add,
                                                              device=pt(key=-100 - index, backing=backing)))
+    taken: set[int] = set()  # two identical dynamic devices: each entry removes one of them
     for entry in changes["remove"]:
         for device in raw_devices:
-            if isinstance(device, pt) and matches(device, entry):
+            if isinstance(device, pt) and device.key not in taken and matches(device, entry):
+                taken.add(device.key)
                 device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=device))
+                if entry.get("dynamic"):
+                    break
     if device_changes:
         spec.deviceChange = device_changes
     if changes.get("locked") is not None:
@@ -120,13 +125,14 @@ def preview(vm: str, host: str, raw: VmRaw, changes: dict[str, Any]) -> str:
     for entry in changes["add"]:
         if entry.get("dynamic"):
             lines.append(f"  + VirtualPCIPassthrough DynamicBackingInfo allowedDevice="
-                         f"{entry['vendor_id']:04x}:{entry['device_id']:04x} customLabel={entry['label']}")
+                         f"{entry['vendor_id']:04x}:{entry['device_id']:04x} (no customLabel; planned for "
+                         f"{entry['address']})")
         else:
             lines.append(f"  + VirtualPCIPassthrough DeviceBackingInfo id={entry['id']} "
                          f"vendorId={entry['vendor_id']:04x} deviceId={entry['device_id']:04x} "
                          f"({entry.get('name', '')}; systemId from QueryConfigTarget)")
     for entry in changes["remove"]:
-        lines.append(f"  - VirtualPCIPassthrough {entry.get('label') if entry.get('dynamic') else entry['id']}")
+        lines.append(f"  - VirtualPCIPassthrough {entry['address'] + ' (dynamic)' if entry.get('dynamic') else entry['id']}")
     if changes.get("locked") is not None:
         lines.append(f"  memoryReservationLockedToMax: {raw.locked} -> {changes['locked']}")
     if changes.get("reservation_mb") is not None:

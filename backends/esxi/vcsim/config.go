@@ -19,7 +19,14 @@ package main
 //	    "connected": true,                   // false: host starts disconnected
 //	    "reboot_seconds": 0,                 // >0: after RebootHost_Task the host is
 //	                                         // notResponding this long, then connected with
-//	                                         // the new passthruActive state
+//	                                         // the new passthruActive state and a new
+//	                                         // runtime.bootTime (esx mode: the endpoint does
+//	                                         // not answer at all meanwhile, and sessions
+//	                                         // opened before the reboot are gone after it)
+//	    "reboot_lag_seconds": 0,             // >0: the host still reports connected this long
+//	                                         // after the reboot task ended, before it goes down
+//	    "rebind_without_reboot": false,      // HostCapability.deviceRebindWithoutRebootSupported:
+//	                                         // passthrough changes can apply at once (applyNow)
 //	    "gpus": [{
 //	      "address": "0000:3b:00.0",        // required; also the passthrough id
 //	      "vendor_id": "0x10de", "device_id": "0x2330",
@@ -30,6 +37,9 @@ package main
 //	      "passthru_capable": true, "passthru_enabled": false, "passthru_active": false,
 //	      "dependent_device": "0000:3b:00.0", // default: its own id
 //	      "bars": [16777216, "0x2000000000", 33554432], // bytes; hidden from the API, drives the MMIO check
+//	      "hardware_label": "",             // the device's label (vSphere 7.0.2 hardwareLabel), which a
+//	                                        // dynamic backing's customLabel must equal; shown as
+//	                                        // customLabel in QueryConfigTarget().dynamicPassthrough
 //	      "functions": [ {same keys as a gpu, without "functions"} ] // companion functions (HDMI audio ...)
 //	    }]
 //	  }],
@@ -103,6 +113,9 @@ type pciFunc struct {
 	// BAR sizes in bytes.  Not part of the vSphere API (never sent to
 	// clients); used only by the power-on MMIO check (see checkMMIO).
 	Bars []hexInt `json:"bars"`
+	// HardwareLabel: HostPciPassthruInfo.hardwareLabel (vSphere API 7.0.2), the label a
+	// Dynamic DirectPath customLabel is matched against (see checkPowerOn).
+	HardwareLabel string `json:"hardware_label"`
 }
 
 type gpuConfig struct {
@@ -117,6 +130,8 @@ type hostConfig struct {
 	MaintenanceMode bool        `json:"maintenance_mode"`
 	Connected       *bool       `json:"connected"`
 	RebootSeconds   float64     `json:"reboot_seconds"`
+	RebootLag       float64     `json:"reboot_lag_seconds"`
+	Rebind          bool        `json:"rebind_without_reboot"`
 	GPUs            []gpuConfig `json:"gpus"`
 }
 

@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -171,6 +172,13 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	l := si.lab
+	if l.esxEndpointDown() {
+		dropConnection(w) // a rebooting ESXi host does not answer at all
+		return
+	}
+	if l.deadSession(w, r, body) {
+		return
+	}
 
 	var method *simulator.Method
 	if si.interesting(body) {
@@ -259,6 +267,80 @@ func writeEmptyResponse(w http.ResponseWriter, method string) {
 		`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" `+
 		`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><%sResponse xmlns="urn:vim25"></%sResponse>`+
 		`</soapenv:Body></soapenv:Envelope>`, xml.Header, method, method)
+}
+
+// esxEndpointDown: esx mode and the (only) host is rebooting.
+func (l *lab) esxEndpointDown() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, h := range l.hosts {
+		if h.esx && h.down {
+			return true
+		}
+	}
+	return false
+}
+
+// deadSession: in esx mode a session opened before a host reboot no longer
+// exists afterwards (hostd restarts with the host).  A call with such a cookie
+// gets NotAuthenticated (the fault the API reference documents for a call
+// without a valid session; its text here is assumed), except the calls that
+// open a new session: for those the dead cookie is dropped from the request.
+// Returns true when it answered the request.
+func (l *lab) deadSession(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	c, err := r.Cookie(soap.SessionCookieName)
+	if err != nil {
+		return false
+	}
+	l.mu.Lock()
+	esx := false
+	for _, h := range l.hosts {
+		esx = esx || h.esx
+	}
+	dead := l.deadCookies[c.Value]
+	if esx && !dead {
+		l.seenCookies[c.Value] = true
+	}
+	l.mu.Unlock()
+	if !dead {
+		return false
+	}
+	if !bytes.Contains(body, []byte("<Login")) && !bytes.Contains(body, []byte("RetrieveServiceContent")) {
+		writeNotAuthenticated(w)
+		return true
+	}
+	others := r.Cookies()
+	r.Header.Del("Cookie")
+	for _, o := range others {
+		if o.Name != soap.SessionCookieName {
+			r.AddCookie(o)
+		}
+	}
+	return false
+}
+
+func writeNotAuthenticated(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `%s<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" `+
+		`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" `+
+		`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault>`+
+		`<faultcode>ServerFaultCode</faultcode><faultstring>The session is not authenticated.</faultstring>`+
+		`<detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="NotAuthenticated">`+
+		`<object type="SessionManager">ha-sessionmgr</object><privilegeId>System.View</privilegeId>`+
+		`</NotAuthenticatedFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`, xml.Header)
+}
+
+// dropConnection closes the client's connection without an answer, as a host
+// that is rebooting does.
+func dropConnection(w http.ResponseWriter) {
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			_ = conn.Close()
+			return
+		}
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
 }
 
 func (l *lab) applyFaultMessages() {

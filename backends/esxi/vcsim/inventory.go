@@ -88,6 +88,7 @@ func makeDev(f pciFunc, group string) (*pciDev, error) {
 	return &pciDev{
 		group: group,
 		bars:  bars,
+		label: f.HardwareLabel,
 		info: types.HostPciDevice{
 			Id:           f.Address,
 			ClassId:      f.ClassID.int16(),
@@ -122,6 +123,9 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 		systemID:    hs.Hardware.SystemInfo.Uuid,
 		connected:   true,
 		rebootDelay: time.Duration(hc.RebootSeconds * float64(time.Second)),
+		rebootLag:   time.Duration(hc.RebootLag * float64(time.Second)),
+		rebind:      hc.Rebind,
+		esx:         esxMode,
 		byID:        map[string]*pciDev{},
 		armed:       map[string]bool{},
 	}
@@ -167,8 +171,15 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	simulator.Map.Put(p)
 	st.passthru = p
 
+	// The stock template has no capability at all.  deviceRebindWithoutRebootSupported
+	// (vSphere API 7.0; pyvmomi: vim.version.v7_0) "enables PCI passthrough and SR-IOV
+	// configuration without reboot" (govmomi vim25/types HostCapability): per host here.
+	rebind := hc.Rebind
+	capability := &types.HostCapability{RebootSupported: true, ShutdownSupported: true,
+		MaintenanceModeSupported: true, DeviceRebindWithoutRebootSupported: &rebind}
 	simulator.Map.WithLock(hs, func() {
 		hs.ConfigManager.PciPassthruSystem = &pref
+		hs.Capability = capability
 		hs.Runtime.InMaintenanceMode = hc.MaintenanceMode
 		if hc.MemoryMB > 0 {
 			hs.Hardware.MemorySize = hc.MemoryMB * 1024 * 1024

@@ -16,25 +16,59 @@ package main
 // not visible from the task, so the HTTP layer (http.go) stashes the request
 // in lab.pending before the simulator dispatches the call.
 //
-// Rules enforced (ESXi/vCenter behaviour):
+// Rules enforced, each with its source (vSphere Web Services API reference as
+// mirrored in govmomi vim25/types and pyvmomi _typeinfo_vim, VMware/Broadcom and
+// Dell KBs, real published outputs in tests/fixtures/real/esxi/); "assumed" marks
+// what is NOT verified on real ESXi:
 //   - ReconfigVM_Task adding/removing a VirtualPCIPassthrough on a VM that is
-//     not powered off: InvalidPowerState; changing firmware likewise.
-//   - DeviceBackingInfo must name an active passthrough device of the VM's host,
-//     with that host's systemId and matching deviceId/vendorId:
-//     InvalidDeviceBacking otherwise.  Dynamic backings need allowedDevice.
-//   - PowerOnVM_Task of a VM with passthrough devices: full memory reservation
-//     (GenericVmConfigFault "memory reservation (sched.mem.min) should be equal
-//     to memsize(N)"), every device active and not used by another powered-on
-//     VM, a free matching device for each dynamic backing (assignedId is set),
-//     and enough MMIO for the devices' BARs (checkMMIO).
+//     not powered off: InvalidPowerState.  Source: vSphere 7.0 docs "Add a PCI
+//     device to a virtual machine" (power off the VM first); the fault type is
+//     assumed.  Changing firmware of a running VM likewise: assumed.
+//   - DeviceBackingInfo names a passthrough-active device of the VM's host, with
+//     that host's systemId and its deviceId/vendorId.  Source: API reference,
+//     HostPciDevice.deviceId ("you must use the HostPciDevice.deviceId value as
+//     retrieved"), VirtualMachinePciPassthroughInfo.systemId; the check at
+//     reconfigure time and the fault (InvalidDeviceBacking) are assumed.
+//     Dynamic backings need allowedDevice (API: "The list of allowed devices").
+//   - PowerOnVM_Task of a VM with passthrough devices:
+//       full memory reservation (GenericVmConfigFault "memory reservation
+//       (sched.mem.min) should be equal to memsize(N)").  Source: Broadcom KB
+//       309986 "the virtual machine must have a memory reservation for the full
+//       configured memory size"; the message text is from field notes (assumed);
+//       every device passthrough-active (Broadcom KB 309986: a changed device
+//       "must be rebooted before the device can be used"; API
+//       HostPciPassthruInfo.passthruActive "meaning enabled + rebooted");
+//       not used by another powered-on VM (assumed: one function, one VM);
+//       a free matching device for each dynamic backing, whose hardware label
+//       equals the backing's customLabel when that is set (API reference,
+//       VirtualPCIPassthroughDynamicBackingInfo.customLabel: "If set, the
+//       device must also have the same customLabel attribute set"); assignedId
+//       set ("The id of the device assigned when the VM is powered on");
+//       enough MMIO for the BARs (checkMMIO: Dell KB 000199172's real vmware.log).
 //   - RelocateVM_Task to another host with a DirectPath device:
-//     DisallowedMigrationDeviceAttached.  CreateSnapshot_Task of a running VM
-//     with a passthrough device: SnapshotIncompatibleDeviceInVm.
-//   - EnterMaintenanceMode_Task with powered-on VMs on the host: Timedout;
-//     PowerOnVM_Task on a host in maintenance mode: InvalidHostState.
-//   - Anything on a disconnected ("vanished") host: HostNotConnected.
+//     DisallowedMigrationDeviceAttached; CreateSnapshot_Task of a running VM
+//     with a passthrough device: SnapshotIncompatibleDeviceInVm.  Source:
+//     vSphere docs list vMotion and snapshots as unavailable with DirectPath
+//     I/O; both fault types exist in the API, which one ESXi raises is assumed.
+//   - EnterMaintenanceMode_Task with powered-on VMs on the host: Timedout (real
+//     ESXi waits for DRS or the admin; failing at once is assumed);
+//     PowerOnVM_Task on a host in maintenance mode: InvalidHostState (assumed).
+//   - UpdatePassthruConfig: HostConfigFault for an unknown id or an incapable
+//     device (the method's documented fault; the conditions are assumed);
+//     applyNow (see appliesNow) per the API reference of
+//     HostPciPassthruConfig.applyNow and HostCapability.deviceRebindWithoutRebootSupported.
+//   - RebootHost_Task: InvalidState unless in maintenance mode or force
+//     (API reference: force reboots "regardless of whether it is in maintenance
+//     mode ... even if there are virtual machines running"; the fault type is
+//     assumed); afterwards passthruActive = passthruEnabled ("enabled +
+//     rebooted").  vCenter notices a host going down only when its heartbeats
+//     stop (Broadcom KB 435077: every 10 s, 60 s window), modelled by
+//     reboot_lag_seconds.
+//   - Anything on a disconnected ("vanished") host: HostNotConnected (assumed).
 //   - ReconfigVM_Task extraConfig: a key set again replaces its value, an empty
-//     value removes it.
+//     value removes it.  Source: API reference, VirtualMachineConfigSpec.extraConfig
+//     ("If the key is already present, it will be reset with the new value
+//     provided ... Keys with empty values will be removed").
 
 import (
 	"fmt"
@@ -59,6 +93,7 @@ type pciDev struct {
 	dependent string  // pciPassthruInfo.dependentDevice (default: its own id)
 	group     string  // id of function 0 of the physical device (companion functions point to the GPU)
 	bars      []int64 // BAR sizes in bytes (simulator-only knowledge)
+	label     string  // hardwareLabel (API 7.0.2): what a dynamic customLabel must equal
 }
 
 type hostState struct {
@@ -69,6 +104,10 @@ type hostState struct {
 	// notResponding: rebooting (RebootHost_Task with reboot_seconds > 0)
 	notResponding bool
 	rebootDelay   time.Duration
+	rebootLag     time.Duration // still reported connected this long after the reboot task
+	rebind        bool          // HostCapability.deviceRebindWithoutRebootSupported
+	esx           bool          // a direct ESXi endpoint (esx mode): a reboot takes the API down with it
+	down          bool          // esx mode, rebooting: the endpoint does not answer
 	devices       []*pciDev // all PCI devices of the host, in hardware.pciDevice order
 	byID          map[string]*pciDev
 	passthru      *PciPassthruSystem
@@ -85,6 +124,10 @@ type lab struct {
 	owner map[types.ManagedObjectReference]map[string]types.ManagedObjectReference
 	// task ref -> human readable message, applied to task.info.error.localizedMessage
 	faultMsg map[types.ManagedObjectReference]string
+	// esx mode: session cookies seen so far, and those a reboot ended (hostd
+	// restarts with the host, so no session survives it)
+	seenCookies map[string]bool
+	deadCookies map[string]bool
 }
 
 var hookRef = types.ManagedObjectReference{Type: "GpupassHook", Value: "gpupass-hook"}
@@ -96,6 +139,9 @@ func newLab() *lab {
 		pending:  map[types.ManagedObjectReference]interface{}{},
 		owner:    map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
 		faultMsg: map[types.ManagedObjectReference]string{},
+
+		seenCookies: map[string]bool{},
+		deadCookies: map[string]bool{},
 	}
 }
 
@@ -206,9 +252,10 @@ func (l *lab) setConnection(h *hostState, state types.HostSystemConnectionState)
 // PciPassthruSystem is a working configManager.pciPassthruSystem.
 // UpdatePassthruConfig sets passthruEnabled of exactly the listed devices
 // (companion functions such as the HDMI audio .1 are NOT toggled with the GPU:
-// a client must list every function it wants); passthruActive only follows
-// after RebootHost_Task.  Unknown ids and enabling an incapable device raise
-// HostConfigFault; the call is all-or-nothing.
+// a client must list every function it wants; assumed); passthruActive follows
+// at once where appliesNow says so, otherwise after RebootHost_Task.  Unknown
+// ids and enabling an incapable device raise HostConfigFault; the call is
+// all-or-nothing (assumed).
 type PciPassthruSystem struct {
 	mo.HostPciPassthruSystem
 
@@ -244,11 +291,38 @@ func (p *PciPassthruSystem) UpdatePassthruConfig(ctx *simulator.Context, req *ty
 	}
 	for _, c := range req.Config {
 		cfg := c.GetHostPciPassthruConfig()
-		h.byID[cfg.Id].enabled = cfg.PassthruEnabled
+		d := h.byID[cfg.Id]
+		d.enabled = cfg.PassthruEnabled
+		if l.appliesNow(h, d, cfg.ApplyNow) {
+			d.active = d.enabled && d.capable
+		}
 	}
 	l.mirror(h)
 	body.Res = &types.UpdatePassthruConfigResponse{}
 	return body
+}
+
+// appliesNow: does a passthrough change take effect without a reboot?
+// vSphere API reference, HostPciPassthruConfig.applyNow (API 7.0; pyvmomi
+// _typeinfo_vim: vim.version.v7_0): "Whether the passThru config should take
+// effect without rebooting ESX.  When unset, the behavior will be determined
+// automatically based on HostCapability.deviceRebindWithoutRebootSupported.  If
+// the configuration can be applied immediately, it will be, otherwise the
+// changes will take effect after reboot."  Caller holds l.mu.
+func (l *lab) appliesNow(h *hostState, d *pciDev, applyNow *bool) bool {
+	if applyNow != nil && !*applyNow {
+		return false // explicitly "not without rebooting"
+	}
+	if !h.rebind {
+		// assumed (not verified on real ESXi): applyNow=true on a host without
+		// the capability is deferred to the reboot rather than refused
+		return false
+	}
+	if _, busy := l.inUse(h, d.info.Id, types.ManagedObjectReference{}); busy {
+		// assumed: a device a running VM holds "cannot be applied immediately"
+		return false
+	}
+	return true
 }
 
 func (p *PciPassthruSystem) Refresh(req *types.Refresh) soap.HasFault {
@@ -295,7 +369,7 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 	}
 	l.mu.Lock()
 	delete(l.owner, h.ref)
-	delay := h.rebootDelay
+	delay, lag := h.rebootDelay, h.rebootLag
 	l.mu.Unlock()
 	finish := func() {
 		l.mu.Lock()
@@ -309,24 +383,53 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 			simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.bootTime", Val: &now}})
 		})
 	}
-	if delay <= 0 {
+	if delay <= 0 && lag <= 0 {
 		finish()
 		return nil, ""
 	}
 	// like vCenter: the task ends when the reboot starts; the host is
-	// notResponding until it is back
-	l.setConnection(h, types.HostSystemConnectionStateNotResponding)
+	// notResponding until it is back (and, with a lag, still connected for a
+	// while before that: vCenter only notices missing heartbeats)
+	if lag <= 0 {
+		l.goDown(h)
+	}
 	go func() {
+		if lag > 0 {
+			time.Sleep(lag)
+			l.goDown(h)
+		}
 		time.Sleep(delay)
 		finish()
-		l.mu.Lock()
-		back := h.notResponding // not disconnected meanwhile by /gpupass/disconnect
-		l.mu.Unlock()
-		if back {
-			l.setConnection(h, types.HostSystemConnectionStateConnected)
-		}
+		l.comeBack(h)
 	}()
 	return nil, ""
+}
+
+// goDown: the host is rebooting.  Through vCenter it is notResponding; a direct
+// ESXi endpoint stops answering altogether (http.go drops its connections).
+func (l *lab) goDown(h *hostState) {
+	l.mu.Lock()
+	h.down = h.esx
+	l.mu.Unlock()
+	l.setConnection(h, types.HostSystemConnectionStateNotResponding)
+}
+
+// comeBack: the reboot is over.  On a direct ESXi endpoint every session opened
+// before it is gone (hostd restarted), so clients must log in again.
+func (l *lab) comeBack(h *hostState) {
+	l.mu.Lock()
+	if h.esx {
+		h.down = false
+		for c := range l.seenCookies {
+			l.deadCookies[c] = true
+		}
+		l.seenCookies = map[string]bool{}
+	}
+	back := h.notResponding // not disconnected meanwhile by /gpupass/disconnect
+	l.mu.Unlock()
+	if back {
+		l.setConnection(h, types.HostSystemConnectionStateConnected)
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -383,7 +486,10 @@ func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryC
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	type dynKey struct{ v, d int16 }
+	type dynKey struct {
+		v, d  int16
+		label string
+	}
 	seen := map[dynKey]bool{}
 	for _, ref := range hosts {
 		h := l.hosts[ref]
@@ -399,13 +505,14 @@ func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryC
 				PciDevice:                d.info,
 				SystemId:                 h.systemID,
 			})
-			k := dynKey{d.info.VendorId, d.info.DeviceId}
+			k := dynKey{d.info.VendorId, d.info.DeviceId, d.label}
 			if !seen[k] {
 				seen[k] = true
 				target.DynamicPassthrough = append(target.DynamicPassthrough, types.VirtualMachineDynamicPassthroughInfo{
 					VirtualMachineTargetInfo: types.VirtualMachineTargetInfo{Name: d.info.DeviceName},
 					VendorName:               d.info.VendorName,
 					DeviceName:               d.info.DeviceName,
+					CustomLabel:              d.label, // "The custom label attached to this PCI device"
 					VendorId:                 int32(d.info.VendorId),
 					DeviceId:                 int32(d.info.DeviceId),
 				})
@@ -731,6 +838,12 @@ func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault,
 				if _, busy := l.inUse(h, d.info.Id, vm.Self); busy {
 					continue
 				}
+				// API reference, VirtualPCIPassthroughDynamicBackingInfo.customLabel:
+				// "An optional label.  If set, the device must also have the same
+				// customLabel attribute set."
+				if b.CustomLabel != "" && b.CustomLabel != d.label {
+					continue
+				}
 				for _, a := range b.AllowedDevice {
 					if uint16(a.VendorId) == uint16(d.info.VendorId) && uint16(a.DeviceId) == uint16(d.info.DeviceId) {
 						found = d.info.Id
@@ -742,7 +855,11 @@ func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault,
 				}
 			}
 			if found == "" {
-				msg := fmt.Sprintf("No free passthrough device on host %s matches the allowed devices of dynamic DirectPath device %d.", h.name, i)
+				msg := fmt.Sprintf("No free passthrough device on host %s matches the allowed devices of dynamic DirectPath device %d", h.name, i)
+				if b.CustomLabel != "" {
+					msg += fmt.Sprintf(" with the label %q", b.CustomLabel)
+				}
+				msg += "."
 				return &types.GenericVmConfigFault{Reason: msg}, msg
 			}
 			taken[found] = true
@@ -765,14 +882,34 @@ func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault,
 	return nil, ""
 }
 
-const gib = int64(1) << 30
+const (
+	gib      = int64(1) << 30
+	pageSize = int64(4096)
+	// Without pciPassthru.use64bitMMIO a VM maps at most 917504 pages of 4 KiB
+	// (3.5 GiB) of passthrough BARs.  Source: real vmware.log in Dell KB
+	// 000199172 (tests/fixtures/real/esxi/dell-kb-000199172-vmware.log):
+	// "PCIPassthru: total number of pages needed (4206594) exceeds limit
+	// (917504), failing" for a GPU with 16 GiB + 48 MiB of BARs.
+	pagesWithout64bitMMIO = int64(917504)
+	// Above 16 GB of BARs the guest must boot EFI.  Source: Dell KB 000199172
+	// ("only relevant if your PCI device maps memory regions whose sizes total
+	// more than 16 GB ... Guest OS must boot with EFI").
+	efiAbove = 16 * gib
+	// The 64-bit window with use64bitMMIO=TRUE and no pciPassthru.64bitMMIOSizeGB:
+	// assumed (not verified on real ESXi; no published value found).
+	default64bitWindowGB = int64(32)
+)
 
-// checkMMIO approximates ESXi's MMIO placement for passthrough BARs (only for
-// devices whose BAR sizes are known from the config; the vSphere API has none):
-// the BARs of all the VM's passthrough devices are packed largest first, each
-// aligned to its size.  Up to 16 GB works with any firmware (ESXi's default);
-// more needs EFI firmware and extraConfig pciPassthru.use64bitMMIO=TRUE, and
-// the total must fit pciPassthru.64bitMMIOSizeGB (default window 32 GB).
+// checkMMIO models ESXi's power-on check of the passthrough BARs (only for
+// devices whose BAR sizes are known from the config; the vSphere API has none).
+//   - Without extraConfig pciPassthru.use64bitMMIO=TRUE all BARs of the VM's
+//     passthrough devices count, in 4 KiB pages, against 917504 pages; the
+//     message is the real vmware.log line.  (Real ESXi counted 2 pages more
+//     than the three BARs of the KB's GPU; which extra pages it counts is not
+//     known, so this counts the BARs only.)
+//   - With it: BIOS firmware cannot map more than 16 GB, and the BARs, packed
+//     largest first with each aligned to its size (assumed: the placement is
+//     not published), must fit pciPassthru.64bitMMIOSizeGB.
 func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.BaseMethodFault, string) {
 	var bars []int64
 	for _, id := range ids {
@@ -783,24 +920,9 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 	if len(bars) == 0 {
 		return nil, ""
 	}
-	sort.Slice(bars, func(i, j int) bool { return bars[i] > bars[j] })
-	var need int64
-	for _, b := range bars {
-		if b > 0 && need%b != 0 {
-			need += b - need%b
-		}
-		need += b
-	}
-	if need <= 16*gib {
-		return nil, ""
-	}
-	needGB := (need + gib - 1) / gib
 	fail := func(why string) (types.BaseMethodFault, string) {
-		msg := fmt.Sprintf("Module 'DevicePowerOn' power on failed. The passthrough devices of %s need %d GB of 64-bit MMIO: %s", vm.Name, needGB, why)
+		msg := why + " Module 'DevicePowerOn' power on failed."
 		return &types.GenericVmConfigFault{Reason: msg}, msg
-	}
-	if vm.Config.Firmware != string(types.GuestOsDescriptorFirmwareTypeEfi) {
-		return fail("BIOS firmware cannot map BARs this large; use EFI firmware.")
 	}
 	use64, sizeGB := "", ""
 	for _, o := range vm.Config.ExtraConfig {
@@ -813,10 +935,31 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 			sizeGB = val
 		}
 	}
-	if !strings.EqualFold(use64, "TRUE") {
-		return fail("set extraConfig pciPassthru.use64bitMMIO=TRUE and pciPassthru.64bitMMIOSizeGB.")
+	if !strings.EqualFold(strings.TrimSpace(use64), "TRUE") {
+		var pages int64
+		for _, b := range bars {
+			pages += (b + pageSize - 1) / pageSize
+		}
+		if pages > pagesWithout64bitMMIO {
+			return fail(fmt.Sprintf("PCIPassthru: total number of pages needed (%d) exceeds limit (%d), failing.",
+				pages, pagesWithout64bitMMIO))
+		}
+		return nil, ""
 	}
-	window := int64(32)
+	sort.Slice(bars, func(i, j int) bool { return bars[i] > bars[j] })
+	var need int64
+	for _, b := range bars {
+		if b > 0 && need%b != 0 {
+			need += b - need%b
+		}
+		need += b
+	}
+	needGB := (need + gib - 1) / gib
+	if need > efiAbove && vm.Config.Firmware != string(types.GuestOsDescriptorFirmwareTypeEfi) {
+		return fail(fmt.Sprintf("The passthrough devices of %s need %d GB of 64-bit MMIO: BIOS firmware cannot map BARs this large; use EFI firmware.",
+			vm.Name, needGB))
+	}
+	window := default64bitWindowGB
 	if sizeGB != "" {
 		n, err := strconv.ParseInt(strings.TrimSpace(sizeGB), 10, 64)
 		if err != nil || n <= 0 {
@@ -825,7 +968,8 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 		window = n
 	}
 	if window < needGB {
-		return fail(fmt.Sprintf("the 64-bit MMIO window is %d GB (pciPassthru.64bitMMIOSizeGB); pages needed exceeds limit.", window))
+		return fail(fmt.Sprintf("The passthrough devices of %s need %d GB of 64-bit MMIO; the window is %d GB (pciPassthru.64bitMMIOSizeGB).",
+			vm.Name, needGB, window))
 	}
 	return nil, ""
 }

@@ -173,8 +173,9 @@ def test_query_config_target_lists_only_active_devices(vcsim, connect):
 def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
     si = connect(fresh_vcsim())
     host = find(si, vim.HostSystem, "esx01.lab.local")
+    # applyNow=False: "not without rebooting", even on a host that could rebind at once
     host.configManager.pciPassthruSystem.UpdatePassthruConfig(
-        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=True)])
+        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=True, applyNow=False)])
     t4 = passthru(host)["0000:d8:00.0"]
     assert (t4.passthruEnabled, t4.passthruActive) == (True, False)
     assert "0000:d8:00.0" not in [p.pciDevice.id for p in config_target(host).pciPassthrough]
@@ -199,7 +200,7 @@ def test_enable_passthrough_is_active_only_after_reboot(fresh_vcsim, connect):
 
     # disabling: still active until the next reboot
     host.configManager.pciPassthruSystem.UpdatePassthruConfig(
-        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=False)])
+        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=False, applyNow=False)])
     assert passthru(host)["0000:d8:00.0"].passthruActive
     WaitForTask(host.RebootHost_Task(force=True))
     assert not passthru(host)["0000:d8:00.0"].passthruActive
@@ -275,14 +276,16 @@ def test_power_on_needs_full_memory_reservation_mmio_and_a_free_device(fresh_vcs
     assert ml.runtime.powerState == "poweredOff"
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(memoryReservationLockedToMax=True)))
 
-    # A100 80GB: 128 GiB BAR (+ 32 MiB + 16 MiB) -> 64-bit MMIO needed, 128 GB is not enough
+    # A100 80GB: 128 GiB BAR (+ 32 MiB + 16 MiB) -> far beyond the 917504 pages without 64-bit MMIO,
+    # and 128 GB of 64-bit window is not enough either
     with pytest.raises(vim.fault.GenericVmConfigFault) as err:
         WaitForTask(ml.PowerOnVM_Task())
-    assert "pciPassthru.use64bitMMIO=TRUE" in err.value.msg
+    assert ("PCIPassthru: total number of pages needed (33566720) exceeds limit (917504), failing."
+            " Module 'DevicePowerOn' power on failed.") == err.value.msg
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(128))))
     with pytest.raises(vim.fault.GenericVmConfigFault) as err:
         WaitForTask(ml.PowerOnVM_Task())
-    assert "need 129 GB" in err.value.msg and "exceeds limit" in err.value.msg
+    assert "need 129 GB of 64-bit MMIO; the window is 128 GB" in err.value.msg
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(256))))
     assert extra(ml) == {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": "256"}
     WaitForTask(ml.PowerOnVM_Task())
@@ -295,6 +298,7 @@ def test_power_on_needs_full_memory_reservation_mmio_and_a_free_device(fresh_vcs
         WaitForTask(render.PowerOnVM_Task())
     assert "already in use by virtual machine ml-train" in err.value.msg
     WaitForTask(ml.PowerOffVM_Task())
+    WaitForTask(render.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(256))))
     with pytest.raises(vim.fault.GenericVmConfigFault) as err:  # render01 is BIOS
         WaitForTask(render.PowerOnVM_Task())
     assert "use EFI firmware" in err.value.msg
@@ -341,17 +345,102 @@ def test_vm_holding_a_device_powers_on(fresh_vcsim, connect):
 def test_dynamic_directpath_backing_round_trips(fresh_vcsim, connect):
     si = connect(fresh_vcsim())
     vm = find(si, vim.VirtualMachine, "ml-train")
-    backing = PT.DynamicBackingInfo(
-        allowedDevice=[PT.AllowedDevice(vendorId=0x10DE, deviceId=0x20B5)], customLabel="a100-80g")
+    backing = PT.DynamicBackingInfo(allowedDevice=[PT.AllowedDevice(vendorId=0x10DE, deviceId=0x20B5)])
     WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing, memoryReservationLockedToMax=True,
                                                         extraConfig=mmio(256))))
     (dev,) = passthrough_devices(vm)
     assert isinstance(dev.backing, PT.DynamicBackingInfo)
-    assert dev.backing.customLabel == "a100-80g"
+    assert not dev.backing.customLabel
     assert [(a.vendorId, a.deviceId) for a in dev.backing.allowedDevice] == [(0x10DE, 0x20B5)]
     WaitForTask(vm.PowerOnVM_Task())
     (dev,) = passthrough_devices(vm)
     assert dev.backing.assignedId == "0000:3b:00.0"  # the only active A100 on esx02
+
+
+def test_dynamic_custom_label_must_equal_the_devices_label(fresh_vcsim, connect):
+    """API reference, VirtualPCIPassthroughDynamicBackingInfo.customLabel: "If set, the device must also
+    have the same customLabel attribute set" -- a label no host device carries finds no device."""
+    from gpupass.backends.esxi.simulator import lab_config
+
+    cfg = lab_config()
+    cfg["hosts"][1]["gpus"][0]["hardware_label"] = "training"
+    si = connect(fresh_vcsim(cfg))
+    host, vm = find(si, vim.HostSystem, "esx02.lab.local"), find(si, vim.VirtualMachine, "ml-train")
+    dynamic = config_target(host).dynamicPassthrough
+    assert [(d.deviceId & 0xFFFF, d.customLabel) for d in dynamic] == [(0x20B5, "training")]
+    backing = PT.DynamicBackingInfo(allowedDevice=[PT.AllowedDevice(vendorId=0x10DE, deviceId=0x20B5)],
+                                    customLabel="gpupass-0000:3b:00.0")
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing, memoryReservationLockedToMax=True,
+                                                        extraConfig=mmio(256))))
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(vm.PowerOnVM_Task())
+    assert 'with the label "gpupass-0000:3b:00.0"' in err.value.msg
+    (dev,) = passthrough_devices(vm)
+    dev.backing.customLabel = "training"
+    change = vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=dev)
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
+    WaitForTask(vm.PowerOnVM_Task())
+    assert passthrough_devices(vm)[0].backing.assignedId == "0000:3b:00.0"
+
+
+def test_rebind_host_applies_passthrough_at_once(fresh_vcsim, connect):
+    """HostPciPassthruConfig.applyNow (API 7.0): unset -> decided by deviceRebindWithoutRebootSupported;
+    applied at once where the host can, otherwise at the next reboot."""
+    si = connect(fresh_vcsim())
+    esx01, esx02 = find(si, vim.HostSystem, "esx01.lab.local"), find(si, vim.HostSystem, "esx02.lab.local")
+    assert esx01.capability.deviceRebindWithoutRebootSupported is True
+    assert esx02.capability.deviceRebindWithoutRebootSupported is False
+
+    esx01.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:d8:00.0", passthruEnabled=True)])  # applyNow unset
+    t4 = passthru(esx01)["0000:d8:00.0"]
+    assert (t4.passthruEnabled, t4.passthruActive) == (True, True)
+    assert "0000:d8:00.0" in [p.pciDevice.id for p in config_target(esx01).pciPassthrough]
+
+    # the same call with applyNow=True on the host that cannot rebind: pending until its reboot
+    esx02.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:af:00.0", passthruEnabled=True, applyNow=True)])
+    a100 = passthru(esx02)["0000:af:00.0"]
+    assert (a100.passthruEnabled, a100.passthruActive) == (True, False)
+
+    # a device a running VM holds is not switched off under it: only at the next reboot
+    cad = find(si, vim.VirtualMachine, "cad-ws")
+    WaitForTask(cad.PowerOnVM_Task())
+    esx01.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:3b:00.0", passthruEnabled=False, applyNow=True)])
+    h100 = passthru(esx01)["0000:3b:00.0"]
+    assert (h100.passthruEnabled, h100.passthruActive) == (False, True)
+    WaitForTask(cad.PowerOffVM_Task())
+    esx01.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:3b:00.0", passthruEnabled=False, applyNow=True)])
+    assert passthru(esx01)["0000:3b:00.0"].passthruActive is False
+
+
+def test_mmio_without_use64bit_is_limited_to_917504_pages(fresh_vcsim, connect):
+    """Dell KB 000199172's real vmware.log: without pciPassthru.use64bitMMIO the pages of all passthrough
+    BARs are limited to 917504 (3.5 GiB); a 4 GiB-BAR card already fails, a 256 MiB one (T4) does not."""
+    from gpupass.backends.esxi.simulator import GIB, MIB, lab_config
+
+    cfg = lab_config()
+    gpus = cfg["hosts"][1]["gpus"]
+    gpus[0]["bars"] = [16 * MIB, 4 * GIB, 32 * MIB]      # 4 GiB + 48 MiB: 1060864 pages
+    gpus[1].update(passthru_enabled=True, passthru_active=True, bars=[16 * MIB, 256 * MIB, 32 * MIB])
+    si = connect(fresh_vcsim(cfg))
+    host, vm = find(si, vim.HostSystem, "esx02.lab.local"), find(si, vim.VirtualMachine, "ml-train")
+    WaitForTask(vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"),
+                                                        memoryReservationLockedToMax=True)))
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(vm.PowerOnVM_Task())
+    assert "total number of pages needed (1060864) exceeds limit (917504)" in err.value.msg
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(8))))
+    WaitForTask(vm.PowerOnVM_Task())
+    WaitForTask(vm.PowerOffVM_Task())
+
+    small = find(si, vim.VirtualMachine, "snap01")  # no use64bitMMIO: 304 MiB of BARs fit
+    WaitForTask(small.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:af:00.0"),
+                                                           memoryReservationLockedToMax=True)))
+    WaitForTask(small.PowerOnVM_Task())
+    assert small.runtime.powerState == "poweredOn"
 
 
 # -- failure injection and scale --------------------------------------------------------------
