@@ -43,6 +43,19 @@ def test_esxi_style_policy_keeps_default_when_the_need_fits():
     assert policy.window_for(mmio_need(A100_40)) == 128 * GiB
 
 
+def test_a_budget_for_unconfigured_vms_counts_every_bar():
+    """ESXi without pciPassthru.use64bitMMIO: 917504 pages of 4 KiB for all passthrough BARs (Dell KB
+    000199172's vmware.log); a 16 GiB-BAR card fits the 32 GB window but not that budget."""
+    policy = MmioPolicy(default_window=32 * GiB, granularity=GiB, budget_without_window=917504 * 4096)
+    sixteen = mmio_need([Bar(0, 16 * MiB, False), Bar(1, 16 * GiB, True), Bar(3, 32 * MiB, True)])
+    assert not policy.fits(sixteen, None)
+    assert policy.fits(sixteen, 32 * GiB)
+    assert policy.window_for(sixteen) == 32 * GiB
+    assert policy.effective_window(None) == 917504 * 4096 == 3584 * MiB
+    assert policy.fits(mmio_need(T4), None)  # 304 MiB
+    assert not policy.fits(mmio_need([Bar(1, 4 * GiB, True)]), None)  # already over 3.5 GiB
+
+
 def test_hyperv_style_policy_adds_headroom_without_rounding():
     policy = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False, granularity=MiB)
     k520 = mmio_need([Bar(1, 128 * MiB, True), Bar(3, 32 * MiB, True), Bar(5, 16 * MiB, True)])

@@ -131,6 +131,9 @@ def test_host_passthrough_switch_rules(registry, monkeypatch):
     assert blocked and "RMRR" in blocked[0].message
     active = with_state(PassthroughState(capable=True, enabled=True, active=True))
     assert codes(check(registry, active, "ml-train", "41:00.0"), "blocker") == []
+    at_once = with_state(PassthroughState(capable=True, enabled=False, active=False, activates_without_reboot=True))
+    findings = check(registry, at_once, "ml-train", "41:00.0")
+    assert codes(findings, "blocker") == [] and "host-passthrough-without-reboot" in codes(findings, "info")
 
 
 def test_live_assignment_cannot_switch_firmware(registry, monkeypatch):
