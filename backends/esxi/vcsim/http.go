@@ -10,6 +10,11 @@ package main
 //     checking that the caller's session is authenticated (a CurrentTime probe
 //     through the simulator with the caller's cookie); it creates a real
 //     simulator Task that flips passthruEnabled -> passthruActive.
+//   - esx mode (a direct ESXi endpoint): while its host reboots, every /sdk
+//     request is dropped unanswered, and afterwards the sessions opened before
+//     the reboot get NotAuthenticated (hostd restarted with the host: assumed,
+//     not verified on real ESXi; the encs-esxi and Dell corpus files do not show
+//     it).
 //   - every /sdk response is buffered so that the localized messages of task
 //     faults raised by our checks are filled in before the client can see the
 //     task (the stock Task.Run sets localizedMessage to the Go type name).
@@ -237,7 +242,9 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !si.serve(bw, r, body) {
 		// govmomi 0.24's PropertyCollector.Fetch panics (index out of range)
 		// when the property is unset, e.g. vm.snapshot of a VM without
-		// snapshots; vSphere answers with an empty FetchResponse (None).
+		// snapshots; vSphere answers with an empty FetchResponse (None):
+		// what pyvmomi reads as an unset property (assumed, not verified
+		// against a real vCenter's bytes).
 		bw = &bufferedWriter{header: http.Header{}}
 		writeEmptyResponse(bw, "Fetch")
 	}

@@ -137,8 +137,20 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 		st.devices = append(st.devices, d)
 		return nil
 	}
-	// the template's chipset/NIC/storage devices: present, not passthrough capable
+	// the template's chipset/NIC/storage devices: present, not passthrough capable;
+	// a configured device at the same address replaces the template's (the config
+	// describes the real host)
+	configured := map[string]bool{}
+	for _, g := range hc.GPUs {
+		configured[g.Address] = true
+		for _, f := range g.Functions {
+			configured[f.Address] = true
+		}
+	}
 	for _, d := range hs.Hardware.PciDevice {
+		if configured[d.Id] {
+			continue
+		}
 		if err := add(&pciDev{info: d, dependent: d.Id, group: d.Id}); err != nil {
 			return err
 		}

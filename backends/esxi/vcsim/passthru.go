@@ -330,8 +330,10 @@ func (p *PciPassthruSystem) Refresh(req *types.Refresh) soap.HasFault {
 }
 
 // reboot simulates a host reboot: passthruActive := passthruEnabled for every
-// device.  Powered-on VMs on the host are powered off (they die with the host).
-// ESXi requires maintenance mode unless force is set.
+// device (API: passthruActive "meaning enabled + rebooted").  Powered-on VMs on
+// the host are powered off (they die with the host).  ESXi requires maintenance
+// mode unless force is set (API reference, RebootHost_Task force: "rebooted
+// regardless of whether it is in maintenance mode"; InvalidState is assumed).
 func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 	host, ok := simulator.Map.Get(h.ref).(*simulator.HostSystem)
 	if !ok {
@@ -459,6 +461,10 @@ func (b *envBrowser) hostsOf() []types.ManagedObjectReference {
 	return nil
 }
 
+// QueryConfigTarget lists passthrough-active devices only (assumed: the vSphere
+// Client offers a device to VMs only once its host reports it active, Broadcom KB
+// 309986's green icon) and, per vendor/device/label, the Dynamic DirectPath
+// candidates with their customLabel (API: VirtualMachineDynamicPassthroughInfo).
 func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryConfigTarget) soap.HasFault {
 	l := b.lab
 	var hosts []types.ManagedObjectReference
@@ -622,7 +628,8 @@ func (l *lab) hookHostTask(t *simulator.Task, entity types.ManagedObjectReferenc
 		l.mu.Unlock()
 		if connected && op == "enterMaintenanceMode" {
 			// ESXi waits for the running VMs to be migrated or powered off;
-			// without DRS that ends in a timeout.  The simulator fails at once.
+			// without DRS that ends in a timeout.  The simulator fails at once
+			// (assumed, not verified on real ESXi).
 			var running []string
 			if host, ok := simulator.Map.Get(entity).(*simulator.HostSystem); ok {
 				for _, ref := range host.Vm {
@@ -666,7 +673,9 @@ func isPassthrough(d types.BaseVirtualDevice) bool {
 	return ok
 }
 
-// checkReconfig enforces what ESXi enforces for VMDirectPath I/O devices.
+// checkReconfig enforces what ESXi enforces for VMDirectPath I/O devices
+// (sources in the header of this file; the check on a powered-on VM follows the
+// vSphere docs' "power off the virtual machine" before adding a PCI device).
 func (l *lab) checkReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMachineConfigSpec) (types.BaseMethodFault, string) {
 	if f, msg := l.checkConnected(vm); f != nil {
 		return f, msg
@@ -782,7 +791,8 @@ func (l *lab) inUse(h *hostState, id string, self types.ManagedObjectReference) 
 	return owner, true
 }
 
-// checkPowerOn: full memory reservation, devices active and free.  Dynamic
+// checkPowerOn: full memory reservation (Broadcom KB 309986), devices active
+// (API: passthruActive "meaning enabled + rebooted") and free (assumed).  Dynamic
 // backings get a free matching device assigned (backing.assignedId).
 func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
 	if f, msg := l.checkConnected(vm); f != nil {
@@ -974,7 +984,9 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 	return nil, ""
 }
 
-// normalizeExtraConfig gives extraConfig ESXi's semantics after a reconfigure:
+// normalizeExtraConfig gives extraConfig the semantics of the API reference
+// (VirtualMachineConfigSpec.extraConfig: "If the key is already present, it will
+// be reset with the new value provided ... Keys with empty values will be removed"):
 // a key set again replaces its value (the stock simulator appends a
 // duplicate), and an empty value removes the key.  Caller holds the VM lock.
 func normalizeExtraConfig(vm *simulator.VirtualMachine) {
@@ -999,8 +1011,10 @@ func normalizeExtraConfig(vm *simulator.VirtualMachine) {
 }
 
 // normalizePassthroughDevices gives newly added VirtualPCIPassthrough devices
-// what ESXi gives them: keys from 13000, label "PCI device N", the device name
-// as summary, the PCI controller (key 100).  Caller holds the VM lock.
+// what ESXi gives them: keys from 13000 (a real vCenter's passthrough device is
+// "pcipassthrough-13000" to govc: vmware/govmomi issue #2773), label "PCI device
+// N", the device name as summary, the PCI controller (key 100) -- label, summary
+// and controller are assumed (not verified on real ESXi).  Caller holds the VM lock.
 func normalizePassthroughDevices(vm *simulator.VirtualMachine) {
 	used := map[int32]bool{}
 	for _, d := range vm.Config.Hardware.Device {
@@ -1050,6 +1064,8 @@ func normalizePassthroughDevices(vm *simulator.VirtualMachine) {
 
 // checkRelocate: a VM with a (non-dynamic) DirectPath I/O device cannot move
 // to another host (vMotion or cold migration): DisallowedMigrationDeviceAttached.
+// vSphere docs list vMotion as unavailable with DirectPath I/O; refusing a cold
+// migration too and the fault type are assumed (not verified on real ESXi).
 func (l *lab) checkRelocate(vm *simulator.VirtualMachine, spec *types.VirtualMachineRelocateSpec) (types.BaseMethodFault, string) {
 	if f, msg := l.checkConnected(vm); f != nil {
 		return f, msg
@@ -1074,7 +1090,9 @@ func (l *lab) checkRelocate(vm *simulator.VirtualMachine, spec *types.VirtualMac
 }
 
 // checkSnapshot: a running VM with a passthrough device cannot be snapshotted
-// (its memory and device state cannot be saved).
+// (its memory and device state cannot be saved).  vSphere docs list snapshots as
+// unavailable with DirectPath I/O; the fault type (SnapshotIncompatibleDeviceInVm,
+// an API fault) is assumed.
 func (l *lab) checkSnapshot(vm *simulator.VirtualMachine) (types.BaseMethodFault, string) {
 	if f, msg := l.checkConnected(vm); f != nil {
 		return f, msg
