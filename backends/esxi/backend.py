@@ -146,7 +146,10 @@ class EsxiBackend(Backend):
         for host_name, ids in by_host.items():
             host = self._hosts[host_name]
             if host.rebind and not any(self._enabled(host_name, i) for i in ids):
-                # ESXi 7.0+ with deviceRebindWithoutRebootSupported: applyNow switches them at once
+                # ESXi 7.0+ with deviceRebindWithoutRebootSupported: applyNow switches them at once -- unless
+                # "the configuration" cannot "be applied immediately" (API reference), e.g. while the VMkernel
+                # still holds the device; then, if a reboot is allowed, the reboot follows, else it fails.
+                reboot_ok = host.maintenance or options.allow_host_reboot
                 steps.append(Step(
                     action="esxi.passthrough",
                     description=f"enable passthrough for {', '.join(ids)} on host {host_name} at once (no reboot: "
@@ -156,7 +159,20 @@ class EsxiBackend(Backend):
                     preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
                             + ", ".join(f"{{id={i}, passthruEnabled=True, applyNow=True}}" for i in ids)
                             + "; then read config.pciPassthruInfo to confirm they are active\n",
-                    payload={"host": host_name, "ids": ids, "enable": True, "apply_now": True}))
+                    payload={"host": host_name, "ids": ids, "enable": True, "apply_now": True,
+                             "pending_ok": bool(reboot_ok)}))
+                if reboot_ok:
+                    force = not host.maintenance
+                    steps.append(Step(
+                        action="esxi.reboot",
+                        description=f"reboot host {host_name} only if it left the change for a reboot"
+                                    + (" (not in maintenance mode: forced, its running VMs stop)" if force else ""),
+                        undo="nothing to undo: a reboot cannot be taken back",
+                        changes=(f"RebootHost_Task force={force}, only if {', '.join(ids)} are not active",),
+                        needs_host_reboot=True,
+                        preview=f"read config.pciPassthruInfo of {host_name}; only if {', '.join(ids)} are not "
+                                f"active: HostSystem.RebootHost_Task(force={force}), then wait until it is back\n",
+                        payload={"host": host_name, "force": force, "only_if_pending": ids}))
                 continue
             needs_enable = [i for i in ids if not self._enabled(host_name, i)]
             if needs_enable:
@@ -276,9 +292,13 @@ class EsxiBackend(Backend):
     def apply(self, step: Step) -> Any:
         payload = step.payload
         if step.action == "esxi.passthrough":
-            self._passthru(payload["host"], payload["ids"], payload["enable"], payload.get("apply_now", False))
+            self._passthru(payload["host"], payload["ids"], payload["enable"], payload.get("apply_now", False),
+                           check=not payload.get("pending_ok", False))
             return None
         if step.action == "esxi.reboot":
+            pending = payload.get("only_if_pending")
+            if pending is not None and all(self._active_now(payload["host"]).get(i) for i in pending):
+                return None  # the host applied the change at once: no reboot
             self._reboot(payload["host"], payload["force"])
             return None
         if step.action == "esxi.reconfigure":
@@ -326,8 +346,7 @@ class EsxiBackend(Backend):
                    system.UpdatePassthruConfig, config)
         if not (apply_now and check):
             return
-        infos = self._call(f"reading passthrough state of {host}", lambda: ref.config.pciPassthruInfo)
-        active = {info.id: bool(info.passthruActive) for info in infos or ()}
+        active = self._active_now(host)
         pending = [i for i in ids if active.get(i) != enable]
         if pending:
             # leave the host as it was: the step failed, so it undoes its own switch
@@ -394,6 +413,12 @@ class EsxiBackend(Backend):
                                        remedy="check the host's console; run the command again once it is back")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _active_now(self, host: str) -> dict[str, bool]:
+        """passthruActive per device id, read from the host now."""
+        ref = self._host_ref(host)
+        infos = self._call(f"reading passthrough state of {host}", lambda: ref.config.pciPassthruInfo)
+        return {info.id: bool(info.passthruActive) for info in infos or ()}
 
     def _host_runtime(self, ref: Any) -> tuple[str, Any]:
         """(connectionState, bootTime) of a host in one PropertyCollector call."""

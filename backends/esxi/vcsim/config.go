@@ -37,6 +37,7 @@ package main
 //	      "passthru_capable": true, "passthru_enabled": false, "passthru_active": false,
 //	      "dependent_device": "0000:3b:00.0", // default: its own id
 //	      "bars": [16777216, "0x2000000000", 33554432], // bytes; hidden from the API, drives the MMIO check
+//	      "vmkernel_in_use": false,         // the VMkernel holds it: applyNow leaves it pending until a reboot
 //	      "hardware_label": "",             // the device's label (vSphere 7.0.2 hardwareLabel), which a
 //	                                        // dynamic backing's customLabel must equal; shown as
 //	                                        // customLabel in QueryConfigTarget().dynamicPassthrough
@@ -116,6 +117,9 @@ type pciFunc struct {
 	// HardwareLabel: HostPciPassthruInfo.hardwareLabel (vSphere API 7.0.2), the label a
 	// Dynamic DirectPath customLabel is matched against (see checkPowerOn).
 	HardwareLabel string `json:"hardware_label"`
+	// VMkernelInUse: the VMkernel still holds the device, so an applyNow cannot
+	// rebind it and the change waits for a reboot (see appliesNow).
+	VMkernelInUse bool `json:"vmkernel_in_use"`
 }
 
 type gpuConfig struct {

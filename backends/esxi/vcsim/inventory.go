@@ -86,9 +86,10 @@ func makeDev(f pciFunc, group string) (*pciDev, error) {
 		bars = append(bars, int64(b))
 	}
 	return &pciDev{
-		group: group,
-		bars:  bars,
-		label: f.HardwareLabel,
+		group:         group,
+		bars:          bars,
+		label:         f.HardwareLabel,
+		vmkernelInUse: f.VMkernelInUse,
 		info: types.HostPciDevice{
 			Id:           f.Address,
 			ClassId:      f.ClassID.int16(),

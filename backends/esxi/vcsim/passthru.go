@@ -94,6 +94,8 @@ type pciDev struct {
 	group     string  // id of function 0 of the physical device (companion functions point to the GPU)
 	bars      []int64 // BAR sizes in bytes (simulator-only knowledge)
 	label     string  // hardwareLabel (API 7.0.2): what a dynamic customLabel must equal
+	// vmkernelInUse: the VMkernel still holds the device; an applyNow cannot rebind it
+	vmkernelInUse bool
 }
 
 type hostState struct {
@@ -108,7 +110,7 @@ type hostState struct {
 	rebind        bool          // HostCapability.deviceRebindWithoutRebootSupported
 	esx           bool          // a direct ESXi endpoint (esx mode): a reboot takes the API down with it
 	down          bool          // esx mode, rebooting: the endpoint does not answer
-	devices       []*pciDev // all PCI devices of the host, in hardware.pciDevice order
+	devices       []*pciDev     // all PCI devices of the host, in hardware.pciDevice order
 	byID          map[string]*pciDev
 	passthru      *PciPassthruSystem
 	armed         map[string]bool // SOAP method names that make this host vanish when called
@@ -316,6 +318,12 @@ func (l *lab) appliesNow(h *hostState, d *pciDev, applyNow *bool) bool {
 	if !h.rebind {
 		// assumed (not verified on real ESXi): applyNow=true on a host without
 		// the capability is deferred to the reboot rather than refused
+		return false
+	}
+	if d.vmkernelInUse {
+		// a real ESXi 8.0 U3 report (tests/fixtures/real/esxi/encs-esxi-8u3-pcipassthru-apply-now.md):
+		// "If the device shows as pending rather than enabled, reboot the host -- a
+		// device the VMkernel still owns cannot be assigned to a VM"
 		return false
 	}
 	if _, busy := l.inUse(h, d.info.Id, types.ManagedObjectReference{}); busy {

@@ -13,6 +13,7 @@ from gpupass.backends.esxi.simulator import GIB, MIB, lab_config
 from gpupass.core.domain.mmio import GiB
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
+from gpupass.core.errors import OperationFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target, TlsOptions
 
@@ -156,6 +157,52 @@ def test_rebind_capable_host_enables_passthrough_without_a_reboot(fresh_vcsim):
         assert "host-reboot-required" in {f.code for f in blocked.findings if f.blocks}
     finally:
         backend.close()
+
+
+def _t4_held_by_vmkernel():
+    cfg = lab_config()
+    cfg["hosts"][0]["gpus"][1]["vmkernel_in_use"] = True  # esx01's T4: applyNow cannot rebind it
+    return cfg
+
+
+def test_a_change_the_host_leaves_for_a_reboot_is_switched_back_and_reported(fresh_vcsim):
+    """applyNow: "If the configuration can be applied immediately, it will be, otherwise the changes will
+    take effect after reboot" -- gpupass reads the host's answer, and without --allow-host-reboot it undoes
+    the switch instead of leaving a device pending."""
+    sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
+    backend = backend_for(sim)
+    try:
+        before = backend.inventory().find_vm("cad-ws")
+        result = plan(backend, AssignmentRequest("cad-ws", (T4,)))
+        assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reconfigure"]
+        with pytest.raises(OperationFailed) as err:
+            execute(backend, result)
+        assert "did not apply it at once" in err.value.message and err.value.rolled_back
+        after = backend.inventory()
+        t4 = next(g for g in after.gpus if g.location == "esx01.lab.local" and g.address == T4)
+        assert (t4.passthrough.enabled, t4.passthrough.active) == (False, False)
+        assert after.find_vm("cad-ws") == before
+    finally:
+        backend.close()
+
+
+def test_with_allow_host_reboot_the_reboot_follows_only_when_the_host_needs_it(fresh_vcsim):
+    for held, rebooted in ((True, True), (False, False)):
+        cfg = _t4_held_by_vmkernel() if held else lab_config()
+        sim = fresh_vcsim(cfg, username=USER)
+        backend = backend_for(sim)
+        try:
+            si = sim.connect()
+            host = find_vm(si, "cad-ws").runtime.host
+            boot = host.runtime.bootTime
+            result = plan(backend, AssignmentRequest("cad-ws", (T4,), AssignOptions(allow_host_reboot=True)))
+            assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+            assert "only if" in result.steps[1].description
+            after = execute(backend, result).facts_after
+            assert T4 in after.find_vm("cad-ws").assigned
+            assert (host.runtime.bootTime != boot) is rebooted
+        finally:
+            backend.close()
 
 
 # -- item 6: waiting for a host reboot ---------------------------------------------------------

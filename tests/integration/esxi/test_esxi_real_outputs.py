@@ -278,3 +278,18 @@ def test_apply_now_makes_the_device_active_at_once_like_esxi_8u3(fresh_vcsim):
         config=[vim.host.PciPassthruConfig(id=address, passthruEnabled=True, applyNow=True)])
     (info,) = [p for p in host.config.pciPassthruInfo if p.id == address]
     assert (info.passthruEnabled, info.passthruActive) == (True, True)  # configured and current owner: passthru
+
+
+def test_a_device_the_vmkernel_holds_stays_pending_after_apply_now(fresh_vcsim):
+    text = " ".join(body("encs-esxi-8u3-pcipassthru-apply-now.md"))
+    assert "If the device shows as pending rather than enabled, reboot the host" in text
+    cfg = one_host([{"address": "0000:0d:00.0", "vendor_id": "0x11ab", "device_id": "0xbe00", "class_id": "0x0200",
+                     "passthru_enabled": False, "vmkernel_in_use": True}], rebind=True)
+    host = find_vm(fresh_vcsim(cfg).connect(), "vm1").runtime.host
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:0d:00.0", passthruEnabled=True, applyNow=True)])
+    (info,) = [p for p in host.config.pciPassthruInfo if p.id == "0000:0d:00.0"]
+    assert (info.passthruEnabled, info.passthruActive) == (True, False)  # pending: a reboot activates it
+    WaitForTask(host.RebootHost_Task(force=True))
+    (info,) = [p for p in host.config.pciPassthruInfo if p.id == "0000:0d:00.0"]
+    assert info.passthruActive
