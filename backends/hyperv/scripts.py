@@ -129,10 +129,10 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "foreach($d in $all){$p=$lp[$d.InstanceId]",
         "if($p -and $slots.ContainsKey($p.Substring(0,$p.Length-3))){$fs+=$d;if($d.Present){$on+=$d.InstanceId}}}",
         "$kp=@{}",
-        "if($on.Count -gt 0){foreach($n in " + ",".join(str(n) for n in PROPERTY_IDS.values()) + "){$t=@{}",
-        f"foreach($q in @(Get-PnpDeviceProperty -InstanceId $on -KeyName ('{PCI_DEVICE_FMTID} '+$n))){{"
-        "$t[$q.InstanceId]=$q.Data}",
-        "$kp[$n]=$t}}",
+        "foreach($n in " + ",".join(str(n) for n in PROPERTY_IDS.values()) + "){$t=@{}",
+        f"if($on.Count -gt 0){{foreach($q in @(Get-PnpDeviceProperty -InstanceId $on -KeyName ('{PCI_DEVICE_FMTID} '+$n))){{"
+        "$t[$q.InstanceId]=$q.Data}}",
+        "$kp[$n]=$t}",
         "$fns=@()",
         "foreach($d in $fs){",
         "$id=$d.InstanceId;$p=$lp[$id];$sl=$p.Substring(0,$p.Length-3)",

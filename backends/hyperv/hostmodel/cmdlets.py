@@ -304,8 +304,10 @@ def _pnp_obj(d: PnpDevice) -> PSObject:
 
 
 def _assignable_obj(model: HostModel, d: PnpDevice, vm: str | None) -> PSObject:
+    # Property names as Get-VMHostAssignableDevice prints them (tests/fixtures/real/hyperv/
+    # oshins-2015-get-vmhostassignabledevice.txt: InstanceID, LocationPath, CimSession, ComputerName, IsDeleted)
     props = {"InstanceID": d.dismounted_instance_id, "LocationPath": d.location_path, "Name": d.friendly_name,
-             "ComputerName": model.name}
+             "ComputerName": model.name, "IsDeleted": False}
     if vm is not None:
         props["VMName"] = vm
     return PSObject(props, typename="Microsoft.HyperV.PowerShell.VMAssignedDevice" if vm else
