@@ -8,6 +8,7 @@ import click
 
 from gpupass.core import serialize
 from gpupass.core.cli import render
+from gpupass.core.cli.escape import shown
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.cli.options import assignment_options, build_assignment, parse_addresses
 from gpupass.core.errors import PreflightFailed, UsageError
@@ -49,7 +50,7 @@ def plugins(app, as_json: bool) -> None:
         click.echo("\nlab hosts: " + ", ".join(f"{lab['name']} ({lab['platform']})" for lab in labs))
     click.echo(f"preflight rules: {len(rules)}")
     for problem in registry.problems:
-        click.echo(click.style("problem: ", fg="yellow", bold=True) + problem, err=True)
+        click.echo(click.style("problem: ", fg="yellow", bold=True) + shown(problem, True), err=True)
 
 
 def _facts(app, host: str):
@@ -122,7 +123,7 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
         emit_json({"vm": plan.vm, "host": plan.host, "blocked": plan.blocked,
                    "findings": [serialize.finding_to_dict(f) for f in plan.findings]})
     else:
-        click.echo(f"Preflight for VM '{plan.vm}' on {plan.host}:")
+        click.echo(f"Preflight for VM '{shown(plan.vm)}' on {shown(plan.host)}:")
         click.echo(render.findings(plan.findings))
         blockers = sum(f.blocks for f in plan.findings)
         click.echo(click.style(f"BLOCKED: {blockers} blocking problem(s)", fg="red", bold=True) if blockers
@@ -180,12 +181,12 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
     def progress(step) -> None:
         if not as_json:
             sys.stdout.flush()
-            click.echo(f"  ... {step.description}", err=True)
+            click.echo(f"  ... {shown(step.description)}", err=True)
 
     outcome = execute(backend, plan, on_step=progress)
     if not as_json:
         verb = "assigned to" if plan.operation == "assign" else "released from"
-        click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{plan.vm}'.",
+        click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{shown(plan.vm)}'.",
                                fg="green", bold=True))
     return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
             "vm": serialize.vm_to_dict(outcome.facts_after.find_vm(plan.vm))}
@@ -255,4 +256,4 @@ def snapshot(app, host: str, output: str, as_json: bool) -> None:
     if as_json:
         emit_json({"written": output, "gpus": len(facts.gpus), "vms": len(facts.vms)})
     else:
-        click.echo(f"wrote {output}: {len(facts.gpus)} GPUs, {len(facts.vms)} VMs of {backend.target.label}")
+        click.echo(f"wrote {shown(output)}: {len(facts.gpus)} GPUs, {len(facts.vms)} VMs of {shown(backend.target.label)}")

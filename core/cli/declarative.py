@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gpupass.core.cli.escape import shown
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
@@ -22,8 +23,8 @@ def _change_line(change) -> str:
     sign = "+" if change.operation == "assign" else "-"
     verb = "assign" if change.operation == "assign" else "release"
     where = f" (line {change.line})" if change.line else ""
-    return f"{sign} {change.host}: {verb} {', '.join(str(a) for a in change.gpus)} " \
-           f"{'to' if verb == 'assign' else 'from'} {change.vm} — {change.reason}{where}"
+    return shown(f"{sign} {change.host}: {verb} {', '.join(str(a) for a in change.gpus)} "
+                 f"{'to' if verb == 'assign' else 'from'} {change.vm} — {change.reason}{where}")
 
 
 def _load(path: str):
@@ -107,7 +108,7 @@ def _run_change(app, change, as_json: bool) -> dict:
         def progress(step) -> None:
             if not as_json:
                 sys.stdout.flush()
-                click.echo(f"  ... {step.description}", err=True)
+                click.echo(f"  ... {shown(step.description)}", err=True)
 
         outcome = execute(backend, plan, on_step=progress)
         after = outcome.facts_after.find_vm(plan.vm) if outcome.facts_after else None
@@ -156,7 +157,7 @@ def export(app, hosts, output) -> None:
     text = declarative.dump(rows)
     if output:
         Path(output).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output}: {len(rows)} assignment(s)", err=True)
+        click.echo(f"wrote {shown(output)}: {len(rows)} assignment(s)", err=True)
     else:
         click.echo(text, nl=False)
 
@@ -174,7 +175,7 @@ def diff(app, file, as_json) -> None:
     elif changes:
         click.echo("\n".join(_change_line(c) for c in changes))
     else:
-        click.echo(f"in sync: the hosts match {file}")
+        click.echo(f"in sync: the hosts match {shown(file)}")
     if changes:
         sys.exit(DIFF_EXIT)
 
@@ -196,7 +197,7 @@ def apply(app, file, yes, as_json) -> None:
         if as_json:
             emit_json({"file": file, "changed": False, "results": []})
         else:
-            click.echo(f"in sync: nothing to do for {file}")
+            click.echo(f"in sync: nothing to do for {shown(file)}")
         return
     blocked = [(change, plan) for change, plan in planned if plan.blocked]
     if blocked:

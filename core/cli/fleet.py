@@ -11,6 +11,7 @@ import click
 from gpupass.core import paths, serialize
 from gpupass.core.cli import render
 from gpupass.core.domain.select import qualified
+from gpupass.core.cli.escape import shown
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
@@ -60,7 +61,7 @@ def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_j
     if as_json:
         emit_json({"added": name, "uri": uri})
     else:
-        click.echo(f"added {name} ({uri}) to {_config_path(app)}")
+        click.echo(f"added {shown(name)} ({shown(uri)}) to {shown(_config_path(app))}")
 
 
 @hosts.command("remove")
@@ -76,7 +77,7 @@ def hosts_remove(app, name, as_json) -> None:
     if as_json:
         emit_json({"removed": name})
     else:
-        click.echo(f"removed {name}")
+        click.echo(f"removed {shown(name)}")
 
 
 def _host_rows(app):
@@ -122,7 +123,7 @@ def hosts_test(app, name, as_json) -> None:
     if as_json:
         emit_json(document)
     else:
-        click.echo(f"{name}: ok ({facts.host.platform}, {len(facts.gpus)} GPUs, {len(facts.vms)} VMs, "
+        click.echo(f"{shown(name)}: ok ({shown(facts.host.platform)}, {len(facts.gpus)} GPUs, {len(facts.vms)} VMs, "
                    f"{trips} round trips, {seconds:.2f} s)")
 
 
@@ -244,9 +245,9 @@ def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout,
             click.echo(render.table(["HOST", "WHERE", "FREE MATCHING GPUS"], [
                 [c.host, c.location or "-", ", ".join(f"{qualified(g)} ({g.model})" for g in c.gpus)] for c in candidates]))
         else:
-            click.echo(f"no host can take {count} x {model} now")
+            click.echo(f"no host can take {count} x {shown(model)} now")
         for r in failed:
-            click.echo(f"could not read {r.host}: {r.error.message}", err=True)
+            click.echo(f"could not read {shown(r.host)}: {shown(r.error.message, True)}", err=True)
     if failed:
         sys.exit(PARTIAL_EXIT)
     if not candidates:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import click
 
 from gpupass.core.cli import manifest
+from gpupass.core.cli.escape import shown
 from gpupass.core.errors import GpupassError, PreflightFailed, UsageError
 
 EXIT_CODES = """\b
@@ -64,15 +65,16 @@ def handles_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except PreflightFailed as exc:
             if not as_json:
-                click.echo(click.style("error: ", fg="red", bold=True) + exc.message, err=True)
+                click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True)
             sys.exit(exc.exit_code)
         except GpupassError as exc:
             if as_json:
                 emit_json(exc.to_dict())
             else:
-                click.echo(click.style("error: ", fg="red", bold=True) + exc.message, err=True)
+                # Messages quote names from hosts and files: escaped, so none can act on the terminal.
+                click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True)
                 if exc.remedy:
-                    click.echo(f"  fix: {exc.remedy}", err=True)
+                    click.echo(f"  fix: {shown(exc.remedy, True)}", err=True)
             sys.exit(exc.exit_code)
 
     return wrapper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gpupass.core.domain.mmio import parse_size
+from gpupass.core.domain.mmio import MAX_BAR_BYTES, format_bytes, parse_size
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.errors import UsageError
 
@@ -50,6 +50,9 @@ def build_assignment(vm: str, gpus, **options):
         parsed = PciAddress.parse(address)
         bars = tuple(parse_size(part) for part in text.replace(",", "+").split("+"))
         sizes[parsed] = sizes.get(parsed, ()) + bars
+        if sum(sizes[parsed]) > MAX_BAR_BYTES:  # each BAR is bounded, and so are all of one card's together
+            raise UsageError(f"--bar-size for {parsed} adds up to more than {format_bytes(MAX_BAR_BYTES)}",
+                             remedy="give the card's real BAR sizes (`lspci -vv` shows them as Region N: ... [size=..])")
     return AssignmentRequest(
         vm=vm,
         gpus=parse_addresses(gpus),

@@ -6,6 +6,7 @@ from typing import Iterable, Sequence
 
 import click
 
+from gpupass.core.cli.escape import shown
 from gpupass.core.domain.findings import Finding, Severity
 from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.mmio import format_bytes, mmio_need
@@ -18,7 +19,7 @@ _SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("war
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    rows = [[str(cell) for cell in row] for row in rows]
+    rows = [[shown(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -27,7 +28,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def gpus(facts: HostFacts) -> str:
     if not facts.gpus:
-        return f"no GPUs found on {facts.host.uri}"
+        return f"no GPUs found on {shown(facts.host.uri)}"
     rows = []
     for gpu in facts.gpus:
         bars = gpu.bars
@@ -73,7 +74,7 @@ def _device_name(facts: HostFacts, address: PciAddress, location: str) -> str:
 
 def vms(facts: HostFacts) -> str:
     if not facts.vms:
-        return f"no VMs on {facts.host.name or facts.host.uri}"
+        return f"no VMs on {shown(facts.host.name or facts.host.uri)}"
     multi_host = any(vm.location for vm in facts.vms)
     rows = [[
         *([vm.location or "-"] if multi_host else []),
@@ -95,8 +96,8 @@ def status(facts: HostFacts) -> str:
     if incapable:
         counts.append(f"{len(incapable)} not capable of passthrough")
     lines = [
-        f"host      {host.name or host.uri} ({host.platform}, {host.uri})",
-        f"IOMMU     {iommu}" + (f" ({'; '.join(host.iommu_reasons)})" if host.iommu_reasons else ""),
+        f"host      {shown(host.name or host.uri)} ({shown(host.platform)}, {shown(host.uri)})",
+        f"IOMMU     {iommu}" + (f" ({shown('; '.join(host.iommu_reasons))})" if host.iommu_reasons else ""),
         f"GPUs      {len(facts.gpus)} ({', '.join(counts)})",
         "",
     ]
@@ -108,17 +109,17 @@ def status(facts: HostFacts) -> str:
     headers = (["HOST"] if multi_host else []) + ["VM", "STATE", "GPUS"]
     lines.append(table(headers, rows) if rows else "no VM holds a GPU")
     if free:
-        lines += ["", "free:"] + [f"  {qualified(g)} ({g.model})" for g in free]
+        lines += ["", "free:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in free]
     if incapable:
-        lines += ["", "not capable of passthrough:"] + [f"  {qualified(g)} ({g.model})" for g in incapable]
+        lines += ["", "not capable of passthrough:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in incapable]
     return "\n".join(lines)
 
 
 def finding_line(finding: Finding) -> str:
     label, color = _SEVERITY_STYLE[finding.severity]
-    text = f"  {click.style(label, fg=color, bold=finding.blocks)} [{finding.code}] {finding.message}"
+    text = f"  {click.style(label, fg=color, bold=finding.blocks)} [{shown(finding.code)}] {shown(finding.message, True)}"
     if finding.remedy:
-        text += f"\n      fix: {finding.remedy}"
+        text += f"\n      fix: {shown(finding.remedy, True)}"
     return text
 
 
@@ -130,16 +131,17 @@ def findings(items: Sequence[Finding]) -> str:
 
 
 def plan(item: Plan, show_changes: bool = False) -> str:
-    gpus = ", ".join(f"{qualified(g)} ({g.model})" for g in item.gpus) or "none"
+    gpus = shown(", ".join(f"{qualified(g)} ({g.model})" for g in item.gpus) or "none")
     verb = "Assign" if item.operation == "assign" else "Release"
-    lines = [f"{verb} {gpus} {'to' if item.operation == 'assign' else 'from'} VM '{item.vm}' on {item.host}", ""]
+    lines = [f"{verb} {gpus} {'to' if item.operation == 'assign' else 'from'} VM '{shown(item.vm)}' on "
+             f"{shown(item.host)}", ""]
     lines += ["Preflight:", findings(item.findings), ""]
     if item.mmio is not None and item.mmio.need is not None:
         need = item.mmio.need
         window = format_bytes(item.mmio.target_window)
         change = f" (now {format_bytes(item.mmio.current_window)})" if item.mmio.changes else " (unchanged)"
         said = item.mmio.explanation or f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO"
-        lines += [f"MMIO: {said}; guest window {window}{change}", ""]
+        lines += [f"MMIO: {shown(said)}; guest window {window}{change}", ""]
     if item.nothing_to_do:
         lines.append("Nothing to do: " + ("the VM already holds these GPUs." if item.operation == "assign"
                                           else "the VM holds none of these GPUs."))
@@ -149,26 +151,26 @@ def plan(item: Plan, show_changes: bool = False) -> str:
             flags = [f for f, on in (("VM off", step.needs_vm_off), ("host reboot", step.needs_host_reboot),
                                      ("no write", not step.writes)) if on]
             suffix = f"  [{', '.join(flags)}]" if flags else ""
-            lines.append(f"  {number}. {step.description}{suffix}")
-            lines += [f"       - {change}" for change in step.changes]
+            lines.append(f"  {number}. {shown(step.description)}{suffix}")
+            lines += [f"       - {shown(change)}" for change in step.changes]
             if step.writes:
-                lines.append(f"       undo: {step.undo}")
+                lines.append(f"       undo: {shown(step.undo)}")
             if show_changes and step.preview:
-                lines += ["", *("       " + line for line in step.preview.rstrip().splitlines()), ""]
+                lines += ["", *("       " + shown(line, True) for line in step.preview.rstrip().splitlines()), ""]
     if item.features_lost:
         lines += ["", "While it holds the GPU, the VM loses:"]
-        lines += [f"  - {loss.feature}: {loss.reason}" for loss in item.features_lost]
+        lines += [f"  - {shown(loss.feature)}: {shown(loss.reason)}" for loss in item.features_lost]
     if item.blocked:
         lines += ["", click.style("Blocked: fix the BLOCKER findings; nothing will be changed.", fg="red", bold=True)]
     return "\n".join(lines)
 
 
 def migration(item, show_changes: bool = False) -> str:
-    lines = [f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
-             f"{item.destination_host} ({item.destination_platform})", "", "GPUs:"]
+    lines = [shown(f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
+                   f"{item.destination_host} ({item.destination_platform})"), "", "GPUs:"]
     for m in item.matches:
         there = f"{qualified(m.destination)} {m.destination.model} [{m.match}]" if m.destination else "NONE FREE"
-        lines.append(f"  {qualified(m.source)} {m.source.model} ({m.source.function.ids})  ->  {there}")
+        lines.append(shown(f"  {qualified(m.source)} {m.source.model} ({m.source.function.ids})  ->  {there}"))
     lines += ["", "Settings:"]
     lines.append(table(["SETTING", "VALUE", f"ON {item.destination_platform.upper()}"],
                        [[s.setting, s.value, s.destination or f"no equivalent on {item.destination_platform}"]
@@ -176,7 +178,7 @@ def migration(item, show_changes: bool = False) -> str:
     lines += ["", "Migration findings:", findings(item.findings), ""]
     if item.destination_plan is not None:
         lines += ["Destination plan " + "-" * 60, plan(item.destination_plan, show_changes), ""]
-    lines += ["What gpupass does NOT do:"] + [f"  - {note}" for note in item.not_done]
+    lines += ["What gpupass does NOT do:"] + [f"  - {shown(note)}" for note in item.not_done]
     if item.blocked:
         lines += ["", click.style("Blocked: the destination cannot take this VM's GPUs as planned.", fg="red", bold=True)]
     return "\n".join(lines)

@@ -15,6 +15,10 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
+# No BAR can be larger than the physical address space it is mapped into: at most 52 bits on x86-64
+# (torvalds/linux arch/x86/include/asm/sparsemem.h: MAX_PHYSADDR_BITS is 52 with 5-level paging, else 44).
+MAX_BAR_BYTES = 1 << 52
+
 # The total BAR size above which guest firmware must be EFI and the MMIO window has to be raised.
 LARGE_BAR_THRESHOLD = 16 * GiB
 
@@ -129,10 +133,17 @@ def parse_size(text: str) -> int:
     from gpupass.core.errors import UsageError
 
     units = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1 << 40}
+    shown = text if len(text) <= 40 else text[:40] + "..."
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     number, unit = raw, ""
     if raw and raw[-1] in units:
         number, unit = raw[:-1], raw[-1]
-    if not number.isdigit():
-        raise UsageError(f"{text!r} is not a size", remedy="write sizes like 64G, 512M or a number of bytes")
-    return int(number) * units[unit]
+    # ASCII digits only (int() would take other scripts' digits), and few enough that int() is cheap and safe.
+    if not (number.isascii() and number.isdigit()) or len(number) > 24:
+        raise UsageError(f"{shown!r} is not a size", remedy="write sizes like 64G, 512M or a number of bytes")
+    size = int(number) * units[unit]
+    if not 0 < size <= MAX_BAR_BYTES:
+        raise UsageError(f"{shown!r} is {'zero' if size == 0 else 'larger than any BAR can be'}",
+                         remedy=f"a BAR size is more than 0 and at most {format_bytes(MAX_BAR_BYTES)} (the x86-64 "
+                                f"physical address space), e.g. 16M+64G+32M for an A100 40GB")
+    return size
