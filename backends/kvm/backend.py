@@ -351,7 +351,8 @@ def _vm(facts: domxml.DomainFacts, state: int) -> Vm:
         mmio_window_bytes=facts.mmio_window_bytes,
         assigned=facts.hostdevs,
         hypervisor_hidden=facts.hypervisor_hidden,
-        settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded]},
+        settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded],
+                  "phys_bits": facts.phys_bits},
     )
 
 

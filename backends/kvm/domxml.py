@@ -15,6 +15,7 @@ from gpupass.core.domain.inventory import Firmware
 from gpupass.core.domain.mmio import KiB, MiB
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.backends.kvm.nodedev import address_from_attributes
+from gpupass.backends.kvm import physbits
 
 NS = "https://gpupass.dev/xmlns/libvirt-assignment/1"
 FWCFG_MMIO_ENTRY = "opt/ovmf/X-PciMmio64Mb"
@@ -61,6 +62,8 @@ class DomainFacts:
     mmio_window_bytes: int | None
     hypervisor_hidden: bool
     recorded: tuple[PciAddress, ...] = field(default_factory=tuple)
+    # The vCPU's physical address bits (backends/kvm/physbits.py): a number, or "host".
+    phys_bits: int | str = 40
 
 
 def firmware_of(root: ET.Element) -> Firmware:
@@ -129,6 +132,7 @@ def read_facts(xml: str) -> DomainFacts:
         mmio_window_bytes=mmio_window(root),
         hypervisor_hidden=root.find("features/kvm/hidden[@state='on']") is not None,
         recorded=recorded,
+        phys_bits=physbits.guest_phys_bits(root),
     )
 
 

@@ -87,3 +87,39 @@ def test_group_members_are_judged_by_the_kernels_rule(tmp_path, open_backend, re
     assert bool(shared) is blocked
     if blocked:
         assert "bound to ahci" in shared[0].message and "unbind ahci" in shared[0].remedy
+
+
+def _eight_a100_host(tmp_path, open_backend, cpu_xml: str | None):
+    """Eight A100 PCIe 80GB (128 GiB BAR1 each, from the catalog): a 2 TiB 64-bit window."""
+    import xml.etree.ElementTree as ET
+
+    functions = [testhost.gpu(f"0000:{0x10 + i:02x}:00.0", 0x20B5, "GA100 [A100 PCIe 80GB]", group=30 + i)
+                 for i in range(8)]
+    vm = testhost.domain("trainer", memory_mib=512 * 1024)
+    if cpu_xml:
+        vm.insert(4, ET.fromstring(cpu_xml))
+    return open_backend(testhost.write_host(tmp_path / "eight.xml", functions, [vm]))
+
+
+@pytest.mark.parametrize("cpu_xml, verdict", [
+    (None, "blocker"),  # QEMU's default 40 bits: "phys-bits too low (40)"
+    ("<cpu mode='custom'><model>EPYC</model><maxphysaddr mode='emulate' bits='40'/></cpu>", "blocker"),
+    ("<cpu mode='custom'><model>EPYC</model><maxphysaddr mode='emulate' bits='46'/></cpu>", None),
+    ("<cpu mode='host-passthrough'><maxphysaddr mode='passthrough'/></cpu>", None),
+])
+def test_eight_large_bar_gpus_need_more_physical_address_bits(tmp_path, open_backend, registry, cpu_xml, verdict):
+    backend = _eight_a100_host(tmp_path, open_backend, cpu_xml)
+    gpus = tuple(A(f"{0x10 + i:02x}:00.0") for i in range(8))
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("trainer", gpus), registry)
+    found = [f for f in plan.findings if f.code == "kvm-phys-bits"]
+    if verdict is None:
+        assert found == []
+    else:
+        assert found[0].severity.value == verdict and plan.blocked
+        assert "phys-bits too low (40)" in found[0].message and "2 TiB" in found[0].message
+        assert "<maxphysaddr mode='passthrough'/>" in found[0].remedy
+
+
+def test_one_gpu_in_a_small_vm_fits_in_40_bits(backend, registry):
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("modern", (A("41:00.0"),)), registry)
+    assert "kvm-phys-bits" not in codes(plan)
