@@ -175,7 +175,8 @@ class VmSettings:
 
 
 # Hyper-V's -Name/-VMName take wildcards: a VM called 'web*' must not select web01.  Find the VM by exact
-# (case-insensitive) name and pass the object with -VM; refuse a missing or duplicated name.
+# (case-insensitive) name and pass the object with -VM; refuse a missing or duplicated name.  Where a cmdlet has
+# no -VM (Remove-VMAssignableDevice, per its documentation page), pass what Get-VMAssignableDevice -VM returned.
 _FIND_VM = _lines(
     "$v=@();foreach($x in @(Get-VM)){if($x.Name -eq $n){$v+=$x}}",
     "if($v.Count -ne 1){throw ('Found '+$v.Count+' virtual machines named '+$n)}",
@@ -252,7 +253,7 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
         "$e=$_",
         "$u=@()",
         "foreach($p in $l){if($st.ContainsKey($p)){$s=$st[$p]",
-        "try{if($s -ge 3){Remove-VMAssignableDevice -LocationPath $p -VM $v}",
+        "try{if($s -ge 3){Get-VMAssignableDevice -VM $v -LocationPath $p|Remove-VMAssignableDevice}",
         "if($s -ge 2){Mount-VMHostAssignableDevice -LocationPath $p}",
         "if($s -ge 1){Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false}}",
         "catch{$u+=$p+': '+$_.Exception.Message}}}",
@@ -295,7 +296,7 @@ def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSett
         _FIND_VM,
         "foreach($p in $l){",
         "$step='Remove-VMAssignableDevice '+$p",
-        "Remove-VMAssignableDevice -LocationPath $p -VM $v",
+        "Remove-VMAssignableDevice -VMAssignableDevice (Get-VMAssignableDevice -VM $v -LocationPath $p)",
         "$g[$p]='removed'",
         "$step='Mount-VMHostAssignableDevice '+$p",
         "Mount-VMHostAssignableDevice -LocationPath $p",

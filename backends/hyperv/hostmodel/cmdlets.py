@@ -6,6 +6,7 @@ those marked (approx) could not be confirmed from public sources and are close p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -29,15 +30,27 @@ CIMEX = "Microsoft.Management.Infrastructure.CimException"
 class Param:
     name: str
     type: str = "string"          # string string[] switch bool int uint32 uint64 enum:<T> object vm[]
-    mandatory: bool = False
+    mandatory: bool = False       # cmdlets without a documentation page only (their one parameter set)
     position: int | None = None
     aliases: tuple[str, ...] = ()
-    pipeline: bool = False
+    pipeline: bool = False        # the parameter the model binds pipeline input to
+    # From the cmdlet's documentation page (cmdlet_docs.py) for the Hyper-V and PnpDevice cmdlets:
+    sets: dict[str, tuple[bool, int | None]] = field(default_factory=dict)   # set -> (mandatory, position)
+    wildcards: bool = False       # "Accept wildcard characters"
+    doc_type: str = ""            # the documented .NET type, e.g. String[]
+    implemented: bool = True      # False: documented, accepted by binding, not modelled (refused when used)
 
 
-COMMON = [Param("ErrorAction", "enum:ActionPreference", aliases=("ea",)), Param("Confirm", "switch", aliases=("cf",)),
-          Param("WhatIf", "switch", aliases=("wi",)), Param("Verbose", "switch", aliases=("vb",)),
-          Param("Debug", "switch", aliases=("db",))]
+_COMMON_DOC = "about_CommonParameters (MicrosoftDocs/PowerShell-Docs, reference/5.1)"
+# Common parameters every cmdlet has; the model acts on -ErrorAction and accepts -Verbose/-Debug, the others
+# bind (so no NamedParameterNotFound) and are refused as not modelled.
+COMMON = [Param("ErrorAction", "enum:ActionPreference", aliases=("ea",)), Param("Verbose", "switch", aliases=("vb",)),
+          Param("Debug", "switch", aliases=("db",))] + [
+    Param(n, "object", aliases=(a,), implemented=False) for n, a in (
+        ("ErrorVariable", "ev"), ("WarningAction", "wa"), ("WarningVariable", "wv"), ("InformationAction", "infa"),
+        ("InformationVariable", "iv"), ("OutVariable", "ov"), ("OutBuffer", "ob"), ("PipelineVariable", "pv"))]
+SHOULD_PROCESS = [Param("Confirm", "switch", aliases=("cf",)), Param("WhatIf", "switch", aliases=("wi",))]
+ALL_SETS = "__AllParameterSets"
 
 ENUMS = {
     "StopAction": ("Microsoft.HyperV.PowerShell.StopAction", STOP_ACTIONS),
@@ -57,16 +70,58 @@ class _Bind(Exception):
 
 @dataclass
 class Cmdlet:
+    """A cmdlet the model runs. With ``doc`` (a page in cmdlet_docs.CMDLETS) its parameters, aliases,
+    parameter sets, positions, mandatory flags and wildcard flags are the documented ones; ``params`` then
+    only says which of them the model implements and with what type."""
     name: str
     fqid_suffix: str
     params: list[Param]
     func: Callable[..., list[Any]]
     confirm_impact_high: bool = False
     collects_pipeline: bool = False
+    doc: str | None = None
     all_params: list[Param] = field(init=False)
+    set_names: list[str] = field(init=False)
+    default_set: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.all_params = self.params + COMMON
+        self.params = [dataclasses.replace(p, sets=dict(p.sets)) for p in self.params]   # never share a Param
+        if self.doc is None:
+            for p in self.params:
+                p.sets = {ALL_SETS: (p.mandatory, p.position)}
+            self.set_names, self.default_set = [ALL_SETS], ALL_SETS
+            self.all_params = self.params + SHOULD_PROCESS + COMMON
+            return
+        from .cmdlet_docs import CMDLETS
+        page = CMDLETS[self.doc]
+        mine = {p.name.lower(): p for p in self.params}
+        documented: list[Param] = []
+        for name, entry in page["parameters"].items():
+            p = mine.pop(name.lower(), None)
+            if p is None:
+                # -WhatIf/-Confirm act as PowerShell's ShouldProcess does; any other undeclared one is not modelled
+                p = Param(name, "switch") if name in ("WhatIf", "Confirm") else Param(name, "object", implemented=False)
+            p.aliases = tuple(entry["aliases"])
+            p.sets = {s: (v["required"], v["position"]) for s, v in entry["sets"].items()}
+            p.wildcards, p.doc_type = entry["wildcards"], entry["type"]
+            documented.append(p)
+        if mine:
+            raise ValueError(f"{self.name}: parameters {sorted(mine)} are not in {page['source']}")
+        self.params = documented
+        self.set_names, self.default_set = list(page["sets"]), page["default_set"]
+        self.all_params = documented + COMMON
+
+    def _sets_with(self, interp: "Interpreter", node: Any, params: list[Param]) -> list[str]:
+        """The parameter sets that contain every parameter in ``params`` (common parameters are in all)."""
+        sets = [s for s in self.set_names if all(not p.sets or s in p.sets for p in params)]
+        if not sets:
+            raise self._ambiguous(interp, node)
+        return sets
+
+    def _ambiguous(self, interp: "Interpreter", node: Any) -> Exception:
+        # (real) Windows PowerShell 5.1's text for AmbiguousParameterSet
+        return self._err(interp, node, "Parameter set cannot be resolved using the specified named parameters.",
+                         "AmbiguousParameterSet")
 
     # -- errors ---------------------------------------------------------
     def _err(self, interp: "Interpreter", node: Any, msg: str, fq: str, cat: str = "InvalidArgument",
@@ -94,6 +149,10 @@ class Cmdlet:
     def _convert(self, interp: "Interpreter", node: Any, p: Param, v: Any) -> Any:
         t = p.type
         if t == "object":
+            if v is None and any(mandatory for mandatory, _ in p.sets.values()):
+                # (real) PowerShell refuses $null for a mandatory parameter without [AllowNull()]
+                raise self._err(interp, node, f"Cannot bind argument to parameter '{p.name}' because it is null.",
+                                "ParameterArgumentValidationErrorNullNotAllowed", "InvalidData")
             return v
         if t == "switch":
             if isinstance(v, (bool, int)):
@@ -208,14 +267,20 @@ class Cmdlet:
                                     "and try again.", "MissingArgument")
             bound[p.name] = self._convert(interp, node, p, value)
             i += 1
+        pipe_param = next((p for p in self.params if p.pipeline), None)
+        # Parameter sets (about_Parameter_Sets): the named parameters narrow the sets; positional arguments
+        # bind by the positions of the default set if it is still possible, else of the first remaining set.
+        by_name = {p.name: p for p in self.all_params}
+        candidates = self._sets_with(interp, name_node, [by_name[n] for n in bound])
         for node, value in positional:
-            free = sorted((p for p in self.params if p.position is not None and p.name not in bound),
-                          key=lambda p: p.position)  # type: ignore[arg-type,return-value]
+            chosen = self.default_set if self.default_set in candidates else candidates[0]
+            free = sorted((p for p in self.params if p.name not in bound and chosen in p.sets
+                           and p.sets[chosen][1] is not None), key=lambda p: p.sets[chosen][1])  # type: ignore
             if not free:
                 raise self._err(interp, node, "A positional parameter cannot be found that accepts argument "
                                 f"'{to_string(value)}'.", "PositionalParameterNotFound")
             bound[free[0].name] = self._convert(interp, node, free[0], value)
-        pipe_param = next((p for p in self.params if p.pipeline), None)
+            candidates = self._sets_with(interp, name_node, [by_name[n] for n in bound])
         if input_items is not None and pipe_param is None:
             for item in input_items:
                 interp._write_error(ErrorRecord(
@@ -224,11 +289,24 @@ class Cmdlet:
                     "that take pipeline input.", f"InputObjectNotBound,{self.fqid_suffix}", "InvalidArgument", PBE,
                     to_string(item), self.name, **interp._where(name_node)), interp._eap(None))
             return []
-        missing = [p.name for p in self.params if p.mandatory and p.name not in bound
-                   and not (p.pipeline and input_items is not None)]
-        if missing:
+        given = set(bound) | ({pipe_param.name} if pipe_param is not None and input_items is not None else set())
+        if pipe_param is not None and input_items is not None:
+            candidates = [c for c in candidates if c in pipe_param.sets] or candidates
+        complete = [c for c in candidates
+                    if all(p.name in given for p in self.params if p.sets.get(c, (False, None))[0])]
+        if not complete:
+            pick = self.default_set if self.default_set in candidates else candidates[0]
+            missing = [p.name for p in self.params if p.sets.get(pick, (False, None))[0] and p.name not in given]
             raise self._err(interp, name_node, "Cannot process command because of one or more missing mandatory "
                             f"parameters: {' '.join(missing)}.", "MissingMandatoryParameter")
+        if len(complete) > 1 and self.default_set not in complete:
+            raise self._ambiguous(interp, name_node)
+        unmodelled = [n for n in bound if not by_name[n].implemented]
+        if unmodelled:
+            # Not Windows behaviour: the parameter exists (docs) but the lab model does not act on it.
+            raise self._err(interp, name_node, f"The lab host model does not implement -{unmodelled[0]} of "
+                            f"{self.name} (documented, not modelled).", "ModelLimitation", "NotImplemented",
+                            "System.NotImplementedException")
         action = bound.pop("ErrorAction", None)
         action_name = action.name if isinstance(action, PSEnum) else None
         if self.confirm_impact_high and bound.get("Confirm", True) is not False and not bound.get("WhatIf"):
@@ -404,13 +482,13 @@ def set_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None, vm: list[
 
 
 def get_vmsnapshot(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None, vm: list[PSObject] | None = None,
-                   name: list[str] | None = None) -> list[Any]:
+                   name: str | None = None) -> list[Any]:
     vms = _resolve_vms(ctx, model, vmname, vm, "GetVMSnapshot") if (vmname is not None or vm is not None) \
         else model.vms
     out = []
     for v in vms:
         for c in v.checkpoints:
-            if name is None or any(_wild(n, c.name) for n in name):
+            if name is None or name.lower() == c.name.lower():
                 out.append(PSObject({"Name": c.name, "VMName": v.name, "SnapshotType": PSEnum(
                     "Microsoft.HyperV.PowerShell.SnapshotType", c.snapshot_type, SNAPSHOT_TYPES[c.snapshot_type])},
                     typename="Microsoft.HyperV.PowerShell.VMSnapshot"))
@@ -532,34 +610,52 @@ def add_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
 
 
 def remove_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
-                                vm: list[PSObject] | None = None, locationpath: str | None = None,
+                                vmassignabledevice: Any = None, locationpath: str | None = None,
                                 instancepath: str | None = None, passthru: bool = False) -> list[Any]:
     cmd = "RemoveVMAssignableDevice"
-    if vmname is None and vm is None:
-        raise HyperVError("Cannot process command because of one or more missing mandatory parameters: VMName.",
-                          f"MissingMandatoryParameter,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
-    for v in _resolve_vms(ctx, model, vmname, vm, cmd):
-        devs = [d for d in model.devices if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()
-                and (locationpath is None or d.location_path.lower() == locationpath.lower())
-                and (instancepath is None or d.dismounted_instance_id.lower() == instancepath.lower())]
-        if not devs:
-            ctx.error(HyperVError(f"No assigned device at location path '{locationpath}' was found on virtual "  # (approx)
-                                  f"machine '{v.name}'.", f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX,
-                                  locationpath or ""))
-            continue
-        if v.state != "Off":
-            ctx.error(_invalid_state(v, cmd))
-            continue
-        for d in devs:
-            d.assigned_vm = None
+    if vmassignabledevice is not None:
+        # Object set: the VMAssignedDevice objects Get-VMAssignableDevice returned
+        items = vmassignabledevice if isinstance(vmassignabledevice, list) else [vmassignabledevice]
+        for item in items:
+            if not (isinstance(item, PSObject) and item.typename == "Microsoft.HyperV.PowerShell.VMAssignedDevice"):
+                raise HyperVError(f"Cannot bind parameter 'VMAssignableDevice'. Cannot convert the \"{to_string(item)}\" "
+                                  "value of type \"" + type(item).__name__ + "\" to type "
+                                  "\"Microsoft.HyperV.PowerShell.VMAssignedDevice\".",
+                                  f"CannotConvertArgument,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
+            _remove_assigned(ctx, model, to_string(item.get("VMName")), to_string(item.get("LocationPath")), None, cmd)
+        return []
+    for v in _resolve_vms(ctx, model, vmname, None, cmd):
+        _remove_assigned(ctx, model, v.name, locationpath, instancepath, cmd)
     return []
 
 
+def _remove_assigned(ctx: _Ctx, model: HostModel, vm_name: str, locationpath: str | None,
+                     instancepath: str | None, cmd: str) -> None:
+    v = model.vm(vm_name)
+    if v is None:
+        ctx.error(_vm_not_found(vm_name, cmd))
+        return
+    devs = [d for d in model.devices if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()
+            and (locationpath is None or d.location_path.lower() == locationpath.lower())
+            and (instancepath is None or d.dismounted_instance_id.lower() == instancepath.lower())]
+    if not devs:
+        ctx.error(HyperVError(f"No assigned device at location path '{locationpath}' was found on virtual "  # (approx)
+                              f"machine '{v.name}'.", f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX,
+                              locationpath or ""))
+        return
+    if v.state != "Off":
+        ctx.error(_invalid_state(v, cmd))
+        return
+    for d in devs:
+        d.assigned_vm = None
+
+
 def get_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
-                             vm: list[PSObject] | None = None) -> list[Any]:
-    vms = _resolve_vms(ctx, model, vmname, vm, "GetVMAssignableDevice") if (vmname or vm) else model.vms
+                             vm: list[PSObject] | None = None, locationpath: str | None = None) -> list[Any]:
+    vms = _resolve_vms(ctx, model, vmname, vm, "GetVMAssignableDevice")
     return [_assignable_obj(model, d, v.name) for v in vms for d in model.devices
-            if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()]
+            if d.assigned_vm and d.assigned_vm.lower() == v.name.lower()
+            and (locationpath is None or d.location_path.lower() == locationpath.lower())]
 
 
 # ---------------------------------------------------------------- PnP cmdlets (CDXML module PnpDevice)
@@ -627,8 +723,14 @@ def _prop(d: PnpDevice, key: DevPropKey) -> tuple[str, Any] | None:
 
 
 def get_pnp_device_property(ctx: _Ctx, model: HostModel, instanceid: list[str] | None = None,
-                            keyname: list[str] | None = None) -> list[Any]:
+                            keyname: list[str] | None = None, inputobject: Any = None) -> list[Any]:
     out = []
+    if inputobject is not None:       # InputObject (cdxml) set: a device from Get-PnpDevice, piped
+        device = getattr(inputobject, "device", None)
+        if device is None:
+            raise HyperVError("The input object is not a Win32_PnPEntity instance (lab model).",
+                              "ModelLimitation,Get-PnpDeviceProperty", "InvalidArgument", PBE, kind="terminating")
+        instanceid = [device.instance_id]
     for iid in instanceid or []:
         d = model.device_by_instance(iid)
         if d is None:
@@ -735,42 +837,49 @@ def _hv(name: str, cls: str, params: list[Param], func: Callable[..., list[Any]]
 _LP = Param("LocationPath", "string")
 _IP = Param("InstancePath", "string")
 
+# The Hyper-V and PnpDevice cmdlets take their parameters, parameter sets, positions, aliases and mandatory flags
+# from their pages in MicrosoftDocs/windows-powershell-docs (docset/winserver2022-ps/Hyper-V/<name>.md and
+# PnpDevice/<name>.md, extracted in cmdlet_docs.py); the lists below only name the parameters the model acts on,
+# with the type it converts to. A documented parameter not listed binds and is refused as not modelled; an
+# undocumented one is NamedParameterNotFound, as on Windows.
+_SW = "switch"
 CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
-    _hv("Get-VMHost", "GetVMHost", [Param("ComputerName", "string[]")], get_vmhost),
-    _hv("Get-VM", "GetVM", [Param("Name", "string[]", position=0, aliases=("VMName",))], get_vm),
-    _hv("Set-VM", "SetVM", [Param("Name", "string[]", position=0, aliases=("VMName",)), Param("VM", "vm[]"),
+    _hv("Get-VMHost", "GetVMHost", [], get_vmhost, doc="Get-VMHost"),
+    _hv("Get-VM", "GetVM", [Param("Name", "string[]")], get_vm, doc="Get-VM"),
+    _hv("Set-VM", "SetVM", [Param("Name", "string[]"), Param("VM", "vm[]"),
                             Param("AutomaticStopAction", "enum:StopAction"),
                             Param("GuestControlledCacheTypes", "bool"), Param("LowMemoryMappedIoSpace", "uint32"),
-                            Param("HighMemoryMappedIoSpace", "uint64"), Param("Passthru", "switch")], set_vm),
-    _hv("Get-VMSnapshot", "GetVMSnapshot", [Param("VMName", "string[]", position=0), Param("VM", "vm[]"),
-                                            Param("Name", "string[]")],
-        get_vmsnapshot),
+                            Param("HighMemoryMappedIoSpace", "uint64"), Param("Passthru", _SW)], set_vm, doc="Set-VM"),
+    _hv("Get-VMSnapshot", "GetVMSnapshot", [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("Name", "string")],
+        get_vmsnapshot, doc="Get-VMSnapshot"),
     _hv("Dismount-VMHostAssignableDevice", "DismountVMHostAssignableDevice",
-        [_LP, _IP, Param("Force", "switch"), Param("Passthru", "switch")], dismount_vmhost_assignable_device),
-    _hv("Mount-VMHostAssignableDevice", "MountVMHostAssignableDevice", [_LP, _IP, Param("Passthru", "switch")],
-        mount_vmhost_assignable_device),
-    _hv("Get-VMHostAssignableDevice", "GetVMHostAssignableDevice", [], get_vmhost_assignable_device),
+        [_LP, _IP, Param("Force", _SW), Param("Passthru", _SW)], dismount_vmhost_assignable_device,
+        doc="Dismount-VMHostAssignableDevice"),
+    _hv("Mount-VMHostAssignableDevice", "MountVMHostAssignableDevice", [_LP, _IP, Param("Passthru", _SW)],
+        mount_vmhost_assignable_device, doc="Mount-VMHostAssignableDevice"),
+    _hv("Get-VMHostAssignableDevice", "GetVMHostAssignableDevice", [], get_vmhost_assignable_device,
+        doc="Get-VMHostAssignableDevice"),
     _hv("Add-VMAssignableDevice", "AddVMAssignableDevice",
-        [Param("VMName", "string[]", position=0), Param("VM", "vm[]"), _LP, _IP, Param("Passthru", "switch")],
-        add_vm_assignable_device),
+        [Param("VMName", "string[]"), Param("VM", "vm[]"), _LP, _IP, Param("Passthru", _SW)],
+        add_vm_assignable_device, doc="Add-VMAssignableDevice"),
+    # No -VM here (docs): by name, or the Object set with what Get-VMAssignableDevice returned.
     _hv("Remove-VMAssignableDevice", "RemoveVMAssignableDevice",
-        [Param("VMName", "string[]", position=0), Param("VM", "vm[]"), _LP, _IP, Param("Passthru", "switch")],
-        remove_vm_assignable_device),
-    _hv("Get-VMAssignableDevice", "GetVMAssignableDevice", [Param("VMName", "string[]", position=0),
-                                                            Param("VM", "vm[]")], get_vm_assignable_device),
-    Cmdlet("Get-PnpDevice", "Get-PnpDevice", [Param("InstanceId", "string[]", position=0),
-                                              Param("Class", "string[]"), Param("FriendlyName", "string[]"),
-                                              Param("PresentOnly", "switch")],
-           lambda ctx, model, **kw: get_pnp_device(ctx, model, class_=kw.pop("class", None), **kw)),
+        [Param("VMName", "string[]"), Param("VMAssignableDevice", "object", pipeline=True), _LP, _IP,
+         Param("Passthru", _SW)],
+        remove_vm_assignable_device, doc="Remove-VMAssignableDevice"),
+    _hv("Get-VMAssignableDevice", "GetVMAssignableDevice", [Param("VMName", "string[]"), Param("VM", "vm[]"), _LP],
+        get_vm_assignable_device, doc="Get-VMAssignableDevice"),
+    Cmdlet("Get-PnpDevice", "Get-PnpDevice", [Param("InstanceId", "string[]"), Param("Class", "string[]"),
+                                              Param("FriendlyName", "string[]"), Param("PresentOnly", _SW)],
+           lambda ctx, model, **kw: get_pnp_device(ctx, model, class_=kw.pop("class", None), **kw), doc="Get-PnpDevice"),
     Cmdlet("Get-PnpDeviceProperty", "Get-PnpDeviceProperty",
-           [Param("InstanceId", "string[]", mandatory=True, position=1),
-            Param("KeyName", "string[]", position=0)], get_pnp_device_property),
-    Cmdlet("Disable-PnpDevice", "Disable-PnpDevice", [Param("InstanceId", "string[]", mandatory=True, position=0),
-                                                      Param("PassThru", "switch")], disable_pnp_device,
-           confirm_impact_high=True),
-    Cmdlet("Enable-PnpDevice", "Enable-PnpDevice", [Param("InstanceId", "string[]", mandatory=True, position=0),
-                                                    Param("PassThru", "switch")], enable_pnp_device,
-           confirm_impact_high=True),
+           [Param("InstanceId", "string[]"), Param("KeyName", "string[]"), Param("InputObject", "object", pipeline=True)],
+           get_pnp_device_property, doc="Get-PnpDeviceProperty"),
+    Cmdlet("Disable-PnpDevice", "Disable-PnpDevice", [Param("InstanceId", "string[]"), Param("PassThru", _SW)],
+           disable_pnp_device, confirm_impact_high=True, doc="Disable-PnpDevice"),
+    Cmdlet("Enable-PnpDevice", "Enable-PnpDevice", [Param("InstanceId", "string[]"), Param("PassThru", _SW)],
+           enable_pnp_device, confirm_impact_high=True, doc="Enable-PnpDevice"),
+    # Not from the Hyper-V/PnpDevice docsets: hand-written, one parameter set each.
     Cmdlet("Get-CimAssociatedInstance",
            "Microsoft.Management.Infrastructure.CimCmdlets.GetCimAssociatedInstanceCommand",
            [Param("InputObject", "object", mandatory=True, position=0, pipeline=True),
