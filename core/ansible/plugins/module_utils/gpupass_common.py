@@ -1,0 +1,187 @@
+# Licensed under the Apache License, Version 2.0 (see the LICENSE file of gpupass).
+"""What the gpupass modules share: connection options the Ansible way, opening a host through gpupass's Python
+API, and gpupass errors turned into module failures that keep their kind, codes and remedies.
+
+The modules run on the machine that talks to the hypervisors (usually `delegate_to: localhost`), with an
+interpreter that has gpupass installed (`pip install 'gpupass[all]'`).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+try:
+    from gpupass.core import serialize
+    from gpupass.core.config import load_config
+    from gpupass.core.errors import GpupassError, OperationFailed, PreflightFailed, UsageError
+    from gpupass.core.hosts import open_backend, open_host, resolve_target
+    from gpupass.core.plugins import default_registry
+    from gpupass.core.target import Secret, TlsOptions
+
+    GPUPASS_IMPORT_ERROR = None
+except ImportError:  # reported by fail_on_missing_gpupass, as Ansible modules report a missing library
+    GPUPASS_IMPORT_ERROR = traceback.format_exc()
+    GpupassError = Exception  # keeps `except GpupassError` valid in the modules
+
+# The connection options every module takes; documented once in doc_fragments/connection.py.
+CONNECTION_ARGUMENT_SPEC = dict(
+    host=dict(type="str"),
+    platform=dict(type="str", choices=["esxi", "hyperv"], default="esxi"),
+    hostname=dict(type="str"),
+    username=dict(type="str", aliases=["user"]),
+    password=dict(type="str", aliases=["pass", "pwd"], no_log=True),
+    port=dict(type="int"),
+    datacenter=dict(type="str"),
+    validate_certs=dict(type="bool"),
+    ca_file=dict(type="path"),
+    config=dict(type="path"),
+)
+
+# community.vmware's variables, read only for an ESXi host (never sent to another platform).
+VMWARE_ENV = {"hostname": "VMWARE_HOST", "username": "VMWARE_USER", "password": "VMWARE_PASSWORD",
+              "port": "VMWARE_PORT", "validate_certs": "VMWARE_VALIDATE_CERTS"}
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def fail_on_missing_gpupass(module):
+    if GPUPASS_IMPORT_ERROR is not None:
+        from ansible.module_utils.basic import missing_required_lib
+
+        module.fail_json(msg=missing_required_lib("gpupass", url="pip install 'gpupass[all]'"),
+                         exception=GPUPASS_IMPORT_ERROR)
+
+
+def _env_bool(name, value):
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"${name} is {value!r}, not a boolean", remedy=f"set {name} to true or false")
+
+
+class Connection:
+    """One host, opened from the module's options; use as a context manager."""
+
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.registry = default_registry()
+        config_path = params.get("config")
+        self.config = load_config(_config_path(config_path))
+        self.host_text = self._host_text(params)
+        self.backend = None
+
+    def _esxi_params(self, params):
+        """The VMWARE_* variables fill what the module's options leave out, as in community.vmware."""
+        merged = dict(params)
+        for option, variable in VMWARE_ENV.items():
+            if merged.get(option) is None and os.environ.get(variable):
+                value = os.environ[variable]
+                if option == "validate_certs":
+                    value = _env_bool(variable, value)
+                elif option == "port":
+                    value = int(value) if value.isdigit() else None
+                merged[option] = value
+        return merged
+
+    def _host_text(self, params):
+        if params.get("host"):
+            return params["host"]
+        esxi = self._esxi_params(params) if params.get("platform") == "esxi" else params
+        hostname = esxi.get("hostname")
+        if hostname:
+            from urllib.parse import quote
+
+            user = esxi.get("username")
+            netloc = (quote(user, safe="") + "@" if user else "") + hostname
+            if esxi.get("port"):
+                netloc += f":{esxi['port']}"
+            scheme = params.get("platform") or "esxi"
+            path = "/" + quote(params["datacenter"], safe="") if params.get("datacenter") and scheme == "esxi" else ""
+            return f"{scheme}://{netloc}{path}"
+        if os.environ.get("LIBVIRT_DEFAULT_URI"):
+            return os.environ["LIBVIRT_DEFAULT_URI"]
+        raise UsageError("no host given",
+                         remedy="set host (a URI such as qemu:///system, a name from gpupass's config file or a lab "
+                                "host), or hostname/username (VMWARE_HOST, VMWARE_USER), or LIBVIRT_DEFAULT_URI")
+
+    def _tls(self, params, esxi):
+        verify = params.get("validate_certs")
+        if verify is None and esxi:
+            verify = self._esxi_params(params).get("validate_certs")
+        return TlsOptions(verify=True if verify is None else bool(verify), ca_file=params.get("ca_file"))
+
+    def open(self):
+        from gpupass.core import snapshot
+
+        params = self.module.params
+        if snapshot.looks_like_snapshot(self.host_text):
+            self.backend = open_host(self.host_text, self.config, self.registry)
+            return self.backend
+        scheme = self.host_text.partition("://")[0] if "://" in self.host_text else None
+        esxi = scheme == "esxi"
+        target = resolve_target(self.host_text, self.config, self.registry, self._tls(params, esxi))
+        password = params.get("password")
+        if password is None and esxi:
+            password = self._esxi_params(params).get("password")
+        if password is not None:
+            from dataclasses import replace
+
+            target = replace(target, password=Secret(password))
+        self.backend = open_backend(target, self.registry)
+        return self.backend
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc_info):
+        if self.backend is not None:
+            self.backend.close()
+        return False
+
+
+def _config_path(given):
+    from pathlib import Path
+
+    from gpupass.core import paths
+
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"the config file {given} does not exist",
+                             remedy="give the path of an existing gpupass config file, or leave config out")
+        return path
+    return paths.config_file()
+
+
+def fail_from_error(module, exc, **extra):
+    """A gpupass error as a module failure: its kind, message and remedy; preflight findings and the rollback
+    state where they apply, so a playbook can branch on `result.error` or `result.findings`."""
+    result = dict(extra)
+    result.update(error=getattr(exc, "kind", "error"), remedy=getattr(exc, "remedy", None),
+                  exit_code=getattr(exc, "exit_code", 1))
+    message = getattr(exc, "message", str(exc))
+    if isinstance(exc, PreflightFailed):
+        result["findings"] = [serialize.finding_to_dict(f) for f in exc.findings]
+        blockers = [f for f in exc.findings if f.blocks]
+        # The CLI prints the findings above its error line; a module has one message, so they go into it.
+        message += "".join(f"; [{f.code}] {f.message}" for f in blockers)
+        result["remedy"] = "; ".join(f.remedy for f in blockers if f.remedy) or None
+    if isinstance(exc, OperationFailed):
+        result["rolled_back"] = exc.rolled_back
+    if result.get("remedy"):
+        message = f"{message} (fix: {result['remedy']})"
+    module.fail_json(msg=message, **result)
+
+
+def run_guarded(module, body):
+    """Run body(); a gpupass error fails the module cleanly, anything else with its traceback."""
+    try:
+        return body()
+    except GpupassError as exc:
+        fail_from_error(module, exc)
+    except Exception as exc:  # an unexpected failure: keep the traceback for -vvv
+        module.fail_json(msg=f"{type(exc).__name__}: {exc}", exception=traceback.format_exc())
