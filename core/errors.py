@@ -69,6 +69,16 @@ class OperationFailed(GpupassError):
         return {**super().to_dict(), "rolled_back": self.rolled_back}
 
 
+class Conflict(OperationFailed):
+    """Another change to the same GPU or VM, from another process or machine, won; this one was undone."""
+
+    exit_code = 6
+    kind = "conflict"
+
+    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool = True) -> None:
+        super().__init__(message, remedy=remedy, rolled_back=rolled_back)
+
+
 class PreflightFailed(GpupassError):
     """Preflight found blocking problems; nothing was changed."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,16 @@ from gpupass.core.domain.mmio import MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.errors import NotSupported
 from gpupass.core.target import Target
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What the host holds of one step: "before" (none of it), "after" (all of it; `token` is what `undo`
+    needs), or "unknown" (it could not be read, or it holds part of it; `detail` says what is known)."""
+
+    state: str
+    token: Any = None
+    detail: str = ""
 
 
 class Backend(ABC):
@@ -100,6 +111,11 @@ class Backend(ABC):
     @abstractmethod
     def undo(self, step: Step, token: Any) -> None:
         """Reverse a step that `apply` completed."""
+
+    def observe(self, step: Step) -> StepState:
+        """After `apply(step)` raised an error that does not say what it left (a timeout, a lost connection,
+        an interrupt), read the host again and say what is there. The default admits it cannot tell."""
+        return StepState("unknown")
 
     def close(self) -> None:
         """Release the connection."""

@@ -65,6 +65,7 @@ def vm_to_dict(vm: Vm) -> dict[str, Any]:
         "snapshots": vm.snapshots,
         "hypervisor_hidden": vm.hypervisor_hidden,
         "settings": dict(vm.settings),
+        "unfinished": list(vm.unfinished),
     }
 
 

@@ -14,9 +14,9 @@ from gpupass.core.domain.pci import Bar, PciAddress
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
 from gpupass.core.domain.request import AssignmentRequest, GpuRef, ReleaseRequest
 from gpupass.core.domain.select import GpuSelector
-from gpupass.core.errors import GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
+from gpupass.core.errors import Conflict, GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
 from gpupass.core.plugins import Registry
-from gpupass.core.ports import Backend
+from gpupass.core.ports import Backend, StepState
 
 
 def find_vm(facts: HostFacts, name: str, host_label: str | None = None) -> Vm:
@@ -83,7 +83,8 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
         gpus = tuple(resolve_gpu(facts, a, vm, label) for a in request.gpus)
         _reject_named_twice(list(gpus))
         for gpu in gpus:
-            if gpu.assigned_to not in (None, vm.name):
+            # A GPU on two VMs (a run stopped mid-way, see claims.stale_holdings) is released from either.
+            if gpu.assigned_to not in (None, vm.name) and gpu.address not in vm.assigned:
                 raise UsageError(
                     f"GPU {gpu.address} belongs to VM '{gpu.assigned_to}', not '{vm.name}'",
                     remedy=f"release it from '{gpu.assigned_to}' instead",
@@ -162,8 +163,27 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
     return Outcome(plan, tuple(step for step, _ in done), facts)
 
 
+def _observed(backend: Backend, step: Step, cause: BaseException) -> StepState:
+    """What the failed step left on the host. A step that says so itself (`rolled_back` on its error) is
+    believed; for anything else (a timeout, a lost connection, an interrupt) the host is read again."""
+    own = getattr(cause, "rolled_back", None)
+    if own is True:
+        return StepState("before")
+    if own is False:
+        return StepState("unknown", detail="it could not undo its own changes")
+    try:
+        return backend.observe(step)
+    except Exception as error:  # noqa: BLE001 - the host cannot be read: say so rather than guess
+        reason = error.message if isinstance(error, GpupassError) else f"{type(error).__name__}: {error}"
+        return StepState("unknown", detail=f"the host could not be read again ({reason})")
+
+
 def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException) -> None:
     reason = cause.message if isinstance(cause, GpupassError) else f"{type(cause).__name__}: {cause}"
+    left = _observed(backend, failed, cause)
+    done = list(done)
+    if left.state == "after":  # the step went through although the call failed: undo it with the rest
+        done.append((failed, left.token))
     stuck: list[str] = []
     for step, token in reversed(done):
         try:
@@ -177,14 +197,18 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
             rolled_back=False,
         ) from cause
     undone = f"; {len(done)} completed step(s) were undone" if done else ""
-    # A step may fail half-way and fail to clean up after itself too: it says so, and so must we.
-    if not getattr(cause, "rolled_back", True):
+    # A step may fail half-way and fail to clean up after itself too, or leave the host unreadable: it says
+    # so, and so must we.
+    if left.state == "unknown":
+        what = left.detail or "what it left on the host is not known"
         raise OperationFailed(
-            f"step '{failed.description}' failed and could not undo its own changes: {reason}{undone}",
-            remedy=getattr(cause, "remedy", None) or f"undo by hand: {failed.undo}",
+            f"step '{failed.description}' failed and {what}: {reason}{undone}",
+            remedy=getattr(cause, "remedy", None) or "run `gpupass status HOST`: if the change is there, "
+            f"finish with the same command again or revert it ({failed.undo})",
             rolled_back=False,
         ) from cause
-    raise OperationFailed(
+    error_class = Conflict if isinstance(cause, Conflict) else OperationFailed
+    raise error_class(
         f"step '{failed.description}' failed: {reason}{undone}; the VM is as it was",
         remedy=getattr(cause, "remedy", None),
         rolled_back=True,

@@ -91,6 +91,7 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
         mmio_window_bytes=v.get("mmio_window_bytes"), assigned=tuple(PciAddress.parse(a) for a in v["assigned"]),
         id=v.get("id", ""), location=v.get("location", ""), snapshots=v.get("snapshots", 0),
         hypervisor_hidden=v.get("hypervisor_hidden", False), settings=v.get("settings", {}),
+        unfinished=tuple(v.get("unfinished", ())),
     ) for v in data["vms"]]
     return HostFacts(host, tuple(gpus), tuple(vms), functions, data.get("maintenance", {}))
 

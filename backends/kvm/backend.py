@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,8 +17,9 @@ from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
-from gpupass.core.errors import BackendUnavailable, OperationFailed
-from gpupass.core.ports import Backend
+from gpupass.core.domain import claims
+from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed
+from gpupass.core.ports import Backend, StepState
 
 # Local accessors of libvirt objects that do not talk to the daemon.
 _LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect"}
@@ -178,7 +180,7 @@ class KvmBackend(Backend):
             if parsed.iommu_group is not None:
                 groups[function.address] = parsed.iommu_group
         stats = self._call("listing domains", conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
-        vms, owners = [], {}
+        vms, owners, holders = [], {}, []
         self._domain_xml = {}
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -186,7 +188,10 @@ class KvmBackend(Backend):
             self._domain_xml[facts.name] = xml
             for address in facts.hostdevs:
                 owners[address] = facts.name
-            vms.append(_vm(facts, values.get("state.state", 0)))
+            claimed, held = domxml.claims_of(xml)
+            holders.extend(held)
+            vms.append(_vm(facts, values.get("state.state", 0), claimed))
+        vms = _with_stale_holdings(vms, holders)
         gpus = group_gpus(functions.values(), groups, owners)
         if self._is_local:
             gpus = [_mark_boot_vga(gpu) for gpu in gpus]
@@ -230,7 +235,8 @@ class KvmBackend(Backend):
         new_functions = [f for f in ctx.functions if f.address not in vm.assigned]
         if options.live and not vm.is_off:
             steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions]
-        steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not options.live))
+        steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not options.live,
+                                       claims=[str(f.address) for f in new_functions]))
         steps.append(Step(
             action="kvm.managed-binding",
             description="at VM start libvirt detaches " + ", ".join(str(f.address) for f in new_functions)
@@ -245,6 +251,7 @@ class KvmBackend(Backend):
         xml = self._domain_xml[vm.name]
         addresses = set(ctx.addresses) & set(vm.assigned)
         edit = domxml.remove_gpus(xml, addresses)
+        edit = domxml.Edit(domxml.without_unfinished_claims(edit.xml), edit.changes)
         steps = []
         if ctx.request.options.live and not vm.is_off:
             functions = [f for f in ctx.functions if f.address in addresses]
@@ -252,7 +259,8 @@ class KvmBackend(Backend):
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
         return steps
 
-    def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool) -> Step:
+    def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool,
+                     claims: list[str] | None = None) -> Step:
         diff = "".join(difflib.unified_diff(
             _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
             fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
@@ -264,7 +272,7 @@ class KvmBackend(Backend):
             changes=tuple(edit.changes),
             needs_vm_off=needs_vm_off,
             preview=diff,
-            payload={"vm": vm, "old_xml": old, "new_xml": edit.xml},
+            payload={"vm": vm, "old_xml": old, "new_xml": edit.xml, "claims": claims or []},
         )
 
     def _hotplug_step(self, vm: str, function, attach: bool) -> Step:
@@ -291,10 +299,12 @@ class KvmBackend(Backend):
         if step.action == "kvm.define-domain":
             current = self._current_xml(payload["vm"])
             if current != payload["old_xml"]:
-                raise OperationFailed(
-                    f"VM '{payload['vm']}' was changed by someone else since the plan was made",
+                raise Conflict(
+                    f"VM '{payload['vm']}' was changed by someone else since the plan was made; nothing was changed",
                     remedy="run the command again to plan from its current definition",
                 )
+            if payload.get("claims"):
+                return self._define_claimed(payload)
             self._define(payload["new_xml"], "defining the new VM definition")
             return payload["old_xml"]
         if step.action in ("kvm.hotplug", "kvm.hotunplug"):
@@ -302,11 +312,96 @@ class KvmBackend(Backend):
             return None
         raise OperationFailed(f"the kvm backend does not know step {step.action!r}")
 
+    # How long a claimant waits for another run that is choosing its claim number (gpupass.core.domain.claims);
+    # a run killed in that moment leaves its claim choosing, and after this the waiting run gives up.
+    claim_wait_s = 10.0
+
+    def _define_claimed(self, payload: dict[str, Any]) -> str:
+        """The define of an assign, as a claim that holds across processes and machines (see claims.py)."""
+        vm, old = payload["vm"], payload["old_xml"]
+        mine = claims.new_claim(vm, payload["claims"])
+        self._define(domxml.with_claim(old, mine), f"recording gpupass's claim in VM {vm!r}")
+        others, _ = self._claims(exclude=vm)
+        mine = mine.numbered(claims.next_number(mine, others))
+        try:
+            self._define(domxml.with_claim(payload["new_xml"], mine), "defining the new VM definition")
+        except GpupassError as refused:
+            # libvirt takes a definition whole or not at all: only the claim is there; take it back, so the
+            # error's own word on the rollback is true. If that fails too, the service reads the VM again.
+            self._define(old, "taking back the claim after libvirt refused the definition")
+            raise refused
+        deadline = time.monotonic() + self.claim_wait_s
+        while True:
+            domains = self._all_domain_xml()
+            if mine.token not in domains.get(vm, ""):
+                raise Conflict(
+                    f"VM '{vm}' was redefined by another run while this one was assigning "
+                    f"{', '.join(sorted(mine.addresses))}; it now holds "
+                    f"{', '.join(str(a) for a in domxml.read_facts(domains[vm]).hostdevs) or 'no PCI device'}"
+                    if vm in domains else f"VM '{vm}' was undefined by another run during the assignment",
+                    remedy="run `gpupass status HOST`, then the command again if the GPU is not there",
+                    rolled_back=False)
+            others, holders = self._claims(exclude=vm, domains=domains)
+            verdict = claims.decide(mine, others, holders)
+            if verdict.outcome != "wait":
+                break
+            if time.monotonic() > deadline:
+                verdict = claims.Verdict(
+                    "lose", f"VM '{verdict.other_vm}' carries a claim on the same GPU that stayed unfinished for "
+                    f"{self.claim_wait_s:.0f}s (a gpupass run stopped mid-way?)", verdict.other_vm)
+                break
+            time.sleep(0.05)
+        if verdict.outcome == "lose":
+            self._define(old, "undoing this run's change after losing the claim")
+            raise Conflict(
+                f"{verdict.reason}; this run's change to VM '{vm}' was undone",
+                remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move"
+                       + ("; a claim left by a stopped run goes away with any gpupass assign or release of that VM"
+                          if "unfinished" in verdict.reason else ""))
+        return old
+
+    def _all_domain_xml(self) -> dict[str, str]:
+        if self._persists_test_state():
+            self.close()  # reload the lab file, where other processes' defines are (see _current_xml)
+        conn = self._connection()
+        domains = self._call("listing domains", conn.listAllDomains, 0)
+        inactive = self._libvirt.VIR_DOMAIN_XML_INACTIVE
+        return {d.name(): self._call(f"reading domain {d.name()!r}", d.XMLDesc, inactive) for d in domains}
+
+    def _claims(self, exclude: str, domains: dict[str, str] | None = None) -> tuple[list, list]:
+        found: tuple[list, list] = ([], [])
+        for name, xml in (domains if domains is not None else self._all_domain_xml()).items():
+            if name != exclude:
+                claimed, held = domxml.claims_of(xml)
+                found[0].extend(claimed)
+                found[1].extend(held)
+        return found
+
     def undo(self, step: Step, token: Any) -> None:
         if step.action == "kvm.define-domain":
             self._define(token, "restoring the previous VM definition")
         elif step.action in ("kvm.hotplug", "kvm.hotunplug"):
             self._hotplug(step.payload["vm"], step.payload["hostdev_xml"], attach=not step.payload["attach"])
+
+    def observe(self, step: Step) -> StepState:
+        """Read the VM again after a define that failed without saying what it left."""
+        payload = step.payload
+        if step.action in ("kvm.hotplug", "kvm.hotunplug"):
+            domain = self._call(f"looking up VM {payload['vm']!r}", self._connection().lookupByName, payload["vm"])
+            live = domxml.read_facts(self._call(f"reading VM {payload['vm']!r}", domain.XMLDesc, 0)).hostdevs
+            wanted = {a for _, a in domxml.pci_hostdevs(domxml.parse(f"<domain><devices>{payload['hostdev_xml']}"
+                                                                      "</devices></domain>"))}
+            there = wanted <= set(live)
+            return StepState("after" if there == payload["attach"] else "before")
+        if step.action != "kvm.define-domain":
+            return StepState("unknown", detail=f"{step.description} cannot be read back")
+        current = _essentials(self._current_xml(payload["vm"]))
+        if current == _essentials(payload["old_xml"], keep_claims=True):
+            return StepState("before")
+        if current in (_essentials(payload["old_xml"]), _essentials(payload["new_xml"])):
+            # the change, or only this run's claim, is there: defining the old XML takes either back
+            return StepState("after", token=payload["old_xml"])
+        return StepState("unknown", detail=f"VM '{payload['vm']}' holds neither its old nor its planned definition")
 
     def _current_xml(self, vm: str) -> str:
         if self._persists_test_state():
@@ -340,7 +435,7 @@ _STATES = {0: PowerState.UNKNOWN, 1: PowerState.RUNNING, 2: PowerState.RUNNING, 
            4: PowerState.RUNNING, 5: PowerState.OFF, 6: PowerState.OFF, 7: PowerState.SUSPENDED}
 
 
-def _vm(facts: domxml.DomainFacts, state: int) -> Vm:
+def _vm(facts: domxml.DomainFacts, state: int, claims: list) -> Vm:
     return Vm(
         name=facts.name,
         id=facts.uuid,
@@ -353,7 +448,30 @@ def _vm(facts: domxml.DomainFacts, state: int) -> Vm:
         hypervisor_hidden=facts.hypervisor_hidden,
         settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded],
                   "phys_bits": facts.phys_bits},
+        unfinished=tuple(
+            f"an assign of {', '.join(sorted(c.addresses))} started by {c.origin} stopped before its change was "
+            "written; any `gpupass assign` or `release` of this VM clears it" for c in claims if c.choosing),
     )
+
+
+def _with_stale_holdings(vms: list[Vm], holders: list) -> list[Vm]:
+    import dataclasses
+
+    stale: dict[str, list[str]] = {}
+    for holder, keeper in claims.stale_holdings(holders):
+        stale.setdefault(holder.vm, []).append(
+            f"holds {holder.address}, which VM '{keeper}' holds too: a run stopped before taking back the change "
+            f"that lost; `gpupass release HOST {holder.vm} {holder.address}` finishes it")
+    return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(stale[vm.name])) if vm.name in stale else vm
+            for vm in vms]
+
+
+def _essentials(xml: str, keep_claims: bool = False) -> tuple:
+    """What a define changes, compared the way libvirt reports it back (it reformats the XML it is given)."""
+    facts = domxml.read_facts(xml)
+    claimed = tuple(sorted(c.token for c in domxml.claims_of(xml)[0])) if keep_claims else ()
+    return (facts.hostdevs, facts.recorded, facts.firmware, facts.mmio_window_bytes, facts.hypervisor_hidden,
+            facts.locked_memory, claimed)
 
 
 def _with_sysfs_bars(function):

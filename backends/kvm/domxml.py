@@ -11,6 +11,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from gpupass.core.domain.claims import Claim, Holder
 from gpupass.core.domain.inventory import Firmware
 from gpupass.core.domain.mmio import KiB, MiB
 from gpupass.core.domain.pci import PciAddress, PciFunction
@@ -375,6 +376,7 @@ def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
                 devices.remove(controller)
                 changes.append(f"remove PCIe root port {index} that gpupass added")
             record.remove(controller_record)
+    _prune_claims(record, {str(a) for _, a in pci_hostdevs(root)})
     if record.find(_q("device")) is None:
         changes.extend(_restore_previous(root, record))
         metadata = root.find("metadata")
@@ -477,3 +479,51 @@ def planned_domain(name: str, memory_bytes: int, firmware: Firmware) -> str:
     devices = ET.SubElement(root, "devices")
     ET.SubElement(devices, "controller", {"type": "pci", "index": "0", "model": "pcie-root"})
     return serialize(root)
+
+
+# -- claims (gpupass.core.domain.claims): kept inside the assignment record of the VM they are about --------
+def with_claim(xml: str, claim: Claim) -> str:
+    """`xml` with `claim` in its record; claims of this VM still choosing (this run's own doorway, or one left
+    by a run that stopped) are dropped, since only one run at a time can be working on one VM's definition."""
+    root = parse(xml)
+    record = _record(root)
+    for old in record.findall(_q("claim")):
+        if old.get("number") is None or old.get("token") == claim.token:
+            record.remove(old)
+    attributes = {"token": claim.token, "gpus": " ".join(sorted(claim.addresses)), "origin": claim.origin}
+    if claim.number is not None:
+        attributes["number"] = str(claim.number)
+    record.insert(0, ET.Element(_q("claim"), attributes))
+    return serialize(root)
+
+
+def without_unfinished_claims(xml: str) -> str:
+    root = parse(xml)
+    record = root.find(f"metadata/{_q('assignment')}")
+    if record is not None:
+        for old in record.findall(_q("claim")):
+            if old.get("number") is None:
+                record.remove(old)
+    return serialize(root)
+
+
+def claims_of(xml: str) -> tuple[list[Claim], list[Holder]]:
+    """The claims recorded in a domain, and the devices it holds with the claim (if any) that put each there."""
+    root = parse(xml)
+    vm = root.findtext("name", "")
+    claims = []
+    for element in root.findall(f"metadata/{_q('assignment')}/{_q('claim')}"):
+        number = element.get("number")
+        claims.append(Claim(vm, element.get("token", ""), frozenset(element.get("gpus", "").split()),
+                            int(number) if number and number.isdigit() else None, element.get("origin", "")))
+    holders = []
+    for _, address in pci_hostdevs(root):
+        covering = [c for c in claims if str(address) in c.addresses and not c.choosing]
+        holders.append(Holder(vm, str(address), min(covering, key=Claim.order) if covering else None))
+    return claims, holders
+
+
+def _prune_claims(record: ET.Element, held: set[str]) -> None:
+    for claim in record.findall(_q("claim")):
+        if claim.get("number") is not None and not set(claim.get("gpus", "").split()) & held:
+            record.remove(claim)

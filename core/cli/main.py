@@ -17,11 +17,12 @@ from gpupass.core.errors import GpupassError, PreflightFailed, UsageError
 EXIT_CODES = """\b
 Exit codes:
   0  done (or nothing needed doing)
-  1  error: the host, the backend or a step failed (a failed change is rolled back)
+  1  error: the host, the backend or a step failed (rolled_back says whether the change was undone)
   2  usage: bad arguments, a host, VM or GPU that does not exist, or a change refused without --yes
   3  preflight found blocking problems (fleet find: no host can take the VM now); nothing was changed
   4  fleet: some hosts could not be read (their rows carry the error); the rest is complete
   5  diff: the hosts differ from the file (apply would change something)
+  6  conflict: another run changed the same GPU or VM at the same time and won; this one was undone
 """
 
 

@@ -112,6 +112,10 @@ def status(facts: HostFacts) -> str:
         lines += ["", "free:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in free]
     if incapable:
         lines += ["", "not capable of passthrough:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in incapable]
+    unfinished = [(vm.name, item) for vm in facts.vms for item in vm.unfinished]
+    if unfinished:
+        lines += ["", "UNFINISHED gpupass operations (a run stopped mid-way):"]
+        lines += [f"  {shown(name)}: {shown(item)}" for name, item in unfinished]
     return "\n".join(lines)
 
 

@@ -95,6 +95,9 @@ class Vm:
     hypervisor_hidden: bool = False
     # Platform facts that platform rules read (e.g. Hyper-V dynamic memory); JSON-safe values only.
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # gpupass operations on this VM that were started and never finished (the intent record of a run that
+    # was killed or lost its connection), in words, with how to finish or revert them.
+    unfinished: tuple[str, ...] = ()
 
     @property
     def is_off(self) -> bool:

@@ -1,0 +1,176 @@
+"""Claims on KVM: concurrent assigns of one GPU from several processes, each with its own libvirt connection,
+through the lab's test-driver host file (every define is written back to the file, every read reloads it).
+
+The workers plan first and then apply together (tests/support/race.py), so every run passes preflight and
+the claim alone must decide: exactly one wins, the others undo their own change and exit with a conflict.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from gpupass.backends.kvm import domxml
+from gpupass.backends.kvm.backend import KvmBackend
+from gpupass.core.domain.claims import new_claim
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.request import AssignmentRequest
+from gpupass.core.errors import Conflict
+from gpupass.core.plugins import default_registry
+from gpupass.core.service import execute, make_plan
+from gpupass.core.target import Target
+from support.cli import GPUPASS
+from support.race import race
+
+H100 = PciAddress.parse("0000:42:00.0")
+CLONES = [f"ml-{i}" for i in range(1, 5)]
+ROUNDS = int(os.environ.get("GPUPASS_RACE_ROUNDS", "4"))  # tests/bench/race_claims.py runs 100
+
+
+def add_clones(lab_file, names=CLONES) -> None:
+    """Off EFI VMs like ml-train (a large-BAR GPU fits them without a blocker)."""
+    ET.register_namespace("test", "http://libvirt.org/schemas/domain/test/1.0")
+    node = ET.parse(lab_file)
+    template = next(d for d in node.getroot().iter("domain") if d.findtext("name") == "ml-train")
+    for index, name in enumerate(names):
+        clone = ET.fromstring(ET.tostring(template))
+        clone.find("name").text = name
+        clone.find("uuid").text = f"6f1d2c8e-3b1a-4c52-9a57-0c1e7d2f8b{index:02x}"
+        node.getroot().append(clone)
+    node.write(lab_file)
+
+
+def open_lab(lab_file) -> KvmBackend:
+    return KvmBackend(Target(uri=f"test://{lab_file}", name="t", options={"persist_test_state": True}))
+
+
+def holders(lab_file, address=H100) -> list[str]:
+    with open_lab(lab_file) as backend:
+        return [vm.name for vm in backend.inventory().vms if address in vm.assigned]
+
+
+def definitions(lab_file) -> dict[str, str]:
+    with open_lab(lab_file) as backend:
+        return dict(sorted(backend._all_domain_xml().items()))
+
+
+def assigner(lab_file):
+    def prepare(vm):
+        backend = open_lab(lab_file)
+        plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (H100,)), default_registry())
+        assert not plan.blocked, plan.findings
+        return lambda: execute(backend, plan)
+    return prepare
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_of_concurrent_assigns_of_one_gpu_exactly_one_wins(lab_file, round_):
+    add_clones(lab_file)
+    before = definitions(lab_file)
+    outcomes = race(assigner(lab_file), CLONES)
+    winners = [vm for vm, (kind, _) in outcomes.items() if kind == "applied"]
+    assert len(winners) == 1, outcomes
+    assert all(kind == "conflict" and "rolled_back=True" in detail
+               for vm, (kind, detail) in outcomes.items() if vm != winners[0]), outcomes
+    assert holders(lab_file) == winners
+    after = definitions(lab_file)
+    # The losers are exactly as they were: their own change was undone, nothing else was touched.
+    assert {vm: xml for vm, xml in after.items() if vm != winners[0]} == \
+        {vm: xml for vm, xml in before.items() if vm != winners[0]}
+
+
+def test_identical_concurrent_assigns_converge_to_one_device_once(lab_file):
+    add_clones(lab_file, ["ml-1"])
+    outcomes = race(assigner(lab_file), ["ml-1"] * 3)
+    xml = definitions(lab_file)["ml-1"]
+    assert [a for _, a in domxml.pci_hostdevs(domxml.parse(xml))] == [H100], outcomes
+    assert outcomes  # each run ended applied or with a conflict that says what the VM holds
+    assert holders(lab_file) == ["ml-1"]
+
+
+def test_a_claim_left_choosing_by_a_killed_run_makes_others_lose_after_the_wait_and_any_run_clears_it(lab_file):
+    add_clones(lab_file, ["ml-1", "ml-2"])
+    with open_lab(lab_file) as killed:  # the doorway write of a run killed right after it
+        killed.inventory()
+        killed._define(domxml.with_claim(killed._domain_xml["ml-1"], new_claim("ml-1", [str(H100)])), "claim")
+    backend = open_lab(lab_file)
+    backend.claim_wait_s = 0.2
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-2", (H100,)), default_registry())
+    with pytest.raises(Conflict) as caught:
+        execute(backend, plan)
+    assert "VM 'ml-1'" in caught.value.message and "unfinished" in caught.value.message and caught.value.rolled_back
+    assert holders(lab_file) == []
+    # the next run on ml-1 drops the stale claim with its own doorway, and then wins
+    again = open_lab(lab_file)
+    execute(again, make_plan(again, again.inventory(), AssignmentRequest("ml-1", (H100,)), default_registry()))
+    assert holders(lab_file) == ["ml-1"]
+    claims, _ = domxml.claims_of(definitions(lab_file)["ml-1"])
+    assert [c.choosing for c in claims] == [False]
+
+
+def test_a_gpu_held_without_a_claim_wins_over_every_claimant(lab_file):
+    add_clones(lab_file, ["ml-1", "ml-2"])
+    backend = open_lab(lab_file)
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-2", (H100,)), default_registry())
+    with open_lab(lab_file) as by_hand:  # someone runs `virsh edit ml-1` and adds the GPU in between
+        by_hand.inventory()
+        plain = make_plan(by_hand, by_hand.inventory(), AssignmentRequest("ml-1", (H100,)), default_registry())
+        by_hand._define(plain.steps[0].payload["new_xml"], "by hand")
+    with pytest.raises(Conflict) as caught:
+        execute(backend, plan)
+    assert "held by VM 'ml-1'" in caught.value.message
+    assert holders(lab_file) == ["ml-1"]
+
+
+def test_the_cli_exits_6_for_a_conflict_and_only_one_vm_gets_the_gpu(tmp_path):
+    """Separate gpupass processes on the lab host, as admins start them (a few rounds: each costs a start-up)."""
+    env = {**os.environ, "GPUPASS_DATA_DIR": str(tmp_path / "data"), "GPUPASS_CONFIG": str(tmp_path / "c.toml")}
+    gpupass = GPUPASS
+    subprocess.run([*gpupass, "lab", "reset"], env=env, check=True, capture_output=True)
+    lab_file = tmp_path / "data" / "lab" / "lab-kvm.xml"
+    for _ in range(2):
+        subprocess.run([*gpupass, "lab", "reset"], env=env, check=True, capture_output=True)
+        add_clones(lab_file, CLONES[:3])
+        runs = [subprocess.Popen([*gpupass, "assign", "lab-kvm", vm, str(H100), "--yes", "--json"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in CLONES[:3]]
+        codes = {vm: (run.wait(60), run.stdout.read()) for vm, run in zip(CLONES[:3], runs)}
+        assert sorted(code for code, _ in codes.values())[0] == 0, codes
+        assert all(code in (0, 3, 6) for code, _ in codes.values()), codes
+        assert len([vm for vm, (code, _) in codes.items() if code == 0]) == 1, codes
+        for vm, (code, out) in codes.items():
+            if code == 6:
+                assert json.loads(out)["error"] == "conflict"
+        assert holders(lab_file) == [vm for vm, (code, _) in codes.items() if code == 0]
+
+
+def test_status_shows_what_stopped_runs_left_and_how_to_finish(lab_file, tmp_path):
+    add_clones(lab_file, ["ml-1", "ml-2", "ml-3"])
+    with open_lab(lab_file) as stopped:
+        stopped.inventory()
+        # a run killed after its doorway on ml-1, and two holders of the H100: ml-2 won, ml-3 was killed
+        # after writing its (higher-numbered) change and before taking it back
+        stopped._define(domxml.with_claim(stopped._domain_xml["ml-1"], new_claim("ml-1", [str(H100)])), "claim")
+        for vm, number in (("ml-2", 1), ("ml-3", 2)):
+            plan = make_plan(stopped, stopped.inventory(), AssignmentRequest(vm, (H100,)), default_registry())
+            payload = plan.steps[0].payload
+            stopped._define(domxml.with_claim(payload["new_xml"], new_claim(vm, [str(H100)]).numbered(number)), vm)
+    env = {**os.environ, "GPUPASS_CONFIG": str(tmp_path / "c.toml")}
+    status = subprocess.run([*GPUPASS, "status", f"test://{lab_file}", "--json"], env=env, capture_output=True,
+                            text=True)
+    vms = {vm["name"]: vm["unfinished"] for vm in json.loads(status.stdout)["vms"]}
+    assert "stopped before its change was written" in vms["ml-1"][0]
+    assert vms["ml-2"] == [] and "VM 'ml-2' holds too" in vms["ml-3"][0]
+    assert f"gpupass release HOST ml-3 {H100}" in vms["ml-3"][0]
+    text = subprocess.run([*GPUPASS, "status", f"test://{lab_file}"], env=env, capture_output=True, text=True)
+    assert "UNFINISHED gpupass operations" in text.stdout and "ml-3:" in text.stdout
+    # finishing it as status says: the release runs on the lab file (persisted like the lab host)
+    with open_lab(lab_file) as backend:
+        from gpupass.core.domain.request import ReleaseRequest
+
+        execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-3", (H100,)), default_registry()))
+    assert holders(lab_file) == ["ml-2"]

@@ -1,0 +1,109 @@
+"""After a step fails without saying what it left (timeout, lost connection, interrupt), the core asks the
+backend to read the host again and reports what is there — never an assumed rollback."""
+
+import pytest
+
+from gpupass.core.domain.request import AssignmentRequest
+from gpupass.core.errors import Conflict, ConnectionFailed, OperationFailed
+from gpupass.core.plugins import collect, make_plugin_manager
+from gpupass.core.ports import StepState
+from gpupass.core.service import execute, make_plan
+from support.fakes import A, FakeBackend, FakePlugin, lab_facts, open_fake
+
+
+@pytest.fixture
+def registry():
+    return collect(make_plugin_manager([FakePlugin()], load_entry_points=False))
+
+
+def _plan(backend, registry):
+    return make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (A("41:00.0"),)), registry)
+
+
+def _attach_then_lose_the_reply(monkeypatch, error):
+    """The attach reaches the host, then the reply is lost."""
+    real = FakeBackend.apply
+
+    def apply(self, step):
+        result = real(self, step)
+        if step.action == "fake.attach":
+            raise error
+        return result
+
+    monkeypatch.setattr(FakeBackend, "apply", apply)
+
+
+def test_an_error_without_a_rollback_flag_is_not_reported_as_rolled_back(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab"))
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False
+    assert "not known" in caught.value.message and "gpupass status" in caught.value.remedy
+
+
+def test_a_step_the_host_shows_as_not_done_is_rolled_back(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    before = FakeBackend.state
+    monkeypatch.setattr(FakeBackend, "observe", lambda self, step: StepState("before"))
+    FakeBackend.fail_on = set()
+    real = FakeBackend.apply
+
+    def apply(self, step):
+        if step.action == "fake.attach":
+            raise TimeoutError("read timed out")
+        return real(self, step)
+
+    monkeypatch.setattr(FakeBackend, "apply", apply)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is True and "the VM is as it was" in caught.value.message
+    assert FakeBackend.state == before
+
+
+def test_a_step_the_host_shows_as_done_is_undone_with_the_rest(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    before = FakeBackend.state
+    monkeypatch.setattr(FakeBackend, "observe", lambda self, step: StepState("after", token=before))
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab"))
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is True and "2 completed step(s) were undone" in caught.value.message
+    assert FakeBackend.state == before
+
+
+def test_an_unreadable_host_after_the_failure_is_said_so(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+
+    def observe(self, step):
+        raise ConnectionFailed("lab is gone")
+
+    monkeypatch.setattr(FakeBackend, "observe", observe)
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab"))
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False and "could not be read again (lab is gone)" in caught.value.message
+
+
+def test_an_interrupt_mid_step_is_reported_from_the_host(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    _attach_then_lose_the_reply(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False
+
+
+def test_a_conflict_keeps_its_kind_and_exit_code(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    FakeBackend.fail_on = set()
+    real = FakeBackend.apply
+
+    def apply(self, step):
+        if step.action == "fake.attach":
+            raise Conflict("VM 'web01' claimed 0000:41:00.0 first")
+        return real(self, step)
+
+    monkeypatch.setattr(FakeBackend, "apply", apply)
+    with pytest.raises(Conflict) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back and caught.value.exit_code == 6 and caught.value.to_dict()["error"] == "conflict"
