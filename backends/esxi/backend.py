@@ -15,7 +15,7 @@ from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.ports import Backend
-from gpupass.core.errors import (AuthenticationFailed, ConnectionFailed, GpupassError, NotFound, NotSupported,
+from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported,
                                  OperationFailed)
 
 DYNAMIC_MIN_API = (7, 0)
@@ -496,18 +496,26 @@ class EsxiBackend(Backend):
             task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
             self._wait(task, f"reconfiguring VM '{name}'")
         except GpupassError as error:
-            self._check_unchanged(name, before, error)
-            raise
+            self._settle(name, before, error)
         return before
 
-    def _check_unchanged(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
-        """ESXi reconfigure tasks are all-or-nothing; confirm it, so a rollback message never lies."""
+    def _settle(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
+        """After a failed reconfigure, read the VM back and say what is there; never assume (always raises)."""
+        if isinstance(error, Conflict):
+            raise error  # vSphere refused the stale changeVersion: nothing of this run was applied
         try:
             after = self._read_vm(name)
-        except GpupassError:
-            return  # cannot read it back (host/vCenter gone): the task's own atomicity is all we have
+        except GpupassError as unreadable:
+            raise OperationFailed(
+                f"{error.message}; VM '{name}' could not be read back afterwards ({unreadable.message}), so "
+                "whether the reconfiguration happened is not known",
+                remedy="run `gpupass status HOST` once it answers: if the devices are on the VM, release them or "
+                       "run the assign again to finish", rolled_back=False) from error
+        taken_back = ""
         if _state_key(after) != _state_key(before):
             self._restore(name, before)
+            taken_back = "; what vSphere had applied of it was taken back"
+        raise OperationFailed(f"{error.message}{taken_back}", remedy=error.remedy, rolled_back=True) from error
 
     def _config_target(self, host: str, ids: list[str]) -> dict[str, Any]:
         raw = self._hosts[host]

@@ -8,6 +8,7 @@ import ssl
 
 from gpupass.core.errors import (
     AuthenticationFailed,
+    Conflict,
     ConnectionFailed,
     GpupassError,
     NotFound,
@@ -48,7 +49,8 @@ def translate(error: BaseException | object, action: str) -> GpupassError:
         return AuthenticationFailed(text, remedy="check the user (percent-encode '@' in the URI) and the password")
     if isinstance(error, vim.fault.NoPermission):
         return OperationFailed(text, remedy="the account lacks a privilege; docs/esxi.md lists the ones gpupass needs")
-    if isinstance(error, (vim.fault.HostNotConnected, vim.fault.HostCommunication, vim.fault.HostConnectFault)):
+    # HostCommunication and its HostNotConnected are vmodl faults (pyVmomi _typeinfo_core: vmodl.fault.*)
+    if isinstance(error, (vmodl.fault.HostCommunication, vim.fault.HostConnectFault)):
         return ConnectionFailed(text, remedy="the ESXi host is not connected to vCenter; reconnect it, then run "
                                              "`gpupass status HOST`")
     if isinstance(error, vim.fault.InvalidPowerState):
@@ -62,7 +64,9 @@ def translate(error: BaseException | object, action: str) -> GpupassError:
     if isinstance(error, vim.fault.InvalidState):
         return OperationFailed(text, remedy="put the host in maintenance mode, or pass --allow-host-reboot")
     if isinstance(error, vim.fault.ConcurrentAccess):
-        return OperationFailed(text, remedy="someone else changed the VM; run the command again")
+        # what ReconfigVM_Task raises for a ConfigSpec whose changeVersion is no longer the VM's (vSphere API
+        # reference, VirtualMachineConfigSpec.changeVersion): the change was not applied
+        return Conflict(text, remedy="someone else changed the VM meanwhile; run the command again")
     if isinstance(error, vmodl.fault.ManagedObjectNotFound):
         return NotFound(text, remedy="the object was removed meanwhile; run the command again")
     if isinstance(error, (vmodl.fault.NotSupported, vim.fault.NotSupportedHost)):
