@@ -88,7 +88,8 @@ def test_a_16g_bar_gpu_gets_use64bitmmio_and_powers_on(fresh_vcsim):
     sim = fresh_vcsim(cfg, username=USER)
     backend = backend_for(sim)
     try:
-        request = AssignmentRequest("ml-train", (A100_ACTIVE,), AssignOptions(bar_sizes={A100_ACTIVE: 16 * GiB}))
+        request = AssignmentRequest("ml-train", (A100_ACTIVE,),
+                                    AssignOptions(bar_sizes={A100_ACTIVE: (16 * MIB, 16 * GiB, 32 * MIB)}))
         result = plan(backend, request)
         preview = result.steps[-1].preview
         assert "pciPassthru.use64bitMMIO: (unset) -> TRUE" in preview

@@ -11,7 +11,7 @@ import pytest
 from gpupass.backends.esxi.simulator import GIB, MIB
 from gpupass.core.domain.mmio import GiB, mmio_need
 from gpupass.core.domain.pci import Bar, PciAddress
-from gpupass.core.domain.request import AssignmentRequest
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions
 from gpupass.core.service import execute, make_plan
 
 pytest.importorskip("pyVmomi")
@@ -137,6 +137,26 @@ def test_p40_bars_from_the_log_need_use64bitmmio_and_power_on_with_gpupass_windo
     WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[
         vim.option.OptionValue(key="pciPassthru.64bitMMIOSizeGB", value=str(window_gb))])))
     WaitForTask(vm.PowerOnVM_Task())
+
+
+def test_gpupass_plan_for_the_p40_bars_powers_on(fresh_vcsim):
+    """The same card through gpupass: --bar-size with the three BARs of the log -> use64bitMMIO, 64 GB."""
+    lines = body("p40-vmware-log-bars.log")
+    sizes = tuple(int(m) for m in re.findall(r"size (\d+)", "\n".join(lines)))
+    address = PciAddress.parse(re.search(r"Device (\S+) barIndex", lines[0]).group(1))
+    cfg = one_host([{"address": str(address), "vendor_id": "0x10de", "device_id": "0x1b38", "class_id": "0x0302",
+                     "device_name": "GP102GL [Tesla P40]", "passthru_enabled": True, "passthru_active": True,
+                     "bars": list(sizes)}])
+    sim = fresh_vcsim(cfg, username=USER)
+    backend = backend_for(sim)
+    try:
+        request = AssignmentRequest("vm1", (address,), AssignOptions(bar_sizes={address: sizes}))
+        result = make_plan(backend, backend.inventory(), request, registry())
+        assert "pciPassthru.64bitMMIOSizeGB: (unset) -> 64" in result.steps[-1].preview
+        execute(backend, result)
+        WaitForTask(find_vm(sim.connect(), "vm1").PowerOnVM_Task())
+    finally:
+        backend.close()
 
 
 # -- govmomi-pr-2092-govc-device-pci.txt: what QueryConfigTarget offers ----------------------------
