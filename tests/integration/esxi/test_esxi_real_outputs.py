@@ -313,3 +313,22 @@ def test_a_device_the_vmkernel_holds_stays_pending_after_apply_now(fresh_vcsim):
     WaitForTask(host.RebootHost_Task(force=True))
     (info,) = [p for p in host.config.pciPassthruInfo if p.id == "0000:0d:00.0"]
     assert info.passthruActive
+
+
+# -- govmomi-issue-2773-pcipassthrough-13000.txt: the first passthrough device's key ----------------
+
+
+def test_the_simulator_keys_a_new_passthrough_device_13000_like_the_real_vcenter(fresh_vcsim):
+    name = re.search(r"\$vm (pcipassthrough-\d+),", " ".join(body("govmomi-issue-2773-pcipassthrough-13000.txt")))
+    kind, key = name.group(1).split("-")
+    sim = fresh_vcsim(username=USER)
+    backend = backend_for(sim)
+    try:
+        execute(backend, make_plan(backend, backend.inventory(),
+                                   AssignmentRequest("ml-train", (PciAddress.parse("0000:3b:00.0"),)), registry()))
+        vm = find_vm(sim.connect(), "ml-train")
+        (dev,) = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
+        assert (type(dev).__name__.split(".")[-1].lower(), dev.key) == ("virtualpcipassthrough", int(key))
+        assert kind == "pcipassthrough"  # govc's name for VirtualPCIPassthrough
+    finally:
+        backend.close()
