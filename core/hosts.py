@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
 from gpupass.core.uri import check_uri
+
+log = logging.getLogger("gpupass.core")
 
 
 def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Target:
@@ -92,6 +95,8 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
 def open_backend(target: Target, registry: Registry) -> Backend:
     backend_class = registry.backend_for(target.scheme)
     backend_class.check_uri(target.uri)
+    log.info("%s: %s backend, password %s", target.label, backend_class.platform,
+             "given" if target.password is not None else "none")
     if not backend_class.sdk_available():
         missing = ", ".join(backend_class.sdk_modules)
         raise BackendUnavailable(

@@ -7,6 +7,10 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
+# Every secret handed to an SDK, so the log handler can blank it should a library ever log it (gpupass.core.logs).
+REVEALED: set[str] = set()
+
+
 class Secret:
     """A password that cannot leak through repr(), str() or logging by accident."""
 
@@ -16,6 +20,8 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
+        if self._value:
+            REVEALED.add(self._value)
         return self._value
 
     def __repr__(self) -> str:

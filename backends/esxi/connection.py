@@ -6,6 +6,7 @@ written percent-encoded: ``esxi://administrator%40vsphere.local@vc.example.com/D
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -14,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 from gpupass.backends.esxi.errors import translate
 from gpupass.core.errors import BackendUnavailable, UsageError
 from gpupass.core.target import Target
+
+log = logging.getLogger("gpupass.esxi")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ def pyvmomi() -> tuple[Any, Any]:
     return vim, vmodl
 
 
+def _safe_moid(mo: Any) -> str:
+    """A managed object's id for the log; a session-scoped id (a view) carries the session key: blanked."""
+    import re
+
+    return re.sub(r"session\[[^\]]*\]\S*", "session[***]", str(getattr(mo, "_moId", mo)))
+
+
 def connect(target: Target, on_request: Callable[[], None]) -> Any:
     """Log in; return the ServiceInstance whose stub counts each SOAP request with on_request()."""
     pyvmomi()
@@ -67,6 +77,8 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
     if target.password is None:
         raise UsageError(f"no password for {endpoint.user} at {endpoint.host}",
                          remedy="set password_env or keyring for this host in the config, or GPUPASS_PASSWORD")
+    log.info("connecting to %s:%s as %s (TLS %s)", endpoint.host, endpoint.port, endpoint.user,
+             "verified" if target.tls.verify else "NOT verified: --insecure")
     try:
         si = SmartConnect(host=endpoint.host, port=endpoint.port, user=endpoint.user,
                           pwd=target.password.reveal(), sslContext=ssl_context(target),
@@ -78,6 +90,9 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         on_request()
+        # (managed object, method info, arguments): the method and its object, never the arguments.
+        if len(args) >= 2:
+            log.debug("SOAP %s on %s", getattr(args[1], "wsdlName", "?"), _safe_moid(args[0]))
         return invoke(*args, **kwargs)
 
     stub.InvokeMethod = counted

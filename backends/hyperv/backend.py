@@ -7,6 +7,7 @@ rolls itself back), a release is one script. pywinrm is imported only when a hos
 from __future__ import annotations
 
 import base64
+import logging
 import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,8 @@ from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
 from gpupass.core.errors import AuthenticationFailed, GpupassError, BackendUnavailable, NotSupported, OperationFailed, UsageError
 from gpupass.core.ports import Backend
+
+log = logging.getLogger("gpupass.hyperv")
 
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 # Microsoft's DDA guide sets the low MMIO space to 3 GB for devices with 32-bit BARs.
@@ -167,6 +170,7 @@ class HypervBackend(Backend):
             "ca_trust_path": self.target.tls.ca_file if https else None,
         }
         from urllib.parse import unquote
+        log.info("connecting to %s as %s (%s)", endpoint, unquote(parts.username), transport)
         self._session = winrm.Session(endpoint, auth=(unquote(parts.username), self.target.password.reveal()),
                                       **options)
         return self._session
@@ -175,6 +179,7 @@ class HypervBackend(Backend):
         """One script, one WinRM command: (exit code, stdout, raw stderr with its CLIXML)."""
         session = self._open()
         self.round_trips += 1
+        log.debug("WinRM: %s (%d characters of PowerShell)", action, len(script))
         self.scripts_sent.append(script)
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         try:

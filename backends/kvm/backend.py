@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import difflib
 import time
 from typing import Any
@@ -21,6 +22,8 @@ from gpupass.core.domain import claims
 from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed
 from gpupass.core.ports import Backend, StepState
 
+log = logging.getLogger("gpupass.kvm")
+
 # Local accessors of libvirt objects that do not talk to the daemon.
 _LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect"}
 
@@ -38,6 +41,7 @@ class _Counted:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._backend.round_trips += 1
+            log.debug("libvirt %s.%s", type(self._wrapped).__name__, name)
             return _wrap(attribute(*args, **kwargs), self._backend)
 
         return call
@@ -118,6 +122,7 @@ class KvmBackend(Backend):
     def _connection(self) -> Any:
         if self._conn is None:
             libvirt = self._libvirt
+            log.info("connecting to %s", self.target.label)
             try:
                 if self.target.password is not None:
                     conn = libvirt.openAuth(self.target.uri, self._auth(), 0)

@@ -27,8 +27,10 @@ Exit codes:
 
 
 class AppContext:
-    def __init__(self, config_path: str | None, insecure: bool, ca_file: str | None) -> None:
+    def __init__(self, config_path: str | None = None, insecure: bool = False, ca_file: str | None = None,
+                 verbosity: int = 0) -> None:
         self.config_path, self.insecure, self.ca_file = config_path, insecure, ca_file
+        self.verbosity = verbosity
 
     @functools.cached_property
     def registry(self):
@@ -43,7 +45,16 @@ class AppContext:
         from gpupass.core import paths
         from gpupass.core.config import load_config
 
-        return load_config(Path(self.config_path) if self.config_path else paths.config_file())
+        if self.config_path:
+            # A file named on purpose with --config that is not there is a mistake, not "no hosts".
+            explicit = Path(self.config_path)
+            if not explicit.is_file():
+                raise UsageError(f"config file {explicit} does not exist" if not explicit.exists()
+                                 else f"config file {explicit} is not a file",
+                                 remedy="check the path given to --config (GPUPASS_CONFIG names a file that "
+                                        "`gpupass hosts add` creates)")
+            return load_config(explicit)
+        return load_config(paths.config_file())
 
     def open(self, host: str):
         from gpupass.core.hosts import open_host
@@ -84,7 +95,72 @@ def handles_errors(command: Callable) -> Callable:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 
 
-class LazyGroup(click.Group):
+# The global options, accepted before the subcommand (`gpupass --insecure gpus H`) and after it
+# (`gpupass gpus H --insecure`), as govc and virsh users type them. A subcommand's own option of the same
+# name (hosts add --insecure) wins after the subcommand.
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--config", "config_path"), dict(metavar="FILE",
+                                      help="Config file with named hosts, which must exist (default: $GPUPASS_CONFIG, "
+                                           "else ~/.config/gpupass/config.toml).")),
+    (("--insecure",), dict(is_flag=True, default=None,
+                           help="Do not verify TLS certificates (ESXi, Hyper-V). Never the default.")),
+    (("--ca-file",), dict(metavar="FILE", help="Trust this CA bundle for the host's TLS certificate.")),
+    (("-v", "--verbose", "verbosity"), dict(count=True, help="Log what gpupass does to stderr; -vv also every SDK call.")),
+    (("--debug",), dict(is_flag=True, default=None, help="Same as -vv: every SDK call, never a password.")),
+]
+
+
+def _apply_global(ctx: click.Context, name: str, value: Any) -> None:
+    app = ctx.find_object(AppContext)
+    if app is None or value in (None, False, 0):
+        return
+    if name == "config_path":
+        app.config_path = value
+        app.__dict__.pop("config", None)
+    elif name == "insecure":
+        app.insecure = True
+    elif name == "ca_file":
+        app.ca_file = value
+    elif name in ("verbosity", "debug"):
+        app.verbosity = max(app.verbosity, 2 if name == "debug" else value)
+        from gpupass.core import logs
+
+        logs.configure(app.verbosity)
+
+
+def _late_global_options(command: click.Command) -> click.Command:
+    """Give a subcommand hidden copies of the global options it does not define itself (once)."""
+    if getattr(command, "_gpupass_globals", False):
+        return command
+    taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    taken |= {param.name for param in command.params}
+    for declaration, attrs in GLOBAL_OPTIONS:
+        flags = [d for d in declaration if d.startswith("-")]
+        name = declaration[-1].lstrip("-").replace("-", "_") if not declaration[-1].startswith("-") else \
+            flags[-1].lstrip("-").replace("-", "_")
+        flags = [f for f in flags if f not in taken]
+        if not flags:
+            continue
+        extra = {k: v for k, v in attrs.items() if k not in ("help", "envvar")}
+        command.params.append(click.Option(
+            flags, hidden=True, expose_value=False, **extra,
+            callback=lambda ctx, _param, value, _name=name: _apply_global(ctx, _name, value)))
+    command._gpupass_globals = True  # type: ignore[attr-defined]
+    return command
+
+
+class GlobalOptionsGroup(click.Group):
+    """A group whose subcommands also accept the global options after their own name."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        return _late_global_options(command) if command is not None else None
+
+
+GlobalOptionsGroup.group_class = GlobalOptionsGroup
+
+
+class LazyGroup(GlobalOptionsGroup):
     """Imports a subcommand's module only when that subcommand runs (or its own help is asked for).
 
     The modules register their commands with `@cli.command()` as before; `manifest.COMMANDS` says which
@@ -97,7 +173,21 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in manifest.COMMANDS:
             importlib.import_module(manifest.COMMANDS[name][0])
-        return self.commands.get(name)
+        command = self.commands.get(name)
+        return _late_global_options(command) if command is not None else None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            # "No such command": add the nearest names, as git does.
+            import difflib
+
+            name = click.utils.make_str(args[0]) if args else ""
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.5)
+            if close and "did you mean" not in exc.message.lower():
+                exc.message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+            raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
@@ -118,14 +208,18 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _global_options(command: Callable) -> Callable:
+    for declaration, attrs in reversed(GLOBAL_OPTIONS):
+        command = click.option(*declaration, **attrs)(command)
+    return command
+
+
 @click.group(cls=LazyGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="gpupass")
-@click.option("--config", "config_path", metavar="FILE", envvar="GPUPASS_CONFIG",
-              help="Config file with named hosts (default: ~/.config/gpupass/config.toml).")
-@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (ESXi, Hyper-V). Never the default.")
-@click.option("--ca-file", metavar="FILE", help="Trust this CA bundle for the host's TLS certificate.")
+@_global_options
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, insecure: bool, ca_file: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, insecure: bool | None, ca_file: str | None, verbosity: int,
+        debug: bool | None) -> None:
     """Give a physical GPU to a virtual machine on KVM, VMware ESXi and Hyper-V.
 
     HOST is a URI (qemu:///system, qemu+ssh://admin@node/system, test:///path/host.xml,
@@ -133,11 +227,66 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool, ca_file: st
     such as lab-kvm. Passwords come from the environment (GPUPASS_PASSWORD_<HOST>), the
     config file or the keyring, never from the command line.
     """
-    ctx.obj = AppContext(config_path, insecure, ca_file)
+    ctx.obj = AppContext(config_path, bool(insecure), ca_file)
+    if verbosity or debug:
+        _apply_global(ctx, "verbosity", 2 if debug else verbosity)
 
 
 
 
-def main() -> None:
-    cli(prog_name="gpupass")
+class _QuietPipe:
+    """stdout that goes quiet when the reader leaves (`gpupass check ... | head -1`): the command still
+    finishes and exits with its own code (check's 3 stays 3), with no BrokenPipeError traceback."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _closed_pipe(self) -> None:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())  # what is still buffered goes nowhere, quietly
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed_pipe()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed_pipe()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    if not isinstance(sys.stdout, _QuietPipe) and sys.stdout is not None:
+        sys.stdout = _QuietPipe(sys.stdout)  # type: ignore[assignment]
+    # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
+    color = False if os.environ.get("NO_COLOR") else None
+    try:
+        code = cli.main(args=argv, prog_name="gpupass", standalone_mode=False, color=color)
+    except click.exceptions.Abort as exc:
+        click.echo("interrupted" if isinstance(exc.__context__, KeyboardInterrupt) else "aborted", err=True)
+        sys.exit(INTERRUPTED_EXIT if isinstance(exc.__context__, KeyboardInterrupt) else 1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
