@@ -7,7 +7,7 @@ import re
 
 from gpupass.core.config import HostEntry
 from gpupass.core.errors import AuthenticationFailed
-from gpupass.core.target import Secret
+from gpupass.core.target import Secret, Target
 
 KEYRING_SERVICE = "gpupass"
 
@@ -61,3 +61,15 @@ def _from_keyring(host_name: str, username: str | None) -> Secret:
             remedy=f"keyring set {KEYRING_SERVICE} {account}",
         )
     return Secret(value)
+
+
+def missing_password(target: Target) -> AuthenticationFailed:
+    """The one error every backend raises when a host needs a password and none was found: it names the
+    variable to set for exactly this host."""
+    name = target.name or target.hostname or target.uri
+    user = f"{target.username} at " if target.username else ""
+    remedy = (f"export {env_var_for(name)}=... (or GPUPASS_PASSWORD), or keep it in the keyring or the config file: "
+              f"`gpupass hosts add NAME URI --password-env VAR` or `--keyring`")
+    if target.scheme == "esxi":
+        remedy += "; govc's GOVC_PASSWORD and Ansible's VMWARE_PASSWORD count when GOVC_URL / VMWARE_HOST name this host"
+    return AuthenticationFailed(f"no password for {user}{target.label}", remedy=remedy)

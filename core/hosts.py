@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from gpupass.core import paths, snapshot
+from gpupass.core import environment, paths, snapshot
 from gpupass.core.config import Config
 from gpupass.core.credentials import resolve_password
 from gpupass.core.errors import BackendUnavailable, NotFound, NotSupported, UsageError
@@ -18,7 +18,10 @@ from gpupass.core.uri import check_uri
 log = logging.getLogger("gpupass.core")
 
 
-def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Target:
+def resolve_target(text: str | None, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Target:
+    """HOST as typed; None means the default host from the environment (gpupass.core.environment)."""
+    if text is None:
+        return _default_target(config, registry, tls)
     lab = registry.lab_host(text)
     if lab is not None:
         return lab.target(paths.data_dir())
@@ -49,12 +52,36 @@ def resolve_target(text: str, config: Config, registry: Registry, tls: TlsOption
         target = replace(target, tls=TlsOptions(verify=tls.verify and target.tls.verify,
                                                 ca_file=tls.ca_file or target.tls.ca_file))
     password = resolve_password(target.name or target.hostname or text, entry, target.username)
+    if password is None and target.scheme == "esxi":
+        found = environment.vsphere_password(target.hostname)
+        password = found[1] if found else None
     return replace(target, password=password)
 
 
-def open_host(text: str, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Backend:
+def _default_target(config: Config, registry: Registry, tls: TlsOptions | None) -> Target:
+    chosen = environment.default_host()
+    if chosen is None:
+        raise UsageError("no HOST given, and no default host is set",
+                         remedy="name the host, or set one of " + ", ".join(environment.DEFAULT_HOST_VARIABLES))
+    variable, value = chosen
+    log.info("default host from $%s", variable)
+    if variable in ("GPUPASS_HOST", "LIBVIRT_DEFAULT_URI"):
+        return resolve_target(value, config, registry, tls)
+    described = environment.govc() if variable == "GOVC_URL" else environment.ansible()
+    if described is None:
+        raise UsageError(f"${variable} is set but names no host", remedy=f"check {variable}")
+    target = described.target()
+    if tls is not None and (not tls.verify or tls.ca_file):
+        target = replace(target, tls=TlsOptions(verify=tls.verify and target.tls.verify,
+                                                ca_file=tls.ca_file or target.tls.ca_file))
+    if target.password is None:
+        target = replace(target, password=resolve_password(target.name, None, target.username))
+    return target
+
+
+def open_host(text: str | None, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Backend:
     """Open what the user named as HOST: a lab host, a config name, a URI, or a snapshot file (read-only)."""
-    if snapshot.looks_like_snapshot(text):
+    if text is not None and snapshot.looks_like_snapshot(text):
         return open_snapshot(Path(text), registry)
     return open_backend(resolve_target(text, config, registry, tls), registry)
 

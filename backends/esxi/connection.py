@@ -75,8 +75,9 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
 
     endpoint = parse_uri(target.uri)
     if target.password is None:
-        raise UsageError(f"no password for {endpoint.user} at {endpoint.host}",
-                         remedy="set password_env or keyring for this host in the config, or GPUPASS_PASSWORD")
+        from gpupass.core.credentials import missing_password
+
+        raise missing_password(target)
     log.info("connecting to %s:%s as %s (TLS %s)", endpoint.host, endpoint.port, endpoint.user,
              "verified" if target.tls.verify else "NOT verified: --insecure")
     try:

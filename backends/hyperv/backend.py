@@ -158,9 +158,9 @@ class HypervBackend(Backend):
             raise UsageError(f"{self.target.uri} names no user", remedy="write hyperv://USER@HOST (DOMAIN\\user: "
                                                                        "DOMAIN%5Cuser)")
         if self.target.password is None:
-            raise AuthenticationFailed(f"no password for {self.target.label}",
-                                       remedy="set GPUPASS_PASSWORD_<HOST> or GPUPASS_PASSWORD, or add the host "
-                                              "with `gpupass hosts add` (--password-env / --keyring)")
+            from gpupass.core.credentials import missing_password
+
+            raise missing_password(self.target)
         winrm = _winrm()
         # Plain HTTP has no certificate to check; HTTPS verifies against --ca-file, else the system store.
         https = parts.scheme == "hyperv"

@@ -10,7 +10,8 @@ from gpupass.core import serialize
 from gpupass.core.cli import render
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
-from gpupass.core.cli.options import assignment_options, build_assignment, parse_addresses
+from gpupass.core.cli.options import (DEFAULT_HOST_HELP, GPU_HELP, HOST_HELP, assignment_options, build_assignment,
+                                      describe, parse_addresses)
 from gpupass.core.errors import PreflightFailed, UsageError
 
 
@@ -53,17 +54,18 @@ def plugins(app, as_json: bool) -> None:
         click.echo(click.style("problem: ", fg="yellow", bold=True) + shown(problem, True), err=True)
 
 
-def _facts(app, host: str):
+def _facts(app, host: str | None):
     with app.open(host) as backend:
         return backend.inventory()
 
 
 @cli.command()
-@click.argument("host")
+@click.argument("host", required=False)
 @json_option
 @click.pass_obj
 @handles_errors
-def gpus(app, host: str, as_json: bool) -> None:
+@describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass gpus lab-kvm', 'gpupass gpus qemu+ssh://admin@node7/system --json', 'LIBVIRT_DEFAULT_URI=qemu:///system gpupass gpus'))
+def gpus(app, host: str | None, as_json: bool) -> None:
     """List the host's GPUs: companions, IOMMU group, MMIO need, passthrough state and owner VM."""
     facts = _facts(app, host)
     if as_json:
@@ -73,11 +75,12 @@ def gpus(app, host: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("host")
+@click.argument("host", required=False)
 @json_option
 @click.pass_obj
 @handles_errors
-def vms(app, host: str, as_json: bool) -> None:
+@describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass vms lab-esxi', 'GOVC_URL=vc.example.com GOVC_USERNAME=admin@vsphere.local GOVC_PASSWORD=... gpupass vms'))
+def vms(app, host: str | None, as_json: bool) -> None:
     """List the host's VMs with power state, firmware, memory and PCI devices."""
     facts = _facts(app, host)
     if as_json:
@@ -87,11 +90,12 @@ def vms(app, host: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("host")
+@click.argument("host", required=False)
 @json_option
 @click.pass_obj
 @handles_errors
-def status(app, host: str, as_json: bool) -> None:
+@describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass status lab-kvm', 'gpupass status esxi://administrator%40vsphere.local@vc.example.com/DC1 --json'))
+def status(app, host: str | None, as_json: bool) -> None:
     """Summarise the host: IOMMU, free and assigned GPUs, and which VM holds which."""
     facts = _facts(app, host)
     if as_json:
@@ -114,6 +118,11 @@ def _plan(app, backend, request):
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(HOST_HELP, GPU_HELP, examples=(
+    "gpupass check lab-kvm ml-train 0000:42:00.0",
+    "gpupass check lab-kvm ml-train H100 --json",
+    "gpupass check lab-esxi ml-train esx02.lab.local/0000:3b:00.0",
+))
 def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **options) -> None:
     """Run the preflight checks for giving GPU(s) to VM. Exit 3 when something blocks."""
     request = build_assignment(vm, gpu, **options)
@@ -142,6 +151,11 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(HOST_HELP, GPU_HELP, examples=(
+    "gpupass plan lab-kvm ml-train 42:00.0 --show-changes",
+    "gpupass plan lab-hyperv ml-train 'PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)' --show-scripts",
+    "gpupass plan lab-esxi ml-train 10de:20b5 --allow-host-reboot",
+))
 def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_json: bool, **options) -> None:
     """Show the ordered steps of an assignment, what needs the VM off or a host reboot, and what the VM loses."""
     request = build_assignment(vm, gpu, **options)
@@ -198,10 +212,16 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
 @click.argument("gpu", nargs=-1, required=True)
 @assignment_options
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
-@click.option("--show-changes", is_flag=True, help="Show what each step sends before applying.")
+@click.option("--show-changes", "--show-scripts", "show_changes", is_flag=True,
+              help="Show what each step sends (domain XML diff, ConfigSpec, PowerShell scripts) before applying.")
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(HOST_HELP, GPU_HELP, examples=(
+    "gpupass assign lab-kvm ml-train 0000:42:00.0",
+    "gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change --yes",
+    "gpupass assign lab-hyperv ml-train 10de:20b5 --show-scripts --yes --json",
+))
 def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_changes: bool, as_json: bool,
            **options) -> None:
     """Give GPU(s) and their companions to VM. Shows the plan and asks first; rolls back on failure."""
@@ -220,10 +240,15 @@ def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_change
 @click.option("--disable-host-passthrough", is_flag=True,
               help="Also switch host passthrough off for the device (ESXi; needs a host reboot).")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
-@click.option("--show-changes", is_flag=True, help="Show what each step sends before applying.")
+@click.option("--show-changes", "--show-scripts", "show_changes", is_flag=True,
+              help="Show what each step sends (domain XML diff, ConfigSpec, PowerShell scripts) before applying.")
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(HOST_HELP, GPU_HELP, examples=(
+    "gpupass release lab-kvm ml-train --yes",
+    "gpupass release lab-esxi cad-ws esx01.lab.local/0000:3b:00.0 --disable-host-passthrough",
+))
 def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_host_passthrough: bool, yes: bool,
             show_changes: bool, as_json: bool) -> None:
     """Give GPU(s) back to the host (all the VM's GPUs when none is named) and undo what assign changed."""
@@ -238,21 +263,32 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
 
 
 @cli.command()
-@click.argument("host")
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.argument("host", required=False)
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="File to write (JSON); give it to any read-only command or plan as HOST.")
 @json_option
 @click.pass_obj
 @handles_errors
-def snapshot(app, host: str, output: str, as_json: bool) -> None:
+@describe(HOST_HELP, DEFAULT_HOST_HELP, examples=(
+    "gpupass snapshot lab-kvm -o node7.json",
+    "gpupass plan node7.json ml-train 42:00.0",
+))
+def snapshot(app, host: str | None, output: str, as_json: bool) -> None:
     """Save the host's facts to FILE, so check, plan, gpus and migrate plans work offline from it."""
     from pathlib import Path
 
     from gpupass.core import snapshot as snapshots
 
+    folder = Path(output).absolute().parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {output}: the folder {folder} does not exist",
+                         remedy=f"create it first (mkdir -p {folder}) or choose another -o path")
     with app.open(host) as backend:
         facts = backend.inventory()
-        snapshots.write(Path(output), facts, backend.snapshot_state(), backend.target.label)
+        try:
+            snapshots.write(Path(output), facts, backend.snapshot_state(), backend.target.label)
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}", remedy="choose a path you can write to") from exc
     if as_json:
         emit_json({"written": output, "gpus": len(facts.gpus), "vms": len(facts.vms)})
     else:

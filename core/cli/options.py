@@ -9,6 +9,36 @@ from gpupass.core.domain.pci import PciAddress
 from gpupass.core.errors import UsageError
 
 
+HOST_HELP = ("HOST is a URI (qemu:///system, qemu+ssh://admin@node7/system, esxi://user@vcenter/DC, "
+             "hyperv://user@host), a name from the config file or a lab host (lab-kvm).")
+DEFAULT_HOST_HELP = ("Left out, HOST is the first of $GPUPASS_HOST, $LIBVIRT_DEFAULT_URI, $GOVC_URL (with "
+                     "GOVC_USERNAME/GOVC_PASSWORD/GOVC_INSECURE/GOVC_TLS_CA_CERTS) and $VMWARE_HOST (with "
+                     "VMWARE_USER/VMWARE_PASSWORD/VMWARE_VALIDATE_CERTS) that is set.")
+GPU_HELP = ("GPU is any name `gpupass gpus` prints: a PCI address (0000:41:00.0 or 41:00.0), the host-qualified "
+            "address of a vCenter (esx02.example.com/0000:3b:00.0), a Hyper-V LocationPath "
+            "(PCIROOT(40)#PCI(0100)#...), virsh's node-device name (pci_0000_41_00_0), a vendor:device id "
+            "(10de:20b5) or the model's words (H100, 'A100 80GB'). A name that matches several GPUs is an "
+            "error that lists them.")
+
+
+def describe(*paragraphs: str, examples: tuple[str, ...] = ()):
+    """Append paragraphs and an Examples block to a command's help (its first line stays its short help)."""
+
+    def decorate(function):
+        text = (function.__doc__ or "").rstrip()
+        import inspect
+
+        text = inspect.cleandoc(text)
+        for paragraph in paragraphs:
+            text += "\n\n" + paragraph
+        if examples:
+            text += "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in examples)
+        function.__doc__ = text
+        return function
+
+    return decorate
+
+
 def assignment_options(command):
     decorators = [
         click.option("--no-companions", is_flag=True,

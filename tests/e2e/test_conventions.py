@@ -94,3 +94,38 @@ def test_a_library_that_logs_a_revealed_secret_is_redacted(caplog):
     record = logging.LogRecord("urllib3", logging.DEBUG, __file__, 1, "auth=%s", ("hunter2-very-secret",), None)
     handler.filter(record)
     assert record.getMessage() == "auth=***"
+
+
+def test_default_host_from_libvirt_default_uri_and_no_default_is_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUPASS_HOST", "GOVC_URL", "VMWARE_HOST")}
+    listed = gpupass("gpus", env={**env, "LIBVIRT_DEFAULT_URI": "lab-kvm"})
+    assert "0000:42:00.0" in listed.stdout
+    none = gpupass("status", env={k: v for k, v in env.items() if k != "LIBVIRT_DEFAULT_URI"}, expect=2)
+    assert "LIBVIRT_DEFAULT_URI" in none.stderr and "GOVC_URL" in none.stderr
+
+
+def test_govc_and_ansible_variables_reach_the_vsphere_lab():
+    gpupass("lab", "up", "lab-esxi")
+    try:
+        target = default_registry().lab_host("lab-esxi").target(paths.data_dir())
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("GOVC_", "VMWARE_", "LIBVIRT_", "GPUPASS_HOST"))}
+        govc = {**base, "GOVC_URL": f"https://{target.hostname}:{target.uri.split(':')[-1].split('/')[0]}/sdk",
+                "GOVC_USERNAME": target.username.replace("%40", "@"), "GOVC_PASSWORD": target.password.reveal(),
+                "GOVC_TLS_CA_CERTS": target.tls.ca_file, "GOVC_DATACENTER": target.uri.rsplit("/", 1)[1]}
+        assert "esx02.lab.local/0000:3b:00.0" in gpupass("gpus", env=govc).stdout
+        # Without the CA the certificate is refused (TLS verified by default), with GOVC_INSECURE it is not checked.
+        untrusted = {k: v for k, v in govc.items() if k != "GOVC_TLS_CA_CERTS"}
+        gpupass("gpus", env=untrusted, expect=1)
+        gpupass("gpus", env={**untrusted, "GOVC_INSECURE": "1"})
+        # An explicit esxi:// URI of the same host takes GOVC_PASSWORD when nothing else gives one.
+        explicit = {k: v for k, v in govc.items() if k != "GOVC_DATACENTER"}
+        gpupass("vms", target.uri, "--ca-file", target.tls.ca_file, env=explicit)
+        port = target.uri.split(":")[-1].split("/")[0]
+        ansible = {**base, "VMWARE_HOST": target.hostname, "VMWARE_PORT": port,
+                   "VMWARE_USER": target.username.replace("%40", "@"), "VMWARE_PASSWORD": target.password.reveal(),
+                   "VMWARE_VALIDATE_CERTS": "false"}
+        assert "esx02.lab.local" in gpupass("vms", env=ansible).stdout
+        missing = gpupass("vms", env={k: v for k, v in ansible.items() if k != "VMWARE_PASSWORD"}, expect=1)
+        assert "GPUPASS_PASSWORD_127_0_0_1" in missing.stderr and "VMWARE_PASSWORD" in missing.stderr
+    finally:
+        gpupass("lab", "down", "lab-esxi")
