@@ -20,7 +20,7 @@ class RedactSecrets(logging.Filter):
         if REVEALED:
             message = record.getMessage()
             redacted = message
-            for secret in REVEALED:
+            for secret in sorted(REVEALED, key=len, reverse=True):  # longest first: no partial blanks
                 redacted = redacted.replace(secret, "***")
             if redacted != message:
                 record.msg, record.args = redacted, None

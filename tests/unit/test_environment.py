@@ -33,7 +33,7 @@ def test_ansible_variables_validate_certs_by_default():
 
 
 def test_passwords_only_for_the_host_the_variables_name():
-    env = {"GOVC_URL": "vc.example.com", "GOVC_PASSWORD": "g", "VMWARE_HOST": "vc2", "VMWARE_PASSWORD": "v"}
+    env = {"GOVC_URL": "vc.example.com", "GOVC_PASSWORD": "govc-pw", "VMWARE_HOST": "vc2", "VMWARE_PASSWORD": "vmware-pw"}
     assert environment.vsphere_password("VC.example.com", env)[0] == "GOVC_PASSWORD"
-    assert environment.vsphere_password("vc2", env)[1].reveal() == "v"
+    assert environment.vsphere_password("vc2", env)[1].reveal() == "vmware-pw"
     assert environment.vsphere_password("other", env) is None
