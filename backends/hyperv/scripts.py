@@ -174,8 +174,10 @@ class VmSettings:
             raise ValueError("low MMIO is a UInt32")
 
 
-# Hyper-V's -Name/-VMName take wildcards: a VM called 'web*' must not select web01.  Find the VM by exact
-# (case-insensitive) name and pass the object with -VM; refuse a missing or duplicated name.  Where a cmdlet has
+# Hyper-V's -Name/-VMName take wildcards (Get-VM.md: "Accept wildcard characters: True"): a VM called 'web*'
+# must not select web01, and one called 'gpu[1]' would not match itself.  Find the VM by exact name with -eq,
+# which is case-insensitive (about_Comparison_Operators) as VM names are to their admins (Virtual Server API docs:
+# "Virtual machine names are case-insensitive"), pass the object with -VM, refuse a missing or duplicated name.  Where a cmdlet has
 # no -VM (Remove-VMAssignableDevice, per its documentation page), pass what Get-VMAssignableDevice -VM returned.
 _FIND_VM = _lines(
     "$v=@();foreach($x in @(Get-VM)){if($x.Name -eq $n){$v+=$x}}",

@@ -400,7 +400,11 @@ def _vm_not_found(name: str, cmd: str) -> HyperVError:
 
 def _resolve_vms(ctx: _Ctx, model: HostModel, names: list[str] | None, vms: list[PSObject] | None,
                  cmd: str) -> list[VirtualMachine]:
-    """-Name/-VMName take wildcards (as the Hyper-V module does); -VM objects resolve by VMId."""
+    """-Name/-VMName take wildcards; -VM objects resolve by VMId.
+
+    Get-VM.md documents wildcards for -Name; the other pages' -VMName say "Accept wildcard characters: False",
+    yet Microsoft's own Hyper-V tests call ``Get-VMAssignableDevice *`` (microsoft/lisa, NVMe DDA cleanup
+    script), so the model matches -VMName as a wildcard pattern too (docs/hyperv.md: unverified on Windows)."""
     out: list[VirtualMachine] = []
     for n in names or []:
         hits = [v for v in model.vms if _wild(n, v.name)]
