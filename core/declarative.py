@@ -200,13 +200,13 @@ def changes_for_host(host: str, facts: HostFacts, desired: list[Desired], path: 
     for entry in desired:
         if facts.find_vm(entry.vm) is None:
             raise FileError(path, entry.line, f"no VM named {entry.vm!r} on {host}",
-                            "fix the name (`gpupass vms HOST`)")
+                            f"fix the name (`gpupass vms {host}`)")
         mine = held.get(entry.vm, [])
         if entry.model is None:
             wanted = set(entry.gpus)
             for address in entry.gpus:
                 if not facts.gpus_at(address):
-                    raise FileError(path, entry.line, f"no GPU at {address} on {host}", "`gpupass gpus HOST` lists them")
+                    raise FileError(path, entry.line, f"no GPU at {address} on {host}", f"`gpupass gpus {host}` lists them")
             extra = tuple(g.address for g in mine if g.address not in wanted)
             missing = tuple(a for a in entry.gpus if a not in {g.address for g in mine})
         else:

@@ -145,7 +145,7 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
     findings: list[Finding] = []
     if not held:
         findings.append(blocker("migrate-no-gpus", f"VM '{vm.name}' holds no GPU at {source.target.label}",
-                                "name the VM that holds the GPUs (`gpupass status SRC_HOST`)"))
+                                f"name the VM that holds the GPUs (`gpupass status {source.target.label}`)"))
     dest_facts = destination.inventory()
     target_name = destination_vm or vm.name
     existing = dest_facts.find_vm(target_name)

@@ -129,7 +129,7 @@ class KvmBackend(Backend):
                 else:
                     conn = libvirt.open(self.target.uri)
             except libvirt.libvirtError as exc:
-                raise translate(libvirt, exc, f"connecting to {self.target.uri}") from exc
+                raise translate(libvirt, exc, f"connecting to {self.target.label}") from exc
             self.round_trips += 1
             self._conn = _Counted(conn, self)
         return self._conn

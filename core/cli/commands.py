@@ -19,6 +19,7 @@ from gpupass.core.errors import PreflightFailed, UsageError
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass plugins', 'gpupass plugins --json',))
 def plugins(app, as_json: bool) -> None:
     """List the loaded plugins, the backends and URI schemes they provide, and whether their SDK is installed."""
     registry = app.registry

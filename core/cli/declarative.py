@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gpupass.core.cli.escape import shown
+from gpupass.core.cli.options import describe
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
@@ -144,9 +145,11 @@ def _incomplete(file, planned, results, index, cause):
 @cli.command()
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the file here instead of stdout.")
+@json_option
 @click.pass_obj
 @handles_errors
-def export(app, hosts, output) -> None:
+@describe(examples=('gpupass export lab-kvm lab-esxi -o gpus.yaml', 'gpupass export node7 --json',))
+def export(app, hosts, output, as_json) -> None:
     """Write the hosts' current assignments as a YAML file that `diff` and `apply` read."""
     from gpupass.core import declarative
 
@@ -156,7 +159,13 @@ def export(app, hosts, output) -> None:
             rows += declarative.export(host, backend.inventory())
     text = declarative.dump(rows)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}", remedy="check that the folder exists") from exc
+    if as_json:
+        emit_json({"hosts": list(hosts), "assignments": rows, "written": output, "yaml": None if output else text})
+    elif output:
         click.echo(f"wrote {shown(output)}: {len(rows)} assignment(s)", err=True)
     else:
         click.echo(text, nl=False)
@@ -167,6 +176,7 @@ def export(app, hosts, output) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass diff gpus.yaml', 'gpupass diff gpus.yaml --json',))
 def diff(app, file, as_json) -> None:
     """Show what `apply FILE` would change. Exit 0 when nothing, 5 when something would change."""
     changes = _changes(app, file)
@@ -186,6 +196,7 @@ def diff(app, file, as_json) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass apply gpus.yaml', 'gpupass apply gpus.yaml --yes --json',))
 def apply(app, file, yes, as_json) -> None:
     """Converge the hosts to FILE: each change goes through the normal plan, preflight and rollback."""
     from gpupass.core import serialize

@@ -12,6 +12,7 @@ from gpupass.core import paths, serialize
 from gpupass.core.cli import render
 from gpupass.core.domain.select import qualified
 from gpupass.core.cli.escape import shown
+from gpupass.core.cli.options import describe
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
@@ -41,6 +42,7 @@ def _config_path(app):
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass hosts add node7 qemu+ssh://admin@node7/system', 'gpupass hosts add vcenter esxi://administrator%40vsphere.local@vc.example.com/DC1 --password-env VC_PASSWORD', 'gpupass hosts add hv01 hyperv://Administrator@hv01.example.com --keyring',))
 def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_json) -> None:
     """Add (or replace) host NAME at URI. Passwords are never taken from the command line."""
     from gpupass.core.config import HostEntry, save_config, with_host
@@ -69,6 +71,7 @@ def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_j
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass hosts remove node7',))
 def hosts_remove(app, name, as_json) -> None:
     """Remove host NAME from the config file."""
     from gpupass.core.config import save_config, without_host
@@ -96,6 +99,7 @@ def _host_rows(app):
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass hosts list', 'gpupass hosts list --json',))
 def hosts_list(app, as_json) -> None:
     """List the config file's hosts and the lab hosts that are up."""
     rows = _host_rows(app)
@@ -111,6 +115,7 @@ def hosts_list(app, as_json) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass hosts test node7', 'gpupass hosts test lab-kvm --json',))
 def hosts_test(app, name, as_json) -> None:
     """Connect to NAME, read its inventory, and report what was found and how long it took."""
     began = time.monotonic()
@@ -182,6 +187,7 @@ def _error_row(result):
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass fleet gpus --all', 'gpupass fleet gpus --hosts node7,vcenter --json',))
 def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
     """Every GPU on every host, with its owner; a host that fails is one row with its error (exit 4)."""
     from gpupass.core.fleet import assignable
@@ -219,6 +225,7 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass fleet find --model A100 --all', "gpupass fleet find --model 'A100 80GB' --count 2 --all", 'gpupass fleet find --model 10de:2331 --hosts node7,node8 --json',))
 def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
     """Hosts that can take a VM with COUNT such GPUs now.
 

@@ -8,6 +8,7 @@ import click
 
 from gpupass.core import paths
 from gpupass.core.cli import render
+from gpupass.core.cli.options import describe
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import NotFound
 
@@ -27,15 +28,25 @@ def _labs(app, name: str | None):
     return chosen
 
 
+def _lab_row(lab, data) -> dict:
+    """One lab host as scripts read it: its server's PID and URL as fields, not only in the prose."""
+    running = lab.running(data) if hasattr(lab, "running") else None
+    info = dict(running.info) if running is not None else {}
+    return {"name": lab.name, "platform": lab.platform, "description": lab.description,
+            "up": lab.is_up(data), "status": lab.status(data),
+            "server": {"pid": running.pid, "url": info.get("url"), "auth": info.get("auth"),
+                       "port": info.get("port")} if running is not None else None}
+
+
 @lab.command("status")
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass lab status', 'gpupass lab status --json',))
 def lab_status(app, as_json: bool) -> None:
     """List the lab hosts, whether their servers run, and where their state lives."""
     data = paths.data_dir()
-    rows = [{"name": lab.name, "platform": lab.platform, "description": lab.description,
-             "status": lab.status(data)} for lab in _labs(app, None)]
+    rows = [_lab_row(lab, data) for lab in _labs(app, None)]
     if as_json:
         emit_json({"lab_hosts": rows})
     else:
@@ -48,6 +59,7 @@ def lab_status(app, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass lab up', 'gpupass lab up lab-esxi',))
 def lab_up(app, name: str | None, as_json: bool) -> None:
     """Start the lab hosts' servers in the background (127.0.0.1 only); state is kept while they run."""
     result = {item.name: item.up(paths.data_dir()) for item in _labs(app, name)}
@@ -62,6 +74,7 @@ def lab_up(app, name: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass lab down', 'gpupass lab down lab-hyperv',))
 def lab_down(app, name: str | None, as_json: bool) -> None:
     """Stop the lab hosts' servers (by PID)."""
     result = {item.name: item.down(paths.data_dir()) for item in _labs(app, name)}
@@ -76,6 +89,7 @@ def lab_down(app, name: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass lab reset', 'gpupass lab reset lab-kvm',))
 def lab_reset(app, name: str | None, as_json: bool) -> None:
     """Restore a lab host (all of them when NAME is left out) to its initial state."""
     done = []
@@ -109,10 +123,45 @@ DEMO = [
 ]
 
 
+def _reset_quietly(ctx: click.Context) -> None:
+    for item in _labs(ctx.obj, None):
+        item.reset(paths.data_dir())
+
+
+def _demo_json(ctx: click.Context) -> None:
+    """Every demo step run with --json: one document with each step's command, exit code and output."""
+    import contextlib
+    import io
+    import json
+
+    steps = []
+    for title, command in DEMO:
+        captured = io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(captured):
+            try:
+                cli.main([*shlex.split(command), "--json"], prog_name="gpupass", obj=ctx.obj, standalone_mode=False)
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        text = captured.getvalue()
+        try:
+            output = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            output = text
+        steps.append({"title": title, "command": f"gpupass {command}", "exit_code": code, "output": output})
+    emit_json({"demo": steps})
+
+
 @lab.command("demo")
+@json_option
 @click.pass_context
-def lab_demo(ctx: click.Context) -> None:
+@describe(examples=('gpupass lab demo', 'gpupass lab demo --json',))
+def lab_demo(ctx: click.Context, as_json: bool) -> None:
     """Walk the lab through gpus, check, plan, assign, status, release, fleet and a migration plan."""
+    if as_json:
+        _reset_quietly(ctx)
+        _demo_json(ctx)
+        return
     ctx.invoke(lab_reset, name=None, as_json=False)
     for title, command in DEMO:
         click.echo("\n" + click.style(f"# {title}", fg="blue", bold=True))

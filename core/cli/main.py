@@ -80,6 +80,7 @@ def handles_errors(command: Callable) -> Callable:
                 click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True)
             sys.exit(exc.exit_code)
         except GpupassError as exc:
+            _fill_in_host(exc, kwargs)
             if as_json:
                 emit_json(exc.to_dict())
             else:
@@ -90,6 +91,23 @@ def handles_errors(command: Callable) -> Callable:
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def _fill_in_host(exc: GpupassError, arguments: dict) -> None:
+    """A remedy names the host as HOST where the code raising it does not know what the user typed (a backend's
+    error table); the command does: `gpupass status HOST` becomes `gpupass status lab-kvm`."""
+    import re
+    import shlex
+
+    host = arguments.get("host") or arguments.get("dst_host")
+    if host is None and "host" in arguments:
+        from gpupass.core import environment
+
+        chosen = environment.default_host()
+        host = chosen[1] if chosen else None
+    if host and exc.remedy:
+        exc.remedy = re.sub(r"(`gpupass [a-z-]+(?: [a-z-]+)? )HOST\b", lambda m: m.group(1) + shlex.quote(host),
+                            exc.remedy)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
@@ -286,7 +304,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED_EXIT)
     except click.exceptions.ClickException as exc:
-        exc.show()
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            # --json promises one JSON document, errors included: a usage error too.
+            emit_json({"error": "usage", "message": exc.format_message(), "remedy": "see `gpupass COMMAND --help`"})
+        else:
+            exc.show()
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

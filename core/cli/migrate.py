@@ -8,6 +8,7 @@ import click
 
 from gpupass.core import serialize
 from gpupass.core.cli import render
+from gpupass.core.cli.options import describe
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import PreflightFailed
 
@@ -39,6 +40,7 @@ def _plan(app, src, vm, dst, dst_vm):
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass migrate plan lab-esxi cad-ws lab-kvm', 'gpupass migrate plan vcenter ml-train node7 --dst-vm ml-train-kvm --json',))
 def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> None:
     """What VM's GPUs need at DST_HOST: equivalent GPUs, settings that carry over or not, the destination plan."""
     result, source, destination = _plan(app, src_host, vm, dst_host, dst_vm)
@@ -62,6 +64,7 @@ def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> 
 @json_option
 @click.pass_obj
 @handles_errors
+@describe(examples=('gpupass migrate apply lab-esxi cad-ws lab-kvm --yes', 'gpupass migrate apply vcenter ml-train node7 --release-source --yes',))
 def migrate_apply(app, src_host, vm, dst_host, dst_vm, release_source, yes, as_json) -> None:
     """Assign the equivalent GPUs to the VM already converted at DST_HOST; optionally release the source's."""
     from gpupass.core.cli.commands import _confirm_and_run

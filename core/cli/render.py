@@ -28,7 +28,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def gpus(facts: HostFacts) -> str:
     if not facts.gpus:
-        return f"no GPUs found on {shown(facts.host.uri)}"
+        return f"no GPUs found on {shown(facts.host.name or facts.host.uri)}"
     rows = []
     for gpu in facts.gpus:
         bars = gpu.bars

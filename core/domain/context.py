@@ -33,6 +33,14 @@ class CheckContext:
     request: Union[AssignmentRequest, ReleaseRequest]
     policy: MmioPolicy
     capabilities: Capabilities
+    # The host as the user named it (lab-kvm, node7), for remedies that are commands to copy.
+    host_label: str = ""
+
+    @property
+    def host_ref(self) -> str:
+        import shlex
+
+        return shlex.quote(self.host_label or self.facts.host.name or self.facts.host.uri)
 
     @property
     def include_companions(self) -> bool:

@@ -18,13 +18,13 @@ def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
         reasons = "; ".join(host.iommu_reasons) or "the host reports no IOMMU"
         yield blocker(
             "iommu-off",
-            f"IOMMU / I/O virtualisation is off on {host.name or host.uri}: {reasons}",
+            f"IOMMU / I/O virtualisation is off on {ctx.host_label or host.name or host.uri}: {reasons}",
             "enable VT-d (Intel) or AMD-Vi/IOMMU in the firmware setup, plus intel_iommu=on on Linux, then reboot",
         )
     elif host.iommu_enabled is None:
         yield warning(
             "iommu-unknown",
-            f"gpupass cannot tell whether the IOMMU is on at {host.uri}",
+            f"gpupass cannot tell whether the IOMMU is on at {ctx.host_label or host.name or host.uri}",
             "check `dmesg | grep -e DMAR -e IOMMU` on the host",
         )
 
@@ -100,7 +100,7 @@ def not_assigned_elsewhere(ctx: CheckContext) -> Iterable[Finding]:
             yield blocker(
                 "gpu-assigned-elsewhere",
                 f"GPU {gpu.address} is already assigned to VM '{owner}'{state}",
-                f"release it first: gpupass release HOST '{owner}' {gpu.address}",
+                f"release it first: gpupass release {ctx.host_ref} '{owner}' {gpu.address}",
                 subject=str(gpu.address),
             )
 

@@ -1,6 +1,7 @@
 """The habits admins bring from virsh, govc and Unix tools: options after the subcommand, NO_COLOR, Ctrl-C is
 130, a closed pipe keeps the exit code, -v/--debug log every SDK call and never a password."""
 
+import json
 import logging
 import os
 import signal
@@ -129,3 +130,29 @@ def test_govc_and_ansible_variables_reach_the_vsphere_lab():
         assert "GPUPASS_PASSWORD_127_0_0_1" in missing.stderr and "VMWARE_PASSWORD" in missing.stderr
     finally:
         gpupass("lab", "down", "lab-esxi")
+
+
+def test_lab_status_json_has_pid_and_url_fields():
+    gpupass("lab", "up", "lab-hyperv")
+    try:
+        rows = {r["name"]: r for r in json.loads(gpupass("lab", "status", "--json").stdout)["lab_hosts"]}
+        server = rows["lab-hyperv"]["server"]
+        assert rows["lab-hyperv"]["up"] is True and isinstance(server["pid"], int) and server["pid"] > 0
+        assert server["url"].startswith("http://127.0.0.1:") and server["url"].endswith("/wsman")
+        os.kill(server["pid"], 0)  # the PID is the running server's
+        assert rows["lab-esxi"]["up"] is False and rows["lab-esxi"]["server"] is None
+    finally:
+        gpupass("lab", "down", "lab-hyperv")
+
+
+def test_export_and_lab_demo_take_json(tmp_path):
+    exported = json.loads(gpupass("export", "lab-kvm", "--json").stdout)
+    assert exported["assignments"] == [{"host": "lab-kvm", "vm": "cad-ws", "gpus": ["0000:01:00.0"]}]
+    assert "version: 1" in exported["yaml"]
+    written = json.loads(gpupass("export", "lab-kvm", "-o", str(tmp_path / "a.yaml"), "--json").stdout)
+    assert written["written"] == str(tmp_path / "a.yaml") and (tmp_path / "a.yaml").is_file()
+    gpupass("export", "lab-kvm", "-o", str(tmp_path / "missing" / "a.yaml"), expect=2)
+    demo = json.loads(gpupass("lab", "demo", "--json").stdout)["demo"]
+    assert [s["exit_code"] for s in demo][:4] == [0, 0, 0, 3]
+    assert all(isinstance(s["output"], dict) for s in demo), [s["command"] for s in demo if not isinstance(s["output"], dict)]
+    assert demo[0]["output"]["gpus"][0]["address"] == "0000:01:00.0"
