@@ -206,50 +206,17 @@ def _require_private(path: Path, name: str) -> None:
         )
 
 
-def _toml_value(value: Any) -> str:
-    import json
+def render_config(config: Config, existing: str | None = None) -> str:
+    """The file's text for `config`; with the current text, everything not changed stays as written."""
+    from gpupass.core import config_writer
 
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string without \\u escapes of surrogates is a valid TOML basic string.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise UsageError(f"cannot store {value!r} in the config file")
-
-
-def _toml_key(key: str) -> str:
-    import re
-
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
-
-
-def render_config(config: Config) -> str:
-    lines = ["# gpupass hosts: managed by `gpupass hosts add|remove`; edits by hand are kept.", ""]
-    for entry in config.hosts.values():
-        lines.append(f"[hosts.{_toml_key(entry.name)}]")
-        for key in ("uri", "password_env", "keyring", "password", "ca_file", "insecure", "options"):
-            value = getattr(entry, key)
-            if value in (None, False, {}, ""):
-                continue
-            lines.append(f"{key} = {_toml_value(dict(value) if key == 'options' else value)}")
-        lines.append("")
-    return "\n".join(lines)
+    return config_writer.render(config, existing)
 
 
 def save_config(path: Path, config: Config) -> None:
-    import os
+    from gpupass.core import config_writer
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".new")
-    # Owner-only from the start: the file may name where secrets live, or hold one.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(render_config(config))
-    os.replace(temporary, path)
+    config_writer.save(path, config)
 
 
 def with_host(config: Config, entry: HostEntry) -> Config:
