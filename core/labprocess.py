@@ -105,6 +105,18 @@ def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def require_modules(lab: str, modules: tuple[str, ...], why: str) -> None:
+    """A lab server that needs Python modules the base install lacks: a clear error, not its traceback."""
+    import importlib.util
+
+    from gpupass.core.errors import BackendUnavailable
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(f"{lab} needs the Python module(s) {', '.join(missing)} ({why}), which are not "
+                                 "installed", remedy="pip install 'gpupass[lab]' (bash .ci/bootstrap installs it)")
+
+
 class ServerLab:
     """Mixin for lab hosts served by a background process: a state folder, a generated password, PID control.
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding
@@ -141,8 +142,12 @@ class Outcome:
     facts_after: HostFacts | None
 
 
-def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None = None) -> Outcome:
-    """Apply the plan's steps in order; if one fails, undo the completed ones in reverse order."""
+def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None = None,
+            around_step: Callable[[Step], ContextManager[Any]] | None = None) -> Outcome:
+    """Apply the plan's steps in order; if one fails, undo the completed ones in reverse order.
+
+    `around_step` wraps each write (the CLI shows progress for a step that takes more than a second, such
+    as an ESXi host reboot)."""
     if plan.blocked:
         raise PreflightFailed(f"preflight found blocking problems; nothing was changed on {plan.host}",
                               [f for f in plan.findings if f.blocks])
@@ -153,7 +158,8 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
         if on_step:
             on_step(step)
         try:
-            done.append((step, backend.apply(step)))
+            with around_step(step) if around_step else contextlib.nullcontext():
+                done.append((step, backend.apply(step)))
         except BaseException as exc:
             _roll_back(backend, done, failed=step, cause=exc)
             raise  # _roll_back always raises; this keeps type checkers honest

@@ -25,6 +25,18 @@ class EsxiLab(labprocess.ServerLab, LabHost):
                    "(2x A100 80GB); VMs ml-train, render01 (BIOS), web01 (running), cad-ws, snap01 (snapshot)")
 
     def up(self, data_dir: Path) -> str:
+        from gpupass.backends.esxi import simulator
+
+        labprocess.require_modules(NAME, ("cryptography", "pyVmomi"),
+                                   "the simulator's launcher makes its own CA; the lab speaks to it with pyvmomi")
+        try:
+            simulator.check_toolchain()
+        except simulator.SimulatorError as exc:
+            from gpupass.core.errors import BackendUnavailable
+
+            raise BackendUnavailable(f"{NAME} cannot be built: {exc}",
+                                     remedy="bash .ci/bootstrap installs both (golang-go, "
+                                            "golang-github-vmware-govmomi-dev)") from exc
         self.password(data_dir)
         directory = self.directory(data_dir)
         argv = labprocess.python_argv("gpupass.backends.esxi.labserver", "--ready", READY.strip(), "--user", USER,

@@ -93,6 +93,20 @@ def source_hash(src: Path = VCSIM_SOURCE_DIR) -> str:
     return h.hexdigest()
 
 
+def check_toolchain(go: str | None = None, gopath: str | None = None) -> None:
+    """Go and Debian's govmomi sources, checked before a build so that a missing one is a hint, not compiler
+    output."""
+    go = go or shutil.which("go") or "/usr/lib/go/bin/go"
+    if not Path(go).exists() and not shutil.which(go):
+        raise SimulatorError("the Go toolchain is missing (Debian: apt-get install golang-go "
+                             "golang-github-vmware-govmomi-dev)")
+    gopath = gopath or os.environ.get("GPUPASS_GOPATH") or DEFAULT_GOPATH
+    if not (Path(gopath) / "src" / "github.com" / "vmware" / "govmomi" / "simulator").is_dir():
+        raise SimulatorError(f"Debian's govmomi sources are missing: no {gopath}/src/github.com/vmware/govmomi/"
+                             "simulator (Debian: apt-get install golang-github-vmware-govmomi-dev, or point "
+                             "GPUPASS_GOPATH at a GOPATH that has them)")
+
+
 def build_binary(*, go: str | None = None, gopath: str | None = None, force: bool = False,
                  timeout: float = 600) -> Path:
     """Build the simulator into the cache dir (once per source hash); return its path.

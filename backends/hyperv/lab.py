@@ -27,6 +27,10 @@ class HypervLab(labprocess.ServerLab, LabHost):
     description = ("WinRM endpoint on 127.0.0.1 serving a modelled Hyper-V host: 2x A100 80GB, a T4 behind "
                    "an RMRR, a T4 and an MI300X without host drivers; VMs ml-train, render01 (Gen 1), web01 (running), cad-ws (holds an A100), dyn-mem")
 
+    def require(self) -> None:
+        labprocess.require_modules(NAME, ("tree_sitter", "tree_sitter_powershell", "winrm"),
+                                   "the Hyper-V host model parses every script with tree-sitter-powershell")
+
     def state_path(self, data_dir: Path) -> Path:
         return self.directory(data_dir) / "lab-hyperv.json"
 
@@ -44,6 +48,7 @@ class HypervLab(labprocess.ServerLab, LabHost):
         auth = os.environ.get("GPUPASS_LAB_HYPERV_AUTH", "ntlm").lower()
         if auth not in ("ntlm", "basic"):
             raise UsageError(f"GPUPASS_LAB_HYPERV_AUTH={auth!r}", remedy="use ntlm or basic")
+        self.require()
         if not self.state_path(data_dir).exists():
             self._write_initial(data_dir)
         self.password(data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -198,7 +199,10 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
             sys.stdout.flush()
             click.echo(f"  ... {shown(step.description)}", err=True)
 
-    outcome = execute(backend, plan, on_step=progress)
+    from gpupass.core.progress import waiting
+
+    outcome = execute(backend, plan, on_step=progress,
+                      around_step=lambda step: waiting(step.description) if not as_json else contextlib.nullcontext())
     if not as_json:
         verb = "assigned to" if plan.operation == "assign" else "released from"
         click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{shown(plan.vm)}'.",

@@ -157,11 +157,12 @@ def _gather(app, names, concurrency, timeout, as_json):
         with app.open(name) as backend:
             return backend.inventory(), backend.round_trips
 
-    show = not as_json and sys.stderr.isatty()
-    if not show:
+    from gpupass.core.progress import waiting
+
+    if as_json:
         return gather(names, read, concurrency=concurrency, timeout=timeout)
-    with click.progressbar(length=len(names), label="reading hosts", file=sys.stderr) as bar:
-        return gather(names, read, concurrency=concurrency, timeout=timeout, on_done=lambda _r: bar.update(1))
+    with waiting(f"reading {len(names)} host(s)"):
+        return gather(names, read, concurrency=concurrency, timeout=timeout)
 
 
 fleet_options = [

@@ -62,7 +62,14 @@ def lab_status(app, as_json: bool) -> None:
 @describe(examples=('gpupass lab up', 'gpupass lab up lab-esxi',))
 def lab_up(app, name: str | None, as_json: bool) -> None:
     """Start the lab hosts' servers in the background (127.0.0.1 only); state is kept while they run."""
-    result = {item.name: item.up(paths.data_dir()) for item in _labs(app, name)}
+    from gpupass.core.progress import waiting
+
+    result = {}
+    for item in _labs(app, name):
+        # The first lab-esxi start builds the simulator with Go: minutes, so say so on a terminal.
+        with waiting(f"starting {item.name}" + (" (the first start builds the vSphere simulator: a few minutes)"
+                                                if item.platform == "esxi" else "")):
+            result[item.name] = item.up(paths.data_dir())
     if as_json:
         emit_json({"up": result})
     else:

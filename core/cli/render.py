@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Iterable, Sequence
 
 import click
@@ -18,12 +19,60 @@ _SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("war
                    Severity.INFO: ("info", "cyan")}
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+MIN_COLUMN = 12
+
+
+def output_width() -> int | None:
+    """The width tables must fit: the terminal's on a terminal, $COLUMNS when set; None (no limit) for a pipe,
+    so `grep` and scripts see whole lines."""
+    import os
+    import shutil
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if sys.stdout.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError):
+        pass
+    return None
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> str:
+    """Columns two spaces apart. Wider than `width` (default: output_width()), the widest columns after the
+    first (which holds the name to copy) wrap onto continuation lines."""
     rows = [[shown(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    limit = output_width() if width is None else width
+    if limit is not None:
+        widths = _fit(widths, limit)
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    for row in rows:
+        lines += _wrapped(row, widths)
     return "\n".join(lines)
+
+
+def _fit(widths: list[int], limit: int) -> list[int]:
+    widths = list(widths)
+    while sum(widths) + 2 * (len(widths) - 1) > limit:
+        shrinkable = [i for i in range(1, len(widths)) if widths[i] > MIN_COLUMN]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def _wrapped(row: Sequence[str], widths: Sequence[int]) -> list[str]:
+    import textwrap
+
+    cells = [[cell] if len(cell) <= width or index == 0 else
+             textwrap.wrap(cell, width, break_long_words=True, break_on_hyphens=False) or [""]
+             for index, (cell, width) in enumerate(zip(row, widths))]
+    height = max(len(cell) for cell in cells)
+    return ["  ".join((cell[line] if line < len(cell) else "").ljust(width) for cell, width in zip(cells, widths))
+            .rstrip() for line in range(height)]
 
 
 def gpus(facts: HostFacts) -> str:

@@ -43,3 +43,17 @@ def test_packed_window_is_explained_not_shown_as_under_provisioned():
     said = hyperv.explain(need)
     assert "128.0 GiB packed" in said and "512 MiB headroom" in said and "not rounded up to a power of two" in said
     assert "need 256" not in said
+
+
+def test_tables_fit_the_width_and_keep_the_first_column_whole(monkeypatch):
+    rows = [["PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)", "NVIDIA A100 PCIe 80GB",
+             "a long description that would run far past the edge of an eighty column terminal window"]]
+    text = render.table(["ADDRESS", "MODEL", "WHAT"], rows, width=100)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert text.splitlines()[1].startswith("PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)  ")
+    assert "terminal window" in " ".join(text.split())
+    # A pipe (no terminal, no COLUMNS) gets whole lines; COLUMNS is honoured like ls and git do.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert len(render.table(["A", "B"], [["x", "y" * 300]]).splitlines()[1]) > 300
+    monkeypatch.setenv("COLUMNS", "60")
+    assert max(len(line) for line in render.table(["A", "B"], [["x", "y " * 150]]).splitlines()) <= 60

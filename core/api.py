@@ -1,0 +1,131 @@
+"""The Python API: what the CLI does, for scripts. Re-exported by the top-level package (`from gpupass import ...`).
+
+    import gpupass
+
+    with gpupass.open_host("lab-kvm") as host:           # a URI, a config name, a lab host, a snapshot file
+        facts = host.inventory()                         # HostFacts: .gpus, .vms, .host
+        findings = host.check("ml-train", "H100")        # preflight only: a list of Finding
+        plan = host.plan("ml-train", "0000:42:00.0")     # Plan: .steps, .findings, .blocked
+        outcome = host.assign("ml-train", "H100")        # applies (no prompt); rolls back on failure
+        host.release("ml-train")                         # every GPU the VM holds
+
+GPUs are named as on the command line (address, host-qualified address, LocationPath, nodedev name,
+vendor:device id, model words). Errors are the gpupass.errors classes: GpupassError and its subclasses,
+each with `.message`, `.remedy` and `.exit_code`; nothing is printed and nothing asks for confirmation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from gpupass.core.domain.findings import Finding
+from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.plan import Plan
+from gpupass.core.errors import NotSupported, PreflightFailed, UsageError
+
+
+class Host:
+    """One open connection to a host (or a vCenter). Close it, or use it in a `with` block."""
+
+    def __init__(self, backend: Any, registry: Any) -> None:
+        self._backend, self._registry = backend, registry
+
+    @property
+    def name(self) -> str:
+        """The host as it was named (lab-kvm, node7, a URI)."""
+        return self._backend.target.label
+
+    @property
+    def platform(self) -> str:
+        return self._backend.platform
+
+    @property
+    def round_trips(self) -> int:
+        """Requests sent to the platform's API so far."""
+        return self._backend.round_trips
+
+    def inventory(self) -> HostFacts:
+        return self._backend.inventory()
+
+    def plan(self, vm: str, *gpus: str, **options: Any) -> Plan:
+        """The ordered steps of giving `gpus` to `vm`; options as assign's (allow_host_reboot=True, ...)."""
+        return self._make(_assignment(vm, gpus, options))
+
+    def check(self, vm: str, *gpus: str, **options: Any) -> list[Finding]:
+        """Preflight findings for giving `gpus` to `vm`; any with `.blocks` stops an assign."""
+        return list(self.plan(vm, *gpus, **options).findings)
+
+    def assign(self, vm: str, *gpus: str, **options: Any):
+        """Apply the plan (raises PreflightFailed when something blocks; OperationFailed after rolling back)."""
+        return self._execute(self.plan(vm, *gpus, **options))
+
+    def plan_release(self, vm: str, *gpus: str, live: bool = False, disable_host_passthrough: bool = False) -> Plan:
+        from gpupass.core.domain.request import ReleaseOptions, ReleaseRequest
+        from gpupass.core.domain.select import parse_selectors
+
+        return self._make(ReleaseRequest(vm, parse_selectors(gpus), ReleaseOptions(
+            live=live, disable_host_passthrough=disable_host_passthrough)))
+
+    def release(self, vm: str, *gpus: str, live: bool = False, disable_host_passthrough: bool = False):
+        """Give the GPUs (all the VM's when none is named) back to the host, restoring what assign changed."""
+        return self._execute(self.plan_release(vm, *gpus, live=live,
+                                               disable_host_passthrough=disable_host_passthrough))
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make(self, request) -> Plan:
+        from gpupass.core.service import make_plan
+
+        return make_plan(self._backend, self._backend.inventory(), request, self._registry)
+
+    def _execute(self, plan: Plan):
+        from gpupass.core.service import execute
+
+        if self._backend.read_only:
+            raise NotSupported(f"{self.name} is a snapshot: plan from it, change the live host")
+        if plan.blocked:
+            raise PreflightFailed("preflight found blocking problems; nothing was changed", list(plan.findings))
+        return execute(self._backend, plan)
+
+
+def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]):
+    from gpupass.core.domain.mmio import parse_size
+    from gpupass.core.domain.pci import PciAddress
+    from gpupass.core.domain.request import AssignmentRequest, AssignOptions
+    from gpupass.core.domain.select import parse_selectors
+
+    known = set(AssignOptions.__dataclass_fields__)
+    unknown = set(options) - known
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}", remedy=f"known: {', '.join(sorted(known))}")
+    settings = dict(options)
+    if "bar_sizes" in settings:
+        settings["bar_sizes"] = {PciAddress.parse(str(a)) if not isinstance(a, PciAddress) else a:
+                                 parse_size(s) if isinstance(s, str) else s for a, s in settings["bar_sizes"].items()}
+    return AssignmentRequest(vm, parse_selectors(gpus), AssignOptions(**settings))
+
+
+def open_host(host: str | None = None, *, config: str | Path | None = None, insecure: bool = False,
+              ca_file: str | None = None) -> Host:
+    """Open HOST as the CLI does: a URI, a config name, a lab host or a snapshot file; None is the default
+    host from the environment (GPUPASS_HOST, LIBVIRT_DEFAULT_URI, GOVC_URL, VMWARE_HOST)."""
+    from gpupass.core import paths
+    from gpupass.core.config import load_config
+    from gpupass.core.hosts import open_host as open_backend
+    from gpupass.core.plugins import default_registry
+    from gpupass.core.target import TlsOptions
+
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"config file {config} does not exist", remedy="check the path")
+    registry = default_registry()
+    loaded = load_config(Path(config) if config is not None else paths.config_file())
+    backend = open_backend(host, loaded, registry, TlsOptions(verify=not insecure, ca_file=ca_file))
+    return Host(backend, registry)
