@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gpupass.backends.esxi import claims as esxi_claims
 from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
+from gpupass.core.domain.claims import Holder, Verdict, decide, new_claim, next_number, stale_holdings
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
-from gpupass.core.ports import Backend
+from gpupass.core.ports import Backend, StepState
 from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported,
                                  OperationFailed)
 
@@ -57,6 +59,8 @@ class EsxiBackend(Backend):
         self._api = ""
         self._root: Any = None
         self._hosts: dict[str, inv.HostRaw] = {}
+        self._before: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, Any] = {}
         self._vms: dict[str, inv.VmRaw] = {}
 
     # -- connection -------------------------------------------------------------------------------
@@ -119,7 +123,44 @@ class EsxiBackend(Backend):
                                        self.platform, self.target.name or self.endpoint.host,
                                        rebind_known=self.api_version() >= (7, 0))
         self._hosts, self._vms = hosts, vms
-        return facts
+        return self._with_unfinished(facts)
+
+    def _with_unfinished(self, facts: HostFacts) -> HostFacts:
+        """What runs that stopped mid-way left in the VMs (intent records, claims), for `status`."""
+        import dataclasses
+
+        notes: dict[str, list[str]] = {}
+        holders = []
+        for name, raw in self._vms.items():
+            claim = esxi_claims.decode(name, raw.extra.get(esxi_claims.CLAIM_KEY))
+            if claim is not None and claim.choosing:
+                notes.setdefault(name, []).append(
+                    f"an assign started by {claim.origin} stopped before its change was written; any `gpupass "
+                    "assign` or `release` of this VM clears it")
+            intent = esxi_claims.decode_intent(raw.extra.get(esxi_claims.INTENT_KEY))
+            if intent is not None:
+                notes.setdefault(name, []).append(
+                    f"an {intent['op']} of {', '.join(intent['gpus'])} started by {intent['origin']} stopped before "
+                    f"its last step (steps: {'; '.join(intent['steps'])}); the host may hold the first of them: run "
+                    f"the same `gpupass assign` again to finish, or `gpupass status`/`gpus` to see the host's "
+                    "passthrough state and switch it back by hand")
+            host = self._hosts.get(raw.host)
+            for device in inv.passthrough_devices(raw.devices):
+                backing_id = getattr(device.backing, "id", None)
+                if backing_id and host is not None:
+                    key = esxi_claims.device_key(host.ref._moId, backing_id)
+                    holders.append(Holder(name, key, claim if claim is not None and not claim.choosing
+                                          and key in claim.addresses else None))
+        for holder, keeper in stale_holdings(holders):
+            address = holder.address.split("/", 1)[1]
+            notes.setdefault(holder.vm, []).append(
+                f"holds {address}, which VM '{keeper}' holds too: a run stopped before taking back the change that "
+                f"lost; `gpupass release HOST {holder.vm} {address}` finishes it")
+        if not notes:
+            return facts
+        vms = tuple(dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+                    else vm for vm in facts.vms)
+        return dataclasses.replace(facts, vms=vms)
 
     # -- planning ---------------------------------------------------------------------------------
     def prepare_planned_vm(self, vm: Vm) -> None:
@@ -162,17 +203,7 @@ class EsxiBackend(Backend):
                     payload={"host": host_name, "ids": ids, "enable": True, "apply_now": True,
                              "pending_ok": bool(reboot_ok)}))
                 if reboot_ok:
-                    force = not host.maintenance
-                    steps.append(Step(
-                        action="esxi.reboot",
-                        description=f"reboot host {host_name} only if it left the change for a reboot"
-                                    + (" (not in maintenance mode: forced, its running VMs stop)" if force else ""),
-                        undo="nothing to undo: a reboot cannot be taken back",
-                        changes=(f"RebootHost_Task force={force}, only if {', '.join(ids)} are not active",),
-                        needs_host_reboot=True,
-                        preview=f"read config.pciPassthruInfo of {host_name}; only if {', '.join(ids)} are not "
-                                f"active: HostSystem.RebootHost_Task(force={force}), then wait until it is back\n",
-                        payload={"host": host_name, "force": force, "only_if_pending": ids}))
+                    steps.append(self._reboot_step(host_name, host.maintenance, pending=ids))
                 continue
             needs_enable = [i for i in ids if not self._enabled(host_name, i)]
             if needs_enable:
@@ -186,17 +217,7 @@ class EsxiBackend(Backend):
                             + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in needs_enable) + "\n",
                     payload={"host": host_name, "ids": needs_enable, "enable": True}))
             if host.maintenance or options.allow_host_reboot:
-                force = not host.maintenance
-                steps.append(Step(
-                    action="esxi.reboot",
-                    description=f"reboot host {host_name} so passthrough becomes active"
-                                + (" (not in maintenance mode: forced, its running VMs stop)" if force else ""),
-                    undo="nothing to undo: a reboot cannot be taken back",
-                    changes=(f"RebootHost_Task force={force}",),
-                    needs_host_reboot=True,
-                    preview=f"HostSystem.RebootHost_Task(force={force}) on {host_name}; then wait until it "
-                            "is connected again\n",
-                    payload={"host": host_name, "force": force}))
+                steps.append(self._reboot_step(host_name, host.maintenance))
         devices = []
         for gpu in ctx.gpus:
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
@@ -222,9 +243,53 @@ class EsxiBackend(Backend):
             summary.append("firmware bios -> efi")
         if options.hide_hypervisor:
             summary.append("hypervisor.cpuid.v0=FALSE")
+        if steps:
+            # Host steps come first and the VM's change last: a run stopped in between leaves the host changed
+            # and the VM not. An intent record in the VM, written before the first host step and removed by the
+            # VM's reconfigure, lets `status` say so (and how to finish or revert).
+            intent = esxi_claims.encode_intent("assign", [d["address"] for d in devices],
+                                               [s.description for s in steps])
+            steps.insert(0, Step(
+                action="esxi.intent",
+                description=f"record in VM '{vm.name}' that this assign has begun (extraConfig "
+                            f"{esxi_claims.INTENT_KEY}; removed by its last step)",
+                undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
+                changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
+                payload={"vm": vm.name, "intent": intent, "change_version": raw.change_version}))
+        if steps or esxi_claims.INTENT_KEY in raw.extra:
+            changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                          tuple(summary)))
         return steps
+
+    def _reboot_step(self, host_name: str, in_maintenance: bool, pending: list[str] | None = None) -> Step:
+        """A reboot that never stops a running VM: force=False always, and a host that is not in maintenance
+        mode is put there first. EnterMaintenanceMode_Task "completes once there are no powered-on virtual
+        machines on the host"; it "does not directly initiate any operation to evacuate or power-down
+        powered-on virtual machines" (DRS may migrate them), and with a timeout it fails with a Timeout
+        fault (vSphere API reference, HostSystem.EnterMaintenanceMode_Task). RebootHost_Task(force=False)
+        reboots only a host in maintenance mode (force: "rebooted regardless of whether it is in maintenance
+        mode"). gpupass takes the host out of maintenance mode again once it is back, if it put it there."""
+        enter = not in_maintenance
+        when = f"only if {', '.join(pending)} are not active: " if pending is not None else ""
+        steps = ["EnterMaintenanceMode_Task (waits for its VMs to be migrated or powered off; fails if they "
+                 "are not)"] if enter else []
+        steps += ["RebootHost_Task force=False", "wait until it is back"]
+        if enter:
+            steps.append("ExitMaintenanceMode_Task")
+        return Step(
+            action="esxi.reboot",
+            description=f"reboot host {host_name}" + (" only if it left the change for a reboot" if pending is not None
+                                                      else " so passthrough becomes active")
+            + (" (it enters maintenance mode first, which a host with running VMs only does once they are "
+               "migrated or off; the reboot is never forced)" if enter else ""),
+            undo="nothing to undo: a reboot cannot be taken back",
+            changes=(when + ", then ".join(steps),),
+            needs_host_reboot=True,
+            preview=(f"read config.pciPassthruInfo of {host_name}; {when}" if pending is not None else "")
+            + f"on {host_name}: " + "; ".join(steps) + "\n",
+            payload={"host": host_name, "force": False, "enter_maintenance": enter,
+                     **({"only_if_pending": pending} if pending is not None else {})})
 
     def _enabled(self, host: str, pci_id: str) -> bool:
         return bool(self._hosts[host].enabled.get(pci_id))
@@ -299,11 +364,49 @@ class EsxiBackend(Backend):
             pending = payload.get("only_if_pending")
             if pending is not None and all(self._active_now(payload["host"]).get(i) for i in pending):
                 return None  # the host applied the change at once: no reboot
-            self._reboot(payload["host"], payload["force"])
+            self._reboot_safely(payload["host"], payload.get("enter_maintenance", False))
             return None
         if step.action == "esxi.reconfigure":
             return self._reconfigure(payload)
+        if step.action == "esxi.intent":
+            # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
+            self._set_extra(payload["vm"], esxi_claims.INTENT_KEY, payload["intent"], payload["change_version"])
+            self._versions[payload["vm"]] = self._read_vm(payload["vm"])["change_version"]
+            return None
         raise OperationFailed(f"the esxi backend does not know step {step.action!r}")
+
+    def _set_extra(self, name: str, key: str, value: str, version: str | None = None) -> None:
+        from pyVmomi import vim
+
+        ref = self._vm_ref(name)
+        spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)], changeVersion=version)
+        task = self._call(f"recording in VM '{name}'", ref.ReconfigVM_Task, spec)
+        self._wait(task, f"recording in VM '{name}'")
+
+    def observe(self, step: Step) -> StepState:
+        """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
+        payload = step.payload
+        if step.action == "esxi.reconfigure":
+            now = self._read_vm(payload["vm"])
+            if now["change_version"] == payload.get("change_version"):
+                return StepState("before")
+            before = self._before.get(payload["vm"])
+            return StepState("after", token=before) if before is not None else StepState("unknown")
+        if step.action == "esxi.passthrough":
+            enabled = {i: e for i, e in self._enabled_now(payload["host"]).items()}
+            if all(enabled.get(i) == payload["enable"] for i in payload["ids"]):
+                return StepState("after")
+            if all(enabled.get(i) != payload["enable"] for i in payload["ids"]):
+                return StepState("before")
+        if step.action == "esxi.intent":
+            there = self._read_vm(payload["vm"])["extra"].get(esxi_claims.INTENT_KEY)
+            return StepState("after" if there else "before")
+        return StepState("unknown", detail=f"{step.description} cannot be read back")
+
+    def _enabled_now(self, host: str) -> dict[str, bool]:
+        ref = self._host_ref(host)
+        infos = self._call(f"reading passthrough state of {host}", lambda: ref.config.pciPassthruInfo)
+        return {info.id: bool(info.passthruEnabled) for info in infos or ()}
 
     def undo(self, step: Step, token: Any) -> None:
         payload = step.payload
@@ -312,6 +415,8 @@ class EsxiBackend(Backend):
                            check=False)
         elif step.action == "esxi.reconfigure" and token is not None:
             self._restore(payload["vm"], token)
+        elif step.action == "esxi.intent":
+            self._set_extra(payload["vm"], esxi_claims.INTENT_KEY, "")
 
     def _host_ref(self, name: str) -> Any:
         if name not in self._hosts:
@@ -364,6 +469,50 @@ class EsxiBackend(Backend):
                 "(it says it takes effect at the next reboot)",
                 remedy="run the command again with --allow-host-reboot, or put the host in maintenance mode and "
                        "reboot it")
+
+    def _running_vms(self, host: str) -> list[str]:
+        ref = self._host_ref(host)
+        vms = self._call(f"reading the VMs of host {host}", lambda: list(ref.vm or ()))
+        return sorted(str(vm.name) for vm in vms
+                      if str(self._call(f"reading the VMs of host {host}", lambda: vm.runtime.powerState))
+                      == "poweredOn")
+
+    def _reboot_safely(self, host: str, enter_maintenance: bool) -> None:
+        """See _reboot_step: maintenance mode first, never force=True, and never with a VM running."""
+        ref = self._host_ref(host)
+        timeout = int(self.target.options.get("maintenance_timeout_s", 600))
+        if enter_maintenance:
+            task = self._call(f"putting host {host} in maintenance mode", ref.EnterMaintenanceMode_Task,
+                              timeout=timeout, evacuatePoweredOffVms=False)
+            try:
+                self._wait(task, f"putting host {host} in maintenance mode")
+            except GpupassError as error:
+                running = self._running_vms(host)
+                if self._call(f"reading host {host}", lambda: ref.runtime.inMaintenanceMode):
+                    self._exit_maintenance(host)
+                raise OperationFailed(
+                    f"host {host} did not enter maintenance mode ({error.message})"
+                    + (f"; VMs running on it: {', '.join(running)}" if running else "")
+                    + "; gpupass never reboots a host with running VMs, and it was not rebooted",
+                    remedy="migrate or power off those VMs (or let DRS evacuate the host), or put the host in "
+                           "maintenance mode yourself, then run the command again") from error
+        try:
+            running = self._running_vms(host)
+            if running:  # cannot happen in maintenance mode; checked anyway, as a reboot cannot be undone
+                raise OperationFailed(f"host {host} still runs {', '.join(running)}; it was not rebooted",
+                                      remedy="power those VMs off or migrate them, then run the command again")
+            self._reboot(host, False)
+        except BaseException:
+            if enter_maintenance:
+                self._exit_maintenance(host)
+            raise
+        if enter_maintenance:
+            self._exit_maintenance(host)
+
+    def _exit_maintenance(self, host: str) -> None:
+        ref = self._host_ref(host)
+        task = self._call(f"taking host {host} out of maintenance mode", ref.ExitMaintenanceMode_Task, timeout=0)
+        self._wait(task, f"taking host {host} out of maintenance mode")
 
     def _reboot(self, host: str, force: bool, timeout: float = 900.0) -> None:
         """RebootHost_Task, then wait until the host has really been down and is back.
@@ -480,24 +629,87 @@ class EsxiBackend(Backend):
             "change_version": values.get("config.changeVersion"),
         }
 
+    # How long a claimant waits for another run that is choosing its claim number (see core/domain/claims.py).
+    claim_wait_s = 10.0
+
     def _reconfigure(self, payload: dict[str, Any]) -> dict[str, Any]:
         name, changes = payload["vm"], payload["changes"]
         before = self._read_vm(name)
-        if before["change_version"] != payload.get("change_version"):
-            raise OperationFailed(f"VM '{name}' was changed by someone else since the plan was made",
-                                  remedy="run the command again to plan from its current configuration")
+        # the version the plan read, or the one this run's own intent record left
+        if before["change_version"] != self._versions.pop(name, payload.get("change_version")):
+            raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed",
+                           remedy="run the command again to plan from its current configuration")
+        self._before[name] = before  # what observe() hands back for an undo if the reply is lost
         backings = {}
         static = [d for d in changes["add"] if not d.get("dynamic")]
         if static:
             backings = self._config_target(payload["host"], [d["id"] for d in static])
         config = specs.build(changes, before["devices"], backings)
+        mine = None
+        if static:
+            host_id = self._hosts[payload["host"]].ref._moId
+            mine = new_claim(name, [esxi_claims.device_key(host_id, d["id"]) for d in static])
+            # the doorway: the claim, still choosing, is this run's intent record in the VM
+            self._send(name, self._claim_spec(mine, before["change_version"]), before)
+            others, _ = self._claims(exclude=name)
+            mine = mine.numbered(next_number(mine, others.values()))
+            config.extraConfig = [*(config.extraConfig or ()), self._claim_option(mine)]
+            version = self._read_vm(name)["change_version"]
+        else:
+            version = before["change_version"]
+        # A stale changeVersion makes vSphere refuse with ConcurrentAccess (ConfigSpec.changeVersion).
+        config.changeVersion = version
+        self._send(name, config, before)
+        if mine is not None:
+            self._decide(name, mine, before)
+        return before
+
+    def _send(self, name: str, config: Any, before: dict[str, Any]) -> None:
         ref = self._vm_ref(name)
         try:
             task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
             self._wait(task, f"reconfiguring VM '{name}'")
         except GpupassError as error:
             self._settle(name, before, error)
-        return before
+
+    def _claim_option(self, claim: Any) -> Any:
+        from pyVmomi import vim
+
+        return vim.option.OptionValue(key=esxi_claims.CLAIM_KEY, value=esxi_claims.encode(claim))
+
+    def _claim_spec(self, claim: Any, version: str | None) -> Any:
+        from pyVmomi import vim
+
+        return vim.vm.ConfigSpec(extraConfig=[self._claim_option(claim)], changeVersion=version)
+
+    def _claims(self, exclude: str) -> tuple[dict[str, Any], list[Any]]:
+        found, holders = self._call("reading the claims of every VM", esxi_claims.read_all, self.si,
+                                    self._root_folder())
+        return {vm: c for vm, c in found.items() if vm != exclude}, holders
+
+    def _decide(self, name: str, mine: Any, before: dict[str, Any]) -> None:
+        deadline = time.monotonic() + self.claim_wait_s
+        while True:
+            others, holders = self._claims(exclude="")
+            own = others.pop(name, None)
+            if own is None or own.token != mine.token:
+                raise Conflict(f"VM '{name}' was reconfigured by another run while this one was assigning "
+                               f"{', '.join(sorted(mine.addresses))}",
+                               remedy="run `gpupass status HOST`, then the command again if the GPU is not there",
+                               rolled_back=False)
+            verdict = decide(mine, others.values(), holders)
+            if verdict.outcome != "wait":
+                break
+            if time.monotonic() > deadline:
+                verdict = Verdict("lose", f"VM '{verdict.other_vm}' carries a claim on the same GPU that stayed "
+                                  f"unfinished for {self.claim_wait_s:.0f}s (a gpupass run stopped mid-way?)",
+                                  verdict.other_vm)
+                break
+            time.sleep(0.05)
+        if verdict.outcome == "lose":
+            self._restore(name, before)
+            raise Conflict(f"{verdict.reason}; this run's change to VM '{name}' was undone",
+                           remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move")
 
     def _settle(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
         """After a failed reconfigure, read the VM back and say what is there; never assume (always raises)."""

@@ -83,9 +83,13 @@ def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
             continue
         running = sorted(vm.name for vm in ctx.facts.vms if vm.location == location and vm.power_state is PowerState.RUNNING)
         if running:
+            # gpupass never forces the reboot: it puts the host in maintenance mode first, which completes
+            # only once no VM runs there (vSphere API reference, HostSystem.EnterMaintenanceMode_Task).
             yield warning("esxi-reboot-stops-vms",
-                          f"host {location} is not in maintenance mode: the forced reboot stops {', '.join(running)}",
-                          f"put {location} in maintenance mode first (DRS evacuates it), then assign")
+                          f"host {location} is not in maintenance mode and runs {', '.join(running)}: gpupass puts it "
+                          "in maintenance mode before the reboot, which waits for them to be migrated (DRS) or "
+                          "powered off, and fails the assign (nothing rebooted) if they are not",
+                          f"migrate or power off {', '.join(running)}, or put {location} in maintenance mode first")
 
 
 RULES = (snapshots, fault_tolerance, memory_reservation, cluster_settings, host_connected, gpu_on_vm_host,

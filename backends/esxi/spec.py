@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gpupass.backends.esxi.claims import CLAIM_KEY, INTENT_KEY
 from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, VmRaw, dynamic_matches, s16
 
 
@@ -59,6 +60,10 @@ def release_changes(raw: VmRaw, addresses: set[str]) -> dict[str, Any]:
         changes["firmware"] = previous["firmware"]
     if record:
         changes["extra"][RECORD_KEY] = ""
+    if CLAIM_KEY in raw.extra:
+        changes["extra"][CLAIM_KEY] = ""  # the claim that put the devices there goes with them
+    if INTENT_KEY in raw.extra:
+        changes["extra"][INTENT_KEY] = ""  # an assign a stopped run left unfinished: this release ends it
     return changes
 
 

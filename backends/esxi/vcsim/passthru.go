@@ -76,6 +76,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -554,7 +555,7 @@ func (l *lab) PutObject(obj mo.Reference) {
 			res, err := orig(task)
 			if ref, ok := res.(types.ManagedObjectReference); ok && err == nil {
 				if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
-					simulator.Map.WithLock(vm, func() { normalizePassthroughDevices(vm) })
+					simulator.Map.WithLock(vm, func() { normalizePassthroughDevices(vm); bumpChangeVersion(vm) })
 				}
 			}
 			return res, err
@@ -583,7 +584,10 @@ func (l *lab) PutObject(obj mo.Reference) {
 			var msg string
 			switch op {
 			case "reconfigVm":
-				fault, msg = l.checkReconfig(vm, spec)
+				fault, msg = checkChangeVersion(vm, spec)
+				if fault == nil {
+					fault, msg = l.checkReconfig(vm, spec)
+				}
 			case "powerOn":
 				fault, msg = l.checkPowerOn(vm)
 			case "relocateVm":
@@ -605,6 +609,7 @@ func (l *lab) PutObject(obj mo.Reference) {
 				case "reconfigVm":
 					normalizeExtraConfig(vm)
 					normalizePassthroughDevices(vm)
+					bumpChangeVersion(vm)
 				case "powerOn":
 					l.claim(vm)
 				case "powerOff", "suspend", "destroy":
@@ -1193,4 +1198,30 @@ func (l *lab) state() map[string]interface{} {
 		})
 	}
 	return map[string]interface{}{"hosts": hosts}
+}
+
+// checkChangeVersion: vSphere API reference, VirtualMachineConfigSpec.changeVersion: "If specified when
+// updating the configuration, the changes will only be applied if the current changeVersion matches the
+// specified changeVersion. This field can be used to guard against updates that have happened between the
+// configInfo was read and until it is applied." ReconfigVM_Task lists ConcurrentAccess among its faults
+// ("thrown when an operation fails because another operation has modified the datastructure").  govmomi's
+// simulator (0.24.2, simulator/virtual_machine.go ReconfigVMTask) neither checks nor updates it.  The
+// task runs under the simulator's lock on the VM (simulator.go: ctx.Map.WithLock(handler, ...)), so the
+// check and the update after a successful reconfigure are one atomic step, as on a host.
+func checkChangeVersion(vm *simulator.VirtualMachine, spec *types.VirtualMachineConfigSpec) (types.BaseMethodFault, string) {
+	if spec == nil || spec.ChangeVersion == "" || spec.ChangeVersion == vm.Config.ChangeVersion {
+		return nil, ""
+	}
+	return &types.ConcurrentAccess{}, fmt.Sprintf(
+		"Cannot complete operation due to concurrent modification by another operation (changeVersion %s is not the current %s).",
+		spec.ChangeVersion, vm.Config.ChangeVersion)
+}
+
+var changeCounter uint64
+
+// bumpChangeVersion: the API calls changeVersion "typically implemented as an ever increasing count or a
+// time-stamp" and opaque to clients; a time-stamp with a counter keeps it unique.
+func bumpChangeVersion(vm *simulator.VirtualMachine) {
+	n := atomic.AddUint64(&changeCounter, 1)
+	vm.Config.ChangeVersion = fmt.Sprintf("%s-%d", time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"), n)
 }

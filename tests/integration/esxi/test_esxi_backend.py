@@ -99,7 +99,7 @@ def test_enable_reboot_assign_release_restores_the_vm_exactly(backend, sim):
     assert "host-reboot-required" in codes(blocked)
     result = plan(backend, AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)))
     assert not result.blocked
-    assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+    assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
     assert result.needs_host_reboot
     preview = result.steps[-1].preview
     assert "pciPassthru.64bitMMIOSizeGB: (unset) -> 256" in preview and "memoryReservationLockedToMax" in preview

@@ -138,9 +138,9 @@ def test_rebind_capable_host_enables_passthrough_without_a_reboot(fresh_vcsim):
 
         result = plan(backend, AssignmentRequest("cad-ws", (T4,)))  # no --allow-host-reboot
         assert not result.blocked, [f for f in result.findings if f.blocks]
-        assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reconfigure"]
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reconfigure"]
         assert not result.needs_host_reboot
-        assert "applyNow=True" in result.steps[0].preview
+        assert "applyNow=True" in result.steps[1].preview
         assert "host-passthrough-without-reboot" in {f.code for f in result.findings}
         after = execute(backend, result).facts_after
         assert T4 in after.find_vm("cad-ws").assigned
@@ -175,7 +175,7 @@ def test_a_change_the_host_leaves_for_a_reboot_is_switched_back_and_reported(fre
     try:
         before = backend.inventory().find_vm("cad-ws")
         result = plan(backend, AssignmentRequest("cad-ws", (T4,)))
-        assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reconfigure"]
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reconfigure"]
         with pytest.raises(OperationFailed) as err:
             execute(backend, result)
         assert "did not apply it at once" in err.value.message and err.value.rolled_back
@@ -195,15 +195,43 @@ def test_with_allow_host_reboot_the_reboot_follows_only_when_the_host_needs_it(f
         try:
             si = sim.connect()
             host = find_vm(si, "cad-ws").runtime.host
+            WaitForTask(find_vm(si, "web01").PowerOffVM_Task())  # a reboot waits for a host without running VMs
             boot = host.runtime.bootTime
             result = plan(backend, AssignmentRequest("cad-ws", (T4,), AssignOptions(allow_host_reboot=True)))
-            assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
-            assert "only if" in result.steps[1].description
+            assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+            assert "only if" in result.steps[2].description
             after = execute(backend, result).facts_after
             assert T4 in after.find_vm("cad-ws").assigned
             assert (host.runtime.bootTime != boot) is rebooted
+            assert host.runtime.inMaintenanceMode is False  # gpupass took it out again
         finally:
             backend.close()
+
+
+def test_allow_host_reboot_never_stops_a_running_vm(fresh_vcsim):
+    """Issue 10 item 5: the host is put in maintenance mode first, which a host with a running VM does not
+    enter without DRS; the reboot never happens, web01 keeps running, and the passthrough switch is undone."""
+    sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
+    backend = backend_for(sim)
+    try:
+        si = sim.connect()
+        web01 = find_vm(si, "web01")
+        host = web01.runtime.host
+        boot, state_before = host.runtime.bootTime, backend.inventory()
+        assert web01.runtime.powerState == "poweredOn" and web01.runtime.host == find_vm(si, "cad-ws").runtime.host
+        result = plan(backend, AssignmentRequest("cad-ws", (T4,), AssignOptions(allow_host_reboot=True)))
+        assert "never forced" in result.steps[2].description and "force=True" not in result.steps[2].preview
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, result)
+        assert "VMs running on it: web01" in caught.value.message and "not rebooted" in caught.value.message
+        assert caught.value.rolled_back
+        assert host.runtime.bootTime == boot and host.runtime.inMaintenanceMode is False
+        assert find_vm(si, "web01").runtime.powerState == "poweredOn"
+        after = backend.inventory()
+        assert after.find_vm("cad-ws") == state_before.find_vm("cad-ws")
+        assert [g.passthrough for g in after.gpus] == [g.passthrough for g in state_before.gpus]
+    finally:
+        backend.close()
 
 
 # -- item 6: waiting for a host reboot ---------------------------------------------------------
@@ -218,7 +246,7 @@ def test_vcenter_reboot_wait_sees_the_host_go_down_and_come_back(fresh_vcsim):
     backend = backend_for(sim)
     try:
         result = plan(backend, AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)))
-        assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
         after = execute(backend, result).facts_after
         assert after.find_vm("ml-train").assigned == (A100_OFF,)
         a100 = next(g for g in after.gpus if g.location == "esx02.lab.local" and g.address == A100_OFF)
@@ -243,7 +271,7 @@ def test_direct_esxi_reboot_logs_in_again(fresh_vcsim):
     backend = backend_for(sim, uri=f"esxi://root@127.0.0.1:{sim.port}")
     try:
         result = plan(backend, AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)))
-        assert [s.action for s in result.steps] == ["esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
         session_before = backend._si
         after = execute(backend, result).facts_after
         assert backend._si is not session_before  # a new login after the reboot
