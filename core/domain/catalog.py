@@ -4,8 +4,8 @@ Every layout names the published output it was read from (an `lspci -v`/`-vv` li
 card's BARs). A card without such an output keeps `bars=None`: gpupass then says the BARs are unknown and asks
 for `--bar-size`, instead of guessing. Cards that still lack a published layout (as of this catalog): A10, A16,
 A2, A40, L4, L40, L40S, H200, H100 NVL, RTX 6000 Ada, RTX A6000, RTX 3090, V100 PCIe, AMD Instinct and Intel
-Data Center GPUs; those whose PCI device id is not sourced either (A16, A2, H200, RTX 6000 Ada, AMD Instinct,
-Intel Data Center GPUs) are not listed at all. Read them from the host instead (sysfs `resource` on a local KVM
+Data Center GPUs; those whose PCI device id is not sourced either (A16, A2, H200, RTX 6000 Ada, Instinct
+cards other than the MI300X, Intel Data Center GPUs) are not listed at all. Read them from the host instead (sysfs `resource` on a local KVM
 host, which gpupass does) or pass every BAR with `--bar-size ADDR=16M+64G+32M`.
 
 Consumer cards with Resizable BAR report the size the firmware chose: the entry keeps the largest size seen in
@@ -21,6 +21,7 @@ from gpupass.core.domain.pci import Bar
 
 NVIDIA = 0x10DE
 INTEL = 0x8086
+AMD = 0x1002
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ _KNOWN = [
     KnownGpu(INTEL, 0x56A0, "Intel Arc A770", "Alchemist",
              (Bar(0, 16 * MiB, is_64bit=True), Bar(2, 16 * GiB, is_64bit=True)),
              "https://github.com/ProjectPhysX/OpenCL-Benchmark/pull/19 (lspci -vvv)"),
+    # Processing accelerators (class 1200h). Ids from the AMD GPU Operator's KubeVirt guide (lspci -nnk of a
+    # host), tests/fixtures/real/kvm/rocm-gpu-operator-kubevirt-mi300x.txt; no published BAR layout.
+    KnownGpu(AMD, 0x74A1, "AMD Instinct MI300X", "CDNA 3", None, _NO_OUTPUT),
+    KnownGpu(AMD, 0x74B5, "AMD Instinct MI300X VF", "CDNA 3", None, _NO_OUTPUT),
     KnownGpu(NVIDIA, 0x22BA, "NVIDIA AD102 High Definition Audio", "Ada Lovelace", (),
              "HDMI audio companion: its small BAR is not counted"),
     KnownGpu(NVIDIA, 0x228B, "NVIDIA GA102 High Definition Audio", "Ampere", (),

@@ -110,6 +110,19 @@ def test_amd_epyc_dummy_host_bridge_next_to_an_a100_is_accepted(tmp_path, open_b
     assert [f.subject for f in plan.findings if f.code == "iommu-group-shared"] == ["0000:41:00.0"]
 
 
+def test_a_processing_accelerator_is_a_gpu_with_its_own_driver_state(tmp_path, open_backend, registry):
+    """ROCm gpu-operator docs: MI300X PF (class 1200, on gim) and its SR-IOV VF (on vfio-pci)."""
+    backend = _serve(tmp_path, open_backend, _output("rocm-gpu-operator-kubevirt-mi300x.txt"), None)
+    facts = backend.inventory()
+    assert [(str(g.address), g.model) for g in facts.gpus] == [("0000:85:00.0", "AMD Instinct MI300X"),
+                                                                ("0000:85:02.0", "AMD Instinct MI300X VF")]
+    assert all(g.function.is_gpu and not g.function.is_display for g in facts.gpus)
+    assert [g.function.driver for g in facts.gpus] == ["gim", "vfio-pci"]
+    assert all(g.bars is None for g in facts.gpus)  # no published BAR layout: unknown, not guessed
+    plan = make_plan(backend, facts, AssignmentRequest("vm", (A("85:02.0"),)), registry)
+    assert "bar-size-unknown" in {f.code for f in plan.findings}
+
+
 def test_dummy_host_bridges_have_no_driver_where_drivers_are_shown():
     output = _output("davinci-resolve-checker-4-raven-lspci-vmm.txt")
     dummies = [f for f in output.functions.values() if "Dummy Host Bridge" in f.name]
