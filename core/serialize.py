@@ -9,6 +9,7 @@ from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
 from gpupass.core.domain.mmio import mmio_need
 from gpupass.core.domain.pci import PciFunction
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
+from gpupass.core.domain.sharing import Sharing
 
 
 def function_to_dict(function: PciFunction) -> dict[str, Any]:
@@ -47,7 +48,18 @@ def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
         "passthrough": {"capable": state.capable, "enabled": state.enabled, "active": state.active,
                         "reasons": list(state.reasons), "activates_without_reboot": state.activates_without_reboot},
         "assigned_to": gpu.assigned_to,
+        "sharing": sharing_to_dict(gpu.sharing),
         **({"extra": dict(gpu.extra)} if gpu.extra else {}),
+    }
+
+
+def sharing_to_dict(sharing: Sharing) -> dict[str, Any]:
+    return {
+        "modes": [mode.value for mode in sharing.modes],
+        "types": [{"id": t.id, "name": t.name, "mode": t.mode.value, "available": t.available,
+                   "max_instances": t.max_instances, "framebuffer_bytes": t.framebuffer_bytes,
+                   "description": t.description} for t in sharing.types],
+        "shares": [{"id": s.id, "type": s.type_id, "mode": s.mode.value, "holder": s.holder} for s in sharing.shares],
     }
 
 

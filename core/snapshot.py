@@ -12,6 +12,7 @@ from typing import Any
 
 from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PassthroughState, PowerState, Vm
 from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
+from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
 from gpupass.core.errors import UsageError
 
 FORMAT = "gpupass-snapshot/1"
@@ -36,6 +37,23 @@ def _read_function(d: dict[str, Any]) -> PciFunction:
     )
 
 
+def _sharing(sharing: Sharing) -> dict[str, Any]:
+    return {"types": [{"id": t.id, "name": t.name, "mode": t.mode.value, "available": t.available,
+                       "max_instances": t.max_instances, "framebuffer_bytes": t.framebuffer_bytes,
+                       "description": t.description} for t in sharing.types],
+            "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder}
+                       for x in sharing.shares]}
+
+
+def _read_sharing(d: dict[str, Any]) -> Sharing:
+    return Sharing(
+        types=tuple(ShareType(t["id"], t.get("name", ""), ShareMode(t["mode"]), t.get("available"),
+                              t.get("max_instances"), t.get("framebuffer_bytes"), t.get("description", ""))
+                    for t in d.get("types", ())),
+        shares=tuple(Share(x["id"], x["type_id"], ShareMode(x["mode"]), x.get("holder")) for x in d.get("shares", ())),
+    )
+
+
 def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
     host = facts.host
     return {
@@ -53,6 +71,7 @@ def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
                             "active": g.passthrough.active, "reasons": list(g.passthrough.reasons),
                             "activates_without_reboot": g.passthrough.activates_without_reboot},
             "assigned_to": g.assigned_to, "model": g.model, "location": g.location, "extra": dict(g.extra),
+            "sharing": _sharing(g.sharing),
         } for g in facts.gpus],
         "maintenance": dict(facts.maintenance),
         "vms": [{
@@ -83,7 +102,7 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
                                          tuple(state.get("reasons", ())),
                                          bool(state.get("activates_without_reboot", False))),
             assigned_to=g.get("assigned_to"), model=g.get("model", ""), location=g.get("location", ""),
-            extra=g.get("extra", {}),
+            extra=g.get("extra", {}), sharing=_read_sharing(g.get("sharing") or {}),
         ))
     vms = [Vm(
         name=v["name"], power_state=PowerState(v["power_state"]), firmware=Firmware(v["firmware"]),

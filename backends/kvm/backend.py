@@ -11,7 +11,14 @@ from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, sysfs, testdriver
 from gpupass.backends.kvm.errors import translate
-from gpupass.backends.kvm.nodedev import drivers_in_node_file, parse_pci_nodedev
+from gpupass.backends.kvm.nodedev import (
+    MediatedDevice,
+    drivers_in_node_file,
+    nodedev_name,
+    parse_mdev_nodedev,
+    parse_pci_nodedev,
+    with_description,
+)
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
@@ -19,6 +26,7 @@ from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState,
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
+from gpupass.core.domain.sharing import Share, ShareMode, Sharing
 from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed
 from gpupass.core.ports import Backend, StepState
 
@@ -170,7 +178,7 @@ class KvmBackend(Backend):
     def inventory(self) -> HostFacts:
         libvirt, conn = self._libvirt, self._connection()
         devices = self._call("listing node devices", conn.listAllDevices, libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)
-        functions, groups = {}, {}
+        functions, groups, share_types = {}, {}, {}
         file_drivers = self._test_file_drivers()
         for device in devices:
             parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
@@ -184,8 +192,10 @@ class KvmBackend(Backend):
             functions[function.address] = function
             if parsed.iommu_group is not None:
                 groups[function.address] = parsed.iommu_group
+            if parsed.share_types:
+                share_types[function.address] = parsed.share_types
         stats = self._call("listing domains", conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
-        vms, owners, holders = [], {}, []
+        vms, owners, holders, mdev_holders = [], {}, [], {}
         self._domain_xml = {}
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -195,9 +205,12 @@ class KvmBackend(Backend):
                 owners[address] = facts.name
             claimed, held = domxml.claims_of(xml)
             holders.extend(held)
+            for uuid in facts.mdevs:
+                mdev_holders[uuid] = facts.name
             vms.append(_vm(facts, values.get("state.state", 0), claimed))
         vms = _with_stale_holdings(vms, holders)
         gpus = group_gpus(functions.values(), groups, owners)
+        gpus = self._with_sharing(gpus, share_types, mdev_holders)
         if self._is_local:
             gpus = [_mark_boot_vga(gpu) for gpu in gpus]
         host = Host(
@@ -210,6 +223,28 @@ class KvmBackend(Backend):
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
                          {("", a): f for a, f in functions.items()})
+
+    def _with_sharing(self, gpus, share_types, mdev_holders):
+        """Each card's vGPU types and the mediated devices created on it, with the VM holding each."""
+        if not share_types:
+            return gpus
+        libvirt, conn = self._libvirt, self._connection()
+        children: dict[str, list[MediatedDevice]] = {}
+        for device in self._call("listing mediated devices", conn.listAllDevices,
+                                 libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV):
+            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0))
+            if mdev is not None:
+                children.setdefault(mdev.parent, []).append(mdev)
+        shared = []
+        for gpu in gpus:
+            types = share_types.get(gpu.address, ())
+            if self._is_local:
+                types = tuple(with_description(t, text) if (text := sysfs.mdev_type_description(gpu.address, t.id))
+                              else t for t in types)
+            shares = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid))
+                           for m in children.get(nodedev_name(gpu.address), ()))
+            shared.append(dataclasses.replace(gpu, sharing=Sharing(types, shares)) if types or shares else gpu)
+        return shared
 
     def _test_file_drivers(self) -> dict[str, str]:
         """Drivers of a `test:///path` host, which its node devices do not report (see drivers_in_node_file)."""

@@ -65,6 +65,8 @@ class DomainFacts:
     recorded: tuple[PciAddress, ...] = field(default_factory=tuple)
     # The vCPU's physical address bits (backends/kvm/physbits.py): a number, or "host".
     phys_bits: int | str = 40
+    # UUIDs of the mediated devices (vGPU shares) the domain holds (<hostdev type='mdev'>).
+    mdevs: tuple[str, ...] = ()
 
 
 def firmware_of(root: ET.Element) -> Firmware:
@@ -86,6 +88,14 @@ def pci_hostdevs(root: ET.Element) -> list[tuple[ET.Element, PciAddress]]:
         if source is not None:
             found.append((hostdev, address_from_attributes(source)))
     return found
+
+
+def mdev_hostdevs(root: ET.Element) -> tuple[str, ...]:
+    """The mediated devices a domain holds: <hostdev mode='subsystem' type='mdev'><source><address uuid=.../>
+    (libvirt docs/formatdomain.rst, "Host device assignment", mdev). UUIDs lower-cased as sysfs names them."""
+    return tuple(address.get("uuid", "").lower()
+                 for address in root.findall("devices/hostdev[@mode='subsystem'][@type='mdev']/source/address")
+                 if address.get("uuid"))
 
 
 def _root_controller(root: ET.Element) -> ET.Element | None:
@@ -134,6 +144,7 @@ def read_facts(xml: str) -> DomainFacts:
         hypervisor_hidden=root.find("features/kvm/hidden[@state='on']") is not None,
         recorded=recorded,
         phys_bits=physbits.guest_phys_bits(root),
+        mdevs=mdev_hostdevs(root),
     )
 
 

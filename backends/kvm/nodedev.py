@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from gpupass.core.domain.pci import HEADER_BRIDGE, HEADER_CARDBUS, IommuGroup, PciAddress, PciFunction
+from gpupass.core.domain.sharing import ShareMode, ShareType
 
 # libvirt writes <capability type='pci-bridge'/> or 'cardbus-bridge' inside the pci capability when the config
 # header is not a normal one (src/conf/node_device_conf.c, virNodeDeviceCapPCIDefFormat; names from the
@@ -17,6 +20,22 @@ _HEADER_CAPABILITIES = {"pci-bridge": HEADER_BRIDGE, "cardbus-bridge": HEADER_CA
 class NodeDevice:
     function: PciFunction
     iommu_group: IommuGroup | None
+    # The mediated-device types the card's host driver offers (vGPU types), from <capability type='mdev_types'>.
+    share_types: tuple[ShareType, ...] = ()
+
+
+@dataclass(frozen=True)
+class MediatedDevice:
+    """A node device of capability mdev: one vGPU created on a parent card."""
+
+    parent: str
+    type_id: str
+    uuid: str
+
+
+def nodedev_name(address: PciAddress) -> str:
+    """libvirt's name of a PCI node device: pci_DDDD_BB_SS_F (as `virsh nodedev-list` prints it)."""
+    return f"pci_{address.domain:04x}_{address.bus:02x}_{address.slot:02x}_{address.function:x}"
 
 
 def address_from_attributes(element: ET.Element) -> PciAddress:
@@ -51,7 +70,54 @@ def parse_pci_nodedev(xml: str) -> NodeDevice | None:
     if group_element is not None:
         members = tuple(sorted(address_from_attributes(a) for a in group_element.findall("address")))
         group = IommuGroup(int(group_element.get("number", "0")), members)
-    return NodeDevice(function, group)
+    return NodeDevice(function, group, _mdev_types(cap))
+
+
+# NVIDIA's vGPU manager describes each type in its sysfs `description`, e.g. "num_heads=4, frl_config=45,
+# framebuffer=2048M, max_resolution=5120x2880, max_instance=12" (`mdevctl types` on a Tesla P40, mdevctl issue
+# #115; tests/fixtures/real/kvm/mdevctl-types-p40.txt). libvirt's node device XML has no description element
+# (docs/formatnode.rst: name, deviceAPI, availableInstances), so these come only from sysfs when read locally.
+_NVIDIA_DESCRIPTION = re.compile(r"(\w+)=([^,\s]+)")
+
+
+def _mdev_types(pci_capability: ET.Element) -> tuple[ShareType, ...]:
+    """<capability type='mdev_types'><type id='nvidia-46'><name>GRID P40-1Q</name><deviceAPI>vfio-pci</deviceAPI>
+    <availableInstances>23</availableInstances></type>... (libvirt docs/formatnode.rst, "mdev_types")."""
+    types = []
+    for element in pci_capability.findall("capability[@type='mdev_types']/type"):
+        available = element.findtext("availableInstances")
+        types.append(ShareType(
+            id=element.get("id", ""),
+            name=(element.findtext("name") or "").strip(),
+            mode=ShareMode.MDEV,
+            available=int(available) if available and available.strip().isdigit() else None,
+        ))
+    return tuple(types)
+
+
+def with_description(share_type: ShareType, description: str) -> ShareType:
+    """Framebuffer and maximum instances from an NVIDIA vGPU type's sysfs description (see _NVIDIA_DESCRIPTION)."""
+    facts = dict(_NVIDIA_DESCRIPTION.findall(description))
+    framebuffer = facts.get("framebuffer", "")
+    size = None
+    if framebuffer[:-1].isdigit() and framebuffer[-1:] in ("M", "G"):
+        size = int(framebuffer[:-1]) * (1 << (20 if framebuffer[-1] == "M" else 30))
+    maximum = facts.get("max_instance")
+    return dataclasses.replace(share_type, description=description.strip(), framebuffer_bytes=size,
+                               max_instances=int(maximum) if maximum and maximum.isdigit() else None)
+
+
+def parse_mdev_nodedev(xml: str) -> MediatedDevice | None:
+    """<device><name>mdev_UUID_0000_03_00_0</name><parent>pci_0000_03_00_0</parent><capability type='mdev'>
+    <type id='nvidia-46'/><uuid>UUID</uuid>... (libvirt docs/formatnode.rst, "mdev")."""
+    root = ET.fromstring(xml)
+    cap = root.find("capability[@type='mdev']")
+    if cap is None:
+        return None
+    type_element = cap.find("type")
+    return MediatedDevice(parent=root.findtext("parent", ""),
+                          type_id=type_element.get("id", "") if type_element is not None else "",
+                          uuid=(cap.findtext("uuid") or "").strip().lower())
 
 
 def drivers_in_node_file(text: str) -> dict[str, str]:

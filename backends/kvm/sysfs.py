@@ -34,3 +34,12 @@ def is_boot_vga(address: PciAddress, root: Path = SYSFS_PCI) -> bool:
         return (root / str(address) / "boot_vga").read_text().strip() == "1"
     except OSError:
         return False
+
+
+def mdev_type_description(address: PciAddress, type_id: str, root: Path = SYSFS_PCI) -> str | None:
+    """A vGPU type's sysfs description (Documentation/driver-api/vfio-mediated-device.rst:
+    mdev_supported_types/<type-id>/description); libvirt does not report it."""
+    try:
+        return (root / str(address) / "mdev_supported_types" / type_id / "description").read_text()
+    except OSError:
+        return None

@@ -97,9 +97,25 @@ def gpus(facts: HostFacts) -> str:
             ", ".join(companion_names(gpu)) or "-",
             need,
             passthrough,
-            gpu.assigned_to or "-",
+            gpu.assigned_to or _share_holders(gpu) or "-",
         ])
-    return table(["ADDRESS", "MODEL", "IDS", "GROUP", "COMPANIONS", "MMIO64", "PASSTHROUGH", "ASSIGNED TO"], rows)
+    lines = [table(["ADDRESS", "MODEL", "IDS", "GROUP", "COMPANIONS", "MMIO64", "PASSTHROUGH", "ASSIGNED TO"], rows)]
+    shared = [gpu for gpu in facts.gpus if gpu.sharing.offered or gpu.sharing.in_use]
+    if shared:
+        lines.append("")
+        for gpu in shared:
+            sharing = gpu.sharing
+            modes = "/".join(m.value for m in sharing.modes) or "shared"
+            free = sum(1 for t in sharing.types if t.available)
+            lines.append(f"{qualified(gpu)}: {len(sharing.types)} {modes} types ({free} with room now), "
+                         f"{len(sharing.shares)} in use")
+        lines.append("(`gpus --json` lists each type with its name, framebuffer and instances left)")
+    return "\n".join(lines)
+
+
+def _share_holders(gpu: Gpu) -> str:
+    holders = gpu.sharing.holders
+    return f"shared: {', '.join(holders)}" if holders else ""
 
 
 def companion_names(gpu: Gpu) -> list[str]:

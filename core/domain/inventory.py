@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any, Mapping
 
 from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
+from gpupass.core.domain.sharing import Sharing
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Gpu:
     # Which host of a multi-host endpoint (a vCenter) the card sits in; "" for a single host.
     location: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # What the card offers for sharing (vGPU types, partitions) and the shares it holds (core/domain/sharing.py).
+    sharing: Sharing = field(default_factory=Sharing)
 
     @property
     def address(self) -> PciAddress:

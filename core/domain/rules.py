@@ -10,6 +10,7 @@ from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts, PowerState
 from gpupass.core.domain.iommu import keeps_group_viable
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.sharing import Sharing
 
 
 def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
@@ -101,6 +102,43 @@ def not_assigned_elsewhere(ctx: CheckContext) -> Iterable[Finding]:
                 "gpu-assigned-elsewhere",
                 f"GPU {gpu.address} is already assigned to VM '{owner}'{state}",
                 f"release it first: gpupass release {ctx.host_ref} '{owner}' {gpu.address}",
+                subject=str(gpu.address),
+            )
+
+
+def _type_name(sharing: Sharing, type_id: str) -> str:
+    known = sharing.type_named(type_id)
+    return f"{known.name} ({type_id})" if known and known.name else type_id
+
+
+def not_shared(ctx: CheckContext) -> Iterable[Finding]:
+    """A GPU is either shared (vGPU, partitions) or given whole, not both.
+
+    Why it blocks: a share exists only while the host's vendor driver holds the card. On Linux, passing the card
+    through binds vfio-pci instead, and unbinding the vendor driver unregisters it as mdev parent, which removes
+    every mediated device of the card (drivers/vfio/mdev/mdev_core.c, mdev_unregister_parent:
+    device_for_each_child(..., mdev_device_remove_cb)); NVIDIA's NVML reports one virtualization mode per physical
+    GPU, PASSTHROUGH or HOST_VGPU (nvmlGpuVirtualizationMode_t, NVML GRID enums).
+    """
+    for gpu in ctx.gpus:
+        sharing = gpu.sharing
+        if sharing.in_use:
+            held = ", ".join(f"'{vm}'" for vm in sharing.holders) or "no VM yet"
+            kinds = ", ".join(sorted({_type_name(sharing, share.type_id) for share in sharing.shares}))
+            yield blocker(
+                "gpu-shared",
+                f"GPU {gpu.address} holds {len(sharing.shares)} share(s) ({kinds}; held by {held}): a GPU given "
+                "whole to a VM can hold no shares, and taking it from the host's driver would remove them",
+                "give the shares back first (gpupass release each VM's share, or remove the host's unused mediated "
+                "devices), or choose another GPU",
+                subject=str(gpu.address),
+            )
+        elif sharing.offered:
+            modes = "/".join(m.value for m in sharing.modes)
+            yield info(
+                "gpu-sharing-withdrawn",
+                f"GPU {gpu.address} can be shared ({len(sharing.types)} {modes} types); while a VM holds it whole "
+                "the host offers none of them",
                 subject=str(gpu.address),
             )
 
@@ -254,6 +292,7 @@ ASSIGN_RULES = (
     iommu_group_isolated,
     companions,
     not_assigned_elsewhere,
+    not_shared,
     passthrough_enabled_on_host,
     vm_power_state,
     firmware_for_large_bars,
