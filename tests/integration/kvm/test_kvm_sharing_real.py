@@ -10,6 +10,7 @@ a host does not depend on which P40 each came from.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -163,5 +164,5 @@ def test_snapshots_keep_the_sharing_facts(p40_host, tmp_path):
 
 
 def test_the_gpus_table_shows_who_holds_a_share(p40_host):
-    out = gpupass("gpus", p40_host()).stdout
+    out = gpupass("gpus", p40_host(), env={**os.environ, "COLUMNS": "200"}).stdout  # a wide terminal: no cut cells
     assert "shared: vdi01" in out and "0000:03:00.0: 7 mdev types (7 with room now), 1 in use" in out
