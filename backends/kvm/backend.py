@@ -137,7 +137,10 @@ class KvmBackend(Backend):
                 else:
                     conn = libvirt.open(self.target.uri)
             except libvirt.libvirtError as exc:
-                raise translate(libvirt, exc, f"connecting to {self.target.label}") from exc
+                # The label is what the user typed; the URI (a test-driver file's path) is what failed to open.
+                where = self.target.label if self.target.label == self.target.uri else \
+                    f"{self.target.label} ({self.target.uri})"
+                raise translate(libvirt, exc, f"connecting to {where}") from exc
             self.round_trips += 1
             self._conn = _Counted(conn, self)
         return self._conn
