@@ -744,7 +744,9 @@ def get_pnp_device_property(ctx: _Ctx, model: HostModel, instanceid: list[str] |
             key = devpkeys.lookup(name)
             if key is None:
                 # (approx) a key Windows does not define: Win32 ERROR_NOT_FOUND (1168), "Element not found."
-                # The exact rendering on a real host is unconfirmed (backends/hyperv/README.md).
+                # The record's form (ObjectNotFound, CimException, "Windows System Error 1168,<cmdlet>") is the one
+                # real CDXML cmdlets print for 1168 (New-SRPartnership in Microsoft's Storage Replica
+                # troubleshooting docs); that Get-PnpDeviceProperty answers an unknown key with it is unconfirmed.
                 ctx.error(HyperVError("Element not found. ", "Windows System Error 1168,Get-PnpDeviceProperty",
                                       "ObjectNotFound", CIMEX, name))
                 continue
