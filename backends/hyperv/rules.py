@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from gpupass.core.domain.context import CheckContext
+from gpupass.backends.hyperv.scripts import ps_quote
 from gpupass.core.domain.findings import Finding, blocker, info, warning
 
 _DEVICE_CHECKS = (
@@ -41,11 +42,19 @@ def device_survey(ctx: CheckContext) -> Iterable[Finding]:
                     yield blocker(code, message.format(what=what), remedy, subject=str(gpu.address))
 
 
+def _vm_command(vm) -> str:
+    """Set-VM for exactly this VM: by its id (unique, no wildcards), as -Name/-VMName would read `gpu[1]` as a
+    pattern; by exact name only when the id is unknown."""
+    if vm.id:
+        return f"Set-VM -VM (Get-VM -Id {ps_quote(vm.id)})"
+    return f"Get-VM | Where-Object Name -eq {ps_quote(vm.name)} | Set-VM"
+
+
 def dynamic_memory(ctx: CheckContext) -> Iterable[Finding]:
     if ctx.vm.settings.get("dynamic_memory"):
         yield blocker("hyperv-dynamic-memory",
                       f"VM '{ctx.vm.name}' uses dynamic memory; DDA needs static memory",
-                      f"Set-VM -VMName '{ctx.vm.name}' -StaticMemory (with the VM off)")
+                      f"{_vm_command(ctx.vm)} -StaticMemory (with the VM off)")
 
 
 def stop_action(ctx: CheckContext) -> Iterable[Finding]:

@@ -143,3 +143,20 @@ def test_vm_names_match_without_regard_to_case():
     r = run(lab, S.assign_script("ML-TRAIN", [A100_2_LOC], 3 * 2**30, 129 * 2**30))
     assert r.exit_code == 0, r.stdout
     assert lab.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
+
+
+def test_the_dynamic_memory_remedy_names_the_vm_by_id_not_by_a_wildcard_name():
+    from types import SimpleNamespace
+
+    from gpupass.backends.hyperv.rules import dynamic_memory
+    from hyperv_helpers import bad_nodes
+    vm = SimpleNamespace(name="gpu[1]'s", id="9a4e6b1f-7c2d-4f8e-a3b5-1e0c9d8f7a04",
+                         settings={"dynamic_memory": True})
+    finding = next(iter(dynamic_memory(SimpleNamespace(vm=vm))))
+    command = finding.remedy.split(" (with")[0]
+    assert command == "Set-VM -VM (Get-VM -Id '9a4e6b1f-7c2d-4f8e-a3b5-1e0c9d8f7a04') -StaticMemory"
+    assert bad_nodes(command) == []
+    vm.id = ""
+    command = next(iter(dynamic_memory(SimpleNamespace(vm=vm)))).remedy.split(" (with")[0]
+    assert command == "Get-VM | Where-Object Name -eq 'gpu[1]''s' | Set-VM -StaticMemory"
+    assert bad_nodes(command) == []
