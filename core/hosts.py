@@ -114,7 +114,9 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
             pass
 
     label = f"{document.get('label') or facts.host.uri} (snapshot {path.name})"
-    backend = SnapshotBackend(Target(uri=facts.host.uri, name=label))
+    # Remedies name the live host the snapshot was taken of: that is where a fix is applied.
+    backend = SnapshotBackend(Target(uri=facts.host.uri, name=label,
+                                     options={"live_host": document.get("label") or facts.host.uri}))
     backend.load_snapshot_state(document.get("backend_state", {}))
     return backend
 

@@ -93,7 +93,7 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
     else:
         gpus = tuple(g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location)
     return CheckContext(operation, backend.platform, facts, vm, gpus, request, backend.mmio_policy, backend.capabilities,
-                        host_label=label)
+                        host_label=str(backend.target.options.get("live_host") or label))
 
 
 def preflight(ctx: CheckContext, registry: Registry) -> list[Finding]:

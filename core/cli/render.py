@@ -23,14 +23,10 @@ MIN_COLUMN = 12
 
 
 def output_width() -> int | None:
-    """The width tables must fit: the terminal's on a terminal, $COLUMNS when set; None (no limit) for a pipe,
-    so `grep` and scripts see whole lines."""
-    import os
+    """The width tables must fit on a terminal ($COLUMNS, else the terminal's size); None (no limit) when
+    stdout is not a terminal, so `grep`, `awk` and scripts always see whole lines."""
     import shutil
 
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
     try:
         if sys.stdout.isatty():
             return shutil.get_terminal_size().columns

@@ -52,8 +52,8 @@ def test_tables_fit_the_width_and_keep_the_first_column_whole(monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 100
     assert text.splitlines()[1].startswith("PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)  ")
     assert "terminal window" in " ".join(text.split())
-    # A pipe (no terminal, no COLUMNS) gets whole lines; COLUMNS is honoured like ls and git do.
-    monkeypatch.delenv("COLUMNS", raising=False)
-    assert len(render.table(["A", "B"], [["x", "y" * 300]]).splitlines()[1]) > 300
+    # A pipe gets whole lines even when COLUMNS is exported; a terminal gets its width ($COLUMNS first).
     monkeypatch.setenv("COLUMNS", "60")
+    assert len(render.table(["A", "B"], [["x", "y" * 300]]).splitlines()[1]) > 300
+    monkeypatch.setattr(render.sys, "stdout", type("Tty", (), {"isatty": lambda self: True})())
     assert max(len(line) for line in render.table(["A", "B"], [["x", "y " * 150]]).splitlines()) <= 60
