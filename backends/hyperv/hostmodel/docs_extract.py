@@ -116,4 +116,6 @@ def regenerate(repo: Path, root: Path) -> None:
 if __name__ == "__main__":  # pragma: no cover - a maintenance tool
     if len(sys.argv) != 2:
         sys.exit("usage: python -m gpupass.backends.hyperv.hostmodel.docs_extract DOCS_REPO")
-    regenerate(Path(sys.argv[1]), Path(__file__).resolve().parents[3])
+    # the checkout's root (where pyproject.toml is), wherever this module sits in it
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
+    regenerate(Path(sys.argv[1]), root)
