@@ -72,6 +72,11 @@ class Host:
         return self._execute(self.plan_release(vm, *gpus, live=live,
                                                disable_host_passthrough=disable_host_passthrough))
 
+    def apply(self, plan: Plan):
+        """Carry out a plan made by plan() or plan_release() on this host, as it was shown (check mode and diff
+        in an automation tool plan first, then apply exactly that)."""
+        return self._execute(plan)
+
     def close(self) -> None:
         self._backend.close()
 
@@ -96,8 +101,16 @@ class Host:
         return execute(self._backend, plan)
 
 
-def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]):
+def _bar_sizes(value: Any) -> tuple[int, ...]:
+    """Every BAR of a card: "16M+64G+32M", a list of such sizes or byte counts, or one size."""
     from gpupass.core.domain.mmio import parse_size
+
+    parts = value.replace(",", "+").split("+") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    return tuple(parse_size(part.strip()) if isinstance(part, str) else int(part) for part in parts)
+
+
+def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]):
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.domain.request import AssignmentRequest, AssignOptions
     from gpupass.core.domain.select import parse_selectors
@@ -108,24 +121,31 @@ def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]):
         raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}", remedy=f"known: {', '.join(sorted(known))}")
     settings = dict(options)
     if "bar_sizes" in settings:
-        settings["bar_sizes"] = {PciAddress.parse(str(a)) if not isinstance(a, PciAddress) else a:
-                                 parse_size(s) if isinstance(s, str) else s for a, s in settings["bar_sizes"].items()}
+        settings["bar_sizes"] = {PciAddress.parse(str(a)) if not isinstance(a, PciAddress) else a: _bar_sizes(s)
+                                 for a, s in settings["bar_sizes"].items()}
     return AssignmentRequest(vm, parse_selectors(gpus), AssignOptions(**settings))
 
 
 def open_host(host: str | None = None, *, config: str | Path | None = None, insecure: bool = False,
-              ca_file: str | None = None) -> Host:
+              ca_file: str | None = None, password: str | None = None) -> Host:
     """Open HOST as the CLI does: a URI, a config name, a lab host or a snapshot file; None is the default
-    host from the environment (GPUPASS_HOST, LIBVIRT_DEFAULT_URI, GOVC_URL, VMWARE_HOST)."""
-    from gpupass.core import paths
+    host from the environment (GPUPASS_HOST, LIBVIRT_DEFAULT_URI, GOVC_URL, VMWARE_HOST).
+
+    `password`, when given, is used instead of the ones gpupass would find (environment, config, keyring): for
+    callers that hold it already, such as an Ansible module given it as a no_log option."""
+    from dataclasses import replace
+
+    from gpupass.core import hosts, paths, snapshot
     from gpupass.core.config import load_config
-    from gpupass.core.hosts import open_host as open_backend
     from gpupass.core.plugins import default_registry
-    from gpupass.core.target import TlsOptions
+    from gpupass.core.target import Secret, TlsOptions
 
     if config is not None and not Path(config).is_file():
         raise UsageError(f"config file {config} does not exist", remedy="check the path")
     registry = default_registry()
     loaded = load_config(Path(config) if config is not None else paths.config_file())
-    backend = open_backend(host, loaded, registry, TlsOptions(verify=not insecure, ca_file=ca_file))
-    return Host(backend, registry)
+    tls = TlsOptions(verify=not insecure, ca_file=ca_file)
+    if password is None or (host is not None and snapshot.looks_like_snapshot(host)):
+        return Host(hosts.open_host(host, loaded, registry, tls), registry)
+    target = replace(hosts.resolve_target(host, loaded, registry, tls), password=Secret(password))
+    return Host(hosts.open_backend(target, registry), registry)

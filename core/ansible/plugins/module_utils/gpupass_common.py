@@ -12,12 +12,9 @@ import os
 import traceback
 
 try:
+    import gpupass
     from gpupass.core import serialize
-    from gpupass.core.config import load_config
     from gpupass.core.errors import GpupassError, OperationFailed, PreflightFailed, UsageError
-    from gpupass.core.hosts import open_backend, open_host, resolve_target
-    from gpupass.core.plugins import default_registry
-    from gpupass.core.target import Secret, TlsOptions
 
     GPUPASS_IMPORT_ERROR = None
 except ImportError:  # reported by fail_on_missing_gpupass, as Ansible modules report a missing library
@@ -63,16 +60,11 @@ def _env_bool(name, value):
 
 
 class Connection:
-    """One host, opened from the module's options; use as a context manager."""
+    """One host opened through gpupass's Python API (`gpupass.open_host`) from the module's options."""
 
     def __init__(self, module):
         self.module = module
-        params = module.params
-        self.registry = default_registry()
-        config_path = params.get("config")
-        self.config = load_config(_config_path(config_path))
-        self.host_text = self._host_text(params)
-        self.backend = None
+        self.host = None
 
     def _esxi_params(self, params):
         """The VMWARE_* variables fill what the module's options leave out, as in community.vmware."""
@@ -88,73 +80,40 @@ class Connection:
         return merged
 
     def _host_text(self, params):
+        """What to open: `host`, else a URI built from hostname/username/port, else None (gpupass then takes
+        the default host from GPUPASS_HOST, LIBVIRT_DEFAULT_URI or GOVC_URL)."""
         if params.get("host"):
             return params["host"]
-        esxi = self._esxi_params(params) if params.get("platform") == "esxi" else params
-        hostname = esxi.get("hostname")
-        if hostname:
-            from urllib.parse import quote
+        scheme = params.get("platform") or "esxi"
+        given = self._esxi_params(params) if scheme == "esxi" else params
+        if not given.get("hostname"):
+            return None
+        from urllib.parse import quote
 
-            user = esxi.get("username")
-            netloc = (quote(user, safe="") + "@" if user else "") + hostname
-            if esxi.get("port"):
-                netloc += f":{esxi['port']}"
-            scheme = params.get("platform") or "esxi"
-            path = "/" + quote(params["datacenter"], safe="") if params.get("datacenter") and scheme == "esxi" else ""
-            return f"{scheme}://{netloc}{path}"
-        if os.environ.get("LIBVIRT_DEFAULT_URI"):
-            return os.environ["LIBVIRT_DEFAULT_URI"]
-        raise UsageError("no host given",
-                         remedy="set host (a URI such as qemu:///system, a name from gpupass's config file or a lab "
-                                "host), or hostname/username (VMWARE_HOST, VMWARE_USER), or LIBVIRT_DEFAULT_URI")
-
-    def _tls(self, params, esxi):
-        verify = params.get("validate_certs")
-        if verify is None and esxi:
-            verify = self._esxi_params(params).get("validate_certs")
-        return TlsOptions(verify=True if verify is None else bool(verify), ca_file=params.get("ca_file"))
+        user = given.get("username")
+        netloc = (quote(user, safe="") + "@" if user else "") + given["hostname"]
+        if given.get("port"):
+            netloc += f":{given['port']}"
+        path = "/" + quote(params["datacenter"], safe="") if params.get("datacenter") and scheme == "esxi" else ""
+        return f"{scheme}://{netloc}{path}"
 
     def open(self):
-        from gpupass.core import snapshot
-
         params = self.module.params
-        if snapshot.looks_like_snapshot(self.host_text):
-            self.backend = open_host(self.host_text, self.config, self.registry)
-            return self.backend
-        scheme = self.host_text.partition("://")[0] if "://" in self.host_text else None
-        esxi = scheme == "esxi"
-        target = resolve_target(self.host_text, self.config, self.registry, self._tls(params, esxi))
-        password = params.get("password")
-        if password is None and esxi:
-            password = self._esxi_params(params).get("password")
-        if password is not None:
-            from dataclasses import replace
-
-            target = replace(target, password=Secret(password))
-        self.backend = open_backend(target, self.registry)
-        return self.backend
+        text = self._host_text(params)
+        esxi = (text or "").startswith("esxi://")
+        given = self._esxi_params(params) if esxi else params
+        verify = given.get("validate_certs")
+        self.host = gpupass.open_host(text, config=params.get("config"), insecure=verify is False,
+                                      ca_file=params.get("ca_file"), password=given.get("password"))
+        return self.host
 
     def __enter__(self):
         return self.open()
 
     def __exit__(self, *exc_info):
-        if self.backend is not None:
-            self.backend.close()
+        if self.host is not None:
+            self.host.close()
         return False
-
-
-def _config_path(given):
-    from pathlib import Path
-
-    from gpupass.core import paths
-
-    if given:
-        path = Path(given)
-        if not path.is_file():
-            raise UsageError(f"the config file {given} does not exist",
-                             remedy="give the path of an existing gpupass config file, or leave config out")
-        return path
-    return paths.config_file()
 
 
 def fail_from_error(module, exc, **extra):

@@ -195,27 +195,11 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def build_request(params):
-    from gpupass.core.domain.mmio import parse_size
-    from gpupass.core.domain.pci import PciAddress
-    from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
-    from gpupass.core.domain.select import parse_selectors
-    from gpupass.core.errors import UsageError
-
-    gpus = parse_selectors(params["gpus"])
-    if params["state"] == "absent":
-        return ReleaseRequest(vm=params["vm"], gpus=gpus, options=ReleaseOptions(
-            live=params["live"], disable_host_passthrough=params["disable_host_passthrough"]))
-    if not gpus:
-        raise UsageError("state=present needs the GPUs to give", remedy="list them in gpus, e.g. gpus: ['42:00.0']")
-    sizes = {}
-    for address, text in (params["bar_sizes"] or {}).items():
-        parts = text if isinstance(text, list) else str(text).replace(",", "+").split("+")
-        sizes[PciAddress.parse(address)] = tuple(parse_size(str(part).strip()) for part in parts)
-    return AssignmentRequest(vm=params["vm"], gpus=gpus, options=AssignOptions(
-        include_companions=params["include_companions"], allow_firmware_change=params["allow_firmware_change"],
-        hide_hypervisor=params["hide_hypervisor"], live=params["live"], dynamic=params["dynamic"],
-        allow_host_reboot=params["allow_host_reboot"], bar_sizes=sizes))
+def assignment_options(params):
+    """The module's options as the Python API's assign options."""
+    return dict(include_companions=params["include_companions"], allow_firmware_change=params["allow_firmware_change"],
+                hide_hypervisor=params["hide_hypervisor"], live=params["live"], dynamic=params["dynamic"],
+                allow_host_reboot=params["allow_host_reboot"], bar_sizes=params["bar_sizes"] or {})
 
 
 def vm_definition(vm):
@@ -252,27 +236,30 @@ def main():
 
 def converge(module):
     from gpupass.core import serialize
-    from gpupass.core.errors import PreflightFailed
-    from gpupass.core.service import execute, make_plan
+    from gpupass.core.errors import PreflightFailed, UsageError
 
-    request = build_request(module.params)
-    connection = Connection(module)
-    with connection as backend:
-        facts = backend.inventory()
-        plan = make_plan(backend, facts, request, connection.registry)
+    params = module.params
+    if params["state"] == "present" and not params["gpus"]:
+        raise UsageError("state=present needs the GPUs to give", remedy="list them in gpus, e.g. gpus: ['42:00.0']")
+    with Connection(module) as host:
+        if params["state"] == "present":
+            plan = host.plan(params["vm"], *params["gpus"], **assignment_options(params))
+        else:
+            plan = host.plan_release(params["vm"], *params["gpus"], live=params["live"],
+                                     disable_host_passthrough=params["disable_host_passthrough"])
         result = {"plan": serialize.plan_to_dict(plan)}
         if plan.blocked:
             fail_from_error(module, PreflightFailed(f"preflight found blocking problems for VM {plan.vm!r} on "
                                                     f"{plan.host}; nothing was changed", list(plan.findings)), **result)
-        before = vm_definition(facts.find_vm(plan.vm))
         if plan.nothing_to_do:
             module.exit_json(changed=False, **result)
         if module.check_mode:
             if module._diff:
                 result["diff"] = {"prepared": planned_changes(plan)}
             module.exit_json(changed=True, **result)
-        outcome = execute(backend, plan)
-        after_facts = getattr(outcome, "facts_after", None) or backend.inventory()
+        before = vm_definition(host.inventory().find_vm(plan.vm)) if module._diff else ""
+        outcome = host.apply(plan)
+        after_facts = outcome.facts_after or host.inventory()
         vm_after = after_facts.find_vm(plan.vm)
     result["vm"] = serialize.vm_to_dict(vm_after) if vm_after else None
     if module._diff:

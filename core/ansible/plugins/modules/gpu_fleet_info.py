@@ -180,15 +180,11 @@ def main():
 
 
 def survey(module):
-    from gpupass.core.config import load_config
+    import gpupass
     from gpupass.core.domain.select import qualified
     from gpupass.core.errors import UsageError
     from gpupass.core.fleet import assignable, find, gather, matches_model
-    from gpupass.core.hosts import open_host
     from gpupass.core.plugins import default_registry
-    from gpupass.core.target import TlsOptions
-
-    from ansible_collections.gpupass.gpupass.plugins.module_utils.gpupass_common import _config_path
 
     params = module.params
     if params["count"] < 1:
@@ -197,12 +193,11 @@ def survey(module):
     if not names:
         raise UsageError("hosts is empty", remedy="name at least one host")
     registry = default_registry()
-    config = load_config(_config_path(params["config"]))
-    tls = TlsOptions(verify=params["validate_certs"], ca_file=params["ca_file"])
 
     def read(name):
-        with open_host(name, config, registry, tls) as backend:
-            return backend.inventory(), backend.round_trips
+        with gpupass.open_host(name, config=params["config"], insecure=not params["validate_certs"],
+                               ca_file=params["ca_file"]) as host:
+            return host.inventory(), host.round_trips
 
     results = gather(names, read, concurrency=params["concurrency"], timeout=params["timeout"])
     gpus, rows, unreadable = [], [], []
