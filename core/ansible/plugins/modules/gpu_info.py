@@ -12,8 +12,8 @@ description:
     BARs and MMIO need, passthrough state, the VM that holds each) and its VMs (power state, firmware, memory,
     the PCI devices they hold).
   - Reads only; never changes the host. Works in check mode.
-  - Shared GPUs (vGPU profiles, mediated devices, GPU partitions) are not modelled yet; only whole-GPU
-    passthrough is.
+  - Each GPU's RV(gpus[].sharing) lists the vGPU types it offers and the shares VMs hold, where gpupass reads them
+    (KVM mediated devices today).
 version_added: 0.1.0
 author: gpupass maintainers
 extends_documentation_fragment:
@@ -105,6 +105,9 @@ gpus:
     assigned_to:
       description: 'The VM that holds the GPU, or null.'
       type: str
+    sharing:
+      description: 'What the GPU offers for sharing (modes, types with instances left) and the shares it holds.'
+      type: dict
 vms:
   description: The host's VMs.
   returned: always
