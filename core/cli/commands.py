@@ -10,6 +10,7 @@ import click
 from gpupass.core import serialize
 from gpupass.core.cli import render
 from gpupass.core.cli.escape import shown
+from gpupass.core.cli.complete import complete_gpu, complete_host, complete_vm
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.cli.options import (DEFAULT_HOST_HELP, GPU_HELP, HOST_HELP, assignment_options, build_assignment,
                                       describe, parse_addresses)
@@ -57,12 +58,16 @@ def plugins(app, as_json: bool) -> None:
 
 
 def _facts(app, host: str | None):
+    from gpupass.core.cli.complete import remember
+
     with app.open(host) as backend:
-        return backend.inventory()
+        facts = backend.inventory()
+    remember(host or backend.target.label, facts)  # VM and GPU names for shell completion
+    return facts
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -77,7 +82,7 @@ def gpus(app, host: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -92,7 +97,7 @@ def vms(app, host: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -113,9 +118,9 @@ def _plan(app, backend, request):
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("vm")
-@click.argument("gpu", nargs=-1, required=True)
+@click.argument("host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("gpu", nargs=-1, required=True, shell_complete=complete_gpu)
 @assignment_options
 @json_option
 @click.pass_obj
@@ -144,9 +149,9 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("vm")
-@click.argument("gpu", nargs=-1, required=True)
+@click.argument("host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("gpu", nargs=-1, required=True, shell_complete=complete_gpu)
 @assignment_options
 @click.option("--show-changes", "--show-scripts", "show_changes", is_flag=True,
               help="Show what each step sends: the domain XML diff, the ConfigSpec, the PowerShell scripts.")
@@ -212,9 +217,9 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("vm")
-@click.argument("gpu", nargs=-1, required=True)
+@click.argument("host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("gpu", nargs=-1, required=True, shell_complete=complete_gpu)
 @assignment_options
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
 @click.option("--show-changes", "--show-scripts", "show_changes", is_flag=True,
@@ -238,9 +243,9 @@ def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_change
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("vm")
-@click.argument("gpu", nargs=-1)
+@click.argument("host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("gpu", nargs=-1, shell_complete=complete_gpu)
 @click.option("--live", is_flag=True, help="Hot-unplug from a running VM where the platform can.")
 @click.option("--disable-host-passthrough", is_flag=True,
               help="Also switch host passthrough off for the device (ESXi; needs a host reboot).")
@@ -268,7 +273,7 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="File to write (JSON); give it to any read-only command or plan as HOST.")
 @json_option

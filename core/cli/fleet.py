@@ -13,6 +13,7 @@ from gpupass.core.cli import render
 from gpupass.core.domain.select import qualified
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.options import describe
+from gpupass.core.cli.complete import complete_host
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 
@@ -67,7 +68,7 @@ def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_j
 
 
 @hosts.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_host)
 @json_option
 @click.pass_obj
 @handles_errors
@@ -111,7 +112,7 @@ def hosts_list(app, as_json) -> None:
 
 
 @hosts.command("test")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_host)
 @json_option
 @click.pass_obj
 @handles_errors

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "Converge the hosts to FILE: each change goes through the normal plan, preflight and rollback."),
     "assign": ("gpupass.core.cli.commands", "Give GPU(s) and their companions to VM."),
     "check": ("gpupass.core.cli.commands", "Run the preflight checks for giving GPU(s) to VM."),
+    "completion": ("gpupass.core.cli.completion", "Print the shell completion script for bash, zsh or fish."),
     "diff": ("gpupass.core.cli.declarative", "Show what `apply FILE` would change."),
     "export": ("gpupass.core.cli.declarative",
                "Write the hosts' current assignments as a YAML file that `diff` and `apply` read."),

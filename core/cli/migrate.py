@@ -9,6 +9,7 @@ import click
 from gpupass.core import serialize
 from gpupass.core.cli import render
 from gpupass.core.cli.options import describe
+from gpupass.core.cli.complete import complete_host, complete_vm
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import PreflightFailed
 
@@ -32,9 +33,9 @@ def _plan(app, src, vm, dst, dst_vm):
 
 
 @migrate.command("plan")
-@click.argument("src_host")
-@click.argument("vm")
-@click.argument("dst_host")
+@click.argument("src_host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("dst_host", shell_complete=complete_host)
 @click.option("--dst-vm", metavar="NAME", help="The VM's name at the destination, if it differs.")
 @click.option("--show-changes", is_flag=True, help="Show what each destination step sends.")
 @json_option
@@ -55,9 +56,9 @@ def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> 
 
 
 @migrate.command("apply")
-@click.argument("src_host")
-@click.argument("vm")
-@click.argument("dst_host")
+@click.argument("src_host", shell_complete=complete_host)
+@click.argument("vm", shell_complete=complete_vm)
+@click.argument("dst_host", shell_complete=complete_host)
 @click.option("--dst-vm", metavar="NAME", help="The VM's name at the destination, if it differs.")
 @click.option("--release-source", is_flag=True, help="After assigning at the destination, release the source GPUs.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (required without a terminal).")
