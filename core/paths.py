@@ -1,4 +1,6 @@
-"""Where gpupass keeps its configuration and data (XDG on Linux; overridable for tests and CI)."""
+"""Where gpupass keeps its configuration and data: each platform's convention, through platformdirs (XDG on
+Linux: $XDG_CONFIG_HOME/gpupass, ~/.config/gpupass; %APPDATA%\\gpupass on Windows, where Hyper-V admins run
+it; ~/Library/Application Support/gpupass on macOS). GPUPASS_CONFIG and GPUPASS_DATA_DIR override both."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ def config_file() -> Path:
     explicit = os.environ.get("GPUPASS_CONFIG")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "gpupass" / "config.toml"
+    import platformdirs
+
+    return platformdirs.user_config_path("gpupass", appauthor=False) / "config.toml"
 
 
 def data_dir() -> Path:
     explicit = os.environ.get("GPUPASS_DATA_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "gpupass"
+    import platformdirs
+
+    return platformdirs.user_data_path("gpupass", appauthor=False)

@@ -1,0 +1,20 @@
+"""Config and data folders follow the platform's convention (XDG on Linux) unless overridden."""
+
+from pathlib import Path
+
+from gpupass.core import paths
+
+
+def test_xdg_on_linux_and_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPUPASS_CONFIG", raising=False)
+    monkeypatch.delenv("GPUPASS_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert paths.config_file() == tmp_path / "cfg" / "gpupass" / "config.toml"
+    assert paths.data_dir() == tmp_path / "data" / "gpupass"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert paths.config_file() == tmp_path / "home" / ".config" / "gpupass" / "config.toml"
+    monkeypatch.setenv("GPUPASS_CONFIG", "/etc/gpupass.toml")
+    monkeypatch.setenv("GPUPASS_DATA_DIR", str(tmp_path / "d"))
+    assert paths.config_file() == Path("/etc/gpupass.toml") and paths.data_dir() == tmp_path / "d"
