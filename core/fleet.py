@@ -29,52 +29,83 @@ class HostResult:
     round_trips: int = 0
 
 
-def gather(hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], *, concurrency: int = 8,
-           timeout: float = 60.0, on_done: Callable[[HostResult], None] | None = None) -> list[HostResult]:
-    """Read every host with at most `concurrency` at once; a host that fails or hangs is one error row.
+DEFAULT_CONCURRENCY = 32
 
-    Daemon threads, not an executor: a host that never answers must not keep the process from exiting.
+
+def gather(hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], *,
+           concurrency: int = DEFAULT_CONCURRENCY, timeout: float = 60.0,
+           on_done: Callable[[HostResult], None] | None = None) -> list[HostResult]:
+    """Read every host once with a pool of at most `concurrency` workers; a host that fails or hangs is one
+    error row. A name given twice is read once and listed once (results are keyed by name).
+
+    The pool takes hosts from one shared iterator, so threads and bookkeeping stay bounded by `concurrency`
+    whatever the number of hosts; only the results grow with it. Workers are daemon threads, not an
+    executor: a host that never answers must not keep the process from exiting. A worker stuck on a host
+    past its deadline is replaced, so one hung host costs one thread, not the pool's progress.
     """
-    slots = threading.Semaphore(max(1, concurrency))
+    unique = list(dict.fromkeys(hosts))
+    pending = iter(unique)
+    lock = threading.Lock()
+    in_flight: dict[str, float] = {}  # host -> when its read began; at most the pool's size (plus hung ones)
     finished: queue.Queue[HostResult] = queue.Queue()
-    started: dict[str, float] = {}
 
-    def work(host: str) -> None:
-        with slots:
-            started[host] = time.monotonic()
-            try:
-                facts, trips = read(host)
-                result = HostResult(host, facts=facts, seconds=time.monotonic() - started[host], round_trips=trips)
-            except GpupassError as exc:
-                result = HostResult(host, error=exc, seconds=time.monotonic() - started[host])
-            except Exception as exc:  # one broken host must never end the run for the others
-                result = HostResult(host, error=GpupassError(f"{type(exc).__name__}: {exc}"),
-                                    seconds=time.monotonic() - started[host])
-            finished.put(result)
+    def worker() -> None:
+        while True:
+            with lock:
+                host = next(pending, None)
+                if host is None:
+                    return
+                began = in_flight[host] = time.monotonic()
+            finished.put(_read_one(host, read, began))
+            with lock:
+                in_flight.pop(host, None)
 
-    for host in hosts:
-        threading.Thread(target=work, args=(host,), daemon=True, name=f"gpupass-fleet-{host}").start()
+    def start_worker() -> None:
+        threading.Thread(target=worker, daemon=True, name="gpupass-fleet-worker").start()
+
+    for _ in range(min(max(1, concurrency), len(unique))):
+        start_worker()
     results: dict[str, HostResult] = {}
-    while len(results) < len(hosts):
-        try:
-            result = finished.get(timeout=0.05)
-        except queue.Empty:
-            now = time.monotonic()
-            for host, began in list(started.items()):
-                if host not in results and now - began > timeout:
-                    result = HostResult(host, error=ConnectionFailed(
-                        f"{host} did not answer within {timeout:g} s",
-                        remedy="check the host, or raise --timeout"), seconds=now - began)
-                    results[host] = result
-                    if on_done:
-                        on_done(result)
-            continue
-        if result.host in results:
-            continue  # it answered after its deadline: the timeout row stands
+
+    def record(result: HostResult) -> None:
         results[result.host] = result
         if on_done:
             on_done(result)
-    return [results[host] for host in hosts]
+
+    last_check = time.monotonic()
+    while len(results) < len(unique):
+        try:
+            result = finished.get(timeout=0.05)
+            if result.host not in results:  # else it answered after its deadline: the timeout row stands
+                record(result)
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        if now - last_check < 0.05:
+            continue
+        last_check = now
+        with lock:
+            overdue = [(host, began) for host, began in in_flight.items() if now - began > timeout]
+            for host, _ in overdue:
+                del in_flight[host]
+        for host, began in overdue:
+            if host in results:
+                continue
+            record(HostResult(host, error=ConnectionFailed(f"{host} did not answer within {timeout:g} s",
+                                                           remedy="check the host, or raise --timeout"),
+                              seconds=now - began))
+            start_worker()  # the stuck worker stays with its host; the rest of the list keeps its pool
+    return [results[host] for host in unique]
+
+
+def _read_one(host: str, read: Callable[[str], tuple[HostFacts, int]], began: float) -> HostResult:
+    try:
+        facts, trips = read(host)
+        return HostResult(host, facts=facts, seconds=time.monotonic() - began, round_trips=trips)
+    except GpupassError as exc:
+        return HostResult(host, error=exc, seconds=time.monotonic() - began)
+    except Exception as exc:  # one broken host must never end the run for the others
+        return HostResult(host, error=GpupassError(f"{type(exc).__name__}: {exc}"), seconds=time.monotonic() - began)
 
 
 def matches_model(gpu: Gpu, model: str) -> bool:

@@ -16,6 +16,7 @@ from gpupass.core.cli.options import describe
 from gpupass.core.cli.complete import complete_host
 from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
+from gpupass.core.fleet import DEFAULT_CONCURRENCY
 
 PARTIAL_EXIT = 4
 # Like check: what was asked for cannot be had now (as `check` would block); nothing was changed.
@@ -142,7 +143,8 @@ def _fleet_hosts(app, hosts_option: str | None, all_hosts: bool) -> list[str]:
     if hosts_option and all_hosts:
         raise UsageError("--hosts and --all both given", remedy="use one of them")
     if hosts_option:
-        return [h.strip() for h in hosts_option.split(",") if h.strip()]
+        # A host named twice is read once (fleet results are one row per name).
+        return list(dict.fromkeys(h.strip() for h in hosts_option.split(",") if h.strip()))
     if all_hosts:
         names = [row["name"] for row in _host_rows(app)]
         if not names:
@@ -169,7 +171,7 @@ def _gather(app, names, concurrency, timeout, as_json):
 fleet_options = [
     click.option("--hosts", "hosts_option", metavar="A,B", help="Comma-separated hosts (names or URIs)."),
     click.option("--all", "all_hosts", is_flag=True, help="Every host in the config file and every lab host up."),
-    click.option("--concurrency", default=8, show_default=True, help="Hosts asked at the same time."),
+    click.option("--concurrency", default=DEFAULT_CONCURRENCY, show_default=True, help="Hosts asked at the same time."),
     click.option("--timeout", default=60.0, show_default=True, help="Seconds each host may take."),
 ]
 

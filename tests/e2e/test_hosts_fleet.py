@@ -3,8 +3,9 @@
 import json
 import os
 import stat
+import subprocess
 
-from support.cli import gpupass
+from support.cli import GPUPASS, gpupass
 
 
 def test_hosts_are_kept_owner_only_and_listed_with_the_lab(isolated_user_dirs):
@@ -69,3 +70,10 @@ def test_fleet_across_platforms_with_a_host_down_and_a_wrong_password(isolated_u
         assert {c["host"] for c in found["candidates"]} == {"lab-kvm", "lab-hyperv"}
     finally:
         gpupass("lab", "down", "lab-hyperv")
+
+
+def test_a_host_named_twice_is_read_once():
+    # It used to wait forever (results keyed by name never reached the count): a timeout fails it instead.
+    result = subprocess.run([*GPUPASS, "fleet", "gpus", "--hosts", "lab-kvm,lab-kvm", "--json"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=True)
+    assert [row["host"] for row in json.loads(result.stdout)["hosts"]] == ["lab-kvm"]

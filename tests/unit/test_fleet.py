@@ -73,3 +73,60 @@ def test_find_needs_free_isolated_capable_gpus_on_one_location():
     assert [c.host for c in find(results, "A100", 2)] == ["two"]
     # Taken (cad-ws) and shared-group (SATA) cards never count.
     assert find(results, "Fake GPU", 1) == []
+
+
+def test_a_host_named_twice_is_read_once_and_listed_once():
+    reads = []
+
+    def read(host):
+        reads.append(host)
+        return lab_facts(), 1
+
+    results = gather(["a", "b", "a", "a"], read, concurrency=4)
+    assert [r.host for r in results] == ["a", "b"] and sorted(reads) == ["a", "b"]
+
+
+def test_threads_stay_bounded_by_the_pool_not_the_host_count():
+    peak, lock = [0], threading.Lock()
+
+    def read(host):
+        with lock:
+            alive = sum(1 for t in threading.enumerate() if t.name == "gpupass-fleet-worker")
+            peak[0] = max(peak[0], alive)
+        return lab_facts(), 1
+
+    results = gather([f"h{i}" for i in range(300)], read, concurrency=5)
+    assert len(results) == 300 and all(r.facts for r in results)
+    assert 1 <= peak[0] <= 5
+
+
+def test_a_hung_host_does_not_stall_a_pool_of_one():
+    release = threading.Event()
+
+    def read(host):
+        if host == "hang":
+            release.wait(5)
+        return lab_facts(), 1
+
+    began = time.monotonic()
+    results = gather(["hang", "a", "b"], read, concurrency=1, timeout=0.2)
+    release.set()
+    assert time.monotonic() - began < 3
+    assert results[0].error.kind == "connection-failed" and results[1].facts and results[2].facts
+
+
+def test_a_deadline_is_kept_while_other_hosts_keep_answering():
+    release = threading.Event()
+
+    def read(host):
+        if host == "hang":
+            release.wait(5)
+        else:
+            time.sleep(0.01)
+        return lab_facts(), 1
+
+    began = time.monotonic()
+    results = gather(["hang"] + [f"h{i}" for i in range(60)], read, concurrency=2, timeout=0.2)
+    release.set()
+    assert results[0].error.kind == "connection-failed" and results[0].seconds < 1.0
+    assert time.monotonic() - began < 3
