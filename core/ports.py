@@ -6,12 +6,13 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.inventory import HostFacts, Vm
 from gpupass.core.domain.mmio import MmioPolicy
+from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Step
 from gpupass.core.errors import NotSupported
 from gpupass.core.target import Target
@@ -77,6 +78,15 @@ class Backend(ABC):
     @abstractmethod
     def inventory(self) -> HostFacts:
         """Read GPUs, VMs and host settings in as few round trips as the platform allows."""
+
+    def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
+        """The VM named `vm` as the host reports it now (None if it is gone), after a change to it and to
+        `devices`; `execute` verifies every change with it.
+
+        Backends override it to read only that VM and those devices (one or a few requests); this default
+        reads the whole host, which is correct but costs what `inventory` costs.
+        """
+        return self.inventory().find_vm(vm)
 
     @abstractmethod
     def plan_assign(self, ctx: CheckContext) -> list[Step]:

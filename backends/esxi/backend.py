@@ -162,6 +162,36 @@ class EsxiBackend(Backend):
                     else vm for vm in facts.vms)
         return dataclasses.replace(facts, vms=vms)
 
+    def read_back(self, vm: str, devices) -> Vm | None:
+        """The VM's properties as the inventory reads them: one RetrievePropertiesEx on that VM only.
+
+        The devices need no read of their own here: what the VM holds is in its config.hardware.device, and
+        a passthrough switch is verified by the host reboot step that activates it.
+        """
+        from pyVmomi import vmodl
+
+        raw = self._vms.get(vm)
+        if raw is None or raw.ref is None:
+            return super().read_back(vm, devices)
+        pc = vmodl.query.PropertyCollector
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=raw.ref, skip=False)],
+                             propSet=[pc.PropertySpec(type=type(raw.ref), pathSet=inv.VM_PROPS)])
+        try:
+            result = self._call(f"reading VM {vm!r}", self.si.content.propertyCollector.RetrievePropertiesEx,
+                                [spec], pc.RetrieveOptions())
+        except NotFound:  # the VM was deleted meanwhile: that is the state to report
+            return None
+        if result is None or not result.objects:
+            return None
+        values = {p.name: p.val for p in result.objects[0].propSet}
+        host_ref = values.get("runtime.host")
+        location = next((name for name, host in self._hosts.items()
+                         if host_ref is not None and host.ref._moId == host_ref._moId), "")
+        fresh, found = inv.vm_from_properties(raw.ref, values, location, self._hosts.get(location))
+        if fresh is not None:
+            self._vms[vm] = fresh
+        return found
+
     # -- planning ---------------------------------------------------------------------------------
     def prepare_planned_vm(self, vm: Vm) -> None:
         """A stand-in for a VM the user's migration tool has not created yet (nothing is sent to vSphere)."""

@@ -225,6 +225,15 @@ def passthrough_devices(devices: list[Any]) -> list[Any]:
     return [d for d in devices or () if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
 
 
+def vm_from_properties(obj: Any, p: dict[str, Any], location: str,
+                       host: HostRaw | None) -> tuple[VmRaw | None, Vm | None]:
+    """One VM from its VM_PROPS, as `read` builds it; (None, None) for a VM not fully readable (a template
+    being created, an inaccessible VM), which the inventory leaves out too."""
+    if "config.hardware.memoryMB" not in p:
+        return None, None
+    return _vm(obj, p, location, host)
+
+
 def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tuple[VmRaw, Vm]:
     from pyVmomi import vim
 

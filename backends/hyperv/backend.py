@@ -273,6 +273,21 @@ class HypervBackend(Backend):
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
                          {("", a): f for a, f in functions.items()})
 
+    def read_back(self, vm: str, devices) -> Vm | None:
+        """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
+        code, data, err = self.run_json(scripts.read_vm_script(vm), f"reading VM {vm!r}")
+        if code != 0:
+            raise from_exit(f"reading VM {vm!r}", code, err)
+        raw = next((v for v in data.get("Vms") or () if v.get("Name") == vm), None)
+        if raw is None:
+            return None
+        paths = list(raw.get("Devices") or ())
+        known = {path: address for address, path in self._paths.items()}
+        if any(path not in known for path in paths):  # a device the last inventory did not list
+            known = address_map(list(known) + paths)
+        self._vms[vm] = raw
+        return _vm(raw, tuple(sorted(known[p] for p in paths if p in known)))
+
     def snapshot_state(self) -> dict[str, Any]:
         return {"location_paths": {str(a): p for a, p in self._paths.items()}, "vms": self._vms}
 

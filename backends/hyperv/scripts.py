@@ -71,6 +71,39 @@ PROPERTY_IDS = {"Rmrr": 34,          # DEVPKEY_PciDevice_RequiresReservedMemoryR
 GPU_BASE_CLASSES = ("03", "12")
 
 
+# The record of one VM ($v), appended to $vms; its devices' owner noted in $own. Shared by the inventory
+# and read_vm_script, so a VM read back after a change is described exactly as the inventory describes it.
+_VM_RECORD = _lines(
+    "$ad=@()",
+    "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
+    "$cp=@()",
+    "foreach($c in @(Get-VMSnapshot -VM $v)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
+    "$vms+=[pscustomobject]@{Name=$v.Name;Id=$v.VMId;Generation=$v.Generation;State=$v.State.ToString();"
+    "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
+    "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
+    "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad}",
+)
+
+
+def read_vm_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """One VM's record as the inventory reports it, ``{"Vms": [record]}`` (empty when no VM has that name).
+
+    The name is compared with -eq, not passed to -Name (which takes wildcards: 'web*' must not read web01).
+    """
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        f"$n={ps_quote(vm_name)}",
+        "$own=@{}",
+        "$vms=@()",
+        "foreach($v in @(Get-VM)){",
+        "if($v.Name -ne $n){continue}",
+        _VM_RECORD,
+        "}",
+        "ConvertTo-Json -InputObject ([pscustomobject]@{Vms=$vms}) -Depth 4 -Compress",
+    )
+    return _check(s, "read VM", max_chars)
+
+
 def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """One script that reports the whole host as JSON::
 
@@ -102,14 +135,7 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$own=@{}",
         "$vms=@()",
         "foreach($v in @(Get-VM)){",
-        "$ad=@()",
-        "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
-        "$cp=@()",
-        "foreach($c in @(Get-VMSnapshot -VM $v)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
-        "$vms+=[pscustomobject]@{Name=$v.Name;Id=$v.VMId;Generation=$v.Generation;State=$v.State.ToString();"
-        "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
-        "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
-        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad}",
+        _VM_RECORD,
         "}",
         "$dis=@{}",
         "foreach($a in @(Get-VMHostAssignableDevice)){$dis[$a.LocationPath]=$true}",

@@ -260,6 +260,25 @@ class KvmBackend(Backend):
         except (OSError, ValueError) as exc:
             raise OperationFailed(f"cannot read the test-driver host file {parts.path}: {exc}") from exc
 
+    def read_back(self, vm: str, devices) -> Vm | None:
+        """The VM's persistent definition and power state: three libvirt calls, whatever the host's size.
+
+        The devices need no read of their own: libvirt's node devices do not change when a definition
+        does (managed='yes' rebinds them only at VM start), and what the VM holds is in its definition.
+        """
+        libvirt, conn = self._libvirt, self._connection()
+        try:
+            domain = conn.lookupByName(vm)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(libvirt, exc, f"looking up VM {vm!r}") from exc
+        xml = self._call(f"reading VM {vm!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+        state = self._call(f"reading the state of VM {vm!r}", domain.state, 0)[0]
+        facts = domxml.read_facts(xml)
+        self._domain_xml[facts.name] = xml
+        return _vm(facts, state)
+
     # -- planning -----------------------------------------------------------------------------------
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, options = ctx.vm, ctx.request.options

@@ -213,7 +213,7 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
         click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{shown(plan.vm)}'.",
                                fg="green", bold=True))
     return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
-            "vm": serialize.vm_to_dict(outcome.facts_after.find_vm(plan.vm))}
+            "vm": serialize.vm_to_dict(outcome.vm_after) if outcome.vm_after else None}
 
 
 @cli.command()

@@ -112,7 +112,7 @@ def _run_change(app, change, as_json: bool) -> dict:
                 click.echo(f"  ... {shown(step.description)}", err=True)
 
         outcome = execute(backend, plan, on_step=progress)
-        after = outcome.facts_after.find_vm(plan.vm) if outcome.facts_after else None
+        after = outcome.vm_after
         return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
                 "vm_after": serialize.vm_to_dict(after) if after else None}
 

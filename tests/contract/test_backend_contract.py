@@ -127,3 +127,32 @@ def test_round_trips_are_counted(backend_env, backend):
     assert after_inventory > 0
     execute(backend, plan(backend, assign_request(backend_env)))
     assert backend.round_trips > 2 * after_inventory  # a second inventory, the write, the final read
+
+
+def test_read_back_reports_the_vm_as_the_inventory_does_for_less(backend_env, backend):
+    execute(backend, plan(backend, assign_request(backend_env)))
+    began = backend.round_trips
+    vm = backend.read_back(backend_env.off_vm, (backend_env.free_gpu,))
+    read_back_cost = backend.round_trips - began
+    assert vm is not None and backend_env.free_gpu in vm.assigned
+    began = backend.round_trips
+    assert vm == backend.inventory().find_vm(backend_env.off_vm)
+    assert 1 <= read_back_cost <= backend.round_trips - began
+    assert backend.read_back("no-such-vm-" + backend_env.off_vm, ()) is None
+
+
+def test_execute_verifies_with_the_vms_read_back_not_the_whole_host(backend_env, backend):
+    inventory_calls = []
+    original = backend.inventory
+
+    def counting_inventory():
+        inventory_calls.append(1)
+        return original()
+
+    result = plan(backend, assign_request(backend_env))
+    backend.inventory = counting_inventory
+    try:
+        outcome = execute(backend, result)
+    finally:
+        del backend.inventory
+    assert inventory_calls == [] and backend_env.free_gpu in outcome.vm_after.assigned
