@@ -31,13 +31,22 @@ def _q(tag: str) -> str:
 
 
 def parse(xml: str) -> ET.Element:
-    """Parse, registering the document's own namespace prefixes so they survive serialisation."""
-    for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
-        if prefix and not re.fullmatch(r"ns\d+", prefix):
-            ET.register_namespace(prefix, uri)
+    """Parse once, registering the document's own namespace prefixes so they survive serialisation.
+
+    Inventory parses every domain of the host: a document that declares no prefix (most) is parsed by
+    fromstring alone; one that does is parsed by a single iterparse pass that reports its prefixes.
+    """
+    if "xmlns:" in xml:
+        events = ET.iterparse(io.StringIO(xml), events=("start-ns",))
+        for _event, (prefix, uri) in events:
+            if prefix and not re.fullmatch(r"ns\d+", prefix):
+                ET.register_namespace(prefix, uri)
+        root = events.root
+    else:
+        root = ET.fromstring(xml)
     ET.register_namespace("gpupass", NS)
     ET.register_namespace("qemu", QEMU_NS)
-    return ET.fromstring(xml)
+    return root
 
 
 def serialize(root: ET.Element) -> str:
