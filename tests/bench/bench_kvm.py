@@ -1,8 +1,16 @@
-"""KVM backend figures, run on demand: `.venv/bin/python tests/bench/bench_kvm.py [--repeat N]`.
+"""KVM backend figures, run on demand: `.venv/bin/python tests/bench/bench_kvm.py [--repeat N] [--quick]`.
 
-Prints libvirt round trips (requests counted by the backend) and wall times for `gpus` (inventory) and
-`assign` (inventory + plan + execute, which reads the host again to verify) on the shipped lab host and
-on a generated test-driver host; then `gpupass --help` against `python -c pass` (the CLI's import cost).
+Each goal of issue 11 is printed as a ratio next to its anchor, measured in the same run:
+
+1. assign/release cost in libvirt calls against one `gpus` on the same host (goal <= 1.1x), on the lab host
+   and on a generated host with 4 GPUs and 1,000 VMs. Calls are counted by the backend (deterministic).
+2. `gpus` (the backend's inventory) against a hand-written libvirt script making the same calls and
+   parsing each XML document once with ElementTree (the least any script must do to know owners and
+   devices), in this process; and `gpupass gpus --json` against that script as a program, both in a
+   regular (non-editable) install (goal <= 1.5x).
+3. the inventory's cost curve over 4/32/128 GPUs x 10/100/1,000 VMs: calls, milliseconds, per-VM cost.
+4. `gpupass --help` against `python -c pass` in a regular install (goal <= 2x).
+
 Not collected by pytest (see conftest.py); tests/bench/test_bench_smoke.py runs it small.
 """
 
@@ -21,10 +29,35 @@ from pathlib import Path
 from gpupass.backends.kvm import testhost
 from gpupass.backends.kvm.backend import KvmBackend
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.domain.request import AssignmentRequest
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 from gpupass.core.plugins import default_registry
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Target
+
+HERE = Path(__file__).resolve().parent
+
+# The anchor: what an admin writes by hand to list PCI devices and VM definitions with libvirt-python.
+ANCHOR = '''\
+import sys
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+
+def gpus(uri):
+    conn = libvirt.open(uri)
+    devices = [ET.fromstring(d.XMLDesc(0))
+               for d in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)]
+    domains = [(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), stats)
+               for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)]
+    conn.close()
+    return devices, domains
+
+
+if __name__ == "__main__":
+    devices, domains = gpus(sys.argv[1])
+    print(len(devices), len(domains))
+'''
 
 
 def lab_host(directory: Path) -> tuple[str, str, PciAddress]:
@@ -36,13 +69,15 @@ def lab_host(directory: Path) -> tuple[str, str, PciAddress]:
 
 def generated_host(directory: Path, gpus: int, others: int, domains: int) -> tuple[str, str, PciAddress]:
     functions, vms = testhost.generated_host(gpus, others, domains)
-    uri = testhost.write_host(directory / "generated.xml", functions, vms)
+    uri = testhost.write_host(directory / f"generated-{gpus}-{others}-{domains}.xml", functions, vms)
     return uri, "vm-000", PciAddress.parse("0000:10:00.0")
 
 
 def measure(uri: str, vm: str, gpu: PciAddress, repeat: int) -> dict[str, float]:
+    """Median calls and seconds of `gpus`, of an assign and of the release that follows it."""
     registry = default_registry()
-    figures: dict[str, list[float]] = {"gpus_rt": [], "gpus_s": [], "assign_rt": [], "assign_s": []}
+    figures: dict[str, list[float]] = {k: [] for k in ("gpus_rt", "gpus_s", "assign_rt", "assign_s",
+                                                       "release_rt", "release_s")}
     for _ in range(repeat):
         with KvmBackend(Target(uri=uri)) as backend:  # a fresh open each time: its own test-driver state
             started = time.perf_counter()
@@ -50,13 +85,26 @@ def measure(uri: str, vm: str, gpu: PciAddress, repeat: int) -> dict[str, float]
             figures["gpus_s"].append(time.perf_counter() - started)
             figures["gpus_rt"].append(backend.round_trips)
         with KvmBackend(Target(uri=uri)) as backend:
-            started = time.perf_counter()
-            plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (gpu,)), registry)
-            assert not plan.blocked, plan.findings
-            execute(backend, plan)
-            figures["assign_s"].append(time.perf_counter() - started)
-            figures["assign_rt"].append(backend.round_trips)
+            for name, request in (("assign", AssignmentRequest(vm, (gpu,))), ("release", ReleaseRequest(vm))):
+                began_calls, started = backend.round_trips, time.perf_counter()
+                plan = make_plan(backend, backend.inventory(), request, registry)
+                assert not plan.blocked and not plan.nothing_to_do, plan.findings
+                execute(backend, plan)
+                figures[f"{name}_s"].append(time.perf_counter() - started)
+                # The release runs on the open connection: count its calls as if it had opened one.
+                figures[f"{name}_rt"].append(backend.round_trips - began_calls + (name == "release"))
     return {name: statistics.median(values) for name, values in figures.items()}
+
+
+def anchor_seconds(uri: str, repeat: int) -> float:
+    namespace: dict = {"__name__": "anchor"}
+    exec(compile(ANCHOR, "anchor", "exec"), namespace)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        namespace["gpus"](uri)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def median_wall(command: list[str], runs: int) -> float:
@@ -68,37 +116,75 @@ def median_wall(command: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
+def ratio(value: float, anchor: float) -> str:
+    return f"{value / anchor:5.2f}x" if anchor else "   n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
-    parser.add_argument("--cli-runs", type=int, default=11, help="subprocess runs for the --help timing")
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--others", type=int, default=200, help="other PCI functions on the generated host")
-    parser.add_argument("--domains", type=int, default=100)
+    parser.add_argument("--cli-runs", type=int, default=21, help="subprocess runs per start-up figure")
+    parser.add_argument("--others", type=int, default=200, help="non-GPU PCI functions on generated hosts")
+    parser.add_argument("--quick", action="store_true", help="small hosts only, no regular install (CI smoke)")
     args = parser.parse_args(argv)
+    gpu_counts, vm_counts = ((2,), (4,)) if args.quick else ((4, 32, 128), (10, 100, 1000))
+    big = (2, 4) if args.quick else (4, 1000)
 
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        hosts = {
-            "lab-kvm": lab_host(directory),
-            f"generated ({args.gpus} GPUs+audio, {args.others} other fns, {args.domains} VMs)":
-                generated_host(directory, args.gpus, args.others, args.domains),
-        }
-        print(f"{'host':<58} {'gpus RT':>8} {'gpus ms':>8} {'assign RT':>10} {'assign ms':>10}")
+        print("1. assign and release against one `gpus`, in libvirt calls (goal: <= 1.1x)")
+        print(f"{'host':<40} {'gpus':>6} {'assign':>7} {'ratio':>7} {'release':>8} {'ratio':>7}")
+        hosts = {"lab-kvm": lab_host(directory),
+                 f"generated: {big[0]} GPUs, {big[1]} VMs": generated_host(directory, big[0], args.others, big[1])}
         for name, (uri, vm, gpu) in hosts.items():
             f = measure(uri, vm, gpu, args.repeat)
-            print(f"{name:<58} {f['gpus_rt']:>8.0f} {f['gpus_s'] * 1000:>8.1f} "
-                  f"{f['assign_rt']:>10.0f} {f['assign_s'] * 1000:>10.1f}")
+            print(f"{name:<40} {f['gpus_rt']:>6.0f} {f['assign_rt']:>7.0f} {ratio(f['assign_rt'], f['gpus_rt']):>7} "
+                  f"{f['release_rt']:>8.0f} {ratio(f['release_rt'], f['gpus_rt']):>7}")
 
-    gpupass = Path(sys.executable).with_name("gpupass")
-    baseline = median_wall([sys.executable, "-c", "pass"], args.cli_runs)
-    print(f"\npython -c pass        median of {args.cli_runs}: {baseline * 1000:7.1f} ms")
-    if gpupass.exists():
-        help_time = median_wall([str(gpupass), "--help"], args.cli_runs)
-        print(f"gpupass --help        median of {args.cli_runs}: {help_time * 1000:7.1f} ms "
-              f"(+{(help_time - baseline) * 1000:.1f} ms over the interpreter)")
-    else:
-        print(f"gpupass --help        skipped: no {gpupass} (install the package in this environment)")
+        print("\n2. `gpus` against the hand-written libvirt script (same calls, one parse per XML; goal: <= 1.5x)")
+        print(f"{'host':<40} {'gpupass ms':>10} {'script ms':>10} {'ratio':>7}")
+        for name, (uri, vm, gpu) in hosts.items():
+            ours = measure(uri, vm, gpu, args.repeat)["gpus_s"]
+            anchor = anchor_seconds(uri, args.repeat)
+            print(f"{name:<40} {ours * 1000:>10.1f} {anchor * 1000:>10.1f} {ratio(ours, anchor):>7}")
+
+        print(f"\n3. inventory cost curve ({args.others} other PCI functions on each host)")
+        print(f"{'GPUs':>5} {'VMs':>6} {'objects':>8} {'calls':>7} {'ms':>9} {'us per object':>14}")
+        for gpus in gpu_counts:
+            for vms in vm_counts:
+                uri, vm, gpu = generated_host(directory, gpus, args.others, vms)
+                with KvmBackend(Target(uri=uri)) as backend:
+                    times = []
+                    for _ in range(args.repeat):
+                        backend.round_trips = 0
+                        started = time.perf_counter()
+                        backend.inventory()
+                        times.append(time.perf_counter() - started)
+                    calls, seconds = backend.round_trips, statistics.median(times)
+                objects = 2 * gpus + args.others + vms  # PCI functions (GPU + audio each, others) and VMs
+                print(f"{gpus:>5} {vms:>6} {objects:>8} {calls:>7} {seconds * 1000:>9.1f} "
+                      f"{seconds * 1e6 / objects:>14.1f}")
+
+        if args.quick:
+            return 0
+        sys.path.insert(0, str(HERE))
+        import regular_install
+
+        print("\n4. start-up in a regular (non-editable) install")
+        bin_dir = regular_install.build(directory / "install")
+        python, gpupass = str(bin_dir / "python"), str(bin_dir / "gpupass")
+        script = directory / "anchor.py"
+        script.write_text(ANCHOR, encoding="utf-8")
+        baseline = median_wall([python, "-c", "pass"], args.cli_runs)
+        help_time = median_wall([gpupass, "--help"], args.cli_runs)
+        print(f"python -c pass                         {baseline * 1000:7.1f} ms")
+        print(f"gpupass --help                         {help_time * 1000:7.1f} ms   {ratio(help_time, baseline)} "
+              f"(goal: <= 2x)")
+        for name, (uri, _vm, _gpu) in hosts.items():
+            anchor = median_wall([python, str(script), uri], args.cli_runs)
+            ours = median_wall([gpupass, "gpus", "--json", uri], args.cli_runs)
+            print(f"gpus {name:<34} {ours * 1000:7.1f} ms   {ratio(ours, anchor)} of the script as a program "
+                  f"({anchor * 1000:.1f} ms; goal: <= 1.5x)")
     return 0
 
 

@@ -20,11 +20,27 @@ def load_bench():
 
 
 def test_bench_runs_small_and_prints_its_figures(capsys):
-    assert load_bench().main(["--repeat", "1", "--cli-runs", "1", "--gpus", "2", "--others", "3",
-                              "--domains", "4"]) == 0
+    assert load_bench().main(["--quick", "--repeat", "1", "--others", "3"]) == 0
     out = capsys.readouterr().out
-    assert "lab-kvm" in out and "generated (2 GPUs+audio, 3 other fns, 4 VMs)" in out
-    assert "python -c pass" in out
+    assert "lab-kvm" in out and "generated: 2 GPUs, 4 VMs" in out
+    assert "goal: <= 1.1x" in out and "hand-written libvirt script" in out and "cost curve" in out
+
+
+def test_the_regular_install_the_start_up_figures_use_works(tmp_path):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    try:
+        import regular_install
+    finally:
+        sys.path.remove(str(HERE))
+    bin_dir = regular_install.build(tmp_path)
+    result = subprocess.run([str(bin_dir / "gpupass"), "--help"], capture_output=True, text=True, check=True)
+    assert "Usage: gpupass" in result.stdout
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import gpupass.core.cli.main as m; print(m.__file__)"],
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(tmp_path)), where  # the installed copy, not this checkout
 
 
 def test_round_trips_grow_with_the_host_as_documented(tmp_path):
