@@ -79,6 +79,25 @@ def _default_target(config: Config, registry: Registry, tls: TlsOptions | None) 
     return target
 
 
+def registry_for_host(text: str | None, config: Config) -> Registry:
+    """The plugins needed to work with HOST as the user typed it: only its platform's, when the plugin
+    index knows them (see gpupass.core.plugins), else every installed plugin."""
+    from urllib.parse import urlsplit
+
+    from gpupass.core import plugins
+
+    if text is None or plugins.has_default() or snapshot.looks_like_snapshot(text):
+        # loaded already (or registered at run time): it is the truth; a default host: every plugin
+        return plugins.default_registry()
+    scoped = plugins.scoped_registry(lab=text)  # a lab host name comes first, as in resolve_target
+    if scoped is None:
+        entry = config.hosts.get(text)
+        uri = entry.uri if entry is not None else text if ("://" in text or text.startswith("test:")) else None
+        if uri is not None:
+            scoped = plugins.scoped_registry(scheme=urlsplit(uri).scheme)
+    return scoped if scoped is not None else plugins.default_registry()
+
+
 def open_host(text: str | None, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Backend:
     """Open what the user named as HOST: a lab host, a config name, a URI, or a snapshot file (read-only)."""
     if text is not None and snapshot.looks_like_snapshot(text):

@@ -24,3 +24,14 @@ def data_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_data_path("gpupass", appauthor=False)
+
+
+def cache_dir() -> Path:
+    """Things gpupass can rebuild at any time (the plugin index, the rendered --help). XDG's cache folder, as
+    the simulator's build uses (gpupass.backends.esxi.simulator.cache_dir), without importing platformdirs:
+    `gpupass --help` reads it first thing (gpupass.core.cli.entry.cache_dir is this, without pathlib)."""
+    explicit = os.environ.get("GPUPASS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gpupass"

@@ -1,8 +1,21 @@
-"""Loads plugins (entry point group `gpupass`) and collects what they register."""
+"""Loads plugins (entry point group `gpupass`) and collects what they register.
+
+Finding plugins means reading every installed distribution's entry points, and loading them imports every
+backend: together most of a short command's start-up. So the full scan's result is kept in a plugin index
+(what each entry point registers: schemes, platforms, rules' platforms, lab hosts) in the cache folder,
+and a command about one host loads only the plugins that host needs (`scoped_registry`). The index is
+rebuilt whenever a folder on sys.path changes (installing, upgrading or removing a distribution changes
+its site-packages folder), and by every `gpupass plugins`, which always scans.
+"""
 
 from __future__ import annotations
 
+import importlib
+import marshal
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import pluggy
@@ -33,6 +46,8 @@ class Registry:
     versions: dict[str, str] = field(default_factory=dict)
     # Plugins that failed to load and schemes claimed twice: shown by `gpupass plugins`, never fatal.
     problems: list[str] = field(default_factory=list)
+    # Lab host name -> the plugin that registered it.
+    lab_plugins: dict[str, str] = field(default_factory=dict)
 
     def backend_for(self, scheme: str) -> type[Backend]:
         for backend in self.backends:
@@ -75,6 +90,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
 
     pm.gpupass_load_problems = []  # type: ignore[attr-defined]
     pm.gpupass_versions = {}  # type: ignore[attr-defined]
+    pm.gpupass_entry_points = {}  # type: ignore[attr-defined]
     for dist in distributions():
         for entry_point in dist.entry_points:
             if entry_point.group != ENTRY_POINT_GROUP or pm.get_plugin(entry_point.name) is not None:
@@ -88,6 +104,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                     f"{type(exc).__name__}: {exc}")
                 continue
             pm.gpupass_versions[entry_point.name] = dist.version
+            pm.gpupass_entry_points[entry_point.name] = entry_point.value
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -112,7 +129,13 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             )
 
         impl.function(register=register_rule)
-    pm.hook.gpupass_register_lab_hosts(register=registry.lab_hosts.append)
+    # In pluggy's call order (last registered first), as `pm.hook.gpupass_register_lab_hosts(...)` would.
+    for impl in reversed(pm.hook.gpupass_register_lab_hosts.get_hookimpls()):
+        def register_lab(lab: LabHost, _plugin: str = impl.plugin_name) -> None:
+            registry.lab_hosts.append(lab)
+            registry.lab_plugins[lab.name] = _plugin
+
+        impl.function(register=register_lab)
     return registry
 
 
@@ -125,7 +148,13 @@ def default_registry() -> Registry:
     if _default is None:
         pm = make_plugin_manager()
         _default = (pm, collect(pm))
+        _write_index(pm, _default[1])
     return _default[1]
+
+
+def has_default() -> bool:
+    """Whether this process has loaded (or been given, by `register`) its full set of plugins."""
+    return _default is not None
 
 
 def default_plugin_manager() -> pluggy.PluginManager:
@@ -146,3 +175,115 @@ def register(plugin: object, name: str | None = None) -> None:
 def reset_default() -> None:
     global _default
     _default = None
+
+
+# -- the plugin index -------------------------------------------------------------------------------------
+INDEX_VERSION = 1
+
+
+def _index_path() -> Path:
+    from gpupass.core import paths
+
+    # marshal's format belongs to the interpreter's version: one index per version.
+    return paths.cache_dir() / f"plugin-index-{sys.version_info[0]}.{sys.version_info[1]}.marshal"
+
+
+def _fingerprint() -> list[tuple[str, int]]:
+    """The folders on sys.path and when each last changed: an install, upgrade or removal changes one."""
+    stamps = []
+    # sys.path[0] is the running script's folder or the current one: it says nothing about what is installed
+    # (and differs between `gpupass`, `python -m` and `python -c`), so it is left out unless -P removed it.
+    for entry in sys.path if sys.flags.safe_path else sys.path[1:]:
+        try:
+            stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            continue
+    return stamps
+
+
+def _write_index(pm: pluggy.PluginManager, registry: Registry) -> None:
+    entry_points: dict[str, str] = getattr(pm, "gpupass_entry_points", {})
+    if not entry_points:
+        return  # a registry without entry points (a test's) says nothing about what is installed
+    plugins = []
+    for name, value in entry_points.items():
+        rules = [r for r in registry.rules if r.plugin == name]
+        plugins.append({
+            "name": name, "value": value, "version": registry.versions.get(name),
+            "backends": [{"platform": b.platform, "schemes": list(b.schemes)}
+                         for b in registry.backends if registry.backend_plugins[b] == name],
+            "rules_all": any(r.platforms is None for r in rules),
+            "rule_platforms": sorted({p for r in rules for p in (r.platforms or ())}),
+            "labs": {lab.name: lab.platform for lab in registry.lab_hosts if registry.lab_plugins.get(lab.name) == name},
+        })
+    index = {"version": INDEX_VERSION, "fingerprint": _fingerprint(), "plugins": plugins}
+    path = _index_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(marshal.dumps(index))
+        os.replace(temporary, path)
+    except OSError:
+        pass  # no cache folder we may write: every command scans, as before
+
+
+def _read_index() -> dict | None:
+    try:
+        index = marshal.loads(_index_path().read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION:
+        return None
+    if [tuple(stamp) for stamp in index.get("fingerprint", ())] != _fingerprint():
+        return None
+    return index
+
+
+def _load(value: str) -> object:
+    """What an entry point's value names: `module` or `module:attribute.path` (as EntryPoint.load)."""
+    module_name, _, attributes = value.partition(":")
+    target: object = importlib.import_module(module_name.strip())
+    for attribute in filter(None, attributes.strip().split(".")):
+        target = getattr(target, attribute)
+    return target
+
+
+def scoped_registry(*, scheme: str | None = None, lab: str | None = None) -> Registry | None:
+    """A registry of the plugins one host needs: the backends of its platform and the rules that apply to
+    it (the lab host's plugin too, for a lab host). None when the index cannot tell (missing, stale, or the
+    scheme or lab unknown to it): the caller then loads every plugin, which also rebuilds the index."""
+    index = _read_index()
+    if index is None:
+        return None
+    entries = index["plugins"]
+    needed: set[str] = set()
+    if lab is not None:
+        owner = next((entry for entry in entries if lab in entry["labs"]), None)
+        if owner is None:
+            return None
+        platform = owner["labs"][lab]
+        needed.add(owner["name"])
+    else:
+        claimants = [entry for entry in entries if any(scheme in b["schemes"] for b in entry["backends"])]
+        if not claimants:
+            return None  # the full registry's error lists every scheme that is installed
+        platform = next(b["platform"] for b in claimants[0]["backends"] if scheme in b["schemes"])
+        needed.update(entry["name"] for entry in claimants)
+    for entry in entries:
+        if (any(b["platform"] == platform for b in entry["backends"]) or entry["rules_all"]
+                or platform in entry["rule_platforms"]):
+            needed.add(entry["name"])
+    pm = make_plugin_manager(load_entry_points=False)
+    try:
+        for entry in entries:  # in the full scan's order, so the first claimant of a scheme still wins
+            if entry["name"] in needed:
+                pm.register(_load(entry["value"]), name=entry["name"])
+        pm.check_pending()
+    except Exception:  # noqa: BLE001 - a plugin that no longer loads: the full scan reports it properly
+        return None
+    registry = collect(pm)
+    registry.versions = {entry["name"]: entry["version"] for entry in entries if entry["name"] in needed}
+    if (lab is not None and registry.lab_host(lab) is None) or (
+            scheme is not None and not any(scheme in b.schemes for b in registry.backends)):
+        return None  # the plugins changed without an install (an editable checkout): do not trust the index
+    return registry

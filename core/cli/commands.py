@@ -111,10 +111,10 @@ def status(app, host: str | None, as_json: bool) -> None:
         click.echo(render.status(facts))
 
 
-def _plan(app, backend, request):
+def _plan(app, host, backend, request):
     from gpupass.core.service import make_plan
 
-    return make_plan(backend, backend.inventory(), request, app.registry)
+    return make_plan(backend, backend.inventory(), request, app.registry_for(host))
 
 
 @cli.command()
@@ -134,7 +134,7 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
     """Run the preflight checks for giving GPU(s) to VM. Exit 3 when something blocks."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
-        plan = _plan(app, backend, request)
+        plan = _plan(app, host, backend, request)
     if as_json:
         emit_json({"vm": plan.vm, "host": plan.host, "blocked": plan.blocked,
                    "findings": [serialize.finding_to_dict(f) for f in plan.findings]})
@@ -167,7 +167,7 @@ def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_j
     """Show the ordered steps of an assignment, what needs the VM off or a host reboot, and what the VM loses."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
-        result = _plan(app, backend, request)
+        result = _plan(app, host, backend, request)
     if as_json:
         emit_json(serialize.plan_to_dict(result))
     else:
@@ -237,7 +237,7 @@ def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_change
     """Give GPU(s) and their companions to VM. Shows the plan and asks first; rolls back on failure."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
-        document = _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+        document = _confirm_and_run(app, backend, _plan(app, host, backend, request), yes, as_json, show_changes)
     if as_json:
         emit_json(document)
 
@@ -267,7 +267,7 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
     request = ReleaseRequest(vm=vm, gpus=parse_addresses(gpu),
                              options=ReleaseOptions(live=live, disable_host_passthrough=disable_host_passthrough))
     with app.open(host) as backend:
-        document = _confirm_and_run(app, backend, _plan(app, backend, request), yes, as_json, show_changes)
+        document = _confirm_and_run(app, backend, _plan(app, host, backend, request), yes, as_json, show_changes)
     if as_json:
         emit_json(document)
 

@@ -31,6 +31,7 @@ class AppContext:
                  verbosity: int = 0) -> None:
         self.config_path, self.insecure, self.ca_file = config_path, insecure, ca_file
         self.verbosity = verbosity
+        self._registries: dict = {}
 
     @functools.cached_property
     def registry(self):
@@ -56,11 +57,20 @@ class AppContext:
             return load_config(explicit)
         return load_config(paths.config_file())
 
+    def registry_for(self, host: str):
+        """The plugins HOST needs (its platform's backend and rules), without loading the others."""
+        if host not in self._registries:
+            from gpupass.core.hosts import registry_for_host
+
+            self._registries[host] = registry_for_host(host, self.config)
+        return self._registries[host]
+
     def open(self, host: str):
         from gpupass.core.hosts import open_host
         from gpupass.core.target import TlsOptions
 
-        return open_host(host, self.config, self.registry, TlsOptions(verify=not self.insecure, ca_file=self.ca_file))
+        return open_host(host, self.config, self.registry_for(host),
+                         TlsOptions(verify=not self.insecure, ca_file=self.ca_file))
 
 
 def emit_json(document: Any) -> None:
