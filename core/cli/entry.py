@@ -1,0 +1,101 @@
+"""The `gpupass` console script. `gpupass --help` prints click's own rendering of the top-level help from a
+cache, without importing click or any command (issue 11: start-up near the interpreter's); every other
+command line, and a cold or stale cache, goes through click (gpupass.core.cli.main).
+
+The cache file holds the rendering for one width, under a stamp of what could change it: this package's
+CLI modules and every folder on sys.path (installing or upgrading click or gpupass changes one). Only the
+standard library modules the interpreter has already loaded are used before the cache is known good.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HELP_ARGS = (["--help"], ["-h"])
+MAX_CONTENT_WIDTH = 100  # the root group's context_settings (tests check the two agree)
+
+
+def main() -> None:
+    if sys.argv[1:] in HELP_ARGS:
+        width = help_width()
+        path, stamp = _cache_file(width), _stamp()
+        text = _read(path, stamp)
+        if text is None:
+            text = render_help(width)
+            _write(path, stamp, text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from gpupass.core.cli.main import main as click_main
+
+    click_main()
+
+
+def help_width() -> int:
+    """The width click formats help at: the terminal's columns (as shutil.get_terminal_size reads them,
+    COLUMNS first), at most max_content_width, less 2, at least 50 (click.formatting.HelpFormatter)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    columns = columns or 80  # shutil's fallback
+    return max(min(columns, MAX_CONTENT_WIDTH) - 2, 50)
+
+
+def render_help(width: int) -> str:
+    """What `gpupass --help` prints at this width, rendered by click itself."""
+    from gpupass.core.cli.main import cli
+
+    context = cli.make_context("gpupass", [], resilient_parsing=True, terminal_width=width)
+    return context.get_help() + "\n"
+
+
+def cache_dir() -> str:
+    """gpupass.core.paths.cache_dir(), without pathlib (tests check they agree)."""
+    explicit = os.environ.get("GPUPASS_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gpupass")
+
+
+def _cache_file(width: int) -> str:
+    return os.path.join(cache_dir(), f"help-{width}.txt")
+
+
+def _stamp() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for entry in [os.path.join(here, name) for name in ("entry.py", "main.py", "manifest.py")] + sys.path[1:]:
+        try:
+            stat = os.stat(entry)
+        except OSError:
+            continue
+        stamps.append(f"{entry}={stat.st_mtime_ns}:{stat.st_size}")
+    return "|".join(stamps)
+
+
+def _read(path: str, stamp: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as cached:
+            first, _, text = cached.read().partition("\n")
+    except (OSError, ValueError):
+        return None
+    return text if first == stamp and text else None
+
+
+def _write(path: str, stamp: str, text: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(f"{stamp}\n{text}")
+        os.replace(temporary, path)
+    except OSError:
+        pass  # no cache folder we may write: click renders the help every time, as before
