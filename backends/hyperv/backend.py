@@ -122,6 +122,7 @@ class HypervBackend(Backend):
     def __init__(self, target) -> None:
         super().__init__(target)
         self._session: Any = None
+        self._shell_id: str | None = None
         self._paths: dict[PciAddress, str] = {}   # address -> location path, from the last inventory
         self._vms: dict[str, dict] = {}           # VM name -> its inventory record
         self.scripts_sent: list[str] = []
@@ -176,20 +177,41 @@ class HypervBackend(Backend):
         return self._session
 
     def run_ps(self, script: str, action: str) -> tuple[int, bytes, bytes]:
-        """One script, one WinRM command: (exit code, stdout, raw stderr with its CLIXML)."""
+        """One script, one WinRM command: (exit code, stdout, raw stderr with its CLIXML).
+
+        Every script of one backend (one gpupass command) runs in one remote shell on one authenticated
+        connection: Command + Receive + Signal per script, Create and Delete once. pywinrm's Session.run_cmd
+        opens a shell and closes its connection for each command (two more requests, and a new NTLM
+        handshake, every time). A script that fails in transport drops the shell; the next one opens another.
+        """
         session = self._open()
         self.round_trips += 1
         log.debug("WinRM: %s (%d characters of PowerShell)", action, len(script))
         self.scripts_sent.append(script)
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+        protocol = session.protocol
         try:
-            response = session.run_cmd(f"powershell -encodedcommand {encoded}")
+            if self._shell_id is None:
+                self._shell_id = protocol.open_shell()
+            command_id = protocol.run_command(self._shell_id, f"powershell -encodedcommand {encoded}")
+            out, err, code = protocol.get_command_output(self._shell_id, command_id)
+            protocol.cleanup_command(self._shell_id, command_id)
         except Exception as exc:
+            self._drop_shell()
             translated = from_exception(action, self.target.label, exc)
             if translated is None:
                 raise
             raise translated from exc
-        return response.status_code, response.std_out, response.std_err
+        return code, out, err
+
+    def _drop_shell(self) -> None:
+        """Close the remote shell and its connection, if any; a failure here changes nothing on the host."""
+        shell_id, self._shell_id = self._shell_id, None
+        if shell_id is not None and self._session is not None:
+            try:
+                self._session.protocol.close_shell(shell_id)
+            except Exception:  # noqa: BLE001 - the shell or the connection is gone already
+                pass
 
     def run_json(self, script: str, action: str) -> tuple[int, dict | None, bytes]:
         code, out, err = self.run_ps(script, action)
@@ -203,6 +225,7 @@ class HypervBackend(Backend):
         return code, data, err
 
     def close(self) -> None:
+        self._drop_shell()
         self._session = None
 
     # -- inventory ----------------------------------------------------------------------------------

@@ -67,3 +67,16 @@ def test_fleet_bench_runs_small():
     assert figures["round_trips"] == 4 * 15 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
     pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5)
     assert 1 <= pool["peak_threads"] <= 5 and pool["bytes_per_host"] > 0
+
+
+def test_hyperv_bench_runs_as_shipped_and_counts_one_session(capsys):
+    pytest.importorskip("winrm", reason="pywinrm is not installed (pip install 'gpupass[hyperv]')")
+    spec = importlib.util.spec_from_file_location("bench_hyperv", HERE / "bench_hyperv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--repeat", "1", "--auth", "ntlm"]) == 0
+    figures = {k: v[0] for k, v in module.measure("ntlm", 1).items()}
+    # gpus: one script in one shell, as the anchor; assign: inventory, assign, read back in one shell.
+    assert figures["gpus_http"] == figures["anchor_http"] and figures["gpus_rt"] == 1
+    assert figures["assign_rt"] == 3 and figures["assign_http"] < figures["naive_assign_http"]
+    assert "goal: <= 1.5x" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -278,3 +279,22 @@ def test_driverless_gpu_and_accelerator_assign_and_release(open_backend, registr
     after = ep.model.to_dict()
     # the release enables the device again: a driver-less one comes back enabled, still without a class
     assert after == before
+
+
+def test_one_shell_and_one_connection_serve_every_script_of_a_command(open_backend, registry):
+    backend, ep = open_backend()
+    actions = []
+    original = ep.handle_soap
+
+    def counting(body, user, host_header):
+        action = re.search(rb"<[\w:]*Action[^>]*>([^<]+)</", body).group(1).decode()
+        actions.append(action.rsplit("/", 1)[-1])
+        return original(body, user, host_header)
+
+    ep.handle_soap = counting
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (FREE,)), registry)
+    execute(backend, plan)
+    backend.close()
+    scripts = backend.round_trips  # inventory, assign, the VM read back
+    assert scripts == 3
+    assert actions == ["Create"] + ["Command", "Receive", "Signal"] * scripts + ["Delete"]
