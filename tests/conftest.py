@@ -12,7 +12,6 @@ def isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("GPUPASS_DATA_DIR", str(home / "data"))
     monkeypatch.setenv("GPUPASS_CONFIG", str(home / "config.toml"))
-    monkeypatch.setenv("GPUPASS_CACHE_DIR", str(home / "cache"))
     for variable in ("GPUPASS_PASSWORD",):
         monkeypatch.delenv(variable, raising=False)
     plugins.reset_default()

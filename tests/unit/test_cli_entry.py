@@ -15,6 +15,12 @@ PROBE = ("import sys\nfrom gpupass.core.cli.{module} import main\ntry:\n    main
          "    print('CLICK-LOADED' if 'click' in sys.modules else 'CLICK-NOT-LOADED', file=sys.stderr)\n")
 
 
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path, monkeypatch):
+    """These tests write and break the cache; the rest of the suite shares it (the simulator's build too)."""
+    monkeypatch.setenv("GPUPASS_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _help(columns: int, *args: str, module: str = "entry") -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-c", PROBE.format(module=module), *(args or ("--help",))],

@@ -6,7 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gpupass.core import plugins
+
+
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path, monkeypatch):
+    """These tests write and break the cache; the rest of the suite shares it (the simulator's build too)."""
+    monkeypatch.setenv("GPUPASS_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _full_then_forget():
