@@ -56,6 +56,8 @@ class EsxiBackend(Backend):
         super().__init__(target)
         self.endpoint = parse_uri(target.uri)
         self._si: Any = None
+        self._content: Any = None
+        self._content_session: Any = None
         self._api = ""
         self._root: Any = None
         self._hosts: dict[str, inv.HostRaw] = {}
@@ -64,6 +66,18 @@ class EsxiBackend(Backend):
         self._vms: dict[str, inv.VmRaw] = {}
 
     # -- connection -------------------------------------------------------------------------------
+    @property
+    def content(self) -> Any:
+        """The ServiceContent, read once per session: every `si.content` is another SOAP request.
+
+        Tied to the session it was read on: after a new login (a direct ESXi host rebooted) it is read again.
+        """
+        si = self.si
+        if self._content is None or self._content_session is not si:
+            self._content = self._call("reading the service content", lambda: si.content)
+            self._content_session = si
+        return self._content
+
     def _count(self) -> None:
         self.round_trips += 1
 
@@ -94,7 +108,7 @@ class EsxiBackend(Backend):
 
     def _root_folder(self) -> Any:
         if self._root is None:
-            content = self._call("reading the service content", lambda: self.si.content)
+            content = self.content
             if self.endpoint.datacenter:
                 dc = self._call("finding the datacenter", content.searchIndex.FindByInventoryPath,
                                 self.endpoint.datacenter)
@@ -115,11 +129,12 @@ class EsxiBackend(Backend):
             except Exception:  # noqa: BLE001 - the session may already be gone
                 pass
             self._si = None
+            self._content = None
 
     # -- inventory --------------------------------------------------------------------------------
     def inventory(self) -> HostFacts:
         root = self._root_folder()
-        facts, hosts, vms = self._call("reading the inventory", inv.read, self.si, root, self.target.uri,
+        facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, root, self.target.uri,
                                        self.platform, self.target.name or self.endpoint.host,
                                        rebind_known=self.api_version() >= (7, 0))
         self._hosts, self._vms = hosts, vms
@@ -177,7 +192,7 @@ class EsxiBackend(Backend):
         spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=raw.ref, skip=False)],
                              propSet=[pc.PropertySpec(type=type(raw.ref), pathSet=inv.VM_PROPS)])
         try:
-            result = self._call(f"reading VM {vm!r}", self.si.content.propertyCollector.RetrievePropertiesEx,
+            result = self._call(f"reading VM {vm!r}", self.content.propertyCollector.RetrievePropertiesEx,
                                 [spec], pc.RetrieveOptions())
         except NotFound:  # the VM was deleted meanwhile: that is the state to report
             return None
@@ -608,13 +623,13 @@ class EsxiBackend(Backend):
                              propSet=[pc.PropertySpec(type=type(ref),
                                                       pathSet=["runtime.connectionState", "runtime.bootTime"])])
         result = self._call("reading the host's state",
-                            lambda: self.si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions()))
+                            lambda: self.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions()))
         values = {p.name: p.val for o in (result.objects if result else ()) for p in o.propSet}
         return str(values.get("runtime.connectionState")), values.get("runtime.bootTime")
 
     def _is_direct_host(self) -> bool:
         """Connected to an ESXi host itself (hostd), not to vCenter: its API goes down with a reboot."""
-        about = self._call("reading the endpoint's type", lambda: self.si.content.about)
+        about = self._call("reading the endpoint's type", lambda: self.content.about)
         return str(getattr(about, "apiType", "")) == "HostAgent"
 
     def _drop_session(self) -> None:
@@ -631,7 +646,7 @@ class EsxiBackend(Backend):
             if state == "success":
                 return info.result
             if state == "error":
-                raise translate(info.error, action)
+                raise translate(info.error, action) from info.error
             if time.monotonic() > deadline:
                 raise OperationFailed(f"{action}: the task did not finish within {timeout:.0f}s",
                                       remedy="see the task in the vSphere client")
@@ -647,7 +662,7 @@ class EsxiBackend(Backend):
                  "config.memoryReservationLockedToMax", "config.firmware", "config.changeVersion"]
         spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
                              propSet=[pc.PropertySpec(type=type(ref), pathSet=paths)])
-        result = self._call(f"reading VM {name!r}", self.si.content.propertyCollector.RetrievePropertiesEx,
+        result = self._call(f"reading VM {name!r}", self.content.propertyCollector.RetrievePropertiesEx,
                             [spec], pc.RetrieveOptions())
         values = {p.name: p.val for p in result.objects[0].propSet}
         return {
@@ -713,7 +728,7 @@ class EsxiBackend(Backend):
         return vim.vm.ConfigSpec(extraConfig=[self._claim_option(claim)], changeVersion=version)
 
     def _claims(self, exclude: str) -> tuple[dict[str, Any], list[Any]]:
-        found, holders = self._call("reading the claims of every VM", esxi_claims.read_all, self.si,
+        found, holders = self._call("reading the claims of every VM", esxi_claims.read_all, self.content,
                                     self._root_folder())
         return {vm: c for vm, c in found.items() if vm != exclude}, holders
 

@@ -41,13 +41,13 @@ def decode(vm: str, text: str | None) -> Claim | None:
         return None  # not ours to read: treated as no claim (the holder then wins over claimants)
 
 
-def read_all(si: Any, root: Any) -> tuple[dict[str, Claim], list[Holder]]:
+def read_all(content: Any, root: Any) -> tuple[dict[str, Claim], list[Holder]]:
     """Every VM's claim and the fixed-address passthrough devices each holds, in one PropertyCollector read."""
     from pyVmomi import vim
 
     from gpupass.backends.esxi.inventory import passthrough_devices, retrieve
 
-    objects = retrieve(si, root, [(vim.VirtualMachine, ["name", "config.extraConfig", "config.hardware.device",
+    objects = retrieve(content, root, [(vim.VirtualMachine, ["name", "config.extraConfig", "config.hardware.device",
                                                         "runtime.host"])], [vim.VirtualMachine])
     claims: dict[str, Claim] = {}
     holders: list[Holder] = []

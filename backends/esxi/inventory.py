@@ -76,12 +76,11 @@ class VmRaw:
     record: dict[str, Any]
 
 
-def retrieve(si: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
+def retrieve(content: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
     """Every object of `kinds` under root with the given properties: RetrievePropertiesEx + continuations."""
     from pyVmomi import vim, vmodl
 
     pc_type = vmodl.query.PropertyCollector
-    content = si.content
     view = content.viewManager.CreateContainerView(root, kinds, True)
     try:
         spec = pc_type.FilterSpec(
@@ -99,13 +98,13 @@ def retrieve(si: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds
         view.Destroy()
 
 
-def read(si: Any, root: Any, uri: str, platform: str, label: str, *,
+def read(content: Any, root: Any, uri: str, platform: str, label: str, *,
          rebind_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
     """`rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for."""
     from pyVmomi import vim
 
     host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else HOST_PROPS
-    objects = retrieve(si, root, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
+    objects = retrieve(content, root, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
                                   (vim.ClusterComputeResource, CLUSTER_PROPS), (vim.VirtualMachine, VM_PROPS)],
                        [vim.HostSystem, vim.ComputeResource, vim.VirtualMachine])
     props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
