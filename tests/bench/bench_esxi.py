@@ -1,22 +1,47 @@
-"""ESXi backend figures, run on demand: `.venv/bin/python tests/bench/bench_esxi.py [--hosts 50 --vms 500]`.
+"""ESXi backend figures, run on demand: `.venv/bin/python tests/bench/bench_esxi.py [--repeat 3] [--quick]`.
 
-Starts the vSphere simulator with the lab plus N generated hosts and M generated VMs, then measures `gpus`
-two ways: the backend's inventory (a ContainerView + one RetrievePropertiesEx, with continuations) and a
-naive pyvmomi traversal written the way most scripts do it (for each host, read hardware.pciDevice and
-config.pciPassthruInfo by attribute; for each VM, read name, runtime, config by attribute). SOAP round trips
-are counted on the stub for both (deterministic); wall times are the median of --repeat runs.
-Not collected by pytest (see conftest.py).
+Starts the vSphere simulator (backends/esxi/vcsim) with the lab plus generated hosts and VMs and prints,
+each as a ratio next to its anchor from the same run (issue 11):
+
+1. `gpus` (the backend's inventory on a logged-in session) against the anchor: what `govc object.collect`
+   does for the same properties (CreateContainerView, RetrievePropertiesEx + continuations, DestroyView),
+   in Go with the govmomi sources the simulator is built from (tests/bench/govc_collect; Debian ships
+   govmomi's library but not the govc command); SOAP calls counted on both sides. Goal: <= 1.5x.
+2. an assign (a passthrough-active A100 to ml-train): SOAP calls beyond the inventory. Goal: <= 4.
+3. the inventory's cost curve over 50/200 hosts x 500/2,000 VMs: calls, milliseconds, per-object cost.
+4. a naive pyvmomi traversal (attribute access per object), for scale, on the first size only.
+Not collected by pytest (see conftest.py); tests/bench/test_bench_smoke.py runs it small (--quick).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # noqa: E402 - run from a checkout
+
+HERE = Path(__file__).resolve().parent
+USER = "administrator@vsphere.local"
+
+
+def build_anchor(directory: Path) -> Path:
+    """go build tests/bench/govc_collect offline, in GOPATH mode, as the simulator is built."""
+    from gpupass.backends.esxi.simulator import DEFAULT_GOPATH
+
+    binary = directory / "govc-collect"
+    env = dict(os.environ, GO111MODULE="off", GOPATH=os.environ.get("GPUPASS_GOPATH") or DEFAULT_GOPATH,
+               CGO_ENABLED="0")
+    env.pop("GOFLAGS", None)
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=HERE / "govc_collect", env=env, check=True,
+                   capture_output=True, timeout=600)
+    return binary
 
 
 def naive_gpus(si) -> int:
@@ -57,42 +82,92 @@ def count_stub(si) -> list[int]:
     return counter
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hosts", type=int, default=50)
-    ap.add_argument("--vms", type=int, default=500)
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args(argv)
+def property_spec(backend) -> dict[str, list[str]]:
+    """The types and paths the backend's inventory asks for (gpupass.backends.esxi.inventory.read)."""
+    from gpupass.backends.esxi import inventory as inv
 
+    rebind = backend.api_version() >= (7, 0)
+    return {"HostSystem": inv.HOST_PROPS + ([inv.REBIND_PROP] if rebind else []),
+            "ComputeResource": inv.COMPUTE_PROPS, "ClusterComputeResource": inv.CLUSTER_PROPS,
+            "VirtualMachine": inv.VM_PROPS}
+
+
+def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False) -> dict[str, float]:
     from gpupass.backends.esxi.backend import EsxiBackend
     from gpupass.backends.esxi.simulator import VCSim, lab_config
+    from gpupass.core.domain.pci import PciAddress
+    from gpupass.core.domain.request import AssignmentRequest
+    from gpupass.core.plugins import default_registry
+    from gpupass.core.service import execute, make_plan
     from gpupass.core.target import Secret, Target, TlsOptions
 
-    with VCSim(lab_config(), scale_hosts=args.hosts, scale_vms=args.vms) as sim:
-        target = Target(uri=f"esxi://{sim.username}@127.0.0.1:{sim.port}/Lab", password=Secret(sim.password),
-                        tls=TlsOptions(ca_file=str(sim.ca_file)))
-        ours_rt, ours_t, gpus, vms = [], [], 0, 0
-        for _ in range(args.repeat):
-            with EsxiBackend(target) as backend:
-                start = time.perf_counter()
+    figures: dict[str, float] = {"hosts": hosts, "vms": vms}
+    with VCSim(lab_config(), scale_hosts=hosts, scale_vms=vms, username=USER) as sim:
+        target = Target(uri=f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab",
+                        password=Secret(sim.password), tls=TlsOptions(ca_file=str(sim.ca_file)))
+        with EsxiBackend(target) as backend:
+            facts = backend.inventory()  # login, service content and datacenter: once per session
+            times = []
+            for _ in range(repeat):
+                before, began = backend.round_trips, time.perf_counter()
                 facts = backend.inventory()
-                ours_t.append(time.perf_counter() - start)
-                ours_rt.append(backend.round_trips)
-                gpus, vms = len(facts.gpus), len(facts.vms)
-        naive_rt, naive_t = [], []
-        for _ in range(args.repeat):
+                times.append(time.perf_counter() - began)
+                figures["gpus_calls"] = backend.round_trips - before
+            figures["gpus_s"] = statistics.median(times)
+            spec = property_spec(backend)
+            plan = make_plan(backend, facts, AssignmentRequest("ml-train", (PciAddress.parse("0000:3b:00.0"),)),
+                             default_registry())
+            assert not plan.blocked, plan.findings
+            before = backend.round_trips
+            execute(backend, plan)
+            figures["assign_calls"] = backend.round_trips - before
+        if anchor is not None:
+            result = subprocess.run(
+                [str(anchor), "-u", f"https://{USER}@127.0.0.1:{sim.port}/sdk", "-ca", str(sim.ca_file),
+                 "-dc", "Lab", "-spec", json.dumps(spec), "-n", str(repeat)],
+                env=dict(os.environ, ANCHOR_PASSWORD=sim.password), capture_output=True, text=True, check=True)
+            got = json.loads(result.stdout)
+            figures["anchor_s"], figures["anchor_calls"] = got["median_ms"] / 1000, got["calls"]
+            figures["anchor_objects"] = got["objects"]
+        if naive:
             si = sim.connect()
             counter = count_stub(si)
-            start = time.perf_counter()
+            began = time.perf_counter()
             naive_gpus(si)
-            naive_t.append(time.perf_counter() - start)
-            naive_rt.append(counter[0])
-        print(f"vCenter simulator: lab + {args.hosts} hosts, {args.vms} VMs ({gpus} GPUs, {vms} VMs seen)")
-        print(f"{'method':<44} {'round trips':>11} {'wall (median)':>14}")
-        print(f"{'gpupass inventory (PropertyCollector)':<44} {ours_rt[-1]:>11} "
-              f"{statistics.median(ours_t) * 1000:>11.0f} ms")
-        print(f"{'naive pyvmomi attribute traversal':<44} {naive_rt[-1]:>11} "
-              f"{statistics.median(naive_t) * 1000:>11.0f} ms")
+            figures["naive_s"], figures["naive_calls"] = time.perf_counter() - began, counter[0]
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="one small size (CI smoke)")
+    args = ap.parse_args(argv)
+    sizes = [(2, 10)] if args.quick else [(50, 500), (50, 2000), (200, 500), (200, 2000)]
+
+    with tempfile.TemporaryDirectory() as scratch:
+        anchor = build_anchor(Path(scratch))
+        rows = [measure(h, v, args.repeat, anchor, naive=(i == 0)) for i, (h, v) in enumerate(sizes)]
+
+    print("1. gpus against the govc object.collect anchor (same properties, same calls; goal: <= 1.5x)")
+    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
+          f"{'anchor ms':>10} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['gpus_calls']:>6.0f} "
+              f"{r['gpus_s'] * 1000:>11.1f} {r['anchor_calls']:>13.0f} {r['anchor_s'] * 1000:>10.1f} "
+              f"{r['gpus_s'] / r['anchor_s']:>6.2f}x")
+    print("\n2. assign: SOAP calls beyond the inventory (goal: <= 4)")
+    for r in rows:
+        print(f"  {r['hosts']:.0f} hosts, {r['vms']:.0f} VMs: {r['assign_calls']:.0f}")
+    print("\n3. inventory cost curve")
+    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'ms':>9} {'us per object':>14}")
+    for r in rows:
+        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['gpus_s'] * 1000:>9.1f} "
+              f"{r['gpus_s'] * 1e6 / r['anchor_objects']:>14.1f}")
+    first = rows[0]
+    print(f"\n4. naive pyvmomi traversal at {first['hosts']:.0f} hosts, {first['vms']:.0f} VMs: "
+          f"{first['naive_calls']:.0f} calls, {first['naive_s'] * 1000:.0f} ms "
+          f"({first['naive_s'] / first['gpus_s']:.1f}x gpupass)")
     return 0
 
 

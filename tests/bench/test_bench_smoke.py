@@ -80,3 +80,17 @@ def test_hyperv_bench_runs_as_shipped_and_counts_one_session(capsys):
     assert figures["gpus_http"] == figures["anchor_http"] and figures["gpus_rt"] == 1
     assert figures["assign_rt"] == 3 and figures["assign_http"] < figures["naive_assign_http"]
     assert "goal: <= 1.5x" in capsys.readouterr().out
+
+
+def test_esxi_bench_runs_as_shipped(capsys):
+    pytest.importorskip("pyVmomi", reason="pyvmomi is not installed (pip install 'gpupass[esxi]')")
+    spec = importlib.util.spec_from_file_location("bench_esxi", HERE / "bench_esxi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "govc object.collect anchor" in out and "goal: <= 4" in out and "cost curve" in out
+    # the same calls on both sides, and the assign's count, are deterministic
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("2 "))
+    assert row[3] == row[5]  # gpupass calls == anchor calls
+    assert "  2 hosts, 10 VMs: 4" in out
