@@ -18,13 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def clean_env() -> dict[str, str]:
+    """The environment to run the install with: no PYTHONPATH/PYTHONHOME that could put a checkout first."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def build(directory: Path) -> Path:
     """Create the venv under `directory`; return its bin folder (with python and gpupass)."""
     env = directory / "venv"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env)
     python = env / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+                               check=True, capture_output=True, text=True, env=clean_env()).stdout.strip())
     links = directory / "deps"
     links.mkdir()
     ours = Path(sysconfig.get_paths()["purelib"])
@@ -35,7 +40,9 @@ def build(directory: Path) -> Path:
         os.symlink(entry, links / name)
     (site / "deps.pth").write_text(f"{links}\n", encoding="utf-8")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--no-compile", str(ROOT)], check=True, capture_output=True)
+                    "--no-build-isolation", "--no-compile", str(ROOT)], check=True, capture_output=True,
+                   env=clean_env())
     # Compile once now, as an installer would, so no timed run pays for writing bytecode.
-    subprocess.run([str(python), "-m", "compileall", "-q", str(site / "gpupass")], check=True, capture_output=True)
+    subprocess.run([str(python), "-m", "compileall", "-q", str(site / "gpupass")], check=True, capture_output=True,
+                   env=clean_env())
     return env / "bin"

@@ -36,10 +36,11 @@ def test_the_regular_install_the_start_up_figures_use_works(tmp_path):
     finally:
         sys.path.remove(str(HERE))
     bin_dir = regular_install.build(tmp_path)
-    result = subprocess.run([str(bin_dir / "gpupass"), "--help"], capture_output=True, text=True, check=True)
+    env = regular_install.clean_env()
+    result = subprocess.run([str(bin_dir / "gpupass"), "--help"], capture_output=True, text=True, check=True, env=env)
     assert "Usage: gpupass" in result.stdout
     where = subprocess.run([str(bin_dir / "python"), "-c", "import gpupass.core.cli.main as m; print(m.__file__)"],
-                           capture_output=True, text=True, check=True).stdout
+                           capture_output=True, text=True, check=True, env=env).stdout
     assert where.startswith(str(tmp_path)), where  # the installed copy, not this checkout
 
 
