@@ -202,11 +202,12 @@ class KvmBackend(Backend):
         self._domain_xml = {}
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
-            facts = domxml.read_facts(xml)
+            root = domxml.parse(xml)  # once, for its facts and its claims
+            facts = domxml.facts_of(root)
             self._domain_xml[facts.name] = xml
             for address in facts.hostdevs:
                 owners[address] = facts.name
-            claimed, held = domxml.claims_of(xml)
+            claimed, held = domxml.claims_in(root)
             holders.extend(held)
             for uuid in facts.mdevs:
                 mdev_holders[uuid] = facts.name
@@ -275,9 +276,11 @@ class KvmBackend(Backend):
             raise translate(libvirt, exc, f"looking up VM {vm!r}") from exc
         xml = self._call(f"reading VM {vm!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
         state = self._call(f"reading the state of VM {vm!r}", domain.state, 0)[0]
-        facts = domxml.read_facts(xml)
+        root = domxml.parse(xml)
+        facts = domxml.facts_of(root)
         self._domain_xml[facts.name] = xml
-        return _vm(facts, state)
+        # The VM's own record of claims; a holding made stale by another VM is an inventory-wide fact.
+        return _vm(facts, state, domxml.claims_in(root)[0])
 
     # -- planning -----------------------------------------------------------------------------------
     def plan_assign(self, ctx: CheckContext) -> list[Step]:

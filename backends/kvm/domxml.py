@@ -137,7 +137,11 @@ def mmio_window(root: ET.Element) -> int | None:
 
 
 def read_facts(xml: str) -> DomainFacts:
-    root = parse(xml)
+    return facts_of(parse(xml))
+
+
+def facts_of(root: ET.Element) -> DomainFacts:
+    """read_facts of a parsed definition (the inventory parses each domain once for facts and claims)."""
     record = root.find(f"metadata/{_q('assignment')}")
     recorded = tuple(PciAddress.parse(d.get("address", "")) for d in record.findall(_q("device"))) if record is not None else ()
     machine_type = root.find("os/type")
@@ -529,7 +533,11 @@ def without_unfinished_claims(xml: str) -> str:
 
 def claims_of(xml: str) -> tuple[list[Claim], list[Holder]]:
     """The claims recorded in a domain, and the devices it holds with the claim (if any) that put each there."""
-    root = parse(xml)
+    return claims_in(parse(xml))
+
+
+def claims_in(root: ET.Element) -> tuple[list[Claim], list[Holder]]:
+    """claims_of a parsed definition."""
     vm = root.findtext("name", "")
     claims = []
     for element in root.findall(f"metadata/{_q('assignment')}/{_q('claim')}"):
