@@ -12,7 +12,9 @@ until a name is used, so `gpupass --help` stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Not `from typing import ...`: typing costs as much as the interpreter's own start, and `gpupass --help`
+# imports this package first (tests/bench/test_bench_smoke.py checks it stays out).
+TYPE_CHECKING = False
 
 __all__ = ["__version__", "open_host", "Host", "HostFacts", "Gpu", "Vm", "Plan", "Step", "Finding", "Severity",
            "GpupassError", "UsageError", "NotFound", "NotSupported", "BackendUnavailable", "ConnectionFailed",
@@ -30,6 +32,8 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from gpupass.core.api import Host, open_host
     from gpupass.core.domain.findings import Finding, Severity
     from gpupass.core.domain.inventory import Gpu, HostFacts, Vm

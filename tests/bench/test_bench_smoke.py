@@ -42,6 +42,11 @@ def test_the_regular_install_the_start_up_figures_use_works(tmp_path):
     where = subprocess.run([str(bin_dir / "python"), "-c", "import gpupass.core.cli.main as m; print(m.__file__)"],
                            capture_output=True, text=True, check=True, env=env).stdout
     assert where.startswith(str(tmp_path)), where  # the installed copy, not this checkout
+    # what `gpupass --help` loads before it prints: no click, and none of the costly standard modules
+    loaded = subprocess.run([str(bin_dir / "python"), "-c", "import sys, gpupass.core.cli.entry; "
+                             "print(sorted(m for m in ('click', 'typing', 're', 'json', 'pathlib') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True, env=env).stdout
+    assert loaded.strip() == "[]", loaded
 
 
 def test_round_trips_grow_with_the_host_as_documented(tmp_path):
