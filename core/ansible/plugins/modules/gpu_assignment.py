@@ -258,9 +258,7 @@ def converge(module):
                 result["diff"] = {"prepared": planned_changes(plan)}
             module.exit_json(changed=True, **result)
         before = vm_definition(host.inventory().find_vm(plan.vm)) if module._diff else ""
-        outcome = host.apply(plan)
-        after_facts = outcome.facts_after or host.inventory()
-        vm_after = after_facts.find_vm(plan.vm)
+        vm_after = host.apply(plan).vm_after  # the VM as the host reports it after the change
     result["vm"] = serialize.vm_to_dict(vm_after) if vm_after else None
     if module._diff:
         result["diff"] = {"before": before, "after": vm_definition(vm_after),
