@@ -68,6 +68,8 @@ def parse(text: str, path: str = "<file>") -> list[Desired]:
     except yaml.YAMLError as exc:
         line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else 1
         raise FileError(path, line, f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError as exc:  # PyYAML's composer recurses once per nesting level
+        raise FileError(path, 1, "nested too deeply to be an assignments file") from exc
     if root is None:
         return []
     top = _mapping(root, path, "the file")

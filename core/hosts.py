@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from gpupass.core import environment, paths, snapshot
 from gpupass.core.config import Config
 from gpupass.core.credentials import resolve_password
-from gpupass.core.errors import BackendUnavailable, NotFound, NotSupported, UsageError
+from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
@@ -107,7 +108,7 @@ def open_host(text: str | None, config: Config, registry: Registry, tls: TlsOpti
 
 def open_snapshot(path: Path, registry: Registry) -> Backend:
     document = snapshot.read(path)
-    facts = snapshot.facts_from_snapshot(document["facts"])
+    facts = snapshot.load_facts(path, document)
     platform = document["platform"]
     backend_class = next((b for b in registry.backends if b.platform == platform), None)
     if backend_class is None:
@@ -132,12 +133,35 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
         def close(self):
             pass
 
+        def plan_assign(self, ctx):
+            with _damaged_snapshot(path):
+                return super().plan_assign(ctx)
+
+        def plan_release(self, ctx):
+            with _damaged_snapshot(path):
+                return super().plan_release(ctx)
+
     label = f"{document.get('label') or facts.host.uri} (snapshot {path.name})"
     # Remedies name the live host the snapshot was taken of: that is where a fix is applied.
     backend = SnapshotBackend(Target(uri=facts.host.uri, name=label,
                                      options={"live_host": document.get("label") or facts.host.uri}))
-    backend.load_snapshot_state(document.get("backend_state", {}))
+    with _damaged_snapshot(path):
+        backend.load_snapshot_state(document.get("backend_state", {}))
     return backend
+
+
+@contextlib.contextmanager
+def _damaged_snapshot(path: Path):
+    """The platform's planner reads the snapshot's backend_state as its own; what it cannot read is the file's
+    fault, reported as such rather than as a traceback."""
+    try:
+        yield
+    except GpupassError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"snapshot {path} is damaged: its backend_state cannot be read "
+                         f"({type(exc).__name__}: {str(exc)[:200]})",
+                         remedy="make a new one with `gpupass snapshot HOST -o FILE`") from exc
 
 
 def open_backend(target: Target, registry: Registry) -> Backend:

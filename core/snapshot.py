@@ -116,20 +116,52 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
 
 
 def write(path: Path, facts: HostFacts, backend_state: dict[str, Any], label: str) -> None:
+    from gpupass.core.files import write_private
+
     document = {"format": FORMAT, "label": label, "platform": facts.host.platform,
                 "facts": facts_to_snapshot(facts), "backend_state": backend_state}
-    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_private(path, json.dumps(document, indent=1, sort_keys=True) + "\n", "snapshot")
+
+
+_REMEDY = "make a new one with `gpupass snapshot HOST -o FILE`"
 
 
 def read(path: Path) -> dict[str, Any]:
+    """The snapshot document, its top level checked: format, platform, label, facts and backend_state."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read snapshot {path}: {exc}", remedy="make one with `gpupass snapshot HOST -o FILE`") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read snapshot {path}: {exc.strerror or exc}", remedy=_REMEDY) from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested beyond reason
+        raise UsageError(f"cannot read snapshot {path}: not JSON ({type(exc).__name__}: {str(exc)[:200]})",
+                         remedy=_REMEDY) from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a gpupass snapshot ({FORMAT})",
-                         remedy="make one with `gpupass snapshot HOST -o FILE`")
+        raise UsageError(f"{path} is not a gpupass snapshot ({FORMAT})", remedy=_REMEDY)
+    for key, kind, required in (("platform", str, True), ("facts", dict, True), ("label", (str, type(None)), False),
+                                ("backend_state", dict, False)):
+        missing = required and key not in document
+        if missing or key in document and not isinstance(document[key], kind):
+            raise UsageError(f"snapshot {path} is damaged: `{key}` is {'missing' if missing else 'of the wrong type'}",
+                             remedy=_REMEDY)
     return document
+
+
+def load_facts(path: Path, document: dict[str, Any]) -> HostFacts:
+    """The document's facts, decoded and type-checked; a damaged snapshot is a usage error naming the field."""
+    from gpupass.core.typecheck import first_problem
+
+    try:
+        facts = facts_from_snapshot(document["facts"])
+    except UsageError as exc:  # e.g. an address that does not parse
+        raise UsageError(f"snapshot {path} is damaged: {exc.message}", remedy=_REMEDY) from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # The decoder indexes the parsed JSON directly: a missing field or a value of the wrong shape lands here.
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise UsageError(f"snapshot {path} is damaged: {detail}", remedy=_REMEDY) from exc
+    problem = first_problem(facts)
+    if problem:
+        raise UsageError(f"snapshot {path} is damaged: facts.{problem}", remedy=_REMEDY)
+    return facts
 
 
 def looks_like_snapshot(text: str) -> bool:

@@ -34,7 +34,10 @@ def _load(path: str):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}", remedy="check the path") from exc
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}", remedy="check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                         remedy="save the file as UTF-8") from exc
     return declarative.parse(text, path)
 
 
@@ -159,10 +162,9 @@ def export(app, hosts, output, as_json) -> None:
             rows += declarative.export(host, backend.inventory())
     text = declarative.dump(rows)
     if output:
-        try:
-            Path(output).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}", remedy="check that the folder exists") from exc
+        from gpupass.core.files import write_private
+
+        write_private(Path(output), text, "export file")  # a path that cannot take it is a clean error
     if as_json:
         emit_json({"hosts": list(hosts), "assignments": rows, "written": output, "yaml": None if output else text})
     elif output:
