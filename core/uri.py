@@ -8,29 +8,29 @@ surfacing later as a traceback. Platform rules (which query parameters a scheme 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Callable, Mapping
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from gpupass.core.errors import UsageError
 
+_USERINFO = re.compile(r"://([^/?#]*)@")
 _UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
 PASSWORD_REMEDY = ("take the password out of the URI and give it through GPUPASS_PASSWORD_<HOST>, password_env or "
                    "keyring = true in the config file (`gpupass hosts add NAME URI --password-env VAR`)")
 
 
 def redacted(uri: str) -> str:
-    """The URI with any password replaced by ***, for messages about a URI that carries one."""
-    try:
-        parts = urlsplit(uri)
-        if parts.password is None:
-            return uri
-    except ValueError:  # cannot be parsed: hide everything between the scheme and the last '@'
-        head, separator, tail = uri.partition("://")
-        return head + separator + "***@" + tail.rpartition("@")[2] if "@" in tail else uri
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URI with any password replaced by ***, for messages about a URI that carries one.
+
+    Found by its shape (SCHEME://USER:PASSWORD@HOST, up to the last '@' before the path), not by urlsplit:
+    text that urlsplit does not see as a URI (no scheme, an unclosed '[') must not leak its password either.
+    """
+    match = _USERINFO.search(uri)
+    if not match or ":" not in match[1]:
+        return uri
+    return uri[:match.start(1)] + match[1].split(":", 1)[0] + ":***" + uri[match.end(1):]
 
 
 def check_uri(uri: str) -> None:
@@ -43,22 +43,29 @@ def check_uri(uri: str) -> None:
         raise UsageError(f"the host URI {ascii(redacted(uri))} contains control characters",
                          remedy="percent-encode them, or check what was pasted")
     try:
+        unquote(uri, errors="strict")
+    except UnicodeDecodeError as exc:
+        # Names gpupass shows and hands to SDKs are text; libvirt-python fails inside its C binding (SystemError)
+        # on a URI that decodes to invalid UTF-8.
+        raise UsageError(f"{redacted(uri)!r} has percent-escapes that are not UTF-8 text",
+                         remedy="percent-encode UTF-8 bytes only (e.g. %C3%A4 for ä)") from exc
+    try:
         parts = urlsplit(uri)
     except ValueError as exc:  # e.g. "Invalid IPv6 URL" for an unclosed [
         raise UsageError(f"{redacted(uri)!r} is not a valid URI: {exc}",
                          remedy="write it as SCHEME://[USER@]HOST[:PORT]/PATH, IPv6 addresses in [brackets]") from exc
     if not parts.scheme:
-        raise UsageError(f"{uri!r} names no scheme", remedy="start it with qemu+ssh://, esxi://, hyperv:// or the like")
-    if parts.password is not None:
+        raise UsageError(f"{redacted(uri)!r} names no scheme", remedy="start it with qemu+ssh://, esxi://, hyperv:// or the like")
+    if parts.password is not None or redacted(uri) != uri:
         raise UsageError(f"the host URI {redacted(uri)} carries a password, which gpupass never takes from a URI "
                          "(it would show in errors, --json, `hosts list` and snapshot files)", remedy=PASSWORD_REMEDY)
     try:
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"the port in {uri!r} is not a number from 1 to 65535",
+        raise UsageError(f"the port in {redacted(uri)!r} is not a number from 1 to 65535",
                          remedy="write HOST:PORT with a port from 1 to 65535, or leave the port out") from exc
     if port == 0:
-        raise UsageError(f"the port in {uri!r} is 0", remedy="write a port from 1 to 65535, or leave it out")
+        raise UsageError(f"the port in {redacted(uri)!r} is 0", remedy="write a port from 1 to 65535, or leave it out")
 
 
 def parameters(uri: str, allowed: Mapping[str, Callable[[str], str | None]], platform: str) -> dict[str, str]:
@@ -70,16 +77,16 @@ def parameters(uri: str, allowed: Mapping[str, Callable[[str], str | None]], pla
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:
-        raise UsageError(f"the query of {uri!r} is not NAME=VALUE pairs joined by &",
+        raise UsageError(f"the query of {redacted(uri)!r} is not NAME=VALUE pairs joined by &",
                          remedy="write ?NAME=VALUE&NAME=VALUE, percent-encoding the values") from exc
     found: dict[str, str] = {}
     for name, value in pairs:
         if name in found:
-            raise UsageError(f"the URI parameter {name!r} is given twice in {uri!r}", remedy="give it once")
+            raise UsageError(f"the URI parameter {name!r} is given twice in {redacted(uri)!r}", remedy="give it once")
         check = allowed.get(name)
         if check is None:
             names = ", ".join(sorted(allowed)) or "none"
-            raise UsageError(f"{platform} host URIs do not take the parameter {name!r} ({uri!r})",
+            raise UsageError(f"{platform} host URIs do not take the parameter {name!r} ({redacted(uri)!r})",
                              remedy=f"remove it; the parameters gpupass accepts here: {names}")
         problem = check(value)
         if problem:

@@ -33,7 +33,8 @@ def test_core_refuses(uri, message):
 
 def test_redaction_keeps_everything_but_the_password():
     assert redacted("qemu+ssh://admin:pw@node:22/system?mode=direct") == "qemu+ssh://admin:***@node:22/system?mode=direct"
-    assert redacted("esxi://root:pw@[::1/DC") == "esxi://***@[::1/DC"
+    assert redacted("esxi://root:pw@[::1/DC") == "esxi://root:***@[::1/DC"
+    assert redacted("://admin:p@ss@/system") == "://admin:***@/system"
     assert redacted("qemu:///system") == "qemu:///system"
 
 
