@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -22,13 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpupass.core import plugins
-from gpupass.core.cli.main import cli
+from gpupass.core.cli.main import EXIT_CODES, cli
 from gpupass.core.config import Config, load_config
 from gpupass.core.errors import GpupassError, UsageError
 from gpupass.core.snapshot import FORMAT, facts_to_snapshot
 from support.fakes import FakePlugin, lab_facts, reset_fake
 
-DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5}
+# The exit codes `gpupass --help` documents (the README's table is the same text).
+DOCUMENTED_EXIT_CODES = {int(code) for code in re.findall(r"^\s+(\d+)\s{2}", EXIT_CODES, re.MULTILINE)}
 # CI: 60 fixed examples per input. GPUPASS_FUZZ_EXAMPLES=N: N fresh random examples each (a deeper search).
 SEARCH = os.environ.get("GPUPASS_FUZZ_EXAMPLES")
 FUZZ = settings(max_examples=int(SEARCH or 60), deadline=None, derandomize=not SEARCH,
@@ -299,3 +301,7 @@ def test_a_mutated_snapshot_strategy_really_damages_documents():
 
     damaged = find(damaged_snapshots(), lambda d: d != base_snapshot(), settings=settings(database=None))
     assert damaged != base_snapshot()
+
+
+def test_the_documented_exit_codes_are_read_from_the_help_text():
+    assert {0, 1, 2, 3, 4, 5} <= DOCUMENTED_EXIT_CODES
