@@ -78,7 +78,8 @@ def gpus(app, host: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"host": serialize.host_to_dict(facts.host), "gpus": [serialize.gpu_to_dict(g) for g in facts.gpus]})
     else:
-        click.echo(render.gpus(facts))
+        policy = next((b.mmio_policy for b in app.registry.backends if b.platform == facts.host.platform), None)
+        click.echo(render.gpus(facts, policy))
 
 
 @cli.command()

@@ -10,7 +10,7 @@ import click
 from gpupass.core.cli.escape import shown
 from gpupass.core.domain.findings import Finding, Severity
 from gpupass.core.domain.inventory import Gpu, HostFacts
-from gpupass.core.domain.mmio import format_bytes, mmio_need
+from gpupass.core.domain.mmio import MmioPolicy, format_bytes, mmio_need
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan
 from gpupass.core.domain.select import qualified
@@ -71,13 +71,16 @@ def _wrapped(row: Sequence[str], widths: Sequence[int]) -> list[str]:
             .rstrip() for line in range(height)]
 
 
-def gpus(facts: HostFacts) -> str:
+def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
+    """With the platform's MMIO policy, MMIO64 is sized as that platform sizes it (Hyper-V: packed, not a
+    power of two), so the table and the plan agree."""
     if not facts.gpus:
         return f"no GPUs found on {shown(facts.host.name or facts.host.uri)}"
     rows = []
+    packed = policy is not None and not policy.power_of_two
     for gpu in facts.gpus:
         bars = gpu.bars
-        need = format_bytes(mmio_need(bars).high) if bars is not None else "unknown"
+        need = "unknown" if bars is None else format_bytes(mmio_need(bars).high_packed if packed else mmio_need(bars).high)
         state = gpu.passthrough
         if state.capable is None:
             passthrough = "ready" if facts.host.iommu_enabled else "no IOMMU"

@@ -57,3 +57,10 @@ def test_tables_fit_the_width_and_keep_the_first_column_whole(monkeypatch):
     assert len(render.table(["A", "B"], [["x", "y" * 300]]).splitlines()[1]) > 300
     monkeypatch.setattr(render.sys, "stdout", type("Tty", (), {"isatty": lambda self: True})())
     assert max(len(line) for line in render.table(["A", "B"], [["x", "y " * 150]]).splitlines()) <= 60
+
+
+def test_the_gpus_table_sizes_mmio_as_the_platform_does():
+    facts_ = facts([gpu("41:00.0", bars=(Bar(1, 128 * GiB), Bar(3, 32 * MiB)), model="A100")], [vm("a")])
+    assert "256 GiB" in render.gpus(facts_, MmioPolicy(default_window=32 * GiB))
+    packed = render.gpus(facts_, MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False))
+    assert "128.0 GiB" in packed and "256 GiB" not in packed
