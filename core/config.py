@@ -31,6 +31,8 @@ class HostEntry:
     ca_file: str | None = None
     insecure: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    # seconds one network call to the host may take (connect and read); gpupass.core.target.DEFAULT_TIMEOUT_S
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def _host_entry(path: Path, text: str, name: str, entry: Any) -> HostEntry:
             raise ConfigError(path, _line_of(text, table, key),
                               f"host {name!r}: {key} must be {_type_name(allowed[key])}, not {_value_kind(value)}",
                               f"write {key} = {_example(allowed[key])}")
+    if "timeout" in entry and not entry["timeout"] > 0:
+        raise ConfigError(path, _line_of(text, table, "timeout"), f"host {name!r}: timeout must be more than 0 seconds",
+                          "write timeout = 30 (seconds one call to the host may take)")
     if "uri" not in entry:
         raise ConfigError(path, _line_of(text, ("hosts",), name), f"host {name!r} has no uri",
                           'add uri = "qemu:///system" (or the like)')

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 HEADER = "# gpupass hosts: managed by `gpupass hosts add|remove`; comments and edits by hand are kept."
 # The keys gpupass writes for a host, in this order; a key at its default is left out.
-KEYS = ("uri", "password_env", "keyring", "password", "ca_file", "insecure", "options")
+KEYS = ("uri", "password_env", "keyring", "password", "ca_file", "insecure", "timeout", "options")
 
 
 def _values(entry: HostEntry) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def resolve_target(text: str | None, config: Config, registry: Registry, tls: Tl
             name=entry.name,
             tls=TlsOptions(verify=not entry.insecure, ca_file=entry.ca_file),
             options=dict(entry.options),
+            **({"timeout": float(entry.timeout)} if entry.timeout is not None else {}),
         )
     elif "://" in text or text.startswith("test:"):
         check_uri(text)

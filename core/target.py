@@ -42,6 +42,11 @@ class TlsOptions:
     ca_file: str | None = None
 
 
+# How long one network call to a host may take before gpupass gives up on it (seconds); `timeout` in the
+# host's config table changes it.
+DEFAULT_TIMEOUT_S = 60.0
+
+
 @dataclass(frozen=True)
 class Target:
     uri: str
@@ -50,6 +55,9 @@ class Target:
     tls: TlsOptions = field(default_factory=TlsOptions)
     # Backend options from the config file or the lab (e.g. the KVM lab persists test-driver state).
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Every call to the host is bounded by this (connect and read), so a host that accepts a connection and
+    # never answers ends in a clear error instead of a silent wait.
+    timeout: float = DEFAULT_TIMEOUT_S
 
     @property
     def scheme(self) -> str:

@@ -104,7 +104,7 @@ class EsxiBackend(Backend):
         except GpupassError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyvmomi raises faults as exceptions; translated by type
-            raise translate(exc, action) from exc
+            raise translate(exc, action, timeout=self.target.timeout, host=self.endpoint.host) from exc
 
     def _root_folder(self) -> Any:
         if self._root is None:

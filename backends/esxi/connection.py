@@ -7,6 +7,7 @@ written percent-encoded: ``esxi://administrator%40vsphere.local@vc.example.com/D
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -80,12 +81,20 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
         raise missing_password(target)
     log.info("connecting to %s:%s as %s (TLS %s)", endpoint.host, endpoint.port, endpoint.user,
              "verified" if target.tls.verify else "NOT verified: --insecure")
+    # httpConnectionTimeout bounds every SOAP request (SoapAdapter: schemeArgs['timeout']). SmartConnect's
+    # version discovery (pyVim/connect.py __GetElementTree) opens its HTTPSConnection without a timeout, so
+    # it takes the process default: set it for the connect, and put the previous one back.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(target.timeout)
     try:
         si = SmartConnect(host=endpoint.host, port=endpoint.port, user=endpoint.user,
                           pwd=target.password.reveal(), sslContext=ssl_context(target),
-                          disableSslCertValidation=not target.tls.verify)
+                          disableSslCertValidation=not target.tls.verify, httpConnectionTimeout=target.timeout)
     except Exception as exc:  # noqa: BLE001 - translated by type
-        raise translate(exc, f"connecting to {endpoint.host}:{endpoint.port} as {endpoint.user}") from None
+        raise translate(exc, f"connecting to {endpoint.host}:{endpoint.port} as {endpoint.user}",
+                        timeout=target.timeout, host=endpoint.host) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     stub = si._stub
     invoke = stub.InvokeMethod
 

@@ -27,10 +27,16 @@ def _fault_text(fault: object) -> str:
     return f"{type(fault).__name__.split('.')[-1]}" + (f": {msg}" if msg else "")
 
 
-def translate(error: BaseException | object, action: str) -> GpupassError:
+def translate(error: BaseException | object, action: str, timeout: float | None = None,
+              host: str = "the host") -> GpupassError:
     """One core error for a pyvmomi fault (raised or from task.info.error), an ssl error or a socket error."""
     if isinstance(error, GpupassError):
         return error
+    if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+        within = f" within {timeout:g}s" if timeout is not None else ""
+        return ConnectionFailed(f"{action}: {host} did not answer{within}; what that request did there is not known",
+                                remedy="check that vCenter/ESXi is up and reachable; for a slow one raise `timeout` "
+                                       "in its [hosts.NAME] table of the config file")
     if isinstance(error, ssl.SSLCertVerificationError):
         return ConnectionFailed(f"{action}: the server's TLS certificate is not trusted ({error.verify_message})",
                                 remedy="pass --ca-file with the CA that signed the vCenter/ESXi certificate "

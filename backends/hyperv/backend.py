@@ -7,6 +7,7 @@ rolls itself back), a release is one script. pywinrm is imported only when a hos
 from __future__ import annotations
 
 import base64
+import math
 import logging
 import json
 from typing import Any
@@ -169,6 +170,12 @@ class HypervBackend(Backend):
             "transport": transport, "proxy": None,
             "server_cert_validation": "validate" if https and self.target.tls.verify else "ignore",
             "ca_trust_path": self.target.tls.ca_file if https else None,
+            # Every HTTP request waits at most read_timeout_sec; a Receive is answered by the host after
+            # operation_timeout_sec at the latest, and pywinrm polls again, so a long script still finishes.
+            # pywinrm takes whole seconds and needs read > operation >= 1 (winrm/protocol.py).
+            "read_timeout_sec": self._read_timeout,
+            "operation_timeout_sec": max(1, self._read_timeout - 10) if self._read_timeout > 11
+            else self._read_timeout // 2,
         }
         from urllib.parse import unquote
         log.info("connecting to %s as %s (%s)", endpoint, unquote(parts.username), transport)
@@ -198,7 +205,7 @@ class HypervBackend(Backend):
             protocol.cleanup_command(self._shell_id, command_id)
         except Exception as exc:
             self._drop_shell()
-            translated = from_exception(action, self.target.label, exc)
+            translated = from_exception(action, self.target.label, exc, timeout=self._read_timeout)
             if translated is None:
                 raise
             raise translated from exc
@@ -223,6 +230,10 @@ class HypervBackend(Backend):
         if not isinstance(data, dict):
             raise from_exit(action, code, err)
         return code, data, err
+
+    @property
+    def _read_timeout(self) -> int:
+        return max(2, math.ceil(self.target.timeout))
 
     def close(self) -> None:
         self._drop_shell()

@@ -103,7 +103,7 @@ def from_exit(action: str, exit_code: int, stderr: bytes) -> GpupassError:
                            remedy="check that the account may run PowerShell over WinRM on the host")
 
 
-def from_exception(action: str, uri: str, exc: BaseException) -> GpupassError | None:
+def from_exception(action: str, uri: str, exc: BaseException, timeout: int | None = None) -> GpupassError | None:
     """pywinrm / requests exceptions by class; None for anything else (a bug: let it propagate)."""
     import requests
     from winrm import exceptions as wx
@@ -117,7 +117,12 @@ def from_exception(action: str, uri: str, exc: BaseException) -> GpupassError | 
         return ConnectionFailed(f"{action}: TLS with {uri} failed: {type(exc).__name__}",
                                 remedy="pass --ca-file with the CA that signed the WinRM listener's certificate "
                                        "(or --insecure, explicitly, for a test host)")
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if isinstance(exc, requests.exceptions.Timeout):
+        within = f" within {timeout}s" if timeout is not None else ""
+        return ConnectionFailed(f"{action}: {uri} did not answer{within}; what the request did there is not known",
+                                remedy="check that the host and WinRM are up and reachable; for a slow host raise "
+                                       "`timeout` in its [hosts.NAME] table of the config file")
+    if isinstance(exc, requests.exceptions.ConnectionError):
         return ConnectionFailed(f"{action}: cannot reach {uri}: {type(exc).__name__}",
                                 remedy="check the host name and port (5986 HTTPS, 5985 HTTP), that WinRM runs "
                                        "(Test-WSMan) and that the firewall lets it through")

@@ -19,6 +19,7 @@ from gpupass.backends.kvm.nodedev import (
     parse_pci_nodedev,
     with_description,
 )
+from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
@@ -27,7 +28,7 @@ from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
 from gpupass.core.domain.sharing import Share, ShareMode, Sharing
-from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed
+from gpupass.core.errors import BackendUnavailable, Conflict, ConnectionFailed, GpupassError, OperationFailed
 from gpupass.core.ports import Backend, StepState
 
 log = logging.getLogger("gpupass.kvm")
@@ -50,7 +51,7 @@ class _Counted:
         def call(*args: Any, **kwargs: Any) -> Any:
             self._backend.round_trips += 1
             log.debug("libvirt %s.%s", type(self._wrapped).__name__, name)
-            return _wrap(attribute(*args, **kwargs), self._backend)
+            return _wrap(self._backend._bounded(name, attribute, *args, **kwargs), self._backend)
 
         return call
 
@@ -110,6 +111,7 @@ class KvmBackend(Backend):
         self._module: Any = None
         self._conn: Any = None
         self._domain_xml: dict[str, str] = {}
+        self._watchdog: Watchdog | None = None
 
     @property
     def _libvirt(self) -> Any:
@@ -133,9 +135,9 @@ class KvmBackend(Backend):
             log.info("connecting to %s", self.target.label)
             try:
                 if self.target.password is not None:
-                    conn = libvirt.openAuth(self.target.uri, self._auth(), 0)
+                    conn = self._bounded("connecting", libvirt.openAuth, self.target.uri, self._auth(), 0)
                 else:
-                    conn = libvirt.open(self.target.uri)
+                    conn = self._bounded("connecting", libvirt.open, self.target.uri)
             except libvirt.libvirtError as exc:
                 # The label is what the user typed; the URI (a test-driver file's path) is what failed to open.
                 where = self.target.label if self.target.label == self.target.uri else \
@@ -165,12 +167,30 @@ class KvmBackend(Backend):
         except self._libvirt.libvirtError as exc:
             raise translate(self._libvirt, exc, action) from exc
 
+    def _bounded(self, what: str, function, *args: Any, **kwargs: Any) -> Any:
+        """Run one libvirt call within the host's timeout (see watchdog.py); a test-driver file has no peer."""
+        if testdriver.file_of(self.target.uri) is not None or self.target.uri.startswith("test:"):
+            return function(*args, **kwargs)
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.target.timeout)
+        try:
+            return self._watchdog.call(lambda: function(*args, **kwargs))
+        except CallTimedOut:
+            self._conn = None  # a connection with a call still pending cannot be used again
+            where = urlsplit(self.target.uri).hostname or self.target.uri
+            raise ConnectionFailed(
+                f"{self.target.label} ({where}) did not answer within {self.target.timeout:g}s ({what}); what that "
+                "call did on the host is not known",
+                remedy="check that the host and libvirtd are up and reachable; for a slow host raise `timeout` in "
+                       "its [hosts.NAME] table of the config file") from None
+
     def close(self) -> None:
         if self._conn is not None:
+            conn, self._conn = self._conn, None
             try:
-                self._conn._wrapped.close()
-            finally:
-                self._conn = None
+                self._bounded("closing the connection", conn._wrapped.close)
+            except ConnectionFailed:
+                pass  # the host stopped answering; nothing is left to release on our side
 
     @property
     def _is_local(self) -> bool:
