@@ -25,7 +25,7 @@ from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
 from gpupass.core.errors import AuthenticationFailed, GpupassError, BackendUnavailable, NotSupported, OperationFailed, UsageError
-from gpupass.core.ports import Backend
+from gpupass.core.ports import Backend, StepState
 
 log = logging.getLogger("gpupass.hyperv")
 
@@ -380,7 +380,13 @@ class HypervBackend(Backend):
                      "Enable-PnpDevice, Set-VM with the previous settings",
                 changes=changes + tuple(f"assign {p}" for p in batch),
                 needs_vm_off=True, preview=preview,
-                payload={"vm": vm.name, "vm_id": vm.id, "paths": batch, "low": low, "high": high},
+                payload={"vm": vm.name, "vm_id": vm.id, "paths": batch, "low": low, "high": high,
+                         "addresses": [str(a) for a, path in self._paths.items() if path in batch],
+                         # the VM's settings when the plan was made: recorded before the script runs
+                         "previous": {"stop_action": raw.get("StopAction") or "TurnOff",
+                                      "low_mmio": int(raw.get("LowMmio") or 0),
+                                      "high_mmio": int(raw.get("HighMmio") or 0),
+                                      "guest_cache": bool(raw.get("GuestCache"))}},
             ))
         return steps
 
@@ -428,8 +434,19 @@ class HypervBackend(Backend):
     def apply(self, step: Step) -> Any:
         payload = step.payload
         if step.action == "hyperv.assign":
-            return self._assign(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload["low"],
-                                payload["high"], step.preview)
+            key = payload.get("vm_id") or payload["vm"]
+            recorded = bool(payload.get("previous")) and self.store.get(key) is None
+            if recorded:
+                # Recorded BEFORE the script runs: if the reply is lost and the host finishes the assignment,
+                # a release can still restore the stop action and MMIO (issue 10 item 2).
+                self.store.put(key, payload["previous"])
+            try:
+                return self._assign(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload["low"],
+                                    payload["high"], step.preview)
+            except GpupassError as error:
+                if recorded and getattr(error, "rolled_back", None) is True:
+                    self.store.delete(key)  # the script undid itself: the VM keeps its settings
+                raise
         if step.action == "hyperv.release":
             try:
                 self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload.get("previous"),
@@ -450,6 +467,27 @@ class HypervBackend(Backend):
             self._run_change(script, f"giving the devices back to VM '{payload['vm']}'")
             if token:
                 self.store.put(payload.get("vm_id") or payload["vm"], token)
+
+    def observe(self, step: Step) -> StepState:
+        """After a script whose reply was lost (timeout, dropped connection): what the host holds now."""
+        payload = step.payload
+        if step.action != "hyperv.assign" or not payload.get("addresses"):
+            return StepState("unknown", detail=f"{step.description} cannot be read back")
+        facts = self.inventory()
+        vm = facts.find_vm(payload["vm"])
+        if vm is None:
+            return StepState("unknown", detail=f"VM '{payload['vm']}' is no longer on the host")
+        wanted = {PciAddress.parse(a) for a in payload["addresses"]}
+        held = wanted & set(vm.assigned)
+        if held == wanted:
+            previous = self.store.get(payload.get("vm_id") or payload["vm"]) or payload.get("previous")
+            return StepState("after", token=previous)
+        free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
+        if not held and wanted <= free:
+            return StepState("before")
+        return StepState("unknown", detail=f"VM '{payload['vm']}' holds {', '.join(sorted(map(str, held))) or 'none'} "
+                                           f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
+                                           "assign again finishes it")
 
     def _run_change(self, script: str, action: str) -> dict:
         code, data, err = self.run_json(script, action)

@@ -127,6 +127,10 @@ class _NtlmUsers:
             pass
 
 
+class _ReplyDropped(Exception):
+    """Raised inside handle_soap to end the connection without a reply (WSManEndpoint.drop_next_receive)."""
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "_Server"
@@ -202,7 +206,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except Exception:
                 self._send(400, b"", close=True)
                 return
-        status, reply = app.handle_soap(plain, user, self.headers.get("Host", "127.0.0.1"))
+        try:
+            status, reply = app.handle_soap(plain, user, self.headers.get("Host", "127.0.0.1"))
+        except _ReplyDropped:
+            self.close_connection = True  # nothing is sent: the client sees the connection end
+            return
         if app.auth == "ntlm":
             enc = self._encrypt(reply)
             self._send(status, enc, ctype=f'multipart/encrypted;protocol="{ENC_PROTOCOL}";boundary="Encrypted Boundary"')
@@ -332,6 +340,14 @@ class WSManEndpoint:
 
     def clear_faults(self) -> None:
         self.model.clear_faults()
+        self.drop_replies = 0
+
+    # A reply lost on the way back: the host ran the command (its effects stay), but the connection closes
+    # before the client reads the output -- what a dropped network or a proxy reset does after the fact.
+    drop_replies = 0
+
+    def drop_next_receive(self, count: int = 1) -> None:
+        self.drop_replies = count
 
     def save_state(self) -> None:
         """Write the model to ``state_path`` (atomically) so a restarted lab endpoint resumes from it."""
@@ -401,6 +417,9 @@ class WSManEndpoint:
                 shell.commands[cid] = self.run_command_line(line)
                 return 200, _envelope(A_COMMAND + "Response", msg_id,
                                       f"<rsp:CommandResponse><rsp:CommandId>{cid}</rsp:CommandId></rsp:CommandResponse>")
+            if action == A_RECEIVE and self.drop_replies > 0:
+                self.drop_replies -= 1
+                raise _ReplyDropped()
             if action == A_RECEIVE:
                 ds = body_el.find("rsp:Receive/rsp:DesiredStream", NS) if body_el is not None else None
                 cid = ds.get("CommandId") if ds is not None else None
@@ -429,6 +448,8 @@ class WSManEndpoint:
                 return 200, _envelope(A_DELETE + "Response", msg_id, "")
             return 500, _fault(msg_id, "s:Sender", "a:ActionNotSupported", 2150858757,
                                f"The action {action} is not supported by the service.")
+        except _ReplyDropped:
+            raise
         except Exception as e:  # pragma: no cover - keep the server alive, report like WinRM would
             return 500, _fault(msg_id, "s:Receiver", "w:InternalError", 2147500037, f"Internal error: {e}")
 

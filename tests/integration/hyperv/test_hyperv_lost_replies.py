@@ -1,0 +1,94 @@
+"""A reply lost after the host ran the script (issue 10 item 2): gpupass reads the host again and reports
+what is there, never an assumed rollback; the VM's previous settings were recorded before the script ran, so
+the undo (or a later release) restores them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gpupass.backends.hyperv.backend import HypervBackend
+from gpupass.backends.hyperv.hostmodel import lab_host
+from gpupass.core import plugins
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.errors import OperationFailed
+from gpupass.core.service import execute, make_plan
+from gpupass.core.target import Secret, Target
+from hyperv_helpers import PASSWORD, USER, rtx_host
+
+
+@pytest.fixture
+def hv(endpoint_factory, tmp_path):
+    ep = endpoint_factory(rtx_host(), "basic")
+    target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic", name="hv-test",
+                    password=Secret(PASSWORD), options={"state_file": str(tmp_path / "settings.json")})
+    return HypervBackend(target), ep
+
+
+def test_a_lost_reply_after_the_assign_ran_is_read_back_and_undone(hv):
+    backend, ep = hv
+    registry = plugins.default_registry()
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    before = ep.model.to_dict()
+    ep.drop_next_receive()
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
+    # the host had done it all; gpupass saw that and undid it, settings included
+    assert caught.value.rolled_back is True and "1 completed step(s) were undone" in caught.value.message
+    assert ep.model.to_dict() == before
+
+
+def test_a_lost_reply_with_an_unreadable_host_says_the_outcome_is_unknown(hv):
+    backend, ep = hv
+    registry = plugins.default_registry()
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    before = ep.model.to_dict()
+    ep.drop_next_receive(count=2)  # the assign's reply, then the read-back's
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
+    assert caught.value.rolled_back is False and "could not be read again" in caught.value.message
+    # the host finished the assignment; the settings from before were recorded before the script ran,
+    # so a later release gives the host and the VM back exactly as they were
+    ep.clear_faults()
+    assert rtx.address in backend.inventory().find_vm("ml-train").assigned
+    execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry))
+    assert ep.model.to_dict() == before
+
+
+@pytest.mark.parametrize("round_", range(int(os.environ.get("GPUPASS_RACE_ROUNDS", "2"))))
+def test_of_concurrent_assigns_of_one_device_exactly_one_wins(endpoint_factory, tmp_path, round_):
+    """Hyper-V's own exclusivity: a device is dismounted once and added to one VM only; the others' scripts
+    fail and roll themselves back (several processes, each its own WinRM session, one endpoint)."""
+    import copy
+    import uuid
+
+    from gpupass.backends.hyperv.addressing import address_map
+    from gpupass.backends.hyperv.hostmodel.lab import A100_2_LOC
+    from support.race import race
+
+    model = lab_host()
+    template = next(vm for vm in model.vms if vm.name == "ml-train")
+    clones = ["ml-1", "ml-2", "ml-3"]
+    for name in clones:
+        clone = copy.deepcopy(template)
+        clone.name, clone.vm_id = name, str(uuid.uuid4())
+        model.vms.append(clone)
+    ep = endpoint_factory(model, "basic")
+    free = address_map([A100_2_LOC])[A100_2_LOC]
+
+    def prepare(vm):
+        target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic", name="hv-race",
+                        password=Secret(PASSWORD), options={"state_file": str(tmp_path / f"{vm}.json")})
+        backend = HypervBackend(target)
+        plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (free,)), plugins.default_registry())
+        assert not plan.blocked, plan.findings
+        return lambda: execute(backend, plan)
+
+    outcomes = race(prepare, clones)
+    winners = [vm for vm, (kind, _) in outcomes.items() if kind == "applied"]
+    assert len(winners) == 1, outcomes
+    assert all("rolled_back=True" in detail for vm, (kind, detail) in outcomes.items() if vm not in winners)
+    holders = [d.assigned_vm for d in model.devices if d.location_path == A100_2_LOC]
+    assert holders == winners
