@@ -400,6 +400,23 @@ class EsxiBackend(Backend):
 
     # -- applying ---------------------------------------------------------------------------------
     def apply(self, step: Step) -> Any:
+        return self._translated(step.description, self._apply, step)
+
+    def observe(self, step: Step) -> StepState:
+        """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
+        return self._translated(f"reading back '{step.description}'", self._observe, step)
+
+    def _translated(self, action: str, function, *args: Any) -> Any:
+        """pyvmomi may talk to the host outside `_call` (a lazily read property such as si.content): its
+        socket errors and timeouts become the same errors, naming the host."""
+        try:
+            return function(*args)
+        except GpupassError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated by type
+            raise translate(exc, action, timeout=self.target.timeout, host=self.endpoint.host) from exc
+
+    def _apply(self, step: Step) -> Any:
         payload = step.payload
         if step.action == "esxi.passthrough":
             self._passthru(payload["host"], payload["ids"], payload["enable"], payload.get("apply_now", False),
@@ -428,8 +445,7 @@ class EsxiBackend(Backend):
         task = self._call(f"recording in VM '{name}'", ref.ReconfigVM_Task, spec)
         self._wait(task, f"recording in VM '{name}'")
 
-    def observe(self, step: Step) -> StepState:
-        """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
+    def _observe(self, step: Step) -> StepState:
         payload = step.payload
         if step.action == "esxi.reconfigure":
             now = self._read_vm(payload["vm"])
