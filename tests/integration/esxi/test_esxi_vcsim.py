@@ -562,3 +562,28 @@ def test_reboot_takes_time_when_configured(fresh_vcsim, connect):
         time.sleep(0.05)
     assert passthru(host)["0000:af:00.0"].passthruActive
     assert host.runtime.bootTime > boot
+
+
+def test_a_rebooting_host_still_reports_connected_during_the_lag(fresh_vcsim, connect):
+    """vCenter notices a host going down only when its heartbeats stop (Broadcom KB 435077: every 10 s,
+    60 s window): right after RebootHost_Task the host may still say connected with the old state."""
+    from gpupass.backends.esxi.simulator import lab_config
+
+    cfg = lab_config()
+    cfg["hosts"][1].update(reboot_seconds=0.3, reboot_lag_seconds=0.4)
+    si = connect(fresh_vcsim(cfg))
+    host = find(si, vim.HostSystem, "esx02.lab.local")
+    host.configManager.pciPassthruSystem.UpdatePassthruConfig(
+        config=[vim.host.PciPassthruConfig(id="0000:af:00.0", passthruEnabled=True)])
+    boot = host.runtime.bootTime
+    WaitForTask(host.RebootHost_Task(force=True))
+    assert host.runtime.connectionState == "connected" and host.runtime.bootTime == boot
+    assert not passthru(host)["0000:af:00.0"].passthruActive
+    seen = set()
+    deadline = time.monotonic() + 10
+    while host.runtime.bootTime == boot or host.runtime.connectionState != "connected":
+        seen.add(host.runtime.connectionState)
+        assert time.monotonic() < deadline, "host did not come back"
+        time.sleep(0.02)
+    assert "notResponding" in seen
+    assert passthru(host)["0000:af:00.0"].passthruActive
