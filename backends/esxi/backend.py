@@ -652,6 +652,7 @@ class EsxiBackend(Backend):
         """Forget a session that died with the host (no logout: there is nobody to tell)."""
         self._si = None
         self._root = None
+        self._content = None
 
     def _wait(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
         deadline = time.monotonic() + timeout
