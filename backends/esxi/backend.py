@@ -716,7 +716,15 @@ class EsxiBackend(Backend):
             others, _ = self._claims(exclude=name)
             mine = mine.numbered(next_number(mine, others.values()))
             config.extraConfig = [*(config.extraConfig or ()), self._claim_option(mine)]
-            version = self._read_vm(name)["change_version"]
+            now = self._read_vm(name)
+            seen = esxi_claims.decode(name, now["extra"].get(esxi_claims.CLAIM_KEY))
+            if seen is None or seen.token != mine.token:
+                # Another run on this same VM wrote its doorway over ours after we read the VM: going on with the
+                # version read now would apply our change on top of its (the device added twice).
+                raise Conflict(f"another gpupass run is changing VM '{name}' at the same time; nothing of this "
+                               "run's change was applied",
+                               remedy="run `gpupass status HOST`, then the command again if the GPU is not there")
+            version = now["change_version"]
         else:
             version = before["change_version"]
         # A stale changeVersion makes vSphere refuse with ConcurrentAccess (ConfigSpec.changeVersion).
