@@ -166,6 +166,14 @@ def _damaged_snapshot(path: Path):
 
 
 def open_backend(target: Target, registry: Registry) -> Backend:
+    backend_class = backend_class_for(target, registry)
+    # A lab host's target carries the lab's name (config names may not take one); the lab opens it.
+    lab = registry.lab_host(target.name) if target.name else None
+    return lab.open(backend_class, target) if lab is not None else backend_class(target)
+
+
+def backend_class_for(target: Target, registry: Registry) -> type[Backend]:
+    """The backend that handles target's scheme, once its SDK is known to be importable."""
     backend_class = registry.backend_for(target.scheme)
     backend_class.check_uri(target.uri)
     log.info("%s: %s backend, password %s", target.label, backend_class.platform,
@@ -176,4 +184,4 @@ def open_backend(target: Target, registry: Registry) -> Backend:
             f"the {backend_class.platform} backend needs the Python module(s) {missing}, which are not installed",
             remedy=backend_class.install_hint(),
         )
-    return backend_class(target)
+    return backend_class

@@ -28,7 +28,7 @@ def data_dir() -> Path:
 
 def cache_dir() -> Path:
     """Things gpupass can rebuild at any time (the plugin index, the rendered --help). XDG's cache folder, as
-    the simulator's build uses (gpupass.backends.esxi.simulator.cache_dir), without importing platformdirs:
+    the simulator's build uses (gpupass.backends.esxi.lab.simulator.cache_dir), without importing platformdirs:
     `gpupass --help` reads it first thing (gpupass.core.cli.entry.cache_dir is this, without pathlib)."""
     explicit = os.environ.get("GPUPASS_CACHE_DIR")
     if explicit:

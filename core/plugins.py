@@ -1,4 +1,5 @@
-"""Loads plugins (entry point group `gpupass`) and collects what they register.
+"""Loads plugins (entry point groups `gpupass` and, for the labs, `gpupass.labs`) and collects what they
+register.
 
 Finding plugins means reading every installed distribution's entry points, and loading them imports every
 backend: together most of a short command's start-up. So the full scan's result is kept in a plugin index
@@ -25,6 +26,10 @@ from gpupass.core.errors import BackendUnavailable
 from gpupass.core.ports import Backend, LabHost
 
 ENTRY_POINT_GROUP = "gpupass"
+# Labs (demonstration hosts) register apart from backends, so a package without its labs still works.
+LAB_ENTRY_POINT_GROUP = "gpupass.labs"
+# Plugin names in pluggy are unique across groups: a lab's entry point is registered under this prefix.
+_GROUP_PREFIX = {ENTRY_POINT_GROUP: "", LAB_ENTRY_POINT_GROUP: "labs:"}
 
 
 @dataclass(frozen=True)
@@ -93,18 +98,21 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     pm.gpupass_entry_points = {}  # type: ignore[attr-defined]
     for dist in distributions():
         for entry_point in dist.entry_points:
-            if entry_point.group != ENTRY_POINT_GROUP or pm.get_plugin(entry_point.name) is not None:
+            if entry_point.group not in _GROUP_PREFIX:
+                continue
+            name = _GROUP_PREFIX[entry_point.group] + entry_point.name
+            if pm.get_plugin(name) is not None:
                 continue
             try:
                 plugin = entry_point.load()
-                pm.register(plugin, name=entry_point.name)
+                pm.register(plugin, name=name)
             except Exception as exc:  # a plugin's bug is reported, not raised
                 pm.gpupass_load_problems.append(
-                    f"plugin {entry_point.name!r} ({dist.metadata['Name']} {dist.version}) failed to load: "
+                    f"plugin {name!r} ({dist.metadata['Name']} {dist.version}) failed to load: "
                     f"{type(exc).__name__}: {exc}")
                 continue
-            pm.gpupass_versions[entry_point.name] = dist.version
-            pm.gpupass_entry_points[entry_point.name] = entry_point.value
+            pm.gpupass_versions[name] = dist.version
+            pm.gpupass_entry_points[name] = entry_point.value
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:

@@ -143,6 +143,8 @@ class LabHost(ABC):
     name: ClassVar[str]
     platform: ClassVar[str]
     description: ClassVar[str] = ""
+    # Whether `up` starts a server the lab needs before it answers (`gpupass lab demo` starts those later).
+    has_server: ClassVar[bool] = False
 
     @abstractmethod
     def target(self, data_dir: Path) -> Target:
@@ -154,6 +156,17 @@ class LabHost(ABC):
 
     def status(self, data_dir: Path) -> str:
         return "ready"
+
+    def demo_steps(self, labs: Sequence[str]) -> list[tuple[str, str]]:
+        """(title, gpupass arguments) pairs that show this lab in `gpupass lab demo`, run while the lab is up.
+
+        `labs` names every installed lab host, for a step that spans two (a migration plan).
+        """
+        return []
+
+    def open(self, backend_class: type[Backend], target: Target) -> Backend:
+        """Open target() with the platform's backend; a lab may add to it (the KVM lab persists its changes)."""
+        return backend_class(target)
 
     def is_up(self, data_dir: Path) -> bool:
         """Whether the lab host answers now (fleet commands include the lab hosts that are up)."""

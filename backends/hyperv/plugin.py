@@ -19,10 +19,3 @@ def gpupass_register_rules(register):
 
     for rule in RULES:
         register(rule, operations=("assign",), platforms=("hyperv",))
-
-
-@hookimpl
-def gpupass_register_lab_hosts(register):
-    from gpupass.backends.hyperv.lab import HypervLab
-
-    register(HypervLab())

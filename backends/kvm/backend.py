@@ -9,7 +9,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpupass.backends.kvm import domxml, sysfs, testdriver
+from gpupass.backends.kvm import domxml, sysfs
 from gpupass.backends.kvm.errors import translate
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
@@ -446,8 +446,7 @@ class KvmBackend(Backend):
         return old
 
     def _all_domain_xml(self) -> dict[str, str]:
-        if self._persists_test_state():
-            self.close()  # reload the lab file, where other processes' defines are (see _current_xml)
+        self._before_reading_definition()  # a test-driver lab reloads its file: other processes' defines are there
         conn = self._connection()
         domains = self._call("listing domains", conn.listAllDomains, 0)
         inactive = self._libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -489,23 +488,22 @@ class KvmBackend(Backend):
         return StepState("unknown", detail=f"VM '{payload['vm']}' holds neither its old nor its planned definition")
 
     def _current_xml(self, vm: str) -> str:
-        if self._persists_test_state():
-            # A test-driver connection loads the host file once; another gpupass process may have written
-            # the lab file since. Reopen so the guard compares with what is in the file now (every define
-            # is already in the file, so nothing of this session is lost).
-            self.close()
+        self._before_reading_definition()
         conn = self._connection()
         domain = self._call(f"looking up VM {vm!r}", conn.lookupByName, vm)
         return self._call(f"reading VM {vm!r}", domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE)
 
-    def _persists_test_state(self) -> bool:
-        return testdriver.file_of(self.target.uri) is not None and bool(self.target.options.get("persist_test_state"))
-
     def _define(self, xml: str, action: str) -> None:
         domain = self._call(action, self._connection().defineXML, xml)
-        if self._persists_test_state():
-            testdriver.save_domain(testdriver.file_of(self.target.uri),
-                                   self._call(action, domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE))
+        self._after_define(domain, action)
+
+    # Seams for a subclass that keeps a libvirt test-driver file in step (backends/kvm/lab/testdriver.py);
+    # a real libvirtd keeps its own definitions, so the product backend does nothing here.
+    def _before_reading_definition(self) -> None:
+        """Called before a write step re-reads a VM's definition to guard against concurrent changes."""
+
+    def _after_define(self, domain: Any, action: str) -> None:
+        """Called with each domain this backend (re)defined."""
 
     def _hotplug(self, vm: str, hostdev_xml: str, attach: bool) -> None:
         domain = self._call(f"looking up VM {vm!r}", self._connection().lookupByName, vm)

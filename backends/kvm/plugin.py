@@ -19,10 +19,3 @@ def gpupass_register_rules(register):
 
     for rule in RULES:
         register(rule, operations=("assign",), platforms=("kvm",))
-
-
-@hookimpl
-def gpupass_register_lab_hosts(register):
-    from gpupass.backends.kvm.lab import KvmLab
-
-    register(KvmLab())

@@ -109,27 +109,6 @@ def lab_reset(app, name: str | None, as_json: bool) -> None:
         click.echo("reset: " + ", ".join(done))
 
 
-DEMO = [
-    ("See the GPUs, their companions, IOMMU groups and owners", "gpus lab-kvm"),
-    ("See the VMs", "vms lab-kvm"),
-    ("An H100 for ml-train: preflight passes", "check lab-kvm ml-train 0000:42:00.0"),
-    ("The RTX 3090 shares its IOMMU group with the SATA controller: refused", "check lab-kvm ml-train 02:00.0"),
-    ("The RTX 4090 already belongs to cad-ws: refused", "check lab-kvm ml-train 01:00.0"),
-    ("render01 boots with BIOS and the A100 has a 64 GiB BAR: refused", "check lab-kvm render01 41:00.0"),
-    ("The plan for ml-train: steps, MMIO window, what the VM loses", "plan lab-kvm ml-train 0000:42:00.0 --show-changes"),
-    ("Assign it", "assign lab-kvm ml-train 0000:42:00.0 --yes"),
-    ("Assigning again changes nothing", "assign lab-kvm ml-train 0000:42:00.0 --yes"),
-    ("Status of the host", "status lab-kvm"),
-    ("Give the H100 back to the host: the definition is restored", "release lab-kvm ml-train --yes"),
-    ("Status again", "status lab-kvm"),
-    ("Start the vSphere and Hyper-V lab servers (127.0.0.1 only, stopped by PID)", "lab up"),
-    ("Every GPU on every lab host, across three platforms", "fleet gpus --all"),
-    ("Which hosts could take a VM with one A100 now?", "fleet find --model A100 --all"),
-    ("cad-ws holds an H100 SXM5 on ESXi: what would it need on KVM?", "migrate plan lab-esxi cad-ws lab-kvm"),
-    ("Stop the lab servers", "lab down"),
-]
-
-
 def _reset_quietly(ctx: click.Context) -> None:
     for item in _labs(ctx.obj, None):
         item.reset(paths.data_dir())
@@ -142,7 +121,7 @@ def _demo_json(ctx: click.Context) -> None:
     import json
 
     steps = []
-    for title, command in DEMO:
+    for title, command in demo_steps(ctx.obj.registry.lab_hosts):
         captured = io.StringIO()
         code = 0
         with contextlib.redirect_stdout(captured):
@@ -170,7 +149,7 @@ def lab_demo(ctx: click.Context, as_json: bool) -> None:
         _demo_json(ctx)
         return
     ctx.invoke(lab_reset, name=None, as_json=False)
-    for title, command in DEMO:
+    for title, command in demo_steps(ctx.obj.registry.lab_hosts):
         click.echo("\n" + click.style(f"# {title}", fg="blue", bold=True))
         click.echo(click.style(f"$ gpupass {command}", bold=True))
         try:
@@ -178,5 +157,26 @@ def lab_demo(ctx: click.Context, as_json: bool) -> None:
         except SystemExit as exit_:
             code = exit_.code or 0
             click.echo(click.style(f"(exit code {code})", dim=True))
-    click.echo("\nThe lab keeps its state: try `gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change`,"
-               "\nor `gpupass lab up` and then `gpupass gpus lab-esxi` / `gpupass plan lab-hyperv ml-train ...`.")
+    click.echo("\nThe labs keep their state: `gpupass lab up` starts them again, `gpupass lab status` lists them,"
+               "\nand every command takes a lab host's name as HOST.")
+
+
+def demo_steps(labs) -> list[tuple[str, str]]:
+    """The demo, from whatever labs are installed: each lab brings its own steps (LabHost.demo_steps)."""
+    names = [lab.name for lab in labs]
+    steps: list[tuple[str, str]] = []
+    # Labs that need no server first: the demo shows something at once, before any server starts.
+    for lab in labs:
+        if not lab.has_server:
+            steps.extend(lab.demo_steps(names))
+    served = [lab for lab in labs if lab.has_server]
+    if served:
+        steps.append(("Start the lab servers (127.0.0.1 only, stopped by PID)", "lab up"))
+    if len(labs) > 1:
+        platforms = len({lab.platform for lab in labs})
+        steps.append((f"Every GPU on every lab host, across {platforms} platforms", "fleet gpus --all"))
+    for lab in served:
+        steps.extend(lab.demo_steps(names))
+    if served:
+        steps.append(("Stop the lab servers", "lab down"))
+    return steps

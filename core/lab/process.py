@@ -120,10 +120,11 @@ def require_modules(lab: str, modules: tuple[str, ...], why: str) -> None:
 class ServerLab:
     """Mixin for lab hosts served by a background process: a state folder, a generated password, PID control.
 
-    Subclasses set `name` and implement `up`, `target` and `reset` (see backends/esxi/lab.py).
+    Subclasses set `name` and implement `up`, `target` and `reset` (see backends/esxi/lab/host.py).
     """
 
     name: str
+    has_server = True
 
     def directory(self, data_dir: Path) -> Path:
         return data_dir / "lab" / self.name.removeprefix("lab-")

@@ -1,6 +1,6 @@
 """ESXi backend figures, run on demand: `.venv/bin/python tests/bench/bench_esxi.py [--repeat 3] [--quick]`.
 
-Starts the vSphere simulator (backends/esxi/vcsim) with the lab plus generated hosts and VMs and prints,
+Starts the vSphere simulator (backends/esxi/lab/vcsim) with the lab plus generated hosts and VMs and prints,
 each as a ratio next to its anchor from the same run (issue 11):
 
 1. `gpus` (the backend's inventory on a logged-in session) against the anchor: what `govc object.collect`
@@ -33,7 +33,7 @@ USER = "administrator@vsphere.local"
 
 def build_anchor(directory: Path) -> Path:
     """go build tests/bench/govc_collect offline, in GOPATH mode, as the simulator is built."""
-    from gpupass.backends.esxi.simulator import DEFAULT_GOPATH
+    from gpupass.backends.esxi.lab.simulator import DEFAULT_GOPATH
 
     binary = directory / "govc-collect"
     env = dict(os.environ, GO111MODULE="off", GOPATH=os.environ.get("GPUPASS_GOPATH") or DEFAULT_GOPATH,
@@ -94,7 +94,7 @@ def property_spec(backend) -> dict[str, list[str]]:
 
 def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False) -> dict[str, float]:
     from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.backends.esxi.simulator import VCSim, lab_config
+    from gpupass.backends.esxi.lab.simulator import VCSim, lab_config
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.domain.request import AssignmentRequest
     from gpupass.core.plugins import default_registry

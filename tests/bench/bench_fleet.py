@@ -40,7 +40,7 @@ class SlowKvmBackend(KvmBackend):
 
 
 def make_hosts(directory: Path, count: int) -> list[str]:
-    with resources.as_file(resources.files("gpupass.backends.kvm").joinpath("lab-kvm.xml")) as original:
+    with resources.as_file(resources.files("gpupass.backends.kvm.lab").joinpath("lab-kvm.xml")) as original:
         uris = []
         for index in range(count):
             path = directory / f"host-{index:04d}.xml"

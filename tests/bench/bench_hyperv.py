@@ -22,10 +22,10 @@ import time
 from gpupass.backends.hyperv import scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
-from gpupass.backends.hyperv.hostmodel import lab_host
-from gpupass.backends.hyperv.hostmodel.lab import A100_2_LOC
+from gpupass.backends.hyperv.lab.hostmodel import lab_host
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from gpupass.backends.hyperv.scripts import ps_quote
-from gpupass.backends.hyperv.wsman import serve
+from gpupass.backends.hyperv.lab.wsman import serve
 from gpupass.core import plugins
 from gpupass.core.domain.request import AssignmentRequest
 from gpupass.core.service import execute, make_plan

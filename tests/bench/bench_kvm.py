@@ -26,7 +26,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from gpupass.backends.kvm import testhost
+from gpupass.backends.kvm.lab import testhost
 from gpupass.backends.kvm.backend import KvmBackend
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
@@ -62,7 +62,7 @@ if __name__ == "__main__":
 
 def lab_host(directory: Path) -> tuple[str, str, PciAddress]:
     path = directory / "lab-kvm.xml"
-    with resources.as_file(resources.files("gpupass.backends.kvm").joinpath("lab-kvm.xml")) as original:
+    with resources.as_file(resources.files("gpupass.backends.kvm.lab").joinpath("lab-kvm.xml")) as original:
         shutil.copyfile(original, path)
     return f"test://{path}", "ml-train", PciAddress.parse("0000:42:00.0")
 

@@ -33,8 +33,8 @@ class BackendEnv:
 
 def kvm_test_driver(tmp_path: Path) -> BackendEnv:
     pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
-    from gpupass.backends.kvm import testhost
-    from gpupass.backends.kvm.backend import KvmBackend
+    from gpupass.backends.kvm.lab import testhost
+    from gpupass.backends.kvm.lab.testdriver import LabKvmBackend
     from gpupass.core.target import Target
 
     functions = [
@@ -53,7 +53,7 @@ def kvm_test_driver(tmp_path: Path) -> BackendEnv:
     uri = testhost.write_host(tmp_path / "contract-kvm.xml", functions, domains)
     return BackendEnv(
         platform="kvm",
-        open=lambda: KvmBackend(Target(uri=uri, name="contract-kvm", options={"persist_test_state": True})),
+        open=lambda: LabKvmBackend(Target(uri=uri, name="contract-kvm", options={"persist_test_state": True})),
         free_gpu=PciAddress.parse("0000:41:00.0"),
         off_vm="off-vm",
         running_vm="running-vm",
@@ -73,10 +73,10 @@ def hyperv_wsman(tmp_path: Path) -> BackendEnv:
     pytest.importorskip("winrm", reason="pywinrm is not installed (pip install 'gpupass[hyperv]')")
     pytest.importorskip("tree_sitter_powershell", reason="the Hyper-V host model needs tree-sitter-powershell")
     from gpupass.backends.hyperv.backend import HypervBackend
-    from gpupass.backends.hyperv.hostmodel import lab_host
-    from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC
+    from gpupass.backends.hyperv.lab.hostmodel import lab_host
+    from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC
     from gpupass.backends.hyperv.addressing import address_map
-    from gpupass.backends.hyperv.wsman import serve
+    from gpupass.backends.hyperv.lab.wsman import serve
     from gpupass.core.target import Secret, Target
 
     ensure_hyperv_plugin()

@@ -19,7 +19,7 @@ def esxi_vcsim(tmp_path: Path, backend_env: type):
     """backend_env: conftest's BackendEnv class (passed in: conftest modules are not importable by name)."""
     pytest.importorskip("pyVmomi", reason="pyvmomi is not installed (pip install 'gpupass[esxi]')")
     from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.backends.esxi.simulator import DEFAULT_GOPATH, VCSim, lab_config
+    from gpupass.backends.esxi.lab.simulator import DEFAULT_GOPATH, VCSim, lab_config
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.target import Secret, Target, TlsOptions
 

@@ -31,9 +31,11 @@ def blocker_codes(result: Plan) -> set[str]:
 
 def test_the_backend_is_registered_for_its_platform(backend_env, backend):
     registry = default_registry()
-    assert type(backend) in registry.backends
+    registered = registry.backend_for(backend.target.scheme)
+    assert registered in registry.backends
     assert backend.platform == backend_env.platform
-    assert registry.backend_for(backend.target.scheme) is type(backend)
+    # A lab may open its target with a subclass of the registered backend (LabHost.open): the KVM lab does.
+    assert type(backend) is registered or type(backend).__bases__ == (registered,)
 
 
 def test_inventory_shape(backend_env, backend):

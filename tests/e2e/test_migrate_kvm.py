@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
-LAB = Path(__file__).resolve().parents[2] / "backends" / "kvm" / "lab-kvm.xml"
+LAB = Path(__file__).resolve().parents[2] / "backends" / "kvm" / "lab" / "lab-kvm.xml"
 
 
 def gpupass(*args, expect=0):

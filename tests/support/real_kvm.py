@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpupass.backends.kvm import testhost
+from gpupass.backends.kvm.lab import testhost
 from gpupass.core.domain.pci import Bar, PciAddress
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "kvm"

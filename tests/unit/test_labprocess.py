@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from gpupass.core import labprocess
+from gpupass.core.lab import process as labprocess
 from gpupass.core.errors import OperationFailed
 
 SERVER = textwrap.dedent("""

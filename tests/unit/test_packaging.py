@@ -52,7 +52,7 @@ def test_the_wheel_builds_without_warnings_and_installs_as_a_normal_package(tmp_
     wheel = next((tmp_path / "dist").glob("gpupass-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("gpupass/__init__.py", "gpupass/py.typed", "gpupass/core/api.py",
-                     "gpupass/backends/esxi/vcsim/main.go"):
+                     "gpupass/backends/esxi/lab/vcsim/main.go"):
         assert expected in names, expected
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

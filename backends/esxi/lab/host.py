@@ -7,9 +7,10 @@ state in memory: it is kept while the lab is up and starts fresh at each `lab up
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import quote
 
-from gpupass.core import labprocess
+from gpupass.core.lab import process as labprocess
 from gpupass.core.ports import LabHost
 from gpupass.core.target import Secret, Target, TlsOptions
 
@@ -25,7 +26,7 @@ class EsxiLab(labprocess.ServerLab, LabHost):
                    "(2x A100 80GB); VMs ml-train, render01 (BIOS), web01 (running), cad-ws, snap01 (snapshot)")
 
     def up(self, data_dir: Path) -> str:
-        from gpupass.backends.esxi import simulator
+        from gpupass.backends.esxi.lab import simulator
 
         labprocess.require_modules(NAME, ("cryptography", "pyVmomi"),
                                    "the simulator's launcher makes its own CA; the lab speaks to it with pyvmomi")
@@ -39,7 +40,7 @@ class EsxiLab(labprocess.ServerLab, LabHost):
                                             "golang-github-vmware-govmomi-dev)") from exc
         self.password(data_dir)
         directory = self.directory(data_dir)
-        argv = labprocess.python_argv("gpupass.backends.esxi.labserver", "--ready", READY.strip(), "--user", USER,
+        argv = labprocess.python_argv("gpupass.backends.esxi.lab.server", "--ready", READY.strip(), "--user", USER,
                                       "--password-file", str(directory / "password"), "--dir", str(directory))
         running = labprocess.start(data_dir, NAME, argv, READY, timeout=900)
         return f"serving the vSphere API at {running.info.get('url')} (pid {running.pid})"
@@ -54,6 +55,13 @@ class EsxiLab(labprocess.ServerLab, LabHost):
         info = self.require_running(data_dir).info
         return Target(uri=f"esxi://{quote(USER, safe='')}@127.0.0.1:{info['port']}/{info['datacenter']}",
                       name=NAME, password=Secret(self.password(data_dir)), tls=TlsOptions(ca_file=info["ca"]))
+
+    def demo_steps(self, labs: Sequence[str]) -> list[tuple[str, str]]:
+        steps = [("The vSphere lab: GPUs of both ESXi hosts, and who holds them", "gpus lab-esxi")]
+        if "lab-kvm" in labs:
+            steps.append(("cad-ws holds an H100 SXM5 on ESXi: what would it need on KVM?",
+                          "migrate plan lab-esxi cad-ws lab-kvm"))
+        return steps
 
     def reset(self, data_dir: Path) -> None:
         was_up = self.is_up(data_dir)

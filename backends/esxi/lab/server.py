@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from gpupass.backends.esxi.simulator import VCSim, lab_config
+from gpupass.backends.esxi.lab.simulator import VCSim, lab_config
 
 
 def main(argv: list[str] | None = None) -> int:

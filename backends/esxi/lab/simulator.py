@@ -1,4 +1,4 @@
-"""Launcher for gpupass' vSphere API simulator (``backends/esxi/vcsim``).
+"""Launcher for gpupass' vSphere API simulator (``backends/esxi/lab/vcsim``).
 
 The simulator is a small Go program around govmomi's simulator library
 (Debian: ``golang-go`` + ``golang-github-vmware-govmomi-dev``) with GPUs,
@@ -12,7 +12,7 @@ imported lazily by :meth:`VCSim.connect`.
 
 Example::
 
-    from gpupass.backends.esxi.simulator import VCSim, lab_config
+    from gpupass.backends.esxi.lab.simulator import VCSim, lab_config
 
     with VCSim(lab_config()) as sim:
         si = sim.connect()                  # pyvmomi ServiceInstance, CA trusted
@@ -489,13 +489,13 @@ class VCSim:
 
 
 # --------------------------------------------------------------------------
-# manual use: python -m gpupass.backends.esxi.simulator [--config FILE | --empty] [--scale-hosts N ...]
+# manual use: python -m gpupass.backends.esxi.lab.simulator [--config FILE | --empty] [--scale-hosts N ...]
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.esxi.simulator",
+    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.esxi.lab.simulator",
                                  description="Run the gpupass vSphere simulator until Ctrl-C.")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--config", help="inventory JSON (default: the lab, see lab_config())")

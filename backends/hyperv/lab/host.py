@@ -2,7 +2,7 @@
 
 State under ``<data dir>/lab/hyperv/``: ``lab-hyperv.json`` (the model, written after every script),
 ``password`` (generated, mode 600, never on a command line) and ``previous-settings.json`` (what releases
-restore). The server is started and stopped by PID with gpupass.core.labprocess, so it serves every gpupass
+restore). The server is started and stopped by PID with gpupass.core.lab.process, so it serves every gpupass
 process while it is up. Authentication: NTLM by default; ``GPUPASS_LAB_HYPERV_AUTH=basic`` at `lab up`
 picks Basic (the target's URI then carries ``?transport=basic``, allowed over HTTP only on 127.0.0.1).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
-from gpupass.core import labprocess
+from gpupass.core.lab import process as labprocess
 from gpupass.core.errors import UsageError
 from gpupass.core.ports import LabHost
 from gpupass.core.target import Secret, Target
@@ -35,7 +36,7 @@ class HypervLab(labprocess.ServerLab, LabHost):
         return self.directory(data_dir) / "lab-hyperv.json"
 
     def _write_initial(self, data_dir: Path) -> None:
-        from gpupass.backends.hyperv.hostmodel.lab import lab_host
+        from gpupass.backends.hyperv.lab.hostmodel.lab import lab_host
 
         path = self.state_path(data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ class HypervLab(labprocess.ServerLab, LabHost):
         if not self.state_path(data_dir).exists():
             self._write_initial(data_dir)
         self.password(data_dir)
-        argv = labprocess.python_argv("gpupass.backends.hyperv.labserver", "--auth", auth, "--user", USER,
+        argv = labprocess.python_argv("gpupass.backends.hyperv.lab.server", "--auth", auth, "--user", USER,
                                       "--password-file", str(self.directory(data_dir) / "password"),
                                       "--ready", READY.strip(), "--state", str(self.state_path(data_dir)))
         running = labprocess.start(data_dir, NAME, argv, READY)
@@ -70,6 +71,9 @@ class HypervLab(labprocess.ServerLab, LabHost):
         return Target(uri=f"hyperv+http://{USER}@127.0.0.1:{running.info['port']}/{query}", name=NAME,
                       password=Secret(self.password(data_dir)),
                       options={"state_file": str(self.directory(data_dir) / "previous-settings.json")})
+
+    def demo_steps(self, labs: Sequence[str]) -> list[tuple[str, str]]:
+        return [("Which lab hosts could take a VM with one A100 now?", "fleet find --model A100 --all")]
 
     def reset(self, data_dir: Path) -> None:
         was_up = self.is_up(data_dir)

@@ -1,4 +1,4 @@
-"""The lab-hyperv server process: `python -m gpupass.backends.hyperv.labserver --state FILE ...`.
+"""The lab-hyperv server process: `python -m gpupass.backends.hyperv.lab.server --state FILE ...`.
 
 Reads the password from a file (never argv), serves the model on 127.0.0.1, prints one line
 ``<ready prefix> {"url", "port", "auth", "user"}`` once it serves, and stops on SIGTERM.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.hyperv.labserver")
+    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.hyperv.lab.server")
     ap.add_argument("--auth", choices=("basic", "ntlm"), default="ntlm")
     ap.add_argument("--user", default="Administrator")
     ap.add_argument("--password-file", required=True)
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready", default="GPUPASS-HYPERV-LAB-READY")
     ap.add_argument("--state", required=True)
     args = ap.parse_args(argv)
-    from gpupass.backends.hyperv.hostmodel.lab import load_lab
-    from gpupass.backends.hyperv.wsman import serve
+    from gpupass.backends.hyperv.lab.hostmodel.lab import load_lab
+    from gpupass.backends.hyperv.lab.wsman import serve
 
     password = Path(args.password_file).read_text().strip()
     endpoint = serve(load_lab(args.state), auth=args.auth, users={args.user: password}, port=args.port,

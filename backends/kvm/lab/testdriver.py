@@ -1,7 +1,8 @@
 """Keep a libvirt test-driver host file in step with changes, so the lab persists between commands.
 
-The test driver loads its file on every open and keeps changes in memory only; this writes a redefined
-domain back into the file, under a lock, atomically.
+The test driver loads its file on every open and keeps changes in memory only; LabKvmBackend writes each
+redefined domain back into the file, under a lock, atomically, when its target has the option
+``persist_test_state`` (the `lab-kvm` host sets it).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from typing import Any
+
 from gpupass.backends.kvm import domxml
+from gpupass.backends.kvm.backend import KvmBackend
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 SHUTOFF = 5
@@ -22,6 +26,26 @@ def file_of(uri: str) -> Path | None:
     if not uri.startswith(prefix) or uri == "test:///default":
         return None
     return Path(uri[len(prefix):])
+
+
+class LabKvmBackend(KvmBackend):
+    """The KVM backend, plus writing each definition back into the test-driver file it was opened on."""
+
+    def _persists(self) -> Path | None:
+        path = file_of(self.target.uri)
+        return path if path is not None and self.target.options.get("persist_test_state") else None
+
+    def _before_reading_definition(self) -> None:
+        if self._persists() is not None:
+            # A test-driver connection loads the host file once; another gpupass process may have written
+            # the lab file since. Reopen so the guard compares with what is in the file now (every define
+            # is already in the file, so nothing of this session is lost).
+            self.close()
+
+    def _after_define(self, domain: Any, action: str) -> None:
+        path = self._persists()
+        if path is not None:
+            save_domain(path, self._call(action, domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE))
 
 
 def save_domain(node_file: Path, domain_xml: str) -> None:

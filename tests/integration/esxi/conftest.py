@@ -1,4 +1,4 @@
-"""Fixtures for the vSphere simulator tests (real pyvmomi against backends/esxi/vcsim).
+"""Fixtures for the vSphere simulator tests (real pyvmomi against backends/esxi/lab/vcsim).
 
 ``vcsim``: one simulator with the lab inventory for the whole session (read-only tests).
 ``fresh_vcsim``: a factory for private simulators (start ~0.1 s) for tests that change state.
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("pyVmomi")
 
-from gpupass.backends.esxi.simulator import DEFAULT_GOPATH, VCSim, build_binary, lab_config  # noqa: E402
+from gpupass.backends.esxi.lab.simulator import DEFAULT_GOPATH, VCSim, build_binary, lab_config  # noqa: E402
 
 GOVMOMI = os.path.join(os.environ.get("GPUPASS_GOPATH", DEFAULT_GOPATH), "src/github.com/vmware/govmomi/simulator")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpupass.backends.esxi.simulator import make_tls_material
+from gpupass.backends.esxi.lab.simulator import make_tls_material
 from gpupass.core import plugins
 from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.mmio import GiB
@@ -160,7 +160,7 @@ def test_blocking_findings(backend, vm, address, options, code):
 
 def test_gpu_of_cad_ws_is_assigned_elsewhere(fresh_vcsim):
     from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.backends.esxi.simulator import lab_config
+    from gpupass.backends.esxi.lab.simulator import lab_config
 
     config = lab_config()
     config["vms"].append({"name": "cad-2", "host": "esx01.lab.local", "power_state": "poweredOff",

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gpupass.backends.esxi.simulator import lab_config
+from gpupass.backends.esxi.lab.simulator import lab_config
 from gpupass.core.domain.request import AssignmentRequest
 from gpupass.core.errors import Conflict
 from gpupass.core.service import execute

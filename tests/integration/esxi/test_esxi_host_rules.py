@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gpupass.backends.esxi.simulator import GIB, MIB, lab_config
+from gpupass.backends.esxi.lab.simulator import GIB, MIB, lab_config
 from gpupass.core.domain.mmio import GiB
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest

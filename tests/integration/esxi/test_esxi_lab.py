@@ -11,7 +11,7 @@ pytest.importorskip("pyVmomi")
 
 def test_lab_up_target_assign_down(vcsim_binary, tmp_path):
     from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.backends.esxi.lab import EsxiLab
+    from gpupass.backends.esxi.lab.host import EsxiLab
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.domain.request import AssignmentRequest
     from gpupass.core.plugins import default_registry

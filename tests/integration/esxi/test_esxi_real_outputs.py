@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupass.backends.esxi.simulator import GIB, MIB
+from gpupass.backends.esxi.lab.simulator import GIB, MIB
 from gpupass.core.domain.mmio import GiB, mmio_need
 from gpupass.core.domain.pci import Bar, PciAddress
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gpupass.backends.esxi.simulator import make_tls_material
+from gpupass.backends.esxi.lab.simulator import make_tls_material
 
 pytest.importorskip("pyVmomi")
 from pyVim.connect import SmartConnect  # noqa: E402
@@ -360,7 +360,7 @@ def test_dynamic_directpath_backing_round_trips(fresh_vcsim, connect):
 def test_dynamic_custom_label_must_equal_the_devices_label(fresh_vcsim, connect):
     """API reference, VirtualPCIPassthroughDynamicBackingInfo.customLabel: "If set, the device must also
     have the same customLabel attribute set" -- a label no host device carries finds no device."""
-    from gpupass.backends.esxi.simulator import lab_config
+    from gpupass.backends.esxi.lab.simulator import lab_config
 
     cfg = lab_config()
     cfg["hosts"][1]["gpus"][0]["hardware_label"] = "training"
@@ -419,7 +419,7 @@ def test_rebind_host_applies_passthrough_at_once(fresh_vcsim, connect):
 def test_mmio_without_use64bit_is_limited_to_917504_pages(fresh_vcsim, connect):
     """Dell KB 000199172's real vmware.log: without pciPassthru.use64bitMMIO the pages of all passthrough
     BARs are limited to 917504 (3.5 GiB); a 4 GiB-BAR card already fails, a 256 MiB one (T4) does not."""
-    from gpupass.backends.esxi.simulator import GIB, MIB, lab_config
+    from gpupass.backends.esxi.lab.simulator import GIB, MIB, lab_config
 
     cfg = lab_config()
     gpus = cfg["hosts"][1]["gpus"]
@@ -501,7 +501,7 @@ def test_scale_vcenter_with_50_hosts_and_500_vms(fresh_vcsim, connect):
 
 
 def test_bad_inventory_is_reported_with_the_simulator_log(vcsim_binary):
-    from gpupass.backends.esxi.simulator import SimulatorError, VCSim
+    from gpupass.backends.esxi.lab.simulator import SimulatorError, VCSim
 
     cfg = {"mode": "vcenter", "hosts": [{"name": "esx01"}], "vms": [{"name": "x", "host": "nope"}]}
     with pytest.raises(SimulatorError, match='unknown host "nope"'):
@@ -511,7 +511,7 @@ def test_bad_inventory_is_reported_with_the_simulator_log(vcsim_binary):
 def test_stop_ends_the_process(vcsim_binary):
     import os
 
-    from gpupass.backends.esxi.simulator import VCSim
+    from gpupass.backends.esxi.lab.simulator import VCSim
 
     with VCSim(binary=vcsim_binary) as sim:
         pid = sim.pid
@@ -521,7 +521,7 @@ def test_stop_ends_the_process(vcsim_binary):
 
 
 def test_host_disconnected_now_and_from_the_config(fresh_vcsim, connect):
-    cfg = __import__("gpupass.backends.esxi.simulator", fromlist=["lab_config"]).lab_config()
+    cfg = __import__("gpupass.backends.esxi.lab.simulator", fromlist=["lab_config"]).lab_config()
     cfg["hosts"][1]["connected"] = False
     sim = fresh_vcsim(cfg)
     si = connect(sim)
@@ -543,7 +543,7 @@ def test_passthru_system_properties(vcsim, connect):
 
 
 def test_reboot_takes_time_when_configured(fresh_vcsim, connect):
-    from gpupass.backends.esxi.simulator import lab_config
+    from gpupass.backends.esxi.lab.simulator import lab_config
 
     cfg = lab_config()
     cfg["hosts"][1]["reboot_seconds"] = 0.5

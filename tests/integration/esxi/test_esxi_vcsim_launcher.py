@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from gpupass.backends.esxi import simulator
-from gpupass.backends.esxi.simulator import GIB, LAB_BAR_SIZES, lab_config, make_tls_material, source_hash
+from gpupass.backends.esxi.lab import simulator
+from gpupass.backends.esxi.lab.simulator import GIB, LAB_BAR_SIZES, lab_config, make_tls_material, source_hash
 
 
 def test_module_does_not_import_pyvmomi():
-    code = "import sys, gpupass.backends.esxi.simulator; print(any(m.startswith('pyVmomi') for m in sys.modules))"
+    code = "import sys, gpupass.backends.esxi.lab.simulator; print(any(m.startswith('pyVmomi') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpupass.backends.hyperv.hostmodel import HostModel, lab_host
-from gpupass.backends.hyperv.wsman import serve
+from gpupass.backends.hyperv.lab.hostmodel import HostModel, lab_host
+from gpupass.backends.hyperv.lab.wsman import serve
 from hyperv_helpers import PASSWORD, USER, Remote, rtx_host
 
 

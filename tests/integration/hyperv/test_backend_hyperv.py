@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.errors import from_exception, parse_clixml
-from gpupass.backends.hyperv.hostmodel import Checkpoint, lab_host
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
-from gpupass.backends.hyperv.lab import HypervLab
-from gpupass.backends.hyperv.wsman import clixml_errors
+from gpupass.backends.hyperv.lab.hostmodel import Checkpoint, lab_host
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
+from gpupass.backends.hyperv.lab.host import HypervLab
+from gpupass.backends.hyperv.lab.wsman import clixml_errors
 from gpupass.core import plugins
 from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
@@ -218,7 +218,7 @@ def test_https_endpoint_and_tls_options():
 
 
 def test_script_size_limit(open_backend, registry):
-    from gpupass.backends.hyperv.hostmodel import VirtualMachine
+    from gpupass.backends.hyperv.lab.hostmodel import VirtualMachine
     model = lab_host()
     model.vms.append(VirtualMachine("v" * 3000, generation=2, state="Off", memory_startup=2**30))
     backend, _ = open_backend(model)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from gpupass.backends.hyperv import scripts as S
-from gpupass.backends.hyperv.hostmodel import lab_host, run_script
-from gpupass.backends.hyperv.hostmodel import cmdlet_docs
-from gpupass.backends.hyperv.hostmodel.cmdlets import CMDLETS, COMMON
-from gpupass.backends.hyperv.hostmodel.docs_extract import PAGES, parse_page
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC
+from gpupass.backends.hyperv.lab.hostmodel import lab_host, run_script
+from gpupass.backends.hyperv.lab.hostmodel import cmdlet_docs
+from gpupass.backends.hyperv.lab.hostmodel.cmdlets import CMDLETS, COMMON
+from gpupass.backends.hyperv.lab.hostmodel.docs_extract import PAGES, parse_page
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC
 
 EXTRACT = Path(__file__).resolve().parents[2] / "fixtures" / "docs" / "windows-powershell-docs"
 # model type -> the documented .NET type it converts to
@@ -105,7 +105,7 @@ def test_parameter_sets_are_resolved_as_documented():
     assert fqid(r) == "MissingMandatoryParameter" and r.errors[0].message.endswith("parameters: VMName.")
     # positional: Get-VMSnapshot [-VMName] <String[]> [[-Name] <String>]
     lab = lab_host()
-    from gpupass.backends.hyperv.hostmodel import Checkpoint
+    from gpupass.backends.hyperv.lab.hostmodel import Checkpoint
     lab.vm("render01").checkpoints.append(Checkpoint("before-driver"))
     r = run("Get-VMSnapshot render01 before-driver | ConvertTo-Json -Compress", lab)
     assert json.loads(r.stdout)["Name"] == "before-driver"

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from gpupass.backends.hyperv import scripts as S
-from gpupass.backends.hyperv.hostmodel import HostModel
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
+from gpupass.backends.hyperv.lab.hostmodel import HostModel
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
 from hyperv_helpers import G, M
 
 PREV = S.VmSettings("Save", 128 * M, 512 * M, False)
@@ -50,7 +50,7 @@ def test_inventory_of_the_lab(remote):
 
 
 def test_inventory_companions_and_checkpoints(rtx_remote):
-    from gpupass.backends.hyperv.hostmodel import Checkpoint
+    from gpupass.backends.hyperv.lab.hostmodel import Checkpoint
     rtx_remote.model.vm("render01").checkpoints.append(Checkpoint("before-driver", "Standard"))
     inv = inventory(rtx_remote)
     rtx = next(g for g in inv["Gpus"] if "RTX 4090" in g["Name"])
@@ -63,7 +63,7 @@ def test_inventory_companions_and_checkpoints(rtx_remote):
 
 
 def test_inventory_ghost_device(auth, endpoint_factory):
-    from gpupass.backends.hyperv.hostmodel import PnpDevice, lab_host
+    from gpupass.backends.hyperv.lab.hostmodel import PnpDevice, lab_host
     from hyperv_helpers import Remote
     m = lab_host()
     m.devices.append(PnpDevice("PCI\\VEN_10DE&DEV_1DB4&SUBSYS_121410DE&REV_A1\\4&11111111&0&0018", "NVIDIA Tesla V100",
@@ -100,7 +100,7 @@ def test_assign_then_release(remote):
     code, rel = remote.ps_json(S.release_script("ml-train", [A100_2_LOC], prev))
     assert code == 0 and rel["ok"] is True and rel["released"] == [A100_2_LOC]
     fresh = HostModel.from_json(remote.model.to_json())
-    from gpupass.backends.hyperv.hostmodel import lab_host
+    from gpupass.backends.hyperv.lab.hostmodel import lab_host
     assert fresh.to_json() == lab_host().to_json()     # back exactly to where it started
 
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from gpupass.backends.hyperv.hostmodel import (HostModel, ScriptError, UnsupportedConstruct, lab_host,
+from gpupass.backends.hyperv.lab.hostmodel import (HostModel, ScriptError, UnsupportedConstruct, lab_host,
                                                run_script)
-from gpupass.backends.hyperv.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC, T4_LOC
 from hyperv_helpers import G, M
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from gpupass.backends.hyperv.backend import HypervBackend
-from gpupass.backends.hyperv.hostmodel import lab_host
+from gpupass.backends.hyperv.lab.hostmodel import lab_host
 from gpupass.core import plugins
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 from gpupass.core.errors import OperationFailed
@@ -65,7 +65,7 @@ def test_of_concurrent_assigns_of_one_device_exactly_one_wins(endpoint_factory, 
     import uuid
 
     from gpupass.backends.hyperv.addressing import address_map
-    from gpupass.backends.hyperv.hostmodel.lab import A100_2_LOC
+    from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
     from support.race import race
 
     model = lab_host()

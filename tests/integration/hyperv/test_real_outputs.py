@@ -15,8 +15,8 @@ import pytest
 from gpupass.backends.hyperv import scripts as S
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend, passthrough_state
-from gpupass.backends.hyperv.hostmodel import HostModel, PnpDevice, VirtualMachine, run_script
-from gpupass.backends.hyperv.hostmodel import devpkeys
+from gpupass.backends.hyperv.lab.hostmodel import HostModel, PnpDevice, VirtualMachine, run_script
+from gpupass.backends.hyperv.lab.hostmodel import devpkeys
 from gpupass.core import plugins
 from gpupass.core.domain.mmio import MiB, mmio_need
 from gpupass.core.domain.pci import Bar

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from gpupass.backends.hyperv import scripts as S
-from gpupass.backends.hyperv.hostmodel import VirtualMachine, lab_host, run_script
-from gpupass.backends.hyperv.hostmodel.interp import _verbatim
-from gpupass.backends.hyperv.hostmodel.lab import A100_2_LOC
+from gpupass.backends.hyperv.lab.hostmodel import VirtualMachine, lab_host, run_script
+from gpupass.backends.hyperv.lab.hostmodel.interp import _verbatim
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from hyperv_helpers import G, M, bad_nodes, ps_parse
 
 PREV = S.VmSettings("Save", 128 * M, 512 * M, False)

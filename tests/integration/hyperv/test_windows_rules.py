@@ -12,9 +12,9 @@ import json
 import pytest
 
 from gpupass.backends.hyperv import scripts as S
-from gpupass.backends.hyperv.hostmodel import VirtualMachine, lab_host, run_script
-from gpupass.backends.hyperv.hostmodel import devpkeys
-from gpupass.backends.hyperv.hostmodel.lab import A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
+from gpupass.backends.hyperv.lab.hostmodel import VirtualMachine, lab_host, run_script
+from gpupass.backends.hyperv.lab.hostmodel import devpkeys
+from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC, MI300X_LOC, T4_LOC, T4_NO_DRIVER_LOC
 
 A2_IID = "PCI\\VEN_10DE&DEV_20B5&SUBSYS_153310DE&REV_A1\\4&1C2E9A77&0&0010"   # the free A100 of the lab
 

@@ -7,7 +7,7 @@ import pytest
 import winrm
 from winrm.exceptions import InvalidCredentialsError
 
-from gpupass.backends.hyperv.wsman import CMD_LINE_LIMIT
+from gpupass.backends.hyperv.lab.wsman import CMD_LINE_LIMIT
 from hyperv_helpers import PASSWORD, USER, Remote
 
 
@@ -112,7 +112,7 @@ def test_unknown_shell_is_a_wsman_fault(lab, endpoint_factory):
 
 
 def test_endpoint_binds_loopback_only(lab):
-    from gpupass.backends.hyperv.wsman import serve
+    from gpupass.backends.hyperv.lab.wsman import serve
     with pytest.raises(ValueError):
         serve(lab, host="0.0.0.0")
     ep = serve(lab)
@@ -161,7 +161,7 @@ def test_state_file_survives_restart(tmp_path, auth):
     import subprocess
     import sys
     state = tmp_path / "lab.json"
-    cmd = [sys.executable, "-m", "gpupass.backends.hyperv.wsman", "--state", str(state), "--auth", auth,
+    cmd = [sys.executable, "-m", "gpupass.backends.hyperv.lab.wsman", "--state", str(state), "--auth", auth,
            "--user", f"{USER}:{PASSWORD}"]
 
     def start():

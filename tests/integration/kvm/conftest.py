@@ -10,7 +10,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
-from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.backends.kvm.lab.testdriver import LabKvmBackend as KvmBackend  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 
@@ -18,7 +18,7 @@ from gpupass.core.target import Target  # noqa: E402
 @pytest.fixture
 def lab_file(tmp_path) -> Path:
     """A private copy of the shipped lab-kvm host."""
-    source = resources.files("gpupass.backends.kvm").joinpath("lab-kvm.xml")
+    source = resources.files("gpupass.backends.kvm.lab").joinpath("lab-kvm.xml")
     path = tmp_path / "lab-kvm.xml"
     with resources.as_file(source) as original:
         shutil.copyfile(original, path)

@@ -17,6 +17,7 @@ import pytest
 
 from gpupass.backends.kvm import domxml
 from gpupass.backends.kvm.backend import KvmBackend
+from gpupass.backends.kvm.lab.testdriver import LabKvmBackend
 from gpupass.core.domain.claims import new_claim
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest
@@ -46,7 +47,7 @@ def add_clones(lab_file, names=CLONES) -> None:
 
 
 def open_lab(lab_file) -> KvmBackend:
-    return KvmBackend(Target(uri=f"test://{lab_file}", name="t", options={"persist_test_state": True}))
+    return LabKvmBackend(Target(uri=f"test://{lab_file}", name="t", options={"persist_test_state": True}))
 
 
 def holders(lab_file, address=H100) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gpupass.backends.kvm.lab import KvmLab
+from gpupass.backends.kvm.lab.host import KvmLab
 from gpupass.core import paths
 from gpupass.core.cli.main import cli
 from gpupass.core.domain.pci import PciAddress
@@ -124,7 +124,7 @@ def test_the_installed_command_runs_the_lab_in_a_subprocess(tmp_path):
 
 
 def test_persisted_state_keeps_hostile_names_and_run_states(tmp_path, open_backend, registry):
-    from gpupass.backends.kvm import testhost
+    from gpupass.backends.kvm.lab import testhost
 
     names = ["q'\"<&>]]>", "ünï—名前", "x" * 1100]
     uri = testhost.write_host(tmp_path / "h.xml", [testhost.gpu("0000:42:00.0", 0x2331, "GH100", 21)],

@@ -4,7 +4,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gpupass.backends.kvm import domxml, testhost
+from gpupass.backends.kvm import domxml
+from gpupass.backends.kvm.lab import testhost
 from gpupass.backends.kvm.backend import KvmBackend
 from gpupass.core.target import Target
 

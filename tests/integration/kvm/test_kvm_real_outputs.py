@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
-from gpupass.backends.kvm import testhost  # noqa: E402
+from gpupass.backends.kvm.lab import testhost  # noqa: E402
 from gpupass.core.domain import catalog  # noqa: E402
 from gpupass.core.domain.iommu import keeps_group_viable  # noqa: E402
 from gpupass.core.domain.mmio import GiB, MiB, mmio_need  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
-from gpupass.backends.kvm import testhost  # noqa: E402
+from gpupass.backends.kvm.lab import testhost  # noqa: E402
 from gpupass.backends.kvm.rules import RULES  # noqa: E402
 from gpupass.core.domain.pci import PciAddress  # noqa: E402
 from gpupass.core.domain.request import AssignmentRequest  # noqa: E402

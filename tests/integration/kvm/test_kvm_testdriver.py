@@ -8,7 +8,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
-from gpupass.backends.kvm import testhost
+from gpupass.backends.kvm.lab import testhost
 from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan

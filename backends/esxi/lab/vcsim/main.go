@@ -4,7 +4,7 @@
 //
 // Build (offline):
 //
-//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o gpupass-vcsim ./backends/esxi/vcsim
+//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o gpupass-vcsim ./backends/esxi/lab/vcsim
 //
 // Flags:
 //

@@ -1,4 +1,4 @@
-"""Run the lab endpoint by hand: ``python -m gpupass.backends.hyperv.wsman --state lab.json``.
+"""Run the lab endpoint by hand: ``python -m gpupass.backends.hyperv.lab.wsman --state lab.json``.
 
 Binds 127.0.0.1 only; prints the URL; Ctrl-C stops it.  The model is loaded from --state (a fresh
 lab_host() when the file does not exist yet) and written back after every script.
@@ -14,7 +14,7 @@ from .server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.hyperv.wsman")
+    ap = argparse.ArgumentParser(prog="python -m gpupass.backends.hyperv.lab.wsman")
     ap.add_argument("--state", required=True, help="JSON file holding the lab model (created if missing)")
     ap.add_argument("--auth", choices=("basic", "ntlm"), default="ntlm")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")

@@ -1,0 +1,1 @@
+"""What the built-in labs share (starting and stopping their servers); never imported by product code."""
