@@ -115,6 +115,8 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
     if backend_class is None:
         raise BackendUnavailable(f"snapshot {path} is of platform {platform!r}, which no installed backend handles",
                                  remedy="install the plugin for that platform (`gpupass plugins` lists them)")
+    with _damaged_snapshot(path):
+        facts = replace(facts, state=backend_class.state_from_json(document.get("backend_state") or {}))
 
     class SnapshotBackend(backend_class):  # type: ignore[misc, valid-type]
         """Plans like the platform's backend, from recorded facts; never writes."""
@@ -146,8 +148,6 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
     # Remedies name the live host the snapshot was taken of: that is where a fix is applied.
     backend = SnapshotBackend(Target(uri=facts.host.uri, name=label,
                                      options={"live_host": document.get("label") or facts.host.uri}))
-    with _damaged_snapshot(path):
-        backend.load_snapshot_state(document.get("backend_state", {}))
     return backend
 
 

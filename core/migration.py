@@ -122,9 +122,9 @@ def _source_values(vm: Vm, gpus: tuple[Gpu, ...]) -> dict[str, str]:
         "memory_reservation": format_bytes(vm.memory_reserved_bytes) if vm.memory_reserved_bytes else "none",
         "mmio_window": format_bytes(vm.mmio_window_bytes) if vm.mmio_window_bytes else "platform default",
         "hide_hypervisor": "on" if vm.hypervisor_hidden else "off",
-        "binding": str(vm.settings.get("binding", "host address")),
-        "stop_action": str(vm.settings.get("automatic_stop_action", "-")),
-        "dynamic_memory": "on" if vm.settings.get("dynamic_memory") else "off",
+        "binding": {"address": "host address", "dynamic": "dynamic"}.get(vm.binding or "", "unknown"),
+        "stop_action": vm.stop_action or "unknown",
+        "dynamic_memory": "unknown" if vm.dynamic_memory is None else "on" if vm.dynamic_memory else "off",
     }
 
 
@@ -186,12 +186,12 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
         arriving = Vm(name=target_name, power_state=PowerState.OFF, firmware=vm.firmware,
                       memory_bytes=vm.memory_bytes, location=chosen[0].location)
         try:
-            destination.prepare_planned_vm(arriving)
+            prepared = destination.prepare_planned_vm(dest_facts, arriving)
         except NotSupported as exc:
             findings.append(blocker("migrate-vm-missing", exc.message, exc.remedy))
             chosen = ()
         else:
-            dest_facts = dataclasses.replace(dest_facts, vms=dest_facts.vms + (arriving,))
+            dest_facts = dataclasses.replace(prepared, vms=prepared.vms + (arriving,))
             findings.append(info("migrate-vm-not-there-yet",
                                  f"VM '{target_name}' does not exist at {destination.target.label} yet: the plan is for "
                                  "the VM as your migration tool will create it (off, same firmware and memory)"))
@@ -199,7 +199,7 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
         caps = type(destination).capabilities
         options = AssignOptions(
             hide_hypervisor=vm.hypervisor_hidden and caps.hide_hypervisor,
-            dynamic=vm.settings.get("binding") == "dynamic" and caps.dynamic_binding,
+            dynamic=vm.binding == "dynamic" and caps.dynamic_binding,
         )
         request = AssignmentRequest(target_name, tuple(g.address for g in chosen), options)
         plan = make_plan(destination, dest_facts, request, registry)

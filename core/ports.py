@@ -99,20 +99,24 @@ class Backend(ABC):
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
 
-    def prepare_planned_vm(self, vm: Vm) -> None:
-        """Let plan_assign plan for `vm`, which does not exist on this host yet (a migration's target).
+    def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
+        """`facts` with what plan_assign needs to plan for `vm`, which does not exist on this host yet.
 
-        Called after inventory(); the backend synthesises whatever it needs (KVM: a minimal definition).
+        For a migration's target; the backend adds to `facts.state` whatever its planner reads for a VM (KVM:
+        a minimal definition); the core adds the VM itself to `facts.vms`.
         """
         raise NotSupported(f"planning for a VM that does not exist yet is not supported on {self.platform}",
                            remedy="convert the VM first, then run `gpupass migrate plan` again")
 
-    def snapshot_state(self) -> dict[str, Any]:
-        """JSON-safe data the planner needs beyond the facts, read after inventory() (for `gpupass snapshot`)."""
+    @classmethod
+    def state_to_json(cls, state: Any) -> dict[str, Any]:
+        """`HostFacts.state` as JSON-safe data, for `gpupass snapshot`."""
         return {}
 
-    def load_snapshot_state(self, state: dict[str, Any]) -> None:
-        """Take back what snapshot_state() returned, to plan from a snapshot without the host."""
+    @classmethod
+    def state_from_json(cls, data: dict[str, Any]) -> Any:
+        """What state_to_json() wrote, back as `HostFacts.state`: planning from a snapshot needs no host."""
+        return None
 
     @abstractmethod
     def apply(self, step: Step) -> Any:

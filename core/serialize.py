@@ -76,6 +76,9 @@ def vm_to_dict(vm: Vm) -> dict[str, Any]:
         "assigned": [str(a) for a in vm.assigned],
         "snapshots": vm.snapshots,
         "hypervisor_hidden": vm.hypervisor_hidden,
+        "binding": vm.binding,
+        "stop_action": vm.stop_action,
+        "dynamic_memory": vm.dynamic_memory,
         "settings": dict(vm.settings),
         "unfinished": list(vm.unfinished),
     }

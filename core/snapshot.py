@@ -1,6 +1,6 @@
 """Save a host's facts to a file and read them back exactly, so planning works offline.
 
-A snapshot holds the normalised facts plus whatever the platform's planner needs (`Backend.snapshot_state`,
+A snapshot holds the normalised facts plus whatever the platform's planner needs (`HostFacts.state` through `Backend.state_to_json`,
 e.g. KVM's domain XML). Opening a snapshot file as HOST gives a read-only backend of that platform.
 """
 
@@ -79,7 +79,8 @@ def facts_to_snapshot(facts: HostFacts) -> dict[str, Any]:
             "memory_bytes": v.memory_bytes, "memory_reserved_bytes": v.memory_reserved_bytes,
             "mmio_window_bytes": v.mmio_window_bytes, "assigned": [str(a) for a in v.assigned], "id": v.id,
             "location": v.location, "snapshots": v.snapshots, "hypervisor_hidden": v.hypervisor_hidden,
-            "settings": dict(v.settings),
+            "settings": dict(v.settings), "binding": v.binding, "stop_action": v.stop_action,
+            "dynamic_memory": v.dynamic_memory,
         } for v in facts.vms],
     }
 
@@ -110,6 +111,7 @@ def facts_from_snapshot(data: dict[str, Any]) -> HostFacts:
         mmio_window_bytes=v.get("mmio_window_bytes"), assigned=tuple(PciAddress.parse(a) for a in v["assigned"]),
         id=v.get("id", ""), location=v.get("location", ""), snapshots=v.get("snapshots", 0),
         hypervisor_hidden=v.get("hypervisor_hidden", False), settings=v.get("settings", {}),
+        binding=v.get("binding"), stop_action=v.get("stop_action"), dynamic_memory=v.get("dynamic_memory"),
         unfinished=tuple(v.get("unfinished", ())),
     ) for v in data["vms"]]
     return HostFacts(host, tuple(gpus), tuple(vms), functions, data.get("maintenance", {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from gpupass.backends.esxi import claims as esxi_claims
@@ -10,6 +11,7 @@ from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
+from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
 from gpupass.core.domain.claims import Holder, Verdict, decide, new_claim, next_number, stale_holdings
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -28,6 +30,13 @@ def _api_tuple(text: str) -> tuple[int, ...]:
     for part in (text or "0").split("."):
         out.append(int(part) if part.isdigit() else 0)
     return tuple(out)
+
+
+def _state(facts: HostFacts) -> EsxiState:
+    if not isinstance(facts.state, EsxiState):
+        raise OperationFailed("these facts carry no vSphere configuration to plan from",
+                              remedy="read the host again (or take a new snapshot of it)")
+    return facts.state
 
 
 class EsxiBackend(Backend):
@@ -137,8 +146,10 @@ class EsxiBackend(Backend):
         facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, root, self.target.uri,
                                        self.platform, self.target.name or self.endpoint.host,
                                        rebind_known=self.api_version() >= (7, 0))
+        # SDK handles for apply(); the planner reads only facts.state
         self._hosts, self._vms = hosts, vms
-        return self._with_unfinished(facts)
+        state = from_raw(self.api_version(), self._api, hosts, vms)
+        return self._with_unfinished(replace(facts, state=state))
 
     def _with_unfinished(self, facts: HostFacts) -> HostFacts:
         """What runs that stopped mid-way left in the VMs (intent records, claims), for `status`."""
@@ -208,30 +219,38 @@ class EsxiBackend(Backend):
         return found
 
     # -- planning ---------------------------------------------------------------------------------
-    def prepare_planned_vm(self, vm: Vm) -> None:
+    def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         """A stand-in for a VM the user's migration tool has not created yet (nothing is sent to vSphere)."""
-        from gpupass.backends.esxi.inventory import VmRaw
+        state = _state(facts)
+        planned = VmPlan(name=vm.name, host=vm.location, moid=None, memory_mb=vm.memory_bytes // (1 << 20),
+                         reservation_mb=0, locked=False, firmware=vm.firmware.value)
+        return replace(facts, state=replace(state, vms={**state.vms, vm.name: planned}))
 
-        self._vms[vm.name] = VmRaw(ref=None, name=vm.name, host=vm.location, memory_mb=vm.memory_bytes // (1 << 20),
-                                   reservation_mb=0, locked=False, firmware=vm.firmware.value, extra={}, devices=[],
-                                   change_version=None, record={})
+    @classmethod
+    def state_to_json(cls, state: Any) -> dict[str, Any]:
+        return state.to_json() if isinstance(state, EsxiState) else {}
+
+    @classmethod
+    def state_from_json(cls, data: dict[str, Any]) -> EsxiState:
+        return EsxiState.from_json(data)
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, options = ctx.vm, ctx.request.options
-        raw = self._vms[vm.name]
-        if options.dynamic and self.api_version() < DYNAMIC_MIN_API:
+        state = _state(ctx.facts)
+        raw = state.vms[vm.name]
+        if options.dynamic and state.api < DYNAMIC_MIN_API:
             raise NotSupported(
-                f"Dynamic DirectPath I/O needs vSphere API 7.0; {self.endpoint.host} speaks {self._api}",
+                f"Dynamic DirectPath I/O needs vSphere API 7.0; {self.endpoint.host} speaks {state.api_name}",
                 remedy="run without --dynamic (a fixed host address), or upgrade to vSphere 7")
         steps: list[Step] = []
         by_host: dict[str, list[str]] = {}
         for gpu in ctx.gpus:
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
-                if not self._hosts[gpu.location].active.get(str(function.address), False):
+                if not state.hosts[gpu.location].active.get(str(function.address), False):
                     by_host.setdefault(gpu.location, []).append(str(function.address))
         for host_name, ids in by_host.items():
-            host = self._hosts[host_name]
-            if host.rebind and not any(self._enabled(host_name, i) for i in ids):
+            host = state.hosts[host_name]
+            if host.rebind and not any(self._enabled(state, host_name, i) for i in ids):
                 # ESXi 7.0+ with deviceRebindWithoutRebootSupported: applyNow switches them at once -- unless
                 # "the configuration" cannot "be applied immediately" (API reference), e.g. while the VMkernel
                 # still holds the device; then, if a reboot is allowed, the reboot follows, else it fails.
@@ -250,7 +269,7 @@ class EsxiBackend(Backend):
                 if reboot_ok:
                     steps.append(self._reboot_step(host_name, host.maintenance, pending=ids))
                 continue
-            needs_enable = [i for i in ids if not self._enabled(host_name, i)]
+            needs_enable = [i for i in ids if not self._enabled(state, host_name, i)]
             if needs_enable:
                 steps.append(Step(
                     action="esxi.passthrough",
@@ -336,12 +355,14 @@ class EsxiBackend(Backend):
             payload={"host": host_name, "force": False, "enter_maintenance": enter,
                      **({"only_if_pending": pending} if pending is not None else {})})
 
-    def _enabled(self, host: str, pci_id: str) -> bool:
-        return bool(self._hosts[host].enabled.get(pci_id))
+    @staticmethod
+    def _enabled(state: EsxiState, host: str, pci_id: str) -> bool:
+        return bool(state.hosts[host].enabled.get(pci_id))
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
-        raw = self._vms[vm.name]
+        state = _state(ctx.facts)
+        raw = state.vms[vm.name]
         addresses = {str(a) for a in ctx.addresses if a in vm.assigned}
         changes = specs.release_changes(raw, addresses)
         steps = [self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
@@ -352,7 +373,7 @@ class EsxiBackend(Backend):
             for gpu in ctx.gpus:
                 by_host.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
             for host_name, ids in by_host.items():
-                if self._hosts[host_name].rebind:
+                if state.hosts[host_name].rebind:
                     steps.append(Step(
                         action="esxi.passthrough",
                         description=f"disable passthrough for {', '.join(ids)} on host {host_name} at once "
@@ -371,7 +392,7 @@ class EsxiBackend(Backend):
                     payload={"host": host_name, "ids": ids, "enable": False}))
         return steps
 
-    def _reconfig_step(self, name: str, raw: inv.VmRaw, changes: dict[str, Any], description: str,
+    def _reconfig_step(self, name: str, raw: VmPlan, changes: dict[str, Any], description: str,
                        summary: tuple[str, ...]) -> Step:
         return Step(
             action="esxi.reconfigure",

@@ -275,7 +275,7 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
         window = int(size) * GiB if size.isdigit() else DEFAULT_64BIT_WINDOW
     ft = str(p.get("runtime.faultToleranceState") or "notConfigured")
     snapshot = p.get("snapshot")
-    settings: dict[str, Any] = {"ft": ft, "binding": binding,
+    settings: dict[str, Any] = {"ft": ft,
                                 "assigned_by_gpupass": sorted(d.get("address") for d in record.get("devices", ()))}
     if host is not None:
         settings.update(cluster=host.cluster, ha=host.ha, drs=host.drs)
@@ -291,6 +291,9 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
         location=location,
         snapshots=_count_snapshots(snapshot.rootSnapshotList) if snapshot is not None else 0,
         hypervisor_hidden=extra.get(HIDE_KEY, "").upper() == "FALSE",
+        # Stop action: the host's HostAutoStartManager, not read; dynamic memory: no such VM setting read.
+        binding={"static": "address", "dynamic": "dynamic"}.get(binding or ""), stop_action=None,
+        dynamic_memory=None,
         settings=settings,
     )
     return raw, vm

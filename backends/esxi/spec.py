@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 from gpupass.backends.esxi.claims import CLAIM_KEY, INTENT_KEY
-from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, VmRaw, dynamic_matches, s16
+from gpupass.backends.esxi.inventory import HIDE_KEY, MMIO_ON, MMIO_SIZE, RECORD_KEY, dynamic_matches, s16
+from gpupass.backends.esxi.state import VmPlan
 
 
-def assign_changes(raw: VmRaw, devices: list[dict[str, Any]], *, window_gb: int | None, set_efi: bool,
+def assign_changes(raw: VmPlan, devices: list[dict[str, Any]], *, window_gb: int | None, set_efi: bool,
                    hide: bool) -> dict[str, Any]:
     """The JSON-safe description of ONE ReconfigVM_Task for an assign (apply builds the ConfigSpec)."""
     record = json.loads(json.dumps(raw.record)) if raw.record else {"devices": [], "previous": {}}
@@ -36,7 +37,7 @@ def assign_changes(raw: VmRaw, devices: list[dict[str, Any]], *, window_gb: int 
             "extra": extra, "firmware": "efi" if set_efi else None}
 
 
-def release_changes(raw: VmRaw, addresses: set[str]) -> dict[str, Any]:
+def release_changes(raw: VmPlan, addresses: set[str]) -> dict[str, Any]:
     record = raw.record or {"devices": [], "previous": {}}
     leaving = [d for d in record.get("devices", []) if d.get("address") in addresses]
     staying = [d for d in record.get("devices", []) if d.get("address") not in addresses]
@@ -124,8 +125,8 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
     return spec
 
 
-def preview(vm: str, host: str, raw: VmRaw, changes: dict[str, Any]) -> str:
-    moref = raw.ref._moId if raw.ref is not None else "not created yet"
+def preview(vm: str, host: str, raw: VmPlan, changes: dict[str, Any]) -> str:
+    moref = raw.moid or "not created yet"
     lines = [f"ReconfigVM_Task on VM '{vm}' ({moref}) on {host}:"]
     for entry in changes["add"]:
         if entry.get("dynamic"):

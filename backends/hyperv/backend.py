@@ -7,10 +7,11 @@ rolls itself back), a release is one script. pywinrm is imported only when a hos
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import logging
 import json
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import scripts
@@ -93,6 +94,22 @@ def passthrough_state(fn: dict) -> PassthroughState:
     return PassthroughState(capable=not reasons, enabled=dismounted, active=dismounted, reasons=tuple(reasons))
 
 
+@dataclasses.dataclass(frozen=True)
+class HypervState:
+    """What the Hyper-V planner needs beyond the neutral facts (HostFacts.state): each function's location
+    path (what the DDA cmdlets take) and each VM's inventory record (its MMIO and stop action now)."""
+
+    location_paths: Mapping[PciAddress, str] = dataclasses.field(default_factory=dict)
+    vms: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _state(facts: HostFacts) -> HypervState:
+    if not isinstance(facts.state, HypervState):
+        raise OperationFailed("these facts carry no Hyper-V location paths to plan from",
+                              remedy="read the host again (or take a new snapshot of it)")
+    return facts.state
+
+
 class HypervBackend(Backend):
     platform = "hyperv"
     schemes = ("hyperv", "hyperv+http")
@@ -124,8 +141,9 @@ class HypervBackend(Backend):
         super().__init__(target)
         self._session: Any = None
         self._shell_id: str | None = None
-        self._paths: dict[PciAddress, str] = {}   # address -> location path, from the last inventory
-        self._vms: dict[str, dict] = {}           # VM name -> its inventory record
+        # The location paths the last inventory mapped to addresses: read_back maps a VM's devices with them
+        # (planners read HostFacts.state, never this).
+        self._paths: dict[PciAddress, str] = {}
         self.scripts_sent: list[str] = []
 
     # -- connection ---------------------------------------------------------------------------------
@@ -273,12 +291,12 @@ class HypervBackend(Backend):
                               "survey": survey(fn)}
         owners: dict[PciAddress, str] = {}
         vms = []
-        self._vms = {}
+        records: dict[str, dict] = {}
         for v in vms_raw:
             held = tuple(sorted(addresses[p] for p in (v.get("Devices") or []) if p in addresses))
             for address in held:
                 owners[address] = v["Name"]
-            self._vms[v["Name"]] = v
+            records[v["Name"]] = v
             vms.append(_vm(v, held))
         # Prefer the catalog's BAR layout (it tells 32-bit from 64-bit BARs) over the measured total.
         from gpupass.core.domain import catalog
@@ -305,7 +323,8 @@ class HypervBackend(Backend):
             settings={"iov_support": iov},
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
-                         {("", a): f for a, f in functions.items()})
+                         {("", a): f for a, f in functions.items()},
+                         state=HypervState({a: p for p, a in addresses.items()}, records))
 
     def read_back(self, vm: str, devices) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
@@ -319,41 +338,46 @@ class HypervBackend(Backend):
         known = {path: address for address, path in self._paths.items()}
         if any(path not in known for path in paths):  # a device the last inventory did not list
             known = address_map(list(known) + paths)
-        self._vms[vm] = raw
         return _vm(raw, tuple(sorted(known[p] for p in paths if p in known)))
 
-    def snapshot_state(self) -> dict[str, Any]:
-        return {"location_paths": {str(a): p for a, p in self._paths.items()}, "vms": self._vms}
+    @classmethod
+    def state_to_json(cls, state: Any) -> dict[str, Any]:
+        if not isinstance(state, HypervState):
+            return {}
+        return {"location_paths": {str(a): p for a, p in state.location_paths.items()}, "vms": dict(state.vms)}
 
-    def load_snapshot_state(self, state: dict[str, Any]) -> None:
-        self._paths = {PciAddress.parse(a): p for a, p in state.get("location_paths", {}).items()}
-        self._vms = dict(state.get("vms", {}))
+    @classmethod
+    def state_from_json(cls, data: dict[str, Any]) -> HypervState:
+        return HypervState({PciAddress.parse(a): p for a, p in (data.get("location_paths") or {}).items()},
+                           dict(data.get("vms") or {}))
 
     # -- planning -----------------------------------------------------------------------------------
     @property
     def store(self) -> SettingsStore:
         return SettingsStore.for_target(self.target)
 
-    def _path(self, address: PciAddress) -> str:
+    @staticmethod
+    def _path(facts: HostFacts, address: PciAddress) -> str:
         try:
-            return self._paths[address]
+            return _state(facts).location_paths[address]
         except KeyError:
             raise OperationFailed(f"no location path known for {address}; read the host first") from None
 
-    def prepare_planned_vm(self, vm: Vm) -> None:
+    def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         """A VM not created yet plans with Hyper-V's defaults (128 MB low MMIO): nothing is recorded for it."""
-        self._vms.setdefault(vm.name, {})
+        state = _state(facts)
+        return dataclasses.replace(facts, state=HypervState(state.location_paths, {**state.vms, vm.name: {}}))
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
-        raw = self._vms.get(vm.name, {})
+        raw = _state(ctx.facts).vms.get(vm.name, {})
         low_now = int(raw.get("LowMmio") or 128 * MiB)
         high_now = vm.mmio_window_bytes if vm.mmio_window_bytes is not None else ctx.policy.default_window
         need = ctx.need
         high = high_now if need is None or ctx.policy.fits(need, high_now) else ctx.policy.window_for(need)
         low = max(low_now, LOW_MMIO) if need is None or need.low else low_now
         new = [gpu for gpu in ctx.gpus if gpu.address not in vm.assigned]
-        groups = [[self._path(f.address) for f in (gpu.functions if ctx.include_companions else (gpu.function,))]
+        groups = [[self._path(ctx.facts, f.address) for f in (gpu.functions if ctx.include_companions else (gpu.function,))]
                   for gpu in new]
         try:
             batches = [[p for group in groups for p in group]]
@@ -381,7 +405,7 @@ class HypervBackend(Backend):
                 changes=changes + tuple(f"assign {p}" for p in batch),
                 needs_vm_off=True, preview=preview,
                 payload={"vm": vm.name, "vm_id": vm.id, "paths": batch, "low": low, "high": high,
-                         "addresses": [str(a) for a, path in self._paths.items() if path in batch],
+                         "addresses": [str(a) for a, path in _state(ctx.facts).location_paths.items() if path in batch],
                          # the VM's settings when the plan was made: recorded before the script runs
                          "previous": {"stop_action": raw.get("StopAction") or "TurnOff",
                                       "low_mmio": int(raw.get("LowMmio") or 0),
@@ -392,7 +416,7 @@ class HypervBackend(Backend):
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
-        paths = [self._path(f.address) for f in ctx.functions if f.address in vm.assigned]
+        paths = [self._path(ctx.facts, f.address) for f in ctx.functions if f.address in vm.assigned]
         remaining = set(vm.assigned) - set(ctx.addresses)
         record = self.store.get(vm.id or vm.name) if not remaining else None
         previous = scripts.VmSettings(**record) if record else None
@@ -401,7 +425,7 @@ class HypervBackend(Backend):
         except scripts.ScriptTooLarge as exc:
             raise UsageError(f"the release script for {vm.name!r} does not fit WinRM's command line: {exc}",
                              remedy="release one GPU at a time") from exc
-        raw = self._vms.get(vm.name, {})
+        raw = _state(ctx.facts).vms.get(vm.name, {})
         current = {"stop_action": raw.get("StopAction") or "TurnOff", "low_mmio": int(raw.get("LowMmio") or 0),
                    "high_mmio": int(raw.get("HighMmio") or 0), "guest_cache": bool(raw.get("GuestCache"))}
         restore = (f"Set-VM back to -AutomaticStopAction {previous.stop_action} -HighMemoryMappedIoSpace "
@@ -563,8 +587,9 @@ def _vm(raw: dict, held: tuple[PciAddress, ...]) -> Vm:
         memory_bytes=memory, memory_reserved_bytes=None if dynamic else memory,
         mmio_window_bytes=int(raw["HighMmio"]) if raw.get("HighMmio") is not None else None,
         assigned=held, snapshots=len(checkpoints),
-        settings={"generation": generation, "dynamic_memory": dynamic,
-                  "automatic_stop_action": raw.get("StopAction"), "low_mmio": raw.get("LowMmio"),
+        # DDA gives a device by its location path: one host device.
+        binding="address", stop_action=raw.get("StopAction"), dynamic_memory=dynamic,
+        settings={"generation": generation, "low_mmio": raw.get("LowMmio"),
                   "high_mmio": raw.get("HighMmio"), "guest_controlled_cache_types": raw.get("GuestCache"),
                   "state": raw.get("State"), "checkpoint_types": [c.get("Type") for c in checkpoints]},
     )

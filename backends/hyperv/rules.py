@@ -51,14 +51,14 @@ def _vm_command(vm) -> str:
 
 
 def dynamic_memory(ctx: CheckContext) -> Iterable[Finding]:
-    if ctx.vm.settings.get("dynamic_memory"):
+    if ctx.vm.dynamic_memory:
         yield blocker("hyperv-dynamic-memory",
                       f"VM '{ctx.vm.name}' uses dynamic memory; DDA needs static memory",
                       f"{_vm_command(ctx.vm)} -StaticMemory (with the VM off)")
 
 
 def stop_action(ctx: CheckContext) -> Iterable[Finding]:
-    action = ctx.vm.settings.get("automatic_stop_action")
+    action = ctx.vm.stop_action
     if action and action != "TurnOff":
         yield info("hyperv-stop-action",
                    f"VM '{ctx.vm.name}' has AutomaticStopAction {action}; a VM with an assigned device cannot be "

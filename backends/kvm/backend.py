@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import difflib
 import time
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, sysfs
@@ -80,6 +80,20 @@ def _libvirt():
     return libvirt
 
 
+@dataclasses.dataclass(frozen=True)
+class KvmState:
+    """What the KVM planner needs beyond the neutral facts (HostFacts.state): each domain's inactive XML."""
+
+    domain_xml: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _state(facts: HostFacts) -> KvmState:
+    if not isinstance(facts.state, KvmState):
+        raise OperationFailed("these facts carry no KVM domain definitions to plan from",
+                              remedy="read the host again (or take a new snapshot of it)")
+    return facts.state
+
+
 class KvmBackend(Backend):
     platform = "kvm"
     schemes = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
@@ -110,7 +124,6 @@ class KvmBackend(Backend):
         super().__init__(target)
         self._module: Any = None
         self._conn: Any = None
-        self._domain_xml: dict[str, str] = {}
         self._watchdog: Watchdog | None = None
 
     @property
@@ -119,14 +132,17 @@ class KvmBackend(Backend):
             self._module = _libvirt()
         return self._module
 
-    def prepare_planned_vm(self, vm: Vm) -> None:
-        self._domain_xml[vm.name] = domxml.planned_domain(vm.name, vm.memory_bytes, vm.firmware)
+    def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
+        planned = domxml.planned_domain(vm.name, vm.memory_bytes, vm.firmware)
+        return dataclasses.replace(facts, state=KvmState({**_state(facts).domain_xml, vm.name: planned}))
 
-    def snapshot_state(self) -> dict[str, Any]:
-        return {"domain_xml": dict(self._domain_xml)}
+    @classmethod
+    def state_to_json(cls, state: Any) -> dict[str, Any]:
+        return {"domain_xml": dict(state.domain_xml)} if isinstance(state, KvmState) else {}
 
-    def load_snapshot_state(self, state: dict[str, Any]) -> None:
-        self._domain_xml = dict(state.get("domain_xml", {}))
+    @classmethod
+    def state_from_json(cls, data: dict[str, Any]) -> KvmState:
+        return KvmState(dict(data.get("domain_xml") or {}))
 
     # -- connection ---------------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -219,12 +235,12 @@ class KvmBackend(Backend):
                 share_types[function.address] = parsed.share_types
         stats = self._call("listing domains", conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
         vms, owners, holders, mdev_holders = [], {}, [], {}
-        self._domain_xml = {}
+        domain_xml: dict[str, str] = {}
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
             root = domxml.parse(xml)  # once, for its facts and its claims
             facts = domxml.facts_of(root)
-            self._domain_xml[facts.name] = xml
+            domain_xml[facts.name] = xml
             for address in facts.hostdevs:
                 owners[address] = facts.name
             claimed, held = domxml.claims_in(root)
@@ -246,7 +262,7 @@ class KvmBackend(Backend):
                 "no PCI device reports an IOMMU group (VT-d/AMD-Vi off in firmware, or intel_iommu=on missing)",),
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
-                         {("", a): f for a, f in functions.items()})
+                         {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml))
 
     def _with_sharing(self, gpus, share_types, mdev_holders):
         """Each card's vGPU types and the mediated devices created on it, with the VM holding each."""
@@ -298,14 +314,13 @@ class KvmBackend(Backend):
         state = self._call(f"reading the state of VM {vm!r}", domain.state, 0)[0]
         root = domxml.parse(xml)
         facts = domxml.facts_of(root)
-        self._domain_xml[facts.name] = xml
         # The VM's own record of claims; a holding made stale by another VM is an inventory-wide fact.
         return _vm(facts, state, domxml.claims_in(root)[0])
 
     # -- planning -----------------------------------------------------------------------------------
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, options = ctx.vm, ctx.request.options
-        xml = self._domain_xml[vm.name]
+        xml = _state(ctx.facts).domain_xml[vm.name]
         cards = tuple(gpu.functions if ctx.include_companions else (gpu.function,) for gpu in ctx.gpus)
         need = ctx.need
         set_efi = bool(need and need.is_large and vm.firmware is Firmware.BIOS and options.allow_firmware_change)
@@ -333,7 +348,7 @@ class KvmBackend(Backend):
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
-        xml = self._domain_xml[vm.name]
+        xml = _state(ctx.facts).domain_xml[vm.name]
         addresses = set(ctx.addresses) & set(vm.assigned)
         edit = domxml.remove_gpus(xml, addresses)
         edit = domxml.Edit(domxml.without_unfinished_claims(edit.xml), edit.changes)
@@ -529,6 +544,9 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list) -> Vm:
         mmio_window_bytes=facts.mmio_window_bytes,
         assigned=facts.hostdevs,
         hypervisor_hidden=facts.hypervisor_hidden,
+        # A <hostdev> names its host device by PCI address. libvirt has no per-VM action at host shutdown (the
+        # libvirt-guests service decides for all) and no Hyper-V-style dynamic memory setting: unknown.
+        binding="address", stop_action=None, dynamic_memory=None,
         settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded],
                   "phys_bits": facts.phys_bits},
         unfinished=tuple(

@@ -297,7 +297,7 @@ def snapshot(app, host: str | None, output: str, as_json: bool) -> None:
     with app.open(host) as backend:
         facts = backend.inventory()
         try:
-            snapshots.write(Path(output), facts, backend.snapshot_state(), backend.target.label)
+            snapshots.write(Path(output), facts, type(backend).state_to_json(facts.state), backend.target.label)
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror}", remedy="choose a path you can write to") from exc
     if as_json:

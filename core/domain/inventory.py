@@ -96,6 +96,11 @@ class Vm:
     location: str = ""
     snapshots: int = 0
     hypervisor_hidden: bool = False
+    # Neutral settings that migration plans and rules read, filled by every backend; None where the platform
+    # does not say (shown as unknown), never a guessed default.
+    binding: str | None = None  # "address": one host device by its address; "dynamic": any device of a model
+    stop_action: str | None = None  # what the host does with the VM when the host shuts down, in its own words
+    dynamic_memory: bool | None = None  # whether the guest's memory is resized while it runs
     # Platform facts that platform rules read (e.g. Hyper-V dynamic memory); JSON-safe values only.
     settings: Mapping[str, Any] = field(default_factory=dict)
     # gpupass operations on this VM that were started and never finished (the intent record of a run that
@@ -127,6 +132,10 @@ class HostFacts:
     functions: Mapping[tuple[str, PciAddress], PciFunction] = field(default_factory=dict)
     # Maintenance mode of each host of a multi-host endpoint (a vCenter), by location.
     maintenance: Mapping[str, bool] = field(default_factory=dict)
+    # What the platform's planner needs beyond the neutral facts (KVM: each domain's XML), typed by the
+    # backend and opaque to the core. Planners read it from here, never from what a connection cached, so a
+    # plan from a snapshot is the plan from the live host (Backend.state_to_json / state_from_json).
+    state: Any = None
 
     def in_maintenance(self, location: str = "") -> bool:
         return bool(self.maintenance.get(location, self.host.maintenance_mode))

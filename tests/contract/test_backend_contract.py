@@ -158,3 +158,31 @@ def test_execute_verifies_with_the_vms_read_back_not_the_whole_host(backend_env,
     finally:
         del backend.inventory
     assert inventory_calls == [] and backend_env.free_gpu in outcome.vm_after.assigned
+
+
+def _steps(result: Plan) -> list[tuple]:
+    return [(s.action, s.description, s.changes, s.preview, s.writes, s.needs_vm_off, s.needs_host_reboot, s.payload)
+            for s in result.steps]
+
+
+def test_a_snapshot_plans_exactly_like_the_live_host(backend_env, backend, tmp_path):
+    """`gpupass snapshot HOST -o FILE`, then FILE as HOST: the planner works from what inventory() returned."""
+    from gpupass.core import snapshot
+    from gpupass.core.hosts import open_snapshot
+
+    registry = default_registry()
+    facts = backend.inventory()
+    path = tmp_path / "host.json"
+    snapshot.write(path, facts, type(backend).state_to_json(facts.state), backend.target.label)
+    offline = open_snapshot(path, registry)
+    assert offline.read_only and offline.platform == backend.platform
+    recorded = offline.inventory()
+    assert recorded.state == facts.state, "the backend's planning state must survive the snapshot"
+    assert {vm.name for vm in recorded.vms} == {vm.name for vm in facts.vms}
+    live = make_plan(backend, facts, assign_request(backend_env), registry)
+    planned = make_plan(offline, recorded, assign_request(backend_env), registry)
+    assert _steps(planned) == _steps(live) and _steps(live)
+    assert [f.code for f in planned.findings] == [f.code for f in live.findings]
+    release = ReleaseRequest(backend_env.owner_vm)
+    assert [s.action for s in make_plan(offline, recorded, release, registry).steps] == \
+        [s.action for s in make_plan(backend, facts, release, registry).steps]

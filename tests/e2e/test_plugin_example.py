@@ -207,7 +207,7 @@ def test_unknown_host_and_vm_are_not_found(gpupass):
 
 def test_a_snapshot_of_the_example_host_plans_offline_and_refuses_changes(gpupass, tmp_path):
     # The core opens a snapshot as a read-only subclass of the plugin's backend: its constructor must not
-    # connect, and its planner must work from the facts (and snapshot_state) alone.
+    # connect, and its planner must work from the facts (and HostFacts.state) alone.
     path = tmp_path / "demo.json"
     gpupass("snapshot", HOST, "-o", str(path))
     plan = json.loads(gpupass("plan", str(path), "ml-train", A100, "--json").stdout)

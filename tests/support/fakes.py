@@ -171,8 +171,9 @@ class OtherFakeBackend(FakeBackend):
     native_settings = {"firmware": "generation", "mmio_window": "HighMmio", "binding": "by location path"}
     state: HostFacts = facts()
 
-    def prepare_planned_vm(self, vm: Vm) -> None:
+    def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         self.planned = vm
+        return facts
 
 
 def open_other_fake(state: HostFacts) -> OtherFakeBackend:

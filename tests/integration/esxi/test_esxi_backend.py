@@ -130,7 +130,7 @@ def test_dynamic_directpath(backend):
     assert "DynamicBackingInfo allowedDevice=10de:20b5" in result.steps[-1].preview
     facts = execute(backend, result).facts_after
     vm = facts.find_vm("ml-train")
-    assert vm.settings["binding"] == "dynamic" and vm.assigned == (A100_ACTIVE,)
+    assert vm.binding == "dynamic" and vm.assigned == (A100_ACTIVE,)
     execute(backend, plan(backend, ReleaseRequest("ml-train")))
     assert backend.inventory().find_vm("ml-train").assigned == ()
 

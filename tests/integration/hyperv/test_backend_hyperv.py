@@ -72,7 +72,7 @@ def test_inventory(open_backend):
     assert vms["ml-train"].firmware is Firmware.EFI and vms["render01"].firmware is Firmware.BIOS
     assert vms["web01"].power_state is PowerState.RUNNING
     assert vms["cad-ws"].assigned == (OWNED,) and vms["ml-train"].mmio_window_bytes == 512 * 2**20
-    assert vms["dyn-mem"].settings["dynamic_memory"] is True and vms["dyn-mem"].memory_reserved_bytes is None
+    assert vms["dyn-mem"].dynamic_memory is True and vms["dyn-mem"].memory_reserved_bytes is None
 
 
 def test_companions_share_the_card_address(open_backend):

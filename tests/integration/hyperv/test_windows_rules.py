@@ -151,7 +151,7 @@ def test_the_dynamic_memory_remedy_names_the_vm_by_id_not_by_a_wildcard_name():
     from gpupass.backends.hyperv.rules import dynamic_memory
     from hyperv_helpers import bad_nodes
     vm = SimpleNamespace(name="gpu[1]'s", id="9a4e6b1f-7c2d-4f8e-a3b5-1e0c9d8f7a04",
-                         settings={"dynamic_memory": True})
+                         dynamic_memory=True)
     finding = next(iter(dynamic_memory(SimpleNamespace(vm=vm))))
     command = finding.remedy.split(" (with")[0]
     assert command == "Set-VM -VM (Get-VM -Id '9a4e6b1f-7c2d-4f8e-a3b5-1e0c9d8f7a04') -StaticMemory"

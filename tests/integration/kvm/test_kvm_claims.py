@@ -97,8 +97,8 @@ def test_identical_concurrent_assigns_converge_to_one_device_once(lab_file):
 def test_a_claim_left_choosing_by_a_killed_run_makes_others_lose_after_the_wait_and_any_run_clears_it(lab_file):
     add_clones(lab_file, ["ml-1", "ml-2"])
     with open_lab(lab_file) as killed:  # the doorway write of a run killed right after it
-        killed.inventory()
-        killed._define(domxml.with_claim(killed._domain_xml["ml-1"], new_claim("ml-1", [str(H100)])), "claim")
+        xml = killed.inventory().state.domain_xml["ml-1"]
+        killed._define(domxml.with_claim(xml, new_claim("ml-1", [str(H100)])), "claim")
     backend = open_lab(lab_file)
     backend.claim_wait_s = 0.2
     plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-2", (H100,)), default_registry())
@@ -152,10 +152,10 @@ def test_the_cli_exits_6_for_a_conflict_and_only_one_vm_gets_the_gpu(tmp_path):
 def test_status_shows_what_stopped_runs_left_and_how_to_finish(lab_file, tmp_path):
     add_clones(lab_file, ["ml-1", "ml-2", "ml-3"])
     with open_lab(lab_file) as stopped:
-        stopped.inventory()
+        xml = stopped.inventory().state.domain_xml["ml-1"]
         # a run killed after its doorway on ml-1, and two holders of the H100: ml-2 won, ml-3 was killed
         # after writing its (higher-numbered) change and before taking it back
-        stopped._define(domxml.with_claim(stopped._domain_xml["ml-1"], new_claim("ml-1", [str(H100)])), "claim")
+        stopped._define(domxml.with_claim(xml, new_claim("ml-1", [str(H100)])), "claim")
         for vm, number in (("ml-2", 1), ("ml-3", 2)):
             plan = make_plan(stopped, stopped.inventory(), AssignmentRequest(vm, (H100,)), default_registry())
             payload = plan.steps[0].payload
