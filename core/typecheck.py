@@ -35,7 +35,7 @@ def matches(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(matches(item, args[0]) for item in value)
-        return len(value) == len(args) and all(matches(item, arm) for item, arm in zip(value, args))
+        return len(value) == len(args) and all(matches(item, arm) for item, arm in zip(value, args, strict=True))
     if origin is list:
         return isinstance(value, list) and all(matches(item, args[0]) for item in value) if args else True
     if isinstance(origin, type) and issubclass(origin, Mapping) or hint in (dict, Mapping):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Callable, Mapping
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gpupass.core.errors import UsageError
 

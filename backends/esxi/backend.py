@@ -99,7 +99,7 @@ class EsxiBackend(Backend):
         return self._si
 
     def api_version(self) -> tuple[int, ...]:
-        self.si
+        _ = self.si  # logs in if needed: the version is negotiated at login
         # "vim.version.v7_0_3_0" / "vim.version.version13"
         name = self._api.rsplit(".", 1)[-1]
         if name.startswith("v") and "_" in name:
@@ -556,7 +556,7 @@ class EsxiBackend(Backend):
         ref = self._host_ref(host)
         vms = self._call(f"reading the VMs of host {host}", lambda: list(ref.vm or ()))
         return sorted(str(vm.name) for vm in vms
-                      if str(self._call(f"reading the VMs of host {host}", lambda: vm.runtime.powerState))
+                      if str(self._call(f"reading the VMs of host {host}", lambda vm=vm: vm.runtime.powerState))
                       == "poweredOn")
 
     def _reboot_safely(self, host: str, enter_maintenance: bool) -> None:

@@ -25,7 +25,7 @@ from gpupass.core.domain.inventory import Firmware, Host, HostFacts, Passthrough
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
-from gpupass.core.errors import AuthenticationFailed, GpupassError, BackendUnavailable, NotSupported, OperationFailed, UsageError
+from gpupass.core.errors import GpupassError, BackendUnavailable, OperationFailed, UsageError
 from gpupass.core.ports import Backend, StepState
 
 log = logging.getLogger("gpupass.hyperv")
@@ -395,7 +395,7 @@ class HypervBackend(Backend):
         changes = (f"Set-VM -AutomaticStopAction TurnOff -GuestControlledCacheTypes $true "
                    f"-LowMemoryMappedIoSpace {format_bytes(low)} -HighMemoryMappedIoSpace {format_bytes(high)}",)
         steps = []
-        for batch, preview in zip(batches, previews):
+        for batch, preview in zip(batches, previews, strict=True):
             steps.append(Step(
                 action="hyperv.assign",
                 description=f"give {', '.join(batch)} to VM '{vm.name}' (Set-VM, Disable-PnpDevice, "

@@ -28,7 +28,7 @@ def host_driver(ctx: CheckContext) -> Iterable[Finding]:
             yield info(
                 "kvm-host-driver",
                 f"{function.address} is bound to {function.driver} on the host; libvirt unbinds it at VM start",
-                f"stop host users of the card first (nvidia-persistenced, a display server) or the VM will not start",
+                "stop host users of the card first (nvidia-persistenced, a display server) or the VM will not start",
                 subject=str(function.address),
             )
 

@@ -43,7 +43,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int | No
     limit = output_width() if width is None else width
     if limit is not None:
         widths = _fit(widths, limit)
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
         lines += _wrapped(row, widths)
     return "\n".join(lines)
@@ -65,9 +65,9 @@ def _wrapped(row: Sequence[str], widths: Sequence[int]) -> list[str]:
 
     cells = [[cell] if len(cell) <= width or index == 0 else
              textwrap.wrap(cell, width, break_long_words=True, break_on_hyphens=False) or [""]
-             for index, (cell, width) in enumerate(zip(row, widths))]
+             for index, (cell, width) in enumerate(zip(row, widths, strict=False))]
     height = max(len(cell) for cell in cells)
-    return ["  ".join((cell[line] if line < len(cell) else "").ljust(width) for cell, width in zip(cells, widths))
+    return ["  ".join((cell[line] if line < len(cell) else "").ljust(width) for cell, width in zip(cells, widths, strict=False))
             .rstrip() for line in range(height)]
 
 

@@ -98,7 +98,7 @@ def stale_holdings(holders: Iterable[Holder]) -> list[tuple[Holder, str]]:
     for holder in holders:
         by_address.setdefault(holder.address, []).append(holder)
     stale = []
-    for address, several in by_address.items():
+    for several in by_address.values():
         if len(several) < 2:
             continue
         keeper = min(several, key=lambda h: (h.claim is not None, h.claim.order() if h.claim else (0, "")))

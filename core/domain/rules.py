@@ -6,7 +6,7 @@ from typing import Iterable
 
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, info, warning
-from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts, PowerState
+from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts
 from gpupass.core.domain.iommu import keeps_group_viable
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.pci import PciAddress

@@ -5,7 +5,6 @@ import os
 import pty
 import subprocess
 import sys
-from pathlib import Path
 
 GPUPASS = [sys.executable, "-m", "gpupass.core.cli"]
 

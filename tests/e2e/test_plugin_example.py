@@ -49,7 +49,7 @@ def _assemble_wheel(source: Path, out: Path) -> Path:
     project, modules = config["project"], config["tool"]["setuptools"]["py-modules"]
     name, version = project["name"].replace("-", "_"), project["version"]
     info = f"{name}-{version}.dist-info"
-    metadata = [f"Metadata-Version: 2.1", f"Name: {project['name']}", f"Version: {version}",
+    metadata = ["Metadata-Version: 2.1", f"Name: {project['name']}", f"Version: {version}",
                 f"Requires-Python: {project['requires-python']}"] + [f"Requires-Dist: {d}" for d in project["dependencies"]]
     entry_points = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in items.items()) + "\n"
                            for group, items in project["entry-points"].items())

@@ -171,7 +171,7 @@ def test_any_uri_is_taken_or_refused_before_a_connection(fake, uri):
 def test_libvirt_test_uris_on_missing_files_fail_cleanly(path, query):
     encoded = [quote(path, errors="surrogatepass"), *(quote(v, errors="surrogatepass") for _, v in query)]
     uri = f"test:///nonexistent/{encoded[0]}.xml" + (
-        "?" + "&".join(f"{k}={v}" for (k, _), v in zip(query, encoded[1:])) if query else "")
+        "?" + "&".join(f"{k}={v}" for (k, _), v in zip(query, encoded[1:], strict=True)) if query else "")
     result = run_cli(["gpus", uri])
     assert result.exit_code in (1, 2)
 

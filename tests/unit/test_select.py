@@ -7,7 +7,7 @@ import pytest
 from gpupass.core.domain.inventory import HostFacts
 from gpupass.core.domain.select import GpuSelector, model_matches, parse_selectors, qualified
 from gpupass.core.errors import NotFound, UsageError
-from support.fakes import A, facts, function, gpu, vm
+from support.fakes import A, facts, gpu, vm
 
 
 def two_host_facts() -> HostFacts:

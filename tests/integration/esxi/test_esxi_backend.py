@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -12,7 +11,7 @@ from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.mmio import GiB
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
-from gpupass.core.errors import AuthenticationFailed, ConnectionFailed, NotSupported, OperationFailed
+from gpupass.core.errors import AuthenticationFailed, ConnectionFailed, NotSupported, OperationFailed, PreflightFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target, TlsOptions
 
@@ -154,7 +153,7 @@ def test_dynamic_is_not_supported_before_vsphere_7(fresh_vcsim):
 def test_blocking_findings(backend, vm, address, options, code):
     result = plan(backend, AssignmentRequest(vm, (address,), options))
     assert code in codes(result)
-    with pytest.raises(Exception):
+    with pytest.raises(PreflightFailed):
         execute(backend, result)
 
 

@@ -292,7 +292,7 @@ def test_direct_esxi_old_session_is_gone_after_a_reboot(fresh_vcsim):
     deadline = time.monotonic() + 10
     while True:
         try:
-            host.runtime.connectionState
+            _ = host.runtime.connectionState  # a property read: one request
         except vim.fault.NotAuthenticated:
             break  # back, and the session opened before the reboot no longer exists
         except Exception:  # noqa: BLE001 - the endpoint does not answer while the host reboots

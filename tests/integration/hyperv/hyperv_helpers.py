@@ -8,7 +8,7 @@ import tree_sitter as ts
 import tree_sitter_powershell as tsp
 import winrm
 
-from gpupass.backends.hyperv.lab.hostmodel import HostModel, PnpDevice, VirtualMachine, lab_host
+from gpupass.backends.hyperv.lab.hostmodel import HostModel, PnpDevice, lab_host
 
 USER, PASSWORD = "Administrator", "Lab-Passw0rd!"
 M, G = 1024 ** 2, 1024 ** 3

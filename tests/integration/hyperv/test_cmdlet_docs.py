@@ -119,7 +119,7 @@ def test_get_vm_name_takes_wildcards_as_documented():
 
 def test_get_pnpdeviceproperty_takes_a_piped_device():
     # the InputObject (cdxml) set, as SurveyDDA.ps1 uses it ($pcidev | Get-PnpDeviceProperty $key)
-    r = run(f"Get-PnpDevice -InstanceId 'PCI\\VEN_10DE&DEV_20B5*' -PresentOnly | Get-PnpDeviceProperty "
+    r = run("Get-PnpDevice -InstanceId 'PCI\\VEN_10DE&DEV_20B5*' -PresentOnly | Get-PnpDeviceProperty "
             "'{3AB22E31-8264-4b4e-9AF5-A8D2D8E33E62}  34' | ConvertTo-Json -Compress")
     assert r.exit_code == 0, [e.format() for e in r.errors]
     got = json.loads(r.stdout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import json
 import xml.etree.ElementTree as ET
 
@@ -139,11 +138,11 @@ def test_the_cli_exits_6_for_a_conflict_and_only_one_vm_gets_the_gpu(tmp_path):
         add_clones(lab_file, CLONES[:3])
         runs = [subprocess.Popen([*gpupass, "assign", "lab-kvm", vm, str(H100), "--yes", "--json"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in CLONES[:3]]
-        codes = {vm: (run.wait(60), run.stdout.read()) for vm, run in zip(CLONES[:3], runs)}
+        codes = {vm: (run.wait(60), run.stdout.read()) for vm, run in zip(CLONES[:3], runs, strict=True)}
         assert sorted(code for code, _ in codes.values())[0] == 0, codes
         assert all(code in (0, 3, 6) for code, _ in codes.values()), codes
         assert len([vm for vm, (code, _) in codes.items() if code == 0]) == 1, codes
-        for vm, (code, out) in codes.items():
+        for code, out in codes.values():
             if code == 6:
                 assert json.loads(out)["error"] == "conflict"
         assert holders(lab_file) == [vm for vm, (code, _) in codes.items() if code == 0]

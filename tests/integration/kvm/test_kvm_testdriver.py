@@ -12,7 +12,7 @@ from gpupass.backends.kvm.lab import testhost
 from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan
-from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
 from gpupass.core.errors import ConnectionFailed, NotFound, NotSupported, OperationFailed, PreflightFailed
 from gpupass.core.service import execute, make_plan
 

@@ -12,7 +12,6 @@ On Debian 12 the daemon needs:
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest

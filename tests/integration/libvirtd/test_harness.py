@@ -74,7 +74,7 @@ def test_context_manager_and_daemon_user():
     with UnprivilegedLibvirtd() as daemon:
         assert daemon.running and daemon.start_seconds is not None
         status = Path(f"/proc/{daemon.pid}/status").read_text()
-        uid = int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1])
+        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
         if os.geteuid() == 0:
             assert uid != 0, "libvirtd must not run as root (it would be the system daemon)"
         else:

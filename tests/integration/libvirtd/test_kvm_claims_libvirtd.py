@@ -37,7 +37,7 @@ def test_of_concurrent_assigns_on_the_daemon_exactly_one_wins(libvirtd_uri, libv
     winners = [vm for vm, (kind, _) in outcomes.items() if kind == "applied"]
     assert len(winners) == 1, outcomes
     for vm in VMS:
-        held = f"bus='0x41'" in inactive_xml(libvirt_conn, vm)
+        held = "bus='0x41'" in inactive_xml(libvirt_conn, vm)
         assert held == (vm in winners), (vm, outcomes)
         if vm not in winners:
             assert outcomes[vm][0] == "conflict" and "rolled_back=True" in outcomes[vm][1]

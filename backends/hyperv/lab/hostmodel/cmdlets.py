@@ -208,7 +208,7 @@ class Cmdlet:
                 reason = str(e) if "too large" in str(e) else "Input string was not in a correct format."
                 raise self._err(interp, node, f"Cannot bind parameter '{p.name}'. Cannot convert value "
                                 f"\"{to_string(v)}\" to type \"{net}\". Error: \"{reason}\"",
-                                "CannotConvertArgumentNoMessage")
+                                "CannotConvertArgumentNoMessage") from e
         if t.startswith("enum:"):
             ename = t[5:]
             net, values = ENUMS[ename]
@@ -335,7 +335,7 @@ class Cmdlet:
             rec = interp._record(e, self.name, name_node)
             if e.kind == "terminating":
                 from .interp import _Terminating
-                raise _Terminating(rec)
+                raise _Terminating(rec) from e
             interp._write_error(rec, ctx.action)
             return []
 

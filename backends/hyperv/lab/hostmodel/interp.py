@@ -287,7 +287,7 @@ class Interpreter:
             self._exec_stmt_inner(n, out)
         except _PY_ERRORS as e:
             # a .NET exception in PowerShell terms (conversion, index, ...): a terminating RuntimeException
-            raise _Terminating(_runtime_error(e, self._where(n)))
+            raise _Terminating(_runtime_error(e, self._where(n))) from e
 
     def _exec_stmt_inner(self, n: ts.Node, out: list[Any]) -> None:
         t = n.type
@@ -299,7 +299,7 @@ class Interpreter:
                 try:
                     res = self._pipeline(n)
                 except _PY_ERRORS as pe:
-                    raise _Terminating(_runtime_error(pe, self._where(n)))
+                    raise _Terminating(_runtime_error(pe, self._where(n))) from pe
                 out.extend(res)
             except _Terminating as e:
                 if self._eap() == "stop" or getattr(e, "script", False) or self._in_try:
@@ -698,7 +698,7 @@ class Interpreter:
             raise _Terminating(ErrorRecord(
                 f'Cannot convert value "{to_string(val)}" to type "System.{name.capitalize()}". '
                 'Error: "Input string was not in a correct format."',
-                "InvalidCastFromStringToInteger", "InvalidArgument", **self._where(tl)))
+                "InvalidCastFromStringToInteger", "InvalidArgument", **self._where(tl))) from None
         if name == "string":
             return to_string(val)
         if name == "bool":
@@ -733,13 +733,13 @@ class Interpreter:
                         'Exception calling "FromBase64String" with "1" argument(s): "The input is not a valid '
                         'Base-64 string as it contains a non-base 64 character, more than two padding characters, '
                         'or an illegal character among the padding characters. "', "FormatException",
-                        "NotSpecified", "System.Management.Automation.MethodInvocationException", **self._where(n)))
+                        "NotSpecified", "System.Management.Automation.MethodInvocationException", **self._where(n))) from None
             raise self._unsupported(n, f"static method {method}")
         obj = self._eval(target_node)
         try:
             return _call_method(obj, method, args)
         except _MethodError as e:
-            raise _Terminating(ErrorRecord(str(e), e.fqid, "InvalidOperation", **self._where(n)))
+            raise _Terminating(ErrorRecord(str(e), e.fqid, "InvalidOperation", **self._where(n))) from e
 
 
 _PY_ERRORS = (ValueError, TypeError, IndexError, KeyError, RecursionError, OverflowError)
@@ -823,7 +823,7 @@ def _call_method(obj: Any, method: str, args: list[Any]) -> Any:
                 return re.split("[" + re.escape(seps) + "]", s) if seps else [s]
         except IndexError:
             raise _MethodError('Exception calling "Substring": "Index and length must refer to a location within the string."',
-                               "ArgumentOutOfRangeException")
+                               "ArgumentOutOfRangeException") from None
     raise _MethodError(f"Method invocation failed because [{_typename(obj)}] does not contain a method named '{method}'.")
 
 
@@ -957,7 +957,7 @@ def _arith(a: Any, b: Any, f: Callable[[Any, Any], Any]) -> Any:
     try:
         return f(_num(a), _num(b))
     except ValueError as e:
-        raise _Terminating(ErrorRecord(str(e), "InvalidArgument", "InvalidArgument"))
+        raise _Terminating(ErrorRecord(str(e), "InvalidArgument", "InvalidArgument")) from e
 
 
 def _add(a: Any, b: Any) -> Any:
