@@ -158,7 +158,7 @@ class KvmBackend(Backend):
                 # The label is what the user typed; the URI (a test-driver file's path) is what failed to open.
                 where = self.target.label if self.target.label == self.target.uri else \
                     f"{self.target.label} ({self.target.uri})"
-                raise translate(libvirt, exc, f"connecting to {where}") from exc
+                raise translate(libvirt, exc, f"connecting to {where}", connecting=True) from exc
             self.round_trips += 1
             self._conn = _Counted(conn, self)
         return self._conn

@@ -12,14 +12,16 @@ from gpupass.core.errors import (
 )
 
 
-def translate(libvirt, error, action: str) -> GpupassError:
+def translate(libvirt, error, action: str, *, connecting: bool = False) -> GpupassError:
+    """`error` (a libvirt.libvirtError) as the core's type, chosen by its error code; `connecting` when it
+    came from virConnectOpen, whatever its code."""
     code = error.get_error_code()
     message = f"{action}: {error.get_error_message() or error}"
     auth = {libvirt.VIR_ERR_AUTH_FAILED, getattr(libvirt, "VIR_ERR_AUTH_CANCELLED", -1),
             getattr(libvirt, "VIR_ERR_AUTH_UNAVAILABLE", -1)}
     if code in auth:
         return AuthenticationFailed(message, remedy="check the user and the credential for this host")
-    if action.startswith("connecting"):
+    if connecting:
         # Whatever stops virConnectOpen (daemon down, bad socket path, an unreadable test-driver file) means
         # the host could not be opened: nothing was read or changed.
         return ConnectionFailed(message, remedy="check that libvirtd runs on the host and the URI is right")
