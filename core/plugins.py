@@ -55,9 +55,17 @@ class Registry:
     lab_plugins: dict[str, str] = field(default_factory=dict)
 
     def backend_for(self, scheme: str) -> type[Backend]:
-        for backend in self.backends:
-            if scheme in backend.schemes:
-                return backend
+        claimants = [backend for backend in self.backends if scheme in backend.schemes]
+        if len(claimants) > 1:
+            # One rule: a scheme two plugins claim is refused on every command that uses it (and listed by
+            # `gpupass plugins`), never silently given to whichever plugin loaded first.
+            names = " and ".join(repr(self.backend_plugins.get(b, b.__name__)) for b in claimants)
+            raise BackendUnavailable(
+                f"URIs of scheme '{scheme}://' are claimed by the plugins {names}; gpupass will not guess which "
+                "one handles them",
+                remedy="uninstall one of them (`gpupass plugins` lists both)")
+        if claimants:
+            return claimants[0]
         known = ", ".join(sorted(s for b in self.backends for s in b.schemes)) or "none"
         raise BackendUnavailable(
             f"no backend handles URIs of scheme '{scheme}://' (known schemes: {known})",
@@ -124,7 +132,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
                 for scheme in set(other.schemes) & set(backend.schemes):
                     registry.problems.append(
                         f"scheme '{scheme}://' is claimed by {registry.backend_plugins[other]!r} and {_plugin!r}; "
-                        f"{registry.backend_plugins[other]!r} handles it")
+                        "commands refuse its URIs until one of them is uninstalled")
             registry.backends.append(backend)
             registry.backend_plugins[backend] = _plugin
 

@@ -157,7 +157,7 @@ def test_a_plugin_that_fails_to_import_is_reported_not_fatal(tmp_path, monkeypat
     assert registry.backend_for("qemu") is KvmBackend
 
 
-def test_a_scheme_claimed_twice_is_reported():
+def test_a_scheme_claimed_twice_is_reported_and_refused_on_use():
     class Squatter(FakeBackend):
         platform = "squatter"
         schemes = ("qemu",)
@@ -168,5 +168,24 @@ def test_a_scheme_claimed_twice_is_reported():
             register(Squatter)
 
     registry = collect(make_plugin_manager(extra_plugins=[SquatterPlugin()]))
-    assert registry.backend_for("qemu") is KvmBackend
-    assert any("scheme 'qemu://' is claimed by 'kvm'" in p for p in registry.problems)
+    assert any("scheme 'qemu://' is claimed by 'kvm'" in p and "refuse" in p for p in registry.problems)
+    with pytest.raises(BackendUnavailable, match="claimed by the plugins 'kvm' and ") as refused:
+        registry.backend_for("qemu")
+    assert "uninstall one" in refused.value.remedy
+    assert registry.backend_for("esxi") is not Squatter  # other schemes are not affected
+
+
+def test_the_plugins_json_sample_in_the_docs_has_the_fields_the_command_prints():
+    """docs/plugins.md shows `gpupass plugins --json`; its fields must be the ones the command prints."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    block = re.search(r"`gpupass plugins --json` prints what was collected:\n\n```json\n(.*?)```", doc, re.S)
+    assert block, "the sample is gone from docs/plugins.md"
+    sample = json.loads(block.group(1).replace('"..."', '"x"'))
+    printed = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert sample.keys() == printed.keys()
+    for section in ("backends", "lab_hosts", "rules"):
+        assert sample[section] and printed[section], section
+        assert sample[section][0].keys() == printed[section][0].keys(), section
