@@ -52,3 +52,28 @@ def test_six_ordered_pairs(labs):
             assert dest_plan["steps"] and not dest_plan["blocked"], (source, destination, dest_plan["findings"])
             if match == "same-family":
                 assert "migrate-family-substitute" in [f["code"] for f in plan["findings"]]
+
+
+
+@pytest.mark.parametrize("lab,gpu", [("lab-esxi", "3b:00.0"), ("lab-kvm", "42:00.0"),
+                                     ("lab-hyperv", "PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)")])
+def test_a_snapshot_of_each_lab_plans_checks_and_takes_a_migration_like_the_lab(labs, tmp_path, lab, gpu):
+    """The issue's case: `snapshot lab-esxi -o s.json` then `plan s.json ml-train 3b:00.0` (was a KeyError)."""
+    path = tmp_path / "s.json"
+    gpupass("snapshot", lab, "-o", str(path))
+    live = json.loads(gpupass("plan", lab, "ml-train", gpu, "--json").stdout)
+    offline = json.loads(gpupass("plan", str(path), "ml-train", gpu, "--json").stdout)
+    assert offline["steps"] == live["steps"] and offline["steps"]
+    assert [f["code"] for f in offline["findings"]] == [f["code"] for f in live["findings"]]
+    assert gpupass("check", str(path), "ml-train", gpu, expect=None).returncode == \
+        gpupass("check", lab, "ml-train", gpu, expect=None).returncode
+    source = "lab-kvm" if lab != "lab-kvm" else "lab-hyperv"
+    if source == "lab-kvm":
+        gpupass("assign", "lab-kvm", "ml-train", "41:00.0", "--yes")
+    into_snapshot = gpupass("migrate", "plan", source, SOURCES[source], str(path), "--dst-vm", "moved", "--json",
+                            expect=None)
+    into_lab = gpupass("migrate", "plan", source, SOURCES[source], lab, "--dst-vm", "moved", "--json", expect=None)
+    assert into_snapshot.returncode == into_lab.returncode in (0, 3), into_snapshot.stdout + into_snapshot.stderr
+    planned, expected = json.loads(into_snapshot.stdout), json.loads(into_lab.stdout)
+    assert planned["destination"]["platform"] == PLATFORM[lab]
+    assert (planned["destination_plan"] or {}).get("steps") == (expected["destination_plan"] or {}).get("steps")
