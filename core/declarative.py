@@ -159,7 +159,7 @@ def _entry(node, path: str) -> Desired:
         count = int(raw)
     options = AssignOptions()
     if "options" in fields:
-        values = {}
+        values: dict[str, bool] = {}
         for name, (key, value) in _mapping(fields["options"][1], path, "options").items():
             if name not in OPTION_NAMES:
                 raise FileError(path, key.start_mark.line + 1, f"unknown option {name!r}",
@@ -168,7 +168,7 @@ def _entry(node, path: str) -> Desired:
             if text not in ("true", "false"):
                 raise FileError(path, value.start_mark.line + 1, f"option {name} must be true or false")
             values[name] = text == "true"
-        options = AssignOptions(**values)
+        options = AssignOptions(**values)  # type: ignore[arg-type]  # only the boolean options are read here
     return Desired(host=_scalar(fields["host"][1], path), vm=_scalar(fields["vm"][1], path), line=line, gpus=gpus,
                    model=_scalar(fields["model"][1], path) if has_model else None, count=count, options=options)
 
@@ -235,7 +235,8 @@ def after_releases(facts: HostFacts, changes: list[Change]) -> HostFacts:
     """The host as it will be once the releases among `changes` are done: what the assignments are planned on,
     so the whole file is checked before the first write."""
     freed = {(c.vm, address) for c in changes if c.operation == "release" for address in c.gpus}
-    gpus, functions_freed = [], {}
+    gpus: list[Gpu] = []
+    functions_freed: dict[tuple[str | None, str], set[PciAddress]] = {}
     for gpu in facts.gpus:
         if (gpu.assigned_to, gpu.address) in freed:
             functions_freed.setdefault((gpu.assigned_to, gpu.location), set()).update(f.address for f in gpu.functions)

@@ -6,6 +6,8 @@ so scripts can tell a usage mistake from a host that is down.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GpupassError(Exception):
     exit_code = 1
@@ -16,7 +18,7 @@ class GpupassError(Exception):
         self.message = message
         self.remedy = remedy
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"error": self.kind, "message": self.message, "remedy": self.remedy}
 
 
@@ -65,7 +67,7 @@ class OperationFailed(GpupassError):
         super().__init__(message, remedy=remedy)
         self.rolled_back = rolled_back
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "rolled_back": self.rolled_back}
 
 
@@ -85,6 +87,6 @@ class PreflightFailed(GpupassError):
     exit_code = 3
     kind = "preflight-failed"
 
-    def __init__(self, message: str, findings: list) -> None:
+    def __init__(self, message: str, findings: list[Any]) -> None:
         super().__init__(message, remedy="fix the blocking findings above, then run the command again")
         self.findings = findings

@@ -6,10 +6,14 @@ import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Iterator
 
 from gpupass.core import environment, paths, snapshot
 from gpupass.core.config import Config
 from gpupass.core.credentials import resolve_password
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.inventory import HostFacts
+from gpupass.core.domain.plan import Step
 from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend
@@ -34,8 +38,9 @@ def resolve_target(text: str | None, config: Config, registry: Registry, tls: Tl
             name=entry.name,
             tls=TlsOptions(verify=not entry.insecure, ca_file=entry.ca_file),
             options=dict(entry.options),
-            **({"timeout": float(entry.timeout)} if entry.timeout is not None else {}),
         )
+        if entry.timeout is not None:
+            target = replace(target, timeout=float(entry.timeout))
     elif "://" in text or text.startswith("test:"):
         check_uri(text)
         target = Target(uri=text)
@@ -123,26 +128,28 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
 
         read_only = True
 
-        def inventory(self):
+        def inventory(self) -> HostFacts:
             return facts
 
-        def apply(self, step):
+        def apply(self, step: Step) -> Any:
             raise NotSupported(f"{path} is a snapshot: it can be planned from, not changed",
                                remedy="run the command against the live host")
 
-        def undo(self, step, token):
+        def undo(self, step: Step, token: Any) -> None:
             raise NotSupported(f"{path} is a snapshot")
 
-        def close(self):
+        def close(self) -> None:
             pass
 
-        def plan_assign(self, ctx):
+        def plan_assign(self, ctx: CheckContext) -> list[Step]:
             with _damaged_snapshot(path):
-                return super().plan_assign(ctx)
+                steps: list[Step] = super().plan_assign(ctx)
+                return steps
 
-        def plan_release(self, ctx):
+        def plan_release(self, ctx: CheckContext) -> list[Step]:
             with _damaged_snapshot(path):
-                return super().plan_release(ctx)
+                steps: list[Step] = super().plan_release(ctx)
+                return steps
 
     label = f"{document.get('label') or facts.host.uri} (snapshot {path.name})"
     # Remedies name the live host the snapshot was taken of: that is where a fix is applied.
@@ -152,7 +159,7 @@ def open_snapshot(path: Path, registry: Registry) -> Backend:
 
 
 @contextlib.contextmanager
-def _damaged_snapshot(path: Path):
+def _damaged_snapshot(path: Path) -> Iterator[None]:
     """The platform's planner reads the snapshot's backend_state as its own; what it cannot read is the file's
     fault, reported as such rather than as a traceback."""
     try:

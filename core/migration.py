@@ -95,7 +95,7 @@ def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts, locat
     free = [g for g in destination.gpus if assignable(destination, g)]
     ready = {id(g) for g in free if registry is None or assignable(destination, g, registry)}
     best: tuple[GpuMatch, ...] = ()
-    best_score: tuple = ()
+    best_score: tuple[int, int, int, bool] | tuple[()] = ()
     for place in sorted({g.location for g in free}) or [""]:
         pool = sorted((g for g in free if g.location == place), key=lambda g: id(g) not in ready)
         matches = []
@@ -128,7 +128,7 @@ def _source_values(vm: Vm, gpus: tuple[Gpu, ...]) -> dict[str, str]:
     }
 
 
-def carry_settings(vm: Vm, gpus, source: type[Backend], destination: type[Backend]) -> tuple[SettingCarry, ...]:
+def carry_settings(vm: Vm, gpus: tuple[Gpu, ...], source: type[Backend], destination: type[Backend]) -> tuple[SettingCarry, ...]:
     values = _source_values(vm, gpus)
     return tuple(
         SettingCarry(setting, values[setting], source.native_settings.get(setting),

@@ -17,15 +17,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from gpupass.core import hookspecs
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.findings import Finding
 from gpupass.core.errors import BackendUnavailable
 from gpupass.core.ports import Backend, LabHost
 
 ENTRY_POINT_GROUP = "gpupass"
+# A preflight rule: reads the context, yields findings (core/domain/rules.py).
+Rule = Callable[[CheckContext], Iterable[Finding]]
 # Labs (demonstration hosts) register apart from backends, so a package without its labs still works.
 LAB_ENTRY_POINT_GROUP = "gpupass.labs"
 # Plugin names in pluggy are unique across groups: a lab's entry point is registered under this prefix.
@@ -34,7 +38,7 @@ _GROUP_PREFIX = {ENTRY_POINT_GROUP: "", LAB_ENTRY_POINT_GROUP: "labs:"}
 
 @dataclass(frozen=True)
 class RegisteredRule:
-    rule: Callable
+    rule: Rule
     operations: tuple[str, ...]
     platforms: tuple[str, ...] | None
     plugin: str
@@ -72,7 +76,7 @@ class Registry:
             remedy="check the URI, or install the plugin for that platform (`gpupass plugins` lists them)",
         )
 
-    def rules_for(self, operation: str, platform: str) -> list[Callable]:
+    def rules_for(self, operation: str, platform: str) -> list[Rule]:
         return [
             r.rule
             for r in self.rules
@@ -101,9 +105,13 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     """Like pluggy's load_setuptools_entrypoints, but one broken plugin cannot break every command."""
     from importlib.metadata import distributions
 
-    pm.gpupass_load_problems = []  # type: ignore[attr-defined]
-    pm.gpupass_versions = {}  # type: ignore[attr-defined]
-    pm.gpupass_entry_points = {}  # type: ignore[attr-defined]
+    problems: list[str] = []
+    versions: dict[str, str] = {}
+    entry_points: dict[str, str] = {}
+    # Kept on the manager for collect() and the plugin index, which may be given a manager built elsewhere.
+    pm.gpupass_load_problems = problems  # type: ignore[attr-defined]
+    pm.gpupass_versions = versions  # type: ignore[attr-defined]
+    pm.gpupass_entry_points = entry_points  # type: ignore[attr-defined]
     for dist in distributions():
         for entry_point in dist.entry_points:
             if entry_point.group not in _GROUP_PREFIX:
@@ -115,12 +123,12 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 plugin = entry_point.load()
                 pm.register(plugin, name=name)
             except Exception as exc:  # a plugin's bug is reported, not raised
-                pm.gpupass_load_problems.append(
+                problems.append(
                     f"plugin {name!r} ({dist.metadata['Name']} {dist.version}) failed to load: "
                     f"{type(exc).__name__}: {exc}")
                 continue
-            pm.gpupass_versions[name] = dist.version
-            pm.gpupass_entry_points[name] = entry_point.value
+            versions[name] = dist.version
+            entry_points[name] = entry_point.value
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -138,7 +146,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 
         impl.function(register=register_backend)
     for impl in pm.hook.gpupass_register_rules.get_hookimpls():
-        def register_rule(rule: Callable, operations: Iterable[str] = ("assign",),
+        def register_rule(rule: Rule, operations: Iterable[str] = ("assign",),
                           platforms: Iterable[str] | None = None, _plugin: str = impl.plugin_name) -> None:
             registry.rules.append(
                 RegisteredRule(rule, tuple(operations), tuple(platforms) if platforms else None, _plugin)
@@ -243,7 +251,7 @@ def _write_index(pm: pluggy.PluginManager, registry: Registry) -> None:
         pass  # no cache folder we may write: every command scans, as before
 
 
-def _read_index() -> dict | None:
+def _read_index() -> dict[str, Any] | None:
     try:
         index = marshal.loads(_index_path().read_bytes())
     except (OSError, ValueError, EOFError, TypeError):

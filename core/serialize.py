@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpupass.core.domain.findings import FeatureLoss, Finding
 from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
@@ -10,6 +10,9 @@ from gpupass.core.domain.mmio import mmio_need
 from gpupass.core.domain.pci import PciFunction
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
 from gpupass.core.domain.sharing import Sharing
+
+if TYPE_CHECKING:  # the CLI imports this module; migration is imported only by the commands that use it
+    from gpupass.core.migration import MigrationPlan
 
 
 def function_to_dict(function: PciFunction) -> dict[str, Any]:
@@ -163,7 +166,7 @@ def facts_to_dict(facts: HostFacts) -> dict[str, Any]:
     }
 
 
-def migration_to_dict(plan) -> dict[str, Any]:
+def migration_to_dict(plan: MigrationPlan) -> dict[str, Any]:
     return {
         "source": {"host": plan.source_host, "platform": plan.source_platform, "vm": plan.vm},
         "destination": {"host": plan.destination_host, "platform": plan.destination_platform,

@@ -76,7 +76,7 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
     label = backend.target.label
     vm = find_vm(facts, request.vm, label)
     operation = "assign" if isinstance(request, AssignmentRequest) else "release"
-    if operation == "assign":
+    if isinstance(request, AssignmentRequest):
         sizes = request.options.bar_sizes
         resolved = [resolve_gpu(facts, a, vm, label) for a in request.gpus]
         _reject_named_twice(resolved)

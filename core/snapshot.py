@@ -18,7 +18,7 @@ from gpupass.core.errors import UsageError
 FORMAT = "gpupass-snapshot/1"
 
 
-def _bars(bars):
+def _bars(bars: tuple[Bar, ...] | None) -> list[list[Any]] | None:
     return None if bars is None else [[b.index, b.size, b.is_64bit] for b in bars]
 
 

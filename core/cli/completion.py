@@ -30,6 +30,8 @@ def completion(shell: str) -> None:
     from click.shell_completion import get_completion_class
 
     completer = get_completion_class(shell)
+    if completer is None:  # click.Choice allows only the shells click knows; this keeps mypy and a new click honest
+        raise click.BadParameter(f"no completion for {shell!r}", param_hint="SHELL")
     click.echo(completer(cli, {}, "gpupass", COMPLETE_VAR).source())
 
 

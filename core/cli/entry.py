@@ -41,7 +41,8 @@ def help_width() -> int:
         columns = 0
     if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            stream = sys.__stdout__  # None when Python runs without a stdout
+            columns = os.get_terminal_size(stream.fileno()).columns if stream is not None else 0
         except (AttributeError, ValueError, OSError):
             columns = 0
     columns = columns or 80  # shutil's fallback

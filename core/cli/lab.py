@@ -128,7 +128,7 @@ def _demo_json(ctx: click.Context) -> None:
             try:
                 cli.main([*shlex.split(command), "--json"], prog_name="gpupass", obj=ctx.obj, standalone_mode=False)
             except SystemExit as exit_:
-                code = exit_.code or 0
+                code = exit_.code if isinstance(exit_.code, int) else 1 if exit_.code else 0
         text = captured.getvalue()
         try:
             output = json.loads(text) if text.strip() else None

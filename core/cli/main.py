@@ -214,7 +214,8 @@ class LazyGroup(GlobalOptionsGroup):
             name = click.utils.make_str(args[0]) if args else ""
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.5)
             if close and "did you mean" not in exc.message.lower():
-                exc.message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+                # click marks `message` Final, yet its own suggestions are made by setting it the same way
+                exc.message += f" Did you mean {' or '.join(repr(c) for c in close)}?"  # type: ignore[misc]
             raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

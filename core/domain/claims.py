@@ -97,7 +97,7 @@ def stale_holdings(holders: Iterable[Holder]) -> list[tuple[Holder, str]]:
     by_address: dict[str, list[Holder]] = {}
     for holder in holders:
         by_address.setdefault(holder.address, []).append(holder)
-    stale = []
+    stale: list[tuple[Holder, str]] = []
     for several in by_address.values():
         if len(several) < 2:
             continue

@@ -8,7 +8,7 @@ from typing import Union
 from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
 from gpupass.core.domain.mmio import MmioNeed, MmioPolicy, mmio_need
 from gpupass.core.domain.pci import PciAddress, PciFunction
-from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ class CheckContext:
         import shlex
 
         return shlex.quote(self.host_label or self.facts.host.name or self.facts.host.uri)
+
+    @property
+    def assign_options(self) -> AssignOptions:
+        """The assignment's options; a release has none of them (all off)."""
+        options = self.request.options
+        return options if isinstance(options, AssignOptions) else AssignOptions()
 
     @property
     def include_companions(self) -> bool:

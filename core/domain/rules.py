@@ -54,6 +54,7 @@ def foreign_group_members(facts: HostFacts, gpu: Gpu, moving: set[PciAddress]) -
 def iommu_group_isolated(ctx: CheckContext) -> Iterable[Finding]:
     moving = set(ctx.addresses)
     for gpu in ctx.gpus:
+        group = gpu.iommu_group.number if gpu.iommu_group is not None else None  # members only if it has one
         for member in foreign_group_members(ctx.facts, gpu, moving):
             function = ctx.facts.function(member, gpu.location)
             kind = function.kind if function else "device"
@@ -63,7 +64,7 @@ def iommu_group_isolated(ctx: CheckContext) -> Iterable[Finding]:
                       if function and function.driver else "")
             yield blocker(
                 "iommu-group-shared",
-                f"{member} {kind}{name}{bound} shares IOMMU group {gpu.iommu_group.number} with GPU {gpu.address}; "
+                f"{member} {kind}{name}{bound} shares IOMMU group {group} with GPU {gpu.address}; "
                 "VFIO only takes a group whose other members are bridges, driver-less or on vfio-pci/pci-stub",
                 "move the card to a slot with its own IOMMU group (check the board manual for CPU-attached slots) "
                 f"or enable ACS on the upstream port in the firmware{unbind}; gpupass will not hand a host device "
@@ -166,7 +167,7 @@ def passthrough_enabled_on_host(ctx: CheckContext) -> Iterable[Finding]:
                     "without a reboot, so the plan does",
                     subject=str(gpu.address),
                 )
-            elif ctx.request.options.allow_host_reboot or ctx.facts.in_maintenance(gpu.location):
+            elif ctx.assign_options.allow_host_reboot or ctx.facts.in_maintenance(gpu.location):
                 yield warning(
                     "host-reboot-required",
                     f"GPU {gpu.address} {pending}; host {host} must reboot before the VM can use it",
@@ -215,7 +216,7 @@ def firmware_for_large_bars(ctx: CheckContext) -> Iterable[Finding]:
             "power the VM off and assign without --live (with --allow-firmware-change if the guest can boot EFI)",
         )
         return
-    if ctx.request.options.allow_firmware_change and ctx.capabilities.firmware_change:
+    if ctx.assign_options.allow_firmware_change and ctx.capabilities.firmware_change:
         yield warning(
             "firmware-change",
             f"VM '{ctx.vm.name}' boots with BIOS and the GPUs need {total} of BARs: its firmware will switch to "
@@ -279,7 +280,7 @@ def bar_sizes_known(ctx: CheckContext) -> Iterable[Finding]:
 
 
 def hide_hypervisor_opt_in(ctx: CheckContext) -> Iterable[Finding]:
-    if ctx.operation == "assign" and ctx.request.options.hide_hypervisor:
+    if ctx.operation == "assign" and ctx.assign_options.hide_hypervisor:
         yield info(
             "hypervisor-hidden",
             "the hypervisor is hidden from the guest (works around 'Code 43' from old NVIDIA consumer drivers; "
