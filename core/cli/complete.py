@@ -1,8 +1,8 @@
 """Dynamic completion of host, VM and GPU names (the `shell_complete` callbacks of HOST, VM and GPU).
 
 Hosts complete from the config file and the lab hosts. VM and GPU names complete from what gpupass last read
-of that host (`gpus`, `vms` and `status` keep the names under the data dir) and from lab-kvm directly (a
-local file, read in milliseconds); completion never connects to a remote host, so <TAB> never waits on the
+of that host (`gpus`, `vms` and `status` keep the names under the data dir) and, for a lab host without a
+server (lab-kvm), from the lab directly (a local file, read in milliseconds); completion never connects to a remote host, so <TAB> never waits on the
 network or asks for a password. Imported by the command modules: it must stay light (no SDK, no plugin load
 until a completion runs).
 """
@@ -53,7 +53,10 @@ def _names(host: str | None, kind: str) -> list[str]:
         return list(document.get(kind, []))
     except (OSError, ValueError):
         pass
-    if host == "lab-kvm":  # local and instant: read it
+    from gpupass.core.plugins import default_registry
+
+    lab = default_registry().lab_host(host)
+    if lab is not None and not lab.has_server:  # a lab without a server is local and instant: read it
         try:
             from gpupass.core.api import open_host
 
