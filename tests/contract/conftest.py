@@ -8,27 +8,15 @@ by another VM, and add it to ENVIRONMENTS: every test in this folder then runs a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.ports import Backend
+from gpupass.core.testing import BackendEnv
 
 
-@dataclass
-class BackendEnv:
-    platform: str
-    # Opens a NEW backend (a new connection) on the same host; state written by one is seen by the next.
-    open: Callable[[], Backend]
-    free_gpu: PciAddress
-    off_vm: str
-    running_vm: str
-    owned_gpu: PciAddress
-    owner_vm: str
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
 def kvm_test_driver(tmp_path: Path) -> BackendEnv:
@@ -123,12 +111,3 @@ def backend_env(request, tmp_path) -> Iterator[BackendEnv]:
     finally:
         for step in reversed(env.cleanup):
             step()
-
-
-@pytest.fixture
-def backend(backend_env) -> Iterator[Backend]:
-    opened = backend_env.open()
-    try:
-        yield opened
-    finally:
-        opened.close()
