@@ -567,7 +567,7 @@ def test_reboot_takes_time_when_configured(fresh_vcsim, connect):
 def test_a_rebooting_host_still_reports_connected_during_the_lag(fresh_vcsim, connect):
     """vCenter notices a host going down only when its heartbeats stop (Broadcom KB 435077: every 10 s,
     60 s window): right after RebootHost_Task the host may still say connected with the old state."""
-    from gpupass.backends.esxi.simulator import lab_config
+    from gpupass.backends.esxi.lab.simulator import lab_config
 
     cfg = lab_config()
     cfg["hosts"][1].update(reboot_seconds=0.3, reboot_lag_seconds=0.4)
