@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .model import (PCI_DEVICE_TYPES, SNAPSHOT_TYPES, STOP_ACTIONS, VM_STATES, HostModel, HyperVError,
-                    PnpDevice, VirtualMachine)
+                    PartitionableGpu, PnpDevice, VirtualMachine, partitionable_gpu_name)
 from . import devpkeys
 from .devpkeys import DevPropKey
 from .values import ErrorRecord, PSEnum, PSObject, from_json_value, ps_json_dumps, to_json_value, to_string
@@ -662,6 +662,64 @@ def get_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
             and (locationpath is None or d.location_path.lower() == locationpath.lower())]
 
 
+# ---------------------------------------------------------------- GPU partitioning (read only)
+def _partitionable_obj(model: HostModel, g: PartitionableGpu) -> PSObject:
+    """Get-VMHostPartitionableGpu's object: the properties and order of the real output
+    (tests/fixtures/real/sharing/get-vmhostpartitionablegpu-rtx-exhyperv.txt; Msvm_PartitionableGpu for the types).
+    Available* = Total* less an equal share per partition held: a lab assumption, no real output shows a GPU
+    with partitions held."""
+    name = partitionable_gpu_name(g.instance_id)
+    held = sum(1 for v in model.vms for a in v.gpu_partitions if a.instance_path.lower() == name.lower())
+    props: dict[str, Any] = {"Name": name, "ValidPartitionCounts": list(g.valid_partition_counts),
+                             "PartitionCount": g.partition_count}
+    for what, total in (("VRAM", g.total_vram), ("Encode", g.total_encode), ("Decode", g.total_decode),
+                        ("Compute", g.total_compute)):
+        props[f"Total{what}"] = total
+        props[f"Available{what}"] = total - total // max(g.partition_count, 1) * held
+        if what == "VRAM":
+            props["SupportsIncomingLiveMigration"] = False
+        props[f"MinPartition{what}"] = 0
+        props[f"MaxPartition{what}"] = total
+        props[f"OptimalPartition{what}"] = total
+    props.update({"ComputerName": model.name, "IsDeleted": False})
+    return PSObject(props, typename="Microsoft.HyperV.PowerShell.VMHostPartitionableGpu")
+
+
+def get_vmhost_partitionable_gpu(ctx: _Ctx, model: HostModel, name: str | None = None) -> list[Any]:
+    out = [_partitionable_obj(model, g) for g in model.partitionable
+           if model.device_by_instance(g.instance_id) is not None]
+    if name is None:
+        return out
+    hits = [o for o in out if to_string(o.get("Name")).lower() == name.lower()]
+    if not hits:
+        # (approx) wording: no real output of a -Name that matches nothing has been found
+        ctx.error(HyperVError(f"Unable to find a partitionable GPU with name '{name}'.",
+                              f"InvalidParameter,{HV}GetVMHostPartitionableGpu", "ObjectNotFound", VEX, name))
+    return hits
+
+
+def get_vm_gpu_partition_adapter(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                                 vm: list[PSObject] | None = None, adapterid: str | None = None) -> list[Any]:
+    """One object per partition adapter; a VM without one gives nothing. InstancePath and Id are the properties
+    tools read from it (ExHyperV: ``Get-VMGpuPartitionAdapter -VMName .. | Select InstancePath,Id``); the
+    cmdlet page documents no output properties. The Partition* settings are as a real output shows them
+    (MicrosoftDocs/windows-powershell-docs issue #3226); their lab values, Name and the form of Id are assumed."""
+    out = []
+    for v in _resolve_vms(ctx, model, vmname, vm, "GetVMGpuPartitionAdapter"):
+        for a in v.gpu_partitions:
+            if adapterid is not None and a.adapter_id.lower() != adapterid.lower():
+                continue
+            props: dict[str, Any] = {"InstancePath": a.instance_path,
+                                     "Id": f"Microsoft:{v.vm_id.upper()}\\{a.adapter_id}",
+                                     "Name": "GPU Partition", "VMName": v.name, "VMId": v.vm_id,
+                                     "ComputerName": model.name, "IsDeleted": False}
+            for what in ("VRAM", "Encode", "Decode", "Compute"):
+                props.update({f"CurrentPartition{what}": 1000000000, f"MinPartition{what}": 0,
+                              f"MaxPartition{what}": 1000000000, f"OptimalPartition{what}": 1000000000})
+            out.append(PSObject(props, typename="Microsoft.HyperV.PowerShell.VMGpuPartitionAdapter"))
+    return out
+
+
 # ---------------------------------------------------------------- PnP cmdlets (CDXML module PnpDevice)
 def _pnp_not_found(where: str, cmd: str) -> HyperVError:
     # (real) CDXML cmdletization "not found" message
@@ -875,6 +933,12 @@ CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
         remove_vm_assignable_device, doc="Remove-VMAssignableDevice"),
     _hv("Get-VMAssignableDevice", "GetVMAssignableDevice", [Param("VMName", "string[]"), Param("VM", "vm[]"), _LP],
         get_vm_assignable_device, doc="Get-VMAssignableDevice"),
+    # GPU partitioning, read only: what the host offers and which VMs hold partitions.
+    _hv("Get-VMHostPartitionableGpu", "GetVMHostPartitionableGpu", [Param("Name", "string")],
+        get_vmhost_partitionable_gpu, doc="Get-VMHostPartitionableGpu"),
+    _hv("Get-VMGpuPartitionAdapter", "GetVMGpuPartitionAdapter",
+        [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("AdapterId", "string")],
+        get_vm_gpu_partition_adapter, doc="Get-VMGpuPartitionAdapter"),
     Cmdlet("Get-PnpDevice", "Get-PnpDevice", [Param("InstanceId", "string[]"), Param("Class", "string[]"),
                                               Param("FriendlyName", "string[]"), Param("PresentOnly", _SW)],
            lambda ctx, model, **kw: get_pnp_device(ctx, model, class_=kw.pop("class", None), **kw), doc="Get-PnpDevice"),

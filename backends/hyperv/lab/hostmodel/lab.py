@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .model import Checkpoint, HostModel, PnpDevice, VirtualMachine  # noqa: F401  (Checkpoint re-exported)
+from .model import (Checkpoint, GpuPartition, HostModel, PartitionableGpu, PnpDevice,  # noqa: F401  (Checkpoint
+                    VirtualMachine, partitionable_gpu_name)                               # re-exported)
 
 M = 1024 ** 2
 G = 1024 ** 3
@@ -65,6 +66,27 @@ def lab_host() -> HostModel:
     ]
     return HostModel(name="HV-LAB01", iov_support=True, iov_support_reasons=[],
                      devices=[a100_1, a100_2, t4, t4_no_driver, mi300x], vms=vms)
+
+
+# The partitionable GPU of the real Get-VMHostPartitionableGpu output in
+# tests/fixtures/real/sharing/get-vmhostpartitionablegpu-rtx-exhyperv.txt: its instance id (from the Name there) and
+# partition counts are real; its location path, friendly name and BARs are lab assumptions.
+RTX_GPUP_INSTANCE = "PCI\\VEN_10DE&DEV_2504&SUBSYS_40741458&REV_A1\\4&23B96B75&0&0008"
+RTX_GPUP_LOC = "PCIROOT(0)#PCI(0100)#PCI(0000)"
+GPUP_HOLDER = "web01"
+
+
+def partitioned_lab_host() -> HostModel:
+    """The lab host plus a GPU that is partitionable (GPU-P), 32 partitions, one of them held by web01."""
+    m = lab_host()
+    m.devices.append(PnpDevice(
+        instance_id=RTX_GPUP_INSTANCE, friendly_name="NVIDIA GeForce RTX 3060", pnp_class="Display",
+        location_path=RTX_GPUP_LOC, vendor_id=0x10DE, device_id=0x2504, bars=list(T4_BARS)))
+    m.partitionable.append(PartitionableGpu(RTX_GPUP_INSTANCE, valid_partition_counts=[32], partition_count=32))
+    holder = m.vm(GPUP_HOLDER)
+    assert holder is not None
+    holder.gpu_partitions.append(GpuPartition(partitionable_gpu_name(RTX_GPUP_INSTANCE)))
+    return m
 
 
 def load_lab(path: str | os.PathLike[str]) -> HostModel:

@@ -114,6 +114,46 @@ class PnpDevice:
         return "PCIP\\" + self.instance_id.split("\\", 1)[1]
 
 
+# The device interface GPU-P registers for a partitionable GPU, and the reference string after it: Get-VMHostPartitionableGpu's
+# Name is that interface's path, "\\?\PCI#VEN_..#4&23b96b75&0&0008#{064092b3-...}\GPUPARAV" in the real output
+# tests/fixtures/real/sharing/get-vmhostpartitionablegpu-rtx-exhyperv.txt (instance part in lower case there).
+GPU_P_INTERFACE = "{064092b3-625e-43bf-9eb5-dc845897dd59}"
+GPU_P_REFERENCE = "GPUPARAV"
+
+
+def partitionable_gpu_name(instance_id: str) -> str:
+    """Get-VMHostPartitionableGpu's Name (= Add-VMGpuPartitionAdapter's -InstancePath) for a PnP instance id."""
+    enumerator, hardware, instance = instance_id.split("\\", 2)
+    return f"\\\\?\\{enumerator}#{hardware}#{instance.lower()}#{GPU_P_INTERFACE}\\{GPU_P_REFERENCE}"
+
+
+@dataclass
+class PartitionableGpu:
+    """GPU partitioning (GPU-P) state of one host GPU, as Get-VMHostPartitionableGpu reports it.
+
+    Property names: Msvm_PartitionableGpu (Microsoft's Hyper-V WMI reference) and the real output in
+    tests/fixtures/real/sharing/get-vmhostpartitionablegpu-rtx-exhyperv.txt, where the driver reports the
+    resources in its own units (1000000000 = the whole GPU, 2**64-1 = encode not limited), not in bytes."""
+    instance_id: str                  # the PnpDevice's instance id
+    valid_partition_counts: list[int] = field(default_factory=lambda: [32])
+    partition_count: int = 32
+    total_vram: int = 1000000000
+    total_encode: int = 2**64 - 1
+    total_decode: int = 1000000000
+    total_compute: int = 1000000000
+
+
+@dataclass
+class GpuPartition:
+    """A GPU partition adapter of a VM (Add-VMGpuPartitionAdapter -InstancePath)."""
+    instance_path: str                # the partitionable GPU's Name
+    adapter_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.adapter_id:
+            self.adapter_id = str(uuid.uuid4()).upper()
+
+
 @dataclass
 class Checkpoint:
     name: str
@@ -133,6 +173,7 @@ class VirtualMachine:
     guest_controlled_cache_types: bool = False
     checkpoints: list[Checkpoint] = field(default_factory=list)
     vm_id: str = ""
+    gpu_partitions: list[GpuPartition] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.vm_id:
@@ -154,6 +195,7 @@ class HostModel:
     iov_support_reasons: list[str] = field(default_factory=list)
     devices: list[PnpDevice] = field(default_factory=list)
     vms: list[VirtualMachine] = field(default_factory=list)
+    partitionable: list[PartitionableGpu] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()     # one script at a time mutates the host
@@ -204,7 +246,8 @@ class HostModel:
         return {"name": self.name, "iov_support": self.iov_support,
                 "iov_support_reasons": list(self.iov_support_reasons),
                 "devices": [asdict(d) for d in self.devices],
-                "vms": [asdict(v) for v in self.vms]}
+                "vms": [asdict(v) for v in self.vms],
+                "partitionable": [asdict(p) for p in self.partitionable]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -216,10 +259,13 @@ class HostModel:
         for v in data.get("vms", []):
             v = dict(v)
             v["checkpoints"] = [Checkpoint(**c) for c in v.get("checkpoints", [])]
+            v["gpu_partitions"] = [GpuPartition(**_only(GpuPartition, g)) for g in v.get("gpu_partitions", [])]
             vms.append(VirtualMachine(**_only(VirtualMachine, v)))
         return cls(name=data.get("name", "HV01"), iov_support=data.get("iov_support", True),
                    iov_support_reasons=list(data.get("iov_support_reasons", [])),
-                   devices=devs, vms=vms)
+                   devices=devs, vms=vms,
+                   partitionable=[PartitionableGpu(**_only(PartitionableGpu, p))
+                                  for p in data.get("partitionable", [])])
 
     @classmethod
     def from_json(cls, text: str) -> "HostModel":
