@@ -14,7 +14,7 @@ import json
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from gpupass.backends.hyperv import scripts
+from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import SettingsStore
@@ -108,6 +108,30 @@ def _state(facts: HostFacts) -> HypervState:
         raise OperationFailed("these facts carry no Hyper-V location paths to plan from",
                               remedy="read the host again (or take a new snapshot of it)")
     return facts.state
+
+
+def _with_partitions(gpus, partitionable, vms_raw):
+    """Each partitionable GPU's partition types and the VMs holding a partition of it (see partitioning.py)."""
+    if not partitionable:
+        return gpus
+    holders: dict[str, list[str]] = {}
+    for v in vms_raw:
+        for path in v.get("Partitions") or []:
+            holders.setdefault(str(path).lower(), []).append(v["Name"])
+    records = {partitioning.instance_id_of(str(r.get("Name") or "")): r for r in partitionable}
+    shared, mapped = [], set()
+    for gpu in gpus:
+        record = records.get(str(gpu.extra.get("instance_id") or "").upper())
+        if record is None:
+            shared.append(gpu)
+            continue
+        name = str(record.get("Name")).lower()
+        mapped.add(name)
+        shared.append(dataclasses.replace(gpu, sharing=partitioning.sharing_of(record, holders.get(name, []))))
+    for path in set(holders) - mapped:
+        log.warning("GPU partition adapters of %s name %s, which is no GPU of this host's inventory",
+                    ", ".join(sorted(holders[path])), path)
+    return shared
 
 
 class HypervBackend(Backend):
@@ -312,6 +336,7 @@ class HypervBackend(Backend):
             gpus.append(dataclasses.replace(gpu, extra={
                 **extra[gpu.address], "location_paths": paths,
                 "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
+        gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
         host_raw = data.get("Host") or {}
         iov = host_raw.get("IovSupport")
         reasons = host_raw.get("IovSupportReasons") or []
@@ -320,7 +345,8 @@ class HypervBackend(Backend):
             name=host_raw.get("Name") or self.target.name or urlsplit(self.target.uri).hostname or "",
             iommu_enabled=None if iov is None else bool(iov),
             iommu_reasons=tuple(str(r) for r in ([reasons] if isinstance(reasons, str) else reasons)),
-            settings={"iov_support": iov},
+            # False: the host has no Get-VMHostPartitionableGpu (or it failed), so GPU partitions are not known
+            settings={"iov_support": iov, "gpu_partitioning_read": data.get("Partitionable") is not None},
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
                          {("", a): f for a, f in functions.items()},

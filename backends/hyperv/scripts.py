@@ -76,13 +76,19 @@ GPU_BASE_CLASSES = ("03", "12")
 _VM_RECORD = _lines(
     "$ad=@()",
     "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
+    "$gp=@();if($pg){foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){$gp+=$a.InstancePath}}",
     "$cp=@()",
     "foreach($c in @(Get-VMSnapshot -VM $v)){$cp+=[pscustomobject]@{Name=$c.Name;Type=$c.SnapshotType.ToString()}}",
     "$vms+=[pscustomobject]@{Name=$v.Name;Id=$v.VMId;Generation=$v.Generation;State=$v.State.ToString();"
     "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
     "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
-    "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad}",
+    "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad;"
+    "Partitions=$gp}",
 )
+# GPU-P: a host without Get-VMHostPartitionableGpu leaves $pg null: not read (see inventory_script); the VM records
+# read their partition adapters only where some GPU is partitionable.
+_PARTITIONABLE = ("try{$z=@(Get-VMHostPartitionableGpu);$pg=@();foreach($q in $z){$pg+=[pscustomobject]@{Name=$q.Name;"
+                  "Counts=$q.ValidPartitionCounts;Count=$q.PartitionCount}}}catch{}")
 
 
 def read_vm_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
@@ -93,6 +99,7 @@ def read_vm_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> st
     s = _lines(
         "$ErrorActionPreference='Stop'",
         f"$n={ps_quote(vm_name)}",
+        _PARTITIONABLE,
         "$own=@{}",
         "$vms=@()",
         "foreach($v in @(Get-VM)){",
@@ -111,7 +118,8 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
          "Gpus": [Fn + {"Companions": [Fn, ...]}],
          "Vms": [{"Name", "Id", "Generation", "State", "MemoryStartup", "DynamicMemory", "StopAction",
                   "LowMmio", "HighMmio", "GuestCache", "Checkpoints": [{"Name", "Type"}],
-                  "Devices": [location path, ...]}]}
+                  "Devices": [location path, ...], "Partitions": [GPU-P instance path, ...]}],
+         "Partitionable": [{"Name", "Counts", "Count"}] or null}
 
     where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "ClassCode", "Status", "Present",
     "LocationPath", "Slot", "Mmio" (bytes, null while dismounted: no host resources), "Interrupts" (bitmask
@@ -128,10 +136,16 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     VMs are passed as objects (``-VM``), never by name: ``-VMName`` takes wildcards, so a VM called
     ``gpu[1]`` would not find itself.  State/StopAction/Type are enum names.  ``Present: false`` with
     ``Dismounted: false`` is a ghost PnP entry; with ``Dismounted: true`` a device given up for assignment.
+
+    GPU partitioning: Partitionable is Get-VMHostPartitionableGpu's Name, ValidPartitionCounts and PartitionCount
+    per GPU, null where that cmdlet failed or does not exist (it is in the winserver2022-ps docset; Windows 10 has
+    none, Easy-GPU-PV issue #224): the try keeps DDA inventory working there.  Partitions are the InstancePath of
+    each of the VM's Get-VMGpuPartitionAdapter objects, read only where some GPU is partitionable.
     """
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$h=Get-VMHost",
+        _PARTITIONABLE,
         "$own=@{}",
         "$vms=@()",
         "foreach($v in @(Get-VM)){",
@@ -176,7 +190,7 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$c=@();foreach($o in $fns){if($o.Slot -eq $g.Slot -and $o.LocationPath -ne $g.LocationPath){$c+=$o}}",
         "$g.Companions=$c;$gpus+=$g}}",
         "$r=[pscustomobject]@{Host=[pscustomobject]@{Name=$h.Name;IovSupport=$h.IovSupport;"
-        "IovSupportReasons=$h.IovSupportReasons};Gpus=$gpus;Vms=$vms}",
+        "IovSupportReasons=$h.IovSupportReasons};Gpus=$gpus;Vms=$vms;Partitionable=$pg}",
         "ConvertTo-Json -InputObject $r -Depth 6 -Compress",
     )
     return _check(s, "inventory", max_chars)

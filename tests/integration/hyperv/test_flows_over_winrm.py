@@ -22,6 +22,7 @@ def inventory(remote) -> dict:
 def test_inventory_of_the_lab(remote):
     inv = inventory(remote)
     assert inv["Host"] == {"Name": "HV-LAB01", "IovSupport": True, "IovSupportReasons": None}
+    assert inv["Partitionable"] == []       # the lab's GPUs offer no GPU partitioning
     gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
     assert set(gpus) == {A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC}
     a1, a2, t4 = gpus[A100_1_LOC], gpus[A100_2_LOC], gpus[T4_LOC]
@@ -42,7 +43,7 @@ def test_inventory_of_the_lab(remote):
     assert vms["ml-train"] | {"Id": None} == {
         "Name": "ml-train", "Id": None, "Generation": 2, "State": "Off", "MemoryStartup": 64 * G,
         "DynamicMemory": False, "StopAction": "Save", "LowMmio": 128 * M, "HighMmio": 512 * M,
-        "GuestCache": False, "Checkpoints": [], "Devices": []}
+        "GuestCache": False, "Checkpoints": [], "Devices": [], "Partitions": []}
     assert vms["render01"]["Generation"] == 1
     assert vms["web01"]["State"] == "Running"
     assert vms["cad-ws"]["Devices"] == [A100_1_LOC] and vms["cad-ws"]["StopAction"] == "TurnOff"
@@ -81,7 +82,8 @@ def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
     m = HostModel(name="EMPTY", iov_support=False, iov_support_reasons=["Firmware does not support IOMMU"])
     inv = inventory(Remote(endpoint_factory(m, auth), auth))
     assert inv == {"Host": {"Name": "EMPTY", "IovSupport": False,
-                            "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Gpus": [], "Vms": []}
+                            "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Gpus": [], "Vms": [],
+                   "Partitionable": []}
 
 
 def test_assign_then_release(remote):
