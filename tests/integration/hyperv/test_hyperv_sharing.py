@@ -17,10 +17,10 @@ import pytest
 
 from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
-from gpupass.backends.hyperv.hostmodel import lab_host, run_script
-from gpupass.backends.hyperv.hostmodel.lab import (A100_1_LOC, A100_2_LOC, GPUP_HOLDER, MI300X_LOC, RTX_GPUP_INSTANCE,
+from gpupass.backends.hyperv.lab.hostmodel import lab_host, run_script
+from gpupass.backends.hyperv.lab.hostmodel.lab import (A100_1_LOC, A100_2_LOC, GPUP_HOLDER, MI300X_LOC, RTX_GPUP_INSTANCE,
                                                    RTX_GPUP_LOC, T4_LOC, T4_NO_DRIVER_LOC, partitioned_lab_host)
-from gpupass.backends.hyperv.hostmodel.model import partitionable_gpu_name
+from gpupass.backends.hyperv.lab.hostmodel.model import partitionable_gpu_name
 from gpupass.core.domain.sharing import ShareMode
 from hyperv_helpers import PASSWORD, USER
 from support.cli import gpupass
