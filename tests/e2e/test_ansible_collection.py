@@ -14,7 +14,6 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from support.cli import gpupass
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -80,15 +79,6 @@ def task(name: str, module: str, **params) -> dict:
         if keyword in params:
             entry[keyword] = params[keyword]
     return entry
-
-
-@pytest.fixture
-def labs():
-    gpupass("lab", "up")
-    try:
-        yield
-    finally:
-        gpupass("lab", "down")
 
 
 def test_the_collection_builds_with_every_module(collections):

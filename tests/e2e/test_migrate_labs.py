@@ -19,15 +19,6 @@ EXPECTED = {
 PLATFORM = {"lab-esxi": "esxi", "lab-kvm": "kvm", "lab-hyperv": "hyperv"}
 
 
-@pytest.fixture
-def labs():
-    gpupass("lab", "up")
-    try:
-        yield
-    finally:
-        gpupass("lab", "down")
-
-
 def test_six_ordered_pairs(labs):
     # The KVM lab's only A100 is free while KVM is a destination, then given to ml-train to be a source.
     kvm_source_ready = False

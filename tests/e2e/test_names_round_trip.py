@@ -3,18 +3,8 @@ agree on what can take a VM now."""
 
 import json
 
-import pytest
 
 from support.cli import gpupass
-
-
-@pytest.fixture
-def labs():
-    gpupass("lab", "up")
-    try:
-        yield
-    finally:
-        gpupass("lab", "down")
 
 
 def printed_addresses(host):
