@@ -299,6 +299,21 @@ class _QuietPipe:
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
+def _exit_interrupted() -> None:
+    """Exit 130 at once. A worker may still sit inside an SDK call to a host that never answers (a libvirt
+    connect, a socket read): interpreter shutdown can wait on such a thread, so the streams are flushed and the
+    process ends without it. Whatever a command undoes on an interrupt has been undone before we get here."""
+    import os
+
+    click.echo("interrupted", err=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(INTERRUPTED_EXIT)
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -309,11 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="gpupass", standalone_mode=False, color=color)
     except click.exceptions.Abort as exc:
-        click.echo("interrupted" if isinstance(exc.__context__, KeyboardInterrupt) else "aborted", err=True)
-        sys.exit(INTERRUPTED_EXIT if isinstance(exc.__context__, KeyboardInterrupt) else 1)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _exit_interrupted()
+        click.echo("aborted", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(INTERRUPTED_EXIT)
+        _exit_interrupted()
     except click.exceptions.ClickException as exc:
         if "--json" in (sys.argv[1:] if argv is None else argv):
             # --json promises one JSON document, errors included: a usage error too.
