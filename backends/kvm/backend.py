@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import difflib
+import functools
+import logging
 import time
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, sysfs
 from gpupass.backends.kvm.errors import translate
+from gpupass.backends.kvm.steps import DefineDomain, Hotplug
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
     drivers_in_node_file,
@@ -372,7 +374,7 @@ class KvmBackend(Backend):
             changes=tuple(edit.changes),
             needs_vm_off=needs_vm_off,
             preview=diff,
-            payload={"vm": vm, "old_xml": old, "new_xml": edit.xml, "claims": claims or []},
+            payload=DefineDomain(vm, old, edit.xml, tuple(claims or ())),
         )
 
     def _hotplug_step(self, vm: str, function, attach: bool) -> Step:
@@ -382,7 +384,7 @@ class KvmBackend(Backend):
             description=f"{verb} {function.address} ({function.kind}) {'into' if attach else 'from'} running VM '{vm}'",
             undo=f"{'hot-unplug' if attach else 'hot-plug'} it again",
             changes=(f"{verb} <hostdev> {function.address}",),
-            payload={"vm": vm, "hostdev_xml": domxml.hostdev_xml(function), "attach": attach},
+            payload=Hotplug(vm, domxml.hostdev_xml(function), attach),
         )
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
@@ -394,37 +396,46 @@ class KvmBackend(Backend):
         ]
 
     # -- applying -----------------------------------------------------------------------------------
+    # apply, undo and observe pick their handler by the payload's type (backends/kvm/steps.py), never by the
+    # step's action label.
     def apply(self, step: Step) -> Any:
-        payload = step.payload
-        if step.action == "kvm.define-domain":
-            current = self._current_xml(payload["vm"])
-            if current != payload["old_xml"]:
-                raise Conflict(
-                    f"VM '{payload['vm']}' was changed by someone else since the plan was made; nothing was changed",
-                    remedy="run the command again to plan from its current definition",
-                )
-            if payload.get("claims"):
-                return self._define_claimed(payload)
-            self._define(payload["new_xml"], "defining the new VM definition")
-            return payload["old_xml"]
-        if step.action in ("kvm.hotplug", "kvm.hotunplug"):
-            self._hotplug(payload["vm"], payload["hostdev_xml"], attach=payload["attach"])
-            return None
-        raise OperationFailed(f"the kvm backend does not know step {step.action!r}")
+        return self._apply(step.payload)
+
+    @functools.singledispatchmethod
+    def _apply(self, payload: object) -> Any:
+        raise OperationFailed(f"the kvm backend cannot carry out a step of type {type(payload).__name__}",
+                              remedy="plan again with this version of gpupass")
+
+    @_apply.register
+    def _apply_define(self, payload: DefineDomain) -> str:
+        current = self._current_xml(payload.vm)
+        if current != payload.old_xml:
+            raise Conflict(
+                f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
+                remedy="run the command again to plan from its current definition",
+            )
+        if payload.claims:
+            return self._define_claimed(payload)
+        self._define(payload.new_xml, "defining the new VM definition")
+        return payload.old_xml
+
+    @_apply.register
+    def _apply_hotplug(self, payload: Hotplug) -> None:
+        self._hotplug(payload.vm, payload.hostdev_xml, attach=payload.attach)
 
     # How long a claimant waits for another run that is choosing its claim number (gpupass.core.domain.claims);
     # a run killed in that moment leaves its claim choosing, and after this the waiting run gives up.
     claim_wait_s = 10.0
 
-    def _define_claimed(self, payload: dict[str, Any]) -> str:
+    def _define_claimed(self, payload: DefineDomain) -> str:
         """The define of an assign, as a claim that holds across processes and machines (see claims.py)."""
-        vm, old = payload["vm"], payload["old_xml"]
-        mine = claims.new_claim(vm, payload["claims"])
+        vm, old = payload.vm, payload.old_xml
+        mine = claims.new_claim(vm, payload.claims)
         self._define(domxml.with_claim(old, mine), f"recording gpupass's claim in VM {vm!r}")
         others, _ = self._claims(exclude=vm)
         mine = mine.numbered(claims.next_number(mine, others))
         try:
-            self._define(domxml.with_claim(payload["new_xml"], mine), "defining the new VM definition")
+            self._define(domxml.with_claim(payload.new_xml, mine), "defining the new VM definition")
         except GpupassError as refused:
             # libvirt takes a definition whole or not at all: only the claim is there; take it back, so the
             # error's own word on the rollback is true. If that fails too, the service reads the VM again.
@@ -477,30 +488,46 @@ class KvmBackend(Backend):
         return found
 
     def undo(self, step: Step, token: Any) -> None:
-        if step.action == "kvm.define-domain":
-            self._define(token, "restoring the previous VM definition")
-        elif step.action in ("kvm.hotplug", "kvm.hotunplug"):
-            self._hotplug(step.payload["vm"], step.payload["hostdev_xml"], attach=not step.payload["attach"])
+        self._undo(step.payload, token)
+
+    @functools.singledispatchmethod
+    def _undo(self, payload: object, token: Any) -> None:
+        raise OperationFailed(f"the kvm backend cannot undo a step of type {type(payload).__name__}")
+
+    @_undo.register
+    def _undo_define(self, payload: DefineDomain, token: str) -> None:
+        self._define(token, "restoring the previous VM definition")
+
+    @_undo.register
+    def _undo_hotplug(self, payload: Hotplug, token: None) -> None:
+        self._hotplug(payload.vm, payload.hostdev_xml, attach=not payload.attach)
 
     def observe(self, step: Step) -> StepState:
-        """Read the VM again after a define that failed without saying what it left."""
-        payload = step.payload
-        if step.action in ("kvm.hotplug", "kvm.hotunplug"):
-            domain = self._call(f"looking up VM {payload['vm']!r}", self._connection().lookupByName, payload["vm"])
-            live = domxml.read_facts(self._call(f"reading VM {payload['vm']!r}", domain.XMLDesc, 0)).hostdevs
-            wanted = {a for _, a in domxml.pci_hostdevs(domxml.parse(f"<domain><devices>{payload['hostdev_xml']}"
-                                                                      "</devices></domain>"))}
-            there = wanted <= set(live)
-            return StepState("after" if there == payload["attach"] else "before")
-        if step.action != "kvm.define-domain":
-            return StepState("unknown", detail=f"{step.description} cannot be read back")
-        current = _essentials(self._current_xml(payload["vm"]))
-        if current == _essentials(payload["old_xml"], keep_claims=True):
+        """Read the VM again after a step that failed without saying what it left."""
+        return self._observe(step.payload, step)
+
+    @functools.singledispatchmethod
+    def _observe(self, payload: object, step: Step) -> StepState:
+        return StepState("unknown", detail=f"{step.description} cannot be read back")
+
+    @_observe.register
+    def _observe_hotplug(self, payload: Hotplug, step: Step) -> StepState:
+        domain = self._call(f"looking up VM {payload.vm!r}", self._connection().lookupByName, payload.vm)
+        live = domxml.read_facts(self._call(f"reading VM {payload.vm!r}", domain.XMLDesc, 0)).hostdevs
+        wanted = {a for _, a in domxml.pci_hostdevs(domxml.parse(f"<domain><devices>{payload.hostdev_xml}"
+                                                                  "</devices></domain>"))}
+        there = wanted <= set(live)
+        return StepState("after" if there == payload.attach else "before")
+
+    @_observe.register
+    def _observe_define(self, payload: DefineDomain, step: Step) -> StepState:
+        current = _essentials(self._current_xml(payload.vm))
+        if current == _essentials(payload.old_xml, keep_claims=True):
             return StepState("before")
-        if current in (_essentials(payload["old_xml"]), _essentials(payload["new_xml"])):
+        if current in (_essentials(payload.old_xml), _essentials(payload.new_xml)):
             # the change, or only this run's claim, is there: defining the old XML takes either back
-            return StepState("after", token=payload["old_xml"])
-        return StepState("unknown", detail=f"VM '{payload['vm']}' holds neither its old nor its planned definition")
+            return StepState("after", token=payload.old_xml)
+        return StepState("unknown", detail=f"VM '{payload.vm}' holds neither its old nor its planned definition")
 
     def _current_xml(self, vm: str) -> str:
         self._before_reading_definition()

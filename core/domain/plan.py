@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 from gpupass.core.domain.findings import FeatureLoss, Finding
 from gpupass.core.domain.inventory import Gpu
@@ -21,8 +20,10 @@ class Step:
     writes: bool = True
     # What the step sends, readable by an admin (an XML diff, a PowerShell script).
     preview: str | None = None
-    # The backend's own data for carrying the step out; never shown, never compared.
-    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # What the backend needs to carry the step out: an instance of one of the backend's own small frozen
+    # dataclasses (backends/kvm/steps.py ...), whose type picks its apply/undo handler. `action` above is only
+    # the step's label for people and --json; no backend dispatches on it. Never shown, never compared.
+    payload: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

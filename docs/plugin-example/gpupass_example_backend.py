@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -59,6 +60,12 @@ class _Api:  # stands in for a hypervisor SDK's client (a real backend would imp
 ERRORS = {"NO_SUCH_HOST": NotFound, "NO_SUCH_VM": NotFound, "VM_LOCKED": OperationFailed}
 
 
+@dataclass(frozen=True)
+class UpdateVm:  # a Step's payload. With several kinds of step: a class each, and apply picks one by type
+    vm: str
+    values: dict[str, Any]
+
+
 class ExampleBackend(Backend):
     platform = "example"
     schemes = ("example",)
@@ -95,7 +102,7 @@ class ExampleBackend(Backend):
     @staticmethod
     def _step(action: str, vm: str, values: dict, what: str) -> Step:
         return Step(f"example.{action}", f"{what} (VM '{vm}')", undo="set the VM's previous values again",
-                    needs_vm_off=True, payload={"vm": vm, "values": values})
+                    needs_vm_off=True, payload=UpdateVm(vm, values))
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         vm, need, steps = ctx.vm, ctx.need, []
@@ -117,13 +124,13 @@ class ExampleBackend(Backend):
         return [self._step("detach", vm.name, values, "detach " + ", ".join(map(str, gone)))]
 
     def apply(self, step: Step) -> Any:
-        if step.action not in ("example.set-window", "example.attach", "example.detach"):
-            raise OperationFailed(f"the example backend does not know step {step.action!r}")
-        vm, values = step.payload["vm"], step.payload["values"]
+        if not isinstance(step.payload, UpdateVm):
+            raise OperationFailed(f"the example backend cannot carry out {type(step.payload).__name__}")
+        vm, values = step.payload.vm, step.payload.values
         return self._call(f"changing VM '{vm}'", lambda api: api.update_vm(vm, values))
 
     def undo(self, step: Step, token: Any) -> None:  # token: what apply returned, the VM's old values
-        vm = step.payload["vm"]
+        vm = step.payload.vm  # a step that apply() completed: an UpdateVm
         self._call(f"restoring VM '{vm}'", lambda api: api.update_vm(vm, token))
 
     def ex_reset(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,7 @@ def backend_env() -> Iterator[BackendEnv]:
     spec = importlib.util.spec_from_file_location("gpupass_example_backend", EXAMPLE)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # as an import would (its dataclasses look their module up there)
     spec.loader.exec_module(example)
     plugins.reset_default()
     plugins.register(example, name="example")  # as its entry point would

@@ -218,4 +218,4 @@ def test_a_snapshot_of_the_example_host_plans_offline_and_refuses_changes(gpupas
 
 def test_the_example_stays_small():
     lines = (EXAMPLE / "gpupass_example_backend.py").read_text().count("\n")
-    assert lines < 150, "docs/plugins.md promises a backend you can read in one sitting"
+    assert lines < 160, "docs/plugins.md promises a backend you can read in one sitting"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -49,6 +50,19 @@ def facts(gpus=(), vms=(), functions=(), iommu=True) -> HostFacts:
                      tuple(gpus), tuple(vms), table)
 
 
+@dataclass(frozen=True)
+class Reserve:
+    vm: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Move:
+    vm: str
+    addresses: tuple[str, ...]
+    detach: bool = False
+
+
 class FakeBackend(Backend):
     """Holds its facts in memory; assign/release edit them. `fail_on` makes a step fail."""
 
@@ -69,14 +83,14 @@ class FakeBackend(Backend):
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
         return [
-            Step("fake.reserve", f"reserve {a}", undo=f"unreserve {a}", payload={"address": str(a), "vm": ctx.vm.name})
+            Step("fake.reserve", f"reserve {a}", undo=f"unreserve {a}", payload=Reserve(ctx.vm.name, str(a)))
             for a in ctx.addresses
         ] + [Step("fake.attach", f"attach to {ctx.vm.name}", undo="detach",
-                  payload={"addresses": [str(a) for a in ctx.addresses], "vm": ctx.vm.name}, needs_vm_off=True)]
+                  payload=Move(ctx.vm.name, tuple(str(a) for a in ctx.addresses)), needs_vm_off=True)]
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         return [Step("fake.detach", f"detach from {ctx.vm.name}", undo="attach",
-                     payload={"addresses": [str(a) for a in ctx.addresses], "vm": ctx.vm.name, "detach": True})]
+                     payload=Move(ctx.vm.name, tuple(str(a) for a in ctx.addresses), detach=True))]
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return [FeatureLoss("teleportation", "fake GPUs pin the VM")]
@@ -85,9 +99,9 @@ class FakeBackend(Backend):
         self.calls.append(("apply", step.action))
         if step.action in self.fail_on:
             raise OperationFailed(f"injected failure in {step.action}")
-        if step.action in ("fake.attach", "fake.detach"):
+        if isinstance(step.payload, Move):
             before = type(self).state
-            self._move(step.payload["vm"], step.payload["addresses"], detach=step.payload.get("detach", False))
+            self._move(step.payload.vm, step.payload.addresses, detach=step.payload.detach)
             return before
         return None
 
@@ -98,7 +112,7 @@ class FakeBackend(Backend):
         if token is not None:
             type(self).state = token
 
-    def _move(self, vm_name: str, addresses: list[str], detach: bool) -> None:
+    def _move(self, vm_name: str, addresses: tuple[str, ...], detach: bool) -> None:
         moving = {A(a) for a in addresses}
         current = type(self).state
         vms = []

@@ -120,7 +120,7 @@ def test_a_gpu_held_without_a_claim_wins_over_every_claimant(lab_file):
     with open_lab(lab_file) as by_hand:  # someone runs `virsh edit ml-1` and adds the GPU in between
         by_hand.inventory()
         plain = make_plan(by_hand, by_hand.inventory(), AssignmentRequest("ml-1", (H100,)), default_registry())
-        by_hand._define(plain.steps[0].payload["new_xml"], "by hand")
+        by_hand._define(plain.steps[0].payload.new_xml, "by hand")
     with pytest.raises(Conflict) as caught:
         execute(backend, plan)
     assert "held by VM 'ml-1'" in caught.value.message
@@ -158,7 +158,7 @@ def test_status_shows_what_stopped_runs_left_and_how_to_finish(lab_file, tmp_pat
         for vm, number in (("ml-2", 1), ("ml-3", 2)):
             plan = make_plan(stopped, stopped.inventory(), AssignmentRequest(vm, (H100,)), default_registry())
             payload = plan.steps[0].payload
-            stopped._define(domxml.with_claim(payload["new_xml"], new_claim(vm, [str(H100)]).numbered(number)), vm)
+            stopped._define(domxml.with_claim(payload.new_xml, new_claim(vm, [str(H100)]).numbered(number)), vm)
     env = {**os.environ, "GPUPASS_CONFIG": str(tmp_path / "c.toml")}
     status = subprocess.run([*GPUPASS, "status", f"test://{lab_file}", "--json"], env=env, capture_output=True,
                             text=True)

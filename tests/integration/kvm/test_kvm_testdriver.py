@@ -190,10 +190,10 @@ def test_a_definition_libvirt_rejects_is_reported_and_changes_nothing(lab, regis
     plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
     define = plan.steps[0]
     # Slot 0x40 does not exist on a PCI bus: libvirt's parser (not gpupass) refuses the document.
-    broken = define.payload["new_xml"].replace("slot=\"0x00\"", "slot=\"0x40\"")
-    assert broken != define.payload["new_xml"]
-    bad_plan = dataclasses.replace(plan, steps=(dataclasses.replace(define, payload={**define.payload,
-                                                                                       "new_xml": broken}),))
+    broken = define.payload.new_xml.replace("slot=\"0x00\"", "slot=\"0x40\"")
+    assert broken != define.payload.new_xml
+    bad_plan = dataclasses.replace(plan, steps=(dataclasses.replace(
+        define, payload=dataclasses.replace(define.payload, new_xml=broken)),))
     with pytest.raises(OperationFailed) as caught:
         execute(lab, bad_plan)
     assert caught.value.rolled_back
@@ -280,3 +280,29 @@ def test_round_trips_are_counted_and_deterministic(lab_file, open_backend):
     assert first.round_trips == second.round_trips == 1 + 1 + 8 + 1 + 4
     first.inventory()
     assert first.round_trips == 15 + 14  # the connection is reused
+
+
+# -- typed steps: the payload's type picks the handler, the action label is only a label -------------
+
+def test_a_step_is_carried_out_by_its_payload_type_whatever_its_label(lab, registry, domain_xml):
+    from gpupass.backends.kvm.steps import DefineDomain
+
+    plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
+    define = plan.steps[0]
+    assert isinstance(define.payload, DefineDomain) and define.payload.vm == "ml-train"
+    relabelled = dataclasses.replace(plan, steps=(dataclasses.replace(define, action="anything"),))
+    execute(lab, relabelled)
+    assert H100 in lab.inventory().find_vm("ml-train").assigned
+    # undo goes by the type too: it defines the old XML again
+    lab.undo(dataclasses.replace(define, action="kvm.hotplug"), define.payload.old_xml)
+    assert H100 not in lab.inventory().find_vm("ml-train").assigned
+
+
+def test_a_payload_the_backend_does_not_know_is_refused_and_changes_nothing(lab, registry, domain_xml):
+    before = domain_xml(lab, "ml-train")
+    plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
+    unknown = dataclasses.replace(plan.steps[0], payload={"vm": "ml-train", "new_xml": "<domain/>"})
+    with pytest.raises(OperationFailed) as caught:
+        execute(lab, dataclasses.replace(plan, steps=(unknown,)))
+    assert "cannot carry out a step of type dict" in caught.value.message
+    assert domain_xml(lab, "ml-train") == before

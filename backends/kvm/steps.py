@@ -1,0 +1,34 @@
+"""What a KVM step carries out: one small frozen dataclass per kind of step (the `Step.payload`).
+
+`KvmBackend.apply`, `undo` and `observe` choose their handler by the payload's type (functools'
+singledispatchmethod), never by `Step.action`, which is only the step's label in text and --json output.
+A new kind of step is a new class here plus its handlers in backend.py; tests/unit/test_step_payloads.py
+checks that every class here has an apply and an undo handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DefineDomain:
+    """Replace VM `vm`'s persistent definition `old_xml` by `new_xml` (refused if it is no longer `old_xml`).
+
+    `claims`: the PCI addresses an assign takes, recorded as a claim in the definition so that runs in
+    other processes cannot take the same GPU (gpupass.core.domain.claims); empty for a release.
+    """
+
+    vm: str
+    old_xml: str
+    new_xml: str
+    claims: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hotplug:
+    """Attach (`attach`) or detach one `<hostdev>` element, `hostdev_xml`, to or from running VM `vm`."""
+
+    vm: str
+    hostdev_xml: str
+    attach: bool
