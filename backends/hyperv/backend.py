@@ -18,6 +18,7 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import SettingsStore
+from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
@@ -68,6 +69,32 @@ def _ids(instance_id: str) -> tuple[int, int]:
         elif part.upper().startswith("DEV_"):
             device = int(part[4:], 16)
     return vendor, device
+
+
+FOUR_GIB = 4 * GiB
+
+
+def memory_bars(mem: Any) -> tuple[Bar, ...] | None:
+    """The BARs a function holds on the host, from the inventory's "Mem" ([start0, end0, start1, end1, ...], the
+    inclusive bounds of each Win32_DeviceMemoryAddress range); None when it holds none (disabled, dismounted, absent:
+    Win32_PnPAllocatedResource lists only resources in use), so the catalog can stand in.
+
+    Windows reports where each range lies, not the BAR's type: a range that ends above 4 GiB is a 64-bit BAR; one
+    wholly below 4 GiB is counted as 32-bit (it may be a 64-bit BAR the firmware placed low), so it is planned into
+    the low MMIO window, which gpupass then sets to 3 GB as Microsoft's DDA guide does.  Ranges are numbered in the
+    order Windows lists them: the numbers are not BAR indexes.
+    """
+    if not mem:
+        return None
+    values = [int(v) for v in mem]
+    if len(values) % 2:
+        raise OperationFailed(f"the host reported an odd number of memory range bounds ({len(values)})")
+    bars = []
+    for i, (start, end) in enumerate(zip(values[0::2], values[1::2], strict=True)):
+        if end < start:
+            raise OperationFailed(f"the host reported a memory range that ends before it starts ({start:#x}-{end:#x})")
+        bars.append(Bar(i, end - start + 1, is_64bit=end >= FOUR_GIB))
+    return tuple(bars)
 
 
 def survey(fn: dict) -> dict:
@@ -300,19 +327,23 @@ class HypervBackend(Backend):
             if address is None or address in functions:
                 continue
             vendor, device = _ids(fn.get("InstanceId") or "")
-            mmio = fn.get("Mmio")
+            bars = memory_bars(fn.get("Mem"))
+            # None here: group_gpus fills the BARs from the catalog where it knows the card (an estimate).
             functions[address] = PciFunction(
                 address=address, vendor_id=vendor, device_id=device,
                 class_code=class_code(fn),
-                name=fn.get("Name") or "", driver=None,
-                # Only the total of the memory ranges is known; the catalog gives the BARs of known cards.
-                bars=None if not mmio else (Bar(0, int(mmio), is_64bit=True),),
+                name=fn.get("Name") or "", driver=None, bars=bars,
             )
             states[address] = passthrough_state(fn)
+            known = catalog.lookup(vendor, device)
+            bars_source = ("host" if bars is not None else
+                           "catalog (estimated: the device holds no memory resources now)"
+                           if known is not None and known.bars is not None else None)
             extra[address] = {"location_path": fn["LocationPath"], "instance_id": fn.get("InstanceId"),
                               "status": fn.get("Status"), "present": fn.get("Present"),
-                              "mmio_bytes": mmio, "dismounted": bool(fn.get("Dismounted")),
-                              "survey": survey(fn)}
+                              "mmio_bytes": None if bars is None else sum(b.size for b in bars),
+                              "bars_source": bars_source,
+                              "dismounted": bool(fn.get("Dismounted")), "survey": survey(fn)}
         owners: dict[PciAddress, str] = {}
         vms = []
         records: dict[str, dict] = {}
@@ -322,15 +353,7 @@ class HypervBackend(Backend):
                 owners[address] = v["Name"]
             records[v["Name"]] = v
             vms.append(_vm(v, held))
-        # Prefer the catalog's BAR layout (it tells 32-bit from 64-bit BARs) over the measured total.
-        from gpupass.core.domain import catalog
-        for address, function in list(functions.items()):
-            known = catalog.lookup(function.vendor_id, function.device_id)
-            if known is not None and known.bars is not None:
-                import dataclasses
-                functions[address] = dataclasses.replace(function, bars=known.bars)
         gpus = []
-        import dataclasses
         for gpu in group_gpus(functions.values(), {}, owners, states):
             paths = [extra[f.address]["location_path"] for f in gpu.functions]
             gpus.append(dataclasses.replace(gpu, extra={

@@ -122,10 +122,18 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
          "Partitionable": [{"Name", "Counts", "Count"}] or null}
 
     where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "ClassCode", "Status", "Present",
-    "LocationPath", "Slot", "Mmio" (bytes, null while dismounted: no host resources), "Interrupts" (bitmask
+    "LocationPath", "Slot", "Mem" (the memory ranges the device holds, flattened: [start0, end0, start1, end1, ...],
+    inclusive bounds; empty while it holds none), "Interrupts" (bitmask
     1 line, 2 MSI, 4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint),
     "Dismounted", "Owner" (VM name or null)}``.  The survey values are null for a function that is not
     present (dismounted or gone): Windows reads them from the running device.
+
+    Mem is read as Microsoft's SurveyDDA.ps1 reads a device's MMIO need (MicrosoftDocs/Virtualization-Documentation
+    ``hyperv-tools/DiscreteDeviceAssignment/SurveyDDA.ps1``: the Win32_DeviceMemoryAddress instances its
+    Win32_PnPAllocatedResource associations name, EndingAddress - StartingAddress each), through the same
+    association from the Win32_PnPEntity that Get-PnpDevice returns.  Win32_PnPAllocatedResource lists "the resources
+    that are in-use by a specific device" (its reference page on learn.microsoft.com), so a disabled, dismounted or
+    absent device holds none: the backend then falls back to the catalog, marked as an estimate.
 
     GPUs are the functions whose PCI class code (``CC_xxxx`` in the hardware or compatible ids, "Identifiers
     for PCI Devices") starts with 03 or 12, not PnP class "Display": a GPU without a host driver, as
@@ -176,11 +184,11 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$fns=@()",
         "foreach($d in $fs){",
         "$id=$d.InstanceId;$p=$lp[$id];$sl=$p.Substring(0,$p.Length-3)",
-        "$m=$null",
-        "if($d.Present){$m=0;foreach($r in @(Get-CimAssociatedInstance -InputObject $d -ResultClassName "
-        "'Win32_DeviceMemoryAddress')){$m+=$r.EndingAddress-$r.StartingAddress+1}}",
+        "$m=@()",
+        "if($d.Present){foreach($r in @(Get-CimAssociatedInstance -InputObject $d -ResultClassName "
+        "'Win32_DeviceMemoryAddress')){$m+=$r.StartingAddress,$r.EndingAddress}}",
         "$fns+=[pscustomobject]@{InstanceId=$id;Name=$d.FriendlyName;Class=$d.Class;ClassCode=$cc[$id];"
-        "Status=$d.Status;Present=$d.Present;LocationPath=$p;Slot=$sl;Mmio=$m;"
+        "Status=$d.Status;Present=$d.Present;LocationPath=$p;Slot=$sl;Mem=$m;"
         + ";".join(f"{k}=$kp[{n}][$id]" for k, n in PROPERTY_IDS.items()) + ";"
         "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p];Companions=@()}",
         "}",

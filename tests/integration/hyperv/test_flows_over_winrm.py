@@ -31,12 +31,16 @@ def test_inventory_of_the_lab(remote):
     assert (bare["Class"], bare["Status"], bare["Name"], bare["ClassCode"]) == (None, "Error", "3D Video Controller",
                                                                               "030200")
     assert (mi["Class"], mi["ClassCode"]) == (None, "120000")
-    assert (a1["Dismounted"], a1["Owner"], a1["Present"], a1["Mmio"]) == (True, "cad-ws", False, None)
+    assert (a1["Dismounted"], a1["Owner"], a1["Present"], a1["Mem"]) == (True, "cad-ws", False, [])
     assert (a2["Dismounted"], a2["Owner"], a2["Status"]) == (False, None, "OK")
-    assert a2["Mmio"] == 16 * M + 128 * G + 32 * M
+    # the memory ranges it holds, [start, end, ...]: the 32-bit BAR0 below 4 GiB, the 64-bit BARs above
+    starts, ends = a2["Mem"][0::2], a2["Mem"][1::2]
+    assert [e - s + 1 for s, e in zip(starts, ends, strict=True)] == [16 * M, 128 * G, 32 * M]
+    assert ends[0] < 4 * G <= starts[1] and starts[2] >= 4 * G
+    assert all(s % (e - s + 1) == 0 for s, e in zip(starts, ends, strict=True))      # each aligned to its size
     assert a2["InstanceId"].startswith("PCI\\VEN_10DE&DEV_20B5")
     assert (a2["Interrupts"] & 6, a2["Rmrr"], a2["Acs"], a2["DeviceType"]) == (6, False, 3, 2)
-    assert t4["Rmrr"] is True and t4["Mmio"] == 304 * M
+    assert t4["Rmrr"] is True and sum(e - s + 1 for s, e in zip(t4["Mem"][0::2], t4["Mem"][1::2], strict=True)) == 304 * M
     assert all(g["Companions"] == [] for g in inv["Gpus"])
     vms = {v["Name"]: v for v in inv["Vms"]}
     assert list(vms) == ["ml-train", "render01", "web01", "cad-ws", "dyn-mem"]
@@ -72,7 +76,7 @@ def test_inventory_ghost_device(auth, endpoint_factory):
                                present=False))
     inv = inventory(Remote(endpoint_factory(m, auth), auth))
     ghost = next(g for g in inv["Gpus"] if "V100" in g["Name"])
-    assert (ghost["Present"], ghost["Dismounted"], ghost["Status"], ghost["Mmio"]) == (False, False, "Unknown", None)
+    assert (ghost["Present"], ghost["Dismounted"], ghost["Status"], ghost["Mem"]) == (False, False, "Unknown", [])
     r = Remote(endpoint_factory(m, "basic"), "basic").ps(S.assign_script("ml-train", [ghost["LocationPath"]], 1, 1))
     assert r.status_code == 1
 

@@ -86,7 +86,9 @@ def test_driverless_gpu_and_accelerator_are_gpus():
     gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
     bare, mi = gpus[T4_NO_DRIVER_LOC], gpus[MI300X_LOC]
     assert (bare["Class"], bare["Status"], bare["ClassCode"]) == (None, "Error", "030200")
-    assert bare["Rmrr"] is False and bare["Acs"] == 3 and bare["Mmio"] == (16 + 256 + 32) * 2**20
+    assert bare["Rmrr"] is False and bare["Acs"] == 3
+    # a present device without a driver is modelled as holding its ranges (not verified on Windows: docs/hyperv.md)
+    assert sum(e - s + 1 for s, e in zip(bare["Mem"][0::2], bare["Mem"][1::2], strict=True)) == (16 + 256 + 32) * 2**20
     assert (mi["Class"], mi["ClassCode"], mi["DeviceType"]) == (None, "120000", 2)
 
 

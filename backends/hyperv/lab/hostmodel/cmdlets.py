@@ -851,17 +851,39 @@ def get_cim_associated_instance(ctx: _Ctx, model: HostModel, inputobject: Any = 
                           "GetCimAssociatedInstanceCommand", "InvalidArgument", CIMEX)
     if resultclassname is not None and resultclassname.lower() != "win32_devicememoryaddress":
         return []
-    if d.dismounted or not d.present:
-        return []            # a dismounted or absent device holds no host resources
+    if not d.holds_resources:
+        return []            # disabled, dismounted or absent: no resources in use (PnpDevice.holds_resources)
     out = []
-    base = 0xF000000000 + (d.vendor_id << 8) * 0  # deterministic, not overlapping within a device
-    addr = base + (abs(hash(d.location_path)) % 0x100) * 0x4000000000
-    for size in d.bars:
-        addr = (addr + size - 1) // size * size
-        out.append(PSObject({"StartingAddress": addr, "EndingAddress": addr + size - 1,
-                             "Name": f"0x{addr:016X}-0x{addr + size - 1:016X}"},
+    for start, size in memory_ranges(model)[d.instance_id]:
+        out.append(PSObject({"StartingAddress": start, "EndingAddress": start + size - 1,
+                             "Name": f"0x{start:016X}-0x{start + size - 1:016X}"},
                             typename="Microsoft.Management.Infrastructure.CimInstance#ROOT/cimv2/Win32_DeviceMemoryAddress"))
-        addr += size
+    return out
+
+
+# Where the modelled host firmware places BARs: 32-bit ones in a window below 4 GiB, the others from 1 TiB up, each
+# naturally aligned (a BAR is aligned to its size, PCI spec), devices in model order so the ranges never overlap.
+_LOW_WINDOW = 0x80000000
+_HIGH_WINDOW = 1 << 40
+
+
+def memory_ranges(model: HostModel) -> dict[str, list[tuple[int, int]]]:
+    """(start, size) of every BAR of every device, as a firmware that decodes above 4 GiB would place them."""
+    low, high, out = _LOW_WINDOW, _HIGH_WINDOW, {}
+    for dev in model.devices:
+        ranges = []
+        for i, size in enumerate(dev.bars):
+            if i < dev.bars_below_4g:
+                low = -(-low // size) * size
+                if low + size > 1 << 32:
+                    raise ValueError(f"lab model: the 32-bit BARs of {dev.instance_id} do not fit below 4 GiB")
+                ranges.append((low, size))
+                low += size
+            else:
+                high = -(-high // size) * size
+                ranges.append((high, size))
+                high += size
+        out[dev.instance_id] = ranges
     return out
 
 

@@ -11,6 +11,8 @@ from .model import (Checkpoint, GpuPartition, HostModel, PartitionableGpu, PnpDe
 M = 1024 ** 2
 G = 1024 ** 3
 
+# BAR sizes as the catalog has them (core/domain/catalog.py, with sources); bars_below_4g=1 below places the first one,
+# NVIDIA's 32-bit BAR0, below 4 GiB as a host firmware must.
 A100_80G_BARS = [16 * M, 128 * G, 32 * M]
 T4_BARS = [16 * M, 256 * M, 32 * M]
 
@@ -28,22 +30,22 @@ def lab_host() -> HostModel:
     a100_1 = PnpDevice(
         instance_id="PCI\\VEN_10DE&DEV_20B5&SUBSYS_153310DE&REV_A1\\4&2B8F1D3A&0&0008",
         friendly_name="NVIDIA A100 80GB PCIe", pnp_class="Display", location_path=A100_1_LOC,
-        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS),
+        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS), bars_below_4g=1,
         enabled=False, dismounted=True, assigned_vm="cad-ws")
     a100_2 = PnpDevice(
         instance_id="PCI\\VEN_10DE&DEV_20B5&SUBSYS_153310DE&REV_A1\\4&1C2E9A77&0&0010",
         friendly_name="NVIDIA A100 80GB PCIe", pnp_class="Display", location_path=A100_2_LOC,
-        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS))
+        vendor_id=0x10DE, device_id=0x20B5, bars=list(A100_80G_BARS), bars_below_4g=1)
     t4 = PnpDevice(
         instance_id="PCI\\VEN_10DE&DEV_1EB8&SUBSYS_12A210DE&REV_A1\\4&3F0B6C21&0&0010",
         friendly_name="NVIDIA Tesla T4", pnp_class="Display", location_path=T4_LOC,
-        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS), rmrr=True)
+        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS), bars_below_4g=1, rmrr=True)
     # As Microsoft's DDA guides leave a GPU after its host driver is uninstalled; instance id, name, empty Class
     # and Status Error as in the real output in tests/fixtures/real/hyperv/aks-t4-no-host-driver.txt.
     t4_no_driver = PnpDevice(
         instance_id="PCI\\VEN_10DE&DEV_1EB8&SUBSYS_12A210DE&REV_A1\\4&32EEF88F&0&0000",
         friendly_name="3D Video Controller", pnp_class="", class_code=0x030200, location_path=T4_NO_DRIVER_LOC,
-        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS))
+        vendor_id=0x10DE, device_id=0x1EB8, bars=list(T4_BARS), bars_below_4g=1)
     # A processing accelerator (class 1200h, as lspci shows MI300X) with no Windows driver. "PCI Device" is
     # Device Manager's generic name for a PCI function without a driver (lab assumption for this class).
     mi300x = PnpDevice(
@@ -81,7 +83,7 @@ def partitioned_lab_host() -> HostModel:
     m = lab_host()
     m.devices.append(PnpDevice(
         instance_id=RTX_GPUP_INSTANCE, friendly_name="NVIDIA GeForce RTX 3060", pnp_class="Display",
-        location_path=RTX_GPUP_LOC, vendor_id=0x10DE, device_id=0x2504, bars=list(T4_BARS)))
+        location_path=RTX_GPUP_LOC, vendor_id=0x10DE, device_id=0x2504, bars=list(T4_BARS), bars_below_4g=1))
     m.partitionable.append(PartitionableGpu(RTX_GPUP_INSTANCE, valid_partition_counts=[32], partition_count=32))
     holder = m.vm(GPUP_HOLDER)
     assert holder is not None

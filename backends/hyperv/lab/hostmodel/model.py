@@ -60,6 +60,11 @@ class PnpDevice:
     vendor_id: int
     device_id: int
     bars: list[int] = field(default_factory=list)   # BAR sizes in bytes (MMIO need = sum)
+    # How many of `bars` (from the first) the host firmware placed below 4 GiB; the others lie above it. A 32-bit
+    # BAR must lie below (NVIDIA's 16 MiB BAR0 is one: "Memory at ... (32-bit, non-prefetchable) [size=16M]" in the
+    # lspci outputs of tests/fixtures/real/kvm/). Windows reports only where each range lies
+    # (Win32_DeviceMemoryAddress StartingAddress/EndingAddress), which is what Get-CimAssociatedInstance serves.
+    bars_below_4g: int = 0
     msi: bool = True                  # MSI/MSI-X support
     line_interrupt: bool = True
     rmrr: bool = False                # requires reserved memory region
@@ -99,6 +104,14 @@ class PnpDevice:
     @property
     def mmio_bytes(self) -> int:
         return sum(self.bars)
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether Windows lists memory ranges for it: Win32_PnPAllocatedResource gives "the resources that are
+        in-use by a specific device" (its reference page), and a disabled (stopped), dismounted or absent device
+        uses none. A present device without a driver is modelled as still holding its ranges: not verified on a
+        real host (docs/hyperv.md)."""
+        return self.present and self.enabled and not self.dismounted
 
     @property
     def status(self) -> str:
