@@ -52,7 +52,7 @@ options:
     type: bool
     default: false
   allow_host_reboot:
-    description: Allow a plan that reboots the host to enable passthrough (ESXi before 7.0.2).
+    description: Allow a plan that reboots the host to enable passthrough (an ESXi host without deviceRebindWithoutRebootSupported, which the API has since vSphere 7.0).
     type: bool
     default: false
   hide_hypervisor:
