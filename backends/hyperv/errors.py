@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gpupass.core.errors import (
     AuthenticationFailed,
+    Conflict,
     ConnectionFailed,
     GpupassError,
     NotFound,
@@ -66,6 +67,8 @@ def parse_clixml(stderr: bytes | str) -> list[ErrorRecord]:
 
 # FullyQualifiedErrorId prefixes (before the first comma) that mean "the thing named is not there".
 _NOT_FOUND_IDS = {"InvalidParameter", "ObjectNotFound", "CmdletizationQuery_NotFound"}
+# The assign script's steps (scripts.assign_script) that take a device from the host.
+_TAKING_FROM_THE_HOST = ("Disable-PnpDevice ", "Dismount-VMHostAssignableDevice ")
 
 
 def from_script_result(action: str, result: dict) -> GpupassError:
@@ -82,6 +85,12 @@ def from_script_result(action: str, result: dict) -> GpupassError:
             rolled_back=False)
     if error_id.split(",", 1)[0] in _NOT_FOUND_IDS and step in ("lookup", "Get-VM"):
         return NotFound(message, remedy="`gpupass vms HOST` / `gpupass gpus HOST` list what is there")
+    if error_id.split(",", 1)[0] in _NOT_FOUND_IDS and str(step).startswith(_TAKING_FROM_THE_HOST):
+        # The plan saw the device on the host; now the host no longer has it: another run dismounted it (for
+        # another VM) since. Hyper-V's own exclusivity refused the second taker; the script undid its changes.
+        return Conflict(message + "; the device left the host after the plan was made (another assignment?)",
+                        remedy="run `gpupass gpus HOST` to see who holds it; release it there first if it should move",
+                        rolled_back=True)
     return OperationFailed(message, remedy="the script undid its own changes; see the PowerShell error above",
                            rolled_back=True)
 

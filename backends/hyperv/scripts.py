@@ -229,7 +229,9 @@ class VmSettings:
 # no -VM (Remove-VMAssignableDevice, per its documentation page), pass what Get-VMAssignableDevice -VM returned.
 _FIND_VM = _lines(
     "$v=@();foreach($x in @(Get-VM)){if($x.Name -eq $n){$v+=$x}}",
-    "if($v.Count -ne 1){throw ('Found '+$v.Count+' virtual machines named '+$n)}",
+    # None: Get-VM says so itself, with its own error id (InvalidParameter,...GetVM), which errors.py reads as
+    # NotFound; a name with wildcard characters matches quietly or not at all, and the throw says it.
+    "if($v.Count -ne 1){if(!$v){$x=Get-VM -Name $n}throw (''+$v.Count+' VMs named '+$n)}",
     "$v=$v[0]",
 )
 

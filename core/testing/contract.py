@@ -6,7 +6,8 @@ Import everything from this module into a test module and define `backend_env` t
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import replace
+from typing import Any, Iterator
 
 import pytest
 
@@ -14,10 +15,11 @@ from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.core.domain.plan import Plan, Step
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
-from gpupass.core.errors import NotFound
+from gpupass.core.errors import Conflict, ConnectionFailed, GpupassError, NotFound, OperationFailed
 from gpupass.core.ports import Backend
 from gpupass.core.plugins import default_registry
 from gpupass.core.service import execute, make_plan
+from gpupass.core.testing import HOSTILE_NAMES, BackendEnv, InjectedFailure
 
 
 @pytest.fixture
@@ -186,3 +188,138 @@ def test_a_snapshot_plans_exactly_like_the_live_host(backend_env, backend, tmp_p
     release = ReleaseRequest(backend_env.owner_vm)
     assert [s.action for s in make_plan(offline, recorded, release, registry).steps] == \
         [s.action for s in make_plan(backend, facts, release, registry).steps]
+
+
+# -- rollback on an injected failure -------------------------------------------------------------------------
+def _neutral(facts: HostFacts) -> HostFacts:
+    """What the host holds, as the core sees it: the facts without the backend's planning state (which may carry
+    a platform's change counters, such as vSphere's changeVersion, that any write and its undo move on)."""
+    return replace(facts, state=None)
+
+
+def _read_host(env: BackendEnv) -> HostFacts:
+    with env.open() as fresh:
+        return _neutral(fresh.inventory())
+
+
+def _failing_at(backend: Backend, index: int) -> None:
+    """Make the backend's `index`-th apply (0: the first write) raise InjectedFailure instead of running."""
+    real_apply, calls = backend.apply, [0]
+
+    def apply(step: Step) -> Any:
+        calls[0] += 1
+        if calls[0] - 1 == index:
+            raise InjectedFailure(f"the contract kit failed step {index + 1} ({step.action})")
+        return real_apply(step)
+
+    backend.apply = apply  # type: ignore[method-assign]  # the kit's one seam: an instance attribute
+
+
+def _fails_at_each_step_and_rolls_back(env: BackendEnv, request: AssignmentRequest | ReleaseRequest) -> int:
+    before = _read_host(env)
+    with env.open() as probe:
+        writes = [step for step in plan(probe, request).steps if step.writes]
+    assert writes, "the plan must write"
+    for index in range(len(writes)):
+        with env.open() as backend:
+            result = plan(backend, request)
+            _failing_at(backend, index)
+            with pytest.raises(OperationFailed) as caught:
+                execute(backend, result)
+        error = caught.value
+        assert isinstance(error.__cause__, InjectedFailure), error
+        assert error.rolled_back is True and error.exit_code == 1 and error.to_dict()["rolled_back"] is True, error
+        after = _read_host(env)
+        assert after == before, f"a failure at step {index + 1} of {len(writes)} ({writes[index].action}) left the " \
+                                "host changed after the rollback"
+    return len(writes)
+
+
+def test_a_failure_at_any_step_of_an_assign_rolls_the_host_back_exactly(backend_env: BackendEnv) -> None:
+    _fails_at_each_step_and_rolls_back(backend_env, assign_request(backend_env))
+
+
+def test_a_failure_at_any_step_of_a_release_rolls_the_host_back_exactly(backend_env: BackendEnv,
+                                                                        backend: Backend) -> None:
+    execute(backend, plan(backend, assign_request(backend_env)))
+    _fails_at_each_step_and_rolls_back(backend_env, ReleaseRequest(backend_env.off_vm))
+
+
+# -- error translation ---------------------------------------------------------------------------------------
+def _needs(value: object, what: str) -> None:
+    if not value:
+        pytest.skip(f"the environment does not give {what} (BackendEnv, gpupass.core.testing)")
+
+
+def test_an_unreachable_host_is_connection_failed(backend_env: BackendEnv) -> None:
+    _needs(backend_env.unreachable, "an unreachable host")
+    assert backend_env.unreachable is not None
+    with backend_env.unreachable() as unreachable:
+        with pytest.raises(ConnectionFailed) as caught:
+            unreachable.inventory()
+    assert caught.value.exit_code == 1 and caught.value.to_dict()["error"] == "connection-failed"
+
+
+def test_a_vm_removed_after_the_plan_is_not_found_and_nothing_is_left(backend_env: BackendEnv,
+                                                                      backend: Backend) -> None:
+    _needs(backend_env.remove_vm, "a way to remove a VM")
+    assert backend_env.remove_vm is not None
+    result = plan(backend, assign_request(backend_env))
+    backend_env.remove_vm(backend_env.off_vm)
+    before = _read_host(backend_env)
+    with pytest.raises(GpupassError) as caught:
+        execute(backend, result)
+    error = caught.value
+    chain = [error, *_causes(error)]
+    assert any(isinstance(e, NotFound) for e in chain), f"the platform's 'no such VM' must arrive as NotFound: {chain}"
+    assert error.exit_code in (NotFound.exit_code, OperationFailed.exit_code)
+    assert backend_env.off_vm in error.message
+    assert _read_host(backend_env) == before
+    assert gpu_at(before, backend_env.free_gpu).assigned_to is None
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    found = []
+    while error.__cause__ is not None:
+        error = error.__cause__
+        found.append(error)
+    return found
+
+
+def test_a_plan_made_before_another_assignment_of_the_gpu_loses_with_conflict(backend_env: BackendEnv,
+                                                                            backend: Backend) -> None:
+    """Two admins: A plans free_gpu for off_vm; B assigns it to owner_vm first; A's plan must not give the GPU
+    to a second VM. It exits with Conflict (exit code 6), A's change undone, B's assignment intact."""
+    stale = plan(backend, assign_request(backend_env))
+    with backend_env.open() as other:
+        execute(other, plan(other, AssignmentRequest(backend_env.owner_vm, (backend_env.free_gpu,))))
+    before = _read_host(backend_env)
+    with pytest.raises(Conflict) as caught:
+        execute(backend, stale)
+    assert caught.value.exit_code == 6 and caught.value.to_dict()["error"] == "conflict"
+    assert caught.value.rolled_back is True
+    after = _read_host(backend_env)
+    assert gpu_at(after, backend_env.free_gpu).assigned_to == backend_env.owner_vm
+    assert after == before
+
+
+# -- hostile names -------------------------------------------------------------------------------------------
+def test_hostile_vm_names_round_trip_exactly_and_nothing_is_interpreted(backend_env: BackendEnv,
+                                                                       backend: Backend) -> None:
+    _needs(backend_env.hostile_vms, "VMs with hostile names")
+    assert set(backend_env.hostile_vms) <= set(HOSTILE_NAMES), "take the names from HOSTILE_NAMES"
+    facts = backend.inventory()
+    assert {vm.name for vm in facts.vms} >= set(backend_env.hostile_vms), "inventory() must return each name as is"
+    for name in backend_env.hostile_vms:
+        before = _read_host(backend_env)
+        request = AssignmentRequest(name, (backend_env.free_gpu,))
+        result = plan(backend, request)
+        assert result.vm == name and not result.blocked, (name, [f for f in result.findings if f.blocks])
+        outcome = execute(backend, result)
+        assert outcome.vm_after is not None and outcome.vm_after.name == name
+        assert backend_env.free_gpu in outcome.vm_after.assigned
+        assigned = _read_host(backend_env)
+        assert gpu_at(assigned, backend_env.free_gpu).assigned_to == name
+        assert [vm.name for vm in assigned.vms] == [vm.name for vm in before.vms]
+        execute(backend, plan(backend, ReleaseRequest(name)))
+        assert _read_host(backend_env) == before, f"VM {name!r} did not come back as it was"

@@ -13,7 +13,7 @@ from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState,
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy
 from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
-from gpupass.core.errors import NotFound, OperationFailed
+from gpupass.core.errors import Conflict, ConnectionFailed, NotFound, OperationFailed
 from gpupass.core.hookspecs import hookimpl
 from gpupass.core.ports import Backend
 
@@ -32,7 +32,6 @@ _HOSTS: dict[str, dict] = {}  # the platform's state, per host name, for the lif
 
 class ApiError(Exception):
     """What the platform's SDK raises: a stable code, and a text meant for people that may change."""
-
     def __init__(self, code: str, text: str) -> None:
         super().__init__(text)
         self.code = code
@@ -40,24 +39,26 @@ class ApiError(Exception):
 
 class _Api:  # stands in for a hypervisor SDK's client (a real backend would import libvirt, pyVmomi, ...)
     def __init__(self, host: str) -> None:
-        if host != "demo":
-            raise ApiError("NO_SUCH_HOST", f"host {host!r} is not known")
+        if host != "demo":  # "offline" stands for a host that does not answer
+            raise ApiError("HOST_DOWN" if host == "offline" else "NO_SUCH_HOST", f"host {host!r} is not reachable")
         self.state = _HOSTS.setdefault(host, copy.deepcopy(SEED))
 
-    def update_vm(self, name: str, values: dict) -> dict:
-        """Set properties of a VM at once; return their old values."""
+    def update_vm(self, name: str, values: dict) -> dict:  # set properties of a VM at once, return the old values
         vm = self.state["vms"].get(name)
         if vm is None:
             raise ApiError("NO_SUCH_VM", f"vm {name} not found")
         if "devices" in values and vm.get("locked"):
             raise ApiError("VM_LOCKED", f"the devices of vm {name} are locked by another task")
+        if busy := {d for n, v in self.state["vms"].items() if n != name for d in v["devices"]} & {*values.get("devices", ())}:
+            raise ApiError("DEVICE_BUSY", f"{', '.join(sorted(busy))} belong to another vm")
         old = {key: vm.get(key) for key in values}
         vm.update(values)
         return old
 
 
 # The SDK's error codes and the core's error types; translation goes by code, never by message text.
-ERRORS = {"NO_SUCH_HOST": NotFound, "NO_SUCH_VM": NotFound, "VM_LOCKED": OperationFailed}
+ERRORS = {"NO_SUCH_HOST": NotFound, "NO_SUCH_VM": NotFound, "VM_LOCKED": OperationFailed, "DEVICE_BUSY": Conflict,
+          "HOST_DOWN": ConnectionFailed}  # Conflict: another change won (exit 6); ConnectionFailed: host down
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The environments the backend contract runs against: one factory per platform, registered in ENVIRONMENTS.
 
-A factory gets pytest's tmp_path and returns a BackendEnv (or calls pytest.skip with the machine limit
-that stops it). To add ESXi or Hyper-V, write a factory that starts the simulator (vcsim / the WinRM
-host model) with at least one free isolated GPU, one powered-off VM, one running VM and one GPU owned
-by another VM, and add it to ENVIRONMENTS: every test in this folder then runs against it.
+A factory gets pytest's tmp_path and returns a BackendEnv: the lab host (test-driver file, vSphere simulator,
+Hyper-V host model behind our WS-Management endpoint) with a free isolated GPU, a powered-off VM, a running VM,
+a GPU owned by another powered-off VM, a VM for each of HOSTILE_NAMES, a way to remove a VM behind the
+backend's back and a backend on a closed port. Every test in this folder runs against each.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from typing import Callable, Iterator
 import pytest
 
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.testing import BackendEnv
-
-
+from gpupass.core.testing import HOSTILE_NAMES, BackendEnv, closed_port
 
 
 def kvm_test_driver(tmp_path: Path) -> BackendEnv:
     pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+    from gpupass.backends.kvm.backend import KvmBackend
     from gpupass.backends.kvm.lab import testhost
-    from gpupass.backends.kvm.lab.testdriver import LabKvmBackend
+    from gpupass.backends.kvm.lab.testdriver import LabKvmBackend, file_of, remove_domain
     from gpupass.core.target import Target
 
     functions = [
@@ -35,6 +34,8 @@ def kvm_test_driver(tmp_path: Path) -> BackendEnv:
         testhost.domain("off-vm"),
         testhost.domain("running-vm", running=True),
         testhost.domain("owner-vm", hostdevs=("0000:01:00.0", "0000:01:00.1")),
+        # libvirt refuses only "/" and newlines in domain names (none of HOSTILE_NAMES has either).
+        *(testhost.domain(name) for name in HOSTILE_NAMES),
     ]
     # persist_test_state writes each redefinition back to the file, so every open sees earlier changes
     # (a plain test:/// open starts from the file each time).
@@ -47,6 +48,10 @@ def kvm_test_driver(tmp_path: Path) -> BackendEnv:
         running_vm="running-vm",
         owned_gpu=PciAddress.parse("0000:01:00.0"),
         owner_vm="owner-vm",
+        # libvirt's remote driver, on a port where no libvirtd listens.
+        unreachable=lambda: KvmBackend(Target(uri=f"qemu+tcp://127.0.0.1:{closed_port()}/system", name="nowhere")),
+        remove_vm=lambda name: remove_domain(file_of(uri), name),
+        hostile_vms=HOSTILE_NAMES,
     )
 
 
@@ -68,8 +73,18 @@ def hyperv_wsman(tmp_path: Path) -> BackendEnv:
     from gpupass.core.target import Secret, Target
 
     ensure_hyperv_plugin()
+    from gpupass.backends.hyperv.lab.hostmodel.lab import G, VirtualMachine
+
     # The lab model: A100 #2 free, A100 #1 held by cad-ws, ml-train off, web01 running. NTLM over HTTP.
-    endpoint = serve(lab_host(), auth="ntlm", users={"Administrator": "Contract-Passw0rd!"})
+    model = lab_host()
+    # Hyper-V's own name rules are not in its cmdlet reference (New-VM -Name is a plain string); the host model
+    # takes any name, so every hostile name is here, quoted by the backend and parsed by tree-sitter.
+    model.vms += [VirtualMachine(name, generation=2, state="Off", memory_startup=8 * G) for name in HOSTILE_NAMES]
+
+    def remove_vm(name: str) -> None:  # as Remove-VM by another admin (the model is the host)
+        model.vms[:] = [vm for vm in model.vms if vm.name != name]
+
+    endpoint = serve(model, auth="ntlm", users={"Administrator": "Contract-Passw0rd!"})
     uri = f"hyperv+http://Administrator@127.0.0.1:{endpoint.port}/"
     options = {"state_file": str(tmp_path / "previous-settings.json")}
     addresses = address_map([A100_1_LOC, A100_2_LOC])
@@ -83,6 +98,10 @@ def hyperv_wsman(tmp_path: Path) -> BackendEnv:
         owned_gpu=addresses[A100_1_LOC],
         owner_vm="cad-ws",
         cleanup=[endpoint.stop],
+        unreachable=lambda: HypervBackend(Target(uri=f"hyperv+http://Administrator@127.0.0.1:{closed_port()}/",
+                                                 name="nowhere", password=Secret("x"), options=options)),
+        remove_vm=remove_vm,
+        hostile_vms=HOSTILE_NAMES,
     )
 
 
@@ -93,7 +112,7 @@ def esxi_vcsim(tmp_path: Path) -> BackendEnv:
     spec = importlib.util.spec_from_file_location("gpupass_contract_esxi_env", Path(__file__).with_name("esxi_env.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.esxi_vcsim(tmp_path, BackendEnv)
+    return module.esxi_vcsim(tmp_path, BackendEnv, HOSTILE_NAMES, closed_port)
 
 
 ENVIRONMENTS: dict[str, Callable[[Path], BackendEnv]] = {

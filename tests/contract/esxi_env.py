@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -15,7 +16,7 @@ def ensure_esxi_plugin() -> None:
     assert any(b.platform == "esxi" for b in plugins.default_registry().backends), "esxi entry point missing"
 
 
-def esxi_vcsim(tmp_path: Path, backend_env: type):
+def esxi_vcsim(tmp_path: Path, backend_env: type, hostile_names: tuple[str, ...], closed_port: Callable[[], int]):
     """backend_env: conftest's BackendEnv class (passed in: conftest modules are not importable by name)."""
     pytest.importorskip("pyVmomi", reason="pyvmomi is not installed (pip install 'gpupass[esxi]')")
     from gpupass.backends.esxi.backend import EsxiBackend
@@ -35,9 +36,30 @@ def esxi_vcsim(tmp_path: Path, backend_env: type):
         gpu["passthru_enabled"] = gpu["passthru_active"] = True
     for vm in config["vms"]:
         vm["host"] = "esx02.lab.local"
+    # vSphere keeps any name but escapes "/", "\\" and "%" in what it returns (HOSTILE_NAMES has none of them).
+    config["vms"] += [{"name": name, "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "efi",
+                       "guest_id": "ubuntu64Guest", "num_cpus": 2, "memory_mb": 4 * 1024} for name in hostile_names]
     sim = VCSim(config, username="administrator@vsphere.local").start()
     target = Target(uri=f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab", name="contract-esxi",
                     password=Secret(sim.password), tls=TlsOptions(ca_file=str(sim.ca_file)))
+
+    def remove_vm(name: str) -> None:
+        """Destroy_Task on the VM, by another client of the same vCenter."""
+        from pyVim.connect import Disconnect
+        from pyVim.task import WaitForTask
+        from pyVmomi import vim
+
+        si = sim.connect()
+        try:
+            view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+            vm = next(vm for vm in view.view if vm.name == name)
+            view.Destroy()
+            WaitForTask(vm.Destroy_Task())
+        finally:
+            Disconnect(si)
+
+    unreachable = Target(uri=f"esxi://administrator%40vsphere.local@127.0.0.1:{closed_port()}/Lab", name="nowhere",
+                         password=Secret("x"), tls=TlsOptions(ca_file=str(sim.ca_file)))
     return backend_env(
         platform="esxi",
         open=lambda: EsxiBackend(target),
@@ -47,4 +69,7 @@ def esxi_vcsim(tmp_path: Path, backend_env: type):
         owned_gpu=PciAddress.parse("0000:3b:00.0"),
         owner_vm="cad-ws",
         cleanup=[sim.stop],
+        unreachable=lambda: EsxiBackend(unreachable),
+        remove_vm=remove_vm,
+        hostile_vms=hostile_names,
     )

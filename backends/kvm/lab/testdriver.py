@@ -75,6 +75,24 @@ def save_domain(node_file: Path, domain_xml: str) -> None:
         os.replace(temporary, node_file)
 
 
+
+def remove_domain(node_file: Path, name: str) -> None:
+    """Undefine the domain `name` from the lab file, as another admin's `virsh undefine` would on a host (a
+    test-driver connection keeps its changes to itself, so the file is where the lab host's domains live)."""
+    lock_path = node_file.with_name(node_file.name + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ET.register_namespace("test", TEST_NS)
+        node = domxml.parse(node_file.read_text(encoding="utf-8"))
+        doomed = [d for d in node if d.tag == "domain" and d.findtext("name") == name]
+        if not doomed:
+            raise KeyError(name)
+        for domain in doomed:
+            node.remove(domain)
+        temporary = node_file.with_name(node_file.name + ".new")
+        temporary.write_text(domxml.serialize(node) + "\n", encoding="utf-8")
+        os.replace(temporary, node_file)
+
 def _unindent_metadata(node: ET.Element) -> None:
     """libvirt keeps whitespace inside <metadata> as it finds it and only indents metadata it formats itself,
     so whitespace added by ET.indent would make a reloaded domain's XMLDesc differ from the one defined."""
