@@ -12,7 +12,8 @@ from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
-from gpupass.core.domain.claims import Holder, Verdict, decide, new_claim, next_number, stale_holdings
+from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
+                                        stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
@@ -73,6 +74,10 @@ class EsxiBackend(Backend):
         self._before: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, Any] = {}
         self._vms: dict[str, inv.VmRaw] = {}
+        self._view: Any = None  # the inventory's ContainerView, kept for the session (see inv.container_view)
+        self._view_session: Any = None
+        # A VM read after this session's last write of it (the claim check's read): read_back needs no other.
+        self._fresh: dict[str, Vm | None] = {}
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -139,11 +144,22 @@ class EsxiBackend(Backend):
                 pass
             self._si = None
             self._content = None
+            self._view = None
+
+    def _inventory_view(self) -> Any:
+        """The session's ContainerView of hosts, compute resources and VMs: made once, read through by every
+        inventory and by the claim check after a write, so each of those is one RetrievePropertiesEx."""
+        si = self.si
+        if self._view is None or self._view_session is not si:
+            root = self._root_folder()
+            self._view = self._call("creating a view of the inventory", inv.container_view, self.content, root)
+            self._view_session = si
+        return self._view
 
     # -- inventory --------------------------------------------------------------------------------
     def inventory(self) -> HostFacts:
-        root = self._root_folder()
-        facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, root, self.target.uri,
+        view = self._inventory_view()
+        facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, view, self.target.uri,
                                        self.platform, self.target.name or self.endpoint.host,
                                        rebind_known=self.api_version() >= (7, 0))
         # SDK handles for apply(); the planner reads only facts.state
@@ -177,11 +193,21 @@ class EsxiBackend(Backend):
                     key = esxi_claims.device_key(host.ref._moId, backing_id)
                     holders.append(Holder(name, key, claim if claim is not None and not claim.choosing
                                           and key in claim.addresses else None))
+        claimed = {(h.vm, h.address) for h in holders if h.claim is not None}
         for holder, keeper in stale_holdings(holders):
             address = holder.address.split("/", 1)[1]
+            if (keeper, holder.address) not in claimed:  # a holder without a claim wins over every claimant
+                notes.setdefault(holder.vm, []).append(
+                    f"holds {address}, which VM '{keeper}' holds too: a run stopped before taking back the change "
+                    f"that lost; `gpupass release HOST {holder.vm} {address}` finishes it")
+                continue
+            # Between two claims the host cannot say which run won (decide_written: the run that wrote first
+            # and saw nobody, or the one whose claim comes first), so the note names both.
             notes.setdefault(holder.vm, []).append(
-                f"holds {address}, which VM '{keeper}' holds too: a run stopped before taking back the change that "
-                f"lost; `gpupass release HOST {holder.vm} {address}` finishes it")
+                f"holds {address}, which VM '{keeper}' holds too: two assigns ran at the same time and one stopped "
+                f"before taking back its change; keep it on the VM whose assign reported success and release it "
+                f"from the other (`gpupass release HOST {holder.vm} {address}` or `gpupass release HOST {keeper} "
+                f"{address}`)")
         if not notes:
             return facts
         vms = tuple(dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
@@ -189,13 +215,16 @@ class EsxiBackend(Backend):
         return dataclasses.replace(facts, vms=vms)
 
     def read_back(self, vm: str, devices) -> Vm | None:
-        """The VM's properties as the inventory reads them: one RetrievePropertiesEx on that VM only.
+        """The VM's properties as the inventory reads them: one RetrievePropertiesEx on that VM only, or none
+        after an assign whose claim check read every VM after the write (that read is kept until the next write).
 
         The devices need no read of their own here: what the VM holds is in its config.hardware.device, and
         a passthrough switch is verified by the host reboot step that activates it.
         """
         from pyVmomi import vmodl
 
+        if vm in self._fresh:  # read after this session's last write of it (the claim check's read)
+            return self._fresh.pop(vm)
         raw = self._vms.get(vm)
         if raw is None or raw.ref is None:
             return super().read_back(vm, devices)
@@ -461,6 +490,7 @@ class EsxiBackend(Backend):
     def _set_extra(self, name: str, key: str, value: str, version: str | None = None) -> None:
         from pyVmomi import vim
 
+        self._fresh.pop(name, None)
         ref = self._vm_ref(name)
         spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)], changeVersion=version)
         task = self._call(f"recording in VM '{name}'", ref.ReconfigVM_Task, spec)
@@ -674,6 +704,7 @@ class EsxiBackend(Backend):
         self._si = None
         self._root = None
         self._content = None
+        self._view = None
 
     def _wait(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -712,16 +743,24 @@ class EsxiBackend(Backend):
             "change_version": values.get("config.changeVersion"),
         }
 
-    # How long a claimant waits for another run that is choosing its claim number (see core/domain/claims.py).
+    # How long a claimant waits for a run that holds the same GPU under a later claim to give it back (see
+    # core/domain/claims.py, decide_written): that run either saw this claim and takes its change back, or it
+    # wrote and read before this run wrote, and keeps the GPU.
     claim_wait_s = 10.0
 
     def _reconfigure(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """ONE ReconfigVM_Task carries the change and, for fixed-address devices, the claim on them; it is
+        guarded by ConfigSpec.changeVersion: "If specified when updating the configuration, the changes will
+        only be applied if the current changeVersion matches the specified changeVersion" (vSphere Web
+        Services API reference, VirtualMachineConfigSpec.changeVersion; ReconfigVM_Task fails with
+        ConcurrentAccess otherwise), so the write is a compare-and-swap on this VM against the configuration
+        the plan read. Then one read of every VM through the session's view decides the claim and is the
+        read-back of this VM. SOAP calls: QueryConfigTarget, ReconfigVM_Task, the task's info (once if it has
+        finished by then), RetrievePropertiesEx."""
         name, changes = payload["vm"], payload["changes"]
-        before = self._read_vm(name)
         # the version the plan read, or the one this run's own intent record left
-        if before["change_version"] != self._versions.pop(name, payload.get("change_version")):
-            raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed",
-                           remedy="run the command again to plan from its current configuration")
+        expected = self._versions.pop(name, payload.get("change_version"))
+        before = self._config_at(name, expected)
         self._before[name] = before  # what observe() hands back for an undo if the reply is lost
         backings = {}
         static = [d for d in changes["add"] if not d.get("dynamic")]
@@ -732,30 +771,33 @@ class EsxiBackend(Backend):
         if static:
             host_id = self._hosts[payload["host"]].ref._moId
             mine = new_claim(name, [esxi_claims.device_key(host_id, d["id"]) for d in static])
-            # the doorway: the claim, still choosing, is this run's intent record in the VM
-            self._send(name, self._claim_spec(mine, before["change_version"]), before)
-            others, _ = self._claims(exclude=name)
-            mine = mine.numbered(next_number(mine, others.values()))
+            seen = [c for vm, raw in self._vms.items() if vm != name
+                    for c in [esxi_claims.decode(vm, raw.extra.get(esxi_claims.CLAIM_KEY))] if c is not None]
+            mine = mine.numbered(number_for_write(mine, seen, time.time_ns() // 1000))
             config.extraConfig = [*(config.extraConfig or ()), self._claim_option(mine)]
-            now = self._read_vm(name)
-            seen = esxi_claims.decode(name, now["extra"].get(esxi_claims.CLAIM_KEY))
-            if seen is None or seen.token != mine.token:
-                # Another run on this same VM wrote its doorway over ours after we read the VM: going on with the
-                # version read now would apply our change on top of its (the device added twice).
-                raise Conflict(f"another gpupass run is changing VM '{name}' at the same time; nothing of this "
-                               "run's change was applied",
-                               remedy="run `gpupass status HOST`, then the command again if the GPU is not there")
-            version = now["change_version"]
-        else:
-            version = before["change_version"]
-        # A stale changeVersion makes vSphere refuse with ConcurrentAccess (ConfigSpec.changeVersion).
-        config.changeVersion = version
+        config.changeVersion = expected
         self._send(name, config, before)
         if mine is not None:
             self._decide(name, mine, before)
         return before
 
+    def _config_at(self, name: str, version: str | None) -> dict[str, Any]:
+        """The VM's configuration at `version`: the inventory's, when it read that version (changeVersion
+        "is a unique identifier for a given version of the configuration"), else read now. A VM no longer at
+        that version changed since the plan: a conflict, and nothing is written."""
+        raw = self._vms.get(name)
+        if raw is not None and version is not None and raw.change_version == version:
+            return {"devices": inv.passthrough_devices(raw.devices), "extra": dict(raw.extra),
+                    "reservation_mb": raw.reservation_mb, "locked": raw.locked, "firmware": raw.firmware,
+                    "change_version": raw.change_version}
+        now = self._read_vm(name)
+        if now["change_version"] != version:
+            raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed",
+                           remedy="run the command again to plan from its current configuration")
+        return now
+
     def _send(self, name: str, config: Any, before: dict[str, Any]) -> None:
+        self._fresh.pop(name, None)
         ref = self._vm_ref(name)
         try:
             task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
@@ -768,44 +810,61 @@ class EsxiBackend(Backend):
 
         return vim.option.OptionValue(key=esxi_claims.CLAIM_KEY, value=esxi_claims.encode(claim))
 
-    def _claim_spec(self, claim: Any, version: str | None) -> Any:
+    def _read_claims(self, name: str) -> tuple[dict[str, Any], list[Any], Vm | None]:
+        """Every VM's claim and passthrough devices, and VM `name` as the inventory reads it: ONE
+        RetrievePropertiesEx (plus continuations) through the session's view."""
         from pyVmomi import vim
 
-        return vim.vm.ConfigSpec(extraConfig=[self._claim_option(claim)], changeVersion=version)
-
-    def _claims(self, exclude: str) -> tuple[dict[str, Any], list[Any]]:
-        found, holders = self._call("reading the claims of every VM", esxi_claims.read_all, self.content,
-                                    self._root_folder())
-        return {vm: c for vm, c in found.items() if vm != exclude}, holders
+        objects = self._call("reading the claims of every VM", inv.retrieve_view, self.content,
+                             self._inventory_view(), [(vim.VirtualMachine, inv.VM_PROPS)])
+        found, holders = esxi_claims.claims_and_holders(objects)
+        mine = self._vms.get(name)
+        fresh = None
+        for obj in objects:
+            if mine is None or obj.obj._moId != mine.ref._moId:
+                continue
+            values = {p.name: p.val for p in obj.propSet}
+            host_ref = values.get("runtime.host")
+            location = next((host for host, raw in self._hosts.items()
+                             if host_ref is not None and raw.ref._moId == host_ref._moId), "")
+            raw, fresh = inv.vm_from_properties(obj.obj, values, location, self._hosts.get(location))
+            if raw is not None:
+                self._vms[name] = raw
+        return found, holders, fresh
 
     def _decide(self, name: str, mine: Any, before: dict[str, Any]) -> None:
         deadline = time.monotonic() + self.claim_wait_s
+        delay = 0.05
         while True:
-            others, holders = self._claims(exclude="")
-            own = others.pop(name, None)
+            found, holders, fresh = self._read_claims(name)
+            own = found.get(name)
             if own is None or own.token != mine.token:
                 raise Conflict(f"VM '{name}' was reconfigured by another run while this one was assigning "
                                f"{', '.join(sorted(mine.addresses))}",
                                remedy="run `gpupass status HOST`, then the command again if the GPU is not there",
                                rolled_back=False)
-            verdict = decide(mine, others.values(), holders)
+            verdict = decide_written(mine, holders)
             if verdict.outcome != "wait":
                 break
             if time.monotonic() > deadline:
-                verdict = Verdict("lose", f"VM '{verdict.other_vm}' carries a claim on the same GPU that stayed "
-                                  f"unfinished for {self.claim_wait_s:.0f}s (a gpupass run stopped mid-way?)",
-                                  verdict.other_vm)
+                verdict = Verdict("lose", f"VM '{verdict.other_vm}' holds the same GPU and kept it for "
+                                  f"{self.claim_wait_s:.0f}s: its run wrote first (or stopped before it could "
+                                  "give it back)", verdict.other_vm)
                 break
-            time.sleep(0.05)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
         if verdict.outcome == "lose":
             self._restore(name, before)
             raise Conflict(f"{verdict.reason}; this run's change to VM '{name}' was undone",
                            remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move")
+        self._fresh[name] = fresh  # read after this run's write: the verify needs no other read
 
     def _settle(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
         """After a failed reconfigure, read the VM back and say what is there; never assume (always raises)."""
-        if isinstance(error, Conflict):
-            raise error  # vSphere refused the stale changeVersion: nothing of this run was applied
+        if isinstance(error, Conflict):  # vSphere refused the stale changeVersion: nothing of this run was applied
+            raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed "
+                           f"({error.message})",
+                           remedy="run the command again to plan from its current configuration") from error
         try:
             after = self._read_vm(name)
         except GpupassError as unreadable:
@@ -836,6 +895,7 @@ class EsxiBackend(Backend):
         """The inverse ConfigSpec: back to the devices, extraConfig, reservation and firmware of `before`."""
         from pyVmomi import vim
 
+        self._fresh.pop(name, None)
         now = self._read_vm(name)
         op = vim.vm.device.VirtualDeviceSpec.Operation
         old_keys = {_device_key(d) for d in before["devices"]}

@@ -41,17 +41,18 @@ def decode(vm: str, text: str | None) -> Claim | None:
         return None  # not ours to read: treated as no claim (the holder then wins over claimants)
 
 
-def read_all(content: Any, root: Any) -> tuple[dict[str, Claim], list[Holder]]:
-    """Every VM's claim and the fixed-address passthrough devices each holds, in one PropertyCollector read."""
+def claims_and_holders(objects: Any) -> tuple[dict[str, Claim], list[Holder]]:
+    """Every VM's claim and the fixed-address passthrough devices each holds, from the ObjectContents of one
+    PropertyCollector read of the VMs' name, config.extraConfig, config.hardware.device and runtime.host."""
     from pyVmomi import vim
 
-    from gpupass.backends.esxi.inventory import passthrough_devices, retrieve
+    from gpupass.backends.esxi.inventory import passthrough_devices
 
-    objects = retrieve(content, root, [(vim.VirtualMachine, ["name", "config.extraConfig", "config.hardware.device",
-                                                        "runtime.host"])], [vim.VirtualMachine])
     claims: dict[str, Claim] = {}
     holders: list[Holder] = []
     for obj in objects:
+        if not isinstance(obj.obj, vim.VirtualMachine):
+            continue
         values = {p.name: p.val for p in obj.propSet}
         name = str(values.get("name"))
         extra = {o.key: str(o.value) for o in values.get("config.extraConfig") or ()}

@@ -76,37 +76,58 @@ class VmRaw:
     record: dict[str, Any]
 
 
-def retrieve(content: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
-    """Every object of `kinds` under root with the given properties: RetrievePropertiesEx + continuations."""
+VIEW_KINDS = ("HostSystem", "ComputeResource", "VirtualMachine")
+
+
+def container_view(content: Any, root: Any) -> Any:
+    """A ContainerView of every host, compute resource and VM under root. It follows the inventory as it
+    changes ("the view list always represents the current configuration of the virtual environment and
+    reflects any subsequent changes that occur") and "exists until you terminate it by calling the
+    DestroyView method, or until the end of the session" (vSphere Web Services API reference, ContainerView
+    and View), so a backend keeps one per session and reads through it."""
+    from pyVmomi import vim
+
+    return content.viewManager.CreateContainerView(root, [getattr(vim, kind) for kind in VIEW_KINDS], True)
+
+
+def retrieve_view(content: Any, view: Any, types_props: list[tuple[Any, list[str]]]) -> list[Any]:
+    """The given properties of every object in the view: RetrievePropertiesEx + continuations."""
     from pyVmomi import vim, vmodl
 
     pc_type = vmodl.query.PropertyCollector
+    spec = pc_type.FilterSpec(
+        objectSet=[pc_type.ObjectSpec(obj=view, skip=True, selectSet=[
+            pc_type.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)])],
+        propSet=[pc_type.PropertySpec(type=t, pathSet=props) for t, props in types_props])
+    collector = content.propertyCollector
+    result = collector.RetrievePropertiesEx([spec], pc_type.RetrieveOptions(maxObjects=1000))
+    objects = list(result.objects) if result else []
+    while result is not None and result.token:
+        result = collector.ContinueRetrievePropertiesEx(result.token)
+        objects.extend(result.objects)
+    return objects
+
+
+def retrieve(content: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
+    """Every object of `kinds` under root with the given properties, through a view made for this read."""
     view = content.viewManager.CreateContainerView(root, kinds, True)
     try:
-        spec = pc_type.FilterSpec(
-            objectSet=[pc_type.ObjectSpec(obj=view, skip=True, selectSet=[
-                pc_type.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)])],
-            propSet=[pc_type.PropertySpec(type=t, pathSet=props) for t, props in types_props])
-        collector = content.propertyCollector
-        result = collector.RetrievePropertiesEx([spec], pc_type.RetrieveOptions(maxObjects=1000))
-        objects = list(result.objects) if result else []
-        while result is not None and result.token:
-            result = collector.ContinueRetrievePropertiesEx(result.token)
-            objects.extend(result.objects)
-        return objects
+        return retrieve_view(content, view, types_props)
     finally:
         view.Destroy()
 
 
-def read(content: Any, root: Any, uri: str, platform: str, label: str, *,
+def read(content: Any, view: Any, uri: str, platform: str, label: str, *,
          rebind_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
-    """`rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for."""
+    """The facts from ONE RetrievePropertiesEx (and its continuations) through `view` (container_view).
+
+    `rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for."""
     from pyVmomi import vim
 
     host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else HOST_PROPS
-    objects = retrieve(content, root, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
-                                  (vim.ClusterComputeResource, CLUSTER_PROPS), (vim.VirtualMachine, VM_PROPS)],
-                       [vim.HostSystem, vim.ComputeResource, vim.VirtualMachine])
+    objects = retrieve_view(content, view, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
+                                            (vim.ClusterComputeResource, CLUSTER_PROPS),
+                                            (vim.VirtualMachine, VM_PROPS)])
     props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
     computes = {obj._moId: p for obj, p in props if isinstance(obj, vim.ComputeResource)}
     hosts: dict[str, HostRaw] = {}

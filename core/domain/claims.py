@@ -17,6 +17,9 @@ instead and undoes its own change:
 Why it holds: if two claimants both won, the one with the higher number read the other's VM after its own
 number was written. It saw the other not choosing and without a number, so the other's doorway began after
 that read, saw the higher number and took one above it: a contradiction.
+
+Where the platform's write of one VM is itself a compare-and-swap (vSphere's ConfigSpec.changeVersion), the
+doorway is not needed: `decide_written` below judges a claim written in the same write as the change.
 """
 
 from __future__ import annotations
@@ -104,3 +107,47 @@ def stale_holdings(holders: Iterable[Holder]) -> list[tuple[Holder, str]]:
         keeper = min(several, key=lambda h: (h.claim is not None, h.claim.order() if h.claim else (0, "")))
         stale.extend((h, keeper.vm) for h in several if h is not keeper)
     return stale
+
+
+def number_for_write(mine: Claim, others: Iterable[Claim], now_us: int) -> int:
+    """The number of a one-write claim: the client's clock in microseconds, taken just before the write, or one
+    above the highest seen if that is larger. Safety (decide_written) holds for any numbers; this choice makes
+    the usual race quick: a run that writes after another one has written and read sees that one's claim
+    come first and loses at once, instead of waiting out claim_wait_s for it to give the GPU back. Clocks
+    that disagree between machines only bring back that wait."""
+    return max(next_number(mine, others), now_us)
+
+
+def decide_written(mine: Claim, holders: Iterable[Holder]) -> Verdict:
+    """One-write claims: for a platform whose write of a VM is a compare-and-swap on that VM (vSphere's
+    `ConfigSpec.changeVersion`), the claim, with its number, goes into the SAME write as the change, and this
+    is judged from a read of every VM made after that write. No doorway write is needed:
+
+    - nobody else holds the devices: win;
+    - a holder without a claim (assigned by hand, or by a run that is still in its doorway under the bakery
+      above) or one whose claim comes first by (number, token): lose;
+    - only holders whose claims come after this one: wait (bounded) for them to leave. Each of them either
+      read this claim after its own write (then it loses by the rule above and takes its change back), or
+      read before this claim was written and has already won; so a holder that stays for the whole wait
+      has won, and this run loses.
+
+    Why two runs never both win: a run wins only on a read that shows nobody else holding, and a winner
+    keeps its change. If A won on a read of B's VM at t1 and B on a read of A's VM at t2, then
+    W_A < t1 < W_B (A's read came after A's write, and before B's, which stays) and W_B < t2 < W_A:
+    a contradiction. Two writes of ONE VM are ordered by the changeVersion compare-and-swap.
+    """
+    assert mine.number is not None, "a one-write claim carries its number"
+    later: list[str] = []
+    for holder in holders:
+        if holder.vm == mine.vm or holder.address not in mine.addresses:
+            continue
+        if holder.claim is None or holder.claim.choosing:
+            return Verdict("lose", f"{holder.address} is held by VM '{holder.vm}'", holder.vm)
+        if holder.claim.order() < mine.order():
+            return Verdict("lose", f"VM '{holder.vm}' claimed {holder.address} first ({holder.claim.origin})",
+                           holder.vm)
+        later.append(holder.vm)
+    if later:
+        return Verdict("wait", f"waiting for VM '{sorted(later)[0]}', which holds the same GPU, to give it back",
+                       sorted(later)[0])
+    return Verdict("win")

@@ -57,6 +57,35 @@ def test_an_assign_verifies_with_one_read_of_the_vm(backend):
     assert outcome.vm_after.assigned == (A100_ACTIVE,)
 
 
+def test_an_assign_is_four_soap_calls_beyond_the_inventory_and_its_claim_check_is_its_read_back(backend, sim, connect):
+    """QueryConfigTarget, ReconfigVM_Task (the change and the claim in one ConfigSpec, guarded by
+    changeVersion), the task's info, and ONE RetrievePropertiesEx through the session's view that decides
+    the claim and is the read-back: the verify reads nothing more."""
+    from pyVmomi import vim
+
+    result = _plan(backend)
+    calls = []
+    invoke = backend.si._stub.InvokeMethod
+
+    def counted(mo, info, args):
+        calls.append(info.wsdlName)
+        return invoke(mo, info, args)
+
+    backend.si._stub.InvokeMethod = counted
+    outcome = execute(backend, result)
+    # "Fetch" is how pyVmomi reads one property of one object (here the task's info)
+    assert calls == ["QueryConfigTarget", "ReconfigVM_Task", "Fetch", "RetrievePropertiesEx"]
+    assert outcome.vm_after.assigned == (A100_ACTIVE,)
+    config = _vm(connect(sim), "ml-train").config
+    extra = {o.key: o.value for o in config.extraConfig}
+    assert "gpupass.claim" in extra and [d for d in config.hardware.device
+                                         if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
+    # written after the decision, the read is not used again: the next verify reads the VM itself
+    before = backend.round_trips
+    backend.read_back("ml-train", (A100_ACTIVE,))
+    assert backend.round_trips - before == 1
+
+
 def test_a_vm_changed_after_the_plan_is_refused_by_vsphere_and_the_other_change_kept(backend, sim, connect):
     from pyVmomi import vim
 
