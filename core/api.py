@@ -17,18 +17,24 @@ each with `.message`, `.remedy` and `.exit_code`; nothing is printed and nothing
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import HostFacts
 from gpupass.core.domain.plan import Plan
 from gpupass.core.errors import NotSupported, PreflightFailed, UsageError
 
+if TYPE_CHECKING:  # `import gpupass` stays cheap: these load when a host is opened
+    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+    from gpupass.core.plugins import Registry
+    from gpupass.core.ports import Backend
+    from gpupass.core.service import Outcome
+
 
 class Host:
     """One open connection to a host (or a vCenter). Close it, or use it in a `with` block."""
 
-    def __init__(self, backend: Any, registry: Any) -> None:
+    def __init__(self, backend: Backend, registry: Registry) -> None:
         self._backend, self._registry = backend, registry
 
     @property
@@ -56,7 +62,7 @@ class Host:
         """Preflight findings for giving `gpus` to `vm`; any with `.blocks` stops an assign."""
         return list(self.plan(vm, *gpus, **options).findings)
 
-    def assign(self, vm: str, *gpus: str, **options: Any):
+    def assign(self, vm: str, *gpus: str, **options: Any) -> Outcome:
         """Apply the plan (raises PreflightFailed when something blocks; OperationFailed after rolling back)."""
         return self._execute(self.plan(vm, *gpus, **options))
 
@@ -67,12 +73,12 @@ class Host:
         return self._make(ReleaseRequest(vm, parse_selectors(gpus), ReleaseOptions(
             live=live, disable_host_passthrough=disable_host_passthrough)))
 
-    def release(self, vm: str, *gpus: str, live: bool = False, disable_host_passthrough: bool = False):
+    def release(self, vm: str, *gpus: str, live: bool = False, disable_host_passthrough: bool = False) -> Outcome:
         """Give the GPUs (all the VM's when none is named) back to the host, restoring what assign changed."""
         return self._execute(self.plan_release(vm, *gpus, live=live,
                                                disable_host_passthrough=disable_host_passthrough))
 
-    def apply(self, plan: Plan):
+    def apply(self, plan: Plan) -> Outcome:
         """Carry out a plan made by plan() or plan_release() on this host, as it was shown (check mode and diff
         in an automation tool plan first, then apply exactly that)."""
         return self._execute(plan)
@@ -86,12 +92,12 @@ class Host:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _make(self, request) -> Plan:
+    def _make(self, request: AssignmentRequest | ReleaseRequest) -> Plan:
         from gpupass.core.service import make_plan
 
         return make_plan(self._backend, self._backend.inventory(), request, self._registry)
 
-    def _execute(self, plan: Plan):
+    def _execute(self, plan: Plan) -> Outcome:
         from gpupass.core.service import execute
 
         if self._backend.read_only:
@@ -110,7 +116,7 @@ def _bar_sizes(value: Any) -> tuple[int, ...]:
     return tuple(parse_size(part.strip()) if isinstance(part, str) else int(part) for part in parts)
 
 
-def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]):
+def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]) -> AssignmentRequest:
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.domain.request import AssignmentRequest, AssignOptions
     from gpupass.core.domain.select import parse_selectors

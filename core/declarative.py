@@ -39,11 +39,12 @@ class ApplyIncomplete(GpupassError):
 
     kind = "apply-incomplete"
 
-    def __init__(self, message: str, *, remedy: str, results: list[dict], failed: dict, not_done: list[dict]) -> None:
+    def __init__(self, message: str, *, remedy: str, results: list[dict[str, Any]], failed: dict[str, Any],
+                 not_done: list[dict[str, Any]]) -> None:
         super().__init__(message, remedy=remedy)
         self.results, self.failed, self.not_done = results, failed, not_done
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "changed": True, "results": self.results, "failed": self.failed,
                 "not_done": self.not_done}
 
@@ -107,7 +108,7 @@ def _reject_shared_gpus(entries: list[Desired], path: str) -> None:
                                 f"(line {first.line}) and {entry.vm!r}", "give each GPU to one VM")
 
 
-def _mapping(node, path: str, what: str) -> dict[str, tuple[Any, Any]]:
+def _mapping(node: Any, path: str, what: str) -> dict[str, tuple[Any, Any]]:
     """A mapping's keys and values; a repeated key is an error (YAML 1.2 requires keys to be unique, and
     PyYAML would silently keep the last one)."""
     if node.tag != "tag:yaml.org,2002:map":
@@ -123,13 +124,13 @@ def _mapping(node, path: str, what: str) -> dict[str, tuple[Any, Any]]:
     return fields
 
 
-def _scalar(node, path: str) -> str:
+def _scalar(node: Any, path: str) -> str:
     if node.tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
         raise FileError(path, node.start_mark.line + 1, "expected a single value here")
     return str(node.value)
 
 
-def _entry(node, path: str) -> Desired:
+def _entry(node: Any, path: str) -> Desired:
     line = node.start_mark.line + 1
     fields = _mapping(node, path, "each assignment")
     unknown = set(fields) - ENTRY_KEYS
@@ -266,4 +267,4 @@ def dump(rows: list[dict[str, Any]]) -> str:
         "tag:yaml.org,2002:str", value, style='"'))
     quoted = [{**row, "gpus": [Quoted(g) for g in row["gpus"]]} for row in rows]
     header = "# gpupass assignments (docs/declarative.md). `gpupass diff FILE` compares; `gpupass apply FILE` converges.\n"
-    return header + yaml.safe_dump({"version": 1, "assignments": quoted}, sort_keys=False, allow_unicode=True)
+    return header + str(yaml.safe_dump({"version": 1, "assignments": quoted}, sort_keys=False, allow_unicode=True))

@@ -55,6 +55,8 @@ class ConnectionFailed(GpupassError):
 
 
 class AuthenticationFailed(GpupassError):
+    """The host refused the credential."""
+
     kind = "authentication-failed"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,10 +12,16 @@ from gpupass.core import serialize
 from gpupass.core.cli import render
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.complete import complete_gpu, complete_host, complete_vm
-from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
 from gpupass.core.cli.options import (DEFAULT_HOST_HELP, GPU_HELP, HOST_HELP, assignment_options, build_assignment,
                                       describe, parse_addresses)
 from gpupass.core.errors import PreflightFailed, UsageError
+
+if TYPE_CHECKING:
+    from gpupass.core.domain.inventory import HostFacts
+    from gpupass.core.domain.plan import Plan, Step
+    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+    from gpupass.core.ports import Backend
 
 
 @cli.command()
@@ -22,11 +29,11 @@ from gpupass.core.errors import PreflightFailed, UsageError
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass plugins', 'gpupass plugins --json',))
-def plugins(app, as_json: bool) -> None:
+def plugins(app: AppContext, as_json: bool) -> None:
     """List the loaded plugins, the backends and URI schemes they provide, and whether their SDK is installed."""
     registry = app.registry
     versions = registry.versions
-    rows = []
+    rows: list[dict[str, Any]] = []
     for backend in registry.backends:
         plugin = registry.backend_plugins[backend]
         rows.append({
@@ -57,7 +64,7 @@ def plugins(app, as_json: bool) -> None:
         click.echo(click.style("problem: ", fg="yellow", bold=True) + shown(problem, True), err=True)
 
 
-def _facts(app, host: str | None):
+def _facts(app: AppContext, host: str | None) -> HostFacts:
     from gpupass.core.cli.complete import remember
 
     with app.open(host) as backend:
@@ -72,7 +79,7 @@ def _facts(app, host: str | None):
 @click.pass_obj
 @handles_errors
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass gpus lab-kvm', 'gpupass gpus qemu+ssh://admin@node7/system --json', 'LIBVIRT_DEFAULT_URI=qemu:///system gpupass gpus'))
-def gpus(app, host: str | None, as_json: bool) -> None:
+def gpus(app: AppContext, host: str | None, as_json: bool) -> None:
     """List the host's GPUs: companions, IOMMU group, MMIO need, passthrough state and owner VM."""
     facts = _facts(app, host)
     if as_json:
@@ -88,7 +95,7 @@ def gpus(app, host: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass vms lab-esxi', 'GOVC_URL=vc.example.com GOVC_USERNAME=admin@vsphere.local GOVC_PASSWORD=... gpupass vms'))
-def vms(app, host: str | None, as_json: bool) -> None:
+def vms(app: AppContext, host: str | None, as_json: bool) -> None:
     """List the host's VMs with power state, firmware, memory and PCI devices."""
     facts = _facts(app, host)
     if as_json:
@@ -103,7 +110,7 @@ def vms(app, host: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass status lab-kvm', 'gpupass status esxi://administrator%40vsphere.local@vc.example.com/DC1 --json'))
-def status(app, host: str | None, as_json: bool) -> None:
+def status(app: AppContext, host: str | None, as_json: bool) -> None:
     """Summarise the host: IOMMU, free and assigned GPUs, and which VM holds which."""
     facts = _facts(app, host)
     if as_json:
@@ -112,7 +119,7 @@ def status(app, host: str | None, as_json: bool) -> None:
         click.echo(render.status(facts))
 
 
-def _plan(app, host, backend, request):
+def _plan(app: AppContext, host: str, backend: Backend, request: AssignmentRequest | ReleaseRequest) -> Plan:
     from gpupass.core.service import make_plan
 
     return make_plan(backend, backend.inventory(), request, app.registry_for(host))
@@ -131,7 +138,7 @@ def _plan(app, host, backend, request):
     "gpupass check lab-kvm ml-train H100 --json",
     "gpupass check lab-esxi ml-train esx02.lab.local/0000:3b:00.0",
 ))
-def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **options) -> None:
+def check(app: AppContext, /, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Run the preflight checks for giving GPU(s) to VM. Exit 3 when something blocks."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
@@ -164,7 +171,7 @@ def check(app, host: str, vm: str, gpu: tuple[str, ...], as_json: bool, **option
     "gpupass plan lab-hyperv ml-train 'PCIROOT(40)#PCI(0100)#PCI(0000)#PCI(1000)#PCI(0000)' --show-scripts",
     "gpupass plan lab-esxi ml-train 10de:20b5 --allow-host-reboot",
 ))
-def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_json: bool, **options) -> None:
+def plan(app: AppContext, /, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_json: bool, **options: Any) -> None:
     """Show the ordered steps of an assignment, what needs the VM off or a host reboot, and what the VM loses."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
@@ -177,7 +184,8 @@ def plan(app, host: str, vm: str, gpu: tuple[str, ...], show_changes: bool, as_j
         sys.exit(PreflightFailed.exit_code)
 
 
-def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes: bool = False) -> dict:
+def _confirm_and_run(app: AppContext, backend: Backend, plan: Plan, yes: bool, as_json: bool,
+                     show_changes: bool = False) -> dict[str, Any]:
     """Show the plan, ask (or require --yes), execute; return the JSON document describing what happened."""
     from gpupass.core.errors import NotSupported
     from gpupass.core.service import execute
@@ -200,7 +208,7 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
         if not click.confirm("\nApply this plan?", default=False):
             raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
 
-    def progress(step) -> None:
+    def progress(step: Step) -> None:
         if not as_json:
             sys.stdout.flush()
             click.echo(f"  ... {shown(step.description)}", err=True)
@@ -233,8 +241,8 @@ def _confirm_and_run(app, backend, plan, yes: bool, as_json: bool, show_changes:
     "gpupass assign lab-kvm render01 41:00.0 --allow-firmware-change --yes",
     "gpupass assign lab-hyperv ml-train 10de:20b5 --show-scripts --yes --json",
 ))
-def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_changes: bool, as_json: bool,
-           **options) -> None:
+def assign(app: AppContext, /, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_changes: bool, as_json: bool,
+           **options: Any) -> None:
     """Give GPU(s) and their companions to VM. Shows the plan and asks first; rolls back on failure."""
     request = build_assignment(vm, gpu, **options)
     with app.open(host) as backend:
@@ -260,7 +268,7 @@ def assign(app, host: str, vm: str, gpu: tuple[str, ...], yes: bool, show_change
     "gpupass release lab-kvm ml-train --yes",
     "gpupass release lab-esxi cad-ws esx01.lab.local/0000:3b:00.0 --disable-host-passthrough",
 ))
-def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_host_passthrough: bool, yes: bool,
+def release(app: AppContext, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_host_passthrough: bool, yes: bool,
             show_changes: bool, as_json: bool) -> None:
     """Give GPU(s) back to the host (all the VM's GPUs when none is named) and undo what assign changed."""
     from gpupass.core.domain.request import ReleaseOptions, ReleaseRequest
@@ -284,7 +292,7 @@ def release(app, host: str, vm: str, gpu: tuple[str, ...], live: bool, disable_h
     "gpupass snapshot lab-kvm -o node7.json",
     "gpupass plan node7.json ml-train 42:00.0",
 ))
-def snapshot(app, host: str | None, output: str, as_json: bool) -> None:
+def snapshot(app: AppContext, host: str | None, output: str, as_json: bool) -> None:
     """Save the host's facts to FILE, so check, plan, gpus and migrate plans work offline from it."""
     from pathlib import Path
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 
 # -- the cache of names, written after an inventory read --------------------------------------------------
@@ -69,13 +72,13 @@ def _names(host: str | None, kind: str) -> list[str]:
     return []
 
 
-def _items(values, incomplete: str):
+def _items(values: Iterable[str], incomplete: str) -> list[CompletionItem]:
     from click.shell_completion import CompletionItem
 
     return [CompletionItem(value) for value in values if value.startswith(incomplete)]
 
 
-def complete_host(ctx: click.Context, param: click.Parameter, incomplete: str):
+def complete_host(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     names: list[str] = []
     try:
         from gpupass.core import paths
@@ -93,9 +96,9 @@ def _host_of(ctx: click.Context) -> str | None:
     return ctx.params.get("host") or ctx.params.get("src_host")
 
 
-def complete_vm(ctx: click.Context, param: click.Parameter, incomplete: str):
+def complete_vm(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     return _items(_names(_host_of(ctx), "vms"), incomplete)
 
 
-def complete_gpu(ctx: click.Context, param: click.Parameter, incomplete: str):
+def complete_gpu(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     return _items(_names(_host_of(ctx), "gpus"), incomplete)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.options import describe
-from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
-from gpupass.core.errors import UsageError
+from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
+from gpupass.core.errors import GpupassError, UsageError
+
+if TYPE_CHECKING:
+    from gpupass.core.declarative import ApplyIncomplete, Change, Desired
+    from gpupass.core.domain.plan import Plan, Step
+    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 
 DIFF_EXIT = 5
 
 
-def _change_dict(change) -> dict:
+def _change_dict(change: Change) -> dict[str, Any]:
     return {"host": change.host, "vm": change.vm, "operation": change.operation,
             "gpus": [str(a) for a in change.gpus], "reason": change.reason, "line": change.line}
 
 
-def _change_line(change) -> str:
+def _change_line(change: Change) -> str:
     sign = "+" if change.operation == "assign" else "-"
     verb = "assign" if change.operation == "assign" else "release"
     where = f" (line {change.line})" if change.line else ""
@@ -28,7 +34,7 @@ def _change_line(change) -> str:
                  f"{'to' if verb == 'assign' else 'from'} {change.vm} — {change.reason}{where}")
 
 
-def _load(path: str):
+def _load(path: str) -> list[Desired]:
     from gpupass.core import declarative
 
     try:
@@ -41,14 +47,14 @@ def _load(path: str):
     return declarative.parse(text, path)
 
 
-def _by_host(desired):
-    hosts: dict[str, list] = {}
+def _by_host(desired: list[Desired]) -> dict[str, list[Desired]]:
+    hosts: dict[str, list[Desired]] = {}
     for entry in desired:
         hosts.setdefault(entry.host, []).append(entry)
     return hosts
 
 
-def _request(change):
+def _request(change: Change) -> AssignmentRequest | ReleaseRequest:
     from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 
     if change.operation == "release":
@@ -56,17 +62,17 @@ def _request(change):
     return AssignmentRequest(change.vm, change.gpus, change.options)
 
 
-def _changes(app, path):
+def _changes(app: AppContext, path: str) -> list[Change]:
     from gpupass.core import declarative
 
-    changes = []
+    changes: list[Change] = []
     for host, entries in _by_host(_load(path)).items():
         with app.open(host) as backend:
             changes += declarative.changes_for_host(host, backend.inventory(), entries, path)
     return changes
 
 
-def _plan_file(app, path):
+def _plan_file(app: AppContext, path: str) -> list[tuple[Change, Plan]]:
     """Read each host once and plan every change of the file before the first write: [(change, plan)].
 
     Assignments are planned on the host as it will be after the file's releases, so a GPU the file moves
@@ -76,7 +82,7 @@ def _plan_file(app, path):
     from gpupass.core.errors import NotSupported
     from gpupass.core.service import make_plan
 
-    planned = []
+    planned: list[tuple[Change, Plan]] = []
     for host, entries in _by_host(_load(path)).items():
         with app.open(host) as backend:
             if backend.read_only:
@@ -91,7 +97,7 @@ def _plan_file(app, path):
     return planned
 
 
-def _run_change(app, change, as_json: bool) -> dict:
+def _run_change(app: AppContext, change: Change, as_json: bool) -> dict[str, Any]:
     """Re-read the host, re-plan the change on what is there now, and carry it out (rolled back if it fails)."""
     from gpupass.core import serialize
     from gpupass.core.cli import render
@@ -109,7 +115,7 @@ def _run_change(app, change, as_json: bool) -> dict:
         if plan.nothing_to_do:
             return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
 
-        def progress(step) -> None:
+        def progress(step: Step) -> None:
             if not as_json:
                 sys.stdout.flush()
                 click.echo(f"  ... {shown(step.description)}", err=True)
@@ -120,7 +126,8 @@ def _run_change(app, change, as_json: bool) -> dict:
                 "vm_after": serialize.vm_to_dict(after) if after else None}
 
 
-def _incomplete(file, planned, results, index, cause):
+def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dict[str, Any]], index: int,
+                cause: GpupassError) -> ApplyIncomplete:
     """The error for a failure after some changes were made: which were made, which failed, which were not."""
     from gpupass.core.declarative import ApplyIncomplete
 
@@ -152,7 +159,7 @@ def _incomplete(file, planned, results, index, cause):
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass export lab-kvm lab-esxi -o gpus.yaml', 'gpupass export node7 --json',))
-def export(app, hosts, output, as_json) -> None:
+def export(app: AppContext, hosts: tuple[str, ...], output: str | None, as_json: bool) -> None:
     """Write the hosts' current assignments as a YAML file that `diff` and `apply` read."""
     from gpupass.core import declarative
 
@@ -179,7 +186,7 @@ def export(app, hosts, output, as_json) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass diff gpus.yaml', 'gpupass diff gpus.yaml --json',))
-def diff(app, file, as_json) -> None:
+def diff(app: AppContext, file: str, as_json: bool) -> None:
     """Show what `apply FILE` would change. Exit 0 when nothing, 5 when something would change."""
     changes = _changes(app, file)
     if as_json:
@@ -199,7 +206,7 @@ def diff(app, file, as_json) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass apply gpus.yaml', 'gpupass apply gpus.yaml --yes --json',))
-def apply(app, file, yes, as_json) -> None:
+def apply(app: AppContext, file: str, yes: bool, as_json: bool) -> None:
     """Converge the hosts to FILE: each change goes through the normal plan, preflight and rollback."""
     from gpupass.core import serialize
     from gpupass.core.cli import render

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
@@ -12,11 +14,15 @@ from gpupass.core import paths, serialize
 from gpupass.core.cli import render
 from gpupass.core.domain.select import qualified
 from gpupass.core.cli.escape import shown
-from gpupass.core.cli.options import describe
+from gpupass.core.cli.options import F, describe
 from gpupass.core.cli.complete import complete_host
-from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
 from gpupass.core.fleet import DEFAULT_CONCURRENCY
+
+if TYPE_CHECKING:
+    from gpupass.core.domain.inventory import HostFacts
+    from gpupass.core.fleet import HostResult
 
 PARTIAL_EXIT = 4
 # Like check: what was asked for cannot be had now (as `check` would block); nothing was changed.
@@ -28,9 +34,7 @@ def hosts() -> None:
     """Named hosts in the config file (and the lab hosts): add, list, remove, test."""
 
 
-def _config_path(app):
-    from pathlib import Path
-
+def _config_path(app: AppContext) -> Path:
     return Path(app.config_path) if app.config_path else paths.config_file()
 
 
@@ -45,7 +49,8 @@ def _config_path(app):
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass hosts add node7 qemu+ssh://admin@node7/system', 'gpupass hosts add vcenter esxi://administrator%40vsphere.local@vc.example.com/DC1 --password-env VC_PASSWORD', 'gpupass hosts add hv01 hyperv://Administrator@hv01.example.com --keyring',))
-def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_json) -> None:
+def hosts_add(app: AppContext, name: str, uri: str, password_env: str | None, use_keyring: bool, ca_file: str | None,
+              insecure: bool, as_json: bool) -> None:
     """Add (or replace) host NAME at URI. Passwords are never taken from the command line."""
     from gpupass.core.config import HostEntry, save_config, with_host
 
@@ -74,7 +79,7 @@ def hosts_add(app, name, uri, password_env, use_keyring, ca_file, insecure, as_j
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass hosts remove node7',))
-def hosts_remove(app, name, as_json) -> None:
+def hosts_remove(app: AppContext, name: str, as_json: bool) -> None:
     """Remove host NAME from the config file."""
     from gpupass.core.config import save_config, without_host
 
@@ -85,8 +90,8 @@ def hosts_remove(app, name, as_json) -> None:
         click.echo(f"removed {shown(name)}")
 
 
-def _host_rows(app):
-    rows = [{"name": e.name, "uri": e.uri, "source": "config",
+def _host_rows(app: AppContext) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = [{"name": e.name, "uri": e.uri, "source": "config",
              "credential": e.password_env and f"${e.password_env}" or ("keyring" if e.keyring else
                                                                        "config file" if e.password else "none")}
             for e in app.config.hosts.values()]
@@ -102,7 +107,7 @@ def _host_rows(app):
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass hosts list', 'gpupass hosts list --json',))
-def hosts_list(app, as_json) -> None:
+def hosts_list(app: AppContext, as_json: bool) -> None:
     """List the config file's hosts and the lab hosts that are up."""
     rows = _host_rows(app)
     if as_json:
@@ -118,7 +123,7 @@ def hosts_list(app, as_json) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass hosts test node7', 'gpupass hosts test lab-kvm --json',))
-def hosts_test(app, name, as_json) -> None:
+def hosts_test(app: AppContext, name: str, as_json: bool) -> None:
     """Connect to NAME, read its inventory, and report what was found and how long it took."""
     began = time.monotonic()
     with app.open(name) as backend:
@@ -139,7 +144,7 @@ def fleet() -> None:
     """Many hosts at once: where every GPU is, and which hosts can take a VM."""
 
 
-def _fleet_hosts(app, hosts_option: str | None, all_hosts: bool) -> list[str]:
+def _fleet_hosts(app: AppContext, hosts_option: str | None, all_hosts: bool) -> list[str]:
     if hosts_option and all_hosts:
         raise UsageError("--hosts and --all both given", remedy="use one of them")
     if hosts_option:
@@ -153,10 +158,11 @@ def _fleet_hosts(app, hosts_option: str | None, all_hosts: bool) -> list[str]:
     raise UsageError("which hosts?", remedy="pass --hosts a,b or --all")
 
 
-def _gather(app, names, concurrency, timeout, as_json):
+def _gather(app: AppContext, names: list[str], concurrency: int, timeout: float, as_json: bool
+            ) -> list[HostResult]:
     from gpupass.core.fleet import gather
 
-    def read(name):
+    def read(name: str) -> tuple[HostFacts, int]:
         with app.open(name) as backend:
             return backend.inventory(), backend.round_trips
 
@@ -176,13 +182,14 @@ fleet_options = [
 ]
 
 
-def with_fleet_options(command):
+def with_fleet_options(command: F) -> F:
     for option in reversed(fleet_options):
         command = option(command)
     return command
 
 
-def _error_row(result):
+def _error_row(result: HostResult) -> dict[str, Any]:
+    assert result.error is not None
     return {"host": result.host, "ok": False, "error": result.error.to_dict()}
 
 
@@ -192,7 +199,8 @@ def _error_row(result):
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass fleet gpus --all', 'gpupass fleet gpus --hosts node7,vcenter --json',))
-def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
+def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concurrency: int, timeout: float,
+               as_json: bool) -> None:
     """Every GPU on every host, with its owner; a host that fails is one row with its error (exit 4)."""
     from gpupass.core.fleet import assignable
 
@@ -209,9 +217,11 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
             if r.error:
                 rows.append([r.host, "-", "ERROR", r.error.message, "", ""])
                 continue
-            for g in r.facts.gpus:
-                owner = g.assigned_to or ("free" if assignable(r.facts, g, app.registry) else "not assignable now")
-                rows.append([r.host, r.facts.host.platform, qualified(g),
+            facts = r.facts
+            assert facts is not None  # a host read without an error has its facts
+            for g in facts.gpus:
+                owner = g.assigned_to or ("free" if assignable(facts, g, app.registry) else "not assignable now")
+                rows.append([r.host, facts.host.platform, qualified(g),
                              g.model, g.function.ids, owner])
         click.echo(render.table(["HOST", "PLATFORM", "ADDRESS", "MODEL", "IDS", "OWNER"], rows))
         free = sum(1 for r in results if r.facts for g in r.facts.gpus if assignable(r.facts, g, app.registry))
@@ -230,7 +240,8 @@ def fleet_gpus(app, hosts_option, all_hosts, concurrency, timeout, as_json) -> N
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass fleet find --model A100 --all', "gpupass fleet find --model 'A100 80GB' --count 2 --all", 'gpupass fleet find --model 10de:2331 --hosts node7,node8 --json',))
-def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout, as_json) -> None:
+def fleet_find(app: AppContext, model: str, count: int, hosts_option: str | None, all_hosts: bool, concurrency: int,
+               timeout: float, as_json: bool) -> None:
     """Hosts that can take a VM with COUNT such GPUs now.
 
     "Now" means what `gpupass check` means: free, passthrough-capable and active (no host reboot needed),
@@ -258,6 +269,7 @@ def fleet_find(app, model, count, hosts_option, all_hosts, concurrency, timeout,
         else:
             click.echo(f"no host can take {count} x {shown(model)} now")
         for r in failed:
+            assert r.error is not None
             click.echo(f"could not read {shown(r.host)}: {shown(r.error.message, True)}", err=True)
     if failed:
         sys.exit(PARTIAL_EXIT)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import click
 
 from gpupass.core import paths
 from gpupass.core.cli import render
 from gpupass.core.cli.options import describe
-from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import NotFound
+
+if TYPE_CHECKING:
+    from gpupass.core.ports import LabHost
 
 
 @cli.group()
@@ -18,7 +23,7 @@ def lab() -> None:
     """The built-in lab hosts (no hypervisor needed): status, up, down, reset, demo."""
 
 
-def _labs(app, name: str | None):
+def _labs(app: AppContext, name: str | None) -> list[LabHost]:
     labs = app.registry.lab_hosts
     if name is None:
         return labs
@@ -28,7 +33,7 @@ def _labs(app, name: str | None):
     return chosen
 
 
-def _lab_row(lab, data) -> dict:
+def _lab_row(lab: LabHost, data: Path) -> dict[str, Any]:
     """One lab host as scripts read it: its server's PID and URL as fields, not only in the prose."""
     running = lab.running(data) if hasattr(lab, "running") else None
     info = dict(running.info) if running is not None else {}
@@ -43,7 +48,7 @@ def _lab_row(lab, data) -> dict:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass lab status', 'gpupass lab status --json',))
-def lab_status(app, as_json: bool) -> None:
+def lab_status(app: AppContext, as_json: bool) -> None:
     """List the lab hosts, whether their servers run, and where their state lives."""
     data = paths.data_dir()
     rows = [_lab_row(lab, data) for lab in _labs(app, None)]
@@ -60,7 +65,7 @@ def lab_status(app, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass lab up', 'gpupass lab up lab-esxi',))
-def lab_up(app, name: str | None, as_json: bool) -> None:
+def lab_up(app: AppContext, name: str | None, as_json: bool) -> None:
     """Start the lab hosts' servers in the background (127.0.0.1 only); state is kept while they run."""
     from gpupass.core.progress import waiting
 
@@ -82,7 +87,7 @@ def lab_up(app, name: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass lab down', 'gpupass lab down lab-hyperv',))
-def lab_down(app, name: str | None, as_json: bool) -> None:
+def lab_down(app: AppContext, name: str | None, as_json: bool) -> None:
     """Stop the lab hosts' servers (by PID)."""
     result = {item.name: item.down(paths.data_dir()) for item in _labs(app, name)}
     if as_json:
@@ -97,7 +102,7 @@ def lab_down(app, name: str | None, as_json: bool) -> None:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass lab reset', 'gpupass lab reset lab-kvm',))
-def lab_reset(app, name: str | None, as_json: bool) -> None:
+def lab_reset(app: AppContext, name: str | None, as_json: bool) -> None:
     """Restore a lab host (all of them when NAME is left out) to its initial state."""
     done = []
     for item in _labs(app, name):
@@ -161,7 +166,7 @@ def lab_demo(ctx: click.Context, as_json: bool) -> None:
                "\nand every command takes a lab host's name as HOST.")
 
 
-def demo_steps(labs) -> list[tuple[str, str]]:
+def demo_steps(labs: Sequence[LabHost]) -> list[tuple[str, str]]:
     """The demo, from whatever labs are installed: each lab brings its own steps (LabHost.demo_steps)."""
     names = [lab.name for lab in labs]
     steps: list[tuple[str, str]] = []

@@ -6,13 +6,21 @@ import functools
 import importlib
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
 from gpupass.core.cli import manifest
 from gpupass.core.cli.escape import shown
 from gpupass.core.errors import GpupassError, PreflightFailed, UsageError
+
+if TYPE_CHECKING:  # `gpupass --help` imports none of these
+    from gpupass.core.config import Config
+    from gpupass.core.plugins import Registry
+    from gpupass.core.ports import Backend
+
+# A click command function, wrapped or not.
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES = """\b
 Exit codes:
@@ -31,16 +39,16 @@ class AppContext:
                  verbosity: int = 0) -> None:
         self.config_path, self.insecure, self.ca_file = config_path, insecure, ca_file
         self.verbosity = verbosity
-        self._registries: dict = {}
+        self._registries: dict[str | None, Registry] = {}
 
     @functools.cached_property
-    def registry(self):
+    def registry(self) -> Registry:
         from gpupass.core.plugins import default_registry
 
         return default_registry()
 
     @functools.cached_property
-    def config(self):
+    def config(self) -> Config:
         from pathlib import Path
 
         from gpupass.core import paths
@@ -57,7 +65,7 @@ class AppContext:
             return load_config(explicit)
         return load_config(paths.config_file())
 
-    def registry_for(self, host: str):
+    def registry_for(self, host: str | None) -> Registry:
         """The plugins HOST needs (its platform's backend and rules), without loading the others."""
         if host not in self._registries:
             from gpupass.core.hosts import registry_for_host
@@ -65,7 +73,7 @@ class AppContext:
             self._registries[host] = registry_for_host(host, self.config)
         return self._registries[host]
 
-    def open(self, host: str):
+    def open(self, host: str | None) -> Backend:
         from gpupass.core.hosts import open_host
         from gpupass.core.target import TlsOptions
 
@@ -77,7 +85,7 @@ def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=False))
 
 
-def handles_errors(command: Callable) -> Callable:
+def handles_errors(command: F) -> F:
     """Report gpupass errors as 'error:' + 'fix:' (or as JSON with --json) and exit with their code."""
 
     @functools.wraps(command)
@@ -100,10 +108,10 @@ def handles_errors(command: Callable) -> Callable:
                     click.echo(f"  fix: {shown(exc.remedy, True)}", err=True)
             sys.exit(exc.exit_code)
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F describes
 
 
-def _fill_in_host(exc: GpupassError, arguments: dict) -> None:
+def _fill_in_host(exc: GpupassError, arguments: dict[str, Any]) -> None:
     """A remedy names the host as HOST where the code raising it does not know what the user typed (a backend's
     error table); the command does: `gpupass status HOST` becomes `gpupass status lab-kvm`."""
     import re
@@ -204,7 +212,8 @@ class LazyGroup(GlobalOptionsGroup):
         command = self.commands.get(name)
         return _late_global_options(command) if command is not None else None
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
@@ -237,7 +246,7 @@ class LazyGroup(GlobalOptionsGroup):
             formatter.write_dl(rows)
 
 
-def _global_options(command: Callable) -> Callable:
+def _global_options(command: F) -> F:
     for declaration, attrs in reversed(GLOBAL_OPTIONS):
         command = click.option(*declaration, **attrs)(command)
     return command
@@ -281,7 +290,7 @@ class _QuietPipe:
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return int(self._stream.write(text))
         except BrokenPipeError:
             self._closed_pipe()
             return len(text)
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     if not isinstance(sys.stdout, _QuietPipe) and sys.stdout is not None:
-        sys.stdout = _QuietPipe(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = _QuietPipe(sys.stdout)
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
     color = False if os.environ.get("NO_COLOR") else None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,8 +11,12 @@ from gpupass.core import serialize
 from gpupass.core.cli import render
 from gpupass.core.cli.options import describe
 from gpupass.core.cli.complete import complete_host, complete_vm
-from gpupass.core.cli.main import cli, emit_json, handles_errors, json_option
+from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import PreflightFailed
+
+if TYPE_CHECKING:
+    from gpupass.core.migration import MigrationPlan
+    from gpupass.core.ports import Backend
 
 
 @cli.group()
@@ -19,7 +24,8 @@ def migrate() -> None:
     """Plan (and apply) a GPU VM's move between hosts or platforms; gpupass does not move the VM itself."""
 
 
-def _plan(app, src, vm, dst, dst_vm):
+def _plan(app: AppContext, src: str, vm: str, dst: str, dst_vm: str | None
+          ) -> tuple[MigrationPlan, Backend, Backend]:
     from gpupass.core.migration import plan_migration
 
     source = app.open(src)
@@ -42,7 +48,8 @@ def _plan(app, src, vm, dst, dst_vm):
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass migrate plan lab-esxi cad-ws lab-kvm', 'gpupass migrate plan vcenter ml-train node7 --dst-vm ml-train-kvm --json',))
-def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> None:
+def migrate_plan(app: AppContext, src_host: str, vm: str, dst_host: str, dst_vm: str | None, show_changes: bool,
+                 as_json: bool) -> None:
     """What VM's GPUs need at DST_HOST: equivalent GPUs, settings that carry over or not, the destination plan."""
     result, source, destination = _plan(app, src_host, vm, dst_host, dst_vm)
     source.close()
@@ -66,7 +73,8 @@ def migrate_plan(app, src_host, vm, dst_host, dst_vm, show_changes, as_json) -> 
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass migrate apply lab-esxi cad-ws lab-kvm --yes', 'gpupass migrate apply vcenter ml-train node7 --release-source --yes',))
-def migrate_apply(app, src_host, vm, dst_host, dst_vm, release_source, yes, as_json) -> None:
+def migrate_apply(app: AppContext, src_host: str, vm: str, dst_host: str, dst_vm: str | None, release_source: bool,
+                  yes: bool, as_json: bool) -> None:
     """Assign the equivalent GPUs to the VM already converted at DST_HOST; optionally release the source's."""
     from gpupass.core.cli.commands import _confirm_and_run
     from gpupass.core.domain.request import ReleaseRequest
@@ -83,6 +91,7 @@ def migrate_apply(app, src_host, vm, dst_host, dst_vm, release_source, yes, as_j
         if result.blocked:
             raise PreflightFailed("the destination cannot take this VM's GPUs; nothing was changed",
                                   list(result.findings))
+        assert result.destination_plan is not None  # the VM exists there, so it was planned
         document = {"destination": _confirm_and_run(app, destination, result.destination_plan, yes, as_json),
                     "source_release": None}
         if release_source:

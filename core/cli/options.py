@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
 import click
 
 from gpupass.core.domain.mmio import MAX_BAR_BYTES, format_bytes, parse_size
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from gpupass.core.domain.request import AssignmentRequest
+    from gpupass.core.domain.select import GpuSelector
 
 
 HOST_HELP = ("HOST is a URI (qemu:///system, qemu+ssh://admin@node7/system, esxi://user@vcenter/DC, "
@@ -21,10 +27,14 @@ GPU_HELP = ("GPU is any name `gpupass gpus` prints: a PCI address (0000:41:00.0 
             "error that lists them.")
 
 
-def describe(*paragraphs: str, examples: tuple[str, ...] = ()):
+# A click command function, before or after click wraps it: the decorators here hand back what they are given.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe(*paragraphs: str, examples: tuple[str, ...] = ()) -> Callable[[F], F]:
     """Append paragraphs and an Examples block to a command's help (its first line stays its short help)."""
 
-    def decorate(function):
+    def decorate(function: F) -> F:
         text = (function.__doc__ or "").rstrip()
         import inspect
 
@@ -39,7 +49,7 @@ def describe(*paragraphs: str, examples: tuple[str, ...] = ()):
     return decorate
 
 
-def assignment_options(command):
+def assignment_options(command: F) -> F:
     decorators = [
         click.option("--no-companions", is_flag=True,
                      help="Leave the GPU's companion functions (HDMI audio, USB-C) on the host."),
@@ -61,14 +71,14 @@ def assignment_options(command):
     return command
 
 
-def parse_addresses(values):
+def parse_addresses(values: Sequence[str]) -> tuple[GpuSelector, ...]:
     """GPU names as typed: addresses, host-qualified addresses, models, ids... (resolved on the host)."""
     from gpupass.core.domain.select import parse_selectors
 
     return parse_selectors(values)
 
 
-def build_assignment(vm: str, gpus, **options):
+def build_assignment(vm: str, gpus: Sequence[str], **options: Any) -> AssignmentRequest:
     from gpupass.core.domain.request import AssignmentRequest, AssignOptions
 
     sizes: dict[PciAddress, tuple[int, ...]] = {}

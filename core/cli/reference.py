@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import click
 
 from gpupass.core.cli.main import cli
@@ -9,7 +11,8 @@ from gpupass.core.cli.main import cli
 WIDTH = 100
 
 
-def _walk(command: click.Command, path: list[str], parent: click.Context | None):
+def _walk(command: click.Command, path: list[str], parent: click.Context | None
+          ) -> Iterator[tuple[list[str], click.Command, click.Context]]:
     settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
     ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     yield path, command, ctx

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import click
 
@@ -14,6 +14,9 @@ from gpupass.core.domain.mmio import MmioPolicy, format_bytes, mmio_need
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan
 from gpupass.core.domain.select import qualified
+
+if TYPE_CHECKING:
+    from gpupass.core.migration import MigrationPlan
 
 _SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("warning", "yellow"),
                    Severity.INFO: ("info", "cyan")}
@@ -233,7 +236,7 @@ def plan(item: Plan, show_changes: bool = False) -> str:
     return "\n".join(lines)
 
 
-def migration(item, show_changes: bool = False) -> str:
+def migration(item: MigrationPlan, show_changes: bool = False) -> str:
     lines = [shown(f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
                    f"{item.destination_host} ({item.destination_platform})"), "", "GPUs:"]
     for m in item.matches:

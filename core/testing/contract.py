@@ -7,6 +7,7 @@ Import everything from this module into a test module and define `backend_env` t
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -23,7 +24,7 @@ from gpupass.core.testing import HOSTILE_NAMES, BackendEnv, InjectedFailure
 
 
 @pytest.fixture
-def backend(backend_env) -> Iterator[Backend]:
+def backend(backend_env: BackendEnv) -> Iterator[Backend]:
     opened = backend_env.open()
     try:
         yield opened
@@ -31,11 +32,11 @@ def backend(backend_env) -> Iterator[Backend]:
         opened.close()
 
 
-def plan(backend, request) -> Plan:
+def plan(backend: Backend, request: AssignmentRequest | ReleaseRequest) -> Plan:
     return make_plan(backend, backend.inventory(), request, default_registry())
 
 
-def assign_request(env) -> AssignmentRequest:
+def assign_request(env: BackendEnv) -> AssignmentRequest:
     return AssignmentRequest(env.off_vm, (env.free_gpu,))
 
 
@@ -43,11 +44,18 @@ def gpu_at(facts: HostFacts, address: PciAddress) -> Gpu:
     return next(gpu for gpu in facts.gpus if gpu.address == address)
 
 
+def vm_named(facts: HostFacts | None, name: str) -> Vm:
+    assert facts is not None
+    vm = facts.find_vm(name)
+    assert vm is not None, f"no VM {name!r} on the host"
+    return vm
+
+
 def blocker_codes(result: Plan) -> set[str]:
     return {finding.code for finding in result.findings if finding.blocks}
 
 
-def test_the_backend_is_registered_for_its_platform(backend_env, backend):
+def test_the_backend_is_registered_for_its_platform(backend_env: BackendEnv, backend: Backend) -> None:
     registry = default_registry()
     registered = registry.backend_for(backend.target.scheme)
     assert registered in registry.backends
@@ -56,7 +64,7 @@ def test_the_backend_is_registered_for_its_platform(backend_env, backend):
     assert type(backend) is registered or type(backend).__bases__ == (registered,)
 
 
-def test_inventory_shape(backend_env, backend):
+def test_inventory_shape(backend_env: BackendEnv, backend: Backend) -> None:
     facts = backend.inventory()
     assert isinstance(facts, HostFacts)
     assert facts.host.platform == backend.platform and facts.host.uri
@@ -77,12 +85,12 @@ def test_inventory_shape(backend_env, backend):
             assert owner is not None and gpu.address in owner.assigned
     assert gpu_at(facts, backend_env.free_gpu).assigned_to is None
     assert gpu_at(facts, backend_env.owned_gpu).assigned_to == backend_env.owner_vm
-    assert facts.find_vm(backend_env.off_vm).power_state is PowerState.OFF
-    assert facts.find_vm(backend_env.running_vm).power_state is PowerState.RUNNING
-    assert backend_env.free_gpu not in facts.find_vm(backend_env.off_vm).assigned
+    assert vm_named(facts, backend_env.off_vm).power_state is PowerState.OFF
+    assert vm_named(facts, backend_env.running_vm).power_state is PowerState.RUNNING
+    assert backend_env.free_gpu not in vm_named(facts, backend_env.off_vm).assigned
 
 
-def test_plan_for_a_free_gpu_to_an_off_vm_writes_and_is_not_blocked(backend_env, backend):
+def test_plan_for_a_free_gpu_to_an_off_vm_writes_and_is_not_blocked(backend_env: BackendEnv, backend: Backend) -> None:
     result = plan(backend, assign_request(backend_env))
     assert not result.blocked, [f for f in result.findings if f.blocks]
     assert not result.nothing_to_do
@@ -93,10 +101,12 @@ def test_plan_for_a_free_gpu_to_an_off_vm_writes_and_is_not_blocked(backend_env,
     assert result.platform == backend.platform
 
 
-def test_assign_then_inventory_shows_the_owner_even_on_a_new_connection(backend_env, backend):
+def test_assign_then_inventory_shows_the_owner_even_on_a_new_connection(backend_env: BackendEnv, backend: Backend) -> None:
     outcome = execute(backend, plan(backend, assign_request(backend_env)))
-    assert gpu_at(outcome.facts_after, backend_env.free_gpu).assigned_to == backend_env.off_vm
-    assert backend_env.free_gpu in outcome.facts_after.find_vm(backend_env.off_vm).assigned
+    facts_after = outcome.facts_after
+    assert facts_after is not None
+    assert gpu_at(facts_after, backend_env.free_gpu).assigned_to == backend_env.off_vm
+    assert backend_env.free_gpu in vm_named(facts_after, backend_env.off_vm).assigned
     fresh = backend_env.open()
     try:
         assert gpu_at(fresh.inventory(), backend_env.free_gpu).assigned_to == backend_env.off_vm
@@ -104,7 +114,7 @@ def test_assign_then_inventory_shows_the_owner_even_on_a_new_connection(backend_
         fresh.close()
 
 
-def test_second_assign_is_a_no_op(backend_env, backend):
+def test_second_assign_is_a_no_op(backend_env: BackendEnv, backend: Backend) -> None:
     execute(backend, plan(backend, assign_request(backend_env)))
     again = plan(backend, assign_request(backend_env))
     assert again.nothing_to_do and not again.blocked
@@ -113,34 +123,34 @@ def test_second_assign_is_a_no_op(backend_env, backend):
     assert backend.inventory() == before
 
 
-def test_release_restores_the_vm(backend_env, backend):
+def test_release_restores_the_vm(backend_env: BackendEnv, backend: Backend) -> None:
     before = backend.inventory().find_vm(backend_env.off_vm)
     execute(backend, plan(backend, assign_request(backend_env)))
     release = plan(backend, ReleaseRequest(backend_env.off_vm))
     assert [g.address for g in release.gpus] == [backend_env.free_gpu]
     assert not release.blocked and any(step.writes for step in release.steps)
     outcome = execute(backend, release)
-    assert outcome.facts_after.find_vm(backend_env.off_vm) == before
-    assert gpu_at(outcome.facts_after, backend_env.free_gpu).assigned_to is None
+    assert vm_named(outcome.facts_after, backend_env.off_vm) == before
+    assert outcome.facts_after is not None and gpu_at(outcome.facts_after, backend_env.free_gpu).assigned_to is None
     assert plan(backend, ReleaseRequest(backend_env.off_vm)).nothing_to_do
 
 
-def test_a_running_vm_is_blocked_with_vm_not_off(backend_env, backend):
+def test_a_running_vm_is_blocked_with_vm_not_off(backend_env: BackendEnv, backend: Backend) -> None:
     result = plan(backend, AssignmentRequest(backend_env.running_vm, (backend_env.free_gpu,)))
     assert "vm-not-off" in blocker_codes(result)
 
 
-def test_a_gpu_of_another_vm_is_blocked_with_gpu_assigned_elsewhere(backend_env, backend):
+def test_a_gpu_of_another_vm_is_blocked_with_gpu_assigned_elsewhere(backend_env: BackendEnv, backend: Backend) -> None:
     result = plan(backend, AssignmentRequest(backend_env.off_vm, (backend_env.owned_gpu,)))
     assert "gpu-assigned-elsewhere" in blocker_codes(result)
 
 
-def test_an_unknown_vm_is_not_found(backend_env, backend):
+def test_an_unknown_vm_is_not_found(backend_env: BackendEnv, backend: Backend) -> None:
     with pytest.raises(NotFound):
         plan(backend, AssignmentRequest("no-such-vm-" + backend_env.off_vm, (backend_env.free_gpu,)))
 
 
-def test_round_trips_are_counted(backend_env, backend):
+def test_round_trips_are_counted(backend_env: BackendEnv, backend: Backend) -> None:
     assert backend.round_trips == 0
     backend.inventory()
     after_inventory = backend.round_trips
@@ -149,7 +159,7 @@ def test_round_trips_are_counted(backend_env, backend):
     assert backend.round_trips > 2 * after_inventory  # a second inventory, the write, the final read
 
 
-def test_read_back_reports_the_vm_as_the_inventory_does_for_less(backend_env, backend):
+def test_read_back_reports_the_vm_as_the_inventory_does_for_less(backend_env: BackendEnv, backend: Backend) -> None:
     execute(backend, plan(backend, assign_request(backend_env)))
     began = backend.round_trips
     vm = backend.read_back(backend_env.off_vm, (backend_env.free_gpu,))
@@ -161,12 +171,12 @@ def test_read_back_reports_the_vm_as_the_inventory_does_for_less(backend_env, ba
     assert backend.read_back("no-such-vm-" + backend_env.off_vm, ()) is None
 
 
-def _steps(result: Plan) -> list[tuple]:
+def _steps(result: Plan) -> list[tuple[object, ...]]:
     return [(s.action, s.description, s.changes, s.preview, s.writes, s.needs_vm_off, s.needs_host_reboot, s.payload)
             for s in result.steps]
 
 
-def test_a_snapshot_plans_exactly_like_the_live_host(backend_env, backend, tmp_path):
+def test_a_snapshot_plans_exactly_like_the_live_host(backend_env: BackendEnv, backend: Backend, tmp_path: Path) -> None:
     """`gpupass snapshot HOST -o FILE`, then FILE as HOST: the planner works from what inventory() returned."""
     from gpupass.core import snapshot
     from gpupass.core.hosts import open_snapshot

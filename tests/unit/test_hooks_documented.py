@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
 import pytest
 
 from gpupass.core import hookspecs
+from gpupass.core.cli.plugins_doc import signature
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
-HEADING = re.compile(r"^#{2,4} +`?(?P<name>gpupass_\w+)(?P<signature>\([^)]*\))?`? *$", re.MULTILINE)
+HEADING = re.compile(r"^#{2,4} +`?(?P<name>gpupass_\w+)(?P<signature>\([^)]*\)(?: -> \S+)?)?`? *$", re.MULTILINE)
 
 
 def hookspec_names() -> list[str]:
@@ -31,7 +31,7 @@ def test_the_hookspecs_are_found():
 def test_hook_has_a_section_with_its_signature(name):
     sections = documented()
     assert name in sections, f"docs/plugins.md has no heading for the hook {name}"
-    expected = str(inspect.signature(getattr(hookspecs, name)))
+    expected = signature(getattr(hookspecs, name))
     assert sections[name] == expected, f"the heading of {name} should read {name}{expected}"
 
 

@@ -28,7 +28,7 @@ def test_ruff_is_configured_to_look():
 
 
 def test_mypy_finds_nothing_in_the_core(tmp_path):
-    """mypy over gpupass.core as pyproject.toml configures it ([tool.mypy]: strict on the model and use cases).
+    """mypy over gpupass.core as pyproject.toml configures it ([tool.mypy]: strict on all of it).
 
     The package is importable as `gpupass.core` only through setuptools' editable finder, which mypy does not
     use; so mypy reads it through a `gpupass` folder that links to core/ (what a wheel installs).
@@ -42,3 +42,16 @@ def test_mypy_finds_nothing_in_the_core(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
+
+
+def test_mypy_is_strict_on_every_core_module(tmp_path):
+    """A new module anywhere under gpupass.core is held to the strict flags: an untyped function fails."""
+    core = tmp_path / "gpupass" / "core" / "cli"
+    core.mkdir(parents=True)
+    for folder in (core.parent.parent, core.parent, core):
+        (folder / "__init__.py").write_text("")
+    (core / "probe.py").write_text("def shout(text):\n    return text.upper()\n")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                             "--cache-dir", str(tmp_path / "cache"), "-p", "gpupass.core.cli"],
+                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(tmp_path)})
+    assert result.returncode == 1 and "[no-untyped-def]" in result.stdout, result.stdout + result.stderr
