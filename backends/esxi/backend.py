@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 from typing import Any
@@ -12,6 +13,7 @@ from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
+from gpupass.backends.esxi.steps import Intent, Passthrough, Reboot, Reconfigure
 from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
                                         stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -293,8 +295,8 @@ class EsxiBackend(Backend):
                     preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
                             + ", ".join(f"{{id={i}, passthruEnabled=True, applyNow=True}}" for i in ids)
                             + "; then read config.pciPassthruInfo to confirm they are active\n",
-                    payload={"host": host_name, "ids": ids, "enable": True, "apply_now": True,
-                             "pending_ok": bool(reboot_ok)}))
+                    payload=Passthrough(host_name, tuple(ids), enable=True, apply_now=True,
+                                        pending_ok=bool(reboot_ok))))
                 if reboot_ok:
                     steps.append(self._reboot_step(host_name, host.maintenance, pending=ids))
                 continue
@@ -308,7 +310,7 @@ class EsxiBackend(Backend):
                     needs_host_reboot=True,
                     preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
                             + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in needs_enable) + "\n",
-                    payload={"host": host_name, "ids": needs_enable, "enable": True}))
+                    payload=Passthrough(host_name, tuple(needs_enable), enable=True)))
             if host.maintenance or options.allow_host_reboot:
                 steps.append(self._reboot_step(host_name, host.maintenance))
         devices = []
@@ -348,7 +350,7 @@ class EsxiBackend(Backend):
                             f"{esxi_claims.INTENT_KEY}; removed by its last step)",
                 undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
                 changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
-                payload={"vm": vm.name, "intent": intent, "change_version": raw.change_version}))
+                payload=Intent(vm.name, intent, raw.change_version)))
         if steps or esxi_claims.INTENT_KEY in raw.extra:
             changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
@@ -381,8 +383,7 @@ class EsxiBackend(Backend):
             needs_host_reboot=True,
             preview=(f"read config.pciPassthruInfo of {host_name}; {when}" if pending is not None else "")
             + f"on {host_name}: " + "; ".join(steps) + "\n",
-            payload={"host": host_name, "force": False, "enter_maintenance": enter,
-                     **({"only_if_pending": pending} if pending is not None else {})})
+            payload=Reboot(host_name, enter, tuple(pending) if pending is not None else None))
 
     @staticmethod
     def _enabled(state: EsxiState, host: str, pci_id: str) -> bool:
@@ -409,7 +410,7 @@ class EsxiBackend(Backend):
                                     "(the host supports rebinding devices)",
                         undo="enable passthrough for them again",
                         changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False applyNow=True" for i in ids),
-                        payload={"host": host_name, "ids": ids, "enable": False, "apply_now": True}))
+                        payload=Passthrough(host_name, tuple(ids), enable=False, apply_now=True)))
                     continue
                 steps.append(Step(
                     action="esxi.passthrough",
@@ -418,7 +419,7 @@ class EsxiBackend(Backend):
                     undo="enable passthrough for them again",
                     changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False" for i in ids),
                     needs_host_reboot=True,
-                    payload={"host": host_name, "ids": ids, "enable": False}))
+                    payload=Passthrough(host_name, tuple(ids), enable=False)))
         return steps
 
     def _reconfig_step(self, name: str, raw: VmPlan, changes: dict[str, Any], description: str,
@@ -430,7 +431,7 @@ class EsxiBackend(Backend):
             changes=summary,
             needs_vm_off=True,
             preview=specs.preview(name, raw.host, raw, changes),
-            payload={"vm": name, "host": raw.host, "changes": changes, "change_version": raw.change_version})
+            payload=Reconfigure(name, raw.host, changes, raw.change_version))
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         dynamic = bool(getattr(ctx.request.options, "dynamic", False))
@@ -449,12 +450,14 @@ class EsxiBackend(Backend):
         ]
 
     # -- applying ---------------------------------------------------------------------------------
+    # apply, undo and observe pick their handler by the payload's type (backends/esxi/steps.py), never by the
+    # step's action label.
     def apply(self, step: Step) -> Any:
-        return self._translated(step.description, self._apply, step)
+        return self._translated(step.description, self._apply, step.payload)
 
     def observe(self, step: Step) -> StepState:
         """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
-        return self._translated(f"reading back '{step.description}'", self._observe, step)
+        return self._translated(f"reading back '{step.description}'", self._observe, step.payload, step)
 
     def _translated(self, action: str, function, *args: Any) -> Any:
         """pyvmomi may talk to the host outside `_call` (a lazily read property such as si.content): its
@@ -466,26 +469,32 @@ class EsxiBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - translated by type
             raise translate(exc, action, timeout=self.target.timeout, host=self.endpoint.host) from exc
 
-    def _apply(self, step: Step) -> Any:
-        payload = step.payload
-        if step.action == "esxi.passthrough":
-            self._passthru(payload["host"], payload["ids"], payload["enable"], payload.get("apply_now", False),
-                           check=not payload.get("pending_ok", False))
-            return None
-        if step.action == "esxi.reboot":
-            pending = payload.get("only_if_pending")
-            if pending is not None and all(self._active_now(payload["host"]).get(i) for i in pending):
-                return None  # the host applied the change at once: no reboot
-            self._reboot_safely(payload["host"], payload.get("enter_maintenance", False))
-            return None
-        if step.action == "esxi.reconfigure":
-            return self._reconfigure(payload)
-        if step.action == "esxi.intent":
-            # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
-            self._set_extra(payload["vm"], esxi_claims.INTENT_KEY, payload["intent"], payload["change_version"])
-            self._versions[payload["vm"]] = self._read_vm(payload["vm"])["change_version"]
-            return None
-        raise OperationFailed(f"the esxi backend does not know step {step.action!r}")
+    @functools.singledispatchmethod
+    def _apply(self, payload: object) -> Any:
+        raise OperationFailed(f"the esxi backend cannot carry out a step of type {type(payload).__name__}",
+                              remedy="plan again with this version of gpupass")
+
+    @_apply.register
+    def _apply_passthrough(self, payload: Passthrough) -> None:
+        self._passthru(payload.host, list(payload.ids), payload.enable, payload.apply_now,
+                       check=not payload.pending_ok)
+
+    @_apply.register
+    def _apply_reboot(self, payload: Reboot) -> None:
+        pending = payload.only_if_pending
+        if pending is not None and all(self._active_now(payload.host).get(i) for i in pending):
+            return  # the host applied the change at once: no reboot
+        self._reboot_safely(payload.host, payload.enter_maintenance)
+
+    @_apply.register
+    def _apply_reconfigure(self, payload: Reconfigure) -> dict[str, Any]:
+        return self._reconfigure(payload)
+
+    @_apply.register
+    def _apply_intent(self, payload: Intent) -> None:
+        # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
+        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent, payload.change_version)
+        self._versions[payload.vm] = self._read_vm(payload.vm)["change_version"]
 
     def _set_extra(self, name: str, key: str, value: str, version: str | None = None) -> None:
         from pyVmomi import vim
@@ -496,24 +505,31 @@ class EsxiBackend(Backend):
         task = self._call(f"recording in VM '{name}'", ref.ReconfigVM_Task, spec)
         self._wait(task, f"recording in VM '{name}'")
 
-    def _observe(self, step: Step) -> StepState:
-        payload = step.payload
-        if step.action == "esxi.reconfigure":
-            now = self._read_vm(payload["vm"])
-            if now["change_version"] == payload.get("change_version"):
-                return StepState("before")
-            before = self._before.get(payload["vm"])
-            return StepState("after", token=before) if before is not None else StepState("unknown")
-        if step.action == "esxi.passthrough":
-            enabled = {i: e for i, e in self._enabled_now(payload["host"]).items()}
-            if all(enabled.get(i) == payload["enable"] for i in payload["ids"]):
-                return StepState("after")
-            if all(enabled.get(i) != payload["enable"] for i in payload["ids"]):
-                return StepState("before")
-        if step.action == "esxi.intent":
-            there = self._read_vm(payload["vm"])["extra"].get(esxi_claims.INTENT_KEY)
-            return StepState("after" if there else "before")
+    @functools.singledispatchmethod
+    def _observe(self, payload: object, step: Step) -> StepState:
         return StepState("unknown", detail=f"{step.description} cannot be read back")
+
+    @_observe.register
+    def _observe_reconfigure(self, payload: Reconfigure, step: Step) -> StepState:
+        now = self._read_vm(payload.vm)
+        if now["change_version"] == payload.change_version:
+            return StepState("before")
+        before = self._before.get(payload.vm)
+        return StepState("after", token=before) if before is not None else StepState("unknown")
+
+    @_observe.register
+    def _observe_passthrough(self, payload: Passthrough, step: Step) -> StepState:
+        enabled = self._enabled_now(payload.host)
+        if all(enabled.get(i) == payload.enable for i in payload.ids):
+            return StepState("after")
+        if all(enabled.get(i) != payload.enable for i in payload.ids):
+            return StepState("before")
+        return StepState("unknown", detail=f"{step.description}: only some of {', '.join(payload.ids)} changed")
+
+    @_observe.register
+    def _observe_intent(self, payload: Intent, step: Step) -> StepState:
+        there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
+        return StepState("after" if there else "before")
 
     def _enabled_now(self, host: str) -> dict[str, bool]:
         ref = self._host_ref(host)
@@ -521,14 +537,28 @@ class EsxiBackend(Backend):
         return {info.id: bool(info.passthruEnabled) for info in infos or ()}
 
     def undo(self, step: Step, token: Any) -> None:
-        payload = step.payload
-        if step.action == "esxi.passthrough":
-            self._passthru(payload["host"], payload["ids"], not payload["enable"], payload.get("apply_now", False),
-                           check=False)
-        elif step.action == "esxi.reconfigure" and token is not None:
-            self._restore(payload["vm"], token)
-        elif step.action == "esxi.intent":
-            self._set_extra(payload["vm"], esxi_claims.INTENT_KEY, "")
+        self._undo(step.payload, token)
+
+    @functools.singledispatchmethod
+    def _undo(self, payload: object, token: Any) -> None:
+        raise OperationFailed(f"the esxi backend cannot undo a step of type {type(payload).__name__}")
+
+    @_undo.register
+    def _undo_passthrough(self, payload: Passthrough, token: None) -> None:
+        self._passthru(payload.host, list(payload.ids), not payload.enable, payload.apply_now, check=False)
+
+    @_undo.register
+    def _undo_reboot(self, payload: Reboot, token: None) -> None:
+        """A reboot cannot be taken back; what it activated is undone by the passthrough step before it."""
+
+    @_undo.register
+    def _undo_reconfigure(self, payload: Reconfigure, token: dict[str, Any] | None) -> None:
+        if token is not None:
+            self._restore(payload.vm, token)
+
+    @_undo.register
+    def _undo_intent(self, payload: Intent, token: None) -> None:
+        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, "")
 
     def _host_ref(self, name: str) -> Any:
         if name not in self._hosts:
@@ -748,7 +778,7 @@ class EsxiBackend(Backend):
     # wrote and read before this run wrote, and keeps the GPU.
     claim_wait_s = 10.0
 
-    def _reconfigure(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _reconfigure(self, payload: Reconfigure) -> dict[str, Any]:
         """ONE ReconfigVM_Task carries the change and, for fixed-address devices, the claim on them; it is
         guarded by ConfigSpec.changeVersion: "If specified when updating the configuration, the changes will
         only be applied if the current changeVersion matches the specified changeVersion" (vSphere Web
@@ -757,19 +787,19 @@ class EsxiBackend(Backend):
         the plan read. Then one read of every VM through the session's view decides the claim and is the
         read-back of this VM. SOAP calls: QueryConfigTarget, ReconfigVM_Task, the task's info (once if it has
         finished by then), RetrievePropertiesEx."""
-        name, changes = payload["vm"], payload["changes"]
+        name, changes = payload.vm, payload.changes
         # the version the plan read, or the one this run's own intent record left
-        expected = self._versions.pop(name, payload.get("change_version"))
+        expected = self._versions.pop(name, payload.change_version)
         before = self._config_at(name, expected)
         self._before[name] = before  # what observe() hands back for an undo if the reply is lost
         backings = {}
         static = [d for d in changes["add"] if not d.get("dynamic")]
         if static:
-            backings = self._config_target(payload["host"], [d["id"] for d in static])
+            backings = self._config_target(payload.host, [d["id"] for d in static])
         config = specs.build(changes, before["devices"], backings)
         mine = None
         if static:
-            host_id = self._hosts[payload["host"]].ref._moId
+            host_id = self._hosts[payload.host].ref._moId
             mine = new_claim(name, [esxi_claims.device_key(host_id, d["id"]) for d in static])
             seen = [c for vm, raw in self._vms.items() if vm != name
                     for c in [esxi_claims.decode(vm, raw.extra.get(esxi_claims.CLAIM_KEY))] if c is not None]

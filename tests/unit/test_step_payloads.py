@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # backend package -> its Backend class (module, name); the payloads live in <package>.steps
 BACKENDS = {
     "kvm": ("gpupass.backends.kvm.backend", "KvmBackend"),
+    "esxi": ("gpupass.backends.esxi.backend", "EsxiBackend"),
 }
 
 

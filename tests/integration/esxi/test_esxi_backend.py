@@ -241,3 +241,30 @@ def test_cli_gpus_and_plan(sim, tmp_path, monkeypatch):
                                  "--show-changes"])
     assert result.exit_code == 0, result.output
     assert "ReconfigVM_Task" in result.output and "vMotion" in result.output
+
+
+# -- typed steps: the payload's type picks the handler, the action label is only a label -------------
+
+def test_steps_carry_typed_payloads_and_run_by_their_type_whatever_their_label(backend):
+    import dataclasses
+
+    from gpupass.backends.esxi.steps import Intent, Passthrough, Reboot, Reconfigure
+
+    result = plan(backend, AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)))
+    assert [type(s.payload) for s in result.steps] == [Intent, Passthrough, Reboot, Reconfigure]
+    passthrough = result.steps[1].payload
+    assert passthrough.host == "esx02.lab.local" and passthrough.enable and str(A100_OFF) in passthrough.ids
+    relabelled = dataclasses.replace(result, steps=tuple(dataclasses.replace(s, action="x") for s in result.steps))
+    assert execute(backend, relabelled).facts_after.find_vm("ml-train").assigned == (A100_OFF,)
+
+
+def test_a_payload_the_esxi_backend_does_not_know_is_refused_and_changes_nothing(backend):
+    import dataclasses
+
+    before = backend.inventory().find_vm("ml-train")
+    result = plan(backend, AssignmentRequest("ml-train", (A100_ACTIVE,)))
+    unknown = dataclasses.replace(result.steps[-1], payload={"vm": "ml-train", "changes": {}})
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, dataclasses.replace(result, steps=(unknown,)))
+    assert "cannot carry out a step of type dict" in caught.value.message
+    assert backend.inventory().find_vm("ml-train") == before

@@ -1,0 +1,54 @@
+"""What an ESXi step carries out: one small frozen dataclass per kind of step (the `Step.payload`).
+
+`EsxiBackend.apply`, `undo` and `observe` choose their handler by the payload's type (functools'
+singledispatchmethod), never by `Step.action`, which is only the step's label in text and --json output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """HostPciPassthruSystem.UpdatePassthruConfig on host `host`: set passthruEnabled=`enable` for the PCI
+    ids `ids`; with `apply_now`, ask the host to switch them at once (ESXi 7.0+ deviceRebindWithoutReboot).
+    `pending_ok`: a host that leaves the change for a reboot is fine (a Reboot step follows)."""
+
+    host: str
+    ids: tuple[str, ...]
+    enable: bool
+    apply_now: bool = False
+    pending_ok: bool = False
+
+
+@dataclass(frozen=True)
+class Reboot:
+    """Reboot host `host` (never forced), entering maintenance mode first if `enter_maintenance`; with
+    `only_if_pending`, only if those PCI ids are not active yet (an applyNow the host deferred)."""
+
+    host: str
+    enter_maintenance: bool
+    only_if_pending: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """One ReconfigVM_Task on VM `vm` (on host `host`), built from `changes` (backends/esxi/spec.py's
+    assign_changes/release_changes) and refused if the VM's changeVersion is no longer `change_version`."""
+
+    vm: str
+    host: str
+    changes: Mapping[str, Any]
+    change_version: str | None
+
+
+@dataclass(frozen=True)
+class Intent:
+    """Record in VM `vm`'s extraConfig that a run has begun (`intent`, from claims.encode_intent), sent with
+    the plan's `change_version` so a VM changed since the plan refuses it."""
+
+    vm: str
+    intent: str
+    change_version: str | None
