@@ -7,6 +7,7 @@ rolls itself back), a release is one script. pywinrm is imported only when a hos
 from __future__ import annotations
 
 import base64
+import functools
 import dataclasses
 import math
 import logging
@@ -18,6 +19,7 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import SettingsStore
+from gpupass.backends.hyperv.steps import Assign, Release
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -453,13 +455,14 @@ class HypervBackend(Backend):
                      "Enable-PnpDevice, Set-VM with the previous settings",
                 changes=changes + tuple(f"assign {p}" for p in batch),
                 needs_vm_off=True, preview=preview,
-                payload={"vm": vm.name, "vm_id": vm.id, "paths": batch, "low": low, "high": high,
-                         "addresses": [str(a) for a, path in _state(ctx.facts).location_paths.items() if path in batch],
-                         # the VM's settings when the plan was made: recorded before the script runs
-                         "previous": {"stop_action": raw.get("StopAction") or "TurnOff",
-                                      "low_mmio": int(raw.get("LowMmio") or 0),
-                                      "high_mmio": int(raw.get("HighMmio") or 0),
-                                      "guest_cache": bool(raw.get("GuestCache"))}},
+                payload=Assign(
+                    vm.name, vm.id, tuple(batch), low, high,
+                    tuple(str(a) for a, path in _state(ctx.facts).location_paths.items() if path in batch),
+                    # the VM's settings when the plan was made: recorded before the script runs
+                    previous={"stop_action": raw.get("StopAction") or "TurnOff",
+                              "low_mmio": int(raw.get("LowMmio") or 0),
+                              "high_mmio": int(raw.get("HighMmio") or 0),
+                              "guest_cache": bool(raw.get("GuestCache"))}),
             ))
         return steps
 
@@ -488,8 +491,7 @@ class HypervBackend(Backend):
             undo="run the assign script again with the VM's current settings",
             changes=tuple(f"release {p}" for p in paths) + restore,
             needs_vm_off=True, preview=preview,
-            payload={"vm": vm.name, "vm_id": vm.id, "paths": paths,
-                     "previous": record, "current": current},
+            payload=Release(vm.name, vm.id, tuple(paths), previous=record, current=current),
         )]
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
@@ -504,61 +506,86 @@ class HypervBackend(Backend):
         ]
 
     # -- applying -----------------------------------------------------------------------------------
+    # apply, undo and observe pick their handler by the payload's type (backends/hyperv/steps.py), never by the
+    # step's action label.
     def apply(self, step: Step) -> Any:
-        payload = step.payload
-        if step.action == "hyperv.assign":
-            key = payload.get("vm_id") or payload["vm"]
-            recorded = bool(payload.get("previous")) and self.store.get(key) is None
-            if recorded:
-                # Recorded BEFORE the script runs: if the reply is lost and the host finishes the assignment,
-                # a release can still restore the stop action and MMIO (issue 10 item 2).
-                self.store.put(key, payload["previous"])
-            try:
-                return self._assign(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload["low"],
-                                    payload["high"], step.preview)
-            except GpupassError as error:
-                if recorded and getattr(error, "rolled_back", None) is True:
-                    self.store.delete(key)  # the script undid itself: the VM keeps its settings
-                raise
-        if step.action == "hyperv.release":
-            try:
-                self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], payload.get("previous"),
-                              step.preview)
-            except _PartialRelease as partial:
-                raise self._give_back(payload, partial) from None
-            return payload.get("previous")
-        raise OperationFailed(f"the hyperv backend does not know step {step.action!r}")
+        return self._apply(step.payload, step)
+
+    @functools.singledispatchmethod
+    def _apply(self, payload: object, step: Step) -> Any:
+        raise OperationFailed(f"the hyperv backend cannot carry out a step of type {type(payload).__name__}",
+                              remedy="plan again with this version of gpupass")
+
+    @_apply.register
+    def _apply_assign(self, payload: Assign, step: Step) -> dict[str, Any]:
+        key = payload.vm_id or payload.vm
+        recorded = bool(payload.previous) and self.store.get(key) is None
+        if recorded:
+            # Recorded BEFORE the script runs: if the reply is lost and the host finishes the assignment,
+            # a release can still restore the stop action and MMIO (issue 10 item 2).
+            self.store.put(key, dict(payload.previous))
+        try:
+            return self._assign(payload.vm, payload.vm_id, list(payload.paths), payload.low, payload.high,
+                                step.preview)
+        except GpupassError as error:
+            if recorded and getattr(error, "rolled_back", None) is True:
+                self.store.delete(key)  # the script undid itself: the VM keeps its settings
+            raise
+
+    @_apply.register
+    def _apply_release(self, payload: Release, step: Step) -> Mapping[str, Any] | None:
+        try:
+            self._release(payload.vm, payload.vm_id, list(payload.paths),
+                          dict(payload.previous) if payload.previous else None, step.preview)
+        except _PartialRelease as partial:
+            raise self._give_back(payload, partial) from None
+        return payload.previous
 
     def undo(self, step: Step, token: Any) -> None:
-        payload = step.payload
-        if step.action == "hyperv.assign":
-            self._release(payload["vm"], payload.get("vm_id", ""), payload["paths"], token, None)
-        elif step.action == "hyperv.release":
-            current = payload["current"]
-            script = scripts.assign_script(payload["vm"], payload["paths"], current["low_mmio"],
-                                           current["high_mmio"], current["stop_action"], current["guest_cache"])
-            self._run_change(script, f"giving the devices back to VM '{payload['vm']}'")
-            if token:
-                self.store.put(payload.get("vm_id") or payload["vm"], token)
+        self._undo(step.payload, token)
+
+    @functools.singledispatchmethod
+    def _undo(self, payload: object, token: Any) -> None:
+        raise OperationFailed(f"the hyperv backend cannot undo a step of type {type(payload).__name__}")
+
+    @_undo.register
+    def _undo_assign(self, payload: Assign, token: dict[str, Any] | None) -> None:
+        self._release(payload.vm, payload.vm_id, list(payload.paths), token, None)
+
+    @_undo.register
+    def _undo_release(self, payload: Release, token: Mapping[str, Any] | None) -> None:
+        current = payload.current
+        script = scripts.assign_script(payload.vm, list(payload.paths), current["low_mmio"],
+                                       current["high_mmio"], current["stop_action"], current["guest_cache"])
+        self._run_change(script, f"giving the devices back to VM '{payload.vm}'")
+        if token:
+            self.store.put(payload.vm_id or payload.vm, dict(token))
 
     def observe(self, step: Step) -> StepState:
         """After a script whose reply was lost (timeout, dropped connection): what the host holds now."""
-        payload = step.payload
-        if step.action != "hyperv.assign" or not payload.get("addresses"):
+        return self._observe(step.payload, step)
+
+    @functools.singledispatchmethod
+    def _observe(self, payload: object, step: Step) -> StepState:
+        return StepState("unknown", detail=f"{step.description} cannot be read back")
+
+    @_observe.register
+    def _observe_assign(self, payload: Assign, step: Step) -> StepState:
+        if not payload.addresses:
             return StepState("unknown", detail=f"{step.description} cannot be read back")
         facts = self.inventory()
-        vm = facts.find_vm(payload["vm"])
+        vm = facts.find_vm(payload.vm)
         if vm is None:
-            return StepState("unknown", detail=f"VM '{payload['vm']}' is no longer on the host")
-        wanted = {PciAddress.parse(a) for a in payload["addresses"]}
+            return StepState("unknown", detail=f"VM '{payload.vm}' is no longer on the host")
+        wanted = {PciAddress.parse(a) for a in payload.addresses}
         held = wanted & set(vm.assigned)
         if held == wanted:
-            previous = self.store.get(payload.get("vm_id") or payload["vm"]) or payload.get("previous")
+            previous = self.store.get(payload.vm_id or payload.vm) or payload.previous
             return StepState("after", token=previous)
         free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
         if not held and wanted <= free:
             return StepState("before")
-        return StepState("unknown", detail=f"VM '{payload['vm']}' holds {', '.join(sorted(map(str, held))) or 'none'} "
+        return StepState("unknown", detail=f"VM '{payload.vm}' holds {', '.join(sorted(map(str, held))) or 'none'} "
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
                                            "assign again finishes it")
 
@@ -590,22 +617,22 @@ class HypervBackend(Backend):
         if previous:
             self.store.delete(vm_id or vm)
 
-    def _give_back(self, payload: dict, partial: "_PartialRelease") -> OperationFailed:
+    def _give_back(self, payload: Release, partial: "_PartialRelease") -> OperationFailed:
         """A release failed half way: give the devices it touched back to the VM, so nothing is left ownerless."""
-        touched = [p for p in payload["paths"] if p in partial.stage]
+        touched = [p for p in payload.paths if p in partial.stage]
         cause = partial.error
         if not touched:
             return OperationFailed(cause.message, remedy=cause.remedy, rolled_back=True)
-        current = payload["current"]
+        current = payload.current
         # 'removed' devices are still dismounted: only Add them back; mounted/enabled ones go the whole way.
         removed = [p for p in touched if partial.stage[p] == "removed"]
         mounted = [p for p in touched if partial.stage[p] != "removed"]
-        action = f"giving the devices back to VM '{payload['vm']}'"
+        action = f"giving the devices back to VM '{payload.vm}'"
         try:
             if removed:
-                self._run_change(scripts.readd_script(payload["vm"], removed), action)
+                self._run_change(scripts.readd_script(payload.vm, removed), action)
             if mounted:
-                self._run_change(scripts.assign_script(payload["vm"], mounted, current["low_mmio"],
+                self._run_change(scripts.assign_script(payload.vm, mounted, current["low_mmio"],
                                                        current["high_mmio"], current["stop_action"],
                                                        current["guest_cache"]), action)
         except OperationFailed as again:
@@ -615,7 +642,7 @@ class HypervBackend(Backend):
                                    remedy="finish by hand: Enable-PnpDevice for 'mounted' devices, or run "
                                           "`gpupass release` again", rolled_back=False)
         return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
-                               f"'{payload['vm']}'", remedy=cause.remedy, rolled_back=True)
+                               f"'{payload.vm}'", remedy=cause.remedy, rolled_back=True)
 
 
 class _PartialRelease(Exception):

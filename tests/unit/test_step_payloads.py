@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = {
     "kvm": ("gpupass.backends.kvm.backend", "KvmBackend"),
     "esxi": ("gpupass.backends.esxi.backend", "EsxiBackend"),
+    "hyperv": ("gpupass.backends.hyperv.backend", "HypervBackend"),
 }
 
 

@@ -297,3 +297,37 @@ def test_one_shell_and_one_connection_serve_every_script_of_a_command(open_backe
     scripts = backend.round_trips  # inventory, assign, the VM read back
     assert scripts == 3
     assert actions == ["Create"] + ["Command", "Receive", "Signal"] * scripts + ["Delete"]
+
+
+# -- typed steps: the payload's type picks the handler, the action label is only a label -------------
+
+def test_steps_carry_typed_payloads_and_run_by_their_type_whatever_their_label(open_backend, registry):
+    import dataclasses
+
+    from gpupass.backends.hyperv.steps import Assign, Release
+
+    backend, ep = open_backend()
+    before = ep.model.to_dict()
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (FREE,)), registry)
+    assert [type(s.payload) for s in plan.steps] == [Assign]
+    assert plan.steps[0].payload.paths == (A100_2_LOC,) and plan.steps[0].payload.addresses == (str(FREE),)
+    relabel = lambda p: dataclasses.replace(p, steps=tuple(dataclasses.replace(s, action="x") for s in p.steps))  # noqa: E731
+    execute(backend, relabel(plan))
+    assert ep.model.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
+    release = make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry)
+    assert [type(s.payload) for s in release.steps] == [Release]
+    execute(backend, relabel(release))
+    assert ep.model.to_dict() == before
+
+
+def test_a_payload_the_hyperv_backend_does_not_know_is_refused_and_changes_nothing(open_backend, registry):
+    import dataclasses
+
+    backend, ep = open_backend()
+    before = ep.model.to_dict()
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (FREE,)), registry)
+    unknown = dataclasses.replace(plan.steps[0], payload={"vm": "ml-train", "paths": [A100_2_LOC]})
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, dataclasses.replace(plan, steps=(unknown,)))
+    assert "cannot carry out a step of type dict" in caught.value.message
+    assert ep.model.to_dict() == before
