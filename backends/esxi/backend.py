@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from gpupass.backends.esxi import claims as esxi_claims
 from gpupass.backends.esxi import inventory as inv
@@ -20,8 +20,11 @@ from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.request import ReleaseOptions
 from gpupass.core.domain.plan import Step
 from gpupass.core.ports import Backend, StepState
+from gpupass.core.target import Target
 from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported,
                                  OperationFailed)
 
@@ -64,7 +67,7 @@ class EsxiBackend(Backend):
         "stop_action": "host autostart/shutdown policy (HostAutoStartManager)",
     }
 
-    def __init__(self, target) -> None:
+    def __init__(self, target: Target) -> None:
         super().__init__(target)
         self.endpoint = parse_uri(target.uri)
         self._si: Any = None
@@ -114,7 +117,7 @@ class EsxiBackend(Backend):
         legacy = {"version13": (6, 7, 3), "version12": (6, 7), "version11": (6, 5), "version10": (6, 0)}
         return legacy.get(name, (5,))
 
-    def _call(self, action: str, function, *args, **kwargs) -> Any:
+    def _call(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
         except GpupassError:
@@ -216,7 +219,7 @@ class EsxiBackend(Backend):
                     else vm for vm in facts.vms)
         return dataclasses.replace(facts, vms=vms)
 
-    def read_back(self, vm: str, devices) -> Vm | None:
+    def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's properties as the inventory reads them: one RetrievePropertiesEx on that VM only, or none
         after an assign whose claim check read every VM after the write (that read is kept until the next write).
 
@@ -266,7 +269,7 @@ class EsxiBackend(Backend):
         return EsxiState.from_json(data)
 
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
-        vm, options = ctx.vm, ctx.request.options
+        vm, options = ctx.vm, ctx.assign_options
         state = _state(ctx.facts)
         raw = state.vms[vm.name]
         if options.dynamic and state.api < DYNAMIC_MIN_API:
@@ -313,7 +316,7 @@ class EsxiBackend(Backend):
                     payload=Passthrough(host_name, tuple(needs_enable), enable=True)))
             if host.maintenance or options.allow_host_reboot:
                 steps.append(self._reboot_step(host_name, host.maintenance))
-        devices = []
+        devices: list[dict[str, Any]] = []
         for gpu in ctx.gpus:
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
                 if function.address in vm.assigned:
@@ -398,7 +401,7 @@ class EsxiBackend(Backend):
         steps = [self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                      tuple(f"remove VirtualPCIPassthrough {a}" for a in sorted(addresses))
                                      + ("restore the recorded reservation, MMIO and firmware settings",))]
-        if ctx.request.options.disable_host_passthrough:
+        if isinstance(ctx.request.options, ReleaseOptions) and ctx.request.options.disable_host_passthrough:
             by_host: dict[str, list[str]] = {}
             for gpu in ctx.gpus:
                 by_host.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
@@ -457,9 +460,10 @@ class EsxiBackend(Backend):
 
     def observe(self, step: Step) -> StepState:
         """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
-        return self._translated(f"reading back '{step.description}'", self._observe, step.payload, step)
+        state: StepState = self._translated(f"reading back '{step.description}'", self._observe, step.payload, step)
+        return state
 
-    def _translated(self, action: str, function, *args: Any) -> Any:
+    def _translated(self, action: str, function: Callable[..., Any], *args: Any) -> Any:
         """pyvmomi may talk to the host outside `_call` (a lazily read property such as si.content): its
         socket errors and timeouts become the same errors, naming the host."""
         try:
@@ -796,7 +800,7 @@ class EsxiBackend(Backend):
         static = [d for d in changes["add"] if not d.get("dynamic")]
         if static:
             backings = self._config_target(payload.host, [d["id"] for d in static])
-        config = specs.build(changes, before["devices"], backings)
+        config = specs.build(dict(changes), before["devices"], backings)
         mine = None
         if static:
             host_id = self._hosts[payload.host].ref._moId
@@ -962,6 +966,6 @@ def _device_key(device: Any) -> tuple[str, str, int]:
     return (type(backing).__name__, str(what), int(device.key or 0))
 
 
-def _state_key(state: dict[str, Any]) -> tuple:
+def _state_key(state: dict[str, Any]) -> tuple[object, ...]:
     return (sorted(_device_key(d) for d in state["devices"]), sorted(state["extra"].items()),
             state["reservation_mb"], state["locked"], state["firmware"])

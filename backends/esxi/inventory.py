@@ -235,11 +235,11 @@ def dynamic_matches(backing: Any, entry: dict[str, Any]) -> bool:
     versions carry the label they set instead.
     """
     if entry.get("label") and getattr(backing, "customLabel", None):
-        return backing.customLabel == entry["label"]
-    return allowed_pair(backing) == (u16(entry.get("vendor_id")), u16(entry.get("device_id")))
+        return bool(backing.customLabel == entry["label"])
+    return bool(allowed_pair(backing) == (u16(entry.get("vendor_id")), u16(entry.get("device_id"))))
 
 
-def passthrough_devices(devices: list[Any]) -> list[Any]:
+def passthrough_devices(devices: list[Any] | None) -> list[Any]:
     from pyVmomi import vim
 
     return [d for d in devices or () if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
@@ -283,7 +283,7 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
             entry = next((d for d in planned if dynamic_matches(backing, d)), None)
             if entry is not None:
                 planned.remove(entry)
-            text = getattr(backing, "assignedId", None) or (entry or {}).get("address")
+            text = str(getattr(backing, "assignedId", None) or (entry or {}).get("address") or "")
         else:
             continue
         try:

@@ -3,18 +3,20 @@
 Entry point (pyproject.toml, [project.entry-points.gpupass]): esxi = "gpupass.backends.esxi.plugin".
 Importing this module stays cheap: pyvmomi is imported only when a host is opened.
 """
+from typing import Callable
+
 from gpupass.core.hookspecs import hookimpl
 
 
 @hookimpl
-def gpupass_register_backends(register):
+def gpupass_register_backends(register: Callable[..., None]) -> None:
     from gpupass.backends.esxi.backend import EsxiBackend
 
     register(EsxiBackend)
 
 
 @hookimpl
-def gpupass_register_rules(register):
+def gpupass_register_rules(register: Callable[..., None]) -> None:
     from gpupass.backends.esxi.rules import RULES
 
     for rule in RULES:

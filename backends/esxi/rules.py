@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, info, warning
 from gpupass.core.domain.inventory import PowerState
 
 
-def _hosts(ctx: CheckContext) -> dict:
+def _hosts(ctx: CheckContext) -> dict[str, Any]:
     return dict(ctx.facts.host.settings.get("hosts", {}))
 
 
@@ -75,7 +75,7 @@ def gpu_on_vm_host(ctx: CheckContext) -> Iterable[Finding]:
 
 
 def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
-    if not ctx.request.options.allow_host_reboot:
+    if not ctx.assign_options.allow_host_reboot:
         return
     hosts = _hosts(ctx)
     for location in {gpu.location for gpu in ctx.gpus if not gpu.passthrough.active}:

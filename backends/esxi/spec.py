@@ -82,7 +82,7 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
     """The vim.vm.ConfigSpec for `changes`; `backings` maps host PCI id -> PciPassthroughInfo (static adds)."""
     from pyVmomi import vim
 
-    pt = vim.vm.device.VirtualPCIPassthrough
+    pt: Any = vim.vm.device.VirtualPCIPassthrough  # a data object type: its backings are attributes of it
     op = vim.vm.device.VirtualDeviceSpec.Operation
     spec = vim.vm.ConfigSpec()
     device_changes = []

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import logging
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
@@ -24,12 +24,13 @@ from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
-from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PassthroughState, PowerState, Vm
+from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PassthroughState, PowerState, Vm
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
 from gpupass.core.errors import GpupassError, BackendUnavailable, OperationFailed, UsageError
 from gpupass.core.ports import Backend, StepState
+from gpupass.core.target import Target
 
 log = logging.getLogger("gpupass.hyperv")
 
@@ -41,7 +42,7 @@ LOW_MMIO = 3 * GiB
 _CLASS_CODES = {"display": 0x030000, "media": 0x040300, "net": 0x020000, "usb": 0x0C0300, "scsiadapter": 0x010800}
 
 
-def class_code(fn: dict) -> int:
+def class_code(fn: dict[str, Any]) -> int:
     """The PCI class code of an inventory function: the hex after CC_ in its hardware/compatible ids
     (6 digits: class, subclass, interface; 4 digits: class and subclass), else guessed from the PnP class."""
     text = str(fn.get("ClassCode") or "")
@@ -54,7 +55,7 @@ _STATES = {"off": PowerState.OFF, "running": PowerState.RUNNING, "paused": Power
            "saved": PowerState.SUSPENDED}
 
 
-def _winrm():
+def _winrm() -> Any:
     try:
         import winrm
     except ImportError as exc:
@@ -99,7 +100,7 @@ def memory_bars(mem: Any) -> tuple[Bar, ...] | None:
     return tuple(bars)
 
 
-def survey(fn: dict) -> dict:
+def survey(fn: dict[str, Any]) -> dict[str, Any]:
     """The per-device checks of Microsoft's DDA survey script; None where the host did not say."""
     acs, kind, irq = fn.get("Acs"), fn.get("DeviceType"), fn.get("Interrupts")
     return {"rmrr": None if fn.get("Rmrr") is None else bool(fn["Rmrr"]),
@@ -108,7 +109,7 @@ def survey(fn: dict) -> dict:
             "msi": None if irq is None else bool(int(irq) & 6)}
 
 
-def passthrough_state(fn: dict) -> PassthroughState:
+def passthrough_state(fn: dict[str, Any]) -> PassthroughState:
     """Microsoft's survey-script checks for one function, as the core's passthrough state."""
     reasons = []
     if fn.get("Rmrr"):
@@ -139,7 +140,7 @@ def _state(facts: HostFacts) -> HypervState:
     return facts.state
 
 
-def _with_partitions(gpus, partitionable, vms_raw):
+def _with_partitions(gpus: list[Gpu], partitionable: Any, vms_raw: list[dict[str, Any]]) -> list[Gpu]:
     """Each partitionable GPU's partition types and the VMs holding a partition of it (see partitioning.py)."""
     if not partitionable:
         return gpus
@@ -190,7 +191,7 @@ class HypervBackend(Backend):
         "dynamic_memory": "Set-VM -DynamicMemory (must be off)",
     }
 
-    def __init__(self, target) -> None:
+    def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._session: Any = None
         self._shell_id: str | None = None
@@ -291,7 +292,7 @@ class HypervBackend(Backend):
             except Exception:  # noqa: BLE001 - the shell or the connection is gone already
                 pass
 
-    def run_json(self, script: str, action: str) -> tuple[int, dict | None, bytes]:
+    def run_json(self, script: str, action: str) -> tuple[int, dict[str, Any], bytes]:
         code, out, err = self.run_ps(script, action)
         text = out.decode("utf-8", errors="replace").strip()
         try:
@@ -323,7 +324,7 @@ class HypervBackend(Backend):
         self._paths = {a: p for p, a in addresses.items()}
         functions: dict[PciAddress, PciFunction] = {}
         states: dict[PciAddress, PassthroughState] = {}
-        extra: dict[PciAddress, dict] = {}
+        extra: dict[PciAddress, dict[str, Any]] = {}
         for fn in functions_raw:
             address = addresses.get(fn["LocationPath"])
             if address is None or address in functions:
@@ -348,7 +349,7 @@ class HypervBackend(Backend):
                               "dismounted": bool(fn.get("Dismounted")), "survey": survey(fn)}
         owners: dict[PciAddress, str] = {}
         vms = []
-        records: dict[str, dict] = {}
+        records: dict[str, dict[str, Any]] = {}
         for v in vms_raw:
             held = tuple(sorted(addresses[p] for p in (v.get("Devices") or []) if p in addresses))
             for address in held:
@@ -377,7 +378,7 @@ class HypervBackend(Backend):
                          {("", a): f for a, f in functions.items()},
                          state=HypervState({a: p for p, a in addresses.items()}, records))
 
-    def read_back(self, vm: str, devices) -> Vm | None:
+    def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
         code, data, err = self.run_json(scripts.read_vm_script(vm), f"reading VM {vm!r}")
         if code != 0:
@@ -589,13 +590,14 @@ class HypervBackend(Backend):
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
                                            "assign again finishes it")
 
-    def _run_change(self, script: str, action: str) -> dict:
+    def _run_change(self, script: str, action: str) -> dict[str, Any]:
         code, data, err = self.run_json(script, action)
         if code != 0 or not data.get("ok"):
             raise from_script_result(action, data)
         return data
 
-    def _assign(self, vm: str, vm_id: str, paths: list[str], low: int, high: int, script: str | None) -> dict:
+    def _assign(self, vm: str, vm_id: str, paths: list[str], low: int, high: int,
+                script: str | None) -> dict[str, Any]:
         script = script or scripts.assign_script(vm, paths, low, high)
         data = self._run_change(script, f"assigning to VM '{vm}'")
         prev = data.get("previous") or {}
@@ -606,7 +608,8 @@ class HypervBackend(Backend):
             self.store.put(key, previous)
         return previous
 
-    def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict | None, script: str | None) -> None:
+    def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict[str, Any] | None,
+                 script: str | None) -> None:
         settings = scripts.VmSettings(**previous) if previous else None
         script = script or scripts.release_script(vm, paths, settings)
         action = f"releasing from VM '{vm}'"
@@ -651,7 +654,7 @@ class _PartialRelease(Exception):
         self.error, self.stage = error, stage
 
 
-def _vm(raw: dict, held: tuple[PciAddress, ...]) -> Vm:
+def _vm(raw: dict[str, Any], held: tuple[PciAddress, ...]) -> Vm:
     generation = int(raw.get("Generation") or 0)
     dynamic = bool(raw.get("DynamicMemory"))
     memory = int(raw.get("MemoryStartup") or 0)

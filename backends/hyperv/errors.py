@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from typing import Any
 from dataclasses import dataclass
 
 from gpupass.core.errors import (
@@ -71,7 +72,7 @@ _NOT_FOUND_IDS = {"InvalidParameter", "ObjectNotFound", "CmdletizationQuery_NotF
 _TAKING_FROM_THE_HOST = ("Disable-PnpDevice ", "Dismount-VMHostAssignableDevice ")
 
 
-def from_script_result(action: str, result: dict) -> GpupassError:
+def from_script_result(action: str, result: dict[str, Any]) -> GpupassError:
     """A failed assign/release script's JSON result ({ok: false, error, errorId, step, undoErrors})."""
     error_id = str(result.get("errorId") or "")
     step = result.get("step") or "?"

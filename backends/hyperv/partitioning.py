@@ -17,7 +17,7 @@ TotalVRAM is in the driver's units (1000000000 for a whole GPU in the real outpu
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
 
@@ -38,7 +38,7 @@ def type_id(count: int) -> str:
     return f"partitions-{count}"
 
 
-def sharing_of(record: Mapping, held_by: Iterable[str]) -> Sharing:
+def sharing_of(record: Mapping[str, Any], held_by: Iterable[str]) -> Sharing:
     """A partitionable GPU (the inventory's ``{Name, Counts, Count}``) and the VMs whose adapters name it."""
     counts = record.get("Counts")
     counts = [counts] if isinstance(counts, int) else list(counts or [])

@@ -12,6 +12,7 @@ from typing import Iterable
 from gpupass.core.domain.context import CheckContext
 from gpupass.backends.hyperv.scripts import ps_quote
 from gpupass.core.domain.findings import Finding, blocker, info, warning
+from gpupass.core.domain.inventory import Vm
 
 _DEVICE_CHECKS = (
     ("rmrr", True, "hyperv-rmrr",
@@ -42,7 +43,7 @@ def device_survey(ctx: CheckContext) -> Iterable[Finding]:
                     yield blocker(code, message.format(what=what), remedy, subject=str(gpu.address))
 
 
-def _vm_command(vm) -> str:
+def _vm_command(vm: Vm) -> str:
     """Set-VM for exactly this VM: by its id (unique, no wildcards), as -Name/-VMName would read `gpu[1]` as a
     pattern; by exact name only when the id is unknown."""
     if vm.id:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpupass.core import paths
+from gpupass.core.target import Target
 
 
 class SettingsStore:
@@ -22,7 +23,7 @@ class SettingsStore:
         self.path, self.host = path, host
 
     @classmethod
-    def for_target(cls, target) -> "SettingsStore":
+    def for_target(cls, target: Target) -> "SettingsStore":
         explicit = target.options.get("state_file") if target.options else None
         path = Path(explicit) if explicit else paths.data_dir() / "hyperv" / "previous-settings.json"
         parts = urlsplit(target.uri)
@@ -43,10 +44,11 @@ class SettingsStore:
             json.dump(data, out, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
 
-    def get(self, vm: str) -> dict | None:
-        return self._load().get(self.host, {}).get(vm)
+    def get(self, vm: str) -> dict[str, Any] | None:
+        record = self._load().get(self.host, {}).get(vm)
+        return record if isinstance(record, dict) else None
 
-    def put(self, vm: str, settings: dict) -> None:
+    def put(self, vm: str, settings: dict[str, Any]) -> None:
         data = self._load()
         data.setdefault(self.host, {})[vm] = settings
         self._save(data)

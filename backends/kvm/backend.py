@@ -7,7 +7,7 @@ import difflib
 import functools
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, sysfs
@@ -25,13 +25,15 @@ from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
-from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PowerState, Vm
+from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PowerState, Vm
+from gpupass.core.domain.pci import IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
-from gpupass.core.domain.sharing import Share, ShareMode, Sharing
+from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
 from gpupass.core.errors import BackendUnavailable, Conflict, ConnectionFailed, GpupassError, OperationFailed
 from gpupass.core.ports import Backend, StepState
+from gpupass.core.target import Target
 
 log = logging.getLogger("gpupass.kvm")
 
@@ -42,7 +44,7 @@ _LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect"}
 class _Counted:
     """Wraps a libvirt object so every daemon call is counted in `backend.round_trips`."""
 
-    def __init__(self, wrapped: Any, backend: Backend) -> None:
+    def __init__(self, wrapped: Any, backend: KvmBackend) -> None:
         self._wrapped, self._backend = wrapped, backend
 
     def __getattr__(self, name: str) -> Any:
@@ -58,7 +60,7 @@ class _Counted:
         return call
 
 
-def _wrap(value: Any, backend: Backend) -> Any:
+def _wrap(value: Any, backend: KvmBackend) -> Any:
     module = type(value).__module__
     if module == "libvirt" and type(value).__name__ in ("virDomain", "virNodeDevice"):
         return _Counted(value, backend)
@@ -69,7 +71,7 @@ def _wrap(value: Any, backend: Backend) -> Any:
     return value
 
 
-def _libvirt():
+def _libvirt() -> Any:
     try:
         import libvirt
     except ImportError as exc:
@@ -122,7 +124,7 @@ class KvmBackend(Backend):
         "dynamic_memory": "<memballoon>, idle while a GPU is assigned",
     }
 
-    def __init__(self, target) -> None:
+    def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._module: Any = None
         self._conn: Any = None
@@ -165,27 +167,27 @@ class KvmBackend(Backend):
             self._conn = _Counted(conn, self)
         return self._conn
 
-    def _auth(self) -> list:
+    def _auth(self) -> list[Any]:
         libvirt = self._libvirt
         username, password = self.target.username, self.target.password
 
-        def answer(credentials, _data):
+        def answer(credentials: list[list[Any]], _data: object) -> int:
             for credential in credentials:
                 if credential[0] == libvirt.VIR_CRED_AUTHNAME:
                     credential[4] = username or credential[3]
-                elif credential[0] == libvirt.VIR_CRED_PASSPHRASE:
+                elif credential[0] == libvirt.VIR_CRED_PASSPHRASE and password is not None:
                     credential[4] = password.reveal()
             return 0
 
         return [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], answer, None]
 
-    def _call(self, action: str, function, *args) -> Any:
+    def _call(self, action: str, function: Callable[..., Any], *args: Any) -> Any:
         try:
             return function(*args)
         except self._libvirt.libvirtError as exc:
             raise translate(self._libvirt, exc, action) from exc
 
-    def _bounded(self, what: str, function, *args: Any, **kwargs: Any) -> Any:
+    def _bounded(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one libvirt call within the host's timeout (see watchdog.py); a test-driver file has no peer."""
         if self.target.uri.startswith("test:"):  # the libvirt test driver: a file, no peer to wait on
             return function(*args, **kwargs)
@@ -219,7 +221,9 @@ class KvmBackend(Backend):
     def inventory(self) -> HostFacts:
         libvirt, conn = self._libvirt, self._connection()
         devices = self._call("listing node devices", conn.listAllDevices, libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)
-        functions, groups, share_types = {}, {}, {}
+        functions: dict[PciAddress, PciFunction] = {}
+        groups: dict[PciAddress, IommuGroup] = {}
+        share_types: dict[PciAddress, tuple[ShareType, ...]] = {}
         file_drivers = self._test_file_drivers()
         for device in devices:
             parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
@@ -236,7 +240,10 @@ class KvmBackend(Backend):
             if parsed.share_types:
                 share_types[function.address] = parsed.share_types
         stats = self._call("listing domains", conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
-        vms, owners, holders, mdev_holders = [], {}, [], {}
+        vms: list[Vm] = []
+        owners: dict[PciAddress, str] = {}
+        holders: list[claims.Holder] = []
+        mdev_holders: dict[str, str] = {}
         domain_xml: dict[str, str] = {}
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -266,7 +273,8 @@ class KvmBackend(Backend):
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
                          {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml))
 
-    def _with_sharing(self, gpus, share_types, mdev_holders):
+    def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
+                      mdev_holders: dict[str, str]) -> list[Gpu]:
         """Each card's vGPU types and the mediated devices created on it, with the VM holding each."""
         if not share_types:
             return gpus
@@ -299,7 +307,7 @@ class KvmBackend(Backend):
         except (OSError, ValueError) as exc:
             raise OperationFailed(f"cannot read the test-driver host file {parts.path}: {exc}") from exc
 
-    def read_back(self, vm: str, devices) -> Vm | None:
+    def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's persistent definition and power state: three libvirt calls, whatever the host's size.
 
         The devices need no read of their own: libvirt's node devices do not change when a definition
@@ -321,7 +329,7 @@ class KvmBackend(Backend):
 
     # -- planning -----------------------------------------------------------------------------------
     def plan_assign(self, ctx: CheckContext) -> list[Step]:
-        vm, options = ctx.vm, ctx.request.options
+        vm, options = ctx.vm, ctx.assign_options
         xml = _state(ctx.facts).domain_xml[vm.name]
         cards = tuple(gpu.functions if ctx.include_companions else (gpu.function,) for gpu in ctx.gpus)
         need = ctx.need
@@ -377,7 +385,7 @@ class KvmBackend(Backend):
             payload=DefineDomain(vm, old, edit.xml, tuple(claims or ())),
         )
 
-    def _hotplug_step(self, vm: str, function, attach: bool) -> Step:
+    def _hotplug_step(self, vm: str, function: PciFunction, attach: bool) -> Step:
         verb = "hot-plug" if attach else "hot-unplug"
         return Step(
             action="kvm.hotplug" if attach else "kvm.hotunplug",
@@ -442,6 +450,7 @@ class KvmBackend(Backend):
             self._define(old, "taking back the claim after libvirt refused the definition")
             raise refused
         deadline = time.monotonic() + self.claim_wait_s
+        gave_up_waiting = False
         while True:
             domains = self._all_domain_xml()
             if mine.token not in domains.get(vm, ""):
@@ -460,6 +469,7 @@ class KvmBackend(Backend):
                 verdict = claims.Verdict(
                     "lose", f"VM '{verdict.other_vm}' carries a claim on the same GPU that stayed unfinished for "
                     f"{self.claim_wait_s:.0f}s (a gpupass run stopped mid-way?)", verdict.other_vm)
+                gave_up_waiting = True
                 break
             time.sleep(0.05)
         if verdict.outcome == "lose":
@@ -468,7 +478,7 @@ class KvmBackend(Backend):
                 f"{verdict.reason}; this run's change to VM '{vm}' was undone",
                 remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move"
                        + ("; a claim left by a stopped run goes away with any gpupass assign or release of that VM"
-                          if "unfinished" in verdict.reason else ""))
+                          if gave_up_waiting else ""))
         return old
 
     def _all_domain_xml(self) -> dict[str, str]:
@@ -478,8 +488,9 @@ class KvmBackend(Backend):
         inactive = self._libvirt.VIR_DOMAIN_XML_INACTIVE
         return {d.name(): self._call(f"reading domain {d.name()!r}", d.XMLDesc, inactive) for d in domains}
 
-    def _claims(self, exclude: str, domains: dict[str, str] | None = None) -> tuple[list, list]:
-        found: tuple[list, list] = ([], [])
+    def _claims(self, exclude: str, domains: dict[str, str] | None = None
+                ) -> tuple[list[claims.Claim], list[claims.Holder]]:
+        found: tuple[list[claims.Claim], list[claims.Holder]] = ([], [])
         for name, xml in (domains if domains is not None else self._all_domain_xml()).items():
             if name != exclude:
                 claimed, held = domxml.claims_of(xml)
@@ -533,7 +544,8 @@ class KvmBackend(Backend):
         self._before_reading_definition()
         conn = self._connection()
         domain = self._call(f"looking up VM {vm!r}", conn.lookupByName, vm)
-        return self._call(f"reading VM {vm!r}", domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE)
+        xml: str = self._call(f"reading VM {vm!r}", domain.XMLDesc, self._libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return xml
 
     def _define(self, xml: str, action: str) -> None:
         domain = self._call(action, self._connection().defineXML, xml)
@@ -560,7 +572,7 @@ _STATES = {0: PowerState.UNKNOWN, 1: PowerState.RUNNING, 2: PowerState.RUNNING, 
            4: PowerState.RUNNING, 5: PowerState.OFF, 6: PowerState.OFF, 7: PowerState.SUSPENDED}
 
 
-def _vm(facts: domxml.DomainFacts, state: int, claims: list) -> Vm:
+def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm:
     return Vm(
         name=facts.name,
         id=facts.uuid,
@@ -582,7 +594,7 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list) -> Vm:
     )
 
 
-def _with_stale_holdings(vms: list[Vm], holders: list) -> list[Vm]:
+def _with_stale_holdings(vms: list[Vm], holders: list[claims.Holder]) -> list[Vm]:
     import dataclasses
 
     stale: dict[str, list[str]] = {}
@@ -594,7 +606,7 @@ def _with_stale_holdings(vms: list[Vm], holders: list) -> list[Vm]:
             for vm in vms]
 
 
-def _essentials(xml: str, keep_claims: bool = False) -> tuple:
+def _essentials(xml: str, keep_claims: bool = False) -> tuple[object, ...]:
     """What a define changes, compared the way libvirt reports it back (it reformats the XML it is given)."""
     facts = domxml.read_facts(xml)
     claimed = tuple(sorted(c.token for c in domxml.claims_of(xml)[0])) if keep_claims else ()
@@ -602,14 +614,14 @@ def _essentials(xml: str, keep_claims: bool = False) -> tuple:
             facts.locked_memory, claimed)
 
 
-def _with_sysfs_bars(function):
+def _with_sysfs_bars(function: PciFunction) -> PciFunction:
     import dataclasses
 
     bars = sysfs.read_bars(function.address)
     return dataclasses.replace(function, bars=bars) if bars is not None else function
 
 
-def _mark_boot_vga(gpu):
+def _mark_boot_vga(gpu: Gpu) -> Gpu:
     import dataclasses
 
     if sysfs.is_boot_vga(gpu.address):

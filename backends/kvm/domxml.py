@@ -41,12 +41,21 @@ def parse(xml: str) -> ET.Element:
         for _event, (prefix, uri) in events:
             if prefix and not re.fullmatch(r"ns\d+", prefix):
                 ET.register_namespace(prefix, uri)
-        root = events.root
+        root = events.root  # type: ignore[attr-defined]  # set once parsing is done; typeshed omits it
     else:
         root = ET.fromstring(xml)
     ET.register_namespace("gpupass", NS)
     ET.register_namespace("qemu", QEMU_NS)
-    return root
+    element: ET.Element = root
+    return element
+
+
+def _child(parent: ET.Element, path: str) -> ET.Element:
+    """`parent.find(path)` where the definition must have it (libvirt always writes it back)."""
+    found = parent.find(path)
+    if found is None:
+        raise ValueError(f"the domain definition has no <{path}> where libvirt always writes one")
+    return found
 
 
 def serialize(root: ET.Element) -> str:
@@ -129,8 +138,9 @@ def _fwcfg_arg(root: ET.Element) -> ET.Element | None:
 
 def mmio_window(root: ET.Element) -> int | None:
     arg = _fwcfg_arg(root)
-    if arg is not None and arg.get("value", "")[len(FWCFG_PREFIX):].isdigit():
-        return int(arg.get("value")[len(FWCFG_PREFIX):]) * MiB
+    value = arg.get("value", "") if arg is not None else ""
+    if value[len(FWCFG_PREFIX):].isdigit():
+        return int(value[len(FWCFG_PREFIX):]) * MiB
     controller = _root_controller(root)
     hole = controller.find("pcihole64") if controller is not None else None
     return _size(hole)
@@ -245,7 +255,8 @@ def add_gpus(xml: str, settings: AssignSettings) -> Edit:
     record = _record(root)
     changes: list[str] = []
     present = {address for _, address in pci_hostdevs(root)}
-    q35 = "q35" in (root.find("os/type").get("machine", "") if root.find("os/type") is not None else "")
+    os_type = root.find("os/type")
+    q35 = "q35" in (os_type.get("machine", "") if os_type is not None else "")
     for card in settings.cards:
         missing = [f for f in card if f.address not in present]
         if not missing:
@@ -375,10 +386,10 @@ def _hide_hypervisor(root: ET.Element, record: ET.Element) -> list[str]:
 
 def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
     root = parse(xml)
-    devices = root.find("devices")
+    devices = _child(root, "devices")
     record = root.find(f"metadata/{_q('assignment')}")
     changes = []
-    freed_buses = set()
+    freed_buses: set[int] = set()
     for hostdev, address in pci_hostdevs(root):
         if address in addresses:
             guest = hostdev.find("address")
@@ -403,7 +414,7 @@ def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
     _prune_claims(record, {str(a) for _, a in pci_hostdevs(root)})
     if record.find(_q("device")) is None:
         changes.extend(_restore_previous(root, record))
-        metadata = root.find("metadata")
+        metadata = _child(root, "metadata")
         metadata.remove(record)
         if len(metadata) == 0 and record.get("created-metadata") == "yes":
             root.remove(metadata)
@@ -411,10 +422,10 @@ def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
 
 
 def _restore_previous(root: ET.Element, record: ET.Element) -> list[str]:
-    previous = {p.get("setting"): p.get("value") for p in record.findall(_q("previous"))}
+    previous = {p.get("setting", ""): p.get("value") for p in record.findall(_q("previous"))}
     changes = []
     if "firmware" in previous:
-        os_element = root.find("os")
+        os_element = _child(root, "os")
         if previous["firmware"] is None:
             os_element.attrib.pop("firmware", None)
         else:
@@ -423,31 +434,34 @@ def _restore_previous(root: ET.Element, record: ET.Element) -> list[str]:
     if "pcihole64" in previous:
         controller = _root_controller(root)
         hole = controller.find("pcihole64") if controller is not None else None
-        if hole is not None:
-            if previous["pcihole64"] is None:
+        if controller is not None and hole is not None:
+            saved = previous["pcihole64"]
+            if saved is None:
                 controller.remove(hole)
             else:
-                text, unit = previous["pcihole64"].rsplit(":", 1)
+                text, unit = saved.rsplit(":", 1)
                 hole.text, hole.attrib["unit"] = text, unit
         changes.append("restore the 64-bit PCI hole")
     if "fwcfg-arg" in previous:
         arg = _fwcfg_arg(root)
         commandline = root.find(f"{{{QEMU_NS}}}commandline")
-        if arg is not None and previous["fwcfg-arg"] is None:
+        saved = previous["fwcfg-arg"]
+        if arg is not None and commandline is not None and saved is None:
             args = list(commandline)
             position = args.index(arg)
             commandline.remove(arg)
             if position > 0 and args[position - 1].get("value") == "-fw_cfg":
                 commandline.remove(args[position - 1])
-        elif arg is not None:
-            arg.set("value", previous["fwcfg-arg"])
+        elif arg is not None and saved is not None:
+            arg.set("value", saved)
         if "qemu-commandline" in previous and commandline is not None and len(commandline) == 0:
             root.remove(commandline)
         changes.append("restore OVMF's MMIO aperture")
     if "kvm-hidden" in previous:
         changes.append("restore the hypervisor signature settings")
-    if "acpi" in previous and root.find("features/acpi") is not None:
-        root.find("features").remove(root.find("features/acpi"))
+    acpi = root.find("features/acpi")
+    if "acpi" in previous and acpi is not None:
+        _child(root, "features").remove(acpi)
     _restore_features(root, previous)
     return changes
 
@@ -463,18 +477,20 @@ def _restore_features(root: ET.Element, previous: dict[str, str | None]) -> None
     kvm, hyperv = features.find("kvm"), features.find("hyperv")
     if kvm is not None:
         hidden = kvm.find("hidden")
-        if previous.get("kvm-hidden") is None and hidden is not None:
+        saved = previous.get("kvm-hidden")
+        if saved is None and hidden is not None:
             kvm.remove(hidden)
-        elif hidden is not None:
-            hidden.set("state", previous["kvm-hidden"])
+        elif hidden is not None and saved is not None:
+            hidden.set("state", saved)
         if "kvm" in previous and len(kvm) == 0:
             features.remove(kvm)
     if hyperv is not None:
         vendor = hyperv.find("vendor_id")
-        if previous.get("vendor_id") is None and vendor is not None:
+        saved = previous.get("vendor_id")
+        if saved is None and vendor is not None:
             hyperv.remove(vendor)
-        elif vendor is not None:
-            state, value = previous["vendor_id"].split(":", 1)
+        elif vendor is not None and saved is not None:
+            state, value = saved.split(":", 1)
             vendor.set("state", state)
             if value:
                 vendor.set("value", value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gpupass.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -12,7 +14,7 @@ from gpupass.core.errors import (
 )
 
 
-def translate(libvirt, error, action: str, *, connecting: bool = False) -> GpupassError:
+def translate(libvirt: Any, error: Any, action: str, *, connecting: bool = False) -> GpupassError:
     """`error` (a libvirt.libvirtError) as the core's type, chosen by its error code; `connecting` when it
     came from virConnectOpen, whatever its code."""
     code = error.get_error_code()

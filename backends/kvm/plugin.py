@@ -3,18 +3,20 @@
 Importing this module must stay cheap: libvirt is imported only when a host is opened.
 """
 
+from typing import Callable
+
 from gpupass.core.hookspecs import hookimpl
 
 
 @hookimpl
-def gpupass_register_backends(register):
+def gpupass_register_backends(register: Callable[..., None]) -> None:
     from gpupass.backends.kvm.backend import KvmBackend
 
     register(KvmBackend)
 
 
 @hookimpl
-def gpupass_register_rules(register):
+def gpupass_register_rules(register: Callable[..., None]) -> None:
     from gpupass.backends.kvm.rules import RULES
 
     for rule in RULES:

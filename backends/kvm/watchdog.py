@@ -15,6 +15,10 @@ import queue
 import threading
 from typing import Any, Callable
 
+# One job for the worker: the function, its arguments, the event set when it returns, and the box that
+# receives (True, its result) or (False, the exception it raised).
+_Job = tuple[Callable[..., Any], tuple[Any, ...], threading.Event, list[tuple[bool, Any]]]
+
 
 class CallTimedOut(Exception):
     """The call did not return within the bound; what it did on the host is not known."""
@@ -23,11 +27,11 @@ class CallTimedOut(Exception):
 class Watchdog:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._jobs: queue.SimpleQueue | None = None
+        self._jobs: queue.SimpleQueue[_Job] | None = None
 
-    def _worker(self) -> queue.SimpleQueue:
+    def _worker(self) -> queue.SimpleQueue[_Job]:
         if self._jobs is None:
-            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
 
             def serve() -> None:
                 while True:
@@ -43,7 +47,7 @@ class Watchdog:
         return self._jobs
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        done, box = threading.Event(), []
+        done, box = threading.Event(), list[tuple[bool, Any]]()
         self._worker().put((function, args, done, box))
         if not done.wait(self.timeout):
             self._jobs = None  # abandon the blocked worker; the next call gets a fresh one

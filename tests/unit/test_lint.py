@@ -55,3 +55,21 @@ def test_mypy_is_strict_on_every_core_module(tmp_path):
                              "--cache-dir", str(tmp_path / "cache"), "-p", "gpupass.core.cli"],
                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(tmp_path)})
     assert result.returncode == 1 and "[no-untyped-def]" in result.stdout, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing_in_the_backends(tmp_path):
+    """mypy over gpupass.backends' product code, strict ([tool.mypy.overrides] for gpupass.backends.*: the same
+    flags as the core's strict modules); their labs (backends/*/lab/) are excluded in [tool.mypy]."""
+    package = tmp_path / "gpupass"
+    package.mkdir()
+    (package / "__init__.py").write_text((ROOT / "core" / "toplevel" / "__init__.py").read_text())
+    (package / "core").symlink_to(ROOT / "core")
+    (package / "backends").symlink_to(ROOT / "backends")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                             "--cache-dir", str(tmp_path / "cache"), "-p", "gpupass.backends"],
+                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success" in result.stdout
+    checked = int(result.stdout.split(" in ")[-1].split()[0])
+    products = [p for p in (ROOT / "backends").rglob("*.py") if "lab" not in p.relative_to(ROOT / "backends").parts]
+    assert checked == len(products), "every product module, and no lab module, is checked"

@@ -104,6 +104,7 @@ def test_a_claim_left_choosing_by_a_killed_run_makes_others_lose_after_the_wait_
     with pytest.raises(Conflict) as caught:
         execute(backend, plan)
     assert "VM 'ml-1'" in caught.value.message and "unfinished" in caught.value.message and caught.value.rolled_back
+    assert "a claim left by a stopped run goes away" in caught.value.remedy
     assert holders(lab_file) == []
     # the next run on ml-1 drops the stale claim with its own doorway, and then wins
     again = open_lab(lab_file)
