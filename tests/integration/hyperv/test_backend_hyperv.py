@@ -331,3 +331,58 @@ def test_a_payload_the_hyperv_backend_does_not_know_is_refused_and_changes_nothi
         execute(backend, dataclasses.replace(plan, steps=(unknown,)))
     assert "cannot carry out a step of type dict" in caught.value.message
     assert ep.model.to_dict() == before
+
+
+# -- errors provoked over real WinRM, translated by structure (backends/hyperv/errors.py) -------------
+
+def test_a_wrong_password_is_authentication_failed_from_the_401_class(open_backend):
+    from winrm.exceptions import AuthenticationError
+
+    backend, _ = open_backend(password="wrong")
+    with pytest.raises(AuthenticationFailed) as caught:
+        backend.inventory()
+    assert isinstance(caught.value.__cause__, AuthenticationError)
+
+
+def test_a_shell_the_endpoint_no_longer_has_is_a_wsman_fault_by_its_code(open_backend):
+    from winrm.exceptions import WSManFaultError
+
+    backend, _ = open_backend()
+    backend.inventory()
+    backend._shell_id = "00000000-0000-0000-0000-000000000000"  # as if the host had dropped our shell
+    with pytest.raises(OperationFailed) as caught:
+        backend.inventory()
+    fault = caught.value.__cause__
+    assert isinstance(fault, WSManFaultError) and str(fault.wsman_fault_code) in caught.value.message
+    assert caught.value.rolled_back is True  # the request was refused: nothing ran
+    assert backend.inventory().gpus  # the failed shell was dropped; the next command opens another
+
+
+def test_a_cmdlet_the_host_does_not_have_is_read_from_the_error_record_id(open_backend):
+    backend, _ = open_backend()
+    with pytest.raises(OperationFailed) as caught:
+        backend.run_json("Get-NoSuchCmdlet", "probing")
+    assert "[CommandNotFoundException]" in caught.value.message
+    assert "Install-WindowsFeature Hyper-V-PowerShell" in caught.value.remedy
+
+
+def test_a_failure_inside_a_read_script_is_operation_failed_with_its_error_id(open_backend):
+    backend, ep = open_backend()
+    ep.inject_fault("Get-VM")
+    with pytest.raises(OperationFailed) as caught:
+        backend.inventory()
+    ep.clear_faults()
+    assert "PowerShell failed" in caught.value.message and "[no error id]" not in caught.value.message
+
+
+def test_a_rollback_the_script_could_not_finish_is_operation_failed_not_rolled_back(open_backend, registry):
+    backend, ep = open_backend(rtx_host())
+    facts = backend.inventory()
+    rtx = next(g for g in facts.gpus if "4090" in g.function.name)
+    ep.inject_fault("Add-VMAssignableDevice", nth=2)
+    ep.inject_fault("Mount-VMHostAssignableDevice", nth=1, message="mount broke")
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
+    ep.clear_faults()
+    assert caught.value.rolled_back is False and "mount broke" in caught.value.message
+    assert "Mount-VMHostAssignableDevice" in caught.value.remedy
