@@ -268,3 +268,12 @@ def test_a_payload_the_esxi_backend_does_not_know_is_refused_and_changes_nothing
         execute(backend, dataclasses.replace(result, steps=(unknown,)))
     assert "cannot carry out a step of type dict" in caught.value.message
     assert backend.inventory().find_vm("ml-train") == before
+
+
+def test_every_esxi_payload_type_survives_a_snapshot_round_trip(backend, tmp_path):
+    from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
+
+    requests = [AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)),
+                AssignmentRequest("ml-train", (A100_ACTIVE,)),
+                ReleaseRequest("cad-ws", options=ReleaseOptions(disable_host_passthrough=True))]
+    assert payloads_survive_a_snapshot(backend, requests, tmp_path) == payload_types("esxi")

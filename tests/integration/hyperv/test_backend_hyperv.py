@@ -386,3 +386,11 @@ def test_a_rollback_the_script_could_not_finish_is_operation_failed_not_rolled_b
     ep.clear_faults()
     assert caught.value.rolled_back is False and "mount broke" in caught.value.message
     assert "Mount-VMHostAssignableDevice" in caught.value.remedy
+
+
+def test_every_hyperv_payload_type_survives_a_snapshot_round_trip(open_backend, tmp_path):
+    from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
+
+    backend, _ = open_backend()
+    requests = [AssignmentRequest("ml-train", (FREE,)), ReleaseRequest("cad-ws")]
+    assert payloads_survive_a_snapshot(backend, requests, tmp_path) == payload_types("hyperv")

@@ -12,7 +12,7 @@ from gpupass.backends.kvm.lab import testhost
 from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.plan import Plan
-from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
 from gpupass.core.errors import ConnectionFailed, NotFound, NotSupported, OperationFailed, PreflightFailed
 from gpupass.core.service import execute, make_plan
 
@@ -306,3 +306,11 @@ def test_a_payload_the_backend_does_not_know_is_refused_and_changes_nothing(lab,
         execute(lab, dataclasses.replace(plan, steps=(unknown,)))
     assert "cannot carry out a step of type dict" in caught.value.message
     assert domain_xml(lab, "ml-train") == before
+
+
+def test_every_kvm_payload_type_survives_a_snapshot_round_trip(lab, tmp_path):
+    from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
+
+    requests = [AssignmentRequest("ml-train", (H100,)), AssignmentRequest("web01", (A100,), AssignOptions(live=True)),
+                ReleaseRequest("cad-ws"), ReleaseRequest("cad-ws", options=ReleaseOptions(live=True))]
+    assert payloads_survive_a_snapshot(lab, requests, tmp_path) == payload_types("kvm")
