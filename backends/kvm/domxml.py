@@ -54,7 +54,10 @@ def _child(parent: ET.Element, path: str) -> ET.Element:
     """`parent.find(path)` where the definition must have it (libvirt always writes it back)."""
     found = parent.find(path)
     if found is None:
-        raise ValueError(f"the domain definition has no <{path}> where libvirt always writes one")
+        from gpupass.core.errors import OperationFailed
+
+        raise OperationFailed(f"the domain definition has no <{path}>, which libvirt always writes",
+                              remedy="read the VM again (`virsh dumpxml --inactive VM`); nothing was changed")
     return found
 
 

@@ -378,3 +378,11 @@ def test_hotplug_hostdev_xml_is_a_managed_pci_hostdev():
     assert element.find("source/address").attrib == {"domain": "0x0000", "bus": "0x42", "slot": "0x00",
                                                       "function": "0x0"}
     assert element.find("address") is None
+
+
+def test_a_definition_without_devices_is_refused_by_name_not_with_an_attribute_error():
+    from gpupass.core.errors import OperationFailed
+
+    with pytest.raises(OperationFailed) as caught:
+        domxml.remove_gpus("<domain type='kvm'><name>x</name></domain>", set())
+    assert "<devices>" in caught.value.message
