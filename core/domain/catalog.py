@@ -1,12 +1,15 @@
-"""Known GPUs: names and BAR layouts from published outputs, for hosts that cannot report BAR sizes.
+"""Known GPUs: names and BAR layouts from published sources, for hosts that cannot report BAR sizes.
 
-Every layout names the published output it was read from (an `lspci -v`/`-vv` listing or a kernel log of the
-card's BARs). A card without such an output keeps `bars=None`: gpupass then says the BARs are unknown and asks
-for `--bar-size`, instead of guessing. Cards that still lack a published layout (as of this catalog): A10, A16,
-A2, A40, L4, L40, L40S, H200, H100 NVL, RTX 6000 Ada, RTX A6000, RTX 3090, V100 PCIe, AMD Instinct and Intel
-Data Center GPUs; those whose PCI device id is not sourced either (A16, A2, H200, RTX 6000 Ada, Instinct
-cards other than the MI300X, Intel Data Center GPUs) are not listed at all. Read them from the host instead (sysfs `resource` on a local KVM
-host, which gpupass does) or pass every BAR with `--bar-size ADDR=16M+64G+32M`.
+Every layout names where it was read: a published `lspci -v`/`-vv` listing or kernel log of the card's BARs, or
+NVIDIA's product brief ("BAR address (Physical Function)"). A card without such a source keeps `bars=None`: gpupass
+then says the BARs are unknown and asks for `--bar-size`, instead of guessing; so does a card whose source gives only
+some of its BARs (V100 PCIe: BAR0 and BAR1 but not the third), since a partial layout would undersize the window.
+Cards that still lack a published layout (as of this catalog): A10, A16, A2, A40, L4, L40, L40S, H200, H100 NVL,
+RTX 6000 Ada, RTX A6000, RTX 3090, V100 PCIe, AMD Instinct and Intel Data Center GPUs; those whose PCI device id is
+not sourced either (A16, A2, H200, RTX 6000 Ada, Instinct cards other than the MI300X, Intel Data Center GPUs) are
+not listed at all. docs/gpu-catalog.md lists every entry with its source. Read them from the host instead (sysfs
+`resource` on a local KVM host, the memory ranges Windows reports on Hyper-V: gpupass does both) or pass every BAR
+with `--bar-size ADDR=16M+64G+32M`.
 
 Consumer cards with Resizable BAR report the size the firmware chose: the entry keeps the largest size seen in
 a published output, because a window sized for the large BAR also holds the small one.
@@ -47,16 +50,27 @@ def _nvidia(device_id: int, name: str, family: str, bar0: int | None = None, bar
 _NO_OUTPUT = "no published lspci/kernel output of its BARs found: unknown"
 # Layouts carried over from docs/field notes (public data) and not yet re-checked against a published output.
 _FIELD_NOTES = "gpupass field notes, 'Real GPU data' (not re-checked against a published output)"
+# NVIDIA's data-center product briefs give a "BAR address (Physical Function)" table. The briefs themselves were not
+# at hand; this post quotes them with their links (sizes in MB/GB as printed there, i.e. MiB/GiB):
+_DENNEMAN = ("F. Denneman, 'vSphere ML Accelerator Spectrum Deep Dive - ESXi Host BIOS, VM, and vCenter Settings' "
+             "(2023-05-30), https://github.com/frankdenneman/frankdenneman.github.io/blob/"
+             "22fc43f7707169ef5a99af520e8ce1985003b626/content/posts/2023-05-30-vsphere-ml-accelerator-spectrum-deep-"
+             "dive-esxi-host-bios-vm-and-vcenter-settings/index.md")
 
 _KNOWN = [
-    _nvidia(0x1EB8, "NVIDIA Tesla T4", "Turing", 16 * MiB, 256 * MiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x1EB8, "NVIDIA Tesla T4", "Turing", 16 * MiB, 256 * MiB, 32 * MiB,
+            "BAR0 16 MB, BAR1 256 MB, third BAR 32 MB (the post's table calls it BAR2, its text BAR3): NVIDIA T4 "
+            f"product brief (nvidia.com .../tesla-t4/t4-tensor-core-product-brief.pdf) as quoted by {_DENNEMAN}"),
     _nvidia(0x1E30, "NVIDIA Quadro RTX 6000/8000", "Turing", 16 * MiB, 256 * MiB, 32 * MiB,
             "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/480 (lspci -vvvv, Quadro RTX 8000)"),
     _nvidia(0x1B80, "NVIDIA GeForce GTX 1080", "Pascal", 16 * MiB, 256 * MiB, 32 * MiB,
             "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/123 (lspci -vvvv)"),
     _nvidia(0x1DB1, "NVIDIA Tesla V100 SXM2 16GB", "Volta", 16 * MiB, 16 * GiB, 32 * MiB,
             "https://github.com/ComputeCanada/puppet-magic_castle/issues/268 (lspci -v)"),
-    _nvidia(0x1DB4, "NVIDIA Tesla V100 PCIe 16GB", "Volta", source=_NO_OUTPUT),
+    # BAR0 16 MB and BAR1 16 GB are in the V100 PCIe product brief as quoted by Denneman, but not its third BAR:
+    # a partial layout would undersize the window, so the card stays unknown.
+    _nvidia(0x1DB4, "NVIDIA Tesla V100 PCIe 16GB", "Volta",
+            source=f"BAR0 16 MB, BAR1 16 GB, third BAR not given ({_DENNEMAN}): unknown"),
     _nvidia(0x1DF6, "NVIDIA Tesla V100S PCIe 32GB", "Volta", source=_NO_OUTPUT),
     _nvidia(0x2236, "NVIDIA A10", "Ampere", source=_NO_OUTPUT),
     _nvidia(0x2235, "NVIDIA A40", "Ampere", source=_NO_OUTPUT),
@@ -65,12 +79,17 @@ _KNOWN = [
             "https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/692 (lspci -vv)"),
     _nvidia(0x20F1, "NVIDIA A100 PCIe 40GB", "Ampere", 16 * MiB, 64 * GiB, 32 * MiB,
             "https://github.com/kata-containers/kata-containers/pull/4358 (kernel log: reg 0x10 16M, reg 0x14 "
-            "0x0-0xfffffffff 64bit pref, reg 0x1c 32M)"),
+            "0x0-0xfffffffff 64bit pref, reg 0x1c 32M); the same 16 MB / 64 GB / 32 MB in NVIDIA's A100 PCIe product "
+            f"brief as quoted by {_DENNEMAN}"),
     _nvidia(0x20B0, "NVIDIA A100 SXM4 40GB", "Ampere", 16 * MiB, 64 * GiB, 32 * MiB,
             "https://github.com/ComputeCanada/puppet-magic_castle/issues/268 (lspci -v)"),
-    _nvidia(0x20B5, "NVIDIA A100 PCIe 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x20B5, "NVIDIA A100 PCIe 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB,
+            "BAR0 16 MB, BAR1 128 GB: NVIDIA A100 80GB PCIe product brief PB-10577-001_v02 as quoted by "
+            f"{_DENNEMAN}; BAR3 32 MiB: {_FIELD_NOTES}"),
     _nvidia(0x20B2, "NVIDIA A100 SXM4 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
-    _nvidia(0x2331, "NVIDIA H100 PCIe", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x2331, "NVIDIA H100 PCIe", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB,
+            "BAR0 16 MB, BAR1 128 GB: NVIDIA H100 PCIe product brief PB-11133-001_v01 as quoted by "
+            f"{_DENNEMAN}; BAR3 32 MiB: {_FIELD_NOTES}"),
     _nvidia(0x2330, "NVIDIA H100 SXM5 80GB", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
     # Device id from https://github.com/akash-network/provider-configs/pull/91 (nvidia-smi pci.device_id).
     _nvidia(0x2321, "NVIDIA H100 NVL", "Hopper", source=_NO_OUTPUT),

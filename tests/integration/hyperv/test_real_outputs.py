@@ -26,7 +26,7 @@ from gpupass.core.target import Secret, Target
 from hyperv_helpers import PASSWORD, USER
 
 CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "real" / "hyperv"
-T4_BARS = [16 * MiB, 256 * MiB, 32 * MiB]   # catalog (field notes: T4 16M/256M/32M)
+T4_BARS = [16 * MiB, 256 * MiB, 32 * MiB]   # catalog (T4 product brief, as quoted in core/domain/catalog.py)
 
 
 def fixture(name: str) -> tuple[dict[str, str], list[str]]:
