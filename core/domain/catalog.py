@@ -4,10 +4,10 @@ Every layout names where it was read: a published `lspci -v`/`-vv` listing or ke
 NVIDIA's product brief ("BAR address (Physical Function)"). A card without such a source keeps `bars=None`: gpupass
 then says the BARs are unknown and asks for `--bar-size`, instead of guessing; so does a card whose source gives only
 some of its BARs (V100 PCIe: BAR0 and BAR1 but not the third), since a partial layout would undersize the window.
-Cards that still lack a published layout (as of this catalog): A10, A16, A2, A40, L4, L40, L40S, H200, H100 NVL,
-RTX 6000 Ada, RTX A6000, RTX 3090, V100 PCIe, AMD Instinct and Intel Data Center GPUs; those whose PCI device id is
-not sourced either (A16, A2, H200, RTX 6000 Ada, Instinct cards other than the MI300X, Intel Data Center GPUs) are
-not listed at all. docs/gpu-catalog.md lists every entry with its source. Read them from the host instead (sysfs
+Cards that still lack a published layout (as of this catalog): A10, A16, A2, A30, A40, L4, L40, H200, H100 NVL,
+RTX A6000, RTX 3090, V100 PCIe, V100S, AMD Instinct (MI210, MI250/MI250X, MI300X) and Intel Data Center GPU Max and
+Flex; they are listed by name (device ids from pci.ids or a published listing) with their BARs unknown.
+docs/gpu-catalog.md lists every entry with its source. Read them from the host instead (sysfs
 `resource` on a local KVM host, the memory ranges Windows reports on Hyper-V: gpupass does both) or pass every BAR
 with `--bar-size ADDR=16M+64G+32M`.
 
@@ -48,6 +48,8 @@ def _nvidia(device_id: int, name: str, family: str, bar0: int | None = None, bar
 
 
 _NO_OUTPUT = "no published lspci/kernel output of its BARs found: unknown"
+# Device ids (and names) of cards listed by name only, or whose published output names the card but not its id.
+_PCI_IDS = "device id from pci.ids (pciutils/pciids @c1c12547d626ebf05fd0223144ad87fab5e95d06)"
 # Layouts carried over from docs/field notes (public data) and not yet re-checked against a published output.
 _FIELD_NOTES = "gpupass field notes, 'Real GPU data' (not re-checked against a published output)"
 # NVIDIA's data-center product briefs give a "BAR address (Physical Function)" table. The briefs themselves were not
@@ -86,7 +88,9 @@ _KNOWN = [
     _nvidia(0x20B5, "NVIDIA A100 PCIe 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB,
             "BAR0 16 MB, BAR1 128 GB: NVIDIA A100 80GB PCIe product brief PB-10577-001_v02 as quoted by "
             f"{_DENNEMAN}; BAR3 32 MiB: {_FIELD_NOTES}"),
-    _nvidia(0x20B2, "NVIDIA A100 SXM4 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB, _FIELD_NOTES),
+    _nvidia(0x20B2, "NVIDIA A100 SXM4 80GB", "Ampere", 16 * MiB, 128 * GiB, 32 * MiB,
+            "https://lore.kernel.org/linux-pci/CALdZjm7v3WaaS_ispa20PkjUnLq1t1Zdr29wKw_rZkQYExK-3w@mail.gmail.com/ "
+            "(lspci -v in a guest given 8 x A100 80GB, linux-pci 2021-07-15)"),
     _nvidia(0x2331, "NVIDIA H100 PCIe", "Hopper", 16 * MiB, 128 * GiB, 32 * MiB,
             "BAR0 16 MB, BAR1 128 GB: NVIDIA H100 PCIe product brief PB-11133-001_v01 as quoted by "
             f"{_DENNEMAN}; BAR3 32 MiB: {_FIELD_NOTES}"),
@@ -98,13 +102,25 @@ _KNOWN = [
             "https://github.com/NVIDIA/nvtrust/issues/128 (lspci -v, 8 x H20)", bar0_64bit=True),
     _nvidia(0x27B8, "NVIDIA L4", "Ada Lovelace", source=_NO_OUTPUT),
     _nvidia(0x26B5, "NVIDIA L40", "Ada Lovelace", source=_NO_OUTPUT),
-    # Device id from https://github.com/akash-network/provider-configs/pull/99 (lspci -nn, 2 x L40S).
-    _nvidia(0x26B9, "NVIDIA L40S", "Ada Lovelace", source=_NO_OUTPUT),
+    # Device id also in https://github.com/akash-network/provider-configs/pull/99 (lspci -nn, 2 x L40S).
+    _nvidia(0x26B9, "NVIDIA L40S", "Ada Lovelace", 16 * MiB, 64 * GiB, 32 * MiB,
+            "https://github.com/cloud-hypervisor/cloud-hypervisor/blob/169a6bb83b48fc9f43a3c1c4f41e70404419872a/"
+            "docs/vfio.md (lspci -v, 'NVIDIA Corporation Device 26b9')"),
+    _nvidia(0x26B1, "NVIDIA RTX 6000 Ada Generation", "Ada Lovelace", 16 * MiB, 64 * GiB, 32 * MiB,
+            "https://github.com/luigifcruz/stelline/blob/5abfb58163aa40435812fa5e5a06c6eff46a8917/docs/quickstart/"
+            f"validated-hardware/server/asus-esc8000a-e12.md (lspci -vvv, Resizable BAR at 64GB); {_PCI_IDS}"),
     # 32 GiB BAR1 with Resizable BAR on (tinygrad #28); 256 MiB without it (geerlingguy #504).
     _nvidia(0x2684, "NVIDIA GeForce RTX 4090", "Ada Lovelace", 16 * MiB, 32 * GiB, 32 * MiB,
             "https://github.com/tinygrad/open-gpu-kernel-modules/issues/28 (lspci -v, Resizable BAR on); "
             "256M BAR1 without it: https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/504"),
     _nvidia(0x2204, "NVIDIA GeForce RTX 3090", "Ampere", source=_NO_OUTPUT),
+    # Known by name only (ids from pci.ids). The A2 and the A16 share one id. The A30's brief, as quoted by
+    # Denneman, gives BAR1 32 GB but not its other BARs.
+    _nvidia(0x25B6, "NVIDIA A2 / A16", "Ampere", source=f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    _nvidia(0x20B7, "NVIDIA A30", "Ampere", source=f"BAR1 32 GB, other BARs not given ({_DENNEMAN}): unknown; "
+            f"{_PCI_IDS}"),
+    _nvidia(0x2335, "NVIDIA H200 SXM 141GB", "Hopper", source=f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    _nvidia(0x233B, "NVIDIA H200 NVL", "Hopper", source=f"{_NO_OUTPUT}; {_PCI_IDS}"),
     _nvidia(0x2F04, "NVIDIA Blackwell 10de:2f04", "Blackwell", 64 * MiB, 16 * GiB, 32 * MiB, _FIELD_NOTES),
     # Intel Arc (DG2): BAR0 16 MiB 64-bit non-prefetchable, BAR2 the local memory (16 GiB with Resizable BAR).
     KnownGpu(INTEL, 0x56A0, "Intel Arc A770", "Alchemist",
@@ -114,6 +130,14 @@ _KNOWN = [
     # host), tests/fixtures/real/kvm/rocm-gpu-operator-kubevirt-mi300x.txt; no published BAR layout.
     KnownGpu(AMD, 0x74A1, "AMD Instinct MI300X", "CDNA 3", None, _NO_OUTPUT),
     KnownGpu(AMD, 0x74B5, "AMD Instinct MI300X VF", "CDNA 3", None, _NO_OUTPUT),
+    # Known by name only: their ids are in pci.ids, their BARs in no published output found yet.
+    KnownGpu(AMD, 0x740F, "AMD Instinct MI210", "CDNA 2", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(AMD, 0x7408, "AMD Instinct MI250X", "CDNA 2", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(AMD, 0x740C, "AMD Instinct MI250X/MI250", "CDNA 2", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(INTEL, 0x0BD5, "Intel Data Center GPU Max 1550", "Ponte Vecchio", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(INTEL, 0x0BDA, "Intel Data Center GPU Max 1100", "Ponte Vecchio", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(INTEL, 0x56C0, "Intel Data Center GPU Flex 170", "Arctic Sound-M", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
+    KnownGpu(INTEL, 0x56C1, "Intel Data Center GPU Flex 140", "Arctic Sound-M", None, f"{_NO_OUTPUT}; {_PCI_IDS}"),
     KnownGpu(NVIDIA, 0x22BA, "NVIDIA AD102 High Definition Audio", "Ada Lovelace", (),
              "HDMI audio companion: its small BAR is not counted"),
     KnownGpu(NVIDIA, 0x228B, "NVIDIA GA102 High Definition Audio", "Ampere", (),

@@ -42,6 +42,8 @@ _DMESG_ID = re.compile(r"pci (?P<addr>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]
                        r"(?P<device>[0-9a-f]{4})\] type \d+ class 0x(?P<cls>[0-9a-f]{6})")
 _DMESG_REG = re.compile(r"pci (?P<addr>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): reg 0x(?P<reg>[0-9a-f]+): "
                         r"\[mem 0x(?P<start>[0-9a-f]+)-0x(?P<end>[0-9a-f]+)(?P<flags>[^\]]*)\]")
+# lspci prints "<vendor> Device <id>" where pci.ids has no name for the id (H20, A100 80GB, L40S in this corpus).
+_UNNAMED_DEVICE = re.compile(r"\bDevice (?P<device>[0-9a-f]{4})\b")
 _VMM = re.compile(r"^(?P<key>Slot|Class|Vendor|Device|Driver|IOMMUGroup):\s+(?P<value>.*)$")
 _LAST_ID = re.compile(r"\[(?P<id>[0-9a-f]{4})\]\s*$")
 _SYSFS_MEMBER = re.compile(r"(?P<addr>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) -> \S*/(?P=addr)/?$")
@@ -111,6 +113,9 @@ def _describe(function: RealFunction, rest: str) -> None:
         function.name = plain["desc"]
         if not function.vendor_id:
             function.vendor_id = next((v for n, v in _VENDOR_BY_NAME.items() if plain["desc"].startswith(n)), 0)
+        unnamed = _UNNAMED_DEVICE.search(plain["desc"])
+        if unnamed and function.vendor_id and not function.device_id:
+            function.device_id = int(unnamed["device"], 16)
 
 
 def _parse(output: RealOutput) -> None:

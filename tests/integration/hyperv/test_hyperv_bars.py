@@ -9,7 +9,7 @@ from gpupass.backends.hyperv.backend import HypervBackend, memory_bars
 from gpupass.backends.hyperv.lab.hostmodel import HostModel, PnpDevice, VirtualMachine, run_script
 from gpupass.backends.hyperv.lab.hostmodel.cmdlets import memory_ranges
 from gpupass.core import plugins
-from gpupass.core.domain.mmio import GiB, MiB
+from gpupass.core.domain.mmio import GiB, MiB, mmio_need
 from gpupass.core.domain.pci import Bar
 from gpupass.core.domain.request import AssignmentRequest
 from gpupass.core.errors import OperationFailed
@@ -18,11 +18,10 @@ from gpupass.core.target import Secret, Target
 from hyperv_helpers import PASSWORD, USER
 
 LOC = "PCIROOT(0)#PCI(0300)#PCI(0000)"
-# An L40S (10de:26b9; id from akash-network/provider-configs PR #99, lspci -nn): the catalog has no published
-# BAR layout for it. Its BARs here are a lab assumption (the 16M + 64G + 32M issue 8 names), not a real output:
-# what the test shows is that whatever the host reports is what gpupass sizes by.
-L40S_IID = "PCI\\VEN_10DE&DEV_26B9&SUBSYS_185110DE&REV_A1\\4&1A2B3C4D&0&0018"
-L40S_BARS = [16 * MiB, 64 * GiB, 32 * MiB]
+# An L4 (10de:27b8 in pci.ids): the catalog has no published BAR layout for it. Its BARs here are a lab
+# assumption, not a real output: what the test shows is that whatever the host reports is what gpupass sizes by.
+L4_IID = "PCI\\VEN_10DE&DEV_27B8&SUBSYS_16CA10DE&REV_A1\\4&1A2B3C4D&0&0018"
+L4_BARS = [16 * MiB, 32 * GiB, 32 * MiB]
 # An RTX 4090 with Resizable BAR off: BAR1 256M (real lspci -vvvv, geerlingguy/raspberry-pi-pcie-devices #504);
 # the catalog keeps the 32G seen with Resizable BAR on (tinygrad/open-gpu-kernel-modules #28).
 RTX4090_IID = "PCI\\VEN_10DE&DEV_2684&SUBSYS_40BF1458&REV_A1\\4&2C3D4E5F&0&0008"
@@ -53,20 +52,20 @@ def codes(plan) -> set[str]:
 
 
 def test_a_card_the_catalog_cannot_size_is_sized_from_the_host(backend_for):
-    model = host(gpu(L40S_IID, L40S_BARS))
+    model = host(gpu(L4_IID, L4_BARS))
     backend = backend_for(model)
     facts = backend.inventory()
     found = facts.gpus[0]
-    assert [b.size for b in found.bars] == L40S_BARS
+    assert [b.size for b in found.bars] == L4_BARS
     # BAR0 lies below 4 GiB (a 32-bit BAR must), the others above: only those count as 64-bit
     assert [b.is_64bit for b in found.bars] == [False, True, True]
-    assert found.extra["bars_source"] == "host" and found.extra["mmio_bytes"] == sum(L40S_BARS)
+    assert found.extra["bars_source"] == "host" and found.extra["mmio_bytes"] == sum(L4_BARS)
     plan = make_plan(backend, facts, AssignmentRequest("vm1", (found.address,)), plugins.default_registry())
     assert "bar-size-unknown" not in codes(plan)
     execute(backend, plan)
     vm = model.vm("vm1")
     # Hyper-V: the packed 64-bit BARs plus the 512 MB default as headroom; low MMIO 3 GB for the 32-bit BAR0
-    assert (vm.high_mmio, vm.low_mmio) == (64 * GiB + 32 * MiB + 512 * MiB, 3 * GiB)
+    assert (vm.high_mmio, vm.low_mmio) == (32 * GiB + 32 * MiB + 512 * MiB, 3 * GiB)
 
 
 def test_the_host_wins_over_the_catalog(backend_for):
@@ -91,7 +90,7 @@ def test_a_disabled_gpu_holds_no_ranges_and_the_catalog_stands_in(backend_for):
 
 
 def test_a_disabled_card_the_catalog_cannot_size_stays_unknown(backend_for):
-    model = host(gpu(L40S_IID, L40S_BARS, enabled=False))
+    model = host(gpu(L4_IID, L4_BARS, enabled=False))
     backend = backend_for(model)
     facts = backend.inventory()
     assert facts.gpus[0].bars is None and facts.gpus[0].extra["bars_source"] is None
@@ -100,7 +99,7 @@ def test_a_disabled_card_the_catalog_cannot_size_stays_unknown(backend_for):
 
 
 def test_the_model_places_ranges_as_a_firmware_would():
-    a, b = gpu(L40S_IID, L40S_BARS), gpu(RTX4090_IID, RTX4090_BARS_REBAR_OFF)
+    a, b = gpu(L4_IID, L4_BARS), gpu(RTX4090_IID, RTX4090_BARS_REBAR_OFF)
     b.location_path = "PCIROOT(0)#PCI(0400)#PCI(0000)"
     ranges = memory_ranges(HostModel(name="x", devices=[a, b], vms=[]))
     spans = sorted((start, start + size) for rs in ranges.values() for start, size in rs)
@@ -117,3 +116,16 @@ def test_memory_bars_reads_the_flattened_bounds():
         memory_bars([1, 2, 3])
     with pytest.raises(OperationFailed, match="ends before it starts"):
         memory_bars([10, 5])
+
+
+def test_a_dismounted_l40s_is_planned_from_its_published_layout(backend_for):
+    """While dismounted an L40S holds no ranges, so the catalog's published layout (Cloud Hypervisor's VFIO HOWTO,
+    lspci -v: 16M + 64G + 32M) sizes Hyper-V's HighMemoryMappedIoSpace for a second VM's plan."""
+    l40s = PnpDevice("PCI\\VEN_10DE&DEV_26B9&SUBSYS_185110DE&REV_A1\\4&1A2B3C4D&0&0018", "NVIDIA L40S", "Display",
+                     LOC, 0x10DE, 0x26B9, [16 * MiB, 64 * GiB, 32 * MiB], bars_below_4g=1, class_code=0x030200,
+                     enabled=False, dismounted=True)
+    backend = backend_for(host(l40s))
+    found = backend.inventory().gpus[0]
+    assert [b.size for b in found.bars] == [16 * MiB, 64 * GiB, 32 * MiB]
+    assert found.extra["bars_source"].startswith("catalog (estimated")
+    assert HypervBackend.mmio_policy.window_for(mmio_need(found.bars)) == 64 * GiB + 32 * MiB + 512 * MiB

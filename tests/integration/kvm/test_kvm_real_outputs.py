@@ -61,6 +61,9 @@ BARS = {
     "pciutils-151-rtx3070ti-laptop.txt": ("01:00.0", 32 * GiB),            # 8G + 48M -> 16 GiB, under 32 GiB
     "kata-4358-a100-guest-bar0-no-space.txt": ("02:00.0", 128 * GiB),      # 16M + 64G + 32M from the kernel log
     "geerlingguy-692-rtx-a4000-thelio-astra.txt": ("0004:01:00.0", 32 * GiB),  # 304M: OVMF's default holds it
+    "cloud-hypervisor-vfio-l40s.txt": ("01:00.0", 128 * GiB),              # L40S: 16M + 64G + 32M
+    "stelline-asus-esc8000a-e12-rtx6000ada.txt": ("01:00.0", 128 * GiB),   # RTX 6000 Ada: 16M + 64G + 32M
+    "linux-pci-2021-8x-a100-80gb-guest-bars.txt": ("01:00.0", 256 * GiB),  # A100 SXM4 80GB: 16M + 128G + 32M
 }
 
 
@@ -174,6 +177,29 @@ def test_catalog_layouts_match_the_corpus():
     assert sizes("nvtrust-128-h20-server.txt", "0a:00.0") == known(0x2329)
     assert sizes("geerlingguy-692-rtx-a4000-thelio-astra.txt", "0004:01:00.0") == known(0x24B0)
     assert (16 * MiB) in known(0x2329)
+    assert sizes("cloud-hypervisor-vfio-l40s.txt", "01:00.0") == known(0x26B9)
+    assert sizes("stelline-asus-esc8000a-e12-rtx6000ada.txt", "01:00.0") == known(0x26B1)   # id: pci.ids
+    assert sizes("linux-pci-2021-8x-a100-80gb-guest-bars.txt", "01:00.0") == known(0x20B2)
+    assert sizes("linux-pci-2021-8x-a100-80gb-guest-bars.txt", "02:00.0") == known(0x20B2)
+
+
+def test_eight_a100_80gb_need_the_window_the_kvm_maintainer_named(tmp_path, open_backend):
+    """The linux-pci thread: a q35 guest given 8 x A100 80GB initialises only 4-5 of them; the last GPU's 64-bit
+    BARs are '<ignored>'. Alex Williamson: 'The default 64-bit MMIO hole for QEMU/q35 is only 32GB. You might be
+    looking at a value like 2048G'. gpupass' KVM policy starts from the same 32 GiB and asks for 2 TiB for eight."""
+    output = _output("linux-pci-2021-8x-a100-80gb-guest-bars.txt")
+    body = output.body
+    assert "default 64-bit MMIO hole for\nQEMU/q35 is only 32GB" in body and "2048G" in body
+    published = output.functions[A("01:00.0")].bars
+    # The unassigned GPU shows only its 32-bit BAR0; its 64-bit BARs have no size in the guest.
+    assert [bar.size for bar in output.functions[A("0c:00.0")].bars] == [16 * MiB]
+    assert "BAR 1: no space for [mem size\n0x2000000000 64bit pref]" in body
+    # The post lists three of the eight cards ("..."): the same published layout, eight times.
+    policy = _serve(tmp_path, open_backend, output, None).mmio_policy
+    assert policy.default_window == 32 * GiB
+    eight = mmio_need([bar for _ in range(8) for bar in published])
+    assert policy.window_for(eight) == 2048 * GiB
+    assert not policy.fits(mmio_need(published), None)     # even one card is past q35's 32 GiB
 
 
 def test_every_corpus_file_has_its_source_and_is_in_the_index():
