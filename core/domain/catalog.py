@@ -4,7 +4,7 @@ Every layout names where it was read: a published `lspci -v`/`-vv` listing or ke
 NVIDIA's product brief ("BAR address (Physical Function)"). A card without such a source keeps `bars=None`: gpupass
 then says the BARs are unknown and asks for `--bar-size`, instead of guessing; so does a card whose source gives only
 some of its BARs (V100 PCIe: BAR0 and BAR1 but not the third), since a partial layout would undersize the window.
-Cards that still lack a published layout (as of this catalog): A10, A16, A2, A30, A40, L4, L40, H200, H100 NVL,
+Cards that still lack a published layout (as of this catalog): A16, A2, A30, A40, L4, L40, H200, H100 NVL,
 RTX A6000, RTX 3090, V100 PCIe, V100S, AMD Instinct (MI210, MI250/MI250X, MI300X) and Intel Data Center GPU Max and
 Flex; they are listed by name (device ids from pci.ids or a published listing) with their BARs unknown.
 docs/gpu-catalog.md lists every entry with its source. Read them from the host instead (sysfs
@@ -74,7 +74,10 @@ _KNOWN = [
     _nvidia(0x1DB4, "NVIDIA Tesla V100 PCIe 16GB", "Volta",
             source=f"BAR0 16 MB, BAR1 16 GB, third BAR not given ({_DENNEMAN}): unknown"),
     _nvidia(0x1DF6, "NVIDIA Tesla V100S PCIe 32GB", "Volta", source=_NO_OUTPUT),
-    _nvidia(0x2236, "NVIDIA A10", "Ampere", source=_NO_OUTPUT),
+    _nvidia(0x2236, "NVIDIA A10", "Ampere", 16 * MiB, 32 * GiB, 32 * MiB,
+            "https://github.com/sscargal/stevescargall.com.v2/blob/6b3bb6f03b91b7bc806dcfe3b520c66d460e079d/content/"
+            f"english/blog/2024/08/benchmarking-gpus-measuring-throughput-between-cpu-and-gpu/index.md (lspci -vvv); "
+            f"{_PCI_IDS}"),
     _nvidia(0x2235, "NVIDIA A40", "Ampere", source=_NO_OUTPUT),
     _nvidia(0x2230, "NVIDIA RTX A6000", "Ampere", source=_NO_OUTPUT),
     _nvidia(0x24B0, "NVIDIA RTX A4000", "Ampere", 16 * MiB, 256 * MiB, 32 * MiB,

@@ -26,10 +26,11 @@ def test_layouts_read_from_published_outputs():
     assert sizes(0x26B9) == (16 * MiB, 64 * GiB, 32 * MiB)      # L40S, Cloud Hypervisor's VFIO HOWTO
     assert sizes(0x26B1) == (16 * MiB, 64 * GiB, 32 * MiB)      # RTX 6000 Ada, stelline's validated hardware
     assert sizes(0x20B2) == (16 * MiB, 128 * GiB, 32 * MiB)     # A100 SXM4 80GB, linux-pci 2021
+    assert sizes(0x2236) == (16 * MiB, 32 * GiB, 32 * MiB)      # A10, S. Scargall's lspci -vvv
 
 
 def test_cards_without_a_published_layout_are_known_by_name_only():
-    for device_id in (0x2236, 0x2235, 0x2230, 0x27B8, 0x26B5, 0x2204, 0x2321, 0x1DB4, 0x25B6, 0x20B7, 0x2335,
+    for device_id in (0x2235, 0x2230, 0x27B8, 0x26B5, 0x2204, 0x2321, 0x1DB4, 0x25B6, 0x20B7, 0x2335,
                       0x233B):
         known = catalog.lookup(catalog.NVIDIA, device_id)
         assert known is not None and known.bars is None
@@ -68,7 +69,7 @@ def test_what_gpupass_plans_for_catalog_cards_on_each_platform():
 
     esxi, hyperv, kvm = EsxiBackend.mmio_policy, HypervBackend.mmio_policy, KvmBackend.mmio_policy
     t4, a100_80, h100 = need(0x1EB8), need(0x20B5), need(0x2331)
-    l40s, rtx6000ada, a100_sxm_80 = need(0x26B9), need(0x26B1), need(0x20B2)
+    l40s, rtx6000ada, a100_sxm_80, a10 = need(0x26B9), need(0x26B1), need(0x20B2), need(0x2236)
     # T4: 288 MiB of 64-bit BARs fits every default; on ESXi even without use64bitMMIO (3.5 GiB budget)
     assert esxi.fits(t4, None) and kvm.fits(t4, None) and hyperv.window_for(t4) == 800 * MiB
     assert not t4.is_large
@@ -83,6 +84,10 @@ def test_what_gpupass_plans_for_catalog_cards_on_each_platform():
         assert esxi.window_for(card) == kvm.window_for(card) == 128 * GiB
         assert hyperv.window_for(card) == 64 * GiB + 32 * MiB + 512 * MiB
         assert card.low == 16 * MiB      # the 32-bit BAR0: Hyper-V raises low MMIO to 3 GB for it
+    # A10 (real lspci -vvv): 32 GiB + 32 MiB -> 64 GiB on KVM and ESXi (pciPassthru.64bitMMIOSizeGB = 64)
+    assert a10.is_large and not esxi.fits(a10, None)
+    assert esxi.window_for(a10) == kvm.window_for(a10) == 64 * GiB
+    assert hyperv.window_for(a10) == 32 * GiB + 32 * MiB + 512 * MiB
 
 
 BEGIN, END = "<!-- catalog table: generated from core/domain/catalog.py -->", "<!-- end of catalog table -->"

@@ -64,6 +64,7 @@ BARS = {
     "cloud-hypervisor-vfio-l40s.txt": ("01:00.0", 128 * GiB),              # L40S: 16M + 64G + 32M
     "stelline-asus-esc8000a-e12-rtx6000ada.txt": ("01:00.0", 128 * GiB),   # RTX 6000 Ada: 16M + 64G + 32M
     "linux-pci-2021-8x-a100-80gb-guest-bars.txt": ("01:00.0", 256 * GiB),  # A100 SXM4 80GB: 16M + 128G + 32M
+    "scargall-2024-a10-lspci.txt": ("99:00.0", 64 * GiB),                  # A10: 16M + 32G + 32M
 }
 
 
@@ -181,6 +182,7 @@ def test_catalog_layouts_match_the_corpus():
     assert sizes("stelline-asus-esc8000a-e12-rtx6000ada.txt", "01:00.0") == known(0x26B1)   # id: pci.ids
     assert sizes("linux-pci-2021-8x-a100-80gb-guest-bars.txt", "01:00.0") == known(0x20B2)
     assert sizes("linux-pci-2021-8x-a100-80gb-guest-bars.txt", "02:00.0") == known(0x20B2)
+    assert sizes("scargall-2024-a10-lspci.txt", "99:00.0") == known(0x2236)   # id: pci.ids
 
 
 def test_eight_a100_80gb_need_the_window_the_kvm_maintainer_named(tmp_path, open_backend):
