@@ -34,6 +34,7 @@ def esxi_vcsim(tmp_path: Path, backend_env: type, hostile_names: tuple[str, ...]
     config["hosts"] = [h for h in config["hosts"] if h["name"] == "esx02.lab.local"]
     for gpu in config["hosts"][0]["gpus"]:
         gpu["passthru_enabled"] = gpu["passthru_active"] = True
+    config["vms"] = [vm for vm in config["vms"] if vm["host"] != "esx03.lab.local"]  # the vGPU host's VMs stay out
     for vm in config["vms"]:
         vm["host"] = "esx02.lab.local"
     # vSphere keeps any name but escapes "/", "\\" and "%" in what it returns (HOSTILE_NAMES has none of them).

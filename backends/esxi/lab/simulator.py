@@ -55,6 +55,7 @@ __all__ = [
     "build_binary",
     "cache_dir",
     "lab_config",
+    "P40_VGPU_TYPES",
     "make_tls_material",
     "source_hash",
 ]
@@ -217,7 +218,22 @@ LAB_BAR_SIZES: dict[str, list[int]] = {
     "10de:2330": [16 * MIB, 128 * GIB, 32 * MIB],   # H100 SXM5
     "10de:20b5": [16 * MIB, 128 * GIB, 32 * MIB],   # A100 PCIe 80GB (same layout as A100 80GB SXM4)
     "10de:1eb8": [16 * MIB, 256 * MIB, 32 * MIB],   # T4
+    "10de:1b38": [16 * MIB, 32 * GIB, 32 * MIB],    # Tesla P40 (real vmware.log: tests/fixtures/real/esxi/p40-vmware-log-bars.log)
 }
+
+#: The vGPU profiles of a Tesla P40 in the lab: name, framebuffer (MiB), max instances per GPU and class. The types,
+#: framebuffers and max instances are the real `mdevctl types` of a P40 (tests/fixtures/real/sharing/
+#: mdevctl-types-tesla-p40.txt: "GRID P40-4C ... framebuffer=4096M ... max_instance=6"); ESXi names a type "grid_"
+#: + the board + "-" + the type in lower case (vgpu.go's header has the sources); the class is the API's
+#: VirtualMachineVgpuProfileInfo.profileClass (C: compute; the B series has no class there: not listed).
+P40_VGPU_TYPES: list[tuple[str, int, int, str]] = [
+    ("grid_p40-2b", 2048, 12, ""),
+    ("grid_p40-2b4", 2048, 12, ""),
+    ("grid_p40-1b4", 1024, 24, ""),
+    ("grid_p40-4c", 4096, 6, "compute"),
+    ("grid_p40-6c", 6144, 4, "compute"),
+    ("grid_p40-8c", 8192, 3, "compute"),
+]
 
 
 def _gpu(address: str, device_id: int, name: str, sub_device: int, *, enabled: bool, active: bool,
@@ -233,8 +249,18 @@ def _gpu(address: str, device_id: int, name: str, sub_device: int, *, enabled: b
     }
 
 
+def _p40(address: str) -> dict[str, Any]:
+    """A Tesla P40 (10de:1b38, 24 GiB) with the NVIDIA vGPU manager: it offers P40_VGPU_TYPES while it is not
+    passthrough-active and its host's graphics type is shared direct."""
+    gpu = _gpu(address, 0x1b38, "GP102GL [Tesla P40]", 0x11d9, enabled=False, active=False)
+    gpu["memory_mb"] = 24 * 1024
+    gpu["vgpu_types"] = [{"name": name, "framebuffer_mb": fb, "max_instances": most, "class": cls}
+                         for name, fb, most, cls in P40_VGPU_TYPES]
+    return gpu
+
+
 def lab_config() -> dict[str, Any]:
-    """The lab: a vCenter with two hosts in one cluster.
+    """The lab: a vCenter with two hosts in one cluster and a vGPU host in another.
 
     * ``esx01.lab.local``: H100 SXM5 (10de:2330, 128 GiB BAR) at 0000:3b:00.0, passthrough
       enabled and active (``cad-ws`` holds it); T4 (10de:1eb8) at 0000:d8:00.0, not enabled.
@@ -242,6 +268,11 @@ def lab_config() -> dict[str, Any]:
       vSphere 7.0+): ``UpdatePassthruConfig`` applies at once unless ``applyNow=False``.
     * ``esx02.lab.local``: two A100 PCIe 80GB (10de:20b5) at 0000:3b:00.0 (enabled+active)
       and 0000:af:00.0 (not enabled).  It cannot: a change becomes active at the next reboot.
+    * ``esx03.lab.local`` (cluster ``vgpu-cluster``): two Tesla P40 (10de:1b38) at 0000:3b:00.0 and 0000:af:00.0
+      with NVIDIA's vGPU manager; host graphics "shared direct" (HostGraphicsConfig), assignment policy
+      "performance". They offer the P40 vGPU profiles (:data:`P40_VGPU_TYPES`). ``vdi01`` (on, 8 GiB, all memory
+      reserved) runs a ``grid_p40-2b`` vGPU, which ESXi placed on the first P40; ``ml-vgpu`` (off, EFI, 32 GiB, all
+      reserved) holds a ``grid_p40-4c`` (placed only at power-on); ``infer01`` (off, EFI, 16 GiB) has none.
     * VMs: ``ml-train`` (off, EFI, 64 GiB, esx02), ``render01`` (off, BIOS, 16 GiB, esx02),
       ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100,
       64-bit MMIO 256 GB), ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
@@ -256,7 +287,7 @@ def lab_config() -> dict[str, Any]:
         "mode": "vcenter",
         "datacenter": "Lab",
         "datastore": "datastore1",
-        "clusters": ["gpu-cluster"],
+        "clusters": ["gpu-cluster", "vgpu-cluster"],
         "hosts": [
             {
                 "name": "esx01.lab.local", "cluster": "gpu-cluster", "memory_mb": 1024 * 1024,
@@ -273,6 +304,11 @@ def lab_config() -> dict[str, Any]:
                     _gpu("0000:af:00.0", 0x20b5, "GA100 [A100 PCIe 80GB]", 0x1533, enabled=False, active=False),
                 ],
             },
+            {
+                "name": "esx03.lab.local", "cluster": "vgpu-cluster", "memory_mb": 512 * 1024,
+                "graphics": {"default_type": "sharedDirect", "assignment_policy": "performance"},
+                "gpus": [_p40("0000:3b:00.0"), _p40("0000:af:00.0")],
+            },
         ],
         "vms": [
             {"name": "ml-train", "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "efi",
@@ -288,6 +324,14 @@ def lab_config() -> dict[str, Any]:
              "passthrough": ["0000:3b:00.0"]},
             {"name": "snap01", "host": "esx02.lab.local", "power_state": "poweredOff", "firmware": "efi",
              "guest_id": "ubuntu64Guest", "num_cpus": 4, "memory_mb": 8 * 1024, "snapshot": "before-upgrade"},
+            {"name": "vdi01", "host": "esx03.lab.local", "power_state": "poweredOn", "firmware": "efi",
+             "guest_id": "windows9_64Guest", "num_cpus": 4, "memory_mb": 8 * 1024,
+             "memory_reservation_mb": 8 * 1024, "memory_reservation_locked_to_max": True, "vgpus": ["grid_p40-2b"]},
+            {"name": "ml-vgpu", "host": "esx03.lab.local", "power_state": "poweredOff", "firmware": "efi",
+             "guest_id": "ubuntu64Guest", "num_cpus": 8, "memory_mb": 32 * 1024,
+             "memory_reservation_mb": 32 * 1024, "memory_reservation_locked_to_max": True, "vgpus": ["grid_p40-4c"]},
+            {"name": "infer01", "host": "esx03.lab.local", "power_state": "poweredOff", "firmware": "efi",
+             "guest_id": "ubuntu64Guest", "num_cpus": 8, "memory_mb": 16 * 1024},
         ],
     })
 

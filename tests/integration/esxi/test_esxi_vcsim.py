@@ -531,7 +531,8 @@ def test_host_disconnected_now_and_from_the_config(fresh_vcsim, connect):
     with pytest.raises(vmodl.fault.HostNotConnected) as err:
         WaitForTask(find(si, vim.VirtualMachine, "cad-ws").PowerOnVM_Task())
     assert "esx01.lab.local" in err.value.msg
-    assert [h["connected"] for h in sim.state()["hosts"]] == [False, False]
+    connected = {h["name"]: h["connected"] for h in sim.state()["hosts"]}
+    assert connected == {"esx01.lab.local": False, "esx02.lab.local": False, "esx03.lab.local": True}
 
 
 def test_passthru_system_properties(vcsim, connect):

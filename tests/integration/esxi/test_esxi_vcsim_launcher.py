@@ -25,12 +25,13 @@ def test_lab_config_is_the_lab():
     json.dumps(cfg)  # serialisable as the -config file
     gpus = {(h["name"], g["address"]): g for h in cfg["hosts"] for g in h["gpus"]}
     ids = sorted(g["device_id"] for g in gpus.values())
-    assert ids == ["0x1eb8", "0x20b5", "0x20b5", "0x2330"]
+    assert ids == ["0x1b38", "0x1b38", "0x1eb8", "0x20b5", "0x20b5", "0x2330"]
     h100 = gpus[("esx01.lab.local", "0000:3b:00.0")]
     assert h100["device_id"] == "0x2330" and max(h100["bars"]) == 128 * GIB
     assert LAB_BAR_SIZES["10de:2330"][1] == 128 * GIB
     vms = {v["name"]: v for v in cfg["vms"]}
-    assert set(vms) == {"ml-train", "render01", "web01", "cad-ws", "snap01"}
+    assert set(vms) == {"ml-train", "render01", "web01", "cad-ws", "snap01", "vdi01", "ml-vgpu", "infer01"}
+    assert vms["vdi01"]["vgpus"] == ["grid_p40-2b"] and vms["vdi01"]["power_state"] == "poweredOn"
     assert (vms["ml-train"]["power_state"], vms["ml-train"]["firmware"], vms["ml-train"]["memory_mb"]) == (
         "poweredOff", "efi", 65536)
     assert (vms["render01"]["firmware"], vms["render01"]["memory_mb"]) == ("bios", 16384)

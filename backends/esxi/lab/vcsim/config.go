@@ -27,6 +27,8 @@ package main
 //	                                         // after the reboot task ended, before it goes down
 //	    "rebind_without_reboot": false,      // HostCapability.deviceRebindWithoutRebootSupported:
 //	                                         // passthrough changes can apply at once (applyNow)
+//	    "graphics": {"default_type": "sharedDirect", // HostGraphicsConfig.hostDefaultGraphicsType
+//	                 "assignment_policy": "performance"}, // shared passthrough assignment policy (vgpu.go)
 //	    "gpus": [{
 //	      "address": "0000:3b:00.0",        // required; also the passthrough id
 //	      "vendor_id": "0x10de", "device_id": "0x2330",
@@ -41,6 +43,10 @@ package main
 //	      "hardware_label": "",             // the device's label (vSphere 7.0.2 hardwareLabel), which a
 //	                                        // dynamic backing's customLabel must equal; shown as
 //	                                        // customLabel in QueryConfigTarget().dynamicPassthrough
+//	      "graphics_type": "",              // HostGraphicsConfig.deviceType for this GPU ("" = the host default)
+//	      "memory_mb": 24576,               // HostGraphicsInfo.memorySizeInKB / 1024
+//	      "vgpu_types": [{"name": "grid_p40-4c", "framebuffer_mb": 4096, "max_instances": 6,
+//	                      "class": "compute"}], // vGPU profiles the vGPU manager offers on this GPU (vgpu.go)
 //	      "functions": [ {same keys as a gpu, without "functions"} ] // companion functions (HDMI audio ...)
 //	    }]
 //	  }],
@@ -56,7 +62,8 @@ package main
 //	    "memory_reservation_locked_to_max": false,
 //	    "extra_config": {"key": "value"},
 //	    "snapshot": "before-upgrade",       // non-empty: the VM is created with this snapshot
-//	    "passthrough": ["0000:3b:00.0"]     // host PCI ids attached as VirtualPCIPassthrough
+//	    "passthrough": ["0000:3b:00.0"],    // host PCI ids attached as VirtualPCIPassthrough
+//	    "vgpus": ["grid_p40-2b"]            // vGPU profiles attached as VirtualPCIPassthrough (vmiop backing)
 //	  }],
 //	  "scale": {"hosts": 50, "vms": 500, "gpus_per_host": 1} // extra generated inventory
 //	}
@@ -120,6 +127,22 @@ type pciFunc struct {
 	// VMkernelInUse: the VMkernel still holds the device, so an applyNow cannot
 	// rebind it and the change waits for a reboot (see appliesNow).
 	VMkernelInUse bool `json:"vmkernel_in_use"`
+	// vGPU (vgpu.go): the device's graphics type, its memory, the profiles it offers.
+	GraphicsType string     `json:"graphics_type"`
+	MemoryMB     int64      `json:"memory_mb"`
+	VgpuTypes    []vgpuType `json:"vgpu_types"`
+}
+
+type vgpuType struct {
+	Name          string `json:"name"`
+	FramebufferMB int64  `json:"framebuffer_mb"`
+	MaxInstances  int    `json:"max_instances"`
+	Class         string `json:"class"` // VirtualMachineVgpuProfileInfo.profileClass: compute | quadro | "" (not listed)
+}
+
+type graphicsSettings struct {
+	DefaultType      string `json:"default_type"`
+	AssignmentPolicy string `json:"assignment_policy"`
 }
 
 type gpuConfig struct {
@@ -128,15 +151,16 @@ type gpuConfig struct {
 }
 
 type hostConfig struct {
-	Name            string      `json:"name"`
-	Cluster         string      `json:"cluster"`
-	MemoryMB        int64       `json:"memory_mb"`
-	MaintenanceMode bool        `json:"maintenance_mode"`
-	Connected       *bool       `json:"connected"`
-	RebootSeconds   float64     `json:"reboot_seconds"`
-	RebootLag       float64     `json:"reboot_lag_seconds"`
-	Rebind          bool        `json:"rebind_without_reboot"`
-	GPUs            []gpuConfig `json:"gpus"`
+	Name            string            `json:"name"`
+	Cluster         string            `json:"cluster"`
+	MemoryMB        int64             `json:"memory_mb"`
+	MaintenanceMode bool              `json:"maintenance_mode"`
+	Connected       *bool             `json:"connected"`
+	RebootSeconds   float64           `json:"reboot_seconds"`
+	RebootLag       float64           `json:"reboot_lag_seconds"`
+	Rebind          bool              `json:"rebind_without_reboot"`
+	Graphics        *graphicsSettings `json:"graphics"`
+	GPUs            []gpuConfig       `json:"gpus"`
 }
 
 type vmConfig struct {
@@ -152,6 +176,7 @@ type vmConfig struct {
 	ExtraConfig                  map[string]string `json:"extra_config"`
 	Snapshot                     string            `json:"snapshot"`
 	Passthrough                  []string          `json:"passthrough"`
+	Vgpus                        []string          `json:"vgpus"`
 }
 
 type scaleConfig struct {

@@ -90,6 +90,9 @@ func makeDev(f pciFunc, group string) (*pciDev, error) {
 		bars:          bars,
 		label:         f.HardwareLabel,
 		vmkernelInUse: f.VMkernelInUse,
+		gfxType:       f.GraphicsType,
+		memoryKB:      f.MemoryMB * 1024,
+		vgpu:          f.VgpuTypes,
 		info: types.HostPciDevice{
 			Id:           f.Address,
 			ClassId:      f.ClassID.int16(),
@@ -118,7 +121,21 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	if !ok {
 		return fmt.Errorf("host %s not found", ref)
 	}
+	gfx := graphicsSettings{DefaultType: gfxShared, AssignmentPolicy: policyPerf} // what a host has before it is configured (assumed)
+	if hc.Graphics != nil {
+		if hc.Graphics.DefaultType != "" {
+			gfx.DefaultType = hc.Graphics.DefaultType
+		}
+		if hc.Graphics.AssignmentPolicy != "" {
+			gfx.AssignmentPolicy = hc.Graphics.AssignmentPolicy
+		}
+	}
+	if !validGraphicsType(gfx.DefaultType) || (gfx.AssignmentPolicy != policyPerf && gfx.AssignmentPolicy != policyConsol) {
+		return fmt.Errorf("host %s: graphics default_type must be shared or sharedDirect and assignment_policy performance or consolidation", hc.Name)
+	}
 	st := &hostState{
+		gfxDefault:  gfx.DefaultType,
+		gfxPolicy:   gfx.AssignmentPolicy,
 		ref:         ref,
 		name:        hs.Name,
 		systemID:    hs.Hardware.SystemInfo.Uuid,
@@ -184,6 +201,15 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	simulator.Map.Put(p)
 	st.passthru = p
 
+	gref := types.ManagedObjectReference{Type: "HostGraphicsManager", Value: "graphicsManager-" + ref.Value}
+	if esxMode && hs.ConfigManager.GraphicsManager != nil {
+		gref = *hs.ConfigManager.GraphicsManager // "ha-graphics-manager"
+	}
+	g := &GraphicsManager{lab: l, host: st}
+	g.Self = gref
+	simulator.Map.Put(g)
+	st.graphics = g
+
 	// The stock template has no capability at all.  deviceRebindWithoutRebootSupported
 	// (vSphere API 7.0; pyvmomi: vim.version.v7_0) "enables PCI passthrough and SR-IOV
 	// configuration without reboot" (govmomi vim25/types HostCapability): per host here.
@@ -192,6 +218,7 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 		MaintenanceModeSupported: true, DeviceRebindWithoutRebootSupported: &rebind}
 	simulator.Map.WithLock(hs, func() {
 		hs.ConfigManager.PciPassthruSystem = &pref
+		hs.ConfigManager.GraphicsManager = &gref
 		hs.Capability = capability
 		hs.Runtime.InMaintenanceMode = hc.MaintenanceMode
 		if hc.MemoryMB > 0 {
@@ -482,6 +509,15 @@ func createVM(ctx context.Context, c *vim25.Client, cfg *labConfig, l *lab, fold
 			})
 		}
 		l.mu.Unlock()
+	}
+	for i, profile := range vc.Vgpus {
+		spec.DeviceChange = append(spec.DeviceChange, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device: &types.VirtualPCIPassthrough{VirtualDevice: types.VirtualDevice{
+				Key:     int32(-200 - i),
+				Backing: &types.VirtualPCIPassthroughVmiopBackingInfo{Vgpu: profile},
+			}},
+		})
 	}
 	task, err := folders.VmFolder.CreateVM(ctx, spec, pool, host)
 	if err != nil {

@@ -54,7 +54,7 @@ import (
 
 func main() {
 	listen := flag.String("l", "127.0.0.1:0", "listen address")
-	apiVersion := flag.String("api-version", "7.0.3.0", "API version reported in About.apiVersion")
+	apiFlag := flag.String("api-version", "7.0.3.0", "API version reported in About.apiVersion")
 	tlsCert := flag.String("tlscert", "", "PEM certificate file for HTTPS")
 	tlsKey := flag.String("tlskey", "", "PEM private key file for HTTPS")
 	configFile := flag.String("config", "", "inventory JSON file")
@@ -117,11 +117,12 @@ func main() {
 		{&esx.ServiceContent.About.ApiVersion, &esx.ServiceContent.About.Version},
 		{&vpx.ServiceContent.About.ApiVersion, &vpx.ServiceContent.About.Version},
 	} {
-		*about.a = *apiVersion
-		*about.v = versionOf(*apiVersion)
+		*about.a = *apiFlag
+		*about.v = versionOf(*apiFlag)
 	}
-	esx.ServiceContent.About.FullName = "VMware ESXi " + versionOf(*apiVersion) + " build-0 (gpupass vcsim)"
-	vpx.ServiceContent.About.FullName = "VMware vCenter Server " + versionOf(*apiVersion) + " build-0 (gpupass vcsim)"
+	apiVersion = *apiFlag
+	esx.ServiceContent.About.FullName = "VMware ESXi " + versionOf(*apiFlag) + " build-0 (gpupass vcsim)"
+	vpx.ServiceContent.About.FullName = "VMware vCenter Server " + versionOf(*apiFlag) + " build-0 (gpupass vcsim)"
 
 	var model *simulator.Model
 	if cfg.Mode == "esx" {

@@ -97,6 +97,11 @@ type pciDev struct {
 	label     string  // hardwareLabel (API 7.0.2): what a dynamic customLabel must equal
 	// vmkernelInUse: the VMkernel still holds the device; an applyNow cannot rebind it
 	vmkernelInUse bool
+	// vGPU (vgpu.go): the device's own graphics type ("" = the host default), its
+	// memory (HostGraphicsInfo.memorySizeInKB) and the profiles it offers
+	gfxType  string
+	memoryKB int64
+	vgpu     []vgpuType
 }
 
 type hostState struct {
@@ -114,7 +119,10 @@ type hostState struct {
 	devices       []*pciDev     // all PCI devices of the host, in hardware.pciDevice order
 	byID          map[string]*pciDev
 	passthru      *PciPassthruSystem
-	armed         map[string]bool // SOAP method names that make this host vanish when called
+	armed         map[string]bool  // SOAP method names that make this host vanish when called
+	gfxDefault    string           // HostGraphicsConfig.hostDefaultGraphicsType
+	gfxPolicy     string           // HostGraphicsConfig.sharedPassthruAssignmentPolicy
+	graphics      *GraphicsManager // configManager.graphicsManager
 }
 
 type lab struct {
@@ -125,6 +133,8 @@ type lab struct {
 	pending map[types.ManagedObjectReference]interface{}
 	// owner: host ref -> PCI id -> VM that holds it while powered on
 	owner map[types.ManagedObjectReference]map[string]types.ManagedObjectReference
+	// vgpus: host ref -> PCI id -> the running VMs' vGPUs placed on that GPU (vgpu.go)
+	vgpus map[types.ManagedObjectReference]map[string][]vgpuPlacement
 	// task ref -> human readable message, applied to task.info.error.localizedMessage
 	faultMsg map[types.ManagedObjectReference]string
 	// esx mode: session cookies seen so far, and those a reboot ended (hostd
@@ -141,6 +151,7 @@ func newLab() *lab {
 		byName:   map[string]*hostState{},
 		pending:  map[types.ManagedObjectReference]interface{}{},
 		owner:    map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
+		vgpus:    map[types.ManagedObjectReference]map[string][]vgpuPlacement{},
 		faultMsg: map[types.ManagedObjectReference]string{},
 
 		seenCookies: map[string]bool{},
@@ -182,6 +193,7 @@ func (l *lab) mirror(h *hostState) {
 			devs = append(devs, d.info)
 		}
 		host.Hardware.PciDevice = devs
+		l.mirrorGraphics(h, host)
 	})
 	if h.passthru != nil {
 		h.passthru.PciPassthruInfo = h.passthruInfo()
@@ -291,6 +303,12 @@ func (p *PciPassthruSystem) UpdatePassthruConfig(ctx *simulator.Context, req *ty
 				&types.HostConfigFault{})
 			return body
 		}
+		if cfg.PassthruEnabled && l.runsVgpus(h, cfg.Id) {
+			// vgpu.go: a GPU running vGPUs cannot be taken for passthrough (assumed)
+			body.Fault_ = simulator.Fault(fmt.Sprintf("PCI device %s on host %s runs vGPUs of powered-on virtual machines", cfg.Id, h.name),
+				&types.HostConfigFault{})
+			return body
+		}
 	}
 	for _, c := range req.Config {
 		cfg := c.GetHostPciPassthruConfig()
@@ -380,6 +398,7 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 	}
 	l.mu.Lock()
 	delete(l.owner, h.ref)
+	delete(l.vgpus, h.ref)
 	delay, lag := h.rebootDelay, h.rebootLag
 	l.mu.Unlock()
 	finish := func() {
@@ -534,7 +553,7 @@ func (b *envBrowser) QueryConfigTarget(ctx *simulator.Context, req *types.QueryC
 			}
 		}
 	}
-	return body
+	return &queryConfigTargetBody{Res: &QueryConfigTargetResponse{Returnval: l.addSharedGpus(target, hosts)}}
 }
 
 // ---------------------------------------------------------------------------
@@ -757,6 +776,10 @@ func (l *lab) checkReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMac
 			if len(b.AllowedDevice) == 0 {
 				return bad("dynamic passthrough backing needs at least one allowedDevice")
 			}
+		case *types.VirtualPCIPassthroughVmiopBackingInfo:
+			if why := checkVmiop(h, b); why != "" {
+				return bad(why)
+			}
 		case nil:
 			return bad("missing backing")
 		default:
@@ -894,12 +917,19 @@ func (l *lab) checkPowerOn(vm *simulator.VirtualMachine) (types.BaseMethodFault,
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	if f, msg := checkMMIO(vm, h, ids); f != nil {
-		for _, p := range devs { // undo the dynamic assignment
+	undoDynamic := func() {
+		for _, p := range devs {
 			if b, ok := p.Backing.(*types.VirtualPCIPassthroughDynamicBackingInfo); ok {
 				b.AssignedId = ""
 			}
 		}
+	}
+	if f, msg := checkMMIO(vm, h, ids); f != nil {
+		undoDynamic()
+		return f, msg
+	}
+	if f, msg := l.placeVgpus(vm, h); f != nil {
+		undoDynamic()
 		return f, msg
 	}
 	return nil, ""
@@ -1057,6 +1087,8 @@ func normalizePassthroughDevices(vm *simulator.VirtualMachine) {
 			}
 		case *types.VirtualPCIPassthroughDynamicBackingInfo:
 			summary = "Dynamic DirectPath IO: " + b.CustomLabel
+		case *types.VirtualPCIPassthroughVmiopBackingInfo:
+			summary = "NVIDIA GRID vGPU " + b.Vgpu // assumed wording
 		}
 		if p.DeviceInfo == nil {
 			p.DeviceInfo = &types.Description{}
@@ -1152,6 +1184,7 @@ func (l *lab) claim(vm *simulator.VirtualMachine) {
 func (l *lab) release(vm *simulator.VirtualMachine) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.releaseVgpus(vm.Self)
 	for _, m := range l.owner {
 		for id, owner := range m {
 			if owner == vm.Self {
@@ -1194,7 +1227,7 @@ func (l *lab) state() map[string]interface{} {
 		}
 		hosts = append(hosts, map[string]interface{}{
 			"name": h.name, "moref": h.ref.Value, "connected": h.connected, "not_responding": h.notResponding,
-			"system_id": h.systemID, "devices": devs,
+			"system_id": h.systemID, "devices": devs, "vgpus": l.vgpuState(h),
 		})
 	}
 	return map[string]interface{}{"hosts": hosts}
