@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from gpupass.backends.esxi import claims as esxi_claims
 from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import spec as specs
+from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
@@ -166,7 +167,8 @@ class EsxiBackend(Backend):
         view = self._inventory_view()
         facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, view, self.target.uri,
                                        self.platform, self.target.name or self.endpoint.host,
-                                       rebind_known=self.api_version() >= (7, 0))
+                                       rebind_known=self.api_version() >= (7, 0),
+                                       graphics_known=self.api_version() >= vgpu.GRAPHICS_MIN_API)
         # SDK handles for apply(); the planner reads only facts.state
         self._hosts, self._vms = hosts, vms
         state = from_raw(self.api_version(), self._api, hosts, vms)

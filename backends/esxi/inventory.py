@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpupass.backends.esxi import vgpu
 from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PassthroughState, PowerState, Vm
 from gpupass.core.domain.mmio import GiB, MiB
@@ -59,6 +61,7 @@ class HostRaw:
     drs: bool = False
     drs_behavior: str | None = None
     rebind: bool = False  # HostCapability.deviceRebindWithoutRebootSupported
+    graphics: vgpu.HostGraphics = field(default_factory=vgpu.HostGraphics)  # vGPU: see vgpu.py
 
 
 @dataclass
@@ -74,6 +77,7 @@ class VmRaw:
     devices: list[Any]
     change_version: str | None
     record: dict[str, Any]
+    vgpus: tuple[str, ...] = ()  # the profiles of its vGPU devices (VirtualPCIPassthroughVmiopBackingInfo.vgpu)
 
 
 VIEW_KINDS = ("HostSystem", "ComputeResource", "VirtualMachine")
@@ -117,14 +121,17 @@ def retrieve(content: Any, root: Any, types_props: list[tuple[Any, list[str]]], 
         view.Destroy()
 
 
-def read(content: Any, view: Any, uri: str, platform: str, label: str, *,
-         rebind_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+def read(content: Any, view: Any, uri: str, platform: str, label: str, *, rebind_known: bool = False,
+         graphics_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
     """The facts from ONE RetrievePropertiesEx (and its continuations) through `view` (container_view).
 
-    `rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for."""
+    `rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for;
+    `graphics_known`: 6.5+, so the graphics configuration (vGPU) can be."""
     from pyVmomi import vim
 
-    host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else HOST_PROPS
+    host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else list(HOST_PROPS)
+    if graphics_known:
+        host_props += vgpu.GRAPHICS_PROPS
     objects = retrieve_view(content, view, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
                                             (vim.ClusterComputeResource, CLUSTER_PROPS),
                                             (vim.VirtualMachine, VM_PROPS)])
@@ -150,6 +157,7 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, *,
             raw.drs = bool(getattr(drs, "enabled", False))
             raw.drs_behavior = str(getattr(drs, "defaultVmBehavior", None) or "") or None
         raw.rebind = bool(p.get(REBIND_PROP))
+        raw.graphics = vgpu.read_host(p)
         hosts[raw.name] = raw
         by_moid[obj._moId] = raw.name
         funcs: dict[PciAddress, PciFunction] = {}
@@ -191,9 +199,17 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, *,
         for address in vm.assigned:
             owners.setdefault(location, {})[address] = vm.name
 
+    vm_names = {raw.ref._moId: name for name, raw in raws.items()}
+    vm_profiles = {name: raw.vgpus for name, raw in raws.items() if raw.vgpus}
     gpus = []
     for name in sorted(hosts):
-        gpus += group_gpus(functions[name].values(), {}, owners.get(name, {}), passthru[name], location=name)
+        grouped = group_gpus(functions[name].values(), {}, owners.get(name, {}), passthru[name], location=name)
+        graphics = hosts[name].graphics
+        if graphics.devices:
+            models = {a: (f.vendor_id, f.device_id) for a, f in functions[name].items()}
+            grouped = [dataclasses.replace(gpu, sharing=vgpu.sharing_of(graphics, gpu.address, models, vm_names,
+                                                                       vm_profiles)) for gpu in grouped]
+        gpus += grouped
     gpus.sort(key=lambda g: (g.location, g.address))
     single = len(hosts) == 1
     only = next(iter(hosts.values())) if single else None
@@ -204,7 +220,11 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, *,
         maintenance_mode=only.maintenance if only else None,
         settings={"hosts": {h.name: {"maintenance_mode": h.maintenance, "connected": h.connected,
                                      "cluster": h.cluster, "ha": h.ha, "drs": h.drs,
-                                     "drs_behavior": h.drs_behavior} for h in hosts.values()}},
+                                     "drs_behavior": h.drs_behavior,
+                                     **({"graphics": {"default_type": h.graphics.default_type,
+                                                      "assignment_policy": h.graphics.assignment_policy,
+                                                      "vgpu_profiles": list(h.graphics.profiles)}}
+                                        if h.graphics.read else {})} for h in hosts.values()}},
     )
     table = {(loc, a): f for loc, funcs in functions.items() for a, f in funcs.items()}
     facts = HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: (v.name, v.location))), table,
@@ -275,6 +295,9 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
     binding = None
     for dev in passthrough_devices(devices):
         backing = dev.backing
+        if isinstance(backing, vim.vm.device.VirtualPCIPassthrough.VmiopBackingInfo):
+            raw.vgpus += (str(backing.vgpu or ""),)
+            continue
         if isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo):
             binding = binding or "static"
             text = backing.id
@@ -298,6 +321,8 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
     snapshot = p.get("snapshot")
     settings: dict[str, Any] = {"ft": ft,
                                 "assigned_by_gpupass": sorted(d.get("address") for d in record.get("devices", ()))}
+    if raw.vgpus:
+        settings["vgpu_profiles"] = list(raw.vgpus)
     if host is not None:
         settings.update(cluster=host.cluster, ha=host.ha, drs=host.drs)
     vm = Vm(

@@ -1,0 +1,140 @@
+"""NVIDIA vGPU on ESXi as neutral shares: what the host's graphics configuration says, as `Sharing` per GPU.
+
+Read from the same PropertyCollector answer as the rest of the inventory (no extra round trip):
+
+* `config.graphicsInfo` (HostGraphicsInfo, vSphere API 5.5): per graphics device its `pciId`, `graphicsType`
+  (basic | shared | direct | sharedDirect: "Shared direct graphics (ex. vGPU shared passthrough)"),
+  `memorySizeInKB` and `vm`, "Virtual machines using this graphics device" -- ESXi places a vGPU on a physical GPU
+  when its VM powers on, so these are the running vGPU VMs (a powered-off VM's profile is on no GPU yet).
+* `config.graphicsConfig` (HostGraphicsConfig, API 6.5): the host default graphics type and the shared passthrough
+  assignment policy (performance: "assign VM to GPU with fewest VMs"; consolidation: "group like VMs on GPU until
+  fully loaded").
+* `config.sharedPassthruGpuTypes` (API 6.0): the vGPU profiles the host offers.
+
+The API says neither a profile's framebuffer before 7.0.3 (`VirtualMachineVgpuProfileInfo.fbSizeInGib`, only through
+QueryConfigTarget) nor its maximum instances per GPU at all, so:
+
+* framebuffer: from the profile's name, "the number before the end of the vGPU profile name gives the GB of
+  framebuffer memory" (VMware Cloud Foundation blog, "Viewing usage capacity for virtual GPUs in VCF 9.0"); NVIDIA's
+  0Q/0B profiles are 512 MB (NVIDIA vGPU user guide, M60/M10 tables).
+* maximum instances: the GPU's memory divided by the profile's framebuffer, which is what NVIDIA's tables give in
+  equal-size mode (the real `mdevctl types` of a P40 in tests/fixtures/real/sharing/ agrees for all six types it
+  lists: 24 GiB / 4096M = 6 for P40-4C); derived, so the description says so.
+* one profile per GPU: time-sliced vGPUs on one physical GPU are of one type by default ("equal-size mode", NVIDIA
+  vGPU user guide; API 8.0.3 adds HostGraphicsConfigVgpuMode sameSize | mixedSize): a GPU running vGPUs of one
+  profile has no room for the others.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpupass.core.domain.pci import PciAddress
+from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
+from gpupass.core.errors import UsageError
+
+GRAPHICS_PROPS = ["config.graphicsInfo", "config.graphicsConfig", "config.sharedPassthruGpuTypes"]
+# graphicsConfig is the newest of the three (pyvmomi _typeinfo_vim: vim.version.version11, vSphere 6.5)
+GRAPHICS_MIN_API = (6, 5)
+SHARED_DIRECT = "sharedDirect"
+MiB = 1 << 20
+GiB = 1 << 30
+
+# grid_p40-4c, grid_a100-3-20c (MIG-backed: slices, then framebuffer), nvidia_l40s-48q, grid_p40-2b4
+_PROFILE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<board>[a-z0-9_]+?)-(?:(?P<slices>\d+)-)?(?P<fb>\d+)(?P<series>[a-z])\d*$")
+
+
+def profile_framebuffer(name: str) -> int | None:
+    """Framebuffer in bytes read from a profile name (None when the name does not follow NVIDIA's convention)."""
+    match = _PROFILE.match(name.strip().lower())
+    if not match:
+        return None
+    gigabytes = int(match["fb"])
+    return 512 * MiB if gigabytes == 0 else gigabytes * GiB
+
+
+@dataclass
+class GraphicsDevice:
+    address: PciAddress
+    graphics_type: str
+    memory_bytes: int | None
+    vm_moids: tuple[str, ...] = ()
+
+
+@dataclass
+class HostGraphics:
+    default_type: str | None = None
+    assignment_policy: str | None = None
+    profiles: tuple[str, ...] = ()
+    devices: dict[PciAddress, GraphicsDevice] = field(default_factory=dict)
+
+    @property
+    def read(self) -> bool:
+        return self.default_type is not None or bool(self.devices)
+
+
+def read_host(props: dict[str, Any]) -> HostGraphics:
+    """The graphics part of one host's properties (`GRAPHICS_PROPS`)."""
+    config = props.get("config.graphicsConfig")
+    graphics = HostGraphics(
+        default_type=str(config.hostDefaultGraphicsType) if config is not None else None,
+        assignment_policy=str(config.sharedPassthruAssignmentPolicy) if config is not None else None,
+        profiles=tuple(str(p) for p in props.get("config.sharedPassthruGpuTypes") or ()))
+    for info in props.get("config.graphicsInfo") or ():
+        try:
+            address = PciAddress.parse(str(info.pciId))  # "bus:slot.function" or the full host PCI id
+        except UsageError:
+            continue
+        memory = int(info.memorySizeInKB or 0) * 1024
+        graphics.devices[address] = GraphicsDevice(address, str(info.graphicsType), memory or None,
+                                                   tuple(vm._moId for vm in info.vm or ()))
+    return graphics
+
+
+def _find(devices: dict[PciAddress, GraphicsDevice], address: PciAddress) -> GraphicsDevice | None:
+    # graphicsInfo's pciId may carry no PCI domain ("bus:slot.function"), so the domain is not compared
+    return devices.get(address) or next((d for a, d in devices.items()
+                                         if (a.bus, a.slot, a.function) == (address.bus, address.slot, address.function)),
+                                        None)
+
+
+def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddress, tuple[int, int]],
+               vm_names: dict[str, str], vm_profiles: dict[str, tuple[str, ...]]) -> Sharing:
+    """The vGPU profiles GPU `address` offers and the vGPUs running on it.
+
+    `models`: vendor/device ids of the host's GPUs (the host's profile list is per host, so a profile is given to
+    every GPU in shared direct mode only when they are all one model); `vm_names`: moid -> VM name;
+    `vm_profiles`: VM name -> the profiles of its vGPU devices, in device order.
+    """
+    device = _find(graphics.devices, address)
+    if device is None or device.graphics_type != SHARED_DIRECT:
+        return Sharing()
+    shared_models = {models.get(a) for a, d in graphics.devices.items() if d.graphics_type == SHARED_DIRECT}
+    one_model = len(shared_models) == 1
+    holders = [vm_names.get(moid, moid) for moid in device.vm_moids]
+    # A VM with several vGPUs has them on as many GPUs (one each); graphicsInfo does not say which profile landed
+    # where, so a VM whose vGPUs differ counts as "one of them" here (its profiles joined by '+').
+    on_gpu = {vm: "+".join(sorted(set(vm_profiles.get(vm, ())))) for vm in holders}
+    resident = set(on_gpu.values()) - {""}
+    types = []
+    for profile in graphics.profiles:
+        framebuffer = profile_framebuffer(profile)
+        most = (device.memory_bytes // framebuffer if device.memory_bytes and framebuffer and one_model else None)
+        if most is None:
+            available = None
+        elif resident and profile not in resident:
+            available = 0  # one profile per GPU in equal-size mode
+        else:
+            available = max(0, most - sum(1 for held in on_gpu.values() if held == profile))
+        note = "time-sliced vGPU profile"
+        if most is not None:
+            note += "; max instances = the GPU's memory / the profile's framebuffer (NVIDIA equal-size mode)"
+        elif not one_model:
+            note += "; the host offers it, but vSphere does not say which of its GPU models"
+        types.append(ShareType(profile, profile, ShareMode.VGPU_PROFILE, available=available, max_instances=most,
+                               framebuffer_bytes=framebuffer, description=note))
+    shares = tuple(Share(f"{vm}/vgpu@{address}", on_gpu[vm] or "unknown", ShareMode.VGPU_PROFILE, vm)
+                   for vm in holders)
+    return Sharing(tuple(types), shares)
