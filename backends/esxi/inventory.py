@@ -36,6 +36,17 @@ VM_PROPS = ["name", "runtime.powerState", "runtime.host", "config.firmware", "co
             "config.instanceUuid", "config.changeVersion"]
 
 
+def recorded_vgpus(record: dict[str, Any]) -> dict[int, str]:
+    """vGPU index -> the GPU address gpupass' record names for it (the GPU named when the vGPU was added)."""
+    out = {}
+    for entry in record.get("vgpus", ()) if isinstance(record, dict) else ():
+        try:
+            out[int(entry["index"])] = str(entry["gpu"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def u16(value: int | None) -> int:
     """vSphere sends vendor/device/class ids as signed 16-bit numbers (0x8086 reads -32634)."""
     return (value or 0) & 0xFFFF
@@ -201,14 +212,25 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, *, rebind
 
     vm_names = {raw.ref._moId: name for name, raw in raws.items()}
     vm_profiles = {name: raw.vgpus for name, raw in raws.items() if raw.vgpus}
+    running = {vm_names.get(moid, moid) for h in hosts.values() for d in h.graphics.devices.values()
+               for moid in d.vm_moids}
     gpus = []
     for name in sorted(hosts):
         grouped = group_gpus(functions[name].values(), {}, owners.get(name, {}), passthru[name], location=name)
         graphics = hosts[name].graphics
         if graphics.devices:
             models = {a: (f.vendor_id, f.device_id) for a, f in functions[name].items()}
-            grouped = [dataclasses.replace(gpu, sharing=vgpu.sharing_of(graphics, gpu.address, models, vm_names,
-                                                                       vm_profiles)) for gpu in grouped]
+            parked: dict[PciAddress, list[vgpu.Parked]] = {}
+            resident = {a: {p for moid in d.vm_moids for p in vm_profiles.get(vm_names.get(moid, moid), ())}
+                        for a, d in graphics.devices.items()}
+            for vm_name, profiles in vm_profiles.items():
+                if raws[vm_name].host == name and vm_name not in running:
+                    for address, entries in vgpu.park(graphics, vm_name, profiles,
+                                                      recorded_vgpus(raws[vm_name].record), resident).items():
+                        parked.setdefault(address, []).extend(entries)
+            grouped = [dataclasses.replace(gpu, sharing=vgpu.sharing_of(
+                graphics, gpu.address, models, vm_names, vm_profiles, tuple(parked.get(gpu.address, ()))))
+                for gpu in grouped]
         gpus += grouped
     gpus.sort(key=lambda g: (g.location, g.address))
     single = len(hosts) == 1

@@ -100,9 +100,47 @@ def _find(devices: dict[PciAddress, GraphicsDevice], address: PciAddress) -> Gra
                                         None)
 
 
+@dataclass(frozen=True)
+class Parked:
+    """A vGPU of a VM that is not running: ESXi places it on a GPU only at power-on, so it is shown on the GPU
+    gpupass recorded when it added it (else the host's first GPU that offers its profile and runs no other profile,
+    else the first that offers it) and takes no room there."""
+
+    vm: str
+    index: int  # 1-based, among the VM's vGPU devices
+    profile: str
+
+
+def share_id(vm: str, index: int) -> str:
+    return f"{vm}/vgpu-{index}"
+
+
+def park(graphics: HostGraphics, vm: str, profiles: tuple[str, ...], recorded: dict[int, str],
+         running: dict[PciAddress, set[str]]) -> dict[PciAddress, list[Parked]]:
+    """Where the vGPUs of a VM that is not running are shown: `recorded` maps a vGPU's index to the GPU address
+    gpupass' record names for it; `running`: the profiles running on each GPU."""
+    out: dict[PciAddress, list[Parked]] = {}
+    for index, profile in enumerate(profiles, start=1):
+        address = None
+        if index in recorded:
+            try:
+                address = PciAddress.parse(recorded[index])
+            except UsageError:
+                address = None
+        if address is None or _find(graphics.devices, address) is None:
+            offering = [a for a, d in sorted(graphics.devices.items())
+                        if d.graphics_type == SHARED_DIRECT and profile in graphics.profiles]
+            address = next((a for a in offering if running.get(a, set()) <= {profile}),
+                           offering[0] if offering else None)
+        if address is not None:
+            out.setdefault(address, []).append(Parked(vm, index, profile))
+    return out
+
+
 def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddress, tuple[int, int]],
-               vm_names: dict[str, str], vm_profiles: dict[str, tuple[str, ...]]) -> Sharing:
-    """The vGPU profiles GPU `address` offers and the vGPUs running on it.
+               vm_names: dict[str, str], vm_profiles: dict[str, tuple[str, ...]],
+               parked: tuple[Parked, ...] = ()) -> Sharing:
+    """The vGPU profiles GPU `address` offers, the vGPUs running on it and those `parked` there.
 
     `models`: vendor/device ids of the host's GPUs (the host's profile list is per host, so a profile is given to
     every GPU in shared direct mode only when they are all one model); `vm_names`: moid -> VM name;
@@ -135,6 +173,8 @@ def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddr
             note += "; the host offers it, but vSphere does not say which of its GPU models"
         types.append(ShareType(profile, profile, ShareMode.VGPU_PROFILE, available=available, max_instances=most,
                                framebuffer_bytes=framebuffer, description=note))
-    shares = tuple(Share(f"{vm}/vgpu@{address}", on_gpu[vm] or "unknown", ShareMode.VGPU_PROFILE, vm)
-                   for vm in holders)
+    shares = tuple(Share(share_id(vm, 1) if len(vm_profiles.get(vm, ())) == 1 else f"{vm}/vgpu@{address}",
+                         on_gpu[vm] or "unknown", ShareMode.VGPU_PROFILE, vm) for vm in holders)
+    shares += tuple(Share(share_id(p.vm, p.index), p.profile, ShareMode.VGPU_PROFILE, p.vm)
+                    for p in parked if p.vm not in holders)
     return Sharing(tuple(types), shares)

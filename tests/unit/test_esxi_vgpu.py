@@ -113,3 +113,17 @@ def test_read_host_from_pyvmomi_shaped_properties():
     assert host.devices == {A: vgpu.GraphicsDevice(A, "sharedDirect", 24 * GiB, ("vm-7",))}
     assert not vgpu.read_host({}).read
 
+
+
+def test_a_vgpu_of_a_vm_that_is_off_is_parked_where_it_would_fit():
+    host = graphics([device(A, vms=("vm-1",)), device(B)])
+    running = {A: {"grid_p40-2b"}, B: set()}
+    assert vgpu.park(host, "ml", ("grid_p40-4c",), {}, running) == {B: [vgpu.Parked("ml", 1, "grid_p40-4c")]}
+    assert vgpu.park(host, "ml", ("grid_p40-2b",), {}, running) == {A: [vgpu.Parked("ml", 1, "grid_p40-2b")]}
+    # the GPU gpupass recorded when it added the vGPU wins; a record naming no graphics device is ignored
+    assert vgpu.park(host, "ml", ("grid_p40-4c",), {1: "0000:3b:00.0"}, running) == {A: [vgpu.Parked("ml", 1, "grid_p40-4c")]}
+    assert vgpu.park(host, "ml", ("grid_p40-4c",), {1: "0000:99:00.0"}, running) == {B: [vgpu.Parked("ml", 1, "grid_p40-4c")]}
+    assert vgpu.park(host, "ml", ("grid_a100-4c",), {}, running) == {}  # not offered here: on no GPU
+    sharing = vgpu.sharing_of(host, B, {A: P40, B: P40}, {}, {}, (vgpu.Parked("ml", 1, "grid_p40-4c"),))
+    assert [(s.id, s.type_id, s.holder) for s in sharing.shares] == [("ml/vgpu-1", "grid_p40-4c", "ml")]
+    assert {t.id: t.available for t in sharing.types} == {"grid_p40-2b": 12, "grid_p40-4c": 6}  # it takes no room

@@ -47,15 +47,18 @@ def test_inventory_reads_profiles_and_running_vgpus_in_one_collector_read(fresh_
         types = {t.id: t for t in first.types}
         assert list(types) == [name for name, *_ in P40_VGPU_TYPES]
         # performance policy: vdi01 powered on first and took the first P40, the hostile VM the emptier second
+        # ml-vgpu is off: its grid_p40-4c is on no GPU yet; both GPUs run 2B, so it is shown on the first offering it
         placed = {g: sorted(s.holder for s in gpu(facts, g).sharing.shares) for g in (P40_A, P40_B)}
-        assert placed == {P40_A: ["vdi01"], P40_B: [HOSTILE]}
+        assert placed == {P40_A: ["ml-vgpu", "vdi01"], P40_B: [HOSTILE]}
+        parked = next(s for s in gpu(facts, P40_A).sharing.shares if s.holder == "ml-vgpu")
+        assert (parked.id, parked.type_id) == ("ml-vgpu/vgpu-1", "grid_p40-4c")
         assert (types["grid_p40-2b"].available, types["grid_p40-2b"].max_instances) == (11, 12)
         assert types["grid_p40-4c"].available == 0  # one profile per GPU
         assert types["grid_p40-4c"].framebuffer_bytes == 4 << 30
-        (share,) = first.shares
-        assert (share.type_id, share.holder, share.mode) == ("grid_p40-2b", "vdi01", ShareMode.VGPU_PROFILE)
+        share = next(s for s in first.shares if s.holder == "vdi01")
+        assert (share.id, share.type_id, share.mode) == ("vdi01/vgpu-1", "grid_p40-2b", ShareMode.VGPU_PROFILE)
         vms = {vm.name: vm for vm in facts.vms}
-        assert vms["ml-vgpu"].settings["vgpu_profiles"] == ["grid_p40-4c"]  # off: on no GPU yet
+        assert vms["ml-vgpu"].settings["vgpu_profiles"] == ["grid_p40-4c"]
         assert vms[HOSTILE].settings["vgpu_profiles"] == ["grid_p40-2b"]
         graphics = facts.host.settings["hosts"][ESX03]["graphics"]
         assert graphics == {"default_type": "sharedDirect", "assignment_policy": "performance",
@@ -77,17 +80,32 @@ def test_hosts_without_vgpu_manager_show_no_sharing(vcsim):
         backend.close()
 
 
-def test_whole_gpu_passthrough_of_a_gpu_running_vgpus_is_blocked(vcsim):
+def whole(backend, facts, address):
+    request = AssignmentRequest("infer01", (GpuSelector(f"{ESX03}/{address}"),))
+    return {f.code: f for f in make_plan(backend, facts, request, plugins.default_registry()).findings}
+
+
+def test_whole_gpu_passthrough_of_a_gpu_holding_vgpus_is_blocked(vcsim):
     backend = backend_for(vcsim)
     try:
-        registry = plugins.default_registry()
         facts = backend.inventory()
-        busy = make_plan(backend, facts, AssignmentRequest("infer01", (GpuSelector(f"{ESX03}/{P40_A}"),)), registry)
-        finding = next(f for f in busy.findings if f.code == "gpu-shared")
-        assert finding.blocks and "vdi01" in finding.message and "grid_p40-2b" in finding.message
-        idle = make_plan(backend, facts, AssignmentRequest("infer01", (GpuSelector(f"{ESX03}/{P40_B}"),)), registry)
-        assert "gpu-shared" not in {f.code for f in idle.findings}
-        assert "gpu-sharing-withdrawn" in {f.code for f in idle.findings}
+        running = whole(backend, facts, P40_A)["gpu-shared"]
+        assert running.blocks and "vdi01" in running.message and "grid_p40-2b" in running.message
+        # the other P40 is where ml-vgpu's 4C would go at power-on (the first runs a 2B): taking it whole would
+        # leave ml-vgpu unable to start
+        parked = whole(backend, facts, P40_B)["gpu-shared"]
+        assert parked.blocks and "ml-vgpu" in parked.message and "grid_p40-4c" in parked.message
+    finally:
+        backend.close()
+
+
+def test_an_idle_shared_direct_gpu_can_be_given_whole(fresh_vcsim):
+    cfg = lab_config()
+    cfg["vms"] = [vm for vm in cfg["vms"] if vm["name"] != "ml-vgpu"]
+    backend = backend_for(fresh_vcsim(cfg))
+    try:
+        codes = whole(backend, backend.inventory(), P40_B)
+        assert "gpu-shared" not in codes and not codes["gpu-sharing-withdrawn"].blocks
     finally:
         backend.close()
 
@@ -103,9 +121,10 @@ def test_powering_a_vgpu_vm_on_and_off_moves_capacity(fresh_vcsim, connect):
         WaitForTask(ml.PowerOnVM_Task())
         second = gpu(backend.inventory(), P40_B).sharing
         assert {t.id: t.available for t in second.types}["grid_p40-4c"] == 5
-        assert [s.holder for s in second.shares] == ["ml-vgpu"]
+        assert [(s.id, s.holder) for s in second.shares] == [("ml-vgpu/vgpu-1", "ml-vgpu")]
         WaitForTask(ml.PowerOffVM_Task())
         second = gpu(backend.inventory(), P40_B).sharing
-        assert not second.shares and {t.id: t.available for t in second.types}["grid_p40-4c"] == 6
+        assert {t.id: t.available for t in second.types}["grid_p40-4c"] == 6  # off: parked, takes no room
+        assert [(s.id, s.holder) for s in second.shares] == [("ml-vgpu/vgpu-1", "ml-vgpu")]
     finally:
         backend.close()
