@@ -8,8 +8,9 @@ from support.cli import gpupass
 
 
 def printed_addresses(host):
-    lines = gpupass("gpus", host).stdout.splitlines()[1:]
-    return [line.split()[0] for line in lines]
+    """The ADDRESS column of the table (which ends at the first empty line; the shared GPUs' summary follows)."""
+    table = gpupass("gpus", host).stdout.split("\n\n", 1)[0]
+    return [line.split()[0] for line in table.splitlines()[1:]]
 
 
 def test_every_printed_address_is_accepted_back(labs):
