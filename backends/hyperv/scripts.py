@@ -133,7 +133,8 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     Win32_PnPAllocatedResource associations name, EndingAddress - StartingAddress each), through the same
     association from the Win32_PnPEntity that Get-PnpDevice returns.  Win32_PnPAllocatedResource lists "the resources
     that are in-use by a specific device" (its reference page on learn.microsoft.com), so a disabled, dismounted or
-    absent device holds none: the backend then falls back to the catalog, marked as an estimate.
+    absent device holds none (SurveyDDA.ps1 itself skips a disabled device: "Device is Disabled, unable to check
+    resource requirements"): the backend then falls back to the catalog, marked as an estimate.
 
     GPUs are the functions whose PCI class code (``CC_xxxx`` in the hardware or compatible ids, "Identifiers
     for PCI Devices") starts with 03 or 12, not PnP class "Display": a GPU without a host driver, as

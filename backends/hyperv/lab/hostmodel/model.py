@@ -109,8 +109,10 @@ class PnpDevice:
     def holds_resources(self) -> bool:
         """Whether Windows lists memory ranges for it: Win32_PnPAllocatedResource gives "the resources that are
         in-use by a specific device" (its reference page), and a disabled (stopped), dismounted or absent device
-        uses none. A present device without a driver is modelled as still holding its ranges: not verified on a
-        real host (docs/hyperv.md)."""
+        uses none. Microsoft's SurveyDDA.ps1 says so for a disabled one: "Device is Disabled, unable to check
+        resource requirements" (it skips the MMIO query when ConfigManagerErrorCode is CM_PROB_DISABLED). A
+        present device without a driver is modelled as still holding its ranges: not verified on a real host
+        (docs/hyperv.md)."""
         return self.present and self.enabled and not self.dismounted
 
     @property
