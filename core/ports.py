@@ -99,6 +99,22 @@ class Backend(ABC):
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
 
+    def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
+        """For a share: what the VM keeps that a whole GPU would take from it (FeatureLoss as a feature + why)."""
+        return []
+
+    def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
+        """Translate a checked share request (ctx.shares, one ShareChange) into ordered steps (no writes).
+
+        Only called for a mode listed in `capabilities.share_modes`; the default is for a backend that lists none.
+        """
+        raise NotSupported(f"GPU shares are not supported on {self.platform}", remedy="give the GPU whole")
+
+    def plan_release_share(self, ctx: CheckContext) -> list[Step]:
+        """Steps that take back exactly the shares in ctx.shares (and what assign created for them)."""
+        raise NotSupported(f"GPU shares are not supported on {self.platform}",
+                           remedy="take the share back with the platform's own tools")
+
     def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         """`facts` with what plan_assign needs to plan for `vm`, which does not exist on this host yet.
 

@@ -9,7 +9,7 @@ from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
 from gpupass.core.domain.mmio import mmio_need
 from gpupass.core.domain.pci import PciFunction
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
-from gpupass.core.domain.sharing import Sharing
+from gpupass.core.domain.sharing import ShareChange, Sharing
 
 if TYPE_CHECKING:  # the CLI imports this module; migration is imported only by the commands that use it
     from gpupass.core.migration import MigrationPlan
@@ -63,7 +63,15 @@ def sharing_to_dict(sharing: Sharing) -> dict[str, Any]:
                    "max_instances": t.max_instances, "framebuffer_bytes": t.framebuffer_bytes,
                    "description": t.description} for t in sharing.types],
         "shares": [{"id": s.id, "type": s.type_id, "mode": s.mode.value, "holder": s.holder} for s in sharing.shares],
+        "one_type_at_a_time": sharing.one_type_at_a_time,
     }
+
+
+def share_change_to_dict(change: ShareChange) -> dict[str, Any]:
+    return {"gpu": str(change.gpu), "location": change.location or None, "type": change.type.id,
+            "type_name": change.type.name, "mode": change.type.mode.value,
+            "framebuffer_bytes": change.type.framebuffer_bytes,
+            "share": change.share.id if change.share else None}
 
 
 def vm_to_dict(vm: Vm) -> dict[str, Any]:
@@ -155,6 +163,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "findings": [finding_to_dict(f) for f in plan.findings],
         "features_lost": [feature_to_dict(f) for f in plan.features_lost],
         "mmio": mmio_to_dict(plan.mmio),
+        "shares": [share_change_to_dict(c) for c in plan.shares],
+        "features_kept": [feature_to_dict(f) for f in plan.features_kept],
     }
 
 

@@ -16,6 +16,7 @@ from gpupass.core.domain.pci import Bar, PciAddress
 from gpupass.core.domain.plan import MmioSummary, Plan, Step
 from gpupass.core.domain.request import AssignmentRequest, GpuRef, ReleaseRequest
 from gpupass.core.domain.select import GpuSelector
+from gpupass.core.domain.sharing import ASSIGN_SHARE, RELEASE_SHARE, Share, ShareChange, ShareType
 from gpupass.core.errors import Conflict, GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend, StepState
@@ -76,6 +77,14 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
     label = backend.target.label
     vm = find_vm(facts, request.vm, label)
     operation = "assign" if isinstance(request, AssignmentRequest) else "release"
+    if isinstance(request, AssignmentRequest) and request.options.share is not None:
+        gpu = resolve_gpu(facts, request.gpus[0], vm, label)
+        return _share_context(backend, facts, vm, ASSIGN_SHARE, request,
+                              (_share_asked(backend, facts, vm, gpu, request.options.share),))
+    if isinstance(request, ReleaseRequest):
+        shares = _shares_to_release(facts, vm, request, label)
+        if shares:
+            return _share_context(backend, facts, vm, RELEASE_SHARE, request, shares)
     if isinstance(request, AssignmentRequest):
         sizes = request.options.bar_sizes
         resolved = [resolve_gpu(facts, a, vm, label) for a in request.gpus]
@@ -95,6 +104,66 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
         gpus = tuple(g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location)
     return CheckContext(operation, backend.platform, facts, vm, gpus, request, backend.mmio_policy, backend.capabilities,
                         host_label=str(backend.target.options.get("live_host") or label))
+
+
+def _share_context(backend: Backend, facts: HostFacts, vm: Vm, operation: str,
+                   request: AssignmentRequest | ReleaseRequest, changes: tuple[ShareChange, ...]) -> CheckContext:
+    for change in changes:
+        if change.type.mode not in backend.capabilities.share_modes:
+            verb = "giving" if operation == ASSIGN_SHARE else "taking back"
+            raise NotSupported(f"{verb} a {change.type.mode.value} share ({change.type.id}) is not supported on "
+                               f"{backend.platform}", remedy="use the platform's own tools for this share; "
+                               "`gpupass gpus HOST` lists it")
+    addresses = {(c.location, c.gpu) for c in changes}
+    gpus = tuple(g for g in facts.gpus if (g.location, g.address) in addresses)
+    label = backend.target.label
+    return CheckContext(operation, backend.platform, facts, vm, gpus, request, backend.mmio_policy,
+                        backend.capabilities, host_label=str(backend.target.options.get("live_host") or label),
+                        shares=changes)
+
+
+def _share_asked(backend: Backend, facts: HostFacts, vm: Vm, gpu: Gpu, asked: str) -> ShareChange:
+    """The share type the user named on this GPU (id, name or profile), and the share of it the VM holds already."""
+    matches = gpu.sharing.types_answering(asked)
+    if len(matches) > 1:
+        raise UsageError(f"share type {asked!r} matches {len(matches)} types of GPU {gpu.address}: "
+                         + ", ".join(f"{t.id} ({t.name})" for t in matches), remedy="name the type by its id")
+    if not matches:
+        # Offered by another GPU of the host: a preflight finding (share-type-not-offered) says which.
+        elsewhere = [t for g in facts.gpus if g is not gpu for t in g.sharing.types_answering(asked)]
+        if not elsewhere:
+            offered = ", ".join(f"{t.id} ({t.name})" if t.name else t.id for t in gpu.sharing.types)
+            raise NotFound(f"GPU {gpu.address} offers no share type {asked!r}",
+                           remedy=f"it offers {offered}" if offered else
+                           "it offers no sharing on this host (`gpupass gpus HOST --json` lists each GPU's types)")
+        matches = tuple(elsewhere[:1])
+    wanted = matches[0]
+    held = next((s for s in gpu.sharing.held_by(vm.name) if s.type_id == wanted.id), None)
+    return ShareChange(gpu.address, wanted, held, gpu.location)
+
+
+def _type_of(gpu: Gpu, share: Share) -> ShareType:
+    return gpu.sharing.type_named(share.type_id) or ShareType(share.type_id, share.type_id, share.mode)
+
+
+def _shares_to_release(facts: HostFacts, vm: Vm, request: ReleaseRequest, label: str) -> tuple[ShareChange, ...]:
+    """The shares a release takes back: those the VM holds on the GPUs named (all of them when none is named).
+
+    A release names GPUs, never share ids: the VM's share on a GPU is found here. A request that would take back
+    whole GPUs and shares at once is refused: their steps differ and each must be undoable on its own.
+    """
+    named = [resolve_gpu(facts, ref, vm, label) for ref in request.gpus] if request.gpus else list(facts.gpus)
+    if request.gpus:
+        _reject_named_twice(named)
+    mine = [g for g in named if g.location == vm.location or request.gpus]
+    shares = tuple(ShareChange(g.address, _type_of(g, s), s, g.location) for g in mine for s in g.sharing.held_by(vm.name))
+    whole = [g for g in mine if g.assigned_to == vm.name or (request.gpus and g.address in vm.assigned)]
+    if shares and whole:
+        raise UsageError(
+            f"VM '{vm.name}' holds GPU(s) {', '.join(str(g.address) for g in whole)} whole and shares of "
+            f"{', '.join(sorted({str(c.gpu) for c in shares}))}: release them one command each",
+            remedy="name the GPUs: `gpupass release HOST VM GPU` for the whole GPUs, then for the shared ones")
+    return shares
 
 
 def preflight(ctx: CheckContext, registry: Registry) -> list[Finding]:
@@ -121,8 +190,13 @@ def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | R
         steps: list[Step] = []
     elif ctx.operation == "assign":
         steps = backend.plan_assign(ctx)
+    elif ctx.operation == ASSIGN_SHARE:
+        steps = backend.plan_assign_share(ctx)
+    elif ctx.operation == RELEASE_SHARE:
+        steps = backend.plan_release_share(ctx)
     else:
         steps = backend.plan_release(ctx)
+    gains = ctx.operation in ("assign", ASSIGN_SHARE)
     return Plan(
         operation=ctx.operation,
         host=backend.target.label,
@@ -131,8 +205,10 @@ def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | R
         gpus=ctx.gpus,
         steps=tuple(steps),
         findings=tuple(findings),
-        features_lost=tuple(backend.features_lost(ctx)) if ctx.operation == "assign" else (),
+        features_lost=tuple(backend.features_lost(ctx)) if gains else (),
         mmio=_mmio_summary(ctx),
+        shares=ctx.shares,
+        features_kept=tuple(backend.features_kept(ctx)) if gains else (),
     )
 
 
@@ -176,6 +252,11 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
             raise  # _roll_back always raises; this keeps type checkers honest
     if not done:
         return Outcome(plan, (), None, backend)
+    if plan.shares:
+        # A share is a device of the host's driver, not one of the VM's PCI addresses: the host is read again.
+        facts_after = backend.inventory()
+        _verify_shares(plan, facts_after)
+        return Outcome(plan, tuple(step for step, _ in done), facts_after.find_vm(plan.vm), backend)
     # One read of what changed (the VM and its devices), not of the whole host: on a host with a thousand
     # VMs that is three libvirt calls instead of two thousand.
     vm_after = backend.read_back(plan.vm, touched_devices(plan))
@@ -254,3 +335,21 @@ def _verify(plan: Plan, vm: Vm | None) -> None:
             rolled_back=False,
         )
 
+
+
+def _verify_shares(plan: Plan, facts: HostFacts) -> None:
+    wrong = []
+    for change in plan.shares:
+        gpu = next((g for g in facts.gpus if g.address == change.gpu and g.location == change.location), None)
+        held = gpu.sharing.held_by(plan.vm) if gpu else ()
+        if plan.operation == ASSIGN_SHARE and not any(s.type_id == change.type.id for s in held):
+            wrong.append(f"no {change.type.id} share of GPU {change.gpu} is held by VM '{plan.vm}'")
+        if plan.operation == RELEASE_SHARE and change.share is not None and \
+                any(s.id == change.share.id for s in held):
+            wrong.append(f"VM '{plan.vm}' still holds share {change.share.id} of GPU {change.gpu}")
+    if wrong:
+        raise OperationFailed(
+            "the host reports a different state than planned after the change: " + "; ".join(wrong),
+            remedy=f"run `gpupass status {plan.host}` and compare with the plan",
+            rolled_back=False,
+        )

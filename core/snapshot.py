@@ -42,7 +42,8 @@ def _sharing(sharing: Sharing) -> dict[str, Any]:
                        "max_instances": t.max_instances, "framebuffer_bytes": t.framebuffer_bytes,
                        "description": t.description} for t in sharing.types],
             "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder}
-                       for x in sharing.shares]}
+                       for x in sharing.shares],
+            "one_type_at_a_time": sharing.one_type_at_a_time}
 
 
 def _read_sharing(d: dict[str, Any]) -> Sharing:
@@ -51,6 +52,7 @@ def _read_sharing(d: dict[str, Any]) -> Sharing:
                               t.get("max_instances"), t.get("framebuffer_bytes"), t.get("description", ""))
                     for t in d.get("types", ())),
         shares=tuple(Share(x["id"], x["type_id"], ShareMode(x["mode"]), x.get("holder")) for x in d.get("shares", ())),
+        one_type_at_a_time=bool(d.get("one_type_at_a_time", False)),
     )
 
 

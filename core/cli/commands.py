@@ -218,9 +218,11 @@ def _confirm_and_run(app: AppContext, backend: Backend, plan: Plan, yes: bool, a
     outcome = execute(backend, plan, on_step=progress,
                       around_step=lambda step: waiting(step.description) if not as_json else contextlib.nullcontext())
     if not as_json:
-        verb = "assigned to" if plan.operation == "assign" else "released from"
-        click.echo(click.style(f"\nDone: {', '.join(str(g.address) for g in plan.gpus)} {verb} '{shown(plan.vm)}'.",
-                               fg="green", bold=True))
+        verb = "assigned to" if plan.operation in ("assign", "assign-share") else "released from"
+        what = ", ".join(str(g.address) for g in plan.gpus)
+        if plan.shares:
+            what = f"a {', '.join(c.type.id for c in plan.shares)} share of {what}"
+        click.echo(click.style(f"\nDone: {what} {verb} '{shown(plan.vm)}'.", fg="green", bold=True))
     return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
             "vm": serialize.vm_to_dict(outcome.vm_after) if outcome.vm_after else None}
 

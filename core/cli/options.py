@@ -65,6 +65,10 @@ def assignment_options(command: F) -> F:
         click.option("--bar-size", "bar_sizes", multiple=True, metavar="ADDR=SIZE[+SIZE...]",
                      help="Every BAR of a GPU the host cannot describe, as `lspci -vv` lists its memory regions, "
                           "e.g. 0000:41:00.0=16M+64G+32M (repeat the option or join sizes with '+')."),
+        click.option("--share", "share", metavar="TYPE",
+                     help="Give a share of the GPU instead of the whole GPU: an mdev type (nvidia-46), a vGPU profile "
+                          "(A100-4C, GRID P40-1Q) or a partition size (partitions-4), as `gpupass gpus HOST` lists "
+                          "them. `release` finds the share the VM holds by itself."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -104,5 +108,6 @@ def build_assignment(vm: str, gpus: Sequence[str], **options: Any) -> Assignment
             dynamic=options["dynamic"],
             allow_host_reboot=options["allow_host_reboot"],
             bar_sizes=sizes,
+            share=options.get("share"),
         ),
     )

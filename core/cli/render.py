@@ -203,8 +203,12 @@ def findings(items: Sequence[Finding]) -> str:
 
 def plan(item: Plan, show_changes: bool = False) -> str:
     gpus = shown(", ".join(f"{qualified(g)} ({g.model})" for g in item.gpus) or "none")
-    verb = "Assign" if item.operation == "assign" else "Release"
-    lines = [f"{verb} {gpus} {'to' if item.operation == 'assign' else 'from'} VM '{shown(item.vm)}' on "
+    if item.shares:
+        kinds = ", ".join(f"{c.type.name or c.type.id} ({c.type.id})" if c.type.name != c.type.id else c.type.id
+                          for c in item.shares)
+        gpus = shown(f"a {kinds} share of {gpus}")
+    verb = "Assign" if item.operation in ("assign", "assign-share") else "Release"
+    lines = [f"{verb} {gpus} {'to' if verb == 'Assign' else 'from'} VM '{shown(item.vm)}' on "
              f"{shown(item.host)}", ""]
     lines += ["Preflight:", findings(item.findings), ""]
     if item.mmio is not None and item.mmio.need is not None:
@@ -214,7 +218,8 @@ def plan(item: Plan, show_changes: bool = False) -> str:
         said = item.mmio.explanation or f"the GPUs need {format_bytes(need.high)} of 64-bit MMIO"
         lines += [f"MMIO: {shown(said)}; guest window {window}{change}", ""]
     if item.nothing_to_do:
-        lines.append("Nothing to do: " + ("the VM already holds these GPUs." if item.operation == "assign"
+        held = "this share" if item.shares else "these GPUs"
+        lines.append("Nothing to do: " + (f"the VM already holds {held}." if verb == "Assign"
                                           else "the VM holds none of these GPUs."))
     else:
         lines.append("Steps:")
@@ -229,8 +234,11 @@ def plan(item: Plan, show_changes: bool = False) -> str:
             if show_changes and step.preview:
                 lines += ["", *("       " + shown(line, True) for line in step.preview.rstrip().splitlines()), ""]
     if item.features_lost:
-        lines += ["", "While it holds the GPU, the VM loses:"]
+        lines += ["", f"While it holds the {'share' if item.shares else 'GPU'}, the VM loses:"]
         lines += [f"  - {shown(loss.feature)}: {shown(loss.reason)}" for loss in item.features_lost]
+    if item.features_kept:
+        lines += ["", "It keeps (unlike with a whole GPU):"]
+        lines += [f"  - {shown(kept.feature)}: {shown(kept.reason)}" for kept in item.features_kept]
     if item.blocked:
         lines += ["", click.style("Blocked: fix the BLOCKER findings; nothing will be changed.", fg="red", bold=True)]
     return "\n".join(lines)

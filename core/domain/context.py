@@ -9,6 +9,7 @@ from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
 from gpupass.core.domain.mmio import MmioNeed, MmioPolicy, mmio_need
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.domain.sharing import ASSIGN_SHARE, RELEASE_SHARE, ShareChange, ShareMode
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class Capabilities:
     dynamic_binding: bool = False
     # ESXi-style: the host must switch a device to passthrough (and may need a reboot) before any VM uses it.
     host_passthrough_switch: bool = False
+    # The share modes (core/domain/sharing.py) the backend can give to a VM and take back; a share of another
+    # mode is listed by `gpus` but refused by assign with "not supported on X".
+    share_modes: tuple[ShareMode, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,12 @@ class CheckContext:
     capabilities: Capabilities
     # The host as the user named it (lab-kvm, node7), for remedies that are commands to copy.
     host_label: str = ""
+    # For assign-share / release-share: the shares given or taken back (one for an assign).
+    shares: tuple[ShareChange, ...] = ()
+
+    @property
+    def is_share(self) -> bool:
+        return self.operation in (ASSIGN_SHARE, RELEASE_SHARE)
 
     @property
     def host_ref(self) -> str:
@@ -88,6 +98,10 @@ class CheckContext:
     @property
     def already_done(self) -> bool:
         """True when the facts already show the requested state (the command is idempotent)."""
+        if self.operation == ASSIGN_SHARE:
+            return all(change.share is not None for change in self.shares)
+        if self.operation == RELEASE_SHARE:
+            return not self.shares
         held = set(self.vm.assigned)
         if self.operation == "assign":
             return all(address in held for address in self.addresses)

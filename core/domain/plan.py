@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from gpupass.core.domain.findings import FeatureLoss, Finding
 from gpupass.core.domain.inventory import Gpu
 from gpupass.core.domain.mmio import MmioNeed
+from gpupass.core.domain.sharing import ShareChange
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Plan:
     findings: tuple[Finding, ...]
     features_lost: tuple[FeatureLoss, ...] = ()
     mmio: MmioSummary | None = None
+    # A share request (core/domain/sharing.py): the shares given or taken back; empty for whole GPUs.
+    shares: tuple[ShareChange, ...] = ()
+    # What the VM keeps that a whole-GPU passthrough would take (a vGPU that can live-migrate).
+    features_kept: tuple[FeatureLoss, ...] = ()
 
     @property
     def blocked(self) -> bool:

@@ -27,8 +27,14 @@ class AssignOptions:
     # User-supplied BAR sizes, every BAR of the card (an L40S is 16M + 64G + 32M), for cards the host cannot
     # describe and the catalog does not know. A single int is one BAR.
     bar_sizes: Mapping[PciAddress, tuple[int, ...]] = field(default_factory=dict)
+    # A share of this type (an mdev type, a vGPU profile, a partition size; see core/domain/sharing.py) instead of
+    # the whole GPU; None gives the whole GPU.
+    share: str | None = None
 
     def __post_init__(self) -> None:
+        if self.share is not None and not self.share.strip():
+            raise UsageError("--share needs a share type", remedy="name one of the types `gpupass gpus HOST --json` "
+                             "lists under sharing.types (an mdev type, a vGPU profile such as A100-4C, partitions-N)")
         normalised = {}
         for address, sizes in self.bar_sizes.items():
             sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
@@ -49,6 +55,21 @@ class AssignmentRequest:
         if not self.gpus:
             raise UsageError("no GPU given", remedy="name at least one GPU by address, model or vendor:device id (`gpupass gpus HOST` lists them)")
         _reject_duplicates(self.gpus)
+        options = self.options
+        if options.share is not None:
+            if len(self.gpus) != 1:
+                raise UsageError(f"a share is taken from one GPU, and {len(self.gpus)} are named",
+                                 remedy="name one GPU with --share (run the command once per share)")
+            # These shape a whole-GPU passthrough; a share is a virtual device the host's driver presents.
+            whole_only = [flag for flag, on in (("--live", options.live), ("--dynamic", options.dynamic),
+                                                ("--bar-size", bool(options.bar_sizes)),
+                                                ("--no-companions", not options.include_companions),
+                                                ("--allow-host-reboot", options.allow_host_reboot),
+                                                ("--allow-firmware-change", options.allow_firmware_change),
+                                                ("--hide-hypervisor", options.hide_hypervisor)) if on]
+            if whole_only:
+                raise UsageError(f"{', '.join(whole_only)} applies to a whole GPU, not to a share (--share)",
+                                 remedy="drop " + ", ".join(whole_only) + "; shares are added with the VM off")
 
 
 @dataclass(frozen=True)

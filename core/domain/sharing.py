@@ -8,8 +8,17 @@ held by a VM or by none (created, not yet given).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
+
+from gpupass.core.domain.pci import PciAddress
+
+# The operations of a share request (CheckContext.operation, rule registration), beside "assign" and "release" of a
+# whole GPU. Rules registered for "assign" (IOMMU group, MMIO window, firmware) do not run for a share: the host's
+# vendor driver keeps the card, and the VM gets a virtual device the driver presents.
+ASSIGN_SHARE = "assign-share"
+RELEASE_SHARE = "release-share"
 
 
 class ShareMode(str, Enum):
@@ -37,6 +46,28 @@ class ShareType:
     framebuffer_bytes: int | None = None
     description: str = ""
 
+    def answers_to(self, text: str) -> bool:
+        """Whether the user's name for a type means this one: its id (`nvidia-46`, `grid_p40-1q`), its name
+        (`GRID P40-1Q`) or the profile name without the vendor's product prefix (`P40-1Q`), in any case."""
+        wanted = text.strip().lower()
+        return wanted in (self.id.lower(), self.name.lower()) or (
+            bool(neutral_profile(wanted)) and neutral_profile(wanted) in (neutral_profile(self.id),
+                                                                           neutral_profile(self.name)))
+
+
+# NVIDIA names a vGPU profile "GRID P40-1Q" in the mdev type's name (`mdevctl types`, tests/fixtures/real/sharing)
+# and "grid_p40-1q" on ESXi (vSphere's profile strings, NVIDIA vGPU user guide "vGPU types"), newer ones without
+# "GRID" ("NVIDIA A100-4C"). The neutral profile is what follows that prefix: "p40-1q", the same on every platform.
+_PROFILE_PREFIX = re.compile(r"^(?:grid|nvidia)[ _]+")
+
+
+def neutral_profile(name: str) -> str:
+    """A vGPU profile's name without its product prefix, lower case (`GRID P40-1Q` -> `p40-1q`); "" for a name
+    that is no vendor profile (an mdev type id such as `nvidia-46`, a partition size)."""
+    lowered = name.strip().lower()
+    stripped = _PROFILE_PREFIX.sub("", lowered)
+    return stripped if stripped != lowered or re.fullmatch(r"[a-z0-9]+-\d+[a-z]+", stripped) else ""
+
 
 @dataclass(frozen=True)
 class Share:
@@ -55,6 +86,11 @@ class Sharing:
 
     types: tuple[ShareType, ...] = ()
     shares: tuple[Share, ...] = ()
+    # True where the vendor allows shares of one type only on the GPU at a time: NVIDIA time-sliced vGPU ("all
+    # vGPUs resident on a physical GPU must be of the same type", NVIDIA Virtual GPU Software User Guide, "Valid
+    # Virtual GPU Configurations on a Single GPU", equal-size mode), Hyper-V GPU-P (PartitionCount equal partitions,
+    # Set-VMHostPartitionableGpu). Set by the backend, which knows the driver.
+    one_type_at_a_time: bool = False
 
     @property
     def offered(self) -> bool:
@@ -74,3 +110,25 @@ class Sharing:
 
     def type_named(self, type_id: str) -> ShareType | None:
         return next((t for t in self.types if t.id == type_id), None)
+
+    def types_answering(self, text: str) -> tuple[ShareType, ...]:
+        exact = tuple(t for t in self.types if t.id == text)
+        return exact or tuple(t for t in self.types if t.answers_to(text))
+
+    def held_by(self, vm: str) -> tuple[Share, ...]:
+        return tuple(s for s in self.shares if s.holder == vm)
+
+    def free(self, type_id: str) -> tuple[Share, ...]:
+        """Shares of the type that exist on the GPU and no VM holds (a mediated device created ahead)."""
+        return tuple(sorted((s for s in self.shares if s.holder is None and s.type_id == type_id), key=lambda s: s.id))
+
+
+@dataclass(frozen=True)
+class ShareChange:
+    """One share a request gives to a VM or takes back, on one physical GPU."""
+
+    gpu: PciAddress
+    type: ShareType
+    # The share the VM holds: what a release takes back, or what makes an assign already done.
+    share: Share | None = None
+    location: str = ""

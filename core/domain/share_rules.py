@@ -1,0 +1,117 @@
+"""Preflight rules for a GPU share (assign-share, release-share): hypervisor-neutral, read from the sharing facts.
+
+The whole-GPU rules (IOMMU group, MMIO window, firmware) do not run for a share: the physical GPU stays with the
+host's vendor driver, and the VM gets a virtual device that driver presents (a mediated device, a vGPU, a GPU
+partition). What matters instead is whether the GPU offers the type, has room for one more, and is not given whole.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Iterable
+
+from gpupass.core.domain.context import CheckContext
+from gpupass.core.domain.findings import Finding, blocker, warning
+from gpupass.core.domain.inventory import Gpu
+
+
+def _gpu(ctx: CheckContext, index: int) -> Gpu:
+    change = ctx.shares[index]
+    return next(g for g in ctx.gpus if g.address == change.gpu and g.location == change.location)
+
+
+def share_type_offered(ctx: CheckContext) -> Iterable[Finding]:
+    """The type must be one the GPU's driver offers now (libvirt mdev_types, the ESXi host's vGPU profiles,
+    Get-VMHostPartitionableGpu): a VM's share can only be created from the parent device's own supported types
+    (Linux Documentation/driver-api/vfio-mediated-device.rst, "mdev_supported_types")."""
+    for index, change in enumerate(ctx.shares):
+        if change.share is not None:
+            continue
+        gpu = _gpu(ctx, index)
+        if gpu.sharing.type_named(change.type.id) is None:
+            offered = ", ".join(t.id for t in gpu.sharing.types)
+            yield blocker(
+                "share-type-not-offered",
+                f"GPU {gpu.address} does not offer share type {change.type.id} ({change.type.name})"
+                + (f"; it offers {offered}" if offered else "; it offers no sharing"),
+                "choose one of its types, or a GPU that offers this one (`gpupass fleet find --profile "
+                f"{shlex.quote(change.type.name or change.type.id)}`)",
+                subject=str(gpu.address),
+            )
+
+
+def share_capacity(ctx: CheckContext) -> Iterable[Finding]:
+    """Room for one more: the driver's count of instances it can still create (mdev `available_instances`, which
+    libvirt reports as availableInstances), unless a share of the type exists already and no VM holds it."""
+    for index, change in enumerate(ctx.shares):
+        gpu = _gpu(ctx, index)
+        offered = gpu.sharing.type_named(change.type.id)
+        if change.share is not None or offered is None or gpu.sharing.free(change.type.id):
+            continue
+        if offered.available == 0:
+            yield blocker(
+                "share-capacity-exhausted",
+                f"GPU {gpu.address} has no room for another {offered.id} ({offered.name}) share"
+                + (f": all {offered.max_instances} are in use" if offered.max_instances else ""),
+                "release a share of this GPU, or choose another GPU (`gpupass fleet find --profile "
+                f"{shlex.quote(offered.name or offered.id)}` lists free capacity)",
+                subject=str(gpu.address),
+            )
+        elif offered.available is None:
+            yield warning(
+                "share-capacity-unknown",
+                f"the host does not say how many more {offered.id} shares GPU {gpu.address} can take now",
+                "the step that creates the share fails cleanly (and is rolled back) if the GPU is full",
+                subject=str(gpu.address),
+            )
+
+
+def one_share_type_per_gpu(ctx: CheckContext) -> Iterable[Finding]:
+    """Where the vendor allows one type at a time on a GPU (Sharing.one_type_at_a_time: NVIDIA time-sliced vGPU in
+    equal-size mode, NVIDIA Virtual GPU Software User Guide, "Valid Virtual GPU Configurations on a Single GPU";
+    Hyper-V's equal partitions), a share of another type than those the GPU holds cannot be added."""
+    for index, change in enumerate(ctx.shares):
+        gpu = _gpu(ctx, index)
+        if change.share is not None or not gpu.sharing.one_type_at_a_time:
+            continue
+        other = sorted({s.type_id for s in gpu.sharing.shares if s.type_id != change.type.id})
+        if other:
+            yield blocker(
+                "share-type-mixed",
+                f"GPU {gpu.address} holds {', '.join(other)} shares, and its driver allows one share type at a time "
+                f"on a GPU: a {change.type.id} share cannot be added",
+                f"ask for {other[0]}, or choose a GPU that holds no other type",
+                subject=str(gpu.address),
+            )
+
+
+def not_given_whole(ctx: CheckContext) -> Iterable[Finding]:
+    """A GPU passed through whole is bound to vfio-pci, not to the vendor driver that creates shares (the converse
+    of rules.not_shared, with the same sources)."""
+    for gpu in ctx.gpus:
+        if gpu.assigned_to:
+            yield blocker(
+                "gpu-assigned-whole",
+                f"GPU {gpu.address} is given whole to VM '{gpu.assigned_to}': it cannot be shared while a VM holds it",
+                f"release it first: gpupass release {ctx.host_ref} '{gpu.assigned_to}' {gpu.address}",
+                subject=str(gpu.address),
+            )
+
+
+def vm_off_for_share(ctx: CheckContext) -> Iterable[Finding]:
+    """gpupass adds and removes a share with the VM off on every platform, as a change of its persistent definition:
+    the VM sees the new device at its next boot. (Some platforms hot-plug some shares; gpupass does not plan that,
+    so --live is refused with --share.)"""
+    vm = ctx.vm
+    if vm.is_off or ctx.already_done:
+        return
+    verb = "receive" if ctx.operation == "assign-share" else "give back"
+    yield blocker(
+        "vm-not-off",
+        f"VM '{vm.name}' is {vm.power_state.value}; it must be powered off to {verb} a GPU share",
+        f"shut it down first (it is {vm.power_state.value})",
+    )
+
+
+ASSIGN_SHARE_RULES = (share_type_offered, share_capacity, one_share_type_per_gpu, not_given_whole, vm_off_for_share)
+RELEASE_SHARE_RULES = (vm_off_for_share,)
