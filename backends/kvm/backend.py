@@ -10,9 +10,9 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from gpupass.backends.kvm import domxml, sysfs
+from gpupass.backends.kvm import domxml, shares, sysfs
 from gpupass.backends.kvm.errors import translate
-from gpupass.backends.kvm.steps import DefineDomain, Hotplug
+from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
     drivers_in_node_file,
@@ -31,7 +31,8 @@ from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
 from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
-from gpupass.core.errors import BackendUnavailable, Conflict, ConnectionFailed, GpupassError, OperationFailed
+from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, NotSupported,
+                                 OperationFailed)
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 
@@ -106,7 +107,8 @@ class KvmBackend(Backend):
     extra = "kvm"
     # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
-    capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True)
+    capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True,
+                                share_modes=(ShareMode.MDEV,))
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -291,9 +293,15 @@ class KvmBackend(Backend):
             if self._is_local:
                 types = tuple(with_description(t, text) if (text := sysfs.mdev_type_description(gpu.address, t.id))
                               else t for t in types)
-            shares = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid))
-                           for m in children.get(nodedev_name(gpu.address), ()))
-            shared.append(dataclasses.replace(gpu, sharing=Sharing(types, shares)) if types or shares else gpu)
+            # By UUID: libvirt lists node devices in no set order, and a snapshot must read like the live host.
+            held = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid))
+                         for m in sorted(children.get(nodedev_name(gpu.address), ()), key=lambda m: m.uuid))
+            # NVIDIA's time-sliced vGPU takes one type per physical GPU at a time (NVIDIA Virtual GPU Software User
+            # Guide, "Valid Virtual GPU Configurations on a Single GPU"); its driver then reports 0 available for the
+            # other types, and preflight says why.
+            one_type = gpu.function.vendor_id == 0x10DE
+            shared.append(dataclasses.replace(gpu, sharing=Sharing(types, held, one_type_at_a_time=one_type))
+                          if types or held else gpu)
         return shared
 
     def _test_file_drivers(self) -> dict[str, str]:
@@ -369,6 +377,72 @@ class KvmBackend(Backend):
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
         return steps
 
+    # -- shares (backends/kvm/shares.py) ---------------------------------------------------------------
+    def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
+        """A free mediated device of the type if the card has one, else a new one; then the domain holds it."""
+        (change,), (gpu,), vm = ctx.shares, ctx.gpus, ctx.vm
+        xml = _state(ctx.facts).domain_xml[vm.name]
+        parent = nodedev_name(gpu.address)
+        steps = []
+        free = gpu.sharing.free(change.type.id)
+        if free:
+            uuid, created = free[0].id, False
+        else:
+            uuid, created = shares.mdev_uuid(ctx.facts.host.uri, vm.name, gpu.address, change.type.id), True
+            create = CreateMdev(parent, change.type.id, uuid)
+            steps.append(Step(
+                action="kvm.create-mdev",
+                description=f"create a {change.type.id} ({change.type.name}) mediated device on {parent}",
+                undo=f"stop and undefine it: virsh nodedev-destroy and nodedev-undefine of mdev {uuid}",
+                changes=(f"define and start mdev {uuid} (type {change.type.id}, parent {parent})",),
+                preview=create.xml,
+                payload=create,
+            ))
+        edit = domxml.add_mdev(xml, uuid, created)
+        steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=True,
+                                             note="" if created else " (a free one already on the host)"))
+        return steps
+
+    def plan_release_share(self, ctx: CheckContext) -> list[Step]:
+        """The domain gives back its <hostdev type='mdev'>; a device gpupass created is then undefined."""
+        vm = ctx.vm
+        xml = _state(ctx.facts).domain_xml[vm.name]
+        created = set(domxml.mdevs_created_by_gpupass(domxml.parse(xml)))
+        steps, removals = [], []
+        for change in ctx.shares:
+            uuid = change.share.id if change.share else ""
+            edit = domxml.remove_mdev(xml, uuid)
+            steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=False))
+            xml = edit.xml
+            parent = nodedev_name(change.gpu)
+            if uuid in created:
+                remove = RemoveMdev(parent, change.type.id, uuid)
+                removals.append(Step(
+                    action="kvm.remove-mdev",
+                    description=f"stop and undefine mediated device {uuid} on {parent}, which gpupass created",
+                    undo="define and start it again with the same UUID and type",
+                    changes=(f"nodedev-destroy + nodedev-undefine mdev {uuid}",),
+                    preview=remove.xml,
+                    payload=remove,
+                ))
+        return steps + removals
+
+    def _share_define_step(self, vm: str, old: str, edit: domxml.Edit, uuid: str, adds: bool, note: str = "") -> Step:
+        diff = "".join(difflib.unified_diff(
+            _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
+            fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
+        ))
+        return Step(
+            action="kvm.define-domain",
+            description=(f"give mediated device {uuid}{note} to VM '{vm}' in its persistent definition" if adds else
+                         f"take mediated device {uuid} from the persistent definition of VM '{vm}'"),
+            undo="define the VM again with its previous XML",
+            changes=tuple(edit.changes),
+            needs_vm_off=True,
+            preview=diff,
+            payload=DefineShare(vm, old, edit.xml, uuid, adds),
+        )
+
     def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool,
                      claims: list[str] | None = None) -> Step:
         diff = "".join(difflib.unified_diff(
@@ -396,12 +470,25 @@ class KvmBackend(Backend):
         )
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if ctx.is_share:
+            return [
+                FeatureLoss("live migration, unless QEMU can migrate this vGPU",
+                            "libvirt migrates a domain with a mediated device only where the vendor driver supports "
+                            "VFIO migration (NVIDIA vGPU: the releases and GPUs its user guide lists)"),
+                FeatureLoss("snapshots with memory state", "the vGPU's device state is saved only with VFIO migration"),
+            ]
         return [
             FeatureLoss("live migration", "libvirt refuses to migrate a domain with PCI host devices"),
             FeatureLoss("managed save / suspend to disk", "the GPU's device state cannot be saved"),
             FeatureLoss("snapshots with memory state", "the GPU's device state cannot be captured"),
             FeatureLoss("memory ballooning and overcommit", "guest RAM stays pinned for the GPU's DMA while the VM runs"),
         ]
+
+    def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if not ctx.is_share:
+            return []
+        return [FeatureLoss("the card for other VMs", "the host's vendor driver keeps the card: other VMs can hold "
+                            "shares of it, and the host can still use it")]
 
     # -- applying -----------------------------------------------------------------------------------
     # apply, undo and observe pick their handler by the payload's type (backends/kvm/steps.py), never by the
@@ -539,6 +626,97 @@ class KvmBackend(Backend):
             # the change, or only this run's claim, is there: defining the old XML takes either back
             return StepState("after", token=payload.old_xml)
         return StepState("unknown", detail=f"VM '{payload.vm}' holds neither its old nor its planned definition")
+
+    # -- share steps (payloads in steps.py, mediated devices in shares.py) ------------------------------
+    @_apply.register
+    def _apply_create_mdev(self, payload: CreateMdev) -> str:
+        return self._create_mdev(payload)
+
+    @_undo.register
+    def _undo_create_mdev(self, payload: CreateMdev, token: str) -> None:
+        self._remove_mdev(payload.uuid)
+
+    @_apply.register
+    def _apply_remove_mdev(self, payload: RemoveMdev) -> None:
+        self._remove_mdev(payload.uuid)
+
+    @_undo.register
+    def _undo_remove_mdev(self, payload: RemoveMdev, token: None) -> None:
+        self._create_mdev(CreateMdev(payload.parent, payload.type_id, payload.uuid))
+
+    @_observe.register
+    def _observe_mdev(self, payload: CreateMdev | RemoveMdev, step: Step) -> StepState:
+        there = self._find_mdev(payload.uuid) is not None
+        return StepState("after" if there == isinstance(payload, CreateMdev) else "before", token=payload.uuid)
+
+    @_apply.register
+    def _apply_define_share(self, payload: DefineShare) -> str:
+        return self._define_share(payload)
+
+    @_undo.register
+    def _undo_define_share(self, payload: DefineShare, token: str) -> None:
+        self._define(token, "restoring the previous VM definition")
+
+    @_observe.register
+    def _observe_define_share(self, payload: DefineShare, step: Step) -> StepState:
+        held = payload.uuid in domxml.read_facts(self._current_xml(payload.vm)).mdevs
+        return StepState("after" if held == payload.adds else "before", token=payload.old_xml)
+
+    def _create_mdev(self, payload: CreateMdev) -> str:
+        """virNodeDeviceDefineXML + virNodeDeviceCreate (libvirt 7.3+), the persistent way `virsh nodedev-define`
+        and `nodedev-start` take; a device that cannot start is undefined again, so nothing is left half-made."""
+        conn = self._connection()
+        try:
+            device = self._call(f"defining mediated device {payload.uuid}", conn.nodeDeviceDefineXML, payload.xml, 0)
+        except NotSupported as exc:
+            raise NotSupported(
+                f"creating a mediated device is not supported on this connection ({self.target.label}): its libvirt "
+                "driver has no virNodeDeviceDefineXML (libvirt's test driver, or libvirt older than 7.3); nothing was "
+                "changed",
+                remedy=f"create a {payload.type_id} device on the host (mdevctl define -u UUID -p "
+                       f"{payload.parent.removeprefix('pci_').replace('_', ':', 2).replace('_', '.')} --type "
+                       f"{payload.type_id}; mdevctl start -u UUID), then run the command again: gpupass gives a VM "
+                       "a free device of the type") from exc
+        try:
+            self._call(f"starting mediated device {payload.uuid}", device.create, 0)
+        except GpupassError:
+            self._call(f"undefining mediated device {payload.uuid}", device.undefine, 0)
+            raise
+        return payload.uuid
+
+    def _find_mdev(self, uuid: str) -> Any:
+        libvirt, conn = self._libvirt, self._connection()
+        for device in self._call("listing mediated devices", conn.listAllDevices,
+                                 libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV):
+            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0))
+            if mdev is not None and mdev.uuid == uuid.lower():
+                return device
+        return None
+
+    def _remove_mdev(self, uuid: str) -> None:
+        device = self._find_mdev(uuid)
+        if device is None:
+            return  # already gone: the end state is what was asked
+        self._call(f"stopping mediated device {uuid}", device.destroy)
+        self._call(f"undefining mediated device {uuid}", device.undefine, 0)
+
+    def _define_share(self, payload: DefineShare) -> str:
+        """Define the domain with its share changed; for an added share, check no other domain took the same
+        mediated device meanwhile (libvirt refuses only at start): if one did, this run's change is undone."""
+        if self._current_xml(payload.vm) != payload.old_xml:
+            raise Conflict(
+                f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
+                remedy="run the command again to plan from its current definition")
+        self._define(payload.new_xml, "defining the new VM definition")
+        if payload.adds:
+            others = [name for name, xml in self._all_domain_xml().items()
+                      if name != payload.vm and payload.uuid in domxml.read_facts(xml).mdevs]
+            if others:
+                self._define(payload.old_xml, "undoing this run's change after another VM took the device")
+                raise Conflict(f"mediated device {payload.uuid} was given to VM '{others[0]}' by another run at the "
+                               f"same time; this run's change to VM '{payload.vm}' was undone",
+                               remedy="run the command again: it picks another device", rolled_back=True)
+        return payload.old_xml
 
     def _current_xml(self, vm: str) -> str:
         self._before_reading_definition()

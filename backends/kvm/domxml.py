@@ -417,11 +417,69 @@ def remove_gpus(xml: str, addresses: set[PciAddress]) -> Edit:
     _prune_claims(record, {str(a) for _, a in pci_hostdevs(root)})
     if record.find(_q("device")) is None:
         changes.extend(_restore_previous(root, record))
-        metadata = _child(root, "metadata")
-        metadata.remove(record)
-        if len(metadata) == 0 and record.get("created-metadata") == "yes":
-            root.remove(metadata)
+        _drop_record_if_empty(root, record)
     return Edit(serialize(root), changes)
+
+
+def _drop_record_if_empty(root: ET.Element, record: ET.Element) -> None:
+    """The record goes when it holds no device any more; what it says about mediated devices gpupass gave
+    (<mdev>) stays while the VM holds them, alone."""
+    if record.find(_q("device")) is not None:
+        return
+    if record.find(_q("mdev")) is not None:
+        for child in list(record):
+            if child.tag != _q("mdev"):
+                record.remove(child)
+        return
+    metadata = _child(root, "metadata")
+    metadata.remove(record)
+    if len(metadata) == 0 and record.get("created-metadata") == "yes":
+        root.remove(metadata)
+
+
+# -- mediated devices (vGPU shares) ---------------------------------------------------------------------------
+def mdev_hostdev_element(uuid: str) -> ET.Element:
+    """<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid=.../></source></hostdev>
+    (libvirt docs/formatdomain.rst, "Host device assignment", mdev: model is required, vfio-pci for a PCI
+    device; libvirt never manages an mdev, so no managed='yes')."""
+    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "mdev", "model": "vfio-pci"})
+    ET.SubElement(ET.SubElement(hostdev, "source"), "address", {"uuid": uuid})
+    return hostdev
+
+
+def add_mdev(xml: str, uuid: str, created: bool) -> Edit:
+    """The domain holding mediated device `uuid`; the record says whether gpupass created the device, so a release
+    undefines exactly the devices gpupass made and leaves those an admin made (mdevctl, virsh) on the host."""
+    root = parse(xml)
+    if uuid.lower() in mdev_hostdevs(root):
+        return Edit(serialize(root), [])
+    record = _record(root)
+    ET.SubElement(record, _q("mdev"), {"uuid": uuid.lower(), "created": "yes" if created else "no"})
+    _insert_device(root, mdev_hostdev_element(uuid.lower()))
+    return Edit(serialize(root), [f"add <hostdev type='mdev'> {uuid.lower()}"])
+
+
+def remove_mdev(xml: str, uuid: str) -> Edit:
+    root = parse(xml)
+    devices = _child(root, "devices")
+    changes = []
+    for hostdev in root.findall("devices/hostdev[@mode='subsystem'][@type='mdev']"):
+        address = hostdev.find("source/address")
+        if address is not None and address.get("uuid", "").lower() == uuid.lower():
+            devices.remove(hostdev)
+            changes.append(f"remove <hostdev type='mdev'> {uuid.lower()}")
+    record = root.find(f"metadata/{_q('assignment')}")
+    if record is not None:
+        for element in record.findall(_q("mdev")):
+            if element.get("uuid", "").lower() == uuid.lower():
+                record.remove(element)
+        _drop_record_if_empty(root, record)
+    return Edit(serialize(root), changes)
+
+
+def mdevs_created_by_gpupass(root: ET.Element) -> tuple[str, ...]:
+    return tuple(e.get("uuid", "").lower() for e in root.findall(f"metadata/{_q('assignment')}/{_q('mdev')}")
+                 if e.get("created") == "yes")
 
 
 def _restore_previous(root: ET.Element, record: ET.Element) -> list[str]:

@@ -32,3 +32,46 @@ class Hotplug:
     vm: str
     hostdev_xml: str
     attach: bool
+
+
+# -- vGPU shares (mediated devices; backends/kvm/shares.py) --------------------------------------------------
+@dataclass(frozen=True)
+class CreateMdev:
+    """Define and start a mediated device of `type_id` on the card `parent` (a node device name)."""
+
+    parent: str
+    type_id: str
+    uuid: str
+
+    @property
+    def xml(self) -> str:
+        from gpupass.backends.kvm.shares import mdev_definition
+
+        return mdev_definition(self.parent, self.type_id, self.uuid)
+
+
+@dataclass(frozen=True)
+class RemoveMdev:
+    """Stop and undefine the mediated device `uuid` that gpupass created (virNodeDeviceDestroy + Undefine)."""
+
+    parent: str
+    type_id: str
+    uuid: str
+
+    @property
+    def xml(self) -> str:
+        from gpupass.backends.kvm.shares import mdev_definition
+
+        return mdev_definition(self.parent, self.type_id, self.uuid)
+
+
+@dataclass(frozen=True)
+class DefineShare:
+    """Define VM `vm` with (`adds`) or without the <hostdev type='mdev'> of mediated device `uuid`; refused if its
+    definition is no longer `old_xml`."""
+
+    vm: str
+    old_xml: str
+    new_xml: str
+    uuid: str
+    adds: bool

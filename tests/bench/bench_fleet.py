@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--requests", type=int, default=15, help="requests per host in the pool measurement "
-                        "(the lab KVM host's inventory makes 15)")
+    parser.add_argument("--requests", type=int, default=21, help="requests per host in the pool measurement "
+                        "(the lab KVM host's inventory makes 21)")
     parser.add_argument("--concurrency", type=int, default=1000,
                         help="the pool's bound (the CLI's default is lower: --concurrency there)")
     parser.add_argument("--real-hosts", type=int, default=None,

@@ -32,7 +32,7 @@ def test_hosts_from_the_config_and_the_lab():
 
 
 def test_vm_and_gpu_names_of_the_kvm_lab():
-    assert complete("check", "lab-kvm", "") == ["cad-ws", "ml-train", "render01", "web01"]
+    assert complete("check", "lab-kvm", "") == ["cad-ws", "ml-train", "render01", "vdi01", "web01"]
     assert complete("assign", "lab-kvm", "ml-train", "0000:4") == ["0000:41:00.0", "0000:42:00.0"]
     assert "10de:2331" in complete("plan", "lab-kvm", "ml-train", "10de:")
     assert complete("migrate", "plan", "lab-kvm", "ml") == ["ml-train"]

@@ -86,7 +86,7 @@ def test_lab_state_persists_across_separate_backend_opens(open_backend, registry
     facts = second.inventory()
     assert facts.find_vm("ml-train").assigned == (A(H100),)
     assert {vm.name: vm.power_state.value for vm in facts.vms} == {
-        "cad-ws": "off", "ml-train": "off", "render01": "off", "web01": "running"}
+        "cad-ws": "off", "ml-train": "off", "render01": "off", "vdi01": "off", "web01": "running"}
     execute(second, make_plan(second, facts, ReleaseRequest("ml-train"), registry))
     second.close()
 

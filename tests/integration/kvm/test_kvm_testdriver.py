@@ -34,13 +34,15 @@ def test_lab_inventory_reports_gpus_companions_groups_and_owners(lab):
     facts = lab.inventory()
     assert facts.host.iommu_enabled is True and facts.host.platform == "kvm"
     gpus = {gpu.address: gpu for gpu in facts.gpus}
-    assert sorted(gpus) == [RTX4090, RTX3090, A100, H100]
+    assert sorted(gpus) == [RTX4090, RTX3090, A100, H100, A("81:00.0")]
     assert [str(c.address) for c in gpus[RTX4090].companions] == ["0000:01:00.1"]
     assert [str(c.address) for c in gpus[RTX3090].companions] == ["0000:02:00.1"]
     assert gpus[H100].companions == () and gpus[A100].companions == ()
-    assert {a: g.iommu_group.number for a, g in gpus.items()} == {RTX4090: 14, RTX3090: 15, A100: 20, H100: 21}
+    assert {a: g.iommu_group.number for a, g in gpus.items()} == {RTX4090: 14, RTX3090: 15, A100: 20, H100: 21,
+                                                                  A("81:00.0"): 30}
     assert gpus[RTX3090].iommu_group.members == (A("00:17.0"), A("02:00.0"), A("02:00.1"))
-    assert {a: g.assigned_to for a, g in gpus.items()} == {RTX4090: "cad-ws", RTX3090: None, A100: None, H100: None}
+    assert {a: g.assigned_to for a, g in gpus.items()} == {RTX4090: "cad-ws", RTX3090: None, A100: None, H100: None,
+                                                           A("81:00.0"): None}  # the P40 is shared (vdi01's vGPU)
     assert gpus[H100].model == "NVIDIA H100 PCIe"
     # libvirt's test driver drops <driver><name> from node device XML; the backend reads it from the host file.
     assert gpus[H100].function.driver == "nvidia"
@@ -53,9 +55,9 @@ def test_lab_inventory_reports_gpus_companions_groups_and_owners(lab):
 
 def test_lab_inventory_reports_vms(lab):
     vms = {vm.name: vm for vm in lab.inventory().vms}
-    assert sorted(vms) == ["cad-ws", "ml-train", "render01", "web01"]
+    assert sorted(vms) == ["cad-ws", "ml-train", "render01", "vdi01", "web01"]
     assert vms["web01"].power_state is PowerState.RUNNING
-    assert all(vms[name].is_off for name in ("cad-ws", "ml-train", "render01"))
+    assert all(vms[name].is_off for name in ("cad-ws", "ml-train", "render01", "vdi01"))
     assert vms["render01"].firmware is Firmware.BIOS and vms["ml-train"].firmware is Firmware.EFI
     assert vms["ml-train"].memory_bytes == 64 << 30
     assert vms["cad-ws"].assigned == (RTX4090, A("01:00.1"))
@@ -276,10 +278,10 @@ def test_round_trips_are_counted_and_deterministic(lab_file, open_backend):
     first, second = open_backend(lab_file), open_backend(lab_file)
     first.inventory()
     second.inventory()
-    # open + list devices + 8 device XMLs + domain stats + 4 domain XMLs
-    assert first.round_trips == second.round_trips == 1 + 1 + 8 + 1 + 4
+    # open + list devices + 9 device XMLs + domain stats + 5 domain XMLs + list mediated devices + their 3 XMLs
+    assert first.round_trips == second.round_trips == 1 + 1 + 9 + 1 + 5 + 1 + 3
     first.inventory()
-    assert first.round_trips == 15 + 14  # the connection is reused
+    assert first.round_trips == 21 + 20  # the connection is reused
 
 
 # -- typed steps: the payload's type picks the handler, the action label is only a label -------------
@@ -311,6 +313,15 @@ def test_a_payload_the_backend_does_not_know_is_refused_and_changes_nothing(lab,
 def test_every_kvm_payload_type_survives_a_snapshot_round_trip(lab, tmp_path):
     from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
 
+    from gpupass.backends.kvm import domxml
+
+    # render01 holds a share whose mediated device gpupass created: its release undefines the device (RemoveMdev)
+    created = domxml.add_mdev(lab._current_xml("render01"), "6f1d2c8e-5a1b-4e0c-8d1f-7a2b3c4d5e02", created=True)
+    lab._define(created.xml, "test: a share gpupass created")
+    p40 = A("81:00.0")
     requests = [AssignmentRequest("ml-train", (H100,)), AssignmentRequest("web01", (A100,), AssignOptions(live=True)),
-                ReleaseRequest("cad-ws"), ReleaseRequest("cad-ws", options=ReleaseOptions(live=True))]
+                ReleaseRequest("cad-ws"), ReleaseRequest("cad-ws", options=ReleaseOptions(live=True)),
+                # a type with no free device: CreateMdev + DefineShare (planned although preflight blocks it)
+                AssignmentRequest("ml-train", (p40,), AssignOptions(share="P40-4C")),
+                ReleaseRequest("render01")]
     assert payloads_survive_a_snapshot(lab, requests, tmp_path) == payload_types("kvm")
