@@ -19,7 +19,7 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import SettingsStore
-from gpupass.backends.hyperv.steps import Assign, Release
+from gpupass.backends.hyperv.steps import AddPartition, Assign, Release, RemovePartitions
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -28,6 +28,7 @@ from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, Passth
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
+from gpupass.core.domain.sharing import ShareMode
 from gpupass.core.errors import GpupassError, BackendUnavailable, OperationFailed, UsageError
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
@@ -157,7 +158,9 @@ def _with_partitions(gpus: list[Gpu], partitionable: Any, vms_raw: list[dict[str
             continue
         name = str(record.get("Name")).lower()
         mapped.add(name)
-        shared.append(dataclasses.replace(gpu, sharing=partitioning.sharing_of(record, holders.get(name, []))))
+        # Get-VMHostPartitionableGpu's Name is what Add-VMGpuPartitionAdapter -InstancePath takes.
+        shared.append(dataclasses.replace(gpu, sharing=partitioning.sharing_of(record, holders.get(name, [])),
+                                          extra={**gpu.extra, "partition_instance_path": str(record.get("Name"))}))
     for path in set(holders) - mapped:
         log.warning("GPU partition adapters of %s name %s, which is no GPU of this host's inventory",
                     ", ".join(sorted(holders[path])), path)
@@ -173,7 +176,7 @@ class HypervBackend(Backend):
     # High MMIO = the devices' need plus Hyper-V's 512 MB default as headroom, in MiB steps.
     mmio_policy = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False, granularity=MiB)
     capabilities = Capabilities(live_attach=False, firmware_change=False, hide_hypervisor=False,
-                                dynamic_binding=False)
+                                dynamic_binding=False, share_modes=(ShareMode.GPU_PARTITION,))
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -495,7 +498,53 @@ class HypervBackend(Backend):
             payload=Release(vm.name, vm.id, tuple(paths), previous=record, current=current),
         )]
 
+    # -- GPU partitioning (GPU-P) shares ------------------------------------------------------------
+    @staticmethod
+    def _instance_path(gpu: Gpu) -> str:
+        path = str(gpu.extra.get("partition_instance_path") or "")
+        if not path:
+            raise OperationFailed(f"GPU {gpu.address} has no GPU-P instance path in these facts",
+                                  remedy="read the host again (or take a new snapshot of it)")
+        return path
+
+    def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
+        (gpu,), vm = ctx.gpus, ctx.vm
+        path = self._instance_path(gpu)
+        script = scripts.partition_add_script(vm.name, path)
+        return [Step(
+            action="hyperv.add-gpu-partition",
+            description=f"give VM '{vm.name}' one partition of GPU {gpu.address} (Add-VMGpuPartitionAdapter)",
+            undo="Remove-VMGpuPartitionAdapter of the adapter it added",
+            changes=(f"Add-VMGpuPartitionAdapter -InstancePath {path}",),
+            needs_vm_off=True, preview=script, payload=AddPartition(vm.name, path),
+        )]
+
+    def plan_release_share(self, ctx: CheckContext) -> list[Step]:
+        vm, steps = ctx.vm, []
+        for gpu in ctx.gpus:
+            count = sum(1 for c in ctx.shares if (c.location, c.gpu) == (gpu.location, gpu.address))
+            path = self._instance_path(gpu)
+            steps.append(Step(
+                action="hyperv.remove-gpu-partition",
+                description=f"take {count} partition(s) of GPU {gpu.address} back from VM '{vm.name}' "
+                            "(Remove-VMGpuPartitionAdapter)",
+                undo="Add-VMGpuPartitionAdapter again, one per partition removed",
+                changes=(f"Remove-VMGpuPartitionAdapter x{count} (InstancePath {path})",),
+                needs_vm_off=True, preview=scripts.partition_remove_script(vm.name, path, count),
+                payload=RemovePartitions(vm.name, path, count),
+            ))
+        return steps
+
+    def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if not ctx.is_share:
+            return []
+        return [FeatureLoss("live migration, on Windows Server 2025 hosts", "Microsoft's GPU partitioning page: live "
+                            "migration with GPU partitioning needs IOMMU DMA bit tracking capable processors; "
+                            "without them the VM is restarted where GPU resources are available")]
+
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if ctx.is_share:
+            return []  # nothing documented beyond what features_kept says; DDA's losses do not apply
         return [
             FeatureLoss("save / restore", "a VM with an assigned device cannot be saved; its stop action is TurnOff"),
             FeatureLoss("live migration", "Hyper-V cannot move a VM that holds an assigned device"),
@@ -562,6 +611,25 @@ class HypervBackend(Backend):
         if token:
             self.store.put(payload.vm_id or payload.vm, dict(token))
 
+    # -- GPU partitioning (GPU-P) share steps ----------------------------------------------------------
+    @_apply.register
+    def _apply_add_partition(self, payload: AddPartition, step: Step) -> str:
+        return self._add_partition(payload.vm, payload.instance_path)
+
+    @_undo.register
+    def _undo_add_partition(self, payload: AddPartition, token: str) -> None:
+        # exactly the adapter it added, by the Id Add-VMGpuPartitionAdapter -Passthru returned
+        self._remove_partitions(payload.vm, payload.instance_path, 1, adapter_id=token or None)
+
+    @_apply.register
+    def _apply_remove_partitions(self, payload: RemovePartitions, step: Step) -> list[str]:
+        return self._remove_partitions(payload.vm, payload.instance_path, payload.count)
+
+    @_undo.register
+    def _undo_remove_partitions(self, payload: RemovePartitions, token: list[str]) -> None:
+        for _ in range(payload.count):
+            self._add_partition(payload.vm, payload.instance_path)
+
     def observe(self, step: Step) -> StepState:
         """After a script whose reply was lost (timeout, dropped connection): what the host holds now."""
         return self._observe(step.payload, step)
@@ -589,6 +657,15 @@ class HypervBackend(Backend):
         return StepState("unknown", detail=f"VM '{payload.vm}' holds {', '.join(sorted(map(str, held))) or 'none'} "
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
                                            "assign again finishes it")
+
+    def _add_partition(self, vm: str, path: str) -> str:
+        data = self._run_change(scripts.partition_add_script(vm, path), f"adding a GPU partition to VM '{vm}'")
+        return str(data.get("id") or "")
+
+    def _remove_partitions(self, vm: str, path: str, count: int, adapter_id: str | None = None) -> list[str]:
+        data = self._run_change(scripts.partition_remove_script(vm, path, count, adapter_id),
+                                f"removing GPU partitions from VM '{vm}'")
+        return [str(i) for i in data.get("removed") or []]
 
     def _run_change(self, script: str, action: str) -> dict[str, Any]:
         code, data, err = self.run_json(script, action)

@@ -55,4 +55,5 @@ def sharing_of(record: Mapping[str, Any], held_by: Iterable[str]) -> Sharing:
     shares = tuple(Share(id=f"{vm}/gpu-partition-{i}", type_id=type_id(int(current)) if current else "",
                          mode=ShareMode.GPU_PARTITION, holder=vm)
                    for vm in sorted(set(holders)) for i in range(1, holders.count(vm) + 1))
-    return Sharing(tuple(types), shares)
+    # Equal partitions, PartitionCount of them: one size at a time on a GPU.
+    return Sharing(tuple(types), shares, one_type_at_a_time=True)

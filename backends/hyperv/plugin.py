@@ -17,7 +17,9 @@ def gpupass_register_backends(register: Callable[..., None]) -> None:
 
 @hookimpl
 def gpupass_register_rules(register: Callable[..., None]) -> None:
-    from gpupass.backends.hyperv.rules import RULES
+    from gpupass.backends.hyperv.rules import RULES, SHARE_RULES
 
     for rule in RULES:
         register(rule, operations=("assign",), platforms=("hyperv",))
+    for rule in SHARE_RULES:
+        register(rule, operations=("assign-share",), platforms=("hyperv",))

@@ -87,3 +87,26 @@ def checkpoints(ctx: CheckContext) -> Iterable[Finding]:
 
 
 RULES = (device_survey, dynamic_memory, stop_action, generation, checkpoints)
+
+
+def partition_count_set(ctx: CheckContext) -> Iterable[Finding]:
+    """A partition is 1/PartitionCount of the GPU, the count set with Set-VMHostPartitionableGpu -PartitionCount (its
+    page); gpupass does not change the host's count, so only the type of the count set now can be given."""
+    for change in ctx.shares:
+        gpu = next((g for g in ctx.gpus if g.address == change.gpu), None)
+        if gpu is None:
+            continue
+        current = next((t for t in gpu.sharing.types if t.available is not None), None)
+        if current is not None and change.share is None and change.type.id != current.id:
+            yield blocker(
+                "hyperv-partition-count",
+                f"GPU {change.gpu} is split into {current.max_instances} partitions now; a {change.type.id} share "
+                "needs the host's partition count changed",
+                f"ask for {current.id}, or (with no partition held) run Set-VMHostPartitionableGpu -Name "
+                f"{ps_quote(str(gpu.extra.get('partition_instance_path') or ''))} -PartitionCount "
+                f"{change.type.max_instances} on the host first",
+                subject=str(change.gpu),
+            )
+
+
+SHARE_RULES = (partition_count_set,)

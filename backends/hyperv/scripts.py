@@ -405,3 +405,61 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
 
 __all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
            "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "readd_script", "release_script"]
+
+
+# --------------------------------------------------------------------------- GPU partitioning (GPU-P)
+def partition_add_script(vm_name: str, instance_path: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Give ``vm_name`` one partition of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path``:
+    ``Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip -Passthru`` (its page: -InstancePath "can be obtained from the
+    "Name" property of the command Get-VMHostPartitionableGpu"; with no partition settings Hyper-V "assigns a full
+    partition"). Prints ``{"ok": true, "id": the new adapter's Id}`` or ``{"ok": false, "error", "errorId", "step"}``
+    and exits 1 on failure (one cmdlet: nothing to undo when it fails)."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        "$ip=" + ps_quote(instance_path),
+        "$step='lookup'",
+        "try{",
+        _FIND_VM,
+        "$step='Add-VMGpuPartitionAdapter'",
+        "$a=Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip -Passthru",
+        "$r=[pscustomobject]@{ok=$true;id=$a.Id}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "partition add", max_chars)
+
+
+def partition_remove_script(vm_name: str, instance_path: str, count: int, adapter_id: str | None = None,
+                            max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Take ``count`` partitions of the GPU ``instance_path`` back from ``vm_name`` (the adapter ``adapter_id`` only,
+    when given): the VM's Get-VMGpuPartitionAdapter objects whose InstancePath is the GPU's, each piped to
+    ``Remove-VMGpuPartitionAdapter`` (its Object parameter set). Refuses, changing nothing, when the VM holds fewer.
+    Prints ``{"ok", "removed": [adapter ids], "error", "errorId", "step"}``; exits 1 on failure."""
+    match = "$a.InstancePath -eq $ip" + (" -and $a.Id -eq $id" if adapter_id is not None else "")
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        "$ip=" + ps_quote(instance_path),
+        "$id=" + ps_quote(adapter_id) if adapter_id is not None else "",
+        "$k=" + ps_int(count),
+        "$d=@()",
+        "$step='lookup'",
+        "try{",
+        _FIND_VM,
+        "$g=@();foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){if(" + match + "){$g+=$a}}",
+        "if($g.Count -lt $k){throw ('VM '+$n+' holds '+$g.Count+' partition(s) of '+$ip+', not '+$k)}",
+        "$step='Remove-VMGpuPartitionAdapter'",
+        "$i=0;foreach($a in $g){if($i -lt $k){Remove-VMGpuPartitionAdapter -VMGpuPartitionAdapter $a;$d+=$a.Id};$i=$i+1}",
+        "$r=[pscustomobject]@{ok=$true;removed=$d}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;removed=$d;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
+        "step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "partition remove", max_chars)

@@ -38,3 +38,21 @@ class Release:
     paths: tuple[str, ...]
     previous: Mapping[str, Any] | None
     current: Mapping[str, Any]
+
+
+# -- GPU partitioning (GPU-P) shares --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AddPartition:
+    """Add-VMGpuPartitionAdapter: one partition of the GPU named `instance_path` to VM `vm`."""
+
+    vm: str
+    instance_path: str
+
+
+@dataclass(frozen=True)
+class RemovePartitions:
+    """Remove-VMGpuPartitionAdapter: `count` of VM `vm`'s partitions of the GPU named `instance_path`."""
+
+    vm: str
+    instance_path: str
+    count: int

@@ -36,12 +36,12 @@ class HypervLab(labprocess.ServerLab, LabHost):
         return self.directory(data_dir) / "lab-hyperv.json"
 
     def _write_initial(self, data_dir: Path) -> None:
-        from gpupass.backends.hyperv.lab.hostmodel.lab import lab_host
+        from gpupass.backends.hyperv.lab.hostmodel.lab import partitioned_lab_host
 
         path = self.state_path(data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(lab_host().to_json())
+        tmp.write_text(partitioned_lab_host().to_json())  # with a GPU-P GPU, so a share can be shown
         os.replace(tmp, path)
         (self.directory(data_dir) / "previous-settings.json").unlink(missing_ok=True)
 

@@ -391,6 +391,17 @@ def test_a_rollback_the_script_could_not_finish_is_operation_failed_not_rolled_b
 def test_every_hyperv_payload_type_survives_a_snapshot_round_trip(open_backend, tmp_path):
     from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
 
+    from gpupass.backends.hyperv.lab.hostmodel.lab import partitioned_lab_host
+
     backend, _ = open_backend()
     requests = [AssignmentRequest("ml-train", (FREE,)), ReleaseRequest("cad-ws")]
-    assert payloads_survive_a_snapshot(backend, requests, tmp_path) == payload_types("hyperv")
+    (tmp_path / "dda").mkdir()
+    seen = payloads_survive_a_snapshot(backend, requests, tmp_path / "dda")
+    # GPU partitions: a share for ml-train, and web01's partition taken back
+    shared, _ = open_backend(partitioned_lab_host())
+    gpu = next(g for g in shared.inventory().gpus if g.sharing.offered)
+    (tmp_path / "gpup").mkdir()
+    seen |= payloads_survive_a_snapshot(shared, [
+        AssignmentRequest("ml-train", (gpu.address,), AssignOptions(share="partitions-32")),
+        ReleaseRequest("web01", (gpu.address,))], tmp_path / "gpup")
+    assert seen == payload_types("hyperv")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .model import (PCI_DEVICE_TYPES, SNAPSHOT_TYPES, STOP_ACTIONS, VM_STATES, HostModel, HyperVError,
-                    PartitionableGpu, PnpDevice, VirtualMachine, partitionable_gpu_name)
+                    GpuPartition, PartitionableGpu, PnpDevice, VirtualMachine, partitionable_gpu_name)
 from . import devpkeys
 from .devpkeys import DevPropKey
 from .values import ErrorRecord, PSEnum, PSObject, from_json_value, ps_json_dumps, to_json_value, to_string
@@ -662,7 +662,7 @@ def get_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
             and (locationpath is None or d.location_path.lower() == locationpath.lower())]
 
 
-# ---------------------------------------------------------------- GPU partitioning (read only)
+# ---------------------------------------------------------------- GPU partitioning
 def _partitionable_obj(model: HostModel, g: PartitionableGpu) -> PSObject:
     """Get-VMHostPartitionableGpu's object: the properties and order of the real output
     (tests/fixtures/real/sharing/get-vmhostpartitionablegpu-rtx-exhyperv.txt; Msvm_PartitionableGpu for the types).
@@ -707,17 +707,97 @@ def get_vm_gpu_partition_adapter(ctx: _Ctx, model: HostModel, vmname: list[str] 
     out = []
     for v in _resolve_vms(ctx, model, vmname, vm, "GetVMGpuPartitionAdapter"):
         for a in v.gpu_partitions:
-            if adapterid is not None and a.adapter_id.lower() != adapterid.lower():
+            if adapterid is not None and _adapter_id(v, a).lower() != adapterid.lower():
                 continue
-            props: dict[str, Any] = {"InstancePath": a.instance_path,
-                                     "Id": f"Microsoft:{v.vm_id.upper()}\\{a.adapter_id}",
-                                     "Name": "GPU Partition", "VMName": v.name, "VMId": v.vm_id,
-                                     "ComputerName": model.name, "IsDeleted": False}
-            for what in ("VRAM", "Encode", "Decode", "Compute"):
-                props.update({f"CurrentPartition{what}": 1000000000, f"MinPartition{what}": 0,
-                              f"MaxPartition{what}": 1000000000, f"OptimalPartition{what}": 1000000000})
-            out.append(PSObject(props, typename="Microsoft.HyperV.PowerShell.VMGpuPartitionAdapter"))
+            out.append(_adapter_obj(model, v, a))
     return out
+
+
+def _adapter_id(v: VirtualMachine, a: GpuPartition) -> str:
+    return f"Microsoft:{v.vm_id.upper()}\\{a.adapter_id}"
+
+
+def _adapter_obj(model: HostModel, v: VirtualMachine, a: GpuPartition) -> PSObject:
+    props: dict[str, Any] = {"InstancePath": a.instance_path, "Id": _adapter_id(v, a),
+                             "Name": "GPU Partition", "VMName": v.name, "VMId": v.vm_id,
+                             "ComputerName": model.name, "IsDeleted": False}
+    for what in ("VRAM", "Encode", "Decode", "Compute"):
+        props.update({f"CurrentPartition{what}": 1000000000, f"MinPartition{what}": 0,
+                      f"MaxPartition{what}": 1000000000, f"OptimalPartition{what}": 1000000000})
+        props.update({k: val for k, val in a.settings.items() if k.endswith(what)})
+    return PSObject(props, typename="Microsoft.HyperV.PowerShell.VMGpuPartitionAdapter")
+
+
+PARTITION_SETTINGS = tuple(f"{level}Partition{what}" for what in ("VRAM", "Encode", "Decode", "Compute")
+                           for level in ("Min", "Max", "Optimal"))
+
+
+def add_vm_gpu_partition_adapter(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                                 vm: list[PSObject] | None = None, instancepath: str | None = None,
+                                 passthru: bool = False, **settings: int | None) -> list[Any]:
+    """Add-VMGpuPartitionAdapter (its page in windows-powershell-docs, winserver2022-ps): "With no parameter, it
+    assigns a full partition from an assignable GPU to a VM"; -InstancePath names the GPU ("the GPU device ID name on
+    the host", Get-VMHostPartitionableGpu's Name). The model gives one of the GPU's PartitionCount partitions and
+    refuses when all are held; the wording of its errors is assumed (approx): no real output of either was found.
+    Whether Hyper-V refuses a running VM is not documented on the page: the model does not refuse it."""
+    cmd = "AddVMGpuPartitionAdapter"
+    out = []
+    for v in _resolve_vms(ctx, model, vmname, vm, cmd):
+        gpus = [g for g in model.partitionable if model.device_by_instance(g.instance_id) is not None]
+        if instancepath is not None:
+            gpus = [g for g in gpus if partitionable_gpu_name(g.instance_id).lower() == instancepath.lower()]
+            if not gpus:
+                ctx.error(HyperVError(f"Unable to find a partitionable GPU with instance path '{instancepath}'.",  # (approx)
+                                      f"InvalidParameter,{HV}{cmd}", "ObjectNotFound", VEX, instancepath))
+                continue
+        free = [g for g in gpus if sum(1 for o in model.vms for a in o.gpu_partitions
+                                       if a.instance_path.lower() == partitionable_gpu_name(g.instance_id).lower())
+                < g.partition_count]
+        if not free:
+            ctx.error(HyperVError("Failed to add a GPU partition adapter: no partition of the GPU is available.",  # (approx)
+                                  f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX, v.name))
+            continue
+        given = {name: int(value) for name, value in
+                 ((n, settings.get(n.lower())) for n in PARTITION_SETTINGS) if value is not None}
+        adapter = GpuPartition(partitionable_gpu_name(free[0].instance_id), settings=given)
+        v.gpu_partitions.append(adapter)
+        if passthru:
+            out.append(_adapter_obj(model, v, adapter))
+    return out
+
+
+def remove_vm_gpu_partition_adapter(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
+                                    vm: list[PSObject] | None = None, adapterid: str | None = None,
+                                    vmgpupartitionadapter: Any = None, passthru: bool = False) -> list[Any]:
+    """Remove-VMGpuPartitionAdapter: "removes an assigned graphic processing unit partition from a virtual machine and
+    releases that partition back to the host GPU" (its page); by VM (every adapter, or the one -AdapterId names) or
+    the Object set with what Get-VMGpuPartitionAdapter returned."""
+    cmd = "RemoveVMGpuPartitionAdapter"
+    targets: list[tuple[VirtualMachine, str | None]] = []
+    if vmgpupartitionadapter is not None:
+        items = vmgpupartitionadapter if isinstance(vmgpupartitionadapter, list) else [vmgpupartitionadapter]
+        for item in items:
+            if not (isinstance(item, PSObject) and item.typename == "Microsoft.HyperV.PowerShell.VMGpuPartitionAdapter"):
+                raise HyperVError(f"Cannot bind parameter 'VMGpuPartitionAdapter'. Cannot convert the \"{to_string(item)}\" "
+                                  "value of type \"" + type(item).__name__ + "\" to type "
+                                  "\"Microsoft.HyperV.PowerShell.VMGpuPartitionAdapter\".",
+                                  f"CannotConvertArgument,{HV}{cmd}", "InvalidArgument", PBE, kind="terminating")
+            owner = next((o for o in model.vms if o.vm_id == to_string(item.get("VMId"))), None)
+            if owner is None:
+                ctx.error(_vm_not_found(to_string(item.get("VMName")), cmd))
+                continue
+            targets.append((owner, to_string(item.get("Id"))))
+    else:
+        targets = [(v, adapterid) for v in _resolve_vms(ctx, model, vmname, vm, cmd)]
+    for v, wanted in targets:
+        gone = [a for a in v.gpu_partitions if wanted is None or _adapter_id(v, a).lower() == wanted.lower()]
+        if wanted is not None and not gone:
+            ctx.error(HyperVError(f"No GPU partition adapter with id '{wanted}' was found on virtual machine "  # (approx)
+                                  f"'{v.name}'.", f"ObjectNotFound,{HV}{cmd}", "ObjectNotFound", VEX, wanted))
+            continue
+        for a in gone:
+            v.gpu_partitions.remove(a)
+    return []
 
 
 # ---------------------------------------------------------------- PnP cmdlets (CDXML module PnpDevice)
@@ -955,12 +1035,20 @@ CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
         remove_vm_assignable_device, doc="Remove-VMAssignableDevice"),
     _hv("Get-VMAssignableDevice", "GetVMAssignableDevice", [Param("VMName", "string[]"), Param("VM", "vm[]"), _LP],
         get_vm_assignable_device, doc="Get-VMAssignableDevice"),
-    # GPU partitioning, read only: what the host offers and which VMs hold partitions.
+    # GPU partitioning: what the host offers, which VMs hold partitions, adding and removing one.
     _hv("Get-VMHostPartitionableGpu", "GetVMHostPartitionableGpu", [Param("Name", "string")],
         get_vmhost_partitionable_gpu, doc="Get-VMHostPartitionableGpu"),
     _hv("Get-VMGpuPartitionAdapter", "GetVMGpuPartitionAdapter",
         [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("AdapterId", "string")],
         get_vm_gpu_partition_adapter, doc="Get-VMGpuPartitionAdapter"),
+    _hv("Add-VMGpuPartitionAdapter", "AddVMGpuPartitionAdapter",
+        [Param("VMName", "string[]"), Param("VM", "vm[]"), _IP, Param("Passthru", _SW),
+         *(Param(name, "uint64") for name in PARTITION_SETTINGS)],
+        add_vm_gpu_partition_adapter, doc="Add-VMGpuPartitionAdapter"),
+    _hv("Remove-VMGpuPartitionAdapter", "RemoveVMGpuPartitionAdapter",
+        [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("AdapterId", "string"),
+         Param("VMGpuPartitionAdapter", "object", pipeline=True), Param("Passthru", _SW)],
+        remove_vm_gpu_partition_adapter, doc="Remove-VMGpuPartitionAdapter"),
     Cmdlet("Get-PnpDevice", "Get-PnpDevice", [Param("InstanceId", "string[]"), Param("Class", "string[]"),
                                               Param("FriendlyName", "string[]"), Param("PresentOnly", _SW)],
            lambda ctx, model, **kw: get_pnp_device(ctx, model, class_=kw.pop("class", None), **kw), doc="Get-PnpDevice"),

@@ -92,8 +92,8 @@ def partitioned_lab_host() -> HostModel:
 
 
 def load_lab(path: str | os.PathLike[str]) -> HostModel:
-    """The lab model saved at ``path`` (JSON), or a fresh :func:`lab_host` when there is none yet."""
+    """The lab model saved at ``path`` (JSON), or a fresh :func:`partitioned_lab_host` when there is none yet."""
     p = Path(path)
     if p.exists():
         return HostModel.from_json(p.read_text(encoding="utf-8"))
-    return lab_host()
+    return partitioned_lab_host()

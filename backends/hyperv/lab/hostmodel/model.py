@@ -163,6 +163,9 @@ class GpuPartition:
     """A GPU partition adapter of a VM (Add-VMGpuPartitionAdapter -InstancePath)."""
     instance_path: str                # the partitionable GPU's Name
     adapter_id: str = ""
+    # The -Min/-Max/-OptimalPartition{VRAM,Encode,Decode,Compute} values Add-VMGpuPartitionAdapter was given, by
+    # parameter name; absent ones are the lab's defaults (get_vm_gpu_partition_adapter).
+    settings: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.adapter_id:
