@@ -14,6 +14,7 @@ from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.rules import foreign_group_members
 from gpupass.core.domain.select import model_matches
+from gpupass.core.domain.sharing import ShareType
 from gpupass.core.errors import ConnectionFailed, GpupassError
 
 if TYPE_CHECKING:
@@ -172,3 +173,38 @@ def find(results: Iterable[HostResult], model: str, count: int, registry: Regist
                 candidates.append(Candidate(result.host, location, tuple(gpus)))
     candidates.sort(key=lambda c: (-len(c.gpus), c.host, c.location))
     return candidates
+
+
+@dataclass(frozen=True)
+class ShareCapacity:
+    """How many more shares of one type one GPU can give now (None: the platform does not say)."""
+
+    host: str
+    location: str
+    gpu: Gpu
+    type: ShareType
+    free: int | None
+
+
+def share_capacity(results: Iterable[HostResult], profile: str) -> list[ShareCapacity]:
+    """Every GPU of the fleet that offers a share type answering to `profile` (id, name or vGPU profile, see
+    ShareType.answers_to), with its room now: instances the driver can still create plus shares of the type that
+    exist and no VM holds. A GPU given whole, or holding another type where the driver allows one type at a time,
+    has no room (the same facts the share preflight rules read). Most room first."""
+    rows = []
+    for result in results:
+        if result.facts is None:
+            continue
+        for gpu in result.facts.gpus:
+            sharing = gpu.sharing
+            for share_type in sharing.types_answering(profile):
+                other_type = sharing.one_type_at_a_time and any(s.type_id != share_type.id for s in sharing.shares)
+                if gpu.assigned_to or other_type:
+                    free: int | None = 0
+                elif share_type.available is None:
+                    free = len(sharing.free(share_type.id)) or None
+                else:
+                    free = share_type.available + len(sharing.free(share_type.id))
+                rows.append(ShareCapacity(result.host, gpu.location, gpu, share_type, free))
+    rows.sort(key=lambda r: (-(r.free if r.free is not None else -1), r.host, r.location, r.gpu.address))
+    return rows

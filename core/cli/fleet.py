@@ -233,28 +233,39 @@ def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concu
 
 
 @fleet.command("find")
-@click.option("--model", required=True, help="Model name (A100, 'H100 PCIe') or vendor:device (10de:20b5).")
+@click.option("--model", help="Model name (A100, 'H100 PCIe') or vendor:device (10de:20b5).")
+@click.option("--profile", help="A share type instead of whole GPUs: a vGPU profile (A100-4C, 'GRID P40-1Q'), an mdev "
+                                "type (nvidia-46) or a partition size (partitions-32); lists free capacity per GPU.")
 @click.option("--count", default=1, show_default=True, help="GPUs the VM needs on one host.")
 @with_fleet_options
 @json_option
 @click.pass_obj
 @handles_errors
-@describe(examples=('gpupass fleet find --model A100 --all', "gpupass fleet find --model 'A100 80GB' --count 2 --all", 'gpupass fleet find --model 10de:2331 --hosts node7,node8 --json',))
-def fleet_find(app: AppContext, model: str, count: int, hosts_option: str | None, all_hosts: bool, concurrency: int,
-               timeout: float, as_json: bool) -> None:
-    """Hosts that can take a VM with COUNT such GPUs now.
+@describe(examples=('gpupass fleet find --model A100 --all', "gpupass fleet find --model 'A100 80GB' --count 2 --all", 'gpupass fleet find --model 10de:2331 --hosts node7,node8 --json',
+                    'gpupass fleet find --profile P40-1Q --all', 'gpupass fleet find --profile partitions-32 --json'))
+def fleet_find(app: AppContext, model: str | None, profile: str | None, count: int, hosts_option: str | None,
+               all_hosts: bool, concurrency: int, timeout: float, as_json: bool) -> None:
+    """Hosts that can take a VM with COUNT such GPUs now, or (--profile) free share capacity per GPU.
 
     "Now" means what `gpupass check` means: free, passthrough-capable and active (no host reboot needed),
     alone in its IOMMU group, nothing else blocking. --model matches words of the model name ('A100 80GB'
-    matches "NVIDIA A100 PCIe 80GB") or a vendor:device id. Exit 3 when no host can, 4 when some hosts
-    could not be read.
+    matches "NVIDIA A100 PCIe 80GB") or a vendor:device id. --profile lists every GPU offering that share type
+    with how many more it can give now (unknown where the platform does not say). Exit 3 when no host can,
+    4 when some hosts could not be read.
     """
     from gpupass.core.fleet import find
 
+    if (model is None) == (profile is None):
+        raise UsageError("give --model or --profile" if model is None else "--model and --profile both given",
+                         remedy="--model for whole GPUs, --profile for a share type")
     if count < 1:
         raise UsageError("--count must be at least 1", remedy="e.g. --count 2")
     names = _fleet_hosts(app, hosts_option or None, all_hosts or not hosts_option)
     results = _gather(app, names, concurrency, timeout, as_json)
+    if profile is not None:
+        _profile_capacity(results, profile, as_json)
+        return
+    assert model is not None
     candidates = find(results, model, count, app.registry)
     failed = [r for r in results if r.error]
     if as_json:
@@ -274,4 +285,34 @@ def fleet_find(app: AppContext, model: str, count: int, hosts_option: str | None
     if failed:
         sys.exit(PARTIAL_EXIT)
     if not candidates:
+        sys.exit(NO_MATCH_EXIT)
+
+
+def _profile_capacity(results: list[HostResult], profile: str, as_json: bool) -> None:
+    from gpupass.core.fleet import share_capacity
+
+    rows = share_capacity(results, profile)
+    failed = [r for r in results if r.error]
+    room = [r for r in rows if r.free != 0]
+    if as_json:
+        emit_json({"profile": profile, "capacity": [
+            {"host": r.host, "location": r.location or None, "gpu": str(r.gpu.address), "model": r.gpu.model,
+             "type": r.type.id, "type_name": r.type.name, "mode": r.type.mode.value, "free": r.free,
+             "framebuffer_bytes": r.type.framebuffer_bytes} for r in rows],
+            "total_free": sum(r.free or 0 for r in rows), "unknown": sum(1 for r in rows if r.free is None),
+            "unreachable": [_error_row(r) for r in failed]})
+    else:
+        if rows:
+            click.echo(render.table(["HOST", "GPU", "MODEL", "TYPE", "FREE"], [
+                [r.host, qualified(r.gpu), r.gpu.model, f"{r.type.name} ({r.type.id})" if r.type.name else r.type.id,
+                 "unknown" if r.free is None else str(r.free)] for r in rows]))
+            click.echo(f"\n{sum(r.free or 0 for r in rows)} free {shown(profile)} share(s) on {len(room)} GPU(s)")
+        else:
+            click.echo(f"no GPU offers share type {shown(profile)}")
+        for r in failed:
+            assert r.error is not None
+            click.echo(f"could not read {shown(r.host)}: {shown(r.error.message, True)}", err=True)
+    if failed:
+        sys.exit(PARTIAL_EXIT)
+    if not room:
         sys.exit(NO_MATCH_EXIT)

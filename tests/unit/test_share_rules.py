@@ -109,3 +109,17 @@ def test_a_share_the_vm_holds_makes_assign_a_no_op_and_release_find_it(registry)
     ctx = build_context(fake, state, ReleaseRequest("ml-train", ()))
     assert ctx.operation == "release-share" and [c.share for c in ctx.shares] == [held]
     assert build_context(fake, state, ReleaseRequest("vdi01", ())).operation == "release"  # holds nothing
+
+
+def test_share_capacity_across_hosts():
+    from gpupass.core.fleet import HostResult, share_capacity
+
+    unknown = dataclasses.replace(P1Q, available=None)
+    rows = share_capacity([
+        HostResult("a", facts=host()),
+        HostResult("b", facts=host(owner="vdi01")),                       # given whole: no room
+        HostResult("c", facts=host(types=(unknown,))),                     # the platform does not say
+        HostResult("d", facts=host(types=(dataclasses.replace(P1Q, available=0),),
+                                   shares=[Share("u9", "nvidia-46", ShareMode.MDEV, None)])),
+    ], "P40-1Q")
+    assert [(r.host, r.free) for r in rows] == [("a", 21), ("d", 1), ("b", 0), ("c", None)]

@@ -192,3 +192,15 @@ def test_release_plans_take_back_a_device_gpupass_created_and_undefine_it(lab, r
     plan = make_plan(backend, backend.inventory(), ReleaseRequest("render01", ()), registry)
     assert [s.action for s in plan.steps] == ["kvm.define-domain", "kvm.remove-mdev"]
     assert FREE[1] in plan.steps[1].description and "which gpupass created" in plan.steps[1].description
+
+
+def test_fleet_find_profile_counts_free_capacity_and_follows_assignments():
+    before = run("fleet", "find", "--profile", "P40-1Q", "--hosts", HOST, "--json")
+    (row,) = before["capacity"]
+    # libvirt's 21 more it can create, plus the two devices no VM holds
+    assert (row["gpu"], row["type"], row["free"], before["total_free"]) == (P40, "nvidia-46", 23, 23)
+    run("assign", HOST, "ml-train", P40, "--share", "P40-1Q", "--yes")
+    assert run("fleet", "find", "--profile", "nvidia-46", "--hosts", HOST, "--json")["capacity"][0]["free"] == 22
+    other = run("fleet", "find", "--profile", "GRID P40-4C", "--hosts", HOST, "--json", code=3)
+    assert other["capacity"][0]["free"] == 0 and other["total_free"] == 0   # another type is on the card
+    assert run("fleet", "find", "--profile", "A100-4C", "--hosts", HOST, "--json", code=3)["capacity"] == []
