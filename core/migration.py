@@ -15,6 +15,7 @@ from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.plan import Plan
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions
+from gpupass.core.domain.sharing import ShareType, neutral_profile
 from gpupass.core.fleet import assignable
 from gpupass.core.errors import NotSupported
 from gpupass.core.plugins import Registry
@@ -48,6 +49,19 @@ class GpuMatch:
 
 
 @dataclass(frozen=True)
+class ShareMatch:
+    """A share the VM holds at the source and its nearest equivalent at the destination."""
+
+    source: Gpu
+    source_type: ShareType
+    destination: Gpu | None
+    destination_type: ShareType | None
+    # "same-profile" (the same vGPU profile or type), "framebuffer" (the smallest type with at least the source's
+    # framebuffer), "size-unknown" (a type with room whose size cannot be compared), or None (nothing free)
+    match: str | None
+
+
+@dataclass(frozen=True)
 class SettingCarry:
     setting: str
     value: str
@@ -72,6 +86,7 @@ class MigrationPlan:
     findings: tuple[Finding, ...]
     destination_plan: Plan | None
     not_done: tuple[str, ...] = NOT_DONE
+    shares: tuple[ShareMatch, ...] = ()
 
     @property
     def blocked(self) -> bool:
@@ -116,6 +131,71 @@ def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts, locat
     return best or tuple(GpuMatch(g, None, None) for g in source_gpus)
 
 
+def _room(gpu: Gpu, share_type: ShareType) -> int | None:
+    """How many more shares of the type the GPU can give now (the rule fleet find --profile uses)."""
+    sharing = gpu.sharing
+    if gpu.assigned_to or (sharing.one_type_at_a_time and any(s.type_id != share_type.id for s in sharing.shares)):
+        return 0
+    if share_type.available is None:
+        return len(sharing.free(share_type.id)) or None
+    return share_type.available + len(sharing.free(share_type.id))
+
+
+def pick_share_equivalents(held: tuple[tuple[Gpu, ShareType], ...], destination: HostFacts) -> tuple[ShareMatch, ...]:
+    """Each share's nearest equivalent at the destination: the same vGPU profile (or type id) if a GPU offers it
+    with room, else the smallest type with at least the source's framebuffer, else (sizes unknown on either side)
+    any type with room, said as such. Known room wins over unknown room."""
+    room = {(id(g), t.id): _room(g, t) for g in destination.gpus for t in g.sharing.types}
+    matches = []
+    for gpu, wanted in held:
+        profile = neutral_profile(wanted.name) or neutral_profile(wanted.id)
+        offers = [(g, t) for g in destination.gpus for t in g.sharing.types if room[(id(g), t.id)] != 0]
+        offers.sort(key=lambda o: room[(id(o[0]), o[1].id)] is None)     # known room first
+        same = [(g, t) for g, t in offers if t.id == wanted.id or (profile and profile in
+                                                                   (neutral_profile(t.name), neutral_profile(t.id)))]
+        size = wanted.framebuffer_bytes
+        bigger = sorted(((g, t) for g, t in offers if size and t.framebuffer_bytes and t.framebuffer_bytes >= size),
+                        key=lambda o: o[1].framebuffer_bytes or 0)
+        unknown = [(g, t) for g, t in offers if not size or not t.framebuffer_bytes]
+        for kind, pool in (("same-profile", same), ("framebuffer", bigger), ("size-unknown", unknown)):
+            if pool:
+                g, t = pool[0]
+                left = room[(id(g), t.id)]
+                room[(id(g), t.id)] = None if left is None else left - 1
+                matches.append(ShareMatch(gpu, wanted, g, t, kind))
+                break
+        else:
+            matches.append(ShareMatch(gpu, wanted, None, None, None))
+    return tuple(matches)
+
+
+def _share_findings(matches: tuple[ShareMatch, ...], destination: Backend) -> list[Finding]:
+    findings = []
+    for m in matches:
+        was = f"{m.source_type.name or m.source_type.id} ({m.source_type.mode.value})"
+        if m.destination is None or m.destination_type is None:
+            findings.append(blocker(
+                "migrate-no-share-equivalent", f"no GPU at {destination.target.label} has room for a share like {was}",
+                "free one there (`gpupass fleet find --profile ...` lists free capacity)", subject=str(m.source.address)))
+            continue
+        now = f"{m.destination_type.name or m.destination_type.id} ({m.destination_type.mode.value}) of " \
+              f"{m.destination.model or m.destination.address}"
+        if m.match == "same-profile":
+            findings.append(info("migrate-share-same-profile", f"{was} becomes {now}: the same profile",
+                                 subject=str(m.source.address)))
+        elif m.match == "framebuffer":
+            findings.append(warning(
+                "migrate-share-substitute", f"{was} becomes {now}: another profile with at least its framebuffer "
+                f"({format_bytes(m.destination_type.framebuffer_bytes or 0)})",
+                "check the guest driver supports the new profile", subject=str(m.source.address)))
+        else:
+            findings.append(warning(
+                "migrate-share-size-unknown", f"{was} becomes {now}: the platforms do not say both sizes, so gpupass "
+                "cannot tell whether it is as large", "compare the two in the vendors' documentation before moving",
+                subject=str(m.source.address)))
+    return findings
+
+
 def _source_values(vm: Vm, gpus: tuple[Gpu, ...]) -> dict[str, str]:
     return {
         "firmware": vm.firmware.value,
@@ -142,7 +222,11 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
     source_facts = source.inventory()
     vm = find_vm(source_facts, vm_name)
     held = tuple(g for g in source_facts.gpus if g.assigned_to == vm.name and g.location == vm.location)
+    held_shares = tuple((g, g.sharing.type_named(s.type_id) or ShareType(s.type_id, s.type_id, s.mode))
+                        for g in source_facts.gpus for s in g.sharing.held_by(vm.name))
     findings: list[Finding] = []
+    if not held and held_shares:
+        return _plan_share_migration(source, vm, destination, registry, destination_vm, held_shares)
     if not held:
         findings.append(blocker("migrate-no-gpus", f"VM '{vm.name}' holds no GPU at {source.target.label}",
                                 f"name the VM that holds the GPUs (`gpupass status {source.target.label}`)"))
@@ -208,4 +292,45 @@ def plan_migration(source: Backend, vm_name: str, destination: Backend, registry
         destination_host=destination.target.label, destination_platform=destination.platform,
         vm_exists_at_destination=existing is not None, matches=matches, settings=settings,
         findings=tuple(findings), destination_plan=plan,
+    )
+
+
+def _plan_share_migration(source: Backend, vm: Vm, destination: Backend, registry: Registry, destination_vm: str | None,
+                          held: tuple[tuple[Gpu, ShareType], ...]) -> MigrationPlan:
+    """A VM holding shares: each mapped to its nearest equivalent, the first planned as an assign-share there."""
+    dest_facts = destination.inventory()
+    target_name = destination_vm or vm.name
+    existing = dest_facts.find_vm(target_name)
+    matches = pick_share_equivalents(held, dest_facts)
+    findings = _share_findings(matches, destination)
+    found = [m for m in matches if m.destination is not None and m.destination_type is not None]
+    if len(found) > 1:
+        findings.append(info("migrate-more-shares", f"VM '{vm.name}' holds {len(found)} shares: the plan below is "
+                             "for the first; assign each other one with `gpupass assign ... --share`"))
+    plan = None
+    if found and existing is None:
+        arriving = Vm(name=target_name, power_state=PowerState.OFF, firmware=vm.firmware,
+                      memory_bytes=vm.memory_bytes, location=found[0].destination.location if found[0].destination else "")
+        try:
+            prepared = destination.prepare_planned_vm(dest_facts, arriving)
+        except NotSupported as exc:
+            findings.append(blocker("migrate-vm-missing", exc.message, exc.remedy))
+            found = []
+        else:
+            dest_facts = dataclasses.replace(prepared, vms=prepared.vms + (arriving,))
+            findings.append(info("migrate-vm-not-there-yet",
+                                 f"VM '{target_name}' does not exist at {destination.target.label} yet: the plan is for "
+                                 "the VM as your migration tool will create it (off, same firmware and memory)"))
+    if found:
+        first = found[0]
+        assert first.destination is not None and first.destination_type is not None
+        request = AssignmentRequest(target_name, (first.destination.address,),
+                                    AssignOptions(share=first.destination_type.id))
+        plan = make_plan(destination, dest_facts, request, registry)
+    return MigrationPlan(
+        source_host=source.target.label, source_platform=source.platform, vm=vm.name,
+        destination_host=destination.target.label, destination_platform=destination.platform,
+        vm_exists_at_destination=existing is not None, matches=(),
+        settings=carry_settings(vm, (), type(source), type(destination)), findings=tuple(findings),
+        destination_plan=plan, shares=matches,
     )

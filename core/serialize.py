@@ -193,4 +193,11 @@ def migration_to_dict(plan: MigrationPlan) -> dict[str, Any]:
         "findings": [finding_to_dict(f) for f in plan.findings],
         "destination_plan": plan_to_dict(plan.destination_plan) if plan.destination_plan else None,
         "not_done_by_gpupass": list(plan.not_done),
+        "shares": [{"source": str(m.source.address), "source_type": m.source_type.id,
+                    "source_type_name": m.source_type.name, "source_mode": m.source_type.mode.value,
+                    "destination": str(m.destination.address) if m.destination else None,
+                    "destination_type": m.destination_type.id if m.destination_type else None,
+                    "destination_type_name": m.destination_type.name if m.destination_type else None,
+                    "destination_mode": m.destination_type.mode.value if m.destination_type else None,
+                    "match": m.match} for m in plan.shares],
     }

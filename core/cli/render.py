@@ -250,6 +250,11 @@ def migration(item: MigrationPlan, show_changes: bool = False) -> str:
     for m in item.matches:
         there = f"{qualified(m.destination)} {m.destination.model} [{m.match}]" if m.destination else "NONE FREE"
         lines.append(shown(f"  {qualified(m.source)} {m.source.model} ({m.source.function.ids})  ->  {there}"))
+    for s in item.shares:
+        there = (f"{qualified(s.destination)} {s.destination_type.name or s.destination_type.id} "
+                 f"({s.destination_type.mode.value}) [{s.match}]") if s.destination and s.destination_type else "NONE FREE"
+        lines.append(shown(f"  share {s.source_type.name or s.source_type.id} ({s.source_type.mode.value}) of "
+                           f"{qualified(s.source)}  ->  {there}"))
     lines += ["", "Settings:"]
     lines.append(table(["SETTING", "VALUE", f"ON {item.destination_platform.upper()}"],
                        [[s.setting, s.value, s.destination or f"no equivalent on {item.destination_platform}"]
