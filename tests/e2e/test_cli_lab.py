@@ -23,7 +23,9 @@ def test_the_readme_demo_runs_the_whole_workflow():
     for expected in ("$ gpupass gpus lab-kvm", "iommu-group-shared", "gpu-assigned-elsewhere",
                      "firmware-bios-large-bar", "Done: 0000:42:00.0 assigned to 'ml-train'",
                      "Nothing to do: the VM already holds these GPUs.",
-                     "Done: 0000:42:00.0 released from 'ml-train'"):
+                     "Done: 0000:42:00.0 released from 'ml-train'",
+                     "Done: a nvidia-46 share of 0000:81:00.0 assigned to 'ml-train'",
+                     "Done: a nvidia-46 share of 0000:81:00.0 released from 'ml-train'"):
         assert expected in out, expected
     # The demo ends with the lab as it started: nothing held but cad-ws's card.
     status = json.loads(gpupass("status", "lab-kvm", "--json").stdout)

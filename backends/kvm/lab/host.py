@@ -43,6 +43,9 @@ class KvmLab(LabHost):
             ("Status of the host", "status lab-kvm"),
             ("Give the H100 back to the host: the definition is restored", "release lab-kvm ml-train --yes"),
             ("Status again", "status lab-kvm"),
+            ("Free vGPU capacity: the Tesla P40's GRID P40-1Q devices", "fleet find --profile P40-1Q --hosts lab-kvm"),
+            ("A GRID P40-1Q vGPU share for ml-train: a free mediated device", "assign lab-kvm ml-train P40 --share P40-1Q --yes"),
+            ("Give the share back: the admin's mediated device stays on the host", "release lab-kvm ml-train P40 --yes"),
         ]
 
     def open(self, backend_class: type[Backend], target: Target) -> Backend:
