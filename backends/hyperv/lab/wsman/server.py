@@ -20,6 +20,7 @@ import http.server
 import os
 import re
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -297,7 +298,8 @@ class WSManEndpoint:
     """A running endpoint. Use :func:`serve` to start one; ``.stop()`` to stop it."""
 
     def __init__(self, host_model: HostModel, auth: str, users: dict[str, str], host: str, port: int,
-                 verbose: bool = False, state_path: str | os.PathLike[str] | None = None):
+                 verbose: bool = False, state_path: str | os.PathLike[str] | None = None,
+                 tls: ssl.SSLContext | None = None):
         if auth not in ("basic", "ntlm"):
             raise ValueError("auth must be 'basic' or 'ntlm'")
         if host not in ("127.0.0.1", "localhost"):
@@ -315,7 +317,9 @@ class WSManEndpoint:
         self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.app = self
         self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/wsman"
+        if tls is not None:  # an HTTPS listener, as WinRM's on 5986: the handshake happens on accept
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}/wsman"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"wsman-{self.port}", daemon=True)
         self.thread.start()
 
@@ -515,13 +519,14 @@ def _fault(relates_to: str, code: str, subcode: str, wsman_code: int, text: str)
 
 def serve(host_model: HostModel, auth: str = "basic", users: dict[str, str] | None = None,
           host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
-          state_path: str | os.PathLike[str] | None = None) -> WSManEndpoint:
+          state_path: str | os.PathLike[str] | None = None, tls: ssl.SSLContext | None = None) -> WSManEndpoint:
     """Start an endpoint for ``host_model`` on 127.0.0.1 (``port=0``: a free port).
 
     ``users`` maps user name (``"user"`` or ``"DOMAIN\\user"``) to password.  With ``state_path`` the model
     is written there (JSON) after every script, so a lab restarted with ``HostModel.from_json`` resumes.
+    With ``tls`` (a server-side SSLContext) it listens for HTTPS only.
     The caller stops it with ``.stop()`` (or uses it as a context manager).
     """
     return WSManEndpoint(host_model, auth, users or {"Administrator": "Passw0rd!"}, host, port, verbose,
-                         state_path)
+                         state_path, tls)
 
