@@ -20,6 +20,12 @@ BACKENDS = {
 }
 
 
+def test_every_in_tree_backend_is_checked_here():
+    """A new platform folder under backends/ (with a backend.py) gets its steps.py checked like the others."""
+    folders = {p.parent.name for p in (ROOT / "backends").glob("*/backend.py")}
+    assert folders == set(BACKENDS)
+
+
 def payload_classes(platform: str) -> list[type]:
     module = importlib.import_module(f"gpupass.backends.{platform}.steps")
     return [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
