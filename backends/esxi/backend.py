@@ -70,7 +70,7 @@ class EsxiBackend(Backend):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        self.endpoint = parse_uri(target.uri)
+        self._endpoint = parse_uri(target.uri)
         self._si: Any = None
         self._content: Any = None
         self._content_session: Any = None
@@ -87,12 +87,12 @@ class EsxiBackend(Backend):
 
     # -- connection -------------------------------------------------------------------------------
     @property
-    def content(self) -> Any:
+    def _service_content(self) -> Any:
         """The ServiceContent, read once per session: every `si.content` is another SOAP request.
 
         Tied to the session it was read on: after a new login (a direct ESXi host rebooted) it is read again.
         """
-        si = self.si
+        si = self._session
         if self._content is None or self._content_session is not si:
             self._content = self._call("reading the service content", lambda: si.content)
             self._content_session = si
@@ -102,15 +102,15 @@ class EsxiBackend(Backend):
         self.round_trips += 1
 
     @property
-    def si(self) -> Any:
+    def _session(self) -> Any:
         if self._si is None:
             si = connect(self.target, self._count)
             self._api = si._stub.version  # negotiated at login; read without a request
             self._si = si
         return self._si
 
-    def api_version(self) -> tuple[int, ...]:
-        _ = self.si  # logs in if needed: the version is negotiated at login
+    def ex_api_version(self) -> tuple[int, ...]:
+        _ = self._session  # logs in if needed: the version is negotiated at login
         # "vim.version.v7_0_3_0" / "vim.version.version13"
         name = self._api.rsplit(".", 1)[-1]
         if name.startswith("v") and "_" in name:
@@ -124,16 +124,16 @@ class EsxiBackend(Backend):
         except GpupassError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyvmomi raises faults as exceptions; translated by type
-            raise translate(exc, action, timeout=self.target.timeout, host=self.endpoint.host) from exc
+            raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
 
     def _root_folder(self) -> Any:
         if self._root is None:
-            content = self.content
-            if self.endpoint.datacenter:
+            content = self._service_content
+            if self._endpoint.datacenter:
                 dc = self._call("finding the datacenter", content.searchIndex.FindByInventoryPath,
-                                self.endpoint.datacenter)
+                                self._endpoint.datacenter)
                 if dc is None:
-                    raise NotFound(f"no datacenter {self.endpoint.datacenter!r} at {self.endpoint.host}",
+                    raise NotFound(f"no datacenter {self._endpoint.datacenter!r} at {self._endpoint.host}",
                                    remedy="the path after the host in the URI names the datacenter")
                 self._root = dc
             else:
@@ -155,23 +155,23 @@ class EsxiBackend(Backend):
     def _inventory_view(self) -> Any:
         """The session's ContainerView of hosts, compute resources and VMs: made once, read through by every
         inventory and by the claim check after a write, so each of those is one RetrievePropertiesEx."""
-        si = self.si
+        si = self._session
         if self._view is None or self._view_session is not si:
             root = self._root_folder()
-            self._view = self._call("creating a view of the inventory", inv.container_view, self.content, root)
+            self._view = self._call("creating a view of the inventory", inv.container_view, self._service_content, root)
             self._view_session = si
         return self._view
 
     # -- inventory --------------------------------------------------------------------------------
     def inventory(self) -> HostFacts:
         view = self._inventory_view()
-        facts, hosts, vms = self._call("reading the inventory", inv.read, self.content, view, self.target.uri,
-                                       self.platform, self.target.name or self.endpoint.host,
-                                       rebind_known=self.api_version() >= (7, 0),
-                                       graphics_known=self.api_version() >= vgpu.GRAPHICS_MIN_API)
+        facts, hosts, vms = self._call("reading the inventory", inv.read, self._service_content, view, self.target.uri,
+                                       self.platform, self.target.name or self._endpoint.host,
+                                       rebind_known=self.ex_api_version() >= (7, 0),
+                                       graphics_known=self.ex_api_version() >= vgpu.GRAPHICS_MIN_API)
         # SDK handles for apply(); the planner reads only facts.state
         self._hosts, self._vms = hosts, vms
-        state = from_raw(self.api_version(), self._api, hosts, vms)
+        state = from_raw(self.ex_api_version(), self._api, hosts, vms)
         return self._with_unfinished(replace(facts, state=state))
 
     def _with_unfinished(self, facts: HostFacts) -> HostFacts:
@@ -239,7 +239,7 @@ class EsxiBackend(Backend):
         spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=raw.ref, skip=False)],
                              propSet=[pc.PropertySpec(type=type(raw.ref), pathSet=inv.VM_PROPS)])
         try:
-            result = self._call(f"reading VM {vm!r}", self.content.propertyCollector.RetrievePropertiesEx,
+            result = self._call(f"reading VM {vm!r}", self._service_content.propertyCollector.RetrievePropertiesEx,
                                 [spec], pc.RetrieveOptions())
         except NotFound:  # the VM was deleted meanwhile: that is the state to report
             return None
@@ -276,7 +276,7 @@ class EsxiBackend(Backend):
         raw = state.vms[vm.name]
         if options.dynamic and state.api < DYNAMIC_MIN_API:
             raise NotSupported(
-                f"Dynamic DirectPath I/O needs vSphere API 7.0; {self.endpoint.host} speaks {state.api_name}",
+                f"Dynamic DirectPath I/O needs vSphere API 7.0; {self._endpoint.host} speaks {state.api_name}",
                 remedy="run without --dynamic (a fixed host address), or upgrade to vSphere 7")
         steps: list[Step] = []
         by_host: dict[str, list[str]] = {}
@@ -473,7 +473,7 @@ class EsxiBackend(Backend):
         except GpupassError:
             raise
         except Exception as exc:  # noqa: BLE001 - translated by type
-            raise translate(exc, action, timeout=self.target.timeout, host=self.endpoint.host) from exc
+            raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
 
     @functools.singledispatchmethod
     def _apply(self, payload: object) -> Any:
@@ -570,7 +570,7 @@ class EsxiBackend(Backend):
         if name not in self._hosts:
             self.inventory()
         if name not in self._hosts:
-            raise NotFound(f"host {name} is gone from {self.endpoint.host}")
+            raise NotFound(f"host {name} is gone from {self._endpoint.host}")
         return self._hosts[name].ref
 
     def _vm_ref(self, name: str) -> Any:
@@ -726,13 +726,13 @@ class EsxiBackend(Backend):
                              propSet=[pc.PropertySpec(type=type(ref),
                                                       pathSet=["runtime.connectionState", "runtime.bootTime"])])
         result = self._call("reading the host's state",
-                            lambda: self.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions()))
+                            lambda: self._service_content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions()))
         values = {p.name: p.val for o in (result.objects if result else ()) for p in o.propSet}
         return str(values.get("runtime.connectionState")), values.get("runtime.bootTime")
 
     def _is_direct_host(self) -> bool:
         """Connected to an ESXi host itself (hostd), not to vCenter: its API goes down with a reboot."""
-        about = self._call("reading the endpoint's type", lambda: self.content.about)
+        about = self._call("reading the endpoint's type", lambda: self._service_content.about)
         return str(getattr(about, "apiType", "")) == "HostAgent"
 
     def _drop_session(self) -> None:
@@ -767,7 +767,7 @@ class EsxiBackend(Backend):
                  "config.memoryReservationLockedToMax", "config.firmware", "config.changeVersion"]
         spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
                              propSet=[pc.PropertySpec(type=type(ref), pathSet=paths)])
-        result = self._call(f"reading VM {name!r}", self.content.propertyCollector.RetrievePropertiesEx,
+        result = self._call(f"reading VM {name!r}", self._service_content.propertyCollector.RetrievePropertiesEx,
                             [spec], pc.RetrieveOptions())
         values = {p.name: p.val for p in result.objects[0].propSet}
         return {
@@ -782,7 +782,7 @@ class EsxiBackend(Backend):
     # How long a claimant waits for a run that holds the same GPU under a later claim to give it back (see
     # core/domain/claims.py, decide_written): that run either saw this claim and takes its change back, or it
     # wrote and read before this run wrote, and keeps the GPU.
-    claim_wait_s = 10.0
+    _claim_wait_s = 10.0
 
     def _reconfigure(self, payload: Reconfigure) -> dict[str, Any]:
         """ONE ReconfigVM_Task carries the change and, for fixed-address devices, the claim on them; it is
@@ -851,7 +851,7 @@ class EsxiBackend(Backend):
         RetrievePropertiesEx (plus continuations) through the session's view."""
         from pyVmomi import vim
 
-        objects = self._call("reading the claims of every VM", inv.retrieve_view, self.content,
+        objects = self._call("reading the claims of every VM", inv.retrieve_view, self._service_content,
                              self._inventory_view(), [(vim.VirtualMachine, inv.VM_PROPS)])
         found, holders = esxi_claims.claims_and_holders(objects)
         mine = self._vms.get(name)
@@ -869,7 +869,7 @@ class EsxiBackend(Backend):
         return found, holders, fresh
 
     def _decide(self, name: str, mine: Any, before: dict[str, Any]) -> None:
-        deadline = time.monotonic() + self.claim_wait_s
+        deadline = time.monotonic() + self._claim_wait_s
         delay = 0.05
         while True:
             found, holders, fresh = self._read_claims(name)
@@ -884,7 +884,7 @@ class EsxiBackend(Backend):
                 break
             if time.monotonic() > deadline:
                 verdict = Verdict("lose", f"VM '{verdict.other_vm}' holds the same GPU and kept it for "
-                                  f"{self.claim_wait_s:.0f}s: its run wrote first (or stopped before it could "
+                                  f"{self._claim_wait_s:.0f}s: its run wrote first (or stopped before it could "
                                   "give it back)", verdict.other_vm)
                 break
             time.sleep(delay)

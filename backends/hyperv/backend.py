@@ -201,11 +201,10 @@ class HypervBackend(Backend):
         # The location paths the last inventory mapped to addresses: read_back maps a VM's devices with them
         # (planners read HostFacts.state, never this).
         self._paths: dict[PciAddress, str] = {}
-        self.scripts_sent: list[str] = []
 
     # -- connection ---------------------------------------------------------------------------------
     @property
-    def transport(self) -> str:
+    def ex_transport(self) -> str:
         query = parse_qs(urlsplit(self.target.uri).query)
         transport = (query.get("transport") or ["ntlm"])[-1].lower()
         if transport not in TRANSPORTS:
@@ -214,7 +213,7 @@ class HypervBackend(Backend):
         return transport
 
     @property
-    def endpoint(self) -> str:
+    def ex_endpoint(self) -> str:
         parts = urlsplit(self.target.uri)
         https = parts.scheme == "hyperv"
         if not parts.hostname:
@@ -227,7 +226,7 @@ class HypervBackend(Backend):
         if self._session is not None:
             return self._session
         parts = urlsplit(self.target.uri)
-        transport, endpoint = self.transport, self.endpoint
+        transport, endpoint = self.ex_transport, self.ex_endpoint
         if transport == "basic" and parts.scheme == "hyperv+http" and parts.hostname not in ("127.0.0.1", "::1"):
             raise UsageError("Basic authentication over plain HTTP would send the password in clear text",
                              remedy="use hyperv:// (HTTPS) or ?transport=ntlm")
@@ -258,7 +257,7 @@ class HypervBackend(Backend):
                                       **options)
         return self._session
 
-    def run_ps(self, script: str, action: str) -> tuple[int, bytes, bytes]:
+    def _run_ps(self, script: str, action: str) -> tuple[int, bytes, bytes]:
         """One script, one WinRM command: (exit code, stdout, raw stderr with its CLIXML).
 
         Every script of one backend (one gpupass command) runs in one remote shell on one authenticated
@@ -269,7 +268,6 @@ class HypervBackend(Backend):
         session = self._open()
         self.round_trips += 1
         log.debug("WinRM: %s (%d characters of PowerShell)", action, len(script))
-        self.scripts_sent.append(script)
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         protocol = session.protocol
         try:
@@ -295,8 +293,8 @@ class HypervBackend(Backend):
             except Exception:  # noqa: BLE001 - the shell or the connection is gone already
                 pass
 
-    def run_json(self, script: str, action: str) -> tuple[int, dict[str, Any], bytes]:
-        code, out, err = self.run_ps(script, action)
+    def _run_json(self, script: str, action: str) -> tuple[int, dict[str, Any], bytes]:
+        code, out, err = self._run_ps(script, action)
         text = out.decode("utf-8", errors="replace").strip()
         try:
             data = json.loads(text.splitlines()[-1]) if text else None
@@ -316,7 +314,7 @@ class HypervBackend(Backend):
 
     # -- inventory ----------------------------------------------------------------------------------
     def inventory(self) -> HostFacts:
-        code, data, err = self.run_json(scripts.inventory_script(), "reading the host")
+        code, data, err = self._run_json(scripts.inventory_script(), "reading the host")
         if code != 0:
             raise from_exit("reading the host", code, err)
         gpus_raw = data.get("Gpus") or []
@@ -383,7 +381,7 @@ class HypervBackend(Backend):
 
     def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
-        code, data, err = self.run_json(scripts.read_vm_script(vm), f"reading VM {vm!r}")
+        code, data, err = self._run_json(scripts.read_vm_script(vm), f"reading VM {vm!r}")
         if code != 0:
             raise from_exit(f"reading VM {vm!r}", code, err)
         raw = next((v for v in data.get("Vms") or () if v.get("Name") == vm), None)
@@ -408,7 +406,7 @@ class HypervBackend(Backend):
 
     # -- planning -----------------------------------------------------------------------------------
     @property
-    def store(self) -> SettingsStore:
+    def _store(self) -> SettingsStore:
         return SettingsStore.for_target(self.target)
 
     @staticmethod
@@ -474,7 +472,7 @@ class HypervBackend(Backend):
         vm = ctx.vm
         paths = [self._path(ctx.facts, f.address) for f in ctx.functions if f.address in vm.assigned]
         remaining = set(vm.assigned) - set(ctx.addresses)
-        record = self.store.get(vm.id or vm.name) if not remaining else None
+        record = self._store.get(vm.id or vm.name) if not remaining else None
         previous = scripts.VmSettings(**record) if record else None
         try:
             preview = scripts.release_script(vm.name, paths, previous)
@@ -569,17 +567,17 @@ class HypervBackend(Backend):
     @_apply.register
     def _apply_assign(self, payload: Assign, step: Step) -> dict[str, Any]:
         key = payload.vm_id or payload.vm
-        recorded = bool(payload.previous) and self.store.get(key) is None
+        recorded = bool(payload.previous) and self._store.get(key) is None
         if recorded:
             # Recorded BEFORE the script runs: if the reply is lost and the host finishes the assignment,
             # a release can still restore the stop action and MMIO (issue 10 item 2).
-            self.store.put(key, dict(payload.previous))
+            self._store.put(key, dict(payload.previous))
         try:
             return self._assign(payload.vm, payload.vm_id, list(payload.paths), payload.low, payload.high,
                                 step.preview)
         except GpupassError as error:
             if recorded and getattr(error, "rolled_back", None) is True:
-                self.store.delete(key)  # the script undid itself: the VM keeps its settings
+                self._store.delete(key)  # the script undid itself: the VM keeps its settings
             raise
 
     @_apply.register
@@ -609,7 +607,7 @@ class HypervBackend(Backend):
                                        current["high_mmio"], current["stop_action"], current["guest_cache"])
         self._run_change(script, f"giving the devices back to VM '{payload.vm}'")
         if token:
-            self.store.put(payload.vm_id or payload.vm, dict(token))
+            self._store.put(payload.vm_id or payload.vm, dict(token))
 
     # -- GPU partitioning (GPU-P) share steps ----------------------------------------------------------
     @_apply.register
@@ -649,7 +647,7 @@ class HypervBackend(Backend):
         wanted = {PciAddress.parse(a) for a in payload.addresses}
         held = wanted & set(vm.assigned)
         if held == wanted:
-            previous = self.store.get(payload.vm_id or payload.vm) or payload.previous
+            previous = self._store.get(payload.vm_id or payload.vm) or payload.previous
             return StepState("after", token=previous)
         free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
         if not held and wanted <= free:
@@ -668,7 +666,7 @@ class HypervBackend(Backend):
         return [str(i) for i in data.get("removed") or []]
 
     def _run_change(self, script: str, action: str) -> dict[str, Any]:
-        code, data, err = self.run_json(script, action)
+        code, data, err = self._run_json(script, action)
         if code != 0 or not data.get("ok"):
             raise from_script_result(action, data)
         return data
@@ -681,8 +679,8 @@ class HypervBackend(Backend):
         previous = {"stop_action": prev["StopAction"], "low_mmio": int(prev["LowMmio"]),
                     "high_mmio": int(prev["HighMmio"]), "guest_cache": bool(prev["GuestCache"])}
         key = vm_id or vm
-        if self.store.get(key) is None:     # a second GPU keeps the settings from before the first
-            self.store.put(key, previous)
+        if self._store.get(key) is None:     # a second GPU keeps the settings from before the first
+            self._store.put(key, previous)
         return previous
 
     def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict[str, Any] | None,
@@ -690,12 +688,12 @@ class HypervBackend(Backend):
         settings = scripts.VmSettings(**previous) if previous else None
         script = script or scripts.release_script(vm, paths, settings)
         action = f"releasing from VM '{vm}'"
-        code, data, err = self.run_json(script, action)
+        code, data, err = self._run_json(script, action)
         if code != 0 or not data.get("ok"):
             # The release script stops at the first failure and says how far each device got.
             raise _PartialRelease(from_script_result(action, data), dict(data.get("stage") or {}))
         if previous:
-            self.store.delete(vm_id or vm)
+            self._store.delete(vm_id or vm)
 
     def _give_back(self, payload: Release, partial: "_PartialRelease") -> OperationFailed:
         """A release failed half way: give the devices it touched back to the VM, so nothing is left ownerless."""

@@ -520,7 +520,7 @@ class KvmBackend(Backend):
 
     # How long a claimant waits for another run that is choosing its claim number (gpupass.core.domain.claims);
     # a run killed in that moment leaves its claim choosing, and after this the waiting run gives up.
-    claim_wait_s = 10.0
+    _claim_wait_s = 10.0
 
     def _define_claimed(self, payload: DefineDomain) -> str:
         """The define of an assign, as a claim that holds across processes and machines (see claims.py)."""
@@ -536,7 +536,7 @@ class KvmBackend(Backend):
             # error's own word on the rollback is true. If that fails too, the service reads the VM again.
             self._define(old, "taking back the claim after libvirt refused the definition")
             raise refused
-        deadline = time.monotonic() + self.claim_wait_s
+        deadline = time.monotonic() + self._claim_wait_s
         gave_up_waiting = False
         while True:
             domains = self._all_domain_xml()
@@ -555,7 +555,7 @@ class KvmBackend(Backend):
             if time.monotonic() > deadline:
                 verdict = claims.Verdict(
                     "lose", f"VM '{verdict.other_vm}' carries a claim on the same GPU that stayed unfinished for "
-                    f"{self.claim_wait_s:.0f}s (a gpupass run stopped mid-way?)", verdict.other_vm)
+                    f"{self._claim_wait_s:.0f}s (a gpupass run stopped mid-way?)", verdict.other_vm)
                 gave_up_waiting = True
                 break
             time.sleep(0.05)

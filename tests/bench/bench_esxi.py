@@ -87,7 +87,7 @@ def property_spec(backend) -> dict[str, list[str]]:
     """The types and paths the backend's inventory asks for (gpupass.backends.esxi.inventory.read)."""
     from gpupass.backends.esxi import inventory as inv
 
-    rebind = backend.api_version() >= (7, 0)
+    rebind = backend.ex_api_version() >= (7, 0)
     return {"HostSystem": inv.HOST_PROPS + ([inv.REBIND_PROP] if rebind else []),
             "ComputeResource": inv.COMPUTE_PROPS, "ClusterComputeResource": inv.CLUSTER_PROPS,
             "VirtualMachine": inv.VM_PROPS}

@@ -94,7 +94,7 @@ def anchor(target: Target) -> None:
     from winrm.protocol import Protocol
 
     backend = HypervBackend(target)
-    protocol = Protocol(backend.endpoint, transport=backend.transport, username=USER, password=PASSWORD,
+    protocol = Protocol(backend.ex_endpoint, transport=backend.ex_transport, username=USER, password=PASSWORD,
                         server_cert_validation="ignore")
     encoded = base64.b64encode(scripts.inventory_script().encode("utf-16-le")).decode("ascii")
     shell = protocol.open_shell()

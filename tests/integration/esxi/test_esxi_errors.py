@@ -52,7 +52,7 @@ def test_a_wrong_password_is_authentication_failed(sim):
 
 
 def test_a_session_that_was_logged_out_is_authentication_failed(backend):
-    backend.content.sessionManager.Logout()
+    backend._service_content.sessionManager.Logout()
     with pytest.raises(AuthenticationFailed) as caught:
         backend._call("reading the VMs", lambda: backend._vm_ref("ml-train").config.name)
     fault_of(caught.value, vim.fault.NotAuthenticated)

@@ -29,7 +29,7 @@ def test_a_run_that_writes_after_another_has_won_loses_at_once(fresh_vcsim):
     with open_backend(sim) as reader:
         before = reader.inventory().find_vm("ml-1")
     execute(early, early_plan)
-    late.claim_wait_s = 30.0
+    late._claim_wait_s = 30.0
     started = time.monotonic()
     with pytest.raises(Conflict) as caught:
         execute(late, late_plan)
@@ -44,12 +44,12 @@ def test_a_run_that_writes_after_another_has_won_loses_at_once(fresh_vcsim):
 
 def test_a_run_whose_clock_is_behind_waits_for_the_winner_to_give_up_then_loses(fresh_vcsim, monkeypatch):
     """Its claim's number (its clock) comes before the winner's, so from what it reads it cannot tell a
-    winner from a run that will see it and take its change back: it waits claim_wait_s, then loses."""
+    winner from a run that will see it and take its change back: it waits _claim_wait_s, then loses."""
     sim = fresh_vcsim(config_with_clones(), username=USER)
     late, late_plan = _planned(sim, "ml-1")
     early, early_plan = _planned(sim, "ml-2")
     execute(early, early_plan)
-    late.claim_wait_s = 1.0
+    late._claim_wait_s = 1.0
     monkeypatch.setattr(time, "time_ns", lambda: 1_000)  # a clock far behind the other machine's
     started = time.monotonic()
     with pytest.raises(Conflict) as caught:

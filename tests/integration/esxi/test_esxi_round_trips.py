@@ -65,13 +65,13 @@ def test_an_assign_is_four_soap_calls_beyond_the_inventory_and_its_claim_check_i
 
     result = _plan(backend)
     calls = []
-    invoke = backend.si._stub.InvokeMethod
+    invoke = backend._session._stub.InvokeMethod
 
     def counted(mo, info, args):
         calls.append(info.wsdlName)
         return invoke(mo, info, args)
 
-    backend.si._stub.InvokeMethod = counted
+    backend._session._stub.InvokeMethod = counted
     outcome = execute(backend, result)
     # "Fetch" is how pyVmomi reads one property of one object (here the task's info)
     assert calls == ["QueryConfigTarget", "ReconfigVM_Task", "Fetch", "RetrievePropertiesEx"]

@@ -207,13 +207,13 @@ def test_https_endpoint_and_tls_options():
     from gpupass.core.target import TlsOptions
     backend = HypervBackend(Target(uri="hyperv://u@hv01.example", password=Secret("x"),
                                    tls=TlsOptions(ca_file="/etc/ca.pem")))
-    assert backend.endpoint == "https://hv01.example:5986/wsman" and backend.transport == "ntlm"
+    assert backend.ex_endpoint == "https://hv01.example:5986/wsman" and backend.ex_transport == "ntlm"
     session = backend._open()
     assert session.protocol.transport.server_cert_validation == "validate"
     assert session.protocol.transport.ca_trust_path == "/etc/ca.pem"
     insecure = HypervBackend(Target(uri="hyperv://u@hv01.example:443/?transport=kerberos", password=Secret("x"),
                                     tls=TlsOptions(verify=False)))
-    assert insecure.endpoint == "https://hv01.example:443/wsman" and insecure.transport == "kerberos"
+    assert insecure.ex_endpoint == "https://hv01.example:443/wsman" and insecure.ex_transport == "kerberos"
 
 
 def test_script_size_limit(open_backend, registry):
@@ -361,7 +361,7 @@ def test_a_shell_the_endpoint_no_longer_has_is_a_wsman_fault_by_its_code(open_ba
 def test_a_cmdlet_the_host_does_not_have_is_read_from_the_error_record_id(open_backend):
     backend, _ = open_backend()
     with pytest.raises(OperationFailed) as caught:
-        backend.run_json("Get-NoSuchCmdlet", "probing")
+        backend._run_json("Get-NoSuchCmdlet", "probing")
     assert "[CommandNotFoundException]" in caught.value.message
     assert "Install-WindowsFeature Hyper-V-PowerShell" in caught.value.remedy
 
@@ -426,7 +426,7 @@ def test_tls_to_the_winrm_listener_verifies_the_certificate(tmp_path):
     with serve(lab_host(), auth="basic", users={USER: PASSWORD}, tls=context) as ep:
         uri = f"hyperv://{USER}@127.0.0.1:{ep.port}/?transport=basic"
         trusted = HypervBackend(Target(uri=uri, password=Secret(PASSWORD), tls=TlsOptions(ca_file=str(material["ca"]))))
-        assert trusted.endpoint.startswith("https://") and trusted.inventory().gpus
+        assert trusted.ex_endpoint.startswith("https://") and trusted.inventory().gpus
         trusted.close()
         untrusted = HypervBackend(Target(uri=uri, password=Secret(PASSWORD), tls=TlsOptions(ca_file=str(other["ca"]))))
         with pytest.raises(ConnectionFailed) as caught:

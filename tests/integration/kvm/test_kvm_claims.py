@@ -99,7 +99,7 @@ def test_a_claim_left_choosing_by_a_killed_run_makes_others_lose_after_the_wait_
         xml = killed.inventory().state.domain_xml["ml-1"]
         killed._define(domxml.with_claim(xml, new_claim("ml-1", [str(H100)])), "claim")
     backend = open_lab(lab_file)
-    backend.claim_wait_s = 0.2
+    backend._claim_wait_s = 0.2
     plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-2", (H100,)), default_registry())
     with pytest.raises(Conflict) as caught:
         execute(backend, plan)
