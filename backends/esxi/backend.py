@@ -9,12 +9,13 @@ from typing import Any, Callable, Sequence
 
 from gpupass.backends.esxi import claims as esxi_claims
 from gpupass.backends.esxi import inventory as inv
+from gpupass.backends.esxi import shares as vgpu_shares
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
-from gpupass.backends.esxi.steps import Intent, Passthrough, Reboot, Reconfigure
+from gpupass.backends.esxi.steps import Intent, Passthrough, Reboot, Reconfigure, VgpuReconfigure
 from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
                                         stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -24,6 +25,7 @@ from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import ReleaseOptions
 from gpupass.core.domain.plan import Step
+from gpupass.core.domain.sharing import ShareMode
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported,
@@ -58,7 +60,7 @@ class EsxiBackend(Backend):
     # pciPassthru.64bitMMIOSizeGB (whole GB, a power of two), never below the 32 GB assumed as its default.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB, budget_without_window=917504 * 4096)
     capabilities = Capabilities(host_passthrough_switch=True, dynamic_binding=True, hide_hypervisor=True,
-                                firmware_change=True, live_attach=False)
+                                firmware_change=True, live_attach=False, share_modes=(ShareMode.VGPU_PROFILE,))
     native_settings = {
         "firmware": "config.firmware = bios | efi",
         "memory_reservation": "memoryReservationLockedToMax (full reservation)",
@@ -438,7 +440,79 @@ class EsxiBackend(Backend):
             preview=specs.preview(name, raw.host, raw, changes),
             payload=Reconfigure(name, raw.host, changes, raw.change_version))
 
+    # -- vGPU shares (shares.py) ----------------------------------------------------------------------
+    def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        raw = _state(ctx.facts).vms[vm.name]
+        (change,) = ctx.shares
+        profile = change.type.id
+        if profile in raw.vgpus:
+            return []  # the VM holds one already: ESXi puts it on a GPU at power-on, wherever it fits
+        changes = vgpu_shares.assign_changes(raw, profile, str(change.gpu))
+        return [self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
+                                (f"add VirtualPCIPassthrough with vGPU profile {profile} (VmiopBackingInfo)",
+                                 f"lock the memory reservation to {raw.memory_mb} MB (a vGPU VM powers on only "
+                                 "with all its memory reserved)"))]
+
+    def plan_release_share(self, ctx: CheckContext) -> list[Step]:
+        vm = ctx.vm
+        raw = _state(ctx.facts).vms[vm.name]
+        removals: list[tuple[int, str]] = []
+        for change in ctx.shares:
+            share = change.share
+            if share is None:
+                continue
+            index = vgpu_shares.index_of(share.id, vm.name)
+            if index is None and share.type_id in raw.vgpus:
+                index = raw.vgpus.index(share.type_id) + 1
+            if index is not None and (index, share.type_id) not in removals:
+                removals.append((index, share.type_id))
+        if not removals:
+            return []
+        changes = vgpu_shares.release_changes(raw, removals)
+        summary = tuple(f"remove the {profile} vGPU" for _, profile in removals)
+        if changes["reservation_mb"] is not None:
+            summary += ("restore the recorded memory reservation",)
+        return [self._vgpu_step(raw, changes, f"take back {len(removals)} vGPU(s) from VM '{vm.name}' (one "
+                                "ReconfigVM_Task)", summary)]
+
+    def _vgpu_step(self, raw: VmPlan, changes: dict[str, Any], description: str, summary: tuple[str, ...]) -> Step:
+        return Step(
+            action="esxi.vgpu",
+            description=description,
+            undo="reconfigure the VM back with the inverse ConfigSpec (its vGPUs, reservation and record)",
+            changes=summary,
+            needs_vm_off=True,
+            preview=specs.preview(raw.name, raw.host, raw, changes),
+            payload=VgpuReconfigure(raw.name, raw.host, changes, raw.change_version))
+
+    def _reconfigure_vgpu(self, payload: VgpuReconfigure) -> dict[str, Any]:
+        """ONE ReconfigVM_Task guarded by the changeVersion the plan read (see _reconfigure); no claim."""
+        name = payload.vm
+        before = self._config_at(name, payload.change_version)
+        self._before[name] = before
+        wanted = [entry["vgpu"] for entry in payload.changes["add"]]
+        if wanted:
+            # the profiles the VM's host offers, as the vSphere Client lists them (QueryConfigTarget,
+            # sharedGpuPassthroughTypes): a profile gone since the plan is refused before anything is sent
+            raw = self._hosts[payload.host]
+            target = self._call(f"querying the vGPU profiles of {payload.host}",
+                                raw.environment_browser.QueryConfigTarget, raw.ref)
+            offered = {str(t.vgpu) for t in (target.sharedGpuPassthroughTypes or ())}
+            missing = [p for p in wanted if p not in offered]
+            if missing:
+                raise OperationFailed(f"host {payload.host} does not offer vGPU profile {', '.join(missing)} now; "
+                                      "nothing was changed",
+                                      remedy="`gpupass gpus HOST` lists the profiles each GPU offers (host graphics "
+                                             "must be shared direct)")
+        config = specs.build(dict(payload.changes), before["devices"], {})
+        config.changeVersion = payload.change_version
+        self._send(name, config, before)
+        return before
+
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if ctx.operation == "assign-share":
+            return self._vgpu_features_lost()
         dynamic = bool(getattr(ctx.request.options, "dynamic", False))
         why = "a VMDirectPath I/O device ties the VM to its host's physical device"
         return [
@@ -453,6 +527,25 @@ class EsxiBackend(Backend):
             FeatureLoss("device hot-add (CPU/memory/PCI)", "hot-add is unavailable with passthrough devices"),
             FeatureLoss("nested virtualization", "exposing hardware virtualization is unsupported with passthrough"),
         ]
+
+    @staticmethod
+    def _vgpu_features_lost() -> list[FeatureLoss]:
+        # HostSharedGpuCapabilities (vSphere API reference) says per profile whether the host's GPU plugin can
+        # migrate, suspend and snapshot with memory; gpupass does not read it yet, so these are "unless".
+        return [
+            FeatureLoss("vMotion and DRS migration", "only where the host's vGPU plugin supports migration "
+                        "(HostSharedGpuCapabilities.migrateSupported) and vCenter allows vGPU vMotion"),
+            FeatureLoss("snapshots with memory, suspend / resume", "only where the plugin supports them "
+                        "(HostSharedGpuCapabilities.memorySnapshotSupported, suspendSupported)"),
+            FeatureLoss("HA restart on another host", "only on a host that offers the same profile with room"),
+            FeatureLoss("memory overcommit", "a vGPU VM powers on only with all its memory reserved"),
+        ]
+
+    def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if ctx.operation != "assign-share":
+            return []
+        return [FeatureLoss("the rest of the GPU", "other VMs keep or get vGPUs of the same profile on it"),
+                FeatureLoss("placement", "ESXi picks the GPU at power-on, so the VM is not tied to one device")]
 
     # -- applying ---------------------------------------------------------------------------------
     # apply, undo and observe pick their handler by the payload's type (backends/esxi/steps.py), never by the
@@ -497,6 +590,10 @@ class EsxiBackend(Backend):
         return self._reconfigure(payload)
 
     @_apply.register
+    def _apply_vgpu(self, payload: VgpuReconfigure) -> dict[str, Any]:
+        return self._reconfigure_vgpu(payload)
+
+    @_apply.register
     def _apply_intent(self, payload: Intent) -> None:
         # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent, payload.change_version)
@@ -517,6 +614,14 @@ class EsxiBackend(Backend):
 
     @_observe.register
     def _observe_reconfigure(self, payload: Reconfigure, step: Step) -> StepState:
+        now = self._read_vm(payload.vm)
+        if now["change_version"] == payload.change_version:
+            return StepState("before")
+        before = self._before.get(payload.vm)
+        return StepState("after", token=before) if before is not None else StepState("unknown")
+
+    @_observe.register
+    def _observe_vgpu(self, payload: VgpuReconfigure, step: Step) -> StepState:
         now = self._read_vm(payload.vm)
         if now["change_version"] == payload.change_version:
             return StepState("before")
@@ -560,6 +665,11 @@ class EsxiBackend(Backend):
     @_undo.register
     def _undo_reconfigure(self, payload: Reconfigure, token: dict[str, Any] | None) -> None:
         if token is not None:
+            self._restore(payload.vm, token)
+
+    @_undo.register
+    def _undo_vgpu(self, payload: VgpuReconfigure, token: dict[str, Any] | None) -> None:
+        if token is not None:  # the VM as it was: the inverse ConfigSpec takes the vGPU change back
             self._restore(payload.vm, token)
 
     @_undo.register

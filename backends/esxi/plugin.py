@@ -19,5 +19,9 @@ def gpupass_register_backends(register: Callable[..., None]) -> None:
 def gpupass_register_rules(register: Callable[..., None]) -> None:
     from gpupass.backends.esxi.rules import RULES
 
+    from gpupass.backends.esxi.rules import VGPU_RULES
+
     for rule in RULES:
         register(rule, operations=("assign",), platforms=("esxi",))
+    for rule in VGPU_RULES:  # a vGPU (a share request: core/domain/share_rules.py has the neutral rules)
+        register(rule, operations=("assign-share",), platforms=("esxi",))

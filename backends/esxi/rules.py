@@ -92,5 +92,30 @@ def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
                           f"migrate or power off {', '.join(running)}, or put {location} in maintenance mode first")
 
 
+
+def vgpu_memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
+    vm = ctx.vm
+    if (vm.memory_reserved_bytes or 0) < vm.memory_bytes:
+        yield info("esxi-memory-reservation",
+                   f"VM '{vm.name}' reserves {(vm.memory_reserved_bytes or 0) >> 20} of {vm.memory_bytes >> 20} MB; a "
+                   "vGPU VM powers on only with all its memory reserved (vSphere Resource Management, \"Reserve all "
+                   "memory\"), so the plan locks the reservation to the VM's memory size (release restores it)")
+
+
+def vgpu_placement(ctx: CheckContext) -> Iterable[Finding]:
+    """ESXi places a vGPU on a GPU of the VM's host when the VM powers on, by the host's assignment policy
+    (HostGraphicsConfig.sharedPassthruAssignmentPolicy); the GPU named is where gpupass records and shows it."""
+    graphics = _hosts(ctx).get(ctx.vm.location, {}).get("graphics") or {}
+    policy = graphics.get("assignment_policy") or "unknown"
+    for change in ctx.shares:
+        if change.share is None:
+            yield info("esxi-vgpu-placement",
+                       f"ESXi puts the {change.type.id} vGPU on a GPU of {ctx.vm.location} with room when VM "
+                       f"'{ctx.vm.name}' powers on (assignment policy: {policy}), not necessarily on GPU "
+                       f"{change.gpu}; gpupass records and shows it there until then",
+                       subject=str(change.gpu))
+
 RULES = (snapshots, fault_tolerance, memory_reservation, cluster_settings, host_connected, gpu_on_vm_host,
          reboot_stops_vms)
+# A vGPU (assign-share): the host and VM facts that still apply, and what differs from a whole GPU.
+VGPU_RULES = (fault_tolerance, host_connected, gpu_on_vm_host, vgpu_memory_reservation, vgpu_placement)

@@ -46,7 +46,7 @@ def release_changes(raw: VmPlan, addresses: set[str]) -> dict[str, Any]:
     foreign = [{"address": a, "id": a, "dynamic": False} for a in sorted(addresses - known)]
     changes: dict[str, Any] = {"add": [], "remove": leaving + foreign, "locked": None, "reservation_mb": None,
                                "extra": {}, "firmware": None}
-    if staying:
+    if staying or record.get("vgpus"):  # the vGPUs gpupass added still need the reservation it recorded
         changes["extra"][RECORD_KEY] = json.dumps({**record, "devices": staying}, sort_keys=True,
                                                   separators=(",", ":"))
         return changes
@@ -87,6 +87,12 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
     spec = vim.vm.ConfigSpec()
     device_changes = []
     for index, entry in enumerate(changes["add"]):
+        if entry.get("vgpu"):
+            # a vGPU: "the vGPU configuration type exposed by a VMIOP plugin" (API reference,
+            # VirtualPCIPassthroughVmiopBackingInfo.vgpu); ESXi places it on a physical GPU at power-on
+            device_changes.append(vim.vm.device.VirtualDeviceSpec(
+                operation=op.add, device=pt(key=-100 - index, backing=pt.VmiopBackingInfo(vgpu=entry["vgpu"]))))
+            continue
         if entry.get("dynamic"):
             # No customLabel: "If set, the device must also have the same customLabel attribute set"
             # (vSphere API reference, VirtualPCIPassthroughDynamicBackingInfo), i.e. it must equal the
@@ -105,7 +111,14 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
         device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.add,
                                                              device=pt(key=-100 - index, backing=backing)))
     taken: set[int] = set()  # two identical dynamic devices: each entry removes one of them
+    vgpus = [d for d in raw_devices if isinstance(d, pt) and isinstance(d.backing, pt.VmiopBackingInfo)]
     for entry in changes["remove"]:
+        if entry.get("vgpu"):
+            device = _vgpu_device(vgpus, entry, taken)
+            if device is not None:
+                taken.add(device.key)
+                device_changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=device))
+            continue
         for device in raw_devices:
             if isinstance(device, pt) and device.key not in taken and matches(device, entry):
                 taken.add(device.key)
@@ -125,11 +138,22 @@ def build(changes: dict[str, Any], raw_devices: list[Any], backings: dict[str, A
     return spec
 
 
+def _vgpu_device(vgpus: list[Any], entry: dict[str, Any], taken: set[int]) -> Any:
+    """The VM's vGPU an entry names: its index-th vGPU if that is of the entry's profile, else the first of it."""
+    index = int(entry.get("index") or 0) - 1
+    if 0 <= index < len(vgpus) and vgpus[index].backing.vgpu == entry["vgpu"] and vgpus[index].key not in taken:
+        return vgpus[index]
+    return next((d for d in vgpus if d.backing.vgpu == entry["vgpu"] and d.key not in taken), None)
+
+
 def preview(vm: str, host: str, raw: VmPlan, changes: dict[str, Any]) -> str:
     moref = raw.moid or "not created yet"
     lines = [f"ReconfigVM_Task on VM '{vm}' ({moref}) on {host}:"]
     for entry in changes["add"]:
-        if entry.get("dynamic"):
+        if entry.get("vgpu"):
+            lines.append(f"  + VirtualPCIPassthrough VmiopBackingInfo vgpu={entry['vgpu']} (a vGPU: ESXi places it "
+                         "on a GPU of the host at power-on)")
+        elif entry.get("dynamic"):
             lines.append(f"  + VirtualPCIPassthrough DynamicBackingInfo allowedDevice="
                          f"{entry['vendor_id']:04x}:{entry['device_id']:04x} (no customLabel; planned for "
                          f"{entry['address']})")
@@ -138,6 +162,10 @@ def preview(vm: str, host: str, raw: VmPlan, changes: dict[str, Any]) -> str:
                          f"vendorId={entry['vendor_id']:04x} deviceId={entry['device_id']:04x} "
                          f"({entry.get('name', '')}; systemId from QueryConfigTarget)")
     for entry in changes["remove"]:
+        if entry.get("vgpu"):
+            lines.append(f"  - VirtualPCIPassthrough VmiopBackingInfo vgpu={entry['vgpu']} (the VM's vGPU "
+                         f"{entry.get('index')})")
+            continue
         lines.append(f"  - VirtualPCIPassthrough {entry['address'] + ' (dynamic)' if entry.get('dynamic') else entry['id']}")
     if changes.get("locked") is not None:
         lines.append(f"  memoryReservationLockedToMax: {raw.locked} -> {changes['locked']}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from gpupass.backends.esxi.inventory import HostRaw, VmRaw
+from gpupass.backends.esxi.inventory import HostRaw, VmRaw, passthrough_devices
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class VmPlan:
     extra: Mapping[str, str] = field(default_factory=dict)
     change_version: str | None = None
     record: Mapping[str, Any] = field(default_factory=dict)  # gpupass' own record in extraConfig
+    vgpus: tuple[str, ...] = ()  # the profiles of its vGPUs, in device order
+    passthrough_devices: int = 0  # its other VirtualPCIPassthrough devices (fixed or dynamic)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class EsxiState:
     def from_json(cls, data: Mapping[str, Any]) -> EsxiState:
         return cls(tuple(int(part) for part in data.get("api") or ()), str(data.get("api_name") or ""),
                    {name: HostPlan(**host) for name, host in (data.get("hosts") or {}).items()},
-                   {name: VmPlan(**vm) for name, vm in (data.get("vms") or {}).items()})
+                   {name: VmPlan(**{**vm, "vgpus": tuple(vm.get("vgpus") or ())})
+                    for name, vm in (data.get("vms") or {}).items()})
 
 
 def from_raw(api: tuple[int, ...], api_name: str, hosts: Mapping[str, HostRaw],
@@ -60,5 +63,6 @@ def from_raw(api: tuple[int, ...], api_name: str, hosts: Mapping[str, HostRaw],
         api, api_name,
         {name: HostPlan(name, h.maintenance, dict(h.enabled), dict(h.active), h.rebind) for name, h in hosts.items()},
         {name: VmPlan(name, v.host, getattr(v.ref, "_moId", None), v.memory_mb, v.reservation_mb, v.locked,
-                      v.firmware, dict(v.extra), v.change_version, dict(v.record or {}))
+                      v.firmware, dict(v.extra), v.change_version, dict(v.record or {}), tuple(v.vgpus),
+                      len(passthrough_devices(v.devices)) - len(v.vgpus))
          for name, v in vms.items()})

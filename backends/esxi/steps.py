@@ -52,3 +52,15 @@ class Intent:
     vm: str
     intent: str
     change_version: str | None
+
+
+@dataclass(frozen=True)
+class VgpuReconfigure:
+    """One ReconfigVM_Task of VM `vm` on host `host` that adds or removes vGPUs (`changes` from
+    backends/esxi/shares.py: entries {"vgpu": PROFILE, "index": N}, the reservation and gpupass' record), refused
+    if the VM's changeVersion is no longer `change_version`. Not claimed: a vGPU holds no device until power-on."""
+
+    vm: str
+    host: str
+    changes: Mapping[str, Any]
+    change_version: str | None

@@ -177,4 +177,5 @@ def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddr
                          on_gpu[vm] or "unknown", ShareMode.VGPU_PROFILE, vm) for vm in holders)
     shares += tuple(Share(share_id(p.vm, p.index), p.profile, ShareMode.VGPU_PROFILE, p.vm)
                     for p in parked if p.vm not in holders)
-    return Sharing(tuple(types), shares)
+    # time-sliced vGPUs of one profile per GPU (equal-size mode, see the module's docstring)
+    return Sharing(tuple(types), shares, one_type_at_a_time=True)

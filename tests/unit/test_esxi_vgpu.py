@@ -127,3 +127,72 @@ def test_a_vgpu_of_a_vm_that_is_off_is_parked_where_it_would_fit():
     sharing = vgpu.sharing_of(host, B, {A: P40, B: P40}, {}, {}, (vgpu.Parked("ml", 1, "grid_p40-4c"),))
     assert [(s.id, s.type_id, s.holder) for s in sharing.shares] == [("ml/vgpu-1", "grid_p40-4c", "ml")]
     assert {t.id: t.available for t in sharing.types} == {"grid_p40-2b": 12, "grid_p40-4c": 6}  # it takes no room
+
+
+def vm_plan(**kw):
+    from gpupass.backends.esxi.state import VmPlan
+
+    base = dict(name="vm", host="esx03", moid="vm-1", memory_mb=16384, reservation_mb=1024, locked=False,
+                firmware="efi")
+    return VmPlan(**{**base, **kw})
+
+
+def test_assign_records_the_gpu_and_the_reservation_it_found():
+    import json
+
+    from gpupass.backends.esxi import shares
+
+    changes = shares.assign_changes(vm_plan(), "grid_p40-4c", "0000:af:00.0")
+    assert changes["add"] == [{"vgpu": "grid_p40-4c", "index": 1}]
+    assert (changes["locked"], changes["reservation_mb"]) == (True, 16384)
+    record = json.loads(changes["extra"]["gpupass.assignment"])
+    assert record["vgpus"] == [{"index": 1, "profile": "grid_p40-4c", "gpu": "0000:af:00.0"}]
+    assert record["previous"] == {"reservation_mb": 1024, "locked": False}
+    second = shares.assign_changes(vm_plan(vgpus=("grid_p40-4c",), record=record, reservation_mb=16384, locked=True),
+                                   "grid_p40-4c", "0000:3b:00.0")
+    again = json.loads(second["extra"]["gpupass.assignment"])
+    assert again["previous"] == {"reservation_mb": 1024, "locked": False}  # the first value found is kept
+    assert [v["index"] for v in again["vgpus"]] == [1, 2]
+
+
+def test_release_restores_only_when_nothing_is_left():
+    import json
+
+    from gpupass.backends.esxi import shares
+
+    record = {"devices": [], "previous": {"reservation_mb": 1024, "locked": False},
+              "vgpus": [{"index": 1, "profile": "grid_p40-4c", "gpu": "A"}, {"index": 2, "profile": "grid_p40-4c",
+                                                                               "gpu": "B"}]}
+    two = vm_plan(vgpus=("grid_p40-4c", "grid_p40-4c"), record=record, reservation_mb=16384, locked=True)
+    first = shares.release_changes(two, [(1, "grid_p40-4c")])
+    assert first["remove"] == [{"vgpu": "grid_p40-4c", "index": 1}] and first["locked"] is None
+    kept = json.loads(first["extra"]["gpupass.assignment"])["vgpus"]
+    assert kept == [{"index": 1, "profile": "grid_p40-4c", "gpu": "B"}]  # the second moved up
+    both = shares.release_changes(two, [(1, "grid_p40-4c"), (2, "grid_p40-4c")])
+    assert (both["locked"], both["reservation_mb"], both["extra"]) == (False, 1024, {"gpupass.assignment": ""})
+    # a passthrough device that stays keeps the reservation and the record
+    mixed = shares.release_changes(vm_plan(vgpus=("grid_p40-4c",), record=record, passthrough_devices=1),
+                                   [(1, "grid_p40-4c")])
+    assert mixed["locked"] is None and mixed["extra"]["gpupass.assignment"]
+    # a vGPU added by other tools: nothing of gpupass' to restore
+    foreign = shares.release_changes(vm_plan(vgpus=("grid_p40-4c",)), [(1, "grid_p40-4c")])
+    assert (foreign["locked"], foreign["reservation_mb"], foreign["extra"]) == (None, None, {})
+
+
+@pytest.mark.parametrize("share_id, expected", [("vm/vgpu-2", 2), ("vm/vgpu@0000:3b:00.0", None),
+                                                ("other/vgpu-1", None), ("vm/vgpu-x", None)])
+def test_share_id_to_index(share_id, expected):
+    from gpupass.backends.esxi import shares
+
+    assert shares.index_of(share_id, "vm") == expected
+
+
+def test_the_planning_state_keeps_the_vgpus_through_a_snapshot():
+    import json
+
+    from gpupass.backends.esxi.state import EsxiState
+
+    state = EsxiState((7, 0, 3), "vim.version.v7_0_3_0", {},
+                      {"vm": vm_plan(vgpus=("grid_p40-4c",), passthrough_devices=1)})
+    again = EsxiState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again == state and again.vms["vm"].vgpus == ("grid_p40-4c",)

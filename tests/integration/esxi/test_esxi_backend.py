@@ -11,6 +11,7 @@ from gpupass.core.domain.inventory import Firmware, PowerState
 from gpupass.core.domain.mmio import GiB
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
+from gpupass.core.domain.select import GpuSelector
 from gpupass.core.errors import AuthenticationFailed, ConnectionFailed, NotSupported, OperationFailed, PreflightFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target, TlsOptions
@@ -275,5 +276,8 @@ def test_every_esxi_payload_type_survives_a_snapshot_round_trip(backend, tmp_pat
 
     requests = [AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)),
                 AssignmentRequest("ml-train", (A100_ACTIVE,)),
-                ReleaseRequest("cad-ws", options=ReleaseOptions(disable_host_passthrough=True))]
+                ReleaseRequest("cad-ws", options=ReleaseOptions(disable_host_passthrough=True)),
+                # a vGPU on the shared-direct host (backends/esxi/shares.py)
+                AssignmentRequest("infer01", (GpuSelector("esx03.lab.local/0000:af:00.0"),),
+                                  AssignOptions(share="grid_p40-4c"))]
     assert payloads_survive_a_snapshot(backend, requests, tmp_path) == payload_types("esxi")
