@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from gpupass.backends.kvm import domxml, shares, sysfs
+from gpupass.backends.kvm import domxml, secretclaims, shares, sysfs
 from gpupass.backends.kvm.errors import translate
 from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev
 from gpupass.backends.kvm.nodedev import (
@@ -63,7 +63,7 @@ class _Counted:
 
 def _wrap(value: Any, backend: KvmBackend) -> Any:
     module = type(value).__module__
-    if module == "libvirt" and type(value).__name__ in ("virDomain", "virNodeDevice"):
+    if module == "libvirt" and type(value).__name__ in ("virDomain", "virNodeDevice", "virSecret"):
         return _Counted(value, backend)
     if isinstance(value, list):
         return [_wrap(item, backend) for item in value]
@@ -131,6 +131,9 @@ class KvmBackend(Backend):
         self._module: Any = None
         self._conn: Any = None
         self._watchdog: Watchdog | None = None
+        # Whether the connection has a secret driver for claims: None until an assign tries it (the test
+        # driver has none: VIR_ERR_NO_SUPPORT), then the bakery in the domains' metadata decides instead.
+        self._secret_driver: bool | None = None
 
     @property
     def _libvirt(self) -> Any:
@@ -247,6 +250,7 @@ class KvmBackend(Backend):
         holders: list[claims.Holder] = []
         mdev_holders: dict[str, str] = {}
         domain_xml: dict[str, str] = {}
+        held_by: dict[str, list[tuple[str, str]]] = {}  # address -> (VM, its UUID) for every VM holding it
         for domain, values in stats:
             xml = self._call(f"reading domain {domain.name()!r}", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
             root = domxml.parse(xml)  # once, for its facts and its claims
@@ -254,12 +258,14 @@ class KvmBackend(Backend):
             domain_xml[facts.name] = xml
             for address in facts.hostdevs:
                 owners[address] = facts.name
+                held_by.setdefault(str(address), []).append((facts.name, facts.uuid))
             claimed, held = domxml.claims_in(root)
             holders.extend(held)
             for uuid in facts.mdevs:
                 mdev_holders[uuid] = facts.name
             vms.append(_vm(facts, values.get("state.state", 0), claimed))
-        vms = _with_stale_holdings(vms, holders)
+        vms, settled = self._with_claim_owners(vms, held_by)
+        vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
         gpus = group_gpus(functions.values(), groups, owners)
         gpus = self._with_sharing(gpus, share_types, mdev_holders)
         if self._is_local:
@@ -274,6 +280,30 @@ class KvmBackend(Backend):
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
                          {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml))
+
+    def _with_claim_owners(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]) -> tuple[list[Vm], set[str]]:
+        """A GPU on several VMs whose secret claim names one of them (a run stopped between its define and
+        taking it back, or a hand edit): the others are told to give it back. Two calls per such GPU, none
+        otherwise. -> the VMs with their notes, and the addresses settled this way."""
+        notes: dict[str, list[str]] = {}
+        settled: set[str] = set()
+        for address, holding in held_by.items():
+            if len(holding) < 2 or self._secret_driver is False:
+                continue
+            claim = self._claim_on(address)
+            owner = next((vm for vm, uuid in holding if claim is not None and claim.vm_uuid == uuid), None)
+            if claim is None or owner is None:
+                continue
+            settled.add(address)
+            for vm, _ in holding:
+                if vm != owner:
+                    notes.setdefault(vm, []).append(
+                        f"holds {address}, which VM '{owner}' holds too and gpupass's claim gives to it ({claim.origin}); "
+                        f"`gpupass release HOST {vm} {address}` takes it off this VM")
+        if not notes:
+            return vms, settled
+        return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+                else vm for vm in vms], settled
 
     def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
                       mdev_holders: dict[str, str]) -> list[Gpu]:
@@ -512,6 +542,8 @@ class KvmBackend(Backend):
         if payload.claims:
             return self._define_claimed(payload)
         self._define(payload.new_xml, "defining the new VM definition")
+        before, after = domxml.read_facts(payload.old_xml), domxml.read_facts(payload.new_xml)
+        self._release_claims(before.uuid, {str(a) for a in before.hostdevs} - {str(a) for a in after.hostdevs})
         return payload.old_xml
 
     @_apply.register
@@ -523,7 +555,17 @@ class KvmBackend(Backend):
     _claim_wait_s = 10.0
 
     def _define_claimed(self, payload: DefineDomain) -> str:
-        """The define of an assign, as a claim that holds across processes and machines (see claims.py)."""
+        """The define of an assign, as a claim that holds across processes and machines: a libvirt secret per
+        GPU where the connection has a secret driver (secretclaims.py), else the bakery in the domains'
+        metadata (gpupass.core.domain.claims), which costs two reads of every domain."""
+        if self._secret_driver is not False:
+            try:
+                return self._define_with_secrets(payload)
+            except _NoSecretDriver:
+                self._secret_driver = False
+        return self._define_with_bakery(payload)
+
+    def _define_with_bakery(self, payload: DefineDomain) -> str:
         vm, old = payload.vm, payload.old_xml
         mine = claims.new_claim(vm, payload.claims)
         self._define(domxml.with_claim(old, mine), f"recording gpupass's claim in VM {vm!r}")
@@ -568,6 +610,174 @@ class KvmBackend(Backend):
                           if gave_up_waiting else ""))
         return old
 
+    # How old a claim on a GPU its VM does not hold must be before another run takes it over (secret claims).
+    claim_takeover_s = 2.0
+
+    def _define_with_secrets(self, payload: DefineDomain) -> str:
+        """Claim each GPU as a libvirt secret (secretclaims.py), define the new definition, then look each
+        claim up again: one that is no longer this run's was taken over by a run that found it stale, and
+        this run undoes its change. Calls: one secretDefineXML and one secretLookupByUsage per address and
+        one defineXML, whatever the number of domains on the host."""
+        vm, old = payload.vm, payload.old_xml
+        vm_uuid = domxml.read_facts(old).uuid
+        run = claims.new_claim(vm, payload.claims)
+        taken: list[tuple[secretclaims.SecretClaim, secretclaims.SecretClaim | None]] = []
+        try:
+            for address in sorted(payload.claims):  # one order for every run: no two wait on each other
+                mine = secretclaims.new(address, vm, vm_uuid, run.token, run.origin, time.time())
+                taken.append((mine, self._take_claim(mine, first=not taken)))
+            self._define(payload.new_xml, "defining the new VM definition")
+        except BaseException:
+            try:
+                self._drop_claims([claim for claim, _ in taken])
+            except GpupassError as error:  # the run's own error says more; a claim left behind is taken over
+                log.warning("could not take back this run's claims: %s", error.message)
+            raise
+        lost = [(claim, self._claim_on(claim.address)) for claim, _ in taken
+                if not self._still_mine(claim)]
+        # A claim taken over from a stale one: the run that made it may have defined its VM and seen its
+        # claim before the takeover, and then it won; its VM holding the GPU now says so.
+        overtaken = [(mine, stale) for mine, stale in taken
+                     if stale is not None and self._holds(stale.vm_uuid, mine.address)]
+        if lost or overtaken:
+            self._define(old, "undoing this run's change after losing the claim")
+            self._drop_claims([claim for claim, _ in taken])
+            mine, other = (lost or overtaken)[0]
+            who = f"VM '{other.vm}' ({other.origin})" if other is not None else "another run"
+            raise Conflict(f"{who} claimed {mine.address} while this run was assigning it; this run's change to "
+                           f"VM '{vm}' was undone", remedy=f"release the GPU from VM '{other.vm if other else '?'}' "
+                                                           "first if it should move")
+        return old
+
+    def _take_claim(self, mine: secretclaims.SecretClaim, first: bool) -> secretclaims.SecretClaim | None:
+        """Define the claim's secret; -> the stale claim it replaced, if any. A claim of another run whose VM
+        does not hold the GPU is waited for: that run is between its claim and its define, or it stopped
+        there (killed), or the GPU was taken off its VM by hand. Once the claim is claim_takeover_s old (by
+        its maker's clock), or has been seen that long, it is taken over. Safety does not rest on that
+        time: a run whose claim was taken over sees so after its define and undoes it, and the run that
+        took it over loses if the other one's VM holds the GPU by then (_define_with_secrets)."""
+        libvirt, conn = self._libvirt, self._connection()
+        xml = secretclaims.to_xml(mine)
+        replaced = None
+        waiting_on, since, delay = "", time.monotonic(), 0.05
+        refusals_without_owner = 0
+        while True:
+            try:
+                conn.secretDefineXML(xml, 0)
+                self._secret_driver = True
+                return replaced
+            except libvirt.libvirtError as exc:
+                code = exc.get_error_code()
+                if first and code == libvirt.VIR_ERR_NO_SUPPORT:
+                    raise _NoSecretDriver() from exc
+                if code != libvirt.VIR_ERR_INTERNAL_ERROR:
+                    raise translate(libvirt, exc, f"claiming {mine.address}") from exc
+                refused = exc
+            # VIR_ERR_INTERNAL_ERROR is also what other failures report: the usage's owner tells which.
+            other = self._claim_on(mine.address)
+            if other is None:
+                refusals_without_owner += 1
+                if refusals_without_owner > 3:  # not a taken usage: libvirt failed for another reason
+                    raise translate(libvirt, refused, f"claiming {mine.address}") from refused
+                continue  # released (or taken back) meanwhile: claim it again
+            if other.uuid != waiting_on:
+                waiting_on, since, delay = other.uuid, time.monotonic(), 0.05
+            if not other.vm_uuid:
+                raise Conflict(f"{mine.address} is claimed by a libvirt secret gpupass did not make (usage "
+                               f"{secretclaims.usage_id(mine.address)!r}, UUID {other.uuid}); nothing was changed",
+                               remedy="if nothing uses that secret, remove it (`virsh secret-undefine "
+                                      f"{other.uuid}`), then run the command again")
+            if self._holds(other.vm_uuid, mine.address):
+                raise Conflict(f"{mine.address} is claimed by VM '{other.vm}' ({other.origin}), which holds it; "
+                               "nothing was changed", remedy=f"release the GPU from VM '{other.vm}' first if it "
+                                                             "should move")
+            if time.monotonic() - since > self.claim_takeover_s or time.time() - other.at > self.claim_takeover_s:
+                secret = self._secret_by_usage(mine.address)
+                if secret is not None and secret.UUIDString() == other.uuid:
+                    try:  # by its UUID: a newer claim of someone else is never removed
+                        secret.undefine()
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                            raise translate(libvirt, exc, f"taking over the stale claim on {mine.address}") from exc
+                replaced = other
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _still_mine(self, claim: secretclaims.SecretClaim) -> bool:
+        secret = self._secret_by_usage(claim.address)
+        return secret is not None and secret.UUIDString() == claim.uuid
+
+    def _secret_by_usage(self, address: str) -> Any:
+        libvirt = self._libvirt
+        try:
+            return self._connection().secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME,
+                                                          secretclaims.usage_id(address))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                self._secret_driver = False
+                return None
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise translate(libvirt, exc, f"looking up the claim on {address}") from exc
+
+    def _claim_on(self, address: str) -> secretclaims.SecretClaim | None:
+        """The claim on `address` now, or None. A secret with that usage that is not a gpupass claim counts
+        as a claim nobody can take over (its VM UUID matches no domain)."""
+        secret = self._secret_by_usage(address)
+        if secret is None:
+            return None
+        libvirt = self._libvirt
+        try:
+            text = secret.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise translate(libvirt, exc, f"reading the claim on {address}") from exc
+        return secretclaims.from_xml(text) or secretclaims.SecretClaim(address, "(not gpupass)", "", "", "",
+                                                                       secret.UUIDString())
+
+    def _holds(self, vm_uuid: str, address: str) -> bool:
+        """Does the domain with this UUID hold `address` in its persistent definition now?"""
+        libvirt = self._libvirt
+        if not vm_uuid:
+            return True  # a secret gpupass did not make: never taken over
+        try:
+            domain = self._connection().lookupByUUIDString(vm_uuid)
+            xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise translate(libvirt, exc, f"reading the VM that claimed {address}") from exc
+        return address in {str(a) for a in domxml.read_facts(xml).hostdevs}
+
+    def _drop_claims(self, mine: list[secretclaims.SecretClaim]) -> None:
+        """Take back this run's own claims (by UUID: never one that replaced it)."""
+        libvirt, conn = self._libvirt, self._connection()
+        for claim in mine:
+            try:
+                conn.secretLookupByUUIDString(claim.uuid).undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SECRET, libvirt.VIR_ERR_NO_SUPPORT):
+                    raise translate(libvirt, exc, f"taking back the claim on {claim.address}") from exc
+
+    def _release_claims(self, vm_uuid: str, addresses: set[str]) -> None:
+        """After a release (or the undo of an assign): the claims on these addresses that name this VM."""
+        if self._secret_driver is False or not addresses:
+            return
+        libvirt = self._libvirt
+        for address in sorted(addresses):
+            secret = self._secret_by_usage(address)
+            if secret is None:
+                continue
+            try:  # undefined by its UUID, read here: a claim made after this read is never removed
+                claim = secretclaims.from_xml(secret.XMLDesc(0))
+                if claim is not None and claim.vm_uuid == vm_uuid:
+                    secret.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SECRET, libvirt.VIR_ERR_NO_SUPPORT):
+                    raise translate(libvirt, exc, f"removing the claim on {address}") from exc
+
     def _all_domain_xml(self) -> dict[str, str]:
         self._before_reading_definition()  # a test-driver lab reloads its file: other processes' defines are there
         conn = self._connection()
@@ -595,6 +805,8 @@ class KvmBackend(Backend):
     @_undo.register
     def _undo_define(self, payload: DefineDomain, token: str) -> None:
         self._define(token, "restoring the previous VM definition")
+        if payload.claims:  # an assign taken back: its claims go with it
+            self._release_claims(domxml.read_facts(token).uuid, set(payload.claims))
 
     @_undo.register
     def _undo_hotplug(self, payload: Hotplug, token: None) -> None:
@@ -744,6 +956,10 @@ class KvmBackend(Backend):
             self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
         else:
             self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+
+
+class _NoSecretDriver(Exception):
+    """The connection has no secret driver (the libvirt test driver: VIR_ERR_NO_SUPPORT)."""
 
 
 _STATES = {0: PowerState.UNKNOWN, 1: PowerState.RUNNING, 2: PowerState.RUNNING, 3: PowerState.PAUSED,

@@ -4,6 +4,9 @@ Each goal of issue 11 is printed as a ratio next to its anchor, measured in the 
 
 1. assign/release cost in libvirt calls against one `gpus` on the same host (goal <= 1.1x), on the lab host
    and on a generated host with 4 GPUs and 1,000 VMs. Calls are counted by the backend (deterministic).
+   The test driver has no secret driver, so its claims are the bakery in the domains' metadata (two reads
+   of every domain); 1b. is the same on a real unprivileged libvirtd with 1,000 defined domains, where the
+   claim is a libvirt secret (backends/kvm/secretclaims.py), with the bakery forced for comparison.
 2. `gpus` (the backend's inventory) against a hand-written libvirt script making the same calls and
    parsing each XML document once with ElementTree (the least any script must do to know owners and
    devices), in this process; and `gpupass gpus --json` against that script as a program, both in a
@@ -96,6 +99,45 @@ def measure(uri: str, vm: str, gpu: PciAddress, repeat: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
+def libvirtd_figures(domains: int) -> dict[str, float] | None:
+    """gpus / assign / release calls on a real libvirtd holding `domains` defined (not started) domains, with
+    secret claims and with the bakery forced; None where no libvirtd can be started here."""
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parent / "integration" / "libvirtd"))
+    import libvirt
+    from support.libvirtd import LibvirtdUnavailable, UnprivilegedLibvirtd
+    from test_kvm_backend_libvirtd import T4, q35, with_gpus
+
+    try:
+        daemon = UnprivilegedLibvirtd()  # started by its constructor
+    except LibvirtdUnavailable:
+        return None
+    figures: dict[str, float] = {}
+    try:
+        conn = libvirt.open(daemon.uri)
+        for i in range(domains):
+            conn.defineXML(q35(f"bench-{i:04d}"))
+        conn.close()
+        registry = default_registry()
+        for kind in ("secret", "bakery"):
+            with KvmBackend(Target(uri=daemon.uri, name="bench")) as backend:
+                if kind == "bakery":
+                    backend._secret_driver = False  # what a connection without a secret driver does
+                before = backend.round_trips
+                backend.inventory()
+                figures["gpus_rt"] = backend.round_trips - before + 1  # + the open
+                for name, request in (("assign", AssignmentRequest("bench-0000", (T4.address,))),
+                                      ("release", ReleaseRequest("bench-0000"))):
+                    before = backend.round_trips
+                    plan = make_plan(backend, with_gpus(backend.inventory(), T4), request, registry)
+                    assert not plan.blocked and not plan.nothing_to_do, plan.findings
+                    execute(backend, plan)
+                    figures[f"{kind}_{name}_rt"] = backend.round_trips - before + 1  # as if it opened its own
+    finally:
+        daemon.stop()
+    return figures
+
+
 def anchor_seconds(uri: str, repeat: int) -> float:
     namespace: dict = {"__name__": "anchor"}
     exec(compile(ANCHOR, "anchor", "exec"), namespace)
@@ -140,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
             f = measure(uri, vm, gpu, args.repeat)
             print(f"{name:<40} {f['gpus_rt']:>6.0f} {f['assign_rt']:>7.0f} {ratio(f['assign_rt'], f['gpus_rt']):>7} "
                   f"{f['release_rt']:>8.0f} {ratio(f['release_rt'], f['gpus_rt']):>7}")
+
+        domains = 10 if args.quick else 1000
+        print(f"\n1b. the same on a real libvirtd with {domains} defined domains (goal: <= 1.1x)")
+        real = libvirtd_figures(domains)
+        if real is None:
+            print("   no libvirtd could be started here (tests/support/libvirtd.py)")
+        else:
+            print(f"{'claims':<40} {'gpus':>6} {'assign':>7} {'ratio':>7} {'release':>8} {'ratio':>7}")
+            for kind, label in (("secret", "libvirt secret (the default)"), ("bakery", "bakery (forced)")):
+                print(f"{label:<40} {real['gpus_rt']:>6.0f} {real[kind + '_assign_rt']:>7.0f} "
+                      f"{ratio(real[kind + '_assign_rt'], real['gpus_rt']):>7} {real[kind + '_release_rt']:>8.0f} "
+                      f"{ratio(real[kind + '_release_rt'], real['gpus_rt']):>7}")
 
         print("\n2. `gpus` against the hand-written libvirt script (same calls, one parse per XML; goal: <= 1.5x)")
         print(f"{'host':<40} {'gpupass ms':>10} {'script ms':>10} {'ratio':>7}")
