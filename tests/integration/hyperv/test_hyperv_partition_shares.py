@@ -107,3 +107,14 @@ def test_the_cmdlets_bind_as_their_pages_document():
     unknown = run_script(model, "Add-VMGpuPartitionAdapter -VMName 'ml-train' -PartitionSizeMB 512")
     assert "NamedParameterNotFound" in unknown.stderr and "PartitionSizeMB" in unknown.stderr
     assert model.vm("ml-train").gpu_partitions == []
+
+
+def test_fleet_find_profile_counts_the_free_partitions(host):
+    model, uri = host
+    document = run("fleet", "find", "--profile", "partitions-32", "--hosts", uri, "--json")
+    (row,) = document["capacity"]
+    assert (row["gpu"], row["type"], row["mode"], row["free"]) == (RTX, "partitions-32", "gpu-partition", 31)
+    run("assign", uri, "ml-train", RTX, "--share", "partitions-32", "--yes")
+    assert run("fleet", "find", "--profile", "partitions-32", "--hosts", uri, "--json")["capacity"][0]["free"] == 30
+    # the GPU holds partitions: fleet find --model agrees with check that it cannot be given whole
+    assert run("fleet", "find", "--model", "10de:2504", "--hosts", uri, "--json", expect=3)["candidates"] == []
