@@ -877,18 +877,22 @@ class KvmBackend(Backend):
     def _create_mdev(self, payload: CreateMdev) -> str:
         """virNodeDeviceDefineXML + virNodeDeviceCreate (libvirt 7.3+), the persistent way `virsh nodedev-define`
         and `nodedev-start` take; a device that cannot start is undefined again, so nothing is left half-made."""
-        conn = self._connection()
+        unsupported = NotSupported(
+            f"creating a mediated device is not supported on this connection ({self.target.label}): its libvirt "
+            "driver has no virNodeDeviceDefineXML (libvirt's test driver, or libvirt older than 7.3); nothing was "
+            "changed",
+            remedy=f"create a {payload.type_id} device on the host (mdevctl define -u UUID -p "
+                   f"{payload.parent.removeprefix('pci_').replace('_', ':', 2).replace('_', '.')} --type "
+                   f"{payload.type_id}; mdevctl start -u UUID), then run the command again: gpupass gives a VM "
+                   "a free device of the type")
+        # libvirt-python older than 7.3 has no binding for it at all (the libvirt driver's own refusal is below)
+        define = getattr(self._connection(), "nodeDeviceDefineXML", None)
+        if define is None:
+            raise unsupported
         try:
-            device = self._call(f"defining mediated device {payload.uuid}", conn.nodeDeviceDefineXML, payload.xml, 0)
+            device = self._call(f"defining mediated device {payload.uuid}", define, payload.xml, 0)
         except NotSupported as exc:
-            raise NotSupported(
-                f"creating a mediated device is not supported on this connection ({self.target.label}): its libvirt "
-                "driver has no virNodeDeviceDefineXML (libvirt's test driver, or libvirt older than 7.3); nothing was "
-                "changed",
-                remedy=f"create a {payload.type_id} device on the host (mdevctl define -u UUID -p "
-                       f"{payload.parent.removeprefix('pci_').replace('_', ':', 2).replace('_', '.')} --type "
-                       f"{payload.type_id}; mdevctl start -u UUID), then run the command again: gpupass gives a VM "
-                       "a free device of the type") from exc
+            raise unsupported from exc
         try:
             self._call(f"starting mediated device {payload.uuid}", device.create, 0)
         except GpupassError:
