@@ -611,7 +611,7 @@ class KvmBackend(Backend):
         return old
 
     # How old a claim on a GPU its VM does not hold must be before another run takes it over (secret claims).
-    claim_takeover_s = 2.0
+    _claim_takeover_s = 2.0
 
     def _define_with_secrets(self, payload: DefineDomain) -> str:
         """Claim each GPU as a libvirt secret (secretclaims.py), define the new definition, then look each
@@ -652,7 +652,7 @@ class KvmBackend(Backend):
     def _take_claim(self, mine: secretclaims.SecretClaim, first: bool) -> secretclaims.SecretClaim | None:
         """Define the claim's secret; -> the stale claim it replaced, if any. A claim of another run whose VM
         does not hold the GPU is waited for: that run is between its claim and its define, or it stopped
-        there (killed), or the GPU was taken off its VM by hand. Once the claim is claim_takeover_s old (by
+        there (killed), or the GPU was taken off its VM by hand. Once the claim is _claim_takeover_s old (by
         its maker's clock), or has been seen that long, it is taken over. Safety does not rest on that
         time: a run whose claim was taken over sees so after its define and undoes it, and the run that
         took it over loses if the other one's VM holds the GPU by then (_define_with_secrets)."""
@@ -691,7 +691,7 @@ class KvmBackend(Backend):
                 raise Conflict(f"{mine.address} is claimed by VM '{other.vm}' ({other.origin}), which holds it; "
                                "nothing was changed", remedy=f"release the GPU from VM '{other.vm}' first if it "
                                                              "should move")
-            if time.monotonic() - since > self.claim_takeover_s or time.time() - other.at > self.claim_takeover_s:
+            if time.monotonic() - since > self._claim_takeover_s or time.time() - other.at > self._claim_takeover_s:
                 secret = self._secret_by_usage(mine.address)
                 if secret is not None and secret.UUIDString() == other.uuid:
                     try:  # by its UUID: a newer claim of someone else is never removed

@@ -93,18 +93,18 @@ def test_a_claim_held_by_a_vm_that_holds_the_gpu_makes_a_later_run_lose_at_once(
         started = time.monotonic()
         with pytest.raises(Conflict) as caught:
             execute(late, late_plan)
-        assert time.monotonic() - started < late.claim_takeover_s
+        assert time.monotonic() - started < late._claim_takeover_s
         assert caught.value.rolled_back and "claimed by VM 'gp-sc-1'" in caught.value.message
         assert inactive_xml(libvirt_conn, "gp-sc-2") == vms["gp-sc-2"] and holds(libvirt_conn, "gp-sc-1")
 
 
 def test_a_claim_left_by_a_stopped_run_is_taken_over(libvirtd_uri, libvirt_conn, vms):
     """A run killed between its claim and its define (or a GPU taken off its VM by hand) leaves a claim whose
-    VM does not hold the GPU: another run waits claim_takeover_s for it at most, then takes it over."""
+    VM does not hold the GPU: another run waits _claim_takeover_s for it at most, then takes it over."""
     stale = secretclaims.new(GPU, "gp-sc-1", domxml.read_facts(vms["gp-sc-1"]).uuid, "t", "a killed run", time.time())
     libvirt_conn.secretDefineXML(secretclaims.to_xml(stale))
     with open_backend(libvirtd_uri) as backend:
-        backend.claim_takeover_s = 0.5
+        backend._claim_takeover_s = 0.5
         started = time.monotonic()
         execute(backend, planned(backend, "gp-sc-2"))
         assert time.monotonic() - started >= 0.5
@@ -113,7 +113,7 @@ def test_a_claim_left_by_a_stopped_run_is_taken_over(libvirtd_uri, libvirt_conn,
 
 
 def test_a_run_whose_claim_was_taken_over_undoes_its_change(libvirtd_uri, libvirt_conn, vms):
-    """A run stalled between its claim and its define (longer than claim_takeover_s) finds after its define
+    """A run stalled between its claim and its define (longer than _claim_takeover_s) finds after its define
     that its claim is another run's: it defines its old XML again and exits with a conflict."""
     slow = open_backend(libvirtd_uri)
     slow_plan = planned(slow, "gp-sc-1")
@@ -139,7 +139,7 @@ def test_a_run_whose_claim_was_taken_over_undoes_its_change(libvirtd_uri, libvir
     thread.start()
     assert stalled.wait(30)
     with open_backend(libvirtd_uri) as fast:
-        fast.claim_takeover_s = 0.3
+        fast._claim_takeover_s = 0.3
         execute(fast, planned(fast, "gp-sc-2"))  # takes the stalled run's claim over and wins
     go_on.set()
     thread.join(30)
@@ -155,7 +155,7 @@ def test_a_secret_that_is_not_gpupass_s_is_never_taken_over(libvirtd_uri, libvir
         "<secret ephemeral='no' private='no'><description>someone else's</description><usage type='volume'>"
         f"<volume>{secretclaims.usage_id(GPU)}</volume></usage></secret>")
     with open_backend(libvirtd_uri) as backend:
-        backend.claim_takeover_s = 0.1
+        backend._claim_takeover_s = 0.1
         with pytest.raises(Conflict) as caught:
             execute(backend, planned(backend, "gp-sc-1"))
     assert caught.value.rolled_back and claim_now(libvirt_conn) == "foreign"
