@@ -49,11 +49,12 @@ from typing import Any
 
 __all__ = [
     "GIB",
-    "LAB_BAR_SIZES",
+    "LAB_BARS",
     "SimulatorError",
     "VCSim",
     "build_binary",
     "cache_dir",
+    "lab_bars",
     "lab_config",
     "P40_VGPU_TYPES",
     "make_tls_material",
@@ -212,14 +213,31 @@ def make_tls_material(directory: Path, host: str = "127.0.0.1") -> dict[str, Pat
 # --------------------------------------------------------------------------
 # lab inventory
 
-#: BAR sizes are not part of the vSphere API; they live here for the planner's tests.
-#: (PCI id -> list of BAR sizes in bytes: BAR0, large BAR, BAR3), field notes section 3.
-LAB_BAR_SIZES: dict[str, list[int]] = {
-    "10de:2330": [16 * MIB, 128 * GIB, 32 * MIB],   # H100 SXM5
-    "10de:20b5": [16 * MIB, 128 * GIB, 32 * MIB],   # A100 PCIe 80GB (same layout as A100 80GB SXM4)
-    "10de:1eb8": [16 * MIB, 256 * MIB, 32 * MIB],   # T4
-    "10de:1b38": [16 * MIB, 32 * GIB, 32 * MIB],    # Tesla P40 (real vmware.log: tests/fixtures/real/esxi/p40-vmware-log-bars.log)
+#: BARs are not part of the vSphere API; they live here for the planner's tests and the simulator's MMIO check.
+#: PCI id -> (size in bytes, width in bits) of BAR0, the large BAR and BAR3. Sizes: field notes section 3 unless said.
+#: Widths matter: with use64bitMMIO only the 64-bit BARs count against pciPassthru.64bitMMIOSizeGB (real ESXi output,
+#: tests/fixtures/real/esxi/l4-esxi-firmware-could-not-allocate-pci-mmio.md; see checkMMIO in vcsim/passthru.go).
+LAB_BARS: dict[str, list[tuple[int, int]]] = {
+    # H100 SXM5: no published output gives its widths; 32/64/64 is NVIDIA's usual layout, assumed (another Hopper,
+    # the H20, has a 64-bit BAR0: NVIDIA/nvtrust#128, tests/fixtures/real/kvm/nvtrust-128-h20-server.txt).
+    "10de:2330": [(16 * MIB, 32), (128 * GIB, 64), (32 * MIB, 64)],
+    # A100 PCIe 80GB (same layout as A100 80GB SXM4). Widths as lspci shows them for the A100 SXM4 80GB
+    # (tests/fixtures/real/kvm/linux-pci-2021-8x-a100-80gb-guest-bars.txt: "32-bit, non-prefetchable" [size=16M],
+    # "64-bit, prefetchable" [size=128G] and [size=32M]); assumed the same for the PCIe card.
+    "10de:20b5": [(16 * MIB, 32), (128 * GIB, 64), (32 * MIB, 64)],
+    # T4: the product brief gives sizes only; widths 32/64/64 assumed (NVIDIA's usual layout).
+    "10de:1eb8": [(16 * MIB, 32), (256 * MIB, 64), (32 * MIB, 64)],
+    # Tesla P40, sizes and widths from a real vmware.log (tests/fixtures/real/esxi/p40-vmware-log-bars.log):
+    # barIndex 0 "flags 0" (a 32-bit memory BAR), barIndex 1 and 3 "flags 12" (0b1100: the PCI BAR type bits
+    # 2:1 = 10b, 64-bit, and bit 3, prefetchable).
+    "10de:1b38": [(16 * MIB, 32), (32 * GIB, 64), (32 * MIB, 64)],
 }
+
+
+def lab_bars(pci_id: str) -> list[dict[str, int]]:
+    """The ``bars`` of a lab GPU as the simulator's config takes them."""
+    return [{"size": size, "bits": bits} for size, bits in LAB_BARS[pci_id]]
+
 
 #: The vGPU profiles of a Tesla P40 in the lab: name, framebuffer (MiB), max instances per GPU and class. The types,
 #: framebuffers and max instances are the real `mdevctl types` of a P40 (tests/fixtures/real/sharing/
@@ -244,7 +262,7 @@ def _gpu(address: str, device_id: int, name: str, sub_device: int, *, enabled: b
         "vendor_name": "NVIDIA Corporation", "device_name": name, "class_id": "0x0302",
         "passthru_capable": True, "passthru_enabled": enabled, "passthru_active": active,
         # hidden from the vSphere API; the simulator uses them for its power-on MMIO check
-        "bars": list(LAB_BAR_SIZES[f"10de:{device_id:04x}"]),
+        "bars": lab_bars(f"10de:{device_id:04x}"),
         "functions": functions or [],
     }
 
@@ -277,10 +295,10 @@ def lab_config() -> dict[str, Any]:
       ``web01`` (on, esx01), ``cad-ws`` (off, EFI, 32 GiB, full reservation, holds the H100,
       64-bit MMIO 256 GB), ``snap01`` (off, EFI, with snapshot ``before-upgrade``, esx02).
 
-    Each GPU carries its BAR sizes (``bars``, from :data:`LAB_BAR_SIZES`); they never reach
+    Each GPU carries its BARs (``bars``: size and width, from :data:`LAB_BARS`); they never reach
     the vSphere API, but the simulator refuses to power on a VM whose passthrough BARs exceed
     917504 pages of 4 KiB (3.5 GiB) without ``pciPassthru.use64bitMMIO=TRUE`` (the real limit in
-    Dell KB 000199172), and with it, BARs over 16 GB without EFI firmware or beyond
+    Dell KB 000199172), and with it, BARs over 16 GB without EFI firmware or 64-bit BARs beyond
     ``pciPassthru.64bitMMIOSizeGB`` (an H100 or A100 80GB needs 256).
     """
     return copy.deepcopy({

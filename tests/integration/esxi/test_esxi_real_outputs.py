@@ -122,7 +122,8 @@ def test_p40_bars_from_the_log_need_use64bitmmio_and_power_on_with_gpupass_windo
     address = re.search(r"Device (\S+) barIndex", lines[0]).group(1)
     cfg = one_host([{"address": address, "vendor_id": "0x10de", "device_id": "0x1b38", "class_id": "0x0302",
                      "vendor_name": "NVIDIA Corporation", "device_name": "GP102GL [Tesla P40]",
-                     "passthru_enabled": True, "passthru_active": True, "bars": sizes}])
+                     "passthru_enabled": True, "passthru_active": True,
+                     "bars": [{"size": b.size, "bits": 64 if b.is_64bit else 32} for b in bars]}])
     cfg["vms"][0].update(passthrough=[address], memory_reservation_locked_to_max=True)
     sim = fresh_vcsim(cfg)
     vm = find_vm(sim.connect(), "vm1")
@@ -372,7 +373,7 @@ def test_catalog_layouts_from_real_outputs_size_the_esxi_window(fresh_vcsim, dev
     address = PciAddress.parse("0000:3b:00.0")
     cfg = one_host([{"address": str(address), "vendor_id": "0x10de", "device_id": device_id, "class_id": "0x0302",
                      "device_name": name, "passthru_enabled": True, "passthru_active": True,
-                     "bars": [bar.size for bar in known.bars]}])
+                     "bars": [{"size": bar.size, "bits": 64 if bar.is_64bit else 32} for bar in known.bars]}])
     sim = fresh_vcsim(cfg, username=USER)
     backend = backend_for(sim)
     try:
@@ -383,3 +384,90 @@ def test_catalog_layouts_from_real_outputs_size_the_esxi_window(fresh_vcsim, dev
         WaitForTask(find_vm(sim.connect(), "vm1").PowerOnVM_Task())
     finally:
         backend.close()
+
+
+# -- l4-esxi-firmware-could-not-allocate-pci-mmio.md: only the 64-bit BARs count against the window ------------
+
+# One NVIDIA L4: BAR1 32 GiB and BAR3 32 MiB are the 64-bit BARs the real message counts (33587200 KB = 32 GiB +
+# 32 MiB); BAR0 16 MiB 32-bit is assumed (NVIDIA's usual layout: no published lspci of an L4 was found).
+L4_BARS = (Bar(0, 16 * MIB, False), Bar(1, 32 * GIB, True), Bar(3, 32 * MIB, True))
+
+
+def bars_config(bars):
+    return [{"size": b.size, "bits": 64 if b.is_64bit else 32} for b in bars]
+
+
+def mmio_vm(window_gb):
+    return {"name": "vm2", "host": "esx.real.local", "power_state": "poweredOff", "firmware": "efi",
+            "guest_id": "ubuntu64Guest", "num_cpus": 4, "memory_mb": 16384, "memory_reservation_locked_to_max": True,
+            "passthrough": ["0000:b5:00.0"],
+            "extra_config": {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": str(window_gb)}}
+
+
+def test_l4_with_a_32_gb_window_is_refused_in_esxis_words_and_64_powers_on(fresh_vcsim):
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    (line,) = [x for x in body("l4-esxi-firmware-could-not-allocate-pci-mmio.md") if "could not allocate" in x]
+    real = line.split("錯誤訊息：", 1)[1].strip()
+    kb = int(re.search(r"allocate (\d+) KB", real).group(1))
+    assert kb * 1024 == sum(b.size for b in L4_BARS if b.is_64bit)  # the 64-bit BARs, BAR0 not counted
+
+    cfg = one_host([{"address": "0000:b5:00.0", "vendor_id": "0x10de", "device_id": "0x27b8", "class_id": "0x0302",
+                     "device_name": "AD104GL [L4]", "passthru_enabled": True, "passthru_active": True,
+                     "bars": bars_config(L4_BARS)}], vms=[mmio_vm(32)])
+    cfg["hosts"][0]["name"] = "r760-l4.linkone.lab"
+    cfg["vms"][1]["host"] = cfg["vms"][0]["host"] = "r760-l4.linkone.lab"
+    sim = fresh_vcsim(cfg)
+    vm = find_vm(sim.connect(), "vm2")
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(vm.PowerOnVM_Task())
+    assert err.value.msg == real  # host name, 33587200 KB and all: what ESXi said
+    assert vm.runtime.powerState == "poweredOff"
+
+    # gpupass's ESXi sizing counts the same BARs: 32 GiB + 32 MiB, a power of two up, is the 64 GB the notes use
+    policy = EsxiBackend.mmio_policy
+    assert not policy.fits(mmio_need(L4_BARS), 32 * GiB)
+    window_gb = policy.window_for(mmio_need(L4_BARS)) // GiB
+    assert window_gb == 64
+    WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[
+        vim.option.OptionValue(key="pciPassthru.64bitMMIOSizeGB", value=str(window_gb))])))
+    WaitForTask(vm.PowerOnVM_Task())
+    assert vm.runtime.powerState == "poweredOn"
+
+
+def test_a_32_bit_bar_does_not_count_against_the_64_bit_window(fresh_vcsim):
+    """A 32 GiB 64-bit BAR and a 16 MiB 32-bit one: counting every BAR (the simulator before) needed 33 GB; ESXi
+    counts the 64-bit BAR only, so exactly 32 GB powers on. The same BARs without widths (a config written before
+    the simulator knew them) still count as 64-bit and are refused."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    bars = (Bar(0, 16 * MIB, False), Bar(1, 32 * GIB, True))
+    policy = EsxiBackend.mmio_policy
+    assert policy.fits(mmio_need(bars), 32 * GiB) and policy.window_for(mmio_need(bars)) == 32 * GiB
+
+    device = {"address": "0000:b5:00.0", "vendor_id": "0x10de", "device_id": "0x27b8", "class_id": "0x0302",
+              "device_name": "GPU", "passthru_enabled": True, "passthru_active": True}
+    sim = fresh_vcsim(one_host([dict(device, bars=bars_config(bars))], vms=[mmio_vm(32)]))
+    vm = find_vm(sim.connect(), "vm2")
+    WaitForTask(vm.PowerOnVM_Task())
+    assert vm.runtime.powerState == "poweredOn"
+
+    old = fresh_vcsim(one_host([dict(device, bars=[b.size for b in bars])], vms=[mmio_vm(32)]))
+    vm = find_vm(old.connect(), "vm2")
+    with pytest.raises(vim.fault.GenericVmConfigFault) as err:
+        WaitForTask(vm.PowerOnVM_Task())
+    assert f"could not allocate {(32 * GIB + 16 * MIB) // 1024} KB of PCI MMIO" in err.value.msg
+
+
+@pytest.mark.parametrize("bar, problem", [
+    ({"size": 16 * MIB, "bits": 48}, "bits must be 32 or 64"),
+    ({"size": 4 * GIB, "bits": 32}, "too large for a 32-bit BAR"),
+    ({"size": 16 * MIB}, "bits must be 32 or 64"),
+])
+def test_a_bar_of_impossible_width_is_refused_by_the_simulator(fresh_vcsim, bar, problem):
+    from gpupass.backends.esxi.lab.simulator import SimulatorError
+
+    device = {"address": "0000:b5:00.0", "vendor_id": "0x10de", "device_id": "0x27b8", "class_id": "0x0302",
+              "device_name": "GPU", "bars": [bar]}
+    with pytest.raises(SimulatorError, match=problem):
+        fresh_vcsim(one_host([device]))

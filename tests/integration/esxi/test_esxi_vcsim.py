@@ -285,7 +285,8 @@ def test_power_on_needs_full_memory_reservation_mmio_and_a_free_device(fresh_vcs
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(128))))
     with pytest.raises(vim.fault.GenericVmConfigFault) as err:
         WaitForTask(ml.PowerOnVM_Task())
-    assert "need 129 GB of 64-bit MMIO; the window is 128 GB" in err.value.msg
+    assert ("Error message from esx02.lab.local: The firmware could not allocate 134250496 KB of PCI MMIO."
+            " Increase the size of PCI MMIO and try again.") == err.value.msg  # 128 GiB + 32 MiB: the 64-bit BARs
     WaitForTask(ml.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=mmio(256))))
     assert extra(ml) == {"pciPassthru.use64bitMMIO": "TRUE", "pciPassthru.64bitMMIOSizeGB": "256"}
     WaitForTask(ml.PowerOnVM_Task())

@@ -11,7 +11,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 
 from gpupass.backends.esxi.lab import simulator
-from gpupass.backends.esxi.lab.simulator import GIB, LAB_BAR_SIZES, lab_config, make_tls_material, source_hash
+from gpupass.backends.esxi.lab.simulator import GIB, LAB_BARS, MIB, lab_config, make_tls_material, source_hash
 
 
 def test_module_does_not_import_pyvmomi():
@@ -27,8 +27,10 @@ def test_lab_config_is_the_lab():
     ids = sorted(g["device_id"] for g in gpus.values())
     assert ids == ["0x1b38", "0x1b38", "0x1eb8", "0x20b5", "0x20b5", "0x2330"]
     h100 = gpus[("esx01.lab.local", "0000:3b:00.0")]
-    assert h100["device_id"] == "0x2330" and max(h100["bars"]) == 128 * GIB
-    assert LAB_BAR_SIZES["10de:2330"][1] == 128 * GIB
+    assert h100["device_id"] == "0x2330"
+    assert h100["bars"] == [{"size": 16 * MIB, "bits": 32}, {"size": 128 * GIB, "bits": 64},
+                            {"size": 32 * MIB, "bits": 64}]
+    assert LAB_BARS["10de:2330"][1] == (128 * GIB, 64)
     vms = {v["name"]: v for v in cfg["vms"]}
     assert set(vms) == {"ml-train", "render01", "web01", "cad-ws", "snap01", "vdi01", "ml-vgpu", "infer01"}
     assert vms["vdi01"]["vgpus"] == ["grid_p40-2b"] and vms["vdi01"]["power_state"] == "poweredOn"

@@ -38,7 +38,11 @@ package main
 //	      "class_id": "0x0302",             // 16-bit class<<8|subclass, as ESXi reports it
 //	      "passthru_capable": true, "passthru_enabled": false, "passthru_active": false,
 //	      "dependent_device": "0000:3b:00.0", // default: its own id
-//	      "bars": [16777216, "0x2000000000", 33554432], // bytes; hidden from the API, drives the MMIO check
+//	      "bars": [{"size": 16777216, "bits": 32}, {"size": "0x2000000000", "bits": 64},
+//	               {"size": 33554432, "bits": 64}], // hidden from the API, drive the MMIO check:
+//	                                        // size in bytes, bits the BAR's width (lspci's
+//	                                        // "32-bit"/"64-bit"); a bare size (older configs)
+//	                                        // is a BAR of unknown width, counted as 64-bit
 //	      "vmkernel_in_use": false,         // the VMkernel holds it: applyNow leaves it pending until a reboot
 //	      "hardware_label": "",             // the device's label (vSphere 7.0.2 hardwareLabel), which a
 //	                                        // dynamic backing's customLabel must equal; shown as
@@ -100,6 +104,53 @@ func (h *hexInt) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// barConfig is one BAR: {"size": bytes, "bits": 32|64}, or a bare size (the
+// form of older configs).  A bare size does not say the BAR's width; it
+// counts against the 64-bit window, as every BAR did before widths were known
+// (the larger need, never an unearned power-on).
+type barConfig struct {
+	Size int64
+	Is64 bool
+}
+
+func (b *barConfig) UnmarshalJSON(data []byte) error {
+	if !strings.HasPrefix(strings.TrimSpace(string(data)), "{") {
+		var size hexInt
+		if err := size.UnmarshalJSON(data); err != nil {
+			return fmt.Errorf("bar: %v", err)
+		}
+		*b = barConfig{Size: int64(size), Is64: true}
+		return b.check()
+	}
+	var obj struct {
+		Size hexInt `json:"size"`
+		Bits int    `json:"bits"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&obj); err != nil {
+		return fmt.Errorf("bar %s: %v", data, err)
+	}
+	if obj.Bits != 32 && obj.Bits != 64 {
+		return fmt.Errorf("bar %s: bits must be 32 or 64", data)
+	}
+	*b = barConfig{Size: int64(obj.Size), Is64: obj.Bits == 64}
+	return b.check()
+}
+
+func (b barConfig) check() error {
+	if b.Size <= 0 {
+		return fmt.Errorf("bar size %d is not positive", b.Size)
+	}
+	// A 32-bit memory BAR lies below 4 GiB and is aligned to its power-of-two
+	// size, so it is at most 2 GiB (PCI Local Bus Specification, Base Address
+	// Registers).
+	if !b.Is64 && b.Size > 2<<30 {
+		return fmt.Errorf("bar size %d is too large for a 32-bit BAR (at most 2 GiB)", b.Size)
+	}
+	return nil
+}
+
 // int16 returns the value the way the vSphere API carries PCI ids: a signed
 // 16-bit integer (0x8086 -> -32634).
 func (h hexInt) int16() int16 { return int16(uint16(h)) }
@@ -118,9 +169,9 @@ type pciFunc struct {
 	PassthruActive  bool   `json:"passthru_active"`
 	ParentBridge    string `json:"parent_bridge"`
 	DependentDevice string `json:"dependent_device"` // default: the device's own id
-	// BAR sizes in bytes.  Not part of the vSphere API (never sent to
+	// BARs: size and width.  Not part of the vSphere API (never sent to
 	// clients); used only by the power-on MMIO check (see checkMMIO).
-	Bars []hexInt `json:"bars"`
+	Bars []barConfig `json:"bars"`
 	// HardwareLabel: HostPciPassthruInfo.hardwareLabel (vSphere API 7.0.2), the label a
 	// Dynamic DirectPath customLabel is matched against (see checkPowerOn).
 	HardwareLabel string `json:"hardware_label"`

@@ -81,9 +81,9 @@ func makeDev(f pciFunc, group string) (*pciDev, error) {
 	if dependent == "" {
 		dependent = f.Address
 	}
-	var bars []int64
+	var bars []bar
 	for _, b := range f.Bars {
-		bars = append(bars, int64(b))
+		bars = append(bars, bar{size: b.Size, is64: b.Is64})
 	}
 	return &pciDev{
 		group:         group,

@@ -91,10 +91,10 @@ type pciDev struct {
 	capable   bool
 	enabled   bool
 	active    bool
-	dependent string  // pciPassthruInfo.dependentDevice (default: its own id)
-	group     string  // id of function 0 of the physical device (companion functions point to the GPU)
-	bars      []int64 // BAR sizes in bytes (simulator-only knowledge)
-	label     string  // hardwareLabel (API 7.0.2): what a dynamic customLabel must equal
+	dependent string // pciPassthruInfo.dependentDevice (default: its own id)
+	group     string // id of function 0 of the physical device (companion functions point to the GPU)
+	bars      []bar  // BARs (simulator-only knowledge: the vSphere API has none)
+	label     string // hardwareLabel (API 7.0.2): what a dynamic customLabel must equal
 	// vmkernelInUse: the VMkernel still holds the device; an applyNow cannot rebind it
 	vmkernelInUse bool
 	// vGPU (vgpu.go): the device's own graphics type ("" = the host default), its
@@ -953,18 +953,33 @@ const (
 	default64bitWindowGB = int64(32)
 )
 
+// bar is one BAR of a passthrough device: its size in bytes and whether it is
+// a 64-bit BAR (lspci's "64-bit"; ESXi's vmware.log "type 3 ... flags 12").
+type bar struct {
+	size int64
+	is64 bool
+}
+
 // checkMMIO models ESXi's power-on check of the passthrough BARs (only for
-// devices whose BAR sizes are known from the config; the vSphere API has none).
+// devices whose BARs are known from the config; the vSphere API has none).
 //   - Without extraConfig pciPassthru.use64bitMMIO=TRUE all BARs of the VM's
-//     passthrough devices count, in 4 KiB pages, against 917504 pages; the
-//     message is the real vmware.log line.  (Real ESXi counted 2 pages more
-//     than the three BARs of the KB's GPU; which extra pages it counts is not
-//     known, so this counts the BARs only.)
-//   - With it: BIOS firmware cannot map more than 16 GB, and the BARs, packed
-//     largest first with each aligned to its size (assumed: the placement is
-//     not published), must fit pciPassthru.64bitMMIOSizeGB.
+//     passthrough devices, 32- and 64-bit, count in 4 KiB pages against
+//     917504 pages; the message is the real vmware.log line.  (Real ESXi
+//     counted 2 pages more than the three BARs of the KB's GPU; which extra
+//     pages it counts is not known, so this counts the BARs only.)
+//   - With it: BIOS firmware cannot map more than 16 GB of BARs, and the
+//     64-bit BARs only, packed largest first with each aligned to its size
+//     (assumed: the placement is not published), must fit
+//     pciPassthru.64bitMMIOSizeGB.  Source: a real power-on failure of a VM
+//     with one NVIDIA L4 (BAR0 16 MiB 32-bit, BAR1 32 GiB and BAR3 32 MiB
+//     64-bit) and 64bitMMIOSizeGB = 32 (tests/fixtures/real/esxi/
+//     l4-esxi-firmware-could-not-allocate-pci-mmio.md): "Error message from
+//     r760-l4.linkone.lab: The firmware could not allocate 33587200 KB of PCI
+//     MMIO. Increase the size of PCI MMIO and try again." -- 33587200 KB is
+//     32 GiB + 32 MiB, the 64-bit BARs without BAR0; 64 powered on.  32-bit
+//     BARs go below 4 GiB, outside that window.
 func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.BaseMethodFault, string) {
-	var bars []int64
+	var bars []bar
 	for _, id := range ids {
 		if d := h.byID[id]; d != nil {
 			bars = append(bars, d.bars...)
@@ -988,10 +1003,14 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 			sizeGB = val
 		}
 	}
+	var total int64
+	for _, b := range bars {
+		total += b.size
+	}
 	if !strings.EqualFold(strings.TrimSpace(use64), "TRUE") {
 		var pages int64
 		for _, b := range bars {
-			pages += (b + pageSize - 1) / pageSize
+			pages += (b.size + pageSize - 1) / pageSize
 		}
 		if pages > pagesWithout64bitMMIO {
 			return fail(fmt.Sprintf("PCIPassthru: total number of pages needed (%d) exceeds limit (%d), failing.",
@@ -999,18 +1018,24 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 		}
 		return nil, ""
 	}
-	sort.Slice(bars, func(i, j int) bool { return bars[i] > bars[j] })
-	var need int64
+	// Dell KB 000199172: "sizes total more than 16 GB" -- all the BARs.
+	if total > efiAbove && vm.Config.Firmware != string(types.GuestOsDescriptorFirmwareTypeEfi) {
+		return fail(fmt.Sprintf("The passthrough devices of %s map %d GB of BARs: BIOS firmware cannot map BARs this large; use EFI firmware.",
+			vm.Name, (total+gib-1)/gib))
+	}
+	var high []int64
 	for _, b := range bars {
+		if b.is64 {
+			high = append(high, b.size)
+		}
+	}
+	sort.Slice(high, func(i, j int) bool { return high[i] > high[j] })
+	var need int64
+	for _, b := range high {
 		if b > 0 && need%b != 0 {
 			need += b - need%b
 		}
 		need += b
-	}
-	needGB := (need + gib - 1) / gib
-	if need > efiAbove && vm.Config.Firmware != string(types.GuestOsDescriptorFirmwareTypeEfi) {
-		return fail(fmt.Sprintf("The passthrough devices of %s need %d GB of 64-bit MMIO: BIOS firmware cannot map BARs this large; use EFI firmware.",
-			vm.Name, needGB))
 	}
 	window := default64bitWindowGB
 	if sizeGB != "" {
@@ -1020,9 +1045,12 @@ func checkMMIO(vm *simulator.VirtualMachine, h *hostState, ids []string) (types.
 		}
 		window = n
 	}
-	if window < needGB {
-		return fail(fmt.Sprintf("The passthrough devices of %s need %d GB of 64-bit MMIO; the window is %d GB (pciPassthru.64bitMMIOSizeGB).",
-			vm.Name, needGB, window))
+	if need > window*gib {
+		// ESXi's own words (l4-esxi-firmware-could-not-allocate-pci-mmio.md), without the
+		// DevicePowerOn line, which that output does not show.
+		msg := fmt.Sprintf("Error message from %s: The firmware could not allocate %d KB of PCI MMIO. Increase the size of PCI MMIO and try again.",
+			h.name, need/1024)
+		return &types.GenericVmConfigFault{Reason: msg}, msg
 	}
 	return nil, ""
 }
