@@ -364,6 +364,9 @@ def _vm_obj(model: HostModel, v: VirtualMachine) -> PSObject:
                                       STOP_ACTIONS[v.automatic_stop_action]),
         "LowMemoryMappedIoSpace": v.low_mmio, "HighMemoryMappedIoSpace": v.high_mmio,
         "GuestControlledCacheTypes": v.guest_controlled_cache_types,
+        # The VM's notes as Set-VM -Notes set them (an empty string for a VM that has none: lab assumption,
+        # a VM created without notes).
+        "Notes": v.notes,
     }, typename="Microsoft.HyperV.PowerShell.VirtualMachine")
     return o
 
@@ -461,7 +464,7 @@ def _wild(pat: str, s: str) -> bool:
 def set_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None, vm: list[PSObject] | None = None,
            automaticstopaction: PSEnum | None = None, guestcontrolledcachetypes: bool | None = None,
            lowmemorymappediospace: int | None = None, highmemorymappediospace: int | None = None,
-           passthru: bool = False) -> list[Any]:
+           notes: str | None = None, passthru: bool = False) -> list[Any]:
     if name is None and vm is None:
         raise HyperVError("Cannot process command because of one or more missing mandatory parameters: Name.",
                           f"MissingMandatoryParameter,{HV}SetVM", "InvalidArgument", PBE, kind="terminating")
@@ -480,6 +483,8 @@ def set_vm(ctx: _Ctx, model: HostModel, name: list[str] | None = None, vm: list[
             v.low_mmio = lowmemorymappediospace
         if highmemorymappediospace is not None:
             v.high_mmio = highmemorymappediospace
+        if notes is not None:
+            v.notes = notes
         if passthru:
             out.append(_vm_obj(model, v))
     return out
@@ -1015,7 +1020,8 @@ CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
     _hv("Set-VM", "SetVM", [Param("Name", "string[]"), Param("VM", "vm[]"),
                             Param("AutomaticStopAction", "enum:StopAction"),
                             Param("GuestControlledCacheTypes", "bool"), Param("LowMemoryMappedIoSpace", "uint32"),
-                            Param("HighMemoryMappedIoSpace", "uint64"), Param("Passthru", _SW)], set_vm, doc="Set-VM"),
+                            Param("HighMemoryMappedIoSpace", "uint64"), Param("Notes", "string"),
+                            Param("Passthru", _SW)], set_vm, doc="Set-VM"),
     _hv("Get-VMSnapshot", "GetVMSnapshot", [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("Name", "string")],
         get_vmsnapshot, doc="Get-VMSnapshot"),
     _hv("Dismount-VMHostAssignableDevice", "DismountVMHostAssignableDevice",

@@ -119,6 +119,8 @@ _CMP_OPS = {"-eq", "-ne", "-gt", "-ge", "-lt", "-le", "-like", "-notlike", "-con
             "-in", "-notin", "-ieq", "-ine"}
 _CASTS = {"int", "int32", "long", "int64", "uint32", "uint64", "string", "bool", "pscustomobject",
           "ordered", "array", "object[]", "double"}
+_CAST_RANGES = {"int": (-2**31, 2**31 - 1), "int32": (-2**31, 2**31 - 1), "long": (-2**63, 2**63 - 1),
+                "int64": (-2**63, 2**63 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
 _STATIC = {"text.encoding", "system.text.encoding", "convert", "system.convert"}
 _METHODS = {"tostring", "substring", "lastindexof", "indexof", "startswith", "endswith", "toupper", "tolower",
             "trim", "split", "replace", "containskey", "getstring", "frombase64string", "contains"}
@@ -691,6 +693,14 @@ class Interpreter:
                 r = int(round(v)) if isinstance(v, float) else int(v)
                 if name.startswith("u") and r < 0:
                     raise ValueError
+                low, high = _CAST_RANGES[name]
+                if not low <= r <= high:
+                    # .NET's Overflow_Int32 / Overflow_UInt32 ... resource texts, as PowerShell wraps them for a cast
+                    net = {"int": "Int32", "long": "Int64"}.get(name, name.capitalize().replace("Ui", "UI"))
+                    raise _Terminating(ErrorRecord(
+                        f'Cannot convert value "{to_string(val)}" to type "System.{net}". Error: "Value was either '
+                        f'too large or too small for a{"n" if net[0] == "I" else ""} {net}."',
+                        "InvalidCastIConvertible", "InvalidArgument", **self._where(tl)))
                 return r
             if name == "double":
                 return float(_num(val))

@@ -192,6 +192,9 @@ class VirtualMachine:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     vm_id: str = ""
     gpu_partitions: list[GpuPartition] = field(default_factory=list)
+    # Set-VM -Notes: "Specifies notes to be associated with the virtual machine" (Set-VM.md, a String in both
+    # parameter sets); kept by Hyper-V as Msvm_VirtualSystemSettingData.Notes, returned by Get-VM as .Notes.
+    notes: str = ""
 
     def __post_init__(self) -> None:
         if not self.vm_id:
