@@ -12,13 +12,13 @@ import dataclasses
 import math
 import logging
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
-from gpupass.backends.hyperv.state import SettingsStore
+from gpupass.backends.hyperv.state import LegacySettings
 from gpupass.backends.hyperv.steps import AddPartition, Assign, Release, RemovePartitions
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -29,7 +29,7 @@ from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain.sharing import ShareMode
-from gpupass.core.errors import GpupassError, BackendUnavailable, OperationFailed, UsageError
+from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed, UsageError
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 
@@ -406,8 +406,9 @@ class HypervBackend(Backend):
 
     # -- planning -----------------------------------------------------------------------------------
     @property
-    def _store(self) -> SettingsStore:
-        return SettingsStore.for_target(self.target)
+    def _legacy(self) -> LegacySettings:
+        """Restore records an older gpupass kept on the workstation (state.py); new ones live in the VM's notes."""
+        return LegacySettings.for_target(self.target)
 
     @staticmethod
     def _path(facts: HostFacts, address: PciAddress) -> str:
@@ -432,21 +433,16 @@ class HypervBackend(Backend):
         new = [gpu for gpu in ctx.gpus if gpu.address not in vm.assigned]
         groups = [[self._path(ctx.facts, f.address) for f in (gpu.functions if ctx.include_companions else (gpu.function,))]
                   for gpu in new]
-        try:
-            batches = [[p for group in groups for p in group]]
-            previews = [scripts.assign_script(vm.name, batches[0], low, high)]
-        except scripts.ScriptTooLarge:
-            # One script per GPU (with its companions): rollback then covers one GPU at a time.
-            batches, previews = [], []
-            for group in groups:
-                try:
-                    previews.append(scripts.assign_script(vm.name, group, low, high))
-                except scripts.ScriptTooLarge as exc:
-                    raise UsageError(f"the assign script for {vm.name!r} does not fit WinRM's command line: {exc}",
-                                     remedy="rename the VM to a shorter name") from exc
-                batches.append(group)
+        # A VM an older gpupass assigned has its restore record on the workstation: this assign moves it into the
+        # VM's notes (where none is yet). A VM without devices has nothing to restore from before.
+        legacy = self._legacy.get(vm.id) if vm.assigned and not self.read_only else None
+        batches, previews = _batches(groups, lambda batch: scripts.assign_script(vm.name, batch, low, high,
+                                                                                 record=legacy),
+                                     f"the assign script for {vm.name!r}")
         changes = (f"Set-VM -AutomaticStopAction TurnOff -GuestControlledCacheTypes $true "
-                   f"-LowMemoryMappedIoSpace {format_bytes(low)} -HighMemoryMappedIoSpace {format_bytes(high)}",)
+                   f"-LowMemoryMappedIoSpace {format_bytes(low)} -HighMemoryMappedIoSpace {format_bytes(high)}",
+                   "the VM's notes gain a gpupass restore record of its settings before (in the same Set-VM; one "
+                   "already there is kept)" + (", moved there from this workstation's record" if legacy else ""))
         steps = []
         for batch, preview in zip(batches, previews, strict=True):
             steps.append(Step(
@@ -460,41 +456,49 @@ class HypervBackend(Backend):
                 payload=Assign(
                     vm.name, vm.id, tuple(batch), low, high,
                     tuple(str(a) for a, path in _state(ctx.facts).location_paths.items() if path in batch),
-                    # the VM's settings when the plan was made: recorded before the script runs
-                    previous={"stop_action": raw.get("StopAction") or "TurnOff",
-                              "low_mmio": int(raw.get("LowMmio") or 0),
-                              "high_mmio": int(raw.get("HighMmio") or 0),
-                              "guest_cache": bool(raw.get("GuestCache"))}),
+                    legacy=legacy is not None),
             ))
         return steps
 
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm
-        paths = [self._path(ctx.facts, f.address) for f in ctx.functions if f.address in vm.assigned]
+        state = _state(ctx.facts)
+        moving = set(ctx.addresses)
+        groups = [[self._path(ctx.facts, f.address) for f in gpu.functions if f.address in moving and
+                   f.address in vm.assigned] for gpu in ctx.gpus]
+        groups = [g for g in groups if g]
         remaining = set(vm.assigned) - set(ctx.addresses)
-        record = self._store.get(vm.id or vm.name) if not remaining else None
-        previous = scripts.VmSettings(**record) if record else None
-        try:
-            preview = scripts.release_script(vm.name, paths, previous)
-        except scripts.ScriptTooLarge as exc:
-            raise UsageError(f"the release script for {vm.name!r} does not fit WinRM's command line: {exc}",
-                             remedy="release one GPU at a time") from exc
-        raw = _state(ctx.facts).vms.get(vm.name, {})
+        legacy = self._legacy.get(vm.id) if not remaining and not self.read_only else None
+        # One script, or one per GPU where they do not fit one: the last to leave the VM without devices restores.
+        batches, previews = _batches(groups, lambda batch: scripts.release_script(vm.name, batch, legacy),
+                                     f"the release script for {vm.name!r}")
+        raw = state.vms.get(vm.name, {})
         current = {"stop_action": raw.get("StopAction") or "TurnOff", "low_mmio": int(raw.get("LowMmio") or 0),
                    "high_mmio": int(raw.get("HighMmio") or 0), "guest_cache": bool(raw.get("GuestCache"))}
-        restore = (f"Set-VM back to -AutomaticStopAction {previous.stop_action} -HighMemoryMappedIoSpace "
-                   f"{format_bytes(previous.high_mmio)} (as before gpupass assigned)",) if previous else (
-            "VM settings (stop action, MMIO) left as they are: "
-            + ("it keeps other devices" if remaining else "gpupass has no record of them before assignment"),)
-        return [Step(
-            action="hyperv.release",
-            description=f"take {', '.join(paths)} back from VM '{vm.name}' and give them to the host "
-                        "(Remove-VMAssignableDevice, Mount-VMHostAssignableDevice, Enable-PnpDevice)",
-            undo="run the assign script again with the VM's current settings",
-            changes=tuple(f"release {p}" for p in paths) + restore,
-            needs_vm_off=True, preview=preview,
-            payload=Release(vm.name, vm.id, tuple(paths), previous=record, current=current),
-        )]
+        if remaining:
+            restore = "VM settings (stop action, MMIO) left as they are: it keeps other devices"
+        elif legacy is not None:
+            restore = (f"Set-VM back to -AutomaticStopAction {legacy.stop_action} -HighMemoryMappedIoSpace "
+                       f"{format_bytes(legacy.high_mmio)} (recorded by an older gpupass on this workstation), unless "
+                       "the VM's notes hold a gpupass restore record")
+        else:
+            restore = ("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the "
+                       "VM's notes (written when gpupass assigned), and the record taken out of the notes; a VM "
+                       "without one keeps its settings")
+        steps = []
+        for batch, preview in zip(batches, previews, strict=True):
+            steps.append(Step(
+                action="hyperv.release",
+                description=f"take {', '.join(batch)} back from VM '{vm.name}' and give them to the host "
+                            "(Remove-VMAssignableDevice, Mount-VMHostAssignableDevice, Enable-PnpDevice)",
+                undo="run the assign script again with the VM's current settings",
+                changes=tuple(f"release {p}" for p in batch) + (restore,),
+                needs_vm_off=True, preview=preview,
+                payload=Release(vm.name, vm.id, tuple(batch),
+                                tuple(str(a) for a, path in state.location_paths.items() if path in batch),
+                                legacy=legacy is not None, current=current),
+            ))
+        return steps
 
     # -- GPU partitioning (GPU-P) shares ------------------------------------------------------------
     @staticmethod
@@ -566,28 +570,23 @@ class HypervBackend(Backend):
 
     @_apply.register
     def _apply_assign(self, payload: Assign, step: Step) -> dict[str, Any]:
-        key = payload.vm_id or payload.vm
-        recorded = bool(payload.previous) and self._store.get(key) is None
-        if recorded:
-            # Recorded BEFORE the script runs: if the reply is lost and the host finishes the assignment,
-            # a release can still restore the stop action and MMIO (issue 10 item 2).
-            self._store.put(key, dict(payload.previous))
         try:
-            return self._assign(payload.vm, payload.vm_id, list(payload.paths), payload.low, payload.high,
-                                step.preview)
-        except GpupassError as error:
-            if recorded and getattr(error, "rolled_back", None) is True:
-                self._store.delete(key)  # the script undid itself: the VM keeps its settings
-            raise
+            previous = self._assign(payload.vm, list(payload.paths), payload.low, payload.high, step.preview)
+        except OperationFailed as error:
+            raise self._lost_to_another(payload, error) from error
+        if payload.legacy:
+            self._legacy.delete(payload.vm_id)   # now in the VM's notes
+        return previous
 
     @_apply.register
-    def _apply_release(self, payload: Release, step: Step) -> Mapping[str, Any] | None:
+    def _apply_release(self, payload: Release, step: Step) -> str | None:
         try:
-            self._release(payload.vm, payload.vm_id, list(payload.paths),
-                          dict(payload.previous) if payload.previous else None, step.preview)
+            restored = self._release(payload.vm, list(payload.paths), step.preview)
         except _PartialRelease as partial:
             raise self._give_back(payload, partial) from None
-        return payload.previous
+        if restored and payload.legacy:
+            self._legacy.delete(payload.vm_id)   # restored (or superseded by the VM's own record)
+        return restored
 
     def undo(self, step: Step, token: Any) -> None:
         self._undo(step.payload, token)
@@ -598,16 +597,43 @@ class HypervBackend(Backend):
 
     @_undo.register
     def _undo_assign(self, payload: Assign, token: dict[str, Any] | None) -> None:
-        self._release(payload.vm, payload.vm_id, list(payload.paths), token, None)
+        # The release script restores the settings from the record the assign wrote into the VM's notes (and
+        # leaves them, and the record, where the VM still holds a device from before).
+        try:
+            self._release(payload.vm, list(payload.paths), None)
+        except _PartialRelease as partial:
+            raise partial.error from None
 
     @_undo.register
-    def _undo_release(self, payload: Release, token: Mapping[str, Any] | None) -> None:
+    def _undo_release(self, payload: Release, token: str | None) -> None:
         current = payload.current
+        # The assign script records the settings the release had restored, in the notes again.
         script = scripts.assign_script(payload.vm, list(payload.paths), current["low_mmio"],
                                        current["high_mmio"], current["stop_action"], current["guest_cache"])
         self._run_change(script, f"giving the devices back to VM '{payload.vm}'")
-        if token:
-            self._store.put(payload.vm_id or payload.vm, dict(token))
+
+    def _lost_to_another(self, payload: Assign, error: OperationFailed) -> OperationFailed:
+        """An assign script that undid itself because another run took a device first (Hyper-V's own rule: a
+        dismounted device is added to one VM only, so the later script finds no device to dismount) is a Conflict,
+        as on every platform; the host is read to tell, never the error's text."""
+        if error.rolled_back is not True or not payload.paths:
+            return error
+        try:
+            code, data, _ = self._run_json(scripts.owners_script(list(payload.paths)), "reading who holds the devices")
+        except GpupassError:
+            return error
+        held = data.get("Held") or []
+        owners = sorted({str(h.get("Vm")) for h in (held if isinstance(held, list) else [held])
+                         if isinstance(h, dict) and h.get("Vm")})
+        if code != 0 or not owners:
+            return error
+        holders = "VM " + ", ".join(f"'{o}'" for o in owners)
+        mine = owners == [payload.vm]
+        return Conflict(f"assigning to VM '{payload.vm}': another run took the device first; it is now held by "
+                        f"{holders}; this run's own change was undone",
+                        remedy="nothing to do: the VM already holds it" if mine else
+                        f"release it from {holders} first, or pick another GPU (`gpupass gpus HOST`)",
+                        rolled_back=True)
 
     # -- GPU partitioning (GPU-P) share steps ----------------------------------------------------------
     @_apply.register
@@ -638,23 +664,32 @@ class HypervBackend(Backend):
 
     @_observe.register
     def _observe_assign(self, payload: Assign, step: Step) -> StepState:
-        if not payload.addresses:
+        return self._observe_devices(payload.vm, payload.addresses, step, assigning=True)
+
+    @_observe.register
+    def _observe_release(self, payload: Release, step: Step) -> StepState:
+        return self._observe_devices(payload.vm, payload.addresses, step, assigning=False)
+
+    def _observe_devices(self, vm_name: str, addresses: tuple[str, ...], step: Step, assigning: bool) -> StepState:
+        """Where the step's devices are now: all on the VM, all back on the host, or anything else (unknown).
+        An assign that is on the VM is undone by a release (which restores from the record the same script wrote
+        into the notes); a release that went through is undone by assigning again."""
+        if not addresses:
             return StepState("unknown", detail=f"{step.description} cannot be read back")
         facts = self.inventory()
-        vm = facts.find_vm(payload.vm)
+        vm = facts.find_vm(vm_name)
         if vm is None:
-            return StepState("unknown", detail=f"VM '{payload.vm}' is no longer on the host")
-        wanted = {PciAddress.parse(a) for a in payload.addresses}
+            return StepState("unknown", detail=f"VM '{vm_name}' is no longer on the host")
+        wanted = {PciAddress.parse(a) for a in addresses}
         held = wanted & set(vm.assigned)
-        if held == wanted:
-            previous = self._store.get(payload.vm_id or payload.vm) or payload.previous
-            return StepState("after", token=previous)
         free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
-        if not held and wanted <= free:
-            return StepState("before")
-        return StepState("unknown", detail=f"VM '{payload.vm}' holds {', '.join(sorted(map(str, held))) or 'none'} "
+        on_vm, on_host = held == wanted, not held and wanted <= free
+        if on_vm or on_host:
+            return StepState("after" if on_vm == assigning else "before")
+        again = "assign" if assigning else "release"
+        return StepState("unknown", detail=f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} "
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
-                                           "assign again finishes it")
+                                           f"{again} again finishes it")
 
     def _add_partition(self, vm: str, path: str) -> str:
         data = self._run_change(scripts.partition_add_script(vm, path), f"adding a GPU partition to VM '{vm}'")
@@ -671,29 +706,32 @@ class HypervBackend(Backend):
             raise from_script_result(action, data)
         return data
 
-    def _assign(self, vm: str, vm_id: str, paths: list[str], low: int, high: int,
-                script: str | None) -> dict[str, Any]:
+    def _assign(self, vm: str, paths: list[str], low: int, high: int, script: str | None) -> dict[str, Any]:
         script = script or scripts.assign_script(vm, paths, low, high)
         data = self._run_change(script, f"assigning to VM '{vm}'")
         prev = data.get("previous") or {}
-        previous = {"stop_action": prev["StopAction"], "low_mmio": int(prev["LowMmio"]),
-                    "high_mmio": int(prev["HighMmio"]), "guest_cache": bool(prev["GuestCache"])}
-        key = vm_id or vm
-        if self._store.get(key) is None:     # a second GPU keeps the settings from before the first
-            self._store.put(key, previous)
-        return previous
+        return {"stop_action": prev["StopAction"], "low_mmio": int(prev["LowMmio"]),
+                "high_mmio": int(prev["HighMmio"]), "guest_cache": bool(prev["GuestCache"])}
 
-    def _release(self, vm: str, vm_id: str, paths: list[str], previous: dict[str, Any] | None,
-                 script: str | None) -> None:
-        settings = scripts.VmSettings(**previous) if previous else None
-        script = script or scripts.release_script(vm, paths, settings)
+    def _release(self, vm: str, paths: list[str], script: str | None) -> str | None:
+        """Run the release script; what it restored the VM's settings from ("notes", "legacy") or None."""
+        script = script or scripts.release_script(vm, paths)
         action = f"releasing from VM '{vm}'"
         code, data, err = self._run_json(script, action)
         if code != 0 or not data.get("ok"):
+            damage = data.get("recordDamage")
+            if damage:
+                # The script stopped before its first change: nothing to give back.
+                raise OperationFailed(
+                    f"{action}: the gpupass restore record in the VM's notes is damaged: "
+                    f"{scripts.RECORD_DAMAGE.get(str(damage), str(damage))}; nothing was changed",
+                    remedy="look at the VM's notes (Get-VM | Select-Object Name, Notes): repair the record, or delete "
+                           f"it from {scripts.RECORD_BEGIN!r} to {scripts.RECORD_END!r} with Set-VM -Notes and put "
+                           "the stop action and MMIO back by hand; then release again", rolled_back=True)
             # The release script stops at the first failure and says how far each device got.
             raise _PartialRelease(from_script_result(action, data), dict(data.get("stage") or {}))
-        if previous:
-            self._store.delete(vm_id or vm)
+        restored = data.get("restored")
+        return str(restored) if restored else None
 
     def _give_back(self, payload: Release, partial: "_PartialRelease") -> OperationFailed:
         """A release failed half way: give the devices it touched back to the VM, so nothing is left ownerless."""
@@ -721,6 +759,24 @@ class HypervBackend(Backend):
                                           "`gpupass release` again", rolled_back=False)
         return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
                                f"'{payload.vm}'", remedy=cause.remedy, rolled_back=True)
+
+
+def _batches(groups: list[list[str]], build: Callable[[list[str]], str],
+             what: str) -> tuple[list[list[str]], list[str]]:
+    """All the devices in one script, or one script per GPU (with its companions) where they do not fit one."""
+    try:
+        whole = [p for group in groups for p in group]
+        return [whole], [build(whole)]
+    except scripts.ScriptTooLarge:
+        batches, previews = [], []
+        for group in groups:
+            try:
+                previews.append(build(group))
+            except scripts.ScriptTooLarge as exc:
+                raise UsageError(f"{what} does not fit WinRM's command line: {exc}",
+                                 remedy="rename the VM to a shorter name") from exc
+            batches.append(group)
+        return batches, previews
 
 
 class _PartialRelease(Exception):

@@ -111,6 +111,20 @@ def read_vm_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> st
     return _check(s, "read VM", max_chars)
 
 
+def owners_script(location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Which VM holds each of these devices now: ``{"Held": [{"Path", "Vm"}]}`` (a device no VM holds is not
+    listed). A few cmdlet calls instead of the whole inventory, for telling a lost race from other failures."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        _paths(location_paths),
+        "$h=@()",
+        "foreach($v in @(Get-VM)){foreach($a in @(Get-VMAssignableDevice -VM $v)){",
+        "if($l -contains $a.LocationPath){$h+=[pscustomobject]@{Path=$a.LocationPath;Vm=$v.Name}}}}",
+        "ConvertTo-Json -InputObject ([pscustomobject]@{Held=$h}) -Depth 3 -Compress",
+    )
+    return _check(s, "owners", max_chars)
+
+
 def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """One script that reports the whole host as JSON::
 
@@ -255,39 +269,72 @@ _IID_MAP = _lines(
 )
 
 
+# ---------------------------------------------------------------------------- the restore record
+# Hyper-V keeps no record of a VM's settings from before a device was assigned, so gpupass keeps one in the VM's
+# own notes (Set-VM -Notes, a String in both of Set-VM's parameter sets: MicrosoftDocs/windows-powershell-docs,
+# docset/winserver2022-ps/Hyper-V/Set-VM.md; kept by Hyper-V as Msvm_VirtualSystemSettingData.Notes and read back
+# as Get-VM's .Notes). It travels with the VM, not with how the host was spelled, and the assign script writes it
+# in the same Set-VM call that changes the settings, so a reply lost after the script ran cannot lose it. The
+# admin's own notes stay as they are: the record is one line after them, between two markers (its JSON names the
+# VM's id, so a record copied to another VM with its notes is not that VM's). The release script reads it back,
+# checks it before it changes anything (RECORD_DAMAGE says what it found wrong) and takes it out of the notes in the
+# Set-VM call that restores the settings.
+RECORD_BEGIN = "[gpupass restore record: do not edit]"
+RECORD_END = "[end of gpupass record]"
+# JSON of the five settings is about 150 characters; a longer "record" is not one gpupass wrote.
+RECORD_MAX_CHARS = 400
+RECORD_DAMAGE = {
+    "end": f"it has no end marker {RECORD_END!r} within {RECORD_MAX_CHARS} characters (cut, or edited)",
+    "json": "it is not the JSON gpupass writes",
+    "value": "it holds a stop action, MMIO size or cache setting Set-VM would refuse",
+    "vm": "it was written for another VM (its VMId is not this VM's: copied with the notes?)",
+}
+
+
 def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, high_mmio: int,
                   stop_action: str = "TurnOff", guest_cache: bool = True, force: bool = True,
-                  max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+                  record: VmSettings | None = None, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give the devices at ``location_paths`` (a GPU and its companions, or several GPUs) to ``vm_name``.
 
     Steps: ``Set-VM -AutomaticStopAction -GuestControlledCacheTypes -LowMemoryMappedIoSpace
-    -HighMemoryMappedIoSpace`` (MMIO sizes in bytes), then per device ``Disable-PnpDevice``,
-    ``Dismount-VMHostAssignableDevice [-Force]``, ``Add-VMAssignableDevice``.  If any step fails, every
-    device is taken back as far as it got (Remove-VMAssignableDevice, Mount-VMHostAssignableDevice,
-    Enable-PnpDevice, in that order) and the VM's previous settings are restored (Set-VM is one Hyper-V
-    settings change, treated as atomic).  Prints ``{"ok": true, "previous": {"StopAction", "LowMmio",
-    "HighMmio", "GuestCache"}}`` or ``{"ok": false, "error", "errorId", "step", "undoErrors": [...],
-    "previous": ...}`` and exits 1 on failure.  ``previous`` is what :func:`release_script` restores.
+    -HighMemoryMappedIoSpace -Notes`` (MMIO sizes in bytes; the notes gain the restore record, see RECORD_BEGIN,
+    unless they hold one already: a second GPU keeps the settings from before the first; ``record`` is recorded
+    instead of the VM's settings now: a record an older gpupass kept on the workstation), then per device
+    ``Disable-PnpDevice``, ``Dismount-VMHostAssignableDevice [-Force]``, ``Add-VMAssignableDevice``.  If any step
+    fails, every device is taken back as far as it got (Remove-VMAssignableDevice, Mount-VMHostAssignableDevice,
+    Enable-PnpDevice, in that order) and the VM's previous settings and notes are restored (Set-VM is one
+    Hyper-V settings change, treated as atomic).  Prints ``{"ok": true, "previous": {"VMId", "StopAction",
+    "LowMmio", "HighMmio", "GuestCache"}}`` or ``{"ok": false, "error", "errorId", "step", "undoErrors": [...],
+    "previous": ...}`` and exits 1 on failure.
     """
     if stop_action not in STOP_ACTIONS:
         raise ValueError(f"stop_action must be one of {STOP_ACTIONS}")
+    recorded = "$o" if record is None else (
+        "([pscustomobject]@{VMId=[string]$v.VMId;StopAction=" + ps_quote(record.stop_action)
+        + f";LowMmio={ps_int(record.low_mmio)};HighMmio={ps_int(record.high_mmio)};GuestCache="
+        + ("$true" if record.guest_cache else "$false") + "})")
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
         _paths(location_paths),
+        "$gb=" + ps_quote(RECORD_BEGIN),
         "$st=@{}",
         "$set=$false",
         "$o=$null",
         "$step='lookup'",
         "try{",
         _FIND_VM,
-        "$o=[pscustomobject]@{StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
-        "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes}",
+        "$o=[pscustomobject]@{VMId=[string]$v.VMId;StopAction=$v.AutomaticStopAction.ToString();"
+        "LowMmio=$v.LowMemoryMappedIoSpace;HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes}",
+        # The record goes after the admin's notes, on a line of its own; one already there is kept.
+        "$gt=[string]$v.Notes;$gn=$gt",
+        "if($gt.IndexOf($gb) -lt 0){if($gt){$gn+=" + ps_quote("\n") + "}",
+        "$gn+=$gb+(ConvertTo-Json " + recorded + " -Compress)+" + ps_quote(RECORD_END) + "}",
         _IID_MAP,
         "$step='Set-VM'",
         f"Set-VM -VM $v -AutomaticStopAction {stop_action} -GuestControlledCacheTypes "
         f"${'true' if guest_cache else 'false'} -LowMemoryMappedIoSpace {ps_int(low_mmio)} "
-        f"-HighMemoryMappedIoSpace {ps_int(high_mmio)}",
+        f"-HighMemoryMappedIoSpace {ps_int(high_mmio)} -Notes $gn",
         "$set=$true",
         "foreach($p in $l){",
         "$st[$p]=0",
@@ -311,7 +358,7 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
         "if($s -ge 1){Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false}}",
         "catch{$u+=$p+': '+$_.Exception.Message}}}",
         "if($set){try{Set-VM -VM $v -AutomaticStopAction $o.StopAction -GuestControlledCacheTypes $o.GuestCache "
-        "-LowMemoryMappedIoSpace $o.LowMmio -HighMemoryMappedIoSpace $o.HighMmio}",
+        "-LowMemoryMappedIoSpace $o.LowMmio -HighMemoryMappedIoSpace $o.HighMmio -Notes $gt}",
         "catch{$u+='Set-VM: '+$_.Exception.Message}}",
         "$r=[pscustomobject]@{ok=$false;error=$e.Exception.Message;errorId=$e.FullyQualifiedErrorId;step=$step;"
         "undoErrors=$u;previous=$o}",
@@ -322,31 +369,59 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
     return _check(s, "assign", max_chars)
 
 
-def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSettings | None,
+# Reads the record from $v's notes into $gk and computes $gn, the notes without it (and without the line break
+# gpupass put before it); $gr names what is damaged (a RECORD_DAMAGE key) and stops the script before any change.
+# The casts refuse what Set-VM's -LowMemoryMappedIoSpace (UInt32) and -HighMemoryMappedIoSpace (UInt64) would.
+_READ_RECORD = _lines(
+    "$gt=[string]$v.Notes;$gn=$gt;$gi=$gt.IndexOf($gb)",
+    "if($gi -ge 0){$x=$gt.Substring($gi+$gb.Length);$j=$x.IndexOf(" + ps_quote(RECORD_END) + ");$gr='end'",
+    f"if($j -ge 0 -and $j -le {RECORD_MAX_CHARS}){{$gr='json';try{{$gk=ConvertFrom-Json ($x.Substring(0,$j))",
+    "$gr='value';$q=[uint32]$gk.LowMmio;$q=[uint64]$gk.HighMmio",
+    "if(@(" + ",".join(ps_quote(a) for a in STOP_ACTIONS) + ") -contains $gk.StopAction -and ($gk.GuestCache -eq "
+    "$true -or $gk.GuestCache -eq $false)){$gr='vm'}",
+    "if($gr -eq 'vm' -and [string]$gk.VMId -eq [string]$v.VMId){$gr=$null}}catch{}}",
+    "if($gr){$gk=$null;throw ('The gpupass restore record in the notes of VM '+$n+' is damaged')}",
+    f"$j+=$gb.Length+{len(RECORD_END)};if($gi -gt 0){{if($gt.Substring($gi-1,1) -eq {ps_quote(chr(10))}){{$gi-=1;$j+=1}}}}",
+    "$gn=$gt.Substring(0,$gi)+$gt.Substring($gi+$j);$rs='notes'}",
+)
+
+
+def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettings | None = None,
                    max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Take the devices at ``location_paths`` back from ``vm_name`` and give them to the host.
 
-    Per device: ``Remove-VMAssignableDevice``, ``Mount-VMHostAssignableDevice``, ``Enable-PnpDevice``;
-    then, only if every device came back, ``Set-VM`` restores ``previous`` (skipped when None).  Stops at
-    the first failure (later devices untouched) and reports how far each device got.  Prints
-    ``{"ok", "released": [paths], "stage": {path: "removed"|"mounted"|"enabled"}, "error", "errorId",
-    "step"}``; exits 1 on failure.
+    Per device: ``Remove-VMAssignableDevice``, ``Mount-VMHostAssignableDevice``, ``Enable-PnpDevice``; then, only if
+    every device came back and the VM is left without any assigned device (counted when the script starts: a
+    device another admin gave it since still needs its MMIO space), one ``Set-VM`` restores the settings of the
+    restore record in the VM's notes (see RECORD_BEGIN) and takes the record out of the notes.  ``legacy`` is
+    restored where the notes hold no record (settings an older gpupass kept on the workstation).  A damaged record
+    stops the script before any change (``recordDamage``: a RECORD_DAMAGE key).  Stops at the first failure (later
+    devices untouched) and reports how far each device got.  Prints ``{"ok", "released": [paths], "stage": {path:
+    "removed"|"mounted"|"enabled"}, "restored": "notes"|"legacy"|null, "error", "errorId", "step",
+    "recordDamage"}``; exits 1 on failure.
     """
-    restore = ""
-    if previous is not None:
-        restore = (f"$step='Set-VM'\nSet-VM -VM $v -AutomaticStopAction {previous.stop_action} "
-                   f"-GuestControlledCacheTypes ${'true' if previous.guest_cache else 'false'} "
-                   f"-LowMemoryMappedIoSpace {ps_int(previous.low_mmio)} "
-                   f"-HighMemoryMappedIoSpace {ps_int(previous.high_mmio)}")
+    fallback = ""
+    if legacy is not None:
+        fallback = ("if(-not $gk){$gk=[pscustomobject]@{StopAction=" + ps_quote(legacy.stop_action)
+                    + f";LowMmio={ps_int(legacy.low_mmio)};HighMmio={ps_int(legacy.high_mmio)};GuestCache="
+                    + ("$true" if legacy.guest_cache else "$false") + "};$rs='legacy'}")
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
         _paths(location_paths),
+        "$gb=" + ps_quote(RECORD_BEGIN),
         "$g=@{}",
         "$ok=@()",
+        "$gk=$null",
+        "$gr=$null",
+        "$rs=$null",
         "$step='Get-VM'",
         "try{",
         _FIND_VM,
+        "$w=0;foreach($a in @(Get-VMAssignableDevice -VM $v)){if($l -notcontains $a.LocationPath){$w+=1}}",
+        "if($w -eq 0){$step='restore record'",
+        _READ_RECORD,
+        fallback + "}",
         "foreach($p in $l){",
         "$step='Remove-VMAssignableDevice '+$p",
         "Remove-VMAssignableDevice -VMAssignableDevice (Get-VMAssignableDevice -VM $v -LocationPath $p)",
@@ -363,11 +438,13 @@ def release_script(vm_name: str, location_paths: Sequence[str], previous: VmSett
         "$g[$p]='enabled'",
         "$ok+=$p",
         "}",
-        restore,
-        "$r=[pscustomobject]@{ok=$true;released=$ok;stage=$g}",
+        "if($gk){$step='Set-VM'",
+        "Set-VM -VM $v -AutomaticStopAction $gk.StopAction -GuestControlledCacheTypes $gk.GuestCache "
+        "-LowMemoryMappedIoSpace $gk.LowMmio -HighMemoryMappedIoSpace $gk.HighMmio -Notes $gn}",
+        "$r=[pscustomobject]@{ok=$true;released=$ok;stage=$g;restored=$rs}",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;released=$ok;stage=$g;error=$_.Exception.Message;"
-        "errorId=$_.FullyQualifiedErrorId;step=$step}",
+        "errorId=$_.FullyQualifiedErrorId;step=$step;recordDamage=$gr}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
@@ -403,8 +480,10 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
     return _check(s, "re-add", max_chars)
 
 
-__all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
-           "assign_script", "command_line_length", "inventory_script", "ps_int", "ps_quote", "readd_script", "release_script"]
+__all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "RECORD_BEGIN",
+           "RECORD_DAMAGE", "RECORD_END", "RECORD_MAX_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
+           "assign_script", "command_line_length", "inventory_script", "owners_script", "ps_int", "ps_quote", "readd_script",
+           "release_script"]
 
 
 # --------------------------------------------------------------------------- GPU partitioning (GPU-P)

@@ -2,8 +2,8 @@
 
 `HypervBackend.apply`, `undo` and `observe` choose their handler by the payload's type (functools'
 singledispatchmethod), never by `Step.action`, which is only the step's label in text and --json output.
-The VM settings below are restore records in SettingsStore's format (backends/hyperv/state.py):
-{"stop_action", "low_mmio", "high_mmio", "guest_cache"}.
+The VM settings below are {"stop_action", "low_mmio", "high_mmio", "guest_cache"}; the restore record itself
+lives in the VM's notes (scripts.RECORD_BEGIN).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 @dataclass(frozen=True)
 class Assign:
-    """Run the assign script (Set-VM, Disable-PnpDevice, Dismount-VMHostAssignableDevice,
-    Add-VMAssignableDevice) for the devices at location paths `paths` (PCI `addresses`) on VM `vm` (`vm_id`),
-    with MMIO windows `low` and `high` bytes. `previous`: the VM's settings when the plan was made, recorded
-    before the script runs so that a release can restore them even if the reply is lost."""
+    """Run the assign script (Set-VM with the restore record in the VM's notes, Disable-PnpDevice,
+    Dismount-VMHostAssignableDevice, Add-VMAssignableDevice) for the devices at location paths `paths` (PCI
+    `addresses`) on VM `vm` (`vm_id`), with MMIO windows `low` and `high` bytes. `legacy`: the script records the
+    settings an older gpupass kept on this workstation (state.LegacySettings), which the assign then forgets."""
 
     vm: str
     vm_id: str
@@ -25,18 +25,20 @@ class Assign:
     low: int
     high: int
     addresses: tuple[str, ...]
-    previous: Mapping[str, Any]
+    legacy: bool = False
 
 
 @dataclass(frozen=True)
 class Release:
-    """Run the release script for `paths` on VM `vm` (`vm_id`), restoring `previous` (the record of the VM's
-    settings before gpupass assigned; None: leave them). `current`: its settings now, what an undo gives back."""
+    """Run the release script for `paths` (PCI `addresses`) on VM `vm` (`vm_id`); the script restores the settings
+    recorded in the VM's notes when it leaves the VM without devices (`legacy`: or, where the notes hold none, the
+    record an older gpupass kept on this workstation). `current`: the VM's settings now, what an undo gives back."""
 
     vm: str
     vm_id: str
     paths: tuple[str, ...]
-    previous: Mapping[str, Any] | None
+    addresses: tuple[str, ...]
+    legacy: bool
     current: Mapping[str, Any]
 
 

@@ -1,8 +1,8 @@
 """`lab-hyperv`: the WS-Management endpoint serving the Hyper-V lab model, run in the background.
 
-State under ``<data dir>/lab/hyperv/``: ``lab-hyperv.json`` (the model, written after every script),
-``password`` (generated, mode 600, never on a command line) and ``previous-settings.json`` (what releases
-restore). The server is started and stopped by PID with gpupass.core.lab.process, so it serves every gpupass
+State under ``<data dir>/lab/hyperv/``: ``lab-hyperv.json`` (the model, written after every script; the VMs'
+notes carry gpupass's restore records) and ``password`` (generated, mode 600, never on a command line); the lab
+target reads an older gpupass's local records from ``previous-settings.json`` there, never the user's own. The server is started and stopped by PID with gpupass.core.lab.process, so it serves every gpupass
 process while it is up. Authentication: NTLM by default; ``GPUPASS_LAB_HYPERV_AUTH=basic`` at `lab up`
 picks Basic (the target's URI then carries ``?transport=basic``, allowed over HTTP only on 127.0.0.1).
 """

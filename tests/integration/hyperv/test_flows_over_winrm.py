@@ -92,7 +92,8 @@ def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
 
 def test_assign_then_release(remote):
     code, res = remote.ps_json(S.assign_script("ml-train", [A100_2_LOC], 3 * G, (128 * 1024 + 48 + 512) * M))
-    assert code == 0 and res == {"ok": True, "previous": {"StopAction": "Save", "LowMmio": 128 * M,
+    assert code == 0 and res == {"ok": True, "previous": {"VMId": "6f1c1a52-3f0e-4d5e-9a51-0c8e6b7d1a01",
+                                                          "StopAction": "Save", "LowMmio": 128 * M,
                                                           "HighMmio": 512 * M, "GuestCache": False}}
     inv = inventory(remote)
     a2 = next(g for g in inv["Gpus"] if g["LocationPath"] == A100_2_LOC)
@@ -100,11 +101,12 @@ def test_assign_then_release(remote):
     vm = next(v for v in inv["Vms"] if v["Name"] == "ml-train")
     assert (vm["StopAction"], vm["LowMmio"], vm["HighMmio"], vm["GuestCache"], vm["Devices"]) == \
         ("TurnOff", 3 * G, (128 * 1024 + 48 + 512) * M, True, [A100_2_LOC])
+    # The settings from before travel in the VM's notes, written by the same Set-VM
+    assert remote.model.vm("ml-train").notes == S.RECORD_BEGIN + json.dumps(res["previous"], separators=(",", ":")) \
+        + S.RECORD_END
 
-    prev = S.VmSettings(**{"stop_action": res["previous"]["StopAction"], "low_mmio": res["previous"]["LowMmio"],
-                           "high_mmio": res["previous"]["HighMmio"], "guest_cache": res["previous"]["GuestCache"]})
-    code, rel = remote.ps_json(S.release_script("ml-train", [A100_2_LOC], prev))
-    assert code == 0 and rel["ok"] is True and rel["released"] == [A100_2_LOC]
+    code, rel = remote.ps_json(S.release_script("ml-train", [A100_2_LOC]))
+    assert code == 0 and rel["ok"] is True and rel["released"] == [A100_2_LOC] and rel["restored"] == "notes"
     fresh = HostModel.from_json(remote.model.to_json())
     from gpupass.backends.hyperv.lab.hostmodel import lab_host
     assert fresh.to_json() == lab_host().to_json()     # back exactly to where it started
@@ -116,7 +118,7 @@ def test_assign_several_devices(rtx_remote):
     code, res = rtx_remote.ps_json(S.assign_script("ml-train", paths, 3 * G, 200 * G))
     assert code == 0 and res["ok"]
     assert [m.device_by_location(p).assigned_vm for p in paths] == ["ml-train"] * 3
-    code, rel = rtx_remote.ps_json(S.release_script("ml-train", paths, PREV))
+    code, rel = rtx_remote.ps_json(S.release_script("ml-train", paths))
     assert code == 0 and rel["released"] == paths
     assert all((d.assigned_vm, d.dismounted, d.enabled) == (None, False, True)
                for d in m.devices if d.location_path in paths)

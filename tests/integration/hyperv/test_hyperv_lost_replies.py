@@ -1,6 +1,6 @@
 """A reply lost after the host ran the script (issue 10 item 2): gpupass reads the host again and reports
-what is there, never an assumed rollback; the VM's previous settings were recorded before the script ran, so
-the undo (or a later release) restores them."""
+what is there, never an assumed rollback; the VM's previous settings are in its notes, written by the same
+script, so the undo (or a later release) restores them."""
 from __future__ import annotations
 
 import os
@@ -49,8 +49,8 @@ def test_a_lost_reply_with_an_unreadable_host_says_the_outcome_is_unknown(hv):
     with pytest.raises(OperationFailed) as caught:
         execute(backend, make_plan(backend, facts, AssignmentRequest("ml-train", (rtx.address,)), registry))
     assert caught.value.rolled_back is False and "could not be read again" in caught.value.message
-    # the host finished the assignment; the settings from before were recorded before the script ran,
-    # so a later release gives the host and the VM back exactly as they were
+    # the host finished the assignment; the settings from before are in the VM's notes, written by the same
+    # Set-VM, so a later release gives the host and the VM back exactly as they were
     ep.clear_faults()
     assert rtx.address in backend.inventory().find_vm("ml-train").assigned
     execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry))

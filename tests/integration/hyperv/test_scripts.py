@@ -37,8 +37,8 @@ def all_scripts(name: str = "ml-train", paths=(A100_2_LOC,), max_chars=S.MAX_SCR
     return {
         "inventory": S.inventory_script(),
         "assign": S.assign_script(name, list(paths), 3 * G, 33280 * M, max_chars=max_chars),
-        "release": S.release_script(name, list(paths), PREV, max_chars=max_chars),
-        "release-no-restore": S.release_script(name, list(paths), None, max_chars=max_chars),
+        "release": S.release_script(name, list(paths), max_chars=max_chars),
+        "release-legacy-record": S.release_script(name, list(paths), PREV, max_chars=max_chars),
     }
 
 
@@ -65,17 +65,24 @@ def test_ps_quote():
 def test_every_script_parses_cleanly(name):
     for what, script in all_scripts(name).items():
         assert bad_nodes(script) == [], what
-    for what, script in all_scripts(name, eight_gpu_paths()).items():
+    for what, script in all_scripts(name, eight_gpu_paths(), max_chars=None).items():
         assert bad_nodes(script) == [], what
 
 
 def test_scripts_fit_for_longest_realistic_inputs():
+    """With a 64-character name: one GPU with its audio function always fits one script; assign takes up to five
+    such GPUs in one script and release three (its restore record check is longer); more are sent one script per
+    GPU (HypervBackend.plan_*)."""
     paths = eight_gpu_paths()
     assert len(paths) == 16
     for name in ("v" * 64, "'" * 64, "\u65e5" * 64):
-        for what, script in all_scripts(name, paths).items():
+        for what, script in all_scripts(name, paths[:2]).items():
             assert len(script) <= S.MAX_SCRIPT_CHARS, (what, len(script))
             assert S.command_line_length(script) <= S.CMD_LINE_LIMIT, what
+        S.assign_script(name, paths[:10], 3 * G, 33280 * M)
+        S.release_script(name, paths[:6], PREV)
+        with pytest.raises(S.ScriptTooLarge):
+            S.assign_script(name, paths, 3 * G, 33280 * M)
 
 
 def test_too_large_is_refused_not_truncated():
@@ -116,7 +123,7 @@ def _shape(script: str, literal_text: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_names_stay_inside_one_string_literal(name):
     benign = "benign"
-    for what in ("assign", "release", "release-no-restore"):
+    for what in ("assign", "release", "release-legacy-record"):
         script = all_scripts(name, max_chars=None)[what]
         ref = all_scripts(benign, max_chars=None)[what]
         lit = S.ps_quote(name)
