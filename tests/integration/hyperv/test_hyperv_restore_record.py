@@ -164,8 +164,8 @@ def test_release_after_the_host_restarted_on_another_port_restores_exactly(endpo
     before = model.to_dict()
     first = endpoint(model)
     _assign(_backend(first.port))
-    first.stop()
     restarted = endpoint(HostModel.from_json(model.to_json()))   # the lab's saved state, a new port
+    first.stop()
     assert restarted.port != first.port
     _release(_backend(restarted.port, "localhost"))
     assert restarted.model.to_dict() == before
