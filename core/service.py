@@ -312,8 +312,11 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
             f"finish with the same command again or revert it ({failed.undo})",
             rolled_back=False,
         ) from cause
-    error_class = Conflict if isinstance(cause, Conflict) else OperationFailed
-    raise error_class(
+    if isinstance(cause, Conflict):
+        # Another run's change stays (that is the conflict): only this run's own change is gone.
+        raise Conflict(f"step '{failed.description}' failed: {reason}{undone}; nothing of this run's change is left",
+                       remedy=getattr(cause, "remedy", None), rolled_back=True) from cause
+    raise OperationFailed(
         f"step '{failed.description}' failed: {reason}{undone}; the VM is as it was",
         remedy=getattr(cause, "remedy", None),
         rolled_back=True,

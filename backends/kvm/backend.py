@@ -583,13 +583,15 @@ class KvmBackend(Backend):
         while True:
             domains = self._all_domain_xml()
             if mine.token not in domains.get(vm, ""):
+                # Another run's define replaced this one's whole definition (its claim token is gone with it), so
+                # nothing of this run's change is on the host: rolled back, with what the VM holds now.
                 raise Conflict(
                     f"VM '{vm}' was redefined by another run while this one was assigning "
                     f"{', '.join(sorted(mine.addresses))}; it now holds "
                     f"{', '.join(str(a) for a in domxml.read_facts(domains[vm]).hostdevs) or 'no PCI device'}"
                     if vm in domains else f"VM '{vm}' was undefined by another run during the assignment",
                     remedy="run `gpupass status HOST`, then the command again if the GPU is not there",
-                    rolled_back=False)
+                    rolled_back=True)
             others, holders = self._claims(exclude=vm, domains=domains)
             verdict = claims.decide(mine, others, holders)
             if verdict.outcome != "wait":
