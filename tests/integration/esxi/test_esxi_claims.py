@@ -78,8 +78,9 @@ def test_of_concurrent_assigns_of_one_device_exactly_one_wins(fresh_vcsim, round
 
 def test_identical_concurrent_assigns_add_the_device_once(fresh_vcsim):
     sim = fresh_vcsim(config_with_clones(), username=USER)
-    outcomes = race(assigner(sim), ["ml-1"] * 3)
-    assert [kind for kind, _ in outcomes.values()].count("applied") >= 1, outcomes
+    # three runs for one VM: race() reports by name, so each run gets its own ("ml-1#2" assigns to ml-1)
+    outcomes = race(lambda run: assigner(sim)(run.split("#")[0]), ["ml-1#1", "ml-1#2", "ml-1#3"])
+    assert len(outcomes) == 3 and [kind for kind, _ in outcomes.values()].count("applied") >= 1, outcomes
     assert all(kind in ("applied", "conflict") for kind, _ in outcomes.values()), outcomes
     assert passthrough_count(sim, "ml-1") == 1
     assert holders(sim) == ["ml-1"]

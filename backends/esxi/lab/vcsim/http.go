@@ -203,6 +203,11 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		switch req := method.Body.(type) {
 		case *types.ReconfigVM_Task, *types.RelocateVM_Task:
+			// One such request at a time until its task has taken its spec from pending (the task hook runs
+			// while the simulator handles the request): two reconfigures of one VM at once must not swap or
+			// lose each other's spec, and with it the changeVersion check.
+			l.stash.Lock()
+			defer l.stash.Unlock()
 			l.mu.Lock()
 			l.pending[method.This] = req
 			l.mu.Unlock()

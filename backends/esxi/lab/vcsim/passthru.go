@@ -141,6 +141,10 @@ type lab struct {
 	// restarts with the host, so no session survives it)
 	seenCookies map[string]bool
 	deadCookies map[string]bool
+	// serialises reconfigures: check changeVersion, change, bump as one step
+	cas sync.Mutex
+	// serialises the hand-over of a request's spec to its task through pending
+	stash sync.Mutex
 }
 
 var hookRef = types.ManagedObjectReference{Type: "GpupassHook", Value: "gpupass-hook"}
@@ -601,6 +605,13 @@ func (l *lab) PutObject(obj mo.Reference) {
 			}
 			var fault types.BaseMethodFault
 			var msg string
+			if op == "reconfigVm" {
+				// changeVersion makes a reconfigure a compare-and-swap ("the changes will only be applied if
+				// the current changeVersion matches"): the check, the change and the new version are one step,
+				// or two reconfigures read against one version could both pass the check.
+				l.cas.Lock()
+				defer l.cas.Unlock()
+			}
 			switch op {
 			case "reconfigVm":
 				fault, msg = checkChangeVersion(vm, spec)
