@@ -3,12 +3,18 @@ rounds per platform"). Run on demand:
 
     .venv/bin/python tests/bench/race_claims.py [ROUNDS]
 
-Each round starts several processes that plan first and apply together (tests/support/race.py) against the
-KVM test-driver lab file, a real unprivileged libvirtd and the vSphere simulator; every round asserts
-exactly one winner, the losers undone. CI runs the same tests with a few rounds (GPUPASS_RACE_ROUNDS
-defaults: 4 on the test driver, 3 on libvirtd and vcsim, 2 on Hyper-V). Hyper-V needs no claim of gpupass':
-a dismounted device can be added to one VM only, which the lab host model enforces, so the losers' own
-scripts fail and roll themselves back.
+Two kinds of rounds, each asserting exactly one winner (or, every tenth thread round, identical assigns that leave
+the device on the VM once) and the losers' own change undone:
+
+* thread rounds (CI runs 100 per platform): three clients, each in its own thread with its own connection (kept
+  between rounds), against a real libvirtd, the vSphere simulator and the WS-Management endpoint;
+* process rounds (CI runs a few; here ROUNDS): several processes that plan first and apply together
+  (tests/support/race.py) against the KVM test-driver lab file, a real unprivileged libvirtd, the vSphere
+  simulator and the WS-Management endpoint.
+
+Hyper-V needs no claim of gpupass': a dismounted device can be added to one VM only, which the lab host model
+enforces, so the losers' own scripts fail and roll themselves back (reported as a conflict after reading who holds
+the device).
 """
 
 from __future__ import annotations
@@ -20,31 +26,46 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITES = {
+THREADS = {
+    "kvm (libvirtd)": "tests/integration/libvirtd/test_kvm_claims_libvirtd.py::"
+                      "test_100_rounds_of_concurrent_assigns_on_the_daemon",
+    "esxi (vcsim)": "tests/integration/esxi/test_esxi_claims.py::"
+                    "test_100_rounds_of_concurrent_assigns_give_one_device_to_one_vm",
+    "hyperv (endpoint)": "tests/integration/hyperv/test_hyperv_claims.py",
+}
+PROCESSES = {
     "kvm (test driver)": "tests/integration/kvm/test_kvm_claims.py::test_of_concurrent_assigns_of_one_gpu_exactly_one_wins",
-    "kvm (libvirtd)": "tests/integration/libvirtd/test_kvm_claims_libvirtd.py",
+    "kvm (libvirtd)": "tests/integration/libvirtd/test_kvm_claims_libvirtd.py::"
+                      "test_of_concurrent_assigns_on_the_daemon_exactly_one_wins",
     "esxi (vcsim)": "tests/integration/esxi/test_esxi_claims.py::test_of_concurrent_assigns_of_one_device_exactly_one_wins",
     "hyperv (endpoint)":
         "tests/integration/hyperv/test_hyperv_lost_replies.py::test_of_concurrent_assigns_of_one_device_exactly_one_wins",
 }
 
 
+def _run(kind: str, name: str, selector: str, rounds: int, env: dict) -> int:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", selector],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    if result.returncode != 0 and not lines:
+        lines = [result.stdout[-2000:] + result.stderr[-2000:]]
+    tally = next((line.split("outcomes ", 1)[1] for line in result.stdout.splitlines() if "outcomes " in line), "")
+    print(f"{kind:<10} {name:<20} {rounds:>7} {len(lines):>7} {time.perf_counter() - started:>8.1f}  {tally}")
+    for line in lines:
+        print("   ", line)
+    return len(lines)
+
+
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    env = {**os.environ, "GPUPASS_RACE_ROUNDS": str(rounds)}
+    env = {**os.environ, "GPUPASS_RACE_ROUNDS": str(rounds), "GPUPASS_THREAD_RACE_ROUNDS": str(rounds)}
     failed = 0
-    print(f"{'platform':<20} {'rounds':>7} {'failed':>7} {'seconds':>8}")
-    for name, selector in SUITES.items():
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selector],
-                                cwd=ROOT, env=env, capture_output=True, text=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        if result.returncode != 0 and not lines:
-            lines = [result.stdout[-2000:] + result.stderr[-2000:]]
-        failed += len(lines)
-        print(f"{name:<20} {rounds:>7} {len(lines):>7} {time.perf_counter() - started:>8.1f}")
-        for line in lines:
-            print("   ", line)
+    print(f"{'rounds':<10} {'platform':<20} {'rounds':>7} {'failed':>7} {'seconds':>8}  outcomes")
+    for name, selector in THREADS.items():
+        failed += _run("threads", name, selector, rounds, env)
+    for name, selector in PROCESSES.items():
+        failed += _run("processes", name, selector, rounds, env)
     return 1 if failed else 0
 
 

@@ -137,3 +137,63 @@ def test_an_assign_stopped_after_the_host_step_is_shown_by_status_and_a_rerun_fi
         execute(backend, plan(backend, AssignmentRequest("cad-ws", (T4,))))
         vm = backend.inventory().find_vm("cad-ws")
         assert T4 in vm.assigned and vm.unfinished == ()
+
+
+THREAD_ROUNDS = int(os.environ.get("GPUPASS_THREAD_RACE_ROUNDS", "100"))
+
+
+def test_100_rounds_of_concurrent_assigns_give_one_device_to_one_vm(fresh_vcsim):
+    """0 double assignments in 100 concurrent rounds (issue 10), in CI: three clients, each in its own thread with
+    its own pyvmomi session (kept between rounds), plan, wait at a barrier and assign at once. Every tenth round all
+    three give the device to the same VM: it holds it once. The winner's release puts the VM back between rounds.
+
+    The three plans of a round are made from one read of the host (as if the three admins read it at the same
+    moment: pyVmomi's parsing of a whole inventory costs more than the race); each apply re-reads its VM itself."""
+    from gpupass.core.domain.request import ReleaseRequest
+    from gpupass.core.plugins import default_registry
+    from gpupass.core.service import make_plan
+    from support.race import race_threads
+
+    sim = fresh_vcsim(config_with_clones(), username=USER)
+    backends = {vm: open_backend(sim) for vm in CLONES}
+    reader = backends[CLONES[0]]
+    facts = reader.inventory()
+    before = {vm.name: vm for vm in facts.vms}
+    tally: dict[str, int] = {}
+    wrong = []
+    try:
+        for round_ in range(THREAD_ROUNDS):
+            identical = round_ % 10 == 9
+            target_of = {vm: (CLONES[0] if identical else vm) for vm in CLONES}
+
+            def prepare(client, target_of=target_of, facts=facts):
+                backend = backends[client]
+                result = make_plan(backend, facts, AssignmentRequest(target_of[client], (A100_ACTIVE,)),
+                                   default_registry())
+                assert not result.blocked, result.findings
+                return lambda: execute(backend, result)
+
+            outcomes = race_threads(prepare, CLONES)
+            winners = [c for c, kind, _ in outcomes if kind == "applied"]
+            for client, kind, detail in outcomes:
+                tally[kind] = tally.get(kind, 0) + 1
+                assert kind in ("applied", "conflict"), (round_, client, kind, detail)
+                assert kind == "applied" or "rolled_back=True" in detail, (round_, client, detail)
+            after_facts = reader.inventory()
+            after = {vm.name: vm for vm in after_facts.vms}
+            holders = sorted(n for n in CLONES if A100_ACTIVE in after[n].assigned)
+            counts = {n: passthrough_count(sim, n) for n in holders}
+            if len(holders) != 1 or counts[holders[0]] != 1 or not winners or \
+                    any(target_of[w] != holders[0] for w in winners) or (not identical and len(winners) != 1):
+                wrong.append((round_, counts, outcomes))
+            for name in CLONES:
+                if name not in holders:
+                    assert after[name] == before[name], (round_, name)   # its own change (and claim) undone
+            for name in holders:
+                execute(reader, make_plan(reader, after_facts, ReleaseRequest(name), default_registry()))
+            facts = reader.inventory()
+    finally:
+        for backend in backends.values():
+            backend.close()
+    print(f"esxi (vcsim): {THREAD_ROUNDS} rounds, {len(wrong)} double/none, outcomes {tally}")
+    assert wrong == [], '\n'.join(map(repr, wrong))
