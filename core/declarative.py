@@ -16,7 +16,7 @@ A host named in the file is managed by it: a VM there that holds GPUs but is not
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.pci import PciAddress
@@ -86,6 +86,25 @@ def parse(text: str, path: str = "<file>") -> list[Desired]:
     if node.tag != "tag:yaml.org,2002:seq":
         raise FileError(path, node.start_mark.line + 1, "`assignments` must be a list")
     entries = [_entry(item, path) for item in node.value]
+    _reject_duplicates(entries, path)
+    return entries
+
+
+def by_host(entries: list[Desired], identity: Callable[[str], str], path: str = "<file>") -> dict[str, list[Desired]]:
+    """The file's entries per host, a host being one `identity` however the file spells it (`127.0.0.1` and
+    `localhost`, a default port written or not, a trailing slash): each host is then read and planned once. The
+    entries of a group carry its first spelling; the file's own checks (a VM listed twice, a GPU given to two VMs)
+    run again across spellings."""
+    first: dict[str, str] = {}
+    groups: dict[str, list[Desired]] = {}
+    for entry in entries:
+        host = first.setdefault(identity(entry.host), entry.host)
+        groups.setdefault(host, []).append(entry if entry.host == host else replace(entry, host=host))
+    _reject_duplicates([e for group in groups.values() for e in group], path)
+    return groups
+
+
+def _reject_duplicates(entries: list[Desired], path: str) -> None:
     seen: dict[tuple[str, str], int] = {}
     for entry in entries:
         key = (entry.host, entry.vm)
@@ -94,7 +113,6 @@ def parse(text: str, path: str = "<file>") -> list[Desired]:
                             f"{seen[key]})", "merge the two entries")
         seen[key] = entry.line
     _reject_shared_gpus(entries, path)
-    return entries
 
 
 def _reject_shared_gpus(entries: list[Desired], path: str) -> None:

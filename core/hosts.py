@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from gpupass.core import environment, paths, snapshot
 from gpupass.core.config import Config
@@ -63,6 +64,39 @@ def resolve_target(text: str | None, config: Config, registry: Registry, tls: Tl
         found = environment.vsphere_password(target.hostname)
         password = found[1] if found else None
     return replace(target, password=password)
+
+
+def host_identity(text: str, config: Config, registry: Registry) -> str:
+    """One string for one host however HOST spells it: a lab or config name by its URI; the URI's scheme and host
+    in lower case, the loopback names as one, the port the scheme means when none is given (the backend's
+    default_ports), no trailing slash, no user or query (the same host, reached as another user or with another
+    option, is still that host). For commands over many entries (`gpupass apply`) that must read and plan each host
+    once."""
+    if snapshot.looks_like_snapshot(text):
+        return "snapshot:" + str(Path(text).resolve())
+    lab = registry.lab_host(text)
+    entry = config.hosts.get(text)
+    if lab is not None:
+        uri = lab.target(paths.data_dir()).uri
+    elif entry is not None:
+        uri = entry.uri
+    elif "://" in text or text.startswith("test:"):
+        uri = text
+    else:
+        uri = resolve_target(text, config, registry).uri     # raises NotFound, naming close matches
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    backend = next((b for b in registry.backends if scheme in b.schemes), None)
+    port = port or (backend.default_ports.get(scheme) if backend is not None else None)
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "::1") or host.startswith("127."):
+        host = "localhost"
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/') or ''}"
 
 
 def _default_target(config: Config, registry: Registry, tls: TlsOptions | None) -> Target:

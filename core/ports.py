@@ -44,6 +44,9 @@ class Backend(ABC):
     # How this platform expresses each hypervisor-neutral setting (gpupass.core.migration.SETTINGS), for
     # migration plans and docs; a setting missing here has no equivalent on the platform.
     native_settings: ClassVar[dict[str, str]] = {}
+    # The port a URI of each scheme means when it names none, so that `host:443` and `host` are known to be one
+    # host (gpupass.core.hosts.host_identity); a scheme without a network port (a socket, a file) is not listed.
+    default_ports: ClassVar[dict[str, int]] = {}
 
     def __init__(self, target: Target) -> None:
         self.target = target

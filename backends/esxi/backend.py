@@ -51,6 +51,8 @@ def _state(facts: HostFacts) -> EsxiState:
 class EsxiBackend(Backend):
     platform = "esxi"
     schemes = ("esxi",)
+    # vSphere's API is HTTPS on 443 unless the URI says otherwise (connection.parse_uri; pyVim SmartConnect's port).
+    default_ports = {"esxi": 443}
     description = "VMware ESXi / vCenter through the vSphere API (pyvmomi): VMDirectPath I/O devices"
     sdk_modules = ("pyVmomi",)
     extra = "esxi"

@@ -170,6 +170,8 @@ def _with_partitions(gpus: list[Gpu], partitionable: Any, vms_raw: list[dict[str
 class HypervBackend(Backend):
     platform = "hyperv"
     schemes = ("hyperv", "hyperv+http")
+    # WS-Management's default ports (MS-WSMV 2.2.4.5 ClientDefaultPortsType: HTTP 5985, HTTPS 5986), as endpoint uses.
+    default_ports = {"hyperv": 5986, "hyperv+http": 5985}
     description = "Hyper-V Discrete Device Assignment: PowerShell over WinRM (pywinrm)"
     sdk_modules = ("winrm",)
     extra = "hyperv"

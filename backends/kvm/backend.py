@@ -102,6 +102,10 @@ def _state(facts: HostFacts) -> KvmState:
 class KvmBackend(Backend):
     platform = "kvm"
     schemes = ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
+    # libvirt's remote transports: TLS 16514, TCP 16509, SSH 22 (libvirt's remote URI documentation, "Transport
+    # modes"); qemu:// without a transport is TLS.
+    default_ports = {"qemu": 16514, "qemu+tls": 16514, "qemu+tcp": 16509, "qemu+ssh": 22, "qemu+libssh": 22,
+                     "qemu+libssh2": 22}
     description = "KVM/QEMU through libvirt: <hostdev> devices in the persistent domain definition"
     sdk_modules = ("libvirt",)
     extra = "kvm"

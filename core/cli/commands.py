@@ -188,7 +188,6 @@ def _confirm_and_run(app: AppContext, backend: Backend, plan: Plan, yes: bool, a
                      show_changes: bool = False) -> dict[str, Any]:
     """Show the plan, ask (or require --yes), execute; return the JSON document describing what happened."""
     from gpupass.core.errors import NotSupported
-    from gpupass.core.service import execute
 
     if backend.read_only:
         raise NotSupported(f"{backend.target.label} is a snapshot: plan from it, change the live host",
@@ -201,12 +200,25 @@ def _confirm_and_run(app: AppContext, backend: Backend, plan: Plan, yes: bool, a
         raise PreflightFailed("preflight found blocking problems; nothing was changed", list(plan.findings))
     if plan.nothing_to_do:
         return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to change the host without confirmation: there is no terminal to ask on",
-                             remedy="review `gpupass plan ...`, then run again with --yes")
-        if not click.confirm("\nApply this plan?", default=False):
-            raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
+    confirm(yes, "the host", "\nApply this plan?", review="gpupass plan ...")
+    return run_plan(backend, plan, as_json)
+
+
+def confirm(yes: bool, what: str, question: str, review: str) -> None:
+    """--yes, or a yes at the terminal; without a terminal, refuse (exit 2): nothing changes unconfirmed."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to change {what} without confirmation: there is no terminal to ask on",
+                         remedy=f"review `{review}`, then run again with --yes")
+    if not click.confirm(question, default=False):
+        raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
+
+
+def run_plan(backend: Backend, plan: Plan, as_json: bool) -> dict[str, Any]:
+    """Execute a confirmed plan with progress (and a wait indicator on long steps); the JSON of what happened.
+    `assign`, `release` and each change of `apply` go through it."""
+    from gpupass.core.service import execute
 
     def progress(step: Step) -> None:
         if not as_json:

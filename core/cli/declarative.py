@@ -15,7 +15,7 @@ from gpupass.core.errors import GpupassError, UsageError
 
 if TYPE_CHECKING:
     from gpupass.core.declarative import ApplyIncomplete, Change, Desired
-    from gpupass.core.domain.plan import Plan, Step
+    from gpupass.core.domain.plan import Plan
     from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 
 DIFF_EXIT = 5
@@ -47,11 +47,12 @@ def _load(path: str) -> list[Desired]:
     return declarative.parse(text, path)
 
 
-def _by_host(desired: list[Desired]) -> dict[str, list[Desired]]:
-    hosts: dict[str, list[Desired]] = {}
-    for entry in desired:
-        hosts.setdefault(entry.host, []).append(entry)
-    return hosts
+def _by_host(app: AppContext, desired: list[Desired], path: str) -> dict[str, list[Desired]]:
+    """Entries per host, one host however the file spells it (gpupass.core.hosts.host_identity)."""
+    from gpupass.core import declarative
+    from gpupass.core.hosts import host_identity
+
+    return declarative.by_host(desired, lambda host: host_identity(host, app.config, app.registry_for(host)), path)
 
 
 def _request(change: Change) -> AssignmentRequest | ReleaseRequest:
@@ -66,7 +67,7 @@ def _changes(app: AppContext, path: str) -> list[Change]:
     from gpupass.core import declarative
 
     changes: list[Change] = []
-    for host, entries in _by_host(_load(path)).items():
+    for host, entries in _by_host(app, _load(path), path).items():
         with app.open(host) as backend:
             changes += declarative.changes_for_host(host, backend.inventory(), entries, path)
     return changes
@@ -83,7 +84,7 @@ def _plan_file(app: AppContext, path: str) -> list[tuple[Change, Plan]]:
     from gpupass.core.service import make_plan
 
     planned: list[tuple[Change, Plan]] = []
-    for host, entries in _by_host(_load(path)).items():
+    for host, entries in _by_host(app, _load(path), path).items():
         with app.open(host) as backend:
             if backend.read_only:
                 raise NotSupported(f"{host} is a snapshot: `apply` changes live hosts only",
@@ -98,11 +99,13 @@ def _plan_file(app: AppContext, path: str) -> list[tuple[Change, Plan]]:
 
 
 def _run_change(app: AppContext, change: Change, as_json: bool) -> dict[str, Any]:
-    """Re-read the host, re-plan the change on what is there now, and carry it out (rolled back if it fails)."""
+    """Re-read the host, re-plan the change on what is there now, and carry it out (rolled back if it fails)
+    the way `assign` and `release` do (commands.run_plan: progress, the wait on long steps, the result)."""
     from gpupass.core import serialize
     from gpupass.core.cli import render
+    from gpupass.core.cli.commands import run_plan
     from gpupass.core.errors import PreflightFailed
-    from gpupass.core.service import execute, make_plan
+    from gpupass.core.service import make_plan
 
     with app.open(change.host) as backend:
         plan = make_plan(backend, backend.inventory(), _request(change), app.registry)
@@ -114,16 +117,10 @@ def _run_change(app: AppContext, change: Change, as_json: bool) -> dict[str, Any
                                   [f for f in plan.findings if f.blocks])
         if plan.nothing_to_do:
             return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
-
-        def progress(step: Step) -> None:
-            if not as_json:
-                sys.stdout.flush()
-                click.echo(f"  ... {shown(step.description)}", err=True)
-
-        outcome = execute(backend, plan, on_step=progress)
-        after = outcome.vm_after
-        return {"applied": True, "changed": True, "plan": serialize.plan_to_dict(plan),
-                "vm_after": serialize.vm_to_dict(after) if after else None}
+        result = run_plan(backend, plan, as_json)
+        # apply's results name the VM in "vm" (the change), so the VM as read back stays "vm_after" here
+        return {"applied": result["applied"], "changed": result["changed"], "plan": result["plan"],
+                "vm_after": result["vm"]}
 
 
 def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dict[str, Any]], index: int,
@@ -210,6 +207,7 @@ def apply(app: AppContext, file: str, yes: bool, as_json: bool) -> None:
     """Converge the hosts to FILE: each change goes through the normal plan, preflight and rollback."""
     from gpupass.core import serialize
     from gpupass.core.cli import render
+    from gpupass.core.cli.commands import confirm
     from gpupass.core.errors import GpupassError, PreflightFailed
 
     planned = _plan_file(app, file)
@@ -232,12 +230,7 @@ def apply(app: AppContext, file: str, yes: bool, as_json: bool) -> None:
                               f"nothing was changed", [f for _, p in blocked for f in p.findings if f.blocks])
     if not as_json:
         click.echo("\n".join(_change_line(c) for c, _ in planned))
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to change hosts without confirmation: there is no terminal to ask on",
-                             remedy=f"review `gpupass diff {file}`, then run again with --yes")
-        if not click.confirm("\nApply these changes?", default=False):
-            raise UsageError("nothing was changed: not confirmed", remedy="run again and answer y, or pass --yes")
+    confirm(yes, "hosts", "\nApply these changes?", review=f"gpupass diff {file}")
     results = []
     for index, (change, _) in enumerate(planned):
         try:

@@ -104,3 +104,66 @@ def _with_owner(address, vm_name):
     vms = tuple(dataclasses.replace(v, assigned=(A("01:00.0"), A("01:00.1"))) if v.name == vm_name else v
                 for v in state.vms)
     return dataclasses.replace(state, gpus=gpus, vms=vms)
+
+
+def test_one_host_spelled_two_ways_is_one_host(apply):
+    """`fake://lab` and `FAKE://Lab/` are one host: one GPU given to a VM under each spelling is refused as one GPU
+    for two VMs, and a consistent file is read and planned once per host."""
+    result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
+                   "  - {host: FAKE://Lab/, vm: web01, gpus: [\"0000:41:00.0\"]}\n")
+    assert result.exit_code == 2, result.output
+    assert "GPU 0000:41:00.0 on fake://lab is given to both 'ml-train' (line 2) and 'web01'" in result.output
+    assert FakeBackend.calls == [] and owners() == BEFORE
+    result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
+                   "  - {host: fake://lab/, vm: cad-ws, gpus: [\"01:00.0\"]}\n", "--json")
+    assert result.exit_code == 0, result.output
+    first_write = next(i for i, call in enumerate(FakeBackend.calls) if call[0] == "apply")
+    # the host read once to plan the whole file (not once per spelling), and once more before its change
+    assert [c[0] for c in FakeBackend.calls[:first_write]].count("inventory") == 2
+    assert owners()["0000:41:00.0"] == "ml-train"
+    assert [(r["host"], r["vm"]) for r in json.loads(result.output)["results"]] == [("fake://lab", "ml-train")]
+
+
+def test_apply_asks_like_assign_and_refuses_without_a_terminal(fake_host, tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n")
+    result = CliRunner().invoke(cli, ["apply", str(path)], input="n\n")
+    # the same confirmation as assign/release (commands.confirm): no terminal here, so a refusal, exit 2
+    assert result.exit_code == 2 and "refusing to change hosts without confirmation" in result.output
+    assert writes() == [] and owners() == BEFORE
+    # each change is carried out the way assign and release carry out theirs (commands.run_plan), saying so
+    result = CliRunner().invoke(cli, ["apply", str(path), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "Done: 0000:01:00.0 released from 'cad-ws'." in result.output
+    assert "Done: 0000:41:00.0 assigned to 'ml-train'." in result.output
+
+
+@pytest.mark.parametrize("one,other", [
+    ("hyperv+http://admin@127.0.0.1/", "hyperv+http://Other@LOCALHOST:5985"),
+    ("hyperv://admin@hv01.example", "hyperv://admin@HV01.example:5986/?transport=kerberos"),
+    ("esxi://a@vc.example/Lab", "esxi://b@VC.EXAMPLE:443/Lab/"),
+    ("qemu+tcp://kvm01/system", "qemu+tcp://kvm01:16509/system"),
+    ("qemu+ssh://root@kvm01/system", "qemu+ssh://kvm01:22/system/"),
+])
+def test_host_identity_is_one_for_every_spelling_of_a_host(one, other):
+    from gpupass.core import plugins
+    from gpupass.core.config import Config
+    from gpupass.core.hosts import host_identity
+
+    registry = plugins.default_registry()
+    assert host_identity(one, Config(), registry) == host_identity(other, Config(), registry)
+
+
+@pytest.mark.parametrize("one,other", [
+    ("qemu:///system", "qemu:///session"),
+    ("hyperv://hv01.example", "hyperv+http://hv01.example"),           # 5986 and 5985: two endpoints
+    ("esxi://vc.example/Lab", "esxi://vc.example/Prod"),
+    ("qemu+tcp://kvm01/system", "qemu+tcp://kvm02/system"),
+])
+def test_host_identity_tells_different_hosts_apart(one, other):
+    from gpupass.core import plugins
+    from gpupass.core.config import Config
+    from gpupass.core.hosts import host_identity
+
+    registry = plugins.default_registry()
+    assert host_identity(one, Config(), registry) != host_identity(other, Config(), registry)
