@@ -640,6 +640,18 @@ class EsxiBackend(Backend):
         return StepState("unknown", detail=f"{step.description}: only some of {', '.join(payload.ids)} changed")
 
     @_observe.register
+    def _observe_reboot(self, payload: Reboot, step: Step) -> StepState:
+        """A reboot whose answer was lost cannot be taken back, and whether it ran is not what matters: the host is
+        said as it is now, with what the admin finishes by hand (the maintenance mode gpupass entered for it)."""
+        ref = self._host_ref(payload.host)
+        in_maintenance = bool(self._call(f"reading host {payload.host}", lambda: ref.runtime.inMaintenanceMode))
+        left = (f"host {payload.host} is in maintenance mode"
+                + (" (gpupass put it there for the reboot)" if payload.enter_maintenance else "")
+                + ": once it is back, take it out (ExitMaintenanceMode_Task; 'Exit Maintenance Mode' in the vSphere "
+                  "Client)" if in_maintenance else f"host {payload.host} is not in maintenance mode")
+        return StepState("unknown", detail=f"the reboot of {payload.host} may have run; {left}")
+
+    @_observe.register
     def _observe_intent(self, payload: Intent, step: Step) -> StepState:
         there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
         return StepState("after" if there else "before")

@@ -58,3 +58,111 @@ def test_an_endpoint_frozen_mid_assign_is_reported_as_unknown_and_a_rerun_conver
         execute(again, rerun)
         vm = again.inventory().find_vm("ml-train")
         assert vm.assigned == (A100_ACTIVE,) and vm.unfinished == ()
+
+
+# -- a reply lost after the host carried the call out (vcsim's /gpupass/drop-reply) ----------------------------------
+def _passthrough(backend):
+    return [g.passthrough for g in backend.inventory().gpus]
+
+
+def test_a_lost_reply_to_the_passthrough_switch_is_read_back_and_undone_and_a_rerun_converges(fresh_vcsim):
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from tests.integration.esxi.test_esxi_host_rules import T4
+
+    sim = fresh_vcsim(username=USER)
+    backend = EsxiBackend(target(sim))
+    try:
+        before = backend.inventory()
+        result = plan(backend, AssignmentRequest("cad-ws", (T4,)))
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reconfigure"]
+        sim.drop_reply("UpdatePassthruConfig")
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, result)
+        # the host had switched the device: gpupass read that back and switched it back, intent included
+        assert caught.value.rolled_back is True, caught.value.message
+        after = backend.inventory()
+        assert after.find_vm("cad-ws") == before.find_vm("cad-ws")
+        assert [g.passthrough for g in after.gpus] == [g.passthrough for g in before.gpus]
+        execute(backend, plan(backend, AssignmentRequest("cad-ws", (T4,))))           # the same assign again
+        assert T4 in backend.inventory().find_vm("cad-ws").assigned
+    finally:
+        backend.close()
+
+
+def test_a_lost_reply_to_the_host_reboot_is_reported_with_what_is_left_and_a_rerun_converges(fresh_vcsim):
+    """RebootHost_Task carried out (the host reboots) but its reply lost: a reboot cannot be taken back, so the
+    outcome is reported as it is on the host (maintenance mode or not), never as a rollback; the steps before it
+    are undone, and the same assign run again converges."""
+    from pyVim.task import WaitForTask
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from gpupass.core.domain.request import AssignOptions
+    from tests.integration.esxi.test_esxi_host_rules import T4, _t4_held_by_vmkernel, find_vm
+
+    sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
+    backend = EsxiBackend(target(sim))
+    try:
+        si = sim.connect()
+        WaitForTask(find_vm(si, "web01").PowerOffVM_Task())       # a reboot waits for a host without running VMs
+        host = find_vm(si, "cad-ws").runtime.host
+        request = AssignmentRequest("cad-ws", (T4,), AssignOptions(allow_host_reboot=True))
+        result = plan(backend, request)
+        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
+        sim.drop_reply("RebootHost_Task")
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, result)
+        assert caught.value.rolled_back is False
+        assert "the reboot of esx01.lab.local may have run" in caught.value.message
+        # gpupass took the host out of the maintenance mode it had put it in, and says so
+        assert "is not in maintenance mode" in caught.value.message and host.runtime.inMaintenanceMode is False
+        assert T4 not in backend.inventory().find_vm("cad-ws").assigned
+        with EsxiBackend(target(sim)) as again:                    # the same assign, run again
+            execute(again, plan(again, request))
+            assert T4 in again.inventory().find_vm("cad-ws").assigned and host.runtime.inMaintenanceMode is False
+    finally:
+        backend.close()
+
+
+def test_a_client_killed_with_the_passthrough_switch_on_the_wire_is_shown_by_status_and_a_rerun_converges(
+        fresh_vcsim):
+    """A real `gpupass assign` process killed (SIGKILL) while its host step (UpdatePassthruConfig) waits at the
+    simulator; the simulator then carries the call out. The VM is as it was, the host switched: `status` shows the
+    intent the run recorded before its host step, and the same assign run again finishes it."""
+    import json
+    import signal
+    import subprocess
+
+    from support.cli import GPUPASS
+    from tests.integration.esxi.test_esxi_host_rules import T4
+
+    sim = fresh_vcsim(username=USER)
+    uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab"
+    env = {**os.environ, "GPUPASS_PASSWORD": sim.password}
+
+    def gpupass(*args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    sim.hold("UpdatePassthruConfig")
+    client = subprocess.Popen([*GPUPASS, "assign", uri, "cad-ws", str(T4), "--yes", "--ca-file", str(sim.ca_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.held() != "UpdatePassthruConfig":
+            assert time.monotonic() < deadline and client.poll() is None, "the host step never reached the simulator"
+            time.sleep(0.05)
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        sim.release()
+    deadline = time.monotonic() + 10        # the simulator carries out the call its killed client had sent
+    while sim.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = gpupass("status", uri, "--json")
+    vm = next(v for v in json.loads(status.stdout)["vms"] if v["name"] == "cad-ws")
+    assert str(T4) not in vm["assigned"] and len(vm["unfinished"]) == 1, vm
+    assert "run the same `gpupass assign` again" in vm["unfinished"][0]
+    again = gpupass("assign", uri, "cad-ws", str(T4), "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    vm = next(v for v in json.loads(gpupass("status", uri, "--json").stdout)["vms"] if v["name"] == "cad-ws")
+    assert str(T4) in vm["assigned"] and vm["unfinished"] == []

@@ -35,6 +35,16 @@ package main
 //	    pciPassthruSystem or one of its VMs arrives, so that very call fails:
 //	    a host vanishing in the middle of a multi-step operation.
 //	POST /gpupass/reconnect?host=NAME   undoes it (state of devices is kept).
+//	POST /gpupass/drop-reply?call=METHOD
+//	    A reply lost on the way back: the next SOAP call named METHOD (e.g.
+//	    UpdatePassthruConfig, RebootHost_Task, ReconfigVM_Task) is carried out
+//	    as usual, then the client's connection is closed without the answer
+//	    (what a dropped network or a proxy reset does after the fact).
+//	POST /gpupass/hold?call=METHOD
+//	    The next SOAP call named METHOD waits, neither carried out nor
+//	    answered, until POST /gpupass/release (or 60 s): a request on the wire
+//	    when its client is killed, which the server carries out all the same.
+//	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
 
@@ -185,6 +195,19 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if gate, name := l.takeHold(body); gate != nil {
+		l.mu.Lock()
+		l.heldBy = name
+		l.mu.Unlock()
+		select {
+		case <-gate:
+		case <-time.After(60 * time.Second):
+		}
+		l.mu.Lock()
+		l.heldBy = ""
+		l.mu.Unlock()
+	}
+	drop := l.takeDropReply(body)
 	var method *simulator.Method
 	if si.interesting(body) {
 		method, _ = simulator.UnmarshalBody(vimTypeFunc, body)
@@ -235,6 +258,10 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				})
 				ref := task.Run()
 				l.applyFaultMessages()
+				if drop {
+					dropConnection(w)
+					return
+				}
 				writeTaskResponse(w, "RebootHost_Task", ref)
 				return
 			}
@@ -254,7 +281,43 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeEmptyResponse(bw, "Fetch")
 	}
 	l.applyFaultMessages()
+	if drop {
+		dropConnection(w) // carried out; the answer never reaches the client
+		return
+	}
 	bw.flushTo(w)
+}
+
+// takeHold returns the gate for the SOAP method in body, if one is armed.
+func (l *lab) takeHold(body []byte) (chan struct{}, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name, gate := range l.hold {
+		if bytes.Contains(body, []byte("<"+name+" ")) || bytes.Contains(body, []byte("<"+name+">")) {
+			delete(l.hold, name)
+			l.waiting = gate
+			return gate, name
+		}
+	}
+	return nil, ""
+}
+
+// takeDropReply reports (and uses up) an armed drop for the SOAP method in body:
+// the method is the first element of the SOAP body, e.g. <UpdatePassthruConfig ...>.
+func (l *lab) takeDropReply(body []byte) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name, n := range l.dropReply {
+		if n > 0 && (bytes.Contains(body, []byte("<"+name+" ")) || bytes.Contains(body, []byte("<"+name+">"))) {
+			if n == 1 {
+				delete(l.dropReply, name)
+			} else {
+				l.dropReply[name] = n - 1
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // serve passes the request to the simulator; it returns false if a Fetch call
@@ -395,6 +458,48 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 		switch r.URL.Path {
 		case "/gpupass/state":
 			reply(l.state())
+			return
+		case "/gpupass/held":
+			l.mu.Lock()
+			held := l.heldBy
+			l.mu.Unlock()
+			reply(map[string]interface{}{"held": held})
+			return
+		case "/gpupass/hold", "/gpupass/release":
+			if r.Method != http.MethodPost {
+				http.Error(w, "POST only", http.StatusMethodNotAllowed)
+				return
+			}
+			l.mu.Lock()
+			if r.URL.Path == "/gpupass/hold" {
+				l.hold[r.URL.Query().Get("call")] = make(chan struct{})
+			} else {
+				for name, gate := range l.hold {
+					close(gate)
+					delete(l.hold, name)
+				}
+				if l.waiting != nil {
+					close(l.waiting)
+					l.waiting = nil
+				}
+			}
+			l.mu.Unlock()
+			reply(map[string]interface{}{"ok": true})
+			return
+		case "/gpupass/drop-reply":
+			if r.Method != http.MethodPost {
+				http.Error(w, "POST only", http.StatusMethodNotAllowed)
+				return
+			}
+			name := r.URL.Query().Get("call")
+			if name == "" {
+				http.Error(w, "call= is required", http.StatusBadRequest)
+				return
+			}
+			l.mu.Lock()
+			l.dropReply[name]++
+			l.mu.Unlock()
+			reply(map[string]interface{}{"method": name, "drop": true})
 			return
 		case "/gpupass/disconnect", "/gpupass/reconnect":
 		default:

@@ -141,6 +141,14 @@ type lab struct {
 	// restarts with the host, so no session survives it)
 	seenCookies map[string]bool
 	deadCookies map[string]bool
+	// SOAP method name -> replies still to drop (POST /gpupass/drop-reply): the
+	// call is carried out, then the connection is closed unanswered
+	dropReply map[string]int
+	// SOAP method name -> the gate a call of it waits at (POST /gpupass/hold),
+	// and the name of the call waiting there now, if any
+	hold    map[string]chan struct{}
+	waiting chan struct{}
+	heldBy  string
 	// serialises reconfigures: check changeVersion, change, bump as one step
 	cas sync.Mutex
 	// serialises the hand-over of a request's spec to its task through pending
@@ -151,12 +159,14 @@ var hookRef = types.ManagedObjectReference{Type: "GpupassHook", Value: "gpupass-
 
 func newLab() *lab {
 	return &lab{
-		hosts:    map[types.ManagedObjectReference]*hostState{},
-		byName:   map[string]*hostState{},
-		pending:  map[types.ManagedObjectReference]interface{}{},
-		owner:    map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
-		vgpus:    map[types.ManagedObjectReference]map[string][]vgpuPlacement{},
-		faultMsg: map[types.ManagedObjectReference]string{},
+		hosts:     map[types.ManagedObjectReference]*hostState{},
+		byName:    map[string]*hostState{},
+		pending:   map[types.ManagedObjectReference]interface{}{},
+		owner:     map[types.ManagedObjectReference]map[string]types.ManagedObjectReference{},
+		vgpus:     map[types.ManagedObjectReference]map[string][]vgpuPlacement{},
+		faultMsg:  map[types.ManagedObjectReference]string{},
+		dropReply: map[string]int{},
+		hold:      map[string]chan struct{}{},
 
 		seenCookies: map[string]bool{},
 		deadCookies: map[string]bool{},
