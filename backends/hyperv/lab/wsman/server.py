@@ -353,6 +353,27 @@ class WSManEndpoint:
     def drop_next_receive(self, count: int = 1) -> None:
         self.drop_replies = count
 
+    # A command held on the wire: the next Command is neither run nor answered until release_command(); a client
+    # killed meanwhile has sent its script all the same, and the host runs it when it gets to it.
+    _hold: threading.Event | None = None
+    _hold_marker = ""
+    command_held = threading.Event()
+    command_done = threading.Event()
+
+    def hold_next_command(self, containing: str = "") -> None:
+        """Hold the next Command (whose script contains ``containing``, if given); command_held is set while it
+        waits, command_done once it has run."""
+        self.command_held, self.command_done = threading.Event(), threading.Event()
+        self._hold_marker = containing
+        self._hold = threading.Event()
+
+    _holding: threading.Event | None = None
+
+    def release_command(self) -> None:
+        for gate in (self._hold, self._holding):
+            if gate is not None:
+                gate.set()
+
     def save_state(self) -> None:
         """Write the model to ``state_path`` (atomically) so a restarted lab endpoint resumes from it."""
         if self.state_path is None:
@@ -417,8 +438,16 @@ class WSManEndpoint:
                 command = _text(cl, "rsp:Command") or ""
                 args = [a.text or "" for a in (cl.iterfind("rsp:Arguments", NS) if cl is not None else [])]
                 line = " ".join([command] + args)
+                hold = self._hold
+                held = hold is not None and self._hold_marker in _script_of(line)
+                if held and hold is not None:
+                    self._hold, self._holding = None, hold
+                    self.command_held.set()
+                    hold.wait(60)
                 cid = str(uuid.uuid4()).upper()
                 shell.commands[cid] = self.run_command_line(line)
+                if held:
+                    self.command_done.set()
                 return 200, _envelope(A_COMMAND + "Response", msg_id,
                                       f"<rsp:CommandResponse><rsp:CommandId>{cid}</rsp:CommandId></rsp:CommandResponse>")
             if action == A_RECEIVE and self.drop_replies > 0:
@@ -484,6 +513,15 @@ class WSManEndpoint:
         out = res.stdout.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
         err = clixml_errors(res.stderr.replace("\r\n", "\n")) if res.errors else b""
         return CommandState(out, err, res.exit_code)
+
+
+def _script_of(line: str) -> str:
+    """The PowerShell script of a ``powershell -encodedcommand`` line ("" for any other)."""
+    m = _ENC_RE.match(line)
+    try:
+        return base64.b64decode(m.group(1), validate=True).decode("utf-16-le") if m else ""
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
 
 
 def _same_user(configured: str, given: str) -> bool:
