@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import os
 import traceback
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:
+    from ansible.module_utils.basic import AnsibleModule
+
+    from gpupass.core.api import Host
 
 try:
     import gpupass
@@ -19,7 +25,8 @@ try:
     GPUPASS_IMPORT_ERROR = None
 except ImportError:  # reported by fail_on_missing_gpupass, as Ansible modules report a missing library
     GPUPASS_IMPORT_ERROR = traceback.format_exc()
-    GpupassError = Exception  # keeps `except GpupassError` valid in the modules
+    # Keeps `except GpupassError` valid in the modules (a stand-in class, which mypy sees as a redefinition).
+    GpupassError = Exception  # type: ignore[misc,assignment]
 
 # The connection options every module takes; documented once in doc_fragments/connection.py.
 CONNECTION_ARGUMENT_SPEC = dict(
@@ -42,7 +49,7 @@ _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
 
-def fail_on_missing_gpupass(module):
+def fail_on_missing_gpupass(module: AnsibleModule) -> None:
     if GPUPASS_IMPORT_ERROR is not None:
         from ansible.module_utils.basic import missing_required_lib
 
@@ -50,7 +57,7 @@ def fail_on_missing_gpupass(module):
                          exception=GPUPASS_IMPORT_ERROR)
 
 
-def _env_bool(name, value):
+def _env_bool(name: str, value: str) -> bool:
     text = value.strip().lower()
     if text in _TRUE:
         return True
@@ -62,28 +69,29 @@ def _env_bool(name, value):
 class Connection:
     """One host opened through gpupass's Python API (`gpupass.open_host`) from the module's options."""
 
-    def __init__(self, module):
+    def __init__(self, module: AnsibleModule) -> None:
         self.module = module
-        self.host = None
+        self.host: Host | None = None
 
-    def _esxi_params(self, params):
+    def _esxi_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The VMWARE_* variables fill what the module's options leave out, as in community.vmware."""
         merged = dict(params)
         for option, variable in VMWARE_ENV.items():
             if merged.get(option) is None and os.environ.get(variable):
-                value = os.environ[variable]
+                text = os.environ[variable]
+                value: bool | int | str | None = text
                 if option == "validate_certs":
-                    value = _env_bool(variable, value)
+                    value = _env_bool(variable, text)
                 elif option == "port":
-                    value = int(value) if value.isdigit() else None
+                    value = int(text) if text.isdigit() else None
                 merged[option] = value
         return merged
 
-    def _host_text(self, params):
+    def _host_text(self, params: dict[str, Any]) -> str | None:
         """What to open: `host`, else a URI built from hostname/username/port, else None (gpupass then takes
         the default host from GPUPASS_HOST, LIBVIRT_DEFAULT_URI or GOVC_URL)."""
         if params.get("host"):
-            return params["host"]
+            return str(params["host"])
         scheme = params.get("platform") or "esxi"
         given = self._esxi_params(params) if scheme == "esxi" else params
         if not given.get("hostname"):
@@ -97,7 +105,7 @@ class Connection:
         path = "/" + quote(params["datacenter"], safe="") if params.get("datacenter") and scheme == "esxi" else ""
         return f"{scheme}://{netloc}{path}"
 
-    def open(self):
+    def open(self) -> Host:
         params = self.module.params
         text = self._host_text(params)
         esxi = (text or "").startswith("esxi://")
@@ -107,16 +115,16 @@ class Connection:
                                       ca_file=params.get("ca_file"), password=given.get("password"))
         return self.host
 
-    def __enter__(self):
+    def __enter__(self) -> Host:
         return self.open()
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> Literal[False]:
         if self.host is not None:
             self.host.close()
         return False
 
 
-def fail_from_error(module, exc, **extra):
+def fail_from_error(module: AnsibleModule, exc: BaseException, **extra: Any) -> None:
     """A gpupass error as a module failure: its kind, message and remedy; preflight findings and the rollback
     state where they apply, so a playbook can branch on `result.error` or `result.findings`."""
     result = dict(extra)
@@ -136,7 +144,7 @@ def fail_from_error(module, exc, **extra):
     module.fail_json(msg=message, **result)
 
 
-def run_guarded(module, body):
+def run_guarded(module: AnsibleModule, body: Callable[[], Any]) -> Any:
     """Run body(); a gpupass error fails the module cleanly, anything else with its traceback."""
     try:
         return body()

@@ -169,7 +169,13 @@ rolled_back:
   type: bool
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ansible.module_utils.basic import AnsibleModule
+
+if TYPE_CHECKING:  # gpupass itself is imported when the module runs (a missing one is reported)
+    from gpupass.core.domain.inventory import Vm
+    from gpupass.core.domain.plan import Plan
 
 from ansible_collections.gpupass.gpupass.plugins.module_utils.gpupass_common import (
     CONNECTION_ARGUMENT_SPEC,
@@ -195,14 +201,14 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def assignment_options(params):
+def assignment_options(params: dict[str, Any]) -> dict[str, Any]:
     """The module's options as the Python API's assign options."""
     return dict(include_companions=params["include_companions"], allow_firmware_change=params["allow_firmware_change"],
                 hide_hypervisor=params["hide_hypervisor"], live=params["live"], dynamic=params["dynamic"],
                 allow_host_reboot=params["allow_host_reboot"], bar_sizes=params["bar_sizes"] or {})
 
 
-def vm_definition(vm):
+def vm_definition(vm: Vm | None) -> str:
     """What the VM's definition says about passthrough, as YAML-like lines for Ansible's diff."""
     if vm is None:
         return ""
@@ -217,7 +223,7 @@ def vm_definition(vm):
     return "\n".join(lines) + "\n"
 
 
-def planned_changes(plan):
+def planned_changes(plan: Plan) -> str:
     lines = [f"# gpupass {plan.operation} on {plan.host}, VM {plan.vm}: planned, not applied"]
     for number, step in enumerate(plan.steps, 1):
         if not step.writes:
@@ -228,13 +234,13 @@ def planned_changes(plan):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     fail_on_missing_gpupass(module)
     run_guarded(module, lambda: converge(module))
 
 
-def converge(module):
+def converge(module: AnsibleModule) -> None:
     from gpupass.core import serialize
     from gpupass.core.errors import PreflightFailed, UsageError
 
@@ -247,7 +253,7 @@ def converge(module):
         else:
             plan = host.plan_release(params["vm"], *params["gpus"], live=params["live"],
                                      disable_host_passthrough=params["disable_host_passthrough"])
-        result = {"plan": serialize.plan_to_dict(plan)}
+        result: dict[str, Any] = {"plan": serialize.plan_to_dict(plan)}
         if plan.blocked:
             fail_from_error(module, PreflightFailed(f"preflight found blocking problems for VM {plan.vm!r} on "
                                                     f"{plan.host}; nothing was changed", list(plan.findings)), **result)

@@ -153,7 +153,12 @@ unreadable:
   elements: dict
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ansible.module_utils.basic import AnsibleModule
+
+if TYPE_CHECKING:  # gpupass itself is imported when the module runs (a missing one is reported)
+    from gpupass.core.domain.inventory import HostFacts
 
 from ansible_collections.gpupass.gpupass.plugins.module_utils.gpupass_common import (
     fail_on_missing_gpupass,
@@ -173,13 +178,13 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     fail_on_missing_gpupass(module)
     run_guarded(module, lambda: survey(module))
 
 
-def survey(module):
+def survey(module: AnsibleModule) -> None:
     import gpupass
     from gpupass.core.domain.select import qualified
     from gpupass.core.errors import UsageError
@@ -194,16 +199,18 @@ def survey(module):
         raise UsageError("hosts is empty", remedy="name at least one host")
     registry = default_registry()
 
-    def read(name):
+    def read(name: str) -> tuple[HostFacts, int]:
         with gpupass.open_host(name, config=params["config"], insecure=not params["validate_certs"],
                                ca_file=params["ca_file"]) as host:
             return host.inventory(), host.round_trips
 
     results = gather(names, read, concurrency=params["concurrency"], timeout=params["timeout"])
-    gpus, rows, unreadable = [], [], []
+    gpus: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []
     for result in results:
         if result.facts is None:
-            error = result.error.to_dict() if hasattr(result.error, "to_dict") else {"message": str(result.error)}
+            error = result.error.to_dict() if result.error is not None else {"message": "no facts and no error"}
             unreadable.append({"host": result.host, "error": error})
             rows.append({"host": result.host, "ok": False, "error": error})
             continue
@@ -216,9 +223,9 @@ def survey(module):
                          "assigned_to": gpu.assigned_to, "assignable_now": assignable(facts, gpu, registry),
                          "_matches": not params["model"] or matches_model(gpu, params["model"])})
     free = [g for g in gpus if g["assignable_now"] and g["_matches"]]
-    for gpu in gpus:
-        del gpu["_matches"]
-    candidates = []
+    for row in gpus:
+        del row["_matches"]
+    candidates: list[dict[str, Any]] = []
     if params["model"]:
         candidates = [{"host": c.host, "location": c.location or None, "free": [qualified(g) for g in c.gpus],
                        "models": sorted({g.model for g in c.gpus})}

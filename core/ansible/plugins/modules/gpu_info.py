@@ -141,11 +141,11 @@ from ansible_collections.gpupass.gpupass.plugins.module_utils.gpupass_common imp
 ARGUMENT_SPEC = dict(CONNECTION_ARGUMENT_SPEC, free_only=dict(type="bool", default=False))
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     fail_on_missing_gpupass(module)
 
-    def read():
+    def read() -> None:
         from gpupass.core import serialize
 
         with Connection(module) as backend:
