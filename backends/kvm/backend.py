@@ -643,8 +643,9 @@ class KvmBackend(Backend):
                 if not self._still_mine(claim)]
         # A claim taken over from a stale one: the run that made it may have defined its VM and seen its
         # claim before the takeover, and then it won; its VM holding the GPU now says so.
-        overtaken = [(mine, stale) for mine, stale in taken
-                     if stale is not None and self._holds(stale.vm_uuid, mine.address)]
+        # (A stale claim of this same VM is left by an earlier run on it: its VM holding the GPU is this define.)
+        overtaken = [(mine, stale) for mine, stale in taken if stale is not None and stale.vm_uuid != mine.vm_uuid
+                     and self._holds(stale.vm_uuid, mine.address)]
         if lost or overtaken:
             self._define(old, "undoing this run's change after losing the claim")
             self._drop_claims([claim for claim, _ in taken])
