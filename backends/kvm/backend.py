@@ -664,13 +664,12 @@ class KvmBackend(Backend):
         time: a run whose claim was taken over sees so after its define and undoes it, and the run that
         took it over loses if the other one's VM holds the GPU by then (_define_with_secrets)."""
         libvirt, conn = self._libvirt, self._connection()
-        xml = secretclaims.to_xml(mine)
         replaced = None
         waiting_on, since, delay = "", time.monotonic(), 0.05
         refusals_without_owner = 0
         while True:
-            try:
-                conn.secretDefineXML(xml, 0)
+            try:  # dated at each attempt: a claim made after a wait must not look old to the others
+                conn.secretDefineXML(secretclaims.to_xml(dataclasses.replace(mine, at=time.time())), 0)
                 self._secret_driver = True
                 return replaced
             except libvirt.libvirtError as exc:
