@@ -23,13 +23,16 @@ DIFF_EXIT = 5
 
 def _change_dict(change: Change) -> dict[str, Any]:
     return {"host": change.host, "vm": change.vm, "operation": change.operation,
-            "gpus": [str(a) for a in change.gpus], "reason": change.reason, "line": change.line}
+            "gpus": [str(a) for a in change.gpus], "share": change.share, "reason": change.reason, "line": change.line}
 
 
 def _change_line(change: Change) -> str:
     sign = "+" if change.operation == "assign" else "-"
     verb = "assign" if change.operation == "assign" else "release"
     where = f" (line {change.line})" if change.line else ""
+    if change.share is not None:
+        return shown(f"{sign} {change.host}: {verb} a {change.share} share of {change.gpus[0]} "
+                     f"{'to' if verb == 'assign' else 'from'} {change.vm} — {change.reason}{where}")
     return shown(f"{sign} {change.host}: {verb} {', '.join(str(a) for a in change.gpus)} "
                  f"{'to' if verb == 'assign' else 'from'} {change.vm} — {change.reason}{where}")
 
@@ -56,10 +59,12 @@ def _by_host(app: AppContext, desired: list[Desired], path: str) -> dict[str, li
 
 
 def _request(change: Change) -> AssignmentRequest | ReleaseRequest:
-    from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
+    from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
 
     if change.operation == "release":
-        return ReleaseRequest(change.vm, change.gpus)
+        return ReleaseRequest(change.vm, change.gpus)  # a GPU the VM holds a share of: its share is taken back
+    if change.share is not None:
+        return AssignmentRequest(change.vm, change.gpus, AssignOptions(share=change.share))
     return AssignmentRequest(change.vm, change.gpus, change.options)
 
 

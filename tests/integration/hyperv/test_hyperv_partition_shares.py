@@ -118,3 +118,22 @@ def test_fleet_find_profile_counts_the_free_partitions(host):
     assert run("fleet", "find", "--profile", "partitions-32", "--hosts", uri, "--json")["capacity"][0]["free"] == 30
     # the GPU holds partitions: fleet find --model agrees with check that it cannot be given whole
     assert run("fleet", "find", "--model", "10de:2504", "--hosts", uri, "--json", expect=3)["candidates"] == []
+
+
+def test_export_apply_round_trip_keeps_partitions_then_a_file_adds_and_removes_one(host, tmp_path):
+    """export/apply carry GPU partitions: the exported file applies as a no-op, and an entry adds/removes one."""
+    model, uri = host
+    path = tmp_path / "gpus.yaml"
+    gpupass("export", uri, "-o", str(path), env=ENV)
+    exported = path.read_text()
+    assert f"vm: {GPUP_HOLDER}\n  shares:\n  - gpu: \"{RTX}\"" in exported
+    assert run("apply", str(path), "--yes", "--json") == {"file": str(path), "changed": False, "results": []}
+    path.write_text(exported + f'- host: "{uri}"\n  vm: ml-train\n  shares: [{{gpu: "{RTX}", type: partitions-32}}]\n')
+    applied = run("apply", str(path), "--yes", "--json")
+    assert [(r["operation"], r["vm"], r["share"], r["applied"]) for r in applied["results"]] == [
+        ("assign", "ml-train", "partitions-32", True)]
+    assert [a.instance_path for a in model.vm("ml-train").gpu_partitions] == [PATH]
+    assert run("diff", str(path), "--json")["in_sync"] is True
+    path.write_text(exported)  # ml-train no longer listed: its partition is given back
+    run("apply", str(path), "--yes")
+    assert model.vm("ml-train").gpu_partitions == [] and len(model.vm(GPUP_HOLDER).gpu_partitions) == 1
