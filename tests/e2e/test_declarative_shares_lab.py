@@ -87,3 +87,15 @@ def test_esxi_vgpu_profiles_round_trip_then_a_file_adds_and_removes_one(labs, tm
     path.write_text(exported)
     gpupass("apply", str(path), "--yes")
     assert _shares("lab-esxi") == held
+
+
+def test_lab_hyperv_export_apply_round_trip_is_a_no_op_with_a_partition_held(labs, tmp_path):
+    held = _shares("lab-hyperv")
+    assert {holder for _, holder, _ in held} == {"web01"}  # lab-hyperv's web01 holds a GPU partition
+    path = tmp_path / "gpus.yaml"
+    gpupass("export", "lab-hyperv", "-o", str(path))
+    assert "vm: web01\n  shares:\n" in path.read_text()
+    assert gpupass("diff", str(path)).stdout.startswith("in sync")
+    assert json.loads(gpupass("apply", str(path), "--yes", "--json").stdout) == {
+        "file": str(path), "changed": False, "results": []}
+    assert _shares("lab-hyperv") == held
