@@ -147,7 +147,9 @@ def test_lab_status_json_has_pid_and_url_fields():
 
 def test_export_and_lab_demo_take_json(tmp_path):
     exported = json.loads(gpupass("export", "lab-kvm", "--json").stdout)
-    assert exported["assignments"] == [{"host": "lab-kvm", "vm": "cad-ws", "gpus": ["0000:01:00.0"]}]
+    assert exported["assignments"] == [{"host": "lab-kvm", "vm": "cad-ws", "gpus": ["0000:01:00.0"]},
+                                       {"host": "lab-kvm", "vm": "vdi01",
+                                        "shares": [{"gpu": "0000:81:00.0", "type": "nvidia-46"}]}]
     assert "version: 1" in exported["yaml"]
     written = json.loads(gpupass("export", "lab-kvm", "-o", str(tmp_path / "a.yaml"), "--json").stdout)
     assert written["written"] == str(tmp_path / "a.yaml") and (tmp_path / "a.yaml").is_file()
