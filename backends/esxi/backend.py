@@ -614,16 +614,10 @@ class EsxiBackend(Backend):
     def _observe(self, payload: object, step: Step) -> StepState:
         return StepState("unknown", detail=f"{step.description} cannot be read back")
 
-    @_observe.register
-    def _observe_reconfigure(self, payload: Reconfigure, step: Step) -> StepState:
-        now = self._read_vm(payload.vm)
-        if now["change_version"] == payload.change_version:
-            return StepState("before")
-        before = self._before.get(payload.vm)
-        return StepState("after", token=before) if before is not None else StepState("unknown")
-
-    @_observe.register
-    def _observe_vgpu(self, payload: VgpuReconfigure, step: Step) -> StepState:
+    # A vGPU is added by the same kind of reconfigure, so it reads back the same way.
+    @_observe.register(Reconfigure)
+    @_observe.register(VgpuReconfigure)
+    def _observe_reconfigure(self, payload: Reconfigure | VgpuReconfigure, step: Step) -> StepState:
         now = self._read_vm(payload.vm)
         if now["change_version"] == payload.change_version:
             return StepState("before")
