@@ -29,13 +29,18 @@ def fault_tolerance(ctx: CheckContext) -> Iterable[Finding]:
                       "turn Fault Tolerance off for the VM first")
 
 
-def memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
+def _reservation_locked(ctx: CheckContext, why: str) -> Iterable[Finding]:
+    """The finding for a plan that locks the VM's memory reservation to its size, with why the device needs it."""
     vm = ctx.vm
     if (vm.memory_reserved_bytes or 0) < vm.memory_bytes:
         yield info("esxi-memory-reservation",
                    f"VM '{vm.name}' reserves {(vm.memory_reserved_bytes or 0) >> 20} of {vm.memory_bytes >> 20} MB; "
-                   "passthrough needs all of it, so the plan locks the reservation to the VM's memory size "
+                   f"{why}, so the plan locks the reservation to the VM's memory size "
                    "(release restores the current value)")
+
+
+def memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
+    yield from _reservation_locked(ctx, "passthrough needs all of it")
 
 
 def cluster_settings(ctx: CheckContext) -> Iterable[Finding]:
@@ -94,12 +99,8 @@ def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
 
 
 def vgpu_memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
-    vm = ctx.vm
-    if (vm.memory_reserved_bytes or 0) < vm.memory_bytes:
-        yield info("esxi-memory-reservation",
-                   f"VM '{vm.name}' reserves {(vm.memory_reserved_bytes or 0) >> 20} of {vm.memory_bytes >> 20} MB; a "
-                   "vGPU VM powers on only with all its memory reserved (vSphere Resource Management, \"Reserve all "
-                   "memory\"), so the plan locks the reservation to the VM's memory size (release restores it)")
+    yield from _reservation_locked(ctx, "a vGPU VM powers on only with all its memory reserved (vSphere Resource "
+                                        "Management, \"Reserve all memory\")")
 
 
 def vgpu_placement(ctx: CheckContext) -> Iterable[Finding]:
