@@ -290,15 +290,22 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
     if left.state == "after":  # the step went through although the call failed: undo it with the rest
         done.append((failed, left.token))
     stuck: list[str] = []
+    by_hand = False
     for step, token in reversed(done):
         try:
             backend.undo(step, token)
+        except Conflict as taken:
+            # Another run's change stands where the undo would write (it took the device meanwhile): undoing the
+            # step by hand would undo that run's change too, so the step stays, and the error says so.
+            stuck.append(f"{step.description} (left as it is: {taken.message})")
         except Exception as undo_error:  # keep undoing the rest: each undone step is one less to fix by hand
+            by_hand = True
             stuck.append(f"{step.description} (undo by hand: {step.undo}; undo failed: {undo_error})")
     if stuck:
         raise OperationFailed(
             f"step '{failed.description}' failed ({reason}) and these steps could not be undone: " + "; ".join(stuck),
-            remedy=f"undo the listed steps by hand, then run `gpupass status {backend.target.label}`",
+            remedy=f"undo the listed steps by hand, then run `gpupass status {backend.target.label}`" if by_hand else
+            f"run `gpupass status {backend.target.label}`: the steps left as they are are the host's state now",
             rolled_back=False,
         ) from cause
     undone = f"; {len(done)} completed step(s) were undone" if done else ""

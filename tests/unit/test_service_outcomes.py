@@ -107,3 +107,25 @@ def test_a_conflict_keeps_its_kind_and_exit_code(registry, monkeypatch):
     with pytest.raises(Conflict) as caught:
         execute(backend, _plan(backend, registry))
     assert caught.value.rolled_back and caught.value.exit_code == 6 and caught.value.to_dict()["error"] == "conflict"
+
+
+def test_an_undo_refused_because_another_run_took_the_device_is_left_as_it_is_not_handed_to_the_admin(
+        registry, monkeypatch):
+    """Undoing by hand a step whose place another run took would undo that run's change too: the error says the
+    step stays and why, and the remedy does not ask for an undo by hand."""
+    backend = open_fake(lab_facts())
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab"))
+    monkeypatch.setattr(FakeBackend, "observe", lambda self, step: StepState("after"))
+    real_undo = FakeBackend.undo
+
+    def undo(self, step, token):
+        if step.action == "fake.attach":
+            raise Conflict("0000:41:00.0 is claimed by VM 'other', which holds it")
+        return real_undo(self, step, token)
+
+    monkeypatch.setattr(FakeBackend, "undo", undo)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False
+    assert "(left as it is: 0000:41:00.0 is claimed by VM 'other', which holds it)" in caught.value.message
+    assert "undo by hand" not in caught.value.message and "by hand" not in caught.value.remedy
