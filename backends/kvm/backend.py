@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, secretclaims, shares, sysfs
-from gpupass.backends.kvm.errors import translate
+from gpupass.backends.kvm.errors import is_transport_error, translate
 from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
@@ -39,7 +39,9 @@ from gpupass.core.target import Target
 log = logging.getLogger("gpupass.kvm")
 
 # Local accessors of libvirt objects that do not talk to the daemon.
-_LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect"}
+# (A secret's usage type and ID come with it from the daemon: libvirt src/remote/remote_protocol.x,
+# remote_nonnull_secret; virSecretGetUsageID returns the object's own field.)
+_LOCAL_CALLS = {"name", "UUIDString", "UUID", "ID", "getConnect", "connect", "usageID", "usageType"}
 
 
 class _Counted:
@@ -204,6 +206,12 @@ class KvmBackend(Backend):
             self._watchdog = Watchdog(self.target.timeout)
         try:
             return self._watchdog.call(lambda: function(*args, **kwargs))
+        except self._libvirt.libvirtError as exc:
+            if is_transport_error(self._libvirt, exc):
+                # The connection is lost (libvirt's client fails every later call on it: "client socket is
+                # closed"): the next call opens a new one, so that what the host holds can still be read again.
+                self._conn = None
+            raise
         except CallTimedOut:
             self._conn = None  # a connection with a call still pending cannot be used again
             where = urlsplit(self.target.uri).hostname or self.target.uri
@@ -269,6 +277,7 @@ class KvmBackend(Backend):
                 mdev_holders[uuid] = facts.name
             vms.append(_vm(facts, values.get("state.state", 0), claimed))
         vms, settled = self._with_claim_owners(vms, held_by)
+        vms = self._with_unheld_claims(vms, held_by)
         vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
         gpus = group_gpus(functions.values(), groups, owners)
         gpus = self._with_sharing(gpus, share_types, mdev_holders)
@@ -308,6 +317,45 @@ class KvmBackend(Backend):
             return vms, settled
         return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
                 else vm for vm in vms], settled
+
+    def _with_unheld_claims(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]) -> list[Vm]:
+        """A secret claim on a GPU no VM holds names a VM whose run stopped between its claim and its define (an
+        assign killed, or whose define's reply was lost and could not be read again) or between a release's
+        define and removing the claim: status shows it on that VM. One call (listAllSecrets: each secret's usage
+        comes with it), plus one per such claim."""
+        if self._secret_driver is False or urlsplit(self.target.uri).scheme == "test":
+            return vms  # the libvirt test driver has no secret driver (claims live in the domains' metadata there)
+        libvirt, conn = self._libvirt, self._connection()
+        try:
+            secrets = conn.listAllSecrets(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                self._secret_driver = False
+                return vms
+            raise translate(libvirt, exc, "listing gpupass's claims") from exc
+        names = {vm.id: vm.name for vm in vms}
+        notes: dict[str, list[str]] = {}
+        for secret in secrets:
+            usage = secret.usageID() if secret.usageType() == libvirt.VIR_SECRET_USAGE_TYPE_VOLUME else ""
+            address = usage.removeprefix(secretclaims.USAGE_PREFIX)
+            if not usage.startswith(secretclaims.USAGE_PREFIX) or address in held_by:
+                continue
+            try:
+                claim = secretclaims.from_xml(secret.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                    continue  # removed since the list was read
+                raise translate(libvirt, exc, f"reading the claim on {address}") from exc
+            if claim is None or claim.vm_uuid not in names:
+                continue
+            vm = names[claim.vm_uuid]
+            notes.setdefault(vm, []).append(
+                f"a claim on {address} for this VM ({claim.origin}) is on the host but the VM does not hold it: an "
+                f"assign stopped before its define, or a release before removing the claim; `gpupass assign HOST "
+                f"{vm} {address}` gives the GPU to this VM, any other assign of it takes the claim over after "
+                f"{self._claim_takeover_s:g}s, `virsh secret-undefine {claim.uuid}` removes it now")
+        return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+                else vm for vm in vms]
 
     def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
                       mdev_holders: dict[str, str]) -> list[Gpu]:
@@ -619,25 +667,37 @@ class KvmBackend(Backend):
     # How old a claim on a GPU its VM does not hold must be before another run takes it over (secret claims).
     _claim_takeover_s = 2.0
 
-    def _define_with_secrets(self, payload: DefineDomain) -> str:
+    def _define_with_secrets(self, payload: DefineDomain, adopt_own: bool = False) -> str:
         """Claim each GPU as a libvirt secret (secretclaims.py), define the new definition, then look each
         claim up again: one that is no longer this run's was taken over by a run that found it stale, and
         this run undoes its change. Calls: one secretDefineXML and one secretLookupByUsage per address and
-        one defineXML, whatever the number of domains on the host."""
+        one defineXML, whatever the number of domains on the host. `adopt_own`: a claim already naming this VM
+        is kept as this run's (an undone release gives the VM back the GPUs its claims still name)."""
         vm, old = payload.vm, payload.old_xml
         vm_uuid = domxml.read_facts(old).uuid
         run = claims.new_claim(vm, payload.claims)
         taken: list[tuple[secretclaims.SecretClaim, secretclaims.SecretClaim | None]] = []
+        asking: secretclaims.SecretClaim | None = None
         try:
             for address in sorted(payload.claims):  # one order for every run: no two wait on each other
-                mine = secretclaims.new(address, vm, vm_uuid, run.token, run.origin, time.time())
-                taken.append((mine, self._take_claim(mine, first=not taken)))
-            self._define(payload.new_xml, "defining the new VM definition")
+                asking = secretclaims.new(address, vm, vm_uuid, run.token, run.origin, time.time())
+                taken.append(self._take_claim(asking, first=not taken, adopt_own=adopt_own))
+                asking = None
+        except _NoSecretDriver:
+            raise  # refused at the first claim: nothing was made
         except BaseException:
-            try:
-                self._drop_claims([claim for claim, _ in taken])
-            except GpupassError as error:  # the run's own error says more; a claim left behind is taken over
-                log.warning("could not take back this run's claims: %s", error.message)
+            # Nothing is defined yet: only claims to take back, the one asked for last included (its reply may
+            # have been lost after the daemon made it; it is removed by the UUID this run chose, never another's).
+            self._drop_claims_after_failure([claim for claim, _ in taken] + ([asking] if asking else []))
+            raise
+        try:
+            self._define(payload.new_xml, "defining the new VM definition")
+        except GpupassError as refused:
+            if isinstance(refused, ConnectionFailed):
+                # The define may have been carried out with its reply lost: the claims stay with it, and the
+                # service reads the VM again (observe) and undoes what is there, claims included (_undo_define).
+                raise
+            self._drop_claims_after_failure([claim for claim, _ in taken])  # refused by the daemon: nothing defined
             raise
         lost = [(claim, self._claim_on(claim.address)) for claim, _ in taken
                 if not self._still_mine(claim)]
@@ -656,8 +716,16 @@ class KvmBackend(Backend):
                                                            "first if it should move")
         return old
 
-    def _take_claim(self, mine: secretclaims.SecretClaim, first: bool) -> secretclaims.SecretClaim | None:
-        """Define the claim's secret; -> the stale claim it replaced, if any. A claim of another run whose VM
+    def _drop_claims_after_failure(self, mine: list[secretclaims.SecretClaim]) -> None:
+        try:
+            self._drop_claims(mine)
+        except GpupassError as error:  # the run's own error says more; the service reads the host again
+            log.warning("could not take back this run's claims: %s", error.message)
+
+    def _take_claim(self, mine: secretclaims.SecretClaim, first: bool, adopt_own: bool = False
+                    ) -> tuple[secretclaims.SecretClaim, secretclaims.SecretClaim | None]:
+        """Define the claim's secret; -> the claim now this run's, and the stale claim it replaced, if any (with
+        `adopt_own`, a claim that already names this VM is this run's). A claim of another run whose VM
         does not hold the GPU is waited for: that run is between its claim and its define, or it stopped
         there (killed), or the GPU was taken off its VM by hand. Once the claim is _claim_takeover_s old (by
         its maker's clock), or has been seen that long, it is taken over. Safety does not rest on that
@@ -671,12 +739,12 @@ class KvmBackend(Backend):
             try:  # dated at each attempt: a claim made after a wait must not look old to the others
                 conn.secretDefineXML(secretclaims.to_xml(dataclasses.replace(mine, at=time.time())), 0)
                 self._secret_driver = True
-                return replaced
+                return mine, replaced
             except libvirt.libvirtError as exc:
                 code = exc.get_error_code()
                 if first and code == libvirt.VIR_ERR_NO_SUPPORT:
                     raise _NoSecretDriver() from exc
-                if code != libvirt.VIR_ERR_INTERNAL_ERROR:
+                if code != libvirt.VIR_ERR_INTERNAL_ERROR or is_transport_error(libvirt, exc):
                     raise translate(libvirt, exc, f"claiming {mine.address}") from exc
                 refused = exc
             # VIR_ERR_INTERNAL_ERROR is also what other failures report: the usage's owner tells which.
@@ -686,6 +754,8 @@ class KvmBackend(Backend):
                 if refusals_without_owner > 3:  # not a taken usage: libvirt failed for another reason
                     raise translate(libvirt, refused, f"claiming {mine.address}") from refused
                 continue  # released (or taken back) meanwhile: claim it again
+            if adopt_own and other.vm_uuid == mine.vm_uuid:
+                return other, None
             if other.uuid != waiting_on:
                 waiting_on, since, delay = other.uuid, time.monotonic(), 0.05
             if not other.vm_uuid:
@@ -709,6 +779,13 @@ class KvmBackend(Backend):
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _claimed_for(self, vm_uuid: str, addresses: Sequence[str]) -> bool:
+        """Does a secret claim on one of `addresses` name the VM with this UUID?"""
+        if self._secret_driver is False:
+            return False
+        return any((claim := self._claim_on(address)) is not None and claim.vm_uuid == vm_uuid
+                   for address in addresses)
 
     def _still_mine(self, claim: secretclaims.SecretClaim) -> bool:
         secret = self._secret_by_usage(claim.address)
@@ -810,6 +887,21 @@ class KvmBackend(Backend):
 
     @_undo.register
     def _undo_define(self, payload: DefineDomain, token: str) -> None:
+        given_back = {str(a) for a in domxml.read_facts(token).hostdevs} - \
+            {str(a) for a in domxml.read_facts(payload.new_xml).hostdevs}
+        if given_back and not payload.claims and self._secret_driver is not False:
+            # A release taken back gives the VM its GPUs again: claimed first, as an assign is, so that a GPU whose
+            # claim another run took over meanwhile (or whose claim the release had removed) is never on two VMs.
+            # The release's own claim, still naming this VM, is kept.
+            try:
+                self._define_with_secrets(DefineDomain(payload.vm, payload.new_xml, token, tuple(sorted(given_back))),
+                                          adopt_own=True)
+                return
+            except _NoSecretDriver:
+                self._secret_driver = False
+            except Conflict as taken:
+                raise Conflict(f"the release from VM '{payload.vm}' stays: {taken.message}",
+                               remedy=taken.remedy) from taken
         self._define(token, "restoring the previous VM definition")
         if payload.claims:  # an assign taken back: its claims go with it
             self._release_claims(domxml.read_facts(token).uuid, set(payload.claims))
@@ -839,6 +931,10 @@ class KvmBackend(Backend):
     def _observe_define(self, payload: DefineDomain, step: Step) -> StepState:
         current = _essentials(self._current_xml(payload.vm))
         if current == _essentials(payload.old_xml, keep_claims=True):
+            if self._claimed_for(domxml.read_facts(payload.old_xml).uuid, payload.claims):
+                # The VM is as it was but a claim of this assign is on the host (its reply was lost, or taking it
+                # back failed): undoing the step (the old definition again, then the claims) removes it.
+                return StepState("after", token=payload.old_xml)
             return StepState("before")
         if current in (_essentials(payload.old_xml), _essentials(payload.new_xml)):
             # the change, or only this run's claim, is there: defining the old XML takes either back

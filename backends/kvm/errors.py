@@ -36,12 +36,23 @@ def translate(libvirt: Any, error: Any, action: str, *, connecting: bool = False
         return NotSupported(message, remedy="this host or its QEMU cannot run that configuration; for PCI "
                                             "passthrough the host needs the IOMMU on (intel_iommu=on / AMD-Vi) "
                                             "and the vfio-pci module")
-    if code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC} or (
-            error.get_error_domain() == libvirt.VIR_FROM_RPC
-            and code in {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR}):
-        # Errors of the RPC domain come from the client's own transport (libvirt src/rpc/virnetclient.c and
-        # virnetsocket.c, VIR_FROM_THIS VIR_FROM_RPC), not from the daemon's drivers: a libvirtd killed under an
-        # open connection gives "Cannot write data: Broken pipe" (VIR_ERR_SYSTEM_ERROR), then "client socket is
-        # closed" (VIR_ERR_INTERNAL_ERROR) -- tests/integration/libvirtd/test_kvm_errors_libvirtd.py.
+    if is_transport_error(libvirt, error):
         return ConnectionFailed(message, remedy="the connection to libvirtd was lost; check the host")
     return OperationFailed(message, remedy="see libvirt's message above; the host's libvirtd log has details")
+
+
+def is_transport_error(libvirt: Any, error: Any) -> bool:
+    """Did the connection fail under this call (so the daemon may or may not have carried it out), as opposed to
+    the daemon answering with a refusal?
+
+    Errors of the RPC domain come from the client's own transport (libvirt src/rpc/virnetclient.c and
+    virnetsocket.c, VIR_FROM_THIS VIR_FROM_RPC), not from the daemon's drivers: a libvirtd killed under an open
+    connection gives "Cannot write data: Broken pipe" (VIR_ERR_SYSTEM_ERROR), then "client socket is closed"
+    (VIR_ERR_INTERNAL_ERROR) -- tests/integration/libvirtd/test_kvm_errors_libvirtd.py; a connection closed while
+    a reply was awaited gives "End of file while reading data" (VIR_ERR_SYSTEM_ERROR) --
+    tests/integration/libvirtd/test_kvm_fault_matrix_libvirtd.py.
+    """
+    code = error.get_error_code()
+    return code in {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC} or (
+        error.get_error_domain() == libvirt.VIR_FROM_RPC
+        and code in {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR})

@@ -1,0 +1,251 @@
+"""The KVM rows of the fault matrix (docs/faults.md) on a REAL libvirtd: for each write of an assign and of a release
+-- the GPU's claim (a libvirt secret, secretDefineXML), the VM's definition (defineXML, which carries the restore
+record), and the claim's removal (virSecretUndefine) -- a reply lost after the daemon carried the call out, and a
+real gpupass process killed (SIGKILL) while its call is on the wire, which the daemon then carries out.
+
+The faults come from a proxy in front of the daemon's socket (tests/support/libvirt_proxy.py) that loses the
+reply to one call, or holds one call until the test lets it through: no sleeps decide anything here.
+
+After each, the host is exactly before or exactly after (VM definition and claim), or `status` names what a run
+left with the command that finishes it; running the command again converges; the GPU is never on two VMs.
+(Hot-plug is not in this matrix: the unprivileged daemon has no VFIO and no GPU, so it cannot attach a host PCI
+device at all; the hot-plug read-back is tested on the test driver, tests/integration/kvm/test_kvm_testdriver.py.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+
+from gpupass.backends.kvm import domxml, secretclaims  # noqa: E402
+from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.core.domain.pci import PciAddress  # noqa: E402
+from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest  # noqa: E402
+from gpupass.core.errors import OperationFailed  # noqa: E402
+from gpupass.core.plugins import default_registry  # noqa: E402
+from gpupass.core.service import execute, make_plan  # noqa: E402
+from gpupass.core.target import Target  # noqa: E402
+from support.cli import gpupass  # noqa: E402
+from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE, LibvirtProxy  # noqa: E402
+from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
+
+# A GPU of its own: claims are host-wide, and other tests on this daemon claim 41:00.0 and 43:00.0.
+THE_GPU = dataclasses.replace(T4, address=PciAddress.parse("0000:44:00.0"))
+GPU = str(THE_GPU.address)
+VM, OTHER = "gp-fm-1", "gp-fm-2"
+
+# (operation, the write whose call is faulted): every write an assign and a release of a powered-off VM make.
+WRITES = [("assign", SECRET_DEFINE_XML), ("assign", DOMAIN_DEFINE_XML),
+          ("release", DOMAIN_DEFINE_XML), ("release", SECRET_UNDEFINE)]
+IDS = ["assign-claim", "assign-define", "release-define", "release-claim-removal"]
+
+
+def plan_for(backend, vm, operation):
+    request = AssignmentRequest(vm, (THE_GPU.address,)) if operation == "assign" else ReleaseRequest(vm)
+    plan = make_plan(backend, with_gpus(backend.inventory(), THE_GPU), request, default_registry())
+    assert not plan.blocked, plan.findings
+    return plan
+
+
+def run(uri, vm, operation, takeover_s=None):
+    with KvmBackend(Target(uri=uri, name="session")) as backend:
+        if takeover_s is not None:
+            backend._claim_takeover_s = takeover_s
+        return execute(backend, plan_for(backend, vm, operation))
+
+
+def claim_now(conn):
+    try:
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, secretclaims.usage_id(GPU))
+    except libvirt.libvirtError as exc:
+        assert exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+        return None
+    return secretclaims.from_xml(secret.XMLDesc(0))
+
+
+def holders(conn):
+    return [vm for vm in (VM, OTHER) if THE_GPU.address in domxml.read_facts(inactive_xml(conn, vm)).hostdevs]
+
+
+def status(uri):
+    """What `gpupass status` lists per VM (the unfinished notes of the inventory it prints)."""
+    with KvmBackend(Target(uri=uri, name="session")) as backend:
+        facts = backend.inventory()
+    return {vm.name: vm.unfinished for vm in facts.vms if vm.name in (VM, OTHER)}
+
+
+@pytest.fixture
+def proxy(libvirtd_daemon):
+    directory = Path(tempfile.mkdtemp(prefix="gp-px-", dir="/tmp"))  # UNIX socket paths must stay short
+    running = LibvirtProxy(libvirtd_daemon.socket_path, directory / "sock")
+    yield running
+    running.close()
+    directory.rmdir()
+
+
+@pytest.fixture
+def host(libvirtd_uri, libvirt_conn):
+    """Two powered-off VMs; -> (the VM's definition without the GPU, with it). The GPU is assigned first for a
+    release. Claims are removed afterwards: they outlive the domains."""
+    free = define(libvirt_conn, q35(VM))
+    define(libvirt_conn, q35(OTHER))
+    run(libvirtd_uri, VM, "assign")
+    assigned = inactive_xml(libvirt_conn, VM)
+    run(libvirtd_uri, VM, "release")
+    assert inactive_xml(libvirt_conn, VM) == free and claim_now(libvirt_conn) is None
+    yield free, assigned
+    if (claim := claim_now(libvirt_conn)) is not None:
+        libvirt_conn.secretLookupByUUIDString(claim.uuid).undefine()
+    for name in (VM, OTHER):
+        libvirt_conn.lookupByName(name).undefine()
+
+
+def exactly(conn, definition, claimed):
+    """The VM's stored definition is `definition`, byte for byte, and the GPU's claim names it (or is absent)."""
+    claim = claim_now(conn)
+    assert inactive_xml(conn, VM) == definition
+    assert (claim.vm if claim else None) == (VM if claimed else None)
+    assert holders(conn) in ([], [VM])  # never on two VMs
+
+
+# -- a reply lost after the daemon carried the call out ------------------------------------------------------------
+@pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)
+def test_a_lost_reply_is_read_back_over_a_new_connection_and_the_vm_is_exactly_as_it_was(
+        libvirtd_uri, libvirt_conn, proxy, host, operation, procedure):
+    free, assigned = host
+    if operation == "release":
+        run(libvirtd_uri, VM, "assign")
+    before, before_claimed = (free, False) if operation == "assign" else (assigned, True)
+    with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_for(backend, VM, operation)
+        proxy.drop_reply_to(procedure)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert proxy.dropped.is_set()
+    # gpupass read the VM and its claim again over a new connection, undid what the daemon had done, and says so
+    assert caught.value.rolled_back is True, caught.value.message
+    assert "the connection to libvirtd was lost" not in caught.value.message
+    assert "End of file while reading data" in caught.value.message and "the VM is as it was" in caught.value.message
+    exactly(libvirt_conn, before, before_claimed)
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+    run(libvirtd_uri, VM, operation)  # the same command again converges
+    exactly(libvirt_conn, assigned if operation == "assign" else free, operation == "assign")
+
+
+# -- a gpupass process killed with its call on the wire, which the daemon then carries out --------------------------
+_CHILD = """
+import sys
+sys.path[:0] = {paths!r}
+from gpupass.backends.kvm.backend import KvmBackend
+from gpupass.core.service import execute
+from gpupass.core.target import Target
+from test_kvm_fault_matrix_libvirtd import plan_for
+with KvmBackend(Target(uri={uri!r}, name="killed")) as backend:
+    execute(backend, plan_for(backend, {vm!r}, {operation!r}))
+print("the run finished: it was not killed")
+"""
+
+
+def killed_on_the_wire(proxy, operation, procedure):
+    """Start a gpupass run in its own process, hold its call of `procedure`, SIGKILL it, then let the call through
+    and wait for the daemon's reply to it (which nobody reads)."""
+    here = Path(__file__).resolve().parent
+    script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, vm=VM, operation=operation)
+    proxy.hold_call_to(procedure)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        if not proxy.held.wait(60):
+            child.kill()
+            pytest.fail("the call never reached the proxy: " + child.communicate()[0][-3000:])
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        child.stdout.close()
+        proxy.release()
+    assert proxy.replied.wait(30), "the daemon never answered the call its killed client had sent"
+
+
+@pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)
+def test_a_client_killed_with_its_write_on_the_wire_leaves_the_host_exact_or_shown_and_a_rerun_converges(
+        libvirtd_uri, libvirt_conn, proxy, host, operation, procedure):
+    free, assigned = host
+    if operation == "release":
+        run(libvirtd_uri, VM, "assign")
+    killed_on_the_wire(proxy, operation, procedure)
+    shown = status(libvirtd_uri)
+    if (operation, procedure) in (("assign", SECRET_DEFINE_XML), ("release", DOMAIN_DEFINE_XML)):
+        # Killed between the claim and the define (the claim made, the VM as it was), or between a release's
+        # define and its claim's removal: the VM does not hold the GPU and its claim is left. status says so on the
+        # VM, with the commands that finish or clear it.
+        exactly(libvirt_conn, free, claimed=True)
+        note, = shown[VM]
+        assert f"a claim on {GPU} for this VM" in note and f"`gpupass assign HOST {VM} {GPU}`" in note
+        printed = gpupass("status", libvirtd_uri)  # the command itself, as the admin runs it
+        assert "UNFINISHED" in printed.stdout and f"a claim on {GPU} for this VM" in printed.stdout, printed
+        assert f"`virsh secret-undefine {claim_now(libvirt_conn).uuid}`" in note and shown[OTHER] == ()
+        if operation == "release":
+            # the release again has nothing to do; any assign of the GPU takes the claim over: it is not lost
+            with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
+                assert plan_for(backend, VM, "release").steps == ()
+            run(libvirtd_uri, OTHER, "assign", takeover_s=0.3)
+            assert holders(libvirt_conn) == [OTHER] and claim_now(libvirt_conn).vm == OTHER
+            return
+        run(libvirtd_uri, VM, "assign", takeover_s=0.3)  # the same assign again finishes it
+        exactly(libvirt_conn, assigned, claimed=True)
+    else:
+        # Killed at the assign's define (its claim was made first) or at the release's last write: the daemon
+        # carried it out, so the host is exactly what the finished command leaves, and status has nothing to say.
+        done = assigned if operation == "assign" else free
+        exactly(libvirt_conn, done, claimed=operation == "assign")
+        assert shown == {VM: (), OTHER: ()}
+        with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
+            assert plan_for(backend, VM, operation).steps == ()  # the same command again has nothing to do
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+
+
+def test_a_release_taken_back_after_a_lost_reply_never_puts_the_gpu_on_two_vms(libvirtd_uri, libvirt_conn, proxy,
+                                                                                host):
+    """The release's define went through but its reply was lost; while gpupass reads the VM again and takes the
+    release back, another run assigns the GPU to another VM (the release's claim names a VM that no longer holds
+    it: stale, so taken over). Taking the release back claims the GPU first, as an assign does: it finds the
+    other VM holding it and leaves the release as it is, and says so."""
+    import threading
+
+    free, _ = host
+    run(libvirtd_uri, VM, "assign")
+    failure = []
+    with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_for(backend, VM, "release")
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML)
+        proxy.hold_call_to(SECRET_DEFINE_XML)  # the claim that taking the release back makes
+
+        def release():
+            try:
+                execute(backend, plan)
+            except OperationFailed as error:
+                failure.append(error)
+
+        releasing = threading.Thread(target=release)
+        releasing.start()
+        try:
+            assert proxy.held.wait(30), "the release was not taken back through a claim"
+            run(libvirtd_uri, OTHER, "assign", takeover_s=0.3)  # another admin, straight to the daemon
+        finally:
+            proxy.release()
+            releasing.join(30)
+    error, = failure
+    assert error.rolled_back is False
+    assert f"(left as it is: the release from VM '{VM}' stays: {GPU} is claimed by VM '{OTHER}'" in error.message
+    assert "undo by hand" not in error.message and "the steps left as they are are the host's state" in error.remedy
+    assert holders(libvirt_conn) == [OTHER] and claim_now(libvirt_conn).vm == OTHER
+    assert inactive_xml(libvirt_conn, VM) == free  # released, as the daemon had done
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}

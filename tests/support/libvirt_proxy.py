@@ -1,0 +1,207 @@
+"""A UNIX socket in front of a real libvirtd that passes libvirt's RPC through and can lose one reply or hold one
+call: the faults a network or a killed client produce, which libvirt itself offers no way to cause.
+
+libvirt's RPC framing (libvirt src/rpc/virnetprotocol.x, "RPC wire format"): every message is a 4-byte big-endian
+length that counts itself, then a virNetMessageHeader of six big-endian 32-bit words -- prog, vers, proc, type
+(VIR_NET_CALL 0, VIR_NET_REPLY 1, ...), serial, status -- then the payload. "serial is set by client, incrementing
+by 1 each time" and a reply's "serial matches that from the corresponding VIR_NET_CALL", which is how a reply is
+told to belong to a call here. The remote driver's program is REMOTE_PROGRAM 0x20008086 (src/remote/
+remote_protocol.x); the procedures gpupass's KVM writes send are listed below with their numbers there.
+
+* ``drop_reply_to(proc)``: the next call of ``proc`` goes to the daemon, which carries it out; its reply (matched by
+  serial) is read and thrown away, and the client's connection is closed: a reply lost after the fact.
+* ``hold_call_to(proc)``: the next call of ``proc`` is kept from the daemon until ``release()``: a request still on
+  the wire when its sender dies. Released, it is sent to the daemon, and the daemon's reply to it is waited for
+  (``replied``) before the daemon side is closed, so the daemon carries it out whatever happened to the client.
+
+Point gpupass at it with ``qemu+unix:///session?socket=<path>``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+REMOTE_PROGRAM = 0x20008086
+CALL, REPLY = 0, 1  # virNetMessageType
+
+# remote_procedure numbers (src/remote/remote_protocol.x): what libvirt-python's calls in backends/kvm send.
+DOMAIN_DEFINE_XML = 11  # virConnect.defineXML
+SECRET_DEFINE_XML = 142  # virConnect.secretDefineXML
+SECRET_UNDEFINE = 146  # virSecret.undefine
+
+# How long a connection whose client is gone waits for the daemon's replies to the calls it had passed on.
+_REPLY_WAIT_S = 30.0
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _read_message(sock: socket.socket) -> bytes | None:
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (length,) = struct.unpack(">I", head)
+    body = _read_exactly(sock, length - 4)
+    return None if body is None else head + body
+
+
+def _header(message: bytes) -> tuple[int, int, int, int]:
+    """-> (prog, proc, type, serial) of a framed message."""
+    prog, _vers, proc, kind, serial = struct.unpack(">IIiII", message[4:24])
+    return prog, proc, kind, serial
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Link:
+    """One client connection and the proxy's own connection to the daemon for it."""
+
+    def __init__(self, client: socket.socket, daemon: socket.socket) -> None:
+        self.client, self.daemon = client, daemon
+        self.pending: set[int] = set()  # serials passed to the daemon and not answered yet
+        self.to_drop: set[int] = set()  # serials whose reply is to be lost
+        self.answered = threading.Condition()
+
+
+class LibvirtProxy:
+    def __init__(self, daemon_socket: Path, path: Path) -> None:
+        self.daemon_socket, self.path = Path(daemon_socket), Path(path)
+        self._lock = threading.Lock()
+        self._drop: tuple[int, int] | None = None  # (proc, calls of it still to let through)
+        self._hold: tuple[int, int] | None = None
+        self._held_at: tuple[_Link, int] | None = None  # the connection and serial of the call held
+        self.held = threading.Event()  # a call is being held
+        self.dropped = threading.Event()  # a reply was lost
+        self.replied = threading.Event()  # the daemon answered the call that was held
+        self._go = threading.Event()
+        self._closed = False
+        self._links: list[_Link] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(16)
+        threading.Thread(target=self._accept, name="libvirt-proxy", daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///session?socket={self.path}"
+
+    def drop_reply_to(self, proc: int, skip: int = 0) -> None:
+        """Lose the reply to the next call of `proc` (after letting `skip` such calls through)."""
+        with self._lock:
+            self._drop = (proc, skip)
+            self.dropped.clear()
+
+    def hold_call_to(self, proc: int, skip: int = 0) -> None:
+        """Hold the next call of `proc` (after letting `skip` such calls through) until release()."""
+        with self._lock:
+            self._hold = (proc, skip)
+            self.held.clear()
+            self.replied.clear()
+            self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._go.set()
+        self._listener.close()
+        for link in self._links:
+            _shut(link.client)
+            _shut(link.daemon)
+        self.path.unlink(missing_ok=True)
+
+    # -- the two directions of each connection -----------------------------------------------------------
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            daemon.connect(str(self.daemon_socket))
+            link = _Link(client, daemon)
+            self._links.append(link)
+            threading.Thread(target=self._calls, args=(link,), daemon=True).start()
+            threading.Thread(target=self._replies, args=(link,), daemon=True).start()
+
+    def _armed(self, which: str, prog: int, proc: int, kind: int) -> bool:
+        """Is this call the one `which` ("_drop" or "_hold") waits for? Counts down its skips."""
+        armed = getattr(self, which)
+        if armed is None or prog != REMOTE_PROGRAM or kind != CALL or proc != armed[0]:
+            return False
+        if armed[1] > 0:
+            setattr(self, which, (armed[0], armed[1] - 1))
+            return False
+        setattr(self, which, None)
+        return True
+
+    def _calls(self, link: _Link) -> None:
+        try:
+            while (message := _read_message(link.client)) is not None:
+                prog, proc, kind, serial = _header(message)
+                with self._lock:
+                    hold = self._armed("_hold", prog, proc, kind)
+                    if self._armed("_drop", prog, proc, kind):
+                        link.to_drop.add(serial)
+                    if hold:
+                        self._held_at = (link, serial)
+                if hold:
+                    self.held.set()
+                    self._go.wait()
+                if kind == CALL:
+                    with link.answered:
+                        link.pending.add(serial)
+                link.daemon.sendall(message)
+        except OSError:
+            pass
+        # The client is gone (or closed its side): what it had sent is with the daemon; wait for the answers, as
+        # the daemon carries out a call whose reply can no longer be delivered.
+        with link.answered:
+            link.answered.wait_for(lambda: not link.pending, timeout=_REPLY_WAIT_S)
+        _shut(link.daemon)
+
+    def _replies(self, link: _Link) -> None:
+        client_gone = False
+        try:
+            while (message := _read_message(link.daemon)) is not None:
+                prog, _proc, kind, serial = _header(message)
+                if kind == REPLY:
+                    with link.answered:
+                        link.pending.discard(serial)
+                        link.answered.notify_all()
+                    if self._held_at == (link, serial):
+                        self.replied.set()
+                if kind == REPLY and serial in link.to_drop:
+                    self.dropped.set()
+                    client_gone = True
+                    _shut(link.client)  # the client never hears of it: its connection is lost instead
+                    continue
+                if not client_gone:
+                    try:
+                        link.client.sendall(message)
+                    except OSError:
+                        client_gone = True
+        except OSError:
+            pass
+        finally:
+            with link.answered:
+                link.pending.clear()
+                link.answered.notify_all()
+            _shut(link.client)
