@@ -22,8 +22,8 @@ from gpupass.backends.hyperv.lab.hostmodel.lab import A100_1_LOC, A100_2_LOC
 EXTRACT = Path(__file__).resolve().parents[2] / "fixtures" / "docs" / "windows-powershell-docs"
 # model type -> the documented .NET type it converts to
 TYPES = {"string": "String", "string[]": "String[]", "switch": "SwitchParameter", "bool": "Boolean",
-         "uint32": "UInt32", "uint64": "UInt64", "enum:StopAction": "StopAction", "vm[]": "VirtualMachine[]"}
-OBJECT_TYPES = {"CimInstance[]", "VMAssignedDevice[]", "VMGpuPartitionAdapter[]"}      # passed through as the objects other cmdlets return
+         "uint16": "UInt16", "uint32": "UInt32", "uint64": "UInt64", "enum:StopAction": "StopAction", "vm[]": "VirtualMachine[]"}
+OBJECT_TYPES = {"CimInstance[]", "VMAssignedDevice[]", "VMGpuPartitionAdapter[]", "VMHostPartitionableGpu[]"}      # passed through as the objects other cmdlets return
 
 
 def test_the_table_is_the_checked_in_extract_of_the_docs():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,7 +30,7 @@ CIMEX = "Microsoft.Management.Infrastructure.CimException"
 @dataclass
 class Param:
     name: str
-    type: str = "string"          # string string[] switch bool int uint32 uint64 enum:<T> object vm[]
+    type: str = "string"          # string string[] switch bool int uint16 uint32 uint64 enum:<T> object vm[]
     mandatory: bool = False       # cmdlets without a documentation page only (their one parameter set)
     position: int | None = None
     aliases: tuple[str, ...] = ()
@@ -58,10 +59,10 @@ ENUMS = {
                          {"SilentlyContinue": 0, "Stop": 1, "Continue": 2, "Inquire": 3, "Ignore": 4, "Suspend": 5}),
 }
 _NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "bool": "System.Boolean",
-              "int": "System.Int32", "uint32": "System.UInt32", "uint64": "System.UInt64",
+              "int": "System.Int32", "uint16": "System.UInt16", "uint32": "System.UInt32", "uint64": "System.UInt64",
               "switch": "System.Management.Automation.SwitchParameter", "object": "System.Object",
               "vm[]": "Microsoft.HyperV.PowerShell.VirtualMachine[]"}
-_RANGES = {"int": (-2**31, 2**31 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+_RANGES = {"int": (-2**31, 2**31 - 1), "uint16": (0, 2**16 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
 
 
 class _Bind(Exception):
@@ -703,6 +704,55 @@ def get_vmhost_partitionable_gpu(ctx: _Ctx, model: HostModel, name: str | None =
     return hits
 
 
+def _partitions_held(model: HostModel, g: PartitionableGpu) -> list[str]:
+    name = partitionable_gpu_name(g.instance_id).lower()
+    return [v.name for v in model.vms for a in v.gpu_partitions if a.instance_path.lower() == name]
+
+
+def set_vmhost_partitionable_gpu(ctx: _Ctx, model: HostModel, name: str | None = None,
+                                 hostpartitionablegpu: Any = None, partitioncount: int | None = None,
+                                 passthru: bool = False) -> list[Any]:
+    """Set-VMHostPartitionableGpu (its page, winserver2022-ps): "configures the host partitionable GPU to the number of
+    partitions supported by the manufacturer"; -Name is Get-VMHostPartitionableGpu's Name (Microsoft's "Partition and
+    assign GPUs to a virtual machine": ``Set-VMHostPartitionableGpu -Name "<GPU-name>" -PartitionCount <count>``, the
+    count "one of the supported counts from the ValidPartitionCounts value"). The same article documents Windows Admin
+    Center refusing a GPU whose partition "is already assigned to a VM" ("You must first unassign the partition");
+    the model refuses the cmdlet then too, and a count outside ValidPartitionCounts. Both errors' wording is assumed
+    (approx): no real output of either was found."""
+    cmd = "SetVMHostPartitionableGpu"
+    if hostpartitionablegpu is not None:
+        items = hostpartitionablegpu if isinstance(hostpartitionablegpu, list) else [hostpartitionablegpu]
+        names = [to_string(i.get("Name")) if isinstance(i, PSObject) else to_string(i) for i in items]
+    elif name is not None:
+        names = [name]
+    else:
+        names = [partitionable_gpu_name(g.instance_id) for g in model.partitionable]
+    out = []
+    for wanted in names:
+        g = next((g for g in model.partitionable if model.device_by_instance(g.instance_id) is not None
+                  and partitionable_gpu_name(g.instance_id).lower() == wanted.lower()), None)
+        if g is None:
+            ctx.error(HyperVError(f"Unable to find a partitionable GPU with name '{wanted}'.",  # (approx)
+                                  f"InvalidParameter,{HV}{cmd}", "ObjectNotFound", VEX, wanted))
+            continue
+        if partitioncount is not None and partitioncount != g.partition_count:
+            if partitioncount not in g.valid_partition_counts:
+                ctx.error(HyperVError(f"The partition count {partitioncount} is not valid for this GPU. Valid counts: "  # (approx)
+                                      + ", ".join(map(str, g.valid_partition_counts)) + ".",
+                                      f"InvalidParameter,{HV}{cmd}", "InvalidArgument", VEX, wanted))
+                continue
+            held = _partitions_held(model, g)
+            if held:
+                ctx.error(HyperVError("The partition count cannot be changed while GPU partitions are assigned to "  # (approx)
+                                      f"virtual machines ({', '.join(sorted(set(held)))}).",
+                                      f"InvalidOperation,{HV}{cmd}", "InvalidOperation", VEX, wanted))
+                continue
+            g.partition_count = partitioncount
+        if passthru:
+            out.append(_partitionable_obj(model, g))
+    return out
+
+
 def get_vm_gpu_partition_adapter(ctx: _Ctx, model: HostModel, vmname: list[str] | None = None,
                                  vm: list[PSObject] | None = None, adapterid: str | None = None) -> list[Any]:
     """One object per partition adapter; a VM without one gives nothing. InstancePath and Id are the properties
@@ -993,6 +1043,43 @@ def convertfrom_json(ctx: _Ctx, model: HostModel, inputobject: Any = None) -> li
     return list(v) if isinstance(v, list) else [v]
 
 
+def select_object(ctx: _Ctx, model: HostModel, property: list[str] | None = None, inputobject: Any = None) -> list[Any]:
+    """Select-Object -Property NAME,PATTERN,... (Windows PowerShell 5.1, Microsoft.PowerShell.Utility/Select-Object.md:
+    "Specifies the properties to select. Wildcards are permitted."; a new object with copies of those properties).
+    Each pattern adds the input's matching properties in the input's order; a plain name the input lacks is added
+    with a null value, as PowerShell does; calculated properties (hashtables) are not modelled."""
+    from .interp import wildcard_regex
+    items = inputobject if isinstance(inputobject, list) else [inputobject]
+    out = []
+    for item in items:
+        if not isinstance(item, PSObject):
+            raise HyperVError("Select-Object of a value that is not an object is not modelled",
+                              f"NotModelled,{HV}SelectObject", "NotImplemented", "System.NotImplementedException",
+                              kind="terminating")
+        picked: dict[str, Any] = {}
+        for pattern in property or []:
+            if not any(c in pattern for c in "*?["):
+                picked.setdefault(next((k for k, _ in item.items() if k.lower() == pattern.lower()), pattern),
+                                  item.get(pattern))
+                continue
+            rx = re.compile(wildcard_regex(pattern), re.I | re.S)
+            for key, value in item.items():
+                if rx.fullmatch(key) and key.lower() not in {k.lower() for k in picked}:
+                    picked[key] = value
+        out.append(PSObject(picked, typename="Selected." + item.typename))
+    return out
+
+
+def get_cim_instance(ctx: _Ctx, model: HostModel, classname: str | None = None) -> list[Any]:
+    """Get-CimInstance -ClassName Win32_OperatingSystem only: its Caption, BuildNumber and ProductType (the class's
+    reference page, CIMWin32Prov: ProductType 1 = work station, 2 = domain controller, 3 = server)."""
+    if (classname or "").lower() != "win32_operatingsystem":
+        raise HyperVError(f"Get-CimInstance of class {classname!r} is not modelled", f"NotModelled,{HV}GetCimInstance",
+                          "NotImplemented", "System.NotImplementedException", kind="terminating")
+    return [PSObject({"Caption": model.os_caption, "BuildNumber": model.os_build, "ProductType": model.os_product_type},
+                     typename="Microsoft.Management.Infrastructure.CimInstance#root/cimv2/Win32_OperatingSystem")]
+
+
 def write_output(ctx: _Ctx, model: HostModel, inputobject: Any = None) -> list[Any]:
     return list(inputobject) if isinstance(inputobject, list) else [inputobject]
 
@@ -1051,6 +1138,10 @@ CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
         [Param("VMName", "string[]"), Param("VM", "vm[]"), _IP, Param("Passthru", _SW),
          *(Param(name, "uint64") for name in PARTITION_SETTINGS)],
         add_vm_gpu_partition_adapter, doc="Add-VMGpuPartitionAdapter"),
+    _hv("Set-VMHostPartitionableGpu", "SetVMHostPartitionableGpu",
+        [Param("HostPartitionableGpu", "object", pipeline=True), Param("Name", "string"),
+         Param("PartitionCount", "uint16"), Param("Passthru", _SW)],
+        set_vmhost_partitionable_gpu, doc="Set-VMHostPartitionableGpu"),
     _hv("Remove-VMGpuPartitionAdapter", "RemoveVMGpuPartitionAdapter",
         [Param("VMName", "string[]"), Param("VM", "vm[]"), Param("AdapterId", "string"),
          Param("VMGpuPartitionAdapter", "object", pipeline=True), Param("Passthru", _SW)],
@@ -1076,6 +1167,10 @@ CMDLETS: dict[str, Cmdlet] = {c.name.lower(): c for c in [
     Cmdlet("ConvertFrom-Json", "Microsoft.PowerShell.Commands.ConvertFromJsonCommand",
            [Param("InputObject", "object", mandatory=True, position=0, pipeline=True)], convertfrom_json,
            collects_pipeline=True),
+    Cmdlet("Select-Object", "Microsoft.PowerShell.Commands.SelectObjectCommand",
+           [Param("Property", "string[]", position=0), Param("InputObject", "object", pipeline=True)], select_object),
+    Cmdlet("Get-CimInstance", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
+           [Param("ClassName", "string", mandatory=True, position=0)], get_cim_instance),
     Cmdlet("Write-Output", "Microsoft.PowerShell.Commands.WriteOutputCommand",
            [Param("InputObject", "object", mandatory=True, position=0, pipeline=True)], write_output),
     Cmdlet("Out-Null", "Microsoft.PowerShell.Commands.OutNullCommand",

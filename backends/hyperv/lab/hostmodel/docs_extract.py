@@ -28,6 +28,7 @@ PAGES = ("Hyper-V/Get-VMHost.md", "Hyper-V/Get-VM.md", "Hyper-V/Set-VM.md", "Hyp
          "Hyper-V/Remove-VMAssignableDevice.md", "Hyper-V/Get-VMAssignableDevice.md",
          "Hyper-V/Get-VMHostPartitionableGpu.md", "Hyper-V/Get-VMGpuPartitionAdapter.md",
          "Hyper-V/Add-VMGpuPartitionAdapter.md", "Hyper-V/Remove-VMGpuPartitionAdapter.md",
+         "Hyper-V/Set-VMHostPartitionableGpu.md",
          "PnpDevice/Get-PnpDevice.md", "PnpDevice/Get-PnpDeviceProperty.md", "PnpDevice/Disable-PnpDevice.md",
          "PnpDevice/Enable-PnpDevice.md")
 ALL_SETS = "__AllParameterSets"      # PowerShell's name for the one set of a cmdlet without named sets

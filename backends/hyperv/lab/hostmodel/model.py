@@ -217,6 +217,12 @@ class HostModel:
     devices: list[PnpDevice] = field(default_factory=list)
     vms: list[VirtualMachine] = field(default_factory=list)
     partitionable: list[PartitionableGpu] = field(default_factory=list)
+    # Win32_OperatingSystem's Caption, BuildNumber and ProductType (1 workstation, 2 domain controller, 3 server: the
+    # class's reference page), what Get-CimInstance Win32_OperatingSystem reports. The lab's values are assumed: no
+    # real output of a Windows Server 2025 host's Win32_OperatingSystem is in the corpus.
+    os_caption: str = "Microsoft Windows Server 2025 Datacenter"
+    os_build: str = "26100"
+    os_product_type: int = 3
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()     # one script at a time mutates the host
@@ -268,7 +274,8 @@ class HostModel:
                 "iov_support_reasons": list(self.iov_support_reasons),
                 "devices": [asdict(d) for d in self.devices],
                 "vms": [asdict(v) for v in self.vms],
-                "partitionable": [asdict(p) for p in self.partitionable]}
+                "partitionable": [asdict(p) for p in self.partitionable],
+                "os_caption": self.os_caption, "os_build": self.os_build, "os_product_type": self.os_product_type}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -286,7 +293,8 @@ class HostModel:
                    iov_support_reasons=list(data.get("iov_support_reasons", [])),
                    devices=devs, vms=vms,
                    partitionable=[PartitionableGpu(**_only(PartitionableGpu, p))
-                                  for p in data.get("partitionable", [])])
+                                  for p in data.get("partitionable", [])],
+                   **{k: data[k] for k in ("os_caption", "os_build", "os_product_type") if k in data})
 
     @classmethod
     def from_json(cls, text: str) -> "HostModel":
