@@ -70,6 +70,12 @@ def check_capabilities(backend: type[Backend], request: AssignmentRequest | Rele
     for option, supported, what in wanted:
         if getattr(options, option, False) and not supported:
             raise NotSupported(f"{what} is not supported on {platform}", remedy="run the command without that option")
+    known = {name.lower() for name in caps.ex_share_options}
+    for name in getattr(options, "ex_share_options", {}) or {}:
+        if name.lower() not in known:
+            raise NotSupported(f"share option {name!r} is not supported on {platform}",
+                               remedy=(f"{platform} takes {', '.join(caps.ex_share_options)}" if caps.ex_share_options
+                                       else f"{platform} takes no share options: drop --share-option"))
 
 
 def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest | ReleaseRequest) -> CheckContext:
@@ -124,6 +130,12 @@ def _share_context(backend: Backend, facts: HostFacts, vm: Vm, operation: str,
 
 def _share_asked(backend: Backend, facts: HostFacts, vm: Vm, gpu: Gpu, asked: str) -> ShareChange:
     """The share type the user named on this GPU (id, name or profile), and the share of it the VM holds already."""
+    unavailable = facts.host.settings.get("sharing_unavailable")
+    if unavailable and not any(g.sharing.offered for g in facts.gpus):
+        # The backend says why this host offers no sharing at all (Host.settings["sharing_unavailable"]).
+        raise NotSupported(f"{unavailable}; no share of GPU {gpu.address} can be given",
+                           remedy="give the GPU whole (without --share), or use a host that offers sharing "
+                                  "(`gpupass fleet find --profile TYPE`)")
     matches = gpu.sharing.types_answering(asked)
     if len(matches) > 1:
         raise UsageError(f"share type {asked!r} matches {len(matches)} types of GPU {gpu.address}: "

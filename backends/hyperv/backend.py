@@ -19,7 +19,7 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import LegacySettings
-from gpupass.backends.hyperv.steps import AddPartition, Assign, Release, RemovePartitions
+from gpupass.backends.hyperv.steps import AddPartition, Assign, Release, RemovePartitions, SetPartitionCount
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -160,11 +160,33 @@ def _with_partitions(gpus: list[Gpu], partitionable: Any, vms_raw: list[dict[str
         mapped.add(name)
         # Get-VMHostPartitionableGpu's Name is what Add-VMGpuPartitionAdapter -InstancePath takes.
         shared.append(dataclasses.replace(gpu, sharing=partitioning.sharing_of(record, holders.get(name, [])),
-                                          extra={**gpu.extra, "partition_instance_path": str(record.get("Name"))}))
+                                          extra={**gpu.extra, "partition_instance_path": str(record.get("Name")),
+                                                 "gpu_partitioning": partitioning.facts_of(record)}))
     for path in set(holders) - mapped:
         log.warning("GPU partition adapters of %s name %s, which is no GPU of this host's inventory",
                     ", ".join(sorted(holders[path])), path)
     return shared
+
+
+def _partitioning_support(partitionable: Any, caption: str) -> dict[str, Any]:
+    """Whether the host offers GPU partitioning, as `gpus` and the share rules say it: `gpu_partitioning` is
+    "unavailable" (Get-VMHostPartitionableGpu failed or does not exist: Windows 10 has none, Easy-GPU-PV issue #224),
+    "no-partitionable-gpu" (the cmdlet lists none: no GPU driver offers GPU-P) or "available"; `sharing_unavailable`
+    (read by the core when a share is asked of a GPU offering none) says why not, and `gpu_partitioning_os_documented`
+    whether Microsoft documents GPU-P for this Windows (partitioning.DOCUMENTED_HOSTS)."""
+    documented = partitioning.os_documented(caption) if caption else None
+    if partitionable is None:
+        state, why = "unavailable", ("GPU partitioning is not supported on this host: Get-VMHostPartitionableGpu is "
+                                     "not available or failed (Microsoft documents GPU partitioning for Windows "
+                                     "Server 2025 and Azure Stack HCI hosts)")
+    elif not partitionable:
+        state, why = "no-partitionable-gpu", ("no GPU of this host offers GPU partitioning: Get-VMHostPartitionableGpu "
+                                              "lists none (the GPU's driver must support GPU-P: Microsoft's "
+                                              "\"Partition and assign GPUs to a virtual machine\", \"Verify GPU driver "
+                                              "installation\")")
+    else:
+        state, why = "available", None
+    return {"gpu_partitioning": state, "sharing_unavailable": why, "gpu_partitioning_os_documented": documented}
 
 
 class HypervBackend(Backend):
@@ -178,7 +200,9 @@ class HypervBackend(Backend):
     # High MMIO = the devices' need plus Hyper-V's 512 MB default as headroom, in MiB steps.
     mmio_policy = MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False, granularity=MiB)
     capabilities = Capabilities(live_attach=False, firmware_change=False, hide_hypervisor=False,
-                                dynamic_binding=False, share_modes=(ShareMode.GPU_PARTITION,))
+                                dynamic_binding=False, share_modes=(ShareMode.GPU_PARTITION,),
+                                # Add-VMGpuPartitionAdapter's partition settings (partitioning.SETTINGS)
+                                ex_share_options=partitioning.SETTINGS)
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -367,6 +391,7 @@ class HypervBackend(Backend):
                 "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
         gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
         host_raw = data.get("Host") or {}
+        os_raw = data.get("Os") or {}
         iov = host_raw.get("IovSupport")
         reasons = host_raw.get("IovSupportReasons") or []
         host = Host(
@@ -375,7 +400,10 @@ class HypervBackend(Backend):
             iommu_enabled=None if iov is None else bool(iov),
             iommu_reasons=tuple(str(r) for r in ([reasons] if isinstance(reasons, str) else reasons)),
             # False: the host has no Get-VMHostPartitionableGpu (or it failed), so GPU partitions are not known
-            settings={"iov_support": iov, "gpu_partitioning_read": data.get("Partitionable") is not None},
+            settings={"iov_support": iov, "gpu_partitioning_read": data.get("Partitionable") is not None,
+                      "os": {"caption": os_raw.get("Caption"), "build": os_raw.get("BuildNumber"),
+                             "product_type": os_raw.get("ProductType")},
+                      **_partitioning_support(data.get("Partitionable"), str(os_raw.get("Caption") or ""))},
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
                          {("", a): f for a, f in functions.items()},
@@ -512,16 +540,35 @@ class HypervBackend(Backend):
         return path
 
     def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
-        (gpu,), vm = ctx.gpus, ctx.vm
+        (gpu,), vm, (change,) = ctx.gpus, ctx.vm, ctx.shares
         path = self._instance_path(gpu)
-        script = scripts.partition_add_script(vm.name, path)
-        return [Step(
+        settings = partitioning.request_settings(ctx.assign_options.ex_share_options)
+        steps = []
+        current = (gpu.extra.get("gpu_partitioning") or {}).get("partition_count")
+        wanted = change.type.max_instances
+        if wanted and current and wanted != current:
+            # Another valid count: the host's count changes first (rules.partition_count_set allows it only while no VM
+            # holds a partition of the GPU), and back on undo.
+            steps.append(Step(
+                action="hyperv.set-partition-count",
+                description=f"split GPU {gpu.address} into {wanted} partitions instead of {current} "
+                            "(Set-VMHostPartitionableGpu; no VM holds a partition of it)",
+                undo=f"Set-VMHostPartitionableGpu -PartitionCount {current} again",
+                changes=(f"Set-VMHostPartitionableGpu -PartitionCount {wanted} (now {current}) on {path}",),
+                needs_vm_off=False, preview=scripts.partition_count_script(path, wanted, current),
+                payload=SetPartitionCount(path, wanted, current),
+            ))
+        shown = "".join(f" -{name} {value}" for name, value in settings)
+        steps.append(Step(
             action="hyperv.add-gpu-partition",
-            description=f"give VM '{vm.name}' one partition of GPU {gpu.address} (Add-VMGpuPartitionAdapter)",
+            description=f"give VM '{vm.name}' one partition of GPU {gpu.address} (Add-VMGpuPartitionAdapter"
+                        + (f" with {', '.join(f'{n} {v}' for n, v in settings)})" if settings else ")"),
             undo="Remove-VMGpuPartitionAdapter of the adapter it added",
-            changes=(f"Add-VMGpuPartitionAdapter -InstancePath {path}",),
-            needs_vm_off=True, preview=script, payload=AddPartition(vm.name, path),
-        )]
+            changes=(f"Add-VMGpuPartitionAdapter -InstancePath {path}{shown}",),
+            needs_vm_off=True, preview=scripts.partition_add_script(vm.name, path, settings),
+            payload=AddPartition(vm.name, path, settings),
+        ))
+        return steps
 
     def plan_release_share(self, ctx: CheckContext) -> list[Step]:
         vm, steps = ctx.vm, []
@@ -539,16 +586,32 @@ class HypervBackend(Backend):
             ))
         return steps
 
+    @staticmethod
+    def _share_host_os(ctx: CheckContext) -> str:
+        return str((ctx.facts.host.settings.get("os") or {}).get("caption") or "")
+
     def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
-        if not ctx.is_share:
+        caption = self._share_host_os(ctx)
+        if not ctx.is_share or "azure stack hci" in caption.lower():
             return []
-        return [FeatureLoss("live migration, on Windows Server 2025 hosts", "Microsoft's GPU partitioning page: live "
-                            "migration with GPU partitioning needs IOMMU DMA bit tracking capable processors; "
-                            "without them the VM is restarted where GPU resources are available")]
+        incoming = [str(g.address) for g in ctx.gpus
+                    if (g.extra.get("gpu_partitioning") or {}).get("supports_incoming_live_migration") is False]
+        return [FeatureLoss("live migration, on Windows Server 2025 hosts", "Microsoft's GPU partitioning page: "
+                            "\"Beginning with Windows Server 2025, live migration is supported with GPU partitioning\"; "
+                            "it needs IOMMU DMA bit tracking capable processors (without them the VM is restarted where "
+                            "GPU resources are available) and NVIDIA vGPU software 18.x or later, and falls back to "
+                            "TCP/IP with compression" + (f"; GPU {', '.join(incoming)} reports "
+                                                         "SupportsIncomingLiveMigration False" if incoming else ""))]
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         if ctx.is_share:
-            return []  # nothing documented beyond what features_kept says; DDA's losses do not apply
+            # DDA's losses do not apply; Azure Stack HCI 22H2/23H2: "Currently, GPU partitioning on Azure Stack HCI
+            # doesn't support live migration of VMs" (gpu-partitioning.md, Azure Stack HCI pivot, 2023)
+            if "azure stack hci" in self._share_host_os(ctx).lower():
+                return [FeatureLoss("live migration", "Microsoft's GPU partitioning page for Azure Stack HCI 22H2/23H2: "
+                                    "live migration of VMs with GPU partitions is not supported; VMs are restarted "
+                                    "where GPU resources are available after a failure")]
+            return []
         return [
             FeatureLoss("save / restore", "a VM with an assigned device cannot be saved; its stop action is TurnOff"),
             FeatureLoss("live migration", "Hyper-V cannot move a VM that holds an assigned device"),
@@ -640,7 +703,18 @@ class HypervBackend(Backend):
     # -- GPU partitioning (GPU-P) share steps ----------------------------------------------------------
     @_apply.register
     def _apply_add_partition(self, payload: AddPartition, step: Step) -> str:
-        return self._add_partition(payload.vm, payload.instance_path)
+        return self._add_partition(payload.vm, payload.instance_path, payload.settings)
+
+    @_apply.register
+    def _apply_set_partition_count(self, payload: SetPartitionCount, step: Step) -> int:
+        self._run_change(scripts.partition_count_script(payload.instance_path, payload.count, payload.previous),
+                         f"setting the partition count of {payload.instance_path} to {payload.count}")
+        return payload.previous
+
+    @_undo.register
+    def _undo_set_partition_count(self, payload: SetPartitionCount, token: int) -> None:
+        self._run_change(scripts.partition_count_script(payload.instance_path, payload.previous, payload.count),
+                         f"setting the partition count of {payload.instance_path} back to {payload.previous}")
 
     @_undo.register
     def _undo_add_partition(self, payload: AddPartition, token: str) -> None:
@@ -648,13 +722,14 @@ class HypervBackend(Backend):
         self._remove_partitions(payload.vm, payload.instance_path, 1, adapter_id=token or None)
 
     @_apply.register
-    def _apply_remove_partitions(self, payload: RemovePartitions, step: Step) -> list[str]:
+    def _apply_remove_partitions(self, payload: RemovePartitions, step: Step) -> list[dict[str, Any]]:
         return self._remove_partitions(payload.vm, payload.instance_path, payload.count)
 
     @_undo.register
-    def _undo_remove_partitions(self, payload: RemovePartitions, token: list[str]) -> None:
-        for _ in range(payload.count):
-            self._add_partition(payload.vm, payload.instance_path)
+    def _undo_remove_partitions(self, payload: RemovePartitions, token: list[dict[str, Any]]) -> None:
+        # each partition back with the settings it had (what the remove script read from its adapter)
+        for removed in token or [{}] * payload.count:
+            self._add_partition(payload.vm, payload.instance_path, _settings_of(removed))
 
     def observe(self, step: Step) -> StepState:
         """After a script whose reply was lost (timeout, dropped connection): what the host holds now."""
@@ -693,14 +768,15 @@ class HypervBackend(Backend):
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
                                            f"{again} again finishes it")
 
-    def _add_partition(self, vm: str, path: str) -> str:
-        data = self._run_change(scripts.partition_add_script(vm, path), f"adding a GPU partition to VM '{vm}'")
+    def _add_partition(self, vm: str, path: str, settings: Sequence[tuple[str, int]] = ()) -> str:
+        data = self._run_change(scripts.partition_add_script(vm, path, settings), f"adding a GPU partition to VM '{vm}'")
         return str(data.get("id") or "")
 
-    def _remove_partitions(self, vm: str, path: str, count: int, adapter_id: str | None = None) -> list[str]:
+    def _remove_partitions(self, vm: str, path: str, count: int, adapter_id: str | None = None) -> list[dict[str, Any]]:
         data = self._run_change(scripts.partition_remove_script(vm, path, count, adapter_id),
                                 f"removing GPU partitions from VM '{vm}'")
-        return [str(i) for i in data.get("removed") or []]
+        removed = data.get("removed") or []
+        return [r for r in (removed if isinstance(removed, list) else [removed]) if isinstance(r, dict)]
 
     def _run_change(self, script: str, action: str) -> dict[str, Any]:
         code, data, err = self._run_json(script, action)
@@ -761,6 +837,12 @@ class HypervBackend(Backend):
                                           "`gpupass release` again", rolled_back=False)
         return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
                                f"'{payload.vm}'", remedy=cause.remedy, rolled_back=True)
+
+
+def _settings_of(removed: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """An adapter's partition settings as the remove script read them (Select-Object of Min/Max/OptimalPartition*)."""
+    return tuple((name, int(removed[name])) for name in partitioning.SETTINGS
+                 if isinstance(removed.get(name), int) and not isinstance(removed.get(name), bool))
 
 
 def _batches(groups: list[list[str]], build: Callable[[list[str]], str],

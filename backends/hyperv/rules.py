@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from gpupass.core.domain.context import CheckContext
+from gpupass.backends.hyperv import partitioning
 from gpupass.backends.hyperv.scripts import ps_quote
 from gpupass.core.domain.findings import Finding, blocker, info, warning
 from gpupass.core.domain.inventory import Vm
@@ -91,22 +92,86 @@ RULES = (device_survey, dynamic_memory, stop_action, generation, checkpoints)
 
 def partition_count_set(ctx: CheckContext) -> Iterable[Finding]:
     """A partition is 1/PartitionCount of the GPU, the count set with Set-VMHostPartitionableGpu -PartitionCount (its
-    page); gpupass does not change the host's count, so only the type of the count set now can be given."""
+    page) to "one of the supported counts from the ValidPartitionCounts value" (Microsoft's "Partition and assign GPUs
+    to a virtual machine", "Configure GPU partition count"). gpupass plans that change as a host step, with its undo,
+    only while no VM holds a partition of the GPU: the same article documents Windows Admin Center's error for a GPU
+    whose partition "is already assigned to a VM" ("You must first unassign the partition from the VM")."""
     for change in ctx.shares:
         gpu = next((g for g in ctx.gpus if g.address == change.gpu), None)
-        if gpu is None:
+        if gpu is None or change.share is not None:
             continue
-        current = next((t for t in gpu.sharing.types if t.available is not None), None)
-        if current is not None and change.share is None and change.type.id != current.id:
+        current = (gpu.extra.get("gpu_partitioning") or {}).get("partition_count")
+        wanted = change.type.max_instances
+        if not current or not wanted or wanted == current:
+            continue
+        holders = gpu.sharing.holders
+        if holders:
             yield blocker(
                 "hyperv-partition-count",
-                f"GPU {change.gpu} is split into {current.max_instances} partitions now; a {change.type.id} share "
-                "needs the host's partition count changed",
-                f"ask for {current.id}, or (with no partition held) run Set-VMHostPartitionableGpu -Name "
-                f"{ps_quote(str(gpu.extra.get('partition_instance_path') or ''))} -PartitionCount "
-                f"{change.type.max_instances} on the host first",
+                f"GPU {change.gpu} is split into {current} partitions now and VM(s) {', '.join(holders)} hold "
+                f"partitions of it; a {change.type.id} share needs the host's partition count changed, which Microsoft "
+                "documents only with no partition assigned",
+                f"ask for partitions-{current}, or release the partitions of {', '.join(holders)} first",
+                subject=str(change.gpu),
+            )
+        else:
+            yield info(
+                "hyperv-partition-count-change",
+                f"GPU {change.gpu} is split into {current} partitions now; the plan sets it to {wanted} "
+                f"(Set-VMHostPartitionableGpu -PartitionCount {wanted}) before adding the partition, for every VM "
+                "that takes a partition of this GPU later too; the undo sets it back",
                 subject=str(change.gpu),
             )
 
 
-SHARE_RULES = (partition_count_set,)
+def partition_settings_in_range(ctx: CheckContext) -> Iterable[Finding]:
+    """Each Min/Max/OptimalPartition<R> asked for (Add-VMGpuPartitionAdapter's parameters: "The minimum VRAM ... supported
+    by the host GPU. This is defined by the manufacturer's driver.") must lie between the GPU's own MinPartition<R> and
+    MaxPartition<R>, as Get-VMHostPartitionableGpu reports them (Msvm_PartitionableGpu), and Min <= Optimal <= Max for
+    each resource (Msvm_GpuPartitionSettingData: the minimum, optimal and maximum amount "which will appear in the GPU
+    partition"). Whether Hyper-V itself refuses a value outside them is not documented: gpupass checks first."""
+    settings = dict(_settings(ctx))
+    if not settings:
+        return
+    for gpu in ctx.gpus:
+        resources = (gpu.extra.get("gpu_partitioning") or {}).get("resources") or {}
+        for what in partitioning.RESOURCES:
+            limits = resources.get(what.lower()) or {}
+            low, high = limits.get("min"), limits.get("max")
+            asked = {level: settings[f"{level}Partition{what}"] for level in partitioning.LEVELS
+                     if f"{level}Partition{what}" in settings}
+            for level, value in asked.items():
+                if low is None or high is None:
+                    yield warning("hyperv-partition-setting-unchecked",
+                                  f"GPU {gpu.address} does not report its MinPartition{what}/MaxPartition{what}: "
+                                  f"{level}Partition{what} {value} cannot be checked", subject=str(gpu.address))
+                elif not low <= value <= high:
+                    yield blocker("hyperv-partition-setting",
+                                  f"{level}Partition{what} {value} is outside what GPU {gpu.address} allows a "
+                                  f"partition: {low} to {high} (Get-VMHostPartitionableGpu, the driver's units)",
+                                  f"give a value from {low} to {high}", subject=str(gpu.address))
+            order = [(level, asked[level]) for level in ("Min", "Optimal", "Max") if level in asked]
+            for (a, x), (b, y) in zip(order, order[1:], strict=False):
+                if x > y:
+                    yield blocker("hyperv-partition-setting",
+                                  f"{a}Partition{what} {x} is more than {b}Partition{what} {y}",
+                                  f"give {a}Partition{what} <= {b}Partition{what}", subject=str(gpu.address))
+
+
+def partitioning_os(ctx: CheckContext) -> Iterable[Finding]:
+    """Microsoft documents GPU partitioning for Windows Server 2025 and Azure Stack HCI hosts (partitioning.py,
+    DOCUMENTED_HOSTS): on another Windows the cmdlets may work (community tools use them on Windows 10/11), unsupported."""
+    documented = ctx.facts.host.settings.get("gpu_partitioning_os_documented")
+    if documented is False and ctx.operation == "assign-share":
+        os_ = ctx.facts.host.settings.get("os") or {}
+        yield warning("hyperv-gpu-partitioning-os",
+                      f"the host runs {os_.get('caption')} (build {os_.get('build')}); Microsoft documents GPU "
+                      "partitioning for Windows Server 2025 and Azure Stack HCI hosts only",
+                      "use a Windows Server 2025 or Azure Stack HCI host for a supported setup")
+
+
+def _settings(ctx: CheckContext) -> tuple[tuple[str, int], ...]:
+    return partitioning.request_settings(ctx.assign_options.ex_share_options) if ctx.operation == "assign-share" else ()
+
+
+SHARE_RULES = (partition_count_set, partition_settings_in_range, partitioning_os)

@@ -87,8 +87,11 @@ _VM_RECORD = _lines(
 )
 # GPU-P: a host without Get-VMHostPartitionableGpu leaves $pg null: not read (see inventory_script); the VM records
 # read their partition adapters only where some GPU is partitionable.
-_PARTITIONABLE = ("try{$z=@(Get-VMHostPartitionableGpu);$pg=@();foreach($q in $z){$pg+=[pscustomobject]@{Name=$q.Name;"
-                  "Counts=$q.ValidPartitionCounts;Count=$q.PartitionCount}}}catch{}")
+# Every property Msvm_PartitionableGpu documents (ValidPartitionCounts, PartitionCount, Total*, Available*,
+# Min/Max/OptimalPartition* of VRAM, encode, decode, compute) and SupportsIncomingLiveMigration (the real output in
+# tests/fixtures/real/sharing/), by Select-Object's wildcards, not the object's CimSession.
+_PARTITIONABLE = ("try{$pg=@(Get-VMHostPartitionableGpu|Select-Object 'Name','*Partition*','Total*','Available*',"
+                  "'Supports*')}catch{}")
 
 
 def read_vm_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
@@ -133,7 +136,10 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
          "Vms": [{"Name", "Id", "Generation", "State", "MemoryStartup", "DynamicMemory", "StopAction",
                   "LowMmio", "HighMmio", "GuestCache", "Checkpoints": [{"Name", "Type"}],
                   "Devices": [location path, ...], "Partitions": [GPU-P instance path, ...]}],
-         "Partitionable": [{"Name", "Counts", "Count"}] or null}
+         "Partitionable": [{"Name", "ValidPartitionCounts", "PartitionCount", "Total<R>", "Available<R>",
+                            "Min/Max/OptimalPartition<R>" (R: VRAM, Encode, Decode, Compute),
+                            "SupportsIncomingLiveMigration"}] or null,
+         "Os": {"Caption", "BuildNumber", "ProductType"}}
 
     where Fn (one PCI function) is ``{"InstanceId", "Name", "Class", "ClassCode", "Status", "Present",
     "LocationPath", "Slot", "Mem" (the memory ranges the device holds, flattened: [start0, end0, start1, end1, ...],
@@ -160,14 +166,21 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     ``gpu[1]`` would not find itself.  State/StopAction/Type are enum names.  ``Present: false`` with
     ``Dismounted: false`` is a ghost PnP entry; with ``Dismounted: true`` a device given up for assignment.
 
-    GPU partitioning: Partitionable is Get-VMHostPartitionableGpu's Name, ValidPartitionCounts and PartitionCount
-    per GPU, null where that cmdlet failed or does not exist (it is in the winserver2022-ps docset; Windows 10 has
-    none, Easy-GPU-PV issue #224): the try keeps DDA inventory working there.  Partitions are the InstancePath of
+    GPU partitioning: Partitionable is Get-VMHostPartitionableGpu's properties per GPU (Select-Object with wildcards:
+    "Wildcards are permitted", Select-Object's page in PowerShell-Docs reference/5.1), null where that cmdlet failed
+    or does not exist (it is in the winserver2022-ps docset; Windows 10 has
+    none, Easy-GPU-PV issue #224): the try keeps DDA inventory working there.  Os is Win32_OperatingSystem's Caption,
+    BuildNumber and ProductType (which Windows: Microsoft documents GPU-P for Windows Server 2025 and Azure Stack
+    HCI).  The script stays under MAX_SCRIPT_CHARS (cmd.exe's line, see the module docstring): Host and Os are
+    Select-Object copies, and class codes are matched with -like, to leave room for these.  Partitions are the InstancePath of
     each of the VM's Get-VMGpuPartitionAdapter objects, read only where some GPU is partitionable.
     """
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$h=Get-VMHost",
+        # Which Windows: GPU partitioning is documented for Windows Server 2025 and Azure Stack HCI hosts (see
+        # partitioning.py); Win32_OperatingSystem's Caption, BuildNumber and ProductType (its reference page).
+        "$os=Get-CimInstance Win32_OperatingSystem|Select-Object 'Caption','BuildNumber','ProductType'",
         _PARTITIONABLE,
         "$own=@{}",
         "$vms=@()",
@@ -185,7 +198,7 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "foreach($d in $all){$c='';foreach($x in @($d.HardwareID)+@($d.CompatibleID)){$i=$x.IndexOf('CC_')",
         "if($i -ge 0 -and -not $c){$c=$x.Substring($i+3)}}",
         "$cc[$d.InstanceId]=$c;$p=$lp[$d.InstanceId]",
-        "if($p -and (" + " -or ".join(f"$c.StartsWith('{b}')" for b in GPU_BASE_CLASSES)
+        "if($p -and (" + " -or ".join(f"$c -like '{b}*'" for b in GPU_BASE_CLASSES)
         + ")){$slots[$p.Substring(0,$p.Length-3)]=$true}}",
         "$fs=@()",
         "$on=@()",
@@ -208,12 +221,12 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p];Companions=@()}",
         "}",
         "$gpus=@()",
-        "foreach($g in $fns){if(" + " -or ".join(f"$g.ClassCode.StartsWith('{b}')" for b in GPU_BASE_CLASSES)
+        "foreach($g in $fns){if(" + " -or ".join(f"$g.ClassCode -like '{b}*'" for b in GPU_BASE_CLASSES)
         + "){",
         "$c=@();foreach($o in $fns){if($o.Slot -eq $g.Slot -and $o.LocationPath -ne $g.LocationPath){$c+=$o}}",
         "$g.Companions=$c;$gpus+=$g}}",
-        "$r=[pscustomobject]@{Host=[pscustomobject]@{Name=$h.Name;IovSupport=$h.IovSupport;"
-        "IovSupportReasons=$h.IovSupportReasons};Gpus=$gpus;Vms=$vms;Partitionable=$pg}",
+        "$r=[pscustomobject]@{Host=($h|Select-Object 'Name','IovSupport','IovSupportReasons');Gpus=$gpus;Vms=$vms;"
+        "Partitionable=$pg;Os=$os}",
         "ConvertTo-Json -InputObject $r -Depth 6 -Compress",
     )
     return _check(s, "inventory", max_chars)
@@ -487,12 +500,33 @@ __all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_I
 
 
 # --------------------------------------------------------------------------- GPU partitioning (GPU-P)
-def partition_add_script(vm_name: str, instance_path: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+# Add-/Set-VMGpuPartitionAdapter's partition settings (their pages, winserver2022-ps: UInt64 each), the only names
+# a builder writes after a dash; values go through ps_int.
+PARTITION_SETTINGS = tuple(f"{level}Partition{what}" for what in ("VRAM", "Encode", "Decode", "Compute")
+                           for level in ("Min", "Max", "Optimal"))
+
+
+def _partition_settings(settings: Sequence[tuple[str, int]]) -> str:
+    names = [name for name, _ in settings]
+    if len(set(names)) != len(names):
+        raise ValueError("a partition setting is given twice")
+    for name, value in settings:
+        if name not in PARTITION_SETTINGS:
+            raise ValueError(f"{name!r} is no partition setting of Add-VMGpuPartitionAdapter")
+        ps_int(value)
+        if value > 2**64 - 1:
+            raise ValueError(f"{name} is a UInt64")
+    return "".join(f" -{name} {ps_int(value)}" for name, value in settings)
+
+
+def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tuple[str, int]] = (),
+                         max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give ``vm_name`` one partition of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path``:
-    ``Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip -Passthru`` (its page: -InstancePath "can be obtained from the
-    "Name" property of the command Get-VMHostPartitionableGpu"; with no partition settings Hyper-V "assigns a full
-    partition"). Prints ``{"ok": true, "id": the new adapter's Id}`` or ``{"ok": false, "error", "errorId", "step"}``
-    and exits 1 on failure (one cmdlet: nothing to undo when it fails)."""
+    ``Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip [-MinPartitionVRAM N ...] -Passthru`` (its page: -InstancePath
+    "can be obtained from the "Name" property of the command Get-VMHostPartitionableGpu"; with no partition settings
+    Hyper-V "assigns a full partition"; ``settings`` are (PARTITION_SETTINGS name, value) pairs). Prints
+    ``{"ok": true, "id": the new adapter's Id}`` or ``{"ok": false, "error", "errorId", "step"}`` and exits 1 on
+    failure (one cmdlet: nothing to undo when it fails)."""
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
@@ -501,7 +535,7 @@ def partition_add_script(vm_name: str, instance_path: str, max_chars: int | None
         "try{",
         _FIND_VM,
         "$step='Add-VMGpuPartitionAdapter'",
-        "$a=Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip -Passthru",
+        "$a=Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip" + _partition_settings(settings) + " -Passthru",
         "$r=[pscustomobject]@{ok=$true;id=$a.Id}",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;step=$step}",
@@ -517,7 +551,9 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
     """Take ``count`` partitions of the GPU ``instance_path`` back from ``vm_name`` (the adapter ``adapter_id`` only,
     when given): the VM's Get-VMGpuPartitionAdapter objects whose InstancePath is the GPU's, each piped to
     ``Remove-VMGpuPartitionAdapter`` (its Object parameter set). Refuses, changing nothing, when the VM holds fewer.
-    Prints ``{"ok", "removed": [adapter ids], "error", "errorId", "step"}``; exits 1 on failure."""
+    Prints ``{"ok", "removed": [{"Id", "MinPartitionVRAM", ... (the adapter's partition settings, as
+    Get-VMGpuPartitionAdapter printed them in the real output of windows-powershell-docs issue #3226)}], "error",
+    "errorId", "step"}``; exits 1 on failure. The settings let an undo add the partition back as it was."""
     match = "$a.InstancePath -eq $ip" + (" -and $a.Id -eq $id" if adapter_id is not None else "")
     s = _lines(
         "$ErrorActionPreference='Stop'",
@@ -532,7 +568,8 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
         "$g=@();foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){if(" + match + "){$g+=$a}}",
         "if($g.Count -lt $k){throw ('VM '+$n+' holds '+$g.Count+' partition(s) of '+$ip+', not '+$k)}",
         "$step='Remove-VMGpuPartitionAdapter'",
-        "$i=0;foreach($a in $g){if($i -lt $k){Remove-VMGpuPartitionAdapter -VMGpuPartitionAdapter $a;$d+=$a.Id};$i=$i+1}",
+        "$i=0;foreach($a in $g){if($i -lt $k){Remove-VMGpuPartitionAdapter -VMGpuPartitionAdapter $a",
+        "$d+=($a|Select-Object 'Id','MinPartition*','MaxPartition*','OptimalPartition*')};$i=$i+1}",
         "$r=[pscustomobject]@{ok=$true;removed=$d}",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;removed=$d;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
@@ -542,3 +579,40 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
         "if(-not $r.ok){exit 1}",
     )
     return _check(s, "partition remove", max_chars)
+
+
+def partition_count_script(instance_path: str, count: int, previous: int,
+                           max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Set the partition count of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path`` to ``count``
+    (``Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount N``: its Object parameter set, fed with the
+    Get-VMHostPartitionableGpu object). Before the change it checks that the count is still ``previous`` (else another
+    admin changed it: nothing is done) and that no VM holds a partition of the GPU (Windows Admin Center refuses that:
+    "You must first unassign the partition from the VM", Microsoft's "Partition and assign GPUs to a virtual
+    machine"); after it, the count is read back. Prints ``{"ok", "previous", "count", "held": [VM names], "error",
+    "errorId", "step"}``; exits 1 on failure."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$ip=" + ps_quote(instance_path),
+        f"$n={ps_int(count)};$o={ps_int(previous)}",
+        "$hv=@()",
+        "$step='lookup'",
+        "try{",
+        "$g=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$g=$q}}",
+        "if(-not $g){throw ('No partitionable GPU named '+$ip)}",
+        "if($g.PartitionCount -ne $o){throw ('The partition count of '+$ip+' is '+$g.PartitionCount+', not '+$o)}",
+        "foreach($x in @(Get-VM)){foreach($a in @(Get-VMGpuPartitionAdapter -VM $x)){if($a.InstancePath -eq $ip){"
+        "$hv+=$x.Name}}}",
+        "if($hv.Count -gt 0){throw ('VMs hold partitions of '+$ip)}",
+        "$step='Set-VMHostPartitionableGpu'",
+        "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $n",
+        "$c=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$c=$q.PartitionCount}}",
+        "if($c -ne $n){throw ('The partition count of '+$ip+' is '+$c+' after the change, not '+$n)}",
+        "$r=[pscustomobject]@{ok=$true;previous=$o;count=$c}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;held=$hv;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
+        "step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "partition count", max_chars)

@@ -45,10 +45,22 @@ class Release:
 # -- GPU partitioning (GPU-P) shares --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AddPartition:
-    """Add-VMGpuPartitionAdapter: one partition of the GPU named `instance_path` to VM `vm`."""
+    """Add-VMGpuPartitionAdapter: one partition of the GPU named `instance_path` to VM `vm`, with the
+    -Min/-Max/-OptimalPartition<R> `settings` asked for ((parameter name, value), partitioning.SETTINGS)."""
 
     vm: str
     instance_path: str
+    settings: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class SetPartitionCount:
+    """Set-VMHostPartitionableGpu -PartitionCount `count` on the GPU named `instance_path`, whose count is `previous`
+    when the plan was made; undone by setting `previous` back."""
+
+    instance_path: str
+    count: int
+    previous: int
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ def assignment_options(command: F) -> F:
                      help="Give a share of the GPU instead of the whole GPU: an mdev type (nvidia-46), a vGPU profile "
                           "(A100-4C, GRID P40-1Q) or a partition size (partitions-4), as `gpupass gpus HOST` lists "
                           "them. `release` finds the share the VM holds by itself."),
+        click.option("--share-option", "share_options", multiple=True, metavar="NAME=VALUE",
+                     help="A platform-only setting of the share (repeatable). Hyper-V: Add-VMGpuPartitionAdapter's "
+                          "Min/Max/OptimalPartitionVRAM, ...Encode, ...Decode, ...Compute, in the units "
+                          "Get-VMHostPartitionableGpu reports (`gpus --json`: extra.gpu_partitioning)."),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -97,6 +101,15 @@ def build_assignment(vm: str, gpus: Sequence[str], **options: Any) -> Assignment
         if sum(sizes[parsed]) > MAX_BAR_BYTES:  # each BAR is bounded, and so are all of one card's together
             raise UsageError(f"--bar-size for {parsed} adds up to more than {format_bytes(MAX_BAR_BYTES)}",
                              remedy="give the card's real BAR sizes (`lspci -vv` shows them as Region N: ... [size=..])")
+    share_options: dict[str, str] = {}
+    for item in options.pop("share_options", ()):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--share-option {item!r} is not NAME=VALUE",
+                             remedy="write it as NAME=VALUE, e.g. --share-option MinPartitionVRAM=80000000")
+        if name.strip().lower() in {n.lower() for n in share_options}:
+            raise UsageError(f"--share-option {name.strip()} is given twice", remedy="give each setting once")
+        share_options[name.strip()] = value.strip()
     return AssignmentRequest(
         vm=vm,
         gpus=parse_addresses(gpus),
@@ -109,5 +122,6 @@ def build_assignment(vm: str, gpus: Sequence[str], **options: Any) -> Assignment
             allow_host_reboot=options["allow_host_reboot"],
             bar_sizes=sizes,
             share=options.get("share"),
+            ex_share_options=share_options,
         ),
     )

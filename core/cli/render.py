@@ -112,6 +112,10 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
             lines.append(f"{qualified(gpu)}: {len(sharing.types)} {modes} types ({free} with room now), "
                          f"{len(sharing.shares)} in use")
         lines.append("(`gpus --json` lists each type with its name, framebuffer and instances left)")
+    unavailable = facts.host.settings.get("sharing_unavailable")
+    if unavailable and not shared:
+        # The backend's word on why this host offers no GPU sharing (Host.settings["sharing_unavailable"]).
+        lines += ["", shown(f"sharing: {unavailable}")]
     return "\n".join(lines)
 
 

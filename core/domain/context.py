@@ -25,6 +25,9 @@ class Capabilities:
     # The share modes (core/domain/sharing.py) the backend can give to a VM and take back; a share of another
     # mode is listed by `gpus` but refused by assign with "not supported on X".
     share_modes: tuple[ShareMode, ...] = ()
+    # The platform-only settings a share request may carry (AssignOptions.ex_share_options), by name; any other is
+    # refused with "not supported on X".
+    ex_share_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,18 @@ class AssignOptions:
     # A share of this type (an mdev type, a vGPU profile, a partition size; see core/domain/sharing.py) instead of
     # the whole GPU; None gives the whole GPU.
     share: str | None = None
+    # Platform-only settings of that share (docs/plugins.md, "Platform-only extras"), NAME -> VALUE as typed, e.g.
+    # Hyper-V's Add-VMGpuPartitionAdapter -MinPartitionVRAM: the backend names those it takes
+    # (Capabilities.ex_share_options) and its rules check the values against the host's.
+    ex_share_options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.ex_share_options and self.share is None:
+            raise UsageError("--share-option sets a share, and no --share is asked for",
+                             remedy="add --share TYPE, or drop --share-option")
+        for name in self.ex_share_options:
+            if not name.strip():
+                raise UsageError("--share-option needs a NAME=VALUE", remedy="e.g. --share-option MinPartitionVRAM=80000000")
         if self.share is not None and not self.share.strip():
             raise UsageError("--share needs a share type", remedy="name one of the types `gpupass gpus HOST --json` "
                              "lists under sharing.types (an mdev type, a vGPU profile such as A100-4C, partitions-N)")

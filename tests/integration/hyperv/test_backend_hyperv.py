@@ -404,6 +404,15 @@ def test_every_hyperv_payload_type_survives_a_snapshot_round_trip(open_backend, 
     seen |= payloads_survive_a_snapshot(shared, [
         AssignmentRequest("ml-train", (gpu.address,), AssignOptions(share="partitions-32")),
         ReleaseRequest("web01", (gpu.address,))], tmp_path / "gpup")
+    # another partition count (a host step first), with partition settings
+    free = partitioned_lab_host()
+    free.vm("web01").gpu_partitions.clear()
+    free.partitionable[0].valid_partition_counts = [16, 32]
+    recount, _ = open_backend(free)
+    (tmp_path / "recount").mkdir()
+    seen |= payloads_survive_a_snapshot(recount, [AssignmentRequest(
+        "ml-train", (gpu.address,), AssignOptions(share="partitions-16", ex_share_options={"MaxPartitionVRAM": "9"}))],
+        tmp_path / "recount")
     assert seen == payload_types("hyperv")
 
 

@@ -87,7 +87,7 @@ def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
     inv = inventory(Remote(endpoint_factory(m, auth), auth))
     assert inv == {"Host": {"Name": "EMPTY", "IovSupport": False,
                             "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Gpus": [], "Vms": [],
-                   "Partitionable": []}
+                   "Partitionable": [], "Os": {"Caption": m.os_caption, "BuildNumber": m.os_build, "ProductType": 3}}
 
 
 def test_assign_then_release(remote):

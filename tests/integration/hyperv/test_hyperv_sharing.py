@@ -57,9 +57,23 @@ def test_the_real_partitionable_gpu_name_points_to_its_pnp_instance():
     assert partitioning.instance_id_of("GPUDeviceIDName") is None     # the docs' placeholder is no interface path
 
 
+def as_json(fields: dict[str, str]) -> dict[str, object]:
+    """A Format-List record as ConvertTo-Json would give it: {a, b} lists, numbers, True/False."""
+    out: dict[str, object] = {}
+    for key, text in fields.items():
+        if text.startswith("{") and text.endswith("}"):
+            out[key] = [int(c) for c in text.strip("{}").split(",") if c.strip()]
+        elif text.isdigit():
+            out[key] = int(text)
+        elif text in ("True", "False"):
+            out[key] = text == "True"
+        else:
+            out[key] = text
+    return out
+
+
 def test_what_gpupass_concludes_from_the_real_output():
-    record = {"Name": REAL_GPU["Name"], "Counts": [int(c) for c in REAL_GPU["ValidPartitionCounts"].strip("{}").split(",")],
-              "Count": int(REAL_GPU["PartitionCount"])}
+    record = as_json(REAL_GPU)
     sharing = partitioning.sharing_of(record, [])
     (kind,) = sharing.types
     assert (kind.id, kind.mode, kind.max_instances, kind.available) == ("partitions-32", ShareMode.GPU_PARTITION, 32, 32)
@@ -67,6 +81,12 @@ def test_what_gpupass_concludes_from_the_real_output():
     assert sharing.offered and not sharing.in_use
     held = partitioning.sharing_of(record, ["vdi01", "vdi02"])
     assert held.types[0].available == 30 and held.holders == ("vdi01", "vdi02")
+    facts = partitioning.facts_of(record)
+    assert (facts["valid_partition_counts"], facts["partition_count"]) == ([32], 32)
+    assert facts["resources"]["vram"] == {"total": 1000000000, "available": 1000000000, "min": 0,
+                                          "max": 1000000000, "optimal": 1000000000}
+    assert facts["resources"]["encode"]["max"] == 2**64 - 1          # 18446744073709551615: not limited
+    assert facts["supports_incoming_live_migration"] is False
 
 
 def test_the_model_prints_the_real_outputs_properties():
@@ -160,3 +180,44 @@ def test_snapshots_keep_the_partitions(hyperv_uri, tmp_path):
     live = {g["address"]: g for g in json.loads(gpupass("gpus", uri, "--json", env=ENV).stdout)["gpus"]}
     offline = {g["address"]: g for g in json.loads(gpupass("gpus", str(snapshot), "--json").stdout)["gpus"]}
     assert offline[RTX]["sharing"] == live[RTX]["sharing"] and offline[RTX]["sharing"]["shares"]
+
+
+def ms_docs_records() -> list[list[dict[str, str]]]:
+    """Microsoft's sample outputs (partition-assign-vm-gpu.md): per block, its Format-List records."""
+    text = (CORPUS / "get-vmhostpartitionablegpu-ms-docs-partition-count.txt").read_text(encoding="utf-8")
+    blocks: list[list[dict[str, str]]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("# ----"):
+            blocks.append([])
+        elif line.startswith("#") or line.startswith("PS "):
+            continue
+        elif not line.strip():
+            if blocks[-1] and blocks[-1][-1]:
+                blocks[-1].append({})
+        else:
+            m = re.match(r"^(\w+)\s+: (.*)$", line)
+            assert m, line
+            if not blocks[-1]:
+                blocks[-1].append({})
+            blocks[-1][-1][m[1]] = m[2]
+    return [[r for r in block if r] for block in blocks]
+
+
+def test_microsofts_published_partition_counts_map_to_gpus_and_types():
+    before, after, adapters = ms_docs_records()
+    # Names without "\GPUPARAV" (unlike the ExHyperV output) still point to their PnP instances
+    assert [partitioning.instance_id_of(r["Name"]) for r in before] == [
+        "PCI\\VEN_10DE&DEV_25B6&SUBSYS_157E10DE&REV_A1\\4&18416DC3&0&0000",
+        "PCI\\VEN_10DE&DEV_25B6&SUBSYS_157E10DE&REV_A1\\4&5906F5E&0&0010"]
+    (adapter,) = adapters
+    assert partitioning.instance_id_of(adapter["InstancePath"]) == partitioning.instance_id_of(before[0]["Name"])
+    # "{16, 8, 4, 2...}": the counts PowerShell printed (it cut the list); after -PartitionCount 4
+    record = as_json({k: v.replace("...", "") for k, v in after[0].items()})
+    assert record["ValidPartitionCounts"] == [16, 8, 4, 2] and record["PartitionCount"] == 4
+    free = partitioning.sharing_of(record, [])
+    assert [(t.id, t.available) for t in free.types] == [("partitions-2", 2), ("partitions-4", 4), ("partitions-8", 8),
+                                                         ("partitions-16", 16)]
+    held = partitioning.sharing_of(record, ["vm1"])     # a partition held: the count cannot change, 3 of 4 left
+    assert [(t.id, t.available) for t in held.types] == [("partitions-2", None), ("partitions-4", 3),
+                                                         ("partitions-8", None), ("partitions-16", None)]
+    assert partitioning.facts_of(record)["resources"]["vram"]["max"] is None     # not printed there: unknown

@@ -93,9 +93,9 @@ def test_driverless_gpu_and_accelerator_are_gpus():
 
 
 def test_the_old_display_class_filter_misses_them():
-    old = S.inventory_script().replace("$c.StartsWith('03') -or $c.StartsWith('12')", "$d.Class -eq 'Display'")
+    old = S.inventory_script().replace("$c -like '03*' -or $c -like '12*'", "$d.Class -eq 'Display'")
     assert old != S.inventory_script()
-    old = old.replace("$g.ClassCode.StartsWith('03') -or $g.ClassCode.StartsWith('12')", "$g.Class -eq 'Display'")
+    old = old.replace("$g.ClassCode -like '03*' -or $g.ClassCode -like '12*'", "$g.Class -eq 'Display'")
     paths = {g["LocationPath"] for g in json.loads(run(lab_host(), old).stdout)["Gpus"]}
     assert T4_NO_DRIVER_LOC not in paths and MI300X_LOC not in paths
 
