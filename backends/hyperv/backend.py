@@ -744,6 +744,20 @@ class HypervBackend(Backend):
         return self._observe_devices(payload.vm, payload.addresses, step, assigning=True)
 
     @_observe.register
+    def _observe_set_partition_count(self, payload: SetPartitionCount, step: Step) -> StepState:
+        """The GPU's partition count now: the new one (the change went through), the old one, or neither."""
+        facts = self.inventory()
+        counts = [(g.extra.get("gpu_partitioning") or {}).get("partition_count") for g in facts.gpus
+                  if str(g.extra.get("partition_instance_path") or "").lower() == payload.instance_path.lower()]
+        if counts == [payload.count]:
+            return StepState("after")
+        if counts == [payload.previous]:
+            return StepState("before")
+        return StepState("unknown", detail=f"the partition count of {payload.instance_path} is "
+                                           f"{counts[0] if counts else 'not readable'}, neither {payload.previous} "
+                                           f"nor {payload.count}")
+
+    @_observe.register
     def _observe_release(self, payload: Release, step: Step) -> StepState:
         return self._observe_devices(payload.vm, payload.addresses, step, assigning=False)
 

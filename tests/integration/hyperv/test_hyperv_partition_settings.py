@@ -262,3 +262,26 @@ def test_select_object_in_the_model_copies_the_properties_its_patterns_name():
     assert list(gpu)[:3] == ["Name", "ValidPartitionCounts", "PartitionCount"]
     assert "CimSession" not in gpu and "ComputerName" not in gpu and gpu["Nothing"] is None
     assert gpu["TotalVRAM"] == 1000000000 and "AvailableVRAM" not in gpu
+
+
+def test_a_lost_reply_to_the_count_change_is_read_back_and_undone(endpoint_factory, tmp_path):
+    from gpupass.backends.hyperv.backend import HypervBackend
+    from gpupass.core import plugins
+    from gpupass.core.domain.request import AssignmentRequest
+    from gpupass.core.domain.request import AssignOptions
+    from gpupass.core.errors import OperationFailed
+    from gpupass.core.service import execute, make_plan
+    from gpupass.core.target import Secret, Target
+
+    ep = endpoint_factory(free_model(), "basic")
+    backend = HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic", name="hv-gpup",
+                                   password=Secret(PASSWORD), options={"state_file": str(tmp_path / "s.json")}))
+    facts = backend.inventory()
+    gpu = next(g for g in facts.gpus if g.sharing.offered)
+    plan = make_plan(backend, facts, AssignmentRequest("ml-train", (gpu.address,), AssignOptions(share="partitions-8")),
+                     plugins.default_registry())
+    ep.drop_next_receive()         # the host changes the count; its reply is lost
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is True
+    assert ep.model.partitionable[0].partition_count == 32 and ep.model.vm("ml-train").gpu_partitions == []
