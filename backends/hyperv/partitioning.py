@@ -72,9 +72,24 @@ def facts_of(record: Mapping[str, Any]) -> dict[str, Any]:
                                 **{level.lower(): _int(record.get(f"{level}Partition{what}")) for level in LEVELS}}
                  for what in RESOURCES}
     live = record.get("SupportsIncomingLiveMigration")
-    return {"instance_path": str(record.get("Name") or ""), "valid_partition_counts": counts,
+    name = str(record.get("Name") or "")
+    return {"instance_path": name, "valid_partition_counts": counts,
             "partition_count": current, "resources": resources,
-            "supports_incoming_live_migration": live if isinstance(live, bool) else None}
+            "supports_incoming_live_migration": live if isinstance(live, bool) else None,
+            "paravirtualization": is_paravirtualization(name)}
+
+
+# GPU paravirtualization (GPU-PV, "the same technology that is used in WSL2, and Windows Sandbox": Easy-GPU-PV's
+# README) and GPU partitioning (GPU-P, SR-IOV partitions: Microsoft's "GPU partitioning" page) are listed by the same
+# cmdlet. "A GPU-PV adapter is recognized by having GPUPARAV in the device instance name: GPU-P adapter will not have
+# this substring"; GPU-PV "always shares full GPU with a VM" and "Resource sharing parameters are used only in case of
+# GPU-P" (Easy-GPU-PV issue #49, a comment, not Microsoft's docs). The published outputs agree: the ExHyperV Windows
+# host's Name ends in \GPUPARAV, the Names in Microsoft's Windows Server samples do not (tests/fixtures/real/sharing).
+PARAVIRTUAL_REFERENCE = "\\GPUPARAV"
+
+
+def is_paravirtualization(name: str) -> bool:
+    return name.upper().endswith(PARAVIRTUAL_REFERENCE.upper())
 
 
 def sharing_of(record: Mapping[str, Any], held_by: Iterable[str]) -> Sharing:

@@ -170,8 +170,25 @@ def partitioning_os(ctx: CheckContext) -> Iterable[Finding]:
                       "use a Windows Server 2025 or Azure Stack HCI host for a supported setup")
 
 
+def paravirtualization(ctx: CheckContext) -> Iterable[Finding]:
+    """A GPU whose Get-VMHostPartitionableGpu Name ends in \\GPUPARAV is shared by GPU paravirtualization (GPU-PV), not
+    split into SR-IOV partitions: each VM shares the whole GPU and resource settings are ignored (partitioning.py,
+    is_paravirtualization, with its source)."""
+    if ctx.operation != "assign-share":
+        return
+    for gpu in ctx.gpus:
+        if (gpu.extra.get("gpu_partitioning") or {}).get("paravirtualization"):
+            ignored = " and the partition settings asked for are ignored" if _settings(ctx) else ""
+            yield warning("hyperv-gpu-paravirtualization",
+                          f"GPU {gpu.address} is shared by GPU paravirtualization (GPU-PV: its name ends in "
+                          f"\\GPUPARAV), not split into hardware partitions: the VM shares the whole GPU with the "
+                          f"host and other VMs{ignored} (Easy-GPU-PV issue #49)",
+                          "for isolated partitions use a GPU and host that offer GPU partitioning (SR-IOV: Windows "
+                          "Server 2025 or Azure Stack HCI with a supported GPU)", subject=str(gpu.address))
+
+
 def _settings(ctx: CheckContext) -> tuple[tuple[str, int], ...]:
     return partitioning.request_settings(ctx.assign_options.ex_share_options) if ctx.operation == "assign-share" else ()
 
 
-SHARE_RULES = (partition_count_set, partition_settings_in_range, partitioning_os)
+SHARE_RULES = (partition_count_set, partition_settings_in_range, partitioning_os, paravirtualization)

@@ -285,3 +285,14 @@ def test_a_lost_reply_to_the_count_change_is_read_back_and_undone(endpoint_facto
         execute(backend, plan)
     assert caught.value.rolled_back is True
     assert ep.model.partitionable[0].partition_count == 32 and ep.model.vm("ml-train").gpu_partitions == []
+
+
+def test_a_paravirtualized_gpu_is_a_warning_that_says_settings_are_ignored(host):
+    model, uri = host()          # the lab's GPU is named as the ExHyperV host's: ...\GPUPARAV
+    plan = run("plan", uri, "ml-train", RTX, "--share", "partitions-32", "--share-option", "MaxPartitionVRAM=5",
+               "--json")
+    (finding,) = [f for f in plan["findings"] if f["code"] == "hyperv-gpu-paravirtualization"]
+    assert finding["severity"] == "warning" and "settings asked for are ignored" in finding["message"]
+    assert not plan["blocked"]
+    gpu = next(g for g in run("gpus", uri, "--json")["gpus"] if g["address"] == RTX)
+    assert gpu["extra"]["gpu_partitioning"]["paravirtualization"] is True

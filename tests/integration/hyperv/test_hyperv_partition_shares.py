@@ -56,10 +56,11 @@ def test_preflight_refuses_another_partition_count_and_a_running_vm(host):
     findings = {f["code"] for f in run("check", uri, "ml-train", RTX, "--share", "partitions-16", "--json",
                                        expect=3)["findings"]}
     # web01 holds a 1/32 partition; how many 1/16 partitions would fit the host does not say
-    assert findings == {"hyperv-partition-count", "share-type-mixed", "share-capacity-unknown"}
+    assert findings == {"hyperv-partition-count", "share-type-mixed", "share-capacity-unknown",
+                        "hyperv-gpu-paravirtualization"}      # the lab's GPU is the ExHyperV one: \GPUPARAV
     model.vm("ml-train").state = "Running"
     assert {f["code"] for f in run("check", uri, "ml-train", RTX, "--share", "partitions-32", "--json",
-                                   expect=3)["findings"]} == {"vm-not-off"}
+                                   expect=3)["findings"]} == {"vm-not-off", "hyperv-gpu-paravirtualization"}
 
 
 def test_a_gpu_with_every_partition_held_refuses_one_more(host):
@@ -68,7 +69,7 @@ def test_a_gpu_with_every_partition_held_refuses_one_more(host):
     model.partitionable[0].valid_partition_counts = [1]
     findings = {f["code"] for f in run("check", uri, "ml-train", RTX, "--share", "partitions-1", "--json",
                                        expect=3)["findings"]}
-    assert findings == {"share-capacity-exhausted"}
+    assert findings == {"share-capacity-exhausted", "hyperv-gpu-paravirtualization"}
 
 
 def test_a_failed_add_leaves_the_vm_as_it_was(host):

@@ -221,3 +221,15 @@ def test_microsofts_published_partition_counts_map_to_gpus_and_types():
     assert [(t.id, t.available) for t in held.types] == [("partitions-2", None), ("partitions-4", 3),
                                                          ("partitions-8", None), ("partitions-16", None)]
     assert partitioning.facts_of(record)["resources"]["vram"]["max"] is None     # not printed there: unknown
+
+
+def test_gpu_paravirtualization_is_told_from_gpu_partitioning_by_the_name():
+    # GPU-PV names end in \GPUPARAV, GPU-P (SR-IOV) ones do not (Easy-GPU-PV issue #49); both published outputs agree
+    text = (CORPUS / "get-vmpartitionablegpu-gpuparav-easy-gpu-pv-49.txt").read_text(encoding="utf-8")
+    (line,) = [x for x in text.splitlines() if x.startswith("Name")]
+    name = line.split(" : ", 1)[1].replace("**", "")        # the author's Markdown bold
+    assert partitioning.instance_id_of(name) == "PCI\\VEN_10DE&DEV_1CB3&SUBSYS_11BE103C&REV_A1\\4&1F221E6C&0&0000"
+    assert partitioning.facts_of({"Name": name})["paravirtualization"] is True
+    assert partitioning.facts_of(as_json(REAL_GPU))["paravirtualization"] is True          # ExHyperV, a Windows host
+    before, _, _ = ms_docs_records()
+    assert not any(partitioning.is_paravirtualization(r["Name"]) for r in before)      # Microsoft's Windows Server samples
