@@ -586,18 +586,15 @@ class HypervBackend(Backend):
             ))
         return steps
 
-    @staticmethod
-    def _share_host_os(ctx: CheckContext) -> str:
-        return str((ctx.facts.host.settings.get("os") or {}).get("caption") or "")
-
     def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
-        caption = self._share_host_os(ctx)
-        if not ctx.is_share or "azure stack hci" in caption.lower():
+        if not ctx.is_share:
             return []
         incoming = [str(g.address) for g in ctx.gpus
                     if (g.extra.get("gpu_partitioning") or {}).get("supports_incoming_live_migration") is False]
-        return [FeatureLoss("live migration, on Windows Server 2025 hosts", "Microsoft's GPU partitioning page: "
-                            "\"Beginning with Windows Server 2025, live migration is supported with GPU partitioning\"; "
+        return [FeatureLoss("live migration, on Windows Server 2025 and Azure Stack HCI 24H2 hosts",
+                            "Microsoft's GPU partitioning page: \"Beginning with Windows Server 2025, live migration is "
+                            "supported with GPU partitioning\" (and \"Windows Server 2025 and Azure Stack HCI 24H2\": the "
+                            "Windows Server blog, \"Use GPUs with clustered VMs through Direct Device Assignment\", 2024); "
                             "it needs IOMMU DMA bit tracking capable processors (without them the VM is restarted where "
                             "GPU resources are available) and NVIDIA vGPU software 18.x or later, and falls back to "
                             "TCP/IP with compression" + (f"; GPU {', '.join(incoming)} reports "
@@ -607,10 +604,10 @@ class HypervBackend(Backend):
         if ctx.is_share:
             # DDA's losses do not apply; Azure Stack HCI 22H2/23H2: "Currently, GPU partitioning on Azure Stack HCI
             # doesn't support live migration of VMs" (gpu-partitioning.md, Azure Stack HCI pivot, 2023)
-            if "azure stack hci" in self._share_host_os(ctx).lower():
-                return [FeatureLoss("live migration", "Microsoft's GPU partitioning page for Azure Stack HCI 22H2/23H2: "
-                                    "live migration of VMs with GPU partitions is not supported; VMs are restarted "
-                                    "where GPU resources are available after a failure")]
+            if "azure stack hci" in str((ctx.facts.host.settings.get("os") or {}).get("caption") or "").lower():
+                return [FeatureLoss("live migration, on Azure Stack HCI 22H2 and 23H2", "Microsoft's GPU partitioning "
+                                    "page for those versions: live migration of VMs with GPU partitions is not supported; "
+                                    "VMs are restarted where GPU resources are available after a failure")]
             return []
         return [
             FeatureLoss("save / restore", "a VM with an assigned device cannot be saved; its stop action is TurnOff"),

@@ -105,11 +105,10 @@ def test_preflight_warns_where_microsoft_does_not_document_gpu_partitioning(host
     assert not plan["blocked"]
     kept = [f["feature"] for f in plan["features_kept"]]
     lost = [f["feature"] for f in plan["features_lost"]]
-    if "Azure Stack HCI" in caption:   # "doesn't support live migration of VMs" there
-        assert kept == [] and lost == ["live migration"]
-    else:
-        assert kept == ["live migration, on Windows Server 2025 hosts"] and lost == []
-        assert "SupportsIncomingLiveMigration False" in plan["features_kept"][0]["reason"]
+    assert kept == ["live migration, on Windows Server 2025 and Azure Stack HCI 24H2 hosts"]
+    assert "SupportsIncomingLiveMigration False" in plan["features_kept"][0]["reason"]
+    # "Currently, GPU partitioning on Azure Stack HCI doesn't support live migration of VMs" (22H2, 23H2)
+    assert lost == (["live migration, on Azure Stack HCI 22H2 and 23H2"] if "Azure Stack HCI" in caption else [])
 
 
 # ------------------------------------------------------------------ partition settings
