@@ -208,16 +208,31 @@ INDEX_VERSION = 1
 def _index_path() -> Path:
     from gpupass.core import paths
 
-    # marshal's format belongs to the interpreter's version: one index per version.
-    return paths.cache_dir() / f"plugin-index-{sys.version_info[0]}.{sys.version_info[1]}.marshal"
+    # marshal's format belongs to the interpreter's version: one index per version. And one per environment
+    # (the folders on sys.path): two virtualenvs (or a venv and a pipx install) sharing one cache folder would
+    # otherwise overwrite each other's index on every command, and each would find the other's stale and scan.
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return paths.cache_dir() / f"plugin-index-{version}-{environment_key()}.marshal"
+
+
+def environment_key() -> str:
+    """A short name for this environment: the folders on sys.path that say what is installed (not when they
+    last changed: that is the fingerprint inside the index)."""
+    import zlib
+
+    return f"{zlib.crc32(chr(0).join(_installed_folders()).encode('utf-8', 'surrogateescape')):08x}"
+
+
+def _installed_folders() -> list[str]:
+    # sys.path[0] is the running script's folder or the current one: it says nothing about what is installed
+    # (and differs between `gpupass`, `python -m` and `python -c`), so it is left out unless -P removed it.
+    return sys.path if sys.flags.safe_path else sys.path[1:]
 
 
 def _fingerprint() -> list[tuple[str, int]]:
     """The folders on sys.path and when each last changed: an install, upgrade or removal changes one."""
     stamps = []
-    # sys.path[0] is the running script's folder or the current one: it says nothing about what is installed
-    # (and differs between `gpupass`, `python -m` and `python -c`), so it is left out unless -P removed it.
-    for entry in sys.path if sys.flags.safe_path else sys.path[1:]:
+    for entry in _installed_folders():
         try:
             stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
         except OSError:

@@ -67,7 +67,12 @@ def cache_dir() -> str:
 
 
 def _cache_file(width: int) -> str:
-    return os.path.join(cache_dir(), f"help-{width}.txt")
+    # One file per environment (the folders on sys.path), as the plugin index: two virtualenvs sharing one cache
+    # folder would otherwise overwrite each other's rendering, and each would find the other's stamp stale.
+    import zlib
+
+    key = zlib.crc32("\0".join(sys.path[1:]).encode("utf-8", "surrogateescape"))
+    return os.path.join(cache_dir(), f"help-{width}-{key:08x}.txt")
 
 
 def _stamp() -> str:

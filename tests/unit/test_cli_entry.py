@@ -75,3 +75,10 @@ def test_the_cache_folder_is_the_one_paths_names(monkeypatch, variables):
 
 def test_the_width_limit_is_the_groups():
     assert entry.MAX_CONTENT_WIDTH == cli.context_settings["max_content_width"]
+
+
+def test_each_environment_keeps_its_own_rendering(monkeypatch):
+    """Two virtualenvs sharing one cache folder must not overwrite each other's --help (as the plugin index)."""
+    here = entry._cache_file(80)
+    monkeypatch.setattr(sys, "path", [sys.path[0], "/some/other/site-packages"])
+    assert entry._cache_file(80) != here and os.path.dirname(entry._cache_file(80)) == os.path.dirname(here)

@@ -88,3 +88,19 @@ def test_plugins_lists_everything_with_an_index_in_place():
     _loaded_by(["plugins"])
     loaded = _loaded_by(["plugins"])
     assert {"gpupass.backends.kvm.plugin", "gpupass.backends.esxi.plugin", "gpupass.backends.hyperv.plugin"} <= loaded
+
+
+def test_each_environment_keeps_its_own_index(monkeypatch, tmp_path):
+    """Two virtualenvs sharing one cache folder must not overwrite each other's index (each would then find the
+    other's stale and scan every entry point on every command)."""
+    _full_then_forget()
+    here = plugins._index_path()
+    manager = plugins.make_plugin_manager()
+    registry = plugins.collect(manager)
+    (tmp_path / "other-site").mkdir()
+    with monkeypatch.context() as other:
+        other.setattr(sys, "path", [sys.path[0], str(tmp_path / "other-site")])
+        assert plugins._index_path() != here
+        plugins._write_index(manager, registry)  # what that environment's own full scan would write
+        assert plugins._index_path().exists()
+    assert here.exists() and plugins.scoped_registry(scheme="test") is not None
