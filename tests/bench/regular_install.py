@@ -42,7 +42,13 @@ def build(directory: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
                     "--no-build-isolation", "--no-compile", str(ROOT)], check=True, capture_output=True,
                    env=clean_env())
-    # Compile once now, as an installer would, so no timed run pays for writing bytecode.
+    # Compile once now, as an installer would, so no timed run pays for writing bytecode: gpupass, and the
+    # single-file modules linked above (libvirt.py is one), whose bytecode would sit in a __pycache__ beside the
+    # link. Without it every run compiles libvirt.py's 390 kB from source (PYTHONDONTWRITEBYTECODE, set here, or
+    # a read-only folder stop Python from keeping it), which a real install never does: the anchor script, which
+    # imports little else, would be timed tens of milliseconds slow.
     subprocess.run([str(python), "-m", "compileall", "-q", str(site / "gpupass")], check=True, capture_output=True,
+                   env=clean_env())
+    subprocess.run([str(python), "-m", "compileall", "-q", "-l", str(links)], check=True, capture_output=True,
                    env=clean_env())
     return env / "bin"

@@ -42,6 +42,13 @@ def test_the_regular_install_the_start_up_figures_use_works(tmp_path):
     where = subprocess.run([str(bin_dir / "python"), "-c", "import gpupass.core.cli.main as m; print(m.__file__)"],
                            capture_output=True, text=True, check=True, env=env).stdout
     assert where.startswith(str(tmp_path)), where  # the installed copy, not this checkout
+    # libvirt.py (a single-file module, linked into the install) is loaded from bytecode, as after a real install:
+    # compiling its source on every run would make the anchor script of bench_kvm.py slow
+    verbose = subprocess.run([str(bin_dir / "python"), "-v", "-c", "import libvirt"], capture_output=True, text=True,
+                             check=True, env=env).stderr
+    loaded_from = [line for line in verbose.splitlines() if line.startswith("# code object from") and "libvirt" in line]
+    assert len(loaded_from) == 1 and loaded_from[0].endswith("libvirt.cpython-311.pyc'".replace(
+        "311", f"{sys.version_info[0]}{sys.version_info[1]}")), loaded_from
     # what `gpupass --help` loads before it prints: no click, and none of the costly standard modules
     loaded = subprocess.run([str(bin_dir / "python"), "-c", "import sys, gpupass.core.cli.entry; "
                              "print(sorted(m for m in ('click', 'typing', 're', 'json', 'pathlib') if m in sys.modules))"],
