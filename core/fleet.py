@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
@@ -30,73 +30,133 @@ class HostResult:
     round_trips: int = 0
 
 
-DEFAULT_CONCURRENCY = 32
+# At most this many hosts are read at once by default: enough that a fleet of a thousand hosts is read in about the
+# time of its slowest host (each read mostly waits on the network, and a waiting worker costs a thread), still a
+# bound. tests/bench/bench_fleet.py measures it.
+MAX_DEFAULT_CONCURRENCY = 1024
+
+
+def default_concurrency() -> int:
+    """MAX_DEFAULT_CONCURRENCY, or fewer where this process may not keep that many connections open: a read holds
+    a descriptor or two (its socket; for qemu+ssh the socket to ssh), and the soft open-file limit is often 1,024."""
+    try:
+        import resource
+    except ImportError:  # Windows: sockets are not counted against a C runtime descriptor limit
+        return MAX_DEFAULT_CONCURRENCY
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DEFAULT_CONCURRENCY
+    return max(8, min(MAX_DEFAULT_CONCURRENCY, (soft - 64) // 2))
 
 
 def gather(hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], *,
-           concurrency: int = DEFAULT_CONCURRENCY, timeout: float = 60.0,
+           concurrency: int | None = None, timeout: float = 60.0,
            on_done: Callable[[HostResult], None] | None = None) -> list[HostResult]:
-    """Read every host once with a pool of at most `concurrency` workers; a host that fails or hangs is one
-    error row. A name given twice is read once and listed once (results are keyed by name).
-
-    The pool takes hosts from one shared iterator, so threads and bookkeeping stay bounded by `concurrency`
-    whatever the number of hosts; only the results grow with it. Workers are daemon threads, not an
-    executor: a host that never answers must not keep the process from exiting. A worker stuck on a host
-    past its deadline is replaced, so one hung host costs one thread, not the pool's progress.
-    """
+    """Read every host once with a pool of at most `concurrency` workers (None: default_concurrency()); a host
+    that fails or hangs is one error row. A name given twice is read once and listed once (results are keyed by
+    name), in the order given."""
     unique = list(dict.fromkeys(hosts))
-    pending = iter(unique)
-    lock = threading.Lock()
-    in_flight: dict[str, float] = {}  # host -> when its read began; at most the pool's size (plus hung ones)
-    finished: queue.Queue[HostResult] = queue.Queue()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                host = next(pending, None)
-                if host is None:
-                    return
-                began = in_flight[host] = time.monotonic()
-            finished.put(_read_one(host, read, began))
-            with lock:
-                in_flight.pop(host, None)
-
-    def start_worker() -> None:
-        threading.Thread(target=worker, daemon=True, name="gpupass-fleet-worker").start()
-
-    for _ in range(min(max(1, concurrency), len(unique))):
-        start_worker()
     results: dict[str, HostResult] = {}
-
-    def record(result: HostResult) -> None:
+    for result in stream(unique, read, concurrency=concurrency, timeout=timeout):
         results[result.host] = result
         if on_done:
             on_done(result)
+    return [results[host] for host in unique]
 
-    last_check = time.monotonic()
-    while len(results) < len(unique):
+
+def stream(hosts: Iterable[str], read: Callable[[str], tuple[HostFacts, int]], *,
+           concurrency: int | None = None, timeout: float = 60.0) -> Iterator[HostResult]:
+    """Each host's result as soon as it is known, in the order they finish; a name given twice is read once.
+
+    Threads and bookkeeping are bounded by `concurrency`, not by the number of hosts: the pool keeps nothing of a
+    host once its row is handed on, besides its name (to read each name once).
+    """
+    unique = list(dict.fromkeys(hosts))
+    bound = default_concurrency() if concurrency is None else concurrency
+    workers = min(max(1, bound), len(unique))
+    finished: queue.Queue[HostResult] = queue.Queue(maxsize=max(1, workers))
+    pool = _Pool(unique, read, timeout, finished.put)
+    pool.start(workers)
+    # The queue is bounded: a caller slower than the hosts holds the workers back, rather than rows piling up.
+    while not (pool.done.is_set() and finished.empty()):
         try:
-            result = finished.get(timeout=0.05)
-            if result.host not in results:  # else it answered after its deadline: the timeout row stands
-                record(result)
+            yield finished.get(timeout=_TICK_S)
         except queue.Empty:
             pass
+        late = pool.check_deadlines()
+        yield from late
+        pool.count(late)
+
+
+class _Pool:
+    """Daemon threads taking hosts from one shared iterator; each result goes to `deliver` from the worker that
+    read it.
+
+    Workers are daemon threads, not an executor: a host that never answers must not keep the process from
+    exiting. check_deadlines(), called by the thread that waits on the pool, gives a host past its deadline its
+    timeout row and a new worker, so one hung host costs one thread, not the pool's progress; should the hung
+    read answer after all, that answer is dropped (the timeout row stands).
+    """
+
+    def __init__(self, hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], timeout: float,
+                 deliver: Callable[[HostResult], None]) -> None:
+        self._pending = iter(hosts)
+        self._read, self._timeout, self._deliver = read, timeout, deliver
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, float] = {}  # host -> when its read began: at most the workers (plus hung ones)
+        self._outstanding = len(hosts)
+        self.done = threading.Event()
+        if not hosts:
+            self.done.set()
+
+    def start(self, workers: int) -> None:
+        for _ in range(workers):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        threading.Thread(target=self._work, daemon=True, name="gpupass-fleet-worker").start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                host = next(self._pending, None)
+                if host is None:
+                    return
+                began = self._in_flight[host] = time.monotonic()
+            result = _read_one(host, self._read, began)
+            with self._lock:
+                if self._in_flight.pop(host, None) is None:
+                    continue  # past its deadline: its timeout row was given
+            self._deliver(result)
+            self._answered()
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self.done.set()
+
+    def check_deadlines(self) -> list[HostResult]:
+        """The timeout rows of hosts now past their deadline (the caller hands them on)."""
         now = time.monotonic()
-        if now - last_check < 0.05:
-            continue
-        last_check = now
-        with lock:
-            overdue = [(host, began) for host, began in in_flight.items() if now - began > timeout]
+        with self._lock:
+            overdue = [(host, began) for host, began in self._in_flight.items() if now - began > self._timeout]
             for host, _ in overdue:
-                del in_flight[host]
+                del self._in_flight[host]
+        rows = []
         for host, began in overdue:
-            if host in results:
-                continue
-            record(HostResult(host, error=ConnectionFailed(f"{host} did not answer within {timeout:g} s",
-                                                           remedy="check the host, or raise --timeout"),
-                              seconds=now - began))
-            start_worker()  # the stuck worker stays with its host; the rest of the list keeps its pool
-    return [results[host] for host in unique]
+            rows.append(HostResult(host, error=ConnectionFailed(f"{host} did not answer within {self._timeout:g} s",
+                                                                remedy="check the host, or raise --timeout"),
+                                   seconds=now - began))
+            self._start_worker()  # the stuck worker stays with its host; the rest of the list keeps its pool
+        return rows
+
+    def count(self, rows: list[HostResult]) -> None:
+        for _ in rows:
+            self._answered()
+
+
+_TICK_S = 0.05  # how often the waiting thread looks for hosts past their deadline
 
 
 def _read_one(host: str, read: Callable[[str], tuple[HostFacts, int]], began: float) -> HostResult:

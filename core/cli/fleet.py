@@ -18,7 +18,7 @@ from gpupass.core.cli.options import F, describe
 from gpupass.core.cli.complete import complete_host
 from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
 from gpupass.core.errors import UsageError
-from gpupass.core.fleet import DEFAULT_CONCURRENCY
+from gpupass.core.fleet import MAX_DEFAULT_CONCURRENCY
 
 if TYPE_CHECKING:
     from gpupass.core.domain.inventory import HostFacts
@@ -158,7 +158,7 @@ def _fleet_hosts(app: AppContext, hosts_option: str | None, all_hosts: bool) -> 
     raise UsageError("which hosts?", remedy="pass --hosts a,b or --all")
 
 
-def _gather(app: AppContext, names: list[str], concurrency: int, timeout: float, as_json: bool
+def _gather(app: AppContext, names: list[str], concurrency: int | None, timeout: float, as_json: bool
             ) -> list[HostResult]:
     from gpupass.core.fleet import gather
 
@@ -177,7 +177,9 @@ def _gather(app: AppContext, names: list[str], concurrency: int, timeout: float,
 fleet_options = [
     click.option("--hosts", "hosts_option", metavar="A,B", help="Comma-separated hosts (names or URIs)."),
     click.option("--all", "all_hosts", is_flag=True, help="Every host in the config file and every lab host up."),
-    click.option("--concurrency", default=DEFAULT_CONCURRENCY, show_default=True, help="Hosts asked at the same time."),
+    click.option("--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
+                 help=f"Hosts asked at the same time (default: every host, at most {MAX_DEFAULT_CONCURRENCY}, fewer "
+                      "where the open-file limit is low)."),
     click.option("--timeout", default=60.0, show_default=True, help="Seconds each host may take."),
 ]
 
@@ -199,7 +201,7 @@ def _error_row(result: HostResult) -> dict[str, Any]:
 @click.pass_obj
 @handles_errors
 @describe(examples=('gpupass fleet gpus --all', 'gpupass fleet gpus --hosts node7,vcenter --json',))
-def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concurrency: int, timeout: float,
+def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concurrency: int | None, timeout: float,
                as_json: bool) -> None:
     """Every GPU on every host, with its owner; a host that fails is one row with its error (exit 4)."""
     from gpupass.core.fleet import assignable
@@ -244,7 +246,7 @@ def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concu
 @describe(examples=('gpupass fleet find --model A100 --all', "gpupass fleet find --model 'A100 80GB' --count 2 --all", 'gpupass fleet find --model 10de:2331 --hosts node7,node8 --json',
                     'gpupass fleet find --profile P40-1Q --all', 'gpupass fleet find --profile partitions-32 --json'))
 def fleet_find(app: AppContext, model: str | None, profile: str | None, count: int, hosts_option: str | None,
-               all_hosts: bool, concurrency: int, timeout: float, as_json: bool) -> None:
+               all_hosts: bool, concurrency: int | None, timeout: float, as_json: bool) -> None:
     """Hosts that can take a VM with COUNT such GPUs now, or (--profile) free share capacity per GPU.
 
     "Now" means what `gpupass check` means: free, passthrough-capable and active (no host reboot needed),

@@ -79,8 +79,20 @@ def test_fleet_bench_runs_small():
     spec.loader.exec_module(module)
     figures = module.run(hosts=4, latency_ms=1, concurrency=4, sample=2)
     assert figures["round_trips"] == 4 * 21 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
-    pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5)
-    assert 1 <= pool["peak_threads"] <= 5 and pool["bytes_per_host"] > 0
+    pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5, sample=2)
+    assert 1 <= pool["peak_threads"] <= 5 and pool["single_s"] > 0 and pool["fleet_s"] > 0
+    assert 0 < pool["streamed_small"] and 0 < pool["streamed"] and pool["kept"] > 0
+
+
+def test_fleet_bench_prints_each_goal_as_a_ratio_next_to_its_anchor(capsys):
+    spec = importlib.util.spec_from_file_location("bench_fleet", HERE / "bench_fleet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--hosts", "20", "--latency-ms", "1", "--requests", "2", "--concurrency", "20",
+                        "--real-hosts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "slowest of 5 hosts read alone (anchor)" in out and "ratio" in out and "(goal <= 1.5x)" in out
+    assert "rows streamed: " in out and "for 10x the hosts (flat: ~1)" in out
 
 
 def test_hyperv_bench_runs_as_shipped_and_counts_one_session(capsys):

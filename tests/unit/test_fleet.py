@@ -130,3 +130,33 @@ def test_a_deadline_is_kept_while_other_hosts_keep_answering():
     release.set()
     assert results[0].error.kind == "connection-failed" and results[0].seconds < 1.0
     assert time.monotonic() - began < 3
+
+
+def test_rows_stream_as_hosts_answer_and_a_slow_reader_holds_the_workers_back():
+    from gpupass.core.fleet import stream
+
+    reads = []
+
+    def read(host):
+        reads.append(host)
+        return lab_facts(), 1
+
+    rows = stream([f"h{i}" for i in range(50)] + ["h0"], read, concurrency=2)
+    first = next(rows)
+    time.sleep(0.2)  # nobody takes rows now: the workers may fill the queue (2 rows) and then wait
+    assert first.facts and len(reads) <= 1 + 2 + 2  # the row taken, the queue's two, one in each worker's hands
+    rest = list(rows)
+    assert sorted(r.host for r in [first, *rest]) == sorted(f"h{i}" for i in range(50)) and len(reads) == 50
+
+
+def test_the_default_pool_is_large_but_within_the_open_file_limit(monkeypatch):
+    import resource
+
+    from gpupass.core import fleet
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert fleet.default_concurrency() == (1024 - 64) // 2
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (65536, 65536))
+    assert fleet.default_concurrency() == fleet.MAX_DEFAULT_CONCURRENCY == 1024
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert fleet.default_concurrency() == 1024
