@@ -86,9 +86,10 @@ def test_of_concurrent_assigns_of_one_device_exactly_one_wins(endpoint_factory, 
         assert not plan.blocked, plan.findings
         return lambda: execute(backend, plan)
 
-    outcomes = race(prepare, clones)
-    winners = [vm for vm, (kind, _) in outcomes.items() if kind == "applied"]
-    assert len(winners) == 1, outcomes
-    assert all("rolled_back=True" in detail for vm, (kind, detail) in outcomes.items() if vm not in winners)
+    runs = race(prepare, clones)
+    winners = [run.name for run in runs if run.kind == "applied"]
+    assert len(winners) == 1, runs
+    assert all(run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True
+               for run in runs if run.name not in winners), runs
     holders = [d.assigned_vm for d in model.devices if d.location_path == A100_2_LOC]
     assert holders == winners

@@ -33,15 +33,15 @@ def test_of_concurrent_assigns_on_the_daemon_exactly_one_wins(libvirtd_uri, libv
         assert not plan.blocked
         return lambda: execute(backend, plan)
 
-    outcomes = race(prepare, VMS)
-    winners = [vm for vm, (kind, _) in outcomes.items() if kind == "applied"]
-    assert len(winners) == 1, outcomes
-    for vm in VMS:
-        held = "bus='0x41'" in inactive_xml(libvirt_conn, vm)
-        assert held == (vm in winners), (vm, outcomes)
-        if vm not in winners:
-            assert outcomes[vm][0] == "conflict" and "rolled_back=True" in outcomes[vm][1]
-            assert inactive_xml(libvirt_conn, vm) == before[vm]
+    runs = race(prepare, VMS)
+    winners = [run.name for run in runs if run.kind == "applied"]
+    assert len(winners) == 1, runs
+    for run in runs:
+        held = "bus='0x41'" in inactive_xml(libvirt_conn, run.name)
+        assert held == (run.name in winners), (run, runs)
+        if run.name not in winners:
+            assert run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True, runs
+            assert inactive_xml(libvirt_conn, run.name) == before[run.name]
 
 
 THREAD_ROUNDS = int(os.environ.get("GPUPASS_THREAD_RACE_ROUNDS", "100"))
