@@ -1,0 +1,120 @@
+"""Faults around an ESXi release (the assign's are in test_esxi_faults.py): the reply to the release's
+reconfigure lost after vSphere carried it out, the reply to its passthrough switch-back lost the same way, and
+the endpoint frozen (SIGSTOP) with the reconfigure about to be sent. Each time gpupass reads the host back and
+reports what is there -- never an assumed outcome -- and the same release run again converges."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+
+import pytest
+
+from gpupass.core.domain.request import AssignmentRequest, ReleaseOptions, ReleaseRequest
+from gpupass.core.errors import OperationFailed
+from gpupass.core.service import execute
+
+pytest.importorskip("pyVmomi")
+
+from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, gpu, plan, target  # noqa: E402
+
+ESX02 = "esx02.lab.local"
+
+
+def _assigned(sim):
+    """ml-train with the A100 (a plain assign: one reconfigure) -> (backend, the VM before, the VM assigned)."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    backend = EsxiBackend(target(sim))
+    before = backend.inventory().find_vm("ml-train")
+    execute(backend, plan(backend, AssignmentRequest("ml-train", (A100_ACTIVE,))))
+    assigned = backend.inventory().find_vm("ml-train")
+    assert assigned.assigned == (A100_ACTIVE,)
+    return backend, before, assigned
+
+
+def test_a_lost_reply_to_the_release_reconfigure_is_read_back_and_reported_and_a_rerun_converges(fresh_vcsim):
+    """vSphere removed the device (and the restore record with it) but the answer never came: gpupass reads the
+    VM back, finds the release applied, puts the VM back as it was before the release (device, reservation, MMIO
+    and its record, so a later release can still restore them) and says so; the same release again finishes."""
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    try:
+        release = plan(backend, ReleaseRequest("ml-train"))
+        assert [s.action for s in release.steps] == ["esxi.reconfigure"]
+        sim.drop_reply("ReconfigVM_Task")
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, release)
+        assert caught.value.rolled_back is True, caught.value.message
+        assert "what vSphere had applied of it was taken back" in caught.value.message
+        assert backend.inventory().find_vm("ml-train") == assigned          # exactly as before the release
+        execute(backend, plan(backend, ReleaseRequest("ml-train")))        # the same release again
+        assert backend.inventory().find_vm("ml-train") == before           # settings restored from the record
+    finally:
+        backend.close()
+
+
+def test_a_lost_reply_to_the_passthrough_switch_back_of_a_release_is_read_back_and_undone(fresh_vcsim):
+    """release --disable-host-passthrough: the host switched the device off but its answer was lost. gpupass reads
+    the host back (switched), switches it on again and puts the device back on the VM: as it was, and says so."""
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    try:
+        request = ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True))
+        release = plan(backend, request)
+        assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough"]
+        sim.drop_reply("UpdatePassthruConfig")
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, release)
+        assert caught.value.rolled_back is True, caught.value.message
+        # the switch read back as done counts with the reconfigure before it
+        assert "2 completed step(s) were undone" in caught.value.message
+        facts = backend.inventory()
+        assert facts.find_vm("ml-train") == assigned
+        assert gpu(facts, ESX02, A100_ACTIVE).passthrough.enabled is True
+        execute(backend, plan(backend, request))                             # the same release again
+        facts = backend.inventory()
+        assert facts.find_vm("ml-train") == before
+        assert gpu(facts, ESX02, A100_ACTIVE).passthrough.enabled is False
+    finally:
+        backend.close()
+
+
+def test_an_endpoint_frozen_mid_release_is_reported_as_unknown_and_a_rerun_converges(fresh_vcsim):
+    """Frozen with the release's reconfigure about to go: gpupass gives up after the host's timeout, cannot read
+    the VM back either and says the outcome is not known; the thawed endpoint carries out the waiting request
+    (device and record removed together, one ReconfigVM_Task), `status` shows the VM released with nothing
+    unfinished, and the same release again has nothing left to do."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, _ = _assigned(sim)
+    backend.close()
+    frozen = EsxiBackend(replace(target(sim), timeout=1.0))
+    release = plan(frozen, ReleaseRequest("ml-train"))
+    send_now = frozen._send
+
+    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
+        os.kill(sim.pid, signal.SIGSTOP)
+        return send_now(name, config, was)
+
+    frozen._send = freeze_then_send
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            execute(frozen, release)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+    assert caught.value.rolled_back is False
+    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
+    frozen.close()
+    with EsxiBackend(target(sim)) as again:
+        deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
+        while again.inventory().find_vm("ml-train").assigned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert again.inventory().find_vm("ml-train") == before
+        rerun = plan(again, ReleaseRequest("ml-train"))
+        assert rerun.steps == ()
+        execute(again, rerun)
+        assert again.inventory().find_vm("ml-train") == before
