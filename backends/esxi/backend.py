@@ -15,7 +15,7 @@ from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
-from gpupass.backends.esxi.steps import Intent, Passthrough, Reboot, Reconfigure, VgpuReconfigure
+from gpupass.backends.esxi.steps import ExitMaintenance, Intent, Passthrough, Reboot, Reconfigure, VgpuReconfigure
 from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
                                         stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -192,11 +192,15 @@ class EsxiBackend(Backend):
                     "assign` or `release` of this VM clears it")
             intent = esxi_claims.decode_intent(raw.extra.get(esxi_claims.INTENT_KEY))
             if intent is not None:
+                # the maintenance mode the run entered for its reboot, where the host is still in it
+                held = [h for h in intent["maintenance"] if h in self._hosts and self._hosts[h].maintenance]
                 notes.setdefault(name, []).append(
                     f"an {intent['op']} of {', '.join(intent['gpus'])} started by {intent['origin']} stopped before "
-                    f"its last step (steps: {'; '.join(intent['steps'])}); the host may hold the first of them: run "
-                    f"the same `gpupass assign` again to finish, or `gpupass status`/`gpus` to see the host's "
-                    "passthrough state and switch it back by hand")
+                    f"its last step (steps: {'; '.join(intent['steps'])}); the host may hold the first of them"
+                    + "".join(f"; host {h} is in maintenance mode, where the run put it for its reboot" for h in held)
+                    + ": run the same `gpupass assign` again to finish"
+                    + (" (it takes the host out of maintenance mode)" if held else "")
+                    + ", or `gpupass status`/`gpus` to see the host's passthrough state and switch it back by hand")
             host = self._hosts.get(raw.host)
             for device in inv.passthrough_devices(raw.devices):
                 backing_id = getattr(device.backing, "id", None)
@@ -283,6 +287,10 @@ class EsxiBackend(Backend):
                 f"Dynamic DirectPath I/O needs vSphere API 7.0; {self._endpoint.host} speaks {state.api_name}",
                 remedy="run without --dynamic (a fixed host address), or upgrade to vSphere 7")
         steps: list[Step] = []
+        left = esxi_claims.decode_intent(raw.extra.get(esxi_claims.INTENT_KEY))
+        # hosts a stopped run put in maintenance mode for its reboot and left there: this run finishes its step
+        left_in_maintenance = {h for h in (left["maintenance"] if left else ()) if h in state.hosts
+                               and state.hosts[h].maintenance}
         by_host: dict[str, list[str]] = {}
         for gpu in ctx.gpus:
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
@@ -307,7 +315,8 @@ class EsxiBackend(Backend):
                     payload=Passthrough(host_name, tuple(ids), enable=True, apply_now=True,
                                         pending_ok=bool(reboot_ok))))
                 if reboot_ok:
-                    steps.append(self._reboot_step(host_name, host.maintenance, pending=ids))
+                    steps.append(self._reboot_step(host_name, host.maintenance, pending=ids,
+                                                   exit_after=host_name in left_in_maintenance))
                 continue
             needs_enable = [i for i in ids if not self._enabled(state, host_name, i)]
             if needs_enable:
@@ -321,7 +330,18 @@ class EsxiBackend(Backend):
                             + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in needs_enable) + "\n",
                     payload=Passthrough(host_name, tuple(needs_enable), enable=True)))
             if host.maintenance or options.allow_host_reboot:
-                steps.append(self._reboot_step(host_name, host.maintenance))
+                steps.append(self._reboot_step(host_name, host.maintenance,
+                                               exit_after=host_name in left_in_maintenance))
+        rebooted = {s.payload.host for s in steps if isinstance(s.payload, Reboot)}
+        for host_name in sorted(left_in_maintenance - rebooted):
+            steps.append(Step(
+                action="esxi.exit-maintenance",
+                description=f"take host {host_name} out of the maintenance mode a stopped gpupass run put it in for "
+                            "its reboot (the run's intent record in the VM names the host)",
+                undo="put it in maintenance mode again (EnterMaintenanceMode_Task)",
+                changes=(f"ExitMaintenanceMode_Task on {host_name}",),
+                preview=f"on {host_name}: ExitMaintenanceMode_Task\n",
+                payload=ExitMaintenance(host_name)))
         devices: list[dict[str, Any]] = []
         for gpu in ctx.gpus:
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
@@ -351,22 +371,26 @@ class EsxiBackend(Backend):
             # Host steps come first and the VM's change last: a run stopped in between leaves the host changed
             # and the VM not. An intent record in the VM, written before the first host step and removed by the
             # VM's reconfigure, lets `status` say so (and how to finish or revert).
+            leaves = sorted({s.payload.host for s in steps if isinstance(s.payload, ExitMaintenance)
+                             or isinstance(s.payload, Reboot) and (s.payload.enter_maintenance or s.payload.exit_after)})
             intent = esxi_claims.encode_intent("assign", [d["address"] for d in devices],
-                                               [s.description for s in steps])
+                                               [s.description for s in steps], leaves)
             steps.insert(0, Step(
                 action="esxi.intent",
                 description=f"record in VM '{vm.name}' that this assign has begun (extraConfig "
                             f"{esxi_claims.INTENT_KEY}; removed by its last step)",
                 undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
                 changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
-                payload=Intent(vm.name, intent, raw.change_version)))
+                payload=Intent(vm.name, intent, raw.change_version,
+                               previous=raw.extra.get(esxi_claims.INTENT_KEY, ""))))
         if steps or esxi_claims.INTENT_KEY in raw.extra:
             changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                          tuple(summary)))
         return steps
 
-    def _reboot_step(self, host_name: str, in_maintenance: bool, pending: list[str] | None = None) -> Step:
+    def _reboot_step(self, host_name: str, in_maintenance: bool, pending: list[str] | None = None,
+                     exit_after: bool = False) -> Step:
         """A reboot that never stops a running VM: force=False always, and a host that is not in maintenance
         mode is put there first. EnterMaintenanceMode_Task "completes once there are no powered-on virtual
         machines on the host"; it "does not directly initiate any operation to evacuate or power-down
@@ -379,20 +403,22 @@ class EsxiBackend(Backend):
         steps = ["EnterMaintenanceMode_Task (waits for its VMs to be migrated or powered off; fails if they "
                  "are not)"] if enter else []
         steps += ["RebootHost_Task force=False", "wait until it is back"]
-        if enter:
+        if enter or exit_after:
             steps.append("ExitMaintenanceMode_Task")
         return Step(
             action="esxi.reboot",
             description=f"reboot host {host_name}" + (" only if it left the change for a reboot" if pending is not None
                                                       else " so passthrough becomes active")
             + (" (it enters maintenance mode first, which a host with running VMs only does once they are "
-               "migrated or off; the reboot is never forced)" if enter else ""),
+               "migrated or off; the reboot is never forced)" if enter else "")
+            + (" (it is in maintenance mode, where a stopped gpupass run put it for this reboot: taken out after)"
+               if exit_after else ""),
             undo="nothing to undo: a reboot cannot be taken back",
             changes=(when + ", then ".join(steps),),
             needs_host_reboot=True,
             preview=(f"read config.pciPassthruInfo of {host_name}; {when}" if pending is not None else "")
             + f"on {host_name}: " + "; ".join(steps) + "\n",
-            payload=Reboot(host_name, enter, tuple(pending) if pending is not None else None))
+            payload=Reboot(host_name, enter, tuple(pending) if pending is not None else None, exit_after=exit_after))
 
     @staticmethod
     def _enabled(state: EsxiState, host: str, pci_id: str) -> bool:
@@ -584,8 +610,15 @@ class EsxiBackend(Backend):
     def _apply_reboot(self, payload: Reboot) -> None:
         pending = payload.only_if_pending
         if pending is not None and all(self._active_now(payload.host).get(i) for i in pending):
+            if payload.exit_after:  # no reboot needed any more, but the maintenance mode a stopped run left is ended
+                self._exit_maintenance(payload.host)
             return  # the host applied the change at once: no reboot
-        self._reboot_safely(payload.host, payload.enter_maintenance)
+        self._reboot_safely(payload.host, payload.enter_maintenance, exit_after=payload.exit_after)
+
+    @_apply.register
+    def _apply_exit_maintenance(self, payload: ExitMaintenance) -> None:
+        if self._in_maintenance(payload.host):
+            self._exit_maintenance(payload.host)
 
     @_apply.register
     def _apply_reconfigure(self, payload: Reconfigure) -> dict[str, Any]:
@@ -646,6 +679,10 @@ class EsxiBackend(Backend):
         return StepState("unknown", detail=f"the reboot of {payload.host} may have run; {left}")
 
     @_observe.register
+    def _observe_exit_maintenance(self, payload: ExitMaintenance, step: Step) -> StepState:
+        return StepState("before" if self._in_maintenance(payload.host) else "after")
+
+    @_observe.register
     def _observe_intent(self, payload: Intent, step: Step) -> StepState:
         there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
         return StepState("after" if there else "before")
@@ -682,7 +719,11 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:
-        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, "")
+        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.previous)
+
+    @_undo.register
+    def _undo_exit_maintenance(self, payload: ExitMaintenance, token: None) -> None:
+        self._enter_maintenance(payload.host)
 
     def _host_ref(self, name: str) -> Any:
         if name not in self._hosts:
@@ -743,15 +784,25 @@ class EsxiBackend(Backend):
                       if str(self._call(f"reading the VMs of host {host}", lambda vm=vm: vm.runtime.powerState))
                       == "poweredOn")
 
-    def _reboot_safely(self, host: str, enter_maintenance: bool) -> None:
-        """See _reboot_step: maintenance mode first, never force=True, and never with a VM running."""
+    def _in_maintenance(self, host: str) -> bool:
+        ref = self._host_ref(host)
+        return bool(self._call(f"reading host {host}", lambda: ref.runtime.inMaintenanceMode))
+
+    def _enter_maintenance(self, host: str) -> None:
         ref = self._host_ref(host)
         timeout = int(self.target.options.get("maintenance_timeout_s", 600))
+        task = self._call(f"putting host {host} in maintenance mode", ref.EnterMaintenanceMode_Task,
+                          timeout=timeout, evacuatePoweredOffVms=False)
+        self._wait(task, f"putting host {host} in maintenance mode")
+
+    def _reboot_safely(self, host: str, enter_maintenance: bool, exit_after: bool = False) -> None:
+        """See _reboot_step: maintenance mode first, never force=True, and never with a VM running. `exit_after`:
+        the host is in maintenance mode for a stopped run's reboot; taken out once the reboot is done (left in it if
+        the reboot fails, as the run found it)."""
+        ref = self._host_ref(host)
         if enter_maintenance:
-            task = self._call(f"putting host {host} in maintenance mode", ref.EnterMaintenanceMode_Task,
-                              timeout=timeout, evacuatePoweredOffVms=False)
             try:
-                self._wait(task, f"putting host {host} in maintenance mode")
+                self._enter_maintenance(host)
             except GpupassError as error:
                 running = self._running_vms(host)
                 if self._call(f"reading host {host}", lambda: ref.runtime.inMaintenanceMode):
@@ -772,7 +823,7 @@ class EsxiBackend(Backend):
             if enter_maintenance:
                 self._exit_maintenance(host)
             raise
-        if enter_maintenance:
+        if enter_maintenance or exit_after:
             self._exit_maintenance(host)
 
     def _exit_maintenance(self, host: str) -> None:

@@ -68,12 +68,16 @@ def claims_and_holders(objects: Any) -> tuple[dict[str, Claim], list[Holder]]:
     return claims, holders
 
 
-def encode_intent(op: str, gpus: list[str], steps: list[str]) -> str:
+def encode_intent(op: str, gpus: list[str], steps: list[str], maintenance: list[str] | None = None) -> str:
+    """The intent record; `maintenance`: the hosts the run takes out of maintenance mode at the end of its reboot
+    step (those it puts there, or a stopped run left there), so a run stopped in between is finished by the next."""
     from gpupass.core.domain.claims import new_claim
 
     origin = new_claim("", ()).origin
-    return json.dumps({"op": op, "gpus": gpus, "steps": steps, "origin": origin}, sort_keys=True,
-                      separators=(",", ":"))
+    record: dict[str, Any] = {"op": op, "gpus": gpus, "steps": steps, "origin": origin}
+    if maintenance:
+        record["maintenance"] = sorted(maintenance)
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
 def decode_intent(text: str | None) -> dict[str, Any] | None:
@@ -82,6 +86,7 @@ def decode_intent(text: str | None) -> dict[str, Any] | None:
     try:
         data = json.loads(text)
         return {"op": str(data["op"]), "gpus": [str(g) for g in data["gpus"]],
-                "steps": [str(s) for s in data["steps"]], "origin": str(data.get("origin", ""))}
+                "steps": [str(s) for s in data["steps"]], "origin": str(data.get("origin", "")),
+                "maintenance": [str(h) for h in data.get("maintenance", [])]}
     except (ValueError, KeyError, TypeError):
         return None

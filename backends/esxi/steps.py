@@ -25,12 +25,23 @@ class Passthrough:
 
 @dataclass(frozen=True)
 class Reboot:
-    """Reboot host `host` (never forced), entering maintenance mode first if `enter_maintenance`; with
-    `only_if_pending`, only if those PCI ids are not active yet (an applyNow the host deferred)."""
+    """Reboot host `host` (never forced), entering maintenance mode first if `enter_maintenance` (and leaving it
+    after); with `only_if_pending`, only if those PCI ids are not active yet (an applyNow the host deferred).
+    `exit_after`: the host is in maintenance mode because a stopped gpupass run put it there for its reboot (its
+    intent record says so): take it out afterwards too."""
 
     host: str
     enter_maintenance: bool
     only_if_pending: tuple[str, ...] | None = None
+    exit_after: bool = False
+
+
+@dataclass(frozen=True)
+class ExitMaintenance:
+    """ExitMaintenanceMode_Task on host `host`, which a stopped gpupass run put in maintenance mode for a reboot that
+    has happened since (or is no longer needed): the part of that run's reboot step it did not get to."""
+
+    host: str
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,13 @@ class Reconfigure:
 @dataclass(frozen=True)
 class Intent:
     """Record in VM `vm`'s extraConfig that a run has begun (`intent`, from claims.encode_intent), sent with
-    the plan's `change_version` so a VM changed since the plan refuses it."""
+    the plan's `change_version` so a VM changed since the plan refuses it. `previous`: the record a stopped run
+    left there, which the undo puts back (a run that fails and changes nothing must not hide the stopped one)."""
 
     vm: str
     intent: str
     change_version: str | None
+    previous: str = ""
 
 
 @dataclass(frozen=True)

@@ -271,10 +271,23 @@ def test_a_payload_the_esxi_backend_does_not_know_is_refused_and_changes_nothing
     assert backend.inventory().find_vm("ml-train") == before
 
 
-def test_every_esxi_payload_type_survives_a_snapshot_round_trip(backend, tmp_path):
+def test_every_esxi_payload_type_survives_a_snapshot_round_trip(backend, sim, tmp_path):
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    from gpupass.backends.esxi import claims as esxi_claims
+    from tests.integration.esxi.test_esxi_host_rules import find_vm
     from tests.support.snapshots import payload_types, payloads_survive_a_snapshot
 
-    requests = [AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)),
+    # render01 carries the intent of a run stopped after putting esx02 in maintenance mode for its reboot: an
+    # assign to it plans the step that takes the host out again (ExitMaintenance)
+    si = sim.connect()
+    left = esxi_claims.encode_intent("assign", [str(A100_OFF)], ["reboot host esx02.lab.local"], ["esx02.lab.local"])
+    WaitForTask(find_vm(si, "render01").ReconfigVM_Task(vim.vm.ConfigSpec(
+        extraConfig=[vim.option.OptionValue(key=esxi_claims.INTENT_KEY, value=left)])))
+    WaitForTask(find_vm(si, "render01").runtime.host.EnterMaintenanceMode_Task(timeout=0))
+    requests = [AssignmentRequest("render01", (A100_ACTIVE,), AssignOptions(allow_firmware_change=True)),
+                AssignmentRequest("ml-train", (A100_OFF,), AssignOptions(allow_host_reboot=True)),
                 AssignmentRequest("ml-train", (A100_ACTIVE,)),
                 ReleaseRequest("cad-ws", options=ReleaseOptions(disable_host_passthrough=True)),
                 # a vGPU on the shared-direct host (backends/esxi/shares.py)
