@@ -566,7 +566,7 @@ class HypervBackend(Backend):
             undo="Remove-VMGpuPartitionAdapter of the adapter it added",
             changes=(f"Add-VMGpuPartitionAdapter -InstancePath {path}{shown}",),
             needs_vm_off=True, preview=scripts.partition_add_script(vm.name, path, settings),
-            payload=AddPartition(vm.name, path, settings),
+            payload=AddPartition(vm.name, path, settings, held=len(gpu.sharing.held_by(vm.name))),
         ))
         return steps
 
@@ -582,7 +582,7 @@ class HypervBackend(Backend):
                 undo="Add-VMGpuPartitionAdapter again, one per partition removed",
                 changes=(f"Remove-VMGpuPartitionAdapter x{count} (InstancePath {path})",),
                 needs_vm_off=True, preview=scripts.partition_remove_script(vm.name, path, count),
-                payload=RemovePartitions(vm.name, path, count),
+                payload=RemovePartitions(vm.name, path, count, held=len(gpu.sharing.held_by(vm.name))),
             ))
         return steps
 
@@ -757,6 +757,40 @@ class HypervBackend(Backend):
     @_observe.register
     def _observe_release(self, payload: Release, step: Step) -> StepState:
         return self._observe_devices(payload.vm, payload.addresses, step, assigning=False)
+
+    @_observe.register
+    def _observe_add_partition(self, payload: AddPartition, step: Step) -> StepState:
+        # "after": the undo removes one of the VM's partitions of that GPU (the reply carrying the new adapter's Id
+        # was lost; the partitions of one GPU are equal, one of PartitionCount)
+        return self._observe_partitions(payload.vm, payload.instance_path, payload.held, 1, step)
+
+    @_observe.register
+    def _observe_remove_partitions(self, payload: RemovePartitions, step: Step) -> StepState:
+        return self._observe_partitions(payload.vm, payload.instance_path, payload.held, -payload.count, step)
+
+    def _observe_partitions(self, vm_name: str, path: str, held: int | None, change: int, step: Step) -> StepState:
+        """How many partitions of the GPU `path` the VM holds now (one inventory read), against the `held` the plan
+        saw: as many (before), as many as the step makes (after), or anything else (unknown, said with the counts)."""
+        if held is None:
+            return StepState("unknown", detail=f"{step.description} cannot be read back (planned by an older gpupass)")
+        facts = self.inventory()
+        gpu = next((g for g in facts.gpus if str(g.extra.get("partition_instance_path") or "").lower()
+                    == path.lower()), None)
+        if gpu is None or facts.find_vm(vm_name) is None:
+            return StepState("unknown", detail=f"VM '{vm_name}' or the GPU {path} is no longer on the host")
+        now = len(gpu.sharing.held_by(vm_name))
+        if now == held:
+            return StepState("before")
+        if now == held + change and change > 0:
+            return StepState("after")
+        if now == held + change:
+            # Taken back, but the reply carrying their -Min/-Max/-Optimal settings was lost: adding them back without
+            # would not be "as they were", so the release is left done and said so.
+            return StepState("unknown", detail=f"the host took {-change} partition(s) of GPU {gpu.address} back from "
+                                               f"VM '{vm_name}' (the release went through), but the reply carrying "
+                                               "their partition settings was lost, so gpupass does not add them back")
+        return StepState("unknown", detail=f"VM '{vm_name}' holds {now} partition(s) of GPU {gpu.address}, {held} "
+                                           f"before the step and {held + change} after it; `gpupass status` shows them")
 
     def _observe_devices(self, vm_name: str, addresses: tuple[str, ...], step: Step, assigning: bool) -> StepState:
         """Where the step's devices are now: all on the VM, all back on the host, or anything else (unknown).

@@ -46,11 +46,13 @@ class Release:
 @dataclass(frozen=True)
 class AddPartition:
     """Add-VMGpuPartitionAdapter: one partition of the GPU named `instance_path` to VM `vm`, with the
-    -Min/-Max/-OptimalPartition<R> `settings` asked for ((parameter name, value), partitioning.SETTINGS)."""
+    -Min/-Max/-OptimalPartition<R> `settings` asked for ((parameter name, value), partitioning.SETTINGS). `held`: how
+    many partitions of that GPU the VM held when planned, what a lost reply is read back against (None: not known)."""
 
     vm: str
     instance_path: str
     settings: tuple[tuple[str, int], ...] = ()
+    held: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ class SetPartitionCount:
 
 @dataclass(frozen=True)
 class RemovePartitions:
-    """Remove-VMGpuPartitionAdapter: `count` of VM `vm`'s partitions of the GPU named `instance_path`."""
+    """Remove-VMGpuPartitionAdapter: `count` of VM `vm`'s partitions of the GPU named `instance_path`. `held`: how
+    many the VM held when planned, what a lost reply is read back against (None: not known)."""
 
     vm: str
     instance_path: str
     count: int
+    held: int | None = None

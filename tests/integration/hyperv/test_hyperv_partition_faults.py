@@ -1,0 +1,89 @@
+"""A lost reply on each Hyper-V GPU partition (GPU-P) share write: the host ran the script -- Add-VMGpuPartitionAdapter,
+or Remove-VMGpuPartitionAdapter -- and the connection closed before its output came back (the endpoint's
+drop_next_receive). gpupass counts the VM's partitions of the GPU again: an add found applied is taken back (the VM
+holds exactly the partitions it held before); a removal found applied is reported done, since the settings an undo
+would need were in the lost reply; where the read-back is lost too, the outcome is said to be not known. The same
+command run again converges."""
+from __future__ import annotations
+
+import pytest
+
+from gpupass.backends.hyperv.addressing import address_map
+from gpupass.backends.hyperv.backend import HypervBackend
+from gpupass.backends.hyperv.lab.hostmodel.lab import (A100_1_LOC, A100_2_LOC, MI300X_LOC, RTX_GPUP_INSTANCE,
+                                                   RTX_GPUP_LOC, T4_LOC, T4_NO_DRIVER_LOC, partitioned_lab_host)
+from gpupass.backends.hyperv.lab.hostmodel.model import partitionable_gpu_name
+from gpupass.core import plugins
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.errors import OperationFailed
+from gpupass.core.service import execute, make_plan
+from gpupass.core.target import Secret, Target
+from hyperv_helpers import PASSWORD, USER
+
+RTX = address_map([A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC, RTX_GPUP_LOC])[RTX_GPUP_LOC]
+PATH = partitionable_gpu_name(RTX_GPUP_INSTANCE)
+
+
+@pytest.fixture
+def lab(endpoint_factory):
+    model = partitioned_lab_host()
+    ep = endpoint_factory(model, "basic")
+    backend = HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic", name="hv",
+                                   password=Secret(PASSWORD)))
+    return model, ep, backend
+
+
+def planned(backend, request):
+    plan = make_plan(backend, backend.inventory(), request, plugins.default_registry())
+    assert not plan.blocked and plan.steps, plan.findings
+    return plan
+
+
+ASSIGN = AssignmentRequest("ml-train", (RTX,), AssignOptions(share="partitions-32"))
+RELEASE = ReleaseRequest("ml-train", (RTX,))
+
+
+def partitions(model):
+    return [(a.instance_path, a.adapter_id) for a in model.vm("ml-train").gpu_partitions]
+
+
+def test_a_lost_reply_to_a_partition_add_is_read_back_and_taken_back_and_a_rerun_converges(lab):
+    model, ep, backend = lab
+    before = model.to_dict()
+    plan = planned(backend, ASSIGN)
+    ep.drop_next_receive()
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is True, caught.value.message
+    assert model.to_dict() == before                       # the adapter the host added was taken back
+    execute(backend, planned(backend, ASSIGN))             # the same assign again
+    assert [p for p, _ in partitions(model)] == [PATH]
+
+
+def test_a_lost_reply_to_a_partition_release_is_read_back_and_reported_done(lab):
+    """The reply lost carried the removed adapter's settings, which an undo would need to add it back as it was: the
+    release is read back as done and said so (not rolled back), and the same release again has nothing to do."""
+    model, ep, backend = lab
+    original = model.to_dict()
+    execute(backend, planned(backend, ASSIGN))
+    plan = planned(backend, RELEASE)
+    ep.drop_next_receive()
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is False, caught.value.message
+    assert "the release went through" in caught.value.message
+    assert partitions(model) == [] and model.to_dict() == original
+    rerun = make_plan(backend, backend.inventory(), RELEASE, plugins.default_registry())
+    assert rerun.nothing_to_do
+
+
+def test_a_lost_reply_and_a_lost_read_back_are_reported_as_not_known(lab):
+    model, ep, backend = lab
+    plan = planned(backend, ASSIGN)
+    ep.drop_next_receive(2)                                # the add's reply, then the read-back's
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is False and "could not be read again" in caught.value.message
+    assert [p for p, _ in partitions(model)] == [PATH]     # the host did add it: `status` shows it, and ...
+    rerun = make_plan(backend, backend.inventory(), ASSIGN, plugins.default_registry())
+    assert rerun.nothing_to_do                             # ... the same assign again has nothing to do
