@@ -390,6 +390,11 @@ class HypervBackend(Backend):
                 **extra[gpu.address], "location_paths": paths,
                 "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
         gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
+        # A device dismounted from the host and on no VM is ready for assignment -- or left by a release that stopped
+        # half-way; only then is the host asked which VMs still carry a restore record without a device.
+        loose = sorted(fn["LocationPath"] for fn in functions_raw if fn.get("Dismounted") and not fn.get("Owner"))
+        if loose:
+            vms = self._with_stopped_releases(vms, [str(addresses[p]) for p in loose])
         host_raw = data.get("Host") or {}
         os_raw = data.get("Os") or {}
         iov = host_raw.get("IovSupport")
@@ -408,6 +413,23 @@ class HypervBackend(Backend):
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
                          {("", a): f for a, f in functions.items()},
                          state=HypervState({a: p for p, a in addresses.items()}, records))
+
+    def _with_stopped_releases(self, vms: list[Vm], loose: list[str]) -> list[Vm]:
+        """`unfinished` for each VM a release left without its devices and without its settings back (the record is
+        still in its notes), naming the devices that are dismounted and on no VM."""
+        code, data, err = self._run_json(scripts.stopped_releases_script(), "reading the VMs' restore records")
+        if code != 0:
+            raise from_exit("reading the VMs' restore records", code, err)
+        names = data.get("Vms") or []
+        stopped = {str(n) for n in ([names] if isinstance(names, str) else names)}
+        devices = ", ".join(loose)
+        note = (f"a release stopped before it finished (killed, or its connection lost): the VM holds no device but "
+                f"its stop action and MMIO were not restored (the gpupass restore record is still in its notes), and "
+                f"{devices} {'is' if len(loose) == 1 else 'are'} dismounted from the host and on no VM; finish by hand: "
+                "Mount-VMHostAssignableDevice -LocationPath and Enable-PnpDevice for each device it took from this VM, "
+                "then Set-VM -AutomaticStopAction -LowMemoryMappedIoSpace -HighMemoryMappedIoSpace "
+                "-GuestControlledCacheTypes with the record's values and -Notes without the record")
+        return [dataclasses.replace(vm, unfinished=vm.unfinished + (note,)) if vm.name in stopped else vm for vm in vms]
 
     def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""

@@ -465,6 +465,21 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
     return _check(s, "release", max_chars)
 
 
+def stopped_releases_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """The VMs whose notes hold a gpupass restore record while they hold no assigned device: what a release that
+    stopped between its Remove-VMAssignableDevice and its Set-VM (its client killed, the script failing on the host
+    with nobody to give the devices back) leaves. Prints ``{"Vms": [names]}``."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$gb=" + ps_quote(RECORD_BEGIN),
+        "$r=@()",
+        "foreach($v in @(Get-VM)){if(([string]$v.Notes).IndexOf($gb) -ge 0 -and "
+        "@(Get-VMAssignableDevice -VM $v).Count -eq 0){$r+=$v.Name}}",
+        "ConvertTo-Json -InputObject ([pscustomobject]@{Vms=$r}) -Compress",
+    )
+    return _check(s, "stopped releases", max_chars)
+
+
 def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give devices that are still dismounted (a release removed them from the VM, then failed) back to
     ``vm_name`` with ``Add-VMAssignableDevice``.  Prints ``{"ok", "added": [paths], "error", "errorId",

@@ -24,7 +24,7 @@ from support.cli import GPUPASS
 GPU = str(address_map([A100_2_LOC])[A100_2_LOC])
 
 
-@pytest.mark.parametrize("host_runs_it", ["whole", "stopped-at-first-device"])
+@pytest.mark.parametrize("host_runs_it", ["whole", "stopped-at-first-device", "stopped-after-removing-it"])
 def test_a_client_killed_with_its_release_on_the_wire_leaves_the_vm_exactly_released_or_as_before(
         endpoint_factory, host_runs_it):
     model = lab_host()
@@ -55,6 +55,8 @@ def test_a_client_killed_with_its_release_on_the_wire_leaves_the_vm_exactly_rele
         assert client.wait(30) == -signal.SIGKILL
         if host_runs_it == "stopped-at-first-device":
             model.inject_fault("Remove-VMAssignableDevice")
+        if host_runs_it == "stopped-after-removing-it":
+            model.inject_fault("Mount-VMHostAssignableDevice")
     finally:
         ep.release_command()
     assert ep.command_done.wait(60)                 # the host ran the script its killed client had sent
@@ -68,6 +70,13 @@ def test_a_client_killed_with_its_release_on_the_wire_leaves_the_vm_exactly_rele
         again = gpupass("release", uri, "ml-train", "--yes")
         assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stdout + again.stderr
         assert model.to_dict() == original                     # the record was consumed once: nothing restored twice
+    elif host_runs_it == "stopped-after-removing-it":
+        # partial, and said so: the device left the VM but is not the host's again, the settings are not back
+        assert vm["assigned"] == [] and vm["stop_action"] == "TurnOff" and len(vm["unfinished"]) == 1, vm
+        assert f"{GPU} is dismounted from the host and on no VM" in vm["unfinished"][0]
+        assert "restore record is still in its notes" in vm["unfinished"][0]
+        assert S.RECORD_BEGIN in model.vm("ml-train").notes
+        return
     else:
         # exactly as before: the device still on the VM, its settings and its record untouched
         assert vm["assigned"] == [GPU] and vm["unfinished"] == [] and vm["stop_action"] == "TurnOff", vm
