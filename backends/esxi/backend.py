@@ -170,7 +170,7 @@ class EsxiBackend(Backend):
     def inventory(self) -> HostFacts:
         view = self._inventory_view()
         facts, hosts, vms = self._call("reading the inventory", inv.read, self._service_content, view, self.target.uri,
-                                       self.platform, self.target.name or self._endpoint.host,
+                                       self.platform, self.target.name or self._endpoint.host, self._count,
                                        rebind_known=self.ex_api_version() >= (7, 0),
                                        graphics_known=self.ex_api_version() >= vgpu.GRAPHICS_MIN_API)
         # SDK handles for apply(); the planner reads only facts.state
@@ -1021,7 +1021,7 @@ class EsxiBackend(Backend):
         from pyVmomi import vim
 
         objects = self._call("reading the claims of every VM", inv.retrieve_view, self._service_content,
-                             self._inventory_view(), [(vim.VirtualMachine, inv.VM_PROPS)])
+                             self._inventory_view(), [(vim.VirtualMachine, inv.VM_PROPS)], self._count)
         found, holders = esxi_claims.claims_and_holders(objects)
         mine = self._vms.get(name)
         fresh = None

@@ -62,7 +62,7 @@ def pyvmomi() -> tuple[Any, Any]:
     return vim, vmodl
 
 
-def _safe_moid(mo: Any) -> str:
+def safe_moid(mo: Any) -> str:
     """A managed object's id for the log; a session-scoped id (a view) carries the session key: blanked."""
     import re
 
@@ -102,7 +102,7 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
         on_request()
         # (managed object, method info, arguments): the method and its object, never the arguments.
         if len(args) >= 2:
-            log.debug("SOAP %s on %s", getattr(args[1], "wsdlName", "?"), _safe_moid(args[0]))
+            log.debug("SOAP %s on %s", getattr(args[1], "wsdlName", "?"), safe_moid(args[0]))
         return invoke(*args, **kwargs)
 
     stub.InvokeMethod = counted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from gpupass.backends.esxi import vgpu
 from gpupass.core.domain.grouping import group_gpus
@@ -85,13 +85,16 @@ class VmRaw:
     locked: bool
     firmware: str
     extra: dict[str, str]
-    devices: list[Any]
+    devices: list[Any]  # its VirtualPCIPassthrough devices: the inventory reads no others (retrieve_view)
     change_version: str | None
     record: dict[str, Any]
     vgpus: tuple[str, ...] = ()  # the profiles of its vGPU devices (VirtualPCIPassthroughVmiopBackingInfo.vgpu)
 
 
 VIEW_KINDS = ("HostSystem", "ComputeResource", "VirtualMachine")
+# Objects per answer (RetrieveOptions.maxObjects): "the server may limit the number of objects returned to
+# less than this number" and returns a token for the rest (vSphere API reference, RetrieveOptions).
+MAX_OBJECTS = 1000
 
 
 def container_view(content: Any, root: Any) -> Any:
@@ -105,35 +108,26 @@ def container_view(content: Any, root: Any) -> Any:
     return content.viewManager.CreateContainerView(root, [getattr(vim, kind) for kind in VIEW_KINDS], True)
 
 
-def retrieve_view(content: Any, view: Any, types_props: list[tuple[Any, list[str]]]) -> list[Any]:
-    """The given properties of every object in the view: RetrievePropertiesEx + continuations."""
+def retrieve_view(content: Any, view: Any, types_props: list[tuple[Any, list[str]]],
+                  on_request: Callable[[], None]) -> list[Any]:
+    """The given properties of every object in the view: RetrievePropertiesEx + continuations, each request
+    counted with on_request(). Read by the lean reader (collect.py), keeping only the VirtualPCIPassthrough
+    devices of config.hardware.device: the only devices anything here looks at (passthrough_devices)."""
     from pyVmomi import vim, vmodl
+
+    from gpupass.backends.esxi import collect
 
     pc_type = vmodl.query.PropertyCollector
     spec = pc_type.FilterSpec(
         objectSet=[pc_type.ObjectSpec(obj=view, skip=True, selectSet=[
             pc_type.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)])],
         propSet=[pc_type.PropertySpec(type=t, pathSet=props) for t, props in types_props])
-    collector = content.propertyCollector
-    result = collector.RetrievePropertiesEx([spec], pc_type.RetrieveOptions(maxObjects=1000))
-    objects = list(result.objects) if result else []
-    while result is not None and result.token:
-        result = collector.ContinueRetrievePropertiesEx(result.token)
-        objects.extend(result.objects)
-    return objects
+    return collect.retrieve(content.propertyCollector, [spec], pc_type.RetrieveOptions(maxObjects=MAX_OBJECTS),
+                            on_request, devices=(vim.vm.device.VirtualPCIPassthrough,))
 
 
-def retrieve(content: Any, root: Any, types_props: list[tuple[Any, list[str]]], kinds: list[Any]) -> list[Any]:
-    """Every object of `kinds` under root with the given properties, through a view made for this read."""
-    view = content.viewManager.CreateContainerView(root, kinds, True)
-    try:
-        return retrieve_view(content, view, types_props)
-    finally:
-        view.Destroy()
-
-
-def read(content: Any, view: Any, uri: str, platform: str, label: str, *, rebind_known: bool = False,
-         graphics_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+def read(content: Any, view: Any, uri: str, platform: str, label: str, on_request: Callable[[], None], *,
+         rebind_known: bool = False, graphics_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
     """The facts from ONE RetrievePropertiesEx (and its continuations) through `view` (container_view).
 
     `rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for;
@@ -145,7 +139,7 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, *, rebind
         host_props += vgpu.GRAPHICS_PROPS
     objects = retrieve_view(content, view, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
                                             (vim.ClusterComputeResource, CLUSTER_PROPS),
-                                            (vim.VirtualMachine, VM_PROPS)])
+                                            (vim.VirtualMachine, VM_PROPS)], on_request)
     props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
     computes = {obj._moId: p for obj, p in props if isinstance(obj, vim.ComputeResource)}
     hosts: dict[str, HostRaw] = {}

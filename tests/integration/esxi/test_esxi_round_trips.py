@@ -57,24 +57,27 @@ def test_an_assign_verifies_with_one_read_of_the_vm(backend):
     assert outcome.vm_after.assigned == (A100_ACTIVE,)
 
 
-def test_an_assign_is_four_soap_calls_beyond_the_inventory_and_its_claim_check_is_its_read_back(backend, sim, connect):
+def soap_calls(caplog) -> list[str]:
+    """The SOAP requests the backend logged (connection.connect and collect.retrieve log each one)."""
+    return [r.args[0] for r in caplog.records if r.name == "gpupass.esxi" and r.msg == "SOAP %s on %s"]
+
+
+def test_an_assign_is_four_soap_calls_beyond_the_inventory_and_its_claim_check_is_its_read_back(
+        backend, sim, connect, caplog):
     """QueryConfigTarget, ReconfigVM_Task (the change and the claim in one ConfigSpec, guarded by
     changeVersion), the task's info, and ONE RetrievePropertiesEx through the session's view that decides
     the claim and is the read-back: the verify reads nothing more."""
+    import logging
+
     from pyVmomi import vim
 
     result = _plan(backend)
-    calls = []
-    invoke = backend._session._stub.InvokeMethod
-
-    def counted(mo, info, args):
-        calls.append(info.wsdlName)
-        return invoke(mo, info, args)
-
-    backend._session._stub.InvokeMethod = counted
+    caplog.set_level(logging.DEBUG, logger="gpupass.esxi")
+    before = backend.round_trips
     outcome = execute(backend, result)
     # "Fetch" is how pyVmomi reads one property of one object (here the task's info)
-    assert calls == ["QueryConfigTarget", "ReconfigVM_Task", "Fetch", "RetrievePropertiesEx"]
+    assert soap_calls(caplog) == ["QueryConfigTarget", "ReconfigVM_Task", "Fetch", "RetrievePropertiesEx"]
+    assert backend.round_trips - before == 4
     assert outcome.vm_after.assigned == (A100_ACTIVE,)
     config = _vm(connect(sim), "ml-train").config
     extra = {o.key: o.value for o in config.extraConfig}
