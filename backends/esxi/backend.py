@@ -146,12 +146,24 @@ class EsxiBackend(Backend):
 
     def close(self) -> None:
         if self._si is not None:
-            from pyVim.connect import Disconnect
+            from pyVim.connect import Disconnect, GetSi, SetSi
 
-            try:
-                Disconnect(self._si)
-            except Exception:  # noqa: BLE001 - the session may already be gone
-                pass
+            si = self._si
+            if self._content is not None and self._content_session is si:
+                # What pyVim's Disconnect does, without reading the ServiceContent a second time for its
+                # sessionManager: Logout, then drop the pooled connections.
+                try:
+                    self._content.sessionManager.Logout()
+                except Exception:  # noqa: BLE001 - the session may already be gone
+                    pass
+                si._stub.DropConnections()
+                if si == GetSi():
+                    SetSi(None)
+            else:
+                try:
+                    Disconnect(si)
+                except Exception:  # noqa: BLE001 - the session may already be gone
+                    pass
             self._si = None
             self._content = None
             self._view = None

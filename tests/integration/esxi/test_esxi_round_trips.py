@@ -48,6 +48,20 @@ def _plan(backend):
                      plugins.default_registry())
 
 
+def test_a_gpus_session_is_five_counted_soap_calls_after_login(backend, caplog):
+    """What `gpupass gpus` sends after SmartConnect's RetrieveServiceContent and Login: the ServiceContent
+    (once per session), the datacenter, the view, ONE RetrievePropertiesEx, and Logout with the ServiceContent
+    already read (pyVim's Disconnect would read it again)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="gpupass.esxi")
+    backend.inventory()
+    backend.close()
+    assert soap_calls(caplog) == ["Fetch", "FindByInventoryPath", "CreateContainerView", "RetrievePropertiesEx",
+                                  "Logout"]
+    assert backend.round_trips == 5
+
+
 def test_an_assign_verifies_with_one_read_of_the_vm(backend):
     backend.inventory()
     before = backend.round_trips
