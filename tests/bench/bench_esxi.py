@@ -10,7 +10,10 @@ each as a ratio next to its anchor from the same run (issue 11):
    a. each read through the session's view against the anchor keeping its view too (-keep-view): the same
       single RetrievePropertiesEx on both sides;
    b. a session's first read (CreateContainerView + RetrievePropertiesEx, the view kept) against govc as it
-      runs (CreateContainerView, RetrievePropertiesEx, DestroyView).
+      runs (CreateContainerView, RetrievePropertiesEx, DestroyView);
+   c. the whole `gpupass gpus URI --json`, process start to exit, in a regular install (regular_install.py),
+      against the anchor as a program that logs in, finds the datacenter, reads once and logs out: 7 SOAP
+      calls each.
 2. an assign (a passthrough-active A100 to ml-train): SOAP calls beyond the inventory. Goal: <= 4. Its
    release too, for comparison.
 3. the inventory's cost curve over 50/200 hosts x 500/2,000 VMs: calls, milliseconds, per-object cost.
@@ -97,7 +100,59 @@ def property_spec(backend) -> dict[str, list[str]]:
             "VirtualMachine": inv.VM_PROPS}
 
 
-def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False) -> dict[str, float]:
+def this_checkouts_command() -> tuple[list[str], dict[str, str]]:
+    """The `gpupass` script beside this interpreter (an editable install: each start compiles the checkout
+    when PYTHONDONTWRITEBYTECODE is set, as on this machine), else the same entry point."""
+    script = Path(sys.executable).with_name("gpupass")
+    if script.exists():
+        return [str(script)], dict(os.environ)
+    return [sys.executable, "-c", "import sys; from gpupass.core.cli.entry import main; sys.exit(main())"], \
+        dict(os.environ)
+
+
+def regular_install_command(directory: Path) -> tuple[list[str], dict[str, str]]:
+    """`gpupass` of a regular install, compiled as an installer would (regular_install.py, as bench_kvm)."""
+    sys.path.insert(0, str(HERE))
+    import regular_install
+
+    bin_dir = regular_install.build(directory)
+    env = regular_install.clean_env()
+    subprocess.run([str(bin_dir / "gpupass"), "plugins"], env=env, capture_output=True, check=True)  # first scan
+    return [str(bin_dir / "gpupass")], env
+
+
+def whole_command(sim, anchor: Path, spec: dict[str, list[str]], repeat: int,
+                  gpupass: tuple[list[str], dict[str, str]]) -> dict[str, float]:
+    """`gpupass gpus URI --json` from process start to exit, against the anchor as a program doing the same:
+    log in, find the datacenter, one read, log out (process_calls counts every request it sends)."""
+    uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab"
+    program, arguments = gpupass[0], ["--ca-file", str(sim.ca_file), "gpus", uri, "--json"]
+    command = program + arguments
+    env = dict(gpupass[1], GPUPASS_PASSWORD=sim.password)
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        subprocess.run(command, env=env, capture_output=True, check=True)
+        times.append(time.perf_counter() - began)
+    debug = subprocess.run([*program, "--debug", *arguments], env=env, capture_output=True, text=True, check=True)
+    # every request after login is logged (connection.connect, collect.retrieve); SmartConnect's own two,
+    # RetrieveServiceContent and Login (pyVim.connect.__Login), come before the session can count
+    logged = sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
+    anchor_times, anchor_calls = [], 0
+    for _ in range(repeat):
+        began = time.perf_counter()
+        result = subprocess.run(
+            [str(anchor), "-u", f"https://{USER}@127.0.0.1:{sim.port}/sdk", "-ca", str(sim.ca_file), "-dc", "Lab",
+             "-spec", json.dumps(spec), "-n", "1", "-logout"],
+            env=dict(os.environ, ANCHOR_PASSWORD=sim.password), capture_output=True, text=True, check=True)
+        anchor_times.append(time.perf_counter() - began)
+        anchor_calls = json.loads(result.stdout)["process_calls"]
+    return {"command_s": statistics.median(times), "command_calls": logged + 2,
+            "anchor_command_s": statistics.median(anchor_times), "anchor_command_calls": anchor_calls}
+
+
+def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False,
+            gpupass: tuple[list[str], dict[str, str]] | None = None) -> dict[str, float]:
     from gpupass.backends.esxi.backend import EsxiBackend
     from gpupass.backends.esxi.lab.simulator import VCSim, lab_config
     from gpupass.core.domain.pci import PciAddress
@@ -151,6 +206,8 @@ def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool 
                 got = json.loads(result.stdout)
                 figures[f"{mode}_s"], figures[f"{mode}_calls"] = got["median_ms"] / 1000, got["calls"]
                 figures["anchor_objects"] = got["objects"]
+        if anchor is not None and gpupass is not None:
+            figures.update(whole_command(sim, anchor, spec, repeat, gpupass))
         if naive:
             si = sim.connect()
             counter = count_stub(si)
@@ -169,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         anchor = build_anchor(Path(scratch))
-        rows = [measure(h, v, args.repeat, anchor, naive=(i == 0)) for i, (h, v) in enumerate(sizes)]
+        # --quick (the CI smoke) runs this checkout's script; the figures come from a regular install
+        gpupass = this_checkouts_command() if args.quick else regular_install_command(Path(scratch) / "install")
+        rows = [measure(h, v, args.repeat, anchor, naive=(i == 0), gpupass=gpupass) for i, (h, v) in enumerate(sizes)]
 
     print("1. gpus against the govc object.collect anchor (same properties, same calls; goal: <= 1.5x)")
     print("   a. each read of a session through its view (the anchor keeps its view too: -keep-view)")
@@ -187,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['gpus_first_calls']:>6.0f} "
               f"{r['gpus_first_s'] * 1000:>11.1f} {r['anchor_calls']:>13.0f} {r['anchor_s'] * 1000:>10.1f} "
               f"{r['gpus_first_s'] / r['anchor_s']:>6.2f}x")
+    print("   c. the whole command, process start to exit: `gpupass gpus URI --json` against the anchor as a")
+    print("      program (log in, datacenter, view, one read, log out); gpupass "
+          f"{'of this checkout (--quick)' if args.quick else 'in a regular install'}")
+    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
+          f"{'anchor ms':>10} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['command_calls']:>6.0f} "
+              f"{r['command_s'] * 1000:>11.1f} {r['anchor_command_calls']:>13.0f} {r['anchor_command_s'] * 1000:>10.1f} "
+              f"{r['command_s'] / r['anchor_command_s']:>6.2f}x")
     print("\n2. assign (and its release): SOAP calls beyond the inventory (goal: <= 4 for the assign)")
     for r in rows:
         print(f"  {r['hosts']:.0f} hosts, {r['vms']:.0f} VMs: assign {r['assign_calls']:.0f}, "

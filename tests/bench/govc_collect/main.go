@@ -5,7 +5,8 @@
 // paths as gpupass (given as -spec, a JSON object of type -> paths). With -keep-view the view is made once
 // and each run is the RetrievePropertiesEx calls only: what a gpupass session makes for each inventory
 // after its first. Prints one JSON line: the median milliseconds of -n runs, the SOAP calls and the objects
-// of one run.
+// of one run, and every SOAP call of the process (process_calls: RetrieveServiceContent, Login, the
+// datacenter, the runs, and Logout with -logout).
 package main
 
 import (
@@ -27,6 +28,17 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+// counter counts the SOAP requests that go through it.
+type counter struct {
+	soap.RoundTripper
+	n int
+}
+
+func (c *counter) RoundTrip(ctx context.Context, req, res soap.HasFault) error {
+	c.n++
+	return c.RoundTripper.RoundTrip(ctx, req, res)
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
@@ -40,6 +52,7 @@ func main() {
 	runs := flag.Int("n", 3, "runs (the median is printed)")
 	keepView := flag.Bool("keep-view", false, "make the view once and read through it in every run, as a "+
 		"gpupass session does (each run is then RetrievePropertiesEx and its continuations only)")
+	logout := flag.Bool("logout", false, "log out before exiting, as a gpupass command does")
 	flag.Parse()
 
 	ctx := context.Background()
@@ -54,10 +67,12 @@ func main() {
 	if err := sc.SetRootCAs(*caFile); err != nil {
 		fail(err)
 	}
-	vc, err := vim25.NewClient(ctx, sc)
+	vc, err := vim25.NewClient(ctx, sc) // RetrieveServiceContent
 	if err != nil {
 		fail(err)
 	}
+	counted := &counter{RoundTripper: vc.RoundTripper} // every later request of the process
+	vc.RoundTripper = counted
 	if err := session.NewManager(vc).Login(ctx, u.User); err != nil {
 		fail(err)
 	}
@@ -137,8 +152,13 @@ func main() {
 			fail(err)
 		}
 	}
+	if *logout {
+		if err := session.NewManager(vc).Logout(ctx); err != nil {
+			fail(err)
+		}
+	}
 	sort.Float64s(times)
 	out, _ := json.Marshal(map[string]interface{}{"median_ms": times[len(times)/2], "calls": calls,
-		"objects": objects})
+		"objects": objects, "process_calls": 1 + counted.n})
 	fmt.Println(string(out))
 }
