@@ -121,34 +121,46 @@ def regular_install_command(directory: Path) -> tuple[list[str], dict[str, str]]
     return [str(bin_dir / "gpupass")], env
 
 
+def run_anchor(anchor: Path, sim, spec: dict[str, list[str]], *flags: str) -> dict[str, float]:
+    """One run of the anchor program (it logs in, then times only the read, unless timed from outside)."""
+    result = subprocess.run(
+        [str(anchor), "-u", f"https://{USER}@127.0.0.1:{sim.port}/sdk", "-ca", str(sim.ca_file), "-dc", "Lab",
+         "-spec", json.dumps(spec), "-n", "1", *flags],
+        env=dict(os.environ, ANCHOR_PASSWORD=sim.password), capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def paired(figures: dict[str, float], name: str, ours: list[float], theirs: list[float]) -> None:
+    """Medians of both sides, and the spread of the per-pair ratios (each pair ran back to back, so a busy
+    moment of this shared machine weighs on both of its runs)."""
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    figures[f"{name}_s"], figures[f"anchor_{name}_s"] = statistics.median(ours), statistics.median(theirs)
+    figures[f"{name}_spread"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"  # type: ignore[assignment]
+
+
 def whole_command(sim, anchor: Path, spec: dict[str, list[str]], repeat: int,
                   gpupass: tuple[list[str], dict[str, str]]) -> dict[str, float]:
     """`gpupass gpus URI --json` from process start to exit, against the anchor as a program doing the same:
-    log in, find the datacenter, one read, log out (process_calls counts every request it sends)."""
+    log in, find the datacenter, one read, log out (process_calls counts every request it sends); the two
+    run in turns."""
     uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab"
     program, arguments = gpupass[0], ["--ca-file", str(sim.ca_file), "gpus", uri, "--json"]
-    command = program + arguments
     env = dict(gpupass[1], GPUPASS_PASSWORD=sim.password)
-    times = []
+    figures: dict[str, float] = {}
+    ours, theirs = [], []
     for _ in range(repeat):
         began = time.perf_counter()
-        subprocess.run(command, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - began)
+        subprocess.run(program + arguments, env=env, capture_output=True, check=True)
+        ours.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        figures["anchor_command_calls"] = run_anchor(anchor, sim, spec, "-logout")["process_calls"]
+        theirs.append(time.perf_counter() - began)
+    paired(figures, "command", ours, theirs)
     debug = subprocess.run([*program, "--debug", *arguments], env=env, capture_output=True, text=True, check=True)
     # every request after login is logged (connection.connect, collect.retrieve); SmartConnect's own two,
     # RetrieveServiceContent and Login (pyVim.connect.__Login), come before the session can count
-    logged = sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
-    anchor_times, anchor_calls = [], 0
-    for _ in range(repeat):
-        began = time.perf_counter()
-        result = subprocess.run(
-            [str(anchor), "-u", f"https://{USER}@127.0.0.1:{sim.port}/sdk", "-ca", str(sim.ca_file), "-dc", "Lab",
-             "-spec", json.dumps(spec), "-n", "1", "-logout"],
-            env=dict(os.environ, ANCHOR_PASSWORD=sim.password), capture_output=True, text=True, check=True)
-        anchor_times.append(time.perf_counter() - began)
-        anchor_calls = json.loads(result.stdout)["process_calls"]
-    return {"command_s": statistics.median(times), "command_calls": logged + 2,
-            "anchor_command_s": statistics.median(anchor_times), "anchor_command_calls": anchor_calls}
+    figures["command_calls"] = 2 + sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
+    return figures
 
 
 def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False,
@@ -165,26 +177,35 @@ def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool 
     with VCSim(lab_config(), scale_hosts=hosts, scale_vms=vms, username=USER) as sim:
         target = Target(uri=f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab",
                         password=Secret(sim.password), tls=TlsOptions(ca_file=str(sim.ca_file)))
-        firsts = []
-        for _ in range(repeat):  # a session's first read: CreateContainerView (kept) + RetrievePropertiesEx
-            with EsxiBackend(target) as backend:
-                backend._root_folder()  # login, service content and datacenter: once per session
-                before, began = backend.round_trips, time.perf_counter()
-                backend.inventory()
-                firsts.append(time.perf_counter() - began)
-                figures["gpus_first_calls"] = backend.round_trips - before
-        figures["gpus_first_s"] = statistics.median(firsts)
         with EsxiBackend(target) as backend:
-            backend._root_folder()
+            backend._root_folder()  # login, service content and datacenter: once per session
             facts = backend.inventory()
-            times = []
-            for _ in range(repeat):
+            spec = property_spec(backend)
+            kept, kept_anchor, first, first_anchor = [], [], [], []
+            for _ in range(repeat):  # gpupass and the anchor in turns
+                # a. one read through the session's view; the anchor's one read through the view it keeps
                 before, began = backend.round_trips, time.perf_counter()
                 facts = backend.inventory()
-                times.append(time.perf_counter() - began)
+                kept.append(time.perf_counter() - began)
                 figures["gpus_calls"] = backend.round_trips - before
-            figures["gpus_s"] = statistics.median(times)
-            spec = property_spec(backend)
+                # b. a new session's first read: CreateContainerView (kept) + RetrievePropertiesEx; govc as it runs
+                with EsxiBackend(target) as fresh:
+                    fresh._root_folder()
+                    before, began = fresh.round_trips, time.perf_counter()
+                    fresh.inventory()
+                    first.append(time.perf_counter() - began)
+                    figures["gpus_first_calls"] = fresh.round_trips - before
+                if anchor is not None:
+                    got = run_anchor(anchor, sim, spec, "-keep-view")
+                    kept_anchor.append(got["median_ms"] / 1000)
+                    figures["anchor_kept_calls"], figures["anchor_objects"] = got["calls"], got["objects"]
+                    got = run_anchor(anchor, sim, spec)
+                    first_anchor.append(got["median_ms"] / 1000)
+                    figures["anchor_first_calls"] = got["calls"]
+            figures["gpus_s"] = statistics.median(kept)
+            if anchor is not None:
+                paired(figures, "kept", kept, kept_anchor)
+                paired(figures, "first", first, first_anchor)
             plan = make_plan(backend, facts, AssignmentRequest("ml-train", (PciAddress.parse("0000:3b:00.0"),)),
                              default_registry())
             assert not plan.blocked, plan.findings
@@ -197,15 +218,6 @@ def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool 
             before = backend.round_trips
             execute(backend, plan)
             figures["release_calls"] = backend.round_trips - before
-        if anchor is not None:
-            for mode, flags in (("anchor", []), ("anchor_kept", ["-keep-view"])):
-                result = subprocess.run(
-                    [str(anchor), "-u", f"https://{USER}@127.0.0.1:{sim.port}/sdk", "-ca", str(sim.ca_file),
-                     "-dc", "Lab", "-spec", json.dumps(spec), "-n", str(repeat), *flags],
-                    env=dict(os.environ, ANCHOR_PASSWORD=sim.password), capture_output=True, text=True, check=True)
-                got = json.loads(result.stdout)
-                figures[f"{mode}_s"], figures[f"{mode}_calls"] = got["median_ms"] / 1000, got["calls"]
-                figures["anchor_objects"] = got["objects"]
         if anchor is not None and gpupass is not None:
             figures.update(whole_command(sim, anchor, spec, repeat, gpupass))
         if naive:
@@ -231,30 +243,31 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(h, v, args.repeat, anchor, naive=(i == 0), gpupass=gpupass) for i, (h, v) in enumerate(sizes)]
 
     print("1. gpus against the govc object.collect anchor (same properties, same calls; goal: <= 1.5x)")
+    print(f"   medians of {args.repeat} runs, gpupass and the anchor in turns; pairs: the range of the per-pair ratios")
+    header = (f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
+              f"{'anchor ms':>10} {'ratio':>7} {'pairs':>10}")
+
+    def row(r: dict[str, float], calls: str, name: str, anchor_calls: str) -> str:
+        ours, theirs = r[f"{name}_s"], r[f"anchor_{name}_s"]
+        return (f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r[calls]:>6.0f} "
+                f"{ours * 1000:>11.1f} {r[anchor_calls]:>13.0f} {theirs * 1000:>10.1f} {ours / theirs:>6.2f}x "
+                f"{r[f'{name}_spread']:>10}")
+
     print("   a. each read of a session through its view (the anchor keeps its view too: -keep-view)")
-    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
-          f"{'anchor ms':>10} {'ratio':>7}")
+    print(header)
     for r in rows:
-        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['gpus_calls']:>6.0f} "
-              f"{r['gpus_s'] * 1000:>11.1f} {r['anchor_kept_calls']:>13.0f} {r['anchor_kept_s'] * 1000:>10.1f} "
-              f"{r['gpus_s'] / r['anchor_kept_s']:>6.2f}x")
+        print(row(r, "gpus_calls", "kept", "anchor_kept_calls"))
     print("   b. a session's first read (gpupass makes its view and keeps it; the anchor, as govc object.collect,")
     print("      makes one and destroys it)")
-    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
-          f"{'anchor ms':>10} {'ratio':>7}")
+    print(header)
     for r in rows:
-        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['gpus_first_calls']:>6.0f} "
-              f"{r['gpus_first_s'] * 1000:>11.1f} {r['anchor_calls']:>13.0f} {r['anchor_s'] * 1000:>10.1f} "
-              f"{r['gpus_first_s'] / r['anchor_s']:>6.2f}x")
+        print(row(r, "gpus_first_calls", "first", "anchor_first_calls"))
     print("   c. the whole command, process start to exit: `gpupass gpus URI --json` against the anchor as a")
     print("      program (log in, datacenter, view, one read, log out); gpupass "
           f"{'of this checkout (--quick)' if args.quick else 'in a regular install'}")
-    print(f"{'hosts':>6} {'VMs':>6} {'objects':>8} {'calls':>6} {'gpupass ms':>11} {'anchor calls':>13} "
-          f"{'anchor ms':>10} {'ratio':>7}")
+    print(header)
     for r in rows:
-        print(f"{r['hosts']:>6.0f} {r['vms']:>6.0f} {r['anchor_objects']:>8.0f} {r['command_calls']:>6.0f} "
-              f"{r['command_s'] * 1000:>11.1f} {r['anchor_command_calls']:>13.0f} {r['anchor_command_s'] * 1000:>10.1f} "
-              f"{r['command_s'] / r['anchor_command_s']:>6.2f}x")
+        print(row(r, "command_calls", "command", "anchor_command_calls"))
     print("\n2. assign (and its release): SOAP calls beyond the inventory (goal: <= 4 for the assign)")
     for r in rows:
         print(f"  {r['hosts']:.0f} hosts, {r['vms']:.0f} VMs: assign {r['assign_calls']:.0f}, "
