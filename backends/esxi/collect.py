@@ -349,9 +349,9 @@ def _leaf(kind: type) -> Callable[[str], Any] | None:
 
 
 def _boolean(text: str) -> bool:
-    if text == "1" or text.lower() == "true":
+    if text == "true" or text == "1" or text.lower() == "true":
         return True
-    if text == "0" or text.lower() == "false":
+    if text == "false" or text == "0" or text.lower() == "false":
         return False
     raise _Unreadable(f"not a boolean: {text!r}")
 
