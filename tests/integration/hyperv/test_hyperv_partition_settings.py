@@ -295,3 +295,12 @@ def test_a_paravirtualized_gpu_is_a_warning_that_says_settings_are_ignored(host)
     assert not plan["blocked"]
     gpu = next(g for g in run("gpus", uri, "--json")["gpus"] if g["address"] == RTX)
     assert gpu["extra"]["gpu_partitioning"]["paravirtualization"] is True
+
+
+def test_fleet_find_counts_another_count_only_while_no_partition_is_held(host):
+    model, uri = host(free_model())
+    (row,) = run("fleet", "find", "--profile", "partitions-16", "--hosts", uri, "--json")["capacity"]
+    assert (row["gpu"], row["free"]) == (RTX, 16)        # the count can be changed: nobody holds a partition
+    run("assign", uri, "ml-train", RTX, "--share", "partitions-32", "--yes")
+    (row,) = run("fleet", "find", "--profile", "partitions-16", "--hosts", uri, "--json", expect=3)["capacity"]
+    assert row["free"] == 0                               # a 1/32 partition is held: no 1/16 until it is given back
