@@ -15,6 +15,7 @@ from gpupass.backends.kvm.errors import is_transport_error, translate
 from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
+    NodeDevice,
     drivers_in_node_file,
     nodedev_name,
     parse_mdev_nodedev,
@@ -30,7 +31,7 @@ from gpupass.core.domain.pci import IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
-from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
+from gpupass.core.domain.sharing import SRIOV_VF_TYPE, Share, ShareMode, ShareType, Sharing, virtual_function_type
 from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, NotSupported,
                                  OperationFailed)
 from gpupass.core.ports import Backend, StepState
@@ -114,7 +115,7 @@ class KvmBackend(Backend):
     # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
     capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True,
-                                share_modes=(ShareMode.MDEV,))
+                                share_modes=(ShareMode.MDEV, ShareMode.SRIOV_VF))
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -241,11 +242,18 @@ class KvmBackend(Backend):
         functions: dict[PciAddress, PciFunction] = {}
         groups: dict[PciAddress, IommuGroup] = {}
         share_types: dict[PciAddress, tuple[ShareType, ...]] = {}
+        physical_functions: dict[PciAddress, NodeDevice] = {}
+        virtual_functions: set[PciAddress] = set()
         file_drivers = self._test_file_drivers()
         for device in devices:
             parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
             if parsed is None:
                 continue
+            if parsed.is_physical_function:
+                physical_functions[parsed.function.address] = parsed
+                virtual_functions.update(parsed.virtual_functions)
+            if parsed.physical_function is not None:
+                virtual_functions.add(parsed.function.address)
             function = parsed.function
             if function.driver is None and file_drivers:
                 function = dataclasses.replace(function, driver=file_drivers.get(device.name()))
@@ -279,8 +287,12 @@ class KvmBackend(Backend):
         vms, settled = self._with_claim_owners(vms, held_by)
         vms = self._with_unheld_claims(vms, held_by)
         vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
-        gpus = group_gpus(functions.values(), groups, owners)
+        # A VF is a share of its PF's card (below), not a GPU of its own and not a companion of the PF, though it
+        # has the PF's class and often its slot (an A10's VFs are 41:00.4-41:04.3: OpenNebula's vGPU guide).
+        gpus = group_gpus([f for a, f in functions.items() if a not in virtual_functions], groups, owners)
         gpus = self._with_sharing(gpus, share_types, mdev_holders)
+        gpus = [_with_virtual_functions(gpu, physical_functions[gpu.address], owners)
+                if gpu.address in physical_functions else gpu for gpu in gpus]
         if self._is_local:
             gpus = [_mark_boot_vga(gpu) for gpu in gpus]
         host = Host(
@@ -464,6 +476,8 @@ class KvmBackend(Backend):
         """A free mediated device of the type if the card has one, else a new one; then the domain holds it."""
         (change,), (gpu,), vm = ctx.shares, ctx.gpus, ctx.vm
         xml = _state(ctx.facts).domain_xml[vm.name]
+        if change.type.mode is ShareMode.SRIOV_VF:
+            return self._plan_assign_vf(ctx, gpu, xml)
         parent = nodedev_name(gpu.address)
         steps = []
         free = gpu.sharing.free(change.type.id)
@@ -491,7 +505,15 @@ class KvmBackend(Backend):
         xml = _state(ctx.facts).domain_xml[vm.name]
         created = set(domxml.mdevs_created_by_gpupass(domxml.parse(xml)))
         steps, removals = [], []
+        vfs = {PciAddress.parse(c.share.id) for c in ctx.shares if c.type.mode is ShareMode.SRIOV_VF and c.share}
+        if vfs:  # a VF leaves like a whole GPU: its <hostdev> goes, and its claim with it (_apply_define)
+            edit = domxml.remove_gpus(xml, vfs)
+            edit = domxml.Edit(domxml.without_unfinished_claims(edit.xml), edit.changes)
+            steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=True))
+            xml = edit.xml
         for change in ctx.shares:
+            if change.type.mode is ShareMode.SRIOV_VF:
+                continue
             uuid = change.share.id if change.share else ""
             edit = domxml.remove_mdev(xml, uuid)
             steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=False))
@@ -508,6 +530,27 @@ class KvmBackend(Backend):
                     payload=remove,
                 ))
         return steps + removals
+
+    def _plan_assign_vf(self, ctx: CheckContext, gpu: Gpu, xml: str) -> list[Step]:
+        """The lowest free VF of the PF, as a <hostdev type='pci' managed='yes'> of its own (libvirt
+        docs/formatdomain.rst, "Host device assignment"; a VF is a PCI function like any other), claimed like a
+        whole GPU so that two runs cannot give the same VF to two VMs."""
+        free = gpu.sharing.free(SRIOV_VF_TYPE)
+        if not free:  # blocked by preflight (share-capacity-exhausted): there is nothing to plan
+            return []
+        address = PciAddress.parse(free[0].id)
+        function = ctx.facts.function(address) or PciFunction(address, gpu.function.vendor_id, 0,
+                                                              gpu.function.class_code)
+        edit = domxml.add_gpus(xml, domxml.AssignSettings(((function,),)))
+        step = self._define_step(ctx.vm.name, xml, edit, needs_vm_off=True, claims=[str(address)])
+        return [
+            dataclasses.replace(step, description=f"give virtual function {address} of {gpu.address} to VM "
+                                                  f"'{ctx.vm.name}' in its persistent definition"),
+            Step(action="kvm.managed-binding",
+                 description=f"at VM start libvirt detaches {address} from its host driver and binds vfio-pci "
+                             "(managed='yes'); at VM stop it gives it back",
+                 undo="nothing to undo: libvirt does it at each start and stop", writes=False),
+        ]
 
     def _share_define_step(self, vm: str, old: str, edit: domxml.Edit, uuid: str, adds: bool, note: str = "") -> Step:
         diff = "".join(difflib.unified_diff(
@@ -552,6 +595,13 @@ class KvmBackend(Backend):
         )
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        if ctx.is_share and all(c.type.mode is ShareMode.SRIOV_VF for c in ctx.shares):
+            # A VF is a PCI host device like a whole GPU (<hostdev type='pci'>), with the same limits.
+            return [
+                FeatureLoss("live migration", "libvirt refuses to migrate a domain with PCI host devices"),
+                FeatureLoss("managed save / suspend to disk", "the VF's device state cannot be saved"),
+                FeatureLoss("snapshots with memory state", "the VF's device state cannot be captured"),
+            ]
         if ctx.is_share:
             return [
                 FeatureLoss("live migration, unless QEMU can migrate this vGPU",
@@ -569,6 +619,9 @@ class KvmBackend(Backend):
     def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
         if not ctx.is_share:
             return []
+        if all(c.type.mode is ShareMode.SRIOV_VF for c in ctx.shares):
+            return [FeatureLoss("the card for other VMs", "the physical function stays with the host's driver: its "
+                                "other virtual functions can go to other VMs")]
         return [FeatureLoss("the card for other VMs", "the host's vendor driver keeps the card: other VMs can hold "
                             "shares of it, and the host can still use it")]
 
@@ -1092,6 +1145,24 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm
             f"an assign of {', '.join(sorted(c.addresses))} started by {c.origin} stopped before its change was "
             "written; any `gpupass assign` or `release` of this VM clears it" for c in claims if c.choosing),
     )
+
+
+# NVIDIA's SR-IOV GPUs (Ampere and later) give their VFs to VMs as vGPUs: a VF gets a vGPU type from the vGPU
+# manager before a VM can use it (NVIDIA vGPU user guide; on vGPU 17+ through the VF's sysfs
+# nvidia/current_vgpu_type). A plain VF of such a card is no share a VM can use, so it is not offered as one.
+_VGPU_VF_VENDORS = (0x10DE,)
+
+
+def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress, str]) -> Gpu:
+    """An SR-IOV PF's VFs as shares (each free or held by the VM whose definition has it) and, where a VF is a
+    device a VM can use as it is (not NVIDIA's vGPU VFs), the VF share type with the VFs total and enabled."""
+    vfs = tuple(Share(str(address), SRIOV_VF_TYPE, ShareMode.SRIOV_VF, owners.get(address))
+                for address in pf.virtual_functions)
+    offered = () if gpu.function.vendor_id in _VGPU_VF_VENDORS else (
+        virtual_function_type(pf.max_virtual_functions, len(vfs)),)
+    sharing = gpu.sharing
+    return dataclasses.replace(gpu, sharing=dataclasses.replace(
+        sharing, types=sharing.types + offered, shares=sharing.shares + vfs))
 
 
 def _with_stale_holdings(vms: list[Vm], holders: list[claims.Holder]) -> list[Vm]:

@@ -22,6 +22,14 @@ class NodeDevice:
     iommu_group: IommuGroup | None
     # The mediated-device types the card's host driver offers (vGPU types), from <capability type='mdev_types'>.
     share_types: tuple[ShareType, ...] = ()
+    # SR-IOV (libvirt docs/formatnode.rst, pci capability): a physical function (PF) carries <capability
+    # type='virt_functions' maxCount='N'> with one <address> per virtual function (VF) enabled now, and maxCount
+    # from sysfs `sriov_totalvfs` (shown even with no VF enabled); a VF carries <capability type='phys_function'>
+    # with its PF's address. libvirt writes them in src/conf/node_device_conf.c (virNodeDeviceCapPCIDefFormat).
+    virtual_functions: tuple[PciAddress, ...] = ()
+    max_virtual_functions: int | None = None
+    physical_function: PciAddress | None = None
+    is_physical_function: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,17 @@ def parse_pci_nodedev(xml: str) -> NodeDevice | None:
     if group_element is not None:
         members = tuple(sorted(address_from_attributes(a) for a in group_element.findall("address")))
         group = IommuGroup(int(group_element.get("number", "0")), members)
-    return NodeDevice(function, group, _mdev_types(cap))
+    pf = cap.find("capability[@type='phys_function']/address")
+    vfs = cap.find("capability[@type='virt_functions']")
+    max_count = vfs.get("maxCount", "") if vfs is not None else ""
+    return NodeDevice(
+        function, group, _mdev_types(cap),
+        virtual_functions=tuple(sorted(address_from_attributes(a) for a in vfs.findall("address")))
+        if vfs is not None else (),
+        max_virtual_functions=int(max_count) if max_count.isdigit() else None,
+        physical_function=address_from_attributes(pf) if pf is not None else None,
+        is_physical_function=vfs is not None,
+    )
 
 
 # NVIDIA's vGPU manager describes each type in its sysfs `description`, e.g. "num_heads=4, frl_config=45,

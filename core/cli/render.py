@@ -108,9 +108,12 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
         for gpu in shared:
             sharing = gpu.sharing
             modes = "/".join(m.value for m in sharing.modes) or "shared"
-            free = sum(1 for t in sharing.types if t.available)
+            # Room: instances the driver can still create, or shares that exist and no VM holds (SR-IOV VFs).
+            free = sum(1 for t in sharing.types if t.available or sharing.free(t.id))
+            held = sum(1 for s in sharing.shares if s.holder)
+            idle = len(sharing.shares) - held
             lines.append(f"{qualified(gpu)}: {len(sharing.types)} {modes} types ({free} with room now), "
-                         f"{len(sharing.shares)} in use")
+                         f"{len(sharing.shares)} in use" + (f" ({idle} held by no VM)" if idle else ""))
         lines.append("(`gpus --json` lists each type with its name, framebuffer and instances left)")
     unavailable = facts.host.settings.get("sharing_unavailable")
     if unavailable and not shared:

@@ -10,7 +10,7 @@ from gpupass.core.domain.inventory import Firmware, Gpu, HostFacts
 from gpupass.core.domain.iommu import keeps_group_viable
 from gpupass.core.domain.mmio import format_bytes
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.domain.sharing import Sharing
+from gpupass.core.domain.sharing import ShareMode, Sharing
 
 
 def iommu_enabled(ctx: CheckContext) -> Iterable[Finding]:
@@ -119,7 +119,10 @@ def not_shared(ctx: CheckContext) -> Iterable[Finding]:
     through binds vfio-pci instead, and unbinding the vendor driver unregisters it as mdev parent, which removes
     every mediated device of the card (drivers/vfio/mdev/mdev_core.c, mdev_unregister_parent:
     device_for_each_child(..., mdev_device_remove_cb)); NVIDIA's NVML reports one virtualization mode per physical
-    GPU, PASSTHROUGH or HOST_VGPU (nvmlGpuVirtualizationMode_t, NVML GRID enums).
+    GPU, PASSTHROUGH or HOST_VGPU (nvmlGpuVirtualizationMode_t, NVML GRID enums). An SR-IOV PF's virtual functions
+    depend on the PF's driver: a PF driver disables them when it is detached (Linux drivers/pci/iov.c,
+    pci_iov_remove, warns "driver left SR-IOV enabled after remove" otherwise), so passing the PF through takes
+    every VF away from the VMs given one.
     """
     for gpu in ctx.gpus:
         sharing = gpu.sharing
@@ -131,7 +134,9 @@ def not_shared(ctx: CheckContext) -> Iterable[Finding]:
                 f"GPU {gpu.address} holds {len(sharing.shares)} share(s) ({kinds}; held by {held}): a GPU given "
                 "whole to a VM can hold no shares, and taking it from the host's driver would remove them",
                 "give the shares back first (gpupass release each VM's share, or remove the host's unused mediated "
-                "devices), or choose another GPU",
+                "devices" + (", or disable the GPU's SR-IOV virtual functions on the host"
+                             if any(s.mode is ShareMode.SRIOV_VF for s in sharing.shares) else "")
+                + "), or choose another GPU",
                 subject=str(gpu.address),
             )
         elif sharing.offered:

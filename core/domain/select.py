@@ -80,6 +80,16 @@ class GpuSelector:
     def __str__(self) -> str:
         return self.text
 
+    def _share_holding_gpu(self, facts: HostFacts) -> tuple[Gpu, str] | None:
+        """The GPU with a share whose id is the address named (an SR-IOV VF), and that share's type."""
+        if self.address is None:
+            return None
+        for gpu in facts.gpus:
+            for share in gpu.sharing.shares:
+                if share.id == str(self.address):
+                    return gpu, share.type_id
+        return None
+
     def candidates(self, facts: HostFacts) -> list[Gpu]:
         """Every GPU (or, for an address or LocationPath, the card with that function) the selector names."""
         pool = [g for g in facts.gpus if not self.location or g.location.lower() == self.location.lower()]
@@ -99,6 +109,11 @@ class GpuSelector:
             # One address on several ESXi hosts of a vCenter: the VM can only use its own host's card.
             found = [g for g in found if g.location == vm_location] or found
         if not found:
+            shared = self._share_holding_gpu(facts)
+            if shared is not None:  # an SR-IOV VF (its id is its PCI address): a share of its PF's card
+                raise UsageError(f"{self.address} is a {shared[1]} share of GPU {shared[0].address}, not a GPU",
+                                 remedy=f"name the GPU with --share {shared[1]} ({shared[0].address} --share "
+                                        f"{shared[1]}): gpupass picks a free one")
             raise NotFound(f"no GPU matches {self.text!r} on {host_label}",
                            remedy=_did_you_mean(self.text, facts, host_label))
         if len(found) > 1:

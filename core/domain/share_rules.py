@@ -13,6 +13,7 @@ from typing import Iterable
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, warning
 from gpupass.core.domain.inventory import Gpu
+from gpupass.core.domain.sharing import ShareMode
 
 
 def _gpu(ctx: CheckContext, index: int) -> Gpu:
@@ -48,7 +49,18 @@ def share_capacity(ctx: CheckContext) -> Iterable[Finding]:
         offered = gpu.sharing.type_named(change.type.id)
         if change.share is not None or offered is None or gpu.sharing.free(change.type.id):
             continue
-        if offered.available == 0:
+        if offered.available == 0 and offered.mode is ShareMode.SRIOV_VF:
+            # VFs are enabled by the host's admin, never created by gpupass (sharing.SRIOV_VF_TYPE)
+            enabled = sum(1 for s in gpu.sharing.shares if s.type_id == offered.id)
+            yield blocker(
+                "share-capacity-exhausted",
+                f"GPU {gpu.address} has no free virtual function: all {enabled} enabled are held by VMs"
+                + (f" ({offered.max_instances} can be enabled)" if offered.max_instances else ""),
+                "release a VF from a VM, or choose another GPU; enabling more VFs on the host first disables "
+                "every VF (the kernel refuses to add VFs while any are enabled)",
+                subject=str(gpu.address),
+            )
+        elif offered.available == 0:
             yield blocker(
                 "share-capacity-exhausted",
                 f"GPU {gpu.address} has no room for another {offered.id} ({offered.name}) share"

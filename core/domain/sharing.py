@@ -69,6 +69,26 @@ def neutral_profile(name: str) -> str:
     return stripped if stripped != lowered or re.fullmatch(r"[a-z0-9]+-\d+[a-z]+", stripped) else ""
 
 
+# SR-IOV: a physical function (PF) offers one share type, its virtual functions (VFs). Each VF the host has enabled
+# is a share, free or held by the VM whose definition has it; a VM gets a VF as a PCI device of its own, claimed
+# like a whole GPU (AMD MxGPU, Intel Data Center GPU Flex). The host's admin enables VFs (sysfs `sriov_numvfs`,
+# or a vendor tool); gpupass does not: the kernel refuses to enable more while any are enabled ("%d VFs already
+# enabled. Disable before enabling %d VFs", -EBUSY, Linux drivers/pci/iov.c, sriov_numvfs_store), and disabling
+# them removes every VF, held or not. So the type's `available` (more the driver can create now) is 0, and the
+# room is its free VFs.
+SRIOV_VF_TYPE = "sriov-vf"
+
+
+def virtual_function_type(total: int | None, enabled: int) -> ShareType:
+    """The share type of an SR-IOV PF: `total` VFs the device supports (None: not reported), `enabled` now."""
+    return ShareType(
+        id=SRIOV_VF_TYPE, name="SR-IOV virtual function", mode=ShareMode.SRIOV_VF, available=0,
+        max_instances=total,
+        description=f"{enabled} of {total if total is not None else 'an unreported number of'} virtual functions "
+                    "enabled by the host; each is given to one VM as a PCI device",
+    )
+
+
 @dataclass(frozen=True)
 class Share:
     """One share that exists on a physical GPU."""

@@ -30,8 +30,8 @@ def test_the_readme_demo_runs_the_whole_workflow():
     # The demo ends with the lab as it started: nothing held but cad-ws's card.
     status = json.loads(gpupass("status", "lab-kvm", "--json").stdout)
     assert {g["address"]: g["assigned_to"] for g in status["gpus"]} == {
-        "0000:01:00.0": "cad-ws", "0000:02:00.0": None, "0000:41:00.0": None, "0000:42:00.0": None,
-        "0000:81:00.0": None}
+        "0000:00:02.0": None, "0000:01:00.0": "cad-ws", "0000:02:00.0": None, "0000:41:00.0": None,
+        "0000:42:00.0": None, "0000:81:00.0": None}
 
 
 def test_lab_state_persists_between_commands_and_reset_restores_it():

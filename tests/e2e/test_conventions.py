@@ -157,7 +157,7 @@ def test_export_and_lab_demo_take_json(tmp_path):
     demo = json.loads(gpupass("lab", "demo", "--json").stdout)["demo"]
     assert [s["exit_code"] for s in demo][:4] == [0, 0, 0, 3]
     assert all(isinstance(s["output"], dict) for s in demo), [s["command"] for s in demo if not isinstance(s["output"], dict)]
-    assert demo[0]["output"]["gpus"][0]["address"] == "0000:01:00.0"
+    assert demo[0]["output"]["gpus"][1]["address"] == "0000:01:00.0"  # after the SR-IOV PF 00:02.0
 
 
 def test_snapshot_into_a_missing_folder_is_a_clear_error(tmp_path):

@@ -23,7 +23,7 @@ def test_apply_converges_and_is_idempotent(tmp_path):
     assert again == {"file": str(path), "changed": False, "results": []}
     assert json.loads(gpupass("diff", str(path), "--json").stdout)["in_sync"] is True
     owners = {g["address"]: g["assigned_to"] for g in json.loads(gpupass("gpus", "lab-kvm", "--json").stdout)["gpus"]}
-    assert owners == {"0000:01:00.0": None, "0000:02:00.0": None, "0000:41:00.0": "render01",
+    assert owners == {"0000:00:02.0": None, "0000:01:00.0": None, "0000:02:00.0": None, "0000:41:00.0": "render01",
                       "0000:42:00.0": "ml-train", "0000:81:00.0": None}
 
 

@@ -28,7 +28,7 @@ def test_hosts_add_has_no_way_to_pass_a_password():
 
 def test_hosts_test_reports_round_trips():
     document = json.loads(gpupass("hosts", "test", "lab-kvm", "--json").stdout)
-    assert document["ok"] and document["gpus"] == 5 and document["round_trips"] > 0
+    assert document["ok"] and document["gpus"] == 6 and document["round_trips"] > 0
 
 
 def test_fleet_with_a_host_down_reports_it_and_the_rest(isolated_user_dirs):
@@ -36,7 +36,7 @@ def test_fleet_with_a_host_down_reports_it_and_the_rest(isolated_user_dirs):
     result = gpupass("fleet", "gpus", "--all", "--json", expect=4)
     rows = {r["host"]: r for r in json.loads(result.stdout)["hosts"]}
     assert rows["dead"]["ok"] is False and rows["dead"]["error"]["error"] == "connection-failed"
-    assert len(rows["lab-kvm"]["gpus"]) == 5
+    assert len(rows["lab-kvm"]["gpus"]) == 6
     text = gpupass("fleet", "gpus", "--all", expect=4).stdout
     assert "ERROR" in text and "1 host(s) could not be read" in text
 

@@ -46,6 +46,9 @@ class KvmLab(LabHost):
             ("Free vGPU capacity: the Tesla P40's GRID P40-1Q devices", "fleet find --profile P40-1Q --hosts lab-kvm"),
             ("A GRID P40-1Q vGPU share for ml-train: a free mediated device", "assign lab-kvm ml-train P40 --share P40-1Q --yes"),
             ("Give the share back: the admin's mediated device stays on the host", "release lab-kvm ml-train P40 --yes"),
+            ("An SR-IOV virtual function of 00:02.0 for ml-train: a PCI device of its own, claimed like a GPU",
+             "assign lab-kvm ml-train 00:02.0 --share sriov-vf --yes"),
+            ("Give the virtual function back", "release lab-kvm ml-train 00:02.0 --yes"),
         ]
 
     def open(self, backend_class: type[Backend], target: Target) -> Backend:

@@ -29,6 +29,10 @@ class Function:
     vendor: str = ""
     driver: str | None = None
     group: int | None = None
+    # SR-IOV (libvirt docs/formatnode.rst): a PF's enabled VFs and sriov_totalvfs, or a VF's PF.
+    virtual_functions: tuple[str, ...] = ()
+    max_virtual_functions: int | None = None
+    physical_function: str | None = None
 
     @property
     def pci(self) -> PciAddress:
@@ -72,6 +76,14 @@ def nodedev(function: Function, members: Sequence[PciAddress]) -> ET.Element:
         ET.SubElement(cap, tag).text = str(value)
     ET.SubElement(cap, "product", {"id": f"0x{function.device_id:04x}"}).text = function.product or None
     ET.SubElement(cap, "vendor", {"id": f"0x{function.vendor_id:04x}"}).text = function.vendor or None
+    if function.physical_function:
+        _hex_address(ET.SubElement(cap, "capability", {"type": "phys_function"}),
+                     PciAddress.parse(function.physical_function))
+    if function.virtual_functions or function.max_virtual_functions is not None:
+        attributes = {} if function.max_virtual_functions is None else {"maxCount": str(function.max_virtual_functions)}
+        vfs = ET.SubElement(cap, "capability", {"type": "virt_functions", **attributes})
+        for vf in function.virtual_functions:
+            _hex_address(vfs, PciAddress.parse(vf))
     if function.group is not None:
         group = ET.SubElement(cap, "iommuGroup", {"number": str(function.group)})
         for member in members:

@@ -34,15 +34,17 @@ def test_lab_inventory_reports_gpus_companions_groups_and_owners(lab):
     facts = lab.inventory()
     assert facts.host.iommu_enabled is True and facts.host.platform == "kvm"
     gpus = {gpu.address: gpu for gpu in facts.gpus}
-    assert sorted(gpus) == [RTX4090, RTX3090, A100, H100, A("81:00.0")]
+    # 00:02.0 is an SR-IOV PF: its four VFs (00:02.1-00:02.4) are its shares, neither GPUs nor companions
+    assert sorted(gpus) == [A("00:02.0"), RTX4090, RTX3090, A100, H100, A("81:00.0")]
+    assert gpus[A("00:02.0")].companions == () and len(gpus[A("00:02.0")].sharing.shares) == 4
     assert [str(c.address) for c in gpus[RTX4090].companions] == ["0000:01:00.1"]
     assert [str(c.address) for c in gpus[RTX3090].companions] == ["0000:02:00.1"]
     assert gpus[H100].companions == () and gpus[A100].companions == ()
     assert {a: g.iommu_group.number for a, g in gpus.items()} == {RTX4090: 14, RTX3090: 15, A100: 20, H100: 21,
-                                                                  A("81:00.0"): 30}
+                                                                  A("81:00.0"): 30, A("00:02.0"): 40}
     assert gpus[RTX3090].iommu_group.members == (A("00:17.0"), A("02:00.0"), A("02:00.1"))
     assert {a: g.assigned_to for a, g in gpus.items()} == {RTX4090: "cad-ws", RTX3090: None, A100: None, H100: None,
-                                                           A("81:00.0"): None}  # the P40 is shared (vdi01's vGPU)
+                                                           A("81:00.0"): None, A("00:02.0"): None}  # the P40 is shared (vdi01's vGPU)
     assert gpus[H100].model == "NVIDIA H100 PCIe"
     # libvirt's test driver drops <driver><name> from node device XML; the backend reads it from the host file.
     assert gpus[H100].function.driver == "nvidia"
@@ -278,10 +280,11 @@ def test_round_trips_are_counted_and_deterministic(lab_file, open_backend):
     first, second = open_backend(lab_file), open_backend(lab_file)
     first.inventory()
     second.inventory()
-    # open + list devices + 9 device XMLs + domain stats + 5 domain XMLs + list mediated devices + their 3 XMLs
-    assert first.round_trips == second.round_trips == 1 + 1 + 9 + 1 + 5 + 1 + 3
+    # open + list devices + 14 device XMLs (the SR-IOV PF and its 4 VFs among them) + domain stats + 5 domain XMLs
+    # + list mediated devices + their 3 XMLs
+    assert first.round_trips == second.round_trips == 1 + 1 + 14 + 1 + 5 + 1 + 3
     first.inventory()
-    assert first.round_trips == 21 + 20  # the connection is reused
+    assert first.round_trips == 26 + 25  # the connection is reused
 
 
 # -- typed steps: the payload's type picks the handler, the action label is only a label -------------
