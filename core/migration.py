@@ -149,7 +149,11 @@ def pick_share_equivalents(held: tuple[tuple[Gpu, ShareType], ...], destination:
     matches = []
     for gpu, wanted in held:
         profile = neutral_profile(wanted.name) or neutral_profile(wanted.id)
-        offers = [(g, t) for g in destination.gpus for t in g.sharing.types if room[(id(g), t.id)] != 0]
+        # The guest's driver is the GPU vendor's (an NVIDIA vGPU needs NVIDIA's guest driver): a share maps only
+        # to a GPU of the same vendor, where both say theirs.
+        offers = [(g, t) for g in destination.gpus for t in g.sharing.types if room[(id(g), t.id)] != 0
+                  and (not g.function.vendor_id or not gpu.function.vendor_id
+                       or g.function.vendor_id == gpu.function.vendor_id)]
         offers.sort(key=lambda o: room[(id(o[0]), o[1].id)] is None)     # known room first
         same = [(g, t) for g, t in offers if t.id == wanted.id or (profile and profile in
                                                                    (neutral_profile(t.name), neutral_profile(t.id)))]

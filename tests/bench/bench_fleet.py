@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--requests", type=int, default=21, help="requests per host in the pool measurement "
-                        "(the lab KVM host's inventory makes 21)")
+    parser.add_argument("--requests", type=int, default=26, help="requests per host in the pool measurement "
+                        "(the lab KVM host's inventory makes 26)")
     parser.add_argument("--concurrency", type=int, default=1000,
                         help="the pool's bound (the CLI's --concurrency; its default, gpupass.core.fleet.default_concurrency(), "
                              "is every host up to 1,024)")

@@ -78,7 +78,7 @@ def test_fleet_bench_runs_small():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     figures = module.run(hosts=4, latency_ms=1, concurrency=4, sample=2)
-    assert figures["round_trips"] == 4 * 21 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
+    assert figures["round_trips"] == 4 * 26 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
     pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5, sample=2)
     assert 1 <= pool["peak_threads"] <= 5 and pool["single_s"] > 0 and pool["fleet_s"] > 0
     assert 0 < pool["streamed_small"] and 0 < pool["streamed"] and pool["kept"] > 0
