@@ -64,6 +64,8 @@ def sharing_to_dict(sharing: Sharing) -> dict[str, Any]:
                    "description": t.description} for t in sharing.types],
         "shares": [{"id": s.id, "type": s.type_id, "mode": s.mode.value, "holder": s.holder} for s in sharing.shares],
         "one_type_at_a_time": sharing.one_type_at_a_time,
+        "mig_mode": sharing.mig_mode,
+        **({"unread": sharing.unread} if sharing.unread else {}),
     }
 
 

@@ -146,8 +146,9 @@ def _share_asked(backend: Backend, facts: HostFacts, vm: Vm, gpu: Gpu, asked: st
         if not elsewhere:
             offered = ", ".join(f"{t.id} ({t.name})" if t.name else t.id for t in gpu.sharing.types)
             raise NotFound(f"GPU {gpu.address} offers no share type {asked!r}",
-                           remedy=f"it offers {offered}" if offered else
-                           "it offers no sharing on this host (`gpupass gpus HOST --json` lists each GPU's types)")
+                           remedy=(f"it offers {offered}" if offered else
+                                   "it offers no sharing on this host (`gpupass gpus HOST --json` lists each GPU's "
+                                   "types)") + (f"; {gpu.sharing.unread}" if gpu.sharing.unread else ""))
         matches = tuple(elsewhere[:1])
     wanted = matches[0]
     held = next((s for s in gpu.sharing.held_by(vm.name) if s.type_id == wanted.id), None)

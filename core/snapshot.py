@@ -43,7 +43,7 @@ def _sharing(sharing: Sharing) -> dict[str, Any]:
                        "description": t.description} for t in sharing.types],
             "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder}
                        for x in sharing.shares],
-            "one_type_at_a_time": sharing.one_type_at_a_time}
+            "one_type_at_a_time": sharing.one_type_at_a_time, "mig_mode": sharing.mig_mode, "unread": sharing.unread}
 
 
 def _read_sharing(d: dict[str, Any]) -> Sharing:
@@ -53,6 +53,8 @@ def _read_sharing(d: dict[str, Any]) -> Sharing:
                     for t in d.get("types", ())),
         shares=tuple(Share(x["id"], x["type_id"], ShareMode(x["mode"]), x.get("holder")) for x in d.get("shares", ())),
         one_type_at_a_time=bool(d.get("one_type_at_a_time", False)),
+        mig_mode=d.get("mig_mode"),
+        unread=str(d.get("unread") or ""),
     )
 
 

@@ -7,12 +7,13 @@ import difflib
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from gpupass.backends.kvm import domxml, secretclaims, shares, sysfs
+from gpupass.backends.kvm import domxml, nvidia, secretclaims, shares, sysfs
 from gpupass.backends.kvm.errors import is_transport_error, translate
-from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev
+from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev, SetVfVgpuType
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
     NodeDevice,
@@ -115,7 +116,7 @@ class KvmBackend(Backend):
     # OVMF's default 64-bit PCI aperture is 32 GiB; gpupass raises it in powers of two.
     mmio_policy = MmioPolicy(default_window=32 * GiB, granularity=GiB)
     capabilities = Capabilities(live_attach=True, firmware_change=True, hide_hypervisor=True,
-                                share_modes=(ShareMode.MDEV, ShareMode.SRIOV_VF))
+                                share_modes=(ShareMode.MDEV, ShareMode.SRIOV_VF, ShareMode.VF_VGPU))
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -291,8 +292,10 @@ class KvmBackend(Backend):
         # has the PF's class and often its slot (an A10's VFs are 41:00.4-41:04.3: OpenNebula's vGPU guide).
         gpus = group_gpus([f for a, f in functions.items() if a not in virtual_functions], groups, owners)
         gpus = self._with_sharing(gpus, share_types, mdev_holders)
-        gpus = [_with_virtual_functions(gpu, physical_functions[gpu.address], owners)
+        sysfs_root = self._host_sysfs()
+        gpus = [_with_virtual_functions(gpu, physical_functions[gpu.address], owners, sysfs_root)
                 if gpu.address in physical_functions else gpu for gpu in gpus]
+        gpus = self._with_mig_modes(gpus)
         if self._is_local:
             gpus = [_mark_boot_vga(gpu) for gpu in gpus]
         host = Host(
@@ -398,6 +401,25 @@ class KvmBackend(Backend):
                           if types or held else gpu)
         return shared
 
+    # Where NVIDIA's vGPU manager is read (backends/kvm/nvidia.py): the host's own sysfs and nvidia-smi, only on a
+    # connection from the host itself; libvirt reports neither. A lab overrides these (backends/kvm/lab).
+    def _host_sysfs(self) -> Path | None:
+        return nvidia.SYSFS_PCI if self._is_local else None
+
+    def _host_mig_modes(self) -> dict[PciAddress | None, bool | None]:
+        return nvidia.read_mig_modes() if self._is_local else {}
+
+    def _with_mig_modes(self, gpus: list[Gpu]) -> list[Gpu]:
+        """MIG mode of each NVIDIA GPU that offers vGPU types (read once, only where there is one)."""
+        if not any(g.function.vendor_id == 0x10DE and g.sharing.offered for g in gpus):
+            return gpus
+        modes = self._host_mig_modes()
+        if not modes:
+            return gpus
+        single = modes.get(None) if len(modes) == 1 else None  # one GPU's lines without their heading
+        return [dataclasses.replace(g, sharing=dataclasses.replace(g.sharing, mig_mode=modes.get(g.address, single)))
+                if g.function.vendor_id == 0x10DE and g.sharing.offered else g for g in gpus]
+
     def _test_file_drivers(self) -> dict[str, str]:
         """Drivers of a `test:///path` host, which its node devices do not report (see drivers_in_node_file)."""
         parts = urlsplit(self.target.uri)
@@ -478,6 +500,8 @@ class KvmBackend(Backend):
         xml = _state(ctx.facts).domain_xml[vm.name]
         if change.type.mode is ShareMode.SRIOV_VF:
             return self._plan_assign_vf(ctx, gpu, xml)
+        if change.type.mode is ShareMode.VF_VGPU:
+            return self._plan_assign_vf_vgpu(ctx, gpu, change.type, xml)
         parent = nodedev_name(gpu.address)
         steps = []
         free = gpu.sharing.free(change.type.id)
@@ -505,14 +529,25 @@ class KvmBackend(Backend):
         xml = _state(ctx.facts).domain_xml[vm.name]
         created = set(domxml.mdevs_created_by_gpupass(domxml.parse(xml)))
         steps, removals = [], []
-        vfs = {PciAddress.parse(c.share.id) for c in ctx.shares if c.type.mode is ShareMode.SRIOV_VF and c.share}
+        on_vfs = (ShareMode.SRIOV_VF, ShareMode.VF_VGPU)
+        vfs = {PciAddress.parse(c.share.id) for c in ctx.shares if c.type.mode in on_vfs and c.share}
         if vfs:  # a VF leaves like a whole GPU: its <hostdev> goes, and its claim with it (_apply_define)
+            types_set = domxml.vf_vgpu_types_set_by_gpupass(domxml.parse(xml))
             edit = domxml.remove_gpus(xml, vfs)
             edit = domxml.Edit(domxml.without_unfinished_claims(edit.xml), edit.changes)
             steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=True))
             xml = edit.xml
+            for vf in sorted(str(a) for a in vfs if str(a) in types_set):  # the types gpupass set, not an admin's
+                clear = SetVfVgpuType(vf, nvidia.UNSET, types_set[vf])
+                removals.append(Step(
+                    action="kvm.set-vf-vgpu-type",
+                    description=f"clear the vGPU type gpupass set on virtual function {vf}",
+                    undo=f"set it again: echo {types_set[vf]} > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",
+                    changes=(f"echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",),
+                    payload=clear,
+                ))
         for change in ctx.shares:
-            if change.type.mode is ShareMode.SRIOV_VF:
+            if change.type.mode in on_vfs:
                 continue
             uuid = change.share.id if change.share else ""
             edit = domxml.remove_mdev(xml, uuid)
@@ -530,6 +565,39 @@ class KvmBackend(Backend):
                     payload=remove,
                 ))
         return steps + removals
+
+    def _plan_assign_vf_vgpu(self, ctx: CheckContext, gpu: Gpu, share_type: ShareType, xml: str) -> list[Step]:
+        """An NVIDIA vGPU on a VF (backends/kvm/nvidia.py): a free VF already of the type, else the lowest VF with no
+        type that lists it, whose type gpupass sets (a sysfs write on the host, undone by writing 0); then the VF
+        goes into the domain as a PCI device with managed='no' (it stays on the nvidia driver), claimed."""
+        free = gpu.sharing.free(share_type.id)
+        steps: list[Step] = []
+        if free:
+            vf = free[0].id
+        else:
+            creatable = gpu.extra.get("vf_vgpu_creatable") or {}
+            idle = [s.id for s in gpu.sharing.free(SRIOV_VF_TYPE) if share_type.id in creatable.get(s.id, ())]
+            if not idle:  # blocked by preflight (share-capacity-exhausted)
+                return []
+            vf = idle[0]
+            step = SetVfVgpuType(vf, share_type.id, nvidia.UNSET)
+            steps.append(Step(
+                action="kvm.set-vf-vgpu-type",
+                description=f"make virtual function {vf} of {gpu.address} a {share_type.name or share_type.id} vGPU",
+                undo=f"clear its type: echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",
+                changes=(f"echo {share_type.id} > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",),
+                payload=step,
+            ))
+        address = PciAddress.parse(vf)
+        function = ctx.facts.function(address) or PciFunction(address, gpu.function.vendor_id, 0,
+                                                              gpu.function.class_code)
+        edit = domxml.add_gpus(xml, domxml.AssignSettings(((function,),), managed=False))
+        if not free:
+            edit = domxml.Edit(domxml.with_vf_vgpu_type(edit.xml, vf, share_type.id), edit.changes)
+        define = self._define_step(ctx.vm.name, xml, edit, needs_vm_off=True, claims=[vf])
+        steps.append(dataclasses.replace(define, description=f"give vGPU {vf} ({share_type.name or share_type.id}) "
+                                                             f"to VM '{ctx.vm.name}' in its persistent definition"))
+        return steps
 
     def _plan_assign_vf(self, ctx: CheckContext, gpu: Gpu, xml: str) -> list[Step]:
         """The lowest free VF of the PF, as a <hostdev type='pci' managed='yes'> of its own (libvirt
@@ -1017,6 +1085,39 @@ class KvmBackend(Backend):
         return StepState("after" if there == isinstance(payload, CreateMdev) else "before", token=payload.uuid)
 
     @_apply.register
+    def _apply_set_vf_vgpu_type(self, payload: SetVfVgpuType) -> None:
+        self._write_vf_vgpu_type(payload.vf, payload.type_id)
+
+    @_undo.register
+    def _undo_set_vf_vgpu_type(self, payload: SetVfVgpuType, token: None) -> None:
+        self._write_vf_vgpu_type(payload.vf, payload.previous)
+
+    @_observe.register
+    def _observe_set_vf_vgpu_type(self, payload: SetVfVgpuType, step: Step) -> StepState:
+        root = self._host_sysfs()
+        if root is None:  # _write_vf_vgpu_type refuses before writing anything where it cannot reach sysfs
+            return StepState("before", detail="gpupass writes a VF's vGPU type only on the host itself")
+        state = nvidia.read_vf_vgpu(PciAddress.parse(payload.vf), root)
+        if state is None:
+            return StepState("unknown", detail=f"virtual function {payload.vf}'s vGPU type cannot be read")
+        now = state.current or nvidia.UNSET
+        return StepState("after" if now == payload.type_id else "before" if now == payload.previous else "unknown",
+                         detail=f"virtual function {payload.vf} has vGPU type {now}")
+
+    def _write_vf_vgpu_type(self, vf: str, type_id: str) -> None:
+        """A sysfs write on the host: only from the host itself. Over a remote URI (or from a snapshot of a host)
+        the plan shows the step, and carrying it out stops here, before anything changed."""
+        root = self._host_sysfs()
+        if root is None:
+            raise NotSupported(
+                f"setting the vGPU type of an SR-IOV virtual function ({vf}) is not supported over a remote URI "
+                f"({self.target.label}): it is a write to the host's sysfs (nvidia/current_vgpu_type); nothing was "
+                "changed", remedy="run gpupass on the host itself (qemu:///system), or set the type there (echo "
+                                  f"{type_id} > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type): gpupass then "
+                                  "gives the configured VF")
+        nvidia.write_vf_vgpu_type(PciAddress.parse(vf), type_id, root)
+
+    @_apply.register
     def _apply_define_share(self, payload: DefineShare) -> str:
         return self._define_share(payload)
 
@@ -1149,20 +1250,58 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm
 
 # NVIDIA's SR-IOV GPUs (Ampere and later) give their VFs to VMs as vGPUs: a VF gets a vGPU type from the vGPU
 # manager before a VM can use it (NVIDIA vGPU user guide; on vGPU 17+ through the VF's sysfs
-# nvidia/current_vgpu_type). A plain VF of such a card is no share a VM can use, so it is not offered as one.
+# nvidia/current_vgpu_type, backends/kvm/nvidia.py). A plain VF of such a card is no share a VM can use, so it is not
+# offered as one.
 _VGPU_VF_VENDORS = (0x10DE,)
 
 
-def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress, str]) -> Gpu:
-    """An SR-IOV PF's VFs as shares (each free or held by the VM whose definition has it) and, where a VF is a
-    device a VM can use as it is (not NVIDIA's vGPU VFs), the VF share type with the VFs total and enabled."""
-    vfs = tuple(Share(str(address), SRIOV_VF_TYPE, ShareMode.SRIOV_VF, owners.get(address))
-                for address in pf.virtual_functions)
-    offered = () if gpu.function.vendor_id in _VGPU_VF_VENDORS else (
-        virtual_function_type(pf.max_virtual_functions, len(vfs)),)
+def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress, str],
+                            sysfs_root: Path | None) -> Gpu:
+    """An SR-IOV PF's VFs as shares (each free or held by the VM whose definition has it) and what can be given:
+    the VF itself (`sriov-vf`) where a VM can use it as it is, or on NVIDIA's cards the vGPU types its VFs offer
+    (read from the host's sysfs; where that cannot be read, `unread` says so)."""
     sharing = gpu.sharing
-    return dataclasses.replace(gpu, sharing=dataclasses.replace(
-        sharing, types=sharing.types + offered, shares=sharing.shares + vfs))
+    if gpu.function.vendor_id not in _VGPU_VF_VENDORS:
+        vfs = tuple(Share(str(a), SRIOV_VF_TYPE, ShareMode.SRIOV_VF, owners.get(a)) for a in pf.virtual_functions)
+        return dataclasses.replace(gpu, sharing=dataclasses.replace(
+            sharing, types=sharing.types + (virtual_function_type(pf.max_virtual_functions, len(vfs)),),
+            shares=sharing.shares + vfs))
+    states = {a: nvidia.read_vf_vgpu(a, sysfs_root) for a in pf.virtual_functions} if sysfs_root else {}
+    names: dict[str, str] = {}
+    room: dict[str, int] = {}
+    shares: list[Share] = []
+    for address in pf.virtual_functions:
+        state = states.get(address)
+        for type_id, name in state.creatable if state else ():
+            names.setdefault(type_id, name)
+            if state is not None and state.current is None:  # a VF with no type can take any type it lists
+                room[type_id] = room.get(type_id, 0) + 1
+        if state is not None and state.current is not None:
+            shares.append(Share(str(address), state.current, ShareMode.VF_VGPU, owners.get(address)))
+        else:
+            shares.append(Share(str(address), SRIOV_VF_TYPE, ShareMode.SRIOV_VF, owners.get(address)))
+    types = tuple(ShareType(type_id, name, ShareMode.VF_VGPU, available=room.get(type_id, 0),
+                            description="NVIDIA vGPU type set on an SR-IOV virtual function (nvidia/current_vgpu_type)")
+                  for type_id, name in sorted(names.items(), key=lambda item: int(item[0])))
+    # A configured VF whose type no VF lists any more (a full card lists only the header) keeps its own type
+    types += tuple(ShareType(t, t, ShareMode.VF_VGPU, available=0) for t in sorted({s.type_id for s in shares
+                   if s.mode is ShareMode.VF_VGPU} - set(names)))
+    if sysfs_root is None:
+        unread = ("NVIDIA's vGPU types of this GPU's SR-IOV virtual functions are read from the host's sysfs "
+                  "(/sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types), which gpupass reads only on the host "
+                  "itself (qemu:///system); over a remote URI they are not listed")
+    elif pf.virtual_functions and not any(states.values()):
+        unread = ("its virtual functions have no nvidia/creatable_vgpu_types: NVIDIA's vGPU manager (vGPU 17 or "
+                  "later) is not serving them, so no vGPU type can be set (install or load it, then sriov-manage -e)")
+    else:
+        unread = ""
+    # Which types each VF with no type lists, for the planner to pick a VF that can take the type asked for
+    creatable = {str(a): [t for t, _ in state.creatable] for a, state in states.items()
+                 if state is not None and state.current is None}
+    return dataclasses.replace(
+        gpu, sharing=dataclasses.replace(sharing, types=sharing.types + types,
+                                         shares=sharing.shares + tuple(shares), unread=unread),
+        extra={**gpu.extra, "vf_vgpu_creatable": creatable} if creatable else gpu.extra)
 
 
 def _with_stale_holdings(vms: list[Vm], holders: list[claims.Holder]) -> list[Vm]:

@@ -174,8 +174,9 @@ def facts_of(root: ET.Element) -> DomainFacts:
     )
 
 
-def hostdev_element(function: PciFunction, guest: tuple[int, int] | None = None, multifunction: bool = False) -> ET.Element:
-    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"})
+def hostdev_element(function: PciFunction, guest: tuple[int, int] | None = None, multifunction: bool = False,
+                    managed: bool = True) -> ET.Element:
+    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes" if managed else "no"})
     source = ET.SubElement(hostdev, "source")
     address = function.address
     ET.SubElement(source, "address", {
@@ -204,6 +205,9 @@ class AssignSettings:
     set_efi: bool = False
     mmio_window_bytes: int | None = None
     hide_hypervisor: bool = False
+    # managed='no': the device stays on its host driver at VM start (NVIDIA's vGPU VFs stay bound to nvidia; with
+    # managed='yes' libvirt would detach them and bind vfio-pci, libvirt docs/formatdomain.rst "managed").
+    managed: bool = True
 
 
 def _record(root: ET.Element) -> ET.Element:
@@ -298,10 +302,11 @@ def add_gpus(xml: str, settings: AssignSettings) -> Edit:
         first = min(f.address.function for f in card)
         for function in missing:
             multifunction = guest is not None and len(card) > 1 and function.address.function == first
-            _insert_device(root, hostdev_element(function, guest, multifunction))
+            _insert_device(root, hostdev_element(function, guest, multifunction, settings.managed))
             ET.SubElement(record, _q("device"), {"address": str(function.address)})
             where = f" as guest function {function.address.function}" if guest and len(card) > 1 else ""
-            changes.append(f"add <hostdev managed='yes'> {function.address} ({function.kind}){where}")
+            managed = "yes" if settings.managed else "no"
+            changes.append(f"add <hostdev managed='{managed}'> {function.address} ({function.kind}){where}")
     if settings.set_efi:
         os_element = root.find("os")
         if os_element is None:
@@ -475,6 +480,29 @@ def remove_mdev(xml: str, uuid: str) -> Edit:
                 record.remove(element)
         _drop_record_if_empty(root, record)
     return Edit(serialize(root), changes)
+
+
+def with_vf_vgpu_type(xml: str, vf: str, type_id: str) -> str:
+    """The record that gpupass set vGPU type `type_id` on virtual function `vf` for this VM (so a release clears
+    exactly the types gpupass set and leaves an admin's)."""
+    root = parse(xml)
+    ET.SubElement(_record(root), _q("vf-vgpu"), {"address": vf, "type": type_id})
+    return serialize(root)
+
+
+def without_vf_vgpu_type(xml: str, vf: str) -> str:
+    root = parse(xml)
+    record = root.find(f"metadata/{_q('assignment')}")
+    if record is not None:
+        for element in record.findall(_q("vf-vgpu")):
+            if element.get("address") == vf:
+                record.remove(element)
+        _drop_record_if_empty(root, record)
+    return serialize(root)
+
+
+def vf_vgpu_types_set_by_gpupass(root: ET.Element) -> dict[str, str]:
+    return {e.get("address", ""): e.get("type", "") for e in root.findall(f"metadata/{_q('assignment')}/{_q('vf-vgpu')}")}
 
 
 def mdevs_created_by_gpupass(root: ET.Element) -> tuple[str, ...]:

@@ -17,7 +17,10 @@ def gpupass_register_backends(register: Callable[..., None]) -> None:
 
 @hookimpl
 def gpupass_register_rules(register: Callable[..., None]) -> None:
-    from gpupass.backends.kvm.rules import RULES
+    from gpupass.backends.kvm.rules import RULES, SHARE_RULES
+    from gpupass.core.domain.sharing import ASSIGN_SHARE
 
     for rule in RULES:
         register(rule, operations=("assign",), platforms=("kvm",))
+    for rule in SHARE_RULES:
+        register(rule, operations=(ASSIGN_SHARE,), platforms=("kvm",))

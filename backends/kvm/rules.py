@@ -8,6 +8,7 @@ from gpupass.backends.kvm import physbits
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, info, warning
 from gpupass.core.domain.mmio import format_bytes
+from gpupass.core.domain.sharing import ShareMode, mig_backed
 
 
 def boot_display(ctx: CheckContext) -> Iterable[Finding]:
@@ -79,3 +80,49 @@ def phys_bits(ctx: CheckContext) -> Iterable[Finding]:
 
 
 RULES = (boot_display, host_driver, machine_type, phys_bits)
+
+
+# -- shares (assign-share) ------------------------------------------------------------------------------------
+def vgpu_manager_and_license(ctx: CheckContext) -> Iterable[Finding]:
+    """NVIDIA vGPU needs NVIDIA's Virtual GPU Manager on the host, the `nvidia` driver bound to the GPU, which is what
+    offers the vGPU types (mdev types, or a VF's creatable_vgpu_types), and a license in the guest: "install the
+    display drivers for your guest OS and license any NVIDIA vGPU software licensed products that you are using"
+    (NVIDIA Virtual GPU Software User Guide 18.0, introduction). The host side is readable (the driver libvirt
+    reports); the license is served to the guest (NVIDIA License System) and cannot be read from the host."""
+    for change in ctx.shares:
+        if change.share is not None or mig_backed(change.type) is None:
+            continue  # already held, or not an NVIDIA vGPU profile (an SR-IOV VF, another vendor's mdev type)
+        gpu = next(g for g in ctx.gpus if g.address == change.gpu)
+        driver = gpu.function.driver
+        if driver is not None and driver != "nvidia":
+            yield blocker(
+                "kvm-vgpu-manager-missing",
+                f"GPU {gpu.address} is bound to {driver}, not to NVIDIA's vGPU manager (driver nvidia), which a "
+                f"{change.type.name or change.type.id} vGPU needs",
+                "install NVIDIA's Virtual GPU Manager for KVM on the host and bind the GPU to it",
+                subject=str(gpu.address),
+            )
+        else:
+            yield info(
+                "nvidia-vgpu-license",
+                f"{change.type.name or change.type.id} is an NVIDIA vGPU: the host side is there (GPU {gpu.address} "
+                f"offers it through the vGPU manager, driver {driver or 'not reported'}); the guest's NVIDIA driver "
+                "also needs a vGPU software license, which gpupass cannot read from the host",
+                "license the guest (NVIDIA License System client configuration token) before relying on the vGPU",
+                subject=str(gpu.address),
+            )
+
+
+def vf_needs_iommu(ctx: CheckContext) -> Iterable[Finding]:
+    """A VF goes to the VM through VFIO like any PCI device: the host's IOMMU must be on (the whole-GPU rule
+    iommu-disabled does not run for a share)."""
+    on_vfs = any(c.type.mode in (ShareMode.SRIOV_VF, ShareMode.VF_VGPU) and c.share is None for c in ctx.shares)
+    if on_vfs and ctx.facts.host.iommu_enabled is False:
+        yield blocker(
+            "kvm-vf-iommu-off",
+            "the host's IOMMU is off: a virtual function is given to the VM through VFIO, which needs it",
+            "enable VT-d / AMD-Vi in the firmware and intel_iommu=on (or amd_iommu=on) on the kernel line, then reboot",
+        )
+
+
+SHARE_RULES = (vgpu_manager_and_license, vf_needs_iommu)

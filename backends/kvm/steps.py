@@ -75,3 +75,14 @@ class DefineShare:
     new_xml: str
     uuid: str
     adds: bool
+
+
+# -- NVIDIA vGPU on an SR-IOV virtual function (backends/kvm/nvidia.py) -----------------------------------------
+@dataclass(frozen=True)
+class SetVfVgpuType:
+    """Write vGPU type `type_id` ("0": none) to virtual function `vf`'s nvidia/current_vgpu_type on the host; its
+    undo writes `previous` back."""
+
+    vf: str
+    type_id: str
+    previous: str

@@ -114,6 +114,8 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
             idle = len(sharing.shares) - held
             lines.append(f"{qualified(gpu)}: {len(sharing.types)} {modes} types ({free} with room now), "
                          f"{len(sharing.shares)} in use" + (f" ({idle} held by no VM)" if idle else ""))
+            if sharing.unread:
+                lines.append(f"  not listed: {sharing.unread}")
         lines.append("(`gpus --json` lists each type with its name, framebuffer and instances left)")
     unavailable = facts.host.settings.get("sharing_unavailable")
     if unavailable and not shared:

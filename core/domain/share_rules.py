@@ -13,7 +13,7 @@ from typing import Iterable
 from gpupass.core.domain.context import CheckContext
 from gpupass.core.domain.findings import Finding, blocker, warning
 from gpupass.core.domain.inventory import Gpu
-from gpupass.core.domain.sharing import ShareMode
+from gpupass.core.domain.sharing import ShareMode, mig_backed
 
 
 def _gpu(ctx: CheckContext, index: int) -> Gpu:
@@ -97,6 +97,44 @@ def one_share_type_per_gpu(ctx: CheckContext) -> Iterable[Finding]:
             )
 
 
+def mig_mode_matches(ctx: CheckContext) -> Iterable[Finding]:
+    """A MIG-backed vGPU type needs MIG mode on: "To support GPU Instances with NVIDIA vGPU, a GPU must be configured
+    with MIG mode enabled" and "By default, MIG mode is disabled" (NVIDIA AI Enterprise, "Configuring a GPU for
+    MIG-Backed vGPUs"). A time-sliced type is for a GPU without MIG (NVIDIA AI Enterprise, "Choosing a vGPU Mode":
+    time-sliced vGPU for "a GPU without MIG"); a GPU in MIG mode offers its MIG-backed types instead, so that is a
+    warning (the driver's own count of instances then says whether one fits)."""
+    for index, change in enumerate(ctx.shares):
+        gpu = _gpu(ctx, index)
+        backed, mode = mig_backed(change.type), gpu.sharing.mig_mode
+        if change.share is not None or backed is None:
+            continue
+        if backed and mode is False:
+            yield blocker(
+                "mig-mode-disabled",
+                f"{change.type.name or change.type.id} is a MIG-backed vGPU type and GPU {gpu.address} is not in MIG "
+                "mode: a MIG-backed vGPU runs on a GPU instance, which exists only with MIG mode enabled",
+                "enable MIG mode on the host with no vGPU running on the GPU (nvidia-smi -i GPU -mig 1, then create "
+                "the GPU instances its vGPU types need), or ask for a time-sliced type",
+                subject=str(gpu.address),
+            )
+        elif backed and mode is None:
+            yield warning(
+                "mig-mode-unknown",
+                f"{change.type.name or change.type.id} is a MIG-backed vGPU type; the host does not say whether GPU "
+                f"{gpu.address} is in MIG mode, which it needs",
+                "check on the host: nvidia-smi -q (\"MIG Mode\", \"Current : Enabled\")",
+                subject=str(gpu.address),
+            )
+        elif not backed and mode is True:
+            yield warning(
+                "mig-mode-enabled",
+                f"{change.type.name or change.type.id} is a time-sliced vGPU type and GPU {gpu.address} is in MIG "
+                "mode, which serves MIG-backed vGPU types",
+                "ask for a MIG-backed type, or disable MIG mode with no vGPU on the GPU (nvidia-smi -i GPU -mig 0)",
+                subject=str(gpu.address),
+            )
+
+
 def not_given_whole(ctx: CheckContext) -> Iterable[Finding]:
     """A GPU passed through whole is bound to vfio-pci, not to the vendor driver that creates shares (the converse
     of rules.not_shared, with the same sources)."""
@@ -125,5 +163,6 @@ def vm_off_for_share(ctx: CheckContext) -> Iterable[Finding]:
     )
 
 
-ASSIGN_SHARE_RULES = (share_type_offered, share_capacity, one_share_type_per_gpu, not_given_whole, vm_off_for_share)
+ASSIGN_SHARE_RULES = (share_type_offered, share_capacity, one_share_type_per_gpu, mig_mode_matches, not_given_whole,
+                      vm_off_for_share)
 RELEASE_SHARE_RULES = (vm_off_for_share,)

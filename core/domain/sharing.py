@@ -30,6 +30,10 @@ class ShareMode(str, Enum):
     GPU_PARTITION = "gpu-partition"
     # A PCI SR-IOV virtual function of the GPU, passed through like a whole device.
     SRIOV_VF = "sriov-vf"
+    # An NVIDIA vGPU on an SR-IOV virtual function: the vGPU manager (vGPU 17+, Ada/Hopper/Blackwell on KVM) sets the
+    # VF's vGPU type in its sysfs (nvidia/current_vgpu_type) instead of creating a mediated device, and the VM gets the
+    # VF as a PCI device.
+    VF_VGPU = "vf-vgpu"
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def neutral_profile(name: str) -> str:
     that is no vendor profile (an mdev type id such as `nvidia-46`, a partition size)."""
     lowered = name.strip().lower()
     stripped = _PROFILE_PREFIX.sub("", lowered)
-    return stripped if stripped != lowered or re.fullmatch(r"[a-z0-9]+-\d+[a-z]+", stripped) else ""
+    return stripped if stripped != lowered or re.fullmatch(r"[a-z0-9]+-(?:\d+-)?\d+[a-z]+", stripped) else ""
 
 
 # SR-IOV: a physical function (PF) offers one share type, its virtual functions (VFs). Each VF the host has enabled
@@ -87,6 +91,24 @@ def virtual_function_type(total: int | None, enabled: int) -> ShareType:
         description=f"{enabled} of {total if total is not None else 'an unreported number of'} virtual functions "
                     "enabled by the host; each is given to one VM as a PCI device",
     )
+
+
+# NVIDIA vGPU types come in two kinds (NVIDIA vGPU user guide; NVIDIA AI Enterprise "Configuring a GPU for
+# MIG-Backed vGPUs"): time-sliced vGPUs share the whole GPU over time; MIG-backed vGPUs each run on a GPU instance of
+# a GPU in MIG mode. A MIG-backed type names its GPU instance's compute slices between the board and the framebuffer:
+# "NVIDIA H200X-1-18C" (1 slice, 18 GB) beside the time-sliced "NVIDIA H200X-141C" on the same card (a real
+# creatable_vgpu_types, NVIDIA kubevirt-gpu-device-plugin README; MIG device names count a GPU instance's compute
+# slices, NVIDIA MIG user guide, "MIG Device Names"). gpupass reads the kind from the name that way (an assumed
+# reading of NVIDIA's names, checked against that output).
+_MIG_BACKED_PROFILE = re.compile(r"[a-z0-9]+-\d+-\d+[a-z]+\d*")
+
+
+def mig_backed(share_type: ShareType) -> bool | None:
+    """True for a MIG-backed NVIDIA vGPU type, False for a time-sliced one, None for a type that is no vGPU profile."""
+    profile = neutral_profile(share_type.name) or neutral_profile(share_type.id)
+    if not profile:
+        return None
+    return bool(_MIG_BACKED_PROFILE.fullmatch(profile))
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,12 @@ class Sharing:
     # Virtual GPU Configurations on a Single GPU", equal-size mode), Hyper-V GPU-P (PartitionCount equal partitions,
     # Set-VMHostPartitionableGpu). Set by the backend, which knows the driver.
     one_type_at_a_time: bool = False
+    # MIG mode of the physical GPU as its driver reports it now (nvidia-smi "MIG Mode / Current"); None where the
+    # platform does not say, or for a GPU without MIG.
+    mig_mode: bool | None = None
+    # Why some of the GPU's sharing is not listed, in words, where the platform cannot read it from here (KVM:
+    # NVIDIA's per-VF vGPU types are in the host's sysfs); "" when nothing is left out.
+    unread: str = ""
 
     @property
     def offered(self) -> bool:

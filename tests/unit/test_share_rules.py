@@ -123,3 +123,34 @@ def test_share_capacity_across_hosts():
                                    shares=[Share("u9", "nvidia-46", ShareMode.MDEV, None)])),
     ], "P40-1Q")
     assert [(r.host, r.free) for r in rows] == [("a", 21), ("d", 1), ("b", 0), ("c", None)]
+
+
+# -- MIG mode (share_rules.mig_mode_matches) ------------------------------------------------------------------
+MIG_1_18C = ShareType("1414", "NVIDIA H200X-1-18C", ShareMode.MDEV, available=7)
+TS_141C = ShareType("1428", "NVIDIA H200X-141C", ShareMode.MDEV, available=1)
+
+
+def mig_host(mig_mode):
+    card = dataclasses.replace(gpu("0000:81:00.0"), sharing=Sharing((MIG_1_18C, TS_141C), (), mig_mode=mig_mode))
+    return facts(gpus=[card], vms=[vm("ml-train")])
+
+
+@pytest.mark.parametrize("mig_mode, asked, code, blocks", [
+    (False, "1414", "mig-mode-disabled", True),   # MIG-backed on a GPU not in MIG mode
+    (None, "1414", "mig-mode-unknown", False),    # the platform does not say
+    (True, "1428", "mig-mode-enabled", False),    # time-sliced on a GPU in MIG mode
+])
+def test_mig_mode_against_the_kind_of_vgpu_type(registry, mig_mode, asked, code, blocks):
+    found = findings(registry, mig_host(mig_mode), share=asked)
+    assert code in found and found[code].blocks is blocks
+    assert not {"mig-mode-disabled", "mig-mode-unknown", "mig-mode-enabled"} - {code} & set(found)
+
+
+@pytest.mark.parametrize("mig_mode, asked", [(True, "1414"), (False, "1428"), (None, "1428")])
+def test_mig_mode_that_fits_has_no_finding(registry, mig_mode, asked):
+    assert not {"mig-mode-disabled", "mig-mode-unknown", "mig-mode-enabled"} & set(
+        findings(registry, mig_host(mig_mode), share=asked))
+
+
+def test_mig_mode_rule_ignores_types_that_are_no_vgpu_profile(registry):
+    assert "mig-mode-unknown" not in findings(registry, host(), share="P40-1Q")  # time-sliced, mode unknown: fine

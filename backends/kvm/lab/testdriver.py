@@ -35,6 +35,19 @@ class LabKvmBackend(KvmBackend):
         path = file_of(self.target.uri)
         return path if path is not None and self.target.options.get("persist_test_state") else None
 
+    # A test-driver host stands for a host read from afar, unless its target names a folder laid out like the host's
+    # /sys/bus/pci/devices (option `sysfs_root`) and a file of `nvidia-smi -q` text (option `nvidia_smi_q`): then
+    # the backend reads NVIDIA's per-VF vGPU files and MIG mode from those, as it reads the real ones on a local host.
+    def _host_sysfs(self) -> Path | None:
+        root = self.target.options.get("sysfs_root")
+        return Path(str(root)) if root else super()._host_sysfs()
+
+    def _host_mig_modes(self) -> dict[Any, bool | None]:
+        from gpupass.backends.kvm import nvidia
+
+        query = self.target.options.get("nvidia_smi_q")
+        return nvidia.mig_modes(Path(str(query)).read_text()) if query else super()._host_mig_modes()
+
     def _before_reading_definition(self) -> None:
         if self._persists() is not None:
             # A test-driver connection loads the host file once; another gpupass process may have written

@@ -327,4 +327,16 @@ def test_every_kvm_payload_type_survives_a_snapshot_round_trip(lab, tmp_path):
                 # a type with no free device: CreateMdev + DefineShare (planned although preflight blocks it)
                 AssignmentRequest("ml-train", (p40,), AssignOptions(share="P40-4C")),
                 ReleaseRequest("render01")]
-    assert payloads_survive_a_snapshot(lab, requests, tmp_path) == payload_types("kvm")
+    seen = payloads_survive_a_snapshot(lab, requests, tmp_path)
+    # an NVIDIA vGPU on a VF: SetVfVgpuType (on a host whose per-VF vGPU files are read from a folder)
+    from gpupass.core.target import Target
+    from tests.integration.kvm.test_kvm_vf_vgpu import A10, a10_host
+
+    uri, options = a10_host(tmp_path)
+    vgpu_host = type(lab)(Target(uri=uri, name="a10", options=options))
+    try:
+        seen |= payloads_survive_a_snapshot(
+            vgpu_host, [AssignmentRequest("vm1", (A10,), AssignOptions(share="A10-2Q"))], tmp_path)
+    finally:
+        vgpu_host.close()
+    assert seen == payload_types("kvm")
