@@ -375,7 +375,8 @@ def _check_room(host: str, sharing: Sharing, address: PciAddress, wants: list[tu
     two types on a GPU that takes one type at a time, is refused with the entry that asks for too much."""
     # The type first: a GPU holding another type reports no room for this one, which would hide the reason.
     if sharing.one_type_at_a_time:
-        staying = {s.type_id for s in sharing.shares if s not in released}
+        modes = {t.mode for t in sharing.types if t.id in {w for w, _ in wants}}  # VFs beside vGPUs: another mode
+        staying = {s.type_id for s in sharing.shares if s not in released and (not modes or s.mode in modes)}
         types = staying | {t for t, _ in wants}
         if len(types) > 1:
             raise FileError(path, wants[0][1].line, f"GPU {address} on {host} holds shares of one type at a time and "

@@ -258,7 +258,7 @@ def share_capacity(results: Iterable[HostResult], profile: str) -> list[ShareCap
         for gpu in result.facts.gpus:
             sharing = gpu.sharing
             for share_type in sharing.types_answering(profile):
-                other_type = sharing.one_type_at_a_time and any(s.type_id != share_type.id for s in sharing.shares)
+                other_type = sharing.one_type_at_a_time and bool(sharing.other_types_held(share_type))
                 if gpu.assigned_to or other_type:
                     free: int | None = 0
                 elif share_type.available is None:

@@ -134,7 +134,7 @@ def pick_equivalents(source_gpus: tuple[Gpu, ...], destination: HostFacts, locat
 def _room(gpu: Gpu, share_type: ShareType) -> int | None:
     """How many more shares of the type the GPU can give now (the rule fleet find --profile uses)."""
     sharing = gpu.sharing
-    if gpu.assigned_to or (sharing.one_type_at_a_time and any(s.type_id != share_type.id for s in sharing.shares)):
+    if gpu.assigned_to or (sharing.one_type_at_a_time and sharing.other_types_held(share_type)):
         return 0
     if share_type.available is None:
         return len(sharing.free(share_type.id)) or None

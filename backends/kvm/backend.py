@@ -290,8 +290,11 @@ class KvmBackend(Backend):
         vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
         # A VF is a share of its PF's card (below), not a GPU of its own and not a companion of the PF, though it
         # has the PF's class and often its slot (an A10's VFs are 41:00.4-41:04.3: OpenNebula's vGPU guide).
+        mdev_parents = _fold_vf_mdev_types(physical_functions, share_types)
         gpus = group_gpus([f for a, f in functions.items() if a not in virtual_functions], groups, owners)
-        gpus = self._with_sharing(gpus, share_types, mdev_holders)
+        gpus = self._with_sharing(gpus, share_types, mdev_holders, physical_functions)
+        gpus = [dataclasses.replace(g, extra={**g.extra, "mdev_parents": mdev_parents[g.address]})
+                if g.address in mdev_parents else g for g in gpus]
         sysfs_root = self._host_sysfs()
         gpus = [_with_virtual_functions(gpu, physical_functions[gpu.address], owners, sysfs_root)
                 if gpu.address in physical_functions else gpu for gpu in gpus]
@@ -373,7 +376,7 @@ class KvmBackend(Backend):
                 else vm for vm in vms]
 
     def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
-                      mdev_holders: dict[str, str]) -> list[Gpu]:
+                      mdev_holders: dict[str, str], physical_functions: Mapping[PciAddress, NodeDevice]) -> list[Gpu]:
         """Each card's vGPU types and the mediated devices created on it, with the VM holding each."""
         if not share_types:
             return gpus
@@ -391,8 +394,11 @@ class KvmBackend(Backend):
                 types = tuple(with_description(t, text) if (text := sysfs.mdev_type_description(gpu.address, t.id))
                               else t for t in types)
             # By UUID: libvirt lists node devices in no set order, and a snapshot must read like the live host.
+            pf = physical_functions.get(gpu.address)
+            parents = (gpu.address, *(pf.virtual_functions if pf else ()))  # a VF's devices are its card's
             held = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid))
-                         for m in sorted(children.get(nodedev_name(gpu.address), ()), key=lambda m: m.uuid))
+                         for m in sorted((m for a in parents for m in children.get(nodedev_name(a), ())),
+                                         key=lambda m: m.uuid))
             # NVIDIA's time-sliced vGPU takes one type per physical GPU at a time (NVIDIA Virtual GPU Software User
             # Guide, "Valid Virtual GPU Configurations on a Single GPU"); its driver then reports 0 available for the
             # other types, and preflight says why.
@@ -502,7 +508,8 @@ class KvmBackend(Backend):
             return self._plan_assign_vf(ctx, gpu, xml)
         if change.type.mode is ShareMode.VF_VGPU:
             return self._plan_assign_vf_vgpu(ctx, gpu, change.type, xml)
-        parent = nodedev_name(gpu.address)
+        with_room = (gpu.extra.get("mdev_parents") or {}).get(change.type.id)  # the card's VFs, where they are
+        parent = with_room[0] if with_room else nodedev_name(gpu.address)            # the mdev parents
         steps = []
         free = gpu.sharing.free(change.type.id)
         if free:
@@ -1246,6 +1253,32 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm
             f"an assign of {', '.join(sorted(c.addresses))} started by {c.origin} stopped before its change was "
             "written; any `gpupass assign` or `release` of this VM clears it" for c in claims if c.choosing),
     )
+
+
+def _fold_vf_mdev_types(physical_functions: Mapping[PciAddress, NodeDevice],
+                        share_types: dict[PciAddress, tuple[ShareType, ...]]) -> dict[PciAddress, dict[str, list[str]]]:
+    """NVIDIA vGPU up to release 16 on Ampere (A100, A30) makes each VF an mdev parent, one vGPU per VF
+    (mdev_supported_types under the VF): the card offers what its VFs offer, each type's room the sum of theirs.
+    Moves the VFs' types onto their PF (in `share_types`) and returns, per PF and type, the VFs (node device names)
+    with room, where gpupass creates a device of the type."""
+    parents: dict[PciAddress, dict[str, list[str]]] = {}
+    for address, pf in physical_functions.items():
+        on_vfs = [(vf, share_types.pop(vf)) for vf in pf.virtual_functions if vf in share_types]
+        if not on_vfs:
+            continue
+        merged = {t.id: t for t in share_types.get(address, ())}
+        rooms: dict[str, list[str]] = {}
+        for vf, types in on_vfs:
+            for t in types:
+                if t.available:
+                    rooms.setdefault(t.id, []).append(nodedev_name(vf))
+                known = merged.get(t.id)
+                merged[t.id] = t if known is None else dataclasses.replace(
+                    known, available=None if known.available is None or t.available is None
+                    else known.available + t.available)
+        share_types[address] = tuple(merged.values())
+        parents[address] = rooms
+    return parents
 
 
 # NVIDIA's SR-IOV GPUs (Ampere and later) give their VFs to VMs as vGPUs: a VF gets a vGPU type from the vGPU

@@ -86,7 +86,7 @@ def one_share_type_per_gpu(ctx: CheckContext) -> Iterable[Finding]:
         gpu = _gpu(ctx, index)
         if change.share is not None or not gpu.sharing.one_type_at_a_time:
             continue
-        other = sorted({s.type_id for s in gpu.sharing.shares if s.type_id != change.type.id})
+        other = gpu.sharing.other_types_held(change.type)
         if other:
             yield blocker(
                 "share-type-mixed",

@@ -166,6 +166,11 @@ class Sharing:
     def held_by(self, vm: str) -> tuple[Share, ...]:
         return tuple(s for s in self.shares if s.holder == vm)
 
+    def other_types_held(self, share_type: ShareType) -> tuple[str, ...]:
+        """The types of shares the GPU holds, of the same mode as `share_type` but another type: what the one-type
+        rule weighs (an NVIDIA card's SR-IOV VFs are shares of another mode beside its vGPU types)."""
+        return tuple(sorted({s.type_id for s in self.shares if s.mode is share_type.mode and s.type_id != share_type.id}))
+
     def free(self, type_id: str) -> tuple[Share, ...]:
         """Shares of the type that exist on the GPU and no VM holds (a mediated device created ahead)."""
         return tuple(sorted((s for s in self.shares if s.holder is None and s.type_id == type_id), key=lambda s: s.id))

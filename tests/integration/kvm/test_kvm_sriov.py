@@ -215,3 +215,37 @@ def test_a_vf_named_in_a_release_points_at_its_pf(lab_file, open_backend, regist
     backend = open_backend(lab_file)
     with pytest.raises(UsageError, match="is a sriov-vf share of GPU 0000:00:02.0"):
         make_plan(backend, backend.inventory(), ReleaseRequest("ml-train", ("00:02.3",)), registry)
+
+
+def test_vfs_that_are_mdev_parents_give_their_types_to_the_card(tmp_path, open_backend, registry):
+    """NVIDIA vGPU up to release 16 on Ampere makes each VF an mdev parent (one vGPU per VF): the card offers its VFs'
+    types with their room summed, their devices are its shares, and a new device is created on a VF with room.
+    Assumed host: an A100's PF with two VFs offering GRID A100-4C, one instance each, a device on the first."""
+    pf = testhost.Function("0000:41:00.0", 0x10DE, 0x20F1, 0x030200, "", "", "nvidia", 20,
+                           virtual_functions=("0000:41:00.4", "0000:41:00.5"), max_virtual_functions=16)
+    vfs = [testhost.Function(v, 0x10DE, 0x20F1, 0x030200, "", "", "nvidia", 21 + i, physical_function=pf.address)
+           for i, v in enumerate(pf.virtual_functions)]
+    path = tmp_path / "a100.xml"
+    testhost.write_host(path, [pf, *vfs], [testhost.domain("vm1"), testhost.domain("vm2")])
+    text = path.read_text()
+    for function, room in (("4", 0), ("5", 1)):
+        text = text.replace(
+            f"<function>{function}</function>", f"<function>{function}</function><capability type='mdev_types'>"
+            "<type id='nvidia-471'><name>GRID A100-4C</name><deviceAPI>vfio-pci</deviceAPI>"
+            f"<availableInstances>{room}</availableInstances></type></capability>", 1)
+    device = ("<device><name>mdev_11111111_2222_3333_4444_555555555555_0000_41_00_4</name>"
+              "<parent>pci_0000_41_00_4</parent><capability type='mdev'><type id='nvidia-471'/>"
+              "<uuid>11111111-2222-3333-4444-555555555555</uuid></capability></device>")
+    path.write_text(text.replace("<domain type=", device + "<domain type=", 1))
+    backend = open_backend(path)
+    (gpu,) = backend.inventory().gpus
+    assert [(t.id, t.available) for t in gpu.sharing.types] == [("nvidia-471", 1)]
+    assert {s.id: s.type_id for s in gpu.sharing.shares} == {
+        "11111111-2222-3333-4444-555555555555": "nvidia-471", "0000:41:00.4": "sriov-vf", "0000:41:00.5": "sriov-vf"}
+    plan = make_plan(backend, backend.inventory(), share_request("vm1", "41:00.0", "A100-4C"), registry)
+    # the admin's free device on 41:00.4 is given first
+    assert [s.action for s in plan.steps] == ["kvm.define-domain"]
+    execute(backend, plan)
+    plan = make_plan(backend, backend.inventory(), share_request("vm2", "41:00.0", "A100-4C"), registry)
+    create = plan.steps[0].payload
+    assert plan.steps[0].action == "kvm.create-mdev" and create.parent == "pci_0000_41_00_5"  # the VF with room
