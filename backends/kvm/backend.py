@@ -1319,7 +1319,9 @@ def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress
     # A configured VF whose type no VF lists any more (a full card lists only the header) keeps its own type
     types += tuple(ShareType(t, t, ShareMode.VF_VGPU, available=0) for t in sorted({s.type_id for s in shares
                    if s.mode is ShareMode.VF_VGPU} - set(names)))
-    if sysfs_root is None:
+    if any(t.mode is ShareMode.MDEV for t in sharing.types):
+        unread = ""  # vGPU up to 16: the VFs are mdev parents, their types already listed (_fold_vf_mdev_types)
+    elif sysfs_root is None:
         unread = ("NVIDIA's vGPU types of this GPU's SR-IOV virtual functions are read from the host's sysfs "
                   "(/sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types), which gpupass reads only on the host "
                   "itself (qemu:///system); over a remote URI they are not listed")

@@ -239,7 +239,7 @@ def test_vfs_that_are_mdev_parents_give_their_types_to_the_card(tmp_path, open_b
     path.write_text(text.replace("<domain type=", device + "<domain type=", 1))
     backend = open_backend(path)
     (gpu,) = backend.inventory().gpus
-    assert [(t.id, t.available) for t in gpu.sharing.types] == [("nvidia-471", 1)]
+    assert [(t.id, t.available) for t in gpu.sharing.types] == [("nvidia-471", 1)] and gpu.sharing.unread == ""
     assert {s.id: s.type_id for s in gpu.sharing.shares} == {
         "11111111-2222-3333-4444-555555555555": "nvidia-471", "0000:41:00.4": "sriov-vf", "0000:41:00.5": "sriov-vf"}
     plan = make_plan(backend, backend.inventory(), share_request("vm1", "41:00.0", "A100-4C"), registry)
