@@ -59,3 +59,54 @@ def test_a_lost_reply_to_a_vgpu_release_is_read_back_and_taken_back_and_a_rerun_
     assert _settings(vm) == held                                        # vGPU, reservation and record back
     execute(backend, plan(backend, release("infer01")))                 # the same release again
     assert _settings(vm) == original
+
+
+def test_a_client_killed_with_its_vgpu_assign_on_the_wire_leaves_the_vm_after_and_a_rerun_converges(sim, connect,
+                                                                                                     tmp_path):
+    """A real `gpupass assign --share` process killed (SIGKILL) while its ReconfigVM_Task waits at the simulator
+    (vcsim's `/gpupass/hold`), which then carries it out: the vGPU, the reservation and gpupass's record arrive
+    together (one reconfigure), so the VM is exactly after; `gpus` shows the share, the same assign again has nothing
+    to do, and a release gives everything back."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from support.cli import GPUPASS
+
+    vm = vm_obj(connect(sim), "infer01")
+    before = _settings(vm)
+    env = dict(os.environ, GPUPASS_PASSWORD=sim.password, GPUPASS_CONFIG=str(tmp_path / "none.toml"))
+    uri, gpu = f"esxi://gpupass@127.0.0.1:{sim.port}/Lab", "esx03.lab.local/0000:af:00.0"
+
+    def cli(*args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    sim.hold("ReconfigVM_Task")
+    client = subprocess.Popen([*GPUPASS, "assign", uri, "infer01", gpu, "--share", "grid_p40-4c", "--yes",
+                               "--ca-file", str(sim.ca_file)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.held() != "ReconfigVM_Task":
+            assert time.monotonic() < deadline and client.poll() is None, "the reconfigure never reached the simulator"
+            time.sleep(0.05)
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        sim.release()
+    deadline = time.monotonic() + 10           # the simulator carries out the call its killed client had sent
+    while sim.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = _settings(vm)
+    assert held[0] == ["grid_p40-4c"] and held[1] is True and held[3], held          # exactly after, record included
+    listed = json.loads(cli("gpus", uri, "--json").stdout)
+    card = next(g for g in listed["gpus"] if g["address"] == "0000:af:00.0" and g.get("location") == "esx03.lab.local")
+    assert "infer01" in {s["holder"] for s in card["sharing"]["shares"]}
+    again = cli("assign", uri, "infer01", gpu, "--share", "grid_p40-4c", "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
+    released = cli("release", uri, "infer01", gpu, "--yes")
+    assert released.returncode == 0, released.stdout + released.stderr
+    assert _settings(vm) == before

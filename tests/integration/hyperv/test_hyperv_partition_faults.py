@@ -87,3 +87,44 @@ def test_a_lost_reply_and_a_lost_read_back_are_reported_as_not_known(lab):
     assert [p for p, _ in partitions(model)] == [PATH]     # the host did add it: `status` shows it, and ...
     rerun = make_plan(backend, backend.inventory(), ASSIGN, plugins.default_registry())
     assert rerun.nothing_to_do                             # ... the same assign again has nothing to do
+
+
+def test_a_client_killed_with_its_partition_add_on_the_wire_leaves_the_vm_after_and_a_rerun_converges(lab):
+    """A real `gpupass assign --share` process killed (SIGKILL) with its Add-VMGpuPartitionAdapter script held on the
+    wire (the endpoint's hold_next_command), which the host then runs: the VM holds the partition, `status` shows it,
+    the same assign again has nothing to do, and a release gives it back."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from support.cli import GPUPASS
+
+    model, ep, backend = lab
+    original = model.to_dict()
+    env = {**os.environ, "GPUPASS_PASSWORD": PASSWORD}
+    uri = backend.target.uri
+
+    def cli(*args):
+        return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    ep.hold_next_command(containing="Add-VMGpuPartitionAdapter")
+    client = subprocess.Popen([*GPUPASS, "assign", uri, "ml-train", str(RTX), "--share", "partitions-32", "--yes"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert ep.command_held.wait(60), "the partition script never reached the endpoint"
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        ep.release_command()
+    assert ep.command_done.wait(60)                        # the host ran the script its killed client had sent
+    assert [p for p, _ in partitions(model)] == [PATH]
+    status = json.loads(cli("status", uri, "--json").stdout)
+    assert next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"] == []
+    card = next(g for g in json.loads(cli("gpus", uri, "--json").stdout)["gpus"] if g["address"] == str(RTX))
+    assert "ml-train" in {s["holder"] for s in card["sharing"]["shares"]}
+    again = cli("assign", uri, "ml-train", str(RTX), "--share", "partitions-32", "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
+    released = cli("release", uri, "ml-train", str(RTX), "--yes")
+    assert released.returncode == 0, released.stdout + released.stderr
+    assert model.to_dict() == original
