@@ -130,10 +130,13 @@ def registry_for_host(text: str | None, config: Config) -> Registry:
     if text is None or plugins.has_default() or snapshot.looks_like_snapshot(text):
         # loaded already (or registered at run time): it is the truth; a default host: every plugin
         return plugins.default_registry()
-    scoped = plugins.scoped_registry(lab=text)  # a lab host name comes first, as in resolve_target
+    looks_like_uri = "://" in text or text.startswith("test:")
+    # A lab host name comes first, as in resolve_target; lab hosts have names, not URIs, so a URI (a fleet of a
+    # thousand of them) skips that look-up in the plugin index and goes straight to its scheme's registry.
+    scoped = None if looks_like_uri else plugins.scoped_registry(lab=text)
     if scoped is None:
         entry = config.hosts.get(text)
-        uri = entry.uri if entry is not None else text if ("://" in text or text.startswith("test:")) else None
+        uri = entry.uri if entry is not None else text if looks_like_uri else None
         if uri is not None:
             scoped = plugins.scoped_registry(scheme=urlsplit(uri).scheme)
     return scoped if scoped is not None else plugins.default_registry()

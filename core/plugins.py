@@ -15,6 +15,7 @@ import importlib
 import marshal
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -199,6 +200,7 @@ def register(plugin: object, name: str | None = None) -> None:
 def reset_default() -> None:
     global _default
     _default = None
+    _scoped.clear()
 
 
 # -- the plugin index -------------------------------------------------------------------------------------
@@ -256,6 +258,7 @@ def _write_index(pm: pluggy.PluginManager, registry: Registry) -> None:
             "labs": {lab.name: lab.platform for lab in registry.lab_hosts if registry.lab_plugins.get(lab.name) == name},
         })
     index = {"version": INDEX_VERSION, "fingerprint": _fingerprint(), "plugins": plugins}
+    _scoped.clear()  # built from the index this one replaces
     path = _index_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,10 +290,29 @@ def _load(value: str) -> object:
     return target
 
 
+# Scoped registries already built in this process, by environment (the folders on sys.path), scheme and lab: a fleet
+# of a thousand qemu+ssh hosts builds one plugin manager, not one per host (and its workers, asking at once, wait
+# for that one rather than each building its own).
+_scoped: dict[tuple[tuple[str, ...], str | None, str | None], Registry] = {}
+_scoped_lock = threading.Lock()
+
+
 def scoped_registry(*, scheme: str | None = None, lab: str | None = None) -> Registry | None:
     """A registry of the plugins one host needs: the backends of its platform and the rules that apply to
     it (the lab host's plugin too, for a lab host). None when the index cannot tell (missing, stale, or the
-    scheme or lab unknown to it): the caller then loads every plugin, which also rebuilds the index."""
+    scheme or lab unknown to it): the caller then loads every plugin, which also rebuilds the index.
+    Built once per process for each scheme or lab."""
+    key = (tuple(_installed_folders()), scheme, lab)
+    with _scoped_lock:
+        if key not in _scoped:
+            registry = _build_scoped(scheme=scheme, lab=lab)
+            if registry is None:
+                return None  # not kept: the full scan the caller now makes writes an index that can tell
+            _scoped[key] = registry
+        return _scoped[key]
+
+
+def _build_scoped(*, scheme: str | None, lab: str | None) -> Registry | None:
     index = _read_index()
     if index is None:
         return None

@@ -104,3 +104,36 @@ def test_each_environment_keeps_its_own_index(monkeypatch, tmp_path):
         plugins._write_index(manager, registry)  # what that environment's own full scan would write
         assert plugins._index_path().exists()
     assert here.exists() and plugins.scoped_registry(scheme="test") is not None
+
+
+def test_many_hosts_of_one_scheme_share_one_registry_built_once(monkeypatch):
+    """A fleet of a thousand URIs must not build a plugin manager per host (issue 11: fleet), even when its
+    workers all ask at the same moment."""
+    import threading
+
+    from gpupass.core.config import Config
+    from gpupass.core.hosts import registry_for_host
+
+    _full_then_forget()
+    builds = []
+    real_build = plugins._build_scoped
+
+    def counting_build(**kwargs):
+        builds.append(kwargs)
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(plugins, "_build_scoped", counting_build)
+    found, start = [], threading.Barrier(40)
+
+    def ask(index):
+        start.wait()
+        found.append(registry_for_host(f"test:///nowhere/host-{index}.xml", Config(path=None)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 40 and len({id(r) for r in found}) == 1 and builds == [{"scheme": "test", "lab": None}]
+    assert [b.platform for b in found[0].backends] == ["kvm"] and not plugins.has_default()
+    assert registry_for_host("lab-kvm", Config(path=None)).lab_host("lab-kvm") is not None  # a lab: its own
