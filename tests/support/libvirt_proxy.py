@@ -9,7 +9,10 @@ told to belong to a call here. The remote driver's program is REMOTE_PROGRAM 0x2
 remote_protocol.x); the procedures gpupass's KVM writes send are listed below with their numbers there.
 
 * ``drop_reply_to(proc)``: the next call of ``proc`` goes to the daemon, which carries it out; its reply (matched by
-  serial) is read and thrown away, and the client's connection is closed: a reply lost after the fact.
+  serial) is read and thrown away, and the client's connection is closed: a reply lost after the fact (``times``:
+  so many such calls in a row, on whatever connection the client opens next).
+* ``withhold_reply_to(proc)``: the same, but the connection stays open: the reply simply never comes (a host
+  that stalls after doing the work), so the client waits for its own timeout.
 * ``hold_call_to(proc)``: the next call of ``proc`` is kept from the daemon until ``release()``: a request still on
   the wire when its sender dies. Released, it is sent to the daemon, and the daemon's reply to it is waited for
   (``replied``) before the daemon side is closed, so the daemon carries it out whatever happened to the client.
@@ -75,7 +78,8 @@ class _Link:
     def __init__(self, client: socket.socket, daemon: socket.socket) -> None:
         self.client, self.daemon = client, daemon
         self.pending: set[int] = set()  # serials passed to the daemon and not answered yet
-        self.to_drop: set[int] = set()  # serials whose reply is to be lost
+        self.to_drop: set[int] = set()  # serials whose reply is to be lost, with the connection
+        self.to_withhold: set[int] = set()  # serials whose reply is never passed on
         self.answered = threading.Condition()
 
 
@@ -84,6 +88,8 @@ class LibvirtProxy:
         self.daemon_socket, self.path = Path(daemon_socket), Path(path)
         self._lock = threading.Lock()
         self._drop: tuple[int, int] | None = None  # (proc, calls of it still to let through)
+        self._drops_left = 0  # replies still to lose once the skips are spent
+        self._withhold: tuple[int, int] | None = None
         self._hold: tuple[int, int] | None = None
         self._held_at: tuple[_Link, int] | None = None  # the connection and serial of the call held
         self.held = threading.Event()  # a call is being held
@@ -101,11 +107,16 @@ class LibvirtProxy:
     def uri(self) -> str:
         return f"qemu+unix:///session?socket={self.path}"
 
-    def drop_reply_to(self, proc: int, skip: int = 0) -> None:
-        """Lose the reply to the next call of `proc` (after letting `skip` such calls through)."""
+    def drop_reply_to(self, proc: int, skip: int = 0, times: int = 1) -> None:
+        """Lose the replies to the next `times` calls of `proc` (after letting `skip` such calls through)."""
         with self._lock:
-            self._drop = (proc, skip)
+            self._drop, self._drops_left = (proc, skip), times
             self.dropped.clear()
+
+    def withhold_reply_to(self, proc: int) -> None:
+        """Keep back the reply to the next call of `proc`, with the connection left open."""
+        with self._lock:
+            self._withhold = (proc, 0)
 
     def hold_call_to(self, proc: int, skip: int = 0) -> None:
         """Hold the next call of `proc` (after letting `skip` such calls through) until release()."""
@@ -142,14 +153,17 @@ class LibvirtProxy:
             threading.Thread(target=self._replies, args=(link,), daemon=True).start()
 
     def _armed(self, which: str, prog: int, proc: int, kind: int) -> bool:
-        """Is this call the one `which` ("_drop" or "_hold") waits for? Counts down its skips."""
-        armed = getattr(self, which)
+        """Is this call one that `which` ("_drop", "_withhold" or "_hold") waits for? Counts down its skips."""
+        armed = getattr(self, which)  # (proc, calls of it still to let through)
         if armed is None or prog != REMOTE_PROGRAM or kind != CALL or proc != armed[0]:
             return False
         if armed[1] > 0:
             setattr(self, which, (armed[0], armed[1] - 1))
             return False
-        setattr(self, which, None)
+        if which == "_drop" and self._drops_left > 1:
+            self._drops_left -= 1  # armed again for the next call of it
+        else:
+            setattr(self, which, None)
         return True
 
     def _calls(self, link: _Link) -> None:
@@ -160,6 +174,8 @@ class LibvirtProxy:
                     hold = self._armed("_hold", prog, proc, kind)
                     if self._armed("_drop", prog, proc, kind):
                         link.to_drop.add(serial)
+                    if self._armed("_withhold", prog, proc, kind):
+                        link.to_withhold.add(serial)
                     if hold:
                         self._held_at = (link, serial)
                 if hold:
@@ -193,6 +209,8 @@ class LibvirtProxy:
                     client_gone = True
                     _shut(link.client)  # the client never hears of it: its connection is lost instead
                     continue
+                if kind == REPLY and serial in link.to_withhold:
+                    continue  # the client waits for it in vain, its connection open
                 if not client_gone:
                     try:
                         link.client.sendall(message)

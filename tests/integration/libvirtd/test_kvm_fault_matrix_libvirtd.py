@@ -140,6 +140,49 @@ def test_a_lost_reply_is_read_back_over_a_new_connection_and_the_vm_is_exactly_a
     exactly(libvirt_conn, assigned if operation == "assign" else free, operation == "assign")
 
 
+def test_a_reply_that_never_comes_is_bounded_by_the_timeout_then_read_back_and_undone(libvirtd_uri, libvirt_conn,
+                                                                                       proxy, host):
+    """The daemon defined the VM but its reply never comes, the connection open (a host stalled after the work):
+    the host's timeout bounds the wait, and the VM is read again over a new connection and undone, claim too."""
+    free, assigned = host
+    with KvmBackend(Target(uri=proxy.uri, name="stalled", timeout=2.0)) as backend:
+        plan = plan_for(backend, VM, "assign")
+        proxy.withhold_reply_to(DOMAIN_DEFINE_XML)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert caught.value.rolled_back is True, caught.value.message
+    assert "did not answer within 2s (defineXML); what that call did on the host is not known" in caught.value.message
+    assert "the VM is as it was" in caught.value.message
+    exactly(libvirt_conn, free, claimed=False)
+    run(libvirtd_uri, VM, "assign")
+    exactly(libvirt_conn, assigned, claimed=True)
+
+
+def test_a_reply_lost_on_the_define_and_again_on_its_undo_is_reported_and_the_claim_left_is_shown(
+        libvirtd_uri, libvirt_conn, proxy, host):
+    """Two faults in a row: the assign's define is read back and undone, and the reply to that undo is lost too.
+    gpupass cannot tell that its undo went through and says so (not rolled back, the step named); the daemon
+    did undo the define, so the VM is as it was but the run's claim is left: status shows it, the same assign
+    again finishes."""
+    free, assigned = host
+    with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_for(backend, VM, "assign")
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML, times=2)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert caught.value.rolled_back is False
+    assert "these steps could not be undone: update the persistent definition of VM 'gp-fm-1' (undo by hand: " \
+        "define the VM again with its previous XML; undo failed: restoring the previous VM definition: End of " \
+        "file while reading data" in caught.value.message, caught.value.message
+    assert "gpupass status proxied" in caught.value.remedy
+    exactly(libvirt_conn, free, claimed=True)
+    note, = status(libvirtd_uri)[VM]
+    assert f"a claim on {GPU} for this VM" in note
+    run(libvirtd_uri, VM, "assign", takeover_s=0.3)
+    exactly(libvirt_conn, assigned, claimed=True)
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+
+
 # -- a gpupass process killed with its call on the wire, which the daemon then carries out --------------------------
 _CHILD = """
 import sys
