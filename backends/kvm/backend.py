@@ -350,6 +350,11 @@ class KvmBackend(Backend):
             if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
                 self._secret_driver = False
                 return vms
+            if exc.get_error_code() in (libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED):
+                # a connection allowed to read domains but not secrets: everything else can still be shown
+                log.warning("%s: cannot list gpupass's claims (libvirt secrets) on this connection: %s",
+                            self.target.label, exc.get_error_message())
+                return vms
             raise translate(libvirt, exc, "listing gpupass's claims") from exc
         names = {vm.id: vm.name for vm in vms}
         notes: dict[str, list[str]] = {}
