@@ -17,6 +17,7 @@ from gpupass.core.domain.select import qualified
 
 if TYPE_CHECKING:
     from gpupass.core.migration import MigrationPlan
+    from gpupass.core.domain.sharing import Share
 
 _SEVERITY_STYLE = {Severity.BLOCKER: ("BLOCKER", "red"), Severity.WARNING: ("warning", "yellow"),
                    Severity.INFO: ("info", "cyan")}
@@ -166,9 +167,13 @@ def status(facts: HostFacts) -> str:
     host = facts.host
     iommu = {True: "on", False: "OFF", None: "unknown"}[host.iommu_enabled]
     assigned = [g for g in facts.gpus if g.assigned_to]
-    incapable = [g for g in facts.gpus if not g.assigned_to and g.passthrough.capable is False]
-    free = [g for g in facts.gpus if not g.assigned_to and g.passthrough.capable is not False]
+    # A GPU with shares on it (vGPUs, partitions, enabled VFs) is not free for passthrough, even when no VM holds one.
+    shared = [g for g in facts.gpus if not g.assigned_to and g.sharing.in_use]
+    incapable = [g for g in facts.gpus if not g.assigned_to and not g.sharing.in_use and g.passthrough.capable is False]
+    free = [g for g in facts.gpus if not g.assigned_to and not g.sharing.in_use and g.passthrough.capable is not False]
     counts = [f"{len(free)} free", f"{len(assigned)} assigned"]
+    if shared:
+        counts.append(f"{len(shared)} shared")
     if incapable:
         counts.append(f"{len(incapable)} not capable of passthrough")
     lines = [
@@ -178,14 +183,20 @@ def status(facts: HostFacts) -> str:
         "",
     ]
     multi_host = any(vm.location for vm in facts.vms) or any(g.location for g in facts.gpus)
-    held = [(vm, [g for g in facts.gpus if g.assigned_to == vm.name and g.location == vm.location]) for vm in facts.vms]
-    rows = [[*([vm.location or "-"] if multi_host else []), vm.name, vm.power_state.value,
-             ", ".join(f"{qualified(g)} {g.model}" for g in gpus)]
+    held = [(vm, [f"{qualified(g)} {g.model}" for g in facts.gpus
+                  if g.assigned_to == vm.name and g.location == vm.location]
+             + [f"{qualified(g)} {_share_name(g, share)} (share)" for g in facts.gpus if g.location == vm.location
+                for share in g.sharing.held_by(vm.name)])
+            for vm in facts.vms]
+    rows = [[*([vm.location or "-"] if multi_host else []), vm.name, vm.power_state.value, ", ".join(gpus)]
             for vm, gpus in held if gpus]
     headers = (["HOST"] if multi_host else []) + ["VM", "STATE", "GPUS"]
     lines.append(table(headers, rows) if rows else "no VM holds a GPU")
     if free:
         lines += ["", "free:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in free]
+    if shared:
+        lines += ["", "shared (not free for passthrough):"] + [
+            f"  {shown(qualified(g))} ({shown(g.model)}): {_share_use(g)}" for g in shared]
     if incapable:
         lines += ["", "not capable of passthrough:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in incapable]
     unfinished = [(vm.name, item) for vm in facts.vms for item in vm.unfinished]
@@ -193,6 +204,20 @@ def status(facts: HostFacts) -> str:
         lines += ["", "UNFINISHED gpupass operations (a run stopped mid-way):"]
         lines += [f"  {shown(name)}: {shown(item)}" for name, item in unfinished]
     return "\n".join(lines)
+
+
+def _share_name(gpu: Gpu, share: Share) -> str:
+    share_type = gpu.sharing.type_named(share.type_id)
+    return share_type.name if share_type and share_type.name else share.type_id
+
+
+def _share_use(gpu: Gpu) -> str:
+    shares = gpu.sharing.shares
+    unheld = sum(1 for s in shares if s.holder is None)
+    said = [f"held by {', '.join(gpu.sharing.holders)}"] if gpu.sharing.holders else []
+    if unheld:
+        said.append(f"{unheld} held by no VM")
+    return shown("; ".join(said))
 
 
 def finding_line(finding: Finding) -> str:

@@ -6,6 +6,7 @@ from gpupass.core.cli import render
 from gpupass.core.domain.inventory import PassthroughState
 from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, mmio_need
 from gpupass.core.domain.pci import Bar
+from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing
 from support.fakes import facts, gpu, vm
 
 
@@ -64,3 +65,19 @@ def test_the_gpus_table_sizes_mmio_as_the_platform_does():
     assert "256 GiB" in render.gpus(facts_, MmioPolicy(default_window=32 * GiB))
     packed = render.gpus(facts_, MmioPolicy(default_window=512 * MiB, headroom=512 * MiB, power_of_two=False))
     assert "128.0 GiB" in packed and "256 GiB" not in packed
+
+
+def test_status_lists_a_gpu_with_shares_as_shared_not_free_and_the_holder_beside_its_share():
+    vgpu = ShareType(id="nvidia-46", name="GRID P40-1Q", mode=ShareMode.MDEV)
+    p40 = dataclasses.replace(gpu("81:00.0", model="Tesla P40", group=None), sharing=Sharing(
+        types=(vgpu,), shares=(Share("u1", "nvidia-46", ShareMode.MDEV, holder="vdi01"),
+                               Share("u2", "nvidia-46", ShareMode.MDEV))))
+    created_only = dataclasses.replace(gpu("82:00.0", model="Tesla P40", group=None), sharing=Sharing(
+        types=(vgpu,), shares=(Share("u3", "nvidia-46", ShareMode.MDEV),)))
+    text = render.status(facts([p40, created_only, gpu("41:00.0", model="A100", group=None)], [vm("vdi01")]))
+    assert "GPUs      3 (1 free, 0 assigned, 2 shared)" in text
+    free = text.split("free:")[1].split("shared (")[0]
+    assert "A100" in free and "P40" not in free
+    assert "0000:81:00.0 (Tesla P40): held by vdi01; 1 held by no VM" in text
+    assert "0000:82:00.0 (Tesla P40): 1 held by no VM" in text
+    assert "vdi01  off    0000:81:00.0 GRID P40-1Q (share)" in text
