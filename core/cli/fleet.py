@@ -281,13 +281,7 @@ def fleet_find(app: AppContext, model: str | None, profile: str | None, count: i
                 [c.host, c.location or "-", ", ".join(f"{qualified(g)} ({g.model})" for g in c.gpus)] for c in candidates]))
         else:
             click.echo(f"no host can take {count} x {shown(model)} now")
-        for r in failed:
-            assert r.error is not None
-            click.echo(f"could not read {shown(r.host)}: {shown(r.error.message, True)}", err=True)
-    if failed:
-        sys.exit(PARTIAL_EXIT)
-    if not candidates:
-        sys.exit(NO_MATCH_EXIT)
+    _exit_for_search(failed, bool(candidates), as_json)
 
 
 def _profile_capacity(results: list[HostResult], profile: str, as_json: bool) -> None:
@@ -311,10 +305,17 @@ def _profile_capacity(results: list[HostResult], profile: str, as_json: bool) ->
             click.echo(f"\n{sum(r.free or 0 for r in rows)} free {shown(profile)} share(s) on {len(room)} GPU(s)")
         else:
             click.echo(f"no GPU offers share type {shown(profile)}")
+    _exit_for_search(failed, bool(room), as_json)
+
+
+def _exit_for_search(failed: list[HostResult], found: bool, as_json: bool) -> None:
+    """Name the hosts that could not be read (on stderr; --json carries them), then exit 4 when some could not be
+    read, 3 when nothing matched: a search that missed a host cannot say that no host can."""
+    if not as_json:
         for r in failed:
             assert r.error is not None
             click.echo(f"could not read {shown(r.host)}: {shown(r.error.message, True)}", err=True)
     if failed:
         sys.exit(PARTIAL_EXIT)
-    if not room:
+    if not found:
         sys.exit(NO_MATCH_EXIT)
