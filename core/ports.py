@@ -99,6 +99,13 @@ class Backend(ABC):
     def plan_release(self, ctx: CheckContext) -> list[Step]:
         """Translate a release into steps that undo exactly what an assign added."""
 
+    def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
+        """Steps that finish what a stopped release of ctx.vm left undone on the host, for a release the VM's
+        devices show done already (the core calls this instead of plan_release then). ESXi: the passthrough
+        switch-back a release killed after its reconfigure never made, named by its intent record in the VM.
+        The default: a platform whose release is one write leaves nothing to finish."""
+        return []
+
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
 

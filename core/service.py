@@ -200,7 +200,8 @@ def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | R
     ctx = build_context(backend, facts, request)
     findings = preflight(ctx, registry)
     if ctx.already_done:
-        steps: list[Step] = []
+        # a release the VM shows done may still have host steps a stopped run of it left (Backend.plan_finish_release)
+        steps: list[Step] = backend.plan_finish_release(ctx) if ctx.operation == "release" else []
     elif ctx.operation == "assign":
         steps = backend.plan_assign(ctx)
     elif ctx.operation == ASSIGN_SHARE:

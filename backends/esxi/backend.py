@@ -15,7 +15,8 @@ from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
-from gpupass.backends.esxi.steps import ExitMaintenance, Intent, Passthrough, Reboot, Reconfigure, VgpuReconfigure
+from gpupass.backends.esxi.steps import (EndIntent, ExitMaintenance, Intent, Passthrough, Reboot, Reconfigure,
+                                         VgpuReconfigure)
 from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
                                         stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -190,6 +191,23 @@ class EsxiBackend(Backend):
         state = from_raw(self.ex_api_version(), self._api, hosts, vms)
         return self._with_unfinished(replace(facts, state=state))
 
+    @staticmethod
+    def _stopped_release(vm: str, intent: dict[str, Any], facts: HostFacts) -> str:
+        """What a release stopped after its reconfigure left: the VM holds none of its devices; each passthrough
+        switch-back it meant to make, said as the host has it now."""
+        state = facts.state if isinstance(facts.state, EsxiState) else None
+        told = []
+        for host, ids in intent["off"].items():
+            enabled = state.hosts[host].enabled if state is not None and host in state.hosts else {}
+            for i in ids:
+                told.append(f"passthrough of {i} on host {host} is "
+                            + ("still on" if enabled.get(i) else "off" if i in enabled else "not known"))
+        gpus = " ".join(intent["gpus"])
+        return (f"a release of {', '.join(intent['gpus'])} started by {intent['origin']} stopped "
+                f"before its last step (steps: {'; '.join(intent['steps'])}); the VM no longer holds them; "
+                + "; ".join(told) + f": run `gpupass release HOST {vm} {gpus} --disable-host-passthrough` again to "
+                "finish (it switches off what is still on and removes this record)")
+
     def _with_unfinished(self, facts: HostFacts) -> HostFacts:
         """What runs that stopped mid-way left in the VMs (intent records, claims), for `status`."""
         import dataclasses
@@ -203,7 +221,9 @@ class EsxiBackend(Backend):
                     f"an assign started by {claim.origin} stopped before its change was written; any `gpupass "
                     "assign` or `release` of this VM clears it")
             intent = esxi_claims.decode_intent(raw.extra.get(esxi_claims.INTENT_KEY))
-            if intent is not None:
+            if intent is not None and intent["op"] == "release":
+                notes.setdefault(name, []).append(self._stopped_release(name, intent, facts))
+            elif intent is not None:
                 # the maintenance mode the run entered for its reboot, where the host is still in it
                 held = [h for h in intent["maintenance"] if h in self._hosts and self._hosts[h].maintenance]
                 notes.setdefault(name, []).append(
@@ -442,32 +462,82 @@ class EsxiBackend(Backend):
         raw = state.vms[vm.name]
         addresses = {str(a) for a in ctx.addresses if a in vm.assigned}
         changes = specs.release_changes(raw, addresses)
+        switch_off: dict[str, list[str]] = {}
+        if isinstance(ctx.request.options, ReleaseOptions) and ctx.request.options.disable_host_passthrough:
+            for gpu in ctx.gpus:
+                switch_off.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
+        host_steps = self._switch_off_steps(state, switch_off)
+        intent = None
+        if host_steps:
+            # The host's switch-back comes after the VM's reconfigure: a run stopped in between leaves the device
+            # released and passthrough on. The intent record goes in the same ReconfigVM_Task (no extra call) and a
+            # last step removes it, so `status` shows a stopped release and the same release again finishes it
+            # (plan_finish_release).
+            named = sorted(f"{g.location}/{g.address}" for g in ctx.gpus)  # as a rerun names them
+            intent = esxi_claims.encode_intent("release", named, [s.description for s in host_steps],
+                                               switch_off=switch_off)
+            changes["extra"][esxi_claims.INTENT_KEY] = intent
         steps = [self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                      tuple(f"remove VirtualPCIPassthrough {a}" for a in sorted(addresses))
-                                     + ("restore the recorded reservation, MMIO and firmware settings",))]
-        if isinstance(ctx.request.options, ReleaseOptions) and ctx.request.options.disable_host_passthrough:
-            by_host: dict[str, list[str]] = {}
-            for gpu in ctx.gpus:
-                by_host.setdefault(gpu.location, []).extend(str(f.address) for f in gpu.functions)
-            for host_name, ids in by_host.items():
-                if state.hosts[host_name].rebind:
-                    steps.append(Step(
-                        action="esxi.passthrough",
-                        description=f"disable passthrough for {', '.join(ids)} on host {host_name} at once "
-                                    "(the host supports rebinding devices)",
-                        undo="enable passthrough for them again",
-                        changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False applyNow=True" for i in ids),
-                        payload=Passthrough(host_name, tuple(ids), enable=False, apply_now=True)))
-                    continue
+                                     + ("restore the recorded reservation, MMIO and firmware settings",)
+                                     + ((f"record the host steps that follow (extraConfig {esxi_claims.INTENT_KEY}; "
+                                         "removed by the last step)",) if intent else ()))]
+        steps += host_steps
+        if intent is not None:
+            steps.append(self._end_intent_step(vm.name, intent))
+        return steps
+
+    def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
+        """A release killed between its reconfigure and its passthrough switch-back left its intent record in the
+        VM: the same release (with --disable-host-passthrough) switches off what is still on -- never a device a
+        VM holds now -- and removes the record."""
+        state = _state(ctx.facts)
+        raw = state.vms[ctx.vm.name]
+        text = raw.extra.get(esxi_claims.INTENT_KEY)
+        left = esxi_claims.decode_intent(text)
+        options = ctx.request.options
+        if (left is None or text is None or left["op"] != "release" or not isinstance(options, ReleaseOptions)
+                or not options.disable_host_passthrough):
+            return []
+        held = {(g.location, str(f.address)) for g in ctx.facts.gpus if g.assigned_to for f in g.functions}
+        still_on = {host: [i for i in ids if state.hosts[host].enabled.get(i) and (host, i) not in held]
+                    for host, ids in left["off"].items() if host in state.hosts}
+        return [*self._switch_off_steps(state, {h: ids for h, ids in still_on.items() if ids}),
+                self._end_intent_step(ctx.vm.name, text)]
+
+    @staticmethod
+    def _switch_off_steps(state: EsxiState, by_host: dict[str, list[str]]) -> list[Step]:
+        steps = []
+        for host_name, ids in by_host.items():
+            if state.hosts[host_name].rebind:
                 steps.append(Step(
                     action="esxi.passthrough",
-                    description=f"disable passthrough for {', '.join(ids)} on host {host_name} "
-                                "(takes effect at its next reboot)",
+                    description=f"disable passthrough for {', '.join(ids)} on host {host_name} at once "
+                                "(the host supports rebinding devices)",
                     undo="enable passthrough for them again",
-                    changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False" for i in ids),
-                    needs_host_reboot=True,
-                    payload=Passthrough(host_name, tuple(ids), enable=False)))
+                    changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False applyNow=True" for i in ids),
+                    payload=Passthrough(host_name, tuple(ids), enable=False, apply_now=True)))
+                continue
+            steps.append(Step(
+                action="esxi.passthrough",
+                description=f"disable passthrough for {', '.join(ids)} on host {host_name} "
+                            "(takes effect at its next reboot)",
+                undo="enable passthrough for them again",
+                changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=False" for i in ids),
+                needs_host_reboot=True,
+                payload=Passthrough(host_name, tuple(ids), enable=False)))
         return steps
+
+    @staticmethod
+    def _end_intent_step(vm: str, intent: str) -> Step:
+        return Step(
+            action="esxi.end-intent",
+            description=f"remove the release's record from VM '{vm}' (extraConfig {esxi_claims.INTENT_KEY}): "
+                        "its host steps are done",
+            undo=f"put extraConfig {esxi_claims.INTENT_KEY} back",
+            changes=(f"extraConfig {esxi_claims.INTENT_KEY} removed",),
+            preview=f"ReconfigVM_Task on VM '{vm}': extraConfig {esxi_claims.INTENT_KEY} -> (removed)\n",
+            payload=EndIntent(vm, intent))
 
     def _reconfig_step(self, name: str, raw: VmPlan, changes: dict[str, Any], description: str,
                        summary: tuple[str, ...]) -> Step:
@@ -641,6 +711,10 @@ class EsxiBackend(Backend):
         return self._reconfigure_vgpu(payload)
 
     @_apply.register
+    def _apply_end_intent(self, payload: EndIntent) -> None:
+        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, "")  # "Keys with empty values will be removed"
+
+    @_apply.register
     def _apply_intent(self, payload: Intent) -> None:
         # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent, payload.change_version)
@@ -699,6 +773,11 @@ class EsxiBackend(Backend):
         there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
         return StepState("after" if there else "before")
 
+    @_observe.register
+    def _observe_end_intent(self, payload: EndIntent, step: Step) -> StepState:
+        there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
+        return StepState("before" if there else "after")
+
     def _enabled_now(self, host: str) -> dict[str, bool]:
         ref = self._host_ref(host)
         infos = self._call(f"reading passthrough state of {host}", lambda: ref.config.pciPassthruInfo)
@@ -732,6 +811,10 @@ class EsxiBackend(Backend):
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.previous)
+
+    @_undo.register
+    def _undo_end_intent(self, payload: EndIntent, token: None) -> None:
+        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent)
 
     @_undo.register
     def _undo_exit_maintenance(self, payload: ExitMaintenance, token: None) -> None:

@@ -68,15 +68,19 @@ def claims_and_holders(objects: Any) -> tuple[dict[str, Claim], list[Holder]]:
     return claims, holders
 
 
-def encode_intent(op: str, gpus: list[str], steps: list[str], maintenance: list[str] | None = None) -> str:
+def encode_intent(op: str, gpus: list[str], steps: list[str], maintenance: list[str] | None = None,
+                  switch_off: dict[str, list[str]] | None = None) -> str:
     """The intent record; `maintenance`: the hosts the run takes out of maintenance mode at the end of its reboot
-    step (those it puts there, or a stopped run left there), so a run stopped in between is finished by the next."""
+    step (those it puts there, or a stopped run left there), so a run stopped in between is finished by the next.
+    `switch_off`: host -> the PCI ids a release switches passthrough off for after its reconfigure (its "off")."""
     from gpupass.core.domain.claims import new_claim
 
     origin = new_claim("", ()).origin
     record: dict[str, Any] = {"op": op, "gpus": gpus, "steps": steps, "origin": origin}
     if maintenance:
         record["maintenance"] = sorted(maintenance)
+    if switch_off:
+        record["off"] = {host: sorted(ids) for host, ids in sorted(switch_off.items())}
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
@@ -87,6 +91,7 @@ def decode_intent(text: str | None) -> dict[str, Any] | None:
         data = json.loads(text)
         return {"op": str(data["op"]), "gpus": [str(g) for g in data["gpus"]],
                 "steps": [str(s) for s in data["steps"]], "origin": str(data.get("origin", "")),
-                "maintenance": [str(h) for h in data.get("maintenance", [])]}
-    except (ValueError, KeyError, TypeError):
+                "maintenance": [str(h) for h in data.get("maintenance", [])],
+                "off": {str(h): [str(i) for i in ids] for h, ids in dict(data.get("off", {})).items()}}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -68,6 +68,15 @@ class Intent:
 
 
 @dataclass(frozen=True)
+class EndIntent:
+    """Remove from VM `vm`'s extraConfig the intent record `intent` a release wrote with its reconfigure: its last
+    step, once the host steps after the reconfigure are done (the undo puts the record back)."""
+
+    vm: str
+    intent: str
+
+
+@dataclass(frozen=True)
 class VgpuReconfigure:
     """One ReconfigVM_Task of VM `vm` on host `host` that adds or removes vGPUs (`changes` from
     backends/esxi/shares.py: entries {"vgpu": PROFILE, "index": N}, the reservation and gpupass' record), refused

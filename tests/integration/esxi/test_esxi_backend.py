@@ -214,7 +214,7 @@ def test_host_vanishing_mid_operation_leaves_the_vm_as_it_was(backend, sim):
 def test_release_can_disable_host_passthrough(backend):
     execute(backend, plan(backend, AssignmentRequest("ml-train", (A100_ACTIVE,))))
     release = plan(backend, ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True)))
-    assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough"]
+    assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough", "esxi.end-intent"]
     facts = execute(backend, release).facts_after
     state = gpu(facts, "esx02.lab.local", A100_ACTIVE).passthrough
     assert state.enabled is False and state.active is True  # until the next reboot

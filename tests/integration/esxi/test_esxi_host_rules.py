@@ -148,7 +148,7 @@ def test_rebind_capable_host_enables_passthrough_without_a_reboot(fresh_vcsim):
         assert t4.passthrough.active
 
         release = plan(backend, ReleaseRequest("cad-ws", (T4,), ReleaseOptions(disable_host_passthrough=True)))
-        assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough"]
+        assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough", "esxi.end-intent"]
         after = execute(backend, release).facts_after
         t4 = next(g for g in after.gpus if g.location == "esx01.lab.local" and g.address == T4)
         assert (t4.passthrough.enabled, t4.passthrough.active) == (False, False)

@@ -5,8 +5,10 @@ reports what is there -- never an assumed outcome -- and the same release run ag
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import replace
 
@@ -18,6 +20,7 @@ from gpupass.core.service import execute
 
 pytest.importorskip("pyVmomi")
 
+from support.cli import GPUPASS  # noqa: E402
 from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, gpu, plan, target  # noqa: E402
 
 ESX02 = "esx02.lab.local"
@@ -64,7 +67,7 @@ def test_a_lost_reply_to_the_passthrough_switch_back_of_a_release_is_read_back_a
     try:
         request = ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True))
         release = plan(backend, request)
-        assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough"]
+        assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough", "esxi.end-intent"]
         sim.drop_reply("UpdatePassthruConfig")
         with pytest.raises(OperationFailed) as caught:
             execute(backend, release)
@@ -118,3 +121,94 @@ def test_an_endpoint_frozen_mid_release_is_reported_as_unknown_and_a_rerun_conve
         assert rerun.steps == ()
         execute(again, rerun)
         assert again.inventory().find_vm("ml-train") == before
+
+
+class KilledRelease:
+    """ml-train holding the A100 on esx02, and a real `gpupass release --disable-host-passthrough` of it."""
+
+    def __init__(self, fresh_vcsim):
+        self.sim = fresh_vcsim(username=USER)
+        backend, self.before, _ = _assigned(self.sim)
+        backend.close()
+        self.uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{self.sim.port}/Lab"
+        self.env = {**os.environ, "GPUPASS_PASSWORD": self.sim.password}
+        self.release = ["release", self.uri, "ml-train", f"{ESX02}/{A100_ACTIVE}", "--yes",
+                        "--disable-host-passthrough"]
+
+    def gpupass(self, *args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(self.sim.ca_file)], env=self.env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    def killed_with_call_on_the_wire(self, call):
+        """Run the release in its own process, kill it while `call` waits at the simulator, let the call through."""
+        self.sim.hold(call)
+        client = subprocess.Popen([*GPUPASS, *self.release, "--ca-file", str(self.sim.ca_file)], env=self.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while self.sim.held() != call:
+                assert time.monotonic() < deadline and client.poll() is None, f"{call} never reached the simulator"
+                time.sleep(0.05)
+            client.send_signal(signal.SIGKILL)
+            assert client.wait(30) == -signal.SIGKILL
+        finally:
+            self.sim.release()
+        deadline = time.monotonic() + 10        # the simulator carries out the call its killed client had sent
+        while self.sim.held() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def ml_train(self):
+        status = self.gpupass("status", self.uri, "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        return next(v for v in json.loads(status.stdout)["vms"] if v["name"] == "ml-train")
+
+    def a100(self):
+        host = next(h for h in self.sim.state()["hosts"] if h["name"] == ESX02)
+        return next(d for d in host["devices"] if d["id"] == str(A100_ACTIVE))
+
+    def vm(self):
+        from gpupass.backends.esxi.backend import EsxiBackend
+
+        with EsxiBackend(target(self.sim)) as backend:
+            return backend.inventory().find_vm("ml-train")
+
+    def rerun_finishes(self, actions):
+        """The same release again plans `actions` and leaves the VM released, passthrough off, nothing unfinished."""
+        again = self.gpupass(*self.release, "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        done = json.loads(again.stdout)
+        assert done["applied"] is True and [s["action"] for s in done["plan"]["steps"]] == actions, done
+        assert self.ml_train()["unfinished"] == []
+        assert self.a100()["enabled"] is False
+        assert self.vm() == self.before
+        nothing = self.gpupass(*self.release, "--json")                  # and once more: nothing left to do
+        assert nothing.returncode == 0 and json.loads(nothing.stdout)["applied"] is False, nothing.stdout
+
+
+def test_a_release_killed_with_its_reconfigure_on_the_wire_leaves_an_intent_status_shows_and_a_rerun_finishes(
+        fresh_vcsim):
+    """Killed with the release's ReconfigVM_Task on the wire, which vSphere then carries out: the device is off the VM
+    and its settings restored, passthrough still on (the switch-back never ran) -- and the intent record the same
+    reconfigure wrote says so in `status`; the same release again switches passthrough off and removes the record."""
+    lab = KilledRelease(fresh_vcsim)
+    lab.killed_with_call_on_the_wire("ReconfigVM_Task")
+    assert lab.a100()["enabled"] is True
+    vm = lab.ml_train()
+    assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
+    note = vm["unfinished"][0]
+    assert f"passthrough of {A100_ACTIVE} on host {ESX02} is still on" in note, note
+    assert f"gpupass release HOST ml-train {ESX02}/{A100_ACTIVE} --disable-host-passthrough" in note, note
+    lab.rerun_finishes(["esxi.passthrough", "esxi.end-intent"])
+
+
+def test_a_release_killed_with_its_switch_back_on_the_wire_leaves_an_intent_status_shows_and_a_rerun_clears(
+        fresh_vcsim):
+    """Killed with UpdatePassthruConfig on the wire, which the host then carries out: released and switched off, only
+    the last step (removing the record) not made -- `status` says the switch-back is done, the rerun only clears."""
+    lab = KilledRelease(fresh_vcsim)
+    lab.killed_with_call_on_the_wire("UpdatePassthruConfig")
+    assert lab.a100()["enabled"] is False
+    vm = lab.ml_train()
+    assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
+    assert f"passthrough of {A100_ACTIVE} on host {ESX02} is off" in vm["unfinished"][0], vm
+    lab.rerun_finishes(["esxi.end-intent"])
