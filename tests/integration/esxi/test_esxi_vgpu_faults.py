@@ -110,3 +110,97 @@ def test_a_client_killed_with_its_vgpu_assign_on_the_wire_leaves_the_vm_after_an
     released = cli("release", uri, "infer01", gpu, "--yes")
     assert released.returncode == 0, released.stdout + released.stderr
     assert _settings(vm) == before
+
+
+def test_a_client_killed_with_its_vgpu_release_on_the_wire_leaves_the_vm_released_and_a_rerun_converges(
+        sim, backend, connect, tmp_path):
+    """A real `gpupass release` of a vGPU share killed (SIGKILL) while its ReconfigVM_Task waits at the simulator,
+    which then carries it out: the vGPU, the reservation gpupass locked and its record leave together (one
+    reconfigure), so the VM is exactly as before the assign; `gpus` shows no share of it, `status` has nothing
+    unfinished, and the same release again has nothing to do."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from support.cli import GPUPASS
+
+    vm = vm_obj(connect(sim), "infer01")
+    original = _settings(vm)
+    execute(backend, plan(backend, assign("infer01")))
+    assert _settings(vm)[0] == ["grid_p40-4c"]
+    env = dict(os.environ, GPUPASS_PASSWORD=sim.password, GPUPASS_CONFIG=str(tmp_path / "none.toml"))
+    uri, gpu = f"esxi://gpupass@127.0.0.1:{sim.port}/Lab", "esx03.lab.local/0000:af:00.0"
+
+    def cli(*args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    sim.hold("ReconfigVM_Task")
+    client = subprocess.Popen([*GPUPASS, "release", uri, "infer01", gpu, "--yes", "--ca-file", str(sim.ca_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.held() != "ReconfigVM_Task":
+            assert time.monotonic() < deadline and client.poll() is None, "the reconfigure never reached the simulator"
+            time.sleep(0.05)
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        sim.release()
+    deadline = time.monotonic() + 10           # the simulator carries out the call its killed client had sent
+    while sim.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _settings(vm) == original                                    # exactly released, record included
+    listed = json.loads(cli("gpus", uri, "--json").stdout)
+    card = next(g for g in listed["gpus"] if g["address"] == "0000:af:00.0" and g.get("location") == "esx03.lab.local")
+    assert "infer01" not in {s["holder"] for s in card["sharing"]["shares"]}
+    status = json.loads(cli("status", uri, "--json").stdout)
+    assert next(v for v in status["vms"] if v["name"] == "infer01")["unfinished"] == []
+    again = cli("release", uri, "infer01", gpu, "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
+    assert _settings(vm) == original
+
+
+def test_an_endpoint_frozen_mid_vgpu_assign_is_reported_as_unknown_and_a_rerun_converges(sim, connect):
+    """Frozen (SIGSTOP) with the vGPU's ReconfigVM_Task about to go: gpupass gives up after the host's timeout, cannot
+    read the VM back either and says the outcome is not known (never "rolled back"); the thawed endpoint carries out
+    the waiting request -- the vGPU, the reservation and gpupass's record at once -- and the same assign again has
+    nothing to do."""
+    import dataclasses
+    import os
+    import signal
+    import time
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    vm = vm_obj(connect(sim), "infer01")
+    base = backend_for(sim)
+    base.close()
+    frozen = EsxiBackend(dataclasses.replace(base.target, timeout=1.0))
+    planned = plan(frozen, assign("infer01"))
+    send_now = frozen._send
+
+    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
+        os.kill(sim.pid, signal.SIGSTOP)
+        return send_now(name, config, was)
+
+    frozen._send = freeze_then_send
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            execute(frozen, planned)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+    assert caught.value.rolled_back is False
+    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
+    frozen.close()
+    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
+    while not vgpus(vm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = _settings(vm)
+    assert held[0] == ["grid_p40-4c"] and held[1] is True and held[3], held         # exactly after, record included
+    with backend_for(sim) as again:
+        rerun = plan(again, assign("infer01"))
+        assert rerun.steps == ()
+    assert _settings(vm) == held

@@ -128,3 +128,44 @@ def test_a_client_killed_with_its_partition_add_on_the_wire_leaves_the_vm_after_
     released = cli("release", uri, "ml-train", str(RTX), "--yes")
     assert released.returncode == 0, released.stdout + released.stderr
     assert model.to_dict() == original
+
+
+def test_a_client_killed_with_its_partition_removal_on_the_wire_leaves_the_vm_released_and_a_rerun_converges(lab):
+    """A real `gpupass release` of a GPU partition killed (SIGKILL) with its Remove-VMGpuPartitionAdapter script held
+    on the wire, which the host then runs: the VM is exactly as before the assign, `gpus` shows no share of it,
+    `status` has nothing unfinished, and the same release again has nothing to do."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from support.cli import GPUPASS
+
+    model, ep, backend = lab
+    original = model.to_dict()
+    execute(backend, planned(backend, ASSIGN))
+    assert [p for p, _ in partitions(model)] == [PATH]
+    env = {**os.environ, "GPUPASS_PASSWORD": PASSWORD}
+    uri = backend.target.uri
+
+    def cli(*args):
+        return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    ep.hold_next_command(containing="Remove-VMGpuPartitionAdapter")
+    client = subprocess.Popen([*GPUPASS, "release", uri, "ml-train", str(RTX), "--yes"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert ep.command_held.wait(60), "the partition script never reached the endpoint"
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        ep.release_command()
+    assert ep.command_done.wait(60)                        # the host ran the script its killed client had sent
+    assert model.to_dict() == original
+    status = json.loads(cli("status", uri, "--json").stdout)
+    assert next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"] == []
+    card = next(g for g in json.loads(cli("gpus", uri, "--json").stdout)["gpus"] if g["address"] == str(RTX))
+    assert "ml-train" not in {s["holder"] for s in card["sharing"]["shares"]}
+    again = cli("release", uri, "ml-train", str(RTX), "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
+    assert model.to_dict() == original
