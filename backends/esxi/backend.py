@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from gpupass.backends.esxi import claims as esxi_claims
+from gpupass.backends.esxi import graphics as host_graphics
 from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import shares as vgpu_shares
 from gpupass.backends.esxi import spec as specs
@@ -15,8 +16,8 @@ from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi.connection import connect, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
-from gpupass.backends.esxi.steps import (EndIntent, ExitMaintenance, Intent, Passthrough, Reboot, Reconfigure,
-                                         VgpuReconfigure)
+from gpupass.backends.esxi.steps import (EndIntent, ExitMaintenance, HostGraphicsChange, Intent, Passthrough,
+                                         Reboot, Reconfigure, VgpuReconfigure)
 from gpupass.core.domain.claims import (Holder, Verdict, decide_written, new_claim, number_for_write,
                                         stale_holdings)
 from gpupass.core.domain.context import Capabilities, CheckContext
@@ -25,7 +26,7 @@ from gpupass.core.domain.inventory import Firmware, HostFacts, Vm
 from gpupass.core.domain.mmio import GiB, MmioPolicy
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.domain.request import ReleaseOptions
-from gpupass.core.domain.plan import Step
+from gpupass.core.domain.plan import Plan, Step
 from gpupass.core.domain.sharing import ShareMode
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
@@ -89,6 +90,8 @@ class EsxiBackend(Backend):
         self._view_session: Any = None
         # A VM read after this session's last write of it (the claim check's read): read_back needs no other.
         self._fresh: dict[str, Vm | None] = {}
+        # host -> its graphics configuration as a graphics step found it (what observe() hands to an undo)
+        self._graphics_before: dict[str, dict[str, Any]] = {}
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -620,6 +623,96 @@ class EsxiBackend(Backend):
         self._send(name, config, before)
         return before
 
+    # -- host graphics configuration (graphics.py) -----------------------------------------------------
+    def ex_plan_host_graphics(self, facts: HostFacts, host: str, *, default_type: str | None = None,
+                              assignment_policy: str | None = None,
+                              device_types: dict[str, str | None] | None = None) -> Plan:
+        """A plan that switches host `host`'s graphics configuration (default type shared | sharedDirect, shared
+        passthrough assignment policy performance | consolidation, per-device types; None drops a device's
+        override) and restarts Xorg so it takes effect; carried out by `gpupass.core.service.execute` like any plan
+        (a failure sets the old configuration back). Blocked where a GPU running vGPU VMs would leave shared
+        direct, as the host refuses it. No step where the host already runs that configuration."""
+        hosts = facts.host.settings.get("hosts", {})
+        if host not in hosts:
+            raise NotFound(f"no host {host!r} at {self._endpoint.host}",
+                           remedy="`gpupass gpus HOST` names each ESXi host before its GPUs")
+        current = hosts[host].get("graphics")
+        if current is None:
+            raise NotSupported(f"host graphics configuration is not supported on {host}: it needs vSphere API "
+                               f"{'.'.join(map(str, vgpu.GRAPHICS_MIN_API))} (HostGraphicsConfig)",
+                               remedy="upgrade the host, or set its graphics in the vSphere Client")
+        default, policy, devices = host_graphics.wanted_config(current, default_type, assignment_policy, device_types)
+        step = host_graphics.step(host, current, default, policy, devices)
+        found = host_graphics.findings(host, current, default, devices)
+        if step is not None:
+            found.append(host_graphics.note_restart(host))
+        return Plan(operation="host-graphics", host=self.target.label, platform=self.platform, vm="", gpus=(),
+                    steps=(step,) if step is not None else (), findings=tuple(found))
+
+    def _graphics_manager(self, host: str) -> Any:
+        ref = self._host_ref(host)
+        return self._call(f"reading host {host}", lambda: ref.configManager.graphicsManager)
+
+    def _graphics_config(self, host: str) -> dict[str, Any]:
+        """The host's configured graphics (graphicsConfig) as plain data: the undo token of a graphics step."""
+        config = self._call(f"reading the graphics configuration of {host}",
+                            lambda: self._graphics_manager(host).graphicsConfig)
+        return {"default_type": str(config.hostDefaultGraphicsType),
+                "assignment_policy": str(config.sharedPassthruAssignmentPolicy),
+                "device_types": tuple(sorted((str(d.deviceId), str(d.graphicsType)) for d in config.deviceType or ()))}
+
+    def _set_graphics(self, host: str, default: str, policy: str, devices: Sequence[tuple[str, str]],
+                      restart_xorg: bool) -> None:
+        from pyVmomi import vim
+
+        config = vim.host.GraphicsConfig(
+            hostDefaultGraphicsType=default, sharedPassthruAssignmentPolicy=policy,
+            deviceType=[vim.host.GraphicsConfig.DeviceType(deviceId=d, graphicsType=t) for d, t in devices])
+        manager = self._graphics_manager(host)
+        self._call(f"changing the graphics configuration of {host}", manager.UpdateGraphicsConfig, config)
+        if restart_xorg:
+            ref = self._host_ref(host)
+            services = self._call(f"reading host {host}", lambda: ref.configManager.serviceSystem)
+            self._call(f"restarting Xorg on {host}", services.RestartService, "xorg")
+
+    def _active_graphics(self, host: str) -> dict[str, str]:
+        ref = self._host_ref(host)
+        infos = self._call(f"reading the graphics devices of {host}", lambda: ref.config.graphicsInfo)
+        return {str(i.pciId): str(i.graphicsType) for i in infos or ()}
+
+    def _apply_graphics_change(self, payload: HostGraphicsChange) -> dict[str, Any]:
+        before = self._graphics_config(payload.host)
+        self._graphics_before[payload.host] = before
+        try:
+            self._set_graphics(payload.host, payload.default_type, payload.assignment_policy, payload.device_types,
+                               payload.restart_xorg)
+            if payload.restart_xorg:
+                wanted = dict(payload.device_types)
+                stale = sorted(d for d, t in self._active_graphics(payload.host).items()
+                               if host_graphics.effective_type(d, t, payload.default_type, wanted) != t)
+                if stale:
+                    raise OperationFailed(
+                        f"host {payload.host} took the graphics configuration but still runs the old type on "
+                        f"{', '.join(stale)} after the Xorg restart",
+                        remedy=f"reboot {payload.host} (in maintenance mode) so the configuration takes effect, then "
+                               "run the command again")
+        except GpupassError as error:
+            if self._graphics_config(payload.host) == before:
+                raise  # nothing of it was applied
+            try:  # leave the host as it was: the step failed, so it undoes its own change
+                self._set_graphics(payload.host, before["default_type"], before["assignment_policy"],
+                                   before["device_types"], payload.restart_xorg)
+            except GpupassError as undo_error:
+                raise OperationFailed(
+                    f"{error.message}; setting the graphics configuration of {payload.host} back failed too "
+                    f"({undo_error.message})",
+                    remedy=f"set it back by hand: default type {before['default_type']}, policy "
+                           f"{before['assignment_policy']}, devices {dict(before['device_types'])} (vSphere Client: "
+                           "Configure > Hardware > Graphics), then restart Xorg", rolled_back=False) from error
+            raise OperationFailed(f"{error.message}; the graphics configuration of {payload.host} was set back",
+                                  remedy=error.remedy, rolled_back=True) from error
+        return before
+
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         if ctx.operation == "assign-share":
             return self._vgpu_features_lost()
@@ -715,6 +808,10 @@ class EsxiBackend(Backend):
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, "")  # "Keys with empty values will be removed"
 
     @_apply.register
+    def _apply_graphics(self, payload: HostGraphicsChange) -> dict[str, Any]:
+        return self._apply_graphics_change(payload)
+
+    @_apply.register
     def _apply_intent(self, payload: Intent) -> None:
         # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent, payload.change_version)
@@ -769,6 +866,19 @@ class EsxiBackend(Backend):
         return StepState("before" if self._in_maintenance(payload.host) else "after")
 
     @_observe.register
+    def _observe_graphics(self, payload: HostGraphicsChange, step: Step) -> StepState:
+        now = self._graphics_config(payload.host)
+        if (now["default_type"], now["assignment_policy"], now["device_types"]) == \
+                (payload.default_type, payload.assignment_policy, tuple(sorted(payload.device_types))):
+            found = self._graphics_before.get(payload.host)
+            return StepState("after", token=found) if found is not None else StepState("unknown")
+        before = self._graphics_before.get(payload.host)
+        if before is not None and now == before:
+            return StepState("before")
+        return StepState("unknown", detail=f"the graphics configuration of {payload.host} is neither the old nor the "
+                                           "new one")
+
+    @_observe.register
     def _observe_intent(self, payload: Intent, step: Step) -> StepState:
         there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
         return StepState("after" if there else "before")
@@ -807,6 +917,12 @@ class EsxiBackend(Backend):
     def _undo_vgpu(self, payload: VgpuReconfigure, token: dict[str, Any] | None) -> None:
         if token is not None:  # the VM as it was: the inverse ConfigSpec takes the vGPU change back
             self._restore(payload.vm, token)
+
+    @_undo.register
+    def _undo_graphics(self, payload: HostGraphicsChange, token: dict[str, Any] | None) -> None:
+        if token is not None:  # the configuration the step found, in effect again
+            self._set_graphics(payload.host, token["default_type"], token["assignment_policy"],
+                               token["device_types"], payload.restart_xorg)
 
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:

@@ -246,10 +246,7 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, on_reques
         settings={"hosts": {h.name: {"maintenance_mode": h.maintenance, "connected": h.connected,
                                      "cluster": h.cluster, "ha": h.ha, "drs": h.drs,
                                      "drs_behavior": h.drs_behavior,
-                                     **({"graphics": {"default_type": h.graphics.default_type,
-                                                      "assignment_policy": h.graphics.assignment_policy,
-                                                      "vgpu_profiles": list(h.graphics.profiles)}}
-                                        if h.graphics.read else {})} for h in hosts.values()}},
+                                     **({"graphics": vgpu.settings_of(h.graphics)} if h.graphics.read else {})} for h in hosts.values()}},
     )
     table = {(loc, a): f for loc, funcs in functions.items() for a, f in funcs.items()}
     facts = HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: (v.name, v.location))), table,

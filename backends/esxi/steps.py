@@ -86,3 +86,17 @@ class VgpuReconfigure:
     host: str
     changes: Mapping[str, Any]
     change_version: str | None
+
+
+@dataclass(frozen=True)
+class HostGraphicsChange:
+    """HostGraphicsManager.UpdateGraphicsConfig on host `host`: the whole configuration to set (the API takes the
+    whole HostGraphicsConfig: default type, assignment policy, every device override as (device id, type)), then,
+    with `restart_xorg`, HostServiceSystem.RestartService("xorg") so that it takes effect (backends/esxi/graphics.py).
+    The undo sets the configuration the step found back, and restarts Xorg again."""
+
+    host: str
+    default_type: str
+    assignment_policy: str
+    device_types: tuple[tuple[str, str], ...] = ()
+    restart_xorg: bool = True

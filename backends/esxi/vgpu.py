@@ -69,6 +69,9 @@ class HostGraphics:
     assignment_policy: str | None = None
     profiles: tuple[str, ...] = ()
     devices: dict[PciAddress, GraphicsDevice] = field(default_factory=dict)
+    # graphicsConfig.deviceType: the configured type of each device that overrides the host default, by the
+    # device id the host uses (HostGraphicsConfigDeviceType.deviceId)
+    device_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def read(self) -> bool:
@@ -81,7 +84,8 @@ def read_host(props: dict[str, Any]) -> HostGraphics:
     graphics = HostGraphics(
         default_type=str(config.hostDefaultGraphicsType) if config is not None else None,
         assignment_policy=str(config.sharedPassthruAssignmentPolicy) if config is not None else None,
-        profiles=tuple(str(p) for p in props.get("config.sharedPassthruGpuTypes") or ()))
+        profiles=tuple(str(p) for p in props.get("config.sharedPassthruGpuTypes") or ()),
+        device_types={str(d.deviceId): str(d.graphicsType) for d in getattr(config, "deviceType", None) or ()})
     for info in props.get("config.graphicsInfo") or ():
         try:
             address = PciAddress.parse(str(info.pciId))  # "bus:slot.function" or the full host PCI id
@@ -91,6 +95,16 @@ def read_host(props: dict[str, Any]) -> HostGraphics:
         graphics.devices[address] = GraphicsDevice(address, str(info.graphicsType), memory or None,
                                                    tuple(vm._moId for vm in info.vm or ()))
     return graphics
+
+
+def settings_of(graphics: HostGraphics) -> dict[str, Any]:
+    """The host's graphics as `settings.hosts[HOST].graphics` carries them (JSON-safe; snapshots keep them): the
+    configured default type, policy and per-device types (graphicsConfig), and the type each device runs now
+    (graphicsInfo), which differs from the configured one until Xorg restarts or the host reboots (graphics.py)."""
+    return {"default_type": graphics.default_type, "assignment_policy": graphics.assignment_policy,
+            "vgpu_profiles": list(graphics.profiles), "device_types": dict(sorted(graphics.device_types.items())),
+            "active_types": {str(a): d.graphics_type for a, d in sorted(graphics.devices.items())},
+            "running_vgpus": {str(a): len(d.vm_moids) for a, d in sorted(graphics.devices.items()) if d.vm_moids}}
 
 
 def _find(devices: dict[PciAddress, GraphicsDevice], address: PciAddress) -> GraphicsDevice | None:

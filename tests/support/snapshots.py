@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from gpupass.core import snapshot
 from gpupass.core.hosts import open_snapshot
@@ -19,9 +19,11 @@ def payload_types(platform: str) -> set[type]:
     return {c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__}
 
 
-def payloads_survive_a_snapshot(backend: Backend, requests: list[Any], tmp_path: Path) -> set[type]:
+def payloads_survive_a_snapshot(backend: Backend, requests: list[Any], tmp_path: Path,
+                                planners: Sequence[Callable[[Backend, Any], Any]] = ()) -> set[type]:
     """Plan each request from the live host and from a snapshot of it; every step's payload must be equal
-    (what the backend would apply is the same). Returns the payload types the plans held."""
+    (what the backend would apply is the same). `planners`: plans that are not requests (a backend's ex_ planner),
+    each called as planner(backend, facts) on both. Returns the payload types the plans held."""
     registry = default_registry()
     facts = backend.inventory()
     path = tmp_path / "host.json"
@@ -34,5 +36,9 @@ def payloads_survive_a_snapshot(backend: Backend, requests: list[Any], tmp_path:
         planned = make_plan(offline, recorded, request, registry)
         assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], request
         assert [s.action for s in planned.steps] == [s.action for s in live.steps]
+        seen |= {type(s.payload) for s in live.steps if s.writes}
+    for planner in planners:
+        live, planned = planner(backend, facts), planner(offline, recorded)
+        assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], planner
         seen |= {type(s.payload) for s in live.steps if s.writes}
     return seen

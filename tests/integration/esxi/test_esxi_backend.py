@@ -293,4 +293,7 @@ def test_every_esxi_payload_type_survives_a_snapshot_round_trip(backend, sim, tm
                 # a vGPU on the shared-direct host (backends/esxi/shares.py)
                 AssignmentRequest("infer01", (GpuSelector("esx03.lab.local/0000:af:00.0"),),
                                   AssignOptions(share="grid_p40-4c"))]
-    assert payloads_survive_a_snapshot(backend, requests, tmp_path) == payload_types("esxi")
+    # the host graphics switch is planned by ex_plan_host_graphics, from the facts alone (backends/esxi/graphics.py)
+    graphics = [lambda b, facts: b.ex_plan_host_graphics(facts, "esx03.lab.local", assignment_policy="consolidation",
+                                                         device_types={"0000:af:00.0": "shared"})]
+    assert payloads_survive_a_snapshot(backend, requests, tmp_path, graphics) == payload_types("esxi")

@@ -134,6 +134,7 @@ def test_a_profile_withdrawn_since_the_plan_changes_nothing(sim, backend, connec
     WaitForTask(vm_obj(si, "vdi01").PowerOffVM_Task())
     host.configManager.graphicsManager.UpdateGraphicsConfig(vim.host.GraphicsConfig(
         hostDefaultGraphicsType="shared", sharedPassthruAssignmentPolicy="performance"))
+    host.configManager.serviceSystem.RestartService("xorg")  # the change takes effect
     with pytest.raises(OperationFailed) as err:
         execute(backend, planned)
     assert "does not offer vGPU profile grid_p40-4c" in err.value.message

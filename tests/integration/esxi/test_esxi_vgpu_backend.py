@@ -62,7 +62,10 @@ def test_inventory_reads_profiles_and_running_vgpus_in_one_collector_read(fresh_
         assert vms[HOSTILE].settings["vgpu_profiles"] == ["grid_p40-2b"]
         graphics = facts.host.settings["hosts"][ESX03]["graphics"]
         assert graphics == {"default_type": "sharedDirect", "assignment_policy": "performance",
-                            "vgpu_profiles": [name for name, *_ in P40_VGPU_TYPES]}
+                            "vgpu_profiles": [name for name, *_ in P40_VGPU_TYPES], "device_types": {},
+                            "active_types": {"0000:00:0f.0": "basic", str(P40_A): "sharedDirect",
+                                             str(P40_B): "sharedDirect"},
+                            "running_vgpus": {str(P40_A): 1, str(P40_B): 1}}
         assert not gpu(facts, P40_A).assigned_to  # a vGPU is not a whole-GPU assignment
         json_types = sharing_to_dict(first)["types"]
         assert json_types[0]["max_instances"] == 12 and json_types[0]["mode"] == "vgpu-profile"

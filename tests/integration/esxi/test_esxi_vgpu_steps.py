@@ -109,6 +109,7 @@ def test_a_profile_the_host_no_longer_offers_changes_nothing(sim, backend, conne
     view.Destroy()
     host.configManager.graphicsManager.UpdateGraphicsConfig(vim.host.GraphicsConfig(
         hostDefaultGraphicsType="shared", sharedPassthruAssignmentPolicy="performance"))
+    host.configManager.serviceSystem.RestartService("xorg")  # the change takes effect
     with pytest.raises(OperationFailed) as err:
         backend.apply(planned)
     assert "does not offer vGPU profile grid_p40-4c" in err.value.message

@@ -163,6 +163,11 @@ def test_update_graphics_config(fresh_vcsim, connect):
     manager.UpdateGraphicsConfig(vim.host.GraphicsConfig(
         hostDefaultGraphicsType="sharedDirect", sharedPassthruAssignmentPolicy="consolidation",
         deviceType=[vim.host.GraphicsConfig.DeviceType(deviceId=P40_B, graphicsType="shared")]))
+    # configured at once, in effect after Xorg restarts ("After clicking OK, you must restart Xorg on the host")
+    assert graphics(host)[P40_B].graphicsType == "sharedDirect" and manager.IsSharedGraphicsActive() is False
+    with pytest.raises(vim.fault.NotFound):
+        host.configManager.serviceSystem.RestartService("no-such-service")
+    host.configManager.serviceSystem.RestartService("xorg")
     assert graphics(host)[P40_B].graphicsType == "shared" and manager.IsSharedGraphicsActive() is True
     config = host.config.graphicsConfig
     assert config.sharedPassthruAssignmentPolicy == "consolidation"

@@ -91,6 +91,7 @@ func makeDev(f pciFunc, group string) (*pciDev, error) {
 		label:         f.HardwareLabel,
 		vmkernelInUse: f.VMkernelInUse,
 		gfxType:       f.GraphicsType,
+		gfxActive:     f.GraphicsType,
 		memoryKB:      f.MemoryMB * 1024,
 		vgpu:          f.VgpuTypes,
 		info: types.HostPciDevice{
@@ -134,8 +135,10 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 		return fmt.Errorf("host %s: graphics default_type must be shared or sharedDirect and assignment_policy performance or consolidation", hc.Name)
 	}
 	st := &hostState{
-		gfxDefault:  gfx.DefaultType,
-		gfxPolicy:   gfx.AssignmentPolicy,
+		gfxDefault:   gfx.DefaultType,
+		gfxPolicy:    gfx.AssignmentPolicy,
+		gfxActiveDef: gfx.DefaultType,
+		gfxActivePol: gfx.AssignmentPolicy,
 		ref:         ref,
 		name:        hs.Name,
 		systemID:    hs.Hardware.SystemInfo.Uuid,
@@ -210,6 +213,18 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	simulator.Map.Put(g)
 	st.graphics = g
 
+	sref := types.ManagedObjectReference{Type: "HostServiceSystem", Value: "serviceSystem-" + ref.Value}
+	if esxMode && hs.ConfigManager.ServiceSystem != nil {
+		sref = *hs.ConfigManager.ServiceSystem
+	}
+	svc := &ServiceSystem{lab: l, host: st}
+	svc.Self = sref
+	if hs.Config != nil && hs.Config.Service != nil {
+		svc.ServiceInfo = *hs.Config.Service
+	}
+	simulator.Map.Put(svc)
+	st.services = svc
+
 	// The stock template has no capability at all.  deviceRebindWithoutRebootSupported
 	// (vSphere API 7.0; pyvmomi: vim.version.v7_0) "enables PCI passthrough and SR-IOV
 	// configuration without reboot" (govmomi vim25/types HostCapability): per host here.
@@ -219,6 +234,7 @@ func (l *lab) registerHost(ref types.ManagedObjectReference, hc *hostConfig, esx
 	simulator.Map.WithLock(hs, func() {
 		hs.ConfigManager.PciPassthruSystem = &pref
 		hs.ConfigManager.GraphicsManager = &gref
+		hs.ConfigManager.ServiceSystem = &sref
 		hs.Capability = capability
 		hs.Runtime.InMaintenanceMode = hc.MaintenanceMode
 		if hc.MemoryMB > 0 {

@@ -100,7 +100,11 @@ type pciDev struct {
 	// vGPU (vgpu.go): the device's own graphics type ("" = the host default), its
 	// memory (HostGraphicsInfo.memorySizeInKB) and the profiles it offers
 	gfxType  string
-	memoryKB int64
+	// gfxActive: the graphics type the device runs now ("" = the host's active
+	// default); a configured change becomes active at the next Xorg restart or
+	// host reboot (vgpu.go, applyGraphics)
+	gfxActive string
+	memoryKB  int64
 	vgpu     []vgpuType
 }
 
@@ -120,9 +124,12 @@ type hostState struct {
 	byID          map[string]*pciDev
 	passthru      *PciPassthruSystem
 	armed         map[string]bool  // SOAP method names that make this host vanish when called
-	gfxDefault    string           // HostGraphicsConfig.hostDefaultGraphicsType
-	gfxPolicy     string           // HostGraphicsConfig.sharedPassthruAssignmentPolicy
+	gfxDefault    string           // HostGraphicsConfig.hostDefaultGraphicsType (configured)
+	gfxPolicy     string           // HostGraphicsConfig.sharedPassthruAssignmentPolicy (configured)
+	gfxActiveDef  string           // the default graphics type in effect (vgpu.go, applyGraphics)
+	gfxActivePol  string           // the assignment policy in effect
 	graphics      *GraphicsManager // configManager.graphicsManager
+	services      *ServiceSystem   // configManager.serviceSystem (RestartService "xorg")
 }
 
 type lab struct {
@@ -420,6 +427,7 @@ func (l *lab) reboot(h *hostState, force bool) (types.BaseMethodFault, string) {
 		for _, d := range h.devices {
 			d.active = d.enabled && d.capable
 		}
+		h.applyGraphics() // the host graphics configuration is in effect after a reboot
 		l.mirror(h)
 		l.mu.Unlock()
 		simulator.Map.WithLock(host, func() {

@@ -27,9 +27,23 @@ package main
 //     deviceType[] (deviceId, graphicsType).  Changed with
 //     HostGraphicsManager.UpdateGraphicsConfig.  vSphere Resource Management 6.5
 //     "Configuring Host Graphics" lists "Virtual machines should be powered off"
-//     as its prerequisite: a device holding running vGPU VMs is refused
-//     (HostConfigFault: assumed); the change applies at once (the doc says to
-//     restart Xorg afterwards: not modelled).
+//     as its prerequisite and "Configuring Graphics Devices" "Virtual machines
+//     must be powered off": a change of a device that runs vGPU VMs is refused
+//     (HostConfigFault and its message: assumed).  Both say "After clicking OK,
+//     you must restart Xorg on the host" (vSphere Resource Management 6.5/6.7),
+//     and F. Denneman's real session switches with `esxcli graphics host set
+//     --default-type SharedPassthru` then `/etc/init.d/xorg restart`
+//     (tests/fixtures/real/sharing/esxcli-graphics-denneman-a100.txt); the vSphere
+//     Client shows a device's "active" and "configured" type apart.  So the
+//     simulator keeps two states: graphicsConfig is the configured one and
+//     changes at once; graphicsInfo.graphicsType, the profiles offered and the
+//     placement policy follow the active one, which takes the configured one at
+//     HostServiceSystem.RestartService("xorg") (the host's "xorg" service, "X.Org
+//     Server" of the esx-xserver VIB, is in the real host configuration govmomi's
+//     simulator/esx carries) or at a host reboot.  A restart that would take a
+//     device running vGPUs out of shared direct is refused like the update
+//     (assumed).  That the policy, too, waits for the restart is assumed (the
+//     doc's "restart Xorg" follows the dialog that sets both).
 //   - host.config.sharedPassthruGpuTypes (API 6.0): the vGPU profiles the host
 //     offers, from the devices in sharedDirect mode; QueryConfigTarget lists
 //     them as sharedGpuPassthroughTypes (VirtualMachinePciSharedGpuPassthroughInfo
@@ -116,11 +130,34 @@ func (h *hostState) graphicsType(d *pciDev) string {
 	if len(d.vgpu) == 0 {
 		return gfxBasic // "Basic graphics when no host driver is available"
 	}
-	t := d.gfxType
+	t := d.gfxActive
 	if t == "" {
-		t = h.gfxDefault
+		t = h.gfxActiveDef
 	}
 	return t
+}
+
+// configuredType is the device's type once the configuration is applied.  Caller holds l.mu.
+func (h *hostState) configuredType(d *pciDev) string {
+	if d.active {
+		return gfxDirect
+	}
+	if len(d.vgpu) == 0 {
+		return gfxBasic
+	}
+	if d.gfxType != "" {
+		return d.gfxType
+	}
+	return h.gfxDefault
+}
+
+// applyGraphics puts the configured graphics configuration in effect (Xorg
+// restart or host reboot; see the header).  Caller holds l.mu.
+func (h *hostState) applyGraphics() {
+	h.gfxActiveDef, h.gfxActivePol = h.gfxDefault, h.gfxPolicy
+	for _, d := range h.devices {
+		d.gfxActive = d.gfxType
+	}
 }
 
 // offered: the profiles device d offers now (sharedDirect only).  Caller holds l.mu.
@@ -300,6 +337,53 @@ func (g *GraphicsManager) IsSharedGraphicsActive(req *types.IsSharedGraphicsActi
 }
 
 // ---------------------------------------------------------------------------
+// HostServiceSystem: RestartService("xorg") puts the graphics configuration in
+// effect (see the header); other services restart with no effect here.
+
+// ServiceSystem is a working configManager.serviceSystem.
+type ServiceSystem struct {
+	mo.HostServiceSystem
+
+	lab  *lab
+	host *hostState
+}
+
+func (s *ServiceSystem) RestartService(req *types.RestartService) soap.HasFault {
+	body := &methods.RestartServiceBody{}
+	l, h := s.lab, s.host
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !h.connected {
+		f, msg := hostNotConnected(h)
+		body.Fault_ = simulator.Fault(msg, f)
+		return body
+	}
+	known := false
+	for _, svc := range s.ServiceInfo.Service {
+		known = known || svc.Key == req.Id
+	}
+	if !known {
+		// RestartService faults: NotFound "if the specified service ID is unknown" (API reference)
+		body.Fault_ = simulator.Fault(fmt.Sprintf("The service %q is not known on host %s.", req.Id, h.name), &types.NotFound{})
+		return body
+	}
+	if req.Id == "xorg" {
+		for _, d := range h.devices {
+			if l.runsVgpus(h, d.info.Id) && h.graphicsType(d) == gfxSharedDirect && h.configuredType(d) != gfxSharedDirect {
+				body.Fault_ = simulator.Fault(fmt.Sprintf(
+					"Cannot change the graphics type of %s on host %s while virtual machines use its vGPUs.", d.info.Id, h.name),
+					&types.HostConfigFault{})
+				return body
+			}
+		}
+		h.applyGraphics()
+		l.mirror(h)
+	}
+	body.Res = &types.RestartServiceResponse{}
+	return body
+}
+
+// ---------------------------------------------------------------------------
 // placement at power-on
 
 func vmVgpus(vm *simulator.VirtualMachine) []string {
@@ -361,7 +445,7 @@ func (l *lab) placeVgpus(vm *simulator.VirtualMachine, h *hostState) (types.Base
 				continue
 			}
 			n, m := len(resident), len(load[best])
-			if (h.gfxPolicy == policyConsol && n > m) || (h.gfxPolicy != policyConsol && n < m) {
+			if (h.gfxActivePol == policyConsol && n > m) || (h.gfxActivePol != policyConsol && n < m) {
 				best = d.info.Id
 			}
 		}
