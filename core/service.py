@@ -84,6 +84,10 @@ def build_context(backend: Backend, facts: HostFacts, request: AssignmentRequest
     vm = find_vm(facts, request.vm, label)
     operation = "assign" if isinstance(request, AssignmentRequest) else "release"
     if isinstance(request, AssignmentRequest) and request.options.share is not None:
+        if not backend.capabilities.share_modes and not any(g.sharing.offered for g in facts.gpus):
+            # a backend that gives no shares, on a host that lists none: nothing to look a type up in
+            raise NotSupported(f"GPU shares are not supported on {backend.platform}",
+                               remedy="give the GPU whole (run the command without --share)")
         gpu = resolve_gpu(facts, request.gpus[0], vm, label)
         return _share_context(backend, facts, vm, ASSIGN_SHARE, request,
                               (_share_asked(backend, facts, vm, gpu, request.options.share),))

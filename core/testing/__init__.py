@@ -48,6 +48,11 @@ class BackendEnv:
     # Powered-off VMs on the host named with HOSTILE_NAMES (every one the platform allows as a VM name; say in
     # the fixture which it leaves out and why, with the platform's source), each able to take free_gpu.
     hostile_vms: tuple[str, ...] = ()
+    # GPU shares (core/domain/sharing.py), for a backend that lists share modes (Capabilities.share_modes): a GPU
+    # that offers `share_type` (as `--share` names it) with room for off_vm and each hostile VM. None for a backend
+    # that gives no shares: the kit then holds it to refusing them with "not supported".
+    shared_gpu: PciAddress | None = None
+    share_type: str | None = None
 
 
 # VM names that break code which builds shell, PowerShell, XML or SOAP text from strings instead of structures:

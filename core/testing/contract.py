@@ -15,8 +15,9 @@ import pytest
 from gpupass.core.domain.inventory import Gpu, HostFacts, PowerState, Vm
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.core.domain.plan import Plan, Step
-from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
-from gpupass.core.errors import Conflict, ConnectionFailed, GpupassError, NotFound, OperationFailed
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
+from gpupass.core.domain.sharing import Share
+from gpupass.core.errors import Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported, OperationFailed
 from gpupass.core.ports import Backend
 from gpupass.core.plugins import default_registry
 from gpupass.core.service import execute, make_plan
@@ -333,3 +334,95 @@ def test_hostile_vm_names_round_trip_exactly_and_nothing_is_interpreted(backend_
         assert [vm.name for vm in assigned.vms] == [vm.name for vm in before.vms]
         execute(backend, plan(backend, ReleaseRequest(name)))
         assert _read_host(backend_env) == before, f"VM {name!r} did not come back as it was"
+
+
+# -- GPU shares (core/domain/sharing.py) ---------------------------------------------------------------------
+def share_request(env: BackendEnv, vm: str | None = None) -> AssignmentRequest:
+    assert env.shared_gpu is not None and env.share_type is not None
+    return AssignmentRequest(vm or env.off_vm, (env.shared_gpu,), AssignOptions(share=env.share_type))
+
+
+def share_release(env: BackendEnv, vm: str | None = None) -> ReleaseRequest:
+    assert env.shared_gpu is not None
+    return ReleaseRequest(vm or env.off_vm, (env.shared_gpu,))
+
+
+def _held(env: BackendEnv, vm: str) -> tuple[Share, ...]:
+    assert env.shared_gpu is not None
+    with env.open() as fresh:
+        return gpu_at(fresh.inventory(), env.shared_gpu).sharing.held_by(vm)
+
+
+def test_a_backend_without_shares_says_not_supported_and_changes_nothing(backend_env: BackendEnv,
+                                                                         backend: Backend) -> None:
+    """A backend lists the share modes it can give (Capabilities.share_modes); one that lists none refuses a share
+    request with "not supported on PLATFORM" before anything is written. A backend that gives shares names a GPU
+    that offers them in its environment (BackendEnv.shared_gpu), and the tests below run on it."""
+    if backend_env.shared_gpu is not None:
+        assert backend.capabilities.share_modes, "shared_gpu is set, so the backend must list its share modes"
+        facts = backend.inventory()
+        offered = gpu_at(facts, backend_env.shared_gpu).sharing
+        assert offered.types_answering(backend_env.share_type or ""), "shared_gpu must offer share_type"
+        assert {t.mode for t in offered.types} <= set(backend.capabilities.share_modes)
+        return
+    assert not backend.capabilities.share_modes
+    before = _read_host(backend_env)
+    with pytest.raises(NotSupported) as caught:
+        plan(backend, AssignmentRequest(backend_env.off_vm, (backend_env.free_gpu,), AssignOptions(share="P40-1Q")))
+    assert backend.platform in caught.value.message and caught.value.exit_code == NotSupported.exit_code
+    assert _read_host(backend_env) == before
+
+
+def _gives_shares(env: BackendEnv, backend: Backend) -> bool:
+    """Whether the share tests below apply: where the environment names no shared GPU, the backend must list no share
+    mode (test_a_backend_without_shares_says_not_supported_and_changes_nothing then holds it to refusing them)."""
+    if env.shared_gpu is None:
+        assert not backend.capabilities.share_modes, "a backend that gives shares names BackendEnv.shared_gpu"
+        return False
+    return True
+
+
+def test_a_share_is_given_seen_on_a_new_connection_taken_back_and_the_host_is_as_before(backend_env: BackendEnv,
+                                                                                         backend: Backend) -> None:
+    if not _gives_shares(backend_env, backend):
+        return
+    before = _read_host(backend_env)
+    assert not _held(backend_env, backend_env.off_vm)
+    result = plan(backend, share_request(backend_env))
+    assert not result.blocked and result.shares and not result.nothing_to_do, result.findings
+    execute(backend, result)
+    (held,) = _held(backend_env, backend_env.off_vm)
+    assert held.type_id == result.shares[0].type.id
+    # a second assign of the same share is a plan with nothing to do (idempotent), on a new connection too
+    with backend_env.open() as again:
+        assert plan(again, share_request(backend_env)).nothing_to_do
+    with backend_env.open() as other:
+        execute(other, plan(other, share_release(backend_env)))
+    assert not _held(backend_env, backend_env.off_vm)
+    with backend_env.open() as again:
+        assert plan(again, share_release(backend_env)).nothing_to_do
+    assert _read_host(backend_env) == before
+
+
+def test_a_failure_at_any_step_of_a_share_assign_or_release_rolls_the_host_back_exactly(backend_env: BackendEnv,
+                                                                                       backend: Backend) -> None:
+    if not _gives_shares(backend_env, backend):
+        return
+    _fails_at_each_step_and_rolls_back(backend_env, share_request(backend_env))
+    execute(backend, plan(backend, share_request(backend_env)))
+    _fails_at_each_step_and_rolls_back(backend_env, share_release(backend_env))
+
+
+def test_hostile_vm_names_take_a_share_and_give_it_back_exactly(backend_env: BackendEnv, backend: Backend) -> None:
+    if not _gives_shares(backend_env, backend):
+        return
+    _needs(backend_env.hostile_vms, "VMs with hostile names")
+    for name in backend_env.hostile_vms:
+        before = _read_host(backend_env)
+        result = plan(backend, share_request(backend_env, name))
+        assert result.vm == name and not result.blocked, (name, [f for f in result.findings if f.blocks])
+        execute(backend, result)
+        (held,) = _held(backend_env, name)
+        assert held.holder == name
+        execute(backend, plan(backend, share_release(backend_env, name)))
+        assert _read_host(backend_env) == before, f"VM {name!r} did not give its share back exactly"

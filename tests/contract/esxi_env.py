@@ -20,7 +20,7 @@ def esxi_vcsim(tmp_path: Path, backend_env: type, hostile_names: tuple[str, ...]
     """backend_env: conftest's BackendEnv class (passed in: conftest modules are not importable by name)."""
     pytest.importorskip("pyVmomi", reason="pyvmomi is not installed (pip install 'gpupass[esxi]')")
     from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.backends.esxi.lab.simulator import DEFAULT_GOPATH, VCSim, lab_config
+    from gpupass.backends.esxi.lab.simulator import DEFAULT_GOPATH, VCSim, _p40, lab_config
     from gpupass.core.domain.pci import PciAddress
     from gpupass.core.target import Secret, Target, TlsOptions
 
@@ -34,6 +34,9 @@ def esxi_vcsim(tmp_path: Path, backend_env: type, hostile_names: tuple[str, ...]
     config["hosts"] = [h for h in config["hosts"] if h["name"] == "esx02.lab.local"]
     for gpu in config["hosts"][0]["gpus"]:
         gpu["passthru_enabled"] = gpu["passthru_active"] = True
+    # and a Tesla P40 in shared direct mode (lab-esxi's esx03 card) for the share tests: vGPU profiles
+    config["hosts"][0]["gpus"].append(_p40("0000:d8:00.0"))
+    config["hosts"][0]["graphics"] = {"default_type": "sharedDirect", "assignment_policy": "performance"}
     config["vms"] = [vm for vm in config["vms"] if vm["host"] != "esx03.lab.local"]  # the vGPU host's VMs stay out
     for vm in config["vms"]:
         vm["host"] = "esx02.lab.local"
@@ -73,4 +76,6 @@ def esxi_vcsim(tmp_path: Path, backend_env: type, hostile_names: tuple[str, ...]
         unreachable=lambda: EsxiBackend(unreachable),
         remove_vm=remove_vm,
         hostile_vms=hostile_names,
+        shared_gpu=PciAddress.parse("0000:d8:00.0"),
+        share_type="P40-4C",
     )
