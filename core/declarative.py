@@ -102,8 +102,8 @@ def parse(text: str, path: str = "<file>") -> list[Desired]:
 def by_host(entries: list[Desired], identity: Callable[[str], str], path: str = "<file>") -> dict[str, list[Desired]]:
     """The file's entries per host, a host being one `identity` however the file spells it (`127.0.0.1` and
     `localhost`, a default port written or not, a trailing slash): each host is then read and planned once. The
-    entries of a group carry its first spelling; the file's own checks (a VM listed twice, a GPU given to two VMs)
-    run again across spellings."""
+    entries of a group carry its first spelling; the file's own check of a VM listed twice runs again across
+    spellings (a GPU given to two VMs is checked per host, changes_for_host)."""
     first: dict[str, str] = {}
     groups: dict[str, list[Desired]] = {}
     for entry in entries:
@@ -121,17 +121,21 @@ def _reject_duplicates(entries: list[Desired], path: str) -> None:
             raise FileError(path, entry.line, f"VM {entry.vm!r} on {entry.host} is listed twice (first at line "
                             f"{seen[key]})", "merge the two entries")
         seen[key] = entry.line
-    _reject_shared_gpus(entries, path)
 
 
-def _reject_shared_gpus(entries: list[Desired], path: str) -> None:
-    """One GPU can belong to one VM: a file that gives it to two is refused before anything is read or changed."""
-    owners: dict[tuple[str, PciAddress], Desired] = {}
+def _reject_shared_gpus(host: str, facts: HostFacts, entries: list[Desired], path: str) -> None:
+    """One GPU can belong to one VM: a file that gives it to two is refused before anything is changed. Compared on
+    each VM's machine, so it needs the host read: on a vCenter two ESXi hosts can each have a GPU at the same address
+    (0000:3b:00.0 on esx01 and on esx02 are two GPUs)."""
+    owners: dict[tuple[str | None, PciAddress], Desired] = {}
     for entry in entries:
+        found = facts.find_vm(entry.vm)
+        machine = found.location if found else None
         for address in entry.gpus:
-            first = owners.setdefault((entry.host, address), entry)
+            first = owners.setdefault((machine, address), entry)
             if first is not entry:
-                raise FileError(path, entry.line, f"GPU {address} on {entry.host} is given to both {first.vm!r} "
+                where = f" ({machine})" if machine and machine != host else ""
+                raise FileError(path, entry.line, f"GPU {address} on {host}{where} is given to both {first.vm!r} "
                                 f"(line {first.line}) and {entry.vm!r}", "give each GPU to one VM")
 
 
@@ -249,6 +253,7 @@ class Change:
 
 def changes_for_host(host: str, facts: HostFacts, desired: list[Desired], path: str = "<file>") -> list[Change]:
     """Releases first (they free GPUs), then assignments; empty when the host matches the file."""
+    _reject_shared_gpus(host, facts, desired, path)
     held: dict[str, list[Gpu]] = {}
     for gpu in facts.gpus:
         if gpu.assigned_to:

@@ -32,12 +32,13 @@ def writes():
 BEFORE = {"0000:41:00.0": None, "0000:01:00.0": "cad-ws", "0000:02:00.0": None}
 
 
-def test_one_gpu_for_two_vms_is_refused_before_any_host_is_read(apply):
+def test_one_gpu_for_two_vms_is_refused_before_any_write(apply):
+    # checked on each VM's machine, so after the host is read (a vCenter repeats addresses across its ESXi hosts)
     result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
                    "  - {host: fake://lab, vm: web01, gpus: [\"0000:41:00.0\"]}\n")
     assert result.exit_code == 2
     assert "GPU 0000:41:00.0 on fake://lab is given to both 'ml-train' (line 2) and 'web01'" in result.output
-    assert FakeBackend.calls == [] and owners() == BEFORE
+    assert writes() == [] and owners() == BEFORE
 
 
 def test_a_blocked_later_change_stops_the_file_before_the_first_write(apply):
@@ -113,7 +114,8 @@ def test_one_host_spelled_two_ways_is_one_host(apply):
                    "  - {host: FAKE://Lab/, vm: web01, gpus: [\"0000:41:00.0\"]}\n")
     assert result.exit_code == 2, result.output
     assert "GPU 0000:41:00.0 on fake://lab is given to both 'ml-train' (line 2) and 'web01'" in result.output
-    assert FakeBackend.calls == [] and owners() == BEFORE
+    assert writes() == [] and owners() == BEFORE
+    FakeBackend.calls.clear()  # the refused file read the host once (the check needs each VM's machine)
     result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"
                    "  - {host: fake://lab/, vm: cad-ws, gpus: [\"01:00.0\"]}\n", "--json")
     assert result.exit_code == 0, result.output
