@@ -66,6 +66,7 @@ def sharing_to_dict(sharing: Sharing) -> dict[str, Any]:
         "one_type_at_a_time": sharing.one_type_at_a_time,
         "mig_mode": sharing.mig_mode,
         **({"unread": sharing.unread} if sharing.unread else {}),
+        "host_change": sharing.host_change or None,
     }
 
 

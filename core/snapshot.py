@@ -43,7 +43,8 @@ def _sharing(sharing: Sharing) -> dict[str, Any]:
                        "description": t.description} for t in sharing.types],
             "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder}
                        for x in sharing.shares],
-            "one_type_at_a_time": sharing.one_type_at_a_time, "mig_mode": sharing.mig_mode, "unread": sharing.unread}
+            "one_type_at_a_time": sharing.one_type_at_a_time, "mig_mode": sharing.mig_mode, "unread": sharing.unread,
+            "host_change": sharing.host_change}
 
 
 def _read_sharing(d: dict[str, Any]) -> Sharing:
@@ -55,6 +56,7 @@ def _read_sharing(d: dict[str, Any]) -> Sharing:
         one_type_at_a_time=bool(d.get("one_type_at_a_time", False)),
         mig_mode=d.get("mig_mode"),
         unread=str(d.get("unread") or ""),
+        host_change=str(d.get("host_change") or ""),
     )
 
 

@@ -562,10 +562,28 @@ class EsxiBackend(Backend):
         if profile in raw.vgpus:
             return []  # the VM holds one already: ESXi puts it on a GPU at power-on, wherever it fits
         changes = vgpu_shares.assign_changes(raw, profile, str(change.gpu))
-        return [self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
-                                (f"add VirtualPCIPassthrough with vGPU profile {profile} (VmiopBackingInfo)",
-                                 f"lock the memory reservation to {raw.memory_mb} MB (a vGPU VM powers on only "
-                                 "with all its memory reserved)"))]
+        steps = self._graphics_for_share(ctx)
+        return [*steps, self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
+                                        (f"add VirtualPCIPassthrough with vGPU profile {profile} (VmiopBackingInfo)",
+                                         f"lock the memory reservation to {raw.memory_mb} MB (a vGPU VM powers on "
+                                         "only with all its memory reserved)"))]
+
+    @staticmethod
+    def _graphics_for_share(ctx: CheckContext) -> list[Step]:
+        """The host step that puts the GPU in shared direct mode first, where its Sharing says the host must
+        (vgpu.sharing_of: a GPU in shared mode) and the request allows it (the core's share-host-change rules):
+        this device's type set to sharedDirect, the rest of the host's configuration as it is (graphics.py)."""
+        (change,) = ctx.shares
+        gpu = next(g for g in ctx.gpus if g.address == change.gpu and g.location == change.location)
+        if not gpu.sharing.host_change or not ctx.assign_options.allow_host_sharing_change:
+            return []
+        current = ctx.facts.host.settings.get("hosts", {}).get(gpu.location, {}).get("graphics") or {}
+        device = vgpu.device_id(current, gpu.address)
+        if device is None:
+            return []
+        default, policy, devices = host_graphics.wanted_config(current, None, None, {device: vgpu.SHARED_DIRECT})
+        step = host_graphics.step(gpu.location, current, default, policy, devices)
+        return [step] if step is not None else []
 
     def plan_release_share(self, ctx: CheckContext) -> list[Step]:
         vm = ctx.vm

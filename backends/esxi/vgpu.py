@@ -39,6 +39,7 @@ GRAPHICS_PROPS = ["config.graphicsInfo", "config.graphicsConfig", "config.shared
 # graphicsConfig is the newest of the three (pyvmomi _typeinfo_vim: vim.version.version11, vSphere 6.5)
 GRAPHICS_MIN_API = (6, 5)
 SHARED_DIRECT = "sharedDirect"
+SHARED = "shared"
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -61,6 +62,7 @@ class GraphicsDevice:
     graphics_type: str
     memory_bytes: int | None
     vm_moids: tuple[str, ...] = ()
+    pci_id: str = ""  # graphicsInfo.pciId as the host writes it: the deviceId HostGraphicsConfig takes
 
 
 @dataclass
@@ -93,7 +95,7 @@ def read_host(props: dict[str, Any]) -> HostGraphics:
             continue
         memory = int(info.memorySizeInKB or 0) * 1024
         graphics.devices[address] = GraphicsDevice(address, str(info.graphicsType), memory or None,
-                                                   tuple(vm._moId for vm in info.vm or ()))
+                                                   tuple(vm._moId for vm in info.vm or ()), str(info.pciId))
     return graphics
 
 
@@ -103,8 +105,21 @@ def settings_of(graphics: HostGraphics) -> dict[str, Any]:
     (graphicsInfo), which differs from the configured one until Xorg restarts or the host reboots (graphics.py)."""
     return {"default_type": graphics.default_type, "assignment_policy": graphics.assignment_policy,
             "vgpu_profiles": list(graphics.profiles), "device_types": dict(sorted(graphics.device_types.items())),
-            "active_types": {str(a): d.graphics_type for a, d in sorted(graphics.devices.items())},
-            "running_vgpus": {str(a): len(d.vm_moids) for a, d in sorted(graphics.devices.items()) if d.vm_moids}}
+            "active_types": {d.pci_id or str(a): d.graphics_type for a, d in sorted(graphics.devices.items())},
+            "running_vgpus": {d.pci_id or str(a): len(d.vm_moids) for a, d in sorted(graphics.devices.items())
+                              if d.vm_moids}}
+
+
+def device_id(settings: dict[str, Any], address: PciAddress) -> str | None:
+    """The host's own id of the graphics device at `address` (a key of settings_of's active_types), or None."""
+    for pci_id in settings.get("active_types") or {}:
+        try:
+            found = PciAddress.parse(pci_id)
+        except UsageError:
+            continue
+        if (found.bus, found.slot, found.function) == (address.bus, address.slot, address.function):
+            return str(pci_id)
+    return None
 
 
 def _find(devices: dict[PciAddress, GraphicsDevice], address: PciAddress) -> GraphicsDevice | None:
@@ -161,9 +176,21 @@ def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddr
     `vm_profiles`: VM name -> the profiles of its vGPU devices, in device order.
     """
     device = _find(graphics.devices, address)
-    if device is None or device.graphics_type != SHARED_DIRECT:
+    if device is None:
         return Sharing()
     shared_models = {models.get(a) for a, d in graphics.devices.items() if d.graphics_type == SHARED_DIRECT}
+    host_change = ""
+    if device.graphics_type == SHARED:
+        # A GPU with the vGPU manager in shared (vSGA) mode offers no profile (the host lists the profiles of its
+        # shared direct GPUs: assumed, see the module docstring); where GPUs of its model are in shared direct mode,
+        # it offers theirs once switched, which a plan may do first (graphics.py).
+        if len(shared_models) != 1 or models.get(device.address) not in shared_models:
+            return Sharing()
+        host_change = (f"its graphics type is shared (VMware shared graphics, vSGA) and vGPU needs shared direct "
+                       f"(HostGraphicsManager.UpdateGraphicsConfig with device {device.pci_id or address} "
+                       "sharedDirect, then an Xorg restart)")
+    elif device.graphics_type != SHARED_DIRECT:
+        return Sharing()
     one_model = len(shared_models) == 1
     holders = [vm_names.get(moid, moid) for moid in device.vm_moids]
     # A VM with several vGPUs has them on as many GPUs (one each); graphicsInfo does not say which profile landed
@@ -192,4 +219,4 @@ def sharing_of(graphics: HostGraphics, address: PciAddress, models: dict[PciAddr
     shares += tuple(Share(share_id(p.vm, p.index), p.profile, ShareMode.VGPU_PROFILE, p.vm)
                     for p in parked if p.vm not in holders)
     # time-sliced vGPUs of one profile per GPU (equal-size mode, see the module's docstring)
-    return Sharing(tuple(types), shares, one_type_at_a_time=True)
+    return Sharing(tuple(types), shares, one_type_at_a_time=True, host_change=host_change)

@@ -65,6 +65,9 @@ def assignment_options(command: F) -> F:
         click.option("--bar-size", "bar_sizes", multiple=True, metavar="ADDR=SIZE[+SIZE...]",
                      help="Every BAR of a GPU the host cannot describe, as `lspci -vv` lists its memory regions, "
                           "e.g. 0000:41:00.0=16M+64G+32M (repeat the option or join sizes with '+')."),
+        click.option("--allow-host-sharing-change", is_flag=True,
+                     help="With --share: allow the plan to change the host's sharing setup first where the GPU needs "
+                          "it (ESXi: its graphics type to shared direct, Xorg restarted); never done silently."),
         click.option("--share", "share", metavar="TYPE",
                      help="Give a share of the GPU instead of the whole GPU: an mdev type (nvidia-46), a vGPU profile "
                           "(A100-4C, GRID P40-1Q) or a partition size (partitions-4), as `gpupass gpus HOST` lists "
@@ -123,5 +126,6 @@ def build_assignment(vm: str, gpus: Sequence[str], **options: Any) -> Assignment
             bar_sizes=sizes,
             share=options.get("share"),
             ex_share_options=share_options,
+            allow_host_sharing_change=bool(options.get("allow_host_sharing_change")),
         ),
     )

@@ -34,8 +34,14 @@ class AssignOptions:
     # Hyper-V's Add-VMGpuPartitionAdapter -MinPartitionVRAM: the backend names those it takes
     # (Capabilities.ex_share_options) and its rules check the values against the host's.
     ex_share_options: Mapping[str, str] = field(default_factory=dict)
+    # A share plan may change the host's sharing configuration first where the GPU needs it (Sharing.host_change:
+    # ESXi's graphics type to shared direct); like a host reboot, never done silently.
+    allow_host_sharing_change: bool = False
 
     def __post_init__(self) -> None:
+        if self.allow_host_sharing_change and self.share is None:
+            raise UsageError("--allow-host-sharing-change applies to a share (--share TYPE)",
+                             remedy="add --share TYPE, or drop --allow-host-sharing-change")
         if self.ex_share_options and self.share is None:
             raise UsageError("--share-option sets a share, and no --share is asked for",
                              remedy="add --share TYPE, or drop --share-option")

@@ -135,6 +135,26 @@ def mig_mode_matches(ctx: CheckContext) -> Iterable[Finding]:
             )
 
 
+def host_sharing_change(ctx: CheckContext) -> Iterable[Finding]:
+    """A GPU whose host must change its sharing configuration before it can give the type (Sharing.host_change: an
+    ESXi GPU in shared graphics mode, which offers vGPU profiles only in shared direct mode, vSphere Resource
+    Management "Configuring Host Graphics") is given a share only with the request's explicit permission; the
+    plan then changes the host first, as a step with its own undo."""
+    for index, change in enumerate(ctx.shares):
+        gpu = _gpu(ctx, index)
+        if change.share is not None or not gpu.sharing.host_change:
+            continue
+        if ctx.assign_options.allow_host_sharing_change:
+            yield warning("share-host-change", f"GPU {gpu.address}: {gpu.sharing.host_change}; the plan does it first",
+                          "see the first step: it is undone if a later one fails", subject=str(gpu.address))
+        else:
+            yield blocker("share-host-change-needed",
+                          f"GPU {gpu.address} cannot give a {change.type.id} share as the host is set up now: "
+                          f"{gpu.sharing.host_change}",
+                          "run the command again with --allow-host-sharing-change to let the plan do it (a step "
+                          "with an undo), or change it yourself", subject=str(gpu.address))
+
+
 def not_given_whole(ctx: CheckContext) -> Iterable[Finding]:
     """A GPU passed through whole is bound to vfio-pci, not to the vendor driver that creates shares (the converse
     of rules.not_shared, with the same sources)."""
@@ -163,6 +183,7 @@ def vm_off_for_share(ctx: CheckContext) -> Iterable[Finding]:
     )
 
 
-ASSIGN_SHARE_RULES = (share_type_offered, share_capacity, one_share_type_per_gpu, mig_mode_matches, not_given_whole,
+ASSIGN_SHARE_RULES = (share_type_offered, share_capacity, one_share_type_per_gpu, mig_mode_matches,
+                      host_sharing_change, not_given_whole,
                       vm_off_for_share)
 RELEASE_SHARE_RULES = (vm_off_for_share,)

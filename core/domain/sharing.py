@@ -139,6 +139,11 @@ class Sharing:
     # Why some of the GPU's sharing is not listed, in words, where the platform cannot read it from here (KVM:
     # NVIDIA's per-VF vGPU types are in the host's sysfs); "" when nothing is left out.
     unread: str = ""
+    # What the host must change before this GPU can give `types`, in the platform's words, or "" when nothing: an ESXi
+    # GPU in shared (vSGA) graphics mode offers vGPU profiles only once it is in shared direct mode
+    # (backends/esxi/vgpu.py). The types are then those it offers after the change. A plan that gives such a share
+    # includes the change only when the request allows it (AssignOptions.allow_host_sharing_change).
+    host_change: str = ""
 
     @property
     def offered(self) -> bool:

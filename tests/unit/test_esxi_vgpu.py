@@ -110,7 +110,7 @@ def test_read_host_from_pyvmomi_shaped_properties():
     host = vgpu.read_host(props)
     assert (host.default_type, host.assignment_policy, host.profiles) == ("sharedDirect", "consolidation",
                                                                           ("grid_p40-8c",))
-    assert host.devices == {A: vgpu.GraphicsDevice(A, "sharedDirect", 24 * GiB, ("vm-7",))}
+    assert host.devices == {A: vgpu.GraphicsDevice(A, "sharedDirect", 24 * GiB, ("vm-7",), "0000:3b:00.0")}
     assert not vgpu.read_host({}).read
 
 
@@ -196,3 +196,16 @@ def test_the_planning_state_keeps_the_vgpus_through_a_snapshot():
                       {"vm": vm_plan(vgpus=("grid_p40-4c",), passthrough_devices=1)})
     again = EsxiState.from_json(json.loads(json.dumps(state.to_json())))
     assert again == state and again.vms["vm"].vgpus == ("grid_p40-4c",)
+
+
+def test_a_gpu_in_shared_mode_offers_its_models_profiles_once_switched():
+    shared = vgpu.GraphicsDevice(B, "shared", 24 * GiB, (), "af:00.0")
+    host = graphics([device(A), shared])
+    sharing = vgpu.sharing_of(host, B, {A: P40, B: P40}, {}, {})
+    assert sharing.types and "sharedDirect, then an Xorg restart" in sharing.host_change and "af:00.0" in sharing.host_change
+    assert not vgpu.sharing_of(host, A, {A: P40, B: P40}, {}, {}).host_change
+    # another model than the shared-direct GPUs: what it would offer is not known
+    assert vgpu.sharing_of(host, B, {A: P40, B: (0x10DE, 0x1EB8)}, {}, {}) == vgpu.Sharing()
+    # no GPU in shared direct mode: nothing to learn the profiles from
+    assert vgpu.sharing_of(graphics([shared]), B, {B: P40}, {}, {}) == vgpu.Sharing()
+    assert vgpu.device_id(vgpu.settings_of(host), B) == "af:00.0"

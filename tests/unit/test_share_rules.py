@@ -154,3 +154,18 @@ def test_mig_mode_that_fits_has_no_finding(registry, mig_mode, asked):
 
 def test_mig_mode_rule_ignores_types_that_are_no_vgpu_profile(registry):
     assert "mig-mode-unknown" not in findings(registry, host(), share="P40-1Q")  # time-sliced, mode unknown: fine
+
+
+def test_a_gpu_whose_host_must_change_first_is_blocked_unless_the_request_allows_it(registry):
+    card = dataclasses.replace(gpu("0000:81:00.0"), sharing=Sharing((P1Q,), (), True, host_change="set it to X"))
+    state = facts(gpus=[card], vms=[vm("ml-train")])
+    blocked = findings(registry, state)["share-host-change-needed"]
+    assert blocked.blocks and "set it to X" in blocked.message and "--allow-host-sharing-change" in blocked.remedy
+    fake = open_fake(state)
+    fake.__class__ = SharingFake
+    allowed = AssignmentRequest("ml-train", (A("81:00.0"),), AssignOptions(share="P40-1Q",
+                                                                          allow_host_sharing_change=True))
+    found = {f.code: f for f in preflight(build_context(fake, state, allowed), registry)}
+    assert "share-host-change-needed" not in found and not found["share-host-change"].blocks
+    # a GPU that needs no change has neither
+    assert not {"share-host-change", "share-host-change-needed"} & set(findings(registry, host()))

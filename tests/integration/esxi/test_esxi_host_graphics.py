@@ -57,7 +57,8 @@ def test_switching_the_idle_gpu_to_shared_takes_effect_and_withdraws_its_profile
     assert after["active_types"] == {"0000:00:0f.0": "basic", A: "sharedDirect", B: "shared"}
     facts = backend.inventory()
     shared = next(g for g in facts.gpus if g.location == ESX03 and g.address == P40_B)
-    assert not shared.sharing.offered  # a GPU in shared (vSGA) mode offers no vGPU profile
+    # a GPU in shared (vSGA) mode gives no vGPU: its profiles are those of the other P40, once it is switched back
+    assert shared.sharing.host_change and not shared.sharing.shares
     # the same request again has nothing to do; dropping the override plans the way back
     assert backend.ex_plan_host_graphics(facts, ESX03, assignment_policy="consolidation",
                                          device_types={B: "shared"}).steps == ()
