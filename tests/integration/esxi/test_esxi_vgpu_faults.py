@@ -204,3 +204,43 @@ def test_an_endpoint_frozen_mid_vgpu_assign_is_reported_as_unknown_and_a_rerun_c
         rerun = plan(again, assign("infer01"))
         assert rerun.steps == ()
     assert _settings(vm) == held
+
+
+def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_converges(sim, backend, connect):
+    """Frozen with the vGPU release's ReconfigVM_Task about to go: reported not known (never "rolled back"); the
+    thawed endpoint removes the vGPU, restores the reservation and removes gpupass's record at once, and the same
+    release again has nothing to do."""
+    import dataclasses
+    import os
+    import signal
+    import time
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    vm = vm_obj(connect(sim), "infer01")
+    original = _settings(vm)
+    execute(backend, plan(backend, assign("infer01")))
+    assert _settings(vm)[0] == ["grid_p40-4c"]
+    frozen = EsxiBackend(dataclasses.replace(backend.target, timeout=1.0))
+    planned = plan(frozen, release("infer01"))
+    send_now = frozen._send
+
+    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
+        os.kill(sim.pid, signal.SIGSTOP)
+        return send_now(name, config, was)
+
+    frozen._send = freeze_then_send
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            execute(frozen, planned)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+    assert caught.value.rolled_back is False
+    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
+    frozen.close()
+    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
+    while vgpus(vm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _settings(vm) == original                                    # exactly released, record included
+    with backend_for(sim) as again:
+        assert plan(again, release("infer01")).steps == ()
