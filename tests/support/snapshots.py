@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gpupass.core import snapshot
+from gpupass.core.domain import claims
 from gpupass.core.hosts import open_snapshot
 from gpupass.core.plugins import default_registry
 from gpupass.core.ports import Backend
@@ -31,14 +34,35 @@ def payloads_survive_a_snapshot(backend: Backend, requests: list[Any], tmp_path:
     offline = open_snapshot(path, registry)
     recorded = offline.inventory()
     seen: set[type] = set()
-    for request in requests:
-        live = make_plan(backend, facts, request, registry)
-        planned = make_plan(offline, recorded, request, registry)
-        assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], request
-        assert [s.action for s in planned.steps] == [s.action for s in live.steps]
-        seen |= {type(s.payload) for s in live.steps if s.writes}
-    for planner in planners:
-        live, planned = planner(backend, facts), planner(offline, recorded)
-        assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], planner
-        seen |= {type(s.payload) for s in live.steps if s.writes}
+    with _one_second():
+        for request in requests:
+            live = make_plan(backend, facts, request, registry)
+            planned = make_plan(offline, recorded, request, registry)
+            assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], request
+            assert [s.action for s in planned.steps] == [s.action for s in live.steps]
+            seen |= {type(s.payload) for s in live.steps if s.writes}
+        for planner in planners:
+            live, planned = planner(backend, facts), planner(offline, recorded)
+            assert [s.payload for s in planned.steps] == [s.payload for s in live.steps], planner
+            seen |= {type(s.payload) for s in live.steps if s.writes}
     return seen
+
+
+@contextlib.contextmanager
+def _one_second() -> Any:
+    """Both plans stamped with the same time: an intent record names when its run began (to the second), and the
+    live and the snapshot plan must not differ only because a second ticked between them."""
+    frozen = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    class _Clock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return frozen
+
+    real = claims.datetime
+    claims.datetime = _Clock  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        claims.datetime = real  # type: ignore[misc]
+
