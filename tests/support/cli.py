@@ -11,3 +11,27 @@ def gpupass(*args, expect=0, env=None):
     result = subprocess.run([*GPUPASS, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     assert expect is None or result.returncode == expect, f"exit {result.returncode}, wanted {expect}\n{result.stdout}{result.stderr}"
     return result
+
+
+def killed_with_call_held(sim, call, args, env):
+    """Run `gpupass ARGS` against the vSphere simulator in its own process, SIGKILL it while `call` waits at the
+    simulator (vcsim's /gpupass/hold), then let the call through and wait until the simulator has carried it out:
+    a client killed with its request on the wire, which the host runs anyway."""
+    import signal
+    import time
+
+    sim.hold(call)
+    client = subprocess.Popen([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.held() != call:
+            assert time.monotonic() < deadline and client.poll() is None, f"{call} never reached the simulator"
+            time.sleep(0.05)
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+    finally:
+        sim.release()
+    deadline = time.monotonic() + 10
+    while sim.held() and time.monotonic() < deadline:
+        time.sleep(0.05)

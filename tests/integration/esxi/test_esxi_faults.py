@@ -129,10 +129,9 @@ def test_a_client_killed_with_the_passthrough_switch_on_the_wire_is_shown_by_sta
     simulator; the simulator then carries the call out. The VM is as it was, the host switched: `status` shows the
     intent the run recorded before its host step, and the same assign run again finishes it."""
     import json
-    import signal
     import subprocess
 
-    from support.cli import GPUPASS
+    from support.cli import GPUPASS, killed_with_call_held
     from tests.integration.esxi.test_esxi_host_rules import T4
 
     sim = fresh_vcsim(username=USER)
@@ -143,21 +142,7 @@ def test_a_client_killed_with_the_passthrough_switch_on_the_wire_is_shown_by_sta
         return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
 
-    sim.hold("UpdatePassthruConfig")
-    client = subprocess.Popen([*GPUPASS, "assign", uri, "cad-ws", str(T4), "--yes", "--ca-file", str(sim.ca_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while sim.held() != "UpdatePassthruConfig":
-            assert time.monotonic() < deadline and client.poll() is None, "the host step never reached the simulator"
-            time.sleep(0.05)
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        sim.release()
-    deadline = time.monotonic() + 10        # the simulator carries out the call its killed client had sent
-    while sim.held() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    killed_with_call_held(sim, "UpdatePassthruConfig", ["assign", uri, "cad-ws", str(T4), "--yes"], env)
     status = gpupass("status", uri, "--json")
     vm = next(v for v in json.loads(status.stdout)["vms"] if v["name"] == "cad-ws")
     assert str(T4) not in vm["assigned"] and len(vm["unfinished"]) == 1, vm

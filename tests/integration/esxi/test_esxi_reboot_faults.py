@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 
 pytest.importorskip("pyVmomi")
 
-from support.cli import GPUPASS  # noqa: E402
+from support.cli import GPUPASS, killed_with_call_held  # noqa: E402
 from tests.integration.esxi.test_esxi_backend import USER  # noqa: E402
 from tests.integration.esxi.test_esxi_host_rules import T4, _t4_held_by_vmkernel, find_vm  # noqa: E402
 
@@ -40,21 +38,7 @@ class Lab:
 
     def killed_with_call_on_the_wire(self, call):
         """Run the assign in its own process, kill it while `call` waits at the simulator, let the call through."""
-        self.sim.hold(call)
-        client = subprocess.Popen([*GPUPASS, *self.assign, "--ca-file", str(self.sim.ca_file)], env=self.env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while self.sim.held() != call:
-                assert time.monotonic() < deadline and client.poll() is None, f"{call} never reached the simulator"
-                time.sleep(0.05)
-            client.send_signal(signal.SIGKILL)
-            assert client.wait(30) == -signal.SIGKILL
-        finally:
-            self.sim.release()
-        deadline = time.monotonic() + 10        # the simulator carries out the call its killed client had sent
-        while self.sim.held() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        killed_with_call_held(self.sim, call, self.assign, self.env)
 
     def cad_ws(self):
         status = self.gpupass("status", self.uri, "--json")

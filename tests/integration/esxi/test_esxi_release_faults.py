@@ -20,7 +20,7 @@ from gpupass.core.service import execute
 
 pytest.importorskip("pyVmomi")
 
-from support.cli import GPUPASS  # noqa: E402
+from support.cli import GPUPASS, killed_with_call_held  # noqa: E402
 from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, gpu, plan, target  # noqa: E402
 
 ESX02 = "esx02.lab.local"
@@ -141,21 +141,7 @@ class KilledRelease:
 
     def killed_with_call_on_the_wire(self, call):
         """Run the release in its own process, kill it while `call` waits at the simulator, let the call through."""
-        self.sim.hold(call)
-        client = subprocess.Popen([*GPUPASS, *self.release, "--ca-file", str(self.sim.ca_file)], env=self.env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while self.sim.held() != call:
-                assert time.monotonic() < deadline and client.poll() is None, f"{call} never reached the simulator"
-                time.sleep(0.05)
-            client.send_signal(signal.SIGKILL)
-            assert client.wait(30) == -signal.SIGKILL
-        finally:
-            self.sim.release()
-        deadline = time.monotonic() + 10        # the simulator carries out the call its killed client had sent
-        while self.sim.held() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        killed_with_call_held(self.sim, call, self.release, self.env)
 
     def ml_train(self):
         status = self.gpupass("status", self.uri, "--json")

@@ -69,11 +69,9 @@ def test_a_client_killed_with_its_vgpu_assign_on_the_wire_leaves_the_vm_after_an
     to do, and a release gives everything back."""
     import json
     import os
-    import signal
     import subprocess
-    import time
 
-    from support.cli import GPUPASS
+    from support.cli import GPUPASS, killed_with_call_held
 
     vm = vm_obj(connect(sim), "infer01")
     before = _settings(vm)
@@ -84,22 +82,8 @@ def test_a_client_killed_with_its_vgpu_assign_on_the_wire_leaves_the_vm_after_an
         return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
 
-    sim.hold("ReconfigVM_Task")
-    client = subprocess.Popen([*GPUPASS, "assign", uri, "infer01", gpu, "--share", "grid_p40-4c", "--yes",
-                               "--ca-file", str(sim.ca_file)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while sim.held() != "ReconfigVM_Task":
-            assert time.monotonic() < deadline and client.poll() is None, "the reconfigure never reached the simulator"
-            time.sleep(0.05)
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        sim.release()
-    deadline = time.monotonic() + 10           # the simulator carries out the call its killed client had sent
-    while sim.held() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    killed_with_call_held(sim, "ReconfigVM_Task", ["assign", uri, "infer01", gpu, "--share", "grid_p40-4c", "--yes"],
+                          env)
     held = _settings(vm)
     assert held[0] == ["grid_p40-4c"] and held[1] is True and held[3], held          # exactly after, record included
     listed = json.loads(cli("gpus", uri, "--json").stdout)
@@ -120,11 +104,9 @@ def test_a_client_killed_with_its_vgpu_release_on_the_wire_leaves_the_vm_release
     unfinished, and the same release again has nothing to do."""
     import json
     import os
-    import signal
     import subprocess
-    import time
 
-    from support.cli import GPUPASS
+    from support.cli import GPUPASS, killed_with_call_held
 
     vm = vm_obj(connect(sim), "infer01")
     original = _settings(vm)
@@ -137,21 +119,7 @@ def test_a_client_killed_with_its_vgpu_release_on_the_wire_leaves_the_vm_release
         return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
 
-    sim.hold("ReconfigVM_Task")
-    client = subprocess.Popen([*GPUPASS, "release", uri, "infer01", gpu, "--yes", "--ca-file", str(sim.ca_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while sim.held() != "ReconfigVM_Task":
-            assert time.monotonic() < deadline and client.poll() is None, "the reconfigure never reached the simulator"
-            time.sleep(0.05)
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        sim.release()
-    deadline = time.monotonic() + 10           # the simulator carries out the call its killed client had sent
-    while sim.held() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    killed_with_call_held(sim, "ReconfigVM_Task", ["release", uri, "infer01", gpu, "--yes"], env)
     assert _settings(vm) == original                                    # exactly released, record included
     listed = json.loads(cli("gpus", uri, "--json").stdout)
     card = next(g for g in listed["gpus"] if g["address"] == "0000:af:00.0" and g.get("location") == "esx03.lab.local")
