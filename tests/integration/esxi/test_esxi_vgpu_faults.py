@@ -136,33 +136,12 @@ def test_an_endpoint_frozen_mid_vgpu_assign_is_reported_as_unknown_and_a_rerun_c
     read the VM back either and says the outcome is not known (never "rolled back"); the thawed endpoint carries out
     the waiting request -- the vGPU, the reservation and gpupass's record at once -- and the same assign again has
     nothing to do."""
-    import dataclasses
-    import os
-    import signal
     import time
-
-    from gpupass.backends.esxi.backend import EsxiBackend
 
     vm = vm_obj(connect(sim), "infer01")
     base = backend_for(sim)
     base.close()
-    frozen = EsxiBackend(dataclasses.replace(base.target, timeout=1.0))
-    planned = plan(frozen, assign("infer01"))
-    send_now = frozen._send
-
-    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
-        os.kill(sim.pid, signal.SIGSTOP)
-        return send_now(name, config, was)
-
-    frozen._send = freeze_then_send
-    try:
-        with pytest.raises(OperationFailed) as caught:
-            execute(frozen, planned)
-    finally:
-        os.kill(sim.pid, signal.SIGCONT)
-    assert caught.value.rolled_back is False
-    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
-    frozen.close()
+    _frozen_before_its_write(sim, base.target, assign("infer01"))
     deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
     while not vgpus(vm) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -178,19 +157,32 @@ def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_
     """Frozen with the vGPU release's ReconfigVM_Task about to go: reported not known (never "rolled back"); the
     thawed endpoint removes the vGPU, restores the reservation and removes gpupass's record at once, and the same
     release again has nothing to do."""
-    import dataclasses
-    import os
-    import signal
     import time
-
-    from gpupass.backends.esxi.backend import EsxiBackend
 
     vm = vm_obj(connect(sim), "infer01")
     original = _settings(vm)
     execute(backend, plan(backend, assign("infer01")))
     assert _settings(vm)[0] == ["grid_p40-4c"]
-    frozen = EsxiBackend(dataclasses.replace(backend.target, timeout=1.0))
-    planned = plan(frozen, release("infer01"))
+    _frozen_before_its_write(sim, backend.target, release("infer01"))
+    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
+    while vgpus(vm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _settings(vm) == original                                    # exactly released, record included
+    with backend_for(sim) as again:
+        assert plan(again, release("infer01")).steps == ()
+
+
+def _frozen_before_its_write(sim, target, request):
+    """Plan `request` on a connection with a 1 s timeout and run it with the endpoint frozen (SIGSTOP) just before
+    its reconfigure goes, then thaw it: gpupass must give up and say the outcome is not known, never "rolled back"."""
+    import dataclasses
+    import os
+    import signal
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    frozen = EsxiBackend(dataclasses.replace(target, timeout=1.0))
+    planned = plan(frozen, request)
     send_now = frozen._send
 
     def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
@@ -203,12 +195,6 @@ def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_
             execute(frozen, planned)
     finally:
         os.kill(sim.pid, signal.SIGCONT)
+        frozen.close()
     assert caught.value.rolled_back is False
     assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
-    frozen.close()
-    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
-    while vgpus(vm) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _settings(vm) == original                                    # exactly released, record included
-    with backend_for(sim) as again:
-        assert plan(again, release("infer01")).steps == ()
