@@ -189,17 +189,22 @@ def _legacy_file(path, port: int, settings: dict) -> None:
     path.write_text(json.dumps({f"127.0.0.1:{port}": {ML_TRAIN_ID: settings}}))
 
 
+def _assigned_by_an_older_gpupass(model, port: int, tmp_path):
+    """What an older version left: the device on ml-train, its settings changed, the record in the local file."""
+    assert run(model, S.assign_script("ml-train", [A100_2_LOC], 3 * G, 200 * G))[0] == 0
+    model.vm("ml-train").notes = ""
+    state = tmp_path / "previous-settings.json"
+    _legacy_file(state, port, {"stop_action": "Save", "low_mmio": 128 * M, "high_mmio": 512 * M,
+                               "guest_cache": False})
+    return state
+
+
 def test_a_record_an_older_gpupass_kept_locally_is_restored_once(endpoint, tmp_path):
     """Assigned by a gpupass that kept the record on the workstation: the release restores it and forgets it."""
     model = lab_host()
     before = model.to_dict()
     ep = endpoint(model)
-    # what the older version left: the device on the VM, its settings changed, the record in the local file
-    assert run(model, S.assign_script("ml-train", [A100_2_LOC], 3 * G, 200 * G))[0] == 0
-    model.vm("ml-train").notes = ""
-    state = tmp_path / "previous-settings.json"
-    _legacy_file(state, ep.port, {"stop_action": "Save", "low_mmio": 128 * M, "high_mmio": 512 * M,
-                                  "guest_cache": False})
+    state = _assigned_by_an_older_gpupass(model, ep.port, tmp_path)
     _release(_backend(ep.port, state_file=state))
     assert model.to_dict() == before
     assert json.loads(state.read_text()) == {}
@@ -209,11 +214,7 @@ def test_a_further_assign_moves_the_local_record_onto_the_vm(endpoint, tmp_path)
     model = lab_host()
     before = model.to_dict()
     ep = endpoint(model)
-    assert run(model, S.assign_script("ml-train", [A100_2_LOC], 3 * G, 200 * G))[0] == 0
-    model.vm("ml-train").notes = ""
-    state = tmp_path / "previous-settings.json"
-    _legacy_file(state, ep.port, {"stop_action": "Save", "low_mmio": 128 * M, "high_mmio": 512 * M,
-                                  "guest_cache": False})
+    state = _assigned_by_an_older_gpupass(model, ep.port, tmp_path)
     _assign(_backend(ep.port, state_file=state), address=ADDR[MI300X_LOC])
     assert json.loads(state.read_text()) == {} and S.RECORD_BEGIN in model.vm("ml-train").notes
     # from now on any workstation, any spelling of the host, restores it
