@@ -7,7 +7,6 @@ converges."""
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
@@ -22,28 +21,11 @@ from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, plan, ta
 
 
 def test_an_endpoint_frozen_mid_assign_is_reported_as_unknown_and_a_rerun_converges(fresh_vcsim):
-    from dataclasses import replace
-
     from gpupass.backends.esxi.backend import EsxiBackend
+    from support.esxi_faults import frozen_before_its_write
 
     sim = fresh_vcsim(username=USER)
-    backend = EsxiBackend(replace(target(sim), timeout=1.0))
-    result = plan(backend, AssignmentRequest("ml-train", (A100_ACTIVE,)))
-    send_now = backend._send
-
-    def freeze_then_send(name, config, before):  # the fault's timing: frozen just before the first write
-        os.kill(sim.pid, signal.SIGSTOP)
-        return send_now(name, config, before)
-
-    backend._send = freeze_then_send
-    try:
-        with pytest.raises(OperationFailed) as caught:
-            execute(backend, result)
-    finally:
-        os.kill(sim.pid, signal.SIGCONT)
-    assert caught.value.rolled_back is False
-    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
-    backend.close()
+    frozen_before_its_write(sim, target(sim), AssignmentRequest("ml-train", (A100_ACTIVE,)))
 
     with EsxiBackend(target(sim)) as again:
         # The thawed endpoint serves the waiting request when it gets to it: the whole change, claim included,

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -21,6 +19,7 @@ from gpupass.core.service import execute
 pytest.importorskip("pyVmomi")
 
 from support.cli import GPUPASS, killed_with_call_held  # noqa: E402
+from support.esxi_faults import frozen_before_its_write  # noqa: E402
 from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, gpu, plan, target  # noqa: E402
 
 ESX02 = "esx02.lab.local"
@@ -95,23 +94,7 @@ def test_an_endpoint_frozen_mid_release_is_reported_as_unknown_and_a_rerun_conve
     sim = fresh_vcsim(username=USER)
     backend, before, _ = _assigned(sim)
     backend.close()
-    frozen = EsxiBackend(replace(target(sim), timeout=1.0))
-    release = plan(frozen, ReleaseRequest("ml-train"))
-    send_now = frozen._send
-
-    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
-        os.kill(sim.pid, signal.SIGSTOP)
-        return send_now(name, config, was)
-
-    frozen._send = freeze_then_send
-    try:
-        with pytest.raises(OperationFailed) as caught:
-            execute(frozen, release)
-    finally:
-        os.kill(sim.pid, signal.SIGCONT)
-    assert caught.value.rolled_back is False
-    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
-    frozen.close()
+    frozen_before_its_write(sim, target(sim), ReleaseRequest("ml-train"))
     with EsxiBackend(target(sim)) as again:
         deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
         while again.inventory().find_vm("ml-train").assigned and time.monotonic() < deadline:

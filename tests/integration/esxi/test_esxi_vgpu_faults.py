@@ -12,6 +12,7 @@ from gpupass.core.service import execute
 
 pytest.importorskip("pyVmomi")
 
+from support.esxi_faults import frozen_before_its_write  # noqa: E402
 from tests.integration.esxi.test_esxi_vgpu_assign import (RECORD, assign, backend_for, plan, release,  # noqa: E402
                                                            vgpus, vm_obj)
 
@@ -141,7 +142,7 @@ def test_an_endpoint_frozen_mid_vgpu_assign_is_reported_as_unknown_and_a_rerun_c
     vm = vm_obj(connect(sim), "infer01")
     base = backend_for(sim)
     base.close()
-    _frozen_before_its_write(sim, base.target, assign("infer01"))
+    frozen_before_its_write(sim, base.target, assign("infer01"))
     deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
     while not vgpus(vm) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -163,7 +164,7 @@ def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_
     original = _settings(vm)
     execute(backend, plan(backend, assign("infer01")))
     assert _settings(vm)[0] == ["grid_p40-4c"]
-    _frozen_before_its_write(sim, backend.target, release("infer01"))
+    frozen_before_its_write(sim, backend.target, release("infer01"))
     deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
     while vgpus(vm) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -171,30 +172,3 @@ def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_
     with backend_for(sim) as again:
         assert plan(again, release("infer01")).steps == ()
 
-
-def _frozen_before_its_write(sim, target, request):
-    """Plan `request` on a connection with a 1 s timeout and run it with the endpoint frozen (SIGSTOP) just before
-    its reconfigure goes, then thaw it: gpupass must give up and say the outcome is not known, never "rolled back"."""
-    import dataclasses
-    import os
-    import signal
-
-    from gpupass.backends.esxi.backend import EsxiBackend
-
-    frozen = EsxiBackend(dataclasses.replace(target, timeout=1.0))
-    planned = plan(frozen, request)
-    send_now = frozen._send
-
-    def freeze_then_send(name, config, was):  # the fault's timing: frozen just before the write
-        os.kill(sim.pid, signal.SIGSTOP)
-        return send_now(name, config, was)
-
-    frozen._send = freeze_then_send
-    try:
-        with pytest.raises(OperationFailed) as caught:
-            execute(frozen, planned)
-    finally:
-        os.kill(sim.pid, signal.SIGCONT)
-        frozen.close()
-    assert caught.value.rolled_back is False
-    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message

@@ -1,0 +1,40 @@
+"""An ESXi write run against a frozen vSphere simulator: the fault rows of docs/faults.md that freeze the endpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from gpupass.core.errors import OperationFailed
+from gpupass.core.plugins import default_registry
+from gpupass.core.service import execute, make_plan
+
+
+def frozen_before_its_write(sim: Any, target: Any, request: Any) -> OperationFailed:
+    """Plan `request` on a connection with a 1 s timeout and run it with the simulator frozen (SIGSTOP) just before
+    its first reconfigure goes, then thaw it: gpupass must give up and say the outcome is not known, never "rolled
+    back". The thawed simulator then carries out the request that was waiting."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    frozen = EsxiBackend(dataclasses.replace(target, timeout=1.0))
+    planned = make_plan(frozen, frozen.inventory(), request, default_registry())
+    send_now = frozen._send
+
+    def freeze_then_send(name: Any, config: Any, was: Any) -> Any:  # the fault's timing: frozen just before the write
+        os.kill(sim.pid, signal.SIGSTOP)
+        return send_now(name, config, was)
+
+    frozen._send = freeze_then_send  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            execute(frozen, planned)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+        frozen.close()
+    assert caught.value.rolled_back is False
+    assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message
+    return caught.value
