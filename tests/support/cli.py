@@ -35,3 +35,23 @@ def killed_with_call_held(sim, call, args, env):
     deadline = time.monotonic() + 10
     while sim.held() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def killed_with_script_held(ep, containing, args, env, while_held=None):
+    """Run `gpupass ARGS` against the Hyper-V lab endpoint in its own process, SIGKILL it while its script holding
+    `containing` waits at the endpoint (hold_next_command), call `while_held()` (e.g. to make the host fail part of
+    the script), then let the script through and wait until the host has run it."""
+    import signal
+
+    ep.hold_next_command(containing=containing)
+    client = subprocess.Popen([*GPUPASS, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
+    try:
+        assert ep.command_held.wait(60), f"the script with {containing} never reached the endpoint"
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(30) == -signal.SIGKILL
+        if while_held is not None:
+            while_held()
+    finally:
+        ep.release_command()
+    assert ep.command_done.wait(60), "the host never ran the script its killed client had sent"

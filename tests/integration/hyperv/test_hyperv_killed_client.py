@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 
 from gpupass.backends.hyperv import scripts as S
@@ -16,7 +15,7 @@ from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.lab.hostmodel import lab_host
 from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from hyperv_helpers import PASSWORD, USER
-from support.cli import GPUPASS
+from support.cli import GPUPASS, killed_with_script_held
 
 GPU = str(address_map([A100_2_LOC])[A100_2_LOC])
 
@@ -31,16 +30,7 @@ def test_a_client_killed_with_its_assign_on_the_wire_leaves_the_host_after_and_a
     def gpupass(*args):
         return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
-    ep.hold_next_command(containing="Add-VMAssignableDevice")
-    client = subprocess.Popen([*GPUPASS, "assign", uri, "ml-train", GPU, "--yes"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        assert ep.command_held.wait(60), "the assign script never reached the endpoint"
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        ep.release_command()
-    assert ep.command_done.wait(60)                 # the host ran the script its killed client had sent
+    killed_with_script_held(ep, "Add-VMAssignableDevice", ["assign", uri, "ml-train", GPU, "--yes"], env)
     status = json.loads(gpupass("status", uri, "--json").stdout)
     vm = next(v for v in status["vms"] if v["name"] == "ml-train")
     assert GPU in vm["assigned"] and vm["stop_action"] == "TurnOff"         # exactly after: the whole script ran

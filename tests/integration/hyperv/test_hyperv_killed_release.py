@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 
 import pytest
@@ -19,7 +18,7 @@ from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.lab.hostmodel import lab_host
 from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from hyperv_helpers import PASSWORD, USER
-from support.cli import GPUPASS
+from support.cli import GPUPASS, killed_with_script_held
 
 GPU = str(address_map([A100_2_LOC])[A100_2_LOC])
 
@@ -46,20 +45,14 @@ def test_a_client_killed_with_its_release_on_the_wire_leaves_the_vm_exactly_rele
     with_gpu = model.to_dict()
     assert S.RECORD_BEGIN in model.vm("ml-train").notes
 
-    ep.hold_next_command(containing="Remove-VMAssignableDevice")
-    client = subprocess.Popen([*GPUPASS, "release", uri, "ml-train", "--yes"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        assert ep.command_held.wait(60), "the release script never reached the endpoint"
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
+    def the_host_fails_part_of_it():
         if host_runs_it == "stopped-at-first-device":
             model.inject_fault("Remove-VMAssignableDevice")
         if host_runs_it == "stopped-after-removing-it":
             model.inject_fault("Mount-VMHostAssignableDevice")
-    finally:
-        ep.release_command()
-    assert ep.command_done.wait(60)                 # the host ran the script its killed client had sent
+
+    killed_with_script_held(ep, "Remove-VMAssignableDevice", ["release", uri, "ml-train", "--yes"], env,
+                            while_held=the_host_fails_part_of_it)
 
     vm = ml_train()
     if host_runs_it == "whole":

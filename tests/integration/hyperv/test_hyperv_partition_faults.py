@@ -95,10 +95,9 @@ def test_a_client_killed_with_its_partition_add_on_the_wire_leaves_the_vm_after_
     the same assign again has nothing to do, and a release gives it back."""
     import json
     import os
-    import signal
     import subprocess
 
-    from support.cli import GPUPASS
+    from support.cli import GPUPASS, killed_with_script_held
 
     model, ep, backend = lab
     original = model.to_dict()
@@ -108,16 +107,8 @@ def test_a_client_killed_with_its_partition_add_on_the_wire_leaves_the_vm_after_
     def cli(*args):
         return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
-    ep.hold_next_command(containing="Add-VMGpuPartitionAdapter")
-    client = subprocess.Popen([*GPUPASS, "assign", uri, "ml-train", str(RTX), "--share", "partitions-32", "--yes"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        assert ep.command_held.wait(60), "the partition script never reached the endpoint"
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        ep.release_command()
-    assert ep.command_done.wait(60)                        # the host ran the script its killed client had sent
+    killed_with_script_held(ep, "Add-VMGpuPartitionAdapter",
+                            ["assign", uri, "ml-train", str(RTX), "--share", "partitions-32", "--yes"], env)
     assert [p for p, _ in partitions(model)] == [PATH]
     status = json.loads(cli("status", uri, "--json").stdout)
     assert next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"] == []
@@ -136,10 +127,9 @@ def test_a_client_killed_with_its_partition_removal_on_the_wire_leaves_the_vm_re
     `status` has nothing unfinished, and the same release again has nothing to do."""
     import json
     import os
-    import signal
     import subprocess
 
-    from support.cli import GPUPASS
+    from support.cli import GPUPASS, killed_with_script_held
 
     model, ep, backend = lab
     original = model.to_dict()
@@ -151,16 +141,7 @@ def test_a_client_killed_with_its_partition_removal_on_the_wire_leaves_the_vm_re
     def cli(*args):
         return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
-    ep.hold_next_command(containing="Remove-VMGpuPartitionAdapter")
-    client = subprocess.Popen([*GPUPASS, "release", uri, "ml-train", str(RTX), "--yes"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        assert ep.command_held.wait(60), "the partition script never reached the endpoint"
-        client.send_signal(signal.SIGKILL)
-        assert client.wait(30) == -signal.SIGKILL
-    finally:
-        ep.release_command()
-    assert ep.command_done.wait(60)                        # the host ran the script its killed client had sent
+    killed_with_script_held(ep, "Remove-VMGpuPartitionAdapter", ["release", uri, "ml-train", str(RTX), "--yes"], env)
     assert model.to_dict() == original
     status = json.loads(cli("status", uri, "--json").stdout)
     assert next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"] == []
