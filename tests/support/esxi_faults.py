@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from typing import Any
+import time
+from typing import Any, Callable
 
 import pytest
 
@@ -14,10 +15,12 @@ from gpupass.core.plugins import default_registry
 from gpupass.core.service import execute, make_plan
 
 
-def frozen_before_its_write(sim: Any, target: Any, request: Any) -> OperationFailed:
+def frozen_before_its_write(sim: Any, target: Any, request: Any, carried_out: Callable[[], bool]) -> OperationFailed:
     """Plan `request` on a connection with a 1 s timeout and run it with the simulator frozen (SIGSTOP) just before
     its first reconfigure goes, then thaw it: gpupass must give up and say the outcome is not known, never "rolled
-    back". The thawed simulator then carries out the request that was waiting."""
+    back". The thawed simulator then carries out the request that was waiting; the frozen run's session is logged
+    out only once `carried_out()` says so (or 10 s passed), since a Logout served first would refuse the waiting
+    request as not authenticated."""
     from gpupass.backends.esxi.backend import EsxiBackend
 
     frozen = EsxiBackend(dataclasses.replace(target, timeout=1.0))
@@ -34,6 +37,9 @@ def frozen_before_its_write(sim: Any, target: Any, request: Any) -> OperationFai
             execute(frozen, planned)
     finally:
         os.kill(sim.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while not carried_out() and time.monotonic() < deadline:
+            time.sleep(0.05)
         frozen.close()
     assert caught.value.rolled_back is False
     assert "did not answer within 1s" in caught.value.message and "not known" in caught.value.message

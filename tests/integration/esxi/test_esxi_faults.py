@@ -7,7 +7,6 @@ converges."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -25,14 +24,11 @@ def test_an_endpoint_frozen_mid_assign_is_reported_as_unknown_and_a_rerun_conver
     from support.esxi_faults import frozen_before_its_write
 
     sim = fresh_vcsim(username=USER)
-    frozen_before_its_write(sim, target(sim), AssignmentRequest("ml-train", (A100_ACTIVE,)))
-
     with EsxiBackend(target(sim)) as again:
         # The thawed endpoint serves the waiting request when it gets to it: the whole change, claim included,
         # since the change and the claim are one ReconfigVM_Task; so the VM is "after", not half-way.
-        deadline = time.monotonic() + 10
-        while A100_ACTIVE not in again.inventory().find_vm("ml-train").assigned and time.monotonic() < deadline:
-            time.sleep(0.05)
+        frozen_before_its_write(sim, target(sim), AssignmentRequest("ml-train", (A100_ACTIVE,)),
+                                lambda: A100_ACTIVE in again.inventory().find_vm("ml-train").assigned)
         vm = again.inventory().find_vm("ml-train")
         assert vm.assigned == (A100_ACTIVE,) and vm.unfinished == ()
         rerun = plan(again, AssignmentRequest("ml-train", (A100_ACTIVE,)))

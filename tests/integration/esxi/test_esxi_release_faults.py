@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -94,11 +93,9 @@ def test_an_endpoint_frozen_mid_release_is_reported_as_unknown_and_a_rerun_conve
     sim = fresh_vcsim(username=USER)
     backend, before, _ = _assigned(sim)
     backend.close()
-    frozen_before_its_write(sim, target(sim), ReleaseRequest("ml-train"))
     with EsxiBackend(target(sim)) as again:
-        deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
-        while again.inventory().find_vm("ml-train").assigned and time.monotonic() < deadline:
-            time.sleep(0.05)
+        frozen_before_its_write(sim, target(sim), ReleaseRequest("ml-train"),
+                                lambda: not again.inventory().find_vm("ml-train").assigned)
         assert again.inventory().find_vm("ml-train") == before
         rerun = plan(again, ReleaseRequest("ml-train"))
         assert rerun.steps == ()

@@ -137,15 +137,11 @@ def test_an_endpoint_frozen_mid_vgpu_assign_is_reported_as_unknown_and_a_rerun_c
     read the VM back either and says the outcome is not known (never "rolled back"); the thawed endpoint carries out
     the waiting request -- the vGPU, the reservation and gpupass's record at once -- and the same assign again has
     nothing to do."""
-    import time
 
     vm = vm_obj(connect(sim), "infer01")
     base = backend_for(sim)
     base.close()
-    frozen_before_its_write(sim, base.target, assign("infer01"))
-    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
-    while not vgpus(vm) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    frozen_before_its_write(sim, base.target, assign("infer01"), lambda: bool(vgpus(vm)))
     held = _settings(vm)
     assert held[0] == ["grid_p40-4c"] and held[1] is True and held[3], held         # exactly after, record included
     with backend_for(sim) as again:
@@ -158,16 +154,12 @@ def test_an_endpoint_frozen_mid_vgpu_release_is_reported_as_unknown_and_a_rerun_
     """Frozen with the vGPU release's ReconfigVM_Task about to go: reported not known (never "rolled back"); the
     thawed endpoint removes the vGPU, restores the reservation and removes gpupass's record at once, and the same
     release again has nothing to do."""
-    import time
 
     vm = vm_obj(connect(sim), "infer01")
     original = _settings(vm)
     execute(backend, plan(backend, assign("infer01")))
     assert _settings(vm)[0] == ["grid_p40-4c"]
-    frozen_before_its_write(sim, backend.target, release("infer01"))
-    deadline = time.monotonic() + 10    # the thawed endpoint serves the request that was waiting
-    while vgpus(vm) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    frozen_before_its_write(sim, backend.target, release("infer01"), lambda: not vgpus(vm))
     assert _settings(vm) == original                                    # exactly released, record included
     with backend_for(sim) as again:
         assert plan(again, release("infer01")).steps == ()
