@@ -326,7 +326,7 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
             f"run `gpupass status {backend.target.label}`: the steps left as they are are the host's state now",
             rolled_back=False,
         ) from cause
-    undone = f"; {len(done)} completed step(s) were undone" if done else ""
+    undone = _undone_summary(completed=len(done) - (left.state == "after"), failed_went_through=left.state == "after")
     # A step may fail half-way and fail to clean up after itself too, or leave the host unreadable: it says
     # so, and so must we.
     if left.state == "unknown":
@@ -346,6 +346,15 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
         remedy=getattr(cause, "remedy", None),
         rolled_back=True,
     ) from cause
+
+
+def _undone_summary(completed: int, failed_went_through: bool) -> str:
+    # The failed step is not a completed one: a reader counting the steps the plan showed must find the same number.
+    if failed_went_through and completed:
+        return f"; the failed step, which had gone through, and {completed} completed step(s) were undone"
+    if failed_went_through:
+        return "; the failed step had gone through and was undone"
+    return f"; {completed} completed step(s) were undone" if completed else ""
 
 
 def _verify(plan: Plan, vm: Vm | None) -> None:

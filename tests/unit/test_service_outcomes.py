@@ -68,7 +68,7 @@ def test_a_step_the_host_shows_as_done_is_undone_with_the_rest(registry, monkeyp
     _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab"))
     with pytest.raises(OperationFailed) as caught:
         execute(backend, _plan(backend, registry))
-    assert caught.value.rolled_back is True and "2 completed step(s) were undone" in caught.value.message
+    assert caught.value.rolled_back is True and "the failed step, which had gone through, and 1 completed step(s) were undone" in caught.value.message
     assert FakeBackend.state == before
 
 
