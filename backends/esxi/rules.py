@@ -40,6 +40,9 @@ def _reservation_locked(ctx: CheckContext, why: str) -> Iterable[Finding]:
 
 
 def memory_reservation(ctx: CheckContext) -> Iterable[Finding]:
+    # vSphere Networking 7.0, "Configure a PCI Device on a Virtual Machine": "Adding a DirectPath I/O device to a
+    # virtual machine sets memory reservation to the memory size of the virtual machine"; Broadcom KB 309986: "the
+    # virtual machine must have a memory reservation for the full configured memory size".
     yield from _reservation_locked(ctx, "passthrough needs all of it")
 
 
