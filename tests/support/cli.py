@@ -13,14 +13,15 @@ def gpupass(*args, expect=0, env=None):
     return result
 
 
-def killed_with_call_held(sim, call, args, env):
+def killed_with_call_held(sim, call, args, env, skip=0, discard=False):
     """Run `gpupass ARGS` against the vSphere simulator in its own process, SIGKILL it while `call` waits at the
-    simulator (vcsim's /gpupass/hold), then let the call through and wait until the simulator has carried it out:
-    a client killed with its request on the wire, which the host runs anyway."""
+    simulator (vcsim's /gpupass/hold; the call after `skip` answered ones of that name), then let the call through
+    and wait until the simulator has carried it out: a client killed with its request on the wire, which the host
+    runs anyway. With `discard` the held call is dropped instead, never carried out (lost on the way)."""
     import signal
     import time
 
-    sim.hold(call)
+    sim.hold(call, skip=skip)
     client = subprocess.Popen([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -31,7 +32,7 @@ def killed_with_call_held(sim, call, args, env):
         client.send_signal(signal.SIGKILL)
         assert client.wait(30) == -signal.SIGKILL
     finally:
-        sim.release()
+        sim.release(discard=discard)
     deadline = time.monotonic() + 10
     while sim.held() and time.monotonic() < deadline:
         time.sleep(0.05)

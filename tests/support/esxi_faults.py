@@ -15,9 +15,11 @@ from gpupass.core.plugins import default_registry
 from gpupass.core.service import execute, make_plan
 
 
-def frozen_before_its_write(sim: Any, target: Any, request: Any, carried_out: Callable[[], bool]) -> OperationFailed:
+def frozen_before_its_write(sim: Any, target: Any, request: Any, carried_out: Callable[[], bool],
+                            write: str = "_send") -> OperationFailed:
     """Plan `request` on a connection with a 1 s timeout and run it with the simulator frozen (SIGSTOP) just before
-    its first reconfigure goes, then thaw it: gpupass must give up and say the outcome is not known, never "rolled
+    its first reconfigure goes (the first call of the backend's method `write`: `_send` for a VM's change,
+    `_set_extra` for a write of its intent record alone), then thaw it: gpupass must give up and say the outcome is not known, never "rolled
     back". The thawed simulator then carries out the request that was waiting; the frozen run's session is logged
     out only once `carried_out()` says so (or 10 s passed), since a Logout served first would refuse the waiting
     request as not authenticated."""
@@ -25,13 +27,14 @@ def frozen_before_its_write(sim: Any, target: Any, request: Any, carried_out: Ca
 
     frozen = EsxiBackend(dataclasses.replace(target, timeout=1.0))
     planned = make_plan(frozen, frozen.inventory(), request, default_registry())
-    send_now = frozen._send
+    send_now = getattr(frozen, write)
 
-    def freeze_then_send(name: Any, config: Any, was: Any) -> Any:  # the fault's timing: frozen just before the write
+    def freeze_then_send(*args: Any, **kwargs: Any) -> Any:  # the fault's timing: frozen just before the write
         os.kill(sim.pid, signal.SIGSTOP)
-        return send_now(name, config, was)
+        setattr(frozen, write, send_now)  # once: an undo after it finds the endpoint as frozen as it was
+        return send_now(*args, **kwargs)
 
-    frozen._send = freeze_then_send  # type: ignore[method-assign]
+    setattr(frozen, write, freeze_then_send)
     try:
         with pytest.raises(OperationFailed) as caught:
             execute(frozen, planned)

@@ -542,21 +542,24 @@ class VCSim:
             after = ",".join(after)
         return self._control("POST", "/gpupass/disconnect", host=name, after=after)
 
-    def drop_reply(self, method: str) -> Any:
-        """The next SOAP call named *method* is carried out, then its connection is closed unanswered: a reply
-        lost after the fact (see vcsim/http.go)."""
-        return self._control("POST", "/gpupass/drop-reply", call=method)
+    def drop_reply(self, method: str, skip: int = 0) -> Any:
+        """The next SOAP call named *method* (after *skip* answered ones) is carried out, then its connection is
+        closed unanswered: a reply lost after the fact (see vcsim/http.go)."""
+        return self._control("POST", "/gpupass/drop-reply", call=method, skip=str(skip) if skip else None)
 
-    def hold(self, method: str) -> Any:
-        """The next SOAP call named *method* waits, not yet carried out nor answered, until release()."""
-        return self._control("POST", "/gpupass/hold", call=method)
+    def hold(self, method: str, skip: int = 0) -> Any:
+        """The next SOAP call named *method* (after *skip* answered ones) waits, not yet carried out nor answered,
+        until release()."""
+        return self._control("POST", "/gpupass/hold", call=method, skip=str(skip) if skip else None)
 
     def held(self) -> str:
         """The SOAP method of the call waiting at a hold now ("" when none)."""
         return str(self._control("GET", "/gpupass/held")["held"])
 
-    def release(self) -> Any:
-        return self._control("POST", "/gpupass/release")
+    def release(self, discard: bool = False) -> Any:
+        """Let the held call go: carried out and answered, or with *discard* dropped unanswered without being
+        carried out (a request lost on the way)."""
+        return self._control("POST", "/gpupass/release", discard="1" if discard else None)
 
     def reconnect_host(self, name: str) -> Any:
         return self._control("POST", "/gpupass/reconnect", host=name)

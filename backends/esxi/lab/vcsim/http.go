@@ -35,15 +35,21 @@ package main
 //	    pciPassthruSystem or one of its VMs arrives, so that very call fails:
 //	    a host vanishing in the middle of a multi-step operation.
 //	POST /gpupass/reconnect?host=NAME   undoes it (state of devices is kept).
-//	POST /gpupass/drop-reply?call=METHOD
+//	POST /gpupass/drop-reply?call=METHOD[&skip=N]
 //	    A reply lost on the way back: the next SOAP call named METHOD (e.g.
 //	    UpdatePassthruConfig, RebootHost_Task, ReconfigVM_Task) is carried out
 //	    as usual, then the client's connection is closed without the answer
-//	    (what a dropped network or a proxy reset does after the fact).
-//	POST /gpupass/hold?call=METHOD
-//	    The next SOAP call named METHOD waits, neither carried out nor
-//	    answered, until POST /gpupass/release (or 60 s): a request on the wire
-//	    when its client is killed, which the server carries out all the same.
+//	    (what a dropped network or a proxy reset does after the fact).  With
+//	    skip=N the N calls of that name before it are answered as usual (the
+//	    second ReconfigVM_Task of a run, say).
+//	POST /gpupass/hold?call=METHOD[&skip=N]
+//	    The next SOAP call named METHOD (after N answered ones, with skip=N)
+//	    waits, neither carried out nor answered, until POST /gpupass/release
+//	    (or 60 s): a request on the wire when its client is killed, which the
+//	    server carries out all the same.
+//	POST /gpupass/release?discard=1
+//	    Lets the held call go without carrying it out: its connection is
+//	    closed unanswered (a request lost on the way, before the host saw it).
 //	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
@@ -57,6 +63,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"time"
 
@@ -200,12 +207,17 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l.heldBy = name
 		l.mu.Unlock()
 		select {
-		case <-gate:
+		case <-gate.open:
 		case <-time.After(60 * time.Second):
 		}
 		l.mu.Lock()
 		l.heldBy = ""
+		discard := gate.discard
 		l.mu.Unlock()
+		if discard {
+			dropConnection(w) // lost on the way: never carried out, never answered
+			return
+		}
 	}
 	drop := l.takeDropReply(body)
 	var method *simulator.Method
@@ -288,12 +300,32 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	bw.flushTo(w)
 }
 
-// takeHold returns the gate for the SOAP method in body, if one is armed.
-func (l *lab) takeHold(body []byte) (chan struct{}, string) {
+// holdGate is where a held call waits (POST /gpupass/hold): skip calls of its
+// name pass first; the one after waits until open is closed, and is dropped
+// unanswered instead of carried out if discard is set by then.
+type holdGate struct {
+	open    chan struct{}
+	skip    int
+	discard bool
+}
+
+// isCall: the SOAP method in body is name (the first element of the SOAP body,
+// e.g. <UpdatePassthruConfig ...>).
+func isCall(body []byte, name string) bool {
+	return bytes.Contains(body, []byte("<"+name+" ")) || bytes.Contains(body, []byte("<"+name+">"))
+}
+
+// takeHold returns the gate for the SOAP method in body, if one is armed and
+// has no calls left to skip.
+func (l *lab) takeHold(body []byte) (*holdGate, string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for name, gate := range l.hold {
-		if bytes.Contains(body, []byte("<"+name+" ")) || bytes.Contains(body, []byte("<"+name+">")) {
+		if isCall(body, name) {
+			if gate.skip > 0 {
+				gate.skip--
+				return nil, ""
+			}
 			delete(l.hold, name)
 			l.waiting = gate
 			return gate, name
@@ -302,13 +334,17 @@ func (l *lab) takeHold(body []byte) (chan struct{}, string) {
 	return nil, ""
 }
 
-// takeDropReply reports (and uses up) an armed drop for the SOAP method in body:
-// the method is the first element of the SOAP body, e.g. <UpdatePassthruConfig ...>.
+// takeDropReply reports (and uses up) an armed drop for the SOAP method in body,
+// once its calls to skip have passed.
 func (l *lab) takeDropReply(body []byte) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for name, n := range l.dropReply {
-		if n > 0 && (bytes.Contains(body, []byte("<"+name+" ")) || bytes.Contains(body, []byte("<"+name+">"))) {
+		if n > 0 && isCall(body, name) {
+			if l.dropSkip[name] > 0 {
+				l.dropSkip[name]--
+				return false
+			}
 			if n == 1 {
 				delete(l.dropReply, name)
 			} else {
@@ -442,6 +478,19 @@ func (l *lab) applyFaultMessages() {
 // ---------------------------------------------------------------------------
 // control endpoints
 
+// skipParam: the skip=N of a hold or drop-reply (0 when absent).
+func skipParam(r *http.Request) (int, error) {
+	text := r.URL.Query().Get("skip")
+	if text == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(text)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("skip=%q is not a count", text)
+	}
+	return n, nil
+}
+
 func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
@@ -470,16 +519,22 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 				http.Error(w, "POST only", http.StatusMethodNotAllowed)
 				return
 			}
+			skip, err := skipParam(r)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
 			l.mu.Lock()
 			if r.URL.Path == "/gpupass/hold" {
-				l.hold[r.URL.Query().Get("call")] = make(chan struct{})
+				l.hold[r.URL.Query().Get("call")] = &holdGate{open: make(chan struct{}), skip: skip}
 			} else {
 				for name, gate := range l.hold {
-					close(gate)
+					close(gate.open)
 					delete(l.hold, name)
 				}
 				if l.waiting != nil {
-					close(l.waiting)
+					l.waiting.discard = r.URL.Query().Get("discard") == "1"
+					close(l.waiting.open)
 					l.waiting = nil
 				}
 			}
@@ -496,8 +551,14 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 				http.Error(w, "call= is required", http.StatusBadRequest)
 				return
 			}
+			skip, err := skipParam(r)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
 			l.mu.Lock()
 			l.dropReply[name]++
+			l.dropSkip[name] = skip
 			l.mu.Unlock()
 			reply(map[string]interface{}{"method": name, "drop": true})
 			return

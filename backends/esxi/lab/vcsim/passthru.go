@@ -149,12 +149,14 @@ type lab struct {
 	seenCookies map[string]bool
 	deadCookies map[string]bool
 	// SOAP method name -> replies still to drop (POST /gpupass/drop-reply): the
-	// call is carried out, then the connection is closed unanswered
+	// call is carried out, then the connection is closed unanswered; dropSkip:
+	// calls of that name still to answer before the drop (its skip=N)
 	dropReply map[string]int
+	dropSkip  map[string]int
 	// SOAP method name -> the gate a call of it waits at (POST /gpupass/hold),
 	// and the name of the call waiting there now, if any
-	hold    map[string]chan struct{}
-	waiting chan struct{}
+	hold    map[string]*holdGate
+	waiting *holdGate
 	heldBy  string
 	// serialises reconfigures: check changeVersion, change, bump as one step
 	cas sync.Mutex
@@ -173,7 +175,8 @@ func newLab() *lab {
 		vgpus:     map[types.ManagedObjectReference]map[string][]vgpuPlacement{},
 		faultMsg:  map[types.ManagedObjectReference]string{},
 		dropReply: map[string]int{},
-		hold:      map[string]chan struct{}{},
+		dropSkip:  map[string]int{},
+		hold:      map[string]*holdGate{},
 
 		seenCookies: map[string]bool{},
 		deadCookies: map[string]bool{},
