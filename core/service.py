@@ -320,12 +320,17 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
             by_hand = True
             stuck.append(f"{step.description} (undo by hand: {step.undo}; undo failed: {undo_error})")
     if stuck:
+        label = backend.target.label
+        # A failed step whose outcome is not known (the host did not answer) may still be carried out there: what to
+        # finish or undo is then what `status` reads, not this list.
+        unknown = f"; {left.detail or 'what it left on the host is not known'}," if left.state == "unknown" else ""
+        remedy = (f"run `gpupass status {label}` once the host answers: it shows what each step left; run the same "
+                  "command again to finish, or undo the listed steps by hand" if by_hand and unknown else
+                  f"undo the listed steps by hand, then run `gpupass status {label}`" if by_hand else
+                  f"run `gpupass status {label}`: the steps left as they are are the host's state now")
         raise OperationFailed(
-            f"step '{failed.description}' failed ({reason}) and these steps could not be undone: " + "; ".join(stuck),
-            remedy=f"undo the listed steps by hand, then run `gpupass status {backend.target.label}`" if by_hand else
-            f"run `gpupass status {backend.target.label}`: the steps left as they are are the host's state now",
-            rolled_back=False,
-        ) from cause
+            f"step '{failed.description}' failed ({reason}){unknown} and these steps could not be undone: "
+            + "; ".join(stuck), remedy=remedy, rolled_back=False) from cause
     undone = _undone_summary(completed=len(done) - (left.state == "after"), failed_went_through=left.state == "after")
     # A step may fail half-way and fail to clean up after itself too, or leave the host unreadable: it says
     # so, and so must we.
