@@ -84,7 +84,8 @@ class EsxiBackend(Backend):
         self._root: Any = None
         self._hosts: dict[str, inv.HostRaw] = {}
         self._before: dict[str, dict[str, Any]] = {}
-        self._versions: dict[str, Any] = {}
+        # (VM, the plan's changeVersion) -> the version this run's own intent record left it at
+        self._versions: dict[tuple[str, Any], Any] = {}
         self._vms: dict[str, inv.VmRaw] = {}
         self._view: Any = None  # the inventory's ContainerView, kept for the session (see inv.container_view)
         self._view_session: Any = None
@@ -823,7 +824,10 @@ class EsxiBackend(Backend):
 
     @_apply.register
     def _apply_end_intent(self, payload: EndIntent) -> None:
-        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, "")  # "Keys with empty values will be removed"
+        # Only this release's own record goes: another run may have begun in this VM since the reconfigure (an
+        # assign writes its record there), and its record is its own to remove. "Keys with empty values will be
+        # removed" (VirtualMachineConfigSpec.extraConfig).
+        self._swap_intent(payload.vm, (payload.intent,), "")
 
     @_apply.register
     def _apply_graphics(self, payload: HostGraphicsChange) -> dict[str, Any]:
@@ -833,7 +837,37 @@ class EsxiBackend(Backend):
     def _apply_intent(self, payload: Intent) -> None:
         # sent with the plan's changeVersion: a VM changed since the plan refuses it (ConcurrentAccess)
         self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent, payload.change_version)
-        self._versions[payload.vm] = self._read_vm(payload.vm)["change_version"]
+        # Keyed by the plan's version too: this run's reconfigure of the VM expects the version its own record left,
+        # and a later plan (this object reused after a run that failed here) reads a version of its own.
+        self._versions[(payload.vm, payload.change_version)] = self._read_vm(payload.vm)["change_version"]
+
+    # How often a guarded write of the intent record reads the VM again after vSphere refused it because the VM
+    # changed between that read and the write (ConcurrentAccess).
+    _intent_tries = 5
+
+    def _swap_intent(self, name: str, expected: tuple[str, ...], value: str) -> bool:
+        """Set VM `name`'s intent record to `value` where the record there now is one of `expected` ("" for none):
+        a read-modify-write of one extraConfig key, sent with the changeVersion just read, so a record another run
+        wrote in between is never overwritten. vSphere API reference, VirtualMachineConfigSpec.changeVersion: "If
+        specified when updating the configuration, the changes will only be applied if the current changeVersion
+        matches the specified changeVersion. This field can be used to guard against updates that have happened
+        between the configInfo was read and until it is applied"; ReconfigVM_Task fails with ConcurrentAccess
+        otherwise, and the VM is read again. Returns False, writing nothing, where another record is there."""
+        for _ in range(self._intent_tries):
+            now = self._read_vm(name)
+            there = now["extra"].get(esxi_claims.INTENT_KEY, "")
+            if there == value:
+                return True
+            if there not in expected:
+                return False
+            try:
+                self._set_extra(name, esxi_claims.INTENT_KEY, value, now["change_version"])
+                return True
+            except Conflict:
+                continue  # the VM changed between the read and the write: read it again
+        raise Conflict(f"VM '{name}' changed {self._intent_tries} times while gpupass wrote its record "
+                       f"(extraConfig {esxi_claims.INTENT_KEY}); the record was not changed",
+                       remedy="run `gpupass status HOST`, then the command again", rolled_back=True)
 
     def _set_extra(self, name: str, key: str, value: str, version: str | None = None) -> None:
         from pyVmomi import vim
@@ -904,7 +938,7 @@ class EsxiBackend(Backend):
     @_observe.register
     def _observe_end_intent(self, payload: EndIntent, step: Step) -> StepState:
         there = self._read_vm(payload.vm)["extra"].get(esxi_claims.INTENT_KEY)
-        return StepState("before" if there else "after")
+        return StepState("before" if there == payload.intent else "after")  # this release's record gone: done
 
     def _enabled_now(self, host: str) -> dict[str, bool]:
         ref = self._host_ref(host)
@@ -944,11 +978,16 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:
-        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.previous)
+        # the record a stopped run left goes back in place of this run's -- never in place of another run's
+        if not self._swap_intent(payload.vm, (payload.intent,), payload.previous):
+            raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
+                           "left in place")
 
     @_undo.register
     def _undo_end_intent(self, payload: EndIntent, token: None) -> None:
-        self._set_extra(payload.vm, esxi_claims.INTENT_KEY, payload.intent)
+        if not self._swap_intent(payload.vm, ("",), payload.intent):
+            raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
+                           "left in place")
 
     @_undo.register
     def _undo_exit_maintenance(self, payload: ExitMaintenance, token: None) -> None:
@@ -1193,7 +1232,7 @@ class EsxiBackend(Backend):
         finished by then), RetrievePropertiesEx."""
         name, changes = payload.vm, payload.changes
         # the version the plan read, or the one this run's own intent record left
-        expected = self._versions.pop(name, payload.change_version)
+        expected = self._versions.pop((name, payload.change_version), payload.change_version)
         before = self._config_at(name, expected)
         self._before[name] = before  # what observe() hands back for an undo if the reply is lost
         backings = {}

@@ -129,3 +129,26 @@ def test_a_client_killed_with_the_passthrough_switch_on_the_wire_is_shown_by_sta
     assert again.returncode == 0, again.stdout + again.stderr
     vm = next(v for v in json.loads(gpupass("status", uri, "--json").stdout)["vms"] if v["name"] == "cad-ws")
     assert str(T4) in vm["assigned"] and vm["unfinished"] == []
+
+
+def test_a_backend_reused_after_a_run_that_failed_past_its_intent_plans_and_applies_the_next_run(fresh_vcsim):
+    """The Python API (gpupass.open_host) may keep one EsxiBackend for several runs. A run that wrote its intent
+    record and then failed (its passthrough switch's reply lost, so undone) must not leave its record's
+    changeVersion behind for the next run of that VM: a release planned afterwards on the same object is applied,
+    not refused as "changed by someone else since the plan"."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from gpupass.core.domain.request import ReleaseRequest
+    from tests.integration.esxi.test_esxi_backend import H100
+    from tests.integration.esxi.test_esxi_host_rules import T4
+
+    sim = fresh_vcsim(username=USER)
+    with EsxiBackend(target(sim)) as backend:
+        failing = plan(backend, AssignmentRequest("cad-ws", (T4,)))
+        assert [s.action for s in failing.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reconfigure"]
+        sim.drop_reply("UpdatePassthruConfig")
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, failing)
+        assert caught.value.rolled_back is True, caught.value.message
+        assert H100 in backend.inventory().find_vm("cad-ws").assigned
+        execute(backend, plan(backend, ReleaseRequest("cad-ws", (H100,))))   # the same object, the next run
+        assert H100 not in backend.inventory().find_vm("cad-ws").assigned

@@ -178,3 +178,115 @@ def test_a_release_killed_with_its_switch_back_on_the_wire_leaves_an_intent_stat
     assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
     assert f"passthrough of {A100_ACTIVE} on host {ESX02} is off" in vm["unfinished"][0], vm
     lab.rerun_finishes(["esxi.end-intent"])
+
+
+# -- the release's last write: its intent record removed (one ReconfigVM_Task after the switch-back) ---------------
+def test_a_release_killed_with_its_record_removal_on_the_wire_carried_out_is_exactly_released(fresh_vcsim):
+    """Killed with its last ReconfigVM_Task (the record's removal, the second of the release) on the wire, which
+    vSphere then carries out: the release is whole -- `status` has nothing to say, the same release has nothing to do."""
+    lab = KilledRelease(fresh_vcsim)
+    killed_with_call_held(lab.sim, "ReconfigVM_Task", lab.release, lab.env, skip=1)
+    assert lab.a100()["enabled"] is False
+    assert lab.ml_train()["unfinished"] == []
+    assert lab.vm() == lab.before
+    nothing = lab.gpupass(*lab.release, "--json")
+    assert nothing.returncode == 0 and json.loads(nothing.stdout)["applied"] is False, nothing.stdout
+
+
+def test_a_release_killed_with_its_record_removal_lost_on_the_way_leaves_the_record_and_a_rerun_clears_it(
+        fresh_vcsim):
+    """The same kill, the removal lost before vSphere saw it: released and switched off, the record still there --
+    `status` says the switch-back is done, and the same release again only removes the record."""
+    lab = KilledRelease(fresh_vcsim)
+    killed_with_call_held(lab.sim, "ReconfigVM_Task", lab.release, lab.env, skip=1, discard=True)
+    assert lab.a100()["enabled"] is False
+    vm = lab.ml_train()
+    assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
+    assert f"passthrough of {A100_ACTIVE} on host {ESX02} is off" in vm["unfinished"][0], vm
+    lab.rerun_finishes(["esxi.end-intent"])
+
+
+def _release_switching_off(backend):
+    request = ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True))
+    release = plan(backend, request)
+    assert [s.action for s in release.steps] == ["esxi.reconfigure", "esxi.passthrough", "esxi.end-intent"]
+    return request, release
+
+
+def test_a_lost_reply_to_the_record_removal_is_read_back_and_the_release_undone_and_a_rerun_converges(fresh_vcsim):
+    """The record's removal carried out, its answer lost: gpupass reads the VM back (the record gone: the step done),
+    and takes the release back as for any step whose reply was lost -- the record, the switch-back and the
+    reconfigure -- and says so; the same release again finishes."""
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    try:
+        request, release = _release_switching_off(backend)
+        sim.drop_reply("ReconfigVM_Task", skip=1)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, release)
+        assert caught.value.rolled_back is True, caught.value.message
+        assert "the failed step, which had gone through, and 2 completed step(s) were undone" in caught.value.message
+        facts = backend.inventory()
+        assert facts.find_vm("ml-train") == assigned                       # exactly as before the release
+        assert gpu(facts, ESX02, A100_ACTIVE).passthrough.enabled is True
+        execute(backend, plan(backend, request))                             # the same release again
+        facts = backend.inventory()
+        assert facts.find_vm("ml-train") == before and facts.find_vm("ml-train").unfinished == ()
+        assert gpu(facts, ESX02, A100_ACTIVE).passthrough.enabled is False
+    finally:
+        backend.close()
+
+
+def test_an_endpoint_frozen_before_the_record_removal_is_reported_as_unknown_and_a_rerun_converges(fresh_vcsim):
+    """Frozen with the record's removal about to go: gpupass gives up after the host's timeout and cannot read the VM
+    or undo the steps before (the endpoint does not answer), and says so, never "rolled back"; the thawed endpoint
+    removes the record: exactly released, `status` has nothing to say and the same release has nothing to do."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, _ = _assigned(sim)
+    backend.close()
+    request = ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True))
+    with EsxiBackend(target(sim)) as again:
+        error = frozen_before_its_write(sim, target(sim), request,
+                                        lambda: not again.inventory().find_vm("ml-train").unfinished, write="_set_extra")
+        assert "remove the release's record" in error.message, error.message
+        assert "the host could not be read again" in error.message and "could not be undone" in error.message
+        assert "once the host answers" in error.remedy, error.remedy
+        facts = again.inventory()
+        assert facts.find_vm("ml-train") == before and facts.find_vm("ml-train").unfinished == ()
+        assert gpu(facts, ESX02, A100_ACTIVE).passthrough.enabled is False
+        rerun = plan(again, request)
+        assert rerun.steps == ()
+
+
+def test_the_record_removal_leaves_a_change_made_to_the_vm_after_the_switch_back(fresh_vcsim):
+    """Between the switch-back and the record's removal, another run writes in the VM: an admin's own extraConfig
+    key, then an assign that began there writes its intent record over the release's. The removal reads the VM
+    again and writes with the changeVersion it read: the admin's key stays, and the other run's record is not
+    the release's to remove, so it stays too (`status` shows that run's record)."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    from tests.integration.esxi.test_esxi_host_rules import find_vm
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, _ = _assigned(sim)
+    si = sim.connect()
+    other = '{"gpus":["0000:d8:00.0"],"op":"assign","origin":"another-admin","steps":["enable passthrough"]}'
+
+    def another_run_writes(step):
+        if step.action == "esxi.end-intent":
+            for key, value in (("guestinfo.owner", "team-a"), ("gpupass.intent", other)):
+                spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)])
+                WaitForTask(find_vm(si, "ml-train").ReconfigVM_Task(spec))
+
+    try:
+        _, release = _release_switching_off(backend)
+        execute(backend, release, on_step=another_run_writes)
+        extra = {o.key: o.value for o in find_vm(si, "ml-train").config.extraConfig}
+        assert extra.get("guestinfo.owner") == "team-a" and extra.get("gpupass.intent") == other, extra
+        vm = backend.inventory().find_vm("ml-train")
+        assert vm.assigned == () and len(vm.unfinished) == 1 and "another-admin" in vm.unfinished[0], vm
+    finally:
+        backend.close()
