@@ -107,6 +107,7 @@ def host_to_dict(host: Host) -> dict[str, Any]:
         "iommu_reasons": list(host.iommu_reasons),
         "maintenance_mode": host.maintenance_mode,
         "settings": dict(host.settings),
+        "unfinished": list(host.unfinished),
     }
 
 

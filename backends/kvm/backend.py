@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, nvidia, secretclaims, shares, sysfs
 from gpupass.backends.kvm.errors import is_transport_error, translate
-from gpupass.backends.kvm.steps import CreateMdev, DefineDomain, DefineShare, Hotplug, RemoveMdev, SetVfVgpuType
+from gpupass.backends.kvm.steps import (CreateMdev, DefineDomain, DefineShare, DropClaim, Hotplug, RemoveMdev,
+                                        SetVfVgpuType)
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
     NodeDevice,
@@ -94,6 +95,9 @@ class KvmState:
     """What the KVM planner needs beyond the neutral facts (HostFacts.state): each domain's inactive XML."""
 
     domain_xml: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # gpupass's secret claims on GPUs that no VM holds (secretclaims.py): what a stopped run left. A release of the VM
+    # a claim names removes it (plan_finish_release); read with the inventory's one listAllSecrets.
+    unheld_claims: tuple[secretclaims.SecretClaim, ...] = ()
 
 
 def _state(facts: HostFacts) -> KvmState:
@@ -151,15 +155,21 @@ class KvmBackend(Backend):
 
     def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         planned = domxml.planned_domain(vm.name, vm.memory_bytes, vm.firmware)
-        return dataclasses.replace(facts, state=KvmState({**_state(facts).domain_xml, vm.name: planned}))
+        state = _state(facts)
+        return dataclasses.replace(facts, state=dataclasses.replace(state, domain_xml={**state.domain_xml,
+                                                                                      vm.name: planned}))
 
     @classmethod
     def state_to_json(cls, state: Any) -> dict[str, Any]:
-        return {"domain_xml": dict(state.domain_xml)} if isinstance(state, KvmState) else {}
+        if not isinstance(state, KvmState):
+            return {}
+        return {"domain_xml": dict(state.domain_xml),
+                "unheld_claims": [dataclasses.asdict(claim) for claim in state.unheld_claims]}
 
     @classmethod
     def state_from_json(cls, data: dict[str, Any]) -> KvmState:
-        return KvmState(dict(data.get("domain_xml") or {}))
+        return KvmState(dict(data.get("domain_xml") or {}),
+                        tuple(secretclaims.SecretClaim(**claim) for claim in data.get("unheld_claims") or ()))
 
     # -- connection ---------------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -286,7 +296,7 @@ class KvmBackend(Backend):
                 mdev_holders[uuid] = facts.name
             vms.append(_vm(facts, values.get("state.state", 0), claimed))
         vms, settled = self._with_claim_owners(vms, held_by)
-        vms = self._with_unheld_claims(vms, held_by)
+        vms, unheld, host_notes = self._with_unheld_claims(vms, held_by)
         vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
         # A VF is a share of its PF's card (below), not a GPU of its own and not a companion of the PF, though it
         # has the PF's class and often its slot (an A10's VFs are 41:00.4-41:04.3: OpenNebula's vGPU guide).
@@ -308,9 +318,10 @@ class KvmBackend(Backend):
             iommu_enabled=bool(groups) if functions else None,
             iommu_reasons=() if groups or not functions else (
                 "no PCI device reports an IOMMU group (VT-d/AMD-Vi off in firmware, or intel_iommu=on missing)",),
+            unfinished=tuple(host_notes),
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
-                         {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml))
+                         {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml, tuple(unheld)))
 
     def _with_claim_owners(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]) -> tuple[list[Vm], set[str]]:
         """A GPU on several VMs whose secret claim names one of them (a run stopped between its define and
@@ -336,28 +347,33 @@ class KvmBackend(Backend):
         return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
                 else vm for vm in vms], settled
 
-    def _with_unheld_claims(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]) -> list[Vm]:
+    def _with_unheld_claims(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]
+                            ) -> tuple[list[Vm], list[secretclaims.SecretClaim], list[str]]:
         """A secret claim on a GPU no VM holds names a VM whose run stopped between its claim and its define (an
         assign killed, or whose define's reply was lost and could not be read again) or between a release's
-        define and removing the claim: status shows it on that VM. One call (listAllSecrets: each secret's usage
-        comes with it), plus one per such claim."""
+        define and removing the claim: status shows it on that VM, and a release of that VM removes it
+        (plan_finish_release). A claim naming a VM that is no longer defined (undefined after its claim was
+        written, or defined again under a new UUID) is shown on the host. One call (listAllSecrets: each secret's
+        usage comes with it), plus one per such claim. -> the VMs with their notes, the claims, the host's notes."""
         if self._secret_driver is False or urlsplit(self.target.uri).scheme == "test":
-            return vms  # the libvirt test driver has no secret driver (claims live in the domains' metadata there)
+            return vms, [], []  # the libvirt test driver has no secret driver (claims live in the domains' metadata)
         libvirt, conn = self._libvirt, self._connection()
         try:
             secrets = conn.listAllSecrets(0)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
                 self._secret_driver = False
-                return vms
+                return vms, [], []
             if exc.get_error_code() in (libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_ACCESS_DENIED):
                 # a connection allowed to read domains but not secrets: everything else can still be shown
                 log.warning("%s: cannot list gpupass's claims (libvirt secrets) on this connection: %s",
                             self.target.label, exc.get_error_message())
-                return vms
+                return vms, [], []
             raise translate(libvirt, exc, "listing gpupass's claims") from exc
         names = {vm.id: vm.name for vm in vms}
         notes: dict[str, list[str]] = {}
+        unheld: list[secretclaims.SecretClaim] = []
+        host_notes: list[str] = []
         for secret in secrets:
             usage = secret.usageID() if secret.usageType() == libvirt.VIR_SECRET_USAGE_TYPE_VOLUME else ""
             address = usage.removeprefix(secretclaims.USAGE_PREFIX)
@@ -369,16 +385,29 @@ class KvmBackend(Backend):
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
                     continue  # removed since the list was read
                 raise translate(libvirt, exc, f"reading the claim on {address}") from exc
-            if claim is None or claim.vm_uuid not in names:
+            if claim is None:
+                continue  # a secret with gpupass's usage that gpupass did not make: not ours to report or remove
+            unheld.append(claim)
+            if claim.vm_uuid not in names:
+                # Its VM was undefined after the claim was written (a VM holding a GPU undefined by hand, or one
+                # undefined while a run on it stopped): no release of it can run, and an assign of the GPU takes
+                # the claim over (_holds: a VM that is not defined holds nothing).
+                host_notes.append(
+                    f"a claim on {address} names VM '{claim.vm}' (UUID {claim.vm_uuid}), which is not defined on this "
+                    f"host ({claim.origin}): it was undefined after the claim was written. `virsh secret-undefine "
+                    f"{claim.uuid}` removes the claim; any `gpupass assign` of {address} takes it over after "
+                    f"{self._claim_takeover_s:g}s")
                 continue
             vm = names[claim.vm_uuid]
             notes.setdefault(vm, []).append(
                 f"a claim on {address} for this VM ({claim.origin}) is on the host but the VM does not hold it: an "
-                f"assign stopped before its define, or a release before removing the claim; `gpupass assign HOST "
-                f"{vm} {address}` gives the GPU to this VM, any other assign of it takes the claim over after "
+                f"assign stopped before its define, or a release before removing the claim; `gpupass release HOST "
+                f"{vm} {address}` removes the claim (it finishes the release), `gpupass assign HOST {vm} {address}` "
+                f"gives the GPU to this VM, any other assign of it takes the claim over after "
                 f"{self._claim_takeover_s:g}s, `virsh secret-undefine {claim.uuid}` removes it now")
-        return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
-                else vm for vm in vms]
+        vms = [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+               else vm for vm in vms]
+        return vms, unheld, host_notes
 
     def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
                       mdev_holders: dict[str, str], physical_functions: Mapping[PciAddress, NodeDevice]) -> list[Gpu]:
@@ -502,7 +531,30 @@ class KvmBackend(Backend):
             functions = [f for f in ctx.functions if f.address in addresses]
             steps += [self._hotplug_step(vm.name, f, attach=False) for f in functions]
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
-        return steps
+        return steps + self.plan_finish_release(ctx)
+
+    def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
+        """The claims a stopped run left naming this VM on GPUs it does not hold (a release killed between its
+        define and the claim's removal, or an assign between its claim and its define): a release of the VM
+        removes them -- those on the GPUs it names, or all of them when it names none. A claim on a GPU the VM
+        holds is never one of them (the inventory lists only claims on GPUs no VM holds)."""
+        named = {str(a) for a in ctx.addresses} if ctx.request.gpus else None
+        held = {str(a) for a in ctx.vm.assigned}
+        left = [claim for claim in _state(ctx.facts).unheld_claims if claim.vm_uuid == ctx.vm.id
+                and claim.address not in held and (named is None or claim.address in named)]
+        return [self._drop_claim_step(ctx.vm.name, claim) for claim in sorted(left, key=lambda c: c.address)]
+
+    @staticmethod
+    def _drop_claim_step(vm: str, claim: secretclaims.SecretClaim) -> Step:
+        return Step(
+            action="kvm.drop-claim",
+            description=f"remove the claim on {claim.address} that a stopped gpupass run left for VM '{vm}' (the VM "
+                        "does not hold that GPU)",
+            undo=f"define the claim's secret again (virsh secret-define, UUID {claim.uuid})",
+            changes=(f"virSecretUndefine {claim.uuid} (usage {secretclaims.usage_id(claim.address)}, "
+                     f"{claim.origin})",),
+            payload=DropClaim(vm, claim.vm_uuid, claim.address, claim.uuid, secretclaims.to_xml(claim)),
+        )
 
     # -- shares (backends/kvm/shares.py) ---------------------------------------------------------------
     def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
@@ -730,6 +782,22 @@ class KvmBackend(Backend):
         before, after = domxml.read_facts(payload.old_xml), domxml.read_facts(payload.new_xml)
         self._release_claims(before.uuid, {str(a) for a in before.hostdevs} - {str(a) for a in after.hostdevs})
         return payload.old_xml
+
+    @_apply.register
+    def _apply_drop_claim(self, payload: DropClaim) -> bool:
+        """Undefine the claim by its UUID (never a newer claim on the GPU: secretclaims.py), unless its VM holds the
+        GPU by now (an undone release gave it back): a claim in use is never removed. -> whether it was there."""
+        libvirt = self._libvirt
+        if self._holds(payload.vm_uuid, payload.address):
+            raise Conflict(f"VM '{payload.vm}' holds {payload.address} again: its claim is in use and stays; nothing "
+                           "was changed", remedy="run `gpupass status HOST`", rolled_back=True)
+        try:
+            self._connection().secretLookupByUUIDString(payload.uuid).undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return False  # gone since the plan (taken over by an assign of the GPU): nothing left to remove
+            raise translate(libvirt, exc, f"removing the claim on {payload.address}") from exc
+        return True
 
     @_apply.register
     def _apply_hotplug(self, payload: Hotplug) -> None:
@@ -1073,6 +1141,34 @@ class KvmBackend(Backend):
             # the change, or only this run's claim, is there: defining the old XML takes either back
             return StepState("after", token=payload.old_xml)
         return StepState("unknown", detail=f"VM '{payload.vm}' holds neither its old nor its planned definition")
+
+    @_undo.register
+    def _undo_drop_claim(self, payload: DropClaim, removed: bool) -> None:
+        """The claim's secret again, with its UUID; refused (Conflict: left as it is) where another run claimed
+        the GPU meanwhile, as the daemon holds one secret per usage (secretclaims.py)."""
+        if not removed:
+            return
+        libvirt = self._libvirt
+        try:
+            self._connection().secretDefineXML(payload.claim_xml, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and not is_transport_error(libvirt, exc):
+                other = self._claim_on(payload.address)
+                if other is not None and other.uuid != payload.uuid:
+                    raise Conflict(f"{payload.address} is claimed by VM '{other.vm}' now ({other.origin}); the claim "
+                                   f"left for VM '{payload.vm}' stays removed") from exc
+            raise translate(libvirt, exc, f"putting back the claim on {payload.address}") from exc
+
+    @_observe.register
+    def _observe_drop_claim(self, payload: DropClaim, step: Step) -> StepState:
+        libvirt = self._libvirt
+        try:
+            self._connection().secretLookupByUUIDString(payload.uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return StepState("after", token=True)
+            raise translate(libvirt, exc, f"looking up the claim on {payload.address}") from exc
+        return StepState("before")
 
     # -- share steps (payloads in steps.py, mediated devices in shares.py) ------------------------------
     @_apply.register

@@ -86,3 +86,17 @@ class SetVfVgpuType:
     vf: str
     type_id: str
     previous: str
+
+
+# -- claims (backends/kvm/secretclaims.py) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class DropClaim:
+    """Remove the secret claim `uuid` on `address` naming VM `vm` (UUID `vm_uuid`), which does not hold that GPU: what
+    a stopped run left (a release killed between its define and the claim's removal, or an assign between its claim
+    and its define). `claim_xml` is the secret as it was, which the undo defines again."""
+
+    vm: str
+    vm_uuid: str
+    address: str
+    uuid: str
+    claim_xml: str

@@ -200,6 +200,7 @@ def status(facts: HostFacts) -> str:
     if incapable:
         lines += ["", "not capable of passthrough:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in incapable]
     unfinished = [(vm.name, item) for vm in facts.vms for item in vm.unfinished]
+    unfinished += [("(host)", item) for item in host.unfinished]  # left by a run on a VM that is gone
     if unfinished:
         lines += ["", "UNFINISHED gpupass operations (a run stopped mid-way):"]
         lines += [f"  {shown(name)}: {shown(item)}" for name, item in unfinished]

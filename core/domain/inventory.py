@@ -121,6 +121,9 @@ class Host:
     iommu_reasons: tuple[str, ...] = ()
     maintenance_mode: bool | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # What a stopped gpupass run left on the host that belongs to no VM of it (KVM: a claim naming a VM that was
+    # undefined since), in words, with how to clear it; shown by `status` beside the VMs' own `unfinished`.
+    unfinished: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

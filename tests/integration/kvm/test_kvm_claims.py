@@ -119,6 +119,28 @@ def test_a_claim_left_choosing_by_a_killed_run_makes_others_lose_after_the_wait_
     assert [c.choosing for c in claims] == [False]
 
 
+def test_a_claim_whose_vm_is_undefined_goes_with_it_on_the_test_driver(lab_file):
+    """Without a secret driver the claim is inside the VM's own definition (<gpupass:claim> in its <metadata>), so a
+    VM undefined after a run on it stopped takes its claim with it: nothing is left to show or clear, and the next
+    assign of the GPU does not wait for it. (On a libvirtd the claim is a secret that outlives the VM: status shows
+    it on the host, tests/integration/libvirtd/test_kvm_fault_matrix_libvirtd.py.)"""
+    from gpupass.backends.kvm.lab.testdriver import remove_domain
+
+    add_clones(lab_file, ["ml-1", "ml-2"])
+    with open_lab(lab_file) as killed:  # the doorway write of a run killed right after it
+        xml = killed.inventory().state.domain_xml["ml-1"]
+        killed._define(domxml.with_claim(xml, new_claim("ml-1", [str(H100)])), "claim")
+    with open_lab(lab_file) as before:
+        assert [vm.unfinished for vm in before.inventory().vms if vm.name == "ml-1"] != [()]  # shown while defined
+    remove_domain(lab_file, "ml-1")  # another admin's `virsh undefine ml-1`
+    backend = open_lab(lab_file)
+    facts = backend.inventory()
+    assert facts.host.unfinished == () and all(vm.unfinished == () for vm in facts.vms)
+    backend._claim_wait_s = 0.2  # a claim left choosing would make this run lose after the wait
+    execute(backend, make_plan(backend, facts, AssignmentRequest("ml-2", (H100,)), default_registry()))
+    assert holders(lab_file) == ["ml-2"]
+
+
 def test_a_gpu_held_without_a_claim_wins_over_every_claimant(lab_file):
     add_clones(lab_file, ["ml-1", "ml-2"])
     backend = open_lab(lab_file)

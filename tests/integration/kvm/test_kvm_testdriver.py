@@ -339,4 +339,8 @@ def test_every_kvm_payload_type_survives_a_snapshot_round_trip(lab, tmp_path):
             vgpu_host, [AssignmentRequest("vm1", (A10,), AssignOptions(share="A10-2Q"))], tmp_path)
     finally:
         vgpu_host.close()
-    assert seen == payload_types("kvm")
+    # DropClaim removes a libvirt secret, which the test driver has none of: its round trip is checked on a real
+    # libvirtd (test_kvm_fault_matrix_libvirtd.py, the release that finishes a killed one).
+    from gpupass.backends.kvm.steps import DropClaim
+
+    assert seen == payload_types("kvm") - {DropClaim}

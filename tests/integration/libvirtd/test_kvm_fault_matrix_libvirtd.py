@@ -27,6 +27,7 @@ libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed
 
 from gpupass.backends.kvm import domxml, secretclaims  # noqa: E402
 from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.backends.kvm.steps import DropClaim  # noqa: E402
 from gpupass.core.domain.pci import PciAddress  # noqa: E402
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest  # noqa: E402
 from gpupass.core.errors import ConnectionFailed, OperationFailed  # noqa: E402
@@ -34,6 +35,7 @@ from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.cli import gpupass  # noqa: E402
+from support.snapshots import payloads_survive_a_snapshot  # noqa: E402
 from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE, LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
@@ -219,7 +221,7 @@ def killed_on_the_wire(proxy, operation, procedure):
 
 @pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)
 def test_a_client_killed_with_its_write_on_the_wire_leaves_the_host_exact_or_shown_and_a_rerun_converges(
-        libvirtd_uri, libvirt_conn, proxy, host, operation, procedure):
+        libvirtd_uri, libvirt_conn, proxy, host, operation, procedure, tmp_path):
     free, assigned = host
     if operation == "release":
         run(libvirtd_uri, VM, "assign")
@@ -235,12 +237,22 @@ def test_a_client_killed_with_its_write_on_the_wire_leaves_the_host_exact_or_sho
         printed = gpupass("status", libvirtd_uri)  # the command itself, as the admin runs it
         assert "UNFINISHED" in printed.stdout and f"a claim on {GPU} for this VM" in printed.stdout, printed
         assert f"`virsh secret-undefine {claim_now(libvirt_conn).uuid}`" in note and shown[OTHER] == ()
+        assert f"`gpupass release HOST {VM} {GPU}` removes the claim (it finishes the release)" in note
         if operation == "release":
-            # the release again has nothing to do; any assign of the GPU takes the claim over: it is not lost
+            # The same release again finishes it, as the admin runs it: it removes the claim (by its UUID, planned
+            # from the inventory's one listAllSecrets); once more, it has nothing to do.
             with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
-                assert plan_for(backend, VM, "release").steps == ()
-            run(libvirtd_uri, OTHER, "assign", takeover_s=0.3)
-            assert holders(libvirt_conn) == [OTHER] and claim_now(libvirt_conn).vm == OTHER
+                step, = plan_for(backend, VM, "release").steps
+                # a snapshot of the host plans the same step (the claims travel in its KVM state)
+                assert payloads_survive_a_snapshot(backend, [ReleaseRequest(VM)], tmp_path) == {DropClaim}
+            assert step.action == "kvm.drop-claim" and step.payload.uuid == claim_now(libvirt_conn).uuid
+            again = gpupass("release", libvirtd_uri, VM, "--yes")
+            assert "remove the claim on 0000:44:00.0 that a stopped gpupass run left" in again.stdout, again
+            exactly(libvirt_conn, free, claimed=False)
+            assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+            once_more = gpupass("release", libvirtd_uri, VM, "--yes")
+            assert "Nothing to do" in once_more.stdout, once_more
+            exactly(libvirt_conn, free, claimed=False)
             return
         run(libvirtd_uri, VM, "assign", takeover_s=0.3)  # the same assign again finishes it
         exactly(libvirt_conn, assigned, claimed=True)
@@ -292,3 +304,71 @@ def test_a_release_taken_back_after_a_lost_reply_never_puts_the_gpu_on_two_vms(l
     assert holders(libvirt_conn) == [OTHER] and claim_now(libvirt_conn).vm == OTHER
     assert inactive_xml(libvirt_conn, VM) == free  # released, as the daemon had done
     assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+
+
+# -- a claim naming a VM that is no longer defined --------------------------------------------------------------------
+@pytest.mark.parametrize("cleared_by", ["virsh", "assign"])
+def test_a_claim_naming_a_vm_undefined_since_is_shown_on_the_host_with_the_commands_that_clear_it(
+        libvirtd_uri, libvirt_conn, host, cleared_by):
+    """A VM holding the GPU is undefined by hand (libvirt's virDomainUndefine knows nothing of gpupass's secret): its
+    claim stays, naming a VM no release can reach. `status` shows it on the host (text and --json) with the claim's
+    UUID; the `virsh secret-undefine` it prints removes it, and any assign of the GPU takes it over."""
+    import json
+    import shlex
+
+    run(libvirtd_uri, VM, "assign")
+    gone = claim_now(libvirt_conn)
+    libvirt_conn.lookupByName(VM).undefine()
+    try:
+        printed = gpupass("status", libvirtd_uri)
+        line = f"a claim on {GPU} names VM '{VM}' (UUID {gone.vm_uuid}), which is not defined on this host"
+        assert "UNFINISHED" in printed.stdout and f"(host): {line}" in printed.stdout, printed.stdout
+        document = json.loads(gpupass("status", libvirtd_uri, "--json").stdout)
+        # (only this GPU's: other tests on this daemon may leave claims naming VMs they undefined)
+        note, = [n for n in document["host"]["unfinished"] if n.startswith(f"a claim on {GPU} ")]
+        assert note.startswith(line) and f"`virsh secret-undefine {gone.uuid}` removes the claim" in note
+        if cleared_by == "virsh":
+            command = note.split("`")[1]  # the command status prints, run as printed
+            subprocess.run(["virsh", "-c", libvirtd_uri, *shlex.split(command)[1:]], check=True, capture_output=True)
+            assert claim_now(libvirt_conn) is None
+        else:
+            run(libvirtd_uri, OTHER, "assign", takeover_s=0.3)  # any assign of the GPU takes the claim over
+            assert claim_now(libvirt_conn).vm == OTHER
+            assert THE_GPU.address in domxml.read_facts(inactive_xml(libvirt_conn, OTHER)).hostdevs
+        after = json.loads(gpupass("status", libvirtd_uri, "--json").stdout)["host"]["unfinished"]
+        assert [n for n in after if GPU in n] == []
+    finally:
+        define(libvirt_conn, q35(VM))  # the fixture undefines both VMs by name
+
+
+# -- the release that finishes a stopped one: removing the claim it left ---------------------------------------------
+@pytest.mark.parametrize("fault", ["lost-reply", "killed-client"])
+def test_a_fault_on_removing_a_leftover_claim_leaves_the_claim_exactly_there_or_gone_and_a_rerun_converges(
+        libvirtd_uri, libvirt_conn, proxy, host, fault):
+    """A release killed between its define and its claim's removal left the claim; the release again removes it by
+    its UUID (kvm.drop-claim), and that write is faulted: its reply lost (read back: gone, so defined again with the
+    same UUID and reported as it was), or its client killed with it on the wire (the daemon removes it: exactly
+    released). Either way the same release converges."""
+    free, _ = host
+    run(libvirtd_uri, VM, "assign")
+    killed_on_the_wire(proxy, "release", DOMAIN_DEFINE_XML)
+    left = claim_now(libvirt_conn)
+    assert left.vm == VM and holders(libvirt_conn) == []
+    if fault == "lost-reply":
+        with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+            plan = plan_for(backend, VM, "release")
+            proxy.drop_reply_to(SECRET_UNDEFINE)
+            with pytest.raises(OperationFailed) as caught:
+                execute(backend, plan)
+        assert proxy.dropped.is_set() and caught.value.rolled_back is True, caught.value.message
+        assert "End of file while reading data" in caught.value.message and "the VM is as it was" in caught.value.message
+        assert claim_now(libvirt_conn) == left  # the same secret again: UUID, VM, run and date
+        note, = status(libvirtd_uri)[VM]
+        assert f"`gpupass release HOST {VM} {GPU}` removes the claim" in note
+        run(libvirtd_uri, VM, "release")
+    else:
+        killed_on_the_wire(proxy, "release", SECRET_UNDEFINE)
+    exactly(libvirt_conn, free, claimed=False)
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+    with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
+        assert plan_for(backend, VM, "release").steps == ()  # once more: nothing to do
