@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gpupass.core import serialize
-from gpupass.core.cli import render
+from gpupass.core.cli import listing, render
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.complete import complete_gpu, complete_host, complete_vm
 from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
@@ -65,12 +65,15 @@ def plugins(app: AppContext, as_json: bool) -> None:
 
 
 def _facts(app: AppContext, host: str | None) -> HostFacts:
-    from gpupass.core.cli.complete import remember
+    return listing.read(app, host)
 
-    with app.open(host) as backend:
-        facts = backend.inventory()
-    remember(host or backend.target.label, facts)  # VM and GPU names for shell completion
-    return facts
+
+def _listing(command: str, app: AppContext, host: str | None, as_json: bool) -> None:
+    facts = _facts(app, host)
+    if as_json:
+        emit_json(listing.as_document(command, facts))
+    else:
+        click.echo(listing.as_text(command, app, host, facts))
 
 
 @cli.command()
@@ -81,12 +84,7 @@ def _facts(app: AppContext, host: str | None) -> HostFacts:
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass gpus lab-kvm', 'gpupass gpus qemu+ssh://admin@node7/system --json', 'LIBVIRT_DEFAULT_URI=qemu:///system gpupass gpus'))
 def gpus(app: AppContext, host: str | None, as_json: bool) -> None:
     """List the host's GPUs: companions, IOMMU group, MMIO need, passthrough state and owner VM."""
-    facts = _facts(app, host)
-    if as_json:
-        emit_json({"host": serialize.host_to_dict(facts.host), "gpus": [serialize.gpu_to_dict(g) for g in facts.gpus]})
-    else:
-        policy = next((b.mmio_policy for b in app.registry.backends if b.platform == facts.host.platform), None)
-        click.echo(render.gpus(facts, policy))
+    _listing("gpus", app, host, as_json)
 
 
 @cli.command()
@@ -97,11 +95,7 @@ def gpus(app: AppContext, host: str | None, as_json: bool) -> None:
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass vms lab-esxi', 'GOVC_URL=vc.example.com GOVC_USERNAME=admin@vsphere.local GOVC_PASSWORD=... gpupass vms'))
 def vms(app: AppContext, host: str | None, as_json: bool) -> None:
     """List the host's VMs with power state, firmware, memory and PCI devices."""
-    facts = _facts(app, host)
-    if as_json:
-        emit_json({"host": serialize.host_to_dict(facts.host), "vms": [serialize.vm_to_dict(v) for v in facts.vms]})
-    else:
-        click.echo(render.vms(facts))
+    _listing("vms", app, host, as_json)
 
 
 @cli.command()
@@ -112,11 +106,7 @@ def vms(app: AppContext, host: str | None, as_json: bool) -> None:
 @describe(HOST_HELP, DEFAULT_HOST_HELP, examples=('gpupass status lab-kvm', 'gpupass status esxi://administrator%40vsphere.local@vc.example.com/DC1 --json'))
 def status(app: AppContext, host: str | None, as_json: bool) -> None:
     """Summarise the host: IOMMU, free and assigned GPUs, and which VM holds which."""
-    facts = _facts(app, host)
-    if as_json:
-        emit_json(serialize.facts_to_dict(facts))
-    else:
-        click.echo(render.status(facts))
+    _listing("status", app, host, as_json)
 
 
 def _plan(app: AppContext, host: str, backend: Backend, request: AssignmentRequest | ReleaseRequest) -> Plan:

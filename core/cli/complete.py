@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-import click
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `gpupass gpus HOST` keeps names through this module without importing click
+    import click
     from click.shell_completion import CompletionItem
 
 

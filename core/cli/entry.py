@@ -1,6 +1,8 @@
 """The `gpupass` console script. `gpupass --help` prints click's own rendering of the top-level help from a
-cache, without importing click or any command (issue 11: start-up near the interpreter's); every other
-command line, and a cold or stale cache, goes through click (gpupass.core.cli.main).
+cache, without importing click or any command (issue 11: start-up near the interpreter's); the plain forms of
+the listing commands (`gpupass gpus HOST [--json]`, vms, status) run their work without click
+(gpupass.core.cli.listing); every other command line, and a cold or stale cache, goes through click
+(gpupass.core.cli.main).
 
 The cache file holds the rendering for one width, under a stamp of what could change it: this package's
 CLI modules and every folder on sys.path (installing or upgrading click or gpupass changes one). Only the
@@ -26,6 +28,12 @@ def main() -> None:
             _write(path, stamp, text)
         sys.stdout.write(text)
         sys.stdout.flush()
+        return
+    from gpupass.core.cli import listing
+
+    plain = listing.plain_form(sys.argv[1:], os.environ)
+    if plain is not None:  # `gpupass gpus HOST [--json]`: the listing's own work, without click
+        listing.run(*plain)
         return
     from gpupass.core.cli.main import main as click_main
 

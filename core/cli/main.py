@@ -6,18 +6,15 @@ import functools
 import importlib
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import click
 
 from gpupass.core.cli import manifest
+from gpupass.core.cli.app import AppContext as AppContext  # the commands import it from here
+from gpupass.core.cli.app import quiet_stdout
 from gpupass.core.cli.escape import shown
-from gpupass.core.errors import GpupassError, PreflightFailed, UsageError
-
-if TYPE_CHECKING:  # `gpupass --help` imports none of these
-    from gpupass.core.config import Config
-    from gpupass.core.plugins import Registry
-    from gpupass.core.ports import Backend
+from gpupass.core.errors import GpupassError, PreflightFailed
 
 # A click command function, wrapped or not.
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,53 +31,6 @@ Exit codes:
 """
 
 
-class AppContext:
-    def __init__(self, config_path: str | None = None, insecure: bool = False, ca_file: str | None = None,
-                 verbosity: int = 0) -> None:
-        self.config_path, self.insecure, self.ca_file = config_path, insecure, ca_file
-        self.verbosity = verbosity
-        self._registries: dict[str | None, Registry] = {}
-
-    @functools.cached_property
-    def registry(self) -> Registry:
-        from gpupass.core.plugins import default_registry
-
-        return default_registry()
-
-    @functools.cached_property
-    def config(self) -> Config:
-        from pathlib import Path
-
-        from gpupass.core import paths
-        from gpupass.core.config import load_config
-
-        if self.config_path:
-            # A file named on purpose with --config that is not there is a mistake, not "no hosts".
-            explicit = Path(self.config_path)
-            if not explicit.is_file():
-                raise UsageError(f"config file {explicit} does not exist" if not explicit.exists()
-                                 else f"config file {explicit} is not a file",
-                                 remedy="check the path given to --config (GPUPASS_CONFIG names a file that "
-                                        "`gpupass hosts add` creates)")
-            return load_config(explicit)
-        return load_config(paths.config_file())
-
-    def registry_for(self, host: str | None) -> Registry:
-        """The plugins HOST needs (its platform's backend and rules), without loading the others."""
-        if host not in self._registries:
-            from gpupass.core.hosts import registry_for_host
-
-            self._registries[host] = registry_for_host(host, self.config)
-        return self._registries[host]
-
-    def open(self, host: str | None) -> Backend:
-        from gpupass.core.hosts import open_host
-        from gpupass.core.target import TlsOptions
-
-        return open_host(host, self.config, self.registry_for(host),
-                         TlsOptions(verify=not self.insecure, ca_file=self.ca_file))
-
-
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=False))
 
@@ -93,22 +43,29 @@ def handles_errors(command: F) -> F:
         as_json = kwargs.get("as_json", False)
         try:
             return command(*args, **kwargs)
-        except PreflightFailed as exc:
-            if not as_json:
-                click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True)
-            sys.exit(exc.exit_code)
         except GpupassError as exc:
-            _fill_in_host(exc, kwargs)
-            if as_json:
-                emit_json(exc.to_dict())
-            else:
-                # Messages quote names from hosts and files: escaped, so none can act on the terminal.
-                click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True)
-                if exc.remedy:
-                    click.echo(f"  fix: {shown(exc.remedy, True)}", err=True)
+            report_error(exc, as_json, kwargs)
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature F describes
+
+
+def report_error(exc: GpupassError, as_json: bool, arguments: dict[str, Any], color: bool | None = None) -> None:
+    """An error as 'error:' + 'fix:' on stderr, or as one JSON document on stdout with --json (a preflight's
+    findings are printed by the command itself). `color` as click.echo takes it: None decides by the stream
+    (within a click command, by the context's choice)."""
+    if isinstance(exc, PreflightFailed):
+        if not as_json:
+            click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True, color=color)
+        return
+    _fill_in_host(exc, arguments)
+    if as_json:
+        emit_json(exc.to_dict())
+    else:
+        # Messages quote names from hosts and files: escaped, so none can act on the terminal.
+        click.echo(click.style("error: ", fg="red", bold=True) + shown(exc.message, True), err=True, color=color)
+        if exc.remedy:
+            click.echo(f"  fix: {shown(exc.remedy, True)}", err=True, color=color)
 
 
 def _fill_in_host(exc: GpupassError, arguments: dict[str, Any]) -> None:
@@ -272,39 +229,6 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool | None, ca_f
 
 
 
-class _QuietPipe:
-    """stdout that goes quiet when the reader leaves (`gpupass check ... | head -1`): the command still
-    finishes and exits with its own code (check's 3 stays 3), with no BrokenPipeError traceback."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def _closed_pipe(self) -> None:
-        import os
-
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())  # what is still buffered goes nowhere, quietly
-        finally:
-            os.close(devnull)
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except BrokenPipeError:
-            self._closed_pipe()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._closed_pipe()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
@@ -326,8 +250,7 @@ def _exit_interrupted() -> None:
 def main(argv: list[str] | None = None) -> None:
     import os
 
-    if not isinstance(sys.stdout, _QuietPipe) and sys.stdout is not None:
-        sys.stdout = _QuietPipe(sys.stdout)
+    quiet_stdout()
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
     color = False if os.environ.get("NO_COLOR") else None
     try:

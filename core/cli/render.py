@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-import click
-
 from gpupass.core.cli.escape import shown
 from gpupass.core.domain.findings import Finding, Severity
 from gpupass.core.domain.inventory import Gpu, HostFacts
@@ -222,6 +220,8 @@ def _share_use(gpu: Gpu) -> str:
 
 
 def finding_line(finding: Finding) -> str:
+    import click  # for colour; the listings (gpus, vms, status) print without it
+
     label, color = _SEVERITY_STYLE[finding.severity]
     text = f"  {click.style(label, fg=color, bold=finding.blocks)} [{shown(finding.code)}] {shown(finding.message, True)}"
     if finding.remedy:
@@ -237,6 +237,8 @@ def findings(items: Sequence[Finding]) -> str:
 
 
 def plan(item: Plan, show_changes: bool = False) -> str:
+    import click
+
     gpus = shown(", ".join(f"{qualified(g)} ({g.model})" for g in item.gpus) or "none")
     if item.shares:
         kinds = ", ".join(f"{c.type.name or c.type.id} ({c.type.id})" if c.type.name != c.type.id else c.type.id
@@ -280,6 +282,8 @@ def plan(item: Plan, show_changes: bool = False) -> str:
 
 
 def migration(item: MigrationPlan, show_changes: bool = False) -> str:
+    import click
+
     lines = [shown(f"Move VM '{item.vm}' from {item.source_host} ({item.source_platform}) to "
                    f"{item.destination_host} ({item.destination_platform})"), "", "GPUs:"]
     for m in item.matches:
