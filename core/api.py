@@ -141,7 +141,7 @@ def open_host(host: str | None = None, *, config: str | Path | None = None, inse
     callers that hold it already, such as an Ansible module given it as a no_log option."""
     from dataclasses import replace
 
-    from gpupass.core import hosts, paths, snapshot
+    from gpupass.core import hosts, paths
     from gpupass.core.config import load_config
     from gpupass.core.plugins import default_registry
     from gpupass.core.target import Secret, TlsOptions
@@ -151,7 +151,7 @@ def open_host(host: str | None = None, *, config: str | Path | None = None, inse
     registry = default_registry()
     loaded = load_config(Path(config) if config is not None else paths.config_file())
     tls = TlsOptions(verify=not insecure, ca_file=ca_file)
-    if password is None or (host is not None and snapshot.looks_like_snapshot(host)):
+    if password is None or (host is not None and hosts.looks_like_snapshot(host)):
         return Host(hosts.open_host(host, loaded, registry, tls), registry)
     target = replace(hosts.resolve_target(host, loaded, registry, tls), password=Secret(password))
     return Host(hosts.open_backend(target, registry), registry)

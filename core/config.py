@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -70,6 +69,8 @@ def load_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot be read: {getattr(exc, 'strerror', None) or exc}",
                           remedy="check the file's permissions and that it is UTF-8 text") from exc
+    import tomllib  # only where there is a file to read
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -180,6 +181,8 @@ def _line_of(text: str, table: tuple[str, ...], key: str) -> int | None:
 
 
 def _header(line: str) -> tuple[str, ...]:
+    import tomllib
+
     try:
         node: Any = tomllib.loads(line)
     except tomllib.TOMLDecodeError:

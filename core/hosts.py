@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlsplit
 
-from gpupass.core import environment, paths, snapshot
-from gpupass.core.config import Config
+from gpupass.core import environment, paths
 from gpupass.core.credentials import resolve_password
-from gpupass.core.domain.context import CheckContext
-from gpupass.core.domain.inventory import HostFacts
-from gpupass.core.domain.plan import Step
 from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
-from gpupass.core.plugins import Registry
-from gpupass.core.ports import Backend
 from gpupass.core.target import Target, TlsOptions
 from gpupass.core.uri import check_uri
 
+# Opening a host for one command reads its facts and nothing more: the snapshot codec, the planning model and the
+# plugin machinery load where they are used (issue 11: `gpupass gpus` as a program near a hand-written script).
+if TYPE_CHECKING:
+    from gpupass.core.config import Config
+    from gpupass.core.domain.context import CheckContext
+    from gpupass.core.domain.inventory import HostFacts
+    from gpupass.core.domain.plan import Step
+    from gpupass.core.plugins import Registry
+    from gpupass.core.ports import Backend
+
 log = logging.getLogger("gpupass.core")
+
+
+def looks_like_snapshot(text: str) -> bool:
+    """Whether HOST names a snapshot file (`gpupass snapshot HOST -o FILE.json`) rather than a host."""
+    return text.endswith(".json") and "://" not in text and os.path.isfile(text)
 
 
 def resolve_target(text: str | None, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Target:
@@ -72,7 +82,7 @@ def host_identity(text: str, config: Config, registry: Registry) -> str:
     default_ports), no trailing slash, no user or query (the same host, reached as another user or with another
     option, is still that host). For commands over many entries (`gpupass apply`) that must read and plan each host
     once."""
-    if snapshot.looks_like_snapshot(text):
+    if looks_like_snapshot(text):
         return "snapshot:" + str(Path(text).resolve())
     lab = registry.lab_host(text)
     entry = config.hosts.get(text)
@@ -127,7 +137,7 @@ def registry_for_host(text: str | None, config: Config) -> Registry:
 
     from gpupass.core import plugins
 
-    if text is None or plugins.has_default() or snapshot.looks_like_snapshot(text):
+    if text is None or plugins.has_default() or looks_like_snapshot(text):
         # loaded already (or registered at run time): it is the truth; a default host: every plugin
         return plugins.default_registry()
     looks_like_uri = "://" in text or text.startswith("test:")
@@ -144,12 +154,14 @@ def registry_for_host(text: str | None, config: Config) -> Registry:
 
 def open_host(text: str | None, config: Config, registry: Registry, tls: TlsOptions | None = None) -> Backend:
     """Open what the user named as HOST: a lab host, a config name, a URI, or a snapshot file (read-only)."""
-    if text is not None and snapshot.looks_like_snapshot(text):
+    if text is not None and looks_like_snapshot(text):
         return open_snapshot(Path(text), registry)
     return open_backend(resolve_target(text, config, registry, tls), registry)
 
 
 def open_snapshot(path: Path, registry: Registry) -> Backend:
+    from gpupass.core import snapshot
+
     document = snapshot.read(path)
     facts = snapshot.load_facts(path, document)
     platform = document["platform"]

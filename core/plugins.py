@@ -11,30 +11,38 @@ its site-packages folder), and by every `gpupass plugins`, which always scans.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import marshal
 import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
 from gpupass.core import hookspecs
-from gpupass.core.domain.context import CheckContext
-from gpupass.core.domain.findings import Finding
 from gpupass.core.errors import BackendUnavailable
-from gpupass.core.ports import Backend, LabHost
+
+# Named in annotations only: loading the plugins a host needs does not load the planning model.
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gpupass.core.domain.context import CheckContext
+    from gpupass.core.domain.findings import Finding
+    from gpupass.core.ports import Backend, LabHost
 
 ENTRY_POINT_GROUP = "gpupass"
 # A preflight rule: reads the context, yields findings (core/domain/rules.py).
-Rule = Callable[[CheckContext], Iterable[Finding]]
+Rule = Callable[["CheckContext"], Iterable["Finding"]]
 # Labs (demonstration hosts) register apart from backends, so a package without its labs still works.
 LAB_ENTRY_POINT_GROUP = "gpupass.labs"
 # Plugin names in pluggy are unique across groups: a lab's entry point is registered under this prefix.
 _GROUP_PREFIX = {ENTRY_POINT_GROUP: "", LAB_ENTRY_POINT_GROUP: "labs:"}
+
+
+_rules_lock = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,6 @@ class RegisteredRule:
 @dataclass
 class Registry:
     backends: list[type[Backend]] = field(default_factory=list)
-    rules: list[RegisteredRule] = field(default_factory=list)
     lab_hosts: list[LabHost] = field(default_factory=list)
     # Which plugin registered each backend class, for `gpupass plugins`.
     backend_plugins: dict[type[Backend], str] = field(default_factory=dict)
@@ -76,6 +83,18 @@ class Registry:
             f"no backend handles URIs of scheme '{scheme}://' (known schemes: {known})",
             remedy="check the URI, or install the plugin for that platform (`gpupass plugins` lists them)",
         )
+
+    # The plugins' rule hooks, called the first time `rules` is read: a command that only reads a host (`gpus`)
+    # never loads the preflight rules (nor the planning model they import).
+    pending_rules: list[Callable[[], object]] = field(default_factory=list, repr=False)
+    _rules: list[RegisteredRule] = field(default_factory=list, repr=False)
+
+    @property
+    def rules(self) -> list[RegisteredRule]:
+        with _rules_lock:  # a fleet's workers share one registry: the hooks run once, and all before any reads
+            while self.pending_rules:
+                self.pending_rules.pop(0)()
+        return self._rules
 
     def rules_for(self, operation: str, platform: str) -> list[Rule]:
         return [
@@ -149,11 +168,11 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for impl in pm.hook.gpupass_register_rules.get_hookimpls():
         def register_rule(rule: Rule, operations: Iterable[str] = ("assign",),
                           platforms: Iterable[str] | None = None, _plugin: str = impl.plugin_name) -> None:
-            registry.rules.append(
+            registry._rules.append(
                 RegisteredRule(rule, tuple(operations), tuple(platforms) if platforms else None, _plugin)
             )
 
-        impl.function(register=register_rule)
+        registry.pending_rules.append(functools.partial(impl.function, register=register_rule))
     # In pluggy's call order (last registered first), as `pm.hook.gpupass_register_lab_hosts(...)` would.
     for impl in reversed(pm.hook.gpupass_register_lab_hosts.get_hookimpls()):
         def register_lab(lab: LabHost, _plugin: str = impl.plugin_name) -> None:

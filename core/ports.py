@@ -5,17 +5,22 @@ from __future__ import annotations
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from gpupass.core.domain.context import Capabilities, CheckContext
-from gpupass.core.domain.findings import FeatureLoss
-from gpupass.core.domain.inventory import HostFacts, Vm
-from gpupass.core.domain.mmio import MmioPolicy
-from gpupass.core.domain.pci import PciAddress
-from gpupass.core.domain.plan import Step
+from gpupass.core.domain.capabilities import Capabilities
 from gpupass.core.errors import NotSupported
-from gpupass.core.target import Target
+
+# Named in signatures only: a command that opens a host to read it does not load the planning model.
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gpupass.core.domain.context import CheckContext
+    from gpupass.core.domain.findings import FeatureLoss
+    from gpupass.core.domain.inventory import HostFacts, Vm
+    from gpupass.core.domain.mmio import MmioPolicy
+    from gpupass.core.domain.pci import PciAddress
+    from gpupass.core.domain.plan import Step
+    from gpupass.core.target import Target
 
 
 @dataclass(frozen=True)

@@ -172,5 +172,3 @@ def load_facts(path: Path, document: dict[str, Any]) -> HostFacts:
     return facts
 
 
-def looks_like_snapshot(text: str) -> bool:
-    return text.endswith(".json") and "://" not in text and Path(text).is_file()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import logging
 import time
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, nvidia, secretclaims, shares, sysfs
@@ -25,7 +23,7 @@ from gpupass.backends.kvm.nodedev import (
     with_description,
 )
 from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
-from gpupass.core.domain.context import Capabilities, CheckContext
+from gpupass.core.domain.capabilities import Capabilities
 from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PowerState, Vm
@@ -38,6 +36,11 @@ from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed,
                                  OperationFailed)
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
+
+if TYPE_CHECKING:  # named in signatures only: reading a host does not load the planning model
+    from pathlib import Path
+
+    from gpupass.core.domain.context import CheckContext
 
 log = logging.getLogger("gpupass.kvm")
 
@@ -685,6 +688,8 @@ class KvmBackend(Backend):
         ]
 
     def _share_define_step(self, vm: str, old: str, edit: domxml.Edit, uuid: str, adds: bool, note: str = "") -> Step:
+        import difflib
+
         diff = "".join(difflib.unified_diff(
             _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
             fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
@@ -702,6 +707,8 @@ class KvmBackend(Backend):
 
     def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool,
                      claims: list[str] | None = None) -> Step:
+        import difflib
+
         diff = "".join(difflib.unified_diff(
             _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
             fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",

@@ -17,8 +17,6 @@ Both are read on the host itself only (a `qemu:///system` connection from the ho
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +61,9 @@ def mig_modes(query: str) -> dict[PciAddress | None, bool | None]:
 
 def read_mig_modes(timeout: float = 10.0) -> dict[PciAddress | None, bool | None]:
     """`nvidia-smi -q` on this machine; {} where nvidia-smi is missing or fails (MIG mode then stays unknown)."""
+    import shutil
+    import subprocess  # here: a `gpus` of a host with no NVIDIA vGPU card never runs it
+
     program = shutil.which("nvidia-smi")
     if program is None:
         return {}

@@ -24,9 +24,6 @@ doorway is not needed: `decide_written` below judges a claim written in the same
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
@@ -68,6 +65,11 @@ class Verdict:
 
 
 def new_claim(vm: str, addresses: Iterable[str]) -> Claim:
+    # Imported here: reading the host's claims (every `gpus`) never makes one.
+    import os
+    import socket
+    import uuid
+
     origin = f"{socket.gethostname()} pid {os.getpid()} at {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
     return Claim(vm, uuid.uuid4().hex, frozenset(addresses), None, origin)
 

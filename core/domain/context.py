@@ -5,29 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+# Capabilities lives apart so that a backend class (which names its own) does not load the planning model.
+from gpupass.core.domain.capabilities import Capabilities as Capabilities
 from gpupass.core.domain.inventory import Gpu, HostFacts, Vm
 from gpupass.core.domain.mmio import MmioNeed, MmioPolicy, mmio_need
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
-from gpupass.core.domain.sharing import ASSIGN_SHARE, RELEASE_SHARE, ShareChange, ShareMode
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a platform can do; requests for anything else get a clear 'not supported on X'."""
-
-    live_attach: bool = False
-    firmware_change: bool = True
-    hide_hypervisor: bool = False
-    dynamic_binding: bool = False
-    # ESXi-style: the host must switch a device to passthrough (and may need a reboot) before any VM uses it.
-    host_passthrough_switch: bool = False
-    # The share modes (core/domain/sharing.py) the backend can give to a VM and take back; a share of another
-    # mode is listed by `gpus` but refused by assign with "not supported on X".
-    share_modes: tuple[ShareMode, ...] = ()
-    # The platform-only settings a share request may carry (AssignOptions.ex_share_options), by name; any other is
-    # refused with "not supported on X".
-    ex_share_options: tuple[str, ...] = ()
+from gpupass.core.domain.sharing import ASSIGN_SHARE, RELEASE_SHARE, ShareChange
 
 
 @dataclass(frozen=True)
