@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import re
 
-from gpupass.core.config import HostEntry
+from typing import TYPE_CHECKING
+
 from gpupass.core.errors import AuthenticationFailed
-from gpupass.core.target import Secret, Target
+from gpupass.core.target import Secret
+
+if TYPE_CHECKING:
+    from gpupass.core.config import HostEntry
+    from gpupass.core.target import Target
 
 KEYRING_SERVICE = "gpupass"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlsplit
 
-from gpupass.core import environment, paths
+from gpupass.core import paths
 from gpupass.core.credentials import resolve_password
 from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
 from gpupass.core.target import Target, TlsOptions
@@ -71,6 +71,8 @@ def resolve_target(text: str | None, config: Config, registry: Registry, tls: Tl
                                                 ca_file=tls.ca_file or target.tls.ca_file))
     password = resolve_password(target.name or target.hostname or text, entry, target.username)
     if password is None and target.scheme == "esxi":
+        from gpupass.core import environment
+
         found = environment.vsphere_password(target.hostname)
         password = found[1] if found else None
     return replace(target, password=password)
@@ -110,6 +112,8 @@ def host_identity(text: str, config: Config, registry: Registry) -> str:
 
 
 def _default_target(config: Config, registry: Registry, tls: TlsOptions | None) -> Target:
+    from gpupass.core import environment  # govc's and Ansible's variables: only when no HOST is given
+
     chosen = environment.default_host()
     if chosen is None:
         raise UsageError("no HOST given, and no default host is set",

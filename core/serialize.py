@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gpupass.core.domain.findings import FeatureLoss, Finding
-from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
 from gpupass.core.domain.mmio import mmio_need
-from gpupass.core.domain.pci import PciFunction
-from gpupass.core.domain.plan import MmioSummary, Plan, Step
-from gpupass.core.domain.sharing import ShareChange, Sharing
 
-if TYPE_CHECKING:  # the CLI imports this module; migration is imported only by the commands that use it
+if TYPE_CHECKING:  # named in annotations only: `gpupass gpus --json` does not load the planning model
+    from gpupass.core.domain.findings import FeatureLoss, Finding
+    from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
+    from gpupass.core.domain.pci import PciFunction
+    from gpupass.core.domain.plan import MmioSummary, Plan, Step
+    from gpupass.core.domain.sharing import ShareChange, Sharing
     from gpupass.core.migration import MigrationPlan
 
 

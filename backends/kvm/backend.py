@@ -24,12 +24,10 @@ from gpupass.backends.kvm.nodedev import (
 )
 from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
 from gpupass.core.domain.capabilities import Capabilities
-from gpupass.core.domain.findings import FeatureLoss
 from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PowerState, Vm
 from gpupass.core.domain.pci import IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.mmio import GiB, MmioPolicy
-from gpupass.core.domain.plan import Step
 from gpupass.core.domain import claims
 from gpupass.core.domain.sharing import SRIOV_VF_TYPE, Share, ShareMode, ShareType, Sharing, virtual_function_type
 from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, NotSupported,
@@ -41,6 +39,8 @@ if TYPE_CHECKING:  # named in signatures only: reading a host does not load the 
     from pathlib import Path
 
     from gpupass.core.domain.context import CheckContext
+    from gpupass.core.domain.findings import FeatureLoss
+    from gpupass.core.domain.plan import Step
 
 log = logging.getLogger("gpupass.kvm")
 
@@ -101,6 +101,12 @@ class KvmState:
     # gpupass's secret claims on GPUs that no VM holds (secretclaims.py): what a stopped run left. A release of the VM
     # a claim names removes it (plan_finish_release); read with the inventory's one listAllSecrets.
     unheld_claims: tuple[secretclaims.SecretClaim, ...] = ()
+
+
+def _step(**fields: Any) -> Step:
+    from gpupass.core.domain.plan import Step  # here: planning loads the planning model, reading a host does not
+
+    return Step(**fields)
 
 
 def _state(facts: HostFacts) -> KvmState:
@@ -514,7 +520,7 @@ class KvmBackend(Backend):
             steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions]
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not options.live,
                                        claims=[str(f.address) for f in new_functions]))
-        steps.append(Step(
+        steps.append(_step(
             action="kvm.managed-binding",
             description="at VM start libvirt detaches " + ", ".join(str(f.address) for f in new_functions)
             + " from the host driver and binds vfio-pci (managed='yes'); at VM stop it gives them back",
@@ -577,7 +583,7 @@ class KvmBackend(Backend):
         else:
             uuid, created = shares.mdev_uuid(ctx.facts.host.uri, vm.name, gpu.address, change.type.id), True
             create = CreateMdev(parent, change.type.id, uuid)
-            steps.append(Step(
+            steps.append(_step(
                 action="kvm.create-mdev",
                 description=f"create a {change.type.id} ({change.type.name}) mediated device on {parent}",
                 undo=f"stop and undefine it: virsh nodedev-destroy and nodedev-undefine of mdev {uuid}",
@@ -606,7 +612,7 @@ class KvmBackend(Backend):
             xml = edit.xml
             for vf in sorted(str(a) for a in vfs if str(a) in types_set):  # the types gpupass set, not an admin's
                 clear = SetVfVgpuType(vf, nvidia.UNSET, types_set[vf])
-                removals.append(Step(
+                removals.append(_step(
                     action="kvm.set-vf-vgpu-type",
                     description=f"clear the vGPU type gpupass set on virtual function {vf}",
                     undo=f"set it again: echo {types_set[vf]} > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",
@@ -623,7 +629,7 @@ class KvmBackend(Backend):
             parent = nodedev_name(change.gpu)
             if uuid in created:
                 remove = RemoveMdev(parent, change.type.id, uuid)
-                removals.append(Step(
+                removals.append(_step(
                     action="kvm.remove-mdev",
                     description=f"stop and undefine mediated device {uuid} on {parent}, which gpupass created",
                     undo="define and start it again with the same UUID and type",
@@ -648,7 +654,7 @@ class KvmBackend(Backend):
                 return []
             vf = idle[0]
             step = SetVfVgpuType(vf, share_type.id, nvidia.UNSET)
-            steps.append(Step(
+            steps.append(_step(
                 action="kvm.set-vf-vgpu-type",
                 description=f"make virtual function {vf} of {gpu.address} a {share_type.name or share_type.id} vGPU",
                 undo=f"clear its type: echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",
@@ -681,7 +687,7 @@ class KvmBackend(Backend):
         return [
             dataclasses.replace(step, description=f"give virtual function {address} of {gpu.address} to VM "
                                                   f"'{ctx.vm.name}' in its persistent definition"),
-            Step(action="kvm.managed-binding",
+            _step(action="kvm.managed-binding",
                  description=f"at VM start libvirt detaches {address} from its host driver and binds vfio-pci "
                              "(managed='yes'); at VM stop it gives it back",
                  undo="nothing to undo: libvirt does it at each start and stop", writes=False),
@@ -694,7 +700,7 @@ class KvmBackend(Backend):
             _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
             fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
         ))
-        return Step(
+        return _step(
             action="kvm.define-domain",
             description=(f"give mediated device {uuid}{note} to VM '{vm}' in its persistent definition" if adds else
                          f"take mediated device {uuid} from the persistent definition of VM '{vm}'"),
@@ -713,7 +719,7 @@ class KvmBackend(Backend):
             _pretty(old).splitlines(keepends=True), _pretty(edit.xml).splitlines(keepends=True),
             fromfile=f"{vm} (now)", tofile=f"{vm} (planned)",
         ))
-        return Step(
+        return _step(
             action="kvm.define-domain",
             description=f"update the persistent definition of VM '{vm}'",
             undo="define the VM again with its previous XML",
@@ -725,7 +731,7 @@ class KvmBackend(Backend):
 
     def _hotplug_step(self, vm: str, function: PciFunction, attach: bool) -> Step:
         verb = "hot-plug" if attach else "hot-unplug"
-        return Step(
+        return _step(
             action="kvm.hotplug" if attach else "kvm.hotunplug",
             description=f"{verb} {function.address} ({function.kind}) {'into' if attach else 'from'} running VM '{vm}'",
             undo=f"{'hot-unplug' if attach else 'hot-plug'} it again",
@@ -734,6 +740,8 @@ class KvmBackend(Backend):
         )
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
+        from gpupass.core.domain.findings import FeatureLoss
+
         if ctx.is_share and all(c.type.mode is ShareMode.SRIOV_VF for c in ctx.shares):
             # A VF is a PCI host device like a whole GPU (<hostdev type='pci'>), with the same limits.
             return [
@@ -756,6 +764,8 @@ class KvmBackend(Backend):
         ]
 
     def features_kept(self, ctx: CheckContext) -> list[FeatureLoss]:
+        from gpupass.core.domain.findings import FeatureLoss
+
         if not ctx.is_share:
             return []
         if all(c.type.mode is ShareMode.SRIOV_VF for c in ctx.shares):
@@ -1126,7 +1136,7 @@ class KvmBackend(Backend):
     def _observe(self, payload: object, step: Step) -> StepState:
         return StepState("unknown", detail=f"{step.description} cannot be read back")
 
-    @_observe.register
+    @_observe.register(Hotplug)  # by class: `step: Step` is an annotation only (not loaded to read a host)
     def _observe_hotplug(self, payload: Hotplug, step: Step) -> StepState:
         domain = self._call(f"looking up VM {payload.vm!r}", self._connection().lookupByName, payload.vm)
         live = domxml.read_facts(self._call(f"reading VM {payload.vm!r}", domain.XMLDesc, 0)).hostdevs
@@ -1135,7 +1145,7 @@ class KvmBackend(Backend):
         there = wanted <= set(live)
         return StepState("after" if there == payload.attach else "before")
 
-    @_observe.register
+    @_observe.register(DefineDomain)
     def _observe_define(self, payload: DefineDomain, step: Step) -> StepState:
         current = _essentials(self._current_xml(payload.vm))
         if current == _essentials(payload.old_xml, keep_claims=True):
@@ -1194,7 +1204,7 @@ class KvmBackend(Backend):
     def _undo_remove_mdev(self, payload: RemoveMdev, token: None) -> None:
         self._create_mdev(CreateMdev(payload.parent, payload.type_id, payload.uuid))
 
-    @_observe.register
+    @_observe.register(CreateMdev | RemoveMdev)
     def _observe_mdev(self, payload: CreateMdev | RemoveMdev, step: Step) -> StepState:
         there = self._find_mdev(payload.uuid) is not None
         return StepState("after" if there == isinstance(payload, CreateMdev) else "before", token=payload.uuid)
@@ -1207,7 +1217,7 @@ class KvmBackend(Backend):
     def _undo_set_vf_vgpu_type(self, payload: SetVfVgpuType, token: None) -> None:
         self._write_vf_vgpu_type(payload.vf, payload.previous)
 
-    @_observe.register
+    @_observe.register(SetVfVgpuType)
     def _observe_set_vf_vgpu_type(self, payload: SetVfVgpuType, step: Step) -> StepState:
         root = self._host_sysfs()
         if root is None:  # _write_vf_vgpu_type refuses before writing anything where it cannot reach sysfs
@@ -1240,7 +1250,7 @@ class KvmBackend(Backend):
     def _undo_define_share(self, payload: DefineShare, token: str) -> None:
         self._define(token, "restoring the previous VM definition")
 
-    @_observe.register
+    @_observe.register(DefineShare)
     def _observe_define_share(self, payload: DefineShare, step: Step) -> StepState:
         held = payload.uuid in domxml.read_facts(self._current_xml(payload.vm)).mdevs
         return StepState("after" if held == payload.adds else "before", token=payload.old_xml)

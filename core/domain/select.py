@@ -15,7 +15,6 @@ exactly one of them runs the VM, because the VM can only use a card of its own h
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -144,6 +143,8 @@ def names_of(facts: HostFacts) -> list[str]:
 
 
 def _did_you_mean(text: str, facts: HostFacts, host_label: str) -> str:
+    import difflib  # for the error only
+
     close = difflib.get_close_matches(text, names_of(facts), n=3, cutoff=0.6)
     listing = f"`gpupass gpus {host_label}` lists them"
     return (f"did you mean {' or '.join(repr(c) for c in close)}? " if close else "") + listing
