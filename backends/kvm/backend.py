@@ -555,7 +555,7 @@ class KvmBackend(Backend):
 
     @staticmethod
     def _drop_claim_step(vm: str, claim: secretclaims.SecretClaim) -> Step:
-        return Step(
+        return _step(
             action="kvm.drop-claim",
             description=f"remove the claim on {claim.address} that a stopped gpupass run left for VM '{vm}' (the VM "
                         "does not hold that GPU)",
@@ -776,7 +776,8 @@ class KvmBackend(Backend):
 
     # -- applying -----------------------------------------------------------------------------------
     # apply, undo and observe pick their handler by the payload's type (backends/kvm/steps.py), never by the
-    # step's action label.
+    # step's action label. Registered by class, not by annotation: functools would evaluate every annotation of each
+    # handler at import (`step: Step` names the planning model, which reading a host does not load).
     def apply(self, step: Step) -> Any:
         return self._apply(step.payload)
 
@@ -785,7 +786,7 @@ class KvmBackend(Backend):
         raise OperationFailed(f"the kvm backend cannot carry out a step of type {type(payload).__name__}",
                               remedy="plan again with this version of gpupass")
 
-    @_apply.register
+    @_apply.register(DefineDomain)
     def _apply_define(self, payload: DefineDomain) -> str:
         current = self._current_xml(payload.vm)
         if current != payload.old_xml:
@@ -800,7 +801,7 @@ class KvmBackend(Backend):
         self._release_claims(before.uuid, {str(a) for a in before.hostdevs} - {str(a) for a in after.hostdevs})
         return payload.old_xml
 
-    @_apply.register
+    @_apply.register(DropClaim)
     def _apply_drop_claim(self, payload: DropClaim) -> bool:
         """Undefine the claim by its UUID (never a newer claim on the GPU: secretclaims.py), unless its VM holds the
         GPU by now (an undone release gave it back): a claim in use is never removed. -> whether it was there."""
@@ -816,7 +817,7 @@ class KvmBackend(Backend):
             raise translate(libvirt, exc, f"removing the claim on {payload.address}") from exc
         return True
 
-    @_apply.register
+    @_apply.register(Hotplug)
     def _apply_hotplug(self, payload: Hotplug) -> None:
         self._hotplug(payload.vm, payload.hostdev_xml, attach=payload.attach)
 
@@ -1103,7 +1104,7 @@ class KvmBackend(Backend):
     def _undo(self, payload: object, token: Any) -> None:
         raise OperationFailed(f"the kvm backend cannot undo a step of type {type(payload).__name__}")
 
-    @_undo.register
+    @_undo.register(DefineDomain)
     def _undo_define(self, payload: DefineDomain, token: str) -> None:
         given_back = {str(a) for a in domxml.read_facts(token).hostdevs} - \
             {str(a) for a in domxml.read_facts(payload.new_xml).hostdevs}
@@ -1124,7 +1125,7 @@ class KvmBackend(Backend):
         if payload.claims:  # an assign taken back: its claims go with it
             self._release_claims(domxml.read_facts(token).uuid, set(payload.claims))
 
-    @_undo.register
+    @_undo.register(Hotplug)
     def _undo_hotplug(self, payload: Hotplug, token: None) -> None:
         self._hotplug(payload.vm, payload.hostdev_xml, attach=not payload.attach)
 
@@ -1136,7 +1137,7 @@ class KvmBackend(Backend):
     def _observe(self, payload: object, step: Step) -> StepState:
         return StepState("unknown", detail=f"{step.description} cannot be read back")
 
-    @_observe.register(Hotplug)  # by class: `step: Step` is an annotation only (not loaded to read a host)
+    @_observe.register(Hotplug)
     def _observe_hotplug(self, payload: Hotplug, step: Step) -> StepState:
         domain = self._call(f"looking up VM {payload.vm!r}", self._connection().lookupByName, payload.vm)
         live = domxml.read_facts(self._call(f"reading VM {payload.vm!r}", domain.XMLDesc, 0)).hostdevs
@@ -1159,7 +1160,7 @@ class KvmBackend(Backend):
             return StepState("after", token=payload.old_xml)
         return StepState("unknown", detail=f"VM '{payload.vm}' holds neither its old nor its planned definition")
 
-    @_undo.register
+    @_undo.register(DropClaim)
     def _undo_drop_claim(self, payload: DropClaim, removed: bool) -> None:
         """The claim's secret again, with its UUID; refused (Conflict: left as it is) where another run claimed
         the GPU meanwhile, as the daemon holds one secret per usage (secretclaims.py)."""
@@ -1176,7 +1177,7 @@ class KvmBackend(Backend):
                                    f"left for VM '{payload.vm}' stays removed") from exc
             raise translate(libvirt, exc, f"putting back the claim on {payload.address}") from exc
 
-    @_observe.register
+    @_observe.register(DropClaim)
     def _observe_drop_claim(self, payload: DropClaim, step: Step) -> StepState:
         libvirt = self._libvirt
         try:
@@ -1188,19 +1189,19 @@ class KvmBackend(Backend):
         return StepState("before")
 
     # -- share steps (payloads in steps.py, mediated devices in shares.py) ------------------------------
-    @_apply.register
+    @_apply.register(CreateMdev)
     def _apply_create_mdev(self, payload: CreateMdev) -> str:
         return self._create_mdev(payload)
 
-    @_undo.register
+    @_undo.register(CreateMdev)
     def _undo_create_mdev(self, payload: CreateMdev, token: str) -> None:
         self._remove_mdev(payload.uuid)
 
-    @_apply.register
+    @_apply.register(RemoveMdev)
     def _apply_remove_mdev(self, payload: RemoveMdev) -> None:
         self._remove_mdev(payload.uuid)
 
-    @_undo.register
+    @_undo.register(RemoveMdev)
     def _undo_remove_mdev(self, payload: RemoveMdev, token: None) -> None:
         self._create_mdev(CreateMdev(payload.parent, payload.type_id, payload.uuid))
 
@@ -1209,11 +1210,11 @@ class KvmBackend(Backend):
         there = self._find_mdev(payload.uuid) is not None
         return StepState("after" if there == isinstance(payload, CreateMdev) else "before", token=payload.uuid)
 
-    @_apply.register
+    @_apply.register(SetVfVgpuType)
     def _apply_set_vf_vgpu_type(self, payload: SetVfVgpuType) -> None:
         self._write_vf_vgpu_type(payload.vf, payload.type_id)
 
-    @_undo.register
+    @_undo.register(SetVfVgpuType)
     def _undo_set_vf_vgpu_type(self, payload: SetVfVgpuType, token: None) -> None:
         self._write_vf_vgpu_type(payload.vf, payload.previous)
 
@@ -1242,11 +1243,11 @@ class KvmBackend(Backend):
                                   "gives the configured VF")
         nvidia.write_vf_vgpu_type(PciAddress.parse(vf), type_id, root)
 
-    @_apply.register
+    @_apply.register(DefineShare)
     def _apply_define_share(self, payload: DefineShare) -> str:
         return self._define_share(payload)
 
-    @_undo.register
+    @_undo.register(DefineShare)
     def _undo_define_share(self, payload: DefineShare, token: str) -> None:
         self._define(token, "restoring the previous VM definition")
 
