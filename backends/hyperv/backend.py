@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import shlex
 import dataclasses
 import math
 import logging
@@ -19,7 +20,8 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import LegacySettings
-from gpupass.backends.hyperv.steps import AddPartition, Assign, Release, RemovePartitions, SetPartitionCount
+from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishRelease, Release, RemovePartitions,
+                                            SetPartitionCount)
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -391,10 +393,13 @@ class HypervBackend(Backend):
                 "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
         gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
         # A device dismounted from the host and on no VM is ready for assignment -- or left by a release that stopped
-        # half-way; only then is the host asked which VMs still carry a restore record without a device.
-        loose = sorted(fn["LocationPath"] for fn in functions_raw if fn.get("Dismounted") and not fn.get("Owner"))
-        if loose:
-            vms = self._with_stopped_releases(vms, [str(addresses[p]) for p in loose])
+        # half-way, as is a device mounted back but still disabled (present, with its host driver -- a GPU prepared for
+        # DDA without one shows Status Error always -- and not OK); only then are the VMs' restore records read.
+        loose = {fn["LocationPath"] for fn in functions_raw if fn.get("Dismounted") and not fn.get("Owner")}
+        disabled = {fn["LocationPath"] for fn in functions_raw if fn.get("Present") and fn.get("Class")
+                    and not fn.get("Dismounted") and fn.get("Status") != "OK"}
+        if loose or disabled:
+            vms = self._with_stopped_releases(vms, records, loose, disabled, addresses)
         host_raw = data.get("Host") or {}
         os_raw = data.get("Os") or {}
         iov = host_raw.get("IovSupport")
@@ -414,22 +419,55 @@ class HypervBackend(Backend):
                          {("", a): f for a, f in functions.items()},
                          state=HypervState({a: p for p, a in addresses.items()}, records))
 
-    def _with_stopped_releases(self, vms: list[Vm], loose: list[str]) -> list[Vm]:
-        """`unfinished` for each VM a release left without its devices and without its settings back (the record is
-        still in its notes), naming the devices that are dismounted and on no VM."""
+    def _with_stopped_releases(self, vms: list[Vm], records: dict[str, dict[str, Any]], loose: set[str],
+                               disabled: set[str], addresses: Mapping[str, PciAddress]) -> list[Vm]:
+        """`unfinished` for each VM a release left half-way, read from the restore records in the VMs' notes (one
+        more script): the release's intent (`Releasing`) names the devices it was taking back; those still dismounted
+        and on no VM, or mounted back but disabled, are what is left to do, with the settings where the VM holds no
+        device. `records[vm]["ex_finish"]` keeps it for plan_finish_release: the same release again finishes it. A
+        record without an intent (an older gpupass) on a VM without devices is shown with the steps by hand."""
         code, data, err = self._run_json(scripts.stopped_releases_script(), "reading the VMs' restore records")
         if code != 0:
             raise from_exit("reading the VMs' restore records", code, err)
-        names = data.get("Vms") or []
-        stopped = {str(n) for n in ([names] if isinstance(names, str) else names)}
-        devices = ", ".join(loose)
-        note = (f"a release stopped before it finished (killed, or its connection lost): the VM holds no device but "
-                f"its stop action and MMIO were not restored (the gpupass restore record is still in its notes), and "
-                f"{devices} {'is' if len(loose) == 1 else 'are'} dismounted from the host and on no VM; finish by hand: "
-                "Mount-VMHostAssignableDevice -LocationPath and Enable-PnpDevice for each device it took from this VM, "
-                "then Set-VM -AutomaticStopAction -LowMemoryMappedIoSpace -HighMemoryMappedIoSpace "
-                "-GuestControlledCacheTypes with the record's values and -Notes without the record")
-        return [dataclasses.replace(vm, unfinished=vm.unfinished + (note,)) if vm.name in stopped else vm for vm in vms]
+        entries = data.get("Vms") or []
+        notes: dict[str, str] = {}
+        for entry in [entries] if isinstance(entries, dict) else entries:
+            name, held = str(entry.get("Name")), int(entry.get("Held") or 0)
+            named = entry.get("Releasing")
+            intent = [str(p) for p in ([named] if isinstance(named, str) else named or [])]
+            if name not in records:
+                continue
+            if intent:
+                pending = [p for p in intent if p in loose or p in disabled]
+                if not pending and held:
+                    continue          # its devices were given back to it: nothing of the release is left to do
+                records[name] = {**records[name], "ex_finish": {"paths": pending, "restore": not held}}
+                notes[name] = self._stopped_release_note(name, pending, loose, addresses, restore=not held)
+            elif not held and loose:
+                devices = ", ".join(sorted(str(addresses[p]) for p in loose))
+                notes[name] = (
+                    f"a release stopped before it finished (killed, or its connection lost): the VM holds no device but "
+                    f"its stop action and MMIO were not restored (the gpupass restore record is still in its notes), and "
+                    f"{devices} {'is' if len(loose) == 1 else 'are'} dismounted from the host and on no VM; the record "
+                    "does not say which device was this VM's (an older gpupass wrote it), so finish by hand: "
+                    "Mount-VMHostAssignableDevice -LocationPath and Enable-PnpDevice for each device it took from this "
+                    "VM, then Set-VM -AutomaticStopAction -LowMemoryMappedIoSpace -HighMemoryMappedIoSpace "
+                    "-GuestControlledCacheTypes with the record's values and -Notes without the record")
+        return [dataclasses.replace(vm, unfinished=vm.unfinished + (notes[vm.name],)) if vm.name in notes else vm
+                for vm in vms]
+
+    def _stopped_release_note(self, vm: str, pending: list[str], loose: set[str], addresses: Mapping[str, PciAddress],
+                              restore: bool) -> str:
+        left = [f"{addresses[p]} is dismounted from the host and on no VM" if p in loose else
+                f"{addresses[p]} is mounted back on the host but still disabled" for p in pending if p in addresses]
+        if restore:
+            left.append("the VM holds no device, but its stop action and MMIO are not restored (the gpupass restore "
+                        "record is still in its notes)")
+        else:
+            left.append("the gpupass restore record in its notes still names the release")
+        command = f"gpupass release {shlex.quote(self.target.label)} {shlex.quote(vm)}"
+        return (f"a release stopped half-way (its client killed or its connection lost, with its script failing on the "
+                f"host): {'; '.join(left)}; `{command}` finishes it")
 
     def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
@@ -552,6 +590,32 @@ class HypervBackend(Backend):
             ))
         return steps
 
+    def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
+        """A release of this VM that stopped half-way (_with_stopped_releases read its intent from the restore record
+        in the VM's notes): the devices it left dismounted or disabled go back to the host, and the VM's settings are
+        restored from the record where it holds no device. Nothing where the facts show no such release."""
+        left = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_finish")
+        if not left:
+            return []
+        state = _state(ctx.facts)
+        paths = tuple(str(p) for p in left.get("paths") or ())
+        restore = bool(left.get("restore"))
+        addresses = tuple(str(a) for a, path in state.location_paths.items() if path in paths)
+        changes = tuple(f"Mount-VMHostAssignableDevice (where still dismounted) and Enable-PnpDevice {p}" for p in paths)
+        changes += (("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the VM's "
+                     "notes, and the record taken out of the notes",) if restore else
+                    ("the release's intent taken out of the gpupass restore record (the VM keeps other devices)",))
+        return [Step(
+            action="hyperv.finish-release",
+            description=f"finish the release of VM '{ctx.vm.name}' that stopped half-way"
+                        + (f": give {', '.join(addresses) or ', '.join(paths)} back to the host" if paths else "")
+                        + (" and restore the VM's settings from its restore record" if restore else ""),
+            undo="nothing to undo: it puts the host where the stopped release would have",
+            changes=changes, needs_vm_off=True,
+            preview=scripts.finish_release_script(ctx.vm.name, list(paths)),
+            payload=FinishRelease(ctx.vm.name, ctx.vm.id, paths, addresses, restore),
+        )]
+
     # -- GPU partitioning (GPU-P) shares ------------------------------------------------------------
     @staticmethod
     def _instance_path(gpu: Gpu) -> str:
@@ -672,6 +736,34 @@ class HypervBackend(Backend):
             self._legacy.delete(payload.vm_id)   # restored (or superseded by the VM's own record)
         return restored
 
+    @_apply.register
+    def _apply_finish_release(self, payload: FinishRelease, step: Step) -> None:
+        action = f"finishing the release of VM '{payload.vm}'"
+        code, data, err = self._run_json(scripts.finish_release_script(payload.vm, list(payload.paths)), action)
+        taken = data.get("taken") or []
+        taken = [t for t in ([taken] if isinstance(taken, dict) else taken) if isinstance(t, dict)]
+        held = ", ".join(f"{t.get('Path')} by VM '{t.get('Vm')}'" for t in taken)
+        if code != 0 or not data.get("ok"):
+            stage = dict(data.get("stage") or {})
+            damage = data.get("recordDamage")
+            cause = from_script_result(action, data)
+            if damage:
+                raise OperationFailed(f"{action}: the gpupass restore record in the VM's notes is damaged: "
+                                      f"{scripts.RECORD_DAMAGE.get(str(damage), str(damage))}; nothing was changed",
+                                      remedy="look at the VM's notes (Get-VM | Select-Object Name, Notes): repair the "
+                                             "record, or delete it and finish by hand", rolled_back=True)
+            if not stage:
+                raise OperationFailed(f"{cause.message}; nothing was changed", remedy=cause.remedy, rolled_back=True)
+            done = ", ".join(f"{p}: {s}" for p, s in stage.items())
+            raise OperationFailed(f"{cause.message}; devices back on the host so far: {done}",
+                                  remedy=f"run `gpupass status {self.target.label}`: the same release again finishes "
+                                         "the rest", rolled_back=False)
+        if taken:
+            # Another run assigned the device after this release was planned: Hyper-V added it to that VM (it was
+            # dismounted), so it stays there; this VM's own part (its settings, its record) is done all the same.
+            log.warning("%s: %s held now (another run assigned it after this release was planned): left there",
+                        action, held)
+
     def undo(self, step: Step, token: Any) -> None:
         self._undo(step.payload, token)
 
@@ -687,6 +779,11 @@ class HypervBackend(Backend):
             self._release(payload.vm, list(payload.paths), None)
         except _PartialRelease as partial:
             raise partial.error from None
+
+    @_undo.register
+    def _undo_finish_release(self, payload: FinishRelease, token: None) -> None:
+        raise OperationFailed(f"finishing the release of VM '{payload.vm}' is not undone: it puts the host where the "
+                              "stopped release would have", rolled_back=False)
 
     @_undo.register
     def _undo_release(self, payload: Release, token: str | None) -> None:
@@ -896,6 +993,8 @@ class HypervBackend(Backend):
                 self._run_change(scripts.assign_script(payload.vm, mounted, current["low_mmio"],
                                                        current["high_mmio"], current["stop_action"],
                                                        current["guest_cache"]), action)
+            # the devices are the VM's again: the release's intent in its restore record names nothing left to do
+            self._run_change(scripts.drop_intent_script(payload.vm), action)
         except OperationFailed as again:
             stages = ", ".join(f"{p}: {partial.stage[p]}" for p in touched)
             return OperationFailed(f"{cause.message}; giving the devices back to the VM failed too "

@@ -264,8 +264,8 @@ _FIND_VM = _lines(
 )
 
 
-def _paths(location_paths: Sequence[str]) -> str:
-    if not location_paths:
+def _paths(location_paths: Sequence[str], allow_none: bool = False) -> str:
+    if not location_paths and not allow_none:
         raise ValueError("no device location path given")
     if len(set(p.lower() for p in location_paths)) != len(location_paths):
         raise ValueError("duplicate location path")
@@ -294,8 +294,9 @@ _IID_MAP = _lines(
 # Set-VM call that restores the settings.
 RECORD_BEGIN = "[gpupass restore record: do not edit]"
 RECORD_END = "[end of gpupass record]"
-# JSON of the five settings is about 150 characters; a longer "record" is not one gpupass wrote.
-RECORD_MAX_CHARS = 400
+# JSON of the five settings is about 150 characters, plus the location paths a release is taking back while it runs
+# (about 55 characters each, as many as fit one script); a longer "record" is not one gpupass wrote.
+RECORD_MAX_CHARS = 1500
 RECORD_DAMAGE = {
     "end": f"it has no end marker {RECORD_END!r} within {RECORD_MAX_CHARS} characters (cut, or edited)",
     "json": "it is not the JSON gpupass writes",
@@ -382,21 +383,40 @@ def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, hi
     return _check(s, "assign", max_chars)
 
 
-# Reads the record from $v's notes into $gk and computes $gn, the notes without it (and without the line break
-# gpupass put before it); $gr names what is damaged (a RECORD_DAMAGE key) and stops the script before any change.
+# Reads the record from $v's notes into $gk (its JSON text: $gj) and computes $gn, the notes without it (and without
+# the line break gpupass put before it); $gr names what is damaged (a RECORD_DAMAGE key) and stops the script before
+# any change -- unless $gz says a damaged record may be left alone (a release that keeps other devices on the VM
+# neither restores from it nor records its intent in it). $gk, $gj, $gr and $rs start undefined, which PowerShell
+# reads as $null (without Set-StrictMode, about_Variables).
 # The casts refuse what Set-VM's -LowMemoryMappedIoSpace (UInt32) and -HighMemoryMappedIoSpace (UInt64) would.
 _READ_RECORD = _lines(
     "$gt=[string]$v.Notes;$gn=$gt;$gi=$gt.IndexOf($gb)",
     "if($gi -ge 0){$x=$gt.Substring($gi+$gb.Length);$j=$x.IndexOf(" + ps_quote(RECORD_END) + ");$gr='end'",
-    f"if($j -ge 0 -and $j -le {RECORD_MAX_CHARS}){{$gr='json';try{{$gk=ConvertFrom-Json ($x.Substring(0,$j))",
+    f"if($j -ge 0 -and $j -le {RECORD_MAX_CHARS}){{$gr='json';try{{$gj=$x.Substring(0,$j);$gk=ConvertFrom-Json $gj",
     "$gr='value';$q=[uint32]$gk.LowMmio;$q=[uint64]$gk.HighMmio",
     "if(@(" + ",".join(ps_quote(a) for a in STOP_ACTIONS) + ") -contains $gk.StopAction -and ($gk.GuestCache -eq "
     "$true -or $gk.GuestCache -eq $false)){$gr='vm'}",
     "if($gr -eq 'vm' -and [string]$gk.VMId -eq [string]$v.VMId){$gr=$null}}catch{}}",
-    "if($gr){$gk=$null;throw ('The gpupass restore record in the notes of VM '+$n+' is damaged')}",
+    # backend.py says what is damaged (RECORD_DAMAGE[$gr])
+    "if($gr){$gk=$null;$gj=$null;if(!$gz){throw 'damaged gpupass record'}}else{",
     f"$j+=$gb.Length+{len(RECORD_END)};if($gi -gt 0){{if($gt.Substring($gi-1,1) -eq {ps_quote(chr(10))}){{$gi-=1;$j+=1}}}}",
-    "$gn=$gt.Substring(0,$gi)+$gt.Substring($gi+$j);$rs='notes'}",
+    "$gn=$gt.Substring(0,$gi)+$gt.Substring($gi+$j);$rs='notes'}}",
 )
+
+
+# Set-VM of the settings in the record ($gk) and the notes without it ($gn): what a release that leaves the VM without
+# devices ends with.
+_RESTORE_SETTINGS = ("Set-VM -VM $v -AutomaticStopAction $gk.StopAction -GuestControlledCacheTypes $gk.GuestCache "
+                     "-LowMemoryMappedIoSpace $gk.LowMmio -HighMemoryMappedIoSpace $gk.HighMmio -Notes $gn")
+
+
+# The release's intent: the record's JSON ($gj, read by _READ_RECORD) gains "Releasing", the location paths in $l, in
+# place (the rest of the notes stays as it is).
+_WRITE_INTENT = ("Set-VM -VM $v -Notes ($gt.Replace($gj,$gj.Substring(0,$gj.Length-1)+" + ps_quote(',"Releasing":')
+                 + "+(ConvertTo-Json -InputObject @($l) -Compress)+'}'))")
+# The intent taken out of the record again ($i2: where it starts in the record's JSON; -1: there is none).
+_DROP_INTENT = ("$i2=$gj.IndexOf(" + ps_quote(',"Releasing":') + ");if($i2 -ge 0){"
+                "Set-VM -VM $v -Notes ($gt.Replace($gb+$gj,$gb+$gj.Substring(0,$i2)+'}'))}")
 
 
 def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettings | None = None,
@@ -425,16 +445,17 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
         "$gb=" + ps_quote(RECORD_BEGIN),
         "$g=@{}",
         "$ok=@()",
-        "$gk=$null",
-        "$gr=$null",
-        "$rs=$null",
         "$step='Get-VM'",
         "try{",
         _FIND_VM,
         "$w=0;foreach($a in @(Get-VMAssignableDevice -VM $v)){if($l -notcontains $a.LocationPath){$w+=1}}",
-        "if($w -eq 0){$step='restore record'",
+        "$step='restore record';$gz=$w -gt 0",
         _READ_RECORD,
-        fallback + "}",
+        "if($w -eq 0){" + fallback + "}",
+        # The intent, before the first change: the record names the devices this release takes, so a release stopped
+        # half-way (its client killed, its script failing with nobody left to give the devices back) is shown by
+        # `status` and finished by the same release again (finish_release_script).
+        "if($gj){" + _WRITE_INTENT + "}",
         "foreach($p in $l){",
         "$step='Remove-VMAssignableDevice '+$p",
         "Remove-VMAssignableDevice -VMAssignableDevice (Get-VMAssignableDevice -VM $v -LocationPath $p)",
@@ -451,13 +472,17 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
         "$g[$p]='enabled'",
         "$ok+=$p",
         "}",
-        "if($gk){$step='Set-VM'",
-        "Set-VM -VM $v -AutomaticStopAction $gk.StopAction -GuestControlledCacheTypes $gk.GuestCache "
-        "-LowMemoryMappedIoSpace $gk.LowMmio -HighMemoryMappedIoSpace $gk.HighMmio -Notes $gn}",
+        "if($w -gt 0){$rs=$null}",
+        "if($rs){$step='Set-VM'",
+        _RESTORE_SETTINGS + "}",
+        # a VM that keeps other devices keeps its record, as it was before the intent
+        "elseif($gj){$step='Set-VM';Set-VM -VM $v -Notes $gt}",
         "$r=[pscustomobject]@{ok=$true;released=$ok;stage=$g;restored=$rs}",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;released=$ok;stage=$g;error=$_.Exception.Message;"
         "errorId=$_.FullyQualifiedErrorId;step=$step;recordDamage=$gr}",
+        # stopped before it took any device: nothing to finish, so the intent goes too
+        "if($gj -and $g.Count -eq 0){try{Set-VM -VM $v -Notes $gt}catch{}}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
@@ -466,18 +491,112 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
 
 
 def stopped_releases_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
-    """The VMs whose notes hold a gpupass restore record while they hold no assigned device: what a release that
-    stopped between its Remove-VMAssignableDevice and its Set-VM (its client killed, the script failing on the host
-    with nobody to give the devices back) leaves. Prints ``{"Vms": [names]}``."""
+    """Each VM whose notes hold a gpupass restore record: how many assigned devices it holds now and the devices a
+    release of it was taking back when it wrote the record's ``Releasing`` (its intent; null where there is none, or
+    the record cannot be read). A release that stopped between its Remove-VMAssignableDevice and its last Set-VM (its
+    client killed, its script failing on the host with nobody left to give the devices back) leaves its intent.
+    Prints ``{"Vms": [{"Name", "Held", "Releasing"}]}``."""
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$gb=" + ps_quote(RECORD_BEGIN),
         "$r=@()",
-        "foreach($v in @(Get-VM)){if(([string]$v.Notes).IndexOf($gb) -ge 0 -and "
-        "@(Get-VMAssignableDevice -VM $v).Count -eq 0){$r+=$v.Name}}",
-        "ConvertTo-Json -InputObject ([pscustomobject]@{Vms=$r}) -Compress",
+        "foreach($v in @(Get-VM)){$t=[string]$v.Notes;$i=$t.IndexOf($gb)",
+        "if($i -ge 0){$x=$t.Substring($i+$gb.Length);$j=$x.IndexOf(" + ps_quote(RECORD_END) + ");$k=$null",
+        "if($j -ge 0){try{$k=(ConvertFrom-Json ($x.Substring(0,$j))).Releasing}catch{}}",
+        "$r+=[pscustomobject]@{Name=$v.Name;Held=@(Get-VMAssignableDevice -VM $v).Count;Releasing=$k}}}",
+        "ConvertTo-Json -InputObject ([pscustomobject]@{Vms=$r}) -Depth 4 -Compress",
     )
     return _check(s, "stopped releases", max_chars)
+
+
+def finish_release_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Finish a release of ``vm_name`` that stopped half-way, for the devices its intent named (``location_paths``):
+    each one no VM holds goes back to the host -- ``Mount-VMHostAssignableDevice`` where it is still dismounted, then
+    ``Enable-PnpDevice`` -- and, if the VM is left without any assigned device, one ``Set-VM`` restores the settings
+    of its restore record and takes the record out of its notes; otherwise the intent alone is taken out of the record.
+
+    A device some VM holds now is left where it is (another run assigned it since: Hyper-V adds a device to a VM only
+    while it is dismounted from the host -- Dismount-VMHostAssignableDevice's page: dismounting makes a device
+    "available for assignment to a virtual machine" -- and mounts back only one no VM holds (assumed: the pages do not
+    say it; Microsoft's DDA guide removes a device from its VM before it mounts it)) and reported in ``taken``. The
+    record is checked before the first change, as the release script does. Prints ``{"ok", "stage": {path:
+    "mounted"|"enabled"}, "taken": [{"Path", "Vm"}], "restored": "notes"|null, "error", "errorId", "step",
+    "recordDamage"}``; exits 1 on failure."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        _paths(location_paths, allow_none=True),
+        "$gb=" + ps_quote(RECORD_BEGIN),
+        "$g=@{}",
+        "$h=@()",
+        "$gk=$null",
+        "$gj=$null",
+        "$gr=$null",
+        "$rs=$null",
+        "$step='Get-VM'",
+        "try{",
+        _FIND_VM,
+        "$step='restore record'",
+        _READ_RECORD,
+        "$step='owners'",
+        "$o=@{};foreach($x in @(Get-VM)){foreach($a in @(Get-VMAssignableDevice -VM $x)){$o[$a.LocationPath]=$x.Name}}",
+        "$f=@();foreach($p in $l){if($o.ContainsKey($p)){$h+=[pscustomobject]@{Path=$p;Vm=$o[$p]}}else{$f+=$p}}",
+        "$d=@();foreach($a in @(Get-VMHostAssignableDevice)){$d+=$a.LocationPath}",
+        "$l=$f",
+        "foreach($p in $l){if($d -contains $p){$step='Mount-VMHostAssignableDevice '+$p",
+        "Mount-VMHostAssignableDevice -LocationPath $p",
+        "$g[$p]='mounted'}}",
+        "$step='lookup'",
+        _IID_MAP,
+        "foreach($p in $l){",
+        "$step='Enable-PnpDevice '+$p",
+        "Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false",
+        "$g[$p]='enabled'",
+        "}",
+        "if(@(Get-VMAssignableDevice -VM $v).Count -gt 0){$rs=$null}",
+        "if($rs){$step='Set-VM'",
+        _RESTORE_SETTINGS + "}",
+        "elseif($gj){$step='Set-VM -Notes'",
+        _DROP_INTENT + "}",
+        "$r=[pscustomobject]@{ok=$true;stage=$g;taken=$h;restored=$rs}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;stage=$g;taken=$h;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
+        "step=$step;recordDamage=$gr}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "finish release", max_chars)
+
+
+def drop_intent_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Take a release's intent (``Releasing``) out of ``vm_name``'s restore record, leaving the record as the assign
+    wrote it: after gpupass gave a failed release's devices back to the VM. Prints ``{"ok", "error", "errorId",
+    "step"}``; exits 1 on failure."""
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$n=" + ps_quote(vm_name),
+        "$gb=" + ps_quote(RECORD_BEGIN),
+        "$gk=$null",
+        "$gj=$null",
+        "$gr=$null",
+        "$rs=$null",
+        "$step='Get-VM'",
+        "try{",
+        _FIND_VM,
+        "$step='restore record'",
+        _READ_RECORD,
+        "$step='Set-VM -Notes'",
+        "if($gj){" + _DROP_INTENT + "}",
+        "$r=[pscustomobject]@{ok=$true}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;step=$step;"
+        "recordDamage=$gr}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "drop intent", max_chars)
 
 
 def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
@@ -510,7 +629,8 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
 
 __all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "RECORD_BEGIN",
            "RECORD_DAMAGE", "RECORD_END", "RECORD_MAX_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
-           "assign_script", "command_line_length", "inventory_script", "owners_script", "ps_int", "ps_quote", "readd_script",
+           "assign_script", "command_line_length", "drop_intent_script", "finish_release_script", "inventory_script",
+           "owners_script", "ps_int", "ps_quote", "readd_script",
            "release_script"]
 
 

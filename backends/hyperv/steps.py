@@ -42,6 +42,20 @@ class Release:
     current: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class FinishRelease:
+    """Finish a release of VM `vm` (`vm_id`) that stopped half-way (scripts.finish_release_script): the devices at
+    `paths` (PCI `addresses`), which its intent in the VM's restore record names and no VM holds, go back to the host
+    (Mount-VMHostAssignableDevice where still dismounted, Enable-PnpDevice); `restore`: the VM holds no device, so its
+    recorded settings are put back and the record removed (else only the intent is taken out of the record)."""
+
+    vm: str
+    vm_id: str
+    paths: tuple[str, ...]
+    addresses: tuple[str, ...]
+    restore: bool
+
+
 # -- GPU partitioning (GPU-P) shares --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AddPartition:

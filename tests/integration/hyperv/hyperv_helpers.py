@@ -66,3 +66,21 @@ class Remote:
         r = self.ps(script)
         assert r.std_out.strip(), f"no output; stderr: {r.std_err.decode(errors='replace')}"
         return r.status_code, json.loads(r.std_out)
+
+
+def stop_a_release_half_way(backend, endpoint, vm: str, failing: str = "Mount-VMHostAssignableDevice") -> None:
+    """Leave `vm`'s release stopped half-way on the host, as a client killed with its release script on the wire
+    leaves it when the host then fails the script at `failing` (after Remove-VMAssignableDevice): the release script
+    gpupass plans is run on the host as sent, and nobody gives the devices back (no gpupass is left to)."""
+    from gpupass.core import plugins
+    from gpupass.core.domain.request import ReleaseRequest
+    from gpupass.core.service import make_plan
+
+    plan = make_plan(backend, backend.inventory(), ReleaseRequest(vm), plugins.default_registry())
+    (step,) = [s for s in plan.steps if s.writes]
+    endpoint.inject_fault(failing)
+    try:
+        code, data, _ = backend._run_json(step.preview, "the release a killed client sent")
+    finally:
+        endpoint.clear_faults()
+    assert code == 1 and data["step"].startswith(failing), data

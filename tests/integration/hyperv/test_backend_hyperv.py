@@ -23,7 +23,7 @@ from gpupass.core.errors import (AuthenticationFailed, ConnectionFailed, NotSupp
                                  UsageError)
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
-from hyperv_helpers import PASSWORD, USER, rtx_host
+from hyperv_helpers import PASSWORD, USER, rtx_host, stop_a_release_half_way
 
 ADDR = address_map([A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC])
 FREE, OWNED, T4 = ADDR[A100_2_LOC], ADDR[A100_1_LOC], ADDR[T4_LOC]
@@ -413,6 +413,13 @@ def test_every_hyperv_payload_type_survives_a_snapshot_round_trip(open_backend, 
     seen |= payloads_survive_a_snapshot(recount, [AssignmentRequest(
         "ml-train", (gpu.address,), AssignOptions(share="partitions-16", ex_share_options={"MaxPartitionVRAM": "9"}))],
         tmp_path / "recount")
+    # a release stopped half-way (hyperv_helpers.stop_a_release_half_way), finished by the same release again
+    stopped, stopped_ep = open_backend()
+    execute(stopped, make_plan(stopped, stopped.inventory(), AssignmentRequest("ml-train", (FREE,)),
+                               plugins.default_registry()))
+    stop_a_release_half_way(stopped, stopped_ep, "ml-train")
+    (tmp_path / "stopped").mkdir()
+    seen |= payloads_survive_a_snapshot(stopped, [ReleaseRequest("ml-train")], tmp_path / "stopped")
     assert seen == payload_types("hyperv")
 
 

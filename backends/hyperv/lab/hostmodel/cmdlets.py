@@ -570,6 +570,10 @@ def mount_vmhost_assignable_device(ctx: _Ctx, model: HostModel, locationpath: st
                                    instancepath: str | None = None, passthru: bool = False) -> list[Any]:
     cmd = "MountVMHostAssignableDevice"
     d = _dev_at(model, locationpath, instancepath, cmd)
+    # Rules assumed: Mount-VMHostAssignableDevice's page only says it mounts a device "physically present on the
+    # virtual machine host" (Msvm_AssignableDeviceService.MountAssignableDevice: "so that it can be used by the host");
+    # that it refuses a device that is not dismounted, or one a VM holds, is assumed from Microsoft's DDA guide, which
+    # removes a device from its VM (Remove-VMAssignableDevice) before it mounts it back.
     if not d.dismounted:
         raise HyperVError(f"The device at location path '{d.location_path}' is not dismounted.",  # (approx)
                           f"InvalidState,{HV}{cmd}", "InvalidOperation", VEX, d.location_path)
@@ -598,6 +602,9 @@ def add_vm_assignable_device(ctx: _Ctx, model: HostModel, vmname: list[str] | No
     for v in _resolve_vms(ctx, model, vmname, vm, cmd):
         d = _dev_at(model, locationpath, instancepath, cmd)
         fail = "Failed to add device 'Virtual Pci Express Port'."     # (approx) prefix of Add's own errors
+        # Only a dismounted device no VM holds is added: Dismount-VMHostAssignableDevice's page (winserver2022-ps)
+        # dismounts a device "making it available for assignment to a virtual machine"; a device on a VM is no longer
+        # in Get-VMHostAssignableDevice's list (the real output in tests/fixtures/real/hyperv/ lists dismounted ones).
         if v.state != "Off":
             ctx.error(_invalid_state(v, cmd))
             continue
