@@ -4,7 +4,8 @@ The endpoint holds the release script's Command unanswered; the client process i
 script it was sent (as Windows runs a command whose client vanished). The release is one script, so the host is
 exactly released -- device back on the host, the VM's stop action and MMIO restored from the restore record in its
 notes, the record consumed once -- or, where the script stopped at its first device, exactly as before with the
-record still there; `gpupass status` says which, and the same release run again converges."""
+record still there, or -- where the host failed the script after it removed the device -- half-way with its intent in
+the record; `gpupass status` says which, and the same release run again converges (finishes the half-way one)."""
 from __future__ import annotations
 
 import json
@@ -69,7 +70,10 @@ def test_a_client_killed_with_its_release_on_the_wire_leaves_the_vm_exactly_rele
         assert f"{GPU} is dismounted from the host and on no VM" in vm["unfinished"][0]
         assert "restore record is still in its notes" in vm["unfinished"][0]
         assert S.RECORD_BEGIN in model.vm("ml-train").notes
-        return
+        assert "`gpupass release" in vm["unfinished"][0]                # ... and what finishes it:
+        again = gpupass("release", uri, "ml-train", "--yes")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert model.to_dict() == original                      # the device the host's, settings restored, record gone
     else:
         # exactly as before: the device still on the VM, its settings and its record untouched
         assert vm["assigned"] == [GPU] and vm["unfinished"] == [] and vm["stop_action"] == "TurnOff", vm
