@@ -150,3 +150,55 @@ def test_a_client_killed_with_its_partition_removal_on_the_wire_leaves_the_vm_re
     again = cli("release", uri, "ml-train", str(RTX), "--yes", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
     assert model.to_dict() == original
+
+
+# -- the endpoint frozen before each partition write (tests/support/hyperv_faults.py) --------------------------------
+@pytest.fixture
+def frozen_lab(tmp_path):
+    from support.hyperv_faults import endpoint_process
+
+    with endpoint_process(tmp_path, partitioned_lab_host(), USER, PASSWORD) as endpoint:
+        target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{endpoint.port}/?transport=basic", name="hv",
+                        password=Secret(PASSWORD))
+        yield endpoint, target
+
+
+def held_by_ml_train(endpoint):
+    return [a.instance_path for a in endpoint.model().vm("ml-train").gpu_partitions]
+
+
+def test_an_endpoint_frozen_before_a_partition_add_is_reported_unknown_and_a_rerun_converges(frozen_lab):
+    """Frozen (SIGSTOP) with the Add-VMGpuPartitionAdapter script about to go: gpupass gives up after the host's
+    timeout, cannot read the host back either and says the outcome is not known (rolled_back false); the thawed endpoint
+    runs the waiting script, the host read back shows the partition, and the same assign again has nothing to do."""
+    from support.hyperv_faults import frozen_before_its_write
+
+    endpoint, target = frozen_lab
+    error = frozen_before_its_write(endpoint, target, ASSIGN, "Add-VMGpuPartitionAdapter",
+                                    lambda: held_by_ml_train(endpoint) == [PATH])
+    assert "could not be read again" in error.message
+    assert held_by_ml_train(endpoint) == [PATH]
+    with HypervBackend(target) as again:
+        facts = again.inventory()
+        gpu = next(g for g in facts.gpus if g.address == RTX)
+        assert [s.holder for s in gpu.sharing.shares if s.holder == "ml-train"] == ["ml-train"]
+        assert facts.find_vm("ml-train").unfinished == ()
+        assert make_plan(again, facts, ASSIGN, plugins.default_registry()).nothing_to_do
+
+
+def test_an_endpoint_frozen_before_a_partition_removal_is_reported_unknown_and_a_rerun_converges(frozen_lab):
+    """Frozen with the Remove-VMGpuPartitionAdapter script about to go: reported not known (rolled_back false); the
+    thawed endpoint removes the partition, the host read back shows none, and the same release again has nothing to
+    do."""
+    from support.hyperv_faults import frozen_before_its_write
+
+    endpoint, target = frozen_lab
+    original = endpoint.model().to_dict()
+    with HypervBackend(target) as first:
+        execute(first, planned(first, ASSIGN))
+    assert held_by_ml_train(endpoint) == [PATH]
+    frozen_before_its_write(endpoint, target, RELEASE, "Remove-VMGpuPartitionAdapter",
+                            lambda: held_by_ml_train(endpoint) == [])
+    assert endpoint.model().to_dict() == original
+    with HypervBackend(target) as again:
+        assert make_plan(again, again.inventory(), RELEASE, plugins.default_registry()).nothing_to_do
