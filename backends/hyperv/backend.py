@@ -465,7 +465,9 @@ class HypervBackend(Backend):
                         "record is still in its notes)")
         else:
             left.append("the gpupass restore record in its notes still names the release")
-        command = f"gpupass release {shlex.quote(self.target.label)} {shlex.quote(vm)}"
+        # A VM that keeps other devices names the GPUs: `release HOST VM` alone would take those too.
+        gpus = "" if restore else "".join(f" {addresses[p]}" for p in pending if p in addresses)
+        command = f"gpupass release {shlex.quote(self.target.label)} {shlex.quote(vm)}{gpus}"
         return (f"a release stopped half-way (its client killed or its connection lost, with its script failing on the "
                 f"host): {'; '.join(left)}; `{command}` finishes it")
 

@@ -206,3 +206,30 @@ def test_a_gpupass_assign_racing_the_finishing_release_leaves_one_outcome(lab):
         assert owners == set() and device.enabled and not device.dismounted
         assert model.to_dict() == original
     assert unfinished(uri, "ml-train") == [] and unfinished(uri, "cad-ws") == []
+
+
+def test_a_stopped_release_of_one_gpu_of_two_is_finished_by_naming_it(lab):
+    """ml-train keeps another device: the stopped release's record stays (the settings are still needed), `status`
+    names the GPU in the command -- `release HOST VM` alone would take the other device too -- and that command mounts
+    and enables the device and takes the intent out of the record, leaving the record as the assign wrote it."""
+    from gpupass.backends.hyperv.lab.hostmodel.lab import T4_NO_DRIVER_LOC as T4_LOC
+
+    model, ep, backend, _ = lab()
+    t4 = address_map([T4_LOC])[T4_LOC]
+    execute(backend, plan(backend, AssignmentRequest("ml-train", (t4,))))
+    notes = model.vm("ml-train").notes
+    finishing = make_plan(backend, backend.inventory(), ReleaseRequest("ml-train", (GPU,)), plugins.default_registry())
+    ep.inject_fault("Mount-VMHostAssignableDevice")
+    backend._run_json(finishing.steps[0].preview, "the release a killed client sent")
+    ep.clear_faults()
+    uri = backend.target.uri
+    (left,) = unfinished(uri, "ml-train")
+    assert f"`gpupass release {shlex.quote(uri)} ml-train {GPU}` finishes it" in left
+    again = cli("release", uri, "ml-train", str(GPU), "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is True, again.stdout + again.stderr
+    vm, device = model.vm("ml-train"), model.device_by_location(A100_2_LOC)
+    assert device.enabled and not device.dismounted and device.assigned_vm is None
+    assert vm.notes == notes and vm.automatic_stop_action == "TurnOff"      # the record and settings still needed
+    assert [d.location_path for d in model.devices if d.assigned_vm == "ml-train"] == [T4_LOC]
+    assert unfinished(uri, "ml-train") == []
+    assert json.loads(cli("release", uri, "ml-train", str(GPU), "--yes", "--json").stdout)["changed"] is False
