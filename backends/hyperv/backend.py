@@ -596,10 +596,10 @@ class HypervBackend(Backend):
         """A release of this VM that stopped half-way (_with_stopped_releases read its intent from the restore record
         in the VM's notes): the devices it left dismounted or disabled go back to the host, and the VM's settings are
         restored from the record where it holds no device. Nothing where the facts show no such release."""
-        left = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_finish")
+        state = _state(ctx.facts)
+        left = (state.vms.get(ctx.vm.name) or {}).get("ex_finish")
         if not left:
             return []
-        state = _state(ctx.facts)
         paths = tuple(str(p) for p in left.get("paths") or ())
         restore = bool(left.get("restore"))
         addresses = tuple(str(a) for a, path in state.location_paths.items() if path in paths)
