@@ -8,38 +8,112 @@ pool and memory flat in the number of hosts. Two measurements, each with its anc
   the same N reads on N plain threads (no pool): what one Python process does with that many waiting reads,
   since every answer must take the interpreter lock in turn;
 - real libvirt test-driver hosts (the lab's host file copied N times) read by the KVM backend, every libvirt
-  request delayed by the injected latency; anchor: the slowest of a sample of these hosts read alone. On a
-  small machine this one is bound by the CPU the backend spends per host (printed as its own floor).
+  request (the open included: as many waits as round trips) delayed by the injected latency; anchor: the slowest
+  of a sample of these hosts read alone. Beside it, the same hosts read through the same pool by what a
+  hand-written libvirt-python script does for the same answer (the same requests, each document parsed once with
+  ElementTree, no model): the floor any Python client reaches in one process here. This measurement is bound by
+  CPU: the test driver runs inside this process (opening a host parses its file, which a remote host does on its
+  own side), and every read's Python work takes the one interpreter lock. So it also prints each read's CPU time
+  split into its parts, the whole process's CPU during the fleet, and the CPU per host the goal would need.
+- the whole commands as an admin runs them (`gpupass gpus --json HOST` against `gpupass fleet gpus --json --hosts
+  ...` of the same hosts, each a new process: start-up, the read, the rows, the JSON), with the same delay put in
+  every libvirt request of that process's KVM backend (gpupass_with_latency below).
 
 Also the worker threads at the peak, and the pool's memory at its peak (tracemalloc) for N/10 and N hosts at the
 same bound, rows streamed (gpupass.core.fleet.stream): their ratio is ~1 when the pool holds nothing per host.
-Not collected by pytest (see conftest.py); tests/bench/test_bench_smoke.py runs it small.
+Not collected by pytest (see conftest.py); tests/bench/test_bench_smoke.py runs it small. Figures from this machine
+(2 cores shared with other work, so they move from run to run) are in docs/architecture.md, "Many hosts at once".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import tracemalloc
+import xml.etree.ElementTree as ET
 from importlib import resources
 from pathlib import Path
+
+import libvirt
 
 from gpupass.backends.kvm.backend import KvmBackend
 from gpupass.core.fleet import gather, stream
 from gpupass.core.target import Target
 
 
+HERE = Path(__file__).resolve().parent
+
+
 class SlowKvmBackend(KvmBackend):
-    """The real KVM backend; every libvirt request waits `latency` seconds first, like a distant host."""
+    """The real KVM backend; every libvirt request (the open too) waits `latency` seconds first, like a distant
+    host. With no latency nothing waits: even time.sleep(0) costs ~0.08 ms here (the kernel's timer slack), which
+    once made the CPU figure below read 2 ms per host too high."""
 
     latency = 0.0
 
+    def _connection(self):
+        if self._conn is None and self.latency:
+            time.sleep(self.latency)
+        return super()._connection()
+
     def _call(self, action, function, *args):
-        time.sleep(self.latency)
+        if self.latency:
+            time.sleep(self.latency)
         return super()._call(action, function, *args)
+
+
+def gpupass_with_latency() -> None:
+    """`gpupass ARGS...` run as `python -c ... LATENCY_MS ARGS...`: the CLI's whole process, with every libvirt
+    request of its KVM backend delayed as SlowKvmBackend does (the registry builds KvmBackend itself)."""
+    from gpupass.backends.kvm import backend as kvm
+    from gpupass.core.cli.entry import main
+
+    latency = float(sys.argv[1]) / 1000
+    call, connection = kvm.KvmBackend._call, kvm.KvmBackend._connection
+
+    def delayed_call(self, action, function, *args):
+        time.sleep(latency)
+        return call(self, action, function, *args)
+
+    def delayed_connection(self):
+        if self._conn is None:
+            time.sleep(latency)
+        return connection(self)
+
+    kvm.KvmBackend._call, kvm.KvmBackend._connection = delayed_call, delayed_connection
+    sys.argv = ["gpupass", *sys.argv[2:]]
+    main()
+
+
+def script_read(uri: str):
+    """What a hand-written libvirt-python script does to learn the same (the PCI and mediated devices, the domain
+    definitions): the same requests as the backend's inventory, each delayed alike, each document parsed once with
+    ElementTree, no model built. -> (the documents, round trips)."""
+    def ask(function, *args):
+        if SlowKvmBackend.latency:
+            time.sleep(SlowKvmBackend.latency)
+        return function(*args)
+
+    conn = ask(libvirt.open, uri)
+    try:
+        documents, trips = [], 1
+        for kind in (libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV, libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV):
+            devices = ask(conn.listAllDevices, kind)
+            documents += [ET.fromstring(ask(device.XMLDesc, 0)) for device in devices]
+            trips += 1 + len(devices)
+        stats = ask(conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        documents += [ET.fromstring(ask(domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)) for domain, _ in stats]
+        return documents, trips + 1 + len(stats)
+    finally:
+        conn.close()
 
 
 def make_hosts(directory: Path, count: int) -> list[str]:
@@ -66,24 +140,89 @@ def _timed(function, *args) -> float:
     return time.perf_counter() - began
 
 
+def _cpu(function, *args) -> float:
+    """The CPU time this thread spends in function(*args) (no latency is set while this is measured)."""
+    began = time.thread_time()
+    function(*args)
+    return time.thread_time() - began
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_host(uris: list[str]) -> dict[str, float]:
+    """Median CPU seconds of one host's read, and of its parts: libvirt's test driver opening the host (it parses
+    the host's file in this process: a remote host does that work on its own side), gpupass reading the same file
+    for the drivers the test driver does not report (test:// hosts only), and the script's read."""
+    assert SlowKvmBackend.latency == 0
+    for uri in uris[:2]:  # first reads warm caches (imports, libvirt's driver tables)
+        read(uri), script_read(uri)
+
+    def test_file(uri: str) -> None:
+        SlowKvmBackend(Target(uri=uri))._test_file_drivers()
+
+    def parts(function) -> float:
+        return statistics.median(_cpu(function, uri) for uri in uris)
+
+    return {"read": parts(read), "open": parts(lambda uri: libvirt.open(uri).close()),
+            "test_file": parts(test_file), "script": parts(script_read)}
+
+
+def _fleet(uris: list[str], function, concurrency: int) -> tuple[float, float, int]:
+    """Wall seconds and this process's CPU seconds (user + system, every thread) of reading every host through
+    the pool, and the round trips counted."""
+    cpu, began = _process_cpu(), time.perf_counter()
+    results = gather(uris, function, concurrency=concurrency, timeout=600)
+    wall, cpu = time.perf_counter() - began, _process_cpu() - cpu
+    assert all(r.facts is not None for r in results), [r.error for r in results if r.error]
+    return wall, cpu, sum(r.round_trips for r in results)
+
+
 def run(hosts: int, latency_ms: float, concurrency: int, sample: int = 10) -> dict[str, float]:
-    """Real test-driver hosts: the fleet's wall time against the slowest of `sample` hosts read alone."""
+    """Real test-driver hosts: the fleet's wall time against the slowest of `sample` hosts read alone, the same for
+    the script's reads, and where the CPU goes."""
     with tempfile.TemporaryDirectory() as scratch:
         uris = make_hosts(Path(scratch), hosts)
         SlowKvmBackend.latency = 0.0
-        cpu_per_host = min(_timed(read, uri) for uri in uris[:sample])  # no latency: the backend's own work
+        cpu = cpu_per_host(uris[:sample])  # no latency: only the work
         SlowKvmBackend.latency = latency_ms / 1000
         slowest = max(_timed(read, uri) for uri in uris[:sample])
-        began = time.perf_counter()
-        together = gather(uris, read, concurrency=concurrency, timeout=600)
-        parallel = time.perf_counter() - began
+        script_slowest = max(_timed(script_read, uri) for uri in uris[:sample])
+        parallel, fleet_cpu, trips = _fleet(uris, read, concurrency)
+        script_parallel, script_cpu, script_trips = _fleet(uris, script_read, concurrency)
         one_trips = read(uris[0])[1]
-    assert all(r.facts is not None for r in together), [r.error for r in together if r.error]
-    trips = sum(r.round_trips for r in together)
-    assert trips == hosts * one_trips
+    assert trips == hosts * one_trips and script_trips == trips  # the script asks what gpupass asks
     return {"hosts": hosts, "latency_ms": latency_ms, "concurrency": concurrency, "round_trips": trips,
-            "fleet_s": parallel, "slowest_single_s": slowest, "cpu_per_host_s": cpu_per_host,
-            "sequential_s": slowest * hosts}
+            "fleet_s": parallel, "slowest_single_s": slowest, "fleet_cpu_s": fleet_cpu,
+            "script_fleet_s": script_parallel, "script_slowest_single_s": script_slowest, "script_fleet_cpu_s": script_cpu,
+            "cpu_per_host_s": cpu["read"], "open_cpu_s": cpu["open"], "test_file_cpu_s": cpu["test_file"],
+            "script_cpu_per_host_s": cpu["script"], "sequential_s": slowest * hosts}
+
+
+def commands(hosts: int, latency_ms: float, runs: int = 3) -> dict[str, float]:
+    """The whole processes an admin runs: `gpupass gpus --json HOST` (median of `runs`) against `gpupass fleet gpus
+    --json --hosts` of `hosts` such hosts and the same without --json (the table; stdout is not a terminal, so no
+    progress is drawn), each request delayed by the latency (gpupass_with_latency)."""
+    launcher = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_fleet; "
+                                      "bench_fleet.gpupass_with_latency()", f"{latency_ms:g}"]
+
+    def wall(*args: str) -> float:
+        began = time.perf_counter()
+        done = subprocess.run([*launcher, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - began
+        assert done.returncode == 0, done.stderr  # 4 if any host could not be read
+        if "--json" in args and "fleet" in args:
+            assert len(json.loads(done.stdout)["hosts"]) == hosts
+        return seconds
+
+    with tempfile.TemporaryDirectory(dir="/tmp" if Path("/tmp").is_dir() else None) as scratch:
+        uris = make_hosts(Path(scratch), hosts)
+        single = statistics.median(wall("gpus", "--json", uri) for uri in uris[:runs])
+        fleet_json = wall("fleet", "gpus", "--json", "--hosts", ",".join(uris))
+        fleet_table = wall("fleet", "gpus", "--hosts", ",".join(uris))
+    return {"hosts": hosts, "single_s": single, "fleet_json_s": fleet_json, "fleet_table_s": fleet_table}
 
 
 def pool(hosts: int, latency_ms: float, requests: int, concurrency: int, sample: int = 5) -> dict[str, float]:
@@ -157,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                              "is every host up to 1,024)")
     parser.add_argument("--real-hosts", type=int, default=None,
                         help="test-driver hosts for the second measurement (default: --hosts)")
+    parser.add_argument("--command-hosts", type=int, default=None,
+                        help="test-driver hosts for the whole commands (default: --real-hosts)")
+    parser.add_argument("--no-commands", action="store_true", help="skip the whole commands")
     args = parser.parse_args(argv)
 
     p = pool(args.hosts, args.latency_ms, args.requests, args.concurrency)
@@ -177,15 +319,46 @@ def main(argv: list[str] | None = None) -> int:
           f"{p['kept'] / p['hosts']:.0f} B per host at {p['hosts']}")
 
     r = run(args.real_hosts or args.hosts, args.latency_ms, args.concurrency)
-    print(f"\nreal test-driver hosts: {r['hosts']} x lab-kvm, {r['latency_ms']:g} ms per libvirt request, "
-          f"{r['round_trips']} round trips in all")
-    print(f"  slowest single host (anchor): {r['slowest_single_s']:7.3f} s")
-    print(f"  all hosts together:           {r['fleet_s']:7.3f} s   ratio "
-          f"{r['fleet_s'] / r['slowest_single_s']:.2f}x (goal <= 1.5x)")
-    print(f"  CPU floor: {r['cpu_per_host_s'] * 1000:.1f} ms of backend work per host x {r['hosts']} = "
-          f"{r['cpu_per_host_s'] * r['hosts']:.2f} s in one process")
-    print(f"  one host after another (estimated): {r['sequential_s']:7.1f} s")
+    report_real_hosts(r)
+    if not args.no_commands:
+        report_commands(commands(args.command_hosts or r["hosts"], args.latency_ms))
     return 0
+
+
+def report_real_hosts(r: dict[str, float]) -> None:
+    n, anchor = r["hosts"], r["slowest_single_s"]
+    ms = lambda seconds: f"{seconds * 1000:.2f} ms"  # noqa: E731
+    print(f"\nreal test-driver hosts: {n} x lab-kvm, {r['latency_ms']:g} ms per libvirt request, "
+          f"{r['round_trips']} round trips in all, at most {r['concurrency']} workers")
+    print(f"  slowest single host (anchor): {anchor:7.3f} s")
+    print(f"  all hosts together:           {r['fleet_s']:7.3f} s   ratio {r['fleet_s'] / anchor:.2f}x (goal <= 1.5x)")
+    print(f"  the script's reads, same pool: {r['script_fleet_s']:6.3f} s   ratio "
+          f"{r['script_fleet_s'] / r['script_slowest_single_s']:.2f}x of its own slowest host "
+          f"({r['script_slowest_single_s']:.3f} s): the floor for a Python client in one process here")
+    app = r["cpu_per_host_s"] - r["open_cpu_s"]
+    print(f"  CPU per host (median, thread CPU time, no latency): {ms(r['cpu_per_host_s'])} = "
+          f"{ms(r['open_cpu_s'])} libvirt's test driver opening the host's file (a remote host's own work) + "
+          f"{ms(app)} gpupass (of which {ms(r['test_file_cpu_s'])} reading that file for drivers, test:// only); "
+          f"the script {ms(r['script_cpu_per_host_s'])}")
+    print(f"  CPU of this process during the fleet: {r['fleet_cpu_s']:.2f} s = {ms(r['fleet_cpu_s'] / n)} per host, "
+          f"{r['fleet_cpu_s'] / n / r['cpu_per_host_s']:.1f}x a read's own (threads taking turns at the interpreter "
+          f"lock); the script's fleet {r['script_fleet_cpu_s']:.2f} s")
+    # 1.5x leaves 0.5 x anchor for everything beyond the waits if the CPU adds to them, and at best 1.5 x anchor
+    # for all of it if every read's CPU is hidden in the others' waits (one interpreter lock: one core's worth).
+    print(f"  needed for 1.5x: all {n} reads' CPU within {1.5 * anchor:.2f} s at best (every read's CPU hidden in "
+          f"the others' waits) = {ms(1.5 * anchor / n)} per host; {ms(0.5 * anchor / n)} per host if the CPU adds "
+          f"to the waits. Measured {ms(r['cpu_per_host_s'])} per host alone, {ms(r['fleet_cpu_s'] / n)} in the fleet; "
+          f"the test driver's open alone is {ms(r['open_cpu_s'])}")
+    print(f"  one host after another (estimated): {r['sequential_s']:7.1f} s")
+
+
+def report_commands(c: dict[str, float]) -> None:
+    print(f"\nwhole commands, each a new process ({c['hosts']} test-driver hosts, the same delay per request):")
+    print(f"  gpupass gpus --json HOST (anchor, median): {c['single_s']:7.3f} s")
+    print(f"  gpupass fleet gpus --json --hosts ...:     {c['fleet_json_s']:7.3f} s   ratio "
+          f"{c['fleet_json_s'] / c['single_s']:.2f}x (goal <= 1.5x)")
+    print(f"  gpupass fleet gpus --hosts ... (table):    {c['fleet_table_s']:7.3f} s   ratio "
+          f"{c['fleet_table_s'] / c['single_s']:.2f}x")
 
 
 if __name__ == "__main__":

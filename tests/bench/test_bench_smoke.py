@@ -79,6 +79,9 @@ def test_fleet_bench_runs_small():
     spec.loader.exec_module(module)
     figures = module.run(hosts=4, latency_ms=1, concurrency=4, sample=2)
     assert figures["round_trips"] == 4 * 26 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
+    assert figures["script_fleet_s"] > 0 and figures["fleet_cpu_s"] > 0
+    # the read's CPU and its parts: the test driver's open and the file read are inside the read's
+    assert 0 < figures["open_cpu_s"] + figures["test_file_cpu_s"] < figures["cpu_per_host_s"]
     pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5, sample=2)
     assert 1 <= pool["peak_threads"] <= 5 and pool["single_s"] > 0 and pool["fleet_s"] > 0
     assert 0 < pool["streamed_small"] and 0 < pool["streamed"] and pool["kept"] > 0
@@ -89,10 +92,13 @@ def test_fleet_bench_prints_each_goal_as_a_ratio_next_to_its_anchor(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--hosts", "20", "--latency-ms", "1", "--requests", "2", "--concurrency", "20",
-                        "--real-hosts", "3"]) == 0
+                        "--real-hosts", "3", "--command-hosts", "2"]) == 0
     out = capsys.readouterr().out
     assert "slowest of 5 hosts read alone (anchor)" in out and "ratio" in out and "(goal <= 1.5x)" in out
     assert "rows streamed: " in out and "for 10x the hosts (flat: ~1)" in out
+    assert "the script's reads, same pool" in out and "needed for 1.5x" in out
+    # the whole commands ran as processes (each asserted its exit code 0) and were timed against one host's
+    assert "gpupass gpus --json HOST (anchor, median)" in out and "gpupass fleet gpus --json --hosts" in out
 
 
 def test_hyperv_bench_runs_as_shipped_and_counts_one_session(capsys):
