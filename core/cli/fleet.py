@@ -215,6 +215,7 @@ def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concu
             for r in results]})
     else:
         rows = []
+        free = total = 0
         for r in results:
             if r.error:
                 rows.append([r.host, "-", "ERROR", r.error.message, "", ""])
@@ -222,12 +223,14 @@ def fleet_gpus(app: AppContext, hosts_option: str | None, all_hosts: bool, concu
             facts = r.facts
             assert facts is not None  # a host read without an error has its facts
             for g in facts.gpus:
-                owner = g.assigned_to or ("free" if assignable(facts, g, app.registry) else "not assignable now")
+                # once per GPU (it runs check's rules): the row and the count below agree by construction
+                now = assignable(facts, g, app.registry)
+                free += now
+                owner = g.assigned_to or ("free" if now else "not assignable now")
                 rows.append([r.host, facts.host.platform, qualified(g),
                              g.model, g.function.ids, owner])
+            total += len(facts.gpus)
         click.echo(render.table(["HOST", "PLATFORM", "ADDRESS", "MODEL", "IDS", "OWNER"], rows))
-        free = sum(1 for r in results if r.facts for g in r.facts.gpus if assignable(r.facts, g, app.registry))
-        total = sum(len(r.facts.gpus) for r in results if r.facts)
         click.echo(f"\n{total} GPUs on {len(results) - len(failed)} hosts, {free} free to assign"
                    + (f"; {len(failed)} host(s) could not be read" if failed else ""))
     if failed:
