@@ -266,7 +266,8 @@ class KvmBackend(Backend):
         virtual_functions: set[PciAddress] = set()
         file_drivers = self._test_file_drivers()
         for device in devices:
-            parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0))
+            parsed = parse_pci_nodedev(self._call("reading a node device", device.XMLDesc, 0),
+                                       driver=file_drivers.get(device.name()) if file_drivers else None)
             if parsed is None:
                 continue
             if parsed.is_physical_function:
@@ -275,8 +276,6 @@ class KvmBackend(Backend):
             if parsed.physical_function is not None:
                 virtual_functions.add(parsed.function.address)
             function = parsed.function
-            if function.driver is None and file_drivers:
-                function = dataclasses.replace(function, driver=file_drivers.get(device.name()))
             if self._is_local:
                 function = _with_sysfs_bars(function)
             functions[function.address] = function

@@ -55,40 +55,60 @@ def address_from_attributes(element: ET.Element) -> PciAddress:
     )
 
 
-def parse_pci_nodedev(xml: str) -> NodeDevice | None:
+def parse_pci_nodedev(xml: str, driver: str | None = None) -> NodeDevice | None:
+    """The PCI function a node device describes, or None for another kind of device. `driver`: the one to give it
+    when the document names none (a test-driver host's file knows it, see drivers_in_node_file).
+
+    One walk over the children instead of ElementPath queries (`find("capability[@type='pci']")`): a fleet parses
+    every PCI device of every host, and the queries cost more than the parse (tests/bench/bench_fleet.py)."""
     root = ET.fromstring(xml)
-    cap = root.find("capability[@type='pci']")
+    cap = next((c for c in root if c.tag == "capability" and c.get("type") == "pci"), None)
     if cap is None:
         return None
-    address = PciAddress(*(int(cap.findtext(tag, "0"), 0) for tag in ("domain", "bus", "slot", "function")))
-    vendor, product = cap.find("vendor"), cap.find("product")
-    name = " ".join(part for part in ((product.text if product is not None else ""),) if part)
+    named = next((n for d in root if d.tag == "driver" for n in d if n.tag == "name"), None)
+    if named is not None:
+        driver = named.text or ""
+    fields: dict[str, ET.Element] = {}  # the first child of each name, as find() gives
+    capabilities = []  # the <capability> children, in order
+    for child in cap:
+        if child.tag == "capability":
+            capabilities.append(child)
+        else:
+            fields.setdefault(child.tag, child)
+    address = PciAddress(*(int(_text(fields, tag, "0"), 0) for tag in ("domain", "bus", "slot", "function")))
+    vendor, product = fields.get("vendor"), fields.get("product")
     function = PciFunction(
         address=address,
         vendor_id=int(vendor.get("id", "0"), 16) if vendor is not None else 0,
         device_id=int(product.get("id", "0"), 16) if product is not None else 0,
-        class_code=int(cap.findtext("class", "0"), 16),
-        name=(name or "").strip(),
-        driver=root.findtext("driver/name"),
-        header_type=next((_HEADER_CAPABILITIES[c.get("type", "")] for c in cap.findall("capability")
+        class_code=int(_text(fields, "class", "0"), 16),
+        name=(product.text or "").strip() if product is not None else "",
+        driver=driver,
+        header_type=next((_HEADER_CAPABILITIES[c.get("type", "")] for c in capabilities
                           if c.get("type") in _HEADER_CAPABILITIES), None),
     )
-    group_element = cap.find("iommuGroup")
+    group_element = fields.get("iommuGroup")
     group = None
     if group_element is not None:
-        members = tuple(sorted(address_from_attributes(a) for a in group_element.findall("address")))
+        members = tuple(sorted(address_from_attributes(a) for a in group_element if a.tag == "address"))
         group = IommuGroup(int(group_element.get("number", "0")), members)
-    pf = cap.find("capability[@type='phys_function']/address")
-    vfs = cap.find("capability[@type='virt_functions']")
+    pf = next((a for c in capabilities if c.get("type") == "phys_function" for a in c if a.tag == "address"), None)
+    vfs = next((c for c in capabilities if c.get("type") == "virt_functions"), None)
     max_count = vfs.get("maxCount", "") if vfs is not None else ""
     return NodeDevice(
-        function, group, _mdev_types(cap),
-        virtual_functions=tuple(sorted(address_from_attributes(a) for a in vfs.findall("address")))
+        function, group, _mdev_types(capabilities),
+        virtual_functions=tuple(sorted(address_from_attributes(a) for a in vfs if a.tag == "address"))
         if vfs is not None else (),
         max_virtual_functions=int(max_count) if max_count.isdigit() else None,
         physical_function=address_from_attributes(pf) if pf is not None else None,
         is_physical_function=vfs is not None,
     )
+
+
+def _text(fields: dict[str, ET.Element], tag: str, default: str) -> str:
+    """Element.findtext(tag, default) over the first children by name."""
+    element = fields.get(tag)
+    return default if element is None else element.text or ""
 
 
 # NVIDIA's vGPU manager describes each type in its sysfs `description`, e.g. "num_heads=4, frl_config=45,
@@ -98,11 +118,12 @@ def parse_pci_nodedev(xml: str) -> NodeDevice | None:
 _NVIDIA_DESCRIPTION = re.compile(r"(\w+)=([^,\s]+)")
 
 
-def _mdev_types(pci_capability: ET.Element) -> tuple[ShareType, ...]:
+def _mdev_types(capabilities: list[ET.Element]) -> tuple[ShareType, ...]:
     """<capability type='mdev_types'><type id='nvidia-46'><name>GRID P40-1Q</name><deviceAPI>vfio-pci</deviceAPI>
-    <availableInstances>23</availableInstances></type>... (libvirt docs/formatnode.rst, "mdev_types")."""
+    <availableInstances>23</availableInstances></type>... (libvirt docs/formatnode.rst, "mdev_types"), from the pci
+    capability's <capability> children."""
     types = []
-    for element in pci_capability.findall("capability[@type='mdev_types']/type"):
+    for element in (t for c in capabilities if c.get("type") == "mdev_types" for t in c if t.tag == "type"):
         available = element.findtext("availableInstances")
         types.append(ShareType(
             id=element.get("id", ""),

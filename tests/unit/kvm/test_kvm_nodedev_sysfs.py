@@ -106,6 +106,12 @@ def test_group_members_are_sorted_and_missing_driver_and_product_name_are_none_a
     assert not parsed.function.is_display
 
 
+def test_a_driver_known_elsewhere_fills_in_only_where_the_document_names_none():
+    # a test-driver host's file knows the drivers its node devices do not report (drivers_in_node_file)
+    assert parse_pci_nodedev(AUDIO_NODEDEV_NO_DRIVER, driver="snd_hda_intel").function.driver == "snd_hda_intel"
+    assert parse_pci_nodedev(A100_NODEDEV, driver="vfio-pci").function.driver == "nvidia"
+
+
 def test_a_nodedev_without_iommu_group_has_none_and_high_addresses_parse():
     parsed = parse_pci_nodedev(IOMMU_OFF_NODEDEV)
     assert parsed.iommu_group is None
