@@ -160,17 +160,16 @@ def _fleet_hosts(app: AppContext, hosts_option: str | None, all_hosts: bool) -> 
 
 def _gather(app: AppContext, names: list[str], concurrency: int | None, timeout: float, as_json: bool
             ) -> list[HostResult]:
-    from gpupass.core.fleet import gather
+    from contextlib import nullcontext
+
+    from gpupass.core.fleet import gather, longer_turns
+    from gpupass.core.progress import waiting
 
     def read(name: str) -> tuple[HostFacts, int]:
         with app.open(name) as backend:
             return backend.inventory(), backend.round_trips
 
-    from gpupass.core.progress import waiting
-
-    if as_json:
-        return gather(names, read, concurrency=concurrency, timeout=timeout)
-    with waiting(f"reading {len(names)} host(s)"):
+    with longer_turns(), nullcontext() if as_json else waiting(f"reading {len(names)} host(s)"):
         return gather(names, read, concurrency=concurrency, timeout=timeout)
 
 

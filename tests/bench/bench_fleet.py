@@ -45,7 +45,7 @@ from pathlib import Path
 import libvirt
 
 from gpupass.backends.kvm.backend import KvmBackend
-from gpupass.core.fleet import gather, stream
+from gpupass.core.fleet import FLEET_SWITCH_INTERVAL_S, gather, longer_turns, stream
 from gpupass.core.target import Target
 
 
@@ -191,11 +191,14 @@ def run(hosts: int, latency_ms: float, concurrency: int, sample: int = 10) -> di
         slowest = max(_timed(read, uri) for uri in uris[:sample])
         script_slowest = max(_timed(script_read, uri) for uri in uris[:sample])
         parallel, fleet_cpu, trips = _fleet(uris, read, concurrency)
+        with longer_turns():  # as the fleet commands read (gpupass.core.cli.fleet)
+            turns_parallel, turns_cpu, _ = _fleet(uris, read, concurrency)
         script_parallel, script_cpu, script_trips = _fleet(uris, script_read, concurrency)
         one_trips = read(uris[0])[1]
     assert trips == hosts * one_trips and script_trips == trips  # the script asks what gpupass asks
     return {"hosts": hosts, "latency_ms": latency_ms, "concurrency": concurrency, "round_trips": trips,
             "fleet_s": parallel, "slowest_single_s": slowest, "fleet_cpu_s": fleet_cpu,
+            "turns_fleet_s": turns_parallel, "turns_fleet_cpu_s": turns_cpu,
             "script_fleet_s": script_parallel, "script_slowest_single_s": script_slowest, "script_fleet_cpu_s": script_cpu,
             "cpu_per_host_s": cpu["read"], "open_cpu_s": cpu["open"], "test_file_cpu_s": cpu["test_file"],
             "script_cpu_per_host_s": cpu["script"], "sequential_s": slowest * hosts}
@@ -332,6 +335,8 @@ def report_real_hosts(r: dict[str, float]) -> None:
           f"{r['round_trips']} round trips in all, at most {r['concurrency']} workers")
     print(f"  slowest single host (anchor): {anchor:7.3f} s")
     print(f"  all hosts together:           {r['fleet_s']:7.3f} s   ratio {r['fleet_s'] / anchor:.2f}x (goal <= 1.5x)")
+    print(f"  the same, switch interval {FLEET_SWITCH_INTERVAL_S * 1000:g} ms (as the fleet commands read): "
+          f"{r['turns_fleet_s']:.3f} s   ratio {r['turns_fleet_s'] / anchor:.2f}x, CPU {r['turns_fleet_cpu_s']:.2f} s")
     print(f"  the script's reads, same pool: {r['script_fleet_s']:6.3f} s   ratio "
           f"{r['script_fleet_s'] / r['script_slowest_single_s']:.2f}x of its own slowest host "
           f"({r['script_slowest_single_s']:.3f} s): the floor for a Python client in one process here")

@@ -160,3 +160,21 @@ def test_the_default_pool_is_large_but_within_the_open_file_limit(monkeypatch):
     assert fleet.default_concurrency() == fleet.MAX_DEFAULT_CONCURRENCY == 1024
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert fleet.default_concurrency() == 1024
+
+
+def test_longer_turns_raises_the_switch_interval_for_the_block_only():
+    import sys
+
+    import pytest
+
+    from gpupass.core.fleet import FLEET_SWITCH_INTERVAL_S, longer_turns
+
+    before = sys.getswitchinterval()
+    with longer_turns():
+        assert sys.getswitchinterval() == pytest.approx(max(before, FLEET_SWITCH_INTERVAL_S))
+        with longer_turns(0.001):  # never lowered by it
+            assert sys.getswitchinterval() == pytest.approx(max(before, FLEET_SWITCH_INTERVAL_S))
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), longer_turns():
+        raise RuntimeError("a failed fleet read")
+    assert sys.getswitchinterval() == before
