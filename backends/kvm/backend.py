@@ -249,6 +249,8 @@ class KvmBackend(Backend):
                 self._bounded("closing the connection", conn._wrapped.close)
             except ConnectionFailed:
                 pass  # the host stopped answering; nothing is left to release on our side
+        if self._watchdog is not None:
+            self._watchdog.close()  # its thread ends (one per host in a fleet otherwise)
 
     @property
     def _is_local(self) -> bool:

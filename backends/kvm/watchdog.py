@@ -6,7 +6,8 @@ virConnectOpen's own handshake (libvirt docs/kbase/keepalive: keepalive messages
 connection is idle" and only once "the client has registered an event loop"). So each call runs on one
 daemon worker thread and the caller waits at most `timeout` seconds. A call that does not come back leaves
 its worker blocked; that worker is abandoned (a daemon thread does not keep the process alive) and the
-connection is given up with it.
+connection is given up with it. close() ends the worker: a fleet opens one backend per host, and a worker left
+waiting for jobs after its backend closed was one thread per host for the rest of the process.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ class CallTimedOut(Exception):
 class Watchdog:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._jobs: queue.SimpleQueue[_Job] | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
 
-    def _worker(self) -> queue.SimpleQueue[_Job]:
+    def _worker(self) -> queue.SimpleQueue[_Job | None]:
         if self._jobs is None:
-            jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+            jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
             def serve() -> None:
                 while True:
-                    function, args, done, box = jobs.get()
+                    job = jobs.get()
+                    if job is None:  # close(), or abandoned: end once the call in hand (if any) came back
+                        return
+                    function, args, done, box = job
                     try:
                         box.append((True, function(*args)))
                     except BaseException as error:  # noqa: BLE001 - handed back to the caller's thread
@@ -50,9 +54,15 @@ class Watchdog:
         done, box = threading.Event(), list[tuple[bool, Any]]()
         self._worker().put((function, args, done, box))
         if not done.wait(self.timeout):
-            self._jobs = None  # abandon the blocked worker; the next call gets a fresh one
+            self.close()  # abandon the blocked worker; the next call gets a fresh one
             raise CallTimedOut()
         ok, value = box[0]
         if ok:
             return value
         raise value
+
+    def close(self) -> None:
+        """End the worker when it is free; a later call starts a new one."""
+        if self._jobs is not None:
+            jobs, self._jobs = self._jobs, None
+            jobs.put(None)

@@ -49,6 +49,20 @@ def backend(libvirtd_uri):
     opened.close()
 
 
+def test_closing_the_backend_ends_the_thread_its_calls_ran_on(libvirtd_uri):
+    """Every call to a libvirtd runs on the backend's watchdog thread (a host may never answer); a fleet opens one
+    backend per host, so a thread left after close() was one per host for the rest of the process."""
+    import threading
+
+    before = set(threading.enumerate())
+    opened = KvmBackend(Target(uri=libvirtd_uri, name="session"))
+    opened.inventory()
+    (worker,) = [t for t in threading.enumerate() if t not in before and t.name == "gpupass-libvirt-call"]
+    opened.close()
+    worker.join(5)
+    assert not worker.is_alive()
+
+
 def with_gpus(facts: HostFacts, *functions: PciFunction) -> HostFacts:
     """The daemon's facts plus GPUs on an IOMMU-enabled host (each GPU alone in its group)."""
     owners = {address: vm.name for vm in facts.vms for address in vm.assigned}
