@@ -80,6 +80,7 @@ def test_fleet_bench_runs_small():
     figures = module.run(hosts=4, latency_ms=1, concurrency=4, sample=2)
     assert figures["round_trips"] == 4 * 26 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
     assert figures["script_fleet_s"] > 0 and figures["fleet_cpu_s"] > 0
+    assert figures["turns_fleet_s"] > 0 and figures["remote_fleet_s"] > 0 and figures["remote_slowest_single_s"] > 0
     # the read's CPU and its parts: the test driver's open and the file read are inside the read's
     assert 0 < figures["open_cpu_s"] + figures["test_file_cpu_s"] < figures["cpu_per_host_s"]
     pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5, sample=2)
