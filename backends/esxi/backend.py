@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -84,6 +85,8 @@ class EsxiBackend(Backend):
         self._root: Any = None
         self._hosts: dict[str, inv.HostRaw] = {}
         self._before: dict[str, dict[str, Any]] = {}
+        # VM -> what this session's last reconfigure of it wrote (_written): its take-back sets back only that
+        self._wrote: dict[str, dict[str, Any]] = {}
         # (VM, the plan's changeVersion) -> the version this run's own intent record left it at
         self._versions: dict[tuple[str, Any], Any] = {}
         self._vms: dict[str, inv.VmRaw] = {}
@@ -1271,6 +1274,7 @@ class EsxiBackend(Backend):
 
     def _send(self, name: str, config: Any, before: dict[str, Any]) -> None:
         self._fresh.pop(name, None)
+        self._wrote[name] = _written(config)  # what a take-back of this write may set back, and nothing else
         ref = self._vm_ref(name)
         try:
             task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
@@ -1327,7 +1331,16 @@ class EsxiBackend(Backend):
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
         if verdict.outcome == "lose":
-            self._restore(name, before)
+            try:
+                self._restore(name, before)
+            except GpupassError as error:
+                # The VM may still hold the device the other VM holds too: said as it is, never as a clean conflict.
+                raise OperationFailed(
+                    f"{verdict.reason}; taking this run's change to VM '{name}' back failed: {error.message}",
+                    remedy=f"run `gpupass status HOST` once it answers: if VM '{name}' still holds "
+                           f"{', '.join(sorted(a.split('/', 1)[1] for a in mine.addresses))}, `gpupass release HOST "
+                           f"{name} GPU` gives it back (VM '{verdict.other_vm}' keeps it)",
+                    rolled_back=False) from error
             raise Conflict(f"{verdict.reason}; this run's change to VM '{name}' was undone",
                            remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move")
         self._fresh[name] = fresh  # read after this run's write: the verify needs no other read
@@ -1365,37 +1378,123 @@ class EsxiBackend(Backend):
         return found
 
     def _restore(self, name: str, before: dict[str, Any]) -> None:
-        """The inverse ConfigSpec: back to the devices, extraConfig, reservation and firmware of `before`."""
-        from pyVmomi import vim
-
+        """Take this run's reconfigure of VM `name` back to `before`: only what it wrote (_written) and only where
+        the VM still holds what it wrote -- a device, key or setting another run changed since is that run's now,
+        and a device the VM holds already is never added a second time. The inverse ConfigSpec is sent with the
+        changeVersion it was computed from (vSphere API reference, VirtualMachineConfigSpec.changeVersion: "the
+        changes will only be applied if the current changeVersion matches"); a VM changed in between refuses it
+        (ConcurrentAccess) and is read again. A take-back whose answer is lost is read back: carried out, it is
+        done; not, or not readable, the error says so (rolled_back false)."""
         self._fresh.pop(name, None)
-        now = self._read_vm(name)
-        op = vim.vm.device.VirtualDeviceSpec.Operation
-        old_keys = {_device_key(d) for d in before["devices"]}
-        new_keys = {_device_key(d) for d in now["devices"]}
-        spec = vim.vm.ConfigSpec()
-        changes = [vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=d)
-                   for d in now["devices"] if _device_key(d) not in old_keys]
-        for index, d in enumerate(before["devices"]):
-            if _device_key(d) not in new_keys:
-                changes.append(vim.vm.device.VirtualDeviceSpec(
-                    operation=op.add, device=vim.vm.device.VirtualPCIPassthrough(key=-200 - index, backing=d.backing)))
-        if changes:
-            spec.deviceChange = changes
-        extra = [vim.option.OptionValue(key=k, value=before["extra"].get(k, ""))
-                 for k in sorted(set(before["extra"]) | set(now["extra"]))
-                 if before["extra"].get(k) != now["extra"].get(k)]
-        if extra:
-            spec.extraConfig = extra
-        if now["locked"] != before["locked"]:
-            spec.memoryReservationLockedToMax = before["locked"]
-        if now["reservation_mb"] != before["reservation_mb"]:
-            spec.memoryAllocation = vim.ResourceAllocationInfo(reservation=before["reservation_mb"])
-        if now["firmware"] != before["firmware"] and before["firmware"]:
-            spec.firmware = before["firmware"]
-        ref = self._vm_ref(name)
-        task = self._call(f"restoring VM '{name}'", ref.ReconfigVM_Task, spec)
-        self._wait(task, f"restoring VM '{name}'")
+        wrote = self._wrote.get(name)
+        for _ in range(self._intent_tries):
+            now = self._read_vm(name)
+            spec = _inverse(now, before, wrote)
+            if spec is None:
+                return  # nothing of this run's change is left to take back
+            spec.changeVersion = now["change_version"]
+            ref = self._vm_ref(name)
+            try:
+                task = self._call(f"restoring VM '{name}'", ref.ReconfigVM_Task, spec)
+                self._wait(task, f"restoring VM '{name}'")
+                return
+            except Conflict:
+                continue  # the VM changed between the read and the write: read it again
+            except GpupassError as error:
+                self._settle_restore(name, before, wrote, error)
+                return
+        raise Conflict(f"VM '{name}' changed {self._intent_tries} times while gpupass took its change back; it was "
+                       "not taken back", remedy="run `gpupass status HOST`, then release what this run added",
+                       rolled_back=False)
+
+    def _settle_restore(self, name: str, before: dict[str, Any], wrote: dict[str, Any] | None,
+                        error: GpupassError) -> None:
+        """A take-back that failed without saying what it left: read the VM back (returns where it was carried out)."""
+        try:
+            after = self._read_vm(name)
+        except GpupassError as unreadable:
+            raise OperationFailed(
+                f"taking back the change to VM '{name}' failed ({error.message}) and the VM could not be read back "
+                f"({unreadable.message}): whether it was taken back is not known",
+                remedy="run `gpupass status HOST` once it answers", rolled_back=False) from error
+        if _inverse(after, before, wrote) is not None:
+            raise OperationFailed(f"taking back the change to VM '{name}' failed ({error.message}); read back, the VM "
+                                  "still holds it", remedy=error.remedy, rolled_back=False) from error
+
+
+def _identity(device: Any) -> tuple[str, str]:
+    """What a passthrough device is, whatever key ESXi gave it: backing kind and host address, vGPU profile or
+    allowed vendor/device pair."""
+    backing = device.backing
+    what = getattr(backing, "id", None) or getattr(backing, "vgpu", None) or str(inv.allowed_pair(backing))
+    return (type(backing).__name__, str(what))
+
+
+def _written(config: Any) -> dict[str, Any]:
+    """What one reconfigure sets, from its ConfigSpec: the devices it adds (by identity) and removes (by key), the
+    extraConfig keys it sets ("" removes one), and the reservation, lock and firmware where it sets them."""
+    op = "add"
+    changes = list(config.deviceChange or ())
+    allocation = config.memoryAllocation
+    return {
+        "added": [_identity(c.device) for c in changes if str(c.operation) == op],
+        "removed": {int(c.device.key) for c in changes if str(c.operation) != op},
+        "extra": {o.key: str(o.value if o.value is not None else "") for o in config.extraConfig or ()},
+        "locked": config.memoryReservationLockedToMax,
+        "reservation_mb": int(allocation.reservation) if allocation is not None and allocation.reservation is not None
+        else None,
+        "firmware": config.firmware or None,
+    }
+
+
+def _inverse(now: dict[str, Any], before: dict[str, Any], wrote: dict[str, Any] | None) -> Any:
+    """The ConfigSpec that takes what `wrote` set back to `before`, where `now` still holds it; None when nothing is
+    left to take back. Without `wrote` (not known), everything that differs from `before` is taken back."""
+    from pyVmomi import vim
+
+    op = vim.vm.device.VirtualDeviceSpec.Operation
+    before_keys = {int(d.key or 0) for d in before["devices"]}
+    added = Counter(wrote["added"]) if wrote is not None else Counter(
+        _identity(d) for d in now["devices"] if int(d.key or 0) not in before_keys)
+    changes = []
+    for device in now["devices"]:
+        identity = _identity(device)
+        if int(device.key or 0) not in before_keys and added[identity] > 0:
+            added[identity] -= 1
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation=op.remove, device=device))
+    removed = wrote["removed"] if wrote is not None else before_keys - {int(d.key or 0) for d in now["devices"]}
+    kept = Counter(_identity(d) for d in now["devices"]) - Counter(_identity(c.device) for c in changes)
+    for index, device in enumerate(before["devices"]):
+        if int(device.key or 0) not in removed:
+            continue
+        identity = _identity(device)
+        if kept[identity] > 0:  # on the VM (still, or again): never a second one
+            kept[identity] -= 1
+            continue
+        changes.append(vim.vm.device.VirtualDeviceSpec(
+            operation=op.add, device=vim.vm.device.VirtualPCIPassthrough(key=-200 - index, backing=device.backing)))
+    spec = vim.vm.ConfigSpec()
+    if changes:
+        spec.deviceChange = changes
+    keys = wrote["extra"] if wrote is not None else sorted(set(before["extra"]) | set(now["extra"]))
+    extra = [vim.option.OptionValue(key=k, value=before["extra"].get(k, "")) for k in sorted(keys)
+             if before["extra"].get(k, "") != now["extra"].get(k, "")
+             and (wrote is None or now["extra"].get(k, "") == wrote["extra"][k])]  # else another run's value now
+    if extra:
+        spec.extraConfig = extra
+
+    def mine(field: str) -> bool:  # set by this write, still as it set it, and not as it was before
+        return now[field] != before[field] and (wrote is None or (wrote[field] is not None and now[field] == wrote[field]))
+
+    if mine("locked"):
+        spec.memoryReservationLockedToMax = before["locked"]
+    if mine("reservation_mb"):
+        spec.memoryAllocation = vim.ResourceAllocationInfo(reservation=before["reservation_mb"])
+    if mine("firmware") and before["firmware"]:
+        spec.firmware = before["firmware"]
+    touched = (spec.deviceChange, spec.extraConfig, spec.memoryReservationLockedToMax, spec.memoryAllocation,
+               spec.firmware)
+    return spec if any(t is not None and t != [] for t in touched) else None
 
 
 def _device_key(device: Any) -> tuple[str, str, int]:

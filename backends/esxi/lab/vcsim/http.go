@@ -47,9 +47,11 @@ package main
 //	    waits, neither carried out nor answered, until POST /gpupass/release
 //	    (or 60 s): a request on the wire when its client is killed, which the
 //	    server carries out all the same.
-//	POST /gpupass/release?discard=1
-//	    Lets the held call go without carrying it out: its connection is
-//	    closed unanswered (a request lost on the way, before the host saw it).
+//	POST /gpupass/release[?discard=1]
+//	    Lets the held call go (a hold armed while it waited stays armed); with
+//	    none waiting, disarms the holds.  With discard=1 the held call is not
+//	    carried out: its connection is closed unanswered (a request lost on the
+//	    way, before the host saw it).
 //	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
@@ -527,15 +529,15 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 			l.mu.Lock()
 			if r.URL.Path == "/gpupass/hold" {
 				l.hold[r.URL.Query().Get("call")] = &holdGate{open: make(chan struct{}), skip: skip}
+			} else if l.waiting != nil {
+				// the waiting call goes; a hold armed meanwhile stays armed for its own call
+				l.waiting.discard = r.URL.Query().Get("discard") == "1"
+				close(l.waiting.open)
+				l.waiting = nil
 			} else {
-				for name, gate := range l.hold {
+				for name, gate := range l.hold { // none reached its hold: disarmed
 					close(gate.open)
 					delete(l.hold, name)
-				}
-				if l.waiting != nil {
-					l.waiting.discard = r.URL.Query().Get("discard") == "1"
-					close(l.waiting.open)
-					l.waiting = nil
 				}
 			}
 			l.mu.Unlock()
