@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from gpupass.backends.esxi import claims as esxi_claims
+from gpupass.backends.esxi import collect
 from gpupass.backends.esxi import graphics as host_graphics
 from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import shares as vgpu_shares
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi import vgpu
-from gpupass.backends.esxi.connection import connect, parse_uri
+from gpupass.backends.esxi import lean
+from gpupass.backends.esxi.connection import count_requests, open_session, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
 from gpupass.backends.esxi.steps import (EndIntent, ExitMaintenance, HostGraphicsChange, Intent, Passthrough,
@@ -35,6 +38,7 @@ from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFaile
                                  OperationFailed)
 
 DYNAMIC_MIN_API = (7, 0)
+log = logging.getLogger("gpupass.esxi")
 
 
 def _api_tuple(text: str) -> tuple[int, ...]:
@@ -78,11 +82,14 @@ class EsxiBackend(Backend):
     def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._endpoint = parse_uri(target.uri)
-        self._si: Any = None
+        self._wire: Any = None  # the logged-in session (wire.Session): what the inventory reads through
+        self._si: Any = None  # pyVmomi's ServiceInstance on that session, made when a write needs it
+        self._si_wire: Any = None
         self._content: Any = None
         self._content_session: Any = None
         self._api = ""
         self._root: Any = None
+        self._root_wire: Any = None
         self._hosts: dict[str, inv.HostRaw] = {}
         self._before: dict[str, dict[str, Any]] = {}
         # VM -> what this session's last reconfigure of it wrote (_written): its take-back sets back only that
@@ -100,13 +107,11 @@ class EsxiBackend(Backend):
     # -- connection -------------------------------------------------------------------------------
     @property
     def _service_content(self) -> Any:
-        """The ServiceContent, read once per session: every `si.content` is another SOAP request.
-
-        Tied to the session it was read on: after a new login (a direct ESXi host rebooted) it is read again.
-        """
+        """pyVmomi's ServiceContent, for the writes: read from the login's own RetrieveServiceContent answer
+        (no request). Tied to the session: after a new login (a direct ESXi host rebooted) it is read again."""
         si = self._session
         if self._content is None or self._content_session is not si:
-            self._content = self._call("reading the service content", lambda: si.content)
+            self._content = self._call("reading the service content", self._wire.pyvmomi_content)
             self._content_session = si
         return self._content
 
@@ -114,15 +119,34 @@ class EsxiBackend(Backend):
         self.round_trips += 1
 
     @property
+    def _lean(self) -> Any:
+        """The logged-in session (logs in on first use): wire.Session, no pyVmomi."""
+        if self._wire is None:
+            self._wire = open_session(self.target, self._count)
+            self._api = self._wire.version_name  # negotiated at login
+        return self._wire
+
+    @property
     def _session(self) -> Any:
-        if self._si is None:
-            si = connect(self.target, self._count)
-            self._api = si._stub.version  # negotiated at login; read without a request
-            self._si = si
+        """pyVmomi's ServiceInstance on the same session (its cookie: no second login), every request counted."""
+        session = self._lean
+        if self._si is None or self._si_wire is not session:
+            from pyVmomi import vim
+
+            stub = session.pyvmomi_stub()
+            count_requests(stub, self._count)
+            self._si, self._si_wire = vim.ServiceInstance("ServiceInstance", stub), session
         return self._si
 
+    def _bound(self, value: Any) -> Any:
+        """The pyVmomi object for what the inventory read (a reference, a passthrough device), on this session."""
+        if isinstance(value, (lean.Ref, lean.Data)) or (isinstance(value, list) and value
+                                                         and isinstance(value[0], (lean.Ref, lean.Data))):
+            return lean.to_pyvmomi(value, self._session._stub)
+        return value
+
     def ex_api_version(self) -> tuple[int, ...]:
-        _ = self._session  # logs in if needed: the version is negotiated at login
+        _ = self._lean  # logs in if needed: the version is negotiated at login
         # "vim.version.v7_0_3_0" / "vim.version.version13"
         name = self._api.rsplit(".", 1)[-1]
         if name.startswith("v") and "_" in name:
@@ -139,64 +163,68 @@ class EsxiBackend(Backend):
             raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
 
     def _root_folder(self) -> Any:
-        if self._root is None:
-            content = self._service_content
+        """The datacenter the URI names (or the root folder): a reference, found once per session."""
+        session = self._lean
+        if self._root is None or self._root_wire is not session:
             if self._endpoint.datacenter:
-                dc = self._call("finding the datacenter", content.searchIndex.FindByInventoryPath,
-                                self._endpoint.datacenter)
+                dc = self._call("finding the datacenter", session.find_by_inventory_path, self._endpoint.datacenter)
                 if dc is None:
                     raise NotFound(f"no datacenter {self._endpoint.datacenter!r} at {self._endpoint.host}",
                                    remedy="the path after the host in the URI names the datacenter")
                 self._root = dc
             else:
-                self._root = content.rootFolder
+                self._root = session.content["rootFolder"]
+            self._root_wire = session
         return self._root
 
     def close(self) -> None:
-        if self._si is not None:
-            from pyVim.connect import Disconnect, GetSi, SetSi
-
-            si = self._si
-            if self._content is not None and self._content_session is si:
-                # What pyVim's Disconnect does, without reading the ServiceContent a second time for its
-                # sessionManager: Logout, then drop the pooled connections.
-                try:
-                    self._content.sessionManager.Logout()
-                except Exception:  # noqa: BLE001 - the session may already be gone
-                    pass
-                si._stub.DropConnections()
-                if si == GetSi():
-                    SetSi(None)
-            else:
-                try:
-                    Disconnect(si)
-                except Exception:  # noqa: BLE001 - the session may already be gone
-                    pass
-            self._si = None
-            self._content = None
-            self._view = None
+        """Logout (pyVim's Disconnect without reading the ServiceContent again), then drop the connections."""
+        if self._wire is not None:
+            try:
+                self._wire.logout()
+            except Exception:  # noqa: BLE001 - the session may already be gone
+                pass
+        self._drop_session()
 
     def _inventory_view(self) -> Any:
-        """The session's ContainerView of hosts, compute resources and VMs: made once, read through by every
-        inventory and by the claim check after a write, so each of those is one RetrievePropertiesEx."""
-        si = self._session
-        if self._view is None or self._view_session is not si:
+        """The session's ContainerView of hosts, compute resources and VMs (a reference): made once, read through
+        by every inventory and by the claim check after a write, so each of those is one RetrievePropertiesEx."""
+        session = self._lean
+        if self._view is None or self._view_session is not session:
             root = self._root_folder()
-            self._view = self._call("creating a view of the inventory", inv.container_view, self._service_content, root)
-            self._view_session = si
+            self._view = self._call("creating a view of the inventory", session.create_container_view, root,
+                                    inv.VIEW_KINDS)
+            self._view_session = session
         return self._view
 
     # -- inventory --------------------------------------------------------------------------------
     def inventory(self) -> HostFacts:
         view = self._inventory_view()
-        facts, hosts, vms = self._call("reading the inventory", inv.read, self._service_content, view, self.target.uri,
-                                       self.platform, self.target.name or self._endpoint.host, self._count,
-                                       rebind_known=self.ex_api_version() >= (7, 0),
-                                       graphics_known=self.ex_api_version() >= vgpu.GRAPHICS_MIN_API)
-        # SDK handles for apply(); the planner reads only facts.state
+        props = inv.properties(rebind_known=self.ex_api_version() >= (7, 0),
+                               graphics_known=self.ex_api_version() >= vgpu.GRAPHICS_MIN_API)
+        with collect.collector_paused():  # the answer's tree and objects are no garbage (collect.collector_paused)
+            objects = self._call("reading the inventory", lean.retrieve, self._wire, view, props, inv.MAX_OBJECTS,
+                                 self._pyvmomi_result)
+            facts, hosts, vms = self._call("reading the inventory", inv.read, objects, self.target.uri,
+                                           self.platform, self.target.name or self._endpoint.host)
+        # the references and devices for apply() (bound to pyVmomi when a write needs them); the planner reads
+        # only facts.state
         self._hosts, self._vms = hosts, vms
         state = from_raw(self.ex_api_version(), self._api, hosts, vms)
         return self._with_unfinished(replace(facts, state=state))
+
+    def _pyvmomi_result(self, body: bytes, why: Exception) -> tuple[list[Any], str | None]:
+        """An inventory answer the lean reader does not read exactly, read by pyVmomi (collect.read) from the
+        same bytes: (ObjectContents, token)."""
+        from pyVmomi import VmomiSupport
+
+        from gpupass.backends.esxi import collect
+
+        log.debug("lean reader: %s; pyVmomi reads this answer", why)
+        info = VmomiSupport.GetWsdlType(lean.VIM, "PropertyCollector")._GetMethodInfo("RetrievePropertiesEx")
+        result = collect.read(self._session._stub, info, body,
+                              devices=(VmomiSupport.GetWsdlType(lean.VIM, lean.KEPT_DEVICE),))
+        return (list(result.objects), result.token) if result is not None else ([], None)
 
     @staticmethod
     def _stopped_release(vm: str, intent: dict[str, Any], facts: HostFacts) -> str:
@@ -283,8 +311,9 @@ class EsxiBackend(Backend):
         if raw is None or raw.ref is None:
             return super().read_back(vm, devices)
         pc = vmodl.query.PropertyCollector
-        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=raw.ref, skip=False)],
-                             propSet=[pc.PropertySpec(type=type(raw.ref), pathSet=inv.VM_PROPS)])
+        ref = self._bound(raw.ref)
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
+                             propSet=[pc.PropertySpec(type=type(ref), pathSet=inv.VM_PROPS)])
         try:
             result = self._call(f"reading VM {vm!r}", self._service_content.propertyCollector.RetrievePropertiesEx,
                                 [spec], pc.RetrieveOptions())
@@ -632,7 +661,7 @@ class EsxiBackend(Backend):
             # sharedGpuPassthroughTypes): a profile gone since the plan is refused before anything is sent
             raw = self._hosts[payload.host]
             target = self._call(f"querying the vGPU profiles of {payload.host}",
-                                raw.environment_browser.QueryConfigTarget, raw.ref)
+                                self._bound(raw.environment_browser).QueryConfigTarget, self._bound(raw.ref))
             offered = {str(t.vgpu) for t in (target.sharedGpuPassthroughTypes or ())}
             missing = [p for p in wanted if p not in offered]
             if missing:
@@ -1001,7 +1030,7 @@ class EsxiBackend(Backend):
             self.inventory()
         if name not in self._hosts:
             raise NotFound(f"host {name} is gone from {self._endpoint.host}")
-        return self._hosts[name].ref
+        return self._bound(self._hosts[name].ref)
 
     def _vm_ref(self, name: str) -> Any:
         raw = self._vms.get(name)
@@ -1010,7 +1039,7 @@ class EsxiBackend(Backend):
             raw = self._vms.get(name)
         if raw is None:
             raise NotFound(f"VM {name!r} is gone")
-        return raw.ref
+        return self._bound(raw.ref)
 
     def _passthru(self, host: str, ids: list[str], enable: bool, apply_now: bool = False, *,
                   check: bool = True) -> None:
@@ -1124,7 +1153,7 @@ class EsxiBackend(Backend):
         seen_down = False
         while True:
             state = boot = None
-            reconnecting = self._si is None
+            reconnecting = self._wire is None
             try:
                 if reconnecting:
                     self.inventory()  # logs in again; fresh references for the later steps
@@ -1177,7 +1206,10 @@ class EsxiBackend(Backend):
 
     def _drop_session(self) -> None:
         """Forget a session that died with the host (no logout: there is nobody to tell)."""
-        self._si = None
+        if self._wire is not None:
+            self._wire.drop()
+        self._wire = None
+        self._si = self._si_wire = None
         self._root = None
         self._content = None
         self._view = None
@@ -1263,9 +1295,13 @@ class EsxiBackend(Backend):
         that version changed since the plan: a conflict, and nothing is written."""
         raw = self._vms.get(name)
         if raw is not None and version is not None and raw.change_version == version:
-            return {"devices": inv.passthrough_devices(raw.devices), "extra": dict(raw.extra),
-                    "reservation_mb": raw.reservation_mb, "locked": raw.locked, "firmware": raw.firmware,
-                    "change_version": raw.change_version}
+            try:
+                devices = self._bound(inv.passthrough_devices(raw.devices))
+            except collect.Unreadable as why:  # pyVmomi reads the VM's devices itself (one request more)
+                log.debug("lean reader: %s; the VM's devices are read again", why)
+            else:
+                return {"devices": devices, "extra": dict(raw.extra), "reservation_mb": raw.reservation_mb,
+                        "locked": raw.locked, "firmware": raw.firmware, "change_version": raw.change_version}
         now = self._read_vm(name)
         if now["change_version"] != version:
             raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed",
@@ -1293,7 +1329,7 @@ class EsxiBackend(Backend):
         from pyVmomi import vim
 
         objects = self._call("reading the claims of every VM", inv.retrieve_view, self._service_content,
-                             self._inventory_view(), [(vim.VirtualMachine, inv.VM_PROPS)], self._count)
+                             self._bound(self._inventory_view()), [(vim.VirtualMachine, inv.VM_PROPS)], self._count)
         found, holders = esxi_claims.claims_and_holders(objects)
         mine = self._vms.get(name)
         fresh = None
@@ -1367,8 +1403,8 @@ class EsxiBackend(Backend):
 
     def _config_target(self, host: str, ids: list[str]) -> dict[str, Any]:
         raw = self._hosts[host]
-        browser = raw.environment_browser
-        target = self._call(f"querying passthrough devices of {host}", browser.QueryConfigTarget, raw.ref)
+        browser = self._bound(raw.environment_browser)
+        target = self._call(f"querying passthrough devices of {host}", browser.QueryConfigTarget, self._bound(raw.ref))
         found = {info.pciDevice.id: info for info in (target.pciPassthrough or ()) if hasattr(info, "systemId")}
         missing = [i for i in ids if i not in found]
         if missing:

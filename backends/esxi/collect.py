@@ -42,7 +42,7 @@ _DECLARATION = re.compile(rb"""xmlns(?::([A-Za-z_][\w.-]*))?\s*=\s*["']([^"']*)[
 _DATA, _ARRAY, _REFERENCE, _SCALAR = "data object", "array", "reference", "scalar"
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """An answer the lean reader does not read exactly: pyvmomi's deserialiser reads it instead."""
 
 
@@ -117,9 +117,9 @@ def retrieve(collector: Any, specs: list[Any], options: Any, on_request: Callabl
 def read(stub: Any, info: Any, body: bytes, *, devices: tuple[type, ...] | None = None) -> Any:
     """The RetrieveResult in a RetrievePropertiesEx/ContinueRetrievePropertiesEx answer (None if empty)."""
     try:
-        with _collector_paused():
+        with collector_paused():
             return _Reader(stub, body, devices).result(info.result)
-    except _Unreadable as why:
+    except Unreadable as why:
         log.debug("lean reader: %s; pyvmomi reads this answer", why)
         from pyVmomi import SoapAdapter
 
@@ -135,7 +135,7 @@ def read(stub: Any, info: Any, body: bytes, *, devices: tuple[type, ...] | None 
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off while one answer becomes objects. Reading builds a tree and the
     objects from it, none of them garbage yet, and the collector, run every 700 new objects, walks them all
     again and again: with it on, a 50-host/500-VM answer took 2-3x as long here. Put back as it was found."""
@@ -148,8 +148,31 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def read_element(stub: Any, prefixes: dict[str, str], element: Any, static: type) -> Any:
+    """One element of an answer read as pyVmomi reads it (the lean read path's devices, when a write needs
+    them: lean.to_pyvmomi); `prefixes`: the answer's namespace declarations."""
+    reader = _Reader.__new__(_Reader)
+    reader.setup(stub, prefixes, None)
+    with collector_paused():
+        return reader.value(element, static)  # Unreadable: the caller reads the object with pyVmomi instead
+
+
 class _Reader:
     def __init__(self, stub: Any, body: bytes, devices: tuple[type, ...] | None) -> None:
+        # Namespace declarations, for the prefixes inside attribute values (xsi:type="xsd:int"), which the tree
+        # does not keep. A prefix bound to two namespaces anywhere (or a declaration-like text in a value)
+        # sends the answer to pyvmomi, whose parser follows the scopes.
+        prefixes: dict[str, str] = {}
+        for prefix, uri in set(_DECLARATION.findall(body)):
+            if prefixes.setdefault(prefix.decode(), uri.decode()) != uri.decode():
+                raise Unreadable(f"namespace prefix {prefix.decode()!r} bound to two namespaces")
+        self.setup(stub, prefixes, devices)
+        try:
+            self.root = ElementTree.fromstring(body)
+        except ElementTree.ParseError as error:
+            raise Unreadable(f"not XML: {error}") from None
+
+    def setup(self, stub: Any, prefixes: dict[str, str], devices: tuple[type, ...] | None) -> None:
         from pyVmomi import VmomiSupport as vs
 
         self.vs = vs
@@ -157,17 +180,7 @@ class _Reader:
         self.version = stub.version
         self.devices = devices
         self.guids = not stub.SupportServerGUIDs()
-        # Namespace declarations, for the prefixes inside attribute values (xsi:type="xsd:int"), which the tree
-        # does not keep. A prefix bound to two namespaces anywhere (or a declaration-like text in a value)
-        # sends the answer to pyvmomi, whose parser follows the scopes.
-        self.prefixes: dict[str, str] = {}
-        for prefix, uri in set(_DECLARATION.findall(body)):
-            if self.prefixes.setdefault(prefix.decode(), uri.decode()) != uri.decode():
-                raise _Unreadable(f"namespace prefix {prefix.decode()!r} bound to two namespaces")
-        try:
-            self.root = ElementTree.fromstring(body)
-        except ElementTree.ParseError as error:
-            raise _Unreadable(f"not XML: {error}") from None
+        self.prefixes = prefixes
         default = self.prefixes.get("", vs.XMLNS_VMODL_BASE)
         self.default_ns = default
         self.types: dict[str, type] = {}
@@ -177,7 +190,7 @@ class _Reader:
     def result(self, result_type: type) -> Any:
         body = self.root.find(_SOAP_BODY)
         if body is None or len(body) != 1 or not body[0].tag.endswith("Response"):
-            raise _Unreadable("no single *Response element in the SOAP body")
+            raise Unreadable("no single *Response element in the SOAP body")
         values = [child for child in body[0] if _local(child.tag) == "returnval"]
         if not values:
             return None
@@ -191,18 +204,18 @@ class _Reader:
             prefix, _, name = qualified.rpartition(":")
             ns = self.prefixes.get(prefix) if prefix else self.default_ns
             if ns is None:
-                raise _Unreadable(f"unknown namespace prefix in {qualified!r}")
+                raise Unreadable(f"unknown namespace prefix in {qualified!r}")
             if name.endswith("ManagedObjectReference"):  # a reference: its type attribute names the class
                 name = name[:-len("Reference")]
             try:
                 found = self.vs.GetWsdlType(ns, name)
             except KeyError:
                 if ns == _XSD:
-                    raise _Unreadable(f"unknown XML schema type {qualified!r}") from None
+                    raise Unreadable(f"unknown XML schema type {qualified!r}") from None
                 try:  # as pyvmomi's LookupWsdlType: a type of another namespace known by its name
                     found = self.vs.GuessWsdlType(name)
                 except KeyError:
-                    raise _Unreadable(f"unknown type {qualified!r}") from None
+                    raise Unreadable(f"unknown type {qualified!r}") from None
             self.types[qualified] = found
         return found
 
@@ -251,7 +264,7 @@ class _Reader:
             return kind, _ARRAY
         if issubclass(kind, vs.DataObject):
             if issubclass(kind, Exception):
-                raise _Unreadable(f"a fault ({kind.__name__}) in the answer")
+                raise Unreadable(f"a fault ({kind.__name__}) in the answer")
             return kind, _DATA
         return kind, _SCALAR
 
@@ -307,7 +320,7 @@ def _property(kind: Any, tag: str) -> tuple[str, Any, bool, Callable[[str], Any]
     try:
         info = kind._GetPropertyInfo(_local(tag))
     except AttributeError:
-        raise _Unreadable(f"{kind.__name__} has no property {_local(tag)!r}") from None
+        raise Unreadable(f"{kind.__name__} has no property {_local(tag)!r}") from None
     is_list = issubclass(info.type, list)
     return info.name, info.type, is_list, _leaf(info.type.Item if is_list else info.type)
 
@@ -335,13 +348,13 @@ def _leaf(kind: type) -> Callable[[str], Any] | None:
             try:
                 return getattr(enum, text)
             except AttributeError:
-                raise _Unreadable(f"{text!r} is no {enum.__name__}") from None
+                raise Unreadable(f"{text!r} is no {enum.__name__}") from None
     elif kind is vs.long or issubclass(kind, (int, float)):
         def reader(text: str, number: type = kind) -> Any:
             try:
                 return number(text)
             except ValueError:
-                raise _Unreadable(f"{text!r} is no {number.__name__}") from None
+                raise Unreadable(f"{text!r} is no {number.__name__}") from None
     else:
         reader = None
     _LEAVES[kind] = reader
@@ -353,7 +366,7 @@ def _boolean(text: str) -> bool:
         return True
     if text == "false" or text == "0" or text.lower() == "false":
         return False
-    raise _Unreadable(f"not a boolean: {text!r}")
+    raise Unreadable(f"not a boolean: {text!r}")
 
 
 _DEFAULTS: dict[type, tuple[dict[str, Any], list[tuple[str, type]]]] = {}
@@ -405,7 +418,7 @@ def _scalar(vs: Any, kind: type, text: str, reader: _Reader) -> Any:
         try:
             return getattr(kind, text)
         except AttributeError:
-            raise _Unreadable(f"{text!r} is no {kind.__name__}") from None
+            raise Unreadable(f"{text!r} is no {kind.__name__}") from None
     if kind is type:
         return reader.wsdl_type(text) if text else None
     if kind is vs.datetime:
@@ -413,15 +426,15 @@ def _scalar(vs: Any, kind: type, text: str, reader: _Reader) -> Any:
 
         when = Iso8601.ParseISO8601(text)
         if not when:
-            raise _Unreadable(f"not a date: {text!r}")
+            raise Unreadable(f"not a date: {text!r}")
         return when
     if kind is vs.binary:
         import base64
 
         return vs.binary(base64.b64decode(text))
     if kind is vs.ManagedMethod:
-        raise _Unreadable("a method name")  # none in what the inventory asks for
+        raise Unreadable("a method name")  # none in what the inventory asks for
     try:
         return kind(text)
     except (TypeError, ValueError):
-        raise _Unreadable(f"{text!r} is no {kind.__name__}") from None
+        raise Unreadable(f"{text!r} is no {kind.__name__}") from None

@@ -1,4 +1,4 @@
-"""esxi:// URIs, TLS contexts and the pyvmomi session (counted: every SOAP request adds one round trip).
+"""esxi:// URIs, TLS contexts and the login (wire.Session; every SOAP request, pyvmomi's too, is one round trip).
 
 URI: ``esxi://USER@HOST[:PORT][/DATACENTER]``. A user with '@' (``administrator@vsphere.local``) is
 written percent-encoded: ``esxi://administrator%40vsphere.local@vc.example.com/DC1``.
@@ -7,7 +7,6 @@ written percent-encoded: ``esxi://administrator%40vsphere.local@vc.example.com/D
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -69,10 +68,10 @@ def safe_moid(mo: Any) -> str:
     return re.sub(r"session\[[^\]]*\]\S*", "session[***]", str(getattr(mo, "_moId", mo)))
 
 
-def connect(target: Target, on_request: Callable[[], None]) -> Any:
-    """Log in; return the ServiceInstance whose stub counts each SOAP request with on_request()."""
-    pyvmomi()
-    from pyVim.connect import SmartConnect
+def open_session(target: Target, on_request: Callable[[], None]) -> Any:
+    """Log in with the read path's own SOAP session (wire.Session: no pyVmomi); every request counted with
+    on_request(), the login's RetrieveServiceContent and Login included."""
+    from gpupass.backends.esxi import wire
 
     endpoint = parse_uri(target.uri)
     if target.password is None:
@@ -81,21 +80,19 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
         raise missing_password(target)
     log.info("connecting to %s:%s as %s (TLS %s)", endpoint.host, endpoint.port, endpoint.user,
              "verified" if target.tls.verify else "NOT verified: --insecure")
-    # httpConnectionTimeout bounds every SOAP request (SoapAdapter: schemeArgs['timeout']). SmartConnect's
-    # version discovery (pyVim/connect.py __GetElementTree) opens its HTTPSConnection without a timeout, so
-    # it takes the process default: set it for the connect, and put the previous one back.
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(target.timeout)
+    # target.timeout bounds every request, the version probe included (one connection carries them all)
+    session = wire.Session(endpoint.host, endpoint.port, ssl_context(target), target.timeout, on_request)
     try:
-        si = SmartConnect(host=endpoint.host, port=endpoint.port, user=endpoint.user,
-                          pwd=target.password.reveal(), sslContext=ssl_context(target),
-                          disableSslCertValidation=not target.tls.verify, httpConnectionTimeout=target.timeout)
+        session.login(endpoint.user, target.password.reveal())
     except Exception as exc:  # noqa: BLE001 - translated by type
+        session.drop()
         raise translate(exc, f"connecting to {endpoint.host}:{endpoint.port} as {endpoint.user}",
                         timeout=target.timeout, host=endpoint.host) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    stub = si._stub
+    return session
+
+
+def count_requests(stub: Any, on_request: Callable[[], None]) -> None:
+    """Count (and log) every SOAP request a pyVmomi stub sends, as wire.Session does its own."""
     invoke = stub.InvokeMethod
 
     def counted(*args: Any, **kwargs: Any) -> Any:
@@ -106,4 +103,3 @@ def connect(target: Target, on_request: Callable[[], None]) -> Any:
         return invoke(*args, **kwargs)
 
     stub.InvokeMethod = counted
-    return si

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpupass.backends.esxi import vgpu
+from gpupass.backends.esxi.lean import is_a
 from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Host, HostFacts, PassthroughState, PowerState, Vm
 from gpupass.core.domain.mmio import GiB, MiB
@@ -137,32 +138,32 @@ def retrieve_view(content: Any, view: Any, types_props: list[tuple[Any, list[str
                             on_request, devices=(vim.vm.device.VirtualPCIPassthrough,))
 
 
-def read(content: Any, view: Any, uri: str, platform: str, label: str, on_request: Callable[[], None], *,
-         rebind_known: bool = False, graphics_known: bool = False) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
-    """The facts from ONE RetrievePropertiesEx (and its continuations) through `view` (container_view).
-
-    `rebind_known`: the endpoint speaks vSphere API 7.0+, so the rebind capability can be asked for;
-    `graphics_known`: 6.5+, so the graphics configuration (vGPU) can be."""
-    from pyVmomi import vim
-
+def properties(rebind_known: bool, graphics_known: bool) -> list[tuple[str, list[str]]]:
+    """(type, property paths) the inventory asks for. `rebind_known`: the endpoint speaks vSphere API 7.0+, so
+    the rebind capability can be asked for; `graphics_known`: 6.5+, so the graphics configuration (vGPU) can."""
     host_props = HOST_PROPS + [REBIND_PROP] if rebind_known else list(HOST_PROPS)
     if graphics_known:
         host_props += vgpu.GRAPHICS_PROPS
-    objects = retrieve_view(content, view, [(vim.HostSystem, host_props), (vim.ComputeResource, COMPUTE_PROPS),
-                                            (vim.ClusterComputeResource, CLUSTER_PROPS),
-                                            (vim.VirtualMachine, VM_PROPS)], on_request)
+    return [("HostSystem", host_props), ("ComputeResource", COMPUTE_PROPS),
+            ("ClusterComputeResource", CLUSTER_PROPS), ("VirtualMachine", VM_PROPS)]
+
+
+def read(objects: list[Any], uri: str, platform: str,
+         label: str) -> tuple[HostFacts, dict[str, HostRaw], dict[str, VmRaw]]:
+    """The facts from the ObjectContents of ONE RetrievePropertiesEx (and its continuations) of `properties()`
+    through the session's view: lean objects (lean.py) or pyVmomi's, read alike."""
     props = [(o.obj, {p.name: p.val for p in o.propSet}) for o in objects]
-    computes = {obj._moId: p for obj, p in props if isinstance(obj, vim.ComputeResource)}
+    computes = {obj._moId: p for obj, p in props if is_a(obj, "ComputeResource")}
     hosts: dict[str, HostRaw] = {}
     passthru: dict[str, dict[PciAddress, PassthroughState]] = {}
     functions: dict[str, dict[PciAddress, PciFunction]] = {}
     by_moid: dict[str, str] = {}
     for obj, p in props:
-        if not isinstance(obj, vim.HostSystem):
+        if not is_a(obj, "HostSystem"):
             continue
         parent = p.get("parent")
         compute = computes.get(parent._moId, {}) if parent is not None else {}
-        is_cluster = isinstance(parent, vim.ClusterComputeResource)
+        is_cluster = is_a(parent, "ClusterComputeResource")
         raw = HostRaw(obj, p["name"], bool(p.get("runtime.inMaintenanceMode")),
                       str(p.get("runtime.connectionState")) == "connected",
                       compute.get("name") if is_cluster else None, compute.get("environmentBrowser"))
@@ -203,7 +204,7 @@ def read(content: Any, view: Any, uri: str, platform: str, label: str, on_reques
     raws: dict[str, VmRaw] = {}
     owners: dict[str, dict[PciAddress, str]] = {name: {} for name in hosts}
     for obj, p in props:
-        if not isinstance(obj, vim.VirtualMachine) or "config.hardware.memoryMB" not in p:
+        if not is_a(obj, "VirtualMachine") or "config.hardware.memoryMB" not in p:
             continue
         host_ref = p.get("runtime.host")
         location = by_moid.get(host_ref._moId, "") if host_ref is not None else ""
@@ -282,9 +283,7 @@ def dynamic_matches(backing: Any, entry: dict[str, Any]) -> bool:
 
 
 def passthrough_devices(devices: list[Any] | None) -> list[Any]:
-    from pyVmomi import vim
-
-    return [d for d in devices or () if isinstance(d, vim.vm.device.VirtualPCIPassthrough)]
+    return [d for d in devices or () if is_a(d, "VirtualPCIPassthrough")]
 
 
 def vm_from_properties(obj: Any, p: dict[str, Any], location: str,
@@ -297,8 +296,6 @@ def vm_from_properties(obj: Any, p: dict[str, Any], location: str,
 
 
 def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tuple[VmRaw, Vm]:
-    from pyVmomi import vim
-
     extra = {o.key: str(o.value) for o in p.get("config.extraConfig") or ()}
     try:
         record = json.loads(extra.get(RECORD_KEY, "") or "{}")
@@ -317,13 +314,13 @@ def _vm(obj: Any, p: dict[str, Any], location: str, host: HostRaw | None) -> tup
     binding = None
     for dev in passthrough_devices(devices):
         backing = dev.backing
-        if isinstance(backing, vim.vm.device.VirtualPCIPassthrough.VmiopBackingInfo):
+        if is_a(backing, "VirtualPCIPassthroughVmiopBackingInfo"):
             raw.vgpus += (str(backing.vgpu or ""),)
             continue
-        if isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo):
+        if is_a(backing, "VirtualPCIPassthroughDeviceBackingInfo"):
             binding = binding or "static"
             text = backing.id
-        elif isinstance(backing, vim.vm.device.VirtualPCIPassthrough.DynamicBackingInfo):
+        elif is_a(backing, "VirtualPCIPassthroughDynamicBackingInfo"):
             binding = "dynamic"
             entry = next((d for d in planned if dynamic_matches(backing, d)), None)
             if entry is not None:

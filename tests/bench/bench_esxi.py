@@ -12,8 +12,8 @@ each as a ratio next to its anchor from the same run (issue 11):
    b. a session's first read (CreateContainerView + RetrievePropertiesEx, the view kept) against govc as it
       runs (CreateContainerView, RetrievePropertiesEx, DestroyView);
    c. the whole `gpupass gpus URI --json`, process start to exit, in a regular install (regular_install.py),
-      against the anchor as a program that logs in, finds the datacenter, reads once and logs out: 7 SOAP
-      calls each.
+      against the anchor as a program that logs in, finds the datacenter, reads once and logs out: 6 SOAP
+      calls against 7 (gpupass keeps its view to the logout, which ends it; the anchor destroys it).
 2. an assign (a passthrough-active A100 to ml-train): SOAP calls beyond the inventory. Goal: <= 4. Its
    release too, for comparison.
 3. the inventory's cost curve over 50/200 hosts x 500/2,000 VMs: calls, milliseconds, per-object cost.
@@ -91,13 +91,13 @@ def count_stub(si) -> list[int]:
 
 
 def property_spec(backend) -> dict[str, list[str]]:
-    """The types and paths the backend's inventory asks for (gpupass.backends.esxi.inventory.read)."""
+    """The types and paths the backend's inventory asks for (gpupass.backends.esxi.inventory.properties, the
+    graphics properties included)."""
     from gpupass.backends.esxi import inventory as inv
+    from gpupass.backends.esxi import vgpu
 
-    rebind = backend.ex_api_version() >= (7, 0)
-    return {"HostSystem": inv.HOST_PROPS + ([inv.REBIND_PROP] if rebind else []),
-            "ComputeResource": inv.COMPUTE_PROPS, "ClusterComputeResource": inv.CLUSTER_PROPS,
-            "VirtualMachine": inv.VM_PROPS}
+    return dict(inv.properties(rebind_known=backend.ex_api_version() >= (7, 0),
+                               graphics_known=backend.ex_api_version() >= vgpu.GRAPHICS_MIN_API))
 
 
 def this_checkouts_command() -> tuple[list[str], dict[str, str]]:
@@ -157,9 +157,8 @@ def whole_command(sim, anchor: Path, spec: dict[str, list[str]], repeat: int,
         theirs.append(time.perf_counter() - began)
     paired(figures, "command", ours, theirs)
     debug = subprocess.run([*program, "--debug", *arguments], env=env, capture_output=True, text=True, check=True)
-    # every request after login is logged (connection.connect, collect.retrieve); SmartConnect's own two,
-    # RetrieveServiceContent and Login (pyVim.connect.__Login), come before the session can count
-    figures["command_calls"] = 2 + sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
+    # every SOAP request is logged, the login's RetrieveServiceContent and Login included (wire.Session.call)
+    figures["command_calls"] = sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
     return figures
 
 
