@@ -194,8 +194,9 @@ class Session:
         log.debug("SOAP %s on %s", method, safe_moid(this.value))
         headers = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": f"urn:vim25/{self.version_id}",
                    "Accept-Encoding": "gzip, deflate", "User-Agent": "gpupass"}
-        if self.cookie:
-            headers["Cookie"] = self.cookie
+        cookie = self._stub.cookie if self._stub is not None else self.cookie  # pyVmomi may have renewed it
+        if cookie:
+            headers["Cookie"] = cookie
         status, reason, data = self._exchange("POST", "/sdk", envelope(method, this, arguments), headers)
         self.last_body = data
         if status == 500:
