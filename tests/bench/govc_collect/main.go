@@ -76,6 +76,12 @@ func main() {
 	if err := session.NewManager(vc).Login(ctx, u.User); err != nil {
 		fail(err)
 	}
+	// govc asks for the server's API version after login unless -vim-version is given (govc/flags/client.go,
+	// ClientFlag.Client: c.UseServiceVersion()): an HTTP GET of /sdk/vimServiceVersions.xml, no SOAP call.
+	// gpupass makes the same GET before its login (pyVim's SmartConnect does too).
+	if err := vc.UseServiceVersion(); err != nil {
+		fail(err)
+	}
 	spec := map[string][]string{}
 	if err := json.Unmarshal([]byte(*specJSON), &spec); err != nil {
 		fail(err)
