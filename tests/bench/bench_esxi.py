@@ -11,9 +11,10 @@ each as a ratio next to its anchor from the same run (issue 11):
       single RetrievePropertiesEx on both sides;
    b. a session's first read (CreateContainerView + RetrievePropertiesEx, the view kept) against govc as it
       runs (CreateContainerView, RetrievePropertiesEx, DestroyView);
-   c. the whole `gpupass gpus URI --json`, process start to exit, in a regular install (regular_install.py),
-      against the anchor as a program that logs in, finds the datacenter, reads once and logs out: 6 SOAP
-      calls against 7 (gpupass keeps its view to the logout, which ends it; the anchor destroys it).
+   c. the whole `gpupass gpus NAME --json` (the vCenter named in a config file with its CA), process start to
+      exit, in a regular install (regular_install.py), against the anchor as a program that logs in, finds the
+      datacenter, reads once and logs out: 6 SOAP calls against 7 (gpupass keeps its view to the logout, which
+      ends it; the anchor destroys it); and `gpupass --ca-file FILE gpus URI --json`, which click parses.
 2. an assign (a passthrough-active A100 to ml-train): SOAP calls beyond the inventory. Goal: <= 4. Its
    release too, for comparison.
 3. the inventory's cost curve over 50/200 hosts x 500/2,000 VMs: calls, milliseconds, per-object cost.
@@ -139,31 +140,41 @@ def paired(figures: dict[str, float], name: str, ours: list[float], theirs: list
 
 
 def whole_command(sim, anchor: Path, spec: dict[str, list[str]], repeat: int,
-                  gpupass: tuple[list[str], dict[str, str]]) -> dict[str, float]:
-    """`gpupass gpus URI --json` from process start to exit, against the anchor as a program doing the same:
-    log in, find the datacenter, one read, log out (process_calls counts every request it sends); the two
-    run in turns."""
+                  gpupass: tuple[list[str], dict[str, str]], scratch: Path) -> dict[str, float]:
+    """`gpupass gpus NAME --json` from process start to exit, NAME the vCenter in a config file with its CA (as
+    `gpupass hosts add` keeps it; the command line click need not parse), against the anchor as a program doing
+    the same: log in, find the datacenter, one read, log out (process_calls counts every request it sends); the
+    two run in turns. The same with `--ca-file FILE gpus URI` (click parses that command line) is timed too."""
     uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab"
-    program, arguments = gpupass[0], ["--ca-file", str(sim.ca_file), "gpus", uri, "--json"]
-    env = dict(gpupass[1], GPUPASS_PASSWORD=sim.password)
+    config = scratch / f"config-{sim.port}.toml"
+    config.write_text(f'[hosts.bench-vc]\nuri = "{uri}"\npassword_env = "GPUPASS_PASSWORD"\n'
+                      f'ca_file = "{sim.ca_file}"\n', encoding="utf-8")
+    program = gpupass[0]
+    named, flagged = ["gpus", "bench-vc", "--json"], ["--ca-file", str(sim.ca_file), "gpus", uri, "--json"]
+    env = dict(gpupass[1], GPUPASS_PASSWORD=sim.password, GPUPASS_CONFIG=str(config))
     figures: dict[str, float] = {}
-    ours, theirs = [], []
+    ours, theirs, clicked = [], [], []
     for _ in range(repeat):
         began = time.perf_counter()
-        subprocess.run(program + arguments, env=env, capture_output=True, check=True)
+        subprocess.run(program + named, env=env, capture_output=True, check=True)
         ours.append(time.perf_counter() - began)
         began = time.perf_counter()
         figures["anchor_command_calls"] = run_anchor(anchor, sim, spec, "-logout")["process_calls"]
         theirs.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        subprocess.run(program + flagged, env=env, capture_output=True, check=True)
+        clicked.append(time.perf_counter() - began)
     paired(figures, "command", ours, theirs)
-    debug = subprocess.run([*program, "--debug", *arguments], env=env, capture_output=True, text=True, check=True)
+    figures["command_click_s"] = statistics.median(clicked)
+    debug = subprocess.run([*program, "--debug", *named], env=env, capture_output=True, text=True, check=True)
     # every SOAP request is logged, the login's RetrieveServiceContent and Login included (wire.Session.call)
     figures["command_calls"] = sum(1 for line in debug.stderr.splitlines() if "gpupass.esxi: SOAP " in line)
     return figures
 
 
 def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool = False,
-            gpupass: tuple[list[str], dict[str, str]] | None = None) -> dict[str, float]:
+            gpupass: tuple[list[str], dict[str, str]] | None = None,
+            scratch: Path | None = None) -> dict[str, float]:
     from gpupass.backends.esxi.backend import EsxiBackend
     from gpupass.backends.esxi.lab.simulator import VCSim, lab_config
     from gpupass.core.domain.pci import PciAddress
@@ -218,7 +229,8 @@ def measure(hosts: int, vms: int, repeat: int, anchor: Path | None, naive: bool 
             execute(backend, plan)
             figures["release_calls"] = backend.round_trips - before
         if anchor is not None and gpupass is not None:
-            figures.update(whole_command(sim, anchor, spec, repeat, gpupass))
+            figures.update(whole_command(sim, anchor, spec, repeat, gpupass,
+                                         scratch or Path(tempfile.gettempdir())))
         if naive:
             si = sim.connect()
             counter = count_stub(si)
@@ -239,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         anchor = build_anchor(Path(scratch))
         # --quick (the CI smoke) runs this checkout's script; the figures come from a regular install
         gpupass = this_checkouts_command() if args.quick else regular_install_command(Path(scratch) / "install")
-        rows = [measure(h, v, args.repeat, anchor, naive=(i == 0), gpupass=gpupass) for i, (h, v) in enumerate(sizes)]
+        rows = [measure(h, v, args.repeat, anchor, naive=(i == 0), gpupass=gpupass, scratch=Path(scratch))
+                for i, (h, v) in enumerate(sizes)]
 
     print("1. gpus against the govc object.collect anchor (same properties, same calls; goal: <= 1.5x)")
     print(f"   medians of {args.repeat} runs, gpupass and the anchor in turns; pairs: the range of the per-pair ratios")
@@ -261,12 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for r in rows:
         print(row(r, "gpus_first_calls", "first", "anchor_first_calls"))
-    print("   c. the whole command, process start to exit: `gpupass gpus URI --json` against the anchor as a")
-    print("      program (log in, datacenter, view, one read, log out); gpupass "
+    print("   c. the whole command, process start to exit: `gpupass gpus NAME --json` (NAME in the config file, with")
+    print("      its CA) against the anchor as a program (log in, datacenter, view, one read, log out); gpupass "
           f"{'of this checkout (--quick)' if args.quick else 'in a regular install'}")
     print(header)
     for r in rows:
         print(row(r, "command_calls", "command", "anchor_command_calls"))
+    print("      the same read as `gpupass --ca-file FILE gpus URI --json` (a command line click parses), medians:")
+    for r in rows:
+        print(f"      at {r['hosts']:.0f} hosts / {r['vms']:.0f} VMs: {r['command_click_s'] * 1000:.1f} ms "
+              f"({r['command_click_s'] / r['anchor_command_s']:.2f}x the anchor)")
     print("\n2. assign (and its release): SOAP calls beyond the inventory (goal: <= 4 for the assign)")
     for r in rows:
         print(f"  {r['hosts']:.0f} hosts, {r['vms']:.0f} VMs: assign {r['assign_calls']:.0f}, "
