@@ -901,7 +901,10 @@ class KvmBackend(Backend):
         try:
             for address in sorted(payload.claims):  # one order for every run: no two wait on each other
                 asking = secretclaims.new(address, vm, vm_uuid, run.token, run.origin, time.time())
-                taken.append(self._take_claim(asking, first=not taken, adopt_own=adopt_own))
+                claim = functools.partial(self._take_claim, asking, first=not taken, adopt_own=adopt_own)
+                # Taking a release back (adopt_own) claims again what its claim may still hold: a reply lost there is
+                # asked once more over a new connection, which finds the claim (this run's or the release's) there.
+                taken.append(self._once_more_if_lost(claim) if adopt_own else claim())
                 asking = None
         except _NoSecretDriver:
             raise  # refused at the first claim: nothing was made
@@ -911,7 +914,10 @@ class KvmBackend(Backend):
             self._drop_claims_after_failure([claim for claim, _ in taken] + ([asking] if asking else []))
             raise
         try:
-            self._define(payload.new_xml, "defining the new VM definition")
+            if adopt_own:  # a release taken back: its define is read back after a lost reply (_take_back_define)
+                self._take_back_define(payload.new_xml, "defining the new VM definition")
+            else:
+                self._define(payload.new_xml, "defining the new VM definition")
         except GpupassError as refused:
             if isinstance(refused, ConnectionFailed):
                 # The define may have been carried out with its reply lost: the claims stay with it, and the
@@ -927,14 +933,39 @@ class KvmBackend(Backend):
         overtaken = [(mine, stale) for mine, stale in taken if stale is not None and stale.vm_uuid != mine.vm_uuid
                      and self._holds(stale.vm_uuid, mine.address)]
         if lost or overtaken:
-            self._define(old, "undoing this run's change after losing the claim")
-            self._drop_claims([claim for claim, _ in taken])
+            self._take_back_define(old, "undoing this run's change after losing the claim")
+            self._once_more_if_lost(lambda: self._drop_claims([claim for claim, _ in taken]))
             mine, other = (lost or overtaken)[0]
             who = f"VM '{other.vm}' ({other.origin})" if other is not None else "another run"
             raise Conflict(f"{who} claimed {mine.address} while this run was assigning it; this run's change to "
                            f"VM '{vm}' was undone", remedy=f"release the GPU from VM '{other.vm if other else '?'}' "
                                                            "first if it should move")
         return old
+
+    def _take_back_define(self, xml: str, action: str) -> None:
+        """A define that takes a change back (an undo, or a run that lost its claim), whose reply may be lost after
+        libvirtd carried it out (libvirt's client reports the closed connection, or the host's timeout runs out:
+        ConnectionFailed). Then the VM is read again over a new connection: holding `xml` (compared as libvirt reports
+        definitions back, _essentials), the take-back is done; else the error stands and the service reads the host."""
+        try:
+            self._define(xml, action)
+        except ConnectionFailed as lost:
+            try:
+                now = self._current_xml(domxml.read_facts(xml).name)
+            except GpupassError:
+                raise lost from None
+            if _essentials(now, keep_claims=True) != _essentials(xml, keep_claims=True):
+                raise
+            log.info("%s: %s went through although its reply was lost (read back)", self.target.label, action)
+
+    def _once_more_if_lost(self, call: Callable[[], Any]) -> Any:
+        """`call` again, once, over a new connection (_bounded drops a lost one), when its reply was lost. Only for
+        calls that find their work done when it is: claims removed by usage and VM or by UUID (_release_claims,
+        _drop_claims), a claim taken with adopt_own (a claim already naming the VM is kept)."""
+        try:
+            return call()
+        except ConnectionFailed:
+            return call()
 
     def _drop_claims_after_failure(self, mine: list[secretclaims.SecretClaim]) -> None:
         try:
@@ -1122,9 +1153,10 @@ class KvmBackend(Backend):
             except Conflict as taken:
                 raise Conflict(f"the release from VM '{payload.vm}' stays: {taken.message}",
                                remedy=taken.remedy) from taken
-        self._define(token, "restoring the previous VM definition")
+        self._take_back_define(token, "restoring the previous VM definition")
         if payload.claims:  # an assign taken back: its claims go with it
-            self._release_claims(domxml.read_facts(token).uuid, set(payload.claims))
+            uuid = domxml.read_facts(token).uuid
+            self._once_more_if_lost(lambda: self._release_claims(uuid, set(payload.claims)))
 
     @_undo.register(Hotplug)
     def _undo_hotplug(self, payload: Hotplug, token: None) -> None:

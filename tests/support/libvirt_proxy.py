@@ -10,12 +10,14 @@ remote_protocol.x); the procedures gpupass's KVM writes send are listed below wi
 
 * ``drop_reply_to(proc)``: the next call of ``proc`` goes to the daemon, which carries it out; its reply (matched by
   serial) is read and thrown away, and the client's connection is closed: a reply lost after the fact (``times``:
-  so many such calls in a row, on whatever connection the client opens next).
+  so many such calls in a row, on whatever connection the client opens next). Drops of different procedures can be
+  armed at once (a lost define, then a lost claim removal in the undo that follows).
 * ``withhold_reply_to(proc)``: the same, but the connection stays open: the reply simply never comes (a host
   that stalls after doing the work), so the client waits for its own timeout.
 * ``hold_call_to(proc)``: the next call of ``proc`` is kept from the daemon until ``release()``: a request still on
   the wire when its sender dies. Released, it is sent to the daemon, and the daemon's reply to it is waited for
   (``replied``) before the daemon side is closed, so the daemon carries it out whatever happened to the client.
+  It can be armed again while a call is held (``release()`` lets the held one go, the next one is then held).
 
 Point gpupass at it with ``qemu+unix:///session?socket=<path>``.
 """
@@ -32,6 +34,7 @@ CALL, REPLY = 0, 1  # virNetMessageType
 
 # remote_procedure numbers (src/remote/remote_protocol.x): what libvirt-python's calls in backends/kvm send.
 DOMAIN_DEFINE_XML = 11  # virConnect.defineXML
+DOMAIN_GET_XML_DESC = 14  # virDomain.XMLDesc
 SECRET_DEFINE_XML = 142  # virConnect.secretDefineXML
 SECRET_UNDEFINE = 146  # virSecret.undefine
 
@@ -87,15 +90,16 @@ class LibvirtProxy:
     def __init__(self, daemon_socket: Path, path: Path) -> None:
         self.daemon_socket, self.path = Path(daemon_socket), Path(path)
         self._lock = threading.Lock()
-        self._drop: tuple[int, int] | None = None  # (proc, calls of it still to let through)
-        self._drops_left = 0  # replies still to lose once the skips are spent
+        self._drops: dict[int, list[int]] = {}  # proc -> [calls of it still to let through, replies still to lose]
         self._withhold: tuple[int, int] | None = None
         self._hold: tuple[int, int] | None = None
         self._held_at: tuple[_Link, int] | None = None  # the connection and serial of the call held
         self.held = threading.Event()  # a call is being held
         self.dropped = threading.Event()  # a reply was lost
         self.replied = threading.Event()  # the daemon answered the call that was held
-        self._go = threading.Event()
+        self._go = threading.Event()  # what the next call held waits for
+        self._held_go: threading.Event | None = None  # what the call held now waits for
+        self._gates: list[threading.Event] = [self._go]
         self._closed = False
         self._links: list[_Link] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -110,7 +114,7 @@ class LibvirtProxy:
     def drop_reply_to(self, proc: int, skip: int = 0, times: int = 1) -> None:
         """Lose the replies to the next `times` calls of `proc` (after letting `skip` such calls through)."""
         with self._lock:
-            self._drop, self._drops_left = (proc, skip), times
+            self._drops[proc] = [skip, times]
             self.dropped.clear()
 
     def withhold_reply_to(self, proc: int) -> None:
@@ -122,16 +126,23 @@ class LibvirtProxy:
         """Hold the next call of `proc` (after letting `skip` such calls through) until release()."""
         with self._lock:
             self._hold = (proc, skip)
+            self._held_at = None  # the reply awaited is this next call's, not one held before
             self.held.clear()
             self.replied.clear()
-            self._go.clear()
+            self._go = threading.Event()
+            self._gates.append(self._go)
 
     def release(self) -> None:
-        self._go.set()
+        """Let the call held now go to the daemon."""
+        with self._lock:
+            gate = self._held_go
+        if gate is not None:
+            gate.set()
 
     def close(self) -> None:
         self._closed = True
-        self._go.set()
+        for gate in self._gates:
+            gate.set()
         self._listener.close()
         for link in self._links:
             _shut(link.client)
@@ -153,17 +164,26 @@ class LibvirtProxy:
             threading.Thread(target=self._replies, args=(link,), daemon=True).start()
 
     def _armed(self, which: str, prog: int, proc: int, kind: int) -> bool:
-        """Is this call one that `which` ("_drop", "_withhold" or "_hold") waits for? Counts down its skips."""
+        """Is this call one that `which` ("_withhold" or "_hold") waits for? Counts down its skips."""
         armed = getattr(self, which)  # (proc, calls of it still to let through)
         if armed is None or prog != REMOTE_PROGRAM or kind != CALL or proc != armed[0]:
             return False
         if armed[1] > 0:
             setattr(self, which, (armed[0], armed[1] - 1))
             return False
-        if which == "_drop" and self._drops_left > 1:
-            self._drops_left -= 1  # armed again for the next call of it
-        else:
-            setattr(self, which, None)
+        setattr(self, which, None)
+        return True
+
+    def _to_drop(self, prog: int, proc: int, kind: int) -> bool:
+        armed = self._drops.get(proc)
+        if armed is None or prog != REMOTE_PROGRAM or kind != CALL:
+            return False
+        if armed[0] > 0:
+            armed[0] -= 1
+            return False
+        armed[1] -= 1
+        if armed[1] <= 0:
+            del self._drops[proc]
         return True
 
     def _calls(self, link: _Link) -> None:
@@ -172,15 +192,16 @@ class LibvirtProxy:
                 prog, proc, kind, serial = _header(message)
                 with self._lock:
                     hold = self._armed("_hold", prog, proc, kind)
-                    if self._armed("_drop", prog, proc, kind):
+                    if self._to_drop(prog, proc, kind):
                         link.to_drop.add(serial)
                     if self._armed("_withhold", prog, proc, kind):
                         link.to_withhold.add(serial)
                     if hold:
-                        self._held_at = (link, serial)
+                        self._held_at, self._held_go = (link, serial), self._go
+                        gate = self._go
                 if hold:
                     self.held.set()
-                    self._go.wait()
+                    gate.wait()
                 if kind == CALL:
                     with link.answered:
                         link.pending.add(serial)

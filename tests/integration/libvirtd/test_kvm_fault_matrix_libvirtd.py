@@ -36,7 +36,8 @@ from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.cli import gpupass  # noqa: E402
 from support.snapshots import payloads_survive_a_snapshot  # noqa: E402
-from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE, LibvirtProxy  # noqa: E402
+from support.libvirt_proxy import (DOMAIN_DEFINE_XML, DOMAIN_GET_XML_DESC, SECRET_DEFINE_XML, SECRET_UNDEFINE,  # noqa: E402
+                                   LibvirtProxy)
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
 # A GPU of its own: claims are host-wide, and other tests on this daemon claim 41:00.0 and 43:00.0.
@@ -160,16 +161,34 @@ def test_a_reply_that_never_comes_is_bounded_by_the_timeout_then_read_back_and_u
     exactly(libvirt_conn, assigned, claimed=True)
 
 
-def test_a_reply_lost_on_the_define_and_again_on_its_undo_is_reported_and_the_claim_left_is_shown(
+def test_a_reply_lost_on_the_define_and_again_on_its_undo_is_read_back_and_the_vm_is_exactly_as_it_was(
         libvirtd_uri, libvirt_conn, proxy, host):
-    """Two faults in a row: the assign's define is read back and undone, and the reply to that undo is lost too.
-    gpupass cannot tell that its undo went through and says so (not rolled back, the step named); the daemon
-    did undo the define, so the VM is as it was but the run's claim is left: status shows it, the same assign
-    again finishes."""
+    """Two faults in a row: the assign's define is read back and undone, and the reply to that undo is lost too. The
+    undo is read back in turn over a new connection (KvmBackend._take_back_define): the daemon did define the old
+    definition, so the run's claim is removed and the VM is reported, and is, exactly as it was."""
     free, assigned = host
     with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
         plan = plan_for(backend, VM, "assign")
         proxy.drop_reply_to(DOMAIN_DEFINE_XML, times=2)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert caught.value.rolled_back is True and "the VM is as it was" in caught.value.message, caught.value.message
+    exactly(libvirt_conn, free, claimed=False)
+    assert status(libvirtd_uri) == {VM: (), OTHER: ()}
+    run(libvirtd_uri, VM, "assign")
+    exactly(libvirt_conn, assigned, claimed=True)
+
+
+def test_a_reply_lost_on_the_define_on_its_undo_and_on_reading_the_undo_back_is_reported_and_the_claim_shown(
+        libvirtd_uri, libvirt_conn, proxy, host):
+    """Three faults in a row: the define's reply, its undo's, and the reply of the read that would tell whether the
+    undo went through. gpupass cannot tell and says so (not rolled back, the step named); the daemon did undo the
+    define, so the VM is as it was but the run's claim is left: status shows it, the same assign again finishes."""
+    free, assigned = host
+    with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_for(backend, VM, "assign")
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML, times=2)
+        proxy.drop_reply_to(DOMAIN_GET_XML_DESC, skip=2)  # the guard's read, the observe's, then the undo's read-back
         with pytest.raises(OperationFailed) as caught:
             execute(backend, plan)
     assert caught.value.rolled_back is False
