@@ -1,0 +1,152 @@
+"""The KVM vGPU-share rows of the fault matrix (docs/faults.md) on a REAL libvirtd: the define that gives a domain a
+mediated device (`<hostdev mode='subsystem' type='mdev'>` naming a free device of the type) and the define that takes
+it back -- a reply lost after the daemon carried the define out, and a real gpupass process killed (SIGKILL) with it
+on the wire, which the daemon then carries out.
+
+The suite's unprivileged libvirtd has no GPU and no mdev-capable parent, so the card and its vGPU device are added to
+the facts the real backend reads (as test_kvm_backend_libvirtd.with_gpus adds GPUs); everything written -- the domain
+definitions -- goes to the daemon, which accepts a definition naming a mediated device that does not exist (it looks
+the device up only when the domain starts). Creating and removing the device itself (virNodeDeviceDefineXML) is not
+covered: no daemon here can (docs/faults.md, "Not covered yet").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+
+from gpupass.backends.kvm import domxml  # noqa: E402
+from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.core.domain.pci import PciAddress  # noqa: E402
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest  # noqa: E402
+from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing  # noqa: E402
+from gpupass.core.errors import OperationFailed  # noqa: E402
+from gpupass.core.plugins import default_registry  # noqa: E402
+from gpupass.core.service import execute, make_plan  # noqa: E402
+from gpupass.core.target import Target  # noqa: E402
+from support.libvirt_proxy import DOMAIN_DEFINE_XML, LibvirtProxy  # noqa: E402
+from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
+
+CARD = dataclasses.replace(T4, address=PciAddress.parse("0000:46:00.0"))  # claims and shares of its own
+VGPU = ShareType("nvidia-222", "GRID T4-2Q", ShareMode.MDEV, available=1, max_instances=8)
+MDEV = "6f1d2c8e-5a1b-4e0c-8d1f-7a2b3c4d5e46"
+VM = "gp-sf-1"
+
+
+class KvmBackendWithAVgpu(KvmBackend):
+    """The real backend on the real daemon, whose facts also list CARD offering VGPU with one mediated device, MDEV,
+    held by whichever domain's definition names it now."""
+
+    def inventory(self):
+        facts = with_gpus(super().inventory(), CARD)
+        holder = next((name for name, xml in facts.state.domain_xml.items() if MDEV in domxml.read_facts(xml).mdevs),
+                      None)
+        sharing = Sharing((VGPU,), (Share(MDEV, VGPU.id, ShareMode.MDEV, holder),), one_type_at_a_time=True)
+        return dataclasses.replace(facts, gpus=tuple(dataclasses.replace(g, sharing=sharing) for g in facts.gpus))
+
+
+def plan_share(backend, operation):
+    request = (AssignmentRequest(VM, (CARD.address,), AssignOptions(share=VGPU.id)) if operation == "assign"
+               else ReleaseRequest(VM))
+    plan = make_plan(backend, backend.inventory(), request, default_registry())
+    assert not plan.blocked, plan.findings
+    return plan
+
+
+def run(uri, operation):
+    with KvmBackendWithAVgpu(Target(uri=uri, name="session")) as backend:
+        return execute(backend, plan_share(backend, operation))
+
+
+def holds(conn) -> bool:
+    return MDEV in domxml.read_facts(inactive_xml(conn, VM)).mdevs
+
+
+@pytest.fixture
+def proxy(libvirtd_daemon):
+    directory = Path(tempfile.mkdtemp(prefix="gp-px-", dir="/tmp"))  # UNIX socket paths must stay short
+    running = LibvirtProxy(libvirtd_daemon.socket_path, directory / "sock")
+    yield running
+    running.close()
+    directory.rmdir()
+
+
+@pytest.fixture
+def vm(libvirtd_uri, libvirt_conn):
+    """A powered-off VM; -> its definition without the vGPU and with it (made once here, then given back)."""
+    free = define(libvirt_conn, q35(VM))
+    run(libvirtd_uri, "assign")
+    given = inactive_xml(libvirt_conn, VM)
+    run(libvirtd_uri, "release")
+    assert inactive_xml(libvirt_conn, VM) == free and MDEV in given
+    yield free, given
+    libvirt_conn.lookupByName(VM).undefine()
+
+
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_lost_reply_on_the_share_define_is_read_back_and_the_vm_is_exactly_as_it_was(
+        libvirtd_uri, libvirt_conn, proxy, vm, operation):
+    free, given = vm
+    if operation == "release":
+        run(libvirtd_uri, "assign")
+    before, after = (free, given) if operation == "assign" else (given, free)
+    with KvmBackendWithAVgpu(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_share(backend, operation)
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert proxy.dropped.is_set()
+    assert caught.value.rolled_back is True and "the VM is as it was" in caught.value.message, caught.value.message
+    assert "End of file while reading data" in caught.value.message
+    assert inactive_xml(libvirt_conn, VM) == before
+    run(libvirtd_uri, operation)  # the same command again converges
+    assert inactive_xml(libvirt_conn, VM) == after
+
+
+_CHILD = """
+import sys
+sys.path[:0] = {paths!r}
+from gpupass.core.service import execute
+from gpupass.core.target import Target
+from test_kvm_share_faults_libvirtd import KvmBackendWithAVgpu, plan_share
+with KvmBackendWithAVgpu(Target(uri={uri!r}, name="killed")) as backend:
+    execute(backend, plan_share(backend, {operation!r}))
+print("the run finished: it was not killed")
+"""
+
+
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_client_killed_with_the_share_define_on_the_wire_leaves_the_vm_exactly_after_and_a_rerun_has_nothing_to_do(
+        libvirtd_uri, libvirt_conn, proxy, vm, operation):
+    free, given = vm
+    if operation == "release":
+        run(libvirtd_uri, "assign")
+    here = Path(__file__).resolve().parent
+    script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, operation=operation)
+    proxy.hold_call_to(DOMAIN_DEFINE_XML)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        if not proxy.held.wait(60):
+            child.kill()
+            pytest.fail("the define never reached the proxy: " + child.communicate()[0][-3000:])
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        child.stdout.close()
+        proxy.release()
+    assert proxy.replied.wait(30), "the daemon never answered the define its killed client had sent"
+    assert inactive_xml(libvirt_conn, VM) == (given if operation == "assign" else free)
+    assert holds(libvirt_conn) is (operation == "assign")
+    with KvmBackendWithAVgpu(Target(uri=libvirtd_uri, name="session")) as backend:
+        assert plan_share(backend, operation).steps == ()  # the same command again has nothing to do
+        vm_now = backend.inventory().find_vm(VM)
+    assert vm_now.unfinished == ()
