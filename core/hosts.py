@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 from gpupass.core import paths
 from gpupass.core.credentials import resolve_password
 from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
+from gpupass.core.lazylog import LazyLogger
 from gpupass.core.target import Target, TlsOptions
 from gpupass.core.uri import check_uri
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from gpupass.core.plugins import Registry
     from gpupass.core.ports import Backend
 
-log = logging.getLogger("gpupass.core")
+log = LazyLogger("gpupass.core")  # logging loads only where a record could be shown
 
 
 def looks_like_snapshot(text: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ from gpupass.core.domain import claims
 from gpupass.core.domain.sharing import SRIOV_VF_TYPE, Share, ShareMode, ShareType, Sharing, virtual_function_type
 from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, NotSupported,
                                  OperationFailed)
+from gpupass.core.lazylog import LazyLogger
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # named in signatures only: reading a host does not load the 
     from gpupass.core.domain.findings import FeatureLoss
     from gpupass.core.domain.plan import Step
 
-log = logging.getLogger("gpupass.kvm")
+log = LazyLogger("gpupass.kvm")  # logging loads only where a record could be shown
 
 # Local accessors of libvirt objects that do not talk to the daemon.
 # (A secret's usage type and ID come with it from the daemon: libvirt src/remote/remote_protocol.x,
