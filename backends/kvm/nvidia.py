@@ -26,9 +26,10 @@ from gpupass.core.errors import OperationFailed, UsageError
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 UNSET = "0"
 
-_GPU_HEADING = re.compile(r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])\s*$")
-_FIELD = re.compile(r"^\s+(\w[\w ]*?)\s*:\s*(.*?)\s*$")
-_CREATABLE = re.compile(r"^\s*(\d+)\s*:\s*(.+?)\s*$")
+# Patterns, compiled (and cached by `re`) on first use: a `gpus` of a host without NVIDIA vGPU never needs them.
+_GPU_HEADING = r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])\s*$"
+_FIELD = r"^\s+(\w[\w ]*?)\s*:\s*(.*?)\s*$"
+_CREATABLE = r"^\s*(\d+)\s*:\s*(.+?)\s*$"
 
 
 def bus_id(text: str) -> PciAddress:
@@ -44,7 +45,7 @@ def mig_modes(query: str) -> dict[PciAddress | None, bool | None]:
     gpu: PciAddress | None = None
     in_mig = False
     for line in query.splitlines():
-        heading = _GPU_HEADING.match(line)
+        heading = re.match(_GPU_HEADING, line)
         if heading:
             gpu, in_mig = bus_id(heading[1]), False
             continue
@@ -52,7 +53,7 @@ def mig_modes(query: str) -> dict[PciAddress | None, bool | None]:
             in_mig = True
             continue
         if in_mig:
-            field = _FIELD.match(line)
+            field = re.match(_FIELD, line)
             if field and field[1] == "Current":
                 modes[gpu] = {"Enabled": True, "Disabled": False}.get(field[2])
             in_mig = field is not None and field[1] == "Pending"
@@ -84,7 +85,7 @@ class VfVgpu:
 
 def creatable_types(text: str) -> tuple[tuple[str, str], ...]:
     """`creatable_vgpu_types`: "ID : name" lines; a header line ("ID    : vGPU Name") has no numeric id."""
-    return tuple((m[1], m[2]) for line in text.splitlines() if (m := _CREATABLE.match(line)))
+    return tuple((m[1], m[2]) for line in text.splitlines() if (m := re.match(_CREATABLE, line)))
 
 
 def read_vf_vgpu(vf: PciAddress, root: Path = SYSFS_PCI) -> VfVgpu | None:

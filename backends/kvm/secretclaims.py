@@ -19,7 +19,6 @@ secret up only for an encrypted volume whose <encryption> names it.
 from __future__ import annotations
 
 import json
-import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -42,6 +41,8 @@ def usage_id(address: str) -> str:
 
 
 def new(address: str, vm: str, vm_uuid: str, token: str, origin: str, at: float) -> SecretClaim:
+    import uuid  # here: reading claims (every `gpus`) never makes one
+
     return SecretClaim(address, vm, vm_uuid, token, origin, str(uuid.uuid4()), at)
 
 

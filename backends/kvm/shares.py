@@ -15,18 +15,19 @@ The steps' payloads are in steps.py (CreateMdev, RemoveMdev, DefineShare).
 
 from __future__ import annotations
 
-import uuid as uuid_module
 import xml.etree.ElementTree as ET
 
 from gpupass.core.domain.pci import PciAddress
 
 # gpupass's namespace for the UUIDs of the mediated devices it creates: one UUID per (host, VM, card, type), so a
 # plan shows the very UUID the assign will create, and a plan from a snapshot equals the live one.
-_UUID_NAMESPACE = uuid_module.UUID("4f0c6a53-6c1e-4f43-9a55-1a4f2b0b6d13")
+_UUID_NAMESPACE = "4f0c6a53-6c1e-4f43-9a55-1a4f2b0b6d13"
 
 
 def mdev_uuid(host: str, vm: str, parent: PciAddress, type_id: str) -> str:
-    return str(uuid_module.uuid5(_UUID_NAMESPACE, f"{host}|{vm}|{parent}|{type_id}"))
+    import uuid  # here: planning a share needs it, reading a host does not
+
+    return str(uuid.uuid5(uuid.UUID(_UUID_NAMESPACE), f"{host}|{vm}|{parent}|{type_id}"))
 
 
 def mdev_definition(parent: str, type_id: str, uuid: str) -> str:

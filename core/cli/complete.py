@@ -9,7 +9,6 @@ until a completion runs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -22,17 +21,20 @@ if TYPE_CHECKING:  # `gpupass gpus HOST` keeps names through this module without
 # -- the cache of names, written after an inventory read --------------------------------------------------
 
 def _cache_file(host: str) -> Path:
+    """A file name for any host string. A checksum, not a cryptographic digest (hashlib costs every `gpus` more than
+    the rest of this module): the file records its host, and _names reads only a file that names this host."""
+    import zlib
+
     from gpupass.core import paths
 
-    digest = hashlib.sha256(host.encode()).hexdigest()[:24]
-    return paths.data_dir() / "completion" / f"{digest}.json"
+    return paths.data_dir() / "completion" / f"{zlib.crc32(host.encode('utf-8', 'surrogateescape')):08x}.json"
 
 
 def remember(host: str, facts: Any) -> None:
     """Keep the VM and GPU names of `host` for completion (names only: no secrets, nothing else)."""
     import os
 
-    from gpupass.core.domain.select import qualified
+    from gpupass.core.domain.inventory import qualified
 
     document = {"host": host, "vms": [vm.name for vm in facts.vms],
                 "gpus": list(dict.fromkeys([qualified(g) for g in facts.gpus] + [str(g.address) for g in facts.gpus]
@@ -52,8 +54,9 @@ def _names(host: str | None, kind: str) -> list[str]:
         return []
     try:
         document = json.loads(_cache_file(host).read_text())
-        return list(document.get(kind, []))
-    except (OSError, ValueError):
+        if document.get("host") == host:  # another host whose name has the same checksum: not this one's names
+            return list(document.get(kind, []))
+    except (OSError, ValueError, AttributeError):
         pass
     from gpupass.core.plugins import default_registry
 

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from gpupass.core.cli.escape import shown
 from gpupass.core.domain.findings import Finding, Severity
-from gpupass.core.domain.inventory import Gpu, HostFacts
+from gpupass.core.domain.inventory import Gpu, HostFacts, qualified
 from gpupass.core.domain.mmio import MmioPolicy, format_bytes, mmio_need
 from gpupass.core.domain.pci import PciAddress
-from gpupass.core.domain.plan import Plan
-from gpupass.core.domain.select import qualified
 
 if TYPE_CHECKING:
+    from gpupass.core.domain.plan import Plan
     from gpupass.core.migration import MigrationPlan
     from gpupass.core.domain.sharing import Share
 

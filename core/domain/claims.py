@@ -25,7 +25,6 @@ doorway is not needed: `decide_written` below judges a claim written in the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Iterable
 
 
@@ -64,13 +63,20 @@ class Verdict:
     other_vm: str | None = None
 
 
+def _now() -> str:
+    """The time a claim names (to the second, UTC); tests freeze it here."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def new_claim(vm: str, addresses: Iterable[str]) -> Claim:
     # Imported here: reading the host's claims (every `gpus`) never makes one.
     import os
     import socket
     import uuid
 
-    origin = f"{socket.gethostname()} pid {os.getpid()} at {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    origin = f"{socket.gethostname()} pid {os.getpid()} at {_now()}"
     return Claim(vm, uuid.uuid4().hex, frozenset(addresses), None, origin)
 
 

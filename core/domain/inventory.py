@@ -68,6 +68,11 @@ class Gpu:
         return tuple(collected)
 
 
+def qualified(gpu: Gpu) -> str:
+    """The name gpupass prints for a GPU: the platform's own name where it has one, else the address."""
+    return (gpu.location + "/" if gpu.location else "") + (gpu.native_address or str(gpu.address))
+
+
 class PowerState(str, Enum):
     OFF = "off"
     RUNNING = "running"

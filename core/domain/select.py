@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from gpupass.core.domain.inventory import Gpu, HostFacts
+from gpupass.core.domain.inventory import qualified as qualified  # where the names are read back
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.errors import NotFound, UsageError
 
@@ -38,11 +39,6 @@ def model_matches(model: str, query: str) -> bool:
     'A10' does not match 'A100')."""
     wanted, have = words(query), set(words(model))
     return bool(wanted) and all(w in have for w in wanted)
-
-
-def qualified(gpu: Gpu) -> str:
-    """The name gpupass prints for a GPU: the platform's own name where it has one, else the address."""
-    return (gpu.location + "/" if gpu.location else "") + (gpu.native_address or str(gpu.address))
 
 
 @dataclass(frozen=True)

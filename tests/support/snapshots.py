@@ -52,17 +52,11 @@ def payloads_survive_a_snapshot(backend: Backend, requests: list[Any], tmp_path:
 def _one_second() -> Any:
     """Both plans stamped with the same time: an intent record names when its run began (to the second), and the
     live and the snapshot plan must not differ only because a second ticked between them."""
-    frozen = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    class _Clock(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-            return frozen
-
-    real = claims.datetime
-    claims.datetime = _Clock  # type: ignore[misc]
+    frozen = datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat(timespec="seconds")
+    real = claims._now
+    claims._now = lambda: frozen  # type: ignore[assignment]
     try:
         yield
     finally:
-        claims.datetime = real  # type: ignore[misc]
+        claims._now = real  # type: ignore[assignment]
 
