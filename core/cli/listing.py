@@ -66,9 +66,9 @@ def as_text(command: str, app: AppContext, host: str | None, facts: HostFacts) -
 
 
 def as_json(document: Any) -> str:
-    import json
+    from gpupass.core.jsontext import dumps  # json.dumps(indent=2)'s text, as the click commands print it
 
-    return json.dumps(document, indent=2, sort_keys=False)
+    return dumps(document)
 
 
 def run(command: str, host: str | None, json_output: bool) -> None:
