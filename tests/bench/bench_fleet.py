@@ -277,9 +277,9 @@ def pool(hosts: int, latency_ms: float, requests: int, concurrency: int, sample:
     bare = _timed(bare_threads) if concurrency >= hosts else None
     names = [f"host-{i:05d}" for i in range(hosts)]
     alive.clear()
-    began = time.perf_counter()
+    cpu, began = _process_cpu(), time.perf_counter()
     results = gather(names, remote, concurrency=concurrency, timeout=600)
-    together = time.perf_counter() - began
+    together, cpu = time.perf_counter() - began, _process_cpu() - cpu
     assert len(results) == hosts and all(r.facts is facts for r in results), [r.error for r in results if r.error]
 
     def peak_bytes(count: int, keep: bool) -> int:
@@ -298,7 +298,8 @@ def pool(hosts: int, latency_ms: float, requests: int, concurrency: int, sample:
         return peak
 
     small = max(1, hosts // 10)
-    return {"hosts": hosts, "single_s": single, "fleet_s": together, "bare_threads_s": bare,
+    return {"hosts": hosts, "single_s": single, "fleet_s": together, "bare_threads_s": bare, "fleet_cpu_s": cpu,
+            "requests": hosts * requests,
             "peak_threads": max(alive) - before,  # the threads the pool added
             "streamed_small": peak_bytes(small, False), "streamed": peak_bytes(hosts, False),
             "kept_small": peak_bytes(small, True), "kept": peak_bytes(hosts, True)}
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {p['hosts']} plain threads in one process:     {p['bare_threads_s']:7.3f} s   ratio "
               f"{p['bare_threads_s'] / p['single_s']:.2f}x (one thread per host, no pool: for comparison)")
     print(f"  worker threads at the peak:             {p['peak_threads']}")
+    print(f"  CPU of this process: {p['fleet_cpu_s']:.2f} s = {p['fleet_cpu_s'] / p['requests'] * 1e6:.0f} us per "
+          f"request waited (each answer wakes its thread, which takes the interpreter lock again): "
+          f"{p['requests']} requests need {p['fleet_cpu_s'] / p['fleet_s']:.2f} of a core")
     small = max(1, p["hosts"] // 10)
     print(f"  memory at the peak, {MEMORY_POOL} workers, rows streamed: {p['streamed_small'] / 1024:.0f} KiB at {small} "
           f"hosts, {p['streamed'] / 1024:.0f} KiB at {p['hosts']}: ratio {p['streamed'] / p['streamed_small']:.2f} "
