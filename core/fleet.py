@@ -55,7 +55,7 @@ def default_concurrency() -> int:
 # 5 ms: sys.getswitchinterval). A fleet's workers mostly wait; each answer takes the lock for a short burst of
 # parsing. With hundreds of workers, the ones waiting for the lock each wake every interval to ask for it, and at
 # 5 ms that asking costs CPU the reads need (tests/bench/bench_fleet.py, 1,000 test-driver hosts at 20 ms, runs taking
-# turns on a busy 2-core machine: 10-30% less CPU, 0-20% less time; no change for one host, whose reads wait on no one).
+# turns on a busy 2-core machine: 10-35% less CPU, 0-30% less time; no change for one host, whose reads wait on no one).
 FLEET_SWITCH_INTERVAL_S = 0.02
 
 
