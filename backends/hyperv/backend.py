@@ -394,11 +394,15 @@ class HypervBackend(Backend):
         gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
         # A device dismounted from the host and on no VM is ready for assignment -- or left by a release that stopped
         # half-way, as is a device mounted back but still disabled (present, with its host driver -- a GPU prepared for
-        # DDA without one shows Status Error always -- and not OK); only then are the VMs' restore records read.
+        # DDA without one shows Status Error always -- and not OK), or a VM without devices that still has the settings
+        # an assign gives (stop action TurnOff, guest-controlled cache types: a release stopped at its last Set-VM);
+        # only then are the VMs' restore records read (the inventory script has no room left to read their notes).
         loose = {fn["LocationPath"] for fn in functions_raw if fn.get("Dismounted") and not fn.get("Owner")}
         disabled = {fn["LocationPath"] for fn in functions_raw if fn.get("Present") and fn.get("Class")
                     and not fn.get("Dismounted") and fn.get("Status") != "OK"}
-        if loose or disabled:
+        as_assigned = any(not v.get("Devices") and str(v.get("StopAction")) == "TurnOff" and v.get("GuestCache") is True
+                          for v in vms_raw)
+        if loose or disabled or as_assigned:
             vms = self._with_stopped_releases(vms, records, loose, disabled, addresses)
         host_raw = data.get("Host") or {}
         os_raw = data.get("Os") or {}

@@ -68,9 +68,11 @@ class Remote:
         return r.status_code, json.loads(r.std_out)
 
 
-def stop_a_release_half_way(backend, endpoint, vm: str, failing: str = "Mount-VMHostAssignableDevice") -> None:
+def stop_a_release_half_way(backend, endpoint, vm: str, failing: str = "Mount-VMHostAssignableDevice",
+                            nth: int = 1) -> None:
     """Leave `vm`'s release stopped half-way on the host, as a client killed with its release script on the wire
-    leaves it when the host then fails the script at `failing` (after Remove-VMAssignableDevice): the release script
+    leaves it when the host then fails the script at the `nth` call of `failing` (after Remove-VMAssignableDevice; the
+    release's first Set-VM writes its intent, its second restores the settings): the release script
     gpupass plans is run on the host as sent, and nobody gives the devices back (no gpupass is left to)."""
     from gpupass.core import plugins
     from gpupass.core.domain.request import ReleaseRequest
@@ -78,7 +80,7 @@ def stop_a_release_half_way(backend, endpoint, vm: str, failing: str = "Mount-VM
 
     plan = make_plan(backend, backend.inventory(), ReleaseRequest(vm), plugins.default_registry())
     (step,) = [s for s in plan.steps if s.writes]
-    endpoint.inject_fault(failing)
+    endpoint.inject_fault(failing, nth)
     try:
         code, data, _ = backend._run_json(step.preview, "the release a killed client sent")
     finally:

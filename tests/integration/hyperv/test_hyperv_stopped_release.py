@@ -233,3 +233,21 @@ def test_a_stopped_release_of_one_gpu_of_two_is_finished_by_naming_it(lab):
     assert [d.location_path for d in model.devices if d.assigned_vm == "ml-train"] == [T4_LOC]
     assert unfinished(uri, "ml-train") == []
     assert json.loads(cli("release", uri, "ml-train", str(GPU), "--yes", "--json").stdout)["changed"] is False
+
+
+def test_a_release_stopped_at_its_last_set_vm_is_shown_and_finished(lab):
+    """The devices went back to the host whole and the script failed at its last Set-VM (the one that restores the
+    settings): ml-train holds no device but keeps TurnOff and guest-controlled cache types, which makes the inventory
+    read the records; `status` shows it and the same release again restores the settings and removes the record."""
+    model, ep, backend, original = lab()
+    stop_a_release_half_way(backend, ep, "ml-train", "Set-VM", nth=2)
+    device = model.device_by_location(A100_2_LOC)
+    assert device.enabled and not device.dismounted and device.assigned_vm is None
+    uri = backend.target.uri
+    (left,) = unfinished(uri, "ml-train")
+    assert "stop action and MMIO are not restored" in left and f"`gpupass release {shlex.quote(uri)} ml-train`" in left
+    again = cli("release", uri, "ml-train", "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is True, again.stdout + again.stderr
+    assert model.to_dict() == original
+    assert unfinished(uri, "ml-train") == []
+    assert json.loads(cli("release", uri, "ml-train", "--yes", "--json").stdout)["changed"] is False
