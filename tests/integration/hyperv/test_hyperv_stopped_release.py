@@ -251,3 +251,34 @@ def test_a_release_stopped_at_its_last_set_vm_is_shown_and_finished(lab):
     assert model.to_dict() == original
     assert unfinished(uri, "ml-train") == []
     assert json.loads(cli("release", uri, "ml-train", "--yes", "--json").stdout)["changed"] is False
+
+
+def test_a_lost_reply_to_the_finishing_release_is_reported_unknown_and_a_rerun_converges(lab):
+    """The host ran the finishing script and its reply was lost: gpupass cannot tell what it did, says so (not rolled
+    back); the host is finished all the same, `status` has nothing to say and the same release again has nothing to
+    do."""
+    from gpupass.core.errors import OperationFailed
+
+    model, ep, backend, original = lab()
+    stop_a_release_half_way(backend, ep, "ml-train")
+    finishing = plan(backend, ReleaseRequest("ml-train"))
+    ep.drop_next_receive()
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, finishing)
+    assert caught.value.rolled_back is False, caught.value.message
+    assert model.to_dict() == original
+    assert unfinished(backend.target.uri, "ml-train") == []
+    assert plan(backend, ReleaseRequest("ml-train")).steps == ()
+
+
+def test_a_finishing_release_killed_with_its_script_on_the_wire_leaves_it_finished(lab):
+    """A real `gpupass release` process finishing a stopped release, killed (SIGKILL) with its script held at the
+    endpoint, which the host then runs: finished exactly, nothing unfinished, the same release again has nothing to
+    do."""
+    model, ep, backend, original = lab()
+    uri = backend.target.uri
+    stop_a_release_half_way(backend, ep, "ml-train")
+    killed_with_script_held(ep, "Mount-VMHostAssignableDevice", ["release", uri, "ml-train", "--yes"], ENV)
+    assert model.to_dict() == original
+    assert unfinished(uri, "ml-train") == []
+    assert json.loads(cli("release", uri, "ml-train", "--yes", "--json").stdout)["changed"] is False
