@@ -242,3 +242,37 @@ def test_an_endpoint_frozen_on_the_passthrough_switch_is_reported_as_unknown_and
         execute(again, plan(again, request))
         vm = again.inventory().find_vm("cad-ws")
         assert T4 in vm.assigned and vm.unfinished == ()
+
+
+def _release_killed_in_its_undo(fresh_vcsim, discard):
+    """A real `gpupass release --disable-host-passthrough` whose reconfigure vSphere carries out with the answer lost:
+    gpupass reads it back and sends the undo (its second ReconfigVM_Task), with which it is killed (SIGKILL); the undo
+    is then carried out or (`discard`) lost on the way."""
+    from support.cli import killed_with_call_held
+    from tests.integration.esxi.test_esxi_release_faults import KilledRelease
+
+    lab = KilledRelease(fresh_vcsim)
+    lab.sim.drop_reply("ReconfigVM_Task")
+    killed_with_call_held(lab.sim, "ReconfigVM_Task", lab.release, lab.env, skip=1, discard=discard)
+    return lab
+
+
+def test_a_release_killed_with_its_undo_on_the_wire_carried_out_is_exactly_as_it_was(fresh_vcsim):
+    """The undo carried out after the kill: ml-train holds the A100 once with its record, passthrough still on,
+    nothing unfinished (the release's record went with the undo); the same release again finishes."""
+    lab = _release_killed_in_its_undo(fresh_vcsim, discard=False)
+    vm = lab.ml_train()
+    assert vm["assigned"] == [str(A100_ACTIVE)] and vm["unfinished"] == [], vm
+    assert _passthrough_devices(lab.sim, "ml-train") == [str(A100_ACTIVE)]
+    assert lab.a100()["enabled"] is True
+    lab.rerun_finishes(["esxi.reconfigure", "esxi.passthrough", "esxi.end-intent"])
+
+
+def test_a_release_killed_with_its_undo_lost_is_released_and_status_shows_the_switch_back_left(fresh_vcsim):
+    """The undo lost on the way: the release's reconfigure stands (device off the VM, settings restored) with its
+    record, passthrough still on -- `status` says so, and the same release again switches it off and clears it."""
+    lab = _release_killed_in_its_undo(fresh_vcsim, discard=True)
+    vm = lab.ml_train()
+    assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
+    assert f"passthrough of {A100_ACTIVE} on host {ESX02} is still on" in vm["unfinished"][0], vm
+    lab.rerun_finishes(["esxi.passthrough", "esxi.end-intent"])
