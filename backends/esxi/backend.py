@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import replace
@@ -16,7 +17,7 @@ from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import shares as vgpu_shares
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi import vgpu
-from gpupass.backends.esxi import lean
+from gpupass.backends.esxi import lean, wire
 from gpupass.backends.esxi.connection import count_requests, open_session, parse_uri
 from gpupass.backends.esxi.errors import translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
@@ -46,6 +47,19 @@ def _api_tuple(text: str) -> tuple[int, ...]:
     for part in (text or "0").split("."):
         out.append(int(part) if part.isdigit() else 0)
     return tuple(out)
+
+
+def _api_release(version_name: str) -> tuple[int, ...]:
+    """The vSphere API release a pyVmomi version name stands for: "vim.version.v7_0_3_0" -> (7, 0, 3, 0); an older
+    "vim.version.versionN" name by the release pyVmomi gives it (wire.VIM25_VERSIONS, checked against pyVmomi's
+    versionIdMap: version15 is 6.7.3, version13 6.7.1, version11 6.5; "2.5u2server" counts as 2.5)."""
+    name = version_name.rsplit(".", 1)[-1]
+    if name.startswith("v") and "_" in name:
+        return _api_tuple(name[1:].replace("_", "."))
+    release = next((vid for vid, full in wire.VIM25_VERSIONS if full == version_name), None)
+    if release is None:
+        return (5,)
+    return _api_tuple(re.sub(r"[^0-9.].*$", "", release).rstrip(".") or "0")
 
 
 def _state(facts: HostFacts) -> EsxiState:
@@ -147,12 +161,7 @@ class EsxiBackend(Backend):
 
     def ex_api_version(self) -> tuple[int, ...]:
         _ = self._lean  # logs in if needed: the version is negotiated at login
-        # "vim.version.v7_0_3_0" / "vim.version.version13"
-        name = self._api.rsplit(".", 1)[-1]
-        if name.startswith("v") and "_" in name:
-            return _api_tuple(name[1:].replace("_", "."))
-        legacy = {"version13": (6, 7, 3), "version12": (6, 7), "version11": (6, 5), "version10": (6, 0)}
-        return legacy.get(name, (5,))
+        return _api_release(self._api)  # "vim.version.v7_0_3_0" / "vim.version.version15"
 
     def _call(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

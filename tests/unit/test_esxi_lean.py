@@ -136,3 +136,29 @@ def test_an_unknown_type_or_a_prefix_bound_twice_is_left_to_pyvmomi():
         lean.Reader(b"").typed(value)
     with pytest.raises(wire.Unexpected):
         lean.Reader(b'<a xmlns:p="urn:one"><b xmlns:p="urn:two"/></a>')
+
+
+def test_every_pyvmomi_version_name_stands_for_its_release():
+    """ex_api_version reads the negotiated version name: the "versionN" names by pyVmomi's own release ids (an
+    ESXi 6.7 U3 endpoint, version15, is 6.7.3: the graphics properties, vSphere 6.5+, are asked for)."""
+    from pyVmomi.VmomiSupport import versionIdMap
+
+    from gpupass.backends.esxi.backend import _api_release
+
+    assert _api_release("vim.version.version15") == (6, 7, 3)
+    assert _api_release("vim.version.version13") == (6, 7, 1)
+    assert _api_release("vim.version.version11") == (6, 5)
+    assert _api_release("vim.version.version4") == (2, 5)  # 2.5u2server
+    assert _api_release("vim.version.v9_1_0_1") == (9, 1, 0, 1)  # its id is an internal build tag
+    assert _api_release("vim.version.v7_0") == (7, 0)
+    assert _api_release("vim.version.unknown") == (5,)
+    for version_id, name in wire.VIM25_VERSIONS:
+        if version_id[:1].isdigit():
+            numbers = [int(p) for p in version_id.split("u")[0].split(".")]
+            found = list(_api_release(name))
+            while numbers[-1:] == [0]:
+                numbers.pop()
+            while found[-1:] == [0]:
+                found.pop()
+            assert found == numbers, name
+            assert versionIdMap[name] == version_id
