@@ -108,7 +108,10 @@ class Backend(ABC):
         """Steps that finish what a stopped release of ctx.vm left undone on the host, for a release the VM's
         devices show done already (the core calls this instead of plan_release then). ESXi: the passthrough
         switch-back a release killed after its reconfigure never made, named by its intent record in the VM.
-        The default: a platform whose release is one write leaves nothing to finish."""
+        KVM: the GPU's claim (a libvirt secret) a release killed after its define left. Hyper-V: mounting,
+        enabling and restoring the settings a release stopped after Remove-VMAssignableDevice left, named by the
+        intent in the VM's restore record. The default: a platform whose release is one write leaves nothing to
+        finish."""
         return []
 
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
