@@ -342,7 +342,12 @@ class KvmBackend(Backend):
         for address, holding in held_by.items():
             if len(holding) < 2 or self._secret_driver is False:
                 continue
-            claim = self._claim_on(address)
+            try:
+                claim = self._claim_on(address)
+            except _SecretsDenied as denied:  # what the connection may read is still shown
+                log.warning("%s: cannot read gpupass's claim on %s on this connection: %s", self.target.label,
+                            address, denied.message)
+                continue
             owner = next((vm for vm, uuid in holding if claim is not None and claim.vm_uuid == uuid), None)
             if claim is None or owner is None:
                 continue
@@ -1053,7 +1058,17 @@ class KvmBackend(Backend):
                 return None
             if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
                 return None
+            self._refused_secrets(exc, f"looking up the claim on {address}")
             raise translate(libvirt, exc, f"looking up the claim on {address}") from exc
+
+    def _refused_secrets(self, exc: Any, action: str) -> None:
+        """Raise _SecretsDenied when libvirt's access control refused this connection a secret (VIR_ERR_ACCESS_DENIED,
+        whatever the access driver said: src/access/viraccessmanager.c, virAccessManagerSanitizeError)."""
+        libvirt = self._libvirt
+        if exc.get_error_code() in (libvirt.VIR_ERR_ACCESS_DENIED, libvirt.VIR_ERR_OPERATION_DENIED):
+            raise _SecretsDenied(f"{action}: {exc.get_error_message()}",
+                                 remedy="gpupass's claims are libvirt secrets: this connection needs libvirt's "
+                                        "permission to read secrets (org.libvirt.api.secret.*)") from exc
 
     def _claim_on(self, address: str) -> secretclaims.SecretClaim | None:
         """The claim on `address` now, or None. A secret with that usage that is not a gpupass claim counts
@@ -1067,6 +1082,7 @@ class KvmBackend(Backend):
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
                 return None
+            self._refused_secrets(exc, f"reading the claim on {address}")
             raise translate(libvirt, exc, f"reading the claim on {address}") from exc
         return secretclaims.from_xml(text) or secretclaims.SecretClaim(address, "(not gpupass)", "", "", "",
                                                                        secret.UUIDString())
@@ -1375,6 +1391,10 @@ class KvmBackend(Backend):
             self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
         else:
             self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+
+
+class _SecretsDenied(OperationFailed):
+    """libvirt's access control refused this connection a secret (a gpupass claim)."""
 
 
 class _NoSecretDriver(Exception):

@@ -22,6 +22,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
 
+from gpupass.backends.kvm import secretclaims  # noqa: E402
 from support.cli import GPUPASS  # noqa: E402
 from support.polkit import PrivatePolkit  # noqa: E402
 from test_kvm_backend_libvirtd import define, q35  # noqa: E402
@@ -29,14 +30,21 @@ from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
 
 # The client's user may do everything libvirt's polkit driver asks about, except list the secrets (virConnectListAll-
 # Secrets checks org.libvirt.api.connect.search-secrets first: src/secret/secret_driver.c, secretConnectListAllSecrets
-# -> virConnectListAllSecretsEnsureACL); a refusal reaches the client as VIR_ERR_ACCESS_DENIED whatever polkit said
+# -> virConnectListAllSecretsEnsureACL) or read one (org.libvirt.api.secret.*, asked once the secret is found); a refusal reaches the client as VIR_ERR_ACCESS_DENIED whatever polkit said
 # (src/access/viraccessmanager.c, virAccessManagerSanitizeError).
 RULES = """polkit.addRule(function(action, subject) {
     if (subject.user != "nobody" || action.id.indexOf("org.libvirt.api.") != 0) { return polkit.Result.NOT_HANDLED; }
-    if (action.id == "org.libvirt.api.connect.search-secrets") { return polkit.Result.NO; }
+    if (action.id == "org.libvirt.api.connect.search-secrets" || action.id.indexOf("org.libvirt.api.secret.") == 0) {
+        return polkit.Result.NO;
+    }
     return polkit.Result.YES;
 });
 """
+
+
+def claim_xml(address: str, vm: str, vm_uuid: str) -> str:
+    """A gpupass claim on `address` naming `vm`, as a stopped run leaves it (backends/kvm/secretclaims.py)."""
+    return secretclaims.to_xml(secretclaims.new(address, vm, vm_uuid, "t", "a stopped run", 0.0))
 
 
 class AccessControlledLibvirtd(UnprivilegedLibvirtd):
@@ -90,10 +98,7 @@ def test_a_connection_that_may_not_list_secrets_still_shows_the_host_and_says_wh
     try:
         define(root, q35("gp-acl-1"))
         # what the connection may not see: a claim gpupass left on a GPU no VM holds (here, a hand-made one)
-        root.secretDefineXML("<secret ephemeral='no' private='no'><description>{\"gpupass\":\"claim\",\"vm\":"
-                             "\"gp-acl-1\",\"vm_uuid\":\"" + root.lookupByName("gp-acl-1").UUIDString() +
-                             "\",\"token\":\"t\",\"origin\":\"o\",\"at\":0}</description><usage type='volume'>"
-                             "<volume>/gpupass/claim/0000:45:00.0</volume></usage></secret>", 0)
+        root.secretDefineXML(claim_xml("0000:45:00.0", "gp-acl-1", root.lookupByName("gp-acl-1").UUIDString()), 0)
         printed = as_nobody(home, "status", acl_daemon.uri)
         assert printed.returncode == 0, printed.stdout + printed.stderr
         assert "no VM holds a GPU" in printed.stdout and "UNFINISHED" not in printed.stdout
@@ -106,5 +111,23 @@ def test_a_connection_that_may_not_list_secrets_still_shows_the_host_and_says_wh
         shown = subprocess.run([*GPUPASS, "status", acl_daemon.uri, "--json"], capture_output=True, text=True)
         vm, = [v for v in json.loads(shown.stdout)["vms"] if v["name"] == "gp-acl-1"]
         assert any("a claim on 0000:45:00.0" in note for note in vm["unfinished"]), vm
+    finally:
+        root.close()
+
+
+def test_a_gpu_on_two_vms_is_still_shown_on_a_connection_that_may_not_read_the_claims(acl_daemon, home):
+    """Two VMs whose definitions hold the same host device (a hand edit, or a run killed before taking its change
+    back): status reads the GPU's claim to say which must give it back, and a connection refused the secrets cannot;
+    it shows the host, exit 0, and warns instead of failing."""
+    hostdev = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x47' "
+               "slot='0x00' function='0x0'/></source></hostdev>")
+    root = libvirt.open(acl_daemon.uri)
+    try:
+        for name in ("gp-acl-2", "gp-acl-3"):
+            root.defineXML(q35(name).replace("</devices>", hostdev + "</devices>"))
+        root.secretDefineXML(claim_xml("0000:47:00.0", "gp-acl-2", root.lookupByName("gp-acl-2").UUIDString()), 0)
+        printed = as_nobody(home, "status", acl_daemon.uri)
+        assert printed.returncode == 0, printed.stdout + printed.stderr
+        assert "cannot read gpupass's claim on 0000:47:00.0 on this connection" in printed.stderr, printed.stderr
     finally:
         root.close()
