@@ -62,11 +62,11 @@ def host_keys() -> dict[str, Any]:
 
 
 def load_config(path: Path) -> Config:
-    if not path.exists():
-        return Config(path=None)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (FileNotFoundError, NotADirectoryError):  # as Path.exists() reads them: no config file
+        return Config(path=None)
+    except (OSError, UnicodeDecodeError) as exc:  # a folder on the way it may not enter (EACCES) included
         raise ConfigError(path, None, f"cannot be read: {getattr(exc, 'strerror', None) or exc}",
                           remedy="check the file's permissions and that it is UTF-8 text") from exc
     import tomllib  # only where there is a file to read

@@ -39,8 +39,12 @@ class AppContext:
         if self.config_path:
             # A file named on purpose with --config that is not there is a mistake, not "no hosts".
             explicit = Path(self.config_path)
-            if not explicit.is_file():
-                raise UsageError(f"config file {explicit} does not exist" if not explicit.exists()
+            try:
+                is_file, exists = explicit.is_file(), explicit.exists()
+            except OSError:  # a folder on the way it may not enter: load_config says so, naming the file
+                return load_config(explicit)
+            if not is_file:
+                raise UsageError(f"config file {explicit} does not exist" if not exists
                                  else f"config file {explicit} is not a file",
                                  remedy="check the path given to --config (GPUPASS_CONFIG names a file that "
                                         "`gpupass hosts add` creates)")
