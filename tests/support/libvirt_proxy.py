@@ -24,8 +24,11 @@ Point gpupass at it with ``qemu+unix:///session?socket=<path>``.
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -244,3 +247,26 @@ class LibvirtProxy:
                 link.pending.clear()
                 link.answered.notify_all()
             _shut(link.client)
+
+
+def start_python(script: str) -> subprocess.Popen:
+    """`script` run by this interpreter in a process of its own (a gpupass run that a test kills), output captured."""
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_when_held(proxy: LibvirtProxy, running: subprocess.Popen) -> None:
+    """SIGKILL `running` once its call is held at the proxy (armed with hold_call_to), then let the call through and
+    wait for the daemon's reply to it, which nobody reads: a client killed with its call on the wire."""
+    import pytest
+
+    try:
+        if not proxy.held.wait(60):
+            running.kill()
+            pytest.fail("the call never reached the proxy: " + running.communicate()[0][-3000:])
+        running.send_signal(signal.SIGKILL)
+        assert running.wait(30) == -signal.SIGKILL
+    finally:
+        assert running.stdout is not None
+        running.stdout.close()
+        proxy.release()
+    assert proxy.replied.wait(30), "the daemon never answered the call its killed client had sent"

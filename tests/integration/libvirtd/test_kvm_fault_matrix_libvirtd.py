@@ -15,9 +15,7 @@ device at all; the hot-plug read-back is tested on the test driver, tests/integr
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from gpupass.core.target import Target  # noqa: E402
 from support.cli import gpupass  # noqa: E402
 from support.snapshots import payloads_survive_a_snapshot  # noqa: E402
 from support.libvirt_proxy import (DOMAIN_DEFINE_XML, DOMAIN_GET_XML_DESC, SECRET_DEFINE_XML, SECRET_UNDEFINE,  # noqa: E402
-                                   LibvirtProxy)
+                                   LibvirtProxy, kill_when_held, start_python)
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
 # A GPU of its own: claims are host-wide, and other tests on this daemon claim 41:00.0 and 43:00.0.
@@ -224,18 +222,7 @@ def killed_on_the_wire(proxy, operation, procedure):
     here = Path(__file__).resolve().parent
     script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, vm=VM, operation=operation)
     proxy.hold_call_to(procedure)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    try:
-        if not proxy.held.wait(60):
-            child.kill()
-            pytest.fail("the call never reached the proxy: " + child.communicate()[0][-3000:])
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(30) == -signal.SIGKILL
-    finally:
-        child.stdout.close()
-        proxy.release()
-    assert proxy.replied.wait(30), "the daemon never answered the call its killed client had sent"
+    kill_when_held(proxy, start_python(script))
 
 
 @pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)

@@ -13,9 +13,6 @@ covered: no daemon here can (docs/faults.md, "Not covered yet").
 from __future__ import annotations
 
 import dataclasses
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from gpupass.core.errors import OperationFailed  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
-from support.libvirt_proxy import DOMAIN_DEFINE_XML, LibvirtProxy  # noqa: E402
+from support.libvirt_proxy import DOMAIN_DEFINE_XML, LibvirtProxy, kill_when_held, start_python  # noqa: E402
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
 CARD = dataclasses.replace(T4, address=PciAddress.parse("0000:46:00.0"))  # claims and shares of its own
@@ -132,18 +129,7 @@ def test_a_client_killed_with_the_share_define_on_the_wire_leaves_the_vm_exactly
     here = Path(__file__).resolve().parent
     script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, operation=operation)
     proxy.hold_call_to(DOMAIN_DEFINE_XML)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    try:
-        if not proxy.held.wait(60):
-            child.kill()
-            pytest.fail("the define never reached the proxy: " + child.communicate()[0][-3000:])
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(30) == -signal.SIGKILL
-    finally:
-        child.stdout.close()
-        proxy.release()
-    assert proxy.replied.wait(30), "the daemon never answered the define its killed client had sent"
+    kill_when_held(proxy, start_python(script))
     assert inactive_xml(libvirt_conn, VM) == (given if operation == "assign" else free)
     assert holds(libvirt_conn) is (operation == "assign")
     with KvmBackendWithAVgpu(Target(uri=libvirtd_uri, name="session")) as backend:

@@ -17,9 +17,6 @@ command again converges; the GPU is never on two VMs.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -32,7 +29,8 @@ from gpupass.core.errors import Conflict, GpupassError, OperationFailed  # noqa:
 from gpupass.core.service import execute  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.cli import gpupass  # noqa: E402
-from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
+from support.libvirt_proxy import (DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE, kill_when_held,  # noqa: E402
+                                   start_python)
 from test_kvm_backend_libvirtd import inactive_xml  # noqa: E402
 from test_kvm_fault_matrix_libvirtd import (_CHILD, GPU, OTHER, THE_GPU, VM, claim_now, exactly, holders,  # noqa: E402,F401
                                             host, plan_for, proxy, run, status)
@@ -49,23 +47,7 @@ def through_proxy(proxy, operation):
 
 def child(proxy, operation):
     here = Path(__file__).resolve().parent
-    script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, vm=VM, operation=operation)
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def kill_when_held(proxy, running):
-    """SIGKILL the child once its call is held at the proxy, then let the call through and wait for the daemon's
-    reply to it (which nobody reads)."""
-    try:
-        if not proxy.held.wait(60):
-            running.kill()
-            pytest.fail("the call never reached the proxy: " + running.communicate()[0][-3000:])
-        running.send_signal(signal.SIGKILL)
-        assert running.wait(30) == -signal.SIGKILL
-    finally:
-        running.stdout.close()
-        proxy.release()
-    assert proxy.replied.wait(30), "the daemon never answered the call its killed client had sent"
+    return start_python(_CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, vm=VM, operation=operation))
 
 
 def assert_converged(libvirtd_uri, libvirt_conn, definition, claimed):
