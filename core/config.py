@@ -11,16 +11,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from gpupass.core.errors import UsageError
+from gpupass.core.records import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostEntry:
     name: str
     uri: str
@@ -34,7 +33,7 @@ class HostEntry:
     timeout: float | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     path: Path | None = None
     hosts: Mapping[str, HostEntry] = field(default_factory=dict)
@@ -55,6 +54,7 @@ TOP_LEVEL_KEYS = {"hosts"}
 
 def host_keys() -> dict[str, Any]:
     """Each key a [hosts.NAME] table may have and its type: HostEntry's fields, so a new field is typed too."""
+    import dataclasses
     import typing
 
     hints = typing.get_type_hints(HostEntry)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlsplit
@@ -13,6 +12,7 @@ from gpupass.core import paths
 from gpupass.core.credentials import resolve_password
 from gpupass.core.errors import BackendUnavailable, GpupassError, NotFound, NotSupported, UsageError
 from gpupass.core.lazylog import LazyLogger
+from gpupass.core.records import replace
 from gpupass.core.target import Target, TlsOptions
 from gpupass.core.uri import check_uri
 

@@ -17,13 +17,13 @@ import marshal
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
 from gpupass.core import hookspecs
 from gpupass.core.errors import BackendUnavailable
+from gpupass.core.records import field, record
 
 # Named in annotations only: loading the plugins a host needs does not load the planning model.
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _GROUP_PREFIX = {ENTRY_POINT_GROUP: "", LAB_ENTRY_POINT_GROUP: "labs:"}
 _rules_lock = threading.RLock()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegisteredRule:
     rule: Rule
     operations: tuple[str, ...]
@@ -53,7 +53,7 @@ class RegisteredRule:
     plugin: str
 
 
-@dataclass
+@record
 class Registry:
     backends: list[type[Backend]] = field(default_factory=list)
     lab_hosts: list[LabHost] = field(default_factory=list)

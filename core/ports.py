@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from gpupass.core.domain.capabilities import Capabilities
 from gpupass.core.errors import NotSupported
+from gpupass.core.records import record
 
 # Named in signatures only: a command that opens a host to read it does not load the planning model.
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from gpupass.core.target import Target
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StepState:
     """What the host holds of one step: "before" (none of it), "after" (all of it; `token` is what `undo`
     needs), or "unknown" (it could not be read, or it holds part of it; `detail` says what is known)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
+
+from gpupass.core.records import field, record
 
 
 # Every secret handed to an SDK, so the log handler can blank it should a library ever log it (gpupass.core.logs).
@@ -36,7 +37,7 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TlsOptions:
     verify: bool = True
     ca_file: str | None = None
@@ -47,7 +48,7 @@ class TlsOptions:
 DEFAULT_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     uri: str
     name: str = ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from gpupass.backends.kvm.nodedev import (
     with_description,
 )
 from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
+from gpupass.core import records
 from gpupass.core.domain.capabilities import Capabilities
 from gpupass.core.domain.grouping import group_gpus
 from gpupass.core.domain.inventory import Firmware, Gpu, Host, HostFacts, PowerState, Vm
@@ -93,11 +93,11 @@ def _libvirt() -> Any:
     return libvirt
 
 
-@dataclasses.dataclass(frozen=True)
+@records.record(frozen=True)
 class KvmState:
     """What the KVM planner needs beyond the neutral facts (HostFacts.state): each domain's inactive XML."""
 
-    domain_xml: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    domain_xml: Mapping[str, str] = records.field(default_factory=dict)
     # gpupass's secret claims on GPUs that no VM holds (secretclaims.py): what a stopped run left. A release of the VM
     # a claim names removes it (plan_finish_release); read with the inventory's one listAllSecrets.
     unheld_claims: tuple[secretclaims.SecretClaim, ...] = ()
@@ -165,11 +165,13 @@ class KvmBackend(Backend):
     def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         planned = domxml.planned_domain(vm.name, vm.memory_bytes, vm.firmware)
         state = _state(facts)
-        return dataclasses.replace(facts, state=dataclasses.replace(state, domain_xml={**state.domain_xml,
-                                                                                      vm.name: planned}))
+        return records.replace(facts, state=records.replace(state, domain_xml={**state.domain_xml,
+                                                                                  vm.name: planned}))
 
     @classmethod
     def state_to_json(cls, state: Any) -> dict[str, Any]:
+        import dataclasses  # a snapshot's codec, not a read
+
         if not isinstance(state, KvmState):
             return {}
         return {"domain_xml": dict(state.domain_xml),
@@ -313,7 +315,7 @@ class KvmBackend(Backend):
         mdev_parents = _fold_vf_mdev_types(physical_functions, share_types)
         gpus = group_gpus([f for a, f in functions.items() if a not in virtual_functions], groups, owners)
         gpus = self._with_sharing(gpus, share_types, mdev_holders, physical_functions)
-        gpus = [dataclasses.replace(g, extra={**g.extra, "mdev_parents": mdev_parents[g.address]})
+        gpus = [records.replace(g, extra={**g.extra, "mdev_parents": mdev_parents[g.address]})
                 if g.address in mdev_parents else g for g in gpus]
         sysfs_root = self._host_sysfs()
         gpus = [_with_virtual_functions(gpu, physical_functions[gpu.address], owners, sysfs_root)
@@ -359,7 +361,7 @@ class KvmBackend(Backend):
                         f"`gpupass release HOST {vm} {address}` takes it off this VM")
         if not notes:
             return vms, settled
-        return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+        return [records.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
                 else vm for vm in vms], settled
 
     def _with_unheld_claims(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]
@@ -420,7 +422,7 @@ class KvmBackend(Backend):
                 f"{vm} {address}` removes the claim (it finishes the release), `gpupass assign HOST {vm} {address}` "
                 f"gives the GPU to this VM, any other assign of it takes the claim over after "
                 f"{self._claim_takeover_s:g}s, `virsh secret-undefine {claim.uuid}` removes it now")
-        vms = [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
+        vms = [records.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes
                else vm for vm in vms]
         return vms, unheld, host_notes
 
@@ -452,7 +454,7 @@ class KvmBackend(Backend):
             # Guide, "Valid Virtual GPU Configurations on a Single GPU"); its driver then reports 0 available for the
             # other types, and preflight says why.
             one_type = gpu.function.vendor_id == 0x10DE
-            shared.append(dataclasses.replace(gpu, sharing=Sharing(types, held, one_type_at_a_time=one_type))
+            shared.append(records.replace(gpu, sharing=Sharing(types, held, one_type_at_a_time=one_type))
                           if types or held else gpu)
         return shared
 
@@ -472,7 +474,7 @@ class KvmBackend(Backend):
         if not modes:
             return gpus
         single = modes.get(None) if len(modes) == 1 else None  # one GPU's lines without their heading
-        return [dataclasses.replace(g, sharing=dataclasses.replace(g.sharing, mig_mode=modes.get(g.address, single)))
+        return [records.replace(g, sharing=records.replace(g.sharing, mig_mode=modes.get(g.address, single)))
                 if g.function.vendor_id == 0x10DE and g.sharing.offered else g for g in gpus]
 
     def _test_file_drivers(self) -> dict[str, str]:
@@ -674,7 +676,7 @@ class KvmBackend(Backend):
         if not free:
             edit = domxml.Edit(domxml.with_vf_vgpu_type(edit.xml, vf, share_type.id), edit.changes)
         define = self._define_step(ctx.vm.name, xml, edit, needs_vm_off=True, claims=[vf])
-        steps.append(dataclasses.replace(define, description=f"give vGPU {vf} ({share_type.name or share_type.id}) "
+        steps.append(records.replace(define, description=f"give vGPU {vf} ({share_type.name or share_type.id}) "
                                                              f"to VM '{ctx.vm.name}' in its persistent definition"))
         return steps
 
@@ -691,7 +693,7 @@ class KvmBackend(Backend):
         edit = domxml.add_gpus(xml, domxml.AssignSettings(((function,),)))
         step = self._define_step(ctx.vm.name, xml, edit, needs_vm_off=True, claims=[str(address)])
         return [
-            dataclasses.replace(step, description=f"give virtual function {address} of {gpu.address} to VM "
+            records.replace(step, description=f"give virtual function {address} of {gpu.address} to VM "
                                                   f"'{ctx.vm.name}' in its persistent definition"),
             _step(action="kvm.managed-binding",
                  description=f"at VM start libvirt detaches {address} from its host driver and binds vfio-pci "
@@ -993,7 +995,7 @@ class KvmBackend(Backend):
         refusals_without_owner = 0
         while True:
             try:  # dated at each attempt: a claim made after a wait must not look old to the others
-                conn.secretDefineXML(secretclaims.to_xml(dataclasses.replace(mine, at=time.time())), 0)
+                conn.secretDefineXML(secretclaims.to_xml(records.replace(mine, at=time.time())), 0)
                 self._secret_driver = True
                 return mine, replaced
             except libvirt.libvirtError as exc:
@@ -1445,7 +1447,7 @@ def _fold_vf_mdev_types(physical_functions: Mapping[PciAddress, NodeDevice],
                 if t.available:
                     rooms.setdefault(t.id, []).append(nodedev_name(vf))
                 known = merged.get(t.id)
-                merged[t.id] = t if known is None else dataclasses.replace(
+                merged[t.id] = t if known is None else records.replace(
                     known, available=None if known.available is None or t.available is None
                     else known.available + t.available)
         share_types[address] = tuple(merged.values())
@@ -1468,7 +1470,7 @@ def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress
     sharing = gpu.sharing
     if gpu.function.vendor_id not in _VGPU_VF_VENDORS:
         vfs = tuple(Share(str(a), SRIOV_VF_TYPE, ShareMode.SRIOV_VF, owners.get(a)) for a in pf.virtual_functions)
-        return dataclasses.replace(gpu, sharing=dataclasses.replace(
+        return records.replace(gpu, sharing=records.replace(
             sharing, types=sharing.types + (virtual_function_type(pf.max_virtual_functions, len(vfs)),),
             shares=sharing.shares + vfs))
     states = {a: nvidia.read_vf_vgpu(a, sysfs_root) for a in pf.virtual_functions} if sysfs_root else {}
@@ -1505,21 +1507,19 @@ def _with_virtual_functions(gpu: Gpu, pf: NodeDevice, owners: Mapping[PciAddress
     # Which types each VF with no type lists, for the planner to pick a VF that can take the type asked for
     creatable = {str(a): [t for t, _ in state.creatable] for a, state in states.items()
                  if state is not None and state.current is None}
-    return dataclasses.replace(
-        gpu, sharing=dataclasses.replace(sharing, types=sharing.types + types,
+    return records.replace(
+        gpu, sharing=records.replace(sharing, types=sharing.types + types,
                                          shares=sharing.shares + tuple(shares), unread=unread),
         extra={**gpu.extra, "vf_vgpu_creatable": creatable} if creatable else gpu.extra)
 
 
 def _with_stale_holdings(vms: list[Vm], holders: list[claims.Holder]) -> list[Vm]:
-    import dataclasses
-
     stale: dict[str, list[str]] = {}
     for holder, keeper in claims.stale_holdings(holders):
         stale.setdefault(holder.vm, []).append(
             f"holds {holder.address}, which VM '{keeper}' holds too: a run stopped before taking back the change "
             f"that lost; `gpupass release HOST {holder.vm} {holder.address}` finishes it")
-    return [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(stale[vm.name])) if vm.name in stale else vm
+    return [records.replace(vm, unfinished=vm.unfinished + tuple(stale[vm.name])) if vm.name in stale else vm
             for vm in vms]
 
 
@@ -1532,17 +1532,13 @@ def _essentials(xml: str, keep_claims: bool = False) -> tuple[object, ...]:
 
 
 def _with_sysfs_bars(function: PciFunction) -> PciFunction:
-    import dataclasses
-
     bars = sysfs.read_bars(function.address)
-    return dataclasses.replace(function, bars=bars) if bars is not None else function
+    return records.replace(function, bars=bars) if bars is not None else function
 
 
 def _mark_boot_vga(gpu: Gpu) -> Gpu:
-    import dataclasses
-
     if sysfs.is_boot_vga(gpu.address):
-        return dataclasses.replace(gpu, extra={**gpu.extra, "boot_vga": True})
+        return records.replace(gpu, extra={**gpu.extra, "boot_vga": True})
     return gpu
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 
 from gpupass.core.domain.claims import Claim, Holder
 from gpupass.core.domain.inventory import Firmware
@@ -17,6 +16,7 @@ from gpupass.core.domain.mmio import KiB, MiB
 from gpupass.core.domain.pci import PciAddress, PciFunction
 from gpupass.backends.kvm.nodedev import address_from_attributes
 from gpupass.backends.kvm import physbits
+from gpupass.core.records import field, record
 
 NS = "https://gpupass.dev/xmlns/libvirt-assignment/1"
 FWCFG_MMIO_ENTRY = "opt/ovmf/X-PciMmio64Mb"
@@ -72,7 +72,7 @@ def _size(element: ET.Element | None, default_unit: str = "KiB") -> int | None:
     return int(element.text.strip()) * _UNITS.get(unit, KiB)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DomainFacts:
     name: str
     uuid: str
@@ -193,13 +193,13 @@ def hostdev_element(function: PciFunction, guest: tuple[int, int] | None = None,
     return hostdev
 
 
-@dataclass
+@record
 class Edit:
     xml: str
     changes: list[str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AssignSettings:
     cards: tuple[tuple[PciFunction, ...], ...]
     set_efi: bool = False

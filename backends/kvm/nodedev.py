@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 
+from gpupass.core import records
 from gpupass.core.domain.pci import HEADER_BRIDGE, HEADER_CARDBUS, IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.sharing import ShareMode, ShareType
 
@@ -16,7 +15,7 @@ from gpupass.core.domain.sharing import ShareMode, ShareType
 _HEADER_CAPABILITIES = {"pci-bridge": HEADER_BRIDGE, "cardbus-bridge": HEADER_CARDBUS}
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class NodeDevice:
     function: PciFunction
     iommu_group: IommuGroup | None
@@ -32,7 +31,7 @@ class NodeDevice:
     is_physical_function: bool = False
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class MediatedDevice:
     """A node device of capability mdev: one vGPU created on a parent card."""
 
@@ -142,7 +141,7 @@ def with_description(share_type: ShareType, description: str) -> ShareType:
     if framebuffer[:-1].isdigit() and framebuffer[-1:] in ("M", "G"):
         size = int(framebuffer[:-1]) * (1 << (20 if framebuffer[-1] == "M" else 30))
     maximum = facts.get("max_instance")
-    return dataclasses.replace(share_type, description=description.strip(), framebuffer_bytes=size,
+    return records.replace(share_type, description=description.strip(), framebuffer_bytes=size,
                                max_instances=int(maximum) if maximum and maximum.isdigit() else None)
 
 

@@ -17,11 +17,11 @@ Both are read on the host itself only (a `qemu:///system` connection from the ho
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpupass.core.domain.pci import PciAddress
 from gpupass.core.errors import OperationFailed, UsageError
+from gpupass.core.records import record
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 UNSET = "0"
@@ -75,7 +75,7 @@ def read_mig_modes(timeout: float = 10.0) -> dict[PciAddress | None, bool | None
     return mig_modes(done.stdout) if done.returncode == 0 else {}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VfVgpu:
     """One VF's vGPU state: the types that can be set on it now (id -> name) and the one set (None: none)."""
 

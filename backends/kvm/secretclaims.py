@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+
+from gpupass.core.records import record
 
 USAGE_PREFIX = "/gpupass/claim/"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SecretClaim:
     address: str
     vm: str

@@ -8,10 +8,10 @@ checks that every class here has an apply and an undo handler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from gpupass.core.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DefineDomain:
     """Replace VM `vm`'s persistent definition `old_xml` by `new_xml` (refused if it is no longer `old_xml`).
 
@@ -25,7 +25,7 @@ class DefineDomain:
     claims: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hotplug:
     """Attach (`attach`) or detach one `<hostdev>` element, `hostdev_xml`, to or from running VM `vm`."""
 
@@ -35,7 +35,7 @@ class Hotplug:
 
 
 # -- vGPU shares (mediated devices; backends/kvm/shares.py) --------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class CreateMdev:
     """Define and start a mediated device of `type_id` on the card `parent` (a node device name)."""
 
@@ -50,7 +50,7 @@ class CreateMdev:
         return mdev_definition(self.parent, self.type_id, self.uuid)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RemoveMdev:
     """Stop and undefine the mediated device `uuid` that gpupass created (virNodeDeviceDestroy + Undefine)."""
 
@@ -65,7 +65,7 @@ class RemoveMdev:
         return mdev_definition(self.parent, self.type_id, self.uuid)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DefineShare:
     """Define VM `vm` with (`adds`) or without the <hostdev type='mdev'> of mediated device `uuid`; refused if its
     definition is no longer `old_xml`."""
@@ -78,7 +78,7 @@ class DefineShare:
 
 
 # -- NVIDIA vGPU on an SR-IOV virtual function (backends/kvm/nvidia.py) -----------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class SetVfVgpuType:
     """Write vGPU type `type_id` ("0": none) to virtual function `vf`'s nvidia/current_vgpu_type on the host; its
     undo writes `previous` back."""
@@ -89,7 +89,7 @@ class SetVfVgpuType:
 
 
 # -- claims (backends/kvm/secretclaims.py) ------------------------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class DropClaim:
     """Remove the secret claim `uuid` on `address` naming VM `vm` (UUID `vm_uuid`), which does not hold that GPU: what
     a stopped run left (a release killed between its define and the claim's removal, or an assign between its claim

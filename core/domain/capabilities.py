@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gpupass.core.domain.sharing import ShareMode
+from gpupass.core.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Capabilities:
     """What a platform can do; requests for anything else get a clear 'not supported on X'."""
 

@@ -17,17 +17,16 @@ a published output, because a window sized for the large BAR also holds the smal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gpupass.core.domain.mmio import GiB, MiB
 from gpupass.core.domain.pci import Bar
+from gpupass.core.records import record
 
 NVIDIA = 0x10DE
 INTEL = 0x8086
 AMD = 0x1002
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KnownGpu:
     vendor_id: int
     device_id: int

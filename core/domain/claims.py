@@ -24,11 +24,12 @@ doorway is not needed: `decide_written` below judges a claim written in the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
+from gpupass.core.records import record
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class Claim:
     vm: str
     token: str
@@ -47,7 +48,7 @@ class Claim:
         return (self.number if self.number is not None else 0, self.token)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Holder:
     """A VM whose definition holds one of the contested devices now, with the claim that put it there."""
 
@@ -56,7 +57,7 @@ class Holder:
     claim: Claim | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     outcome: str  # "win", "lose" or "wait"
     reason: str = ""

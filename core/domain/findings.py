@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from gpupass.core.records import record
 
 
 class Severity(str, Enum):
@@ -12,7 +13,7 @@ class Severity(str, Enum):
     INFO = "info"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Finding:
     code: str
     severity: Severity
@@ -37,7 +38,7 @@ def info(code: str, message: str, remedy: str | None = None, subject: str | None
     return Finding(code, Severity.INFO, message, remedy, subject)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FeatureLoss:
     """A capability the VM no longer has once it holds a passthrough device."""
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterable, Mapping
 
+from gpupass.core import records
 from gpupass.core.domain import catalog
 from gpupass.core.domain.inventory import Gpu, PassthroughState
 from gpupass.core.domain.pci import IommuGroup, PciAddress, PciFunction
@@ -17,7 +17,7 @@ def with_known_bars(function: PciFunction) -> PciFunction:
     known = catalog.lookup(function.vendor_id, function.device_id)
     if known is None or known.bars is None:
         return function
-    return dataclasses.replace(function, bars=known.bars)
+    return records.replace(function, bars=known.bars)
 
 
 def model_name(function: PciFunction) -> str:

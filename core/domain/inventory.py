@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
 from gpupass.core.domain.pci import Bar, IommuGroup, PciAddress, PciFunction
 from gpupass.core.domain.sharing import Sharing
+from gpupass.core.records import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PassthroughState:
     """Host-side passthrough switch; None where the platform has no such switch (KVM binds at VM start)."""
 
@@ -23,7 +23,7 @@ class PassthroughState:
     activates_without_reboot: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Gpu:
     function: PciFunction
     companions: tuple[PciFunction, ...] = ()
@@ -87,7 +87,7 @@ class Firmware(str, Enum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Vm:
     name: str
     power_state: PowerState
@@ -117,7 +117,7 @@ class Vm:
         return self.power_state is PowerState.OFF
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Host:
     uri: str
     platform: str
@@ -131,7 +131,7 @@ class Host:
     unfinished: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostFacts:
     host: Host
     gpus: tuple[Gpu, ...] = ()

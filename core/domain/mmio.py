@@ -6,10 +6,10 @@ two), so each backend hands the core a `MmioPolicy` instead of its own arithmeti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 from gpupass.core.domain.pci import Bar
+from gpupass.core.records import record
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -39,7 +39,7 @@ def packed_size(sizes: Iterable[int]) -> int:
     return offset
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MmioNeed:
     """What the devices need: 64-bit (high) and 32-bit (low) BAR space, packed and rounded.
 
@@ -68,7 +68,7 @@ def mmio_need(bars: Iterable[Bar]) -> MmioNeed:
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MmioPolicy:
     """One platform's translation of an MMIO need into a guest window setting."""
 

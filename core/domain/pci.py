@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from gpupass.core.errors import UsageError
+from gpupass.core.records import field, record
 
 _ADDRESS = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
@@ -29,7 +29,7 @@ HEADER_NORMAL, HEADER_BRIDGE, HEADER_CARDBUS = 0, 1, 2
 _BRIDGE_HEADER_BY_CLASS = {0x0604: HEADER_BRIDGE, 0x0609: HEADER_BRIDGE, 0x0607: HEADER_CARDBUS}
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class PciAddress:
     domain: int
     bus: int
@@ -73,7 +73,7 @@ class PciAddress:
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bar:
     """One memory BAR of a function, as the guest must map it."""
 
@@ -82,7 +82,7 @@ class Bar:
     is_64bit: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PciFunction:
     address: PciAddress
     vendor_id: int
@@ -148,7 +148,7 @@ def describe_class(class_code: int) -> str:
     return _CLASS_NAMES.get(class_code >> 8, f"class {class_code:06x}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IommuGroup:
     number: int
     members: tuple[PciAddress, ...] = field(default_factory=tuple)

@@ -9,10 +9,10 @@ held by a VM or by none (created, not yet given).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
 
 from gpupass.core.domain.pci import PciAddress
+from gpupass.core.records import record
 
 # The operations of a share request (CheckContext.operation, rule registration), beside "assign" and "release" of a
 # whole GPU. Rules registered for "assign" (IOMMU group, MMIO window, firmware) do not run for a share: the host's
@@ -36,7 +36,7 @@ class ShareMode(str, Enum):
     VF_VGPU = "vf-vgpu"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ShareType:
     """A kind of share the host's driver can create on one physical GPU (an mdev type, a vGPU profile)."""
 
@@ -111,7 +111,7 @@ def mig_backed(share_type: ShareType) -> bool | None:
     return bool(_MIG_BACKED_PROFILE.fullmatch(profile))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Share:
     """One share that exists on a physical GPU."""
 
@@ -122,7 +122,7 @@ class Share:
     holder: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sharing:
     """What one physical GPU offers for sharing and the shares it holds; empty for a GPU that cannot share."""
 
@@ -181,7 +181,7 @@ class Sharing:
         return tuple(sorted((s for s in self.shares if s.holder is None and s.type_id == type_id), key=lambda s: s.id))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ShareChange:
     """One share a request gives to a VM or takes back, on one physical GPU."""
 

@@ -18,10 +18,11 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip inst
 PROBE = ("import sys\nfrom gpupass.core.cli.{module} import main\ntry:\n    main()\nfinally:\n"
          "    print('LOADED:' + ','.join(sorted(m for m in sys.modules if m in {watched!r})), file=sys.stderr)\n")
 # What a listing of a KVM host must not load: click, the other platforms' backends and SDKs, the plugin scan,
-# the preflight rules and the planning model they need, the snapshot codec.
+# the preflight rules and the planning model they need, the snapshot codec, and the dataclasses module (the
+# classes a read needs are records: gpupass.core.records).
 WATCHED = {"click", "gpupass.backends.esxi", "gpupass.backends.hyperv", "pyVmomi", "winrm", "importlib.metadata",
            "gpupass.core.domain.rules", "gpupass.core.domain.context", "gpupass.core.domain.request",
-           "gpupass.core.snapshot", "gpupass.core.service"}
+           "gpupass.core.snapshot", "gpupass.core.service", "dataclasses"}
 
 
 @pytest.fixture
