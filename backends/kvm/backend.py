@@ -1300,7 +1300,8 @@ class KvmBackend(Backend):
 
     @_undo.register(DefineShare)
     def _undo_define_share(self, payload: DefineShare, token: str) -> None:
-        self._define(token, "restoring the previous VM definition")
+        # read back over a new connection after a lost reply, as every take-back is (_take_back_define)
+        self._take_back_define(token, "restoring the previous VM definition")
 
     @_observe.register(DefineShare)
     def _observe_define_share(self, payload: DefineShare, step: Step) -> StepState:
@@ -1361,7 +1362,7 @@ class KvmBackend(Backend):
             others = [name for name, xml in self._all_domain_xml().items()
                       if name != payload.vm and payload.uuid in domxml.read_facts(xml).mdevs]
             if others:
-                self._define(payload.old_xml, "undoing this run's change after another VM took the device")
+                self._take_back_define(payload.old_xml, "undoing this run's change after another VM took the device")
                 raise Conflict(f"mediated device {payload.uuid} was given to VM '{others[0]}' by another run at the "
                                f"same time; this run's change to VM '{payload.vm}' was undone",
                                remedy="run the command again: it picks another device", rolled_back=True)
@@ -1527,8 +1528,8 @@ def _essentials(xml: str, keep_claims: bool = False) -> tuple[object, ...]:
     """What a define changes, compared the way libvirt reports it back (it reformats the XML it is given)."""
     facts = domxml.read_facts(xml)
     claimed = tuple(sorted(c.token for c in domxml.claims_of(xml)[0])) if keep_claims else ()
-    return (facts.hostdevs, facts.recorded, facts.firmware, facts.mmio_window_bytes, facts.hypervisor_hidden,
-            facts.locked_memory, claimed)
+    return (facts.hostdevs, facts.mdevs, facts.recorded, facts.firmware, facts.mmio_window_bytes,
+            facts.hypervisor_hidden, facts.locked_memory, claimed)
 
 
 def _with_sysfs_bars(function: PciFunction) -> PciFunction:

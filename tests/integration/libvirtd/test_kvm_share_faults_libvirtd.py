@@ -25,7 +25,7 @@ from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
 from gpupass.core.domain.pci import PciAddress  # noqa: E402
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest  # noqa: E402
 from gpupass.core.domain.sharing import Share, ShareMode, ShareType, Sharing  # noqa: E402
-from gpupass.core.errors import OperationFailed  # noqa: E402
+from gpupass.core.errors import Conflict, GpupassError, OperationFailed  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
@@ -35,7 +35,7 @@ from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  
 CARD = dataclasses.replace(T4, address=PciAddress.parse("0000:46:00.0"))  # claims and shares of its own
 VGPU = ShareType("nvidia-222", "GRID T4-2Q", ShareMode.MDEV, available=1, max_instances=8)
 MDEV = "6f1d2c8e-5a1b-4e0c-8d1f-7a2b3c4d5e46"
-VM = "gp-sf-1"
+VM, OTHER = "gp-sf-1", "gp-sf-2"
 
 
 class KvmBackendWithAVgpu(KvmBackend):
@@ -50,17 +50,17 @@ class KvmBackendWithAVgpu(KvmBackend):
         return dataclasses.replace(facts, gpus=tuple(dataclasses.replace(g, sharing=sharing) for g in facts.gpus))
 
 
-def plan_share(backend, operation):
-    request = (AssignmentRequest(VM, (CARD.address,), AssignOptions(share=VGPU.id)) if operation == "assign"
-               else ReleaseRequest(VM))
+def plan_share(backend, operation, vm=VM):
+    request = (AssignmentRequest(vm, (CARD.address,), AssignOptions(share=VGPU.id)) if operation == "assign"
+               else ReleaseRequest(vm))
     plan = make_plan(backend, backend.inventory(), request, default_registry())
     assert not plan.blocked, plan.findings
     return plan
 
 
-def run(uri, operation):
+def run(uri, operation, vm=VM):
     with KvmBackendWithAVgpu(Target(uri=uri, name="session")) as backend:
-        return execute(backend, plan_share(backend, operation))
+        return execute(backend, plan_share(backend, operation, vm))
 
 
 def holds(conn) -> bool:
@@ -136,3 +136,100 @@ def test_a_client_killed_with_the_share_define_on_the_wire_leaves_the_vm_exactly
         assert plan_share(backend, operation).steps == ()  # the same command again has nothing to do
         vm_now = backend.inventory().find_vm(VM)
     assert vm_now.unfinished == ()
+
+
+# -- the undo of a share define whose reply was lost (read back, so taken back) -------------------------------------
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_reply_lost_on_the_share_define_and_again_on_its_undo_is_read_back_and_the_vm_is_exactly_as_it_was(
+        libvirtd_uri, libvirt_conn, proxy, vm, operation):
+    """Two faults in a row: the share define is read back and taken back, and the reply to that take-back is lost too.
+    Before: the undo was a plain define, so its lost reply made the run report "undo by hand" (not rolled back)
+    although the daemon had defined the old definition. It is read back over a new connection (_take_back_define),
+    as the other undos are: the VM is, and is reported, exactly as it was."""
+    free, given = vm
+    if operation == "release":
+        run(libvirtd_uri, "assign")
+    before, after = (free, given) if operation == "assign" else (given, free)
+    with KvmBackendWithAVgpu(Target(uri=proxy.uri, name="proxied")) as backend:
+        plan = plan_share(backend, operation)
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML, times=2)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan)
+    assert proxy.dropped.is_set()
+    assert caught.value.rolled_back is True, caught.value.message
+    assert "the VM is as it was" in caught.value.message and "undo by hand" not in caught.value.message
+    assert inactive_xml(libvirt_conn, VM) == before
+    with KvmBackendWithAVgpu(Target(uri=libvirtd_uri, name="session")) as backend:
+        assert backend.inventory().find_vm(VM).unfinished == ()
+    run(libvirtd_uri, operation)  # the same command again converges
+    assert inactive_xml(libvirt_conn, VM) == after
+
+
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_client_killed_with_the_share_undo_on_the_wire_leaves_the_vm_exactly_as_it_was(
+        libvirtd_uri, libvirt_conn, proxy, vm, operation):
+    """The share define's reply lost, so the run reads the VM back and takes the define back; it is killed (SIGKILL)
+    with that take-back on the wire, which the daemon then carries out: exactly as it was, nothing unfinished, and the
+    same command again converges."""
+    free, given = vm
+    if operation == "release":
+        run(libvirtd_uri, "assign")
+    before, after = (free, given) if operation == "assign" else (given, free)
+    here = Path(__file__).resolve().parent
+    script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, operation=operation)
+    proxy.drop_reply_to(DOMAIN_DEFINE_XML)  # the share define: carried out, its reply lost
+    proxy.hold_call_to(DOMAIN_DEFINE_XML, skip=1)  # the take-back that follows: held, its client killed
+    kill_when_held(proxy, start_python(script))
+    assert inactive_xml(libvirt_conn, VM) == before
+    with KvmBackendWithAVgpu(Target(uri=libvirtd_uri, name="session")) as backend:
+        assert backend.inventory().find_vm(VM).unfinished == ()
+    run(libvirtd_uri, operation)
+    assert inactive_xml(libvirt_conn, VM) == after
+
+
+# -- the take-back of a run whose device another VM took meanwhile -------------------------------------------------
+@pytest.fixture
+def other(libvirtd_uri, libvirt_conn, vm):
+    """A second powered-off VM, for a run that gives the same free device to it."""
+    free = define(libvirt_conn, q35(OTHER))
+    yield free
+    libvirt_conn.lookupByName(OTHER).undefine()
+
+
+def test_a_run_whose_device_another_vm_took_reads_its_lost_take_back_and_reports_the_conflict(
+        libvirtd_uri, libvirt_conn, proxy, vm, other):
+    """VM's share define is held at the proxy while another run gives the same free mediated device to OTHER (straight
+    at the daemon); the held define then goes through, VM finds OTHER holding the device and takes its change back, and
+    that take-back's reply is lost. Before: the lost reply surfaced as a lost connection (exit 1, "as it was"), hiding
+    that another run won. Read back over a new connection, it is the conflict it is (exit 6), nothing of its change
+    left; OTHER keeps the device."""
+    import threading
+
+    free, _ = vm
+    failure = []
+
+    def assign():
+        try:
+            run(proxy.uri, "assign")
+        except GpupassError as error:
+            failure.append(error)
+
+    proxy.hold_call_to(DOMAIN_DEFINE_XML)
+    assigning = threading.Thread(target=assign)
+    assigning.start()
+    try:
+        assert proxy.held.wait(60), "the share define never reached the proxy"
+        run(libvirtd_uri, "assign", OTHER)  # another admin gives the same free device to OTHER
+        proxy.drop_reply_to(DOMAIN_DEFINE_XML)  # the next define of VM: its take-back
+    finally:
+        proxy.release()
+        assigning.join(60)
+    error, = failure
+    assert proxy.dropped.is_set()
+    assert isinstance(error, Conflict) and error.rolled_back is True and error.exit_code == 6, error.message
+    assert f"given to VM '{OTHER}' by another run" in error.message, error.message
+    assert inactive_xml(libvirt_conn, VM) == free
+    assert MDEV in domxml.read_facts(inactive_xml(libvirt_conn, OTHER)).mdevs
+    with KvmBackendWithAVgpu(Target(uri=libvirtd_uri, name="session")) as backend:
+        facts = backend.inventory()
+    assert facts.find_vm(VM).unfinished == () and facts.find_vm(OTHER).unfinished == ()
