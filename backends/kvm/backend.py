@@ -968,7 +968,7 @@ class KvmBackend(Backend):
     def _once_more_if_lost(self, call: Callable[[], Any]) -> Any:
         """`call` again, once, over a new connection (_bounded drops a lost one), when its reply was lost. Only for
         calls that find their work done when it is: claims removed by usage and VM or by UUID (_release_claims,
-        _drop_claims), a claim taken with adopt_own (a claim already naming the VM is kept)."""
+        _drop_claims, _remove_stale_claim), a claim taken with adopt_own (a claim already naming the VM is kept)."""
         try:
             return call()
         except ConnectionFailed:
@@ -989,13 +989,14 @@ class KvmBackend(Backend):
         its maker's clock), or has been seen that long, it is taken over. Safety does not rest on that
         time: a run whose claim was taken over sees so after its define and undoes it, and the run that
         took it over loses if the other one's VM holds the GPU by then (_define_with_secrets)."""
-        libvirt, conn = self._libvirt, self._connection()
+        libvirt = self._libvirt
         replaced = None
         waiting_on, since, delay = "", time.monotonic(), 0.05
         refusals_without_owner = 0
         while True:
             try:  # dated at each attempt: a claim made after a wait must not look old to the others
-                conn.secretDefineXML(secretclaims.to_xml(records.replace(mine, at=time.time())), 0)
+                # (the connection of now: a takeover whose reply was lost goes on over a new one)
+                self._connection().secretDefineXML(secretclaims.to_xml(records.replace(mine, at=time.time())), 0)
                 self._secret_driver = True
                 return mine, replaced
             except libvirt.libvirtError as exc:
@@ -1026,17 +1027,28 @@ class KvmBackend(Backend):
                                "nothing was changed", remedy=f"release the GPU from VM '{other.vm}' first if it "
                                                              "should move")
             if time.monotonic() - since > self._claim_takeover_s or time.time() - other.at > self._claim_takeover_s:
-                secret = self._secret_by_usage(mine.address)
-                if secret is not None and secret.UUIDString() == other.uuid:
-                    try:  # by its UUID: a newer claim of someone else is never removed
-                        secret.undefine()
-                    except libvirt.libvirtError as exc:
-                        if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
-                            raise translate(libvirt, exc, f"taking over the stale claim on {mine.address}") from exc
+                # A lost reply here leaves the stale claim removed or not, and another run may have claimed the GPU
+                # since: asked once more over a new connection, the removal finds its work done (or another run's
+                # claim, which it leaves), and the claim is then asked for as before -- not reported as a lost
+                # connection after the host's only change, the stale claim's removal, was made.
+                self._once_more_if_lost(functools.partial(self._remove_stale_claim, other))
                 replaced = other
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _remove_stale_claim(self, stale: secretclaims.SecretClaim) -> None:
+        """Undefine `stale` if it is still the claim on its GPU, by its UUID: a newer claim of someone else is never
+        removed (virSecretUndefine finds the secret by UUID: secretclaims.py), and one already gone is done."""
+        libvirt = self._libvirt
+        secret = self._secret_by_usage(stale.address)
+        if secret is None or secret.UUIDString() != stale.uuid:
+            return
+        try:
+            secret.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                raise translate(libvirt, exc, f"taking over the stale claim on {stale.address}") from exc
 
     def _claimed_for(self, vm_uuid: str, addresses: Sequence[str]) -> bool:
         """Does a secret claim on one of `addresses` name the VM with this UUID?"""

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 REMOTE_PROGRAM = 0x20008086
 CALL, REPLY = 0, 1  # virNetMessageType
@@ -254,9 +255,11 @@ def start_python(script: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_when_held(proxy: LibvirtProxy, running: subprocess.Popen) -> None:
+def kill_when_held(proxy: LibvirtProxy, running: subprocess.Popen, meanwhile: Callable[[], object] | None = None
+                   ) -> None:
     """SIGKILL `running` once its call is held at the proxy (armed with hold_call_to), then let the call through and
-    wait for the daemon's reply to it, which nobody reads: a client killed with its call on the wire."""
+    wait for the daemon's reply to it, which nobody reads: a client killed with its call on the wire. `meanwhile` runs
+    after the kill and before the call goes on (another run that races the call on the wire)."""
     import pytest
 
     try:
@@ -265,6 +268,8 @@ def kill_when_held(proxy: LibvirtProxy, running: subprocess.Popen) -> None:
             pytest.fail("the call never reached the proxy: " + running.communicate()[0][-3000:])
         running.send_signal(signal.SIGKILL)
         assert running.wait(30) == -signal.SIGKILL
+        if meanwhile is not None:
+            meanwhile()
     finally:
         assert running.stdout is not None
         running.stdout.close()
