@@ -245,4 +245,4 @@ def test_mangled_scripts_fail_cleanly():
             continue
         ran += 1
         assert isinstance(r.stdout, str) and isinstance(r.exit_code, int)
-    assert refused > 50 and ran > 50
+    assert refused >= 50 and ran >= 50     # each outcome at least a sixth of the runs
