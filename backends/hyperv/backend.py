@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import shlex
 import dataclasses
 import math
 import logging
@@ -17,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
+from gpupass.backends.hyperv.records import stopped_runs
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import LegacySettings
@@ -345,9 +345,9 @@ class HypervBackend(Backend):
         code, data, err = self._run_json(scripts.inventory_script(), "reading the host")
         if code != 0:
             raise from_exit("reading the host", code, err)
-        gpus_raw = data.get("Gpus") or []
         vms_raw = data.get("Vms") or []
-        functions_raw = [f for g in gpus_raw for f in [g, *(g.get("Companions") or [])]]
+        # every PCI function in a slot that holds a GPU (scripts.inventory_script); group_gpus groups them below
+        functions_raw = data.get("Functions") or []
         vm_paths = [p for v in vms_raw for p in (v.get("Devices") or [])]
         addresses = address_map([f["LocationPath"] for f in functions_raw] + vm_paths)
         self._paths = {a: p for p, a in addresses.items()}
@@ -392,18 +392,13 @@ class HypervBackend(Backend):
                 **extra[gpu.address], "location_paths": paths,
                 "companion_survey": {str(c.address): extra[c.address]["survey"] for c in gpu.companions}}))
         gpus = _with_partitions(gpus, data.get("Partitionable"), vms_raw)
-        # A device dismounted from the host and on no VM is ready for assignment -- or left by a release that stopped
-        # half-way, as is a device mounted back but still disabled (present, with its host driver -- a GPU prepared for
-        # DDA without one shows Status Error always -- and not OK), or a VM without devices that still has the settings
-        # an assign gives (stop action TurnOff, guest-controlled cache types: a release stopped at its last Set-VM);
-        # only then are the VMs' restore records read (the inventory script has no room left to read their notes).
-        loose = {fn["LocationPath"] for fn in functions_raw if fn.get("Dismounted") and not fn.get("Owner")}
-        disabled = {fn["LocationPath"] for fn in functions_raw if fn.get("Present") and fn.get("Class")
-                    and not fn.get("Dismounted") and fn.get("Status") != "OK"}
-        as_assigned = any(not v.get("Devices") and str(v.get("StopAction")) == "TurnOff" and v.get("GuestCache") is True
-                          for v in vms_raw)
-        if loose or disabled or as_assigned:
-            vms = self._with_stopped_releases(vms, records, loose, disabled, addresses)
+        # What stopped runs left, from the gpupass restore records the inventory returned with the VMs (records.py).
+        left = stopped_runs(vms_raw, functions_raw, addresses, self.target.label)
+        for name, unfinished in left.items():
+            if unfinished.as_state() is not None:
+                records[name] = {**records[name], "ex_finish": unfinished.as_state()}
+        vms = [dataclasses.replace(vm, unfinished=vm.unfinished + (left[vm.name].note,)) if vm.name in left else vm
+               for vm in vms]
         host_raw = data.get("Host") or {}
         os_raw = data.get("Os") or {}
         iov = host_raw.get("IovSupport")
@@ -422,58 +417,6 @@ class HypervBackend(Backend):
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda vm: vm.name)),
                          {("", a): f for a, f in functions.items()},
                          state=HypervState({a: p for p, a in addresses.items()}, records))
-
-    def _with_stopped_releases(self, vms: list[Vm], records: dict[str, dict[str, Any]], loose: set[str],
-                               disabled: set[str], addresses: Mapping[str, PciAddress]) -> list[Vm]:
-        """`unfinished` for each VM a release left half-way, read from the restore records in the VMs' notes (one
-        more script): the release's intent (`Releasing`) names the devices it was taking back; those still dismounted
-        and on no VM, or mounted back but disabled, are what is left to do, with the settings where the VM holds no
-        device. `records[vm]["ex_finish"]` keeps it for plan_finish_release: the same release again finishes it. A
-        record without an intent (an older gpupass) on a VM without devices is shown with the steps by hand."""
-        code, data, err = self._run_json(scripts.stopped_releases_script(), "reading the VMs' restore records")
-        if code != 0:
-            raise from_exit("reading the VMs' restore records", code, err)
-        entries = data.get("Vms") or []
-        notes: dict[str, str] = {}
-        for entry in [entries] if isinstance(entries, dict) else entries:
-            name, held = str(entry.get("Name")), int(entry.get("Held") or 0)
-            named = entry.get("Releasing")
-            intent = [str(p) for p in ([named] if isinstance(named, str) else named or [])]
-            if name not in records:
-                continue
-            if intent:
-                pending = [p for p in intent if p in loose or p in disabled]
-                if not pending and held:
-                    continue          # its devices were given back to it: nothing of the release is left to do
-                records[name] = {**records[name], "ex_finish": {"paths": pending, "restore": not held}}
-                notes[name] = self._stopped_release_note(name, pending, loose, addresses, restore=not held)
-            elif not held and loose:
-                devices = ", ".join(sorted(str(addresses[p]) for p in loose))
-                notes[name] = (
-                    f"a release stopped before it finished (killed, or its connection lost): the VM holds no device but "
-                    f"its stop action and MMIO were not restored (the gpupass restore record is still in its notes), and "
-                    f"{devices} {'is' if len(loose) == 1 else 'are'} dismounted from the host and on no VM; the record "
-                    "does not say which device was this VM's (an older gpupass wrote it), so finish by hand: "
-                    "Mount-VMHostAssignableDevice -LocationPath and Enable-PnpDevice for each device it took from this "
-                    "VM, then Set-VM -AutomaticStopAction -LowMemoryMappedIoSpace -HighMemoryMappedIoSpace "
-                    "-GuestControlledCacheTypes with the record's values and -Notes without the record")
-        return [dataclasses.replace(vm, unfinished=vm.unfinished + (notes[vm.name],)) if vm.name in notes else vm
-                for vm in vms]
-
-    def _stopped_release_note(self, vm: str, pending: list[str], loose: set[str], addresses: Mapping[str, PciAddress],
-                              restore: bool) -> str:
-        left = [f"{addresses[p]} is dismounted from the host and on no VM" if p in loose else
-                f"{addresses[p]} is mounted back on the host but still disabled" for p in pending if p in addresses]
-        if restore:
-            left.append("the VM holds no device, but its stop action and MMIO are not restored (the gpupass restore "
-                        "record is still in its notes)")
-        else:
-            left.append("the gpupass restore record in its notes still names the release")
-        # A VM that keeps other devices names the GPUs: `release HOST VM` alone would take those too.
-        gpus = "" if restore else "".join(f" {addresses[p]}" for p in pending if p in addresses)
-        command = f"gpupass release {shlex.quote(self.target.label)} {shlex.quote(vm)}{gpus}"
-        return (f"a release stopped half-way (its client killed or its connection lost, with its script failing on the "
-                f"host): {'; '.join(left)}; `{command}` finishes it")
 
     def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's record, read by one script (one WinRM command) instead of the whole host's inventory."""
@@ -597,15 +540,19 @@ class HypervBackend(Backend):
         return steps
 
     def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
-        """A release of this VM that stopped half-way (_with_stopped_releases read its intent from the restore record
+        """A release of this VM that stopped half-way (records.stopped_runs read its intent from the restore record
         in the VM's notes): the devices it left dismounted or disabled go back to the host, and the VM's settings are
-        restored from the record where it holds no device. Nothing where the facts show no such release."""
+        restored from the record where it holds no device. A record without an intent on a VM without devices: its
+        settings are restored, and the devices the release names among those left dismounted or disabled (the admin
+        says which were this VM's) go back to the host. Nothing where the facts show no such run."""
         state = _state(ctx.facts)
         left = (state.vms.get(ctx.vm.name) or {}).get("ex_finish")
         if not left:
             return []
         paths = tuple(str(p) for p in left.get("paths") or ())
         restore = bool(left.get("restore"))
+        named = {state.location_paths.get(f.address) for gpu in ctx.gpus for f in gpu.functions}
+        paths += tuple(p for p in left.get("candidates") or () if p in named)
         addresses = tuple(str(a) for a, path in state.location_paths.items() if path in paths)
         changes = tuple(f"Mount-VMHostAssignableDevice (where still dismounted) and Enable-PnpDevice {p}" for p in paths)
         changes += (("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the VM's "

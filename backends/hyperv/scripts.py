@@ -59,6 +59,29 @@ def _lines(*parts: str) -> str:
     return "\n".join(p for p in parts if p)
 
 
+# ---------------------------------------------------------------------------- the restore record
+# Hyper-V keeps no record of a VM's settings from before a device was assigned, so gpupass keeps one in the VM's
+# own notes (Set-VM -Notes, a String in both of Set-VM's parameter sets: MicrosoftDocs/windows-powershell-docs,
+# docset/winserver2022-ps/Hyper-V/Set-VM.md; kept by Hyper-V as Msvm_VirtualSystemSettingData.Notes and read back
+# as Get-VM's .Notes). It travels with the VM, not with how the host was spelled, and the assign script writes it
+# in the same Set-VM call that changes the settings, so a reply lost after the script ran cannot lose it. The
+# admin's own notes stay as they are: the record is one line after them, between two markers (its JSON names the
+# VM's id, so a record copied to another VM with its notes is not that VM's). The release script reads it back,
+# checks it before it changes anything (RECORD_DAMAGE says what it found wrong) and takes it out of the notes in the
+# Set-VM call that restores the settings.
+RECORD_BEGIN = "[gpupass restore record: do not edit]"
+RECORD_END = "[end of gpupass record]"
+# JSON of the five settings is about 150 characters, plus the location paths a release is taking back while it runs
+# (about 55 characters each, as many as fit one script); a longer "record" is not one gpupass wrote.
+RECORD_MAX_CHARS = 1500
+RECORD_DAMAGE = {
+    "end": f"it has no end marker {RECORD_END!r} within {RECORD_MAX_CHARS} characters (cut, or edited)",
+    "json": "it is not the JSON gpupass writes",
+    "value": "it holds a stop action, MMIO size or cache setting Set-VM would refuse",
+    "vm": "it was written for another VM (its VMId is not this VM's: copied with the notes?)",
+}
+
+
 # --------------------------------------------------------------------------- inventory
 # PCI device properties asked by GUID and property id, as Microsoft's SurveyDDA.ps1 does (works on every
 # locale and build; a misspelt name fails with "Element not found"). pciprop.h: DEFINE_PCI_DEVICE_DEVPKEY.
@@ -73,7 +96,20 @@ GPU_BASE_CLASSES = ("03", "12")
 
 # The record of one VM ($v), appended to $vms; its devices' owner noted in $own. Shared by the inventory
 # and read_vm_script, so a VM read back after a change is described exactly as the inventory describes it.
+# Record: the text of its notes after gpupass's RECORD_BEGIN, no more than a record can hold with its end marker; null
+# where the notes hold no record, so a host with many VMs answers with its gpupass records only -- every one of them,
+# so `status` sees each unfinished release (its intent) and each VM a stopped run left with a record but no device,
+# whatever its settings, in this one script (records.py reads them). The notes are what Set-VM -Notes wrote ("Specifies
+# notes to be associated with the virtual machine", a String: Set-VM.md, MicrosoftDocs/windows-powershell-docs
+# docset/winserver2022-ps/Hyper-V), read back as the VirtualMachine object's Notes property -- which Get-VM.md does not
+# list (it names the output type only): assumed from Hyper-V's Msvm_VirtualSystemSettingData.Notes and the public
+# scripts that read it (`Get-VM | Select-Object Name, Notes`), as the release script's own check (_READ_RECORD) does.
+# IndexOf/Substring are System.String's methods; not -like, to which the marker's brackets are wildcards (about_Wildcards).
+RECORD_READ_CHARS = RECORD_MAX_CHARS + len(RECORD_END)
 _VM_RECORD = _lines(
+    f"$t=[string]$v.Notes;$i=$t.IndexOf({ps_quote(RECORD_BEGIN)});$rc=$null",
+    f"if($i -ge 0){{$rc=$t.Substring($i+{len(RECORD_BEGIN)});if($rc.Length -gt {RECORD_READ_CHARS}){{"
+    f"$rc=$rc.Substring(0,{RECORD_READ_CHARS})}}}}",
     "$ad=@()",
     "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
     "$gp=@();if($pg){foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){$gp+=$a.InstancePath}}",
@@ -83,7 +119,7 @@ _VM_RECORD = _lines(
     "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
     "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
     "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad;"
-    "Partitions=$gp}",
+    "Partitions=$gp;Record=$rc}",
 )
 # GPU-P: a host without Get-VMHostPartitionableGpu leaves $pg null: not read (see inventory_script); the VM records
 # read their partition adapters only where some GPU is partitionable.
@@ -132,10 +168,11 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """One script that reports the whole host as JSON::
 
         {"Host": {"Name", "IovSupport", "IovSupportReasons"},
-         "Gpus": [Fn + {"Companions": [Fn, ...]}],
+         "Functions": [Fn, ...],
          "Vms": [{"Name", "Id", "Generation", "State", "MemoryStartup", "DynamicMemory", "StopAction",
                   "LowMmio", "HighMmio", "GuestCache", "Checkpoints": [{"Name", "Type"}],
-                  "Devices": [location path, ...], "Partitions": [GPU-P instance path, ...]}],
+                  "Devices": [location path, ...], "Partitions": [GPU-P instance path, ...],
+                  "Record": the notes after RECORD_BEGIN (at most RECORD_READ_CHARS) or null}],
          "Partitionable": [{"Name", "ValidPartitionCounts", "PartitionCount", "Total<R>", "Available<R>",
                             "Min/Max/OptimalPartition<R>" (R: VRAM, Encode, Decode, Compute),
                             "SupportsIncomingLiveMigration"}] or null,
@@ -145,7 +182,9 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     "LocationPath", "Slot", "Mem" (the memory ranges the device holds, flattened: [start0, end0, start1, end1, ...],
     inclusive bounds; empty while it holds none), "Interrupts" (bitmask
     1 line, 2 MSI, 4 MSI-X), "Rmrr", "Acs" (0 none .. 3 supported), "DeviceType" (2 = PCIe endpoint),
-    "Dismounted", "Owner" (VM name or null)}``.  The survey values are null for a function that is not
+    "Dismounted", "Owner" (VM name or null)}``, one for each PCI function in a slot that holds a GPU: the GPUs
+    and their companions, grouped by the backend (one pass here would not leave room on the command line for the
+    VMs' records).  The survey values are null for a function that is not
     present (dismounted or gone): Windows reads them from the running device.
 
     Mem is read as Microsoft's SurveyDDA.ps1 reads a device's MMIO need (MicrosoftDocs/Virtualization-Documentation
@@ -218,14 +257,9 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "$fns+=[pscustomobject]@{InstanceId=$id;Name=$d.FriendlyName;Class=$d.Class;ClassCode=$cc[$id];"
         "Status=$d.Status;Present=$d.Present;LocationPath=$p;Slot=$sl;Mem=$m;"
         + ";".join(f"{k}=$kp[{n}][$id]" for k, n in PROPERTY_IDS.items()) + ";"
-        "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p];Companions=@()}",
+        "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p]}",
         "}",
-        "$gpus=@()",
-        "foreach($g in $fns){if(" + " -or ".join(f"$g.ClassCode -like '{b}*'" for b in GPU_BASE_CLASSES)
-        + "){",
-        "$c=@();foreach($o in $fns){if($o.Slot -eq $g.Slot -and $o.LocationPath -ne $g.LocationPath){$c+=$o}}",
-        "$g.Companions=$c;$gpus+=$g}}",
-        "$r=[pscustomobject]@{Host=($h|Select-Object 'Name','IovSupport','IovSupportReasons');Gpus=$gpus;Vms=$vms;"
+        "$r=[pscustomobject]@{Host=($h|Select-Object 'Name','IovSupport','IovSupportReasons');Functions=$fns;Vms=$vms;"
         "Partitionable=$pg;Os=$os}",
         "ConvertTo-Json -InputObject $r -Depth 6 -Compress",
     )
@@ -282,27 +316,6 @@ _IID_MAP = _lines(
 )
 
 
-# ---------------------------------------------------------------------------- the restore record
-# Hyper-V keeps no record of a VM's settings from before a device was assigned, so gpupass keeps one in the VM's
-# own notes (Set-VM -Notes, a String in both of Set-VM's parameter sets: MicrosoftDocs/windows-powershell-docs,
-# docset/winserver2022-ps/Hyper-V/Set-VM.md; kept by Hyper-V as Msvm_VirtualSystemSettingData.Notes and read back
-# as Get-VM's .Notes). It travels with the VM, not with how the host was spelled, and the assign script writes it
-# in the same Set-VM call that changes the settings, so a reply lost after the script ran cannot lose it. The
-# admin's own notes stay as they are: the record is one line after them, between two markers (its JSON names the
-# VM's id, so a record copied to another VM with its notes is not that VM's). The release script reads it back,
-# checks it before it changes anything (RECORD_DAMAGE says what it found wrong) and takes it out of the notes in the
-# Set-VM call that restores the settings.
-RECORD_BEGIN = "[gpupass restore record: do not edit]"
-RECORD_END = "[end of gpupass record]"
-# JSON of the five settings is about 150 characters, plus the location paths a release is taking back while it runs
-# (about 55 characters each, as many as fit one script); a longer "record" is not one gpupass wrote.
-RECORD_MAX_CHARS = 1500
-RECORD_DAMAGE = {
-    "end": f"it has no end marker {RECORD_END!r} within {RECORD_MAX_CHARS} characters (cut, or edited)",
-    "json": "it is not the JSON gpupass writes",
-    "value": "it holds a stop action, MMIO size or cache setting Set-VM would refuse",
-    "vm": "it was written for another VM (its VMId is not this VM's: copied with the notes?)",
-}
 
 
 def assign_script(vm_name: str, location_paths: Sequence[str], low_mmio: int, high_mmio: int,
@@ -488,25 +501,6 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
         "if(-not $r.ok){exit 1}",
     )
     return _check(s, "release", max_chars)
-
-
-def stopped_releases_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
-    """Each VM whose notes hold a gpupass restore record: how many assigned devices it holds now and the devices a
-    release of it was taking back when it wrote the record's ``Releasing`` (its intent; null where there is none, or
-    the record cannot be read). A release that stopped between its Remove-VMAssignableDevice and its last Set-VM (its
-    client killed, its script failing on the host with nobody left to give the devices back) leaves its intent.
-    Prints ``{"Vms": [{"Name", "Held", "Releasing"}]}``."""
-    s = _lines(
-        "$ErrorActionPreference='Stop'",
-        "$gb=" + ps_quote(RECORD_BEGIN),
-        "$r=@()",
-        "foreach($v in @(Get-VM)){$t=[string]$v.Notes;$i=$t.IndexOf($gb)",
-        "if($i -ge 0){$x=$t.Substring($i+$gb.Length);$j=$x.IndexOf(" + ps_quote(RECORD_END) + ");$k=$null",
-        "if($j -ge 0){try{$k=(ConvertFrom-Json ($x.Substring(0,$j))).Releasing}catch{}}",
-        "$r+=[pscustomobject]@{Name=$v.Name;Held=@(Get-VMAssignableDevice -VM $v).Count;Releasing=$k}}}",
-        "ConvertTo-Json -InputObject ([pscustomobject]@{Vms=$r}) -Depth 4 -Compress",
-    )
-    return _check(s, "stopped releases", max_chars)
 
 
 def finish_release_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:

@@ -2,7 +2,9 @@
 
 Against the WS-Management endpoint on 127.0.0.1 serving the lab model, prints PowerShell scripts (the
 backend's round_trips), HTTP requests on the wire (NTLM handshake legs included) and wall times for
-`gpus` (inventory) and `assign` (inventory + plan + the assign script + the VM read back), next to:
+`gpus` (inventory), `status` on a host where a release stopped at its last Set-VM (the inventory too: it returns the
+VMs' gpupass records, so seeing the stopped release costs no script of its own) and `assign` (inventory + plan + the
+assign script + the VM read back), next to:
 
 - the anchor of issue 11: one WinRM session (one pywinrm Protocol, one shell) running the same inventory
   script, the least any client needs for the same facts (goal: gpus <= 1.5x of it);
@@ -22,7 +24,7 @@ import time
 from gpupass.backends.hyperv import scripts
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
-from gpupass.backends.hyperv.lab.hostmodel import lab_host
+from gpupass.backends.hyperv.lab.hostmodel import lab_host, run_script
 from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from gpupass.backends.hyperv.scripts import ps_quote
 from gpupass.backends.hyperv.lab.wsman import serve
@@ -102,10 +104,27 @@ def anchor(target: Target) -> None:
     out, _err, code = protocol.get_command_output(shell, command)
     protocol.cleanup_command(shell, command)
     protocol.close_shell(shell)
-    assert code == 0 and json.loads(out.decode().strip().splitlines()[-1])["Gpus"]
+    assert code == 0 and json.loads(out.decode().strip().splitlines()[-1])["Functions"]
 
 
-KEYS = ("gpus", "anchor", "assign", "naive_gpus", "naive_assign")
+def stopped_release_host():
+    """The lab host where ml-train's release stopped at its last Set-VM: its device back on the host, its settings
+    and record (with the release's intent) not; ml-train had TurnOff and guest-controlled cache types before."""
+    model = lab_host()
+    vm = model.vm("ml-train")
+    vm.automatic_stop_action, vm.guest_controlled_cache_types = "TurnOff", True
+    assert run_script(model, scripts.assign_script("ml-train", [A100_2_LOC], 3 * 2**30, 200 * 2**30)).exit_code == 0
+    model.inject_fault("Set-VM", 2)
+    assert run_script(model, scripts.release_script("ml-train", [A100_2_LOC])).exit_code == 1
+    model.clear_faults()
+    return model
+
+
+def status(backend: HypervBackend) -> None:
+    assert backend.inventory().find_vm("ml-train").unfinished    # the stopped release is seen
+
+
+KEYS = ("gpus", "status", "anchor", "assign", "naive_gpus", "naive_assign")
 
 
 def measure(auth: str, repeat: int) -> dict[str, list[float]]:
@@ -132,10 +151,11 @@ def measure(auth: str, repeat: int) -> dict[str, list[float]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeat):
-            for key, work in (("gpus", lambda b: b.inventory()), ("anchor", anchored), ("assign", assign),
-                              ("naive_gpus", lambda b: naive(b, "gpus")),
+            for key, work in (("gpus", lambda b: b.inventory()), ("status", status), ("anchor", anchored),
+                              ("assign", assign), ("naive_gpus", lambda b: naive(b, "gpus")),
                               ("naive_assign", lambda b: naive(b, "assign"))):
-                with serve(lab_host(), auth=auth, users={USER: PASSWORD}) as ep:  # a fresh host each time
+                model = stopped_release_host() if key == "status" else lab_host()   # a fresh host each time
+                with serve(model, auth=auth, users={USER: PASSWORD}) as ep:
                     query = "?transport=basic" if auth == "basic" else ""
                     target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/{query}",
                                     password=Secret(PASSWORD), options={"state_file": f"{tmp}/{key}.json"})
@@ -151,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     f = {k: statistics.median(v) for k, v in measure(args.auth, args.repeat).items()}
     print(f"Hyper-V over WinRM ({args.auth}, 127.0.0.1, lab model), median of {args.repeat}:")
     print(f"{'':34}{'scripts':>8}{'HTTP':>6}{'wall s':>9}")
-    for label, key in (("gpus (gpupass)", "gpus"), ("gpus anchor: one WinRM session", "anchor"),
+    for label, key in (("gpus (gpupass)", "gpus"), ("status, a release stopped", "status"),
+                       ("gpus anchor: one WinRM session", "anchor"),
                        ("gpus (naive, a shell per cmdlet)", "naive_gpus"), ("assign (gpupass)", "assign"),
                        ("assign (naive, a shell per cmdlet)", "naive_assign")):
         print(f"{label:34}{f[key + '_rt']:>8.0f}{f[key + '_http']:>6.0f}{f[key + '_s']:>9.3f}")

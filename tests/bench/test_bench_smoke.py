@@ -111,6 +111,8 @@ def test_hyperv_bench_runs_as_shipped_and_counts_one_session(capsys):
     figures = {k: v[0] for k, v in module.measure("ntlm", 1).items()}
     # gpus: one script in one shell, as the anchor; assign: inventory, assign, read back in one shell.
     assert figures["gpus_http"] == figures["anchor_http"] and figures["gpus_rt"] == 1
+    # status sees a stopped release in that one script (the VMs' gpupass records come with the inventory)
+    assert figures["status_rt"] == 1 and figures["status_http"] == figures["gpus_http"]
     assert figures["assign_rt"] == 3 and figures["assign_http"] < figures["naive_assign_http"]
     assert "goal: <= 1.5x" in capsys.readouterr().out
 

@@ -19,12 +19,17 @@ def inventory(remote) -> dict:
     return data
 
 
+def gpus_of(inv: dict) -> list[dict]:
+    """The GPUs among the PCI functions the inventory lists (class code 03 or 12; the backend groups the rest)."""
+    return [f for f in inv["Functions"] if f["ClassCode"][:2] in S.GPU_BASE_CLASSES]
+
+
 def test_inventory_of_the_lab(remote):
     inv = inventory(remote)
     assert inv["Host"] == {"Name": "HV-LAB01", "IovSupport": True, "IovSupportReasons": None}
     assert inv["Partitionable"] == []       # the lab's GPUs offer no GPU partitioning
-    gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
-    assert set(gpus) == {A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC}
+    gpus = {g["LocationPath"]: g for g in gpus_of(inv)}
+    assert set(gpus) == {f["LocationPath"] for f in inv["Functions"]} == {A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC}
     a1, a2, t4 = gpus[A100_1_LOC], gpus[A100_2_LOC], gpus[T4_LOC]
     # found by class code, not PnP class: no host driver, so no Class and Status Error (as on real hosts)
     bare, mi = gpus[T4_NO_DRIVER_LOC], gpus[MI300X_LOC]
@@ -41,13 +46,12 @@ def test_inventory_of_the_lab(remote):
     assert a2["InstanceId"].startswith("PCI\\VEN_10DE&DEV_20B5")
     assert (a2["Interrupts"] & 6, a2["Rmrr"], a2["Acs"], a2["DeviceType"]) == (6, False, 3, 2)
     assert t4["Rmrr"] is True and sum(e - s + 1 for s, e in zip(t4["Mem"][0::2], t4["Mem"][1::2], strict=True)) == 304 * M
-    assert all(g["Companions"] == [] for g in inv["Gpus"])
     vms = {v["Name"]: v for v in inv["Vms"]}
     assert list(vms) == ["ml-train", "render01", "web01", "cad-ws", "dyn-mem"]
     assert vms["ml-train"] | {"Id": None} == {
         "Name": "ml-train", "Id": None, "Generation": 2, "State": "Off", "MemoryStartup": 64 * G,
         "DynamicMemory": False, "StopAction": "Save", "LowMmio": 128 * M, "HighMmio": 512 * M,
-        "GuestCache": False, "Checkpoints": [], "Devices": [], "Partitions": []}
+        "GuestCache": False, "Checkpoints": [], "Devices": [], "Partitions": [], "Record": None}
     assert vms["render01"]["Generation"] == 1
     assert vms["web01"]["State"] == "Running"
     assert vms["cad-ws"]["Devices"] == [A100_1_LOC] and vms["cad-ws"]["StopAction"] == "TurnOff"
@@ -58,11 +62,10 @@ def test_inventory_companions_and_checkpoints(rtx_remote):
     from gpupass.backends.hyperv.lab.hostmodel import Checkpoint
     rtx_remote.model.vm("render01").checkpoints.append(Checkpoint("before-driver", "Standard"))
     inv = inventory(rtx_remote)
-    rtx = next(g for g in inv["Gpus"] if "RTX 4090" in g["Name"])
-    assert [c["Name"] for c in rtx["Companions"]] == ["NVIDIA High Definition Audio"]
-    assert rtx["Companions"][0]["LocationPath"] == "PCIROOT(0)#PCI(0100)#PCI(0001)"
-    assert rtx["Companions"][0]["Class"] == "Media"
-    assert {g["ClassCode"][:2] for g in inv["Gpus"]} <= {"03", "12"}
+    rtx = next(g for g in gpus_of(inv) if "RTX 4090" in g["Name"])
+    (audio,) = [f for f in inv["Functions"] if f["Slot"] == rtx["Slot"] and f is not rtx]   # its companion
+    assert (audio["Name"], audio["LocationPath"], audio["Class"]) == (
+        "NVIDIA High Definition Audio", "PCIROOT(0)#PCI(0100)#PCI(0001)", "Media")
     render = next(v for v in inv["Vms"] if v["Name"] == "render01")
     assert render["Checkpoints"] == [{"Name": "before-driver", "Type": "Standard"}]
 
@@ -75,7 +78,7 @@ def test_inventory_ghost_device(auth, endpoint_factory):
                                "Display", "PCIROOT(80)#PCI(0300)#PCI(0000)", 0x10DE, 0x1DB4, [16 * M, 16 * G, 32 * M],
                                present=False))
     inv = inventory(Remote(endpoint_factory(m, auth), auth))
-    ghost = next(g for g in inv["Gpus"] if "V100" in g["Name"])
+    ghost = next(g for g in gpus_of(inv) if "V100" in g["Name"])
     assert (ghost["Present"], ghost["Dismounted"], ghost["Status"], ghost["Mem"]) == (False, False, "Unknown", [])
     r = Remote(endpoint_factory(m, "basic"), "basic").ps(S.assign_script("ml-train", [ghost["LocationPath"]], 1, 1))
     assert r.status_code == 1
@@ -86,7 +89,7 @@ def test_inventory_on_a_host_without_gpus(auth, endpoint_factory):
     m = HostModel(name="EMPTY", iov_support=False, iov_support_reasons=["Firmware does not support IOMMU"])
     inv = inventory(Remote(endpoint_factory(m, auth), auth))
     assert inv == {"Host": {"Name": "EMPTY", "IovSupport": False,
-                            "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Gpus": [], "Vms": [],
+                            "IovSupportReasons": ["Firmware does not support IOMMU"]}, "Functions": [], "Vms": [],
                    "Partitionable": [], "Os": {"Caption": m.os_caption, "BuildNumber": m.os_build, "ProductType": 3}}
 
 
@@ -96,7 +99,7 @@ def test_assign_then_release(remote):
                                                           "StopAction": "Save", "LowMmio": 128 * M,
                                                           "HighMmio": 512 * M, "GuestCache": False}}
     inv = inventory(remote)
-    a2 = next(g for g in inv["Gpus"] if g["LocationPath"] == A100_2_LOC)
+    a2 = next(g for g in gpus_of(inv) if g["LocationPath"] == A100_2_LOC)
     assert (a2["Owner"], a2["Dismounted"], a2["Present"]) == ("ml-train", True, False)
     vm = next(v for v in inv["Vms"] if v["Name"] == "ml-train")
     assert (vm["StopAction"], vm["LowMmio"], vm["HighMmio"], vm["GuestCache"], vm["Devices"]) == \
@@ -201,5 +204,5 @@ def test_model_state_survives_restart(remote, endpoint_factory, auth, tmp_path):
     from hyperv_helpers import Remote
     again = Remote(endpoint_factory(HostModel.from_json(saved.read_text()), auth), auth)
     inv = inventory(again)
-    assert next(g for g in inv["Gpus"] if g["LocationPath"] == A100_2_LOC)["Owner"] == "ml-train"
+    assert next(g for g in gpus_of(inv) if g["LocationPath"] == A100_2_LOC)["Owner"] == "ml-train"
     json.dumps(inv)

@@ -41,10 +41,12 @@ ENV = {**os.environ, "GPUPASS_PASSWORD": PASSWORD}
 @pytest.fixture
 def lab(endpoint_factory):
     """ml-train holding the A100 through gpupass (its restore record in its notes, after the admin's own notes)."""
-    def start(vm: str = "ml-train"):
+    def start(vm: str = "ml-train", turn_off_before: bool = False):
         model = lab_host()
         model.vm("ml-train").name = vm
         model.vm(vm).notes = "owner: ml team"
+        if turn_off_before:     # the settings an assign gives, there before it: after a release they are the same
+            model.vm(vm).automatic_stop_action, model.vm(vm).guest_controlled_cache_types = "TurnOff", True
         original = model.to_dict()
         ep = endpoint_factory(model, "basic")
         backend = HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic",
@@ -282,3 +284,63 @@ def test_a_finishing_release_killed_with_its_script_on_the_wire_leaves_it_finish
     assert model.to_dict() == original
     assert unfinished(uri, "ml-train") == []
     assert json.loads(cli("release", uri, "ml-train", "--yes", "--json").stdout)["changed"] is False
+
+
+def stopped_at_the_last_set_vm_by_a_killed_client(model, ep, backend, vm):
+    """A real `gpupass release` process killed (SIGKILL) with its script held at the endpoint; the host then runs it
+    and fails its second Set-VM (the first writes the intent, the second restores the settings)."""
+    killed_with_script_held(ep, "Remove-VMAssignableDevice", ["release", backend.target.uri, vm, "--yes"], ENV,
+                            while_held=lambda: model.inject_fault("Set-VM", 2))
+    model.clear_faults()
+
+
+def stopped_at_the_last_set_vm_by_the_script(model, ep, backend, vm):
+    stop_a_release_half_way(backend, ep, vm, "Set-VM", nth=2)
+
+
+@pytest.mark.parametrize("stop", [stopped_at_the_last_set_vm_by_a_killed_client, stopped_at_the_last_set_vm_by_the_script])
+def test_a_release_stopped_at_its_last_set_vm_on_a_vm_that_had_turnoff_before_is_shown_and_finished(lab, stop):
+    """ml-train had stop action TurnOff and guest-controlled cache types before the assign, so after its release
+    stopped at the last Set-VM nothing in its settings tells it from a VM released whole -- only its MMIO and its
+    record do. The inventory returns every VM's gpupass record with the VMs (one script: `status` costs what `gpus`
+    does), so `status` shows the release, text and --json, with the command that finishes it."""
+    model, ep, backend, original = lab(turn_off_before=True)
+    uri = backend.target.uri
+    before = next(v for v in original["vms"] if v["name"] == "ml-train")
+    assert (before["automatic_stop_action"], before["guest_controlled_cache_types"]) == ("TurnOff", True)
+    stop(model, ep, backend, "ml-train")
+    device, vm = model.device_by_location(A100_2_LOC), model.vm("ml-train")
+    assert device.enabled and not device.dismounted and device.assigned_vm is None        # the devices went back
+    assert (vm.automatic_stop_action, vm.guest_controlled_cache_types) == ("TurnOff", True)
+    assert vm.high_mmio != before["high_mmio"] and '"Releasing":["' in vm.notes            # the settings did not
+
+    command = f"`gpupass release {shlex.quote(uri)} ml-train` finishes it"
+    (left,) = unfinished(uri, "ml-train")
+    assert "stop action and MMIO are not restored" in left and command in left
+    text = cli("status", uri)
+    assert text.returncode == 0 and "UNFINISHED" in text.stdout and command in text.stdout, text.stdout + text.stderr
+    backend.round_trips = 0
+    assert backend.inventory().find_vm("ml-train").unfinished == (left,) and backend.round_trips == 1
+
+    again = cli("release", uri, "ml-train", "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is True, again.stdout + again.stderr
+    assert model.to_dict() == original
+    assert unfinished(uri, "ml-train") == []
+    assert json.loads(cli("release", uri, "ml-train", "--yes", "--json").stdout)["changed"] is False
+    assert model.to_dict() == original
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_release_stopped_at_its_last_set_vm_of_a_vm_with_a_hostile_name_is_shown_and_finished(lab, name):
+    model, ep, backend, original = lab(name, turn_off_before=True)
+    stopped_at_the_last_set_vm_by_the_script(model, ep, backend, name)
+    facts = backend.inventory()
+    (left,) = facts.find_vm(name).unfinished
+    assert f"`gpupass release {shlex.quote(backend.target.label)} {shlex.quote(name)}` finishes it" in left
+    finishing = make_plan(backend, facts, ReleaseRequest(name), plugins.default_registry())
+    (step,) = finishing.steps
+    assert S.ps_quote(name) in step.preview
+    execute(backend, finishing)
+    assert model.to_dict() == original
+    assert backend.inventory().find_vm(name).unfinished == ()
+    assert plan(backend, ReleaseRequest(name)).steps == ()

@@ -129,7 +129,7 @@ def test_assignable_device_pool_as_published():
     # the device is addressable and is not a GPU
     assert path in address_map([path])
     inv = json.loads(run_script(model, S.inventory_script()).stdout)
-    assert inv["Gpus"] == []
+    assert inv["Functions"] == []
 
 
 # ---------------------------------------------------------------------------------------- survey-dda.ps1 (2015)

@@ -39,7 +39,7 @@ def all_scripts(name: str = "ml-train", paths=(A100_2_LOC,), max_chars=S.MAX_SCR
         "assign": S.assign_script(name, list(paths), 3 * G, 33280 * M, max_chars=max_chars),
         "release": S.release_script(name, list(paths), max_chars=max_chars),
         "release-legacy-record": S.release_script(name, list(paths), PREV, max_chars=max_chars),
-        "stopped-releases": S.stopped_releases_script(),
+        "read-vm": S.read_vm_script(name, max_chars=max_chars),
         "finish-release": S.finish_release_script(name, list(paths), max_chars=max_chars),
         "finish-release-settings-only": S.finish_release_script(name, [], max_chars=max_chars),
         "drop-intent": S.drop_intent_script(name, max_chars=max_chars),

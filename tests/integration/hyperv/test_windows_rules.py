@@ -76,14 +76,14 @@ def test_the_old_inventory_fails_on_the_misspelt_key():
 
 def test_the_rmrr_check_fires_from_the_inventory():
     inv = inventory(lab_host())
-    t4 = next(g for g in inv["Gpus"] if g["LocationPath"] == T4_LOC)
+    t4 = next(g for g in inv["Functions"] if g["LocationPath"] == T4_LOC)
     assert t4["Rmrr"] is True
 
 
 # ------------------------------------------------------------------------------ item 2: GPUs without host drivers
 def test_driverless_gpu_and_accelerator_are_gpus():
     inv = inventory(lab_host())
-    gpus = {g["LocationPath"]: g for g in inv["Gpus"]}
+    gpus = {g["LocationPath"]: g for g in inv["Functions"]}
     bare, mi = gpus[T4_NO_DRIVER_LOC], gpus[MI300X_LOC]
     assert (bare["Class"], bare["Status"], bare["ClassCode"]) == (None, "Error", "030200")
     assert bare["Rmrr"] is False and bare["Acs"] == 3
@@ -95,8 +95,7 @@ def test_driverless_gpu_and_accelerator_are_gpus():
 def test_the_old_display_class_filter_misses_them():
     old = S.inventory_script().replace("$c -like '03*' -or $c -like '12*'", "$d.Class -eq 'Display'")
     assert old != S.inventory_script()
-    old = old.replace("$g.ClassCode -like '03*' -or $g.ClassCode -like '12*'", "$g.Class -eq 'Display'")
-    paths = {g["LocationPath"] for g in json.loads(run(lab_host(), old).stdout)["Gpus"]}
+    paths = {g["LocationPath"] for g in json.loads(run(lab_host(), old).stdout)["Functions"]}
     assert T4_NO_DRIVER_LOC not in paths and MI300X_LOC not in paths
 
 

@@ -1,0 +1,157 @@
+"""What stopped gpupass runs left on a Hyper-V host, told from the restore records the inventory returns.
+
+The inventory script returns, for each VM whose notes hold a gpupass restore record (scripts.RECORD_BEGIN), the text
+after the marker (``Record``); this module reads it as the release script's own check does (scripts._READ_RECORD) and
+says, per VM, what a stopped run left and which release finishes it. Pure: no I/O, no SDK.
+
+* A record whose JSON names a release's intent (``Releasing``: the devices it was taking back) whose devices are still
+  dismounted and on no VM, or mounted back but disabled, or on a VM left without devices (its settings not restored):
+  the same release again finishes it (``ex_finish``: HypervBackend.plan_finish_release).
+* A record without an intent (an older gpupass wrote it, or an assign stopped on the host after its first Set-VM) on a
+  VM that holds no device: its settings are not restored. Which device was the VM's, the record does not say: where
+  no device on the host is dismounted-and-on-no-VM or disabled (other than those other VMs' intents name), restoring
+  the settings is the whole finish; otherwise each such device is named, and the release that names it gives it back
+  too (the admin says which was this VM's; a device dismounted on purpose, ready for another assignment, stays).
+* A damaged record (cut, edited, copied from another VM): a release of the VM refuses it before any change, so it is
+  shown with what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from gpupass.core.domain.pci import PciAddress
+
+from .scripts import RECORD_BEGIN, RECORD_DAMAGE, RECORD_END, RECORD_MAX_CHARS, STOP_ACTIONS, ps_quote
+
+
+@dataclass(frozen=True)
+class Record:
+    """A VM's restore record as the release script reads it: ``damage`` is a RECORD_DAMAGE key (then nothing else is
+    read), ``releasing`` the location paths of a release's intent (None: the record names no release)."""
+
+    damage: str | None
+    releasing: tuple[str, ...] | None = None
+
+
+def read_record(text: Any, vm_id: str) -> Record | None:
+    """The record in ``text`` (the notes after RECORD_BEGIN, as the inventory returns them), None when there is none.
+
+    Checked as scripts._READ_RECORD checks it before a release: the end marker within RECORD_MAX_CHARS, JSON, values
+    Set-VM takes (-LowMemoryMappedIoSpace UInt32, -HighMemoryMappedIoSpace UInt64, -AutomaticStopAction one of its
+    enum names, -GuestControlledCacheTypes a bool), the VM's own id (compared as PowerShell's -eq compares the two
+    strings there: ignoring case, about_Comparison_Operators)."""
+    if not isinstance(text, str):
+        return None
+    end = text.find(RECORD_END)
+    if end < 0 or end > RECORD_MAX_CHARS:
+        return Record("end")
+    try:
+        data = json.loads(text[:end])
+    except ValueError:
+        return Record("json")
+    if not isinstance(data, dict):
+        return Record("json")
+    low, high, cache = data.get("LowMmio"), data.get("HighMmio"), data.get("GuestCache")
+    if not (_whole(low, 2**32 - 1) and _whole(high, 2**64 - 1) and data.get("StopAction") in STOP_ACTIONS
+            and isinstance(cache, bool)):
+        return Record("value")
+    if str(data.get("VMId") or "").lower() != vm_id.lower():
+        return Record("vm")
+    named = data.get("Releasing")
+    if named is None:
+        return Record(None)
+    return Record(None, tuple(str(p) for p in ([named] if isinstance(named, str) else named)))
+
+
+def _whole(value: Any, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """What a stopped run left on one VM: ``note`` for `status`, and what the same release again does (``paths`` go
+    back to the host; ``restore``: the settings are put back from the record and the record removed). ``candidates``:
+    devices a record without an intent may have held, given back only when the release names their GPU."""
+
+    note: str
+    paths: tuple[str, ...] = ()
+    restore: bool = False
+    candidates: tuple[str, ...] = ()
+
+    def as_state(self) -> dict[str, Any] | None:
+        """What HypervState keeps for plan_finish_release; None where no release finishes it (a damaged record)."""
+        if not (self.paths or self.restore):
+            return None
+        return {"paths": list(self.paths), "restore": self.restore, "candidates": list(self.candidates)}
+
+
+def stopped_runs(vms_raw: Iterable[Mapping[str, Any]], functions_raw: Iterable[Mapping[str, Any]],
+               addresses: Mapping[str, PciAddress], host_label: str) -> dict[str, Unfinished]:
+    """Per VM name, what a stopped run left on it (VMs with nothing left out), from the inventory's raw VMs and PCI
+    functions."""
+    functions = list(functions_raw)
+    # dismounted from the host and on no VM; mounted back but still disabled (present, with a host driver -- a GPU
+    # prepared for DDA without one shows Status Error always -- and not OK)
+    loose = {fn["LocationPath"] for fn in functions if fn.get("Dismounted") and not fn.get("Owner")}
+    disabled = {fn["LocationPath"] for fn in functions if fn.get("Present") and fn.get("Class")
+                and not fn.get("Dismounted") and fn.get("Status") != "OK"}
+    instance_ids = {fn["LocationPath"]: str(fn.get("InstanceId") or "") for fn in functions}
+    records: dict[str, tuple[Mapping[str, Any], Record]] = {}
+    for v in vms_raw:
+        record = read_record(v.get("Record"), str(v.get("Id") or ""))
+        if record is not None:
+            records[str(v["Name"])] = (v, record)
+    named_by_intents = {p for _, r in records.values() for p in (r.releasing or ())}
+    out: dict[str, Unfinished] = {}
+    for name, (raw, record) in records.items():
+        held = bool(raw.get("Devices"))
+        release = f"gpupass release {shlex.quote(host_label)} {shlex.quote(name)}"
+        if record.damage is not None:
+            out[name] = Unfinished(
+                f"the gpupass restore record in its notes cannot be used: {RECORD_DAMAGE[record.damage]}; a release "
+                "of this VM refuses it before any change: repair the record, or delete it from "
+                f"{RECORD_BEGIN!r} to {RECORD_END!r} (Set-VM -Notes) and set the VM's stop action and MMIO by hand")
+        elif record.releasing:
+            pending = tuple(p for p in record.releasing if p in loose or p in disabled)
+            if pending or not held:     # else its devices were given back to it: nothing of the release is left
+                out[name] = _stopped_release(release, pending, loose, addresses, restore=not held)
+        elif not held:
+            candidates = tuple(sorted(p for p in (loose | disabled) - named_by_intents if p in addresses))
+            out[name] = _settings_left(release, candidates, loose, addresses, instance_ids)
+    return out
+
+
+def _stopped_release(release: str, pending: tuple[str, ...], loose: set[str], addresses: Mapping[str, PciAddress],
+                     restore: bool) -> Unfinished:
+    left = [f"{addresses[p]} is dismounted from the host and on no VM" if p in loose else
+            f"{addresses[p]} is mounted back on the host but still disabled" for p in pending if p in addresses]
+    if restore:
+        left.append("the VM holds no device, but its stop action and MMIO are not restored (the gpupass restore "
+                    "record is still in its notes)")
+    else:
+        left.append("the gpupass restore record in its notes still names the release")
+    # A VM that keeps other devices names the GPUs: `release HOST VM` alone would take those too.
+    gpus = "" if restore else "".join(f" {addresses[p]}" for p in pending if p in addresses)
+    return Unfinished(f"a release stopped half-way (its client killed or its connection lost, with its script failing "
+                      f"on the host): {'; '.join(left)}; `{release}{gpus}` finishes it", pending, restore)
+
+
+def _settings_left(release: str, candidates: tuple[str, ...], loose: set[str], addresses: Mapping[str, PciAddress],
+                   instance_ids: Mapping[str, str]) -> Unfinished:
+    what = ("a run stopped before it finished (a release by an older gpupass, an assign stopped on the host after "
+            "its first Set-VM, or the device removed from the VM by hand): the VM holds no device, but its stop action and MMIO are not restored (the gpupass "
+            "restore record, which names no devices, is still in its notes)")
+    if not candidates:
+        return Unfinished(f"{what}; no device is left dismounted or disabled on the host; `{release}` restores the "
+                          "settings from the record and removes it", restore=True)
+    devices = "; ".join(
+        f"{addresses[p]} is {'dismounted from the host and on no VM' if p in loose else 'disabled on the host'} "
+        f"(by hand: {'Mount-VMHostAssignableDevice -LocationPath ' + ps_quote(p) + ', then ' if p in loose else ''}"
+        f"Enable-PnpDevice -InstanceId {ps_quote(instance_ids.get(p, ''))} -Confirm:$false)" for p in candidates)
+    return Unfinished(f"{what}; the record does not say which device was this VM's: {devices}; `{release}` restores "
+                      f"the settings and leaves the devices as they are; `{release} GPU` (e.g. `{release} "
+                      f"{addresses[candidates[0]]}`) also gives the GPUs named back to the host, for a device that "
+                      "was this VM's", restore=True, candidates=candidates)
