@@ -31,7 +31,8 @@ from gpupass.core.domain.mmio import GiB, MiB, MmioPolicy, format_bytes
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.domain.plan import Step
 from gpupass.core.domain.sharing import ShareMode
-from gpupass.core.errors import BackendUnavailable, Conflict, GpupassError, OperationFailed, UsageError
+from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, OperationFailed,
+                                  UsageError)
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 
@@ -728,10 +729,36 @@ class HypervBackend(Backend):
     def _undo_assign(self, payload: Assign, token: dict[str, Any] | None) -> None:
         # The release script restores the settings from the record the assign wrote into the VM's notes (and
         # leaves them, and the record, where the VM still holds a device from before).
+        def release() -> None:
+            try:
+                self._release(payload.vm, list(payload.paths), None)
+            except _PartialRelease as partial:
+                raise partial.error from None
+        self._read_back_if_lost(release, payload.vm, payload.addresses, on_vm=False)
+
+    def _read_back_if_lost(self, undo: Callable[[], Any], vm: str, addresses: tuple[str, ...], on_vm: bool) -> None:
+        """Run an undo script. Where its reply is lost (ConnectionFailed: the host may well have run it), the host is
+        read again: the devices where the undo puts them (`on_vm`: on the VM; else all back on the host) and nothing
+        unfinished on the VM means it went through -- not an undo to make by hand; anything else, or a read that fails
+        too, leaves the loss as it was."""
         try:
-            self._release(payload.vm, list(payload.paths), None)
-        except _PartialRelease as partial:
-            raise partial.error from None
+            undo()
+        except ConnectionFailed as lost:
+            if not addresses:
+                raise
+            try:
+                facts = self.inventory()
+            except GpupassError:
+                raise lost from None
+            held = facts.find_vm(vm)
+            wanted = {PciAddress.parse(a) for a in addresses}
+            free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
+            # nothing unfinished on the VM either: a release script stopped half-way leaves its intent (records.py)
+            done = held is not None and not held.unfinished and (
+                wanted <= set(held.assigned) if on_vm else not wanted & set(held.assigned) and wanted <= free)
+            if not done:
+                raise
+            log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
 
     @_undo.register
     def _undo_finish_release(self, payload: FinishRelease, token: None) -> None:
@@ -744,7 +771,8 @@ class HypervBackend(Backend):
         # The assign script records the settings the release had restored, in the notes again.
         script = scripts.assign_script(payload.vm, list(payload.paths), current["low_mmio"],
                                        current["high_mmio"], current["stop_action"], current["guest_cache"])
-        self._run_change(script, f"giving the devices back to VM '{payload.vm}'")
+        self._read_back_if_lost(lambda: self._run_change(script, f"giving the devices back to VM '{payload.vm}'"),
+                                payload.vm, payload.addresses, on_vm=True)
 
     def _lost_to_another(self, payload: Assign, error: OperationFailed) -> OperationFailed:
         """An assign script that undid itself because another run took a device first (Hyper-V's own rule: a

@@ -93,3 +93,75 @@ def test_of_concurrent_assigns_of_one_device_exactly_one_wins(endpoint_factory, 
                for run in runs if run.name not in winners), runs
     holders = [d.assigned_vm for d in model.devices if d.location_path == A100_2_LOC]
     assert holders == winners
+
+
+# -- a lost reply on the undo too: read back, not "undo by hand" ----------------------------------------------------
+ASSIGN_SCRIPT = "Add-VMAssignableDevice -LocationPath $p -VM $v"     # what tells the assign script from the others
+RELEASE_SCRIPT = "Remove-VMAssignableDevice -VMAssignableDevice"     # ... and the release script
+
+
+def losing_replies(backend, ep, markers):
+    """Drop the reply of every script holding one of `markers` after the host ran it; returns what was lost."""
+    sent = backend._run_ps
+    lost: list[str] = []
+
+    def send(script, action):
+        if any(m in script for m in markers):
+            lost.append(action)
+            ep.drop_next_receive()
+        return sent(script, action)
+
+    backend._run_ps = send
+    return lost
+
+
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_lost_reply_on_the_step_and_on_its_undo_is_read_back_as_undone(hv, operation):
+    """The assign (or release) runs and its reply is lost; read back, it went through, so gpupass undoes it -- the
+    release (or assign) script -- and that reply is lost too. The host is read again: the undo went through, so it is
+    reported rolled back, exactly as it was; before, this was "could not be undone: undo by hand"."""
+    backend, ep = hv
+    registry = plugins.default_registry()
+    rtx = next(g for g in backend.inventory().gpus if "4090" in g.function.name)
+    if operation == "release":
+        execute(backend, make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (rtx.address,)), registry))
+    before = ep.model.to_dict()
+    request = AssignmentRequest("ml-train", (rtx.address,)) if operation == "assign" else ReleaseRequest("ml-train")
+    plan = make_plan(backend, backend.inventory(), request, registry)
+    lost = losing_replies(backend, ep, (ASSIGN_SCRIPT, RELEASE_SCRIPT))
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert len(lost) == 2, lost                                        # the step's reply and its undo's
+    assert caught.value.rolled_back is True and "undo by hand" not in caught.value.message, caught.value.message
+    assert ep.model.to_dict() == before
+    del backend._run_ps
+    assert all(vm.unfinished == () for vm in backend.inventory().vms)
+    again = make_plan(backend, backend.inventory(), request, registry)
+    execute(backend, again)                                           # the same command again converges
+    assert make_plan(backend, backend.inventory(), request, registry).nothing_to_do
+
+
+def test_a_lost_undo_reply_with_an_unreadable_host_is_still_reported_not_undone(hv):
+    """The undo's reply lost and every read after it too: gpupass cannot tell, so the undo is reported not made (the
+    host here did make it: the remedy's `status` shows the VM as it was)."""
+    backend, ep = hv
+    registry = plugins.default_registry()
+    rtx = next(g for g in backend.inventory().gpus if "4090" in g.function.name)
+    before = ep.model.to_dict()
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest("ml-train", (rtx.address,)), registry)
+    sent = backend._run_ps
+    undoing: list[str] = []
+
+    def send(script, action):
+        if ASSIGN_SCRIPT in script or RELEASE_SCRIPT in script or undoing:
+            ep.drop_next_receive()
+        if RELEASE_SCRIPT in script:
+            undoing.append(action)                   # from the undo on, nothing gets through
+        return sent(script, action)
+
+    backend._run_ps = send
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    del backend._run_ps
+    assert undoing and caught.value.rolled_back is False and "could not be undone" in caught.value.message
+    assert ep.model.to_dict() == before
