@@ -3,10 +3,13 @@ register.
 
 Finding plugins means reading every installed distribution's entry points, and loading them imports every
 backend: together most of a short command's start-up. So the full scan's result is kept in a plugin index
-(what each entry point registers: schemes, platforms, rules' platforms, lab hosts) in the cache folder,
-and a command about one host loads only the plugins that host needs (`scoped_registry`). The index is
-rebuilt whenever a folder on sys.path changes (installing, upgrading or removing a distribution changes
-its site-packages folder), and by every `gpupass plugins`, which always scans.
+(what each entry point registers: schemes, platforms, rules' platforms, lab hosts, and which of its functions
+pluggy called for each hook, in pluggy's order) in the cache folder, and a command about one host loads only
+the plugins that host needs (`scoped_registry`) and calls those functions in that order, without building a
+plugin manager: pluggy, with the inspect module it imports, would cost a `gpupass gpus` ~8 ms (issue 11). The
+index is written only by a full scan, in which pluggy has checked every hook implementation against its
+specification; it is rebuilt whenever a folder on sys.path changes (installing, upgrading or removing a
+distribution changes its site-packages folder), and by every `gpupass plugins`, which always scans.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ import importlib
 import marshal
 import os
 import sys
-import threading
+import types
+from _thread import RLock, allocate_lock  # threading's locks, without importing threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable
-
-import pluggy
 
 from gpupass.core import hookspecs
 from gpupass.core.errors import BackendUnavailable
@@ -28,6 +30,8 @@ from gpupass.core.records import field, record
 # Named in annotations only: loading the plugins a host needs does not load the planning model.
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pluggy
 
     from gpupass.core.domain.context import CheckContext
     from gpupass.core.domain.findings import Finding
@@ -42,7 +46,7 @@ LAB_ENTRY_POINT_GROUP = "gpupass.labs"
 _GROUP_PREFIX = {ENTRY_POINT_GROUP: "", LAB_ENTRY_POINT_GROUP: "labs:"}
 
 
-_rules_lock = threading.RLock()
+_rules_lock = RLock()
 
 
 @record(frozen=True)
@@ -107,12 +111,19 @@ class Registry:
         return next((lab for lab in self.lab_hosts if lab.name == name), None)
 
 
+# The core's own rules are a plugin too, registered first under this name (not found by entry point).
+CORE_PLUGIN = "gpupass.core"
+HOOKS = ("gpupass_register_backends", "gpupass_register_rules", "gpupass_register_lab_hosts")
+
+
 def make_plugin_manager(extra_plugins: Iterable[object] = (), load_entry_points: bool = True) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("gpupass")
+    import pluggy
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     from gpupass.core import builtin_rules
 
-    pm.register(builtin_rules, name="gpupass.core")
+    pm.register(builtin_rules, name=CORE_PLUGIN)
     if load_entry_points:
         _load_entry_points(pm)
     for plugin in extra_plugins:
@@ -151,10 +162,24 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             entry_points[name] = entry_point.value
 
 
+class _Impl:
+    """A hook implementation as collect() reads it: pluggy's HookImpl, or one the plugin index recorded."""
+
+    __slots__ = ("function", "plugin_name")
+
+    def __init__(self, function: Callable[..., Any], plugin_name: str) -> None:
+        self.function, self.plugin_name = function, plugin_name
+
+
 def collect(pm: pluggy.PluginManager) -> Registry:
     registry = Registry(versions=dict(getattr(pm, "gpupass_versions", {})),
                         problems=list(getattr(pm, "gpupass_load_problems", [])))
-    for impl in pm.hook.gpupass_register_backends.get_hookimpls():
+    return _collect(registry, {name: getattr(pm.hook, name).get_hookimpls() for name in HOOKS})
+
+
+def _collect(registry: Registry, impls: dict[str, list[Any]]) -> Registry:
+    """Call each hook's implementations, in pluggy's order (HookCaller.get_hookimpls), with their register."""
+    for impl in impls["gpupass_register_backends"]:
         def register_backend(backend: type[Backend], _plugin: str = impl.plugin_name) -> None:
             for other in registry.backends:
                 for scheme in set(other.schemes) & set(backend.schemes):
@@ -165,7 +190,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             registry.backend_plugins[backend] = _plugin
 
         impl.function(register=register_backend)
-    for impl in pm.hook.gpupass_register_rules.get_hookimpls():
+    for impl in impls["gpupass_register_rules"]:
         def register_rule(rule: Rule, operations: Iterable[str] = ("assign",),
                           platforms: Iterable[str] | None = None, _plugin: str = impl.plugin_name) -> None:
             registry._rules.append(
@@ -174,7 +199,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 
         registry.pending_rules.append(functools.partial(impl.function, register=register_rule))
     # In pluggy's call order (last registered first), as `pm.hook.gpupass_register_lab_hosts(...)` would.
-    for impl in reversed(pm.hook.gpupass_register_lab_hosts.get_hookimpls()):
+    for impl in reversed(impls["gpupass_register_lab_hosts"]):
         def register_lab(lab: LabHost, _plugin: str = impl.plugin_name) -> None:
             registry.lab_hosts.append(lab)
             registry.lab_plugins[lab.name] = _plugin
@@ -223,7 +248,7 @@ def reset_default() -> None:
 
 
 # -- the plugin index -------------------------------------------------------------------------------------
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: each hook's implementations, in pluggy's order
 
 
 def _index_path() -> Path:
@@ -276,7 +301,8 @@ def _write_index(pm: pluggy.PluginManager, registry: Registry) -> None:
             "rule_platforms": sorted({p for r in rules for p in (r.platforms or ())}),
             "labs": {lab.name: lab.platform for lab in registry.lab_hosts if registry.lab_plugins.get(lab.name) == name},
         })
-    index = {"version": INDEX_VERSION, "fingerprint": _fingerprint(), "plugins": plugins}
+    index = {"version": INDEX_VERSION, "fingerprint": _fingerprint(), "plugins": plugins,
+             "hooks": {name: _recorded(getattr(pm.hook, name).get_hookimpls()) for name in HOOKS}}
     _scoped.clear()  # built from the index this one replaces
     path = _index_path()
     try:
@@ -286,6 +312,32 @@ def _write_index(pm: pluggy.PluginManager, registry: Registry) -> None:
         os.replace(temporary, path)
     except OSError:
         pass  # no cache folder we may write: every command scans, as before
+
+
+def _recorded(impls: list[Any]) -> list[tuple[str, str]] | None:
+    """(plugin name, attribute name) of each implementation pluggy found for one hook, in its order; None when an
+    implementation is not a plain attribute of its plugin (a scoped registry then falls back to a full scan)."""
+    recorded = []
+    for impl in impls:
+        if impl.hookwrapper or impl.wrapper:
+            return None  # wraps the other calls: only pluggy calls it as it must be called
+        names = [name for name in dir(impl.plugin) if _is_same(getattr(impl.plugin, name, None), impl.function)]
+        if len(names) != 1:
+            return None
+        recorded.append((impl.plugin_name, names[0]))
+    return recorded
+
+
+def _marked(plugin: object) -> list[str]:
+    """The attributes of a plugin that pluggy's PluginManager.register takes for hook implementations: routines
+    carrying the project's hookimpl mark (a dict)."""
+    marker = hookspecs.PROJECT + "_impl"
+    return [name for name in dir(plugin) if isinstance(getattr(getattr(plugin, name, None), marker, None), dict)]
+
+
+def _is_same(value: object, function: Callable[..., Any]) -> bool:
+    # a plugin object's method is a new bound method at each getattr: equal, not identical
+    return value is function or (isinstance(value, types.MethodType) and value == function)
 
 
 def _read_index() -> dict[str, Any] | None:
@@ -313,7 +365,7 @@ def _load(value: str) -> object:
 # of a thousand qemu+ssh hosts builds one plugin manager, not one per host (and its workers, asking at once, wait
 # for that one rather than each building its own).
 _scoped: dict[tuple[tuple[str, ...], str | None, str | None], Registry] = {}
-_scoped_lock = threading.Lock()
+_scoped_lock = allocate_lock()
 
 
 def scoped_registry(*, scheme: str | None = None, lab: str | None = None) -> Registry | None:
@@ -353,16 +405,27 @@ def _build_scoped(*, scheme: str | None, lab: str | None) -> Registry | None:
         if (any(b["platform"] == platform for b in entry["backends"]) or entry["rules_all"]
                 or platform in entry["rule_platforms"]):
             needed.add(entry["name"])
-    pm = make_plugin_manager(load_entry_points=False)
+    hooks = index["hooks"]
+    if any(hooks[name] is None for name in HOOKS):
+        return None
+    from gpupass.core import builtin_rules
+
+    loaded: dict[str, object] = {CORE_PLUGIN: builtin_rules}
     try:
-        for entry in entries:  # in the full scan's order, so the first claimant of a scheme still wins
+        for entry in entries:
             if entry["name"] in needed:
-                pm.register(_load(entry["value"]), name=entry["name"])
-        pm.check_pending()
+                loaded[entry["name"]] = _load(entry["value"])
+        recorded = {(plugin, attribute) for name in HOOKS for plugin, attribute in hooks[name]}
+        if any((name, attribute) not in recorded for name, plugin in loaded.items() for attribute in _marked(plugin)):
+            return None  # a hook implementation the index does not know (an editable checkout): pluggy must see it
+        # The functions pluggy called in the full scan, in its order (restricted to these plugins, as a manager of
+        # only these would order them), so the first claimant of a scheme still wins.
+        impls = {name: [_Impl(getattr(loaded[plugin], attribute), plugin)
+                        for plugin, attribute in hooks[name] if plugin in loaded] for name in HOOKS}
     except Exception:  # noqa: BLE001 - a plugin that no longer loads: the full scan reports it properly
         return None
-    registry = collect(pm)
-    registry.versions = {entry["name"]: entry["version"] for entry in entries if entry["name"] in needed}
+    registry = _collect(Registry(versions={entry["name"]: entry["version"] for entry in entries
+                                           if entry["name"] in needed}), impls)
     if (lab is not None and registry.lab_host(lab) is None) or (
             scheme is not None and not any(scheme in b.schemes for b in registry.backends)):
         return None  # the plugins changed without an install (an editable checkout): do not trust the index
