@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpupass.core.errors import UsageError
-from gpupass.core.records import field, record
+from gpupass.core.records import field, field_names, record
 
 
 @record(frozen=True)
@@ -54,11 +54,10 @@ TOP_LEVEL_KEYS = {"hosts"}
 
 def host_keys() -> dict[str, Any]:
     """Each key a [hosts.NAME] table may have and its type: HostEntry's fields, so a new field is typed too."""
-    import dataclasses
     import typing
 
     hints = typing.get_type_hints(HostEntry)
-    return {f.name: hints[f.name] for f in dataclasses.fields(HostEntry) if f.name != "name"}
+    return {name: hints[name] for name in field_names(HostEntry) if name != "name"}
 
 
 def load_config(path: Path) -> Config:

@@ -331,6 +331,17 @@ def _shadow(cls: type) -> type:
     return shadow
 
 
+def field_names(cls: type) -> tuple[str, ...]:
+    """The names of a record's (or a dataclass's) fields, in order: [f.name for f in dataclasses.fields(cls)]
+    without importing dataclasses for a record."""
+    specs = cls.__dict__.get("__record_specs__")
+    if specs is None:
+        import dataclasses
+
+        return tuple(f.name for f in dataclasses.fields(cls))
+    return tuple(specs)
+
+
 def replace(obj: T, /, **changes: Any) -> T:
     """dataclasses.replace for records (and dataclasses), without importing dataclasses for a record."""
     specs = type(obj).__dict__.get("__record_specs__")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gpupass.core.errors import UsageError
 
-_USERINFO = re.compile(r"://([^/?#]*)@")
+_USERINFO = r"://([^/?#]*)@"  # compiled on first use (re's cache), not at import
 _UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
 PASSWORD_REMEDY = ("take the password out of the URI and give it through GPUPASS_PASSWORD_<HOST>, password_env or "
                    "keyring = true in the config file (`gpupass hosts add NAME URI --password-env VAR`)")
@@ -27,7 +27,7 @@ def redacted(uri: str) -> str:
     Found by its shape (SCHEME://USER:PASSWORD@HOST, up to the last '@' before the path), not by urlsplit:
     text that urlsplit does not see as a URI (no scheme, an unclosed '[') must not leak its password either.
     """
-    match = _USERINFO.search(uri)
+    match = re.search(_USERINFO, uri)
     if not match or ":" not in match[1]:
         return uri
     return uri[:match.start(1)] + match[1].split(":", 1)[0] + ":***" + uri[match.end(1):]

@@ -20,7 +20,6 @@ from gpupass.backends.kvm.nodedev import (
     parse_pci_nodedev,
     with_description,
 )
-from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
 from gpupass.core import records
 from gpupass.core.domain.capabilities import Capabilities
 from gpupass.core.domain.grouping import group_gpus
@@ -38,6 +37,7 @@ from gpupass.core.target import Target
 if TYPE_CHECKING:  # named in signatures only: reading a host does not load the planning model
     from pathlib import Path
 
+    from gpupass.backends.kvm.watchdog import Watchdog
     from gpupass.core.domain.context import CheckContext
     from gpupass.core.domain.findings import FeatureLoss
     from gpupass.core.domain.plan import Step
@@ -225,6 +225,9 @@ class KvmBackend(Backend):
         """Run one libvirt call within the host's timeout (see watchdog.py); a test-driver file has no peer."""
         if self.target.uri.startswith("test:"):  # the libvirt test driver: a file, no peer to wait on
             return function(*args, **kwargs)
+        # Here, not at the top: a test-driver host (above) waits on no peer and need not load it.
+        from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
+
         if self._watchdog is None:
             self._watchdog = Watchdog(self.target.timeout)
         try:

@@ -114,7 +114,7 @@ def _text(fields: dict[str, ET.Element], tag: str, default: str) -> str:
 # framebuffer=2048M, max_resolution=5120x2880, max_instance=12" (`mdevctl types` on a Tesla P40, mdevctl issue
 # #115; tests/fixtures/real/kvm/mdevctl-types-p40.txt). libvirt's node device XML has no description element
 # (docs/formatnode.rst: name, deviceAPI, availableInstances), so these come only from sysfs when read locally.
-_NVIDIA_DESCRIPTION = re.compile(r"(\w+)=([^,\s]+)")
+_NVIDIA_DESCRIPTION = r"(\w+)=([^,\s]+)"  # compiled on first use (re's cache), not at import
 
 
 def _mdev_types(capabilities: list[ET.Element]) -> tuple[ShareType, ...]:
@@ -135,7 +135,7 @@ def _mdev_types(capabilities: list[ET.Element]) -> tuple[ShareType, ...]:
 
 def with_description(share_type: ShareType, description: str) -> ShareType:
     """Framebuffer and maximum instances from an NVIDIA vGPU type's sysfs description (see _NVIDIA_DESCRIPTION)."""
-    facts = dict(_NVIDIA_DESCRIPTION.findall(description))
+    facts = dict(re.findall(_NVIDIA_DESCRIPTION, description))
     framebuffer = facts.get("framebuffer", "")
     size = None
     if framebuffer[:-1].isdigit() and framebuffer[-1:] in ("M", "G"):

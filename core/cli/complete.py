@@ -39,11 +39,16 @@ def remember(host: str, facts: Any) -> None:
     document = {"host": host, "vms": [vm.name for vm in facts.vms],
                 "gpus": list(dict.fromkeys([qualified(g) for g in facts.gpus] + [str(g.address) for g in facts.gpus]
                                            + [g.function.ids for g in facts.gpus]))}
-    path = _cache_file(host)
+    path, text = _cache_file(host), json.dumps(document)
+    try:
+        if path.read_text() == text:
+            return  # the same names as last time (the common case): a read, not a write, a rename and a flush
+    except (OSError, ValueError):
+        pass
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + f".{os.getpid()}")
-        temporary.write_text(json.dumps(document))
+        temporary.write_text(text)
         os.replace(temporary, path)
     except OSError:
         pass  # a cache: never worth failing the command for

@@ -11,6 +11,7 @@ standard library modules the interpreter has already loaded are used before the 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -29,12 +30,24 @@ def main() -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    # A listing is a short process that reads one host, prints and exits. The cyclic garbage collector would run
+    # ~25 times while its modules load and find next to nothing (records, ElementTree elements and libvirt handles
+    # hold no cycles; reference counting frees them), and once more at shutdown over the ~15,000 objects the
+    # modules made (~3 ms), to free memory the process gives back on exit anyway: together ~5-8 ms of CPU of a
+    # command that should cost little more than a hand-written libvirt script (issue 11, tests/bench/bench_kvm.py).
+    # So a listing runs without it and freezes what it made before it exits (gc.freeze: the last pass skips it);
+    # shutdown itself (atexit handlers, module teardown) is as for any program. Every other command keeps it on.
+    gc.disable()
     from gpupass.core.cli import listing
 
     plain = listing.plain_form(sys.argv[1:], os.environ)
     if plain is not None:  # `gpupass gpus HOST [--json]`: the listing's own work, without click
-        listing.run(*plain)
+        try:
+            listing.run(*plain)
+        finally:
+            gc.freeze()
         return
+    gc.enable()
     from gpupass.core.cli.main import main as click_main
 
     click_main()

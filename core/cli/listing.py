@@ -1,38 +1,65 @@
 """What the listing commands (gpus, vms, status) do: read the host once, print a table or one JSON document.
 
 Their click commands (commands.py) call these functions, and so does the console script (entry.py) for their
-plain forms, `gpupass gpus [HOST] [--json]`, without importing click or any command module: a listing as a
+plain forms, `gpupass [--config FILE] [--insecure] [--ca-file FILE] gpus [HOST] [--json]` (the global options
+before or after the command, as click takes them), without importing click or any command module: a listing as a
 program should cost little more than a hand-written SDK script making the same calls (issue 11;
 tests/bench/bench_kvm.py). Only command lines click would read the same way take that path (`plain_form`);
-anything else (options, --help, shell completion) goes through click, and errors are reported by the same
-function the click commands use.
+anything else (other options, an option twice, --help, shell completion) goes through click, and errors are
+reported by the same function the click commands use.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from gpupass.core.cli.app import AppContext
     from gpupass.core.domain.inventory import HostFacts
 
 COMMANDS = ("gpus", "vms", "status")
+# The global options (gpupass.core.cli.main.GLOBAL_OPTIONS) a plain form may carry, by AppContext's argument name.
+VALUE_OPTIONS = {"--config": "config_path", "--ca-file": "ca_file"}
+FLAG_OPTIONS = {"--insecure": "insecure"}
 # click's shell completion runs when this variable is set (click.core.BaseCommand.main, `_{PROG}_COMPLETE`).
 COMPLETION_VARIABLE = "_GPUPASS_COMPLETE"
 
 
-def plain_form(argv: list[str], environ: dict[str, str] | Any) -> tuple[str, str | None, bool] | None:
-    """(command, HOST or None, --json) when argv is one listing command with at most a HOST and --json, in
-    either order; None for anything else, which click parses."""
-    if not argv or argv[0] not in COMMANDS or COMPLETION_VARIABLE in environ:
+class PlainForm(NamedTuple):
+    command: str
+    host: str | None
+    as_json: bool
+    options: dict[str, Any]  # AppContext's keyword arguments: config_path, insecure, ca_file
+
+
+def plain_form(argv: list[str], environ: dict[str, str] | Any) -> PlainForm | None:
+    """The command line as a PlainForm when it is one listing command with at most a HOST and --json after it, and
+    each global option at most once, before or after the command (`--config FILE` or `--config=FILE`); None for
+    anything else, which click parses."""
+    if COMPLETION_VARIABLE in environ:
         return None
-    rest = argv[1:]
-    flags = [word for word in rest if word == "--json"]
-    hosts = [word for word in rest if word != "--json"]
-    if len(flags) > 1 or len(hosts) > 1 or any(not word or word.startswith("-") for word in hosts):
+    words, flags = iter(argv), 0
+    positional: list[str] = []
+    options: dict[str, Any] = {}
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name in VALUE_OPTIONS and VALUE_OPTIONS[name] not in options:
+            value = value if equals else next(words, "")
+            if not value or value.startswith("-"):  # click's own reading or error: leave it to click
+                return None
+            options[VALUE_OPTIONS[name]] = value
+        elif word in FLAG_OPTIONS and FLAG_OPTIONS[word] not in options:
+            options[FLAG_OPTIONS[word]] = True
+        elif word == "--json" and positional and not flags:  # a command's option: after the command only
+            flags += 1
+        elif not word or word.startswith("-"):
+            return None
+        else:
+            positional.append(word)
+    if not positional or positional[0] not in COMMANDS or len(positional) > 2:
         return None
-    return argv[0], (hosts[0] if hosts else None), bool(flags)
+    return PlainForm(positional[0], positional[1] if len(positional) > 1 else None, bool(flags), options)
 
 
 def read(app: AppContext, host: str | None) -> HostFacts:
@@ -71,7 +98,7 @@ def as_json(document: Any) -> str:
     return dumps(document)
 
 
-def run(command: str, host: str | None, json_output: bool) -> None:
+def run(command: str, host: str | None, json_output: bool, options: dict[str, Any]) -> None:
     """The console script's quick path: what the click command prints, and the same errors and exit codes."""
     import os
 
@@ -79,7 +106,7 @@ def run(command: str, host: str | None, json_output: bool) -> None:
     from gpupass.core.errors import GpupassError
 
     quiet_stdout()
-    app = AppContext()
+    app = AppContext(**options)
     try:
         facts = read(app, host)
         text = as_json(as_document(command, facts)) if json_output else as_text(command, app, host, facts)

@@ -7,9 +7,9 @@ import re
 from gpupass.core.errors import UsageError
 from gpupass.core.records import field, record
 
-_ADDRESS = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
-)
+# The patterns of the read path's modules are compiled on first use (re's cache), not at import: a read that
+# parses no address does not pay for one (issue 11: start-up).
+_ADDRESS = r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 
 DISPLAY_CLASS = 0x03
 # Base classes of the PCI Code and ID Assignment Specification (as in the kernel's include/linux/pci_ids.h:
@@ -48,7 +48,7 @@ class PciAddress:
 
     @classmethod
     def parse(cls, text: str) -> PciAddress:
-        match = _ADDRESS.match(text.strip())
+        match = re.match(_ADDRESS, text.strip())
         if not match:
             raise UsageError(
                 f"{text!r} is not a PCI address",

@@ -62,14 +62,14 @@ class ShareType:
 # NVIDIA names a vGPU profile "GRID P40-1Q" in the mdev type's name (`mdevctl types`, tests/fixtures/real/sharing)
 # and "grid_p40-1q" on ESXi (vSphere's profile strings, NVIDIA vGPU user guide "vGPU types"), newer ones without
 # "GRID" ("NVIDIA A100-4C"). The neutral profile is what follows that prefix: "p40-1q", the same on every platform.
-_PROFILE_PREFIX = re.compile(r"^(?:grid|nvidia)[ _]+")
+_PROFILE_PREFIX = r"^(?:grid|nvidia)[ _]+"  # compiled on first use (pci.py's _ADDRESS says why)
 
 
 def neutral_profile(name: str) -> str:
     """A vGPU profile's name without its product prefix, lower case (`GRID P40-1Q` -> `p40-1q`); "" for a name
     that is no vendor profile (an mdev type id such as `nvidia-46`, a partition size)."""
     lowered = name.strip().lower()
-    stripped = _PROFILE_PREFIX.sub("", lowered)
+    stripped = re.sub(_PROFILE_PREFIX, "", lowered)
     return stripped if stripped != lowered or re.fullmatch(r"[a-z0-9]+-(?:\d+-)?\d+[a-z]+", stripped) else ""
 
 
@@ -100,7 +100,7 @@ def virtual_function_type(total: int | None, enabled: int) -> ShareType:
 # creatable_vgpu_types, NVIDIA kubevirt-gpu-device-plugin README; MIG device names count a GPU instance's compute
 # slices, NVIDIA MIG user guide, "MIG Device Names"). gpupass reads the kind from the name that way (an assumed
 # reading of NVIDIA's names, checked against that output).
-_MIG_BACKED_PROFILE = re.compile(r"[a-z0-9]+-\d+-\d+[a-z]+\d*")
+_MIG_BACKED_PROFILE = r"[a-z0-9]+-\d+-\d+[a-z]+\d*"
 
 
 def mig_backed(share_type: ShareType) -> bool | None:
@@ -108,7 +108,7 @@ def mig_backed(share_type: ShareType) -> bool | None:
     profile = neutral_profile(share_type.name) or neutral_profile(share_type.id)
     if not profile:
         return None
-    return bool(_MIG_BACKED_PROFILE.fullmatch(profile))
+    return bool(re.fullmatch(_MIG_BACKED_PROFILE, profile))
 
 
 @record(frozen=True)

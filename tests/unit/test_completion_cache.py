@@ -26,3 +26,14 @@ def test_a_file_recording_another_host_is_not_this_hosts_names():
     path = complete._cache_file("qemu+ssh://a/system")
     path.write_text(json.dumps({"host": "qemu+ssh://other/system", "vms": ["vm-other"], "gpus": []}))
     assert complete._names("qemu+ssh://a/system", "vms") == []
+
+
+def test_the_same_names_again_are_not_written_again_and_new_ones_are():
+    complete.remember("qemu+ssh://a/system", _facts("vm-a"))
+    path = complete._cache_file("qemu+ssh://a/system")
+    written = path.stat()
+    complete.remember("qemu+ssh://a/system", _facts("vm-a"))
+    again = path.stat()  # a write replaces the file (a new one renamed over it): another inode
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    complete.remember("qemu+ssh://a/system", _facts("vm-renamed"))
+    assert complete._names("qemu+ssh://a/system", "vms") == ["vm-renamed"]

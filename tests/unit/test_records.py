@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from gpupass.core.domain.inventory import Gpu, Host, HostFacts, Vm
 from gpupass.core.domain.pci import Bar, PciAddress, PciFunction
 from gpupass.core.errors import UsageError
-from gpupass.core.records import field, record, replace
+from gpupass.core.records import field, field_names, record, replace
 
 SEARCH = os.environ.get("GPUPASS_FUZZ_EXAMPLES")
 EXAMPLES = settings(max_examples=int(SEARCH or 150), deadline=None, derandomize=not SEARCH, database=None)
@@ -112,6 +112,7 @@ def test_a_record_behaves_as_the_dataclass_of_the_same_fields(spec, data):
         [(f.name, f.type, f.default, f.default_factory, f.repr, f.compare) for f in dataclasses.fields(b)]
     assert dataclasses.asdict(a) == dataclasses.asdict(b)
     assert dataclasses.is_dataclass(a) and dataclasses.is_dataclass(ours)
+    assert field_names(ours) == field_names(theirs) == tuple(f.name for f in dataclasses.fields(theirs))
     assert ours.__dataclass_params__.frozen == frozen and ours.__dataclass_params__.order == order
     assert ours.__match_args__ == theirs.__match_args__
     assert str(inspect.signature(ours)) == str(inspect.signature(theirs))
