@@ -321,7 +321,10 @@ def _recorded(impls: list[Any]) -> list[tuple[str, str]] | None:
     for impl in impls:
         if impl.hookwrapper or impl.wrapper:
             return None  # wraps the other calls: only pluggy calls it as it must be called
-        names = [name for name in dir(impl.plugin) if _is_same(getattr(impl.plugin, name, None), impl.function)]
+        try:
+            names = [name for name in dir(impl.plugin) if _is_same(getattr(impl.plugin, name, None), impl.function)]
+        except Exception:  # noqa: BLE001 - a plugin object whose attributes raise: pluggy alone reads it
+            return None
         if len(names) != 1:
             return None
         recorded.append((impl.plugin_name, names[0]))

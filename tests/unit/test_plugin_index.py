@@ -295,3 +295,24 @@ def test_a_hook_wrapper_is_left_to_pluggy(three_plugins):
     manager.register(modules["plain"], name="plain")
     plugins._write_index(manager, plugins.collect(manager))
     assert plugins._build_scoped(scheme="zz", lab=None) is None
+
+
+def test_a_plugin_whose_attributes_raise_is_left_to_pluggy(three_plugins):
+    """Writing the index must never break the full scan that writes it."""
+    from gpupass.core.hookspecs import hookimpl
+
+    manager, _ = three_plugins
+
+    class Touchy:
+        @property
+        def boom(self):
+            raise RuntimeError("read me and I fail")
+
+        @hookimpl
+        def gpupass_register_lab_hosts(self, register):
+            pass
+
+    manager.register(Touchy(), name="touchy")
+    plugins._write_index(manager, plugins.collect(manager))
+    assert plugins._read_index()["hooks"]["gpupass_register_lab_hosts"] is None
+    assert plugins._build_scoped(scheme="zz", lab=None) is None
