@@ -264,16 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         uri = hosts["lab-kvm"][0]
         print("where the start-up goes (lab-kvm; -X importtime, best of 5 runs per module, which adds its own cost):")
         for label, command in (("script", [str(script), uri]), ("gpupass gpus --json", [gpupass, "gpus", "--json", uri])):
-            modules, total, own, dataclasses = import_weight(python, command, env)
+            modules, total, own, dataclasses, records = import_weight(python, command, env)
             print(f"  {label:<21} {modules:4d} modules imported, {total:5.1f} ms of imports"
-                  + (f" ({own:.1f} ms in gpupass's own modules, which define {dataclasses} dataclasses)" if own else ""))
+                  + (f" ({own:.1f} ms in gpupass's own modules, which define {dataclasses} dataclasses and {records} "
+                     "records)" if own else ""))
     return 0
 
 
-def import_weight(python: str, command: list[str], env: dict[str, str], runs: int = 5) -> tuple[int, float, float, int]:
+def import_weight(python: str, command: list[str], env: dict[str, str], runs: int = 5
+                  ) -> tuple[int, float, float, int, int]:
     """What a command imports: modules, the sum of their own import times in ms (each module's best of `runs`),
-    the part of it in gpupass's modules, and the dataclasses those define (created at import, each costs an exec of
-    generated code per method)."""
+    the part of it in gpupass's modules, the dataclasses those define (created at import, each costs an exec of
+    generated code per method) and their records (gpupass.core.records: the same methods without exec)."""
     import ast
     import importlib.util
 
@@ -286,14 +288,16 @@ def import_weight(python: str, command: list[str], env: dict[str, str], runs: in
                 name = fields[2].strip()
                 best[name] = min(best.get(name, 1 << 60), int(fields[0]))
     ours = [name for name in best if name == "gpupass" or name.startswith("gpupass.")]
-    dataclasses = 0
+    dataclasses = records = 0
     for name in ours:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin and spec.origin.endswith(".py"):
             tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-            dataclasses += sum(1 for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and any(
-                "dataclass" in ast.unparse(d) for d in node.decorator_list))
-    return len(best), sum(best.values()) / 1000, sum(best[n] for n in ours) / 1000, dataclasses
+            decorators = [ast.unparse(d) for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                          for d in node.decorator_list]
+            dataclasses += sum(1 for d in decorators if "dataclass" in d)
+            records += sum(1 for d in decorators if d.startswith(("record", "records.record")))
+    return len(best), sum(best.values()) / 1000, sum(best[n] for n in ours) / 1000, dataclasses, records
 
 
 if __name__ == "__main__":
