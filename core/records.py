@@ -163,14 +163,14 @@ def _process(cls: type[T], frozen: bool, order: bool) -> type[T]:
     template = {name: spec.default if spec.default is not _MISSING else
                 _FACTORY if spec.default_factory is not _MISSING else _MISSING for name, spec in specs.items()}
     key = _key_function(tuple(name for name, spec in specs.items() if spec.compare))
-    post_init = getattr(cls, "__post_init__", None)
+    post_init = hasattr(cls, "__post_init__")  # called as self.__post_init__(): a subclass's own, as dataclass does
     qualname = cls.__qualname__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if not kwargs and len(args) == len(names):  # every field given in order: nothing to check or fill
             self.__dict__.update(zip(names, args, strict=True))
-            if post_init is not None:
-                post_init(self)
+            if post_init:
+                self.__post_init__()
             return
         # Python's checks in Python's order: each keyword in turn, then too many positional, then missing ones.
         if kwargs and (not known.issuperset(kwargs) or not kwargs.keys().isdisjoint(names[:len(args)])):
@@ -194,8 +194,8 @@ def _process(cls: type[T], frozen: bool, order: bool) -> type[T]:
             if state[name] is _FACTORY:
                 state[name] = factory()
         self.__dict__.update(state)
-        if post_init is not None:
-            post_init(self)
+        if post_init:
+            self.__post_init__()
 
     @recursive_repr()
     def __repr__(self: Any) -> str:

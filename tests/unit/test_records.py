@@ -169,6 +169,24 @@ def test_post_init_runs_after_the_fields_are_set():
         PciAddress(domain=0, bus=0, slot=0x20, function=0)
 
 
+def test_post_init_is_looked_up_on_the_instance_as_dataclass_does():
+    calls = []
+    for decorator in (record, dataclasses.dataclass):
+        @decorator
+        class Base:
+            a: int = 0
+
+            def __post_init__(self) -> None:
+                calls.append("base")
+
+        class Child(Base):  # not decorated again: its __post_init__ is still the one called
+            def __post_init__(self) -> None:
+                calls.append("child")
+
+        Child(), Child(1)
+    assert calls == ["child"] * 4
+
+
 def test_methods_a_class_writes_itself_stay():
     @record(frozen=True)
     class Named:
