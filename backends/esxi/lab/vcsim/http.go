@@ -270,6 +270,11 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					}
 					return nil, nil
 				})
+				// TaskInfo.descriptionId of a RebootHost_Task is "HostSystem.reboot" on a real vCenter (its
+				// TaskManager.description.methodInfo, recorded in govmomi's simulator/vpx/task_manager.go);
+				// CreateTask would make it "HostSystem.rebootHost".  A client whose reply was lost finds the
+				// task by it in TaskManager.recentTask.
+				simulator.Map.Update(task, []types.PropertyChange{{Name: "info.descriptionId", Val: "HostSystem.reboot"}})
 				ref := task.Run()
 				l.applyFaultMessages()
 				if drop {
