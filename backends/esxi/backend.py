@@ -17,6 +17,7 @@ from gpupass.backends.esxi import inventory as inv
 from gpupass.backends.esxi import shares as vgpu_shares
 from gpupass.backends.esxi import spec as specs
 from gpupass.backends.esxi import vgpu
+from gpupass.backends.esxi import hosttasks as tasks
 from gpupass.backends.esxi import lean, wire
 from gpupass.backends.esxi.connection import count_requests, open_session, parse_uri
 from gpupass.backends.esxi.errors import translate
@@ -36,7 +37,7 @@ from gpupass.core.domain.sharing import ShareMode
 from gpupass.core.ports import Backend, StepState
 from gpupass.core.target import Target
 from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFailed, GpupassError, NotFound, NotSupported,
-                                 OperationFailed)
+                                 OperationFailed, UsageError)
 
 DYNAMIC_MIN_API = (7, 0)
 log = logging.getLogger("gpupass.esxi")
@@ -117,6 +118,11 @@ class EsxiBackend(Backend):
         self._fresh: dict[str, Vm | None] = {}
         # host -> its graphics configuration as a graphics step found it (what observe() hands to an undo)
         self._graphics_before: dict[str, dict[str, Any]] = {}
+        # host -> a RebootHost_Task of this run was sent there and the host is not known back yet
+        self._rebooting: dict[str, bool] = {}
+        # host -> why a host task this run sent there has not settled (hosttasks.py): no undo writes to it
+        self._unsettled: dict[str, str] = {}
+        self._seconds_option("reboot_timeout_s", 900.0)  # a bad value is said when the host is opened, not mid-run
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -219,6 +225,7 @@ class EsxiBackend(Backend):
         # the references and devices for apply() (bound to pyVmomi when a write needs them); the planner reads
         # only facts.state
         self._hosts, self._vms = hosts, vms
+        self._unsettled.clear()  # a new run reads the host first: what an earlier run left is in the facts now
         state = from_raw(self.ex_api_version(), self._api, hosts, vms)
         return self._with_unfinished(replace(facts, state=state))
 
@@ -393,7 +400,7 @@ class EsxiBackend(Backend):
                                         pending_ok=bool(reboot_ok))))
                 if reboot_ok:
                     steps.append(self._reboot_step(host_name, host.maintenance, pending=ids,
-                                                   exit_after=host_name in left_in_maintenance))
+                                                   exit_after=host_name in left_in_maintenance, devices=ids))
                 continue
             needs_enable = [i for i in ids if not self._enabled(state, host_name, i)]
             if needs_enable:
@@ -408,7 +415,7 @@ class EsxiBackend(Backend):
                     payload=Passthrough(host_name, tuple(needs_enable), enable=True)))
             if host.maintenance or options.allow_host_reboot:
                 steps.append(self._reboot_step(host_name, host.maintenance,
-                                               exit_after=host_name in left_in_maintenance))
+                                               exit_after=host_name in left_in_maintenance, devices=ids))
         rebooted = {s.payload.host for s in steps if isinstance(s.payload, Reboot)}
         for host_name in sorted(left_in_maintenance - rebooted):
             steps.append(Step(
@@ -467,7 +474,7 @@ class EsxiBackend(Backend):
         return steps
 
     def _reboot_step(self, host_name: str, in_maintenance: bool, pending: list[str] | None = None,
-                     exit_after: bool = False) -> Step:
+                     exit_after: bool = False, devices: Sequence[str] = ()) -> Step:
         """A reboot that never stops a running VM: force=False always, and a host that is not in maintenance
         mode is put there first. EnterMaintenanceMode_Task "completes once there are no powered-on virtual
         machines on the host"; it "does not directly initiate any operation to evacuate or power-down
@@ -495,7 +502,8 @@ class EsxiBackend(Backend):
             needs_host_reboot=True,
             preview=(f"read config.pciPassthruInfo of {host_name}; {when}" if pending is not None else "")
             + f"on {host_name}: " + "; ".join(steps) + "\n",
-            payload=Reboot(host_name, enter, tuple(pending) if pending is not None else None, exit_after=exit_after))
+            payload=Reboot(host_name, enter, tuple(pending) if pending is not None else None, exit_after=exit_after,
+                           devices=tuple(devices)))
 
     @staticmethod
     def _enabled(state: EsxiState, host: str, pci_id: str) -> bool:
@@ -828,6 +836,8 @@ class EsxiBackend(Backend):
             return function(*args)
         except GpupassError:
             raise
+        except tasks.Unsettled as unsettled:  # a host task whose end is not known: said with the host as it is
+            raise self._unsettled_error(unsettled, False, (), None) from None
         except Exception as exc:  # noqa: BLE001 - translated by type
             raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
 
@@ -848,7 +858,8 @@ class EsxiBackend(Backend):
             if payload.exit_after:  # no reboot needed any more, but the maintenance mode a stopped run left is ended
                 self._exit_maintenance(payload.host)
             return  # the host applied the change at once: no reboot
-        self._reboot_safely(payload.host, payload.enter_maintenance, exit_after=payload.exit_after)
+        self._reboot_safely(payload.host, payload.enter_maintenance, exit_after=payload.exit_after,
+                            devices=payload.devices)
 
     @_apply.register
     def _apply_exit_maintenance(self, payload: ExitMaintenance) -> None:
@@ -944,15 +955,15 @@ class EsxiBackend(Backend):
 
     @_observe.register
     def _observe_reboot(self, payload: Reboot, step: Step) -> StepState:
-        """A reboot whose answer was lost cannot be taken back, and whether it ran is not what matters: the host is
-        said as it is now, with what the admin finishes by hand (the maintenance mode gpupass entered for it)."""
-        ref = self._host_ref(payload.host)
-        in_maintenance = bool(self._call(f"reading host {payload.host}", lambda: ref.runtime.inMaintenanceMode))
-        left = (f"host {payload.host} is in maintenance mode"
-                + (" (gpupass put it there for the reboot)" if payload.enter_maintenance else "")
-                + ": once it is back, take it out (ExitMaintenanceMode_Task; 'Exit Maintenance Mode' in the vSphere "
-                  "Client)" if in_maintenance else f"host {payload.host} is not in maintenance mode")
-        return StepState("unknown", detail=f"the reboot of {payload.host} may have run; {left}")
+        """A reboot step stopped without saying what it left (an interrupt; its own faults say it themselves): a
+        reboot cannot be taken back, so the host is said as it is now -- connection, maintenance mode, the devices'
+        passthrough state -- with what the admin finishes (the maintenance mode gpupass entered for it)."""
+        values = self._host_values(payload.host)
+        seen = tasks.host_report(payload.host, values, payload.devices, None, payload.enter_maintenance)
+        left = ("; once it is connected, run the same command again to finish (it takes the host out of maintenance "
+                "mode), or take it out yourself (ExitMaintenanceMode_Task; 'Exit Maintenance Mode' in the vSphere "
+                "Client)" if values.get("runtime.inMaintenanceMode") else "")
+        return StepState("unknown", detail=f"the reboot of {payload.host} may have begun; read back: {seen}{left}")
 
     @_observe.register
     def _observe_exit_maintenance(self, payload: ExitMaintenance, step: Step) -> StepState:
@@ -987,7 +998,10 @@ class EsxiBackend(Backend):
         return {info.id: bool(info.passthruEnabled) for info in infos or ()}
 
     def undo(self, step: Step, token: Any) -> None:
-        self._undo(step.payload, token)
+        try:
+            self._undo(step.payload, token)
+        except tasks.Unsettled as unsettled:
+            raise self._unsettled_error(unsettled, False, (), None) from None
 
     @functools.singledispatchmethod
     def _undo(self, payload: object, token: Any) -> None:
@@ -995,6 +1009,9 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_passthrough(self, payload: Passthrough, token: None) -> None:
+        # After a reboot whose end is not known, switching back now races it: disabled before the reboot runs, the
+        # device ends inactive; after it, active until the next reboot -- which of the two, nobody could say.
+        self._refuse_while_unsettled([payload.host], f"passthrough of {', '.join(payload.ids)} on {payload.host}")
         self._passthru(payload.host, list(payload.ids), not payload.enable, payload.apply_now, check=False)
 
     @_undo.register
@@ -1019,6 +1036,9 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:
+        # Kept while a host step of this run has not settled: it is what `status` shows of the run, and what the same
+        # assign again finishes from.
+        self._refuse_while_unsettled(sorted(self._unsettled), f"this run's record in VM '{payload.vm}'")
         # the record a stopped run left goes back in place of this run's -- never in place of another run's
         if not self._swap_intent(payload.vm, (payload.intent,), payload.previous):
             raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
@@ -1032,6 +1052,7 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_exit_maintenance(self, payload: ExitMaintenance, token: None) -> None:
+        self._refuse_while_unsettled([payload.host], f"the maintenance mode of {payload.host}")
         self._enter_maintenance(payload.host)
 
     def _host_ref(self, name: str) -> Any:
@@ -1097,66 +1118,92 @@ class EsxiBackend(Backend):
         ref = self._host_ref(host)
         return bool(self._call(f"reading host {host}", lambda: ref.runtime.inMaintenanceMode))
 
-    def _enter_maintenance(self, host: str) -> None:
+    def _enter_maintenance(self, host: str, since: Any = None) -> None:
         ref = self._host_ref(host)
+        since = since if since is not None else self._server_time()
         timeout = int(self.target.options.get("maintenance_timeout_s", 600))
-        task = self._call(f"putting host {host} in maintenance mode", ref.EnterMaintenanceMode_Task,
-                          timeout=timeout, evacuatePoweredOffVms=False)
-        self._wait(task, f"putting host {host} in maintenance mode")
+        self._host_task(host, f"putting host {host} in maintenance mode", tasks.ENTER_MAINTENANCE, since,
+                        lambda: ref.EnterMaintenanceMode_Task(timeout=timeout, evacuatePoweredOffVms=False))
 
-    def _reboot_safely(self, host: str, enter_maintenance: bool, exit_after: bool = False) -> None:
+    def _exit_maintenance(self, host: str, since: Any = None) -> None:
+        ref = self._host_ref(host)
+        since = since if since is not None else self._server_time()
+        self._host_task(host, f"taking host {host} out of maintenance mode", tasks.EXIT_MAINTENANCE, since,
+                        lambda: ref.ExitMaintenanceMode_Task(timeout=0))
+
+    def _reboot_safely(self, host: str, enter_maintenance: bool, exit_after: bool = False,
+                       devices: tuple[str, ...] = ()) -> None:
         """See _reboot_step: maintenance mode first, never force=True, and never with a VM running. `exit_after`:
         the host is in maintenance mode for a stopped run's reboot; taken out once the reboot is done (left in it if
-        the reboot fails, as the run found it)."""
+        the reboot fails, as the run found it).
+
+        A host task whose end is not known (hosttasks.py) is never followed by a cleanup write to that host: the
+        step fails with the host as read back (or unread), names what to finish or revert, and the undo of this run's
+        earlier steps on the host waits too (_refuse_while_unsettled)."""
         ref = self._host_ref(host)
-        if enter_maintenance:
-            try:
-                self._enter_maintenance(host)
-            except GpupassError as error:
-                running = self._running_vms(host)
-                if self._call(f"reading host {host}", lambda: ref.runtime.inMaintenanceMode):
-                    self._exit_maintenance(host)
-                raise OperationFailed(
-                    f"host {host} did not enter maintenance mode ({error.message})"
-                    + (f"; VMs running on it: {', '.join(running)}" if running else "")
-                    + "; gpupass never reboots a host with running VMs, and it was not rebooted",
-                    remedy="migrate or power off those VMs (or let DRS evacuate the host), or put the host in "
-                           "maintenance mode yourself, then run the command again") from error
+        since = self._server_time()  # the tasks this step sends are found by it if their answers are lost
+        boot_before = self._host_runtime(ref)[1]
         try:
-            running = self._running_vms(host)
-            if running:  # cannot happen in maintenance mode; checked anyway, as a reboot cannot be undone
-                raise OperationFailed(f"host {host} still runs {', '.join(running)}; it was not rebooted",
-                                      remedy="power those VMs off or migrate them, then run the command again")
-            self._reboot(host, False)
-        except BaseException:
             if enter_maintenance:
-                self._exit_maintenance(host)
-            raise
-        if enter_maintenance or exit_after:
-            self._exit_maintenance(host)
+                try:
+                    self._enter_maintenance(host, since)
+                except GpupassError as error:  # the task ended in a fault or was refused: it did not happen
+                    running = self._running_vms(host)
+                    if self._in_maintenance(host):
+                        self._exit_maintenance(host, since)
+                    raise OperationFailed(
+                        f"host {host} did not enter maintenance mode ({error.message})"
+                        + (f"; VMs running on it: {', '.join(running)}" if running else "")
+                        + "; gpupass never reboots a host with running VMs, and it was not rebooted",
+                        remedy="migrate or power off those VMs (or let DRS evacuate the host), or put the host in "
+                               "maintenance mode yourself, then run the command again") from error
+            try:
+                running = self._running_vms(host)
+                if running:  # cannot happen in maintenance mode; checked anyway, as a reboot cannot be undone
+                    raise OperationFailed(f"host {host} still runs {', '.join(running)}; it was not rebooted",
+                                          remedy="power those VMs off or migrate them, then run the command again")
+                self._reboot(host, since, boot_before)
+            except tasks.Unsettled:
+                raise
+            except BaseException as stopped:
+                if self._rebooting.get(host):  # sent, its end not known (an interrupt): nothing more goes to the host
+                    self._unsettled[host] = f"the reboot of {host} was stopped before its end was known ({stopped!r})"
+                    raise
+                if enter_maintenance:  # known not rebooted (refused, or never sent): the maintenance mode goes
+                    self._exit_maintenance(host, since)
+                raise
+            if enter_maintenance or exit_after:
+                self._exit_maintenance(host, since)
+        except tasks.Unsettled as unsettled:
+            raise self._unsettled_error(unsettled, enter_maintenance or exit_after, devices, boot_before) from None
+        finally:
+            self._rebooting.pop(host, None)
 
-    def _exit_maintenance(self, host: str) -> None:
-        ref = self._host_ref(host)
-        task = self._call(f"taking host {host} out of maintenance mode", ref.ExitMaintenanceMode_Task, timeout=0)
-        self._wait(task, f"taking host {host} out of maintenance mode")
-
-    def _reboot(self, host: str, force: bool, timeout: float = 900.0) -> None:
-        """RebootHost_Task, then wait until the host has really been down and is back.
+    def _reboot(self, host: str, since: Any, boot_before: Any) -> None:
+        """RebootHost_Task (force=False: the host must be in maintenance mode), then wait until the host has really
+        been down and is back.
 
         The task ends when the reboot starts, and vCenter goes on reporting the host connected until its
         heartbeats stop (every 10 s, 60 s window: Broadcom KB 435077), so "connected" right after the task
         proves nothing: the host counts as back once runtime.bootTime has changed (or it was seen down)
-        and it is connected again. A direct ESXi connection dies with the host; it is opened again.
+        and it is connected again. A direct ESXi connection dies with the host; it is opened again. The wait is
+        bounded by the host's `reboot_timeout_s` option (900 s by default); past it, or with vCenter gone, the
+        step is unsettled (tasks.Unsettled), never followed by a write.
         """
         ref = self._host_ref(host)
-        boot_before = self._host_runtime(ref)[1]
+        timeout = self._seconds_option("reboot_timeout_s", 900.0)
         direct = self._is_direct_host()
-        task = self._call(f"rebooting host {host}", ref.RebootHost_Task, force)
+        self._rebooting[host] = True
         try:
-            self._wait(task, f"rebooting host {host}")
-        except ConnectionFailed:
+            self._host_task(host, f"rebooting host {host}", tasks.REBOOT, since, lambda: ref.RebootHost_Task(False))
+        except tasks.Unsettled:
             if not direct:
-                raise  # a direct host may go down before it reports the task; vCenter stays up
+                raise
+        except BaseException as error:
+            if isinstance(error, GpupassError):  # the server refused it or the task ended in error: no reboot
+                self._rebooting.pop(host, None)
+            raise
+            # a direct host may go down before it reports the task (vCenter stays up): the wait below tells
         deadline = time.monotonic() + timeout
         delay = 0.2
         seen_down = False
@@ -1168,14 +1215,14 @@ class EsxiBackend(Backend):
                     self.inventory()  # logs in again; fresh references for the later steps
                     ref = self._host_ref(host)
                 state, boot = self._host_runtime(ref)
-            except ConnectionFailed:
-                if not direct:
-                    raise  # vCenter itself is unreachable
+            except ConnectionFailed as error:
+                if not direct:  # vCenter itself does not answer
+                    raise tasks.Unsettled(host, f"waiting for host {host} to come back: {error.message}") from error
                 self._drop_session()  # the host is down
                 seen_down = True
-            except AuthenticationFailed:
-                if not direct or reconnecting:
-                    raise  # refused credentials are not a reboot
+            except AuthenticationFailed as error:
+                if not direct or reconnecting:  # refused credentials are not a reboot
+                    raise tasks.Unsettled(host, f"waiting for host {host} to come back: {error.message}") from error
                 self._drop_session()  # back, but our session died with the reboot
                 seen_down = True
             if state is not None and state != "connected":
@@ -1184,10 +1231,121 @@ class EsxiBackend(Backend):
                                                          and boot != boot_before)):
                 return
             if time.monotonic() > deadline:
-                raise ConnectionFailed(f"host {host} did not come back within {timeout:.0f}s after the reboot",
-                                       remedy="check the host's console; run the command again once it is back")
+                raise tasks.Unsettled(host, f"host {host} did not come back within {timeout:g}s after the reboot "
+                                            "began (option reboot_timeout_s)")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _seconds_option(self, name: str, default: float) -> float:
+        value = self.target.options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UsageError(f"option {name} of host {self.target.label} must be a number of seconds above 0, "
+                             f"not {value!r}", remedy=f"set {name} = 900 (say) in the host's options table")
+        return float(value)
+
+    def _server_time(self) -> Any:
+        """ServiceInstance.CurrentTime: "the current time on the server", which a task's queueTime is compared with."""
+        return self._call("reading the server's time", self._session.CurrentTime)
+
+    def _host_task(self, host: str, action: str, kind: str, since: Any, send: Callable[[], Any]) -> None:
+        """Send a host task and wait for its end. A fault the server answered with (the call refused, the task
+        ended in error) is raised translated: the task did not happen. Without an answer, the task's state is
+        learnt first (by its reference, or found in TaskManager.recentTask by `kind`, the host and `since`): ended
+        well, it returns; ended in error, that fault is raised; running, it is waited for; anything else raises
+        tasks.Unsettled -- and nothing more is sent."""
+        task = None
+        try:
+            task = self._call(action, send)
+            info = self._task_end(task, action)
+        except GpupassError as error:
+            if not tasks.no_answer(error):
+                raise
+            info = self._learnt_end(host, task, action, kind, since, error)
+        if str(info.state) == "error":
+            raise translate(info.error, action) from info.error
+
+    def _learnt_end(self, host: str, task: Any, action: str, kind: str, since: Any, error: GpupassError) -> Any:
+        """The end of a host task whose answer did not come (see _host_task): its TaskInfo, or tasks.Unsettled."""
+        try:
+            if task is None:
+                found = self._recent_task(host, kind, since)
+                if found is None:
+                    raise tasks.Unsettled(host, f"{error.message}; vCenter lists no such task for host {host}: the "
+                                                "request may not have reached it yet, or never will")
+                task = found.ref
+            return self._task_end(task, action)
+        except tasks.Unsettled:
+            raise
+        except GpupassError as unread:
+            raise tasks.Unsettled(host, f"{error.message}; its task could not be read either ({unread.message})") \
+                from error
+
+    def _task_end(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
+        """The task's TaskInfo once its state is success or error (queued and running are waited through)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            info = self._call(action, lambda: task.info)
+            if str(info.state) in ("success", "error"):
+                return info
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"{action}: the task did not finish within {timeout:.0f}s",
+                                      remedy="see the task in the vSphere client", rolled_back=False)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _recent_task(self, host: str, kind: str, since: Any) -> tasks.FoundTask | None:
+        """The newest task of `kind` on `host` since `since` in TaskManager.recentTask: one RetrievePropertiesEx."""
+        from pyVmomi import vim, vmodl
+
+        pc = vmodl.query.PropertyCollector
+        content = self._service_content
+        spec = pc.FilterSpec(
+            objectSet=[pc.ObjectSpec(obj=content.taskManager, skip=True, selectSet=[
+                pc.TraversalSpec(name="recentTask", type=vim.TaskManager, path="recentTask", skip=False)])],
+            propSet=[pc.PropertySpec(type=vim.Task, pathSet=tasks.TASK_PROPS)])
+        result = self._call(f"reading the recent tasks of {self._endpoint.host}",
+                            content.propertyCollector.RetrievePropertiesEx, [spec], pc.RetrieveOptions())
+        return tasks.newest_task(result.objects if result else (), self._host_ref(host)._moId, kind, since)
+
+    def _unsettled_error(self, unsettled: tasks.Unsettled, entered: bool, devices: tuple[str, ...],
+                         boot_before: Any) -> OperationFailed:
+        """The reboot step's error when a host task's end is not known: the host as read now (or that it cannot be
+        read), and what finishes or reverts it. The host is marked so that no undo writes to it in this run."""
+        host = unsettled.host
+        self._unsettled[host] = unsettled.reason
+        try:
+            seen = "read back: " + tasks.host_report(host, self._host_values(host), devices, boot_before, entered)
+        except GpupassError as unread:
+            seen = f"host {host} could not be read back either ({unread.message})"
+        return OperationFailed(
+            f"{unsettled.reason}; so nothing more was sent to host {host} (a cleanup would race the task), and this "
+            f"run's earlier steps on it are not undone; {seen}",
+            remedy=f"once host {host} is connected, run `gpupass status {self.target.label}`: it shows this run's "
+                   "intent; the same command again finishes it (the reboot if a device is still not active, taking "
+                   "the host out of the maintenance mode this run put it in, the VM's change); to revert instead, "
+                   "disable passthrough of the devices again, take the host out of maintenance mode and remove the "
+                   f"VM's extraConfig {esxi_claims.INTENT_KEY}",
+            rolled_back=False)
+
+    def _host_values(self, host: str) -> dict[str, Any]:
+        """tasks.HOST_PROPS of `host`, in one PropertyCollector read."""
+        from pyVmomi import vmodl
+
+        ref = self._host_ref(host)
+        pc = vmodl.query.PropertyCollector
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=ref, skip=False)],
+                             propSet=[pc.PropertySpec(type=type(ref), pathSet=tasks.HOST_PROPS)])
+        result = self._call(f"reading host {host}",
+                            self._service_content.propertyCollector.RetrievePropertiesEx, [spec], pc.RetrieveOptions())
+        return {p.name: p.val for o in (result.objects if result else ()) for p in o.propSet}
+
+    def _refuse_while_unsettled(self, hosts: Sequence[str], what: str) -> None:
+        """An undo that would write while a host task of this run has not settled there would race it."""
+        unsettled = [f"{h}: {self._unsettled[h]}" for h in hosts if h in self._unsettled]
+        if unsettled:
+            raise OperationFailed(f"{what} was not undone: a host task of this run has not settled ("
+                                  + "; ".join(unsettled) + ")", rolled_back=False)
 
     def _active_now(self, host: str) -> dict[str, bool]:
         """passthruActive per device id, read from the host now."""

@@ -28,12 +28,14 @@ class Reboot:
     """Reboot host `host` (never forced), entering maintenance mode first if `enter_maintenance` (and leaving it
     after); with `only_if_pending`, only if those PCI ids are not active yet (an applyNow the host deferred).
     `exit_after`: the host is in maintenance mode because a stopped gpupass run put it there for its reboot (its
-    intent record says so): take it out afterwards too."""
+    intent record says so): take it out afterwards too. `devices`: the PCI ids the run switches on this host, whose
+    passthrough state a reboot that fails half-way reports."""
 
     host: str
     enter_maintenance: bool
     only_if_pending: tuple[str, ...] | None = None
     exit_after: bool = False
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

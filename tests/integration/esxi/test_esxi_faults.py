@@ -67,40 +67,6 @@ def test_a_lost_reply_to_the_passthrough_switch_is_read_back_and_undone_and_a_re
         backend.close()
 
 
-def test_a_lost_reply_to_the_host_reboot_is_reported_with_what_is_left_and_a_rerun_converges(fresh_vcsim):
-    """RebootHost_Task carried out (the host reboots) but its reply lost: a reboot cannot be taken back, so the
-    outcome is reported as it is on the host (maintenance mode or not), never as a rollback; the steps before it
-    are undone, and the same assign run again converges."""
-    from pyVim.task import WaitForTask
-
-    from gpupass.backends.esxi.backend import EsxiBackend
-    from gpupass.core.domain.request import AssignOptions
-    from tests.integration.esxi.test_esxi_host_rules import T4, _t4_held_by_vmkernel, find_vm
-
-    sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
-    backend = EsxiBackend(target(sim))
-    try:
-        si = sim.connect()
-        WaitForTask(find_vm(si, "web01").PowerOffVM_Task())       # a reboot waits for a host without running VMs
-        host = find_vm(si, "cad-ws").runtime.host
-        request = AssignmentRequest("cad-ws", (T4,), AssignOptions(allow_host_reboot=True))
-        result = plan(backend, request)
-        assert [s.action for s in result.steps] == ["esxi.intent", "esxi.passthrough", "esxi.reboot", "esxi.reconfigure"]
-        sim.drop_reply("RebootHost_Task")
-        with pytest.raises(OperationFailed) as caught:
-            execute(backend, result)
-        assert caught.value.rolled_back is False
-        assert "the reboot of esx01.lab.local may have run" in caught.value.message
-        # gpupass took the host out of the maintenance mode it had put it in, and says so
-        assert "is not in maintenance mode" in caught.value.message and host.runtime.inMaintenanceMode is False
-        assert T4 not in backend.inventory().find_vm("cad-ws").assigned
-        with EsxiBackend(target(sim)) as again:                    # the same assign, run again
-            execute(again, plan(again, request))
-            assert T4 in again.inventory().find_vm("cad-ws").assigned and host.runtime.inMaintenanceMode is False
-    finally:
-        backend.close()
-
-
 def test_a_client_killed_with_the_passthrough_switch_on_the_wire_is_shown_by_status_and_a_rerun_converges(
         fresh_vcsim):
     """A real `gpupass assign` process killed (SIGKILL) while its host step (UpdatePassthruConfig) waits at the
