@@ -44,10 +44,15 @@ def translate(error: BaseException | object, action: str, timeout: float | None 
     if isinstance(error, ssl.SSLError):
         return ConnectionFailed(f"{action}: TLS failed ({error})", remedy="check the port and the TLS setup")
     if isinstance(error, http.client.HTTPException):  # an answer that is no SOAP answer: the endpoint went away
-        return ConnectionFailed(f"{action}: {type(error).__name__}: {error}",
+        return ConnectionFailed(f"{action}: {host} closed the connection without an answer ({type(error).__name__}: "
+                                f"{error}); what that request did there is not known",
                                 remedy="check that the host is up and vpxd/hostd runs")
+    if isinstance(error, ConnectionRefusedError):  # nothing listens: the request never reached the host
+        return ConnectionFailed(f"{action}: {host} refused the connection ({error}); the request did not reach it",
+                                remedy="check the host name, the port and that vpxd/hostd runs")
     if isinstance(error, (socket.error, OSError)) and not hasattr(error, "_wsdlName"):
-        return ConnectionFailed(f"{action}: {error}", remedy="check the host name, the port and that vpxd/hostd runs")
+        return ConnectionFailed(f"{action}: {host}: {error}; what that request did there is not known",
+                                remedy="check the host name, the port and that vpxd/hostd runs")
     from pyVmomi import vim, vmodl
 
     text = f"{action}: {_fault_text(error)}"
