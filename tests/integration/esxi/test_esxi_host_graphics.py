@@ -141,3 +141,63 @@ def test_power_on_after_the_switch_places_by_the_policy_in_effect(backend, conne
     # consolidation: onto the P40 that already runs vdi01's 2B (performance would pick the empty one)
     running = graphics(backend)["running_vgpus"]
     assert running == {A: 2}
+
+
+def test_a_lost_reply_to_the_graphics_configuration_is_set_back(sim, backend):
+    """vSphere took the new configuration, the answer never came: gpupass reads it back, finds it changed and sets the
+    one it found back (and restarts Xorg so that is in effect): exactly as before; the same plan again converges."""
+    before = graphics(backend)
+    plan = backend.ex_plan_host_graphics(backend.inventory(), ESX03, device_types={B: "shared"})
+    sim.drop_reply("UpdateGraphicsConfig")
+    with pytest.raises(OperationFailed) as err:
+        execute(backend, plan)
+    assert err.value.rolled_back is True and "was set back" in err.value.message, err.value.message
+    assert graphics(backend) == before
+    execute(backend, backend.ex_plan_host_graphics(backend.inventory(), ESX03, device_types={B: "shared"}))
+    now = graphics(backend)
+    assert now["device_types"] == {B: "shared"} and now["active_types"][B] == "shared"
+
+
+def test_an_endpoint_frozen_before_the_graphics_configuration_is_reported_unknown_and_a_plan_finishes_it(sim):
+    """Frozen with UpdateGraphicsConfig about to go: gpupass gives up, cannot read the host back, says so; the thawed
+    host takes the configuration (not in effect: Xorg was not restarted); the same plan again restarts Xorg."""
+    import dataclasses
+    import os
+    import signal
+    import time
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    again = backend_for(sim)
+    frozen = EsxiBackend(dataclasses.replace(again.target, timeout=1.0))
+    plan_now = frozen.ex_plan_host_graphics(frozen.inventory(), ESX03, device_types={B: "shared"})
+
+    def taken():
+        return graphics(again)["device_types"] == {B: "shared"}
+
+    original = frozen._call
+    state = []
+
+    def freeze_then_call(action, *args, **kwargs):
+        if not state and str(action).startswith("changing the graphics configuration"):
+            os.kill(sim.pid, signal.SIGSTOP)
+            state.append(True)
+        return original(action, *args, **kwargs)
+
+    frozen._call = freeze_then_call
+    try:
+        with pytest.raises(OperationFailed) as err:
+            execute(frozen, plan_now)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while not taken():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    frozen._drop_session()
+    assert err.value.rolled_back is False and "not known" in err.value.message, err.value.message
+    now = graphics(again)
+    assert now["active_types"][B] != "shared"  # configured, not in effect
+    execute(again, again.ex_plan_host_graphics(again.inventory(), ESX03, device_types={B: "shared"}))
+    assert graphics(again)["active_types"][B] == "shared"
+    again.close()

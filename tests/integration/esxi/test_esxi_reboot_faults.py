@@ -4,7 +4,8 @@ simulator then carries out. Whatever the host did with the call, no running VM i
 does not enter maintenance mode, and gpupass never forces a reboot); `status` shows the run's intent, maintenance
 mode included where the run left the host in it; the same assign run again finishes the run -- taking the host out of
 the maintenance mode the stopped run put it in -- or, while a VM still runs there, fails, changes nothing and keeps
-the stopped run's intent for `status`."""
+the stopped run's intent for `status`. Killed with the step's last task, ExitMaintenanceMode_Task, on the wire, the host
+is out of maintenance mode (carried out) or still in it (lost on the way), and `status` and a rerun say which."""
 
 from __future__ import annotations
 
@@ -100,3 +101,50 @@ def test_a_client_killed_entering_maintenance_mode_never_stops_a_running_vm_and_
     vm = lab.cad_ws()
     assert str(T4) in vm["assigned"] and vm["unfinished"] == [], vm
     assert lab.host.runtime.inMaintenanceMode is False and lab.t4()["active"] is True
+
+
+@pytest.mark.parametrize("discard", [False, True], ids=["carried-out", "lost-on-the-way"])
+def test_a_client_killed_taking_the_host_out_of_maintenance_mode_is_shown_by_status_and_a_rerun_finishes(
+        fresh_vcsim, discard):
+    """Killed with ExitMaintenanceMode_Task on the wire, the reboot done: carried out after, the host is out of
+    maintenance mode and only the VM's change is left (`status` shows the intent; the same assign again is the
+    reconfigure alone); lost on the way, the host stays in the maintenance mode the run put it in (`status` says so;
+    the same assign again takes it out first)."""
+    from pyVim.task import WaitForTask
+
+    lab = Lab(fresh_vcsim)
+    WaitForTask(find_vm(lab.si, "web01").PowerOffVM_Task())
+    killed_with_call_held(lab.sim, "ExitMaintenanceMode_Task", lab.assign, lab.env, discard=discard)
+    assert lab.t4()["active"] is True and lab.host.runtime.inMaintenanceMode is discard
+    vm = lab.cad_ws()
+    assert str(T4) not in vm["assigned"] and len(vm["unfinished"]) == 1, vm
+    assert ("host esx01.lab.local is in maintenance mode" in vm["unfinished"][0]) is discard
+    plan = lab.gpupass("plan", lab.uri, "cad-ws", str(T4), "--allow-host-reboot", "--json")
+    actions = [s["action"] for s in json.loads(plan.stdout)["steps"]]
+    assert actions == (["esxi.intent", "esxi.exit-maintenance", "esxi.reconfigure"] if discard
+                       else ["esxi.reconfigure"]), plan.stdout
+    again = lab.gpupass(*lab.assign)
+    assert again.returncode == 0, again.stdout + again.stderr
+    vm = lab.cad_ws()
+    assert str(T4) in vm["assigned"] and vm["unfinished"] == [], vm
+    assert lab.host.runtime.inMaintenanceMode is False
+
+
+def test_a_lost_reply_to_the_reruns_exit_from_maintenance_mode_is_learnt_and_the_rerun_finishes(fresh_vcsim):
+    """A run killed with RebootHost_Task on the wire left the host rebooted in maintenance mode; the same assign again
+    takes it out (its exit-maintenance step), and that ExitMaintenanceMode_Task's answer is lost: gpupass finds the
+    task in vCenter, done, and finishes."""
+    from pyVim.task import WaitForTask
+
+    lab = Lab(fresh_vcsim)
+    WaitForTask(find_vm(lab.si, "web01").PowerOffVM_Task())
+    lab.killed_with_call_on_the_wire("RebootHost_Task")
+    assert lab.host.runtime.inMaintenanceMode is True
+    lab.sim.drop_reply("ExitMaintenanceMode_Task")
+    again = lab.gpupass(*lab.assign, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [s["action"] for s in json.loads(again.stdout)["plan"]["steps"]] == [
+        "esxi.intent", "esxi.exit-maintenance", "esxi.reconfigure"]
+    vm = lab.cad_ws()
+    assert str(T4) in vm["assigned"] and vm["unfinished"] == [], vm
+    assert lab.host.runtime.inMaintenanceMode is False

@@ -290,3 +290,32 @@ def test_the_record_removal_leaves_a_change_made_to_the_vm_after_the_switch_back
         assert vm.assigned == () and len(vm.unfinished) == 1 and "another-admin" in vm.unfinished[0], vm
     finally:
         backend.close()
+
+
+def test_an_endpoint_frozen_before_the_switch_back_is_reported_unknown_and_a_rerun_finishes(fresh_vcsim):
+    """Frozen with the release's UpdatePassthruConfig (passthrough off) about to go, its reconfigure done: gpupass
+    gives up, cannot read the host back nor undo the reconfigure (the endpoint does not answer), and says so; the
+    thawed host switches the A100 off; `status` shows the release's record, and the same release again only removes
+    it: exactly released."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, _ = _assigned(sim)
+    backend.close()
+    request = ReleaseRequest("ml-train", options=ReleaseOptions(disable_host_passthrough=True))
+    with EsxiBackend(target(sim)) as again:
+        def switched_off():
+            return gpu(again.inventory(), ESX02, A100_ACTIVE).passthrough.enabled is False
+
+        error = frozen_before_its_write(sim, target(sim), request, switched_off, action="disabling passthrough")
+        assert "disable passthrough" in error.message and "could not be undone" in error.message, error.message
+        assert "once the host answers" in error.remedy, error.remedy
+        vm = again.inventory().find_vm("ml-train")
+        assert vm.assigned == () and len(vm.unfinished) == 1, vm
+        assert "passthrough of 0000:3b:00.0 on host esx02.lab.local is off" in vm.unfinished[0], vm.unfinished
+        rerun = plan(again, request)
+        assert [s.action for s in rerun.steps] == ["esxi.end-intent"]
+        execute(again, rerun)
+        facts = again.inventory()
+        assert facts.find_vm("ml-train") == before and facts.find_vm("ml-train").unfinished == ()
+        assert plan(again, request).steps == ()
