@@ -85,6 +85,7 @@ def load_config(path: Path) -> Config:
 
 
 def _host_entry(path: Path, text: str, name: str, entry: Any) -> HostEntry:
+    from gpupass.core.target import MAX_TIMEOUT_S
     from gpupass.core.uri import check_uri
 
     table = ("hosts", name)
@@ -101,8 +102,9 @@ def _host_entry(path: Path, text: str, name: str, entry: Any) -> HostEntry:
             raise ConfigError(path, _line_of(text, table, key),
                               f"host {name!r}: {key} must be {_type_name(allowed[key])}, not {_value_kind(value)}",
                               f"write {key} = {_example(allowed[key])}")
-    if "timeout" in entry and not entry["timeout"] > 0:
-        raise ConfigError(path, _line_of(text, table, "timeout"), f"host {name!r}: timeout must be more than 0 seconds",
+    if "timeout" in entry and not 0 < entry["timeout"] <= MAX_TIMEOUT_S:  # nan and inf fail this too
+        raise ConfigError(path, _line_of(text, table, "timeout"),
+                          f"host {name!r}: timeout must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds (a day)",
                           "write timeout = 30 (seconds one call to the host may take)")
     if "uri" not in entry:
         raise ConfigError(path, _line_of(text, ("hosts",), name), f"host {name!r} has no uri",

@@ -32,6 +32,7 @@ from gpupass.core.fleet import assignable, matches_model
 
 OPTION_NAMES = {"include_companions", "allow_firmware_change", "hide_hypervisor", "dynamic", "allow_host_reboot"}
 ENTRY_KEYS = {"host", "vm", "gpus", "model", "count", "options", "shares"}
+MAX_COUNT_DIGITS = 4  # `count` up to 9999 GPUs for one VM: more than any host holds, well short of int()'s limit
 SHARE_KEYS = {"gpu", "type"}
 
 
@@ -156,7 +157,9 @@ def _mapping(node: Any, path: str, what: str) -> dict[str, tuple[Any, Any]]:
 
 
 def _scalar(node: Any, path: str) -> str:
-    if node.tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
+    # By the node's kind, not its tag: a list or mapping under another tag (`!x [a]`, `!!python/object/apply:...`)
+    # is no single value either, and str() of it would make up a name out of PyYAML's node objects.
+    if node.id != "scalar":
         raise FileError(path, node.start_mark.line + 1, "expected a single value here")
     return str(node.value)
 
@@ -179,15 +182,19 @@ def _entry(node: Any, path: str) -> Desired:
     if has_gpus:
         value = fields["gpus"][1]
         items = value.value if value.tag == "tag:yaml.org,2002:seq" else [value]
+        texts = [_scalar(item, path) for item in items]  # its own FileError, with its line, not wrapped again
         try:
-            gpus = tuple(PciAddress.parse(_scalar(item, path)) for item in items)
+            gpus = tuple(PciAddress.parse(text) for text in texts)
         except UsageError as exc:
             raise FileError(path, value.start_mark.line + 1, exc.message, exc.remedy) from exc
     count = 0
     if has_model:
         raw = _scalar(fields["count"][1], path) if "count" in fields else "1"
-        if not raw.isdigit() or int(raw) < 1:
-            raise FileError(path, fields["count"][1].start_mark.line + 1, f"count {raw!r} is not a positive number")
+        # ASCII digits only: str.isdigit() takes '²' (which int() refuses) and 5,000 digits (past int()'s limit)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_COUNT_DIGITS) or int(raw) < 1:
+            raise FileError(path, fields["count"][1].start_mark.line + 1,
+                            f"count {raw[:12] + '...' if len(raw) > 12 else raw!r} is not a positive number (a whole "
+                            f"number from 1 to {10 ** MAX_COUNT_DIGITS - 1})")
         count = int(raw)
     options = AssignOptions()
     if "options" in fields:

@@ -53,13 +53,20 @@ def govc(env: Mapping[str, str] | None = None) -> VsphereEnv | None:
     url = env.get("GOVC_URL", "").strip()
     if not url:
         return None
-    parts = urlsplit(url if "://" in url else "https://" + url)
+    try:
+        parts = urlsplit(url if "://" in url else "https://" + url)
+        port = parts.port
+    except ValueError as exc:  # an unclosed [, a bracketed non-address, a port out of range (never the password)
+        from gpupass.core.errors import UsageError
+
+        raise UsageError(f"$GOVC_URL is not a usable URL: {exc}",
+                         remedy="set it as govc reads it (https://USER@HOST/sdk, or HOST), or unset it") from exc
     if not parts.hostname:
         return None
     # govc: a user or password in GOVC_URL wins over GOVC_USERNAME / GOVC_PASSWORD.
     user = unquote(parts.username) if parts.username else env.get("GOVC_USERNAME") or None
     password = unquote(parts.password) if parts.password else env.get("GOVC_PASSWORD")
-    return VsphereEnv("GOVC_URL", parts.hostname, parts.port, user, password,
+    return VsphereEnv("GOVC_URL", parts.hostname, port, user, password,
                       insecure=env.get("GOVC_INSECURE", "").strip().lower() not in _FALSE | {""},
                       ca_file=env.get("GOVC_TLS_CA_CERTS") or None, datacenter=env.get("GOVC_DATACENTER") or None)
 

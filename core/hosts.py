@@ -126,6 +126,11 @@ def _default_target(config: Config, registry: Registry, tls: TlsOptions | None) 
     if described is None:
         raise UsageError(f"${variable} is set but names no host", remedy=f"check {variable}")
     target = described.target()
+    try:
+        check_uri(target.uri)  # the variable's host and port, as any HOST's: a clear error, not urlsplit's
+    except UsageError as exc:
+        raise UsageError(f"${described.source} does not name a usable host: {exc.message}",
+                         remedy=f"fix {described.source} (and its port variable), or name the host") from exc
     if tls is not None and (not tls.verify or tls.ca_file):
         target = replace(target, tls=TlsOptions(verify=tls.verify and target.tls.verify,
                                                 ca_file=tls.ca_file or target.tls.ca_file))
@@ -152,7 +157,11 @@ def registry_for_host(text: str | None, config: Config) -> Registry:
         entry = config.hosts.get(text)
         uri = entry.uri if entry is not None else text if looks_like_uri else None
         if uri is not None:
-            scoped = plugins.scoped_registry(scheme=urlsplit(uri).scheme)
+            try:
+                scheme = urlsplit(uri).scheme
+            except ValueError:  # an unclosed [ or a bracketed non-address: check_uri names it once HOST is resolved
+                scheme = ""
+            scoped = plugins.scoped_registry(scheme=scheme) if scheme else None
     return scoped if scoped is not None else plugins.default_registry()
 
 

@@ -46,6 +46,10 @@ class TlsOptions:
 # How long one network call to a host may take before gpupass gives up on it (seconds); `timeout` in the
 # host's config table changes it.
 DEFAULT_TIMEOUT_S = 60.0
+# The most a timeout may be: a day. The waits that bound each call (threading's, the sockets') overflow a C time_t
+# somewhat past threading.TIMEOUT_MAX (~292 years) and fail with an OverflowError instead of waiting, and a call
+# allowed more than a day is not bounded in any sense an admin means.
+MAX_TIMEOUT_S = 24 * 3600.0
 
 
 @record(frozen=True)

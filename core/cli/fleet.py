@@ -179,8 +179,19 @@ fleet_options = [
     click.option("--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
                  help=f"Hosts asked at the same time (default: every host, at most {MAX_DEFAULT_CONCURRENCY}, fewer "
                       "where the open-file limit is low)."),
-    click.option("--timeout", default=60.0, show_default=True, help="Seconds each host may take."),
+    click.option("--timeout", default=60.0, show_default=True, callback=lambda _ctx, _param, value: _timeout(value),
+                 help="Seconds each host may take."),
 ]
+
+
+def _timeout(value: float) -> float:
+    """A host's wait is bounded: more than 0, at most a day (what a host's `timeout` in the config file may be).
+    click's FloatRange lets nan through (every comparison with it is false), so the test is written the other way."""
+    from gpupass.core.target import MAX_TIMEOUT_S
+
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise click.BadParameter(f"{value} is not a number of seconds more than 0 and at most {MAX_TIMEOUT_S:.0f}")
+    return value
 
 
 def with_fleet_options(command: F) -> F:

@@ -167,6 +167,21 @@ def test_any_uri_is_taken_or_refused_before_a_connection(fake, uri):
 
 
 @FUZZ
+@given(uri=uris())
+def test_any_uri_is_taken_or_refused_on_the_console_scripts_registry_path(uri):
+    """The console script picks the plugins for HOST by its scheme before anything checks it
+    (gpupass.core.hosts.registry_for_host): with no plugin registered by the test, as there, an unclosed [ was a
+    traceback there that the test above, with the fake platform registered, never reached."""
+    from gpupass.core.hosts import registry_for_host, resolve_target
+
+    plugins.reset_default()
+    try:
+        resolve_target(uri, Config(), registry_for_host(uri, Config()))
+    except GpupassError as exc:
+        assert "hunter2" not in exc.message + (exc.remedy or "")
+
+
+@FUZZ
 @given(path=nasty, query=st.lists(st.tuples(st.sampled_from(LIBVIRT_PARAMETERS), nasty), max_size=2))
 def test_libvirt_test_uris_on_missing_files_fail_cleanly(path, query):
     encoded = [quote(path, errors="surrogatepass"), *(quote(v, errors="surrogatepass") for _, v in query)]
