@@ -69,7 +69,13 @@ class AppContext:
 
 class QuietPipe:
     """stdout that goes quiet when the reader leaves (`gpupass check ... | head -1`): the command still
-    finishes and exits with its own code (check's 3 stays 3), with no BrokenPipeError traceback."""
+    finishes and exits with its own code (check's 3 stays 3), with no BrokenPipeError traceback.
+
+    Output that cannot be written (`> file` on a full disk: ENOSPC, an I/O error) is an error, said once on
+    stderr; the command still finishes -- an assign is not stopped between its steps -- and the console script
+    exits 1 where it would have exited 0 (gpupass.core.cli.entry), as the output it promised is lost."""
+
+    lost: OSError | None = None  # the first write error that lost output, for the exit code
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -83,18 +89,30 @@ class QuietPipe:
         finally:
             os.close(devnull)
 
+    def _lost_output(self, error: OSError) -> None:
+        if QuietPipe.lost is None:
+            QuietPipe.lost = error
+            sys.stderr.write(f"error: cannot write the output: {error.strerror or error}\n"
+                             "  fix: free some space where the output goes (or fix the device), then run it again\n")
+            sys.stderr.flush()
+        self._closed_pipe()
+
     def write(self, text: str) -> int:
         try:
             return int(self._stream.write(text))
         except BrokenPipeError:
             self._closed_pipe()
-            return len(text)
+        except OSError as error:
+            self._lost_output(error)
+        return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._closed_pipe()
+        except OSError as error:
+            self._lost_output(error)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

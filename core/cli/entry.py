@@ -20,6 +20,16 @@ MAX_CONTENT_WIDTH = 100  # the root group's context_settings (tests check the tw
 
 
 def main() -> None:
+    try:
+        _run()
+    except SystemExit as done:
+        sys.exit(_with_output_written(done.code))
+    code = _with_output_written(0)
+    if code:
+        sys.exit(code)
+
+
+def _run() -> None:
     if sys.argv[1:] in HELP_ARGS:
         width = help_width()
         path, stamp = _cache_file(width), _stamp()
@@ -27,8 +37,7 @@ def main() -> None:
         if text is None:
             text = render_help(width)
             _write(path, stamp, text)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_help(text)
         return
     # A listing is a short process that reads one host, prints and exits. The cyclic garbage collector would run
     # ~25 times while its modules load and find next to nothing (records, ElementTree elements and libvirt handles
@@ -51,6 +60,39 @@ def main() -> None:
     from gpupass.core.cli.main import main as click_main
 
     click_main()
+
+
+def _write_help(text: str) -> None:
+    """The help text, as QuietPipe writes output (without importing it: this path loads nothing of gpupass's)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `gpupass --help | head -1`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError as error:  # a full disk behind `> file`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        sys.stderr.write(f"error: cannot write the output: {error.strerror or error}\n")
+        sys.exit(1)
+
+
+def _with_output_written(code: int | str | None) -> int | str | None:
+    """The exit code, once what is still buffered is written: 1 instead of 0 when output could not be written
+    (a full disk behind `> file`; gpupass.core.cli.app.QuietPipe has said so on stderr). A command that failed
+    keeps its own code."""
+    app = sys.modules.get("gpupass.core.cli.app")  # not loaded: nothing went through QuietPipe
+    if app is None:
+        return code
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a stdout that is not QuietPipe (replaced by a caller), or closed
+        pass
+    if app.QuietPipe.lost is not None and code in (0, None):
+        return 1
+    return code
 
 
 def help_width() -> int:

@@ -80,6 +80,30 @@ def test_fleet_timeout_must_be_a_bounded_number_of_seconds(value):
     assert "did not answer" not in result.stdout + result.stderr  # -5 was reported as a host that did not answer
 
 
+# -- output that cannot be written: `> file` on a full disk (/dev/full) --------------------------------------------
+@pytest.mark.parametrize("args, code", [
+    (["gpus", "lab-kvm"], 1),               # the quick listing, without click
+    (["status", "lab-kvm", "--json"], 1),
+    (["plan", "lab-kvm", "ml-train", "41:00.0"], 1),   # through click
+    (["--help"], 1),                        # the cached help, which loads nothing of gpupass's
+    (["check", "lab-kvm", "render01", "42:00.0"], 3),  # a command that fails keeps its own code
+])
+def test_output_to_a_full_disk_is_an_error_not_a_traceback(args, code):
+    with open("/dev/full", "w") as full:
+        result = run(*args, stdout=full)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("error: cannot write the output: No space left on device") == 1
+
+
+def test_a_closed_pipe_after_help_is_not_an_error():
+    reader = subprocess.Popen([*GPUPASS, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    reader.stdout.close()  # as `gpupass --help | head -0`
+    assert reader.wait(60) == 0
+    assert b"Traceback" not in reader.stderr.read()
+    reader.stderr.close()
+
+
 # -- declarative files ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("entry, message", [
     ('model: H100\n    count: "\u00b2"', "count '\u00b2' is not a positive number (a whole number from 1 to 9999)"),  # isdigit(), not int()
