@@ -40,7 +40,7 @@ def resolve_target(text: str | None, config: Config, registry: Registry, tls: Tl
         return _default_target(config, registry, tls)
     lab = registry.lab_host(text)
     if lab is not None:
-        return lab.target(paths.data_dir())
+        return lab.target(paths.lab_data_dir())
     entry = config.hosts.get(text)
     if entry is not None:
         check_uri(entry.uri)
@@ -89,7 +89,7 @@ def host_identity(text: str, config: Config, registry: Registry) -> str:
     lab = registry.lab_host(text)
     entry = config.hosts.get(text)
     if lab is not None:
-        uri = lab.target(paths.data_dir()).uri
+        uri = lab.target(paths.lab_data_dir()).uri
     elif entry is not None:
         uri = entry.uri
     elif "://" in text or text.startswith("test:"):

@@ -23,6 +23,21 @@ def data_dir() -> Path:
     return _user_folder("XDG_DATA_HOME", os.path.join(".local", "share"), "user_data_path")
 
 
+def lab_data_dir() -> Path:
+    """data_dir(), with the `lab` folder in it made: where the lab hosts keep their state, logs and passwords. A data
+    folder that cannot be made (GPUPASS_DATA_DIR naming a file such as /dev/null, a folder gpupass may not write) is
+    a usage error naming it, instead of an OSError from inside a lab host on first use."""
+    data = data_dir()
+    try:
+        (data / "lab").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from gpupass.core.errors import UsageError
+
+        raise UsageError(f"gpupass's data folder {data} cannot be used for the lab hosts: {exc.strerror or exc}",
+                         remedy="set GPUPASS_DATA_DIR to a folder you can write, or unset it") from exc
+    return data
+
+
 def _user_folder(variable: str, under_home: str, platformdirs_function: str) -> Path:
     """gpupass's folder of one XDG kind. On Linux, where the variable holds an absolute path or is unset or empty and
     $HOME is absolute, the XDG Base Directory rule every platformdirs release applies (the variable, else that

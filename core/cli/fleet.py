@@ -95,7 +95,7 @@ def _host_rows(app: AppContext) -> list[dict[str, str]]:
              "credential": e.password_env and f"${e.password_env}" or ("keyring" if e.keyring else
                                                                        "config file" if e.password else "none")}
             for e in app.config.hosts.values()]
-    data = paths.data_dir()
+    data = paths.lab_data_dir()
     for lab in app.registry.lab_hosts:
         if lab.is_up(data):
             rows.append({"name": lab.name, "uri": lab.target(data).uri, "source": "lab", "credential": "lab"})

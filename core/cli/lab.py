@@ -74,7 +74,7 @@ def lab_up(app: AppContext, name: str | None, as_json: bool) -> None:
         # The first lab-esxi start builds the simulator with Go: minutes, so say so on a terminal.
         with waiting(f"starting {item.name}" + (" (the first start builds the vSphere simulator: a few minutes)"
                                                 if item.platform == "esxi" else "")):
-            result[item.name] = item.up(paths.data_dir())
+            result[item.name] = item.up(paths.lab_data_dir())
     if as_json:
         emit_json({"up": result})
     else:
@@ -106,7 +106,7 @@ def lab_reset(app: AppContext, name: str | None, as_json: bool) -> None:
     """Restore a lab host (all of them when NAME is left out) to its initial state."""
     done = []
     for item in _labs(app, name):
-        item.reset(paths.data_dir())
+        item.reset(paths.lab_data_dir())
         done.append(item.name)
     if as_json:
         emit_json({"reset": done})
@@ -116,7 +116,7 @@ def lab_reset(app: AppContext, name: str | None, as_json: bool) -> None:
 
 def _reset_quietly(ctx: click.Context) -> None:
     for item in _labs(ctx.obj, None):
-        item.reset(paths.data_dir())
+        item.reset(paths.lab_data_dir())
 
 
 def _demo_json(ctx: click.Context) -> None:

@@ -125,3 +125,12 @@ def test_a_python_tag_in_an_assignment_file_is_no_name(tmp_path):
     result = run("diff", str(path))
     assert result.returncode == 2 and "a.yaml:3: expected a single value here" in result.stderr
     assert "ScalarNode" not in result.stderr
+
+
+# -- a data folder the lab hosts cannot use (GPUPASS_DATA_DIR=/dev/null): an OSError from inside a lab host -------
+@pytest.mark.parametrize("args", [["gpus", "lab-kvm"], ["lab", "reset"], ["lab", "up", "lab-hyperv"], ["hosts", "list"],
+                                  ["snapshot", "lab-kvm", "-o", "/tmp/never-written.json"]])
+def test_a_data_folder_that_cannot_be_made_is_a_usage_error_naming_it(args):
+    result = run(*args, env={"GPUPASS_DATA_DIR": "/dev/null"})
+    assert result.returncode == 2
+    assert "gpupass's data folder /dev/null cannot be used for the lab hosts: Not a directory" in result.stderr
