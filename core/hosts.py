@@ -238,7 +238,25 @@ def open_backend(target: Target, registry: Registry) -> Backend:
     backend_class = backend_class_for(target, registry)
     # A lab host's target carries the lab's name (config names may not take one); the lab opens it.
     lab = registry.lab_host(target.name) if target.name else None
-    return lab.open(backend_class, target) if lab is not None else backend_class(target)
+    if lab is not None:
+        return lab.open(backend_class, target)
+    if target.tls.ca_file:
+        _check_ca_file(target.tls.ca_file)
+    return backend_class(target)
+
+
+def _check_ca_file(path: str) -> None:
+    """A CA file (--ca-file, ca_file in the config file, GOVC_TLS_CA_CERTS) that the TLS library cannot load is a
+    usage error naming it: it was an OSError or ssl.SSLError traceback from inside pyVmomi's or requests' session.
+    Loaded here as they load it (ssl.create_default_context(cafile=...), the standard library's own check)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file without a PEM certificate in it
+        raise UsageError(f"the CA file {path} cannot be used: {getattr(exc, 'strerror', None) or exc}",
+                         remedy="give --ca-file (or ca_file in the config file) the PEM file of the CA that signed "
+                                "the host's certificate") from exc
 
 
 def backend_class_for(target: Target, registry: Registry) -> type[Backend]:

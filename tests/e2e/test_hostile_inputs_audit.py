@@ -134,3 +134,21 @@ def test_a_data_folder_that_cannot_be_made_is_a_usage_error_naming_it(args):
     result = run(*args, env={"GPUPASS_DATA_DIR": "/dev/null"})
     assert result.returncode == 2
     assert "gpupass's data folder /dev/null cannot be used for the lab hosts: Not a directory" in result.stderr
+
+
+# -- a CA file the TLS library cannot load: an OSError / ssl.SSLError from inside pyVmomi's or requests' session ---
+@pytest.mark.parametrize("ca_file, reason", [("/nonexistent/ca.pem", "No such file or directory"),
+                                             ("/tmp", "Is a directory"),
+                                             ("/dev/null", "no certificate or crl found")])
+@pytest.mark.parametrize("uri", ["esxi://root@127.0.0.1:1/DC", "hyperv://Administrator@127.0.0.1:1/"])
+def test_a_ca_file_that_cannot_be_loaded_is_a_usage_error_before_any_connection(uri, ca_file, reason):
+    result = run("gpus", uri, "--ca-file", ca_file, env={"GPUPASS_PASSWORD": "x"})
+    assert result.returncode == 2, result.stderr
+    assert f"the CA file {ca_file} cannot be used" in result.stderr and reason in result.stderr
+
+
+def test_a_ca_file_from_the_config_file_is_checked_too(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[hosts.vc]\nuri = "esxi://root@127.0.0.1:1/DC"\nca_file = "/nonexistent/ca.pem"\n')
+    result = run("gpus", "vc", env={"GPUPASS_CONFIG": str(config), "GPUPASS_PASSWORD": "x"})
+    assert result.returncode == 2 and "the CA file /nonexistent/ca.pem cannot be used" in result.stderr
