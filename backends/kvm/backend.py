@@ -155,6 +155,9 @@ class KvmBackend(Backend):
         # Whether the connection has a secret driver for claims: None until an assign tries it (the test
         # driver has none: VIR_ERR_NO_SUPPORT), then the bakery in the domains' metadata decides instead.
         self._secret_driver: bool | None = None
+        # The secrets this backend defined (by UUID: the object secretDefineXML returned), to take one back on a
+        # connection that may make and remove secrets but not look them up (libvirt's access control).
+        self._made_secrets: dict[str, Any] = {}
 
     @property
     def _libvirt(self) -> Any:
@@ -809,7 +812,14 @@ class KvmBackend(Backend):
             return self._define_claimed(payload)
         self._define(payload.new_xml, "defining the new VM definition")
         before, after = domxml.read_facts(payload.old_xml), domxml.read_facts(payload.new_xml)
-        self._release_claims(before.uuid, {str(a) for a in before.hostdevs} - {str(a) for a in after.hostdevs})
+        try:
+            self._release_claims(before.uuid, {str(a) for a in before.hostdevs} - {str(a) for a in after.hostdevs})
+        except _SecretsDenied:
+            # This connection may not read (or remove) the GPU's claim: a release that left it would leave a claim on
+            # a GPU its VM does not hold, so the release is taken back and refused whole.
+            self._take_back_define(payload.old_xml, "taking the release back: its claim cannot be removed on this "
+                                                    "connection")
+            raise
         return payload.old_xml
 
     @_apply.register(DropClaim)
@@ -918,6 +928,11 @@ class KvmBackend(Backend):
                 asking = None
         except _NoSecretDriver:
             raise  # refused at the first claim: nothing was made
+        except _SecretsDenied:
+            # Refused by the host's access control (the claim asked for last was not made): only the claims made
+            # before it are taken back.
+            self._drop_claims_after_failure([claim for claim, _ in taken])
+            raise
         except BaseException:
             # Nothing is defined yet: only claims to take back, the one asked for last included (its reply may
             # have been lost after the daemon made it; it is removed by the UUID this run chose, never another's).
@@ -935,13 +950,20 @@ class KvmBackend(Backend):
                 raise
             self._drop_claims_after_failure([claim for claim, _ in taken])  # refused by the daemon: nothing defined
             raise
-        lost = [(claim, self._claim_on(claim.address)) for claim, _ in taken
-                if not self._still_mine(claim)]
-        # A claim taken over from a stale one: the run that made it may have defined its VM and seen its
-        # claim before the takeover, and then it won; its VM holding the GPU now says so.
-        # (A stale claim of this same VM is left by an earlier run on it: its VM holding the GPU is this define.)
-        overtaken = [(mine, stale) for mine, stale in taken if stale is not None and stale.vm_uuid != mine.vm_uuid
-                     and self._holds(stale.vm_uuid, mine.address)]
+        try:
+            lost = [(claim, self._claim_on(claim.address)) for claim, _ in taken
+                    if not self._still_mine(claim)]
+            # A claim taken over from a stale one: the run that made it may have defined its VM and seen its
+            # claim before the takeover, and then it won; its VM holding the GPU now says so.
+            # (A stale claim of this same VM is left by an earlier run on it: its VM holding the GPU is this define.)
+            overtaken = [(mine, stale) for mine, stale in taken if stale is not None and stale.vm_uuid != mine.vm_uuid
+                         and self._holds(stale.vm_uuid, mine.address)]
+        except _SecretsDenied as denied:
+            # The claims were made and the VM defined, but this connection may not read a claim back, so whether it is
+            # still this run's cannot be known: the change is taken back rather than kept unchecked.
+            self._take_back_define(old, "undoing this run's change: its claim cannot be read back on this connection")
+            self._drop_own_claims_unread([claim for claim, _ in taken], denied)
+            raise
         if lost or overtaken:
             self._take_back_define(old, "undoing this run's change after losing the claim")
             self._once_more_if_lost(lambda: self._drop_claims([claim for claim, _ in taken]))
@@ -977,6 +999,30 @@ class KvmBackend(Backend):
         except ConnectionFailed:
             return call()
 
+    def _drop_own_claims_unread(self, mine: list[secretclaims.SecretClaim], denied: _SecretsDenied) -> None:
+        """Take back this run's claims on a connection that may not look secrets up: by the objects secretDefineXML
+        returned (virSecretUndefine checks only org.libvirt.api.secret.delete: src/remote/remote_protocol.x). If that
+        is refused too, the claims stay, and the error says so (not rolled back)."""
+        libvirt = self._libvirt
+        left = []
+        for claim in mine:
+            made = self._made_secrets.pop(claim.uuid, None)
+            try:
+                if made is None:
+                    raise denied
+                made.undefine()
+            except (libvirt.libvirtError, _SecretsDenied) as exc:
+                if isinstance(exc, libvirt.libvirtError) and exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                    continue
+                left.append(claim)
+        if left:
+            raise _SecretsDenied(
+                f"{denied.message}; this run's change to the VM was undone but its claim on "
+                f"{', '.join(c.address for c in left)} could not be removed on this connection",
+                remedy="as a user who may remove libvirt secrets: "
+                       + "; ".join(f"virsh secret-undefine {c.uuid}" for c in left) + f". {denied.remedy}",
+                rolled_back=False) from denied
+
     def _drop_claims_after_failure(self, mine: list[secretclaims.SecretClaim]) -> None:
         try:
             self._drop_claims(mine)
@@ -999,13 +1045,16 @@ class KvmBackend(Backend):
         while True:
             try:  # dated at each attempt: a claim made after a wait must not look old to the others
                 # (the connection of now: a takeover whose reply was lost goes on over a new one)
-                self._connection().secretDefineXML(secretclaims.to_xml(records.replace(mine, at=time.time())), 0)
+                made = self._connection().secretDefineXML(secretclaims.to_xml(records.replace(mine, at=time.time())),
+                                                          0)
+                self._made_secrets[mine.uuid] = made
                 self._secret_driver = True
                 return mine, replaced
             except libvirt.libvirtError as exc:
                 code = exc.get_error_code()
                 if first and code == libvirt.VIR_ERR_NO_SUPPORT:
                     raise _NoSecretDriver() from exc
+                self._refused_secrets(exc, f"claiming {mine.address}")
                 if code != libvirt.VIR_ERR_INTERNAL_ERROR or is_transport_error(libvirt, exc):
                     raise translate(libvirt, exc, f"claiming {mine.address}") from exc
                 refused = exc
@@ -1083,9 +1132,18 @@ class KvmBackend(Backend):
         whatever the access driver said: src/access/viraccessmanager.c, virAccessManagerSanitizeError)."""
         libvirt = self._libvirt
         if exc.get_error_code() in (libvirt.VIR_ERR_ACCESS_DENIED, libvirt.VIR_ERR_OPERATION_DENIED):
-            raise _SecretsDenied(f"{action}: {exc.get_error_message()}",
-                                 remedy="gpupass's claims are libvirt secrets: this connection needs libvirt's "
-                                        "permission to read secrets (org.libvirt.api.secret.*)") from exc
+            # The permissions each secret call checks are the @acl lines of libvirt's src/remote/remote_protocol.x
+            # (secretDefineXML: secret.write and secret.save; secretLookupByUsage/ByUUID: secret.getattr;
+            # virSecretGetXMLDesc: secret.read; virSecretUndefine: secret.delete; virConnectListAllSecrets:
+            # connect.search-secrets).
+            raise _SecretsDenied(
+                f"{action}: {exc.get_error_message()}: this connection may not use libvirt secrets, which gpupass "
+                "claims GPUs with (the host's libvirt access control refused it)",
+                remedy="let this user make, read and remove libvirt secrets (libvirt's access control, "
+                       "https://libvirt.org/acl.html: the polkit actions " + ", ".join(
+                           f"org.libvirt.api.secret.{p}" for p in ("getattr", "read", "write", "save", "delete"))
+                       + " and org.libvirt.api.connect.search-secrets), or connect as a user who may; the secrets "
+                         "hold no value, only which VM claims a GPU") from exc
 
     def _claim_on(self, address: str) -> secretclaims.SecretClaim | None:
         """The claim on `address` now, or None. A secret with that usage that is not a gpupass claim counts

@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,7 @@ libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed
 from gpupass.backends.kvm import secretclaims  # noqa: E402
 from support.cli import GPUPASS  # noqa: E402
 from support.polkit import PrivatePolkit  # noqa: E402
-from test_kvm_backend_libvirtd import define, q35  # noqa: E402
+from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
 from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
 
 # The client's user may do everything libvirt's polkit driver asks about, except list the secrets (virConnectListAll-
@@ -62,14 +63,49 @@ class AccessControlledLibvirtd(UnprivilegedLibvirtd):
         return {**super()._environment(), "DBUS_SYSTEM_BUS_ADDRESS": self.polkit.address}
 
 
+# The client may write and remove secrets (a claim is made and taken back) but not look one up or read it
+# (secretLookupByUsage and secretLookupByUUID check org.libvirt.api.secret.getattr, virSecretGetXMLDesc
+# secret.read; secretDefineXML checks secret.write and secret.save, virSecretUndefine secret.delete: the @acl lines of
+# src/remote/remote_protocol.x): gpupass makes its claim and defines the VM, then cannot read the claim back to see
+# whether it is still its own.
+RULES_WRITE_ONLY = """polkit.addRule(function(action, subject) {
+    if (subject.user != "nobody" || action.id.indexOf("org.libvirt.api.") != 0) { return polkit.Result.NOT_HANDLED; }
+    if (action.id == "org.libvirt.api.connect.search-secrets" || action.id == "org.libvirt.api.secret.getattr" ||
+        action.id == "org.libvirt.api.secret.read" || action.id == "org.libvirt.api.secret.read-secure") {
+        return polkit.Result.NO;
+    }
+    return polkit.Result.YES;
+});
+"""
+
+
+def started(rules):
+    polkit = PrivatePolkit(rules).start()
+    try:
+        return polkit, AccessControlledLibvirtd(polkit)
+    except BaseException:
+        polkit.stop()
+        raise
+
+
 @pytest.fixture
 def acl_daemon():
-    with PrivatePolkit(RULES) as polkit:
-        daemon = AccessControlledLibvirtd(polkit)
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+    polkit, daemon = started(RULES)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        polkit.stop()
+
+
+@pytest.fixture
+def write_only_daemon():
+    polkit, daemon = started(RULES_WRITE_ONLY)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        polkit.stop()
 
 
 @pytest.fixture
@@ -82,14 +118,37 @@ def home():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def as_nobody(home, *args):
+def as_nobody(home, *args, command=GPUPASS):
     """`gpupass ARGS` in a process of user nobody."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C.UTF-8",
            "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")}
     nobody = pwd.getpwnam("nobody")
     return subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--",
-                           *GPUPASS, *args],
+                           *command, *args],
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+
+
+# The gpupass CLI with a GPU on the host: the daemon has none (no GPU, no IOMMU on this machine), so the child adds one
+# to the facts the real backend reads, as test_kvm_backend_libvirtd.with_gpus does in the tests' own process;
+# everything the assign writes (its claim, the VM's definition) goes to the daemon.
+_CLI_WITH_A_GPU = """
+import sys
+sys.path[:0] = {paths!r}
+from gpupass.backends.kvm.backend import KvmBackend
+from gpupass.core import records
+from gpupass.core.domain.pci import PciAddress
+from test_kvm_backend_libvirtd import T4, with_gpus
+gpu = records.replace(T4, address=PciAddress.parse({gpu!r}))
+read = KvmBackend.inventory
+KvmBackend.inventory = lambda self: with_gpus(read(self), gpu)
+from gpupass.core.cli.main import main
+main()
+"""
+
+
+def cli_with_a_gpu(gpu):
+    here = Path(__file__).resolve().parent
+    return [sys.executable, "-c", _CLI_WITH_A_GPU.format(paths=[str(here), str(here.parents[1])], gpu=gpu)]
 
 
 def test_a_connection_that_may_not_list_secrets_still_shows_the_host_and_says_why_claims_are_missing(
@@ -129,5 +188,103 @@ def test_a_gpu_on_two_vms_is_still_shown_on_a_connection_that_may_not_read_the_c
         printed = as_nobody(home, "status", acl_daemon.uri)
         assert printed.returncode == 0, printed.stdout + printed.stderr
         assert "cannot read gpupass's claim on 0000:47:00.0 on this connection" in printed.stderr, printed.stderr
+    finally:
+        root.close()
+
+
+def claim_on(conn, address):
+    try:
+        return conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, secretclaims.usage_id(address))
+    except libvirt.libvirtError as exc:
+        assert exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+        return None
+
+
+def assign_as_nobody(daemon, home, vm, gpu):
+    """`gpupass assign URI VM GPU --yes --json` as user nobody; -> (exit code, its JSON document, stderr)."""
+    printed = as_nobody(home, "assign", daemon.uri, vm, gpu, "--yes", "--json", command=cli_with_a_gpu(gpu))
+    try:
+        return printed.returncode, json.loads(printed.stdout), printed.stderr
+    except ValueError:
+        pytest.fail(f"exit {printed.returncode}: no JSON document\n{printed.stdout}\n{printed.stderr}")
+
+
+def test_an_assign_on_a_connection_that_may_not_use_secrets_fails_naming_the_permission_and_changes_nothing(
+        acl_daemon, home):
+    """The client may read and define domains but libvirt's access control refuses it every secret: its claim
+    (secretDefineXML, org.libvirt.api.secret.write) is refused. The assign exits 1 (README: an error, rolled back)
+    with an error that says the claim was refused by the host's access control, names the permissions and how to
+    grant them; the VM is exactly as it was and no claim is on the host."""
+    root = libvirt.open(acl_daemon.uri)
+    try:
+        before = define(root, q35("gp-acl-4"))
+        code, document, stderr = assign_as_nobody(acl_daemon, home, "gp-acl-4", "0000:49:00.0")
+        assert code == 1, (document, stderr)
+        assert document["error"] == "operation-failed" and document["rolled_back"] is True, document
+        message, remedy = document["message"], document["remedy"]
+        assert "claiming 0000:49:00.0" in message and "access denied" in message, message
+        assert "this connection may not use libvirt secrets, which gpupass claims GPUs with" in message, message
+        assert "the VM is as it was" in message, message
+        assert "org.libvirt.api.secret.write" in remedy and "https://libvirt.org/acl.html" in remedy, remedy
+        assert "could not take back" not in stderr, stderr  # nothing was made, so nothing to take back
+        assert inactive_xml(root, "gp-acl-4") == before
+        assert claim_on(root, "0000:49:00.0") is None
+    finally:
+        root.close()
+
+
+def test_an_assign_that_may_write_its_claim_but_not_read_it_back_takes_its_change_back(write_only_daemon, home):
+    """The client may define secrets and remove them but not look them up or read them: its claim and the VM's define
+    go through, then it cannot read the claim back to see whether another run took it over. Before: the refusal
+    said it was rolled back while the VM held the GPU and the claim was on the host. Now the define and the claim are
+    taken back (the claim by the secret object its define returned: no lookup) and the error says why: exit 1,
+    exactly as it was."""
+    root = libvirt.open(write_only_daemon.uri)
+    try:
+        before = define(root, q35("gp-acl-5"))
+        code, document, stderr = assign_as_nobody(write_only_daemon, home, "gp-acl-5", "0000:4a:00.0")
+        assert code == 1, (document, stderr)
+        assert inactive_xml(root, "gp-acl-5") == before  # what the host holds first: then what was said of it
+        assert claim_on(root, "0000:4a:00.0") is None
+        assert document["rolled_back"] is True, document
+        assert "this connection may not use libvirt secrets, which gpupass claims GPUs with" in document["message"]
+        assert "the VM is as it was" in document["message"], document
+        assert "org.libvirt.api.secret.getattr" in document["remedy"], document
+    finally:
+        root.close()
+
+
+def test_a_release_on_a_connection_that_may_not_use_secrets_is_refused_whole(acl_daemon, home):
+    """The VM holds the GPU with its claim (assigned by a user who may use secrets); a release on a connection refused
+    the secrets defines the VM without the GPU, then cannot remove (or even look up) the claim. Before: the refusal
+    said "the VM is as it was" while the VM was released with its claim left. The release is taken back: exit 1,
+    the VM exactly as before with its claim, and the error names the permission."""
+    from gpupass.backends.kvm.backend import KvmBackend
+    from gpupass.core.target import Target
+
+    root = libvirt.open(acl_daemon.uri)
+    try:
+        define(root, q35("gp-acl-6"))
+        assigned = subprocess.run([*cli_with_a_gpu("0000:4b:00.0"), "assign", acl_daemon.uri, "gp-acl-6",
+                                   "0000:4b:00.0", "--yes"], capture_output=True, text=True)
+        assert assigned.returncode == 0, assigned.stdout + assigned.stderr
+        before, claim = inactive_xml(root, "gp-acl-6"), claim_on(root, "0000:4b:00.0")
+        assert claim is not None and "bus='0x4b'" in before
+        printed = as_nobody(home, "release", acl_daemon.uri, "gp-acl-6", "--yes", "--json",
+                            command=cli_with_a_gpu("0000:4b:00.0"))
+        assert printed.returncode == 1, printed.stdout + printed.stderr
+        assert inactive_xml(root, "gp-acl-6") == before  # what the host holds first: then what was said of it
+        assert claim_on(root, "0000:4b:00.0").UUIDString() == claim.UUIDString()
+        document = json.loads(printed.stdout)
+        assert document["rolled_back"] is True, document
+        assert "this connection may not use libvirt secrets, which gpupass claims GPUs with" in document["message"]
+        assert "org.libvirt.api.secret.delete" in document["remedy"], document
+        # the same release by a user who may use secrets goes through
+        again = subprocess.run([*cli_with_a_gpu("0000:4b:00.0"), "release", acl_daemon.uri, "gp-acl-6", "--yes"],
+                               capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert claim_on(root, "0000:4b:00.0") is None
+        with KvmBackend(Target(uri=acl_daemon.uri, name="root")) as backend:
+            assert backend.inventory().find_vm("gp-acl-6").assigned == ()
     finally:
         root.close()
