@@ -14,6 +14,8 @@ remote_protocol.x); the procedures gpupass's KVM writes send are listed below wi
   armed at once (a lost define, then a lost claim removal in the undo that follows).
 * ``withhold_reply_to(proc)``: the same, but the connection stays open: the reply simply never comes (a host
   that stalls after doing the work), so the client waits for its own timeout.
+* ``lose_call_to(proc)``: the next call of ``proc`` never reaches the daemon: it is thrown away and the client's
+  connection closed (a request lost on the way, whose sender sees its connection lost: the host did nothing).
 * ``hold_call_to(proc)``: the next call of ``proc`` is kept from the daemon until ``release()``: a request still on
   the wire when its sender dies. Released, it is sent to the daemon, and the daemon's reply to it is waited for
   (``replied``) before the daemon side is closed, so the daemon carries it out whatever happened to the client.
@@ -41,6 +43,11 @@ DOMAIN_DEFINE_XML = 11  # virConnect.defineXML
 DOMAIN_GET_XML_DESC = 14  # virDomain.XMLDesc
 SECRET_DEFINE_XML = 142  # virConnect.secretDefineXML
 SECRET_UNDEFINE = 146  # virSecret.undefine
+DOMAIN_ATTACH_DEVICE_FLAGS = 160  # virDomain.attachDeviceFlags (a hot-plug)
+DOMAIN_DETACH_DEVICE_FLAGS = 161  # virDomain.detachDeviceFlags
+# libvirt 7.3's node device calls, read off the wire of libvirt 9.0's client here (remote_protocol.x numbers them in
+# order of addition): virConnect.nodeDeviceDefineXML, virNodeDevice.undefine, virNodeDevice.create.
+NODE_DEVICE_DEFINE_XML, NODE_DEVICE_UNDEFINE, NODE_DEVICE_CREATE = 428, 429, 430
 
 # How long a connection whose client is gone waits for the daemon's replies to the calls it had passed on.
 _REPLY_WAIT_S = 30.0
@@ -97,6 +104,8 @@ class LibvirtProxy:
         self._drops: dict[int, list[int]] = {}  # proc -> [calls of it still to let through, replies still to lose]
         self._withhold: tuple[int, int] | None = None
         self._hold: tuple[int, int] | None = None
+        self._lose: tuple[int, int] | None = None
+        self.lost = threading.Event()  # a call was thrown away before the daemon got it
         self._held_at: tuple[_Link, int] | None = None  # the connection and serial of the call held
         self.held = threading.Event()  # a call is being held
         self.dropped = threading.Event()  # a reply was lost
@@ -125,6 +134,13 @@ class LibvirtProxy:
         """Keep back the reply to the next call of `proc`, with the connection left open."""
         with self._lock:
             self._withhold = (proc, 0)
+
+    def lose_call_to(self, proc: int, skip: int = 0) -> None:
+        """Throw the next call of `proc` away (after letting `skip` such calls through) and close its client's
+        connection: the daemon never sees it."""
+        with self._lock:
+            self._lose = (proc, skip)
+            self.lost.clear()
 
     def hold_call_to(self, proc: int, skip: int = 0) -> None:
         """Hold the next call of `proc` (after letting `skip` such calls through) until release()."""
@@ -194,6 +210,12 @@ class LibvirtProxy:
         try:
             while (message := _read_message(link.client)) is not None:
                 prog, proc, kind, serial = _header(message)
+                with self._lock:
+                    lose = self._armed("_lose", prog, proc, kind)
+                if lose:
+                    self.lost.set()
+                    _shut(link.client)  # the client sees its connection lost, its call never passed on
+                    break
                 with self._lock:
                     hold = self._armed("_hold", prog, proc, kind)
                     if self._to_drop(prog, proc, kind):

@@ -8,8 +8,8 @@ reply to one call, or holds one call until the test lets it through: no sleeps d
 
 After each, the host is exactly before or exactly after (VM definition and claim), or `status` names what a run
 left with the command that finishes it; running the command again converges; the GPU is never on two VMs.
-(Hot-plug is not in this matrix: the unprivileged daemon has no VFIO and no GPU, so it cannot attach a host PCI
-device at all; the hot-plug read-back is tested on the test driver, tests/integration/kvm/test_kvm_testdriver.py.)
+(Hot-plug and creating a mediated device: test_kvm_hotplug_mdev_faults_libvirtd.py, with what this machine can
+produce on them: the daemon has no VFIO and no mdev parent, so it refuses both calls.)
 """
 
 from __future__ import annotations

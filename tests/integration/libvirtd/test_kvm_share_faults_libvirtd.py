@@ -6,8 +6,9 @@ on the wire, which the daemon then carries out.
 The suite's unprivileged libvirtd has no GPU and no mdev-capable parent, so the card and its vGPU device are added to
 the facts the real backend reads (as test_kvm_backend_libvirtd.with_gpus adds GPUs); everything written -- the domain
 definitions -- goes to the daemon, which accepts a definition naming a mediated device that does not exist (it looks
-the device up only when the domain starts). Creating and removing the device itself (virNodeDeviceDefineXML) is not
-covered: no daemon here can (docs/faults.md, "Not covered yet").
+the device up only when the domain starts). Creating the device itself (virNodeDeviceDefineXML): the request lost on
+the way and a killed client, which the daemon then refuses, in test_kvm_hotplug_mdev_faults_libvirtd.py; carried out
+with its reply lost, or a removal, cannot be produced here (docs/faults.md says why).
 """
 
 from __future__ import annotations
