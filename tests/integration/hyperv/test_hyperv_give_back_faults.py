@@ -117,3 +117,35 @@ def test_a_client_killed_with_the_take_back_on_the_wire_leaves_the_device_on_the
         ep.clear_faults()
     assert_given_back_and_a_release_converges(model, backend, assigned)
     release_again_is_exact(model, backend, original)
+
+
+def test_a_stale_intent_does_not_stop_the_next_release_from_being_shown_and_finished(lab):
+    """The re-add's reply lost leaves the release's intent in the record (the device back on the VM). The next release
+    appends its own intent after it (the release script has no room to cut the old one out: scripts.MAX_SCRIPT_CHARS
+    with a 64-character name), so the record holds two "Releasing" keys; Windows PowerShell 5.1's ConvertFrom-Json
+    reads the last of two equal keys (PowerShell/PowerShell#1567), as Python's json does, and the intent's removal cuts
+    at the first: stopped half-way, that release is shown with its own devices and finished exactly."""
+    from hyperv_helpers import stop_a_release_half_way
+
+    model, ep, backend, original = lab
+    sent = backend._run_ps
+
+    def losing_the_readd_reply(script, action):
+        if READD in script:
+            ep.drop_next_receive()
+        return sent(script, action)
+
+    backend._run_ps = losing_the_readd_reply
+    ep.inject_fault("Mount-VMHostAssignableDevice")
+    try:
+        with pytest.raises(OperationFailed):
+            execute(backend, plan(backend, ReleaseRequest("ml-train")))
+    finally:
+        ep.clear_faults()
+        del backend._run_ps
+    assert model.vm("ml-train").notes.count('"Releasing":') == 1                # the stale intent
+    stop_a_release_half_way(backend, ep, "ml-train")
+    assert model.vm("ml-train").notes.count('"Releasing":') == 2
+    (left,) = backend.inventory().find_vm("ml-train").unfinished
+    assert f"{GPU} is dismounted from the host and on no VM" in left
+    release_again_is_exact(model, backend, original)
