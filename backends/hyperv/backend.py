@@ -734,31 +734,34 @@ class HypervBackend(Backend):
                 self._release(payload.vm, list(payload.paths), None)
             except _PartialRelease as partial:
                 raise partial.error from None
-        self._read_back_if_lost(release, payload.vm, payload.addresses, on_vm=False)
+        self._read_back_if_lost(release, self._devices_are(payload.vm, payload.addresses, on_vm=False))
 
-    def _read_back_if_lost(self, undo: Callable[[], Any], vm: str, addresses: tuple[str, ...], on_vm: bool) -> None:
+    def _read_back_if_lost(self, undo: Callable[[], Any], done: Callable[[HostFacts], bool]) -> None:
         """Run an undo script. Where its reply is lost (ConnectionFailed: the host may well have run it), the host is
-        read again: the devices where the undo puts them (`on_vm`: on the VM; else all back on the host) and nothing
-        unfinished on the VM means it went through -- not an undo to make by hand; anything else, or a read that fails
-        too, leaves the loss as it was."""
+        read again: where `done` finds the undo made there, it went through -- not an undo to make by hand; anything
+        else, or a read that fails too, leaves the loss as it was."""
         try:
             undo()
         except ConnectionFailed as lost:
-            if not addresses:
-                raise
             try:
                 facts = self.inventory()
             except GpupassError:
                 raise lost from None
+            if not done(facts):
+                raise
+            log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
+
+    @staticmethod
+    def _devices_are(vm: str, addresses: tuple[str, ...], on_vm: bool) -> Callable[[HostFacts], bool]:
+        """The devices at `addresses` all on VM `vm` (`on_vm`) or all back on the host, with nothing unfinished on the
+        VM (a release script stopped half-way leaves its intent: records.py)."""
+        def done(facts: HostFacts) -> bool:
             held = facts.find_vm(vm)
             wanted = {PciAddress.parse(a) for a in addresses}
             free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
-            # nothing unfinished on the VM either: a release script stopped half-way leaves its intent (records.py)
-            done = held is not None and not held.unfinished and (
+            return bool(addresses) and held is not None and not held.unfinished and (
                 wanted <= set(held.assigned) if on_vm else not wanted & set(held.assigned) and wanted <= free)
-            if not done:
-                raise
-            log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
+        return done
 
     @_undo.register
     def _undo_finish_release(self, payload: FinishRelease, token: None) -> None:
@@ -772,7 +775,7 @@ class HypervBackend(Backend):
         script = scripts.assign_script(payload.vm, list(payload.paths), current["low_mmio"],
                                        current["high_mmio"], current["stop_action"], current["guest_cache"])
         self._read_back_if_lost(lambda: self._run_change(script, f"giving the devices back to VM '{payload.vm}'"),
-                                payload.vm, payload.addresses, on_vm=True)
+                                self._devices_are(payload.vm, payload.addresses, on_vm=True))
 
     def _lost_to_another(self, payload: Assign, error: OperationFailed) -> OperationFailed:
         """An assign script that undid itself because another run took a device first (Hyper-V's own rule: a
@@ -810,8 +813,11 @@ class HypervBackend(Backend):
 
     @_undo.register
     def _undo_set_partition_count(self, payload: SetPartitionCount, token: int) -> None:
-        self._run_change(scripts.partition_count_script(payload.instance_path, payload.previous, payload.count),
-                         f"setting the partition count of {payload.instance_path} back to {payload.previous}")
+        self._read_back_if_lost(
+            lambda: self._run_change(scripts.partition_count_script(payload.instance_path, payload.previous,
+                                                                    payload.count),
+                                     f"setting the partition count of {payload.instance_path} back to {payload.previous}"),
+            lambda facts: _partition_counts(facts, payload.instance_path) == [payload.previous])
 
     @_undo.register
     def _undo_add_partition(self, payload: AddPartition, token: str) -> None:
@@ -843,9 +849,7 @@ class HypervBackend(Backend):
     @_observe.register
     def _observe_set_partition_count(self, payload: SetPartitionCount, step: Step) -> StepState:
         """The GPU's partition count now: the new one (the change went through), the old one, or neither."""
-        facts = self.inventory()
-        counts = [(g.extra.get("gpu_partitioning") or {}).get("partition_count") for g in facts.gpus
-                  if str(g.extra.get("partition_instance_path") or "").lower() == payload.instance_path.lower()]
+        counts = _partition_counts(self.inventory(), payload.instance_path)
         if counts == [payload.count]:
             return StepState("after")
         if counts == [payload.previous]:
@@ -984,6 +988,12 @@ class HypervBackend(Backend):
                                           "`gpupass release` again", rolled_back=False)
         return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
                                f"'{payload.vm}'", remedy=cause.remedy, rolled_back=True)
+
+
+def _partition_counts(facts: HostFacts, instance_path: str) -> list[Any]:
+    """The partition count of the GPU whose GPU-P instance path is `instance_path` (one entry; none where it is gone)."""
+    return [(g.extra.get("gpu_partitioning") or {}).get("partition_count") for g in facts.gpus
+            if str(g.extra.get("partition_instance_path") or "").lower() == instance_path.lower()]
 
 
 def _settings_of(removed: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
