@@ -274,6 +274,13 @@ class EsxiBackend(Backend):
             intent = esxi_claims.decode_intent(raw.extra.get(esxi_claims.INTENT_KEY))
             if intent is not None and intent["op"] == "release":
                 notes.setdefault(name, []).append(self._stopped_release(name, intent, facts))
+            elif intent is not None and intent["op"] == "assign-share":
+                notes.setdefault(name, []).append(
+                    f"a vGPU assign of {', '.join(intent['gpus'])} started by {intent['origin']} stopped before its "
+                    f"last step (steps: {'; '.join(intent['steps'])}); the host's graphics configuration may hold the "
+                    "first of them and the VM has no vGPU from it: run the same `gpupass assign --share` again to "
+                    "finish, or set the host's graphics configuration back by hand (vSphere Client: Configure > "
+                    "Hardware > Graphics)")
             elif intent is not None:
                 # the maintenance mode the run entered for its reboot, where the host is still in it
                 held = [h for h in intent["maintenance"] if h in self._hosts and self._hosts[h].maintenance]
@@ -613,6 +620,22 @@ class EsxiBackend(Backend):
             return []  # the VM holds one already: ESXi puts it on a GPU at power-on, wherever it fits
         changes = vgpu_shares.assign_changes(raw, profile, str(change.gpu))
         steps = self._graphics_for_share(ctx)
+        if steps:
+            # As in plan_assign: the host step first, the VM's change last, so a run stopped in between leaves the
+            # host's graphics changed and the VM without its vGPU; the intent record written before the host step and
+            # removed by the VM's reconfigure lets `status` say so, and the same assign again finishes.
+            intent = esxi_claims.encode_intent("assign-share", [f"{change.location}/{change.gpu}"],
+                                               [s.description for s in steps])
+            steps.insert(0, Step(
+                action="esxi.intent",
+                description=f"record in VM '{vm.name}' that this assign has begun (extraConfig "
+                            f"{esxi_claims.INTENT_KEY}; removed by its last step)",
+                undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
+                changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
+                payload=Intent(vm.name, intent, raw.change_version,
+                               previous=raw.extra.get(esxi_claims.INTENT_KEY, ""))))
+        if steps or esxi_claims.INTENT_KEY in raw.extra:
+            changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         return [*steps, self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
                                         (f"add VirtualPCIPassthrough with vGPU profile {profile} (VmiopBackingInfo)",
                                          f"lock the memory reservation to {raw.memory_mb} MB (a vGPU VM powers on "
@@ -670,7 +693,9 @@ class EsxiBackend(Backend):
     def _reconfigure_vgpu(self, payload: VgpuReconfigure) -> dict[str, Any]:
         """ONE ReconfigVM_Task guarded by the changeVersion the plan read (see _reconfigure); no claim."""
         name = payload.vm
-        before = self._config_at(name, payload.change_version)
+        # the version the plan read, or the one this run's own intent record left (see _reconfigure)
+        expected = self._versions.pop((name, payload.change_version), payload.change_version)
+        before = self._config_at(name, expected)
         self._before[name] = before
         wanted = [entry["vgpu"] for entry in payload.changes["add"]]
         if wanted:
@@ -687,7 +712,7 @@ class EsxiBackend(Backend):
                                       remedy="`gpupass gpus HOST` lists the profiles each GPU offers (host graphics "
                                              "must be shared direct)")
         config = specs.build(dict(payload.changes), before["devices"], {})
-        config.changeVersion = payload.change_version
+        config.changeVersion = expected
         self._send(name, config, before)
         return before
 

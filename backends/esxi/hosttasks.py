@@ -11,7 +11,11 @@ vSphere API reference (Web Services API, the fields relied on here):
   'error', then this property contains the fault code"; TaskInfo.entity, TaskInfo.descriptionId ("Identifier for
   this task type"), TaskInfo.queueTime ("Time stamp when the task was created").
 - TaskManager.recentTask: "A list of Task managed objects that completed recently, that are currently running, or
-  that are queued to run" -- where a task whose reference never reached the client is found.
+  that are queued to run" -- where a task whose reference never reached the client is found. Completed ones are listed
+  "by default" only for "the past 10 minutes" (and, on vCenter, among the last 200); the same reference says it
+  "should not be used for tracking Task completion" and that it may not send update notifications, so it is read once
+  with RetrievePropertiesEx, seconds after the answer was lost, and a task not found there counts as not known, never
+  as not sent (pyVmomi's docs/vim/TaskManager.rst).
 - ServiceInstance.CurrentTime: "Returns the current time on the server" -- the server's clock, against which the
   queueTime of a task sent after it is compared (no client clock involved).
 - HostSystem.runtime.connectionState (HostSystemConnectionState: "connected", "notResponding", "disconnected"),

@@ -58,8 +58,8 @@ def test_without_the_flag_the_plan_is_blocked_and_says_what_the_host_needs(backe
 def test_with_the_flag_the_host_is_switched_first_then_the_vgpu_given(backend):
     plan = make_plan(backend, backend.inventory(), request(True), default_registry())
     assert not plan.blocked and "share-host-change" in {f.code for f in plan.findings}
-    assert [s.action for s in plan.steps] == ["esxi.graphics", "esxi.vgpu"]
-    assert f"deviceType {B} = sharedDirect" in plan.steps[0].changes
+    assert [s.action for s in plan.steps] == ["esxi.intent", "esxi.graphics", "esxi.vgpu"]
+    assert f"deviceType {B} = sharedDirect" in plan.steps[1].changes
     execute(backend, plan)
     facts = backend.inventory()
     after = gpu(facts).sharing
@@ -82,10 +82,57 @@ def test_a_failed_vgpu_step_switches_the_host_back(backend):
     with pytest.raises(OperationFailed) as err:
         execute(backend, plan)
     del backend.apply
-    assert err.value.rolled_back is True and "1 completed step(s) were undone" in err.value.message
-    assert backend.inventory().host.settings["hosts"][ESX03]["graphics"] == before
+    assert err.value.rolled_back is True and "2 completed step(s) were undone" in err.value.message
+    facts = backend.inventory()
+    assert facts.host.settings["hosts"][ESX03]["graphics"] == before
+    assert facts.find_vm("infer01").unfinished == ()  # the intent record was taken back too
 
 
 def test_the_flag_without_a_share_is_a_usage_error():
     with pytest.raises(UsageError, match="applies to a share"):
         AssignOptions(allow_host_sharing_change=True)
+
+
+
+@pytest.mark.parametrize("call", ["UpdateGraphicsConfig", "RestartService"])
+def test_a_client_killed_in_the_host_graphics_step_is_shown_by_status_and_a_rerun_finishes(fresh_vcsim, call):
+    """A real `gpupass assign --share --allow-host-sharing-change` killed (SIGKILL) with the host step's
+    UpdateGraphicsConfig (or its Xorg restart) on the wire, carried out after: the host's graphics changed, the VM
+    without its vGPU -- and the run's intent record, written before the host step, makes `status` say so; the same
+    assign again finishes (restarting Xorg where the configuration is not in effect yet) and clears the record."""
+    import json
+    import os
+    import subprocess
+
+    from gpupass.backends.esxi.lab.simulator import lab_config
+    from support.cli import GPUPASS, killed_with_call_held
+
+    cfg = lab_config()
+    next(g for g in cfg["hosts"][2]["gpus"] if g["address"] == B)["graphics_type"] = "shared"
+    sim = fresh_vcsim(cfg)
+    uri = f"esxi://gpupass@127.0.0.1:{sim.port}/Lab"
+    env = {**os.environ, "GPUPASS_PASSWORD": sim.password}
+    assign = ["assign", uri, "infer01", f"{ESX03}/{B}", "--share", "P40-4C", "--allow-host-sharing-change", "--yes"]
+    killed_with_call_held(sim, call, assign, env)
+
+    def gpupass(*args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    def infer01():
+        status = gpupass("status", uri, "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        return next(v for v in json.loads(status.stdout)["vms"] if v["name"] == "infer01")
+
+    vm = infer01()
+    assert len(vm["unfinished"]) == 1 and "a vGPU assign of" in vm["unfinished"][0], vm
+    assert "run the same `gpupass assign --share` again" in vm["unfinished"][0]
+    again = gpupass(*assign, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    steps = [s["action"] for s in json.loads(again.stdout)["plan"]["steps"]]
+    assert steps == (["esxi.intent", "esxi.graphics", "esxi.vgpu"] if call == "UpdateGraphicsConfig"
+                     else ["esxi.vgpu"]), steps
+    assert infer01()["unfinished"] == []
+    facts = gpupass("gpus", uri, "--json")
+    p40 = next(g for g in json.loads(facts.stdout)["gpus"] if g["location"] == ESX03 and g["address"] == B)
+    assert p40["sharing"]["host_change"] is None and "infer01" in [s["holder"] for s in p40["sharing"]["shares"]]
