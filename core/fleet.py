@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from typing import TYPE_CHECKING
 
+from gpupass.core.callbounds import CallWatch, watched_thread
 from gpupass.core.domain.findings import Finding
 from gpupass.core.domain.inventory import Gpu, HostFacts
 from gpupass.core.domain.rules import foreign_group_members
@@ -123,7 +124,9 @@ class _Pool:
     Workers are daemon threads, not an executor: a host that never answers must not keep the process from
     exiting. check_deadlines(), called by the thread that waits on the pool, gives a host past its deadline its
     timeout row and a new worker, so one hung host costs one thread, not the pool's progress; should the hung
-    read answer after all, that answer is dropped (the timeout row stands).
+    read answer after all, that answer is dropped (the timeout row stands). A host is past its deadline when its
+    read takes longer than `timeout`, or when one call the read announced (core/callbounds.py: the KVM backend's
+    libvirt calls) takes longer than that call's own bound; the row then carries the backend's own error.
     """
 
     def __init__(self, hosts: Sequence[str], read: Callable[[str], tuple[HostFacts, int]], timeout: float,
@@ -131,7 +134,8 @@ class _Pool:
         self._pending = iter(hosts)
         self._read, self._timeout, self._deliver = read, timeout, deliver
         self._lock = threading.Lock()
-        self._in_flight: dict[str, float] = {}  # host -> when its read began: at most the workers (plus hung ones)
+        # host -> when its read began, and its worker's watch: at most the workers (plus hung ones)
+        self._in_flight: dict[str, tuple[float, CallWatch]] = {}
         self._outstanding = len(hosts)
         self.done = threading.Event()
         if not hosts:
@@ -145,12 +149,14 @@ class _Pool:
         threading.Thread(target=self._work, daemon=True, name="gpupass-fleet-worker").start()
 
     def _work(self) -> None:
+        watch = watched_thread()  # this thread's calls are bounded by check_deadlines, not by a thread of their own
         while True:
             with self._lock:
                 host = next(self._pending, None)
                 if host is None:
                     return
-                began = self._in_flight[host] = time.monotonic()
+                began = time.monotonic()
+                self._in_flight[host] = (began, watch)
             result = _read_one(host, self._read, began)
             with self._lock:
                 if self._in_flight.pop(host, None) is None:
@@ -168,14 +174,20 @@ class _Pool:
         """The timeout rows of hosts now past their deadline (the caller hands them on)."""
         now = time.monotonic()
         with self._lock:
-            overdue = [(host, began) for host, began in self._in_flight.items() if now - began > self._timeout]
-            for host, _ in overdue:
+            overdue = []
+            for host, (began, watch) in self._in_flight.items():
+                late = watch.overdue(now)  # one call past its own bound (the backend's error says which)
+                if late is None and now - began > self._timeout:
+                    late = ConnectionFailed(f"{host} did not answer within {self._timeout:g} s",
+                                            remedy="check the host, or raise --timeout")
+                if late is not None:
+                    overdue.append((host, began, late))
+            for host, _, _ in overdue:
                 del self._in_flight[host]
         rows = []
-        for host, began in overdue:
-            rows.append(HostResult(host, error=ConnectionFailed(f"{host} did not answer within {self._timeout:g} s",
-                                                                remedy="check the host, or raise --timeout"),
-                                   seconds=now - began))
+        for host, began, late in overdue:
+            error = late if isinstance(late, GpupassError) else GpupassError(f"{type(late).__name__}: {late}")
+            rows.append(HostResult(host, error=error, seconds=now - began))
             self._start_worker()  # the stuck worker stays with its host; the rest of the list keeps its pool
         return rows
 

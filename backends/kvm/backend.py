@@ -224,16 +224,26 @@ class KvmBackend(Backend):
         except self._libvirt.libvirtError as exc:
             raise translate(self._libvirt, exc, action) from exc
 
-    def _bounded(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one libvirt call within the host's timeout (see watchdog.py); a test-driver file has no peer."""
-        if self.target.uri.startswith("test:"):  # the libvirt test driver: a file, no peer to wait on
-            return function(*args, **kwargs)
-        # Here, not at the top: a test-driver host (above) waits on no peer and need not load it.
-        from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
+    @property
+    def _has_peer(self) -> bool:
+        """Whether calls wait on another process that may never answer: not for the libvirt test driver (a file)."""
+        return not self.target.uri.startswith("test:")
 
-        if self._watchdog is None:
-            self._watchdog = Watchdog(self.target.timeout)
+    def _bounded(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one libvirt call within the host's timeout: on this thread where a fleet's pool watches it
+        (core/callbounds.py), else on the watchdog's thread (see watchdog.py); a test-driver file has no peer."""
+        if not self._has_peer:
+            return function(*args, **kwargs)
+        # Here, not at the top: a test-driver host (above) waits on no peer and need not load them.
+        from gpupass.backends.kvm.watchdog import CallTimedOut, Watchdog
+        from gpupass.core.callbounds import watch_of_this_thread
+
+        watch = watch_of_this_thread()
         try:
+            if watch is not None:
+                return watch.run(self.target.timeout, lambda: self._no_answer(what), function, *args, **kwargs)
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self.target.timeout)
             return self._watchdog.call(lambda: function(*args, **kwargs))
         except self._libvirt.libvirtError as exc:
             if is_transport_error(self._libvirt, exc):
@@ -243,12 +253,15 @@ class KvmBackend(Backend):
             raise
         except CallTimedOut:
             self._conn = None  # a connection with a call still pending cannot be used again
-            where = urlsplit(self.target.uri).hostname or self.target.uri
-            raise ConnectionFailed(
-                f"{self.target.label} ({where}) did not answer within {self.target.timeout:g}s ({what}); what that "
-                "call did on the host is not known",
-                remedy="check that the host and libvirtd are up and reachable; for a slow host raise `timeout` in "
-                       "its [hosts.NAME] table of the config file") from None
+            raise self._no_answer(what) from None
+
+    def _no_answer(self, what: str) -> ConnectionFailed:
+        where = urlsplit(self.target.uri).hostname or self.target.uri
+        return ConnectionFailed(
+            f"{self.target.label} ({where}) did not answer within {self.target.timeout:g}s ({what}); what that "
+            "call did on the host is not known",
+            remedy="check that the host and libvirtd are up and reachable; for a slow host raise `timeout` in "
+                   "its [hosts.NAME] table of the config file")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -29,6 +29,32 @@ def test_kvm_gives_up_on_a_daemon_that_never_answers(silent):
     backend.close()
 
 
+def test_a_frozen_kvm_host_in_a_fleet_is_one_row_within_its_own_timeout_and_the_fleet_goes_on(silent):
+    """In a fleet the pool's worker makes the libvirt call itself (no watchdog thread per call: core/callbounds.py);
+    the host's own timeout still ends the wait (the pool's deadline here is far longer) and the other host is read."""
+    pytest.importorskip("libvirt")
+    import threading
+    from importlib import resources
+
+    from gpupass.backends.kvm.backend import KvmBackend
+    from gpupass.core.fleet import gather
+
+    frozen = f"qemu+tcp://127.0.0.1:{silent.port}/system"
+    with resources.as_file(resources.files("gpupass.backends.kvm.lab").joinpath("lab-kvm.xml")) as lab_file:
+        healthy = f"test://{lab_file}"
+        before = set(threading.enumerate())
+
+        def read(uri):
+            with KvmBackend(Target(uri=uri, name="frozen-kvm" if uri == frozen else "lab", timeout=0.5)) as backend:
+                return backend.inventory(), backend.round_trips
+
+        results = gather([frozen, healthy], read, timeout=600)
+    assert results[0].error is not None and results[0].seconds < 30
+    assert "frozen-kvm" in results[0].error.message and "did not answer within 0.5s (connecting)" in results[0].error.message
+    assert results[1].facts is not None and results[1].facts.gpus
+    assert not [t for t in threading.enumerate() if t not in before and t.name == "gpupass-libvirt-call"]
+
+
 def test_esxi_gives_up_on_a_vcenter_that_never_answers(silent):
     pytest.importorskip("pyVmomi")
     from gpupass.backends.esxi.backend import EsxiBackend

@@ -178,3 +178,38 @@ def test_longer_turns_raises_the_switch_interval_for_the_block_only():
     with pytest.raises(RuntimeError), longer_turns():
         raise RuntimeError("a failed fleet read")
     assert sys.getswitchinterval() == before
+
+
+def test_a_call_past_its_own_bound_is_the_hosts_row_with_the_callers_error():
+    """A worker's call announced to the pool (core/callbounds.py) is ended by its own bound, long before the pool's
+    deadline, with the error the caller gave for it; the other hosts are read, and no thread per call is started."""
+    from gpupass.core.callbounds import watch_of_this_thread
+    from gpupass.core.errors import ConnectionFailed
+
+    release = threading.Event()
+
+    def read(host):
+        watch = watch_of_this_thread()
+        assert watch is not None  # every pool worker is watched
+        if host == "stalls":
+            watch.run(0.2, lambda: ConnectionFailed("stalls did not answer (the call)"), release.wait, 10)
+        else:
+            watch.run(5.0, lambda: ConnectionFailed("never"), time.sleep, 0.01)
+        return lab_facts(), 1
+
+    began = time.monotonic()
+    results = gather(["stalls", "a", "b"], read, concurrency=2, timeout=600)
+    release.set()
+    assert time.monotonic() - began < 5
+    assert results[0].error.message == "stalls did not answer (the call)" and results[0].seconds < 5
+    assert results[1].facts and results[2].facts
+
+
+def test_a_call_outside_a_pool_is_not_watched():
+    from gpupass.core.callbounds import watch_of_this_thread
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(watch_of_this_thread()))
+    thread.start()
+    thread.join()
+    assert seen == [None] and watch_of_this_thread() is None
