@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET
+from typing import Iterator
 
 from gpupass.core.domain.claims import Claim, Holder
 from gpupass.core.domain.inventory import Firmware
@@ -102,10 +103,31 @@ def firmware_of(root: ET.Element) -> Firmware:
     return Firmware.BIOS
 
 
+def _under(parent: ET.Element, *tags: str) -> Iterator[ET.Element]:
+    """parent.iterfind("a/b/c") for plain tags: the elements at that path, in document order.
+
+    A walk over the children instead of an ElementPath query: every read of a host asks each domain's definition
+    a dozen such questions, and the queries (with their [@attr='value'] predicates) cost several times the walk
+    (tests/bench/bench_fleet.py; a fleet reads every domain of every host)."""
+    if not tags:
+        yield parent
+        return
+    first, rest = tags[0], tags[1:]
+    for child in parent:
+        if child.tag == first:
+            yield from _under(child, *rest)
+
+
+def _subsystem_hostdevs(root: ET.Element, kind: str) -> Iterator[ET.Element]:
+    """findall("devices/hostdev[@mode='subsystem'][@type=KIND]")."""
+    return (hostdev for hostdev in _under(root, "devices", "hostdev")
+            if hostdev.get("mode") == "subsystem" and hostdev.get("type") == kind)
+
+
 def pci_hostdevs(root: ET.Element) -> list[tuple[ET.Element, PciAddress]]:
     found = []
-    for hostdev in root.findall("devices/hostdev[@mode='subsystem'][@type='pci']"):
-        source = hostdev.find("source/address")
+    for hostdev in _subsystem_hostdevs(root, "pci"):
+        source = next(_under(hostdev, "source", "address"), None)
         if source is not None:
             found.append((hostdev, address_from_attributes(source)))
     return found
@@ -115,13 +137,14 @@ def mdev_hostdevs(root: ET.Element) -> tuple[str, ...]:
     """The mediated devices a domain holds: <hostdev mode='subsystem' type='mdev'><source><address uuid=.../>
     (libvirt docs/formatdomain.rst, "Host device assignment", mdev). UUIDs lower-cased as sysfs names them."""
     return tuple(address.get("uuid", "").lower()
-                 for address in root.findall("devices/hostdev[@mode='subsystem'][@type='mdev']/source/address")
+                 for hostdev in _subsystem_hostdevs(root, "mdev") for address in _under(hostdev, "source", "address")
                  if address.get("uuid"))
 
 
 def _root_controller(root: ET.Element) -> ET.Element | None:
+    controllers = [c for c in _under(root, "devices", "controller") if c.get("type") == "pci"]
     for model in ("pcie-root", "pci-root"):
-        element = root.find(f"devices/controller[@type='pci'][@model='{model}']")
+        element = next((c for c in controllers if c.get("model") == model), None)
         if element is not None:
             return element
     return None
@@ -133,7 +156,7 @@ FWCFG_PREFIX = f"name={FWCFG_MMIO_ENTRY},string="
 
 def _fwcfg_arg(root: ET.Element) -> ET.Element | None:
     """The <qemu:arg> holding OVMF's X-PciMmio64Mb (libvirt reserves opt/ovmf/ names in <sysinfo>)."""
-    for arg in root.findall(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
+    for arg in _under(root, f"{{{QEMU_NS}}}commandline", f"{{{QEMU_NS}}}arg"):
         if arg.get("value", "").startswith(FWCFG_PREFIX):
             return arg
     return None
@@ -155,19 +178,20 @@ def read_facts(xml: str) -> DomainFacts:
 
 def facts_of(root: ET.Element) -> DomainFacts:
     """read_facts of a parsed definition (the inventory parses each domain once for facts and claims)."""
-    record = root.find(f"metadata/{_q('assignment')}")
-    recorded = tuple(PciAddress.parse(d.get("address", "")) for d in record.findall(_q("device"))) if record is not None else ()
-    machine_type = root.find("os/type")
+    record = next(_under(root, "metadata", _q("assignment")), None)
+    recorded = tuple(PciAddress.parse(d.get("address", "")) for d in _under(record, _q("device"))) \
+        if record is not None else ()
+    machine_type = next(_under(root, "os", "type"), None)
     return DomainFacts(
         name=root.findtext("name", ""),
         uuid=root.findtext("uuid", ""),
         firmware=firmware_of(root),
         machine=machine_type.get("machine", "") if machine_type is not None else "",
         memory_bytes=_size(root.find("memory")) or 0,
-        locked_memory=root.find("memoryBacking/locked") is not None,
+        locked_memory=next(_under(root, "memoryBacking", "locked"), None) is not None,
         hostdevs=tuple(address for _, address in pci_hostdevs(root)),
         mmio_window_bytes=mmio_window(root),
-        hypervisor_hidden=root.find("features/kvm/hidden[@state='on']") is not None,
+        hypervisor_hidden=any(h.get("state") == "on" for h in _under(root, "features", "kvm", "hidden")),
         recorded=recorded,
         phys_bits=physbits.guest_phys_bits(root),
         mdevs=mdev_hostdevs(root),
@@ -645,7 +669,7 @@ def claims_in(root: ET.Element) -> tuple[list[Claim], list[Holder]]:
     """claims_of a parsed definition."""
     vm = root.findtext("name", "")
     claims = []
-    for element in root.findall(f"metadata/{_q('assignment')}/{_q('claim')}"):
+    for element in _under(root, "metadata", _q("assignment"), _q("claim")):
         number = element.get("number")
         claims.append(Claim(vm, element.get("token", ""), frozenset(element.get("gpus", "").split()),
                             int(number) if number and number.isdigit() else None, element.get("origin", "")))

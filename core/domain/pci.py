@@ -37,6 +37,9 @@ class PciAddress:
     function: int
 
     def __post_init__(self) -> None:
+        # One comparison chain first: every read of a host makes dozens of addresses (a fleet, thousands per second).
+        if 0 <= self.domain <= 0xFFFF and 0 <= self.bus <= 0xFF and 0 <= self.slot <= 0x1F and 0 <= self.function <= 7:
+            return
         limits = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 0x7))
         for name, limit in limits:
             value = getattr(self, name)
