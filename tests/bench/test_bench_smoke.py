@@ -83,6 +83,14 @@ def test_fleet_bench_runs_small():
     assert figures["turns_fleet_s"] > 0 and figures["remote_fleet_s"] > 0 and figures["remote_slowest_single_s"] > 0
     # the read's CPU and its parts are measured (not compared: timings on a shared machine, see tests/bench)
     assert figures["open_cpu_s"] > 0 and figures["test_file_cpu_s"] > 0 and figures["cpu_per_host_s"] > 0
+    # the goal's arithmetic: the client is the read less the simulated host's work, and the best ratio it allows
+    # grows with the client's CPU per host (the bound is computed, not measured: checked exactly)
+    bounds = module.goal_arithmetic({**figures, "hosts": 1000, "slowest_single_s": 0.5, "cpu_per_host_s": 0.003,
+                                     "open_cpu_s": 0.001, "test_file_cpu_s": 0.0005, "turns_fleet_cpu_s": 4.0}, cores=2)
+    assert abs(bounds["client_s"] - 0.0015) < 1e-12 and abs(bounds["budget_s"] - 0.00075) < 1e-12
+    assert abs(bounds["client_bound"] - 3.0) < 1e-9  # 1,000 x 1.5 ms under one lock against 0.5 s
+    assert abs(bounds["simulated_bound"] - 4.0) < 1e-9  # + 0.5 ms under the lock: 2.0 s (the open fits on 2 cores)
+    assert abs(bounds["fleet_cpu_bound"] - 4.0) < 1e-9  # 4 s of CPU on 2 cores
     pool = module.pool(hosts=20, latency_ms=1, requests=2, concurrency=5, sample=2)
     assert 1 <= pool["peak_threads"] <= 5 and pool["single_s"] > 0 and pool["fleet_s"] > 0
     assert 0 < pool["streamed_small"] and 0 < pool["streamed"] and pool["kept"] > 0
@@ -97,7 +105,8 @@ def test_fleet_bench_prints_each_goal_as_a_ratio_next_to_its_anchor(capsys):
     out = capsys.readouterr().out
     assert "slowest of 5 hosts read alone (anchor)" in out and "ratio" in out and "(goal <= 1.5x)" in out
     assert "rows streamed: " in out and "for 10x the hosts (flat: ~1)" in out
-    assert "the script's reads, same pool" in out and "needed for 1.5x" in out
+    assert "the script's reads, same pool" in out and "the goal's arithmetic" in out
+    assert "the simulated host's own work" in out and "the client: gpupass's" in out and "allows at best" in out
     # the whole commands ran as processes (each asserted its exit code 0) and were timed against one host's
     assert "gpupass gpus --json HOST (anchor, median)" in out and "gpupass fleet gpus --json --hosts" in out
 
