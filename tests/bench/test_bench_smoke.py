@@ -83,6 +83,7 @@ def test_fleet_bench_runs_small():
     assert figures["turns_fleet_s"] > 0 and figures["remote_fleet_s"] > 0 and figures["remote_slowest_single_s"] > 0
     # the read's CPU and its parts are measured (not compared: timings on a shared machine, see tests/bench)
     assert figures["open_cpu_s"] > 0 and figures["test_file_cpu_s"] > 0 and figures["cpu_per_host_s"] > 0
+    assert figures["answers_cpu_s"] > 0
     # the goal's arithmetic: the client is the read less the simulated host's work, and the best ratio it allows
     # grows with the client's CPU per host (the bound is computed, not measured: checked exactly)
     bounds = module.goal_arithmetic({**figures, "hosts": 1000, "slowest_single_s": 0.5, "cpu_per_host_s": 0.003,
