@@ -113,7 +113,8 @@ def _bar_sizes(value: Any) -> tuple[int, ...]:
 
     parts = value.replace(",", "+").split("+") if isinstance(value, str) else (
         list(value) if isinstance(value, (list, tuple)) else [value])
-    return tuple(parse_size(part.strip()) if isinstance(part, str) else int(part) for part in parts)
+    # Numbers pass as they are: AssignOptions refuses anything but whole powers of two (int() would make 3.5 into 3).
+    return tuple(parse_size(part.strip()) if isinstance(part, str) else part for part in parts)
 
 
 def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]) -> AssignmentRequest:

@@ -54,11 +54,34 @@ class AssignOptions:
         normalised = {}
         for address, sizes in self.bar_sizes.items():
             sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
-            if not sizes or any(size <= 0 for size in sizes):
-                raise UsageError(f"--bar-size for {address} needs positive sizes",
-                                 remedy="give every BAR, e.g. --bar-size 41:00.0=16M+64G+32M")
+            _check_bar_sizes(address, sizes)
             normalised[address] = sizes
         object.__setattr__(self, "bar_sizes", normalised)
+
+
+def _check_bar_sizes(address: object, sizes: tuple[object, ...]) -> None:
+    """Every BAR size of one card as a user gave it (CLI, Python API, Ansible): whole bytes, a power of two, the card
+    within the physical address space. A BAR decodes a power-of-two size: software learns it by writing all 1s and
+    reading back the bits the device hardwires to 0 (PCI Local Bus Specification 3.0, 6.2.5.1), and Linux computes
+    it as the lowest writable bit, `size & ~(size - 1)` (pci_size() in drivers/pci/probe.c); `lspci -vv` shows it
+    as Region N: ... [size=16M]. Any other number is a typing slip that would size the MMIO window wrongly."""
+    from gpupass.core.domain.mmio import MAX_BAR_BYTES, format_bytes
+
+    example = "give every BAR as `lspci -vv` shows it (Region N: ... [size=...]), e.g. --bar-size 41:00.0=16M+64G+32M"
+    if not sizes:
+        raise UsageError(f"--bar-size for {address} gives no size", remedy=example)
+    for size in sizes:
+        # bool is an int to Python; a float or a string here is a caller's slip the CLI's parser never makes.
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise UsageError(f"--bar-size for {address}: {size!r} is not a whole number of bytes", remedy=example)
+        if size <= 0:
+            raise UsageError(f"--bar-size for {address} needs positive sizes", remedy=example)
+        if size & (size - 1):
+            raise UsageError(f"--bar-size for {address}: {format_bytes(size)} ({size} bytes) is not a power of two, "
+                             "which every PCI BAR is", remedy=example)
+    if sum(sizes) > MAX_BAR_BYTES:  # type: ignore[arg-type]  # every size is an int (checked above)
+        raise UsageError(f"--bar-size for {address} adds up to more than {format_bytes(MAX_BAR_BYTES)}",
+                         remedy="give the card's real BAR sizes (`lspci -vv` shows them as Region N: ... [size=..])")
 
 
 @dataclass(frozen=True)
