@@ -131,6 +131,10 @@ def write(path: Path, facts: HostFacts, backend_state: dict[str, Any], label: st
     write_private(path, json.dumps(document, indent=1, sort_keys=True) + "\n", "snapshot")
 
 
+# The PCI ids' widths in configuration space (PCI Local Bus Specification 3.0, 6.2.1: Vendor ID and Device ID 16
+# bits, Class Code 24, Header Type 8); every other number in the facts (sizes, counts) is only checked to be >= 0.
+_LIMITS = {"vendor_id": 0xFFFF, "device_id": 0xFFFF, "class_code": 0xFFFFFF, "header_type": 0xFF}
+
 _REMEDY = "make a new one with `gpupass snapshot HOST -o FILE`"
 
 
@@ -156,7 +160,7 @@ def read(path: Path) -> dict[str, Any]:
 
 def load_facts(path: Path, document: dict[str, Any]) -> HostFacts:
     """The document's facts, decoded and type-checked; a damaged snapshot is a usage error naming the field."""
-    from gpupass.core.typecheck import first_problem
+    from gpupass.core.typecheck import first_out_of_range, first_problem
 
     try:
         facts = facts_from_snapshot(document["facts"])
@@ -166,7 +170,7 @@ def load_facts(path: Path, document: dict[str, Any]) -> HostFacts:
         # The decoder indexes the parsed JSON directly: a missing field or a value of the wrong shape lands here.
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc)[:200]}"
         raise UsageError(f"snapshot {path} is damaged: {detail}", remedy=_REMEDY) from exc
-    problem = first_problem(facts)
+    problem = first_problem(facts) or first_out_of_range(facts, _LIMITS)
     if problem:
         raise UsageError(f"snapshot {path} is damaged: facts.{problem}", remedy=_REMEDY)
     return facts

@@ -75,5 +75,31 @@ def first_problem(obj: Any, path: str = "") -> str | None:
     return None
 
 
+def first_out_of_range(obj: Any, limits: Mapping[str, int], path: str = "") -> str | None:
+    """The first whole-number field of the dataclass tree `obj` below 0 or above its limit in `limits` (by field
+    name), as `path is N, ...`. The facts' numbers are sizes, counts and PCI ids, none of them negative; values in
+    a mapping (a platform's settings) are the platform's own and not looked at."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            where = f"{path}.{field.name}" if path else field.name
+            if isinstance(value, int) and not isinstance(value, bool):
+                limit = limits.get(field.name)
+                if value < 0:
+                    return f"{where} is {value}, which is below 0"
+                if limit is not None and value > limit:
+                    return f"{where} is {value}, above {limit:#x}"
+            else:
+                problem = first_out_of_range(value, limits, where)
+                if problem:
+                    return problem
+    elif isinstance(obj, (tuple, list)):
+        for index, item in enumerate(obj):
+            problem = first_out_of_range(item, limits, f"{path}[{index}]")
+            if problem:
+                return problem
+    return None
+
+
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

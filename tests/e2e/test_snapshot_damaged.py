@@ -55,6 +55,11 @@ def _damaged(document):
         **facts["gpus"][0]["function"], "address": "zz:zz"}}]}}
     yield "bars not a list", {**document, "facts": {**facts, "gpus": [{**facts["gpus"][0], "function": {
         **facts["gpus"][0]["function"], "bars": 5}}]}}
+    # Numbers of the right type and the wrong sign or width: sizes, counts and PCI ids are never below 0.
+    yield "memory negative", {**document, "facts": {**facts, "vms": [{**facts["vms"][0], "memory_bytes": -1}]}}
+    yield "snapshots negative", {**document, "facts": {**facts, "vms": [{**facts["vms"][0], "snapshots": -3}]}}
+    yield "vendor id too wide", {**document, "facts": {**facts, "gpus": [{**facts["gpus"][0], "function": {
+        **facts["gpus"][0]["function"], "vendor_id": 0x10000}}]}}
     yield "power state unknown", {**document, "facts": {**facts, "vms": [{**facts["vms"][0], "power_state": "?"}]}}
     yield "domain xml broken", {**document, "backend_state": {"domain_xml": {
         name: "<domain" for name in document["backend_state"]["domain_xml"]}}}
@@ -79,3 +84,5 @@ def test_damaged_snapshots_are_usage_errors(tmp_path, good):
             assert "Traceback" not in result.stderr, (label, result.stderr)
             said = result.stderr + result.stdout
             assert "snapshot" in said and ("damaged" in said or "cannot read" in said), (label, said)
+            if label == "memory negative":
+                assert "facts.vms[0].memory_bytes is -1, which is below 0" in said, said
