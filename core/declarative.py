@@ -42,6 +42,14 @@ class FileError(UsageError):
         self.line = line
 
 
+class FileCannotBeMet(GpupassError):
+    """A host cannot meet the file now (too few free GPUs of a model it has): found while planning the whole file,
+    before any change, so it exits as a preflight blocker does (3) -- the file itself is fine."""
+
+    exit_code = 3
+    kind = "preflight-failed"
+
+
 class ApplyIncomplete(GpupassError):
     """`apply` stopped after changing something: the report names every change made and every one not made."""
 
@@ -292,8 +300,14 @@ def changes_for_host(host: str, facts: HostFacts, desired: list[Desired], path: 
             need = entry.count - min(len(matching), entry.count)
             pool = [g for g in free if matches_model(g, entry.model) and g.location in ("", *{m.location for m in mine})]
             if len(pool) < need:
-                raise GpupassError(
-                    f"{path}:{entry.line}: {host} has {len(pool)} free {entry.model} GPU(s), {entry.vm} needs {need} more",
+                existing = sum(1 for g in facts.gpus if matches_model(g, entry.model))
+                if entry.count > existing:  # no release on the host could meet it: the file is wrong
+                    raise FileError(path, entry.line, f"count {entry.count} asks for more {entry.model} GPUs than "
+                                    f"{host} has ({existing})", f"lower count to at most {existing}, or pick "
+                                    "another host (`gpupass fleet find`)")
+                raise FileCannotBeMet(
+                    f"{path}:{entry.line}: {host} has {len(pool)} free {entry.model} GPU(s), {entry.vm} needs {need} "
+                    "more; nothing was changed",
                     remedy="free some, lower count, or use `gpupass fleet find` to pick another host")
             missing = tuple(g.address for g in pool[:need])
             for g in pool[:need]:

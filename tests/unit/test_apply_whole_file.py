@@ -64,8 +64,25 @@ def test_a_file_the_host_cannot_meet_is_refused_before_any_write(apply):
     # cad-ws keeps its card and the other one shares its IOMMU group: no free "Fake GPU" is left for ml-train.
     result = apply("assignments:\n  - {host: fake://lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
                    "  - {host: fake://lab, vm: ml-train, model: Fake GPU, count: 1}\n")
-    assert result.exit_code == 1 and "has 0 free Fake GPU GPU(s), ml-train needs 1 more" in result.output
+    assert result.exit_code == 3 and "has 0 free Fake GPU GPU(s), ml-train needs 1 more" in result.output
+    assert "nothing was changed" in result.output and writes() == [] and owners() == BEFORE
+
+
+def test_a_count_larger_than_the_host_has_is_a_usage_error_naming_the_line(apply):
+    text = "assignments:\n  - {host: fake://lab, vm: ml-train, model: Fake GPU, count: 9999}\n"
+    result = apply(text)
+    assert result.exit_code == 2, result.output
+    assert "<file>" not in result.output and ":2: count 9999 asks for more Fake GPU GPUs than fake://lab has (2)" \
+        in result.output and "lower count to at most 2" in result.output
+    document = json.loads(apply(text, "--json").output)
+    assert document["error"] == "usage" and "count 9999" in document["message"]
     assert writes() == [] and owners() == BEFORE
+
+
+def test_too_few_free_gpus_is_a_blocker_in_json_too(apply):
+    document = json.loads(apply("assignments:\n  - {host: fake://lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
+                                "  - {host: fake://lab, vm: ml-train, model: Fake GPU, count: 1}\n", "--json").output)
+    assert document["error"] == "preflight-failed" and "needs 1 more" in document["message"]
 
 
 def test_a_failure_after_a_change_reports_exactly_what_was_changed(apply):

@@ -2,8 +2,7 @@
 
 import pytest
 
-from gpupass.core.declarative import FileError, changes_for_host, dump, export, parse
-from gpupass.core.errors import GpupassError
+from gpupass.core.declarative import FileCannotBeMet, FileError, changes_for_host, dump, export, parse
 from support.fakes import A, lab_facts
 
 GOOD = """\
@@ -83,9 +82,10 @@ def test_model_and_count_pick_free_isolated_gpus_or_say_why_not():
                    "  - {host: lab, vm: ml-train, model: A100, count: 1}\n")
     assert [(c.vm, [str(a) for a in c.gpus]) for c in changes_for_host("lab", lab_facts(), wanted)] == [
         ("ml-train", ["0000:41:00.0"])]
+    # The lab has one A100: two is more than any release could free, a mistake in the file (exit 2, its line).
     too_many = parse("assignments:\n  - {host: lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n"
                      "  - {host: lab, vm: ml-train, model: A100, count: 2}\n")
-    with pytest.raises(GpupassError, match="has 1 free A100 GPU"):
+    with pytest.raises(FileError, match=r":3: count 2 asks for more A100 GPUs than lab has \(1\)"):
         changes_for_host("lab", lab_facts(), too_many)
 
 
@@ -100,8 +100,9 @@ def test_unknown_vm_or_gpu_points_at_the_entry():
 def test_a_gpu_named_for_one_vm_is_not_picked_by_model_for_another():
     wanted = parse("assignments:\n  - {host: lab, vm: ml-train, model: A100, count: 1}\n"
                    "  - {host: lab, vm: render01, gpus: [\"41:00.0\"]}\n  - {host: lab, vm: cad-ws, gpus: [\"01:00.0\"]}\n")
-    with pytest.raises(GpupassError, match="has 0 free A100 GPU"):
+    with pytest.raises(FileCannotBeMet, match="has 0 free A100 GPU") as caught:
         changes_for_host("lab", lab_facts(), wanted)
+    assert caught.value.exit_code == 3  # the file is fine; the host cannot meet it now, and nothing was changed
 
 
 def test_after_releases_frees_the_released_cards_and_their_companions():
