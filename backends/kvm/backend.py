@@ -1264,7 +1264,21 @@ class KvmBackend(Backend):
 
     @_undo.register(Hotplug)
     def _undo_hotplug(self, payload: Hotplug, token: None) -> None:
-        self._hotplug(payload.vm, payload.hostdev_xml, attach=not payload.attach)
+        """The reverse hot-plug. Its reply may be lost after the daemon carried it out (libvirt's client then reports the
+        closed connection, or the host's timeout runs out: ConnectionFailed): the VM's live definition is read again
+        over a new connection (_bounded dropped the lost one), and the undo is done if the device is where the undo
+        puts it; else (or if that read fails too) the error stands and the service reports the step not undone."""
+        try:
+            self._hotplug(payload.vm, payload.hostdev_xml, attach=not payload.attach)
+        except ConnectionFailed as lost:
+            try:
+                there = self._live_holds(payload)
+            except GpupassError:
+                raise lost from None
+            if there == payload.attach:
+                raise
+            log.info("%s: the %s of %s went through although its reply was lost (read back)", self.target.label,
+                     "hot-unplug" if payload.attach else "hot-plug", payload.vm)
 
     def observe(self, step: Step) -> StepState:
         """Read the VM again after a step that failed without saying what it left."""
@@ -1276,12 +1290,22 @@ class KvmBackend(Backend):
 
     @_observe.register(Hotplug)
     def _observe_hotplug(self, payload: Hotplug, step: Step) -> StepState:
-        domain = self._call(f"looking up VM {payload.vm!r}", self._connection().lookupByName, payload.vm)
-        live = domxml.read_facts(self._call(f"reading VM {payload.vm!r}", domain.XMLDesc, 0)).hostdevs
-        wanted = {a for _, a in domxml.pci_hostdevs(domxml.parse(f"<domain><devices>{payload.hostdev_xml}"
-                                                                  "</devices></domain>"))}
-        there = wanted <= set(live)
+        there = self._live_holds(payload)
         return StepState("after" if there == payload.attach else "before")
+
+    def _live_holds(self, payload: Hotplug) -> bool:
+        """Does the running VM's live definition (virDomainGetXMLDesc without VIR_DOMAIN_XML_INACTIVE) hold the
+        device the hot-plug names? Two calls, on the connection of now (a new one after a lost reply)."""
+        domain = self._call(f"looking up VM {payload.vm!r}", self._connection().lookupByName, payload.vm)
+        live = self._call(f"reading the live definition of VM {payload.vm!r}", domain.XMLDesc, 0)
+        return self._device_in(live, payload.hostdev_xml)
+
+    @staticmethod
+    def _device_in(live_xml: str, device_xml: str) -> bool:
+        """A <hostdev> is in a live definition when every host PCI address of its <source> is (libvirt adds its own
+        <alias>, guest <address> and <driver name='vfio'/> to what it was given: the source names the device)."""
+        wanted = {a for _, a in domxml.pci_hostdevs(domxml.parse(f"<domain><devices>{device_xml}</devices></domain>"))}
+        return bool(wanted) and wanted <= set(domxml.read_facts(live_xml).hostdevs)
 
     @_observe.register(DefineDomain)
     def _observe_define(self, payload: DefineDomain, step: Step) -> StepState:
@@ -1476,10 +1500,14 @@ class KvmBackend(Backend):
     def _hotplug(self, vm: str, hostdev_xml: str, attach: bool) -> None:
         domain = self._call(f"looking up VM {vm!r}", self._connection().lookupByName, vm)
         flags = self._libvirt.VIR_DOMAIN_AFFECT_LIVE
-        if attach:
-            self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
-        else:
-            self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+        try:
+            if attach:
+                self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
+            else:
+                self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+        except NotSupported as refused:  # the advice that fits a live change, next to translate()'s own
+            raise NotSupported(refused.message, remedy="power the VM off and run the command again without --live; "
+                               f"{refused.remedy}") from refused.__cause__
 
 
 class _SecretsDenied(OperationFailed):

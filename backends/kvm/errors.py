@@ -30,7 +30,7 @@ def translate(libvirt: Any, error: Any, action: str, *, connecting: bool = False
     if code in {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NODE_DEVICE}:
         return NotFound(message)
     if code in {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}:
-        return NotSupported(message, remedy="this libvirt driver cannot do it; power the VM off and assign without --live")
+        return NotSupported(message, remedy="the host's libvirt driver does not offer this call (see libvirt's message)")
     if code == libvirt.VIR_ERR_CONFIG_UNSUPPORTED:
         # e.g. "host doesn't support passthrough of host PCI devices" on a live attach or a VM start.
         return NotSupported(message, remedy="this host or its QEMU cannot run that configuration; for PCI "

@@ -237,6 +237,26 @@ def test_live_assign_to_a_running_vm_fails_cleanly_on_a_driver_without_hotplug(t
     assert "vm-not-off" in codes(plan_for(backend, AssignmentRequest("busy", (A("41:00.0"),)), registry))
 
 
+def test_a_hostdev_is_told_in_a_running_vms_live_definition_by_its_source_address(tmp_path, open_backend):
+    """What the hot-plug's read-back asks after a lost reply (KvmBackend._live_holds, test_kvm_hotplug_readback_
+    libvirtd.py): is the <hostdev> in the running VM's live definition (XMLDesc without VIR_DOMAIN_XML_INACTIVE)?
+    A live device carries what libvirt adds (QEMU's alias and guest address); the device's source address tells it."""
+    from gpupass.backends.kvm import domxml
+    from gpupass.backends.kvm.steps import Hotplug
+    from gpupass.core.domain.pci import PciFunction
+
+    uri = testhost.write_host(tmp_path / "live.xml", [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", 5),
+                                                      testhost.gpu("0000:42:00.0", 0x1EB8, "TU104GL [Tesla T4]", 6)],
+                              [testhost.domain("busy", running=True, hostdevs=["0000:41:00.0"])])
+    backend = open_backend(uri)
+    live = backend._connection().lookupByName("busy").XMLDesc(0)
+    assert live.startswith("<domain type='test' id='1'>")  # the live definition: the domain runs (an ID)
+    held, other = (PciFunction(A(a), 0x10DE, 0x1EB8, 0x030200) for a in ("41:00.0", "42:00.0"))
+    assert backend._live_holds(Hotplug("busy", domxml.hostdev_xml(held), attach=True))
+    assert not backend._live_holds(Hotplug("busy", domxml.hostdev_xml(other), attach=True))
+    assert not backend._device_in(live, "<input type='tablet' bus='usb'/>")  # no source address: never "there"
+
+
 def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, registry, domain_xml):
     plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
     theirs = domain_xml(lab, "ml-train").replace("<vcpu placement='static'>8</vcpu>",

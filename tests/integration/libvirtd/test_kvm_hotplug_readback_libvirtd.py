@@ -1,0 +1,205 @@
+"""A hot-plug the REAL daemon carries out with its reply lost: the KVM backend's hot-plug code path (attach or detach
+with VIR_DOMAIN_AFFECT_LIVE, the live definition read back over a new connection, the undo read back the same way)
+run against a device this machine's libvirtd can plug into a running domain and take out of it.
+
+A GPU cannot be that device here. A live <hostdev type='pci'> needs VFIO: libvirt 9.0.0 src/qemu/qemu_hostdev.c,
+qemuHostdevPreparePCIDevicesCheckSupport (lines 157-203) refuses it with VIR_ERR_CONFIG_UNSUPPORTED "host doesn't
+support passthrough of host PCI devices" unless qemuHostdevHostSupportsPassthroughVFIO (lines 142-154) finds an IOMMU
+(virHostHasIOMMU, src/util/virutil.c 1431-1443: a non-empty /sys/kernel/iommu_groups/) and /dev/vfio/vfio
+(QEMU_DEV_VFIO, src/qemu/qemu_domain.h:82); this machine has neither. The libvirt test driver has no
+domainAttachDeviceFlags or domainDetachDeviceFlags at all (libvirt 9.0.0 src/test/test_driver.c, testHypervisorDriver)
+and runs inside the client, with no connection to lose.
+
+So the device is a USB tablet (<input type='tablet' bus='usb'/>): libvirt 9.0's QEMU driver hot-plugs and unplugs
+input devices (src/qemu/qemu_hotplug.c, qemuDomainAttachInputDevice; qemuDomainDetachPrepInput), and a USB device
+leaves QEMU at once, with no guest OS to ask (the domain here idles in its firmware). The test's backend is the
+product's KvmBackend with two things changed: the device its hot-plug steps carry, and how that device is told in
+the live definition (`_device_in`; the product tells a <hostdev> by the host PCI address of its <source>, checked on
+real libvirt output in tests/integration/kvm/test_kvm_testdriver.py). Everything else -- the plan, the apply, the
+core's read-back after a lost connection, the undo and its own read-back, the report -- is the product's, on the real
+daemon, through the proxy that loses replies (tests/support/libvirt_proxy.py).
+"""
+
+# The fault matrix's proxy fixture is imported below and taken as a parameter here, which ruff reads as a redefinition.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+
+from gpupass.backends.kvm import domxml, secretclaims  # noqa: E402
+from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.backends.kvm.steps import Hotplug  # noqa: E402
+from gpupass.core import records  # noqa: E402
+from gpupass.core.domain.pci import PciAddress  # noqa: E402
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest  # noqa: E402,E501
+from gpupass.core.errors import ConnectionFailed, OperationFailed  # noqa: E402
+from gpupass.core.plugins import default_registry  # noqa: E402
+from gpupass.core.service import execute, make_plan  # noqa: E402
+from gpupass.core.target import Target  # noqa: E402
+from support.libvirt_proxy import (DOMAIN_ATTACH_DEVICE_FLAGS, DOMAIN_DETACH_DEVICE_FLAGS,  # noqa: E402
+                                   DOMAIN_GET_XML_DESC)
+from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
+from test_kvm_fault_matrix_libvirtd import proxy  # noqa: E402,F401
+
+THE_GPU = records.replace(T4, address=PciAddress.parse("0000:4d:00.0"))  # claims are host-wide: a GPU of its own
+GPU = str(THE_GPU.address)
+VM = "gp-hr-1"
+TABLET = "<input type='tablet' bus='usb'/>"
+
+
+class KvmBackendPluggingATablet(KvmBackend):
+    """The product's backend whose hot-plug steps carry a USB tablet instead of the GPU's <hostdev>."""
+
+    def _hotplug_step(self, vm, function, attach):
+        step = super()._hotplug_step(vm, function, attach)
+        return records.replace(step, payload=Hotplug(vm, TABLET, attach))
+
+    @staticmethod
+    def _device_in(live_xml, device_xml):
+        assert device_xml == TABLET
+        return tablets(live_xml) == 1
+
+
+def tablets(xml: str) -> int:
+    return sum(1 for i in ET.fromstring(xml).iter("input") if (i.get("type"), i.get("bus")) == ("tablet", "usb"))
+
+
+def plan(backend, operation):
+    facts = with_gpus(backend.inventory(), THE_GPU)
+    request = AssignmentRequest(VM, (THE_GPU.address,), AssignOptions(live=True)) if operation == "assign" else \
+        ReleaseRequest(VM, (THE_GPU.address,), ReleaseOptions(live=True))
+    made = make_plan(backend, facts, request, default_registry())
+    assert not made.blocked, made.findings
+    verb = "kvm.hotplug" if operation == "assign" else "kvm.hotunplug"
+    assert [s.action for s in made.steps if s.writes] == [verb, "kvm.define-domain"]
+    return made
+
+
+def run(uri, operation):
+    with KvmBackendPluggingATablet(Target(uri=uri, name="session")) as backend:
+        return execute(backend, plan(backend, operation))
+
+
+def claim_now(conn):
+    try:
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, secretclaims.usage_id(GPU))
+    except libvirt.libvirtError as exc:
+        assert exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+        return None
+    return secretclaims.from_xml(secret.XMLDesc(0))
+
+
+@pytest.fixture
+def running(libvirt_conn):
+    """The VM defined and started (TCG, no disk: it idles in its firmware); -> its stored definition."""
+    stored = define(libvirt_conn, q35(VM))
+    domain = libvirt_conn.lookupByName(VM)
+    domain.create()
+    assert tablets(domain.XMLDesc(0)) == 0
+    yield stored
+    if (claim := claim_now(libvirt_conn)) is not None:
+        libvirt_conn.secretLookupByUUIDString(claim.uuid).undefine()
+    if domain.isActive():
+        domain.destroy()
+    domain.undefine()
+
+
+def live(conn) -> str:
+    return conn.lookupByName(VM).XMLDesc(0)
+
+
+def test_a_hotplug_carried_out_with_its_reply_lost_is_read_back_and_undone(libvirtd_uri, libvirt_conn, proxy,
+                                                                             running):
+    """The daemon plugs the device in and the reply is lost with the connection: the run cannot know from its call.
+    It reads the live definition again over a new connection, finds the device there, unplugs it and reports the VM
+    as it was (rolled back); live and stored definitions are exactly as before, no claim; the same assign again
+    converges (plugged in once, the GPU in the stored definition with its claim)."""
+    before = live(libvirt_conn)
+    with KvmBackendPluggingATablet(Target(uri=proxy.uri, name="proxied")) as backend:
+        made = plan(backend, "assign")
+        proxy.drop_reply_to(DOMAIN_ATTACH_DEVICE_FLAGS)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, made)
+    assert proxy.dropped.is_set()
+    assert isinstance(caught.value.__cause__, ConnectionFailed), caught.value.__cause__
+    assert caught.value.rolled_back is True, caught.value.message
+    assert "the failed step had gone through and was undone; the VM is as it was" in caught.value.message
+    assert live(libvirt_conn) == before and inactive_xml(libvirt_conn, VM) == running
+    assert claim_now(libvirt_conn) is None
+    run(libvirtd_uri, "assign")
+    assert tablets(live(libvirt_conn)) == 1
+    assert domxml.read_facts(inactive_xml(libvirt_conn, VM)).hostdevs == (THE_GPU.address,)
+    assert claim_now(libvirt_conn).vm == VM
+
+
+def test_a_hotplug_whose_reply_and_whose_undos_reply_are_lost_is_read_back_twice_and_reported_undone(
+        libvirtd_uri, libvirt_conn, proxy, running):
+    """Two lost replies in a row: the hot-plug's, then its undo's (the hot-unplug, carried out too). The undo is read
+    back over another new connection (KvmBackend._undo_hotplug): the device is gone, so the undo is done and the VM
+    is reported, and is, exactly as it was -- not "undo by hand", as it was before the undo was read back."""
+    before = live(libvirt_conn)
+    with KvmBackendPluggingATablet(Target(uri=proxy.uri, name="proxied")) as backend:
+        made = plan(backend, "assign")
+        proxy.drop_reply_to(DOMAIN_ATTACH_DEVICE_FLAGS)
+        proxy.drop_reply_to(DOMAIN_DETACH_DEVICE_FLAGS)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, made)
+    assert caught.value.rolled_back is True and "the VM is as it was" in caught.value.message, caught.value.message
+    assert "undo by hand" not in caught.value.message
+    assert live(libvirt_conn) == before and inactive_xml(libvirt_conn, VM) == running
+    assert claim_now(libvirt_conn) is None
+    run(libvirtd_uri, "assign")
+    assert tablets(live(libvirt_conn)) == 1
+
+
+def test_a_hotplug_whose_undo_cannot_be_read_back_is_reported_not_undone_with_the_step_named(
+        libvirtd_uri, libvirt_conn, proxy, running):
+    """Three lost replies: the hot-plug's, its undo's, and the read that would tell whether the undo went through.
+    gpupass cannot tell and says so: not rolled back, the step and its undo named, `status` the next command. (The
+    daemon did unplug it: the VM is as it was.) The same assign again converges."""
+    before = live(libvirt_conn)
+    with KvmBackendPluggingATablet(Target(uri=proxy.uri, name="proxied")) as backend:
+        made = plan(backend, "assign")
+        proxy.drop_reply_to(DOMAIN_ATTACH_DEVICE_FLAGS)
+        proxy.drop_reply_to(DOMAIN_DETACH_DEVICE_FLAGS)
+        proxy.drop_reply_to(DOMAIN_GET_XML_DESC, skip=1)  # the core's read-back passes, the undo's is lost
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, made)
+    assert caught.value.rolled_back is False, caught.value.message
+    assert f"these steps could not be undone: hot-plug {GPU}" in caught.value.message, caught.value.message
+    assert "undo by hand: hot-unplug it again; undo failed: hot-unplugging from VM 'gp-hr-1': End of file while " \
+        "reading data" in caught.value.message
+    assert "gpupass status proxied" in caught.value.remedy
+    assert live(libvirt_conn) == before and inactive_xml(libvirt_conn, VM) == running
+    run(libvirtd_uri, "assign")
+    assert tablets(live(libvirt_conn)) == 1
+
+
+def test_a_hot_unplug_carried_out_with_its_reply_lost_is_read_back_and_plugged_in_again(libvirtd_uri, libvirt_conn,
+                                                                                         proxy, running):
+    """`release --live`: the daemon unplugs the device and the reply is lost. Read back over a new connection, the
+    device is gone, so the step went through: it is undone (plugged in again) and the release reported rolled back;
+    the live definition holds the device again and the stored one the GPU with its claim, as before the release. The
+    same release again converges."""
+    run(libvirtd_uri, "assign")
+    assigned, plugged = inactive_xml(libvirt_conn, VM), live(libvirt_conn)
+    assert tablets(plugged) == 1 and claim_now(libvirt_conn).vm == VM
+    with KvmBackendPluggingATablet(Target(uri=proxy.uri, name="proxied")) as backend:
+        made = plan(backend, "release")
+        proxy.drop_reply_to(DOMAIN_DETACH_DEVICE_FLAGS)
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, made)
+    assert proxy.dropped.is_set()
+    assert isinstance(caught.value.__cause__, ConnectionFailed), caught.value.__cause__
+    assert caught.value.rolled_back is True, caught.value.message
+    assert "the failed step had gone through and was undone; the VM is as it was" in caught.value.message
+    assert tablets(live(libvirt_conn)) == 1 and inactive_xml(libvirt_conn, VM) == assigned
+    assert claim_now(libvirt_conn).vm == VM
+    run(libvirtd_uri, "release")
+    assert tablets(live(libvirt_conn)) == 0 and inactive_xml(libvirt_conn, VM) == running
+    assert claim_now(libvirt_conn) is None
