@@ -177,7 +177,12 @@ class LibvirtProxy:
             except OSError:
                 return
             daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            daemon.connect(str(self.daemon_socket))
+            try:
+                daemon.connect(str(self.daemon_socket))
+            except OSError:  # the daemon is down (killed by a test): the client's connection is closed at once
+                _shut(client)
+                daemon.close()
+                continue
             link = _Link(client, daemon)
             self._links.append(link)
             threading.Thread(target=self._calls, args=(link,), daemon=True).start()

@@ -410,6 +410,30 @@ class UnprivilegedLibvirtd:
         finally:
             conn.close()
 
+    # -- a daemon that dies and comes back (the fault matrix's "endpoint killed") ---------------------------------
+    def kill_daemon(self) -> None:
+        """SIGKILL libvirtd itself, as a host's daemon dies under its clients; virtlogd and any QEMU stay."""
+        assert self.process is not None and self.process.poll() is None, "libvirtd is not running"
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def relaunch(self) -> None:
+        """Start libvirtd again on the same directories, as a host restarts it: it loads the domain definitions and
+        the persistent secrets it had saved (both written to its config dir before it answers a define)."""
+        assert self.process is not None and self.process.poll() is not None, "libvirtd still runs"
+        as_root = os.geteuid() == 0
+        bins = check_prerequisites(need_setpriv=as_root)
+        if as_root:
+            pw = pwd.getpwnam(self.user)
+            uid, gid = pw.pw_uid, pw.pw_gid
+        else:
+            uid, gid = os.getuid(), os.getgid()
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        self._launch(bins, as_root, uid, gid)
+        self._wait_for_socket()
+
     # -- stopping ----------------------------------------------------------------
     def _pidfile_pids(self) -> dict[int, str]:
         """PIDs named by pid files under the runtime dir (libvirtd, virtlogd, QEMU)."""

@@ -1,0 +1,217 @@
+"""The endpoint's faults on each write of an assign and of a release, on a REAL libvirtd: the daemon KILLED (SIGKILL)
+with the write on the wire -- before it carried it out, or after, its reply still on the way -- and restarted as a host
+restarts it; and the daemon FROZEN (SIGSTOP) with the write in its socket, thawed after gpupass gave up.
+
+The writes are the fault matrix's (test_kvm_fault_matrix_libvirtd.py): the GPU's claim (secretDefineXML), the VM's
+definition (defineXML), the claim's removal (virSecretUndefine). A proxy in front of the daemon's socket
+(tests/support/libvirt_proxy.py) holds the write until the daemon is killed or frozen, so no sleep decides the
+timing. libvirtd saves a domain definition and a persistent secret to its config dir before it answers the call
+(libvirt 9.0.0 src/qemu/qemu_driver.c, qemuDomainDefineXMLFlags -> virDomainDefSave; src/secret/secret_driver.c,
+secretDefineXML -> virSecretObjSaveDef for a secret that is not ephemeral): what it carried out before it died is
+there when it comes back; what never reached it is not.
+
+gpupass cannot read the host while the daemon is down or frozen: every fault is reported "not known" (rolled_back
+false), bounded by the host's timeout. The host is then exactly before or exactly after, or it holds a claim that
+`status` shows on the VM with the commands that finish or clear it; the same command again converges.
+
+The daemon is one of this file's own (killing the suite's would break every other test's connection).
+"""
+
+# The fault matrix's helpers are imported below; ruff reads a fixture taken as a parameter as a redefinition.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install 'gpupass[kvm]')")
+
+from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
+from gpupass.core.errors import OperationFailed  # noqa: E402
+from gpupass.core.service import execute  # noqa: E402
+from gpupass.core.target import Target  # noqa: E402
+from support.libvirt_proxy import LibvirtProxy  # noqa: E402
+from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
+from test_kvm_fault_matrix_libvirtd import GPU, IDS, OTHER, VM, WRITES, claim_now, plan_for, run, status  # noqa: E402
+from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
+
+TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def own_daemon():
+    daemon = UnprivilegedLibvirtd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def proxy(own_daemon):
+    directory = Path(tempfile.mkdtemp(prefix="gp-pk-", dir="/tmp"))  # UNIX socket paths must stay short
+    running = LibvirtProxy(own_daemon.socket_path, directory / "sock")
+    yield running
+    running.close()
+    directory.rmdir()
+
+
+@pytest.fixture
+def host(own_daemon):
+    """Two powered-off VMs on the file's daemon; -> (the VM's definition without the GPU, with it)."""
+    conn = libvirt.open(own_daemon.uri)
+    free = define(conn, q35(VM))
+    define(conn, q35(OTHER))
+    run(own_daemon.uri, VM, "assign")
+    assigned = inactive_xml(conn, VM)
+    run(own_daemon.uri, VM, "release")
+    conn.close()
+    yield free, assigned
+    if not own_daemon.running:  # a test that failed with the daemon down
+        own_daemon.relaunch()
+    conn = libvirt.open(own_daemon.uri)
+    if (claim := claim_now(conn)) is not None:
+        conn.secretLookupByUUIDString(claim.uuid).undefine()
+    for name in (VM, OTHER):
+        conn.lookupByName(name).undefine()
+    conn.close()
+
+
+def faulted(proxy, operation, procedure, fault, withhold=False):
+    """Run `operation` through the proxy in a thread; when its call of `procedure` is held, apply `fault` (a callable)
+    and let the call go on (`withhold`: its reply is kept from gpupass). -> the error gpupass reported."""
+    failure: list[BaseException] = []
+
+    def go():
+        with KvmBackend(Target(uri=proxy.uri, name="faulted", timeout=TIMEOUT_S)) as backend:
+            plan = plan_for(backend, VM, operation)
+            proxy.hold_call_to(procedure)
+            if withhold:
+                proxy.withhold_reply_to(procedure)
+            try:
+                execute(backend, plan)
+            except BaseException as error:  # noqa: BLE001 - what the test asserts on
+                failure.append(error)
+
+    running = threading.Thread(target=go)
+    running.start()
+    try:
+        assert proxy.held.wait(60), "the write never reached the proxy"
+        fault()
+    finally:
+        proxy.release()
+        running.join(120)
+    assert not running.is_alive(), "gpupass did not give up within its bounds"
+    error, = failure
+    assert isinstance(error, OperationFailed), error
+    return error
+
+
+def expect_after_restart(conn, operation, procedure, carried_out, free, assigned):
+    """What the host holds once the daemon is back: the writes before the faulted one, and that one if carried out.
+    -> whether a claim is left on a VM that does not hold the GPU (status must show it)."""
+    order = [p for o, p in WRITES if o == operation]
+    made = order[:order.index(procedure) + (1 if carried_out else 0)]
+    claim = claim_now(conn)
+    if operation == "assign":
+        holds = len(made) == 2
+        assert inactive_xml(conn, VM) == (assigned if holds else free)
+        assert (claim.vm if claim else None) == (VM if made else None)
+        return bool(made) and not holds
+    released = len(made) >= 1
+    assert inactive_xml(conn, VM) == (free if released else assigned)
+    assert (claim.vm if claim else None) == (None if len(made) == 2 else VM)
+    return released and len(made) == 1
+
+
+def converges(uri, operation, free, assigned, left_claim):
+    shown = status(uri)
+    if left_claim:
+        note, = shown[VM]
+        assert f"a claim on {GPU} for this VM" in note and f"`gpupass release HOST {VM} {GPU}`" in note, note
+    else:
+        assert shown == {VM: (), OTHER: ()}
+    run(uri, VM, operation, takeover_s=0.3)  # the same command again finishes it
+    conn = libvirt.open(uri)
+    try:
+        claim = claim_now(conn)
+        assert inactive_xml(conn, VM) == (assigned if operation == "assign" else free)
+        assert (claim.vm if claim else None) == (VM if operation == "assign" else None)
+    finally:
+        conn.close()
+    assert status(uri) == {VM: (), OTHER: ()}
+
+
+@pytest.mark.parametrize("carried_out", [False, True], ids=["before-the-work", "after-the-work"])
+@pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)
+def test_a_daemon_killed_with_a_write_on_the_wire_is_reported_not_known_and_a_rerun_converges(
+        own_daemon, proxy, host, operation, procedure, carried_out):
+    """SIGKILL of libvirtd with the write held at the proxy (never carried out), or once the daemon has carried it out
+    with its reply held back. gpupass's connection drops; reading the host again fails (nothing listens): reported
+    not known, not rolled back, the host named. Restarted, the daemon holds exactly what it had carried out."""
+    free, assigned = host
+    if operation == "release":
+        run(own_daemon.uri, VM, "assign")
+
+    def kill():
+        if carried_out:
+            proxy.release()
+            assert proxy.replied.wait(30), "the daemon never carried the write out"
+        own_daemon.kill_daemon()
+
+    error = faulted(proxy, operation, procedure, kill, withhold=carried_out)
+    assert error.rolled_back is False, error.message
+    assert "could not be read again" in error.message, error.message
+    own_daemon.relaunch()
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        left_claim = expect_after_restart(conn, operation, procedure, carried_out, free, assigned)
+    finally:
+        conn.close()
+    converges(own_daemon.uri, operation, free, assigned, left_claim)
+
+
+@pytest.mark.parametrize("operation,procedure", WRITES, ids=IDS)
+def test_a_daemon_frozen_with_a_write_in_its_socket_is_reported_not_known_and_the_thawed_host_converges(
+        own_daemon, proxy, host, operation, procedure):
+    """SIGSTOP of libvirtd, then the write goes into its socket: no answer comes, gpupass gives up after the host's
+    timeout and cannot read the host again (it does not answer either): reported not known, not rolled back. Thawed,
+    the daemon carries the waiting write out: the host is exactly after that write."""
+    free, assigned = host
+    if operation == "release":
+        run(own_daemon.uri, VM, "assign")
+    frozen = False
+
+    def freeze():
+        nonlocal frozen
+        os.kill(own_daemon.pid, signal.SIGSTOP)
+        frozen = True
+
+    try:
+        error = faulted(proxy, operation, procedure, freeze)
+    finally:
+        if frozen:
+            os.kill(own_daemon.pid, signal.SIGCONT)
+    assert error.rolled_back is False, error.message
+    assert f"did not answer within {TIMEOUT_S:g}s" in error.message, error.message
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        deadline = time.monotonic() + 30  # the thawed daemon serves what waited in its socket
+        while True:
+            try:
+                left_claim = expect_after_restart(conn, operation, procedure, True, free, assigned)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        conn.close()
+    converges(own_daemon.uri, operation, free, assigned, left_claim)
