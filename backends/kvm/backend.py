@@ -1497,6 +1497,22 @@ class KvmBackend(Backend):
     def _after_define(self, domain: Any, action: str) -> None:
         """Called with each domain this backend (re)defined."""
 
+    def _check_unplugged(self, vm: str, domain: Any, hostdev_xml: str) -> None:
+        """A live detach that libvirt answered is not yet a device gone: for a PCI device the guest OS must agree, and
+        libvirt waits only so long for it, then returns success with the unplug still pending (libvirt 9.0.0
+        src/qemu/qemu_hotplug.c: qemuDomainDetachDeviceLive lines 6088-6093, qemuDomainWaitForDeviceRemoval 5197-5235
+        returning 0 after qemuDomainGetUnplugTimeout, 5 s on x86). The live definition says which: a device still
+        there is reported, never a release done."""
+        live = self._call(f"reading the live definition of VM {vm!r}", domain.XMLDesc, 0)
+        if self._device_in(live, hostdev_xml):
+            # Not rolled back: QEMU has no way to take an unplug request back, and the guest may still grant it.
+            raise _UnplugPending(
+                f"VM '{vm}' has not let go of the device: libvirt asked its guest to unplug it and stopped waiting "
+                "(the request stays pending in the guest, which may still grant it); its persistent definition was "
+                "not changed", remedy="release the device in the guest OS (or shut the VM down), then run the same "
+                                      "command again; `virsh dumpxml VM` shows whether the VM still holds it",
+                rolled_back=False)
+
     def _hotplug(self, vm: str, hostdev_xml: str, attach: bool) -> None:
         domain = self._call(f"looking up VM {vm!r}", self._connection().lookupByName, vm)
         flags = self._libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -1505,9 +1521,14 @@ class KvmBackend(Backend):
                 self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
             else:
                 self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
+                self._check_unplugged(vm, domain, hostdev_xml)
         except NotSupported as refused:  # the advice that fits a live change, next to translate()'s own
             raise NotSupported(refused.message, remedy="power the VM off and run the command again without --live; "
                                f"{refused.remedy}") from refused.__cause__
+
+
+class _UnplugPending(OperationFailed):
+    """libvirt asked the guest to let a device go and stopped waiting: the request stays with the guest."""
 
 
 class _SecretsDenied(OperationFailed):

@@ -203,3 +203,49 @@ def test_a_hot_unplug_carried_out_with_its_reply_lost_is_read_back_and_plugged_i
     run(libvirtd_uri, "release")
     assert tablets(live(libvirt_conn)) == 0 and inactive_xml(libvirt_conn, VM) == running
     assert claim_now(libvirt_conn) is None
+
+
+# -- a hot-unplug the guest does not grant ---------------------------------------------------------------------------
+RNG = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
+
+
+class KvmBackendPluggingAPciDevice(KvmBackend):
+    """The product's backend whose hot-plug steps carry a virtio RNG: a PCI device, like a GPU, whose unplug the guest
+    OS must agree to (PCIe native hot-plug); the domain here idles in its firmware, which never does."""
+
+    def _hotplug_step(self, vm, function, attach):
+        step = super()._hotplug_step(vm, function, attach)
+        return records.replace(step, payload=Hotplug(vm, RNG, attach))
+
+    @staticmethod
+    def _device_in(live_xml, device_xml):
+        assert device_xml == RNG
+        return ET.fromstring(live_xml).find("devices/rng") is not None
+
+
+def test_a_hot_unplug_the_guest_does_not_grant_is_reported_pending_and_the_release_goes_no_further(
+        libvirtd_uri, libvirt_conn, running):
+    """`release --live` of a PCI device from a guest that does not let it go: libvirt asks, waits 5 s and answers
+    success with the device still in the VM (libvirt 9.0.0 src/qemu/qemu_hotplug.c, qemuDomainDetachDeviceLive and
+    qemuDomainWaitForDeviceRemoval). Before: gpupass then removed the GPU from the stored definition and its claim and
+    reported it released while the running VM still held it. Now the live definition is read after the detach: the
+    step fails saying the unplug is pending in the guest, not rolled back (QEMU cannot take the request back), and
+    nothing else is changed: the stored definition and the claim stay. Once the VM is off, the release goes through."""
+    with KvmBackendPluggingAPciDevice(Target(uri=libvirtd_uri, name="session")) as backend:
+        execute(backend, plan(backend, "assign"))
+    assigned = inactive_xml(libvirt_conn, VM)
+    assert ET.fromstring(live(libvirt_conn)).find("devices/rng") is not None and claim_now(libvirt_conn).vm == VM
+    with KvmBackendPluggingAPciDevice(Target(uri=libvirtd_uri, name="session")) as backend:
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, plan(backend, "release"))
+    assert caught.value.rolled_back is False, caught.value.message
+    assert f"VM '{VM}' has not let go of the device: libvirt asked its guest to unplug it and stopped waiting" \
+        in caught.value.message, caught.value.message
+    assert "release the device in the guest OS (or shut the VM down)" in caught.value.remedy
+    assert ET.fromstring(live(libvirt_conn)).find("devices/rng") is not None  # still in the running VM
+    assert inactive_xml(libvirt_conn, VM) == assigned and claim_now(libvirt_conn).vm == VM
+    libvirt_conn.lookupByName(VM).destroy()
+    with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
+        execute(backend, make_plan(backend, with_gpus(backend.inventory(), THE_GPU), ReleaseRequest(VM),
+                                   default_registry()))
+    assert inactive_xml(libvirt_conn, VM) == running and claim_now(libvirt_conn) is None
