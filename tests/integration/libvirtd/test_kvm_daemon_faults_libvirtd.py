@@ -3,11 +3,12 @@ with the write on the wire -- before it carried it out, or after, its reply stil
 restarts it; and the daemon FROZEN (SIGSTOP) with the write in its socket, thawed after gpupass gave up.
 
 The writes are the fault matrix's (test_kvm_fault_matrix_libvirtd.py): the GPU's claim (secretDefineXML), the VM's
-definition (defineXML), the claim's removal (virSecretUndefine). A proxy in front of the daemon's socket
+definition (defineXML), the claim's removal (virSecretUndefine); and the removal of a claim a stopped run left
+(kvm.drop-claim) and a vGPU share's define (test_kvm_share_faults_libvirtd.py). A proxy in front of the daemon's socket
 (tests/support/libvirt_proxy.py) holds the write until the daemon is killed or frozen, so no sleep decides the
 timing. libvirtd saves a domain definition and a persistent secret to its config dir before it answers the call
 (libvirt 9.0.0 src/qemu/qemu_driver.c, qemuDomainDefineXMLFlags -> virDomainDefSave; src/secret/secret_driver.c,
-secretDefineXML -> virSecretObjSaveDef for a secret that is not ephemeral): what it carried out before it died is
+secretDefineXML -> virSecretObjSaveConfig for a secret that is not ephemeral): what it carried out before it died is
 there when it comes back; what never reached it is not.
 
 gpupass cannot read the host while the daemon is down or frozen: every fault is reported "not known" (rolled_back
@@ -39,6 +40,7 @@ from gpupass.core.service import execute  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.libvirt_proxy import LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
+from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
 from test_kvm_fault_matrix_libvirtd import GPU, IDS, OTHER, VM, WRITES, claim_now, plan_for, run, status  # noqa: E402
 from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
 
@@ -84,14 +86,14 @@ def host(own_daemon):
     conn.close()
 
 
-def faulted(proxy, operation, procedure, fault, withhold=False):
+def faulted(proxy, operation, procedure, fault, withhold=False, planner=None, backend_class=KvmBackend):
     """Run `operation` through the proxy in a thread; when its call of `procedure` is held, apply `fault` (a callable)
     and let the call go on (`withhold`: its reply is kept from gpupass). -> the error gpupass reported."""
     failure: list[BaseException] = []
 
     def go():
-        with KvmBackend(Target(uri=proxy.uri, name="faulted", timeout=TIMEOUT_S)) as backend:
-            plan = plan_for(backend, VM, operation)
+        with backend_class(Target(uri=proxy.uri, name="faulted", timeout=TIMEOUT_S)) as backend:
+            plan = planner(backend) if planner else plan_for(backend, VM, operation)
             proxy.hold_call_to(procedure)
             if withhold:
                 proxy.withhold_reply_to(procedure)
@@ -215,3 +217,113 @@ def test_a_daemon_frozen_with_a_write_in_its_socket_is_reported_not_known_and_th
     finally:
         conn.close()
     converges(own_daemon.uri, operation, free, assigned, left_claim)
+
+
+# -- a release finishing what a stopped one left (its claim), and a vGPU share's define --------------------------------
+def kill_or_freeze(own_daemon, proxy, fault):
+    """-> (the fault to apply when the call is held, whether its reply is withheld, what to undo after it)."""
+    if fault == "frozen":
+        def freeze():
+            os.kill(own_daemon.pid, signal.SIGSTOP)
+        return freeze, False, lambda: os.kill(own_daemon.pid, signal.SIGCONT)
+
+    def kill():
+        if fault == "killed-after-the-work":
+            proxy.release()
+            assert proxy.replied.wait(30), "the daemon never carried the write out"
+        own_daemon.kill_daemon()
+    return kill, fault == "killed-after-the-work", own_daemon.relaunch
+
+
+def eventually(check):
+    deadline = time.monotonic() + 30  # a thawed daemon serves what waited in its socket
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+FAULTS = ["killed-before-the-work", "killed-after-the-work", "frozen"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_daemon_fault_on_the_removal_of_a_claim_a_stopped_run_left_is_reported_and_the_release_again_converges(
+        own_daemon, proxy, host, fault):
+    """The VM holds no GPU but a stopped run's claim names it; `release` removes it (kvm.drop-claim, virSecretUndefine
+    by its UUID). The daemon killed or frozen on that call: reported not known; back, the claim is there (status shows
+    it, the release again removes it) or gone (exactly released)."""
+    from gpupass.backends.kvm import secretclaims
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        vm_uuid = conn.lookupByName(VM).UUIDString()
+        conn.secretDefineXML(secretclaims.to_xml(secretclaims.new(GPU, VM, vm_uuid, "t", "a stopped run", 0.0)), 0)
+    finally:
+        conn.close()
+    free, assigned = host
+    apply, withhold, after = kill_or_freeze(own_daemon, proxy, fault)
+    try:
+        error = faulted(proxy, "release", SECRET_UNDEFINE, apply, withhold=withhold)
+    finally:
+        after()
+    assert error.rolled_back is False, error.message
+    removed = fault != "killed-before-the-work"
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        eventually(lambda: assert_claim(conn, None if removed else VM))
+        assert inactive_xml(conn, VM) == free
+    finally:
+        conn.close()
+    converges(own_daemon.uri, "release", free, assigned, left_claim=not removed)
+
+
+def assert_claim(conn, vm):
+    claim = claim_now(conn)
+    assert (claim.vm if claim else None) == vm
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_daemon_fault_on_a_vgpu_share_define_leaves_the_vm_exactly_before_or_after_and_a_rerun_converges(
+        own_daemon, proxy, fault, operation):
+    """The define that gives a domain its mediated device or takes it back (test_kvm_share_faults_libvirtd.py), with
+    the daemon killed before or after carrying it out, or frozen: reported not known; the VM exactly before or after
+    (shares carry no claim), nothing for status to show, the same command again converges."""
+    from test_kvm_share_faults_libvirtd import VM as SHARE_VM, KvmBackendWithAVgpu, plan_share
+    from test_kvm_share_faults_libvirtd import run as run_share
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        free = define(conn, q35(SHARE_VM))
+        run_share(own_daemon.uri, "assign")
+        given = inactive_xml(conn, SHARE_VM)
+        if operation == "assign":
+            run_share(own_daemon.uri, "release")
+        before, after = (free, given) if operation == "assign" else (given, free)
+        apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+        try:
+            error = faulted(proxy, operation, DOMAIN_DEFINE_XML, apply, withhold=withhold,
+                            planner=lambda backend: plan_share(backend, operation), backend_class=KvmBackendWithAVgpu)
+        finally:
+            afterwards()
+        assert error.rolled_back is False, error.message
+        conn.close()
+        conn = libvirt.open(own_daemon.uri)
+        expected = before if fault == "killed-before-the-work" else after
+
+        def exactly():
+            assert inactive_xml(conn, SHARE_VM) == expected
+        eventually(exactly)
+        with KvmBackendWithAVgpu(Target(uri=own_daemon.uri, name="session")) as backend:
+            assert backend.inventory().find_vm(SHARE_VM).unfinished == ()
+        run_share(own_daemon.uri, operation)  # the same command again converges
+        assert inactive_xml(conn, SHARE_VM) == after
+    finally:
+        if not own_daemon.running:
+            own_daemon.relaunch()
+            conn = libvirt.open(own_daemon.uri)
+        conn.lookupByName(SHARE_VM).undefine()
+        conn.close()
