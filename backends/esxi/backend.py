@@ -466,19 +466,25 @@ class EsxiBackend(Backend):
                              or isinstance(s.payload, Reboot) and (s.payload.enter_maintenance or s.payload.exit_after)})
             intent = esxi_claims.encode_intent("assign", [d["address"] for d in devices],
                                                [s.description for s in steps], leaves)
-            steps.insert(0, Step(
-                action="esxi.intent",
-                description=f"record in VM '{vm.name}' that this assign has begun (extraConfig "
-                            f"{esxi_claims.INTENT_KEY}; removed by its last step)",
-                undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
-                changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
-                payload=Intent(vm.name, intent, raw.change_version,
-                               previous=raw.extra.get(esxi_claims.INTENT_KEY, ""))))
+            steps.insert(0, self._intent_step(vm.name, raw, intent))
         if steps or esxi_claims.INTENT_KEY in raw.extra:
             changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                          tuple(summary)))
         return steps
+
+    @staticmethod
+    def _intent_step(vm: str, raw: VmPlan, intent: str) -> Step:
+        """The first step of an assign with host steps: its intent record written in the VM before them (removed by
+        the VM's reconfigure, its last step), guarded by the changeVersion the plan read; its undo puts back the
+        record a stopped run had left there, if any."""
+        return Step(
+            action="esxi.intent",
+            description=f"record in VM '{vm}' that this assign has begun (extraConfig {esxi_claims.INTENT_KEY}; "
+                        "removed by its last step)",
+            undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
+            changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
+            payload=Intent(vm, intent, raw.change_version, previous=raw.extra.get(esxi_claims.INTENT_KEY, "")))
 
     def _reboot_step(self, host_name: str, in_maintenance: bool, pending: list[str] | None = None,
                      exit_after: bool = False, devices: Sequence[str] = ()) -> Step:
@@ -626,14 +632,7 @@ class EsxiBackend(Backend):
             # removed by the VM's reconfigure lets `status` say so, and the same assign again finishes.
             intent = esxi_claims.encode_intent("assign-share", [f"{change.location}/{change.gpu}"],
                                                [s.description for s in steps])
-            steps.insert(0, Step(
-                action="esxi.intent",
-                description=f"record in VM '{vm.name}' that this assign has begun (extraConfig "
-                            f"{esxi_claims.INTENT_KEY}; removed by its last step)",
-                undo=f"remove extraConfig {esxi_claims.INTENT_KEY}",
-                changes=(f"extraConfig {esxi_claims.INTENT_KEY}",),
-                payload=Intent(vm.name, intent, raw.change_version,
-                               previous=raw.extra.get(esxi_claims.INTENT_KEY, ""))))
+            steps.insert(0, self._intent_step(vm.name, raw, intent))
         if steps or esxi_claims.INTENT_KEY in raw.extra:
             changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
         return [*steps, self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
