@@ -382,11 +382,33 @@ class EsxiBackend(Backend):
         # hosts a stopped run put in maintenance mode for its reboot and left there: this run finishes its step
         left_in_maintenance = {h for h in (left["maintenance"] if left else ()) if h in state.hosts
                                and state.hosts[h].maintenance}
-        by_host: dict[str, list[str]] = {}
+        # vSphere API reference, HostPciPassthruInfo: passthruEnabled "Whether passThru has been configured by the
+        # user", passthruActive "Whether passThru is active for this device (meaning enabled + rebooted)". So the
+        # enable step is decided by passthruEnabled alone, and whether a reboot (or applyNow) must follow by
+        # passthruActive alone: a device active but no longer enabled (switched off after the reboot that made it
+        # active, e.g. by the undo of a run that failed later) is passthrough only until the next reboot -- it is
+        # enabled again, with no reboot, since the configuration then matches what runs.
+        by_host: dict[str, list[str]] = {}  # not active: enabled where needed, then activated
+        reenable: dict[str, list[str]] = {}  # active, not enabled: enabled again, nothing to activate
         for gpu in ctx.gpus:
+            host_state = state.hosts[gpu.location]
             for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
-                if not state.hosts[gpu.location].active.get(str(function.address), False):
-                    by_host.setdefault(gpu.location, []).append(str(function.address))
+                pci_id = str(function.address)
+                if not host_state.active.get(pci_id, False):
+                    by_host.setdefault(gpu.location, []).append(pci_id)
+                elif not host_state.enabled.get(pci_id, False):
+                    reenable.setdefault(gpu.location, []).append(pci_id)
+        for host_name, ids in reenable.items():
+            steps.append(Step(
+                action="esxi.passthrough",
+                description=f"enable passthrough again for {', '.join(ids)} on host {host_name} (active, but switched "
+                            "off since the reboot that made it active: without this, passthrough ends at the next "
+                            "reboot; no reboot needed)",
+                undo="disable passthrough for them again (UpdatePassthruConfig passthruEnabled=False)",
+                changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=True" for i in ids),
+                preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
+                        + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in ids) + "\n",
+                payload=Passthrough(host_name, tuple(ids), enable=True)))
         for host_name, ids in by_host.items():
             host = state.hosts[host_name]
             if host.rebind and not any(self._enabled(state, host_name, i) for i in ids):

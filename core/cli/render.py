@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from gpupass.core.cli.escape import shown
 from gpupass.core.domain.findings import Finding, Severity
-from gpupass.core.domain.inventory import Gpu, HostFacts, qualified
+from gpupass.core.domain.inventory import Gpu, HostFacts, PassthroughState, qualified
 from gpupass.core.domain.mmio import MmioPolicy, format_bytes, mmio_need
 from gpupass.core.domain.pci import PciAddress
 
@@ -88,7 +88,7 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
         elif not state.capable:
             passthrough = "not capable"
         else:
-            passthrough = "active" if state.active else ("enabled, reboot pending" if state.enabled else "disabled")
+            passthrough = _passthrough_word(state)
         rows.append([
             qualified(gpu),
             gpu.model,
@@ -120,6 +120,14 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
         # The backend's word on why this host offers no GPU sharing (Host.settings["sharing_unavailable"]).
         lines += ["", shown(f"sharing: {unavailable}")]
     return "\n".join(lines)
+
+
+def _passthrough_word(state: PassthroughState) -> str:
+    if state.active:
+        # HostPciPassthruInfo (vSphere API reference): active means "enabled + rebooted"; a device switched off
+        # since that reboot is still passthrough, until the next one
+        return "active but disabled: passthrough ends at next reboot" if state.enabled is False else "active"
+    return "enabled, reboot pending" if state.enabled else "disabled"
 
 
 def _share_holders(gpu: Gpu) -> str:
@@ -196,6 +204,12 @@ def status(facts: HostFacts) -> str:
             f"  {shown(qualified(g))} ({shown(g.model)}): {_share_use(g)}" for g in shared]
     if incapable:
         lines += ["", "not capable of passthrough:"] + [f"  {shown(qualified(g))} ({shown(g.model)})" for g in incapable]
+    ending = [g for g in facts.gpus if g.passthrough.capable and g.passthrough.active and g.passthrough.enabled is False]
+    if ending:
+        lines += ["", "active but disabled (passthrough ends at the next host reboot; enable it again in the vSphere "
+                      "Client, Configure > PCI Devices, or by a `gpupass assign` of it to a VM that does not hold it):"]
+        lines += [f"  {shown(qualified(g))} ({shown(g.model)})"
+                  + (f", held by {shown(g.assigned_to)}" if g.assigned_to else "") for g in ending]
     unfinished = [(vm.name, item) for vm in facts.vms for item in vm.unfinished]
     unfinished += [("(host)", item) for item in host.unfinished]  # left by a run on a VM that is gone
     if unfinished:

@@ -162,6 +162,16 @@ def passthrough_enabled_on_host(ctx: CheckContext) -> Iterable[Finding]:
                 "check the platform's passthrough requirements for this device and slot",
                 subject=str(gpu.address),
             )
+        elif state.active and state.enabled is False:
+            # Active ("enabled + rebooted") but no longer configured ("configured by the user"): vSphere API
+            # reference, HostPciPassthruInfo. It stays passthrough only until the host's next reboot.
+            yield info(
+                "host-passthrough-ends-at-reboot",
+                f"GPU {gpu.address} is active for passthrough but disabled on host {gpu.location or ctx.facts.host.name} "
+                "(switched off since the reboot that made it active): passthrough ends at the next reboot, so the "
+                "plan enables it again (no reboot needed)",
+                subject=str(gpu.address),
+            )
         elif not state.active:
             pending = "is enabled but not active yet" if state.enabled else "is not enabled for passthrough"
             host = gpu.location or ctx.facts.host.name
