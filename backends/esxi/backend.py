@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import http.client
 import logging
 import re
 import time
@@ -175,7 +176,17 @@ class EsxiBackend(Backend):
         except GpupassError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyvmomi raises faults as exceptions; translated by type
-            raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
+            raise self._lost(exc, translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host)) \
+                from exc
+
+    def _lost(self, cause: BaseException, error: GpupassError) -> GpupassError:
+        """A request that got no answer (a connection closed, reset or timed out) leaves its session unused from then
+        on: the endpoint may have died with it and started again without the sessions it held (vpxd and hostd keep
+        them in memory: assumed, as vcsim's /gpupass/restart models it), and a read-back over the old cookie would
+        then fail NotAuthenticated. The next call logs in again (its cost: one Login); the error is returned as is."""
+        if isinstance(error, ConnectionFailed) and isinstance(cause, (OSError, http.client.HTTPException)):
+            self._drop_session()
+        return error
 
     def _root_folder(self) -> Any:
         """The datacenter the URI names (or the root folder): a reference, found once per session."""
@@ -885,7 +896,8 @@ class EsxiBackend(Backend):
         except tasks.Unsettled as unsettled:  # a host task whose end is not known: said with the host as it is
             raise self._unsettled_error(unsettled, False, (), None) from None
         except Exception as exc:  # noqa: BLE001 - translated by type
-            raise translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host) from exc
+            raise self._lost(exc, translate(exc, action, timeout=self.target.timeout, host=self._endpoint.host)) \
+                from exc
 
     @functools.singledispatchmethod
     def _apply(self, payload: object) -> Any:
@@ -1319,6 +1331,8 @@ class EsxiBackend(Backend):
                     raise tasks.Unsettled(host, f"{error.message}; vCenter lists no such task for host {host}: the "
                                                 "request may not have reached it yet, or never will")
                 task = found.ref
+            else:  # the task as a reference on the session in use now (the one that sent it may be gone)
+                task = type(task)(task._moId, self._session._stub)
             return self._task_end(task, action)
         except tasks.Unsettled:
             raise

@@ -561,6 +561,12 @@ class VCSim:
         carried out (a request lost on the way)."""
         return self._control("POST", "/gpupass/release", discard="1" if discard else None)
 
+    def restart(self, carried: bool = False) -> Any:
+        """The endpoint killed and started again at once with its inventory (vcsim/http.go, /gpupass/restart): the
+        held call is lost with it, or with *carried* was carried out first; its connection closes unanswered and
+        every session seen so far is gone (NotAuthenticated)."""
+        return self._control("POST", "/gpupass/restart", carried="1" if carried else None)
+
     def reconnect_host(self, name: str) -> Any:
         return self._control("POST", "/gpupass/reconnect", host=name)
 

@@ -52,6 +52,24 @@ package main
 //	    none waiting, disarms the holds.  With discard=1 the held call is not
 //	    carried out: its connection is closed unanswered (a request lost on the
 //	    way, before the host saw it).
+//	POST /gpupass/restart[?carried=1]
+//	    The endpoint killed and started again at once, its inventory kept:
+//	    the model of an endpoint kill (docs/faults.md).  The held call (see
+//	    /gpupass/hold) is lost with the process (default: never carried out)
+//	    or was carried out before it died (carried=1); either way its
+//	    connection is closed unanswered.  Every session a request was seen
+//	    with is gone: its cookie gets NotAuthenticated from then on, except on
+//	    the calls that open a new session -- as deadSession does for a direct
+//	    ESXi host after a reboot (sessions live in the agent's memory:
+//	    assumed, not verified on real ESXi/vCenter).  What survives is the
+//	    state: the host's passthrough, graphics and VM configuration, tasks.
+//	    That hostd/vpxd restarting keeps the host's configuration is assumed
+//	    (the configuration lives in the host, not in the agent; a
+//	    community.broadcom.com thread on restarting the management agents,
+//	    difference-between-servicessh-restart-and-restart-mgmt-servcies-from-dcui-on-v51,
+//	    calls services.sh restart "No Down time to VMs"; not a vendor
+//	    statement).  Other open
+//	    connections are not closed: a client finds its session gone on them.
 //	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
@@ -204,6 +222,7 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	dropAfter := false // carried out, then its connection closed (/gpupass/restart?carried=1)
 	if gate, name := l.takeHold(body); gate != nil {
 		l.mu.Lock()
 		l.heldBy = name
@@ -215,13 +234,14 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l.mu.Lock()
 		l.heldBy = ""
 		discard := gate.discard
+		dropAfter = gate.dropAfter
 		l.mu.Unlock()
 		if discard {
 			dropConnection(w) // lost on the way: never carried out, never answered
 			return
 		}
 	}
-	drop := l.takeDropReply(body)
+	drop := dropAfter || l.takeDropReply(body)
 	var method *simulator.Method
 	if si.interesting(body) {
 		method, _ = simulator.UnmarshalBody(vimTypeFunc, body)
@@ -311,9 +331,10 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // name pass first; the one after waits until open is closed, and is dropped
 // unanswered instead of carried out if discard is set by then.
 type holdGate struct {
-	open    chan struct{}
-	skip    int
-	discard bool
+	open      chan struct{}
+	skip      int
+	discard   bool
+	dropAfter bool // carried out, its answer never sent (the endpoint died after the work)
 }
 
 // isCall: the SOAP method in body is name (the first element of the SOAP body,
@@ -400,7 +421,8 @@ func (l *lab) esxEndpointDown() bool {
 }
 
 // deadSession: in esx mode a session opened before a host reboot no longer
-// exists afterwards (hostd restarts with the host).  A call with such a cookie
+// exists afterwards (hostd restarts with the host); nor, in either mode, one
+// opened before a /gpupass/restart.  A call with such a cookie
 // gets NotAuthenticated (the fault the API reference documents for a call
 // without a valid session; its text here is assumed), except the calls that
 // open a new session: for those the dead cookie is dropped from the request.
@@ -411,12 +433,8 @@ func (l *lab) deadSession(w http.ResponseWriter, r *http.Request, body []byte) b
 		return false
 	}
 	l.mu.Lock()
-	esx := false
-	for _, h := range l.hosts {
-		esx = esx || h.esx
-	}
 	dead := l.deadCookies[c.Value]
-	if esx && !dead {
+	if !dead { // the sessions a reboot (esx mode) or a restart (/gpupass/restart) ends
 		l.seenCookies[c.Value] = true
 	}
 	l.mu.Unlock()
@@ -547,6 +565,27 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 			}
 			l.mu.Unlock()
 			reply(map[string]interface{}{"ok": true})
+			return
+		case "/gpupass/restart":
+			if r.Method != http.MethodPost {
+				http.Error(w, "POST only", http.StatusMethodNotAllowed)
+				return
+			}
+			carried := r.URL.Query().Get("carried") == "1"
+			l.mu.Lock()
+			for c := range l.seenCookies {
+				l.deadCookies[c] = true
+			}
+			l.seenCookies = map[string]bool{}
+			held := l.heldBy
+			if l.waiting != nil {
+				l.waiting.discard = !carried
+				l.waiting.dropAfter = carried
+				close(l.waiting.open)
+				l.waiting = nil
+			}
+			l.mu.Unlock()
+			reply(map[string]interface{}{"restarted": true, "held": held, "carried": carried})
 			return
 		case "/gpupass/drop-reply":
 			if r.Method != http.MethodPost {
