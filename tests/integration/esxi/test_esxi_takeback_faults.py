@@ -276,3 +276,64 @@ def test_a_release_killed_with_its_undo_lost_is_released_and_status_shows_the_sw
     assert vm["assigned"] == [] and len(vm["unfinished"]) == 1, vm
     assert f"passthrough of {A100_ACTIVE} on host {ESX02} is still on" in vm["unfinished"][0], vm
     lab.rerun_finishes(["esxi.passthrough", "esxi.end-intent"])
+
+
+def test_an_endpoint_frozen_on_a_losing_runs_take_back_is_reported_not_known_and_status_tells_the_truth_after(
+        fresh_vcsim):
+    """ml-train's assign loses the race to render01's run (which wins between its plan and its write) and sends its
+    take-back to a frozen endpoint: gpupass gives up after the host's timeout, cannot read the VM back either, and says
+    the take-back's outcome is not known (rolled_back false; the release that finishes it named). Thawed, the endpoint
+    carries the take-back out: ml-train exactly as it was, render01 keeps the A100 once, `status` has nothing
+    unfinished, and the same assign again is refused before any write."""
+    import dataclasses
+
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from support.frozen_endpoint import frozen_before_its_write as frozen
+
+    sim = fresh_vcsim(username=USER)
+    with EsxiBackend(target(sim)) as reader:
+        before = reader.inventory().find_vm("ml-train")
+    loser = EsxiBackend(dataclasses.replace(target(sim), timeout=1.0))
+    config_target = loser._config_target
+
+    def another_run_wins_first(host, ids):  # just before the loser's write: render01's run takes the A100
+        _winner_assigns(sim)
+        return config_target(host, ids)
+
+    loser._config_target = another_run_wins_first
+    error = frozen(sim.pid, loser, AssignmentRequest("ml-train", (A100_ACTIVE,)),
+                   lambda: _passthrough_devices(sim, "ml-train") == [], sends="_call",
+                   is_the_write=lambda what, *args, **kwargs: str(what).startswith("restoring VM"))
+    assert "taking this run's change to VM 'ml-train' back failed" in error.message, error.message
+    assert "whether it was taken back is not known" in error.message, error.message
+    assert "gpupass status HOST" in error.remedy, error.remedy
+    with EsxiBackend(target(sim)) as again:
+        facts = again.inventory()
+        assert facts.find_vm("ml-train") == before and facts.find_vm("ml-train").unfinished == ()
+        assert facts.find_vm("render01").assigned == (A100_ACTIVE,) and facts.find_vm("render01").unfinished == ()
+        assert _passthrough_devices(sim, "render01") == [str(A100_ACTIVE)]
+        with pytest.raises(PreflightFailed):
+            execute(again, plan(again, AssignmentRequest("ml-train", (A100_ACTIVE,))))
+
+
+def test_an_endpoint_frozen_on_the_undo_of_a_release_is_reported_not_known_and_a_rerun_converges(fresh_vcsim):
+    """The release's reconfigure carried out with its answer lost; gpupass reads it back and sends the undo -- to a
+    frozen endpoint. It gives up after the host's timeout and says the undo's outcome is not known (rolled_back
+    false), never "as it was". Thawed, the endpoint carries the undo out: ml-train holds the A100 once with its record,
+    `status` has nothing unfinished; the same release again converges."""
+    from gpupass.backends.esxi.backend import EsxiBackend
+    from tests.integration.esxi.test_esxi_release_faults import _assigned
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    backend.close()
+    sim.drop_reply("ReconfigVM_Task")                                    # the release's answer lost
+    error = frozen_before_its_write(sim, target(sim), ReleaseRequest("ml-train"),
+                                    lambda: _passthrough_devices(sim, "ml-train") == [str(A100_ACTIVE)],
+                                    action="restoring VM")
+    assert "whether it was taken back is not known" in error.message, error.message
+    with EsxiBackend(target(sim)) as again:
+        assert again.inventory().find_vm("ml-train") == assigned        # the undo carried out: as before the release
+        assert _passthrough_devices(sim, "ml-train") == [str(A100_ACTIVE)]
+        execute(again, plan(again, ReleaseRequest("ml-train")))
+        assert again.inventory().find_vm("ml-train") == before
