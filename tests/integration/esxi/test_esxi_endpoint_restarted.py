@@ -7,7 +7,9 @@ done, or partial with what is left -- `status` shows what is left, and the same 
 
 Steps: the assign's intent record, the reboot step's ExitMaintenanceMode_Task (and a rerun's exit-maintenance step),
 the take-back of a run that lost the race, the release's passthrough switch-back and its record removal, the vGPU
-reconfigure, the host graphics change (UpdateGraphicsConfig, RestartService)."""
+assign's and release's reconfigure, the host graphics change (UpdateGraphicsConfig, RestartService); then the other
+writes: the assign reconfigure and passthrough switch, EnterMaintenanceMode_Task, RebootHost_Task, the release
+reconfigure and its undo."""
 
 from __future__ import annotations
 
@@ -51,6 +53,20 @@ def _device(sim, host, pci_id):
 def _vm(sim, name):
     with _backend(sim) as fresh:
         return fresh.inventory().find_vm(name)
+
+
+def _cli_status(sim):
+    """`gpupass status` as an admin runs it (its own process), the text it prints."""
+    import os
+    import subprocess
+
+    from support.cli import GPUPASS
+
+    shown = subprocess.run([*GPUPASS, "status", f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab",
+                            "--ca-file", str(sim.ca_file)], env={**os.environ, "GPUPASS_PASSWORD": sim.password},
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return shown.stdout
 
 
 def _facts(sim):
@@ -137,6 +153,8 @@ def test_the_endpoint_killed_with_exit_maintenance_lost_is_reported_with_the_hos
     assert T4 not in vm.assigned and facts.maintenance[ESX01] is True, (vm, facts.maintenance)
     assert _device(sim, ESX01, T4)["active"] is True and _device(sim, ESX01, T4)["enabled"] is True
     assert len(vm.unfinished) == 1 and f"host {ESX01} is in maintenance mode" in vm.unfinished[0], vm.unfinished
+    status = _cli_status(sim)
+    assert "UNFINISHED" in status and f"host {ESX01} is in maintenance mode" in " ".join(status.split()), status
     with _backend(sim) as again:
         rerun = plan(again, request)
         assert [s.action for s in rerun.steps] == ["esxi.intent", "esxi.exit-maintenance", "esxi.reconfigure"]
@@ -195,6 +213,7 @@ def test_the_endpoint_killed_with_a_losing_runs_take_back_on_the_wire(fresh_vcsi
     vm = _vm(sim, "ml-train")
     assert vm.assigned == (A100_ACTIVE,), vm
     assert any("which VM 'render01' holds too" in n for n in vm.unfinished), vm.unfinished
+    assert "which VM 'render01' holds too" in " ".join(_cli_status(sim).split())
     with _backend(sim) as again:
         execute(again, plan(again, ReleaseRequest("ml-train", (A100_ACTIVE,))))
     facts = _facts(sim)
@@ -314,3 +333,167 @@ def test_the_endpoint_killed_with_the_host_graphics_change_on_the_wire(fresh_vcs
         execute(again, plan(again, request(True)))
         facts = again.inventory()
         assert facts.find_vm("infer01").unfinished == () and not gpu(facts).sharing.host_change
+
+
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_the_vgpu_release_reconfigure_on_the_wire(fresh_vcsim, carried):
+    """infer01's vGPU release (one ReconfigVM_Task: the vGPU, the reservation and gpupass's record taken back) dies
+    with the endpoint: read back -- released, so put back (carried out), or found not made -- the VM exactly as it was
+    with its vGPU, rolled back; the same release again converges."""
+    from tests.integration.esxi.test_esxi_vgpu_assign import assign, backend_for, release
+
+    sim = fresh_vcsim()
+    with backend_for(sim) as backend:
+        original = backend.inventory().find_vm("infer01")
+        execute(backend, plan(backend, assign("infer01")))
+        held = backend.inventory().find_vm("infer01")
+        planned = plan(backend, release("infer01"))
+        assert [s.action for s in planned.steps] == ["esxi.vgpu"]
+        sim.hold("ReconfigVM_Task")
+        with restarted_when_held(sim, "ReconfigVM_Task", carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    assert "not known" in error.message, error.message
+    with backend_for(sim) as again:
+        assert again.inventory().find_vm("infer01") == held
+        execute(again, plan(again, release("infer01")))
+        assert again.inventory().find_vm("infer01") == original
+
+
+# -- the other writes, under the same model (test_esxi_endpoint_killed.py kills the process on them) ---------------
+
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_the_assign_reconfigure_on_the_wire(fresh_vcsim, carried):
+    """ml-train's assign of the A100 (one ReconfigVM_Task: the device, its claim and the settings) dies with the
+    endpoint: read back over a new session, taken back or not made -- exactly as before, claim included, rolled back;
+    the same assign again gives the A100."""
+    sim = fresh_vcsim(username=USER)
+    request = AssignmentRequest("ml-train", (A100_ACTIVE,))
+    before = _vm(sim, "ml-train")
+    with _backend(sim) as backend:
+        planned = plan(backend, request)
+        assert [s.action for s in planned.steps] == ["esxi.reconfigure"]
+        sim.hold("ReconfigVM_Task")
+        with restarted_when_held(sim, "ReconfigVM_Task", carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    assert "reconfiguring VM 'ml-train'" in error.message and "not known" in error.message, error.message
+    assert _vm(sim, "ml-train") == before
+    with _backend(sim) as again:
+        execute(again, plan(again, request))
+        assert again.inventory().find_vm("ml-train").assigned == (A100_ACTIVE,)
+
+
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_the_assign_passthrough_switch_on_the_wire(fresh_vcsim, carried):
+    """cad-ws's assign of the T4: its intent record written, the endpoint dies with UpdatePassthruConfig (applyNow). The
+    host read back over a new session: switched (then switched off again) or not; the record removed -- the T4 and the
+    VM exactly as before, rolled back; the same assign again gives the T4."""
+    sim = fresh_vcsim(username=USER)
+    request = AssignmentRequest("cad-ws", (T4,))
+    before, t4 = _vm(sim, "cad-ws"), _device(sim, ESX01, T4)
+    with _backend(sim) as backend:
+        planned = plan(backend, request)
+        sim.hold("UpdatePassthruConfig")
+        with restarted_when_held(sim, "UpdatePassthruConfig", carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    assert "enabling passthrough" in error.message and "not known" in error.message, error.message
+    assert _vm(sim, "cad-ws") == before and _device(sim, ESX01, T4) == t4
+    with _backend(sim) as again:
+        execute(again, plan(again, request))
+        assert T4 in again.inventory().find_vm("cad-ws").assigned
+
+
+@pytest.mark.parametrize("call", ["EnterMaintenanceMode_Task", "RebootHost_Task"])
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_a_host_task_of_the_reboot_step_on_the_wire(fresh_vcsim, call, carried):
+    """The reboot step's EnterMaintenanceMode_Task or RebootHost_Task dies with the endpoint. Carried out: the task
+    found in TaskManager.recentTask over a new session, ended well -- the assign goes on and is done (one reboot).
+    Lost: vCenter lists no such task, so nothing more is sent to the host; the error gives the host as read back, the
+    run's switch and intent are kept for `status`, and the same assign again finishes."""
+    sim, request = _rebooting_lab(fresh_vcsim)
+    with _backend(sim) as backend:
+        planned = plan(backend, request)
+        sim.hold(call)
+        with restarted_when_held(sim, call, carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    facts = _facts(sim)
+    vm = facts.find_vm("cad-ws")
+    if carried:
+        assert error is None, error
+        assert T4 in vm.assigned and vm.unfinished == () and facts.maintenance[ESX01] is False, vm
+        assert _device(sim, ESX01, T4)["active"] is True
+        return
+    assert isinstance(error, OperationFailed) and error.rolled_back is False, error
+    assert "vCenter lists no such task" in error.message, error.message
+    assert f"nothing more was sent to host {ESX01}" in error.message and "read back:" in error.message, error.message
+    assert T4 not in vm.assigned and len(vm.unfinished) == 1, vm
+    assert _device(sim, ESX01, T4)["enabled"] is True and _device(sim, ESX01, T4)["active"] is False
+    assert facts.maintenance[ESX01] is (call == "RebootHost_Task"), facts.maintenance  # entered, or never
+    with _backend(sim) as again:
+        execute(again, plan(again, request))
+    facts = _facts(sim)
+    vm = facts.find_vm("cad-ws")
+    assert T4 in vm.assigned and vm.unfinished == () and facts.maintenance[ESX01] is False
+    assert _device(sim, ESX01, T4)["active"] is True
+
+
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_the_release_reconfigure_on_the_wire(fresh_vcsim, carried):
+    """ml-train's release of the A100 (one ReconfigVM_Task) dies with the endpoint: read back, put back or not made --
+    exactly as before the release, record included, rolled back; the same release again restores the VM."""
+    from tests.integration.esxi.test_esxi_release_faults import _assigned
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    try:
+        planned = plan(backend, ReleaseRequest("ml-train"))
+        sim.hold("ReconfigVM_Task")
+        with restarted_when_held(sim, "ReconfigVM_Task", carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    finally:
+        backend.close()
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    assert _vm(sim, "ml-train") == assigned
+    with _backend(sim) as again:
+        execute(again, plan(again, ReleaseRequest("ml-train")))
+    assert _vm(sim, "ml-train") == before
+
+
+@pytest.mark.parametrize("carried", OUTCOMES, ids=IDS)
+def test_the_endpoint_killed_with_the_undo_of_a_release_on_the_wire(fresh_vcsim, carried):
+    """The release's reconfigure carried out with its answer lost; its undo (the second ReconfigVM_Task) dies with the
+    endpoint. Read back over a new session: carried out -- the A100 back once with its record, reported rolled back;
+    lost -- the VM still released, said so (`rolled_back` false), and that is the release done: `status` has nothing
+    unfinished and the same release again has nothing to do."""
+    from tests.integration.esxi.test_esxi_release_faults import _assigned
+
+    sim = fresh_vcsim(username=USER)
+    backend, before, assigned = _assigned(sim)
+    try:
+        planned = plan(backend, ReleaseRequest("ml-train"))
+        sim.hold("ReconfigVM_Task", skip=1)   # the release's goes (its answer dropped), the undo waits
+        sim.drop_reply("ReconfigVM_Task")
+        with restarted_when_held(sim, "ReconfigVM_Task", carried=carried) as restarted:
+            error = _run(backend, planned)
+        assert restarted
+    finally:
+        backend.close()
+    assert isinstance(error, OperationFailed), error
+    if carried:
+        assert error.rolled_back is True, error.message
+        assert _vm(sim, "ml-train") == assigned
+        with _backend(sim) as again:
+            execute(again, plan(again, ReleaseRequest("ml-train")))
+    else:
+        assert error.rolled_back is False, error.message
+        assert "read back, the VM still holds it" in error.message, error.message
+        with _backend(sim) as again:
+            assert plan(again, ReleaseRequest("ml-train")).steps == ()
+    assert _vm(sim, "ml-train") == before
