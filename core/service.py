@@ -330,7 +330,7 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
                   f"run `gpupass status {label}`: the steps left as they are are the host's state now")
         raise OperationFailed(
             f"step '{failed.description}' failed ({reason}){unknown} and these steps could not be undone: "
-            + "; ".join(stuck), remedy=remedy, rolled_back=False) from cause
+            + "; ".join(stuck), remedy=_with_the_steps_remedy(cause, remedy), rolled_back=False) from cause
     undone = _undone_summary(completed=len(done) - (left.state == "after"), failed_went_through=left.state == "after")
     # A step may fail half-way and fail to clean up after itself too, or leave the host unreadable: it says
     # so, and so must we.
@@ -338,8 +338,8 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
         what = left.detail or "what it left on the host is not known"
         raise OperationFailed(
             f"step '{failed.description}' failed and {what}: {reason}{undone}",
-            remedy=getattr(cause, "remedy", None) or "run `gpupass status HOST`: if the change is there, "
-            f"finish with the same command again or revert it ({failed.undo})",
+            remedy=_with_the_steps_remedy(cause, "run `gpupass status HOST`: if the change is there, finish with the "
+                                          f"same command again or revert it ({failed.undo})"),
             rolled_back=False,
         ) from cause
     if isinstance(cause, Conflict):
@@ -351,6 +351,18 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
         remedy=getattr(cause, "remedy", None),
         rolled_back=True,
     ) from cause
+
+
+def _with_the_steps_remedy(cause: BaseException, after: str) -> str:
+    """The failed step's own remedy (what its backend knows: the host to check, the timeout to raise, the run that won)
+    first, then `after`, the core's (what to do about the steps: which to undo by hand, what `status` will show);
+    neither replaces the other, and one that already holds the other is not said twice."""
+    own = getattr(cause, "remedy", None)
+    if not isinstance(own, str) or not own or own in after:
+        return after
+    if after in own:
+        return own
+    return f"{own}; then {after}"
 
 
 def _undone_summary(completed: int, failed_went_through: bool) -> str:

@@ -129,3 +129,56 @@ def test_an_undo_refused_because_another_run_took_the_device_is_left_as_it_is_no
     assert caught.value.rolled_back is False
     assert "(left as it is: 0000:41:00.0 is claimed by VM 'other', which holds it)" in caught.value.message
     assert "undo by hand" not in caught.value.message and "by hand" not in caught.value.remedy
+
+
+def test_a_step_that_could_not_be_undone_keeps_the_failed_steps_own_remedy_beside_the_cores(registry, monkeypatch):
+    """The failed step's remedy is what its backend knows (here: the timeout to raise for that host); the core's says
+    what to do about the steps left. Was: the core's alone, the step's lost."""
+    backend = open_fake(lab_facts())
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed(
+        "lab did not answer within 2s", remedy="raise `timeout` in the host's [hosts.NAME] table"))
+    monkeypatch.setattr(FakeBackend, "observe", lambda self, step: StepState("after"))
+
+    def undo(self, step, token):
+        raise OperationFailed("the host refused the undo", rolled_back=False)
+
+    monkeypatch.setattr(FakeBackend, "undo", undo)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False and "undo by hand" in caught.value.message
+    remedy = caught.value.remedy
+    assert remedy.startswith("raise `timeout` in the host's [hosts.NAME] table; then ")
+    assert f"undo the listed steps by hand, then run `gpupass status {backend.target.label}`" in remedy
+
+
+def test_an_unknown_outcome_keeps_the_steps_remedy_and_the_way_to_finish_or_revert(registry, monkeypatch):
+    backend = open_fake(lab_facts())
+    _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("connection reset by lab", remedy="check the lab host"))
+
+    def observe(self, step):
+        raise ConnectionFailed("lab is down")
+
+    monkeypatch.setattr(FakeBackend, "observe", observe)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.rolled_back is False and "the host could not be read again" in caught.value.message
+    assert caught.value.remedy.startswith("check the lab host; then run `gpupass status HOST`: if the change is there")
+
+
+def test_a_steps_remedy_is_kept_even_where_it_names_status_and_the_cores_is_not_said_twice(registry, monkeypatch):
+    """A step's remedy that names `status` does not stand for the core's: the core's may say which steps to undo by
+    hand. Only the same words are not repeated."""
+    backend = open_fake(lab_facts())
+    plan = _plan(backend, registry)
+    attach = next(step for step in plan.steps if step.action == "fake.attach")
+    core = f"run `gpupass status HOST`: if the change is there, finish with the same command again or revert it ({attach.undo})"
+    for own, remedy in (("run `gpupass status HOST` once it answers",
+                         f"run `gpupass status HOST` once it answers; then {core}"),
+                        (core, core), (f"the host is slow; {core}", f"the host is slow; {core}")):
+        _attach_then_lose_the_reply(monkeypatch, ConnectionFailed("no answer", remedy=own))
+        monkeypatch.setattr(FakeBackend, "observe", lambda self, step: StepState("unknown", detail="it did not answer"))
+        backend = open_fake(lab_facts())
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, _plan(backend, registry))
+        assert caught.value.remedy == remedy
+        monkeypatch.undo()
