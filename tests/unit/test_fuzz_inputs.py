@@ -299,6 +299,29 @@ def test_any_command_line_is_a_clean_answer(fake, command, tokens):
         assert "hunter2" not in result.output
 
 
+# -- the default host's variables (virsh's, govc's, Ansible's: core/environment.py) ------------------------------------
+DEFAULT_HOST_ENV = ["GPUPASS_HOST", "LIBVIRT_DEFAULT_URI", "GOVC_URL", "GOVC_USERNAME", "GOVC_INSECURE",
+                    "GOVC_DATACENTER", "GOVC_TLS_CA_CERTS", "VMWARE_HOST", "VMWARE_PORT", "VMWARE_USER",
+                    "VMWARE_VALIDATE_CERTS"]
+# No password variable is ever set: every esxi:// host these name stops at "no password", before any connection.
+PASSWORD_ENV = ["GOVC_PASSWORD", "VMWARE_PASSWORD", "GPUPASS_PASSWORD"]
+env_values = (nasty | st.sampled_from([
+    "vc 01", "https://vc01", "vc01:443", "root@vc01", "[::1", "[fe80::1]", "fe80::1", "443", "0", "65536", "abc",
+    "fake://lab", "esxi://root@127.0.0.1:1/DC", "https://u:p@[::1]:99999/sdk", "127.0.0.1", "a" * 300, "no",
+])).filter(lambda v: "\x00" not in v and v.encode("utf-8", "ignore").decode("utf-8") == v)
+
+
+@FUZZ
+@given(env=st.dictionaries(st.sampled_from(DEFAULT_HOST_ENV), env_values, max_size=4),
+       command=st.sampled_from([["gpus"], ["vms", "--json"], ["status"], ["snapshot", "-o", "/nonexistent/x.json"]]))
+def test_any_default_host_variables_are_a_clean_answer(fake, monkeypatch, env, command):
+    for variable in (*DEFAULT_HOST_ENV, *PASSWORD_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    result = run_cli(command, env=env)
+    if "--json" in command and result.output.strip():
+        json.loads(result.output)
+
+
 def test_the_fuzzers_would_see_an_escaping_exception(fake, monkeypatch):
     """The harness itself: a command that raises is reported, not taken for a clean exit."""
     from gpupass.core.cli import commands
