@@ -123,7 +123,9 @@ class EsxiBackend(Backend):
         self._rebooting: dict[str, bool] = {}
         # host -> why a host task this run sent there has not settled (hosttasks.py): no undo writes to it
         self._unsettled: dict[str, str] = {}
-        self._seconds_option("reboot_timeout_s", 900.0)  # a bad value is said when the host is opened, not mid-run
+        # A bad value is said when the host is opened, not mid-run (after the intent and the passthrough switch).
+        self._seconds_option("reboot_timeout_s", 900.0)
+        self._seconds_option("maintenance_timeout_s", 600.0)
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -1179,7 +1181,8 @@ class EsxiBackend(Backend):
     def _enter_maintenance(self, host: str, since: Any = None) -> None:
         ref = self._host_ref(host)
         since = since if since is not None else self._server_time()
-        timeout = int(self.target.options.get("maintenance_timeout_s", 600))
+        # EnterMaintenanceMode_Task's timeout is an int of seconds (vSphere API: HostSystem.EnterMaintenanceMode_Task)
+        timeout = max(1, int(self._seconds_option("maintenance_timeout_s", 600.0)))
         self._host_task(host, f"putting host {host} in maintenance mode", tasks.ENTER_MAINTENANCE, since,
                         lambda: ref.EnterMaintenanceMode_Task(timeout=timeout, evacuatePoweredOffVms=False))
 
@@ -1295,10 +1298,14 @@ class EsxiBackend(Backend):
             delay = min(delay * 2, 10.0)
 
     def _seconds_option(self, name: str, default: float) -> float:
+        from gpupass.core.target import MAX_TIMEOUT_S
+
         value = self.target.options.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UsageError(f"option {name} of host {self.target.label} must be a number of seconds above 0, "
-                             f"not {value!r}", remedy=f"set {name} = 900 (say) in the host's options table")
+        # at most a day, as a host's `timeout`: inf or nan would wait forever or fail in int() mid-run
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_S:
+            raise UsageError(f"option {name} of host {self.target.label} must be a number of seconds above 0 and at "
+                             f"most {MAX_TIMEOUT_S:.0f}, not {value!r}",
+                             remedy=f"set {name} = 900 (say) in the host's options table")
         return float(value)
 
     def _server_time(self) -> Any:
