@@ -70,6 +70,8 @@ class Host:
         from gpupass.core.domain.request import ReleaseOptions, ReleaseRequest
         from gpupass.core.domain.select import parse_selectors
 
+        _check_types(ReleaseOptions, {"live": live, "disable_host_passthrough": disable_host_passthrough})
+
         return self._make(ReleaseRequest(vm, parse_selectors(gpus), ReleaseOptions(
             live=live, disable_host_passthrough=disable_host_passthrough)))
 
@@ -127,10 +129,29 @@ def _assignment(vm: str, gpus: tuple[str, ...], options: Mapping[str, Any]) -> A
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}", remedy=f"known: {', '.join(sorted(known))}")
     settings = dict(options)
+    _check_types(AssignOptions, {name: value for name, value in settings.items() if name != "bar_sizes"})
     if "bar_sizes" in settings:
+        if not isinstance(settings["bar_sizes"], Mapping):
+            raise UsageError(f"option bar_sizes must be a mapping of GPU address to its BAR sizes, not "
+                             f"{type(settings['bar_sizes']).__name__}", remedy='e.g. bar_sizes={"41:00.0": "16M+64G+32M"}')
         settings["bar_sizes"] = {PciAddress.parse(str(a)) if not isinstance(a, PciAddress) else a: _bar_sizes(s)
                                  for a, s in settings["bar_sizes"].items()}
     return AssignmentRequest(vm, parse_selectors(gpus), AssignOptions(**settings))
+
+
+def _check_types(options_class: type, given: Mapping[str, Any]) -> None:
+    """Each option a caller gave has its field's type: `live="no"` is a string, which Python takes for true; a
+    number for `share` would fail deep inside as an AttributeError. The CLI's parser never makes either."""
+    import typing
+
+    from gpupass.core.typecheck import matches, type_name
+
+    hints = typing.get_type_hints(options_class)
+    for name, value in given.items():
+        if not matches(value, hints[name]):
+            raise UsageError(f"option {name} must be {type_name(hints[name])}, not {type(value).__name__} ({value!r:.40})",
+                             remedy=f"pass {name}=True or {name}=False" if hints[name] is bool else
+                             f"pass {name} as {type_name(hints[name])}")
 
 
 def open_host(host: str | None = None, *, config: str | Path | None = None, insecure: bool = False,

@@ -58,7 +58,7 @@ def first_problem(obj: Any, path: str = "") -> str | None:
             value = getattr(obj, field.name)
             where = f"{path}.{field.name}" if path else field.name
             if not matches(value, hints[field.name]):
-                return f"{where} is {type(value).__name__}, not {_name(hints[field.name])}"
+                return f"{where} is {type(value).__name__}, not {type_name(hints[field.name])}"
             problem = first_problem(value, where)
             if problem:
                 return problem
@@ -101,5 +101,8 @@ def first_out_of_range(obj: Any, limits: Mapping[str, int], path: str = "") -> s
     return None
 
 
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+def type_name(hint: Any) -> str:
+    """An annotation as a person reads it: `bool`, `str | None`, `Mapping[str, str]`."""
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
