@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
-from gpupass.backends.hyperv.records import stopped_runs
+from gpupass.backends.hyperv.records import give_back_by_hand, left_on_host, stopped_runs
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import LegacySettings
@@ -230,6 +230,9 @@ class HypervBackend(Backend):
         # The location paths the last inventory mapped to addresses: read_back maps a VM's devices with them
         # (planners read HostFacts.state, never this).
         self._paths: dict[PciAddress, str] = {}
+        # The devices the last inventory found neither a VM's nor the host's for use (records.left_on_host), with
+        # the PowerShell that gives each back: observe reports them as partial, never as back on the host.
+        self._left: dict[PciAddress, str] = {}
 
     # -- connection ---------------------------------------------------------------------------------
     @property
@@ -352,6 +355,9 @@ class HypervBackend(Backend):
         vm_paths = [p for v in vms_raw for p in (v.get("Devices") or [])]
         addresses = address_map([f["LocationPath"] for f in functions_raw] + vm_paths)
         self._paths = {a: p for p, a in addresses.items()}
+        instance_ids = {fn["LocationPath"]: str(fn.get("InstanceId") or "") for fn in functions_raw}
+        self._left = {addresses[p]: give_back_by_hand(p, instance_ids[p], how)
+                      for p, how in left_on_host(functions_raw).items() if p in addresses}
         functions: dict[PciAddress, PciFunction] = {}
         states: dict[PciAddress, PassthroughState] = {}
         extra: dict[PciAddress, dict[str, Any]] = {}
@@ -751,14 +757,13 @@ class HypervBackend(Backend):
                 raise
             log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
 
-    @staticmethod
-    def _devices_are(vm: str, addresses: tuple[str, ...], on_vm: bool) -> Callable[[HostFacts], bool]:
+    def _devices_are(self, vm: str, addresses: tuple[str, ...], on_vm: bool) -> Callable[[HostFacts], bool]:
         """The devices at `addresses` all on VM `vm` (`on_vm`) or all back on the host, with nothing unfinished on the
         VM (a release script stopped half-way leaves its intent: records.py)."""
         def done(facts: HostFacts) -> bool:
             held = facts.find_vm(vm)
             wanted = {PciAddress.parse(a) for a in addresses}
-            free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
+            free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
             return bool(addresses) and held is not None and not held.unfinished and (
                 wanted <= set(held.assigned) if on_vm else not wanted & set(held.assigned) and wanted <= free)
         return done
@@ -908,11 +913,23 @@ class HypervBackend(Backend):
             return StepState("unknown", detail=f"VM '{vm_name}' is no longer on the host")
         wanted = {PciAddress.parse(a) for a in addresses}
         held = wanted & set(vm.assigned)
-        free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions}
+        # a device on no VM is the host's only where it is mounted and enabled: one dismounted (a release stopped
+        # after Remove-VMAssignableDevice, an assign's own undo stopped before Mount-VMHostAssignableDevice) or
+        # disabled is neither before nor after, whatever the step
+        stuck = sorted(wanted & set(self._left))
+        free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
         on_vm, on_host = held == wanted, not held and wanted <= free
         if on_vm or on_host:
             return StepState("after" if on_vm == assigning else "before")
         again = "assign" if assigning else "release"
+        if stuck:
+            by_hand = "; ".join(f"{a}: {self._left[a]}" for a in stuck)
+            return StepState("unknown", detail=f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} "
+                                               f"of {', '.join(sorted(map(str, wanted)))}, and "
+                                               f"{', '.join(map(str, stuck))} is on no VM but not given back to the "
+                                               f"host (dismounted, or disabled): `gpupass status {self.target.label}` "
+                                               "shows what the stopped run left and the command that finishes it; by "
+                                               f"hand, in PowerShell on the host: {by_hand}")
         return StepState("unknown", detail=f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} "
                                            f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
                                            f"{again} again finishes it")

@@ -88,16 +88,36 @@ class Unfinished:
         return {"paths": list(self.paths), "restore": self.restore, "candidates": list(self.candidates)}
 
 
+def left_on_host(functions_raw: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Per location path, the devices that are neither a VM's nor the host's for use: "dismounted" (dismounted from the
+    host and on no VM: Dismount-VMHostAssignableDevice done, Add-VMAssignableDevice not, or Remove-VMAssignableDevice
+    done and Mount-VMHostAssignableDevice not) or "disabled" (mounted back but still disabled: present, with a host
+    driver -- a GPU prepared for DDA without one shows Status Error always -- and not OK)."""
+    left: dict[str, str] = {}
+    for fn in functions_raw:
+        if fn.get("Dismounted") and not fn.get("Owner"):
+            left[fn["LocationPath"]] = "dismounted"
+        elif fn.get("Present") and fn.get("Class") and not fn.get("Dismounted") and fn.get("Status") != "OK":
+            left[fn["LocationPath"]] = "disabled"
+    return left
+
+
+def give_back_by_hand(path: str, instance_id: str, how: str) -> str:
+    """The PowerShell that gives a device left `how` (left_on_host) back to the host: Mount-VMHostAssignableDevice
+    (its page: "Mounts a device to the host", by -LocationPath) where it is still dismounted, then Enable-PnpDevice
+    (-InstanceId, -Confirm:$false as gpupass's own scripts send it), quoted exactly (ps_quote)."""
+    mount = f"Mount-VMHostAssignableDevice -LocationPath {ps_quote(path)}; " if how == "dismounted" else ""
+    return f"{mount}Enable-PnpDevice -InstanceId {ps_quote(instance_id)} -Confirm:$false"
+
+
 def stopped_runs(vms_raw: Iterable[Mapping[str, Any]], functions_raw: Iterable[Mapping[str, Any]],
                addresses: Mapping[str, PciAddress], host_label: str) -> dict[str, Unfinished]:
     """Per VM name, what a stopped run left on it (VMs with nothing left out), from the inventory's raw VMs and PCI
     functions."""
     functions = list(functions_raw)
-    # dismounted from the host and on no VM; mounted back but still disabled (present, with a host driver -- a GPU
-    # prepared for DDA without one shows Status Error always -- and not OK)
-    loose = {fn["LocationPath"] for fn in functions if fn.get("Dismounted") and not fn.get("Owner")}
-    disabled = {fn["LocationPath"] for fn in functions if fn.get("Present") and fn.get("Class")
-                and not fn.get("Dismounted") and fn.get("Status") != "OK"}
+    left = left_on_host(functions)
+    loose = {p for p, how in left.items() if how == "dismounted"}
+    disabled = {p for p, how in left.items() if how == "disabled"}
     instance_ids = {fn["LocationPath"]: str(fn.get("InstanceId") or "") for fn in functions}
     records: dict[str, tuple[Mapping[str, Any], Record]] = {}
     for v in vms_raw:

@@ -344,3 +344,38 @@ def test_a_release_stopped_at_its_last_set_vm_of_a_vm_with_a_hostile_name_is_sho
     assert model.to_dict() == original
     assert backend.inventory().find_vm(name).unfinished == ()
     assert plan(backend, ReleaseRequest(name)).steps == ()
+
+
+@pytest.mark.parametrize("failing", ["Mount-VMHostAssignableDevice", "Enable-PnpDevice"])
+def test_a_lost_reply_to_a_release_stopped_half_way_is_reported_partial_with_the_powershell_that_finishes_it(lab,
+                                                                                                           failing):
+    """The release script fails on the host after Remove-VMAssignableDevice (at Mount-VMHostAssignableDevice, or at
+    Enable-PnpDevice) and its reply is lost: the device is on no VM but not the host's again. Read back, it is neither
+    before nor after (was read as "after" -- a dismounted device on no VM counted as free -- and "undone" by an assign
+    script that cannot dismount it again): reported not rolled back, with the exact PowerShell that gives it back and
+    `gpupass status`, which shows the stopped release; the same release again finishes it exactly."""
+    from gpupass.core.errors import OperationFailed
+
+    model, ep, backend, original = lab()
+    uri = backend.target.uri
+    release = plan(backend, ReleaseRequest("ml-train"))
+    model.inject_fault(failing)
+    ep.drop_next_receive()
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            execute(backend, release)
+    finally:
+        model.clear_faults()
+    device = model.device_by_location(A100_2_LOC)
+    assert device.assigned_vm is None and not device.enabled
+    assert device.dismounted is (failing == "Mount-VMHostAssignableDevice")
+    error = caught.value
+    assert error.rolled_back is False, error.message
+    enable = f"Enable-PnpDevice -InstanceId {S.ps_quote(device.instance_id)} -Confirm:$false"
+    by_hand = (f"Mount-VMHostAssignableDevice -LocationPath {S.ps_quote(A100_2_LOC)}; " if device.dismounted else "") + enable
+    assert f"{GPU}: {by_hand}" in error.message and f"`gpupass status {backend.target.label}`" in error.message
+    (left,) = unfinished(uri, "ml-train")
+    assert f"`gpupass release {shlex.quote(uri)} ml-train` finishes it" in left
+    assert cli("release", uri, "ml-train", "--yes").returncode == 0
+    assert model.to_dict() == original
+    assert unfinished(uri, "ml-train") == []
