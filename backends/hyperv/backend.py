@@ -16,12 +16,12 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
-from gpupass.backends.hyperv.records import give_back_by_hand, left_on_host, stopped_runs
+from gpupass.backends.hyperv.records import count_changes, give_back_by_hand, left_on_host, stopped_runs
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
 from gpupass.backends.hyperv.state import LegacySettings
-from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishRelease, Release, RemovePartitions,
-                                            SetPartitionCount)
+from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishCountChange, FinishRelease, Release,
+                                            RemovePartitions, SetPartitionCount)
 from gpupass.core.domain import catalog
 from gpupass.core.domain.context import Capabilities, CheckContext
 from gpupass.core.domain.findings import FeatureLoss
@@ -404,7 +404,18 @@ class HypervBackend(Backend):
         for name, unfinished in left.items():
             if unfinished.as_state() is not None:
                 records[name] = {**records[name], "ex_finish": unfinished.as_state()}
-        vms = [dataclasses.replace(vm, unfinished=vm.unfinished + (left[vm.name].note,)) if vm.name in left else vm
+        notes = {name: [unfinished.note] for name, unfinished in left.items()}
+        # A partition count change an assign of a partition left when it stopped before the add (its intent in the
+        # VM's notes, read with the counts the host has now).
+        partitioned = {str(g.extra["partition_instance_path"]).lower(): g for g in gpus
+                       if g.extra.get("partition_instance_path")}
+        counts = {path: (g.extra.get("gpu_partitioning") or {}).get("partition_count") for path, g in partitioned.items()}
+        changes = count_changes(vms_raw, counts, {path: g.address for path, g in partitioned.items()}, self.target.label)
+        for name, (note, change) in changes.items():
+            notes.setdefault(name, []).append(note)
+            if change is not None:
+                records[name] = {**records[name], "ex_count": {"gpu": change.gpu, "was": change.was, "to": change.to}}
+        vms = [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes else vm
                for vm in vms]
         host_raw = data.get("Host") or {}
         os_raw = data.get("Os") or {}
@@ -553,9 +564,10 @@ class HypervBackend(Backend):
         settings are restored, and the devices the release names among those left dismounted or disabled (the admin
         says which were this VM's) go back to the host. Nothing where the facts show no such run."""
         state = _state(ctx.facts)
+        steps = self._finish_count_change(ctx)
         left = (state.vms.get(ctx.vm.name) or {}).get("ex_finish")
         if not left:
-            return []
+            return steps
         paths = tuple(str(p) for p in left.get("paths") or ())
         restore = bool(left.get("restore"))
         named = {state.location_paths.get(f.address) for gpu in ctx.gpus for f in gpu.functions}
@@ -565,7 +577,7 @@ class HypervBackend(Backend):
         changes += (("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the VM's "
                      "notes, and the record taken out of the notes",) if restore else
                     ("the release's intent taken out of the gpupass restore record (the VM keeps other devices)",))
-        return [Step(
+        return steps + [Step(
             action="hyperv.finish-release",
             description=f"finish the release of VM '{ctx.vm.name}' that stopped half-way"
                         + (f": give {', '.join(addresses) or ', '.join(paths)} back to the host" if paths else "")
@@ -574,6 +586,25 @@ class HypervBackend(Backend):
             changes=changes, needs_vm_off=True,
             preview=scripts.finish_release_script(ctx.vm.name, list(paths)),
             payload=FinishRelease(ctx.vm.name, ctx.vm.id, paths, addresses, restore),
+        )]
+
+    def _finish_count_change(self, ctx: CheckContext) -> list[Step]:
+        """A partition count change an assign of a partition to this VM left (records.count_changes): the count set back
+        where no VM holds a partition of the GPU, and the intent taken out of the VM's notes."""
+        change = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_count")
+        if not change:
+            return []
+        path, was, to = str(change["gpu"]), int(change["was"]), int(change["to"])
+        return [Step(
+            action="hyperv.finish-count-change",
+            description=f"take back the partition count change of {path} ({was} -> {to}) an assign of a partition to "
+                        f"VM '{ctx.vm.name}' left when it stopped: the count back to {was} where it is {to} and no VM "
+                        "holds a partition of the GPU, and its note out of the VM's notes",
+            undo="nothing to undo: it puts the host where the stopped assign's own undo would have",
+            changes=(f"Set-VMHostPartitionableGpu -PartitionCount {was} (where it is {to} and no VM holds a partition)",
+                     f"the note {scripts.COUNT_BEGIN!r} out of the VM's notes (Set-VM -Notes)"),
+            needs_vm_off=True, preview=scripts.count_set_back_script(path, was, to, ctx.vm.name, strict=False),
+            payload=FinishCountChange(ctx.vm.name, path, was, to),
         )]
 
     # -- GPU partitioning (GPU-P) shares ------------------------------------------------------------
@@ -600,9 +631,11 @@ class HypervBackend(Backend):
                 description=f"split GPU {gpu.address} into {wanted} partitions instead of {current} "
                             "(Set-VMHostPartitionableGpu; no VM holds a partition of it)",
                 undo=f"Set-VMHostPartitionableGpu -PartitionCount {current} again",
-                changes=(f"Set-VMHostPartitionableGpu -PartitionCount {wanted} (now {current}) on {path}",),
-                needs_vm_off=False, preview=scripts.partition_count_script(path, wanted, current),
-                payload=SetPartitionCount(path, wanted, current),
+                changes=(f"the VM's notes gain a note of the change ({scripts.COUNT_BEGIN!r}: the GPU, {current} -> "
+                         f"{wanted}), which the partition's add takes out again",
+                         f"Set-VMHostPartitionableGpu -PartitionCount {wanted} (now {current}) on {path}"),
+                needs_vm_off=False, preview=scripts.partition_count_script(path, wanted, current, vm.name),
+                payload=SetPartitionCount(path, wanted, current, vm.name),
             ))
         shown = "".join(f" -{name} {value}" for name, value in settings)
         steps.append(Step(
@@ -812,17 +845,45 @@ class HypervBackend(Backend):
 
     @_apply.register
     def _apply_set_partition_count(self, payload: SetPartitionCount, step: Step) -> int:
-        self._run_change(scripts.partition_count_script(payload.instance_path, payload.count, payload.previous),
+        self._run_change(scripts.partition_count_script(payload.instance_path, payload.count, payload.previous,
+                                                        payload.vm or None),
                          f"setting the partition count of {payload.instance_path} to {payload.count}")
         return payload.previous
 
     @_undo.register
     def _undo_set_partition_count(self, payload: SetPartitionCount, token: int) -> None:
+        action = f"setting the partition count of {payload.instance_path} back to {payload.previous}"
+        # with the intent (payload.vm), the set-back takes it out of the VM's notes, and finds the count already back
+        # (a change that never went through, its intent alone written) with nothing to set
+        script = (scripts.count_set_back_script(payload.instance_path, payload.previous, payload.count, payload.vm)
+                  if payload.vm else
+                  scripts.partition_count_script(payload.instance_path, payload.previous, payload.count))
         self._read_back_if_lost(
-            lambda: self._run_change(scripts.partition_count_script(payload.instance_path, payload.previous,
-                                                                    payload.count),
-                                     f"setting the partition count of {payload.instance_path} back to {payload.previous}"),
-            lambda facts: _partition_counts(facts, payload.instance_path) == [payload.previous])
+            lambda: self._run_change(script, action),
+            lambda facts: (_partition_counts(facts, payload.instance_path) == [payload.previous]
+                           and not self._count_change_of(facts, payload.vm, payload.instance_path)))
+
+    @staticmethod
+    def _count_change_of(facts: HostFacts, vm: str, instance_path: str) -> bool:
+        """Whether VM `vm`'s notes hold the intent of a count change of the GPU `instance_path` (records.count_changes)."""
+        change = (_state(facts).vms.get(vm) or {}).get("ex_count") if vm else None
+        return change is not None and str(change["gpu"]).lower() == instance_path.lower()
+
+    @_apply.register
+    def _apply_finish_count_change(self, payload: FinishCountChange, step: Step) -> None:
+        action = f"taking back the partition count change of {payload.instance_path} left on VM '{payload.vm}'"
+        data = self._run_change(scripts.count_set_back_script(payload.instance_path, payload.back_to,
+                                                              payload.changed_to, payload.vm, strict=False), action)
+        if not data.get("setBack") and data.get("count") != payload.back_to:
+            held = data.get("held") or []
+            log.warning("%s: the count stays %s (%s); its note was taken out", action, data.get("count"),
+                        f"VM {', '.join(map(str, held if isinstance(held, list) else [held]))} hold partitions at it"
+                        if held else "changed since")
+
+    @_undo.register
+    def _undo_finish_count_change(self, payload: FinishCountChange, token: None) -> None:
+        raise OperationFailed(f"taking back the partition count change left on VM '{payload.vm}' is not undone: it puts "
+                              "the host where the stopped assign's own undo would have", rolled_back=False)
 
     @_undo.register
     def _undo_add_partition(self, payload: AddPartition, token: str) -> None:
@@ -853,12 +914,15 @@ class HypervBackend(Backend):
 
     @_observe.register
     def _observe_set_partition_count(self, payload: SetPartitionCount, step: Step) -> StepState:
-        """The GPU's partition count now: the new one (the change went through), the old one, or neither."""
-        counts = _partition_counts(self.inventory(), payload.instance_path)
+        """The GPU's partition count now: the new one (the change went through), the old one, or neither. The old one
+        with the step's intent still in the VM's notes (the script stopped between its two writes) is "after" too: its
+        undo (count_set_back_script) finds the count back and takes the intent out."""
+        facts = self.inventory()
+        counts = _partition_counts(facts, payload.instance_path)
         if counts == [payload.count]:
             return StepState("after")
         if counts == [payload.previous]:
-            return StepState("before")
+            return StepState("after" if self._count_change_of(facts, payload.vm, payload.instance_path) else "before")
         return StepState("unknown", detail=f"the partition count of {payload.instance_path} is "
                                            f"{counts[0] if counts else 'not readable'}, neither {payload.previous} "
                                            f"nor {payload.count}")

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping
 
 from gpupass.core.domain.pci import PciAddress
 
-from .scripts import RECORD_BEGIN, RECORD_DAMAGE, RECORD_END, RECORD_MAX_CHARS, STOP_ACTIONS, ps_quote
+from .partitioning import type_id
+from .scripts import COUNT_BEGIN, RECORD_BEGIN, RECORD_DAMAGE, RECORD_END, RECORD_MAX_CHARS, STOP_ACTIONS, ps_quote
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,90 @@ def _settings_left(release: str, candidates: tuple[str, ...], loose: set[str], a
                       f"the settings and leaves the devices as they are; `{release} GPU` (e.g. `{release} "
                       f"{addresses[candidates[0]]}`) also gives the GPUs named back to the host, for a device that "
                       "was this VM's", restore=True, candidates=candidates)
+
+
+# -- a GPU partition count change a stopped assign left (scripts.COUNT_BEGIN) -----------------------------------------
+@dataclass(frozen=True)
+class CountChange:
+    """A partition count change's intent in a VM's notes: the GPU (its GPU-P instance path) whose count went from
+    ``was`` to ``to`` for a partition of it to this VM."""
+
+    gpu: str
+    was: int
+    to: int
+
+
+def read_count_intent(text: Any, vm_id: str) -> CountChange | str | None:
+    """The intent in ``text`` (the notes after COUNT_BEGIN, as the inventory returns them): a CountChange, None where
+    there is none, or what is wrong with it (a str)."""
+    if not isinstance(text, str):
+        return None
+    end = text.find(RECORD_END)
+    if end < 0:
+        return f"it has no end marker {RECORD_END!r}"
+    try:
+        data = json.loads(text[:end])
+    except ValueError:
+        return "it is not the JSON gpupass writes"
+    if not (isinstance(data, dict) and isinstance(data.get("Gpu"), str) and _whole(data.get("From"), 2**32)
+            and _whole(data.get("To"), 2**32)):
+        return "it is not the JSON gpupass writes"
+    if str(data.get("VMId") or "").lower() != vm_id.lower():
+        return "it was written for another VM (its VMId is not this VM's: copied with the notes?)"
+    return CountChange(data["Gpu"], data["From"], data["To"])
+
+
+def count_changes(vms_raw: Iterable[Mapping[str, Any]], counts: Mapping[str, int | None],
+                  gpus: Mapping[str, PciAddress], host_label: str) -> dict[str, tuple[str, CountChange | None]]:
+    """Per VM name, what a stopped assign of a partition left: the note for `status` and the change a release of the VM
+    takes back (None: nothing for a release to do but what the note says). ``counts``: each partitionable GPU's count
+    now, by lower-case instance path; ``gpus``: their PCI addresses.
+
+    The VM holding a partition of the GPU: the assign finished (its intent, taken out by the add's script at best
+    effort, is moot: the next count change or the partition's release takes it out): nothing is reported."""
+    raw_vms = list(vms_raw)
+    holders: dict[str, set[str]] = {}
+    for v in raw_vms:
+        for path in v.get("Partitions") or []:
+            holders.setdefault(str(path).lower(), set()).add(str(v["Name"]))
+    out: dict[str, tuple[str, CountChange | None]] = {}
+    for v in raw_vms:
+        name = str(v["Name"])
+        change = read_count_intent(v.get("Intent"), str(v.get("Id") or ""))
+        if change is None:
+            continue
+        release = f"gpupass release {shlex.quote(host_label)} {shlex.quote(name)}"
+        notes = (f"delete it from {COUNT_BEGIN!r} to {RECORD_END!r} in the VM's notes (Set-VM -Notes)")
+        if isinstance(change, str):
+            out[name] = (f"the note of a GPU partition count change in its notes cannot be used: {change}; {notes}", None)
+            continue
+        key = change.gpu.lower()
+        if name in holders.get(key, set()):
+            continue
+        address = gpus.get(key)
+        gpu = f"GPU {address}" if address is not None else f"the GPU {change.gpu} (no longer on the host)"
+        now = counts.get(key)
+        stopped = (f"an assign of a partition of {gpu} to this VM stopped before it added the partition "
+                   "(its client killed, its connection lost, or the host's PowerShell stopped)")
+        others = sorted(holders.get(key, set()))
+        if now == change.to and now != change.was:
+            assign = (f"`gpupass assign {shlex.quote(host_label)} {shlex.quote(name)} {address} --share "
+                      f"{type_id(change.to)}` finishes it" if address is not None else "")
+            if others:
+                back = (f"`{release}` takes the note out and leaves the count (VM {', '.join(others)} hold partitions "
+                        "at it now)")
+            else:
+                back = (f"`{release}` sets the count back to {change.was} and takes the note out (by hand: "
+                        f"Set-VMHostPartitionableGpu -Name {ps_quote(change.gpu)} -PartitionCount {change.was}, then "
+                        f"{notes})")
+            out[name] = (f"{stopped} after it changed the GPU's partition count from {change.was} to {change.to} "
+                         f"(Set-VMHostPartitionableGpu): {'; '.join(x for x in (assign, back) if x)}", change)
+        elif now == change.was:
+            out[name] = (f"{stopped}, before it changed the GPU's partition count (still {change.was}): nothing was "
+                         f"changed but its note in the VM's notes; `{release}` takes it out (or the same assign "
+                         "again)", change)
+        else:
+            out[name] = (f"{stopped}; it was changing the GPU's partition count from {change.was} to {change.to}, and "
+                         f"the count is now {'not readable' if now is None else now} (changed since): `{release}` takes "
+                         "the note out and leaves the count", change)
+    return out

@@ -71,6 +71,11 @@ def _lines(*parts: str) -> str:
 # Set-VM call that restores the settings.
 RECORD_BEGIN = "[gpupass restore record: do not edit]"
 RECORD_END = "[end of gpupass record]"
+# A GPU partition count change's intent (partition_count_script): one more line in the notes of the VM the partition is
+# for, ``COUNT_BEGIN{"VMId", "Gpu": instance path, "From": count before, "To": count after}RECORD_END``, written before
+# Set-VMHostPartitionableGpu and taken out by the partition add that follows (or by the count set back), so that a run
+# stopped between the two leaves on the host who changed the count and what it was (records.count_changes).
+COUNT_BEGIN = "[gpupass GPU-P count]"
 # JSON of the five settings is about 150 characters, plus the location paths a release is taking back while it runs
 # (about 55 characters each, as many as fit one script); a longer "record" is not one gpupass wrote.
 RECORD_MAX_CHARS = 1500
@@ -110,6 +115,7 @@ _VM_RECORD = _lines(
     f"$t=[string]$v.Notes;$i=$t.IndexOf({ps_quote(RECORD_BEGIN)});$rc=$null",
     f"if($i -ge 0){{$rc=$t.Substring($i+{len(RECORD_BEGIN)});if($rc.Length -gt {RECORD_READ_CHARS}){{"
     f"$rc=$rc.Substring(0,{RECORD_READ_CHARS})}}}}",
+    f"$ri=$null;$j=$t.IndexOf({ps_quote(COUNT_BEGIN)});if($j -ge 0){{$ri=$t.Substring($j+{len(COUNT_BEGIN)})}}",
     "$ad=@()",
     "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
     "$gp=@();if($pg){foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){$gp+=$a.InstancePath}}",
@@ -119,7 +125,7 @@ _VM_RECORD = _lines(
     "MemoryStartup=$v.MemoryStartup;DynamicMemory=$v.DynamicMemoryEnabled;"
     "StopAction=$v.AutomaticStopAction.ToString();LowMmio=$v.LowMemoryMappedIoSpace;"
     "HighMmio=$v.HighMemoryMappedIoSpace;GuestCache=$v.GuestControlledCacheTypes;Checkpoints=$cp;Devices=$ad;"
-    "Partitions=$gp;Record=$rc}",
+    "Partitions=$gp;Record=$rc;Intent=$ri}",
 )
 # GPU-P: a host without Get-VMHostPartitionableGpu leaves $pg null: not read (see inventory_script); the VM records
 # read their partition adapters only where some GPU is partitionable.
@@ -230,7 +236,7 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "foreach($a in @(Get-VMHostAssignableDevice)){$dis[$a.LocationPath]=$true}",
         "$all=@(Get-PnpDevice -InstanceId 'PCI\\*' -ErrorAction SilentlyContinue)",
         "$lp=@{}",
-        "if($all.Count -gt 0){foreach($q in @(Get-PnpDeviceProperty -InstanceId $all.InstanceId "
+        "if($all){foreach($q in @(Get-PnpDeviceProperty -InstanceId $all.InstanceId "
         "-KeyName 'DEVPKEY_Device_LocationPaths')){$lp[$q.InstanceId]=@($q.Data)[0]}}",
         "$cc=@{}",
         "$slots=@{}",
@@ -245,7 +251,7 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         "if($p -and $slots.ContainsKey($p.Substring(0,$p.Length-3))){$fs+=$d;if($d.Present){$on+=$d.InstanceId}}}",
         "$kp=@{}",
         "foreach($n in " + ",".join(str(n) for n in PROPERTY_IDS.values()) + "){$t=@{}",
-        f"if($on.Count -gt 0){{foreach($q in @(Get-PnpDeviceProperty -InstanceId $on -KeyName ('{PCI_DEVICE_FMTID} '+$n))){{"
+        f"if($on){{foreach($q in @(Get-PnpDeviceProperty -InstanceId $on -KeyName ('{PCI_DEVICE_FMTID} '+$n))){{"
         "$t[$q.InstanceId]=$q.Data}}",
         "$kp[$n]=$t}",
         "$fns=@()",
@@ -259,9 +265,8 @@ def inventory_script(max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
         + ";".join(f"{k}=$kp[{n}][$id]" for k, n in PROPERTY_IDS.items()) + ";"
         "Dismounted=($dis.ContainsKey($p) -or $own.ContainsKey($p));Owner=$own[$p]}",
         "}",
-        "$r=[pscustomobject]@{Host=($h|Select-Object 'Name','IovSupport','IovSupportReasons');Functions=$fns;Vms=$vms;"
-        "Partitionable=$pg;Os=$os}",
-        "ConvertTo-Json -InputObject $r -Depth 6 -Compress",
+        "[pscustomobject]@{Host=($h|Select-Object 'Name','IovSupport','IovSupportReasons');Functions=$fns;Vms=$vms;"
+        "Partitionable=$pg;Os=$os}|ConvertTo-Json -Depth 6 -Compress",
     )
     return _check(s, "inventory", max_chars)
 
@@ -624,7 +629,7 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
 __all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_IDS", "MAX_SCRIPT_CHARS", "RECORD_BEGIN",
            "RECORD_DAMAGE", "RECORD_END", "RECORD_MAX_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
            "assign_script", "command_line_length", "drop_intent_script", "finish_release_script", "inventory_script",
-           "owners_script", "ps_int", "ps_quote", "readd_script",
+           "owners_script", "ps_int", "ps_quote", "readd_script", "COUNT_BEGIN", "count_set_back_script",
            "release_script"]
 
 
@@ -648,6 +653,29 @@ def _partition_settings(settings: Sequence[tuple[str, int]]) -> str:
     return "".join(f" -{name} {ps_int(value)}" for name, value in settings)
 
 
+# Reads $v's partition count intent (COUNT_BEGIN): $gc its notes, $cq the intent (ConvertFrom-Json; $null where there is
+# none), $cn the notes without it (and without the line break gpupass put before it). A damaged intent throws.
+_READ_COUNT_INTENT = _lines(
+    f"$gc=[string]$v.Notes;$cn=$gc;$cq=$null;$ci=$gc.IndexOf({ps_quote(COUNT_BEGIN)})",
+    f"if($ci -ge 0){{$x=$gc.Substring($ci);$cj=$x.IndexOf({ps_quote(RECORD_END)});if($cj -lt 0){{"
+    "throw 'damaged gpupass partition count note'}",
+    f"$cv=$x.Substring({len(COUNT_BEGIN)},$cj-{len(COUNT_BEGIN)});$cq=ConvertFrom-Json $cv;$cj+={len(RECORD_END)}",
+    f"if($ci -gt 0){{if($gc.Substring($ci-1,1) -eq {ps_quote(chr(10))}){{$ci-=1;$cj+=1}}}}",
+    "$cn=$gc.Substring(0,$ci)+$gc.Substring($ci+$cj)}",
+)
+# The intent of GPU $ip taken out of $v's notes, where it names that GPU; best effort (a failure here leaves a note the
+# next count change or partition release takes out, and `status` reads: records.count_changes).
+_DROP_COUNT_INTENT = "try{" + _READ_COUNT_INTENT + "\nif($cq -and $cq.Gpu -eq $ip){Set-VM -VM $v -Notes $cn}}catch{}"
+# The partitionable GPU named $ip ($g) and the VMs that hold a partition of it ($hv).
+_FIND_PARTITIONABLE = _lines(
+    "$g=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$g=$q}}",
+    "if(-not $g){throw ('No partitionable GPU named '+$ip)}",
+    "foreach($x in @(Get-VM)){foreach($a in @(Get-VMGpuPartitionAdapter -VM $x)){if($a.InstancePath -eq $ip){"
+    "$hv+=$x.Name}}}",
+)
+
+
+
 def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tuple[str, int]] = (),
                          max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give ``vm_name`` one partition of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path``:
@@ -666,6 +694,8 @@ def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tu
         "$step='Add-VMGpuPartitionAdapter'",
         "$a=Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip" + _partition_settings(settings) + " -Passthru",
         "$r=[pscustomobject]@{ok=$true;id=$a.Id}",
+        # the count change before it (if any) is done with: its intent goes (COUNT_BEGIN)
+        _DROP_COUNT_INTENT,
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
@@ -700,6 +730,8 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
         "$i=0;foreach($a in $g){if($i -lt $k){Remove-VMGpuPartitionAdapter -VMGpuPartitionAdapter $a",
         "$d+=($a|Select-Object 'Id','MinPartition*','MaxPartition*','OptimalPartition*')};$i=$i+1}",
         "$r=[pscustomobject]@{ok=$true;removed=$d}",
+        # a count change's intent an assign stopped before it could take out (COUNT_BEGIN) goes with its partition
+        _DROP_COUNT_INTENT,
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;removed=$d;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
         "step=$step}",
@@ -710,38 +742,97 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
     return _check(s, "partition remove", max_chars)
 
 
-def partition_count_script(instance_path: str, count: int, previous: int,
+def partition_count_script(instance_path: str, count: int, previous: int, vm_name: str | None = None,
                            max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Set the partition count of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path`` to ``count``
     (``Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount N``: its Object parameter set, fed with the
     Get-VMHostPartitionableGpu object). Before the change it checks that the count is still ``previous`` (else another
     admin changed it: nothing is done) and that no VM holds a partition of the GPU (Windows Admin Center refuses that:
     "You must first unassign the partition from the VM", Microsoft's "Partition and assign GPUs to a virtual
-    machine"); after it, the count is read back. Prints ``{"ok", "previous", "count", "held": [VM names], "error",
-    "errorId", "step"}``; exits 1 on failure."""
+    machine"); after it, the count is read back.
+
+    ``vm_name``: the VM the partition is for. Its notes then gain the intent (COUNT_BEGIN: the GPU, the count before and
+    after) before Set-VMHostPartitionableGpu -- replacing one of the same GPU a stopped run left; one naming another GPU
+    stops the script before any change -- and lose it again if the cmdlet fails. Prints ``{"ok", "previous", "count",
+    "held": [VM names], "error", "errorId", "step"}``; exits 1 on failure."""
+    intent = "" if vm_name is None else _lines(
+        _READ_COUNT_INTENT,
+        "if($cq -and $cq.Gpu -ne $ip){throw ('VM '+$n+' has an unfinished GPU partition count change of '+$cq.Gpu+"
+        "' (gpupass status)')}",
+        "$step='Set-VM -Notes'",
+        "$cs=$cn;if($cs){$cs+=" + ps_quote(chr(10)) + "}",
+        "Set-VM -VM $v -Notes ($cs+" + ps_quote(COUNT_BEGIN) + "+(ConvertTo-Json -InputObject ([pscustomobject]@{"
+        "VMId=[string]$v.VMId;Gpu=$ip;From=$o;To=$k}) -Compress)+" + ps_quote(RECORD_END) + ")",
+        "$w=$true",
+    )
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$ip=" + ps_quote(instance_path),
-        f"$n={ps_int(count)};$o={ps_int(previous)}",
-        "$hv=@()",
+        f"$k={ps_int(count)};$o={ps_int(previous)}",
+        "" if vm_name is None else "$n=" + ps_quote(vm_name),
+        "$hv=@();$w=$false;$z=$false",
         "$step='lookup'",
         "try{",
-        "$g=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$g=$q}}",
-        "if(-not $g){throw ('No partitionable GPU named '+$ip)}",
+        "" if vm_name is None else _FIND_VM,
+        _FIND_PARTITIONABLE,
         "if($g.PartitionCount -ne $o){throw ('The partition count of '+$ip+' is '+$g.PartitionCount+', not '+$o)}",
-        "foreach($x in @(Get-VM)){foreach($a in @(Get-VMGpuPartitionAdapter -VM $x)){if($a.InstancePath -eq $ip){"
-        "$hv+=$x.Name}}}",
         "if($hv.Count -gt 0){throw ('VMs hold partitions of '+$ip)}",
+        intent,
         "$step='Set-VMHostPartitionableGpu'",
-        "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $n",
+        "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $k",
+        "$z=$true",
         "$c=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$c=$q.PartitionCount}}",
-        "if($c -ne $n){throw ('The partition count of '+$ip+' is '+$c+' after the change, not '+$n)}",
+        "if($c -ne $k){throw ('The partition count of '+$ip+' is '+$c+' after the change, not '+$k)}",
         "$r=[pscustomobject]@{ok=$true;previous=$o;count=$c}",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;held=$hv;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
         "step=$step}",
+        # the cmdlet failed: the count is as it was, so the intent goes (once it ran, the count may be changed: kept)
+        "if($w -and -not $z){try{Set-VM -VM $v -Notes $gc}catch{}}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
     )
     return _check(s, "partition count", max_chars)
+
+
+def count_set_back_script(instance_path: str, back_to: int, changed_to: int, vm_name: str, strict: bool = True,
+                          max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+    """Undo a partition count change made for ``vm_name`` (partition_count_script with its intent): where the count of
+    the GPU ``instance_path`` is ``changed_to`` and no VM holds a partition of it, ``Set-VMHostPartitionableGpu
+    -PartitionCount back_to`` (read back after); where it is ``back_to`` already, no change; then the intent of that GPU
+    is taken out of the VM's notes. Any other count, or a VM holding a partition: ``strict`` (an undo) fails before any
+    change; otherwise (a release finishing what a stopped run left) the count stays as it is and only the intent goes.
+    Prints ``{"ok", "count" (now), "setBack", "held": [VM names], "error", "errorId", "step"}``; exits 1 on failure."""
+    keep = "throw ('The partition count of '+$ip+' is '+$g.PartitionCount+', not '+$o+', or VMs hold partitions')" \
+        if strict else "$c=$g.PartitionCount"
+    s = _lines(
+        "$ErrorActionPreference='Stop'",
+        "$ip=" + ps_quote(instance_path),
+        f"$k={ps_int(back_to)};$o={ps_int(changed_to)}",
+        "$n=" + ps_quote(vm_name),
+        "$hv=@();$b=$false",
+        "$step='lookup'",
+        "try{",
+        _FIND_VM,
+        _FIND_PARTITIONABLE,
+        "$c=$g.PartitionCount",
+        "if($c -ne $k){if($c -eq $o -and $hv.Count -eq 0){",
+        "$step='Set-VMHostPartitionableGpu'",
+        "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $k",
+        "$b=$true",
+        "$c=$null;foreach($q in @(Get-VMHostPartitionableGpu)){if($q.Name -eq $ip){$c=$q.PartitionCount}}",
+        "if($c -ne $k){throw ('The partition count of '+$ip+' is '+$c+' after the change, not '+$k)}",
+        "}else{" + keep + "}}",
+        "$step='Set-VM -Notes'",
+        _READ_COUNT_INTENT,
+        "if($cq -and $cq.Gpu -eq $ip){Set-VM -VM $v -Notes $cn}",
+        "$r=[pscustomobject]@{ok=$true;count=$c;setBack=$b;held=$hv}",
+        "}catch{",
+        "$r=[pscustomobject]@{ok=$false;setBack=$b;held=$hv;error=$_.Exception.Message;"
+        "errorId=$_.FullyQualifiedErrorId;step=$step}",
+        "}",
+        "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
+        "if(-not $r.ok){exit 1}",
+    )
+    return _check(s, "partition count set back", max_chars)

@@ -72,11 +72,25 @@ class AddPartition:
 @dataclass(frozen=True)
 class SetPartitionCount:
     """Set-VMHostPartitionableGpu -PartitionCount `count` on the GPU named `instance_path`, whose count is `previous`
-    when the plan was made; undone by setting `previous` back."""
+    when the plan was made; undone by setting `previous` back. `vm`: the VM the partition is for, whose notes hold the
+    change's intent until the partition is added (scripts.COUNT_BEGIN; "": planned by an older gpupass, none)."""
 
     instance_path: str
     count: int
     previous: int
+    vm: str = ""
+
+
+@dataclass(frozen=True)
+class FinishCountChange:
+    """Take back a partition count change an assign of a partition to VM `vm` left when it stopped before the add
+    (records.count_changes): the GPU `instance_path` back from `changed_to` to `back_to` where no VM holds a partition
+    of it, and the intent out of the VM's notes (scripts.count_set_back_script, not strict)."""
+
+    vm: str
+    instance_path: str
+    back_to: int
+    changed_to: int
 
 
 @dataclass(frozen=True)

@@ -420,6 +420,19 @@ def test_every_hyperv_payload_type_survives_a_snapshot_round_trip(open_backend, 
     stop_a_release_half_way(stopped, stopped_ep, "ml-train")
     (tmp_path / "stopped").mkdir()
     seen |= payloads_survive_a_snapshot(stopped, [ReleaseRequest("ml-train")], tmp_path / "stopped")
+    # an assign of a partition stopped after its count change (its intent in ml-train's notes), taken back by a release
+    from gpupass.backends.hyperv import scripts as S
+    from gpupass.backends.hyperv.lab.hostmodel import run_script
+    from gpupass.backends.hyperv.lab.hostmodel.lab import partitionable_gpu_name
+
+    changed = partitioned_lab_host()
+    changed.vm("web01").gpu_partitions.clear()
+    changed.partitionable[0].valid_partition_counts = [16, 32]
+    name = partitionable_gpu_name(changed.partitionable[0].instance_id)
+    assert run_script(changed, S.partition_count_script(name, 16, 32, "ml-train")).exit_code == 0
+    left, _ = open_backend(changed)
+    (tmp_path / "count").mkdir()
+    seen |= payloads_survive_a_snapshot(left, [ReleaseRequest("ml-train")], tmp_path / "count")
     assert seen == payload_types("hyperv")
 
 

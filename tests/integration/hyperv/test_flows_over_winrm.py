@@ -51,7 +51,7 @@ def test_inventory_of_the_lab(remote):
     assert vms["ml-train"] | {"Id": None} == {
         "Name": "ml-train", "Id": None, "Generation": 2, "State": "Off", "MemoryStartup": 64 * G,
         "DynamicMemory": False, "StopAction": "Save", "LowMmio": 128 * M, "HighMmio": 512 * M,
-        "GuestCache": False, "Checkpoints": [], "Devices": [], "Partitions": [], "Record": None}
+        "GuestCache": False, "Checkpoints": [], "Devices": [], "Partitions": [], "Record": None, "Intent": None}
     assert vms["render01"]["Generation"] == 1
     assert vms["web01"]["State"] == "Running"
     assert vms["cad-ws"]["Devices"] == [A100_1_LOC] and vms["cad-ws"]["StopAction"] == "TurnOff"

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import pytest
 
+from gpupass.backends.hyperv import scripts as S
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.lab.hostmodel.lab import (A100_1_LOC, A100_2_LOC, GPUP_HOLDER, MI300X_LOC, RTX_GPUP_LOC,
-                                                   T4_LOC, T4_NO_DRIVER_LOC, partitioned_lab_host)
+                                                   T4_LOC, T4_NO_DRIVER_LOC, partitionable_gpu_name,
+                                                   partitioned_lab_host)
 from gpupass.core import plugins
-from gpupass.core.domain.request import AssignmentRequest, AssignOptions
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
 from gpupass.core.errors import OperationFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
@@ -100,19 +103,43 @@ def test_a_lost_reply_on_the_count_set_back_is_read_back_not_left_to_be_done_by_
     converges(model, backend)
 
 
-def test_a_client_killed_with_the_count_change_on_the_wire_leaves_the_new_count_and_a_rerun_converges(lab):
-    """A real `gpupass assign --share partitions-16` process killed (SIGKILL) with its count script held at the
-    endpoint, which the host then runs: the GPU has 16 partitions and ml-train none. gpupass keeps no record of a count
-    change, so `status` shows the GPU as it is (16 partitions, all free), not as an unfinished run; the same assign
-    again finishes it."""
-    model, ep, backend, _ = lab
-    killed_with_script_held(ep, COUNT, ["assign", backend.target.uri, "ml-train", str(RTX), "--share",
-                                        "partitions-16", "--yes"], ENV)
-    assert model.partitionable[0].partition_count == 16 and model.vm("ml-train").gpu_partitions == []
+def unfinished(uri, vm="ml-train"):
     from support.cli import gpupass
 
-    status = json.loads(gpupass("status", backend.target.uri, "--json", env=ENV).stdout)
-    assert all(v["unfinished"] == [] for v in status["vms"])
-    gpu = next(g for g in status["gpus"] if g["address"] == str(RTX))
-    assert gpu["extra"]["gpu_partitioning"]["partition_count"] == 16
-    converges(model, backend)
+    status = json.loads(gpupass("status", uri, "--json", env=ENV).stdout)
+    return next(v for v in status["vms"] if v["name"] == vm)["unfinished"]
+
+
+def reverted_by_a_release(model, backend, original):
+    """`gpupass release HOST ml-train` (a real process): the count back to 32, the note out: exactly as it was."""
+    from support.cli import gpupass
+
+    done = json.loads(gpupass("release", backend.target.uri, "ml-train", "--yes", "--json", env=ENV).stdout)
+    assert done["changed"] is True, done
+    assert model.to_dict() == original
+    assert unfinished(backend.target.uri) == []
+    assert make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), plugins.default_registry()).steps == ()
+
+
+@pytest.mark.parametrize("rerun", ["assign", "release"])
+def test_a_client_killed_with_the_count_change_on_the_wire_is_shown_by_status_and_a_rerun_finishes_or_reverts_it(
+        lab, rerun):
+    """A real `gpupass assign --share partitions-16` process killed (SIGKILL) with its count script held at the
+    endpoint, which the host then runs: the GPU has 16 partitions and ml-train none. The script wrote the change's
+    intent into ml-train's notes before Set-VMHostPartitionableGpu, so `status` names the stopped assign with the count
+    before and after and the two ways out (was: the GPU shown as it is, nothing recorded who changed the count); the
+    same assign again finishes it (the add takes the note out), a release sets the count back exactly."""
+    model, ep, backend, original = lab
+    uri = backend.target.uri
+    killed_with_script_held(ep, COUNT, ["assign", uri, "ml-train", str(RTX), "--share", "partitions-16", "--yes"], ENV)
+    assert model.partitionable[0].partition_count == 16 and model.vm("ml-train").gpu_partitions == []
+    assert S.COUNT_BEGIN in model.vm("ml-train").notes
+    (left,) = unfinished(uri)
+    assert "from 32 to 16" in left and f"`gpupass assign {shlex.quote(uri)} ml-train {RTX} --share partitions-16` finishes it" in left
+    assert f"`gpupass release {shlex.quote(uri)} ml-train` sets the count back to 32" in left
+    assert f"Set-VMHostPartitionableGpu -Name {S.ps_quote(partitionable_gpu_name(model.partitionable[0].instance_id))} -PartitionCount 32" in left
+    if rerun == "release":
+        reverted_by_a_release(model, backend, original)
+    else:
+        converges(model, backend)
+        assert model.vm("ml-train").notes == "" and unfinished(uri) == []

@@ -201,7 +201,7 @@ def test_another_partition_count_is_a_planned_host_step_with_its_undo(host):
     plan = run("plan", uri, "ml-train", RTX, "--share", "partitions-16", "--json")
     assert not plan["blocked"]
     assert [s["action"] for s in plan["steps"]] == ["hyperv.set-partition-count", "hyperv.add-gpu-partition"]
-    assert "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $n" in plan["steps"][0]["preview"]
+    assert "Set-VMHostPartitionableGpu -HostPartitionableGpu $g -PartitionCount $k" in plan["steps"][0]["preview"]
     (note,) = [f for f in plan["findings"] if f["code"] == "hyperv-partition-count-change"]
     assert note["severity"] == "info" and "sets it to 16" in note["message"]
     gpus = run("gpus", uri, "--json")["gpus"]
