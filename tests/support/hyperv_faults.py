@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from gpupass.core.errors import OperationFailed
+from gpupass.core.errors import ConnectionFailed, OperationFailed
 from support.frozen_endpoint import frozen_before_its_write as _frozen
 
 
@@ -40,12 +40,15 @@ class EndpointProcess:
 
 
 @contextlib.contextmanager
-def endpoint_process(tmp_path: Path, model: Any, user: str, password: str) -> Iterator[EndpointProcess]:
-    """The lab endpoint serving `model` (Basic authentication) in its own process, stopped by PID afterwards."""
+def endpoint_process(tmp_path: Path, model: Any, user: str, password: str,
+                     faults: Sequence[str] = ()) -> Iterator[EndpointProcess]:
+    """The lab endpoint serving `model` (Basic authentication) in its own process, stopped by PID afterwards; the next
+    call of each cmdlet in `faults` fails there (HostModel.inject_fault)."""
     state = tmp_path / "hyperv-lab.json"
     state.write_text(model.to_json(), encoding="utf-8")
     process = subprocess.Popen([sys.executable, "-m", "gpupass.backends.hyperv.lab.wsman", "--state", str(state),
-                                "--auth", "basic", "--user", f"{user}:{password}"],
+                                "--auth", "basic", "--user", f"{user}:{password}"]
+                               + [arg for cmdlet in faults for arg in ("--fault", cmdlet)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
         url = (process.stdout.readline() if process.stdout else "").strip()
@@ -60,8 +63,28 @@ def endpoint_process(tmp_path: Path, model: Any, user: str, password: str) -> It
             process.stdout.close()
 
 
+def reply_lost(marker: str) -> Callable[[Any], None]:
+    """For frozen_before_its_write's `prepare`: the first script holding `marker` runs on the host and its reply is
+    lost (the client sees what pywinrm's read timeout gives it, ConnectionFailed), so that a second write -- the undo
+    the core makes after reading the host back -- is the one the endpoint is frozen before."""
+    def prepare(backend: Any) -> None:
+        send, lost = backend._run_ps, []
+
+        def run(script: str, action: str) -> Any:
+            answer = send(script, action)
+            if marker in script and not lost:
+                lost.append(script)
+                backend._drop_shell()
+                raise ConnectionFailed(f"{action}: {backend.target.label} did not answer; what the request did there "
+                                       "is not known")
+            return answer
+        backend._run_ps = run
+    return prepare
+
+
 def frozen_before_its_write(endpoint: EndpointProcess, target: Any, request: Any, cmdlet: str,
-                            carried_out: Callable[[], bool]) -> OperationFailed:
+                            carried_out: Callable[[], bool],
+                            prepare: Callable[[Any], None] | None = None) -> OperationFailed:
     """Plan `request` on a connection with a 1 s timeout (pywinrm's read timeout is then 2 s: HypervBackend takes
     whole seconds, at least 2) and run it with the endpoint frozen just before the script holding `cmdlet` goes, then
     thaw it: gpupass must give up, fail to read the host back and say the outcome is not known. The thawed endpoint
@@ -69,6 +92,9 @@ def frozen_before_its_write(endpoint: EndpointProcess, target: Any, request: Any
     ends a shell's commands with it: served first, the Delete would make this another fault, a write never run)."""
     from gpupass.backends.hyperv.backend import HypervBackend
 
-    return _frozen(endpoint.pid, HypervBackend(dataclasses.replace(target, timeout=1.0)), request, carried_out,
+    backend = HypervBackend(dataclasses.replace(target, timeout=1.0))
+    if prepare is not None:
+        prepare(backend)
+    return _frozen(endpoint.pid, backend, request, carried_out,
                    sends="_run_ps", is_the_write=lambda script, action: cmdlet in script,
                    sent_after_thaw=("_drop_shell",))
