@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.records import count_changes, give_back_by_hand, left_on_host, stopped_runs
 from gpupass.backends.hyperv.addressing import address_map
-from gpupass.backends.hyperv.errors import from_exception, from_exit, from_script_result
+from gpupass.backends.hyperv.errors import ScriptStopped, from_exception, from_exit, from_script_result, parse_clixml
 from gpupass.backends.hyperv.state import LegacySettings
 from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishCountChange, FinishRelease, Release,
                                             RemovePartitions, SetPartitionCount)
@@ -325,7 +325,10 @@ class HypervBackend(Backend):
             except Exception:  # noqa: BLE001 - the shell or the connection is gone already
                 pass
 
-    def _run_json(self, script: str, action: str) -> tuple[int, dict[str, Any], bytes]:
+    def _run_json(self, script: str, action: str, writes: bool = False) -> tuple[int, dict[str, Any], bytes]:
+        """Run a script and read the one JSON line it prints last. A script that `writes` and ends without it and
+        without a PowerShell error (its process ended mid-script: everything after the last statement run is missing,
+        its own rollback included) did part of its work or none: ScriptStopped, read back like a lost reply."""
         code, out, err = self._run_ps(script, action)
         text = out.decode("utf-8", errors="replace").strip()
         try:
@@ -333,7 +336,14 @@ class HypervBackend(Backend):
         except ValueError:
             data = None
         if not isinstance(data, dict):
+            if writes and not parse_clixml(err):
+                raise ScriptStopped(f"{action}: the script on {self.target.label} ended before its end (exit {code}, "
+                                    "no result and no PowerShell error): what it did there is not known",
+                                    remedy=f"run `gpupass status {self.target.label}`: it shows what the host holds")
             raise from_exit(action, code, err)
+        if code != 0 and data.get("ok") is True:
+            # its result printed whole, its process ended after (the last statement only exits on failure): done
+            log.warning("%s: the script printed its result, then ended with exit code %s", action, code)
         return code, data, err
 
     @property
@@ -732,11 +742,12 @@ class HypervBackend(Backend):
     @_apply.register
     def _apply_finish_release(self, payload: FinishRelease, step: Step) -> None:
         action = f"finishing the release of VM '{payload.vm}'"
-        code, data, err = self._run_json(scripts.finish_release_script(payload.vm, list(payload.paths)), action)
+        code, data, err = self._run_json(scripts.finish_release_script(payload.vm, list(payload.paths)), action,
+                                         writes=True)
         taken = data.get("taken") or []
         taken = [t for t in ([taken] if isinstance(taken, dict) else taken) if isinstance(t, dict)]
         held = ", ".join(f"{t.get('Path')} by VM '{t.get('Vm')}'" for t in taken)
-        if code != 0 or not data.get("ok"):
+        if not data.get("ok"):
             stage = dict(data.get("stage") or {})
             damage = data.get("recordDamage")
             cause = from_script_result(action, data)
@@ -983,20 +994,22 @@ class HypervBackend(Backend):
         stuck = sorted(wanted & set(self._left))
         free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
         on_vm, on_host = held == wanted, not held and wanted <= free
-        if on_vm or on_host:
+        holds = f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} of {', '.join(sorted(map(str, wanted)))}"
+        if (on_vm or on_host) and not vm.unfinished:
             return StepState("after" if on_vm == assigning else "before")
-        again = "assign" if assigning else "release"
+        # Neither: the devices part-way, or where they were but with the script stopped between its writes (the host's
+        # PowerShell ended mid-script: an assign's Set-VM made, its devices not; a release's intent written, its
+        # settings not restored), which the restore record shows and `status` says (records.stopped_runs).
+        partial = [f"the host shows a run stopped half-way: {'; '.join(vm.unfinished)}"] if vm.unfinished else []
         if stuck:
             by_hand = "; ".join(f"{a}: {self._left[a]}" for a in stuck)
-            return StepState("unknown", detail=f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} "
-                                               f"of {', '.join(sorted(map(str, wanted)))}, and "
-                                               f"{', '.join(map(str, stuck))} is on no VM but not given back to the "
-                                               f"host (dismounted, or disabled): `gpupass status {self.target.label}` "
-                                               "shows what the stopped run left and the command that finishes it; by "
-                                               f"hand, in PowerShell on the host: {by_hand}")
-        return StepState("unknown", detail=f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} "
-                                           f"of {', '.join(sorted(map(str, wanted)))}; `gpupass release` or the same "
-                                           f"{again} again finishes it")
+            partial.append(f"{', '.join(map(str, stuck))} is on no VM but not given back to the host (dismounted, or "
+                           f"disabled): `gpupass status {self.target.label}` shows what the stopped run left and the "
+                           f"command that finishes it; by hand, in PowerShell on the host: {by_hand}")
+        if partial:
+            return StepState("unknown", detail=f"{holds}, and {'; '.join(partial)}")
+        again = "assign" if assigning else "release"
+        return StepState("unknown", detail=f"{holds}; `gpupass release` or the same {again} again finishes it")
 
     def _add_partition(self, vm: str, path: str, settings: Sequence[tuple[str, int]] = ()) -> str:
         data = self._run_change(scripts.partition_add_script(vm, path, settings), f"adding a GPU partition to VM '{vm}'")
@@ -1009,8 +1022,8 @@ class HypervBackend(Backend):
         return [r for r in (removed if isinstance(removed, list) else [removed]) if isinstance(r, dict)]
 
     def _run_change(self, script: str, action: str) -> dict[str, Any]:
-        code, data, err = self._run_json(script, action)
-        if code != 0 or not data.get("ok"):
+        code, data, err = self._run_json(script, action, writes=True)
+        if not data.get("ok"):
             raise from_script_result(action, data)
         return data
 
@@ -1025,8 +1038,8 @@ class HypervBackend(Backend):
         """Run the release script; what it restored the VM's settings from ("notes", "legacy") or None."""
         script = script or scripts.release_script(vm, paths)
         action = f"releasing from VM '{vm}'"
-        code, data, err = self._run_json(script, action)
-        if code != 0 or not data.get("ok"):
+        code, data, err = self._run_json(script, action, writes=True)
+        if not data.get("ok"):
             damage = data.get("recordDamage")
             if damage:
                 # The script stopped before its first change: nothing to give back.

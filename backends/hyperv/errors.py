@@ -72,6 +72,12 @@ _NOT_FOUND_IDS = {"InvalidParameter", "ObjectNotFound", "CmdletizationQuery_NotF
 _TAKING_FROM_THE_HOST = ("Disable-PnpDevice ", "Dismount-VMHostAssignableDevice ")
 
 
+class ScriptStopped(ConnectionFailed):
+    """A write script that ended before its end, printing no result and no PowerShell error: its process was ended in
+    the middle (the lab models it: hostmodel/interp.py, KILLED_EXIT_CODE). Like a lost reply, what it did is not known
+    and the host is read again (it carries no `rolled_back`: Backend.observe decides)."""
+
+
 def from_script_result(action: str, result: dict[str, Any]) -> GpupassError:
     """A failed assign/release script's JSON result ({ok: false, error, errorId, step, undoErrors})."""
     error_id = str(result.get("errorId") or "")

@@ -68,15 +68,39 @@ class _Continue(Exception):
     pass
 
 
+class _Killed(BaseException):
+    """The PowerShell process ended by the lab after a number of statements (Interpreter.stop_after): not a PowerShell
+    error, so no catch or finally block of the script sees it."""
+
+
 @dataclass
 class RunResult:
     stdout: str
     errors: list[ErrorRecord] = field(default_factory=list)
     exit_code: int = 0
+    # statements run (Interpreter.statements); killed: the run was ended after stop_after of them
+    statements: int = 0
+    killed: bool = False
 
     @property
     def stderr(self) -> str:
         return "\n".join(e.format() for e in self.errors)
+
+
+# -- the host's PowerShell killed mid-script: a MODEL of the failure, assumed (no published output of it) ----------------
+# A real host's powershell.exe (or the WinRM shell host above it) can die in the middle of a script: ended by an admin
+# (Stop-Process, taskkill), by the WinRM service's quotas, or by the host going down. Windows ends a process with
+# TerminateProcess, which "is used to unconditionally cause a process to exit" and "stops execution of all threads
+# within the process" (Microsoft's reference page of TerminateProcess, processthreadsapi.h): so no later statement of
+# the script runs, no catch or finally block either, and what the cmdlets already did on the host stays. The lab models
+# it as the script stopped after its first `stop_after` statements (pipelines, counted as they run, loops included):
+# every cmdlet of the model is one host change, so stopping between statements gives every state a death mid-script
+# can leave -- except a cmdlet cut in the middle of its own work, which the model does not split (assumed atomic, as
+# Set-VM's settings change is treated in backends/hyperv/scripts.py). What the client then receives is assumed too: the
+# command ends with what the script had printed so far on stdout, nothing on stderr, and KILLED_EXIT_CODE (the exit
+# code is whatever the killer passed to TerminateProcess: "The exit code to be used by the process", the same page;
+# 1 is what taskkill /F gives, assumed, not verified against a published output).
+KILLED_EXIT_CODE = 1
 
 
 # Expression wrapper node types that simply forward to their single named child.
@@ -158,10 +182,14 @@ def _verbatim(text: str) -> str:
 class Interpreter:
     """Runs one script against a :class:`HostModel`."""
 
-    def __init__(self, model: HostModel, cmdlets: dict[str, Any] | None = None):
+    def __init__(self, model: HostModel, cmdlets: dict[str, Any] | None = None, stop_after: int | None = None):
         from .cmdlets import CMDLETS
         self.model = model
         self.cmdlets = cmdlets if cmdlets is not None else CMDLETS
+        # the lab's model of the host's PowerShell killed mid-script (see KILLED_EXIT_CODE): None runs the whole script
+        self.stop_after = stop_after
+        self.statements = 0
+        self.killed = False
         self.vars: dict[str, Any] = {"erroractionpreference": "Continue"}
         self.errors: list[ErrorRecord] = []
         self.src_lines: list[str] = []
@@ -188,8 +216,12 @@ class Interpreter:
                 code = e.code
             except (_Break, _Continue):
                 code = 0
+            except _Killed:
+                # nothing more runs, nothing is written to stderr: the process is gone (assumed, see KILLED_EXIT_CODE)
+                text = "".join(_format_out(x) + "\n" for x in out)
+                return RunResult(text, [], KILLED_EXIT_CODE, self.statements, killed=True)
         text = "".join(_format_out(x) + "\n" for x in out)
-        return RunResult(text, self.errors, code)
+        return RunResult(text, self.errors, code, self.statements)
 
     # ------------------------------------------------------------------ checks
     def _validate(self, n: ts.Node) -> None:
@@ -285,11 +317,16 @@ class Interpreter:
                 raise self._unsupported(c, f"statement '{c.type}'")
 
     def _exec_stmt(self, n: ts.Node, out: list[Any]) -> None:
+        if self.stop_after is not None and self.statements >= self.stop_after:
+            self.killed = True
+            raise _Killed()
         try:
             self._exec_stmt_inner(n, out)
         except _PY_ERRORS as e:
             # a .NET exception in PowerShell terms (conversion, index, ...): a terminating RuntimeException
             raise _Terminating(_runtime_error(e, self._where(n))) from e
+        if n.type == "pipeline":
+            self.statements += 1
 
     def _exec_stmt_inner(self, n: ts.Node, out: list[Any]) -> None:
         t = n.type
@@ -368,7 +405,7 @@ class Interpreter:
             finally:
                 self.vars["_"] = saved
         finally:
-            if fin is not None:
+            if fin is not None and not self.killed:     # a killed process runs no finally block
                 self._exec_list(next(c for c in fin.children if c.type == "statement_block"), out)
 
     def _if(self, n: ts.Node, out: list[Any]) -> None:
@@ -1075,14 +1112,15 @@ def _format_out(v: Any) -> str:
     return to_string(v)
 
 
-def run_script(model: HostModel, script: str) -> RunResult:
-    """Parse, check and run ``script`` against ``model``.
+def run_script(model: HostModel, script: str, stop_after: int | None = None) -> RunResult:
+    """Parse, check and run ``script`` against ``model``; ``stop_after``: the process killed after that many statements
+    (the lab's model of the failure, see KILLED_EXIT_CODE).
 
     Raises :class:`ScriptError` (before any side effect) for syntax errors or
     constructs outside the supported subset.
     """
-    return Interpreter(model).run(script)
+    return Interpreter(model, stop_after=stop_after).run(script)
 
 
-__all__ = ["Interpreter", "RunResult", "ScriptError", "UnsupportedConstruct", "parse", "parse_number", "run_script",
+__all__ = ["Interpreter", "KILLED_EXIT_CODE", "RunResult", "ScriptError", "UnsupportedConstruct", "parse", "parse_number", "run_script",
            "syntax_errors", "wildcard_regex"]

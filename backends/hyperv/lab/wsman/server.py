@@ -312,6 +312,7 @@ class WSManEndpoint:
         self.shells: dict[str, Shell] = {}
         self.lock = threading.Lock()
         self.scripts: list[str] = []            # every decoded script, in order (for tests)
+        self.runs = []
         self.command_lines: list[str] = []
         self.ntlm = _NtlmUsers(self.users) if auth == "ntlm" else None
         self.httpd = _Server(("127.0.0.1", port), _Handler)
@@ -373,6 +374,20 @@ class WSManEndpoint:
         for gate in (self._hold, self._holding):
             if gate is not None:
                 gate.set()
+
+    # The host's PowerShell killed in the middle of a script: a MODEL of that failure, assumed (no published output of
+    # it; what it rests on: hostmodel/interp.py, KILLED_EXIT_CODE). The next script holding `containing` stops after
+    # `statements` statements; the command ends with what it printed so far and KILLED_EXIT_CODE.
+    _kill_after: int | None = None
+    _kill_marker = ""
+
+    def kill_next_script_after(self, statements: int, containing: str = "") -> None:
+        self._kill_after, self._kill_marker = statements, containing
+
+    before_killed: tuple[dict[str, Any], str] | None = None
+
+    # (script, statements it ran, killed) for every script run, in order (a test counts a script's statements here)
+    runs: list[tuple[str, int, bool]]
 
     def save_state(self) -> None:
         """Write the model to ``state_path`` (atomically) so a restarted lab endpoint resumes from it."""
@@ -503,8 +518,14 @@ class WSManEndpoint:
                                                    "with -EncodedCommand is not properly encoded. The value "
                                                    "must be Base64 encoded."), 1)
         self.scripts.append(script)
+        stop_after = None
+        if self._kill_after is not None and self._kill_marker in script:
+            stop_after, self._kill_after = self._kill_after, None
+            with self.model.lock:
+                self.before_killed = (self.model.to_dict(), script)   # the host and the script the kill stops
         try:
-            res = run_script(self.model, script)
+            res = run_script(self.model, script, stop_after=stop_after)
+            self.runs.append((script, res.statements, res.killed))
         except ScriptError as e:
             # Not PowerShell behaviour: the model refuses what it cannot execute faithfully.
             return CommandState(b"", clixml_errors(f"gpupass host model refused the script: {e}"), 1)
