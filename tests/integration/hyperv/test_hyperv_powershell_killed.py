@@ -3,7 +3,8 @@ backend stopped after each of its statements k, in the lab (a MODEL of that fail
 what it rests on is said beside it, backends/hyperv/lab/hostmodel/interp.py, KILLED_EXIT_CODE).
 
 The scripts: the assign, the release, the one finishing a stopped release, the partition count change, the partition
-add and removal, the take-backs of a failing release (re-add, the intent's removal), the undo scripts (the release
+add and removal, the take-backs of a failing release (re-add, the assign script for a device mounted back, the intent's
+removal), the undo scripts (the release
 script undoing an assign, the assign script undoing a release, the count set back, the partition removal undoing an
 add) and the release taking back a count change a stopped assign left. For each k the host after the killed script
 alone is computed (the model run on the host as it was just before the script); the k's that leave the same host and
@@ -122,6 +123,7 @@ CASES = [
     Case("partition removal", partition_held, RELEASE_SHARE, PARTITION_REMOVE),
     Case("take-back: re-add", assigned, RELEASE, READD, fail_next("Mount-VMHostAssignableDevice")),
     Case("take-back: intent removal", assigned, RELEASE, DROP_INTENT, fail_next("Mount-VMHostAssignableDevice")),
+    Case("take-back: assign again", assigned, RELEASE, ASSIGN_SCRIPT, fail_next("Enable-PnpDevice")),
     Case("undo of an assign", lab_host, ASSIGN, RELEASE_SCRIPT, lose_next_reply),
     Case("undo of a release", assigned, RELEASE, ASSIGN_SCRIPT, lose_next_reply),
     Case("undo: count set back", share_lab, SHARE_16, COUNT_SET_BACK, fail_next("Add-VMGpuPartitionAdapter")),

@@ -160,19 +160,21 @@ def test_frozen_before_the_undo_of_a_release_whose_reply_was_lost_ends_exactly_a
     assert endpoint.model().to_dict() == lab_host().to_dict()
 
 
-@pytest.mark.parametrize("frozen", [READD, DROP_INTENT])
-def test_frozen_before_a_take_back_of_a_release_failing_on_the_host_leaves_the_vm_as_it_was(serve, frozen):
-    """The release fails on the host at Mount-VMHostAssignableDevice, so gpupass gives the device back to the VM
-    (readd_script) and takes the release's intent out of the record (drop_intent_script): frozen before either. The
-    thawed endpoint runs it: the device on the VM again; after the intent's removal exactly as before the release, and
-    after the re-add with the intent left naming nothing to do (`status` has nothing to say). The same release again
-    releases exactly."""
+@pytest.mark.parametrize("frozen, failing", [(READD, "Mount-VMHostAssignableDevice"),
+                                             (DROP_INTENT, "Mount-VMHostAssignableDevice"),
+                                             (ASSIGN_SCRIPT, "Enable-PnpDevice")])
+def test_frozen_before_a_take_back_of_a_release_failing_on_the_host_leaves_the_vm_as_it_was(serve, frozen, failing):
+    """The release fails on the host at Mount-VMHostAssignableDevice (or at Enable-PnpDevice), so gpupass gives the
+    device back to the VM (readd_script; the assign script for a device mounted back) and takes the release's intent
+    out of the record (drop_intent_script): frozen before either. The thawed endpoint runs it: the device on the VM
+    again; after the intent's removal exactly as before the release, and after the re-add with the intent left naming
+    nothing to do (`status` has nothing to say). The same release again releases exactly."""
     model = assigned(lab_host())
     before = model.to_dict()
-    endpoint, target = serve(model, faults=["Mount-VMHostAssignableDevice"])
+    endpoint, target = serve(model, faults=[failing])
     frozen_before_its_write(endpoint, target, RELEASE, frozen,
                             lambda: endpoint.model().device_by_location(A100_2_LOC).assigned_vm == "ml-train"
-                            and (frozen == READD or '"Releasing"' not in endpoint.model().vm("ml-train").notes))
+                            and (frozen != DROP_INTENT or '"Releasing"' not in endpoint.model().vm("ml-train").notes))
     after = endpoint.model()
     assert after.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
     if frozen == DROP_INTENT:
