@@ -6,7 +6,7 @@ The scripts: the assign, the release, the one finishing a stopped release, the p
 add and removal, the take-backs of a failing release (re-add, the assign script for a device mounted back, the intent's
 removal), the undo scripts (the release
 script undoing an assign, the assign script undoing a release, the count set back, the partition removal undoing an
-add) and the release taking back a count change a stopped assign left. For each k the host after the killed script
+add, the partition add undoing a removal) and the release taking back a count change a stopped assign left. For each k the host after the killed script
 alone is computed (the model run on the host as it was just before the script); the k's that leave the same host and
 the same reply are one fault to gpupass, which is then run once for them: gpupass over WinRM, the script killed at k,
 the rest of the run as gpupass makes it (its read-back, its undo).
@@ -30,7 +30,7 @@ from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.lab.hostmodel import HostModel, lab_host, run_script
 from gpupass.backends.hyperv.lab.hostmodel.lab import (A100_1_LOC, A100_2_LOC, GPUP_HOLDER, MI300X_LOC, RTX_GPUP_LOC,
-                                                   T4_LOC, T4_NO_DRIVER_LOC, partitionable_gpu_name,
+                                                   T4_LOC, T4_NO_DRIVER_LOC, PartitionableGpu, partitionable_gpu_name,
                                                    partitioned_lab_host)
 from gpupass.core import plugins
 from gpupass.core.domain.pci import PciAddress
@@ -96,8 +96,18 @@ def count_changed() -> HostModel:
     return model
 
 
-def fail_next(cmdlet: str) -> Callable[[Any], None]:
-    return lambda endpoint: endpoint.inject_fault(cmdlet)
+def two_partitions_held() -> HostModel:
+    """ml-train holding a partition of two GPUs (the lab's second A100 made partitionable here), so that a release
+    of both is two steps: the second failing, the first is undone by adding its partition back."""
+    model = partition_held()
+    a100 = model.device_by_location(A100_2_LOC)
+    model.partitionable.append(PartitionableGpu(a100.instance_id, valid_partition_counts=[16, 32], partition_count=32))
+    assert run_script(model, S.partition_add_script("ml-train", partitionable_gpu_name(a100.instance_id))).exit_code == 0
+    return model
+
+
+def fail_next(cmdlet: str, nth: int = 1) -> Callable[[Any], None]:
+    return lambda endpoint: endpoint.inject_fault(cmdlet, nth)
 
 
 def lose_next_reply(endpoint: Any) -> None:
@@ -112,6 +122,11 @@ class Case:
     request: Any
     killed: str                                     # what tells the script killed
     first: Callable[[Any], None] | None = None      # the fault before it in the same run (for the second writes)
+    # A release of partitions of several GPUs stopped between its steps leaves the VM holding those not yet removed (or
+    # not yet added back): a state `gpus` shows as it is, but that `status` does not name as a stopped run -- GPU-P
+    # writes no intent for it (a known gap, docs/faults.md). Allowed here only where gpupass itself said it was not
+    # rolled back, and the same release again converges all the same.
+    unnamed_partial: bool = False
 
 
 CASES = [
@@ -128,6 +143,8 @@ CASES = [
     Case("undo of a release", assigned, RELEASE, ASSIGN_SCRIPT, lose_next_reply),
     Case("undo: count set back", share_lab, SHARE_16, COUNT_SET_BACK, fail_next("Add-VMGpuPartitionAdapter")),
     Case("undo of a partition add", share_lab, SHARE_32, PARTITION_REMOVE, lose_next_reply),
+    Case("undo of a partition removal", two_partitions_held, RELEASE, PARTITION_ADD,
+         fail_next("Remove-VMGpuPartitionAdapter", 2), unnamed_partial=True),
     Case("count change taken back", count_changed, RELEASE, COUNT_SET_BACK),
 ]
 
@@ -145,13 +162,13 @@ _SPENT_INTENT = re.compile(r',"Releasing":\[[^\]]*\]|,"Releasing":"[^"]*"')
 
 
 def exactly(model: HostModel, spent_intent: bool = True) -> str:
-    """The host, exactly (a new partition adapter's Id aside: it is new each time)."""
+    """The host, exactly -- a VM's partitions aside, compared by GPU only: a new adapter's Id is new each time, one
+    added back comes last and with the settings its removal read given explicitly (no case here asks for settings)."""
     data = model.to_dict()
     for vm in data["vms"]:
         if not spent_intent:
             vm["notes"] = _SPENT_INTENT.sub("", vm["notes"])
-        for partition in vm.get("gpu_partitions") or []:
-            partition.pop("adapter_id", None)
+        vm["gpu_partitions"] = sorted(p["instance_path"] for p in vm.get("gpu_partitions") or [])
     return json.dumps(data, sort_keys=True)
 
 
@@ -241,7 +258,8 @@ def test_the_hosts_powershell_killed_after_each_statement_leaves_the_host_before
                 assert now == before, f"{where}: reported rolled back: {error.message}"
             # the host is exactly before or after, or `status` says what is left with the command that finishes it
             left = unfinished(backend)
-            if now not in (before, after):
+            if now not in (before, after) and not (case.unnamed_partial and error is not None
+                                                   and error.rolled_back is False):
                 assert left, f"{where}: the host is neither before nor after and `status` says nothing"
             for vm, notes in left.items():
                 for note in notes:

@@ -132,6 +132,26 @@ def test_frozen_before_the_undo_of_a_partition_add_whose_reply_was_lost_ends_exa
     again(target, SHARE_32)
 
 
+def test_frozen_before_the_undo_of_a_partition_removal_ends_exactly_as_before_the_release(serve):
+    """A release of ml-train's partitions of two GPUs: the second removal fails on the host, so gpupass adds the first
+    partition back (with the settings it had): frozen with that add about to go. The thawed endpoint adds it: as before
+    the release (the adapter's Id aside, new); the same release again converges."""
+    from test_hyperv_powershell_killed import two_partitions_held
+
+    def partitions(model):
+        """Each VM's partitions, by GPU (the one added back comes last, with the settings the removal read from it
+        given explicitly: the same values)."""
+        return {vm.name: sorted(p.instance_path for p in vm.gpu_partitions) for vm in model.vms}
+
+    model = two_partitions_held()
+    endpoint, target = serve(model, faults=["Remove-VMGpuPartitionAdapter:2"])
+    frozen_before_its_write(endpoint, target, RELEASE, PARTITION_ADD,
+                            lambda: len(endpoint.model().vm("ml-train").gpu_partitions) == 2)
+    assert partitions(endpoint.model()) == partitions(model) and status(target)["ml-train"] == ()
+    again(target, RELEASE)
+    assert endpoint.model().vm("ml-train").gpu_partitions == []
+
+
 def test_frozen_before_the_undo_of_an_assign_whose_reply_was_lost_ends_exactly_as_it_was(serve):
     """The assign script's reply is lost; read back, the device is on the VM, so gpupass runs the release script:
     frozen with it about to go. The thawed endpoint releases exactly (settings restored from the record): as it was."""

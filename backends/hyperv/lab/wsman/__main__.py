@@ -21,14 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                     help="may be repeated; default Administrator:Passw0rd!")
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--fault", action="append", default=[], metavar="CMDLET",
-                    help="the next call of CMDLET fails with a terminating error (HostModel.inject_fault); may be "
-                         "repeated")
+    ap.add_argument("--fault", action="append", default=[], metavar="CMDLET[:N]",
+                    help="the next (N-th) call of CMDLET fails with a terminating error (HostModel.inject_fault); may "
+                         "be repeated")
     args = ap.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) or {"Administrator": "Passw0rd!"}
     model = load_lab(args.state)
-    for cmdlet in args.fault:
-        model.inject_fault(cmdlet)
+    for fault in args.fault:
+        cmdlet, _, nth = fault.partition(":")
+        model.inject_fault(cmdlet, int(nth or 1))
     ep = serve(model, auth=args.auth, users=users, port=args.port, verbose=args.verbose, state_path=args.state)
     ep.save_state()
     print(ep.url, flush=True)
