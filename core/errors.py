@@ -83,6 +83,15 @@ class Conflict(OperationFailed):
         super().__init__(message, remedy=remedy, rolled_back=rolled_back)
 
 
+class Interrupted(OperationFailed):
+    """The user interrupted a change (Ctrl-C: SIGINT). The change was undone as after any failed step, and the message
+    says what the host holds now: `rolled_back` True (as it was) or False (the steps left, or that it is not known).
+    Exit 130, what a shell reports for a command ended by SIGINT (128 + 2)."""
+
+    exit_code = 130
+    kind = "interrupted"
+
+
 class PreflightFailed(GpupassError):
     """Preflight found blocking problems; nothing was changed."""
 

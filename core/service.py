@@ -17,7 +17,9 @@ from gpupass.core.domain.plan import MmioSummary, Plan, Step
 from gpupass.core.domain.request import AssignmentRequest, GpuRef, ReleaseRequest
 from gpupass.core.domain.select import GpuSelector
 from gpupass.core.domain.sharing import ASSIGN_SHARE, RELEASE_SHARE, Share, ShareChange, ShareType
-from gpupass.core.errors import Conflict, GpupassError, NotFound, NotSupported, OperationFailed, PreflightFailed, UsageError
+from gpupass.core.errors import (Conflict, GpupassError, Interrupted, NotFound, NotSupported, OperationFailed,
+                                 PreflightFailed, UsageError)
+from gpupass.core.interrupts import InterruptGuard, held_interrupts
 from gpupass.core.plugins import Registry
 from gpupass.core.ports import Backend, StepState
 
@@ -248,26 +250,41 @@ class Outcome:
 
 
 def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None = None,
-            around_step: Callable[[Step], ContextManager[Any]] | None = None) -> Outcome:
+            around_step: Callable[[Step], ContextManager[Any]] | None = None,
+            on_interrupt: Callable[[str], None] | None = None) -> Outcome:
     """Apply the plan's steps in order; if one fails, undo the completed ones in reverse order.
 
     `around_step` wraps each write (the CLI shows progress for a step that takes more than a second, such
-    as an ESXi host reboot)."""
+    as an ESXi host reboot). A Ctrl-C lets the step under way finish and then undoes the change (core/interrupts.py
+    says why); `on_interrupt` is told so, from the signal handler."""
     if plan.blocked:
         raise PreflightFailed(f"preflight found blocking problems; nothing was changed on {plan.host}",
                               [f for f in plan.findings if f.blocks])
     done: list[tuple[Step, Any]] = []
-    for step in plan.steps:
-        if not step.writes:
-            continue
-        if on_step:
-            on_step(step)
-        try:
-            with around_step(step) if around_step else contextlib.nullcontext():
-                done.append((step, backend.apply(step)))
-        except BaseException as exc:
-            _roll_back(backend, done, failed=step, cause=exc)
-            raise  # _roll_back always raises; this keeps type checkers honest
+    with held_interrupts(on_interrupt) as interrupt:
+        for step in plan.steps:
+            if not step.writes:
+                continue
+            if interrupt.pending:
+                _undo_interrupted(backend, plan, done, interrupt)
+            if on_step:
+                on_step(step)
+            try:
+                with around_step(step) if around_step else contextlib.nullcontext():
+                    interrupt.in_step = True
+                    done.append((step, backend.apply(step)))
+                    interrupt.in_step = False
+            except BaseException as exc:
+                interrupt.in_step, interrupt.undoing = False, True
+                _roll_back(backend, done, failed=step, cause=exc)
+                raise  # _roll_back always raises; this keeps type checkers honest
+        outcome = _read_back(backend, plan, done)
+        if interrupt.pending:  # a Ctrl-C during the last step or the read-back: the change is not kept either
+            _undo_interrupted(backend, plan, done, interrupt)
+    return outcome
+
+
+def _read_back(backend: Backend, plan: Plan, done: list[tuple[Step, Any]]) -> Outcome:
     if not done:
         return Outcome(plan, (), None, backend)
     if plan.shares:
@@ -280,6 +297,25 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
     vm_after = backend.read_back(plan.vm, touched_devices(plan))
     _verify(plan, vm_after)
     return Outcome(plan, tuple(step for step, _ in done), vm_after, backend)
+
+
+def _undo_interrupted(backend: Backend, plan: Plan, done: Sequence[tuple[Step, Any]], interrupt: InterruptGuard) -> None:
+    """Undo every step made, after a Ctrl-C that let the step under way finish: which steps the host holds is known
+    exactly (each returned), so nothing needs reading again. Always raises Interrupted."""
+    interrupt.undoing = True
+    label = backend.target.label
+    if not done:
+        raise Interrupted(f"interrupted (Ctrl-C) before the first step: nothing was changed on {label}",
+                          remedy="run the same command again to make the change", rolled_back=True)
+    after = f"interrupted (Ctrl-C) after step '{done[-1][0].description}'"
+    stuck, by_hand = _undo(backend, done)
+    if stuck:
+        raise Interrupted(f"{after}; these steps of the change could not be undone: " + "; ".join(stuck),
+                          remedy=(f"undo the listed steps by hand, then run `gpupass status {label}`" if by_hand else
+                                  f"run `gpupass status {label}`: the steps left as they are are the host's state now"),
+                          rolled_back=False)
+    raise Interrupted(f"{after}: the {len(done)} step(s) made were undone; VM '{plan.vm}' is as it was",
+                      remedy="run the same command again to make the change", rolled_back=True)
 
 
 def touched_devices(plan: Plan) -> tuple[PciAddress, ...]:
@@ -301,12 +337,8 @@ def _observed(backend: Backend, step: Step, cause: BaseException) -> StepState:
         return StepState("unknown", detail=f"the host could not be read again ({reason})")
 
 
-def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException) -> None:
-    reason = cause.message if isinstance(cause, GpupassError) else f"{type(cause).__name__}: {cause}"
-    left = _observed(backend, failed, cause)
-    done = list(done)
-    if left.state == "after":  # the step went through although the call failed: undo it with the rest
-        done.append((failed, left.token))
+def _undo(backend: Backend, done: Sequence[tuple[Step, Any]]) -> tuple[list[str], bool]:
+    """Undo the steps in reverse order; -> the steps left as they are (with why), and whether any needs a hand."""
     stuck: list[str] = []
     by_hand = False
     for step, token in reversed(done):
@@ -319,8 +351,24 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
         except Exception as undo_error:  # keep undoing the rest: each undone step is one less to fix by hand
             by_hand = True
             stuck.append(f"{step.description} (undo by hand: {step.undo}; undo failed: {undo_error})")
+    return stuck, by_hand
+
+
+def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException) -> None:
+    # A KeyboardInterrupt here is a Ctrl-C that did not wait for the step (a second one, or one outside the main
+    # thread): the step was stopped wherever it was, so the host is read again like after a lost reply.
+    interrupted = isinstance(cause, KeyboardInterrupt)
+    reason = cause.message if isinstance(cause, GpupassError) else f"{type(cause).__name__}: {cause}"
+    head = f"interrupted (Ctrl-C) during step '{failed.description}'" if interrupted else \
+        f"step '{failed.description}' failed"
+    failure = Interrupted if interrupted else OperationFailed
+    left = _observed(backend, failed, cause)
+    done = list(done)
+    if left.state == "after":  # the step went through although the call failed: undo it with the rest
+        done.append((failed, left.token))
+    stuck, by_hand = _undo(backend, done)
+    label = backend.target.label
     if stuck:
-        label = backend.target.label
         # A failed step whose outcome is not known (the host did not answer) may still be carried out there: what to
         # finish or undo is then what `status` reads, not this list.
         unknown = f"; {left.detail or 'what it left on the host is not known'}," if left.state == "unknown" else ""
@@ -328,26 +376,33 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
                   "command again to finish, or undo the listed steps by hand" if by_hand and unknown else
                   f"undo the listed steps by hand, then run `gpupass status {label}`" if by_hand else
                   f"run `gpupass status {label}`: the steps left as they are are the host's state now")
-        raise OperationFailed(
-            f"step '{failed.description}' failed ({reason}){unknown} and these steps could not be undone: "
+        raise failure(
+            (head if interrupted else f"{head} ({reason})") + f"{unknown} and these steps could not be undone: "
             + "; ".join(stuck), remedy=_with_the_steps_remedy(cause, remedy), rolled_back=False) from cause
     undone = _undone_summary(completed=len(done) - (left.state == "after"), failed_went_through=left.state == "after")
     # A step may fail half-way and fail to clean up after itself too, or leave the host unreadable: it says
     # so, and so must we.
     if left.state == "unknown":
         what = left.detail or "what it left on the host is not known"
-        raise OperationFailed(
-            f"step '{failed.description}' failed and {what}: {reason}{undone}",
+        raise failure(
+            f"{head} and {what}" + ("" if interrupted else f": {reason}") + undone,
             remedy=_with_the_steps_remedy(cause, "run `gpupass status HOST`: if the change is there, finish with the "
                                           f"same command again or revert it ({failed.undo})"),
             rolled_back=False,
         ) from cause
     if isinstance(cause, Conflict):
         # Another run's change stays (that is the conflict): only this run's own change is gone.
-        raise Conflict(f"step '{failed.description}' failed: {reason}{undone}; nothing of this run's change is left",
+        raise Conflict(f"{head}: {reason}{undone}; nothing of this run's change is left",
                        remedy=getattr(cause, "remedy", None), rolled_back=True) from cause
+    if interrupted:
+        raise Interrupted(
+            f"{head}; the host, read again, showed it as {'done' if left.state == 'after' else 'not done'}{undone}; "
+            "the VM is as it was",
+            remedy=f"the step was stopped with its request possibly still on its way to the host: `gpupass status "
+                   f"{label}` in a moment shows whether the host carried it out anyway; run the same command again to "
+                   "make the change", rolled_back=True) from cause
     raise OperationFailed(
-        f"step '{failed.description}' failed: {reason}{undone}; the VM is as it was",
+        f"{head}: {reason}{undone}; the VM is as it was",
         remedy=getattr(cause, "remedy", None),
         rolled_back=True,
     ) from cause

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -217,8 +218,13 @@ def run_plan(backend: Backend, plan: Plan, as_json: bool) -> dict[str, Any]:
 
     from gpupass.core.progress import waiting
 
+    def interrupted(notice: str) -> None:
+        # Called from the SIGINT handler: straight to the file descriptor, not through a stream it may have interrupted.
+        os.write(2, f"\n{notice}\n".encode())
+
     outcome = execute(backend, plan, on_step=progress,
-                      around_step=lambda step: waiting(step.description) if not as_json else contextlib.nullcontext())
+                      around_step=lambda step: waiting(step.description) if not as_json else contextlib.nullcontext(),
+                      on_interrupt=interrupted)
     if not as_json:
         verb = "assigned to" if plan.operation in ("assign", "assign-share") else "released from"
         what = ", ".join(str(g.address) for g in plan.gpus)

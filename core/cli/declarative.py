@@ -11,7 +11,7 @@ import click
 from gpupass.core.cli.escape import shown
 from gpupass.core.cli.options import describe
 from gpupass.core.cli.main import AppContext, cli, emit_json, handles_errors, json_option
-from gpupass.core.errors import GpupassError, UsageError
+from gpupass.core.errors import GpupassError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from gpupass.core.declarative import ApplyIncomplete, Change, Desired
@@ -144,7 +144,7 @@ def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dic
     if rest:
         lines.append(f"not done ({len(rest)}):")
         lines += [f"  {_change_line(c)}" for c in rest]
-    return ApplyIncomplete(
+    incomplete = ApplyIncomplete(
         "\n".join(lines),
         remedy=(cause.remedy + "; then " if cause.remedy else "fix the cause, then ")
         + f"`gpupass diff {file}` shows what is left and `gpupass apply {file}` continues from there",
@@ -152,6 +152,9 @@ def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dic
         failed={**_change_dict(change), "error": cause.to_dict()},
         not_done=[_change_dict(c) for c in rest],
     )
+    if isinstance(cause, Interrupted):
+        incomplete.exit_code = Interrupted.exit_code  # Ctrl-C: 130 as for one change (the report says what was done)
+    return incomplete
 
 
 @cli.command()

@@ -27,6 +27,7 @@ Exit codes:
   4  fleet: some hosts could not be read (their rows carry the error); the rest is complete
   5  diff: the hosts differ from the file (apply would change something)
   6  conflict: another run changed the same GPU or VM at the same time and won; this one was undone
+  130  interrupted (Ctrl-C); a change under way was undone (rolled_back and the message say what the host holds)
 """
 
 

@@ -186,3 +186,27 @@ def test_host_identity_tells_different_hosts_apart(one, other):
 
     registry = plugins.default_registry()
     assert host_identity(one, Config(), registry) != host_identity(other, Config(), registry)
+
+
+def test_ctrl_c_during_a_later_change_exits_130_and_reports_what_was_changed(apply, monkeypatch):
+    """SIGINT to this process inside the second change's last step (CliRunner runs the command in the main thread,
+    where the core notes a Ctrl-C and undoes the change under way: tests/unit/test_service_interrupts.py)."""
+    import os
+    import signal
+
+    real = FakeBackend.apply
+
+    def apply_step(self, step):
+        result = real(self, step)
+        if step.action == "fake.attach":
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(FakeBackend, "apply", apply_step)
+    result = apply("assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n", "--json")
+    assert result.exit_code == 130, result.output
+    document = json.loads(result.output)
+    assert document["error"] == "apply-incomplete" and document["failed"]["error"]["error"] == "interrupted"
+    assert document["failed"]["error"]["rolled_back"] is True
+    assert "apply stopped at change 2 of 2" in document["message"] and "that change was undone" in document["message"]
+    assert owners() == {**BEFORE, "0000:01:00.0": None}  # the release made before it stays; the assign was undone
