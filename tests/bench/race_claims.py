@@ -1,16 +1,12 @@
 """Concurrent assigns of one GPU, 100 rounds per platform (issue 10: "0 double assignments in 100 concurrent
-rounds per platform"). Run on demand:
+rounds per platform"). CI runs the same tests with 100 rounds; this prints their figures for any number. Run on demand:
 
     .venv/bin/python tests/bench/race_claims.py [ROUNDS]
 
-Two kinds of rounds, each asserting exactly one winner (or, every tenth thread round, identical assigns that leave
-the device on the VM once) and the losers' own change undone:
-
-* thread rounds (CI runs 100 per platform): three clients, each in its own thread with its own connection (kept
-  between rounds), against a real libvirtd, the vSphere simulator and the WS-Management endpoint;
-* process rounds (CI runs a few; here ROUNDS): several processes that plan first and apply together
-  (tests/support/race.py) against the KVM test-driver lab file, a real unprivileged libvirtd, the vSphere
-  simulator and the WS-Management endpoint.
+Each round, three worker processes (tests/support/race.py's RacePool: started once per test with 'spawn'), each
+with its own new connection, plan and then assign at one barrier, against the KVM test-driver lab file, a real
+unprivileged libvirtd, the vSphere simulator and the WS-Management endpoint. Every round asserts exactly one winner
+(or, every tenth round, identical assigns that leave the device on the VM once) and the losers' own change undone.
 
 Hyper-V needs no claim of gpupass': a dismounted device can be added to one VM only, which the lab host model
 enforces, so the losers' own scripts fail and roll themselves back (reported as a conflict after reading who holds
@@ -26,20 +22,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-THREADS = {
+TESTS = {
+    "kvm (test driver)": "tests/integration/kvm/test_kvm_claims.py::"
+                         "test_100_rounds_of_concurrent_assigns_from_separate_processes",
     "kvm (libvirtd)": "tests/integration/libvirtd/test_kvm_claims_libvirtd.py::"
                       "test_100_rounds_of_concurrent_assigns_on_the_daemon",
     "esxi (vcsim)": "tests/integration/esxi/test_esxi_claims.py::"
                     "test_100_rounds_of_concurrent_assigns_give_one_device_to_one_vm",
-    "hyperv (endpoint)": "tests/integration/hyperv/test_hyperv_claims.py",
-}
-PROCESSES = {
-    "kvm (test driver)": "tests/integration/kvm/test_kvm_claims.py::test_of_concurrent_assigns_of_one_gpu_exactly_one_wins",
-    "kvm (libvirtd)": "tests/integration/libvirtd/test_kvm_claims_libvirtd.py::"
-                      "test_of_concurrent_assigns_on_the_daemon_exactly_one_wins",
-    "esxi (vcsim)": "tests/integration/esxi/test_esxi_claims.py::test_of_concurrent_assigns_of_one_device_exactly_one_wins",
-    "hyperv (endpoint)":
-        "tests/integration/hyperv/test_hyperv_lost_replies.py::test_of_concurrent_assigns_of_one_device_exactly_one_wins",
+    "hyperv (endpoint)": "tests/integration/hyperv/test_hyperv_claims.py::"
+                         "test_100_rounds_of_concurrent_assigns_give_one_gpu_to_one_vm",
 }
 
 
@@ -59,12 +50,10 @@ def _run(kind: str, name: str, selector: str, rounds: int, env: dict) -> int:
 
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    env = {**os.environ, "GPUPASS_RACE_ROUNDS": str(rounds), "GPUPASS_THREAD_RACE_ROUNDS": str(rounds)}
+    env = {**os.environ, "GPUPASS_RACE_ROUNDS": str(rounds)}
     failed = 0
     print(f"{'rounds':<10} {'platform':<20} {'rounds':>7} {'failed':>7} {'seconds':>8}  outcomes")
-    for name, selector in THREADS.items():
-        failed += _run("threads", name, selector, rounds, env)
-    for name, selector in PROCESSES.items():
+    for name, selector in TESTS.items():
         failed += _run("processes", name, selector, rounds, env)
     return 1 if failed else 0
 

@@ -1,11 +1,15 @@
 """Claims on vSphere: concurrent assigns of one host device from several processes (each its own pyvmomi
-session), identical concurrent assigns, and the simulator's changeVersion semantics they rely on.
-Rounds: GPUPASS_RACE_ROUNDS (tests/bench/race_claims.py runs 100)."""
+session, in processes started with 'spawn': tests/support/race.py), identical concurrent assigns, and the
+simulator's changeVersion semantics they rely on. Rounds: GPUPASS_RACE_ROUNDS (100 by default, as in CI)."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections import Counter
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 
@@ -13,7 +17,7 @@ from gpupass.backends.esxi.lab.simulator import lab_config
 from gpupass.core.domain.request import AssignmentRequest
 from gpupass.core.errors import Conflict
 from gpupass.core.service import execute
-from support.race import race
+from support.race import RacePool
 
 pytest.importorskip("pyVmomi")
 from pyVim.task import WaitForTask  # noqa: E402
@@ -21,7 +25,7 @@ from pyVmomi import vim  # noqa: E402
 
 from tests.integration.esxi.test_esxi_backend import A100_ACTIVE, USER, plan, target  # noqa: E402
 
-ROUNDS = int(os.environ.get("GPUPASS_RACE_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("GPUPASS_RACE_ROUNDS", "100"))
 CLONES = ["ml-1", "ml-2", "ml-3"]
 
 
@@ -50,35 +54,28 @@ def passthrough_count(sim, vm_name):
     return len([d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualPCIPassthrough)])
 
 
-def assigner(sim):
-    def prepare(vm):
-        backend = open_backend(sim)
-        result = plan(backend, AssignmentRequest(vm, (A100_ACTIVE,)))
-        assert not result.blocked, result.findings
-        return lambda: execute(backend, result)
-    return prepare
+def assign_in_a_worker(sim: SimpleNamespace, vm: str) -> Callable[[], object]:
+    """One worker's run in a RacePool (module-level: the spawned worker imports it by name): its own new pyvmomi
+    session, a read of the inventory, a plan; the apply logs the session out. `sim`: the simulator's port,
+    password and CA file (what target() reads of it)."""
+    backend = open_backend(sim)
+    result = plan(backend, AssignmentRequest(vm, (A100_ACTIVE,)))
+    assert not result.blocked, result.findings
+
+    def go() -> object:
+        with backend:
+            return execute(backend, result)
+    return go
 
 
-@pytest.mark.parametrize("round_", range(ROUNDS))
-def test_of_concurrent_assigns_of_one_device_exactly_one_wins(fresh_vcsim, round_):
-    sim = fresh_vcsim(config_with_clones(), username=USER)
-    with open_backend(sim) as backend:
-        before = {vm.name: vm for vm in backend.inventory().vms}
-    runs = race(assigner(sim), CLONES)
-    winners = [run.name for run in runs if run.kind == "applied"]
-    assert len(winners) == 1, runs
-    assert holders(sim) == winners
-    with open_backend(sim) as backend:
-        after = {vm.name: vm for vm in backend.inventory().vms}
-    for run in runs:
-        if run.name != winners[0]:
-            assert run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True, runs
-            assert after[run.name] == before[run.name]  # its own change (and its claim) undone
+def _address_of(sim) -> SimpleNamespace:
+    return SimpleNamespace(port=sim.port, password=sim.password, ca_file=str(sim.ca_file))
 
 
 def test_identical_concurrent_assigns_add_the_device_once(fresh_vcsim):
     sim = fresh_vcsim(config_with_clones(), username=USER)
-    runs = race(assigner(sim), ["ml-1"] * 3)
+    with RacePool(3) as pool:
+        runs = pool.round(functools.partial(assign_in_a_worker, _address_of(sim)), ["ml-1"] * 3)
     # each process's own outcome: exactly one did the work; the others' writes were refused by the changeVersion
     # the first one changed (exit 6, nothing of theirs applied) or, planned after it, had nothing to do
     assert [run.kind for run in runs].count("applied") == 1, runs
@@ -141,61 +138,38 @@ def test_an_assign_stopped_after_the_host_step_is_shown_by_status_and_a_rerun_fi
         assert T4 in vm.assigned and vm.unfinished == ()
 
 
-THREAD_ROUNDS = int(os.environ.get("GPUPASS_THREAD_RACE_ROUNDS", "100"))
-
-
 def test_100_rounds_of_concurrent_assigns_give_one_device_to_one_vm(fresh_vcsim):
-    """0 double assignments in 100 concurrent rounds (issue 10), in CI: three clients, each in its own thread with
-    its own pyvmomi session (kept between rounds), plan, wait at a barrier and assign at once. Every tenth round all
-    three give the device to the same VM: it holds it once. The winner's release puts the VM back between rounds.
-
-    The three plans of a round are made from one read of the host (as if the three admins read it at the same
-    moment: pyVmomi's parsing of a whole inventory costs more than the race); each apply re-reads its VM itself."""
+    """0 double assignments in 100 concurrent rounds (issue 10), in CI: three processes (support.race.RacePool,
+    started once), each opening its own pyvmomi session every round, read the inventory, plan, wait at one barrier
+    and assign the device at the same moment. Exactly one wins; the others exit 6 with their own change (and claim)
+    undone. Every tenth round all three give it to the same VM: one does the work, each other one is refused by the
+    changeVersion the first changed (exit 6) or, planned after it, has nothing to do; the VM holds it once. Between
+    rounds gpupass's own release gives the device back."""
     from gpupass.core.domain.request import ReleaseRequest
     from gpupass.core.plugins import default_registry
     from gpupass.core.service import make_plan
-    from support.race import race_threads
 
     sim = fresh_vcsim(config_with_clones(), username=USER)
-    backends = {vm: open_backend(sim) for vm in CLONES}
-    reader = backends[CLONES[0]]
-    facts = reader.inventory()
-    before = {vm.name: vm for vm in facts.vms}
-    tally: dict[str, int] = {}
+    prepare = functools.partial(assign_in_a_worker, _address_of(sim))
+    tally: Counter[str] = Counter()
     wrong = []
-    try:
-        for round_ in range(THREAD_ROUNDS):
+    with open_backend(sim) as admin, RacePool(len(CLONES)) as pool:
+        before = {vm.name: vm for vm in admin.inventory().vms}
+        for round_ in range(ROUNDS):
             identical = round_ % 10 == 9
-            target_of = {vm: (CLONES[0] if identical else vm) for vm in CLONES}
-
-            def prepare(client, target_of=target_of, facts=facts):
-                backend = backends[client]
-                result = make_plan(backend, facts, AssignmentRequest(target_of[client], (A100_ACTIVE,)),
-                                   default_registry())
-                assert not result.blocked, result.findings
-                return lambda: execute(backend, result)
-
-            outcomes = race_threads(prepare, CLONES)
-            winners = [c for c, kind, _ in outcomes if kind == "applied"]
-            for client, kind, detail in outcomes:
-                tally[kind] = tally.get(kind, 0) + 1
-                assert kind in ("applied", "conflict"), (round_, client, kind, detail)
-                assert kind == "applied" or "rolled_back=True" in detail, (round_, client, detail)
-            after_facts = reader.inventory()
-            after = {vm.name: vm for vm in after_facts.vms}
+            runs = pool.round(prepare, [CLONES[0]] * len(CLONES) if identical else CLONES)
+            tally.update(run.kind for run in runs)
+            facts = admin.inventory()
+            after = {vm.name: vm for vm in facts.vms}
             holders = sorted(n for n in CLONES if A100_ACTIVE in after[n].assigned)
             counts = {n: passthrough_count(sim, n) for n in holders}
-            if len(holders) != 1 or counts[holders[0]] != 1 or not winners or \
-                    any(target_of[w] != holders[0] for w in winners) or (not identical and len(winners) != 1):
-                wrong.append((round_, counts, outcomes))
-            for name in CLONES:
-                if name not in holders:
-                    assert after[name] == before[name], (round_, name)   # its own change (and claim) undone
+            winners = [run.name for run in runs if run.kind == "applied"]
+            others_ok = all(run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True
+                            or identical and run.kind == "nothing-to-do" for run in runs if run.kind != "applied")
+            if len(holders) != 1 or counts[holders[0]] != 1 or len(winners) != 1 or holders != winners or \
+                    not others_ok or any(after[n] != before[n] for n in CLONES if n not in holders):
+                wrong.append((round_, counts, runs))
             for name in holders:
-                execute(reader, make_plan(reader, after_facts, ReleaseRequest(name), default_registry()))
-            facts = reader.inventory()
-    finally:
-        for backend in backends.values():
-            backend.close()
-    print(f"esxi (vcsim): {THREAD_ROUNDS} rounds, {len(wrong)} double/none, outcomes {tally}")
-    assert wrong == [], '\n'.join(map(repr, wrong))
+                execute(admin, make_plan(admin, facts, ReleaseRequest(name), default_registry()))
+    print(f"esxi (vcsim): {ROUNDS} rounds x {len(CLONES)} processes, {len(wrong)} wrong, outcomes {dict(tally)}")
+    assert wrong == [], "\n".join(map(repr, wrong[:5]))

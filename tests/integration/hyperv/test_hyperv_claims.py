@@ -1,17 +1,20 @@
 """0 double assignments in 100 concurrent rounds on Hyper-V (issue 10), in CI.
 
-Three clients, each in its own thread with its own WinRM session (kept between rounds, as three admins' gpupass
-would keep theirs), plan against the WS-Management endpoint, wait at a barrier and assign one GPU at the same
-moment. Hyper-V decides by its own rule (a dismounted device is added to one VM only, which the host model
-enforces): exactly one wins, the others' scripts undo themselves and the run reports a Conflict (exit 6). Every
-tenth round all three assign the same GPU to the same VM: it ends up there once. The multi-process rounds are in
-test_hyperv_lost_replies.py; tests/bench/race_claims.py prints the figures.
+Three processes (support.race.RacePool: started once with 'spawn'), each opening its own WinRM session every round
+as three admins' gpupass on three machines would, read the host and plan against the WS-Management endpoint, wait at
+one barrier and assign one GPU at the same moment. Hyper-V decides by its own rule (a dismounted device is added to
+one VM only, which the host model enforces): exactly one wins, the others' scripts undo themselves and the run reports a Conflict (exit 6). Every
+tenth round all three assign the same GPU to the same VM: it ends up there once, and the two runs that lose report
+a conflict. The host model is put back exactly as it was between rounds.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import uuid
+from collections import Counter
+from typing import Callable
 
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.backend import HypervBackend
@@ -22,9 +25,9 @@ from gpupass.core.domain.request import AssignmentRequest
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
 from hyperv_helpers import PASSWORD, USER
-from support.race import race_threads
+from support.race import RacePool
 
-ROUNDS = int(os.environ.get("GPUPASS_THREAD_RACE_ROUNDS", "100"))
+ROUNDS = int(os.environ.get("GPUPASS_RACE_ROUNDS", "100"))
 CLONES = ["ml-1", "ml-2", "ml-3"]
 GPU = address_map([A100_2_LOC])[A100_2_LOC]
 
@@ -45,46 +48,42 @@ def _reset(model: HostModel, pristine: dict) -> None:
         model.devices[:], model.vms[:] = fresh.devices, fresh.vms
 
 
+def assign_in_a_worker(port: int, vm: str) -> Callable[[], object]:
+    """One worker's run in a RacePool (module-level: the spawned worker imports it by name): its own new WinRM
+    session, a read of the host, a plan; the apply ends the session."""
+    backend = HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{port}/?transport=basic", name=vm,
+                                   password=Secret(PASSWORD)))
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (GPU,)), plugins.default_registry())
+    assert not plan.blocked, plan.findings
+
+    def go() -> object:
+        with backend:
+            return execute(backend, plan)
+    return go
+
+
 def test_100_rounds_of_concurrent_assigns_give_one_gpu_to_one_vm(endpoint_factory, record_property):
     model = _model()
     pristine = model.to_dict()
     ep = endpoint_factory(model, "basic")
-    backends = {c: HypervBackend(Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic",
-                                        name=c, password=Secret(PASSWORD))) for c in CLONES}
-    registry = plugins.default_registry()
-    # The host is put back exactly before every round, so the plan each client makes is the same every round:
-    # made once per client and kind of round (reading the whole host costs more than the race itself).
-    plans = {}
-    for identical in (False, True):
-        for client in CLONES:
-            backend = backends[client]
-            plans[identical, client] = make_plan(backend, backend.inventory(),
-                                                 AssignmentRequest("ml-1" if identical else client, (GPU,)), registry)
-            assert not plans[identical, client].blocked
-    doubles, tally = [], {"applied": 0, "conflict": 0}
-    for round_ in range(ROUNDS):
-        _reset(model, pristine)
-        identical = round_ % 10 == 9
-        target = {c: ("ml-1" if identical else c) for c in CLONES}
-
-        def prepare(client, identical=identical):
-            return lambda: execute(backends[client], plans[identical, client])
-
-        outcomes = race_threads(prepare, CLONES)
-        holders = [v.name for v in model.vms if any(d.assigned_vm == v.name and d.location_path == A100_2_LOC
-                                                    for d in model.devices)]
-        winners = [c for c, kind, _ in outcomes if kind == "applied"]
-        for client, kind, detail in outcomes:
-            tally[kind] = tally.get(kind, 0) + 1
-            assert kind in ("applied", "conflict"), (round_, client, kind, detail)
-            assert kind == "applied" or "rolled_back=True" in detail, (round_, client, detail)
-        if len(holders) != 1 or len(winners) != 1 or holders != [target[winners[0]]]:
-            doubles.append((round_, holders, outcomes))
-        # the losers' VMs are exactly as they were: settings, notes, devices
-        after = model.to_dict()["vms"]
-        for vm_before, vm_after in zip(pristine["vms"], after, strict=True):
-            if vm_before["name"] not in holders:
-                assert vm_after == vm_before, (round_, vm_before["name"])
-    record_property("hyperv_rounds", f"{ROUNDS} rounds: {tally}")
-    print(f"hyperv: {ROUNDS} rounds, {len(doubles)} double/none, outcomes {tally}")
-    assert doubles == []
+    prepare = functools.partial(assign_in_a_worker, ep.port)
+    doubles, tally = [], Counter[str]()
+    with RacePool(len(CLONES)) as pool:
+        for round_ in range(ROUNDS):
+            _reset(model, pristine)
+            identical = round_ % 10 == 9
+            runs = pool.round(prepare, ["ml-1"] * len(CLONES) if identical else CLONES)
+            tally.update(run.kind for run in runs)
+            holders = [v.name for v in model.vms if any(d.assigned_vm == v.name and d.location_path == A100_2_LOC
+                                                        for d in model.devices)]
+            winners = [run.name for run in runs if run.kind == "applied"]
+            losers_ok = all(run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True
+                            for run in runs if run.kind != "applied")
+            # the losers' VMs are exactly as they were: settings, notes, devices
+            after = {vm["name"]: vm for vm in model.to_dict()["vms"]}
+            if len(holders) != 1 or len(winners) != 1 or holders != winners or not losers_ok or \
+                    any(after[vm["name"]] != vm for vm in pristine["vms"] if vm["name"] not in holders):
+                doubles.append((round_, holders, runs))
+    record_property("hyperv_rounds", f"{ROUNDS} rounds: {dict(tally)}")
+    print(f"hyperv: {ROUNDS} rounds x {len(CLONES)} processes, {len(doubles)} wrong, outcomes {dict(tally)}")
+    assert doubles == [], "\n".join(map(repr, doubles[:5]))
