@@ -276,7 +276,7 @@ def execute(backend: Backend, plan: Plan, on_step: Callable[[Step], None] | None
                     interrupt.in_step = False
             except BaseException as exc:
                 interrupt.in_step, interrupt.undoing = False, True
-                _roll_back(backend, done, failed=step, cause=exc)
+                _roll_back(backend, done, failed=step, cause=exc, interrupted=interrupt.pending)
                 raise  # _roll_back always raises; this keeps type checkers honest
         outcome = _read_back(backend, plan, done)
         if interrupt.pending:  # a Ctrl-C during the last step or the read-back: the change is not kept either
@@ -354,12 +354,18 @@ def _undo(backend: Backend, done: Sequence[tuple[Step, Any]]) -> tuple[list[str]
     return stuck, by_hand
 
 
-def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException) -> None:
+def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step, cause: BaseException,
+               interrupted: bool = False) -> None:
+    """Undo after `failed` raised `cause`; always raises. `interrupted`: a Ctrl-C came while the step was under way
+    (it then failed on its own, e.g. timed out): the error is still an Interrupted one (exit 130), unless it is a
+    Conflict, which says more (another run won) and leaves nothing of this run either."""
     # A KeyboardInterrupt here is a Ctrl-C that did not wait for the step (a second one, or one outside the main
     # thread): the step was stopped wherever it was, so the host is read again like after a lost reply.
-    interrupted = isinstance(cause, KeyboardInterrupt)
+    stopped = isinstance(cause, KeyboardInterrupt)
+    interrupted = (stopped or interrupted) and not isinstance(cause, Conflict)
     reason = cause.message if isinstance(cause, GpupassError) else f"{type(cause).__name__}: {cause}"
-    head = f"interrupted (Ctrl-C) during step '{failed.description}'" if interrupted else \
+    head = f"interrupted (Ctrl-C) during step '{failed.description}'" if stopped else \
+        f"interrupted (Ctrl-C) during step '{failed.description}', which then failed ({reason})" if interrupted else \
         f"step '{failed.description}' failed"
     failure = Interrupted if interrupted else OperationFailed
     left = _observed(backend, failed, cause)
@@ -394,13 +400,17 @@ def _roll_back(backend: Backend, done: Sequence[tuple[Step, Any]], failed: Step,
         # Another run's change stays (that is the conflict): only this run's own change is gone.
         raise Conflict(f"{head}: {reason}{undone}; nothing of this run's change is left",
                        remedy=getattr(cause, "remedy", None), rolled_back=True) from cause
-    if interrupted:
+    if stopped:
         raise Interrupted(
             f"{head}; the host, read again, showed it as {'done' if left.state == 'after' else 'not done'}{undone}; "
             "the VM is as it was",
             remedy=f"the step was stopped with its request possibly still on its way to the host: `gpupass status "
                    f"{label}` in a moment shows whether the host carried it out anyway; run the same command again to "
                    "make the change", rolled_back=True) from cause
+    if interrupted:
+        raise Interrupted(f"{head}{undone}; the VM is as it was",
+                          remedy=getattr(cause, "remedy", None) or "run the same command again to make the change",
+                          rolled_back=True) from cause
     raise OperationFailed(
         f"{head}: {reason}{undone}; the VM is as it was",
         remedy=getattr(cause, "remedy", None),

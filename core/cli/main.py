@@ -234,12 +234,19 @@ def cli(ctx: click.Context, config_path: str | None, insecure: bool | None, ca_f
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
-def _exit_interrupted() -> None:
+def _exit_interrupted(as_json: bool = False) -> None:
     """Exit 130 at once. A worker may still sit inside an SDK call to a host that never answers (a libvirt
     connect, a socket read): interpreter shutdown can wait on such a thread, so the streams are flushed and the
-    process ends without it. Whatever a command undoes on an interrupt has been undone before we get here."""
+    process ends without it. Whatever a command undoes on an interrupt has been undone before we get here: a Ctrl-C
+    during a change's steps is reported by the command itself (errors.Interrupted), so this one came outside them."""
     import os
 
+    if as_json:  # --json promises one JSON document, an interrupt's too
+        try:
+            emit_json({"error": "interrupted", "message": "interrupted (Ctrl-C) while no change was being written",
+                       "remedy": "`gpupass status HOST` shows what the host holds"})
+        except (OSError, ValueError):
+            pass
     click.echo("interrupted", err=True)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -255,17 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     quiet_stdout()
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
     color = False if os.environ.get("NO_COLOR") else None
+    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=argv, prog_name="gpupass", standalone_mode=False, color=color)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):
-            _exit_interrupted()
+            _exit_interrupted(as_json)
         click.echo("aborted", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        _exit_interrupted()
+        _exit_interrupted(as_json)
     except click.exceptions.ClickException as exc:
-        if "--json" in (sys.argv[1:] if argv is None else argv):
+        if as_json:
             # --json promises one JSON document, errors included: a usage error too.
             emit_json({"error": "usage", "message": exc.format_message(), "remedy": "see `gpupass COMMAND --help`"})
         else:

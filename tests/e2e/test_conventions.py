@@ -53,21 +53,27 @@ def test_closed_pipe_keeps_the_exit_code_and_prints_no_traceback():
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
-def test_ctrl_c_exits_130():
-    # A host that accepts the connection and never answers: the read waits until interrupted.
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_exits_130(as_json):
+    # A host that accepts the connection and never answers: the read waits until interrupted. (Ctrl-C during a
+    # change: tests/integration/hyperv/test_hyperv_interrupted.py, tests/integration/esxi/test_esxi_interrupted.py.)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)
     try:
         uri = f"qemu+tcp://127.0.0.1:{silent.getsockname()[1]}/system"
-        process = subprocess.Popen([*GPUPASS, "fleet", "gpus", "--hosts", f"lab-kvm,{uri}", "--timeout", "60"],
+        process = subprocess.Popen([*GPUPASS, "fleet", "gpus", "--hosts", f"lab-kvm,{uri}", "--timeout", "60",
+                                    *(["--json"] if as_json else [])],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2.5)
         assert process.poll() is None, process.communicate()
         process.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
-        _, err = process.communicate(timeout=20)
+        out, err = process.communicate(timeout=20)
         assert process.returncode == 130, err
         assert "Traceback" not in err
+        if as_json:  # one JSON document, an interrupt's too
+            document = json.loads(out)
+            assert document["error"] == "interrupted" and "no change was being written" in document["message"]
     finally:
         silent.close()
 

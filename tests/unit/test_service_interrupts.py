@@ -134,7 +134,8 @@ def test_ctrl_c_while_undoing_is_only_noted(registry, monkeypatch):
     assert any("being undone" in n for n in notices)
 
 
-def test_a_step_that_fails_after_ctrl_c_is_reported_as_its_failure(registry, monkeypatch):
+def test_a_step_that_fails_after_ctrl_c_is_still_an_interrupt_with_its_failure_said(registry, monkeypatch):
+    """Ctrl-C, then the step under way fails on its own (a frozen host's timeout): exit 130 all the same."""
     backend = open_fake(lab_facts())
     before = FakeBackend.state
     real = FakeBackend.apply
@@ -146,9 +147,32 @@ def test_a_step_that_fails_after_ctrl_c_is_reported_as_its_failure(registry, mon
         return real(self, step)
 
     monkeypatch.setattr(FakeBackend, "apply", apply)
-    with pytest.raises(OperationFailed) as caught:
+    with pytest.raises(Interrupted) as caught:
         execute(backend, _plan(backend, registry))
-    assert not isinstance(caught.value, Interrupted) and caught.value.rolled_back is True
+    assert caught.value.rolled_back is True and caught.value.exit_code == 130
+    assert "interrupted (Ctrl-C) during step 'attach to ml-train', which then failed (injected failure in " \
+           "fake.attach); 1 completed step(s) were undone; the VM is as it was" in caught.value.message
+    assert FakeBackend.state == before
+
+
+def test_a_conflict_after_ctrl_c_stays_a_conflict(registry, monkeypatch):
+    """Another run won while this one was interrupted: exit 6 says more than 130 (nothing of this run is left)."""
+    from gpupass.core.errors import Conflict
+
+    backend = open_fake(lab_facts())
+    before = FakeBackend.state
+    real = FakeBackend.apply
+
+    def apply(self, step):
+        if step.action == "fake.attach":
+            _ctrl_c()
+            raise Conflict("VM 'web01' claimed 0000:41:00.0 first")
+        return real(self, step)
+
+    monkeypatch.setattr(FakeBackend, "apply", apply)
+    with pytest.raises(Conflict) as caught:
+        execute(backend, _plan(backend, registry))
+    assert caught.value.exit_code == 6 and caught.value.rolled_back is True
     assert FakeBackend.state == before
 
 
