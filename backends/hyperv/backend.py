@@ -801,13 +801,18 @@ class HypervBackend(Backend):
                 raise
             log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
 
+    def _back_on_host(self, facts: HostFacts) -> set[PciAddress]:
+        """The functions the host has for its own use: on no VM, and not left dismounted or disabled by a stopped run
+        (self._left, from the inventory that read `facts`)."""
+        return {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
+
     def _devices_are(self, vm: str, addresses: tuple[str, ...], on_vm: bool) -> Callable[[HostFacts], bool]:
         """The devices at `addresses` all on VM `vm` (`on_vm`) or all back on the host, with nothing unfinished on the
         VM (a release script stopped half-way leaves its intent: records.py)."""
         def done(facts: HostFacts) -> bool:
             held = facts.find_vm(vm)
             wanted = {PciAddress.parse(a) for a in addresses}
-            free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
+            free = self._back_on_host(facts)
             return bool(addresses) and held is not None and not held.unfinished and (
                 wanted <= set(held.assigned) if on_vm else not wanted & set(held.assigned) and wanted <= free)
         return done
@@ -992,7 +997,7 @@ class HypervBackend(Backend):
         # after Remove-VMAssignableDevice, an assign's own undo stopped before Mount-VMHostAssignableDevice) or
         # disabled is neither before nor after, whatever the step
         stuck = sorted(wanted & set(self._left))
-        free = {f.address for gpu in facts.gpus if gpu.assigned_to is None for f in gpu.functions} - set(self._left)
+        free = self._back_on_host(facts)
         on_vm, on_host = held == wanted, not held and wanted <= free
         holds = f"VM '{vm_name}' holds {', '.join(sorted(map(str, held))) or 'none'} of {', '.join(sorted(map(str, wanted)))}"
         if (on_vm or on_host) and not vm.unfinished:

@@ -675,7 +675,6 @@ _FIND_PARTITIONABLE = _lines(
 )
 
 
-
 def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tuple[str, int]] = (),
                          max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give ``vm_name`` one partition of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path``:
