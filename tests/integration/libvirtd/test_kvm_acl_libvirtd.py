@@ -123,7 +123,13 @@ def as_nobody(home, *args, command=GPUPASS):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C.UTF-8",
            "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")}
     nobody = pwd.getpwnam("nobody")
-    return subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--",
+    # CAP_DAC_READ_SEARCH (capabilities(7): "Bypass file read permission checks and directory read and execute permission
+    # checks"), kept across the uid change as an ambient capability, lets nobody's process read this checkout and its
+    # .venv wherever they are (a clone under /root, mode 0700, is not readable by nobody otherwise); the daemon's access
+    # control still sees user nobody: libvirt's polkit driver asks polkit about the client's uid and pid
+    # (src/access/viraccessdriverpolkit.c), and polkit decides by the subject's user, never by its capabilities.
+    return subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                           "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--",
                            *command, *args],
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
 
