@@ -103,7 +103,16 @@ def _plan_file(app: AppContext, path: str) -> list[tuple[Change, Plan]]:
     return planned
 
 
-def _run_change(app: AppContext, change: Change, as_json: bool) -> dict[str, Any]:
+class _Stage:
+    """How far the change under way got, for a Ctrl-C that comes outside its steps (the core handles one during
+    them): before its steps nothing of it is on the host, after them all of it is."""
+
+    def __init__(self) -> None:
+        self.name = "reading"  # reading the host and planning -> "writing" (run_plan) -> "written"
+        self.result: dict[str, Any] | None = None
+
+
+def _run_change(app: AppContext, change: Change, as_json: bool, stage: _Stage) -> dict[str, Any]:
     """Re-read the host, re-plan the change on what is there now, and carry it out (rolled back if it fails)
     the way `assign` and `release` do (commands.run_plan: progress, the wait on long steps, the result)."""
     from gpupass.core import serialize
@@ -122,14 +131,31 @@ def _run_change(app: AppContext, change: Change, as_json: bool) -> dict[str, Any
                                   [f for f in plan.findings if f.blocks])
         if plan.nothing_to_do:
             return {"applied": False, "changed": False, "plan": serialize.plan_to_dict(plan)}
+        stage.name = "writing"
         result = run_plan(backend, plan, as_json)
         # apply's results name the VM in "vm" (the change), so the VM as read back stays "vm_after" here
-        return {"applied": result["applied"], "changed": result["changed"], "plan": result["plan"],
-                "vm_after": result["vm"]}
+        stage.result = {"applied": result["applied"], "changed": result["changed"], "plan": result["plan"],
+                        "vm_after": result["vm"]}
+        stage.name = "written"
+        return stage.result
+
+
+def _interrupted_between(file: str, planned: list[tuple[Change, Plan]], index: int, stage: _Stage) -> Interrupted:
+    """A Ctrl-C outside any change's steps (reading a host, planning, reporting): what it left, by where it came."""
+    line = _change_line(planned[index][0])
+    if stage.name == "writing" and stage.result is None:
+        # run_plan had begun but the core's steps had not, or had ended without their result reaching us: the change
+        # is wholly there or wholly not (the core undoes a change a Ctrl-C stops half-way), which one is not known.
+        return Interrupted(f"interrupted (Ctrl-C) just before or just after the steps of {line}: whether that change "
+                           "was made is not known (it is either wholly made or not at all)",
+                           remedy=f"`gpupass diff {file}` shows whether it is there and what is left; "
+                                  f"`gpupass apply {file}` continues from there", rolled_back=False)
+    return Interrupted(f"interrupted (Ctrl-C) before the first step of {line}: nothing of it was changed",
+                       remedy=f"`gpupass apply {file}` continues from there", rolled_back=True)
 
 
 def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dict[str, Any]], index: int,
-                cause: GpupassError) -> ApplyIncomplete:
+                cause: GpupassError, begun: bool = True) -> ApplyIncomplete:
     """The error for a failure after some changes were made: which were made, which failed, which were not."""
     from gpupass.core.declarative import ApplyIncomplete
 
@@ -137,6 +163,7 @@ def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dic
     change = planned[index][0]
     undone = getattr(cause, "rolled_back", True)
     lines = [f"apply stopped at change {index + 1} of {len(planned)} ({_change_line(change)}): {cause.message}",
+             "that change was not begun" if not begun else
              "that change was undone" if undone else "that change was NOT fully undone (see the message above)",
              f"changed before it ({len(made)}):"]
     lines += [f"  {_change_line(planned[i][0])}" for i, r in enumerate(results) if r["changed"]]
@@ -239,15 +266,24 @@ def apply(app: AppContext, file: str, yes: bool, as_json: bool) -> None:
     if not as_json:
         click.echo("\n".join(_change_line(c) for c, _ in planned))
     confirm(yes, "hosts", "\nApply these changes?", review=f"gpupass diff {file}")
-    results = []
+    results: list[dict[str, Any]] = []
     for index, (change, _) in enumerate(planned):
+        stage = _Stage()
         try:
-            results.append({**_change_dict(change), **_run_change(app, change, as_json)})
+            try:
+                results.append({**_change_dict(change), **_run_change(app, change, as_json, stage)})
+            except KeyboardInterrupt as interrupt:
+                if stage.result is not None:  # after its steps: the change is on the host
+                    results.append({**_change_dict(change), **stage.result})
+                    if index + 1 == len(planned):
+                        break  # the whole file was applied before the Ctrl-C: the result says so
+                    index, stage = index + 1, _Stage()  # stopped before the next change began
+                raise _interrupted_between(file, planned, index, stage) from interrupt
         except GpupassError as exc:
             if not any(r["changed"] for r in results):
                 if as_json and isinstance(exc, PreflightFailed):  # its handler prints no JSON of its own
                     emit_json({"file": file, "changed": False, "results": results, **exc.to_dict()})
                 raise  # nothing before it changed; the error says for itself what it did
-            raise _incomplete(file, planned, results, index, exc) from exc
+            raise _incomplete(file, planned, results, index, exc, begun=stage.name != "reading") from exc
     if as_json:
         emit_json({"file": file, "changed": any(r["changed"] for r in results), "results": results})

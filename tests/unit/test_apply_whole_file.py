@@ -210,3 +210,92 @@ def test_ctrl_c_during_a_later_change_exits_130_and_reports_what_was_changed(app
     assert document["failed"]["error"]["rolled_back"] is True
     assert "apply stopped at change 2 of 2" in document["message"] and "that change was undone" in document["message"]
     assert owners() == {**BEFORE, "0000:01:00.0": None}  # the release made before it stays; the assign was undone
+
+
+ONE_MOVE = "assignments:\n  - {host: fake://lab, vm: ml-train, gpus: [\"41:00.0\"]}\n"  # release cad-ws's, then assign
+
+
+def test_ctrl_c_while_the_next_change_reads_its_host_reports_it_not_begun_and_what_was_changed(apply, monkeypatch):
+    """SIGINT outside any step (the second change re-reads the host), so no core guard holds it: apply itself says
+    what the host holds, as it does for a Ctrl-C during a step."""
+    import os
+    import signal
+
+    real = FakeBackend.inventory
+    reads = []
+
+    def inventory(self):
+        reads.append(1)
+        if len(reads) == 4:  # the file's plan, the release's re-read and read-back, then the assign's re-read
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(FakeBackend, "inventory", inventory)
+    result = apply(ONE_MOVE, "--json")
+    assert result.exit_code == 130, result.output
+    document = json.loads(result.output)
+    assert document["error"] == "apply-incomplete" and document["failed"]["vm"] == "ml-train"
+    assert document["failed"]["error"]["error"] == "interrupted" and document["failed"]["error"]["rolled_back"] is True
+    assert "before the first step of + fake://lab: assign 0000:41:00.0 to ml-train" in document["message"]
+    assert "that change was not begun" in document["message"]
+    assert [r["vm"] for r in document["results"]] == ["cad-ws"]
+    assert owners() == {**BEFORE, "0000:01:00.0": None}  # the release stays; nothing of the assign was written
+
+
+def test_ctrl_c_between_a_changes_steps_and_its_result_counts_the_change_as_made(apply, monkeypatch):
+    from gpupass.core.cli import declarative
+
+    real = declarative._run_change
+
+    def run_change(app, change, as_json, stage):
+        result = real(app, change, as_json, stage)
+        if change.operation == "release":
+            raise KeyboardInterrupt  # the result reached apply's stage record, not yet its list
+        return result
+
+    monkeypatch.setattr(declarative, "_run_change", run_change)
+    result = apply(ONE_MOVE, "--json")
+    assert result.exit_code == 130, result.output
+    document = json.loads(result.output)
+    assert [r["vm"] for r in document["results"]] == ["cad-ws"] and document["failed"]["vm"] == "ml-train"
+    assert "that change was not begun" in document["message"]
+    assert owners() == {**BEFORE, "0000:01:00.0": None}
+
+
+def test_ctrl_c_after_the_last_changes_steps_still_reports_the_file_applied(apply, monkeypatch):
+    from gpupass.core.cli import declarative
+
+    real = declarative._run_change
+
+    def run_change(app, change, as_json, stage):
+        real(app, change, as_json, stage)
+        if change.operation == "assign":
+            raise KeyboardInterrupt
+        return stage.result
+
+    monkeypatch.setattr(declarative, "_run_change", run_change)
+    result = apply(ONE_MOVE, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["changed"] is True and [r["vm"] for r in document["results"]] == ["cad-ws", "ml-train"]
+    assert owners() == {**BEFORE, "0000:01:00.0": None, "0000:41:00.0": "ml-train"}
+
+
+def test_ctrl_c_inside_run_plan_outside_the_steps_says_whether_it_was_made_is_not_known(apply, monkeypatch):
+    """A Ctrl-C while the 'Done' line is printed (after the core's steps, before apply has the result)."""
+    from gpupass.core.cli import commands
+
+    real = commands.run_plan
+
+    def run_plan(backend, plan, as_json):
+        result = real(backend, plan, as_json)
+        if plan.operation == "assign":
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(commands, "run_plan", run_plan)
+    result = apply(ONE_MOVE)
+    assert result.exit_code == 130, result.output
+    assert "whether that change was made is not known" in result.output
+    assert "gpupass diff" in result.output and "that change was NOT fully undone" in result.output
+    assert owners() == {**BEFORE, "0000:01:00.0": None, "0000:41:00.0": "ml-train"}  # it was, in fact, made
