@@ -51,6 +51,19 @@ def _interrupt_in(monkeypatch, action: str, times: int = 1, after: bool = True) 
     return seen
 
 
+def _ctrl_c_then_fail(monkeypatch, action: str, error: Exception) -> None:
+    """Ctrl-C while the fake's step `action` runs, then the step fails on its own with `error`."""
+    real = FakeBackend.apply
+
+    def apply(self, step):
+        if step.action == action:
+            _ctrl_c()
+            raise error
+        return real(self, step)
+
+    monkeypatch.setattr(FakeBackend, "apply", apply)
+
+
 def test_ctrl_c_during_a_step_lets_it_finish_then_undoes_the_whole_change(registry, monkeypatch):
     backend = open_fake(lab_facts())
     before = FakeBackend.state
@@ -138,15 +151,7 @@ def test_a_step_that_fails_after_ctrl_c_is_still_an_interrupt_with_its_failure_s
     """Ctrl-C, then the step under way fails on its own (a frozen host's timeout): exit 130 all the same."""
     backend = open_fake(lab_facts())
     before = FakeBackend.state
-    real = FakeBackend.apply
-
-    def apply(self, step):
-        if step.action == "fake.attach":
-            _ctrl_c()
-            raise OperationFailed("injected failure in fake.attach")
-        return real(self, step)
-
-    monkeypatch.setattr(FakeBackend, "apply", apply)
+    _ctrl_c_then_fail(monkeypatch, "fake.attach", OperationFailed("injected failure in fake.attach"))
     with pytest.raises(Interrupted) as caught:
         execute(backend, _plan(backend, registry))
     assert caught.value.rolled_back is True and caught.value.exit_code == 130
@@ -161,15 +166,7 @@ def test_a_conflict_after_ctrl_c_stays_a_conflict(registry, monkeypatch):
 
     backend = open_fake(lab_facts())
     before = FakeBackend.state
-    real = FakeBackend.apply
-
-    def apply(self, step):
-        if step.action == "fake.attach":
-            _ctrl_c()
-            raise Conflict("VM 'web01' claimed 0000:41:00.0 first")
-        return real(self, step)
-
-    monkeypatch.setattr(FakeBackend, "apply", apply)
+    _ctrl_c_then_fail(monkeypatch, "fake.attach", Conflict("VM 'web01' claimed 0000:41:00.0 first"))
     with pytest.raises(Conflict) as caught:
         execute(backend, _plan(backend, registry))
     assert caught.value.exit_code == 6 and caught.value.rolled_back is True
