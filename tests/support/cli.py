@@ -56,3 +56,39 @@ def killed_with_script_held(ep, containing, args, env, while_held=None):
     finally:
         ep.release_command()
     assert ep.command_done.wait(60), "the host never ran the script its killed client had sent"
+
+
+class CtrlCClient:
+    """`gpupass ARGS` in its own process, its stderr read as it comes, for a test that sends it Ctrl-C (SIGINT, what
+    a terminal sends) while one of its steps is held at the lab endpoint and then lets the step through."""
+
+    def __init__(self, args, env):
+        import threading
+
+        self.process = subprocess.Popen([*GPUPASS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, stdin=subprocess.DEVNULL)
+        self.lines = []
+        self._noticed = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self):
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if line.startswith("interrupted:"):
+                self._noticed.set()
+
+    def ctrl_c(self):
+        """SIGINT, then wait until gpupass says it noticed; it must still be waiting for the step on the wire."""
+        import signal
+
+        self.process.send_signal(signal.SIGINT)
+        assert self._noticed.wait(30), self.lines
+        assert self.process.poll() is None, "gpupass did not wait for the step on the wire"
+
+    def finish(self):
+        """-> exit code, stdout, stderr lines, once the process ended (after the held step was let through)."""
+        out = self.process.stdout.read()
+        code = self.process.wait(60)
+        self._reader.join(10)
+        return code, out, self.lines

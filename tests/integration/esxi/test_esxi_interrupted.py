@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
-from support.cli import GPUPASS
+from support.cli import GPUPASS, CtrlCClient
 
 pytest.importorskip("pyVmomi")
 
@@ -44,31 +42,17 @@ def test_ctrl_c_mid_assign_lets_the_passthrough_switch_finish_undoes_every_step_
     vm_before, host_before = cad_ws(), sim.state()
 
     sim.hold("UpdatePassthruConfig")
-    client = subprocess.Popen([*GPUPASS, "assign", uri, "cad-ws", T4, "--yes", "--json", "--ca-file",
-                               str(sim.ca_file)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, stdin=subprocess.DEVNULL)
-    lines: list[str] = []
-    noticed = threading.Event()
-
-    def read_stderr() -> None:
-        for line in client.stderr:
-            lines.append(line)
-            if line.startswith("interrupted:"):
-                noticed.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
+    client = CtrlCClient(["assign", uri, "cad-ws", T4, "--yes", "--json", "--ca-file", str(sim.ca_file)], env)
     try:
         deadline = time.monotonic() + 60
         while sim.held() != "UpdatePassthruConfig":
-            assert time.monotonic() < deadline and client.poll() is None, "the passthrough switch never came"
+            assert time.monotonic() < deadline and client.process.poll() is None, "the passthrough switch never came"
             time.sleep(0.05)
-        client.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
-        assert noticed.wait(30), lines
-        assert client.poll() is None, "gpupass did not wait for the step on the wire"
+        client.ctrl_c()
     finally:
         sim.release()
-    out = client.stdout.read()
-    assert client.wait(60) == 130, (out, lines)
+    code, out, lines = client.finish()
+    assert code == 130, (out, lines)
     document = json.loads(out)
     assert document["error"] == "interrupted" and document["rolled_back"] is True, document
     assert f"interrupted (Ctrl-C) after step '{steps[1]['description']}'" in document["message"], document

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import threading
 
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.lab.hostmodel import lab_host
 from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
 from hyperv_helpers import PASSWORD, USER
-from support.cli import GPUPASS
+from support.cli import CtrlCClient
 
 GPU = str(address_map([A100_2_LOC])[A100_2_LOC])
 
@@ -26,31 +23,14 @@ def _interrupted_with_script_held(ep, args: list[str], env: dict[str, str]) -> t
     """Run `gpupass ARGS`, send it SIGINT while its Add-VMAssignableDevice script is held at the endpoint, wait until
     it says it noticed (on stderr), then let the script through: -> exit code, stdout, stderr lines."""
     ep.hold_next_command(containing="Add-VMAssignableDevice")
-    client = subprocess.Popen([*GPUPASS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL)
-    lines: list[str] = []
-    noticed = threading.Event()
-
-    def read_stderr() -> None:
-        for line in client.stderr:
-            lines.append(line)
-            if line.startswith("interrupted:"):
-                noticed.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    client = CtrlCClient(args, env)
     try:
         assert ep.command_held.wait(60), "the assign script never reached the endpoint"
-        client.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
-        assert noticed.wait(30), lines
-        assert client.poll() is None, "gpupass did not wait for the step on the wire"
+        client.ctrl_c()
         assert not ep.command_done.is_set()
     finally:
         ep.release_command()
-    out = client.stdout.read()
-    code = client.wait(60)
-    reader.join(10)
-    return code, out, lines
+    return client.finish()
 
 
 def test_ctrl_c_mid_assign_lets_the_script_finish_undoes_it_and_exits_130(endpoint_factory):
