@@ -130,10 +130,11 @@ class LibvirtProxy:
             self._drops[proc] = [skip, times]
             self.dropped.clear()
 
-    def withhold_reply_to(self, proc: int) -> None:
-        """Keep back the reply to the next call of `proc`, with the connection left open."""
+    def withhold_reply_to(self, proc: int, skip: int = 0) -> None:
+        """Keep back the reply to the next call of `proc` (after letting `skip` such calls through), with the connection
+        left open."""
         with self._lock:
-            self._withhold = (proc, 0)
+            self._withhold = (proc, skip)
 
     def lose_call_to(self, proc: int, skip: int = 0) -> None:
         """Throw the next call of `proc` away (after letting `skip` such calls through) and close its client's

@@ -40,7 +40,7 @@ from gpupass.core.service import execute  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.libvirt_proxy import LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
-from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
+from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
 from test_kvm_fault_matrix_libvirtd import GPU, IDS, OTHER, VM, WRITES, claim_now, plan_for, run, status  # noqa: E402
 from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
 
@@ -86,17 +86,21 @@ def host(own_daemon):
     conn.close()
 
 
-def faulted(proxy, operation, procedure, fault, withhold=False, planner=None, backend_class=KvmBackend):
-    """Run `operation` through the proxy in a thread; when its call of `procedure` is held, apply `fault` (a callable)
-    and let the call go on (`withhold`: its reply is kept from gpupass). -> the error gpupass reported."""
+def faulted(proxy, operation, procedure, fault, withhold=False, planner=None, backend_class=KvmBackend, skip=0,
+            first_fault=None):
+    """Run `operation` through the proxy in a thread; when its call of `procedure` (after `skip` such calls) is held,
+    apply `fault` (a callable) and let the call go on (`withhold`: its reply is kept from gpupass). `first_fault` arms
+    the proxy before the run (a lost reply that sets an undo going). -> the error gpupass reported."""
     failure: list[BaseException] = []
 
     def go():
         with backend_class(Target(uri=proxy.uri, name="faulted", timeout=TIMEOUT_S)) as backend:
             plan = planner(backend) if planner else plan_for(backend, VM, operation)
-            proxy.hold_call_to(procedure)
+            if first_fault is not None:
+                first_fault()
+            proxy.hold_call_to(procedure, skip=skip)
             if withhold:
-                proxy.withhold_reply_to(procedure)
+                proxy.withhold_reply_to(procedure, skip=skip)
             try:
                 execute(backend, plan)
             except BaseException as error:  # noqa: BLE001 - what the test asserts on
@@ -220,6 +224,54 @@ def test_a_daemon_frozen_with_a_write_in_its_socket_is_reported_not_known_and_th
 
 
 # -- a release finishing what a stopped one left (its claim), and a vGPU share's define --------------------------------
+# -- the undo that follows a lost reply: the daemon killed or frozen on it --------------------------------------------
+# (operation, the undo's call, calls of it before the undo's): after the define's reply is lost and the define is read
+# back, the assign's undo defines the old definition, then removes its claim; the release's undo claims the GPU again
+# (the release's own claim is still there: refused, and adopted), then defines the old definition.
+UNDOS = {"assign-undo-define": ("assign", DOMAIN_DEFINE_XML, 1),
+         "assign-undo-claim-removal": ("assign", SECRET_UNDEFINE, 0),
+         "release-undo-claim": ("release", SECRET_DEFINE_XML, 0),
+         "release-undo-define": ("release", DOMAIN_DEFINE_XML, 1)}
+# -> (the VM holds the GPU, the claim names the VM) once the daemon is back: the undo's call carried out or not.
+UNDO_OUTCOMES = {("assign-undo-define", False): (True, True), ("assign-undo-define", True): (False, True),
+                 ("assign-undo-claim-removal", False): (False, True), ("assign-undo-claim-removal", True): (False, False),
+                 ("release-undo-claim", False): (False, True), ("release-undo-claim", True): (False, True),
+                 ("release-undo-define", False): (False, True), ("release-undo-define", True): (True, True)}
+
+
+@pytest.mark.parametrize("fault", ["killed-before-the-work", "killed-after-the-work", "frozen"])
+@pytest.mark.parametrize("undo", list(UNDOS))
+def test_a_daemon_fault_on_the_undo_after_a_lost_reply_is_reported_not_undone_and_a_rerun_converges(
+        own_daemon, proxy, host, undo, fault):
+    """The define's reply is lost after the daemon carried it out; gpupass reads it back and undoes it, and the daemon
+    is killed (before or after carrying the undo's call out) or frozen on that call. Reported not rolled back, the
+    step and its undo named; back, the host is exactly after (the undo never reached it), exactly before, or the VM
+    without the GPU and its claim left, which status shows; the same command again converges."""
+    free, assigned = host
+    operation, procedure, skip = UNDOS[undo]
+    if operation == "release":
+        run(own_daemon.uri, VM, "assign")
+    apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+    try:
+        error = faulted(proxy, operation, procedure, apply, withhold=withhold, skip=skip,
+                        first_fault=lambda: proxy.drop_reply_to(DOMAIN_DEFINE_XML))
+    finally:
+        afterwards()
+    assert proxy.dropped.is_set()
+    assert error.rolled_back is False, error.message
+    assert "could not be undone" in error.message, error.message
+    holds, claimed = UNDO_OUTCOMES[(undo, fault != "killed-before-the-work")]
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        def exactly():
+            assert inactive_xml(conn, VM) == (assigned if holds else free)
+            assert_claim(conn, VM if claimed else None)
+        eventually(exactly)
+    finally:
+        conn.close()
+    converges(own_daemon.uri, operation, free, assigned, left_claim=claimed and not holds)
+
+
 def kill_or_freeze(own_daemon, proxy, fault):
     """-> (the fault to apply when the call is held, whether its reply is withheld, what to undo after it)."""
     if fault == "frozen":
