@@ -325,7 +325,11 @@ class KvmBackend(Backend):
             holders.extend(held)
             for uuid in facts.mdevs:
                 mdev_holders[uuid] = facts.name
-            vms.append(_vm(facts, values.get("state.state", 0), claimed))
+            state = values.get("state.state", 0)
+            live_only, stored_only = self._live_differences(domain, facts) if state in _ACTIVE_STATES else ((), ())
+            for address in live_only:  # the VM holds it while it runs: another VM's assign is refused
+                owners.setdefault(address, facts.name)
+            vms.append(_vm(facts, state, claimed, live_only, stored_only))
         vms, settled = self._with_claim_owners(vms, held_by)
         vms, unheld, host_notes = self._with_unheld_claims(vms, held_by)
         vms = _with_stale_holdings(vms, [h for h in holders if h.address not in settled])
@@ -353,6 +357,17 @@ class KvmBackend(Backend):
         )
         return HostFacts(host, tuple(gpus), tuple(sorted(vms, key=lambda v: v.name)),
                          {("", a): f for a, f in functions.items()}, state=KvmState(domain_xml, tuple(unheld)))
+
+    def _live_differences(self, domain: Any, facts: domxml.DomainFacts
+                          ) -> tuple[tuple[PciAddress, ...], tuple[PciAddress, ...]]:
+        """-> the PCI devices a running VM holds in its live definition and not in its stored one (plugged in and never
+        written into the definition: an `assign --live` stopped between its hot-plug and its define, or a hot-plug by
+        hand), and those in its stored one and not live (unplugged and still written there: a `release --live` stopped
+        between its hot-unplug and its define, or a definition changed while the VM runs). One call per running VM
+        (virDomainGetXMLDesc without VIR_DOMAIN_XML_INACTIVE: the live definition)."""
+        live = domxml.read_facts(self._call(f"reading the live definition of domain {facts.name!r}", domain.XMLDesc,
+                                            0)).hostdevs
+        return (tuple(a for a in live if a not in facts.hostdevs), tuple(a for a in facts.hostdevs if a not in live))
 
     def _with_claim_owners(self, vms: list[Vm], held_by: dict[str, list[tuple[str, str]]]) -> tuple[list[Vm], set[str]]:
         """A GPU on several VMs whose secret claim names one of them (a run stopped between its define and
@@ -544,7 +559,11 @@ class KvmBackend(Backend):
         steps = []
         new_functions = [f for f in ctx.functions if f.address not in vm.assigned]
         if options.live and not vm.is_off:
-            steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions]
+            # A device the running VM holds already (an `assign --live` stopped after its hot-plug) is not plugged in
+            # twice (libvirt refuses a device in use): the define writes it into the stored definition.
+            plugged = set(vm.settings.get("held_live_only") or ())
+            steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions
+                      if str(f.address) not in plugged]
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not options.live,
                                        claims=[str(f.address) for f in new_functions]))
         steps.append(_step(
@@ -564,7 +583,10 @@ class KvmBackend(Backend):
         edit = domxml.Edit(domxml.without_unfinished_claims(edit.xml), edit.changes)
         steps = []
         if ctx.request.options.live and not vm.is_off:
-            functions = [f for f in ctx.functions if f.address in addresses]
+            # A device the running VM no longer holds (a `release --live` stopped after its hot-unplug) is not
+            # unplugged twice (libvirt would refuse: not found): the define takes it out of the stored definition.
+            unplugged = set(vm.settings.get("held_stored_only") or ())
+            functions = [f for f in ctx.functions if f.address in addresses and str(f.address) not in unplugged]
             steps += [self._hotplug_step(vm.name, f, attach=False) for f in functions]
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
         return steps + self.plan_finish_release(ctx)
@@ -1543,7 +1565,13 @@ _STATES = {0: PowerState.UNKNOWN, 1: PowerState.RUNNING, 2: PowerState.RUNNING, 
            4: PowerState.RUNNING, 5: PowerState.OFF, 6: PowerState.OFF, 7: PowerState.SUSPENDED}
 
 
-def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm:
+# virDomainState values of a domain that runs, whose live definition may differ from its stored one (libvirt
+# include/libvirt/libvirt-domain.h: RUNNING 1, BLOCKED 2, PAUSED 3, SHUTDOWN 4 -- being shut down --, PMSUSPENDED 7).
+_ACTIVE_STATES = frozenset({1, 2, 3, 4, 7})
+
+
+def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim],
+        live_only: tuple[PciAddress, ...] = (), stored_only: tuple[PciAddress, ...] = ()) -> Vm:
     return Vm(
         name=facts.name,
         id=facts.uuid,
@@ -1558,10 +1586,18 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim]) -> Vm
         # libvirt-guests service decides for all) and no Hyper-V-style dynamic memory setting: unknown.
         binding="address", stop_action=None, dynamic_memory=None,
         settings={"machine": facts.machine, "assigned_by_gpupass": [str(a) for a in facts.recorded],
-                  "phys_bits": facts.phys_bits},
+                  "phys_bits": facts.phys_bits, **({"held_live_only": [str(a) for a in live_only]} if live_only else {}),
+                  **({"held_stored_only": [str(a) for a in stored_only]} if stored_only else {})},
         unfinished=tuple(
             f"an assign of {', '.join(sorted(c.addresses))} started by {c.origin} stopped before its change was "
-            "written; any `gpupass assign` or `release` of this VM clears it" for c in claims if c.choosing),
+            "written; any `gpupass assign` or `release` of this VM clears it" for c in claims if c.choosing) + tuple(
+            f"holds {address} only while it runs: the device is in its live definition but not in its stored one (an "
+            "`assign --live` stopped between its hot-plug and its define, or a hot-plug by hand), so it leaves the VM "
+            f"when the VM stops; `gpupass assign HOST {facts.name} {address} --live` writes it into the stored "
+            "definition" for address in live_only) + tuple(
+            f"holds {address} in its stored definition but not while it runs (a `release --live` stopped between its "
+            "hot-unplug and its define, or a definition changed while the VM runs), so it comes back when the VM next "
+            f"starts; `gpupass release HOST {facts.name} {address} --live` finishes the release" for address in stored_only),
     )
 
 

@@ -257,6 +257,65 @@ def test_a_hostdev_is_told_in_a_running_vms_live_definition_by_its_source_addres
     assert not backend._device_in(live, "<input type='tablet' bus='usb'/>")  # no source address: never "there"
 
 
+def test_a_device_a_running_vm_holds_only_live_is_shown_and_the_same_assign_live_writes_it_without_plugging_again(
+        tmp_path, open_backend, registry, domain_xml):
+    """An `assign --live` stopped between its hot-plug and its define (killed) leaves the GPU in the running VM's live
+    definition and not in its stored one. libvirt's test driver makes that state for real: a running domain whose
+    stored definition is replaced without the device keeps it in its live one (a define of a running domain becomes
+    its next definition: libvirt 9.0.0 src/conf/domain_conf.c, virDomainObjAssignDef lines 4034-4047). `status`
+    shows it on the VM with the command that finishes it, another VM's assign of the GPU is refused, and the same
+    `assign --live` again writes the device into the stored definition without plugging it in twice (the test driver
+    has no hot-plug at all: a hot-plug step would fail)."""
+    uri = testhost.write_host(tmp_path / "live.xml", [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", 5)],
+                              [testhost.domain("busy", running=True, hostdevs=["0000:41:00.0"]),
+                               testhost.domain("other")])
+    backend = open_backend(uri)
+    conn = backend._connection()._wrapped
+    stored = conn.lookupByName("busy").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    conn.defineXML(stored.replace(stored[stored.index("<hostdev"):stored.index("</hostdev>") + len("</hostdev>")], ""))
+    facts = backend.inventory()
+    busy = facts.find_vm("busy")
+    assert busy.assigned == () and busy.settings["held_live_only"] == ["0000:41:00.0"]
+    note, = busy.unfinished
+    assert note.startswith("holds 0000:41:00.0 only while it runs: the device is in its live definition but not in "
+                           "its stored one") and "`gpupass assign HOST busy 0000:41:00.0 --live`" in note
+    gpu, = facts.gpus
+    assert gpu.assigned_to == "busy"
+    assert "gpu-assigned-elsewhere" in codes(plan_for(backend, AssignmentRequest("other", (A("41:00.0"),)), registry))
+    plan = plan_for(backend, AssignmentRequest("busy", (A("41:00.0"),), AssignOptions(live=True)), registry)
+    assert not plan.blocked and [s.action for s in plan.steps if s.writes] == ["kvm.define-domain"]
+    execute(backend, plan)
+    again = backend.inventory().find_vm("busy")
+    assert again.assigned == (A("41:00.0"),) and again.unfinished == () and "held_live_only" not in again.settings
+
+
+def test_a_device_a_running_vm_holds_only_in_its_stored_definition_is_shown_and_release_live_does_not_unplug_it(
+        tmp_path, open_backend, registry):
+    """A `release --live` stopped between its hot-unplug and its define leaves the GPU in the running VM's stored
+    definition and not in its live one (it would come back at the next start). The test driver makes that state: a
+    running domain whose stored definition gains the device. `status` shows it with the command that finishes it, and
+    that `release --live` takes it out of the stored definition without unplugging it again (which libvirt would
+    refuse: the device is not there)."""
+    uri = testhost.write_host(tmp_path / "stored.xml", [testhost.gpu("0000:41:00.0", 0x1EB8, "TU104GL [Tesla T4]", 5)],
+                              [testhost.domain("busy", running=True)])
+    backend = open_backend(uri)
+    conn = backend._connection()._wrapped
+    stored = conn.lookupByName("busy").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    hostdev = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x41' "
+               "slot='0x00' function='0x0'/></source></hostdev>")
+    conn.defineXML(stored.replace("</devices>", hostdev + "</devices>"))
+    busy = backend.inventory().find_vm("busy")
+    assert busy.assigned == (A("41:00.0"),) and busy.settings["held_stored_only"] == ["0000:41:00.0"]
+    note, = busy.unfinished
+    assert note.startswith("holds 0000:41:00.0 in its stored definition but not while it runs") and \
+        "`gpupass release HOST busy 0000:41:00.0 --live` finishes the release" in note
+    plan = plan_for(backend, ReleaseRequest("busy", (A("41:00.0"),), ReleaseOptions(live=True)), registry)
+    assert not plan.blocked and [s.action for s in plan.steps if s.writes] == ["kvm.define-domain"]
+    execute(backend, plan)
+    again = backend.inventory().find_vm("busy")
+    assert again.assigned == () and again.unfinished == ()
+
+
 def test_a_change_made_by_someone_else_after_planning_is_not_overwritten(lab, registry, domain_xml):
     plan = plan_for(lab, AssignmentRequest("ml-train", (H100,)), registry)
     theirs = domain_xml(lab, "ml-train").replace("<vcpu placement='static'>8</vcpu>",
@@ -301,10 +360,10 @@ def test_round_trips_are_counted_and_deterministic(lab_file, open_backend):
     first.inventory()
     second.inventory()
     # open + list devices + 14 device XMLs (the SR-IOV PF and its 4 VFs among them) + domain stats + 5 domain XMLs
-    # + list mediated devices + their 3 XMLs
-    assert first.round_trips == second.round_trips == 1 + 1 + 14 + 1 + 5 + 1 + 3
+    # + the live XML of the one that runs + list mediated devices + their 3 XMLs
+    assert first.round_trips == second.round_trips == 1 + 1 + 14 + 1 + 5 + 1 + 1 + 3
     first.inventory()
-    assert first.round_trips == 26 + 25  # the connection is reused
+    assert first.round_trips == 27 + 26  # the connection is reused
 
 
 # -- typed steps: the payload's type picks the handler, the action label is only a label -------------

@@ -64,6 +64,11 @@ class KvmBackendPluggingATablet(KvmBackend):
         assert device_xml == TABLET
         return tablets(live_xml) == 1
 
+    def _live_differences(self, domain, facts):
+        # The stand-in takes the GPU's place in the running VM, so the GPU itself is never in its live definition: the
+        # product's comparison of live and stored definitions is tested on the test driver (test_kvm_testdriver.py).
+        return (), ()
+
 
 def tablets(xml: str) -> int:
     return sum(1 for i in ET.fromstring(xml).iter("input") if (i.get("type"), i.get("bus")) == ("tablet", "usb"))
@@ -221,6 +226,9 @@ class KvmBackendPluggingAPciDevice(KvmBackend):
     def _device_in(live_xml, device_xml):
         assert device_xml == RNG
         return ET.fromstring(live_xml).find("devices/rng") is not None
+
+    def _live_differences(self, domain, facts):
+        return (), ()  # as KvmBackendPluggingATablet's
 
 
 def test_a_hot_unplug_the_guest_does_not_grant_is_reported_pending_and_the_release_goes_no_further(
