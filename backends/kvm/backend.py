@@ -560,7 +560,8 @@ class KvmBackend(Backend):
         new_functions = [f for f in ctx.functions if f.address not in vm.assigned]
         if options.live and not vm.is_off:
             # A device the running VM holds already (an `assign --live` stopped after its hot-plug) is not plugged in
-            # twice (libvirt refuses a device in use): the define writes it into the stored definition.
+            # twice (libvirt refuses a device in use: "PCI device %s is in use by driver %s, domain %s", libvirt 9.0.0
+            # src/hypervisor/virhostdev.c line 97): the define writes it into the stored definition.
             plugged = set(vm.settings.get("held_live_only") or ())
             steps += [self._hotplug_step(vm.name, f, attach=True) for f in new_functions
                       if str(f.address) not in plugged]
@@ -584,7 +585,9 @@ class KvmBackend(Backend):
         steps = []
         if ctx.request.options.live and not vm.is_off:
             # A device the running VM no longer holds (a `release --live` stopped after its hot-unplug) is not
-            # unplugged twice (libvirt would refuse: not found): the define takes it out of the stored definition.
+            # unplugged twice (libvirt refuses: VIR_ERR_DEVICE_MISSING "host pci device ... not found", libvirt 9.0.0
+            # src/qemu/qemu_hotplug.c, qemuDomainDetachPrepHostdev line 5512): the define takes it out of the stored
+            # definition.
             unplugged = set(vm.settings.get("held_stored_only") or ())
             functions = [f for f in ctx.functions if f.address in addresses and str(f.address) not in unplugged]
             steps += [self._hotplug_step(vm.name, f, attach=False) for f in functions]
