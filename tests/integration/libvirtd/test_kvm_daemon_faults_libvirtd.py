@@ -41,7 +41,10 @@ from gpupass.core.target import Target  # noqa: E402
 from support.libvirt_proxy import LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
 from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
-from test_kvm_fault_matrix_libvirtd import GPU, IDS, OTHER, VM, WRITES, claim_now, plan_for, run, status  # noqa: E402
+from test_kvm_fault_matrix_libvirtd import (GPU, IDS, OTHER, THE_GPU, VM, WRITES, claim_now, plan_for, run,  # noqa: E402
+                                            status)
+
+THE_GPU_ADDRESS = THE_GPU.address
 from tests.support.libvirtd import UnprivilegedLibvirtd  # noqa: E402
 
 TIMEOUT_S = 2.0
@@ -379,3 +382,58 @@ def test_a_daemon_fault_on_a_vgpu_share_define_leaves_the_vm_exactly_before_or_a
             conn = libvirt.open(own_daemon.uri)
         conn.lookupByName(SHARE_VM).undefine()
         conn.close()
+
+
+# -- an assign taking over a stale claim: the removal of the stale claim ---------------------------------------------
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_daemon_fault_on_the_removal_of_a_stale_claim_during_a_takeover_is_reported_and_the_assign_again_converges(
+        own_daemon, proxy, host, fault):
+    """A stopped run left a claim on the GPU naming VM, which does not hold it (stale); an assign of the GPU to OTHER
+    takes it over: it removes the stale claim by its UUID (virSecretUndefine), then claims the GPU. The daemon killed
+    or frozen on that removal: reported not known; back, the stale claim is there (status shows it on VM) or gone (the
+    host exactly as before, the stale claim cleared, which any assign of the GPU does); the same assign again gives
+    the GPU to OTHER with its claim."""
+    from gpupass.backends.kvm import secretclaims
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        vm_uuid = conn.lookupByName(VM).UUIDString()
+        conn.secretDefineXML(secretclaims.to_xml(secretclaims.new(GPU, VM, vm_uuid, "t", "a stopped run", 0.0)), 0)
+    finally:
+        conn.close()
+    free, _ = host
+    apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+    try:
+        error = faulted(proxy, "assign", SECRET_UNDEFINE, apply, withhold=withhold,
+                        planner=lambda backend: plan_for(backend, OTHER, "assign"))
+    finally:
+        afterwards()
+    assert error.rolled_back is False, error.message
+    removed = fault != "killed-before-the-work"
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        eventually(lambda: assert_claim(conn, None if removed else VM))
+        assert inactive_xml(conn, VM) == free and THE_GPU_ADDRESS not in holders_of(conn, OTHER)
+    finally:
+        conn.close()
+    shown = status(own_daemon.uri)
+    if removed:
+        assert shown == {VM: (), OTHER: ()}
+    else:
+        note, = shown[VM]
+        assert f"a claim on {GPU} for this VM" in note, note
+    run(own_daemon.uri, OTHER, "assign", takeover_s=0.3)  # the same assign again takes the claim over and finishes
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        assert_claim(conn, OTHER)
+        assert THE_GPU_ADDRESS in holders_of(conn, OTHER) and inactive_xml(conn, VM) == free
+    finally:
+        conn.close()
+    assert status(own_daemon.uri) == {VM: (), OTHER: ()}
+    run(own_daemon.uri, OTHER, "release")
+
+
+def holders_of(conn, vm):
+    from gpupass.backends.kvm import domxml
+
+    return domxml.read_facts(inactive_xml(conn, vm)).hostdevs
