@@ -341,12 +341,13 @@ def assert_claim(conn, vm):
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("operation", ["assign", "release"])
+@pytest.mark.parametrize("operation", ["assign", "release", "assign-undo", "release-undo"])
 def test_a_daemon_fault_on_a_vgpu_share_define_leaves_the_vm_exactly_before_or_after_and_a_rerun_converges(
         own_daemon, proxy, fault, operation):
-    """The define that gives a domain its mediated device or takes it back (test_kvm_share_faults_libvirtd.py), with
-    the daemon killed before or after carrying it out, or frozen: reported not known; the VM exactly before or after
-    (shares carry no claim), nothing for status to show, the same command again converges."""
+    """The define that gives a domain its mediated device or takes it back (test_kvm_share_faults_libvirtd.py), or its
+    undo after the define's reply was lost (`-undo`), with the daemon killed before or after carrying it out, or
+    frozen: reported not known (or not undone); the VM exactly before or after (shares carry no claim), nothing for
+    status to show, the same command again converges."""
     from test_kvm_share_faults_libvirtd import VM as SHARE_VM, KvmBackendWithAVgpu, plan_share
     from test_kvm_share_faults_libvirtd import run as run_share
 
@@ -355,26 +356,30 @@ def test_a_daemon_fault_on_a_vgpu_share_define_leaves_the_vm_exactly_before_or_a
         free = define(conn, q35(SHARE_VM))
         run_share(own_daemon.uri, "assign")
         given = inactive_xml(conn, SHARE_VM)
-        if operation == "assign":
+        if operation.startswith("assign"):
             run_share(own_daemon.uri, "release")
-        before, after = (free, given) if operation == "assign" else (given, free)
+        command, undo = operation.removesuffix("-undo"), operation.endswith("-undo")
+        before, after = (free, given) if command == "assign" else (given, free)
         apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
         try:
-            error = faulted(proxy, operation, DOMAIN_DEFINE_XML, apply, withhold=withhold,
-                            planner=lambda backend: plan_share(backend, operation), backend_class=KvmBackendWithAVgpu)
+            error = faulted(proxy, command, DOMAIN_DEFINE_XML, apply, withhold=withhold, skip=1 if undo else 0,
+                            first_fault=(lambda: proxy.drop_reply_to(DOMAIN_DEFINE_XML)) if undo else None,
+                            planner=lambda backend: plan_share(backend, command), backend_class=KvmBackendWithAVgpu)
         finally:
             afterwards()
         assert error.rolled_back is False, error.message
         conn.close()
         conn = libvirt.open(own_daemon.uri)
-        expected = before if fault == "killed-before-the-work" else after
+        # the faulted call carried out or not: the define's makes it "after", its undo's "before" again
+        carried_out = fault != "killed-before-the-work"
+        expected = (before if carried_out else after) if undo else (after if carried_out else before)
 
         def exactly():
             assert inactive_xml(conn, SHARE_VM) == expected
         eventually(exactly)
         with KvmBackendWithAVgpu(Target(uri=own_daemon.uri, name="session")) as backend:
             assert backend.inventory().find_vm(SHARE_VM).unfinished == ()
-        run_share(own_daemon.uri, operation)  # the same command again converges
+        run_share(own_daemon.uri, command)  # the same command again converges
         assert inactive_xml(conn, SHARE_VM) == after
     finally:
         if not own_daemon.running:
