@@ -51,7 +51,8 @@ def gpus(uri):
     conn = libvirt.open(uri)
     devices = [ET.fromstring(d.XMLDesc(0))
                for d in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV)]
-    domains = [(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)), stats)
+    domains = [(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)),
+                ET.fromstring(dom.XMLDesc(0)) if stats.get("state.state") in (1, 2, 3, 4, 7) else None)
                for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)]
     conn.close()
     return devices, domains
