@@ -7,18 +7,21 @@ rolls itself back), a release is one script. pywinrm is imported only when a hos
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import dataclasses
 import math
 import logging
 import json
+import time
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.records import count_changes, give_back_by_hand, left_on_host, stopped_runs
 from gpupass.backends.hyperv.addressing import address_map
-from gpupass.backends.hyperv.errors import ScriptStopped, from_exception, from_exit, from_script_result, parse_clixml
+from gpupass.backends.hyperv.errors import (ScriptStillRunning, ScriptStopped, from_exception,
+                                            from_exit, from_script_result, parse_clixml)
 from gpupass.backends.hyperv.state import LegacySettings
 from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishCountChange, FinishRelease, Release,
                                             RemovePartitions, SetPartitionCount)
@@ -34,6 +37,7 @@ from gpupass.core.domain.sharing import ShareMode
 from gpupass.core.errors import (BackendUnavailable, Conflict, ConnectionFailed, GpupassError, OperationFailed,
                                   UsageError)
 from gpupass.core.ports import Backend, StepState
+from gpupass.core.progress import waiting
 from gpupass.core.target import Target
 
 log = logging.getLogger("gpupass.hyperv")
@@ -95,11 +99,13 @@ def memory_bars(mem: Any) -> tuple[Bar, ...] | None:
         return None
     values = [int(v) for v in mem]
     if len(values) % 2:
-        raise OperationFailed(f"the host reported an odd number of memory range bounds ({len(values)})")
+        raise OperationFailed(f"the host reported an odd number of memory range bounds ({len(values)})",
+                              rolled_back=True)  # a read: nothing was changed
     bars = []
     for i, (start, end) in enumerate(zip(values[0::2], values[1::2], strict=True)):
         if end < start:
-            raise OperationFailed(f"the host reported a memory range that ends before it starts ({start:#x}-{end:#x})")
+            raise OperationFailed(f"the host reported a memory range that ends before it starts ({start:#x}-{end:#x})",
+                                  rolled_back=True)  # a read: nothing was changed
         bars.append(Bar(i, end - start + 1, is_64bit=end >= FOUR_GIB))
     return tuple(bars)
 
@@ -140,7 +146,7 @@ class HypervState:
 def _state(facts: HostFacts) -> HypervState:
     if not isinstance(facts.state, HypervState):
         raise OperationFailed("these facts carry no Hyper-V location paths to plan from",
-                              remedy="read the host again (or take a new snapshot of it)")
+                              remedy="read the host again (or take a new snapshot of it)", rolled_back=True)
     return facts.state
 
 
@@ -302,19 +308,77 @@ class HypervBackend(Backend):
         log.debug("WinRM: %s (%d characters of PowerShell)", action, len(script))
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         protocol = session.protocol
+        sent = False  # the host took the command: from then on, a failure says nothing of what the script did
         try:
             if self._shell_id is None:
                 self._shell_id = protocol.open_shell()
             command_id = protocol.run_command(self._shell_id, f"powershell -encodedcommand {encoded}")
-            out, err, code = protocol.get_command_output(self._shell_id, command_id)
-            protocol.cleanup_command(self._shell_id, command_id)
+            sent = True
+            out, err, code = self._receive(protocol, self._shell_id, command_id, action)
         except Exception as exc:
             self._drop_shell()
-            translated = from_exception(action, self.target.label, exc, timeout=self._read_timeout)
+            if isinstance(exc, GpupassError):
+                raise
+            translated = from_exception(action, self.target.label, exc, timeout=self._read_timeout, sent=sent)
             if translated is None:
                 raise
             raise translated from exc
+        try:
+            protocol.cleanup_command(self._shell_id, command_id)
+        except Exception as exc:  # noqa: BLE001 - the result is in hand; the next script opens another shell
+            log.debug("%s: ending the command on %s failed (%s): the shell is dropped", action, self.target.label,
+                      type(exc).__name__)
+            self._drop_shell()
         return code, out, err
+
+    def _receive(self, protocol: Any, shell_id: str, command_id: str, action: str) -> tuple[bytes, bytes, int]:
+        """The command's output, polled with WinRM Receive requests until it is done, for at most the host's timeout
+        in all. pywinrm's own loop (Protocol.get_command_output) polls again after every OperationTimeout fault,
+        forever: a script that never ends would hold gpupass for ever. Each Receive is answered within the
+        OperationTimeout (WinRM answers the fault when no output came, MS-WSMV; see ScriptStillRunning), which is cut
+        to the time left, so the last poll ends by the deadline. Past it, the command is ended (Signal terminate) and
+        ScriptStillRunning raised: what the script did is not known, and the host is read again."""
+        from winrm.exceptions import WinRMOperationTimeoutError
+
+        limit = self._read_timeout
+        deadline = time.monotonic() + limit
+        usual = protocol.operation_timeout_sec
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        waited = contextlib.ExitStack()
+        shown = False
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # at least 1 s (WS-Man's OperationTimeout is whole seconds here: "PT{n}S", winrm/protocol.py) and
+                # below the read timeout pywinrm's transport waits for any reply
+                protocol.operation_timeout_sec = max(1, min(usual, math.ceil(left)))
+                try:
+                    out, err, code, done = protocol.get_command_output_raw(shell_id, command_id)
+                except WinRMOperationTimeoutError:
+                    if not shown:  # the first fault: the wait is a long one, say so (on a terminal, not --json)
+                        shown = True
+                        waited.enter_context(waiting(f"{self.target.label}: {action}: the host is still running the "
+                                                     f"script (gpupass waits up to {limit} s)", delay=0))
+                    continue
+                stdout.append(out)
+                stderr.append(err)
+                if done:
+                    return b"".join(stdout), b"".join(stderr), code
+        finally:
+            protocol.operation_timeout_sec = usual
+            waited.close()
+        try:  # ask the host to end it ("terminate", MS-WSMV 2.2.5.6); _run_ps then drops the shell too
+            protocol.cleanup_command(shell_id, command_id)
+        except Exception as exc:  # noqa: BLE001 - the shell is dropped next, which ends its commands
+            log.debug("%s: the terminate signal to %s failed (%s)", action, self.target.label, type(exc).__name__)
+        raise ScriptStillRunning(
+            f"{action}: the script sent to {self.target.label} was still running on the host after {limit} s (the "
+            "host's timeout); gpupass stopped waiting and asked the host to end it: what it did there is not known",
+            remedy=f"run `gpupass status {self.target.label}`: it shows what the host holds; for a host this slow, raise "
+                   "`timeout` in its [hosts.NAME] table of the config file")
 
     def _drop_shell(self) -> None:
         """Close the remote shell and its connection, if any; a failure here changes nothing on the host."""
@@ -340,7 +404,7 @@ class HypervBackend(Backend):
                 raise ScriptStopped(f"{action}: the script on {self.target.label} ended before its end (exit {code}, "
                                     "no result and no PowerShell error): what it did there is not known",
                                     remedy=f"run `gpupass status {self.target.label}`: it shows what the host holds")
-            raise from_exit(action, code, err)
+            raise from_exit(action, code, err, writes=writes)
         if code != 0 and data.get("ok") is True:
             # its result printed whole, its process ended after (the last statement only exits on failure): done
             log.warning("%s: the script printed its result, then ended with exit code %s", action, code)
@@ -482,7 +546,8 @@ class HypervBackend(Backend):
         try:
             return _state(facts).location_paths[address]
         except KeyError:
-            raise OperationFailed(f"no location path known for {address}; read the host first") from None
+            raise OperationFailed(f"no location path known for {address}; read the host first",
+                                  rolled_back=True) from None  # planning: nothing was changed
 
     def prepare_planned_vm(self, facts: HostFacts, vm: Vm) -> HostFacts:
         """A VM not created yet plans with Hyper-V's defaults (128 MB low MMIO): nothing is recorded for it."""
@@ -623,7 +688,7 @@ class HypervBackend(Backend):
         path = str(gpu.extra.get("partition_instance_path") or "")
         if not path:
             raise OperationFailed(f"GPU {gpu.address} has no GPU-P instance path in these facts",
-                                  remedy="read the host again (or take a new snapshot of it)")
+                                  remedy="read the host again (or take a new snapshot of it)", rolled_back=True)
         return path
 
     def plan_assign_share(self, ctx: CheckContext) -> list[Step]:
@@ -717,7 +782,7 @@ class HypervBackend(Backend):
     @functools.singledispatchmethod
     def _apply(self, payload: object, step: Step) -> Any:
         raise OperationFailed(f"the hyperv backend cannot carry out a step of type {type(payload).__name__}",
-                              remedy="plan again with this version of gpupass")
+                              remedy="plan again with this version of gpupass", rolled_back=True)  # refused unsent
 
     @_apply.register
     def _apply_assign(self, payload: Assign, step: Step) -> dict[str, Any]:
@@ -726,7 +791,7 @@ class HypervBackend(Backend):
         except OperationFailed as error:
             raise self._lost_to_another(payload, error) from error
         if payload.legacy:
-            self._legacy.delete(payload.vm_id)   # now in the VM's notes
+            self._forget_legacy(payload.vm_id)   # now in the VM's notes
         return previous
 
     @_apply.register
@@ -736,8 +801,18 @@ class HypervBackend(Backend):
         except _PartialRelease as partial:
             raise self._give_back(payload, partial) from None
         if restored and payload.legacy:
-            self._legacy.delete(payload.vm_id)   # restored (or superseded by the VM's own record)
+            self._forget_legacy(payload.vm_id)   # restored (or superseded by the VM's own record)
         return restored
+
+    def _forget_legacy(self, vm_id: str) -> None:
+        """Drop an older gpupass's workstation record after the host took the change. The step is done on the host
+        whatever happens here: a file that cannot be rewritten must not fail it (an error from a done step would
+        say "nothing was changed" with the change made), so it is a warning naming the file."""
+        try:
+            self._legacy.delete(vm_id)
+        except (OperationFailed, OSError) as error:
+            log.warning("the change was made on %s, but the old workstation record of VM %s could not be removed: %s",
+                        self.target.label, vm_id, getattr(error, "message", error))
 
     @_apply.register
     def _apply_finish_release(self, payload: FinishRelease, step: Step) -> None:
@@ -773,7 +848,8 @@ class HypervBackend(Backend):
 
     @functools.singledispatchmethod
     def _undo(self, payload: object, token: Any) -> None:
-        raise OperationFailed(f"the hyperv backend cannot undo a step of type {type(payload).__name__}")
+        raise OperationFailed(f"the hyperv backend cannot undo a step of type {type(payload).__name__}",
+                              rolled_back=True)  # refused before sending anything
 
     @_undo.register
     def _undo_assign(self, payload: Assign, token: dict[str, Any] | None) -> None:

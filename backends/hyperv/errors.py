@@ -72,18 +72,45 @@ _NOT_FOUND_IDS = {"InvalidParameter", "ObjectNotFound", "CmdletizationQuery_NotF
 _TAKING_FROM_THE_HOST = ("Disable-PnpDevice ", "Dismount-VMHostAssignableDevice ")
 
 
-class ScriptStopped(ConnectionFailed):
+class OutcomeNotKnown(ConnectionFailed):
+    """A write script whose outcome on the host is not known: it may have made all, part or none of its changes. It
+    carries no `rolled_back`, so the core reads the host again (core/service.py `_observed` -> Backend.observe), and an
+    undo script failing so is read back too (HypervBackend._read_back_if_lost). A ConnectionFailed: like a lost reply."""
+
+
+class ScriptStopped(OutcomeNotKnown):
     """A write script that ended before its end, printing no result and no PowerShell error: its process was ended in
     the middle (the lab models it: hostmodel/interp.py, KILLED_EXIT_CODE). Like a lost reply, what it did is not known
     and the host is read again (it carries no `rolled_back`: Backend.observe decides)."""
 
 
+class ScriptStillRunning(OutcomeNotKnown):
+    """A script still running on the host when the host's timeout ran out: WinRM kept answering its Receive requests
+    with the OperationTimeout fault (MS-WSMV, Receive: "If no output is available before the wsman:OperationTimeout
+    expires, the server MUST return a WSManFault with the Code attribute equal to 2150858793. When the client receives
+    this fault, it SHOULD issue another Receive request", as quoted in WinRb/WinRM#123; 2150858793 is
+    ERROR_WSMAN_OPERATION_TIMEDOUT in the Windows SDK's winerror.h, and pywinrm turns it into WinRMOperationTimeoutError,
+    winrm/protocol.py). gpupass stops polling, asks the host to end the command (Signal terminate: "Terminates the shell
+    or command", MS-WSMV 2.2.5.6) and drops the shell; what the script did before is not known."""
+
+
+class ScriptFailedAfterChanges(OutcomeNotKnown):
+    """A write script that failed after it had made some of its changes (its JSON result says so: `changed`): neither
+    done nor undone, so the host is read again and what is there reported (the step's observe names it)."""
+
+
 def from_script_result(action: str, result: dict[str, Any]) -> GpupassError:
-    """A failed assign/release script's JSON result ({ok: false, error, errorId, step, undoErrors})."""
+    """A failed write script's JSON result ({ok: false, error, errorId, step, undoErrors, changed}). `changed` true: it
+    failed after making part of its changes, which it does not undo itself (the partition removal, the re-add, the
+    partition count change and its set-back): not known as a whole, read again (ScriptFailedAfterChanges). Every other
+    failed script undid what it changed (the assign script's own rollback; undoErrors lists what it could not undo)."""
     error_id = str(result.get("errorId") or "")
     step = result.get("step") or "?"
     undo_errors = list(result.get("undoErrors") or [])
     message = f"{action}: {step} failed: {result.get('error') or 'no message'} [{error_id or 'no error id'}]"
+    if result.get("changed") is True:
+        return ScriptFailedAfterChanges(message + "; the script had made part of its changes before: the host is read "
+                                                  "again", remedy="run `gpupass status HOST`: it shows what the host holds")
     if undo_errors:
         return OperationFailed(
             message + "; the script's own rollback could not undo: " + "; ".join(undo_errors),
@@ -102,25 +129,39 @@ def from_script_result(action: str, result: dict[str, Any]) -> GpupassError:
                            rolled_back=True)
 
 
-def from_exit(action: str, exit_code: int, stderr: bytes) -> GpupassError:
-    """A remote command that failed without printing a JSON result."""
+def from_exit(action: str, exit_code: int, stderr: bytes, writes: bool = False) -> GpupassError:
+    """A remote command that failed without printing a JSON result. A script that reads changed nothing. One that
+    `writes` changed nothing only where PowerShell refused to parse it (a ParserError: a script is parsed whole before
+    its first statement runs, about_Parsing); any other failure without its result may have come after some of its
+    changes, so it is not known (OutcomeNotKnown: the host is read again)."""
     records = parse_clixml(stderr)
+    parsed = not records or records[0].category != "ParserError"
+    if writes and parsed:
+        shown = f"{records[0].message} [{records[0].fully_qualified_error_id or 'no error id'}]" if records else \
+            stderr.decode("utf-8", errors="replace").strip()[:500] or "no output"
+        return OutcomeNotKnown(f"{action}: the script failed on the host without its result (exit {exit_code}): "
+                               f"{shown}; what it changed there is not known",
+                               remedy="run `gpupass status HOST`: it shows what the host holds")
     if records:
         first = records[0]
         ident = first.fully_qualified_error_id or "no error id"
         if first.fully_qualified_error_id.split(",", 1)[0] == "CommandNotFoundException":
             return OperationFailed(f"{action}: a cmdlet is missing on the host: {first.message} [{ident}]",
                                    remedy="install the Hyper-V PowerShell module (Install-WindowsFeature "
-                                          "Hyper-V-PowerShell) on the host")
+                                          "Hyper-V-PowerShell) on the host", rolled_back=True)
         return OperationFailed(f"{action}: PowerShell failed (exit {exit_code}): {first.message} [{ident}]",
-                               remedy="see the PowerShell error; `gpupass plan --show-changes` shows the script")
+                               remedy="see the PowerShell error; `gpupass plan --show-changes` shows the script",
+                               rolled_back=True)
     text = stderr.decode("utf-8", errors="replace").strip()
     return OperationFailed(f"{action}: the remote command failed (exit {exit_code}): {text[:500] or 'no output'}",
-                           remedy="check that the account may run PowerShell over WinRM on the host")
+                           remedy="check that the account may run PowerShell over WinRM on the host", rolled_back=True)
 
 
-def from_exception(action: str, uri: str, exc: BaseException, timeout: int | None = None) -> GpupassError | None:
-    """pywinrm / requests exceptions by class; None for anything else (a bug: let it propagate)."""
+def from_exception(action: str, uri: str, exc: BaseException, timeout: int | None = None,
+                   sent: bool = False) -> GpupassError | None:
+    """pywinrm / requests exceptions by class; None for anything else (a bug: let it propagate). `sent`: the host had
+    accepted the command (its Command request was answered), so a WinRM fault or error after that (on a Receive) says
+    nothing of what the script did: not known (OutcomeNotKnown), where one before it means the script never ran."""
     import requests
     from winrm import exceptions as wx
 
@@ -144,6 +185,10 @@ def from_exception(action: str, uri: str, exc: BaseException, timeout: int | Non
                                        "(Test-WSMan) and that the firewall lets it through")
     if isinstance(exc, wx.WinRMOperationTimeoutError):
         return ConnectionFailed(f"{action}: WinRM operation timed out at {uri}", remedy="check the host's load")
+    if sent and isinstance(exc, (wx.WSManFaultError, wx.WinRMError)):
+        return OutcomeNotKnown(f"{action}: WinRM failed at {uri} after it took the script ({type(exc).__name__}: "
+                               f"{exc}); what the script did there is not known",
+                               remedy=f"run `gpupass status {uri}`: it shows what the host holds")
     if isinstance(exc, wx.WSManFaultError):
         return OperationFailed(f"{action}: WinRM fault from {uri} (WSManFault {exc.wsman_fault_code}, "
                                f"{exc.fault_subcode or exc.fault_code}): {exc.reason}",

@@ -600,8 +600,8 @@ def drop_intent_script(vm_name: str, max_chars: int | None = MAX_SCRIPT_CHARS) -
 
 def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
     """Give devices that are still dismounted (a release removed them from the VM, then failed) back to
-    ``vm_name`` with ``Add-VMAssignableDevice``.  Prints ``{"ok", "added": [paths], "error", "errorId",
-    "step"}``; exits 1 on failure."""
+    ``vm_name`` with ``Add-VMAssignableDevice``.  Prints ``{"ok", "added": [paths], "changed" (on failure: some were
+    added), "error", "errorId", "step"}``; exits 1 on failure."""
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
@@ -617,8 +617,8 @@ def readd_script(vm_name: str, location_paths: Sequence[str], max_chars: int | N
         "}",
         "$r=[pscustomobject]@{ok=$true;added=$ok}",
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;added=$ok;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
-        "step=$step}",
+        "$r=[pscustomobject]@{ok=$false;added=$ok;changed=($ok.Count -gt 0);error=$_.Exception.Message;"
+        "errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
@@ -710,8 +710,8 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
     when given): the VM's Get-VMGpuPartitionAdapter objects whose InstancePath is the GPU's, each piped to
     ``Remove-VMGpuPartitionAdapter`` (its Object parameter set). Refuses, changing nothing, when the VM holds fewer.
     Prints ``{"ok", "removed": [{"Id", "MinPartitionVRAM", ... (the adapter's partition settings, as
-    Get-VMGpuPartitionAdapter printed them in the real output of windows-powershell-docs issue #3226)}], "error",
-    "errorId", "step"}``; exits 1 on failure. The settings let an undo add the partition back as it was."""
+    Get-VMGpuPartitionAdapter printed them in the real output of windows-powershell-docs issue #3226)}], "changed" (on
+    failure: some were removed), "error", "errorId", "step"}``; exits 1 on failure. The settings let an undo add the partition back as it was."""
     match = "$a.InstancePath -eq $ip" + (" -and $a.Id -eq $id" if adapter_id is not None else "")
     s = _lines(
         "$ErrorActionPreference='Stop'",
@@ -732,8 +732,8 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
         # a count change's intent an assign stopped before it could take out (COUNT_BEGIN) goes with its partition
         _DROP_COUNT_INTENT,
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;removed=$d;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
-        "step=$step}",
+        "$r=[pscustomobject]@{ok=$false;removed=$d;changed=($d.Count -gt 0);error=$_.Exception.Message;"
+        "errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
@@ -753,7 +753,8 @@ def partition_count_script(instance_path: str, count: int, previous: int, vm_nam
     ``vm_name``: the VM the partition is for. Its notes then gain the intent (COUNT_BEGIN: the GPU, the count before and
     after) before Set-VMHostPartitionableGpu -- replacing one of the same GPU a stopped run left; one naming another GPU
     stops the script before any change -- and lose it again if the cmdlet fails. Prints ``{"ok", "previous", "count",
-    "held": [VM names], "error", "errorId", "step"}``; exits 1 on failure."""
+    "held": [VM names], "changed" (on failure: the count set, or the intent left in the notes), "error", "errorId",
+    "step"}``; exits 1 on failure."""
     intent = "" if vm_name is None else _lines(
         _READ_COUNT_INTENT,
         "if($cq -and $cq.Gpu -ne $ip){throw ('VM '+$n+' has an unfinished GPU partition count change of '+$cq.Gpu+"
@@ -784,10 +785,10 @@ def partition_count_script(instance_path: str, count: int, previous: int, vm_nam
         "if($c -ne $k){throw ('The partition count of '+$ip+' is '+$c+' after the change, not '+$k)}",
         "$r=[pscustomobject]@{ok=$true;previous=$o;count=$c}",
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;held=$hv;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;"
-        "step=$step}",
         # the cmdlet failed: the count is as it was, so the intent goes (once it ran, the count may be changed: kept)
-        "if($w -and -not $z){try{Set-VM -VM $v -Notes $gc}catch{}}",
+        "if($w -and -not $z){try{Set-VM -VM $v -Notes $gc;$w=$false}catch{}}",
+        "$r=[pscustomobject]@{ok=$false;held=$hv;changed=($w -or $z);error=$_.Exception.Message;"
+        "errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",
@@ -802,7 +803,8 @@ def count_set_back_script(instance_path: str, back_to: int, changed_to: int, vm_
     -PartitionCount back_to`` (read back after); where it is ``back_to`` already, no change; then the intent of that GPU
     is taken out of the VM's notes. Any other count, or a VM holding a partition: ``strict`` (an undo) fails before any
     change; otherwise (a release finishing what a stopped run left) the count stays as it is and only the intent goes.
-    Prints ``{"ok", "count" (now), "setBack", "held": [VM names], "error", "errorId", "step"}``; exits 1 on failure."""
+    Prints ``{"ok", "count" (now), "setBack", "held": [VM names], "changed" (on failure: the count was set back),
+    "error", "errorId", "step"}``; exits 1 on failure."""
     keep = "throw ('The partition count of '+$ip+' is '+$g.PartitionCount+', not '+$o+', or VMs hold partitions')" \
         if strict else "$c=$g.PartitionCount"
     s = _lines(
@@ -828,7 +830,7 @@ def count_set_back_script(instance_path: str, back_to: int, changed_to: int, vm_
         "if($cq -and $cq.Gpu -eq $ip){Set-VM -VM $v -Notes $cn}",
         "$r=[pscustomobject]@{ok=$true;count=$c;setBack=$b;held=$hv}",
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;setBack=$b;held=$hv;error=$_.Exception.Message;"
+        "$r=[pscustomobject]@{ok=$false;setBack=$b;changed=$b;held=$hv;error=$_.Exception.Message;"
         "errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",

@@ -41,6 +41,7 @@ class LegacySettings:
         parts = urlsplit(target.uri)
         return cls(path, f"{parts.hostname}:{parts.port or ''}".lower())
 
+    # Reads of a file on this workstation: an error here changed nothing on the host (rolled_back=True).
     def _load(self) -> dict[str, Any]:
         try:
             text = self.path.read_text()
@@ -48,16 +49,16 @@ class LegacySettings:
             return {}
         except OSError as exc:
             raise OperationFailed(f"cannot read the restore records of an older gpupass in {self.path}: {exc}",
-                                  remedy="make the file readable, or move it away if no VM needs it") from exc
+                                  remedy="make the file readable, or move it away if no VM needs it", rolled_back=True) from exc
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise OperationFailed(f"{self.path} (restore records of an older gpupass) is damaged: {exc}",
                                   remedy="repair it, or move it away and restore the VMs' stop action and MMIO "
-                                         "by hand after releasing") from exc
+                                         "by hand after releasing", rolled_back=True) from exc
         if not isinstance(data, dict):
             raise OperationFailed(f"{self.path} (restore records of an older gpupass) is not a JSON object",
-                                  remedy="repair it, or move it away")
+                                  remedy="repair it, or move it away", rolled_back=True)
         return data
 
     def get(self, vm_id: str) -> VmSettings | None:
@@ -74,7 +75,7 @@ class LegacySettings:
                 raise ValueError(settings.stop_action)
         except (KeyError, TypeError, ValueError) as exc:
             raise OperationFailed(f"{self.path}: the record of VM {vm_id} on {self.host} is damaged ({exc!r})",
-                                  remedy="repair or delete that entry") from exc
+                                  remedy="repair or delete that entry", rolled_back=True) from exc
         return settings
 
     @contextlib.contextmanager

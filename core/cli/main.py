@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
     color = False if os.environ.get("NO_COLOR") else None
     as_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    if as_json:  # one JSON document on stdout, and no spinner on stderr (a backend's waits on its host included)
+        from gpupass.core.progress import quiet
+
+        quiet()
     try:
         code = cli.main(args=argv, prog_name="gpupass", standalone_mode=False, color=color)
     except click.exceptions.Abort as exc:

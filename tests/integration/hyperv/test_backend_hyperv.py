@@ -197,6 +197,32 @@ def test_winrm_fault_and_clixml_are_read_by_structure():
     assert records[0].category == "ObjectNotFound"
 
 
+def test_what_a_failure_says_of_the_host_is_chosen_honestly():
+    """`rolled_back` only where nothing was changed; a write whose outcome is not known carries none (the core then
+    reads the host again: core/service.py _observed)."""
+    from winrm.exceptions import WSManFaultError
+
+    from gpupass.backends.hyperv.errors import OutcomeNotKnown, from_exit, from_script_result
+
+    fault = WSManFaultError(500, "x", "<r/>", "The command was not found.", "s:Sender", "w:InvalidParameter",
+                            2150858843)
+    # a fault to the Command: the script never ran; to a Receive after the host took it: not known
+    assert from_exception("assigning", "hv", fault).rolled_back is True
+    after = from_exception("assigning", "hv", fault, sent=True)
+    assert isinstance(after, OutcomeNotKnown) and not hasattr(after, "rolled_back")
+    stopped = clixml_errors("Boom.\n    + CategoryInfo          : InvalidOperation: (:) [], RuntimeException\n"
+                            "    + FullyQualifiedErrorId : Boom\n")
+    parse_error = clixml_errors("Missing closing '}'.\n    + CategoryInfo          : ParserError: (:) [], "
+                                "ParentContainsErrorRecordException\n    + FullyQualifiedErrorId : MissingEndCurlyBrace\n")
+    assert from_exit("reading the host", 1, stopped).rolled_back is True            # a read changes nothing
+    assert isinstance(from_exit("assigning", 1, stopped, writes=True), OutcomeNotKnown)
+    assert from_exit("assigning", 1, parse_error, writes=True).rolled_back is True  # parsed whole before it runs
+    # a script failing after some of its changes (it says `changed`) is neither done nor undone
+    partly = from_script_result("removing", {"ok": False, "step": "Remove-VMGpuPartitionAdapter", "changed": True})
+    assert isinstance(partly, OutcomeNotKnown) and not hasattr(partly, "rolled_back")
+    assert from_script_result("removing", {"ok": False, "step": "lookup", "changed": False}).rolled_back is True
+
+
 def test_basic_over_plain_http_is_refused_off_loopback():
     backend = HypervBackend(Target(uri="hyperv+http://u@hv01.example:5985/?transport=basic", password=Secret("x")))
     with pytest.raises(UsageError):

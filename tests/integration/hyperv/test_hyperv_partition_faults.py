@@ -202,3 +202,26 @@ def test_an_endpoint_frozen_before_a_partition_removal_is_reported_unknown_and_a
     assert endpoint.model().to_dict() == original
     with HypervBackend(target) as again:
         assert make_plan(again, again.inventory(), RELEASE, plugins.default_registry()).nothing_to_do
+
+
+def test_a_release_failing_after_its_first_removal_is_read_back_and_reported_partial_and_a_rerun_converges(lab):
+    """Remove-VMGpuPartitionAdapter fails on the host at the second of two partitions: the script says it had removed
+    one (`changed`), so its failure is not taken for "nothing changed": the host is read again, the error says what the
+    VM holds now, and the same release again finishes it."""
+    model, ep, backend = lab
+    original = model.to_dict()
+    from gpupass.backends.hyperv import scripts
+    from gpupass.backends.hyperv.lab.hostmodel import run_script
+
+    execute(backend, planned(backend, ASSIGN))
+    assert run_script(model, scripts.partition_add_script("ml-train", PATH)).exit_code == 0   # a second one
+    assert len(partitions(model)) == 2
+    plan = planned(backend, RELEASE)
+    ep.inject_fault("Remove-VMGpuPartitionAdapter", 2)
+    with pytest.raises(OperationFailed) as caught:
+        execute(backend, plan)
+    assert caught.value.rolled_back is False, caught.value.message
+    assert "holds 1 partition(s)" in caught.value.message, caught.value.message
+    assert len(partitions(model)) == 1
+    execute(backend, planned(backend, RELEASE))   # the same release again
+    assert partitions(model) == [] and model.to_dict() == original

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import http.server
+import math
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -64,6 +66,10 @@ class CommandState:
     stdout: bytes
     stderr: bytes
     exit_code: int
+    # A stalled command (WSManEndpoint.stall_next_script): done only from this time.monotonic() on (inf: never), and
+    # set when a Signal or the shell's Delete ends it first.
+    ready_at: float = 0.0
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -384,6 +390,23 @@ class WSManEndpoint:
     def kill_next_script_after(self, statements: int, containing: str = "") -> None:
         self._kill_after, self._kill_marker = statements, containing
 
+    # A script that takes long on the host, or never ends (a cmdlet that hangs): the next script holding `containing`
+    # runs its first `after` statements (None: all of it) when its Command comes, and its command then stays running:
+    # each Receive waits the OperationTimeout that request carries and is answered with the WS-Management timeout fault
+    # (MS-WSMV, Receive: with no output before the OperationTimeout "the server MUST return a WSManFault with the Code
+    # attribute equal to 2150858793. When the client receives this fault, it SHOULD issue another Receive request",
+    # quoted in WinRb/WinRM#123), until `seconds` have passed since the Command (then its output comes as for any
+    # script: a script stopped at `after` ends like a killed one, KILLED_EXIT_CODE), or until a Signal to the command
+    # or the Delete of its shell ends it ("terminate": "Terminates the shell or command", MS-WSMV 2.2.5.6): what its
+    # first `after` statements did stays, the rest never runs (the lab's kill model again, assumed as it is).
+    _stall: tuple[str, int | None, float] | None = None
+    stalled = threading.Event()     # set once a stalled command is running
+    stall_ended = threading.Event()  # set once a Signal or a Delete ended it
+
+    def stall_next_script(self, containing: str = "", after: int | None = 0, seconds: float = math.inf) -> None:
+        self.stalled, self.stall_ended = threading.Event(), threading.Event()
+        self._stall = (containing, after, seconds)
+
     before_killed: tuple[dict[str, Any], str] | None = None
 
     # (script, statements it ran, killed) for every script run, in order (a test counts a script's statements here)
@@ -460,7 +483,17 @@ class WSManEndpoint:
                     self.command_held.set()
                     hold.wait(60)
                 cid = str(uuid.uuid4()).upper()
-                shell.commands[cid] = self.run_command_line(line)
+                stall = self._stall
+                if stall is not None and stall[0] in _script_of(line):
+                    self._stall = None
+                    if stall[1] is not None:
+                        self.kill_next_script_after(stall[1], stall[0])
+                    state = self.run_command_line(line)
+                    state.ready_at = time.monotonic() + stall[2]
+                    self.stalled.set()
+                else:
+                    state = self.run_command_line(line)
+                shell.commands[cid] = state
                 if held:
                     self.command_done.set()
                 return 200, _envelope(A_COMMAND + "Response", msg_id,
@@ -475,6 +508,12 @@ class WSManEndpoint:
                 if st is None:
                     return 500, _fault(msg_id, "s:Sender", "w:InvalidParameter", 2150858843,
                                        "The command was not found.")
+                if not st.ended.is_set() and time.monotonic() < st.ready_at:
+                    wait = min(_operation_timeout(hdr), st.ready_at - time.monotonic())
+                    if not st.ended.wait(wait) and time.monotonic() < st.ready_at:
+                        return 500, _fault(msg_id, "s:Receiver", "w:TimedOut", 2150858793,
+                                           "The WS-Management service cannot complete the operation within the time "
+                                           "specified in OperationTimeout.")
                 streams = []
                 for name, data in (("stdout", st.stdout), ("stderr", st.stderr)):
                     for i in range(0, len(data), 8192):
@@ -488,11 +527,13 @@ class WSManEndpoint:
             if action == A_SIGNAL:
                 sig = body_el.find("rsp:Signal", NS) if body_el is not None else None
                 cid = sig.get("CommandId") if sig is not None else None
-                shell.commands.pop(cid or "", None)
+                _end(shell.commands.pop(cid or "", None), self.stall_ended)
                 return 200, _envelope(A_SIGNAL + "Response", msg_id, "<rsp:SignalResponse/>")
             if action == A_DELETE:
                 with self.lock:
                     self.shells.pop(shell.shell_id, None)
+                for command in shell.commands.values():  # a real WinRM service ends the shell's commands with it
+                    _end(command, self.stall_ended)
                 return 200, _envelope(A_DELETE + "Response", msg_id, "")
             return 500, _fault(msg_id, "s:Sender", "a:ActionNotSupported", 2150858757,
                                f"The action {action} is not supported by the service.")
@@ -534,6 +575,21 @@ class WSManEndpoint:
         out = res.stdout.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
         err = clixml_errors(res.stderr.replace("\r\n", "\n")) if res.errors else b""
         return CommandState(out, err, res.exit_code)
+
+
+def _operation_timeout(header: ET.Element | None) -> float:
+    """The request's wsman:OperationTimeout (an xs:duration such as PT20S or PT1.500S), in seconds; 60 without one
+    (MS-WSMV 3.2.4.1.2: clients SHOULD set it to 60 seconds)."""
+    text = _text(header, "w:OperationTimeout") or ""
+    match = re.fullmatch(r"PT(\d+(?:\.\d+)?)S", text.strip())
+    return float(match.group(1)) if match else 60.0
+
+
+def _end(command: CommandState | None, ended: threading.Event) -> None:
+    """A command ended by a Signal or its shell's Delete: a stalled one stops waiting (and says so)."""
+    if command is not None and not command.ended.is_set() and command.ready_at > time.monotonic():
+        command.ended.set()
+        ended.set()
 
 
 def _script_of(line: str) -> str:
