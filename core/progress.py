@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Iterator, TextIO
 
+from gpupass.core.cli.escape import shown
+
 DELAY = 1.0  # seconds before anything is shown
 
 _quiet = False
@@ -58,6 +60,7 @@ def waiting(what: str, stream: TextIO | None = None, delay: float = DELAY) -> It
         for frame in itertools.cycle("|/-\\"):
             with _lock:
                 text = _texts[-1][0] if _texts else what
+            text = shown(text)   # names from a host in it (a VM's) must not act on the terminal
             line = f"{frame} {text} ({time.monotonic() - began:.0f} s)"
             out.write("\r" + line.ljust(width))
             width = max(width, len(line))

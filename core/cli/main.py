@@ -263,10 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     # https://no-color.org: any non-empty NO_COLOR turns colour off, even on a terminal.
     color = False if os.environ.get("NO_COLOR") else None
     as_json = "--json" in (sys.argv[1:] if argv is None else argv)
-    if as_json:  # one JSON document on stdout, and no spinner on stderr (a backend's waits on its host included)
-        from gpupass.core.progress import quiet
+    # --json: one JSON document on stdout, and no spinner on stderr (a backend's waits on its host included); set either
+    # way, so that one call of main() in a process (a test's) does not silence the next
+    from gpupass.core.progress import quiet
 
-        quiet()
+    quiet(as_json)
     try:
         code = cli.main(args=argv, prog_name="gpupass", standalone_mode=False, color=color)
     except click.exceptions.Abort as exc:

@@ -3,7 +3,16 @@
 import io
 import time
 
+import pytest
+
+from gpupass.core import progress
 from gpupass.core.progress import waiting
+
+
+@pytest.fixture(autouse=True)
+def not_quiet(monkeypatch):
+    """Progress on (a `gpupass --json` run in this process before, a test's, turns it off for the process)."""
+    monkeypatch.setattr(progress, "_quiet", False)
 
 
 class Terminal(io.StringIO):
@@ -31,3 +40,30 @@ def test_nothing_when_not_a_terminal():
     with waiting("long", stream=out, delay=0.01):
         time.sleep(0.2)
     assert out.getvalue() == ""
+
+
+def test_nothing_under_json():
+    out = Terminal()
+    progress.quiet()
+    with waiting("long", stream=out, delay=0.01):
+        time.sleep(0.2)
+    assert out.getvalue() == ""
+
+
+def test_a_wait_inside_another_shows_on_the_same_spinner_and_the_outer_text_comes_back():
+    out = Terminal()
+    with waiting("outer step", stream=out, delay=0.01):
+        time.sleep(0.3)
+        with waiting("the host is still running the script", stream=out, delay=0.01):
+            time.sleep(0.5)
+        time.sleep(0.5)
+    text = out.getvalue()
+    assert "the host is still running the script" in text
+    assert text.rfind("outer step") > text.find("the host is still running the script")   # back to the outer text
+
+
+def test_a_name_with_terminal_escapes_is_shown_escaped():
+    out = Terminal()
+    with waiting("assigning to VM '\x1b]0;owned\x07'", stream=out, delay=0.01):
+        time.sleep(0.3)
+    assert "\x1b" not in out.getvalue() and "\\x1b]0;owned\\x07" in out.getvalue()

@@ -91,6 +91,7 @@ def test_a_slow_script_within_the_timeout_is_waited_for_with_progress_on_a_termi
     plan, rtx = assign_plan(backend)
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(progress, "_quiet", False)   # a `gpupass --json` run in this process before turns it off
     ep.stall_next_script(ASSIGN_SCRIPT, after=None, seconds=3)
     execute(backend, plan)
     assert rtx.address in backend.inventory().find_vm("ml-train").assigned
