@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from gpupass.backends.hyperv import partitioning, scripts
-from gpupass.backends.hyperv.records import count_changes, give_back_by_hand, left_on_host, stopped_runs
+from gpupass.backends.hyperv.records import (count_changes, give_back_by_hand, left_on_host, partition_releases,
+                                             stopped_runs)
 from gpupass.backends.hyperv.addressing import address_map
 from gpupass.backends.hyperv.errors import (ScriptStillRunning, ScriptStopped, from_exception,
                                             from_exit, from_script_result, parse_clixml)
@@ -489,6 +490,12 @@ class HypervBackend(Backend):
             notes.setdefault(name, []).append(note)
             if change is not None:
                 records[name] = {**records[name], "ex_count": {"gpu": change.gpu, "was": change.was, "to": change.to}}
+        # A release of several GPUs' partitions stopped between its steps (its intent in the VM's notes).
+        releases = partition_releases(vms_raw, {path: g.address for path, g in partitioned.items()}, self.target.label)
+        for name, (note, only_note) in releases.items():
+            notes.setdefault(name, []).append(note)
+            records[name] = {**records[name], "ex_partition_release_noted": True,
+                             **({"ex_partition_release_left": only_note} if only_note else {})}
         vms = [dataclasses.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if vm.name in notes else vm
                for vm in vms]
         host_raw = data.get("Host") or {}
@@ -639,7 +646,7 @@ class HypervBackend(Backend):
         settings are restored, and the devices the release names among those left dismounted or disabled (the admin
         says which were this VM's) go back to the host. Nothing where the facts show no such run."""
         state = _state(ctx.facts)
-        steps = self._finish_count_change(ctx)
+        steps = self._finish_count_change(ctx) + self._finish_partition_release(ctx)
         left = (state.vms.get(ctx.vm.name) or {}).get("ex_finish")
         if not left:
             return steps
@@ -661,6 +668,23 @@ class HypervBackend(Backend):
             changes=changes, needs_vm_off=True,
             preview=scripts.finish_release_script(ctx.vm.name, list(paths)),
             payload=FinishRelease(ctx.vm.name, ctx.vm.id, paths, addresses, restore),
+        )]
+
+    def _finish_partition_release(self, ctx: CheckContext) -> list[Step]:
+        """A release of several GPUs' partitions that stopped after its last removal, its intent left in the VM's notes
+        (records.partition_releases): a removal of none of the partitions of one of its GPUs, which takes the intent
+        out (the VM holds none of them)."""
+        path = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_partition_release_left")
+        if not path:
+            return []
+        return [Step(
+            action="hyperv.remove-gpu-partition",
+            description=f"take the note of a release of GPU partitions that stopped after its last removal out of VM "
+                        f"'{ctx.vm.name}''s notes",
+            undo="nothing to undo: it removes no partition, only the spent note",
+            changes=(f"the note {scripts.RELEASE_BEGIN!r} out of the VM's notes (Set-VM -Notes)",),
+            needs_vm_off=True, preview=scripts.partition_remove_script(ctx.vm.name, str(path), 0, ends_release=True),
+            payload=RemovePartitions(ctx.vm.name, str(path), 0, held=0, ends_release=True),
         )]
 
     def _finish_count_change(self, ctx: CheckContext) -> list[Step]:
@@ -725,18 +749,36 @@ class HypervBackend(Backend):
         return steps
 
     def plan_release_share(self, ctx: CheckContext) -> list[Step]:
+        """One step per GPU. Where there are several, the first writes the release's intent into the VM's notes and
+        the last takes it out (scripts.RELEASE_BEGIN), so a run stopped between them is shown by `status` and finished
+        by the same release again (records.partition_releases); a release of a VM whose notes hold one takes it out."""
         vm, steps = ctx.vm, []
-        for gpu in ctx.gpus:
+        paths = [self._instance_path(gpu) for gpu in ctx.gpus]
+        noted = bool((_state(ctx.facts).vms.get(vm.name) or {}).get("ex_partition_release_noted"))
+        for index, gpu in enumerate(ctx.gpus):
             count = sum(1 for c in ctx.shares if (c.location, c.gpu) == (gpu.location, gpu.address))
-            path = self._instance_path(gpu)
+            path = paths[index]
+            intent = tuple(paths) if index == 0 and len(paths) > 1 else ()
+            ends = index == len(paths) - 1 and (len(paths) > 1 or noted)
+            try:
+                preview = scripts.partition_remove_script(vm.name, path, count, intent=intent, ends_release=ends)
+            except scripts.ScriptTooLarge as exc:
+                raise UsageError(f"the release of VM '{vm.name}''s partitions of {len(paths)} GPUs does not fit "
+                                 f"WinRM's command line: {exc}",
+                                 remedy="release them one GPU at a time: `gpupass release HOST VM GPU`") from exc
             steps.append(Step(
                 action="hyperv.remove-gpu-partition",
                 description=f"take {count} partition(s) of GPU {gpu.address} back from VM '{vm.name}' "
                             "(Remove-VMGpuPartitionAdapter)",
                 undo="Add-VMGpuPartitionAdapter again, one per partition removed",
-                changes=(f"Remove-VMGpuPartitionAdapter x{count} (InstancePath {path})",),
-                needs_vm_off=True, preview=scripts.partition_remove_script(vm.name, path, count),
-                payload=RemovePartitions(vm.name, path, count, held=len(gpu.sharing.held_by(vm.name))),
+                changes=(f"Remove-VMGpuPartitionAdapter x{count} (InstancePath {path})",)
+                + ((f"the VM's notes gain a note of this release ({scripts.RELEASE_BEGIN!r}: the {len(paths)} GPUs), "
+                    "which its last step takes out",) if intent else ())
+                + (("the note of the release taken out of the VM's notes once it holds none of its GPUs",)
+                   if ends else ()),
+                needs_vm_off=True, preview=preview,
+                payload=RemovePartitions(vm.name, path, count, held=len(gpu.sharing.held_by(vm.name)), intent=intent,
+                                         ends_release=ends),
             ))
         return steps
 
@@ -956,6 +998,21 @@ class HypervBackend(Backend):
                            and not self._count_change_of(facts, payload.vm, payload.instance_path)))
 
     @staticmethod
+    def _holds_partitions(vm: str, instance_path: str, count: int | None,
+                          settled: tuple[str, ...] = ()) -> Callable[[HostFacts], bool]:
+        """VM `vm` holds `count` partitions of the GPU `instance_path` (None: not known, never true); `settled`: the GPUs
+        of a release whose note the script settles: where the VM holds a partition of each, no note is left either."""
+        def done(facts: HostFacts) -> bool:
+            by_path = {str(g.extra.get("partition_instance_path") or "").lower(): g for g in facts.gpus}
+            gpu = by_path.get(instance_path.lower())
+            if count is None or gpu is None or len(gpu.sharing.held_by(vm)) != count:
+                return False
+            whole = all(p.lower() in by_path and by_path[p.lower()].sharing.held_by(vm) for p in settled)
+            noted = (_state(facts).vms.get(vm) or {}).get("ex_partition_release_noted")
+            return not (settled and whole and noted)
+        return done
+
+    @staticmethod
     def _count_change_of(facts: HostFacts, vm: str, instance_path: str) -> bool:
         """Whether VM `vm`'s notes hold the intent of a count change of the GPU `instance_path` (records.count_changes)."""
         change = (_state(facts).vms.get(vm) or {}).get("ex_count") if vm else None
@@ -979,18 +1036,34 @@ class HypervBackend(Backend):
 
     @_undo.register
     def _undo_add_partition(self, payload: AddPartition, token: str) -> None:
-        # exactly the adapter it added, by the Id Add-VMGpuPartitionAdapter -Passthru returned
-        self._remove_partitions(payload.vm, payload.instance_path, 1, adapter_id=token or None)
+        # exactly the adapter it added, by the Id Add-VMGpuPartitionAdapter -Passthru returned; a reply lost: the VM's
+        # partitions of the GPU counted again (as many as before the add: done)
+        self._read_back_if_lost(
+            lambda: self._remove_partitions(payload.vm, payload.instance_path, 1, adapter_id=token or None),
+            self._holds_partitions(payload.vm, payload.instance_path, payload.held))
 
     @_apply.register
     def _apply_remove_partitions(self, payload: RemovePartitions, step: Step) -> list[dict[str, Any]]:
-        return self._remove_partitions(payload.vm, payload.instance_path, payload.count)
+        return self._remove_partitions(payload.vm, payload.instance_path, payload.count, intent=payload.intent,
+                                       ends_release=payload.ends_release)
 
     @_undo.register
     def _undo_remove_partitions(self, payload: RemovePartitions, token: list[dict[str, Any]]) -> None:
-        # each partition back with the settings it had (what the remove script read from its adapter)
-        for removed in token or [{}] * payload.count:
-            self._add_partition(payload.vm, payload.instance_path, _settings_of(removed))
+        # each partition back with the settings it had (what the remove script read from its adapter); the first step
+        # of a release of several GPUs' partitions undone: its last add settles the release's note
+        back = token or [{}] * payload.count
+        for index, removed in enumerate(back):
+            last = index == len(back) - 1
+
+            def add(removed: Mapping[str, Any] = removed, last: bool = last) -> None:
+                self._add_partition(payload.vm, payload.instance_path, _settings_of(removed),
+                                    release=payload.intent if last else ())
+            # a reply lost: counted again (the partitions it held before the removal, and this one's add made: done)
+            self._read_back_if_lost(
+                add,
+                self._holds_partitions(payload.vm, payload.instance_path,
+                                       None if payload.held is None else payload.held - payload.count + index + 1,
+                                       settled=payload.intent if last else ()))
 
     def observe(self, step: Step) -> StepState:
         """After a script whose reply was lost (timeout, dropped connection): what the host holds now."""
@@ -1031,9 +1104,11 @@ class HypervBackend(Backend):
 
     @_observe.register
     def _observe_remove_partitions(self, payload: RemovePartitions, step: Step) -> StepState:
-        return self._observe_partitions(payload.vm, payload.instance_path, payload.held, -payload.count, step)
+        return self._observe_partitions(payload.vm, payload.instance_path, payload.held, -payload.count, step,
+                                        intent=bool(payload.intent))
 
-    def _observe_partitions(self, vm_name: str, path: str, held: int | None, change: int, step: Step) -> StepState:
+    def _observe_partitions(self, vm_name: str, path: str, held: int | None, change: int, step: Step,
+                            intent: bool = False) -> StepState:
         """How many partitions of the GPU `path` the VM holds now (one inventory read), against the `held` the plan
         saw: as many (before), as many as the step makes (after), or anything else (unknown, said with the counts)."""
         if held is None:
@@ -1044,6 +1119,11 @@ class HypervBackend(Backend):
         if gpu is None or facts.find_vm(vm_name) is None:
             return StepState("unknown", detail=f"VM '{vm_name}' or the GPU {path} is no longer on the host")
         now = len(gpu.sharing.held_by(vm_name))
+        if now == held and intent and (_state(facts).vms.get(vm_name) or {}).get("ex_partition_release_noted"):
+            # stopped after the release's note and before its first removal: not as it was, and not to be undone by
+            # adding partitions back; `status` shows the note with the release that finishes it
+            return StepState("unknown", detail=f"VM '{vm_name}' holds its {held} partition(s) of GPU {gpu.address}, but "
+                                               "the note of this release is in its notes: `gpupass status` shows it")
         if now == held:
             return StepState("before")
         if now == held + change and change > 0:
@@ -1092,12 +1172,16 @@ class HypervBackend(Backend):
         again = "assign" if assigning else "release"
         return StepState("unknown", detail=f"{holds}; `gpupass release` or the same {again} again finishes it")
 
-    def _add_partition(self, vm: str, path: str, settings: Sequence[tuple[str, int]] = ()) -> str:
-        data = self._run_change(scripts.partition_add_script(vm, path, settings), f"adding a GPU partition to VM '{vm}'")
+    def _add_partition(self, vm: str, path: str, settings: Sequence[tuple[str, int]] = (),
+                       release: tuple[str, ...] = ()) -> str:
+        data = self._run_change(scripts.partition_add_script(vm, path, settings, release=release),
+                                f"adding a GPU partition to VM '{vm}'")
         return str(data.get("id") or "")
 
-    def _remove_partitions(self, vm: str, path: str, count: int, adapter_id: str | None = None) -> list[dict[str, Any]]:
-        data = self._run_change(scripts.partition_remove_script(vm, path, count, adapter_id),
+    def _remove_partitions(self, vm: str, path: str, count: int, adapter_id: str | None = None,
+                           intent: tuple[str, ...] = (), ends_release: bool = False) -> list[dict[str, Any]]:
+        data = self._run_change(scripts.partition_remove_script(vm, path, count, adapter_id, intent=intent,
+                                                                ends_release=ends_release),
                                 f"removing GPU partitions from VM '{vm}'")
         removed = data.get("removed") or []
         return [r for r in (removed if isinstance(removed, list) else [removed]) if isinstance(r, dict)]

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping
 from gpupass.core.domain.pci import PciAddress
 
 from .partitioning import type_id
-from .scripts import COUNT_BEGIN, RECORD_BEGIN, RECORD_DAMAGE, RECORD_END, RECORD_MAX_CHARS, STOP_ACTIONS, ps_quote
+from .scripts import (COUNT_BEGIN, RECORD_BEGIN, RECORD_DAMAGE, RECORD_END, RECORD_MAX_CHARS, RELEASE_BEGIN, STOP_ACTIONS,
+                      ps_quote)
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,18 @@ class CountChange:
     to: int
 
 
+def _note(text: Any, begin: str) -> str | None:
+    """The text after the note marker `begin` in ``text`` (the VM's notes from its first GPU-P note on, as the inventory
+    returns them: scripts.GPU_P_NOTES), None where there is no such note."""
+    at = text.find(begin) if isinstance(text, str) else -1
+    return text[at + len(begin):] if at >= 0 else None
+
+
 def read_count_intent(text: Any, vm_id: str) -> CountChange | str | None:
-    """The intent in ``text`` (the notes after COUNT_BEGIN, as the inventory returns them): a CountChange, None where
-    there is none, or what is wrong with it (a str)."""
-    if not isinstance(text, str):
+    """The count change's intent in ``text`` (see _note): a CountChange, None where there is none, or what is wrong with
+    it (a str)."""
+    text = _note(text, COUNT_BEGIN)
+    if text is None:
         return None
     end = text.find(RECORD_END)
     if end < 0:
@@ -262,4 +271,64 @@ def count_changes(vms_raw: Iterable[Mapping[str, Any]], counts: Mapping[str, int
             out[name] = (f"{stopped}; it was changing the GPU's partition count from {change.was} to {change.to}, and "
                          f"the count is now {'not readable' if now is None else now} (changed since): `{release}` takes "
                          "the note out and leaves the count", change)
+    return out
+
+
+def read_release_intent(text: Any, vm_id: str) -> tuple[str, ...] | str | None:
+    """The GPUs (instance paths) a stopped release of partitions of several GPUs named (scripts.RELEASE_BEGIN) in
+    ``text`` (see _note), None where there is none, or what is wrong with it (a str). ConvertTo-Json writes a one-element
+    array as an array (its -InputObject is the object whose Gpus property is the array), but a plain string is taken
+    too."""
+    text = _note(text, RELEASE_BEGIN)
+    if text is None:
+        return None
+    end = text.find(RECORD_END)
+    if end < 0:
+        return f"it has no end marker {RECORD_END!r}"
+    try:
+        data = json.loads(text[:end])
+    except ValueError:
+        return "it is not the JSON gpupass writes"
+    gpus = data.get("Gpus") if isinstance(data, dict) else None
+    gpus = [gpus] if isinstance(gpus, str) else gpus
+    if not (isinstance(gpus, list) and gpus and all(isinstance(g, str) for g in gpus)):
+        return "it is not the JSON gpupass writes"
+    if str(data.get("VMId") or "").lower() != vm_id.lower():
+        return "it was written for another VM (its VMId is not this VM's: copied with the notes?)"
+    return tuple(gpus)
+
+
+def partition_releases(vms_raw: Iterable[Mapping[str, Any]], gpus: Mapping[str, PciAddress],
+                       host_label: str) -> dict[str, tuple[str, str | None]]:
+    """Per VM name, what a release of GPU partitions from several GPUs left when it stopped between its steps (its
+    intent in the VM's notes, scripts.RELEASE_BEGIN): the note for `status`, and the instance path of a GPU whose
+    release (`gpupass release HOST VM GPU`, which holds none of it: HypervBackend.plan_finish_release) only takes the
+    intent out, where the VM holds no partition of the GPUs it names (None: a release of the GPUs still held finishes
+    it, and takes the intent out with its last removal). ``gpus``: the partitionable GPUs' PCI addresses by lower-case
+    instance path."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for v in vms_raw:
+        name = str(v["Name"])
+        named = read_release_intent(v.get("Intent"), str(v.get("Id") or ""))
+        if named is None:
+            continue
+        by_hand = f"delete it from {RELEASE_BEGIN!r} to {RECORD_END!r} in the VM's notes (Set-VM -Notes)"
+        if isinstance(named, str):
+            out[name] = (f"the note of a release of GPU partitions in its notes cannot be used: {named}; {by_hand}", None)
+            continue
+        held = {str(p).lower() for p in v.get("Partitions") or []}
+        left = [p for p in named if p.lower() in held]
+        shown = ", ".join(f"GPU {gpus[p.lower()]}" if p.lower() in gpus else p for p in named)
+        stopped = f"a release of its partitions of {shown} stopped between its steps (its client killed, or lost)"
+        release = f"gpupass release {shlex.quote(host_label)} {shlex.quote(name)}"
+        if left:
+            addresses = [str(gpus[p.lower()]) for p in left if p.lower() in gpus]
+            out[name] = (f"{stopped}: it still holds partitions of "
+                         f"{', '.join(f'GPU {a}' for a in addresses) or ', '.join(left)}; `{release} "
+                         f"{' '.join(addresses)}` finishes it", None)
+            continue
+        known = next((p for p in named if p.lower() in gpus), None)
+        finish = (f"`{release} {gpus[known.lower()]}` takes it out" if known is not None else by_hand)
+        out[name] = (f"{stopped}, after its last removal: it holds none of them, but the release's note is left in its "
+                     f"notes; {finish}", known)
     return out

@@ -14,6 +14,7 @@ Rules every builder follows:
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -76,6 +77,15 @@ RECORD_END = "[end of gpupass record]"
 # Set-VMHostPartitionableGpu and taken out by the partition add that follows (or by the count set back), so that a run
 # stopped between the two leaves on the host who changed the count and what it was (records.count_changes).
 COUNT_BEGIN = "[gpupass GPU-P count]"
+# A release of GPU partitions from more than one GPU is one step (one script) per GPU (plan_release_share): its first
+# script writes the release's intent before its removal, one more line ``RELEASE_BEGIN{"VMId", "Gpus": [instance
+# paths]}RECORD_END``, and a removal after which the VM holds no partition of any GPU it names takes it out again (the
+# last step's, or a rerun's); the undo putting the first step's partitions back settles it (_settle_release_note). A run
+# stopped between its steps (its client killed) leaves it, so `status` shows the release unfinished and names the
+# release that finishes it (records.partition_releases). The inventory reads both GPU-P notes from the first one on
+# (GPU_P_NOTES).
+RELEASE_BEGIN = "[gpupass GPU-P release]"
+GPU_P_NOTES = "[gpupass GPU-P "
 # JSON of the five settings is about 150 characters, plus the location paths a release is taking back while it runs
 # (about 55 characters each, as many as fit one script); a longer "record" is not one gpupass wrote.
 RECORD_MAX_CHARS = 1500
@@ -115,7 +125,7 @@ _VM_RECORD = _lines(
     f"$t=[string]$v.Notes;$i=$t.IndexOf({ps_quote(RECORD_BEGIN)});$rc=$null",
     f"if($i -ge 0){{$rc=$t.Substring($i+{len(RECORD_BEGIN)});if($rc.Length -gt {RECORD_READ_CHARS}){{"
     f"$rc=$rc.Substring(0,{RECORD_READ_CHARS})}}}}",
-    f"$ri=$null;$j=$t.IndexOf({ps_quote(COUNT_BEGIN)});if($j -ge 0){{$ri=$t.Substring($j+{len(COUNT_BEGIN)})}}",
+    f"$ri=$null;$j=$t.IndexOf({ps_quote(GPU_P_NOTES)});if($j -ge 0){{$ri=$t.Substring($j)}}",
     "$ad=@()",
     "foreach($a in @(Get-VMAssignableDevice -VM $v)){$own[$a.LocationPath]=$v.Name;$ad+=$a.LocationPath}",
     "$gp=@();if($pg){foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){$gp+=$a.InstancePath}}",
@@ -630,7 +640,7 @@ __all__ = ["CMD_LINE_LIMIT", "GPU_BASE_CLASSES", "PCI_DEVICE_FMTID", "PROPERTY_I
            "RECORD_DAMAGE", "RECORD_END", "RECORD_MAX_CHARS", "STOP_ACTIONS", "ScriptTooLarge", "VmSettings",
            "assign_script", "command_line_length", "drop_intent_script", "finish_release_script", "inventory_script",
            "owners_script", "ps_int", "ps_quote", "readd_script", "COUNT_BEGIN", "count_set_back_script",
-           "release_script"]
+           "release_script", "RELEASE_BEGIN", "GPU_P_NOTES"]
 
 
 # --------------------------------------------------------------------------- GPU partitioning (GPU-P)
@@ -663,6 +673,44 @@ _READ_COUNT_INTENT = _lines(
     f"if($ci -gt 0){{if($gc.Substring($ci-1,1) -eq {ps_quote(chr(10))}){{$ci-=1;$cj+=1}}}}",
     "$cn=$gc.Substring(0,$ci)+$gc.Substring($ci+$cj)}",
 )
+# Reads $v's partition release intent (RELEASE_BEGIN), as _READ_COUNT_INTENT does the count's: $ra its notes, $rq the
+# intent ($null where there is none), $rn the notes without it.
+_READ_RELEASE_INTENT = _lines(
+    f"$ra=[string]$v.Notes;$rn=$ra;$rq=$null;$rk=$ra.IndexOf({ps_quote(RELEASE_BEGIN)})",
+    f"if($rk -ge 0){{$x=$ra.Substring($rk);$rj=$x.IndexOf({ps_quote(RECORD_END)});if($rj -lt 0){{"
+    "throw 'damaged gpupass partition release note'}",
+    f"$rv=$x.Substring({len(RELEASE_BEGIN)},$rj-{len(RELEASE_BEGIN)});$rq=ConvertFrom-Json $rv;$rj+={len(RECORD_END)}",
+    f"if($rk -gt 0){{if($ra.Substring($rk-1,1) -eq {ps_quote(chr(10))}){{$rk-=1;$rj+=1}}}}",
+    "$rn=$ra.Substring(0,$rk)+$ra.Substring($rk+$rj)}",
+)
+# The release intent taken out where the VM holds no partition of any GPU it names; best effort (a note left is shown
+# by `status` with the release that takes it out).
+# $v is read again first: a Set-VM -Notes earlier in the same script may not show in an object Get-VM returned before
+# it (the cmdlet pages do not say).
+_DROP_RELEASE_INTENT = ("try{" + _FIND_VM + "\n" + _READ_RELEASE_INTENT + "\nif($rq){$rh=$false;foreach($a in @(Get-VMGpuPartitionAdapter "
+                        "-VM $v)){if(@($rq.Gpus) -contains $a.InstancePath){$rh=$true}};if(-not $rh){"
+                        "Set-VM -VM $v -Notes $rn}}}catch{}")
+
+
+def _write_release_note(paths: Sequence[str]) -> str:
+    """$v's notes set to $rn (its notes without a release note: _READ_RELEASE_INTENT) plus the note of a release of the
+    partitions of the GPUs `paths`: their JSON made here (json.dumps: exact), the VM's id (a GUID) joined in on the host."""
+    return _lines(
+        "$rs=$rn;if($rs){$rs+=" + ps_quote(chr(10)) + "}",
+        "Set-VM -VM $v -Notes ($rs+" + ps_quote(RELEASE_BEGIN + '{"VMId":"') + "+[string]$v.VMId+"
+        + ps_quote('","Gpus":' + json.dumps(list(paths), separators=(",", ":")) + "}" + RECORD_END) + ")",
+    )
+
+
+def _settle_release_note(paths: Sequence[str]) -> str:
+    """After the undo of a release's first step put its partitions back: the release's note (of the GPUs `paths`) out
+    of $v's notes where the VM holds a partition of each of them again (nothing of the release is left), or written
+    there where it does not (a later step's removal is left: `status` shows it with the release that finishes it).
+    Best effort."""
+    return ("try{" + _FIND_VM + "\n" + _READ_RELEASE_INTENT + "\n$rh=@{};foreach($a in @(Get-VMGpuPartitionAdapter "
+            "-VM $v)){$rh[$a.InstancePath]=1};$rz=$true;foreach($q in @(" + ",".join(ps_quote(p) for p in paths)
+            + ")){if(-not $rh.ContainsKey($q)){$rz=$false}}\nif($rz){if($rq){Set-VM -VM $v -Notes $rn}}else{"
+            + _write_release_note(paths) + "}}catch{}")
 # The intent of GPU $ip taken out of $v's notes, where it names that GPU; best effort (a failure here leaves a note the
 # next count change or partition release takes out, and `status` reads: records.count_changes).
 _DROP_COUNT_INTENT = "try{" + _READ_COUNT_INTENT + "\nif($cq -and $cq.Gpu -eq $ip){Set-VM -VM $v -Notes $cn}}catch{}"
@@ -676,13 +724,15 @@ _FIND_PARTITIONABLE = _lines(
 
 
 def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tuple[str, int]] = (),
-                         max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+                         max_chars: int | None = MAX_SCRIPT_CHARS, release: Sequence[str] = ()) -> str:
     """Give ``vm_name`` one partition of the GPU whose Get-VMHostPartitionableGpu Name is ``instance_path``:
     ``Add-VMGpuPartitionAdapter -VM $v -InstancePath $ip [-MinPartitionVRAM N ...] -Passthru`` (its page: -InstancePath
     "can be obtained from the "Name" property of the command Get-VMHostPartitionableGpu"; with no partition settings
     Hyper-V "assigns a full partition"; ``settings`` are (PARTITION_SETTINGS name, value) pairs). Prints
     ``{"ok": true, "id": the new adapter's Id}`` or ``{"ok": false, "error", "errorId", "step"}`` and exits 1 on
-    failure (one cmdlet: nothing to undo when it fails)."""
+    failure (one cmdlet: nothing to undo when it fails). ``release``: it puts back the last partition the first step of
+    a release of the partitions of these GPUs took (its undo): the release's note (RELEASE_BEGIN) is then settled
+    (_settle_release_note)."""
     s = _lines(
         "$ErrorActionPreference='Stop'",
         "$n=" + ps_quote(vm_name),
@@ -695,6 +745,7 @@ def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tu
         "$r=[pscustomobject]@{ok=$true;id=$a.Id}",
         # the count change before it (if any) is done with: its intent goes (COUNT_BEGIN)
         _DROP_COUNT_INTENT,
+        _settle_release_note(release) if release else "",
         "}catch{",
         "$r=[pscustomobject]@{ok=$false;error=$_.Exception.Message;errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
@@ -705,13 +756,21 @@ def partition_add_script(vm_name: str, instance_path: str, settings: Sequence[tu
 
 
 def partition_remove_script(vm_name: str, instance_path: str, count: int, adapter_id: str | None = None,
-                            max_chars: int | None = MAX_SCRIPT_CHARS) -> str:
+                            max_chars: int | None = MAX_SCRIPT_CHARS, intent: Sequence[str] = (),
+                            ends_release: bool = False) -> str:
     """Take ``count`` partitions of the GPU ``instance_path`` back from ``vm_name`` (the adapter ``adapter_id`` only,
     when given): the VM's Get-VMGpuPartitionAdapter objects whose InstancePath is the GPU's, each piped to
     ``Remove-VMGpuPartitionAdapter`` (its Object parameter set). Refuses, changing nothing, when the VM holds fewer.
     Prints ``{"ok", "removed": [{"Id", "MinPartitionVRAM", ... (the adapter's partition settings, as
     Get-VMGpuPartitionAdapter printed them in the real output of windows-powershell-docs issue #3226)}], "changed" (on
-    failure: some were removed), "error", "errorId", "step"}``; exits 1 on failure. The settings let an undo add the partition back as it was."""
+    failure: some were removed), "error", "errorId", "step"}``; exits 1 on failure. The settings let an undo add the
+    partition back as it was.
+
+    ``intent``: the instance paths of every GPU a release of several GPUs' partitions takes back (the first step's
+    script): written into the VM's notes (RELEASE_BEGIN) after the checks and before the first removal, and taken out
+    again if nothing was removed when it fails. ``ends_release``: the last step of such a release, or a release of a VM
+    whose notes hold one (a rerun finishing it): after its removal it takes the intent out where the VM holds no
+    partition of any GPU the intent names (each part only where asked: a script holds about 3,000 characters)."""
     match = "$a.InstancePath -eq $ip" + (" -and $a.Id -eq $id" if adapter_id is not None else "")
     s = _lines(
         "$ErrorActionPreference='Stop'",
@@ -719,20 +778,29 @@ def partition_remove_script(vm_name: str, instance_path: str, count: int, adapte
         "$ip=" + ps_quote(instance_path),
         "$id=" + ps_quote(adapter_id) if adapter_id is not None else "",
         "$k=" + ps_int(count),
-        "$d=@()",
+        "$d=@();$wi=$false",
         "$step='lookup'",
         "try{",
         _FIND_VM,
         "$g=@();foreach($a in @(Get-VMGpuPartitionAdapter -VM $v)){if(" + match + "){$g+=$a}}",
         "if($g.Count -lt $k){throw ('VM '+$n+' holds '+$g.Count+' partition(s) of '+$ip+', not '+$k)}",
+        "" if not intent else _lines(
+            _READ_RELEASE_INTENT,
+            "$step='Set-VM -Notes'",
+            _write_release_note(intent),
+            "$wi=$true"),
         "$step='Remove-VMGpuPartitionAdapter'",
         "$i=0;foreach($a in $g){if($i -lt $k){Remove-VMGpuPartitionAdapter -VMGpuPartitionAdapter $a",
         "$d+=($a|Select-Object 'Id','MinPartition*','MaxPartition*','OptimalPartition*')};$i=$i+1}",
         "$r=[pscustomobject]@{ok=$true;removed=$d}",
         # a count change's intent an assign stopped before it could take out (COUNT_BEGIN) goes with its partition
-        _DROP_COUNT_INTENT,
+        # after the intent's Set-VM, the VM read again for the count note's (see _DROP_RELEASE_INTENT)
+        "try{" + _FIND_VM + "\n" + _DROP_COUNT_INTENT + "}catch{}" if intent else _DROP_COUNT_INTENT,
+        _DROP_RELEASE_INTENT if ends_release else "",
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;removed=$d;changed=($d.Count -gt 0);error=$_.Exception.Message;"
+        # nothing removed: the intent it wrote goes (a removal made keeps it: the release is part done)
+        "if($wi -and $d.Count -eq 0){try{Set-VM -VM $v -Notes $ra;$wi=$false}catch{}}",
+        "$r=[pscustomobject]@{ok=$false;removed=$d;changed=($d.Count -gt 0 -or $wi);error=$_.Exception.Message;"
         "errorId=$_.FullyQualifiedErrorId;step=$step}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",

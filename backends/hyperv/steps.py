@@ -96,9 +96,14 @@ class FinishCountChange:
 @dataclass(frozen=True)
 class RemovePartitions:
     """Remove-VMGpuPartitionAdapter: `count` of VM `vm`'s partitions of the GPU named `instance_path`. `held`: how
-    many the VM held when planned, what a lost reply is read back against (None: not known)."""
+    many the VM held when planned, what a lost reply is read back against (None: not known). A release of several GPUs'
+    partitions (one step each): `intent`, on its first step, the instance paths of all of them, written into the VM's
+    notes before the first removal (scripts.RELEASE_BEGIN); `ends_release`, on its last step (or on a release of a VM
+    whose notes hold such an intent), takes the intent out once the VM holds none of them."""
 
     vm: str
     instance_path: str
     count: int
     held: int | None = None
+    intent: tuple[str, ...] = ()
+    ends_release: bool = False

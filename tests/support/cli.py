@@ -38,13 +38,14 @@ def killed_with_call_held(sim, call, args, env, skip=0, discard=False):
         time.sleep(0.05)
 
 
-def killed_with_script_held(ep, containing, args, env, while_held=None):
+def killed_with_script_held(ep, containing, args, env, while_held=None, runs=True):
     """Run `gpupass ARGS` against the Hyper-V lab endpoint in its own process, SIGKILL it while its script holding
     `containing` waits at the endpoint (hold_next_command), call `while_held()` (e.g. to make the host fail part of
-    the script), then let the script through and wait until the host has run it."""
+    the script), then let the script through and wait until the host has run it. `runs` False: the script never
+    reaches the host (the client killed just before it sent it: between the steps before it and this one)."""
     import signal
 
-    ep.hold_next_command(containing=containing)
+    ep.hold_next_command(containing=containing, runs=runs)
     client = subprocess.Popen([*GPUPASS, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               stdin=subprocess.DEVNULL)
     try:

@@ -49,6 +49,27 @@ def rtx_host() -> HostModel:
 
 
 
+def partitions_of_two_gpus() -> HostModel:
+    """The lab's GPU-P host with ml-train holding a partition of two GPUs (the lab's second A100 made partitionable
+    here), so that a release of both is two steps (plan_release_share: one per GPU)."""
+    from gpupass.backends.hyperv import scripts
+    from gpupass.backends.hyperv.lab.hostmodel import run_script
+    from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC, PartitionableGpu, partitioned_lab_host
+    from gpupass.backends.hyperv.lab.hostmodel.model import partitionable_gpu_name
+
+    model = partitioned_lab_host()
+    model.vm("ml-train").gpu_partitions.clear()
+    for holder in model.vms:
+        holder.gpu_partitions.clear()
+    model.partitionable[0].valid_partition_counts = [16, 32]
+    a100 = model.device_by_location(A100_2_LOC)
+    model.partitionable.append(PartitionableGpu(a100.instance_id, valid_partition_counts=[16, 32], partition_count=32))
+    for gpu in model.partitionable:
+        script = scripts.partition_add_script("ml-train", partitionable_gpu_name(gpu.instance_id))
+        assert run_script(model, script).exit_code == 0
+    return model
+
+
 class Remote:
     """A pywinrm session against an endpoint serving ``model``."""
 

@@ -18,7 +18,7 @@ from gpupass.core.domain.request import AssignmentRequest, AssignOptions, Releas
 from gpupass.core.errors import OperationFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
-from hyperv_helpers import PASSWORD, USER
+from hyperv_helpers import PASSWORD, USER, partitions_of_two_gpus
 
 RTX = address_map([A100_1_LOC, A100_2_LOC, T4_LOC, T4_NO_DRIVER_LOC, MI300X_LOC, RTX_GPUP_LOC])[RTX_GPUP_LOC]
 PATH = partitionable_gpu_name(RTX_GPUP_INSTANCE)
@@ -150,6 +150,49 @@ def test_a_client_killed_with_its_partition_removal_on_the_wire_leaves_the_vm_re
     again = cli("release", uri, "ml-train", str(RTX), "--yes", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
     assert model.to_dict() == original
+
+
+
+def test_a_client_killed_between_the_steps_of_a_release_of_two_gpus_partitions_is_shown_and_finished(endpoint_factory):
+    """A release of partitions of two GPUs is two steps (one script each). A real `gpupass release` process killed
+    (SIGKILL) between them -- the second script held at the endpoint and never run, as when the client dies before it
+    sends it -- leaves the first GPU's partition removed and the second's held: the first script wrote the release's
+    note into the VM's notes before its removal, so `status` shows the release unfinished with the command that finishes
+    it, that command finishes it (the note taken out with the last removal), and the same release again has nothing to
+    do."""
+    import json
+    import os
+    import re
+    import shlex
+    import subprocess
+
+    from gpupass.backends.hyperv.scripts import RELEASE_BEGIN, ps_quote
+    from support.cli import GPUPASS, killed_with_script_held
+
+    model = partitions_of_two_gpus()
+    ep = endpoint_factory(model, "basic")
+    uri = f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic"
+    env = {**os.environ, "GPUPASS_PASSWORD": PASSWORD}
+    _, second = [a.instance_path for a in model.vm("ml-train").gpu_partitions]
+    notes = model.vm("ml-train").notes
+
+    def cli(*args):
+        return subprocess.run([*GPUPASS, *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    killed_with_script_held(ep, f"$ip={ps_quote(second)}", ["release", uri, "ml-train", "--yes"], env, runs=False)
+    assert partitions(model) and [p for p, _ in partitions(model)] == [second]   # stopped between its two steps
+    assert RELEASE_BEGIN in model.vm("ml-train").notes
+    status = json.loads(cli("status", uri, "--json").stdout)
+    (note,) = next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"]
+    assert "stopped between its steps" in note and "still holds partitions of" in note, note
+    (command,) = re.findall(r"`(gpupass [^`]+)`", note)
+    finish = cli(*shlex.split(command)[1:], "--yes")
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    assert partitions(model) == [] and model.vm("ml-train").notes == notes
+    status = json.loads(cli("status", uri, "--json").stdout)
+    assert next(v for v in status["vms"] if v["name"] == "ml-train")["unfinished"] == []
+    again = cli("release", uri, "ml-train", "--yes", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout + again.stderr
 
 
 # -- the endpoint frozen before each partition write (tests/support/hyperv_faults.py) --------------------------------

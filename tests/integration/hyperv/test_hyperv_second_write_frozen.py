@@ -22,6 +22,7 @@ from gpupass.backends.hyperv.backend import HypervBackend
 from gpupass.backends.hyperv.lab.hostmodel import lab_host, run_script
 from gpupass.backends.hyperv.lab.hostmodel.lab import (A100_1_LOC, A100_2_LOC, GPUP_HOLDER, MI300X_LOC, RTX_GPUP_LOC,
                                                    T4_LOC, T4_NO_DRIVER_LOC, partitioned_lab_host)
+from gpupass.backends.hyperv.lab.hostmodel.model import partitionable_gpu_name
 from gpupass.core import plugins
 from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest
 from gpupass.core.service import execute, make_plan
@@ -204,3 +205,18 @@ def test_frozen_before_a_take_back_of_a_release_failing_on_the_host_leaves_the_v
     assert status(target)["ml-train"] == ()
     again(target, RELEASE)
     assert endpoint.model().to_dict() == lab_host().to_dict()
+
+
+def test_frozen_before_the_take_back_of_a_stopped_count_change_is_reported_unknown_and_the_thawed_host_converges(serve):
+    """A release of a VM whose stopped assign left a partition count change (FinishCountChange: the count set back, the
+    note out): frozen with that script about to go. Reported not known; the thawed endpoint runs it: the count back to
+    32 and the note out, `status` has nothing to say, and the release again has nothing to do."""
+    model = share_lab()
+    gpu = partitionable_gpu_name(model.partitionable[0].instance_id)
+    assert run_script(model, S.partition_count_script(gpu, 16, 32, "ml-train")).exit_code == 0
+    endpoint, target = serve(model)
+    frozen_before_its_write(endpoint, target, RELEASE, COUNT_SET_BACK,
+                            lambda: endpoint.model().partitionable[0].partition_count == 32)
+    model = endpoint.model()
+    assert S.COUNT_BEGIN not in model.vm("ml-train").notes and status(target)["ml-train"] == ()
+    again(target, RELEASE)

@@ -70,6 +70,7 @@ class CommandState:
     # set when a Signal or the shell's Delete ends it first.
     ready_at: float = 0.0
     ended: threading.Event = field(default_factory=threading.Event)
+    drop_reply: bool = False   # WSManEndpoint.drop_reply_of_next
 
 
 @dataclass
@@ -352,6 +353,7 @@ class WSManEndpoint:
     def clear_faults(self) -> None:
         self.model.clear_faults()
         self.drop_replies = 0
+        self._drop_marker = None
 
     # A reply lost on the way back: the host ran the command (its effects stay), but the connection closes
     # before the client reads the output -- what a dropped network or a proxy reset does after the fact.
@@ -360,6 +362,12 @@ class WSManEndpoint:
     def drop_next_receive(self, count: int = 1) -> None:
         self.drop_replies = count
 
+    # ... the same for the next script holding `containing` only: it runs, and the first Receive of it is dropped.
+    _drop_marker: str | None = None
+
+    def drop_reply_of_next(self, containing: str) -> None:
+        self._drop_marker = containing
+
     # A command held on the wire: the next Command is neither run nor answered until release_command(); a client
     # killed meanwhile has sent its script all the same, and the host runs it when it gets to it.
     _hold: threading.Event | None = None
@@ -367,11 +375,14 @@ class WSManEndpoint:
     command_held = threading.Event()
     command_done = threading.Event()
 
-    def hold_next_command(self, containing: str = "") -> None:
+    _hold_runs = True
+
+    def hold_next_command(self, containing: str = "", runs: bool = True) -> None:
         """Hold the next Command (whose script contains ``containing``, if given); command_held is set while it
-        waits, command_done once it has run."""
+        waits, command_done once it has run. ``runs`` False: released, it is neither run nor answered (its connection
+        closed): what a client killed just before it sent the request leaves -- nothing of it reaches the host."""
         self.command_held, self.command_done = threading.Event(), threading.Event()
-        self._hold_marker = containing
+        self._hold_marker, self._hold_runs = containing, runs
         self._hold = threading.Event()
 
     _holding: threading.Event | None = None
@@ -482,6 +493,9 @@ class WSManEndpoint:
                     self._hold, self._holding = None, hold
                     self.command_held.set()
                     hold.wait(60)
+                    if not self._hold_runs:
+                        self.command_done.set()
+                        raise _ReplyDropped()
                 cid = str(uuid.uuid4()).upper()
                 stall = self._stall
                 if stall is not None and stall[0] in _script_of(line):
@@ -493,6 +507,8 @@ class WSManEndpoint:
                     self.stalled.set()
                 else:
                     state = self.run_command_line(line)
+                if self._drop_marker is not None and self._drop_marker in _script_of(line):
+                    self._drop_marker, state.drop_reply = None, True
                 shell.commands[cid] = state
                 if held:
                     self.command_done.set()
@@ -508,6 +524,9 @@ class WSManEndpoint:
                 if st is None:
                     return 500, _fault(msg_id, "s:Sender", "w:InvalidParameter", 2150858843,
                                        "The command was not found.")
+                if st.drop_reply:
+                    st.drop_reply = False
+                    raise _ReplyDropped()
                 if not st.ended.is_set() and time.monotonic() < st.ready_at:
                     wait = min(_operation_timeout(hdr), st.ready_at - time.monotonic())
                     if not st.ended.wait(wait) and time.monotonic() < st.ready_at:
