@@ -21,7 +21,7 @@ from gpupass.backends.esxi import vgpu
 from gpupass.backends.esxi import hosttasks as tasks
 from gpupass.backends.esxi import lean, wire
 from gpupass.backends.esxi.connection import count_requests, open_session, parse_uri
-from gpupass.backends.esxi.errors import translate
+from gpupass.backends.esxi.errors import OutcomeUnknown, TaskUnfinished, translate
 from gpupass.backends.esxi.state import EsxiState, VmPlan, from_raw
 from gpupass.backends.esxi.steps import (EndIntent, ExitMaintenance, HostGraphicsChange, Intent, Passthrough,
                                          Reboot, Reconfigure, VgpuReconfigure)
@@ -41,6 +41,10 @@ from gpupass.core.errors import (AuthenticationFailed, Conflict, ConnectionFaile
                                  OperationFailed, UsageError)
 
 DYNAMIC_MIN_API = (7, 0)
+# How long gpupass waits for a vSphere task to end (seconds), unless the host's options table says task_timeout_s: a
+# reconfigure or a host task queued behind others on a busy vCenter may take minutes; past this the task's outcome is
+# said to be not known, never assumed.
+TASK_TIMEOUT_S = 1800.0
 log = logging.getLogger("gpupass.esxi")
 
 
@@ -67,7 +71,7 @@ def _api_release(version_name: str) -> tuple[int, ...]:
 def _state(facts: HostFacts) -> EsxiState:
     if not isinstance(facts.state, EsxiState):
         raise OperationFailed("these facts carry no vSphere configuration to plan from",
-                              remedy="read the host again (or take a new snapshot of it)")
+                              remedy="read the host again (or take a new snapshot of it)", rolled_back=True)  # a plan
     return facts.state
 
 
@@ -126,6 +130,10 @@ class EsxiBackend(Backend):
         # A bad value is said when the host is opened, not mid-run (after the intent and the passthrough switch).
         self._seconds_option("reboot_timeout_s", 900.0)
         self._seconds_option("maintenance_timeout_s", 600.0)
+        self._seconds_option("task_timeout_s", TASK_TIMEOUT_S)
+        # VM -> (task, action) of this run that had not ended when gpupass stopped waiting (_wait): still running,
+        # it makes the step's read-back "not known" and keeps every undo from writing
+        self._unfinished: dict[str, tuple[Any, str]] = {}
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -744,7 +752,7 @@ class EsxiBackend(Backend):
                 raise OperationFailed(f"host {payload.host} does not offer vGPU profile {', '.join(missing)} now; "
                                       "nothing was changed",
                                       remedy="`gpupass gpus HOST` lists the profiles each GPU offers (host graphics "
-                                             "must be shared direct)")
+                                             "must be shared direct)", rolled_back=True)  # refused before sending
         config = specs.build(dict(payload.changes), before["devices"], {})
         config.changeVersion = expected
         self._send(name, config, before)
@@ -818,14 +826,18 @@ class EsxiBackend(Backend):
                 stale = sorted(d for d, t in self._active_graphics(payload.host).items()
                                if host_graphics.effective_type(d, t, payload.default_type, wanted) != t)
                 if stale:
+                    # caught just below, which sets the configuration back (or says it could not); it goes out as it
+                    # is only where the configuration reads back as it was before
                     raise OperationFailed(
                         f"host {payload.host} took the graphics configuration but still runs the old type on "
                         f"{', '.join(stale)} after the Xorg restart",
                         remedy=f"reboot {payload.host} (in maintenance mode) so the configuration takes effect, then "
-                               "run the command again")
+                               "run the command again", rolled_back=True)
         except GpupassError as error:
             if self._graphics_config(payload.host) == before:
-                raise  # nothing of it was applied
+                if isinstance(error, OutcomeUnknown):  # a fault that says nothing; read back, nothing of it is there
+                    raise OperationFailed(error.message, remedy=error.remedy, rolled_back=True) from error
+                raise  # nothing of it was applied (a lost reply stays one: the host is read again)
             try:  # leave the host as it was: the step failed, so it undoes its own change
                 self._set_graphics(payload.host, before["default_type"], before["assignment_policy"],
                                    before["device_types"], payload.restart_xorg)
@@ -884,7 +896,14 @@ class EsxiBackend(Backend):
         return self._translated(step.description, self._apply, step.payload)
 
     def observe(self, step: Step) -> StepState:
-        """Read the host again after a step failed without saying what it left (lost reply, timeout)."""
+        """Read the host again after a step failed without saying what it left (lost reply, timeout). A step whose
+        task on its VM had not ended when gpupass stopped waiting, and still has not, is not known: the VM read now
+        would show the step as not done while the host may still carry it out."""
+        vm = getattr(step.payload, "vm", None)
+        if isinstance(vm, str):
+            running = self._translated(f"reading back '{step.description}'", self._task_still_running, vm)
+            if running is not None:
+                return StepState("unknown", detail=f"what it left is not known yet: {running}")
         state: StepState = self._translated(f"reading back '{step.description}'", self._observe, step.payload, step)
         return state
 
@@ -904,7 +923,7 @@ class EsxiBackend(Backend):
     @functools.singledispatchmethod
     def _apply(self, payload: object) -> Any:
         raise OperationFailed(f"the esxi backend cannot carry out a step of type {type(payload).__name__}",
-                              remedy="plan again with this version of gpupass")
+                              remedy="plan again with this version of gpupass", rolled_back=True)  # nothing sent
 
     @_apply.register
     def _apply_passthrough(self, payload: Passthrough) -> None:
@@ -988,7 +1007,7 @@ class EsxiBackend(Backend):
         ref = self._vm_ref(name)
         spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)], changeVersion=version)
         task = self._call(f"recording in VM '{name}'", ref.ReconfigVM_Task, spec)
-        self._wait(task, f"recording in VM '{name}'")
+        self._wait(task, f"recording in VM '{name}'", name)
 
     @functools.singledispatchmethod
     def _observe(self, payload: object, step: Step) -> StepState:
@@ -1058,6 +1077,15 @@ class EsxiBackend(Backend):
         return {info.id: bool(info.passthruEnabled) for info in infos or ()}
 
     def undo(self, step: Step, token: Any) -> None:
+        # A task of this run that had not ended when gpupass stopped waiting may still run: an undo written now races
+        # it (a switch-back of the passthrough under a reconfigure that then lands), so each step is left as it is
+        # and the run's intent record keeps saying so to `status`.
+        running = [why for vm in sorted(self._unfinished) for why in [self._task_still_running(vm)] if why]
+        if running:
+            raise OperationFailed(f"'{step.description}' was not undone: a task of this run has not ended ("
+                                  + "; ".join(running) + ")",
+                                  remedy=f"once it has ended, run `gpupass status {self.target.label}`, then the same "
+                                         "command again to finish", rolled_back=False)
         try:
             self._undo(step.payload, token)
         except tasks.Unsettled as unsettled:
@@ -1065,7 +1093,8 @@ class EsxiBackend(Backend):
 
     @functools.singledispatchmethod
     def _undo(self, payload: object, token: Any) -> None:
-        raise OperationFailed(f"the esxi backend cannot undo a step of type {type(payload).__name__}")
+        raise OperationFailed(f"the esxi backend cannot undo a step of type {type(payload).__name__}",
+                              rolled_back=False)  # the step stays as it is
 
     @_undo.register
     def _undo_passthrough(self, payload: Passthrough, token: None) -> None:
@@ -1101,14 +1130,16 @@ class EsxiBackend(Backend):
         self._refuse_while_unsettled(sorted(self._unsettled), f"this run's record in VM '{payload.vm}'")
         # the record a stopped run left goes back in place of this run's -- never in place of another run's
         if not self._swap_intent(payload.vm, (payload.intent,), payload.previous):
+            # this run's record is gone already (the other run wrote over it): nothing of it is left to undo
             raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
-                           "left in place")
+                           "left in place", rolled_back=True)
 
     @_undo.register
     def _undo_end_intent(self, payload: EndIntent, token: None) -> None:
         if not self._swap_intent(payload.vm, ("",), payload.intent):
+            # the record stays removed: putting it back would overwrite the other run's
             raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
-                           "left in place")
+                           "left in place", rolled_back=False)
 
     @_undo.register
     def _undo_exit_maintenance(self, payload: ExitMaintenance, token: None) -> None:
@@ -1165,7 +1196,7 @@ class EsxiBackend(Backend):
                 f"host {host} took the passthrough change for {', '.join(pending)} but did not apply it at once "
                 "(it says it takes effect at the next reboot)",
                 remedy="run the command again with --allow-host-reboot, or put the host in maintenance mode and "
-                       "reboot it")
+                       "reboot it", rolled_back=True)  # switched back just above
 
     def _running_vms(self, host: str) -> list[str]:
         ref = self._host_ref(host)
@@ -1217,12 +1248,14 @@ class EsxiBackend(Backend):
                         + (f"; VMs running on it: {', '.join(running)}" if running else "")
                         + "; gpupass never reboots a host with running VMs, and it was not rebooted",
                         remedy="migrate or power off those VMs (or let DRS evacuate the host), or put the host in "
-                               "maintenance mode yourself, then run the command again") from error
+                               "maintenance mode yourself, then run the command again",
+                        rolled_back=True) from error  # not rebooted, and out of maintenance mode again
             try:
                 running = self._running_vms(host)
                 if running:  # cannot happen in maintenance mode; checked anyway, as a reboot cannot be undone
                     raise OperationFailed(f"host {host} still runs {', '.join(running)}; it was not rebooted",
-                                          remedy="power those VMs off or migrate them, then run the command again")
+                                          remedy="power those VMs off or migrate them, then run the command again",
+                                          rolled_back=True)  # the maintenance mode it entered is left just below
                 self._reboot(host, since, boot_before)
             except tasks.Unsettled:
                 raise
@@ -1321,7 +1354,7 @@ class EsxiBackend(Backend):
         task = None
         try:
             task = self._call(action, send)
-            info = self._task_end(task, action)
+            info = self._task_end(task, action, host)
         except GpupassError as error:
             if not tasks.no_answer(error):
                 raise
@@ -1340,26 +1373,21 @@ class EsxiBackend(Backend):
                 task = found.ref
             else:  # the task as a reference on the session in use now (the one that sent it may be gone)
                 task = type(task)(task._moId, self._session._stub)
-            return self._task_end(task, action)
+            return self._task_end(task, action, host)
         except tasks.Unsettled:
             raise
         except GpupassError as unread:
             raise tasks.Unsettled(host, f"{error.message}; its task could not be read either ({unread.message})") \
                 from error
 
-    def _task_end(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
-        """The task's TaskInfo once its state is success or error (queued and running are waited through)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            info = self._call(action, lambda: task.info)
-            if str(info.state) in ("success", "error"):
-                return info
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"{action}: the task did not finish within {timeout:.0f}s",
-                                      remedy="see the task in the vSphere client", rolled_back=False)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    def _task_end(self, task: Any, action: str, host: str = "") -> Any:
+        """The host task's TaskInfo once its state is success or error (queued and running are waited through, up to
+        the host's `task_timeout_s`). Past it the task may still run: tasks.Unsettled, and nothing more goes to the
+        host."""
+        info = self._poll_task(task, action)
+        if str(info.state) not in ("success", "error"):
+            raise tasks.Unsettled(host, self._unfinished_text(task, action, info, host))
+        return info
 
     def _recent_task(self, host: str, kind: str, since: Any) -> tasks.FoundTask | None:
         """The newest task of `kind` on `host` since `since` in TaskManager.recentTask: one RetrievePropertiesEx."""
@@ -1448,21 +1476,67 @@ class EsxiBackend(Backend):
         self._content = None
         self._view = None
 
-    def _wait(self, task: Any, action: str, timeout: float = 1800.0) -> Any:
-        deadline = time.monotonic() + timeout
+    # How often a long wait for a task says (in the log, -v) that it still waits; the CLI's spinner shows the step.
+    _progress_every_s = 30.0
+
+    def _poll_task(self, task: Any, action: str) -> Any:
+        """The task's TaskInfo once it has ended (success or error), or as read last when the host's `task_timeout_s`
+        (TASK_TIMEOUT_S by default) ran out first; progress is logged on the way."""
+        timeout = self._seconds_option("task_timeout_s", TASK_TIMEOUT_S)
+        began = time.monotonic()
+        said = began
         delay = 0.05
         while True:
             info = self._call(action, lambda: task.info)
-            state = str(info.state)
-            if state == "success":
-                return info.result
-            if state == "error":
-                raise translate(info.error, action) from info.error
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"{action}: the task did not finish within {timeout:.0f}s",
-                                      remedy="see the task in the vSphere client")
-            time.sleep(delay)
+            if str(info.state) in ("success", "error"):
+                return info
+            now = time.monotonic()
+            if now - began > timeout:
+                return info
+            if now - said >= self._progress_every_s:
+                said = now
+                log.info("%s: task %s still %s on %s after %.0f s (gives up after %g s: option task_timeout_s)",
+                         action, getattr(task, "_moId", "?"), info.state, self._endpoint.host, now - began, timeout)
+            time.sleep(min(delay, max(0.0, began + timeout - now) + 0.01))
             delay = min(delay * 2, 2.0)
+
+    def _unfinished_text(self, task: Any, action: str, info: Any, host: str = "") -> str:
+        timeout = self._seconds_option("task_timeout_s", TASK_TIMEOUT_S)
+        where = f"host {host} at {self._endpoint.host}" if host else self._endpoint.host
+        return (f"{action}: task {getattr(task, '_moId', '?')} on {where} was still {info.state} after {timeout:g}s "
+                "(option task_timeout_s); it may still be carried out there")
+
+    def _wait(self, task: Any, action: str, vm: str) -> Any:
+        """The result of a task on VM `vm` once it succeeded; its fault, translated, if it failed. A task that has not
+        ended within the host's `task_timeout_s` raises TaskUnfinished: what it does is not known yet, so the step is
+        read back (observe says so while the task runs) and no undo of this run writes meanwhile."""
+        info = self._poll_task(task, action)
+        state = str(info.state)
+        if state == "success":
+            return info.result
+        if state == "error":
+            raise translate(info.error, action) from info.error
+        self._unfinished[vm] = (task, action)
+        raise TaskUnfinished(
+            self._unfinished_text(task, action, info),
+            remedy=f"see task {getattr(task, '_moId', '?')} in the vSphere client; once it has ended, `gpupass status "
+                   f"{self.target.label}` shows what VM '{vm}' holds and the same command again finishes or reverts "
+                   "the change; for a vCenter this slow, raise task_timeout_s in the host's options table",
+            task=str(getattr(task, "_moId", "")), vm=vm)
+
+    def _task_still_running(self, vm: str) -> str | None:
+        """Why VM `vm`'s step cannot be read back yet: a task of this run on it that had not ended when gpupass stopped
+        waiting, read again now; None when there is none, or it has ended since (then the VM shows its outcome)."""
+        pending = self._unfinished.get(vm)
+        if pending is None:
+            return None
+        task, action = pending
+        info = self._call(f"reading task {getattr(task, '_moId', '?')}", lambda: task.info)
+        if str(info.state) in ("success", "error"):
+            del self._unfinished[vm]
+            return None
+        return (f"task {getattr(task, '_moId', '?')} ({action}) is still {info.state} on {self._endpoint.host}: it may "
+                "still be carried out")
 
     def _read_vm(self, name: str) -> dict[str, Any]:
         from pyVmomi import vmodl
@@ -1539,7 +1613,7 @@ class EsxiBackend(Backend):
         now = self._read_vm(name)
         if now["change_version"] != version:
             raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed",
-                           remedy="run the command again to plan from its current configuration")
+                           remedy="run the command again to plan from its current configuration", rolled_back=True)
         return now
 
     def _send(self, name: str, config: Any, before: dict[str, Any]) -> None:
@@ -1548,7 +1622,9 @@ class EsxiBackend(Backend):
         ref = self._vm_ref(name)
         try:
             task = self._call(f"reconfiguring VM '{name}'", ref.ReconfigVM_Task, config)
-            self._wait(task, f"reconfiguring VM '{name}'")
+            self._wait(task, f"reconfiguring VM '{name}'", name)
+        except TaskUnfinished:
+            raise  # not settled: read back by observe, which says so while the task runs
         except GpupassError as error:
             self._settle(name, before, error)
 
@@ -1612,7 +1688,8 @@ class EsxiBackend(Backend):
                            f"{name} GPU` gives it back (VM '{verdict.other_vm}' keeps it)",
                     rolled_back=False) from error
             raise Conflict(f"{verdict.reason}; this run's change to VM '{name}' was undone",
-                           remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move")
+                           remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move",
+                           rolled_back=True)
         self._fresh[name] = fresh  # read after this run's write: the verify needs no other read
 
     def _settle(self, name: str, before: dict[str, Any], error: GpupassError) -> None:
@@ -1620,7 +1697,8 @@ class EsxiBackend(Backend):
         if isinstance(error, Conflict):  # vSphere refused the stale changeVersion: nothing of this run was applied
             raise Conflict(f"VM '{name}' was changed by someone else since the plan was made; nothing was changed "
                            f"({error.message})",
-                           remedy="run the command again to plan from its current configuration") from error
+                           remedy="run the command again to plan from its current configuration",
+                           rolled_back=True) from error
         try:
             after = self._read_vm(name)
         except GpupassError as unreadable:
@@ -1644,7 +1722,8 @@ class EsxiBackend(Backend):
         if missing:
             raise OperationFailed(
                 f"{', '.join(missing)} on host {host} is not an active passthrough device",
-                remedy="enable passthrough for it and reboot the host (gpupass assign --allow-host-reboot)")
+                remedy="enable passthrough for it and reboot the host (gpupass assign --allow-host-reboot)",
+                rolled_back=True)  # found before anything is sent
         return found
 
     def _restore(self, name: str, before: dict[str, Any]) -> None:
@@ -1666,10 +1745,14 @@ class EsxiBackend(Backend):
             ref = self._vm_ref(name)
             try:
                 task = self._call(f"restoring VM '{name}'", ref.ReconfigVM_Task, spec)
-                self._wait(task, f"restoring VM '{name}'")
+                self._wait(task, f"restoring VM '{name}'", name)
                 return
             except Conflict:
                 continue  # the VM changed between the read and the write: read it again
+            except TaskUnfinished as unfinished:
+                raise OperationFailed(f"taking back the change to VM '{name}' is not known to be done: "
+                                      f"{unfinished.message}", remedy=unfinished.remedy,
+                                      rolled_back=False) from unfinished
             except GpupassError as error:
                 self._settle_restore(name, before, wrote, error)
                 return

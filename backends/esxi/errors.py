@@ -17,6 +17,24 @@ from gpupass.core.errors import (
 )
 
 
+class OutcomeUnknown(GpupassError):
+    """A write failed in a way that does not say what it left on the host (a fault the vSphere API reference does not
+    document as a refusal before any change). It carries no `rolled_back`: the service reads the host again
+    (Backend.observe) instead of believing the step changed nothing."""
+
+    kind = "operation-failed"
+
+
+class TaskUnfinished(OutcomeUnknown):
+    """A vSphere task gpupass sent and stopped waiting for (the host's `task_timeout_s`): still queued or running, so
+    the host may carry it out yet. Read back, the step is said to be not known while the task has not ended, and no
+    undo of the run writes to the host meanwhile (it would race the task)."""
+
+    def __init__(self, message: str, *, remedy: str | None = None, task: str = "", vm: str = "") -> None:
+        super().__init__(message, remedy=remedy)
+        self.task, self.vm = task, vm
+
+
 def _fault_text(fault: object) -> str:
     msg = getattr(fault, "msg", None) or getattr(fault, "reason", None)
     if not msg:
@@ -59,29 +77,44 @@ def translate(error: BaseException | object, action: str, timeout: float | None 
     if isinstance(error, (vim.fault.InvalidLogin, vim.fault.NotAuthenticated)):
         return AuthenticationFailed(text, remedy="check the user (percent-encode '@' in the URI) and the password")
     if isinstance(error, vim.fault.NoPermission):
-        return OperationFailed(text, remedy="the account lacks a privilege; docs/esxi.md lists the ones gpupass needs")
+        # "Thrown when an operation is denied because of a privilege not held on a managed object" (pyVmomi's
+        # docs/vim/fault/NoPermission.rst, from the API reference): denied, so not carried out
+        return OperationFailed(text, remedy="the account lacks a privilege; docs/esxi.md lists the ones gpupass needs",
+                               rolled_back=True)
     # HostCommunication and its HostNotConnected are vmodl faults (pyVmomi _typeinfo_core: vmodl.fault.*)
     if isinstance(error, (vmodl.fault.HostCommunication, vim.fault.HostConnectFault)):
         return ConnectionFailed(text, remedy="the ESXi host is not connected to vCenter; reconnect it, then run "
                                              "`gpupass status HOST`")
     if isinstance(error, vim.fault.InvalidPowerState):
-        return OperationFailed(text, remedy="power the VM off first")
+        # "thrown if the power operation attempted could not be performed given the current power state of the virtual
+        # machine" (pyVmomi docs/vim/fault/InvalidPowerState.rst): not performed
+        return OperationFailed(text, remedy="power the VM off first", rolled_back=True)
     if isinstance(error, (vim.fault.InvalidDeviceBacking, vim.fault.InvalidDeviceSpec)):
+        # "thrown if a virtual machine creation or configuration fails because a device specification contains an
+        # invalid value" (pyVmomi docs/vim/fault/InvalidDeviceSpec.rst): the spec was refused
         return OperationFailed(text, remedy="the device is not an active passthrough device on the VM's host; "
                                             "check `gpupass gpus HOST` (passthrough active) and reboot the host "
-                                            "after enabling it")
+                                            "after enabling it", rolled_back=True)
     if isinstance(error, vim.fault.GenericVmConfigFault):
-        return OperationFailed(text, remedy="see vSphere's message; `gpupass check` shows what gpupass expects")
+        # "Thrown when a running virtual machine reports an error" (pyVmomi docs/vim/fault/GenericVmConfigFault.rst):
+        # nothing says the change was refused before any of it was made, so the host is read again
+        return OutcomeUnknown(text, remedy="see vSphere's message; `gpupass check` shows what gpupass expects")
     if isinstance(error, vim.fault.InvalidState):
-        return OperationFailed(text, remedy="put the host in maintenance mode, or pass --allow-host-reboot")
+        # "thrown if the operation failed due to the current state of the system" (pyVmomi
+        # docs/vim/fault/InvalidState.rst): refused by its precondition
+        return OperationFailed(text, remedy="put the host in maintenance mode, or pass --allow-host-reboot",
+                               rolled_back=True)
     if isinstance(error, vim.fault.ConcurrentAccess):
         # what ReconfigVM_Task raises for a ConfigSpec whose changeVersion is no longer the VM's (vSphere API
         # reference, VirtualMachineConfigSpec.changeVersion): the change was not applied
-        return Conflict(text, remedy="someone else changed the VM meanwhile; run the command again")
+        return Conflict(text, remedy="someone else changed the VM meanwhile; run the command again", rolled_back=True)
     if isinstance(error, vmodl.fault.ManagedObjectNotFound):
         return NotFound(text, remedy="the object was removed meanwhile; run the command again")
     if isinstance(error, (vmodl.fault.NotSupported, vim.fault.NotSupportedHost)):
         return NotSupported(text)
     if isinstance(error, vmodl.fault.SystemError) or isinstance(error, vim.fault.Timedout):
-        return OperationFailed(text, remedy="vSphere failed internally; see the task in the vSphere client")
-    return OperationFailed(text, remedy="see vSphere's message; the task is listed in the vSphere client")
+        # an internal error, or Timedout: "thrown when a server abandons an operation that is taking longer than
+        # expected" (pyVmomi docs/vim/fault/Timedout.rst): abandoned, not undone -- what it did is not known
+        return OutcomeUnknown(text, remedy="vSphere failed internally; see the task in the vSphere client")
+    # any other fault: not known to be a refusal before any change, so the host is read again
+    return OutcomeUnknown(text, remedy="see vSphere's message; the task is listed in the vSphere client")

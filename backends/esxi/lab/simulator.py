@@ -552,6 +552,13 @@ class VCSim:
         until release()."""
         return self._control("POST", "/gpupass/hold", call=method, skip=str(skip) if skip else None)
 
+    def slow_task(self, method: str, seconds: float, skip: int = 0) -> Any:
+        """The next call of *method* (one answered with a Task, e.g. ReconfigVM_Task; after *skip* served as usual)
+        gets its task at once, but the task stays queued for *seconds* before it runs and carries the call out (a busy
+        vCenter's task queue; see vcsim/http.go): a client that stops waiting for it meanwhile does not stop it."""
+        return self._control("POST", "/gpupass/slow-task", call=method, seconds=f"{seconds:g}",
+                             skip=str(skip) if skip else None)
+
     def held(self) -> str:
         """The SOAP method of the call waiting at a hold now ("" when none)."""
         return str(self._control("GET", "/gpupass/held")["held"])

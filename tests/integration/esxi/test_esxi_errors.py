@@ -10,6 +10,7 @@ pytest.importorskip("pyVmomi")
 
 from pyVmomi import vim, vmodl  # noqa: E402
 
+from gpupass.backends.esxi.errors import OutcomeUnknown  # noqa: E402
 from gpupass.core.errors import AuthenticationFailed, Conflict, NotFound, OperationFailed  # noqa: E402
 from tests.integration.esxi.test_esxi_backend import target  # noqa: E402
 from tests.integration.esxi.test_esxi_vcsim import add_device_spec, backing_for  # noqa: E402
@@ -33,7 +34,7 @@ def backend(sim):
 def task_error(backend, start, kind):
     """Run a task the simulator fails; return the core's error after checking its vSphere cause."""
     with pytest.raises(kind) as caught:
-        backend._wait(start(), "the task")
+        backend._wait(start(), "the task", "the VM")
     return caught.value
 
 
@@ -63,7 +64,7 @@ def test_a_device_added_to_a_running_vm_is_operation_failed_power_it_off(backend
     error = task_error(backend, lambda: vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"))),
                        OperationFailed)
     fault_of(error, vim.fault.InvalidPowerState)
-    assert error.remedy == "power the VM off first"
+    assert error.remedy == "power the VM off first" and error.rolled_back is True  # not performed
 
 
 def test_a_device_that_is_not_active_is_operation_failed_check_passthrough(backend):
@@ -73,41 +74,48 @@ def test_a_device_that_is_not_active_is_operation_failed_check_passthrough(backe
         id="0000:af:00.0", deviceId="20b5", systemId=good.systemId, vendorId=0x10DE, deviceName="A100")
     error = task_error(backend, lambda: vm.ReconfigVM_Task(spec=add_device_spec(inactive)), OperationFailed)
     fault_of(error, vim.fault.InvalidDeviceBacking)
-    assert "not an active passthrough device" in error.remedy
+    assert "not an active passthrough device" in error.remedy and error.rolled_back is True
 
 
 def test_a_reboot_outside_maintenance_mode_is_operation_failed_invalid_state(backend):
     host = backend._host_ref("esx01.lab.local")
     error = task_error(backend, lambda: host.RebootHost_Task(force=False), OperationFailed)
     fault_of(error, vim.fault.InvalidState)
-    assert "maintenance mode" in error.remedy
+    assert "maintenance mode" in error.remedy and error.rolled_back is True
 
 
-def test_a_maintenance_mode_that_times_out_is_operation_failed_timedout(backend):
+def test_a_maintenance_mode_that_times_out_is_an_outcome_not_known_timedout(backend):
+    """Timedout: "thrown when a server abandons an operation that is taking longer than expected" -- abandoned, not
+    undone: the error claims nothing (no rolled_back), so the service reads the host again."""
     host = backend._host_ref("esx01.lab.local")  # web01 runs there
-    error = task_error(backend, lambda: host.EnterMaintenanceMode_Task(timeout=0), OperationFailed)
+    error = task_error(backend, lambda: host.EnterMaintenanceMode_Task(timeout=0), OutcomeUnknown)
     fault_of(error, vim.fault.Timedout)
+    assert not hasattr(error, "rolled_back") and error.to_dict()["error"] == "operation-failed"
 
 
-def test_a_power_on_the_vm_config_refuses_is_operation_failed(backend):
+def test_a_power_on_the_vm_config_refuses_is_an_outcome_not_known(backend):
+    """GenericVmConfigFault, "thrown when a running virtual machine reports an error": nothing says the operation
+    changed nothing, so the error claims nothing and the host is read again."""
     vm, host = backend._vm_ref("ml-train"), backend._host_ref("esx02.lab.local")
-    backend._wait(vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"))), "adding")
-    error = task_error(backend, lambda: vm.PowerOnVM_Task(), OperationFailed)
+    backend._wait(vm.ReconfigVM_Task(spec=add_device_spec(backing_for(host, "0000:3b:00.0"))), "adding", "ml-train")
+    error = task_error(backend, lambda: vm.PowerOnVM_Task(), OutcomeUnknown)
     fault_of(error, vim.fault.GenericVmConfigFault)
+    assert not hasattr(error, "rolled_back")
 
 
 def test_a_stale_change_version_is_conflict(backend):
     vm = backend._vm_ref("ml-train")
     stale = vm.config.changeVersion
-    backend._wait(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation="someone else")), "their change")
+    backend._wait(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation="someone else")), "their change", "ml-train")
     error = task_error(backend, lambda: vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation="mine",
                                                                                   changeVersion=stale)), Conflict)
     fault_of(error, vim.fault.ConcurrentAccess)
+    assert error.rolled_back is True  # changeVersion refused it: not applied
 
 
 def test_an_object_removed_meanwhile_is_not_found(backend):
     vm = backend._vm_ref("ml-train")
-    backend._wait(vm.Destroy_Task(), "removing the VM")
+    backend._wait(vm.Destroy_Task(), "removing the VM", "ml-train")
     with pytest.raises(NotFound) as caught:
         backend._call("reading the VM", lambda: vm.config.name)
     fault_of(caught.value, vmodl.fault.ManagedObjectNotFound)

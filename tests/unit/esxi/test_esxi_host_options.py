@@ -1,4 +1,4 @@
-"""An ESXi host's seconds options (`reboot_timeout_s`, `maintenance_timeout_s` in its [hosts.NAME] options table) are
+"""An ESXi host's seconds options (`reboot_timeout_s`, `maintenance_timeout_s`, `task_timeout_s` in its [hosts.NAME] options
 checked when the host is opened: a bad one is a usage error naming it, before any write -- not a ValueError from
 int() after the run's intent record and passthrough switch were written. Nothing here connects."""
 
@@ -15,7 +15,7 @@ def opened(**options):
     return EsxiBackend(Target(uri="esxi://root@127.0.0.1:1", name="vc", options=options))
 
 
-@pytest.mark.parametrize("name", ["maintenance_timeout_s", "reboot_timeout_s"])
+@pytest.mark.parametrize("name", ["maintenance_timeout_s", "reboot_timeout_s", "task_timeout_s"])
 @pytest.mark.parametrize("value", ["abc", "600", 0, -1, True, None, float("inf"), float("nan"), 86401])
 def test_a_seconds_option_that_is_no_bounded_number_is_refused_when_the_host_is_opened(name, value):
     with pytest.raises(UsageError) as caught:

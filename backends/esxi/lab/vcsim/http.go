@@ -70,6 +70,18 @@ package main
 //	    calls services.sh restart "No Down time to VMs"; not a vendor
 //	    statement).  Other open
 //	    connections are not closed: a client finds its session gone on them.
+//	POST /gpupass/slow-task?call=METHOD&seconds=S[&skip=N]
+//	    The next call of METHOD (after N served as usual, with skip=N; a method
+//	    answered with a Task: ReconfigVM_Task,
+//	    EnterMaintenanceMode_Task, ...) is answered at once with a task that
+//	    stays "queued" for S seconds, then runs and carries the call out as
+//	    usual -- a vCenter whose task queue is busy: TaskInfoState "queued"
+//	    ("When there are too many tasks for threads to handle", vSphere API
+//	    reference).  A client that stops waiting for the task meanwhile does
+//	    not stop it, nor does its logout: the host still carries it out (the
+//	    call runs in a session of the simulator's own once the caller's
+//	    session was checked; that a queued task outlives its client's session
+//	    on a real vCenter is assumed: a task is the server's, TaskManager).
 //	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
@@ -83,6 +95,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -99,6 +112,8 @@ var vimTypeFunc = types.TypeFunc()
 type sdkInterceptor struct {
 	lab  *lab
 	next http.Handler
+	// the simulator's own credentials: the session a slow task is carried out in (serveLate)
+	user, pass string
 }
 
 type bufferedWriter struct {
@@ -241,6 +256,11 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if name, delay, ok := l.takeSlow(body); ok {
+		if si.authenticated(r) && si.serveLate(w, r, body, name, delay) {
+			return
+		}
+	}
 	drop := dropAfter || l.takeDropReply(body)
 	var method *simulator.Method
 	if si.interesting(body) {
@@ -360,6 +380,133 @@ func (l *lab) takeHold(body []byte) (*holdGate, string) {
 		}
 	}
 	return nil, ""
+}
+
+// slowArm: how long the task of the next call of a method stays queued, after
+// skip calls of it served as usual (POST /gpupass/slow-task).
+type slowArm struct {
+	delay time.Duration
+	skip  int
+}
+
+// takeSlow reports (and uses up) an armed slow task for the SOAP method in body,
+// once its calls to skip have passed.
+func (l *lab) takeSlow(body []byte) (string, time.Duration, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name, arm := range l.slow {
+		if isCall(body, name) {
+			if arm.skip > 0 {
+				arm.skip--
+				return "", 0, false
+			}
+			delete(l.slow, name)
+			return name, arm.delay, true
+		}
+	}
+	return "", 0, false
+}
+
+var taskReturn = regexp.MustCompile(`<returnval[^>]*type="Task"[^>]*>([^<]+)</returnval>`)
+var faultString = regexp.MustCompile(`<faultstring>([^<]*)</faultstring>`)
+
+// serveLate answers a call of name (a method that returns a Task) at once with
+// a task of its own that stays queued for delay, then carries the call out
+// through the interceptor (so every check and hook of a normal call applies)
+// and ends with the outcome of the task that call made (POST /gpupass/slow-task).
+// It returns false, answering nothing, when the call names no object.
+func (si *sdkInterceptor) serveLate(w http.ResponseWriter, r *http.Request, body []byte, name string, delay time.Duration) bool {
+	method, err := simulator.UnmarshalBody(vimTypeFunc, body)
+	if err != nil || method == nil {
+		return false
+	}
+	entity := simulator.Map.Get(method.This)
+	if entity == nil {
+		return false
+	}
+	l := si.lab
+	path, cookies := r.URL.Path, r.Cookies()
+	run := func(t *simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		own := si.ownSession(path)
+		if own == nil {
+			own = cookies
+		}
+		for _, c := range own {
+			req.AddCookie(c)
+		}
+		req.Header.Set("Content-Type", "text/xml")
+		rec := httptest.NewRecorder()
+		si.ServeHTTP(rec, req)
+		m := taskReturn.FindSubmatch(rec.Body.Bytes())
+		if m == nil { // answered with a fault, no task: that fault ends this task
+			reason := "the call made no task"
+			if f := faultString.FindSubmatch(rec.Body.Bytes()); f != nil {
+				reason = string(f[1])
+			}
+			if bytes.Contains(rec.Body.Bytes(), []byte("NotAuthenticated")) {
+				return nil, &types.NotAuthenticated{}
+			}
+			return nil, &types.SystemError{Reason: reason}
+		}
+		ref := types.ManagedObjectReference{Type: "Task", Value: string(m[1])}
+		done, ok := simulator.Map.Get(ref).(*simulator.Task)
+		if !ok {
+			return nil, &types.SystemError{Reason: "the call's task is gone"}
+		}
+		var res types.AnyType
+		var fault types.BaseMethodFault
+		simulator.Map.WithLock(done, func() {
+			res = done.Info.Result
+			if done.Info.Error != nil {
+				fault = done.Info.Error.Fault
+				l.mu.Lock()
+				l.faultMsg[t.Self] = done.Info.Error.LocalizedMessage
+				l.mu.Unlock()
+			}
+		})
+		return res, fault
+	}
+	// The task's name and descriptionId as the simulator makes them for that call ("ReconfigVM_Task" ->
+	// "VirtualMachine.reconfigVm"), so a client looking for it in TaskManager.recentTask finds it.
+	short := strings.TrimSuffix(name, "_Task")
+	short = strings.Replace(strings.ToLower(short[:1])+short[1:], "VM", "Vm", 1)
+	l.stash.Lock() // the lab's task hook (PutObject) takes pending specs: none of another call's
+	task := simulator.CreateTask(entity, short+"Task", run)
+	l.stash.Unlock()
+	task.Execute = run // not the lab's hook around it: the call run inside carries its own
+	if name == "RebootHost_Task" {
+		simulator.Map.Update(task, []types.PropertyChange{{Name: "info.descriptionId", Val: "HostSystem.reboot"}})
+	}
+	go func() {
+		time.Sleep(delay)
+		task.Run()
+		l.applyFaultMessages()
+	}()
+	writeTaskResponse(w, name, task.Self)
+	return true
+}
+
+// ownSession logs in to the simulator with its own credentials: the cookies of
+// a new session (nil if the login failed).
+func (si *sdkInterceptor) ownSession(path string) []*http.Cookie {
+	var b bytes.Buffer
+	b.WriteString(xml.Header + `<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">` +
+		`<soapenv:Body><Login xmlns="urn:vim25"><_this type="SessionManager">`)
+	_ = xml.EscapeText(&b, []byte(simulator.Map.SessionManager().Reference().Value))
+	b.WriteString(`</_this><userName>`)
+	_ = xml.EscapeText(&b, []byte(si.user))
+	b.WriteString(`</userName><password>`)
+	_ = xml.EscapeText(&b, []byte(si.pass))
+	b.WriteString(`</password></Login></soapenv:Body></soapenv:Envelope>`)
+	req := httptest.NewRequest(http.MethodPost, path, &b)
+	req.Header.Set("Content-Type", "text/xml")
+	rec := httptest.NewRecorder()
+	si.next.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return nil
+	}
+	return rec.Result().Cookies()
 }
 
 // takeDropReply reports (and uses up) an armed drop for the SOAP method in body,
@@ -586,6 +733,27 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 			}
 			l.mu.Unlock()
 			reply(map[string]interface{}{"restarted": true, "held": held, "carried": carried})
+			return
+		case "/gpupass/slow-task":
+			if r.Method != http.MethodPost {
+				http.Error(w, "POST only", http.StatusMethodNotAllowed)
+				return
+			}
+			name := r.URL.Query().Get("call")
+			seconds, err := strconv.ParseFloat(r.URL.Query().Get("seconds"), 64)
+			if name == "" || !strings.HasSuffix(name, "_Task") || err != nil || seconds < 0 {
+				http.Error(w, "call=METHOD_Task and seconds=S (S >= 0) are required", http.StatusBadRequest)
+				return
+			}
+			skip, err := skipParam(r)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			l.mu.Lock()
+			l.slow[name] = &slowArm{delay: time.Duration(seconds * float64(time.Second)), skip: skip}
+			l.mu.Unlock()
+			reply(map[string]interface{}{"method": name, "seconds": seconds})
 			return
 		case "/gpupass/drop-reply":
 			if r.Method != http.MethodPost {

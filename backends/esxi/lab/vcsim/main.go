@@ -167,7 +167,7 @@ func main() {
 	srv := svc.NewServer()
 	// Put our interceptor in front of the simulator's mux (before anyone
 	// knows the URL, so no request has been served yet).
-	srv.Config.Handler = &sdkInterceptor{lab: l, next: srv.Config.Handler}
+	srv.Config.Handler = &sdkInterceptor{lab: l, next: srv.Config.Handler, user: cfg.Username, pass: cfg.Password}
 
 	u := *srv.URL
 	u.User = nil

@@ -158,6 +158,9 @@ type lab struct {
 	hold    map[string]*holdGate
 	waiting *holdGate
 	heldBy  string
+	// SOAP method name -> how long the task of its next call stays queued before it is carried out
+	// (POST /gpupass/slow-task, http.go serveLate)
+	slow map[string]*slowArm
 	// serialises reconfigures: check changeVersion, change, bump as one step
 	cas sync.Mutex
 	// serialises the hand-over of a request's spec to its task through pending
@@ -177,6 +180,7 @@ func newLab() *lab {
 		dropReply: map[string]int{},
 		dropSkip:  map[string]int{},
 		hold:      map[string]*holdGate{},
+		slow:      map[string]*slowArm{},
 
 		seenCookies: map[string]bool{},
 		deadCookies: map[string]bool{},
