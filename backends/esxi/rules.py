@@ -82,23 +82,68 @@ def gpu_on_vm_host(ctx: CheckContext) -> Iterable[Finding]:
                           subject=str(gpu.address))
 
 
+# ClusterDrsConfigInfo.defaultVmBehavior (DrsBehavior) of a cluster whose DRS carries out its own migrations: "fullyAutomated",
+# "Specifies that VirtualCenter should automate both the migration of virtual machines and their placement with a host
+# at power on"; "manual" and "partiallyAutomated" only recommend migrations (vSphere API reference, DrsBehavior; as in
+# vmware/govmomi vim25/types/enum.go). Unset counts as not automated: gpupass does not guess.
+FULLY_AUTOMATED = "fullyAutomated"
+
+
 def reboot_stops_vms(ctx: CheckContext) -> Iterable[Finding]:
+    """A plan whose host must reboot while VMs run there is blocked, unless DRS will move them out of the way.
+
+    gpupass reboots a host only in maintenance mode (RebootHost_Task force=False) and puts it there with
+    EnterMaintenanceMode_Task, which "completes once there are no powered-on virtual machines on the host" and "does
+    not directly initiate any operations to evacuate or power-down powered-on virtual machines. However, if the host is
+    part of a cluster with VMware DRS enabled, DRS provides migration recommendations to evacuate the powered-on
+    virtual machines. If DRS is in fully-automatic mode, these are automatically scheduled" (vSphere API reference,
+    HostSystem.EnterMaintenanceMode; pyVmomi docs/vim/HostSystem.rst). So without a fully automated DRS the step can
+    only fail at apply, after the run's first writes: it is refused at check/plan time instead, with the remedy. A
+    running VM that holds a passthrough device cannot be migrated by DRS at all (no vMotion with VMDirectPath I/O), so
+    it blocks even then. A host that may activate the device without a reboot (applyNow) is refused all the same with
+    --allow-host-reboot (whether it reboots is known only at apply); without the option it needs no reboot, and a
+    change it leaves for one is switched back and said."""
     if not ctx.assign_options.allow_host_reboot:
         return
     hosts = _hosts(ctx)
-    for location in {gpu.location for gpu in ctx.gpus if not gpu.passthrough.active}:
-        if hosts.get(location, {}).get("maintenance_mode"):
+    for location in sorted({gpu.location for gpu in ctx.gpus if not gpu.passthrough.active and gpu.location}):
+        host = hosts.get(location, {})
+        if host.get("maintenance_mode"):
             continue
-        running = sorted(vm.name for vm in ctx.facts.vms if vm.location == location and vm.power_state is PowerState.RUNNING)
-        if running:
-            # gpupass never forces the reboot: it puts the host in maintenance mode first, which completes
-            # only once no VM runs there (vSphere API reference, HostSystem.EnterMaintenanceMode_Task).
+        running = [vm for vm in ctx.facts.vms if vm.location == location and vm.power_state is PowerState.RUNNING]
+        if not running:
+            continue
+        names = ", ".join(sorted(vm.name for vm in running))
+        pinned = sorted(vm.name for vm in running if vm.assigned)
+        cluster = host.get("cluster")
+        automated = bool(host.get("drs")) and host.get("drs_behavior") == FULLY_AUTOMATED
+        at_once = any(gpu.passthrough.activates_without_reboot for gpu in ctx.gpus if gpu.location == location)
+        if automated and not pinned:
             yield warning("esxi-reboot-stops-vms",
-                          f"host {location} is not in maintenance mode and runs {', '.join(running)}: gpupass puts it "
-                          "in maintenance mode before the reboot, which waits for them to be migrated (DRS) or "
-                          "powered off, and fails the assign (nothing rebooted) if they are not",
-                          f"migrate or power off {', '.join(running)}, or put {location} in maintenance mode first")
-
+                          f"host {location} runs {names}: before its reboot gpupass puts it in maintenance mode, and "
+                          f"the fully automated DRS of cluster {cluster} migrates them to other hosts then; where DRS "
+                          "finds no host for one (or a VM override keeps it), the host does not enter maintenance "
+                          "mode and the assign fails with nothing rebooted -- gpupass never stops a running VM",
+                          f"migrate or power off {names} first to be sure, or put {location} in maintenance mode "
+                          "yourself")
+            continue
+        behavior = host.get("drs_behavior")
+        why = (f"DRS cannot migrate {', '.join(pinned)}: a VM holding a passthrough device has no vMotion" if pinned
+               else f"cluster {cluster}'s DRS is {behavior}, which only recommends the migrations" if host.get("drs")
+               and behavior else f"cluster {cluster}'s DRS has no automation level set (defaultVmBehavior), so "
+               "gpupass does not count on it to migrate them" if host.get("drs")
+               else f"cluster {cluster} has DRS off" if cluster else f"{location} is in no DRS cluster")
+        remedy = (f"migrate or power off {names}, or put {location} in maintenance mode yourself, then run the "
+                  "command again" + ("" if pinned or not cluster else
+                                     f" (or set cluster {cluster}'s DRS to fully automated, so that it migrates them)")
+                  + ("; or run it without --allow-host-reboot: the host activates the device at once where it can, "
+                     "and where it cannot gpupass switches it back and says so" if at_once else ""))
+        yield blocker("esxi-reboot-stops-vms",
+                      f"host {location} may have to reboot for passthrough to become active"
+                      + (" (if it cannot activate the device at once)" if at_once else "")
+                      + f" and runs {names}: gpupass never stops a running VM -- it reboots a host only in "
+                      "maintenance mode, which the host enters only once no VM runs there, and nothing would move "
+                      f"them: {why}", remedy)
 
 
 def vgpu_memory_reservation(ctx: CheckContext) -> Iterable[Finding]:

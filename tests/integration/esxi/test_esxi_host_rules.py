@@ -209,9 +209,13 @@ def test_with_allow_host_reboot_the_reboot_follows_only_when_the_host_needs_it(f
 
 
 def test_allow_host_reboot_never_stops_a_running_vm(fresh_vcsim):
-    """Issue 10 item 5: the host is put in maintenance mode first, which a host with a running VM does not
-    enter without DRS; the reboot never happens, web01 keeps running, and the passthrough switch is undone."""
-    sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
+    """Issue 10 item 5: the host is put in maintenance mode first, which a host with a running VM does not enter until
+    they are gone. Without a fully automated DRS the plan is refused (test_esxi_reboot_rule.py); with one, the run
+    tries, and where DRS finds no host for web01 (the simulator migrates nothing) the reboot never happens, web01
+    keeps running, and the passthrough switch is undone."""
+    cfg = _t4_held_by_vmkernel()
+    cfg["cluster_drs"] = {"gpu-cluster": "fullyAutomated"}
+    sim = fresh_vcsim(cfg, username=USER)
     backend = backend_for(sim)
     try:
         si = sim.connect()

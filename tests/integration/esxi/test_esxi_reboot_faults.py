@@ -25,8 +25,11 @@ from tests.integration.esxi.test_esxi_host_rules import T4, _t4_held_by_vmkernel
 class Lab:
     """esx01 with its T4 held by the VMkernel (applyNow cannot switch it: it needs the reboot) and a CLI on it."""
 
-    def __init__(self, fresh_vcsim):
-        self.sim = fresh_vcsim(_t4_held_by_vmkernel(), username=USER)
+    def __init__(self, fresh_vcsim, drs=None):
+        cfg = _t4_held_by_vmkernel()
+        if drs:  # gpu-cluster's DRS behavior (ClusterDrsConfigInfo.defaultVmBehavior)
+            cfg["cluster_drs"] = {"gpu-cluster": drs}
+        self.sim = fresh_vcsim(cfg, username=USER)
         self.si = self.sim.connect()
         self.uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{self.sim.port}/Lab"
         self.env = {**os.environ, "GPUPASS_PASSWORD": self.sim.password}
@@ -79,7 +82,9 @@ def test_a_client_killed_with_the_reboot_on_the_wire_is_shown_by_status_and_a_re
 def test_a_client_killed_entering_maintenance_mode_never_stops_a_running_vm_and_a_rerun_converges(fresh_vcsim):
     from pyVim.task import WaitForTask
 
-    lab = Lab(fresh_vcsim)
+    # With a fully automated DRS the plan lets the run try (DRS would migrate web01); the simulator's DRS finds no
+    # host for it, as a real one may not (NoMaintenanceModeDrsRecommendationForVM), so the host stays out of it.
+    lab = Lab(fresh_vcsim, drs="fullyAutomated")
     assert lab.power("web01") == "poweredOn"
     lab.killed_with_call_on_the_wire("EnterMaintenanceMode_Task")
     # web01 runs on esx01, so the host did not enter maintenance mode; nothing was rebooted or stopped. The killed

@@ -11,6 +11,9 @@ package main
 //	  "datacenter": "DC0",                  // vcenter only; esx mode is always "ha-datacenter"
 //	  "datastore": "datastore1",            // one local datastore mounted on every host
 //	  "clusters": ["gpu-cluster"],          // clusters to create (hosts may also name new ones)
+//	  "cluster_drs": {"gpu-cluster": "fullyAutomated"}, // ClusterDrsConfigInfo.defaultVmBehavior per cluster
+//	                                        // (manual | partiallyAutomated | fullyAutomated); unset: DRS on, no
+//	                                        // behavior set (as the stock simulator makes a cluster)
 //	  "hosts": [{
 //	    "name": "esx01.lab.local",          // required
 //	    "cluster": "gpu-cluster",           // "" = standalone host (vcenter mode)
@@ -237,15 +240,16 @@ type scaleConfig struct {
 }
 
 type labConfig struct {
-	Mode       string       `json:"mode"`
-	Username   string       `json:"username"`
-	Password   string       `json:"password"`
-	Datacenter string       `json:"datacenter"`
-	Datastore  string       `json:"datastore"`
-	Clusters   []string     `json:"clusters"`
-	Hosts      []hostConfig `json:"hosts"`
-	VMs        []vmConfig   `json:"vms"`
-	Scale      scaleConfig  `json:"scale"`
+	Mode       string            `json:"mode"`
+	Username   string            `json:"username"`
+	Password   string            `json:"password"`
+	Datacenter string            `json:"datacenter"`
+	Datastore  string            `json:"datastore"`
+	Clusters   []string          `json:"clusters"`
+	ClusterDrs map[string]string `json:"cluster_drs"`
+	Hosts      []hostConfig      `json:"hosts"`
+	VMs        []vmConfig        `json:"vms"`
+	Scale      scaleConfig       `json:"scale"`
 }
 
 func loadConfig(path string) (*labConfig, error) {

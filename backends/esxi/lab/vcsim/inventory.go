@@ -329,6 +329,19 @@ func buildInventory(ctx context.Context, m *simulator.Model, cfg *labConfig, l *
 			if err != nil {
 				return nil, fmt.Errorf("cluster %s: %v", name, err)
 			}
+			if behavior, ok := cfg.ClusterDrs[name]; ok {
+				// the stock simulator's ReconfigureComputeResource_Task leaves drsConfig as it is: set here
+				switch types.DrsBehavior(behavior) {
+				case types.DrsBehaviorManual, types.DrsBehaviorPartiallyAutomated, types.DrsBehaviorFullyAutomated:
+				default:
+					return nil, fmt.Errorf("cluster %s: cluster_drs %q is no DrsBehavior", name, behavior)
+				}
+				if sc, ok := simulator.Map.Get(cl.Reference()).(*simulator.ClusterComputeResource); ok {
+					simulator.Map.WithLock(sc, func() {
+						sc.ConfigurationEx.(*types.ClusterConfigInfoEx).DrsConfig.DefaultVmBehavior = types.DrsBehavior(behavior)
+					})
+				}
+			}
 			clusters[name] = cl
 			return cl, nil
 		}

@@ -697,7 +697,10 @@ func (l *lab) hookHostTask(t *simulator.Task, entity types.ManagedObjectReferenc
 		if connected && op == "enterMaintenanceMode" {
 			// ESXi waits for the running VMs to be migrated or powered off;
 			// without DRS that ends in a timeout.  The simulator fails at once
-			// (assumed, not verified on real ESXi).
+			// (assumed, not verified on real ESXi), whatever the cluster's DRS
+			// (cluster_drs): it migrates nothing, as a DRS that finds no host
+			// for them does (NoMaintenanceModeDrsRecommendationForVM lists the
+			// reasons: pyVmomi docs/vim/event/).
 			var running []string
 			if host, ok := simulator.Map.Get(entity).(*simulator.HostSystem); ok {
 				for _, ref := range host.Vm {
