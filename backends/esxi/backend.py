@@ -976,14 +976,16 @@ class EsxiBackend(Backend):
     # changed between that read and the write (ConcurrentAccess).
     _intent_tries = 5
 
-    def _swap_intent(self, name: str, expected: tuple[str, ...], value: str) -> bool:
+    def _swap_intent(self, name: str, expected: tuple[str, ...], value: str, *, once_more_if_lost: bool = False) -> bool:
         """Set VM `name`'s intent record to `value` where the record there now is one of `expected` ("" for none):
         a read-modify-write of one extraConfig key, sent with the changeVersion just read, so a record another run
         wrote in between is never overwritten. vSphere API reference, VirtualMachineConfigSpec.changeVersion: "If
         specified when updating the configuration, the changes will only be applied if the current changeVersion
         matches the specified changeVersion. This field can be used to guard against updates that have happened
         between the configInfo was read and until it is applied"; ReconfigVM_Task fails with ConcurrentAccess
-        otherwise, and the VM is read again. Returns False, writing nothing, where another record is there."""
+        otherwise, and the VM is read again. Returns False, writing nothing, where another record is there.
+        `once_more_if_lost` (the undos): a write that got no answer is followed by a read of the VM (logged in again if
+        the endpoint lost the session): done, or sent once more, so a lost reply is not an undo to make by hand."""
         for _ in range(self._intent_tries):
             now = self._read_vm(name)
             there = now["extra"].get(esxi_claims.INTENT_KEY, "")
@@ -996,6 +998,10 @@ class EsxiBackend(Backend):
                 return True
             except Conflict:
                 continue  # the VM changed between the read and the write: read it again
+            except GpupassError as error:
+                if not (once_more_if_lost and tasks.no_answer(error)):
+                    raise
+                continue  # no answer: the VM read again says whether it was written
         raise Conflict(f"VM '{name}' changed {self._intent_tries} times while gpupass wrote its record "
                        f"(extraConfig {esxi_claims.INTENT_KEY}); the record was not changed",
                        remedy="run `gpupass status HOST`, then the command again", rolled_back=True)
@@ -1101,7 +1107,17 @@ class EsxiBackend(Backend):
         # After a reboot whose end is not known, switching back now races it: disabled before the reboot runs, the
         # device ends inactive; after it, active until the next reboot -- which of the two, nobody could say.
         self._refuse_while_unsettled([payload.host], f"passthrough of {', '.join(payload.ids)} on {payload.host}")
-        self._passthru(payload.host, list(payload.ids), not payload.enable, payload.apply_now, check=False)
+        try:
+            self._passthru(payload.host, list(payload.ids), not payload.enable, payload.apply_now, check=False)
+        except GpupassError as error:
+            if not tasks.no_answer(error):
+                raise
+            # No answer (a lost reply, an endpoint that died with it): the host read again (logged in again if need
+            # be) says whether it was switched back; if not, it is sent once more -- setting a device's passthrough
+            # state twice is the same as once (UpdatePassthruConfig sets passthruEnabled, it does not toggle it).
+            now = self._enabled_now(payload.host)
+            if any(now.get(i) != (not payload.enable) for i in payload.ids):
+                self._passthru(payload.host, list(payload.ids), not payload.enable, payload.apply_now, check=False)
 
     @_undo.register
     def _undo_reboot(self, payload: Reboot, token: None) -> None:
@@ -1129,14 +1145,14 @@ class EsxiBackend(Backend):
         # assign again finishes from.
         self._refuse_while_unsettled(sorted(self._unsettled), f"this run's record in VM '{payload.vm}'")
         # the record a stopped run left goes back in place of this run's -- never in place of another run's
-        if not self._swap_intent(payload.vm, (payload.intent,), payload.previous):
+        if not self._swap_intent(payload.vm, (payload.intent,), payload.previous, once_more_if_lost=True):
             # this run's record is gone already (the other run wrote over it): nothing of it is left to undo
             raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
                            "left in place", rolled_back=True)
 
     @_undo.register
     def _undo_end_intent(self, payload: EndIntent, token: None) -> None:
-        if not self._swap_intent(payload.vm, ("",), payload.intent):
+        if not self._swap_intent(payload.vm, ("",), payload.intent, once_more_if_lost=True):
             # the record stays removed: putting it back would overwrite the other run's
             raise Conflict(f"VM '{payload.vm}' holds another run's record ({esxi_claims.INTENT_KEY}) now; it was "
                            "left in place", rolled_back=False)
