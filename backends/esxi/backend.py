@@ -1135,9 +1135,31 @@ class EsxiBackend(Backend):
 
     @_undo.register
     def _undo_graphics(self, payload: HostGraphicsChange, token: dict[str, Any] | None) -> None:
-        if token is not None:  # the configuration the step found, in effect again
+        if token is None:
+            return
+        # the configuration the step found, in effect again
+        try:
             self._set_graphics(payload.host, token["default_type"], token["assignment_policy"],
                                token["device_types"], payload.restart_xorg)
+        except GpupassError as error:
+            if not tasks.no_answer(error):
+                raise
+            # No answer (a lost reply, an endpoint that died with it): the host read again (logged in again if need
+            # be) says whether the configuration is back and, where Xorg restarts, in effect; if not, it is set once
+            # more (UpdateGraphicsConfig sets the configuration whole; a second Xorg restart changes nothing more).
+            if not self._graphics_back(payload, token):
+                self._set_graphics(payload.host, token["default_type"], token["assignment_policy"],
+                                   token["device_types"], payload.restart_xorg)
+
+    def _graphics_back(self, payload: HostGraphicsChange, token: dict[str, Any]) -> bool:
+        """The host's graphics configuration is `token` again and, where the step restarts Xorg, runs it."""
+        if self._graphics_config(payload.host) != token:
+            return False
+        if not payload.restart_xorg:
+            return True
+        wanted = dict(token["device_types"])
+        return all(host_graphics.effective_type(d, t, token["default_type"], wanted) == t
+                   for d, t in self._active_graphics(payload.host).items())
 
     @_undo.register
     def _undo_intent(self, payload: Intent, token: None) -> None:

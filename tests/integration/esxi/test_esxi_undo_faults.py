@@ -349,3 +349,94 @@ def test_a_dropped_reply_to_the_vgpu_take_back_is_read_back(fresh_vcsim):
     assert isinstance(error, OperationFailed) and error.rolled_back is True, error
     vgpu_before(run, infer01(run))
     a_vgpu_assign_again_converges(run)
+
+
+# -- the undo of a host graphics change (HostGraphicsChange undo) ------------------------------------------------------
+# esx03's second P40 in shared (vSGA) mode; infer01's vGPU assign with --allow-host-sharing-change: the intent record,
+# the host switched to shared direct (UpdateGraphicsConfig, Xorg restarted), the vGPU. The vGPU's reconfigure carried
+# out, its reply dropped (the second ReconfigVM_Task): taken back, then the graphics configuration set back (the second
+# UpdateGraphicsConfig, then Xorg restarted) -- the undo under test -- and the record removed.
+def graphics_undo(fresh_vcsim):
+    from gpupass.backends.esxi.lab.simulator import lab_config
+    from tests.integration.esxi.test_esxi_vgpu_host_change import request
+
+    cfg = lab_config()
+    next(g for g in cfg["hosts"][2]["gpus"] if g["address"] == "0000:af:00.0")["graphics_type"] = "shared"
+    sim = fresh_vcsim(cfg, username=USER)
+    run = UndoRun(sim, target(sim), request(True),
+                  ["assign", "", "infer01", "esx03.lab.local/0000:af:00.0", "--share", "P40-4C",
+                   "--allow-host-sharing-change"], ("ReconfigVM_Task", 1), ("UpdateGraphicsConfig", 1))
+    run.args[1] = run.uri
+    run.before = esx03(run)  # type: ignore[attr-defined]
+    return run
+
+
+def esx03(run):
+    """esx03's graphics (configured and in effect) and infer01's vGPUs and unfinished runs, as gpupass reads them."""
+    with run.backend() as backend:
+        facts = backend.inventory()
+        graphics = facts.host.settings["hosts"]["esx03.lab.local"]["graphics"]
+        vm = facts.find_vm("infer01")
+    return ({k: graphics.get(k) for k in ("default_type", "assignment_policy", "device_types", "active_types")},
+            infer01(run)[0], vm.unfinished)
+
+
+def graphics_before(run):
+    assert esx03(run) == run.before  # type: ignore[attr-defined]
+
+
+def the_share_intent_shown(run):
+    _, vgpus, unfinished = esx03(run)
+    assert vgpus == [] and len(unfinished) == 1 and "vGPU assign" in unfinished[0], unfinished
+
+
+def a_graphics_assign_again_converges(run):
+    again = subprocess.run([*GPUPASS, *run.args, "--yes", "--ca-file", str(run.sim.ca_file)], env=run.env,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stdout + again.stderr
+    graphics, vgpus, unfinished = esx03(run)
+    assert vgpus == ["grid_p40-4c"] and unfinished == () and \
+        graphics["active_types"]["0000:af:00.0"] == "sharedDirect", (graphics, vgpus, unfinished)
+
+
+@pytest.mark.parametrize("discard", [False, True], ids=["carried-out", "lost-on-the-way"])
+def test_a_client_killed_with_the_graphics_undo_on_the_wire(fresh_vcsim, discard):
+    """Killed with the set-back on the wire (carried out after, or lost): the run's record stays, and `status` says
+    the host's graphics may hold its change; the same assign again finishes."""
+    run = graphics_undo(fresh_vcsim)
+    killed_with_the_undo_held(run, discard=discard)
+    the_share_intent_shown(run)
+    a_graphics_assign_again_converges(run)
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["carried-out", "lost"])
+def test_the_endpoint_killed_with_the_graphics_undo_on_the_wire(fresh_vcsim, carried):
+    """No answer to the set-back: gpupass logs in again, reads the configuration and what runs -- set back and in
+    effect, or set once more -- and removes its record: exactly as before, reported rolled back."""
+    run = graphics_undo(fresh_vcsim)
+    error = restarted_when_held_at_the_undo(run, carried=carried)
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    graphics_before(run)
+    a_graphics_assign_again_converges(run)
+
+
+def test_an_endpoint_frozen_before_the_graphics_undo(fresh_vcsim):
+    """The set-back and the record's removal get no answer: reported not rolled back, each named; thawed, the host has
+    the configuration back (not yet in effect) and the record stays for `status`; the same assign again finishes."""
+    run = graphics_undo(fresh_vcsim)
+
+    def set_back():
+        return esx03(run)[0]["device_types"] == run.before[0]["device_types"]  # type: ignore[attr-defined]
+
+    error = frozen_before_the_undo(run, "changing the graphics configuration", 2, carried_out=set_back)
+    assert "could not be undone" in error.message and "graphics" in error.message, error.message
+    the_share_intent_shown(run)
+    a_graphics_assign_again_converges(run)
+
+
+def test_a_dropped_reply_to_the_graphics_undo_is_read_back(fresh_vcsim):
+    run = graphics_undo(fresh_vcsim)
+    error = dropped_reply_of_the_undo(run)
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    graphics_before(run)
+    a_graphics_assign_again_converges(run)
