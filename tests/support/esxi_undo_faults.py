@@ -90,8 +90,8 @@ def frozen_before_the_undo(run: UndoRun, action: str, nth: int, carried_out: Cal
     seen: list[str] = []
 
     def the_undo(what: Any, function: Any = None, *args: Any, **kwargs: Any) -> bool:
-        # a pyVmomi method sent, not one of the backend's own reads under the same action (a task's info polled)
-        if str(what).startswith(action) and str(getattr(function, "__module__", "")).startswith("pyVmomi"):
+        # the write itself, not the poll of its task's info under the same action (EsxiBackend._poll_task)
+        if str(what).startswith(action) and "_poll_task" not in str(getattr(function, "__qualname__", "")):
             seen.append(str(what))
             return len(seen) == nth
         return False

@@ -1,12 +1,14 @@
-"""Faults on the undos of an ESXi assign: the passthrough switch-back and the removal of the run's intent record. The
-run rolls back because a reply was dropped after vSphere carried the write out (read back, found done, undone); then
-the undo under test gets the second fault -- the client killed with it on the wire, the endpoint killed (restarted with
-its state) with it on the wire, the endpoint frozen before it, or its reply dropped (tests/support/esxi_undo_faults.py).
-Each time the host is exactly as before, or what is left is reported and shown by `status`, and the same assign again
+"""Faults on ESXi undos (docs/faults.md's `... undo` rows) and on a rerun's exit from maintenance mode. Each run rolls
+back because a reply was dropped after vSphere carried the write out (read back, found done, undone); then the undo
+under test gets the second fault -- the client killed with it on the wire, the endpoint killed (restarted with its
+state) with it on the wire, the endpoint frozen before it, or its reply dropped (tests/support/esxi_undo_faults.py).
+Each time the host is exactly as before, or what is left is reported and shown by `status`, and the same command again
 converges.
 
-cad-ws and the T4 on esx01 (which switches passthrough at once): the intent record, the passthrough switch, the VM's
-reconfigure."""
+The undos: an assign's passthrough switch-back and the removal of its intent record (cad-ws and the T4 on esx01,
+which switches passthrough at once); a release's record put back; a vGPU take-back; a host graphics change set back;
+a rerun's exit from the maintenance mode a stopped run left, taken back by EnterMaintenanceMode_Task.
+"""
 
 from __future__ import annotations
 
@@ -440,3 +442,111 @@ def test_a_dropped_reply_to_the_graphics_undo_is_read_back(fresh_vcsim):
     assert isinstance(error, OperationFailed) and error.rolled_back is True, error
     graphics_before(run)
     a_graphics_assign_again_converges(run)
+
+
+# -- a rerun's exit from the maintenance mode a stopped run left (ExitMaintenance), and its undo ---------------------
+# A first `assign --allow-host-reboot` of the T4 (held by the VMkernel: it needs the reboot) killed with its
+# ExitMaintenanceMode_Task lost on the way: esx01 rebooted, left in maintenance mode, the run's record in cad-ws. The
+# same assign again: its record, the host taken out of maintenance mode, the VM's reconfigure.
+def stopped_in_maintenance(fresh_vcsim):
+    from pyVim.task import WaitForTask
+
+    from support.cli import killed_with_call_held
+    from tests.integration.esxi.test_esxi_reboot_faults import Lab
+    from tests.integration.esxi.test_esxi_reboot_step_faults import REQUEST as REBOOT_REQUEST
+    from tests.integration.esxi.test_esxi_host_rules import find_vm
+
+    lab = Lab(fresh_vcsim)
+    WaitForTask(find_vm(lab.si, "web01").PowerOffVM_Task())  # maintenance mode waits for a host without running VMs
+    killed_with_call_held(lab.sim, "ExitMaintenanceMode_Task", lab.assign, lab.env, discard=True)
+    assert lab.host.runtime.inMaintenanceMode is True and lab.t4()["active"] is True
+    run = UndoRun(lab.sim, target(lab.sim), REBOOT_REQUEST, lab.assign[:-2] + ["--allow-host-reboot"],
+                  ("ReconfigVM_Task", 1), ("EnterMaintenanceMode_Task", 0))
+    run.lab = lab  # type: ignore[attr-defined]
+    return run
+
+
+def in_maintenance(run):
+    """esx01's maintenance mode as gpupass reads it (over a session of its own: an endpoint restart ends the others)."""
+    with run.backend() as backend:
+        return backend.inventory().host.settings["hosts"][ESX01]["maintenance_mode"]
+
+
+def in_maintenance_with_a_record(run, maintenance):
+    vm = cad_ws(run)
+    assert str(T4) not in vm["assigned"] and len(vm["unfinished"]) == 1, vm
+    assert in_maintenance(run) is maintenance
+
+
+def the_rerun_finishes(run):
+    a_rerun_converges(run)
+    assert in_maintenance(run) is False
+
+
+@pytest.mark.parametrize("discard", [False, True], ids=["carried-out", "lost-on-the-way"])
+def test_a_client_killed_with_a_reruns_exit_from_maintenance_on_the_wire(fresh_vcsim, discard):
+    """The rerun killed with its ExitMaintenanceMode_Task on the wire: out of maintenance mode (carried out) or still
+    in it (lost); the record shown by `status` either way; the same assign once more finishes."""
+    from support.cli import killed_with_call_held
+
+    run = stopped_in_maintenance(fresh_vcsim)
+    killed_with_call_held(run.sim, "ExitMaintenanceMode_Task", [*run.args, "--yes"], run.env, discard=discard)
+    in_maintenance_with_a_record(run, maintenance=discard)
+    the_rerun_finishes(run)
+
+
+def test_an_endpoint_frozen_before_a_reruns_exit_from_maintenance(fresh_vcsim):
+    """Frozen with the rerun's ExitMaintenanceMode_Task about to go: its end cannot be learnt, so nothing more is sent
+    to the host; thawed, the host leaves maintenance mode; the record stays for `status`; the same assign finishes."""
+    from support.esxi_faults import frozen_before_its_write
+
+    run = stopped_in_maintenance(fresh_vcsim)
+    error = frozen_before_its_write(run.sim, run.target, run.request,
+                                    lambda: not in_maintenance(run), action="taking host")
+    assert f"nothing more was sent to host {ESX01}" in error.message, error.message
+    in_maintenance_with_a_record(run, maintenance=False)
+    the_rerun_finishes(run)
+
+
+@pytest.mark.parametrize("discard", [False, True], ids=["carried-out", "lost-on-the-way"])
+def test_a_client_killed_with_the_exit_maintenance_undo_on_the_wire(fresh_vcsim, discard):
+    """The rerun rolled back (a dropped reply to its reconfigure) and killed with the undo of its exit --
+    EnterMaintenanceMode_Task -- on the wire: back in maintenance mode (carried out) or not (lost); the record shown
+    by `status`; the same assign finishes."""
+    run = stopped_in_maintenance(fresh_vcsim)
+    killed_with_the_undo_held(run, discard=discard)
+    in_maintenance_with_a_record(run, maintenance=not discard)
+    the_rerun_finishes(run)
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["carried-out", "lost"])
+def test_the_endpoint_killed_with_the_exit_maintenance_undo_on_the_wire(fresh_vcsim, carried):
+    """Carried out: found done in vCenter's recent tasks over a new session, the stopped run's record put back --
+    exactly as before the rerun, rolled back. Lost: vCenter lists no such task, so nothing more is sent (the record's
+    undo waits too): reported not rolled back with the host as read back; `status` shows the record. Either way the
+    same assign finishes."""
+    run = stopped_in_maintenance(fresh_vcsim)
+    error = restarted_when_held_at_the_undo(run, carried=carried)
+    assert isinstance(error, OperationFailed) and error.rolled_back is carried, error
+    in_maintenance_with_a_record(run, maintenance=carried)
+    the_rerun_finishes(run)
+
+
+def test_an_endpoint_frozen_before_the_exit_maintenance_undo(fresh_vcsim):
+    """The undo's EnterMaintenanceMode_Task waits at the frozen endpoint: its end not learnt, nothing more sent,
+    reported not rolled back; thawed, the host is back in maintenance mode with the record; the same assign finishes."""
+    run = stopped_in_maintenance(fresh_vcsim)
+    error = frozen_before_the_undo(run, "putting host", 1, carried_out=lambda: in_maintenance(run))
+    assert f"nothing more was sent to host {ESX01}" in error.message, error.message
+    in_maintenance_with_a_record(run, maintenance=True)
+    the_rerun_finishes(run)
+
+
+def test_a_dropped_reply_to_the_exit_maintenance_undo_is_learnt_from_vcenter(fresh_vcsim):
+    """The undo's reply dropped: its task found done in vCenter's recent tasks, the stopped run's record put back --
+    exactly as before the rerun, rolled back; the same assign finishes."""
+    run = stopped_in_maintenance(fresh_vcsim)
+    error = dropped_reply_of_the_undo(run)
+    assert isinstance(error, OperationFailed) and error.rolled_back is True, error
+    in_maintenance_with_a_record(run, maintenance=True)
+    the_rerun_finishes(run)
