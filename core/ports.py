@@ -114,6 +114,14 @@ class Backend(ABC):
         finish."""
         return []
 
+    def plan_finish_assign(self, ctx: CheckContext) -> list[Step]:
+        """Steps that keep an assignment the VM's devices show done working, for an assign of GPUs the VM holds
+        already (the core calls this instead of plan_assign then). ESXi: a device the VM holds whose host passthrough
+        is active but no longer enabled (switched off since the reboot that made it active) stops being passthrough at
+        the host's next reboot, and the VM then no longer powers on: it is enabled again (no reboot needed). The
+        default: nothing to do."""
+        return []
+
     def features_lost(self, ctx: CheckContext) -> list[FeatureLoss]:
         return []
 

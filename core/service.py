@@ -206,8 +206,10 @@ def make_plan(backend: Backend, facts: HostFacts, request: AssignmentRequest | R
     ctx = build_context(backend, facts, request)
     findings = preflight(ctx, registry)
     if ctx.already_done:
-        # a release the VM shows done may still have host steps a stopped run of it left (Backend.plan_finish_release)
-        steps: list[Step] = backend.plan_finish_release(ctx) if ctx.operation == "release" else []
+        # a release the VM shows done may still have host steps a stopped run of it left (Backend.plan_finish_release);
+        # an assign the VM shows done, host steps that keep it working (Backend.plan_finish_assign)
+        steps: list[Step] = (backend.plan_finish_release(ctx) if ctx.operation == "release" else
+                             backend.plan_finish_assign(ctx) if ctx.operation == "assign" else [])
     elif ctx.operation == "assign":
         steps = backend.plan_assign(ctx)
     elif ctx.operation == ASSIGN_SHARE:

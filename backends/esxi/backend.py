@@ -68,6 +68,14 @@ def _api_release(version_name: str) -> tuple[int, ...]:
     return _api_tuple(re.sub(r"[^0-9.].*$", "", release).rstrip(".") or "0")
 
 
+def _clear_intent(changes: dict[str, Any], raw: VmPlan, steps: Sequence[Step]) -> None:
+    """The VM's change, the last step of an assign, removes the intent record: this run's (written before its host
+    steps), or one a stopped run left there, which this run finishes. "Keys with empty values will be removed"
+    (VirtualMachineConfigSpec.extraConfig)."""
+    if steps or esxi_claims.INTENT_KEY in raw.extra:
+        changes["extra"][esxi_claims.INTENT_KEY] = ""
+
+
 def _state(facts: HostFacts) -> EsxiState:
     if not isinstance(facts.state, EsxiState):
         raise OperationFailed("these facts carry no vSphere configuration to plan from",
@@ -419,17 +427,7 @@ class EsxiBackend(Backend):
                     by_host.setdefault(gpu.location, []).append(pci_id)
                 elif not host_state.enabled.get(pci_id, False):
                     reenable.setdefault(gpu.location, []).append(pci_id)
-        for host_name, ids in reenable.items():
-            steps.append(Step(
-                action="esxi.passthrough",
-                description=f"enable passthrough again for {', '.join(ids)} on host {host_name} (active, but switched "
-                            "off since the reboot that made it active: without this, passthrough ends at the next "
-                            "reboot; no reboot needed)",
-                undo="disable passthrough for them again (UpdatePassthruConfig passthruEnabled=False)",
-                changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=True" for i in ids),
-                preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
-                        + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in ids) + "\n",
-                payload=Passthrough(host_name, tuple(ids), enable=True)))
+        steps += [self._reenable_step(host_name, ids) for host_name, ids in reenable.items()]
         for host_name, ids in by_host.items():
             host = state.hosts[host_name]
             if host.rebind and not any(self._enabled(state, host_name, i) for i in ids):
@@ -510,11 +508,42 @@ class EsxiBackend(Backend):
             intent = esxi_claims.encode_intent("assign", [d["address"] for d in devices],
                                                [s.description for s in steps], leaves)
             steps.insert(0, self._intent_step(vm.name, raw, intent))
-        if steps or esxi_claims.INTENT_KEY in raw.extra:
-            changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
+        _clear_intent(changes, raw, steps)
         steps.append(self._reconfig_step(vm.name, raw, changes, f"reconfigure VM '{vm.name}' (one ReconfigVM_Task)",
                                          tuple(summary)))
         return steps
+
+    @staticmethod
+    def _reenable_step(host_name: str, ids: Sequence[str]) -> Step:
+        """Passthrough enabled again for devices active but switched off since the reboot that made them active."""
+        return Step(
+            action="esxi.passthrough",
+            description=f"enable passthrough again for {', '.join(ids)} on host {host_name} (active, but switched "
+                        "off since the reboot that made it active: without this, passthrough ends at the next "
+                        "reboot; no reboot needed)",
+            undo="disable passthrough for them again (UpdatePassthruConfig passthruEnabled=False)",
+            changes=tuple(f"UpdatePassthruConfig {i} passthruEnabled=True" for i in ids),
+            preview=f"HostPciPassthruSystem.UpdatePassthruConfig on {host_name}: "
+                    + ", ".join(f"{{id={i}, passthruEnabled=True}}" for i in ids) + "\n",
+            payload=Passthrough(host_name, tuple(ids), enable=True))
+
+    def plan_finish_assign(self, ctx: CheckContext) -> list[Step]:
+        """An assign of GPUs VM ctx.vm holds already: a device it holds that is passthrough-active on its host but no
+        longer enabled (HostPciPassthruInfo: passthruActive "meaning enabled + rebooted", passthruEnabled "Whether
+        passThru has been configured by the user") ends as passthrough at the host's next reboot, and the VM then
+        does not power on; it is enabled again, which needs no reboot (the configuration then matches what runs)."""
+        state = _state(ctx.facts)
+        reenable: dict[str, list[str]] = {}
+        for gpu in ctx.gpus:
+            host_state = state.hosts.get(gpu.location)
+            if host_state is None:
+                continue
+            for function in (gpu.functions if ctx.include_companions else (gpu.function,)):
+                pci_id = str(function.address)
+                if function.address in ctx.vm.assigned and host_state.active.get(pci_id, False) \
+                        and not host_state.enabled.get(pci_id, False):
+                    reenable.setdefault(gpu.location, []).append(pci_id)
+        return [self._reenable_step(host_name, ids) for host_name, ids in reenable.items()]
 
     @staticmethod
     def _intent_step(vm: str, raw: VmPlan, intent: str) -> Step:
@@ -676,8 +705,7 @@ class EsxiBackend(Backend):
             intent = esxi_claims.encode_intent("assign-share", [f"{change.location}/{change.gpu}"],
                                                [s.description for s in steps])
             steps.insert(0, self._intent_step(vm.name, raw, intent))
-        if steps or esxi_claims.INTENT_KEY in raw.extra:
-            changes["extra"][esxi_claims.INTENT_KEY] = ""  # this run's, or one a stopped run left: finished now
+        _clear_intent(changes, raw, steps)
         return [*steps, self._vgpu_step(raw, changes, f"give VM '{vm.name}' a {profile} vGPU (one ReconfigVM_Task)",
                                         (f"add VirtualPCIPassthrough with vGPU profile {profile} (VmiopBackingInfo)",
                                          f"lock the memory reservation to {raw.memory_mb} MB (a vGPU VM powers on "

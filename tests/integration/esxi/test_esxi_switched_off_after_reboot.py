@@ -64,3 +64,41 @@ def test_a_rerun_after_an_undo_that_followed_the_reboot_enables_passthrough_agai
     vm = lab.cad_ws()
     assert str(T4) in vm["assigned"] and vm["unfinished"] == [], vm
     assert "active but disabled" not in lab.gpupass("status", lab.uri).stdout
+
+
+def test_an_assign_of_a_device_the_vm_holds_already_enables_its_switched_off_passthrough_again(fresh_vcsim):
+    """cad-ws holds the H100, whose passthrough on esx01 is active but no longer enabled (switched off since the reboot
+    that made it active): the VM shows the assign done, yet at the host's next reboot the H100 stops being passthrough
+    and cad-ws would not power on. The same assign plans the enable step alone (Backend.plan_finish_assign: no reboot,
+    no VM change), carries it out, and then has nothing left to do."""
+    import os
+    import subprocess
+
+    from gpupass.backends.esxi.lab.simulator import lab_config
+    from support.cli import GPUPASS
+    from tests.integration.esxi.test_esxi_backend import USER
+
+    cfg = lab_config()
+    cfg["hosts"][0]["gpus"][0]["passthru_enabled"] = False  # esx01's H100: active, not enabled
+    sim = fresh_vcsim(cfg, username=USER)
+    uri = f"esxi://administrator%40vsphere.local@127.0.0.1:{sim.port}/Lab"
+    env = {**os.environ, "GPUPASS_PASSWORD": sim.password}
+
+    def gpupass(*args):
+        return subprocess.run([*GPUPASS, *args, "--ca-file", str(sim.ca_file)], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+
+    def h100():
+        host = next(h for h in sim.state()["hosts"] if h["name"] == "esx01.lab.local")
+        return next(d for d in host["devices"] if d["id"] == "0000:3b:00.0")
+
+    planned = gpupass("plan", uri, "cad-ws", "0000:3b:00.0", "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    steps = json.loads(planned.stdout)["steps"]
+    assert [s["action"] for s in steps] == ["esxi.passthrough"], steps
+    assert "enable passthrough again" in steps[0]["description"] and not steps[0]["needs_host_reboot"], steps
+    done = gpupass("assign", uri, "cad-ws", "0000:3b:00.0", "--yes", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["applied"] is True, done.stdout + done.stderr
+    assert (h100()["enabled"], h100()["active"]) == (True, True)
+    again = gpupass("plan", uri, "cad-ws", "0000:3b:00.0", "--json")
+    assert json.loads(again.stdout)["steps"] == [], again.stdout
