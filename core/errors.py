@@ -65,7 +65,11 @@ class OperationFailed(GpupassError):
 
     kind = "operation-failed"
 
-    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool = True) -> None:
+    # A step's own error says what the step itself left: True, nothing (refused before its first write, or its writes
+    # verified undone); False, its change is there and it could not take it back; None, not known to the step (a call
+    # failed after one of its writes went through): core/service.py's `_observed` then reads the host again
+    # (`Backend.observe`) rather than believe either. The service's own errors say True or False.
+    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool | None = True) -> None:
         super().__init__(message, remedy=remedy)
         self.rolled_back = rolled_back
 
@@ -79,7 +83,7 @@ class Conflict(OperationFailed):
     exit_code = 6
     kind = "conflict"
 
-    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool = True) -> None:
+    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool | None = True) -> None:
         super().__init__(message, remedy=remedy, rolled_back=rolled_back)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gpupass.backends.kvm import domxml, nvidia, secretclaims, shares, sysfs
@@ -112,7 +113,7 @@ def _step(**fields: Any) -> Step:
 def _state(facts: HostFacts) -> KvmState:
     if not isinstance(facts.state, KvmState):
         raise OperationFailed("these facts carry no KVM domain definitions to plan from",
-                              remedy="read the host again (or take a new snapshot of it)")
+                              remedy="read the host again (or take a new snapshot of it)", rolled_back=True)
     return facts.state
 
 
@@ -520,7 +521,8 @@ class KvmBackend(Backend):
             with open(parts.path, encoding="utf-8") as node_file:
                 return drivers_in_node_file(node_file.read())
         except (OSError, ValueError) as exc:
-            raise OperationFailed(f"cannot read the test-driver host file {parts.path}: {exc}") from exc
+            raise OperationFailed(f"cannot read the test-driver host file {parts.path}: {exc}",
+                                  rolled_back=True) from exc  # a read: nothing was written
 
     def read_back(self, vm: str, devices: Sequence[PciAddress]) -> Vm | None:
         """The VM's persistent definition and power state: three libvirt calls, whatever the host's size.
@@ -836,7 +838,7 @@ class KvmBackend(Backend):
     @functools.singledispatchmethod
     def _apply(self, payload: object) -> Any:
         raise OperationFailed(f"the kvm backend cannot carry out a step of type {type(payload).__name__}",
-                              remedy="plan again with this version of gpupass")
+                              remedy="plan again with this version of gpupass", rolled_back=True)
 
     @_apply.register(DefineDomain)
     def _apply_define(self, payload: DefineDomain) -> str:
@@ -844,7 +846,7 @@ class KvmBackend(Backend):
         if current != payload.old_xml:
             raise Conflict(
                 f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
-                remedy="run the command again to plan from its current definition",
+                remedy="run the command again to plan from its current definition", rolled_back=True,
             )
         if payload.claims:
             return self._define_claimed(payload)
@@ -855,8 +857,12 @@ class KvmBackend(Backend):
         except _SecretsDenied:
             # This connection may not read (or remove) the GPU's claim: a release that left it would leave a claim on
             # a GPU its VM does not hold, so the release is taken back and refused whole.
-            self._take_back_define(payload.old_xml, "taking the release back: its claim cannot be removed on this "
-                                                    "connection")
+            with _after_its_write():
+                self._take_back_define(payload.old_xml, "taking the release back: its claim cannot be removed on this "
+                                                        "connection")
+            raise  # taken back (read back after a lost reply): rolled back, as its error says
+        except OperationFailed as failed:
+            _not_known(failed)  # the define went through, its claim's removal did not: the service reads again
             raise
         return payload.old_xml
 
@@ -899,13 +905,18 @@ class KvmBackend(Backend):
         vm, old = payload.vm, payload.old_xml
         mine = claims.new_claim(vm, payload.claims)
         self._define(domxml.with_claim(old, mine), f"recording gpupass's claim in VM {vm!r}")
+        with _after_its_write():  # the claim is in the VM: a call failing from here leaves it, or more
+            return self._define_with_bakery_claimed(payload, mine)
+
+    def _define_with_bakery_claimed(self, payload: DefineDomain, mine: claims.Claim) -> str:
+        vm, old = payload.vm, payload.old_xml
         others, _ = self._claims(exclude=vm)
         mine = mine.numbered(claims.next_number(mine, others))
         try:
             self._define(domxml.with_claim(payload.new_xml, mine), "defining the new VM definition")
         except GpupassError as refused:
-            # libvirt takes a definition whole or not at all: only the claim is there; take it back, so the
-            # error's own word on the rollback is true. If that fails too, the service reads the VM again.
+            # libvirt takes a definition whole or not at all: only the claim is there; take it back. Whether or not
+            # that went through, the error leaves the outcome to the service's read of the VM (_after_its_write).
             self._define(old, "taking back the claim after libvirt refused the definition")
             raise refused
         deadline = time.monotonic() + self._claim_wait_s
@@ -939,7 +950,7 @@ class KvmBackend(Backend):
                 f"{verdict.reason}; this run's change to VM '{vm}' was undone",
                 remedy=f"release the GPU from VM '{verdict.other_vm}' first if it should move"
                        + ("; a claim left by a stopped run goes away with any gpupass assign or release of that VM"
-                          if gave_up_waiting else ""))
+                          if gave_up_waiting else ""), rolled_back=True)
         return old
 
     # How old a claim on a GPU its VM does not hold must be before another run takes it over (secret claims).
@@ -966,15 +977,18 @@ class KvmBackend(Backend):
                 asking = None
         except _NoSecretDriver:
             raise  # refused at the first claim: nothing was made
-        except _SecretsDenied:
+        except _SecretsDenied as denied:
             # Refused by the host's access control (the claim asked for last was not made): only the claims made
             # before it are taken back.
-            self._drop_claims_after_failure([claim for claim, _ in taken])
+            if not self._drop_claims_after_failure([claim for claim, _ in taken]):
+                _not_known(denied)
             raise
-        except BaseException:
+        except BaseException as failed:
             # Nothing is defined yet: only claims to take back, the one asked for last included (its reply may
             # have been lost after the daemon made it; it is removed by the UUID this run chose, never another's).
-            self._drop_claims_after_failure([claim for claim, _ in taken] + ([asking] if asking else []))
+            if not self._drop_claims_after_failure([claim for claim, _ in taken] + ([asking] if asking else [])) \
+                    and isinstance(failed, OperationFailed):
+                _not_known(failed)  # a claim of this run may be left: the service reads the host again
             raise
         try:
             if adopt_own:  # a release taken back: its define is read back after a lost reply (_take_back_define)
@@ -986,8 +1000,22 @@ class KvmBackend(Backend):
                 # The define may have been carried out with its reply lost: the claims stay with it, and the
                 # service reads the VM again (observe) and undoes what is there, claims included (_undo_define).
                 raise
-            self._drop_claims_after_failure([claim for claim, _ in taken])  # refused by the daemon: nothing defined
+            # refused by the daemon: nothing defined, only the claims to take back
+            if not self._drop_claims_after_failure([claim for claim, _ in taken]) and \
+                    isinstance(refused, OperationFailed):
+                _not_known(refused)
             raise
+        with _after_its_write():  # the VM is defined with its claims: a call failing from here leaves the change
+            taken_back = self._check_claims_after_define(vm, old, taken)
+        if taken_back is not None:
+            raise taken_back  # the change taken back, read back after a lost reply: rolled back
+        return old
+
+    def _check_claims_after_define(self, vm: str, old: str,
+                                   taken: list[tuple[secretclaims.SecretClaim, secretclaims.SecretClaim | None]]
+                                   ) -> OperationFailed | None:
+        """After the define of an assign: is each claim still this run's? -> None if so; else, with the change taken back,
+        the error to report (the conflict, or a connection that may not read claims)."""
         try:
             lost = [(claim, self._claim_on(claim.address)) for claim, _ in taken
                     if not self._still_mine(claim)]
@@ -1000,17 +1028,17 @@ class KvmBackend(Backend):
             # The claims were made and the VM defined, but this connection may not read a claim back, so whether it is
             # still this run's cannot be known: the change is taken back rather than kept unchecked.
             self._take_back_define(old, "undoing this run's change: its claim cannot be read back on this connection")
-            self._drop_own_claims_unread([claim for claim, _ in taken], denied)
-            raise
+            self._drop_own_claims_unread([claim for claim, _ in taken], denied)  # raises, not rolled back, if left
+            return denied
         if lost or overtaken:
             self._take_back_define(old, "undoing this run's change after losing the claim")
             self._once_more_if_lost(lambda: self._drop_claims([claim for claim, _ in taken]))
             mine, other = (lost or overtaken)[0]
             who = f"VM '{other.vm}' ({other.origin})" if other is not None else "another run"
-            raise Conflict(f"{who} claimed {mine.address} while this run was assigning it; this run's change to "
-                           f"VM '{vm}' was undone", remedy=f"release the GPU from VM '{other.vm if other else '?'}' "
-                                                           "first if it should move")
-        return old
+            return Conflict(f"{who} claimed {mine.address} while this run was assigning it; this run's change to "
+                            f"VM '{vm}' was undone", remedy=f"release the GPU from VM '{other.vm if other else '?'}' "
+                                                            "first if it should move", rolled_back=True)
+        return None
 
     def _take_back_define(self, xml: str, action: str) -> None:
         """A define that takes a change back (an undo, or a run that lost its claim), whose reply may be lost after
@@ -1061,11 +1089,15 @@ class KvmBackend(Backend):
                        + "; ".join(f"virsh secret-undefine {c.uuid}" for c in left) + f". {denied.remedy}",
                 rolled_back=False) from denied
 
-    def _drop_claims_after_failure(self, mine: list[secretclaims.SecretClaim]) -> None:
+    def _drop_claims_after_failure(self, mine: list[secretclaims.SecretClaim]) -> bool:
+        """-> whether this run's claims are taken back. If not, the run's own error says more, and the caller makes it
+        not known (_not_known) so that the service reads the host again and undoes what it finds."""
         try:
             self._drop_claims(mine)
-        except GpupassError as error:  # the run's own error says more; the service reads the host again
+        except GpupassError as error:
             log.warning("could not take back this run's claims: %s", error.message)
+            return False
+        return True
 
     def _take_claim(self, mine: secretclaims.SecretClaim, first: bool, adopt_own: bool = False
                     ) -> tuple[secretclaims.SecretClaim, secretclaims.SecretClaim | None]:
@@ -1108,14 +1140,16 @@ class KvmBackend(Backend):
             if other.uuid != waiting_on:
                 waiting_on, since, delay = other.uuid, time.monotonic(), 0.05
             if not other.vm_uuid:
+                # rolled back: this run's claims made before this one are taken back by _define_with_secrets, which
+                # makes the error not known where that fails
                 raise Conflict(f"{mine.address} is claimed by a libvirt secret gpupass did not make (usage "
                                f"{secretclaims.usage_id(mine.address)!r}, UUID {other.uuid}); nothing was changed",
                                remedy="if nothing uses that secret, remove it (`virsh secret-undefine "
-                                      f"{other.uuid}`), then run the command again")
+                                      f"{other.uuid}`), then run the command again", rolled_back=True)
             if self._holds(other.vm_uuid, mine.address):
                 raise Conflict(f"{mine.address} is claimed by VM '{other.vm}' ({other.origin}), which holds it; "
                                "nothing was changed", remedy=f"release the GPU from VM '{other.vm}' first if it "
-                                                             "should move")
+                                                             "should move", rolled_back=True)  # (as above)
             if time.monotonic() - since > self._claim_takeover_s or time.time() - other.at > self._claim_takeover_s:
                 # A lost reply here leaves the stale claim removed or not, and another run may have claimed the GPU
                 # since: asked once more over a new connection, the removal finds its work done (or another run's
@@ -1181,7 +1215,8 @@ class KvmBackend(Backend):
                        "https://libvirt.org/acl.html: the polkit actions " + ", ".join(
                            f"org.libvirt.api.secret.{p}" for p in ("getattr", "read", "write", "save", "delete"))
                        + " and org.libvirt.api.connect.search-secrets), or connect as a user who may; the secrets "
-                         "hold no value, only which VM claims a GPU") from exc
+                         "hold no value, only which VM claims a GPU",
+                rolled_back=True) from exc  # this call was refused; a step whose write went through says not known
 
     def _claim_on(self, address: str) -> secretclaims.SecretClaim | None:
         """The claim on `address` now, or None. A secret with that usage that is not a gpupass claim counts
@@ -1263,7 +1298,7 @@ class KvmBackend(Backend):
 
     @functools.singledispatchmethod
     def _undo(self, payload: object, token: Any) -> None:
-        raise OperationFailed(f"the kvm backend cannot undo a step of type {type(payload).__name__}")
+        raise OperationFailed(f"the kvm backend cannot undo a step of type {type(payload).__name__}", rolled_back=True)
 
     @_undo.register(DefineDomain)
     def _undo_define(self, payload: DefineDomain, token: str) -> None:
@@ -1281,7 +1316,7 @@ class KvmBackend(Backend):
                 self._secret_driver = False
             except Conflict as taken:
                 raise Conflict(f"the release from VM '{payload.vm}' stays: {taken.message}",
-                               remedy=taken.remedy) from taken
+                               remedy=taken.remedy, rolled_back=taken.rolled_back) from taken
         self._take_back_define(token, "restoring the previous VM definition")
         if payload.claims:  # an assign taken back: its claims go with it
             uuid = domxml.read_facts(token).uuid
@@ -1360,7 +1395,7 @@ class KvmBackend(Backend):
                 other = self._claim_on(payload.address)
                 if other is not None and other.uuid != payload.uuid:
                     raise Conflict(f"{payload.address} is claimed by VM '{other.vm}' now ({other.origin}); the claim "
-                                   f"left for VM '{payload.vm}' stays removed") from exc
+                                   f"left for VM '{payload.vm}' stays removed", rolled_back=True) from exc
             raise translate(libvirt, exc, f"putting back the claim on {payload.address}") from exc
 
     @_observe.register(DropClaim)
@@ -1465,8 +1500,9 @@ class KvmBackend(Backend):
         try:
             self._call(f"starting mediated device {payload.uuid}", device.create, 0)
         except GpupassError:
-            self._call(f"undefining mediated device {payload.uuid}", device.undefine, 0)
-            raise
+            with _after_its_write():  # left defined if this fails too: the service reads it (_observe_mdev)
+                self._call(f"undefining mediated device {payload.uuid}", device.undefine, 0)
+            raise  # undefined again: nothing of the step is left (or, lost with its connection, read again)
         return payload.uuid
 
     def _find_mdev(self, uuid: str) -> Any:
@@ -1491,13 +1527,16 @@ class KvmBackend(Backend):
         if self._current_xml(payload.vm) != payload.old_xml:
             raise Conflict(
                 f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
-                remedy="run the command again to plan from its current definition")
+                remedy="run the command again to plan from its current definition", rolled_back=True)
         self._define(payload.new_xml, "defining the new VM definition")
         if payload.adds:
-            others = [name for name, xml in self._all_domain_xml().items()
-                      if name != payload.vm and payload.uuid in domxml.read_facts(xml).mdevs]
+            with _after_its_write():
+                others = [name for name, xml in self._all_domain_xml().items()
+                          if name != payload.vm and payload.uuid in domxml.read_facts(xml).mdevs]
+                if others:
+                    self._take_back_define(payload.old_xml, "undoing this run's change after another VM took the "
+                                                            "device")
             if others:
-                self._take_back_define(payload.old_xml, "undoing this run's change after another VM took the device")
                 raise Conflict(f"mediated device {payload.uuid} was given to VM '{others[0]}' by another run at the "
                                f"same time; this run's change to VM '{payload.vm}' was undone",
                                remedy="run the command again: it picks another device", rolled_back=True)
@@ -1546,10 +1585,32 @@ class KvmBackend(Backend):
                 self._call(f"hot-plugging into VM {vm!r}", domain.attachDeviceFlags, hostdev_xml, flags)
             else:
                 self._call(f"hot-unplugging from VM {vm!r}", domain.detachDeviceFlags, hostdev_xml, flags)
-                self._check_unplugged(vm, domain, hostdev_xml)
+                with _after_its_write():  # the detach was answered: a failed read cannot say the device is still there
+                    self._check_unplugged(vm, domain, hostdev_xml)
         except NotSupported as refused:  # the advice that fits a live change, next to translate()'s own
             raise NotSupported(refused.message, remedy="power the VM off and run the command again without --live; "
                                f"{refused.remedy}") from refused.__cause__
+
+
+def _not_known(error: OperationFailed) -> None:
+    """`error`, raised by a call a step made after one of its own writes went through (a read, a take-back, a claim's
+    removal): the call's own word ("rolled back": the daemon refused that call) does not say what the step left. Not
+    known (None): the service reads the host again (core/service.py `_observed`, then `observe`) and undoes what it
+    finds there."""
+    error.rolled_back = None
+
+
+@contextlib.contextmanager
+def _after_its_write() -> Iterator[None]:
+    """Around the calls a step makes after one of its own writes went through: a failure there that says "rolled back"
+    (a call the daemon refused: translate()) is made not known (_not_known). A Conflict keeps its own word (raised
+    after this run's change was taken back), as does an error that already says its change is left (False)."""
+    try:
+        yield
+    except OperationFailed as failed:
+        if failed.rolled_back is True and not isinstance(failed, Conflict):
+            _not_known(failed)
+        raise
 
 
 class _UnplugPending(OperationFailed):

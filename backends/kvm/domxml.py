@@ -58,7 +58,8 @@ def _child(parent: ET.Element, path: str) -> ET.Element:
         from gpupass.core.errors import OperationFailed
 
         raise OperationFailed(f"the domain definition has no <{path}>, which libvirt always writes",
-                              remedy="read the VM again (`virsh dumpxml --inactive VM`); nothing was changed")
+                              remedy="read the VM again (`virsh dumpxml --inactive VM`); nothing was changed",
+                              rolled_back=True)  # a parse: after a step's own write, _after_its_write says not known
     return found
 
 

@@ -38,7 +38,11 @@ def translate(libvirt: Any, error: Any, action: str, *, connecting: bool = False
                                             "and the vfio-pci module")
     if is_transport_error(libvirt, error):
         return ConnectionFailed(message, remedy="the connection to libvirtd was lost; check the host")
-    return OperationFailed(message, remedy="see libvirt's message above; the host's libvirtd log has details")
+    # The daemon answered this call with a refusal: the call was not carried out (a transport failure, where it may
+    # have been, is ConnectionFailed above). A step whose own write went through before this call says "not known"
+    # instead (backend.py, _after_its_write).
+    return OperationFailed(message, remedy="see libvirt's message above; the host's libvirtd log has details",
+                           rolled_back=True)
 
 
 def is_transport_error(libvirt: Any, error: Any) -> bool:

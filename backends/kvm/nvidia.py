@@ -107,12 +107,16 @@ def write_vf_vgpu_type(vf: PciAddress, type_id: str, root: Path = SYSFS_PCI) -> 
     path = root / str(vf) / "nvidia" / "current_vgpu_type"
     try:
         path.write_text(type_id)
-        now = path.read_text().strip()
-    except OSError as exc:
+    except OSError as exc:  # the driver's store refused the write: the type is unchanged
         raise OperationFailed(f"the vGPU manager refused vGPU type {type_id} on virtual function {vf}: "
                               f"{exc.strerror or exc}",
                               remedy="check the card's room (creatable_vgpu_types) and that no running VM holds the VF",
                               rolled_back=True) from exc
+    try:
+        now = path.read_text().strip()
+    except OSError as exc:  # written, then not readable: what the VF holds is for the service to read again
+        raise OperationFailed(f"virtual function {vf}'s vGPU type cannot be read back after writing {type_id}: "
+                              f"{exc.strerror or exc}", remedy=f"look at {path} on the host", rolled_back=None) from exc
     if now != type_id:
         raise OperationFailed(f"virtual function {vf} reads vGPU type {now or '?'} after writing {type_id}",
                               remedy=f"look at {path} on the host", rolled_back=False)
