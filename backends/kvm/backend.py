@@ -1428,7 +1428,15 @@ class KvmBackend(Backend):
 
     @_observe.register(CreateMdev | RemoveMdev)
     def _observe_mdev(self, payload: CreateMdev | RemoveMdev, step: Step) -> StepState:
-        there = self._find_mdev(payload.uuid) is not None
+        device = self._find_mdev(payload.uuid)
+        if device is not None and self._mdev_active(device) is False:
+            # Defined and stopped (a create that failed to start, or a removal stopped between its two calls): neither
+            # before nor after. The undo of a create removes it whole; a removal's state is reported as it is.
+            if isinstance(payload, CreateMdev):
+                return StepState("after", token=payload.uuid)
+            return StepState("unknown", detail=f"mediated device {payload.uuid} is stopped and still defined (`virsh "
+                                               f"nodedev-start` keeps it, `virsh nodedev-undefine` removes it)")
+        there = device is not None
         return StepState("after" if there == isinstance(payload, CreateMdev) else "before", token=payload.uuid)
 
     @_apply.register(SetVfVgpuType)
@@ -1514,12 +1522,37 @@ class KvmBackend(Backend):
                 return device
         return None
 
+    def _mdev_active(self, device: Any) -> bool | None:
+        """Is the mediated device started (virNodeDeviceIsActive, libvirt 7.8)? None where the driver cannot say (the
+        test driver: VIR_ERR_NO_SUPPORT) or the binding lacks it."""
+        is_active = getattr(device, "isActive", None)
+        if is_active is None:
+            return None
+        try:
+            return bool(self._call("reading whether a mediated device is started", is_active))
+        except NotSupported:
+            return None
+
     def _remove_mdev(self, uuid: str) -> None:
+        """Stop (virNodeDeviceDestroy) and undefine (virNodeDeviceUndefine) the device: two calls, so a failure of the
+        second leaves it stopped and still defined, which a VM given it cannot start with. It is then started again
+        (virNodeDeviceCreate) so that the step changed nothing; if that fails too, the error says exactly what is left.
+        A device already stopped (such a failure before) is only undefined."""
         device = self._find_mdev(uuid)
         if device is None:
             return  # already gone: the end state is what was asked
-        self._call(f"stopping mediated device {uuid}", device.destroy)
-        self._call(f"undefining mediated device {uuid}", device.undefine, 0)
+        if self._mdev_active(device) is not False:
+            self._call(f"stopping mediated device {uuid}", device.destroy)
+        try:
+            self._call(f"undefining mediated device {uuid}", device.undefine, 0)
+        except (OperationFailed, NotSupported) as refused:  # (NotSupported: the test driver has no virNodeDeviceUndefine)
+            try:
+                self._call(f"starting mediated device {uuid} again", device.create, 0)
+            except (OperationFailed, NotSupported) as not_started:
+                raise _MdevLeftStopped(uuid, device.name(), refused, not_started) from refused
+            if isinstance(refused, OperationFailed):
+                refused.rolled_back = True  # started again: as it was
+            raise
 
     def _define_share(self, payload: DefineShare) -> str:
         """Define the domain with its share changed; for an added share, check no other domain took the same
@@ -1611,6 +1644,18 @@ def _after_its_write() -> Iterator[None]:
         if failed.rolled_back is True and not isinstance(failed, Conflict):
             _not_known(failed)
         raise
+
+
+class _MdevLeftStopped(OperationFailed):
+    """A mediated device's removal stopped it and could neither undefine it nor start it again."""
+
+    def __init__(self, uuid: str, name: str, refused: GpupassError, not_started: GpupassError) -> None:
+        super().__init__(
+            f"mediated device {uuid} was stopped but could not be undefined ({refused.message}), and starting it again "
+            f"failed too ({not_started.message}): it is defined and stopped, and a VM given it cannot start",
+            remedy=f"on the host: `virsh nodedev-undefine {name}` (or `mdevctl undefine -u {uuid}`) to finish removing "
+                   f"it, or `virsh nodedev-start {name}` (`mdevctl start -u {uuid}`) to keep it",
+            rolled_back=False)
 
 
 class _UnplugPending(OperationFailed):

@@ -193,12 +193,21 @@ def test_release_plans_take_back_a_device_gpupass_created_and_undefine_it(lab, r
     plan = make_plan(backend, backend.inventory(), ReleaseRequest("render01", ()), registry)
     assert [s.action for s in plan.steps] == ["kvm.define-domain", "kvm.remove-mdev"]
     assert FREE[1] in plan.steps[1].description and "which gpupass created" in plan.steps[1].description
-    # Carried out, the removal is refused by the test driver; the error's advice fits a device's removal (it once told
-    # the admin to power the VM off and assign without --live, a hot-plug's advice), and the release is taken back.
+    # Carried out: the test driver answers the stop (virNodeDeviceDestroy) with success and refuses the undefine and the
+    # start that would put the device back as it was (VIR_ERR_NO_SUPPORT: neither is in its driver table), so the
+    # device is left stopped and defined, which a VM given it cannot start with. That is reported as it is: not rolled
+    # back, the device and both ways out named (the advice fits a device's removal: it once told the admin to power
+    # the VM off and assign without --live, a hot-plug's advice); the release's define is taken back.
     with pytest.raises(OperationFailed) as caught:
         execute(backend, plan)
     assert "--live" not in (caught.value.remedy or "") and "power the VM off" not in (caught.value.remedy or "")
-    assert caught.value.rolled_back is True and FREE[1] in domxml.read_facts(backend._current_xml("render01")).mdevs
+    assert caught.value.rolled_back is False, caught.value.message
+    assert f"mediated device {FREE[1]} was stopped but could not be undefined" in caught.value.message
+    assert "it is defined and stopped" in caught.value.message and "1 completed step(s) were undone" in \
+        caught.value.message, caught.value.message
+    assert f"mdevctl undefine -u {FREE[1]}" in caught.value.remedy and f"mdevctl start -u {FREE[1]}" in \
+        caught.value.remedy, caught.value.remedy
+    assert FREE[1] in domxml.read_facts(backend._current_xml("render01")).mdevs
 
 
 def test_fleet_find_profile_counts_free_capacity_and_follows_assignments():
