@@ -79,6 +79,14 @@ RULES_WRITE_ONLY = """polkit.addRule(function(action, subject) {
 """
 
 
+# The same, and the client may not remove a secret either (virSecretUndefine checks org.libvirt.api.secret.delete): the
+# claim it made cannot be taken back by it.
+RULES_WRITE_ONLY_NO_DELETE = RULES_WRITE_ONLY.replace(
+    'action.id == "org.libvirt.api.secret.read" ||',
+    'action.id == "org.libvirt.api.secret.read" || action.id == "org.libvirt.api.secret.delete" ||')
+assert RULES_WRITE_ONLY_NO_DELETE != RULES_WRITE_ONLY
+
+
 def started(rules):
     polkit = PrivatePolkit(rules).start()
     try:
@@ -101,6 +109,16 @@ def acl_daemon():
 @pytest.fixture
 def write_only_daemon():
     polkit, daemon = started(RULES_WRITE_ONLY)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        polkit.stop()
+
+
+@pytest.fixture
+def write_only_no_delete_daemon():
+    polkit, daemon = started(RULES_WRITE_ONLY_NO_DELETE)
     try:
         yield daemon
     finally:
@@ -292,5 +310,37 @@ def test_a_release_on_a_connection_that_may_not_use_secrets_is_refused_whole(acl
         assert claim_on(root, "0000:4b:00.0") is None
         with KvmBackend(Target(uri=acl_daemon.uri, name="root")) as backend:
             assert backend.inventory().find_vm("gp-acl-6").assigned == ()
+    finally:
+        root.close()
+
+
+def test_an_assign_that_may_neither_read_back_nor_remove_its_claim_says_the_claim_is_left_and_status_shows_it(
+        write_only_no_delete_daemon, home):
+    """As above, and the client may not remove the claim it made either: the define is taken back, the claim's removal
+    (by the secret object secretDefineXML returned) is refused. The error says so: not rolled back, exit 1, the claim
+    named with the `virsh secret-undefine` that removes it; the VM is exactly as it was. `status`, read by a user who
+    may read secrets, shows the claim on the VM with the release that removes it, and that release converges."""
+    from gpupass.backends.kvm.backend import KvmBackend
+    from gpupass.core.target import Target
+
+    daemon = write_only_no_delete_daemon
+    root = libvirt.open(daemon.uri)
+    try:
+        before = define(root, q35("gp-acl-7"))
+        code, document, stderr = assign_as_nobody(daemon, home, "gp-acl-7", "0000:4f:00.0")
+        assert code == 1, (document, stderr)
+        assert inactive_xml(root, "gp-acl-7") == before  # what the host holds first: then what was said of it
+        left = claim_on(root, "0000:4f:00.0")
+        assert left is not None and secretclaims.from_xml(left.XMLDesc(0)).vm == "gp-acl-7"
+        assert document["rolled_back"] is False, document
+        assert "its claim on 0000:4f:00.0 could not be removed on this connection" in document["message"], document
+        assert f"virsh secret-undefine {left.UUIDString()}" in document["remedy"], document
+        with KvmBackend(Target(uri=daemon.uri, name="root")) as backend:
+            note, = backend.inventory().find_vm("gp-acl-7").unfinished
+        assert "a claim on 0000:4f:00.0 for this VM" in note and "`gpupass release HOST gp-acl-7 0000:4f:00.0`" in note
+        again = subprocess.run([*cli_with_a_gpu("0000:4f:00.0"), "release", daemon.uri, "gp-acl-7", "--yes"],
+                               capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert claim_on(root, "0000:4f:00.0") is None and inactive_xml(root, "gp-acl-7") == before
     finally:
         root.close()
