@@ -7,6 +7,7 @@ its change; a secret that is not gpupass's is never taken over. Processes racing
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 
@@ -22,7 +23,7 @@ from gpupass.core.errors import Conflict  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
-from support.race import race  # noqa: E402
+from support.race import RacePool  # noqa: E402
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
 # A T4 of its own: claims are host-wide, and the other tests on this daemon assign the T4 at 41:00.0.
@@ -162,13 +163,23 @@ def test_a_secret_that_is_not_gpupass_s_is_never_taken_over(libvirtd_uri, libvir
     assert inactive_xml(libvirt_conn, "gp-sc-1") == vms["gp-sc-1"]
 
 
-def test_identical_concurrent_assigns_on_the_daemon_add_the_gpu_once(libvirtd_uri, libvirt_conn, vms):
-    def prepare(vm):
-        backend = open_backend(libvirtd_uri)
-        plan = planned(backend, vm)
-        return lambda: execute(backend, plan)
+def assign_in_a_worker(uri, vm):
+    """One worker's run in a RacePool (module-level: the spawned worker imports it by name): its own new connection
+    to the daemon, a read, a plan; the apply closes the connection."""
+    backend = open_backend(uri)
+    plan = planned(backend, vm)
 
-    runs = race(prepare, ["gp-sc-3"] * 3)
+    def go():
+        with backend:
+            return execute(backend, plan)
+    return go
+
+
+def test_identical_concurrent_assigns_on_the_daemon_add_the_gpu_once(libvirtd_uri, libvirt_conn, vms):
+    """Three processes (support.race.RacePool: spawned, never forked from the threaded pytest process), each on its
+    own connection, plan the same assign, wait at one barrier and apply at the same moment."""
+    with RacePool(3) as pool:
+        runs = pool.round(functools.partial(assign_in_a_worker, libvirtd_uri), ["gp-sc-3"] * 3)
     # each process's own outcome: exactly one did the work; the others found the GPU claimed by the VM that
     # holds it now (exit 6, nothing of theirs left) or, planned after it, nothing to do
     assert [run.kind for run in runs].count("applied") == 1, runs
