@@ -1388,15 +1388,22 @@ class KvmBackend(Backend):
         if not removed:
             return
         libvirt = self._libvirt
-        try:
-            self._connection().secretDefineXML(payload.claim_xml, 0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and not is_transport_error(libvirt, exc):
-                other = self._claim_on(payload.address)
-                if other is not None and other.uuid != payload.uuid:
-                    raise Conflict(f"{payload.address} is claimed by VM '{other.vm}' now ({other.origin}); the claim "
-                                   f"left for VM '{payload.vm}' stays removed", rolled_back=True) from exc
-            raise translate(libvirt, exc, f"putting back the claim on {payload.address}") from exc
+
+        def put_back() -> None:
+            try:
+                self._connection().secretDefineXML(payload.claim_xml, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and not is_transport_error(libvirt, exc):
+                    other = self._claim_on(payload.address)
+                    if other is not None and other.uuid != payload.uuid:
+                        raise Conflict(f"{payload.address} is claimed by VM '{other.vm}' now ({other.origin}); the "
+                                       f"claim left for VM '{payload.vm}' stays removed", rolled_back=True) from exc
+                raise translate(libvirt, exc, f"putting back the claim on {payload.address}") from exc
+
+        # Its reply lost (ConnectionFailed), it is asked once more over a new connection: defining a secret whose UUID and
+        # usage are there already is done again (libvirt src/conf/virsecretobj.c, virSecretObjListAdd replaces the
+        # definition of the secret with the same UUID), so a define the daemon had carried out is found done.
+        self._once_more_if_lost(put_back)
 
     @_observe.register(DropClaim)
     def _observe_drop_claim(self, payload: DropClaim, step: Step) -> StepState:

@@ -213,3 +213,76 @@ def test_vfs_without_the_vgpu_managers_files_say_so(tmp_path, open_backend):
     (gpu,) = open_backend(uri, sysfs_root=str(empty)).inventory().gpus
     assert gpu.sharing.types == () and "vGPU manager (vGPU 17 or later) is not serving them" in gpu.sharing.unread
     assert [s.type_id for s in gpu.sharing.shares] == ["sriov-vf", "sriov-vf"]  # the PF is still not free whole
+
+
+# -- a gpupass process killed around its sysfs write (the fault matrix's `SetVfVgpuType` rows) -----------------------
+def killed_at(uri: str, options: dict, point: str) -> None:
+    """Run the assign of an A10-2Q to vm1 in a process of its own and SIGKILL it (a real kill of the process, sent by
+    itself at that point, which no sleep could hit) right after its sysfs write, or, with its define refused (the VM
+    changed since the plan: the undo then writes the type back), right before or right after the undo's write."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys
+sys.path[:0] = {[str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]!r}
+from gpupass.backends.kvm.lab.testdriver import LabKvmBackend
+from gpupass.core.plugins import default_registry
+from gpupass.core.service import execute, make_plan
+from gpupass.core.target import Target
+from test_kvm_vf_vgpu import _with_stale_define, request
+
+class KilledAroundItsWrite(LabKvmBackend):
+    writes = 0
+
+    def _write_vf_vgpu_type(self, vf, type_id):
+        if {point!r} == "before-the-undo-write" and self.writes == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._write_vf_vgpu_type(vf, type_id)
+        self.writes += 1
+        if ({point!r}, self.writes) in (("after-the-write", 1), ("after-the-undo-write", 2)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+backend = KilledAroundItsWrite(Target(uri={uri!r}, name="killed", options={options!r}))
+plan = make_plan(backend, backend.inventory(), request("vm1", {A10!r}, "A10-2Q"), default_registry())
+execute(backend, plan if {point!r} == "after-the-write" else _with_stale_define(plan))
+print("the run finished: it was not killed")
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**os.environ})
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+
+
+@pytest.mark.parametrize("point", ["after-the-write", "before-the-undo-write", "after-the-undo-write"])
+def test_a_client_killed_around_its_vf_type_write_leaves_a_free_typed_vf_or_the_host_as_it_was_and_a_rerun_converges(
+        tmp_path, open_backend, registry, point):
+    """Killed between the sysfs write and the define (or before the undo's write, the define refused): the VF keeps the
+    type and no VM holds it. That is a configuration the host holds whole, and gpupass shows it as it is: `gpus` lists
+    the VF as a free vGPU of the type (what an admin's `echo TYPE > .../current_vgpu_type` gives), which the next assign
+    of that type takes without a write; nothing is lost or held twice, and no VM is half-changed (the define is one
+    call). What is lost is only that gpupass set the type: its release then leaves the type on the VF, as it leaves an
+    admin's. Killed after the undo's write: exactly as before. Either way the same assign again converges."""
+    uri, options = a10_host(tmp_path)
+    options = {**options, "persist_test_state": True}
+    before = open_backend(uri, **options)._current_xml("vm1")
+    killed_at(uri, options, point)
+    typed = point != "after-the-undo-write"
+    assert current(options, A10_VFS[0]) == ("591" if typed else "0")
+    backend = open_backend(uri, **options)
+    assert backend._current_xml("vm1") == before  # the VM untouched
+    facts = backend.inventory()
+    (gpu,) = facts.gpus
+    shares = {s.id: (s.type_id, s.mode, s.holder) for s in gpu.sharing.shares}
+    assert shares[A10_VFS[0]] == (("591", ShareMode.VF_VGPU, None) if typed else ("sriov-vf", ShareMode.SRIOV_VF, None))
+    assert [vm.unfinished for vm in facts.vms] == [(), ()]
+    plan = make_plan(backend, facts, request("vm1", A10, "A10-2Q"), registry)
+    assert [s.action for s in plan.steps if s.writes] == \
+        (["kvm.define-domain"] if typed else ["kvm.set-vf-vgpu-type", "kvm.define-domain"])
+    execute(backend, plan)
+    assert current(options, A10_VFS[0]) == "591"
+    (gpu,) = backend.inventory().gpus
+    assert {s.id: s.holder for s in gpu.sharing.shares}[A10_VFS[0]] == "vm1"
+    execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("vm1"), registry))
+    assert current(options, A10_VFS[0]) == ("591" if typed else "0")  # a type gpupass did not record stays

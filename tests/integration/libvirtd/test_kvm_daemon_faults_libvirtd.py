@@ -40,7 +40,8 @@ from gpupass.core.service import execute  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
 from support.libvirt_proxy import LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
-from support.libvirt_proxy import DOMAIN_DEFINE_XML, SECRET_DEFINE_XML, SECRET_UNDEFINE  # noqa: E402
+from support.libvirt_proxy import (DOMAIN_ATTACH_DEVICE_FLAGS, DOMAIN_DEFINE_XML, DOMAIN_DETACH_DEVICE_FLAGS,  # noqa: E402
+                                   SECRET_DEFINE_XML, SECRET_UNDEFINE)
 from test_kvm_fault_matrix_libvirtd import (GPU, IDS, OTHER, THE_GPU, VM, WRITES, claim_now, plan_for, run,  # noqa: E402
                                             status)
 
@@ -442,3 +443,241 @@ def holders_of(conn, vm):
     from gpupass.backends.kvm import domxml
 
     return domxml.read_facts(inactive_xml(conn, vm)).hostdevs
+
+
+# -- a hot-plug on a running VM (`assign --live`, `release --live`), and its undo after a lost reply -------------------
+# The device is test_kvm_hotplug_readback_libvirtd.py's stand-in (a USB tablet: a GPU's live attach needs VFIO, which
+# this machine lacks), plugged by the product's backend with only the device it carries and how it is told in the live
+# definition changed. libvirtd saves a running domain's live state to its state dir before it answers a hot-plug
+# (libvirt 9.0.0 src/qemu/qemu_driver.c, qemuDomainAttachDeviceLiveAndConfig / qemuDomainDetachDeviceLiveAndConfig ->
+# virDomainObjSave of the status XML), and QEMU outlives a killed libvirtd, which reconnects to it when it comes back
+# (src/qemu/qemu_process.c, qemuProcessReconnect): what it carried out before it died is in the VM when it is back.
+HOTPLUGS = {"assign": DOMAIN_ATTACH_DEVICE_FLAGS, "release": DOMAIN_DETACH_DEVICE_FLAGS}
+
+
+@pytest.fixture
+def live_vm(own_daemon):
+    """The stand-in's VM defined and started on the file's daemon (TCG, no disk: it idles in its firmware); -> its
+    stored definition without the GPU, and with it."""
+    from test_kvm_hotplug_readback_libvirtd import VM as LIVE_VM, claim_now as live_claim
+    from test_kvm_hotplug_readback_libvirtd import run as run_live
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        free = define(conn, q35(LIVE_VM))
+        conn.lookupByName(LIVE_VM).create()
+        run_live(own_daemon.uri, "assign")
+        assigned = inactive_xml(conn, LIVE_VM)
+        run_live(own_daemon.uri, "release")
+        assert inactive_xml(conn, LIVE_VM) == free and live_claim(conn) is None
+    finally:
+        conn.close()
+    yield free, assigned
+    if not own_daemon.running:  # a test that failed with the daemon down
+        own_daemon.relaunch()
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        if (claim := live_claim(conn)) is not None:
+            conn.secretLookupByUUIDString(claim.uuid).undefine()
+        domain = conn.lookupByName(LIVE_VM)
+        if domain.isActive():
+            domain.destroy()
+        domain.undefine()
+    finally:
+        conn.close()
+
+
+def live_now(uri):
+    """-> (the tablet is plugged in the running VM, its stored definition, the VM the GPU's claim names)."""
+    from test_kvm_hotplug_readback_libvirtd import VM as LIVE_VM, claim_now as live_claim, tablets
+
+    conn = libvirt.open(uri)
+    try:
+        domain = conn.lookupByName(LIVE_VM)
+        assert domain.isActive(), "the VM stopped"
+        claim = live_claim(conn)
+        return tablets(domain.XMLDesc(0)) == 1, inactive_xml(conn, LIVE_VM), (claim.vm if claim else None)
+    finally:
+        conn.close()
+
+
+def live_status(uri):
+    from test_kvm_hotplug_readback_libvirtd import VM as LIVE_VM, KvmBackendPluggingATablet
+
+    with KvmBackendPluggingATablet(Target(uri=uri, name="session")) as backend:
+        return backend.inventory().find_vm(LIVE_VM).unfinished
+
+
+def live_again(uri, operation):
+    """The same `assign --live` / `release --live` again, planned from what the host holds now."""
+    from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseOptions, ReleaseRequest
+    from gpupass.core.plugins import default_registry
+    from gpupass.core.service import make_plan
+    from test_kvm_backend_libvirtd import with_gpus
+    from test_kvm_hotplug_readback_libvirtd import THE_GPU as LIVE_GPU, VM as LIVE_VM, KvmBackendPluggingATablet
+
+    request = AssignmentRequest(LIVE_VM, (LIVE_GPU.address,), AssignOptions(live=True)) if operation == "assign" else \
+        ReleaseRequest(LIVE_VM, (LIVE_GPU.address,), ReleaseOptions(live=True))
+    with KvmBackendPluggingATablet(Target(uri=uri, name="session")) as backend:
+        made = make_plan(backend, with_gpus(backend.inventory(), LIVE_GPU), request, default_registry())
+        assert not made.blocked, made.findings
+        execute(backend, made)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("undo", [False, True], ids=["the-hotplug", "its-undo"])
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_daemon_fault_on_a_hotplug_or_its_undo_is_reported_and_status_shows_what_the_vm_holds_live(
+        own_daemon, proxy, live_vm, operation, undo, fault):
+    """`assign --live` hot-plugs the device, then defines the VM with it; `release --live` unplugs it, then defines the
+    VM without it. The daemon is killed (before or after carrying the call out) or frozen on the hot-plug, or on its
+    undo after the hot-plug's reply was lost (read back: done, so undone). Reported not known (or not undone), not
+    rolled back. Back, the VM is exactly as before the command, or it holds the device only live or only in its stored
+    definition: `status` says which with the command that finishes it, and the same command again converges."""
+    from test_kvm_hotplug_readback_libvirtd import GPU as LIVE_GPU, VM as LIVE_VM, KvmBackendPluggingATablet
+    from test_kvm_hotplug_readback_libvirtd import plan as plan_live, run as run_live
+
+    free, assigned = live_vm
+    if operation == "release":
+        run_live(own_daemon.uri, "assign")
+    before = (operation == "release", assigned if operation == "release" else free, LIVE_VM if operation == "release"
+              else None)
+    # the undo is the opposite hot-plug; the first fault loses the hot-plug's reply after the daemon carried it out
+    other = HOTPLUGS["release" if operation == "assign" else "assign"]
+    procedure = other if undo else HOTPLUGS[operation]
+    apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+    try:
+        error = faulted(proxy, operation, procedure, apply, withhold=withhold,
+                        first_fault=(lambda: proxy.drop_reply_to(HOTPLUGS[operation])) if undo else None,
+                        planner=lambda backend: plan_live(backend, operation), backend_class=KvmBackendPluggingATablet)
+    finally:
+        afterwards()
+    assert error.rolled_back is False, error.message
+    assert ("could not be undone" if undo else "could not be read again") in error.message, error.message
+    # The faulted call carried out or not: the hot-plug's leaves the device plugged in (assign) or out (release) with the
+    # stored definition as it was; its undo's puts the VM back exactly as before.
+    carried_out = fault != "killed-before-the-work"
+    plugged = before[0] if carried_out == undo else not before[0]
+    eventually(lambda: assert_live(own_daemon.uri, (plugged, before[1], before[2])))
+    shown = live_status(own_daemon.uri)
+    if plugged == before[0]:
+        assert shown == (), shown  # exactly as before
+    elif operation == "assign":
+        note, = shown
+        assert f"holds {LIVE_GPU} only while it runs" in note and f"`gpupass assign HOST {LIVE_VM} {LIVE_GPU} --live`" \
+            in note, note
+    else:
+        note, = shown
+        assert f"holds {LIVE_GPU} in its stored definition but not while it runs" in note and \
+            f"`gpupass release HOST {LIVE_VM} {LIVE_GPU} --live` finishes the release" in note, note
+    live_again(own_daemon.uri, operation)  # the same command again converges: plugged (or unplugged) once, defined
+    assert_live(own_daemon.uri, (operation == "assign", assigned if operation == "assign" else free,
+                                 LIVE_VM if operation == "assign" else None))
+    assert live_status(own_daemon.uri) == ()
+    if operation == "assign":
+        run_live(own_daemon.uri, "release")
+
+
+def assert_live(uri, expected):
+    assert live_now(uri) == expected
+
+
+# -- creating a mediated device (a share's assign with no free device of its type) ------------------------------------
+@pytest.mark.parametrize("fault", ["killed-before-the-work", "frozen"])
+def test_a_daemon_fault_on_creating_a_mediated_device_is_reported_not_known_and_the_host_is_as_it_was(
+        own_daemon, proxy, fault):
+    """virNodeDeviceDefineXML held at the proxy, the daemon killed before it gets it, or frozen with it in its socket
+    (test_kvm_hotplug_mdev_faults_libvirtd.py's card and share). Reported not known, not rolled back. Back (restarted,
+    or thawed: it then answers the define waiting in its socket with its refusal, no mdevctl here), no mediated device
+    was made and the VM is exactly as it was, nothing for status to show; the same command again gets the daemon's own
+    answer, rolled back. (Killed after carrying the define out cannot be made here: this daemon carries none out.)"""
+    from test_kvm_hotplug_mdev_faults_libvirtd import VM as MDEV_VM, KvmBackendWithACard, mdevs, plan_share
+    from support.libvirt_proxy import NODE_DEVICE_DEFINE_XML
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        free = define(conn, q35(MDEV_VM))
+    finally:
+        conn.close()
+    try:
+        apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+        try:
+            error = faulted(proxy, "assign", NODE_DEVICE_DEFINE_XML, apply, withhold=withhold, planner=plan_share,
+                            backend_class=KvmBackendWithACard)
+        finally:
+            afterwards()
+        assert error.rolled_back is False, error.message
+        assert "could not be read again" in error.message, error.message
+        conn = libvirt.open(own_daemon.uri)
+        try:
+            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free
+        finally:
+            conn.close()
+        with KvmBackendWithACard(Target(uri=own_daemon.uri, name="session")) as backend:
+            assert backend.inventory().find_vm(MDEV_VM).unfinished == ()
+            with pytest.raises(OperationFailed) as again:
+                execute(backend, plan_share(backend))
+        assert again.value.rolled_back is True, again.value.message
+        conn = libvirt.open(own_daemon.uri)
+        try:
+            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free
+        finally:
+            conn.close()
+    finally:
+        if not own_daemon.running:
+            own_daemon.relaunch()
+        conn = libvirt.open(own_daemon.uri)
+        conn.lookupByName(MDEV_VM).undefine()
+        conn.close()
+
+
+# -- a release finishing a stopped one: putting back a leftover claim it removed ----------------------------------------
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_daemon_fault_on_putting_a_removed_leftover_claim_back_is_reported_and_the_release_again_converges(
+        own_daemon, proxy, host, fault):
+    """Two leftover claims name VM; the release removes the first, its request to remove the second is lost on the way,
+    and the undo of the first removal (the claim defined again, kvm.drop-claim's undo) meets the daemon killed (before
+    or after carrying it out) or frozen. Reported not undone, not rolled back. Back, the first claim is there again or
+    not, the second is: status shows each claim left on VM, and the release again removes them all."""
+    from test_kvm_fault_matrix_libvirtd import claims_left, leave_two_claims, remove_second_claim, the_second_removal_lost
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        left = leave_two_claims(conn)
+    finally:
+        conn.close()
+    try:
+        apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+        try:
+            error = faulted(proxy, "release", SECRET_DEFINE_XML, apply, withhold=withhold,
+                            first_fault=lambda: the_second_removal_lost(proxy))
+        finally:
+            afterwards()
+        assert proxy.lost.is_set()
+        assert error.rolled_back is False and "could not be undone" in error.message, error.message
+        put_back = fault != "killed-before-the-work"
+        conn = libvirt.open(own_daemon.uri)
+        try:
+            eventually(lambda: _claims_are(conn, left if put_back else left[1:]))
+        finally:
+            conn.close()
+        assert len(status(own_daemon.uri)[VM]) == (2 if put_back else 1)
+        run(own_daemon.uri, VM, "release")
+        conn = libvirt.open(own_daemon.uri)
+        try:
+            assert claims_left(conn) == []
+        finally:
+            conn.close()
+        assert status(own_daemon.uri) == {VM: (), OTHER: ()}
+    finally:
+        if not own_daemon.running:
+            own_daemon.relaunch()
+        conn = libvirt.open(own_daemon.uri)
+        remove_second_claim(conn)
+        conn.close()
+
+
+def _claims_are(conn, expected):
+    from test_kvm_fault_matrix_libvirtd import claims_left
+
+    assert claims_left(conn) == expected

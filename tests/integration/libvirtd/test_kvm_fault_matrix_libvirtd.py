@@ -378,3 +378,78 @@ def test_a_fault_on_removing_a_leftover_claim_leaves_the_claim_exactly_there_or_
     assert status(libvirtd_uri) == {VM: (), OTHER: ()}
     with KvmBackend(Target(uri=libvirtd_uri, name="session")) as backend:
         assert plan_for(backend, VM, "release").steps == ()  # once more: nothing to do
+
+
+# -- the undo of that removal: the claim defined again ----------------------------------------------------------------
+SECOND = "0000:4e:00.0"  # a second GPU's claim (no other test on this daemon claims it)
+
+
+def leave_two_claims(conn):
+    """Two claims a stopped run left naming VM, on GPU and SECOND, neither held: a release of VM removes both (two
+    kvm.drop-claim steps, GPU's first). -> the claims, as they read back."""
+    vm_uuid = conn.lookupByName(VM).UUIDString()
+    left = [secretclaims.new(address, VM, vm_uuid, "t", "a stopped run", 0.0) for address in (GPU, SECOND)]
+    for claim in left:
+        conn.secretDefineXML(secretclaims.to_xml(claim), 0)
+    return claims_left(conn)
+
+
+def claims_left(conn):
+    """The claims on GPU and SECOND now, in that order (absent ones left out)."""
+    found = []
+    for address in (GPU, SECOND):
+        try:
+            secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, secretclaims.usage_id(address))
+        except libvirt.libvirtError as exc:
+            assert exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+            continue
+        found.append(secretclaims.from_xml(secret.XMLDesc(0)))
+    return found
+
+
+def remove_second_claim(conn):
+    try:
+        conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, secretclaims.usage_id(SECOND)).undefine()
+    except libvirt.libvirtError as exc:
+        assert exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+
+
+def the_second_removal_lost(proxy):
+    """The first fault: the release's request to remove the second claim never reaches the daemon (the connection
+    closes). Read back, that claim is still there; the first claim's removal is then undone: defined again."""
+    proxy.lose_call_to(SECRET_UNDEFINE, skip=1)
+
+
+@pytest.mark.parametrize("fault", ["lost-reply", "killed-client"])
+def test_a_fault_on_putting_a_removed_leftover_claim_back_leaves_both_claims_and_the_release_again_converges(
+        libvirtd_uri, libvirt_conn, proxy, host, fault):
+    """The release removes the first of two leftover claims, its request to remove the second is lost on the way, and
+    the first removal's undo defines that claim again (with its UUID): that write is faulted. Its reply lost, it is
+    asked once more over a new connection and found done (the same UUID and usage defined again is done again:
+    libvirt src/conf/virsecretobj.c, virSecretObjListAdd), so the release is reported rolled back; its client killed
+    with it on the wire, the daemon carries it out. Either way both claims are there exactly as before, status shows
+    both, and the release again removes both."""
+    left = leave_two_claims(libvirt_conn)
+    try:
+        if fault == "lost-reply":
+            with KvmBackend(Target(uri=proxy.uri, name="proxied")) as backend:
+                plan = plan_for(backend, VM, "release")
+                assert [s.action for s in plan.steps] == ["kvm.drop-claim", "kvm.drop-claim"]
+                the_second_removal_lost(proxy)
+                proxy.drop_reply_to(SECRET_DEFINE_XML)
+                with pytest.raises(OperationFailed) as caught:
+                    execute(backend, plan)
+            assert proxy.lost.is_set() and proxy.dropped.is_set()
+            assert caught.value.rolled_back is True and "the VM is as it was" in caught.value.message, \
+                caught.value.message
+        else:
+            the_second_removal_lost(proxy)
+            killed_on_the_wire(proxy, "release", SECRET_DEFINE_XML)
+            assert proxy.lost.is_set()
+        assert claims_left(libvirt_conn) == left  # exactly as before: both, with their UUIDs
+        notes = status(libvirtd_uri)[VM]  # (in the order libvirt lists secrets)
+        assert sorted(note.split(" for this VM")[0] for note in notes) == [f"a claim on {a}" for a in (GPU, SECOND)]
+        run(libvirtd_uri, VM, "release")
+        assert claims_left(libvirt_conn) == [] and status(libvirtd_uri) == {VM: (), OTHER: ()}
+    finally:
+        remove_second_claim(libvirt_conn)

@@ -66,8 +66,11 @@ class KvmBackendPluggingATablet(KvmBackend):
 
     def _live_differences(self, domain, facts):
         # The stand-in takes the GPU's place in the running VM, so the GPU itself is never in its live definition: the
-        # product's comparison of live and stored definitions is tested on the test driver (test_kvm_testdriver.py).
-        return (), ()
+        # GPU counts as held live while the tablet is plugged in, which is the product's comparison of live and stored
+        # definitions (tested on a GPU's <hostdev> on the test driver: test_kvm_testdriver.py) for the stand-in.
+        live = tablets(domain.XMLDesc(0)) == 1
+        stored = THE_GPU.address in facts.hostdevs
+        return ((THE_GPU.address,) if live and not stored else ()), ((THE_GPU.address,) if stored and not live else ())
 
 
 def tablets(xml: str) -> int:
@@ -257,3 +260,48 @@ def test_a_hot_unplug_the_guest_does_not_grant_is_reported_pending_and_the_relea
         execute(backend, make_plan(backend, with_gpus(backend.inventory(), THE_GPU), ReleaseRequest(VM),
                                    default_registry()))
     assert inactive_xml(libvirt_conn, VM) == running and claim_now(libvirt_conn) is None
+
+
+# -- a gpupass process killed with the undo of its hot-plug on the wire ----------------------------------------------
+def killed_with_its_undo_on_the_wire(proxy, operation):
+    """A real gpupass run in a process of its own: its hot-plug's reply is lost after the daemon carried it out, it
+    reads the live definition back (done) and sends the undo (the opposite hot-plug), which the proxy holds while the
+    process is SIGKILLed; the undo then goes on to the daemon, which carries it out for nobody."""
+    from pathlib import Path
+
+    from support.libvirt_proxy import kill_when_held, start_python
+
+    here = Path(__file__).resolve().parent
+    script = (f"import sys\nsys.path[:0] = {[str(here), str(here.parents[1])]!r}\n"
+              "from gpupass.core.service import execute\nfrom gpupass.core.target import Target\n"
+              "from test_kvm_hotplug_readback_libvirtd import KvmBackendPluggingATablet, plan\n"
+              f"with KvmBackendPluggingATablet(Target(uri={proxy.uri!r}, name='killed')) as backend:\n"
+              f"    execute(backend, plan(backend, {operation!r}))\n"
+              "print('the run finished: it was not killed')\n")
+    hotplug, undo = (DOMAIN_ATTACH_DEVICE_FLAGS, DOMAIN_DETACH_DEVICE_FLAGS)[::1 if operation == "assign" else -1]
+    proxy.drop_reply_to(hotplug)
+    proxy.hold_call_to(undo)
+    kill_when_held(proxy, start_python(script))
+    assert proxy.dropped.is_set()
+
+
+@pytest.mark.parametrize("operation", ["assign", "release"])
+def test_a_client_killed_with_the_undo_of_its_hotplug_on_the_wire_leaves_the_vm_exactly_as_it_was(
+        libvirtd_uri, libvirt_conn, proxy, running, operation):
+    """`assign --live` (or `release --live`) killed (SIGKILL) with the undo of its hot-plug on the wire: the daemon
+    carries the undo out, so the VM is exactly as before the command, live and stored, its claim as it was; status has
+    nothing to show, and the same command again converges."""
+    if operation == "release":
+        run(libvirtd_uri, "assign")
+    before_live, before_stored, before_claim = tablets(live(libvirt_conn)), inactive_xml(libvirt_conn, VM), \
+        claim_now(libvirt_conn)
+    killed_with_its_undo_on_the_wire(proxy, operation)
+    assert tablets(live(libvirt_conn)) == before_live and inactive_xml(libvirt_conn, VM) == before_stored
+    assert claim_now(libvirt_conn) == before_claim
+    with KvmBackendPluggingATablet(Target(uri=libvirtd_uri, name="session")) as backend:
+        assert backend.inventory().find_vm(VM).unfinished == ()
+    run(libvirtd_uri, operation)
+    assert tablets(live(libvirt_conn)) == (1 if operation == "assign" else 0)
+    assert inactive_xml(libvirt_conn, VM) != running if operation == "assign" else inactive_xml(libvirt_conn, VM) == \
+        running
+    assert (claim_now(libvirt_conn).vm if claim_now(libvirt_conn) else None) == (VM if operation == "assign" else None)
