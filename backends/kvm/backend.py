@@ -1274,6 +1274,7 @@ class KvmBackend(Backend):
                     secret.undefine()
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SECRET, libvirt.VIR_ERR_NO_SUPPORT):
+                    self._refused_secrets(exc, f"removing the claim on {address}")
                     raise translate(libvirt, exc, f"removing the claim on {address}") from exc
 
     def _all_domain_xml(self) -> dict[str, str]:

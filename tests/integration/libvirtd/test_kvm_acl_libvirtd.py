@@ -87,6 +87,15 @@ RULES_WRITE_ONLY_NO_DELETE = RULES_WRITE_ONLY.replace(
 assert RULES_WRITE_ONLY_NO_DELETE != RULES_WRITE_ONLY
 
 
+# The client may do everything but remove a secret (virSecretUndefine checks org.libvirt.api.secret.delete).
+RULES_NO_DELETE = """polkit.addRule(function(action, subject) {
+    if (subject.user != "nobody" || action.id.indexOf("org.libvirt.api.") != 0) { return polkit.Result.NOT_HANDLED; }
+    if (action.id == "org.libvirt.api.secret.delete") { return polkit.Result.NO; }
+    return polkit.Result.YES;
+});
+"""
+
+
 def started(rules):
     polkit = PrivatePolkit(rules).start()
     try:
@@ -119,6 +128,16 @@ def write_only_daemon():
 @pytest.fixture
 def write_only_no_delete_daemon():
     polkit, daemon = started(RULES_WRITE_ONLY_NO_DELETE)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        polkit.stop()
+
+
+@pytest.fixture
+def no_delete_daemon():
+    polkit, daemon = started(RULES_NO_DELETE)
     try:
         yield daemon
     finally:
@@ -342,5 +361,36 @@ def test_an_assign_that_may_neither_read_back_nor_remove_its_claim_says_the_clai
                                capture_output=True, text=True)
         assert again.returncode == 0, again.stdout + again.stderr
         assert claim_on(root, "0000:4f:00.0") is None and inactive_xml(root, "gp-acl-7") == before
+    finally:
+        root.close()
+
+
+def test_a_release_on_a_connection_that_may_not_remove_its_claim_is_taken_back_whole(no_delete_daemon, home):
+    """The VM holds the GPU with its claim; a release on a connection that may read the claim but not remove it
+    defines the VM without the GPU, then its claim's removal (virSecretUndefine) is refused. Before: that refusal said
+    "rolled back" about a step whose define had gone through, so the VM was reported as it was while it was released
+    with its claim left. Now the release is taken back: exit 1, the VM exactly as before with its claim, and the error
+    names the permission."""
+    daemon = no_delete_daemon
+    root = libvirt.open(daemon.uri)
+    try:
+        define(root, q35("gp-acl-8"))
+        assigned = subprocess.run([*cli_with_a_gpu("0000:4f:00.0"), "assign", daemon.uri, "gp-acl-8", "0000:4f:00.0",
+                                   "--yes"], capture_output=True, text=True)
+        assert assigned.returncode == 0, assigned.stdout + assigned.stderr
+        before, claim = inactive_xml(root, "gp-acl-8"), claim_on(root, "0000:4f:00.0")
+        assert claim is not None and "bus='0x4f'" in before
+        printed = as_nobody(home, "release", daemon.uri, "gp-acl-8", "--yes", "--json",
+                            command=cli_with_a_gpu("0000:4f:00.0"))
+        assert printed.returncode == 1, printed.stdout + printed.stderr
+        assert inactive_xml(root, "gp-acl-8") == before  # what the host holds first: then what was said of it
+        assert claim_on(root, "0000:4f:00.0").UUIDString() == claim.UUIDString()
+        document = json.loads(printed.stdout)
+        assert document["rolled_back"] is True and "the VM is as it was" in document["message"], document
+        assert "org.libvirt.api.secret.delete" in document["remedy"], document
+        again = subprocess.run([*cli_with_a_gpu("0000:4f:00.0"), "release", daemon.uri, "gp-acl-8", "--yes"],
+                               capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert claim_on(root, "0000:4f:00.0") is None and "bus='0x4f'" not in inactive_xml(root, "gp-acl-8")
     finally:
         root.close()
