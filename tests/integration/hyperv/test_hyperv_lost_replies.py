@@ -3,12 +3,10 @@ what is there, never an assumed rollback; the VM's previous settings are in its 
 script, so the undo (or a later release) restores them."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from gpupass.backends.hyperv.backend import HypervBackend
-from gpupass.backends.hyperv.lab.hostmodel import lab_host
 from gpupass.core import plugins
 from gpupass.core.domain.request import AssignmentRequest, ReleaseRequest
 from gpupass.core.errors import OperationFailed
@@ -55,44 +53,6 @@ def test_a_lost_reply_with_an_unreadable_host_says_the_outcome_is_unknown(hv):
     assert rtx.address in backend.inventory().find_vm("ml-train").assigned
     execute(backend, make_plan(backend, backend.inventory(), ReleaseRequest("ml-train"), registry))
     assert ep.model.to_dict() == before
-
-
-@pytest.mark.parametrize("round_", range(int(os.environ.get("GPUPASS_RACE_ROUNDS", "2"))))
-def test_of_concurrent_assigns_of_one_device_exactly_one_wins(endpoint_factory, tmp_path, round_):
-    """Hyper-V's own exclusivity: a device is dismounted once and added to one VM only; the others' scripts
-    fail and roll themselves back (several processes, each its own WinRM session, one endpoint)."""
-    import copy
-    import uuid
-
-    from gpupass.backends.hyperv.addressing import address_map
-    from gpupass.backends.hyperv.lab.hostmodel.lab import A100_2_LOC
-    from support.race import race
-
-    model = lab_host()
-    template = next(vm for vm in model.vms if vm.name == "ml-train")
-    clones = ["ml-1", "ml-2", "ml-3"]
-    for name in clones:
-        clone = copy.deepcopy(template)
-        clone.name, clone.vm_id = name, str(uuid.uuid4())
-        model.vms.append(clone)
-    ep = endpoint_factory(model, "basic")
-    free = address_map([A100_2_LOC])[A100_2_LOC]
-
-    def prepare(vm):
-        target = Target(uri=f"hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic", name="hv-race",
-                        password=Secret(PASSWORD), options={"state_file": str(tmp_path / f"{vm}.json")})
-        backend = HypervBackend(target)
-        plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (free,)), plugins.default_registry())
-        assert not plan.blocked, plan.findings
-        return lambda: execute(backend, plan)
-
-    runs = race(prepare, clones)
-    winners = [run.name for run in runs if run.kind == "applied"]
-    assert len(winners) == 1, runs
-    assert all(run.kind == "conflict" and run.exit_code == 6 and run.rolled_back is True
-               for run in runs if run.name not in winners), runs
-    holders = [d.assigned_vm for d in model.devices if d.location_path == A100_2_LOC]
-    assert holders == winners
 
 
 # -- a lost reply on the undo too: read back, not "undo by hand" ----------------------------------------------------

@@ -6,6 +6,7 @@ The host model runs the real scripts (parsed with tree-sitter-powershell); the b
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import uuid
 
@@ -23,6 +24,7 @@ from gpupass.core.errors import OperationFailed
 from gpupass.core.service import execute, make_plan
 from gpupass.core.target import Secret, Target
 from hyperv_helpers import PASSWORD, USER, G, M
+from support.race import RacePool
 
 ADDR = address_map([A100_1_LOC, A100_2_LOC, MI300X_LOC])
 ML_TRAIN_ID = "6f1c1a52-3f0e-4d5e-9a51-0c8e6b7d1a01"
@@ -270,8 +272,6 @@ def test_a_lost_reply_to_a_release_that_did_not_run_is_read_back_as_before(endpo
 def test_concurrent_pairs_lose_no_record(endpoint, round_):
     """Two admins at once: two VMs, one GPU each, assigned together and released together (separate processes,
     separate WinRM sessions): both VMs get exactly their own settings back."""
-    from support.race import race
-
     model = lab_host()
     twin = copy.deepcopy(model.vm("ml-train"))
     twin.name, twin.vm_id, twin.automatic_stop_action, twin.high_mmio = "ml-twin", str(uuid.uuid4()), "ShutDown", G
@@ -280,17 +280,24 @@ def test_concurrent_pairs_lose_no_record(endpoint, round_):
     ep = endpoint(model)
     gpu_of = {"ml-train": ADDR[A100_2_LOC], "ml-twin": ADDR[MI300X_LOC]}
 
-    def assign(vm):
-        backend = _backend(ep.port)
-        plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (gpu_of[vm],)), plugins.default_registry())
-        return lambda: execute(backend, plan)
-
-    def release(vm):
-        backend = _backend(ep.port, "localhost")
-        plan = make_plan(backend, backend.inventory(), ReleaseRequest(vm), plugins.default_registry())
-        return lambda: execute(backend, plan)
-
-    assert [(run.kind, run.exit_code) for run in race(assign, list(gpu_of))] == [("applied", 0)] * 2
-    assert all(S.RECORD_BEGIN in model.vm(vm).notes for vm in gpu_of)
-    assert [(run.kind, run.exit_code) for run in race(release, list(gpu_of))] == [("applied", 0)] * 2
+    with RacePool(2) as pool:
+        assigns = pool.round(functools.partial(_assign_in_a_worker, ep.port, gpu_of), list(gpu_of))
+        assert [(run.kind, run.exit_code) for run in assigns] == [("applied", 0)] * 2, assigns
+        assert all(S.RECORD_BEGIN in model.vm(vm).notes for vm in gpu_of)
+        releases = pool.round(functools.partial(_release_in_a_worker, ep.port), list(gpu_of))
+        assert [(run.kind, run.exit_code) for run in releases] == [("applied", 0)] * 2, releases
     assert model.to_dict() == before
+
+
+def _assign_in_a_worker(port: int, gpu_of: dict, vm: str):
+    """A RacePool worker's run (module-level: the spawned worker imports it by name): its own WinRM session."""
+    backend = _backend(port)
+    plan = make_plan(backend, backend.inventory(), AssignmentRequest(vm, (gpu_of[vm],)), plugins.default_registry())
+    return lambda: execute(backend, plan)
+
+
+def _release_in_a_worker(port: int, vm: str):
+    """The release from another spelling of the host (localhost): the record is found by the VM, not the name."""
+    backend = _backend(port, "localhost")
+    plan = make_plan(backend, backend.inventory(), ReleaseRequest(vm), plugins.default_registry())
+    return lambda: execute(backend, plan)
