@@ -61,15 +61,14 @@ class AuthenticationFailed(GpupassError):
 
 
 class OperationFailed(GpupassError):
-    """A write step failed; `rolled_back` says whether every earlier step was undone."""
+    """A write step failed. `rolled_back` says what the host holds: True, as it was (a backend's step: this step
+    changed nothing, or undid its own work; the core's error: every earlier step was undone too); False, not as it
+    was, or not known to be. Left None, a step's error says nothing of what it left, and the core reads the host
+    again (`Backend.observe`) rather than assume."""
 
     kind = "operation-failed"
 
-    # A step's own error says what the step itself left: True, nothing (refused before its first write, or its writes
-    # verified undone); False, its change is there and it could not take it back; None, not known to the step (a call
-    # failed after one of its writes went through): core/service.py's `_observed` then reads the host again
-    # (`Backend.observe`) rather than believe either. The service's own errors say True or False.
-    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool | None = True) -> None:
+    def __init__(self, message: str, *, remedy: str | None = None, rolled_back: bool | None = None) -> None:
         super().__init__(message, remedy=remedy)
         self.rolled_back = rolled_back
 

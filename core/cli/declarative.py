@@ -161,7 +161,7 @@ def _incomplete(file: str, planned: list[tuple[Change, Plan]], results: list[dic
 
     made = [r for r in results if r["changed"]]
     change = planned[index][0]
-    undone = getattr(cause, "rolled_back", True)
+    undone = getattr(cause, "rolled_back", True) is True  # None: not said, so not claimed
     lines = [f"apply stopped at change {index + 1} of {len(planned)} ({_change_line(change)}): {cause.message}",
              "that change was not begun" if not begun else
              "that change was undone" if undone else "that change was NOT fully undone (see the message above)",

@@ -78,6 +78,7 @@ def start(data_dir: Path, name: str, argv: list[str], ready_prefix: str, timeout
         raise OperationFailed(
             f"lab server {name} did not start: " + log_path.read_text()[-2000:],
             remedy=f"see {log_path}",
+            rolled_back=True,  # the server process was killed: nothing of it is left
         )
     # The server keeps running after we exit; its stdout is no longer read, so it must not write to it.
     process.stdout.close()

@@ -82,8 +82,10 @@ class ExampleBackend(Backend):
             if self._api is None:  # a real backend passes self.target.password.reveal() to its SDK here
                 self._api = _Api(self.target.hostname or "")
             return request(self._api)
-        except ApiError as exc:
-            raise ERRORS.get(exc.code, OperationFailed)(f"{action}: {exc} ({exc.code})") from exc
+        except ApiError as exc:  # the SDK refused the request whole: a step's error says the host is as it was
+            error = ERRORS.get(exc.code, OperationFailed)
+            said = {"rolled_back": True} if issubclass(error, OperationFailed) else {}
+            raise error(f"{action}: {exc} ({exc.code})", **said) from exc
 
     def inventory(self) -> HostFacts:
         state = self._call(f"reading {self.target.uri}", lambda api: copy.deepcopy(api.state))
@@ -126,7 +128,7 @@ class ExampleBackend(Backend):
 
     def apply(self, step: Step) -> Any:
         if not isinstance(step.payload, UpdateVm):
-            raise OperationFailed(f"the example backend cannot carry out {type(step.payload).__name__}")
+            raise OperationFailed(f"cannot carry out {type(step.payload).__name__}", rolled_back=True)
         vm, values = step.payload.vm, step.payload.values
         return self._call(f"changing VM '{vm}'", lambda api: api.update_vm(vm, values))
 

@@ -98,7 +98,7 @@ class FakeBackend(Backend):
     def apply(self, step: Step) -> Any:
         self.calls.append(("apply", step.action))
         if step.action in self.fail_on:
-            raise OperationFailed(f"injected failure in {step.action}")
+            raise OperationFailed(f"injected failure in {step.action}", rolled_back=True)  # refused before writing
         if isinstance(step.payload, Move):
             before = type(self).state
             self._move(step.payload.vm, step.payload.addresses, detach=step.payload.detach)

@@ -151,7 +151,7 @@ def test_a_step_that_fails_after_ctrl_c_is_still_an_interrupt_with_its_failure_s
     """Ctrl-C, then the step under way fails on its own (a frozen host's timeout): exit 130 all the same."""
     backend = open_fake(lab_facts())
     before = FakeBackend.state
-    _ctrl_c_then_fail(monkeypatch, "fake.attach", OperationFailed("injected failure in fake.attach"))
+    _ctrl_c_then_fail(monkeypatch, "fake.attach", OperationFailed("injected failure in fake.attach", rolled_back=True))
     with pytest.raises(Interrupted) as caught:
         execute(backend, _plan(backend, registry))
     assert caught.value.rolled_back is True and caught.value.exit_code == 130
