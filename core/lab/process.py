@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import os
 import signal
 import subprocess
@@ -66,6 +67,9 @@ def start(data_dir: Path, name: str, argv: list[str], ready_prefix: str, timeout
     info: dict[str, Any] | None = None
     assert process.stdout is not None
     while time.monotonic() < deadline:
+        # A server that hangs before its first line would hold readline forever: wait for output within the deadline.
+        if not select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
         line = process.stdout.readline()
         if not line:
             break
