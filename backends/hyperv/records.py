@@ -197,22 +197,33 @@ def _note(text: Any, begin: str) -> str | None:
     return text[at + len(begin):] if at >= 0 else None
 
 
-def read_count_intent(text: Any, vm_id: str) -> CountChange | str | None:
-    """The count change's intent in ``text`` (see _note): a CountChange, None where there is none, or what is wrong with
-    it (a str)."""
-    text = _note(text, COUNT_BEGIN)
-    if text is None:
+_NOT_OURS = "it is not the JSON gpupass writes"
+
+
+def _note_json(text: Any, begin: str) -> dict[str, Any] | str | None:
+    """The JSON object of the note after `begin` (see _note), up to RECORD_END; None where there is no such note, or
+    what is wrong with it (a str): no end marker, or not a JSON object."""
+    note = _note(text, begin)
+    if note is None:
         return None
-    end = text.find(RECORD_END)
+    end = note.find(RECORD_END)
     if end < 0:
         return f"it has no end marker {RECORD_END!r}"
     try:
-        data = json.loads(text[:end])
+        data = json.loads(note[:end])
     except ValueError:
-        return "it is not the JSON gpupass writes"
-    if not (isinstance(data, dict) and isinstance(data.get("Gpu"), str) and _whole(data.get("From"), 2**32)
-            and _whole(data.get("To"), 2**32)):
-        return "it is not the JSON gpupass writes"
+        return _NOT_OURS
+    return data if isinstance(data, dict) else _NOT_OURS
+
+
+def read_count_intent(text: Any, vm_id: str) -> CountChange | str | None:
+    """The count change's intent in ``text`` (see _note): a CountChange, None where there is none, or what is wrong with
+    it (a str)."""
+    data = _note_json(text, COUNT_BEGIN)
+    if data is None or isinstance(data, str):
+        return data
+    if not (isinstance(data.get("Gpu"), str) and _whole(data.get("From"), 2**32) and _whole(data.get("To"), 2**32)):
+        return _NOT_OURS
     if str(data.get("VMId") or "").lower() != vm_id.lower():
         return "it was written for another VM (its VMId is not this VM's: copied with the notes?)"
     return CountChange(data["Gpu"], data["From"], data["To"])
@@ -279,20 +290,13 @@ def read_release_intent(text: Any, vm_id: str) -> tuple[str, ...] | str | None:
     ``text`` (see _note), None where there is none, or what is wrong with it (a str). ConvertTo-Json writes a one-element
     array as an array (its -InputObject is the object whose Gpus property is the array), but a plain string is taken
     too."""
-    text = _note(text, RELEASE_BEGIN)
-    if text is None:
-        return None
-    end = text.find(RECORD_END)
-    if end < 0:
-        return f"it has no end marker {RECORD_END!r}"
-    try:
-        data = json.loads(text[:end])
-    except ValueError:
-        return "it is not the JSON gpupass writes"
-    gpus = data.get("Gpus") if isinstance(data, dict) else None
+    data = _note_json(text, RELEASE_BEGIN)
+    if data is None or isinstance(data, str):
+        return data
+    gpus = data.get("Gpus")
     gpus = [gpus] if isinstance(gpus, str) else gpus
     if not (isinstance(gpus, list) and gpus and all(isinstance(g, str) for g in gpus)):
-        return "it is not the JSON gpupass writes"
+        return _NOT_OURS
     if str(data.get("VMId") or "").lower() != vm_id.lower():
         return "it was written for another VM (its VMId is not this VM's: copied with the notes?)"
     return tuple(gpus)
