@@ -21,8 +21,8 @@ from gpupass.backends.hyperv import partitioning, scripts
 from gpupass.backends.hyperv.records import (count_changes, give_back_by_hand, left_on_host, partition_releases,
                                              stopped_runs)
 from gpupass.backends.hyperv.addressing import address_map
-from gpupass.backends.hyperv.errors import (ScriptStillRunning, ScriptStopped, from_exception,
-                                            from_exit, from_script_result, parse_clixml)
+from gpupass.backends.hyperv.errors import (RequestOverran, ScriptFailedAfterChanges, ScriptStillRunning,
+                                            ScriptStopped, from_exception, from_exit, from_script_result, parse_clixml)
 from gpupass.backends.hyperv.state import LegacySettings
 from gpupass.backends.hyperv.steps import (AddPartition, Assign, FinishCountChange, FinishRelease, Release,
                                             RemovePartitions, SetPartitionCount)
@@ -60,6 +60,12 @@ def class_code(fn: dict[str, Any]) -> int:
     except ValueError:
         return _CLASS_CODES.get(str(fn.get("Class") or "").lower(), 0xFF0000)
     return value << 8 if len(text) == 4 else value
+# A poll of a script's output is answered at its OperationTimeout, whole seconds rounded up from the time left (up to
+# 1 s past the call's deadline), plus its way back: the margin each request of a call has past the call's deadline.
+_REPLY_MARGIN = 2.0
+# Ending a script that outran the host's timeout (Signal terminate, then the shell's Delete): at most this long, or the
+# host's timeout where that is shorter.
+_WIND_DOWN_S = 10
 _STATES = {"off": PowerState.OFF, "running": PowerState.RUNNING, "paused": PowerState.PAUSED,
            "saved": PowerState.SUSPENDED}
 
@@ -233,6 +239,7 @@ class HypervBackend(Backend):
     def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._session: Any = None
+        self._bound: Any = None     # bounds.CallBound of the session's requests (set by _open)
         self._shell_id: str | None = None
         # The location paths the last inventory mapped to addresses: read_back maps a VM's devices with them
         # (planners read HostFacts.state, never this).
@@ -292,8 +299,12 @@ class HypervBackend(Backend):
         }
         from urllib.parse import unquote
         log.info("connecting to %s as %s (%s)", endpoint, unquote(parts.username), transport)
-        self._session = winrm.Session(endpoint, auth=(unquote(parts.username), self.target.password.reveal()),
-                                      **options)
+        session = winrm.Session(endpoint, auth=(unquote(parts.username), self.target.password.reveal()), **options)
+        from gpupass.backends.hyperv.bounds import bound_transport
+
+        # every request bounded as a whole, not only each read (bounds.py); _run_ps sets each call's deadline
+        self._bound = bound_transport(session.protocol, per_request=self._read_timeout)
+        self._session = session
         return self._session
 
     def _run_ps(self, script: str, action: str) -> tuple[int, bytes, bytes]:
@@ -310,29 +321,47 @@ class HypervBackend(Backend):
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         protocol = session.protocol
         sent = False  # the host took the command: from then on, a failure says nothing of what the script did
+        # The whole call has the host's timeout: its shell, its command and every poll of the output (each request
+        # cut off at that deadline, plus the margin a poll's own answer may take: bounds.py); ending a script that
+        # outran it has a wind-down of its own (_receive).
+        polls_end = time.monotonic() + self._read_timeout
+        self._bound.deadline = polls_end + _REPLY_MARGIN
         try:
-            if self._shell_id is None:
-                self._shell_id = protocol.open_shell()
-            command_id = protocol.run_command(self._shell_id, f"powershell -encodedcommand {encoded}")
-            sent = True
-            out, err, code = self._receive(protocol, self._shell_id, command_id, action)
-        except Exception as exc:
-            self._drop_shell()
-            if isinstance(exc, GpupassError):
-                raise
-            translated = from_exception(action, self.target.label, exc, timeout=self._read_timeout, sent=sent)
-            if translated is None:
-                raise
-            raise translated from exc
-        try:
-            protocol.cleanup_command(self._shell_id, command_id)
-        except Exception as exc:  # noqa: BLE001 - the result is in hand; the next script opens another shell
-            log.debug("%s: ending the command on %s failed (%s): the shell is dropped", action, self.target.label,
-                      type(exc).__name__)
-            self._drop_shell()
+            try:
+                if self._shell_id is None:
+                    self._shell_id = protocol.open_shell()
+                command_id = protocol.run_command(self._shell_id, f"powershell -encodedcommand {encoded}")
+                sent = True
+                out, err, code = self._receive(protocol, self._shell_id, command_id, action, polls_end)
+            except Exception as exc:
+                overran = isinstance(exc, RequestOverran)
+                self._drop_shell()
+                if overran:   # the connection is cut: the next script starts a session of its own
+                    self._drop_session()
+                if isinstance(exc, GpupassError):
+                    raise
+                translated = from_exception(action, self.target.label, exc, timeout=self._read_timeout, sent=sent)
+                if translated is None:
+                    raise
+                raise translated from exc
+            try:
+                protocol.cleanup_command(self._shell_id, command_id)
+            except Exception as exc:  # noqa: BLE001 - the result is in hand; the next script opens another shell
+                log.debug("%s: ending the command on %s failed (%s): the shell is dropped", action, self.target.label,
+                          type(exc).__name__)
+                self._drop_shell()
+        finally:
+            self._bound.deadline = None
         return code, out, err
 
-    def _receive(self, protocol: Any, shell_id: str, command_id: str, action: str) -> tuple[bytes, bytes, int]:
+    def _drop_session(self) -> None:
+        """Forget the session and close its connections (nothing is sent): after a request cut off at its deadline."""
+        session, self._session, self._shell_id = self._session, None, None
+        if session is not None:
+            session.protocol.transport.close_session()
+
+    def _receive(self, protocol: Any, shell_id: str, command_id: str, action: str,
+                 deadline: float) -> tuple[bytes, bytes, int]:
         """The command's output, polled with WinRM Receive requests until it is done, for at most the host's timeout
         in all. pywinrm's own loop (Protocol.get_command_output) polls again after every OperationTimeout fault,
         forever: a script that never ends would hold gpupass for ever. Each Receive is answered within the
@@ -342,7 +371,6 @@ class HypervBackend(Backend):
         from winrm.exceptions import WinRMOperationTimeoutError
 
         limit = self._read_timeout
-        deadline = time.monotonic() + limit
         usual = protocol.operation_timeout_sec
         stdout: list[bytes] = []
         stderr: list[bytes] = []
@@ -371,6 +399,8 @@ class HypervBackend(Backend):
         finally:
             protocol.operation_timeout_sec = usual
             waited.close()
+        # ending it, and dropping its shell after (_run_ps), have a short time of their own (bounds.py)
+        self._bound.deadline = time.monotonic() + min(limit, _WIND_DOWN_S)
         try:  # ask the host to end it ("terminate", MS-WSMV 2.2.5.6); _run_ps then drops the shell too
             protocol.cleanup_command(shell_id, command_id)
         except Exception as exc:  # noqa: BLE001 - the shell is dropped next, which ends its commands

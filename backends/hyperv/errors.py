@@ -99,6 +99,16 @@ class ScriptFailedAfterChanges(OutcomeNotKnown):
     done nor undone, so the host is read again and what is there reported (the step's observe names it)."""
 
 
+class RequestOverran(Exception):
+    """A WinRM request cut off at its deadline as a whole (bounds.CallBound): the host, or something between, kept it
+    alive -- its reply dripping, each read within the socket timeout -- past the time the call had. Not a GpupassError:
+    from_exception makes it the host's error (what the request did there is not known)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"cut off after {seconds:.1f} s")
+        self.seconds = seconds
+
+
 def from_script_result(action: str, result: dict[str, Any]) -> GpupassError:
     """A failed write script's JSON result ({ok: false, error, errorId, step, undoErrors, changed}). `changed` true: it
     failed after making part of its changes, which it does not undo itself (the partition removal, the re-add, the
@@ -165,6 +175,14 @@ def from_exception(action: str, uri: str, exc: BaseException, timeout: int | Non
     import requests
     from winrm import exceptions as wx
 
+    if isinstance(exc, RequestOverran):
+        within = f"within the {timeout} s it has" if timeout is not None else "in the time it had"
+        return ConnectionFailed(f"{action}: {uri} did not finish its reply {within} (gpupass bounds each WinRM call as a "
+                                "whole: this reply kept coming a little at a time, or not at all); gpupass cut it off: "
+                                "what the request did there is not known",
+                                remedy=f"run `gpupass status {uri}` once the host answers: it shows what the host holds; "
+                                       "check the host's load and anything between (a proxy, a load balancer); for a "
+                                       "host this slow, raise `timeout` in its [hosts.NAME] table of the config file")
     if isinstance(exc, wx.AuthenticationError):
         return AuthenticationFailed(f"{action}: the host at {uri} refused the user name or password (HTTP 401)",
                                     remedy="check the user in the URI and the password (GPUPASS_PASSWORD_<HOST>, "

@@ -71,6 +71,7 @@ class CommandState:
     ready_at: float = 0.0
     ended: threading.Event = field(default_factory=threading.Event)
     drop_reply: bool = False   # WSManEndpoint.drop_reply_of_next
+    drip: float | None = None  # WSManEndpoint.drip_reply_of_next: seconds between the bytes of its first reply
 
 
 @dataclass
@@ -219,11 +220,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except _ReplyDropped:
             self.close_connection = True  # nothing is sent: the client sees the connection end
             return
+        drip = app.take_drip()
         if app.auth == "ntlm":
-            enc = self._encrypt(reply)
-            self._send(status, enc, ctype=f'multipart/encrypted;protocol="{ENC_PROTOCOL}";boundary="Encrypted Boundary"')
+            reply = self._encrypt(reply)
+            ctype = f'multipart/encrypted;protocol="{ENC_PROTOCOL}";boundary="Encrypted Boundary"'
         else:
-            self._send(status, reply, ctype="application/soap+xml;charset=UTF-8")
+            ctype = "application/soap+xml;charset=UTF-8"
+        if drip is not None:
+            self._drip(status, reply, ctype, drip)
+        else:
+            self._send(status, reply, ctype=ctype)
+
+    def _drip(self, code: int, body: bytes, ctype: str, interval: float) -> None:
+        """The whole response -- status line, headers, body -- one byte every `interval` seconds, until it is sent or
+        the client goes (WSManEndpoint.drip_reply_of_next): each read of the client's socket gets a byte well within
+        any read timeout, so only a bound on the whole request ends it. The connection closes after."""
+        app = self.server.app
+        head = (f"HTTP/1.1 {code} {http.server.BaseHTTPRequestHandler.responses.get(code, ('',))[0]}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nServer: Microsoft-HTTPAPI/2.0\r\n"
+                "Connection: close\r\n\r\n").encode("ascii")
+        self.close_connection = True
+        app.dripping.set()
+        try:
+            for i, byte in enumerate(head + body):
+                if i:
+                    time.sleep(interval)
+                self.wfile.write(bytes((byte,)))
+                self.wfile.flush()
+        except OSError:   # the client cut the connection: what bounds the request
+            app.drip_cut.set()
 
     # -- Basic
     def _basic_ok(self, auth: str) -> bool:
@@ -418,6 +443,30 @@ class WSManEndpoint:
         self.stalled, self.stall_ended = threading.Event(), threading.Event()
         self._stall = (containing, after, seconds)
 
+    # A reply that comes a byte at a time (a host, or something between, dripping it): the first Receive reply of the
+    # next script holding `containing` (or, with shell=True, the reply to the next Create of a shell) is sent one byte
+    # every `interval` seconds (_Handler._drip); the script itself runs as any other. `dripping` is set once it starts,
+    # `drip_cut` once the client cut the connection before its end.
+    _drip_marker: str | None = None
+    _drip_shell: float | None = None
+    _drip_interval = 0.5
+    dripping = threading.Event()
+    drip_cut = threading.Event()
+    _drip_now = threading.local()
+
+    def drip_reply_of_next(self, containing: str = "", interval: float = 0.5, shell: bool = False) -> None:
+        self.dripping, self.drip_cut = threading.Event(), threading.Event()
+        if shell:
+            self._drip_shell = interval
+        else:
+            self._drip_marker, self._drip_interval = containing, interval
+
+    def take_drip(self) -> float | None:
+        """The interval to drip the reply the handler thread is about to send (None: send it whole)."""
+        interval = getattr(self._drip_now, "interval", None)
+        self._drip_now.interval = None
+        return interval
+
     before_killed: tuple[dict[str, Any], str] | None = None
 
     # (script, statements it ran, killed) for every script run, in order (a test counts a script's statements here)
@@ -461,6 +510,8 @@ class WSManEndpoint:
         body_el = root.find("s:Body", NS)
         try:
             if action == A_CREATE:
+                if self._drip_shell is not None:
+                    self._drip_now.interval, self._drip_shell = self._drip_shell, None
                 sid = str(uuid.uuid4()).upper()
                 with self.lock:
                     self.shells[sid] = Shell(sid, user)
@@ -509,6 +560,8 @@ class WSManEndpoint:
                     state = self.run_command_line(line)
                 if self._drop_marker is not None and self._drop_marker in _script_of(line):
                     self._drop_marker, state.drop_reply = None, True
+                if self._drip_marker is not None and self._drip_marker in _script_of(line):
+                    self._drip_marker, state.drip = None, self._drip_interval
                 shell.commands[cid] = state
                 if held:
                     self.command_done.set()
@@ -527,6 +580,8 @@ class WSManEndpoint:
                 if st.drop_reply:
                     st.drop_reply = False
                     raise _ReplyDropped()
+                if st.drip is not None:
+                    self._drip_now.interval, st.drip = st.drip, None
                 if not st.ended.is_set() and time.monotonic() < st.ready_at:
                     wait = min(_operation_timeout(hdr), st.ready_at - time.monotonic())
                     if not st.ended.wait(wait) and time.monotonic() < st.ready_at:
