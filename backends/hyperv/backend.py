@@ -654,7 +654,10 @@ class HypervBackend(Backend):
             restore = ("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the "
                        "VM's notes (written when gpupass assigned), and the record taken out of the notes; a VM "
                        "without one keeps its settings")
-        steps = []
+        # An intent an earlier release left with nothing to give back (records._intent_left) is taken out first: the
+        # release script has no room to (scripts.release_script), and this release writes its own.
+        left = raw.get("ex_finish")
+        steps = [self._finish_release_step(ctx, left)] if left and left.get("intent_only") else []
         for batch, preview in zip(batches, previews, strict=True):
             steps.append(Step(
                 action="hyperv.release",
@@ -675,11 +678,23 @@ class HypervBackend(Backend):
         restored from the record where it holds no device. A record without an intent on a VM without devices: its
         settings are restored, and the devices the release names among those left dismounted or disabled (the admin
         says which were this VM's) go back to the host. Nothing where the facts show no such run."""
-        state = _state(ctx.facts)
         steps = self._finish_count_change(ctx) + self._finish_partition_release(ctx)
-        left = (state.vms.get(ctx.vm.name) or {}).get("ex_finish")
+        left = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_finish")
         if not left:
             return steps
+        return steps + [self._finish_release_step(ctx, left)]
+
+    def plan_finish_assign(self, ctx: CheckContext) -> list[Step]:
+        """An assign of GPUs the VM holds, on a VM whose restore record names a release that left nothing to give back
+        (records._intent_left: it failed before taking any device): the admin keeps the devices, so the intent is taken
+        out of the record (nothing else changes)."""
+        left = (_state(ctx.facts).vms.get(ctx.vm.name) or {}).get("ex_finish")
+        if not left or not left.get("intent_only"):
+            return []
+        return [self._finish_release_step(ctx, left)]
+
+    def _finish_release_step(self, ctx: CheckContext, left: Mapping[str, Any]) -> Step:
+        state = _state(ctx.facts)
         paths = tuple(str(p) for p in left.get("paths") or ())
         restore = bool(left.get("restore"))
         named = {state.location_paths.get(f.address) for gpu in ctx.gpus for f in gpu.functions}
@@ -689,16 +704,22 @@ class HypervBackend(Backend):
         changes += (("Set-VM back to the stop action, MMIO and cache settings in the gpupass restore record in the VM's "
                      "notes, and the record taken out of the notes",) if restore else
                     ("the release's intent taken out of the gpupass restore record (the VM keeps other devices)",))
-        return steps + [Step(
+        if left.get("intent_only"):
+            description = (f"take the intent of a release of VM '{ctx.vm.name}' that left nothing to give back out of "
+                           "its gpupass restore record")
+            changes = ("the release's intent (Releasing) taken out of the gpupass restore record (Set-VM -Notes)",)
+        else:
+            description = (f"finish the release of VM '{ctx.vm.name}' that stopped half-way"
+                           + (f": give {', '.join(addresses) or ', '.join(paths)} back to the host" if paths else "")
+                           + (" and restore the VM's settings from its restore record" if restore else ""))
+        return Step(
             action="hyperv.finish-release",
-            description=f"finish the release of VM '{ctx.vm.name}' that stopped half-way"
-                        + (f": give {', '.join(addresses) or ', '.join(paths)} back to the host" if paths else "")
-                        + (" and restore the VM's settings from its restore record" if restore else ""),
+            description=description,
             undo="nothing to undo: it puts the host where the stopped release would have",
             changes=changes, needs_vm_off=True,
             preview=scripts.finish_release_script(ctx.vm.name, list(paths)),
-            payload=FinishRelease(ctx.vm.name, ctx.vm.id, paths, addresses, restore),
-        )]
+            payload=FinishRelease(ctx.vm.name, ctx.vm.id, paths, addresses, restore, note=str(left.get("note") or "")),
+        )
 
     def _finish_partition_release(self, ctx: CheckContext) -> list[Step]:
         """A release of several GPUs' partitions that stopped after its last removal, its intent left in the VM's notes
@@ -733,7 +754,8 @@ class HypervBackend(Backend):
             changes=(f"Set-VMHostPartitionableGpu -PartitionCount {was} (where it is {to} and no VM holds a partition)",
                      f"the note {scripts.COUNT_BEGIN!r} out of the VM's notes (Set-VM -Notes)"),
             needs_vm_off=True, preview=scripts.count_set_back_script(path, was, to, ctx.vm.name, strict=False),
-            payload=FinishCountChange(ctx.vm.name, path, was, to),
+            payload=FinishCountChange(ctx.vm.name, path, was, to,
+                                      seen=next(iter(_partition_counts(ctx.facts, path)), None)),
         )]
 
     # -- GPU partitioning (GPU-P) shares ------------------------------------------------------------
@@ -888,6 +910,47 @@ class HypervBackend(Backend):
 
     @_apply.register
     def _apply_finish_release(self, payload: FinishRelease, step: Step) -> None:
+        self._done_if_lost(lambda: self._finish_release(payload),
+                           lambda facts: self._finish_release_state(payload, facts).state == "after")
+
+    def _done_if_lost(self, finish: Callable[[], Any], done: Callable[[HostFacts], bool]) -> None:
+        """Run a finishing step's script (FinishRelease, FinishCountChange: no undo, they put the host where a stopped
+        run would have). Where its reply is lost (ConnectionFailed: a timeout, a dropped connection, a script stopped or
+        failed part-way) the host is read again: where `done` finds the step made there, it is done -- the reply alone
+        was lost; anything else, or a read that fails too, re-raises the loss, and the core reads the host once more
+        (Backend.observe) and says what is there."""
+        try:
+            finish()
+        except ConnectionFailed as lost:
+            try:
+                facts = self.inventory()
+            except GpupassError:
+                raise lost from None
+            if not done(facts):
+                raise
+            log.info("%s: the reply was lost, and the host read again shows it done", lost.message)
+
+    def _finish_release_state(self, payload: FinishRelease, facts: HostFacts) -> StepState:
+        """The stopped release a FinishRelease finishes, in `facts` (the host read again): finished ("after": nothing of
+        it left on the VM, and none of its devices left dismounted or disabled), as planned ("before": what `status`
+        says of it is what it said when planned), or anything else ("unknown", with what the host shows)."""
+        vm = facts.find_vm(payload.vm)
+        if vm is None:
+            return StepState("unknown", detail=f"VM '{payload.vm}' is no longer on the host")
+        left = (_state(facts).vms.get(payload.vm) or {}).get("ex_finish")
+        stuck = sorted(a for a in map(PciAddress.parse, payload.addresses) if a in self._left)
+        if not left and not stuck:
+            return StepState("after")
+        if left and payload.note and left.get("note") == payload.note:
+            return StepState("before")
+        shown = [f"VM '{payload.vm}': {'; '.join(vm.unfinished)}"] if vm.unfinished else []
+        shown += [f"{a} is on no VM but not given back to the host; by hand, in PowerShell on the host: {self._left[a]}"
+                  for a in stuck]
+        return StepState("unknown", detail=f"the host, read again, shows the release part-way finished: "
+                                           f"{'; '.join(shown) or 'not as planned'}; `gpupass status "
+                                           f"{self.target.label}` shows it with the command that finishes it")
+
+    def _finish_release(self, payload: FinishRelease) -> None:
         action = f"finishing the release of VM '{payload.vm}'"
         code, data, err = self._run_json(scripts.finish_release_script(payload.vm, list(payload.paths)), action,
                                          writes=True)
@@ -967,6 +1030,11 @@ class HypervBackend(Backend):
 
     @_undo.register
     def _undo_finish_release(self, payload: FinishRelease, token: None) -> None:
+        if not payload.paths and not payload.restore:
+            # it took out only an intent that named nothing left to do (records._intent_left), before a release that
+            # failed: not put back, so a rerun has nothing of it to clear
+            log.info("the spent release intent taken out of VM %s's record is not put back", payload.vm)
+            return
         raise OperationFailed(f"finishing the release of VM '{payload.vm}' is not undone: it puts the host where the "
                               "stopped release would have", rolled_back=False)
 
@@ -1050,6 +1118,27 @@ class HypervBackend(Backend):
 
     @_apply.register
     def _apply_finish_count_change(self, payload: FinishCountChange, step: Step) -> None:
+        self._done_if_lost(lambda: self._finish_count_change_now(payload),
+                           lambda facts: self._finish_count_state(payload, facts).state == "after")
+
+    def _finish_count_state(self, payload: FinishCountChange, facts: HostFacts) -> StepState:
+        """The count change a FinishCountChange takes back, in `facts` (the host read again): its note out of the VM's
+        notes ("after": the script's last write, made once the count is set back or left where another run holds it),
+        the note and the count as planned ("before"), or the note with another count ("unknown")."""
+        if facts.find_vm(payload.vm) is None:
+            return StepState("unknown", detail=f"VM '{payload.vm}' is no longer on the host")
+        if not self._count_change_of(facts, payload.vm, payload.instance_path):
+            return StepState("after")
+        counts = _partition_counts(facts, payload.instance_path)
+        if payload.seen is not None and counts == [payload.seen]:
+            return StepState("before")
+        return StepState("unknown", detail=f"the partition count of {payload.instance_path} is "
+                                           f"{counts[0] if counts else 'not readable'} ({payload.seen} when planned) "
+                                           f"and the note of the change is still in VM '{payload.vm}''s notes: "
+                                           f"`gpupass status {self.target.label}` shows it with the release that "
+                                           "takes it out")
+
+    def _finish_count_change_now(self, payload: FinishCountChange) -> None:
         action = f"taking back the partition count change of {payload.instance_path} left on VM '{payload.vm}'"
         data = self._run_change(scripts.count_set_back_script(payload.instance_path, payload.back_to,
                                                               payload.changed_to, payload.vm, strict=False), action)
@@ -1121,6 +1210,14 @@ class HypervBackend(Backend):
         return StepState("unknown", detail=f"the partition count of {payload.instance_path} is "
                                            f"{counts[0] if counts else 'not readable'}, neither {payload.previous} "
                                            f"nor {payload.count}")
+
+    @_observe.register
+    def _observe_finish_release(self, payload: FinishRelease, step: Step) -> StepState:
+        return _finished(self._finish_release_state(payload, self.inventory()))
+
+    @_observe.register
+    def _observe_finish_count_change(self, payload: FinishCountChange, step: Step) -> StepState:
+        return _finished(self._finish_count_state(payload, self.inventory()))
 
     @_observe.register
     def _observe_release(self, payload: Release, step: Step) -> StepState:
@@ -1244,8 +1341,18 @@ class HypervBackend(Backend):
                     remedy="look at the VM's notes (Get-VM | Select-Object Name, Notes): repair the record, or delete "
                            f"it from {scripts.RECORD_BEGIN!r} to {scripts.RECORD_END!r} with Set-VM -Notes and put "
                            "the stop action and MMIO back by hand; then release again", rolled_back=True)
+            stage = dict(data.get("stage") or {})
+            if data.get("intentLeft") and not stage:
+                # It took no device, but its intent stays in the VM's record: not "as it was"; the core reads the host
+                # again (Backend.observe), which shows the intent (records._intent_left) and what finishes it.
+                cause = from_script_result(action, data)
+                raise ScriptFailedAfterChanges(
+                    f"{cause.message}; it took no device, but taking its intent back out of the gpupass restore record "
+                    "in the VM's notes failed too: the host is read again",
+                    remedy=f"run `gpupass status {self.target.label}`: it shows the intent with the command that "
+                           "takes it out")
             # The release script stops at the first failure and says how far each device got.
-            raise _PartialRelease(from_script_result(action, data), dict(data.get("stage") or {}))
+            raise _PartialRelease(from_script_result(action, data), stage)
         restored = data.get("restored")
         return str(restored) if restored else None
 
@@ -1260,15 +1367,19 @@ class HypervBackend(Backend):
         removed = [p for p in touched if partial.stage[p] == "removed"]
         mounted = [p for p in touched if partial.stage[p] != "removed"]
         action = f"giving the devices back to VM '{payload.vm}'"
+        # each write whose reply is lost is read back (_read_back_if_lost), so one made on the host lets the next go on:
+        # a take-back left half-way would leave the release's intent on a VM holding its devices (records._intent_left)
+        readd = scripts.readd_script(payload.vm, removed) if removed else None
+        mount = scripts.assign_script(payload.vm, mounted, current["low_mmio"], current["high_mmio"],
+                                      current["stop_action"], current["guest_cache"]) if mounted else None
         try:
-            if removed:
-                self._run_change(scripts.readd_script(payload.vm, removed), action)
-            if mounted:
-                self._run_change(scripts.assign_script(payload.vm, mounted, current["low_mmio"],
-                                                       current["high_mmio"], current["stop_action"],
-                                                       current["guest_cache"]), action)
+            if readd is not None:
+                self._read_back_if_lost(lambda: self._run_change(readd, action), _holds(payload.vm, removed))
+            if mount is not None:
+                self._read_back_if_lost(lambda: self._run_change(mount, action), _holds(payload.vm, mounted))
             # the devices are the VM's again: the release's intent in its restore record names nothing left to do
-            self._run_change(scripts.drop_intent_script(payload.vm), action)
+            self._read_back_if_lost(lambda: self._run_change(scripts.drop_intent_script(payload.vm), action),
+                                    self._devices_are(payload.vm, payload.addresses, on_vm=True))
         except OperationFailed as again:
             stages = ", ".join(f"{p}: {partial.stage[p]}" for p in touched)
             return OperationFailed(f"{cause.message}; giving the devices back to the VM failed too "
@@ -1277,6 +1388,23 @@ class HypervBackend(Backend):
                                           "`gpupass release` again", rolled_back=False)
         return OperationFailed(f"{cause.message}; the devices it had taken were given back to VM "
                                f"'{payload.vm}'", remedy=cause.remedy, rolled_back=True)
+
+
+def _holds(vm: str, paths: Sequence[str]) -> Callable[[HostFacts], bool]:
+    """VM `vm` holds the devices at location paths `paths` (read in the facts' own map of paths)."""
+    def done(facts: HostFacts) -> bool:
+        held = facts.find_vm(vm)
+        at = {path: address for address, path in _state(facts).location_paths.items()}
+        return held is not None and all(p in at and at[p] in held.assigned for p in paths)
+    return done
+
+
+def _finished(state: StepState) -> StepState:
+    """A finishing step read back: "after" is said as it is, not as a step to undo (it has none: the core would try,
+    and list it as one to undo by hand)."""
+    if state.state != "after":
+        return state
+    return StepState("unknown", detail="the host, read again, shows it done: nothing of what it finishes is left there")
 
 
 def _partition_counts(facts: HostFacts, instance_path: str) -> list[Any]:

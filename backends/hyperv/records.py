@@ -82,12 +82,17 @@ class Unfinished:
     paths: tuple[str, ...] = ()
     restore: bool = False
     candidates: tuple[str, ...] = ()
+    # only the release's intent is left in the record (nothing to give back, nothing to restore): taken out
+    intent_only: bool = False
 
     def as_state(self) -> dict[str, Any] | None:
-        """What HypervState keeps for plan_finish_release; None where no release finishes it (a damaged record)."""
-        if not (self.paths or self.restore):
+        """What HypervState keeps for plan_finish_release (with the note, which a finishing step whose reply was lost
+        compares with the host's again: HypervBackend._finish_release_state); None where no release finishes it (a
+        damaged record)."""
+        if not (self.paths or self.restore or self.intent_only):
             return None
-        return {"paths": list(self.paths), "restore": self.restore, "candidates": list(self.candidates)}
+        return {"paths": list(self.paths), "restore": self.restore, "candidates": list(self.candidates),
+                "intent_only": self.intent_only, "note": self.note}
 
 
 def left_on_host(functions_raw: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -138,8 +143,16 @@ def stopped_runs(vms_raw: Iterable[Mapping[str, Any]], functions_raw: Iterable[M
                 f"{RECORD_BEGIN!r} to {RECORD_END!r} (Set-VM -Notes) and set the VM's stop action and MMIO by hand")
         elif record.releasing:
             pending = tuple(p for p in record.releasing if p in loose or p in disabled)
-            if pending or not held:     # else its devices were given back to it: nothing of the release is left
+            if pending or not held:
                 out[name] = _stopped_release(release, pending, loose, addresses, restore=not held)
+            else:
+                # Nothing of it to give back and the VM keeps devices: its intent alone is left (a release script that
+                # failed before it took any device and could not take its intent out either, or one whose devices
+                # were given back to the VM and whose intent's removal failed, or one stopped after its devices and
+                # before its last Set-VM), and a later release must not read it as its own (scripts.release_script
+                # drops it first).
+                on_vm = set(raw.get("Devices") or ())
+                out[name] = _intent_left(release, record.releasing, on_vm, addresses)
         elif not held:
             candidates = tuple(sorted(p for p in (loose | disabled) - named_by_intents if p in addresses))
             out[name] = _settings_left(release, candidates, loose, addresses, instance_ids)
@@ -159,6 +172,26 @@ def _stopped_release(release: str, pending: tuple[str, ...], loose: set[str], ad
     gpus = "" if restore else "".join(f" {addresses[p]}" for p in pending if p in addresses)
     return Unfinished(f"a release stopped half-way (its client killed or its connection lost, with its script failing "
                       f"on the host): {'; '.join(left)}; `{release}{gpus}` finishes it", pending, restore)
+
+
+def _intent_left(release: str, named: tuple[str, ...], on_vm: set[str], addresses: Mapping[str, PciAddress]) -> Unfinished:
+    held = [str(addresses[p]) for p in named if p in on_vm and p in addresses]
+    gone = [str(addresses[p]) for p in named if p not in on_vm and p in addresses]
+    assign = release.replace("gpupass release ", "gpupass assign ", 1)
+    where, finish = [], []
+    if held:
+        where.append(f"it still holds {', '.join(held)}")
+        finish.append(f"`{release} {' '.join(held)}` (the same release again) releases {'it' if len(held) == 1 else 'them'} "
+                      f"and takes the intent out; `{assign} {' '.join(held)}` keeps {'it' if len(held) == 1 else 'them'} "
+                      "on the VM and takes the intent out alone")
+    if gone:
+        where.append(f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} on no VM of it any more")
+        finish.append(f"`{release} {' '.join(gone)}` takes the intent out")
+    return Unfinished(f"a release of this VM stopped with nothing of it to give back (it failed before it took any "
+                      "device, or after its devices, and could not take its intent out of the record): "
+                      f"{'; '.join(where) or 'its devices are where they were'}; the gpupass restore record in its notes "
+                      f"still names them as being released; {'; '.join(finish) or 'delete the Releasing part by hand'}",
+                      intent_only=True)
 
 
 def _settings_left(release: str, candidates: tuple[str, ...], loose: set[str], addresses: Mapping[str, PciAddress],

@@ -457,9 +457,12 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
     restore record in the VM's notes (see RECORD_BEGIN) and takes the record out of the notes.  ``legacy`` is
     restored where the notes hold no record (settings an older gpupass kept on the workstation).  A damaged record
     stops the script before any change (``recordDamage``: a RECORD_DAMAGE key).  Stops at the first failure (later
-    devices untouched) and reports how far each device got.  Prints ``{"ok", "released": [paths], "stage": {path:
+    devices untouched) and reports how far each device got.  Prints ``{"ok", "released": [paths] (on success), "stage": {path:
     "removed"|"mounted"|"enabled"}, "restored": "notes"|"legacy"|null, "error", "errorId", "step",
-    "recordDamage"}``; exits 1 on failure.
+    "recordDamage", "intentLeft" (it failed before taking any device and could not take its intent out again)}``;
+    exits 1 on failure. An intent an earlier release left in the record stays where it is: the plan takes it out
+    first (HypervBackend.plan_release), as this script has no room left for it (a 64-character name, a GPU with its
+    companion and a legacy record fill MAX_SCRIPT_CHARS).
     """
     fallback = ""
     if legacy is not None:
@@ -472,7 +475,6 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
         _paths(location_paths),
         "$gb=" + ps_quote(RECORD_BEGIN),
         "$g=@{}",
-        "$ok=@()",
         "$step='Get-VM'",
         "try{",
         _FIND_VM,
@@ -498,19 +500,22 @@ def release_script(vm_name: str, location_paths: Sequence[str], legacy: VmSettin
         "$step='Enable-PnpDevice '+$p",
         "Enable-PnpDevice -InstanceId $m[$p] -Confirm:$false",
         "$g[$p]='enabled'",
-        "$ok+=$p",
         "}",
         "if($w -gt 0){$rs=$null}",
         "if($rs){$step='Set-VM'",
         _RESTORE_SETTINGS + "}",
         # a VM that keeps other devices keeps its record, as it was before the intent
         "elseif($gj){$step='Set-VM';Set-VM -VM $v -Notes $gt}",
-        "$r=[pscustomobject]@{ok=$true;released=$ok;stage=$g;restored=$rs}",
+        # every device came back: all of $l
+        "$r=[pscustomobject]@{ok=$true;released=$l;stage=$g;restored=$rs}",
         "}catch{",
-        "$r=[pscustomobject]@{ok=$false;released=$ok;stage=$g;error=$_.Exception.Message;"
-        "errorId=$_.FullyQualifiedErrorId;step=$step;recordDamage=$gr}",
-        # stopped before it took any device: nothing to finish, so the intent goes too
-        "if($gj -and $g.Count -eq 0){try{Set-VM -VM $v -Notes $gt}catch{}}",
+        "$e=$_",
+        # stopped before it took any device: nothing to finish, so the intent goes too; where that fails as well the
+        # intent stays (intentLeft: the backend reads the host again rather than say "nothing was changed"; $il starts
+        # undefined, $null, as $gk does)
+        "if($gj -and $g.Count -eq 0){try{Set-VM -VM $v -Notes $gt}catch{$il=1}}",
+        "$r=[pscustomobject]@{ok=$false;stage=$g;error=$e.Exception.Message;"
+        "errorId=$e.FullyQualifiedErrorId;step=$step;recordDamage=$gr;intentLeft=$il}",
         "}",
         "ConvertTo-Json -InputObject $r -Depth 4 -Compress",
         "if(-not $r.ok){exit 1}",

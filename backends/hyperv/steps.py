@@ -47,13 +47,16 @@ class FinishRelease:
     """Finish a release of VM `vm` (`vm_id`) that stopped half-way (scripts.finish_release_script): the devices at
     `paths` (PCI `addresses`), which its intent in the VM's restore record names and no VM holds, go back to the host
     (Mount-VMHostAssignableDevice where still dismounted, Enable-PnpDevice); `restore`: the VM holds no device, so its
-    recorded settings are put back and the record removed (else only the intent is taken out of the record)."""
+    recorded settings are put back and the record removed (else only the intent is taken out of the record). `note`:
+    what `status` said of the stopped release when planned (records.Unfinished.note), what a lost reply is read back
+    against ("" : planned by an older gpupass, not known)."""
 
     vm: str
     vm_id: str
     paths: tuple[str, ...]
     addresses: tuple[str, ...]
     restore: bool
+    note: str = ""
 
 
 # -- GPU partitioning (GPU-P) shares --------------------------------------------------------------------------
@@ -85,12 +88,14 @@ class SetPartitionCount:
 class FinishCountChange:
     """Take back a partition count change an assign of a partition to VM `vm` left when it stopped before the add
     (records.count_changes): the GPU `instance_path` back from `changed_to` to `back_to` where no VM holds a partition
-    of it, and the intent out of the VM's notes (scripts.count_set_back_script, not strict)."""
+    of it, and the intent out of the VM's notes (scripts.count_set_back_script, not strict). `seen`: the GPU's count when
+    planned, what a lost reply is read back against (None: not known)."""
 
     vm: str
     instance_path: str
     back_to: int
     changed_to: int
+    seen: int | None = None
 
 
 @dataclass(frozen=True)

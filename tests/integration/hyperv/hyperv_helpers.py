@@ -99,8 +99,10 @@ def stop_a_release_half_way(backend, endpoint, vm: str, failing: str = "Mount-VM
     from gpupass.core.domain.request import ReleaseRequest
     from gpupass.core.service import make_plan
 
+    from gpupass.backends.hyperv.steps import Release
+
     plan = make_plan(backend, backend.inventory(), ReleaseRequest(vm), plugins.default_registry())
-    (step,) = [s for s in plan.steps if s.writes]
+    (step,) = [s for s in plan.steps if isinstance(s.payload, Release)]
     endpoint.inject_fault(failing, nth)
     try:
         code, data, _ = backend._run_json(step.preview, "the release a killed client sent")

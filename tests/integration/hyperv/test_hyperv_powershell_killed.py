@@ -215,7 +215,10 @@ def request_of(words: list[str]) -> Any:
     op, vm, rest = words[1], words[3], words[4:]
     if op == "release":
         return ReleaseRequest(vm, tuple(PciAddress.parse(w) for w in rest))
-    assert op == "assign" and rest[1] == "--share", words
+    assert op == "assign", words
+    if "--share" not in rest:   # whole GPUs (an assign of the devices a VM holds: records._intent_left)
+        return AssignmentRequest(vm, tuple(PciAddress.parse(w) for w in rest))
+    assert rest[1] == "--share", words
     return AssignmentRequest(vm, (PciAddress.parse(rest[0]),), AssignOptions(share=rest[2]))
 
 

@@ -189,7 +189,7 @@ def test_frozen_before_a_take_back_of_a_release_failing_on_the_host_leaves_the_v
     device back to the VM (readd_script; the assign script for a device mounted back) and takes the release's intent
     out of the record (drop_intent_script): frozen before either. The thawed endpoint runs it: the device on the VM
     again; after the intent's removal exactly as before the release, and after the re-add with the intent left naming
-    nothing to do (`status` has nothing to say). The same release again releases exactly."""
+    nothing to give back (`status` shows it with what takes it out). The same release again releases exactly."""
     model = assigned(lab_host())
     before = model.to_dict()
     endpoint, target = serve(model, faults=[failing])
@@ -200,9 +200,11 @@ def test_frozen_before_a_take_back_of_a_release_failing_on_the_host_leaves_the_v
     assert after.device_by_location(A100_2_LOC).assigned_vm == "ml-train"
     if frozen == DROP_INTENT:
         assert after.to_dict() == before
+        assert status(target)["ml-train"] == ()
     else:
         assert '"Releasing"' in after.vm("ml-train").notes
-    assert status(target)["ml-train"] == ()
+        (note,) = status(target)["ml-train"]    # shown, with what takes it out (records._intent_left)
+        assert "stopped with nothing of it to give back" in note, note
     again(target, RELEASE)
     assert endpoint.model().to_dict() == lab_host().to_dict()
 
