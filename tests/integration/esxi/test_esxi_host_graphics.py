@@ -162,11 +162,10 @@ def test_an_endpoint_frozen_before_the_graphics_configuration_is_reported_unknow
     """Frozen with UpdateGraphicsConfig about to go: gpupass gives up, cannot read the host back, says so; the thawed
     host takes the configuration (not in effect: Xorg was not restarted); the same plan again restarts Xorg."""
     import dataclasses
-    import os
-    import signal
     import time
 
     from gpupass.backends.esxi.backend import EsxiBackend
+    from support.frozen_endpoint import freeze, thaw
 
     again = backend_for(sim)
     frozen = EsxiBackend(dataclasses.replace(again.target, timeout=1.0))
@@ -180,7 +179,7 @@ def test_an_endpoint_frozen_before_the_graphics_configuration_is_reported_unknow
 
     def freeze_then_call(action, *args, **kwargs):
         if not state and str(action).startswith("changing the graphics configuration"):
-            os.kill(sim.pid, signal.SIGSTOP)
+            freeze(sim.pid)
             state.append(True)
         return original(action, *args, **kwargs)
 
@@ -189,7 +188,7 @@ def test_an_endpoint_frozen_before_the_graphics_configuration_is_reported_unknow
         with pytest.raises(OperationFailed) as err:
             execute(frozen, plan_now)
     finally:
-        os.kill(sim.pid, signal.SIGCONT)
+        thaw(sim.pid)
     deadline = time.monotonic() + 10
     while not taken():
         assert time.monotonic() < deadline

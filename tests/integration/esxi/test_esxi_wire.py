@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import pytest
 
 from gpupass.backends.esxi.lab.simulator import lab_config, make_tls_material
 from gpupass.core.errors import AuthenticationFailed, ConnectionFailed, NotFound
+from support.frozen_endpoint import freeze, thaw
 from tests.integration.esxi.test_esxi_backend import target
 
 pytest.importorskip("pyVmomi")
@@ -249,7 +248,7 @@ def test_a_frozen_endpoint_is_a_timeout_on_both_paths(sim, backend):
         # bound before: a request that got no answer leaves its session unused (EsxiBackend._lost), so the next call
         # through the backend would log in again -- the pyVmomi path is asked on the first session's stub
         vm = quick._vm_ref("ml-train")
-        os.kill(sim.pid, signal.SIGSTOP)
+        freeze(sim.pid)
         try:
             with pytest.raises(ConnectionFailed, match="did not answer within 1s") as lean_error:
                 quick.inventory()
@@ -257,7 +256,7 @@ def test_a_frozen_endpoint_is_a_timeout_on_both_paths(sim, backend):
             with pytest.raises(ConnectionFailed, match="did not answer within 1s") as slow_error:
                 quick._call("reading a VM", lambda: vm.config.name)
         finally:
-            os.kill(sim.pid, signal.SIGCONT)
+            thaw(sim.pid)
         assert isinstance(lean_error.value.__cause__, TimeoutError)
         assert isinstance(slow_error.value.__cause__, TimeoutError)
     finally:

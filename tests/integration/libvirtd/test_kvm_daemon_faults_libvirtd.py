@@ -23,8 +23,6 @@ The daemon is one of this file's own (killing the suite's would break every othe
 
 from __future__ import annotations
 
-import os
-import signal
 import tempfile
 import threading
 import time
@@ -38,6 +36,7 @@ from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
 from gpupass.core.errors import OperationFailed  # noqa: E402
 from gpupass.core.service import execute  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
+from support.frozen_endpoint import freeze, thaw  # noqa: E402
 from support.libvirt_proxy import LibvirtProxy  # noqa: E402
 from test_kvm_backend_libvirtd import define, inactive_xml, q35  # noqa: E402
 from support.libvirt_proxy import (DOMAIN_ATTACH_DEVICE_FLAGS, DOMAIN_DEFINE_XML, DOMAIN_DETACH_DEVICE_FLAGS,  # noqa: E402
@@ -199,16 +198,16 @@ def test_a_daemon_frozen_with_a_write_in_its_socket_is_reported_not_known_and_th
         run(own_daemon.uri, VM, "assign")
     frozen = False
 
-    def freeze():
+    def freeze_now():
         nonlocal frozen
-        os.kill(own_daemon.pid, signal.SIGSTOP)
+        freeze(own_daemon.pid)
         frozen = True
 
     try:
-        error = faulted(proxy, operation, procedure, freeze)
+        error = faulted(proxy, operation, procedure, freeze_now)
     finally:
         if frozen:
-            os.kill(own_daemon.pid, signal.SIGCONT)
+            thaw(own_daemon.pid)
     assert error.rolled_back is False, error.message
     assert f"did not answer within {TIMEOUT_S:g}s" in error.message, error.message
     conn = libvirt.open(own_daemon.uri)
@@ -279,9 +278,9 @@ def test_a_daemon_fault_on_the_undo_after_a_lost_reply_is_reported_not_undone_an
 def kill_or_freeze(own_daemon, proxy, fault):
     """-> (the fault to apply when the call is held, whether its reply is withheld, what to undo after it)."""
     if fault == "frozen":
-        def freeze():
-            os.kill(own_daemon.pid, signal.SIGSTOP)
-        return freeze, False, lambda: os.kill(own_daemon.pid, signal.SIGCONT)
+        def freeze_now():
+            freeze(own_daemon.pid)
+        return freeze_now, False, lambda: thaw(own_daemon.pid)
 
     def kill():
         if fault == "killed-after-the-work":

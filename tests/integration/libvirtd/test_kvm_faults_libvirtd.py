@@ -8,8 +8,6 @@ assigned with its claim, and running the same assign again has nothing to do.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -23,6 +21,7 @@ from gpupass.core.errors import OperationFailed  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
 from gpupass.core.service import execute, make_plan  # noqa: E402
 from gpupass.core.target import Target  # noqa: E402
+from support.frozen_endpoint import freeze, thaw  # noqa: E402
 from test_kvm_backend_libvirtd import T4, define, inactive_xml, q35, with_gpus  # noqa: E402
 
 
@@ -46,7 +45,7 @@ def test_a_daemon_frozen_mid_assign_is_reported_as_unknown_and_a_rerun_converges
     define_now = backend._define
 
     def freeze_then_define(xml, action):  # the fault's timing: the daemon stops just before the first write
-        os.kill(libvirtd_daemon.pid, signal.SIGSTOP)
+        freeze(libvirtd_daemon.pid)
         return define_now(xml, action)
 
     backend._define = freeze_then_define
@@ -54,7 +53,7 @@ def test_a_daemon_frozen_mid_assign_is_reported_as_unknown_and_a_rerun_converges
         with pytest.raises(OperationFailed) as caught:
             execute(backend, plan)
     finally:
-        os.kill(libvirtd_daemon.pid, signal.SIGCONT)
+        thaw(libvirtd_daemon.pid)
     assert caught.value.rolled_back is False
     assert "did not answer within 1s" in caught.value.message and "could not be read again" in caught.value.message
     backend.close()
