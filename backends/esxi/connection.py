@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from gpupass.backends.esxi.deadline import bound_calls
 from gpupass.backends.esxi.errors import translate
 from gpupass.core.errors import BackendUnavailable, UsageError
 from gpupass.core.target import Target
@@ -41,15 +42,17 @@ def parse_uri(uri: str) -> Endpoint:
 
 
 def ssl_context(target: Target) -> ssl.SSLContext:
-    """Verifying by default; trusts exactly the CA file when one is given, the system CAs otherwise."""
+    """Verifying by default; trusts exactly the CA file when one is given, the system CAs otherwise. Its sockets bound
+    each SOAP call as a whole by the connection's timeout (deadline.py)."""
     if not target.tls.verify:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        return context
-    if target.tls.ca_file:
-        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=target.tls.ca_file)
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    elif target.tls.ca_file:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=target.tls.ca_file)
+    else:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    return bound_calls(context)
 
 
 def pyvmomi() -> tuple[Any, Any]:

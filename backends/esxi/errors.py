@@ -6,6 +6,7 @@ import http.client
 import socket
 import ssl
 
+from gpupass.backends.esxi.deadline import CallTimedOut
 from gpupass.core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -50,6 +51,12 @@ def translate(error: BaseException | object, action: str, timeout: float | None 
     """One core error for a pyvmomi fault (raised or from task.info.error), an ssl error or a socket error."""
     if isinstance(error, GpupassError):
         return error
+    if isinstance(error, CallTimedOut) and error.partial:  # answering, too slowly: the call's deadline (deadline.py)
+        return ConnectionFailed(f"{action}: {host} was still sending its answer when the call's {error.seconds:g}s ran "
+                                "out (the host's timeout bounds each call as a whole); what that request did there is "
+                                "not known",
+                                remedy="check the host's load and the network to it; for a host this slow raise "
+                                       "`timeout` in its [hosts.NAME] table of the config file")
     if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
         within = f" within {timeout:g}s" if timeout is not None else ""
         return ConnectionFailed(f"{action}: {host} did not answer{within}; what that request did there is not known",

@@ -559,6 +559,13 @@ class VCSim:
         return self._control("POST", "/gpupass/slow-task", call=method, seconds=f"{seconds:g}",
                              skip=str(skip) if skip else None)
 
+    def drip(self, method: str, interval: float, size: int = 1, skip: int = 0) -> Any:
+        """The next call of *method* (after *skip* served as usual) is carried out as usual and its answer sent *size*
+        bytes every *interval* seconds (see vcsim/http.go): a host answering too slowly, each read well within a
+        socket timeout longer than *interval*."""
+        return self._control("POST", "/gpupass/drip", call=method, interval=f"{interval:g}", bytes=str(size),
+                             skip=str(skip) if skip else None)
+
     def held(self) -> str:
         """The SOAP method of the call waiting at a hold now ("" when none)."""
         return str(self._control("GET", "/gpupass/held")["held"])

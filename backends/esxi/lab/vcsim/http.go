@@ -82,6 +82,14 @@ package main
 //	    call runs in a session of the simulator's own once the caller's
 //	    session was checked; that a queued task outlives its client's session
 //	    on a real vCenter is assumed: a task is the server's, TaskManager).
+//	POST /gpupass/drip?call=METHOD&interval=S[&bytes=B][&skip=N]
+//	    The next call of METHOD (after N served as usual) is carried out as
+//	    usual, and its answer sent one byte (or B bytes) every S seconds
+//	    (headers first, the Content-Length the whole answer's): a host or a
+//	    network on the way that
+//	    answers too slowly -- each read a client makes gets a byte well within
+//	    a socket timeout longer than S, so only a bound on the whole call ends
+//	    it.  The drip stops when the client closes the connection.
 //	GET  /gpupass/held                  JSON: {"held": METHOD or ""}
 //	GET  /gpupass/state                 JSON: hosts, passthrough devices
 //	                                    (enabled/active/owner), connection.
@@ -262,6 +270,7 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	drop := dropAfter || l.takeDropReply(body)
+	drip, dripping := l.takeDrip(body)
 	var method *simulator.Method
 	if si.interesting(body) {
 		method, _ = simulator.UnmarshalBody(vimTypeFunc, body)
@@ -344,7 +353,69 @@ func (si *sdkInterceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		dropConnection(w) // carried out; the answer never reaches the client
 		return
 	}
+	if dripping {
+		bw.dripTo(w, drip)
+		return
+	}
 	bw.flushTo(w)
+}
+
+// dripArm: the answer to the next call of a method is sent size bytes every
+// interval, after skip calls of it served as usual (POST /gpupass/drip).
+type dripArm struct {
+	interval time.Duration
+	size     int
+	skip     int
+}
+
+// takeDrip reports (and uses up) an armed drip for the SOAP method in body,
+// once its calls to skip have passed.
+func (l *lab) takeDrip(body []byte) (*dripArm, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name, arm := range l.drip {
+		if isCall(body, name) {
+			if arm.skip > 0 {
+				arm.skip--
+				return nil, false
+			}
+			delete(l.drip, name)
+			return arm, true
+		}
+	}
+	return nil, false
+}
+
+// dripTo sends the buffered answer with its headers at once (Content-Length
+// the whole body's), then its body arm.size bytes every arm.interval, each
+// flushed to the client, until all is sent or the client has gone.
+func (b *bufferedWriter) dripTo(w http.ResponseWriter, arm *dripArm) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	body := b.buf.Bytes()
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(b.status)
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	for start := 0; start < len(body); start += arm.size {
+		time.Sleep(arm.interval)
+		end := start + arm.size
+		if end > len(body) {
+			end = len(body)
+		}
+		if _, err := w.Write(body[start:end]); err != nil {
+			return // the client closed the connection
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
 }
 
 // holdGate is where a held call waits (POST /gpupass/hold): skip calls of its
@@ -754,6 +825,34 @@ func (l *lab) controlHandler(user, pass string) http.HandlerFunc {
 			l.slow[name] = &slowArm{delay: time.Duration(seconds * float64(time.Second)), skip: skip}
 			l.mu.Unlock()
 			reply(map[string]interface{}{"method": name, "seconds": seconds})
+			return
+		case "/gpupass/drip":
+			if r.Method != http.MethodPost {
+				http.Error(w, "POST only", http.StatusMethodNotAllowed)
+				return
+			}
+			name := r.URL.Query().Get("call")
+			seconds, err := strconv.ParseFloat(r.URL.Query().Get("interval"), 64)
+			if name == "" || err != nil || seconds <= 0 {
+				http.Error(w, "call=METHOD and interval=S (S > 0) are required", http.StatusBadRequest)
+				return
+			}
+			size := 1
+			if text := r.URL.Query().Get("bytes"); text != "" {
+				if size, err = strconv.Atoi(text); err != nil || size < 1 {
+					http.Error(w, "bytes=B (B >= 1) is a count", http.StatusBadRequest)
+					return
+				}
+			}
+			skip, err := skipParam(r)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			l.mu.Lock()
+			l.drip[name] = &dripArm{interval: time.Duration(seconds * float64(time.Second)), size: size, skip: skip}
+			l.mu.Unlock()
+			reply(map[string]interface{}{"method": name, "interval": seconds, "bytes": size})
 			return
 		case "/gpupass/drop-reply":
 			if r.Method != http.MethodPost {

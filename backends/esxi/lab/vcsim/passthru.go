@@ -161,6 +161,8 @@ type lab struct {
 	// SOAP method name -> how long the task of its next call stays queued before it is carried out
 	// (POST /gpupass/slow-task, http.go serveLate)
 	slow map[string]*slowArm
+	// SOAP method name -> how slowly the answer to its next call is sent (POST /gpupass/drip, http.go dripTo)
+	drip map[string]*dripArm
 	// serialises reconfigures: check changeVersion, change, bump as one step
 	cas sync.Mutex
 	// serialises the hand-over of a request's spec to its task through pending
@@ -181,6 +183,7 @@ func newLab() *lab {
 		dropSkip:  map[string]int{},
 		hold:      map[string]*holdGate{},
 		slow:      map[string]*slowArm{},
+		drip:      map[string]*dripArm{},
 
 		seenCookies: map[string]bool{},
 		deadCookies: map[string]bool{},
