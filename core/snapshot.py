@@ -41,8 +41,8 @@ def _sharing(sharing: Sharing) -> dict[str, Any]:
     return {"types": [{"id": t.id, "name": t.name, "mode": t.mode.value, "available": t.available,
                        "max_instances": t.max_instances, "framebuffer_bytes": t.framebuffer_bytes,
                        "description": t.description} for t in sharing.types],
-            "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder}
-                       for x in sharing.shares],
+            "shares": [{"id": x.id, "type_id": x.type_id, "mode": x.mode.value, "holder": x.holder,
+                        "unfinished": x.unfinished} for x in sharing.shares],
             "one_type_at_a_time": sharing.one_type_at_a_time, "mig_mode": sharing.mig_mode, "unread": sharing.unread,
             "host_change": sharing.host_change}
 
@@ -52,7 +52,8 @@ def _read_sharing(d: dict[str, Any]) -> Sharing:
         types=tuple(ShareType(t["id"], t.get("name", ""), ShareMode(t["mode"]), t.get("available"),
                               t.get("max_instances"), t.get("framebuffer_bytes"), t.get("description", ""))
                     for t in d.get("types", ())),
-        shares=tuple(Share(x["id"], x["type_id"], ShareMode(x["mode"]), x.get("holder")) for x in d.get("shares", ())),
+        shares=tuple(Share(x["id"], x["type_id"], ShareMode(x["mode"]), x.get("holder"), str(x.get("unfinished") or ""))
+                     for x in d.get("shares", ())),
         one_type_at_a_time=bool(d.get("one_type_at_a_time", False)),
         mig_mode=d.get("mig_mode"),
         unread=str(d.get("unread") or ""),

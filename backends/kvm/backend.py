@@ -8,10 +8,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from gpupass.backends.kvm import domxml, nvidia, secretclaims, shares, sysfs
+from gpupass.backends.kvm import domxml, mdevstate, nvidia, secretclaims, shares, sysfs
 from gpupass.backends.kvm.errors import is_transport_error, translate
-from gpupass.backends.kvm.steps import (CreateMdev, DefineDomain, DefineShare, DropClaim, Hotplug, RemoveMdev,
-                                        SetVfVgpuType)
+from gpupass.backends.kvm.steps import (CreateMdev, DefineDomain, DefineShare, DropClaim, Hotplug, RecordMdevIntent,
+                                        RemoveMdev, SetVfVgpuType)
 from gpupass.backends.kvm.nodedev import (
     MediatedDevice,
     NodeDevice,
@@ -159,6 +159,9 @@ class KvmBackend(Backend):
         # The secrets this backend defined (by UUID: the object secretDefineXML returned), to take one back on a
         # connection that may make and remove secrets but not look them up (libvirt's access control).
         self._made_secrets: dict[str, Any] = {}
+        # Whether the connection lists mediated devices by state (VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE): None until
+        # asked, then what libvirt answered (_inactive_mdevs).
+        self._inactive_listing: bool | None = None
 
     @property
     def _libvirt(self) -> Any:
@@ -312,6 +315,7 @@ class KvmBackend(Backend):
         owners: dict[PciAddress, str] = {}
         holders: list[claims.Holder] = []
         mdev_holders: dict[str, str] = {}
+        intents: dict[str, tuple[domxml.MdevIntent, ...]] = {}  # VM -> the mediated devices a stopped run was changing
         domain_xml: dict[str, str] = {}
         held_by: dict[str, list[tuple[str, str]]] = {}  # address -> (VM, its UUID) for every VM holding it
         for domain, values in stats:
@@ -326,6 +330,8 @@ class KvmBackend(Backend):
             holders.extend(held)
             for uuid in facts.mdevs:
                 mdev_holders[uuid] = facts.name
+            if intended := domxml.mdev_intents(root):
+                intents[facts.name] = intended
             state = values.get("state.state", 0)
             live_only, stored_only = self._live_differences(domain, facts) if state in _ACTIVE_STATES else ((), ())
             for address in live_only:  # the VM holds it while it runs: another VM's assign is refused
@@ -338,7 +344,11 @@ class KvmBackend(Backend):
         # has the PF's class and often its slot (an A10's VFs are 41:00.4-41:04.3: OpenNebula's vGPU guide).
         mdev_parents = _fold_vf_mdev_types(physical_functions, share_types)
         gpus = group_gpus([f for a, f in functions.items() if a not in virtual_functions], groups, owners)
-        gpus = self._with_sharing(gpus, share_types, mdev_holders, physical_functions)
+        listed, inactive = self._mediated_devices() if share_types or intents else ({}, frozenset())
+        gpus = self._with_sharing(gpus, share_types, mdev_holders, physical_functions, listed, inactive, intents)
+        cards = {nodedev_name(vf): str(pf) for pf, node in physical_functions.items() for vf in node.virtual_functions}
+        vms, mdev_host_notes = _with_mdev_notes(vms, mdev_holders, listed, inactive, intents, cards)
+        host_notes += mdev_host_notes
         gpus = [records.replace(g, extra={**g.extra, "mdev_parents": mdev_parents[g.address]})
                 if g.address in mdev_parents else g for g in gpus]
         sysfs_root = self._host_sysfs()
@@ -461,18 +471,64 @@ class KvmBackend(Backend):
                else vm for vm in vms]
         return vms, unheld, host_notes
 
-    def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
-                      mdev_holders: dict[str, str], physical_functions: Mapping[PciAddress, NodeDevice]) -> list[Gpu]:
-        """Each card's vGPU types and the mediated devices created on it, with the VM holding each."""
-        if not share_types:
-            return gpus
+    def _mediated_devices(self) -> tuple[dict[str, MediatedDevice], frozenset[str]]:
+        """Every mediated device the host lists, by UUID, and the UUIDs of those defined but not started.
+
+        The first listing, with no ACTIVE or INACTIVE flag, gives both kinds (libvirt 9.0.0 src/conf/virnodedeviceobj.c,
+        virNodeDeviceObjMatch lines 907-913 filter on them only when one is given). Which are stopped is a second
+        listing with VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE, asked only where the first found any."""
         libvirt, conn = self._libvirt, self._connection()
-        children: dict[str, list[MediatedDevice]] = {}
+        listed: dict[str, MediatedDevice] = {}
         for device in self._call("listing mediated devices", conn.listAllDevices,
                                  libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV):
-            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0))
+            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0), device.name())
             if mdev is not None:
-                children.setdefault(mdev.parent, []).append(mdev)
+                listed[mdev.uuid] = mdev
+        return listed, self._inactive_mdevs() if listed else frozenset()
+
+    def _inactive_mdevs(self) -> frozenset[str]:
+        """The UUIDs of the mediated devices defined but not started, where the connection can list them; else none
+        (every device listed is taken as started: such a connection cannot define one without starting it either --
+        the libvirt test driver has virNodeDeviceCreateXML, which makes a started device, and no
+        virNodeDeviceDefineXML, src/test/test_driver.c driver table lines 10217-10228).
+
+        Whether the connection takes the flag is read from libvirt's error code, once per connection: a driver that
+        does not know it refuses it in virCheckFlags with VIR_ERR_INVALID_ARG (src/internal.h, virCheckFlags through
+        virReportInvalidArg, src/util/virerror.h): the test driver accepts only the capability flags
+        (testConnectListAllNodeDevices, src/test/test_driver.c line 7486), as does a daemon older than 7.3; the node
+        device driver accepts them all (nodeConnectListAllNodeDevices, src/node_device/node_device_driver.c line 218).
+        A driver with no node device listing at all answers VIR_ERR_NO_SUPPORT."""
+        if self._inactive_listing is False:
+            return frozenset()
+        libvirt, conn = self._libvirt, self._connection()
+        try:
+            devices = conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV
+                                          | libvirt.VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+                self._inactive_listing = False
+                return frozenset()
+            raise translate(libvirt, exc, "listing the mediated devices defined but not started") from exc
+        self._inactive_listing = True
+        stopped = set()
+        for device in devices:
+            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0), device.name())
+            if mdev is not None:
+                stopped.add(mdev.uuid)
+        return frozenset(stopped)
+
+    def _with_sharing(self, gpus: list[Gpu], share_types: dict[PciAddress, tuple[ShareType, ...]],
+                      mdev_holders: dict[str, str], physical_functions: Mapping[PciAddress, NodeDevice],
+                      listed: Mapping[str, MediatedDevice], inactive: frozenset[str],
+                      intents: Mapping[str, Sequence[domxml.MdevIntent]]) -> list[Gpu]:
+        """Each card's vGPU types and the mediated devices created on it, with the VM holding each; a device defined
+        but not started, or named by a stopped run's intent, is never free (mdevstate.py)."""
+        if not share_types:
+            return gpus
+        children: dict[str, list[MediatedDevice]] = {}
+        for mdev in listed.values():
+            children.setdefault(mdev.parent, []).append(mdev)
+        named = mdevstate.intents_by_uuid(intents)
         shared = []
         for gpu in gpus:
             types = share_types.get(gpu.address, ())
@@ -482,7 +538,8 @@ class KvmBackend(Backend):
             # By UUID: libvirt lists node devices in no set order, and a snapshot must read like the live host.
             pf = physical_functions.get(gpu.address)
             parents = (gpu.address, *(pf.virtual_functions if pf else ()))  # a VF's devices are its card's
-            held = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid))
+            held = tuple(Share(m.uuid, m.type_id, ShareMode.MDEV, mdev_holders.get(m.uuid),
+                               _share_unfinished(m, mdev_holders.get(m.uuid), inactive, named))
                          for m in sorted((m for a in parents for m in children.get(nodedev_name(a), ())),
                                          key=lambda m: m.uuid))
             # NVIDIA's time-sliced vGPU takes one type per physical GPU at a time (NVIDIA Virtual GPU Software User
@@ -605,7 +662,8 @@ class KvmBackend(Backend):
         held = {str(a) for a in ctx.vm.assigned}
         left = [claim for claim in _state(ctx.facts).unheld_claims if claim.vm_uuid == ctx.vm.id
                 and claim.address not in held and (named is None or claim.address in named)]
-        return [self._drop_claim_step(ctx.vm.name, claim) for claim in sorted(left, key=lambda c: c.address)]
+        steps = [self._drop_claim_step(ctx.vm.name, claim) for claim in sorted(left, key=lambda c: c.address)]
+        return steps + self._finish_mdev_intents(ctx, _state(ctx.facts).domain_xml[ctx.vm.name])
 
     @staticmethod
     def _drop_claim_step(vm: str, claim: secretclaims.SecretClaim) -> Step:
@@ -632,22 +690,76 @@ class KvmBackend(Backend):
         parent = with_room[0] if with_room else nodedev_name(gpu.address)            # the mdev parents
         steps = []
         free = gpu.sharing.free(change.type.id)
-        if free:
+        left = next((i for i in domxml.mdev_intents(domxml.parse(xml)) if not i.removing and i.gpu == str(gpu.address)
+                     and i.type_id == change.type.id), None)  # a stopped assign's device: this one finishes it
+        intent = None
+        if left is not None:
+            uuid, created, intent = left.uuid, True, left
+            create = CreateMdev(left.parent, change.type.id, uuid, resume=True)
+            steps.append(self._create_mdev_step(create, change.type, note=" (or start the one a stopped assign left)"))
+        elif free:
             uuid, created = free[0].id, False
         else:
             uuid, created = shares.mdev_uuid(ctx.facts.host.uri, vm.name, gpu.address, change.type.id), True
-            create = CreateMdev(parent, change.type.id, uuid)
-            steps.append(_step(
-                action="kvm.create-mdev",
-                description=f"create a {change.type.id} ({change.type.name}) mediated device on {parent}",
-                undo=f"stop and undefine it: virsh nodedev-destroy and nodedev-undefine of mdev {uuid}",
-                changes=(f"define and start mdev {uuid} (type {change.type.id}, parent {parent})",),
-                preview=create.xml,
-                payload=create,
-            ))
+            intent = domxml.MdevIntent(uuid, parent, change.type.id, str(gpu.address))
+            steps.append(self._intent_step(vm.name, xml, intent, writes=True))
+            steps.append(self._create_mdev_step(CreateMdev(parent, change.type.id, uuid), change.type))
         edit = domxml.add_mdev(xml, uuid, created)
-        steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=True,
+        if intent is not None:  # the define that gives the VM the device takes the run's intent out
+            edit = domxml.Edit(domxml.without_mdev_intent(edit.xml, uuid), edit.changes)
+        steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=True, intent=intent,
                                              note="" if created else " (a free one already on the host)"))
+        return steps
+
+    @staticmethod
+    def _create_mdev_step(create: CreateMdev, share_type: ShareType, note: str = "") -> Step:
+        return _step(
+            action="kvm.create-mdev",
+            description=f"create a {share_type.id} ({share_type.name}) mediated device on {create.parent}{note}",
+            undo=f"stop and undefine it: virsh nodedev-destroy and nodedev-undefine of mdev {create.uuid}",
+            changes=(f"define and start mdev {create.uuid} (type {share_type.id}, parent {create.parent})",),
+            preview=create.xml,
+            payload=create,
+        )
+
+    @staticmethod
+    def _intent_step(vm: str, xml: str, intent: domxml.MdevIntent, writes: bool) -> Step:
+        doing = "removing" if intent.removing else "creating"
+        return _step(
+            action="kvm.record-mdev-intent" if writes else "kvm.clear-mdev-intent",
+            description=(f"record in VM '{vm}' that gpupass is {doing} mediated device {intent.uuid} (so that a run "
+                         "stopped mid-way shows in `status`)" if writes else
+                         f"take out of VM '{vm}' the record that gpupass is {doing} mediated device {intent.uuid}"),
+            undo=("take the record out of the VM's definition once the device is gone (a `gpupass release` of the VM "
+                  "does it)" if writes else "write the record into the VM's definition again"),
+            changes=(f"{'add' if writes else 'remove'} <gpupass:mdev-intent uuid='{intent.uuid}'> in the VM's "
+                     "<metadata>",),
+            needs_vm_off=True,
+            payload=RecordMdevIntent(vm, xml, intent, writes),
+        )
+
+    def _finish_mdev_intents(self, ctx: CheckContext, xml: str) -> list[Step]:
+        """What a stopped share run left named in the VM's definition (domxml.MdevIntent), on the GPUs a release names
+        (all when it names none): the device removed where the host lists it, then the record taken out."""
+        named = {str(a) for a in ctx.addresses} if ctx.request.gpus else None
+        steps: list[Step] = []
+        releasing = {c.share.id for c in ctx.shares if c.share}  # removed by the release's own steps
+        for intent in domxml.mdev_intents(domxml.parse(xml)):
+            if (named is not None and intent.gpu not in named) or intent.uuid in releasing:
+                continue
+            listed = any(s.id == intent.uuid for g in ctx.facts.gpus for s in g.sharing.shares)
+            if listed:
+                remove = RemoveMdev(intent.parent, intent.type_id, intent.uuid)
+                steps.append(_step(
+                    action="kvm.remove-mdev",
+                    description=f"stop and undefine mediated device {intent.uuid} on {intent.parent}, which a stopped "
+                                "gpupass run left",
+                    undo="define and start it again with the same UUID and type",
+                    changes=(f"nodedev-destroy + nodedev-undefine mdev {intent.uuid}",),
+                    preview=remove.xml,
+                    payload=remove,
+                ))
+            steps.append(self._intent_step(ctx.vm.name, xml, intent, writes=False))
         return steps
 
     def plan_release_share(self, ctx: CheckContext) -> list[Step]:
@@ -673,25 +785,34 @@ class KvmBackend(Backend):
                     changes=(f"echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",),
                     payload=clear,
                 ))
+        finishing = self._finish_mdev_intents(ctx, xml)  # what a stopped run left on these GPUs, taken out last
         for change in ctx.shares:
             if change.type.mode in on_vfs:
                 continue
             uuid = change.share.id if change.share else ""
             edit = domxml.remove_mdev(xml, uuid)
-            steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=False))
-            xml = edit.xml
-            parent = nodedev_name(change.gpu)
+            intent = None
             if uuid in created:
-                remove = RemoveMdev(parent, change.type.id, uuid)
+                # The define that takes the device from the VM records the removal in its place, before the device's
+                # stop: a run stopped from there on leaves the device named in the VM (mdevstate.py).
+                intent = domxml.MdevIntent(uuid, nodedev_name(change.gpu), change.type.id, str(change.gpu),
+                                           removing=True)
+                recorded = domxml.with_mdev_intent(edit.xml, intent)
+                edit = domxml.Edit(recorded.xml, edit.changes + recorded.changes)
+            steps.append(self._share_define_step(vm.name, xml, edit, uuid, adds=False, intent=intent))
+            xml = edit.xml
+            if intent is not None:
+                remove = RemoveMdev(intent.parent, change.type.id, uuid)
                 removals.append(_step(
                     action="kvm.remove-mdev",
-                    description=f"stop and undefine mediated device {uuid} on {parent}, which gpupass created",
+                    description=f"stop and undefine mediated device {uuid} on {intent.parent}, which gpupass created",
                     undo="define and start it again with the same UUID and type",
                     changes=(f"nodedev-destroy + nodedev-undefine mdev {uuid}",),
                     preview=remove.xml,
                     payload=remove,
                 ))
-        return steps + removals
+                removals.append(self._intent_step(vm.name, xml, intent, writes=False))
+        return steps + removals + finishing
 
     def _plan_assign_vf_vgpu(self, ctx: CheckContext, gpu: Gpu, share_type: ShareType, xml: str) -> list[Step]:
         """An NVIDIA vGPU on a VF (backends/kvm/nvidia.py): a free VF already of the type, else the lowest VF with no
@@ -747,7 +868,8 @@ class KvmBackend(Backend):
                  undo="nothing to undo: libvirt does it at each start and stop", writes=False),
         ]
 
-    def _share_define_step(self, vm: str, old: str, edit: domxml.Edit, uuid: str, adds: bool, note: str = "") -> Step:
+    def _share_define_step(self, vm: str, old: str, edit: domxml.Edit, uuid: str, adds: bool, note: str = "",
+                           intent: domxml.MdevIntent | None = None) -> Step:
         import difflib
 
         diff = "".join(difflib.unified_diff(
@@ -762,7 +884,7 @@ class KvmBackend(Backend):
             changes=tuple(edit.changes),
             needs_vm_off=True,
             preview=diff,
-            payload=DefineShare(vm, old, edit.xml, uuid, adds),
+            payload=DefineShare(vm, old, edit.xml, uuid, adds, intent),
         )
 
     def _define_step(self, vm: str, old: str, edit: domxml.Edit, needs_vm_off: bool,
@@ -1486,13 +1608,56 @@ class KvmBackend(Backend):
 
     @_undo.register(DefineShare)
     def _undo_define_share(self, payload: DefineShare, token: str) -> None:
+        intent = payload.intent
+        if intent is not None and intent.removing and (device := self._find_mdev(intent.uuid)) is not None \
+                and self._mdev_active(device) is not True:
+            # A release whose removal stopped the device and could neither undefine nor start it again (or where the
+            # connection cannot say it runs): the VM gets the device back with the removal still recorded, so that
+            # status names it and the device is never taken as free (mdevstate.py); the release again finishes it.
+            token = domxml.with_mdev_intent(token, intent).xml
         # read back over a new connection after a lost reply, as every take-back is (_take_back_define)
         self._take_back_define(token, "restoring the previous VM definition")
 
     @_observe.register(DefineShare)
     def _observe_define_share(self, payload: DefineShare, step: Step) -> StepState:
         held = payload.uuid in domxml.read_facts(self._current_xml(payload.vm)).mdevs
-        return StepState("after" if held == payload.adds else "before", token=payload.old_xml)
+        before = payload.old_xml
+        if payload.intent is not None and not payload.intent.removing:  # the run's intent stays until the device goes
+            before = domxml.with_mdev_intent(before, payload.intent).xml
+        return StepState("after" if held == payload.adds else "before", token=before)
+
+    @_apply.register(RecordMdevIntent)
+    def _apply_record_mdev_intent(self, payload: RecordMdevIntent) -> str:
+        current = self._current_xml(payload.vm)
+        if domxml.comparable(current) != domxml.comparable(payload.old_xml):
+            raise Conflict(f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
+                           remedy="run the command again to plan from its current definition", rolled_back=True)
+        new = domxml.with_mdev_intent(current, payload.intent).xml if payload.writes else \
+            domxml.without_mdev_intent(current, payload.intent.uuid)
+        self._define(new, f"{'recording' if payload.writes else 'taking out'} gpupass's record of mediated device "
+                          f"{payload.intent.uuid} in VM {payload.vm!r}")
+        return current
+
+    @_undo.register(RecordMdevIntent)
+    def _undo_record_mdev_intent(self, payload: RecordMdevIntent, token: str) -> None:
+        uuid = payload.intent.uuid
+        if payload.writes and self._find_mdev(uuid) is not None:
+            # The device is still on the host (its removal failed): the record stays, so that status names it and a
+            # release removes it, instead of a device no VM and no record names.
+            raise OperationFailed(f"mediated device {uuid} is still on the host: the record of it in VM "
+                                  f"'{payload.vm}' stays", remedy=f"`gpupass release HOST {payload.vm} "
+                                  f"{payload.intent.gpu}` removes both", rolled_back=True)
+        current = self._current_xml(payload.vm)
+        back = domxml.without_mdev_intent(current, uuid) if payload.writes else \
+            domxml.with_mdev_intent(current, payload.intent).xml
+        self._take_back_define(back, f"{'taking out' if payload.writes else 'writing again'} gpupass's record of "
+                                     f"mediated device {uuid}")
+
+    @_observe.register(RecordMdevIntent)
+    def _observe_record_mdev_intent(self, payload: RecordMdevIntent, step: Step) -> StepState:
+        there = any(i.uuid == payload.intent.uuid
+                    for i in domxml.mdev_intents(domxml.parse(self._current_xml(payload.vm))))
+        return StepState("after" if there == payload.writes else "before", token=payload.old_xml)
 
     def _create_mdev(self, payload: CreateMdev) -> str:
         """virNodeDeviceDefineXML + virNodeDeviceCreate (libvirt 7.3+), the persistent way `virsh nodedev-define`
@@ -1505,6 +1670,12 @@ class KvmBackend(Backend):
                    f"{payload.parent.removeprefix('pci_').replace('_', ':', 2).replace('_', '.')} --type "
                    f"{payload.type_id}; mdevctl start -u UUID), then run the command again: gpupass gives a VM "
                    "a free device of the type")
+        if payload.resume and (device := self._find_mdev(payload.uuid)) is not None:
+            # A stopped run's device: started if it is stopped (virNodeDeviceCreate), left as it is if it runs or where
+            # the connection cannot say (such a connection holds no stopped device: _inactive_mdevs)
+            if self._mdev_active(device) is False:
+                self._call(f"starting mediated device {payload.uuid}", device.create, 0)
+            return payload.uuid
         # libvirt-python older than 7.3 has no binding for it at all (the libvirt driver's own refusal is below)
         define = getattr(self._connection(), "nodeDeviceDefineXML", None)
         if define is None:
@@ -1525,7 +1696,7 @@ class KvmBackend(Backend):
         libvirt, conn = self._libvirt, self._connection()
         for device in self._call("listing mediated devices", conn.listAllDevices,
                                  libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV):
-            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0))
+            mdev = parse_mdev_nodedev(self._call("reading a mediated device", device.XMLDesc, 0), device.name())
             if mdev is not None and mdev.uuid == uuid.lower():
                 return device
         return None
@@ -1565,7 +1736,11 @@ class KvmBackend(Backend):
     def _define_share(self, payload: DefineShare) -> str:
         """Define the domain with its share changed; for an added share, check no other domain took the same
         mediated device meanwhile (libvirt refuses only at start): if one did, this run's change is undone."""
-        if self._current_xml(payload.vm) != payload.old_xml:
+        current = self._current_xml(payload.vm)
+        # After the run's own intent step the definition holds that intent, in libvirt's formatting: compared apart
+        # from gpupass's intents (domxml.comparable), the definition must still be the planned one.
+        if current != payload.old_xml and (payload.intent is None or
+                                           domxml.comparable(current) != domxml.comparable(payload.old_xml)):
             raise Conflict(
                 f"VM '{payload.vm}' was changed by someone else since the plan was made; nothing was changed",
                 remedy="run the command again to plan from its current definition", rolled_back=True)
@@ -1581,7 +1756,7 @@ class KvmBackend(Backend):
                 raise Conflict(f"mediated device {payload.uuid} was given to VM '{others[0]}' by another run at the "
                                f"same time; this run's change to VM '{payload.vm}' was undone",
                                remedy="run the command again: it picks another device", rolled_back=True)
-        return payload.old_xml
+        return current  # its undo defines this again: the run's intent with it, while its device may be on the host
 
     def _current_xml(self, vm: str) -> str:
         self._before_reading_definition()
@@ -1718,6 +1893,47 @@ def _vm(facts: domxml.DomainFacts, state: int, claims: list[claims.Claim],
     )
 
 
+def _share_unfinished(mdev: MediatedDevice, holder: str | None, inactive: frozenset[str],
+                      named: Mapping[str, tuple[str, domxml.MdevIntent]]) -> str:
+    if mdev.uuid in named:
+        return mdevstate.intent_share_note(*named[mdev.uuid])
+    if mdev.uuid in inactive:
+        return mdevstate.stopped_share_note(mdev, holder)
+    return ""
+
+
+def _with_mdev_notes(vms: list[Vm], holders: Mapping[str, str], listed: Mapping[str, MediatedDevice],
+                     inactive: frozenset[str], intents: Mapping[str, Sequence[domxml.MdevIntent]],
+                     cards: Mapping[str, str]) -> tuple[list[Vm], list[str]]:
+    """What `status` shows about mediated devices: on each VM, the intents a stopped run left in its definition and the
+    stopped devices it holds; on the host, the stopped devices no VM holds and no intent names (mdevstate.py)."""
+    notes: dict[str, list[str]] = {vm: [mdevstate.intent_note(vm, i, listed, inactive) for i in intended]
+                                   for vm, intended in intents.items()}
+    named = mdevstate.intents_by_uuid(intents)
+    host_notes = []
+    for uuid in sorted(inactive - set(named)):
+        device = listed.get(uuid)
+        if device is None:
+            continue
+        gpu = cards.get(device.parent) or _card_of(device.parent)  # a VF's device is its card's
+        if uuid in holders:
+            notes.setdefault(holders[uuid], []).append(mdevstate.stopped_holder_note(holders[uuid], device, gpu))
+        else:
+            host_notes.append(mdevstate.stopped_host_note(device, gpu))
+    if not any(notes.values()):
+        return vms, host_notes
+    return [records.replace(vm, unfinished=vm.unfinished + tuple(notes[vm.name])) if notes.get(vm.name) else vm
+            for vm in vms], host_notes
+
+
+def _card_of(parent: str) -> str:
+    """The PCI address in a PCI node device's name (pci_DDDD_BB_SS_F, nodedev_name), as a command names it."""
+    parts = parent.removeprefix("pci_").split("_")
+    if len(parts) != 4:
+        return parent
+    return f"{parts[0]}:{parts[1]}:{parts[2]}.{parts[3]}"
+
+
 def _fold_vf_mdev_types(physical_functions: Mapping[PciAddress, NodeDevice],
                         share_types: dict[PciAddress, tuple[ShareType, ...]]) -> dict[PciAddress, dict[str, list[str]]]:
     """NVIDIA vGPU up to release 16 on Ampere (A100, A30) makes each VF an mdev parent, one vGPU per VF
@@ -1816,8 +2032,9 @@ def _essentials(xml: str, keep_claims: bool = False) -> tuple[object, ...]:
     """What a define changes, compared the way libvirt reports it back (it reformats the XML it is given)."""
     facts = domxml.read_facts(xml)
     claimed = tuple(sorted(c.token for c in domxml.claims_of(xml)[0])) if keep_claims else ()
+    intents = tuple(sorted(domxml.mdev_intents(domxml.parse(xml)), key=lambda i: (i.uuid, i.removing)))
     return (facts.hostdevs, facts.mdevs, facts.recorded, facts.firmware, facts.mmio_window_bytes,
-            facts.hypervisor_hidden, facts.locked_memory, claimed)
+            facts.hypervisor_hidden, facts.locked_memory, claimed, intents)
 
 
 def _with_sysfs_bars(function: PciFunction) -> PciFunction:

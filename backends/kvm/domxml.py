@@ -456,9 +456,10 @@ def _drop_record_if_empty(root: ET.Element, record: ET.Element) -> None:
     (<mdev>) stays while the VM holds them, alone."""
     if record.find(_q("device")) is not None:
         return
-    if record.find(_q("mdev")) is not None:
+    kept = (_q("mdev"), _q("mdev-intent"))
+    if any(record.find(tag) is not None for tag in kept):
         for child in list(record):
-            if child.tag != _q("mdev"):
+            if child.tag not in kept:
                 record.remove(child)
         return
     metadata = _child(root, "metadata")
@@ -505,6 +506,65 @@ def remove_mdev(xml: str, uuid: str) -> Edit:
                 record.remove(element)
         _drop_record_if_empty(root, record)
     return Edit(serialize(root), changes)
+
+
+@record(frozen=True)
+class MdevIntent:
+    """A mediated device a gpupass run is creating (or `removing`) for the VM whose definition
+    records it, written there before the run's first call on the device and taken out by the define that ends the run
+    (backends/kvm/mdevstate.py says why). `gpu`: the card's PCI address, as a command names it; `parent`: the node
+    device the mediated device is made on (the card, or one of its VFs)."""
+
+    uuid: str
+    parent: str
+    type_id: str
+    gpu: str
+    removing: bool = False
+
+
+def with_mdev_intent(xml: str, intent: MdevIntent) -> Edit:
+    root = parse(xml)
+    record = _record(root)
+    for old in record.findall(_q("mdev-intent")):
+        if old.get("uuid", "").lower() == intent.uuid.lower():
+            record.remove(old)
+    ET.SubElement(record, _q("mdev-intent"), {"uuid": intent.uuid.lower(), "parent": intent.parent,
+                                             "type": intent.type_id, "gpu": intent.gpu,
+                                             "action": "remove" if intent.removing else "create"})
+    return Edit(serialize(root), [f"record in the VM that gpupass is {'removing' if intent.removing else 'creating'} "
+                                  f"mediated device {intent.uuid.lower()}"])
+
+
+def without_mdev_intent(xml: str, uuid: str) -> str:
+    root = parse(xml)
+    record = root.find(f"metadata/{_q('assignment')}")
+    if record is not None:
+        for element in record.findall(_q("mdev-intent")):
+            if element.get("uuid", "").lower() == uuid.lower():
+                record.remove(element)
+        _drop_record_if_empty(root, record)
+    return serialize(root)
+
+
+def mdev_intents(root: ET.Element) -> tuple[MdevIntent, ...]:
+    return tuple(MdevIntent(e.get("uuid", "").lower(), e.get("parent", ""), e.get("type", ""), e.get("gpu", ""),
+                            e.get("action") == "remove")
+                 for e in _under(root, "metadata", _q("assignment"), _q("mdev-intent")))
+
+
+def comparable(xml: str) -> str:
+    """`xml` as a string two definitions can be compared by whatever way they were formatted (libvirt reformats what
+    it is given, gpupass's metadata included), apart from gpupass's intents (MdevIntent), which a run writes and takes
+    out on its way: whitespace-only text dropped, the intents taken out."""
+    root = parse(xml)
+    for uuid in {i.uuid for i in mdev_intents(root)}:
+        root = parse(without_mdev_intent(serialize(root), uuid))
+    for element in root.iter():
+        if element.text is not None and not element.text.strip():
+            element.text = None
+        if element.tail is not None and not element.tail.strip():
+            element.tail = None
+    return serialize(root)
 
 
 def with_vf_vgpu_type(xml: str, vf: str, type_id: str) -> str:

@@ -38,6 +38,8 @@ class MediatedDevice:
     parent: str
     type_id: str
     uuid: str
+    # libvirt's name of the node device (mdev_UUID_PARENT since libvirt 7.3), for the virsh commands gpupass names.
+    name: str = ""
 
 
 def nodedev_name(address: PciAddress) -> str:
@@ -145,7 +147,7 @@ def with_description(share_type: ShareType, description: str) -> ShareType:
                                max_instances=int(maximum) if maximum and maximum.isdigit() else None)
 
 
-def parse_mdev_nodedev(xml: str) -> MediatedDevice | None:
+def parse_mdev_nodedev(xml: str, name: str = "") -> MediatedDevice | None:
     """<device><name>mdev_UUID_0000_03_00_0</name><parent>pci_0000_03_00_0</parent><capability type='mdev'>
     <type id='nvidia-46'/><uuid>UUID</uuid>... (libvirt docs/formatnode.rst, "mdev")."""
     root = ET.fromstring(xml)
@@ -155,7 +157,7 @@ def parse_mdev_nodedev(xml: str) -> MediatedDevice | None:
     type_element = cap.find("type")
     return MediatedDevice(parent=root.findtext("parent", ""),
                           type_id=type_element.get("id", "") if type_element is not None else "",
-                          uuid=(cap.findtext("uuid") or "").strip().lower())
+                          uuid=(cap.findtext("uuid") or "").strip().lower(), name=name or root.findtext("name", ""))
 
 
 def drivers_in_node_file(text: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ checks that every class here has an apply and an undo handler.
 
 from __future__ import annotations
 
+from gpupass.backends.kvm.domxml import MdevIntent
 from gpupass.core.records import record
 
 
@@ -37,11 +38,13 @@ class Hotplug:
 # -- vGPU shares (mediated devices; backends/kvm/shares.py) --------------------------------------------------
 @record(frozen=True)
 class CreateMdev:
-    """Define and start a mediated device of `type_id` on the card `parent` (a node device name)."""
+    """Define and start a mediated device of `type_id` on the card `parent` (a node device name). `resume`: a stopped
+    run's device (its intent in the VM): one already defined is started if it is not, instead of defined again."""
 
     parent: str
     type_id: str
     uuid: str
+    resume: bool = False
 
     @property
     def xml(self) -> str:
@@ -68,13 +71,27 @@ class RemoveMdev:
 @record(frozen=True)
 class DefineShare:
     """Define VM `vm` with (`adds`) or without the <hostdev type='mdev'> of mediated device `uuid`; refused if its
-    definition is no longer `old_xml`."""
+    definition is no longer `old_xml`, apart from gpupass's `intent` for that device (written by the run's earlier step,
+    and taken out by this define or written by it: domxml.MdevIntent)."""
 
     vm: str
     old_xml: str
     new_xml: str
     uuid: str
     adds: bool
+    intent: MdevIntent | None = None
+
+
+@record(frozen=True)
+class RecordMdevIntent:
+    """Write (`writes`) or take out gpupass's `intent` for a mediated device in VM `vm`'s definition; refused if the
+    definition, apart from that intent, is no longer `old_xml`. Written before an assign's first call on the device,
+    taken out after a release's removal of it (backends/kvm/mdevstate.py)."""
+
+    vm: str
+    old_xml: str
+    intent: MdevIntent
+    writes: bool
 
 
 # -- NVIDIA vGPU on an SR-IOV virtual function (backends/kvm/nvidia.py) -----------------------------------------

@@ -114,6 +114,7 @@ def gpus(facts: HostFacts, policy: MmioPolicy | None = None) -> str:
                          f"{len(sharing.shares)} in use" + (f" ({idle} held by no VM)" if idle else ""))
             if sharing.unread:
                 lines.append(f"  not listed: {sharing.unread}")
+            lines += [f"  not free: {shown(s.id)}: {shown(s.unfinished)}" for s in sharing.shares if s.unfinished]
         lines.append("(`gpus --json` lists each type with its name, framebuffer and instances left)")
     unavailable = facts.host.settings.get("sharing_unavailable")
     if unavailable and not shared:

@@ -120,6 +120,10 @@ class Share:
     mode: ShareMode
     # The VM whose definition holds it; None for a share created on the host but given to no VM.
     holder: str | None = None
+    # Why the share cannot be given as it is, in words with the command that settles it, or "" for a usable one: a
+    # KVM mediated device defined on the host but not started, or one a stopped gpupass run was creating or removing
+    # for a VM (backends/kvm/mdevstate.py). Never free, whoever holds it.
+    unfinished: str = ""
 
 
 @record(frozen=True)
@@ -177,8 +181,10 @@ class Sharing:
         return tuple(sorted({s.type_id for s in self.shares if s.mode is share_type.mode and s.type_id != share_type.id}))
 
     def free(self, type_id: str) -> tuple[Share, ...]:
-        """Shares of the type that exist on the GPU and no VM holds (a mediated device created ahead)."""
-        return tuple(sorted((s for s in self.shares if s.holder is None and s.type_id == type_id), key=lambda s: s.id))
+        """Shares of the type that exist on the GPU, no VM holds and nothing left unfinished (a mediated device created
+        ahead and started)."""
+        return tuple(sorted((s for s in self.shares if s.holder is None and s.type_id == type_id and not s.unfinished),
+                            key=lambda s: s.id))
 
 
 @record(frozen=True)

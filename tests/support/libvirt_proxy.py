@@ -48,6 +48,7 @@ DOMAIN_DETACH_DEVICE_FLAGS = 161  # virDomain.detachDeviceFlags
 # libvirt 7.3's node device calls, read off the wire of libvirt 9.0's client here (remote_protocol.x numbers them in
 # order of addition): virConnect.nodeDeviceDefineXML, virNodeDevice.undefine, virNodeDevice.create.
 NODE_DEVICE_DEFINE_XML, NODE_DEVICE_UNDEFINE, NODE_DEVICE_CREATE = 428, 429, 430
+CONNECT_LIST_ALL_NODE_DEVICES = 285  # virConnect.listAllDevices (libvirt 9.0.0 src/remote/remote_protocol.x line 5943)
 
 # How long a connection whose client is gone waits for the daemon's replies to the calls it had passed on.
 _REPLY_WAIT_S = 30.0

@@ -94,8 +94,9 @@ def test_creating_a_mediated_device_is_not_supported_on_the_test_driver_and_noth
     run("assign", host, "ml-train", P40, "--share", "P40-1Q", "--yes")
     run("assign", host, "render01", P40, "--share", "P40-1Q", "--yes")  # both free devices are now held
     plan = run("plan", host, "cad-ws", "81:00.0", "--share", "P40-1Q", "--json")
-    assert [s["action"] for s in plan["steps"]] == ["kvm.create-mdev", "kvm.define-domain"]
-    assert "<capability type=\"mdev\">" in plan["steps"][0]["preview"]
+    # the VM records the device first, so that a run stopped from there on shows in status (mdevstate.py)
+    assert [s["action"] for s in plan["steps"]] == ["kvm.record-mdev-intent", "kvm.create-mdev", "kvm.define-domain"]
+    assert "<capability type=\"mdev\">" in plan["steps"][1]["preview"]
 
     backend = lab()
     before = backend._current_xml("cad-ws")
@@ -191,8 +192,10 @@ def test_release_plans_take_back_a_device_gpupass_created_and_undefine_it(lab, r
     edit = domxml.add_mdev(xml, FREE[1], created=True)
     backend._define(edit.xml, "test: a share gpupass created")
     plan = make_plan(backend, backend.inventory(), ReleaseRequest("render01", ()), registry)
-    assert [s.action for s in plan.steps] == ["kvm.define-domain", "kvm.remove-mdev"]
+    assert [s.action for s in plan.steps] == ["kvm.define-domain", "kvm.remove-mdev", "kvm.clear-mdev-intent"]
     assert FREE[1] in plan.steps[1].description and "which gpupass created" in plan.steps[1].description
+    # the define that takes the device from the VM records its removal in its place (mdevstate.py)
+    assert plan.steps[0].changes[-1] == f"record in the VM that gpupass is removing mediated device {FREE[1]}"
     # Carried out: the test driver answers the stop (virNodeDeviceDestroy) with success and refuses the undefine and the
     # start that would put the device back as it was (VIR_ERR_NO_SUPPORT: neither is in its driver table), so the
     # device is left stopped and defined, which a VM given it cannot start with. That is reported as it is: not rolled

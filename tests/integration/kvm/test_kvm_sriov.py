@@ -247,5 +247,6 @@ def test_vfs_that_are_mdev_parents_give_their_types_to_the_card(tmp_path, open_b
     assert [s.action for s in plan.steps] == ["kvm.define-domain"]
     execute(backend, plan)
     plan = make_plan(backend, backend.inventory(), share_request("vm2", "41:00.0", "A100-4C"), registry)
-    create = plan.steps[0].payload
-    assert plan.steps[0].action == "kvm.create-mdev" and create.parent == "pci_0000_41_00_5"  # the VF with room
+    assert plan.steps[0].action == "kvm.record-mdev-intent" and plan.steps[0].payload.intent.parent == "pci_0000_41_00_5"
+    create = plan.steps[1].payload
+    assert plan.steps[1].action == "kvm.create-mdev" and create.parent == "pci_0000_41_00_5"  # the VF with room

@@ -588,9 +588,12 @@ def test_a_daemon_fault_on_creating_a_mediated_device_is_reported_not_known_and_
     """virNodeDeviceDefineXML held at the proxy, the daemon killed before it gets it, or frozen with it in its socket
     (test_kvm_hotplug_mdev_faults_libvirtd.py's card and share). Reported not known, not rolled back. Back (restarted,
     or thawed: it then answers the define waiting in its socket with its refusal, no mdevctl here), no mediated device
-    was made and the VM is exactly as it was, nothing for status to show; the same command again gets the daemon's own
-    answer, rolled back. (Killed after carrying the define out cannot be made here: this daemon carries none out.)"""
-    from test_kvm_hotplug_mdev_faults_libvirtd import VM as MDEV_VM, KvmBackendWithACard, mdevs, plan_share
+    was made; the VM carries the record the run wrote before the define (its undo could not read the host), which
+    status shows; the same command again gets the daemon's own answer, rolled back, and the release takes the record
+    out: the VM exactly as it was. (Killed after carrying the define out cannot be made here: this daemon carries none
+    out.)"""
+    from test_kvm_hotplug_mdev_faults_libvirtd import (VM as MDEV_VM, KvmBackendWithACard, mdevs, plan_share,
+                                                       release_share_intent)
     from support.libvirt_proxy import NODE_DEVICE_DEFINE_XML
 
     conn = libvirt.open(own_daemon.uri)
@@ -609,17 +612,20 @@ def test_a_daemon_fault_on_creating_a_mediated_device_is_reported_not_known_and_
         assert "could not be read again" in error.message, error.message
         conn = libvirt.open(own_daemon.uri)
         try:
-            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free
+            left = eventually(lambda: _with_intent_only(conn, MDEV_VM, free))
+            assert mdevs(conn) == []
         finally:
             conn.close()
         with KvmBackendWithACard(Target(uri=own_daemon.uri, name="session")) as backend:
-            assert backend.inventory().find_vm(MDEV_VM).unfinished == ()
+            (note,) = backend.inventory().find_vm(MDEV_VM).unfinished
+            assert "it was creating mediated device" in note and "which is not on the host" in note, note
             with pytest.raises(OperationFailed) as again:
                 execute(backend, plan_share(backend))
         assert again.value.rolled_back is True, again.value.message
+        release_share_intent(own_daemon.uri)
         conn = libvirt.open(own_daemon.uri)
         try:
-            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free
+            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free and left != free
         finally:
             conn.close()
     finally:
@@ -628,6 +634,16 @@ def test_a_daemon_fault_on_creating_a_mediated_device_is_reported_not_known_and_
         conn = libvirt.open(own_daemon.uri)
         conn.lookupByName(MDEV_VM).undefine()
         conn.close()
+
+
+def _with_intent_only(conn, vm, free):
+    """The VM's definition holds the record of a mediated device being created and is otherwise `free`. -> it."""
+    from gpupass.backends.kvm import domxml
+
+    xml = inactive_xml(conn, vm)
+    (intent,) = domxml.mdev_intents(domxml.parse(xml))
+    assert not intent.removing and domxml.comparable(xml) == domxml.comparable(free)
+    return xml
 
 
 # -- a release finishing a stopped one: putting back a leftover claim it removed ----------------------------------------
@@ -680,3 +696,63 @@ def _claims_are(conn, expected):
     from test_kvm_fault_matrix_libvirtd import claims_left
 
     assert claims_left(conn) == expected
+
+
+# -- the record of a mediated device an assign is creating (kvm.record-mdev-intent) and its undo ------------------------
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("step", ["the-record", "its-undo"])
+def test_a_daemon_fault_on_the_record_of_a_vgpu_being_created_leaves_it_shown_or_absent_and_a_release_converges(
+        own_daemon, proxy, fault, step):
+    """The define that records in the VM the mediated device an assign is about to create (the-record), or the define
+    that takes the record out again after the daemon refused the device (its-undo: no mdevctl here), held at the proxy,
+    the daemon killed before or after carrying it out, or frozen with it in its socket. Reported not known (rolled_back
+    false). Back, the VM is exactly as it was, or as it was plus the record, which status shows on the VM with the
+    commands that finish or remove it; a release of the card takes it out: the VM exactly as it was."""
+    from test_kvm_hotplug_mdev_faults_libvirtd import (VM as MDEV_VM, KvmBackendWithACard, mdevs, plan_share,
+                                                       release_share_intent)
+
+    conn = libvirt.open(own_daemon.uri)
+    try:
+        free = define(conn, q35(MDEV_VM))
+    finally:
+        conn.close()
+    try:
+        apply, withhold, afterwards = kill_or_freeze(own_daemon, proxy, fault)
+        try:
+            error = faulted(proxy, "assign", DOMAIN_DEFINE_XML, apply, withhold=withhold, planner=plan_share,
+                            backend_class=KvmBackendWithACard, skip=0 if step == "the-record" else 1)
+        finally:
+            afterwards()
+        assert error.rolled_back is False, error.message
+        recorded = step == "its-undo" and fault == "killed-before-the-work" or \
+            step == "the-record" and fault != "killed-before-the-work"  # a frozen daemon, thawed, carries it out
+
+        def settled():
+            conn = libvirt.open(own_daemon.uri)
+            try:
+                if recorded:
+                    return _with_intent_only(conn, MDEV_VM, free)
+                assert inactive_xml(conn, MDEV_VM) == free
+                return free
+            finally:
+                conn.close()
+        assert eventually(settled)
+        with KvmBackendWithACard(Target(uri=own_daemon.uri, name="session")) as backend:
+            notes = backend.inventory().find_vm(MDEV_VM).unfinished
+        if recorded:
+            (note,) = notes
+            assert "it was creating mediated device" in note and "`gpupass release HOST" in note, note
+            release_share_intent(own_daemon.uri)
+        else:
+            assert notes == ()
+        conn = libvirt.open(own_daemon.uri)
+        try:
+            assert mdevs(conn) == [] and inactive_xml(conn, MDEV_VM) == free
+        finally:
+            conn.close()
+    finally:
+        if not own_daemon.running:
+            own_daemon.relaunch()
+        conn = libvirt.open(own_daemon.uri)
+        conn.lookupByName(MDEV_VM).undefine()
+        conn.close()

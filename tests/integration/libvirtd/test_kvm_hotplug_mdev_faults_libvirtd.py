@@ -32,7 +32,7 @@ from gpupass.backends.kvm.backend import KvmBackend  # noqa: E402
 from gpupass.backends.kvm.nodedev import parse_pci_nodedev  # noqa: E402
 from gpupass.core import records  # noqa: E402
 from gpupass.core.domain.pci import PciAddress  # noqa: E402
-from gpupass.core.domain.request import AssignmentRequest, AssignOptions  # noqa: E402
+from gpupass.core.domain.request import AssignmentRequest, AssignOptions, ReleaseRequest  # noqa: E402
 from gpupass.core.domain.sharing import ShareMode, ShareType, Sharing  # noqa: E402
 from gpupass.core.errors import ConnectionFailed, NotSupported, OperationFailed  # noqa: E402
 from gpupass.core.plugins import default_registry  # noqa: E402
@@ -134,13 +134,14 @@ print("the run finished: it was not killed")
 """
 
 
-def killed_with(proxy, procedure, planner, backend="KvmBackend"):
+def killed_with(proxy, procedure, planner, backend="KvmBackend", skip=0, module="test_kvm_hotplug_mdev_faults_libvirtd"):
     here = Path(__file__).resolve().parent
     script = _CHILD.format(paths=[str(here), str(here.parents[1])], uri=proxy.uri, planner=planner, backend=backend)
+    script = script.replace("from test_kvm_hotplug_mdev_faults_libvirtd import", f"from {module} import")
     if backend != "KvmBackend":
         script = script.replace("from gpupass.backends.kvm.backend import KvmBackend",
-                                f"from test_kvm_hotplug_mdev_faults_libvirtd import {backend}")
-    proxy.hold_call_to(procedure)
+                                f"from {module} import {backend}")
+    proxy.hold_call_to(procedure, skip=skip)
     kill_when_held(proxy, start_python(script))
 
 
@@ -178,7 +179,9 @@ def plan_share(backend):
                      AssignmentRequest(VM, (parent_address(backend),), AssignOptions(share=VGPU.id)),
                      default_registry())
     assert not plan.blocked, plan.findings
-    assert [s.action for s in plan.steps if s.writes] == ["kvm.create-mdev", "kvm.define-domain"]
+    # the VM records the device before its creation; a rerun finishes what that record names (mdevstate.py)
+    assert [s.action for s in plan.steps if s.writes] in (["kvm.record-mdev-intent", "kvm.create-mdev",
+                                                           "kvm.define-domain"], ["kvm.create-mdev", "kvm.define-domain"])
     return plan
 
 
@@ -209,9 +212,33 @@ def test_an_mdev_create_request_lost_on_the_way_is_read_back_and_reported_not_do
 
 def test_a_client_killed_with_its_mdev_create_on_the_wire_leaves_the_host_exactly_as_it_was(
         libvirtd_uri, libvirt_conn, proxy, stopped):
-    """A real gpupass process killed (SIGKILL) with its nodeDeviceDefineXML on the wire; the daemon then refuses it
-    (no mdevctl, no mdev parent here): no mediated device, the VM exactly as it was, nothing for status to show."""
+    """The first window of a device's creation: a real gpupass process killed (SIGKILL) with its nodeDeviceDefineXML on
+    the wire, after the run recorded the device in the VM. The daemon then refuses the define (no mdevctl, no mdev
+    parent here; on a host that carries it out the device is left defined and not started): no mediated device, and
+    `status` shows the VM's record with the commands that finish it or remove it. The same assign again meets the
+    daemon's refusal, rolled back, the record kept; the release removes the record: the VM exactly as it was."""
     killed_with(proxy, NODE_DEVICE_DEFINE_XML, "plan_share", backend="KvmBackendWithACard")
-    assert mdevs(libvirt_conn) == [] and inactive_xml(libvirt_conn, VM) == stopped
-    assert unfinished(libvirtd_uri) == ((), [])
-    assert domxml.read_facts(inactive_xml(libvirt_conn, VM)).mdevs == ()
+    assert mdevs(libvirt_conn) == []
+    left = inactive_xml(libvirt_conn, VM)
+    (intent,) = domxml.mdev_intents(domxml.parse(left))
+    assert not intent.removing and intent.type_id == VGPU.id and domxml.read_facts(left).mdevs == ()
+    assert domxml.comparable(left) == domxml.comparable(stopped)  # nothing else of the VM changed
+    (note,), host_notes = unfinished(libvirtd_uri)
+    assert host_notes == [] and f"it was creating mediated device {intent.uuid}" in note
+    assert "which is not on the host" in note and f"--share {VGPU.id}` finishes it" in note, note
+    with KvmBackendWithACard(Target(uri=libvirtd_uri, name="session")) as backend:
+        with pytest.raises(OperationFailed) as again:
+            execute(backend, plan_share(backend))
+    assert again.value.rolled_back is True and inactive_xml(libvirt_conn, VM) == left
+    release_share_intent(libvirtd_uri)
+    assert inactive_xml(libvirt_conn, VM) == stopped and unfinished(libvirtd_uri) == ((), [])
+
+
+def release_share_intent(uri):
+    """`gpupass release HOST VM CARD`: the VM holds no share of the card, so the release finishes what a stopped run
+    recorded (Backend.plan_finish_release)."""
+    with KvmBackendWithACard(Target(uri=uri, name="session")) as backend:
+        plan = make_plan(backend, backend.inventory(), ReleaseRequest(VM, (parent_address(backend),)),
+                         default_registry())
+        assert [s.action for s in plan.steps if s.writes] == ["kvm.clear-mdev-intent"], plan.steps
+        execute(backend, plan)
