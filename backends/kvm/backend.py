@@ -495,9 +495,10 @@ class KvmBackend(Backend):
         Whether the connection takes the flag is read from libvirt's error code, once per connection: a driver that
         does not know it refuses it in virCheckFlags with VIR_ERR_INVALID_ARG (src/internal.h, virCheckFlags through
         virReportInvalidArg, src/util/virerror.h): the test driver accepts only the capability flags
-        (testConnectListAllNodeDevices, src/test/test_driver.c line 7486), as does a daemon older than 7.3; the node
-        device driver accepts them all (nodeConnectListAllNodeDevices, src/node_device/node_device_driver.c line 218).
-        A driver with no node device listing at all answers VIR_ERR_NO_SUPPORT."""
+        (testConnectListAllNodeDevices, src/test/test_driver.c line 7486); the node device driver accepts them all
+        (nodeConnectListAllNodeDevices, src/node_device/node_device_driver.c line 218). A daemon older than 7.3 is
+        assumed to refuse it the same way (the flag came with 7.3: include/libvirt/libvirt-nodedev.h line 94; not seen
+        here). A driver with no node device listing at all answers VIR_ERR_NO_SUPPORT."""
         if self._inactive_listing is False:
             return frozenset()
         libvirt, conn = self._libvirt, self._connection()
@@ -651,19 +652,25 @@ class KvmBackend(Backend):
             functions = [f for f in ctx.functions if f.address in addresses and str(f.address) not in unplugged]
             steps += [self._hotplug_step(vm.name, f, attach=False) for f in functions]
         steps.append(self._define_step(vm.name, xml, edit, needs_vm_off=not ctx.request.options.live))
-        return steps + self.plan_finish_release(ctx)
+        return steps + self._finish_release(ctx, edit.xml)
 
     def plan_finish_release(self, ctx: CheckContext) -> list[Step]:
         """The claims a stopped run left naming this VM on GPUs it does not hold (a release killed between its
         define and the claim's removal, or an assign between its claim and its define): a release of the VM
         removes them -- those on the GPUs it names, or all of them when it names none. A claim on a GPU the VM
-        holds is never one of them (the inventory lists only claims on GPUs no VM holds)."""
+        holds is never one of them (the inventory lists only claims on GPUs no VM holds). And the mediated devices a
+        stopped vGPU assign or release left recorded in the VM (domxml.MdevIntent): removed where the host lists them,
+        then their records taken out."""
+        return self._finish_release(ctx, _state(ctx.facts).domain_xml[ctx.vm.name])
+
+    def _finish_release(self, ctx: CheckContext, xml: str) -> list[Step]:
+        """plan_finish_release's steps, with the VM's definition `xml` as the release's steps before them leave it."""
         named = {str(a) for a in ctx.addresses} if ctx.request.gpus else None
         held = {str(a) for a in ctx.vm.assigned}
         left = [claim for claim in _state(ctx.facts).unheld_claims if claim.vm_uuid == ctx.vm.id
                 and claim.address not in held and (named is None or claim.address in named)]
         steps = [self._drop_claim_step(ctx.vm.name, claim) for claim in sorted(left, key=lambda c: c.address)]
-        return steps + self._finish_mdev_intents(ctx, _state(ctx.facts).domain_xml[ctx.vm.name])
+        return steps + self._finish_mdev_intents(ctx, xml)
 
     @staticmethod
     def _drop_claim_step(vm: str, claim: secretclaims.SecretClaim) -> Step:
@@ -785,7 +792,6 @@ class KvmBackend(Backend):
                     changes=(f"echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type",),
                     payload=clear,
                 ))
-        finishing = self._finish_mdev_intents(ctx, xml)  # what a stopped run left on these GPUs, taken out last
         for change in ctx.shares:
             if change.type.mode in on_vfs:
                 continue
@@ -812,7 +818,9 @@ class KvmBackend(Backend):
                     payload=remove,
                 ))
                 removals.append(self._intent_step(vm.name, xml, intent, writes=False))
-        return steps + removals + finishing
+        # what a stopped run left named on these GPUs, taken out last (planned from the definition as this release
+        # leaves it: each record's define checks the VM is that, apart from gpupass's records)
+        return steps + removals + self._finish_mdev_intents(ctx, xml)
 
     def _plan_assign_vf_vgpu(self, ctx: CheckContext, gpu: Gpu, share_type: ShareType, xml: str) -> list[Step]:
         """An NVIDIA vGPU on a VF (backends/kvm/nvidia.py): a free VF already of the type, else the lowest VF with no

@@ -147,3 +147,17 @@ def test_a_removal_left_stopped_keeps_the_release_recorded_shows_it_and_never_fr
     with pytest.raises(OperationFailed):
         execute(backend, again)
     assert [i.uuid for i in domxml.mdev_intents(domxml.parse(lab()._current_xml("render01")))] == [FREE[1]]
+
+
+@pytest.mark.parametrize("holds", ["a-share", "a-whole-gpu"])
+def test_a_release_of_what_the_vm_holds_takes_a_stopped_runs_record_out_last(lab, holds):
+    """A VM holding a free device of the card (or a GPU whole) and a record a stopped assign left: the release gives
+    the device (or the GPU) back and then takes the record out; each record's define checks the VM is as the release's
+    own define left it (gpupass's records apart): nothing refused as changed by someone else."""
+    run("assign", HOST, "ml-train", *((P40, "--share", "P40-1Q") if holds == "a-share" else ("42:00.0",)), "--yes")
+    with_intent(lab(), "ml-train", NOT_ON_HOST)
+    released = run("release", HOST, "ml-train", "--yes", "--json")
+    assert [s["action"] for s in released["plan"]["steps"] if s["writes"]][-1] == "kvm.clear-mdev-intent"
+    after = lab()._current_xml("ml-train")
+    assert domxml.mdev_intents(domxml.parse(after)) == () and notes("ml-train") == []
+    assert domxml.read_facts(after).mdevs == () and domxml.read_facts(after).hostdevs == ()
