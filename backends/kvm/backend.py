@@ -1649,13 +1649,15 @@ class KvmBackend(Backend):
     @_undo.register(RecordMdevIntent)
     def _undo_record_mdev_intent(self, payload: RecordMdevIntent, token: str) -> None:
         uuid = payload.intent.uuid
+        current = self._current_xml(payload.vm)
+        if payload.writes and uuid in domxml.read_facts(current).mdevs:
+            return  # the VM holds the device: the same assign, run at the same time, finished it (and took the record)
         if payload.writes and self._find_mdev(uuid) is not None:
             # The device is still on the host (its removal failed): the record stays, so that status names it and a
             # release removes it, instead of a device no VM and no record names.
             raise OperationFailed(f"mediated device {uuid} is still on the host: the record of it in VM "
                                   f"'{payload.vm}' stays", remedy=f"`gpupass release HOST {payload.vm} "
                                   f"{payload.intent.gpu}` removes both", rolled_back=True)
-        current = self._current_xml(payload.vm)
         back = domxml.without_mdev_intent(current, uuid) if payload.writes else \
             domxml.with_mdev_intent(current, payload.intent).xml
         self._take_back_define(back, f"{'taking out' if payload.writes else 'writing again'} gpupass's record of "

@@ -161,3 +161,24 @@ def test_a_release_of_what_the_vm_holds_takes_a_stopped_runs_record_out_last(lab
     after = lab()._current_xml("ml-train")
     assert domxml.mdev_intents(domxml.parse(after)) == () and notes("ml-train") == []
     assert domxml.read_facts(after).mdevs == () and domxml.read_facts(after).hostdevs == ()
+
+
+def test_the_undo_of_a_record_keeps_it_while_its_device_is_on_the_host_given_to_no_vm(lab):
+    """The record's undo (after the device's creation failed or was undone) takes it out only where the device is not
+    on the host; a device on the host that the VM holds by then was finished by the same assign run at the same time
+    (nothing to undo); one given to no VM keeps its record, which the error says, so status still names it."""
+    run("assign", HOST, "render01", P40, "--share", "P40-1Q", "--yes")  # render01 holds FREE[0]
+    backend = lab()
+    held = backend._current_xml("render01")
+    finished = backend._intent_step("render01", held, domxml.MdevIntent(FREE[0], "pci_0000_81_00_0", "nvidia-46", P40),
+                                    writes=True)
+    backend.undo(finished, held)
+    assert lab()._current_xml("render01") == held
+    with_intent(backend, "render01", FREE[1])
+    left = backend._current_xml("render01")
+    kept = backend._intent_step("render01", held, domxml.MdevIntent(FREE[1], "pci_0000_81_00_0", "nvidia-46", P40),
+                                writes=True)
+    with pytest.raises(OperationFailed) as error:
+        backend.undo(kept, held)
+    assert f"mediated device {FREE[1]} is still on the host" in error.value.message and "stays" in error.value.message
+    assert lab()._current_xml("render01") == left
