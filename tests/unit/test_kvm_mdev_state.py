@@ -9,7 +9,7 @@ from __future__ import annotations
 from gpupass.backends.kvm import domxml
 from gpupass.backends.kvm.backend import _share_unfinished, _with_mdev_notes
 from gpupass.backends.kvm.nodedev import MediatedDevice, parse_mdev_nodedev
-from gpupass.core.domain.inventory import PowerState, Vm
+from gpupass.core.domain.inventory import Firmware, PowerState, Vm
 from gpupass.core.domain.sharing import Share, ShareMode, Sharing
 
 PARENT = "pci_0000_81_00_0"
@@ -21,7 +21,7 @@ STOPPED = frozenset({HELD.uuid, IDLE.uuid})
 
 
 def vm(name: str) -> Vm:
-    return Vm(name=name, power_state=PowerState.OFF, firmware=domxml.Firmware.EFI, memory_bytes=1 << 30)
+    return Vm(name=name, power_state=PowerState.OFF, firmware=Firmware.EFI, memory_bytes=1 << 30)
 
 
 def test_a_stopped_device_is_never_free_and_says_which_command_starts_it():
