@@ -78,7 +78,8 @@ def test_fleet_bench_runs_small():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     figures = module.run(hosts=4, latency_ms=1, concurrency=4, sample=2)
-    assert figures["round_trips"] == 4 * 27 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
+    # (28 per host: the listing of stopped mediated devices, which the test driver refuses, is asked once per connection)
+    assert figures["round_trips"] == 4 * 28 and figures["fleet_s"] > 0 and figures["slowest_single_s"] > 0
     assert figures["script_fleet_s"] > 0 and figures["fleet_cpu_s"] > 0
     assert figures["turns_fleet_s"] > 0 and figures["remote_fleet_s"] > 0 and figures["remote_slowest_single_s"] > 0
     # the read's CPU and its parts are measured (not compared: timings on a shared machine, see tests/bench)
