@@ -60,9 +60,9 @@ def class_code(fn: dict[str, Any]) -> int:
     except ValueError:
         return _CLASS_CODES.get(str(fn.get("Class") or "").lower(), 0xFF0000)
     return value << 8 if len(text) == 4 else value
-# A poll of a script's output is answered at its OperationTimeout, whole seconds rounded up from the time left (up to
-# 1 s past the call's deadline), plus its way back: the margin each request of a call has past the call's deadline.
-_REPLY_MARGIN = 2.0
+# A poll of a script's output is answered at its OperationTimeout, the whole seconds left (at least 1: up to 1 s past
+# the call's deadline), plus its way back on a loaded host: the margin each request of a call has past that deadline.
+_REPLY_MARGIN = 3.0
 # Ending a script that outran the host's timeout (Signal terminate, then the shell's Delete): at most this long, or the
 # host's timeout where that is shorter.
 _WIND_DOWN_S = 10
@@ -381,9 +381,10 @@ class HypervBackend(Backend):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                # at least 1 s (WS-Man's OperationTimeout is whole seconds here: "PT{n}S", winrm/protocol.py) and
-                # below the read timeout pywinrm's transport waits for any reply
-                protocol.operation_timeout_sec = max(1, min(usual, math.ceil(left)))
+                # whole seconds, at least 1 (WS-Man's OperationTimeout is "PT{n}S" here, winrm/protocol.py), not past
+                # the deadline where a whole second is left, and below the read timeout pywinrm's transport waits for
+                # any reply
+                protocol.operation_timeout_sec = max(1, min(usual, math.floor(left)))
                 try:
                     out, err, code, done = protocol.get_command_output_raw(shell_id, command_id)
                 except WinRMOperationTimeoutError:

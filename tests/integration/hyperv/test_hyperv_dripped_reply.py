@@ -81,3 +81,37 @@ def test_an_assign_whose_reply_drips_is_read_back_over_a_new_connection_and_undo
     assert caught.value.rolled_back is True, caught.value.message
     assert "the failed step had gone through and was undone" in caught.value.message
     assert ep.model.to_dict() == before
+
+
+def test_over_https_the_dripped_reply_is_cut_off_and_the_certificate_still_checked(tmp_path):
+    """HTTPS, as on 5986: the TLS socket is shut down at the deadline the same way, and the bound leaves TLS as it was
+    (the listener's CA trusted: it works; another CA: refused as before, from requests' SSLError)."""
+    import ssl
+
+    from requests.exceptions import SSLError
+
+    from gpupass.backends.esxi.lab.simulator import make_tls_material  # a throw-away CA and server certificate
+    from gpupass.backends.hyperv.lab.wsman import serve
+    from gpupass.core.target import TlsOptions
+
+    material, other = make_tls_material(tmp_path / "host"), make_tls_material(tmp_path / "other")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(material["cert"], material["key"])
+    with serve(rtx_host(), auth="basic", users={USER: PASSWORD}, tls=context) as ep:
+        uri = f"hyperv://{USER}@127.0.0.1:{ep.port}/?transport=basic"
+
+        def backend(ca: str) -> HypervBackend:
+            return HypervBackend(Target(uri=uri, name="hv-drip", password=Secret(PASSWORD), timeout=TIMEOUT,
+                                        tls=TlsOptions(ca_file=ca)))
+        trusted = backend(str(material["ca"]))
+        ep.drip_reply_of_next(INVENTORY, interval=0.5)
+        began = time.monotonic()
+        with pytest.raises(ConnectionFailed) as caught:
+            trusted.inventory()
+        assert_cut_naming_the_host(caught.value, time.monotonic() - began)
+        assert ep.drip_cut.wait(10)
+        assert trusted.inventory().gpus
+        trusted.close()
+        with pytest.raises(ConnectionFailed) as refused:
+            backend(str(other["ca"])).inventory()
+        assert isinstance(refused.value.__cause__, SSLError) and "--ca-file" in (refused.value.remedy or "")
