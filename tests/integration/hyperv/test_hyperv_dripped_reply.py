@@ -115,3 +115,24 @@ def test_over_https_the_dripped_reply_is_cut_off_and_the_certificate_still_check
         with pytest.raises(ConnectionFailed) as refused:
             backend(str(other["ca"])).inventory()
         assert isinstance(refused.value.__cause__, SSLError) and "--ca-file" in (refused.value.remedy or "")
+
+
+def test_the_cli_names_the_host_and_the_timeout_to_raise_and_exits_1(endpoint_factory, tmp_path):
+    """`gpupass gpus NAME` of a host in the config file (its `timeout` 2 s) whose reply drips: a clean error on stderr
+    naming the host and the config key that gives it more time, exit 1 (ConnectionFailed), in seconds, not the hour."""
+    import os
+    import subprocess
+
+    from support.cli import GPUPASS
+
+    ep = endpoint_factory(rtx_host(), "basic")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[hosts.hvdrip]\nuri = "hyperv+http://{USER}@127.0.0.1:{ep.port}/?transport=basic"\n'
+                      f"timeout = {TIMEOUT}\n", encoding="utf-8")
+    ep.drip_reply_of_next(INVENTORY, interval=0.5)
+    began = time.monotonic()
+    run = subprocess.run([*GPUPASS, "--config", str(config), "gpus", "hvdrip"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=120, env={**os.environ, "GPUPASS_PASSWORD": PASSWORD})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "hvdrip" in run.stderr and "did not finish its reply" in run.stderr and "timeout" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and time.monotonic() - began < 40
