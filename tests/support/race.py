@@ -5,9 +5,8 @@ and reports its OWN outcome -- never one keyed by the VM, which would hide all b
 VM: the exit code the CLI would give and the JSON document it would print (`assign --json`: {"applied", "changed"}
 on success, the error's own document otherwise).
 
-* RacePool: persistent workers started once with 'spawn' (never a fork of the threaded pytest process), a new
-  connection per worker every round, all released by one barrier: the 100-round claims tests of each platform.
-* race(): one forked process per run, for a single round whose prepare is a closure (older fault tests).
+RacePool: persistent workers started once with 'spawn' (never a fork of the threaded pytest process), a new
+connection per worker every round, all released by one barrier: the 100-round claims tests of each platform.
 """
 
 from __future__ import annotations
@@ -52,35 +51,6 @@ def _run(name: str, go: Callable[[], object]) -> Run:
         return Run(name, "crash", 70, {"error": "crash", "message": traceback.format_exc()})
     changed = bool(getattr(outcome, "steps", True))  # execute() applies no step for a plan with nothing to do
     return Run(name, "applied" if changed else "nothing-to-do", 0, {"applied": changed, "changed": changed})
-
-
-def _worker(prepare: Prepare, index: int, name: str, barrier, results) -> None:
-    try:
-        go = prepare(name)  # connect, read and plan: everything before the first write
-        barrier.wait(timeout=60)
-    except BaseException:  # noqa: BLE001
-        barrier.abort()  # the others stop waiting for this one
-        results.put((index, Run(name, "crash", 70, {"error": "crash",
-                                                    "message": "while planning: " + traceback.format_exc()})))
-        return
-    results.put((index, _run(name, go)))
-
-
-def race(prepare: Prepare, names: list[str], timeout: float = 120) -> list[Run]:
-    """One process per name (a name may repeat: each run is reported on its own), in the order given."""
-    context = multiprocessing.get_context("fork")
-    barrier, results = context.Barrier(len(names)), context.Queue()
-    workers = [context.Process(target=_worker, args=(prepare, i, name, barrier, results))
-               for i, name in enumerate(names)]
-    for worker in workers:
-        worker.start()
-    runs: list[Run | None] = [None] * len(names)
-    for _ in names:
-        index, run = results.get(timeout=timeout)
-        runs[index] = run
-    for worker in workers:
-        worker.join(timeout)
-    return [run for run in runs if run is not None]
 
 
 def winners(runs: list[Run]) -> list[str]:

@@ -116,7 +116,7 @@ def test_identical_concurrent_assigns_converge_to_one_device_once(lab_file):
         runs = pool.round(functools.partial(assign_in_a_worker, str(lab_file)), ["ml-1"] * 3)
     xml = definitions(lab_file)["ml-1"]
     assert [a for _, a in domxml.pci_hostdevs(domxml.parse(xml))] == [H100], runs
-    # Each run's own outcome (race() reports every process, not one per VM). Without a secret driver a define
+    # Each run's own outcome (the pool reports every process, not one per VM). Without a secret driver a define
     # replaces the whole definition, with no compare-and-swap: a run that read the VM before another's define
     # writes the same change again, so several may report "applied" (each wrote it; the VM holds it once). With
     # libvirt secrets exactly one does the work (test_kvm_secret_claims_libvirtd.py).
