@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from gpupass.core import plugins
+
+# A runner that starts the suite as a background job of a script (`cmd &` without job control) hands it SIGINT
+# ignored, and Python then keeps it ignored: gpupass rightly leaves an ignored Ctrl-C alone (core/interrupts.py),
+# so every Ctrl-C test, in this process and in the CLI processes it starts, would see no interrupt at all. Tests
+# send SIGINT on purpose, so they get Python's usual handler back; a child started after this gets SIGINT at its
+# default (a handler does not survive exec) and installs its own as any gpupass run from a terminal does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
